@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# Test settings: real PostgreSQL and Redis on localhost unless overridden.
+TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@localhost:5432/hookline)
+TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://localhost:6379/15)
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	SECRET_KEY=test-only-secret-key FIELD_ENCRYPTION_KEYS=DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c= \
+	ALLOW_PRIVATE_DESTINATIONS=true CELERY_QUEUE=hookline-test PUBLIC_BASE_URL=http://testserver
+
+.PHONY: run test lint bench clean
+
+$(VENV)/.installed-run: requirements/base.txt requirements/prod.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/prod.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	touch $@
+
+run: $(VENV)/.installed-run
+	env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput
+	env -u DATABASE_URL -u REDIS_URL $(PY) scripts/run_local.py
+
+test: $(VENV)/.installed-dev
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf var staticfiles .pytest_cache

@@ -1,0 +1,41 @@
+"""Shared fixtures: tenants with owner/member/outsider users, sources and destinations."""
+
+import pytest
+from django.core.cache import cache
+
+from organizations.models import Membership
+from organizations.services import organization_create
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    # Each test starts with an empty Redis database (rate-limit counters, processing flag).
+    cache.clear()
+    yield
+
+
+@pytest.fixture
+def organization(db):
+    return organization_create(name="Acme", slug="acme", owner_email="owner@acme.example")
+
+
+@pytest.fixture
+def other_organization(db):
+    return organization_create(name="Globex", slug="globex", owner_email="owner@globex.example")
+
+
+@pytest.fixture
+def owner(organization):
+    return organization.memberships.get(role=Membership.Role.OWNER).user
+
+
+@pytest.fixture
+def member(organization, django_user_model):
+    user = django_user_model.objects.create_user("member@acme.example")
+    Membership.objects.create(user=user, organization=organization, role=Membership.Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def outsider(other_organization):
+    return other_organization.memberships.get(role=Membership.Role.OWNER).user

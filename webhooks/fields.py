@@ -1,0 +1,56 @@
+"""Secrets encrypted at rest with MultiFernet (keys from FIELD_ENCRYPTION_KEYS, newest first)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+
+@lru_cache(maxsize=1)
+def _fernet_for(keys: tuple[str, ...]) -> MultiFernet:
+    if not keys:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS must hold at least one Fernet key")
+    try:
+        return MultiFernet([Fernet(key.strip().encode()) for key in keys])
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS holds a value that is not a Fernet key") from None
+
+
+def fernet() -> MultiFernet:
+    return _fernet_for(tuple(settings.FIELD_ENCRYPTION_KEYS))
+
+
+def encrypt(plaintext: str) -> str:
+    return fernet().encrypt(plaintext.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    try:
+        return fernet().decrypt(token.encode()).decode()
+    except InvalidToken:
+        # Never include the token: it is the secret, encrypted, and says where to attack.
+        raise ImproperlyConfigured("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
+
+
+def reencrypt(token: str) -> str:
+    """The same secret under the newest key (MultiFernet.rotate)."""
+    return fernet().rotate(token.encode()).decode()
+
+
+class EncryptedTextField(models.TextField):
+    """A text column that holds a Fernet token; Python code sees the plaintext."""
+
+    def from_db_value(self, value, expression, connection):
+        if value is None or value == "":
+            return value
+        return decrypt(value)
+
+    def get_prep_value(self, value):
+        value = super().get_prep_value(value)
+        if value is None or value == "":
+            return value
+        return encrypt(value)

@@ -1,0 +1,41 @@
+"""Shared shape of the operator commands: human output, or one JSON object with --json."""
+
+import json
+
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+
+class OperatorCommand(BaseCommand):
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        self.add_command_arguments(parser)
+
+    def add_command_arguments(self, parser):
+        pass
+
+    def handle(self, *args, **options):
+        try:
+            result, text = self.run(**options)
+        except ObjectDoesNotExist as exc:
+            raise CommandError(f"not found: {exc}") from None
+        except (ValueError, LookupError, ValidationError) as exc:
+            raise CommandError(str(exc)) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(result, default=str))
+        else:
+            self.stdout.write(text)
+
+    def run(self, **options) -> tuple[dict, str]:
+        raise NotImplementedError
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """k=v pairs from --option flags."""
+    parsed = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--option takes name=value, got '{pair}'")
+        parsed[name.strip()] = value
+    return parsed

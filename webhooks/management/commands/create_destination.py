@@ -1,0 +1,35 @@
+from organizations.models import Organization
+from webhooks.models import Source
+from webhooks.services.destinations import destination_create
+
+from ._base import OperatorCommand
+
+
+class Command(OperatorCommand):
+    help = "Create a destination URL that receives the events of the given sources."
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("--org", required=True, help="organization slug")
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--url", required=True)
+        parser.add_argument("--source", action="append", type=int, default=[], metavar="ID")
+        parser.add_argument("--event-types", default="", help="comma-separated patterns such as invoice.*")
+        parser.add_argument("--timeout", type=float, help="seconds (default 15)")
+
+    def run(self, **options):
+        organization = Organization.objects.get(slug=options["org"])
+        sources = list(Source.objects.filter(organization=organization, pk__in=options["source"]))
+        missing = set(options["source"]) - {source.pk for source in sources}
+        if missing:
+            raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")
+        destination, secret = destination_create(
+            organization=organization,
+            name=options["name"],
+            url=options["url"],
+            sources=sources,
+            event_types=[p for p in options["event_types"].split(",") if p.strip()],
+            timeout_seconds=options.get("timeout"),
+        )
+        result = {"id": destination.pk, "secret": secret}
+        text = f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
+        return result, text

@@ -1,0 +1,33 @@
+from organizations.models import Organization
+from webhooks.providers.registry import PROVIDERS
+from webhooks.services.sources import ingest_url, source_create
+
+from ._base import OperatorCommand, parse_options
+
+
+class Command(OperatorCommand):
+    help = "Create a source: a provider connection with its own ingest URL."
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("--org", required=True, help="organization slug")
+        parser.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--secret", help="the provider's signing secret (generated when the provider lets us)")
+        parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE")
+
+    def run(self, **options):
+        organization = Organization.objects.get(slug=options["org"])
+        source, generated = source_create(
+            organization=organization,
+            provider=options["provider"],
+            name=options["name"],
+            secret=options.get("secret"),
+            options=parse_options(options["option"]),
+        )
+        result = {"id": source.pk, "token": source.ingest_token, "ingest_url": ingest_url(source)}
+        text = f"Created source {source.pk} ({source.provider}).\nIngest URL: {ingest_url(source)}"
+        if generated:
+            # The only time a secret is shown: the platform made it and the tenant must copy it.
+            result["secret"] = generated
+            text += f"\nSigning secret (shown once): {generated}"
+        return result, text

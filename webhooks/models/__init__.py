@@ -1,0 +1,8 @@
+from .delivery import Delivery
+from .delivery_attempt import DeliveryAttempt
+from .destination import Destination
+from .source import Source
+from .subscription import Subscription
+from .webhook_event import WebhookEvent
+
+__all__ = ["Delivery", "DeliveryAttempt", "Destination", "Source", "Subscription", "WebhookEvent"]

@@ -1,0 +1,61 @@
+from django.db import models
+from django.utils import timezone
+from uuid6 import uuid7
+
+from organizations.models import Organization
+
+
+class Delivery(models.Model):
+    """One event on its way to one destination."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"  # due at next_attempt_at
+        IN_FLIGHT = "in_flight", "In flight"  # claimed by a worker
+        SUCCEEDED = "succeeded", "Succeeded"
+        DEAD = "dead", "Dead"  # out of retries or refused; kept and can be retried by hand
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey("webhooks.WebhookEvent", on_delete=models.CASCADE, related_name="deliveries")
+    destination = models.ForeignKey("webhooks.Destination", on_delete=models.CASCADE, related_name="deliveries")
+    is_replay = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # When a task for this delivery was last put on the queue; lets the sweeper
+    # re-enqueue only what was lost, not what is merely waiting in the queue.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        verbose_name_plural = "deliveries"
+        constraints = [
+            # Fan-out creates at most one regular delivery per event and destination;
+            # replays add more, deliberately.
+            models.UniqueConstraint(
+                fields=("event", "destination"),
+                condition=models.Q(is_replay=False),
+                name="delivery_unique_event_destination",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=("next_attempt_at",),
+                condition=models.Q(status="pending"),
+                name="delivery_due",
+            ),
+            models.Index(
+                fields=("claimed_at",),
+                condition=models.Q(status="in_flight"),
+                name="delivery_in_flight",
+            ),
+            models.Index(fields=("organization", "status", "-id"), name="delivery_org_status_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.destination_id} ({self.status})"

@@ -1,0 +1,26 @@
+from django.db import models
+from django.utils import timezone
+from uuid6 import uuid7
+
+from organizations.models import Organization
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP request to a destination and what came back."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    delivery = models.ForeignKey("webhooks.Delivery", on_delete=models.CASCADE, related_name="attempts")
+    attempt_number = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    request_headers = models.JSONField(default=dict)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ("delivery", "attempt_number")
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt_number} of {self.delivery_id}"

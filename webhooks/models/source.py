@@ -1,0 +1,46 @@
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+from organizations.models import Organization
+from webhooks.fields import EncryptedTextField
+from webhooks.providers.registry import provider_choices
+
+
+def new_ingest_token() -> str:
+    # 32 random bytes: the token is the only secret part of the ingest URL.
+    return secrets.token_urlsafe(32)
+
+
+class Source(models.Model):
+    """One provider connection of a tenant, reached at /in/<ingest_token>/."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="sources")
+    provider = models.CharField(max_length=40, choices=provider_choices)
+    name = models.CharField(max_length=200)
+    ingest_token = models.CharField(max_length=64, unique=True, default=new_ingest_token, editable=False)
+    secret = EncryptedTextField()
+    secret_hint = models.CharField(max_length=8, blank=True, editable=False)
+    # During a rotation the previous secret keeps verifying until it expires.
+    previous_secret = EncryptedTextField(blank=True, default="")
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("organization", "name")
+        indexes = [models.Index(fields=("organization", "provider"), name="source_org_provider")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider})"
+
+    def active_secrets(self, now=None) -> list[str]:
+        """Secrets that verify right now: the current one, plus the previous one inside its window."""
+        now = now or timezone.now()
+        found = [self.secret]
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            found.append(self.previous_secret)
+        return found

@@ -1,0 +1,55 @@
+from django.db import models
+from django.utils import timezone
+from uuid6 import uuid7
+
+from organizations.models import Organization
+
+
+class WebhookEvent(models.Model):
+    """One received request: verified (and then processed), or rejected with its reason."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"  # committed, waiting to be fanned out
+        PROCESSED = "processed", "Processed"  # deliveries created
+        REJECTED = "rejected", "Rejected"  # failed verification; kept to explain why
+
+    # Time-ordered ids keep inserts at the end of the index and let lists page by keyset.
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="events")
+    source = models.ForeignKey("webhooks.Source", on_delete=models.CASCADE, related_name="events")
+    provider_event_id = models.CharField(max_length=255, null=True, blank=True)
+    event_type = models.CharField(max_length=255, blank=True)
+    body = models.BinaryField()
+    headers = models.JSONField(default=dict)
+    remote_ip = models.GenericIPAddressField(null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVED)
+    rejection_code = models.CharField(max_length=40, blank=True)
+    rejection_detail = models.CharField(max_length=500, blank=True)
+    duplicate_count = models.PositiveIntegerField(default=0)
+    last_duplicate_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            # The database, not a lookup, decides that a redelivery is a duplicate.
+            models.UniqueConstraint(
+                fields=("source", "provider_event_id"),
+                condition=models.Q(provider_event_id__isnull=False),
+                name="event_unique_source_provider_id",
+            )
+        ]
+        indexes = [
+            models.Index(fields=("organization", "-id"), name="event_org_id"),
+            models.Index(fields=("organization", "status", "-id"), name="event_org_status_id"),
+            # Small: only the rows the sweeper and the processor look for.
+            models.Index(
+                fields=("status", "received_at"),
+                condition=models.Q(status="received"),
+                name="event_unfinished",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type or 'event'} {self.provider_event_id or self.id}"

@@ -1,0 +1,208 @@
+"""The small interface every provider scheme implements.
+
+Providers are pure: raw bytes, headers, secrets and options in, a verdict out.
+They import nothing from Django or from the rest of Hookline, so the same code
+verifies ingest requests and signs test requests.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class VerificationError(Exception):
+    """The request is not proven to come from the provider.
+
+    ``code`` is machine-readable, ``detail`` helps the tenant fix their setup.
+    Neither ever contains a secret or an expected signature.
+    """
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class MalformedPayload(Exception):
+    """The request is authentic but its body cannot be understood (answered 400)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidOptions(Exception):
+    """Source options or secret that the provider cannot work with."""
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """An incoming request as the provider sent it."""
+
+    body: bytes
+    headers: Mapping[str, str]  # keys lower-cased
+    method: str = "POST"
+    url: str = ""  # the public URL the provider called, query string included
+    query: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        """The body parsed as JSON, or MalformedPayload."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedPayload(f"body is not valid JSON ({exc.__class__.__name__})") from None
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    """What Hookline records about an authentic request."""
+
+    event_id: str | None  # the provider's idempotency key; None when the provider has none
+    event_type: str
+
+
+@dataclass(frozen=True)
+class HandshakeResponse:
+    """A reply the provider requires instead of the normal acknowledgement."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class ProviderOption:
+    """One setting a tenant configures on a source of this provider."""
+
+    name: str
+    label: str
+    help_text: str = ""
+    required: bool = False
+    default: Any = None
+    kind: str = "str"  # str | int | bool | choice
+    choices: tuple[str, ...] = ()
+
+    def clean(self, raw: Any) -> Any:
+        if raw is None or raw == "":
+            if self.required:
+                raise InvalidOptions(f"option '{self.name}' is required")
+            return self.default
+        if self.kind == "int":
+            try:
+                return int(raw)
+            except (TypeError, ValueError):
+                raise InvalidOptions(f"option '{self.name}' must be an integer") from None
+        if self.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise InvalidOptions(f"option '{self.name}' must be true or false")
+        text = str(raw)
+        if self.kind == "choice" and text not in self.choices:
+            raise InvalidOptions(f"option '{self.name}' must be one of: {', '.join(self.choices)}")
+        return text
+
+
+class Provider:
+    """One signature scheme. Subclasses set the class attributes and override the hooks."""
+
+    kind: ClassVar[str]
+    label: ClassVar[str]
+    # Where the tenant finds the secret in the provider's console; shown by forms and docs.
+    secret_help: ClassVar[str] = ""
+    # True when the tenant chooses the secret (so Hookline may generate one for them).
+    secret_generated_by_us: ClassVar[bool] = False
+    options: ClassVar[tuple[ProviderOption, ...]] = ()
+    # Shown in docs/providers.md and the source forms.
+    docs_verifies: ClassVar[str] = ""
+    docs_event_id: ClassVar[str] = ""
+    docs_event_type: ClassVar[str] = ""
+
+    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and normalise options; unknown names are refused."""
+        known = {option.name: option for option in self.options}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise InvalidOptions(f"unknown option(s) for {self.kind}: {', '.join(unknown)}")
+        return {name: option.clean(raw.get(name)) for name, option in known.items()}
+
+    def clean_secret(self, secret: str) -> str:
+        """Check a secret's shape before it is stored."""
+        if not secret or not secret.strip():
+            raise InvalidOptions("a signing secret is required")
+        return secret.strip()
+
+    def secret_header_names(self, options: Mapping[str, Any]) -> set[str]:
+        """Headers whose value is the secret itself; they are never stored or forwarded."""
+        return set()
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Raise VerificationError unless the request is signed by one of ``secrets``."""
+        raise NotImplementedError
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Event id and type of an authentic request (MalformedPayload if unreadable)."""
+        raise NotImplementedError
+
+    def handshake(
+        self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
+    ) -> HandshakeResponse | None:
+        """A verified request that is a provider handshake gets this reply instead."""
+        return None
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """Headers the provider would send with ``body`` (used by the test sender)."""
+        raise NotImplementedError
+
+
+def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:
+    """Compare two signatures or tokens without leaking where they differ."""
+    if isinstance(a, str):
+        a = a.encode()
+    if isinstance(b, str):
+        b = b.encode()
+    return hmac.compare_digest(a, b)
+
+
+def require_header(request: InboundRequest, name: str) -> str:
+    value = request.header(name)
+    if value is None or value.strip() == "":
+        raise VerificationError("missing_signature", f"the {name} header is missing")
+    return value.strip()
+
+
+def json_field(payload: Any, *path: str) -> Any:
+    """payload[path[0]][path[1]]…, or None when any step is missing."""
+    current = payload
+    for key in path:
+        if not isinstance(current, dict):
+            return None
+        current = current.get(key)
+    return current

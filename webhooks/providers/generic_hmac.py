@@ -1,0 +1,265 @@
+"""Generic HMAC: one configurable header carrying an HMAC of the raw body (optionally timestamp-prefixed).
+
+Covers the long tail of "hex/base64 HMAC of the body" senders: Paystack (sha512 hex), Linear,
+Dropbox, GitHub-style "sha256=" prefixes, Shopify-style base64, and so on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .base import (
+    EventInfo,
+    InboundRequest,
+    InvalidOptions,
+    Provider,
+    ProviderOption,
+    VerificationError,
+    constant_time_equal,
+    json_field,
+    require_header,
+)
+
+ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+DEFAULT_TOLERANCE = 300
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_TIMESTAMP = re.compile(r"\d{1,15}")
+
+OPTIONS = (
+    ProviderOption("header", "Signature header", "Header carrying the signature, e.g. X-Signature.", required=True),
+    ProviderOption("algorithm", "Hash", "HMAC hash function.", default="sha256", kind="choice", choices=tuple(ALGORITHMS)),
+    ProviderOption("encoding", "Encoding", "How the digest is written.", default="hex", kind="choice", choices=("hex", "base64")),
+    ProviderOption("prefix", "Signature prefix", "Text before the digest, e.g. sha256= (matched case-insensitively).", default=""),
+    ProviderOption(
+        "timestamp_header",
+        "Timestamp header",
+        "If set, the signed message is <timestamp><separator><body> and the timestamp (Unix seconds) must be fresh.",
+    ),
+    ProviderOption(
+        "timestamp_separator",
+        "Timestamp separator",
+        "Between timestamp and body in the signed message; pass an explicit empty value for none.",
+        default=".",
+    ),
+    ProviderOption(
+        "tolerance",
+        "Timestamp tolerance (seconds)",
+        "Only with a timestamp header: maximum age or lead of the timestamp; 0 turns the check off.",
+        default=DEFAULT_TOLERANCE,
+        kind="int",
+    ),
+    ProviderOption("event_id_header", "Event id header", "Header with the sender's event or delivery id."),
+    ProviderOption("event_id_field", "Event id field", "Dotted JSON path to the event id, e.g. data.id."),
+    ProviderOption("event_type_header", "Event type header", "Header with the event type."),
+    ProviderOption("event_type_field", "Event type field", "Dotted JSON path to the event type.", default="type"),
+)
+
+
+def _digest(algorithm: str, secret: str, message: bytes) -> bytes:
+    return hmac.new(secret.encode("utf-8"), message, ALGORITHMS.get(algorithm, hashlib.sha256)).digest()
+
+
+def _text(value: Any) -> str | None:
+    """A usable id/type value: non-empty strings and integers (not booleans)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _option(options: Mapping[str, Any], name: str) -> Any:
+    if name in options and options[name] is not None:
+        return options[name]
+    return next(option.default for option in OPTIONS if option.name == name)
+
+
+def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+    """Header, else JSON field, else (id only) a hash of the body so identical bytes count as a redelivery."""
+    payload: Any = None
+    parsed = False
+
+    def field(path: str) -> str | None:
+        nonlocal payload, parsed
+        if not parsed:
+            parsed = True
+            try:
+                payload = json.loads(request.body)
+            except (ValueError, UnicodeDecodeError):
+                payload = None
+        return _text(json_field(payload, *path.split(".")))
+
+    def pick(header_option: str, field_option: str) -> str | None:
+        header = _option(options, header_option)
+        if header and (value := (request.header(header) or "").strip()):
+            return value
+        path = _option(options, field_option)
+        return field(path) if path else None
+
+    event_id = pick("event_id_header", "event_id_field") or "sha256:" + hashlib.sha256(request.body).hexdigest()
+    event_type = pick("event_type_header", "event_type_field") or ""
+    return EventInfo(event_id=event_id, event_type=event_type)
+
+
+def clean_common_options(cleaned: dict[str, Any]) -> dict[str, Any]:
+    """Checks shared by the header/field options."""
+    for name in ("header", "timestamp_header", "event_id_header", "event_type_header"):
+        if name in cleaned and cleaned[name]:
+            cleaned[name] = cleaned[name].strip()
+            if not _HEADER_NAME.fullmatch(cleaned[name]):
+                raise InvalidOptions(f"option '{name}' is not a valid header name")
+    for name in ("event_id_field", "event_type_field"):
+        if name in cleaned and cleaned[name]:
+            cleaned[name] = cleaned[name].strip()
+            if any(not part for part in cleaned[name].split(".")):
+                raise InvalidOptions(f"option '{name}' must be a dotted path such as data.id")
+    return cleaned
+
+
+class GenericHmacProvider(Provider):
+    """Any sender that puts an HMAC of the raw body in one header."""
+
+    kind = "generic_hmac"
+    label = "Generic HMAC"
+    secret_help = (
+        "The signing secret configured in (or shown by) the sender's webhook settings. "
+        "If the sender lets you choose it, Hookline can generate one."
+    )
+    secret_generated_by_us = True
+    options = OPTIONS
+    docs_verifies = (
+        "The configured header: prefix + hex or base64 HMAC (sha1/sha256/sha512) of the raw body, or of "
+        "\"<timestamp><separator><body>\" when a timestamp header is set (then the timestamp must be fresh, both ways)."
+    )
+    docs_event_id = (
+        "the configured event id header, else the configured JSON field, else sha256:<hex of the body> "
+        "(identical bytes are treated as a redelivery)"
+    )
+    docs_event_type = "the configured event type header, else the JSON field (default `type`), else empty"
+
+    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        cleaned = clean_common_options(super().clean_options(raw))
+        # ProviderOption.clean turns "" into the default, but "no separator" is a real scheme
+        # (e.g. timestamp + body), so an explicit empty value is kept.
+        if raw.get("timestamp_separator") == "":
+            cleaned["timestamp_separator"] = ""
+        if cleaned["tolerance"] < 0:
+            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
+        return cleaned
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Accept if the header's digest equals the HMAC under any secret; then check the timestamp if configured."""
+        header = _option(options, "header")
+        if not header:
+            raise VerificationError("bad_format", "the source has no signature header configured")
+        algorithm = _option(options, "algorithm")
+        encoding = _option(options, "encoding")
+        prefix = _option(options, "prefix")
+        value = require_header(request, header)
+        if prefix:
+            if value[: len(prefix)].lower() != prefix.lower():
+                raise VerificationError("bad_format", f"the {header} header does not start with '{prefix}'")
+            value = value[len(prefix) :].strip()
+        candidate = _decode(value, encoding, ALGORITHMS.get(algorithm, hashlib.sha256)().digest_size)
+        if candidate is None:
+            raise VerificationError("bad_format", f"the {header} header is not a {encoding} {algorithm} digest")
+
+        message = request.body
+        timestamp_header = _option(options, "timestamp_header")
+        timestamp = None
+        if timestamp_header:
+            timestamp_text = require_header(request, timestamp_header)
+            if not _TIMESTAMP.fullmatch(timestamp_text):
+                raise VerificationError("bad_format", f"the {timestamp_header} header is not a Unix time in seconds")
+            timestamp = int(timestamp_text)
+            separator = str(_option(options, "timestamp_separator"))
+            message = f"{timestamp_text}{separator}".encode("utf-8", "surrogatepass") + request.body
+
+        if not any(constant_time_equal(_digest(algorithm, s, message), candidate) for s in secrets if s):
+            raise VerificationError(
+                "no_matching_secret",
+                f"the {header} signature does not match the signing secret ({len(secrets)} secret(s) tried); "
+                "check the secret, algorithm, encoding and prefix",
+            )
+
+        tolerance = _tolerance(options)
+        if timestamp is not None and tolerance:
+            age = now - timestamp
+            if age > tolerance:
+                raise VerificationError(
+                    "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
+                )
+            if -age > tolerance:
+                raise VerificationError(
+                    "timestamp_out_of_tolerance",
+                    f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s",
+                )
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Id and type from the configured headers or JSON fields; never fails."""
+        return describe_from_options(request, options)
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """The configured signature header, plus the timestamp and id/type headers when configured."""
+        algorithm = _option(options, "algorithm")
+        headers: dict[str, str] = {}
+        message = body
+        if timestamp_header := _option(options, "timestamp_header"):
+            timestamp = str(int(now))
+            headers[timestamp_header] = timestamp
+            message = f"{timestamp}{_option(options, 'timestamp_separator')}".encode() + body
+        digest = _digest(algorithm, secret, message)
+        encoded = digest.hex() if _option(options, "encoding") == "hex" else base64.b64encode(digest).decode()
+        headers[_option(options, "header")] = f"{_option(options, 'prefix')}{encoded}"
+        if id_header := _option(options, "event_id_header"):
+            headers[id_header] = event_id or str(uuid.uuid4())
+        if (type_header := _option(options, "event_type_header")) and event_type:
+            headers[type_header] = event_type
+        return headers
+
+
+def _decode(value: str, encoding: str, size: int) -> bytes | None:
+    """The digest bytes, or None when ``value`` is not a digest of the right size."""
+    try:
+        if encoding == "base64":
+            text = value.rstrip("=")
+            digest = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        else:
+            if not _HEX.fullmatch(value):
+                return None
+            digest = bytes.fromhex(value)  # case-insensitive by construction
+    except (binascii.Error, ValueError):
+        return None
+    return digest if len(digest) == size else None
+
+
+def _tolerance(options: Mapping[str, Any]) -> int:
+    try:
+        return max(int(_option(options, "tolerance")), 0)
+    except (TypeError, ValueError):
+        return DEFAULT_TOLERANCE

@@ -1,0 +1,43 @@
+"""The one place where provider kinds are listed.
+
+Model choices, forms, admin filters, docs and tests are all derived from
+PROVIDERS; adding a provider means one module and one line here.
+"""
+
+from __future__ import annotations
+
+from .base import Provider
+from .generic_hmac import GenericHmacProvider
+from .github import GitHubProvider
+from .shared_token import SharedTokenProvider
+from .shopify import ShopifyProvider
+from .standard_webhooks import StandardWebhooksProvider
+from .stripe import StripeProvider
+
+PROVIDERS: dict[str, Provider] = {
+    provider.kind: provider
+    for provider in (
+        StripeProvider(),
+        GitHubProvider(),
+        ShopifyProvider(),
+        StandardWebhooksProvider(),
+        GenericHmacProvider(),
+        SharedTokenProvider(),
+    )
+}
+
+
+class UnknownProvider(LookupError):
+    pass
+
+
+def get_provider(kind: str) -> Provider:
+    """The provider for ``kind``; an unknown kind is an error, never a pass."""
+    try:
+        return PROVIDERS[kind]
+    except KeyError:
+        raise UnknownProvider(kind) from None
+
+
+def provider_choices() -> list[tuple[str, str]]:
+    return [(kind, provider.label) for kind, provider in PROVIDERS.items()]

@@ -1,0 +1,115 @@
+"""Shopify: ``X-Shopify-Hmac-Sha256`` = base64 HMAC-SHA256(app client secret, raw body).
+
+The newer "events" webhooks send the same HMAC under un-prefixed names (``shopify-hmac-sha256``…).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from .base import (
+    EventInfo,
+    InboundRequest,
+    Provider,
+    VerificationError,
+    constant_time_equal,
+)
+
+HMAC_HEADERS = ("shopify-hmac-sha256", "X-Shopify-Hmac-Sha256")  # the library checks the un-prefixed one first
+TOPIC_HEADERS = ("shopify-topic", "X-Shopify-Topic")
+EVENT_ID_HEADERS = ("shopify-event-id", "X-Shopify-Event-Id")
+WEBHOOK_ID_HEADERS = ("shopify-webhook-id", "X-Shopify-Webhook-Id")
+API_VERSION = "2025-07"
+
+
+def _digest(secret: str, body: bytes) -> bytes:
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+
+
+def _first_header(request: InboundRequest, names: Sequence[str]) -> tuple[str, str] | None:
+    for name in names:
+        value = request.header(name)
+        if value is not None and value.strip():
+            return name, value.strip()
+    return None
+
+
+class ShopifyProvider(Provider):
+    """Shopify app webhooks (subscribed through the API or shopify.app.toml)."""
+
+    kind = "shopify"
+    label = "Shopify"
+    secret_help = (
+        "Shopify Partner Dashboard / Dev Dashboard → your app → Settings → Client credentials → Client secret "
+        "(API secret key). Webhooks created in the store admin's Notifications page use that page's signing key instead."
+    )
+    secret_generated_by_us = False
+    docs_verifies = (
+        "X-Shopify-Hmac-Sha256 (or shopify-hmac-sha256): base64 HMAC-SHA256 of the raw body keyed with the "
+        "app's client secret. An empty body is refused. There is no timestamp."
+    )
+    docs_event_id = "X-Shopify-Event-Id (same across duplicate deliveries), else X-Shopify-Webhook-Id"
+    docs_event_type = "X-Shopify-Topic header, e.g. orders/create"
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Accept if any secret's HMAC of the non-empty raw body equals the header's digest."""
+        found = _first_header(request, HMAC_HEADERS)
+        if found is None:
+            raise VerificationError("missing_signature", "the X-Shopify-Hmac-Sha256 header is missing")
+        header, value = found
+        try:
+            candidate = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            candidate = b""
+        if len(candidate) != hashlib.sha256().digest_size:
+            raise VerificationError("bad_format", f"the {header} header is not a base64 SHA-256 digest")
+        if not request.body:
+            raise VerificationError("bad_format", "the body is empty; Shopify never signs an empty body")
+        if not any(constant_time_equal(_digest(secret, request.body), candidate) for secret in secrets if secret):
+            raise VerificationError(
+                "no_matching_secret",
+                f"the {header} signature does not match the app's client secret ({len(secrets)} secret(s) tried); "
+                "webhooks created in the store admin are signed with a different key",
+            )
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Id and type come from headers only."""
+        event_id = _first_header(request, EVENT_ID_HEADERS) or _first_header(request, WEBHOOK_ID_HEADERS)
+        topic = _first_header(request, TOPIC_HEADERS)
+        return EventInfo(event_id=event_id[1] if event_id else None, event_type=topic[1] if topic else "")
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """The classic X-Shopify-* headers of a webhook delivery."""
+        triggered_at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="milliseconds")
+        return {
+            "X-Shopify-Hmac-Sha256": base64.b64encode(_digest(secret, body)).decode(),
+            "X-Shopify-Topic": event_type or "orders/create",
+            "X-Shopify-Event-Id": event_id or str(uuid.uuid4()),
+            "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+            "X-Shopify-Shop-Domain": "hookline-test.myshopify.com",
+            "X-Shopify-API-Version": API_VERSION,
+            "X-Shopify-Triggered-At": triggered_at.replace("+00:00", "Z"),
+        }

@@ -1,0 +1,211 @@
+"""Standard Webhooks (Svix, Clerk, Resend, Supabase Auth Hooks…): base64 HMAC-SHA256 over ``"<id>.<ts>.<body>"``.
+
+Both header families are read: ``svix-*`` first, then ``webhook-*``, like the svix library.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .base import (
+    EventInfo,
+    InboundRequest,
+    InvalidOptions,
+    MalformedPayload,
+    Provider,
+    ProviderOption,
+    VerificationError,
+    constant_time_equal,
+)
+
+DEFAULT_TOLERANCE = 300
+FAMILIES = ("svix", "webhook")
+_TIMESTAMP = re.compile(r"\d{1,15}")
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of ``whsec_<base64>`` (also ``v1,whsec_…`` and unpadded base64); ValueError if unusable."""
+    text = secret.strip()
+    if text.startswith("v1,"):
+        text = text[3:]
+    if text.startswith("whsec_"):
+        text = text[len("whsec_") :]
+    text = text.rstrip("=")
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if not key:
+        raise ValueError("empty key")
+    return key
+
+
+def _signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
+    # surrogatepass: a garbage id must fail to match, not raise.
+    prefix = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogatepass")
+    return hmac.new(key, prefix + body, hashlib.sha256).digest()
+
+
+def _headers(request: InboundRequest) -> tuple[str, str, str, str]:
+    """(family, id, timestamp, signature) from the first complete header family."""
+    for family in FAMILIES:
+        values = [(request.header(f"{family}-{part}") or "").strip() for part in ("id", "timestamp", "signature")]
+        if all(values):
+            return family, values[0], values[1], values[2]
+    # Name what is missing in the family the sender evidently uses.
+    family = next(
+        (f for f in FAMILIES if any(request.header(f"{f}-{p}") for p in ("id", "timestamp", "signature"))),
+        "webhook",
+    )
+    missing = [f"{family}-{p}" for p in ("id", "timestamp", "signature") if not (request.header(f"{family}-{p}") or "").strip()]
+    raise VerificationError("missing_signature", f"the {', '.join(missing)} header(s) are missing")
+
+
+def _message_id(request: InboundRequest) -> str | None:
+    for family in FAMILIES:
+        value = (request.header(f"{family}-id") or "").strip()
+        if value:
+            return value
+    return None
+
+
+class StandardWebhooksProvider(Provider):
+    """Senders following the Standard Webhooks spec, including Svix-powered ones and Clerk."""
+
+    kind = "standard_webhooks"
+    label = "Standard Webhooks / Svix / Clerk"
+    secret_help = (
+        "The endpoint's signing secret, starting with whsec_: Clerk Dashboard → Webhooks → your endpoint → "
+        "Signing Secret; Svix App Portal → endpoint → Signing Secret; Supabase Auth Hooks show it as v1,whsec_…."
+    )
+    secret_generated_by_us = False
+    options = (
+        ProviderOption(
+            name="tolerance",
+            label="Timestamp tolerance (seconds)",
+            help_text="Reject timestamps further than this in the past or future; 0 turns the check off. The spec uses 300.",
+            default=DEFAULT_TOLERANCE,
+            kind="int",
+        ),
+    )
+    docs_verifies = (
+        "webhook-signature (or svix-signature): space-separated v1,<base64 HMAC-SHA256> entries over "
+        "\"<id>.<timestamp>.<raw body>\", keyed with the base64-decoded whsec_ secret; any v1 may match; "
+        "the timestamp must be within `tolerance` seconds of now, either way."
+    )
+    docs_event_id = "webhook-id / svix-id header (the same on every retry)"
+    docs_event_type = "payload `type`, e.g. user.created"
+
+    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        cleaned = super().clean_options(raw)
+        if cleaned["tolerance"] < 0:
+            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
+        return cleaned
+
+    def clean_secret(self, secret: str) -> str:
+        secret = super().clean_secret(secret)
+        try:
+            decode_secret(secret)
+        except ValueError:
+            raise InvalidOptions("the secret must be whsec_ followed by base64 (as shown in the sender's dashboard)") from None
+        return secret
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Check the timestamp window first (as the libraries do), then any v1 signature against any secret."""
+        family, msg_id, timestamp, signature_header = _headers(request)
+        if not _TIMESTAMP.fullmatch(timestamp):
+            raise VerificationError("bad_format", f"the {family}-timestamp header is not a Unix time in seconds")
+        tolerance = _tolerance(options)
+        age = now - int(timestamp)
+        if tolerance and age > tolerance:
+            raise VerificationError(
+                "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
+            )
+        if tolerance and -age > tolerance:
+            raise VerificationError(
+                "timestamp_out_of_tolerance",
+                f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
+            )
+
+        candidates: list[bytes] = []
+        versions: set[str] = set()
+        for entry in signature_header.split():
+            version, sep, value = entry.partition(",")
+            if not sep:
+                continue
+            versions.add(version[:12])
+            if version != "v1":
+                continue  # v1a (Ed25519) and future versions are not verified here
+            try:
+                candidates.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                continue
+        if not versions:
+            raise VerificationError(
+                "bad_format", f"the {family}-signature header has no '<version>,<base64>' entries"
+            )
+        if not candidates:
+            found = ", ".join(sorted(versions)[:5])
+            raise VerificationError(
+                "bad_format", f"the {family}-signature header has no usable v1 signature (versions found: {found})"
+            )
+
+        keys = []
+        for secret in secrets:
+            try:
+                keys.append(decode_secret(secret))
+            except ValueError:
+                continue
+        expected = [_signature(key, msg_id, timestamp, request.body) for key in keys]
+        if not any(constant_time_equal(e, c) for e in expected for c in candidates):
+            raise VerificationError(
+                "no_matching_secret",
+                f"none of the {len(candidates)} v1 signature(s) matches the signing secret "
+                f"({len(keys)} secret(s) tried); check the whsec_ secret and that the raw body is unchanged",
+            )
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Id from the message-id header, type from the payload."""
+        payload = request.json()
+        event_type = payload.get("type") if isinstance(payload, dict) else None
+        if not isinstance(event_type, str) or not event_type:
+            raise MalformedPayload("the payload has no string 'type'")
+        return EventInfo(event_id=_message_id(request), event_type=event_type)
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """The webhook-* headers of the spec; the type lives in the body, so event_type is ignored."""
+        msg_id = event_id or f"msg_{uuid.uuid4().hex}"
+        timestamp = str(int(now))
+        signature = base64.b64encode(_signature(decode_secret(secret), msg_id, timestamp, body)).decode()
+        return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature}"}
+
+
+def _tolerance(options: Mapping[str, Any]) -> int:
+    value = options.get("tolerance", DEFAULT_TOLERANCE)
+    try:
+        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
+    except (TypeError, ValueError):
+        return DEFAULT_TOLERANCE

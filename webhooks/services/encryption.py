@@ -1,0 +1,25 @@
+"""Re-encrypting stored secrets after a key rotation."""
+
+from __future__ import annotations
+
+from django.apps import apps
+from django.db import transaction
+
+from webhooks.fields import EncryptedTextField
+
+
+def reencrypt_all_secrets(batch_size: int = 500) -> dict[str, int]:
+    """Load and save every encrypted column, so each is written under the newest key."""
+    counts: dict[str, int] = {}
+    for model in apps.get_models():
+        fields = [field.name for field in model._meta.get_fields() if isinstance(field, EncryptedTextField)]
+        if not fields:
+            continue
+        count = 0
+        for row in model._default_manager.only("pk", *fields).iterator(chunk_size=batch_size):
+            with transaction.atomic():
+                # Decrypting accepts any configured key; saving encrypts with the first (newest).
+                row.save(update_fields=fields)
+            count += 1
+        counts[model._meta.label] = count
+    return counts

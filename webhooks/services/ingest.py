@@ -1,0 +1,198 @@
+"""The ingest hot path: verify, store once, acknowledge, and leave the rest to workers.
+
+A request does at most three things over the network: read the source,
+insert the event (both PostgreSQL) and, now and then, nudge the processor
+(Redis). Everything else waits for a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+
+from webhooks.models import Source, WebhookEvent
+from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
+from webhooks.providers.registry import UnknownProvider, get_provider
+
+from .processing import schedule_event_processing
+
+logger = logging.getLogger(__name__)
+
+MASKED = "[masked]"
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What the view answers: a JSON payload, or a provider handshake reply."""
+
+    status_code: int
+    payload: dict[str, Any] = field(default_factory=dict)
+    handshake: HandshakeResponse | None = None
+
+
+def _error(status_code: int, error: str, detail: str) -> IngestOutcome:
+    return IngestOutcome(status_code, {"error": error, "detail": detail})
+
+
+def source_for_token(token: str) -> Source | None:
+    return (
+        Source.objects.select_related("organization")
+        .filter(ingest_token=token, is_active=True, organization__is_active=True)
+        .first()
+    )
+
+
+def ingest_request(
+    *,
+    token: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    method: str = "POST",
+    url: str = "",
+    query: Mapping[str, Sequence[str]] | None = None,
+    remote_ip: str | None = None,
+) -> IngestOutcome:
+    """Verify and store one webhook request; ``headers`` keep the names they arrived with."""
+    source = source_for_token(token)
+    if source is None:
+        return _error(404, "unknown_source", "no active source has this ingest URL")
+    if len(body) > settings.INGEST_MAX_BODY_BYTES:
+        return _error(413, "body_too_large", f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes")
+
+    request = InboundRequest(
+        body=body,
+        headers={name.lower(): value for name, value in headers.items()},
+        method=method,
+        url=url,
+        query=query or {},
+    )
+    try:
+        provider = get_provider(source.provider)
+    except UnknownProvider:
+        # Misconfiguration must never turn into an unverified accept.
+        return _reject(source, request, headers, remote_ip, "unknown_provider", "the source's provider is not supported")
+
+    try:
+        provider.verify(request, source.active_secrets(), source.options, time.time())
+    except VerificationError as exc:
+        return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
+
+    handshake = provider.handshake(request, source.active_secrets(), source.options)
+    if handshake is not None:
+        return IngestOutcome(handshake.status, handshake=handshake)
+
+    try:
+        info = provider.describe(request, source.options)
+    except MalformedPayload as exc:
+        outcome = _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail)
+        return IngestOutcome(400, outcome.payload)
+
+    event_id, inserted = insert_event(
+        WebhookEvent(
+            organization_id=source.organization_id,
+            source=source,
+            provider_event_id=info.event_id[:255] if info.event_id else None,
+            event_type=info.event_type[:255],
+            body=body,
+            headers=_headers_to_store(provider.secret_header_names(source.options), headers),
+            remote_ip=remote_ip,
+        )
+    )
+    if inserted:
+        transaction.on_commit(schedule_event_processing)
+    return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted})
+
+
+_INSERTED_FIELDS = [
+    WebhookEvent._meta.get_field(name)
+    for name in (
+        "id",
+        "organization",
+        "source",
+        "provider_event_id",
+        "event_type",
+        "body",
+        "headers",
+        "remote_ip",
+        "status",
+        "rejection_code",
+        "rejection_detail",
+        "duplicate_count",
+        "received_at",
+    )
+]
+
+
+def insert_event(event: WebhookEvent) -> tuple:
+    """Insert an event, or count it as a duplicate of the stored one, in one statement.
+
+    The unique constraint on (source, provider event id) decides inside the
+    database, so two concurrent redeliveries can never both be inserted, and
+    no exception breaks an enclosing transaction.
+    Returns (id of the stored event, whether this call inserted it).
+    """
+    table = WebhookEvent._meta.db_table
+    columns = ", ".join(field.column for field in _INSERTED_FIELDS)
+    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(values))}) "
+        "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
+        f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
+        "RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
+    return stored_id, stored_id == event.id
+
+
+def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as received, except values that are themselves secrets."""
+    secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
+    return {name: (MASKED if name.lower() in secret_headers else value) for name, value in headers.items()}
+
+
+def _reject(
+    source: Source,
+    request: InboundRequest,
+    headers: Mapping[str, str],
+    remote_ip: str | None,
+    code: str,
+    detail: str,
+) -> IngestOutcome:
+    """Answer 401 and keep a bounded record, so the tenant can see why verification failed."""
+    if _may_record_rejection(source.pk):
+        provider_secret_headers: set[str] = set()
+        try:
+            provider_secret_headers = get_provider(source.provider).secret_header_names(source.options)
+        except UnknownProvider:
+            pass
+        WebhookEvent.objects.create(
+            organization_id=source.organization_id,
+            source=source,
+            status=WebhookEvent.Status.REJECTED,
+            rejection_code=code,
+            rejection_detail=detail[:500],
+            body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
+            headers=_headers_to_store(provider_secret_headers, headers),
+            remote_ip=remote_ip,
+        )
+    return _error(401, code, detail)
+
+
+def _may_record_rejection(source_id: int) -> bool:
+    """Keep at most INGEST_REJECTED_RECORDS_PER_MINUTE rejected requests per source and minute."""
+    key = f"ingest:rejected:{source_id}:{int(time.time() // 60)}"
+    try:
+        cache.add(key, 0, timeout=120)
+        return cache.incr(key) <= settings.INGEST_REJECTED_RECORDS_PER_MINUTE
+    except Exception:  # the cache is down: recording is still bounded by the request rate
+        logger.warning("cache unavailable while rate-limiting rejected-request records", exc_info=True)
+        return True

@@ -1,0 +1,130 @@
+"""The one module that makes outgoing HTTP requests.
+
+The destination's host is resolved once, every address is checked, and the
+connection goes to the checked address (so DNS cannot change between check
+and connect). Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+from django.conf import settings
+
+
+class DestinationNotAllowed(Exception):
+    """The URL points somewhere Hookline must not send to (message is safe to show)."""
+
+
+@dataclass(frozen=True)
+class OutboundResponse:
+    status: int | None
+    body: str
+    duration_ms: int
+    error: str = ""
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is not None:
+            return _is_public(embedded)
+        if address in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64 carries an IPv4 address
+            return _is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return address.is_global and not address.is_multicast
+
+
+def resolve_destination(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, address to connect to), or DestinationNotAllowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DestinationNotAllowed("the URL must be http:// or https:// with a host name")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise DestinationNotAllowed("the URL has an invalid port") from None
+    host = parts.hostname
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not settings.ALLOW_PRIVATE_DESTINATIONS:
+        blocked = [a for a in addresses if not _is_public(a)]
+        if blocked:
+            raise DestinationNotAllowed(
+                f"the host {host} resolves to a private or reserved address ({blocked[0]}); "
+                "set ALLOW_PRIVATE_DESTINATIONS=true to allow it"
+            )
+    return parts.scheme, host, port, str(addresses[0])
+
+
+def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> OutboundResponse:
+    """POST ``body`` to ``url``; never raises for network trouble, it is reported in ``error``."""
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        scheme, host, port, address = resolve_destination(url)
+    except DestinationNotAllowed as exc:
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
+
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    default_port = 443 if scheme == "https" else 80
+    headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
+    pool_timeout = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
+    if scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            address, port, server_hostname=host, assert_hostname=host, timeout=pool_timeout, maxsize=1
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(address, port, timeout=pool_timeout, maxsize=1)
+    try:
+        response = pool.urlopen(
+            "POST", path, body=body, headers=headers, redirect=False, retries=False, preload_content=False
+        )
+        try:
+            excerpt = response.read(settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, decode_content=True)
+        finally:
+            response.release_conn()
+        return OutboundResponse(
+            status=response.status,
+            body=excerpt.decode("utf-8", errors="replace"),
+            duration_ms=elapsed(),
+        )
+    except urllib3.exceptions.NewConnectionError as exc:
+        # Checked first: urllib3 makes it a subclass of its timeout errors.
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {exc}"[:500])
+    except urllib3.exceptions.TimeoutError:
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"timed out after {timeout:g} s")
+    except urllib3.exceptions.HTTPError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
+    finally:
+        pool.close()
+
+
+def post_to_hookline(url: str, *, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> OutboundResponse:
+    """POST to Hookline's own ingest URL (the test sender). No address check: the target is us."""
+    started = time.monotonic()
+    try:
+        response = urllib3.request(
+            "POST", url, body=body, headers=headers, timeout=timeout, redirect=False, retries=False
+        )
+    except urllib3.exceptions.HTTPError as exc:
+        return OutboundResponse(
+            status=None, body="", duration_ms=int((time.monotonic() - started) * 1000), error=str(exc)[:500]
+        )
+    return OutboundResponse(
+        status=response.status,
+        body=response.data[: settings.DELIVERY_RESPONSE_BODY_MAX_BYTES].decode("utf-8", errors="replace"),
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )

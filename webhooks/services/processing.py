@@ -1,0 +1,138 @@
+"""Turning received events into deliveries, and the sweeper that makes sure nothing is left behind."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from webhooks.models import Delivery, Subscription, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+# While this key exists a processing task is queued or running, so ingest
+# requests skip publishing another one: one Celery message serves a burst.
+PROCESSING_SCHEDULED_KEY = "processing:scheduled"
+PROCESSING_SCHEDULED_TTL = 5
+EVENT_BATCH_SIZE = 100
+
+
+def schedule_event_processing() -> None:
+    """Make sure a worker will process received events soon. Never raises: the sweeper is the safety net."""
+    from webhooks.tasks import process_events
+
+    try:
+        if cache.add(PROCESSING_SCHEDULED_KEY, 1, timeout=PROCESSING_SCHEDULED_TTL):
+            process_events.apply_async(retry=False)
+    except Exception:
+        # The event is committed; the sweeper enqueues it once the broker is back.
+        logger.warning("could not schedule event processing; the sweeper will", exc_info=True)
+
+
+def process_received_events() -> int:
+    """Fan out every received event; returns how many were processed."""
+    total = 0
+    while True:
+        processed = process_event_batch()
+        if processed == 0:
+            # Clear the flag first, then look once more: an event committed
+            # before the flag was cleared is found now, and one committed
+            # after it schedules a new task itself.
+            try:
+                cache.delete(PROCESSING_SCHEDULED_KEY)
+            except Exception:
+                logger.warning("cache unavailable while clearing the processing flag", exc_info=True)
+            processed = process_event_batch()
+            if processed == 0:
+                return total
+        total += processed
+
+
+def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
+    """Claim up to ``batch_size`` received events, create their deliveries, mark them processed.
+
+    One transaction: a worker that dies half-way leaves the events received,
+    and SKIP LOCKED lets several workers take different batches.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        events = list(
+            WebhookEvent.objects.select_for_update(skip_locked=True)
+            .filter(status=WebhookEvent.Status.RECEIVED)
+            .order_by("received_at")
+            .only("id", "organization_id", "source_id", "event_type")[:batch_size]
+        )
+        if not events:
+            return 0
+        subscriptions_by_source: dict[int, list[Subscription]] = {}
+        for subscription in Subscription.objects.filter(
+            source_id__in={event.source_id for event in events}, destination__is_active=True
+        ):
+            subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
+        deliveries = [
+            Delivery(
+                organization_id=event.organization_id,
+                event_id=event.id,
+                destination_id=subscription.destination_id,
+                next_attempt_at=now,
+                enqueued_at=now,
+            )
+            for event in events
+            for subscription in subscriptions_by_source.get(event.source_id, ())
+            if subscription.matches(event.event_type)
+        ]
+        # ignore_conflicts: a redelivered task never creates a second delivery.
+        Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+        WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
+            status=WebhookEvent.Status.PROCESSED, processed_at=now
+        )
+        delivery_ids = [delivery.id for delivery in deliveries]
+        transaction.on_commit(lambda: enqueue_deliveries(delivery_ids))
+    return len(events)
+
+
+def enqueue_deliveries(delivery_ids: list) -> None:
+    from webhooks.tasks import deliver
+
+    try:
+        for delivery_id in delivery_ids:
+            deliver.apply_async((str(delivery_id),), retry=False)
+    except Exception:
+        # They stay pending and due; the sweeper enqueues them again later.
+        logger.warning("could not enqueue deliveries; the sweeper will", exc_info=True)
+
+
+def sweep(now=None) -> dict[str, int]:
+    """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
+    now = now or timezone.now()
+    stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
+    result = {"events": 0, "released": 0, "enqueued": 0}
+
+    if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
+        from webhooks.tasks import process_events
+
+        process_events.apply_async(retry=False)
+        result["events"] = 1
+
+    # A worker that died mid-attempt leaves its delivery in flight: give it back.
+    result["released"] = Delivery.objects.filter(
+        status=Delivery.Status.IN_FLIGHT,
+        claimed_at__lt=now - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
+    ).update(status=Delivery.Status.PENDING, next_attempt_at=now, enqueued_at=None, claimed_at=None)
+
+    with transaction.atomic():
+        due = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+            .exclude(enqueued_at__gte=now - stuck_after)
+            .order_by("next_attempt_at")
+            .values_list("id", flat=True)[:1000]
+        )
+        Delivery.objects.filter(id__in=due).update(enqueued_at=now)
+    enqueue_deliveries(due)
+    result["enqueued"] = len(due)
+    return result

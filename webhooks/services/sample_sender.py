@@ -1,0 +1,90 @@
+"""Signing a sample payload exactly as the provider would, and posting it to a source's ingest URL."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from webhooks.models import Source
+from webhooks.providers.registry import get_provider
+
+from .outbound import OutboundResponse, post_to_hookline
+from .sources import ingest_url
+
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+
+class SampleSenderError(ValueError):
+    """The test request cannot be built (message is safe to show)."""
+
+
+def fixtures_for_provider(provider: str) -> list[str]:
+    """Fixture names available for a provider (file names without .json)."""
+    folder = FIXTURES_DIR / provider
+    if not folder.is_dir():
+        return []
+    return sorted(path.stem for path in folder.glob("*.json") if not path.name.endswith(".headers.json"))
+
+
+def load_fixture(provider: str, name: str) -> tuple[bytes, dict[str, str]]:
+    """The fixture body as bytes and the extra headers the provider sends with it."""
+    if name not in fixtures_for_provider(provider):
+        raise SampleSenderError(f"no fixture '{name}' for {provider}; available: {', '.join(fixtures_for_provider(provider))}")
+    folder = FIXTURES_DIR / provider
+    body = (folder / f"{name}.json").read_bytes().strip()
+    headers_file = folder / f"{name}.headers.json"
+    headers = json.loads(headers_file.read_text()) if headers_file.exists() else {}
+    return body, headers
+
+
+def with_fresh_id(body: bytes) -> tuple[bytes, str]:
+    """A copy of a JSON sample whose top-level "id" is new, so it is not taken for a redelivery."""
+    fresh_id = uuid.uuid4().hex
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body, fresh_id
+    if isinstance(payload, dict) and isinstance(payload.get("id"), str):
+        prefix = payload["id"].split("_", 1)[0] + "_" if "_" in payload["id"] else ""
+        payload["id"] = prefix + fresh_id
+        return json.dumps(payload, indent=2).encode(), fresh_id
+    return body, fresh_id
+
+
+def build_test_request(
+    *, source: Source, fixture: str | None = None, body: bytes | None = None, fresh_id: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a request signed with the source's current secret.
+
+    With ``fresh_id`` the sample gets a new event id (in the body and in the
+    provider's id header), so sending it twice makes two events.
+    """
+    provider = get_provider(source.provider)
+    extra_headers: dict[str, str] = {}
+    if body is None:
+        names = fixtures_for_provider(source.provider)
+        if not names:
+            raise SampleSenderError(f"there is no sample payload for {provider.label}")
+        body, extra_headers = load_fixture(source.provider, fixture or names[0])
+    event_id = None
+    if fresh_id:
+        body, event_id = with_fresh_id(body)
+    url = ingest_url(source)
+    headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0", **extra_headers}
+    headers.update(provider.sign(body, source.secret, source.options, time.time(), url=url, event_id=event_id))
+    return body, headers
+
+
+def send_test_webhook(
+    *,
+    source: Source,
+    fixture: str | None = None,
+    body: bytes | None = None,
+    url: str | None = None,
+    fresh_id: bool = False,
+) -> OutboundResponse:
+    """Sign and POST a sample to the source's ingest URL; returns Hookline's answer."""
+    body, headers = build_test_request(source=source, fixture=fixture, body=body, fresh_id=fresh_id)
+    return post_to_hookline(url or ingest_url(source), body=body, headers=headers)

@@ -1,0 +1,101 @@
+"""Creating and changing sources (a tenant's provider connections)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from organizations.models import Organization
+from organizations.services import SECRET_MASK, audit_record
+from webhooks.models import Source
+from webhooks.providers.base import InvalidOptions
+from webhooks.providers.registry import UnknownProvider, get_provider
+
+from .secrets import generate_token_secret, secret_hint
+
+
+class SourceError(ValueError):
+    """A source cannot be created or changed as asked (message is safe to show)."""
+
+
+def _clean(provider_kind: str, secret: str | None, options: dict[str, Any]):
+    try:
+        provider = get_provider(provider_kind)
+    except UnknownProvider:
+        raise SourceError(f"unknown provider '{provider_kind}'") from None
+    generated = None
+    if not secret:
+        if not provider.secret_generated_by_us:
+            raise SourceError(f"{provider.label} gives you the signing secret: pass it with --secret")
+        secret = generated = generate_token_secret()
+    try:
+        return provider.clean_secret(secret), provider.clean_options(options), generated
+    except InvalidOptions as exc:
+        raise SourceError(str(exc)) from None
+
+
+@transaction.atomic
+def source_create(
+    *,
+    organization: Organization,
+    provider: str,
+    name: str,
+    secret: str | None = None,
+    options: dict[str, Any] | None = None,
+    actor=None,
+) -> tuple[Source, str | None]:
+    """Create a source. Returns it and the generated secret (None when the tenant gave one)."""
+    clean_secret, clean_options, generated = _clean(provider, secret, options or {})
+    source = Source.objects.create(
+        organization=organization,
+        provider=provider,
+        name=name,
+        secret=clean_secret,
+        secret_hint=secret_hint(clean_secret),
+        options=clean_options,
+    )
+    audit_record(
+        action="source.created",
+        organization=organization,
+        actor=actor,
+        target=source,
+        changes={"provider": provider, "name": name, "options": clean_options, "secret": SECRET_MASK},
+    )
+    return source, generated
+
+
+@transaction.atomic
+def source_rotate_secret(
+    *,
+    source: Source,
+    new_secret: str | None = None,
+    overlap_seconds: int | None = None,
+    actor=None,
+) -> tuple[Source, str | None]:
+    """Make ``new_secret`` current; the old one keeps verifying for ``overlap_seconds``."""
+    clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
+    if overlap_seconds is None:
+        overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
+    source.previous_secret = source.secret if overlap_seconds > 0 else ""
+    source.previous_secret_expires_at = (
+        timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
+    )
+    source.secret = clean_secret
+    source.secret_hint = secret_hint(clean_secret)
+    source.save(update_fields=["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"])
+    audit_record(
+        action="source.secret_rotated",
+        organization=source.organization,
+        actor=actor,
+        target=source,
+        changes={"secret": SECRET_MASK, "overlap_seconds": overlap_seconds},
+    )
+    return source, generated
+
+
+def ingest_url(source: Source) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/in/{source.ingest_token}/"

@@ -1,0 +1,25 @@
+"""Request signatures made by the providers' own packages, never by Hookline's code."""
+
+import time
+from datetime import datetime, timezone
+
+import stripe
+from standardwebhooks.webhooks import Webhook
+
+
+def stripe_headers(body: str, secret: str, timestamp: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
+    return {"HTTP_STRIPE_SIGNATURE": f"t={timestamp},v1={signature}"}
+
+
+def standard_webhooks_headers(
+    body: str, secret: str, message_id: str, timestamp: int | None = None, prefix: str = "webhook"
+) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, tz=timezone.utc), body)
+    return {
+        f"HTTP_{prefix.upper()}_ID": message_id,
+        f"HTTP_{prefix.upper()}_TIMESTAMP": str(timestamp),
+        f"HTTP_{prefix.upper()}_SIGNATURE": signature,
+    }

@@ -1,0 +1,204 @@
+"""Fan-out and delivery against a real local HTTP server; receivers verify with `standardwebhooks`."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+from werkzeug import Response
+
+from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+from webhooks.services.destinations import DestinationError, destination_create
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+pytestmark = pytest.mark.django_db
+
+BODY = '{"id":"evt_deliver_1","object":"event","type":"invoice.paid","data":{"object":{"id":"in_9"}}}'
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch):
+    """Tests drive the services directly; what would be enqueued is recorded instead."""
+    enqueued = []
+    monkeypatch.setattr(processing, "enqueue_deliveries", lambda ids: enqueued.extend(ids))
+    return enqueued
+
+
+def ingest(client, source, body=BODY):
+    response = client.generic(
+        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def make_due(delivery):
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_delivered_request_carries_original_body_and_verifiable_signature(client, organization, httpserver):
+    source = make_source(organization)
+    destination, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("thanks", status=200)
+
+    event_id = ingest(client, source)["id"]
+    assert processing.process_received_events() == 1
+    delivery = Delivery.objects.get()
+    delivery_service.deliver(delivery.pk)
+
+    request, _ = httpserver.log[0]
+    assert request.get_data() == BODY.encode()
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["webhook-id"] == event_id
+    assert "Stripe-Signature" in request.headers  # the provider's headers travel along
+    # The receiver's view: verify with the official Standard Webhooks package.
+    payload = Webhook(secret).verify(request.get_data(), dict(request.headers))
+    assert payload["id"] == "evt_deliver_1"
+
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SUCCEEDED and delivery.attempt_count == 1
+    attempt = DeliveryAttempt.objects.get()
+    assert attempt.response_status == 200 and attempt.response_body == "thanks"
+    assert "webhook-signature" not in {name.lower() for name in attempt.request_headers}
+    assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+
+
+def test_500_then_200_is_retried_on_the_schedule(client, organization, httpserver, settings):
+    settings.DELIVERY_RETRY_SCHEDULE = [60, 300]
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_ordered_request("/hook").respond_with_data("boom", status=500)
+    httpserver.expect_ordered_request("/hook").respond_with_data("ok", status=200)
+
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    assert delivery.status == Delivery.Status.PENDING
+    delay = (delivery.next_attempt_at - timezone.now()).total_seconds()
+    assert 50 < delay < 70  # 60 s with jitter
+
+    # Not due yet: a second worker (or a duplicate message) gets nothing.
+    assert delivery_service.deliver(delivery.pk) is None
+    make_due(delivery)
+    delivery = delivery_service.deliver(delivery.pk)
+    assert delivery.status == Delivery.Status.SUCCEEDED
+    assert list(DeliveryAttempt.objects.values_list("response_status", flat=True)) == [500, 200]
+
+
+def test_dead_after_the_last_retry_and_manual_retry(client, organization, httpserver, settings):
+    settings.DELIVERY_RETRY_SCHEDULE = [1, 1]
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("nope", status=503)
+
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = Delivery.objects.get()
+    for _ in range(3):
+        make_due(delivery)
+        delivery = delivery_service.deliver(delivery.pk)
+    assert delivery.status == Delivery.Status.DEAD
+    assert delivery.attempt_count == 3 and delivery.last_status_code == 503
+    assert DeliveryAttempt.objects.count() == 3
+
+    httpserver.clear()
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    call_command("retry_delivery", "--id", str(delivery.pk))
+    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
+
+
+def test_network_error_and_timeout_are_recorded_and_retried(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, "http://127.0.0.1:9/unreachable", sources=[source], timeout_seconds=0.5)
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    assert delivery.status == Delivery.Status.PENDING
+    attempt = DeliveryAttempt.objects.get()
+    assert attempt.response_status is None and "connection failed" in attempt.error
+
+
+def test_duplicate_ingest_delivers_once(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    ingest(client, source)
+    assert ingest(client, source)["duplicate"] is True
+    processing.process_received_events()
+    assert processing.process_received_events() == 0
+    for delivery in Delivery.objects.all():
+        delivery_service.deliver(delivery.pk)
+    assert len(httpserver.log) == 1
+
+
+def test_event_type_filters_and_sources_route_events(client, organization, httpserver):
+    stripe_source = make_source(organization, name="stripe")
+    other_source = make_source(organization, name="other")
+    invoices, _ = make_destination(organization, httpserver.url_for("/invoices"), sources=[stripe_source], event_types=["invoice.*"])
+    charges, _ = make_destination(organization, httpserver.url_for("/charges"), sources=[stripe_source], event_types=["charge.*"])
+    ingest(client, stripe_source)
+    ingest(client, other_source, BODY.replace("evt_deliver_1", "evt_other"))
+    processing.process_received_events()
+    assert list(Delivery.objects.values_list("destination", flat=True)) == [invoices.pk]
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 2
+
+
+def test_two_workers_never_claim_the_same_attempt(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = Delivery.objects.get()
+    assert delivery_service.claim_delivery(delivery.pk) is not None
+    assert delivery_service.claim_delivery(delivery.pk) is None
+
+
+def test_private_destinations_are_refused_unless_allowed(organization, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    for url in ("http://127.0.0.1/hook", "http://10.1.2.3/", "http://169.254.169.254/latest", "http://[::1]/", "http://localhost:8000/"):
+        with pytest.raises(DestinationError):
+            destination_create(organization=organization, name="bad", url=url)
+
+
+def test_private_destination_is_refused_again_at_send_time(client, organization, httpserver, settings):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    assert "private or reserved" in delivery.last_error
+    assert len(httpserver.log) == 0
+
+
+def test_sweeper_releases_deliveries_of_dead_workers_and_enqueues_due_ones(client, organization, httpserver, _no_broker, settings):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = Delivery.objects.get()
+    assert delivery_service.claim_delivery(delivery.pk) is not None
+    # The worker dies here. Later the sweeper runs:
+    later = timezone.now() + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 1)
+    result = processing.sweep(now=later)
+    assert result["released"] == 1 and result["enqueued"] == 1
+    assert str(delivery.pk) in {str(i) for i in _no_broker}
+    # Already enqueued moments ago: the next sweep leaves it alone.
+    assert processing.sweep(now=later)["enqueued"] == 0
+
+
+def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeypatch):
+    from webhooks import tasks
+
+    published = []
+    monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: published.append(1))
+    source = make_source(organization)
+    ingest(client, source)
+    assert processing.sweep()["events"] == 0  # just arrived: the normal path has it
+    later = timezone.now() + timedelta(minutes=5)
+    assert processing.sweep(now=later)["events"] == 1 and published == [1]

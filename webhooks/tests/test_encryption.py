@@ -1,0 +1,67 @@
+"""Secrets are encrypted at rest, never echoed, and re-encrypted under a new key by a command."""
+
+import io
+import json
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.db import connection
+
+from webhooks.fields import _fernet_for
+from webhooks.models import Destination, Source
+
+from .factories import make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "whsec_plaintext_must_not_be_stored_1234"
+
+
+def raw_column(table: str, column: str, pk) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [pk])
+        return cursor.fetchone()[0]
+
+
+def test_secrets_are_not_in_the_database_in_plaintext(organization):
+    source = make_source(organization, secret=SECRET)
+    destination, destination_secret = make_destination(organization, "http://127.0.0.1:9/")
+
+    stored = raw_column("webhooks_source", "secret", source.pk)
+    assert SECRET not in stored and "plaintext" not in stored
+    assert stored.startswith("gAAAA")  # a Fernet token
+    stored_destination = raw_column("webhooks_destination", "secret", destination.pk)
+    assert destination_secret not in stored_destination
+    # Python code sees the plaintext again.
+    assert Source.objects.get(pk=source.pk).secret == SECRET
+    assert Destination.objects.get(pk=destination.pk).secret == destination_secret
+    assert source.secret_hint == "…1234"
+
+
+def test_rotate_encryption_keys_reencrypts_under_the_newest_key(organization, settings):
+    source = make_source(organization, secret=SECRET)
+    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+
+    out = io.StringIO()
+    call_command("rotate_encryption_keys", "--json", stdout=out)
+    assert json.loads(out.getvalue())["reencrypted"]["webhooks.Source"] == 1
+
+    stored = raw_column("webhooks_source", "secret", source.pk)
+    assert Fernet(new_key.encode()).decrypt(stored.encode()).decode() == SECRET
+    # The old key alone can no longer read it, so the old key can be retired.
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    assert Source.objects.get(pk=source.pk).secret == SECRET
+
+
+def test_secret_is_never_in_logs_or_command_output(organization, caplog):
+    out = io.StringIO()
+    call_command(
+        "create_source", "--org", organization.slug, "--provider", "stripe", "--name", "live", "--secret", SECRET, "--json", stdout=out
+    )
+    result = json.loads(out.getvalue())
+    assert "secret" not in result
+    assert SECRET not in out.getvalue() and SECRET not in caplog.text

@@ -1,0 +1,244 @@
+"""POST /in/<token>/ end to end through Django, with signatures from the providers' packages."""
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from webhooks.models import WebhookEvent
+from webhooks.selectors import events_for_organization
+from webhooks.services.sources import source_rotate_secret
+
+from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
+from .signing import standard_webhooks_headers, stripe_headers
+
+pytestmark = pytest.mark.django_db
+
+STRIPE_BODY = '{"id": "evt_1NG8Du2eZvKYlo2CUI79vXWy", "object": "event", "type": "invoice.paid", "data": {"object": {"id": "in_1"}}}'
+
+
+def post(client, source, body, **headers):
+    return client.generic("POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **headers)
+
+
+def test_valid_stripe_webhook_is_stored_exactly(client, organization):
+    source = make_source(organization)
+    # Odd spacing and key order: what is stored must be the bytes as sent, not re-serialised JSON.
+    body = '{"type":"invoice.paid",   "id":"evt_exact","object":"event"}'
+    response = post(client, source, body, REMOTE_ADDR="203.0.113.9", **stripe_headers(body, STRIPE_SECRET))
+
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["duplicate"] is False
+    event = WebhookEvent.objects.get(pk=answer["id"])
+    assert bytes(event.body) == body.encode()
+    assert event.provider_event_id == "evt_exact"
+    assert event.event_type == "invoice.paid"
+    assert event.status == WebhookEvent.Status.RECEIVED
+    assert event.organization == organization and event.source == source
+    assert event.remote_ip == "203.0.113.9"
+    assert event.headers["Stripe-Signature"].startswith("t=")
+
+
+def test_redelivery_is_a_counted_duplicate_answered_200(client, organization):
+    source = make_source(organization)
+    first = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).json()
+    again = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
+
+    assert again.status_code == 200
+    assert again.json() == {"id": first["id"], "duplicate": True}
+    event = WebhookEvent.objects.get()
+    assert event.duplicate_count == 1
+    assert event.last_duplicate_at is not None
+
+
+def test_same_event_id_on_two_sources_is_two_events(client, organization):
+    live = make_source(organization, name="live")
+    test = make_source(organization, name="test")
+    for source in (live, test):
+        assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).json()["duplicate"] is False
+    assert WebhookEvent.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    "headers, code",
+    [
+        ({}, "missing_signature"),
+        ({"HTTP_STRIPE_SIGNATURE": "garbage"}, "bad_format"),
+        (stripe_headers(STRIPE_BODY, "whsec_wrong"), "no_matching_secret"),
+        (stripe_headers(STRIPE_BODY, STRIPE_SECRET, timestamp=int(time.time()) - 3600), "timestamp_out_of_tolerance"),
+    ],
+)
+def test_unverified_requests_are_401_with_a_reason_and_recorded(client, organization, headers, code):
+    source = make_source(organization)
+    response = post(client, source, STRIPE_BODY, **headers)
+
+    assert response.status_code == 401
+    assert response.json()["error"] == code
+    assert response.json()["detail"]
+    assert STRIPE_SECRET not in response.content.decode()
+    rejected = WebhookEvent.objects.get()
+    assert rejected.status == WebhookEvent.Status.REJECTED
+    assert rejected.rejection_code == code
+    assert rejected.provider_event_id is None
+
+
+def test_tampered_body_is_rejected(client, organization):
+    source = make_source(organization)
+    headers = stripe_headers(STRIPE_BODY, STRIPE_SECRET)
+    response = post(client, source, STRIPE_BODY.replace("invoice.paid", "invoice.PAID"), **headers)
+    assert response.status_code == 401
+    assert not WebhookEvent.objects.exclude(status=WebhookEvent.Status.REJECTED).exists()
+
+
+def test_rejected_records_are_bounded(client, organization, settings):
+    settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 3
+    settings.REJECTED_BODY_MAX_BYTES = 10
+    source = make_source(organization)
+    for _ in range(6):
+        assert post(client, source, STRIPE_BODY).status_code == 401
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.REJECTED).count() == 3
+    assert all(len(bytes(event.body)) == 10 for event in WebhookEvent.objects.all())
+
+
+def test_rotated_secret_keeps_working_during_the_window_only(client, organization):
+    source = make_source(organization)
+    source_rotate_secret(source=source, new_secret="whsec_new_secret", overlap_seconds=3600)
+
+    old = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
+    body_two = STRIPE_BODY.replace("evt_1NG8", "evt_2NG8")
+    new = post(client, source, body_two, **stripe_headers(body_two, "whsec_new_secret"))
+    assert (old.status_code, new.status_code) == (200, 200)
+
+    source.previous_secret_expires_at = timezone.now() - timedelta(seconds=1)
+    source.save()
+    body_three = STRIPE_BODY.replace("evt_1NG8", "evt_3NG8")
+    expired = post(client, source, body_three, **stripe_headers(body_three, STRIPE_SECRET))
+    assert expired.status_code == 401
+    assert expired.json()["error"] == "no_matching_secret"
+
+
+def test_unknown_or_inactive_source_is_404(client, organization):
+    source = make_source(organization)
+    assert client.post("/in/not-a-token/", STRIPE_BODY, content_type="application/json").status_code == 404
+    source.is_active = False
+    source.save()
+    assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).status_code == 404
+    organization.is_active = False
+    organization.save()
+    source.is_active = True
+    source.save()
+    assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).status_code == 404
+    assert not WebhookEvent.objects.exists()
+
+
+def test_body_over_the_limit_is_413(client, organization, settings):
+    settings.INGEST_MAX_BODY_BYTES = 100
+    source = make_source(organization)
+    body = json.dumps({"id": "evt_big", "type": "x", "pad": "a" * 200})
+    response = post(client, source, body, **stripe_headers(body, STRIPE_SECRET))
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+@pytest.mark.parametrize("body", ["not json at all", "[1, 2, 3]", '{"object": "event"}', '{"id": 5, "type": null}'])
+def test_authentic_but_malformed_body_is_400_never_500(client, organization, body):
+    source = make_source(organization)
+    response = post(client, source, body, **stripe_headers(body, STRIPE_SECRET))
+    assert response.status_code in (400, 401)
+    assert response.json()["error"]
+
+
+def test_standard_webhooks_svix_and_webhook_headers(client, organization):
+    source = make_source(organization, provider="standard_webhooks", secret=STANDARD_SECRET)
+    body = '{"type": "user.created", "data": {"id": "user_29w83sxmDNGwOuEthce5gg56FcC"}, "object": "event"}'
+    for prefix, message_id in (("svix", "msg_svix_1"), ("webhook", "msg_webhook_1")):
+        response = post(client, source, body, **standard_webhooks_headers(body, STANDARD_SECRET, message_id, prefix=prefix))
+        assert response.status_code == 200, response.content
+    assert sorted(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == ["msg_svix_1", "msg_webhook_1"]
+    assert set(WebhookEvent.objects.values_list("event_type", flat=True)) == {"user.created"}
+
+    stale = standard_webhooks_headers(body, STANDARD_SECRET, "msg_old", timestamp=int(time.time()) - 600)
+    assert post(client, source, body, **stale).json()["error"] == "timestamp_out_of_tolerance"
+
+
+def test_github_published_vector(client, organization):
+    # GitHub's documented example: secret "It's a Secret to Everybody", payload "Hello, World!".
+    source = make_source(organization, provider="github", secret="It's a Secret to Everybody")
+    headers = {
+        "HTTP_X_HUB_SIGNATURE_256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        "HTTP_X_GITHUB_EVENT": "ping",
+        "HTTP_X_GITHUB_DELIVERY": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    }
+    response = post(client, source, "Hello, World!", **headers)
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get()
+    assert (event.provider_event_id, event.event_type) == ("72d3162e-cc78-11e3-81ab-4c9367dc0958", "ping")
+    assert post(client, source, "Hello, World?", **headers).status_code == 401
+
+
+def test_shopify_published_vector(client, organization):
+    source = make_source(organization, provider="shopify", secret="test_secret_key")
+    headers = {
+        "HTTP_X_SHOPIFY_HMAC_SHA256": "B23tXN681gZ0qIWNRrgtzBE9XSDo5yaUu6wfmhu3a7g=",
+        "HTTP_X_SHOPIFY_TOPIC": "orders/create",
+        "HTTP_X_SHOPIFY_EVENT_ID": "98880550-7158-44d4-b7cd-2c97c8a091b5",
+        "HTTP_X_SHOPIFY_WEBHOOK_ID": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+    }
+    response = post(client, source, '{"foo": "bar"}', **headers)
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get()
+    assert (event.provider_event_id, event.event_type) == ("98880550-7158-44d4-b7cd-2c97c8a091b5", "orders/create")
+
+
+def test_shared_token_secret_is_never_stored(client, organization):
+    source = make_source(organization, provider="shared_token", secret="s3cr3t-token-value")
+    body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
+    response = post(client, source, body, HTTP_AUTHORIZATION="s3cr3t-token-value")
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get()
+    assert "s3cr3t-token-value" not in json.dumps(event.headers)
+    assert post(client, source, body, HTTP_AUTHORIZATION="wrong").status_code == 401
+
+
+def test_a_tenant_never_sees_another_tenants_events(client, organization, other_organization):
+    mine = make_source(organization)
+    theirs = make_source(other_organization)
+    post(client, mine, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
+    other_body = STRIPE_BODY.replace("evt_1NG8", "evt_9NG8")
+    post(client, theirs, other_body, **stripe_headers(other_body, STRIPE_SECRET))
+
+    mine_events = events_for_organization(organization=organization)
+    theirs_events = events_for_organization(organization=other_organization)
+    assert [e.provider_event_id for e in mine_events] == ["evt_1NG8Du2eZvKYlo2CUI79vXWy"]
+    assert [e.provider_event_id for e in theirs_events] == ["evt_9NG8Du2eZvKYlo2CUI79vXWy"]
+    # A source's token only ever files events under its own organization.
+    assert {e.organization_id for e in WebhookEvent.objects.filter(source=theirs)} == {other_organization.pk}
+
+
+def test_processing_is_scheduled_after_commit_and_broker_failure_still_answers_200(
+    client, organization, monkeypatch, django_capture_on_commit_callbacks
+):
+    from webhooks import tasks
+
+    published = []
+    monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: published.append(1))
+    source = make_source(organization)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).status_code == 200
+    assert len(callbacks) == 1 and published == [1]
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.process_events, "apply_async", broker_down)
+    from django.core.cache import cache
+
+    cache.clear()
+    body = STRIPE_BODY.replace("evt_1NG8", "evt_4NG8")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, source, body, **stripe_headers(body, STRIPE_SECRET))
+    assert response.status_code == 200
+    assert WebhookEvent.objects.filter(provider_event_id="evt_4NG8Du2eZvKYlo2CUI79vXWy").exists()

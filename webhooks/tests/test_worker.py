@@ -1,0 +1,73 @@
+"""A real Celery worker against Redis: ingest over HTTP-like client, processing and delivery by the worker."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from standardwebhooks.webhooks import Webhook
+
+from webhooks.models import Delivery
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """A worker process on the test database, consuming the test queue; stopped after the test."""
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
+    }
+    log_path = Path(settings.BASE_DIR) / "var" / "test-worker.log"
+    log_path.parent.mkdir(exist_ok=True)
+    log = log_path.open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "INFO",
+         "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield worker
+    worker.terminate()
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    log.close()
+
+
+@pytest.mark.worker
+def test_webhook_goes_end_to_end_through_a_real_worker(client, organization, httpserver, celery_worker_process):
+    source = make_source(organization)
+    destination, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+
+    bodies = [f'{{"id":"evt_worker_{n}","object":"event","type":"invoice.paid"}}' for n in range(5)]
+    for body in bodies:
+        response = client.generic(
+            "POST", f"/in/{source.ingest_token}/", body, content_type="application/json",
+            **stripe_headers(body, STRIPE_SECRET),
+        )
+        assert response.status_code == 200
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if Delivery.objects.filter(status=Delivery.Status.SUCCEEDED).count() == len(bodies):
+            break
+        assert celery_worker_process.poll() is None, "the worker exited"
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"not delivered in time: {list(Delivery.objects.values_list('status', flat=True))}")
+
+    received = sorted(request.get_data().decode() for request, _ in httpserver.log)
+    assert received == sorted(bodies)
+    for request, _ in httpserver.log:
+        Webhook(secret).verify(request.get_data(), dict(request.headers))
