@@ -1,10 +1,19 @@
 """Shared fixtures: tenants with owner/member/outsider users, sources and destinations."""
 
+import factory
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 from organizations.models import Membership
 from organizations.services import organization_create
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+
+    email = factory.Sequence(lambda n: f"user{n}@example.com")
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +39,8 @@ def owner(organization):
 
 
 @pytest.fixture
-def member(organization, django_user_model):
-    user = django_user_model.objects.create_user("member@acme.example")
+def member(organization):
+    user = UserFactory(email="member@acme.example")
     Membership.objects.create(user=user, organization=organization, role=Membership.Role.MEMBER)
     return user
 
