@@ -25,7 +25,18 @@ os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "5")
 os.environ.setdefault("DEMO_RECEIVER_URL", f"http://127.0.0.1:{RECEIVER_PORT}/hooks")
 
 PROCESSES = {
-    "web": [PYTHON, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{PORT}", "--workers", "2", "--access-logfile", "-"],
+    "web": [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "config.wsgi",
+        "--bind",
+        f"127.0.0.1:{PORT}",
+        "--workers",
+        "2",
+        "--access-logfile",
+        "-",
+    ],
     "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"],
     "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO", "-S", "django"],
     "receiver": [PYTHON, str(ROOT / "scripts" / "demo_receiver.py"), RECEIVER_PORT],

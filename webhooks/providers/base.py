@@ -56,7 +56,7 @@ class InboundRequest:
         """The body parsed as JSON, or MalformedPayload."""
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MalformedPayload(f"body is not valid JSON ({exc.__class__.__name__})") from None
 
 

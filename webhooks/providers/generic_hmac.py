@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,9 +35,15 @@ _TIMESTAMP = re.compile(r"\d{1,15}")
 
 OPTIONS = (
     ProviderOption("header", "Signature header", "Header carrying the signature, e.g. X-Signature.", required=True),
-    ProviderOption("algorithm", "Hash", "HMAC hash function.", default="sha256", kind="choice", choices=tuple(ALGORITHMS)),
-    ProviderOption("encoding", "Encoding", "How the digest is written.", default="hex", kind="choice", choices=("hex", "base64")),
-    ProviderOption("prefix", "Signature prefix", "Text before the digest, e.g. sha256= (matched case-insensitively).", default=""),
+    ProviderOption(
+        "algorithm", "Hash", "HMAC hash function.", default="sha256", kind="choice", choices=tuple(ALGORITHMS)
+    ),
+    ProviderOption(
+        "encoding", "Encoding", "How the digest is written.", default="hex", kind="choice", choices=("hex", "base64")
+    ),
+    ProviderOption(
+        "prefix", "Signature prefix", "Text before the digest, e.g. sha256= (matched case-insensitively).", default=""
+    ),
     ProviderOption(
         "timestamp_header",
         "Timestamp header",
@@ -94,7 +99,7 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
             parsed = True
             try:
                 payload = json.loads(request.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested JSON
                 payload = None
         return _text(json_field(payload, *path.split(".")))
 
@@ -113,12 +118,12 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
 def clean_common_options(cleaned: dict[str, Any]) -> dict[str, Any]:
     """Checks shared by the header/field options."""
     for name in ("header", "timestamp_header", "event_id_header", "event_type_header"):
-        if name in cleaned and cleaned[name]:
+        if cleaned.get(name):
             cleaned[name] = cleaned[name].strip()
             if not _HEADER_NAME.fullmatch(cleaned[name]):
                 raise InvalidOptions(f"option '{name}' is not a valid header name")
     for name in ("event_id_field", "event_type_field"):
-        if name in cleaned and cleaned[name]:
+        if cleaned.get(name):
             cleaned[name] = cleaned[name].strip()
             if any(not part for part in cleaned[name].split(".")):
                 raise InvalidOptions(f"option '{name}' must be a dotted path such as data.id")
@@ -138,7 +143,7 @@ class GenericHmacProvider(Provider):
     options = OPTIONS
     docs_verifies = (
         "The configured header: prefix + hex or base64 HMAC (sha1/sha256/sha512) of the raw body, or of "
-        "\"<timestamp><separator><body>\" when a timestamp header is set (then the timestamp must be fresh, both ways)."
+        '"<timestamp><separator><body>" when a timestamp header is set (then the timestamp must be fresh, both ways).'
     )
     docs_event_id = (
         "the configured event id header, else the configured JSON field, else sha256:<hex of the body> "
@@ -225,7 +230,7 @@ class GenericHmacProvider(Provider):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        """The configured signature header, plus the timestamp and id/type headers when configured."""
+        """The configured signature header, the timestamp header if configured, and id/type headers when configured and given."""
         algorithm = _option(options, "algorithm")
         headers: dict[str, str] = {}
         message = body
@@ -236,8 +241,8 @@ class GenericHmacProvider(Provider):
         digest = _digest(algorithm, secret, message)
         encoded = digest.hex() if _option(options, "encoding") == "hex" else base64.b64encode(digest).decode()
         headers[_option(options, "header")] = f"{_option(options, 'prefix')}{encoded}"
-        if id_header := _option(options, "event_id_header"):
-            headers[id_header] = event_id or str(uuid.uuid4())
+        if (id_header := _option(options, "event_id_header")) and event_id:
+            headers[id_header] = event_id
         if (type_header := _option(options, "event_type_header")) and event_type:
             headers[type_header] = event_type
         return headers

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -39,12 +38,12 @@ def _payload(body: bytes) -> Any:
     """The JSON payload, whether sent as application/json or as form field ``payload``."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested JSON
         pass
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=False)
         return json.loads(form["payload"][0])
-    except (ValueError, UnicodeDecodeError, KeyError, IndexError):
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, IndexError):
         return None
 
 
@@ -63,7 +62,9 @@ class GitHubProvider(Provider):
         "(sha1=) is used only when the SHA-256 header is absent. There is no timestamp."
     )
     docs_event_id = "X-GitHub-Delivery header (the same GUID when a delivery is redelivered)"
-    docs_event_type = "X-GitHub-Event header, plus \".<action>\" when the payload has an action (e.g. pull_request.opened)"
+    docs_event_type = (
+        'X-GitHub-Event header, plus ".<action>" when the payload has an action (e.g. pull_request.opened)'
+    )
 
     def verify(
         self,
@@ -127,12 +128,17 @@ class GitHubProvider(Provider):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        """Both signature headers, as GitHub sends them, plus the event and delivery headers."""
-        # Our types are "<event>.<action>"; the header carries only the event name.
-        event = (event_type or "ping").split(".", 1)[0]
-        return {
+        """Both signature headers, as GitHub sends them, plus the event and delivery headers when given.
+
+        Headers not given are left out so a fixture's recorded headers are not overwritten.
+        """
+        headers = {
             SHA256_HEADER: "sha256=" + _digest(secret, body, hashlib.sha256),
             SHA1_HEADER: "sha1=" + _digest(secret, body, hashlib.sha1),
-            EVENT_HEADER: event,
-            DELIVERY_HEADER: event_id or str(uuid.uuid4()),
         }
+        if event_type:
+            # Our types are "<event>.<action>"; the header carries only the event name.
+            headers[EVENT_HEADER] = event_type.split(".", 1)[0]
+        if event_id:
+            headers[DELIVERY_HEADER] = event_id
+        return headers

@@ -134,7 +134,7 @@ class SharedTokenProvider(Provider):
         payload: Any = None
         try:
             payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested JSON
             pass
 
         def pick(header_option: str, field_option: str) -> str | None:

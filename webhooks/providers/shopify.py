@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .base import (
@@ -26,7 +26,6 @@ HMAC_HEADERS = ("shopify-hmac-sha256", "X-Shopify-Hmac-Sha256")  # the library c
 TOPIC_HEADERS = ("shopify-topic", "X-Shopify-Topic")
 EVENT_ID_HEADERS = ("shopify-event-id", "X-Shopify-Event-Id")
 WEBHOOK_ID_HEADERS = ("shopify-webhook-id", "X-Shopify-Webhook-Id")
-API_VERSION = "2025-07"
 
 
 def _digest(secret: str, body: bytes) -> bytes:
@@ -102,14 +101,18 @@ class ShopifyProvider(Provider):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        """The classic X-Shopify-* headers of a webhook delivery."""
-        triggered_at = datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="milliseconds")
-        return {
+        """The HMAC and per-delivery X-Shopify-* headers; topic and event id only when given.
+
+        Shop domain and API version are left to the fixture's recorded headers, which this must not overwrite.
+        """
+        triggered_at = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds")
+        headers = {
             "X-Shopify-Hmac-Sha256": base64.b64encode(_digest(secret, body)).decode(),
-            "X-Shopify-Topic": event_type or "orders/create",
-            "X-Shopify-Event-Id": event_id or str(uuid.uuid4()),
             "X-Shopify-Webhook-Id": str(uuid.uuid4()),
-            "X-Shopify-Shop-Domain": "hookline-test.myshopify.com",
-            "X-Shopify-API-Version": API_VERSION,
             "X-Shopify-Triggered-At": triggered_at.replace("+00:00", "Z"),
         }
+        if event_type:
+            headers["X-Shopify-Topic"] = event_type
+        if event_id:
+            headers["X-Shopify-Event-Id"] = event_id
+        return headers

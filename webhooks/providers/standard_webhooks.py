@@ -64,7 +64,9 @@ def _headers(request: InboundRequest) -> tuple[str, str, str, str]:
         (f for f in FAMILIES if any(request.header(f"{f}-{p}") for p in ("id", "timestamp", "signature"))),
         "webhook",
     )
-    missing = [f"{family}-{p}" for p in ("id", "timestamp", "signature") if not (request.header(f"{family}-{p}") or "").strip()]
+    missing = [
+        f"{family}-{p}" for p in ("id", "timestamp", "signature") if not (request.header(f"{family}-{p}") or "").strip()
+    ]
     raise VerificationError("missing_signature", f"the {', '.join(missing)} header(s) are missing")
 
 
@@ -97,7 +99,7 @@ class StandardWebhooksProvider(Provider):
     )
     docs_verifies = (
         "webhook-signature (or svix-signature): space-separated v1,<base64 HMAC-SHA256> entries over "
-        "\"<id>.<timestamp>.<raw body>\", keyed with the base64-decoded whsec_ secret; any v1 may match; "
+        '"<id>.<timestamp>.<raw body>", keyed with the base64-decoded whsec_ secret; any v1 may match; '
         "the timestamp must be within `tolerance` seconds of now, either way."
     )
     docs_event_id = "webhook-id / svix-id header (the same on every retry)"
@@ -114,7 +116,9 @@ class StandardWebhooksProvider(Provider):
         try:
             decode_secret(secret)
         except ValueError:
-            raise InvalidOptions("the secret must be whsec_ followed by base64 (as shown in the sender's dashboard)") from None
+            raise InvalidOptions(
+                "the secret must be whsec_ followed by base64 (as shown in the sender's dashboard)"
+            ) from None
         return secret
 
     def verify(
@@ -154,9 +158,7 @@ class StandardWebhooksProvider(Provider):
             except (binascii.Error, ValueError):
                 continue
         if not versions:
-            raise VerificationError(
-                "bad_format", f"the {family}-signature header has no '<version>,<base64>' entries"
-            )
+            raise VerificationError("bad_format", f"the {family}-signature header has no '<version>,<base64>' entries")
         if not candidates:
             found = ", ".join(sorted(versions)[:5])
             raise VerificationError(

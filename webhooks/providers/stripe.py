@@ -74,7 +74,7 @@ class StripeProvider(Provider):
         ),
     )
     docs_verifies = (
-        "Stripe-Signature header: hex HMAC-SHA256 of \"<t>.<raw body>\" keyed with the whole whsec_ secret; "
+        'Stripe-Signature header: hex HMAC-SHA256 of "<t>.<raw body>" keyed with the whole whsec_ secret; '
         "any v1 signature may match; t may be at most `tolerance` seconds old."
     )
     docs_event_id = "payload `id` (evt_…), identical on every retry"

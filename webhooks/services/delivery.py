@@ -71,9 +71,9 @@ def retry_delay_seconds(attempt_count: int) -> float | None:
 def claim_delivery(delivery_id) -> Delivery | None:
     """Take a due delivery for this worker, or None if it is not due or another worker has it."""
     now = timezone.now()
-    claimed = Delivery.objects.filter(
-        pk=delivery_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now
-    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1)
+    claimed = Delivery.objects.filter(pk=delivery_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now).update(
+        status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1
+    )
     if claimed != 1:
         return None
     return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)
@@ -81,9 +81,7 @@ def claim_delivery(delivery_id) -> Delivery | None:
 
 def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     event = delivery.event
-    headers = {
-        name: value for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS
-    }
+    headers = {name: value for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS}
     message_id = str(event.id)
     headers.update(
         {
@@ -115,7 +113,9 @@ def deliver(delivery_id) -> Delivery | None:
     headers = build_request_headers(delivery, timestamp)
     started_at = timezone.now()
     # No transaction is open here: the HTTP call must never hold database locks.
-    response = outbound.post(destination.url, body=bytes(delivery.event.body), headers=headers, timeout=destination.timeout_seconds)
+    response = outbound.post(
+        destination.url, body=bytes(delivery.event.body), headers=headers, timeout=destination.timeout_seconds
+    )
     safe_headers = {name: value for name, value in headers.items() if name.lower() != "webhook-signature"}
     DeliveryAttempt.objects.create(
         organization_id=delivery.organization_id,

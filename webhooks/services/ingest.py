@@ -77,7 +77,9 @@ def ingest_request(
         provider = get_provider(source.provider)
     except UnknownProvider:
         # Misconfiguration must never turn into an unverified accept.
-        return _reject(source, request, headers, remote_ip, "unknown_provider", "the source's provider is not supported")
+        return _reject(
+            source, request, headers, remote_ip, "unknown_provider", "the source's provider is not supported"
+        )
 
     try:
         provider.verify(request, source.active_secrets(), source.options, time.time())

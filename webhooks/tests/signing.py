@@ -1,7 +1,7 @@
 """Request signatures made by the providers' own packages, never by Hookline's code."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import stripe
 from standardwebhooks.webhooks import Webhook
@@ -17,7 +17,7 @@ def standard_webhooks_headers(
     body: str, secret: str, message_id: str, timestamp: int | None = None, prefix: str = "webhook"
 ) -> dict[str, str]:
     timestamp = int(time.time()) if timestamp is None else timestamp
-    signature = Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, tz=timezone.utc), body)
+    signature = Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, tz=UTC), body)
     return {
         f"HTTP_{prefix.upper()}_ID": message_id,
         f"HTTP_{prefix.upper()}_TIMESTAMP": str(timestamp),

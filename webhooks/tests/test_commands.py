@@ -31,7 +31,19 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
     assert Membership.objects.get(organization=organization).role == "owner"
     assert Membership.objects.get(organization=organization).user.email == "boss@acme.example"
 
-    source = run("create_source", "--org", "acme", "--provider", "stripe", "--name", "live", "--secret", STRIPE_SECRET, "--option", "tolerance=600")
+    source = run(
+        "create_source",
+        "--org",
+        "acme",
+        "--provider",
+        "stripe",
+        "--name",
+        "live",
+        "--secret",
+        STRIPE_SECRET,
+        "--option",
+        "tolerance=600",
+    )
     assert set(source) == {"id", "token", "ingest_url"}
     assert source["ingest_url"] == f"http://testserver/in/{source['token']}/"
     assert Source.objects.get(pk=source["id"]).options["tolerance"] == 600
@@ -39,11 +51,25 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
     generated = run("create_source", "--org", "acme", "--provider", "github", "--name", "repo")
     assert len(generated["secret"]) >= 32
 
-    destination = run("create_destination", "--org", "acme", "--name", "app", "--url", httpserver.url_for("/hook"), "--source", str(source["id"]), "--event-types", "invoice.*")
+    destination = run(
+        "create_destination",
+        "--org",
+        "acme",
+        "--name",
+        "app",
+        "--url",
+        httpserver.url_for("/hook"),
+        "--source",
+        str(source["id"]),
+        "--event-types",
+        "invoice.*",
+    )
     assert destination["secret"].startswith("whsec_")
 
     body = '{"id":"evt_cmd","object":"event","type":"invoice.paid"}'
-    client.generic("POST", f"/in/{source['token']}/", body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET))
+    client.generic(
+        "POST", f"/in/{source['token']}/", body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
+    )
     processing.process_received_events()
     listed = run("list_events", "--org", "acme")
     assert listed["events"][0]["provider_event_id"] == "evt_cmd"
@@ -63,7 +89,19 @@ def test_provider_that_issues_its_own_secret_requires_one(organization):
     with pytest.raises(CommandError, match="--secret"):
         run("create_source", "--org", organization.slug, "--provider", "stripe", "--name", "x")
     with pytest.raises(CommandError, match="option"):
-        run("create_source", "--org", organization.slug, "--provider", "stripe", "--name", "x", "--secret", "whsec_x", "--option", "nonsense=1")
+        run(
+            "create_source",
+            "--org",
+            organization.slug,
+            "--provider",
+            "stripe",
+            "--name",
+            "x",
+            "--secret",
+            "whsec_x",
+            "--option",
+            "nonsense=1",
+        )
 
 
 def test_seed_demo_is_idempotent(settings):

@@ -6,7 +6,6 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
-from werkzeug import Response
 
 from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.services import delivery as delivery_service
@@ -31,7 +30,11 @@ def _no_broker(monkeypatch):
 
 def ingest(client, source, body=BODY):
     response = client.generic(
-        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
     )
     assert response.status_code == 200, response.content
     return response.json()
@@ -139,8 +142,12 @@ def test_duplicate_ingest_delivers_once(client, organization, httpserver):
 def test_event_type_filters_and_sources_route_events(client, organization, httpserver):
     stripe_source = make_source(organization, name="stripe")
     other_source = make_source(organization, name="other")
-    invoices, _ = make_destination(organization, httpserver.url_for("/invoices"), sources=[stripe_source], event_types=["invoice.*"])
-    charges, _ = make_destination(organization, httpserver.url_for("/charges"), sources=[stripe_source], event_types=["charge.*"])
+    invoices, _ = make_destination(
+        organization, httpserver.url_for("/invoices"), sources=[stripe_source], event_types=["invoice.*"]
+    )
+    charges, _ = make_destination(
+        organization, httpserver.url_for("/charges"), sources=[stripe_source], event_types=["charge.*"]
+    )
     ingest(client, stripe_source)
     ingest(client, other_source, BODY.replace("evt_deliver_1", "evt_other"))
     processing.process_received_events()
@@ -160,7 +167,13 @@ def test_two_workers_never_claim_the_same_attempt(client, organization, httpserv
 
 def test_private_destinations_are_refused_unless_allowed(organization, settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = False
-    for url in ("http://127.0.0.1/hook", "http://10.1.2.3/", "http://169.254.169.254/latest", "http://[::1]/", "http://localhost:8000/"):
+    for url in (
+        "http://127.0.0.1/hook",
+        "http://10.1.2.3/",
+        "http://169.254.169.254/latest",
+        "http://[::1]/",
+        "http://localhost:8000/",
+    ):
         with pytest.raises(DestinationError):
             destination_create(organization=organization, name="bad", url=url)
 
@@ -176,7 +189,9 @@ def test_private_destination_is_refused_again_at_send_time(client, organization,
     assert len(httpserver.log) == 0
 
 
-def test_sweeper_releases_deliveries_of_dead_workers_and_enqueues_due_ones(client, organization, httpserver, _no_broker, settings):
+def test_sweeper_releases_deliveries_of_dead_workers_and_enqueues_due_ones(
+    client, organization, httpserver, _no_broker, settings
+):
     source = make_source(organization)
     make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     ingest(client, source)

@@ -60,7 +60,17 @@ def test_rotate_encryption_keys_reencrypts_under_the_newest_key(organization, se
 def test_secret_is_never_in_logs_or_command_output(organization, caplog):
     out = io.StringIO()
     call_command(
-        "create_source", "--org", organization.slug, "--provider", "stripe", "--name", "live", "--secret", SECRET, "--json", stdout=out
+        "create_source",
+        "--org",
+        organization.slug,
+        "--provider",
+        "stripe",
+        "--name",
+        "live",
+        "--secret",
+        SECRET,
+        "--json",
+        stdout=out,
     )
     result = json.loads(out.getvalue())
     assert "secret" not in result

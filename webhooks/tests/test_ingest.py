@@ -58,7 +58,9 @@ def test_same_event_id_on_two_sources_is_two_events(client, organization):
     live = make_source(organization, name="live")
     test = make_source(organization, name="test")
     for source in (live, test):
-        assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).json()["duplicate"] is False
+        assert (
+            post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).json()["duplicate"] is False
+        )
     assert WebhookEvent.objects.count() == 2
 
 
@@ -155,7 +157,9 @@ def test_standard_webhooks_svix_and_webhook_headers(client, organization):
     source = make_source(organization, provider="standard_webhooks", secret=STANDARD_SECRET)
     body = '{"type": "user.created", "data": {"id": "user_29w83sxmDNGwOuEthce5gg56FcC"}, "object": "event"}'
     for prefix, message_id in (("svix", "msg_svix_1"), ("webhook", "msg_webhook_1")):
-        response = post(client, source, body, **standard_webhooks_headers(body, STANDARD_SECRET, message_id, prefix=prefix))
+        response = post(
+            client, source, body, **standard_webhooks_headers(body, STANDARD_SECRET, message_id, prefix=prefix)
+        )
         assert response.status_code == 200, response.content
     assert sorted(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == ["msg_svix_1", "msg_webhook_1"]
     assert set(WebhookEvent.objects.values_list("event_type", flat=True)) == {"user.created"}

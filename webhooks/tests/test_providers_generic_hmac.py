@@ -138,16 +138,24 @@ def test_rotated_secrets():
 
 def test_timestamp_window_both_directions():
     now = int(time.time())
-    PROVIDER.verify(req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 30)), [STRIPE_SECRET], TIMESTAMPED, now)
-    old = reject(req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 400)), [STRIPE_SECRET], TIMESTAMPED, now)
+    PROVIDER.verify(
+        req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 30)), [STRIPE_SECRET], TIMESTAMPED, now
+    )
+    old = reject(
+        req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 400)), [STRIPE_SECRET], TIMESTAMPED, now
+    )
     assert old.code == "timestamp_out_of_tolerance" and "400 s old; tolerance is 300 s" in old.detail
-    new = reject(req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now + 400)), [STRIPE_SECRET], TIMESTAMPED, now)
+    new = reject(
+        req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now + 400)), [STRIPE_SECRET], TIMESTAMPED, now
+    )
     assert new.code == "timestamp_out_of_tolerance" and "in the future" in new.detail
     # A tampered timestamp breaks the signature.
     forged = {**stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 400), "X-Timestamp": str(now)}
     assert reject(req(STRIPE_BODY, forged), [STRIPE_SECRET], TIMESTAMPED, now).code == "no_matching_secret"
     off = PROVIDER.clean_options({"header": "X-Signature", "timestamp_header": "X-Timestamp", "tolerance": 0})
-    PROVIDER.verify(req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 10**6)), [STRIPE_SECRET], off, now)
+    PROVIDER.verify(
+        req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now - 10**6)), [STRIPE_SECRET], off, now
+    )
 
 
 def test_empty_separator_is_kept():
@@ -162,7 +170,9 @@ def test_empty_separator_is_kept():
 def test_describe_fields_headers_and_derived_id():
     info = PROVIDER.describe(req(PAYSTACK_BODY), PAYSTACK)
     assert (info.event_id, info.event_type) == ("302961", "charge.success")
-    with_headers = PROVIDER.clean_options({"header": "X-Sig", "event_id_header": "X-Delivery", "event_type_header": "X-Event"})
+    with_headers = PROVIDER.clean_options(
+        {"header": "X-Sig", "event_id_header": "X-Delivery", "event_type_header": "X-Event"}
+    )
     info = PROVIDER.describe(req(b"{}", {"X-Delivery": "d-1", "X-Event": "thing.happened"}), with_headers)
     assert (info.event_id, info.event_type) == ("d-1", "thing.happened")
     # Header configured but absent: fall back to the body, then to the hash.
@@ -177,7 +187,11 @@ def test_describe_fields_headers_and_derived_id():
 
 @pytest.mark.parametrize(
     "name, event_id",
-    [("charge.completed", "chg_ZtUtWPdZcm"), ("Issue", "2174add1-f7c8-44e3-bbf3-2d60b5ea8bc9"), ("order.created", "ord_8842")],
+    [
+        ("charge.completed", "chg_ZtUtWPdZcm"),
+        ("Issue", "2174add1-f7c8-44e3-bbf3-2d60b5ea8bc9"),
+        ("order.created", "ord_8842"),
+    ],
 )
 def test_fixtures(name, event_id):
     body = (FIXTURES / f"{name}.json").read_bytes()
@@ -207,7 +221,7 @@ def test_sign_with_all_header_options_round_trips():
     assert signed["X-Sig"].startswith("v1=")
     request = req(b"payload", signed)
     PROVIDER.verify(request, ["k"], options, NOW)
-    assert PROVIDER.describe(request, options) .event_id == "e-1"
+    assert PROVIDER.describe(request, options).event_id == "e-1"
 
 
 @pytest.mark.parametrize(

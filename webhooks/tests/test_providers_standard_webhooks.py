@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ def headers(signature: str = SIG, msg_id: str = MSG_ID, ts: int | str = TS, fami
 
 
 def official(secret: str, body: bytes, msg_id: str = MSG_ID, ts: int = TS) -> str:
-    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, tz=timezone.utc), body.decode())
+    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, tz=UTC), body.decode())
 
 
 def reject(request: InboundRequest, secrets=(SECRET,), options=OPTIONS, now: float = NOW) -> VerificationError:
@@ -108,7 +108,9 @@ def test_missing_svix_header_is_named():
         headers(ts="1614265330.5"),
         headers(ts="9" * 400),
         headers(signature="g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),  # no version
-        headers(signature="v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw/enGzPCXe5BdqzCInXqYXFymVJaA7AZdpXwVLPo3mNl8EM+m7TBAg=="),
+        headers(
+            signature="v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw/enGzPCXe5BdqzCInXqYXFymVJaA7AZdpXwVLPo3mNl8EM+m7TBAg=="
+        ),
         headers(signature="v1,***"),
         headers(signature="v1,é"),
     ],

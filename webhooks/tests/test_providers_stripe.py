@@ -114,7 +114,9 @@ def test_stale_timestamp_rejected_after_the_signature_check():
 
 def test_timestamp_within_tolerance_and_future_accepted_like_the_sdk():
     for t in (NOW - 300, NOW + 3600):
-        PROVIDER.verify(req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, SECRET, t)), [SECRET], OPTIONS, NOW)
+        PROVIDER.verify(
+            req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, SECRET, t)), [SECRET], OPTIONS, NOW
+        )
 
 
 def test_tolerance_zero_disables_the_age_check():
@@ -161,7 +163,10 @@ def test_describe_fixtures(name, event_id):
     assert (info.event_id, info.event_type) == (event_id, name)
 
 
-@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[]", b'{"type": "invoice.paid"}', b'{"id": "evt_1"}', b'{"id": 5, "type": "x"}'])
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"\xff\xfe", b"[]", b'{"type": "invoice.paid"}', b'{"id": "evt_1"}', b'{"id": 5, "type": "x"}'],
+)
 def test_describe_malformed(body):
     with pytest.raises(MalformedPayload):
         PROVIDER.describe(req(body), OPTIONS)
@@ -179,7 +184,9 @@ def test_sign_round_trips_and_is_accepted_by_the_official_package():
 
 
 def test_sign_reproduces_the_vector():
-    assert PROVIDER.sign(VECTOR_BODY, SECRET, OPTIONS, VECTOR_T + 0.9) == {"Stripe-Signature": f"t={VECTOR_T},v1={VECTOR_V1}"}
+    assert PROVIDER.sign(VECTOR_BODY, SECRET, OPTIONS, VECTOR_T + 0.9) == {
+        "Stripe-Signature": f"t={VECTOR_T},v1={VECTOR_V1}"
+    }
 
 
 def test_details_never_contain_secret_or_expected_signature():

@@ -31,9 +31,27 @@ def celery_worker_process(transactional_db):
     log_path.parent.mkdir(exist_ok=True)
     log = log_path.open("w")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "INFO",
-         "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "--without-heartbeat", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "-Q",
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield worker
     worker.terminate()
@@ -53,7 +71,10 @@ def test_webhook_goes_end_to_end_through_a_real_worker(client, organization, htt
     bodies = [f'{{"id":"evt_worker_{n}","object":"event","type":"invoice.paid"}}' for n in range(5)]
     for body in bodies:
         response = client.generic(
-            "POST", f"/in/{source.ingest_token}/", body, content_type="application/json",
+            "POST",
+            f"/in/{source.ingest_token}/",
+            body,
+            content_type="application/json",
             **stripe_headers(body, STRIPE_SECRET),
         )
         assert response.status_code == 200

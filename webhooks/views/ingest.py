@@ -38,7 +38,9 @@ class IngestView(APIView):
         except ValueError:
             declared_length = 0
         if declared_length > settings.INGEST_MAX_BODY_BYTES:
-            return _json(413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"})
+            return _json(
+                413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"}
+            )
         try:
             body = django_request.body
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us

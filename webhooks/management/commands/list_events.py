@@ -41,7 +41,9 @@ class Command(OperatorCommand):
         ]
         lines = [
             f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} {row['provider_event_id'] or row['rejection'] or ''}"
-            + "".join(f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempts)" for d in row["deliveries"])
+            + "".join(
+                f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempts)" for d in row["deliveries"]
+            )
             for row in rows
         ]
         return {"events": rows}, "\n".join(lines) or "No events."

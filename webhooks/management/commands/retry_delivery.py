@@ -13,4 +13,7 @@ class Command(OperatorCommand):
     def run(self, **options):
         delivery = Delivery.objects.get(pk=options["id"])
         delivery = delivery_retry(delivery=delivery)
-        return {"id": str(delivery.pk), "status": delivery.status}, f"Delivery {delivery.pk} queued for another attempt."
+        return {
+            "id": str(delivery.pk),
+            "status": delivery.status,
+        }, f"Delivery {delivery.pk} queued for another attempt."

@@ -1,0 +1,49 @@
+"""docs/providers.md, written from the provider registry so the two never disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from webhooks.providers.registry import PROVIDERS
+
+DOCS_PATH = Path(settings.BASE_DIR) / "docs" / "providers.md"
+
+
+def render_provider_docs() -> str:
+    lines = [
+        "# Providers",
+        "",
+        "Generated from `webhooks/providers/registry.py` by `python manage.py generate_provider_docs`;",
+        "a test fails when this file and the registry disagree.",
+        "",
+        "For every provider: create a source (dashboard, admin or `create_source`), paste the",
+        "ingest URL it shows (`<PUBLIC_BASE_URL>/in/<token>/`) into the provider's webhook",
+        "settings, and give Hookline the signing secret. A request that fails verification",
+        "is answered 401 with the reason and kept as *rejected*; a redelivery of the same",
+        "event id is answered 200 as a counted duplicate.",
+        "",
+        "| kind | provider | event id | event type |",
+        "|---|---|---|---|",
+    ]
+    for kind, provider in PROVIDERS.items():
+        lines.append(f"| `{kind}` | {provider.label} | {provider.docs_event_id} | {provider.docs_event_type} |")
+    for kind, provider in PROVIDERS.items():
+        lines += ["", f"## {provider.label} (`{kind}`)", ""]
+        lines.append(f"- **Secret:** {provider.secret_help}")
+        if provider.secret_generated_by_us:
+            lines.append("  You choose it; leave it empty and Hookline generates one and shows it once.")
+        lines.append(f"- **Verified:** {provider.docs_verifies}")
+        lines.append(f"- **Event id:** {provider.docs_event_id}")
+        lines.append(f"- **Event type:** {provider.docs_event_type}")
+        if provider.options:
+            lines += ["", "| option | required | default | meaning |", "|---|---|---|---|"]
+            for option in provider.options:
+                default = "" if option.default in (None, "") else f"`{option.default}`"
+                choices = f" One of: {', '.join(option.choices)}." if option.choices else ""
+                lines.append(
+                    f"| `{option.name}` | {'yes' if option.required else 'no'} | {default} | "
+                    f"{option.label}. {option.help_text}{choices} |"
+                )
+    return "\n".join(lines) + "\n"

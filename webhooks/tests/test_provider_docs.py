@@ -1,0 +1,12 @@
+from webhooks.providers.registry import PROVIDERS
+from webhooks.services.provider_docs import DOCS_PATH, render_provider_docs
+
+
+def test_docs_match_the_registry():
+    assert DOCS_PATH.read_text() == render_provider_docs(), "run: python manage.py generate_provider_docs"
+
+
+def test_every_provider_documents_what_a_tenant_needs():
+    for kind, provider in PROVIDERS.items():
+        assert provider.label and provider.secret_help and provider.docs_verifies, kind
+        assert provider.docs_event_id and provider.docs_event_type, kind
