@@ -62,7 +62,7 @@ def main() -> int:
     run_id = f"evt_profile_{int(time.time())}_"
     _, _, signed = bench.sign_requests(secret, run_id, options.requests + 201)
     bodies = [((template[0] + event_id + template[1]).encode(), sig) for event_id, sig in signed]
-    client = Client()
+    client = Client(HTTP_HOST="127.0.0.1")
 
     def post(n: int):
         body, sig = bodies[n]
@@ -74,7 +74,7 @@ def main() -> int:
         post(n)
 
     # One request's SQL and Redis traffic.
-    redis_client = cache._cache.get_client()  # django-redis's client
+    redis_client = cache.client.get_client()  # django-redis
     calls_before = _redis_calls(redis_client)
     with CaptureQueriesContext(connection) as queries:
         post(100)

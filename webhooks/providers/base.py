@@ -167,6 +167,14 @@ class Provider:
         """A verified request that is a provider handshake gets this reply instead."""
         return None
 
+    def unsigned_handshake(
+        self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
+    ) -> HandshakeResponse | None:
+        """A challenge the provider sends without a signature (X's CRC GET, Microsoft Graph's
+        validationToken); answered before verification and never stored. Only for challenges
+        whose answer proves knowledge of the secret or reveals nothing."""
+        return None
+
     def sign(
         self,
         body: bytes,

@@ -81,6 +81,12 @@ def ingest_request(
             source, request, headers, remote_ip, "unknown_provider", "the source's provider is not supported"
         )
 
+    challenge = provider.unsigned_handshake(request, source.active_secrets(), source.options)
+    if challenge is not None:
+        return IngestOutcome(challenge.status, handshake=challenge)
+    if method != "POST":
+        return _error(405, "method_not_allowed", "webhooks are accepted with POST; GET only answers handshakes")
+
     try:
         provider.verify(request, source.active_secrets(), source.options, time.time())
     except VerificationError as exc:

@@ -246,3 +246,11 @@ def test_processing_is_scheduled_after_commit_and_broker_failure_still_answers_2
         response = post(client, source, body, **stripe_headers(body, STRIPE_SECRET))
     assert response.status_code == 200
     assert WebhookEvent.objects.filter(provider_event_id="evt_4NG8Du2eZvKYlo2CUI79vXWy").exists()
+
+
+def test_get_without_a_handshake_is_405_and_not_recorded(client, organization):
+    source = make_source(organization)
+    response = client.get(f"/in/{source.ingest_token}/")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert not WebhookEvent.objects.exists()
