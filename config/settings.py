@@ -159,6 +159,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 120
 CELERY_TASK_TIME_LIMIT = 180
+# On SIGTERM a worker finishes what it holds for this long before giving the rest back.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=30.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -203,7 +205,8 @@ DELIVERY_RESPONSE_BODY_MAX_BYTES = env.int("DELIVERY_RESPONSE_BODY_MAX_BYTES", d
 ALLOW_PRIVATE_DESTINATIONS = env.bool("ALLOW_PRIVATE_DESTINATIONS", default=False)
 # Work left in a state longer than this is picked up again by the sweeper.
 STUCK_EVENT_SECONDS = env.int("STUCK_EVENT_SECONDS", default=10)
-STUCK_DELIVERY_SECONDS = env.int("STUCK_DELIVERY_SECONDS", default=int(DELIVERY_TIMEOUT_SECONDS) + 60)
+# Above the longest allowed attempt (DELIVERY_MAX_TIMEOUT_SECONDS), so a slow send is never taken for a lost one.
+STUCK_DELIVERY_SECONDS = env.int("STUCK_DELIVERY_SECONDS", default=150)
 SECRET_ROTATION_OVERLAP_SECONDS = env.int("SECRET_ROTATION_OVERLAP_SECONDS", default=24 * 3600)
 
 # --- DRF ----------------------------------------------------------------------
@@ -240,3 +243,13 @@ LOGGING = {
 
 # Only behind a router that sets X-Forwarded-For itself (Heroku, Render).
 TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=not EMBEDDED)
+
+# --- Delivery engine ------------------------------------------------------------
+DELIVERY_THREADS = env.int("DELIVERY_THREADS", default=32)  # sending threads per dispatcher
+DELIVERY_MAX_TIMEOUT_SECONDS = env.float("DELIVERY_MAX_TIMEOUT_SECONDS", default=60.0)
+DISPATCHER_MAX_SECONDS = env.float("DISPATCHER_MAX_SECONDS", default=50.0)  # then a fresh task continues
+DISPATCHER_POLL_SECONDS = env.float("DISPATCHER_POLL_SECONDS", default=0.05)
+RETRY_AFTER_MAX_SECONDS = env.int("RETRY_AFTER_MAX_SECONDS", default=3600)
+CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)
+CIRCUIT_BREAKER_PERIOD_SECONDS = env.int("CIRCUIT_BREAKER_PERIOD_SECONDS", default=600)
+ALERT_INTERVAL_SECONDS = env.int("ALERT_INTERVAL_SECONDS", default=3600)  # at most one alert per destination

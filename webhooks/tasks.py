@@ -10,9 +10,9 @@ def process_events() -> int:
     return processing.process_received_events()
 
 
-@shared_task(name="webhooks.tasks.deliver")
-def deliver(delivery_id: str) -> None:
-    delivery.deliver(delivery_id)
+@shared_task(name="webhooks.tasks.dispatch_deliveries")
+def dispatch_deliveries() -> int:
+    return delivery.dispatch_due_deliveries()
 
 
 @shared_task(name="webhooks.tasks.sweep")

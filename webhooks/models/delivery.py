@@ -23,9 +23,6 @@ class Delivery(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
-    # When a task for this delivery was last put on the queue; lets the sweeper
-    # re-enqueue only what was lost, not what is merely waiting in the queue.
-    enqueued_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -45,9 +42,14 @@ class Delivery(models.Model):
         ]
         indexes = [
             models.Index(
-                fields=("next_attempt_at",),
+                fields=("next_attempt_at", "id"),
                 condition=models.Q(status="pending"),
                 name="delivery_due",
+            ),
+            models.Index(
+                fields=("destination",),
+                condition=models.Q(status="in_flight"),
+                name="delivery_in_flight_by_dest",
             ),
             models.Index(
                 fields=("claimed_at",),

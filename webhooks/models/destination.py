@@ -15,6 +15,20 @@ class Destination(models.Model):
     secret_hint = models.CharField(max_length=8, blank=True, editable=False)
     timeout_seconds = models.FloatField(default=15.0)
     is_active = models.BooleanField(default=True)
+    # Fairness: one slow or failing destination can hold at most this many sending threads.
+    max_concurrency = models.PositiveSmallIntegerField(default=10)
+    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="Empty for no limit.")
+    rate_window_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rate_window_count = models.PositiveIntegerField(default=0, editable=False)
+    # Most 4xx answers mean "never going to work"; some receivers use them for transient trouble.
+    retry_client_errors = models.BooleanField(default=False)
+    # Circuit breaker: paused destinations keep their deliveries queued until resumed.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.CharField(max_length=300, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    last_alerted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    dead_digest_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     sources = models.ManyToManyField("webhooks.Source", through="webhooks.Subscription", related_name="destinations")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,4 +1,11 @@
-"""Sending one delivery attempt, and deciding what happens next."""
+"""Delivering events to destinations: claiming, sending, and deciding what happens next.
+
+A dispatcher (one Celery task) keeps a pool of sending threads busy. It claims
+due deliveries in small batches with per-delivery conditional updates, never
+more per destination than the destination's concurrency cap and rate limit,
+so one slow or failing destination cannot hold the threads others need. The
+threads only do HTTP; every database write happens on the dispatcher's thread.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,20 @@ import hmac
 import logging
 import random
 import time
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F
 from django.utils import timezone
 
 from organizations.services import audit_record
-from webhooks.models import Delivery, DeliveryAttempt
+from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
 
@@ -45,10 +57,16 @@ HOP_BY_HOP_HEADERS = {
     "x-forwarded-port",
     "x-real-ip",
     "x-request-id",
+    "user-agent",
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
 }
+RETRYABLE_CLIENT_ERRORS = {408, 409, 425, 429}
+
+# The dispatcher holds this key while it runs; see schedule_dispatch().
+DISPATCH_FLAG_KEY = "delivery:dispatcher"
+DISPATCH_FLAG_TTL = 15
 
 
 def sign_standard_webhook(*, secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -58,41 +76,150 @@ def sign_standard_webhook(*, secret: str, message_id: str, timestamp: int, body:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+# --- Retry policy -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # a Delivery.Status
+    delay: float | None = None  # seconds until the next try, when status is pending
+    error: str = ""
+
+
 def retry_delay_seconds(attempt_count: int) -> float | None:
     """Delay before the next try after ``attempt_count`` failed tries; None when they are used up."""
     schedule = settings.DELIVERY_RETRY_SCHEDULE
     if attempt_count > len(schedule):
         return None
-    base = schedule[attempt_count - 1]
-    # Jitter spreads retries of a destination that failed for many events at once.
-    return base * random.uniform(0.9, 1.1)
+    # Jitter spreads the retries of a destination that failed for many events at once.
+    return schedule[attempt_count - 1] * random.uniform(0.9, 1.1)
+
+
+def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, destination: Destination) -> Outcome:
+    """What a response means: success, another try later, or dead."""
+    status = response.status
+    if status is not None and 200 <= status < 300:
+        return Outcome(Delivery.Status.SUCCEEDED)
+    if status is not None and 300 <= status < 400:
+        return Outcome(Delivery.Status.DEAD, error=f"HTTP {status}: redirects are not followed; update the URL")
+    retryable = (
+        status is None
+        or status >= 500
+        or status in RETRYABLE_CLIENT_ERRORS
+        or (400 <= status < 500 and destination.retry_client_errors)
+    )
+    error = response.error or f"HTTP {status}"
+    if not retryable:
+        return Outcome(Delivery.Status.DEAD, error=f"{error}: not retried (client error)")
+    delay = retry_delay_seconds(attempt_count)
+    if delay is None:
+        return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left")
+    if response.retry_after is not None:
+        delay = min(max(response.retry_after, 1.0), float(settings.RETRY_AFTER_MAX_SECONDS))
+    return Outcome(Delivery.Status.PENDING, delay=delay, error=error)
+
+
+# --- Claiming -----------------------------------------------------------------
+
+
+def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
+    """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit."""
+    if limit <= 0:
+        return []
+    now = now or timezone.now()
+    with transaction.atomic():
+        candidates = list(
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                status=Delivery.Status.PENDING,
+                next_attempt_at__lte=now,
+                destination__paused_at__isnull=True,
+                destination__is_active=True,
+            )
+            .order_by("next_attempt_at", "id")
+            .values_list("id", "destination_id")[: limit * 4]
+        )
+        if not candidates:
+            return []
+        destination_ids = sorted({destination_id for _, destination_id in candidates})
+        # Locking the destinations serialises claims per destination, so caps hold across dispatchers.
+        destinations = {
+            d.pk: d
+            for d in Destination.objects.select_for_update()
+            .filter(pk__in=destination_ids)
+            .order_by("pk")
+            .only("pk", "max_concurrency", "rate_limit_per_second", "rate_window_started_at", "rate_window_count")
+        }
+        in_flight = dict(
+            Delivery.objects.filter(destination_id__in=destination_ids, status=Delivery.Status.IN_FLIGHT)
+            .values_list("destination_id")
+            .annotate(n=Count("id"))
+        )
+        window = now.replace(microsecond=0)
+        allowance: dict[int, int] = {}
+        for destination in destinations.values():
+            room = destination.max_concurrency - in_flight.get(destination.pk, 0)
+            if destination.rate_limit_per_second:
+                used = destination.rate_window_count if destination.rate_window_started_at == window else 0
+                room = min(room, destination.rate_limit_per_second - used)
+            allowance[destination.pk] = max(room, 0)
+        chosen = []
+        taken: dict[int, int] = defaultdict(int)
+        for delivery_id, destination_id in candidates:
+            if len(chosen) >= limit:
+                break
+            if taken[destination_id] < allowance.get(destination_id, 0):
+                taken[destination_id] += 1
+                chosen.append(delivery_id)
+        for destination_id, count in taken.items():
+            destination = destinations[destination_id]
+            if destination.rate_limit_per_second:
+                same_window = destination.rate_window_started_at == window
+                Destination.objects.filter(pk=destination_id).update(
+                    rate_window_started_at=window,
+                    rate_window_count=(destination.rate_window_count if same_window else 0) + count,
+                )
+        if not chosen:
+            return []
+        Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
+            status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1
+        )
+    return list(
+        Delivery.objects.filter(pk__in=chosen).select_related("event", "destination").order_by("next_attempt_at", "id")
+    )
 
 
 def claim_delivery(delivery_id) -> Delivery | None:
-    """Take a due delivery for this worker, or None if it is not due or another worker has it."""
+    """Claim one specific due delivery, or None if it is not due or another worker has it."""
     now = timezone.now()
-    claimed = Delivery.objects.filter(pk=delivery_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now).update(
-        status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1
-    )
+    claimed = Delivery.objects.filter(
+        pk=delivery_id,
+        status=Delivery.Status.PENDING,
+        next_attempt_at__lte=now,
+        destination__paused_at__isnull=True,
+        destination__is_active=True,
+    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1)
     if claimed != 1:
         return None
     return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)
 
 
+# --- Sending ------------------------------------------------------------------
+
+
 def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     event = delivery.event
     headers = {name: value for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS}
-    message_id = str(event.id)
+    # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
+    # new send and gets its own id so that a de-duplicating receiver processes it again.
+    message_id = str(delivery.pk if delivery.is_replay else event.id)
     headers.update(
         {
             "User-Agent": "Hookline-Webhooks/1.0",
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign_standard_webhook(
-                secret=delivery.destination.secret,
-                message_id=message_id,
-                timestamp=timestamp,
-                body=bytes(event.body),
+                secret=delivery.destination.secret, message_id=message_id, timestamp=timestamp, body=bytes(event.body)
             ),
         }
     )
@@ -100,56 +227,197 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     return headers
 
 
-def deliver(delivery_id) -> Delivery | None:
-    """Make one attempt of a due delivery. Safe to call twice: only one caller wins the claim."""
-    delivery = claim_delivery(delivery_id)
-    if delivery is None:
-        return None
-    destination = delivery.destination
-    if not destination.is_active:
-        return _finish(delivery, None, error="the destination is disabled", retry=False)
+@dataclass
+class SendResult:
+    started_at: object
+    headers: dict[str, str]
+    response: outbound.OutboundResponse
 
-    timestamp = int(time.time())
-    headers = build_request_headers(delivery, timestamp)
+
+def send(delivery: Delivery) -> SendResult:
+    """One HTTP attempt. Touches no database: it runs on the dispatcher's sending threads."""
+    headers = build_request_headers(delivery, int(time.time()))
     started_at = timezone.now()
-    # No transaction is open here: the HTTP call must never hold database locks.
+    timeout = min(delivery.destination.timeout_seconds, settings.DELIVERY_MAX_TIMEOUT_SECONDS)
     response = outbound.post(
-        destination.url, body=bytes(delivery.event.body), headers=headers, timeout=destination.timeout_seconds
+        delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
     )
-    safe_headers = {name: value for name, value in headers.items() if name.lower() != "webhook-signature"}
-    DeliveryAttempt.objects.create(
-        organization_id=delivery.organization_id,
-        delivery=delivery,
-        attempt_number=delivery.attempt_count,
-        started_at=started_at,
-        duration_ms=response.duration_ms,
-        request_headers=safe_headers,
-        response_status=response.status,
-        response_body=response.body,
-        error=response.error[:500],
-    )
-    succeeded = response.status is not None and 200 <= response.status < 300
-    return _finish(delivery, response.status, error=response.error, retry=not succeeded)
+    return SendResult(started_at=started_at, headers=headers, response=response)
 
 
-def _finish(delivery: Delivery, status_code: int | None, *, error: str, retry: bool) -> Delivery:
+def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Delivery]:
+    """Store the attempts and move each delivery on; update each destination's health."""
+    results = list(results)
+    if not results:
+        return []
     now = timezone.now()
-    fields = {"last_status_code": status_code, "last_error": error[:500], "claimed_at": None}
-    if status_code is not None and 200 <= status_code < 300:
-        fields.update(status=Delivery.Status.SUCCEEDED, completed_at=now, next_attempt_at=None)
-    else:
-        delay = retry_delay_seconds(delivery.attempt_count) if retry else None
-        if delay is None:
-            fields.update(status=Delivery.Status.DEAD, completed_at=now, next_attempt_at=None)
-        else:
-            fields.update(
-                status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=delay), enqueued_at=None
+    health: dict[int, list[bool]] = defaultdict(list)
+    with transaction.atomic():
+        DeliveryAttempt.objects.bulk_create(
+            [
+                DeliveryAttempt(
+                    organization_id=delivery.organization_id,
+                    delivery_id=delivery.pk,
+                    attempt_number=delivery.attempt_count,
+                    started_at=result.started_at,
+                    duration_ms=result.response.duration_ms,
+                    request_headers={k: v for k, v in result.headers.items() if k.lower() != "webhook-signature"},
+                    response_status=result.response.status,
+                    response_body=result.response.body,
+                    error=result.response.error[:500],
+                )
+                for delivery, result in results
+            ]
+        )
+        for delivery, result in results:
+            outcome = decide_outcome(
+                result.response, attempt_count=delivery.attempt_count, destination=delivery.destination
             )
+            _apply_outcome(delivery, outcome, result.response.status, now)
+            health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
+        paused = [
+            destination_id
+            for destination_id, successes in health.items()
+            if _update_destination_health(destination_id, successes, now)
+        ]
+    for destination_id in paused:
+        transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
+    return [delivery for delivery, _ in results]
+
+
+def _apply_outcome(delivery: Delivery, outcome: Outcome, status_code: int | None, now) -> None:
+    fields = {"last_status_code": status_code, "last_error": outcome.error[:500], "claimed_at": None}
+    if outcome.status == Delivery.Status.PENDING:
+        fields.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=outcome.delay))
+    else:
+        fields.update(status=outcome.status, completed_at=now, next_attempt_at=None)
     # Only our claim may be finished: if the sweeper released it meanwhile, leave it be.
     Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.IN_FLIGHT).update(**fields)
     for name, value in fields.items():
         setattr(delivery, name, value)
-    return delivery
+
+
+def _update_destination_health(destination_id: int, successes: list[bool], now) -> bool:
+    """Count consecutive failures; pause the destination when the breaker trips. True if it paused now."""
+    if all(successes):
+        Destination.objects.filter(pk=destination_id, consecutive_failures__gt=0).update(
+            consecutive_failures=0, failing_since=None
+        )
+        return False
+    destination = Destination.objects.select_for_update().get(pk=destination_id)
+    for succeeded in successes:
+        if succeeded:
+            destination.consecutive_failures, destination.failing_since = 0, None
+        else:
+            destination.consecutive_failures += 1
+            destination.failing_since = destination.failing_since or now
+    tripped = (
+        destination.paused_at is None
+        and destination.consecutive_failures >= settings.CIRCUIT_BREAKER_FAILURES
+        and now - destination.failing_since >= timedelta(seconds=settings.CIRCUIT_BREAKER_PERIOD_SECONDS)
+    )
+    if tripped:
+        destination.paused_at = now
+        destination.pause_reason = (
+            f"paused automatically after {destination.consecutive_failures} consecutive failed attempts "
+            f"since {destination.failing_since:%Y-%m-%d %H:%M} UTC"
+        )
+    destination.save(update_fields=["consecutive_failures", "failing_since", "paused_at", "pause_reason"])
+    if tripped:
+        audit_record(
+            action="destination.paused",
+            organization=destination.organization,
+            target=destination,
+            changes={"reason": destination.pause_reason},
+        )
+    return tripped
+
+
+def _alert_paused(destination_id: int) -> None:
+    from .alerts import alert_destination_paused
+
+    try:
+        alert_destination_paused(destination_id)
+    except Exception:  # mail trouble must not undo a delivery result
+        logger.exception("could not send the paused-destination alert")
+
+
+def deliver(delivery_id) -> Delivery | None:
+    """Make one attempt of one due delivery now (used by tests and single retries)."""
+    delivery = claim_delivery(delivery_id)
+    if delivery is None:
+        return None
+    return record_results([(delivery, send(delivery))])[0]
+
+
+# --- The dispatcher -----------------------------------------------------------
+
+
+def schedule_dispatch() -> None:
+    """Make sure a dispatcher runs soon. One queued message serves any number of due deliveries."""
+    from webhooks.tasks import dispatch_deliveries
+
+    try:
+        if cache.add(DISPATCH_FLAG_KEY, 1, timeout=DISPATCH_FLAG_TTL):
+            dispatch_deliveries.apply_async(retry=False)
+    except Exception:
+        # Deliveries are committed and due; the sweeper schedules a dispatcher later.
+        logger.warning("could not schedule the delivery dispatcher; the sweeper will", exc_info=True)
+
+
+def _refresh_flag() -> None:
+    try:
+        cache.set(DISPATCH_FLAG_KEY, 1, timeout=DISPATCH_FLAG_TTL)
+    except Exception:
+        logger.warning("cache unavailable while refreshing the dispatcher flag", exc_info=True)
+
+
+def _clear_flag() -> None:
+    try:
+        cache.delete(DISPATCH_FLAG_KEY)
+    except Exception:
+        logger.warning("cache unavailable while clearing the dispatcher flag", exc_info=True)
+
+
+def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | None = None) -> int:
+    """Send due deliveries until none is left (or ``max_seconds`` pass); returns how many were attempted."""
+    max_seconds = settings.DISPATCHER_MAX_SECONDS if max_seconds is None else max_seconds
+    threads = threads or settings.DELIVERY_THREADS
+    deadline = time.monotonic() + max_seconds
+    pending: dict[Future, Delivery] = {}
+    attempted = 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
+        while True:
+            _refresh_flag()
+            claimed = []
+            if time.monotonic() < deadline:
+                claimed = claim_due_deliveries(threads - len(pending))
+                for delivery in claimed:
+                    pending[pool.submit(send, delivery)] = delivery
+            if not pending:
+                if time.monotonic() >= deadline:
+                    _clear_flag()
+                    if Delivery.objects.filter(
+                        status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
+                    ).exists():
+                        schedule_dispatch()  # a fresh task continues, so no task outlives its time limit
+                    return attempted
+                # Clear the flag, then look once more: a delivery committed before the
+                # flag was cleared is found now; one committed after schedules a new task.
+                _clear_flag()
+                claimed = claim_due_deliveries(threads)
+                if not claimed:
+                    return attempted
+                _refresh_flag()
+                for delivery in claimed:
+                    pending[pool.submit(send, delivery)] = delivery
+            done, _ = wait(pending, timeout=settings.DISPATCHER_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            finished = [(pending.pop(future), future.result()) for future in done]
+            record_results(finished)
+            attempted += len(finished)
+
+
+# --- Manual operations ----------------------------------------------------------
 
 
 class DeliveryRetryError(ValueError):
@@ -158,14 +426,13 @@ class DeliveryRetryError(ValueError):
 
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
-    """Send a dead or failing delivery again now (a manual retry)."""
+    """Send a dead or waiting delivery again now (one more attempt beyond the schedule)."""
     locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         raise DeliveryRetryError(f"the delivery is {locked.get_status_display().lower()}; nothing to retry")
     previous = locked.status
-    now = timezone.now()
     Delivery.objects.filter(pk=locked.pk).update(
-        status=Delivery.Status.PENDING, next_attempt_at=now, enqueued_at=now, completed_at=None
+        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), completed_at=None
     )
     audit_record(
         action="delivery.retried",
@@ -174,8 +441,6 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         target=locked,
         changes={"status": [previous, Delivery.Status.PENDING]},
     )
-    from .processing import enqueue_deliveries
-
-    transaction.on_commit(lambda: enqueue_deliveries([locked.pk]))
+    transaction.on_commit(schedule_dispatch)
     locked.refresh_from_db()
     return locked

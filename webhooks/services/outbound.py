@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import urllib3
@@ -27,6 +29,53 @@ class OutboundResponse:
     body: str
     duration_ms: int
     error: str = ""
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
+
+
+# Connection pools keyed by the checked address, so keep-alive connections are
+# reused without ever connecting anywhere but the address that passed the check.
+_pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
+_pools_lock = threading.Lock()
+POOL_MAXSIZE = 8
+
+
+def _pool_for(scheme: str, host: str, port: int, address: str) -> urllib3.HTTPConnectionPool:
+    key = (scheme, host, port, address)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            if scheme == "https":
+                pool = urllib3.HTTPSConnectionPool(
+                    address, port, server_hostname=host, assert_hostname=host, maxsize=POOL_MAXSIZE, block=False
+                )
+            else:
+                pool = urllib3.HTTPConnectionPool(address, port, maxsize=POOL_MAXSIZE, block=False)
+            if len(_pools) > 1000:
+                _close_pools_locked()
+            _pools[key] = pool
+        return pool
+
+
+def _close_pools_locked() -> None:
+    for pool in _pools.values():
+        pool.close()
+    _pools.clear()
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -80,25 +129,30 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if scheme == "https" else 80
     headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
-    pool_timeout = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
-    if scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            address, port, server_hostname=host, assert_hostname=host, timeout=pool_timeout, maxsize=1
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(address, port, timeout=pool_timeout, maxsize=1)
+    pool = _pool_for(scheme, host, port, address)
     try:
         response = pool.urlopen(
-            "POST", path, body=body, headers=headers, redirect=False, retries=False, preload_content=False
+            "POST",
+            path,
+            body=body,
+            headers=headers,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
         )
         try:
             excerpt = response.read(settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, decode_content=True)
+            if response.read(65536, decode_content=False):
+                # A long answer is not read to its end: drop the connection instead of reusing it.
+                response.close()
         finally:
             response.release_conn()
         return OutboundResponse(
             status=response.status,
             body=excerpt.decode("utf-8", errors="replace"),
             duration_ms=elapsed(),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     except urllib3.exceptions.NewConnectionError as exc:
         # Checked first: urllib3 makes it a subclass of its timeout errors.
@@ -108,8 +162,6 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
     except urllib3.exceptions.HTTPError as exc:
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
-    finally:
-        pool.close()
 
 
 def post_to_hookline(url: str, *, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> OutboundResponse:

@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
 
+from .delivery import schedule_dispatch
+
 logger = logging.getLogger(__name__)
 
 # While this key exists a processing task is queued or running, so ingest
@@ -79,7 +81,6 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
                 event_id=event.id,
                 destination_id=subscription.destination_id,
                 next_attempt_at=now,
-                enqueued_at=now,
             )
             for event in events
             for subscription in subscriptions_by_source.get(event.source_id, ())
@@ -90,28 +91,17 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
         WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
             status=WebhookEvent.Status.PROCESSED, processed_at=now
         )
-        delivery_ids = [delivery.id for delivery in deliveries]
-        transaction.on_commit(lambda: enqueue_deliveries(delivery_ids))
+        if deliveries:
+            transaction.on_commit(schedule_dispatch)
     return len(events)
-
-
-def enqueue_deliveries(delivery_ids: list) -> None:
-    from webhooks.tasks import deliver
-
-    try:
-        for delivery_id in delivery_ids:
-            deliver.apply_async((str(delivery_id),), retry=False)
-    except Exception:
-        # They stay pending and due; the sweeper enqueues them again later.
-        logger.warning("could not enqueue deliveries; the sweeper will", exc_info=True)
 
 
 def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
     now = now or timezone.now()
-    stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
-    result = {"events": 0, "released": 0, "enqueued": 0}
+    result = {"events": 0, "released": 0, "due": 0}
 
+    stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
     if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
         from webhooks.tasks import process_events
 
@@ -122,17 +112,10 @@ def sweep(now=None) -> dict[str, int]:
     result["released"] = Delivery.objects.filter(
         status=Delivery.Status.IN_FLIGHT,
         claimed_at__lt=now - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
-    ).update(status=Delivery.Status.PENDING, next_attempt_at=now, enqueued_at=None, claimed_at=None)
+    ).update(status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None)
 
-    with transaction.atomic():
-        due = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
-            .exclude(enqueued_at__gte=now - stuck_after)
-            .order_by("next_attempt_at")
-            .values_list("id", flat=True)[:1000]
-        )
-        Delivery.objects.filter(id__in=due).update(enqueued_at=now)
-    enqueue_deliveries(due)
-    result["enqueued"] = len(due)
+    if Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exists():
+        # Retries that came due, or deliveries whose dispatcher message was lost.
+        schedule_dispatch()
+        result["due"] = 1
     return result

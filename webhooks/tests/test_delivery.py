@@ -21,11 +21,12 @@ BODY = '{"id":"evt_deliver_1","object":"event","type":"invoice.paid","data":{"ob
 
 
 @pytest.fixture(autouse=True)
-def _no_broker(monkeypatch):
-    """Tests drive the services directly; what would be enqueued is recorded instead."""
-    enqueued = []
-    monkeypatch.setattr(processing, "enqueue_deliveries", lambda ids: enqueued.extend(ids))
-    return enqueued
+def dispatches(monkeypatch):
+    """Tests drive the services directly; dispatcher scheduling is counted instead of queued."""
+    scheduled = []
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: scheduled.append(1))
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: scheduled.append(1))
+    return scheduled
 
 
 def ingest(client, source, body=BODY):
@@ -189,8 +190,8 @@ def test_private_destination_is_refused_again_at_send_time(client, organization,
     assert len(httpserver.log) == 0
 
 
-def test_sweeper_releases_deliveries_of_dead_workers_and_enqueues_due_ones(
-    client, organization, httpserver, _no_broker, settings
+def test_sweeper_releases_deliveries_of_dead_workers_and_schedules_due_ones(
+    client, organization, httpserver, dispatches, settings
 ):
     source = make_source(organization)
     make_destination(organization, httpserver.url_for("/hook"), sources=[source])
@@ -198,13 +199,14 @@ def test_sweeper_releases_deliveries_of_dead_workers_and_enqueues_due_ones(
     processing.process_received_events()
     delivery = Delivery.objects.get()
     assert delivery_service.claim_delivery(delivery.pk) is not None
-    # The worker dies here. Later the sweeper runs:
+    # The worker dies here. Before the stuck limit the sweeper leaves it alone:
+    assert processing.sweep()["released"] == 0
     later = timezone.now() + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 1)
+    dispatches.clear()
     result = processing.sweep(now=later)
-    assert result["released"] == 1 and result["enqueued"] == 1
-    assert str(delivery.pk) in {str(i) for i in _no_broker}
-    # Already enqueued moments ago: the next sweep leaves it alone.
-    assert processing.sweep(now=later)["enqueued"] == 0
+    assert result["released"] == 1 and result["due"] == 1 and dispatches == [1]
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING and delivery.attempt_count == 1
 
 
 def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeypatch):
