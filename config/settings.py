@@ -175,6 +175,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": schedule(SWEEP_INTERVAL_SECONDS),
         "options": {"expires": max(SWEEP_INTERVAL_SECONDS * 2, 10)},
     },
+    "hookline-dead-letter-digests": {
+        "task": "webhooks.tasks.send_dead_letter_digests",
+        "schedule": schedule(300),
+        "options": {"expires": 300},
+    },
+    "hookline-retention": {
+        "task": "webhooks.tasks.purge_expired_events",
+        "schedule": schedule(3600),
+        "options": {"expires": 3600},
+    },
 }
 
 # --- Email --------------------------------------------------------------------
@@ -253,3 +263,4 @@ RETRY_AFTER_MAX_SECONDS = env.int("RETRY_AFTER_MAX_SECONDS", default=3600)
 CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)
 CIRCUIT_BREAKER_PERIOD_SECONDS = env.int("CIRCUIT_BREAKER_PERIOD_SECONDS", default=600)
 ALERT_INTERVAL_SECONDS = env.int("ALERT_INTERVAL_SECONDS", default=3600)  # at most one alert per destination
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)

@@ -78,3 +78,19 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label or self.actor_type} {self.action}"
+
+
+class MonthlyUsage(models.Model):
+    """Events accepted per organization and calendar month; kept when the events themselves expire."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage")
+    month = models.DateField(help_text="The first day of the month (UTC).")
+    events = models.PositiveBigIntegerField(default=0)
+    quota_notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-month",)
+        constraints = [models.UniqueConstraint(fields=("organization", "month"), name="usage_unique_org_month")]
+
+    def __str__(self) -> str:
+        return f"{self.organization} {self.month:%Y-%m}: {self.events}"

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from webhooks.services import delivery, processing
+from webhooks.services import alerts, delivery, lifecycle, operations, processing
 
 
 @shared_task(name="webhooks.tasks.process_events")
@@ -18,3 +18,18 @@ def dispatch_deliveries() -> int:
 @shared_task(name="webhooks.tasks.sweep")
 def sweep() -> dict:
     return processing.sweep()
+
+
+@shared_task(name="webhooks.tasks.run_bulk_retry")
+def run_bulk_retry(job_id: int) -> None:
+    operations.bulk_retry_run(job_id)
+
+
+@shared_task(name="webhooks.tasks.send_dead_letter_digests")
+def send_dead_letter_digests() -> int:
+    return alerts.send_dead_letter_digests()
+
+
+@shared_task(name="webhooks.tasks.purge_expired_events")
+def purge_expired_events() -> int:
+    return lifecycle.purge_expired_events()

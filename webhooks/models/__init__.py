@@ -1,3 +1,4 @@
+from .bulk_retry import BulkRetry
 from .delivery import Delivery
 from .delivery_attempt import DeliveryAttempt
 from .destination import Destination
@@ -5,4 +6,4 @@ from .source import Source
 from .subscription import Subscription
 from .webhook_event import WebhookEvent
 
-__all__ = ["Delivery", "DeliveryAttempt", "Destination", "Source", "Subscription", "WebhookEvent"]
+__all__ = ["BulkRetry", "Delivery", "DeliveryAttempt", "Destination", "Source", "Subscription", "WebhookEvent"]

@@ -13,6 +13,7 @@ from django.utils import timezone
 from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
+from .lifecycle import record_usage
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(status=WebhookEvent.Status.RECEIVED)
             .order_by("received_at")
-            .only("id", "organization_id", "source_id", "event_type")[:batch_size]
+            .only("id", "organization_id", "source_id", "event_type", "received_at")[:batch_size]
         )
         if not events:
             return 0
@@ -91,6 +92,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
         WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
             status=WebhookEvent.Status.PROCESSED, processed_at=now
         )
+        record_usage(events)
         if deliveries:
             transaction.on_commit(schedule_dispatch)
     return len(events)

@@ -1,0 +1,93 @@
+"""Usage counting, quota notices and retention."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import date, timedelta
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from organizations.models import Membership, MonthlyUsage, Organization
+from webhooks.models import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+
+def record_usage(events: list[WebhookEvent]) -> None:
+    """Count processed events per organization and month (called inside the processing transaction).
+
+    Over quota nothing is refused: a webhook is never dropped for billing
+    reasons. The owners are told once per month.
+    """
+    counts = Counter((event.organization_id, event.received_at.date().replace(day=1)) for event in events)
+    if not counts:
+        return
+    MonthlyUsage.objects.bulk_create(
+        [MonthlyUsage(organization_id=org_id, month=month) for org_id, month in counts],
+        ignore_conflicts=True,
+    )
+    for (org_id, month), count in counts.items():
+        MonthlyUsage.objects.filter(organization_id=org_id, month=month).update(events=F("events") + count)
+        over = MonthlyUsage.objects.filter(
+            organization_id=org_id,
+            month=month,
+            quota_notified_at__isnull=True,
+            events__gt=F("organization__monthly_event_quota"),
+        )
+        if over.update(quota_notified_at=timezone.now()):
+            transaction.on_commit(lambda org_id=org_id, month=month: _notify_quota_exceeded(org_id, month))
+
+
+def _notify_quota_exceeded(organization_id: int, month: date) -> None:
+    organization = Organization.objects.get(pk=organization_id)
+    owners = list(
+        Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).values_list(
+            "user__email", flat=True
+        )
+    )
+    try:
+        send_mail(
+            subject=f"[Hookline] {organization.name} is over its monthly event quota",
+            message=(
+                f"{organization.name} has received more than {organization.monthly_event_quota} events in "
+                f"{month:%B %Y}. Nothing is refused or delayed: every webhook is still accepted and delivered. "
+                "Consider a larger plan.\n"
+            ),
+            from_email=None,
+            recipient_list=owners,
+        )
+    except Exception:
+        logger.exception("could not send the quota notice")
+
+
+def usage_this_month(organization: Organization) -> int:
+    month = timezone.now().date().replace(day=1)
+    usage = MonthlyUsage.objects.filter(organization=organization, month=month).first()
+    return usage.events if usage else 0
+
+
+def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
+    """Delete events past their organization's retention, with deliveries and attempts, in small batches."""
+    batch_size = batch_size or settings.RETENTION_BATCH_SIZE
+    now = now or timezone.now()
+    deleted = 0
+    for organization in Organization.objects.only("pk", "retention_days"):
+        cutoff = now - timedelta(days=organization.retention_days)
+        while True:
+            ids = list(
+                WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
+                .order_by("id")
+                .values_list("id", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            # One short transaction per batch: no long locks, bounded memory.
+            with transaction.atomic():
+                WebhookEvent.objects.filter(pk__in=ids).delete()
+            deleted += len(ids)
+    return deleted

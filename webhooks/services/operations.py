@@ -1,0 +1,154 @@
+"""What people do about failures: pause/resume, retry in bulk, replay. Each is audited."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from organizations.models import Organization
+from organizations.services import audit_record
+from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
+
+from .delivery import schedule_dispatch
+
+RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
+BULK_RETRY_BATCH = 500
+
+
+class OperationError(ValueError):
+    """The operation cannot be done as asked (message is safe to show)."""
+
+
+@transaction.atomic
+def destination_pause(*, destination: Destination, reason: str = "paused by hand", actor=None) -> Destination:
+    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now(), pause_reason=reason[:300])
+    audit_record(
+        action="destination.paused",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"reason": reason},
+    )
+    destination.refresh_from_db()
+    return destination
+
+
+@transaction.atomic
+def destination_resume(*, destination: Destination, actor=None) -> Destination:
+    """Resume a paused destination: what queued up is sent in order of arrival, at its rate limit."""
+    now = timezone.now()
+    Destination.objects.filter(pk=destination.pk).update(
+        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None
+    )
+    # Same due time for all: the dispatcher's (next_attempt_at, id) order is then arrival order.
+    waiting = Delivery.objects.filter(destination=destination, status=Delivery.Status.PENDING).update(
+        next_attempt_at=now
+    )
+    audit_record(
+        action="destination.resumed",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"queued_deliveries": waiting},
+    )
+    transaction.on_commit(schedule_dispatch)
+    destination.refresh_from_db()
+    return destination
+
+
+@transaction.atomic
+def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -> Delivery:
+    """Send an event again to a destination of its organization, as a new delivery; history is kept."""
+    if destination.organization_id != event.organization_id:
+        raise OperationError("the destination belongs to another organization")
+    if event.status == WebhookEvent.Status.REJECTED:
+        raise OperationError("a rejected request was never verified and cannot be replayed")
+    delivery = Delivery.objects.create(
+        organization_id=event.organization_id, event=event, destination=destination, is_replay=True
+    )
+    audit_record(
+        action="event.replayed",
+        organization=event.organization,
+        actor=actor,
+        target=event,
+        changes={"destination": destination.pk, "delivery": str(delivery.pk)},
+    )
+    transaction.on_commit(schedule_dispatch)
+    return delivery
+
+
+def _matching_deliveries(organization: Organization, filters: dict[str, Any]):
+    deliveries = Delivery.objects.filter(organization=organization)
+    statuses = filters.get("statuses") or [Delivery.Status.DEAD]
+    if not set(statuses) <= set(RETRIABLE_STATUSES):
+        raise OperationError("only dead or waiting deliveries can be retried")
+    deliveries = deliveries.filter(status__in=statuses)
+    if filters.get("source"):
+        deliveries = deliveries.filter(event__source_id=filters["source"])
+    if filters.get("destination"):
+        deliveries = deliveries.filter(destination_id=filters["destination"])
+    if filters.get("event_type"):
+        deliveries = deliveries.filter(event__event_type=filters["event_type"])
+    for key, lookup in (("received_after", "event__received_at__gte"), ("received_before", "event__received_at__lt")):
+        if filters.get(key):
+            moment = filters[key] if isinstance(filters[key], datetime) else parse_datetime(str(filters[key]))
+            if moment is None:
+                raise OperationError(f"{key} is not a date and time")
+            deliveries = deliveries.filter(**{lookup: moment})
+    return deliveries
+
+
+@transaction.atomic
+def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], actor=None) -> BulkRetry:
+    """Queue a background retry of every matching delivery (dead by default)."""
+    total = _matching_deliveries(organization, filters).count()
+    job = BulkRetry.objects.create(
+        organization=organization,
+        requested_by=actor,
+        filters={k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v},
+        total=total,
+    )
+    audit_record(
+        action="deliveries.bulk_retry_requested",
+        organization=organization,
+        actor=actor,
+        target=job,
+        changes={"filters": job.filters, "matching": total},
+    )
+    from webhooks.tasks import run_bulk_retry
+
+    transaction.on_commit(lambda: run_bulk_retry.delay(job.pk))
+    return job
+
+
+def bulk_retry_run(job_id: int) -> BulkRetry:
+    """Make the matching deliveries due now, in batches, recording progress; resumable after a crash."""
+    job = BulkRetry.objects.select_related("organization").get(pk=job_id)
+    if job.status == BulkRetry.Status.DONE:
+        return job
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING)
+    statuses = job.filters.get("statuses") or [Delivery.Status.DEAD]
+    # Only what existed when the job was asked for; keyset on the time-ordered id.
+    matching = _matching_deliveries(job.organization, job.filters).filter(created_at__lte=job.created_at)
+    while True:
+        page = matching.order_by("id")
+        if job.last_delivery_id:
+            page = page.filter(id__gt=job.last_delivery_id)
+        batch = list(page.values_list("id", flat=True)[:BULK_RETRY_BATCH])
+        if not batch:
+            break
+        with transaction.atomic():
+            updated = Delivery.objects.filter(pk__in=batch, status__in=statuses).update(
+                status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), completed_at=None
+            )
+            job.retried += updated
+            job.last_delivery_id = batch[-1]
+            BulkRetry.objects.filter(pk=job.pk).update(retried=job.retried, last_delivery_id=job.last_delivery_id)
+        schedule_dispatch()
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.DONE, finished_at=timezone.now())
+    job.refresh_from_db()
+    return job

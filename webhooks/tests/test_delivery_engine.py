@@ -1,0 +1,277 @@
+"""The dispatcher, retry policy, fairness, circuit breaker, and the operations on failures."""
+
+import socket
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from organizations.models import AuditLog, MonthlyUsage
+from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import operations, processing
+from webhooks.services.lifecycle import purge_expired_events
+from webhooks.services.outbound import OutboundResponse, parse_retry_after
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def dispatches(monkeypatch):
+    scheduled = []
+    for module in (processing, delivery_service, operations):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda: scheduled.append(1))
+    return scheduled
+
+
+def ingest_many(client, source, count, prefix="evt"):
+    for n in range(count):
+        body = f'{{"id":"{prefix}_{n}","object":"event","type":"invoice.paid"}}'
+        response = client.generic(
+            "POST",
+            f"/in/{source.ingest_token}/",
+            body,
+            content_type="application/json",
+            **stripe_headers(body, STRIPE_SECRET),
+        )
+        assert response.status_code == 200
+    processing.process_received_events()
+
+
+def response(status, retry_after=None):
+    return OutboundResponse(status=status, body="", duration_ms=1, retry_after=retry_after)
+
+
+# --- retry policy -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        (200, "succeeded"),
+        (204, "succeeded"),
+        (500, "pending"),
+        (503, "pending"),
+        (408, "pending"),
+        (409, "pending"),
+        (425, "pending"),
+        (429, "pending"),
+        (None, "pending"),
+        (400, "dead"),
+        (401, "dead"),
+        (404, "dead"),
+        (410, "dead"),
+        (301, "dead"),
+    ],
+)
+def test_retry_policy(organization, status, expected):
+    destination = Destination(organization=organization, retry_client_errors=False)
+    assert (
+        delivery_service.decide_outcome(response(status), attempt_count=1, destination=destination).status == expected
+    )
+
+
+def test_client_errors_retry_when_the_destination_opts_in(organization):
+    destination = Destination(organization=organization, retry_client_errors=True)
+    assert delivery_service.decide_outcome(response(404), attempt_count=1, destination=destination).status == "pending"
+
+
+def test_retry_after_is_honoured_within_the_cap(organization, settings):
+    settings.RETRY_AFTER_MAX_SECONDS = 600
+    destination = Destination(organization=organization)
+    assert delivery_service.decide_outcome(response(429, 30), attempt_count=1, destination=destination).delay == 30
+    assert delivery_service.decide_outcome(response(503, 99999), attempt_count=1, destination=destination).delay == 600
+    assert parse_retry_after("120") == 120
+    assert 55 < parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412420) < 65
+    assert parse_retry_after("soon") is None
+
+
+# --- dispatcher ---------------------------------------------------------------
+
+
+def test_dispatcher_delivers_everything_due_and_stops(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/a"), sources=[source])
+    httpserver.expect_request("/a").respond_with_data("ok")
+    ingest_many(client, source, 25)
+    assert delivery_service.dispatch_due_deliveries(threads=4) == 25
+    assert Delivery.objects.filter(status="succeeded").count() == 25
+    assert len(httpserver.log) == 25
+
+
+def test_claims_respect_concurrency_cap_and_rate_limit(client, organization, httpserver):
+    source = make_source(organization)
+    capped, _ = make_destination(organization, httpserver.url_for("/capped"), sources=[source])
+    Destination.objects.filter(pk=capped.pk).update(max_concurrency=3)
+    ingest_many(client, source, 10)
+    assert len(delivery_service.claim_due_deliveries(10)) == 3
+    assert delivery_service.claim_due_deliveries(10) == []  # all three slots are taken
+
+    Delivery.objects.filter(status="in_flight").update(status="succeeded")
+    Destination.objects.filter(pk=capped.pk).update(max_concurrency=100, rate_limit_per_second=4)
+    now = timezone.now()
+    assert len(delivery_service.claim_due_deliveries(10, now=now)) == 4
+    assert delivery_service.claim_due_deliveries(10, now=now) == []  # this second's budget is spent
+    assert len(delivery_service.claim_due_deliveries(10, now=now + timedelta(seconds=1))) == 3
+
+
+def test_a_hanging_destination_does_not_hold_back_a_healthy_one(client, organization, httpserver):
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(16)  # accepts connections, never answers
+    try:
+        slow_source = make_source(organization, name="slow")
+        fast_source = make_source(organization, name="fast")
+        slow, _ = make_destination(
+            organization, f"http://127.0.0.1:{hanging.getsockname()[1]}/", sources=[slow_source], timeout_seconds=1
+        )
+        Destination.objects.filter(pk=slow.pk).update(max_concurrency=2)
+        make_destination(organization, httpserver.url_for("/fast"), sources=[fast_source])
+        httpserver.expect_request("/fast").respond_with_data("ok")
+        ingest_many(client, slow_source, 6, prefix="slow")
+        ingest_many(client, fast_source, 20, prefix="fast")
+
+        delivery_service.dispatch_due_deliveries(threads=8, max_seconds=0.5)
+    finally:
+        hanging.close()
+
+    fast = Delivery.objects.filter(destination__url__contains="/fast")
+    assert fast.filter(status="succeeded").count() == 20
+    slow_attempts = DeliveryAttempt.objects.filter(delivery__destination=slow)
+    # The slow destination never had more than its cap in flight...
+    assert slow_attempts.count() <= 2
+    assert all("timed out" in attempt.error for attempt in slow_attempts)
+    # ...and every healthy delivery finished before the first hanging attempt gave up.
+    first_slow_end = min(a.started_at + timedelta(milliseconds=a.duration_ms) for a in slow_attempts)
+    assert max(d.completed_at for d in fast) < first_slow_end
+
+
+# --- circuit breaker and alerts -------------------------------------------------
+
+
+def test_breaker_pauses_emails_admins_queues_and_drains_in_order_on_resume(client, organization, httpserver, settings):
+    settings.CIRCUIT_BREAKER_FAILURES = 3
+    settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 0
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/down"), sources=[source])
+    httpserver.expect_request("/down").respond_with_data("down", status=503)
+    ingest_many(client, source, 3, prefix="first")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("django.db.transaction.on_commit", lambda fn, using=None, robust=False: fn())
+        delivery_service.dispatch_due_deliveries(threads=1)
+    destination.refresh_from_db()
+    assert destination.paused_at is not None and "3 consecutive" in destination.pause_reason
+    assert len(mail.outbox) == 1 and "paused" in mail.outbox[0].subject
+    assert mail.outbox[0].to == ["owner@acme.example"]
+    assert AuditLog.objects.filter(action="destination.paused").exists()
+
+    # Paused: new events queue up and nothing is attempted.
+    ingest_many(client, source, 2, prefix="later")
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    assert delivery_service.claim_due_deliveries(10) == []
+
+    operations.destination_resume(destination=destination)
+    httpserver.clear()
+    httpserver.expect_request("/up").respond_with_data("ok")
+    Destination.objects.filter(pk=destination.pk).update(url=httpserver.url_for("/up"))
+    delivery_service.dispatch_due_deliveries(threads=1)
+    sent = [request.get_json()["id"] for request, _ in httpserver.log]
+    assert sent == ["first_0", "first_1", "first_2", "later_0", "later_1"]  # order of arrival
+    assert AuditLog.objects.filter(action="destination.resumed").exists()
+
+
+def test_dead_letter_digest_is_one_mail_per_destination_per_interval(client, organization, httpserver, settings):
+    from webhooks.services.alerts import send_dead_letter_digests
+
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/gone"), sources=[source])
+    httpserver.expect_request("/gone").respond_with_data("gone", status=410)
+    ingest_many(client, source, 4)
+    delivery_service.dispatch_due_deliveries(threads=2)
+    assert Delivery.objects.filter(status="dead").count() == 4
+    assert send_dead_letter_digests() == 1
+    assert "4 deliveries" in mail.outbox[0].subject and "4 × 410" in mail.outbox[0].body
+    assert send_dead_letter_digests() == 0  # within the hour: nothing more
+
+
+# --- operations -----------------------------------------------------------------
+
+
+def test_replay_creates_a_new_delivery_and_keeps_history(client, organization, httpserver, other_organization):
+    source = make_source(organization)
+    destination, secret = make_destination(organization, httpserver.url_for("/r"), sources=[source])
+    httpserver.expect_request("/r").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    delivery_service.dispatch_due_deliveries(threads=1)
+    event = WebhookEvent.objects.get()
+
+    replay = operations.event_replay(event=event, destination=destination)
+    delivery_service.dispatch_due_deliveries(threads=1)
+    assert Delivery.objects.filter(event=event).count() == 2
+    replay.refresh_from_db()
+    assert replay.is_replay and replay.status == "succeeded"
+    ids = [request.headers["webhook-id"] for request, _ in httpserver.log]
+    assert ids == [str(event.id), str(replay.id)]
+    assert AuditLog.objects.filter(action="event.replayed").exists()
+
+    theirs, _ = make_destination(other_organization, httpserver.url_for("/x"))
+    with pytest.raises(operations.OperationError):
+        operations.event_replay(event=event, destination=theirs)
+
+
+def test_bulk_retry_by_filter_with_progress(client, organization, httpserver, monkeypatch):
+    from webhooks import tasks
+
+    monkeypatch.setattr(tasks.run_bulk_retry, "delay", lambda job_id: None)
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/b"), sources=[source])
+    httpserver.expect_request("/b").respond_with_data("no", status=400)
+    ingest_many(client, source, 7)
+    delivery_service.dispatch_due_deliveries(threads=2)
+    assert Delivery.objects.filter(status="dead").count() == 7
+
+    job = operations.bulk_retry_start(organization=organization, filters={"source": source.pk, "statuses": ["dead"]})
+    assert job.total == 7
+    monkeypatch.setattr(operations, "BULK_RETRY_BATCH", 3)
+    job = operations.bulk_retry_run(job.pk)
+    assert (job.status, job.retried) == (BulkRetry.Status.DONE, 7)
+    assert Delivery.objects.filter(status="pending").count() == 7
+    assert AuditLog.objects.filter(action="deliveries.bulk_retry_requested").exists()
+    with pytest.raises(operations.OperationError):
+        operations.bulk_retry_start(organization=organization, filters={"statuses": ["succeeded"]})
+
+
+# --- data lifecycle ---------------------------------------------------------------
+
+
+def test_retention_deletes_old_events_in_batches_and_keeps_monthly_counts(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/k"), sources=[source])
+    httpserver.expect_request("/k").respond_with_data("ok")
+    ingest_many(client, source, 5)
+    delivery_service.dispatch_due_deliveries(threads=2)
+    old = list(WebhookEvent.objects.order_by("id")[:3])
+    WebhookEvent.objects.filter(pk__in=[e.pk for e in old]).update(received_at=timezone.now() - timedelta(days=31))
+
+    assert purge_expired_events(batch_size=2) == 3
+    assert WebhookEvent.objects.count() == 2
+    assert Delivery.objects.count() == 2 and DeliveryAttempt.objects.count() == 2
+    assert MonthlyUsage.objects.get(organization=organization).events == 5
+
+
+def test_quota_never_refuses_and_owners_are_told_once(client, organization):
+    organization.monthly_event_quota = 3
+    organization.save()
+    source = make_source(organization)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("django.db.transaction.on_commit", lambda fn, using=None, robust=False: fn())
+        ingest_many(client, source, 5, prefix="a")
+        ingest_many(client, source, 2, prefix="b")
+    assert WebhookEvent.objects.filter(status="processed").count() == 7
+    assert MonthlyUsage.objects.get(organization=organization).events == 7
+    quota_mails = [m for m in mail.outbox if "quota" in m.subject]
+    assert len(quota_mails) == 1 and quota_mails[0].to == ["owner@acme.example"]
