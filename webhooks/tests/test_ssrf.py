@@ -1,0 +1,58 @@
+"""Destinations never reach private, loopback, link-local or metadata addresses unless allowed."""
+
+import pytest
+
+from webhooks.services.outbound import DestinationNotAllowed, post, resolve_destination
+
+
+@pytest.fixture(autouse=True)
+def _strict(settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://localhost/",
+        "http://2130706433/",  # 127.0.0.1 as one decimal number
+        "http://0177.0.0.1/",  # octal spelling
+        "http://0x7f.1/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",  # carrier-grade NAT
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://0.0.0.0/",
+        "http://224.0.0.1/",  # multicast
+        "http://[::1]/",
+        "http://[fe80::1]/",
+        "http://[fc00::1]/",
+        "http://[::ffff:127.0.0.1]/",  # IPv4-mapped
+        "http://[2002:7f00:1::]/",  # 6to4 around 127.0.0.1
+        "http://[64:ff9b::a00:1]/",  # NAT64 around 10.0.0.1
+        "ftp://example.com/",
+        "http:///nohost",
+    ],
+)
+def test_private_and_odd_destinations_are_refused(url):
+    with pytest.raises(DestinationNotAllowed):
+        resolve_destination(url)
+
+
+def test_public_address_literals_are_allowed():
+    assert resolve_destination("https://93.184.215.14/hook")[3] == "93.184.215.14"
+    assert resolve_destination("http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:8443/")[2] == 8443
+
+
+def test_refused_at_send_time_too_without_connecting():
+    result = post("http://127.0.0.1:9/", body=b"{}", headers={}, timeout=1)
+    assert result.status is None and "private or reserved" in result.error
+
+
+def test_redirects_are_not_followed(settings, httpserver):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    httpserver.expect_request("/moved").respond_with_data("", status=302, headers={"Location": "http://169.254.169.254/"})
+    result = post(httpserver.url_for("/moved"), body=b"{}", headers={}, timeout=2)
+    assert result.status == 302
+    assert len(httpserver.log) == 1
