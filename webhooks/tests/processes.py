@@ -1,0 +1,190 @@
+"""Real Hookline processes (web, worker, beat) and a counting receiver, for end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import stripe
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class CountingReceiver:
+    """A destination that counts each webhook-id it receives, optionally slowly."""
+
+    def __init__(self, delay: float = 0.0):
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if delay:
+                    time.sleep(delay)
+                with receiver.lock:
+                    receiver.counts[self.headers["webhook-id"]] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def snapshot(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.counts)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RedisServer:
+    """A private redis-server, so a test can stop and restart it without touching anyone else's."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Stack:
+    """gunicorn, a Celery worker and Celery beat on the test database and a given Redis."""
+
+    def __init__(self, redis_url: str, **extra_env: str):
+        db = connection.settings_dict
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "REDIS_URL": redis_url,
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.web_port}",
+            "TRUST_X_FORWARDED_FOR": "false",
+            "ALLOW_PRIVATE_DESTINATIONS": "true",
+            "SWEEP_INTERVAL_SECONDS": "1",
+            "STUCK_EVENT_SECONDS": "1",
+            "STUCK_DELIVERY_SECONDS": "3",
+            "CELERY_QUEUE": f"faults-{self.web_port}",
+            "LOG_LEVEL": "WARNING",
+            **extra_env,
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str) -> None:
+        commands = {
+            "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "-b", f"127.0.0.1:{self.web_port}"],
+            "worker": [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-c",
+                "2",
+                "-l",
+                "WARNING",
+                "-Q",
+                self.env["CELERY_QUEUE"],
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            "beat": [sys.executable, "-m", "celery", "-A", "config", "beat", "-S", "django", "-l", "WARNING"],
+        }
+        log = (LOG_DIR / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen(
+            commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        if name == "web":
+            wait_for_port(self.web_port)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        try:
+            os.killpg(process.pid, sig)  # the whole group: a worker's pool children too
+        except ProcessLookupError:
+            pass
+        process.wait(30)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM if name != "worker" else signal.SIGKILL)
+
+    def post_stripe(self, token: str, event_id: str, secret: str) -> int:
+        body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
+        timestamp = int(time.time())
+        signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}/in/{token}/",
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+__all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "settings", "wait_until"]

@@ -1,0 +1,95 @@
+"""Fault injection with real processes: nothing acknowledged is lost, nothing is sent twice by us
+except what a killed worker had in flight. Each test is bounded in time and stops what it started."""
+
+import time
+import uuid
+
+import pytest
+
+from webhooks.models import Delivery, WebhookEvent
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .processes import CountingReceiver, RedisServer, Stack, wait_until
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver(request):
+    receiver = CountingReceiver(delay=getattr(request, "param", 0.0))
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def stack(redis_server):
+    stack = Stack(f"redis://127.0.0.1:{redis_server.port}/0", DELIVERY_THREADS="4")
+    yield stack
+    stack.stop_all()
+
+
+def all_delivered(event_ids, receiver):
+    counts = receiver.snapshot()
+    return all(counts[event_id] >= 1 for event_id in event_ids)
+
+
+def test_redis_lost_while_webhooks_arrive_then_back_empty(organization, receiver, redis_server, stack):
+    source = make_source(organization)
+    make_destination(organization, receiver.url, sources=[source])
+    for name in ("web", "worker", "beat"):
+        stack.start(name)
+
+    acknowledged = []
+    for n in range(60):
+        if n == 20:
+            redis_server.stop()  # broker and cache gone, with everything queued in them
+        if n == 40:
+            redis_server.start()  # back, and empty
+        event_id = f"evt_redis_{n}_{uuid.uuid4().hex[:6]}"
+        status = stack.post_stripe(source.ingest_token, event_id, STRIPE_SECRET)
+        assert status == 200, f"webhook {n} answered {status}"
+        acknowledged.append(event_id)
+        time.sleep(0.02)
+
+    stored = dict(WebhookEvent.objects.values_list("id", "provider_event_id"))
+    assert sorted(stored.values()) == sorted(acknowledged)  # acknowledged means committed
+    assert wait_until(lambda: all_delivered(map(str, stored), receiver), timeout=60), (
+        f"undelivered: {[p for i, p in stored.items() if not receiver.snapshot()[str(i)]]}"
+    )
+    counts = receiver.snapshot()
+    assert max(counts.values()) == 1  # no worker died: nothing was sent twice
+    assert Delivery.objects.exclude(status="succeeded").count() == 0
+
+
+@pytest.mark.parametrize("receiver", [0.3], indirect=True)
+def test_worker_killed_mid_delivery(organization, receiver, stack):
+    source = make_source(organization)
+    make_destination(organization, receiver.url, sources=[source])
+    for name in ("web", "worker", "beat"):
+        stack.start(name)
+
+    for n in range(30):
+        assert stack.post_stripe(source.ingest_token, f"evt_kill_{n}", STRIPE_SECRET) == 200
+    # Let the worker get some requests in flight (the receiver takes 0.3 s each), then kill it hard.
+    assert wait_until(lambda: sum(receiver.snapshot().values()) >= 4, timeout=30)
+    stack.kill("worker")
+    in_flight_at_kill = Delivery.objects.filter(status="in_flight").count()
+    assert in_flight_at_kill >= 1, "the kill should land while deliveries are in flight"
+    stack.start("worker")
+
+    event_ids = [str(i) for i in WebhookEvent.objects.values_list("id", flat=True)]
+    assert len(event_ids) == 30
+    assert wait_until(lambda: all_delivered(event_ids, receiver), timeout=90)
+    counts = receiver.snapshot()
+    twice = [event_id for event_id, count in counts.items() if count > 1]
+    assert max(counts.values()) <= 2  # at most once more...
+    assert len(twice) <= max(in_flight_at_kill, 4)  # ...and only for what the dead worker held
+    assert wait_until(lambda: Delivery.objects.exclude(status="succeeded").count() == 0, timeout=30)
