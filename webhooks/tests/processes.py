@@ -188,3 +188,45 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 
 
 __all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "settings", "wait_until"]
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb in a temp dir) that a test may stop and start at will."""
+
+    def __init__(self, base_dir: Path):
+        import glob
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server binaries are not installed")
+        self.bin = Path(bins[-1])
+        self.port = free_port()
+        self.dir = base_dir / "pgdata"
+        self.socket_dir = base_dir / "pgsocket"
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/hookline"
+
+    def _as_postgres(self, *command: str) -> None:
+        # initdb and postgres refuse to run as root; runuser is a no-op need when we are not root.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def init(self) -> None:
+        for path in (self.dir.parent, self.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "postgres", str(self.dir.parent)], check=True)
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+        self._as_postgres(
+            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "hookline"
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        try:
+            self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", mode, "-w", "stop")
+        except subprocess.CalledProcessError:
+            pass
