@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -31,6 +30,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
+from .scheduling import clear_flag, schedule_once, set_flag
 
 logger = logging.getLogger(__name__)
 
@@ -354,29 +354,10 @@ def deliver(delivery_id) -> Delivery | None:
 
 
 def schedule_dispatch() -> None:
-    """Make sure a dispatcher runs soon. One queued message serves any number of due deliveries."""
+    """Make sure a dispatcher runs soon; one message serves any number of due deliveries."""
     from webhooks.tasks import dispatch_deliveries
 
-    try:
-        if cache.add(DISPATCH_FLAG_KEY, 1, timeout=DISPATCH_FLAG_TTL):
-            dispatch_deliveries.apply_async(retry=False)
-    except Exception:
-        # Deliveries are committed and due; the sweeper schedules a dispatcher later.
-        logger.warning("could not schedule the delivery dispatcher; the sweeper will", exc_info=True)
-
-
-def _refresh_flag() -> None:
-    try:
-        cache.set(DISPATCH_FLAG_KEY, 1, timeout=DISPATCH_FLAG_TTL)
-    except Exception:
-        logger.warning("cache unavailable while refreshing the dispatcher flag", exc_info=True)
-
-
-def _clear_flag() -> None:
-    try:
-        cache.delete(DISPATCH_FLAG_KEY)
-    except Exception:
-        logger.warning("cache unavailable while clearing the dispatcher flag", exc_info=True)
+    schedule_once(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL, dispatch_deliveries)
 
 
 def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | None = None) -> int:
@@ -388,7 +369,7 @@ def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | 
     attempted = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
-            _refresh_flag()
+            set_flag(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL)
             claimed = []
             if time.monotonic() < deadline:
                 claimed = claim_due_deliveries(threads - len(pending))
@@ -396,19 +377,18 @@ def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | 
                     pending[pool.submit(send, delivery)] = delivery
             if not pending:
                 if time.monotonic() >= deadline:
-                    _clear_flag()
+                    clear_flag(DISPATCH_FLAG_KEY)
                     if Delivery.objects.filter(
                         status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
                     ).exists():
                         schedule_dispatch()  # a fresh task continues, so no task outlives its time limit
                     return attempted
-                # Clear the flag, then look once more: a delivery committed before the
-                # flag was cleared is found now; one committed after schedules a new task.
-                _clear_flag()
+                # Clear the flag, then look once more (see services.scheduling).
+                clear_flag(DISPATCH_FLAG_KEY)
                 claimed = claim_due_deliveries(threads)
                 if not claimed:
                     return attempted
-                _refresh_flag()
+                set_flag(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL)
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
             done, _ = wait(pending, timeout=settings.DISPATCHER_POLL_SECONDS, return_when=FIRST_COMPLETED)

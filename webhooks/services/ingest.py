@@ -201,6 +201,6 @@ def _may_record_rejection(source_id: int) -> bool:
     try:
         cache.add(key, 0, timeout=120)
         return cache.incr(key) <= settings.INGEST_REJECTED_RECORDS_PER_MINUTE
-    except Exception:  # the cache is down: recording is still bounded by the request rate
-        logger.warning("cache unavailable while rate-limiting rejected-request records", exc_info=True)
+    except Exception as exc:  # the cache is down: recording is still bounded by the request rate
+        logger.warning("cache unavailable while rate-limiting rejected-request records: %s", exc)
         return True

@@ -6,7 +6,6 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,6 +13,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
 from .lifecycle import record_usage
+from .scheduling import clear_flag, schedule_once
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,10 @@ EVENT_BATCH_SIZE = 100
 
 
 def schedule_event_processing() -> None:
-    """Make sure a worker will process received events soon. Never raises: the sweeper is the safety net."""
+    """Make sure a worker will process received events soon (see services.scheduling)."""
     from webhooks.tasks import process_events
 
-    try:
-        if cache.add(PROCESSING_SCHEDULED_KEY, 1, timeout=PROCESSING_SCHEDULED_TTL):
-            process_events.apply_async(retry=False)
-    except Exception:
-        # The event is committed; the sweeper enqueues it once the broker is back.
-        logger.warning("could not schedule event processing; the sweeper will", exc_info=True)
+    schedule_once(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL, process_events)
 
 
 def process_received_events() -> int:
@@ -42,13 +37,8 @@ def process_received_events() -> int:
     while True:
         processed = process_event_batch()
         if processed == 0:
-            # Clear the flag first, then look once more: an event committed
-            # before the flag was cleared is found now, and one committed
-            # after it schedules a new task itself.
-            try:
-                cache.delete(PROCESSING_SCHEDULED_KEY)
-            except Exception:
-                logger.warning("cache unavailable while clearing the processing flag", exc_info=True)
+            # Clear the flag, then look once more (see services.scheduling).
+            clear_flag(PROCESSING_SCHEDULED_KEY)
             processed = process_event_batch()
             if processed == 0:
                 return total
