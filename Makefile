@@ -8,7 +8,8 @@ TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@localhost:5432/hoo
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://localhost:6379/15)
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key FIELD_ENCRYPTION_KEYS=DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c= \
-	ALLOW_PRIVATE_DESTINATIONS=true CELERY_QUEUE=hookline-test PUBLIC_BASE_URL=http://testserver
+	ALLOW_PRIVATE_DESTINATIONS=true CELERY_QUEUE=hookline-test PUBLIC_BASE_URL=http://testserver \
+	DJANGO_ALLOW_ASYNC_UNSAFE=true
 
 .PHONY: run test lint bench clean
 
@@ -27,6 +28,7 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-dev
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
+	sh scripts/ensure_browser.sh
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev

@@ -41,12 +41,33 @@ def _error(status_code: int, error: str, detail: str) -> IngestOutcome:
     return IngestOutcome(status_code, {"error": error, "detail": detail})
 
 
+# token -> (expires at, Source or None). Each web process keeps the sources it has
+# seen for a few seconds: the lookup is the largest cost of a request otherwise.
+# Saving a source or organization clears this process's copy at once (see
+# apps.py); other processes see a change within INGEST_SOURCE_CACHE_SECONDS.
+_source_cache: dict[str, tuple[float, Source | None]] = {}
+_SOURCE_CACHE_MAX_ENTRIES = 10_000
+
+
 def source_for_token(token: str) -> Source | None:
-    return (
+    """The active source behind an ingest token (unknown tokens are remembered too)."""
+    now = time.monotonic()
+    cached = _source_cache.get(token)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    source = (
         Source.objects.select_related("organization")
         .filter(ingest_token=token, is_active=True, organization__is_active=True)
         .first()
     )
+    if len(_source_cache) >= _SOURCE_CACHE_MAX_ENTRIES:
+        _source_cache.clear()
+    _source_cache[token] = (now + settings.INGEST_SOURCE_CACHE_SECONDS, source)
+    return source
+
+
+def forget_cached_sources(**_) -> None:
+    _source_cache.clear()
 
 
 def ingest_request(
