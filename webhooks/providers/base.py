@@ -123,6 +123,8 @@ class Provider:
     secret_help: ClassVar[str] = ""
     # True when the tenant chooses the secret (so Hookline may generate one for them).
     secret_generated_by_us: ClassVar[bool] = False
+    # False for schemes verified with public certificates only (Apple, Google): no secret is stored.
+    uses_secret: ClassVar[bool] = True
     options: ClassVar[tuple[ProviderOption, ...]] = ()
     # Shown in docs/providers.md and the source forms.
     docs_verifies: ClassVar[str] = ""

@@ -6,13 +6,21 @@ PROVIDERS; adding a provider means one module and one line here.
 
 from __future__ import annotations
 
+from .apple import AppleAppStoreProvider
 from .base import Provider
 from .generic_hmac import GenericHmacProvider
 from .github import GitHubProvider
+from .google_play import GooglePlayProvider
+from .paypal import PayPalProvider
 from .shared_token import SharedTokenProvider
 from .shopify import ShopifyProvider
+from .slack import SlackProvider
+from .square import SquareProvider
 from .standard_webhooks import StandardWebhooksProvider
 from .stripe import StripeProvider
+from .twilio import TwilioProvider
+from .twitter import XProvider
+from .zoom import ZoomProvider
 
 PROVIDERS: dict[str, Provider] = {
     provider.kind: provider
@@ -23,6 +31,14 @@ PROVIDERS: dict[str, Provider] = {
         StandardWebhooksProvider(),
         GenericHmacProvider(),
         SharedTokenProvider(),
+        SlackProvider(),
+        TwilioProvider(),
+        SquareProvider(),
+        ZoomProvider(),
+        XProvider(),
+        PayPalProvider(),
+        AppleAppStoreProvider(),
+        GooglePlayProvider(),
     )
 }
 

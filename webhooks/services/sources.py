@@ -28,6 +28,11 @@ def _clean(provider_kind: str, secret: str | None, options: dict[str, Any]):
     except UnknownProvider:
         raise SourceError(f"unknown provider '{provider_kind}'") from None
     generated = None
+    if not provider.uses_secret:
+        try:
+            return "", provider.clean_options(options), None
+        except InvalidOptions as exc:
+            raise SourceError(str(exc)) from None
     if not secret:
         if not provider.secret_generated_by_us:
             raise SourceError(f"{provider.label} gives you the signing secret: pass it with --secret")

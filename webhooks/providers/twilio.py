@@ -1,0 +1,325 @@
+"""Twilio: ``X-Twilio-Signature`` = base64 HMAC-SHA1(Auth Token, full URL + sorted form parameters).
+
+Mirrors ``twilio.request_validator.RequestValidator.validate``:
+
+- form bodies: for each parameter name in sorted order, each of its values sorted and
+  de-duplicated, ``name + value`` is appended to the URL (so Twilio signs the parameters,
+  not the bytes: re-encodings of the same parameters verify alike);
+- JSON bodies: the URL carries ``bodySHA256=<hex SHA-256 of the raw body>``, the signature
+  covers the URL alone, and the body hash is checked separately;
+- the URL is tried as given and, like the SDK, with the default port added (``:443``/``:80``)
+  and with any explicit port removed;
+- ``X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=HMAC_SHA256`` (SharedKey signing,
+  twilio ≥ 9.13) switches the HMAC to SHA-256.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit
+
+from .base import (
+    EventInfo,
+    InboundRequest,
+    InvalidOptions,
+    MalformedPayload,
+    Provider,
+    ProviderOption,
+    VerificationError,
+    constant_time_equal,
+    require_header,
+)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+BODY_HASH_PARAM = "bodySHA256"
+_ALGORITHMS = {"HMAC_SHA1": (hashlib.sha1, 20), "HMAC_SHA256": (hashlib.sha256, 32)}
+_STATUS = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def form_params(body: bytes) -> dict[str, list[str]]:
+    """Form parameters of a raw body, every value kept (parse_qsl, keep_blank_values).
+
+    Undecodable bytes become lone surrogates instead of U+FFFD, so two different
+    invalid bodies do not collapse to the same parameters.
+    """
+    text = body.decode("utf-8", "surrogateescape")
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="surrogateescape"):
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def _data(url: str, params: Mapping[str, Sequence[str]]) -> bytes:
+    """What RequestValidator.compute_signature hashes."""
+    parts = [url]
+    for name in sorted(params):
+        for value in sorted(set(params[name])):
+            parts.append(name + value)
+    return "".join(parts).encode("utf-8", "surrogatepass")
+
+
+def _url_variants(url: str) -> list[str]:
+    """The URL as given, plus the SDK's with-port and without-port spellings (ValueError if unparsable)."""
+    parsed = urlparse(url)
+    port = parsed.port  # ValueError for a non-numeric or out-of-range port
+    if port:
+        with_port = parsed.geturl()
+        without_port = parsed._replace(netloc=parsed.netloc.split(":")[0]).geturl()
+    else:
+        default = 443 if parsed.scheme == "https" else 80
+        with_port = parsed._replace(netloc=f"{parsed.netloc}:{default}").geturl()
+        without_port = parsed.geturl()
+    return list(dict.fromkeys([url, without_port, with_port]))
+
+
+def _body_hash_param(url: str) -> str | None:
+    """The bodySHA256 query parameter of ``url``, if any (the JSON-body variant)."""
+    values = parse_qs(urlsplit(url).query).get(BODY_HASH_PARAM)
+    return values[0] if values else None
+
+
+def signed_url(request_url: str, options: Mapping[str, Any]) -> str:
+    """The URL Twilio signed: the ``public_url`` option, else the URL the request arrived at.
+
+    For JSON bodies Twilio appends ``bodySHA256=…`` to the URL it calls; when ``public_url`` lacks
+    it and the request has it, it is appended to ``public_url`` the same way (ValueError if unparsable).
+    """
+    configured = options.get("public_url")
+    if not isinstance(configured, str) or not configured:
+        return request_url
+    body_hash = _body_hash_param(request_url) if request_url else None
+    if body_hash is not None and _body_hash_param(configured) is None:
+        separator = "&" if urlsplit(configured).query else ("" if configured.endswith("?") else "?")
+        return f"{configured}{separator}{urlencode({BODY_HASH_PARAM: body_hash})}"
+    return configured
+
+
+def form_encode(fixture: bytes) -> bytes:
+    """A JSON object of parameters (how our fixtures store them) as the form body Twilio would POST."""
+    payload = json.loads(fixture)
+    return urlencode([(str(k), str(v)) for k, v in payload.items()]).encode()
+
+
+class TwilioProvider(Provider):
+    """Twilio Programmable Messaging / Voice webhooks and status callbacks."""
+
+    kind = "twilio"
+    label = "Twilio"
+    secret_help = (
+        "Twilio Console → Account → API keys & tokens → Live credentials → Auth Token (add the secondary token as a "
+        "previous secret while promoting it). For SharedKey-signed webhooks, the SharedKey secret."
+    )
+    secret_generated_by_us = False
+    options = (
+        ProviderOption(
+            name="public_url",
+            label="Public URL",
+            help_text=(
+                "The exact URL configured in Twilio (Twilio signs it, query string included). Leave empty when it is "
+                "this source's ingest URL as Hookline shows it (optionally with a query string); set it when Twilio "
+                "calls a proxy or tunnel that forwards here, or any other spelling of the URL."
+            ),
+            default="",
+        ),
+    )
+    docs_verifies = (
+        "X-Twilio-Signature: base64 HMAC-SHA1 keyed with the Auth Token over the full URL Twilio called followed by "
+        "the form parameters (names sorted; each name's values sorted and de-duplicated; name+value, no separators), "
+        "parsed from the raw body. The URL is the `public_url` option (plus the bodySHA256 Twilio appends for JSON "
+        "bodies), or, when empty, the URL the request arrived at (PUBLIC_BASE_URL + path + query); like Twilio's SDK it is also tried with :443/:80 added and with an explicit "
+        "port removed. JSON bodies: the URL carries bodySHA256 (hex SHA-256 of the raw body, checked), and the "
+        "signature covers the URL alone. X-Twilio-Webhooks-Signature-Settings algorithm=HMAC_SHA256 (SharedKey) "
+        "switches to HMAC-SHA256. Twilio signs the parameters, not the bytes, and has no timestamp: no replay window. "
+        "Hookline accepts webhooks by POST only (set the webhook method to HTTP POST)."
+    )
+    docs_event_id = (
+        "the I-Twilio-Idempotency-Token header when present (the same on Twilio's retries) [UNCONFIRMED in Twilio's "
+        'docs]; otherwise derived: "<MessageSid or CallSid>:<status>:<first 16 hex of SHA-256 of the sorted '
+        'parameters>" (a call sends several in-progress webhooks), or "sha256:<hex>" of them without a Sid. '
+        "JSON (Event Streams / CloudEvents) bodies: the event `id` (first event of a batch) [UNCONFIRMED]."
+    )
+    docs_event_type = (
+        "message.<MessageStatus or SmsStatus> (e.g. message.delivered, message.received), call.<CallStatus> "
+        "(e.g. call.completed), message / call without a status, else webhook; CloudEvents bodies: the event `type`."
+    )
+
+    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        cleaned = super().clean_options(raw)
+        url = (cleaned["public_url"] or "").strip()
+        if url:
+            try:
+                parts = urlsplit(url)
+                _url_variants(url)
+            except ValueError:
+                raise InvalidOptions("option 'public_url' is not a URL") from None
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise InvalidOptions("option 'public_url' must be a full http(s) URL, as configured in Twilio")
+        cleaned["public_url"] = url
+        return cleaned
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Any secret, any of the URL spellings; for JSON bodies the bodySHA256 must match too."""
+        value = require_header(request, SIGNATURE_HEADER)
+        algorithm_name = _algorithm(request)
+        if algorithm_name not in _ALGORITHMS:
+            raise VerificationError(
+                "bad_format", f"{SETTINGS_HEADER} names an unsupported algorithm (HMAC_SHA1 and HMAC_SHA256 are known)"
+            )
+        algorithm, size = _ALGORITHMS[algorithm_name]
+        try:
+            candidate = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise VerificationError("bad_format", f"the {SIGNATURE_HEADER} header is not base64") from None
+        if len(candidate) != size:
+            raise VerificationError(
+                "bad_format", f"the {SIGNATURE_HEADER} header does not hold a {algorithm_name} signature ({size} bytes)"
+            )
+        try:
+            url = signed_url(request.url, options)
+            variants = _url_variants(url)
+            body_hash = _body_hash_param(url)
+        except ValueError:
+            raise VerificationError("bad_format", "the request URL cannot be parsed (check public_url)") from None
+
+        params = {} if body_hash is not None else form_params(request.body)
+        expected = [
+            hmac.new(secret.encode("utf-8"), _data(variant, params), algorithm).digest()
+            for secret in secrets
+            if secret
+            for variant in variants
+        ]
+        if not any(constant_time_equal(e, candidate) for e in expected):
+            where = "the public_url option" if options.get("public_url") else "the URL this request arrived at"
+            raise VerificationError(
+                "no_matching_secret",
+                f"the signature does not match ({len([s for s in secrets if s])} secret(s) tried) using {where}; "
+                "check the Auth Token, that the URL configured in Twilio is exactly the one Hookline shows "
+                "(or set public_url), and that the body is unchanged",
+            )
+        if body_hash is not None:
+            actual = hashlib.sha256(request.body).hexdigest()
+            if not constant_time_equal(actual, body_hash.strip().lower().encode("utf-8", "surrogatepass")):
+                raise VerificationError(
+                    "no_matching_secret", f"the body does not match the {BODY_HASH_PARAM} that Twilio signed in the URL"
+                )
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Idempotency header first; otherwise id and type derived from the parameters (see docs_event_id)."""
+        token = (request.header(IDEMPOTENCY_HEADER) or "").strip() or None
+        payload = _json(request.body)
+        if isinstance(payload, list | dict) and _cloud_event(payload) is not None:
+            event_id, event_type = _cloud_event(payload)  # type: ignore[misc]
+            return EventInfo(event_id=token or event_id, event_type=event_type)
+        if isinstance(payload, dict):
+            params = {
+                str(k): [str(v)]
+                for k, v in payload.items()
+                if isinstance(v, str | int | float) and not isinstance(v, bool)
+            }
+        elif payload is not None:
+            raise MalformedPayload("the JSON body is neither an object of parameters nor CloudEvents")
+        else:
+            params = form_params(request.body)
+        if not params:
+            raise MalformedPayload("the body has no Twilio parameters")
+        event_id, event_type = _derive(params)
+        return EventInfo(event_id=token or event_id, event_type=event_type)
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """X-Twilio-Signature over the URL (public_url, else ``url``) and the body's form parameters.
+
+        If that URL carries bodySHA256, only the URL is signed (JSON variant; the caller put the hash there).
+        With ``event_id`` the I-Twilio-Idempotency-Token header carries it.
+        """
+        target = signed_url(url, options)
+        params = {} if _body_hash_param(target) is not None else form_params(body)
+        signature = hmac.new(secret.encode("utf-8"), _data(target, params), hashlib.sha1).digest()
+        headers = {SIGNATURE_HEADER: base64.b64encode(signature).decode()}
+        if event_id:
+            headers[IDEMPOTENCY_HEADER] = event_id
+        return headers
+
+
+def _algorithm(request: InboundRequest) -> str:
+    """As twilio.request_validator.get_signature_algorithm: HMAC_SHA1 unless the settings header names one."""
+    for part in (request.header(SETTINGS_HEADER) or "").split(","):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() == "algorithm" and value.strip():
+            return value.strip().upper()
+    return "HMAC_SHA1"
+
+
+def _json(body: bytes) -> Any:
+    stripped = body.lstrip()
+    if not stripped.startswith((b"{", b"[")):
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _cloud_event(payload: list[Any] | dict[str, Any]) -> tuple[str, str] | None:
+    """(id, type) of a CloudEvent, or of the first one of a batch."""
+    event = payload[0] if isinstance(payload, list) and payload else payload
+    if not isinstance(event, dict) or "specversion" not in event:
+        return None
+    event_id, event_type = event.get("id"), event.get("type")
+    if isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type:
+        return event_id, event_type
+    return None
+
+
+def _first(params: Mapping[str, Sequence[str]], *names: str) -> str | None:
+    for name in names:
+        values = params.get(name)
+        if values and values[0]:
+            return values[0]
+    return None
+
+
+def _derive(params: Mapping[str, Sequence[str]]) -> tuple[str, str]:
+    canonical = "&".join(
+        sorted(
+            f"{quote(k, safe='', errors='surrogatepass')}={quote(v, safe='', errors='surrogatepass')}"
+            for k, values in params.items()
+            for v in values
+        )
+    )
+    digest = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    message_sid = _first(params, "MessageSid", "SmsSid", "SmsMessageSid")
+    call_sid = _first(params, "CallSid")
+    if message_sid:
+        sid, kind, status = message_sid, "message", _first(params, "MessageStatus", "SmsStatus")
+    elif call_sid:
+        sid, kind, status = call_sid, "call", _first(params, "CallStatus")
+    else:
+        return "sha256:" + digest, "webhook"
+    status = status.lower() if status and _STATUS.fullmatch(status) else None
+    event_type = f"{kind}.{status}" if status else kind
+    return f"{sid[:100]}:{status or kind}:{digest[:16]}", event_type
