@@ -252,6 +252,8 @@ def sign_requests(secret: str, id_prefix: str, count: int) -> tuple[str, str, li
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As gunicorn does: sockets of the previous run left in TIME_WAIT must not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

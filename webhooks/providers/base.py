@@ -177,6 +177,10 @@ class Provider:
         whose answer proves knowledge of the secret or reveals nothing."""
         return None
 
+    def prepare_body(self, body: bytes, secret: str, options: Mapping[str, Any], now: float) -> bytes:
+        """A sample body as the provider would send it now (for schemes that sign inside the body)."""
+        return body
+
     def sign(
         self,
         body: bytes,

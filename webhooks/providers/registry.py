@@ -8,16 +8,25 @@ from __future__ import annotations
 
 from .apple import AppleAppStoreProvider
 from .base import Provider
+from .bitbucket import BitbucketProvider
+from .discord import DiscordProvider
+from .flutterwave import FlutterwaveProvider
 from .generic_hmac import GenericHmacProvider
 from .github import GitHubProvider
+from .gitlab import GitLabProvider
 from .google_play import GooglePlayProvider
+from .linear import LinearProvider
+from .mailgun import MailgunProvider
 from .paypal import PayPalProvider
+from .paystack import PaystackProvider
+from .sendgrid import SendGridProvider
 from .shared_token import SharedTokenProvider
 from .shopify import ShopifyProvider
 from .slack import SlackProvider
 from .square import SquareProvider
 from .standard_webhooks import StandardWebhooksProvider
 from .stripe import StripeProvider
+from .supabase import SupabaseProvider
 from .twilio import TwilioProvider
 from .twitter import XProvider
 from .zoom import ZoomProvider
@@ -39,6 +48,15 @@ PROVIDERS: dict[str, Provider] = {
         PayPalProvider(),
         AppleAppStoreProvider(),
         GooglePlayProvider(),
+        PaystackProvider(),
+        FlutterwaveProvider(),
+        GitLabProvider(),
+        BitbucketProvider(),
+        SendGridProvider(),
+        MailgunProvider(),
+        LinearProvider(),
+        DiscordProvider(),
+        SupabaseProvider(),
     )
 }
 

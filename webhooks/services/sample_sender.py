@@ -75,8 +75,10 @@ def build_test_request(
         body, event_id = with_fresh_id(body)
     url = ingest_url(source)
     headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0", **extra_headers}
+    now = time.time()
+    body = provider.prepare_body(body, source.secret, source.options, now)
     try:
-        headers.update(provider.sign(body, source.secret, source.options, time.time(), url=url, event_id=event_id))
+        headers.update(provider.sign(body, source.secret, source.options, now, url=url, event_id=event_id))
     except NotImplementedError as exc:
         # Schemes signed with the provider's private key: only the provider can send a test.
         raise SampleSenderError(str(exc)) from None

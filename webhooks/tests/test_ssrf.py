@@ -52,7 +52,9 @@ def test_refused_at_send_time_too_without_connecting():
 
 def test_redirects_are_not_followed(settings, httpserver):
     settings.ALLOW_PRIVATE_DESTINATIONS = True
-    httpserver.expect_request("/moved").respond_with_data("", status=302, headers={"Location": "http://169.254.169.254/"})
+    httpserver.expect_request("/moved").respond_with_data(
+        "", status=302, headers={"Location": "http://169.254.169.254/"}
+    )
     result = post(httpserver.url_for("/moved"), body=b"{}", headers={}, timeout=2)
     assert result.status == 302
     assert len(httpserver.log) == 1

@@ -1,0 +1,201 @@
+"""GitLab: ``X-Gitlab-Token`` (the secret token verbatim), or the newer signing token (Standard Webhooks).
+
+The signing token (GitLab MR !230944, feature flag ``webhook_signing_token``) sends ``webhook-id`` (the
+Idempotency-Key), ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
+``"<id>.<timestamp>.<body>"`` keyed with the base64-decoded ``whsec_`` token; that check is delegated to
+the Standard Webhooks provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .base import (
+    EventInfo,
+    InboundRequest,
+    InvalidOptions,
+    MalformedPayload,
+    Provider,
+    ProviderOption,
+    VerificationError,
+    require_header,
+)
+from .standard_webhooks import DEFAULT_TOLERANCE, StandardWebhooksProvider
+
+TOKEN_HEADER = "X-Gitlab-Token"
+EVENT_HEADER = "X-Gitlab-Event"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+MODES = ("auto", "secret_token", "signing_token")
+_STANDARD = StandardWebhooksProvider()
+
+
+def _encode(text: str) -> bytes:
+    # surrogatepass: garbage in a header must fail to match, not raise.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _mode(options: Mapping[str, Any]) -> str:
+    value = options.get("verification")
+    return value if value in MODES else "auto"
+
+
+def _tolerance(options: Mapping[str, Any]) -> int:
+    value = options.get("tolerance", DEFAULT_TOLERANCE)
+    try:
+        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
+    except (TypeError, ValueError):
+        return DEFAULT_TOLERANCE
+
+
+def _is_signing_token(secret: str) -> bool:
+    return secret.strip().startswith("whsec_")
+
+
+class GitLabProvider(Provider):
+    """Project, group and system hooks from GitLab.com, Dedicated and self-managed instances."""
+
+    kind = "gitlab"
+    label = "GitLab"
+    secret_help = (
+        "Project or group → Settings → Webhooks → your webhook: the Secret token you typed there (Hookline can "
+        "generate one to paste), or, where your instance offers it, the Signing token (starts with whsec_)."
+    )
+    secret_generated_by_us = True
+    options = (
+        ProviderOption(
+            name="verification",
+            label="Verification",
+            help_text=(
+                "auto: the signing token when the request carries webhook-signature and a whsec_ secret is "
+                "configured, else X-Gitlab-Token. secret_token / signing_token: only that one."
+            ),
+            default="auto",
+            kind="choice",
+            choices=MODES,
+        ),
+        ProviderOption(
+            name="tolerance",
+            label="Timestamp tolerance (seconds)",
+            help_text="Signing token only: reject webhook-timestamp further than this from now; 0 turns it off.",
+            default=DEFAULT_TOLERANCE,
+            kind="int",
+        ),
+    )
+    docs_verifies = (
+        "Secret token: X-Gitlab-Token equals the token (constant time; the body is not signed). Signing token "
+        "(GitLab's Standard Webhooks variant, behind a feature flag): webhook-signature v1,<base64 HMAC-SHA256> "
+        'of "<webhook-id>.<webhook-timestamp>.<raw body>" keyed with the base64-decoded whsec_ token, timestamp '
+        "within `tolerance` seconds. Option `verification` picks one or (auto) chooses by the headers present. "
+        "X-Gitlab-Token is never stored."
+    )
+    docs_event_id = (
+        "Idempotency-Key header (the same on every retry), else webhook-id, else sha256:<hex of body>. "
+        "X-Gitlab-Event-UUID is not used: GitLab gives every hook fired while handling one request the same "
+        "value (recursion detection), so distinct events would collapse."
+    )
+    docs_event_type = (
+        'payload `object_kind` (system hooks: `event_name`), plus ".<object_attributes.action>" when there is '
+        "one (e.g. merge_request.merge, push); the X-Gitlab-Event header (e.g. Push Hook) when the payload has "
+        "neither"
+    )
+
+    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        cleaned = super().clean_options(raw)
+        if cleaned["tolerance"] < 0:
+            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
+        return cleaned
+
+    def secret_header_names(self, options: Mapping[str, Any]) -> set[str]:
+        return {TOKEN_HEADER}
+
+    def verify(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Signing token or secret token, as chosen by the option (auto: by the headers present)."""
+        mode = _mode(options)
+        signed = bool((request.header("webhook-signature") or "").strip())
+        signing_secrets = [s for s in secrets if s and _is_signing_token(s)]
+        if mode == "signing_token" or (mode == "auto" and signed and signing_secrets):
+            self._verify_signed(request, secrets if mode == "signing_token" else signing_secrets, options, now)
+            return
+        value = require_header(request, TOKEN_HEADER)
+        candidate = _encode(value)
+        if not any(hmac.compare_digest(_encode(s), candidate) for s in secrets if s):
+            raise VerificationError(
+                "no_matching_secret",
+                f"the {TOKEN_HEADER} header does not match the webhook's secret token ({len(secrets)} token(s) tried)",
+            )
+
+    def _verify_signed(
+        self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any], now: float
+    ) -> None:
+        # Only GitLab's webhook-* headers count: svix-* headers, which the Standard Webhooks provider
+        # prefers, are not something GitLab sends.
+        signed_only = InboundRequest(
+            body=request.body,
+            headers={name: value for name, value in request.headers.items() if name in SIGNED_HEADERS},
+            method=request.method,
+            url=request.url,
+            query=request.query,
+        )
+        _STANDARD.verify(signed_only, secrets, {"tolerance": _tolerance(options)}, now)
+
+    def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
+        """Type from the payload (object_kind + action), id from Idempotency-Key."""
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            payload = None
+        header_type = (request.header(EVENT_HEADER) or "").strip()
+        if not isinstance(payload, dict) and not header_type:
+            raise MalformedPayload("the body is not a GitLab event object and there is no X-Gitlab-Event header")
+        event_type = header_type
+        if isinstance(payload, dict):
+            kind = payload.get("object_kind") or payload.get("event_name")
+            if isinstance(kind, str) and kind.strip():
+                event_type = kind.strip()
+                attributes = payload.get("object_attributes")
+                action = attributes.get("action") if isinstance(attributes, dict) else None
+                if isinstance(action, str) and action.strip():
+                    event_type = f"{event_type}.{action.strip()}"
+        event_id = (
+            (request.header(IDEMPOTENCY_HEADER) or "").strip()
+            or (request.header("webhook-id") or "").strip()
+            or "sha256:" + hashlib.sha256(request.body).hexdigest()
+        )
+        return EventInfo(event_id=event_id, event_type=event_type)
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        options: Mapping[str, Any],
+        now: float,
+        *,
+        url: str = "",
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """Signing-token headers for a whsec_ secret (or verification=signing_token), else X-Gitlab-Token.
+
+        The id goes into Idempotency-Key (and webhook-id) only when given, so a fixture's recorded headers stay.
+        """
+        mode = _mode(options)
+        if mode == "signing_token" or (mode == "auto" and _is_signing_token(secret)):
+            headers = _STANDARD.sign(body, secret, {}, now, event_id=event_id)
+            if event_id:
+                headers[IDEMPOTENCY_HEADER] = event_id
+            return headers
+        headers = {TOKEN_HEADER: secret}
+        if event_id:
+            headers[IDEMPOTENCY_HEADER] = event_id
+        return headers
