@@ -130,6 +130,9 @@ class Provider:
     docs_verifies: ClassVar[str] = ""
     docs_event_id: ClassVar[str] = ""
     docs_event_type: ClassVar[str] = ""
+    # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
+    # new one (keys and list indexes from the top of the payload).
+    sample_event_id_path: ClassVar[tuple[str | int, ...]] = ("id",)
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""
@@ -177,6 +180,28 @@ class Provider:
         whose answer proves knowledge of the secret or reveals nothing."""
         return None
 
+    def with_sample_event_id(self, payload: Any, fresh_id: str) -> Any:
+        """The decoded sample with a new event id where this provider keeps it.
+
+        Providers whose id is derived from a hash of the body get a ``hookline_sample_id`` field
+        instead, which changes that hash just the same.
+        """
+        *parents, last = self.sample_event_id_path
+        target = payload
+        for key in parents:
+            target = _child(target, key)
+        current = _child(target, last)
+        if isinstance(current, bool) or not isinstance(current, str | int):
+            if isinstance(payload, dict):
+                payload["hookline_sample_id"] = fresh_id
+            return payload
+        if isinstance(current, int):
+            target[last] = int(fresh_id[:15], 16)
+        else:
+            prefix = current.split("_", 1)[0] + "_" if "_" in current else ""
+            target[last] = prefix + fresh_id
+        return payload
+
     def prepare_body(self, body: bytes, secret: str, options: Mapping[str, Any], now: float) -> bytes:
         """A sample body as the provider would send it now (for schemes that sign inside the body)."""
         return body
@@ -220,3 +245,10 @@ def json_field(payload: Any, *path: str) -> Any:
             return None
         current = current.get(key)
     return current
+
+
+def _child(container: Any, key: str | int) -> Any:
+    """container[key] for JSON dicts and lists, None when it is not there."""
+    if isinstance(key, int):
+        return container[key] if isinstance(container, list) and -len(container) <= key < len(container) else None
+    return container.get(key) if isinstance(container, dict) else None

@@ -85,6 +85,7 @@ class FlutterwaveProvider(Provider):
         "option require_signature keeps only the HMAC form]. When flutterwave-signature is present it alone "
         "decides. No timestamp. Both headers are treated as secrets and never stored."
     )
+    sample_event_id_path = ("data", "id")
     docs_event_id = (
         "'<event type>:<data.id>', e.g. charge.completed:4975363 (the type keeps transaction and transfer ids "
         "apart); sha256:<hex of body> when data has no id"

@@ -91,6 +91,7 @@ class MailgunProvider(Provider):
         "assumed). Optional freshness window (option `tolerance`, off by default). The rest of the body is not "
         "covered by the signature. The test sender signs by rewriting the body's signature object."
     )
+    sample_event_id_path = ("event-data", "id")
     docs_event_id = "payload `event-data.id` (the event's id, the same on every retry)"
     docs_event_type = "payload `event-data.event`, e.g. delivered, failed, opened"
 

@@ -92,6 +92,7 @@ class SlackProvider(Provider):
         "Form-encoded bodies (slash commands, interactivity) are verified exactly as received. "
         'The Events API url_verification handshake is verified like any request, then answered 200 with {"challenge": …}.'
     )
+    sample_event_id_path = ("event_id",)
     docs_event_id = (
         "Events API: the envelope's `event_id` (Ev…, the same on Slack's retries). Interactivity and slash commands "
         "(Slack does not retry them): the `trigger_id`; otherwise, and for envelopes without event_id, "

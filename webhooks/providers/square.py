@@ -70,6 +70,7 @@ class SquareProvider(Provider):
         "(base64 HMAC-SHA1, same input) is accepted only when the SHA-256 header is absent. An empty body is refused. "
         "No timestamp, so no replay window."
     )
+    sample_event_id_path = ("event_id",)
     docs_event_id = "payload `event_id` (the same on Square's retries)"
     docs_event_type = "payload `type`, e.g. payment.updated"
 

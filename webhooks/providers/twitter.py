@@ -143,6 +143,17 @@ class XProvider(Provider):
             raise MalformedPayload('the X activity has no "…_events" key')
         return EventInfo(event_id=_event_id(payload, event_type, request.body), event_type=event_type)
 
+    def with_sample_event_id(self, payload: Any, fresh_id: str) -> Any:
+        """X's id is the first activity's ``id_str``/``id`` under the ``…_events`` key."""
+        events = (
+            next((v for k, v in payload.items() if k.endswith("_events")), None) if isinstance(payload, dict) else None
+        )
+        if isinstance(events, list) and events and isinstance(events[0], dict):
+            number = str(int(fresh_id[:15], 16))
+            events[0].update({key: number for key in ("id_str", "id") if key in events[0]})
+            return payload
+        return super().with_sample_event_id(payload, fresh_id)
+
     def sign(
         self,
         body: bytes,

@@ -80,6 +80,8 @@ class ZoomProvider(Provider):
         "endpoint.url_validation is verified like any event, then answered 200 with "
         '{"plainToken": …, "encryptedToken": hex HMAC-SHA256(Secret Token, plainToken)}.'
     )
+    # The id hashes the payload: a new meeting instance uuid makes a new event.
+    sample_event_id_path = ("payload", "object", "uuid")
     docs_event_id = (
         "Zoom sends no event id [UNCONFIRMED]; derived as "
         '"<event>:<event_ts>:<first 32 hex of SHA-256 of the `payload` object re-serialised with sorted keys>" '

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from webhooks.models import Source
+from webhooks.providers.base import Provider
 from webhooks.providers.registry import get_provider
 
 from .outbound import OutboundResponse, post_to_hookline
@@ -41,18 +42,14 @@ def load_fixture(provider: str, name: str) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def with_fresh_id(body: bytes) -> tuple[bytes, str]:
-    """A copy of a JSON sample whose top-level "id" is new, so it is not taken for a redelivery."""
+def with_fresh_id(provider: Provider, body: bytes) -> tuple[bytes, str]:
+    """A copy of a JSON sample with a new provider event id, so it is not taken for a redelivery."""
     fresh_id = uuid.uuid4().hex
     try:
         payload = json.loads(body)
     except ValueError:
         return body, fresh_id
-    if isinstance(payload, dict) and isinstance(payload.get("id"), str):
-        prefix = payload["id"].split("_", 1)[0] + "_" if "_" in payload["id"] else ""
-        payload["id"] = prefix + fresh_id
-        return json.dumps(payload, indent=2).encode(), fresh_id
-    return body, fresh_id
+    return json.dumps(provider.with_sample_event_id(payload, fresh_id), indent=2).encode(), fresh_id
 
 
 def build_test_request(
@@ -72,7 +69,7 @@ def build_test_request(
         body, extra_headers = load_fixture(source.provider, fixture or names[0])
     event_id = None
     if fresh_id:
-        body, event_id = with_fresh_id(body)
+        body, event_id = with_fresh_id(provider, body)
     url = ingest_url(source)
     headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0", **extra_headers}
     now = time.time()

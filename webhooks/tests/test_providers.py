@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,25 @@ def test_provider_modules_are_pure(kind):
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 assert alias.name.split(".")[0] in allowed, f"{module} imports {alias.name}"
+
+
+@pytest.mark.parametrize("kind", SIGNABLE)
+def test_fresh_id_samples_are_distinct_events(kind, monkeypatch):
+    """The test sender's --fresh-id gives each send a new provider event id, wherever the provider keeps it."""
+    from types import SimpleNamespace
+
+    from webhooks.services import sample_sender
+
+    monkeypatch.setattr(sample_sender, "ingest_url", lambda source: "https://hookline.test/in/x/")
+    source = SimpleNamespace(provider=kind, secret=SECRET, options=options_for(kind))
+    provider = PROVIDERS[kind]
+    seen = set()
+    for _ in range(2):
+        body, headers = sample_sender.build_test_request(source=source, fresh_id=True)
+        request = InboundRequest(
+            body=body, headers={k.lower(): v for k, v in headers.items()}, url="https://hookline.test/in/x/"
+        )
+        provider.verify(request, [SECRET], options_for(kind), time.time())
+        info = provider.describe(request, options_for(kind))
+        seen.add(info.event_id)
+    assert len(seen) == 2, f"{kind}: both sends carry the event id {seen}"
