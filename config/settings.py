@@ -268,6 +268,8 @@ TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=not EMBEDDED)
 DELIVERY_THREADS = env.int("DELIVERY_THREADS", default=32)  # sending threads per dispatcher
 DELIVERY_MAX_TIMEOUT_SECONDS = env.float("DELIVERY_MAX_TIMEOUT_SECONDS", default=60.0)
 DISPATCHER_MAX_SECONDS = env.float("DISPATCHER_MAX_SECONDS", default=50.0)  # then a fresh task continues
+# Dispatchers that may run at once while there is a backlog (one per worker process is right).
+DELIVERY_DISPATCHERS = env.int("DELIVERY_DISPATCHERS", default=2)
 DISPATCHER_POLL_SECONDS = env.float("DISPATCHER_POLL_SECONDS", default=0.05)
 RETRY_AFTER_MAX_SECONDS = env.int("RETRY_AFTER_MAX_SECONDS", default=3600)
 CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)

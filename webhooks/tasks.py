@@ -11,8 +11,8 @@ def process_events() -> int:
 
 
 @shared_task(name="webhooks.tasks.dispatch_deliveries")
-def dispatch_deliveries() -> int:
-    return delivery.dispatch_due_deliveries()
+def dispatch_deliveries(slot: int = 0) -> int:
+    return delivery.dispatch_due_deliveries(slot=slot)
 
 
 @shared_task(name="webhooks.tasks.sweep")

@@ -353,42 +353,58 @@ def deliver(delivery_id) -> Delivery | None:
 # --- The dispatcher -----------------------------------------------------------
 
 
-def schedule_dispatch() -> None:
-    """Make sure a dispatcher runs soon; one message serves any number of due deliveries."""
+def _dispatch_flag(slot: int) -> str:
+    return DISPATCH_FLAG_KEY if slot == 0 else f"{DISPATCH_FLAG_KEY}:{slot}"
+
+
+def schedule_dispatch(slot: int = 0) -> None:
+    """Make sure a dispatcher runs soon; one message serves any number of due deliveries.
+
+    Slot 0 is the dispatcher every caller relies on. While it finds a backlog it starts the
+    next slot, up to ``DELIVERY_DISPATCHERS``, so that a backlog uses every worker process.
+    """
     from webhooks.tasks import dispatch_deliveries
 
-    schedule_once(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL, dispatch_deliveries)
+    schedule_once(_dispatch_flag(slot), DISPATCH_FLAG_TTL, dispatch_deliveries.s(slot))
 
 
-def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | None = None) -> int:
+def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | None = None, slot: int = 0) -> int:
     """Send due deliveries until none is left (or ``max_seconds`` pass); returns how many were attempted."""
+    flag = _dispatch_flag(slot)
+    next_slot = slot + 1 if slot + 1 < settings.DELIVERY_DISPATCHERS else None
     max_seconds = settings.DISPATCHER_MAX_SECONDS if max_seconds is None else max_seconds
     threads = threads or settings.DELIVERY_THREADS
     deadline = time.monotonic() + max_seconds
     pending: dict[Future, Delivery] = {}
     attempted = 0
+    # A claim costs the same few queries for one delivery or many: wait until a quarter of the
+    # threads are free before claiming again, unless nothing is in flight.
+    claim_batch = max(1, threads // 4)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
-            set_flag(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL)
+            set_flag(flag, DISPATCH_FLAG_TTL)
             claimed = []
-            if time.monotonic() < deadline:
-                claimed = claim_due_deliveries(threads - len(pending))
+            free = threads - len(pending)
+            if time.monotonic() < deadline and (free >= claim_batch or not pending):
+                claimed = claim_due_deliveries(free)
+                if next_slot is not None and claimed and len(claimed) == free:
+                    schedule_dispatch(next_slot)  # a backlog: let another worker process help
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
             if not pending:
                 if time.monotonic() >= deadline:
-                    clear_flag(DISPATCH_FLAG_KEY)
+                    clear_flag(flag)
                     if Delivery.objects.filter(
                         status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
                     ).exists():
-                        schedule_dispatch()  # a fresh task continues, so no task outlives its time limit
+                        schedule_dispatch(slot)  # a fresh task continues, so no task outlives its time limit
                     return attempted
                 # Clear the flag, then look once more (see services.scheduling).
-                clear_flag(DISPATCH_FLAG_KEY)
+                clear_flag(flag)
                 claimed = claim_due_deliveries(threads)
                 if not claimed:
                     return attempted
-                set_flag(DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL)
+                set_flag(flag, DISPATCH_FLAG_TTL)
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
             done, _ = wait(pending, timeout=settings.DISPATCHER_POLL_SECONDS, return_when=FIRST_COMPLETED)

@@ -24,7 +24,7 @@ def run(*args) -> dict:
 def test_operator_flow_from_organization_to_listed_event(client, httpserver, monkeypatch):
     from webhooks.services import processing
 
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
     org = run("create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "Boss@Acme.example")
     assert org["slug"] == "acme"
     organization = Organization.objects.get(pk=org["id"])

@@ -24,8 +24,8 @@ BODY = '{"id":"evt_deliver_1","object":"event","type":"invoice.paid","data":{"ob
 def dispatches(monkeypatch):
     """Tests drive the services directly; dispatcher scheduling is counted instead of queued."""
     scheduled = []
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: scheduled.append(1))
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: scheduled.append(1))
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: scheduled.append(1))
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: scheduled.append(1))
     return scheduled
 
 

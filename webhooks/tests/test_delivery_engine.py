@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 def dispatches(monkeypatch):
     scheduled = []
     for module in (processing, delivery_service, operations):
-        monkeypatch.setattr(module, "schedule_dispatch", lambda: scheduled.append(1))
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: scheduled.append(1))
     return scheduled
 
 
@@ -275,3 +275,21 @@ def test_quota_never_refuses_and_owners_are_told_once(client, organization):
     assert MonthlyUsage.objects.get(organization=organization).events == 7
     quota_mails = [m for m in mail.outbox if "quota" in m.subject]
     assert len(quota_mails) == 1 and quota_mails[0].to == ["owner@acme.example"]
+
+
+def test_a_backlog_starts_the_next_dispatcher_slot(client, organization, httpserver, monkeypatch, settings):
+    """While the first dispatcher finds more due work than it has threads, it asks for a second one."""
+    settings.DELIVERY_DISPATCHERS = 2
+    slots = []
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: slots.append(slot))
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/a"), sources=[source])
+    httpserver.expect_request("/a").respond_with_data("ok")
+    ingest_many(client, source, 12)
+    assert delivery_service.dispatch_due_deliveries(threads=4, slot=0) == 12
+    assert 1 in slots and 2 not in slots  # never beyond DELIVERY_DISPATCHERS
+
+    slots.clear()
+    ingest_many(client, source, 12, prefix="late")
+    assert delivery_service.dispatch_due_deliveries(threads=4, slot=1) == 12
+    assert slots == []  # the last slot starts no other
