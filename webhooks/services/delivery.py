@@ -269,12 +269,24 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 for delivery, result in results
             ]
         )
+        # Deliveries that end the same way share one UPDATE (a batch of successes is one query).
+        same_outcome: dict[tuple, list[Delivery]] = defaultdict(list)
         for delivery, result in results:
             outcome = decide_outcome(
                 result.response, attempt_count=delivery.attempt_count, destination=delivery.destination
             )
-            _apply_outcome(delivery, outcome, result.response.status, now)
+            fields = _outcome_fields(outcome, result.response.status, now)
+            same_outcome[tuple(sorted(fields.items()))].append(delivery)
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
+        for fields_items, deliveries in same_outcome.items():
+            fields = dict(fields_items)
+            # Only our claim may be finished: if the sweeper released it meanwhile, leave it be.
+            Delivery.objects.filter(pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT).update(
+                **fields
+            )
+            for delivery in deliveries:
+                for name, value in fields.items():
+                    setattr(delivery, name, value)
         paused = [
             destination_id
             for destination_id, successes in health.items()
@@ -285,16 +297,13 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
     return [delivery for delivery, _ in results]
 
 
-def _apply_outcome(delivery: Delivery, outcome: Outcome, status_code: int | None, now) -> None:
+def _outcome_fields(outcome: Outcome, status_code: int | None, now) -> dict:
     fields = {"last_status_code": status_code, "last_error": outcome.error[:500], "claimed_at": None}
     if outcome.status == Delivery.Status.PENDING:
         fields.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=outcome.delay))
     else:
         fields.update(status=outcome.status, completed_at=now, next_attempt_at=None)
-    # Only our claim may be finished: if the sweeper released it meanwhile, leave it be.
-    Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.IN_FLIGHT).update(**fields)
-    for name, value in fields.items():
-        setattr(delivery, name, value)
+    return fields
 
 
 def _update_destination_health(destination_id: int, successes: list[bool], now) -> bool:
