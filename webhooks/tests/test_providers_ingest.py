@@ -1,0 +1,45 @@
+"""Every signable provider end to end through POST /in/<token>/: accepted once, a redelivery is a
+counted duplicate, a changed byte is a 401 — with requests signed as the test sender signs them."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhooks.models import WebhookEvent
+from webhooks.services import sample_sender
+
+from .factories import make_source
+from .test_providers import REQUIRED_OPTIONS, SECRET, SIGNABLE, fixtures_of
+
+pytestmark = pytest.mark.django_db
+# Secrets whose shape the provider checks when a source is saved.
+SHAPED_SECRETS = {"paystack": "sk_test_" + SECRET.removeprefix("whsec_")}
+
+
+def post(client, source, body: bytes, headers: dict[str, str]):
+    extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+    content_type = extra.pop("HTTP_CONTENT_TYPE", "application/json")
+    return client.generic("POST", f"/in/{source.ingest_token}/", body, content_type=content_type, **extra)
+
+
+@pytest.mark.parametrize("kind", SIGNABLE)
+def test_every_fixture_is_accepted_once_then_counted_as_duplicate(client, organization, kind):
+    secret = SHAPED_SECRETS.get(kind, SECRET)
+    source = make_source(organization, provider=kind, secret=secret, **REQUIRED_OPTIONS.get(kind, {}))
+    for path in fixtures_of(kind):
+        body, headers = sample_sender.build_test_request(source=source, fixture=path.stem)
+        first = post(client, source, body, headers)
+        assert first.status_code == 200, (path.name, first.content)
+        assert first.json()["duplicate"] is False
+        again = post(client, source, body, headers)
+        assert again.status_code == 200 and again.json() == {"id": first.json()["id"], "duplicate": True}
+
+        event = WebhookEvent.objects.get(pk=first.json()["id"])
+        assert bytes(event.body) == body and event.source_id == source.pk
+        assert event.duplicate_count == 1
+        assert event.event_type, path.name
+
+        tampered = post(client, source, body[:-1] + (b" " if body[-1:] != b" " else b"\n"), headers)
+        if kind not in ("shared_token", "supabase"):  # a token header does not cover the body
+            assert tampered.status_code == 401, (path.name, tampered.content)
+            assert set(tampered.json()) == {"error", "detail"}
