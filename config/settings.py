@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_celery_beat",
+    "django_htmx",
     "accounts",
     "organizations",
     "webhooks",
@@ -64,11 +65,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "accounts:sign_in"
+LOGIN_REDIRECT_URL = "home"
 
 TEMPLATES = [
     {
@@ -235,6 +239,7 @@ REST_FRAMEWORK = {
 # --- Static files, i18n -------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 # After `collectstatic` (production builds) files get hashed names for caching;
 # before it (tests, embedded mode) they are served unhashed from the apps.
 _COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
