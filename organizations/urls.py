@@ -1,13 +1,14 @@
-# PLACEHOLDER (ui-base branch): the accounts/team helper replaces this file.
 from django.urls import path
-from django.views.generic import TemplateView
 
-from .mixins import OrganizationMixin
-
-
-class Placeholder(OrganizationMixin, TemplateView):
-    template_name = "dashboard/placeholder.html"
-
+from . import views
 
 app_name = "team"
-urlpatterns = [path("", Placeholder.as_view(), name="members")]
+urlpatterns = [
+    path("", views.TeamView.as_view(), name="members"),
+    path("invite/", views.InviteView.as_view(), name="invite"),
+    path("members/<int:membership_id>/role/", views.MemberRoleView.as_view(), name="member_role"),
+    path("members/<int:membership_id>/remove/", views.MemberRemoveView.as_view(), name="member_remove"),
+    path("invitations/<int:invitation_id>/revoke/", views.InvitationRevokeView.as_view(), name="invitation_revoke"),
+    # Not behind OrganizationMixin: invitees are not members yet; the token is the permission.
+    path("join/<str:token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
+]
