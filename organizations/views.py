@@ -159,6 +159,9 @@ class InvitationAcceptView(View):
 
     def get(self, request, org_slug, token):
         status = self.invitation.status()
+        if status == Invitation.Status.ACCEPTED and self.invitation.accepted_by_id == request.user.pk:
+            # Accepted already by this very user (perhaps by signing in): just go in.
+            return redirect("dashboard:overview", self.invitation.organization.slug)
         if status != Invitation.Status.PENDING:
             return self.unavailable(status)
         return render(
