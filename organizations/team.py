@@ -98,35 +98,12 @@ def invitation_create(
 
     token = secrets.token_urlsafe(32)
     now = timezone.now()
-    with transaction.atomic():
-        for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):
-            previous.revoked_at = now
-            previous.save(update_fields=["revoked_at"])
-            audit_record(
-                action="invitation.revoked",
-                organization=organization,
-                actor=actor,
-                target=previous,
-                changes={"email": email, "reason": "replaced by a new invitation"},
-                ip_address=ip_address,
-            )
-        invitation = Invitation.objects.create(
-            organization=organization,
-            email=email,
-            role=role,
-            token_digest=_token_digest(token),
-            invited_by=actor,
-            created_at=now,
-            expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    try:
+        invitation = _replace_open_invitation(
+            organization=organization, actor=actor, email=email, role=role, token=token, now=now, ip_address=ip_address
         )
-        audit_record(
-            action="invitation.created",
-            organization=organization,
-            actor=actor,
-            target=invitation,
-            changes={"email": email, "role": role},
-            ip_address=ip_address,
-        )
+    except IntegrityError as exc:  # the same address invited at the same moment by someone else
+        raise TeamRuleError(f"{email} was just invited by someone else.") from exc
     # Sent after the commit: the link must never reach anyone before the invitation exists.
     try:
         send_templated_email(
@@ -146,6 +123,39 @@ def invitation_create(
         raise TeamRuleError(
             f"The invitation to {email} is saved, but the email could not be sent. Invite them again to retry."
         ) from exc
+    return invitation
+
+
+@transaction.atomic
+def _replace_open_invitation(*, organization, actor, email, role, token, now, ip_address) -> Invitation:
+    for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):
+        previous.revoked_at = now
+        previous.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoked",
+            organization=organization,
+            actor=actor,
+            target=previous,
+            changes={"email": email, "reason": "replaced by a new invitation"},
+            ip_address=ip_address,
+        )
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        token_digest=_token_digest(token),
+        invited_by=actor,
+        created_at=now,
+        expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    audit_record(
+        action="invitation.created",
+        organization=organization,
+        actor=actor,
+        target=invitation,
+        changes={"email": email, "role": role},
+        ip_address=ip_address,
+    )
     return invitation
 
 
@@ -171,15 +181,31 @@ def invitation_revoke(
     )
 
 
-def _keep_an_owner(organization: Organization, membership: Membership) -> None:
-    """Refuse to take away the last owner. Locks the owners' rows so two owners cannot demote each other at once."""
-    owners = list(
+def _lock_owners(organization: Organization) -> list[int]:
+    """Lock the owners' memberships, always first and in one order, so that two owners demoting or removing
+    each other at once queue up instead of both succeeding (or deadlocking)."""
+    return list(
         Membership.objects.select_for_update()
         .filter(organization=organization, role=Membership.Role.OWNER)
+        .order_by("pk")
         .values_list("pk", flat=True)
     )
-    if membership.pk in owners and len(owners) == 1:
-        raise TeamRuleError("An organization needs at least one owner: make someone else owner first.")
+
+
+LAST_OWNER = "An organization needs at least one owner: make someone else owner first."
+
+
+def _require_owner(organization: Organization, actor, locked_owner_ids: list[int]) -> None:
+    # Checked against the locked rows, so an owner demoted a moment ago cannot still act as one.
+    if _membership_of(organization, actor).pk not in locked_owner_ids:
+        raise PermissionDenied("Only owners manage members and roles.")
+
+
+def _locked_membership(membership: Membership) -> Membership:
+    locked = Membership.objects.select_for_update().select_related("user").filter(pk=membership.pk).first()
+    if locked is None:
+        raise TeamRuleError("This person is no longer a member.")
+    return locked
 
 
 @transaction.atomic
@@ -189,15 +215,16 @@ def member_role_change(
     """Give a member another role (owners only); the last owner cannot be demoted."""
     if membership.organization_id != organization.pk:
         raise PermissionDenied("Not a member of this organization.")
-    _require_rank(_membership_of(organization, actor), Membership.Role.OWNER)
     if role not in ROLE_RANK:
         raise TeamRuleError("Choose a role: member, admin or owner.")
-    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    owners = _lock_owners(organization)
+    _require_owner(organization, actor, owners)
+    membership = _locked_membership(membership)
     previous = membership.role
     if previous == role:
         return membership
-    if previous == Membership.Role.OWNER:
-        _keep_an_owner(organization, membership)
+    if owners == [membership.pk]:
+        raise TeamRuleError(LAST_OWNER)
     membership.role = role
     membership.save(update_fields=["role"])
     audit_record(
@@ -216,10 +243,11 @@ def member_remove(*, organization: Organization, actor, membership: Membership, 
     """Remove someone from the organization (owners only); the last owner cannot be removed."""
     if membership.organization_id != organization.pk:
         raise PermissionDenied("Not a member of this organization.")
-    _require_rank(_membership_of(organization, actor), Membership.Role.OWNER)
-    membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
-    if membership.role == Membership.Role.OWNER:
-        _keep_an_owner(organization, membership)
+    owners = _lock_owners(organization)
+    _require_owner(organization, actor, owners)
+    membership = _locked_membership(membership)
+    if owners == [membership.pk]:
+        raise TeamRuleError(LAST_OWNER)
     audit_record(
         action="member.removed",
         organization=organization,

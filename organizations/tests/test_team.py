@@ -274,3 +274,37 @@ def test_every_team_url_is_404_for_non_members(organization, owner, member, outs
     anonymous = Client()
     for url in urls:
         assert anonymous.get(url)["Location"].startswith(reverse("accounts:sign_in")), url
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(organization, owner, member):
+    import threading
+
+    from django.db import connection
+
+    Membership.objects.filter(user=member).update(role=Membership.Role.OWNER)
+    first, second = membership_of(owner, organization), membership_of(member, organization)
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def demote(actor, target):
+        try:
+            start.wait()
+            team.member_role_change(organization=organization, actor=actor, membership=target, role="member")
+            outcomes.append("demoted")
+        except (team.TeamRuleError, PermissionDenied) as refused:
+            outcomes.append(type(refused).__name__)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=demote, args=(owner, second)),
+        threading.Thread(target=demote, args=(member, first)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("demoted") == 1
+    assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).count() == 1
