@@ -43,7 +43,7 @@ class TeamView(OrganizationMixin, TemplateView):
         context.update(
             members=team.team_members(self.organization),
             invitations=team.team_open_invitations(self.organization),
-            invitation_form=invitation_form or InvitationForm(allowed_roles=assignable),
+            invitation_form=InvitationForm(allowed_roles=assignable) if invitation_form is None else invitation_form,
             role_choices=Membership.Role.choices,
             invitable_roles=[value for value, _ in assignable],
         )

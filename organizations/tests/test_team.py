@@ -140,6 +140,25 @@ def test_inviting_a_member_again_is_refused(organization, owner, member):
     assert "already a member" in browser.get(TEAM).content.decode()
 
 
+def test_a_failed_invitation_email_is_reported_and_can_be_retried(organization, owner, monkeypatch):
+    import smtplib
+
+    from django.core.mail import EmailMultiAlternatives
+
+    def refuse(message, fail_silently=False):
+        raise smtplib.SMTPServerDisconnected("mail server went away")
+
+    browser = browser_for(owner)
+    with monkeypatch.context() as patched:
+        patched.setattr(EmailMultiAlternatives, "send", refuse)
+        assert invite(browser, "late@acme.example").status_code == 302
+    assert "could not be sent" in browser.get(TEAM).content.decode()
+    assert invite(browser, "late@acme.example").status_code == 302
+    first, second = Invitation.objects.order_by("id")
+    assert (first.status(), second.status()) == (Invitation.Status.REVOKED, Invitation.Status.PENDING)
+    assert len(mail.outbox) == 1 and Client().post(invitation_path(mail.outbox[0])).status_code == 302
+
+
 def test_an_invalid_address_shows_the_form_again(organization, owner):
     response = invite(browser_for(owner), "not an address")
     assert response.status_code == 400
