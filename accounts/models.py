@@ -1,6 +1,14 @@
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+
+def canonical_email(email: str) -> str:
+    """The one spelling of an address used for lookups, rate limits and invitations."""
+    return BaseUserManager.normalize_email(email.strip()).lower()
 
 
 class UserManager(BaseUserManager):
@@ -9,7 +17,7 @@ class UserManager(BaseUserManager):
     def _create(self, email: str, password: str | None, **fields):
         if not email:
             raise ValueError("an email address is required")
-        user = self.model(email=self.normalize_email(email).lower(), **fields)
+        user = self.model(email=canonical_email(email), **fields)
         if password:
             user.set_password(password)
         else:
@@ -37,6 +45,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Part of every session's auth hash: raising it ends all of the user's sessions ("sign out everywhere").
+    session_generation = models.PositiveIntegerField(default=0, editable=False)
 
     objects = UserManager()
 
@@ -46,3 +56,86 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+    # Django checks this hash on every request and flushes a session whose stored copy differs.
+    # The password alone would do for platform admins, but tenants have no password to change.
+    def get_session_auth_hash(self) -> str:
+        return self._session_hash_with(secret=None)
+
+    def get_session_auth_fallback_hash(self):
+        for fallback_secret in settings.SECRET_KEY_FALLBACKS:
+            yield self._session_hash_with(secret=fallback_secret)
+
+    def _session_hash_with(self, *, secret: str | None) -> str:
+        return salted_hmac(
+            "accounts.User.session_auth_hash",
+            f"{self.password}:{self.session_generation}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
+
+
+class InvitationQuerySet(models.QuerySet):
+    def open(self):
+        """Neither accepted nor revoked (possibly expired)."""
+        return self.filter(accepted_at__isnull=True, revoked_at__isnull=True)
+
+    def pending(self, now=None):
+        """Open and not yet expired: these can still be accepted."""
+        return self.open().filter(expires_at__gt=now or timezone.now())
+
+
+class Invitation(models.Model):
+    """An email address asked to join an organization with a role; accepted once through its link.
+
+    Only the SHA-256 of the link's token is stored. The rules (who may invite whom, accepting,
+    revoking) live in ``organizations.team``; ``role`` holds one of ``Membership.Role``'s values,
+    which that module validates (accounts does not import organizations).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+
+    organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10)
+    token_digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = [
+            # At most one open invitation per address and organization; inviting again replaces it.
+            models.UniqueConstraint(
+                fields=("organization", "email"),
+                condition=Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_one_open_per_org_email",
+            )
+        ]
+        indexes = [models.Index(fields=("email",), name="invitation_email")]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organization_id} as {self.role}"
+
+    def status(self, now=None) -> str:
+        if self.accepted_at:
+            return self.Status.ACCEPTED
+        if self.revoked_at:
+            return self.Status.REVOKED
+        if self.expires_at <= (now or timezone.now()):
+            return self.Status.EXPIRED
+        return self.Status.PENDING

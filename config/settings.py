@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_celery_beat",
+    "django_htmx",
     "accounts",
     "organizations",
     "webhooks",
@@ -64,11 +65,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "accounts:sign_in"
+LOGIN_REDIRECT_URL = "home"
 
 TEMPLATES = [
     {
@@ -196,6 +200,17 @@ EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Hookline <hookline@localhost>")
 
+# --- Passwordless sign-in and invitations ------------------------------------
+SIGN_IN_LINK_TTL_SECONDS = env.int("SIGN_IN_LINK_TTL_SECONDS", default=15 * 60)
+SIGN_IN_CODE_TTL_SECONDS = env.int("SIGN_IN_CODE_TTL_SECONDS", default=5 * 60)
+SIGN_IN_CODE_MAX_ATTEMPTS = env.int("SIGN_IN_CODE_MAX_ATTEMPTS", default=5)  # wrong codes before a code is void
+# Fixed windows: at most this many sign-in emails per address and per client IP, code tries per IP.
+SIGN_IN_RATE_WINDOW_SECONDS = env.int("SIGN_IN_RATE_WINDOW_SECONDS", default=15 * 60)
+SIGN_IN_REQUESTS_PER_EMAIL = env.int("SIGN_IN_REQUESTS_PER_EMAIL", default=5)
+SIGN_IN_REQUESTS_PER_IP = env.int("SIGN_IN_REQUESTS_PER_IP", default=20)
+SIGN_IN_CODE_TRIES_PER_IP = env.int("SIGN_IN_CODE_TRIES_PER_IP", default=30)
+INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+
 # --- Secrets at rest ----------------------------------------------------------
 # Comma-separated Fernet keys, newest first. Embedded mode derives one from
 # SECRET_KEY so that `make run` works with no configuration at all.
@@ -235,6 +250,7 @@ REST_FRAMEWORK = {
 # --- Static files, i18n -------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 # After `collectstatic` (production builds) files get hashed names for caching;
 # before it (tests, embedded mode) they are served unhashed from the apps.
 _COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()

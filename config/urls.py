@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from django.views.generic import RedirectView
 
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
@@ -13,4 +14,10 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # Tenants' dashboard: sign-in and invitations, then everything under one organization.
+    path("accounts/", include("accounts.urls")),
+    path("o/<slug:org_slug>/team/", include("organizations.urls")),
+    path("o/<slug:org_slug>/", include("webhooks.urls_dashboard")),
+    # PLACEHOLDER (ui-base): the dashboard helper points "/" at the organization picker.
+    path("", RedirectView.as_view(pattern_name="accounts:sign_in"), name="home"),
 ]

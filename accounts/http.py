@@ -1,0 +1,25 @@
+"""Small request helpers shared by the sign-in and team views."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+
+def client_ip(request) -> str | None:
+    """The client's address; behind a trusted router, the right-most X-Forwarded-For entry (the one it vouches for)."""
+    if settings.TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def safe_next_url(request, candidate: str | None) -> str:
+    """``candidate`` when it stays on this site, else the home page: a sign-in link must not become an open redirect."""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(settings.LOGIN_REDIRECT_URL)

@@ -1,0 +1,268 @@
+"""Passwordless sign-in: a magic link and a 6-digit code, both single use, kept hashed in the cache.
+
+A sign-in request stores two cache records with their own TTL:
+
+- the link, under the first hex digits of the token's SHA-256, holding the whole digest (compared
+  in constant time), the address, where to go next and a hash of the asking browser's nonce;
+- the code, under a hash of the address (one live code per address), holding an HMAC of the code.
+
+The records carry their expiry time too, read through ``clock`` so that tests can travel in time,
+and because the embedded file cache only drops expired entries lazily. Redeeming one deletes both:
+a delete that reports the key gone is what makes a token single use when two requests race.
+
+The answer and the work are the same for every address: the records are stored and one email is
+sent whether or not the address has an account. Only the email's content differs (a link and a
+code, or a note that there is no account here), and it is read only by the mailbox's owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.urls import reverse
+
+from .emails import send_templated_email
+from .models import Invitation, canonical_email
+from .signals import sessions_revoked
+
+# Seconds since the epoch; tests replace it to move time forward without sleeping.
+clock = time.time
+
+LINK_KEY = "signin:link:{}"
+CODE_KEY = "signin:code:{}"
+CODE_TRIES_KEY = "signin:code-tries:{}"
+RATE_KEY = "signin:rate:{}:{}:{}"  # scope, subject, window number
+CODE_LENGTH = 6
+
+
+class RateLimited(Exception):
+    """Too many sign-in emails or code tries from this address or network; try again later."""
+
+
+class CodeLocked(Exception):
+    """Too many wrong codes: the code is void and a new one must be requested."""
+
+
+@dataclass(frozen=True)
+class PendingLink:
+    email: str
+    next_url: str
+    same_browser: bool
+
+
+@dataclass(frozen=True)
+class SignIn:
+    user: object
+    next_url: str
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _code_mac(email: str, code: str) -> str:
+    # Keyed, because a million possible codes make a plain hash trivial to reverse from a cache dump.
+    return hmac.new(settings.SECRET_KEY.encode(), f"sign-in-code:{email}:{code}".encode(), hashlib.sha256).hexdigest()
+
+
+def _link_key(token_digest: str) -> str:
+    return LINK_KEY.format(token_digest[:24])
+
+
+def _within_limit(scope: str, subject: str, limit: int) -> bool:
+    """Count one hit in the current fixed window; False once the window holds more than ``limit``."""
+    window = settings.SIGN_IN_RATE_WINDOW_SECONDS
+    key = RATE_KEY.format(scope, subject, int(clock() // window))
+    return _count(key, ttl=window) <= limit
+
+
+def _count(key: str, *, ttl: int) -> int:
+    if cache.add(key, 1, timeout=ttl):
+        return 1
+    try:
+        hits = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=ttl)
+        return 1
+    # The file cache's incr rewrites the entry with the default timeout; put the intended one back.
+    cache.touch(key, ttl)
+    return hits
+
+
+def sign_in_link_url(token: str) -> str:
+    return settings.PUBLIC_BASE_URL + reverse("accounts:sign_in_link", args=[token])
+
+
+def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address: str | None) -> str:
+    """Email a sign-in link and code (or, for an address that cannot sign in, a note saying so).
+
+    Returns the canonical address. Raises RateLimited past the per-address or per-IP limit.
+    Counts, cache writes and the one email are the same for known and unknown addresses.
+    """
+    email = canonical_email(email)
+    email_digest = _sha256(email)
+    if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
+        raise RateLimited
+    if not _within_limit("ip", ip_address or "unknown", settings.SIGN_IN_REQUESTS_PER_IP):
+        raise RateLimited
+
+    token = secrets.token_urlsafe(32)
+    token_digest = _sha256(token)
+    code = f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
+    request_id = secrets.token_hex(8)
+    now = clock()
+    link_ttl, code_ttl = settings.SIGN_IN_LINK_TTL_SECONDS, settings.SIGN_IN_CODE_TTL_SECONDS
+    cache.set(
+        _link_key(token_digest),
+        {
+            "digest": token_digest,
+            "email": email,
+            "next": next_url,
+            "browser": _sha256(browser_nonce),
+            "request": request_id,
+            "expires_at": now + link_ttl,
+        },
+        timeout=link_ttl,
+    )
+    cache.set(
+        CODE_KEY.format(email_digest),
+        {
+            "mac": _code_mac(email, code),
+            "next": next_url,
+            "request": request_id,
+            "link_key": _link_key(token_digest),
+            "expires_at": now + code_ttl,
+        },
+        timeout=code_ttl,
+    )
+    cache.delete(CODE_TRIES_KEY.format(email_digest))  # a new code gets the full number of tries
+
+    audience = _audience(email)
+    if audience == "sign_in":
+        send_templated_email(
+            to=email,
+            subject=f"Your Hookline sign-in code: {code}",
+            template="sign_in",
+            context={
+                "link": sign_in_link_url(token),
+                "code": code,
+                "link_minutes": link_ttl // 60,
+                "code_minutes": code_ttl // 60,
+            },
+        )
+    else:
+        send_templated_email(
+            to=email,
+            subject="Signing in to Hookline",
+            template="sign_in_unavailable",
+            context={"reason": audience, "admin_url": settings.PUBLIC_BASE_URL + reverse("admin:login")},
+        )
+    return email
+
+
+def _audience(email: str) -> str:
+    """ "sign_in", "staff" (platform admins use their password) or "no_account"; always the same two queries."""
+    user = get_user_model().objects.filter(email=email).first()
+    invited = Invitation.objects.pending().filter(email=email).exists()
+    if user is not None:
+        if not user.is_active:
+            return "no_account"
+        return "staff" if user.is_staff else "sign_in"
+    return "sign_in" if invited else "no_account"
+
+
+def _user_for_sign_in(email: str):
+    """The user who may sign in with a proven address: an active non-staff user, or a new one if invited."""
+    user_model = get_user_model()
+    user = user_model.objects.filter(email=email).first()
+    if user is not None:
+        return user if user.is_active and not user.is_staff else None
+    if not Invitation.objects.pending().filter(email=email).exists():
+        return None
+    try:
+        with transaction.atomic():
+            return user_model.objects.create_user(email)
+    except IntegrityError:  # created by a concurrent sign-in
+        return user_model.objects.get(email=email)
+
+
+def _live_link(token: str) -> tuple[str, dict] | None:
+    token_digest = _sha256(token)
+    key = _link_key(token_digest)
+    record = cache.get(key)
+    if not record or not hmac.compare_digest(record["digest"], token_digest):
+        return None
+    if clock() >= record["expires_at"]:
+        return None
+    return key, record
+
+
+def sign_in_link_inspect(*, token: str, browser_nonce: str | None) -> PendingLink | None:
+    """What a still-valid link is for, without using it up; None if it is unknown, used or expired."""
+    found = _live_link(token)
+    if found is None:
+        return None
+    _, record = found
+    same_browser = bool(browser_nonce) and hmac.compare_digest(record["browser"], _sha256(browser_nonce))
+    return PendingLink(email=record["email"], next_url=record["next"], same_browser=same_browser)
+
+
+def sign_in_link_redeem(*, token: str) -> SignIn | None:
+    """Use up a link: the user to sign in, or None (unknown, used, expired, or an address that cannot sign in)."""
+    found = _live_link(token)
+    if found is None:
+        return None
+    key, record = found
+    if not cache.delete(key):
+        return None  # a concurrent request used it first
+    email_digest = _sha256(record["email"])
+    code_record = cache.get(CODE_KEY.format(email_digest))
+    if code_record and code_record["request"] == record["request"]:
+        cache.delete(CODE_KEY.format(email_digest))
+    user = _user_for_sign_in(record["email"])
+    return SignIn(user=user, next_url=record["next"]) if user is not None else None
+
+
+def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> SignIn | None:
+    """Check a code typed for ``email``: the user to sign in, or None if it is wrong, used or expired.
+
+    Raises RateLimited past the per-IP limit and CodeLocked after too many wrong codes for the address.
+    """
+    email = canonical_email(email)
+    email_digest = _sha256(email)
+    if not _within_limit("code-ip", ip_address or "unknown", settings.SIGN_IN_CODE_TRIES_PER_IP):
+        raise RateLimited
+    code_key = CODE_KEY.format(email_digest)
+    tries = _count(CODE_TRIES_KEY.format(email_digest), ttl=settings.SIGN_IN_CODE_TTL_SECONDS)
+    if tries > settings.SIGN_IN_CODE_MAX_ATTEMPTS:
+        cache.delete(code_key)
+        raise CodeLocked
+    record = cache.get(code_key)
+    typed = "".join(ch for ch in code if ch.isdigit())
+    if not record or clock() >= record["expires_at"] or len(typed) != CODE_LENGTH:
+        return None
+    if not hmac.compare_digest(record["mac"], _code_mac(email, typed)):
+        return None
+    if not cache.delete(code_key):
+        return None  # a concurrent request used it first
+    cache.delete(record["link_key"])
+    cache.delete(CODE_TRIES_KEY.format(email_digest))
+    user = _user_for_sign_in(email)
+    return SignIn(user=user, next_url=record["next"]) if user is not None else None
+
+
+def sessions_revoke_all(*, user, request=None) -> None:
+    """End every session of ``user``, everywhere: each one's stored auth hash stops matching."""
+    user_model = get_user_model()
+    user_model.objects.filter(pk=user.pk).update(session_generation=F("session_generation") + 1)
+    user.refresh_from_db(fields=["session_generation"])
+    sessions_revoked.send(sender=user_model, user=user, request=request)

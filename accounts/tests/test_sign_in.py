@@ -1,0 +1,304 @@
+"""Passwordless sign-in through the views: magic link, one-time code, limits, no enumeration, sign-out."""
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+from django.contrib.auth import SESSION_KEY
+from django.core import mail
+from django.core.cache import cache
+from django.test import Client
+from django.urls import reverse
+
+from accounts import services
+from accounts.models import Invitation
+from organizations.models import AuditLog, Membership
+
+pytestmark = pytest.mark.django_db
+
+SIGN_IN = reverse("accounts:sign_in")
+CODE = reverse("accounts:sign_in_code")
+TEAM = "/o/acme/team/"
+
+
+def ask(client, email, next_url=TEAM, **extra):
+    return client.post(SIGN_IN, {"email": email, "next": next_url}, **extra)
+
+
+def link_path(message) -> str:
+    return urlsplit(re.search(r"https?://\S+/accounts/sign-in/link/\S+/", message.body).group(0)).path
+
+
+def code_in(message) -> str:
+    return re.search(r"^(\d{6})$", message.body, re.MULTILINE).group(1)
+
+
+def signed_in_user_id(client):
+    return client.session.get(SESSION_KEY)
+
+
+class Clock:
+    """Stands in for accounts.services.clock so tests move time instead of sleeping."""
+
+    def __init__(self, start: float = 1_900_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(services, "clock", fake)
+    return fake
+
+
+def test_link_opened_in_the_same_browser_signs_in_and_follows_next(client, owner):
+    response = ask(client, owner.email)
+    assert response.status_code == 302 and response["Location"] == CODE
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == [owner.email]
+    assert "text/html" in mail.outbox[0].alternatives[0][1]
+
+    response = client.get(link_path(mail.outbox[0]))
+
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert str(owner.pk) == signed_in_user_id(client)
+    assert client.get(TEAM).status_code == 200
+
+
+def test_link_opened_in_another_browser_asks_for_a_click_first(client, owner):
+    ask(client, owner.email)
+    scanner = Client()
+    path = link_path(mail.outbox[0])
+
+    page = scanner.get(path)
+
+    assert page.status_code == 200
+    assert signed_in_user_id(scanner) is None
+    html = page.content.decode()
+    assert owner.email in html and f'value="{owner.email}"' not in html  # shown, not editable
+    response = scanner.post(path)
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(scanner) == str(owner.pk)
+
+
+def test_code_signs_in_the_browser_that_asked(client, owner):
+    ask(client, owner.email)
+    code = code_in(mail.outbox[0])
+    assert code in mail.outbox[0].subject
+    before = client.session.session_key
+
+    response = client.post(CODE, {"code": f"{code[:3]} {code[3:]}"})
+
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(client) == str(owner.pk)
+    assert client.session.session_key != before  # the session key is rotated at sign-in
+
+
+def test_a_link_works_once_and_voids_the_code_sent_with_it(client, owner):
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    other = Client()
+    assert other.post(link_path(message)).status_code == 302
+
+    assert Client().post(link_path(message)).status_code == 400
+    assert Client().get(link_path(message)).status_code == 400
+    assert client.post(CODE, {"code": code_in(message)}).status_code == 400
+    assert signed_in_user_id(client) is None
+
+
+def test_a_code_works_once_and_voids_the_link_sent_with_it(client, owner):
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    assert client.post(CODE, {"code": code_in(message)}).status_code == 302
+    assert Client().post(link_path(message)).status_code == 400
+    client.logout()
+    client.post(SIGN_IN, {"email": owner.email})  # puts the address back in the session
+    assert client.post(CODE, {"code": code_in(message)}).status_code == 400
+
+
+def test_a_newer_email_replaces_the_older_code(client, owner):
+    ask(client, owner.email)
+    ask(client, owner.email)
+    old, new = mail.outbox
+    if code_in(old) != code_in(new):
+        assert client.post(CODE, {"code": code_in(old)}).status_code == 400
+    assert client.post(CODE, {"code": code_in(new)}).status_code == 302
+
+
+def test_a_link_expires_after_15_minutes_and_a_code_after_5(client, owner, clock):
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    clock.now += 5 * 60 + 1
+    assert client.post(CODE, {"code": code_in(message)}).status_code == 400
+    clock.now += 10 * 60
+    assert Client().post(link_path(message)).status_code == 400
+    assert signed_in_user_id(client) is None
+
+
+def test_a_link_is_still_good_just_before_it_expires(client, owner, clock):
+    ask(client, owner.email)
+    clock.now += 15 * 60 - 1
+    assert Client().post(link_path(mail.outbox[0])).status_code == 302
+
+
+def test_records_are_stored_hashed_with_their_ttl(client, owner):
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    token = link_path(message).rstrip("/").rsplit("/", 1)[1]
+    code = code_in(message)
+    keys = cache.keys("signin:*")
+    link_keys = [key for key in keys if key.startswith("signin:link:")]
+    code_keys = [key for key in keys if key.startswith("signin:code:")]
+    assert len(link_keys) == 1 and len(code_keys) == 1
+    assert 15 * 60 - 60 < cache.ttl(link_keys[0]) <= 15 * 60
+    assert 5 * 60 - 60 < cache.ttl(code_keys[0]) <= 5 * 60
+    stored = repr([cache.get(key) for key in keys])
+    assert token not in stored and code not in stored
+
+
+def test_five_wrong_codes_void_the_code(client, owner):
+    ask(client, owner.email)
+    good = code_in(mail.outbox[0])
+    wrong = "000000" if good != "000000" else "111111"
+    for _ in range(5):
+        assert client.post(CODE, {"code": wrong}).status_code == 400
+    response = client.post(CODE, {"code": good})
+    assert response.status_code == 429
+    assert "Too many wrong codes" in response.content.decode()
+    assert signed_in_user_id(client) is None
+
+
+def test_sign_in_emails_are_limited_per_address(client, owner, settings):
+    settings.SIGN_IN_REQUESTS_PER_EMAIL = 3
+    for _ in range(3):
+        assert ask(client, owner.email).status_code == 302
+    response = ask(Client(REMOTE_ADDR="10.9.9.9"), owner.email)
+    assert response.status_code == 429
+    assert len(mail.outbox) == 3
+
+
+def test_sign_in_emails_are_limited_per_ip(client, settings, db):
+    settings.SIGN_IN_REQUESTS_PER_IP = 3
+    for n in range(3):
+        assert ask(client, f"person{n}@example.com").status_code == 302
+    assert ask(client, "person9@example.com").status_code == 429
+    assert ask(Client(REMOTE_ADDR="10.1.2.3"), "person9@example.com").status_code == 302
+
+
+def test_code_tries_are_limited_per_ip(owner, settings):
+    settings.SIGN_IN_CODE_TRIES_PER_IP = 3
+    browsers = [Client() for _ in range(4)]
+    for n, browser in enumerate(browsers):
+        ask(browser, f"someone{n}@example.com")
+    statuses = [browser.post(CODE, {"code": "123456"}).status_code for browser in browsers]
+    assert statuses == [400, 400, 400, 429]
+
+
+def test_answer_is_the_same_for_known_and_unknown_addresses(client, owner, django_user_model):
+    known_browser, unknown_browser = Client(), Client()
+    known = ask(known_browser, owner.email)
+    unknown = ask(unknown_browser, "nobody@acme.example")
+
+    assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
+    known_page = known_browser.get(CODE).content.decode().replace(owner.email, "ADDRESS")
+    unknown_page = unknown_browser.get(CODE).content.decode().replace("nobody@acme.example", "ADDRESS")
+    strip_csrf = re.compile(r'name="csrfmiddlewaretoken" value="[^"]+"')
+    assert strip_csrf.sub("", known_page) == strip_csrf.sub("", unknown_page)
+    # One email each; the unknown address learns there is no account and gets nothing to sign in with.
+    assert [m.to for m in mail.outbox] == [[owner.email], ["nobody@acme.example"]]
+    assert "/accounts/sign-in/link/" not in mail.outbox[1].body
+    assert "no Hookline account" in mail.outbox[1].body
+    # Guessing a code behaves the same, and no account is created.
+    assert unknown_browser.post(CODE, {"code": "123456"}).status_code == 400
+    assert not django_user_model.objects.filter(email="nobody@acme.example").exists()
+
+
+def test_an_invited_address_without_an_account_signs_in_and_joins(client, organization, owner):
+    from organizations.team import invitation_create
+
+    invitation_create(organization=organization, actor=owner, email="New.Person@Acme.example", role="admin")
+    mail.outbox.clear()
+
+    ask(client, "new.person@acme.example")
+    response = client.post(CODE, {"code": code_in(mail.outbox[0])})
+
+    assert response.status_code == 302
+    membership = Membership.objects.get(user__email="new.person@acme.example", organization=organization)
+    assert membership.role == Membership.Role.ADMIN
+    assert Invitation.objects.get().accepted_by == membership.user
+
+
+def test_next_must_stay_on_this_site(client, owner):
+    for unsafe in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)"):
+        mail.outbox.clear()
+        browser = Client()
+        ask(browser, owner.email, next_url=unsafe)
+        response = browser.get(link_path(mail.outbox[0]))
+        assert response.status_code == 302
+        assert response["Location"] == reverse("home"), unsafe
+
+
+def test_platform_admins_cannot_sign_in_without_their_password(client, django_user_model):
+    django_user_model.objects.create_superuser("root@hookline.example", "correct horse battery")
+    response = ask(client, "root@hookline.example")
+    assert response.status_code == 302
+    assert "/accounts/sign-in/link/" not in mail.outbox[0].body
+    assert "/admin/login/" in mail.outbox[0].body
+
+
+def test_sign_in_form_needs_a_csrf_token(owner):
+    strict = Client(enforce_csrf_checks=True)
+    assert ask(strict, owner.email).status_code == 403
+    assert mail.outbox == []
+
+
+def test_signing_in_and_out_is_audited_with_the_ip(owner, organization):
+    browser = Client(REMOTE_ADDR="192.0.2.7")
+    ask(browser, owner.email)
+    browser.get(link_path(mail.outbox[0]))
+    browser.post(reverse("accounts:sign_out"))
+
+    entries = AuditLog.objects.filter(actor_user=owner, organization=organization)
+    assert {entry.action for entry in entries} == {"user.signed_in", "user.signed_out"}
+    assert {entry.ip_address for entry in entries} == {"192.0.2.7"}
+    assert signed_in_user_id(browser) is None
+
+
+def test_sign_out_everywhere_ends_every_session(owner, organization):
+    laptop, phone = Client(), Client()
+    laptop.force_login(owner)
+    phone.force_login(owner)
+    assert phone.get(TEAM).status_code == 200
+
+    response = laptop.post(reverse("accounts:sign_out_everywhere"))
+
+    assert response.status_code == 302
+    assert laptop.get(TEAM).status_code == 302
+    assert phone.get(TEAM)["Location"].startswith(SIGN_IN)
+    assert AuditLog.objects.filter(action="user.signed_out_everywhere", actor_user=owner).exists()
+    # Signing in again afterwards works as usual.
+    ask(phone, owner.email)
+    assert phone.get(link_path(mail.outbox[0]))["Location"] == TEAM
+    assert phone.get(TEAM).status_code == 200
+
+
+def test_sign_out_page_offers_both_ways_out(client, owner):
+    assert client.get(reverse("accounts:sign_out")).status_code == 302  # anonymous: to sign-in
+    client.force_login(owner)
+    html = client.get(reverse("accounts:sign_out")).content.decode()
+    assert reverse("accounts:sign_out_everywhere") in html
+
+
+def test_the_flow_works_on_the_embedded_file_cache(client, owner, settings, tmp_path):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(tmp_path)}
+    }
+    ask(client, owner.email)
+    code = code_in(mail.outbox[0])
+    wrong = "000000" if code != "000000" else "111111"
+    assert client.post(CODE, {"code": wrong}).status_code == 400
+    assert client.post(CODE, {"code": code}).status_code == 302
+    assert signed_in_user_id(client) == str(owner.pk)
+    assert Client().get(link_path(mail.outbox[0])).status_code == 400  # the code used up the link too

@@ -1,0 +1,152 @@
+"""Sign-in and sign-out pages. The rules are in accounts.services; these only speak HTTP."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login, logout
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.shortcuts import redirect, render
+from django.views import View
+
+from .forms import SignInCodeForm, SignInForm
+from .http import client_ip, safe_next_url
+from .services import (
+    CodeLocked,
+    RateLimited,
+    sessions_revoke_all,
+    sign_in_code_redeem,
+    sign_in_link_inspect,
+    sign_in_link_redeem,
+    sign_in_request,
+)
+
+# The address a code is expected for, and a random marker of the browser that asked for a link:
+# opening the link in that same browser signs in at once, anywhere else asks for a click first.
+SESSION_EMAIL = "sign_in_email"
+SESSION_BROWSER = "sign_in_browser"
+SIGN_IN_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+def _browser_nonce(request) -> str:
+    nonce = request.session.get(SESSION_BROWSER)
+    if not nonce:
+        nonce = secrets.token_urlsafe(16)
+        request.session[SESSION_BROWSER] = nonce
+    return nonce
+
+
+def _complete_sign_in(request, result):
+    # login() rotates the session key, so a session id planted before sign-in is worth nothing after it.
+    login(request, result.user, backend=SIGN_IN_BACKEND)
+    request.session.pop(SESSION_EMAIL, None)
+    return redirect(safe_next_url(request, result.next_url))
+
+
+class SignInView(View):
+    template_name = "accounts/sign_in.html"
+
+    def get(self, request):
+        form = SignInForm(initial={"next": request.GET.get("next", "")})
+        return render(request, self.template_name, {"form": form})
+
+    def post(self, request):
+        form = SignInForm(request.POST)
+        if not form.is_valid():
+            return render(request, self.template_name, {"form": form}, status=400)
+        try:
+            email = sign_in_request(
+                email=form.cleaned_data["email"],
+                next_url=safe_next_url(request, form.cleaned_data["next"]),
+                browser_nonce=_browser_nonce(request),
+                ip_address=client_ip(request),
+            )
+        except RateLimited:
+            form.add_error(None, "Too many sign-in requests. Wait a few minutes, then try again.")
+            return render(request, self.template_name, {"form": form}, status=429)
+        request.session[SESSION_EMAIL] = email
+        return redirect("accounts:sign_in_code")
+
+
+class SignInCodeView(View):
+    template_name = "accounts/sign_in_code.html"
+
+    def render_page(self, request, form, email, status=200):
+        context = {
+            "form": form,
+            "email": email,
+            "code_minutes": settings.SIGN_IN_CODE_TTL_SECONDS // 60,
+            "link_minutes": settings.SIGN_IN_LINK_TTL_SECONDS // 60,
+        }
+        return render(request, self.template_name, context, status=status)
+
+    def get(self, request):
+        email = request.session.get(SESSION_EMAIL)
+        if not email:
+            return redirect("accounts:sign_in")
+        return self.render_page(request, SignInCodeForm(), email)
+
+    def post(self, request):
+        email = request.session.get(SESSION_EMAIL)
+        if not email:
+            return redirect("accounts:sign_in")
+        form = SignInCodeForm(request.POST)
+        status = 400
+        if form.is_valid():
+            try:
+                result = sign_in_code_redeem(email=email, code=form.cleaned_data["code"], ip_address=client_ip(request))
+            except RateLimited:
+                form.add_error(None, "Too many tries from your network. Wait a few minutes, then try again.")
+                status = 429
+            except CodeLocked:
+                form.add_error(None, "Too many wrong codes. Ask for a new email, or use the link in the one you have.")
+                status = 429
+            else:
+                if result is not None:
+                    return _complete_sign_in(request, result)
+                form.add_error("code", "That code is not right, or it has expired.")
+        return self.render_page(request, form, email, status=status)
+
+
+class SignInLinkView(View):
+    """GET signs in only in the browser that asked; elsewhere it shows a button, since mail scanners open links."""
+
+    def get(self, request, token: str):
+        pending = sign_in_link_inspect(token=token, browser_nonce=request.session.get(SESSION_BROWSER))
+        if pending is None:
+            return self._unavailable(request)
+        if pending.same_browser:
+            return self._redeem(request, token)
+        return render(request, "accounts/sign_in_confirm.html", {"email": pending.email})
+
+    def post(self, request, token: str):
+        return self._redeem(request, token)
+
+    def _redeem(self, request, token: str):
+        result = sign_in_link_redeem(token=token)
+        if result is None:
+            return self._unavailable(request)
+        return _complete_sign_in(request, result)
+
+    def _unavailable(self, request):
+        return render(request, "accounts/sign_in_link_unavailable.html", status=400)
+
+
+class SignOutView(LoginRequiredMixin, View):
+    def get(self, request):
+        return render(request, "accounts/sign_out.html")
+
+    def post(self, request):
+        logout(request)
+        messages.success(request, "You are signed out.")
+        return redirect("accounts:sign_in")
+
+
+class SignOutEverywhereView(LoginRequiredMixin, View):
+    def post(self, request):
+        sessions_revoke_all(user=request.user, request=request)
+        logout(request)
+        messages.success(request, "You are signed out on every device and browser.")
+        return redirect("accounts:sign_in")

@@ -1,0 +1,35 @@
+"""Receivers of accounts' and Django's auth signals: accounts does not import organizations, so the
+audit entries for signing in and out, and accepting invitations on sign-in, are connected from here."""
+
+from __future__ import annotations
+
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.dispatch import receiver
+
+from accounts.http import client_ip
+from accounts.signals import sessions_revoked
+
+from .team import audit_sign_in_event, invitations_accept_pending
+
+
+def _ip(request) -> str | None:
+    return client_ip(request) if request is not None else None
+
+
+@receiver(user_logged_in, dispatch_uid="organizations.audit_sign_in")
+def on_sign_in(sender, request, user, **kwargs):
+    ip_address = _ip(request)
+    # Whoever proves the address (sign-in link or code, or a password) joins what it was invited to.
+    invitations_accept_pending(user=user, ip_address=ip_address)
+    audit_sign_in_event(user=user, action="user.signed_in", ip_address=ip_address)
+
+
+@receiver(user_logged_out, dispatch_uid="organizations.audit_sign_out")
+def on_sign_out(sender, request, user, **kwargs):
+    if user is not None:
+        audit_sign_in_event(user=user, action="user.signed_out", ip_address=_ip(request))
+
+
+@receiver(sessions_revoked, dispatch_uid="organizations.audit_sessions_revoked")
+def on_sessions_revoked(sender, user, request=None, **kwargs):
+    audit_sign_in_event(user=user, action="user.signed_out_everywhere", ip_address=_ip(request))

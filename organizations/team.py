@@ -1,0 +1,364 @@
+"""Team services: an organization's members, their roles and invitations.
+
+Every write takes the acting user, checks their role here (views check too, but these are the rule),
+and writes the audit log. Members read; admins invite and revoke invitations up to their own role;
+owners also change roles and remove members; an organization always keeps at least one owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import smtplib
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.emails import send_templated_email
+from accounts.models import Invitation, canonical_email
+
+from .models import Membership, Organization
+from .services import audit_record
+
+logger = logging.getLogger(__name__)
+
+ROLE_RANK = {Membership.Role.MEMBER: 0, Membership.Role.ADMIN: 1, Membership.Role.OWNER: 2}
+
+
+class TeamRuleError(Exception):
+    """A change the rules refuse whoever asks (the last owner, an existing member…); the message says why."""
+
+
+class InvitationUnavailable(Exception):
+    """The invitation link cannot be used; ``status`` says whether it was accepted, revoked or expired."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _membership_of(organization: Organization, user) -> Membership:
+    membership = Membership.objects.filter(organization=organization, user=user).first()
+    if membership is None:
+        raise PermissionDenied("Not a member of this organization.")
+    return membership
+
+
+def _require_rank(membership: Membership, role: str) -> None:
+    if ROLE_RANK[membership.role] < ROLE_RANK[role]:
+        raise PermissionDenied("Your role in this organization does not allow this change.")
+
+
+def roles_assignable_by(role: str) -> list[tuple[str, str]]:
+    """The roles someone with ``role`` may give: never above their own."""
+    return [(value, label) for value, label in Membership.Role.choices if ROLE_RANK[value] <= ROLE_RANK[role]]
+
+
+def team_members(organization: Organization) -> list[Membership]:
+    """Memberships with their users, owners first."""
+    memberships = list(Membership.objects.filter(organization=organization).select_related("user"))
+    return sorted(memberships, key=lambda m: (-ROLE_RANK[m.role], m.user.email))
+
+
+def team_open_invitations(organization: Organization):
+    """Invitations not yet accepted or revoked, including expired ones (shown so they can be replaced)."""
+    return Invitation.objects.open().filter(organization=organization).select_related("invited_by")
+
+
+def invitation_link(invitation: Invitation, token: str) -> str:
+    return settings.PUBLIC_BASE_URL + reverse("team:invitation_accept", args=[invitation.organization.slug, token])
+
+
+def invitation_create(
+    *, organization: Organization, actor, email: str, role: str, ip_address: str | None = None
+) -> Invitation:
+    """Invite ``email`` with ``role`` and email them a single-use link; an open invitation to them is replaced.
+
+    Raises PermissionDenied (members; admins inviting owners) or TeamRuleError (already a member, mail failed).
+    """
+    actor_membership = _membership_of(organization, actor)
+    _require_rank(actor_membership, Membership.Role.ADMIN)
+    if role not in ROLE_RANK:
+        raise TeamRuleError("Choose a role: member, admin or owner.")
+    _require_rank(actor_membership, role)
+    email = canonical_email(email)
+    if Membership.objects.filter(organization=organization, user__email=email).exists():
+        raise TeamRuleError(f"{email} is already a member.")
+
+    token = secrets.token_urlsafe(32)
+    now = timezone.now()
+    try:
+        invitation = _replace_open_invitation(
+            organization=organization, actor=actor, email=email, role=role, token=token, now=now, ip_address=ip_address
+        )
+    except IntegrityError as exc:  # the same address invited at the same moment by someone else
+        raise TeamRuleError(f"{email} was just invited by someone else.") from exc
+    # Sent after the commit: the link must never reach anyone before the invitation exists.
+    try:
+        send_templated_email(
+            to=email,
+            subject=f"{actor.email} invited you to {organization.name} on Hookline",
+            template="invitation",
+            context={
+                "inviter": actor.email,
+                "organization_name": organization.name,
+                "role_label": Membership.Role(role).label,
+                "link": invitation_link(invitation, token),
+                "expires_at": invitation.expires_at,
+            },
+        )
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.warning("invitation %s saved but its email failed: %s", invitation.pk, exc)
+        raise TeamRuleError(
+            f"The invitation to {email} is saved, but the email could not be sent. Invite them again to retry."
+        ) from exc
+    return invitation
+
+
+@transaction.atomic
+def _replace_open_invitation(*, organization, actor, email, role, token, now, ip_address) -> Invitation:
+    for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):
+        previous.revoked_at = now
+        previous.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoked",
+            organization=organization,
+            actor=actor,
+            target=previous,
+            changes={"email": email, "reason": "replaced by a new invitation"},
+            ip_address=ip_address,
+        )
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        token_digest=_token_digest(token),
+        invited_by=actor,
+        created_at=now,
+        expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    audit_record(
+        action="invitation.created",
+        organization=organization,
+        actor=actor,
+        target=invitation,
+        changes={"email": email, "role": role},
+        ip_address=ip_address,
+    )
+    return invitation
+
+
+def invitation_revoke(
+    *, organization: Organization, actor, invitation: Invitation, ip_address: str | None = None
+) -> None:
+    """Revoke an open invitation so its link stops working. Admins may revoke invitations up to their own role."""
+    if invitation.organization_id != organization.pk:
+        raise PermissionDenied("Not an invitation of this organization.")
+    actor_membership = _membership_of(organization, actor)
+    _require_rank(actor_membership, Membership.Role.ADMIN)
+    _require_rank(actor_membership, invitation.role)
+    revoked = Invitation.objects.open().filter(pk=invitation.pk).update(revoked_at=timezone.now())
+    if not revoked:
+        raise TeamRuleError("This invitation was already accepted or revoked.")
+    audit_record(
+        action="invitation.revoked",
+        organization=organization,
+        actor=actor,
+        target=invitation,
+        changes={"email": invitation.email, "role": invitation.role},
+        ip_address=ip_address,
+    )
+
+
+def _lock_owners(organization: Organization) -> list[int]:
+    """Lock the owners' memberships, always first and in one order, so that two owners demoting or removing
+    each other at once queue up instead of both succeeding (or deadlocking)."""
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization=organization, role=Membership.Role.OWNER)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+LAST_OWNER = "An organization needs at least one owner: make someone else owner first."
+
+
+def _require_owner(organization: Organization, actor, locked_owner_ids: list[int]) -> None:
+    # Checked against the locked rows, so an owner demoted a moment ago cannot still act as one.
+    if _membership_of(organization, actor).pk not in locked_owner_ids:
+        raise PermissionDenied("Only owners manage members and roles.")
+
+
+def _locked_membership(membership: Membership) -> Membership:
+    locked = Membership.objects.select_for_update().select_related("user").filter(pk=membership.pk).first()
+    if locked is None:
+        raise TeamRuleError("This person is no longer a member.")
+    return locked
+
+
+@transaction.atomic
+def member_role_change(
+    *, organization: Organization, actor, membership: Membership, role: str, ip_address: str | None = None
+) -> Membership:
+    """Give a member another role (owners only); the last owner cannot be demoted."""
+    if membership.organization_id != organization.pk:
+        raise PermissionDenied("Not a member of this organization.")
+    if role not in ROLE_RANK:
+        raise TeamRuleError("Choose a role: member, admin or owner.")
+    owners = _lock_owners(organization)
+    _require_owner(organization, actor, owners)
+    membership = _locked_membership(membership)
+    previous = membership.role
+    if previous == role:
+        return membership
+    if owners == [membership.pk]:
+        raise TeamRuleError(LAST_OWNER)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        action="member.role_changed",
+        organization=organization,
+        actor=actor,
+        target=membership,
+        changes={"email": membership.user.email, "role": [previous, role]},
+        ip_address=ip_address,
+    )
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, organization: Organization, actor, membership: Membership, ip_address: str | None = None) -> None:
+    """Remove someone from the organization (owners only); the last owner cannot be removed."""
+    if membership.organization_id != organization.pk:
+        raise PermissionDenied("Not a member of this organization.")
+    owners = _lock_owners(organization)
+    _require_owner(organization, actor, owners)
+    membership = _locked_membership(membership)
+    if owners == [membership.pk]:
+        raise TeamRuleError(LAST_OWNER)
+    audit_record(
+        action="member.removed",
+        organization=organization,
+        actor=actor,
+        target=membership,
+        changes={"email": membership.user.email, "role": membership.role},
+        ip_address=ip_address,
+    )
+    membership.delete()
+
+
+def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:
+    """The invitation a link's token names (in any state), or None if there is none for that organization."""
+    digest = _token_digest(token)
+    invitation = (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_digest=digest, organization__slug=organization_slug, organization__is_active=True)
+        .first()
+    )
+    if invitation is None or not hmac.compare_digest(invitation.token_digest, digest):
+        return None
+    return invitation
+
+
+def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
+    """Use an invitation once: its address gets an account if it has none and joins with the role. Returns the user.
+
+    Raises InvitationUnavailable when it was already accepted, revoked, or has expired.
+    """
+    status = invitation.status()
+    if status != Invitation.Status.PENDING:
+        raise InvitationUnavailable(status)  # before creating anyone's account
+    with transaction.atomic():
+        user = _user_for_email(invitation.email)
+        _accept(invitation, user, ip_address)
+    return user
+
+
+def invitations_accept_pending(*, user, ip_address: str | None = None) -> list[Invitation]:
+    """Accept every pending invitation to ``user``'s address: signing in proves the address as the link would."""
+    accepted = []
+    for invitation in Invitation.objects.pending().filter(email=user.email).select_related("organization"):
+        try:
+            with transaction.atomic():
+                _accept(invitation, user, ip_address)
+        except InvitationUnavailable:
+            continue  # accepted or revoked meanwhile
+        accepted.append(invitation)
+    return accepted
+
+
+def _user_for_email(email: str):
+    user_model = get_user_model()
+    user = user_model.objects.filter(email=email).first()
+    if user is not None:
+        return user
+    try:
+        with transaction.atomic():
+            return user_model.objects.create_user(email)
+    except IntegrityError:  # created meanwhile by a concurrent request
+        return user_model.objects.get(email=email)
+
+
+def _accept(invitation: Invitation, user, ip_address: str | None) -> None:
+    now = timezone.now()
+    # The conditional update is what makes the link single use, even when two requests race.
+    claimed = Invitation.objects.pending(now).filter(pk=invitation.pk).update(accepted_at=now, accepted_by=user)
+    if not claimed:
+        invitation.refresh_from_db()
+        raise InvitationUnavailable(invitation.status(now))
+    organization = invitation.organization
+    membership, created = Membership.objects.select_for_update().get_or_create(
+        user=user, organization=organization, defaults={"role": invitation.role}
+    )
+    audit_record(
+        action="invitation.accepted",
+        organization=organization,
+        actor=user,
+        target=invitation,
+        changes={"email": invitation.email, "role": invitation.role},
+        ip_address=ip_address,
+    )
+    if created:
+        audit_record(
+            action="member.added",
+            organization=organization,
+            actor=user,
+            target=membership,
+            changes={"email": user.email, "role": membership.role, "via": "invitation"},
+            ip_address=ip_address,
+        )
+    elif ROLE_RANK[invitation.role] > ROLE_RANK[membership.role]:
+        # Already a member: the invitation may raise the role, never lower it.
+        previous = membership.role
+        membership.role = invitation.role
+        membership.save(update_fields=["role"])
+        audit_record(
+            action="member.role_changed",
+            organization=organization,
+            actor=user,
+            target=membership,
+            changes={"email": user.email, "role": [previous, invitation.role], "via": "invitation"},
+            ip_address=ip_address,
+        )
+
+
+def audit_sign_in_event(*, user, action: str, ip_address: str | None) -> None:
+    """Record a sign-in or sign-out in the audit log of each of the user's organizations (or platform-wide)."""
+    organization_ids = list(Membership.objects.filter(user=user).values_list("organization_id", flat=True))
+    if not organization_ids:
+        audit_record(action=action, actor=user, target=user, ip_address=ip_address)
+        return
+    for organization in Organization.objects.filter(pk__in=organization_ids):
+        audit_record(action=action, organization=organization, actor=user, target=user, ip_address=ip_address)

@@ -1,0 +1,329 @@
+"""The Team page: invitations, roles, removal, the last-owner rule and tenancy, through views and services."""
+
+import re
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+from django.core import mail
+from django.core.exceptions import PermissionDenied
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import Invitation
+from conftest import UserFactory
+from organizations import team
+from organizations.models import AuditLog, Membership
+
+pytestmark = pytest.mark.django_db
+
+TEAM = "/o/acme/team/"
+
+
+@pytest.fixture
+def admin(organization):
+    user = UserFactory(email="admin@acme.example")
+    Membership.objects.create(user=user, organization=organization, role=Membership.Role.ADMIN)
+    return user
+
+
+def browser_for(user) -> Client:
+    browser = Client(REMOTE_ADDR="198.51.100.4")
+    browser.force_login(user)
+    return browser
+
+
+def invitation_path(message) -> str:
+    return urlsplit(re.search(r"https?://\S+/team/join/\S+/", message.body).group(0)).path
+
+
+def membership_of(user, organization):
+    return Membership.objects.get(user=user, organization=organization)
+
+
+def invite(browser, email, role="member"):
+    return browser.post(reverse("team:invite", args=["acme"]), {"email": email, "role": role})
+
+
+# --- Inviting and accepting -------------------------------------------------------------------
+
+
+def test_owner_invites_and_a_new_person_joins_through_the_link(organization, owner, django_user_model):
+    response = invite(browser_for(owner), "New@Acme.example", "admin")
+    assert response.status_code == 302 and response["Location"] == TEAM
+    invitation = Invitation.objects.get()
+    assert (invitation.email, invitation.role, invitation.invited_by) == ("new@acme.example", "admin", owner)
+    assert mail.outbox[0].to == ["new@acme.example"] and "Acme" in mail.outbox[0].subject
+    token = invitation_path(mail.outbox[0]).rstrip("/").rsplit("/", 1)[1]
+    assert token not in invitation.token_digest and len(invitation.token_digest) == 64
+
+    invitee = Client(REMOTE_ADDR="203.0.113.9")
+    page = invitee.get(invitation_path(mail.outbox[0]))
+    assert page.status_code == 200 and "Join Acme" in page.content.decode()
+    assert not django_user_model.objects.filter(email="new@acme.example").exists()  # a GET changes nothing
+
+    response = invitee.post(invitation_path(mail.outbox[0]))
+
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview", args=["acme"])
+    user = django_user_model.objects.get(email="new@acme.example")
+    assert membership_of(user, organization).role == Membership.Role.ADMIN
+    assert not user.has_usable_password()
+    assert invitee.get(TEAM).status_code == 200
+    actions = set(AuditLog.objects.filter(organization=organization).values_list("action", flat=True))
+    assert {"invitation.created", "invitation.accepted", "member.added", "user.signed_in"} <= actions
+    accepted = AuditLog.objects.get(action="invitation.accepted")
+    assert (accepted.actor_user, accepted.ip_address) == (user, "203.0.113.9")
+
+
+def test_an_existing_user_of_another_organization_accepts(organization, owner, outsider, other_organization):
+    invitee = browser_for(outsider)  # signed in already, in their own organization
+    invite(browser_for(owner), outsider.email)
+    assert invitee.post(invitation_path(mail.outbox[0])).status_code == 302
+    assert membership_of(outsider, organization).role == Membership.Role.MEMBER
+    assert membership_of(outsider, other_organization).role == Membership.Role.OWNER
+    assert invitee.get(TEAM).status_code == 200
+
+
+def test_an_invitation_works_once(organization, owner):
+    invite(browser_for(owner), "new@acme.example")
+    path = invitation_path(mail.outbox[0])
+    assert Client().post(path).status_code == 302
+    again = Client()
+    assert again.post(path).status_code == 410
+    assert "already used" in again.get(path).content.decode()
+
+
+def test_an_expired_invitation_is_refused_and_creates_no_account(organization, owner, django_user_model):
+    invite(browser_for(owner), "late@acme.example")
+    Invitation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    invitee = Client()
+    assert invitee.get(invitation_path(mail.outbox[0])).status_code == 410
+    response = invitee.post(invitation_path(mail.outbox[0]))
+    assert response.status_code == 410 and "expired" in response.content.decode()
+    assert not django_user_model.objects.filter(email="late@acme.example").exists()
+
+
+def test_a_revoked_invitation_is_refused(organization, owner, admin):
+    invite(browser_for(owner), "gone@acme.example")
+    invitation = Invitation.objects.get()
+    response = browser_for(admin).post(reverse("team:invitation_revoke", args=["acme", invitation.pk]))
+    assert response.status_code == 302
+    invitation.refresh_from_db()
+    assert invitation.status() == Invitation.Status.REVOKED
+    assert Client().post(invitation_path(mail.outbox[0])).status_code == 410
+    assert AuditLog.objects.filter(action="invitation.revoked", actor_user=admin).exists()
+
+
+def test_a_made_up_or_misplaced_invitation_link_is_404(organization, other_organization, owner):
+    invite(browser_for(owner), "new@acme.example")
+    token = invitation_path(mail.outbox[0]).rstrip("/").rsplit("/", 1)[1]
+    assert Client().get(reverse("team:invitation_accept", args=["acme", "x" * 43])).status_code == 404
+    assert Client().post(reverse("team:invitation_accept", args=["globex", token])).status_code == 404
+
+
+def test_inviting_again_replaces_the_open_invitation(organization, owner):
+    browser = browser_for(owner)
+    invite(browser, "twice@acme.example")
+    invite(browser, "twice@acme.example", "admin")
+    first, second = Invitation.objects.order_by("id")
+    assert first.status() == Invitation.Status.REVOKED and second.status() == Invitation.Status.PENDING
+    assert Client().post(invitation_path(mail.outbox[0])).status_code == 410
+    assert Client().post(invitation_path(mail.outbox[1])).status_code == 302
+
+
+def test_inviting_a_member_again_is_refused(organization, owner, member):
+    browser = browser_for(owner)
+    response = invite(browser, member.email)
+    assert response.status_code == 302
+    assert not Invitation.objects.exists() and mail.outbox == []
+    assert "already a member" in browser.get(TEAM).content.decode()
+
+
+def test_a_failed_invitation_email_is_reported_and_can_be_retried(organization, owner, monkeypatch):
+    import smtplib
+
+    from django.core.mail import EmailMultiAlternatives
+
+    def refuse(message, fail_silently=False):
+        raise smtplib.SMTPServerDisconnected("mail server went away")
+
+    browser = browser_for(owner)
+    with monkeypatch.context() as patched:
+        patched.setattr(EmailMultiAlternatives, "send", refuse)
+        assert invite(browser, "late@acme.example").status_code == 302
+    assert "could not be sent" in browser.get(TEAM).content.decode()
+    assert invite(browser, "late@acme.example").status_code == 302
+    first, second = Invitation.objects.order_by("id")
+    assert (first.status(), second.status()) == (Invitation.Status.REVOKED, Invitation.Status.PENDING)
+    assert len(mail.outbox) == 1 and Client().post(invitation_path(mail.outbox[0])).status_code == 302
+
+
+def test_an_invalid_address_shows_the_form_again(organization, owner):
+    response = invite(browser_for(owner), "not an address")
+    assert response.status_code == 400
+    assert "Enter a valid email address" in response.content.decode()
+
+
+def test_signing_in_accepts_pending_invitations_of_an_existing_user(organization, owner, outsider):
+    invite(browser_for(owner), outsider.email)
+    browser = browser_for(outsider)
+    assert membership_of(outsider, organization).role == Membership.Role.MEMBER
+    # The link, opened afterwards by the same person, just leads into the organization.
+    response = browser.get(invitation_path(mail.outbox[0]))
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview", args=["acme"])
+
+
+# --- Roles ------------------------------------------------------------------------------------
+
+
+def test_members_read_the_team_but_cannot_change_it(organization, owner, member):
+    browser = browser_for(member)
+    html = browser.get(TEAM).content.decode()
+    assert owner.email in html
+    assert "Send invitation" not in html and "Change role" not in html and "Remove" not in html
+    owner_membership = membership_of(owner, organization)
+    assert invite(browser, "friend@acme.example").status_code == 403
+    assert (
+        browser.post(reverse("team:member_role", args=["acme", owner_membership.pk]), {"role": "member"}).status_code
+        == 403
+    )
+    assert browser.post(reverse("team:member_remove", args=["acme", owner_membership.pk])).status_code == 403
+    assert not Invitation.objects.exists()
+    with pytest.raises(PermissionDenied):
+        team.invitation_create(organization=organization, actor=member, email="friend@acme.example", role="member")
+
+
+def test_admins_invite_up_to_their_role_but_do_not_manage_members(organization, owner, admin, member):
+    browser = browser_for(admin)
+    html = browser.get(TEAM).content.decode()
+    assert "Send invitation" in html and "Change role" not in html
+    assert '<option value="owner"' not in html.split("Send invitation")[0].split('id="invite-title"')[1]
+    assert invite(browser, "helper@acme.example", "admin").status_code == 302
+    assert invite(browser, "boss@acme.example", "owner").status_code == 400  # not a choice an admin has
+    with pytest.raises(PermissionDenied):
+        team.invitation_create(organization=organization, actor=admin, email="boss@acme.example", role="owner")
+    owner_membership = membership_of(owner, organization)
+    response = browser.post(reverse("team:member_role", args=["acme", owner_membership.pk]), {"role": "member"})
+    assert response.status_code == 403
+    with pytest.raises(PermissionDenied):
+        team.member_role_change(organization=organization, actor=admin, membership=owner_membership, role="member")
+    with pytest.raises(PermissionDenied):
+        team.member_remove(organization=organization, actor=admin, membership=membership_of(member, organization))
+    assert membership_of(owner, organization).role == Membership.Role.OWNER
+
+
+def test_admins_cannot_revoke_an_owner_invitation(organization, owner, admin):
+    invitation = team.invitation_create(organization=organization, actor=owner, email="co@acme.example", role="owner")
+    assert browser_for(admin).post(reverse("team:invitation_revoke", args=["acme", invitation.pk])).status_code == 403
+    invitation.refresh_from_db()
+    assert invitation.status() == Invitation.Status.PENDING
+    with pytest.raises(PermissionDenied):
+        team.invitation_revoke(organization=organization, actor=admin, invitation=invitation)
+
+
+def test_owner_changes_roles_and_removes_members_with_an_audit_trail(organization, owner, member):
+    browser = browser_for(owner)
+    target = membership_of(member, organization)
+    response = browser.post(reverse("team:member_role", args=["acme", target.pk]), {"role": "admin"})
+    assert response.status_code == 302
+    assert membership_of(member, organization).role == Membership.Role.ADMIN
+    changed = AuditLog.objects.get(action="member.role_changed")
+    assert changed.changes["role"] == ["member", "admin"] and changed.ip_address == "198.51.100.4"
+
+    assert browser.post(reverse("team:member_remove", args=["acme", target.pk])).status_code == 302
+    assert not Membership.objects.filter(user=member, organization=organization).exists()
+    assert AuditLog.objects.get(action="member.removed").actor_user == owner
+    assert browser_for(member).get(TEAM).status_code == 404
+
+
+def test_the_last_owner_can_be_neither_demoted_nor_removed(organization, owner, member):
+    browser = browser_for(owner)
+    own = membership_of(owner, organization)
+    browser.post(reverse("team:member_role", args=["acme", own.pk]), {"role": "admin"})
+    browser.post(reverse("team:member_remove", args=["acme", own.pk]))
+    assert membership_of(owner, organization).role == Membership.Role.OWNER
+    assert "at least one owner" in browser.get(TEAM).content.decode()
+    with pytest.raises(team.TeamRuleError):
+        team.member_role_change(organization=organization, actor=owner, membership=own, role="member")
+    with pytest.raises(team.TeamRuleError):
+        team.member_remove(organization=organization, actor=owner, membership=own)
+
+    # With a second owner, the first may step down.
+    team.member_role_change(
+        organization=organization, actor=owner, membership=membership_of(member, organization), role="owner"
+    )
+    team.member_role_change(organization=organization, actor=owner, membership=own, role="admin")
+    assert membership_of(owner, organization).role == Membership.Role.ADMIN
+
+
+def test_team_actions_refuse_rows_of_another_organization(organization, owner, other_organization, outsider):
+    foreign = membership_of(outsider, other_organization)
+    browser = browser_for(owner)
+    assert browser.post(reverse("team:member_role", args=["acme", foreign.pk]), {"role": "member"}).status_code == 404
+    assert browser.post(reverse("team:member_remove", args=["acme", foreign.pk])).status_code == 404
+    foreign_invitation = team.invitation_create(
+        organization=other_organization, actor=outsider, email="x@globex.example", role="member"
+    )
+    assert browser.post(reverse("team:invitation_revoke", args=["acme", foreign_invitation.pk])).status_code == 404
+    with pytest.raises(PermissionDenied):
+        team.member_remove(organization=organization, actor=owner, membership=foreign)
+    assert membership_of(outsider, other_organization).role == Membership.Role.OWNER
+
+
+# --- Tenancy ----------------------------------------------------------------------------------
+
+
+def test_every_team_url_is_404_for_non_members(organization, owner, member, outsider):
+    invitation = team.invitation_create(organization=organization, actor=owner, email="x@acme.example", role="member")
+    target = membership_of(member, organization)
+    urls = [
+        reverse("team:members", args=["acme"]),
+        reverse("team:invite", args=["acme"]),
+        reverse("team:member_role", args=["acme", target.pk]),
+        reverse("team:member_remove", args=["acme", target.pk]),
+        reverse("team:invitation_revoke", args=["acme", invitation.pk]),
+    ]
+    browser = browser_for(outsider)
+    for url in urls:
+        assert browser.get(url).status_code == 404, url
+        assert browser.post(url, {"role": "owner", "email": "me@globex.example"}).status_code == 404, url
+    assert membership_of(member, organization).role == Membership.Role.MEMBER
+    assert Invitation.objects.get().status() == Invitation.Status.PENDING
+    anonymous = Client()
+    for url in urls:
+        assert anonymous.get(url)["Location"].startswith(reverse("accounts:sign_in")), url
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(organization, owner, member):
+    import threading
+
+    from django.db import connection
+
+    Membership.objects.filter(user=member).update(role=Membership.Role.OWNER)
+    first, second = membership_of(owner, organization), membership_of(member, organization)
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def demote(actor, target):
+        try:
+            start.wait()
+            team.member_role_change(organization=organization, actor=actor, membership=target, role="member")
+            outcomes.append("demoted")
+        except (team.TeamRuleError, PermissionDenied) as refused:
+            outcomes.append(type(refused).__name__)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=demote, args=(owner, second)),
+        threading.Thread(target=demote, args=(member, first)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("demoted") == 1
+    assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).count() == 1
