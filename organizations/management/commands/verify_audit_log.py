@@ -17,6 +17,8 @@ class Command(BaseCommand):
         report = audit_verify_chain()
         if options["json"]:
             self.stdout.write(json.dumps(report.__dict__))
+        elif report.ok and not report.checked:
+            self.stdout.write("OK: the audit log is empty.")
         elif report.ok:
             self.stdout.write(
                 f"OK: {report.checked} entries chain correctly (ids {report.first_entry_id}–{report.last_entry_id}); "
