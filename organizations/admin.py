@@ -54,7 +54,7 @@ class CappedCountPaginator(Paginator):
 def _plain(value: Any) -> Any:
     """A JSON-friendly, human-readable form of a form value for the audit log."""
     if isinstance(value, models.Model):
-        return str(value)
+        return value.pk  # the form's initial value of a relation is its primary key too
     if isinstance(value, models.QuerySet | list | tuple | set):
         return [_plain(item) for item in value]
     if isinstance(value, dict | str | int | float | bool) or value is None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, transaction
@@ -86,8 +87,11 @@ def _last_entry_hash() -> str | None:
 
 
 def _client_ip(request) -> str | None:
-    # REMOTE_ADDR is what the WSGI server saw; a proxy in front must set it (gunicorn --forwarded-allow-ips).
     address = request.META.get("REMOTE_ADDR") or None
+    if getattr(settings, "TRUST_X_FORWARDED_FOR", False):
+        # As at ingest: the platform's router appends the address it saw, so the right-most entry counts.
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
+        address = forwarded or address
     try:
         return str(ipaddress.ip_address(address)) if address else None
     except ValueError:

@@ -75,6 +75,14 @@ def test_entries_chain_to_each_other_and_mask_secrets(organization):
     assert report.ok and report.checked == AuditLog.objects.count() and report.last_entry_hash == entry.entry_hash
 
 
+def test_behind_the_router_the_forwarded_address_is_recorded(settings):
+    settings.TRUST_X_FORWARDED_FOR = True
+    request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="1.1.1.1, 198.51.100.4")
+    assert audit_record(action="seen", request=request).ip_address == "198.51.100.4"
+    settings.TRUST_X_FORWARDED_FOR = False
+    assert audit_record(action="seen", request=request).ip_address == "10.0.0.2"
+
+
 def test_the_first_entry_starts_from_the_genesis_hash(organization):
     assert AuditLog.objects.order_by("id").first().previous_hash == GENESIS_HASH
 

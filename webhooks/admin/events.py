@@ -79,10 +79,6 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
 # --- Events -----------------------------------------------------------------------------------
 
 
-class EventOrganizationFilter(OrganizationFilter):
-    field_path = "organization_id"
-
-
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
@@ -100,7 +96,7 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     list_filter = (
         "status",
         ProviderFilter,
-        EventOrganizationFilter,
+        OrganizationFilter,
         SourceFilter,
         HasFailedDeliveriesFilter,
         ReceivedDateFilter,
