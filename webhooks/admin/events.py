@@ -107,6 +107,8 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     list_select_related = ("organization", "source")
     paginator = CappedCountPaginator
     show_full_result_count = False
+    # Ids are time-ordered: sorting by anything else would sort millions of rows.
+    sortable_by = ("id",)
     actions = ("retry_failed_deliveries", "replay_to_destinations")
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
     fieldsets = (
@@ -315,6 +317,7 @@ class DeliveryAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("organization", "destination")
     paginator = CappedCountPaginator
     show_full_result_count = False
+    sortable_by = ("id",)
     readonly_fields = [field.name for field in Delivery._meta.fields]
     inlines = (DeliveryAttemptInline,)
     actions = ("retry_deliveries",)
@@ -354,6 +357,7 @@ class DeliveryAttemptAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
     list_select_related = ("organization",)
     paginator = CappedCountPaginator
     show_full_result_count = False
+    sortable_by = ("id",)
     readonly_fields = [field.name for field in DeliveryAttempt._meta.fields]
     actions = ("retry_deliveries",)
 

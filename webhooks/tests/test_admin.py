@@ -203,6 +203,7 @@ def test_event_list_counts_at_most_the_cap(admin, organization, monkeypatch):
     with CaptureQueriesContext(connection) as queries:
         response = admin.get(reverse(EVENTS))
     assert response.context["cl"].result_count == 6  # the cap plus one: "more than 5"
+    assert "more than 5 webhook events" in response.content.decode()
     counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
     assert counts and all("LIMIT 6" in sql for sql in counts)
 
