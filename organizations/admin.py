@@ -19,7 +19,6 @@ from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
-from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date
@@ -32,6 +31,9 @@ from .models import AuditLog, Membership, MonthlyUsage, Organization
 from .services import audit_record, audit_verify_chain
 
 # --- Shared building blocks ---------------------------------------------------------------
+
+# Set on an action's intermediate page (a response that asks before acting) so it is not audited as done.
+AWAITING_CONFIRMATION = "hookline_awaiting_confirmation"
 
 
 class CappedCountPaginator(Paginator):
@@ -130,10 +132,11 @@ class AuditedAdminMixin:
 
     def response_action(self, request, queryset):
         response = super().response_action(request, queryset)
-        # A confirmation page (a TemplateResponse) is not the action yet; the confirmed POST is.
-        performed = response is not None and not isinstance(response, TemplateResponse)
+        # A confirmation page is not the action yet; the confirmed POST is. Django's own delete
+        # confirmation is skipped too: deletions are audited one by one by log_deletions.
+        performed = response is not None and not getattr(response, AWAITING_CONFIRMATION, False)
         action = request.POST.get("action", "")
-        if performed and action and action != "delete_selected":  # deletions are audited one by one
+        if performed and action and action != "delete_selected":
             selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
             audit_record(
                 action=f"{self._audit_action_name('action')}.{action}",
@@ -228,10 +231,11 @@ class DateRangeFilter(admin.ListFilter):
             "value_from": self.used_parameters.get(self.parameter_from, ""),
             "value_to": self.used_parameters.get(self.parameter_to, ""),
             "other_params": [
-                (key, value)
+                (key, value[-1] if isinstance(value, list) else value)
                 for key, value in changelist.get_filters_params().items()
                 if key not in (self.parameter_from, self.parameter_to)
-            ],
+            ]
+            + ([("q", changelist.query)] if changelist.query else []),
             "clear_url": changelist.get_query_string(remove=[self.parameter_from, self.parameter_to]),
         }
 

@@ -93,7 +93,9 @@ class AuditLog(models.Model):
     user_agent = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # SHA-256 hex of the previous entry's entry_hash (the chain) and of this entry's content.
-    previous_hash = models.CharField(max_length=64)
+    # Unique: two entries can never claim the same predecessor, so even a writer that skipped
+    # the lock could not fork the chain.
+    previous_hash = models.CharField(max_length=64, unique=True)
     entry_hash = models.CharField(max_length=64, unique=True)
 
     class Meta:

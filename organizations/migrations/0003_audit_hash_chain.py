@@ -116,6 +116,11 @@ class Migration(migrations.Migration):
             name="entry_hash",
             field=models.CharField(max_length=64, unique=True),
         ),
+        migrations.AlterField(
+            model_name="auditlog",
+            name="previous_hash",
+            field=models.CharField(max_length=64, unique=True),
+        ),
         migrations.AddIndex(
             model_name="auditlog",
             index=models.Index(fields=["action", "-id"], name="auditlog_action_id"),

@@ -195,3 +195,32 @@ def test_flush_still_empties_the_audit_table(organization):
     # pytest-django and `manage.py flush` truncate tables; the trigger guards rows, not TRUNCATE.
     call_command("flush", "--noinput")
     assert not AuditLog.objects.exists()
+
+
+def test_two_entries_cannot_claim_the_same_predecessor(organization):
+    from django.db import IntegrityError
+
+    last = AuditLog.objects.order_by("-id").first()
+    fork = AuditLog(action="forked", previous_hash=last.previous_hash, created_at=timezone.now())
+    fork.entry_hash = audit_entry_hash(fork)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        fork.save(force_insert=True)
+
+
+def test_purge_command(organization, capsys):
+    call_command("purge_audit_log", "--older-than-days", "30")
+    assert "Deleted 0 audit entries older than 30 days." in capsys.readouterr().out
+    assert AuditLog.objects.filter(action=PURGE_ACTION, actor_type="system").exists()
+    with pytest.raises(CommandError):
+        call_command("purge_audit_log", "--older-than-days", "0")
+
+
+def test_verify_command_reports_the_broken_entry_in_plain_text(organization):
+    from io import StringIO
+
+    entry = AuditLog.objects.first()
+    tamper("UPDATE organizations_auditlog SET changes = '{}' WHERE id = %s", [entry.pk])
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("verify_audit_log", stdout=out)
+    assert out.getvalue().startswith(f"BROKEN at entry {entry.pk}: its content does not match its hash")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
+from organizations.admin import AWAITING_CONFIRMATION
+
 # Above this many deliveries an action asks to narrow the selection (or use a bulk retry job).
 ACTION_LIMIT = 1000
 
@@ -47,4 +49,6 @@ def confirmation_page(
         "choices_label": choices_label,
         "form_url": request.get_full_path(),
     }
-    return TemplateResponse(request, "admin/hookline/action_confirmation.html", context)
+    response = TemplateResponse(request, "admin/hookline/action_confirmation.html", context)
+    setattr(response, AWAITING_CONFIRMATION, True)
+    return response

@@ -386,6 +386,7 @@ def test_rotating_a_generated_source_secret_shows_it_once(admin, organization):
     source.refresh_from_db()
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     assert source.secret in response.content.decode()
+    assert AuditLog.objects.filter(action="admin.webhooks.source.action.rotate_secret").exists()
     later = admin.get(reverse("admin:webhooks_source_change", args=[source.pk]))
     assert no_secret_in(later, source.secret)
 
