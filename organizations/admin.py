@@ -208,9 +208,15 @@ class DateRangeFilter(admin.ListFilter):
     def expected_parameters(self):
         return [self.parameter_from, self.parameter_to]
 
+    def _date(self, parameter: str):
+        try:
+            return parse_date(self.used_parameters.get(parameter) or "")
+        except ValueError:  # well-formed but impossible, such as 2026-13-45: ignored like a blank
+            return None
+
     def bounds(self) -> tuple[datetime | None, datetime | None]:
-        start = parse_date(self.used_parameters.get(self.parameter_from) or "")
-        end = parse_date(self.used_parameters.get(self.parameter_to) or "")
+        start = self._date(self.parameter_from)
+        end = self._date(self.parameter_to)
         start_at = datetime.combine(start, time.min, tzinfo=UTC) if start else None
         end_at = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1) if end else None
         return start_at, end_at

@@ -152,6 +152,7 @@ def test_event_list_filters(admin, setup, organization):
     assert len(listed(admin.get(url, in_range))) == 3
     past = {"received_at_from": "2020-01-01", "received_at_to": "2020-01-31"}
     assert listed(admin.get(url, past)) == []
+    assert len(listed(admin.get(url, {"received_at_from": "2026-13-45", "received_at_to": "soon"}))) == 3
     # The date inputs keep the other filters when applied.
     page = admin.get(url, {"organization": organization.pk}).content.decode()
     assert 'type="date" name="received_at_from"' in page and f'name="organization" value="{organization.pk}"' in page
@@ -647,3 +648,15 @@ def test_no_admin_page_ever_shows_a_secret(admin, setup):
         assert response.status_code == 200, page
         assert no_secret_in(response, *secrets), page
     assert re.search(r"…\w{4}", admin.get(pages[1]).content.decode())
+
+
+def test_retrying_every_event_matching_a_filter_keeps_the_filter_through_confirmation(admin, setup, organization):
+    url = reverse(EVENTS) + f"?organization={organization.pk}&failed=yes"
+    selection = {"action": "retry_failed_deliveries", "select_across": "1", "_selected_action": [setup["dead"].pk]}
+    confirmation = admin.post(url, selection)
+    html = confirmation.content.decode()
+    assert "Send 2 failed deliveries again now?" in html
+    assert f'action="{url.replace("&", "&amp;")}"' in html
+    admin.post(url, {**selection, "confirm": "yes"})
+    assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
+    assert Delivery.objects.get(event=setup["delivered"]).status == Delivery.Status.SUCCEEDED
