@@ -19,7 +19,7 @@ from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
@@ -385,6 +385,7 @@ class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("target_label", "=target_id", "=target_type")
     paginator = CappedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     readonly_fields = (
         "created_at",
         "organization_label",
@@ -411,7 +412,16 @@ class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="Target", ordering="target_label")
     def target_display(self, obj):
-        return f"{obj.target_type} {obj.target_label}".strip() or "—"
+        text = f"{obj.target_type} {obj.target_label}".strip() or "—"
+        if "." not in obj.target_type or not obj.target_id:
+            return text
+        app_label, model_name = obj.target_type.lower().split(".", 1)
+        try:
+            url = reverse(f"admin:{app_label}_{model_name}_change", args=[obj.target_id])
+        except NoReverseMatch:  # not in the admin
+            return text
+        # The target may be gone since; the admin then says so on its own page.
+        return format_html('<a href="{}">{}</a>', url, text)
 
     def get_urls(self):
         verify = path("verify/", self.admin_site.admin_view(self.verify_view), name="organizations_auditlog_verify")

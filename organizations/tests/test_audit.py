@@ -213,6 +213,8 @@ def test_purge_command(organization, capsys):
     assert AuditLog.objects.filter(action=PURGE_ACTION, actor_type="system").exists()
     with pytest.raises(CommandError):
         call_command("purge_audit_log", "--older-than-days", "0")
+    call_command("purge_audit_log", "--older-than-days", "30", "--json")
+    assert json.loads(capsys.readouterr().out)["deleted"] == 0
 
 
 def test_verify_command_reports_the_broken_entry_in_plain_text(organization):

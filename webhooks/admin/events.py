@@ -109,6 +109,8 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     show_full_result_count = False
     # Ids are time-ordered: sorting by anything else would sort millions of rows.
     sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     actions = ("retry_failed_deliveries", "replay_to_destinations")
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
     fieldsets = (
@@ -318,6 +320,8 @@ class DeliveryAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     paginator = CappedCountPaginator
     show_full_result_count = False
     sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     readonly_fields = [field.name for field in Delivery._meta.fields]
     inlines = (DeliveryAttemptInline,)
     actions = ("retry_deliveries",)
@@ -358,6 +362,8 @@ class DeliveryAttemptAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
     paginator = CappedCountPaginator
     show_full_result_count = False
     sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     readonly_fields = [field.name for field in DeliveryAttempt._meta.fields]
     actions = ("retry_deliveries",)
 

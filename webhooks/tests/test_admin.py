@@ -602,6 +602,8 @@ def test_audit_log_list_filters_search_and_detail(admin, setup, organization, su
     entry = AuditLog.objects.get(action="delivery.retried")
     detail = admin.get(reverse("admin:organizations_auditlog_change", args=[entry.pk]))
     assert detail.status_code == 200 and entry.entry_hash in detail.content.decode()
+    delivery_url = reverse("admin:webhooks_delivery_change", args=[entry.target_id])
+    assert delivery_url in admin.get(url, {"action": "delivery.retried"}).content.decode()
     assert admin.get(reverse("admin:organizations_auditlog_add")).status_code == 403
     assert admin.post(reverse("admin:organizations_auditlog_delete", args=[entry.pk])).status_code == 403
 
