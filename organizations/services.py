@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -43,6 +45,24 @@ def mask_secrets(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return [mask_secrets(item) for item in value]
+    return value
+
+
+def _stable_json(value: Any) -> Any:
+    """Values that read back from PostgreSQL's jsonb exactly as they were hashed.
+
+    jsonb prints numbers without exponents (1e100 comes back as an integer) and has no NaN or
+    infinity, so such floats are stored as the integer or the text they stand for.
+    """
+    if isinstance(value, dict):
+        return {key: _stable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stable_json(item) for item in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value.is_integer() and "e" in repr(value):
+            return int(Decimal(repr(value)))  # 1e+100 as PostgreSQL spells it out, not the binary float
     return value
 
 
@@ -129,7 +149,7 @@ def audit_record(
     if ip_address:
         ip_address = str(ipaddress.ip_address(ip_address))
     # Round-trip through JSON now, so what is hashed is exactly what the database gives back.
-    stored_changes = json.loads(json.dumps(mask_secrets(changes or {}), cls=DjangoJSONEncoder))
+    stored_changes = _stable_json(json.loads(json.dumps(mask_secrets(changes or {}), cls=DjangoJSONEncoder)))
     with transaction.atomic(using=AuditLog.objects.db):
         _lock_audit_chain()
         entry = AuditLog(

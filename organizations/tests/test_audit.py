@@ -83,6 +83,16 @@ def test_behind_the_router_the_forwarded_address_is_recorded(settings):
     assert audit_record(action="seen", request=request).ip_address == "10.0.0.2"
 
 
+def test_odd_numbers_in_changes_still_verify_after_reading_back(organization):
+    entry = audit_record(
+        action="numbers",
+        changes={"huge": 1e100, "tiny": 1e-7, "ratio": 0.1, "whole": 3.0, "nan": float("nan"), "big": 2**70},
+    )
+    assert entry.changes["huge"] == 10**100 and entry.changes["nan"] == "nan"
+    assert AuditLog.objects.get(pk=entry.pk).entry_hash == audit_entry_hash(AuditLog.objects.get(pk=entry.pk))
+    assert audit_verify_chain().ok
+
+
 def test_the_first_entry_starts_from_the_genesis_hash(organization):
     assert AuditLog.objects.order_by("id").first().previous_hash == GENESIS_HASH
 
