@@ -662,3 +662,24 @@ def test_retrying_every_event_matching_a_filter_keeps_the_filter_through_confirm
     admin.post(url, {**selection, "confirm": "yes"})
     assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
     assert Delivery.objects.get(event=setup["delivered"]).status == Delivery.Status.SUCCEEDED
+
+
+def test_every_registered_model_lists_searches_and_opens(admin, setup, organization, superuser):
+    from django.contrib import admin as django_admin
+    from django.contrib.auth.models import Group
+
+    from webhooks.services.operations import bulk_retry_start
+
+    Group.objects.create(name="operators")
+    bulk_retry_start(organization=organization, filters={}, actor=superuser)
+    call_command("install_periodic_tasks")
+    for model, model_admin in django_admin.site._registry.items():
+        opts = model._meta
+        changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        assert admin.get(changelist).status_code == 200, changelist
+        if model_admin.search_fields:
+            assert admin.get(changelist, {"q": "acme"}).status_code == 200, changelist
+        first = model.objects.order_by("pk").first()
+        if first is not None:
+            change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[first.pk])
+            assert admin.get(change).status_code == 200, change
