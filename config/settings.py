@@ -41,7 +41,8 @@ if env.bool("TRUST_X_FORWARDED_PROTO", default=not EMBEDDED):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with Hookline's site (branding and the operations overview on the index).
+    "webhooks.admin_site.HooklineAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -5,9 +5,6 @@ from django.views.generic import RedirectView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
 
-admin.site.site_header = "Hookline administration"
-admin.site.site_title = "Hookline"
-
 urlpatterns = [
     path("in/<str:token>/", IngestView.as_view(), name="ingest"),
     path("livez", livez, name="livez"),

@@ -1,32 +1,164 @@
-from django.contrib import admin
+"""Platform admin for tenants, users and the audit log, plus what every Hookline ModelAdmin shares.
 
-from .models import AuditLog, Membership, Organization
+Every change, deletion and action made in the admin is written to the audit log (on top of
+Django's own LogEntry) by ``AuditedAdminMixin``; the webhooks admin builds on the same pieces.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.models import Group
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db import models
+from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseRedirect
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import UserAdmin
+
+from .models import AuditLog, Membership, MonthlyUsage, Organization
+from .services import audit_record, audit_verify_chain
+
+# --- Shared building blocks ---------------------------------------------------------------
+
+# Set on an action's intermediate page (a response that asks before acting) so it is not audited as done.
+AWAITING_CONFIRMATION = "hookline_awaiting_confirmation"
 
 
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 0
-    autocomplete_fields = ("user",)
+class CappedCountPaginator(Paginator):
+    """Counts at most ``CAP + 1`` rows, so a change list over millions of rows never runs a full COUNT(*).
+
+    Past the cap the list still pages (up to the cap); narrowing the filters finds the rest.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list[: self.CAP + 1].count()
+
+    @property
+    def is_capped(self) -> bool:
+        return self.count > self.CAP
 
 
-@admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "plan", "monthly_event_quota", "retention_days", "is_active", "created_at")
-    list_filter = ("plan", "is_active")
-    search_fields = ("name", "slug")
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = (MembershipInline,)
+def _plain(value: Any) -> Any:
+    """A JSON-friendly, human-readable form of a form value for the audit log."""
+    if isinstance(value, models.Model):
+        return value.pk  # the form's initial value of a relation is its primary key too
+    if isinstance(value, models.QuerySet | list | tuple | set):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict | str | int | float | bool) or value is None:
+        return value
+    return str(value)
 
 
-@admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "organization", "actor_label", "action", "target_type", "target_label")
-    list_filter = ("action", "actor_type")
-    search_fields = ("target_label", "target_id", "actor_label")
-    list_select_related = ("organization",)
-    date_hierarchy = "created_at"
+def organization_of(obj) -> Organization | None:
+    if isinstance(obj, Organization):
+        return obj
+    organization = getattr(obj, "organization", None)
+    return organization if isinstance(organization, Organization) else None
 
-    def has_add_permission(self, request):
+
+class AuditedAdminMixin:
+    """Writes an audit entry for every addition, change, deletion and action done in this admin.
+
+    Before/after values come from the form (secrets are masked by audit_record); inline
+    changes are summarised by Django's own change message.
+    """
+
+    def _audit_action_name(self, verb: str) -> str:
+        return f"admin.{self.opts.app_label}.{self.opts.model_name}.{verb}"
+
+    def save_model(self, request, obj, form, change):
+        # Read before saving: afterwards the form's initial values are gone.
+        obj._audit_changes = {
+            name: [_plain(form.initial.get(name)), _plain(form.cleaned_data.get(name))]
+            if change
+            else _plain(form.cleaned_data.get(name))
+            for name in form.changed_data
+        }
+        super().save_model(request, obj, form, change)
+
+    def _audit(self, request, obj, verb: str, summary: Any = None) -> None:
+        changes: dict[str, Any] = {"fields": getattr(obj, "_audit_changes", {})}
+        if summary:
+            changes["summary"] = summary
+        audit_record(
+            action=self._audit_action_name(verb),
+            organization=organization_of(obj),
+            actor=request.user,
+            target=obj,
+            changes=changes,
+            request=request,
+        )
+
+    def log_addition(self, request, obj, message):
+        entry = super().log_addition(request, obj, message)
+        self._audit(request, obj, "added", message)
+        return entry
+
+    def log_change(self, request, obj, message):
+        entry = super().log_change(request, obj, message)
+        self._audit(request, obj, "changed", message)
+        return entry
+
+    def log_deletions(self, request, queryset):
+        # Called by the delete view and the bulk delete action while the rows still exist.
+        entries = super().log_deletions(request, queryset)
+        for obj in queryset:
+            self._audit(request, obj, "deleted")
+        return entries
+
+    def get_deleted_objects(self, objs, request):
+        # Rows the platform writes (events, deliveries, attempts) cannot be deleted one by one in
+        # the admin, but deleting their tenant, source or destination takes them along: Django would
+        # otherwise refuse such deletions for lack of a delete permission on those rows.
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if request.user.is_superuser:
+            perms_needed = set()
+        return deleted, model_count, perms_needed, protected
+
+    def response_action(self, request, queryset):
+        response = super().response_action(request, queryset)
+        # A confirmation page is not the action yet; the confirmed POST is. Django's own delete
+        # confirmation is skipped too: deletions are audited one by one by log_deletions.
+        performed = response is not None and not getattr(response, AWAITING_CONFIRMATION, False)
+        action = request.POST.get("action", "")
+        if performed and action and action != "delete_selected":
+            selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+            audit_record(
+                action=f"{self._audit_action_name('action')}.{action}",
+                actor=request.user,
+                changes={
+                    "selected": selected[:100],
+                    "selected_count": len(selected),
+                    "select_across": request.POST.get("select_across") == "1",
+                },
+                request=request,
+            )
+        return response
+
+
+class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """The base of Hookline's ModelAdmins."""
+
+
+class ReadOnlyAdminMixin:
+    """Rows written by the platform itself: shown, never added, changed or deleted here."""
+
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -34,3 +166,276 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class OrganizationFilter(admin.SimpleListFilter):
+    """By organization, listed from the (small) organizations table, never by scanning the rows."""
+
+    title = "organization"
+    parameter_name = "organization"
+    field_path = "organization_id"
+
+    def lookups(self, request, model_admin):
+        return list(Organization.objects.order_by("name").values_list("pk", "name")[:500])
+
+    def queryset(self, request, queryset):
+        if self.value() and str(self.value()).isdigit():
+            return queryset.filter(**{self.field_path: int(self.value())})
+        return queryset
+
+
+class DateRangeFilter(admin.ListFilter):
+    """From and to dates (inclusive, UTC) on one datetime field, with two date inputs."""
+
+    template = "admin/filters/date_range.html"
+    field_name = "created_at"
+    title = "date"
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        self.parameter_from = f"{self.field_name}_from"
+        self.parameter_to = f"{self.field_name}_to"
+        self.used_parameters = {}
+        for name in (self.parameter_from, self.parameter_to):
+            if name in params:
+                value = params.pop(name)
+                value = value[-1] if isinstance(value, list) else value
+                self.used_parameters[name] = value
+
+    def has_output(self):
+        return True
+
+    def expected_parameters(self):
+        return [self.parameter_from, self.parameter_to]
+
+    def _date(self, parameter: str):
+        try:
+            return parse_date(self.used_parameters.get(parameter) or "")
+        except ValueError:  # well-formed but impossible, such as 2026-13-45: ignored like a blank
+            return None
+
+    def bounds(self) -> tuple[datetime | None, datetime | None]:
+        start = self._date(self.parameter_from)
+        end = self._date(self.parameter_to)
+        start_at = datetime.combine(start, time.min, tzinfo=UTC) if start else None
+        end_at = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1) if end else None
+        return start_at, end_at
+
+    def queryset(self, request, queryset):
+        start_at, end_at = self.bounds()
+        if start_at:
+            queryset = queryset.filter(**{f"{self.field_name}__gte": start_at})
+        if end_at:
+            queryset = queryset.filter(**{f"{self.field_name}__lt": end_at})
+        return queryset
+
+    def choices(self, changelist):
+        # The template renders a small GET form; other active filters ride along as hidden fields.
+        yield {
+            "parameter_from": self.parameter_from,
+            "parameter_to": self.parameter_to,
+            "value_from": self.used_parameters.get(self.parameter_from, ""),
+            "value_to": self.used_parameters.get(self.parameter_to, ""),
+            "other_params": [
+                (key, value[-1] if isinstance(value, list) else value)
+                for key, value in changelist.get_filters_params().items()
+                if key not in (self.parameter_from, self.parameter_to)
+            ]
+            + ([("q", changelist.query)] if changelist.query else []),
+            "clear_url": changelist.get_query_string(remove=[self.parameter_from, self.parameter_to]),
+        }
+
+
+# --- Tenants --------------------------------------------------------------------------------
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ("user",)
+    fields = ("user", "role", "created_at")
+    readonly_fields = ("created_at",)
+
+
+def _this_month():
+    return timezone.now().date().replace(day=1)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(AuditedModelAdmin):
+    list_display = (
+        "name",
+        "slug",
+        "plan",
+        "monthly_event_quota",
+        "usage_this_month",
+        "retention_days",
+        "is_active",
+        "created_at",
+    )
+    list_filter = ("plan", "is_active")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = (MembershipInline,)
+    readonly_fields = ("usage_this_month", "related_links", "created_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "is_active", "created_at")}),
+        ("Plan and quota", {"fields": ("plan", "monthly_event_quota", "usage_this_month", "retention_days")}),
+        ("Their data", {"fields": ("related_links",)}),
+    )
+
+    def get_queryset(self, request):
+        usage = MonthlyUsage.objects.filter(organization=OuterRef("pk"), month=_this_month()).values("events")[:1]
+        return super().get_queryset(request).annotate(events_this_month=Subquery(usage))
+
+    @admin.display(description="Events this month", ordering="events_this_month")
+    def usage_this_month(self, obj):
+        used = getattr(obj, "events_this_month", None) or 0
+        if obj.monthly_event_quota and used > obj.monthly_event_quota:
+            return format_html('<strong class="hookline-over-quota">{} (over quota)</strong>', used)
+        return used
+
+    @admin.display(description="Links")
+    def related_links(self, obj):
+        if not obj.pk:
+            return "—"
+        links = [
+            (reverse("admin:webhooks_source_changelist") + f"?organization={obj.pk}", "Sources"),
+            (reverse("admin:webhooks_destination_changelist") + f"?organization={obj.pk}", "Destinations"),
+            (reverse("admin:webhooks_webhookevent_changelist") + f"?organization={obj.pk}", "Events"),
+            (reverse("admin:webhooks_delivery_changelist") + f"?organization={obj.pk}", "Deliveries"),
+            (reverse("admin:organizations_auditlog_changelist") + f"?organization={obj.pk}", "Audit log"),
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
+
+
+# --- Users (email login; memberships shown here because accounts never imports organizations) ---
+
+
+class UserMembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ("organization",)
+    fields = ("organization", "role", "created_at")
+    readonly_fields = ("created_at",)
+
+
+class PlatformUserAdmin(AuditedAdminMixin, UserAdmin):
+    inlines = (UserMembershipInline,)
+    list_filter = ("is_staff", "is_superuser", "is_active")
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), PlatformUserAdmin)
+
+
+class PlatformGroupAdmin(AuditedAdminMixin, DjangoGroupAdmin):
+    pass
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, PlatformGroupAdmin)
+
+
+# --- Audit log --------------------------------------------------------------------------------
+
+
+class AuditDateFilter(DateRangeFilter):
+    field_name = "created_at"
+    title = "date"
+
+
+class ActorFilter(admin.SimpleListFilter):
+    title = "actor"
+    parameter_name = "actor"
+
+    def lookups(self, request, model_admin):
+        staff = get_user_model().objects.filter(is_staff=True).order_by("email").values_list("pk", "email")[:200]
+        return [("system", "System"), ("api_key", "API keys")] + [(str(pk), email) for pk, email in staff]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value in (AuditLog.ActorType.SYSTEM, AuditLog.ActorType.API_KEY):
+            return queryset.filter(actor_type=value)
+        if value and value.isdigit():
+            return queryset.filter(actor_user_id=int(value))
+        return queryset
+
+
+class ActionFilter(admin.SimpleListFilter):
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        # DISTINCT over the whole log is a full scan: remember the answer for a few minutes.
+        actions = cache.get("admin:audit_actions")
+        if actions is None:
+            actions = sorted(AuditLog.objects.values_list("action", flat=True).distinct()[:500])
+            cache.set("admin:audit_actions", actions, 300)
+        return [(action, action) for action in actions]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "organization_label", "actor_display", "action", "target_display", "ip_address")
+    list_filter = (OrganizationFilter, ActorFilter, ActionFilter, AuditDateFilter)
+    search_fields = ("target_label", "=target_id", "=target_type")
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    readonly_fields = (
+        "created_at",
+        "organization_label",
+        "organization_id",
+        "actor_type",
+        "actor_label",
+        "actor_user_id",
+        "action",
+        "target_type",
+        "target_id",
+        "target_label",
+        "changes",
+        "ip_address",
+        "user_agent",
+        "previous_hash",
+        "entry_hash",
+    )
+    fields = readonly_fields
+    change_list_template = "admin/organizations/auditlog/change_list.html"
+
+    @admin.display(description="Actor", ordering="actor_label")
+    def actor_display(self, obj):
+        return f"{obj.actor_label} ({obj.get_actor_type_display()})"
+
+    @admin.display(description="Target", ordering="target_label")
+    def target_display(self, obj):
+        text = f"{obj.target_type} {obj.target_label}".strip() or "—"
+        if "." not in obj.target_type or not obj.target_id:
+            return text
+        app_label, model_name = obj.target_type.lower().split(".", 1)
+        try:
+            url = reverse(f"admin:{app_label}_{model_name}_change", args=[obj.target_id])
+        except NoReverseMatch:  # not in the admin
+            return text
+        # The target may be gone since; the admin then says so on its own page.
+        return format_html('<a href="{}">{}</a>', url, text)
+
+    def get_urls(self):
+        verify = path("verify/", self.admin_site.admin_view(self.verify_view), name="organizations_auditlog_verify")
+        return [verify, *super().get_urls()]
+
+    def verify_view(self, request):
+        """Recompute the chain now and show the verdict (the same check as manage.py verify_audit_log)."""
+        if not self.has_view_permission(request):
+            return HttpResponseRedirect(reverse("admin:index"))
+        report = audit_verify_chain()
+        level = messages.SUCCESS if report.ok else messages.ERROR
+        if report.ok:
+            text = f"The audit log verifies: {report.checked} entries chain correctly (head {report.last_entry_hash})."
+        else:
+            text = f"The audit log is BROKEN at entry {report.broken_entry_id}: {report.reason}."
+        self.message_user(request, text, level)
+        return HttpResponseRedirect(reverse("admin:organizations_auditlog_changelist"))

@@ -51,17 +51,37 @@ class Membership(models.Model):
 
 
 class AuditLog(models.Model):
-    """Append-only record of who changed what. Written only by organizations.services.audit_record."""
+    """Append-only, hash-chained record of who changed what. Written only by organizations.services.
+
+    The database refuses UPDATE and DELETE on this table (a PostgreSQL trigger, see
+    migration 0003) except inside ``audit_purge``; ``verify_audit_log`` recomputes the chain.
+    """
 
     class ActorType(models.TextChoices):
         USER = "user", "User"
         API_KEY = "api_key", "API key"
         SYSTEM = "system", "System"
 
-    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # No database constraint and DO_NOTHING: deleting a user or an organization must neither
+    # cascade into the log nor UPDATE its rows (the trigger would refuse); the label copied
+    # next to each reference keeps the entry readable after the row it names is gone.
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    organization_label = models.CharField(max_length=200, blank=True)
     actor_type = models.CharField(max_length=10, choices=ActorType.choices, default=ActorType.SYSTEM)
     actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
     )
     actor_label = models.CharField(max_length=200, blank=True)
     action = models.CharField(max_length=100)
@@ -70,11 +90,20 @@ class AuditLog(models.Model):
     target_label = models.CharField(max_length=300, blank=True)
     changes = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # SHA-256 hex of the previous entry's entry_hash (the chain) and of this entry's content.
+    # Unique: two entries can never claim the same predecessor, so even a writer that skipped
+    # the lock could not fork the chain.
+    previous_hash = models.CharField(max_length=64, unique=True)
+    entry_hash = models.CharField(max_length=64, unique=True)
 
     class Meta:
-        ordering = ("-created_at", "-id")
-        indexes = [models.Index(fields=("organization", "-created_at"), name="auditlog_org_time")]
+        ordering = ("-id",)
+        indexes = [
+            models.Index(fields=("organization", "-created_at"), name="auditlog_org_time"),
+            models.Index(fields=("action", "-id"), name="auditlog_action_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label or self.actor_type} {self.action}"

@@ -2,14 +2,120 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections, transaction
+from django.utils import timezone
 
 from .models import AuditLog, Membership, Organization
 
 SECRET_MASK = "********"
+
+# The previous_hash of the very first entry; after a purge, the chain starts from the anchor
+# recorded (and itself hashed) in the purge's own entry instead.
+GENESIS_HASH = "0" * 64
+PURGE_ACTION = "audit.purged"
+# Any fixed 64-bit number: every writer of the chain takes this transaction-level lock.
+_AUDIT_CHAIN_LOCK = 0x686F6F6B6C696E65  # "hookline"
+# Keys whose values are never stored in an entry's before/after (hints such as secret_hint are fine).
+_SECRET_KEY_PARTS = ("secret", "password", "token", "api_key")
+
+
+def _is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return not key.endswith("_hint") and any(part in key for part in _SECRET_KEY_PARTS)
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` where anything stored under a secret-looking key is replaced by SECRET_MASK."""
+    if isinstance(value, dict):
+        return {
+            key: (SECRET_MASK if _is_secret_key(str(key)) and item not in (None, "") else mask_secrets(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(item) for item in value]
+    return value
+
+
+def _stable_json(value: Any) -> Any:
+    """Values that read back from PostgreSQL's jsonb exactly as they were hashed.
+
+    jsonb prints numbers without exponents (1e100 comes back as an integer) and has no NaN or
+    infinity, so such floats are stored as the integer or the text they stand for.
+    """
+    if isinstance(value, dict):
+        return {key: _stable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stable_json(item) for item in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value.is_integer() and "e" in repr(value):
+            return int(Decimal(repr(value)))  # 1e+100 as PostgreSQL spells it out, not the binary float
+    return value
+
+
+def audit_entry_content(entry: AuditLog) -> dict[str, Any]:
+    """The fields an entry's hash covers, in a form that reads back identically from the database."""
+    return {
+        "organization_id": entry.organization_id,
+        "organization_label": entry.organization_label,
+        "actor_type": entry.actor_type,
+        "actor_user_id": entry.actor_user_id,
+        "actor_label": entry.actor_label,
+        "action": entry.action,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "target_label": entry.target_label,
+        "changes": entry.changes,
+        "ip_address": entry.ip_address,
+        "user_agent": entry.user_agent,
+        "created_at": entry.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "previous_hash": entry.previous_hash,
+    }
+
+
+def audit_entry_hash(entry: AuditLog) -> str:
+    canonical = json.dumps(audit_entry_content(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _lock_audit_chain() -> None:
+    """Serialize appends until the caller's transaction ends, so two writers never fork the chain.
+
+    SQLite (the embedded mode) already runs one writing transaction at a time.
+    """
+    connection = connections[AuditLog.objects.db]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_CHAIN_LOCK])
+
+
+def _last_entry_hash() -> str | None:
+    return AuditLog.objects.order_by("-id").values_list("entry_hash", flat=True).first()
+
+
+def _client_ip(request) -> str | None:
+    address = request.META.get("REMOTE_ADDR") or None
+    if getattr(settings, "TRUST_X_FORWARDED_FOR", False):
+        # As at ingest: the platform's router appends the address it saw, so the right-most entry counts.
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
+        address = forwarded or address
+    try:
+        return str(ipaddress.ip_address(address)) if address else None
+    except ValueError:
+        return None
 
 
 def audit_record(
@@ -21,26 +127,134 @@ def audit_record(
     target=None,
     changes: dict[str, Any] | None = None,
     ip_address: str | None = None,
+    user_agent: str = "",
+    request=None,
 ) -> AuditLog:
-    """The one way an audit entry is written. ``actor`` is a User or None (the system)."""
-    if actor is not None:
-        actor_type = AuditLog.ActorType.USER
-        actor_label = actor_label or str(actor)
+    """The one way an audit entry is written, chained to the previous one.
+
+    ``actor`` is a User, another credential such as an API key (anything with a ``str``), or
+    None for the system. ``request`` supplies the IP address and user agent when given.
+    Secret-looking keys in ``changes`` are masked.
+    """
+    user_model = get_user_model()
+    if actor is None:
+        actor_type, actor_user, actor_label = AuditLog.ActorType.SYSTEM, None, actor_label or "system"
+    elif isinstance(actor, user_model):
+        actor_type, actor_user, actor_label = AuditLog.ActorType.USER, actor, actor_label or str(actor)
     else:
-        actor_type = AuditLog.ActorType.SYSTEM
-        actor_label = actor_label or "system"
-    return AuditLog.objects.create(
-        organization=organization,
-        actor_type=actor_type,
-        actor_user=actor,
-        actor_label=actor_label,
-        action=action,
-        target_type=target._meta.label if target is not None else "",
-        target_id=str(target.pk) if target is not None else "",
-        target_label=str(target)[:300] if target is not None else "",
-        changes=changes or {},
-        ip_address=ip_address,
-    )
+        actor_type, actor_user, actor_label = AuditLog.ActorType.API_KEY, None, actor_label or str(actor)
+    if request is not None:
+        ip_address = ip_address or _client_ip(request)
+        user_agent = user_agent or request.META.get("HTTP_USER_AGENT", "")
+    if ip_address:
+        ip_address = str(ipaddress.ip_address(ip_address))
+    # Round-trip through JSON now, so what is hashed is exactly what the database gives back.
+    stored_changes = _stable_json(json.loads(json.dumps(mask_secrets(changes or {}), cls=DjangoJSONEncoder)))
+    with transaction.atomic(using=AuditLog.objects.db):
+        _lock_audit_chain()
+        entry = AuditLog(
+            organization=organization,
+            organization_label=str(organization)[:200] if organization is not None else "",
+            actor_type=actor_type,
+            actor_user=actor_user,
+            actor_label=actor_label[:200],
+            action=action,
+            target_type=target._meta.label if target is not None else "",
+            target_id=str(target.pk) if target is not None else "",
+            target_label=str(target)[:300] if target is not None else "",
+            changes=stored_changes,
+            ip_address=ip_address,
+            user_agent=user_agent[:300],
+            created_at=timezone.now(),
+            previous_hash=_last_entry_hash() or GENESIS_HASH,
+        )
+        entry.entry_hash = audit_entry_hash(entry)
+        entry.save(force_insert=True)
+    return entry
+
+
+@dataclass
+class ChainReport:
+    ok: bool
+    checked: int
+    first_entry_id: int | None = None
+    last_entry_id: int | None = None
+    last_entry_hash: str = ""
+    broken_entry_id: int | None = None
+    reason: str = ""
+
+
+def audit_chain_anchor() -> str:
+    """What the oldest kept entry must point back to: the genesis, or the latest purge's recorded anchor."""
+    purge = AuditLog.objects.filter(action=PURGE_ACTION).order_by("-id").only("changes").first()
+    return purge.changes.get("chain_anchor", GENESIS_HASH) if purge else GENESIS_HASH
+
+
+def audit_verify_chain(*, chunk_size: int = 2000) -> ChainReport:
+    """Walk the whole log in order and report the first entry whose hash or link does not hold."""
+    expected_previous = audit_chain_anchor()
+    checked = 0
+    first_id = last_id = None
+    for entry in AuditLog.objects.order_by("id").iterator(chunk_size=chunk_size):
+        first_id = first_id or entry.pk
+        if entry.previous_hash != expected_previous:
+            reason = (
+                "the oldest entry does not start the chain (entries before it were removed outside a purge)"
+                if checked == 0
+                else "its previous_hash does not match the entry before it (an entry was removed or inserted)"
+            )
+            return ChainReport(False, checked, first_id, last_id, broken_entry_id=entry.pk, reason=reason)
+        if audit_entry_hash(entry) != entry.entry_hash:
+            return ChainReport(
+                False,
+                checked,
+                first_id,
+                last_id,
+                broken_entry_id=entry.pk,
+                reason="its content does not match its hash",
+            )
+        expected_previous = entry.entry_hash
+        last_id = entry.pk
+        checked += 1
+    # The head hash, kept somewhere else, also proves later that no newest entries were cut off.
+    return ChainReport(True, checked, first_id, last_id, last_entry_hash=expected_previous if checked else "")
+
+
+def audit_purge(*, before: datetime, actor=None, request=None) -> int:
+    """Delete the entries older than ``before`` (a contiguous oldest part of the chain), audited.
+
+    The purge's own entry records the hash the oldest kept entry points back to, so the
+    shortened chain still verifies. Only here does the trigger let rows be deleted.
+    """
+    with transaction.atomic(using=AuditLog.objects.db):
+        _lock_audit_chain()
+        first_kept = AuditLog.objects.filter(created_at__gte=before).order_by("id").first()
+        doomed = AuditLog.objects.all() if first_kept is None else AuditLog.objects.filter(id__lt=first_kept.pk)
+        # When nothing is kept, the purge's own entry starts a new chain from the genesis.
+        anchor = first_kept.previous_hash if first_kept is not None else GENESIS_HASH
+        connection = connections[AuditLog.objects.db]
+        purging_allowed = connection.vendor == "postgresql"
+        if purging_allowed:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('hookline.audit_purge', 'on', true)")
+        try:
+            deleted, _ = doomed.delete()
+        finally:
+            if purging_allowed:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('hookline.audit_purge', 'off', true)")
+        audit_record(
+            action=PURGE_ACTION,
+            actor=actor,
+            request=request,
+            changes={
+                "deleted": deleted,
+                "before": before.isoformat(),
+                "first_kept_id": first_kept.pk if first_kept is not None else None,
+                "chain_anchor": anchor,
+            },
+        )
+    return deleted
 
 
 @transaction.atomic

@@ -80,6 +80,7 @@ def show_demo_webhook(seed: dict) -> None:
 
 
 def main() -> None:
+    manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
     children = {name: subprocess.Popen(command, cwd=ROOT) for name, command in PROCESSES.items()}
 

@@ -1,0 +1,27 @@
+"""Retention for the audit log: the one way its rows may be deleted, and itself audited."""
+
+import json
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from organizations.services import audit_purge
+
+
+class Command(BaseCommand):
+    help = "Delete audit entries older than --older-than-days; the purge writes its own entry."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--older-than-days", type=int, required=True)
+        parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+    def handle(self, *args, older_than_days: int, **options):
+        if older_than_days < 1:
+            raise CommandError("--older-than-days must be at least 1")
+        before = timezone.now() - timedelta(days=older_than_days)
+        deleted = audit_purge(before=before, actor=None)
+        if options["json"]:
+            self.stdout.write(json.dumps({"deleted": deleted, "before": before.isoformat()}))
+        else:
+            self.stdout.write(f"Deleted {deleted} audit entries older than {older_than_days} days.")

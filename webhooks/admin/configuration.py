@@ -1,0 +1,262 @@
+"""Sources, destinations and bulk retry jobs. Secrets are write-only: only their hint is ever rendered."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+
+from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
+from webhooks.models import BulkRetry, Destination, Source, Subscription
+from webhooks.providers.base import InvalidOptions
+from webhooks.providers.registry import UnknownProvider, get_provider
+from webhooks.services.destinations import DestinationError, destination_check_url
+from webhooks.services.operations import (
+    OperationError,
+    destination_pause,
+    destination_resume,
+    destination_rotate_secret,
+)
+from webhooks.services.sources import SourceError, ingest_url, source_rotate_secret
+
+from .filters import SourceProviderFilter
+
+
+def one_time_secret_page(request, model_admin, *, title: str, shown: list[tuple[str, str]]) -> TemplateResponse:
+    """The only time a generated secret is shown: rendered into this response, never stored in a message."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.model._meta,
+        "title": title,
+        "shown": shown,
+    }
+    response = TemplateResponse(request, "admin/hookline/new_secrets.html", context)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- Sources -----------------------------------------------------------------------------------
+
+
+class SourceAdminForm(forms.ModelForm):
+    new_secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Set a new signing secret. The old one keeps verifying during the rotation window.",
+    )
+
+    class Meta:
+        model = Source
+        fields = ("organization", "provider", "name", "options", "is_active")
+
+    def clean_options(self):
+        options = self.cleaned_data.get("options") or {}
+        provider_kind = self.cleaned_data.get("provider") or (self.instance.provider if self.instance.pk else "")
+        try:
+            return get_provider(provider_kind).clean_options(options)
+        except UnknownProvider:
+            raise forms.ValidationError(f"unknown provider '{provider_kind}'") from None
+        except InvalidOptions as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(Source)
+class SourceAdmin(AuditedModelAdmin):
+    form = SourceAdminForm
+    list_display = ("name", "organization", "provider", "secret_hint", "is_active", "created_at")
+    list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
+    search_fields = ("name", "organization__name", "organization__slug")
+    list_select_related = ("organization",)
+    readonly_fields = ("ingest_url_display", "secret_hint", "previous_secret_expires_at")
+    fields = (
+        "organization",
+        "provider",
+        "name",
+        "options",
+        "is_active",
+        "ingest_url_display",
+        "secret_hint",
+        "new_secret",
+        "previous_secret_expires_at",
+    )
+    actions = ("rotate_secret",)
+
+    def get_readonly_fields(self, request, obj=None):
+        # A source's provider and organization are part of its identity once it exists.
+        fixed = ("organization", "provider") if obj is not None else ()
+        return (*self.readonly_fields, *fixed)
+
+    @admin.display(description="Ingest URL")
+    def ingest_url_display(self, obj):
+        if not obj.pk:
+            return "—"
+        url = ingest_url(obj)
+        return format_html(
+            '<code id="ingest-url-{}">{}</code> '
+            '<button type="button" class="button hookline-copy" data-copy="{}">Copy</button>',
+            obj.pk,
+            url,
+            url,
+        )
+
+    def has_add_permission(self, request):
+        # Creating a source needs the provider's secret checks: use create_source or the dashboard.
+        return False
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        new_secret = form.cleaned_data.get("new_secret")
+        if new_secret:
+            try:
+                source_rotate_secret(source=obj, new_secret=new_secret, actor=request.user)
+                self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
+            except SourceError as exc:
+                self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
+
+    @admin.action(description="Rotate secret (generate a new one, shown once)")
+    def rotate_secret(self, request, queryset):
+        shown, refused = [], []
+        for source in queryset.select_related("organization"):
+            try:
+                _, generated = source_rotate_secret(source=source, actor=request.user)
+            except SourceError as exc:
+                refused.append(f"{source}: {exc}")
+                continue
+            shown.append((f"{source.organization.name} · {source}", generated))
+        if refused:
+            self.message_user(request, "Not rotated: " + "; ".join(refused[:10]), messages.WARNING)
+        if not shown:
+            return None
+        return one_time_secret_page(request, self, title="New source secrets", shown=shown)
+
+
+# --- Destinations ------------------------------------------------------------------------------
+
+
+class SubscriptionInline(admin.TabularInline):
+    model = Subscription
+    extra = 0
+    fields = ("source", "event_types")
+    raw_id_fields = ("source",)
+
+
+class DestinationAdminForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+    new_secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Set a new signing secret (whsec_…). The receiver must switch to it at once.",
+    )
+
+    class Meta:
+        model = Destination
+        fields = (
+            "organization",
+            "name",
+            "url",
+            "timeout_seconds",
+            "max_concurrency",
+            "rate_limit_per_second",
+            "retry_client_errors",
+            "is_active",
+        )
+
+    def clean_url(self):
+        url = self.cleaned_data["url"]
+        try:
+            destination_check_url(url)
+        except DestinationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return url
+
+
+class DestinationStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return (("paused", "Paused"), ("sending", "Sending"), ("inactive", "Inactive"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "paused":
+            return queryset.filter(paused_at__isnull=False)
+        if self.value() == "sending":
+            return queryset.filter(paused_at__isnull=True, is_active=True)
+        if self.value() == "inactive":
+            return queryset.filter(is_active=False)
+        return queryset
+
+
+@admin.register(Destination)
+class DestinationAdmin(AuditedModelAdmin):
+    form = DestinationAdminForm
+    list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
+    list_filter = (DestinationStateFilter, OrganizationFilter)
+    search_fields = ("name", "url", "organization__slug", "organization__name")
+    list_select_related = ("organization",)
+    fields = (
+        "organization",
+        "name",
+        "url",
+        "timeout_seconds",
+        "max_concurrency",
+        "rate_limit_per_second",
+        "retry_client_errors",
+        "is_active",
+        "secret_hint",
+        "new_secret",
+        "paused_at",
+        "pause_reason",
+        "consecutive_failures",
+    )
+    readonly_fields = ("organization", "secret_hint", "paused_at", "pause_reason", "consecutive_failures")
+    inlines = (SubscriptionInline,)
+    actions = ("rotate_secret", "pause", "resume")
+
+    def has_add_permission(self, request):
+        # A destination gets its secret from destination_create (dashboard or create_destination).
+        return False
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        new_secret = form.cleaned_data.get("new_secret")
+        if new_secret:
+            try:
+                destination_rotate_secret(destination=obj, new_secret=new_secret, actor=request.user)
+                self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
+            except OperationError as exc:
+                self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
+
+    @admin.action(description="Rotate secret (generate a new one, shown once)")
+    def rotate_secret(self, request, queryset):
+        shown = [
+            (
+                f"{destination.organization.name} · {destination}",
+                destination_rotate_secret(destination=destination, actor=request.user),
+            )
+            for destination in queryset.select_related("organization")
+        ]
+        return one_time_secret_page(request, self, title="New destination secrets", shown=shown)
+
+    @admin.action(description="Pause selected destinations")
+    def pause(self, request, queryset):
+        for destination in queryset.select_related("organization"):
+            destination_pause(destination=destination, reason="paused from the platform admin", actor=request.user)
+        self.message_user(request, "Paused; their deliveries wait until resumed.", messages.SUCCESS)
+
+    @admin.action(description="Resume selected destinations")
+    def resume(self, request, queryset):
+        for destination in queryset.select_related("organization"):
+            destination_resume(destination=destination, actor=request.user)
+        self.message_user(request, "Resumed; what queued up is being sent.", messages.SUCCESS)
+
+
+@admin.register(BulkRetry)
+class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "organization", "status", "retried", "total", "requested_by", "created_at", "finished_at")
+    list_filter = ("status", OrganizationFilter)
+    list_select_related = ("organization", "requested_by")
+    readonly_fields = [field.name for field in BulkRetry._meta.fields]

@@ -1,0 +1,385 @@
+"""Events, deliveries and attempts: find any event of any tenant, see why it failed, retry or replay it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from django.contrib import admin, messages
+from django.db.models import OuterRef, Prefetch
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html
+
+from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
+from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.services.delivery import DeliveryRetryError, delivery_retry
+from webhooks.services.operations import OperationError, event_replay
+
+from .actions import ACTION_LIMIT, confirmation_page, confirmed
+from .filters import (
+    DestinationFilter,
+    HasFailedDeliveriesFilter,
+    ProviderFilter,
+    ReceivedDateFilter,
+    ResponseStatusFilter,
+    SourceFilter,
+    StatusCodeFilter,
+    failed_deliveries_of,
+)
+
+FAILED_DELIVERY_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
+
+
+def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
+    """Retry each delivery through the service (each one audited), after confirmation when several."""
+    deliveries = deliveries.filter(status__in=FAILED_DELIVERY_STATUSES).exclude(
+        status=Delivery.Status.PENDING, attempt_count=0
+    )
+    total = deliveries.count()
+    if total == 0:
+        model_admin.message_user(request, f"No failed deliveries in the selected {noun}.", messages.WARNING)
+        return None
+    if total > ACTION_LIMIT:
+        model_admin.message_user(
+            request,
+            f"{total} failed deliveries match; narrow the selection to at most {ACTION_LIMIT} "
+            "(or start a bulk retry for one organization).",
+            messages.ERROR,
+        )
+        return None
+    if total > 1 and not confirmed(request):
+        preview = [
+            f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
+            for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]
+        ]
+        return confirmation_page(
+            request,
+            model_admin,
+            deliveries,
+            title="Retry failed deliveries?",
+            question=f"Send {total} failed deliveries again now?",
+            button=f"Yes, retry {total} deliveries",
+            preview=preview,
+            total=total,
+        )
+    retried, refused = 0, []
+    for delivery in deliveries.select_related("organization"):
+        try:
+            delivery_retry(delivery=delivery, actor=request.user)
+            retried += 1
+        except DeliveryRetryError as exc:
+            refused.append(f"{delivery.pk}: {exc}")
+    model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
+    if refused:
+        model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
+    return None
+
+
+# --- Events -----------------------------------------------------------------------------------
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "received_at",
+        "organization",
+        "source",
+        "provider",
+        "event_type",
+        "provider_event_id",
+        "status",
+        "has_failed_deliveries",
+        "duplicate_count",
+    )
+    list_filter = (
+        "status",
+        ProviderFilter,
+        OrganizationFilter,
+        SourceFilter,
+        HasFailedDeliveriesFilter,
+        ReceivedDateFilter,
+    )
+    # The search box; get_search_results decides what a term matches.
+    search_fields = ("provider_event_id",)
+    search_help_text = "Our event id, the provider's event id, or an organization's slug or name (exact)."
+    list_select_related = ("organization", "source")
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    # Ids are time-ordered: sorting by anything else would sort millions of rows.
+    sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("retry_failed_deliveries", "replay_to_destinations")
+    change_form_template = "admin/webhooks/webhookevent/change_form.html"
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "organization",
+                    "source",
+                    "status",
+                    "event_type",
+                    "provider_event_id",
+                    "received_at",
+                    "processed_at",
+                    "remote_ip",
+                    "duplicate_count",
+                    "last_duplicate_at",
+                    "rejection_code",
+                    "rejection_detail",
+                )
+            },
+        ),
+        ("Headers", {"fields": ("headers_table",)}),
+        ("Body", {"fields": ("body_pretty", "body_raw")}),
+        ("Deliveries and attempts", {"fields": ("deliveries_with_attempts",)}),
+    )
+    readonly_fields = (
+        "id",
+        "organization",
+        "source",
+        "status",
+        "event_type",
+        "provider_event_id",
+        "received_at",
+        "processed_at",
+        "remote_ip",
+        "duplicate_count",
+        "last_duplicate_at",
+        "rejection_code",
+        "rejection_detail",
+        "headers_table",
+        "body_pretty",
+        "body_raw",
+        "deliveries_with_attempts",
+    )
+
+    def get_queryset(self, request):
+        # Bodies and headers can be large; the list never shows them (the detail page loads them).
+        return (
+            super()
+            .get_queryset(request)
+            .defer("body", "headers")
+            .annotate(failed_deliveries=failed_deliveries_of(OuterRef("pk")))
+        )
+
+    def get_object(self, request, object_id, from_field=None):
+        try:
+            uuid.UUID(str(object_id))
+        except ValueError:
+            return None
+        return WebhookEvent.objects.select_related("organization", "source").filter(pk=object_id).first()
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
+            pass
+        # Exact matches only: a substring search over millions of bodies or ids cannot be fast.
+        by_provider_id = queryset.filter(provider_event_id=term)
+        by_organization = queryset.filter(organization__slug=term) | queryset.filter(organization__name__iexact=term)
+        return by_provider_id | by_organization, False
+
+    @admin.display(description="Provider", ordering="source__provider")
+    def provider(self, obj):
+        return obj.source.get_provider_display()
+
+    @admin.display(description="Failed deliveries", boolean=True)
+    def has_failed_deliveries(self, obj):
+        return obj.failed_deliveries
+
+    @admin.display(description="Headers")
+    def headers_table(self, obj):
+        return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": sorted(obj.headers.items())})
+
+    @admin.display(description="Body (formatted)")
+    def body_pretty(self, obj):
+        text = bytes(obj.body).decode("utf-8", "replace")
+        try:
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=False)
+        except ValueError:
+            pass  # not JSON (form-encoded, XML…): shown as received
+        return format_html('<pre class="hookline-body">{}</pre>', text)
+
+    @admin.display(description="Body (raw bytes)")
+    def body_raw(self, obj):
+        body = bytes(obj.body)
+        return format_html(
+            '<details><summary>{} bytes</summary><pre class="hookline-body">{}</pre></details>',
+            len(body),
+            body.decode("utf-8", "backslashreplace"),
+        )
+
+    @admin.display(description="Deliveries")
+    def deliveries_with_attempts(self, obj):
+        deliveries = (
+            obj.deliveries.select_related("destination")
+            .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
+            .order_by("id")
+        )
+        return render_to_string("admin/webhooks/webhookevent/deliveries.html", {"deliveries": deliveries})
+
+    @admin.action(description="Retry failed deliveries of the selected events")
+    def retry_failed_deliveries(self, request, queryset):
+        deliveries = Delivery.objects.filter(event__in=queryset.values("pk"))
+        return _retry_deliveries(self, request, deliveries, noun="events")
+
+    @admin.action(description="Replay selected events to destinations…")
+    def replay_to_destinations(self, request, queryset):
+        events = list(queryset.select_related("organization", "source")[: ACTION_LIMIT + 1])
+        if len(events) > ACTION_LIMIT:
+            self.message_user(request, f"Select at most {ACTION_LIMIT} events to replay.", messages.ERROR)
+            return None
+        organizations = {event.organization_id for event in events}
+        destinations = Destination.objects.filter(organization_id__in=organizations).select_related("organization")
+        chosen = {value for value in request.POST.getlist("choice") if value.isdigit()}
+        if not confirmed(request) or not chosen:
+            if confirmed(request):
+                self.message_user(request, "Choose at least one destination.", messages.WARNING)
+            subscribed = set(
+                Destination.objects.filter(subscriptions__source_id__in={event.source_id for event in events})
+                .values_list("pk", flat=True)
+                .distinct()
+            )
+            return confirmation_page(
+                request,
+                self,
+                queryset,
+                title="Replay events",
+                question=(
+                    f"Send {len(events)} event(s) again as new deliveries. Each event goes only to the "
+                    "chosen destinations of its own organization; the history is kept."
+                ),
+                button="Replay",
+                preview=[f"{event.organization.name} · {event}" for event in events[:20]],
+                total=len(events),
+                choices=[
+                    (str(item.pk), f"{item.organization.name} · {item.name} ({item.url})", item.pk in subscribed)
+                    for item in destinations
+                ],
+                choices_label="Destinations",
+            )
+        replayed, refused = 0, []
+        targets = [destination for destination in destinations if str(destination.pk) in chosen]
+        for event in events:
+            for destination in targets:
+                if destination.organization_id != event.organization_id:
+                    continue
+                try:
+                    event_replay(event=event, destination=destination, actor=request.user)
+                    replayed += 1
+                except OperationError as exc:
+                    refused.append(f"{event.pk}: {exc}")
+        self.message_user(request, f"{replayed} replay deliveries queued.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not replayed: " + "; ".join(refused[:10]), messages.WARNING)
+        return None
+
+
+# --- Deliveries and attempts --------------------------------------------------------------------
+
+
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    can_delete = False
+    fields = ("attempt_number", "started_at", "duration_ms", "response_status", "error", "response_body")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "event_link",
+        "organization",
+        "destination",
+        "status",
+        "is_replay",
+        "attempt_count",
+        "next_attempt_at",
+        "last_status_code",
+    )
+    list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay")
+    search_fields = ("=id",)
+    search_help_text = "A delivery id or an event id (exact)."
+    list_select_related = ("organization", "destination")
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
+    readonly_fields = [field.name for field in Delivery._meta.fields]
+    inlines = (DeliveryAttemptInline,)
+    actions = ("retry_deliveries",)
+
+    def get_search_results(self, request, queryset, search_term):
+        try:
+            term = uuid.UUID(search_term.strip())
+        except ValueError:
+            return (queryset.none() if search_term.strip() else queryset), False
+        return queryset.filter(pk=term) | queryset.filter(event_id=term), False
+
+    @admin.display(description="Event", ordering="event_id")
+    def event_link(self, obj):
+        url = reverse("admin:webhooks_webhookevent_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+
+    @admin.action(description="Retry selected deliveries now")
+    def retry_deliveries(self, request, queryset):
+        return _retry_deliveries(self, request, queryset, noun="deliveries")
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "delivery_link",
+        "organization",
+        "attempt_number",
+        "started_at",
+        "duration_ms",
+        "response_status",
+        "error",
+    )
+    list_filter = (OrganizationFilter, ResponseStatusFilter)
+    search_fields = ("=delivery__id",)
+    search_help_text = "A delivery id (exact)."
+    list_select_related = ("organization",)
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    sortable_by = ("id",)
+    # Facet counts would run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
+    readonly_fields = [field.name for field in DeliveryAttempt._meta.fields]
+    actions = ("retry_deliveries",)
+
+    def get_search_results(self, request, queryset, search_term):
+        try:
+            term = uuid.UUID(search_term.strip())
+        except ValueError:
+            return (queryset.none() if search_term.strip() else queryset), False
+        return queryset.filter(delivery_id=term), False
+
+    @admin.display(description="Delivery", ordering="delivery_id")
+    def delivery_link(self, obj):
+        url = reverse("admin:webhooks_delivery_change", args=[obj.delivery_id])
+        return format_html('<a href="{}">{}</a>', url, obj.delivery_id)
+
+    @admin.action(description="Retry the deliveries of the selected attempts")
+    def retry_deliveries(self, request, queryset):
+        deliveries = Delivery.objects.filter(pk__in=queryset.values("delivery_id"))
+        return _retry_deliveries(self, request, deliveries, noun="attempts")

@@ -1,0 +1,76 @@
+"""Hookline's admin site: branded, with an operations overview on its index page.
+
+Installed in place of ``django.contrib.admin`` (see INSTALLED_APPS). This module imports no
+models at import time, because Django loads the AdminConfig before the models are ready.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin
+from django.contrib.admin.apps import AdminConfig
+from django.core.cache import cache
+
+OVERVIEW_CACHE_SECONDS = 60
+
+
+def platform_overview() -> dict:
+    """Counts for the admin index; cached for a minute so a busy index page stays cheap."""
+    cached = cache.get("admin:platform_overview")
+    if cached is not None:
+        return cached
+    from django.db.models import Count, F
+    from django.utils import timezone
+
+    from organizations.models import MonthlyUsage
+    from webhooks.admin.uuid_bounds import uuid7_floor
+    from webhooks.models import Delivery, Destination, WebhookEvent
+
+    now = timezone.now()
+    # Ids are UUIDv7: "received in the last 24 h" is a primary-key range, not a scan of received_at.
+    recent = WebhookEvent.objects.filter(id__gte=uuid7_floor(now - timedelta(hours=24)))
+    by_status = dict(recent.order_by().values_list("status").annotate(count=Count("id")))
+    month = now.date().replace(day=1)
+    usage = MonthlyUsage.objects.filter(month=month).select_related("organization")
+    overview = {
+        "events_24h": [
+            {"status": value, "label": label, "count": by_status.get(value, 0)}
+            for value, label in WebhookEvent.Status.choices
+        ],
+        "events_24h_total": sum(by_status.values()),
+        "dead_deliveries": Delivery.objects.filter(status=Delivery.Status.DEAD).count(),
+        "paused_destinations": list(
+            Destination.objects.filter(paused_at__isnull=False)
+            .select_related("organization")
+            .order_by("paused_at")
+            .values("pk", "name", "organization__name", "paused_at", "pause_reason")[:20]
+        ),
+        "top_organizations": list(
+            usage.order_by("-events").values(
+                "organization_id", "organization__name", "events", "organization__monthly_event_quota"
+            )[:10]
+        ),
+        "quota_overruns": list(
+            usage.filter(events__gt=F("organization__monthly_event_quota"))
+            .order_by("-events")
+            .values("organization_id", "organization__name", "events", "organization__monthly_event_quota")[:20]
+        ),
+        "computed_at": now,
+    }
+    cache.set("admin:platform_overview", overview, OVERVIEW_CACHE_SECONDS)
+    return overview
+
+
+class HooklineAdminSite(admin.AdminSite):
+    site_header = "Hookline operations"
+    site_title = "Hookline admin"
+    index_title = "Platform overview"
+    index_template = "admin/hookline_index.html"
+
+    def index(self, request, extra_context=None):
+        return super().index(request, {**(extra_context or {}), "overview": platform_overview()})
+
+
+class HooklineAdminConfig(AdminConfig):
+    default_site = "webhooks.admin_site.HooklineAdminSite"

@@ -1,0 +1,685 @@
+"""The platform admin through Django's test client: every model's list (filters, search), detail and actions."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
+from organizations.services import audit_verify_chain
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+RECEIVER = "http://127.0.0.1:9/hooks"
+
+
+@pytest.fixture
+def superuser(db):
+    return get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery")
+
+
+@pytest.fixture
+def admin(client, superuser):
+    client.force_login(superuser)
+    return client
+
+
+@pytest.fixture
+def setup(organization, other_organization):
+    """Two tenants, each with a source and a destination; a dead, a retrying and a delivered event."""
+    source = make_source(organization, name="Acme live")
+    destination, destination_secret = make_destination(organization, RECEIVER, sources=[source])
+    their_source = make_source(other_organization, provider="github", secret="gh-secret-value-123", name="Globex gh")
+    their_destination, _ = make_destination(other_organization, RECEIVER, sources=[their_source])
+    dead = make_event(source, "evt_dead", "invoice.paid")
+    retrying = make_event(source, "evt_retrying", "invoice.created")
+    delivered = make_event(their_source, "gh_ok", "push")
+    attempt(deliver(dead, destination, Delivery.Status.DEAD, attempts=2), 1, 500, "boom")
+    attempt(deliver(retrying, destination, Delivery.Status.PENDING, attempts=1), 1, None, "connection refused")
+    attempt(deliver(delivered, their_destination, Delivery.Status.SUCCEEDED, attempts=1), 1, 200, "")
+    return {
+        "source": source,
+        "destination": destination,
+        "destination_secret": destination_secret,
+        "their_source": their_source,
+        "their_destination": their_destination,
+        "dead": dead,
+        "retrying": retrying,
+        "delivered": delivered,
+    }
+
+
+def make_event(source, provider_event_id, event_type, **extra):
+    return WebhookEvent.objects.create(
+        organization=source.organization,
+        source=source,
+        provider_event_id=provider_event_id,
+        event_type=event_type,
+        body=b'{"id": "%s", "object": "event", "amount": 4200}' % provider_event_id.encode(),
+        headers={"Stripe-Signature": "t=1,v1=abc", "Content-Type": "application/json"},
+        remote_ip="203.0.113.7",
+        status=WebhookEvent.Status.PROCESSED,
+        **extra,
+    )
+
+
+def deliver(event, destination, status, attempts):
+    return Delivery.objects.create(
+        organization=event.organization,
+        event=event,
+        destination=destination,
+        status=status,
+        attempt_count=attempts,
+        last_status_code=500 if status == Delivery.Status.DEAD else None,
+    )
+
+
+def attempt(delivery, number, status, error):
+    return DeliveryAttempt.objects.create(
+        organization=delivery.organization,
+        delivery=delivery,
+        attempt_number=number,
+        response_status=status,
+        response_body="upstream said no" if status and status >= 500 else "",
+        error=error,
+        duration_ms=12,
+    )
+
+
+def listed(response) -> list:
+    assert response.status_code == 200, response.content[:500]
+    return list(response.context["cl"].result_list)
+
+
+def no_secret_in(response, *secrets: str) -> bool:
+    body = response.content.decode()
+    return all(secret not in body for secret in secrets)
+
+
+# --- Index ------------------------------------------------------------------------------------
+
+
+def test_index_shows_the_platform_overview(admin, setup, organization):
+    setup["their_destination"].paused_at = timezone.now()
+    setup["their_destination"].pause_reason = "failing for an hour"
+    setup["their_destination"].save()
+    MonthlyUsage.objects.create(organization=organization, month=timezone.now().date().replace(day=1), events=150)
+    organization.monthly_event_quota = 100
+    organization.save()
+    cache.clear()
+    response = admin.get(reverse("admin:index"))
+    assert response.status_code == 200
+    overview = response.context["overview"]
+    assert overview["events_24h_total"] == 3
+    assert {row["status"]: row["count"] for row in overview["events_24h"]}["processed"] == 3
+    assert overview["dead_deliveries"] == 1
+    assert [d["name"] for d in overview["paused_destinations"]] == ["endpoint"]
+    assert [u["organization__name"] for u in overview["quota_overruns"]] == ["Acme"]
+    assert overview["top_organizations"][0]["events"] == 150
+    html = response.content.decode()
+    assert "Hookline operations" in html and "Dead deliveries" in html and "failing for an hour" in html
+
+
+# --- Events -----------------------------------------------------------------------------------
+
+EVENTS = "admin:webhooks_webhookevent_changelist"
+
+
+def test_event_list_filters(admin, setup, organization):
+    url = reverse(EVENTS)
+    dead, retrying, delivered = setup["dead"], setup["retrying"], setup["delivered"]
+    assert set(listed(admin.get(url))) == {dead, retrying, delivered}
+    assert set(listed(admin.get(url, {"organization": organization.pk}))) == {dead, retrying}
+    assert set(listed(admin.get(url, {"provider": "github"}))) == {delivered}
+    assert set(listed(admin.get(url, {"source": setup["source"].pk}))) == {dead, retrying}
+    assert set(listed(admin.get(url, {"failed": "yes"}))) == {dead, retrying}
+    assert set(listed(admin.get(url, {"failed": "no"}))) == {delivered}
+    assert set(listed(admin.get(url, {"status__exact": "rejected"}))) == set()
+    today = timezone.now().date()
+    in_range = {"received_at_from": str(today - timedelta(days=1)), "received_at_to": str(today)}
+    assert len(listed(admin.get(url, in_range))) == 3
+    past = {"received_at_from": "2020-01-01", "received_at_to": "2020-01-31"}
+    assert listed(admin.get(url, past)) == []
+    assert len(listed(admin.get(url, {"received_at_from": "2026-13-45", "received_at_to": "soon"}))) == 3
+    # The date inputs keep the other filters when applied.
+    page = admin.get(url, {"organization": organization.pk}).content.decode()
+    assert 'type="date" name="received_at_from"' in page and f'name="organization" value="{organization.pk}"' in page
+
+
+def test_event_list_search(admin, setup):
+    url = reverse(EVENTS)
+    assert listed(admin.get(url, {"q": str(setup["dead"].pk)})) == [setup["dead"]]
+    assert listed(admin.get(url, {"q": "gh_ok"})) == [setup["delivered"]]
+    assert set(listed(admin.get(url, {"q": "acme"}))) == {setup["dead"], setup["retrying"]}
+    assert set(listed(admin.get(url, {"q": "Globex"}))) == {setup["delivered"]}
+    assert listed(admin.get(url, {"q": "nothing-like-this"})) == []
+
+
+def count_changelist_queries(admin) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = admin.get(reverse(EVENTS))
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_event_list_runs_the_same_queries_for_one_or_a_thousand_events(admin, organization):
+    source = make_source(organization)
+    make_event(source, "evt_0", "invoice.paid")
+    with_one = count_changelist_queries(admin)
+    WebhookEvent.objects.bulk_create(
+        WebhookEvent(
+            organization=organization,
+            source=source,
+            provider_event_id=f"evt_bulk_{number}",
+            event_type="invoice.paid",
+            body=b"{}",
+            status=WebhookEvent.Status.PROCESSED,
+        )
+        for number in range(999)
+    )
+    assert WebhookEvent.objects.count() == 1000
+    with_a_thousand = count_changelist_queries(admin)
+    assert with_one == with_a_thousand
+
+
+def test_event_list_counts_at_most_the_cap(admin, organization, monkeypatch):
+    from organizations.admin import CappedCountPaginator
+
+    monkeypatch.setattr(CappedCountPaginator, "CAP", 5)
+    source = make_source(organization)
+    for number in range(8):
+        make_event(source, f"evt_{number}", "invoice.paid")
+    with CaptureQueriesContext(connection) as queries:
+        response = admin.get(reverse(EVENTS))
+    assert response.context["cl"].result_count == 6  # the cap plus one: "more than 5"
+    assert "more than 5 webhook events" in response.content.decode()
+    counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
+    assert counts and all("LIMIT 6" in sql for sql in counts)
+
+
+def test_event_detail_shows_headers_bodies_deliveries_and_attempts(admin, setup):
+    response = admin.get(reverse("admin:webhooks_webhookevent_change", args=[setup["dead"].pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Stripe-Signature" in html and "t=1,v1=abc" in html
+    assert "&quot;amount&quot;: 4200" in html  # pretty-printed JSON
+    assert "bytes</summary>" in html  # raw body
+    assert "upstream said no" in html and "boom" in html and "Dead" in html
+    assert 'id="retry-failed-deliveries"' in html
+    assert no_secret_in(response, STRIPE_SECRET, setup["destination_secret"])
+    assert admin.get(reverse("admin:webhooks_webhookevent_change", args=["not-a-uuid"])).status_code == 302
+
+
+def test_events_cannot_be_added_changed_or_deleted(admin, setup):
+    assert admin.get(reverse("admin:webhooks_webhookevent_add")).status_code == 403
+    assert admin.post(reverse("admin:webhooks_webhookevent_delete", args=[setup["dead"].pk])).status_code == 403
+    assert WebhookEvent.objects.filter(pk=setup["dead"].pk).exists()
+
+
+def test_retrying_several_events_asks_for_confirmation_then_retries_through_the_service(admin, setup, superuser):
+    url = reverse(EVENTS)
+    selection = {"action": "retry_failed_deliveries", "_selected_action": [setup["dead"].pk, setup["retrying"].pk]}
+    confirmation = admin.post(url, selection)
+    assert confirmation.status_code == 200
+    assert "Send 2 failed deliveries again now?" in confirmation.content.decode()
+    assert Delivery.objects.filter(status=Delivery.Status.DEAD).count() == 1  # nothing done yet
+    assert not AuditLog.objects.filter(action="delivery.retried").exists()
+
+    done = admin.post(url, {**selection, "confirm": "yes"}, follow=True)
+    assert "2 deliveries queued for another attempt." in done.content.decode()
+    assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
+    retried = AuditLog.objects.filter(action="delivery.retried")
+    assert retried.count() == 2 and {entry.actor_user_id for entry in retried} == {superuser.pk}
+    action_entry = AuditLog.objects.get(action="admin.webhooks.webhookevent.action.retry_failed_deliveries")
+    assert action_entry.changes["selected_count"] == 2 and action_entry.ip_address == "127.0.0.1"
+    assert audit_verify_chain().ok
+
+
+def test_retrying_one_event_from_its_page_needs_no_confirmation(admin, setup):
+    response = admin.post(
+        reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [setup["dead"].pk]}
+    )
+    assert response.status_code == 302
+    assert Delivery.objects.get(event=setup["dead"]).status == Delivery.Status.PENDING
+
+
+def test_retrying_events_without_failures_says_so(admin, setup):
+    response = admin.post(
+        reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [setup["delivered"].pk]}, follow=True
+    )
+    assert "No failed deliveries in the selected events." in response.content.decode()
+
+
+def test_replay_offers_the_organizations_destinations_and_replays_to_the_chosen_ones(admin, setup):
+    url = reverse(EVENTS)
+    selection = {"action": "replay_to_destinations", "_selected_action": [setup["dead"].pk, setup["delivered"].pk]}
+    page = admin.post(url, selection)
+    html = page.content.decode()
+    assert page.status_code == 200 and 'name="choice"' in html
+    assert f'value="{setup["destination"].pk}" checked' in html  # subscribed to the event's source
+    assert not Delivery.objects.filter(is_replay=True).exists()
+
+    admin.post(url, {**selection, "confirm": "yes", "choice": [setup["destination"].pk]})
+    replays = Delivery.objects.filter(is_replay=True)
+    # Only the Acme event goes to Acme's destination; Globex's event is never sent across tenants.
+    assert [(d.event_id, d.destination_id) for d in replays] == [(setup["dead"].pk, setup["destination"].pk)]
+    assert AuditLog.objects.filter(action="event.replayed", target_id=str(setup["dead"].pk)).exists()
+
+
+def test_replay_without_a_destination_chosen_does_nothing(admin, setup):
+    url = reverse(EVENTS)
+    response = admin.post(
+        url, {"action": "replay_to_destinations", "_selected_action": [setup["dead"].pk], "confirm": "yes"}
+    )
+    assert response.status_code == 200 and "Choose at least one destination." in response.content.decode()
+    assert not Delivery.objects.filter(is_replay=True).exists()
+
+
+# --- Deliveries and attempts ------------------------------------------------------------------
+
+
+def test_delivery_list_filters_search_and_detail(admin, setup, organization):
+    url = reverse("admin:webhooks_delivery_changelist")
+    dead = Delivery.objects.get(event=setup["dead"])
+    succeeded = Delivery.objects.get(event=setup["delivered"])
+    assert len(listed(admin.get(url))) == 3
+    assert listed(admin.get(url, {"status__exact": "dead"})) == [dead]
+    assert len(listed(admin.get(url, {"organization": organization.pk}))) == 2
+    assert listed(admin.get(url, {"destination": setup["their_destination"].pk})) == [succeeded]
+    assert listed(admin.get(url, {"code": "5xx"})) == [dead]
+    assert len(listed(admin.get(url, {"code": "none"}))) == 2
+    assert listed(admin.get(url, {"q": str(dead.pk)})) == [dead]
+    assert listed(admin.get(url, {"q": str(setup["dead"].pk)})) == [dead]  # by event id
+    assert listed(admin.get(url, {"q": "not a uuid"})) == []
+    detail = admin.get(reverse("admin:webhooks_delivery_change", args=[dead.pk]))
+    assert detail.status_code == 200 and "upstream said no" in detail.content.decode()
+    assert admin.get(reverse("admin:webhooks_delivery_add")).status_code == 403
+
+
+def test_delivery_retry_action(admin, setup):
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"), {"action": "retry_deliveries", "_selected_action": [dead.pk]}
+    )
+    assert response.status_code == 302
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.PENDING
+    assert AuditLog.objects.filter(action="delivery.retried", target_id=str(dead.pk)).exists()
+
+
+def test_attempt_list_filters_search_and_retry(admin, setup, organization):
+    url = reverse("admin:webhooks_deliveryattempt_changelist")
+    failed = DeliveryAttempt.objects.get(delivery__event=setup["dead"])
+    assert len(listed(admin.get(url))) == 3
+    assert listed(admin.get(url, {"code": "5xx"})) == [failed]
+    assert len(listed(admin.get(url, {"organization": organization.pk}))) == 2
+    assert listed(admin.get(url, {"q": str(failed.delivery_id)})) == [failed]
+    assert admin.get(reverse("admin:webhooks_deliveryattempt_change", args=[failed.pk])).status_code == 200
+    admin.post(url, {"action": "retry_deliveries", "_selected_action": [failed.pk]})
+    assert Delivery.objects.get(pk=failed.delivery_id).status == Delivery.Status.PENDING
+
+
+# --- Sources and destinations: secrets are write-only --------------------------------------------
+
+
+def test_source_list_filters_search_and_detail_without_secret(admin, setup, organization):
+    url = reverse("admin:webhooks_source_changelist")
+    assert listed(admin.get(url, {"provider": "github"})) == [setup["their_source"]]
+    assert listed(admin.get(url, {"organization": organization.pk})) == [setup["source"]]
+    assert listed(admin.get(url, {"q": "globex"})) == [setup["their_source"]]
+    response = admin.get(reverse("admin:webhooks_source_change", args=[setup["source"].pk]))
+    html = response.content.decode()
+    assert setup["source"].ingest_token in html and "hookline-copy" in html
+    assert setup["source"].secret_hint in html
+    assert no_secret_in(response, STRIPE_SECRET)
+
+
+def source_form(source, **changes):
+    return {
+        "name": source.name,
+        "options": "{}",
+        "is_active": "on",
+        "new_secret": "",
+        **changes,
+    }
+
+
+def test_setting_a_new_source_secret_rotates_it_and_audits_without_the_value(admin, setup):
+    source = setup["source"]
+    url = reverse("admin:webhooks_source_change", args=[source.pk])
+    response = admin.post(url, source_form(source, name="Acme live (renamed)", new_secret="whsec_brand_new_value"))
+    assert response.status_code == 302, response.content[:800]
+    source.refresh_from_db()
+    assert source.secret == "whsec_brand_new_value" and source.previous_secret == STRIPE_SECRET
+    change = AuditLog.objects.get(action="admin.webhooks.source.changed")
+    assert change.changes["fields"]["name"] == ["Acme live", "Acme live (renamed)"]
+    assert change.changes["fields"]["new_secret"] == "********"
+    assert AuditLog.objects.filter(action="source.secret_rotated", actor_type="user").exists()
+    assert "whsec_brand_new_value" not in str(list(AuditLog.objects.values_list("changes", flat=True)))
+
+
+def test_source_options_are_validated_by_the_provider(admin, setup):
+    source = setup["source"]
+    response = admin.post(
+        reverse("admin:webhooks_source_change", args=[source.pk]), source_form(source, options='{"nonsense": 1}')
+    )
+    assert response.status_code == 200
+    assert "unknown option(s) for stripe: nonsense" in response.content.decode()
+
+
+def test_rotating_a_generated_source_secret_shows_it_once(admin, organization):
+    source = make_source(organization, provider="github", secret="an-old-github-secret-1234")
+    response = admin.post(
+        reverse("admin:webhooks_source_changelist"), {"action": "rotate_secret", "_selected_action": [source.pk]}
+    )
+    source.refresh_from_db()
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    assert source.secret in response.content.decode()
+    assert AuditLog.objects.filter(action="admin.webhooks.source.action.rotate_secret").exists()
+    later = admin.get(reverse("admin:webhooks_source_change", args=[source.pk]))
+    assert no_secret_in(later, source.secret)
+
+
+def test_rotating_a_provider_given_secret_is_refused(admin, setup):
+    response = admin.post(
+        reverse("admin:webhooks_source_changelist"),
+        {"action": "rotate_secret", "_selected_action": [setup["source"].pk]},
+        follow=True,
+    )
+    assert "Not rotated" in response.content.decode()
+
+
+def test_destination_list_detail_and_secret_rotation(admin, setup, organization):
+    destination = setup["destination"]
+    url = reverse("admin:webhooks_destination_changelist")
+    assert listed(admin.get(url, {"organization": organization.pk})) == [destination]
+    assert listed(admin.get(url, {"q": "globex"})) == [setup["their_destination"]]
+    detail = admin.get(reverse("admin:webhooks_destination_change", args=[destination.pk]))
+    assert detail.status_code == 200 and no_secret_in(detail, setup["destination_secret"])
+    rotated = admin.post(url, {"action": "rotate_secret", "_selected_action": [destination.pk]})
+    destination.refresh_from_db()
+    assert destination.secret != setup["destination_secret"] and destination.secret in rotated.content.decode()
+    assert AuditLog.objects.filter(action="destination.secret_rotated").exists()
+
+
+def destination_form(destination, **changes):
+    return {
+        "name": destination.name,
+        "url": destination.url,
+        "timeout_seconds": destination.timeout_seconds,
+        "max_concurrency": destination.max_concurrency,
+        "rate_limit_per_second": "",
+        "is_active": "on",
+        "new_secret": "",
+        "subscriptions-TOTAL_FORMS": "0",
+        "subscriptions-INITIAL_FORMS": "0",
+        **changes,
+    }
+
+
+def test_destination_new_secret_must_be_a_standard_webhooks_secret(admin, setup):
+    destination = setup["destination"]
+    url = reverse("admin:webhooks_destination_change", args=[destination.pk])
+    response = admin.post(url, destination_form(destination, new_secret="not base64 at all"), follow=True)
+    assert "Secret not changed" in response.content.decode()
+    destination.refresh_from_db()
+    assert destination.secret == setup["destination_secret"]
+    good = "whsec_" + "A" * 44
+    admin.post(url, destination_form(destination, new_secret=good))
+    destination.refresh_from_db()
+    assert destination.secret == good
+
+
+def test_destination_url_is_checked(admin, setup, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    destination = setup["destination"]
+    response = admin.post(
+        reverse("admin:webhooks_destination_change", args=[destination.pk]),
+        destination_form(destination, url="http://169.254.169.254/latest"),
+    )
+    assert response.status_code == 200 and "private or reserved" in response.content.decode()
+
+
+def test_destination_pause_and_resume_actions(admin, setup):
+    destination = setup["destination"]
+    url = reverse("admin:webhooks_destination_changelist")
+    admin.post(url, {"action": "pause", "_selected_action": [destination.pk]})
+    destination.refresh_from_db()
+    assert destination.paused_at is not None
+    assert listed(admin.get(url, {"state": "paused"})) == [destination]
+    admin.post(url, {"action": "resume", "_selected_action": [destination.pk]})
+    destination.refresh_from_db()
+    assert destination.paused_at is None
+    assert AuditLog.objects.filter(action__in=["destination.paused", "destination.resumed"]).count() == 2
+
+
+# --- Organizations and users --------------------------------------------------------------------
+
+
+def test_organization_list_detail_usage_and_links(admin, setup, organization):
+    MonthlyUsage.objects.create(organization=organization, month=timezone.now().date().replace(day=1), events=42)
+    url = reverse("admin:organizations_organization_changelist")
+    assert listed(admin.get(url, {"q": "glob"})) == [Organization.objects.get(slug="globex")]
+    assert len(listed(admin.get(url, {"plan__exact": "free"}))) == 2
+    html = admin.get(reverse("admin:organizations_organization_change", args=[organization.pk])).content.decode()
+    assert "42" in html and "owner@acme.example" in html  # usage and the members inline
+    for name in ("source", "destination", "webhookevent"):
+        assert f"{reverse(f'admin:webhooks_{name}_changelist')}?organization={organization.pk}" in html
+
+
+def organization_form(organization, **changes):
+    members = list(organization.memberships.all())
+    data = {
+        "name": organization.name,
+        "slug": organization.slug,
+        "is_active": "on",
+        "plan": organization.plan,
+        "monthly_event_quota": organization.monthly_event_quota,
+        "retention_days": organization.retention_days,
+        "memberships-TOTAL_FORMS": str(len(members)),
+        "memberships-INITIAL_FORMS": str(len(members)),
+    }
+    for index, membership in enumerate(members):
+        data.update(
+            {
+                f"memberships-{index}-id": membership.pk,
+                f"memberships-{index}-organization": organization.pk,
+                f"memberships-{index}-user": membership.user_id,
+                f"memberships-{index}-role": membership.role,
+            }
+        )
+    data.update(changes)
+    return data
+
+
+def test_changing_an_organization_is_audited_with_before_and_after(admin, organization, superuser):
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    response = admin.post(url, organization_form(organization, plan="business", monthly_event_quota=500000))
+    assert response.status_code == 302, (
+        response.context["adminform"].form.errors,
+        [f.errors for fs in response.context["inline_admin_formsets"] for f in fs.formset.forms],
+        [fs.formset.non_form_errors() for fs in response.context["inline_admin_formsets"]],
+    )
+    entry = AuditLog.objects.get(action="admin.organizations.organization.changed")
+    assert entry.changes["fields"]["plan"] == ["free", "business"]
+    assert entry.changes["fields"]["monthly_event_quota"] == [100000, 500000]
+    assert entry.organization_id == organization.pk and entry.actor_user_id == superuser.pk
+    assert audit_verify_chain().ok
+
+
+def test_deleting_an_organization_keeps_and_extends_its_audit_trail(admin, setup, organization):
+    url = reverse("admin:organizations_organization_delete", args=[organization.pk])
+    response = admin.post(url, {"post": "yes"})
+    assert response.status_code == 302
+    assert not Organization.objects.filter(pk=organization.pk).exists()
+    deleted = AuditLog.objects.get(action="admin.organizations.organization.deleted")
+    assert deleted.organization_label == "Acme" and deleted.target_id == str(organization.pk)
+    assert AuditLog.objects.filter(organization_id=organization.pk, action="organization.created").exists()
+    assert audit_verify_chain().ok
+
+
+def test_user_admin_is_email_based_with_memberships(admin, owner, organization):
+    url = reverse("admin:accounts_user_changelist")
+    assert listed(admin.get(url, {"q": "owner@acme"})) == [owner]
+    assert owner in listed(admin.get(url, {"is_staff__exact": "0"}))
+    html = admin.get(reverse("admin:accounts_user_change", args=[owner.pk])).content.decode()
+    assert 'name="email"' in html and 'name="username"' not in html
+    assert "memberships-0-organization" in html
+    response = admin.post(
+        reverse("admin:accounts_user_add"),
+        {
+            "email": "new-admin@hookline.example",
+            "password1": "a long enough passphrase 42",
+            "password2": "a long enough passphrase 42",
+            "memberships-TOTAL_FORMS": "1",
+            "memberships-INITIAL_FORMS": "0",
+            "memberships-0-organization": organization.pk,
+            "memberships-0-role": "admin",
+        },
+    )
+    assert response.status_code == 302, (
+        response.context["adminform"].form.errors,
+        [f.errors for fs in response.context["inline_admin_formsets"] for f in fs.formset.forms],
+        [fs.formset.non_form_errors() for fs in response.context["inline_admin_formsets"]],
+    )
+    created = get_user_model().objects.get(email="new-admin@hookline.example")
+    assert Membership.objects.get(user=created).role == "admin"
+    entry = AuditLog.objects.get(action="admin.accounts.user.added")
+    assert entry.target_id == str(created.pk)
+    assert "passphrase" not in str(entry.changes)
+
+
+def test_deleting_a_user_with_audit_entries_works(admin, owner):
+    response = admin.post(reverse("admin:accounts_user_delete", args=[owner.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=owner.pk).exists()
+    assert AuditLog.objects.filter(action="admin.accounts.user.deleted", target_label=owner.email).exists()
+
+
+def test_bulk_delete_action_audits_each_row(admin, setup):
+    source = setup["their_source"]
+    url = reverse("admin:webhooks_destination_changelist")
+    response = admin.post(
+        url, {"action": "delete_selected", "_selected_action": [setup["their_destination"].pk], "post": "yes"}
+    )
+    assert response.status_code == 302
+    assert not Destination.objects.filter(pk=setup["their_destination"].pk).exists()
+    assert AuditLog.objects.filter(action="admin.webhooks.destination.deleted").count() == 1
+    assert Source.objects.filter(pk=source.pk).exists()
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+
+def test_audit_log_list_filters_search_and_detail(admin, setup, organization, superuser):
+    admin.post(reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [setup["dead"].pk]})
+    url = reverse("admin:organizations_auditlog_changelist")
+    everything = listed(admin.get(url))
+    assert len(everything) == AuditLog.objects.count()
+    by_org = listed(admin.get(url, {"organization": organization.pk}))
+    assert by_org and all(entry.organization_id == organization.pk for entry in by_org)
+    by_actor = listed(admin.get(url, {"actor": superuser.pk}))
+    assert by_actor and all(entry.actor_user_id == superuser.pk for entry in by_actor)
+    assert all(entry.actor_type == "system" for entry in listed(admin.get(url, {"actor": "system"})))
+    assert [entry.action for entry in listed(admin.get(url, {"action": "delivery.retried"}))] == ["delivery.retried"]
+    today = str(timezone.now().date())
+    assert len(listed(admin.get(url, {"created_at_from": today, "created_at_to": today}))) == len(everything)
+    assert listed(admin.get(url, {"created_at_to": "2020-01-01"})) == []
+    found = listed(admin.get(url, {"q": "endpoint"}))
+    assert found and all("endpoint" in entry.target_label for entry in found)
+    entry = AuditLog.objects.get(action="delivery.retried")
+    detail = admin.get(reverse("admin:organizations_auditlog_change", args=[entry.pk]))
+    assert detail.status_code == 200 and entry.entry_hash in detail.content.decode()
+    delivery_url = reverse("admin:webhooks_delivery_change", args=[entry.target_id])
+    assert delivery_url in admin.get(url, {"action": "delivery.retried"}).content.decode()
+    assert admin.get(reverse("admin:organizations_auditlog_add")).status_code == 403
+    assert admin.post(reverse("admin:organizations_auditlog_delete", args=[entry.pk])).status_code == 403
+
+
+def test_audit_log_verify_button(admin, organization):
+    response = admin.get(reverse("admin:organizations_auditlog_verify"), follow=True)
+    assert "The audit log verifies" in response.content.decode()
+
+
+# --- Periodic tasks -----------------------------------------------------------------------------
+
+
+def test_periodic_tasks_are_installed_idempotently_and_editable_with_audit(admin, settings):
+    call_command("install_periodic_tasks")
+    call_command("install_periodic_tasks")
+    names = set(PeriodicTask.objects.values_list("name", flat=True))
+    assert set(settings.CELERY_BEAT_SCHEDULE) <= names
+    assert PeriodicTask.objects.filter(name="hookline-sweep").count() == 1
+    url = reverse("admin:django_celery_beat_periodictask_changelist")
+    assert "hookline-retention" in admin.get(url).content.decode()
+    task = PeriodicTask.objects.get(name="hookline-retention")
+    admin.post(url, {"action": "disable_tasks", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert not task.enabled
+    assert AuditLog.objects.filter(action="admin.django_celery_beat.periodictask.action.disable_tasks").exists()
+    # Installing again keeps an admin's decision to switch a task off.
+    call_command("install_periodic_tasks")
+    task.refresh_from_db()
+    assert not task.enabled
+
+
+def test_no_admin_page_ever_shows_a_secret(admin, setup):
+    secrets = [STRIPE_SECRET, "gh-secret-value-123", setup["destination_secret"]]
+    pages = [
+        reverse("admin:index"),
+        reverse("admin:webhooks_source_changelist"),
+        reverse("admin:webhooks_destination_changelist"),
+        reverse("admin:webhooks_source_change", args=[setup["their_source"].pk]),
+        reverse("admin:webhooks_destination_change", args=[setup["their_destination"].pk]),
+        reverse("admin:organizations_auditlog_changelist"),
+    ]
+    for page in pages:
+        response = admin.get(page)
+        assert response.status_code == 200, page
+        assert no_secret_in(response, *secrets), page
+    assert re.search(r"…\w{4}", admin.get(pages[1]).content.decode())
+
+
+def test_retrying_every_event_matching_a_filter_keeps_the_filter_through_confirmation(admin, setup, organization):
+    url = reverse(EVENTS) + f"?organization={organization.pk}&failed=yes"
+    selection = {"action": "retry_failed_deliveries", "select_across": "1", "_selected_action": [setup["dead"].pk]}
+    confirmation = admin.post(url, selection)
+    html = confirmation.content.decode()
+    assert "Send 2 failed deliveries again now?" in html
+    assert f'action="{url.replace("&", "&amp;")}"' in html
+    admin.post(url, {**selection, "confirm": "yes"})
+    assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
+    assert Delivery.objects.get(event=setup["delivered"]).status == Delivery.Status.SUCCEEDED
+
+
+def test_every_registered_model_lists_searches_and_opens(admin, setup, organization, superuser):
+    from django.contrib import admin as django_admin
+    from django.contrib.auth.models import Group
+
+    from webhooks.services.operations import bulk_retry_start
+
+    Group.objects.create(name="operators")
+    bulk_retry_start(organization=organization, filters={}, actor=superuser)
+    call_command("install_periodic_tasks")
+    for model, model_admin in django_admin.site._registry.items():
+        opts = model._meta
+        changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        assert admin.get(changelist).status_code == 200, changelist
+        if model_admin.search_fields:
+            assert admin.get(changelist, {"q": "acme"}).status_code == 200, changelist
+        first = model.objects.order_by("pk").first()
+        if first is not None:
+            change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[first.pk])
+            assert admin.get(change).status_code == 200, change

@@ -1,0 +1,77 @@
+"""The platform admin in a real browser (Playwright driving Debian's Chromium)."""
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from organizations.models import AuditLog
+from webhooks.models import Delivery
+from webhooks.tests.factories import make_destination, make_source
+from webhooks.tests.test_admin import RECEIVER, attempt, deliver, make_event
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def failed_events(organization):
+    source = make_source(organization, name="Acme live")
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    events = [make_event(source, f"evt_failed_{number}", "invoice.paid") for number in range(3)]
+    for event in events:
+        attempt(deliver(event, destination, Delivery.Status.DEAD, attempts=3), 3, 503, "service unavailable")
+    return events
+
+
+def sign_in(page, live_server):
+    get_user_model().objects.create_superuser("root@hookline.example", PASSWORD)
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", "root@hookline.example")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#platform-overview")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_from_an_event_page_and_in_bulk_then_find_it_in_the_audit_log(live_server, page, failed_events):
+    sign_in(page, live_server)
+    assert "3" in page.inner_text("#overview-dead")
+
+    # One event: its page shows the failed attempt, and the retry button acts at once.
+    first = failed_events[0]
+    page.goto(f"{live_server.url}/admin/webhooks/webhookevent/?failed=yes")
+    page.click(f"#result_list a[href*='/webhookevent/{first.pk}/change/']")
+    assert "service unavailable" in page.inner_text("#content")
+    page.click("#retry-failed-deliveries")
+    page.wait_for_selector(".messagelist .success")
+    assert "1 deliveries queued for another attempt." in page.inner_text(".messagelist")
+    assert Delivery.objects.get(event=first).status == Delivery.Status.PENDING
+
+    # The other two from the list: the action asks for confirmation first.
+    page.goto(f"{live_server.url}/admin/webhooks/webhookevent/?failed=yes")
+    for event in failed_events[1:]:
+        page.check(f"input[name=_selected_action][value='{event.pk}']")
+    page.select_option("select[name=action]", "retry_failed_deliveries")
+    page.click("button[name=index]")
+    page.wait_for_selector("#confirm-action")
+    assert "Send 2 failed deliveries again now?" in page.inner_text("#content")
+    assert Delivery.objects.filter(status=Delivery.Status.DEAD).count() == 2
+    page.click("#confirm-action")
+    page.wait_for_selector(".messagelist .success")
+    assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
+
+    # The audit log view: filtered by action, each retry by this admin, and the chain verifies.
+    page.goto(f"{live_server.url}/admin/organizations/auditlog/")
+    page.click("#changelist-filter a[href*='action=delivery.retried']")
+    page.wait_for_selector("#result_list")
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 3
+    assert all("root@hookline.example" in text for text in rows.all_inner_texts())
+    page.click("#verify-audit-chain")
+    page.wait_for_selector(".messagelist .success")
+    assert re.search(r"The audit log verifies: \d+ entries chain correctly", page.inner_text(".messagelist"))
+
+    entry = AuditLog.objects.filter(action="delivery.retried").order_by("id").first()
+    page.goto(f"{live_server.url}/admin/organizations/auditlog/{entry.pk}/change/")
+    assert entry.entry_hash in page.inner_text("#content")
+    assert entry.previous_hash in page.inner_text("#content")
