@@ -25,7 +25,11 @@ def ingest_stripe(client, source, event_id: str, event_type: str = "invoice.paid
     """Post a correctly signed Stripe webhook through the real ingest endpoint; returns our event id."""
     body = json.dumps({"id": event_id, "object": "event", "type": event_type})
     response = client.generic(
-        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
     )
     assert response.status_code == 200, response.content
     return response.json()["id"]
