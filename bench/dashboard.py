@@ -148,7 +148,7 @@ def seed(*, events: int, deadline: float) -> dict:
                     CASE WHEN g % 100 = 0 THEN 'no_matching_secret' ELSE '' END,
                     CASE WHEN g % 100 = 0 THEN 'no signature matches the secret' ELSE '' END,
                     0, {ts}, CASE WHEN g % 100 = 0 THEN NULL ELSE {ts} END
-                FROM generate_series(%s, %s) AS g
+                FROM generate_series(%s::bigint, %s::bigint) AS g
                 """,
                 [organization.pk, first, last],
             )
@@ -162,7 +162,7 @@ def seed(*, events: int, deadline: float) -> dict:
                     CASE WHEN g % 50 = 1 THEN 'dead' ELSE 'succeeded' END, 1, NULL,
                     CASE WHEN g % 50 = 1 THEN 503 ELSE 200 END, '', {ts},
                     {ts} + interval '120 milliseconds'
-                FROM generate_series(%s, %s) AS g
+                FROM generate_series(%s::bigint, %s::bigint) AS g
                 WHERE g % 10 < 3 AND g % 100 <> 0
                 """,
                 [organization.pk, first, last],
@@ -174,7 +174,7 @@ def seed(*, events: int, deadline: float) -> dict:
                 SELECT {UUID7_SQL.format(ts=ts, n="g", salt=2)}, %s, {UUID7_SQL.format(ts=ts, n="g", salt=1)}, 1,
                     {ts}, 40 + g % 200, '{{}}'::jsonb, CASE WHEN g % 50 = 1 THEN 503 ELSE 200 END,
                     CASE WHEN g % 50 = 1 THEN 'upstream unavailable' ELSE 'ok' END, ''
-                FROM generate_series(%s, %s) AS g
+                FROM generate_series(%s::bigint, %s::bigint) AS g
                 WHERE g % 10 < 3 AND g % 100 <> 0
                 """,
                 [organization.pk, first, last],
@@ -225,7 +225,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@localhost:5432/postgres")
     )
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14"))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://localhost:6379/14",
+    )
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.max_seconds
 

@@ -165,7 +165,9 @@ class DestinationForm(forms.Form):
 
 
 class ReplayForm(forms.Form):
-    destination = forms.ModelChoiceField(queryset=Destination.objects.none(), label="Replay to")
+    destination = forms.ModelChoiceField(
+        queryset=Destination.objects.none(), label="Replay to", empty_label="Choose a destination"
+    )
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)

@@ -5,14 +5,19 @@ these tests do not depend on the sign-in flow, which has tests of its own.
 """
 
 import os
+import random
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
+from django.utils import timezone
 
 from organizations.models import Membership
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.selectors import uuid7_floor
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 
@@ -141,9 +146,40 @@ def test_member_sees_everything_but_no_change_buttons(browser, live_server, clie
 SCREENSHOT_DIR = os.environ.get("HOOKLINE_SCREENSHOTS")
 
 
+def seed_history(world, days=7, per_day=40):
+    """Events spread over past days with their deliveries, so the charts and health have something to show."""
+    rng = random.Random(7)
+    now = timezone.now()
+    for n in range(days * per_day):
+        received = now - timedelta(minutes=rng.randint(1, days * 24 * 60))
+        event = WebhookEvent.objects.create(
+            id=uuid.UUID(int=uuid7_floor(received).int | rng.getrandbits(60)),
+            organization=world.source.organization,
+            source=world.source,
+            provider_event_id=f"evt_hist_{n}",
+            event_type=rng.choice(["invoice.paid", "charge.succeeded", "customer.updated"]),
+            body=b'{"object": "event"}',
+            status=WebhookEvent.Status.PROCESSED,
+            received_at=received,
+        )
+        failed = rng.random() < 0.04
+        Delivery.objects.create(
+            id=uuid.UUID(int=uuid7_floor(received).int | rng.getrandbits(60)),
+            organization=world.source.organization,
+            event=event,
+            destination=world.destination,
+            status=Delivery.Status.DEAD if failed else Delivery.Status.SUCCEEDED,
+            attempt_count=1,
+            last_status_code=500 if failed else 200,
+            created_at=received,
+            completed_at=received + timedelta(milliseconds=rng.randint(80, 900)),
+        )
+
+
 def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, client, organization, owner, tmp_path):
     """Screenshots of the main pages; set HOOKLINE_SCREENSHOTS=docs/screenshots to refresh the committed ones."""
     world = build_world(client, organization)
+    seed_history(world)
     for n, event_type in enumerate(["customer.created", "charge.succeeded", "invoice.payment_failed"]):
         ingest_stripe(client, world.source, f"evt_shot_{n}", event_type)
     processing.process_received_events()
