@@ -190,6 +190,20 @@ def seed(*, events: int, deadline: float) -> dict:
     }
 
 
+def existing_world() -> dict:
+    from organizations.models import Membership
+    from webhooks.models import Destination, Source
+
+    membership = Membership.objects.select_related("organization", "user").get(organization__slug="bench")
+    organization = membership.organization
+    return {
+        "organization": organization,
+        "owner": membership.user,
+        "sources": list(Source.objects.filter(organization=organization).order_by("pk")),
+        "destinations": list(Destination.objects.filter(organization=organization).order_by("pk")),
+    }
+
+
 def measure(client, url: str, runs: int) -> dict:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -222,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--max-seconds", type=float, default=900)
     parser.add_argument("--keep", action="store_true", help="keep the seeded database afterwards")
+    parser.add_argument("--reuse", action="store_true", help="measure a database kept by an earlier --keep run")
     parser.add_argument(
         "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@localhost:5432/postgres")
     )
@@ -233,8 +248,9 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.max_seconds
 
     database_url, admin_url = database_urls(args.database_url)
-    log(f"recreating database {DB_NAME}")
-    recreate_database(admin_url)
+    if not args.reuse:
+        log(f"recreating database {DB_NAME}")
+        recreate_database(admin_url)
     try:
         configure_environment(database_url, args.redis_url)
         subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, check=True, timeout=300)
@@ -246,17 +262,21 @@ def main(argv=None) -> int:
         from django.test import Client
 
         settings.DEBUG = False
-        log(f"seeding {args.events:,} events")
-        world = seed(events=args.events, deadline=deadline)
-        log(f"seeded in {world['seconds']:.0f} s")
+        if args.reuse:
+            world = existing_world()
+        else:
+            log(f"seeding {args.events:,} events")
+            world = seed(events=args.events, deadline=deadline)
+            log(f"seeded in {world['seconds']:.0f} s")
 
         from webhooks.models import Delivery, WebhookEvent
 
         organization = world["organization"]
         events = WebhookEvent.objects.filter(organization=organization)
         newest = events.order_by("-id").values_list("id", flat=True).first()
-        deep = events.order_by("id").values_list("id", flat=True)[args.events // 10]  # ~90% of the way back
-        middle_event = events.filter(provider_event_id=f"evt_{args.events // 2 + 1}").values_list("id", flat=True)[0]
+        total = events.count() if args.reuse else args.events
+        deep = events.order_by("id").values_list("id", flat=True)[total // 10]  # ~90% of the way back
+        middle_event = events.filter(provider_event_id=f"evt_{total // 2 + 1}").values_list("id", flat=True)[0]
         dead_event = (
             Delivery.objects.filter(organization=organization, status="dead")
             .order_by("-id")
@@ -275,7 +295,7 @@ def main(argv=None) -> int:
                 "events, filter type + source + 24h",
                 f"{base}/events/?event_type=invoice.paid&source={source.pk}&range=24h",
             ),
-            ("events, search provider id", f"{base}/events/?q=evt_{args.events // 3}"),
+            ("events, search provider id", f"{base}/events/?q=evt_{total // 3 + 1}"),
             ("events, search our id", f"{base}/events/?q={middle_event}"),
             ("events, deep keyset page (~900k back)", f"{base}/events/?before={deep}"),
             ("events, deep page + status=failed", f"{base}/events/?status=failed&before={deep}"),
@@ -295,7 +315,8 @@ def main(argv=None) -> int:
             rows.append((label, result))
             log(f"  {label}: median {result['median_ms']:.1f} ms")
 
-        print(f"\nDashboard server time, {args.events:,} events in one organization, {args.runs} runs each")
+        total_events = WebhookEvent.objects.filter(organization=organization).count()
+        print(f"\nDashboard server time, {total_events:,} events in one organization, {args.runs} runs each")
         print("| page | median ms | p95 ms | SQL median ms | queries |")
         print("|---|---:|---:|---:|---:|")
         for label, result in rows:
@@ -307,7 +328,7 @@ def main(argv=None) -> int:
 
         connections.close_all()
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             drop_database(admin_url)
             log(f"dropped {DB_NAME}")
     return 0

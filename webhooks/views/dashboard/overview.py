@@ -4,7 +4,7 @@ from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
 from webhooks.selectors import sources_for_organization
-from webhooks.services.dashboard_stats import organization_overview
+from webhooks.services.dashboard_stats import cached_organization_overview
 
 
 class OverviewView(OrganizationMixin, TemplateView):
@@ -15,6 +15,6 @@ class OverviewView(OrganizationMixin, TemplateView):
         has_sources = sources_for_organization(organization=self.organization).exists()
         context.update(
             has_sources=has_sources,
-            overview=organization_overview(organization=self.organization) if has_sources else None,
+            overview=cached_organization_overview(organization=self.organization) if has_sources else None,
         )
         return context
