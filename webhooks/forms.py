@@ -201,10 +201,11 @@ class EventFilterForm(forms.Form):
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["source"].choices = [("", "Any source")] + [
-            (source.pk, source.name) for source in Source.objects.filter(organization=organization)
+            (source.pk, source.name) for source in Source.objects.filter(organization=organization).only("pk", "name")
         ]
         self.fields["destination"].choices = [("", "Any destination")] + [
-            (destination.pk, destination.name) for destination in Destination.objects.filter(organization=organization)
+            (destination.pk, destination.name)
+            for destination in Destination.objects.filter(organization=organization).only("pk", "name")
         ]
         self.fields["q"].widget.attrs.update(placeholder="Provider event id or Hookline id", type="search")
         self.fields["event_type"].widget.attrs.update(list="event-types")

@@ -90,6 +90,14 @@ class EventFilters:
     search: str = ""
 
 
+# Lists show names only: loading the encrypted secret columns would decrypt them row by row.
+_SOURCE_SECRETS = ("source__secret", "source__previous_secret")
+
+
+def _deliveries_for_list() -> QuerySet[Delivery]:
+    return Delivery.objects.select_related("destination").defer("destination__secret").order_by("id")
+
+
 @dataclass
 class EventPage:
     events: list[WebhookEvent]
@@ -97,8 +105,12 @@ class EventPage:
     next_before: uuid.UUID | None
 
 
-def _filtered_events(organization: Organization, filters: EventFilters) -> QuerySet[WebhookEvent]:
+def _filtered_events(
+    organization: Organization, filters: EventFilters, *, before: uuid.UUID | None = None
+) -> QuerySet[WebhookEvent]:
     events = WebhookEvent.objects.filter(organization=organization)
+    if before:
+        events = events.filter(id__lt=before)
     if filters.search:
         # Our id or the provider's: both are exact lookups on an index, never a LIKE scan.
         our_id = parse_event_id(filters.search)
@@ -107,7 +119,11 @@ def _filtered_events(organization: Organization, filters: EventFilters) -> Query
             matches |= Q(id=our_id)
         events = events.filter(matches)
     if filters.status == EVENT_STATUS_FAILED:
-        events = events.filter(Exists(Delivery.objects.filter(event_id=OuterRef("id"), status=Delivery.Status.DEAD)))
+        # Bounded by the cursor too, so a deep page starts its walk of dead deliveries there.
+        dead = Delivery.objects.filter(organization=organization, status=Delivery.Status.DEAD)
+        if before:
+            dead = dead.filter(event_id__lt=before)
+        events = events.filter(id__in=dead.values("event_id"))
     elif filters.status:
         events = events.filter(status=filters.status)
     if filters.source_id:
@@ -133,14 +149,11 @@ def event_page(
     limit: int = EVENT_PAGE_SIZE,
 ) -> EventPage:
     """One page of events, newest first, older than ``before``: keyset paging, no OFFSET, no COUNT."""
-    events = _filtered_events(organization, filters).defer("body", "headers")
-    if before:
-        events = events.filter(id__lt=before)
+    events = _filtered_events(organization, filters, before=before).defer("body", "headers")
     rows = list(
         events.select_related("source")
-        .prefetch_related(
-            Prefetch("deliveries", queryset=Delivery.objects.select_related("destination").order_by("id"))
-        )
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
         .order_by("-id")[: limit + 1]
     )
     next_before = rows[limit - 1].id if len(rows) > limit else None
@@ -154,9 +167,8 @@ def events_newer_than(
     events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gt=after)
     return list(
         events.select_related("source")
-        .prefetch_related(
-            Prefetch("deliveries", queryset=Delivery.objects.select_related("destination").order_by("id"))
-        )
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
         .order_by("-id")[:limit]
     )
 
@@ -165,10 +177,12 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
     """An event with its source, deliveries and their attempts; 404-worthy DoesNotExist otherwise."""
     return (
         WebhookEvent.objects.select_related("source")
+        .defer(*_SOURCE_SECRETS)
         .prefetch_related(
             Prefetch(
                 "deliveries",
                 queryset=Delivery.objects.select_related("destination")
+                .defer("destination__secret")
                 .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
                 .order_by("id"),
             )

@@ -57,12 +57,6 @@ class Delivery(models.Model):
                 name="delivery_in_flight",
             ),
             models.Index(fields=("organization", "status", "-id"), name="delivery_org_status_id"),
-            # The dashboard's "failed delivery" filter: a small index of the events that have one.
-            models.Index(
-                fields=("organization", "-event"),
-                condition=models.Q(status="dead"),
-                name="delivery_dead_by_event",
-            ),
         ]
 
     def __str__(self) -> str:
