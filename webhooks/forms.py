@@ -198,6 +198,13 @@ class EventFilterForm(forms.Form):
         ],
     )
 
+    since = forms.DateTimeField(
+        label="From (UTC)", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        label="To (UTC)", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["source"].choices = [("", "Any source")] + [
@@ -219,7 +226,9 @@ class EventFilterForm(forms.Form):
             source_id=data.get("source"),
             event_type=(data.get("event_type") or "").strip(),
             destination_id=data.get("destination"),
-            since=timezone.now() - TIME_RANGES[chosen] if chosen in TIME_RANGES else None,
+            # An explicit start wins over the preset; both are UTC (the dashboard shows UTC times).
+            since=data.get("since") or (timezone.now() - TIME_RANGES[chosen] if chosen in TIME_RANGES else None),
+            until=data.get("until"),
             search=(data.get("q") or "").strip(),
         )
 

@@ -128,6 +128,11 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert listed_ids(client.get(url, {"status": "failed"})) == [many_events["ids"][3]]
     assert listed_ids(client.get(url, {"destination": many_events["destination"].pk})) == [many_events["ids"][3]]
     assert len(listed_ids(client.get(url, {"range": "1h"}))) == 8
+    in_an_hour = (timezone.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    assert listed_ids(client.get(url, {"since": in_an_hour})) == []
+    assert len(listed_ids(client.get(url, {"since": an_hour_ago, "until": in_an_hour}))) == 8
+    assert listed_ids(client.get(url, {"until": an_hour_ago})) == []
     WebhookEvent.objects.filter(pk=many_events["ids"][0]).delete()
     assert listed_ids(client.get(url, {"status": "rejected"})) == []
 
