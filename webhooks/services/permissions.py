@@ -16,9 +16,11 @@ class NotAllowed(PermissionDenied):
 def require_configure_role(*, organization: Organization, actor) -> None:
     """Admins and owners may change configuration and retry; members only read.
 
-    ``actor=None`` is the platform itself (management commands, tasks) and is allowed.
+    ``actor=None`` is the platform itself (management commands, tasks) and is allowed, and so
+    are platform operators (staff, acting from the Django admin, whose own permissions apply).
+    The dashboard's views check the role first, so staff get no extra rights there.
     """
-    if actor is None:
+    if actor is None or getattr(actor, "is_staff", False):
         return
     allowed = Membership.objects.filter(user=actor, organization=organization, role__in=CONFIGURING_ROLES).exists()
     if not allowed:

@@ -178,3 +178,11 @@ def test_services_refuse_a_member_even_without_the_view(world, member):
     with pytest.raises(NotAllowed):
         source_set_active(source=world.source, active=False, actor=member)
     assert Source.objects.get(pk=world.source.pk).is_active
+
+
+def test_platform_staff_acting_from_the_admin_pass_the_service_check(world, django_user_model):
+    from webhooks.services.sources import source_set_active
+
+    operator = django_user_model.objects.create_superuser("root@hookline.example", "pw-for-tests-only")
+    source_set_active(source=world.source, active=False, actor=operator)
+    assert not Source.objects.get(pk=world.source.pk).is_active
