@@ -192,6 +192,10 @@ def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, cli
         "sources": "/o/acme/sources/",
         "source-detail": f"/o/acme/sources/{world.source.pk}/",
         "destinations": "/o/acme/destinations/",
+        "destination-detail": f"/o/acme/destinations/{world.destination.pk}/",
+        "source-providers": "/o/acme/sources/new/",
+        "source-test": f"/o/acme/sources/{world.source.pk}/test/",
+        "audit": "/o/acme/audit/",
     }
     for width_name, width, height in (("desktop", 1280, 900), ("phone", 390, 844)):
         page = sign_in(browser, live_server, owner, width=width, height=height)
