@@ -439,3 +439,23 @@ def test_audit_log_filters_by_actor_action_and_date(client, owner, organization)
     tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
     assert client.get(url, {"since": tomorrow}).context["entries"] == []
     assert re.search(r"source\.created", page_text(client.get(url)))
+
+
+def test_events_list_query_count_does_not_grow_with_rows(client, owner, organization):
+    """No query per row: a page of many events costs the same number of queries as a page of one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    client.get(url)  # warms the cached event-type suggestions
+    with CaptureQueriesContext(connection) as one_event:
+        client.get(url)
+    for n in range(20):
+        event = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, f"evt_many_{n}"))
+        dead_delivery(event, world.destination)
+    with CaptureQueriesContext(connection) as many_events:
+        response = client.get(url)
+    assert len(response.context["events"]) == 21
+    assert len(many_events.captured_queries) == len(one_event.captured_queries)
