@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 
+from webhooks.views.dashboard.home import HomeView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
 
@@ -15,6 +15,6 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("o/<slug:org_slug>/team/", include("organizations.urls")),
     path("o/<slug:org_slug>/", include("webhooks.urls_dashboard")),
-    # PLACEHOLDER (ui-base): the dashboard helper points "/" at the organization picker.
-    path("", RedirectView.as_view(pattern_name="accounts:sign_in"), name="home"),
+    # Where a signed-in user lands: their organization, or a choice of them.
+    path("", HomeView.as_view(), name="home"),
 ]

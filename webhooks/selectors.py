@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
 
-from organizations.models import Organization
+from django.core.cache import cache
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
-from .models import Delivery, Destination, Source, WebhookEvent
+from organizations.models import AuditLog, Organization
+
+from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 
 
 def sources_for_organization(*, organization: Organization) -> QuerySet[Source]:
@@ -47,3 +52,237 @@ def events_for_organization(
 def event_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
     """One event of this organization; raises WebhookEvent.DoesNotExist for anyone else's."""
     return WebhookEvent.objects.get(organization=organization, pk=event_id)
+
+
+# --- Dashboard reads ------------------------------------------------------------
+
+EVENT_PAGE_SIZE = 50
+# Event statuses plus one derived from deliveries: at least one of them is dead.
+EVENT_STATUS_FAILED = "failed"
+
+
+def uuid7_floor(moment: datetime) -> uuid.UUID:
+    """The smallest UUIDv7 of ``moment``'s millisecond.
+
+    Event, delivery and attempt ids start with their creation time, so a time
+    range becomes an id range and uses the same (organization, -id) index as the
+    list itself instead of a second index on a timestamp.
+    """
+    milliseconds = int(moment.timestamp() * 1000)
+    return uuid.UUID(int=(milliseconds << 80) | (0x7 << 76) | (0b10 << 62))
+
+
+def parse_event_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text.strip())
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    status: str = ""
+    source_id: int | None = None
+    event_type: str = ""
+    destination_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    search: str = ""
+
+
+# Lists show names only: loading the encrypted secret columns would decrypt them row by row.
+_SOURCE_SECRETS = ("source__secret", "source__previous_secret")
+
+
+def _deliveries_for_list() -> QuerySet[Delivery]:
+    return Delivery.objects.select_related("destination").defer("destination__secret").order_by("id")
+
+
+@dataclass
+class EventPage:
+    events: list[WebhookEvent]
+    # Cursor of the next (older) page, or None on the last page.
+    next_before: uuid.UUID | None
+
+
+def _filtered_events(
+    organization: Organization, filters: EventFilters, *, before: uuid.UUID | None = None
+) -> QuerySet[WebhookEvent]:
+    events = WebhookEvent.objects.filter(organization=organization)
+    if before:
+        events = events.filter(id__lt=before)
+    if filters.search:
+        # Our id or the provider's: both are exact lookups on an index, never a LIKE scan.
+        our_id = parse_event_id(filters.search)
+        matches = Q(provider_event_id=filters.search.strip())
+        if our_id is not None:
+            matches |= Q(id=our_id)
+        events = events.filter(matches)
+    if filters.status == EVENT_STATUS_FAILED:
+        # Bounded by the cursor too, so a deep page starts its walk of dead deliveries there.
+        dead = Delivery.objects.filter(organization=organization, status=Delivery.Status.DEAD)
+        if before:
+            dead = dead.filter(event_id__lt=before)
+        events = events.filter(id__in=dead.values("event_id"))
+    elif filters.status:
+        events = events.filter(status=filters.status)
+    if filters.source_id:
+        events = events.filter(source_id=filters.source_id)
+    if filters.event_type:
+        events = events.filter(event_type=filters.event_type)
+    if filters.destination_id:
+        events = events.filter(
+            Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
+        )
+    if filters.since:
+        events = events.filter(id__gte=uuid7_floor(filters.since))
+    if filters.until:
+        events = events.filter(id__lt=uuid7_floor(filters.until))
+    return events
+
+
+def event_page(
+    *,
+    organization: Organization,
+    filters: EventFilters,
+    before: uuid.UUID | None = None,
+    limit: int = EVENT_PAGE_SIZE,
+) -> EventPage:
+    """One page of events, newest first, older than ``before``: keyset paging, no OFFSET, no COUNT."""
+    events = _filtered_events(organization, filters, before=before).defer("body", "headers")
+    rows = list(
+        events.select_related("source")
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+        .order_by("-id")[: limit + 1]
+    )
+    next_before = rows[limit - 1].id if len(rows) > limit else None
+    return EventPage(events=rows[:limit], next_before=next_before)
+
+
+def events_newer_than(
+    *, organization: Organization, filters: EventFilters, after: uuid.UUID, limit: int = EVENT_PAGE_SIZE
+) -> list[WebhookEvent]:
+    """Events that arrived after ``after`` (the live list polls this), newest first."""
+    events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gt=after)
+    return list(
+        events.select_related("source")
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+        .order_by("-id")[:limit]
+    )
+
+
+def event_detail_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
+    """An event with its source, deliveries and their attempts; 404-worthy DoesNotExist otherwise."""
+    return (
+        WebhookEvent.objects.select_related("source")
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(
+            Prefetch(
+                "deliveries",
+                queryset=Delivery.objects.select_related("destination")
+                .defer("destination__secret")
+                .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
+                .order_by("id"),
+            )
+        )
+        .get(organization=organization, pk=event_id)
+    )
+
+
+def event_types_for_organization(*, organization: Organization, limit: int = 200) -> list[str]:
+    """Event types seen lately, for the filter's suggestions (the newest 5,000 events, cached a few minutes)."""
+
+    def newest_types() -> list[str]:
+        recent = (
+            WebhookEvent.objects.filter(organization=organization)
+            .exclude(event_type="")
+            .order_by("-id")
+            .values_list("event_type", flat=True)[:5000]
+        )
+        return sorted(set(recent))[:limit]
+
+    try:
+        return cache.get_or_set(f"dashboard:event-types:{organization.pk}", newest_types, timeout=300)
+    except Exception:  # suggestions are a convenience: without the cache, compute them
+        return newest_types()
+
+
+def source_for_organization(*, organization: Organization, source_id) -> Source:
+    return Source.objects.get(organization=organization, pk=source_id)
+
+
+def destination_for_organization(*, organization: Organization, destination_id) -> Destination:
+    return Destination.objects.get(organization=organization, pk=destination_id)
+
+
+def delivery_for_organization(*, organization: Organization, delivery_id) -> Delivery:
+    return Delivery.objects.select_related("event", "destination").get(organization=organization, pk=delivery_id)
+
+
+def rejected_requests_for_source(*, source: Source, limit: int = 50) -> list[WebhookEvent]:
+    """The newest verification failures of one source, with their reasons."""
+    return list(
+        WebhookEvent.objects.filter(
+            organization_id=source.organization_id, source=source, status=WebhookEvent.Status.REJECTED
+        )
+        .defer("body")
+        .order_by("-id")[:limit]
+    )
+
+
+def recent_events_for_source(*, source: Source, limit: int = 10) -> list[WebhookEvent]:
+    return list(
+        WebhookEvent.objects.filter(organization_id=source.organization_id, source=source)
+        .defer("body", "headers")
+        .order_by("-id")[:limit]
+    )
+
+
+def bulk_retries_for_destination(*, destination: Destination, limit: int = 5) -> list[BulkRetry]:
+    return list(
+        BulkRetry.objects.filter(
+            organization_id=destination.organization_id, filters__destination=destination.pk
+        ).order_by("-created_at")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    actor: str = ""
+    action: str = ""
+    since: date | None = None
+    until: date | None = None
+
+
+AUDIT_PAGE_SIZE = 100
+
+
+def audit_page(
+    *, organization: Organization, filters: AuditFilters, before_id: int | None = None
+) -> tuple[list[AuditLog], int | None]:
+    """The organization's audit entries, newest first, keyset-paged on the id."""
+    entries = AuditLog.objects.filter(organization=organization)
+    if filters.actor:
+        entries = entries.filter(actor_label__icontains=filters.actor)
+    if filters.action:
+        entries = entries.filter(action=filters.action)
+    if filters.since:
+        entries = entries.filter(created_at__date__gte=filters.since)
+    if filters.until:
+        entries = entries.filter(created_at__date__lte=filters.until)
+    if before_id:
+        entries = entries.filter(id__lt=before_id)
+    rows = list(entries.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
+    next_before = rows[AUDIT_PAGE_SIZE - 1].id if len(rows) > AUDIT_PAGE_SIZE else None
+    return rows[:AUDIT_PAGE_SIZE], next_before
+
+
+def audit_actions_for_organization(*, organization: Organization) -> list[str]:
+    return list(
+        AuditLog.objects.filter(organization=organization)
+        .order_by("action")
+        .values_list("action", flat=True)
+        .distinct()
+    )

@@ -8,9 +8,12 @@ from django.db import transaction
 
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
-from webhooks.models import Destination, Source, Subscription
+from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
 
+from .delivery import delivery_retry
+from .operations import bulk_retry_start, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, resolve_destination
+from .permissions import require_configure_role
 from .secrets import generate_standard_webhooks_secret, secret_hint
 
 
@@ -38,6 +41,7 @@ def destination_create(
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once)."""
+    require_configure_role(organization=organization, actor=actor)
     destination_check_url(url)
     secret = generate_standard_webhooks_secret()
     destination = Destination.objects.create(
@@ -80,3 +84,96 @@ def subscription_create(
         changes={"source": source.pk, "destination": destination.pk, "event_types": subscription.event_types},
     )
     return subscription
+
+
+@transaction.atomic
+def destination_update(
+    *,
+    destination: Destination,
+    name: str,
+    url: str,
+    sources: Iterable[Source],
+    event_types: list[str],
+    timeout_seconds: float,
+    actor=None,
+) -> Destination:
+    """Change a destination's name, URL, timeout and which sources (and event types) it receives."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    if url != destination.url:
+        destination_check_url(url)
+    patterns = [pattern.strip() for pattern in event_types if pattern.strip()]
+    wanted = {source.pk: source for source in sources}
+    if any(source.organization_id != destination.organization_id for source in wanted.values()):
+        raise DestinationError("the source belongs to another organization")
+    changes: dict = {}
+    for field, value in (("name", name), ("url", url), ("timeout_seconds", timeout_seconds)):
+        if getattr(destination, field) != value:
+            changes[field] = [getattr(destination, field), value]
+            setattr(destination, field, value)
+    destination.save(update_fields=["name", "url", "timeout_seconds", "updated_at"])
+    existing = {subscription.source_id: subscription for subscription in destination.subscriptions.all()}
+    removed = [source_id for source_id in existing if source_id not in wanted]
+    if removed:
+        Subscription.objects.filter(destination=destination, source_id__in=removed).delete()
+        changes["sources_removed"] = removed
+    for source_id, source in wanted.items():
+        subscription = existing.get(source_id)
+        if subscription is None:
+            subscription_create(destination=destination, source=source, event_types=patterns, actor=actor)
+        elif subscription.event_types != patterns:
+            changes.setdefault("event_types", [subscription.event_types, patterns])
+            subscription.event_types = patterns
+            subscription.save(update_fields=["event_types"])
+    if changes:
+        audit_record(
+            action="destination.updated",
+            organization=destination.organization,
+            actor=actor,
+            target=destination,
+            changes=changes,
+        )
+    return destination
+
+
+@transaction.atomic
+def destination_rotate_secret(*, destination: Destination, actor=None) -> tuple[Destination, str]:
+    """A new signing secret, effective for the next attempt; returned once to be shown once."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    secret = generate_standard_webhooks_secret()
+    destination.secret = secret
+    destination.secret_hint = secret_hint(secret)
+    destination.save(update_fields=["secret", "secret_hint", "updated_at"])
+    audit_record(
+        action="destination.secret_rotated",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"secret": SECRET_MASK},
+    )
+    return destination, secret
+
+
+def destination_set_paused(*, destination: Destination, paused: bool, actor=None) -> Destination:
+    """Pause (deliveries wait) or resume (they drain in arrival order)."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    if paused:
+        return destination_pause(destination=destination, reason="paused from the dashboard", actor=actor)
+    return destination_resume(destination=destination, actor=actor)
+
+
+def destination_retry_delivery(*, delivery: Delivery, actor=None) -> Delivery:
+    """One more attempt for a dead or waiting delivery, by someone allowed to retry."""
+    require_configure_role(organization=delivery.organization, actor=actor)
+    return delivery_retry(delivery=delivery, actor=actor)
+
+
+def destination_replay_event(*, event: WebhookEvent, destination: Destination, actor=None) -> Delivery:
+    """Send an event again to one destination as a new delivery."""
+    require_configure_role(organization=event.organization, actor=actor)
+    return event_replay(event=event, destination=destination, actor=actor)
+
+
+def destination_bulk_retry(*, destination: Destination, actor=None) -> BulkRetry:
+    """Retry every dead delivery of a destination, in the background."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    return bulk_retry_start(organization=destination.organization, filters={"destination": destination.pk}, actor=actor)

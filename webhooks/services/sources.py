@@ -15,6 +15,7 @@ from webhooks.models import Source
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 
+from .permissions import require_configure_role
 from .secrets import generate_token_secret, secret_hint
 
 
@@ -54,6 +55,7 @@ def source_create(
     actor=None,
 ) -> tuple[Source, str | None]:
     """Create a source. Returns it and the generated secret (None when the tenant gave one)."""
+    require_configure_role(organization=organization, actor=actor)
     clean_secret, clean_options, generated = _clean(provider, secret, options or {})
     source = Source.objects.create(
         organization=organization,
@@ -82,6 +84,7 @@ def source_rotate_secret(
     actor=None,
 ) -> tuple[Source, str | None]:
     """Make ``new_secret`` current; the old one keeps verifying for ``overlap_seconds``."""
+    require_configure_role(organization=source.organization, actor=actor)
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
@@ -104,3 +107,58 @@ def source_rotate_secret(
 
 def ingest_url(source: Source) -> str:
     return f"{settings.PUBLIC_BASE_URL}/in/{source.ingest_token}/"
+
+
+@transaction.atomic
+def source_set_active(*, source: Source, active: bool, actor=None) -> Source:
+    """Pause (ingest answers 404 as for an unknown URL) or resume a source."""
+    require_configure_role(organization=source.organization, actor=actor)
+    if source.is_active == active:
+        return source
+    source.is_active = active
+    source.save(update_fields=["is_active", "updated_at"])
+    audit_record(
+        action="source.resumed" if active else "source.paused",
+        organization=source.organization,
+        actor=actor,
+        target=source,
+        changes={"is_active": active},
+    )
+    return source
+
+
+@transaction.atomic
+def source_update(*, source: Source, name: str, options: dict[str, Any], actor=None) -> Source:
+    """Rename a source and change its provider options (the secret has its own service)."""
+    require_configure_role(organization=source.organization, actor=actor)
+    try:
+        clean_options = get_provider(source.provider).clean_options(options)
+    except InvalidOptions as exc:
+        raise SourceError(str(exc)) from None
+    changes = {}
+    if name != source.name:
+        changes["name"] = [source.name, name]
+    if clean_options != source.options:
+        changes["options"] = [source.options, clean_options]
+    source.name, source.options = name, clean_options
+    source.save(update_fields=["name", "options", "updated_at"])
+    if changes:
+        audit_record(
+            action="source.updated", organization=source.organization, actor=actor, target=source, changes=changes
+        )
+    return source
+
+
+@transaction.atomic
+def source_delete(*, source: Source, actor=None) -> None:
+    """Delete a source with its events (their deliveries and attempts go with them)."""
+    require_configure_role(organization=source.organization, actor=actor)
+    # Written first: the audit entry keeps the label and id of what is about to disappear.
+    audit_record(
+        action="source.deleted",
+        organization=source.organization,
+        actor=actor,
+        target=source,
+        changes={"provider": source.provider, "name": source.name},
+    )
+    source.delete()

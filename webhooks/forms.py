@@ -1,0 +1,254 @@
+"""Dashboard forms. They validate input only; saving goes through the services."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django import forms
+from django.utils import timezone
+
+from webhooks.models import Destination, Source, WebhookEvent
+from webhooks.providers.base import Provider, ProviderOption
+from webhooks.selectors import EVENT_STATUS_FAILED, AuditFilters, EventFilters
+from webhooks.services.sample_sender import fixtures_for_provider
+
+OPTION_PREFIX = "option_"
+
+
+def _option_field(option: ProviderOption, initial=None) -> forms.Field:
+    common = {"label": option.label, "help_text": option.help_text, "required": option.required}
+    value = option.default if initial is None else initial
+    if option.kind == "int":
+        return forms.IntegerField(initial=value, **common)
+    if option.kind == "bool":
+        return forms.BooleanField(initial=bool(value), **{**common, "required": False})
+    if option.kind == "choice":
+        return forms.ChoiceField(choices=[(choice, choice) for choice in option.choices], initial=value, **common)
+    return forms.CharField(initial=value, max_length=500, **common)
+
+
+class ProviderOptionsMixin:
+    """Adds one field per option the provider declares; ``cleaned_options()`` gives them back by name."""
+
+    def add_option_fields(self, provider: Provider, current: dict | None = None) -> None:
+        for option in provider.options:
+            self.fields[OPTION_PREFIX + option.name] = _option_field(option, (current or {}).get(option.name))
+
+    def option_fields(self):
+        return [self[name] for name in self.fields if name.startswith(OPTION_PREFIX)]
+
+    def cleaned_options(self) -> dict:
+        return {
+            name.removeprefix(OPTION_PREFIX): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith(OPTION_PREFIX)
+        }
+
+
+class SourceCreateForm(ProviderOptionsMixin, forms.Form):
+    name = forms.CharField(max_length=200, help_text="To tell sources apart, e.g. “Stripe live”.")
+    secret = forms.CharField(
+        label="Signing secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+
+    def __init__(self, *args, provider: Provider, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.provider = provider
+        if not provider.uses_secret:
+            del self.fields["secret"]
+        else:
+            secret = self.fields["secret"]
+            secret.required = not provider.secret_generated_by_us
+            secret.help_text = provider.secret_help + (
+                " Leave empty and Hookline generates one for you (shown once)."
+                if provider.secret_generated_by_us
+                else ""
+            )
+        self.add_option_fields(provider)
+
+
+class SourceEditForm(ProviderOptionsMixin, forms.Form):
+    name = forms.CharField(max_length=200)
+
+    def __init__(self, *args, source: Source, **kwargs):
+        super().__init__(*args, initial={"name": source.name}, **kwargs)
+        from webhooks.providers.registry import get_provider
+
+        self.add_option_fields(get_provider(source.provider), source.options)
+
+
+OVERLAP_CHOICES = [
+    (0, "None: the old secret stops working now"),
+    (3600, "1 hour"),
+    (24 * 3600, "1 day"),
+    (7 * 24 * 3600, "7 days"),
+]
+
+
+class SourceRotateSecretForm(forms.Form):
+    new_secret = forms.CharField(
+        label="New signing secret",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    overlap_seconds = forms.TypedChoiceField(
+        label="Keep the old secret valid for",
+        choices=OVERLAP_CHOICES,
+        coerce=int,
+        initial=24 * 3600,
+        help_text="While the provider still signs with the old secret, both are accepted.",
+    )
+
+    def __init__(self, *args, provider: Provider, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["new_secret"].required = not provider.secret_generated_by_us
+        self.fields["new_secret"].help_text = provider.secret_help + (
+            " Leave empty to have Hookline generate one (shown once)." if provider.secret_generated_by_us else ""
+        )
+
+
+class TestEventForm(forms.Form):
+    fixture = forms.ChoiceField(label="Sample event", required=False)
+    payload = forms.CharField(
+        label="Or an edited payload",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
+        help_text="JSON sent instead of the sample; signed with the source's secret like the provider would.",
+    )
+
+    def __init__(self, *args, source: Source, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["fixture"].choices = [(name, name) for name in fixtures_for_provider(source.provider)]
+
+    def clean_payload(self) -> bytes | None:
+        text = self.cleaned_data["payload"].strip()
+        return text.encode() if text else None
+
+
+class DestinationForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
+    sources = forms.ModelMultipleChoiceField(
+        queryset=Source.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Events of these sources are delivered here.",
+    )
+    event_types = forms.CharField(
+        label="Event types",
+        required=False,
+        help_text="Comma-separated patterns such as invoice.*, push. Empty sends every event type.",
+    )
+    timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)
+
+    def __init__(self, *args, organization, destination: Destination | None = None, **kwargs):
+        if destination is not None:
+            subscriptions = list(destination.subscriptions.all())
+            kwargs.setdefault(
+                "initial",
+                {
+                    "name": destination.name,
+                    "url": destination.url,
+                    "timeout_seconds": destination.timeout_seconds,
+                    "sources": [subscription.source_id for subscription in subscriptions],
+                    "event_types": ", ".join(subscriptions[0].event_types) if subscriptions else "",
+                },
+            )
+        super().__init__(*args, **kwargs)
+        self.fields["sources"].queryset = Source.objects.filter(organization=organization)
+
+    def clean_event_types(self) -> list[str]:
+        return [pattern.strip() for pattern in self.cleaned_data["event_types"].split(",") if pattern.strip()]
+
+
+class ReplayForm(forms.Form):
+    destination = forms.ModelChoiceField(
+        queryset=Destination.objects.none(), label="Replay to", empty_label="Choose a destination"
+    )
+
+    def __init__(self, *args, organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["destination"].queryset = Destination.objects.filter(organization=organization)
+
+
+TIME_RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+
+class EventFilterForm(forms.Form):
+    q = forms.CharField(label="Search", required=False, max_length=255)
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any status"), *WebhookEvent.Status.choices, (EVENT_STATUS_FAILED, "Failed delivery")],
+    )
+    source = forms.TypedChoiceField(label="Source", required=False, coerce=int, empty_value=None)
+    event_type = forms.CharField(label="Event type", required=False, max_length=255)
+    destination = forms.TypedChoiceField(label="Destination", required=False, coerce=int, empty_value=None)
+    range = forms.ChoiceField(
+        label="Received",
+        required=False,
+        choices=[
+            ("", "Any time"),
+            ("1h", "Last hour"),
+            ("24h", "Last 24 hours"),
+            ("7d", "Last 7 days"),
+            ("30d", "Last 30 days"),
+        ],
+    )
+
+    since = forms.DateTimeField(
+        label="From (UTC)", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        label="To (UTC)", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+
+    def __init__(self, *args, organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["source"].choices = [("", "Any source")] + [
+            (source.pk, source.name) for source in Source.objects.filter(organization=organization).only("pk", "name")
+        ]
+        self.fields["destination"].choices = [("", "Any destination")] + [
+            (destination.pk, destination.name)
+            for destination in Destination.objects.filter(organization=organization).only("pk", "name")
+        ]
+        self.fields["q"].widget.attrs.update(placeholder="Provider event id or Hookline id", type="search")
+        self.fields["event_type"].widget.attrs.update(list="event-types")
+
+    def to_filters(self) -> EventFilters:
+        """Valid fields only: a wrong value in one filter does not hide the whole list."""
+        data = self.cleaned_data if self.is_bound else {}
+        chosen = data.get("range")
+        return EventFilters(
+            status=data.get("status") or "",
+            source_id=data.get("source"),
+            event_type=(data.get("event_type") or "").strip(),
+            destination_id=data.get("destination"),
+            # An explicit start wins over the preset; both are UTC (the dashboard shows UTC times).
+            since=data.get("since") or (timezone.now() - TIME_RANGES[chosen] if chosen in TIME_RANGES else None),
+            until=data.get("until"),
+            search=(data.get("q") or "").strip(),
+        )
+
+
+class AuditFilterForm(forms.Form):
+    actor = forms.CharField(required=False, max_length=200)
+    action = forms.ChoiceField(required=False)
+    since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, actions: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["action"].choices = [("", "Any action")] + [(action, action) for action in actions]
+        self.fields["actor"].widget.attrs.update(placeholder="Email or name")
+
+    def to_filters(self) -> AuditFilters:
+        data = self.cleaned_data if self.is_bound else {}
+        return AuditFilters(
+            actor=(data.get("actor") or "").strip(),
+            action=data.get("action") or "",
+            since=data.get("since"),
+            until=data.get("until"),
+        )

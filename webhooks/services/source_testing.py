@@ -1,0 +1,47 @@
+"""The dashboard's "send test event": sign a sample as the provider would, post it, find the event."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from organizations.services import audit_record
+from webhooks.models import Source, WebhookEvent
+
+from .outbound import OutboundResponse
+from .permissions import require_configure_role
+from .sample_sender import send_test_webhook
+
+
+@dataclass
+class TestSendResult:
+    response: OutboundResponse
+    # The event the request created (None when Hookline refused it or the answer named none).
+    event: WebhookEvent | None
+
+
+def source_send_test_event(
+    *, source: Source, fixture: str | None = None, body: bytes | None = None, actor=None, url: str | None = None
+) -> TestSendResult:
+    """Post a signed sample to the source's own ingest URL and return the answer and the event.
+
+    The request goes over HTTP like a provider's would, so it proves the whole path (URL,
+    secret, verification); it runs outside any transaction, since it waits on our own server.
+    """
+    require_configure_role(organization=source.organization, actor=actor)
+    audit_record(
+        action="source.test_sent",
+        organization=source.organization,
+        actor=actor,
+        target=source,
+        changes={"fixture": fixture or "", "edited_payload": body is not None},
+    )
+    response = send_test_webhook(source=source, fixture=fixture, body=body, url=url, fresh_id=True)
+    event = None
+    try:
+        answered_id = json.loads(response.body).get("id")
+    except (ValueError, AttributeError):
+        answered_id = None
+    if answered_id:
+        event = WebhookEvent.objects.filter(organization_id=source.organization_id, pk=answered_id).first()
+    return TestSendResult(response=response, event=event)

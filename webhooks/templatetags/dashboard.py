@@ -1,0 +1,67 @@
+"""Small template helpers for the dashboard: navigation state, the organization switcher, labels."""
+
+from __future__ import annotations
+
+from django import template
+
+from organizations.models import Membership
+from webhooks.providers.registry import PROVIDERS
+
+register = template.Library()
+
+# URL name → sidebar entry it belongs to, so detail pages keep their section highlighted.
+_SECTIONS = {"event": "events", "delivery": "events", "source": "sources", "destination": "destinations"}
+
+
+@register.filter
+def dashboard_section(url_name: str | None) -> str:
+    if not url_name:
+        return ""
+    prefix = url_name.split("_", 1)[0]
+    return _SECTIONS.get(prefix, url_name)
+
+
+@register.simple_tag
+def user_organizations(user):
+    """The signed-in user's organizations, for the switcher (one small query per page)."""
+    if not user.is_authenticated:
+        return []
+    return [
+        membership.organization
+        for membership in Membership.objects.filter(user=user, organization__is_active=True)
+        .select_related("organization")
+        .order_by("organization__name")
+    ]
+
+
+@register.filter
+def provider_label(kind: str) -> str:
+    provider = PROVIDERS.get(kind)
+    return provider.label if provider else kind
+
+
+_STATUS_BADGES = {
+    "processed": "badge-ok",
+    "succeeded": "badge-ok",
+    "received": "badge-info",
+    "pending": "badge-warn",
+    "in_flight": "badge-info",
+    "rejected": "badge-bad",
+    "dead": "badge-bad",
+}
+
+
+@register.filter
+def status_badge(status: str) -> str:
+    return _STATUS_BADGES.get(status, "")
+
+
+@register.filter
+def http_badge(code: int | None) -> str:
+    if code is None:
+        return "badge-bad"
+    if 200 <= code < 300:
+        return "badge-ok"
+    if code in (408, 409, 425, 429) or code >= 500:
+        return "badge-warn"
+    return "badge-bad"

@@ -1,0 +1,64 @@
+"""Shared set-up for the dashboard tests: a tenant with a source, a destination, events and deliveries."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+
+@dataclass
+class World:
+    source: Source
+    destination: Destination
+    event: WebhookEvent
+    delivery: Delivery
+
+
+def ingest_stripe(client, source, event_id: str, event_type: str = "invoice.paid") -> str:
+    """Post a correctly signed Stripe webhook through the real ingest endpoint; returns our event id."""
+    body = json.dumps({"id": event_id, "object": "event", "type": event_type})
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["id"]
+
+
+def dead_delivery(event: WebhookEvent, destination: Destination) -> Delivery:
+    """A delivery that ran out of retries after one 503, as the engine leaves it."""
+    delivery = Delivery.objects.create(
+        organization_id=event.organization_id,
+        event=event,
+        destination=destination,
+        status=Delivery.Status.DEAD,
+        attempt_count=1,
+        last_status_code=503,
+        completed_at=timezone.now(),
+    )
+    DeliveryAttempt.objects.create(
+        organization_id=event.organization_id,
+        delivery=delivery,
+        attempt_number=1,
+        duration_ms=42,
+        response_status=503,
+        response_body="upstream unavailable",
+    )
+    return delivery
+
+
+def build_world(client, organization, url="http://127.0.0.1:9/hook") -> World:
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, url, sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_world_1"))
+    return World(source=source, destination=destination, event=event, delivery=dead_delivery(event, destination))

@@ -1,0 +1,211 @@
+"""The dashboard in a real browser (Playwright + Debian's Chromium).
+
+The browser is signed in with a session cookie made by Django's test client, so
+these tests do not depend on the sign-in flow, which has tests of its own.
+"""
+
+import os
+import random
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils import timezone
+
+from organizations.models import Membership
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.selectors import uuid7_floor
+from webhooks.services import delivery as delivery_service
+from webhooks.services import operations, processing
+
+from .dashboard_helpers import build_world, ingest_stripe
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def work_is_driven_by_the_test(monkeypatch):
+    # No Celery worker here: the test processes events and sends deliveries itself.
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda: None)
+
+
+def sign_in(browser, live_server, user, width=1280, height=900):
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.add_cookies(
+        [
+            {
+                "name": django_settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[django_settings.SESSION_COOKIE_NAME].value,
+                "url": live_server.url,
+            }
+        ]
+    )
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    return page
+
+
+def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_it_delivered(
+    browser, live_server, settings, organization, owner, httpserver
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/")
+    page.get_by_role("link", name="Add a source").click()
+    page.get_by_role("link", name="Stripe").first.click()
+    page.get_by_label("Name").fill("Stripe live")
+    page.get_by_label("Signing secret").fill("whsec_browser_secret")
+    page.get_by_role("button", name="Create source").click()
+    page.wait_for_selector("text=Source “Stripe live” created")
+    source = Source.objects.get(name="Stripe live")
+    assert page.input_value("#ingest-url") == f"{live_server.url}/in/{source.ingest_token}/"
+
+    page.get_by_role("link", name="Destinations", exact=True).click()
+    page.get_by_role("link", name="Add a destination").first.click()
+    page.get_by_label("Name").fill("My app")
+    page.get_by_label("URL").fill(httpserver.url_for("/receiver"))
+    page.get_by_label("Stripe live").check()
+    page.get_by_role("button", name="Create destination").click()
+    secret = Destination.objects.get(name="My app").secret
+    assert page.input_value("#one-time-secret") == secret
+
+    page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/")
+    page.get_by_role("link", name="Send test event").click()
+    page.get_by_role("button", name="Send test event").click()
+    page.wait_for_selector("#test-result >> text=HTTP 200")
+    event = WebhookEvent.objects.get(source=source)
+
+    processing.process_received_events()
+    delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    page.locator("#test-result a").first.click()
+    page.wait_for_selector("h1")
+    assert event.event_type in page.inner_text("h1")
+    assert "Succeeded" in page.inner_text(".delivery") and "HTTP 200" in page.inner_text(".timeline")
+    assert len(httpserver.log) == 1
+
+
+def test_live_events_list_shows_new_arrivals_without_reload(browser, live_server, client, organization, owner):
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/")
+    page.wait_for_selector("#event-poller")
+    assert page.locator("#event-rows tr").count() == 1
+    ingest_stripe(client, world.source, "evt_arrives_live", "customer.created")
+    page.wait_for_selector("#event-rows >> text=customer.created", timeout=15_000)
+    assert page.locator("#event-rows tr").count() == 2
+
+
+def test_admin_retries_a_failed_delivery_and_it_succeeds(browser, live_server, client, organization, owner, httpserver):
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/?status=failed")
+    page.get_by_role("link", name="invoice.paid").click()
+    assert "HTTP 503" in page.inner_text(".timeline")
+    page.get_by_role("button", name="Retry now").click()
+    page.wait_for_selector("text=Retry to endpoint queued")
+    assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
+
+    delivery_service.deliver(world.delivery.pk)
+    page.reload()
+    assert "Succeeded" in page.inner_text(".delivery")
+    assert "HTTP 200" in page.inner_text(".timeline")
+
+
+def test_member_sees_everything_but_no_change_buttons(browser, live_server, client, organization, member):
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, member)
+    pages = [
+        "/o/acme/",
+        "/o/acme/sources/",
+        f"/o/acme/sources/{world.source.pk}/",
+        "/o/acme/destinations/",
+        f"/o/acme/destinations/{world.destination.pk}/",
+        f"/o/acme/events/{world.event.pk}/",
+    ]
+    for path in pages:
+        page.goto(f"{live_server.url}{path}")
+        assert page.locator("#main").is_visible()
+        # Members read: the only forms on their pages are search/filter forms, never changes.
+        assert page.locator("#main form[method=post]").count() == 0, path
+        for label in ("Add a source", "Add a destination", "Send test event", "Retry now", "Rotate secret", "Delete"):
+            assert page.get_by_role("link", name=label).count() == 0, (path, label)
+            assert page.get_by_role("button", name=label).count() == 0, (path, label)
+    assert Membership.objects.get(user=member).role == Membership.Role.MEMBER
+
+
+SCREENSHOT_DIR = os.environ.get("HOOKLINE_SCREENSHOTS")
+
+
+def seed_history(world, days=7, per_day=40):
+    """Events spread over past days with their deliveries, so the charts and health have something to show."""
+    rng = random.Random(7)
+    now = timezone.now()
+    for n in range(days * per_day):
+        received = now - timedelta(minutes=rng.randint(1, days * 24 * 60))
+        event = WebhookEvent.objects.create(
+            id=uuid.UUID(int=uuid7_floor(received).int | rng.getrandbits(60)),
+            organization=world.source.organization,
+            source=world.source,
+            provider_event_id=f"evt_hist_{n}",
+            event_type=rng.choice(["invoice.paid", "charge.succeeded", "customer.updated"]),
+            body=b'{"object": "event"}',
+            status=WebhookEvent.Status.PROCESSED,
+            received_at=received,
+        )
+        failed = rng.random() < 0.04
+        Delivery.objects.create(
+            id=uuid.UUID(int=uuid7_floor(received).int | rng.getrandbits(60)),
+            organization=world.source.organization,
+            event=event,
+            destination=world.destination,
+            status=Delivery.Status.DEAD if failed else Delivery.Status.SUCCEEDED,
+            attempt_count=1,
+            last_status_code=500 if failed else 200,
+            created_at=received,
+            completed_at=received + timedelta(milliseconds=rng.randint(80, 900)),
+        )
+
+
+def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, client, organization, owner, tmp_path):
+    """Screenshots of the main pages; set HOOKLINE_SCREENSHOTS=docs/screenshots to refresh the committed ones."""
+    world = build_world(client, organization)
+    seed_history(world)
+    for n, event_type in enumerate(["customer.created", "charge.succeeded", "invoice.payment_failed"]):
+        ingest_stripe(client, world.source, f"evt_shot_{n}", event_type)
+    processing.process_received_events()
+    target = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path
+    target.mkdir(parents=True, exist_ok=True)
+    pages = {
+        "overview": "/o/acme/",
+        "events": "/o/acme/events/",
+        "event-detail": f"/o/acme/events/{world.event.pk}/",
+        "sources": "/o/acme/sources/",
+        "source-detail": f"/o/acme/sources/{world.source.pk}/",
+        "destinations": "/o/acme/destinations/",
+        "destination-detail": f"/o/acme/destinations/{world.destination.pk}/",
+        "source-providers": "/o/acme/sources/new/",
+        "source-test": f"/o/acme/sources/{world.source.pk}/test/",
+        "audit": "/o/acme/audit/",
+    }
+    for width_name, width, height in (("desktop", 1280, 900), ("phone", 390, 844)):
+        page = sign_in(browser, live_server, owner, width=width, height=height)
+        for name, path in pages.items():
+            page.goto(f"{live_server.url}{path}")
+            page.wait_for_selector("h1")
+            # Nothing may stick out sideways on a phone: the page scrolls only vertically.
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, (name, width_name, overflow)
+            shot = target / f"{name}-{width_name}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 5_000
+        page.context.close()

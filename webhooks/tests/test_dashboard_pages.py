@@ -1,0 +1,461 @@
+"""What the dashboard pages show and do, driven through Django's test client."""
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape
+
+from organizations.models import AuditLog, Membership
+from organizations.services import organization_create
+from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
+from webhooks.selectors import EventFilters, event_page, uuid7_floor
+from webhooks.services import delivery as delivery_service
+from webhooks.services import operations
+
+from .dashboard_helpers import build_world, dead_delivery, ingest_stripe
+from .factories import STRIPE_SECRET, make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr("webhooks.tasks.run_bulk_retry.delay", lambda job_id: None)
+
+
+def page_text(response) -> str:
+    return response.content.decode()
+
+
+# --- Home and switcher ---------------------------------------------------------------
+
+
+def test_home_sends_a_single_organization_user_to_its_overview(client, owner):
+    client.force_login(owner)
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview", args=["acme"])
+
+
+def test_home_lists_several_organizations_and_the_frame_offers_a_switcher(client, owner, other_organization):
+    Membership.objects.create(user=owner, organization=other_organization, role=Membership.Role.MEMBER)
+    client.force_login(owner)
+    listing = page_text(client.get("/"))
+    assert "Choose an organization" in listing and "Acme" in listing and "Globex" in listing
+    overview = page_text(client.get(reverse("dashboard:overview", args=["acme"])))
+    assert 'class="org-switcher"' in overview and reverse("dashboard:overview", args=["globex"]) in overview
+
+
+def test_home_without_organization_explains_how_to_get_one(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("lonely@example.com"))
+    response = client.get("/")
+    assert response.status_code == 200 and "not in an organization yet" in page_text(response)
+
+
+# --- Overview ------------------------------------------------------------------------
+
+
+def test_new_organization_overview_shows_how_to_connect_a_provider(client, owner):
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:overview", args=["acme"])))
+    assert "Connect your first provider" in text
+    assert reverse("dashboard:source_providers", args=["acme"]) in text
+
+
+def test_overview_counts_events_success_rate_latency_and_failing_destinations(client, owner, organization):
+    world = build_world(client, organization)
+    second = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, "evt_ok"))
+    delivered = Delivery.objects.create(
+        organization=organization,
+        event=second,
+        destination=world.destination,
+        status=Delivery.Status.SUCCEEDED,
+        completed_at=second.received_at + timedelta(milliseconds=250),
+    )
+    client.force_login(owner)
+    response = client.get(reverse("dashboard:overview", args=["acme"]))
+    overview = response.context["overview"]
+    assert overview.events_24h == 2
+    assert overview.succeeded_24h == 1 and overview.dead_24h == 1 and overview.success_rate_24h == 50.0
+    assert overview.latency_p50_ms == 250
+    assert [row.destination for row in overview.failing_destinations] == [world.destination]
+    assert overview.chart_24h.total == 2 and len(overview.chart_24h.bars) == 24
+    assert len(overview.chart_7d.bars) == 168
+    assert "<svg" in page_text(response)
+    assert delivered.pk
+
+
+# --- Events list ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_events(client, organization):
+    source = make_source(organization, name="Stripe live")
+    other = make_source(organization, name="Stripe test", secret="whsec_other")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/a", sources=[source])
+    ids = [
+        ingest_stripe(client, source, f"evt_{n:03d}", "invoice.paid" if n % 2 else "charge.failed") for n in range(7)
+    ]
+    other_body = json.dumps({"id": "evt_other", "object": "event", "type": "customer.created"})
+    from .signing import stripe_headers
+
+    client.generic(
+        "POST",
+        f"/in/{other.ingest_token}/",
+        other_body,
+        content_type="application/json",
+        **stripe_headers(other_body, "whsec_other"),
+    )
+    failed = dead_delivery(WebhookEvent.objects.get(pk=ids[3]), destination)
+    return {"source": source, "other": other, "destination": destination, "ids": ids, "failed": failed}
+
+
+def listed_ids(response) -> list[str]:
+    return [str(event.pk) for event in response.context["events"]]
+
+
+def test_events_filters_by_status_source_type_destination_and_time(client, owner, many_events):
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    assert len(listed_ids(client.get(url))) == 8
+    assert len(listed_ids(client.get(url, {"source": many_events["other"].pk}))) == 1
+    assert len(listed_ids(client.get(url, {"event_type": "invoice.paid"}))) == 3
+    assert listed_ids(client.get(url, {"status": "failed"})) == [many_events["ids"][3]]
+    assert listed_ids(client.get(url, {"destination": many_events["destination"].pk})) == [many_events["ids"][3]]
+    assert len(listed_ids(client.get(url, {"range": "1h"}))) == 8
+    in_an_hour = (timezone.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    assert listed_ids(client.get(url, {"since": in_an_hour})) == []
+    assert len(listed_ids(client.get(url, {"since": an_hour_ago, "until": in_an_hour}))) == 8
+    assert listed_ids(client.get(url, {"until": an_hour_ago})) == []
+    WebhookEvent.objects.filter(pk=many_events["ids"][0]).delete()
+    assert listed_ids(client.get(url, {"status": "rejected"})) == []
+
+
+def test_events_search_by_provider_id_and_by_our_id(client, owner, many_events):
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    assert listed_ids(client.get(url, {"q": "evt_005"})) == [many_events["ids"][5]]
+    assert listed_ids(client.get(url, {"q": many_events["ids"][2]})) == [many_events["ids"][2]]
+    text = page_text(client.get(url, {"q": "evt_missing"}))
+    assert "No events match" in text
+
+
+def test_events_keyset_pages_cover_everything_once_in_order(client, organization, owner, many_events):
+    pages, before = [], None
+    while True:
+        page = event_page(organization=organization, filters=EventFilters(), before=before, limit=3)
+        pages.append([str(event.pk) for event in page.events])
+        if page.next_before is None:
+            break
+        before = page.next_before
+    flat = [event_id for chunk in pages for event_id in chunk]
+    assert [len(chunk) for chunk in pages] == [3, 3, 2]
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) == 8
+    client.force_login(owner)
+    response = client.get(reverse("dashboard:events", args=["acme"]), {"source": many_events["source"].pk})
+    assert 'rel="next"' not in page_text(response)  # 7 events fit one page of 50
+
+
+def test_events_list_uses_no_offset_and_no_count(client, owner, many_events, django_assert_max_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(owner)
+    with CaptureQueriesContext(connection) as queries:
+        client.get(reverse("dashboard:events", args=["acme"]), {"before": many_events["ids"][5], "status": "failed"})
+    event_queries = [q["sql"] for q in queries.captured_queries if "webhooks_webhookevent" in q["sql"]]
+    assert event_queries
+    assert not any("OFFSET" in sql or "COUNT(" in sql.upper() for sql in event_queries)
+
+
+def test_live_partial_returns_only_newer_rows_and_moves_its_cursor(client, owner, many_events):
+    client.force_login(owner)
+    newest = WebhookEvent.objects.order_by("-id").first()
+    url = reverse("dashboard:events_live", args=["acme"])
+    empty = client.get(url, {"after": newest.pk}, HTTP_HX_REQUEST="true")
+    assert empty.context["events"] == []
+    arrived = ingest_stripe(client, many_events["source"], "evt_live")
+    response = client.get(url, {"after": newest.pk}, HTTP_HX_REQUEST="true")
+    assert [str(event.pk) for event in response.context["events"]] == [arrived]
+    assert f"after={arrived}" in page_text(response) and 'hx-swap-oob="true"' in page_text(response)
+
+
+def test_uuid7_floor_orders_with_event_ids():
+    moment = timezone.now()
+    assert str(uuid7_floor(moment))[14] == "7"
+    assert uuid7_floor(moment - timedelta(seconds=1)) < uuid7_floor(moment)
+
+
+# --- Event detail, retry and replay --------------------------------------------------------
+
+
+def test_event_detail_shows_body_headers_verification_and_attempts(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    assert "evt_world_1" in text and "Signature verified" in text
+    assert "stripe-signature" in text.lower()
+    assert "Formatted JSON" in text and "Raw, as received" in text
+    assert "HTTP 503" in text and "42 ms" in text and "upstream unavailable" in text
+    assert "Retry now" in text and "Replay" in text
+
+
+def test_member_sees_event_but_no_retry_or_replay(client, member, organization):
+    world = build_world(client, organization)
+    client.force_login(member)
+    text = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    assert "evt_world_1" in text and "Retry now" not in text and "Replay to" not in text
+
+
+def test_rejected_request_explains_why(client, owner, organization):
+    source = make_source(organization)
+    body = '{"id":"evt_bad","type":"x"}'
+    from .signing import stripe_headers
+
+    client.generic(
+        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **stripe_headers(body, "wrong")
+    )
+    client.force_login(owner)
+    rejected = WebhookEvent.objects.get(status=WebhookEvent.Status.REJECTED)
+    text = page_text(client.get(reverse("dashboard:source_rejected", args=["acme", source.pk])))
+    assert rejected.rejection_code in text and escape(rejected.rejection_detail) in text
+    detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", rejected.pk])))
+    assert "Rejected: " + rejected.rejection_code in detail
+
+
+def test_retry_makes_a_dead_delivery_due_and_is_audited(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    response = client.post(reverse("dashboard:delivery_retry", args=["acme", world.delivery.pk]), follow=True)
+    assert "queued" in page_text(response)
+    assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
+    assert AuditLog.objects.filter(action="delivery.retried", actor_user=owner).exists()
+    again = client.post(reverse("dashboard:delivery_retry", args=["acme", world.delivery.pk]), follow=True)
+    assert again.status_code == 200
+
+
+def test_replay_creates_a_new_delivery_and_keeps_history(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    client.post(reverse("dashboard:event_replay", args=["acme", world.event.pk]), {"destination": world.destination.pk})
+    deliveries = Delivery.objects.filter(event=world.event).order_by("id")
+    assert [d.is_replay for d in deliveries] == [False, True]
+    assert AuditLog.objects.filter(action="event.replayed", actor_user=owner).exists()
+
+
+def test_replay_to_another_organizations_destination_is_refused(client, owner, organization, other_organization):
+    world = build_world(client, organization)
+    foreign, _ = make_destination(other_organization, "http://127.0.0.1:9/x")
+    client.force_login(owner)
+    client.post(reverse("dashboard:event_replay", args=["acme", world.event.pk]), {"destination": foreign.pk})
+    assert Delivery.objects.filter(event=world.event).count() == 1
+
+
+# --- Sources ---------------------------------------------------------------------------
+
+
+def test_provider_picker_lists_every_registered_provider(client, owner):
+    from webhooks.providers.registry import PROVIDERS
+
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_providers", args=["acme"])))
+    for kind, provider in PROVIDERS.items():
+        assert reverse("dashboard:source_create", args=["acme", kind]) in text
+        assert provider.label in text
+
+
+def test_source_form_shows_the_providers_options_and_secret_needs(client, owner):
+    from webhooks.providers.registry import PROVIDERS
+
+    client.force_login(owner)
+    for kind, provider in PROVIDERS.items():
+        text = page_text(client.get(reverse("dashboard:source_create", args=["acme", kind])))
+        for option in provider.options:
+            assert f'name="option_{option.name}"' in text, (kind, option.name)
+        assert ('name="secret"' in text) == provider.uses_secret, kind
+    assert client.get(reverse("dashboard:source_create", args=["acme", "nope"])).status_code == 404
+
+
+def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client, owner, organization):
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:source_create", args=["acme", "stripe"]),
+        {"name": "Stripe live", "secret": STRIPE_SECRET, "option_tolerance": "300"},
+    )
+    source = Source.objects.get(organization=organization, name="Stripe live")
+    assert response.status_code == 302 and response["Location"].endswith(f"/sources/{source.pk}/")
+    detail = page_text(client.get(response["Location"]))
+    assert f"/in/{source.ingest_token}/" in detail and STRIPE_SECRET not in detail
+    assert source.options["tolerance"] == 300
+
+    client.post(
+        reverse("dashboard:source_rotate", args=["acme", source.pk]),
+        {"new_secret": "whsec_rotated_one", "overlap_seconds": "3600"},
+    )
+    source.refresh_from_db()
+    assert source.secret == "whsec_rotated_one" and source.previous_secret == STRIPE_SECRET
+    assert source.previous_secret_expires_at > timezone.now() + timedelta(minutes=59)
+
+    client.post(reverse("dashboard:source_set_active", args=["acme", source.pk]), {"active": "0"})
+    assert not Source.objects.get(pk=source.pk).is_active
+    body = '{"id":"evt_paused","object":"event","type":"x"}'
+    from .signing import stripe_headers
+
+    paused = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, "whsec_rotated_one"),
+    )
+    assert paused.status_code == 404
+    client.post(reverse("dashboard:source_set_active", args=["acme", source.pk]), {"active": "1"})
+    assert Source.objects.get(pk=source.pk).is_active
+
+    client.post(reverse("dashboard:source_delete", args=["acme", source.pk]))
+    assert not Source.objects.filter(pk=source.pk).exists()
+    actions = list(
+        AuditLog.objects.filter(organization=organization, actor_user=owner).values_list("action", flat=True)
+    )
+    for action in ("source.created", "source.secret_rotated", "source.paused", "source.resumed", "source.deleted"):
+        assert action in actions
+
+
+def test_generated_source_secret_is_shown_once(client, owner, organization):
+    client.force_login(owner)
+    response = client.post(reverse("dashboard:source_create", args=["acme", "github"]), {"name": "Repo"})
+    source = Source.objects.get(name="Repo")
+    assert response.status_code == 200 and source.secret in page_text(response)
+    assert "shown only this once" in page_text(response)
+    assert source.secret not in page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
+
+
+def test_source_form_errors_are_shown_not_raised(client, owner):
+    client.force_login(owner)
+    response = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": ""})
+    assert response.status_code == 200 and "errorlist" in page_text(response)
+
+
+# --- Destinations -----------------------------------------------------------------------
+
+
+def test_destination_create_shows_secret_once_with_filters(client, owner, organization):
+    source = make_source(organization)
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {
+            "name": "App",
+            "url": "http://127.0.0.1:9/hooks",
+            "sources": [source.pk],
+            "event_types": "invoice.*, charge.failed",
+            "timeout_seconds": "10",
+        },
+    )
+    destination = Destination.objects.get(name="App")
+    assert response.status_code == 200 and destination.secret in page_text(response)
+    assert destination.subscriptions.get().event_types == ["invoice.*", "charge.failed"]
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+    assert destination.secret not in detail and destination.secret_hint in detail
+
+    rotated = client.post(reverse("dashboard:destination_rotate", args=["acme", destination.pk]))
+    destination.refresh_from_db()
+    assert destination.secret in page_text(rotated)
+    assert AuditLog.objects.filter(action="destination.secret_rotated").exists()
+
+
+def test_destination_edit_changes_sources_and_filters(client, owner, organization):
+    first = make_source(organization, name="one")
+    second = make_source(organization, name="two")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/a", sources=[first])
+    client.force_login(owner)
+    client.post(
+        reverse("dashboard:destination_edit", args=["acme", destination.pk]),
+        {
+            "name": "Renamed",
+            "url": "http://127.0.0.1:9/b",
+            "sources": [second.pk],
+            "event_types": "push",
+            "timeout_seconds": "5",
+        },
+    )
+    destination.refresh_from_db()
+    assert destination.name == "Renamed" and destination.url.endswith("/b") and destination.timeout_seconds == 5
+    assert [(s.source_id, s.event_types) for s in destination.subscriptions.all()] == [(second.pk, ["push"])]
+
+
+def test_destination_health_pause_resume_and_bulk_retry(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    listing = client.get(reverse("dashboard:destinations", args=["acme"]))
+    health = listing.context["destinations"][0].health
+    assert health.dead == 1 and health.success_rate == 0.0 and health.last_failure_error == "HTTP 503"
+
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    assert Destination.objects.get(pk=world.destination.pk).paused_at is not None
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "0"})
+    assert Destination.objects.get(pk=world.destination.pk).paused_at is None
+
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    job = BulkRetry.objects.get()
+    assert job.total == 1 and job.filters == {"destination": world.destination.pk}
+    operations.bulk_retry_run(job.pk)
+    assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "1 of 1 retried" in detail
+
+
+def test_destination_refuses_a_private_address_when_not_allowed(client, owner, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {"name": "Sneaky", "url": "http://127.0.0.1/internal", "timeout_seconds": "5"},
+    )
+    assert response.status_code == 200 and "errorlist" in page_text(response)
+    assert not Destination.objects.filter(name="Sneaky").exists()
+
+
+# --- Audit log -------------------------------------------------------------------------------
+
+
+def test_audit_log_filters_by_actor_action_and_date(client, owner, organization):
+    build_world(client, organization)
+    organization_create(name="Elsewhere", slug="elsewhere", owner_email="x@elsewhere.example")
+    client.force_login(owner)
+    url = reverse("dashboard:audit", args=["acme"])
+    everything = client.get(url).context["entries"]
+    assert {entry.action for entry in everything} >= {"organization.created", "source.created", "destination.created"}
+    assert all(entry.organization_id == organization.pk for entry in everything)
+    only_sources = client.get(url, {"action": "source.created"}).context["entries"]
+    assert [entry.action for entry in only_sources] == ["source.created"]
+    assert client.get(url, {"actor": "nobody@example"}).context["entries"] == []
+    tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
+    assert client.get(url, {"since": tomorrow}).context["entries"] == []
+    assert re.search(r"source\.created", page_text(client.get(url)))
+
+
+def test_events_list_query_count_does_not_grow_with_rows(client, owner, organization):
+    """No query per row: a page of many events costs the same number of queries as a page of one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    client.get(url)  # warms the cached event-type suggestions
+    with CaptureQueriesContext(connection) as one_event:
+        client.get(url)
+    for n in range(20):
+        event = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, f"evt_many_{n}"))
+        dead_delivery(event, world.destination)
+    with CaptureQueriesContext(connection) as many_events:
+        response = client.get(url)
+    assert len(response.context["events"]) == 21
+    assert len(many_events.captured_queries) == len(one_event.captured_queries)

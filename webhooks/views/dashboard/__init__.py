@@ -1,0 +1,1 @@
+"""The tenant dashboard: thin views over webhooks.selectors (reads) and webhooks.services (writes)."""

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.views.generic import TemplateView
+
+from organizations.mixins import OrganizationMixin
+from webhooks.forms import DestinationForm
+from webhooks.selectors import (
+    bulk_retries_for_destination,
+    destination_for_organization,
+    destinations_for_organization,
+)
+from webhooks.services.dashboard_stats import destination_health
+from webhooks.services.destinations import (
+    DestinationError,
+    destination_bulk_retry,
+    destination_create,
+    destination_rotate_secret,
+    destination_set_paused,
+    destination_update,
+)
+from webhooks.services.operations import OperationError
+
+from .base import ADMIN, ChangeView, or_404
+
+
+class DestinationMixin(OrganizationMixin):
+    def get_destination(self):
+        return or_404(
+            destination_for_organization, organization=self.organization, destination_id=self.kwargs["destination_id"]
+        )
+
+
+class DestinationListView(OrganizationMixin, TemplateView):
+    template_name = "dashboard/destinations.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        destinations = list(
+            destinations_for_organization(organization=self.organization)
+            .prefetch_related("subscriptions__source")
+            .order_by("name")
+        )
+        for destination in destinations:
+            destination.health = destination_health(destination=destination)
+        context["destinations"] = destinations
+        return context
+
+
+class DestinationCreateView(OrganizationMixin, TemplateView):
+    template_name = "dashboard/destination_form.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        form = DestinationForm(organization=self.organization)
+        return self.render_to_response(self.get_context_data(form=form, title="New destination"))
+
+    def post(self, request, *args, **kwargs):
+        form = DestinationForm(request.POST, organization=self.organization)
+        if form.is_valid():
+            try:
+                destination, secret = destination_create(
+                    organization=self.organization,
+                    name=form.cleaned_data["name"],
+                    url=form.cleaned_data["url"],
+                    sources=form.cleaned_data["sources"],
+                    event_types=form.cleaned_data["event_types"],
+                    timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    actor=request.user,
+                )
+            except DestinationError as exc:
+                form.add_error("url", str(exc))
+            else:
+                # Shown in this response only: it is never stored in the clear or shown again.
+                self.template_name = "dashboard/secret_once.html"
+                return self.render_to_response(
+                    self.get_context_data(destination=destination, secret=secret, title="Destination created")
+                )
+        return self.render_to_response(self.get_context_data(form=form, title="New destination"))
+
+
+class DestinationDetailView(DestinationMixin, TemplateView):
+    template_name = "dashboard/destination_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        destination = self.get_destination()
+        context.update(
+            destination=destination,
+            health=destination_health(destination=destination),
+            subscriptions=list(destination.subscriptions.select_related("source")),
+            bulk_retries=bulk_retries_for_destination(destination=destination),
+        )
+        return context
+
+
+class DestinationEditView(DestinationMixin, TemplateView):
+    template_name = "dashboard/destination_form.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        destination = self.get_destination()
+        form = DestinationForm(organization=self.organization, destination=destination)
+        return self.render_to_response(
+            self.get_context_data(form=form, destination=destination, title=f"Edit {destination.name}")
+        )
+
+    def post(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        form = DestinationForm(request.POST, organization=self.organization, destination=destination)
+        if form.is_valid():
+            try:
+                destination_update(
+                    destination=destination,
+                    name=form.cleaned_data["name"],
+                    url=form.cleaned_data["url"],
+                    sources=form.cleaned_data["sources"],
+                    event_types=form.cleaned_data["event_types"],
+                    timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    actor=request.user,
+                )
+            except DestinationError as exc:
+                form.add_error("url", str(exc))
+            else:
+                messages.success(request, "Destination saved.")
+                return redirect("dashboard:destination_detail", self.organization.slug, destination.pk)
+        return self.render_to_response(
+            self.get_context_data(form=form, destination=destination, title=f"Edit {destination.name}")
+        )
+
+
+class DestinationRotateSecretView(DestinationMixin, TemplateView):
+    template_name = "dashboard/secret_once.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        return redirect("dashboard:destination_detail", self.organization.slug, self.kwargs["destination_id"])
+
+    def post(self, request, *args, **kwargs):
+        destination, secret = destination_rotate_secret(destination=self.get_destination(), actor=request.user)
+        return self.render_to_response(
+            self.get_context_data(destination=destination, secret=secret, title="New signing secret")
+        )
+
+
+class DestinationSetPausedView(DestinationMixin, ChangeView):
+    def post(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        paused = request.POST.get("paused") == "1"
+        destination_set_paused(destination=destination, paused=paused, actor=request.user)
+        return self.done(
+            "Destination paused: deliveries wait until you resume it."
+            if paused
+            else "Destination resumed: waiting deliveries are being sent.",
+            "dashboard:destination_detail",
+            destination.pk,
+        )
+
+
+class DestinationBulkRetryView(DestinationMixin, ChangeView):
+    def post(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        try:
+            job = destination_bulk_retry(destination=destination, actor=request.user)
+        except OperationError as exc:
+            return self.done(
+                f"Not retried: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
+            )
+        return self.done(
+            f"Retrying {job.total} failed deliveries in the background.", "dashboard:destination_detail", destination.pk
+        )

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.utils import timezone
+from django.views.generic import TemplateView
+
+from organizations.mixins import OrganizationMixin
+from webhooks.forms import EventFilterForm, ReplayForm
+from webhooks.models import Delivery
+from webhooks.selectors import (
+    delivery_for_organization,
+    event_detail_for_organization,
+    event_page,
+    event_types_for_organization,
+    events_newer_than,
+    parse_event_id,
+    uuid7_floor,
+)
+from webhooks.services.delivery import DeliveryRetryError
+from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
+from webhooks.services.operations import OperationError
+
+from .base import ChangeView, or_404
+
+
+class EventFiltersMixin:
+    def filter_form(self) -> EventFilterForm:
+        form = EventFilterForm(self.request.GET or None, organization=self.organization)
+        if form.is_bound:
+            form.is_valid()
+        return form
+
+    def filter_query(self) -> str:
+        """The current filters as a query string, without the paging cursors."""
+        query = self.request.GET.copy()
+        for cursor in ("before", "after"):
+            query.pop(cursor, None)
+        return query.urlencode()
+
+
+class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
+    template_name = "dashboard/events.html"
+
+    def get_template_names(self):
+        # A filter change made by htmx only needs the results, not the whole frame.
+        if self.request.htmx and self.request.htmx.target == "event-results":
+            return ["dashboard/_event_results.html"]
+        return [self.template_name]
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        form = self.filter_form()
+        before = parse_event_id(self.request.GET.get("before", ""))
+        page = event_page(organization=self.organization, filters=form.to_filters(), before=before)
+        # Live arrival only on the first page: a deeper page is history.
+        newest = page.events[0].id if page.events else uuid7_floor(timezone.now())
+        context.update(
+            form=form,
+            page=page,
+            events=page.events,
+            is_first_page=before is None,
+            poll_after=newest,
+            query=self.filter_query(),
+            event_types=event_types_for_organization(organization=self.organization),
+        )
+        return context
+
+
+class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
+    """Rows that arrived after ``after``, polled by the list's first page (htmx)."""
+
+    template_name = "dashboard/_event_live.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        after = parse_event_id(self.request.GET.get("after", "")) or uuid7_floor(timezone.now())
+        form = self.filter_form()
+        events = events_newer_than(organization=self.organization, filters=form.to_filters(), after=after)
+        context.update(events=events, poll_after=events[0].id if events else after, query=self.filter_query())
+        return context
+
+
+def _pretty_body(body: bytes) -> tuple[str, str | None]:
+    """The raw text and, when the body is JSON, an indented copy."""
+    raw = bytes(body).decode("utf-8", errors="replace")
+    try:
+        return raw, json.dumps(json.loads(raw), indent=2, ensure_ascii=False, sort_keys=False)
+    except ValueError:
+        return raw, None
+
+
+class EventDetailView(OrganizationMixin, TemplateView):
+    template_name = "dashboard/event_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
+        raw, pretty = _pretty_body(event.body)
+        context.update(
+            event=event,
+            deliveries=list(event.deliveries.all()),
+            headers=sorted(event.headers.items()),
+            raw_body=raw,
+            pretty_body=pretty,
+            replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
+            retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
+        )
+        return context
+
+
+class EventReplayView(ChangeView):
+    def post(self, request, *args, **kwargs):
+        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
+        form = ReplayForm(request.POST, organization=self.organization)
+        if not form.is_valid():
+            messages.error(request, "Choose a destination of this organization.")
+            return redirect("dashboard:event_detail", self.organization.slug, event.pk)
+        try:
+            destination_replay_event(event=event, destination=form.cleaned_data["destination"], actor=request.user)
+        except OperationError as exc:
+            return self.done(f"Not replayed: {exc}.", "dashboard:event_detail", event.pk, level=messages.ERROR)
+        return self.done(
+            f"Replay to {form.cleaned_data['destination'].name} queued.", "dashboard:event_detail", event.pk
+        )
+
+
+class DeliveryRetryView(ChangeView):
+    def post(self, request, *args, **kwargs):
+        delivery = or_404(delivery_for_organization, organization=self.organization, delivery_id=kwargs["delivery_id"])
+        try:
+            destination_retry_delivery(delivery=delivery, actor=request.user)
+        except DeliveryRetryError as exc:
+            return self.done(f"Not retried: {exc}.", "dashboard:event_detail", delivery.event_id, level=messages.ERROR)
+        return self.done(f"Retry to {delivery.destination.name} queued.", "dashboard:event_detail", delivery.event_id)

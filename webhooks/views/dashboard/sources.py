@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404
+from django.shortcuts import redirect
+from django.views.generic import TemplateView
+
+from organizations.mixins import OrganizationMixin
+from webhooks.forms import SourceCreateForm, SourceEditForm, SourceRotateSecretForm, TestEventForm
+from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
+from webhooks.selectors import (
+    recent_events_for_source,
+    rejected_requests_for_source,
+    source_for_organization,
+    sources_for_organization,
+)
+from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
+from webhooks.services.source_testing import source_send_test_event
+from webhooks.services.sources import (
+    SourceError,
+    ingest_url,
+    source_create,
+    source_delete,
+    source_rotate_secret,
+    source_set_active,
+    source_update,
+)
+
+from .base import ADMIN, ChangeView, or_404
+
+
+class SourceMixin(OrganizationMixin):
+    def get_source(self):
+        return or_404(source_for_organization, organization=self.organization, source_id=self.kwargs["source_id"])
+
+
+class SourceListView(OrganizationMixin, TemplateView):
+    template_name = "dashboard/sources.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        sources = list(sources_for_organization(organization=self.organization).order_by("name"))
+        for source in sources:
+            source.provider_label = (
+                PROVIDERS[source.provider].label if source.provider in PROVIDERS else source.provider
+            )
+        context["sources"] = sources
+        return context
+
+
+class ProviderPickerView(OrganizationMixin, TemplateView):
+    """Step one of connecting a provider: every registered provider, with what it needs."""
+
+    template_name = "dashboard/source_providers.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["providers"] = sorted(PROVIDERS.values(), key=lambda provider: provider.label.lower())
+        return context
+
+
+class SourceCreateView(OrganizationMixin, TemplateView):
+    template_name = "dashboard/source_form.html"
+    required_role = ADMIN
+
+    def dispatch(self, request, *args, **kwargs):
+        try:
+            self.provider = get_provider(kwargs["provider"])
+        except UnknownProvider:
+            raise Http404("No such provider") from None
+        return super().dispatch(request, *args, **kwargs)
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        return self.render_to_response(self.get_context_data(form=SourceCreateForm(provider=self.provider)))
+
+    def post(self, request, *args, **kwargs):
+        form = SourceCreateForm(request.POST, provider=self.provider)
+        if form.is_valid():
+            try:
+                source, generated = source_create(
+                    organization=self.organization,
+                    provider=self.provider.kind,
+                    name=form.cleaned_data["name"],
+                    secret=form.cleaned_data.get("secret") or None,
+                    options=form.cleaned_options(),
+                    actor=request.user,
+                )
+            except SourceError as exc:
+                form.add_error(None, str(exc))
+            else:
+                if generated:
+                    # Shown in this response only: it is never stored in the clear or shown again.
+                    self.template_name = "dashboard/secret_once.html"
+                    return self.render_to_response(
+                        self.get_context_data(source=source, secret=generated, title="Source created")
+                    )
+                messages.success(request, f"Source “{source.name}” created. Point {self.provider.label} at its URL.")
+                return redirect("dashboard:source_detail", self.organization.slug, source.pk)
+        return self.render_to_response(self.get_context_data(form=form))
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.setdefault("title", f"Connect {self.provider.label}")
+        context["provider"] = self.provider
+        return context
+
+
+class SourceDetailView(SourceMixin, TemplateView):
+    template_name = "dashboard/source_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        source = self.get_source()
+        provider = PROVIDERS.get(source.provider)
+        context.update(
+            source=source,
+            provider=provider,
+            ingest_url=ingest_url(source),
+            recent_events=recent_events_for_source(source=source),
+            rejected=rejected_requests_for_source(source=source, limit=5),
+            fixtures=fixtures_for_provider(source.provider),
+            destinations=list(source.subscriptions.select_related("destination")),
+        )
+        return context
+
+
+class SourceRejectedView(SourceMixin, TemplateView):
+    template_name = "dashboard/source_rejected.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        source = self.get_source()
+        context.update(source=source, rejected=rejected_requests_for_source(source=source, limit=100))
+        return context
+
+
+class SourceEditView(SourceMixin, TemplateView):
+    template_name = "dashboard/source_edit.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        source = self.get_source()
+        return self.render_to_response(self.get_context_data(source=source, form=SourceEditForm(source=source)))
+
+    def post(self, request, *args, **kwargs):
+        source = self.get_source()
+        form = SourceEditForm(request.POST, source=source)
+        if form.is_valid():
+            try:
+                source_update(
+                    source=source, name=form.cleaned_data["name"], options=form.cleaned_options(), actor=request.user
+                )
+            except SourceError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, "Source saved.")
+                return redirect("dashboard:source_detail", self.organization.slug, source.pk)
+        return self.render_to_response(self.get_context_data(source=source, form=form))
+
+
+class SourceRotateSecretView(SourceMixin, TemplateView):
+    template_name = "dashboard/source_rotate.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        source = self.get_source()
+        form = SourceRotateSecretForm(provider=get_provider(source.provider))
+        return self.render_to_response(self.get_context_data(source=source, form=form))
+
+    def post(self, request, *args, **kwargs):
+        source = self.get_source()
+        form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider))
+        if form.is_valid():
+            try:
+                source, generated = source_rotate_secret(
+                    source=source,
+                    new_secret=form.cleaned_data["new_secret"] or None,
+                    overlap_seconds=form.cleaned_data["overlap_seconds"],
+                    actor=request.user,
+                )
+            except SourceError as exc:
+                form.add_error(None, str(exc))
+            else:
+                if generated:
+                    self.template_name = "dashboard/secret_once.html"
+                    return self.render_to_response(
+                        self.get_context_data(source=source, secret=generated, title="New signing secret")
+                    )
+                messages.success(request, f"Secret rotated; it now ends in {source.secret_hint}.")
+                return redirect("dashboard:source_detail", self.organization.slug, source.pk)
+        return self.render_to_response(self.get_context_data(source=source, form=form))
+
+
+class SourceSetActiveView(SourceMixin, ChangeView):
+    def post(self, request, *args, **kwargs):
+        source = self.get_source()
+        active = request.POST.get("active") == "1"
+        source_set_active(source=source, active=active, actor=request.user)
+        return self.done(
+            f"Source {'resumed' if active else 'paused: its URL answers 404 until resumed'}.",
+            "dashboard:source_detail",
+            source.pk,
+        )
+
+
+class SourceDeleteView(SourceMixin, TemplateView):
+    template_name = "dashboard/source_delete.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        return self.render_to_response(self.get_context_data(source=self.get_source()))
+
+    def post(self, request, *args, **kwargs):
+        source = self.get_source()
+        name = source.name
+        source_delete(source=source, actor=request.user)
+        messages.success(request, f"Source “{name}” and its events were deleted.")
+        return redirect("dashboard:sources", self.organization.slug)
+
+
+class SourceTestView(SourceMixin, TemplateView):
+    """The simulator: sign a sample or an edited payload as the provider would and post it to us."""
+
+    template_name = "dashboard/source_test.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        source = self.get_source()
+        return self.render_to_response(self.get_context_data(source=source, form=TestEventForm(source=source)))
+
+    def post(self, request, *args, **kwargs):
+        source = self.get_source()
+        form = TestEventForm(request.POST, source=source)
+        result = None
+        if form.is_valid():
+            try:
+                result = source_send_test_event(
+                    source=source,
+                    fixture=form.cleaned_data["fixture"] or None,
+                    body=form.cleaned_data["payload"],
+                    actor=request.user,
+                )
+            except SampleSenderError as exc:
+                form.add_error(None, str(exc))
+        context = self.get_context_data(source=source, form=form, result=result)
+        if request.htmx:
+            self.template_name = "dashboard/_test_result.html"
+        return self.render_to_response(context)
