@@ -102,6 +102,8 @@ def main() -> None:
     print(
         f"\nHookline is running on {BASE_URL}\n"
         f"  ingest URL of the demo Stripe source: {seed['ingest_url']}\n"
+        f"  dashboard: {BASE_URL}/accounts/sign-in/ as owner@demo.example "
+        "(the sign-in link and code are printed here, by the console mail backend)\n"
         f"  admin: {BASE_URL}/admin/ (create a login with: .venv/bin/python manage.py createsuperuser)\n"
         f"  events: .venv/bin/python manage.py list_events --org {seed['organization']}\n"
         f"  send another: .venv/bin/python manage.py send_test_webhook --source {seed['source_id']} --fresh-id\n"

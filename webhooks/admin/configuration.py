@@ -11,13 +11,8 @@ from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyA
 from webhooks.models import BulkRetry, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
-from webhooks.services.destinations import DestinationError, destination_check_url
-from webhooks.services.operations import (
-    OperationError,
-    destination_pause,
-    destination_resume,
-    destination_rotate_secret,
-)
+from webhooks.services.destinations import DestinationError, destination_check_url, destination_rotate_secret
+from webhooks.services.operations import destination_pause, destination_resume
 from webhooks.services.sources import SourceError, ingest_url, source_rotate_secret
 
 from .filters import SourceProviderFilter
@@ -227,7 +222,7 @@ class DestinationAdmin(AuditedModelAdmin):
             try:
                 destination_rotate_secret(destination=obj, new_secret=new_secret, actor=request.user)
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
-            except OperationError as exc:
+            except DestinationError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
 
     @admin.action(description="Rotate secret (generate a new one, shown once)")
@@ -235,7 +230,7 @@ class DestinationAdmin(AuditedModelAdmin):
         shown = [
             (
                 f"{destination.organization.name} · {destination}",
-                destination_rotate_secret(destination=destination, actor=request.user),
+                destination_rotate_secret(destination=destination, actor=request.user)[1],
             )
             for destination in queryset.select_related("organization")
         ]

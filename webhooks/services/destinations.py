@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 
 from django.db import transaction
@@ -136,10 +137,23 @@ def destination_update(
 
 
 @transaction.atomic
-def destination_rotate_secret(*, destination: Destination, actor=None) -> tuple[Destination, str]:
-    """A new signing secret, effective for the next attempt; returned once to be shown once."""
+def destination_rotate_secret(
+    *, destination: Destination, new_secret: str | None = None, actor=None
+) -> tuple[Destination, str]:
+    """A new signing secret (generated unless given), effective for the next attempt; returned to be shown once.
+
+    The receiver must switch to it: signatures made with the old one stop at once.
+    """
     require_configure_role(organization=destination.organization, actor=actor)
-    secret = generate_standard_webhooks_secret()
+    if new_secret:
+        new_secret = new_secret.strip()
+        try:
+            key = base64.b64decode(new_secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not new_secret.startswith("whsec_") or len(key) < 24:
+            raise DestinationError("a destination secret is 'whsec_' followed by base64 of at least 24 bytes")
+    secret = new_secret or generate_standard_webhooks_secret()
     destination.secret = secret
     destination.secret_hint = secret_hint(secret)
     destination.save(update_fields=["secret", "secret_hint", "updated_at"])
@@ -148,7 +162,7 @@ def destination_rotate_secret(*, destination: Destination, actor=None) -> tuple[
         organization=destination.organization,
         actor=actor,
         target=destination,
-        changes={"secret": SECRET_MASK},
+        changes={"secret": SECRET_MASK, "generated": not new_secret},
     )
     return destination, secret
 

@@ -152,38 +152,3 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
     BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.DONE, finished_at=timezone.now())
     job.refresh_from_db()
     return job
-
-
-@transaction.atomic
-def destination_rotate_secret(*, destination: Destination, new_secret: str | None = None, actor=None) -> str:
-    """Give a destination a new signing secret (generated unless given) and return it, to be shown once.
-
-    The receiver must switch to the new secret: signatures made with the old one stop at once.
-    """
-    # Imported here so that this addition stays at the end of the module.
-    import base64
-
-    from organizations.services import SECRET_MASK
-
-    from .secrets import generate_standard_webhooks_secret, secret_hint
-
-    if new_secret:
-        new_secret = new_secret.strip()
-        try:
-            key = base64.b64decode(new_secret.removeprefix("whsec_"), validate=True)
-        except ValueError:
-            raise OperationError("a destination secret is 'whsec_' followed by base64") from None
-        if not new_secret.startswith("whsec_") or len(key) < 24:
-            raise OperationError("a destination secret is 'whsec_' followed by base64 of at least 24 bytes")
-    secret = new_secret or generate_standard_webhooks_secret()
-    destination.secret = secret
-    destination.secret_hint = secret_hint(secret)
-    destination.save(update_fields=["secret", "secret_hint", "updated_at"])
-    audit_record(
-        action="destination.secret_rotated",
-        organization=destination.organization,
-        actor=actor,
-        target=destination,
-        changes={"secret": SECRET_MASK, "generated": not new_secret},
-    )
-    return secret
