@@ -17,6 +17,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, transaction
 from django.utils import timezone
 
+from .middleware import current_request
 from .models import AuditLog, Membership, Organization
 
 SECRET_MASK = "********"
@@ -133,7 +134,8 @@ def audit_record(
     """The one way an audit entry is written, chained to the previous one.
 
     ``actor`` is a User, another credential such as an API key (anything with a ``str``), or
-    None for the system. ``request`` supplies the IP address and user agent when given.
+    None for the system. ``request`` (by default the one being served, see
+    organizations.middleware) supplies the IP address and user agent.
     Secret-looking keys in ``changes`` are masked.
     """
     user_model = get_user_model()
@@ -143,6 +145,7 @@ def audit_record(
         actor_type, actor_user, actor_label = AuditLog.ActorType.USER, actor, actor_label or str(actor)
     else:
         actor_type, actor_user, actor_label = AuditLog.ActorType.API_KEY, None, actor_label or str(actor)
+    request = request if request is not None else current_request()
     if request is not None:
         ip_address = ip_address or _client_ip(request)
         user_agent = user_agent or request.META.get("HTTP_USER_AGENT", "")

@@ -21,6 +21,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='webhookevent',
-            index=models.Index(fields=['organization', 'provider_event_id'], name='event_org_provider_id'),
+            index=models.Index(fields=['provider_event_id'], name='event_provider_id'),
         ),
     ]

@@ -47,7 +47,8 @@ class WebhookEvent(models.Model):
             # Dashboard filters and search: each one an index walk in list order, newest first.
             models.Index(fields=("organization", "source", "-id"), name="event_org_source_id"),
             models.Index(fields=("organization", "event_type", "-id"), name="event_org_type_id"),
-            models.Index(fields=("organization", "provider_event_id"), name="event_org_provider_id"),
+            # Alone, so the admin finds a provider id across tenants; the dashboard adds the organization.
+            models.Index(fields=("provider_event_id",), name="event_provider_id"),
             # Small: only the rows the sweeper and the processor look for.
             models.Index(
                 fields=("status", "received_at"),

@@ -187,3 +187,17 @@ def test_platform_staff_acting_from_the_admin_pass_the_service_check(world, djan
     operator = django_user_model.objects.create_superuser("root@hookline.example", "pw-for-tests-only")
     source_set_active(source=world.source, active=False, actor=operator)
     assert not Source.objects.get(pk=world.source.pk).is_active
+
+
+def test_dashboard_changes_are_audited_with_the_client_ip_and_user_agent(client, world, owner):
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:source_set_active", kwargs={"org_slug": "acme", "source_id": world.source.pk}),
+        {"active": "0"},
+        REMOTE_ADDR="203.0.113.7",
+        HTTP_USER_AGENT="Hookline-Test-Browser/1.0",
+    )
+    assert response.status_code == 302
+    entry = AuditLog.objects.filter(target_id=str(world.source.pk)).latest("id")
+    assert entry.actor_user == owner
+    assert entry.ip_address == "203.0.113.7" and entry.user_agent == "Hookline-Test-Browser/1.0"
