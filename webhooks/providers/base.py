@@ -88,6 +88,7 @@ class ProviderOption:
     default: Any = None
     kind: str = "str"  # str | int | bool | choice
     choices: tuple[str, ...] = ()
+    min_value: int | None = None  # for kind "int"
 
     def clean(self, raw: Any) -> Any:
         if raw is None or raw == "":
@@ -96,9 +97,12 @@ class ProviderOption:
             return self.default
         if self.kind == "int":
             try:
-                return int(raw)
+                number = int(raw)
             except (TypeError, ValueError):
                 raise InvalidOptions(f"option '{self.name}' must be an integer") from None
+            if self.min_value is not None and number < self.min_value:
+                raise InvalidOptions(f"option '{self.name}' must be {self.min_value} or more")
+            return number
         if self.kind == "bool":
             if isinstance(raw, bool):
                 return raw

@@ -100,6 +100,7 @@ class DiscordProvider(Provider):
             ),
             default=0,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -119,12 +120,6 @@ class DiscordProvider(Provider):
         "APPLICATION_COMMAND_AUTOCOMPLETE, MODAL_SUBMIT; unknown numbers as type_<n>); webhook events: "
         "`event.type`, e.g. APPLICATION_AUTHORIZED"
     )
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)

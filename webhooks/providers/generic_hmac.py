@@ -61,6 +61,7 @@ OPTIONS = (
         "Only with a timestamp header: maximum age or lead of the timestamp; 0 turns the check off.",
         default=DEFAULT_TOLERANCE,
         kind="int",
+        min_value=0,
     ),
     ProviderOption("event_id_header", "Event id header", "Header with the sender's event or delivery id."),
     ProviderOption("event_id_field", "Event id field", "Dotted JSON path to the event id, e.g. data.id."),
@@ -157,8 +158,6 @@ class GenericHmacProvider(Provider):
         # (e.g. timestamp + body), so an explicit empty value is kept.
         if raw.get("timestamp_separator") == "":
             cleaned["timestamp_separator"] = ""
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
         return cleaned
 
     def verify(

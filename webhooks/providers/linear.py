@@ -16,7 +16,6 @@ from typing import Any
 from .base import (
     EventInfo,
     InboundRequest,
-    InvalidOptions,
     MalformedPayload,
     Provider,
     ProviderOption,
@@ -76,6 +75,7 @@ class LinearProvider(Provider):
             ),
             default=DEFAULT_TOLERANCE,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -88,12 +88,6 @@ class LinearProvider(Provider):
         "(identical bytes count as a redelivery)"
     )
     docs_event_type = '"<type>.<action>" from the payload, e.g. Issue.create, Comment.remove (just type without action)'
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def verify(
         self,

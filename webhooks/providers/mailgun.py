@@ -21,7 +21,6 @@ from typing import Any
 from .base import (
     EventInfo,
     InboundRequest,
-    InvalidOptions,
     MalformedPayload,
     Provider,
     ProviderOption,
@@ -83,6 +82,7 @@ class MailgunProvider(Provider):
             ),
             default=0,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -94,12 +94,6 @@ class MailgunProvider(Provider):
     sample_event_id_path = ("event-data", "id")
     docs_event_id = "payload `event-data.id` (the event's id, the same on every retry)"
     docs_event_type = "payload `event-data.event`, e.g. delivered, failed, opened"
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def verify(
         self,

@@ -296,6 +296,7 @@ class PayPalProvider(Provider):
             ),
             default=0,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -316,12 +317,6 @@ class PayPalProvider(Provider):
         self._trust_anchors = trust_anchors
 
     # -- configuration --
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)

@@ -80,6 +80,7 @@ class SendGridProvider(Provider):
             ),
             default=0,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -96,12 +97,6 @@ class SendGridProvider(Provider):
     docs_event_type = (
         'the events\' common `event` (e.g. delivered) when every event in the batch has the same one, else "batch"'
     )
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)

@@ -18,7 +18,6 @@ from .base import (
     EventInfo,
     HandshakeResponse,
     InboundRequest,
-    InvalidOptions,
     MalformedPayload,
     Provider,
     ProviderOption,
@@ -84,6 +83,7 @@ class SlackProvider(Provider):
             ),
             default=DEFAULT_TOLERANCE,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -103,12 +103,6 @@ class SlackProvider(Provider):
         "(e.g. app_rate_limited). Interactivity: the `type` of the JSON in the form's `payload` field "
         "(e.g. block_actions, view_submission, shortcut); slash commands: slash_command."
     )
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def verify(
         self,

@@ -95,6 +95,7 @@ class StandardWebhooksProvider(Provider):
             help_text="Reject timestamps further than this in the past or future; 0 turns the check off. The spec uses 300.",
             default=DEFAULT_TOLERANCE,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -104,12 +105,6 @@ class StandardWebhooksProvider(Provider):
     )
     docs_event_id = "webhook-id / svix-id header (the same on every retry)"
     docs_event_type = "payload `type`, e.g. user.created"
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)

@@ -17,7 +17,6 @@ from .base import (
     EventInfo,
     HandshakeResponse,
     InboundRequest,
-    InvalidOptions,
     MalformedPayload,
     Provider,
     ProviderOption,
@@ -71,6 +70,7 @@ class ZoomProvider(Provider):
             ),
             default=DEFAULT_TOLERANCE,
             kind="int",
+            min_value=0,
         ),
     )
     docs_verifies = (
@@ -89,12 +89,6 @@ class ZoomProvider(Provider):
         'without event_ts or payload: "sha256:<hex of the raw body>".'
     )
     docs_event_type = "payload `event`, e.g. meeting.started"
-
-    def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        cleaned = super().clean_options(raw)
-        if cleaned["tolerance"] < 0:
-            raise InvalidOptions("option 'tolerance' must be 0 or more seconds")
-        return cleaned
 
     def verify(
         self,

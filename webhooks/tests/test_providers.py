@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from webhooks.providers.base import EventInfo, InboundRequest, MalformedPayload, Provider, VerificationError
+from webhooks.providers.base import (
+    EventInfo,
+    InboundRequest,
+    InvalidOptions,
+    MalformedPayload,
+    Provider,
+    VerificationError,
+)
 from webhooks.providers.registry import PROVIDERS, get_provider
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -317,3 +324,9 @@ def test_fresh_id_samples_are_distinct_events(kind, monkeypatch):
         info = provider.describe(request, options_for(kind))
         seen.add(info.event_id)
     assert len(seen) == 2, f"{kind}: both sends carry the event id {seen}"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if any(o.name == "tolerance" for o in PROVIDERS[k].options)])
+def test_a_negative_tolerance_is_refused(kind):
+    with pytest.raises(InvalidOptions, match="tolerance"):
+        PROVIDERS[kind].clean_options({**REQUIRED_OPTIONS.get(kind, {}), "tolerance": "-1"})
