@@ -113,32 +113,7 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     show_facets = admin.ShowFacets.NEVER
     actions = ("retry_failed_deliveries", "replay_to_destinations")
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
-    fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "id",
-                    "organization",
-                    "source",
-                    "status",
-                    "event_type",
-                    "provider_event_id",
-                    "received_at",
-                    "processed_at",
-                    "remote_ip",
-                    "duplicate_count",
-                    "last_duplicate_at",
-                    "rejection_code",
-                    "rejection_detail",
-                )
-            },
-        ),
-        ("Headers", {"fields": ("headers_table",)}),
-        ("Body", {"fields": ("body_pretty", "body_raw")}),
-        ("Deliveries and attempts", {"fields": ("deliveries_with_attempts",)}),
-    )
-    readonly_fields = (
+    EVENT_FIELDS = (
         "id",
         "organization",
         "source",
@@ -152,11 +127,15 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         "last_duplicate_at",
         "rejection_code",
         "rejection_detail",
-        "headers_table",
-        "body_pretty",
-        "body_raw",
-        "deliveries_with_attempts",
     )
+    fieldsets = (
+        (None, {"fields": EVENT_FIELDS}),
+        ("Headers", {"fields": ("headers_table",)}),
+        ("Body", {"fields": ("body_pretty", "body_raw")}),
+        ("Deliveries and attempts", {"fields": ("deliveries_with_attempts",)}),
+    )
+    # Events are evidence: every field is read-only.
+    readonly_fields = (*EVENT_FIELDS, "headers_table", "body_pretty", "body_raw", "deliveries_with_attempts")
 
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).
