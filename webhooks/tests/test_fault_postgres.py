@@ -99,6 +99,6 @@ def test_postgres_restart_while_webhooks_arrive(private_stack):
     assert set(acknowledged) <= set(stored)  # every 200 was committed
     assert set(stored) == set(acknowledged) | set(refused)
 
-    assert wait_until(lambda: all(receiver.snapshot()[i] >= 1 for i in stored.values()), timeout=90)
+    assert wait_until(lambda: all(receiver.snapshot()[i] >= 1 for i in stored.values()), timeout=180)
     counts = receiver.snapshot()
     assert max(counts.values()) <= 2
