@@ -196,16 +196,25 @@ def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, cli
         "source-providers": "/o/acme/sources/new/",
         "source-test": f"/o/acme/sources/{world.source.pk}/test/",
         "audit": "/o/acme/audit/",
+        "team": "/o/acme/team/",
     }
+    signed_out_pages = {"sign-in": "/accounts/sign-in/"}
     for width_name, width, height in (("desktop", 1280, 900), ("phone", 390, 844)):
+        signed_out = browser.new_context(viewport={"width": width, "height": height}).new_page()
         page = sign_in(browser, live_server, owner, width=width, height=height)
-        for name, path in pages.items():
-            page.goto(f"{live_server.url}{path}")
-            page.wait_for_selector("h1")
+        for name, path, browser_page in [
+            *((n, p, signed_out) for n, p in signed_out_pages.items()),
+            *((n, p, page) for n, p in pages.items()),
+        ]:
+            browser_page.goto(f"{live_server.url}{path}")
+            browser_page.wait_for_selector("h1")
             # Nothing may stick out sideways on a phone: the page scrolls only vertically.
-            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            overflow = browser_page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
             assert overflow <= 0, (name, width_name, overflow)
             shot = target / f"{name}-{width_name}.png"
-            page.screenshot(path=str(shot), full_page=True)
+            browser_page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 5_000
         page.context.close()
+        signed_out.context.close()
