@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from django.conf import settings
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 
 def client_ip(request) -> str | None:
-    """The client's address; behind a trusted router, the right-most X-Forwarded-For entry (the one it vouches for)."""
+    """The client's address; behind a trusted router, the right-most X-Forwarded-For entry (the one it vouches for).
+
+    None when that is not an IP address (a router that appends ``ip:port``, or garbage).
+    """
+    address = request.META.get("REMOTE_ADDR") or None
     if settings.TRUST_X_FORWARDED_FOR:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
+        address = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip() or address
+    try:
+        return str(ipaddress.ip_address(address)) if address else None
+    except ValueError:
+        return None
 
 
 def safe_next_url(request, candidate: str | None) -> str:

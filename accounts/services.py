@@ -144,7 +144,8 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
         },
         timeout=code_ttl,
     )
-    cache.delete(CODE_TRIES_KEY.format(email_digest))  # a new code gets the full number of tries
+    # Wrong codes are counted per address over the rate window, not per code: asking for new
+    # codes must not buy an attacker more guesses.
 
     audience = _audience(email)
     if audience == "sign_in":
@@ -242,7 +243,7 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     if not _within_limit("code-ip", ip_address or "unknown", settings.SIGN_IN_CODE_TRIES_PER_IP):
         raise RateLimited
     code_key = CODE_KEY.format(email_digest)
-    tries = _count(CODE_TRIES_KEY.format(email_digest), ttl=settings.SIGN_IN_CODE_TTL_SECONDS)
+    tries = _count(CODE_TRIES_KEY.format(email_digest), ttl=settings.SIGN_IN_RATE_WINDOW_SECONDS)
     if tries > settings.SIGN_IN_CODE_MAX_ATTEMPTS:
         cache.delete(code_key)
         raise CodeLocked

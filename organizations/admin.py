@@ -6,7 +6,7 @@ Django's own LogEntry) by ``AuditedAdminMixin``; the webhooks admin builds on th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -218,7 +218,8 @@ class DateRangeFilter(admin.ListFilter):
         start = self._date(self.parameter_from)
         end = self._date(self.parameter_to)
         start_at = datetime.combine(start, time.min, tzinfo=UTC) if start else None
-        end_at = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1) if end else None
+        # The day after the last one, except for 9999-12-31, after which there is nothing to exclude.
+        end_at = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1) if end and end < date.max else None
         return start_at, end_at
 
     def queryset(self, request, queryset):

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, transaction
 from django.utils import timezone
+
+from accounts.http import client_ip
 
 from .middleware import current_request
 from .models import AuditLog, Membership, Organization
@@ -107,18 +108,6 @@ def _last_entry_hash() -> str | None:
     return AuditLog.objects.order_by("-id").values_list("entry_hash", flat=True).first()
 
 
-def _client_ip(request) -> str | None:
-    address = request.META.get("REMOTE_ADDR") or None
-    if getattr(settings, "TRUST_X_FORWARDED_FOR", False):
-        # As at ingest: the platform's router appends the address it saw, so the right-most entry counts.
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
-        address = forwarded or address
-    try:
-        return str(ipaddress.ip_address(address)) if address else None
-    except ValueError:
-        return None
-
-
 def audit_record(
     *,
     action: str,
@@ -147,10 +136,13 @@ def audit_record(
         actor_type, actor_user, actor_label = AuditLog.ActorType.API_KEY, None, actor_label or str(actor)
     request = request if request is not None else current_request()
     if request is not None:
-        ip_address = ip_address or _client_ip(request)
+        ip_address = ip_address or client_ip(request)
         user_agent = user_agent or request.META.get("HTTP_USER_AGENT", "")
     if ip_address:
-        ip_address = str(ipaddress.ip_address(ip_address))
+        try:
+            ip_address = str(ipaddress.ip_address(ip_address))
+        except ValueError:
+            ip_address = None  # an unparsable address must not cost the entry
     # Round-trip through JSON now, so what is hashed is exactly what the database gives back.
     stored_changes = _stable_json(json.loads(json.dumps(mask_secrets(changes or {}), cls=DjangoJSONEncoder)))
     with transaction.atomic(using=AuditLog.objects.db):

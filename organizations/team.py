@@ -100,7 +100,14 @@ def invitation_create(
     now = timezone.now()
     try:
         invitation = _replace_open_invitation(
-            organization=organization, actor=actor, email=email, role=role, token=token, now=now, ip_address=ip_address
+            organization=organization,
+            actor=actor,
+            actor_membership=actor_membership,
+            email=email,
+            role=role,
+            token=token,
+            now=now,
+            ip_address=ip_address,
         )
     except IntegrityError as exc:  # the same address invited at the same moment by someone else
         raise TeamRuleError(f"{email} was just invited by someone else.") from exc
@@ -127,8 +134,12 @@ def invitation_create(
 
 
 @transaction.atomic
-def _replace_open_invitation(*, organization, actor, email, role, token, now, ip_address) -> Invitation:
+def _replace_open_invitation(
+    *, organization, actor, actor_membership, email, role, token, now, ip_address
+) -> Invitation:
     for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):
+        # Replacing is revoking: an admin may not replace an owner's invitation with a lesser one.
+        _require_rank(actor_membership, previous.role)
         previous.revoked_at = now
         previous.save(update_fields=["revoked_at"])
         audit_record(
@@ -282,6 +293,9 @@ def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
         raise InvitationUnavailable(status)  # before creating anyone's account
     with transaction.atomic():
         user = _user_for_email(invitation.email)
+        if not user.is_active:
+            # A deactivated account stays out, as it does at sign-in.
+            raise InvitationUnavailable(Invitation.Status.REVOKED)
         _accept(invitation, user, ip_address)
     return user
 

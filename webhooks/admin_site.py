@@ -24,8 +24,8 @@ def platform_overview() -> dict:
     from django.utils import timezone
 
     from organizations.models import MonthlyUsage
-    from webhooks.admin.uuid_bounds import uuid7_floor
     from webhooks.models import Delivery, Destination, WebhookEvent
+    from webhooks.selectors import uuid7_floor
 
     now = timezone.now()
     # Ids are UUIDv7: "received in the last 24 h" is a primary-key range, not a scan of received_at.

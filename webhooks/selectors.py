@@ -68,7 +68,8 @@ def uuid7_floor(moment: datetime) -> uuid.UUID:
     range becomes an id range and uses the same (organization, -id) index as the
     list itself instead of a second index on a timestamp.
     """
-    milliseconds = int(moment.timestamp() * 1000)
+    # Clamped to what 48 bits of milliseconds hold, so a date before 1970 or after 10889 is a bound, not an error.
+    milliseconds = min(max(int(moment.timestamp() * 1000), 0), (1 << 48) - 1)
     return uuid.UUID(int=(milliseconds << 80) | (0x7 << 76) | (0b10 << 62))
 
 

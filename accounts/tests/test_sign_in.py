@@ -170,6 +170,16 @@ def test_five_wrong_codes_void_the_code(client, owner):
     assert signed_in_user_id(client) is None
 
 
+def test_a_new_code_does_not_reset_the_wrong_code_count(client, owner):
+    ask(client, owner.email)
+    for _ in range(5):
+        assert client.post(CODE, {"code": "not-a-code"[:6]}).status_code == 400
+    ask(client, owner.email)
+    response = client.post(CODE, {"code": code_in(mail.outbox[-1])})
+    assert response.status_code == 429
+    assert signed_in_user_id(client) is None
+
+
 def test_sign_in_emails_are_limited_per_address(client, owner, settings):
     settings.SIGN_IN_REQUESTS_PER_EMAIL = 3
     for _ in range(3):
@@ -302,3 +312,11 @@ def test_the_flow_works_on_the_embedded_file_cache(client, owner, settings, tmp_
     assert client.post(CODE, {"code": code}).status_code == 302
     assert signed_in_user_id(client) == str(owner.pk)
     assert Client().get(link_path(mail.outbox[0])).status_code == 400  # the code used up the link too
+
+
+def test_a_forwarded_address_that_is_not_an_ip_is_ignored(owner, settings):
+    settings.TRUST_X_FORWARDED_FOR = True
+    browser = Client(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9:4711")
+    assert ask(browser, owner.email).status_code == 302
+    browser.post(CODE, {"code": code_in(mail.outbox[-1])})
+    assert signed_in_user_id(browser) == str(owner.pk)

@@ -327,3 +327,18 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(organization, ow
 
     assert outcomes.count("demoted") == 1
     assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).count() == 1
+
+
+def test_an_admin_cannot_replace_an_owners_invitation(organization, owner, admin):
+    team.invitation_create(organization=organization, actor=owner, email="boss@acme.example", role="owner")
+    with pytest.raises(PermissionDenied):
+        team.invitation_create(organization=organization, actor=admin, email="boss@acme.example", role="member")
+    assert Invitation.objects.get(email="boss@acme.example", revoked_at__isnull=True).role == "owner"
+
+
+def test_a_deactivated_account_cannot_join_by_invitation(client, organization, owner):
+    invited = UserFactory(email="gone@acme.example", is_active=False)
+    team.invitation_create(organization=organization, actor=owner, email=invited.email, role="member")
+    response = client.post(invitation_path(mail.outbox[-1]))
+    assert response.status_code in (200, 410)
+    assert not Membership.objects.filter(user=invited, organization=organization).exists()

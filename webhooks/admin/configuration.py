@@ -131,10 +131,20 @@ class SourceAdmin(AuditedModelAdmin):
 
 
 class SubscriptionInline(admin.TabularInline):
+    """Shown, not edited: routing is changed through the destination services (dashboard), which keep a
+    destination's sources inside its own organization."""
+
     model = Subscription
     extra = 0
     fields = ("source", "event_types")
-    raw_id_fields = ("source",)
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class DestinationAdminForm(forms.ModelForm):

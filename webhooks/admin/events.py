@@ -183,8 +183,8 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         text = bytes(obj.body).decode("utf-8", "replace")
         try:
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=False)
-        except ValueError:
-            pass  # not JSON (form-encoded, XML…): shown as received
+        except (ValueError, RecursionError):
+            pass  # not JSON (form-encoded, XML…) or nested too deep to parse: shown as received
         return format_html('<pre class="hookline-body">{}</pre>', text)
 
     @admin.display(description="Body (raw bytes)")

@@ -10,8 +10,7 @@ from django.db.models import Exists, OuterRef, Q
 from organizations.admin import DateRangeFilter
 from webhooks.models import Delivery, Destination, Source
 from webhooks.providers.registry import provider_choices
-
-from .uuid_bounds import uuid7_floor
+from webhooks.selectors import uuid7_floor
 
 
 class ProviderFilter(admin.SimpleListFilter):
@@ -128,7 +127,7 @@ class ReceivedDateFilter(DateRangeFilter):
         start_at, end_at = self.bounds()
         # An id is minted when the request arrives, within moments of received_at: a minute's
         # margin keeps every match while the primary key index does the narrowing.
-        if start_at:
+        if start_at and start_at.year > 1:  # year 1 bounds nothing (and has no minute before it)
             queryset = queryset.filter(id__gte=uuid7_floor(start_at - timedelta(minutes=1)))
         if end_at:
             queryset = queryset.filter(id__lt=uuid7_floor(end_at + timedelta(minutes=1)))

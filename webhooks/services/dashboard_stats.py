@@ -182,7 +182,8 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         .filter(dead__gt=0)
         .order_by(F("dead").desc())[:5]
     )
-    destinations = Destination.objects.in_bulk([row["destination"] for row in failing_rows])
+    # Cached as pickles: never load the (decrypted) secret into what is cached.
+    destinations = Destination.objects.defer("secret").in_bulk([row["destination"] for row in failing_rows])
     return Overview(
         chart_24h=_chart(counts, start_24h, 24),
         chart_7d=_chart(counts, start_7d, 24 * 7),
@@ -199,7 +200,9 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
             )
             for row in failing_rows
         ],
-        paused_destinations=list(Destination.objects.filter(organization=organization, paused_at__isnull=False)),
+        paused_destinations=list(
+            Destination.objects.filter(organization=organization, paused_at__isnull=False).defer("secret")
+        ),
         computed_at=now,
     )
 

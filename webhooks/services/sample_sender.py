@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from webhooks.models import Source
-from webhooks.providers.base import Provider
+from webhooks.providers.base import MalformedPayload, Provider
 from webhooks.providers.registry import get_provider
 
 from .outbound import OutboundResponse, post_to_hookline
@@ -47,7 +47,7 @@ def with_fresh_id(provider: Provider, body: bytes) -> tuple[bytes, str]:
     fresh_id = uuid.uuid4().hex
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body, fresh_id
     return json.dumps(provider.with_sample_event_id(payload, fresh_id), indent=2).encode(), fresh_id
 
@@ -73,7 +73,11 @@ def build_test_request(
     url = ingest_url(source)
     headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0", **extra_headers}
     now = time.time()
-    body = provider.prepare_body(body, source.secret, source.options, now)
+    try:
+        body = provider.prepare_body(body, source.secret, source.options, now)
+    except MalformedPayload as exc:
+        # Schemes that sign inside the body (Mailgun) need it shaped as the provider sends it.
+        raise SampleSenderError(f"this payload cannot be signed as {provider.label} signs: {exc}") from None
     try:
         headers.update(provider.sign(body, source.secret, source.options, now, url=url, event_id=event_id))
     except NotImplementedError as exc:

@@ -683,3 +683,24 @@ def test_every_registered_model_lists_searches_and_opens(admin, setup, organizat
         if first is not None:
             change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[first.pk])
             assert admin.get(change).status_code == 200, change
+
+
+def test_extreme_dates_and_deeply_nested_bodies_never_fail_a_page(admin, setup):
+    events = reverse("admin:webhooks_webhookevent_changelist")
+    for params in (
+        {"received_at_from": "0001-01-01"},
+        {"received_at_to": "9999-12-31"},
+        {"received_at_from": "1969-12-31"},
+    ):
+        assert admin.get(events, params).status_code == 200, params
+    audit = reverse("admin:organizations_auditlog_changelist")
+    assert admin.get(audit, {"created_at_to": "9999-12-31"}).status_code == 200
+    nested = make_event(setup["source"], "evt_nested", "invoice.paid")
+    WebhookEvent.objects.filter(pk=nested.pk).update(body=b"[" * 5000)  # deeper than Python's JSON parser goes
+    assert admin.get(reverse("admin:webhooks_webhookevent_change", args=[nested.pk])).status_code == 200
+
+
+def test_subscriptions_are_shown_but_not_rerouted_from_the_destination_page(admin, setup):
+    page = admin.get(reverse("admin:webhooks_destination_change", args=[setup["destination"].pk])).content.decode()
+    assert "Acme live" in page
+    assert 'name="subscriptions-0-source"' not in page  # no field to point it at another tenant's source

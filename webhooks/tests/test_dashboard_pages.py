@@ -1,6 +1,7 @@
 """What the dashboard pages show and do, driven through Django's test client."""
 
 import json
+import pickle
 import re
 from datetime import timedelta
 
@@ -459,3 +460,38 @@ def test_events_list_query_count_does_not_grow_with_rows(client, owner, organiza
         response = client.get(url)
     assert len(response.context["events"]) == 21
     assert len(many_events.captured_queries) == len(one_event.captured_queries)
+
+
+def test_odd_input_never_fails_a_page(client, owner, organization):
+    world = build_world(client, organization)
+    WebhookEvent.objects.filter(pk=world.event.pk).update(body=b"[" * 5000)
+    client.force_login(owner)
+    assert client.get(f"/o/acme/events/{world.event.pk}/").status_code == 200
+    for params in ({"since": "1969-12-31T00:00"}, {"until": "1969-12-31T00:00"}, {"since": "9999-12-31T23:59"}):
+        assert client.get("/o/acme/events/", params).status_code == 200, params
+    assert client.get("/o/acme/audit/", {"before": "²"}).status_code == 200
+
+
+def test_secret_pages_are_never_cached_and_the_cached_overview_holds_no_secret(client, owner, organization):
+    from django.core.cache import cache
+
+    world = build_world(client, organization)
+    client.force_login(owner)
+    response = client.post(f"/o/acme/destinations/{world.destination.pk}/secret/")
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    secret = Destination.objects.get(pk=world.destination.pk).secret
+    assert secret in response.content.decode()
+
+    Destination.objects.filter(pk=world.destination.pk).update(paused_at=timezone.now())
+    assert client.get("/o/acme/").status_code == 200
+    cached = cache.get(f"dashboard:overview:{organization.pk}")
+    assert cached is not None and cached.paused_destinations
+    assert secret.encode() not in pickle.dumps(cached)
+
+
+def test_a_payload_the_provider_cannot_sign_is_a_form_error(client, owner, organization):
+    source = make_source(organization, provider="mailgun", secret="key-mailgun-signing-key", name="Mail")
+    client.force_login(owner)
+    response = client.post(f"/o/acme/sources/{source.pk}/test/", {"payload": "[]"})
+    assert response.status_code == 200
+    assert "cannot be signed" in page_text(response)

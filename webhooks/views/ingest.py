@@ -6,16 +6,8 @@ from django.http import HttpResponse, JsonResponse
 from django.http.request import RawPostDataException
 from rest_framework.views import APIView
 
+from accounts.http import client_ip
 from webhooks.services.ingest import ingest_request
-
-
-def _client_ip(request) -> str | None:
-    if settings.TRUST_X_FORWARDED_FOR:
-        # The platform's router appends the address it saw; the right-most entry is the one it vouches for.
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class IngestView(APIView):
@@ -53,7 +45,7 @@ class IngestView(APIView):
                 method=django_request.method,
                 url=settings.PUBLIC_BASE_URL + django_request.get_full_path(),
                 query={key: django_request.GET.getlist(key) for key in django_request.GET},
-                remote_ip=_client_ip(django_request),
+                remote_ip=client_ip(django_request),
             )
         except (OperationalError, InterfaceError):
             # Nothing was committed, so nothing may be acknowledged: providers retry a 503.

@@ -21,7 +21,7 @@ class AuditLogView(OrganizationMixin, TemplateView):
         entries, next_before = audit_page(
             organization=self.organization,
             filters=form.to_filters(),
-            before_id=int(before) if before.isdigit() else None,
+            before_id=int(before) if before.isascii() and before.isdecimal() and len(before) < 19 else None,
         )
         query = self.request.GET.copy()
         query.pop("before", None)

@@ -6,6 +6,8 @@ from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 from django.views import View
 
 from organizations.mixins import OrganizationMixin
@@ -32,3 +34,10 @@ class ChangeView(OrganizationMixin, View):
     def done(self, message: str, to: str, *args, level=messages.SUCCESS):
         messages.add_message(self.request, level, message)
         return redirect(to, self.organization.slug, *args)
+
+
+def secret_once_response(view, **context) -> TemplateResponse:
+    """The one page that shows a secret in full: right after it is made, never kept by any cache."""
+    response = TemplateResponse(view.request, "dashboard/secret_once.html", view.get_context_data(**context))
+    add_never_cache_headers(response)
+    return response

@@ -22,7 +22,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.operations import OperationError
 
-from .base import ADMIN, ChangeView, or_404
+from .base import ADMIN, ChangeView, or_404, secret_once_response
 
 
 class DestinationMixin(OrganizationMixin):
@@ -74,10 +74,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                 form.add_error("url", str(exc))
             else:
                 # Shown in this response only: it is never stored in the clear or shown again.
-                self.template_name = "dashboard/secret_once.html"
-                return self.render_to_response(
-                    self.get_context_data(destination=destination, secret=secret, title="Destination created")
-                )
+                return secret_once_response(self, destination=destination, secret=secret, title="Destination created")
         return self.render_to_response(self.get_context_data(form=form, title="New destination"))
 
 
@@ -141,9 +138,7 @@ class DestinationRotateSecretView(DestinationMixin, TemplateView):
 
     def post(self, request, *args, **kwargs):
         destination, secret = destination_rotate_secret(destination=self.get_destination(), actor=request.user)
-        return self.render_to_response(
-            self.get_context_data(destination=destination, secret=secret, title="New signing secret")
-        )
+        return secret_once_response(self, destination=destination, secret=secret, title="New signing secret")
 
 
 class DestinationSetPausedView(DestinationMixin, ChangeView):

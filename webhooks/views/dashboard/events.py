@@ -88,7 +88,7 @@ def _pretty_body(body: bytes) -> tuple[str, str | None]:
     raw = bytes(body).decode("utf-8", errors="replace")
     try:
         return raw, json.dumps(json.loads(raw), indent=2, ensure_ascii=False, sort_keys=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
         return raw, None
 
 

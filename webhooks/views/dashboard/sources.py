@@ -26,7 +26,7 @@ from webhooks.services.sources import (
     source_update,
 )
 
-from .base import ADMIN, ChangeView, or_404
+from .base import ADMIN, ChangeView, or_404, secret_once_response
 
 
 class SourceMixin(OrganizationMixin):
@@ -96,10 +96,7 @@ class SourceCreateView(OrganizationMixin, TemplateView):
             else:
                 if generated:
                     # Shown in this response only: it is never stored in the clear or shown again.
-                    self.template_name = "dashboard/secret_once.html"
-                    return self.render_to_response(
-                        self.get_context_data(source=source, secret=generated, title="Source created")
-                    )
+                    return secret_once_response(self, source=source, secret=generated, title="Source created")
                 messages.success(request, f"Source “{source.name}” created. Point {self.provider.label} at its URL.")
                 return redirect("dashboard:source_detail", self.organization.slug, source.pk)
         return self.render_to_response(self.get_context_data(form=form))
@@ -190,10 +187,7 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
                 form.add_error(None, str(exc))
             else:
                 if generated:
-                    self.template_name = "dashboard/secret_once.html"
-                    return self.render_to_response(
-                        self.get_context_data(source=source, secret=generated, title="New signing secret")
-                    )
+                    return secret_once_response(self, source=source, secret=generated, title="New signing secret")
                 messages.success(request, f"Secret rotated; it now ends in {source.secret_hint}.")
                 return redirect("dashboard:source_detail", self.organization.slug, source.pk)
         return self.render_to_response(self.get_context_data(source=source, form=form))
