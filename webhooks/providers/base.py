@@ -234,6 +234,31 @@ def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def tolerance_seconds(options: Mapping[str, Any], default: int) -> int:
+    """The source's ``tolerance`` option in whole seconds (0 turns the check off); ``default`` when unset."""
+    value = options.get("tolerance")
+    if value is None or value == "":
+        return default
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return default
+
+
+def check_timestamp_age(timestamp: float, now: float, tolerance: int, what: str = "timestamp") -> None:
+    """Refuse a signed time further than ``tolerance`` seconds from now, in either direction (0: no check)."""
+    if not tolerance:
+        return
+    age = now - timestamp
+    if age > tolerance:
+        raise VerificationError("timestamp_out_of_tolerance", f"{what} is {int(age)} s old; tolerance is {tolerance} s")
+    if -age > tolerance:
+        raise VerificationError(
+            "timestamp_out_of_tolerance",
+            f"{what} is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
+        )
+
+
 def require_header(request: InboundRequest, name: str) -> str:
     value = request.header(name)
     if value is None or value.strip() == "":

@@ -30,6 +30,8 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
+    tolerance_seconds,
 )
 
 SIGNATURE_HEADER = "X-Signature-Ed25519"
@@ -71,13 +73,6 @@ def _is_webhook_event(payload: Any) -> bool:
         return False
     kind = payload.get("type")
     return isinstance(payload.get("event"), dict) or (kind == 0 and not isinstance(kind, bool))
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    try:
-        return max(int(options.get("tolerance") or 0), 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 class DiscordProvider(Provider):
@@ -157,13 +152,7 @@ class DiscordProvider(Provider):
                 f"({len(keys)} usable key(s) of {len(secrets)}); check the Public Key and that the raw body is "
                 "unchanged",
             )
-        tolerance = _tolerance(options)
-        if tolerance and abs(now - int(timestamp)) > tolerance:
-            age = now - int(timestamp)
-            direction = "old" if age > 0 else "in the future"
-            raise VerificationError(
-                "timestamp_out_of_tolerance", f"timestamp is {int(abs(age))} s {direction}; tolerance is {tolerance} s"
-            )
+        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, 0))
 
     def handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]

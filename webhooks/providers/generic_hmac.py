@@ -22,9 +22,11 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
     json_field,
     require_header,
+    tolerance_seconds,
 )
 
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -201,18 +203,8 @@ class GenericHmacProvider(Provider):
                 "check the secret, algorithm, encoding and prefix",
             )
 
-        tolerance = _tolerance(options)
-        if timestamp is not None and tolerance:
-            age = now - timestamp
-            if age > tolerance:
-                raise VerificationError(
-                    "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
-                )
-            if -age > tolerance:
-                raise VerificationError(
-                    "timestamp_out_of_tolerance",
-                    f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s",
-                )
+        if timestamp is not None:
+            check_timestamp_age(timestamp, now, tolerance_seconds(options, DEFAULT_TOLERANCE))
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type from the configured headers or JSON fields; never fails."""
@@ -260,10 +252,3 @@ def _decode(value: str, encoding: str, size: int) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return digest if len(digest) == size else None
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    try:
-        return max(int(_option(options, "tolerance")), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE

@@ -22,6 +22,7 @@ from .base import (
     ProviderOption,
     VerificationError,
     require_header,
+    tolerance_seconds,
 )
 from .standard_webhooks import DEFAULT_TOLERANCE, StandardWebhooksProvider
 
@@ -41,14 +42,6 @@ def _encode(text: str) -> bytes:
 def _mode(options: Mapping[str, Any]) -> str:
     value = options.get("verification")
     return value if value in MODES else "auto"
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE
 
 
 def _is_signing_token(secret: str) -> bool:
@@ -141,7 +134,7 @@ class GitLabProvider(Provider):
             url=request.url,
             query=request.query,
         )
-        _STANDARD.verify(signed_only, secrets, {"tolerance": _tolerance(options)}, now)
+        _STANDARD.verify(signed_only, secrets, {"tolerance": tolerance_seconds(options, DEFAULT_TOLERANCE)}, now)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Type from the payload (object_kind + action), id from Idempotency-Key."""

@@ -20,8 +20,10 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
     require_header,
+    tolerance_seconds,
 )
 
 HEADER = "linear-signature"
@@ -34,14 +36,6 @@ _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 def _signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode("utf-8", "surrogatepass"), body, hashlib.sha256).hexdigest()
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE
 
 
 def _timestamp_ms(body: bytes) -> int | None:
@@ -107,7 +101,7 @@ class LinearProvider(Provider):
                 f"the {HEADER} signature does not match the webhook's signing secret ({len(secrets)} secret(s) "
                 "tried); check the secret and that the raw body is unchanged",
             )
-        tolerance = _tolerance(options)
+        tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)
         if not tolerance:
             return
         timestamp_ms = _timestamp_ms(request.body)
@@ -116,13 +110,7 @@ class LinearProvider(Provider):
                 "bad_format",
                 f"the signed body has no numeric {TIMESTAMP_FIELD}; set the tolerance to 0 to accept it anyway",
             )
-        age_ms = now * 1000 - timestamp_ms
-        if abs(age_ms) > tolerance * 1000:
-            direction = "old" if age_ms > 0 else "in the future"
-            raise VerificationError(
-                "timestamp_out_of_tolerance",
-                f"{TIMESTAMP_FIELD} is {int(abs(age_ms) // 1000)} s {direction}; tolerance is {tolerance} s",
-            )
+        check_timestamp_age(timestamp_ms / 1000, now, tolerance, what=TIMESTAMP_FIELD)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Type is "<type>.<action>"; id from Linear-Delivery, else the body's digest."""

@@ -25,8 +25,10 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
     json_field,
+    tolerance_seconds,
 )
 
 SIGNATURE_FIELDS = ("signature", "parent-signature")
@@ -37,13 +39,6 @@ _TIMESTAMP = re.compile(r"\d{1,15}")
 def _signature(key: str, timestamp: str, token: str) -> str:
     message = f"{timestamp}{token}".encode("utf-8", "surrogatepass")
     return hmac.new(key.encode("utf-8", "surrogatepass"), message, hashlib.sha256).hexdigest()
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    try:
-        return max(int(options.get("tolerance") or 0), 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _parts(block: Any) -> tuple[str, str, str] | None:
@@ -133,18 +128,7 @@ class MailgunProvider(Provider):
                 f"the body's signature does not match the webhook signing key ({len(keys)} key(s) tried); "
                 "check that the key is the HTTP webhook signing key, not the API key",
             )
-        tolerance = _tolerance(options)
-        if tolerance:
-            age = now - matched
-            if age > tolerance:
-                raise VerificationError(
-                    "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
-                )
-            if -age > tolerance:
-                raise VerificationError(
-                    "timestamp_out_of_tolerance",
-                    f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s",
-                )
+        check_timestamp_age(matched, now, tolerance_seconds(options, 0))
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type come from the event-data object."""

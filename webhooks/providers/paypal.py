@@ -51,7 +51,9 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     require_header,
+    tolerance_seconds,
 )
 
 TRANSMISSION_ID = "PAYPAL-TRANSMISSION-ID"
@@ -402,17 +404,12 @@ class PayPalProvider(Provider):
         if not signature:
             raise VerificationError("bad_format", f"{TRANSMISSION_SIG} is empty")
 
-        tolerance = _tolerance(options)
+        tolerance = tolerance_seconds(options, 0)
         if tolerance:
             sent = _parse_time(transmission_time)
             if sent is None:
                 raise VerificationError("bad_format", f"{TRANSMISSION_TIME} is not an RFC 3339 time")
-            if abs(now - sent) > tolerance:
-                direction = "old" if now > sent else "in the future"
-                raise VerificationError(
-                    "timestamp_out_of_tolerance",
-                    f"transmission time is {int(abs(now - sent))} s {direction}; tolerance is {tolerance} s",
-                )
+            check_timestamp_age(sent, now, tolerance, what="transmission time")
 
         webhook_ids = [s.strip() for s in secrets if isinstance(s, str) and s.strip()]
         if options.get("accept_simulator", False):
@@ -474,11 +471,3 @@ def _parse_time(text: str) -> float | None:
         return parsed.timestamp()
     except (OverflowError, ValueError, OSError):
         return None
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", 0)
-    try:
-        return max(int(value if value is not None else 0), 0)
-    except (TypeError, ValueError):
-        return 0

@@ -28,6 +28,8 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
+    tolerance_seconds,
 )
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -51,13 +53,6 @@ def load_public_key(secret: str) -> ec.EllipticCurvePublicKey | None:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         return None
     return key
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    try:
-        return max(int(options.get("tolerance") or 0), 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 class SendGridProvider(Provider):
@@ -138,13 +133,7 @@ class SendGridProvider(Provider):
                 f"the {SIGNATURE_HEADER} signature does not verify with the verification key ({len(keys)} usable "
                 f"key(s) of {len(secrets)}); check the key and that the raw body is unchanged",
             )
-        tolerance = _tolerance(options)
-        if tolerance and abs(now - int(timestamp)) > tolerance:
-            age = now - int(timestamp)
-            direction = "old" if age > 0 else "in the future"
-            raise VerificationError(
-                "timestamp_out_of_tolerance", f"timestamp is {int(abs(age))} s {direction}; tolerance is {tolerance} s"
-            )
+        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, 0))
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type of the batch, as documented in docs_event_id / docs_event_type."""

@@ -22,8 +22,10 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
     require_header,
+    tolerance_seconds,
 )
 
 SIGNATURE_HEADER = "X-Slack-Signature"
@@ -119,7 +121,7 @@ class SlackProvider(Provider):
         match = _SIGNATURE.fullmatch(signature)
         if match is None:
             raise VerificationError("bad_format", f"the {SIGNATURE_HEADER} header is not v0=<64 hex digits>")
-        _check_age(int(timestamp), now, _tolerance(options))
+        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, DEFAULT_TOLERANCE))
         if _matching_secret(request, secrets, timestamp, "v0=" + match.group(1).lower()) is None:
             raise VerificationError(
                 "no_matching_secret",
@@ -221,26 +223,3 @@ def _describe_form(form: dict[str, str], body: bytes) -> EventInfo:
         event_id = form.get("trigger_id") or _body_sha256(body)
         return EventInfo(event_id=event_id, event_type="slash_command")
     raise MalformedPayload("the form has neither a 'payload' (interactivity) nor a 'command' (slash command) field")
-
-
-def _check_age(timestamp: int, now: float, tolerance: int) -> None:
-    if not tolerance:
-        return
-    age = now - timestamp
-    if age > tolerance:
-        raise VerificationError(
-            "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
-        )
-    if -age > tolerance:
-        raise VerificationError(
-            "timestamp_out_of_tolerance",
-            f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
-        )
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE

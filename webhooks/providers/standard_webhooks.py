@@ -22,7 +22,9 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
+    tolerance_seconds,
 )
 
 DEFAULT_TOLERANCE = 300
@@ -127,17 +129,7 @@ class StandardWebhooksProvider(Provider):
         family, msg_id, timestamp, signature_header = _headers(request)
         if not _TIMESTAMP.fullmatch(timestamp):
             raise VerificationError("bad_format", f"the {family}-timestamp header is not a Unix time in seconds")
-        tolerance = _tolerance(options)
-        age = now - int(timestamp)
-        if tolerance and age > tolerance:
-            raise VerificationError(
-                "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
-            )
-        if tolerance and -age > tolerance:
-            raise VerificationError(
-                "timestamp_out_of_tolerance",
-                f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
-            )
+        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, DEFAULT_TOLERANCE))
 
         candidates: list[bytes] = []
         versions: set[str] = set()
@@ -198,11 +190,3 @@ class StandardWebhooksProvider(Provider):
         timestamp = str(int(now))
         signature = base64.b64encode(_signature(decode_secret(secret), msg_id, timestamp, body)).decode()
         return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature}"}
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE

@@ -18,6 +18,7 @@ from .base import (
     VerificationError,
     constant_time_equal,
     require_header,
+    tolerance_seconds,
 )
 
 HEADER = "Stripe-Signature"
@@ -105,7 +106,7 @@ class StripeProvider(Provider):
                 f"none of the {len(signatures)} v1 signature(s) matches the endpoint's signing secret "
                 f"({len(expected)} secret(s) tried); check the whsec_ secret and that the raw body is unchanged",
             )
-        tolerance = _tolerance(options)
+        tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)
         if tolerance and timestamp < now - tolerance:
             raise VerificationError(
                 "timestamp_out_of_tolerance",
@@ -138,11 +139,3 @@ class StripeProvider(Provider):
         """The Stripe-Signature header; id and type live in the body, so they are ignored."""
         timestamp = int(now)
         return {HEADER: f"t={timestamp},v1={_signature(secret, timestamp, body)}"}
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE

@@ -21,9 +21,11 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    check_timestamp_age,
     constant_time_equal,
     json_field,
     require_header,
+    tolerance_seconds,
 )
 
 SIGNATURE_HEADER = "x-zm-signature"
@@ -99,7 +101,7 @@ class ZoomProvider(Provider):
     ) -> None:
         """Check the timestamp window, then the v0 signature against any secret."""
         timestamp, candidate = _parse(request)
-        _check_age(int(timestamp), now, _tolerance(options))
+        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, DEFAULT_TOLERANCE))
         if _matching_secret(request.body, secrets, timestamp, candidate) is None:
             raise VerificationError(
                 "no_matching_secret",
@@ -199,26 +201,3 @@ def _matching_secret(body: bytes, secrets: Sequence[str], timestamp: str, candid
         if secret and constant_time_equal(_signature(secret, timestamp, body), candidate) and found is None:
             found = secret
     return found
-
-
-def _check_age(timestamp: int, now: float, tolerance: int) -> None:
-    if not tolerance:
-        return
-    age = now - timestamp
-    if age > tolerance:
-        raise VerificationError(
-            "timestamp_out_of_tolerance", f"timestamp is {int(age)} s old; tolerance is {tolerance} s"
-        )
-    if -age > tolerance:
-        raise VerificationError(
-            "timestamp_out_of_tolerance",
-            f"timestamp is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
-        )
-
-
-def _tolerance(options: Mapping[str, Any]) -> int:
-    value = options.get("tolerance", DEFAULT_TOLERANCE)
-    try:
-        return max(int(value if value is not None else DEFAULT_TOLERANCE), 0)
-    except (TypeError, ValueError):
-        return DEFAULT_TOLERANCE
