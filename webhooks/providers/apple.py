@@ -168,6 +168,10 @@ class AppleAppStoreProvider(Provider):
 
     kind = "apple_app_store"
     label = "Apple App Store Server Notifications"
+    cannot_sign_reason = (
+        "Apple signs App Store notifications with its own certificates; Hookline cannot sign test requests. "
+        "Use App Store Connect's 'Request a Test Notification' (Sandbox) instead."
+    )
     secret_help = (
         "Apple has no shared secret: notifications are signed by Apple's certificates and checked against the "
         "root certificate option. Enter any placeholder here (e.g. 'apple'); it is not used. The bundle id and "
@@ -347,19 +351,3 @@ class AppleAppStoreProvider(Provider):
         if isinstance(subtype, str) and subtype:
             return EventInfo(event_id=uuid, event_type=f"{notification_type}.{subtype}")
         return EventInfo(event_id=uuid, event_type=notification_type)
-
-    def sign(
-        self,
-        body: bytes,
-        secret: str,
-        options: Mapping[str, Any],
-        now: float,
-        *,
-        url: str = "",
-        event_id: str | None = None,
-        event_type: str | None = None,
-    ) -> dict[str, str]:
-        raise NotImplementedError(
-            "Apple signs App Store notifications with its own certificates; Hookline cannot sign test requests. "
-            "Use App Store Connect's 'Request a Test Notification' (Sandbox) instead."
-        )

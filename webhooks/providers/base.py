@@ -137,6 +137,9 @@ class Provider:
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
     # new one (keys and list indexes from the top of the payload).
     sample_event_id_path: ClassVar[tuple[str | int, ...]] = ("id",)
+    # Schemes signed with the provider's own private key: why Hookline cannot sign a test request,
+    # and what the tenant can use instead (the test sender shows it).
+    cannot_sign_reason: ClassVar[str] = ""
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""
@@ -222,7 +225,7 @@ class Provider:
         event_type: str | None = None,
     ) -> dict[str, str]:
         """Headers the provider would send with ``body`` (used by the test sender)."""
-        raise NotImplementedError
+        raise NotImplementedError(self.cannot_sign_reason or f"Hookline cannot sign {self.label} requests")
 
 
 def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:

@@ -80,6 +80,10 @@ class DiscordProvider(Provider):
 
     kind = "discord"
     label = "Discord"
+    cannot_sign_reason = (
+        "Discord signs with the application's private key, which only Discord holds; Hookline stores the "
+        "public key and can verify but not sign. Use Discord's own test tools (e.g. run a slash command)."
+    )
     secret_help = (
         "Discord Developer Portal → Applications → your app → General Information → Public Key (64 hex "
         "characters). Then paste the Hookline URL as the Interactions Endpoint URL or the Webhook Events URL."
@@ -187,22 +191,6 @@ class DiscordProvider(Provider):
         if not isinstance(interaction_id, str) or not interaction_id.strip():
             raise MalformedPayload("the Discord interaction has no 'id'")
         return EventInfo(event_id=interaction_id.strip(), event_type=INTERACTION_TYPES.get(kind, f"type_{kind}"))
-
-    def sign(
-        self,
-        body: bytes,
-        secret: str,
-        options: Mapping[str, Any],
-        now: float,
-        *,
-        url: str = "",
-        event_id: str | None = None,
-        event_type: str | None = None,
-    ) -> dict[str, str]:
-        raise NotImplementedError(
-            "Discord signs with the application's private key, which only Discord holds; Hookline stores the "
-            "public key and can verify but not sign. Use Discord's own test tools (e.g. run a slash command)."
-        )
 
 
 def _verifies(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:

@@ -209,6 +209,10 @@ class GooglePlayProvider(Provider):
 
     kind = "google_play"
     label = "Google Play (Pub/Sub push)"
+    cannot_sign_reason = (
+        "Google signs Pub/Sub push tokens with its own keys; Hookline cannot sign test requests. "
+        "Use Play Console → Monetization setup → 'Send test notification' instead."
+    )
     secret_help = (
         "Google Play has no shared secret: Pub/Sub signs an OIDC token for your push subscription. Enter any "
         "placeholder here (it is not used) and set the options: in Google Cloud console → Pub/Sub → your push "
@@ -380,22 +384,6 @@ class GooglePlayProvider(Provider):
         if notification is None:
             raise MalformedPayload("message.data is not base64 of a JSON object")
         return EventInfo(event_id=message_id, event_type=notification_type(notification))
-
-    def sign(
-        self,
-        body: bytes,
-        secret: str,
-        options: Mapping[str, Any],
-        now: float,
-        *,
-        url: str = "",
-        event_id: str | None = None,
-        event_type: str | None = None,
-    ) -> dict[str, str]:
-        raise NotImplementedError(
-            "Google signs Pub/Sub push tokens with its own keys; Hookline cannot sign test requests. "
-            "Use Play Console → Monetization setup → 'Send test notification' instead."
-        )
 
 
 def notification_type(notification: Mapping[str, Any]) -> str:

@@ -264,6 +264,10 @@ class PayPalProvider(Provider):
 
     kind = "paypal"
     label = "PayPal"
+    cannot_sign_reason = (
+        "PayPal signs webhooks with its own private key; Hookline only holds the webhook id and cannot sign "
+        "test requests. Use PayPal's Webhooks Simulator (with 'accept_simulator') instead."
+    )
     secret_help = (
         "Not a secret: the Webhook ID of your PayPal webhook (developer.paypal.com → Apps & Credentials → "
         "your app → Webhooks; the ID column, e.g. 4JH86294D6297924G). PayPal signs every event for that id. "
@@ -442,22 +446,6 @@ class PayPalProvider(Provider):
         if not isinstance(event_type, str) or not event_type:
             raise MalformedPayload("the PayPal event has no string 'event_type'")
         return EventInfo(event_id=event_id, event_type=event_type)
-
-    def sign(
-        self,
-        body: bytes,
-        secret: str,
-        options: Mapping[str, Any],
-        now: float,
-        *,
-        url: str = "",
-        event_id: str | None = None,
-        event_type: str | None = None,
-    ) -> dict[str, str]:
-        raise NotImplementedError(
-            "PayPal signs webhooks with its own private key; Hookline only holds the webhook id and cannot sign "
-            "test requests. Use PayPal's Webhooks Simulator (with 'accept_simulator') instead."
-        )
 
 
 def _parse_time(text: str) -> float | None:

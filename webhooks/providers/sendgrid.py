@@ -60,6 +60,10 @@ class SendGridProvider(Provider):
 
     kind = "sendgrid"
     label = "SendGrid Event Webhook"
+    cannot_sign_reason = (
+        "SendGrid signs with its private key; Hookline stores only the public verification key and cannot "
+        "sign. Use SendGrid's 'Test Your Integration' button on the Event Webhook settings page."
+    )
     secret_help = (
         "SendGrid → Settings → Mail Settings → Event Webhooks → your webhook → Security features → enable Signed "
         "Event Webhook → Verification Key (the base64 public key, starting MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE)."
@@ -152,22 +156,6 @@ class SendGridProvider(Provider):
             return EventInfo(event_id=ids[0], event_type=event_type)
         joined = "\n".join(sorted(ids)).encode("utf-8", "surrogatepass")
         return EventInfo(event_id="sha256:" + hashlib.sha256(joined).hexdigest(), event_type=event_type)
-
-    def sign(
-        self,
-        body: bytes,
-        secret: str,
-        options: Mapping[str, Any],
-        now: float,
-        *,
-        url: str = "",
-        event_id: str | None = None,
-        event_type: str | None = None,
-    ) -> dict[str, str]:
-        raise NotImplementedError(
-            "SendGrid signs with its private key; Hookline stores only the public verification key and cannot "
-            "sign. Use SendGrid's 'Test Your Integration' button on the Event Webhook settings page."
-        )
 
 
 def _verifies(key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> bool:

@@ -330,3 +330,12 @@ def test_fresh_id_samples_are_distinct_events(kind, monkeypatch):
 def test_a_negative_tolerance_is_refused(kind):
     with pytest.raises(InvalidOptions, match="tolerance"):
         PROVIDERS[kind].clean_options({**REQUIRED_OPTIONS.get(kind, {}), "tolerance": "-1"})
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind not in SIGNABLE])
+def test_providers_hookline_cannot_sign_say_what_to_use_instead(kind):
+    provider = PROVIDERS[kind]
+    assert "Use " in provider.cannot_sign_reason
+    with pytest.raises(NotImplementedError) as info:
+        provider.sign(b"{}", SECRET, options_for(kind), NOW)
+    assert str(info.value) == provider.cannot_sign_reason
