@@ -23,6 +23,16 @@ def _clean_cache():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ingest_writer(django_db_setup, django_db_blocker):
+    # Torn down before the test database is dropped: the writer thread's connection must be closed first.
+    yield
+    from webhooks.services.ingest_writer import writer
+
+    with django_db_blocker.unblock():
+        writer.stop()
+
+
 @pytest.fixture
 def organization(db):
     return organization_create(name="Acme", slug="acme", owner_email="owner@acme.example")

@@ -536,9 +536,47 @@ def run_python(args, mode: str, path: str, duration: float, signed=None, templat
 
 
 def drive(args, workdir, mode, path, duration, signed=None, template=None) -> dict:
+    before = cpu_seconds_by_role()
     if args.loadgen == "wrk":
-        return run_wrk(args, workdir, mode, path, duration, signed, template)
-    return run_python(args, mode, path, duration, signed, template)
+        result = run_wrk(args, workdir, mode, path, duration, signed, template)
+    else:
+        result = run_python(args, mode, path, duration, signed, template)
+    after = cpu_seconds_by_role()
+    requests = max(1, result.get("ok", 0) + result.get("non2xx", 0))
+    # CPU milliseconds per request, by process kind: where the two cores went in this phase.
+    result["cpu_ms_per_request"] = {
+        role: round((after.get(role, 0.0) - before.get(role, 0.0)) * 1000 / requests, 3)
+        for role in sorted(set(before) | set(after))
+    }
+    return result
+
+
+_CPU_ROLES = {"gunicorn": "gunicorn", "postgres": "postgres", "redis-server": "redis", "wrk": "loadgen"}
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """User+system CPU seconds of every live process, summed by what it is (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        role = _CPU_ROLES.get(name)
+        if role is None and any(b"gunicorn" in part for part in cmdline[:2]):
+            role = "gunicorn"
+        elif role is None and any(b"bench/ingest.py" in part for part in cmdline[:2]):
+            role = "loadgen"
+        if role is None:
+            continue
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
 
 
 def machine() -> dict:
@@ -660,6 +698,9 @@ def print_table(report: dict) -> None:
             f" {phase['p99_ms']:>8.2f} {phase['non2xx']:>8} {phase['socket_errors']:>8}"
         )
     print("-" * len(header))
+    for phase in report["phases"]:
+        cpu = phase.get("cpu_ms_per_request") or {}
+        print(f"{phase['endpoint']:<10} CPU ms/request: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
     print(
         f"ratio ingest/baseline: {report['ratio']}  (baseline {report['baseline_rps']} req/s = mean of /livez phases)"
     )

@@ -225,6 +225,10 @@ else:
 INGEST_MAX_BODY_BYTES = env.int("INGEST_MAX_BODY_BYTES", default=1024 * 1024)
 # How long a web process may use its copy of a source (token, secrets, active flag).
 INGEST_SOURCE_CACHE_SECONDS = env.float("INGEST_SOURCE_CACHE_SECONDS", default=5.0)
+# Concurrent ingest requests of one web process share one INSERT and commit (PostgreSQL only);
+# a request waits at most INGEST_COMMIT_TIMEOUT_SECONDS for its commit, then answers 503.
+INGEST_GROUP_COMMIT = env.bool("INGEST_GROUP_COMMIT", default=True)
+INGEST_COMMIT_TIMEOUT_SECONDS = env.float("INGEST_COMMIT_TIMEOUT_SECONDS", default=10.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES, 2_621_440)
 # Rejected requests kept per source per minute; past that they are only counted.
 INGEST_REJECTED_RECORDS_PER_MINUTE = env.int("INGEST_REJECTED_RECORDS_PER_MINUTE", default=60)

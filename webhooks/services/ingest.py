@@ -21,6 +21,7 @@ from webhooks.models import Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
 
+from .ingest_writer import NewEvent, store_event, writer
 from .processing import schedule_event_processing
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def ingest_request(
     remote_ip: str | None = None,
 ) -> IngestOutcome:
     """Verify and store one webhook request; ``headers`` keep the names they arrived with."""
+    with writer.request():
+        return _ingest(token, body, headers, method, url, query, remote_ip)
+
+
+def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcome:
     source = source_for_token(token)
     if source is None:
         return _error(404, "unknown_source", "no active source has this ingest URL")
@@ -123,19 +129,21 @@ def ingest_request(
         outcome = _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail)
         return IngestOutcome(400, outcome.payload)
 
-    event_id, inserted = insert_event(
-        WebhookEvent(
-            organization_id=source.organization_id,
-            source=source,
-            provider_event_id=info.event_id[:255] if info.event_id else None,
-            event_type=info.event_type[:255],
-            body=body,
-            headers=_headers_to_store(provider.secret_header_names(source.options), headers),
-            remote_ip=remote_ip,
-        )
+    event = NewEvent(
+        organization_id=source.organization_id,
+        source_id=source.pk,
+        provider_event_id=_storable_text(info.event_id)[:255] if info.event_id else None,
+        event_type=_storable_text(info.event_type)[:255],
+        body=body,
+        headers=_headers_to_store(provider.secret_header_names(source.options), headers),
+        remote_ip=remote_ip,
     )
-    if inserted:
-        transaction.on_commit(schedule_event_processing)
+    stored = store_event(event)
+    if stored is None:
+        stored = insert_event(event)
+        if stored[1]:
+            transaction.on_commit(schedule_event_processing)
+    event_id, inserted = stored
     return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted})
 
 
@@ -159,7 +167,7 @@ _INSERTED_FIELDS = [
 ]
 
 
-def insert_event(event: WebhookEvent) -> tuple:
+def insert_event(event: NewEvent) -> tuple:
     """Insert an event, or count it as a duplicate of the stored one, in one statement.
 
     The unique constraint on (source, provider event id) decides inside the
@@ -180,6 +188,11 @@ def insert_event(event: WebhookEvent) -> tuple:
         cursor.execute(sql, values)
         stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
     return stored_id, stored_id == event.id
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, which JSON allows ("\u0000"); an id must still be storable.
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -118,7 +119,26 @@ class Stack:
             **extra_env,
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
+
+    def _supervise(self) -> None:
+        """Restart a process that exited on its own, as the platform (Heroku, Render) does.
+
+        A Celery worker can exit when Redis vanishes under it (kombu's reconnection path
+        raises "'NoneType' object has no attribute 'hostname'"); what these tests check is
+        that nothing is lost when that happens, not that no process ever exits.
+        """
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                for name, process in list(self.processes.items()):
+                    if process.poll() is not None:
+                        self.restarts[name] = self.restarts.get(name, 0) + 1
+                        self.start(name)
 
     def start(self, name: str) -> None:
         commands = {
@@ -143,21 +163,32 @@ class Stack:
             "beat": [sys.executable, "-m", "celery", "-A", "config", "beat", "-S", "django", "-l", "WARNING"],
         }
         log = (LOG_DIR / f"{name}.log").open("a")
-        self.processes[name] = subprocess.Popen(
-            commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with self._lock:
+            self.processes[name] = subprocess.Popen(
+                commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         if name == "web":
             wait_for_port(self.web_port)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)  # the whole group: a worker's pool children too
-        except ProcessLookupError:
-            pass
-        process.wait(30)
+        """Stop ``name`` on purpose: it stays stopped until started again."""
+        with self._lock:
+            process = self.processes.pop(name)
+            try:
+                os.killpg(process.pid, sig)  # the whole group: a worker's pool children too
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                # As a platform does when SIGTERM is not enough (a process stuck reconnecting).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(15)
 
     def stop_all(self) -> None:
+        self._stopping.set()
+        self._supervisor.join(5)
         for name in list(self.processes):
             self.kill(name, signal.SIGTERM if name != "worker" else signal.SIGKILL)
 

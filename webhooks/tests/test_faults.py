@@ -64,9 +64,14 @@ def test_redis_lost_while_webhooks_arrive_then_back_empty(organization, receiver
     assert wait_until(lambda: all_delivered(map(str, stored), receiver), timeout=180), (
         f"undelivered: {[p for i, p in stored.items() if not receiver.snapshot()[str(i)]]}"
     )
+    # A worker that exited on the lost connection (and was restarted) leaves what it held in
+    # flight; the sweeper gives it back and it is sent again.
+    assert wait_until(lambda: Delivery.objects.exclude(status="succeeded").count() == 0, timeout=60)
     counts = receiver.snapshot()
-    assert max(counts.values()) == 1  # no worker died: nothing was sent twice
-    assert Delivery.objects.exclude(status="succeeded").count() == 0
+    if stack.restarts.get("worker"):
+        assert max(counts.values()) <= 2  # what the exited worker held may go again, once
+    else:
+        assert max(counts.values()) == 1  # no worker died: nothing was sent twice
 
 
 @pytest.mark.parametrize("receiver", [0.3], indirect=True)

@@ -1,0 +1,304 @@
+"""Group commit for ingest: concurrent requests of one web process share one INSERT and one commit.
+
+Why: on two cores the ingest path was bounded by per-statement work — a round
+trip, PostgreSQL parsing and planning the INSERT, and a WAL flush per commit,
+each paid by one request. Here a request hands its row to its process's writer
+thread and waits. The writer inserts every row waiting at that moment in one
+prepared statement (autocommit) and releases each request only after that
+statement returned, so "acknowledged means committed" holds unchanged. Under
+load one commit carries many events; idle, a batch is one row and the only
+extra cost is a hand-off between two threads.
+
+A request that waits longer than ``INGEST_COMMIT_TIMEOUT_SECONDS`` answers 503.
+Its row may still be committed afterwards; the provider's retry is then
+counted as a duplicate of it, so nothing is lost or processed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.utils import timezone
+from uuid6 import uuid7
+
+from webhooks.models import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+_TABLE = WebhookEvent._meta.db_table
+
+# One statement text for any batch size (arrays, not a VALUES list), so each
+# connection prepares it once. Duplicates of a stored event are counted on it.
+_INSERT_BATCH_SQL = f"""
+INSERT INTO {_TABLE} (
+    id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip,
+    status, rejection_code, rejection_detail, duplicate_count, received_at
+)
+SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.event_type, row.body,
+       row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at
+FROM unnest(
+    %b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],
+    %b::timestamptz[]
+) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at)
+ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL
+DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1, last_duplicate_at = excluded.received_at
+RETURNING id, source_id, provider_event_id
+"""
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """A verified request about to be stored as a received WebhookEvent.
+
+    Plain attributes rather than a model instance: building a Model costs the
+    hot path more than everything else it does with the row.
+    """
+
+    organization_id: int
+    source_id: int
+    provider_event_id: str | None
+    event_type: str
+    body: bytes
+    headers: dict[str, str]
+    remote_ip: str | None
+    id: uuid.UUID = field(default_factory=uuid7)
+    received_at: datetime = field(default_factory=timezone.now)
+    # Columns with fixed values for a new event; named like the model's, for the inline INSERT.
+    status: str = WebhookEvent.Status.RECEIVED.value
+    rejection_code: str = ""
+    rejection_detail: str = ""
+    duplicate_count: int = 0
+
+
+class WriterTimeout(OperationalError):
+    """The writer did not confirm the commit in time; the caller answers 503."""
+
+
+def insert_event_batch(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
+    """Insert received events, or count each as a duplicate of its stored one; one commit per round.
+
+    Returns, per event and in order, (id of the stored event, whether this call
+    inserted it). Two events of one batch with the same provider id go in
+    separate rounds: PostgreSQL refuses to update one row twice in a statement.
+    Runs in autocommit on the calling thread's connection (PostgreSQL only).
+    """
+    results: list[tuple[uuid.UUID, bool] | None] = [None] * len(events)
+    pending = list(range(len(events)))
+    while pending:
+        this_round, next_round, keys_seen = [], [], set()
+        for index in pending:
+            key = _conflict_key(events[index])
+            if key is not None and key in keys_seen:
+                next_round.append(index)
+                continue
+            if key is not None:
+                keys_seen.add(key)
+            this_round.append(index)
+        for index, outcome in zip(this_round, _insert_round([events[i] for i in this_round]), strict=True):
+            results[index] = outcome
+        pending = next_round
+    return results  # type: ignore[return-value]
+
+
+def _conflict_key(event: NewEvent) -> tuple[int, str] | None:
+    return (event.source_id, event.provider_event_id) if event.provider_event_id is not None else None
+
+
+def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
+    params = [
+        [event.id for event in events],
+        [event.organization_id for event in events],
+        [event.source_id for event in events],
+        [event.provider_event_id for event in events],
+        [event.event_type for event in events],
+        [bytes(event.body) for event in events],
+        [json.dumps(event.headers) for event in events],
+        [event.remote_ip for event in events],
+        [event.received_at for event in events],
+    ]
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # A server-side bound, prepared statement: no SQL text to build or parse per batch.
+        cursor.execute(_INSERT_BATCH_SQL, params, prepare=True)
+        returned = cursor.fetchall()
+    index_by_id = {event.id: index for index, event in enumerate(events)}
+    index_by_key = {_conflict_key(event): index for index, event in enumerate(events)}
+    outcomes: list[tuple[uuid.UUID, bool] | None] = [None] * len(events)
+    for stored_id, source_id, provider_event_id in returned:
+        index = index_by_id.get(stored_id)
+        if index is not None:
+            outcomes[index] = (stored_id, True)
+        else:
+            outcomes[index_by_key[(source_id, provider_event_id)]] = (stored_id, False)
+    if any(outcome is None for outcome in outcomes):  # pragma: no cover - PostgreSQL returns one row per input row
+        raise DatabaseError("the batch insert returned fewer rows than it was given")
+    return outcomes  # type: ignore[return-value]
+
+
+@dataclass(eq=False)
+class _PendingWrite:
+    event: NewEvent
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: tuple[uuid.UUID, bool] | None = None
+    error: BaseException | None = None
+
+
+class IngestWriter:
+    """This process's writer thread and the queue of rows waiting for it."""
+
+    def __init__(self, max_batch: int = 256, linger_seconds: float = 0.002):
+        self.max_batch = max_batch
+        self.linger_seconds = linger_seconds
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue.SimpleQueue[_PendingWrite | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def write(self, event: NewEvent, timeout: float) -> tuple[uuid.UUID, bool]:
+        """Block until ``event`` is committed (or counted as a duplicate); errors are raised here."""
+        self._ensure_running()
+        pending = _PendingWrite(event)
+        self._queue.put(pending)
+        if not pending.done.wait(timeout):
+            raise WriterTimeout(f"the event was not committed within {timeout:g} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.outcome  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def request(self):
+        """Mark an ingest request of this process as on its way, so a batch can wait for its row."""
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish what is queued, close the writer's connection and end its thread (tests, shutdown)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None or self._pid != os.getpid():
+                return
+            self._queue.put(None)
+        thread.join(timeout)
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            # A forked child (gunicorn worker) inherits no thread: it starts its own with a new queue.
+            self._pid = os.getpid()
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="hookline-ingest-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, work: queue.SimpleQueue) -> None:
+        try:
+            while True:
+                first = work.get()
+                if first is None:
+                    return
+                self._write(self._collect(work, first))
+        finally:
+            connection.close()
+
+    def _collect(self, work: queue.SimpleQueue, first: _PendingWrite) -> list[_PendingWrite]:
+        """``first`` and what else is queued; while other requests of this process are still
+        verifying, wait for their rows up to ``linger_seconds`` so that they share this commit."""
+        batch = [first]
+        deadline = None
+        while len(batch) < self.max_batch:
+            try:
+                item = work.get_nowait()
+            except queue.Empty:
+                if self._in_flight <= len(batch):
+                    break  # every request on its way is in this batch: nothing to wait for
+                now = time.monotonic()
+                deadline = deadline or now + self.linger_seconds
+                if now >= deadline:
+                    break
+                try:
+                    item = work.get(timeout=deadline - now)
+                except queue.Empty:
+                    break
+            if item is None:
+                work.put(None)  # stop once this batch is written
+                break
+            batch.append(item)
+        return batch
+
+    def _write(self, batch: list[_PendingWrite]) -> None:
+        try:
+            outcomes = insert_event_batch([pending.event for pending in batch])
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unreachable: nothing of this batch is acknowledged (503, providers retry).
+            _fail(batch, exc)
+            _discard_connection()
+            return
+        except DatabaseError as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            # One unstorable row must not fail the requests that share its batch.
+            for pending in batch:
+                self._write([pending])
+            return
+        except Exception as exc:  # a bug must fail these requests, never the thread
+            logger.exception("ingest writer failed a batch of %d", len(batch))
+            _fail(batch, exc)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.outcome = outcome
+            pending.done.set()
+        if any(inserted for _, inserted in outcomes):
+            from .processing import schedule_event_processing
+
+            schedule_event_processing()
+
+
+def _fail(batch: list[_PendingWrite], exc: BaseException) -> None:
+    for pending in batch:
+        pending.error = exc
+        pending.done.set()
+
+
+def _discard_connection() -> None:
+    with contextlib.suppress(Exception):  # already broken; the next batch connects again
+        connection.close()
+
+
+writer = IngestWriter()
+
+
+def store_event(event: NewEvent) -> tuple[uuid.UUID, bool] | None:
+    """Commit ``event`` through the group-commit writer; None when the caller must insert it itself.
+
+    The writer is used only where it can keep the promise: PostgreSQL, enabled,
+    and no transaction open in the caller (a row committed on the writer's
+    connection would escape the caller's rollback).
+    """
+    if not settings.INGEST_GROUP_COMMIT or connection.vendor != "postgresql" or connection.in_atomic_block:
+        return None
+    return writer.write(event, settings.INGEST_COMMIT_TIMEOUT_SECONDS)

@@ -1,0 +1,309 @@
+"""Group commit on the ingest path: rows of concurrent requests share one INSERT, each request
+is answered only after its row is committed, and one failure never takes others with it."""
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import DataError, OperationalError, transaction
+
+from webhooks.models import WebhookEvent
+from webhooks.services import ingest_writer
+from webhooks.services.ingest_writer import IngestWriter, NewEvent, insert_event_batch, store_event
+
+from .factories import STRIPE_SECRET, make_source
+from .signing import stripe_headers
+
+
+def new_event(source, provider_event_id="evt_1", event_type="invoice.paid", body=b"{}"):
+    return NewEvent(
+        organization_id=source.organization_id,
+        source_id=source.pk,
+        provider_event_id=provider_event_id,
+        event_type=event_type,
+        body=body,
+        headers={"Content-Type": "application/json"},
+        remote_ip="203.0.113.7",
+    )
+
+
+class GatedBatches:
+    """Stands in for insert_event_batch: records batch sizes and holds the first batch until opened,
+    so that the rows arriving meanwhile are queued and form the next batch."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+        self.first_started = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, events):
+        self.sizes.append(len(events))
+        if len(self.sizes) == 1:
+            self.first_started.set()
+            assert self.gate.wait(10)
+        return insert_event_batch(events)
+
+
+@pytest.fixture
+def stripe_source(organization):
+    return make_source(organization)
+
+
+# --- the batch statement (runs inside the test's transaction) ---------------------------------------
+
+
+@pytest.mark.django_db
+def test_batch_inserts_new_rows_and_counts_duplicates_of_stored_and_of_each_other(stripe_source):
+    stored = new_event(stripe_source, "evt_stored")
+    [(stored_id, inserted)] = insert_event_batch([stored])
+    assert inserted and stored_id == stored.id
+
+    batch = [
+        new_event(stripe_source, "evt_new"),
+        new_event(stripe_source, "evt_stored"),  # a redelivery of a stored event
+        new_event(stripe_source, "evt_twice"),
+        new_event(stripe_source, "evt_twice"),  # the same event twice in one batch
+        new_event(stripe_source, None),  # providers without ids are never duplicates
+        new_event(stripe_source, None),
+    ]
+    outcomes = insert_event_batch(batch)
+
+    assert outcomes[0] == (batch[0].id, True)
+    assert outcomes[1] == (stored.id, False)
+    assert outcomes[2] == (batch[2].id, True)
+    assert outcomes[3] == (batch[2].id, False)
+    assert outcomes[4] == (batch[4].id, True) and outcomes[5] == (batch[5].id, True)
+    assert WebhookEvent.objects.get(pk=stored.id).duplicate_count == 1
+    twice = WebhookEvent.objects.get(pk=batch[2].id)
+    assert twice.duplicate_count == 1 and twice.last_duplicate_at is not None
+    assert WebhookEvent.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_batch_stores_every_column_as_given(stripe_source):
+    event = new_event(stripe_source, "evt_cols", "customer.created", body=b'{"odd":  "spacing"}\x00\xff')
+    insert_event_batch([event])
+
+    row = WebhookEvent.objects.get(pk=event.id)
+    assert bytes(row.body) == b'{"odd":  "spacing"}\x00\xff'
+    assert row.headers == {"Content-Type": "application/json"}
+    assert row.remote_ip == "203.0.113.7"
+    assert row.event_type == "customer.created"
+    assert row.status == WebhookEvent.Status.RECEIVED
+    assert row.received_at == event.received_at
+    assert (row.organization_id, row.source_id) == (stripe_source.organization_id, stripe_source.pk)
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_the_caller_inserts_the_row_itself(stripe_source):
+    # A row committed on the writer's own connection would escape the caller's rollback.
+    with transaction.atomic():
+        assert store_event(new_event(stripe_source)) is None
+
+
+# --- the writer thread (commits on its own connection) ----------------------------------------------
+
+
+@pytest.fixture
+def gated_writer(monkeypatch):
+    gate = GatedBatches()
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", gate)
+    writer = IngestWriter(linger_seconds=0)
+    yield writer, gate
+    gate.gate.set()
+    writer.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_waiting_together_share_one_commit_and_each_gets_its_own_answer(stripe_source, gated_writer):
+    writer, gate = gated_writer
+    events = [new_event(stripe_source, f"evt_{n}") for n in range(6)] + [new_event(stripe_source, "evt_3")]
+    with ThreadPoolExecutor(len(events)) as pool:
+        first = pool.submit(writer.write, events[0], 10)
+        assert gate.first_started.wait(10)
+        rest = [pool.submit(writer.write, event, 10) for event in events[1:]]
+        time.sleep(0.3)  # every other row is queued behind the held batch
+        assert not any(future.done() for future in rest), "nothing is answered before its commit"
+        gate.gate.set()
+        outcomes = [first.result(10)] + [future.result(10) for future in rest]
+
+    assert gate.sizes == [1, 6]
+    assert [inserted for _, inserted in outcomes] == [True] * 6 + [False]
+    assert outcomes[6][0] == events[3].id  # the redelivery is answered with the stored event's id
+    assert WebhookEvent.objects.count() == 6
+    assert WebhookEvent.objects.get(pk=events[3].id).duplicate_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_waits_briefly_for_requests_of_its_process_still_verifying(stripe_source, monkeypatch):
+    sizes = []
+    monkeypatch.setattr(
+        ingest_writer,
+        "insert_event_batch",
+        lambda events: sizes.append(len(events)) or [(event.id, True) for event in events],
+    )
+    writer = IngestWriter(linger_seconds=5)
+    second_may_write = threading.Event()
+
+    def request(event, wait_for=None):
+        with writer.request():
+            if wait_for is not None:
+                assert wait_for.wait(10)
+            return writer.write(event, 10)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(request, new_event(stripe_source, "evt_slow"), second_may_write)
+            time.sleep(0.1)  # both requests are in flight; only the fast one has its row ready
+            fast = pool.submit(request, new_event(stripe_source, "evt_fast"))
+            time.sleep(0.3)
+            second_may_write.set()
+            fast.result(10), slow.result(10)
+    finally:
+        writer.stop()
+    assert sizes == [2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unstorable_row_fails_alone_and_its_batch_neighbours_are_committed(stripe_source, gated_writer):
+    writer, gate = gated_writer
+    good = [new_event(stripe_source, f"evt_ok_{n}") for n in range(3)]
+    bad = new_event(stripe_source, "evt_bad", event_type="nul\x00inside")  # PostgreSQL text refuses NUL
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(writer.write, good[0], 10)
+        assert gate.first_started.wait(10)
+        futures = [pool.submit(writer.write, event, 10) for event in (good[1], bad, good[2])]
+        time.sleep(0.3)
+        gate.gate.set()
+        assert first.result(10)[1] is True
+        assert futures[0].result(10)[1] is True and futures[2].result(10)[1] is True
+        with pytest.raises(DataError):
+            futures[1].result(10)
+    assert set(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == {"evt_ok_0", "evt_ok_1", "evt_ok_2"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_errors_fail_the_batch_and_the_next_batch_reconnects(stripe_source, monkeypatch):
+    calls = []
+
+    def unreachable_once(events):
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise OperationalError("connection refused")
+        return insert_event_batch(events)
+
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", unreachable_once)
+    writer = IngestWriter()
+    try:
+        with pytest.raises(OperationalError):
+            writer.write(new_event(stripe_source, "evt_a"), 10)
+        assert writer.write(new_event(stripe_source, "evt_a"), 10)[1] is True
+    finally:
+        writer.stop()
+    assert WebhookEvent.objects.filter(provider_event_id="evt_a").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_bug_fails_its_requests_but_not_the_thread(stripe_source, monkeypatch):
+    original = insert_event_batch
+    calls = []
+
+    def buggy_once(events):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return original(events)
+
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", buggy_once)
+    writer = IngestWriter()
+    try:
+        with pytest.raises(RuntimeError):
+            writer.write(new_event(stripe_source, "evt_b"), 10)
+        assert writer.write(new_event(stripe_source, "evt_b"), 10)[1] is True
+    finally:
+        writer.stop()
+
+
+# --- through the endpoint -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_not_confirmed_in_time_answers_503_and_the_retry_is_a_counted_duplicate(
+    client, stripe_source, monkeypatch, settings
+):
+    settings.INGEST_COMMIT_TIMEOUT_SECONDS = 0.3
+    held = threading.Event()
+
+    def slow(events):
+        assert held.wait(10)
+        return insert_event_batch(events)
+
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", slow)
+    body = json.dumps({"id": "evt_slow_db", "object": "event", "type": "invoice.paid"})
+    path = f"/in/{stripe_source.ingest_token}/"
+
+    response = client.generic(
+        "POST", path, body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
+    )
+    assert response.status_code == 503
+    assert response.json()["error"] == "unavailable" and response["Retry-After"]
+
+    held.set()  # the database answers after all: the row is committed late
+    deadline = time.monotonic() + 10
+    while not WebhookEvent.objects.filter(provider_event_id="evt_slow_db").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    retry = client.generic("POST", path, body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET))
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+    assert WebhookEvent.objects.get(provider_event_id="evt_slow_db").duplicate_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_webhooks_over_http_are_each_committed_once(live_server, stripe_source):
+    """A real threaded HTTP server: 40 webhooks at once, 10 of them redeliveries of one event."""
+    address = urllib.parse.urlsplit(live_server.url)
+    path = f"/in/{stripe_source.ingest_token}/"
+    bodies = [json.dumps({"id": f"evt_http_{n}", "object": "event", "type": "invoice.paid"}) for n in range(30)]
+    bodies += [json.dumps({"id": "evt_http_again", "object": "event", "type": "invoice.paid"})] * 10
+
+    def post(body):
+        headers = {"Content-Type": "application/json"}
+        headers.update({"Stripe-Signature": stripe_headers(body, STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]})
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, bodies))
+
+    assert all(status == 200 for status, _ in answers)
+    assert WebhookEvent.objects.count() == 31
+    stored = {str(pk): event_id for pk, event_id in WebhookEvent.objects.values_list("id", "provider_event_id")}
+    for body, (_, answer) in zip(bodies, answers, strict=True):
+        assert stored[answer["id"]] == json.loads(body)["id"]  # each answer names the row holding its event
+    again = [answer for _, answer in answers[30:]]
+    assert sum(not answer["duplicate"] for answer in again) == 1
+    assert WebhookEvent.objects.get(provider_event_id="evt_http_again").duplicate_count == 9
+
+
+@pytest.mark.django_db
+def test_event_id_with_a_nul_character_is_stored_not_a_500(client, stripe_source):
+    body = '{"id": "evt_\\u0000nul", "object": "event", "type": "invoice.\\u0000paid"}'
+    response = client.generic(
+        "POST",
+        f"/in/{stripe_source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get(pk=response.json()["id"])
+    assert event.provider_event_id == "evt_\ufffdnul" and event.event_type == "invoice.\ufffdpaid"
