@@ -338,6 +338,7 @@ class Bench:
         self.log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="hookline-bench-delivery-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.queue = "hookline-bench-delivery"
+        self._client_connection = threading.local()
 
     # processes
 
@@ -405,6 +406,7 @@ class Bench:
     def start_web(self) -> None:
         gunicorn = [PYTHON, "-m", "gunicorn", "config.wsgi", "-b", f"{HOST}:{self.web_port}"]
         gunicorn += ["-w", str(self.args.web_workers), "--backlog", "2048", "--graceful-timeout", "5"]
+        gunicorn += ["--worker-class", "gthread", "--threads", "8"]  # the Procfile's web process
         gunicorn += ["--log-level", "warning"]
         process = self.start("web", gunicorn)
         wait_for_port(self.web_port, process)
@@ -553,7 +555,16 @@ class Bench:
         return requests
 
     def post(self, body: bytes, signature: str) -> tuple[int, str | None]:
-        conn = http.client.HTTPConnection(HOST, self.web_port, timeout=10)
+        status, event_id = self._post_once(body, signature)
+        if status == 0:  # the kept-alive connection was closed by the server meanwhile: once more, anew
+            status, event_id = self._post_once(body, signature)
+        return status, event_id
+
+    def _post_once(self, body: bytes, signature: str) -> tuple[int, str | None]:
+        # One kept-alive connection per client thread, as a provider's sender keeps one.
+        conn = getattr(self._client_connection, "conn", None)
+        if conn is None:
+            conn = self._client_connection.conn = http.client.HTTPConnection(HOST, self.web_port, timeout=10)
         try:
             conn.request(
                 "POST",
@@ -566,9 +577,9 @@ class Bench:
             event_id = json.loads(payload).get("id") if response.status == 200 else None
             return response.status, event_id
         except (OSError, http.client.HTTPException, ValueError):
-            return 0, None
-        finally:
             conn.close()
+            self._client_connection.conn = None
+            return 0, None
 
     def drive(self, requests, rate: float | None) -> dict:
         """Post every request with ``--clients`` threads, paced at ``rate`` per second (None: as fast as possible)."""

@@ -63,15 +63,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=int(env("BENCH_CONCURRENCY", "0")), help="open connections (0: auto)"
     )
-    parser.add_argument("--workers", type=int, default=int(env("BENCH_WORKERS", "4")), help="gunicorn workers")
+    # Defaults are the Procfile's web process: 2 gthread workers x 8 threads.
+    parser.add_argument("--workers", type=int, default=int(env("BENCH_WORKERS", "2")), help="gunicorn workers")
     parser.add_argument(
         "--worker-class",
-        default=env("BENCH_WORKER_CLASS", "sync"),
+        default=env("BENCH_WORKER_CLASS", "gthread"),
         choices=["sync", "gthread"],
         help="gunicorn worker class (the same for both endpoints)",
     )
     parser.add_argument(
-        "--threads", type=int, default=int(env("BENCH_THREADS", "2")), help="threads per gthread worker"
+        "--threads", type=int, default=int(env("BENCH_THREADS", "8")), help="threads per gthread worker"
     )
     parser.add_argument("--port", type=int, default=int(env("BENCH_PORT", "8765")))
     parser.add_argument(

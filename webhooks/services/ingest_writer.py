@@ -129,8 +129,8 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
         [event.remote_ip for event in events],
         [event.received_at for event in events],
     ]
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors:
+        cursor = _batch_cursor()
         # A server-side bound, prepared statement: no SQL text to build or parse per batch.
         cursor.execute(_INSERT_BATCH_SQL, params, prepare=True)
         returned = cursor.fetchall()
@@ -146,6 +146,22 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
     if any(outcome is None for outcome in outcomes):  # pragma: no cover - PostgreSQL returns one row per input row
         raise DatabaseError("the batch insert returned fewer rows than it was given")
     return outcomes  # type: ignore[return-value]
+
+
+_thread_cursor = threading.local()
+
+
+def _batch_cursor() -> psycopg.Cursor:
+    """A server-side binding cursor on this thread's connection, kept while the connection lives
+    (making one per batch costs more than the batch's own client-side work)."""
+    if connection.connection is None:
+        connection.ensure_connection()
+    raw = connection.connection
+    cached = getattr(_thread_cursor, "pair", None)
+    if cached is None or cached[0] is not raw or cached[1].closed:
+        cached = (raw, psycopg.Cursor(raw))
+        _thread_cursor.pair = cached
+    return cached[1]
 
 
 @dataclass(eq=False)
