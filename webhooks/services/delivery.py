@@ -129,7 +129,7 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     now = now or timezone.now()
     with transaction.atomic():
         candidates = list(
-            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .filter(
                 status=Delivery.Status.PENDING,
                 next_attempt_at__lte=now,
@@ -143,9 +143,11 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
             return []
         destination_ids = sorted({destination_id for _, destination_id in candidates})
         # Locking the destinations serialises claims per destination, so caps hold across dispatchers.
+        # FOR NO KEY UPDATE: it must not block the fan-out inserting deliveries that reference the
+        # destination (their foreign-key check takes KEY SHARE, which FOR UPDATE would conflict with).
         destinations = {
             d.pk: d
-            for d in Destination.objects.select_for_update()
+            for d in Destination.objects.select_for_update(no_key=True)
             .filter(pk__in=destination_ids)
             .order_by("pk")
             .only("pk", "max_concurrency", "rate_limit_per_second", "rate_window_started_at", "rate_window_count")
@@ -313,7 +315,7 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
             consecutive_failures=0, failing_since=None
         )
         return False
-    destination = Destination.objects.select_for_update().get(pk=destination_id)
+    destination = Destination.objects.select_for_update(no_key=True).get(pk=destination_id)
     for succeeded in successes:
         if succeeded:
             destination.consecutive_failures, destination.failing_since = 0, None

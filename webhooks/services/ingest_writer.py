@@ -40,22 +40,30 @@ logger = logging.getLogger(__name__)
 
 _TABLE = WebhookEvent._meta.db_table
 
+_COLUMNS = """id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip,
+    status, rejection_code, rejection_detail, duplicate_count, received_at"""
+# Duplicates of a stored event are counted on it, in the same statement.
+_ON_CONFLICT = f"""ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL
+DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1, last_duplicate_at = excluded.received_at
+RETURNING id, source_id, provider_event_id"""
+
 # One statement text for any batch size (arrays, not a VALUES list), so each
-# connection prepares it once. Duplicates of a stored event are counted on it.
+# connection prepares it once.
 _INSERT_BATCH_SQL = f"""
-INSERT INTO {_TABLE} (
-    id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip,
-    status, rejection_code, rejection_detail, duplicate_count, received_at
-)
+INSERT INTO {_TABLE} ({_COLUMNS})
 SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.event_type, row.body,
        row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at
 FROM unnest(
     %b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],
     %b::timestamptz[]
 ) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at)
-ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL
-DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1, last_duplicate_at = excluded.received_at
-RETURNING id, source_id, provider_event_id
+{_ON_CONFLICT}
+"""
+# A batch of one (an idle process, or a sync worker) costs both sides less without arrays.
+_INSERT_ONE_SQL = f"""
+INSERT INTO {_TABLE} ({_COLUMNS})
+VALUES (%b, %b, %b, %b, %b, %b, %b::jsonb, %b::inet, 'received', '', '', 0, %b)
+{_ON_CONFLICT}
 """
 
 
@@ -132,7 +140,10 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
     with connection.wrap_database_errors:
         cursor = _batch_cursor()
         # A server-side bound, prepared statement: no SQL text to build or parse per batch.
-        cursor.execute(_INSERT_BATCH_SQL, params, prepare=True)
+        if len(events) == 1:
+            cursor.execute(_INSERT_ONE_SQL, [values[0] for values in params], prepare=True)
+        else:
+            cursor.execute(_INSERT_BATCH_SQL, params, prepare=True)
         returned = cursor.fetchall()
     index_by_id = {event.id: index for index, event in enumerate(events)}
     index_by_key = {_conflict_key(event): index for index, event in enumerate(events)}
@@ -216,13 +227,17 @@ class IngestWriter:
             self._queue.put(None)
         thread.join(timeout)
 
+    def _running(self) -> bool:
+        return self._thread is not None and self._pid == os.getpid() and self._thread.is_alive()
+
     def _ensure_running(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._running():
             return
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
+            if self._running():
                 return
             # A forked child (gunicorn worker) inherits no thread: it starts its own with a new queue.
+            # So does a process whose writer thread ended (it never should; requests must not hang on it).
             self._pid = os.getpid()
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(

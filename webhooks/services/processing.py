@@ -54,7 +54,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
     now = timezone.now()
     with transaction.atomic():
         events = list(
-            WebhookEvent.objects.select_for_update(skip_locked=True)
+            WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True)
             .filter(status=WebhookEvent.Status.RECEIVED)
             .order_by("received_at")
             .only("id", "organization_id", "source_id", "event_type", "received_at")[:batch_size]

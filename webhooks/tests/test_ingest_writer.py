@@ -96,6 +96,9 @@ def test_batch_stores_every_column_as_given(stripe_source):
     assert row.status == WebhookEvent.Status.RECEIVED
     assert row.received_at == event.received_at
     assert (row.organization_id, row.source_id) == (stripe_source.organization_id, stripe_source.pk)
+    # A batch of one takes the single-row statement: a redelivery is counted the same way.
+    assert insert_event_batch([new_event(stripe_source, "evt_cols")]) == [(event.id, False)]
+    assert WebhookEvent.objects.get(pk=event.id).duplicate_count == 1
 
 
 @pytest.mark.django_db
@@ -307,3 +310,17 @@ def test_event_id_with_a_nul_character_is_stored_not_a_500(client, stripe_source
     assert response.status_code == 200
     event = WebhookEvent.objects.get(pk=response.json()["id"])
     assert event.provider_event_id == "evt_\ufffdnul" and event.event_type == "invoice.\ufffdpaid"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_whose_thread_ended_starts_a_new_one(stripe_source):
+    writer = IngestWriter()
+    try:
+        assert writer.write(new_event(stripe_source, "evt_before"), 10)[1] is True
+        ended = writer._thread
+        writer._queue.put(None)  # the thread ends behind the writer's back
+        ended.join(5)
+        assert not ended.is_alive()
+        assert writer.write(new_event(stripe_source, "evt_after"), 10)[1] is True
+    finally:
+        writer.stop()
