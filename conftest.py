@@ -23,6 +23,14 @@ def _clean_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_linger(settings):
+    # In-process tasks end as soon as they are idle; linger has its own tests, and the
+    # worker processes of the end-to-end tests run with the production defaults.
+    settings.PROCESSING_LINGER_SECONDS = 0
+    settings.DISPATCHER_LINGER_SECONDS = 0
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_ingest_writer(django_db_setup, django_db_blocker):
     # Torn down before the test database is dropped: the writer thread's connection must be closed first.

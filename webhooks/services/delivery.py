@@ -379,8 +379,16 @@ def schedule_dispatch(slot: int = 0) -> None:
     schedule_once(_dispatch_flag(slot), DISPATCH_FLAG_TTL, dispatch_deliveries.s(slot))
 
 
-def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | None = None, slot: int = 0) -> int:
-    """Send due deliveries until none is left (or ``max_seconds`` pass); returns how many were attempted."""
+def dispatch_due_deliveries(
+    *, max_seconds: float | None = None, threads: int | None = None, slot: int = 0, linger_seconds: float | None = None
+) -> int:
+    """Send due deliveries until none is left (or ``max_seconds`` pass); returns how many were attempted.
+
+    Slot 0, once idle, keeps looking every ``LINGER_POLL_SECONDS`` for ``linger_seconds``
+    (``DISPATCHER_LINGER_SECONDS``) before it ends, so that a steady stream of webhooks is
+    served by one running dispatcher rather than a message and a task start each.
+    """
+    linger_seconds = settings.DISPATCHER_LINGER_SECONDS if linger_seconds is None else linger_seconds
     flag = _dispatch_flag(slot)
     next_slot = slot + 1 if slot + 1 < settings.DELIVERY_DISPATCHERS else None
     max_seconds = settings.DISPATCHER_MAX_SECONDS if max_seconds is None else max_seconds
@@ -391,6 +399,7 @@ def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | 
     # A claim costs the same few queries for one delivery or many: wait until a quarter of the
     # threads are free before claiming again, unless nothing is in flight.
     claim_batch = max(1, threads // 4)
+    idle_since = None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
             set_flag(flag, DISPATCH_FLAG_TTL)
@@ -402,6 +411,15 @@ def dispatch_due_deliveries(*, max_seconds: float | None = None, threads: int | 
                     schedule_dispatch(next_slot)  # a backlog: let another worker process help
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
+            if claimed or pending:
+                idle_since = None
+            elif slot == 0 and time.monotonic() < deadline:
+                # Idle: keep looking a little (flag still set) rather than end and be started
+                # again by the next event, which costs a message and a task start per webhook.
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since < linger_seconds:
+                    time.sleep(settings.LINGER_POLL_SECONDS)
+                    continue
             if not pending:
                 if time.monotonic() >= deadline:
                     clear_flag(flag)

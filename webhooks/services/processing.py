@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
 from .lifecycle import record_usage
-from .scheduling import clear_flag, schedule_once
+from .scheduling import clear_flag, schedule_once, set_flag
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +32,44 @@ def schedule_event_processing() -> None:
     schedule_once(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL, process_events)
 
 
-def process_received_events() -> int:
-    """Fan out every received event; returns how many were processed."""
+def process_received_events(linger_seconds: float | None = None) -> int:
+    """Fan out every received event; returns how many were processed.
+
+    When nothing is left, the task looks again every ``LINGER_POLL_SECONDS`` for
+    ``linger_seconds`` (``PROCESSING_LINGER_SECONDS``) before it ends, with its flag still
+    set: under a steady trickle of webhooks one running task serves them all, instead of a
+    Celery message and a task start per webhook.
+    """
+    linger_seconds = settings.PROCESSING_LINGER_SECONDS if linger_seconds is None else linger_seconds
+    # A steady stream would keep one task running for ever: end after a while, so the tasks
+    # queued behind it (sweeper, bulk retries, digests) get a worker process; the next
+    # webhook schedules a fresh one.
+    deadline = time.monotonic() + settings.PROCESSING_MAX_SECONDS
     total = 0
+    idle_since = None
     while True:
         processed = process_event_batch()
-        if processed == 0:
-            # Clear the flag, then look once more (see services.scheduling).
-            clear_flag(PROCESSING_SCHEDULED_KEY)
-            processed = process_event_batch()
-            if processed == 0:
-                return total
         total += processed
+        now = time.monotonic()
+        if now >= deadline:
+            clear_flag(PROCESSING_SCHEDULED_KEY)
+            schedule_event_processing()  # a fresh task continues, behind what is queued
+            return total
+        if processed:
+            idle_since = None
+            continue
+        idle_since = idle_since or now
+        if now - idle_since < linger_seconds:
+            set_flag(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL)
+            time.sleep(settings.LINGER_POLL_SECONDS)
+            continue
+        # Clear the flag, then look once more (see services.scheduling).
+        clear_flag(PROCESSING_SCHEDULED_KEY)
+        processed = process_event_batch()
+        if processed == 0:
+            return total
+        total += processed
+        idle_since = None
 
 
 def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:

@@ -1,0 +1,120 @@
+"""Idle processing and dispatcher tasks keep looking a little before they end, so a steady
+stream of webhooks is served by running tasks; they still end, and hand over, on time."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core.cache import cache
+from django.db import connections
+
+from webhooks import tasks
+from webhooks.models import Delivery, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def ingest(client, source, event_id):
+    body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.status_code == 200
+    return response.json()["id"]
+
+
+def closing_connections(function, **kwargs):
+    """Run ``function`` in a pool thread and close that thread's database connection after."""
+
+    def run():
+        try:
+            return function(**kwargs)
+        finally:
+            connections.close_all()
+
+    return run
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """Celery messages the code would publish, counted instead of sent."""
+    sent = []
+    monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: sent.append("process_events"))
+    monkeypatch.setattr(tasks.dispatch_deliveries, "apply_async", lambda *a, **k: sent.append("dispatch"))
+    return sent
+
+
+def test_idle_processing_task_picks_up_an_event_arriving_while_it_lingers(client, organization, published):
+    source = make_source(organization)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(closing_connections(processing.process_received_events, linger_seconds=5))
+        time.sleep(0.3)
+        # While it lingers its flag is set, so the ingest below publishes no message.
+        assert cache.get(processing.PROCESSING_SCHEDULED_KEY) is not None
+        event_id = ingest(client, source, "evt_while_lingering")
+        deadline = time.monotonic() + 10
+        while WebhookEvent.objects.get(pk=event_id).status != WebhookEvent.Status.PROCESSED:
+            assert time.monotonic() < deadline, "the lingering task did not pick the event up"
+            time.sleep(0.05)
+        assert running.result(15) == 1
+    assert "process_events" not in published
+    assert cache.get(processing.PROCESSING_SCHEDULED_KEY) is None  # cleared when it ended
+
+
+def test_processing_task_ends_at_its_time_limit_and_hands_over_to_a_fresh_task(
+    client, organization, published, settings
+):
+    settings.PROCESSING_MAX_SECONDS = 0
+    source = make_source(organization)
+    ingest(client, source, "evt_handover")
+    deadline = time.monotonic() + 10
+    while "process_events" not in published:  # the ingest's own nudge, sent after its commit
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    published.clear()
+
+    assert processing.process_received_events(linger_seconds=5) == 1
+    assert published == ["process_events"]  # a fresh task continues; what was queued runs first
+
+
+def test_idle_dispatcher_sends_a_delivery_that_falls_due_while_it_lingers(organization, httpserver, published):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    arrived = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            closing_connections(delivery_service.dispatch_due_deliveries, threads=2, linger_seconds=5)
+        )
+        time.sleep(0.3)
+        event = WebhookEvent.objects.create(
+            organization=organization, source=source, provider_event_id="evt_due", event_type="invoice.paid", body=b"{}"
+        )
+        delivery = Delivery.objects.create(organization=organization, event=event, destination=destination)
+        deadline = time.monotonic() + 10
+        while not arrived.is_set():
+            assert time.monotonic() < deadline, "the lingering dispatcher did not send the delivery"
+            if httpserver.log:
+                arrived.set()
+            time.sleep(0.05)
+        assert running.result(15) == 1
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SUCCEEDED
+    assert published == []  # no message was needed
+
+
+def test_without_linger_an_idle_dispatcher_ends_at_once(organization, published):
+    started = time.monotonic()
+    assert delivery_service.dispatch_due_deliveries(threads=2, linger_seconds=0) == 0
+    assert time.monotonic() - started < 5
