@@ -47,6 +47,7 @@ def process_received_events(linger_seconds: float | None = None) -> int:
     deadline = time.monotonic() + settings.PROCESSING_MAX_SECONDS
     total = 0
     idle_since = None
+    flag_set_at = float("-inf")  # set at once: this task may run without a web request having set it
     while True:
         processed = process_event_batch()
         total += processed
@@ -55,12 +56,16 @@ def process_received_events(linger_seconds: float | None = None) -> int:
             clear_flag(PROCESSING_SCHEDULED_KEY)
             schedule_event_processing()  # a fresh task continues, behind what is queued
             return total
+        if now - flag_set_at >= 1:
+            # Keep the flag alive while this task runs: once it expires, every ingest would
+            # publish a second task that only competes with this one.
+            set_flag(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL)
+            flag_set_at = now
         if processed:
             idle_since = None
             continue
         idle_since = idle_since or now
         if now - idle_since < linger_seconds:
-            set_flag(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL)
             time.sleep(settings.LINGER_POLL_SECONDS)
             continue
         # Clear the flag, then look once more (see services.scheduling).
