@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 
 from webhooks.models import Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
@@ -138,11 +138,16 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         headers=_headers_to_store(provider.secret_header_names(source.options), headers),
         remote_ip=remote_ip,
     )
-    stored = store_event(event)
-    if stored is None:
-        stored = insert_event(event)
-        if stored[1]:
-            transaction.on_commit(schedule_event_processing)
+    try:
+        stored = store_event(event)
+        if stored is None:
+            stored = insert_event(event)
+            if stored[1]:
+                transaction.on_commit(schedule_event_processing)
+    except DataError as exc:
+        # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
+        logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
+        return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
     event_id, inserted = stored
     return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted})
 
@@ -198,7 +203,10 @@ def _storable_text(value: str) -> str:
 def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:
     """Headers as received, except values that are themselves secrets."""
     secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
-    return {name: (MASKED if name.lower() in secret_headers else value) for name, value in headers.items()}
+    return {
+        _storable_text(name): (MASKED if name.lower() in secret_headers else _storable_text(value))
+        for name, value in headers.items()
+    }
 
 
 def _reject(

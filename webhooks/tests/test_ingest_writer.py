@@ -324,3 +324,36 @@ def test_a_writer_whose_thread_ended_starts_a_new_one(stripe_source):
         assert writer.write(new_event(stripe_source, "evt_after"), 10)[1] is True
     finally:
         writer.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_in_a_header_is_stored_not_a_500(client, stripe_source):
+    body = json.dumps({"id": "evt_nul_header", "object": "event", "type": "invoice.paid"})
+    response = client.generic(
+        "POST",
+        f"/in/{stripe_source.ingest_token}/",
+        body,
+        content_type="application/json",
+        HTTP_X_ODD="a\x00b",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.status_code == 200
+    assert WebhookEvent.objects.get(pk=response.json()["id"]).headers["X-Odd"] == "a\ufffdb"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_value_the_database_refuses_is_a_400_not_a_500(client, stripe_source, monkeypatch):
+    def refuse(events):
+        raise DataError("invalid input")
+
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", refuse)
+    body = json.dumps({"id": "evt_refused", "object": "event", "type": "invoice.paid"})
+    response = client.generic(
+        "POST",
+        f"/in/{stripe_source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "unstorable_request"
