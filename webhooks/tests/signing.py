@@ -23,3 +23,15 @@ def standard_webhooks_headers(
         f"HTTP_{prefix.upper()}_TIMESTAMP": str(timestamp),
         f"HTTP_{prefix.upper()}_SIGNATURE": signature,
     }
+
+
+def post_stripe(client, source, body: str, secret: str, **extra):
+    """POST ``body`` to the source's ingest URL with the Django test client, signed as Stripe signs."""
+    return client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, secret),
+        **extra,
+    )

@@ -15,7 +15,7 @@ from webhooks.services.lifecycle import purge_expired_events
 from webhooks.services.outbound import OutboundResponse, parse_retry_after
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .signing import stripe_headers
+from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db
 
@@ -31,13 +31,7 @@ def dispatches(monkeypatch):
 def ingest_many(client, source, count, prefix="evt"):
     for n in range(count):
         body = f'{{"id":"{prefix}_{n}","object":"event","type":"invoice.paid"}}'
-        response = client.generic(
-            "POST",
-            f"/in/{source.ingest_token}/",
-            body,
-            content_type="application/json",
-            **stripe_headers(body, STRIPE_SECRET),
-        )
+        response = post_stripe(client, source, body, STRIPE_SECRET)
         assert response.status_code == 200
     processing.process_received_events()
 

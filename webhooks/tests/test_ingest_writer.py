@@ -16,7 +16,7 @@ from webhooks.services import ingest_writer
 from webhooks.services.ingest_writer import IngestWriter, NewEvent, insert_event_batch, store_event
 
 from .factories import STRIPE_SECRET, make_source
-from .signing import stripe_headers
+from .signing import post_stripe, stripe_headers
 
 
 def new_event(source, provider_event_id="evt_1", event_type="invoice.paid", body=b"{}"):
@@ -189,46 +189,30 @@ def test_an_unstorable_row_fails_alone_and_its_batch_neighbours_are_committed(st
     assert set(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == {"evt_ok_0", "evt_ok_1", "evt_ok_2"}
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [OperationalError("connection refused"), RuntimeError("a bug")],
+    ids=["database unreachable: the next batch reconnects", "a bug fails its requests, not the thread"],
+)
 @pytest.mark.django_db(transaction=True)
-def test_database_errors_fail_the_batch_and_the_next_batch_reconnects(stripe_source, monkeypatch):
+def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_written(stripe_source, monkeypatch, failure):
     calls = []
 
-    def unreachable_once(events):
+    def failing_once(events):
         calls.append(len(events))
         if len(calls) == 1:
-            raise OperationalError("connection refused")
+            raise failure
         return insert_event_batch(events)
 
-    monkeypatch.setattr(ingest_writer, "insert_event_batch", unreachable_once)
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", failing_once)
     writer = IngestWriter()
     try:
-        with pytest.raises(OperationalError):
+        with pytest.raises(type(failure)):
             writer.write(new_event(stripe_source, "evt_a"), 10)
         assert writer.write(new_event(stripe_source, "evt_a"), 10)[1] is True
     finally:
         writer.stop()
     assert WebhookEvent.objects.filter(provider_event_id="evt_a").count() == 1
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_writer_bug_fails_its_requests_but_not_the_thread(stripe_source, monkeypatch):
-    original = insert_event_batch
-    calls = []
-
-    def buggy_once(events):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("bug")
-        return original(events)
-
-    monkeypatch.setattr(ingest_writer, "insert_event_batch", buggy_once)
-    writer = IngestWriter()
-    try:
-        with pytest.raises(RuntimeError):
-            writer.write(new_event(stripe_source, "evt_b"), 10)
-        assert writer.write(new_event(stripe_source, "evt_b"), 10)[1] is True
-    finally:
-        writer.stop()
 
 
 # --- through the endpoint -------------------------------------------------------------------------
@@ -247,11 +231,7 @@ def test_commit_not_confirmed_in_time_answers_503_and_the_retry_is_a_counted_dup
 
     monkeypatch.setattr(ingest_writer, "insert_event_batch", slow)
     body = json.dumps({"id": "evt_slow_db", "object": "event", "type": "invoice.paid"})
-    path = f"/in/{stripe_source.ingest_token}/"
-
-    response = client.generic(
-        "POST", path, body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET)
-    )
+    response = post_stripe(client, stripe_source, body, STRIPE_SECRET)
     assert response.status_code == 503
     assert response.json()["error"] == "unavailable" and response["Retry-After"]
 
@@ -260,7 +240,7 @@ def test_commit_not_confirmed_in_time_answers_503_and_the_retry_is_a_counted_dup
     while not WebhookEvent.objects.filter(provider_event_id="evt_slow_db").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    retry = client.generic("POST", path, body, content_type="application/json", **stripe_headers(body, STRIPE_SECRET))
+    retry = post_stripe(client, stripe_source, body, STRIPE_SECRET)
     assert retry.status_code == 200 and retry.json()["duplicate"] is True
     assert WebhookEvent.objects.get(provider_event_id="evt_slow_db").duplicate_count == 1
 
@@ -300,13 +280,7 @@ def test_concurrent_webhooks_over_http_are_each_committed_once(live_server, stri
 @pytest.mark.django_db
 def test_event_id_with_a_nul_character_is_stored_not_a_500(client, stripe_source):
     body = '{"id": "evt_\\u0000nul", "object": "event", "type": "invoice.\\u0000paid"}'
-    response = client.generic(
-        "POST",
-        f"/in/{stripe_source.ingest_token}/",
-        body,
-        content_type="application/json",
-        **stripe_headers(body, STRIPE_SECRET),
-    )
+    response = post_stripe(client, stripe_source, body, STRIPE_SECRET)
     assert response.status_code == 200
     event = WebhookEvent.objects.get(pk=response.json()["id"])
     assert event.provider_event_id == "evt_\ufffdnul" and event.event_type == "invoice.\ufffdpaid"
@@ -329,14 +303,7 @@ def test_a_writer_whose_thread_ended_starts_a_new_one(stripe_source):
 @pytest.mark.django_db(transaction=True)
 def test_a_nul_in_a_header_is_stored_not_a_500(client, stripe_source):
     body = json.dumps({"id": "evt_nul_header", "object": "event", "type": "invoice.paid"})
-    response = client.generic(
-        "POST",
-        f"/in/{stripe_source.ingest_token}/",
-        body,
-        content_type="application/json",
-        HTTP_X_ODD="a\x00b",
-        **stripe_headers(body, STRIPE_SECRET),
-    )
+    response = post_stripe(client, stripe_source, body, STRIPE_SECRET, HTTP_X_ODD="a\x00b")
     assert response.status_code == 200
     assert WebhookEvent.objects.get(pk=response.json()["id"]).headers["X-Odd"] == "a\ufffdb"
 
@@ -348,12 +315,6 @@ def test_a_value_the_database_refuses_is_a_400_not_a_500(client, stripe_source, 
 
     monkeypatch.setattr(ingest_writer, "insert_event_batch", refuse)
     body = json.dumps({"id": "evt_refused", "object": "event", "type": "invoice.paid"})
-    response = client.generic(
-        "POST",
-        f"/in/{stripe_source.ingest_token}/",
-        body,
-        content_type="application/json",
-        **stripe_headers(body, STRIPE_SECRET),
-    )
+    response = post_stripe(client, stripe_source, body, STRIPE_SECRET)
     assert response.status_code == 400
     assert response.json()["error"] == "unstorable_request"

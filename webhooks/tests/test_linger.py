@@ -16,20 +16,14 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .signing import stripe_headers
+from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def ingest(client, source, event_id):
     body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
-    response = client.generic(
-        "POST",
-        f"/in/{source.ingest_token}/",
-        body,
-        content_type="application/json",
-        **stripe_headers(body, STRIPE_SECRET),
-    )
+    response = post_stripe(client, source, body, STRIPE_SECRET)
     assert response.status_code == 200
     return response.json()["id"]
 
@@ -114,7 +108,9 @@ def test_idle_dispatcher_sends_a_delivery_that_falls_due_while_it_lingers(organi
     assert published == []  # no message was needed
 
 
-def test_without_linger_an_idle_dispatcher_ends_at_once(organization, published):
+def test_an_idle_dispatcher_lingers_for_its_setting_then_ends(organization, published, settings):
+    settings.DISPATCHER_LINGER_SECONDS = 0.5
     started = time.monotonic()
-    assert delivery_service.dispatch_due_deliveries(threads=2, linger_seconds=0) == 0
-    assert time.monotonic() - started < 5
+    assert delivery_service.dispatch_due_deliveries(threads=2) == 0
+    assert 0.45 <= time.monotonic() - started < 5
+    assert published == []

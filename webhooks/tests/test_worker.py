@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from webhooks.models import Delivery
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .signing import stripe_headers
+from .signing import post_stripe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,13 +70,7 @@ def test_webhook_goes_end_to_end_through_a_real_worker(client, organization, htt
 
     bodies = [f'{{"id":"evt_worker_{n}","object":"event","type":"invoice.paid"}}' for n in range(5)]
     for body in bodies:
-        response = client.generic(
-            "POST",
-            f"/in/{source.ingest_token}/",
-            body,
-            content_type="application/json",
-            **stripe_headers(body, STRIPE_SECRET),
-        )
+        response = post_stripe(client, source, body, STRIPE_SECRET)
         assert response.status_code == 200
 
     deadline = time.monotonic() + 60
