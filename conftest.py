@@ -29,6 +29,8 @@ def _no_linger(settings):
     # worker processes of the end-to-end tests run with the production defaults.
     settings.PROCESSING_LINGER_SECONDS = 0
     settings.DISPATCHER_LINGER_SECONDS = 0
+    # Each test asks Redis about the processing flag (the trusted sighting has its own tests).
+    settings.PROCESSING_FLAG_TRUST_SECONDS = 0
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -301,6 +301,10 @@ DISPATCHER_LINGER_SECONDS = env.float("DISPATCHER_LINGER_SECONDS", default=0.5)
 PROCESSING_LINGER_SECONDS = env.float("PROCESSING_LINGER_SECONDS", default=0.5)
 LINGER_POLL_SECONDS = env.float("LINGER_POLL_SECONDS", default=0.01)
 PROCESSING_MAX_SECONDS = env.float("PROCESSING_MAX_SECONDS", default=50.0)  # then a fresh task continues
+# An ingest process that saw the processing flag set trusts it this long without asking Redis
+# again; a processing task waits as long between clearing its flag and its last look
+# (services.scheduling). Not an environment setting: both sides must agree on it.
+PROCESSING_FLAG_TRUST_SECONDS = 0.1
 RETRY_AFTER_MAX_SECONDS = env.int("RETRY_AFTER_MAX_SECONDS", default=3600)
 CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)
 CIRCUIT_BREAKER_PERIOD_SECONDS = env.int("CIRCUIT_BREAKER_PERIOD_SECONDS", default=600)

@@ -143,7 +143,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         if stored is None:
             stored = insert_event(event)
             if stored[1]:
-                transaction.on_commit(schedule_event_processing)
+                transaction.on_commit(lambda: schedule_event_processing(from_ingest=True))
     except DataError as exc:
         # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)

@@ -306,7 +306,7 @@ class IngestWriter:
         if any(inserted for _, inserted in outcomes):
             from .processing import schedule_event_processing
 
-            schedule_event_processing()
+            schedule_event_processing(from_ingest=True)
 
 
 def _fail(batch: list[_PendingWrite], exc: BaseException) -> None:

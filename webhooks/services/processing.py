@@ -14,7 +14,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
 from .lifecycle import record_usage
-from .scheduling import clear_flag, schedule_once, set_flag
+from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +25,20 @@ PROCESSING_SCHEDULED_TTL = 5
 EVENT_BATCH_SIZE = 100
 
 
-def schedule_event_processing() -> None:
-    """Make sure a worker will process received events soon (see services.scheduling)."""
+def schedule_event_processing(*, from_ingest: bool = False) -> None:
+    """Make sure a worker will process received events soon (see services.scheduling).
+
+    Ingest passes ``from_ingest``: it may then trust a recent sighting of the flag.
+    Workers never do: a task handing over to a fresh one must really publish it.
+    """
     from webhooks.tasks import process_events
 
-    schedule_once(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL, process_events)
+    schedule_once(
+        PROCESSING_SCHEDULED_KEY,
+        PROCESSING_SCHEDULED_TTL,
+        process_events,
+        trust_seen_seconds=settings.PROCESSING_FLAG_TRUST_SECONDS if from_ingest else 0.0,
+    )
 
 
 def process_received_events(linger_seconds: float | None = None) -> int:
@@ -68,8 +77,10 @@ def process_received_events(linger_seconds: float | None = None) -> int:
         if now - idle_since < linger_seconds:
             time.sleep(settings.LINGER_POLL_SECONDS)
             continue
-        # Clear the flag, then look once more (see services.scheduling).
+        # Clear the flag, let ingest processes' sightings of it expire, then look once more
+        # (see services.scheduling).
         clear_flag(PROCESSING_SCHEDULED_KEY)
+        wait_before_last_look(settings.PROCESSING_FLAG_TRUST_SECONDS)
         processed = process_event_batch()
         if processed == 0:
             return total

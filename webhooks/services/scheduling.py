@@ -6,24 +6,61 @@ look for work: anything committed before the clear is found by that look,
 anything committed after it publishes a new task. The flag's TTL covers a task
 that died. Every failure here only delays work: the beat sweeper schedules
 again, and PostgreSQL holds the work itself.
+
+A hot caller (ingest) may also trust, for ``trust_seen_seconds``, a flag it saw
+set, and skip even the cache round trip: a busy web process then asks Redis a
+few times a second instead of once per commit. This stays safe because a task
+using it waits that long between clearing its flag and its last look
+(``wait_before_last_look``): work committed while a caller still trusted an
+old sighting was committed before that look.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
+# flag key -> monotonic time just before this process last saw it set (or set it).
+_flag_seen_at: dict[str, float] = {}
 
-def schedule_once(flag_key: str, ttl: int, task) -> None:
-    """Publish ``task`` unless one is already scheduled. Never raises."""
+
+def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> None:
+    """Publish ``task`` unless one is already scheduled. Never raises.
+
+    With ``trust_seen_seconds``, a flag this process saw set less than that long
+    ago counts as still set, without asking the cache (see the module's text).
+    """
+    if trust_seen_seconds > 0:
+        seen_at = _flag_seen_at.get(flag_key)
+        if seen_at is not None and time.monotonic() - seen_at < trust_seen_seconds:
+            return
+    # Taken before asking: the sighting must not be dated later than the cache saw the flag set.
+    asked_at = time.monotonic()
     try:
         if cache.add(flag_key, 1, timeout=ttl):
             task.apply_async(retry=False)
     except Exception as exc:
         logger.warning("could not schedule %s; the sweeper will: %s", task.name, exc)
+        return
+    if trust_seen_seconds > 0:
+        _flag_seen_at[flag_key] = asked_at
+
+
+def forget_seen_flags() -> None:
+    """Drop this process's sightings (tests; a caller that must ask the cache again)."""
+    _flag_seen_at.clear()
+
+
+def wait_before_last_look(trust_seen_seconds: float) -> None:
+    """After clearing a flag that callers may trust: let every sighting of it expire first."""
+    if trust_seen_seconds <= 0:
+        return
+    # A small margin for clocks of different processes that tick at slightly different rates.
+    time.sleep(trust_seen_seconds * 1.05 + 0.001)
 
 
 def set_flag(flag_key: str, ttl: int) -> None:

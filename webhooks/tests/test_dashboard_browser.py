@@ -32,7 +32,7 @@ def work_is_driven_by_the_test(monkeypatch):
     monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
     monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
     monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
 
 
 def sign_in(browser, live_server, user, width=1280, height=900):

@@ -12,8 +12,8 @@ from .factories import make_source
 
 @pytest.fixture(autouse=True)
 def no_processing_schedule(monkeypatch):
-    monkeypatch.setattr(processing, "schedule_event_processing", lambda: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda: None)
+    monkeypatch.setattr(processing, "schedule_event_processing", lambda **_: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -24,7 +24,7 @@ def work_is_driven_by_the_test(monkeypatch):
     monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
     monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
     monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
 
 
 def deliver_everything_due():

@@ -1,0 +1,123 @@
+"""Ingest trusts a recent sighting of the processing flag instead of asking Redis per commit,
+and a processing task waits those sightings out before its last look, so nothing is left behind."""
+
+import json
+import threading
+import time
+
+import pytest
+from django.core.cache import cache
+from django.db import connections
+
+from webhooks import tasks
+from webhooks.models import WebhookEvent
+from webhooks.services import processing, scheduling
+
+from .factories import STRIPE_SECRET, make_source
+from .signing import post_stripe
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TRUST_SECONDS = 0.4
+
+
+@pytest.fixture
+def published(monkeypatch, settings):
+    settings.PROCESSING_FLAG_TRUST_SECONDS = TRUST_SECONDS
+    scheduling.forget_seen_flags()
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)
+    sent = []
+    monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: sent.append("process_events"))
+    yield sent
+    scheduling.forget_seen_flags()
+
+
+def ingest(client, source, event_id):
+    body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+    response = post_stripe(client, source, body, STRIPE_SECRET)
+    assert response.status_code == 200, response.content
+    return response.json()["id"]
+
+
+@pytest.fixture
+def ingest_and_wait_for_its_nudge(client, monkeypatch):
+    """Ingest, then wait until the writer thread has made its scheduling call (it runs after
+    the request was answered), so that what was or was not published can be checked."""
+    calls = []
+    real = processing.schedule_event_processing
+
+    def counted(**kwargs):
+        real(**kwargs)
+        calls.append(kwargs)
+
+    monkeypatch.setattr(processing, "schedule_event_processing", counted)
+
+    def run(source, event_id):
+        before = len(calls)
+        ingest(client, source, event_id)
+        deadline = time.monotonic() + 10
+        while len(calls) == before:
+            assert time.monotonic() < deadline, "the ingest made no scheduling call"
+            time.sleep(0.005)
+        assert calls[-1] == {"from_ingest": True}
+
+    return run
+
+
+def test_ingest_trusts_a_flag_it_saw_for_a_while_then_asks_again(
+    organization, published, ingest_and_wait_for_its_nudge
+):
+    source = make_source(organization)
+    ingest_and_wait_for_its_nudge(source, "evt_first")
+    assert published == ["process_events"]
+
+    # The task cleared its flag: within the trust window ingest does not ask (its task still
+    # has its last look ahead of it), after it it asks and publishes again.
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)
+    ingest_and_wait_for_its_nudge(source, "evt_trusted")
+    assert published == ["process_events"]
+    assert cache.get(processing.PROCESSING_SCHEDULED_KEY) is None
+
+    time.sleep(TRUST_SECONDS + 0.05)
+    ingest_and_wait_for_its_nudge(source, "evt_after_window")
+    assert published == ["process_events", "process_events"]
+    assert cache.get(processing.PROCESSING_SCHEDULED_KEY) is not None
+
+
+def test_workers_never_trust_a_sighting(published):
+    processing.schedule_event_processing(from_ingest=True)
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)
+    processing.schedule_event_processing()  # a task handing over must really publish
+    assert published == ["process_events", "process_events"]
+
+
+def test_a_task_waits_out_trusted_sightings_before_its_last_look(client, organization, published, monkeypatch):
+    """The race the wait closes: the task clears its flag and, while an ingest process still
+    trusts its old sighting, an event is committed without a message. The task's last look,
+    taken only after every such sighting expired, must find that event."""
+    source = make_source(organization)
+    processing.schedule_event_processing(from_ingest=True)  # this process saw the flag set
+    published.clear()
+    late_ingest_done = threading.Event()
+
+    def ingest_shortly_after_the_clear():
+        try:
+            time.sleep(TRUST_SECONDS / 2)
+            ingest(client, source, "evt_during_the_wait")
+        finally:
+            connections.close_all()
+            late_ingest_done.set()
+
+    real_clear_flag = processing.clear_flag
+
+    def clear_flag_then_ingest(key):
+        real_clear_flag(key)
+        threading.Thread(target=ingest_shortly_after_the_clear).start()
+
+    monkeypatch.setattr(processing, "clear_flag", clear_flag_then_ingest)
+    started = time.monotonic()
+    assert processing.process_received_events(linger_seconds=0) == 1
+    assert time.monotonic() - started >= TRUST_SECONDS
+    assert late_ingest_done.wait(10)
+    assert published == []  # the ingest trusted its sighting: no message was needed
+    assert WebhookEvent.objects.get(provider_event_id="evt_during_the_wait").status == WebhookEvent.Status.PROCESSED
