@@ -68,8 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-class",
         default=env("BENCH_WORKER_CLASS", "gthread"),
-        choices=["sync", "gthread"],
-        help="gunicorn worker class (the same for both endpoints)",
+        choices=["sync", "gthread", "gevent"],
+        help="gunicorn worker class (the same for both endpoints; gevent only for comparison, see docs/benchmarks.md)",
     )
     parser.add_argument(
         "--threads", type=int, default=int(env("BENCH_THREADS", "8")), help="threads per gthread worker"
@@ -99,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--duration must be > 0 and --warmup >= 0")
     if args.duration + args.warmup > STRIPE_TOLERANCE - 30:
         parser.error(f"phases are signed once, so --duration + --warmup must stay under {STRIPE_TOLERANCE - 30} s")
+    if args.worker_class == "gevent":
+        try:
+            import gevent  # noqa: F401
+        except ImportError:
+            parser.error("--worker-class gevent needs gevent, which Hookline does not install: pip install gevent")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
     if args.loadgen == "wrk" and not shutil.which("wrk"):
