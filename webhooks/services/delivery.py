@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
@@ -31,6 +31,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
 from .scheduling import clear_flag, schedule_once, set_flag
+from .text import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,9 @@ def claim_delivery(delivery_id) -> Delivery | None:
 
 def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     event = delivery.event
-    headers = {name: value for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS}
+    headers = {
+        _latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS
+    }
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.
     message_id = str(delivery.pk if delivery.is_replay else event.id)
@@ -236,22 +239,76 @@ class SendResult:
     response: outbound.OutboundResponse
 
 
+def _latin1(text: str) -> str:
+    # HTTP header fields are latin-1 on the wire; a stored value may hold U+FFFD (see services.text).
+    return text.encode("latin-1", errors="replace").decode("latin-1")
+
+
 def send(delivery: Delivery) -> SendResult:
-    """One HTTP attempt. Touches no database: it runs on the dispatcher's sending threads."""
-    headers = build_request_headers(delivery, int(time.time()))
+    """One HTTP attempt. Touches no database: it runs on the dispatcher's sending threads.
+
+    Never raises: an attempt that cannot even be made (a secret that no key decrypts, say)
+    is a failed attempt like any other, retried on the schedule, never a delivery left in flight.
+    """
     started_at = timezone.now()
-    timeout = min(delivery.destination.timeout_seconds, settings.DELIVERY_MAX_TIMEOUT_SECONDS)
-    response = outbound.post(
-        delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
-    )
+    headers: dict[str, str] = {}
+    try:
+        headers = build_request_headers(delivery, int(time.time()))
+        timeout = min(delivery.destination.timeout_seconds, settings.DELIVERY_MAX_TIMEOUT_SECONDS)
+        response = outbound.post(
+            delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
+        )
+    except Exception as exc:
+        logger.exception("delivery %s: the attempt could not be made", delivery.pk)
+        response = outbound.OutboundResponse(
+            status=None, body="", duration_ms=0, error=f"the attempt could not be made: {exc.__class__.__name__}"
+        )
     return SendResult(started_at=started_at, headers=headers, response=response)
 
 
 def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Delivery]:
-    """Store the attempts and move each delivery on; update each destination's health."""
+    """Store the attempts and move each delivery on; update each destination's health.
+
+    One result the database refuses must not leave the others of its batch in flight (the
+    sweeper would release them and they would be sent again): the batch is then recorded
+    one by one, and a result that still fails is recorded without the receiver's answer.
+    """
     results = list(results)
     if not results:
         return []
+    try:
+        return _record_results(results)
+    except DatabaseError:
+        if len(results) == 1:
+            return _record_without_response(results[0])
+        logger.exception("recording %d delivery results failed; recording them one by one", len(results))
+    recorded = []
+    for result in results:
+        try:
+            recorded += _record_results([result])
+        except DatabaseError:
+            recorded += _record_without_response(result)
+    return recorded
+
+
+def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delivery]:
+    delivery, sent = result
+    logger.exception("delivery %s: its result could not be stored; storing it without the response", delivery.pk)
+    bare = outbound.OutboundResponse(
+        status=sent.response.status,
+        body="",
+        duration_ms=sent.response.duration_ms,
+        error="the receiver's answer could not be stored",
+        retry_after=sent.response.retry_after,
+    )
+    try:
+        return _record_results([(delivery, SendResult(sent.started_at, {}, bare))])
+    except DatabaseError:  # e.g. the delivery was deleted meanwhile; the sweeper has the last word
+        logger.exception("delivery %s: its result could not be stored at all", delivery.pk)
+        return []
+
+
+def _record_results(results: list[tuple[Delivery, SendResult]]) -> list[Delivery]:
     now = timezone.now()
     health: dict[int, list[bool]] = defaultdict(list)
     with transaction.atomic():
@@ -263,10 +320,14 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                     attempt_number=delivery.attempt_count,
                     started_at=result.started_at,
                     duration_ms=result.response.duration_ms,
-                    request_headers={k: v for k, v in result.headers.items() if k.lower() != "webhook-signature"},
+                    request_headers={
+                        storable_text(k): storable_text(v)
+                        for k, v in result.headers.items()
+                        if k.lower() != "webhook-signature"
+                    },
                     response_status=result.response.status,
-                    response_body=result.response.body,
-                    error=result.response.error[:500],
+                    response_body=storable_text(result.response.body),
+                    error=storable_text(result.response.error)[:500],
                 )
                 for delivery, result in results
             ]
@@ -278,14 +339,16 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 result.response, attempt_count=delivery.attempt_count, destination=delivery.destination
             )
             fields = _outcome_fields(outcome, result.response.status, now)
-            same_outcome[tuple(sorted(fields.items()))].append(delivery)
+            fields["last_error"] = storable_text(fields["last_error"])
+            same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append(delivery)
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
-        for fields_items, deliveries in same_outcome.items():
+        for (claimed_at, *fields_items), deliveries in same_outcome.items():
             fields = dict(fields_items)
-            # Only our claim may be finished: if the sweeper released it meanwhile, leave it be.
-            Delivery.objects.filter(pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT).update(
-                **fields
-            )
+            # Only our claim may be finished: if the sweeper released it meanwhile (and another
+            # dispatcher claimed it again), that newer claim's own result decides, not this one.
+            Delivery.objects.filter(
+                pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at
+            ).update(**fields)
             for delivery in deliveries:
                 for name, value in fields.items():
                     setattr(delivery, name, value)

@@ -16,9 +16,14 @@ def reencrypt_all_secrets(batch_size: int = 500) -> dict[str, int]:
         if not fields:
             continue
         count = 0
-        for row in model._default_manager.only("pk", *fields).iterator(chunk_size=batch_size):
+        for pk in model._default_manager.values_list("pk", flat=True).iterator(chunk_size=batch_size):
             with transaction.atomic():
-                # Decrypting accepts any configured key; saving encrypts with the first (newest).
+                # Read under a row lock: a secret rotated since the listing must not be written back
+                # with its old value. Decrypting accepts any configured key; saving encrypts with the
+                # first (newest).
+                row = model._default_manager.select_for_update().only("pk", *fields).filter(pk=pk).first()
+                if row is None:  # deleted meanwhile
+                    continue
                 row.save(update_fields=fields)
             count += 1
         counts[model._meta.label] = count

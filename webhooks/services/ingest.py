@@ -23,6 +23,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .ingest_writer import NewEvent, store_event, writer
 from .processing import schedule_event_processing
+from .text import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     event = NewEvent(
         organization_id=source.organization_id,
         source_id=source.pk,
-        provider_event_id=_storable_text(info.event_id)[:255] if info.event_id else None,
-        event_type=_storable_text(info.event_type)[:255],
+        provider_event_id=storable_text(info.event_id)[:255] if info.event_id else None,
+        event_type=storable_text(info.event_type)[:255],
         body=body,
         headers=_headers_to_store(provider.secret_header_names(source.options), headers),
         remote_ip=remote_ip,
@@ -144,7 +145,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
             stored = insert_event(event)
             if stored[1]:
                 transaction.on_commit(lambda: schedule_event_processing(from_ingest=True))
-    except DataError as exc:
+    except (DataError, UnicodeError) as exc:
         # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
@@ -195,16 +196,11 @@ def insert_event(event: NewEvent) -> tuple:
     return stored_id, stored_id == event.id
 
 
-def _storable_text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, which JSON allows ("\u0000"); an id must still be storable.
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
 def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:
     """Headers as received, except values that are themselves secrets."""
     secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
     return {
-        _storable_text(name): (MASKED if name.lower() in secret_headers else _storable_text(value))
+        storable_text(name): (MASKED if name.lower() in secret_headers else storable_text(value))
         for name, value in headers.items()
     }
 
@@ -229,7 +225,7 @@ def _reject(
             source=source,
             status=WebhookEvent.Status.REJECTED,
             rejection_code=code,
-            rejection_detail=detail[:500],
+            rejection_detail=storable_text(detail)[:500],
             body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
             headers=_headers_to_store(provider_secret_headers, headers),
             remote_ip=remote_ip,

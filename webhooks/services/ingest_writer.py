@@ -30,7 +30,7 @@ from datetime import datetime
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 from uuid6 import uuid7
 
@@ -288,9 +288,10 @@ class IngestWriter:
             _fail(batch, exc)
             _discard_connection()
             return
-        except DatabaseError as exc:
+        except (DatabaseError, UnicodeError) as exc:
             if len(batch) == 1:
-                _fail(batch, exc)
+                # The view answers a DataError with 400; a value psycopg cannot encode is one too.
+                _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
                 return
             # One unstorable row must not fail the requests that share its batch.
             for pending in batch:

@@ -13,7 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from organizations.models import Membership, MonthlyUsage, Organization
-from webhooks.models import WebhookEvent
+from webhooks.models import Delivery, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,12 @@ def usage_this_month(organization: Organization) -> int:
 
 
 def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
-    """Delete events past their organization's retention, with deliveries and attempts, in small batches."""
+    """Delete events past their organization's retention, with deliveries and attempts, in small batches.
+
+    An event that is not finished (not yet fanned out, or with a delivery still waiting or
+    being sent, say to a paused destination) is kept until it is: retention must never drop
+    a webhook that was acknowledged but not yet delivered.
+    """
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
     deleted = 0
@@ -81,6 +86,8 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
         while True:
             ids = list(
                 WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
+                .exclude(status=WebhookEvent.Status.RECEIVED)
+                .exclude(deliveries__status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))
                 .order_by("id")
                 .values_list("id", flat=True)[:batch_size]
             )

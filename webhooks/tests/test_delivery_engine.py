@@ -287,3 +287,107 @@ def test_a_backlog_starts_the_next_dispatcher_slot(client, organization, httpser
     ingest_many(client, source, 12, prefix="late")
     assert delivery_service.dispatch_due_deliveries(threads=4, slot=1) == 12
     assert slots == []  # the last slot starts no other
+
+
+# --- results that are hard to store or to send -----------------------------------------
+
+
+def test_a_receiver_answering_binary_is_recorded_with_its_batch_neighbours(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/binary"), sources=[source])
+    make_destination(organization, httpserver.url_for("/text"), sources=[source])
+    httpserver.expect_request("/binary").respond_with_data(b"\x00\x01\xff gzip-ish")  # PostgreSQL text refuses NUL
+    httpserver.expect_request("/text").respond_with_data("ok")
+    ingest_many(client, source, 3)
+
+    assert delivery_service.dispatch_due_deliveries(threads=6) == 6
+    assert Delivery.objects.filter(status="succeeded").count() == 6
+    binary = DeliveryAttempt.objects.filter(delivery__destination__url__endswith="/binary")
+    assert binary.count() == 3 and all(a.response_body.startswith("\ufffd\x01\ufffd") for a in binary)
+
+
+def test_a_result_the_database_refuses_is_recorded_without_the_answer_and_the_rest_normally(
+    client, organization, httpserver, monkeypatch
+):
+    # Without the clean-up of services.text, a NUL in one answer fails the batch's INSERT:
+    # each result is then recorded on its own, the refused one without the receiver's answer.
+    monkeypatch.setattr(delivery_service, "storable_text", lambda text: text)
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/nul"), sources=[source])
+    make_destination(organization, httpserver.url_for("/fine"), sources=[source])
+    httpserver.expect_request("/nul").respond_with_data(b"a\x00b")
+    httpserver.expect_request("/fine").respond_with_data("fine")
+    ingest_many(client, source, 1)
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert len(claimed) == 2
+
+    recorded = delivery_service.record_results([(d, delivery_service.send(d)) for d in claimed])
+    assert len(recorded) == 2
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
+    nul = DeliveryAttempt.objects.get(delivery__destination__url__endswith="/nul")
+    assert nul.response_status == 200 and nul.response_body == ""
+    assert nul.error == "the receiver's answer could not be stored"
+    assert DeliveryAttempt.objects.get(delivery__destination__url__endswith="/fine").response_body == "fine"
+
+
+def test_an_attempt_that_cannot_be_made_is_a_failed_attempt_not_a_stuck_delivery(
+    client, organization, httpserver, monkeypatch
+):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/x"), sources=[source])
+    ingest_many(client, source, 1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(delivery_service.outbound, "post", broken)
+    assert delivery_service.dispatch_due_deliveries(threads=2) == 1
+    delivery = Delivery.objects.get()
+    assert delivery.status == "pending" and delivery.next_attempt_at > timezone.now()
+    assert delivery.last_error == "the attempt could not be made: RuntimeError"
+
+
+def test_a_stored_header_that_is_not_latin_1_is_sent(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/h"), sources=[source])
+    httpserver.expect_request("/h").respond_with_data("ok")
+    body = '{"id":"evt_odd_header","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, source, body, STRIPE_SECRET, HTTP_X_ODD="a\x00b").status_code == 200
+    processing.process_received_events()
+    assert WebhookEvent.objects.get().headers["X-Odd"] == "a\ufffdb"  # stored as text PostgreSQL accepts
+
+    delivery_service.dispatch_due_deliveries(threads=2)
+    assert Delivery.objects.get().status == "succeeded"
+    assert httpserver.log[0][0].headers["X-Odd"] == "a?b"
+
+
+def test_a_stale_claims_result_does_not_overwrite_a_newer_claim(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/slow"), sources=[source])
+    ingest_many(client, source, 1)
+    (stale,) = delivery_service.claim_due_deliveries(1)
+    # The sweeper released the slow attempt and another dispatcher claimed the delivery again.
+    newer_claim = stale.claimed_at + timedelta(seconds=200)
+    Delivery.objects.filter(pk=stale.pk).update(claimed_at=newer_claim, attempt_count=2)
+
+    result = delivery_service.SendResult(timezone.now(), {}, OutboundResponse(status=500, body="", duration_ms=1))
+    delivery_service.record_results([(stale, result)])
+    current = Delivery.objects.get(pk=stale.pk)
+    assert current.status == "in_flight" and current.claimed_at == newer_claim  # the newer claim decides
+    assert DeliveryAttempt.objects.filter(delivery=current).count() == 1  # the stale attempt is still on record
+
+
+def test_retention_keeps_events_not_yet_delivered(client, organization, httpserver):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/paused"), sources=[source])
+    ingest_many(client, source, 2)  # fanned out: two pending deliveries
+    body = '{"id":"evt_unprocessed","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200  # still "received"
+    WebhookEvent.objects.update(received_at=timezone.now() - timedelta(days=400))
+
+    assert purge_expired_events() == 0
+    assert WebhookEvent.objects.count() == 3
+
+    Delivery.objects.update(status="dead")
+    WebhookEvent.objects.filter(provider_event_id="evt_unprocessed").update(status="processed")
+    assert purge_expired_events() == 3

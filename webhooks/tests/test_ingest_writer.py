@@ -318,3 +318,37 @@ def test_a_value_the_database_refuses_is_a_400_not_a_500(client, stripe_source, 
     response = post_stripe(client, stripe_source, body, STRIPE_SECRET)
     assert response.status_code == 400
     assert response.json()["error"] == "unstorable_request"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("inline insert", marks=pytest.mark.django_db),
+        pytest.param("group-commit writer", marks=pytest.mark.django_db(transaction=True)),
+    ],
+)
+def test_event_id_with_a_lone_surrogate_is_stored_not_a_500(client, stripe_source, path):
+    # JSON allows "\ud800"; psycopg cannot encode it, so it must be replaced before the INSERT.
+    body = '{"id": "evt_\\ud800lone", "object": "event", "type": "invoice.\\udfffpaid"}'
+    response = post_stripe(client, stripe_source, body, STRIPE_SECRET)
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get(pk=response.json()["id"])
+    assert event.provider_event_id == "evt_\ufffdlone" and event.event_type == "invoice.\ufffdpaid"
+    assert bytes(event.body) == body.encode()  # the body itself is kept exactly
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_psycopg_cannot_encode_fails_alone_as_a_data_error(stripe_source, gated_writer):
+    writer, gate = gated_writer
+    good = [new_event(stripe_source, f"evt_fine_{n}") for n in range(2)]
+    bad = new_event(stripe_source, "evt_surrogate", event_type="odd\ud800")  # bypasses storable_text on purpose
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(writer.write, good[0], 10)
+        assert gate.first_started.wait(10)
+        futures = [pool.submit(writer.write, event, 10) for event in (bad, good[1])]
+        time.sleep(0.3)
+        gate.gate.set()
+        assert first.result(10)[1] is True and futures[1].result(10)[1] is True
+        with pytest.raises(DataError):
+            futures[0].result(10)
+    assert set(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == {"evt_fine_0", "evt_fine_1"}
