@@ -123,60 +123,57 @@ def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, d
 # --- Claiming -----------------------------------------------------------------
 
 
+# Each round looks at the oldest due deliveries of destinations that still have room; more
+# than one round is needed only when one destination's backlog filled a round's candidates.
+CLAIM_ROUNDS = 3
+
+
 def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
-    """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit."""
+    """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
+
+    Destinations with no room are left out before the candidates are limited, so that one
+    destination's backlog (a slow receiver, a resumed pause) never hides other tenants'
+    due deliveries from the dispatchers.
+    """
     if limit <= 0:
         return []
     now = now or timezone.now()
+    window = now.replace(microsecond=0)
     with transaction.atomic():
-        candidates = list(
-            Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
-            .filter(
-                status=Delivery.Status.PENDING,
-                next_attempt_at__lte=now,
-                destination__paused_at__isnull=True,
-                destination__is_active=True,
-            )
-            .order_by("next_attempt_at", "id")
-            .values_list("id", "destination_id")[: limit * 4]
+        due = Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True).filter(
+            status=Delivery.Status.PENDING,
+            next_attempt_at__lte=now,
+            destination__paused_at__isnull=True,
+            destination__is_active=True,
         )
-        if not candidates:
-            return []
-        destination_ids = sorted({destination_id for _, destination_id in candidates})
-        # Locking the destinations serialises claims per destination, so caps hold across dispatchers.
-        # FOR NO KEY UPDATE: it must not block the fan-out inserting deliveries that reference the
-        # destination (their foreign-key check takes KEY SHARE, which FOR UPDATE would conflict with).
-        destinations = {
-            d.pk: d
-            for d in Destination.objects.select_for_update(no_key=True)
-            .filter(pk__in=destination_ids)
-            .order_by("pk")
-            .only("pk", "max_concurrency", "rate_limit_per_second", "rate_window_started_at", "rate_window_count")
-        }
-        in_flight = dict(
-            Delivery.objects.filter(destination_id__in=destination_ids, status=Delivery.Status.IN_FLIGHT)
-            .values_list("destination_id")
-            .annotate(n=Count("id"))
-        )
-        window = now.replace(microsecond=0)
+        no_room = _destinations_without_room(window)
+        destinations: dict[int, Destination] = {}
         allowance: dict[int, int] = {}
-        for destination in destinations.values():
-            room = destination.max_concurrency - in_flight.get(destination.pk, 0)
-            if destination.rate_limit_per_second:
-                used = destination.rate_window_count if destination.rate_window_started_at == window else 0
-                room = min(room, destination.rate_limit_per_second - used)
-            allowance[destination.pk] = max(room, 0)
-        chosen = []
         taken: dict[int, int] = defaultdict(int)
-        for delivery_id, destination_id in candidates:
-            if len(chosen) >= limit:
+        chosen: list = []
+        for _ in range(CLAIM_ROUNDS):
+            wanted = (limit - len(chosen)) * 4
+            candidates = list(
+                due.exclude(destination_id__in=no_room)
+                .exclude(pk__in=chosen)
+                .order_by("next_attempt_at", "id")
+                .values_list("id", "destination_id")[:wanted]
+            )
+            if not candidates:
                 break
-            if taken[destination_id] < allowance.get(destination_id, 0):
-                taken[destination_id] += 1
-                chosen.append(delivery_id)
+            _lock_destinations({d for _, d in candidates} - destinations.keys(), destinations, allowance, window)
+            for delivery_id, destination_id in candidates:
+                if len(chosen) >= limit:
+                    break
+                if taken[destination_id] < allowance[destination_id]:
+                    taken[destination_id] += 1
+                    chosen.append(delivery_id)
+            no_room |= {d for d, room in allowance.items() if taken[d] >= room}
+            if len(chosen) >= limit or len(candidates) < wanted:
+                break
         for destination_id, count in taken.items():
-            destination = destinations[destination_id]
-            if destination.rate_limit_per_second:
+            destination = destinations.get(destination_id)
+            if count and destination.rate_limit_per_second:
                 same_window = destination.rate_window_started_at == window
                 Destination.objects.filter(pk=destination_id).update(
                     rate_window_started_at=window,
@@ -190,6 +187,60 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     return list(
         Delivery.objects.filter(pk__in=chosen).select_related("event", "destination").order_by("next_attempt_at", "id")
     )
+
+
+def _destinations_without_room(window) -> set[int]:
+    """Destinations at their concurrency cap or out of this second's rate budget (a hint; the
+    locked re-count in _lock_destinations decides)."""
+    at_cap = (
+        Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
+        .values("destination_id", "destination__max_concurrency")
+        .annotate(n=Count("id"))
+        .filter(n__gte=F("destination__max_concurrency"))
+        .values_list("destination_id", flat=True)
+    )
+    rate_spent = Destination.objects.filter(
+        rate_limit_per_second__gt=0,
+        rate_window_started_at=window,
+        rate_window_count__gte=F("rate_limit_per_second"),
+    ).values_list("pk", flat=True)
+    return set(at_cap) | set(rate_spent)
+
+
+def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window) -> None:
+    """Lock the destinations and work out how many more deliveries each may take now.
+
+    Locking serialises claims per destination, so caps hold across dispatchers. FOR NO KEY
+    UPDATE: it must not block the fan-out inserting deliveries that reference the destination
+    (their foreign-key check takes KEY SHARE, which FOR UPDATE would conflict with). SKIP
+    LOCKED: a destination another dispatcher is claiming for is left to it this time (and
+    rounds that lock in a different order cannot deadlock).
+    """
+    if not ids:
+        return
+    locked = {
+        d.pk: d
+        for d in Destination.objects.select_for_update(no_key=True, skip_locked=True)
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .only("pk", "max_concurrency", "rate_limit_per_second", "rate_window_started_at", "rate_window_count")
+    }
+    in_flight = dict(
+        Delivery.objects.filter(destination_id__in=list(locked), status=Delivery.Status.IN_FLIGHT)
+        .values_list("destination_id")
+        .annotate(n=Count("id"))
+    )
+    for destination_id in ids:
+        destination = locked.get(destination_id)
+        if destination is None:
+            allowance[destination_id] = 0
+            continue
+        destinations[destination_id] = destination
+        room = destination.max_concurrency - in_flight.get(destination_id, 0)
+        if destination.rate_limit_per_second:
+            used = destination.rate_window_count if destination.rate_window_started_at == window else 0
+            room = min(room, destination.rate_limit_per_second - used)
+        allowance[destination_id] = max(room, 0)
 
 
 def claim_delivery(delivery_id) -> Delivery | None:

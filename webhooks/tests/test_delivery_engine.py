@@ -391,3 +391,21 @@ def test_retention_keeps_events_not_yet_delivered(client, organization, httpserv
     Delivery.objects.update(status="dead")
     WebhookEvent.objects.filter(provider_event_id="evt_unprocessed").update(status="processed")
     assert purge_expired_events() == 3
+
+
+def test_one_destinations_backlog_does_not_hide_other_tenants_due_deliveries(
+    client, organization, other_organization, httpserver
+):
+    busy_source = make_source(organization, name="busy")
+    busy, _ = make_destination(organization, httpserver.url_for("/busy"), sources=[busy_source])
+    Destination.objects.filter(pk=busy.pk).update(max_concurrency=2)
+    ingest_many(client, busy_source, 60, prefix="busy")  # older than anything the other tenant has
+    other_source = make_source(other_organization, name="quiet")
+    make_destination(other_organization, httpserver.url_for("/quiet"), sources=[other_source])
+    ingest_many(client, other_source, 1, prefix="quiet")
+
+    # 8 slots: the busy destination may take 2, and its 60 due rows fill a first round of 32 candidates.
+    first = delivery_service.claim_due_deliveries(8)
+    assert sorted(d.destination.url.rsplit("/", 1)[1] for d in first) == ["busy", "busy", "quiet"]
+    # At its cap, the busy destination is left out before the limit; nothing else is due.
+    assert delivery_service.claim_due_deliveries(8) == []
