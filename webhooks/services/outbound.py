@@ -142,9 +142,9 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
         )
         try:
-            excerpt = response.read(settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, decode_content=True)
-            if response.read(65536, decode_content=False):
-                # A long answer is not read to its end: drop the connection instead of reusing it.
+            excerpt, complete = _read_excerpt(response, settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, started + timeout)
+            if not complete:
+                # A long or slow answer is not read to its end: drop the connection instead of reusing it.
                 response.close()
         finally:
             response.release_conn()
@@ -162,6 +162,24 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
     except urllib3.exceptions.HTTPError as exc:
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
+
+
+def _read_excerpt(response, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the body, and whether the body ended within them.
+
+    Read a piece at a time against ``deadline`` (monotonic): urllib3's read timeout starts
+    again with every byte received, so a receiver trickling its answer could otherwise hold
+    an attempt, and a sending thread, for hours.
+    """
+    excerpt = b""
+    while len(excerpt) < limit:
+        if time.monotonic() >= deadline:
+            return excerpt, False
+        piece = response.read1(min(limit - len(excerpt), 16384), decode_content=True)
+        if not piece:
+            return excerpt, True
+        excerpt += piece
+    return excerpt[:limit], time.monotonic() < deadline and not response.read1(65536, decode_content=True)
 
 
 def post_to_hookline(url: str, *, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> OutboundResponse:

@@ -1,0 +1,100 @@
+"""Reading a receiver's answer: bounded in size and in time, whatever the receiver does."""
+
+import gzip
+import socket
+import threading
+import time
+
+import pytest
+
+from webhooks.services import outbound
+
+
+class OneShotServer:
+    """A raw HTTP server on 127.0.0.1 that answers each connection with ``respond(connection)``."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection):
+        with connection:
+            connection.settimeout(10)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            try:
+                self.respond(connection)
+            except OSError:
+                pass  # the client gave up, as it should
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(respond):
+        servers.append(OneShotServer(respond))
+        return servers[-1]
+
+    yield start
+    for one in servers:
+        one.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_attempts_timeout(server, settings):
+    def trickle(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):  # 1,000 bytes, one every 50 ms: 50 s in all
+            connection.sendall(b"x")
+            time.sleep(0.05)
+
+    slow = server(trickle)
+    started = time.monotonic()
+    response = outbound.post(slow.url, body=b"{}", headers={}, timeout=1.0)
+    assert time.monotonic() - started < 10  # not the 50 s the receiver wanted
+    assert response.status == 200 and 0 < len(response.body) < 1000
+
+
+def test_a_long_answer_is_kept_up_to_the_limit(server, settings):
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 100
+
+    def long(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"y" * 5000)
+
+    response = outbound.post(server(long).url, body=b"{}", headers={}, timeout=5.0)
+    assert response.status == 200 and response.body == "y" * 100
+
+
+def test_a_compressed_answer_is_stored_decoded(server, settings):
+    payload = gzip.compress(b'{"received": true}')
+
+    def compressed(connection):
+        head = f"HTTP/1.1 202 Accepted\r\nContent-Encoding: gzip\r\nContent-Length: {len(payload)}\r\n\r\n"
+        connection.sendall(head.encode() + payload)
+
+    response = outbound.post(server(compressed).url, body=b"{}", headers={}, timeout=5.0)
+    assert response.status == 202 and response.body == '{"received": true}'
