@@ -12,7 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import validate_email, validate_slug
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -255,8 +257,14 @@ def audit_purge(*, before: datetime, actor=None, request=None) -> int:
 @transaction.atomic
 def organization_create(*, name: str, slug: str, owner_email: str, actor=None) -> Organization:
     """Create an organization with its owner (the user is created when new)."""
+    if not name.strip():
+        raise ValidationError("the organization needs a name")
+    validate_slug(slug)  # it is part of the dashboard's URLs
+    if Organization.objects.filter(slug=slug).exists():
+        raise ValidationError(f"an organization with the slug {slug} already exists")
     user_model = get_user_model()
     email = user_model.objects.normalize_email(owner_email).lower()
+    validate_email(email)
     owner = user_model.objects.filter(email=email).first() or user_model.objects.create_user(email)
     organization = Organization.objects.create(name=name, slug=slug)
     Membership.objects.create(user=owner, organization=organization, role=Membership.Role.OWNER)

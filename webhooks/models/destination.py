@@ -1,3 +1,4 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -8,12 +9,19 @@ from webhooks.fields import EncryptedTextField
 class Destination(models.Model):
     """A tenant's URL that receives events, signed with Standard Webhooks headers."""
 
+    # Bounds of an attempt's timeout: below 1 s hardly any receiver answers; above 60 s a slow
+    # receiver holds a sending thread too long (DELIVERY_MAX_TIMEOUT_SECONDS may cap it lower).
+    MIN_TIMEOUT_SECONDS = 1.0
+    MAX_TIMEOUT_SECONDS = 60.0
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="destinations")
     name = models.CharField(max_length=200)
     url = models.URLField(max_length=2000)
     secret = EncryptedTextField()
     secret_hint = models.CharField(max_length=8, blank=True, editable=False)
-    timeout_seconds = models.FloatField(default=15.0)
+    timeout_seconds = models.FloatField(
+        default=15.0, validators=[MinValueValidator(MIN_TIMEOUT_SECONDS), MaxValueValidator(MAX_TIMEOUT_SECONDS)]
+    )
     is_active = models.BooleanField(default=True)
     # Fairness: one slow or failing destination can hold at most this many sending threads.
     max_concurrency = models.PositiveSmallIntegerField(default=10)

@@ -305,7 +305,10 @@ def send(delivery: Delivery) -> SendResult:
     headers: dict[str, str] = {}
     try:
         headers = build_request_headers(delivery, int(time.time()))
-        timeout = min(delivery.destination.timeout_seconds, settings.DELIVERY_MAX_TIMEOUT_SECONDS)
+        timeout = min(
+            max(delivery.destination.timeout_seconds, Destination.MIN_TIMEOUT_SECONDS),
+            settings.DELIVERY_MAX_TIMEOUT_SECONDS,
+        )
         response = outbound.post(
             delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
         )
@@ -568,7 +571,8 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     """Send a dead or waiting delivery again now (one more attempt beyond the schedule)."""
     locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
-        raise DeliveryRetryError(f"the delivery is {locked.get_status_display().lower()}; nothing to retry")
+        state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
+        raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
     previous = locked.status
     Delivery.objects.filter(pk=locked.pk).update(
         status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), completed_at=None

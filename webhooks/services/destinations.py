@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from django.db import transaction
 
@@ -24,10 +25,23 @@ class DestinationError(ValueError):
 
 def destination_check_url(url: str) -> None:
     """Refuse URLs that resolve to private or reserved addresses (unless allowed by settings)."""
+    if "@" in urlsplit(url).netloc:
+        raise DestinationError(
+            "the URL must not hold a user name or password (they would not be sent); "
+            "receivers verify Hookline by the webhook-signature header"
+        )
     try:
         resolve_destination(url)
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
+
+
+def _check_settings(name: str, timeout_seconds: float | None) -> None:
+    if not name.strip():
+        raise DestinationError("the destination needs a name")
+    low, high = Destination.MIN_TIMEOUT_SECONDS, Destination.MAX_TIMEOUT_SECONDS
+    if timeout_seconds is not None and not low <= timeout_seconds <= high:
+        raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds")
 
 
 @transaction.atomic
@@ -43,6 +57,7 @@ def destination_create(
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once)."""
     require_configure_role(organization=organization, actor=actor)
+    _check_settings(name, timeout_seconds)
     destination_check_url(url)
     secret = generate_standard_webhooks_secret()
     destination = Destination.objects.create(
@@ -51,7 +66,7 @@ def destination_create(
         url=url,
         secret=secret,
         secret_hint=secret_hint(secret),
-        **({"timeout_seconds": timeout_seconds} if timeout_seconds else {}),
+        **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
     )
     for source in sources:
         subscription_create(destination=destination, source=source, event_types=event_types or [], actor=actor)
@@ -100,6 +115,7 @@ def destination_update(
 ) -> Destination:
     """Change a destination's name, URL, timeout and which sources (and event types) it receives."""
     require_configure_role(organization=destination.organization, actor=actor)
+    _check_settings(name, timeout_seconds)
     if url != destination.url:
         destination_check_url(url)
     patterns = [pattern.strip() for pattern in event_types if pattern.strip()]

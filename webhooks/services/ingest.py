@@ -7,6 +7,7 @@ insert the event (both PostgreSQL) and, now and then, nudge the processor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -133,7 +134,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     event = NewEvent(
         organization_id=source.organization_id,
         source_id=source.pk,
-        provider_event_id=storable_text(info.event_id)[:255] if info.event_id else None,
+        provider_event_id=_storable_event_id(info.event_id) if info.event_id else None,
         event_type=storable_text(info.event_type)[:255],
         body=body,
         headers=_headers_to_store(provider.secret_header_names(source.options), headers),
@@ -194,6 +195,18 @@ def insert_event(event: NewEvent) -> tuple:
         cursor.execute(sql, values)
         stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
     return stored_id, stored_id == event.id
+
+
+def _storable_event_id(event_id: str) -> str:
+    """The provider's id as stored (255 characters at most) and compared for duplicates.
+
+    A longer id keeps its start and ends with a digest of the whole, so that two long ids
+    sharing their first 255 characters are not taken for one another.
+    """
+    event_id = storable_text(event_id)
+    if len(event_id) <= 255:
+        return event_id
+    return event_id[:190] + "~" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:

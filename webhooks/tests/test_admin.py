@@ -452,6 +452,18 @@ def test_destination_url_is_checked(admin, setup, settings):
     assert response.status_code == 200 and "private or reserved" in response.content.decode()
 
 
+@pytest.mark.parametrize("timeout", ["-1", "0", "1000"])
+def test_destination_timeout_out_of_bounds_is_refused(admin, setup, timeout):
+    destination = setup["destination"]
+    response = admin.post(
+        reverse("admin:webhooks_destination_change", args=[destination.pk]),
+        destination_form(destination, timeout_seconds=timeout),
+    )
+    assert response.status_code == 200 and "errornote" in response.content.decode()
+    destination.refresh_from_db()
+    assert destination.timeout_seconds == 15.0
+
+
 def test_destination_pause_and_resume_actions(admin, setup):
     destination = setup["destination"]
     url = reverse("admin:webhooks_destination_changelist")

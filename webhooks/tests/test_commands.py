@@ -109,3 +109,43 @@ def test_seed_demo_is_idempotent(settings):
     second = run("seed_demo")
     assert first["created"] is True and second["created"] is False
     assert first["source_id"] == second["source_id"]
+
+
+def test_create_organization_refuses_what_the_dashboard_could_not_use():
+    for args, reason in [
+        (["--name", "Bad", "--slug", "Bad Slug!", "--owner-email", "owner@bad.example"], "slug"),
+        (["--name", "Bad", "--slug", "bad", "--owner-email", "not-an-email"], "email"),
+        (["--name", " ", "--slug", "bad", "--owner-email", "owner@bad.example"], "name"),
+    ]:
+        out = io.StringIO()
+        with pytest.raises(CommandError, match=reason):
+            call_command("create_organization", *args, "--json", stdout=out)
+        assert reason in json.loads(out.getvalue())["error"]  # --json still prints one JSON object
+    assert not Organization.objects.exists()
+    run("create_organization", "--name", "Good", "--slug", "good", "--owner-email", "owner@good.example")
+    with pytest.raises(CommandError, match="already exists"):
+        run("create_organization", "--name", "Again", "--slug", "good", "--owner-email", "owner@good.example")
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({"--timeout": "-1"}, "between 1 and 60"),
+        ({"--timeout": "0"}, "between 1 and 60"),
+        ({"--timeout": "1000"}, "between 1 and 60"),
+        ({"--url": "http://user:pass@127.0.0.1:9/hook"}, "user name or password"),
+        ({"--name": ""}, "needs a name"),
+    ],
+)
+def test_create_destination_refuses_settings_it_could_not_honour(organization, overrides, reason):
+    options = {"--name": "endpoint", "--url": "http://127.0.0.1:9/hook", **overrides}
+    with pytest.raises(CommandError, match=reason):
+        run("create_destination", "--org", organization.slug, *[part for pair in options.items() for part in pair])
+
+
+def test_bad_values_are_explained_plainly():
+    with pytest.raises(CommandError) as raised:
+        run("retry_delivery", "--id", "not-a-uuid")
+    assert "[" not in str(raised.value)  # a message, not a Python list
+    with pytest.raises(CommandError, match="positive integer"):
+        run("list_events", "--org", "acme", "--limit", "-5")

@@ -118,7 +118,7 @@ def test_dead_after_the_last_retry_and_manual_retry(client, organization, httpse
 
 def test_network_error_and_timeout_are_recorded_and_retried(client, organization, httpserver):
     source = make_source(organization)
-    make_destination(organization, "http://127.0.0.1:9/unreachable", sources=[source], timeout_seconds=0.5)
+    make_destination(organization, "http://127.0.0.1:9/unreachable", sources=[source], timeout_seconds=1)
     ingest(client, source)
     processing.process_received_events()
     delivery = delivery_service.deliver(Delivery.objects.get().pk)

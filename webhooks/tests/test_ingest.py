@@ -254,3 +254,80 @@ def test_get_without_a_handshake_is_405_and_not_recorded(client, organization):
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
     assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["put", "patch", "delete", "options"])
+def test_other_methods_get_the_json_405(client, organization, method):
+    source = make_source(organization)
+    response = getattr(client, method)(f"/in/{source.ingest_token}/")
+    assert response.status_code == 405 and response["Allow"] == "POST, GET"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def _wsgi_post_chunked(path: str, body: bytes, headers: dict) -> tuple[str, dict]:
+    """POST through the WSGI application as gunicorn presents a chunked request: no
+    CONTENT_LENGTH, Transfer-Encoding set, and wsgi.input already de-chunked."""
+    import io
+
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    from config.wsgi import application
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "testserver",
+        "REMOTE_ADDR": "203.0.113.9",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_TYPE": "application/json",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
+    }
+    status = []
+    # As Django's test Client does: closing "old" connections would end the test's transaction.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        chunks = application(environ, lambda s, h, exc_info=None: status.append(s))
+        payload = b"".join(chunks)
+        chunks.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return status[0], json.loads(payload)
+
+
+def test_a_chunked_webhook_is_read_whole_and_verified(organization, settings):
+    source = make_source(organization)
+    body = json.dumps({"id": "evt_chunked", "object": "event", "type": "invoice.paid"}).encode()
+    headers = {"Stripe-Signature": stripe_headers(body.decode(), STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]}
+    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", body, headers)
+    assert status.startswith("200"), payload
+    assert bytes(WebhookEvent.objects.get(pk=payload["id"]).body) == body
+
+    settings.INGEST_MAX_BODY_BYTES = 64
+    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", b"x" * 65, headers)
+    assert status.startswith("413") and payload["error"] == "body_too_large"
+
+
+def test_long_event_ids_that_share_a_start_are_not_duplicates(client, organization):
+    source = make_source(organization)
+    long_ids = ["evt_" + "a" * 300 + "1", "evt_" + "a" * 300 + "2"]
+    answers = []
+    for event_id in long_ids + long_ids[:1]:
+        body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+        answers.append(post(client, source, body, **stripe_headers(body, STRIPE_SECRET)).json())
+    assert [a["duplicate"] for a in answers] == [False, False, True]
+    assert answers[2]["id"] == answers[0]["id"]
+    stored = WebhookEvent.objects.get(pk=answers[0]["id"]).provider_event_id
+    assert len(stored) == 255 and stored.startswith("evt_aaa")

@@ -39,20 +39,30 @@ class IngestView(APIView):
         # Some providers verify the URL with a signed GET (handshakes only).
         return self._ingest(request, token)
 
+    # GET only for the handshakes some providers make; OPTIONS, PUT… get the JSON 405 below.
+    http_method_names = ["post", "get"]
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        # The same JSON error shape as every other ingest answer (DRF adds the Allow header).
+        return _json(405, {"error": "method_not_allowed", "detail": "webhooks are accepted with POST"})
+
     def _ingest(self, request, token: str):
         django_request = request._request
+        too_large = _json(
+            413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"}
+        )
         try:
             declared_length = int(django_request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             declared_length = 0
         if declared_length > settings.INGEST_MAX_BODY_BYTES:
-            return _json(
-                413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"}
-            )
+            return too_large
         try:
-            body = django_request.body
+            body = _chunked_body(django_request) if not declared_length else django_request.body
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
+        if len(body) > settings.INGEST_MAX_BODY_BYTES:
+            return too_large
         try:
             outcome = ingest_request(
                 token=token,
@@ -73,6 +83,18 @@ class IngestView(APIView):
                 outcome.handshake.body, status=outcome.status_code, content_type=outcome.handshake.content_type
             )
         return _json(outcome.status_code, outcome.payload)
+
+
+def _chunked_body(django_request) -> bytes:
+    """The body of a request sent without Content-Length (Transfer-Encoding: chunked).
+
+    Django reads no more than Content-Length, so such a body would look empty and fail
+    verification; gunicorn hands the WSGI application the de-chunked stream. One byte more
+    than the limit is read, so that an oversized body is answered 413, not cut.
+    """
+    if "chunked" not in django_request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return django_request.body
+    return django_request.META["wsgi.input"].read(settings.INGEST_MAX_BODY_BYTES + 1)
 
 
 def _json(status: int, payload: dict) -> HttpResponse:

@@ -18,9 +18,11 @@ class OperatorCommand(BaseCommand):
         try:
             result, text = self.run(**options)
         except ObjectDoesNotExist as exc:
-            raise CommandError(f"not found: {exc}") from None
-        except (ValueError, LookupError, ValidationError) as exc:
-            raise CommandError(str(exc)) from None
+            self._fail(options, f"not found: {exc}")
+        except ValidationError as exc:
+            self._fail(options, "; ".join(exc.messages))
+        except (ValueError, LookupError) as exc:
+            self._fail(options, str(exc))
         if options["json"]:
             self.stdout.write(json.dumps(result, default=str))
         else:
@@ -28,6 +30,12 @@ class OperatorCommand(BaseCommand):
 
     def run(self, **options) -> tuple[dict, str]:
         raise NotImplementedError
+
+    def _fail(self, options, message: str):
+        # With --json a script still reads one JSON object, and the exit status says it failed.
+        if options["json"]:
+            self.stdout.write(json.dumps({"error": message}))
+        raise CommandError(message)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ class Command(OperatorCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("--org", required=True, help="organization slug")
         parser.add_argument("--status", choices=[value for value, _ in WebhookEvent.Status.choices])
-        parser.add_argument("--limit", type=int, default=20)
+        parser.add_argument("--limit", type=_positive, default=20, help="newest N events (default 20)")
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
@@ -47,3 +47,13 @@ class Command(OperatorCommand):
             for row in rows
         ]
         return {"events": rows}, "\n".join(lines) or "No events."
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+_positive.__name__ = "positive integer"  # argparse names the type: "invalid positive integer value: '-5'"
