@@ -73,11 +73,12 @@ def _headers(request: InboundRequest) -> tuple[str, str, str, str]:
 
 
 def _message_id(request: InboundRequest) -> str | None:
-    for family in FAMILIES:
-        value = (request.header(f"{family}-id") or "").strip()
-        if value:
-            return value
-    return None
+    """The id of the header family verify() checks (the same selection rule), never the other family's:
+    an unsigned ``svix-id`` added to a request signed with ``webhook-*`` must not change its event id."""
+    try:
+        return _headers(request)[1]
+    except VerificationError:
+        return None
 
 
 class StandardWebhooksProvider(Provider):
@@ -105,7 +106,10 @@ class StandardWebhooksProvider(Provider):
         '"<id>.<timestamp>.<raw body>", keyed with the base64-decoded whsec_ secret; any v1 may match; '
         "the timestamp must be within `tolerance` seconds of now, either way."
     )
-    docs_event_id = "webhook-id / svix-id header (the same on every retry)"
+    docs_event_id = (
+        "svix-id / webhook-id header of the header set that was verified (the same on every retry): svix-* when "
+        "all three svix-* headers are present, else webhook-*"
+    )
     docs_event_type = "payload `type`, e.g. user.created"
 
     def clean_secret(self, secret: str) -> str:
@@ -167,7 +171,7 @@ class StandardWebhooksProvider(Provider):
             )
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-        """Id from the message-id header, type from the payload."""
+        """Id from the message-id header of the verified header family, type from the payload."""
         payload = request.json()
         event_type = payload.get("type") if isinstance(payload, dict) else None
         if not isinstance(event_type, str) or not event_type:

@@ -79,6 +79,28 @@ def test_svix_headers_take_precedence_like_the_svix_library():
     PROVIDER.verify(req(BODY, partial), [SECRET], OPTIONS, NOW)
 
 
+@pytest.mark.parametrize(
+    "unsigned",
+    [{"svix-id": "anything"}, {"svix-id": "anything", "svix-timestamp": str(TS)}, {"svix-signature": "v1,AAAA"}],
+)
+def test_replay_with_an_added_unsigned_svix_header_keeps_the_signed_id(unsigned):
+    body = b'{"type": "user.created"}'
+    signed = {"webhook-id": MSG_ID, "webhook-timestamp": str(TS), "webhook-signature": official(SECRET, body)}
+    replay = {**signed, **unsigned}
+    PROVIDER.verify(req(body, replay), [SECRET], OPTIONS, NOW)
+    original = PROVIDER.describe(req(body, signed), OPTIONS).event_id
+    assert original == MSG_ID
+    assert PROVIDER.describe(req(body, replay), OPTIONS).event_id == original
+
+
+def test_replay_with_an_added_unsigned_webhook_id_keeps_the_signed_svix_id():
+    body = b'{"type": "user.created"}'
+    signed = {"svix-id": MSG_ID, "svix-timestamp": str(TS), "svix-signature": official(SECRET, body)}
+    replay = {**signed, "webhook-id": "anything"}
+    PROVIDER.verify(req(body, replay), [SECRET], OPTIONS, NOW)
+    assert PROVIDER.describe(req(body, replay), OPTIONS).event_id == MSG_ID
+
+
 def test_tampered_body():
     assert reject(req(b'{"test": 2432232315}', headers())).code == "no_matching_secret"
 
