@@ -48,6 +48,13 @@ def _is_signing_token(secret: str) -> bool:
     return secret.strip().startswith("whsec_")
 
 
+def _signed_mode(request: InboundRequest, options: Mapping[str, Any]) -> bool:
+    """Whether verify() checks the signing token. In auto mode it also needs a whsec_ secret, which describe()
+    cannot see; without one the token alone authenticates, and webhook-id is as good an id as any header."""
+    mode = _mode(options)
+    return mode == "signing_token" or (mode == "auto" and bool((request.header("webhook-signature") or "").strip()))
+
+
 class GitLabProvider(Provider):
     """Project, group and system hooks from GitLab.com, Dedicated and self-managed instances."""
 
@@ -87,7 +94,8 @@ class GitLabProvider(Provider):
         "X-Gitlab-Token is never stored."
     )
     docs_event_id = (
-        "Idempotency-Key header (the same on every retry), else webhook-id, else sha256:<hex of body>. "
+        "signing token: the signed webhook-id header (an unsigned Idempotency-Key is ignored); secret token: "
+        "Idempotency-Key header (the same on every retry), else webhook-id; else sha256:<hex of body>. "
         "X-Gitlab-Event-UUID is not used: GitLab gives every hook fired while handling one request the same "
         "value (recursion detection), so distinct events would collapse."
     )
@@ -137,7 +145,7 @@ class GitLabProvider(Provider):
         _STANDARD.verify(signed_only, secrets, {"tolerance": tolerance_seconds(options, DEFAULT_TOLERANCE)}, now)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-        """Type from the payload (object_kind + action), id from Idempotency-Key."""
+        """Type from the payload (object_kind + action); id from the signed webhook-id, else Idempotency-Key."""
         try:
             payload = json.loads(request.body)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -154,12 +162,16 @@ class GitLabProvider(Provider):
                 action = attributes.get("action") if isinstance(attributes, dict) else None
                 if isinstance(action, str) and action.strip():
                     event_type = f"{event_type}.{action.strip()}"
-        event_id = (
-            (request.header(IDEMPOTENCY_HEADER) or "").strip()
-            or (request.header("webhook-id") or "").strip()
-            or "sha256:" + hashlib.sha256(request.body).hexdigest()
+        signed_id = (request.header("webhook-id") or "").strip()
+        if _signed_mode(request, options):
+            # webhook-id is covered by the signature; Idempotency-Key is not, so a replay with a new
+            # Idempotency-Key must not become a new event.
+            event_id = signed_id
+        else:
+            event_id = (request.header(IDEMPOTENCY_HEADER) or "").strip() or signed_id
+        return EventInfo(
+            event_id=event_id or "sha256:" + hashlib.sha256(request.body).hexdigest(), event_type=event_type
         )
-        return EventInfo(event_id=event_id, event_type=event_type)
 
     def sign(
         self,

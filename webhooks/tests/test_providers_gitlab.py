@@ -239,3 +239,23 @@ def test_one_byte_change_is_always_rejected_with_the_signing_token(body, data):
     tampered = body[:index] + bytes([(body[index] + data.draw(st.integers(1, 255))) % 256]) + body[index + 1 :]
     with pytest.raises(VerificationError):
         PROVIDER.verify(req(tampered, signed), [SIGNING], AUTO, NOW)
+
+
+@pytest.mark.parametrize("options", [AUTO, SIGNED_ONLY])
+def test_signing_token_replay_with_another_idempotency_key_keeps_the_signed_id(options):
+    body, headers = fixture("push")
+    signed = official(SIGNING, body, "msg-signed-1")
+    original = req(body, signed, {"Idempotency-Key": "msg-signed-1"})
+    replay = req(body, signed, {"Idempotency-Key": "anything", "svix-id": "anything-else"})
+    for request in (original, replay):
+        PROVIDER.verify(request, [SIGNING], options, NOW)
+    assert PROVIDER.describe(original, options).event_id == "msg-signed-1"
+    assert PROVIDER.describe(replay, options).event_id == "msg-signed-1"
+
+
+def test_secret_token_mode_still_prefers_idempotency_key():
+    # Nothing is signed with the secret token: the token alone authenticates, so GitLab's header is used.
+    body, headers = fixture("push")
+    request = req(body, headers, {"X-Gitlab-Token": TOKEN, "webhook-id": "w-1"})
+    PROVIDER.verify(request, [TOKEN], TOKEN_ONLY, NOW)
+    assert PROVIDER.describe(request, TOKEN_ONLY).event_id == headers["Idempotency-Key"]
