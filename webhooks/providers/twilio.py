@@ -142,10 +142,10 @@ class TwilioProvider(Provider):
         "Hookline accepts webhooks by POST only (set the webhook method to HTTP POST)."
     )
     docs_event_id = (
-        "the I-Twilio-Idempotency-Token header when present (the same on Twilio's retries) [UNCONFIRMED in Twilio's "
-        'docs]; otherwise derived: "<MessageSid or CallSid>:<status>:<first 16 hex of SHA-256 of the sorted '
+        'derived from the signed parameters: "<MessageSid or CallSid>:<status>:<first 16 hex of SHA-256 of the sorted '
         'parameters>" (a call sends several in-progress webhooks), or "sha256:<hex>" of them without a Sid. '
-        "JSON (Event Streams / CloudEvents) bodies: the event `id` (first event of a batch) [UNCONFIRMED]."
+        "JSON (Event Streams / CloudEvents) bodies: the event `id` (first event of a batch) [UNCONFIRMED]. "
+        "The I-Twilio-Idempotency-Token header is not used: it is not signed."
     )
     docs_event_type = (
         "message.<MessageStatus or SmsStatus> (e.g. message.delivered, message.received), call.<CallStatus> "
@@ -219,12 +219,15 @@ class TwilioProvider(Provider):
                 )
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-        """Idempotency header first; otherwise id and type derived from the parameters (see docs_event_id)."""
-        token = (request.header(IDEMPOTENCY_HEADER) or "").strip() or None
+        """Id and type from what Twilio signed (see docs_event_id).
+
+        The I-Twilio-Idempotency-Token header is not signed: preferring it let a replay with a new token
+        be stored as a new event, so the id comes from the signed parameters or CloudEvent instead.
+        """
         payload = _json(request.body)
         if isinstance(payload, list | dict) and _cloud_event(payload) is not None:
             event_id, event_type = _cloud_event(payload)  # type: ignore[misc]
-            return EventInfo(event_id=token or event_id, event_type=event_type)
+            return EventInfo(event_id=event_id, event_type=event_type)
         if isinstance(payload, dict):
             params = {
                 str(k): [str(v)]
@@ -238,7 +241,7 @@ class TwilioProvider(Provider):
         if not params:
             raise MalformedPayload("the body has no Twilio parameters")
         event_id, event_type = _derive(params)
-        return EventInfo(event_id=token or event_id, event_type=event_type)
+        return EventInfo(event_id=event_id, event_type=event_type)
 
     def sign(
         self,

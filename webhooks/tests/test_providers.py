@@ -56,8 +56,9 @@ SIGNABLE = [kind for kind in KINDS if _can_sign(kind)]
 # A token in a header proves the sender, but nothing covers the body.
 BODY_NOT_SIGNED = {"shared_token", "supabase"}
 # The fixtures record an unsigned id header (GitLab's Idempotency-Key, which sign() does not copy into
-# the signed webhook-id without an event id); the event id comes from the signed data instead.
-ID_FROM_SIGNED_DATA = {"gitlab"}
+# the signed webhook-id without an event id; Twilio's I-Twilio-Idempotency-Token); the event id comes
+# from the signed data instead.
+ID_FROM_SIGNED_DATA = {"gitlab", "twilio"}
 
 
 def options_for(kind: str) -> dict:

@@ -146,12 +146,18 @@ def test_fixtures_as_form_posts_signed_by_the_sdk(name, event_type):
     assert info.event_id.startswith(f"{sid}:{event_type.split('.')[1]}:")
 
 
-def test_idempotency_header_is_the_event_id():
+def test_replay_with_another_unsigned_idempotency_token_keeps_the_signed_id():
     body = form_encode((FIXTURES / "message.delivered.json").read_bytes())
     sidecar = json.loads((FIXTURES / "message.delivered.headers.json").read_text())
-    request = req(body, {**sidecar, HEADER: official(INGEST_URL, body)}, url=INGEST_URL)
-    PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
-    assert PROVIDER.describe(request, OPTIONS).event_id == sidecar["I-Twilio-Idempotency-Token"]
+    original = req(body, {**sidecar, HEADER: official(INGEST_URL, body)}, url=INGEST_URL)
+    replay = req(
+        body, {**sidecar, HEADER: official(INGEST_URL, body), "I-Twilio-Idempotency-Token": "anything"}, url=INGEST_URL
+    )
+    for request in (original, replay):
+        PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
+    event_id = PROVIDER.describe(original, OPTIONS).event_id
+    assert event_id.startswith("SM") and event_id != sidecar["I-Twilio-Idempotency-Token"]
+    assert PROVIDER.describe(replay, OPTIONS).event_id == event_id
 
 
 def test_derived_ids():
@@ -189,7 +195,8 @@ def test_cloud_events_json_body():
     url = f"{INGEST_URL}?bodySHA256={hashlib.sha256(body).hexdigest()}"
     signature = RequestValidator(TOKEN).compute_signature(url, {})
     assert RequestValidator(TOKEN).validate(url, body.decode(), signature)
-    request = req(body, {HEADER: signature}, url=url)
+    # The unsigned idempotency header does not override the signed CloudEvent id.
+    request = req(body, {HEADER: signature, "I-Twilio-Idempotency-Token": "anything"}, url=url)
     PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
     info = PROVIDER.describe(request, OPTIONS)
     assert (info.event_id, info.event_type) == (
@@ -286,7 +293,7 @@ def test_sign_is_accepted_by_the_sdk():
     assert RequestValidator(TOKEN).validate(INGEST_URL, dict(parse_qsl(body.decode())), headers["X-Twilio-Signature"])
     request = req(body, headers, url=INGEST_URL)
     PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
-    assert PROVIDER.describe(request, OPTIONS).event_id == "idem-1"
+    assert PROVIDER.describe(request, OPTIONS).event_id.startswith(dict(parse_qsl(body.decode()))["MessageSid"])
     assert PROVIDER.sign(BODY, TOKEN, OPTIONS, NOW, url=URI) == {"X-Twilio-Signature": SIG}
     json_url = f"{URI}&bodySHA256={JSON_HASH}"
     assert PROVIDER.sign(JSON_BODY, TOKEN, OPTIONS, NOW, url=json_url) == {"X-Twilio-Signature": JSON_SIG}
