@@ -92,7 +92,9 @@ def _option(options: Mapping[str, Any], name: str) -> Any:
 
 
 def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-    """Header, else JSON field, else (id only) a hash of the body so identical bytes count as a redelivery."""
+    """Id: JSON field, else header, else a hash of the body (identical bytes count as a redelivery). Type:
+    header, else JSON field. The signature covers the body but no id header, so a signed id in the body
+    wins over an unsigned header that a replay could change."""
     payload: Any = None
     parsed = False
 
@@ -106,15 +108,20 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
                 payload = None
         return _text(json_field(payload, *path.split(".")))
 
-    def pick(header_option: str, field_option: str) -> str | None:
-        header = _option(options, header_option)
-        if header and (value := (request.header(header) or "").strip()):
-            return value
-        path = _option(options, field_option)
+    def header(option: str) -> str | None:
+        name = _option(options, option)
+        return (request.header(name) or "").strip() or None if name else None
+
+    def configured_field(option: str) -> str | None:
+        path = _option(options, option)
         return field(path) if path else None
 
-    event_id = pick("event_id_header", "event_id_field") or "sha256:" + hashlib.sha256(request.body).hexdigest()
-    event_type = pick("event_type_header", "event_type_field") or ""
+    event_id = (
+        configured_field("event_id_field")
+        or header("event_id_header")
+        or "sha256:" + hashlib.sha256(request.body).hexdigest()
+    )
+    event_type = header("event_type_header") or configured_field("event_type_field") or ""
     return EventInfo(event_id=event_id, event_type=event_type)
 
 
@@ -149,8 +156,8 @@ class GenericHmacProvider(Provider):
         '"<timestamp><separator><body>" when a timestamp header is set (then the timestamp must be fresh, both ways).'
     )
     docs_event_id = (
-        "the configured event id header, else the configured JSON field, else sha256:<hex of the body> "
-        "(identical bytes are treated as a redelivery)"
+        "the configured JSON field (signed), else the configured event id header (not signed), else "
+        "sha256:<hex of the body> (identical bytes are treated as a redelivery)"
     )
     docs_event_type = "the configured event type header, else the JSON field (default `type`), else empty"
 

@@ -179,6 +179,15 @@ def test_describe_fields_headers_and_derived_id():
     info = PROVIDER.describe(req(b'{"type": "t"}'), with_headers)
     assert info.event_id == "sha256:" + hashlib.sha256(b'{"type": "t"}').hexdigest()
     assert info.event_type == "t"
+    # Both configured: the id field is signed with the body, the header is not.
+    both = PROVIDER.clean_options({"header": "X-Sig", "event_id_header": "X-Delivery", "event_id_field": "data.id"})
+    signed = b'{"data": {"id": "evt-1"}}'
+    sig = hmac.new(b"k", signed, hashlib.sha256).hexdigest()
+    for delivery in ("d-1", "replayed-with-another-id"):
+        request = req(signed, {"X-Sig": sig, "X-Delivery": delivery})
+        PROVIDER.verify(request, ["k"], both, NOW)
+        assert PROVIDER.describe(request, both).event_id == "evt-1"
+    assert PROVIDER.describe(req(b"{}", {"X-Delivery": "d-1"}), both).event_id == "d-1"
     for body in (b"\xff\xfe not json", b"[1, 2]", b'{"type": {"nested": 1}}', b""):
         info = PROVIDER.describe(req(body), GITHUB)
         assert info.event_id == "sha256:" + hashlib.sha256(body).hexdigest()
