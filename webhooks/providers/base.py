@@ -173,6 +173,15 @@ class Provider:
         """Event id and type of an authentic request (MalformedPayload if unreadable)."""
         raise NotImplementedError
 
+    def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """A signed value that the provider never sends twice with different bodies (a nonce), or None;
+        the ingest service refuses a nonce seen before with a different body.
+
+        For schemes whose signature does not cover the whole body (Mailgun, PayPal's CRC-32), so that a
+        signature seen once cannot be attached to a forged body. Meaningful only for a request that
+        verify() accepted; malformed input gives None, never an exception."""
+        return None
+
     def handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
     ) -> HandshakeResponse | None:

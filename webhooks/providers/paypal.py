@@ -313,7 +313,9 @@ class PayPalProvider(Provider):
         "only over https from api.paypal.com (api.sandbox.paypal.com with `allow_sandbox`) and cached by URL; it "
         "must chain to a root of the system trust store, be valid now and have a subject CN ending in "
         ".paypal.com. Optional `tolerance` on PAYPAL-TRANSMISSION-TIME (PayPal documents none [UNCONFIRMED]). "
-        "The test sender cannot sign PayPal requests (PayPal's private key)."
+        "The test sender cannot sign PayPal requests (PayPal's private key). A signature reused with a "
+        "different body is refused (the CRC-32 it covers can be forged, so its PAYPAL-TRANSMISSION-ID is "
+        "single-use per source)."
     )
     docs_event_id = "payload `id` (WH-…), the same on every retry"
     docs_event_type = "payload `event_type`, e.g. PAYMENT.CAPTURE.COMPLETED"
@@ -435,6 +437,11 @@ class PayPalProvider(Provider):
             "source's webhook id (PayPal signs for the id of the webhook that sent the event) and that the raw "
             "body is unchanged",
         )
+
+    def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """The signed PAYPAL-TRANSMISSION-ID: the signature covers only a CRC-32 of the body, which can be
+        forged, so a transmission id seen with one body must not be accepted with another."""
+        return (request.header(TRANSMISSION_ID) or "").strip() or None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         payload = request.json()

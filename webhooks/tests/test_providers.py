@@ -131,6 +131,22 @@ def test_fixture_signed_with_sign_verifies_and_describes(kind, path):
         assert info.event_id in recorded
 
 
+# Schemes whose signature does not cover the whole body report a single-use nonce.
+WITH_REPLAY_NONCE = {"paypal"}
+
+
+@pytest.mark.parametrize("kind, path", ALL_FIXTURES, ids=[f"{k}/{p.name}" for k, p in ALL_FIXTURES])
+def test_replay_nonce_is_none_unless_the_body_is_not_fully_signed(kind, path):
+    request = fixture_request(kind, path)
+    nonce = PROVIDERS[kind].replay_nonce(request, options_for(kind))
+    assert (nonce is not None) == (kind in WITH_REPLAY_NONCE)
+
+
+def test_base_replay_nonce_is_none():
+    assert Provider.replay_nonce(PROVIDERS["stripe"], InboundRequest(body=b"{}", headers={}), {}) is None
+    assert PROVIDERS["stripe"].replay_nonce(fixture_request("stripe", fixtures_of("stripe")[0]), {}) is None
+
+
 @pytest.mark.parametrize("kind, path", ALL_FIXTURES, ids=[f"{k}/{p.name}" for k, p in ALL_FIXTURES])
 def test_fixture_rejected_with_another_secret_or_tampered_body(kind, path):
     provider = PROVIDERS[kind]

@@ -218,6 +218,50 @@ def test_fixtures_verify_and_describe(event_type):
     assert info.event_id == json.loads(body)["id"] and info.event_id.startswith("WH-")
 
 
+def crc_forged(body: bytes, target: int) -> bytes:
+    """``body`` plus four bytes chosen so that its CRC-32 is ``target`` (CRC-32 is affine over GF(2))."""
+    base = binascii.crc32(body + bytes(4))
+    # Column i: how flipping bit i of the suffix changes the CRC. Solve columns · x = target ^ base.
+    columns = [binascii.crc32(body + (1 << i).to_bytes(4, "little")) ^ base for i in range(32)]
+    rows = [(columns[i], 1 << i) for i in range(32)]
+    pivots: dict[int, tuple[int, int]] = {}
+    for value, combo in rows:
+        for bit in sorted(pivots, reverse=True):
+            if value >> bit & 1:
+                value, combo = value ^ pivots[bit][0], combo ^ pivots[bit][1]
+        if value:
+            pivots[value.bit_length() - 1] = (value, combo)
+    want, suffix = target ^ base, 0
+    for bit in sorted(pivots, reverse=True):
+        if want >> bit & 1:
+            want, suffix = want ^ pivots[bit][0], suffix ^ pivots[bit][1]
+    assert want == 0
+    forged = body + suffix.to_bytes(4, "little")
+    assert binascii.crc32(forged) == target
+    return forged
+
+
+def test_replay_nonce_is_the_signed_transmission_id():
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    headers = paypal_headers(body)
+    request = req(body, headers)
+    PROVIDER.verify(request, [WEBHOOK_ID], OPTIONS, NOW)
+    assert PROVIDER.replay_nonce(request, OPTIONS) == TRANSMISSION_ID
+    # Why a nonce is needed: a body with the same CRC-32 carries the same signature and verifies too.
+    forged_body = crc_forged(body.replace(b"COMPLETED", b"REFUNDED!"), binascii.crc32(body))
+    forged = req(forged_body, headers)
+    PROVIDER.verify(forged, [WEBHOOK_ID], OPTIONS, NOW)
+    assert PROVIDER.replay_nonce(forged, OPTIONS) == TRANSMISSION_ID
+    other = req(body, paypal_headers(body, transmission_id="0e3f6a40-0000-11f0-8000-000000000001"))
+    PROVIDER.verify(other, [WEBHOOK_ID], OPTIONS, NOW)
+    assert PROVIDER.replay_nonce(other, OPTIONS) == "0e3f6a40-0000-11f0-8000-000000000001"
+
+
+@pytest.mark.parametrize("headers", [{}, {"PAYPAL-TRANSMISSION-ID": ""}, {"PAYPAL-TRANSMISSION-ID": "  "}])
+def test_replay_nonce_without_a_transmission_id_is_none(headers):
+    assert PROVIDER.replay_nonce(req(b"not json", headers), OPTIONS) is None
+
+
 def test_sha1_with_rsa_when_the_header_says_so():
     body = fixture("PAYMENT.CAPTURE.COMPLETED")
     PROVIDER.verify(req(body, paypal_headers(body, algo="SHA1withRSA")), [WEBHOOK_ID], OPTIONS, NOW)
