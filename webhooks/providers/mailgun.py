@@ -2,7 +2,12 @@
 
 ``{"signature": {"timestamp": "…", "token": "…", "signature": "<hex>"}, "event-data": {…}}`` where the
 signature is hex HMAC-SHA256(key = the Webhook Signing Key, message = timestamp + token, no separator).
-Subaccount events add a ``parent-signature`` object, signed with the parent account's key.
+Subaccount events add ``parent-signature``, the same HMAC keyed with the parent account's key: Mailgun
+documents it as a field of the signature object; a separate top-level object is accepted too, but only
+with the signature object's token, so the verified token is always ``signature.token``.
+
+The signature does not cover the body, so that token is the replay nonce (``replay_nonce()``): the
+ingest service refuses a token seen before with a different body.
 
 Because the signature is part of the body, ``sign()`` has no header to return: ``prepare_body()`` writes a
 fresh signature object into the body instead (for the test sender).
@@ -31,7 +36,7 @@ from .base import (
     tolerance_seconds,
 )
 
-SIGNATURE_FIELDS = ("signature", "parent-signature")
+PARENT_FIELD = "parent-signature"
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _TIMESTAMP = re.compile(r"\d{1,15}")
 
@@ -73,7 +78,7 @@ class MailgunProvider(Provider):
             label="Freshness window (seconds)",
             help_text=(
                 "If set, reject signatures whose timestamp is further than this from now. 0 (the default) turns "
-                "the check off: Mailgun warns against strict windows, and the event id already catches replays."
+                "the check off: Mailgun warns against strict windows, and the single-use token already catches replays."
             ),
             default=0,
             kind="int",
@@ -82,9 +87,11 @@ class MailgunProvider(Provider):
     )
     docs_verifies = (
         "The JSON body's signature object: signature = hex HMAC-SHA256 of timestamp + token (no separator) keyed "
-        "with the Webhook Signing Key; a subaccount's parent-signature object is accepted too (same shape "
-        "assumed). Optional freshness window (option `tolerance`, off by default). The rest of the body is not "
-        "covered by the signature. The test sender signs by rewriting the body's signature object."
+        "with the Webhook Signing Key; a subaccount event's parent-signature (keyed with the parent account's "
+        "key; in the signature object, or a top-level object with the same token) is accepted too. Optional "
+        "freshness window (option `tolerance`, off by default). The rest of the body is not covered by the "
+        "signature, so a signature reused with a different body is refused (its token is single-use per "
+        "source). The test sender signs by rewriting the body's signature object."
     )
     sample_event_id_path = ("event-data", "id")
     docs_event_id = "payload `event-data.id` (the event's id, the same on every retry)"
@@ -108,16 +115,23 @@ class MailgunProvider(Provider):
                 "the JSON body has no 'signature' object (Mailgun's JSON webhooks carry timestamp, token and "
                 "signature there)",
             )
-        blocks = [_parts(payload.get(name)) for name in SIGNATURE_FIELDS]
-        if blocks[0] is None:
+        main = _parts(payload["signature"])
+        if main is None:
             raise VerificationError(
                 "bad_format",
                 "the body's signature object needs a numeric timestamp, a token and a 64-character hex signature",
             )
+        blocks = [main]
+        inner_parent = payload["signature"].get(PARENT_FIELD)
+        if isinstance(inner_parent, str) and _HEX.fullmatch(inner_parent):
+            blocks.append((main[0], main[1], inner_parent.lower()))
+        outer_parent = _parts(payload.get(PARENT_FIELD))
+        # Only with the same token: replay_nonce() reports signature.token, which must be what was verified.
+        if outer_parent is not None and outer_parent[1] == main[1]:
+            blocks.append(outer_parent)
         keys = [s for s in secrets if s]
         matched = None
-        for block in (b for b in blocks if b is not None):
-            timestamp, token, signature = block
+        for timestamp, token, signature in blocks:
             expected = [_signature(key, timestamp, token).encode() for key in keys]
             if any(constant_time_equal(e, signature.encode()) for e in expected):
                 matched = int(timestamp)
@@ -129,6 +143,16 @@ class MailgunProvider(Provider):
                 "check that the key is the HTTP webhook signing key, not the API key",
             )
         check_timestamp_age(matched, now, tolerance_seconds(options, 0))
+
+    def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """The signed token of the signature object (verify() accepts no other token), or None when the body
+        has no well-formed signature object."""
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        main = _parts(payload.get("signature")) if isinstance(payload, dict) else None
+        return main[1] if main is not None else None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type come from the event-data object."""

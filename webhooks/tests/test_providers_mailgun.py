@@ -118,11 +118,63 @@ def test_rotated_keys():
 
 
 def test_parent_signature_of_subaccount_events():
-    parent = {"timestamp": VECTOR_TS, "token": "p" * 50, "signature": stdlib_signature("parent", VECTOR_TS, "p" * 50)}
-    body = body_with(vector_signature(), **{"parent-signature": parent})
-    PROVIDER.verify(req(body), [KEY], OPTIONS, NOW)
-    PROVIDER.verify(req(body), ["parent"], OPTIONS, NOW)
+    # As Mailgun documents it: a field of the signature object, over the same timestamp + token.
+    parent_sig = stdlib_signature("parent", VECTOR_TS, VECTOR_TOKEN)
+    body = body_with(vector_signature(**{"parent-signature": parent_sig}))
+    for key in (KEY, "parent"):
+        PROVIDER.verify(req(body), [key], OPTIONS, NOW)
+        assert PROVIDER.replay_nonce(req(body), OPTIONS) == VECTOR_TOKEN
     assert reject(body, secrets=("neither",)).code == "no_matching_secret"
+    # A separate parent-signature object is accepted with the signature object's token only.
+    parent = {"timestamp": VECTOR_TS, "token": VECTOR_TOKEN, "signature": parent_sig}
+    body = body_with(vector_signature(), **{"parent-signature": parent})
+    for key in (KEY, "parent"):
+        PROVIDER.verify(req(body), [key], OPTIONS, NOW)
+        assert PROVIDER.replay_nonce(req(body), OPTIONS) == VECTOR_TOKEN
+    assert reject(body, secrets=("neither",)).code == "no_matching_secret"
+
+
+def test_parent_signature_with_its_own_token_cannot_dodge_the_nonce():
+    # Otherwise a parent signature seen once could be attached to forged bodies next to fresh
+    # signature objects (fresh tokens), each reporting a new nonce.
+    seen = {"timestamp": VECTOR_TS, "token": "p" * 50, "signature": stdlib_signature("parent", VECTOR_TS, "p" * 50)}
+    fresh = vector_signature(token="f" * 50, signature="0" * 64)
+    body = body_with(fresh, {"id": "evt-forged", "event": "delivered"}, **{"parent-signature": seen})
+    assert reject(body, secrets=("parent",)).code == "no_matching_secret"
+
+
+@pytest.mark.parametrize("name", ["delivered", "failed", "opened"])
+def test_replay_nonce_is_the_signed_token(name):
+    body = (FIXTURES / f"{name}.json").read_bytes()
+    PROVIDER.verify(req(body), [KEY], OPTIONS, NOW)
+    assert PROVIDER.replay_nonce(req(body), OPTIONS) == json.loads(body)["signature"]["token"]
+    # The same signature on another body (what the ingest service refuses) reports the same nonce.
+    forged = json.loads(body)
+    forged["event-data"] = {"id": "evt-forged", "event": "delivered"}
+    forged_body = json.dumps(forged).encode()
+    PROVIDER.verify(req(forged_body), [KEY], OPTIONS, NOW)
+    assert PROVIDER.replay_nonce(req(forged_body), OPTIONS) == PROVIDER.replay_nonce(req(body), OPTIONS)
+    assert PROVIDER.replay_nonce(req(body_with(vector_signature())), OPTIONS) == VECTOR_TOKEN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"\xff",
+        b"[]",
+        b"[" * 10_000,
+        body_with(None),
+        body_with("not an object"),
+        body_with(vector_signature(token="")),
+        body_with(vector_signature(token=5)),
+        body_with(vector_signature(signature="short")),
+        body_with(vector_signature(timestamp="soon")),
+    ],
+)
+def test_replay_nonce_of_malformed_bodies_is_none(body):
+    assert PROVIDER.replay_nonce(req(body), OPTIONS) is None
 
 
 def test_freshness_window_is_off_by_default_and_optional():
@@ -197,6 +249,8 @@ def test_random_input_raises_only_documented_errors(raw, block, use_raw):
         PROVIDER.describe(req(body), OPTIONS)
     except MalformedPayload:
         pass
+    nonce = PROVIDER.replay_nonce(req(body), OPTIONS)
+    assert nonce is None or (isinstance(nonce, str) and nonce)
 
 
 @settings(max_examples=200, deadline=None)
