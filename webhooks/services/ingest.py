@@ -8,6 +8,7 @@ insert the event (both PostgreSQL) and, now and then, nudge the processor
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,18 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     except VerificationError as exc:
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
 
+    nonce = provider.replay_nonce(request, source.options)
+    if nonce is not None and not _nonce_fits_body(source.pk, nonce, body):
+        return _reject(
+            source,
+            request,
+            headers,
+            remote_ip,
+            "replayed_signature",
+            "this signature was already used with a different body; a signature is valid only for the body "
+            "it was made for",
+        )
+
     handshake = provider.handshake(request, source.active_secrets(), source.options)
     if handshake is not None:
         return IngestOutcome(handshake.status, handshake=handshake)
@@ -195,6 +208,30 @@ def insert_event(event: NewEvent) -> tuple:
         cursor.execute(sql, values)
         stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
     return stored_id, stored_id == event.id
+
+
+# How long a nonce stays bound to its first body: longer than the providers concerned retry
+# (PayPal: 3 days), so an exact retry is let through and a forged body is not.
+NONCE_BINDING_SECONDS = 4 * 24 * 3600
+
+
+def _nonce_fits_body(source_id: int, nonce: str, body: bytes) -> bool:
+    """Bind ``nonce`` to ``body`` on first use; later uses must carry the same body.
+
+    For schemes whose signature does not cover the whole body (see Provider.replay_nonce).
+    The binding lives in the cache: when the cache is unreachable the request is accepted
+    (refusing would turn a cache outage into lost webhooks); the signature was still checked.
+    """
+    key = "ingest:nonce:" + hashlib.sha256(f"{source_id}:{nonce}".encode()).hexdigest()
+    digest = hashlib.sha256(body).hexdigest()
+    try:
+        if cache.add(key, digest, timeout=NONCE_BINDING_SECONDS):
+            return True
+        bound = cache.get(key)
+    except Exception as exc:
+        logger.warning("cache unavailable while checking a replay nonce; accepting the request: %s", exc)
+        return True
+    return bound is None or hmac.compare_digest(bound, digest)
 
 
 def _storable_event_id(event_id: str) -> str:

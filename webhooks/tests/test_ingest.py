@@ -331,3 +331,46 @@ def test_long_event_ids_that_share_a_start_are_not_duplicates(client, organizati
     assert answers[2]["id"] == answers[0]["id"]
     stored = WebhookEvent.objects.get(pk=answers[0]["id"]).provider_event_id
     assert len(stored) == 255 and stored.startswith("evt_aaa")
+
+
+def test_a_signature_that_does_not_cover_the_body_is_single_use_per_body(client, organization):
+    # Mailgun signs only timestamp + token (providers.md §12, computed vector below); the token
+    # binds to the first body it arrives with, so an exact retry passes and a forged body does not.
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    signature = {
+        "timestamp": "1700000000",
+        "token": "f4a7c1e0b2d9",
+        "signature": "a72e729f7d12fb4c5170dc2b294d5f03a37d10c991ebff6b2df69498298a1288",
+    }
+
+    def send(event_id):
+        body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
+        return client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+
+    first = send("evt-real")
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    retry = send("evt-real")
+    assert retry.status_code == 200 and retry.json() == {"id": first.json()["id"], "duplicate": True}
+    forged = send("evt-forged")
+    assert forged.status_code == 401 and forged.json()["error"] == "replayed_signature"
+    assert "key-test-signing" not in forged.content.decode()
+    assert WebhookEvent.objects.filter(status="received").count() == 1
+    assert WebhookEvent.objects.get(status="rejected").rejection_code == "replayed_signature"
+
+
+def test_the_replay_check_lets_webhooks_through_when_the_cache_is_down(client, organization, monkeypatch):
+    from webhooks.services import ingest as ingest_service
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(ingest_service.cache, "add", unreachable)
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    signature = {
+        "timestamp": "1700000000",
+        "token": "f4a7c1e0b2d9",
+        "signature": "a72e729f7d12fb4c5170dc2b294d5f03a37d10c991ebff6b2df69498298a1288",
+    }
+    body = json.dumps({"signature": signature, "event-data": {"id": "evt-cache-down", "event": "delivered"}})
+    response = client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+    assert response.status_code == 200  # the signature was checked; losing the webhook would be worse
