@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from webhooks.views.dashboard import audit, destinations, events, overview, sources
+from webhooks.views.dashboard import audit, base, destinations, events, overview, sources
 
 app_name = "dashboard"
 urlpatterns = [
@@ -12,6 +12,7 @@ urlpatterns = [
     path("events/<uuid:event_id>/", events.EventDetailView.as_view(), name="event_detail"),
     path("events/<uuid:event_id>/replay/", events.EventReplayView.as_view(), name="event_replay"),
     path("deliveries/<uuid:delivery_id>/retry/", events.DeliveryRetryView.as_view(), name="delivery_retry"),
+    path("secret/<str:token>/", base.SecretOnceView.as_view(), name="secret_once"),
     path("sources/", sources.SourceListView.as_view(), name="sources"),
     path("sources/new/", sources.ProviderPickerView.as_view(), name="source_providers"),
     path("sources/new/<str:provider>/", sources.SourceCreateView.as_view(), name="source_create"),

@@ -331,10 +331,17 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
 def test_generated_source_secret_is_shown_once(client, owner, organization):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "github"]), {"name": "Repo"})
+    assert response.status_code == 302  # post/redirect/get: a reload cannot create it again
+    secret_page = client.get(response["Location"])
     source = Source.objects.get(name="Repo")
-    assert response.status_code == 200 and source.secret in page_text(response)
-    assert "shown only this once" in page_text(response)
+    assert secret_page.status_code == 200 and source.secret in page_text(secret_page)
+    assert "shown only this once" in page_text(secret_page) and "no-store" in secret_page["Cache-Control"]
+    reloaded = client.get(response["Location"], follow=True)
+    assert source.secret not in page_text(reloaded) and "shown only once" in page_text(reloaded)
+    assert Source.objects.filter(name="Repo").count() == 1
     assert source.secret not in page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
+    encrypted_in_session = str(client.session.load())
+    assert source.secret not in encrypted_in_session
 
 
 def test_source_form_errors_are_shown_not_raised(client, owner):
@@ -358,6 +365,7 @@ def test_destination_create_shows_secret_once_with_filters(client, owner, organi
             "event_types": "invoice.*, charge.failed",
             "timeout_seconds": "10",
         },
+        follow=True,
     )
     destination = Destination.objects.get(name="App")
     assert response.status_code == 200 and destination.secret in page_text(response)
@@ -365,7 +373,7 @@ def test_destination_create_shows_secret_once_with_filters(client, owner, organi
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
     assert destination.secret not in detail and destination.secret_hint in detail
 
-    rotated = client.post(reverse("dashboard:destination_rotate", args=["acme", destination.pk]))
+    rotated = client.post(reverse("dashboard:destination_rotate", args=["acme", destination.pk]), follow=True)
     destination.refresh_from_db()
     assert destination.secret in page_text(rotated)
     assert AuditLog.objects.filter(action="destination.secret_rotated").exists()
@@ -477,7 +485,7 @@ def test_secret_pages_are_never_cached_and_the_cached_overview_holds_no_secret(c
 
     world = build_world(client, organization)
     client.force_login(owner)
-    response = client.post(f"/o/acme/destinations/{world.destination.pk}/secret/")
+    response = client.post(f"/o/acme/destinations/{world.destination.pk}/secret/", follow=True)
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     secret = Destination.objects.get(pk=world.destination.pk).secret
     assert secret in response.content.decode()

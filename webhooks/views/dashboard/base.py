@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from secrets import token_urlsafe
+
 from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.shortcuts import redirect
-from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
+from django.utils.crypto import constant_time_compare
 from django.views import View
+from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
+from webhooks.fields import decrypt, encrypt
+from webhooks.selectors import destination_for_organization, source_for_organization
 
 ADMIN = "admin"
 
@@ -36,8 +41,50 @@ class ChangeView(OrganizationMixin, View):
         return redirect(to, self.organization.slug, *args)
 
 
-def secret_once_response(view, **context) -> TemplateResponse:
-    """The one page that shows a secret in full: right after it is made, never kept by any cache."""
-    response = TemplateResponse(view.request, "dashboard/secret_once.html", view.get_context_data(**context))
-    add_never_cache_headers(response)
-    return response
+SECRET_ONCE_SESSION_KEY = "hookline_secret_once"
+
+
+def secret_once_response(view, *, secret: str, title: str, source=None, destination=None):
+    """After a POST that made a secret: keep it (encrypted) for one look and redirect there.
+
+    Post/redirect/get, so that reloading the page that shows the secret cannot create the
+    source or destination again, or rotate the secret just copied.
+    """
+    target = destination or source
+    view.request.session[SECRET_ONCE_SESSION_KEY] = {
+        "token": (token := token_urlsafe(16)),
+        "organization": view.organization.pk,
+        "kind": "destination" if destination is not None else "source",
+        "pk": target.pk,
+        "title": title,
+        "secret": encrypt(secret),  # sessions are stored in the database: never in the clear
+    }
+    return redirect("dashboard:secret_once", view.organization.slug, token)
+
+
+class SecretOnceView(OrganizationMixin, TemplateView):
+    """The one page that shows a secret in full: once, right after it is made, never cached."""
+
+    template_name = "dashboard/secret_once.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        kept = request.session.get(SECRET_ONCE_SESSION_KEY)
+        if (
+            not kept
+            or kept["organization"] != self.organization.pk
+            or not constant_time_compare(kept["token"], kwargs["token"])
+        ):
+            messages.info(request, "A secret is shown only once; rotate it to get a new one.")
+            return redirect("dashboard:overview", self.organization.slug)
+        del request.session[SECRET_ONCE_SESSION_KEY]
+        if kept["kind"] == "destination":
+            target = or_404(destination_for_organization, organization=self.organization, destination_id=kept["pk"])
+        else:
+            target = or_404(source_for_organization, organization=self.organization, source_id=kept["pk"])
+        context = self.get_context_data(**{kept["kind"]: target, "secret": decrypt(kept["secret"])})
+        context["title"] = kept["title"]
+        response = self.render_to_response(context)
+        add_never_cache_headers(response)
+        return response
