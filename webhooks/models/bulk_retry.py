@@ -29,6 +29,7 @@ class BulkRetry(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        verbose_name_plural = "bulk retries"
 
     def __str__(self) -> str:
         return f"bulk retry {self.pk} ({self.retried}/{self.total})"
