@@ -397,20 +397,22 @@ def _record_results(results: list[tuple[Delivery, SendResult]]) -> list[Delivery
             same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append(delivery)
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
         for (claimed_at, *fields_items), deliveries in same_outcome.items():
-            fields = dict(fields_items)
             # Only our claim may be finished: if the sweeper released it meanwhile (and another
             # dispatcher claimed it again), that newer claim's own result decides, not this one.
             Delivery.objects.filter(
                 pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at
-            ).update(**fields)
-            for delivery in deliveries:
-                for name, value in fields.items():
-                    setattr(delivery, name, value)
+            ).update(**dict(fields_items))
+        # In id order, so that two dispatchers recording for the same destinations cannot deadlock.
         paused = [
             destination_id
-            for destination_id, successes in health.items()
+            for destination_id, successes in sorted(health.items())
             if _update_destination_health(destination_id, successes, now)
         ]
+    # Only once committed: should this fail, the objects keep their claim for a retry of the recording.
+    for (_, *fields_items), deliveries in same_outcome.items():
+        for delivery in deliveries:
+            for name, value in fields_items:
+                setattr(delivery, name, value)
     for destination_id in paused:
         transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
     return [delivery for delivery, _ in results]

@@ -85,16 +85,26 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
         cutoff = now - timedelta(days=organization.retention_days)
         while True:
             ids = list(
-                WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
-                .exclude(status=WebhookEvent.Status.RECEIVED)
-                .exclude(deliveries__status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))
-                .order_by("id")
-                .values_list("id", flat=True)[:batch_size]
+                _expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size]
             )
             if not ids:
                 break
-            # One short transaction per batch: no long locks, bounded memory.
+            # One short transaction per batch: no long locks, bounded memory. The events and their
+            # deliveries are locked and looked at again first, so that an event retried since the
+            # ids were read is kept, and a replay started now waits and then finds it gone.
             with transaction.atomic():
-                WebhookEvent.objects.filter(pk__in=ids).delete()
-            deleted += len(ids)
+                list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
+                list(Delivery.objects.select_for_update().filter(event_id__in=ids).values_list("pk", flat=True))
+                batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
+                deleted += batch.delete()[1].get(WebhookEvent._meta.label, 0)
+            if len(ids) < batch_size:
+                break
     return deleted
+
+
+def _expired_and_finished(organization: Organization, cutoff):
+    return (
+        WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
+        .exclude(status=WebhookEvent.Status.RECEIVED)
+        .exclude(deliveries__status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))
+    )

@@ -11,11 +11,12 @@ import ipaddress
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import urllib3
+import urllib3.connection
 from django.conf import settings
 
 
@@ -55,6 +56,68 @@ _pools_lock = threading.Lock()
 POOL_MAXSIZE = 8
 
 
+# An attempt must end at its deadline whatever the receiver does: urllib3's timeouts apply to
+# each socket operation, so a receiver sending one byte at a time (in its headers, or in a
+# compressed body that never decodes) could hold a sending thread for hours. Each attempt has
+# a watchdog that shuts its socket down a little after the deadline; the connection classes
+# below tell the watchdog which socket that is.
+CUT_GRACE_SECONDS = 1.0
+_attempt = threading.local()
+
+
+class _Watchdog:
+    def __init__(self, seconds: float):
+        self.sock = None
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        _attempt.watchdog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._timer.cancel()
+        _attempt.watchdog = None
+
+    def _cut(self):
+        self.fired = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+class _Watched:
+    """Mixin for urllib3's connection classes: report the socket to this thread's watchdog."""
+
+    def _report_socket(self):
+        watchdog = getattr(_attempt, "watchdog", None)
+        if watchdog is not None and self.sock is not None:
+            watchdog.sock = self.sock
+            if watchdog.fired:  # the deadline passed while connecting
+                watchdog._cut()
+
+    def connect(self):
+        super().connect()
+        self._report_socket()
+
+    def request(self, *args, **kwargs):
+        self._report_socket()  # a kept-alive connection: connect() is not called again
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
 def _pool_for(scheme: str, host: str, port: int, address: str) -> urllib3.HTTPConnectionPool:
     key = (scheme, host, port, address)
     with _pools_lock:
@@ -66,6 +129,7 @@ def _pool_for(scheme: str, host: str, port: int, address: str) -> urllib3.HTTPCo
                 )
             else:
                 pool = urllib3.HTTPConnectionPool(address, port, maxsize=POOL_MAXSIZE, block=False)
+            pool.ConnectionCls = _WatchedHTTPSConnection if scheme == "https" else _WatchedHTTPConnection
             if len(_pools) > 1000:
                 _close_pools_locked()
             _pools[key] = pool
@@ -130,6 +194,15 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
     default_port = 443 if scheme == "https" else 80
     headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
     pool = _pool_for(scheme, host, port, address)
+    with _Watchdog(timeout + CUT_GRACE_SECONDS) as watchdog:
+        return _send(pool, path, body, headers, timeout, started, watchdog)
+
+
+def _send(pool, path, body, headers, timeout, started, watchdog) -> OutboundResponse:
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    timed_out = OutboundResponse(status=None, body="", duration_ms=0, error=f"timed out after {timeout:g} s")
     try:
         response = pool.urlopen(
             "POST",
@@ -148,6 +221,8 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
                 response.close()
         finally:
             response.release_conn()
+        if watchdog.fired:  # cut mid-answer: what was read may look complete but is not
+            return replace(timed_out, duration_ms=elapsed())
         return OutboundResponse(
             status=response.status,
             body=excerpt.decode("utf-8", errors="replace"),
@@ -158,8 +233,10 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
         # Checked first: urllib3 makes it a subclass of its timeout errors.
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {exc}"[:500])
     except urllib3.exceptions.TimeoutError:
-        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"timed out after {timeout:g} s")
+        return replace(timed_out, duration_ms=elapsed())
     except urllib3.exceptions.HTTPError as exc:
+        if watchdog.fired:  # the watchdog cut the connection at the deadline
+            return replace(timed_out, duration_ms=elapsed())
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
 

@@ -409,3 +409,29 @@ def test_one_destinations_backlog_does_not_hide_other_tenants_due_deliveries(
     assert sorted(d.destination.url.rsplit("/", 1)[1] for d in first) == ["busy", "busy", "quiet"]
     # At its cap, the busy destination is left out before the limit; nothing else is due.
     assert delivery_service.claim_due_deliveries(8) == []
+
+
+def test_a_recording_that_fails_late_is_redone_and_leaves_nothing_in_flight(
+    client, organization, httpserver, monkeypatch
+):
+    from django.db import OperationalError
+
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/ok"), sources=[source])
+    httpserver.expect_request("/ok").respond_with_data("ok")
+    ingest_many(client, source, 2)
+    claimed = delivery_service.claim_due_deliveries(10)
+    results = [(d, delivery_service.send(d)) for d in claimed]
+
+    real, calls = delivery_service._update_destination_health, []
+
+    def deadlocked_once(*args):
+        calls.append(1)
+        if len(calls) == 1:  # after the attempts and the deliveries' UPDATE, inside the same transaction
+            raise OperationalError("deadlock detected")
+        return real(*args)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", deadlocked_once)
+    delivery_service.record_results(results)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert DeliveryAttempt.objects.count() == 2  # the rolled-back first try left no attempt behind

@@ -98,3 +98,29 @@ def test_a_compressed_answer_is_stored_decoded(server, settings):
 
     response = outbound.post(server(compressed).url, body=b"{}", headers={}, timeout=5.0)
     assert response.status == 202 and response.body == '{"received": true}'
+
+
+def test_trickled_headers_are_cut_at_the_attempts_timeout(server):
+    def trickle_headers(connection):
+        for _ in range(1000):  # a header line that never ends, one byte every 50 ms
+            connection.sendall(b"X" if _ else b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            time.sleep(0.05)
+
+    started = time.monotonic()
+    response = outbound.post(server(trickle_headers).url, body=b"{}", headers={}, timeout=1.0)
+    assert time.monotonic() - started < 10
+    assert response.status is None and response.error == "timed out after 1 s"
+
+
+def test_a_trickled_compressed_answer_is_cut_at_the_attempts_timeout(server):
+    def trickle_gzip(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 100000\r\n\r\n")
+        connection.sendall(b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\x03")  # a gzip header with a file name...
+        for _ in range(1000):
+            connection.sendall(b"a")  # ...that never ends, so nothing ever decodes
+            time.sleep(0.05)
+
+    started = time.monotonic()
+    response = outbound.post(server(trickle_gzip).url, body=b"{}", headers={}, timeout=1.0)
+    assert time.monotonic() - started < 10
+    assert response.error == "timed out after 1 s"
