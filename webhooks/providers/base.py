@@ -182,6 +182,13 @@ class Provider:
         verify() accepted; malformed input gives None, never an exception."""
         return None
 
+    def nonce_signed_at(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        """The signed time (Unix seconds) that goes with replay_nonce(), or None when unreadable.
+
+        The ingest service remembers a nonce only for so long, so it refuses older signatures
+        (whatever the source's own tolerance) rather than forget a nonce while it still verifies."""
+        return None
+
     def handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
     ) -> HandshakeResponse | None:

@@ -154,6 +154,14 @@ class MailgunProvider(Provider):
         main = _parts(payload.get("signature")) if isinstance(payload, dict) else None
         return main[1] if main is not None else None
 
+    def nonce_signed_at(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        main = _parts(payload.get("signature")) if isinstance(payload, dict) else None
+        return float(main[0]) if main is not None else None
+
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type come from the event-data object."""
         payload = request.json()

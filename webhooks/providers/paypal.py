@@ -443,6 +443,9 @@ class PayPalProvider(Provider):
         forged, so a transmission id seen with one body must not be accepted with another."""
         return (request.header(TRANSMISSION_ID) or "").strip() or None
 
+    def nonce_signed_at(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        return _parse_time(request.header(TRANSMISSION_TIME) or "")
+
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         payload = request.json()
         if not isinstance(payload, dict):

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import transaction
 
 from organizations.models import Organization
@@ -24,8 +25,13 @@ class DestinationError(ValueError):
 
 
 def destination_check_url(url: str) -> None:
-    """Refuse URLs that resolve to private or reserved addresses (unless allowed by settings)."""
-    if "@" in urlsplit(url).netloc:
+    """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless
+    allowed by settings), credentials in the URL, and Hookline's own ingest URLs (a loop)."""
+    target = urlsplit(url)
+    own = urlsplit(settings.PUBLIC_BASE_URL.rstrip("/") + "/in/")
+    if _host_and_port(target) == _host_and_port(own) and target.path.startswith(own.path):
+        raise DestinationError("the URL is one of Hookline's own ingest URLs: every event would loop back")
+    if "@" in target.netloc:
         raise DestinationError(
             "the URL must not hold a user name or password (they would not be sent); "
             "receivers verify Hookline by the webhook-signature header"
@@ -34,6 +40,14 @@ def destination_check_url(url: str) -> None:
         resolve_destination(url)
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
+
+
+def _host_and_port(parts) -> tuple:
+    try:
+        port = parts.port
+    except ValueError:  # an invalid port: resolve_destination() explains it
+        port = None
+    return parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def _check_settings(name: str, timeout_seconds: float | None) -> None:

@@ -123,6 +123,19 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
 
     nonce = provider.replay_nonce(request, source.options)
+    if nonce is not None:
+        signed_at = provider.nonce_signed_at(request, source.options)
+        if signed_at is None or abs(time.time() - signed_at) > NONCE_BINDING_SECONDS:
+            days = NONCE_BINDING_SECONDS // 86400
+            return _reject(
+                source,
+                request,
+                headers,
+                remote_ip,
+                "timestamp_out_of_tolerance",
+                f"the signed time is missing or more than {days} days away from now; this provider's signature "
+                f"does not cover the whole body, so Hookline accepts it only while it can check it is used once",
+            )
     if nonce is not None and not _nonce_fits_body(source.pk, nonce, body):
         return _reject(
             source,

@@ -149,3 +149,17 @@ def test_bad_values_are_explained_plainly():
     assert "[" not in str(raised.value)  # a message, not a Python list
     with pytest.raises(CommandError, match="positive integer"):
         run("list_events", "--org", "acme", "--limit", "-5")
+
+
+def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings):
+    settings.PUBLIC_BASE_URL = "https://hooks.example.com"
+    with pytest.raises(CommandError, match="loop"):
+        run(
+            "create_destination",
+            "--org",
+            organization.slug,
+            "--name",
+            "loop",
+            "--url",
+            "https://hooks.example.com:443/in/abc/",
+        )

@@ -264,7 +264,7 @@ def test_other_methods_get_the_json_405(client, organization, method):
     assert response.json()["error"] == "method_not_allowed"
 
 
-def _wsgi_post_chunked(path: str, body: bytes, headers: dict) -> tuple[str, dict]:
+def _wsgi_post_chunked(path: str, body: bytes, headers: dict, stream=None) -> tuple[str, dict]:
     """POST through the WSGI application as gunicorn presents a chunked request: no
     CONTENT_LENGTH, Transfer-Encoding set, and wsgi.input already de-chunked."""
     import io
@@ -285,7 +285,7 @@ def _wsgi_post_chunked(path: str, body: bytes, headers: dict) -> tuple[str, dict
         "REMOTE_ADDR": "203.0.113.9",
         "HTTP_TRANSFER_ENCODING": "chunked",
         "CONTENT_TYPE": "application/json",
-        "wsgi.input": io.BytesIO(body),
+        "wsgi.input": stream or io.BytesIO(body),
         "wsgi.url_scheme": "http",
         "wsgi.errors": io.StringIO(),
         "wsgi.multithread": True,
@@ -320,6 +320,20 @@ def test_a_chunked_webhook_is_read_whole_and_verified(organization, settings):
     assert status.startswith("413") and payload["error"] == "body_too_large"
 
 
+def test_a_chunked_body_the_server_cannot_read_is_a_400(organization):
+    class BrokenChunks:
+        """Stands in for gunicorn's de-chunking input meeting a bad chunk size."""
+
+        def read(self, size=-1):
+            raise ValueError("Invalid chunk size: 'zz'")
+
+        readline = read
+
+    source = make_source(organization)
+    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", b"", {}, stream=BrokenChunks())
+    assert status.startswith("400") and payload["error"] == "unreadable_body"
+
+
 def test_long_event_ids_that_share_a_start_are_not_duplicates(client, organization):
     source = make_source(organization)
     long_ids = ["evt_" + "a" * 300 + "1", "evt_" + "a" * 300 + "2"]
@@ -333,15 +347,21 @@ def test_long_event_ids_that_share_a_start_are_not_duplicates(client, organizati
     assert len(stored) == 255 and stored.startswith("evt_aaa")
 
 
+def mailgun_signature(key: str, token: str, timestamp: int | None = None) -> dict:
+    """Mailgun's signature object, made as its documentation says (hex HMAC-SHA256 of timestamp + token)."""
+    import hashlib
+    import hmac
+
+    timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return {"timestamp": timestamp, "token": token, "signature": digest}
+
+
 def test_a_signature_that_does_not_cover_the_body_is_single_use_per_body(client, organization):
-    # Mailgun signs only timestamp + token (providers.md §12, computed vector below); the token
-    # binds to the first body it arrives with, so an exact retry passes and a forged body does not.
+    # Mailgun signs only timestamp + token (providers.md §12); the token binds to the first body
+    # it arrives with, so an exact retry passes and a forged body does not.
     source = make_source(organization, provider="mailgun", secret="key-test-signing")
-    signature = {
-        "timestamp": "1700000000",
-        "token": "f4a7c1e0b2d9",
-        "signature": "a72e729f7d12fb4c5170dc2b294d5f03a37d10c991ebff6b2df69498298a1288",
-    }
+    signature = mailgun_signature("key-test-signing", token="f4a7c1e0b2d9")
 
     def send(event_id):
         body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
@@ -366,11 +386,17 @@ def test_the_replay_check_lets_webhooks_through_when_the_cache_is_down(client, o
 
     monkeypatch.setattr(ingest_service.cache, "add", unreachable)
     source = make_source(organization, provider="mailgun", secret="key-test-signing")
-    signature = {
-        "timestamp": "1700000000",
-        "token": "f4a7c1e0b2d9",
-        "signature": "a72e729f7d12fb4c5170dc2b294d5f03a37d10c991ebff6b2df69498298a1288",
-    }
+    signature = mailgun_signature("key-test-signing", token="f4a7c1e0b2d9")
     body = json.dumps({"signature": signature, "event-data": {"id": "evt-cache-down", "event": "delivered"}})
     response = client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
     assert response.status_code == 200  # the signature was checked; losing the webhook would be worse
+
+
+def test_a_signature_older_than_its_replay_check_is_refused(client, organization):
+    # The source has no freshness window (Mailgun's default), but the single-use check of the token
+    # lasts four days, so an older signature cannot be trusted to be used once.
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    signature = mailgun_signature("key-test-signing", token="tok-old", timestamp=int(time.time()) - 5 * 86400)
+    body = json.dumps({"signature": signature, "event-data": {"id": "evt-old", "event": "delivered"}})
+    response = client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+    assert response.status_code == 401 and response.json()["error"] == "timestamp_out_of_tolerance"

@@ -61,6 +61,8 @@ class IngestView(APIView):
             body = _chunked_body(django_request) if not declared_length else django_request.body
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
+        except Exception:  # the server's own parse errors (a bad chunk size, a body cut short)
+            return _json(400, {"error": "unreadable_body", "detail": "the request body could not be read whole"})
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
             return too_large
         try:
