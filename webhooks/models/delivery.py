@@ -51,6 +51,12 @@ class Delivery(models.Model):
                 condition=models.Q(status="in_flight"),
                 name="delivery_in_flight_by_dest",
             ),
+            # A destination's own due deliveries, when another's backlog fills the global order.
+            models.Index(
+                fields=("destination", "next_attempt_at", "id"),
+                condition=models.Q(status="pending"),
+                name="delivery_due_by_dest",
+            ),
             models.Index(
                 fields=("claimed_at",),
                 condition=models.Q(status="in_flight"),

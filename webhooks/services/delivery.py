@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Count, F
+from django.db.models import Count, Exists, F, OuterRef
 from django.utils import timezone
 
 from organizations.services import audit_record
@@ -123,17 +123,14 @@ def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, d
 # --- Claiming -----------------------------------------------------------------
 
 
-# Each round looks at the oldest due deliveries of destinations that still have room; more
-# than one round is needed only when one destination's backlog filled a round's candidates.
-CLAIM_ROUNDS = 3
-
-
 def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
 
-    Destinations with no room are left out before the candidates are limited, so that one
-    destination's backlog (a slow receiver, a resumed pause) never hides other tenants'
-    due deliveries from the dispatchers.
+    First the oldest due deliveries of all destinations. When those were all of destinations
+    with no room left (one destination's backlog: a slow receiver, a resumed pause), the
+    other destinations with due deliveries are looked up one by one, so that a backlog never
+    hides other tenants' deliveries from the dispatchers. (Leaving the full destinations out
+    of the first query instead would make every claim walk the whole backlog.)
     """
     if limit <= 0:
         return []
@@ -146,31 +143,16 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
             destination__paused_at__isnull=True,
             destination__is_active=True,
         )
-        no_room = _destinations_without_room(window)
         destinations: dict[int, Destination] = {}
         allowance: dict[int, int] = {}
         taken: dict[int, int] = defaultdict(int)
         chosen: list = []
-        for _ in range(CLAIM_ROUNDS):
-            wanted = (limit - len(chosen)) * 4
-            candidates = list(
-                due.exclude(destination_id__in=no_room)
-                .exclude(pk__in=chosen)
-                .order_by("next_attempt_at", "id")
-                .values_list("id", "destination_id")[:wanted]
-            )
-            if not candidates:
-                break
-            _lock_destinations({d for _, d in candidates} - destinations.keys(), destinations, allowance, window)
-            for delivery_id, destination_id in candidates:
-                if len(chosen) >= limit:
-                    break
-                if taken[destination_id] < allowance[destination_id]:
-                    taken[destination_id] += 1
-                    chosen.append(delivery_id)
-            no_room |= {d for d, room in allowance.items() if taken[d] >= room}
-            if len(chosen) >= limit or len(candidates) < wanted:
-                break
+        wanted = limit * 4
+        candidates = list(due.order_by("next_attempt_at", "id").values_list("id", "destination_id")[:wanted])
+        _lock_destinations({d for _, d in candidates}, destinations, allowance, window)
+        _choose(candidates, limit, allowance, taken, chosen)
+        if len(chosen) < limit and len(candidates) == wanted:
+            _choose_from_other_destinations(due, now, limit, destinations, allowance, taken, chosen, window)
         for destination_id, count in taken.items():
             destination = destinations.get(destination_id)
             if count and destination.rate_limit_per_second:
@@ -189,22 +171,38 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     )
 
 
-def _destinations_without_room(window) -> set[int]:
-    """Destinations at their concurrency cap or out of this second's rate budget (a hint; the
-    locked re-count in _lock_destinations decides)."""
-    at_cap = (
-        Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
-        .values("destination_id", "destination__max_concurrency")
-        .annotate(n=Count("id"))
-        .filter(n__gte=F("destination__max_concurrency"))
-        .values_list("destination_id", flat=True)
+def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list) -> None:
+    for delivery_id, destination_id in candidates:
+        if len(chosen) >= limit:
+            return
+        if taken[destination_id] < allowance[destination_id]:
+            taken[destination_id] += 1
+            chosen.append(delivery_id)
+
+
+def _choose_from_other_destinations(due, now, limit, destinations, allowance, taken, chosen, window) -> None:
+    """The oldest due deliveries of destinations the first look did not reach (each one an index probe)."""
+    has_due = Delivery.objects.filter(
+        destination=OuterRef("pk"), status=Delivery.Status.PENDING, next_attempt_at__lte=now
     )
-    rate_spent = Destination.objects.filter(
-        rate_limit_per_second__gt=0,
-        rate_window_started_at=window,
-        rate_window_count__gte=F("rate_limit_per_second"),
-    ).values_list("pk", flat=True)
-    return set(at_cap) | set(rate_spent)
+    others = list(
+        Destination.objects.filter(is_active=True, paused_at__isnull=True)
+        .exclude(pk__in=list(allowance))
+        .filter(Exists(has_due))
+        .order_by("pk")
+        .values_list("pk", flat=True)[: limit - len(chosen)]
+    )
+    _lock_destinations(set(others), destinations, allowance, window)
+    for destination_id in others:
+        room = min(allowance[destination_id], limit - len(chosen))
+        if room <= 0:
+            continue
+        candidates = list(
+            due.filter(destination_id=destination_id)
+            .order_by("next_attempt_at", "id")
+            .values_list("id", "destination_id")[:room]
+        )
+        _choose(candidates, limit, allowance, taken, chosen)
 
 
 def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window) -> None:

@@ -8,6 +8,7 @@ and connect). Redirects are never followed.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -58,27 +59,29 @@ POOL_MAXSIZE = 8
 
 # An attempt must end at its deadline whatever the receiver does: urllib3's timeouts apply to
 # each socket operation, so a receiver sending one byte at a time (in its headers, or in a
-# compressed body that never decodes) could hold a sending thread for hours. Each attempt has
-# a watchdog that shuts its socket down a little after the deadline; the connection classes
-# below tell the watchdog which socket that is.
+# compressed body that never decodes) could hold a sending thread for hours. Each attempt is
+# watched by one thread per process, which shuts an attempt's socket down a little after its
+# deadline; the connection classes below tell the watch which socket that is.
 CUT_GRACE_SECONDS = 1.0
+WATCH_INTERVAL_SECONDS = 0.25
 _attempt = threading.local()
 
 
 class _Watchdog:
+    """The watch over one attempt (a context manager, on the sending thread)."""
+
     def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
         self.sock = None
         self.fired = False
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
 
     def __enter__(self):
         _attempt.watchdog = self
-        self._timer.start()
+        _watched.add(self)
         return self
 
     def __exit__(self, *exc_info):
-        self._timer.cancel()
+        _watched.discard(self)
         _attempt.watchdog = None
 
     def _cut(self):
@@ -89,6 +92,40 @@ class _Watchdog:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed
+
+
+class _WatchedAttempts:
+    """The attempts in progress in this process, and the one thread that cuts them at their deadline
+    (one thread for all: starting a timer thread per attempt costs more than the attempt's own work)."""
+
+    def __init__(self):
+        self._attempts: set[_Watchdog] = set()
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def add(self, watchdog: _Watchdog) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked worker process: start its own thread
+                self._pid = os.getpid()
+                self._attempts = set()
+                threading.Thread(target=self._run, name="hookline-attempt-watch", daemon=True).start()
+            self._attempts.add(watchdog)
+
+    def discard(self, watchdog: _Watchdog) -> None:
+        with self._lock:
+            self._attempts.discard(watchdog)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                late = [watchdog for watchdog in self._attempts if watchdog.deadline <= now]
+            for watchdog in late:
+                watchdog._cut()
+
+
+_watched = _WatchedAttempts()
 
 
 class _Watched:
