@@ -11,9 +11,14 @@ from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyA
 from webhooks.models import BulkRetry, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
-from webhooks.services.destinations import DestinationError, destination_check_url, destination_rotate_secret
+from webhooks.services.destinations import (
+    DestinationError,
+    destination_check_secret,
+    destination_check_url,
+    destination_rotate_secret,
+)
 from webhooks.services.operations import destination_pause, destination_resume
-from webhooks.services.sources import SourceError, ingest_url, source_rotate_secret
+from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
 
 from .filters import SourceProviderFilter
 
@@ -55,6 +60,18 @@ class SourceAdminForm(forms.ModelForm):
             raise forms.ValidationError(f"unknown provider '{provider_kind}'") from None
         except InvalidOptions as exc:
             raise forms.ValidationError(str(exc)) from None
+
+    def clean(self):
+        # Checked with the form, so that a refused secret saves nothing and says why once.
+        cleaned = super().clean()
+        new_secret = cleaned.get("new_secret")
+        provider = cleaned.get("provider") or self.instance.provider
+        if new_secret and provider and "options" in cleaned:
+            try:
+                source_check_secret(provider=provider, secret=new_secret, options=cleaned["options"])
+            except SourceError as exc:
+                self.add_error("new_secret", str(exc))
+        return cleaned
 
 
 @admin.register(Source)
@@ -168,6 +185,15 @@ class DestinationAdminForm(forms.ModelForm):
             "retry_client_errors",
             "is_active",
         )
+
+    def clean_new_secret(self):
+        new_secret = self.cleaned_data.get("new_secret")
+        if not new_secret:
+            return new_secret
+        try:
+            return destination_check_secret(new_secret)
+        except DestinationError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
     def clean_url(self):
         url = self.cleaned_data["url"]

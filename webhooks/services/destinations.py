@@ -167,6 +167,18 @@ def destination_update(
 
 
 @transaction.atomic
+def destination_check_secret(secret: str) -> str:
+    """A destination secret as given by a person, checked (DestinationError) and stripped."""
+    secret = secret.strip()
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 24:
+        raise DestinationError("a destination secret is 'whsec_' followed by base64 of at least 24 bytes")
+    return secret
+
+
 def destination_rotate_secret(
     *, destination: Destination, new_secret: str | None = None, actor=None
 ) -> tuple[Destination, str]:
@@ -176,13 +188,7 @@ def destination_rotate_secret(
     """
     require_configure_role(organization=destination.organization, actor=actor)
     if new_secret:
-        new_secret = new_secret.strip()
-        try:
-            key = base64.b64decode(new_secret.removeprefix("whsec_"), validate=True)
-        except ValueError:
-            key = b""
-        if not new_secret.startswith("whsec_") or len(key) < 24:
-            raise DestinationError("a destination secret is 'whsec_' followed by base64 of at least 24 bytes")
+        new_secret = destination_check_secret(new_secret)
     secret = new_secret or generate_standard_webhooks_secret()
     destination.secret = secret
     destination.secret_hint = secret_hint(secret)

@@ -76,6 +76,11 @@ def source_create(
 
 
 @transaction.atomic
+def source_check_secret(*, provider: str, secret: str, options: dict[str, Any]) -> None:
+    """Refuse (SourceError) a secret the source's provider cannot use, before anything is saved."""
+    _clean(provider, secret, options)
+
+
 def source_rotate_secret(
     *,
     source: Source,

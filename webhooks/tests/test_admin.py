@@ -432,10 +432,14 @@ def destination_form(destination, **changes):
 def test_destination_new_secret_must_be_a_standard_webhooks_secret(admin, setup):
     destination = setup["destination"]
     url = reverse("admin:webhooks_destination_change", args=[destination.pk])
-    response = admin.post(url, destination_form(destination, new_secret="not base64 at all"), follow=True)
-    assert "Secret not changed" in response.content.decode()
+    response = admin.post(
+        url, destination_form(destination, name="Renamed with a bad secret", new_secret="not base64 at all")
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and "errornote" in page and "whsec_" in page  # the form says why
+    assert "changed successfully" not in page
     destination.refresh_from_db()
-    assert destination.secret == setup["destination_secret"]
+    assert destination.secret == setup["destination_secret"] and destination.name != "Renamed with a bad secret"
     good = "whsec_" + "A" * 44
     admin.post(url, destination_form(destination, new_secret=good))
     destination.refresh_from_db()
@@ -716,3 +720,13 @@ def test_subscriptions_are_shown_but_not_rerouted_from_the_destination_page(admi
     page = admin.get(reverse("admin:webhooks_destination_change", args=[setup["destination"].pk])).content.decode()
     assert "Acme live" in page
     assert 'name="subscriptions-0-source"' not in page  # no field to point it at another tenant's source
+
+
+def test_a_source_secret_its_provider_refuses_saves_nothing(admin, setup):
+    source = setup["source"]  # Stripe: secrets are whsec_…
+    url = reverse("admin:webhooks_source_change", args=[source.pk])
+    response = admin.post(url, source_form(source, name="Renamed with a bad secret", new_secret="not-a-stripe-secret"))
+    page = response.content.decode()
+    assert response.status_code == 200 and "errornote" in page and "changed successfully" not in page
+    source.refresh_from_db()
+    assert source.secret == STRIPE_SECRET and source.name != "Renamed with a bad secret"
