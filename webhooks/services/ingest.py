@@ -122,30 +122,9 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     except VerificationError as exc:
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
 
-    nonce = provider.replay_nonce(request, source.options)
-    if nonce is not None:
-        signed_at = provider.nonce_signed_at(request, source.options)
-        if signed_at is None or abs(time.time() - signed_at) > NONCE_BINDING_SECONDS:
-            days = NONCE_BINDING_SECONDS // 86400
-            return _reject(
-                source,
-                request,
-                headers,
-                remote_ip,
-                "timestamp_out_of_tolerance",
-                f"the signed time is missing or more than {days} days away from now; this provider's signature "
-                f"does not cover the whole body, so Hookline accepts it only while it can check it is used once",
-            )
-    if nonce is not None and not _nonce_fits_body(source.pk, nonce, body):
-        return _reject(
-            source,
-            request,
-            headers,
-            remote_ip,
-            "replayed_signature",
-            "this signature was already used with a different body; a signature is valid only for the body "
-            "it was made for",
-        )
+    refusal = _replay_refusal(provider, request, source, body)
+    if refusal is not None:
+        return _reject(source, request, headers, remote_ip, *refusal)
 
     handshake = provider.handshake(request, source.active_secrets(), source.options)
     if handshake is not None:
@@ -226,6 +205,28 @@ def insert_event(event: NewEvent) -> tuple:
 # How long a nonce stays bound to its first body: longer than the providers concerned retry
 # (PayPal: 3 days), so an exact retry is let through and a forged body is not.
 NONCE_BINDING_SECONDS = 4 * 24 * 3600
+
+
+def _replay_refusal(provider, request: InboundRequest, source: Source, body: bytes) -> tuple[str, str] | None:
+    """(code, detail) when a signature that does not cover the whole body is being reused."""
+    nonce = provider.replay_nonce(request, source.options)
+    if nonce is None:
+        return None
+    signed_at = provider.nonce_signed_at(request, source.options)
+    if signed_at is None or abs(time.time() - signed_at) > NONCE_BINDING_SECONDS:
+        return (
+            "timestamp_out_of_tolerance",
+            f"the signed time is missing or more than {NONCE_BINDING_SECONDS // 86400} days away from now; this "
+            "provider's signature does not cover the whole body, so Hookline accepts it only while it can check "
+            "that it is used once",
+        )
+    if not _nonce_fits_body(source.pk, nonce, body):
+        return (
+            "replayed_signature",
+            "this signature was already used with a different body; a signature is valid only for the body it "
+            "was made for",
+        )
+    return None
 
 
 def _nonce_fits_body(source_id: int, nonce: str, body: bytes) -> bool:
