@@ -48,23 +48,20 @@ class IngestView(APIView):
 
     def _ingest(self, request, token: str):
         django_request = request._request
-        too_large = _json(
-            413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"}
-        )
         try:
             declared_length = int(django_request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             declared_length = 0
         if declared_length > settings.INGEST_MAX_BODY_BYTES:
-            return too_large
+            return _too_large()
         try:
-            body = _chunked_body(django_request) if not declared_length else django_request.body
+            body = django_request.body if declared_length else _body_without_length(django_request)
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
         except Exception:  # the server's own parse errors (a bad chunk size, a body cut short)
             return _json(400, {"error": "unreadable_body", "detail": "the request body could not be read whole"})
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
-            return too_large
+            return _too_large()
         try:
             outcome = ingest_request(
                 token=token,
@@ -87,8 +84,12 @@ class IngestView(APIView):
         return _json(outcome.status_code, outcome.payload)
 
 
-def _chunked_body(django_request) -> bytes:
-    """The body of a request sent without Content-Length (Transfer-Encoding: chunked).
+def _too_large() -> HttpResponse:
+    return _json(413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"})
+
+
+def _body_without_length(django_request) -> bytes:
+    """The body of a request sent without Content-Length (empty, or Transfer-Encoding: chunked).
 
     Django reads no more than Content-Length, so such a body would look empty and fail
     verification; gunicorn hands the WSGI application the de-chunked stream. One byte more
