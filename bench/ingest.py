@@ -271,6 +271,8 @@ def start_gunicorn(args, log_path: Path) -> subprocess.Popen:
     command = [
         GUNICORN,
         "config.wsgi",
+        "--config",
+        str(ROOT / "config" / "gunicorn.conf.py"),
         "--bind",
         f"{HOST}:{args.port}",
         "--workers",
@@ -577,6 +579,8 @@ def cpu_seconds_by_role() -> dict[str, float]:
         role = _CPU_ROLES.get(name)
         if role is None and any(b"gunicorn" in part for part in cmdline[:2]):
             role = "gunicorn"
+        elif role is None and b"run_ingest_writer" in cmdline[2:3]:
+            role = "writer"
         elif role is None and any(b"bench/ingest.py" in part for part in cmdline[:2]):
             role = "loadgen"
         if role is None:

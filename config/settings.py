@@ -229,6 +229,9 @@ INGEST_SOURCE_CACHE_SECONDS = env.float("INGEST_SOURCE_CACHE_SECONDS", default=5
 # a request waits at most INGEST_COMMIT_TIMEOUT_SECONDS for its commit, then answers 503.
 INGEST_GROUP_COMMIT = env.bool("INGEST_GROUP_COMMIT", default=True)
 INGEST_COMMIT_TIMEOUT_SECONDS = env.float("INGEST_COMMIT_TIMEOUT_SECONDS", default=10.0)
+# Set by config/gunicorn.conf.py for its workers: the Unix socket of the host's ingest writer
+# process, which commits the rows of every web worker together (empty: each process writes its own).
+INGEST_WRITER_SOCKET = env.str("INGEST_WRITER_SOCKET", default="")
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES, 2_621_440)
 # Rejected requests kept per source per minute; past that they are only counted.
 INGEST_REJECTED_RECORDS_PER_MINUTE = env.int("INGEST_REJECTED_RECORDS_PER_MINUTE", default=60)

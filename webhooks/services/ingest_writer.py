@@ -9,6 +9,11 @@ statement returned, so "acknowledged means committed" holds unchanged. Under
 load one commit carries many events; idle, a batch is one row and the only
 extra cost is a hand-off between two threads.
 
+Under gunicorn with config/gunicorn.conf.py the rows go instead to the host's
+writer process (``ingest_writer_process``), which commits them with
+``commit_batch`` below; this thread is then only the stand-in for when that
+process is not there.
+
 A request that waits longer than ``INGEST_COMMIT_TIMEOUT_SECONDS`` answers 503.
 Its row may still be committed afterwards; the provider's retry is then
 counted as a duplicate of it, so nothing is lost or processed twice.
@@ -251,7 +256,7 @@ class IngestWriter:
                 first = work.get()
                 if first is None:
                     return
-                self._write(self._collect(work, first))
+                commit_batch(self._collect(work, first))
         finally:
             connection.close()
 
@@ -280,34 +285,36 @@ class IngestWriter:
             batch.append(item)
         return batch
 
-    def _write(self, batch: list[_PendingWrite]) -> None:
-        try:
-            outcomes = insert_event_batch([pending.event for pending in batch])
-        except (OperationalError, InterfaceError) as exc:
-            # The database is unreachable: nothing of this batch is acknowledged (503, providers retry).
-            _fail(batch, exc)
-            _discard_connection()
-            return
-        except (DatabaseError, UnicodeError) as exc:
-            if len(batch) == 1:
-                # The view answers a DataError with 400; a value psycopg cannot encode is one too.
-                _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
-                return
-            # One unstorable row must not fail the requests that share its batch.
-            for pending in batch:
-                self._write([pending])
-            return
-        except Exception as exc:  # a bug must fail these requests, never the thread
-            logger.exception("ingest writer failed a batch of %d", len(batch))
-            _fail(batch, exc)
-            return
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.outcome = outcome
-            pending.done.set()
-        if any(inserted for _, inserted in outcomes):
-            from .processing import schedule_event_processing
 
-            schedule_event_processing(from_ingest=True)
+def commit_batch(batch: list[_PendingWrite]) -> None:
+    """Insert the batch's rows in one commit and give each waiting request its outcome or error."""
+    try:
+        outcomes = insert_event_batch([pending.event for pending in batch])
+    except (OperationalError, InterfaceError) as exc:
+        # The database is unreachable: nothing of this batch is acknowledged (503, providers retry).
+        _fail(batch, exc)
+        _discard_connection()
+        return
+    except (DatabaseError, UnicodeError) as exc:
+        if len(batch) == 1:
+            # The view answers a DataError with 400; a value psycopg cannot encode is one too.
+            _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
+            return
+        # One unstorable row must not fail the requests that share its batch.
+        for pending in batch:
+            commit_batch([pending])
+        return
+    except Exception as exc:  # a bug must fail these requests, never the thread
+        logger.exception("ingest writer failed a batch of %d", len(batch))
+        _fail(batch, exc)
+        return
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        pending.outcome = outcome
+        pending.done.set()
+    if any(inserted for _, inserted in outcomes):
+        from .processing import schedule_event_processing
+
+        schedule_event_processing(from_ingest=True)
 
 
 def _fail(batch: list[_PendingWrite], exc: BaseException) -> None:
@@ -333,4 +340,12 @@ def store_event(event: NewEvent) -> tuple[uuid.UUID, bool] | None:
     """
     if not settings.INGEST_GROUP_COMMIT or connection.vendor != "postgresql" or connection.in_atomic_block:
         return None
+    if settings.INGEST_WRITER_SOCKET:
+        from .ingest_writer_process import writer_process_client
+
+        stored = writer_process_client.write(
+            event, settings.INGEST_WRITER_SOCKET, settings.INGEST_COMMIT_TIMEOUT_SECONDS
+        )
+        if stored is not None:
+            return stored
     return writer.write(event, settings.INGEST_COMMIT_TIMEOUT_SECONDS)

@@ -142,7 +142,11 @@ class Stack:
 
     def start(self, name: str) -> None:
         commands = {
-            "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "-b", f"127.0.0.1:{self.web_port}"],
+            # As the Procfile runs it: with the host's ingest writer process.
+            "web": [
+                *(sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"),
+                *("-w", "2", "-b", f"127.0.0.1:{self.web_port}"),
+            ],
             "worker": [
                 sys.executable,
                 "-m",

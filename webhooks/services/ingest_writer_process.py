@@ -1,0 +1,355 @@
+"""One writer process per web host: the ingest rows of all its web workers share commits.
+
+Why: group commit inside a web process (``ingest_writer``) only batches that
+process's own requests, and its writer thread runs the database client under
+the same GIL as the requests it serves. On two cores that made storing a row
+cost more than verifying it. Here gunicorn's master starts one writer process
+(``config/gunicorn.conf.py``); a request thread sends its verified row over a
+Unix socket and blocks, without the GIL, until the writer answers. The writer
+reads every row waiting on any connection, commits them with one statement
+(``commit_batch``, the same code as the in-process writer) and only then
+answers, so "acknowledged means committed" holds unchanged, and the rows of
+every web process share one commit.
+
+When the writer process is not there (not started, restarting), a request
+that could not hand its row over uses the in-process writer instead; a row
+handed over whose answer never came is a 503, never a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from django.db import DataError, OperationalError
+
+from .ingest_writer import NewEvent, WriterTimeout, _PendingWrite, commit_batch
+
+logger = logging.getLogger(__name__)
+
+# --- the wire format ------------------------------------------------------------------------------
+# A frame is a 4-byte length and a payload. A row's payload is a fixed part (id, organization,
+# source, received time in µs since the epoch, then the byte length of each variable field, -1 for
+# None) followed by those fields; text is UTF-8 with surrogates passed through, so the writer sees
+# exactly the str the request had (and psycopg refuses what it would have refused in-process).
+_FRAME = struct.Struct("!I")
+_ROW = struct.Struct("!16sqqqiiiiI")
+_REPLY = struct.Struct("!B16s?I")  # kind, stored id, inserted, length of the message that follows
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TEXT = "surrogatepass"
+
+REPLY_STORED = 0
+REPLY_UNAVAILABLE = 1  # the database refused or is down: the view answers 503
+REPLY_UNSTORABLE = 2  # a value of this row cannot be stored: the view answers 400
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # far above INGEST_MAX_BODY_BYTES; a larger length is a broken stream
+
+
+def _optional(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", _TEXT)
+
+
+def encode_event(event: NewEvent) -> bytes:
+    provider_event_id = _optional(event.provider_event_id)
+    remote_ip = _optional(event.remote_ip)
+    event_type = event.event_type.encode("utf-8", _TEXT)
+    headers = json.dumps(event.headers).encode()
+    received_us = (event.received_at - _EPOCH) // timedelta(microseconds=1)
+    fixed = _ROW.pack(
+        event.id.bytes,
+        event.organization_id,
+        event.source_id,
+        received_us,
+        -1 if provider_event_id is None else len(provider_event_id),
+        len(event_type),
+        len(headers),
+        -1 if remote_ip is None else len(remote_ip),
+        len(event.body),
+    )
+    payload = b"".join((fixed, provider_event_id or b"", event_type, headers, remote_ip or b"", event.body))
+    return _FRAME.pack(len(payload)) + payload
+
+
+def decode_event(payload: bytes) -> NewEvent:
+    """The row of one frame's payload; ValueError when the payload is not one."""
+    try:
+        raw_id, organization_id, source_id, received_us, *lengths = _ROW.unpack_from(payload)
+    except struct.error as exc:
+        raise ValueError("the frame is shorter than a row") from exc
+    fields: list[bytes | None] = []
+    offset = _ROW.size
+    for length in lengths:
+        if length < 0:
+            fields.append(None)
+            continue
+        fields.append(payload[offset : offset + length])
+        offset += length
+    if offset != len(payload):
+        raise ValueError("the frame's field lengths do not add up to its size")
+    provider_event_id, event_type, headers, remote_ip, body = fields
+    return NewEvent(
+        id=uuid.UUID(bytes=raw_id),
+        organization_id=organization_id,
+        source_id=source_id,
+        received_at=_EPOCH + timedelta(microseconds=received_us),
+        provider_event_id=None if provider_event_id is None else provider_event_id.decode("utf-8", _TEXT),
+        event_type=event_type.decode("utf-8", _TEXT),
+        headers=json.loads(headers),
+        remote_ip=None if remote_ip is None else remote_ip.decode("utf-8", _TEXT),
+        body=body,
+    )
+
+
+def encode_reply(pending: _PendingWrite) -> bytes:
+    if pending.error is None and pending.outcome is not None:
+        stored_id, inserted = pending.outcome
+        return _REPLY.pack(REPLY_STORED, stored_id.bytes, inserted, 0)
+    kind = REPLY_UNSTORABLE if isinstance(pending.error, DataError) else REPLY_UNAVAILABLE
+    message = str(pending.error or "no outcome").encode("utf-8", "replace")[:1000]
+    return _REPLY.pack(kind, bytes(16), False, len(message)) + message
+
+
+# --- the writer process -------------------------------------------------------------------------
+
+
+class WriterServer:
+    """Serves rows from any number of connections; each loop turn commits all rows read in it."""
+
+    def __init__(self, path: str, *, max_batch: int = 256, shutdown_grace_seconds: float = 25.0):
+        self.path = path
+        self.max_batch = max_batch
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self._selector = selectors.DefaultSelector()
+        self._buffers: dict[socket.socket, bytearray] = {}
+        self._listener: socket.socket | None = None
+        self._terminating_since: float | None = None
+        self._stop = threading.Event()
+
+    def listen(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a socket file left by a writer that was killed
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # only this user may connect (the file is created 0600)
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._listener = listener
+
+    def terminate(self, *_) -> None:
+        """Stop once the web workers have gone (their connections closed), or after the grace time."""
+        if self._terminating_since is None:
+            self._terminating_since = time.monotonic()
+
+    def stop(self) -> None:
+        """Stop at the next loop turn (tests)."""
+        self._stop.set()
+
+    def serve_forever(self, parent_pid: int | None = None) -> None:
+        if self._listener is None:
+            self.listen()
+        try:
+            while not self._should_stop(parent_pid):
+                rows = self._read_ready(timeout=0.5)
+                if rows:
+                    self._commit_and_reply(rows)
+        finally:
+            self._close_all()
+
+    def _should_stop(self, parent_pid: int | None) -> bool:
+        if self._stop.is_set():
+            return True
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return True  # gunicorn's master is gone: nobody will connect again
+        if self._terminating_since is None:
+            return False
+        return not self._buffers or time.monotonic() - self._terminating_since > self.shutdown_grace_seconds
+
+    def _read_ready(self, timeout: float) -> list[tuple[socket.socket, NewEvent]]:
+        rows: list[tuple[socket.socket, NewEvent]] = []
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._accept()
+            else:
+                self._read(key.fileobj, rows)
+            if len(rows) >= self.max_batch:
+                break
+        return rows
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            self._buffers[conn] = bytearray()
+            self._selector.register(conn, selectors.EVENT_READ, True)
+
+    def _read(self, conn: socket.socket, rows: list) -> None:
+        try:
+            data = conn.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)  # a row cut short by a closed connection was never acknowledged
+            return
+        buffer = self._buffers[conn]
+        buffer += data
+        while len(buffer) >= _FRAME.size:
+            (length,) = _FRAME.unpack_from(buffer)
+            if length > MAX_FRAME_BYTES:
+                logger.error("ingest writer: a frame of %d bytes; closing that connection", length)
+                self._close(conn)
+                return
+            if len(buffer) < _FRAME.size + length:
+                return
+            payload = bytes(buffer[_FRAME.size : _FRAME.size + length])
+            del buffer[: _FRAME.size + length]
+            try:
+                rows.append((conn, decode_event(payload)))
+            except (ValueError, UnicodeError) as exc:
+                logger.error("ingest writer: an unreadable frame (%s); closing that connection", exc)
+                self._close(conn)
+                return
+
+    def _commit_and_reply(self, rows: list[tuple[socket.socket, NewEvent]]) -> None:
+        batch = [_PendingWrite(event) for _, event in rows]
+        commit_batch(batch)
+        for (conn, _), pending in zip(rows, batch, strict=True):
+            if conn not in self._buffers:
+                continue  # that request gave up (timed out) and closed its connection
+            try:
+                conn.sendall(encode_reply(pending))
+            except OSError:
+                self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        if self._buffers.pop(conn, None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn)
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def _close_all(self) -> None:
+        for conn in list(self._buffers):
+            self._close(conn)
+        if self._listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._selector.close()
+
+
+def run_writer_process(path: str, parent_pid: int | None = None) -> None:
+    """The body of ``manage.py run_ingest_writer``: serve until SIGTERM/SIGINT (gracefully) or the parent ends."""
+    server = WriterServer(path)
+    server.listen()
+    signal.signal(signal.SIGTERM, server.terminate)
+    signal.signal(signal.SIGINT, server.terminate)
+    logger.info("ingest writer process %d listening on %s", os.getpid(), path)
+    server.serve_forever(parent_pid)
+
+
+# --- the web worker's side ------------------------------------------------------------------------
+
+
+class WriterProcessClient:
+    """A connection per request thread to the writer process at ``path``."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def write(self, event: NewEvent, path: str, timeout: float) -> tuple[uuid.UUID, bool] | None:
+        """The stored outcome, or None when the row could not be handed over (nothing was sent whole).
+
+        Raises WriterTimeout or OperationalError when the row was handed over but its commit was
+        not confirmed (the caller answers 503), DataError when the row cannot be stored.
+        """
+        frame = encode_event(event)
+        conn = self._send(frame, path)
+        if conn is None:
+            return None
+        conn.settimeout(timeout)
+        try:
+            header = _receive_exactly(conn, _REPLY.size)
+            kind, raw_id, inserted, message_length = _REPLY.unpack(header)
+            message = _receive_exactly(conn, message_length).decode("utf-8", "replace") if message_length else ""
+        except TimeoutError:
+            self._forget()
+            raise WriterTimeout(f"the event was not committed within {timeout:g} s") from None
+        except OSError as exc:
+            self._forget()
+            raise OperationalError(f"the ingest writer process ended before confirming the commit: {exc}") from exc
+        if kind == REPLY_STORED:
+            return uuid.UUID(bytes=raw_id), inserted
+        if kind == REPLY_UNSTORABLE:
+            raise DataError(message)
+        raise OperationalError(message)
+
+    def _send(self, frame: bytes, path: str) -> socket.socket | None:
+        # A kept connection may belong to a writer that has restarted since: one new try then.
+        for attempt in range(2):
+            conn = self._connection(path, fresh=attempt > 0)
+            if conn is None:
+                return None
+            try:
+                conn.settimeout(None)
+                conn.sendall(frame)
+                return conn
+            except OSError:
+                self._forget()
+        return None
+
+    def _connection(self, path: str, *, fresh: bool) -> socket.socket | None:
+        cached = getattr(self._local, "conn", None)
+        if cached is not None and not fresh and cached[0] == os.getpid() and cached[1] == path:
+            return cached[2]
+        self._forget()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(path)
+        except OSError:
+            conn.close()
+            return None
+        self._local.conn = (os.getpid(), path, conn)
+        return conn
+
+    def _forget(self) -> None:
+        cached = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                cached[2].close()
+
+
+def _receive_exactly(conn: socket.socket, size: int) -> bytes:
+    chunks, received = [], 0
+    while received < size:
+        chunk = conn.recv(size - received)
+        if not chunk:
+            raise ConnectionResetError("the writer closed the connection")
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
+
+
+writer_process_client = WriterProcessClient()

@@ -1,0 +1,424 @@
+"""The host's ingest writer process: rows from every web worker, committed before each is answered.
+
+The server runs in a thread of the test (real PostgreSQL, real Unix socket); the last tests run
+gunicorn with config/gunicorn.conf.py, which starts, restarts and stops the real process.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.db import DataError, OperationalError, connection
+from django.test import Client
+
+from webhooks.models import WebhookEvent
+from webhooks.services import ingest_writer
+from webhooks.services.ingest_writer import NewEvent, WriterTimeout, store_event
+from webhooks.services.ingest_writer_process import (
+    WriterProcessClient,
+    WriterServer,
+    decode_event,
+    encode_event,
+)
+
+from .factories import STRIPE_SECRET, make_source
+from .processes import free_port, wait_for_port, wait_until
+from .signing import post_stripe, stripe_headers
+from .test_ingest_writer import GatedBatches, new_event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stripe_source(organization):
+    return make_source(organization)
+
+
+@pytest.fixture
+def socket_path():
+    # Unix socket paths are limited to ~100 bytes, which pytest's tmp_path can exceed.
+    directory = Path(tempfile.mkdtemp(prefix="hlw-"))
+    yield str(directory / "writer.sock")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class ServerThread:
+    """A WriterServer serving in a thread on the test database, as the writer process does."""
+
+    def __init__(self, path: str):
+        self.server = WriterServer(path, shutdown_grace_seconds=5)
+        self.server.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            self.server.serve_forever()
+        finally:
+            connection.close()  # this thread's own connection, as the process's is closed on exit
+
+    def stop(self):
+        self.server.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def writer_server(transactional_db, socket_path):
+    running = ServerThread(socket_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client():
+    return WriterProcessClient()
+
+
+# --- the wire format ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"provider_event_id": None, "remote_ip": None},
+        {"provider_event_id": "evt_\udc80_lone_surrogate", "event_type": "caf\u00e9.\U0001f600"},
+        {"body": bytes(range(256)) * 4000, "headers": {"X-Empty": "", "Ünïcode": "välue"}},
+        {"body": b""},
+    ],
+)
+def test_a_row_crosses_the_socket_unchanged(changes):
+    event = NewEvent(
+        organization_id=7,
+        source_id=2**40,
+        provider_event_id="evt_1",
+        event_type="invoice.paid",
+        body=b'{"id":"evt_1"}',
+        headers={"Content-Type": "application/json"},
+        remote_ip="2001:db8::1",
+    )
+    for name, value in changes.items():
+        setattr(event, name, value)
+    frame = encode_event(event)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert decode_event(frame[4:]) == event
+
+
+def test_a_payload_whose_lengths_do_not_add_up_is_refused():
+    payload = encode_event(NewEvent(1, 1, "evt", "t", b"body", {}, None))[4:]
+    with pytest.raises(ValueError):
+        decode_event(payload + b"x")
+    with pytest.raises(ValueError):
+        decode_event(payload[:-1])
+    with pytest.raises(ValueError):
+        decode_event(payload[:10])
+
+
+# --- the server, in a thread ----------------------------------------------------------------------
+
+
+def test_a_row_is_committed_before_it_is_answered_and_a_redelivery_counts(writer_server, client, stripe_source):
+    event = new_event(stripe_source, "evt_process_1", body=b'{"id":"evt_process_1"}\x00\xff')
+    stored_id, inserted = client.write(event, writer_server.server.path, timeout=10)
+    assert (stored_id, inserted) == (event.id, True)
+    # Committed by the server's own connection: visible to this one at once.
+    row = WebhookEvent.objects.get(pk=stored_id)
+    assert bytes(row.body) == b'{"id":"evt_process_1"}\x00\xff'
+    assert row.headers == {"Content-Type": "application/json"}
+    assert (row.organization_id, row.source_id, str(row.remote_ip)) == (
+        stripe_source.organization_id,
+        stripe_source.pk,
+        "203.0.113.7",
+    )
+    assert row.received_at == event.received_at
+
+    again = new_event(stripe_source, "evt_process_1")
+    assert client.write(again, writer_server.server.path, timeout=10) == (event.id, False)
+    assert WebhookEvent.objects.get(pk=stored_id).duplicate_count == 1
+
+
+def test_rows_from_many_connections_share_a_commit(writer_server, stripe_source, monkeypatch):
+    batches = GatedBatches()
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", batches)
+    path = writer_server.server.path
+    clients = [WriterProcessClient() for _ in range(9)]
+
+    def write(index):
+        return clients[index].write(new_event(stripe_source, f"evt_shared_{index}"), path, timeout=10)
+
+    with ThreadPoolExecutor(9) as pool:
+        first = pool.submit(write, 0)
+        assert batches.first_started.wait(10)
+        rest = [pool.submit(write, index) for index in range(1, 9)]
+        time.sleep(0.3)  # the eight rows reach the server's socket while the first commit is held
+        assert not any(future.done() for future in [first, *rest])  # nobody is answered before its commit
+        batches.gate.set()
+        outcomes = [first.result(10), *(future.result(10) for future in rest)]
+
+    assert all(inserted for _, inserted in outcomes)
+    assert batches.sizes[0] == 1 and sum(batches.sizes) == 9
+    assert max(batches.sizes[1:]) > 1, batches.sizes
+    assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_shared_").count() == 9
+
+
+def test_an_unstorable_row_is_a_data_error_and_its_neighbours_are_stored(writer_server, stripe_source, monkeypatch):
+    batches = GatedBatches()
+    monkeypatch.setattr(ingest_writer, "insert_event_batch", batches)
+    path = writer_server.server.path
+    events = [new_event(stripe_source, f"evt_neighbour_{n}") for n in range(3)]
+    events.insert(1, new_event(stripe_source, "evt_nul\x00"))  # PostgreSQL refuses NUL in text
+
+    def write(event):
+        try:
+            return WriterProcessClient().write(event, path, timeout=10)
+        except DataError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(write, new_event(stripe_source, "evt_gate"))
+        assert batches.first_started.wait(10)
+        futures = [pool.submit(write, event) for event in events]
+        time.sleep(0.3)
+        batches.gate.set()
+        assert first.result(10)[1] is True
+        results = [future.result(10) for future in futures]
+
+    assert isinstance(results[1], DataError)
+    assert [result[1] for index, result in enumerate(results) if index != 1] == [True, True, True]
+    assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_neighbour_").count() == 3
+
+
+def test_an_unreadable_frame_closes_only_its_own_connection(writer_server, client, stripe_source):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as garbage:
+        garbage.connect(writer_server.server.path)
+        garbage.sendall((5).to_bytes(4, "big") + b"hello")
+        garbage.settimeout(5)
+        assert garbage.recv(100) == b""  # closed, no answer
+    assert client.write(new_event(stripe_source, "evt_after_garbage"), writer_server.server.path, 10)[1] is True
+
+
+def test_a_restarted_writer_is_reached_on_the_next_request(transactional_db, socket_path, client, stripe_source):
+    first = ServerThread(socket_path)
+    try:
+        assert client.write(new_event(stripe_source, "evt_before_restart"), socket_path, 10)[1] is True
+    finally:
+        first.stop()
+    second = ServerThread(socket_path)
+    try:
+        # The kept connection belongs to the writer that ended: the client connects again.
+        assert client.write(new_event(stripe_source, "evt_after_restart"), socket_path, 10)[1] is True
+    finally:
+        second.stop()
+
+
+def test_a_terminated_writer_serves_until_its_workers_have_disconnected(writer_server, client, stripe_source):
+    path = writer_server.server.path
+    assert client.write(new_event(stripe_source, "evt_term_1"), path, 10)[1] is True
+    writer_server.server.terminate()  # SIGTERM: web workers may still be finishing requests
+    time.sleep(0.7)
+    assert writer_server.thread.is_alive()
+    assert client.write(new_event(stripe_source, "evt_term_2"), path, 10)[1] is True
+    client._forget()  # the worker exits and its connection closes
+    writer_server.thread.join(5)
+    assert not writer_server.thread.is_alive()
+    assert not os.path.exists(path)
+
+
+# --- the web worker's side: nothing handed over is ever guessed -----------------------------------
+
+
+class MuteWriter:
+    """Accepts a connection, reads one row, then either hangs up or says nothing."""
+
+    def __init__(self, path: str, hang_up: bool):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.received = threading.Event()
+        self.release = threading.Event()
+        self.hang_up = hang_up
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        length = int.from_bytes(conn.recv(4), "big")
+        while length > 0:
+            length -= len(conn.recv(length))
+        self.received.set()
+        if not self.hang_up:
+            self.release.wait(10)
+        conn.close()
+
+    def close(self):
+        self.release.set()
+        self.listener.close()
+
+
+def test_no_writer_process_means_nothing_was_handed_over(socket_path, client):
+    assert client.write(new_event_without_source(), socket_path, 1) is None
+
+
+def new_event_without_source():
+    return NewEvent(1, 1, "evt_x", "t", b"{}", {}, None)
+
+
+def test_a_writer_that_hangs_up_before_answering_is_an_outage_not_a_success(socket_path, client):
+    mute = MuteWriter(socket_path, hang_up=True)
+    try:
+        with pytest.raises(OperationalError):
+            client.write(new_event_without_source(), socket_path, 5)
+        assert mute.received.is_set()
+    finally:
+        mute.close()
+
+
+def test_a_writer_that_does_not_answer_in_time_is_a_timeout(socket_path, client):
+    mute = MuteWriter(socket_path, hang_up=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WriterTimeout):
+            client.write(new_event_without_source(), socket_path, 0.5)
+        assert time.monotonic() - started < 5
+    finally:
+        mute.close()
+
+
+def test_store_event_uses_the_writer_process_when_there_is_one(writer_server, stripe_source, settings, monkeypatch):
+    settings.INGEST_WRITER_SOCKET = writer_server.server.path
+    monkeypatch.setattr(ingest_writer.writer, "write", _must_not_be_called)
+    stored_id, inserted = store_event(new_event(stripe_source, "evt_via_process"))
+    assert inserted and WebhookEvent.objects.filter(pk=stored_id).exists()
+
+
+def test_store_event_writes_in_process_when_the_writer_process_is_away(
+    transactional_db, stripe_source, settings, socket_path
+):
+    settings.INGEST_WRITER_SOCKET = socket_path  # nothing listens there
+    stored_id, inserted = store_event(new_event(stripe_source, "evt_in_process"))
+    assert inserted and WebhookEvent.objects.filter(pk=stored_id).exists()
+
+
+def test_the_ingest_endpoint_answers_from_the_writer_process(writer_server, stripe_source, settings):
+    settings.INGEST_WRITER_SOCKET = writer_server.server.path
+    body = '{"id":"evt_endpoint","object":"event","type":"invoice.paid"}'
+    first = post_stripe(Client(), stripe_source, body, STRIPE_SECRET)
+    again = post_stripe(Client(), stripe_source, body, STRIPE_SECRET)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert first.json()["duplicate"] is False
+    assert again.json() == {"id": first.json()["id"], "duplicate": True}
+    assert WebhookEvent.objects.get(pk=first.json()["id"]).duplicate_count == 1
+
+
+def _must_not_be_called(*args, **kwargs):
+    raise AssertionError("the in-process writer was used although the writer process is up")
+
+
+# --- gunicorn with config/gunicorn.conf.py: the real process ---------------------------------------
+
+
+def _writer_pids(master_pid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if parent == master_pid and b"run_ingest_writer" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _post(port: int, token: str, event_id: str) -> int:
+    body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
+    signature = stripe_headers(body, STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/in/{token}/",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, organization, tmp_path, socket_path):
+    source = make_source(organization)
+    db = connection.settings_dict
+    port = free_port()
+    private_tmp = Path(socket_path).parent  # short, so that the socket path stays within the limit
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "INGEST_COMMIT_TIMEOUT_SECONDS": "1",
+        "INGEST_SOURCE_CACHE_SECONDS": "0",
+        "TMPDIR": str(private_tmp),
+    }
+    env.pop("INGEST_WRITER_SOCKET", None)
+    log = (tmp_path / "gunicorn.log").open("w")
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread", "--threads", "4"]
+    gunicorn = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    writer_pids = []
+    try:
+        wait_for_port(port)
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+        writer_pids += _writer_pids(gunicorn.pid)
+        # Until the writer listens (Django takes a moment to load), workers write in-process.
+        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)
+
+        assert _post(port, source.ingest_token, "evt_gunicorn_1") == 200
+        assert WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_1").exists()
+
+        # A paused writer holds the row it was handed: the request is a 503, never a 200 it cannot promise.
+        os.kill(writer_pids[0], signal.SIGSTOP)
+        try:
+            assert _post(port, source.ingest_token, "evt_gunicorn_paused") == 503
+        finally:
+            os.kill(writer_pids[0], signal.SIGCONT)
+        # Once it runs again the row is committed; the provider's retry is then a duplicate of it.
+        assert wait_until(lambda: WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_paused").exists(), 10)
+        assert _post(port, source.ingest_token, "evt_gunicorn_paused") == 200
+        assert WebhookEvent.objects.get(provider_event_id="evt_gunicorn_paused").duplicate_count == 1
+
+        # Killed: requests are written in-process meanwhile, and the master starts a new writer.
+        os.kill(writer_pids[0], signal.SIGKILL)
+        assert wait_until(lambda: not _alive(writer_pids[0]), 10)  # a row sent while it dies would be a 503
+        for n in range(5):
+            assert _post(port, source.ingest_token, f"evt_gunicorn_gone_{n}") == 200
+        assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), 20)
+        writer_pids += _writer_pids(gunicorn.pid)
+        assert _post(port, source.ingest_token, "evt_gunicorn_after") == 200
+        assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_gunicorn_").count() == 8
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(30)
+        log.close()
+    # Stopped with gunicorn, and its socket directory removed.
+    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+    assert list(private_tmp.iterdir()) == []
