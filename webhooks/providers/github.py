@@ -25,6 +25,7 @@ from .base import (
 SHA256_HEADER = "X-Hub-Signature-256"
 SHA1_HEADER = "X-Hub-Signature"
 EVENT_HEADER = "X-GitHub-Event"
+UNKNOWN_EVENT = "unknown"  # the event kind of a request that came without X-GitHub-Event
 DELIVERY_HEADER = "X-GitHub-Delivery"
 _SCHEMES = {SHA256_HEADER: ("sha256", hashlib.sha256, 64), SHA1_HEADER: ("sha1", hashlib.sha1, 40)}
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -63,7 +64,8 @@ class GitHubProvider(Provider):
     )
     docs_event_id = "X-GitHub-Delivery header (the same GUID when a delivery is redelivered)"
     docs_event_type = (
-        'X-GitHub-Event header, plus ".<action>" when the payload has an action (e.g. pull_request.opened)'
+        'X-GitHub-Event header, plus ".<action>" when the payload has an action (e.g. pull_request.opened); '
+        '"unknown.<action>" when the header is missing'
     )
 
     def verify(
@@ -112,7 +114,9 @@ class GitHubProvider(Provider):
         payload = _payload(request.body)
         action = payload.get("action") if isinstance(payload, dict) else None
         if isinstance(action, str) and action:
-            event_type = f"{event}.{action}" if event else action
+            # Without the header an action alone ("opened") would pass for a kind of event; GitHub
+            # always sends it, so its absence is stated rather than guessed.
+            event_type = f"{event or UNKNOWN_EVENT}.{action}"
         else:
             event_type = event
         return EventInfo(event_id=delivery, event_type=event_type)

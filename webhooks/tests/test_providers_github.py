@@ -124,6 +124,8 @@ def test_describe_without_headers_or_json():
     assert PROVIDER.describe(req(b"\xff not json"), OPTIONS).event_type == ""
     assert PROVIDER.describe(req(b"\xff", {"X-GitHub-Event": "push"}), OPTIONS).event_type == "push"
     assert PROVIDER.describe(req(b'{"action": "opened"}'), OPTIONS).event_id is None
+    # An action alone is not an event kind: a filter such as "opened" or "pull_request.*" must not match it.
+    assert PROVIDER.describe(req(b'{"action": "opened"}'), OPTIONS).event_type == "unknown.opened"
     assert PROVIDER.describe(req(b'{"action": 3}', {"X-GitHub-Event": "x"}), OPTIONS).event_type == "x"
 
 
