@@ -140,7 +140,8 @@ else:
         }
     }
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+# "localhost" only so that kombu does not warn that the (unused) host name is missing.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
     _processed_dir = VAR_DIR / "celery" / "processed"
@@ -263,6 +264,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # After `collectstatic` (production builds) files get hashed names for caching;
 # before it (tests, embedded mode) they are served unhashed from the apps.
 _COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
+# WhiteNoise warns at every start about a missing STATIC_ROOT; before collectstatic it is just empty.
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
