@@ -285,7 +285,7 @@ class WriterProcessClient:
         not confirmed (the caller answers 503), DataError when the row cannot be stored.
         """
         frame = encode_event(event)
-        conn = self._send(frame, path)
+        conn = self._send(frame, path, timeout)
         if conn is None:
             return None
         conn.settimeout(timeout)
@@ -305,27 +305,38 @@ class WriterProcessClient:
             raise DataError(message)
         raise OperationalError(message)
 
-    def _send(self, frame: bytes, path: str) -> socket.socket | None:
+    def _send(self, frame: bytes, path: str, timeout: float) -> socket.socket | None:
         # A kept connection may belong to a writer that has restarted since: one new try then.
         for attempt in range(2):
-            conn = self._connection(path, fresh=attempt > 0)
+            conn = self._connection(path, fresh=attempt > 0, timeout=timeout)
             if conn is None:
                 return None
             try:
-                conn.settimeout(None)
+                # Bounded: a writer that does not read (paused, stuck in a commit) must not hold
+                # this request for ever once the frame is larger than the socket's buffer.
+                conn.settimeout(timeout)
                 conn.sendall(frame)
                 return conn
+            except TimeoutError:
+                # Part of the frame at most: closing the connection makes the writer drop it,
+                # so the row was not handed over. No second try at a writer that is not reading.
+                self._forget()
+                return None
             except OSError:
                 self._forget()
         return None
 
-    def _connection(self, path: str, *, fresh: bool) -> socket.socket | None:
+    def _connection(self, path: str, *, fresh: bool, timeout: float) -> socket.socket | None:
         cached = getattr(self._local, "conn", None)
         if cached is not None and not fresh and cached[0] == os.getpid() and cached[1] == path:
             return cached[2]
         self._forget()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of file descriptors: this process writes the row itself
+            return None
+        try:
+            conn.settimeout(timeout)  # connect blocks while the writer's backlog is full
             conn.connect(path)
         except OSError:
             conn.close()

@@ -296,6 +296,33 @@ def test_a_writer_that_does_not_answer_in_time_is_a_timeout(socket_path, client)
         mute.close()
 
 
+def test_a_large_row_to_a_writer_that_does_not_read_is_not_handed_over_and_does_not_hang(socket_path, client):
+    # A paused or stuck writer reads nothing; a 1 MiB frame is larger than the socket's buffer.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    event = NewEvent(1, 1, "evt_large", "t", b"x" * (1 << 20), {}, None)
+    outcome = []
+    writing = threading.Thread(target=lambda: outcome.append(client.write(event, socket_path, 0.5)), daemon=True)
+    try:
+        writing.start()
+        writing.join(5)
+        assert not writing.is_alive(), "the request is still blocked sending its row"
+        assert outcome == [None]  # not handed over: the worker writes it itself
+        # The partial frame's connection is closed, so the writer can never complete (and commit) it.
+        received, conn = 0, accepted[0]
+        conn.settimeout(5)
+        while chunk := conn.recv(1 << 20):
+            received += len(chunk)
+        assert received < len(encode_event(event))
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
 def test_store_event_uses_the_writer_process_when_there_is_one(writer_server, stripe_source, settings, monkeypatch):
     settings.INGEST_WRITER_SOCKET = writer_server.server.path
     monkeypatch.setattr(ingest_writer.writer, "write", _must_not_be_called)
