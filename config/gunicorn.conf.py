@@ -71,19 +71,25 @@ class _WriterProcess:
                 shutil.rmtree(os.path.dirname(self.socket_path))
 
 
-_writer = _WriterProcess()
-
-
 def _wanted() -> bool:
     enabled = os.environ.get("INGEST_WRITER_PROCESS", "true").lower() not in ("0", "false", "no", "off")
     on_postgresql = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://", "pgsql://"))
     return enabled and on_postgresql
 
 
+# Kept on gunicorn's arbiter, not in this module: a HUP loads this file again as a new module,
+# whose hooks must still stop the writer that the first one started.
+_ARBITER_ATTRIBUTE = "hookline_ingest_writer"
+
+
 def on_starting(server):
     if _wanted():
-        _writer.start(server)
+        writer = _WriterProcess()
+        setattr(server, _ARBITER_ATTRIBUTE, writer)
+        writer.start(server)
 
 
 def on_exit(server):
-    _writer.stop(server)
+    writer = getattr(server, _ARBITER_ATTRIBUTE, None)
+    if writer is not None:
+        writer.stop(server)

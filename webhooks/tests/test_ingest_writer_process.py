@@ -449,3 +449,38 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
     # Stopped with gunicorn, and its socket directory removed.
     assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, tmp_path, socket_path):
+    # HUP makes gunicorn load config/gunicorn.conf.py again: on_exit then comes from a new module.
+    db = connection.settings_dict
+    port = free_port()
+    private_tmp = Path(socket_path).parent
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "TMPDIR": str(private_tmp),
+    }
+    env.pop("INGEST_WRITER_SOCKET", None)
+    log_path = tmp_path / "gunicorn.log"
+    log = log_path.open("w")
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    gunicorn = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    writer_pids = []
+    try:
+        wait_for_port(port)
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+        writer_pids += _writer_pids(gunicorn.pid)
+        gunicorn.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "Hang up" in log_path.read_text(), 10)
+        time.sleep(1)  # the configuration is loaded again and new workers start
+        assert _writer_pids(gunicorn.pid) == writer_pids  # the same writer serves on
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(30)
+        log.close()
+    # Stopped by gunicorn's on_exit (a writer that only noticed its parent had gone would leave its directory).
+    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+    assert list(private_tmp.iterdir()) == []
