@@ -377,6 +377,15 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _post(port: int, token: str, event_id: str) -> int:
     body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
     signature = stripe_headers(body, STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]
@@ -440,6 +449,9 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
             assert _post(port, source.ingest_token, f"evt_gunicorn_gone_{n}") == 200
         assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), 20)
         writer_pids += _writer_pids(gunicorn.pid)
+        # Restarted means serving again: the new process listens on the (stale) socket path.
+        socket_file = next(private_tmp.glob("hookline-writer-*/writer.sock"))
+        assert wait_until(lambda: _accepts(socket_file), 20)
         assert _post(port, source.ingest_token, "evt_gunicorn_after") == 200
         assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_gunicorn_").count() == 8
     finally:
