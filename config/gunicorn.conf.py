@@ -19,8 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+import environ
+
 _MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 _RESTART_DELAY_SECONDS = 1.0
+_STABLE_SECONDS = 60.0  # a writer that ran this long is restarted after the shortest delay again
 
 
 class _WriterProcess:
@@ -34,27 +37,40 @@ class _WriterProcess:
         # A private directory (0700) for the socket: only this user can reach the writer.
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="hookline-writer-"), "writer.sock")
         os.environ["INGEST_WRITER_SOCKET"] = self.socket_path  # read by the workers' settings
-        self._spawn(server)
+        if not self._spawn(server):
+            self.process = None
         threading.Thread(target=self._watch, args=(server,), name="hookline-writer-watch", daemon=True).start()
 
-    def _spawn(self, server):
+    def _spawn(self, server) -> bool:
         with self.lock:
             if self.stopping:
-                return
+                return False
             command = [sys.executable, str(_MANAGE_PY), "run_ingest_writer", "--socket", self.socket_path]
-            # Our own interpreter, manage.py and a path we made: nothing here comes from a request.
-            self.process = subprocess.Popen([*command, "--parent-pid", str(os.getpid())])  # noqa: S603
+            try:
+                # Our own interpreter, manage.py and a path we made: nothing here comes from a request.
+                self.process = subprocess.Popen([*command, "--parent-pid", str(os.getpid())])  # noqa: S603
+            except OSError as exc:  # out of processes or memory: the workers write in-process meanwhile
+                server.log.error("ingest writer process could not be started: %s", exc)
+                return False
             server.log.info("ingest writer process %s started on %s", self.process.pid, self.socket_path)
+            return True
 
     def _watch(self, server):
-        while True:
+        delay = _RESTART_DELAY_SECONDS / 2  # doubled before the first restart
+        while not self.stopping:
             process = self.process
-            returncode = process.wait()
-            if self.stopping:
-                return
-            server.log.error("ingest writer process %s ended (%s); starting it again", process.pid, returncode)
-            time.sleep(_RESTART_DELAY_SECONDS)
-            self._spawn(server)
+            started = time.monotonic()
+            if process is not None:
+                # Either this wait or gunicorn's own reaping of its children collects the exit.
+                returncode = process.wait()
+                if self.stopping:
+                    return
+                server.log.error("ingest writer process %s ended (%s); starting it again", process.pid, returncode)
+            # One that keeps failing at start-up (a broken deploy) is retried less and less often.
+            delay = _RESTART_DELAY_SECONDS if time.monotonic() - started > _STABLE_SECONDS else min(delay * 2, 30)
+            time.sleep(delay)
+            if not self._spawn(server):
+                self.process = None
 
     def stop(self, server):
         with self.lock:
@@ -71,10 +87,19 @@ class _WriterProcess:
                 shutil.rmtree(os.path.dirname(self.socket_path))
 
 
-def _wanted() -> bool:
-    enabled = os.environ.get("INGEST_WRITER_PROCESS", "true").lower() not in ("0", "false", "no", "off")
-    on_postgresql = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://", "pgsql://"))
-    return enabled and on_postgresql
+def _wanted(server) -> bool:
+    # The same sources as config/settings.py: the environment first, then the project's .env file.
+    env = environ.Env()
+    environ.Env.read_env(_MANAGE_PY.parent / ".env", overwrite=False)
+    if not env.bool("INGEST_WRITER_PROCESS", default=True):
+        return False
+    if not env.str("DATABASE_URL", default="").startswith(("postgres://", "postgresql://", "pgsql://", "postgis://")):
+        return False  # SQLite (make run): ingest writes on the request's thread
+    if server.cfg.preload_app:
+        # The workers' settings would be loaded before the socket is known: they could not use it.
+        server.log.warning("ingest writer process not started: it does not work with --preload")
+        return False
+    return True
 
 
 # Kept on gunicorn's arbiter, not in this module: a HUP loads this file again as a new module,
@@ -83,7 +108,7 @@ _ARBITER_ATTRIBUTE = "hookline_ingest_writer"
 
 
 def on_starting(server):
-    if _wanted():
+    if _wanted(server):
         writer = _WriterProcess()
         setattr(server, _ARBITER_ATTRIBUTE, writer)
         writer.start(server)

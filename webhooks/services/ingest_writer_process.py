@@ -31,6 +31,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import DataError, OperationalError
 
 from .ingest_writer import NewEvent, WriterTimeout, _PendingWrite, commit_batch
@@ -52,7 +53,8 @@ REPLY_STORED = 0
 REPLY_UNAVAILABLE = 1  # the database refused or is down: the view answers 503
 REPLY_UNSTORABLE = 2  # a value of this row cannot be stored: the view answers 400
 
-MAX_FRAME_BYTES = 64 * 1024 * 1024  # far above INGEST_MAX_BODY_BYTES; a larger length is a broken stream
+# Room for the headers a web server lets through (gunicorn: ~800 KB) next to the largest body.
+FRAME_HEADROOM_BYTES = 16 * 1024 * 1024
 
 
 def _optional(text: str | None) -> bytes | None:
@@ -97,11 +99,15 @@ def decode_event(payload: bytes) -> NewEvent:
     if offset != len(payload):
         raise ValueError("the frame's field lengths do not add up to its size")
     provider_event_id, event_type, headers, remote_ip, body = fields
+    try:
+        received_at = _EPOCH + timedelta(microseconds=received_us)
+    except OverflowError as exc:
+        raise ValueError("the received time is out of range") from exc
     return NewEvent(
         id=uuid.UUID(bytes=raw_id),
         organization_id=organization_id,
         source_id=source_id,
-        received_at=_EPOCH + timedelta(microseconds=received_us),
+        received_at=received_at,
         provider_event_id=None if provider_event_id is None else provider_event_id.decode("utf-8", _TEXT),
         event_type=event_type.decode("utf-8", _TEXT),
         headers=json.loads(headers),
@@ -129,6 +135,8 @@ class WriterServer:
         self.path = path
         self.max_batch = max_batch
         self.shutdown_grace_seconds = shutdown_grace_seconds
+        # A longer frame cannot be a row (the body limit plus headers): the stream is broken.
+        self.max_frame_bytes = settings.INGEST_MAX_BODY_BYTES + FRAME_HEADROOM_BYTES
         self._selector = selectors.DefaultSelector()
         self._buffers: dict[socket.socket, bytearray] = {}
         self._listener: socket.socket | None = None
@@ -213,7 +221,7 @@ class WriterServer:
         buffer += data
         while len(buffer) >= _FRAME.size:
             (length,) = _FRAME.unpack_from(buffer)
-            if length > MAX_FRAME_BYTES:
+            if length > self.max_frame_bytes:
                 logger.error("ingest writer: a frame of %d bytes; closing that connection", length)
                 self._close(conn)
                 return

@@ -5,6 +5,8 @@ gunicorn with config/gunicorn.conf.py, which starts, restarts and stops the real
 """
 
 import contextlib
+import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +130,14 @@ def test_a_payload_whose_lengths_do_not_add_up_is_refused():
         decode_event(payload[:10])
 
 
+def test_a_received_time_out_of_range_is_an_unreadable_frame_not_a_crash():
+    event = NewEvent(1, 1, "evt", "t", b"body", {}, None)
+    payload = bytearray(encode_event(event)[4:])
+    payload[32:40] = (2**62).to_bytes(8, "big")  # the received time, µs since the epoch
+    with pytest.raises(ValueError):
+        decode_event(bytes(payload))
+
+
 # --- the server, in a thread ----------------------------------------------------------------------
 
 
@@ -201,12 +212,21 @@ def test_an_unstorable_row_is_a_data_error_and_its_neighbours_are_stored(writer_
     assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_neighbour_").count() == 3
 
 
-def test_an_unreadable_frame_closes_only_its_own_connection(writer_server, client, stripe_source):
+@pytest.mark.parametrize(
+    "frame",
+    [
+        (5).to_bytes(4, "big") + b"hello",  # too short to be a row
+        (2**32 - 1).to_bytes(4, "big") + b"x" * 100,  # longer than any row can be: never buffered whole
+    ],
+    ids=["garbage", "oversized"],
+)
+def test_frames_that_cannot_be_rows_close_only_their_own_connection(writer_server, client, stripe_source, frame):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as garbage:
         garbage.connect(writer_server.server.path)
-        garbage.sendall((5).to_bytes(4, "big") + b"hello")
+        garbage.sendall(frame)
         garbage.settimeout(5)
         assert garbage.recv(100) == b""  # closed, no answer
+    assert writer_server.thread.is_alive()
     assert client.write(new_event(stripe_source, "evt_after_garbage"), writer_server.server.path, 10)[1] is True
 
 
@@ -497,3 +517,48 @@ def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, t
     # Stopped by gunicorn's on_exit (a writer that only noticed its parent had gone would leave its directory).
     assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
     assert list(private_tmp.iterdir()) == []
+
+
+# --- when config/gunicorn.conf.py starts the writer ------------------------------------------------
+
+
+def _gunicorn_config(monkeypatch, project_dir: Path):
+    spec = importlib.util.spec_from_file_location("hookline_gunicorn_conf", ROOT / "config" / "gunicorn.conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "_MANAGE_PY", project_dir / "manage.py")  # its .env is looked up beside it
+    for name in ("INGEST_WRITER_PROCESS", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)  # also undoes what reading .env sets
+    return module
+
+
+def _arbiter(preload: bool = False):
+    return types.SimpleNamespace(cfg=types.SimpleNamespace(preload_app=preload), log=logging.getLogger("test"))
+
+
+@pytest.mark.parametrize(
+    ("environment", "dotenv", "wanted"),
+    [
+        ({"DATABASE_URL": "postgres://db/hookline"}, "", True),
+        ({"DATABASE_URL": "postgresql://db/hookline", "INGEST_WRITER_PROCESS": "false"}, "", False),
+        ({}, "", False),  # embedded mode: SQLite
+        ({"DATABASE_URL": "sqlite:////tmp/x.db"}, "", False),
+        ({}, "DATABASE_URL=postgres://db/hookline\n", True),  # settings read .env too, and so does this
+        ({"DATABASE_URL": "postgres://db/hookline"}, "INGEST_WRITER_PROCESS=false\n", False),
+    ],
+)
+def test_the_writer_process_is_wanted_for_postgresql_unless_turned_off(
+    monkeypatch, tmp_path, environment, dotenv, wanted
+):
+    config = _gunicorn_config(monkeypatch, tmp_path)
+    (tmp_path / ".env").write_text(dotenv)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert config._wanted(_arbiter()) is wanted
+
+
+def test_the_writer_process_is_not_started_with_preload(monkeypatch, tmp_path):
+    # Preloaded workers read their settings before on_starting could tell them the socket.
+    config = _gunicorn_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/hookline")
+    assert config._wanted(_arbiter(preload=True)) is False
