@@ -16,7 +16,9 @@ process is not there.
 
 A request that waits longer than ``INGEST_COMMIT_TIMEOUT_SECONDS`` answers 503.
 Its row may still be committed afterwards; the provider's retry is then
-counted as a duplicate of it, so nothing is lost or processed twice.
+counted as a duplicate of it, so nothing is lost or processed twice. (A
+provider that sends no event id cannot be told apart from a new event: its
+retry is then stored again, as it would be after any lost answer.)
 """
 
 from __future__ import annotations
