@@ -122,6 +122,9 @@ def _filtered_events(
     if filters.status == EVENT_STATUS_FAILED:
         # Bounded by the cursor too, so a deep page starts its walk of dead deliveries there.
         dead = Delivery.objects.filter(organization=organization, status=Delivery.Status.DEAD)
+        if filters.destination_id:
+            # Failed *at that destination*: the same delivery must be the dead one.
+            dead = dead.filter(destination_id=filters.destination_id)
         if before:
             dead = dead.filter(event_id__lt=before)
         events = events.filter(id__in=dead.values("event_id"))
@@ -131,7 +134,7 @@ def _filtered_events(
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
         events = events.filter(event_type=filters.event_type)
-    if filters.destination_id:
+    if filters.destination_id and filters.status != EVENT_STATUS_FAILED:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
         )

@@ -138,6 +138,21 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert listed_ids(client.get(url, {"status": "rejected"})) == []
 
 
+def test_failed_at_a_destination_means_that_destination_s_delivery_is_dead(client, owner, organization, many_events):
+    # Event 3 is dead at the first destination; at a second one it succeeded.
+    second, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[many_events["source"]])
+    event = WebhookEvent.objects.get(pk=many_events["ids"][3])
+    Delivery.objects.create(
+        organization=organization, event=event, destination=second, status=Delivery.Status.SUCCEEDED
+    )
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    failed_at_first = {"status": "failed", "destination": many_events["destination"].pk}
+    assert listed_ids(client.get(url, failed_at_first)) == [many_events["ids"][3]]
+    assert listed_ids(client.get(url, {"destination": second.pk})) == [many_events["ids"][3]]
+    assert listed_ids(client.get(url, {"status": "failed", "destination": second.pk})) == []
+
+
 def test_events_search_by_provider_id_and_by_our_id(client, owner, many_events):
     client.force_login(owner)
     url = reverse("dashboard:events", args=["acme"])
