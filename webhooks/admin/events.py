@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
-from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 
@@ -222,11 +222,15 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         if not confirmed(request) or not chosen:
             if confirmed(request):
                 self.message_user(request, "Choose at least one destination.", messages.WARNING)
-            subscribed = set(
-                Destination.objects.filter(subscriptions__source_id__in={event.source_id for event in events})
-                .values_list("pk", flat=True)
-                .distinct()
-            )
+            # Pre-ticked: destinations that would have received at least one of the events
+            # (its source subscribed, and the subscription's event-type filter lets it through).
+            subscriptions = Subscription.objects.filter(source_id__in={event.source_id for event in events})
+            subscribed = {
+                subscription.destination_id
+                for subscription in subscriptions
+                for event in events
+                if subscription.source_id == event.source_id and subscription.matches(event.event_type)
+            }
             return confirmation_page(
                 request,
                 self,

@@ -278,6 +278,16 @@ def test_replay_offers_the_organizations_destinations_and_replays_to_the_chosen_
     assert AuditLog.objects.filter(action="event.replayed", target_id=str(setup["dead"].pk)).exists()
 
 
+def test_replay_pre_ticks_only_destinations_whose_event_type_filter_takes_the_event(admin, setup, organization):
+    orders_only, _ = make_destination(organization, RECEIVER, sources=[setup["source"]], event_types=["order.*"])
+    page = admin.post(
+        reverse(EVENTS), {"action": "replay_to_destinations", "_selected_action": [setup["dead"].pk]}
+    ).content.decode()
+    assert f'value="{setup["destination"].pk}" checked' in page
+    # Offered (the operator may still choose it), but not ticked: it never takes invoice.paid.
+    assert f'value="{orders_only.pk}"' in page and f'value="{orders_only.pk}" checked' not in page
+
+
 def test_replay_without_a_destination_chosen_does_nothing(admin, setup):
     url = reverse(EVENTS)
     response = admin.post(
