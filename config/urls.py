@@ -7,6 +7,9 @@ from webhooks.views.ingest import IngestView
 
 urlpatterns = [
     path("in/<str:token>/", IngestView.as_view(), name="ingest"),
+    # The same without the slash: providers do not follow a redirect with their POST body,
+    # so APPEND_SLASH's 301 would lose the webhook without a trace.
+    path("in/<str:token>", IngestView.as_view(), name="ingest-without-slash"),
     path("livez", livez, name="livez"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

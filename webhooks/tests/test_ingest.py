@@ -136,6 +136,21 @@ def test_unknown_or_inactive_source_is_404(client, organization):
     assert not WebhookEvent.objects.exists()
 
 
+def test_an_ingest_url_without_its_trailing_slash_is_taken_not_redirected(client, organization):
+    # Providers do not follow a redirect with their POST body: a 301 would lose the webhook.
+    source = make_source(organization)
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}",
+        STRIPE_BODY,
+        content_type="application/json",
+        **stripe_headers(STRIPE_BODY, STRIPE_SECRET),
+    )
+    assert response.status_code == 200, response.content
+    assert bytes(WebhookEvent.objects.get(pk=response.json()["id"]).body) == STRIPE_BODY.encode()
+    assert client.post("/in/not-a-token", STRIPE_BODY, content_type="application/json").status_code == 404
+
+
 def test_body_over_the_limit_is_413(client, organization, settings):
     settings.INGEST_MAX_BODY_BYTES = 100
     source = make_source(organization)
