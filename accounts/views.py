@@ -101,7 +101,12 @@ class SignInCodeView(View):
                 form.add_error(None, "Too many tries from your network. Wait a few minutes, then try again.")
                 status = 429
             except CodeLocked:
-                form.add_error(None, "Too many wrong codes. Ask for a new email, or use the link in the one you have.")
+                minutes = -(-settings.SIGN_IN_RATE_WINDOW_SECONDS // 60)
+                form.add_error(
+                    None,
+                    f"Too many wrong codes: codes for this address are refused for up to {minutes} minutes. "
+                    "The sign-in link in your newest email still works.",
+                )
                 status = 429
             else:
                 if result is not None:

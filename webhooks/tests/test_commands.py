@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from organizations.models import AuditLog, Membership, Organization
 from webhooks.models import Source
 
-from .factories import STRIPE_SECRET
+from .factories import STRIPE_SECRET, make_source
 from .signing import stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -163,3 +163,23 @@ def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings
             "--url",
             "https://hooks.example.com:443/in/abc/",
         )
+
+
+def test_send_test_webhook_exits_non_zero_unless_the_answer_is_2xx(organization, httpserver):
+    source = make_source(organization)
+    httpserver.expect_request("/accepted").respond_with_data('{"id": "x"}', status=200)
+    httpserver.expect_request("/refused").respond_with_data('{"error": "missing_signature"}', status=401)
+
+    accepted = io.StringIO()
+    call_command(
+        "send_test_webhook", "--source", source.pk, "--url", httpserver.url_for("/accepted"), "--json", stdout=accepted
+    )
+    assert json.loads(accepted.getvalue())["status"] == 200
+
+    for url in (httpserver.url_for("/refused"), "http://127.0.0.1:9/unreachable"):
+        out = io.StringIO()
+        with pytest.raises(CommandError) as failure:
+            call_command("send_test_webhook", "--source", source.pk, "--url", url, "--json", stdout=out)
+        assert failure.value.returncode == 1
+        answer = json.loads(out.getvalue())  # the answer is still printed, whole
+        assert answer["status"] == 401 or answer["error"]

@@ -1,3 +1,5 @@
+from django.core.management.base import CommandError
+
 from webhooks.models import Source
 from webhooks.services.sample_sender import send_test_webhook
 
@@ -20,6 +22,13 @@ class Command(OperatorCommand):
         response = send_test_webhook(
             source=source, fixture=options.get("fixture"), url=options.get("url"), fresh_id=options["fresh_id"]
         )
+        self.accepted = response.status is not None and 200 <= response.status < 300
         result = {"status": response.status, "body": response.body, "error": response.error}
         text = f"HTTP {response.status}: {response.body}" if response.status else f"Failed: {response.error}"
         return result, text
+
+    def handle(self, *args, **options):
+        super().handle(*args, **options)
+        if not self.accepted:
+            # The answer is printed above; the exit status tells a script that it was not a 2xx.
+            raise CommandError("the test webhook was not accepted", returncode=1)
