@@ -5,11 +5,13 @@ import json
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from organizations.models import AuditLog, Membership, Organization
-from webhooks.models import Source
+from webhooks.models import Source, WebhookEvent
 
-from .factories import STRIPE_SECRET, make_source
+from .dashboard_helpers import dead_delivery, ingest_stripe
+from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -183,3 +185,19 @@ def test_send_test_webhook_exits_non_zero_unless_the_answer_is_2xx(organization,
         assert failure.value.returncode == 1
         answer = json.loads(out.getvalue())  # the answer is still printed, whole
         assert answer["status"] == 401 or answer["error"]
+
+
+def test_retry_delivery_says_when_its_destination_is_paused(organization, client):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_paused"))
+    delivery = dead_delivery(event, destination)
+    assert run("retry_delivery", "--id", str(delivery.pk))["waiting_for"] is None
+
+    delivery.status = delivery.Status.DEAD
+    delivery.save(update_fields=["status"])
+    destination.paused_at = timezone.now()
+    destination.save(update_fields=["paused_at"])
+    out = io.StringIO()
+    call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
+    assert "Its destination is paused: it is sent once the destination is resumed." in out.getvalue()
