@@ -268,7 +268,7 @@ def _send(pool, path, body, headers, timeout, started, watchdog) -> OutboundResp
         )
     except urllib3.exceptions.NewConnectionError as exc:
         # Checked first: urllib3 makes it a subclass of its timeout errors.
-        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {exc}"[:500])
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=_connection_failed(exc))
     except urllib3.exceptions.TimeoutError:
         return replace(timed_out, duration_ms=elapsed())
     except urllib3.exceptions.HTTPError as exc:
@@ -276,6 +276,16 @@ def _send(pool, path, body, headers, timeout, started, watchdog) -> OutboundResp
             return replace(timed_out, duration_ms=elapsed())
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
+
+
+def _connection_failed(exc: urllib3.exceptions.NewConnectionError) -> str:
+    """The reason without urllib3's prefix, which names our connection class, not the receiver."""
+    reason = str(exc)
+    connection = getattr(exc, "conn", None)
+    if connection is not None:
+        reason = reason.removeprefix(f"{connection}: ")
+        reason = f"{connection.host}:{connection.port}: {reason}"
+    return f"connection failed: {reason}"[:500]
 
 
 def _read_excerpt(response, limit: int, deadline: float) -> tuple[bytes, bool]:
