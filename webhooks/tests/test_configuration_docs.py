@@ -27,3 +27,11 @@ def test_env_example_values_read_back_without_comments_or_padding(tmp_path, monk
     assert values, "nothing was read"
     for name, value in values.items():
         assert "#" not in value and value == value.strip(), f"{name}={value!r}"
+
+
+def test_the_readme_names_every_provider_of_the_registry():
+    from webhooks.providers.registry import PROVIDERS
+
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme[readme.index("Providers (`--provider`)") :].split("\n\n")[0]
+    assert [kind for kind in PROVIDERS if f"`{kind}`" not in paragraph] == []
