@@ -88,6 +88,17 @@ OVERLAP_CHOICES = [
 ]
 
 
+class DestinationRotateSecretForm(forms.Form):
+    overlap_seconds = forms.TypedChoiceField(
+        label="Keep signing with the old secret too for",
+        choices=OVERLAP_CHOICES,
+        coerce=int,
+        initial=24 * 3600,
+        help_text="Each attempt then carries a signature with either secret, so your receiver "
+        "keeps verifying until it has the new one.",
+    )
+
+
 class SourceRotateSecretForm(forms.Form):
     new_secret = forms.CharField(
         label="New signing secret",

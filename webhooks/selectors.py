@@ -96,7 +96,11 @@ _SOURCE_SECRETS = ("source__secret", "source__previous_secret")
 
 
 def _deliveries_for_list() -> QuerySet[Delivery]:
-    return Delivery.objects.select_related("destination").defer("destination__secret").order_by("id")
+    return (
+        Delivery.objects.select_related("destination")
+        .defer("destination__secret", "destination__previous_secret")
+        .order_by("id")
+    )
 
 
 @dataclass
@@ -186,7 +190,7 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
             Prefetch(
                 "deliveries",
                 queryset=Delivery.objects.select_related("destination")
-                .defer("destination__secret")
+                .defer("destination__secret", "destination__previous_secret")
                 .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
                 .order_by("id"),
             )

@@ -170,7 +170,8 @@ class DestinationAdminForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Set a new signing secret (whsec_…). The receiver must switch to it at once.",
+        help_text="Set a new signing secret (whsec_…). Attempts are also signed with the old one for "
+        "SECRET_ROTATION_OVERLAP_SECONDS (1 day by default), so the receiver can switch over meanwhile.",
     )
 
     class Meta:
@@ -239,11 +240,19 @@ class DestinationAdmin(AuditedModelAdmin):
         "is_active",
         "secret_hint",
         "new_secret",
+        "previous_secret_expires_at",
         "paused_at",
         "pause_reason",
         "consecutive_failures",
     )
-    readonly_fields = ("organization", "secret_hint", "paused_at", "pause_reason", "consecutive_failures")
+    readonly_fields = (
+        "organization",
+        "secret_hint",
+        "previous_secret_expires_at",
+        "paused_at",
+        "pause_reason",
+        "consecutive_failures",
+    )
     inlines = (SubscriptionInline,)
     actions = ("rotate_secret", "pause", "resume")
 

@@ -19,6 +19,10 @@ class Destination(models.Model):
     url = models.URLField(max_length=2000)
     secret = EncryptedTextField()
     secret_hint = models.CharField(max_length=8, blank=True, editable=False)
+    # After a rotation, attempts are signed with both secrets until this time, so that a
+    # receiver can switch over without refusing anything (Standard Webhooks takes any one).
+    previous_secret = EncryptedTextField(blank=True, default="")
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     timeout_seconds = models.FloatField(
         default=15.0, validators=[MinValueValidator(MIN_TIMEOUT_SECONDS), MaxValueValidator(MAX_TIMEOUT_SECONDS)]
     )
@@ -46,3 +50,15 @@ class Destination(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def previous_secret_valid_until(self):
+        """When the previous secret stops signing, while it still does; else None."""
+        expires_at = self.previous_secret_expires_at
+        if self.previous_secret and expires_at and expires_at > timezone.now():
+            return expires_at
+        return None
+
+    def signing_secrets(self) -> list[str]:
+        """The current secret, then the previous one while its overlap lasts."""
+        return [self.secret, self.previous_secret] if self.previous_secret_valid_until else [self.secret]

@@ -183,7 +183,9 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         .order_by(F("dead").desc())[:5]
     )
     # Cached as pickles: never load the (decrypted) secret into what is cached.
-    destinations = Destination.objects.defer("secret").in_bulk([row["destination"] for row in failing_rows])
+    destinations = Destination.objects.defer("secret", "previous_secret").in_bulk(
+        [row["destination"] for row in failing_rows]
+    )
     return Overview(
         chart_24h=_chart(counts, start_24h, 24),
         chart_7d=_chart(counts, start_7d, 24 * 7),
@@ -201,7 +203,9 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
             for row in failing_rows
         ],
         paused_destinations=list(
-            Destination.objects.filter(organization=organization, paused_at__isnull=False).defer("secret")
+            Destination.objects.filter(organization=organization, paused_at__isnull=False).defer(
+                "secret", "previous_secret"
+            )
         ),
         computed_at=now,
     )

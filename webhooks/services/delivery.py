@@ -272,8 +272,11 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
             "User-Agent": "Hookline-Webhooks/1.0",
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign_standard_webhook(
-                secret=delivery.destination.secret, message_id=message_id, timestamp=timestamp, body=bytes(event.body)
+            # Space-separated, one per valid secret: during a rotation's overlap the receiver
+            # verifies with whichever secret it holds.
+            "webhook-signature": " ".join(
+                sign_standard_webhook(secret=secret, message_id=message_id, timestamp=timestamp, body=bytes(event.body))
+                for secret in delivery.destination.signing_secrets()
             ),
         }
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
@@ -180,25 +182,35 @@ def destination_check_secret(secret: str) -> str:
 
 
 def destination_rotate_secret(
-    *, destination: Destination, new_secret: str | None = None, actor=None
+    *, destination: Destination, new_secret: str | None = None, overlap_seconds: int | None = None, actor=None
 ) -> tuple[Destination, str]:
     """A new signing secret (generated unless given), effective for the next attempt; returned to be shown once.
 
-    The receiver must switch to it: signatures made with the old one stop at once.
+    For ``overlap_seconds`` (default SECRET_ROTATION_OVERLAP_SECONDS) every attempt carries a
+    signature with the old secret too, so the receiver can switch over at its own pace; with 0
+    signatures made with the old one stop at once.
     """
     require_configure_role(organization=destination.organization, actor=actor)
     if new_secret:
         new_secret = destination_check_secret(new_secret)
+    if overlap_seconds is None:
+        overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     secret = new_secret or generate_standard_webhooks_secret()
+    destination.previous_secret = destination.secret if overlap_seconds > 0 else ""
+    destination.previous_secret_expires_at = (
+        timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
+    )
     destination.secret = secret
     destination.secret_hint = secret_hint(secret)
-    destination.save(update_fields=["secret", "secret_hint", "updated_at"])
+    destination.save(
+        update_fields=["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"]
+    )
     audit_record(
         action="destination.secret_rotated",
         organization=destination.organization,
         actor=actor,
         target=destination,
-        changes={"secret": SECRET_MASK, "generated": not new_secret},
+        changes={"secret": SECRET_MASK, "generated": not new_secret, "overlap_seconds": overlap_seconds},
     )
     return destination, secret
 

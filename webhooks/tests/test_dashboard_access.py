@@ -72,7 +72,7 @@ WRITES = [
     ("source_delete", "source", {}),
     ("destination_create", "org", {"name": "App", "url": "http://127.0.0.1:9/new", "timeout_seconds": "10"}),
     ("destination_edit", "destination", {"name": "Edited", "url": "http://127.0.0.1:9/e", "timeout_seconds": "5"}),
-    ("destination_rotate", "destination", {}),
+    ("destination_rotate", "destination", {"overlap_seconds": "3600"}),
     ("destination_set_paused", "destination", {"paused": "1"}),
     ("destination_bulk_retry", "destination", {}),
     ("delivery_retry", "delivery", {}),

@@ -388,10 +388,26 @@ def test_destination_create_shows_secret_once_with_filters(client, owner, organi
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
     assert destination.secret not in detail and destination.secret_hint in detail
 
-    rotated = client.post(reverse("dashboard:destination_rotate", args=["acme", destination.pk]), follow=True)
+    # One click only opens the rotation page: nothing changes until its form is sent.
+    rotate_url = reverse("dashboard:destination_rotate", args=["acme", destination.pk])
+    form = client.get(rotate_url)
+    assert form.status_code == 200 and "Keep signing with the old secret too for" in page_text(form)
+    old_secret = destination.secret
     destination.refresh_from_db()
-    assert destination.secret in page_text(rotated)
-    assert AuditLog.objects.filter(action="destination.secret_rotated").exists()
+    assert destination.secret == old_secret
+
+    rotated = client.post(rotate_url, {"overlap_seconds": "3600"}, follow=True)
+    destination.refresh_from_db()
+    assert destination.secret != old_secret and destination.secret in page_text(rotated)
+    assert destination.signing_secrets() == [destination.secret, old_secret]
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+    assert "also signed with the previous secret until" in detail and old_secret not in detail
+    entry = AuditLog.objects.get(action="destination.secret_rotated")
+    assert entry.changes["overlap_seconds"] == 3600
+
+    client.post(rotate_url, {"overlap_seconds": "0"})
+    destination.refresh_from_db()
+    assert destination.signing_secrets() == [destination.secret]
 
 
 def test_destination_edit_changes_sources_and_filters(client, owner, organization):
@@ -500,7 +516,10 @@ def test_secret_pages_are_never_cached_and_the_cached_overview_holds_no_secret(c
 
     world = build_world(client, organization)
     client.force_login(owner)
-    response = client.post(f"/o/acme/destinations/{world.destination.pk}/secret/", follow=True)
+    old_secret = Destination.objects.get(pk=world.destination.pk).secret
+    response = client.post(
+        f"/o/acme/destinations/{world.destination.pk}/secret/", {"overlap_seconds": "3600"}, follow=True
+    )
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     secret = Destination.objects.get(pk=world.destination.pk).secret
     assert secret in response.content.decode()
@@ -510,6 +529,7 @@ def test_secret_pages_are_never_cached_and_the_cached_overview_holds_no_secret(c
     cached = cache.get(f"dashboard:overview:{organization.pk}")
     assert cached is not None and cached.paused_destinations
     assert secret.encode() not in pickle.dumps(cached)
+    assert old_secret.encode() not in pickle.dumps(cached)  # the previous one, still signing, neither
 
 
 def test_a_payload_the_provider_cannot_sign_is_a_form_error(client, owner, organization):

@@ -5,12 +5,12 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
-from webhooks.services.destinations import DestinationError, destination_create
+from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import stripe_headers
@@ -70,6 +70,35 @@ def test_delivered_request_carries_original_body_and_verifiable_signature(client
     assert attempt.response_status == 200 and attempt.response_body == "thanks"
     assert "webhook-signature" not in {name.lower() for name in attempt.request_headers}
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+
+
+@pytest.mark.parametrize("overlap_seconds", [3600, 0])
+def test_a_rotated_destination_signs_with_both_secrets_while_the_overlap_lasts(
+    client, organization, httpserver, overlap_seconds
+):
+    source = make_source(organization)
+    destination, old_secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    destination, new_secret = destination_rotate_secret(destination=destination, overlap_seconds=overlap_seconds)
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
+    ingest(client, source)
+    processing.process_received_events()
+    delivery_service.deliver(Delivery.objects.get().pk)
+
+    request, _ = httpserver.log[0]
+    # A receiver holding either secret verifies with the official package while the overlap lasts.
+    assert Webhook(new_secret).verify(request.get_data(), dict(request.headers))["id"] == "evt_deliver_1"
+    signatures = request.headers["webhook-signature"].split(" ")
+    if overlap_seconds:
+        assert len(signatures) == 2
+        assert Webhook(old_secret).verify(request.get_data(), dict(request.headers))["id"] == "evt_deliver_1"
+    else:
+        assert len(signatures) == 1
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old_secret).verify(request.get_data(), dict(request.headers))
+
+    # Once the overlap has ended, only the new secret signs.
+    Destination.objects.filter(pk=destination.pk).update(previous_secret_expires_at=timezone.now())
+    assert Destination.objects.get(pk=destination.pk).signing_secrets() == [new_secret]
 
 
 def test_500_then_200_is_retried_on_the_schedule(client, organization, httpserver, settings):

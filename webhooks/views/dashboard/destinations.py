@@ -5,7 +5,7 @@ from django.shortcuts import redirect
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
-from webhooks.forms import DestinationForm
+from webhooks.forms import DestinationForm, DestinationRotateSecretForm
 from webhooks.selectors import (
     bulk_retries_for_destination,
     destination_for_organization,
@@ -130,14 +130,22 @@ class DestinationEditView(DestinationMixin, TemplateView):
 
 
 class DestinationRotateSecretView(DestinationMixin, TemplateView):
-    template_name = "dashboard/secret_once.html"
+    template_name = "dashboard/destination_rotate.html"
     required_role = ADMIN
 
     def get(self, request, *args, **kwargs):
-        return redirect("dashboard:destination_detail", self.organization.slug, self.kwargs["destination_id"])
+        self.require_role(ADMIN)
+        form = DestinationRotateSecretForm()
+        return self.render_to_response(self.get_context_data(destination=self.get_destination(), form=form))
 
     def post(self, request, *args, **kwargs):
-        destination, secret = destination_rotate_secret(destination=self.get_destination(), actor=request.user)
+        destination = self.get_destination()
+        form = DestinationRotateSecretForm(request.POST)
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(destination=destination, form=form))
+        destination, secret = destination_rotate_secret(
+            destination=destination, overlap_seconds=form.cleaned_data["overlap_seconds"], actor=request.user
+        )
         return secret_once_response(self, destination=destination, secret=secret, title="New signing secret")
 
 
