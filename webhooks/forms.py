@@ -10,6 +10,7 @@ from django.utils import timezone
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, AuditFilters, EventFilters
+from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import fixtures_for_provider
 
 OPTION_PREFIX = "option_"
@@ -172,7 +173,16 @@ class DestinationForm(forms.Form):
         self.fields["sources"].queryset = Source.objects.filter(organization=organization)
 
     def clean_event_types(self) -> list[str]:
-        return [pattern.strip() for pattern in self.cleaned_data["event_types"].split(",") if pattern.strip()]
+        try:
+            return event_type_patterns(self.cleaned_data["event_types"].split(","), has_sources=True)
+        except DestinationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("event_types") and not cleaned.get("sources"):
+            self.add_error("event_types", "Event-type filters apply to the events of sources: choose a source too.")
+        return cleaned
 
 
 class ReplayForm(forms.Form):

@@ -60,6 +60,24 @@ def _check_settings(name: str, timeout_seconds: float | None) -> None:
         raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds")
 
 
+def event_type_patterns(patterns: Iterable[str], *, has_sources: bool) -> list[str]:
+    """The cleaned patterns (shell-style: invoice.*, push); DestinationError for one that cannot be meant.
+
+    Patterns live on a destination's subscriptions to sources, so without a source there is
+    nowhere to keep them: refusing beats silently dropping a filter the tenant asked for.
+    """
+    cleaned = [pattern.strip() for pattern in patterns if pattern and pattern.strip()]
+    for pattern in cleaned:
+        if len(pattern) > 255 or any(character.isspace() for character in pattern):
+            raise DestinationError(f"“{pattern[:60]}” is not an event-type pattern: no spaces, at most 255 characters")
+        opening = pattern.find("[")
+        if opening >= 0 and "]" not in pattern[opening + 2 :]:
+            raise DestinationError(f"“{pattern}” is not an event-type pattern: its “[” is never closed")
+    if cleaned and not has_sources:
+        raise DestinationError("event-type filters apply to the events of sources: choose at least one source")
+    return cleaned
+
+
 @transaction.atomic
 def destination_create(
     *,
@@ -75,6 +93,8 @@ def destination_create(
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
     destination_check_url(url)
+    sources = list(sources)
+    event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
     secret = generate_standard_webhooks_secret()
     destination = Destination.objects.create(
         organization=organization,
@@ -106,7 +126,7 @@ def subscription_create(
         organization_id=destination.organization_id,
         source=source,
         destination=destination,
-        event_types=[pattern.strip() for pattern in event_types if pattern.strip()],
+        event_types=event_type_patterns(event_types, has_sources=True),
     )
     audit_record(
         action="subscription.created",
@@ -134,8 +154,8 @@ def destination_update(
     _check_settings(name, timeout_seconds)
     if url != destination.url:
         destination_check_url(url)
-    patterns = [pattern.strip() for pattern in event_types if pattern.strip()]
     wanted = {source.pk: source for source in sources}
+    patterns = event_type_patterns(event_types, has_sources=bool(wanted))
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
     changes: dict = {}

@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from organizations.models import AuditLog, Membership, Organization
-from webhooks.models import Source, WebhookEvent
+from webhooks.models import Destination, Source, WebhookEvent
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -201,3 +201,55 @@ def test_retry_delivery_says_when_its_destination_is_paused(organization, client
     out = io.StringIO()
     call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
     assert "Its destination is paused: it is sent once the destination is resumed." in out.getvalue()
+
+
+def test_create_destination_says_a_destination_without_source_receives_nothing(organization):
+    out = io.StringIO()
+    call_command("create_destination", "--org", "acme", "--name", "Lonely", "--url", "http://127.0.0.1:9/x", stdout=out)
+    assert "It receives nothing until a source is linked to it" in out.getvalue()
+    assert (
+        run("create_destination", "--org", "acme", "--name", "Lonely 2", "--url", "http://127.0.0.1:9/y")["sources"]
+        == []
+    )
+
+
+def test_create_destination_refuses_a_filter_without_a_source(organization):
+    # A filter with nowhere to live (filters belong to a source's subscription) is refused, not dropped.
+    with pytest.raises(CommandError, match="choose at least one source"):
+        call_command(
+            "create_destination",
+            "--org",
+            "acme",
+            "--name",
+            "F",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--event-types",
+            "invoice.*",
+        )
+
+
+@pytest.mark.parametrize(
+    ("patterns", "reason"),
+    [("a b", "no spaces"), ("[invalid", "never closed"), ("x" * 256, "at most 255")],
+)
+def test_event_type_patterns_that_cannot_be_meant_are_refused(organization, patterns, reason):
+    source = make_source(organization)
+    with pytest.raises(CommandError, match=reason):
+        call_command(
+            "create_destination",
+            *("--org", "acme", "--name", "F", "--url", "http://127.0.0.1:9/x"),
+            *("--source", str(source.pk), "--event-types", f"invoice.*,{patterns}"),
+        )
+    assert not Destination.objects.filter(name="F").exists()
+    # Shell-style patterns that are meant stay as given.
+    run(
+        "create_destination",
+        *("--org", "acme", "--name", "G", "--url", "http://127.0.0.1:9/x", "--source", str(source.pk)),
+        *("--event-types", "invoice.*, orders/create,[ab]c.?"),
+    )
+    assert Destination.objects.get(name="G").subscriptions.get().event_types == [
+        "invoice.*",
+        "orders/create",
+        "[ab]c.?",
+    ]

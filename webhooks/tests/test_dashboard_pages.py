@@ -430,6 +430,30 @@ def test_destination_edit_changes_sources_and_filters(client, owner, organizatio
     assert [(s.source_id, s.event_types) for s in destination.subscriptions.all()] == [(second.pk, ["push"])]
 
 
+@pytest.mark.parametrize(
+    ("sources", "event_types", "message"),
+    [
+        (False, "invoice.*", "choose a source too"),
+        (True, "[invalid, a b", "never closed"),
+    ],
+)
+def test_destination_form_refuses_filters_it_could_not_keep(client, owner, organization, sources, event_types, message):
+    source = make_source(organization)
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {
+            "name": "D4",
+            "url": "http://127.0.0.1:9/d4",
+            "sources": [source.pk] if sources else [],
+            "event_types": event_types,
+            "timeout_seconds": "10",
+        },
+    )
+    assert response.status_code == 200 and message in page_text(response)
+    assert not Destination.objects.filter(name="D4").exists()
+
+
 def test_destination_health_pause_resume_and_bulk_retry(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)

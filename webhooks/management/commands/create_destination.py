@@ -27,9 +27,11 @@ class Command(OperatorCommand):
             name=options["name"],
             url=options["url"],
             sources=sources,
-            event_types=[p for p in options["event_types"].split(",") if p.strip()],
+            event_types=options["event_types"].split(","),
             timeout_seconds=options.get("timeout"),
         )
-        result = {"id": destination.pk, "secret": secret}
+        result = {"id": destination.pk, "secret": secret, "sources": [source.pk for source in sources]}
         text = f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
+        if not sources:
+            text += "\nIt receives nothing until a source is linked to it (--source ID here, or in the dashboard)."
         return result, text
