@@ -334,6 +334,14 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
     try:
         return _record_results(results)
     except DatabaseError:
+        remaining = _without_deleted_deliveries(results)
+        if len(remaining) < len(results):
+            if not remaining:
+                return []
+            try:  # the deleted ones were the trouble: the rest is recorded as it is
+                return _record_results(remaining)
+            except DatabaseError:
+                results = remaining
         if len(results) == 1:
             return _record_without_response(results[0])
         logger.exception("recording %d delivery results failed; recording them one by one", len(results))
@@ -344,6 +352,21 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
         except DatabaseError:
             recorded += _record_without_response(result)
     return recorded
+
+
+def _without_deleted_deliveries(results: list[tuple[Delivery, SendResult]]) -> list[tuple[Delivery, SendResult]]:
+    """The results whose delivery still exists. Deleting a source, destination or event while
+    its deliveries are being sent is an ordinary action: their results have nothing left to
+    record, which is not an error."""
+    try:
+        existing = set(Delivery.objects.filter(pk__in=[d.pk for d, _ in results]).values_list("pk", flat=True))
+    except DatabaseError:  # the database itself is failing: the callers' fallbacks deal with it
+        return results
+    kept = [(delivery, sent) for delivery, sent in results if delivery.pk in existing]
+    for delivery, _ in results:
+        if delivery.pk not in existing:
+            logger.info("delivery %s was deleted while being sent; its result is not recorded", delivery.pk)
+    return kept
 
 
 def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delivery]:

@@ -1,5 +1,6 @@
 """The dispatcher, retry policy, fairness, circuit breaker, and the operations on failures."""
 
+import logging
 import socket
 from datetime import timedelta
 
@@ -435,3 +436,29 @@ def test_a_recording_that_fails_late_is_redone_and_leaves_nothing_in_flight(
     delivery_service.record_results(results)
     assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
     assert DeliveryAttempt.objects.count() == 2  # the rolled-back first try left no attempt behind
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign keys are checked at commit, as in production
+def test_deliveries_deleted_while_being_sent_are_dropped_quietly_and_the_rest_recorded(
+    client, organization, httpserver, caplog
+):
+    # Deleting a source (so its events and deliveries) while they are on the wire is an ordinary action.
+    doomed_source = make_source(organization, name="doomed")
+    kept_source = make_source(organization, name="kept", secret="whsec_kept_secret")
+    make_destination(organization, httpserver.url_for("/hook"), sources=[doomed_source, kept_source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    ingest_many(client, doomed_source, 2)
+    kept_body = '{"id":"evt_kept","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, kept_source, kept_body, "whsec_kept_secret").status_code == 200
+    processing.process_received_events()
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert len(claimed) == 3
+    sent = [(d, delivery_service.send(d)) for d in claimed]
+    doomed_source.delete()
+
+    with caplog.at_level(logging.INFO, logger="webhooks.services.delivery"):
+        recorded = delivery_service.record_results(sent)
+    assert [d.event.provider_event_id for d in recorded] == ["evt_kept"]
+    assert Delivery.objects.get().status == Delivery.Status.SUCCEEDED
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert sum("was deleted while being sent" in record.getMessage() for record in caplog.records) == 2
