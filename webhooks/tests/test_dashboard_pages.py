@@ -216,6 +216,8 @@ def test_event_detail_shows_body_headers_verification_and_attempts(client, owner
     client.force_login(owner)
     text = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
     assert "evt_world_1" in text and "Signature verified" in text
+    # Which secret matched is not recorded, so the page names none (after a rotation it would be wrong).
+    assert "a secret this source held when the event arrived" in text and "ending" not in text
     assert "stripe-signature" in text.lower()
     assert "Formatted JSON" in text and "Raw, as received" in text
     assert "HTTP 503" in text and "42 ms" in text and "upstream unavailable" in text
