@@ -35,6 +35,11 @@ urlpatterns = [
         name="destination_rotate",
     ),
     path(
+        "destinations/<int:destination_id>/delete/",
+        destinations.DestinationDeleteView.as_view(),
+        name="destination_delete",
+    ),
+    path(
         "destinations/<int:destination_id>/paused/",
         destinations.DestinationSetPausedView.as_view(),
         name="destination_set_paused",

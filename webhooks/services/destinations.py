@@ -235,6 +235,20 @@ def destination_rotate_secret(
     return destination, secret
 
 
+def destination_delete(*, destination: Destination, actor=None) -> None:
+    """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay)."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    # Written first: the audit entry keeps the label and id of what is about to disappear.
+    audit_record(
+        action="destination.deleted",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"name": destination.name, "url": destination.url},
+    )
+    destination.delete()
+
+
 def destination_set_paused(*, destination: Destination, paused: bool, actor=None) -> Destination:
     """Pause (deliveries wait) or resume (they drain in arrival order)."""
     require_configure_role(organization=destination.organization, actor=actor)

@@ -61,6 +61,7 @@ ADMIN_PAGES = [
     ("source_test", "source"),
     ("destination_create", "org"),
     ("destination_edit", "destination"),
+    ("destination_delete", "destination"),
     ("secret_once", "secret"),
 ]
 # POSTs: URL name, object kind, form data an admin would send.
@@ -75,6 +76,7 @@ WRITES = [
     ("destination_rotate", "destination", {"overlap_seconds": "3600"}),
     ("destination_set_paused", "destination", {"paused": "1"}),
     ("destination_bulk_retry", "destination", {}),
+    ("destination_delete", "destination", {}),
     ("delivery_retry", "delivery", {}),
     ("event_replay", "event", {"destination": "DESTINATION"}),
 ]

@@ -456,6 +456,26 @@ def test_destination_form_refuses_filters_it_could_not_keep(client, owner, organ
     assert not Destination.objects.filter(name="D4").exists()
 
 
+def test_deleting_a_destination_asks_first_and_keeps_the_events(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:destination_delete", args=["acme", world.destination.pk])
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "Delete" in detail
+    question = page_text(client.get(url))
+    assert "its deliveries and their attempts are deleted" in question
+    assert Destination.objects.filter(pk=world.destination.pk).exists()  # asking deletes nothing
+
+    done = client.post(url, follow=True)
+    assert done.redirect_chain[-1][0] == reverse("dashboard:destinations", args=["acme"])
+    assert "were deleted" in page_text(done)
+    assert not Destination.objects.filter(pk=world.destination.pk).exists()
+    assert not Delivery.objects.filter(destination_id=world.destination.pk).exists()
+    assert WebhookEvent.objects.filter(pk=world.event.pk).exists()
+    entry = AuditLog.objects.get(action="destination.deleted")
+    assert entry.actor_user == owner and entry.changes["name"] == world.destination.name
+
+
 def test_destination_health_pause_resume_and_bulk_retry(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)

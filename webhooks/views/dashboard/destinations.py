@@ -16,6 +16,7 @@ from webhooks.services.destinations import (
     DestinationError,
     destination_bulk_retry,
     destination_create,
+    destination_delete,
     destination_rotate_secret,
     destination_set_paused,
     destination_update,
@@ -147,6 +148,22 @@ class DestinationRotateSecretView(DestinationMixin, TemplateView):
             destination=destination, overlap_seconds=form.cleaned_data["overlap_seconds"], actor=request.user
         )
         return secret_once_response(self, destination=destination, secret=secret, title="New signing secret")
+
+
+class DestinationDeleteView(DestinationMixin, TemplateView):
+    template_name = "dashboard/destination_delete.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        return self.render_to_response(self.get_context_data(destination=self.get_destination()))
+
+    def post(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        name = destination.name
+        destination_delete(destination=destination, actor=request.user)
+        messages.success(request, f"Destination “{name}” and its delivery history were deleted.")
+        return redirect("dashboard:destinations", self.organization.slug)
 
 
 class DestinationSetPausedView(DestinationMixin, ChangeView):
