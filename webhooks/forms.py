@@ -238,6 +238,12 @@ class EventFilterForm(forms.Form):
         self.fields["q"].widget.attrs.update(placeholder="Provider event id or Hookline id", type="search")
         self.fields["event_type"].widget.attrs.update(list="event-types")
 
+    def ignored_filters(self) -> list[str]:
+        """What to_filters leaves out, said plainly: a filter that silently does nothing misleads."""
+        if not self.is_bound or self.is_valid():
+            return []
+        return [f"{self[name].label}: {' '.join(errors)}" for name, errors in self.errors.items()]
+
     def to_filters(self) -> EventFilters:
         """Valid fields only: a wrong value in one filter does not hide the whole list."""
         data = self.cleaned_data if self.is_bound else {}

@@ -138,6 +138,17 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert listed_ids(client.get(url, {"status": "rejected"})) == []
 
 
+def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_organization, many_events):
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    theirs = make_source(other_organization, name="theirs")
+    response = client.get(url, {"status": "bogus", "since": "garbage", "source": theirs.pk})
+    text = page_text(response)
+    assert len(listed_ids(response)) == 8  # the rest of the list is still shown
+    assert "Not applied:" in text and "Status:" in text and "From (UTC):" in text and "Source:" in text
+    assert "Not applied" not in page_text(client.get(url, {"status": "failed"}))
+
+
 def test_failed_at_a_destination_means_that_destination_s_delivery_is_dead(client, owner, organization, many_events):
     # Event 3 is dead at the first destination; at a second one it succeeded.
     second, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[many_events["source"]])
