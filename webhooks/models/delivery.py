@@ -66,4 +66,4 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_id} → {self.destination_id} ({self.status})"
+        return f"delivery of event {self.event_id} to destination {self.destination_id}"

@@ -123,7 +123,10 @@ def test_member_reads_every_page(client, world, member, name, kind):
 @pytest.mark.parametrize("name,kind", ADMIN_PAGES)
 def test_member_cannot_open_change_forms(client, world, member, name, kind):
     client.force_login(member)
-    assert client.get(reverse(f"dashboard:{name}", kwargs=url_kwargs(world)[kind])).status_code == 403
+    response = client.get(reverse(f"dashboard:{name}", kwargs=url_kwargs(world)[kind]))
+    assert response.status_code == 403
+    # A page of the product that says why, not the server's bare "403 Forbidden".
+    assert "Your role in this organization does not allow this change." in response.content.decode()
 
 
 @pytest.mark.parametrize("name,kind,data", WRITES)
