@@ -458,7 +458,9 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
             consecutive_failures=0, failing_since=None
         )
         return False
-    destination = Destination.objects.select_for_update(no_key=True).get(pk=destination_id)
+    destination = Destination.objects.select_for_update(no_key=True).filter(pk=destination_id).first()
+    if destination is None:  # deleted while being sent: its deliveries went with it (see record_results)
+        return False
     for succeeded in successes:
         if succeeded:
             destination.consecutive_failures, destination.failing_since = 0, None

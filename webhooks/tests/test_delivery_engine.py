@@ -462,3 +462,28 @@ def test_deliveries_deleted_while_being_sent_are_dropped_quietly_and_the_rest_re
     assert Delivery.objects.get().status == Delivery.Status.SUCCEEDED
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert sum("was deleted while being sent" in record.getMessage() for record in caplog.records) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_destination_deleted_while_its_failing_delivery_is_sent_leaves_the_rest_recorded(
+    client, organization, httpserver, caplog
+):
+    # Deleting a destination from the dashboard while one of its attempts is on the wire: its
+    # failed answer has no destination left to count against, and the other results of the batch
+    # must still be recorded (else they stay in flight and are sent again).
+    source = make_source(organization)
+    doomed, _ = make_destination(organization, httpserver.url_for("/doomed"), sources=[source])
+    make_destination(organization, httpserver.url_for("/kept"), sources=[source])
+    httpserver.expect_request("/doomed").respond_with_data("no", status=500)
+    httpserver.expect_request("/kept").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert len(claimed) == 2
+    sent = [(d, delivery_service.send(d)) for d in claimed]
+    doomed.delete()
+
+    with caplog.at_level(logging.INFO, logger="webhooks.services.delivery"):
+        recorded = delivery_service.record_results(sent)
+    assert [d.destination.url for d in recorded] == [httpserver.url_for("/kept")]
+    assert Delivery.objects.get().status == Delivery.Status.SUCCEEDED
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
