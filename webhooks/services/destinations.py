@@ -235,6 +235,7 @@ def destination_rotate_secret(
     return destination, secret
 
 
+@transaction.atomic
 def destination_delete(*, destination: Destination, actor=None) -> None:
     """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay)."""
     require_configure_role(organization=destination.organization, actor=actor)

@@ -487,6 +487,24 @@ def test_deleting_a_destination_asks_first_and_keeps_the_events(client, owner, o
     assert entry.actor_user == owner and entry.changes["name"] == world.destination.name
 
 
+def test_a_destination_delete_that_fails_leaves_no_audit_entry(organization, owner, monkeypatch):
+    from django.db import DatabaseError
+
+    from webhooks.services.destinations import destination_delete
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
+
+    def failing_delete(self, *args, **kwargs):
+        raise DatabaseError("canceling statement due to lock timeout")
+
+    monkeypatch.setattr(Destination, "delete", failing_delete)
+    with pytest.raises(DatabaseError):
+        destination_delete(destination=destination, actor=owner)
+    # Still there, so the log must not say it was deleted.
+    assert Destination.objects.filter(pk=destination.pk).exists()
+    assert not AuditLog.objects.filter(action="destination.deleted").exists()
+
+
 def test_destination_health_pause_resume_and_bulk_retry(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)
