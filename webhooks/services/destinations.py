@@ -188,7 +188,6 @@ def destination_update(
     return destination
 
 
-@transaction.atomic
 def destination_check_secret(secret: str) -> str:
     """A destination secret as given by a person, checked (DestinationError) and stripped."""
     secret = secret.strip()
@@ -201,6 +200,7 @@ def destination_check_secret(secret: str) -> str:
     return secret
 
 
+@transaction.atomic
 def destination_rotate_secret(
     *, destination: Destination, new_secret: str | None = None, overlap_seconds: int | None = None, actor=None
 ) -> tuple[Destination, str]:

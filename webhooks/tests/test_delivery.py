@@ -251,3 +251,18 @@ def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeyp
     assert processing.sweep()["events"] == 0  # just arrived: the normal path has it
     later = timezone.now() + timedelta(minutes=5)
     assert processing.sweep(now=later)["events"] == 1 and published == [1]
+
+
+def test_a_rotation_that_cannot_be_audited_changes_no_secret(organization, monkeypatch):
+    # The new secret would never be shown (the request fails), so it must not be the one signing.
+    from webhooks.services import destinations
+
+    destination, old_secret = make_destination(organization, "http://127.0.0.1:9/hook")
+
+    def failing_audit(**kwargs):
+        raise RuntimeError("audit log unavailable")
+
+    monkeypatch.setattr(destinations, "audit_record", failing_audit)
+    with pytest.raises(RuntimeError):
+        destination_rotate_secret(destination=destination, overlap_seconds=3600)
+    assert Destination.objects.get(pk=destination.pk).signing_secrets() == [old_secret]
