@@ -104,7 +104,8 @@ class SignInCodeView(View):
                 minutes = -(-settings.SIGN_IN_RATE_WINDOW_SECONDS // 60)
                 form.add_error(
                     None,
-                    f"Too many wrong codes: codes for this address are refused for up to {minutes} minutes. "
+                    f"Too many wrong codes: codes for this address are refused until {minutes} minutes "
+                    "pass without another try. "
                     "The sign-in link in your newest email still works.",
                 )
                 status = 429

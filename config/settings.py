@@ -7,6 +7,7 @@ FIELD_ENCRYPTION_KEYS have no default, so a missing one fails at start-up.
 """
 
 import base64
+import contextlib
 import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -265,7 +266,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # before it (tests, embedded mode) they are served unhashed from the apps.
 _COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
 # WhiteNoise warns at every start about a missing STATIC_ROOT; before collectstatic it is just empty.
-STATIC_ROOT.mkdir(exist_ok=True)
+with contextlib.suppress(OSError):  # a read-only slug after collectstatic has it already
+    STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

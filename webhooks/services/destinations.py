@@ -70,12 +70,27 @@ def event_type_patterns(patterns: Iterable[str], *, has_sources: bool) -> list[s
     for pattern in cleaned:
         if len(pattern) > 255 or any(character.isspace() for character in pattern):
             raise DestinationError(f"“{pattern[:60]}” is not an event-type pattern: no spaces, at most 255 characters")
-        opening = pattern.find("[")
-        if opening >= 0 and "]" not in pattern[opening + 2 :]:
-            raise DestinationError(f"“{pattern}” is not an event-type pattern: its “[” is never closed")
+        if not _brackets_closed(pattern):
+            raise DestinationError(f"“{pattern}” is not an event-type pattern: a “[” is never closed")
     if cleaned and not has_sources:
         raise DestinationError("event-type filters apply to the events of sources: choose at least one source")
     return cleaned
+
+
+def _brackets_closed(pattern: str) -> bool:
+    """Whether every "[" opens a set that a "]" closes, read as fnmatch reads it ("[!…]", "[]…]")."""
+    start = 0
+    while (opening := pattern.find("[", start)) >= 0:
+        first = opening + 1
+        if pattern[first : first + 1] == "!":
+            first += 1
+        if pattern[first : first + 1] == "]":
+            first += 1  # a "]" right after the opening is a member of the set
+        closing = pattern.find("]", first)
+        if closing < 0:
+            return False
+        start = closing + 1
+    return True
 
 
 @transaction.atomic

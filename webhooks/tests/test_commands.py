@@ -231,7 +231,13 @@ def test_create_destination_refuses_a_filter_without_a_source(organization):
 
 @pytest.mark.parametrize(
     ("patterns", "reason"),
-    [("a b", "no spaces"), ("[invalid", "never closed"), ("x" * 256, "at most 255")],
+    [
+        ("a b", "no spaces"),
+        ("[invalid", "never closed"),
+        ("a[!]", "never closed"),
+        ("x[a]y[b", "never closed"),
+        ("x" * 256, "at most 255"),
+    ],
 )
 def test_event_type_patterns_that_cannot_be_meant_are_refused(organization, patterns, reason):
     source = make_source(organization)
@@ -246,10 +252,12 @@ def test_event_type_patterns_that_cannot_be_meant_are_refused(organization, patt
     run(
         "create_destination",
         *("--org", "acme", "--name", "G", "--url", "http://127.0.0.1:9/x", "--source", str(source.pk)),
-        *("--event-types", "invoice.*, orders/create,[ab]c.?"),
+        *("--event-types", "invoice.*, orders/create,[ab]c.?,[]x]y,[!a]z"),
     )
     assert Destination.objects.get(name="G").subscriptions.get().event_types == [
         "invoice.*",
         "orders/create",
         "[ab]c.?",
+        "[]x]y",
+        "[!a]z",
     ]
