@@ -197,20 +197,25 @@ class Stack:
             self.kill(name, signal.SIGTERM if name != "worker" else signal.SIGKILL)
 
     def post_stripe(self, token: str, event_id: str, secret: str) -> int:
-        body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
-        timestamp = int(time.time())
-        signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.web_port}/in/{token}/",
-            data=body.encode(),
-            headers={"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as error:
-            return error.code
+        return post_stripe_over_http(self.web_port, token, event_id, secret)
+
+
+def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = 10) -> int:
+    """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status."""
+    body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
+    timestamp = int(time.time())
+    signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/in/{token}/",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
@@ -222,7 +227,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return predicate()
 
 
-__all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "settings", "wait_until"]
+__all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "post_stripe_over_http", "settings", "wait_until"]
 
 
 class PostgresServer:

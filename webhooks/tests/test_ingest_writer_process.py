@@ -17,8 +17,6 @@ import tempfile
 import threading
 import time
 import types
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,8 +35,8 @@ from webhooks.services.ingest_writer_process import (
 )
 
 from .factories import STRIPE_SECRET, make_source
-from .processes import free_port, wait_for_port, wait_until
-from .signing import post_stripe, stripe_headers
+from .processes import free_port, post_stripe_over_http, wait_for_port, wait_until
+from .signing import post_stripe
 from .test_ingest_writer import GatedBatches, new_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -408,39 +406,38 @@ def _accepts(path: Path) -> bool:
 
 
 def _post(port: int, token: str, event_id: str) -> int:
-    body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
-    signature = stripe_headers(body, STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/in/{token}/",
-        data=body.encode(),
-        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return post_stripe_over_http(port, token, event_id, STRIPE_SECRET, timeout=15)
 
 
-def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, organization, tmp_path, socket_path):
-    source = make_source(organization)
+def _start_gunicorn(port: int, private_tmp: Path, log, *options: str, **extra_env: str) -> subprocess.Popen:
+    """gunicorn as the Procfile runs it (with the writer process), on the test database."""
     db = connection.settings_dict
-    port = free_port()
-    private_tmp = Path(socket_path).parent  # short, so that the socket path stays within the limit
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "INGEST_COMMIT_TIMEOUT_SECONDS": "1",
-        "INGEST_SOURCE_CACHE_SECONDS": "0",
-        "TMPDIR": str(private_tmp),
+        "TMPDIR": str(private_tmp),  # short, so that the socket path stays within the limit
+        **extra_env,
     }
     env.pop("INGEST_WRITER_SOCKET", None)
-    log = (tmp_path / "gunicorn.log").open("w")
     command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread", "--threads", "4"]
-    gunicorn = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    command += ["--bind", f"127.0.0.1:{port}", *options]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, organization, tmp_path, socket_path):
+    source = make_source(organization)
+    port = free_port()
+    private_tmp = Path(socket_path).parent
+    log = (tmp_path / "gunicorn.log").open("w")
+    gunicorn = _start_gunicorn(
+        port,
+        private_tmp,
+        log,
+        *("--workers", "2", "--worker-class", "gthread", "--threads", "4"),
+        INGEST_COMMIT_TIMEOUT_SECONDS="1",
+        INGEST_SOURCE_CACHE_SECONDS="0",
+    )
     writer_pids = []
     try:
         wait_for_port(port)
@@ -486,21 +483,11 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
 
 def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, tmp_path, socket_path):
     # HUP makes gunicorn load config/gunicorn.conf.py again: on_exit then comes from a new module.
-    db = connection.settings_dict
     port = free_port()
     private_tmp = Path(socket_path).parent
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "TMPDIR": str(private_tmp),
-    }
-    env.pop("INGEST_WRITER_SOCKET", None)
     log_path = tmp_path / "gunicorn.log"
     log = log_path.open("w")
-    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", "1"]
-    gunicorn = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1")
     writer_pids = []
     try:
         wait_for_port(port)
