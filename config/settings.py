@@ -197,6 +197,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": schedule(3600),
         "options": {"expires": 3600},
     },
+    # A rotation's previous secret is erased within five minutes of its window's end.
+    "hookline-forget-expired-secrets": {
+        "task": "webhooks.tasks.forget_expired_previous_secrets",
+        "schedule": schedule(300),
+        "options": {"expires": 300},
+    },
 }
 
 # --- Email --------------------------------------------------------------------

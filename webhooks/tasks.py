@@ -33,3 +33,8 @@ def send_dead_letter_digests() -> int:
 @shared_task(name="webhooks.tasks.purge_expired_events")
 def purge_expired_events() -> int:
     return lifecycle.purge_expired_events()
+
+
+@shared_task(name="webhooks.tasks.forget_expired_previous_secrets")
+def forget_expired_previous_secrets() -> int:
+    return lifecycle.forget_expired_previous_secrets()

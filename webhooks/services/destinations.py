@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
@@ -19,7 +17,8 @@ from .delivery import delivery_retry
 from .operations import bulk_retry_start, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, resolve_destination
 from .permissions import require_configure_role
-from .secrets import generate_standard_webhooks_secret, secret_hint
+from .row_locks import lock_destinations_for_deletion
+from .secrets import generate_standard_webhooks_secret, replace_secret, secret_hint
 
 
 class DestinationError(ValueError):
@@ -231,15 +230,7 @@ def destination_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     secret = new_secret or generate_standard_webhooks_secret()
-    destination.previous_secret = destination.secret if overlap_seconds > 0 else ""
-    destination.previous_secret_expires_at = (
-        timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
-    )
-    destination.secret = secret
-    destination.secret_hint = secret_hint(secret)
-    destination.save(
-        update_fields=["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"]
-    )
+    replace_secret(destination, secret, overlap_seconds)
     audit_record(
         action="destination.secret_rotated",
         organization=destination.organization,
@@ -252,8 +243,14 @@ def destination_rotate_secret(
 
 @transaction.atomic
 def destination_delete(*, destination: Destination, actor=None) -> None:
-    """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay)."""
+    """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay).
+
+    The row is locked first, so deliveries being created for it (fan-out, replay) are committed
+    before its deliveries are collected, and none can be added until it is gone.
+    """
     require_configure_role(organization=destination.organization, actor=actor)
+    if not lock_destinations_for_deletion(Destination.objects.filter(pk=destination.pk)):
+        return  # deleted meanwhile by someone else, who was audited
     # Written first: the audit entry keeps the label and id of what is about to disappear.
     audit_record(
         action="destination.deleted",

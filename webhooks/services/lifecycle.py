@@ -1,4 +1,4 @@
-"""Usage counting, quota notices and retention."""
+"""Usage counting, quota notices, retention, and forgetting secrets whose rotation window ended."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from organizations.models import Membership, MonthlyUsage, Organization
-from webhooks.models import Delivery, WebhookEvent
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -107,4 +107,20 @@ def _expired_and_finished(organization: Organization, cutoff):
         WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
         .exclude(status=WebhookEvent.Status.RECEIVED)
         .exclude(deliveries__status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))
+    )
+
+
+def forget_expired_previous_secrets(now=None) -> int:
+    """Erase the previous secrets of rotations whose overlap has ended; returns how many were erased.
+
+    Once its window is over a previous secret neither verifies nor signs anything, so keeping
+    it would only leave one more secret to leak. A rotation running at the same time is safe:
+    the UPDATE waits for its row lock and then re-checks the expiry it set.
+    """
+    now = now or timezone.now()
+    return sum(
+        model.objects.filter(previous_secret_expires_at__lte=now).update(
+            previous_secret="", previous_secret_expires_at=None
+        )
+        for model in (Source, Destination)
     )

@@ -14,6 +14,7 @@ from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 
 from .delivery import schedule_dispatch
+from .row_locks import lock_destinations_against_deletion
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
 BULK_RETRY_BATCH = 500
@@ -67,6 +68,8 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError("the destination belongs to another organization")
     if event.status == WebhookEvent.Status.REJECTED:
         raise OperationError("a rejected request was never verified and cannot be replayed")
+    if not lock_destinations_against_deletion([destination.pk]):
+        raise OperationError("the destination has been deleted")
     delivery = Delivery.objects.create(
         organization_id=event.organization_id, event=event, destination=destination, is_replay=True
     )

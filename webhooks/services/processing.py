@@ -14,6 +14,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
 from .lifecycle import record_usage
+from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
             source_id__in={event.source_id for event in events}, destination__is_active=True
         ):
             subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
+        # Skip destinations deleted since, and keep the rest from being deleted until this commits.
+        existing = lock_destinations_against_deletion(
+            subscription.destination_id for found in subscriptions_by_source.values() for subscription in found
+        )
         deliveries = [
             Delivery(
                 organization_id=event.organization_id,
@@ -118,7 +123,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
             )
             for event in events
             for subscription in subscriptions_by_source.get(event.source_id, ())
-            if subscription.matches(event.event_type)
+            if subscription.destination_id in existing and subscription.matches(event.event_type)
         ]
         # ignore_conflicts: a redelivered task never creates a second delivery.
         Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)

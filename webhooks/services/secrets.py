@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import timedelta
+
+from django.db import models
+from django.utils import timezone
 
 
 def generate_standard_webhooks_secret() -> str:
@@ -18,3 +22,24 @@ def generate_token_secret() -> str:
 def secret_hint(secret: str) -> str:
     """The last four characters: enough to recognise a secret, not to use it."""
     return "…" + secret[-4:] if len(secret) >= 12 else "…"
+
+
+ROTATED_SECRET_FIELDS = ["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"]
+
+
+def replace_secret(instance: models.Model, new_secret: str, overlap_seconds: int) -> None:
+    """Make ``new_secret`` current on a Source or Destination; the one it replaces stays usable for ``overlap_seconds``.
+
+    The row is locked and its current secret read again first: of two rotations at once, the
+    second then keeps the first one's new secret (the one its user was shown) as the previous
+    one, instead of a secret that was already replaced. Call it inside the transaction that
+    audits the rotation (select_for_update refuses to run outside one).
+    """
+    current = type(instance).objects.select_for_update(no_key=True).only("secret").get(pk=instance.pk).secret
+    instance.previous_secret = current if overlap_seconds > 0 else ""
+    instance.previous_secret_expires_at = (
+        timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
+    )
+    instance.secret = new_secret
+    instance.secret_hint = secret_hint(new_secret)
+    instance.save(update_fields=ROTATED_SECRET_FIELDS)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
@@ -16,7 +14,7 @@ from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .permissions import require_configure_role
-from .secrets import generate_token_secret, secret_hint
+from .secrets import generate_token_secret, replace_secret, secret_hint
 
 
 class SourceError(ValueError):
@@ -75,12 +73,12 @@ def source_create(
     return source, generated
 
 
-@transaction.atomic
 def source_check_secret(*, provider: str, secret: str, options: dict[str, Any]) -> None:
     """Refuse (SourceError) a secret the source's provider cannot use, before anything is saved."""
     _clean(provider, secret, options)
 
 
+@transaction.atomic
 def source_rotate_secret(
     *,
     source: Source,
@@ -93,13 +91,7 @@ def source_rotate_secret(
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
-    source.previous_secret = source.secret if overlap_seconds > 0 else ""
-    source.previous_secret_expires_at = (
-        timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
-    )
-    source.secret = clean_secret
-    source.secret_hint = secret_hint(clean_secret)
-    source.save(update_fields=["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"])
+    replace_secret(source, clean_secret, overlap_seconds)
     audit_record(
         action="source.secret_rotated",
         organization=source.organization,

@@ -1,0 +1,121 @@
+"""Deleting a destination while deliveries for it are being created: neither side fails, nothing dangles."""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import destinations, operations, processing
+from webhooks.services.destinations import destination_delete
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import post_stripe
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    for module in (processing, delivery_service, operations):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+
+
+@pytest.fixture
+def routed(client, organization):
+    source = make_source(organization)
+    kept, _ = make_destination(organization, "http://127.0.0.1:9/kept", sources=[source])
+    doomed, _ = make_destination(organization, "http://127.0.0.1:9/doomed", sources=[source])
+    body = '{"id":"evt_race_1","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    return kept, doomed
+
+
+class Paused:
+    """Runs ``target`` in a thread that stops where ``pause`` is called, until released."""
+
+    def __init__(self, target):
+        self.reached, self.released, self.errors = threading.Event(), threading.Event(), []
+        self.thread = threading.Thread(target=self._run, args=(target,))
+
+    def pause(self):
+        if threading.current_thread() is self.thread:
+            self.reached.set()
+            assert self.released.wait(10)
+
+    def _run(self, target):
+        try:
+            target()
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            connections.close_all()
+
+
+def run_alongside(paused: Paused, other_target) -> list:
+    """Start ``paused``, wait until it holds its locks, then run ``other_target``, which must wait for it."""
+    paused.thread.start()
+    assert paused.reached.wait(10)
+    other = Paused(other_target)
+    other.thread.start()
+    other.thread.join(0.5)
+    assert other.thread.is_alive(), "the second transaction did not wait for the first one's locks"
+    paused.released.set()
+    paused.thread.join(10)
+    other.thread.join(10)
+    return paused.errors + other.errors
+
+
+def test_fan_out_during_a_deletion_waits_and_skips_the_deleted_destination(routed, monkeypatch):
+    kept, doomed = routed
+    real_audit = destinations.audit_record
+    deletion = Paused(lambda: destination_delete(destination=doomed))
+
+    def audit_then_pause(**kwargs):
+        real_audit(**kwargs)
+        deletion.pause()  # the destination row is locked and not yet deleted
+
+    monkeypatch.setattr(destinations, "audit_record", audit_then_pause)
+    assert run_alongside(deletion, processing.process_event_batch) == []
+
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
+    assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+
+
+def test_a_deletion_during_fan_out_waits_and_takes_the_new_deliveries_along(routed, monkeypatch):
+    kept, doomed = routed
+    real_record_usage = processing.record_usage
+    fan_out = Paused(processing.process_event_batch)
+
+    def record_usage_then_pause(events):
+        real_record_usage(events)
+        fan_out.pause()  # both deliveries are inserted, not yet committed
+
+    monkeypatch.setattr(processing, "record_usage", record_usage_then_pause)
+    assert run_alongside(fan_out, lambda: destination_delete(destination=doomed)) == []
+
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
+
+
+def test_replaying_to_a_destination_deleted_meanwhile_is_refused_with_a_reason(routed):
+    kept, doomed = routed
+    processing.process_event_batch()
+    event = WebhookEvent.objects.get()
+    stale = Destination.objects.get(pk=doomed.pk)
+    destination_delete(destination=doomed)
+    with pytest.raises(operations.OperationError, match="deleted"):
+        operations.event_replay(event=event, destination=stale)
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
+
+
+def test_deleting_a_destination_twice_is_audited_once(routed, organization):
+    from organizations.models import AuditLog
+
+    _, doomed = routed
+    stale = Destination.objects.get(pk=doomed.pk)
+    destination_delete(destination=doomed)
+    destination_delete(destination=stale)
+    assert AuditLog.objects.filter(action="destination.deleted").count() == 1
