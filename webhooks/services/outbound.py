@@ -310,9 +310,12 @@ def post_to_hookline(url: str, *, body: bytes, headers: dict[str, str], timeout:
     """POST to Hookline's own ingest URL (the test sender). No address check: the target is us."""
     started = time.monotonic()
     try:
-        response = urllib3.request(
-            "POST", url, body=body, headers=headers, timeout=timeout, redirect=False, retries=False
-        )
+        # A pool of its own, closed after the one request: a kept-alive connection would hold one
+        # of our own server's threads (and its database connection) until the server times it out.
+        with urllib3.PoolManager() as pool:
+            response = pool.request(
+                "POST", url, body=body, headers=headers, timeout=timeout, redirect=False, retries=False
+            )
     except urllib3.exceptions.HTTPError as exc:
         return OutboundResponse(
             status=None, body="", duration_ms=int((time.monotonic() - started) * 1000), error=str(exc)[:500]
