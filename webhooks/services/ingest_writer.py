@@ -122,10 +122,28 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool
             if key is not None:
                 keys_seen.add(key)
             this_round.append(index)
-        for index, outcome in zip(this_round, _insert_round([events[i] for i in this_round]), strict=True):
+        try:
+            outcomes = _insert_round([events[i] for i in this_round])
+        except Exception as exc:
+            if any(result is not None for result in results):
+                raise BatchPartlyCommitted(results, exc) from exc
+            raise
+        for index, outcome in zip(this_round, outcomes, strict=True):
             results[index] = outcome
         pending = next_round
     return results  # type: ignore[return-value]
+
+
+class BatchPartlyCommitted(Exception):
+    """A later round of a batch failed after earlier rounds were committed.
+
+    ``results`` holds the committed rounds' outcomes (None for the rest): those rows are stored
+    and must be answered as such, not written again as if nothing had happened.
+    """
+
+    def __init__(self, results: list[tuple[uuid.UUID, bool] | None], cause: BaseException):
+        super().__init__(f"a batch failed after part of it was committed: {cause}")
+        self.results = results
 
 
 def _conflict_key(event: NewEvent) -> tuple[int, str] | None:
@@ -288,32 +306,54 @@ class IngestWriter:
         return batch
 
 
-def commit_batch(batch: list[_PendingWrite]) -> None:
-    """Insert the batch's rows in one commit and give each waiting request its outcome or error."""
+def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
+    """Insert the batch's rows in one commit and give each waiting request its outcome or error.
+
+    Returns whether a new event was stored. With ``schedule`` its processing is scheduled here;
+    the writer process passes False so that it answers its requests first and schedules after.
+    """
     try:
         outcomes = insert_event_batch([pending.event for pending in batch])
+    except BatchPartlyCommitted as partial:
+        rest = []
+        for pending, outcome in zip(batch, partial.results, strict=True):
+            if outcome is None:
+                rest.append(pending)
+            else:
+                pending.outcome = outcome
+                pending.done.set()
+        inserted = commit_batch(rest, schedule=False)
+        inserted = inserted or any(outcome[1] for outcome in partial.results if outcome is not None)
+        schedule_processing_of_new_events(inserted and schedule)
+        return inserted
     except (OperationalError, InterfaceError) as exc:
         # The database is unreachable: nothing of this batch is acknowledged (503, providers retry).
         _fail(batch, exc)
         _discard_connection()
-        return
+        return False
     except (DatabaseError, UnicodeError) as exc:
         if len(batch) == 1:
             # The view answers a DataError with 400; a value psycopg cannot encode is one too.
             _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
-            return
+            return False
         # One unstorable row must not fail the requests that share its batch.
-        for pending in batch:
-            commit_batch([pending])
-        return
+        inserted = any([commit_batch([pending], schedule=False) for pending in batch])
+        schedule_processing_of_new_events(inserted and schedule)
+        return inserted
     except Exception as exc:  # a bug must fail these requests, never the thread
         logger.exception("ingest writer failed a batch of %d", len(batch))
         _fail(batch, exc)
-        return
+        return False
     for pending, outcome in zip(batch, outcomes, strict=True):
         pending.outcome = outcome
         pending.done.set()
-    if any(inserted for _, inserted in outcomes):
+    inserted = any(new for _, new in outcomes)
+    schedule_processing_of_new_events(inserted and schedule)
+    return inserted
+
+
+def schedule_processing_of_new_events(needed: bool) -> None:
+    if needed:
         from .processing import schedule_event_processing
 
         schedule_event_processing(from_ingest=True)

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import DataError, OperationalError
 
-from .ingest_writer import NewEvent, WriterTimeout, _PendingWrite, commit_batch
+from .ingest_writer import NewEvent, WriterTimeout, _PendingWrite, commit_batch, schedule_processing_of_new_events
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class WriterServer:
 
     def _commit_and_reply(self, rows: list[tuple[socket.socket, NewEvent]]) -> None:
         batch = [_PendingWrite(event) for _, event in rows]
-        commit_batch(batch)
+        inserted = commit_batch(batch, schedule=False)
         for (conn, _), pending in zip(rows, batch, strict=True):
             if conn not in self._buffers:
                 continue  # that request gave up (timed out) and closed its connection
@@ -246,6 +246,9 @@ class WriterServer:
                 conn.sendall(encode_reply(pending))
             except OSError:
                 self._close(conn)
+        # Only now: with Redis slow or down, scheduling waits for its timeouts, and the
+        # requests of this batch need not wait with it (their rows are committed).
+        schedule_processing_of_new_events(inserted)
 
     def _close(self, conn: socket.socket) -> None:
         if self._buffers.pop(conn, None) is not None:

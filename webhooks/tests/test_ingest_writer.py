@@ -342,3 +342,22 @@ def test_event_id_with_a_lone_surrogate_is_stored_not_a_500(client, stripe_sourc
     event = WebhookEvent.objects.get(pk=response.json()["id"])
     assert event.provider_event_id == "evt_\ufffdlone" and event.event_type == "invoice.\ufffdpaid"
     assert bytes(event.body) == body.encode()  # the body itself is kept exactly
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_committed_before_a_later_round_failed_are_answered_as_stored_not_written_again(stripe_source):
+    # Two rows with one provider id go in two rounds (two commits); when the second round is
+    # refused, the first round's rows are already stored: they must not be inserted or counted again.
+    first = new_event(stripe_source, "evt_two_rounds")
+    without_id = new_event(stripe_source, None)
+    refused = new_event(stripe_source, "evt_two_rounds", event_type="invoice\x00paid")  # NUL: refused as text
+    batch = [ingest_writer._PendingWrite(event) for event in (first, without_id, refused)]
+
+    assert ingest_writer.commit_batch(batch, schedule=False) is True
+
+    assert batch[0].outcome == (first.id, True) and batch[0].error is None
+    assert batch[1].outcome == (without_id.id, True) and batch[1].error is None
+    assert isinstance(batch[2].error, DataError) and batch[2].outcome is None
+    assert all(pending.done.is_set() for pending in batch)
+    assert WebhookEvent.objects.get(pk=first.id).duplicate_count == 0
+    assert WebhookEvent.objects.filter(source=stripe_source).count() == 2

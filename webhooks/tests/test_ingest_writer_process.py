@@ -549,3 +549,27 @@ def test_the_writer_process_is_not_started_with_preload(monkeypatch, tmp_path):
     config = _gunicorn_config(monkeypatch, tmp_path)
     monkeypatch.setenv("DATABASE_URL", "postgres://db/hookline")
     assert config._wanted(_arbiter(preload=True)) is False
+
+
+def test_requests_are_answered_before_processing_is_scheduled(writer_server, client, stripe_source, monkeypatch):
+    # Scheduling talks to Redis; when Redis is slow or down that waits for its timeouts, and the
+    # requests whose rows are committed must not wait with it.
+    from webhooks.services import processing
+
+    scheduling_started, release_scheduling = threading.Event(), threading.Event()
+    scheduled = []
+
+    def slow_schedule(**kwargs):
+        scheduling_started.set()
+        release_scheduling.wait(10)
+        scheduled.append(kwargs)
+
+    monkeypatch.setattr(processing, "schedule_event_processing", slow_schedule)
+    try:
+        event = new_event(stripe_source, "evt_answer_first")
+        assert client.write(event, writer_server.server.path, timeout=5) == (event.id, True)
+        assert scheduling_started.wait(5)
+        assert scheduled == []  # answered while scheduling was still held
+    finally:
+        release_scheduling.set()
+    assert wait_until(lambda: scheduled == [{"from_ingest": True}], timeout=5)
