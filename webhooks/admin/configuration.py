@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -19,7 +18,7 @@ from webhooks.services.destinations import (
     destination_rotate_secret,
 )
 from webhooks.services.operations import destination_pause, destination_resume
-from webhooks.services.row_locks import lock_destinations_for_deletion
+from webhooks.services.row_locks import delete_destinations
 from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
 
 from .filters import SourceProviderFilter
@@ -262,16 +261,12 @@ class DestinationAdmin(AuditedModelAdmin):
         # A destination gets its secret from destination_create (dashboard or create_destination).
         return False
 
-    # Deliveries being created for a destination must be committed before its deletion collects them.
+    # Deliveries may be being created for a destination while it is deleted: see delete_destinations.
     def delete_model(self, request, obj):
-        with transaction.atomic():
-            lock_destinations_for_deletion(Destination.objects.filter(pk=obj.pk))
-            super().delete_model(request, obj)
+        delete_destinations(Destination.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request, queryset):
-        with transaction.atomic():
-            lock_destinations_for_deletion(queryset)
-            super().delete_queryset(request, queryset)
+        delete_destinations(queryset)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

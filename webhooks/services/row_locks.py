@@ -1,23 +1,29 @@
-"""Row locks that keep a destination from being deleted while deliveries for it are being created."""
+"""Creating deliveries and deleting destinations at the same time, without either one failing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
+from django.db.models import QuerySet
 
 from webhooks.models import Destination
+
+# Why a deletion is tried again: a delivery committed for the destination after the deletion
+# collected its deliveries (foreign_key_violation), or a lock cycle with fan-out over several
+# destinations of an admin's bulk delete (deadlock_detected).
+_CROSSED_A_NEW_DELIVERY = {"23503", "40P01"}
 
 
 def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[int]:
     """Of ``destination_ids``, those that still exist, each locked until the transaction ends.
 
     FOR KEY SHARE is the lock a foreign-key check takes: it does not block updates of the
-    destination (health, pause), only its deletion. Taking it before creating deliveries
-    means a deletion that committed first is seen here (its rows are left out), and one that
-    starts later waits for the deliveries to be committed and then deletes them with it;
-    without it the two could cross and the database refuse one of them. Call it inside a
-    transaction. Databases without row locks (SQLite, which serializes writers) only filter.
+    destination (health, pause, rotation), only its deletion. Taken before deliveries are
+    created, a deletion that committed first is seen here (its rows are left out), and one that
+    reaches the destination's row later waits for the deliveries to be committed (and then
+    takes them along, see delete_destinations). In id order, so that two callers cannot
+    deadlock. Call it inside a transaction. Other databases (SQLite serializes writers) only filter.
     """
     ids = sorted(set(destination_ids))
     if not ids:
@@ -25,15 +31,33 @@ def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[in
     if connection.vendor != "postgresql":
         return set(Destination.objects.filter(pk__in=ids).values_list("pk", flat=True))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {Destination._meta.db_table} WHERE id = ANY(%s) FOR KEY SHARE", [ids])
+        cursor.execute(
+            f"SELECT id FROM {Destination._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids]
+        )
         return {row[0] for row in cursor.fetchall()}
 
 
-def lock_destinations_for_deletion(destinations) -> list[int]:
-    """Lock the rows of a queryset of destinations about to be deleted; returns the ids still there.
+def delete_destinations(destinations: QuerySet, tries: int = 3) -> None:
+    """Delete destinations with their deliveries and attempts, while deliveries may be created for them.
 
-    Called before Django collects what the deletion takes along: deliveries being created for
-    these destinations are committed first (their FOR KEY SHARE conflicts with FOR UPDATE), so
-    they are collected and deleted too instead of making the database refuse the deletion.
+    Nothing is locked before Django collects the deliveries: the dispatcher locks a delivery and
+    then its destination, and a deletion taking the destination first could deadlock with it.
+    Instead, a delivery committed by fan-out or replay after the collection makes the foreign
+    keys fail when they are checked; they are checked right here, inside a savepoint, and the
+    deletion is tried again, collecting the new deliveries too.
     """
-    return list(destinations.select_for_update().values_list("pk", flat=True))
+    for attempt in range(1, tries + 1):
+        try:
+            with transaction.atomic():
+                destinations.delete()
+                check_foreign_keys()
+            return
+        except DatabaseError as exc:
+            if attempt == tries or getattr(exc.__cause__, "sqlstate", None) not in _CROSSED_A_NEW_DELIVERY:
+                raise
+
+
+def check_foreign_keys() -> None:
+    """Check the transaction's deferred foreign keys now instead of at its commit (PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        connection.check_constraints()

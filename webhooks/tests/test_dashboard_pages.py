@@ -490,14 +490,15 @@ def test_deleting_a_destination_asks_first_and_keeps_the_events(client, owner, o
 def test_a_destination_delete_that_fails_leaves_no_audit_entry(organization, owner, monkeypatch):
     from django.db import DatabaseError
 
+    from webhooks.services import row_locks
     from webhooks.services.destinations import destination_delete
 
     destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
 
-    def failing_delete(self, *args, **kwargs):
+    def failing_check():
         raise DatabaseError("canceling statement due to lock timeout")
 
-    monkeypatch.setattr(Destination, "delete", failing_delete)
+    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
     with pytest.raises(DatabaseError):
         destination_delete(destination=destination, actor=owner)
     # Still there, so the log must not say it was deleted.

@@ -7,7 +7,7 @@ from django.db import connections
 
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
-from webhooks.services import destinations, operations, processing
+from webhooks.services import operations, processing, row_locks
 from webhooks.services.destinations import destination_delete
 
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -69,14 +69,14 @@ def run_alongside(paused: Paused, other_target) -> list:
 
 def test_fan_out_during_a_deletion_waits_and_skips_the_deleted_destination(routed, monkeypatch):
     kept, doomed = routed
-    real_audit = destinations.audit_record
+    real_check = row_locks.check_foreign_keys
     deletion = Paused(lambda: destination_delete(destination=doomed))
 
-    def audit_then_pause(**kwargs):
-        real_audit(**kwargs)
-        deletion.pause()  # the destination row is locked and not yet deleted
+    def pause_then_check():
+        deletion.pause()  # the destination row is deleted, not yet committed
+        real_check()
 
-    monkeypatch.setattr(destinations, "audit_record", audit_then_pause)
+    monkeypatch.setattr(row_locks, "check_foreign_keys", pause_then_check)
     assert run_alongside(deletion, processing.process_event_batch) == []
 
     assert not Destination.objects.filter(pk=doomed.pk).exists()
@@ -119,3 +119,27 @@ def test_deleting_a_destination_twice_is_audited_once(routed, organization):
     destination_delete(destination=doomed)
     destination_delete(destination=stale)
     assert AuditLog.objects.filter(action="destination.deleted").count() == 1
+
+
+def test_a_deletion_while_a_failed_attempt_is_recorded_does_not_deadlock(routed, monkeypatch):
+    # The dispatcher locks a delivery, then its destination (health); the deletion must not
+    # hold the destination while it waits for the delivery.
+    kept, doomed = routed
+    processing.process_event_batch()
+    claimed = delivery_service.claim_due_deliveries(10)
+    results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]  # port 9: refused
+    assert all(sent.response.status is None for _, sent in results)
+    real_update_health = delivery_service._update_destination_health
+    recording = Paused(lambda: delivery_service.record_results(results))
+
+    def pause_then_update_health(destination_id, successes, now):
+        recording.pause()  # the deliveries' rows are updated (locked), the destination not yet
+        return real_update_health(destination_id, successes, now)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", pause_then_update_health)
+    assert run_alongside(recording, lambda: destination_delete(destination=doomed)) == []
+
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    kept_delivery = Delivery.objects.get()
+    assert (kept_delivery.destination_id, kept_delivery.status) == (kept.pk, Delivery.Status.PENDING)
+    assert Destination.objects.get(pk=kept.pk).consecutive_failures == 1
