@@ -230,7 +230,12 @@ def destination_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     secret = new_secret or generate_standard_webhooks_secret()
-    replace_secret(destination, secret, overlap_seconds)
+    if secret == destination.secret:
+        raise DestinationError("that is the current secret; a rotation needs a new one")
+    try:
+        replace_secret(destination, secret, overlap_seconds)
+    except Destination.DoesNotExist:
+        raise DestinationError("this destination has been deleted") from None
     audit_record(
         action="destination.secret_rotated",
         organization=destination.organization,

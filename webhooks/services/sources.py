@@ -91,7 +91,12 @@ def source_rotate_secret(
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
-    replace_secret(source, clean_secret, overlap_seconds)
+    if clean_secret == source.secret:
+        raise SourceError("that is the current secret; a rotation needs a new one")
+    try:
+        replace_secret(source, clean_secret, overlap_seconds)
+    except Source.DoesNotExist:
+        raise SourceError("this source has been deleted") from None
     audit_record(
         action="source.secret_rotated",
         organization=source.organization,

@@ -129,3 +129,24 @@ def test_the_scheduled_task_erases_expired_previous_secrets(organization, settin
     Source.objects.filter(pk=source.pk).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
     assert tasks.forget_expired_previous_secrets.apply().get() == 1
     assert _raw_previous_secret(Source, source.pk) == ""
+
+
+def test_rotating_to_the_current_secret_is_refused(organization):
+    source = make_source(organization)
+    with pytest.raises(sources.SourceError, match="current secret"):
+        source_rotate_secret(source=source, new_secret=STRIPE_SECRET, overlap_seconds=3600)
+    assert Source.objects.get(pk=source.pk).previous_secret == ""
+
+
+def test_rotating_a_source_or_destination_deleted_meanwhile_is_a_clear_error(organization):
+    from webhooks.services.destinations import DestinationError
+
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
+    stale_source, stale_destination = Source.objects.get(pk=source.pk), Destination.objects.get(pk=destination.pk)
+    source.delete()
+    destination.delete()
+    with pytest.raises(sources.SourceError, match="deleted"):
+        source_rotate_secret(source=stale_source, new_secret=NEW_STRIPE_SECRET)
+    with pytest.raises(DestinationError, match="deleted"):
+        destination_rotate_secret(destination=stale_destination)

@@ -144,9 +144,13 @@ class DestinationRotateSecretView(DestinationMixin, TemplateView):
         form = DestinationRotateSecretForm(request.POST)
         if not form.is_valid():
             return self.render_to_response(self.get_context_data(destination=destination, form=form))
-        destination, secret = destination_rotate_secret(
-            destination=destination, overlap_seconds=form.cleaned_data["overlap_seconds"], actor=request.user
-        )
+        try:
+            destination, secret = destination_rotate_secret(
+                destination=destination, overlap_seconds=form.cleaned_data["overlap_seconds"], actor=request.user
+            )
+        except DestinationError as exc:
+            form.add_error(None, str(exc))
+            return self.render_to_response(self.get_context_data(destination=destination, form=form))
         return secret_once_response(self, destination=destination, secret=secret, title="New signing secret")
 
 
