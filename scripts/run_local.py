@@ -30,6 +30,8 @@ PROCESSES = {
         "-m",
         "gunicorn",
         "config.wsgi",
+        "--config",
+        str(ROOT / "config" / "gunicorn.conf.py"),
         "--bind",
         f"127.0.0.1:{PORT}",
         "--workers",
