@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
-from webhooks.selectors import EVENT_STATUS_FAILED, AuditFilters, EventFilters
+from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import fixtures_for_provider
 
@@ -202,7 +202,12 @@ class EventFilterForm(forms.Form):
     q = forms.CharField(label="Search", required=False, max_length=255)
     status = forms.ChoiceField(
         required=False,
-        choices=[("", "Any status"), *WebhookEvent.Status.choices, (EVENT_STATUS_FAILED, "Failed delivery")],
+        choices=[
+            ("", "Any status"),
+            *WebhookEvent.Status.choices,
+            (EVENT_STATUS_RETRYING, "Retrying delivery"),
+            (EVENT_STATUS_FAILED, "Failed delivery"),
+        ],
     )
     source = forms.TypedChoiceField(label="Source", required=False, coerce=int, empty_value=None)
     event_type = forms.CharField(label="Event type", required=False, max_length=255)

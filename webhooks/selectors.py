@@ -57,8 +57,16 @@ def event_for_organization(*, organization: Organization, event_id) -> WebhookEv
 # --- Dashboard reads ------------------------------------------------------------
 
 EVENT_PAGE_SIZE = 50
-# Event statuses plus one derived from deliveries: at least one of them is dead.
+# Event statuses plus two derived from deliveries: at least one of them is dead (out of
+# retries), or failed and waits for its next attempt.
 EVENT_STATUS_FAILED = "failed"
+EVENT_STATUS_RETRYING = "retrying"
+EVENT_STATUSES_FROM_DELIVERIES = (EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING)
+
+
+def retrying_deliveries(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
+    """Deliveries whose last attempt failed and that wait for the next one."""
+    return deliveries.filter(status=Delivery.Status.PENDING, attempt_count__gt=0)
 
 
 def uuid7_floor(moment: datetime) -> uuid.UUID:
@@ -123,22 +131,26 @@ def _filtered_events(
         if our_id is not None:
             matches |= Q(id=our_id)
         events = events.filter(matches)
-    if filters.status == EVENT_STATUS_FAILED:
-        # Bounded by the cursor too, so a deep page starts its walk of dead deliveries there.
-        dead = Delivery.objects.filter(organization=organization, status=Delivery.Status.DEAD)
+    if filters.status in EVENT_STATUSES_FROM_DELIVERIES:
+        failing = Delivery.objects.filter(organization=organization)
+        if filters.status == EVENT_STATUS_FAILED:
+            failing = failing.filter(status=Delivery.Status.DEAD)
+        else:
+            failing = retrying_deliveries(failing)
         if filters.destination_id:
-            # Failed *at that destination*: the same delivery must be the dead one.
-            dead = dead.filter(destination_id=filters.destination_id)
+            # Failing *at that destination*: the same delivery must be the failing one.
+            failing = failing.filter(destination_id=filters.destination_id)
         if before:
-            dead = dead.filter(event_id__lt=before)
-        events = events.filter(id__in=dead.values("event_id"))
+            # Bounded by the cursor too, so a deep page starts its walk of deliveries there.
+            failing = failing.filter(event_id__lt=before)
+        events = events.filter(id__in=failing.values("event_id"))
     elif filters.status:
         events = events.filter(status=filters.status)
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
         events = events.filter(event_type=filters.event_type)
-    if filters.destination_id and filters.status != EVENT_STATUS_FAILED:
+    if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
         )

@@ -43,6 +43,7 @@ class Chart:
 class FailingDestination:
     destination: Destination
     dead: int
+    retrying: int
     succeeded: int
 
 
@@ -177,10 +178,13 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         .values("destination")
         .annotate(
             dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
+            # Failing now but not yet out of retries: a destination answering 500 to everything
+            # must show up here from its first failure, not only hours later when retries end.
+            retrying=Count("id", filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
             succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
         )
-        .filter(dead__gt=0)
-        .order_by(F("dead").desc())[:5]
+        .filter(Q(dead__gt=0) | Q(retrying__gt=0))
+        .order_by((F("dead") + F("retrying")).desc())[:5]
     )
     # Cached as pickles: never load the (decrypted) secret into what is cached.
     destinations = Destination.objects.defer("secret", "previous_secret").in_bulk(
@@ -198,7 +202,10 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         latency_p95_ms=p95,
         failing_destinations=[
             FailingDestination(
-                destination=destinations[row["destination"]], dead=row["dead"], succeeded=row["succeeded"]
+                destination=destinations[row["destination"]],
+                dead=row["dead"],
+                retrying=row["retrying"],
+                succeeded=row["succeeded"],
             )
             for row in failing_rows
         ],
@@ -216,6 +223,7 @@ class DestinationHealth:
     succeeded: int
     dead: int
     waiting: int
+    retrying: int  # of the waiting ones, those whose last attempt failed
     success_rate: float | None
     last_failure_at: datetime | None
     last_failure_error: str
@@ -232,6 +240,7 @@ def destination_health(*, destination: Destination, now: datetime | None = None)
         succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
         dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
         waiting=Count("id", filter=Q(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT])),
+        retrying=Count("id", filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
     )
     last_failure = (
         DeliveryAttempt.objects.filter(organization_id=destination.organization_id, delivery__destination=destination)
@@ -248,6 +257,7 @@ def destination_health(*, destination: Destination, now: datetime | None = None)
         succeeded=counts["succeeded"],
         dead=counts["dead"],
         waiting=counts["waiting"],
+        retrying=counts["retrying"],
         success_rate=round(100 * counts["succeeded"] / finished, 1) if finished else None,
         last_failure_at=last_failure["started_at"] if last_failure else None,
         last_failure_error=error,

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
@@ -15,7 +16,7 @@ from organizations.services import organization_create
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations
+from webhooks.services import operations, processing
 
 from .dashboard_helpers import build_world, dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -614,3 +615,40 @@ def test_a_payload_the_provider_cannot_sign_is_a_form_error(client, owner, organ
     response = client.post(f"/o/acme/sources/{source.pk}/test/", {"payload": "[]"})
     assert response.status_code == 200
     assert "cannot be signed" in page_text(response)
+
+
+def test_a_destination_failing_but_not_yet_out_of_retries_shows_as_failing(client, owner, organization, httpserver):
+    # A receiver answering 500: its delivery waits for a retry, hours before it is dead.
+    httpserver.expect_request("/hook").respond_with_data("down", status=500)
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    healthy, _ = make_destination(organization, "http://127.0.0.1:9/other")
+    event_id = ingest_stripe(client, source, "evt_retrying")
+    processing.process_event_batch()
+    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    assert (delivery.status, delivery.attempt_count) == (Delivery.Status.PENDING, 1)
+
+    client.force_login(owner)
+    overview = client.get(reverse("dashboard:overview", args=["acme"]))
+    [row] = overview.context["overview"].failing_destinations
+    assert (row.destination, row.retrying, row.dead) == (destination, 1, 0)
+    assert f"?status=retrying&destination={destination.pk}" in page_text(overview)
+
+    url = reverse("dashboard:events", args=["acme"])
+    assert listed_ids(client.get(url, {"status": "retrying"})) == [event_id]
+    assert listed_ids(client.get(url, {"status": "retrying", "destination": destination.pk})) == [event_id]
+    assert listed_ids(client.get(url, {"status": "retrying", "destination": healthy.pk})) == []
+    assert listed_ids(client.get(url, {"status": "failed"})) == []  # not dead: not "failed"
+
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+    assert "1 retrying after a failed attempt" in detail
+    listing = page_text(client.get(reverse("dashboard:destinations", args=["acme"])))
+    assert "1 retrying" in listing
+
+    # The receiver is fixed: the next try succeeds and the destination is no longer listed as failing.
+    httpserver.clear()
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
+    cache.clear()  # the overview is cached for a minute
+    assert client.get(reverse("dashboard:overview", args=["acme"])).context["overview"].failing_destinations == []
