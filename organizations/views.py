@@ -182,7 +182,7 @@ class InvitationAcceptView(View):
             messages.success(request, f"You joined {organization.name}. Sign in with your password to open it.")
             return redirect(reverse("admin:login") + "?" + urlencode({"next": landing}))
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome to {organization.name}.")
+        messages.success(request, f"Welcome to {organization.name.rstrip('.')}.")
         return redirect(landing)
 
     def unavailable(self, status):

@@ -63,6 +63,9 @@ def wait_until_ready(timeout: float = 60) -> None:
 
 
 def show_demo_webhook(seed: dict) -> None:
+    if seed["source_id"] is None:
+        print("==> the demo Stripe source was deleted in the dashboard: no demo webhook is sent")
+        return
     # Not checked: a refused send exits 1 but still prints its answer, shown below.
     sent = json.loads(
         manage("send_test_webhook", "--source", str(seed["source_id"]), "--fresh-id", "--json", check=False)
@@ -72,6 +75,9 @@ def show_demo_webhook(seed: dict) -> None:
         return
     event_id = json.loads(sent["body"])["id"]
     print(f"==> demo Stripe webhook received: event {event_id}")
+    if seed["destination_id"] is None:
+        print("==> the demo receiver's destination was deleted in the dashboard: nothing to deliver it to")
+        return
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         events = json.loads(manage("list_events", "--org", seed["organization"], "--limit", "20", "--json"))["events"]
@@ -106,13 +112,14 @@ def main() -> None:
     show_demo_webhook(seed)
     print(
         f"\nHookline is running on {BASE_URL}\n"
-        f"  ingest URL of the demo Stripe source: {seed['ingest_url']}\n"
+        f"  ingest URL of the demo Stripe source: {seed['ingest_url'] or '(deleted)'}\n"
         f"  dashboard: {BASE_URL}/accounts/sign-in/ as owner@demo.example "
         "(the sign-in link and code are printed here, by the console mail backend)\n"
         f"  admin: {BASE_URL}/admin/ (create a login with: .venv/bin/python manage.py createsuperuser)\n"
         f"  events: .venv/bin/python manage.py list_events --org {seed['organization']}\n"
-        f"  send another: PUBLIC_BASE_URL={BASE_URL} .venv/bin/python manage.py send_test_webhook "
-        f"--source {seed['source_id']} --fresh-id\n"
+        f"  operator commands in another shell see this server with: "
+        f"export PUBLIC_BASE_URL={BASE_URL} ALLOW_PRIVATE_DESTINATIONS=true\n"
+        f"  send another: .venv/bin/python manage.py send_test_webhook --source {seed['source_id']} --fresh-id\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

@@ -83,7 +83,7 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
 
 
 def test_commands_explain_bad_input():
-    with pytest.raises(CommandError, match="not found"):
+    with pytest.raises(CommandError, match=r"^no such organization$"):
         run("create_source", "--org", "missing", "--provider", "stripe", "--name", "x", "--secret", "y")
 
 
@@ -111,6 +111,18 @@ def test_seed_demo_is_idempotent(settings):
     second = run("seed_demo")
     assert first["created"] is True and second["created"] is False
     assert first["source_id"] == second["source_id"]
+    assert first["destination_id"] == second["destination_id"]
+
+
+def test_seed_demo_does_not_bring_back_what_the_tenant_deleted(settings):
+    first = run("seed_demo")
+    Destination.objects.filter(pk=first["destination_id"]).delete()
+    again = run("seed_demo")
+    assert again["destination_id"] is None and again["destination_url"] is None
+    assert again["source_id"] == first["source_id"]
+    assert not Destination.objects.filter(organization__slug="demo").exists()
+    Source.objects.filter(pk=first["source_id"]).delete()
+    assert run("seed_demo")["source_id"] is None and run("seed_demo")["ingest_url"] is None
 
 
 def test_create_organization_refuses_what_the_dashboard_could_not_use():
@@ -151,6 +163,8 @@ def test_bad_values_are_explained_plainly():
     assert "[" not in str(raised.value)  # a message, not a Python list
     with pytest.raises(CommandError, match="positive integer"):
         run("list_events", "--org", "acme", "--limit", "-5")
+    with pytest.raises(CommandError, match=r"^no such delivery$"):
+        run("retry_delivery", "--id", "0190a8b2-0000-7000-8000-000000000000")
 
 
 def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings):

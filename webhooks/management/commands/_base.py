@@ -2,6 +2,7 @@
 
 import json
 
+from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -18,7 +19,8 @@ class OperatorCommand(BaseCommand):
         try:
             result, text = self.run(**options)
         except ObjectDoesNotExist as exc:
-            self._fail(options, f"not found: {exc}")
+            # "Delivery matching query does not exist." → "no such delivery"
+            self._fail(options, f"no such {_model_name(exc)}")
         except ValidationError as exc:
             self._fail(options, "; ".join(exc.messages))
         except (ValueError, LookupError) as exc:
@@ -47,3 +49,10 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
             raise CommandError(f"--option takes name=value, got '{pair}'")
         parsed[name.strip()] = value
     return parsed
+
+
+def _model_name(exc: ObjectDoesNotExist) -> str:
+    for model in apps.get_models():
+        if type(exc) is model.DoesNotExist:
+            return str(model._meta.verbose_name)
+    return "object"

@@ -42,7 +42,8 @@ class Command(OperatorCommand):
         lines = [
             f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} {row['provider_event_id'] or row['rejection'] or ''}"
             + "".join(
-                f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempts)" for d in row["deliveries"]
+                f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempt{'' if d['attempts'] == 1 else 's'})"
+                for d in row["deliveries"]
             )
             for row in rows
         ]

@@ -10,10 +10,15 @@ from webhooks.services.sources import ingest_url, source_create
 from ._base import OperatorCommand
 
 DEMO_SLUG = "demo"
+DEMO_SOURCE = "Stripe (test mode)"
+DEMO_DESTINATION = "Demo receiver"
 
 
 class Command(OperatorCommand):
-    help = "Create (once) a demo organization with a Stripe source and a destination on the local demo receiver."
+    help = (
+        "Create (once) a demo organization with a Stripe source and a destination on the local demo receiver; "
+        "later runs report what is left of them and re-create nothing."
+    )
 
     def add_command_arguments(self, parser):
         parser.add_argument(
@@ -27,31 +32,29 @@ class Command(OperatorCommand):
         created = organization is None
         if created:
             organization = organization_create(name="Demo Inc.", slug=DEMO_SLUG, owner_email="owner@demo.example")
-        source = Source.objects.filter(organization=organization, name="Stripe (test mode)").first()
-        if source is None:
             # Stripe issues the secret; for the demo we make one in Stripe's format.
             source, _ = source_create(
                 organization=organization,
                 provider="stripe",
-                name="Stripe (test mode)",
+                name=DEMO_SOURCE,
                 secret="whsec_" + secrets.token_hex(24),
             )
-        destination = Destination.objects.filter(organization=organization, name="Demo receiver").first()
-        if destination is None:
             destination, _ = destination_create(
-                organization=organization, name="Demo receiver", url=options["receiver_url"], sources=[source]
+                organization=organization, name=DEMO_DESTINATION, url=options["receiver_url"], sources=[source]
             )
+        else:
+            # Created once: what the tenant deleted since stays deleted.
+            source = Source.objects.filter(organization=organization, name=DEMO_SOURCE).first()
+            destination = Destination.objects.filter(organization=organization, name=DEMO_DESTINATION).first()
         result = {
             "organization": organization.slug,
             "created": created,
-            "source_id": source.pk,
-            "ingest_url": ingest_url(source),
-            "destination_id": destination.pk,
-            "destination_url": destination.url,
+            "source_id": source.pk if source else None,
+            "ingest_url": ingest_url(source) if source else None,
+            "destination_id": destination.pk if destination else None,
+            "destination_url": destination.url if destination else None,
         }
-        text = (
-            f"Demo organization '{organization.slug}' {'created' if created else 'already there'}.\n"
-            f"  Stripe source {source.pk}: {ingest_url(source)}\n"
-            f"  Destination {destination.pk}: {destination.url}"
-        )
-        return result, text
+        lines = [f"Demo organization '{organization.slug}' {'created' if created else 'already there'}."]
+        lines.append(f"  Stripe source {source.pk}: {ingest_url(source)}" if source else "  Stripe source: deleted")
+        lines.append(f"  Destination {destination.pk}: {destination.url}" if destination else "  Destination: deleted")
+        return result, "\n".join(lines)

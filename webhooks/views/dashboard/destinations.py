@@ -194,5 +194,7 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
                 f"Not retried: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
             )
         return self.done(
-            f"Retrying {job.total} failed deliveries in the background.", "dashboard:destination_detail", destination.pk
+            f"Retrying {job.total} failed {'delivery' if job.total == 1 else 'deliveries'} in the background.",
+            "dashboard:destination_detail",
+            destination.pk,
         )
