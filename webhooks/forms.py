@@ -210,7 +210,12 @@ class EventFilterForm(forms.Form):
         ],
     )
     source = forms.TypedChoiceField(label="Source", required=False, coerce=int, empty_value=None)
-    event_type = forms.CharField(label="Event type", required=False, max_length=255)
+    event_type = forms.CharField(
+        label="Event type",
+        required=False,
+        max_length=255,
+        widget=forms.TextInput(attrs={"placeholder": "invoice.paid or invoice.*"}),
+    )
     destination = forms.TypedChoiceField(label="Destination", required=False, coerce=int, empty_value=None)
     range = forms.ChoiceField(
         label="Received",

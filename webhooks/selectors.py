@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -149,7 +150,12 @@ def _filtered_events(
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
-        events = events.filter(event_type=filters.event_type)
+        if "*" in filters.event_type:
+            # As in destination filters, "invoice.*" means every invoice event type.
+            pattern = ".*".join(re.escape(part) for part in filters.event_type.split("*"))
+            events = events.filter(event_type__regex=f"^{pattern}$")
+        else:
+            events = events.filter(event_type=filters.event_type)
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))

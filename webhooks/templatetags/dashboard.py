@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django import template
 
 from organizations.models import Membership
@@ -38,6 +40,20 @@ def user_organizations(user):
 def provider_label(kind: str) -> str:
     provider = PROVIDERS.get(kind)
     return provider.label if provider else kind
+
+
+@register.filter
+def option_label(kind: str, name: str) -> str:
+    """A source option's label as its provider declares it ("Tolerance (seconds)", not "tolerance")."""
+    provider = PROVIDERS.get(kind)
+    declared = {option.name: option.label for option in provider.options} if provider else {}
+    return declared.get(name, name)
+
+
+@register.filter
+def as_json(value) -> str:
+    """Indented JSON (audit details): what the log stores, not Python's notation for it."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
 _STATUS_BADGES = {

@@ -127,6 +127,11 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert len(listed_ids(client.get(url))) == 8
     assert len(listed_ids(client.get(url, {"source": many_events["other"].pk}))) == 1
     assert len(listed_ids(client.get(url, {"event_type": "invoice.paid"}))) == 3
+    assert len(listed_ids(client.get(url, {"event_type": "invoice.*"}))) == 3  # wildcards as in destination filters
+    assert len(listed_ids(client.get(url, {"event_type": "*.paid"}))) == 3
+    assert len(listed_ids(client.get(url, {"event_type": "*"}))) == 8
+    assert listed_ids(client.get(url, {"event_type": "invoice"})) == []  # without a wildcard: exact
+    assert listed_ids(client.get(url, {"event_type": "invoice?paid*"})) == []  # only * is special
     assert listed_ids(client.get(url, {"status": "failed"})) == [many_events["ids"][3]]
     assert listed_ids(client.get(url, {"destination": many_events["destination"].pk})) == [many_events["ids"][3]]
     assert len(listed_ids(client.get(url, {"range": "1h"}))) == 8
@@ -652,3 +657,17 @@ def test_a_destination_failing_but_not_yet_out_of_retries_shows_as_failing(clien
     assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
     cache.clear()  # the overview is cached for a minute
     assert client.get(reverse("dashboard:overview", args=["acme"])).context["overview"].failing_destinations == []
+
+
+def test_pages_show_labels_json_and_an_icon_not_internal_names(client, owner, organization):
+    from django.contrib.staticfiles import finders
+
+    source = make_source(organization, tolerance=600)
+    client.force_login(owner)
+    detail = page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
+    assert "<dt>Timestamp tolerance (seconds)</dt>" in detail and "<dt>tolerance</dt>" not in detail
+    audit = page_text(client.get(reverse("dashboard:audit", args=["acme"])))
+    # The log's details as JSON ("provider": "stripe"), not a Python dict ('provider': 'stripe').
+    assert escape('"provider": "stripe"') in audit and escape("'provider': 'stripe'") not in audit
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', detail)
+    assert icon and finders.find(icon.group(1).removeprefix("/static/"))
