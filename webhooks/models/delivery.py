@@ -21,6 +21,9 @@ class Delivery(models.Model):
     is_replay = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempt_count = models.PositiveIntegerField(default=0)
+    # Attempts asked for by hand (retry, bulk retry) come on top of DELIVERY_RETRY_SCHEDULE:
+    # a failed "Retry now" must not bring the delivery a step closer to dead.
+    manual_attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -67,3 +70,8 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"delivery of event {self.event_id} to destination {self.destination_id}"
+
+    @property
+    def scheduled_attempt_count(self) -> int:
+        """Attempts that count against the retry schedule."""
+        return max(self.attempt_count - self.manual_attempts, 0)

@@ -414,7 +414,7 @@ def _record_results(results: list[tuple[Delivery, SendResult]]) -> list[Delivery
         same_outcome: dict[tuple, list[Delivery]] = defaultdict(list)
         for delivery, result in results:
             outcome = decide_outcome(
-                result.response, attempt_count=delivery.attempt_count, destination=delivery.destination
+                result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
             )
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
@@ -596,14 +596,17 @@ class DeliveryRetryError(ValueError):
 
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
-    """Send a dead or waiting delivery again now (one more attempt beyond the schedule)."""
+    """Send a dead or waiting delivery again now (one more attempt, on top of the schedule)."""
     locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
     previous = locked.status
     Delivery.objects.filter(pk=locked.pk).update(
-        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), completed_at=None
+        status=Delivery.Status.PENDING,
+        next_attempt_at=timezone.now(),
+        completed_at=None,
+        manual_attempts=F("manual_attempts") + 1,
     )
     audit_record(
         action="delivery.retried",

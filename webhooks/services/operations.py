@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -146,7 +147,10 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
             break
         with transaction.atomic():
             updated = Delivery.objects.filter(pk__in=batch, status__in=statuses).update(
-                status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), completed_at=None
+                status=Delivery.Status.PENDING,
+                next_attempt_at=timezone.now(),
+                completed_at=None,
+                manual_attempts=F("manual_attempts") + 1,  # on top of the schedule, as a single retry
             )
             job.retried += updated
             job.last_delivery_id = batch[-1]

@@ -487,3 +487,30 @@ def test_a_destination_deleted_while_its_failing_delivery_is_sent_leaves_the_res
     assert [d.destination.url for d in recorded] == [httpserver.url_for("/kept")]
     assert Delivery.objects.get().status == Delivery.Status.SUCCEEDED
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_a_manual_retry_is_an_attempt_on_top_of_the_schedule(client, organization, httpserver, settings):
+    # A failing "Retry now" must not move the delivery a step closer to dead.
+    settings.DELIVERY_RETRY_SCHEDULE = [60, 3600]
+    httpserver.expect_request("/hook").respond_with_data("down", status=503)
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest_many(client, source, 1)
+    delivery = delivery_service.deliver(Delivery.objects.get().pk)  # automatic attempt 1: retry in ~60 s
+    assert delivery.status == Delivery.Status.PENDING
+
+    retried = delivery_service.delivery_retry(delivery=delivery)
+    after_manual = delivery_service.deliver(retried.pk)  # the manual attempt fails too
+    assert (after_manual.attempt_count, after_manual.manual_attempts) == (2, 1)
+    wait = (after_manual.next_attempt_at - timezone.now()).total_seconds()
+    assert 50 < wait < 70, wait  # still the first step of the schedule, not the second (3600 s)
+
+    # The schedule's own attempts still end it: attempt 2 of the schedule, then dead.
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.PENDING  # retry in ~3600 s
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    dead = delivery_service.deliver(delivery.pk)
+    assert dead.status == Delivery.Status.DEAD and "no retries left" in dead.last_error
+    # A dead delivery retried by hand gets exactly one attempt.
+    again = delivery_service.deliver(delivery_service.delivery_retry(delivery=dead).pk)
+    assert again.status == Delivery.Status.DEAD and again.attempt_count == 5
