@@ -18,7 +18,7 @@ from .operations import bulk_retry_start, destination_pause, destination_resume,
 from .outbound import DestinationNotAllowed, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
-from .secrets import generate_standard_webhooks_secret, replace_secret, secret_hint
+from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
 
 
 class DestinationError(ValueError):
@@ -230,12 +230,10 @@ def destination_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     secret = new_secret or generate_standard_webhooks_secret()
-    if secret == destination.secret:
-        raise DestinationError("that is the current secret; a rotation needs a new one")
     try:
         replace_secret(destination, secret, overlap_seconds)
-    except Destination.DoesNotExist:
-        raise DestinationError("this destination has been deleted") from None
+    except SecretNotReplaced as exc:
+        raise DestinationError(str(exc)) from None
     audit_record(
         action="destination.secret_rotated",
         organization=destination.organization,

@@ -27,6 +27,10 @@ def secret_hint(secret: str) -> str:
 ROTATED_SECRET_FIELDS = ["secret", "secret_hint", "previous_secret", "previous_secret_expires_at", "updated_at"]
 
 
+class SecretNotReplaced(ValueError):
+    """A rotation that cannot be made (the message is safe to show)."""
+
+
 def replace_secret(instance: models.Model, new_secret: str, overlap_seconds: int) -> None:
     """Make ``new_secret`` current on a Source or Destination; the one it replaces stays usable for ``overlap_seconds``.
 
@@ -35,8 +39,12 @@ def replace_secret(instance: models.Model, new_secret: str, overlap_seconds: int
     one, instead of a secret that was already replaced. Call it inside the transaction that
     audits the rotation (select_for_update refuses to run outside one).
     """
-    current = type(instance).objects.select_for_update(no_key=True).only("secret").get(pk=instance.pk).secret
-    instance.previous_secret = current if overlap_seconds > 0 else ""
+    locked = type(instance).objects.select_for_update(no_key=True).only("secret").filter(pk=instance.pk).first()
+    if locked is None:
+        raise SecretNotReplaced(f"this {instance._meta.verbose_name} has been deleted")
+    if new_secret == locked.secret:
+        raise SecretNotReplaced("that is the current secret; a rotation needs a new one")
+    instance.previous_secret = locked.secret if overlap_seconds > 0 else ""
     instance.previous_secret_expires_at = (
         timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
     )

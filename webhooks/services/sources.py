@@ -14,7 +14,7 @@ from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .permissions import require_configure_role
-from .secrets import generate_token_secret, replace_secret, secret_hint
+from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
 
 
 class SourceError(ValueError):
@@ -91,12 +91,10 @@ def source_rotate_secret(
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
-    if clean_secret == source.secret:
-        raise SourceError("that is the current secret; a rotation needs a new one")
     try:
         replace_secret(source, clean_secret, overlap_seconds)
-    except Source.DoesNotExist:
-        raise SourceError("this source has been deleted") from None
+    except SecretNotReplaced as exc:
+        raise SourceError(str(exc)) from None
     audit_record(
         action="source.secret_rotated",
         organization=source.organization,
