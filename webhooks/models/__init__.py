@@ -2,8 +2,18 @@ from .bulk_retry import BulkRetry
 from .delivery import Delivery
 from .delivery_attempt import DeliveryAttempt
 from .destination import Destination
+from .signature_nonce import SignatureNonce
 from .source import Source
 from .subscription import Subscription
 from .webhook_event import WebhookEvent
 
-__all__ = ["BulkRetry", "Delivery", "DeliveryAttempt", "Destination", "Source", "Subscription", "WebhookEvent"]
+__all__ = [
+    "BulkRetry",
+    "Delivery",
+    "DeliveryAttempt",
+    "Destination",
+    "SignatureNonce",
+    "Source",
+    "Subscription",
+    "WebhookEvent",
+]

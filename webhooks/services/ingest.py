@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DataError, connection, transaction
 
-from webhooks.models import Source, WebhookEvent
+from webhooks.models import SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
 
@@ -202,23 +202,18 @@ def insert_event(event: NewEvent) -> tuple:
     return stored_id, stored_id == event.id
 
 
-# How long a nonce stays bound to its first body: longer than the providers concerned retry
-# (PayPal: 3 days), so an exact retry is let through and a forged body is not.
-NONCE_BINDING_SECONDS = 4 * 24 * 3600
-
-
 def _replay_refusal(provider, request: InboundRequest, source: Source, body: bytes) -> tuple[str, str] | None:
     """(code, detail) when a signature that does not cover the whole body is being reused."""
     nonce = provider.replay_nonce(request, source.options)
     if nonce is None:
         return None
     signed_at = provider.nonce_signed_at(request, source.options)
-    if signed_at is None or abs(time.time() - signed_at) > NONCE_BINDING_SECONDS:
+    if signed_at is None or abs(time.time() - signed_at) > SignatureNonce.KEPT_SECONDS:
         return (
             "timestamp_out_of_tolerance",
-            f"the signed time is missing or more than {NONCE_BINDING_SECONDS // 86400} days away from now; this "
-            "provider's signature does not cover the whole body, so Hookline accepts it only while it can check "
-            "that it is used once",
+            f"the signed time is missing or more than {SignatureNonce.KEPT_SECONDS // 86400} days away from now; "
+            "this provider's signature does not cover the whole body, so Hookline accepts it only while it can "
+            "check that it is used once",
         )
     if not _nonce_fits_body(source.pk, nonce, body):
         return (
@@ -230,22 +225,18 @@ def _replay_refusal(provider, request: InboundRequest, source: Source, body: byt
 
 
 def _nonce_fits_body(source_id: int, nonce: str, body: bytes) -> bool:
-    """Bind ``nonce`` to ``body`` on first use; later uses must carry the same body.
+    """Bind ``nonce`` to ``body`` on first use; later uses must carry the same body (see SignatureNonce).
 
-    For schemes whose signature does not cover the whole body (see Provider.replay_nonce).
-    The binding lives in the cache: when the cache is unreachable the request is accepted
-    (refusing would turn a cache outage into lost webhooks); the signature was still checked.
+    A database error propagates: the view answers 503 and the provider retries, as when the
+    event itself cannot be stored.
     """
-    key = "ingest:nonce:" + hashlib.sha256(f"{source_id}:{nonce}".encode()).hexdigest()
     digest = hashlib.sha256(body).hexdigest()
-    try:
-        if cache.add(key, digest, timeout=NONCE_BINDING_SECONDS):
-            return True
-        bound = cache.get(key)
-    except Exception as exc:
-        logger.warning("cache unavailable while checking a replay nonce; accepting the request: %s", exc)
-        return True
-    return bound is None or hmac.compare_digest(bound, digest)
+    binding, created = SignatureNonce.objects.get_or_create(
+        source_id=source_id,
+        nonce_digest=hashlib.sha256(nonce.encode()).hexdigest(),
+        defaults={"body_digest": digest},
+    )
+    return created or hmac.compare_digest(binding.body_digest, digest)
 
 
 def _storable_event_id(event_id: str) -> str:

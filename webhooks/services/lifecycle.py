@@ -13,7 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from organizations.models import Membership, MonthlyUsage, Organization
-from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     """
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
+    # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
+    SignatureNonce.objects.filter(created_at__lt=now - timedelta(seconds=SignatureNonce.KEPT_SECONDS)).delete()
     deleted = 0
     for organization in Organization.objects.only("pk", "retention_days"):
         cutoff = now - timedelta(days=organization.retention_days)
