@@ -22,7 +22,8 @@ class Delivery(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempt_count = models.PositiveIntegerField(default=0)
     # Attempts asked for by hand (retry, bulk retry) come on top of DELIVERY_RETRY_SCHEDULE:
-    # a failed "Retry now" must not bring the delivery a step closer to dead.
+    # a failed "Retry now" must not bring the delivery a step closer to dead. Counted when the
+    # retry is asked for (see MANUAL_ATTEMPT_ASKED), so it may be one ahead of attempt_count.
     manual_attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
@@ -73,5 +74,5 @@ class Delivery(models.Model):
 
     @property
     def scheduled_attempt_count(self) -> int:
-        """Attempts that count against the retry schedule."""
-        return max(self.attempt_count - self.manual_attempts, 0)
+        """Attempts that count against the retry schedule (the first attempt always does)."""
+        return max(self.attempt_count - self.manual_attempts, 1)

@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Count, Exists, F, OuterRef
+from django.db.models import Case, Count, Exists, F, OuterRef, PositiveIntegerField, When
 from django.utils import timezone
 
 from organizations.services import audit_record
@@ -594,6 +594,17 @@ class DeliveryRetryError(ValueError):
     """The delivery cannot be retried by hand (message is safe to show)."""
 
 
+# manual_attempts after a retry by hand is asked for. The first attempt is the schedule's own,
+# so after k attempts at most k - 1 were by hand; one more makes it k, the attempt to come. A
+# delivery not yet tried, or one whose retry is already waiting (a second click, a paused
+# destination), is not counted again.
+MANUAL_ATTEMPT_ASKED = Case(
+    When(manual_attempts__lt=F("attempt_count"), then=F("manual_attempts") + 1),
+    default=F("manual_attempts"),
+    output_field=PositiveIntegerField(),
+)
+
+
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     """Send a dead or waiting delivery again now (one more attempt, on top of the schedule)."""
@@ -606,7 +617,7 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         status=Delivery.Status.PENDING,
         next_attempt_at=timezone.now(),
         completed_at=None,
-        manual_attempts=F("manual_attempts") + 1,
+        manual_attempts=MANUAL_ATTEMPT_ASKED,
     )
     audit_record(
         action="delivery.retried",

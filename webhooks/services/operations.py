@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -14,7 +13,7 @@ from organizations.models import Organization
 from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 
-from .delivery import schedule_dispatch
+from .delivery import MANUAL_ATTEMPT_ASKED, schedule_dispatch
 from .row_locks import lock_destinations_against_deletion
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -150,7 +149,7 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                 status=Delivery.Status.PENDING,
                 next_attempt_at=timezone.now(),
                 completed_at=None,
-                manual_attempts=F("manual_attempts") + 1,  # on top of the schedule, as a single retry
+                manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
             )
             job.retried += updated
             job.last_delivery_id = batch[-1]
