@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
@@ -37,6 +38,24 @@ def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[in
         return {row[0] for row in cursor.fetchall()}
 
 
+@contextlib.contextmanager
+def new_deliveries_stopped(destinations: QuerySet) -> Iterator[list[int]]:
+    """Mark destinations inactive for the block, so that fan-out stops creating deliveries for them.
+
+    Yields the ids of those that exist. Outside a transaction the mark is committed at once,
+    which is the point: a destination that keeps receiving events would otherwise get new
+    deliveries faster than its deletion can collect them (see delete_destinations). Those
+    that were active and still exist afterwards (the deletion failed or did not happen) are
+    marked active again.
+    """
+    found = dict(destinations.values_list("pk", "is_active"))
+    Destination.objects.filter(pk__in=list(found), is_active=True).update(is_active=False)
+    try:
+        yield list(found)
+    finally:
+        Destination.objects.filter(pk__in=[pk for pk, active in found.items() if active]).update(is_active=True)
+
+
 def delete_destinations(destinations: QuerySet, tries: int = 3) -> None:
     """Delete destinations with their deliveries and attempts, while deliveries may be created for them.
 
@@ -44,7 +63,8 @@ def delete_destinations(destinations: QuerySet, tries: int = 3) -> None:
     then its destination, and a deletion taking the destination first could deadlock with it.
     Instead, a delivery committed by fan-out or replay after the collection makes the foreign
     keys fail when they are checked; they are checked right here, inside a savepoint, and the
-    deletion is tried again, collecting the new deliveries too.
+    deletion is tried again, collecting the new deliveries too. Call it inside
+    new_deliveries_stopped, so that only the few deliveries already on their way can cross it.
     """
     for attempt in range(1, tries + 1):
         try:

@@ -1,11 +1,12 @@
 """Deleting a destination while deliveries for it are being created: neither side fails, nothing dangles."""
 
+import json
 import threading
 
 import pytest
-from django.db import connections
+from django.db import DatabaseError, connections
 
-from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing, row_locks
 from webhooks.services.destinations import destination_delete
@@ -67,21 +68,63 @@ def run_alongside(paused: Paused, other_target) -> list:
     return paused.errors + other.errors
 
 
-def test_fan_out_during_a_deletion_waits_and_skips_the_deleted_destination(routed, monkeypatch):
+def test_a_fan_out_that_read_its_subscriptions_before_a_deletion_skips_the_deleted_destination(routed, monkeypatch):
     kept, doomed = routed
-    real_check = row_locks.check_foreign_keys
-    deletion = Paused(lambda: destination_delete(destination=doomed))
+    real_lock = processing.lock_destinations_against_deletion
+    fan_out = Paused(processing.process_event_batch)
 
-    def pause_then_check():
-        deletion.pause()  # the destination row is deleted, not yet committed
-        real_check()
+    def pause_then_lock(destination_ids):
+        destination_ids = list(destination_ids)
+        fan_out.pause()  # subscriptions read (both destinations), nothing locked yet
+        return real_lock(destination_ids)
 
-    monkeypatch.setattr(row_locks, "check_foreign_keys", pause_then_check)
-    assert run_alongside(deletion, processing.process_event_batch) == []
+    monkeypatch.setattr(processing, "lock_destinations_against_deletion", pause_then_lock)
+    fan_out.thread.start()
+    assert fan_out.reached.wait(10)
+    destination_delete(destination=doomed)  # holds nothing the fan-out has: does not wait
+    fan_out.released.set()
+    fan_out.thread.join(10)
+    assert fan_out.errors == []
 
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+
+
+def test_a_destination_that_keeps_receiving_events_can_be_deleted(client, routed, monkeypatch):
+    # New deliveries for it stop before its deletion starts, so they cannot outrun it.
+    kept, doomed = routed
+    real_check = row_locks.check_foreign_keys
+    fan_outs = []
+
+    def fan_out_then_check():
+        # Events keep arriving and being fanned out while the deletion runs.
+        body = json.dumps({"id": f"evt_more_{len(fan_outs)}", "object": "event", "type": "invoice.paid"})
+        assert post_stripe(client, Source.objects.get(), body, STRIPE_SECRET).status_code == 200
+        worker = threading.Thread(target=lambda: (processing.process_event_batch(), connections.close_all()))
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the fan-out waited for the deletion"
+        fan_outs.append(1)
+        real_check()
+
+    monkeypatch.setattr(row_locks, "check_foreign_keys", fan_out_then_check)
+    destination_delete(destination=doomed)
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    assert len(fan_outs) == 1  # nothing was created for it meanwhile, so one try was enough
+    assert set(Delivery.objects.values_list("destination_id", flat=True)) == {kept.pk}
+
+
+def test_a_deletion_that_fails_leaves_the_destination_active(routed, monkeypatch):
+    _, doomed = routed
+
+    def failing_check():
+        raise DatabaseError("canceling statement due to lock timeout")
+
+    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
+    with pytest.raises(DatabaseError):
+        destination_delete(destination=doomed)
+    assert Destination.objects.get(pk=doomed.pk).is_active is True
 
 
 def test_a_deletion_during_fan_out_waits_and_takes_the_new_deliveries_along(routed, monkeypatch):
@@ -143,3 +186,24 @@ def test_a_deletion_while_a_failed_attempt_is_recorded_does_not_deadlock(routed,
     kept_delivery = Delivery.objects.get()
     assert (kept_delivery.destination_id, kept_delivery.status) == (kept.pk, Delivery.Status.PENDING)
     assert Destination.objects.get(pk=kept.pk).consecutive_failures == 1
+
+
+def test_a_replay_and_a_deletion_at_once_do_not_deadlock(routed, monkeypatch):
+    # The replay locks the destination and then writes its audit entry; the deletion must not
+    # hold the audit log's lock while it waits for the destination.
+    kept, doomed = routed
+    processing.process_event_batch()
+    event = WebhookEvent.objects.get()
+    real_lock = operations.lock_destinations_against_deletion
+    replay = Paused(lambda: operations.event_replay(event=event, destination=doomed))
+
+    def lock_then_pause(destination_ids):
+        locked = real_lock(destination_ids)
+        replay.pause()  # the destination is locked, the audit entry not yet written
+        return locked
+
+    monkeypatch.setattr(operations, "lock_destinations_against_deletion", lock_then_pause)
+    assert run_alongside(replay, lambda: destination_delete(destination=doomed)) == []
+
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
