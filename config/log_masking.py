@@ -38,9 +38,15 @@ class MaskIngestTokens(logging.Filter):
 
 
 class IngestTokenMaskingLogger(Logger):
-    """gunicorn's logger, with the request line, path and referrer of the access log masked."""
+    """gunicorn's logger: the access log's request line, path and referrer masked, and the error
+    log's messages ("Error handling request /in/…") too."""
 
-    _MASKED_ATOMS = ("r", "U", "f", "{raw_uri}e", "{path_info}e", "{request_uri}e")
+    _MASKED_ATOMS = ("r", "U", "f", "{referer}i", "{raw_uri}e", "{path_info}e", "{request_uri}e")
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        if not any(isinstance(existing, MaskIngestTokens) for existing in self.error_log.filters):
+            self.error_log.addFilter(MaskIngestTokens())  # setup runs again on every HUP
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)

@@ -290,13 +290,14 @@ class DestinationAdmin(AuditedModelAdmin):
 
     @admin.action(description="Rotate secret (generate a new one, shown once)")
     def rotate_secret(self, request, queryset):
-        shown = [
-            (
-                f"{destination.organization.name} · {destination}",
-                destination_rotate_secret(destination=destination, actor=request.user)[1],
-            )
-            for destination in queryset.select_related("organization")
-        ]
+        shown = []
+        for destination in queryset.select_related("organization"):
+            try:
+                _, secret = destination_rotate_secret(destination=destination, actor=request.user)
+            except DestinationError as exc:  # deleted meanwhile
+                self.message_user(request, f"{destination}: {exc}", messages.ERROR)
+                continue
+            shown.append((f"{destination.organization.name} · {destination}", secret))
         return one_time_secret_page(request, self, title="New destination secrets", shown=shown)
 
     @admin.action(description="Pause selected destinations")

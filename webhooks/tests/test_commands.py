@@ -114,6 +114,16 @@ def test_seed_demo_is_idempotent(settings):
     assert first["destination_id"] == second["destination_id"]
 
 
+def test_seed_demo_that_fails_half_way_leaves_nothing_and_the_next_run_creates_everything(settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False  # the demo receiver on 127.0.0.1 is refused
+    with pytest.raises(CommandError):
+        run("seed_demo")
+    assert not Source.objects.filter(organization__slug="demo").exists()
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    seeded = run("seed_demo")
+    assert seeded["created"] is True and seeded["destination_id"] is not None
+
+
 def test_seed_demo_does_not_bring_back_what_the_tenant_deleted(settings):
     first = run("seed_demo")
     Destination.objects.filter(pk=first["destination_id"]).delete()

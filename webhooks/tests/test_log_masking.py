@@ -40,6 +40,30 @@ def test_the_filter_masks_messages_and_arguments_before_formatting():
     assert record.getMessage() == "posted to /in/…tail/"
 
 
+def test_django_s_own_log_handlers_are_replaced_by_the_masking_one():
+    # Django's defaults would print "Not Found: /in/<token>/" with DEBUG before the masked copy.
+    from django.conf import settings
+
+    assert logging.getLogger("django").handlers == []
+    assert settings.LOGGING["loggers"]["django.server"]["handlers"] == ["console"]
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["mask_ingest_tokens"]
+
+
+def test_gunicorn_s_error_log_is_masked_once_however_often_it_is_set_up():
+    from gunicorn.config import Config
+
+    from config.log_masking import IngestTokenMaskingLogger
+
+    logger = IngestTokenMaskingLogger(Config())
+    logger.setup(Config())  # a HUP
+    assert sum(isinstance(f, MaskIngestTokens) for f in logger.error_log.filters) == 1
+    record = logging.LogRecord(
+        "gunicorn.error", logging.ERROR, __file__, 1, "Error handling request %s", (f"/in/{TOKEN}/",), None
+    )
+    assert all(f.filter(record) for f in logger.error_log.filters)
+    assert record.getMessage() == "Error handling request /in/…tail/"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
     source = make_source(organization)
@@ -47,11 +71,14 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
     private_tmp = Path(tempfile.mkdtemp(prefix="hlm-"))
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("w") as log:
-        server = _start_gunicorn(port, private_tmp, log, "--access-logfile", "-", LOG_LEVEL="INFO")
+        # DEBUG: Django's own console handler is active then; it must not print the token either.
+        server = _start_gunicorn(port, private_tmp, log, "--access-logfile", "-", LOG_LEVEL="INFO", DEBUG="true")
         try:
             wait_for_port(port)
             assert post_stripe_over_http(port, source.ingest_token, "evt_logged", STRIPE_SECRET) == 200
             assert post_stripe_over_http(port, source.ingest_token, "evt_forged", "whsec_wrong") == 401
+            unknown_token = "Unknown0token0Of0Nobody0AtAll0xyz"
+            assert post_stripe_over_http(port, unknown_token, "evt_lost", STRIPE_SECRET) == 404
         finally:
             server.terminate()
             server.wait(30)
@@ -61,3 +88,4 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
     assert source.ingest_token not in logged
     assert logged.count(f"POST {masked}") == 2, logged  # both access-log lines, masked
     assert f"Unauthorized: {masked}" in logged  # Django's warning for the 401
+    assert unknown_token not in logged and "Not Found: /in/…0xyz/" in logged

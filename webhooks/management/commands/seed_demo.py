@@ -1,6 +1,8 @@
 import os
 import secrets
 
+from django.db import transaction
+
 from organizations.models import Organization
 from organizations.services import organization_create
 from webhooks.models import Destination, Source
@@ -27,6 +29,9 @@ class Command(OperatorCommand):
             help="where the demo destination points",
         )
 
+    # One transaction: a first run that fails half-way (say, the receiver's address refused)
+    # leaves nothing, so the next run creates everything instead of reporting it deleted.
+    @transaction.atomic
     def run(self, **options):
         organization = Organization.objects.filter(slug=DEMO_SLUG).first()
         created = organization is None
