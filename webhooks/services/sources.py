@@ -153,7 +153,10 @@ def source_update(*, source: Source, name: str, options: dict[str, Any], actor=N
 def source_delete(*, source: Source, actor=None) -> None:
     """Delete a source with its events (their deliveries and attempts go with them)."""
     require_configure_role(organization=source.organization, actor=actor)
-    # Written first: the audit entry keeps the label and id of what is about to disappear.
+    # A queryset delete leaves this instance its id, for the audit entry below.
+    Source.objects.filter(pk=source.pk).delete()
+    # Written last: the audit log's lock (one for the whole platform) is then held for the
+    # commit only, not while a source with millions of events is being deleted.
     audit_record(
         action="source.deleted",
         organization=source.organization,
@@ -161,4 +164,3 @@ def source_delete(*, source: Source, actor=None) -> None:
         target=source,
         changes={"provider": source.provider, "name": source.name},
     )
-    source.delete()

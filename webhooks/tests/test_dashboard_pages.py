@@ -360,6 +360,8 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
     )
     for action in ("source.created", "source.secret_rotated", "source.paused", "source.resumed", "source.deleted"):
         assert action in actions
+    deleted = AuditLog.objects.get(action="source.deleted")  # written after the rows went: still names them
+    assert (deleted.target_id, deleted.target_label) == (str(source.pk), str(source))
 
 
 def test_generated_source_secret_is_shown_once(client, owner, organization):
