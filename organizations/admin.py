@@ -6,6 +6,7 @@ Django's own LogEntry) by ``AuditedAdminMixin``; the webhooks admin builds on th
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
@@ -115,11 +116,32 @@ class AuditedAdminMixin:
         return entry
 
     def log_deletions(self, request, queryset):
-        # Called by the delete view and the bulk delete action while the rows still exist.
+        # Called by the delete view and the bulk delete action while the rows still exist. The
+        # audit entries are written once they are deleted (_audit_deletions), in the same
+        # transaction: the audit log's lock, one for the whole platform, is then not held while
+        # an organization and its events are deleted, and a deletion that fails leaves no entry.
         entries = super().log_deletions(request, queryset)
+        deleting = []
         for obj in queryset:
-            self._audit(request, obj, "deleted")
+            organization_of(obj)  # loaded now: it may be gone with the object
+            deleting.append(copy.copy(obj))  # a copy keeps its id; Model.delete() clears it
+        request._hookline_deleting = deleting
         return entries
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)  # the delete view runs in a transaction already
+        self._audit_deletions(request)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            super().delete_queryset(request, queryset)
+            self._audit_deletions(request)
+
+    def _audit_deletions(self, request) -> None:
+        """The entries for what log_deletions saw, once deleted."""
+        for obj in getattr(request, "_hookline_deleting", ()):
+            self._audit(request, obj, "deleted")
+        request._hookline_deleting = []
 
     def get_deleted_objects(self, objs, request):
         # Rows the platform writes (events, deliveries, attempts) cannot be deleted one by one in

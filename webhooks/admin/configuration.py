@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -273,10 +274,12 @@ class DestinationAdmin(AuditedModelAdmin):
 
     def delete_model(self, request, obj):
         delete_destinations(Destination.objects.filter(pk=obj.pk))
+        self._audit_deletions(request)
 
     def delete_queryset(self, request, queryset):
-        with new_deliveries_stopped(queryset):
+        with new_deliveries_stopped(queryset), transaction.atomic():
             delete_destinations(queryset)
+            self._audit_deletions(request)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

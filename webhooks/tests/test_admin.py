@@ -606,6 +606,25 @@ def test_bulk_delete_action_audits_each_row(admin, setup):
     assert Source.objects.filter(pk=source.pk).exists()
 
 
+def test_a_bulk_delete_that_fails_leaves_no_deleted_entry_and_the_destination_active(admin, setup, monkeypatch):
+    from django.db import DatabaseError
+
+    from webhooks.services import row_locks
+
+    def failing_check():
+        raise DatabaseError("canceling statement due to lock timeout")
+
+    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
+    destination = setup["their_destination"]
+    with pytest.raises(DatabaseError):
+        admin.post(
+            reverse("admin:webhooks_destination_changelist"),
+            {"action": "delete_selected", "_selected_action": [destination.pk], "post": "yes"},
+        )
+    assert Destination.objects.get(pk=destination.pk).is_active
+    assert not AuditLog.objects.filter(action="admin.webhooks.destination.deleted").exists()
+
+
 # --- Audit log ----------------------------------------------------------------------------------
 
 
