@@ -290,6 +290,9 @@ def main(argv=None) -> int:
             ("events, filter status=failed", f"{base}/events/?status=failed"),
             ("events, filter source", f"{base}/events/?source={source.pk}"),
             ("events, filter event type", f"{base}/events/?event_type=charge.failed"),
+            ("events, filter event type wildcard", f"{base}/events/?event_type=charge.*"),
+            ("events, filter rare wildcard", f"{base}/events/?event_type=*.session.*"),
+            ("events, filter status=retrying", f"{base}/events/?status=retrying"),
             ("events, filter destination", f"{base}/events/?destination={destination.pk}"),
             (
                 "events, filter type + source + 24h",

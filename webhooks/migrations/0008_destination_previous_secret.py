@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='destination',
             name='previous_secret',
-            field=webhooks.fields.EncryptedTextField(blank=True, default=''),
+            field=webhooks.fields.EncryptedTextField(blank=True, db_default='', default=''),
         ),
         migrations.AddField(
             model_name='destination',

@@ -24,7 +24,9 @@ class Delivery(models.Model):
     # Attempts asked for by hand (retry, bulk retry) come on top of DELIVERY_RETRY_SCHEDULE:
     # a failed "Retry now" must not bring the delivery a step closer to dead. Counted when the
     # retry is asked for (see MANUAL_ATTEMPT_ASKED), so it may be one ahead of attempt_count.
-    manual_attempts = models.PositiveIntegerField(default=0)
+    # A database default too: processes still running the code before this column (during a
+    # deploy) insert deliveries without it.
+    manual_attempts = models.PositiveIntegerField(default=0, db_default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)

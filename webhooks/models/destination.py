@@ -21,7 +21,8 @@ class Destination(models.Model):
     secret_hint = models.CharField(max_length=8, blank=True, editable=False)
     # After a rotation, attempts are signed with both secrets until this time, so that a
     # receiver can switch over without refusing anything (Standard Webhooks takes any one).
-    previous_secret = EncryptedTextField(blank=True, default="")
+    # A database default too: processes still running older code (during a deploy) insert without it.
+    previous_secret = EncryptedTextField(blank=True, default="", db_default="")
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     timeout_seconds = models.FloatField(
         default=15.0, validators=[MinValueValidator(MIN_TIMEOUT_SECONDS), MaxValueValidator(MAX_TIMEOUT_SECONDS)]
