@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.utils import unquote
 from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -20,7 +19,7 @@ from webhooks.services.destinations import (
     destination_rotate_secret,
 )
 from webhooks.services.operations import destination_pause, destination_resume
-from webhooks.services.row_locks import delete_destinations, new_deliveries_stopped
+from webhooks.services.row_locks import delete_destinations
 from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
 
 from .filters import SourceProviderFilter
@@ -263,22 +262,14 @@ class DestinationAdmin(AuditedModelAdmin):
         # A destination gets its secret from destination_create (dashboard or create_destination).
         return False
 
-    # Deliveries may be being created for a destination while it is deleted: new ones are stopped
-    # before the deletion's transaction starts, and the rest is caught by delete_destinations.
-    def delete_view(self, request, object_id, extra_context=None):
-        obj = self.get_object(request, unquote(object_id)) if request.method == "POST" else None
-        if obj is None or not self.has_delete_permission(request, obj):
-            return super().delete_view(request, object_id, extra_context)
-        with new_deliveries_stopped(Destination.objects.filter(pk=obj.pk)):
-            return super().delete_view(request, object_id, extra_context)
-
+    # Deliveries may be being created for a destination while it is deleted: see delete_destinations.
     def delete_model(self, request, obj):
-        delete_destinations(Destination.objects.filter(pk=obj.pk))
+        delete_destinations([obj.pk])
         self._audit_deletions(request)
 
     def delete_queryset(self, request, queryset):
-        with new_deliveries_stopped(queryset), transaction.atomic():
-            delete_destinations(queryset)
+        with transaction.atomic():
+            delete_destinations(queryset.values_list("pk", flat=True))
             self._audit_deletions(request)
 
     def save_model(self, request, obj, form, change):

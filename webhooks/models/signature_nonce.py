@@ -11,8 +11,10 @@ class SignatureNonce(models.Model):
     than the cache, so that an eviction or a flush cannot reopen the window.
     """
 
-    # Longer than the providers concerned retry (PayPal: 3 days); older signatures are refused.
+    # Longer than the providers concerned retry (PayPal: 3 days); older signatures are refused,
+    # and so are signatures dated more than CLOCK_SKEW_SECONDS ahead.
     KEPT_SECONDS = 4 * 24 * 3600
+    CLOCK_SKEW_SECONDS = 300
 
     source = models.ForeignKey("webhooks.Source", on_delete=models.CASCADE, related_name="+", db_index=False)
     # Digests only: the table holds nothing that could be sent again.

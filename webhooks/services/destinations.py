@@ -17,7 +17,7 @@ from .delivery import delivery_retry
 from .operations import bulk_retry_start, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, resolve_destination
 from .permissions import require_configure_role
-from .row_locks import delete_destinations, new_deliveries_stopped
+from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
 
 
@@ -244,27 +244,24 @@ def destination_rotate_secret(
     return destination, secret
 
 
+@transaction.atomic
 def destination_delete(*, destination: Destination, actor=None) -> None:
     """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay).
 
-    New deliveries for it are stopped first (committed on its own), then it is deleted and
-    audited in one transaction. The audit entry comes last: the audit log's lock is then taken
-    after the destination's rows, in the order replay and rotation take them, and held only
-    for the commit rather than for the whole deletion.
+    The audit entry is written last: the audit log's lock (one for the whole platform) is then
+    taken after the destination's rows, in the order replay and rotation take them, and held
+    for the commit only rather than for the whole deletion.
     """
     require_configure_role(organization=destination.organization, actor=actor)
-    with new_deliveries_stopped(Destination.objects.filter(pk=destination.pk)) as found:
-        if not found:
-            return  # deleted meanwhile by someone else, who was audited
-        with transaction.atomic():
-            delete_destinations(Destination.objects.filter(pk=destination.pk))
-            audit_record(
-                action="destination.deleted",
-                organization=destination.organization,
-                actor=actor,
-                target=destination,
-                changes={"name": destination.name, "url": destination.url},
-            )
+    if not delete_destinations([destination.pk]):
+        return  # deleted meanwhile by someone else, who was audited
+    audit_record(
+        action="destination.deleted",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"name": destination.name, "url": destination.url},
+    )
 
 
 def destination_set_paused(*, destination: Destination, paused: bool, actor=None) -> Destination:

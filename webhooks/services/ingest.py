@@ -208,12 +208,15 @@ def _replay_refusal(provider, request: InboundRequest, source: Source, body: byt
     if nonce is None:
         return None
     signed_at = provider.nonce_signed_at(request, source.options)
-    if signed_at is None or abs(time.time() - signed_at) > SignatureNonce.KEPT_SECONDS:
+    age = time.time() - signed_at if signed_at is not None else None
+    # Not from the future either (beyond clock skew): a binding is kept KEPT_SECONDS from its
+    # first use, which must cover the whole time the signature is accepted.
+    if age is None or age > SignatureNonce.KEPT_SECONDS or age < -SignatureNonce.CLOCK_SKEW_SECONDS:
         return (
             "timestamp_out_of_tolerance",
-            f"the signed time is missing or more than {SignatureNonce.KEPT_SECONDS // 86400} days away from now; "
-            "this provider's signature does not cover the whole body, so Hookline accepts it only while it can "
-            "check that it is used once",
+            f"the signed time is missing, more than {SignatureNonce.KEPT_SECONDS // 86400} days old or in the "
+            "future; this provider's signature does not cover the whole body, so Hookline accepts it only while "
+            "it can check that it is used once",
         )
     if not _nonce_fits_body(source.pk, nonce, body):
         return (

@@ -81,7 +81,8 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
     # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
-    SignatureNonce.objects.filter(created_at__lt=now - timedelta(seconds=SignatureNonce.KEPT_SECONDS)).delete()
+    kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
+    SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
     deleted = 0
     for organization in Organization.objects.only("pk", "retention_days"):
         cutoff = now - timedelta(days=organization.retention_days)

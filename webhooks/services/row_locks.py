@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import QuerySet
 
-from webhooks.models import Destination
+from webhooks.models import Delivery, Destination
 
-# Why a deletion is tried again: a delivery committed for the destination after the deletion
-# collected its deliveries (foreign_key_violation), or a lock cycle with fan-out over several
-# destinations of an admin's bulk delete (deadlock_detected).
-_CROSSED_A_NEW_DELIVERY = {"23503", "40P01"}
+# Why a deletion is tried again: a delivery or attempt committed after the deletion collected
+# them (foreign_key_violation), or a lock cycle with the dispatcher (deadlock_detected).
+_TRY_AGAIN = {"23503", "40P01"}
 
 
 def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[int]:
@@ -38,43 +35,40 @@ def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[in
         return {row[0] for row in cursor.fetchall()}
 
 
-@contextlib.contextmanager
-def new_deliveries_stopped(destinations: QuerySet) -> Iterator[list[int]]:
-    """Mark destinations inactive for the block, so that fan-out stops creating deliveries for them.
-
-    Yields the ids of those that exist. Outside a transaction the mark is committed at once,
-    which is the point: a destination that keeps receiving events would otherwise get new
-    deliveries faster than its deletion can collect them (see delete_destinations). Those
-    that were active and still exist afterwards (the deletion failed or did not happen) are
-    marked active again.
-    """
-    found = dict(destinations.values_list("pk", "is_active"))
-    Destination.objects.filter(pk__in=list(found), is_active=True).update(is_active=False)
-    try:
-        yield list(found)
-    finally:
-        Destination.objects.filter(pk__in=[pk for pk, active in found.items() if active]).update(is_active=True)
-
-
-def delete_destinations(destinations: QuerySet, tries: int = 3) -> None:
+def delete_destinations(destination_ids: Iterable[int], tries: int = 3) -> list[int]:
     """Delete destinations with their deliveries and attempts, while deliveries may be created for them.
 
-    Nothing is locked before Django collects the deliveries: the dispatcher locks a delivery and
-    then its destination, and a deletion taking the destination first could deadlock with it.
-    Instead, a delivery committed by fan-out or replay after the collection makes the foreign
-    keys fail when they are checked; they are checked right here, inside a savepoint, and the
-    deletion is tried again, collecting the new deliveries too. Call it inside
-    new_deliveries_stopped, so that only the few deliveries already on their way can cross it.
+    Returns the ids it deleted (none of those another deletion got to first). In three steps,
+    one transaction:
+
+    1. Their deliveries and attempts, however many, without holding the destinations: the
+       dispatcher locks a delivery and then its destination (health), so a deletion holding
+       the destination while it waits for deliveries could deadlock with it.
+    2. The destinations, locked: this waits for fan-outs and replays that hold FOR KEY SHARE
+       on them (lock_destinations_against_deletion) to commit; later ones wait for this
+       deletion and then leave the destinations out. Held only for step 3 and the commit.
+    3. The destinations, with the few deliveries created between steps 1 and 2.
+
+    The deferred foreign keys are checked inside a savepoint and a deadlock or a delivery that
+    still slipped in means one more try.
     """
+    ids = sorted(set(destination_ids))
     for attempt in range(1, tries + 1):
         try:
             with transaction.atomic():
-                destinations.delete()
+                Delivery.objects.filter(destination_id__in=ids).delete()
+                locked = lock_destinations_for_deletion(ids)
+                Destination.objects.filter(pk__in=locked).delete()
                 check_foreign_keys()
-            return
+            return locked
         except DatabaseError as exc:
-            if attempt == tries or getattr(exc.__cause__, "sqlstate", None) not in _CROSSED_A_NEW_DELIVERY:
+            if attempt == tries or getattr(exc.__cause__, "sqlstate", None) not in _TRY_AGAIN:
                 raise
+    return []  # pragma: no cover - the loop returns or raises
+
+
+def lock_destinations_for_deletion(ids: list[int]) -> list[int]:
+    return list(Destination.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
 
 
 def check_foreign_keys() -> None:

@@ -154,7 +154,9 @@ def source_delete(*, source: Source, actor=None) -> None:
     """Delete a source with its events (their deliveries and attempts go with them)."""
     require_configure_role(organization=source.organization, actor=actor)
     # A queryset delete leaves this instance its id, for the audit entry below.
-    Source.objects.filter(pk=source.pk).delete()
+    _, deleted = Source.objects.filter(pk=source.pk).delete()
+    if not deleted.get(Source._meta.label):
+        return  # deleted meanwhile by someone else, who was audited
     # Written last: the audit log's lock (one for the whole platform) is then held for the
     # commit only, not while a source with millions of events is being deleted.
     audit_record(

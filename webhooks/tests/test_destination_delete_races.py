@@ -91,32 +91,42 @@ def test_a_fan_out_that_read_its_subscriptions_before_a_deletion_skips_the_delet
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
 
 
-def test_a_destination_that_keeps_receiving_events_can_be_deleted(client, routed, monkeypatch):
-    # New deliveries for it stop before its deletion starts, so they cannot outrun it.
+def test_deliveries_created_while_the_history_is_deleted_go_with_the_destination(client, routed, monkeypatch):
+    # Events keep arriving for a destination while its (possibly long) history is deleted.
     kept, doomed = routed
-    real_check = row_locks.check_foreign_keys
-    fan_outs = []
+    processing.process_event_batch()  # one delivery each: the history
+    real_lock = row_locks.lock_destinations_for_deletion
+    more = []
 
-    def fan_out_then_check():
-        # Events keep arriving and being fanned out while the deletion runs.
-        body = json.dumps({"id": f"evt_more_{len(fan_outs)}", "object": "event", "type": "invoice.paid"})
-        assert post_stripe(client, Source.objects.get(), body, STRIPE_SECRET).status_code == 200
-        worker = threading.Thread(target=lambda: (processing.process_event_batch(), connections.close_all()))
+    source = Source.objects.get()
+
+    def arrive_and_fan_out():
+        # Another process's work: its own connection, committed while the deletion runs.
+        body = json.dumps({"id": "evt_more", "object": "event", "type": "invoice.paid"})
+        try:
+            assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+            more.append(processing.process_event_batch())
+        finally:
+            connections.close_all()
+
+    def fan_out_then_lock(ids):
+        worker = threading.Thread(target=arrive_and_fan_out)
         worker.start()
         worker.join(10)
-        assert not worker.is_alive(), "the fan-out waited for the deletion"
-        fan_outs.append(1)
-        real_check()
+        assert not worker.is_alive(), "fan-out waited for the history's deletion"
+        return real_lock(ids)
 
-    monkeypatch.setattr(row_locks, "check_foreign_keys", fan_out_then_check)
+    monkeypatch.setattr(row_locks, "lock_destinations_for_deletion", fan_out_then_lock)
     destination_delete(destination=doomed)
+
+    assert more == [1]  # the new event was fanned out to both destinations meanwhile
     assert not Destination.objects.filter(pk=doomed.pk).exists()
-    assert len(fan_outs) == 1  # nothing was created for it meanwhile, so one try was enough
-    assert set(Delivery.objects.values_list("destination_id", flat=True)) == {kept.pk}
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk, kept.pk]
 
 
-def test_a_deletion_that_fails_leaves_the_destination_active(routed, monkeypatch):
-    _, doomed = routed
+def test_a_deletion_that_fails_changes_nothing(routed, monkeypatch):
+    kept, doomed = routed
+    processing.process_event_batch()
 
     def failing_check():
         raise DatabaseError("canceling statement due to lock timeout")
@@ -125,6 +135,7 @@ def test_a_deletion_that_fails_leaves_the_destination_active(routed, monkeypatch
     with pytest.raises(DatabaseError):
         destination_delete(destination=doomed)
     assert Destination.objects.get(pk=doomed.pk).is_active is True
+    assert Delivery.objects.filter(destination=doomed).count() == 1
 
 
 def test_a_deletion_during_fan_out_waits_and_takes_the_new_deliveries_along(routed, monkeypatch):

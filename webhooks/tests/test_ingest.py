@@ -424,12 +424,23 @@ def test_signature_bindings_are_purged_once_their_signatures_are_refused_anyway(
         source=source,
         nonce_digest="a" * 64,
         body_digest="b" * 64,
-        created_at=now - timedelta(seconds=SignatureNonce.KEPT_SECONDS + 60),
+        created_at=now - timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS + 60),
     )
     recent = SignatureNonce.objects.create(source=source, nonce_digest="c" * 64, body_digest="d" * 64)
     purge_expired_events(now=now)
     assert list(SignatureNonce.objects.values_list("pk", flat=True)) == [recent.pk]
     assert not SignatureNonce.objects.filter(pk=old.pk).exists()
+
+
+def test_a_signature_dated_in_the_future_is_refused_when_its_replay_check_could_not_cover_it(client, organization):
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    ahead = mailgun_signature("key-test-signing", token="tok-future", timestamp=int(time.time()) + 3 * 86400)
+    body = json.dumps({"signature": ahead, "event-data": {"id": "evt-future", "event": "delivered"}})
+    response = client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+    assert response.status_code == 401 and response.json()["error"] == "timestamp_out_of_tolerance"
+    skewed = mailgun_signature("key-test-signing", token="tok-skew", timestamp=int(time.time()) + 60)
+    body = json.dumps({"signature": skewed, "event-data": {"id": "evt-skew", "event": "delivered"}})
+    assert client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json").status_code == 200
 
 
 def test_a_signature_older_than_its_replay_check_is_refused(client, organization):
