@@ -1,9 +1,22 @@
 import os
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("hookline")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def mask_ingest_tokens_in_worker_logs(logger, **kwargs):
+    """Celery replaces the root logger's handlers (Django's masking one among them) and gives
+    task loggers their own, so the worker and beat mask ingest tokens on those handlers too."""
+    from config.log_masking import MaskIngestTokens
+
+    for handler in logger.handlers:
+        if not any(isinstance(existing, MaskIngestTokens) for existing in handler.filters):
+            handler.addFilter(MaskIngestTokens())

@@ -1,7 +1,10 @@
 """Ingest tokens are secrets: no log line holds one whole, only its last four characters."""
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,3 +92,24 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
     assert logged.count(f"POST {masked}") == 2, logged  # both access-log lines, masked
     assert f"Unauthorized: {masked}" in logged  # Django's warning for the 401
     assert unknown_token not in logged and "Not Found: /in/…0xyz/" in logged
+
+
+def test_celery_worker_and_task_logs_are_masked_too():
+    # Celery replaces the root logger's handlers when a worker or beat starts; what it installs
+    # must mask as Django's handler does. Run in a fresh interpreter, as a worker would be.
+    script = (
+        "import django, logging; django.setup()\n"
+        "from config.celery import app\n"
+        "from celery.utils.log import get_task_logger\n"
+        "app.log.setup(loglevel='INFO', redirect_stdouts=False)\n"
+        f"logging.getLogger('webhooks.services.ingest').warning('refused /in/{TOKEN}/')\n"
+        f"get_task_logger('webhooks.tasks').warning('task saw /in/{TOKEN}/')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "refused /in/…tail/" in output
+    assert "task saw /in/…tail/" in output
+    assert TOKEN not in output
