@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -150,10 +149,9 @@ def _filtered_events(
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
-        if "*" in filters.event_type:
-            # As in destination filters, "invoice.*" means every invoice event type.
-            pattern = ".*".join(re.escape(part) for part in filters.event_type.split("*"))
-            events = events.filter(event_type__regex=f"^{pattern}$")
+        if any(character in filters.event_type for character in "*?["):
+            # Read as destination filters read it, so "invoice.*" finds what that filter sends.
+            events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(filters.event_type))
         else:
             events = events.filter(event_type=filters.event_type)
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
@@ -215,6 +213,64 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
         )
         .get(organization=organization, pk=event_id)
     )
+
+
+def shell_pattern_as_postgres_regex(pattern: str) -> str:
+    """A PostgreSQL regular expression matching what fnmatchcase(text, pattern) matches.
+
+    Destination filters match event types with fnmatch ("*", "?", "[…]", "[!…]"), so the
+    events list translates the same pattern for the database instead of inventing its own.
+    """
+    parts, position = [], 0
+    while position < len(pattern):
+        character = pattern[position]
+        position += 1
+        if character == "*":
+            parts.append(".*")
+        elif character == "?":
+            parts.append(".")
+        elif character == "[" and (closing := _closing_bracket(pattern, position)) is not None:
+            parts.append(_bracket_set(pattern[position:closing]))
+            position = closing + 1
+        else:
+            parts.append(_escaped(character))
+    return "^" + "".join(parts) + "$"
+
+
+def _closing_bracket(pattern: str, first: int) -> int | None:
+    """Where the set opened just before `first` closes, as fnmatch reads it; None if it never does."""
+    if pattern[first : first + 1] == "!":
+        first += 1
+    if pattern[first : first + 1] == "]":
+        first += 1  # a "]" right after the opening is a member
+    closing = pattern.find("]", first)
+    return closing if closing >= 0 else None
+
+
+def _bracket_set(body: str) -> str:
+    negated = body.startswith("!")
+    if negated:
+        body = body[1:]
+    members, position = [], 0
+    while position < len(body):
+        if position + 2 < len(body) and body[position + 1] == "-":
+            low, high = body[position], body[position + 2]
+            if low <= high:  # fnmatch drops a reversed range: it matches nothing
+                members.append(f"{_escaped(low)}-{_escaped(high)}")
+            position += 3
+        else:
+            members.append(_escaped(body[position]))
+            position += 1
+    if not members:
+        # Every range was reversed: fnmatch reads "[!z-a]" as any character and "[z-a]" as none.
+        return "." if negated else "[^\\s\\S]"
+    return "[" + ("^" if negated else "") + "".join(members) + "]"
+
+
+def _escaped(character: str) -> str:
+    # In PostgreSQL's regular expressions a backslash before any non-alphanumeric character
+    # stands for that character, inside brackets too.
+    return character if character.isalnum() else "\\" + character
 
 
 def event_types_for_organization(*, organization: Organization, limit: int = 200) -> list[str]:

@@ -1,0 +1,103 @@
+"""The events list's event-type filter matches in PostgreSQL exactly what a destination filter
+matches with fnmatch, so a tenant can paste a filter there to see which events it sends."""
+
+import random
+from fnmatch import fnmatchcase
+
+import pytest
+from django.db import connection
+
+from webhooks.selectors import shell_pattern_as_postgres_regex
+
+PATTERNS = [
+    "invoice.*",
+    "*.paid",
+    "*",
+    "invoice?paid",
+    "invoice.pai[cd]",
+    "invoice.pai[!d]",
+    "[]x]y",
+    "[!]]y",
+    "[a-c-e]*",
+    "[z-a]*",
+    "[!z-a]*",
+    "[a--]*",
+    "[--a]*",
+    "[-a]*",
+    "[a-]*",
+    "[!]",
+    "[",
+    "a[b",
+    "orders/create",
+    "a\\b",
+    "[\\]*",
+    "a^b$c",
+    "(x|y).+{2}",
+    "[^a]*",
+    "[.]paid",
+    "ünïcode.*",
+]
+TEXTS = [
+    "invoice.paid",
+    "invoice.paix",
+    "invoicexpaid",
+    "charge.paid",
+    "xy",
+    "]y",
+    "!y",
+    "a",
+    "b",
+    "-",
+    "e",
+    "d",
+    "[!]",
+    "[",
+    "a[b",
+    "orders/create",
+    "a\\b",
+    "\\x",
+    "a^b$c",
+    "(x|y).+{2}",
+    "^",
+    ".paid",
+    "ünïcode.x",
+    "",
+]
+
+
+def _postgres_matches(pairs):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT text ~ pattern FROM unnest(%s::text[], %s::text[]) AS p(text, pattern)",
+            [[text for text, _ in pairs], [shell_pattern_as_postgres_regex(pattern) for _, pattern in pairs]],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db
+def test_the_translation_agrees_with_fnmatch_on_chosen_cases():
+    pairs = [(text, pattern) for pattern in PATTERNS for text in TEXTS]
+    disagreements = [
+        (text, pattern, shell_pattern_as_postgres_regex(pattern))
+        for (text, pattern), matched in zip(pairs, _postgres_matches(pairs), strict=True)
+        if matched != fnmatchcase(text, pattern)
+    ]
+    assert disagreements == []
+
+
+@pytest.mark.django_db
+def test_the_translation_agrees_with_fnmatch_on_random_patterns():
+    generator = random.Random(20261205)  # fixed: a failure is reproducible
+    alphabet = "ab-]![*?.\\^$"
+    pairs = []
+    for _ in range(4000):
+        pattern = "".join(generator.choice(alphabet) for _ in range(generator.randint(0, 7)))
+        text = "".join(generator.choice("ab-]![.\\^$") for _ in range(generator.randint(0, 5)))
+        pairs.append((text, pattern))
+    disagreements = [
+        (text, pattern, shell_pattern_as_postgres_regex(pattern))
+        for (text, pattern), matched in zip(pairs, _postgres_matches(pairs), strict=True)
+        if matched != fnmatchcase(text, pattern)
+    ]
+    assert disagreements[:10] == []
+    assert sum(matched for matched in _postgres_matches(pairs)) > 100  # the cases are not all misses
