@@ -72,6 +72,18 @@ def lock_destinations_for_deletion(ids: list[int]) -> list[int]:
 
 
 def check_foreign_keys() -> None:
-    """Check the transaction's deferred foreign keys now instead of at its commit (PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        connection.check_constraints()
+    """Check now instead of at commit the deferred foreign keys that point at destinations and
+    deliveries (PostgreSQL): the rows a deletion removes. Only those, so a caller's own pending
+    constraints stay deferred to its commit, as it expects."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT quote_ident(conname) FROM pg_constraint"
+            " WHERE contype = 'f' AND condeferrable AND confrelid = ANY(%s::regclass[]) ORDER BY 1",
+            [[Destination._meta.db_table, Delivery._meta.db_table]],
+        )
+        names = ", ".join(row[0] for row in cursor.fetchall())
+        if names:
+            cursor.execute(f"SET CONSTRAINTS {names} IMMEDIATE")  # raises here for a violation
+            cursor.execute(f"SET CONSTRAINTS {names} DEFERRED")

@@ -4,7 +4,7 @@ import json
 import threading
 
 import pytest
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
@@ -218,3 +218,21 @@ def test_a_replay_and_a_deletion_at_once_do_not_deadlock(routed, monkeypatch):
 
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
+
+
+def test_the_early_foreign_key_check_covers_what_a_deletion_removes_and_nothing_else(routed):
+    kept, doomed = routed
+    processing.process_event_batch()
+    # A delivery left pointing at a deleted destination is caught before the deletion commits.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Destination.objects.filter(pk=doomed.pk)._raw_delete(using="default")
+        row_locks.check_foreign_keys()
+    # A caller's own pending violation elsewhere (events left without their source) stays
+    # deferred to its commit, as the caller expects, rather than failing the deletion.
+    checked = []
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Source.objects.all()._raw_delete(using="default")
+        row_locks.check_foreign_keys()
+        checked.append(True)
+    assert checked == [True]  # the commit failed, not the check
+    assert Source.objects.exists()
