@@ -292,6 +292,7 @@ def main(argv=None) -> int:
             ("events, filter event type", f"{base}/events/?event_type=charge.failed"),
             ("events, filter event type wildcard", f"{base}/events/?event_type=charge.*"),
             ("events, filter rare wildcard", f"{base}/events/?event_type=*.session.*"),
+            ("events, filter wildcard matching nothing", f"{base}/events/?event_type=nothing.*"),
             ("events, filter status=retrying", f"{base}/events/?status=retrying"),
             ("events, filter destination", f"{base}/events/?destination={destination.pk}"),
             (

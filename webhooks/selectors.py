@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from fnmatch import fnmatchcase
 
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
 from organizations.models import AuditLog, Organization
@@ -150,8 +152,15 @@ def _filtered_events(
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
         if any(character in filters.event_type for character in "*?["):
-            # Read as destination filters read it, so "invoice.*" finds what that filter sends.
-            events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(filters.event_type))
+            # Read as destination filters read it (fnmatch), so "invoice.*" finds what that
+            # filter sends. Matched against the organization's event types rather than row by
+            # row where they are few enough to list: a pattern that matches nothing then reads
+            # no event, and a rare one is found through the (organization, event_type) index.
+            matching_types = organization_event_types_matching(organization=organization, pattern=filters.event_type)
+            if matching_types is None:
+                events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(filters.event_type))
+            else:
+                events = events.filter(event_type__in=matching_types)
         else:
             events = events.filter(event_type=filters.event_type)
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
@@ -213,6 +222,40 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
         )
         .get(organization=organization, pk=event_id)
     )
+
+
+# Beyond this many distinct event types an organization's list is not worth reading first.
+EVENT_TYPES_LISTED_FOR_PATTERNS = 500
+
+
+def organization_event_types_matching(*, organization: Organization, pattern: str) -> list[str] | None:
+    """The organization's event types that fnmatch `pattern`; None if it has too many to list.
+
+    Reads each distinct type once by skipping through the (organization, event_type) index
+    (a recursive query: PostgreSQL has no skip scan), so the cost grows with the number of
+    types, not of events.
+    """
+    table = WebhookEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH RECURSIVE types(event_type) AS (
+                SELECT MIN(event_type) FROM {table} WHERE organization_id = %s
+                UNION ALL
+                SELECT (
+                    SELECT MIN(event_type) FROM {table}
+                    WHERE organization_id = %s AND event_type > types.event_type
+                )
+                FROM types WHERE types.event_type IS NOT NULL
+            )
+            SELECT event_type FROM types WHERE event_type IS NOT NULL LIMIT %s
+            """,
+            [organization.pk, organization.pk, EVENT_TYPES_LISTED_FOR_PATTERNS + 1],
+        )
+        event_types = [row[0] for row in cursor.fetchall()]
+    if len(event_types) > EVENT_TYPES_LISTED_FOR_PATTERNS:
+        return None
+    return [event_type for event_type in event_types if fnmatchcase(event_type, pattern)]
 
 
 def shell_pattern_as_postgres_regex(pattern: str) -> str:

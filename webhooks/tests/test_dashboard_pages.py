@@ -145,6 +145,31 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert listed_ids(client.get(url, {"status": "rejected"})) == []
 
 
+def test_event_type_patterns_are_matched_against_the_organization_s_types(
+    client, owner, organization, other_organization, many_events, monkeypatch
+):
+    from webhooks import selectors
+
+    ingest_stripe(client, make_source(other_organization), "evt_elsewhere", "invoice.voided")
+    assert selectors.organization_event_types_matching(organization=organization, pattern="*") == [
+        "charge.failed",
+        "customer.created",
+        "invoice.paid",
+    ]
+    assert selectors.organization_event_types_matching(organization=organization, pattern="invoice.*") == [
+        "invoice.paid"
+    ]
+    assert selectors.organization_event_types_matching(organization=organization, pattern="nothing.*") == []
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    listed = {pattern: listed_ids(client.get(url, {"event_type": pattern})) for pattern in ("*.paid", "c*", "x*")}
+    assert [len(ids) for ids in listed.values()] == [3, 5, 0]
+    # An organization with more types than are worth listing is matched row by row instead.
+    monkeypatch.setattr(selectors, "EVENT_TYPES_LISTED_FOR_PATTERNS", 2)
+    assert selectors.organization_event_types_matching(organization=organization, pattern="*") is None
+    assert {pattern: listed_ids(client.get(url, {"event_type": pattern})) for pattern in listed} == listed
+
+
 def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_organization, many_events):
     client.force_login(owner)
     url = reverse("dashboard:events", args=["acme"])
