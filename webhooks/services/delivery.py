@@ -116,7 +116,10 @@ def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, d
     if delay is None:
         return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left")
     if response.retry_after is not None:
-        delay = min(max(response.retry_after, 1.0), float(settings.RETRY_AFTER_MAX_SECONDS))
+        # A receiver's Retry-After may put the next try later, never sooner: each try still
+        # uses up the schedule, so "Retry-After: 1" from a receiver in maintenance would
+        # otherwise run through every retry in seconds and dead-letter what a pause would save.
+        delay = max(delay, min(response.retry_after, float(settings.RETRY_AFTER_MAX_SECONDS)))
     return Outcome(Delivery.Status.PENDING, delay=delay, error=error)
 
 

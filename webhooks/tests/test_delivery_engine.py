@@ -77,9 +77,20 @@ def test_client_errors_retry_when_the_destination_opts_in(organization):
 
 def test_retry_after_is_honoured_within_the_cap(organization, settings):
     settings.RETRY_AFTER_MAX_SECONDS = 600
+    settings.DELIVERY_RETRY_SCHEDULE = [10, 20]
     destination = Destination(organization=organization)
     assert delivery_service.decide_outcome(response(429, 30), attempt_count=1, destination=destination).delay == 30
     assert delivery_service.decide_outcome(response(503, 99999), attempt_count=1, destination=destination).delay == 600
+
+
+def test_a_short_retry_after_never_brings_the_next_try_sooner_than_the_schedule(organization, settings):
+    # "Retry-After: 1" from a receiver in maintenance must not use up every retry in seconds.
+    settings.DELIVERY_RETRY_SCHEDULE = [60, 3600]
+    destination = Destination(organization=organization)
+    first = delivery_service.decide_outcome(response(503, 1), attempt_count=1, destination=destination)
+    assert first.status == "pending" and 54 <= first.delay <= 66
+    second = delivery_service.decide_outcome(response(503, 1), attempt_count=2, destination=destination)
+    assert 3240 <= second.delay <= 3960
     assert parse_retry_after("120") == 120
     assert 55 < parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412420) < 65
     assert parse_retry_after("soon") is None
