@@ -25,6 +25,9 @@ class BulkRetry(models.Model):
     # Progress cursor: a job picked up again after a crash continues after this delivery.
     last_delivery_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set when a run takes the job and after each batch: a job whose run stopped beating
+    # (a worker killed, a task lost with the broker) is taken up again by the sweeper.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -15,9 +16,13 @@ from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 
 from .delivery import MANUAL_ATTEMPT_ASKED, schedule_dispatch
 from .row_locks import lock_destinations_against_deletion
+from .scheduling import schedule_once
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
 BULK_RETRY_BATCH = 500
+# A bulk retry whose run has not reported progress for this long is taken up again. Far above
+# one batch's time, so a live run is never doubled, even with clocks a little apart.
+BULK_RETRY_STALLED_AFTER = timedelta(minutes=5)
 
 
 class OperationError(ValueError):
@@ -122,18 +127,56 @@ def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], act
         target=job,
         changes={"filters": job.filters, "matching": total},
     )
-    from webhooks.tasks import run_bulk_retry
-
-    transaction.on_commit(lambda: run_bulk_retry.delay(job.pk))
+    # Committed first: with the broker down the job waits for the sweeper instead of failing.
+    transaction.on_commit(lambda: publish_bulk_retry(job.pk))
     return job
 
 
+def publish_bulk_retry(job_id: int) -> None:
+    """Ask a worker to run the job, at most once per stall period; never raises (the sweeper retries)."""
+    from webhooks.tasks import run_bulk_retry
+
+    schedule_once(
+        f"bulk-retry:{job_id}:published", int(BULK_RETRY_STALLED_AFTER.total_seconds()), run_bulk_retry.s(job_id)
+    )
+
+
+def resume_stalled_bulk_retries(now=None) -> int:
+    """Publish again the jobs nobody is running: never started (their message was lost) or whose run
+    stopped beating (a worker killed mid-job). Returns how many were published."""
+    now = now or timezone.now()
+    stalled_before = now - BULK_RETRY_STALLED_AFTER
+    stalled = BulkRetry.objects.filter(
+        Q(status=BulkRetry.Status.QUEUED, created_at__lt=stalled_before, heartbeat_at__isnull=True)
+        | Q(status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING), heartbeat_at__lt=stalled_before)
+        | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__isnull=True)
+    ).values_list("pk", flat=True)
+    job_ids = list(stalled[:100])
+    for job_id in job_ids:
+        publish_bulk_retry(job_id)
+    return len(job_ids)
+
+
 def bulk_retry_run(job_id: int) -> BulkRetry:
-    """Make the matching deliveries due now, in batches, recording progress; resumable after a crash."""
+    """Make the matching deliveries due now, in batches, recording progress; resumable after a crash.
+
+    A run first takes the job (a conditional UPDATE), so a job published twice, by the sweeper
+    and by its request, runs once; a run that stopped beating may be taken over.
+    """
     job = BulkRetry.objects.select_related("organization").get(pk=job_id)
-    if job.status == BulkRetry.Status.DONE:
+    now = timezone.now()
+    taken = (
+        BulkRetry.objects.filter(pk=job_id)
+        .filter(
+            Q(status=BulkRetry.Status.QUEUED)
+            | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__isnull=True)
+            | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__lt=now - BULK_RETRY_STALLED_AFTER)
+        )
+        .update(status=BulkRetry.Status.RUNNING, heartbeat_at=now)
+    )
+    if not taken:  # done, or another run is at it
         return job
-    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING)
+    job.refresh_from_db()
     statuses = job.filters.get("statuses") or [Delivery.Status.DEAD]
     # Only what existed when the job was asked for; keyset on the time-ordered id.
     matching = _matching_deliveries(job.organization, job.filters).filter(created_at__lte=job.created_at)
@@ -153,7 +196,9 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
             )
             job.retried += updated
             job.last_delivery_id = batch[-1]
-            BulkRetry.objects.filter(pk=job.pk).update(retried=job.retried, last_delivery_id=job.last_delivery_id)
+            BulkRetry.objects.filter(pk=job.pk).update(
+                retried=job.retried, last_delivery_id=job.last_delivery_id, heartbeat_at=timezone.now()
+            )
         schedule_dispatch()
     BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.DONE, finished_at=timezone.now())
     job.refresh_from_db()

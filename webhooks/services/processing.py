@@ -14,6 +14,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .delivery import schedule_dispatch
 from .lifecycle import record_usage
+from .operations import resume_stalled_bulk_retries
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look
 
@@ -139,7 +140,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
 def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
     now = now or timezone.now()
-    result = {"events": 0, "released": 0, "due": 0}
+    result = {"events": 0, "released": 0, "bulk_retries": 0, "due": 0}
 
     stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
     if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
@@ -153,6 +154,9 @@ def sweep(now=None) -> dict[str, int]:
         status=Delivery.Status.IN_FLIGHT,
         claimed_at__lt=now - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
     ).update(status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None)
+
+    # Bulk retries whose message was lost with the broker, or whose worker died mid-job.
+    result["bulk_retries"] = resume_stalled_bulk_retries(now)
 
     if Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exists():
         # Retries that came due, or deliveries whose dispatcher message was lost.

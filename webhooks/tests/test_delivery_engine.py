@@ -1,5 +1,6 @@
 """The dispatcher, retry policy, fairness, circuit breaker, and the operations on failures."""
 
+import contextlib
 import logging
 import socket
 from datetime import timedelta
@@ -525,3 +526,75 @@ def test_a_manual_retry_is_an_attempt_on_top_of_the_schedule(client, organizatio
     # A dead delivery retried by hand gets exactly one attempt.
     again = delivery_service.deliver(delivery_service.delivery_retry(delivery=dead).pk)
     assert again.status == Delivery.Status.DEAD and again.attempt_count == 5
+
+
+@contextlib.contextmanager
+def broker_unreachable():
+    """Publishing fails as with Redis down: the broker URL points at a closed port."""
+    from config.celery import app
+
+    saved = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{closed_port()}/0"
+    app._pool = app.amqp._producer_pool = None
+    try:
+        yield
+    finally:
+        app.conf.broker_url = saved
+        app._pool = app.amqp._producer_pool = None
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def dead_delivery_world(client, organization, httpserver):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/b"), sources=[source])
+    httpserver.expect_request("/b").respond_with_data("no", status=400)
+    ingest_many(client, source, 2)
+    delivery_service.dispatch_due_deliveries(threads=2)
+    assert Delivery.objects.filter(status="dead").count() == 2
+    return source
+
+
+def test_a_bulk_retry_asked_while_the_broker_is_down_is_kept_and_run_once_the_sweeper_finds_it(
+    organization, dead_delivery_world, django_capture_on_commit_callbacks, monkeypatch
+):
+    with broker_unreachable(), django_capture_on_commit_callbacks(execute=True):
+        job = operations.bulk_retry_start(organization=organization, filters={"statuses": ["dead"]})
+    assert BulkRetry.objects.get(pk=job.pk).status == BulkRetry.Status.QUEUED  # asked, and not lost
+    published = []
+    monkeypatch.setattr(operations, "publish_bulk_retry", published.append)
+    assert processing.sweep()["bulk_retries"] == 0  # its own message may still be on its way
+    later = timezone.now() + operations.BULK_RETRY_STALLED_AFTER + timedelta(seconds=1)
+    assert processing.sweep(now=later)["bulk_retries"] == 1 and published == [job.pk]
+
+    assert operations.bulk_retry_run(job.pk).status == BulkRetry.Status.DONE
+    assert Delivery.objects.filter(status="pending").count() == 2
+    # The request's own message arriving late runs nothing twice.
+    Delivery.objects.update(status="dead")
+    assert operations.bulk_retry_run(job.pk).retried == 2
+    assert Delivery.objects.filter(status="dead").count() == 2
+    assert processing.sweep(now=later + timedelta(hours=1))["bulk_retries"] == 0
+
+
+def test_a_bulk_retry_whose_worker_died_is_taken_over_but_a_live_one_is_left_alone(
+    organization, dead_delivery_world, monkeypatch
+):
+    job = operations.bulk_retry_start(organization=organization, filters={"statuses": ["dead"]})
+    published = []
+    monkeypatch.setattr(operations, "publish_bulk_retry", published.append)
+    a_minute_ago = timezone.now() - timedelta(minutes=1)
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING, heartbeat_at=a_minute_ago)
+    assert processing.sweep()["bulk_retries"] == 0
+    assert operations.bulk_retry_run(job.pk).retried == 0  # another run is at it
+    assert Delivery.objects.filter(status="dead").count() == 2
+
+    BulkRetry.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=6))
+    assert processing.sweep()["bulk_retries"] == 1 and published == [job.pk]
+    job = operations.bulk_retry_run(job.pk)
+    assert (job.status, job.retried) == (BulkRetry.Status.DONE, 2)
+    assert Delivery.objects.filter(status="pending").count() == 2
