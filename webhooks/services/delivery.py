@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Case, Count, Exists, F, OuterRef, PositiveIntegerField, When
+from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
 from django.utils import timezone
 
 from organizations.services import audit_record
@@ -184,15 +184,22 @@ def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list) 
 
 
 def _choose_from_other_destinations(due, now, limit, destinations, allowance, taken, chosen, window) -> None:
-    """The oldest due deliveries of destinations the first look did not reach (each one an index probe)."""
-    has_due = Delivery.objects.filter(
-        destination=OuterRef("pk"), status=Delivery.Status.PENDING, next_attempt_at__lte=now
+    """The oldest due deliveries of destinations the first look did not reach (each one an index probe).
+
+    Those destinations are taken by how long their oldest due delivery has waited, so that a
+    few busy destinations cannot keep taking the room left by a backlog from a quieter one.
+    """
+    oldest_due = (
+        Delivery.objects.filter(destination=OuterRef("pk"), status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values("next_attempt_at")[:1]
     )
     others = list(
         Destination.objects.filter(is_active=True, paused_at__isnull=True)
         .exclude(pk__in=list(allowance))
-        .filter(Exists(has_due))
-        .order_by("pk")
+        .annotate(oldest_due=Subquery(oldest_due))
+        .filter(oldest_due__isnull=False)
+        .order_by("oldest_due", "pk")
         .values_list("pk", flat=True)[: limit - len(chosen)]
     )
     _lock_destinations(set(others), destinations, allowance, window)

@@ -424,6 +424,28 @@ def test_one_destinations_backlog_does_not_hide_other_tenants_due_deliveries(
     assert delivery_service.claim_due_deliveries(8) == []
 
 
+def test_behind_a_backlog_the_destination_waiting_longest_is_served_first(client, organization, httpserver):
+    # Destinations created in this order: the fallback used to take them by id, so busy ones
+    # with fresh deliveries kept every slot the backlog left, round after round.
+    now = timezone.now()
+    due = {}
+    for name, count, waited in (("backlog", 12, timedelta(hours=1)), ("busy", 2, timedelta(seconds=1))):
+        source = make_source(organization, name=name)
+        destination, _ = make_destination(organization, httpserver.url_for(f"/{name}"), sources=[source])
+        ingest_many(client, source, count, prefix=name)
+        due[name] = destination
+        Delivery.objects.filter(destination=destination).update(next_attempt_at=now - waited)
+    source = make_source(organization, name="late")
+    due["late"], _ = make_destination(organization, httpserver.url_for("/late"), sources=[source])
+    ingest_many(client, source, 1, prefix="late")
+    Delivery.objects.filter(destination=due["late"]).update(next_attempt_at=now - timedelta(minutes=30))
+    Destination.objects.filter(pk=due["backlog"].pk).update(max_concurrency=1)
+
+    # 2 slots: the first look (8 candidates) sees only the backlog, which may take 1.
+    claimed = delivery_service.claim_due_deliveries(2, now=now)
+    assert sorted(d.destination.url.rsplit("/", 1)[1] for d in claimed) == ["backlog", "late"]
+
+
 def test_a_recording_that_fails_late_is_redone_and_leaves_nothing_in_flight(
     client, organization, httpserver, monkeypatch
 ):
