@@ -27,11 +27,15 @@ def record_usage(events: list[WebhookEvent]) -> None:
     counts = Counter((event.organization_id, event.received_at.date().replace(day=1)) for event in events)
     if not counts:
         return
+    # In one order for every batch: two processing tasks counting the same organizations lock
+    # their rows in the same order and cannot deadlock.
+    keys = sorted(counts)
     MonthlyUsage.objects.bulk_create(
-        [MonthlyUsage(organization_id=org_id, month=month) for org_id, month in counts],
+        [MonthlyUsage(organization_id=org_id, month=month) for org_id, month in keys],
         ignore_conflicts=True,
     )
-    for (org_id, month), count in counts.items():
+    for org_id, month in keys:
+        count = counts[(org_id, month)]
         MonthlyUsage.objects.filter(organization_id=org_id, month=month).update(events=F("events") + count)
         over = MonthlyUsage.objects.filter(
             organization_id=org_id,
