@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,10 +52,15 @@ def _error(status_code: int, error: str, detail: str) -> IngestOutcome:
 # apps.py); other processes see a change within INGEST_SOURCE_CACHE_SECONDS.
 _source_cache: dict[str, tuple[float, Source | None]] = {}
 _SOURCE_CACHE_MAX_ENTRIES = 10_000
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def source_for_token(token: str) -> Source | None:
     """The active source behind an ingest token (unknown tokens are remembered too)."""
+    if not _TOKEN_SHAPE.fullmatch(token):
+        # Never one of ours (URL-safe base64, at most 64 characters), and a NUL byte would
+        # make the database refuse the query: no lookup at all.
+        return None
     now = time.monotonic()
     cached = _source_cache.get(token)
     if cached is not None and cached[0] > now:

@@ -136,6 +136,17 @@ def test_unknown_or_inactive_source_is_404(client, organization):
     assert not WebhookEvent.objects.exists()
 
 
+@pytest.mark.parametrize("token", ["%00", "abc%00def", "x" * 65, "%C3%A9t%C3%A9", "a.b", "%20"])
+def test_a_token_that_cannot_be_ours_is_404_with_a_reason_not_a_500(client, organization, token):
+    # A NUL byte made PostgreSQL refuse the lookup (500) for anyone, without credentials.
+    for response in (
+        client.post(f"/in/{token}/", STRIPE_BODY, content_type="application/json"),
+        client.get(f"/in/{token}/"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]
+
+
 def test_an_ingest_url_without_its_trailing_slash_is_taken_not_redirected(client, organization):
     # Providers do not follow a redirect with their POST body: a 301 would lose the webhook.
     source = make_source(organization)
