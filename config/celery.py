@@ -12,11 +12,11 @@ app.autodiscover_tasks()
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def mask_ingest_tokens_in_worker_logs(logger, **kwargs):
+def mask_url_tokens_in_worker_logs(logger, **kwargs):
     """Celery replaces the root logger's handlers (Django's masking one among them) and gives
-    task loggers their own, so the worker and beat mask ingest tokens on those handlers too."""
-    from config.log_masking import MaskIngestTokens
+    task loggers their own, so the worker and beat mask URL tokens on those handlers too."""
+    from config.log_masking import MaskUrlTokens
 
     for handler in logger.handlers:
-        if not any(isinstance(existing, MaskIngestTokens) for existing in handler.filters):
-            handler.addFilter(MaskIngestTokens())
+        if not any(isinstance(existing, MaskUrlTokens) for existing in handler.filters):
+            handler.addFilter(MaskUrlTokens())

@@ -24,7 +24,7 @@ import environ
 _MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 
 # The access log shows an ingest URL's token by its last four characters only.
-logger_class = "config.log_masking.IngestTokenMaskingLogger"
+logger_class = "config.log_masking.UrlTokenMaskingLogger"
 _RESTART_DELAY_SECONDS = 1.0
 _STABLE_SECONDS = 60.0  # a writer that ran this long is restarted after the shortest delay again
 

@@ -1,8 +1,10 @@
-"""Ingest URLs carry their source's secret token: logs show only its last four characters.
+"""Secret tokens in URLs show only their last four characters in logs.
 
-The token is what makes an ingest URL unguessable, so it is treated like a secret: Django's
-request warnings ("Unauthorized: /in/<token>/" on every 401) and gunicorn's access log would
-otherwise write it out for anyone who reads the logs.
+Ingest URLs carry their source's token, which is what makes them unguessable; sign-in links,
+invitation links and the show-once secret pages carry single-use tokens that a GET does not
+use up (mail scanners open links). Django's request warnings ("Unauthorized: /in/<token>/" on
+every 401), gunicorn's access log and Celery's logs would otherwise write them out for
+anyone who reads the logs, who could then use them first.
 """
 
 from __future__ import annotations
@@ -12,20 +14,21 @@ import re
 
 from gunicorn.glogging import Logger
 
-_INGEST_TOKEN = re.compile(r"(/in/)([A-Za-z0-9_-]{8,})")
+_URL_TOKEN_PREFIXES = ("/in/", "/team/join/", "/sign-in/link/", "/secret/")
+_URL_TOKEN = re.compile(r"(/(?:in|team/join|sign-in/link|secret)/)([A-Za-z0-9_-]{8,})")
 
 
-def mask_ingest_tokens(text: str) -> str:
-    if "/in/" not in text:  # the common case, without the regular expression
+def mask_url_tokens(text: str) -> str:
+    if not any(prefix in text for prefix in _URL_TOKEN_PREFIXES):  # the common case, without the regex
         return text
-    return _INGEST_TOKEN.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
+    return _URL_TOKEN.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
 
 
 def _masked(value):
-    return mask_ingest_tokens(value) if isinstance(value, str) else value
+    return mask_url_tokens(value) if isinstance(value, str) else value
 
 
-class MaskIngestTokens(logging.Filter):
+class MaskUrlTokens(logging.Filter):
     """A handler filter: every record's message and arguments, before they are formatted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -37,7 +40,7 @@ class MaskIngestTokens(logging.Filter):
         return True
 
 
-class IngestTokenMaskingLogger(Logger):
+class UrlTokenMaskingLogger(Logger):
     """gunicorn's logger: the access log's request line, path and referrer masked, and the error
     log's messages ("Error handling request /in/…") too."""
 
@@ -45,8 +48,8 @@ class IngestTokenMaskingLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
-        if not any(isinstance(existing, MaskIngestTokens) for existing in self.error_log.filters):
-            self.error_log.addFilter(MaskIngestTokens())  # setup runs again on every HUP
+        if not any(isinstance(existing, MaskUrlTokens) for existing in self.error_log.filters):
+            self.error_log.addFilter(MaskUrlTokens())  # setup runs again on every HUP
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)

@@ -292,11 +292,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Ingest tokens are secrets: masked in every record (config/log_masking.py).
-    "filters": {"mask_ingest_tokens": {"()": "config.log_masking.MaskIngestTokens"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_ingest_tokens"]}
-    },
+    # Tokens in URLs (ingest, sign-in and invitation links) are secrets: masked in every record
+    # (config/log_masking.py).
+    "filters": {"mask_url_tokens": {"()": "config.log_masking.MaskUrlTokens"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_url_tokens"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

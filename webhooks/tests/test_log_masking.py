@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from config.log_masking import MaskIngestTokens, mask_ingest_tokens
+from config.log_masking import MaskUrlTokens, mask_url_tokens
 
 from .factories import STRIPE_SECRET, make_source
 from .processes import free_port, post_stripe_over_http, wait_for_port
@@ -26,20 +26,24 @@ TOKEN = "AbCdEfGh1234_-xyzTOKENtail"
         (f"http://hookline.example/in/{TOKEN}?x=1", "http://hookline.example/in/…tail?x=1"),
         ("GET /o/acme/events/ HTTP/1.1", "GET /o/acme/events/ HTTP/1.1"),
         ("/in/short/", "/in/short/"),  # not a token: shorter than any we make
+        (f"GET /o/acme/team/join/{TOKEN}/ HTTP/1.1", "GET /o/acme/team/join/…tail/ HTTP/1.1"),
+        (f"GET /accounts/sign-in/link/{TOKEN}/?next=/o/", "GET /accounts/sign-in/link/…tail/?next=/o/"),
+        (f"GET /o/acme/secret/{TOKEN}/", "GET /o/acme/secret/…tail/"),
+        ("GET /admin/webhooks/source/ HTTP/1.1", "GET /admin/webhooks/source/ HTTP/1.1"),
     ],
 )
 def test_tokens_in_text_keep_only_their_last_four_characters(text, expected):
-    assert mask_ingest_tokens(text) == expected
+    assert mask_url_tokens(text) == expected
 
 
 def test_the_filter_masks_messages_and_arguments_before_formatting():
     record = logging.LogRecord(
         "django.request", logging.WARNING, __file__, 1, "%s: %s", ("Unauthorized", f"/in/{TOKEN}/"), None
     )
-    assert MaskIngestTokens().filter(record) is True
+    assert MaskUrlTokens().filter(record) is True
     assert record.getMessage() == "Unauthorized: /in/…tail/"
     record = logging.LogRecord("x", logging.INFO, __file__, 1, f"posted to /in/{TOKEN}/", None, None)
-    MaskIngestTokens().filter(record)
+    MaskUrlTokens().filter(record)
     assert record.getMessage() == "posted to /in/…tail/"
 
 
@@ -49,17 +53,17 @@ def test_django_s_own_log_handlers_are_replaced_by_the_masking_one():
 
     assert logging.getLogger("django").handlers == []
     assert settings.LOGGING["loggers"]["django.server"]["handlers"] == ["console"]
-    assert settings.LOGGING["handlers"]["console"]["filters"] == ["mask_ingest_tokens"]
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["mask_url_tokens"]
 
 
 def test_gunicorn_s_error_log_is_masked_once_however_often_it_is_set_up():
     from gunicorn.config import Config
 
-    from config.log_masking import IngestTokenMaskingLogger
+    from config.log_masking import UrlTokenMaskingLogger
 
-    logger = IngestTokenMaskingLogger(Config())
+    logger = UrlTokenMaskingLogger(Config())
     logger.setup(Config())  # a HUP
-    assert sum(isinstance(f, MaskIngestTokens) for f in logger.error_log.filters) == 1
+    assert sum(isinstance(f, MaskUrlTokens) for f in logger.error_log.filters) == 1
     record = logging.LogRecord(
         "gunicorn.error", logging.ERROR, __file__, 1, "Error handling request %s", (f"/in/{TOKEN}/",), None
     )
