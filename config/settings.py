@@ -40,6 +40,11 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[PUBLIC_BASE_URL
 # Behind Heroku/Render's router the scheme arrives in X-Forwarded-Proto.
 if env.bool("TRUST_X_FORWARDED_PROTO", default=not EMBEDDED):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over https: session and CSRF cookies only travel encrypted, and browsers are told to
+# stay on https. No redirect to https: providers do not follow one with their POST body.
+SERVED_OVER_HTTPS = PUBLIC_BASE_URL.startswith("https://")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if SERVED_OVER_HTTPS else 0)
 
 INSTALLED_APPS = [
     # Django's admin with Hookline's site (branding and the operations overview on the index).

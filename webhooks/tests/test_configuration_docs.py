@@ -1,6 +1,10 @@
 """Every setting read from the environment is documented, and .env.example can be used as a .env file."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import environ
@@ -35,3 +39,27 @@ def test_the_readme_names_every_provider_of_the_registry():
     readme = (ROOT / "README.md").read_text()
     paragraph = readme[readme.index("Providers (`--provider`)") :].split("\n\n")[0]
     assert [kind for kind in PROVIDERS if f"`{kind}`" not in paragraph] == []
+
+
+def _settings_in_a_fresh_interpreter(public_base_url: str) -> dict:
+    script = (
+        "import json; from django.conf import settings as s; "
+        "print(json.dumps([s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS]))"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "SECURE_HSTS_SECONDS"}
+    environment.update(PUBLIC_BASE_URL=public_base_url, DJANGO_SETTINGS_MODULE="config.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    secure_session, secure_csrf, hsts = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"session": secure_session, "csrf": secure_csrf, "hsts": hsts}
+
+
+def test_served_over_https_cookies_are_secure_and_browsers_are_told_to_stay():
+    assert _settings_in_a_fresh_interpreter("https://hooks.example.com") == {
+        "session": True,
+        "csrf": True,
+        "hsts": 31_536_000,
+    }
+    assert _settings_in_a_fresh_interpreter("http://127.0.0.1:8000") == {"session": False, "csrf": False, "hsts": 0}
