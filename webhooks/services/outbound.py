@@ -179,8 +179,17 @@ def _close_pools_locked() -> None:
     _pools.clear()
 
 
+# IPv6 ranges that some Python versions count as global but that carry an IPv4 address a host
+# may route to itself (IPv4-compatible, IPv4-translated, local-use NAT64) or are site-local.
+_NEVER_PUBLIC_V6 = tuple(
+    ipaddress.IPv6Network(network) for network in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10")
+)
+
+
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _NEVER_PUBLIC_V6):
+            return False
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
         if embedded is not None:
             return _is_public(embedded)
@@ -207,8 +216,9 @@ def resolve_destination(url: str) -> tuple[str, str, int, str]:
     if not settings.ALLOW_PRIVATE_DESTINATIONS:
         blocked = [a for a in addresses if not _is_public(a)]
         if blocked:
+            # Not which address: that would let a tenant map the platform's internal names.
             raise DestinationNotAllowed(
-                f"the host {host} resolves to a private or reserved address ({blocked[0]}); "
+                f"the host {host} resolves to a private or reserved address; "
                 "set ALLOW_PRIVATE_DESTINATIONS=true to allow it"
             )
     return parts.scheme, host, port, str(addresses[0])

@@ -31,6 +31,10 @@ def _strict(settings):
         "http://[::ffff:127.0.0.1]/",  # IPv4-mapped
         "http://[2002:7f00:1::]/",  # 6to4 around 127.0.0.1
         "http://[64:ff9b::a00:1]/",  # NAT64 around 10.0.0.1
+        "http://[::127.0.0.1]/",  # IPv4-compatible (deprecated)
+        "http://[::ffff:0:127.0.0.1]/",  # IPv4-translated
+        "http://[64:ff9b:1::a00:1]/",  # local-use NAT64
+        "http://[fec0::1]/",  # site-local (deprecated)
         "ftp://example.com/",
         "http:///nohost",
     ],
@@ -48,6 +52,14 @@ def test_public_address_literals_are_allowed():
 def test_refused_at_send_time_too_without_connecting():
     result = post("http://127.0.0.1:9/", body=b"{}", headers={}, timeout=1)
     assert result.status is None and "private or reserved" in result.error
+
+
+def test_the_refusal_does_not_say_which_address_a_name_resolves_to():
+    # Otherwise a tenant could map the platform's internal host names to addresses.
+    with pytest.raises(DestinationNotAllowed) as refusal:
+        resolve_destination("http://localhost:8080/")
+    assert "127.0.0.1" not in str(refusal.value) and "::1" not in str(refusal.value)
+    assert "localhost" in str(refusal.value)
 
 
 def test_redirects_are_not_followed(settings, httpserver):
