@@ -246,6 +246,9 @@ def member_role_change(
         changes={"email": membership.user.email, "role": [previous, role]},
         ip_address=ip_address,
     )
+    _revoke_invitations_sent_by(
+        membership, above_role=role, actor=actor, ip_address=ip_address, reason="the inviter's role was lowered"
+    )
     return membership
 
 
@@ -267,7 +270,36 @@ def member_remove(*, organization: Organization, actor, membership: Membership, 
         changes={"email": membership.user.email, "role": membership.role},
         ip_address=ip_address,
     )
+    _revoke_invitations_sent_by(
+        membership, above_role=None, actor=actor, ip_address=ip_address, reason="the inviter was removed"
+    )
     membership.delete()
+
+
+def _revoke_invitations_sent_by(
+    membership: Membership, *, above_role: str | None, actor, ip_address: str | None, reason: str
+) -> None:
+    """Revoke the open invitations a member sent that grant more than the role they now have (all of
+    them when they leave): otherwise a removed admin could come back through an invitation
+    they sent to another address of theirs before being removed."""
+    sent = (
+        Invitation.objects.open()
+        .select_for_update()
+        .filter(organization_id=membership.organization_id, invited_by_id=membership.user_id)
+    )
+    for invitation in sent:
+        if above_role is not None and ROLE_RANK[invitation.role] <= ROLE_RANK[above_role]:
+            continue
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoked",
+            organization=membership.organization,
+            actor=actor,
+            target=invitation,
+            changes={"email": invitation.email, "reason": reason},
+            ip_address=ip_address,
+        )
 
 
 def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:

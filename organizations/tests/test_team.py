@@ -115,6 +115,28 @@ def test_a_revoked_invitation_is_refused(organization, owner, admin):
     assert AuditLog.objects.filter(action="invitation.revoked", actor_user=admin).exists()
 
 
+def test_invitations_of_a_removed_or_demoted_member_stop_granting_more_than_they_now_have(organization, owner, admin):
+    # An admin about to be removed could otherwise come back through an invitation sent to
+    # another address of theirs.
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    invite(browser_for(admin), "colleague@acme.example", "member")
+    invite(browser_for(owner), "owners-guest@acme.example", "admin")
+    links = {message.to[0]: invitation_path(message) for message in mail.outbox}
+    owners = browser_for(owner)
+    target = membership_of(admin, organization)
+    owners.post(reverse("team:member_role", args=["acme", target.pk]), {"role": "member"})
+    open_emails = set(Invitation.objects.open().values_list("email", flat=True))
+    assert open_emails == {"colleague@acme.example", "owners-guest@acme.example"}
+
+    owners.post(reverse("team:member_remove", args=["acme", target.pk]))
+    assert set(Invitation.objects.open().values_list("email", flat=True)) == {"owners-guest@acme.example"}
+    assert Client().post(links["second-self@acme.example"]).status_code == 410
+    assert Client().post(links["colleague@acme.example"]).status_code == 410
+    assert Client().post(links["owners-guest@acme.example"]).status_code == 302
+    reasons = AuditLog.objects.filter(action="invitation.revoked").values_list("changes__reason", flat=True)
+    assert sorted(reasons) == ["the inviter was removed", "the inviter's role was lowered"]
+
+
 def test_a_made_up_or_misplaced_invitation_link_is_404(organization, other_organization, owner):
     invite(browser_for(owner), "new@acme.example")
     token = invitation_path(mail.outbox[0]).rstrip("/").rsplit("/", 1)[1]
