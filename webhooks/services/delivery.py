@@ -251,6 +251,30 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
         allowance[destination_id] = max(room, 0)
 
 
+INACTIVE_DESTINATION_ERROR = "the destination is inactive: not sent (retry once it is active again)"
+
+
+def dead_letter_deliveries_of_inactive_destinations(now=None) -> int:
+    """Dead-letter the waiting deliveries of inactive destinations; returns how many.
+
+    An operator's "inactive" means "send nothing there": its deliveries would otherwise wait
+    for ever, unclaimed, and keep their events past retention. Dead, they stay visible and can
+    be retried in bulk once it is active again. Also catches deliveries a fan-out created just
+    as the destination was turned off.
+    """
+    now = now or timezone.now()
+    return Delivery.objects.filter(
+        status=Delivery.Status.PENDING,
+        destination_id__in=Destination.objects.filter(is_active=False).values("pk"),
+    ).update(
+        status=Delivery.Status.DEAD,
+        completed_at=now,
+        next_attempt_at=None,
+        claimed_at=None,
+        last_error=INACTIVE_DESTINATION_ERROR,
+    )
+
+
 def claim_delivery(delivery_id) -> Delivery | None:
     """Claim one specific due delivery, or None if it is not due or another worker has it."""
     now = timezone.now()

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
 
-from .delivery import schedule_dispatch
+from .delivery import dead_letter_deliveries_of_inactive_destinations, schedule_dispatch
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .row_locks import lock_destinations_against_deletion
@@ -140,7 +140,7 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
 def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
     now = now or timezone.now()
-    result = {"events": 0, "released": 0, "bulk_retries": 0, "due": 0}
+    result = {"events": 0, "released": 0, "inactive": 0, "bulk_retries": 0, "due": 0}
 
     stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
     if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
@@ -154,6 +154,8 @@ def sweep(now=None) -> dict[str, int]:
         status=Delivery.Status.IN_FLIGHT,
         claimed_at__lt=now - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
     ).update(status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None)
+
+    result["inactive"] = dead_letter_deliveries_of_inactive_destinations(now)
 
     # Bulk retries whose message was lost with the broker, or whose worker died mid-job.
     result["bulk_retries"] = resume_stalled_bulk_retries(now)

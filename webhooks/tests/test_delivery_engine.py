@@ -620,3 +620,24 @@ def test_a_bulk_retry_whose_worker_died_is_taken_over_but_a_live_one_is_left_alo
     job = operations.bulk_retry_run(job.pk)
     assert (job.status, job.retried) == (BulkRetry.Status.DONE, 2)
     assert Delivery.objects.filter(status="pending").count() == 2
+
+
+def test_deliveries_of_a_destination_turned_inactive_are_dead_lettered_not_left_waiting(client, organization):
+    # Inactive means "send nothing there": its deliveries were never claimed, never dead, and
+    # kept their events past retention.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/off", sources=[source])
+    kept, _ = make_destination(organization, "http://127.0.0.1:9/on", sources=[source])
+    ingest_many(client, source, 2)
+    Destination.objects.filter(pk=destination.pk).update(is_active=False)
+
+    assert processing.sweep()["inactive"] == 2
+    dead = Delivery.objects.filter(destination=destination)
+    assert set(dead.values_list("status", flat=True)) == {"dead"}
+    assert dead.first().last_error == delivery_service.INACTIVE_DESTINATION_ERROR
+    assert set(Delivery.objects.filter(destination=kept).values_list("status", flat=True)) == {"pending"}
+    assert processing.sweep()["inactive"] == 0
+    # Once active again, they can be retried like any dead delivery.
+    Destination.objects.filter(pk=destination.pk).update(is_active=True)
+    job = operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
+    assert operations.bulk_retry_run(job.pk).retried == 2
