@@ -24,6 +24,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.services import audit_record
@@ -137,6 +138,8 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     """
     if limit <= 0:
         return []
+    # Dated by the database's clock, which the sweeper also judges claims by (see sweep).
+    claimed_at = Now() if now is None else now
     now = now or timezone.now()
     window = now.replace(microsecond=0)
     with transaction.atomic():
@@ -167,7 +170,7 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
         if not chosen:
             return []
         Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
-            status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1
+            status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at, attempt_count=F("attempt_count") + 1
         )
     return list(
         Delivery.objects.filter(pk__in=chosen).select_related("event", "destination").order_by("next_attempt_at", "id")
@@ -284,7 +287,7 @@ def claim_delivery(delivery_id) -> Delivery | None:
         next_attempt_at__lte=now,
         destination__paused_at__isnull=True,
         destination__is_active=True,
-    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=now, attempt_count=F("attempt_count") + 1)
+    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=Now(), attempt_count=F("attempt_count") + 1)
     if claimed != 1:
         return None
     return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -139,6 +140,9 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
 
 def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
+    # Claims are dated by the database's clock (services.delivery), so they are judged by it
+    # too: a sweeping host whose clock runs ahead must not take a live send for a lost one.
+    claims_judged_at = Now() if now is None else now
     now = now or timezone.now()
     result = {"events": 0, "released": 0, "inactive": 0, "bulk_retries": 0, "due": 0}
 
@@ -152,7 +156,7 @@ def sweep(now=None) -> dict[str, int]:
     # A worker that died mid-attempt leaves its delivery in flight: give it back.
     result["released"] = Delivery.objects.filter(
         status=Delivery.Status.IN_FLIGHT,
-        claimed_at__lt=now - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
+        claimed_at__lt=claims_judged_at - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
     ).update(status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None)
 
     result["inactive"] = dead_letter_deliveries_of_inactive_destinations(now)

@@ -241,6 +241,21 @@ def test_sweeper_releases_deliveries_of_dead_workers_and_schedules_due_ones(
     assert delivery.status == Delivery.Status.PENDING and delivery.attempt_count == 1
 
 
+def test_a_sweeper_whose_clock_runs_ahead_does_not_take_a_live_send_for_a_lost_one(
+    client, organization, httpserver, dispatches, settings, monkeypatch
+):
+    # Claims are dated and judged by the database's clock, not by each host's own.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+    assert delivery_service.claim_delivery(Delivery.objects.get().pk) is not None
+    ahead = timezone.now() + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 60)
+    monkeypatch.setattr(processing.timezone, "now", lambda: ahead)
+    assert processing.sweep()["released"] == 0
+    assert Delivery.objects.get().status == Delivery.Status.IN_FLIGHT
+
+
 def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeypatch):
     from webhooks import tasks
 
