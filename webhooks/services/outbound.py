@@ -7,6 +7,7 @@ and connect). Redirects are never followed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import os
 import socket
@@ -198,7 +199,28 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def resolve_destination(url: str) -> tuple[str, str, int, str]:
+# The system resolver cannot be interrupted (a slow DNS server can take 5 s per try, times its
+# retries and search domains), so lookups run on these threads and the sender waits at most
+# RESOLVE_TIMEOUT_SECONDS: an attempt's deadline then holds from its start, DNS included.
+RESOLVE_TIMEOUT_SECONDS = 10.0
+_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hookline-resolve")
+
+
+def _address_infos(host: str, port: int, timeout: float) -> list:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # a literal address: nothing to look up, nothing to wait for
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s") from None
+
+
+def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:
     """(scheme, host, port, address to connect to), or DestinationNotAllowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -209,7 +231,7 @@ def resolve_destination(url: str) -> tuple[str, str, int, str]:
         raise DestinationNotAllowed("the URL has an invalid port") from None
     host = parts.hostname
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _address_infos(host, port, timeout)
     except (socket.gaierror, UnicodeError):
         raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -232,7 +254,7 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
         return int((time.monotonic() - started) * 1000)
 
     try:
-        scheme, host, port, address = resolve_destination(url)
+        scheme, host, port, address = resolve_destination(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS))
     except DestinationNotAllowed as exc:
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
 

@@ -1,7 +1,10 @@
 """Destinations never reach private, loopback, link-local or metadata addresses unless allowed."""
 
+import threading
+
 import pytest
 
+from webhooks.services import outbound
 from webhooks.services.outbound import DestinationNotAllowed, post, resolve_destination
 
 
@@ -70,3 +73,22 @@ def test_redirects_are_not_followed(settings, httpserver):
     result = post(httpserver.url_for("/moved"), body=b"{}", headers={}, timeout=2)
     assert result.status == 302
     assert len(httpserver.log) == 1
+
+
+def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
+    # The system resolver cannot be interrupted; the attempt stops waiting for it instead.
+    released = threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def hanging_getaddrinfo(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            released.wait(30)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging_getaddrinfo)
+    try:
+        result = post("https://slow-dns.example/hook", body=b"{}", headers={}, timeout=0.2)
+    finally:
+        released.set()
+    assert result.status is None
+    assert result.error == "the host slow-dns.example could not be resolved within 0.2 s"
