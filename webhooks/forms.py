@@ -89,6 +89,27 @@ OVERLAP_CHOICES = [
 ]
 
 
+class StopPreviousSecretField(forms.BooleanField):
+    """Shown only during an earlier rotation's overlap, which rotating again would end at once."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, label="Stop the older secret now", **kwargs)
+
+
+def offer_to_stop_previous_secret(form: forms.Form, instance) -> None:
+    from webhooks.services.secrets import previous_secret_valid_until, secret_hint
+
+    valid_until = previous_secret_valid_until(instance) if instance is not None else None
+    if valid_until is None:
+        del form.fields["stop_previous"]
+        return
+    form.fields["stop_previous"].help_text = (
+        f"The secret before the current one (ending {secret_hint(instance.previous_secret)}) still works until "
+        f"{valid_until:%Y-%m-%d %H:%M} UTC. Only one older secret is kept, so rotating again stops it at once: "
+        "tick this only if nothing uses it any more."
+    )
+
+
 class DestinationRotateSecretForm(forms.Form):
     overlap_seconds = forms.TypedChoiceField(
         label="Keep signing with the old secret too for",
@@ -98,6 +119,11 @@ class DestinationRotateSecretForm(forms.Form):
         help_text="Each attempt then carries a signature with either secret, so your receiver "
         "keeps verifying until it has the new one.",
     )
+    stop_previous = StopPreviousSecretField()
+
+    def __init__(self, *args, destination=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        offer_to_stop_previous_secret(self, destination)
 
 
 class SourceRotateSecretForm(forms.Form):
@@ -113,9 +139,11 @@ class SourceRotateSecretForm(forms.Form):
         initial=24 * 3600,
         help_text="While the provider still signs with the old secret, both are accepted.",
     )
+    stop_previous = StopPreviousSecretField()
 
-    def __init__(self, *args, provider: Provider, **kwargs):
+    def __init__(self, *args, provider: Provider, source=None, **kwargs):
         super().__init__(*args, **kwargs)
+        offer_to_stop_previous_secret(self, source)
         self.fields["new_secret"].required = not provider.secret_generated_by_us
         self.fields["new_secret"].help_text = provider.secret_help + (
             " Leave empty to have Hookline generate one (shown once)." if provider.secret_generated_by_us else ""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from secrets import token_urlsafe
+
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.cache import add_never_cache_headers
+from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html
 
 from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
+from webhooks.fields import decrypt, encrypt
 from webhooks.models import BulkRetry, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -24,18 +32,53 @@ from webhooks.services.sources import SourceError, ingest_url, source_check_secr
 
 from .filters import SourceProviderFilter
 
+NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
 
-def one_time_secret_page(request, model_admin, *, title: str, shown: list[tuple[str, str]]) -> TemplateResponse:
-    """The only time a generated secret is shown: rendered into this response, never stored in a message."""
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.model._meta,
-        "title": title,
-        "shown": shown,
-    }
-    response = TemplateResponse(request, "admin/hookline/new_secrets.html", context)
-    response["Cache-Control"] = "no-store"
-    return response
+
+class OneTimeSecretsMixin:
+    """New secrets made by an admin action are shown once, on a page of their own.
+
+    Post/redirect/get, as in the dashboard: were they shown in the action's own response,
+    reloading that page would send the action again and rotate a second time.
+    """
+
+    def one_time_secret_page(self, request, *, title: str, shown: list[tuple[str, str]]) -> HttpResponseRedirect:
+        request.session[NEW_SECRETS_SESSION_KEY] = {
+            "token": (token := token_urlsafe(16)),
+            "title": title,
+            # Sessions live in the database: secrets are kept there encrypted, for one look.
+            "shown": [(label, encrypt(secret)) for label, secret in shown],
+        }
+        opts = self.model._meta
+        return redirect(f"admin:{opts.app_label}_{opts.model_name}_new_secrets", token)
+
+    def get_urls(self):
+        opts = self.model._meta
+        return [
+            path(
+                "new-secrets/<str:token>/",
+                self.admin_site.admin_view(self.new_secrets_view),
+                name=f"{opts.app_label}_{opts.model_name}_new_secrets",
+            ),
+            *super().get_urls(),
+        ]
+
+    def new_secrets_view(self, request, token: str):
+        kept = request.session.get(NEW_SECRETS_SESSION_KEY)
+        if not kept or not constant_time_compare(kept["token"], token):
+            self.message_user(request, "New secrets are shown only once; rotate again to get new ones.", messages.INFO)
+            opts = self.model._meta
+            return redirect(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        del request.session[NEW_SECRETS_SESSION_KEY]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": kept["title"],
+            "shown": [(label, decrypt(secret)) for label, secret in kept["shown"]],
+        }
+        response = TemplateResponse(request, "admin/hookline/new_secrets.html", context)
+        add_never_cache_headers(response)
+        return response
 
 
 # --- Sources -----------------------------------------------------------------------------------
@@ -47,6 +90,13 @@ class SourceAdminForm(forms.ModelForm):
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Set a new signing secret. The old one keeps verifying during the rotation window.",
+    )
+
+    stop_previous = forms.BooleanField(
+        required=False,
+        label="Stop the older secret now",
+        help_text="Needed only to set a new secret while an earlier rotation's older secret still works: "
+        "only one older secret is kept, so that one stops at once.",
     )
 
     class Meta:
@@ -77,7 +127,7 @@ class SourceAdminForm(forms.ModelForm):
 
 
 @admin.register(Source)
-class SourceAdmin(AuditedModelAdmin):
+class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     form = SourceAdminForm
     list_display = ("name", "organization", "provider", "secret_hint", "is_active", "created_at")
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
@@ -93,6 +143,7 @@ class SourceAdmin(AuditedModelAdmin):
         "ingest_url_display",
         "secret_hint",
         "new_secret",
+        "stop_previous",
         "previous_secret_expires_at",
     )
     actions = ("rotate_secret",)
@@ -124,7 +175,12 @@ class SourceAdmin(AuditedModelAdmin):
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
             try:
-                source_rotate_secret(source=obj, new_secret=new_secret, actor=request.user)
+                source_rotate_secret(
+                    source=obj,
+                    new_secret=new_secret,
+                    stop_previous=form.cleaned_data.get("stop_previous", False),
+                    actor=request.user,
+                )
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
             except SourceError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
@@ -143,7 +199,7 @@ class SourceAdmin(AuditedModelAdmin):
             self.message_user(request, "Not rotated: " + "; ".join(refused[:10]), messages.WARNING)
         if not shown:
             return None
-        return one_time_secret_page(request, self, title="New source secrets", shown=shown)
+        return self.one_time_secret_page(request, title="New source secrets", shown=shown)
 
 
 # --- Destinations ------------------------------------------------------------------------------
@@ -174,6 +230,13 @@ class DestinationAdminForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Set a new signing secret (whsec_…). Attempts are also signed with the old one for "
         "SECRET_ROTATION_OVERLAP_SECONDS (1 day by default), so the receiver can switch over meanwhile.",
+    )
+
+    stop_previous = forms.BooleanField(
+        required=False,
+        label="Stop the older secret now",
+        help_text="Needed only to set a new secret while an earlier rotation's older secret still works: "
+        "only one older secret is kept, so that one stops at once.",
     )
 
     class Meta:
@@ -225,7 +288,7 @@ class DestinationStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Destination)
-class DestinationAdmin(AuditedModelAdmin):
+class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     form = DestinationAdminForm
     list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
     list_filter = (DestinationStateFilter, OrganizationFilter)
@@ -242,6 +305,7 @@ class DestinationAdmin(AuditedModelAdmin):
         "is_active",
         "secret_hint",
         "new_secret",
+        "stop_previous",
         "previous_secret_expires_at",
         "paused_at",
         "pause_reason",
@@ -277,7 +341,12 @@ class DestinationAdmin(AuditedModelAdmin):
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
             try:
-                destination_rotate_secret(destination=obj, new_secret=new_secret, actor=request.user)
+                destination_rotate_secret(
+                    destination=obj,
+                    new_secret=new_secret,
+                    stop_previous=form.cleaned_data.get("stop_previous", False),
+                    actor=request.user,
+                )
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
             except DestinationError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
@@ -292,7 +361,9 @@ class DestinationAdmin(AuditedModelAdmin):
                 self.message_user(request, f"{destination}: {exc}", messages.ERROR)
                 continue
             shown.append((f"{destination.organization.name} · {destination}", secret))
-        return one_time_secret_page(request, self, title="New destination secrets", shown=shown)
+        if not shown:
+            return None
+        return self.one_time_secret_page(request, title="New destination secrets", shown=shown)
 
     @admin.action(description="Pause selected destinations")
     def pause(self, request, queryset):

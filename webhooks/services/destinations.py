@@ -216,13 +216,19 @@ def destination_check_secret(secret: str) -> str:
 
 @transaction.atomic
 def destination_rotate_secret(
-    *, destination: Destination, new_secret: str | None = None, overlap_seconds: int | None = None, actor=None
+    *,
+    destination: Destination,
+    new_secret: str | None = None,
+    overlap_seconds: int | None = None,
+    stop_previous: bool = False,
+    actor=None,
 ) -> tuple[Destination, str]:
     """A new signing secret (generated unless given), effective for the next attempt; returned to be shown once.
 
     For ``overlap_seconds`` (default SECRET_ROTATION_OVERLAP_SECONDS) every attempt carries a
     signature with the old secret too, so the receiver can switch over at its own pace; with 0
-    signatures made with the old one stop at once.
+    signatures made with the old one stop at once. During an earlier rotation's overlap, only
+    with ``stop_previous`` (see replace_secret).
     """
     require_configure_role(organization=destination.organization, actor=actor)
     if new_secret:
@@ -231,7 +237,7 @@ def destination_rotate_secret(
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     secret = new_secret or generate_standard_webhooks_secret()
     try:
-        replace_secret(destination, secret, overlap_seconds)
+        replace_secret(destination, secret, overlap_seconds, stop_previous=stop_previous)
     except SecretNotReplaced as exc:
         raise DestinationError(str(exc)) from None
     audit_record(

@@ -31,19 +31,49 @@ class SecretNotReplaced(ValueError):
     """A rotation that cannot be made (the message is safe to show)."""
 
 
-def replace_secret(instance: models.Model, new_secret: str, overlap_seconds: int) -> None:
+def previous_secret_valid_until(instance: models.Model):
+    """When a Source's or Destination's previous secret stops working, while it still does; else None."""
+    expires_at = instance.previous_secret_expires_at
+    if instance.previous_secret and expires_at and expires_at > timezone.now():
+        return expires_at
+    return None
+
+
+class PreviousSecretStillValid(SecretNotReplaced):
+    """A rotation during another one's overlap: it would stop the older secret at once."""
+
+
+def replace_secret(
+    instance: models.Model, new_secret: str, overlap_seconds: int, *, stop_previous: bool = False
+) -> None:
     """Make ``new_secret`` current on a Source or Destination; the one it replaces stays usable for ``overlap_seconds``.
 
     The row is locked and its current secret read again first: of two rotations at once, the
     second then keeps the first one's new secret (the one its user was shown) as the previous
     one, instead of a secret that was already replaced. Call it inside the transaction that
     audits the rotation (select_for_update refuses to run outside one).
+
+    Only one previous secret is kept, so rotating again while an earlier rotation's overlap
+    runs stops the older secret at once, perhaps while the provider (or receiver) still uses
+    it: refused with PreviousSecretStillValid unless ``stop_previous`` says that is meant.
     """
-    locked = type(instance).objects.select_for_update(no_key=True).only("secret").filter(pk=instance.pk).first()
+    locked = (
+        type(instance)
+        .objects.select_for_update(no_key=True)
+        .only("secret", "previous_secret", "previous_secret_expires_at")
+        .filter(pk=instance.pk)
+        .first()
+    )
     if locked is None:
         raise SecretNotReplaced(f"this {instance._meta.verbose_name} has been deleted")
     if new_secret == locked.secret:
         raise SecretNotReplaced("that is the current secret; a rotation needs a new one")
+    still_valid_until = previous_secret_valid_until(locked)
+    if still_valid_until is not None and not stop_previous:
+        raise PreviousSecretStillValid(
+            f"the secret before the current one (ending {secret_hint(locked.previous_secret)}) still works until "
+            f"{still_valid_until:%Y-%m-%d %H:%M} UTC, and rotating again stops it at once; confirm that it may stop now"
+        )
     instance.previous_secret = locked.secret if overlap_seconds > 0 else ""
     instance.previous_secret_expires_at = (
         timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None

@@ -84,15 +84,18 @@ def source_rotate_secret(
     source: Source,
     new_secret: str | None = None,
     overlap_seconds: int | None = None,
+    stop_previous: bool = False,
     actor=None,
 ) -> tuple[Source, str | None]:
-    """Make ``new_secret`` current; the old one keeps verifying for ``overlap_seconds``."""
+    """Make ``new_secret`` current; the old one keeps verifying for ``overlap_seconds``.
+
+    During an earlier rotation's overlap, only with ``stop_previous`` (see replace_secret)."""
     require_configure_role(organization=source.organization, actor=actor)
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     try:
-        replace_secret(source, clean_secret, overlap_seconds)
+        replace_secret(source, clean_secret, overlap_seconds, stop_previous=stop_previous)
     except SecretNotReplaced as exc:
         raise SourceError(str(exc)) from None
     audit_record(

@@ -395,11 +395,25 @@ def test_rotating_a_generated_source_secret_shows_it_once(admin, organization):
         reverse("admin:webhooks_source_changelist"), {"action": "rotate_secret", "_selected_action": [source.pk]}
     )
     source.refresh_from_db()
-    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
-    assert source.secret in response.content.decode()
+    # Post/redirect/get: reloading the page that shows the secret must not rotate it again.
+    assert response.status_code == 302 and source.secret not in response.content.decode()
+    shown = admin.get(response["Location"])
+    assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+    assert source.secret in shown.content.decode()
+    reloaded = admin.get(response["Location"], follow=True)
+    assert source.secret not in reloaded.content.decode() and "shown only once" in reloaded.content.decode()
+    assert Source.objects.get(pk=source.pk).secret == source.secret
     assert AuditLog.objects.filter(action="admin.webhooks.source.action.rotate_secret").exists()
     later = admin.get(reverse("admin:webhooks_source_change", args=[source.pk]))
     assert no_secret_in(later, source.secret)
+    # A second rotation within the overlap would stop the secret the provider may still use.
+    again = admin.post(
+        reverse("admin:webhooks_source_changelist"),
+        {"action": "rotate_secret", "_selected_action": [source.pk]},
+        follow=True,
+    )
+    assert "still works until" in again.content.decode()
+    assert Source.objects.get(pk=source.pk).secret == source.secret
 
 
 def test_rotating_a_provider_given_secret_is_refused(admin, setup):
@@ -418,7 +432,7 @@ def test_destination_list_detail_and_secret_rotation(admin, setup, organization)
     assert listed(admin.get(url, {"q": "globex"})) == [setup["their_destination"]]
     detail = admin.get(reverse("admin:webhooks_destination_change", args=[destination.pk]))
     assert detail.status_code == 200 and no_secret_in(detail, setup["destination_secret"])
-    rotated = admin.post(url, {"action": "rotate_secret", "_selected_action": [destination.pk]})
+    rotated = admin.post(url, {"action": "rotate_secret", "_selected_action": [destination.pk]}, follow=True)
     destination.refresh_from_db()
     assert destination.secret != setup["destination_secret"] and destination.secret in rotated.content.decode()
     assert AuditLog.objects.filter(action="destination.secret_rotated").exists()

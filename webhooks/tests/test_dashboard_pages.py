@@ -452,7 +452,14 @@ def test_destination_create_shows_secret_once_with_filters(client, owner, organi
     entry = AuditLog.objects.get(action="destination.secret_rotated")
     assert entry.changes["overlap_seconds"] == 3600
 
-    client.post(rotate_url, {"overlap_seconds": "0"})
+    # Rotating again during the overlap would stop the older secret at once: said, and only on purpose.
+    again = client.get(rotate_url)
+    assert "Stop the older secret now" in page_text(again) and "still works until" in page_text(again)
+    refused = client.post(rotate_url, {"overlap_seconds": "0"})
+    assert refused.status_code == 200 and "confirm that it may stop now" in page_text(refused)
+    destination.refresh_from_db()
+    assert destination.signing_secrets()[1] == old_secret
+    client.post(rotate_url, {"overlap_seconds": "0", "stop_previous": "on"})
     destination.refresh_from_db()
     assert destination.signing_secrets() == [destination.secret]
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from webhooks.models import Destination, Source
 from webhooks.services import lifecycle, sources
-from webhooks.services.destinations import destination_rotate_secret
+from webhooks.services.destinations import DestinationError, destination_rotate_secret
 from webhooks.services.sources import source_rotate_secret
 
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -45,7 +45,10 @@ def test_a_rotation_from_a_stale_copy_keeps_the_secret_that_was_current_as_previ
     first_view = make_source(organization)
     second_view = Source.objects.get(pk=first_view.pk)
     source_rotate_secret(source=first_view, new_secret=NEW_STRIPE_SECRET, overlap_seconds=3600)
-    source_rotate_secret(source=second_view, new_secret=NEXT_STRIPE_SECRET, overlap_seconds=3600)
+    # The second learns that a rotation just happened, whose older secret would stop at once.
+    with pytest.raises(sources.SourceError, match=r"ending …cret\) still works until"):
+        source_rotate_secret(source=second_view, new_secret=NEXT_STRIPE_SECRET, overlap_seconds=3600)
+    source_rotate_secret(source=second_view, new_secret=NEXT_STRIPE_SECRET, overlap_seconds=3600, stop_previous=True)
     assert Source.objects.get(pk=first_view.pk).active_secrets() == [NEXT_STRIPE_SECRET, NEW_STRIPE_SECRET]
 
 
@@ -53,7 +56,9 @@ def test_a_destination_rotation_from_a_stale_copy_signs_with_the_secret_that_was
     first_view, _ = make_destination(organization, "http://127.0.0.1:9/hook")
     second_view = Destination.objects.get(pk=first_view.pk)
     _, first_new = destination_rotate_secret(destination=first_view, overlap_seconds=3600)
-    _, second_new = destination_rotate_secret(destination=second_view, overlap_seconds=3600)
+    with pytest.raises(DestinationError, match="still works until"):
+        destination_rotate_secret(destination=second_view, overlap_seconds=3600)
+    _, second_new = destination_rotate_secret(destination=second_view, overlap_seconds=3600, stop_previous=True)
     assert Destination.objects.get(pk=first_view.pk).signing_secrets() == [second_new, first_new]
 
 
@@ -75,7 +80,9 @@ def test_concurrent_rotations_wait_for_each_other(organization, monkeypatch):
 
     def rotate(new_secret):
         try:
-            source_rotate_secret(source=Source.objects.get(pk=source.pk), new_secret=new_secret, overlap_seconds=3600)
+            source_rotate_secret(
+                source=Source.objects.get(pk=source.pk), new_secret=new_secret, overlap_seconds=3600, stop_previous=True
+            )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:

@@ -136,17 +136,21 @@ class DestinationRotateSecretView(DestinationMixin, TemplateView):
 
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
-        form = DestinationRotateSecretForm()
-        return self.render_to_response(self.get_context_data(destination=self.get_destination(), form=form))
+        destination = self.get_destination()
+        form = DestinationRotateSecretForm(destination=destination)
+        return self.render_to_response(self.get_context_data(destination=destination, form=form))
 
     def post(self, request, *args, **kwargs):
         destination = self.get_destination()
-        form = DestinationRotateSecretForm(request.POST)
+        form = DestinationRotateSecretForm(request.POST, destination=destination)
         if not form.is_valid():
             return self.render_to_response(self.get_context_data(destination=destination, form=form))
         try:
             destination, secret = destination_rotate_secret(
-                destination=destination, overlap_seconds=form.cleaned_data["overlap_seconds"], actor=request.user
+                destination=destination,
+                overlap_seconds=form.cleaned_data["overlap_seconds"],
+                stop_previous=form.cleaned_data.get("stop_previous", False),
+                actor=request.user,
             )
         except DestinationError as exc:
             form.add_error(None, str(exc))

@@ -169,18 +169,19 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
         source = self.get_source()
-        form = SourceRotateSecretForm(provider=get_provider(source.provider))
+        form = SourceRotateSecretForm(provider=get_provider(source.provider), source=source)
         return self.render_to_response(self.get_context_data(source=source, form=form))
 
     def post(self, request, *args, **kwargs):
         source = self.get_source()
-        form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider))
+        form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider), source=source)
         if form.is_valid():
             try:
                 source, generated = source_rotate_secret(
                     source=source,
                     new_secret=form.cleaned_data["new_secret"] or None,
                     overlap_seconds=form.cleaned_data["overlap_seconds"],
+                    stop_previous=form.cleaned_data.get("stop_previous", False),
                     actor=request.user,
                 )
             except SourceError as exc:
