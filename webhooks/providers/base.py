@@ -147,6 +147,8 @@ class Provider:
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""
+        if not isinstance(raw, Mapping):  # a JSON list or number typed into the admin's field
+            raise InvalidOptions("options must be an object of option names and values, such as {}")
         known = {option.name: option for option in self.options}
         unknown = sorted(set(raw) - set(known))
         if unknown:

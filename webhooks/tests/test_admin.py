@@ -387,6 +387,12 @@ def test_source_options_are_validated_by_the_provider(admin, setup):
     )
     assert response.status_code == 200
     assert "unknown option(s) for stripe: nonsense" in response.content.decode()
+    for not_an_object in ("[1, 2]", "3", '"tolerance"'):
+        response = admin.post(
+            reverse("admin:webhooks_source_change", args=[source.pk]), source_form(source, options=not_an_object)
+        )
+        assert response.status_code == 200, not_an_object  # a form error, not a 500
+        assert "options must be an object" in response.content.decode()
 
 
 def test_rotating_a_generated_source_secret_shows_it_once(admin, organization):
