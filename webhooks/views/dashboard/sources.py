@@ -194,16 +194,29 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
         return self.render_to_response(self.get_context_data(source=source, form=form))
 
 
-class SourceSetActiveView(SourceMixin, ChangeView):
+class SourceSetActiveView(SourceMixin, TemplateView):
+    """Stop or resume receiving. Stopping loses what providers send meanwhile, so it is confirmed
+    on its own page (GET); resuming is one click."""
+
+    template_name = "dashboard/source_stop.html"
+    required_role = ADMIN
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        source = self.get_source()
+        if not source.is_active:
+            return redirect("dashboard:source_detail", self.organization.slug, source.pk)
+        return self.render_to_response(self.get_context_data(source=source))
+
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         active = request.POST.get("active") == "1"
         source_set_active(source=source, active=active, actor=request.user)
-        return self.done(
-            f"Source {'resumed' if active else 'paused: its URL answers 404 until resumed'}.",
-            "dashboard:source_detail",
-            source.pk,
+        messages.success(
+            request,
+            "Receiving again." if active else "Stopped: its URL answers 404 until it receives again.",
         )
+        return redirect("dashboard:source_detail", self.organization.slug, source.pk)
 
 
 class SourceDeleteView(SourceMixin, TemplateView):
