@@ -62,11 +62,11 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
             del self.fields["secret"]
         else:
             secret = self.fields["secret"]
-            secret.required = not provider.secret_generated_by_us
             secret.help_text = provider.secret_help + (
                 " Leave empty and Hookline generates one for you (shown once)."
                 if provider.secret_generated_by_us
-                else ""
+                else f" If {provider.label} shows it only once the URL is registered, leave it empty for now "
+                "and set it on the source's page afterwards; requests are refused until then."
             )
         self.add_option_fields(provider)
 
@@ -144,6 +144,10 @@ class SourceRotateSecretForm(forms.Form):
     def __init__(self, *args, provider: Provider, source=None, **kwargs):
         super().__init__(*args, **kwargs)
         offer_to_stop_previous_secret(self, source)
+        if source is not None and not source.secret:
+            # Setting a first secret: there is no old one to keep.
+            self.fields["overlap_seconds"].widget = forms.HiddenInput()
+            self.fields["overlap_seconds"].initial = 0
         self.fields["new_secret"].required = not provider.secret_generated_by_us
         self.fields["new_secret"].help_text = provider.secret_help + (
             " Leave empty to have Hookline generate one (shown once)." if provider.secret_generated_by_us else ""

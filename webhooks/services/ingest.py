@@ -117,6 +117,17 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
             source, request, headers, remote_ip, "unknown_provider", "the source's provider is not supported"
         )
 
+    if provider.uses_secret and not any(source.active_secrets()):
+        return _reject(
+            source,
+            request,
+            headers,
+            remote_ip,
+            "secret_not_set",
+            f"this source has no signing secret yet: copy the one {provider.label} shows for this endpoint into "
+            "Hookline (the source's page, 'Set the signing secret'); until then every request is refused",
+        )
+
     challenge = provider.unsigned_handshake(request, source.active_secrets(), source.options)
     if challenge is not None:
         return IngestOutcome(challenge.status, handshake=challenge)

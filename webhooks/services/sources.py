@@ -21,7 +21,7 @@ class SourceError(ValueError):
     """A source cannot be created or changed as asked (message is safe to show)."""
 
 
-def _clean(provider_kind: str, secret: str | None, options: dict[str, Any]):
+def _clean(provider_kind: str, secret: str | None, options: dict[str, Any], *, allow_unset_secret: bool = False):
     try:
         provider = get_provider(provider_kind)
     except UnknownProvider:
@@ -33,9 +33,17 @@ def _clean(provider_kind: str, secret: str | None, options: dict[str, Any]):
         except InvalidOptions as exc:
             raise SourceError(str(exc)) from None
     if not secret:
-        if not provider.secret_generated_by_us:
-            raise SourceError(f"{provider.label} gives you the signing secret: pass it with --secret")
-        secret = generated = generate_token_secret()
+        if provider.secret_generated_by_us:
+            secret = generated = generate_token_secret()
+        elif allow_unset_secret:
+            # The provider shows its secret only once the ingest URL is registered there (Stripe):
+            # the source exists first, refusing every request until the secret is set.
+            try:
+                return "", provider.clean_options(options), None
+            except InvalidOptions as exc:
+                raise SourceError(str(exc)) from None
+        else:
+            raise SourceError(f"{provider.label} gives you the signing secret: enter the one it shows")
     try:
         return provider.clean_secret(secret), provider.clean_options(options), generated
     except InvalidOptions as exc:
@@ -50,11 +58,18 @@ def source_create(
     name: str,
     secret: str | None = None,
     options: dict[str, Any] | None = None,
+    allow_unset_secret: bool = False,
     actor=None,
 ) -> tuple[Source, str | None]:
-    """Create a source. Returns it and the generated secret (None when the tenant gave one)."""
+    """Create a source. Returns it and the generated secret (None when the tenant gave one).
+
+    With ``allow_unset_secret``, a provider that issues its own secret (often only once the
+    ingest URL is registered there) may be left without one for now: every request is then
+    refused as ``secret_not_set`` until a rotation sets it."""
     require_configure_role(organization=organization, actor=actor)
-    clean_secret, clean_options, generated = _clean(provider, secret, options or {})
+    clean_secret, clean_options, generated = _clean(
+        provider, secret, options or {}, allow_unset_secret=allow_unset_secret
+    )
     source = Source.objects.create(
         organization=organization,
         provider=provider,

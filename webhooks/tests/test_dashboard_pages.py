@@ -411,6 +411,40 @@ def test_generated_source_secret_is_shown_once(client, owner, organization):
     assert source.secret not in encrypted_in_session
 
 
+def test_a_stripe_source_can_be_made_before_stripe_shows_its_secret(client, owner, organization):
+    # Stripe shows the endpoint's secret only once its URL is registered, and the URL comes
+    # from the source: the source is made first, refusing everything until the secret is set.
+    client.force_login(owner)
+    created = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": "Stripe live"})
+    source = Source.objects.get(name="Stripe live")
+    assert created.status_code == 302 and source.secret == ""
+    detail = page_text(client.get(created["Location"]))
+    assert "No signing secret yet" in detail and "Set the signing secret" in detail
+
+    from .signing import stripe_headers
+
+    def send(event_id):
+        body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+        return client.generic(
+            "POST",
+            f"/in/{source.ingest_token}/",
+            body,
+            content_type="application/json",
+            **stripe_headers(body, STRIPE_SECRET),
+        )
+
+    refused = send("evt_before")
+    assert refused.status_code == 401 and refused.json()["error"] == "secret_not_set"
+    assert "Stripe" in refused.json()["detail"]
+
+    rotate_url = reverse("dashboard:source_rotate", args=["acme", source.pk])
+    assert "Set the signing secret" in page_text(client.get(rotate_url))
+    set_secret = client.post(rotate_url, {"new_secret": STRIPE_SECRET, "overlap_seconds": "0"}, follow=True)
+    assert "Signing secret set" in page_text(set_secret)
+    assert Source.objects.get(pk=source.pk).active_secrets() == [STRIPE_SECRET]
+    assert send("evt_after").status_code == 200
+
+
 def test_source_form_errors_are_shown_not_raised(client, owner):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": ""})

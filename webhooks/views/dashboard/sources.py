@@ -26,7 +26,7 @@ from webhooks.services.sources import (
     source_update,
 )
 
-from .base import ADMIN, ChangeView, or_404, secret_once_response
+from .base import ADMIN, or_404, secret_once_response
 
 
 class SourceMixin(OrganizationMixin):
@@ -89,11 +89,19 @@ class SourceCreateView(OrganizationMixin, TemplateView):
                     name=form.cleaned_data["name"],
                     secret=form.cleaned_data.get("secret") or None,
                     options=form.cleaned_options(),
+                    allow_unset_secret=True,
                     actor=request.user,
                 )
             except SourceError as exc:
                 form.add_error(None, str(exc))
             else:
+                if self.provider.uses_secret and not source.secret:
+                    messages.warning(
+                        request,
+                        f"Source “{source.name}” created without a signing secret: register its URL at "
+                        f"{self.provider.label}, then set the secret it shows. Until then every request is refused.",
+                    )
+                    return redirect("dashboard:source_detail", self.organization.slug, source.pk)
                 if generated:
                     # Shown in this response only: it is never stored in the clear or shown again.
                     return secret_once_response(self, source=source, secret=generated, title="Source created")
@@ -175,6 +183,7 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider), source=source)
+        had_secret = bool(source.secret)
         if form.is_valid():
             try:
                 source, generated = source_rotate_secret(
@@ -189,7 +198,12 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
             else:
                 if generated:
                     return secret_once_response(self, source=source, secret=generated, title="New signing secret")
-                messages.success(request, f"Secret rotated; it now ends in {source.secret_hint}.")
+                messages.success(
+                    request,
+                    f"Secret rotated; it now ends in {source.secret_hint}."
+                    if had_secret
+                    else f"Signing secret set (ending in {source.secret_hint}): requests are accepted from now on.",
+                )
                 return redirect("dashboard:source_detail", self.organization.slug, source.pk)
         return self.render_to_response(self.get_context_data(source=source, form=form))
 
