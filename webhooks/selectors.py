@@ -127,11 +127,14 @@ def _filtered_events(
     if before:
         events = events.filter(id__lt=before)
     if filters.search:
-        # Our id or the provider's: both are exact lookups on an index, never a LIKE scan.
+        # Exact lookups on an index, never a LIKE scan: the provider's id (or the one a rejected
+        # request claims), our event id, or a delivery's id (a replay's webhook-id).
         our_id = parse_event_id(filters.search)
-        matches = Q(provider_event_id=filters.search.strip())
+        text = filters.search.strip()
+        matches = Q(provider_event_id=text) | Q(claimed_event_id=text)
         if our_id is not None:
-            matches |= Q(id=our_id)
+            replayed = Delivery.objects.filter(organization=organization, pk=our_id).values("event_id")
+            matches |= Q(id=our_id) | Q(id__in=replayed)
         events = events.filter(matches)
     if filters.status in EVENT_STATUSES_FROM_DELIVERIES:
         failing = Delivery.objects.filter(organization=organization)

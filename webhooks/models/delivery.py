@@ -75,6 +75,12 @@ class Delivery(models.Model):
         return f"delivery of event {self.event_id} to destination {self.destination_id}"
 
     @property
+    def message_id(self) -> str:
+        """The webhook-id the receiver gets: the event's id, stable across retries; a replay's own
+        id, so that a receiver that dedupes on webhook-id does take the replay."""
+        return str(self.pk if self.is_replay else self.event_id)
+
+    @property
     def scheduled_attempt_count(self) -> int:
         """Attempts that count against the retry schedule (the first attempt always does)."""
         return max(self.attempt_count - self.manual_attempts, 1)

@@ -26,6 +26,10 @@ class WebhookEvent(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVED)
     rejection_code = models.CharField(max_length=40, blank=True)
     rejection_detail = models.CharField(max_length=500, blank=True)
+    # Rejected requests only: the event id the request claims, read without trusting it, so a
+    # tenant chasing "evt_123" finds the request that failed verification. Never in the
+    # duplicate constraint: a forged request must not take an id from the real event.
+    claimed_event_id = models.CharField(max_length=255, null=True, blank=True)
     duplicate_count = models.PositiveIntegerField(default=0)
     last_duplicate_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
@@ -49,6 +53,11 @@ class WebhookEvent(models.Model):
             models.Index(fields=("organization", "event_type", "-id"), name="event_org_type_id"),
             # Alone, so the admin finds a provider id across tenants; the dashboard adds the organization.
             models.Index(fields=("provider_event_id",), name="event_provider_id"),
+            models.Index(
+                fields=("claimed_event_id",),
+                condition=models.Q(claimed_event_id__isnull=False),
+                name="event_claimed_id",
+            ),
             # Small: only the rows the sweeper and the processor look for.
             models.Index(
                 fields=("status", "received_at"),

@@ -303,7 +303,7 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     }
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.
-    message_id = str(delivery.pk if delivery.is_replay else event.id)
+    message_id = delivery.message_id
     headers.update(
         {
             "User-Agent": "Hookline-Webhooks/1.0",

@@ -324,6 +324,7 @@ def _reject(
             organization_id=source.organization_id,
             source=source,
             status=WebhookEvent.Status.REJECTED,
+            claimed_event_id=_claimed_event_id(source, request),
             rejection_code=code,
             rejection_detail=storable_text(detail)[:500],
             body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
@@ -331,6 +332,18 @@ def _reject(
             remote_ip=remote_ip,
         )
     return _error(401, code, detail)
+
+
+def _claimed_event_id(source: Source, request: InboundRequest) -> str | None:
+    """The event id a rejected request claims, read as for a verified one but trusted by nobody
+    (only shown and searched); None when it names none or cannot be read."""
+    try:
+        event_id = get_provider(source.provider).describe(request, source.options).event_id
+    except Exception:  # unverified bytes: whatever they make a provider module do, the record stays
+        return None
+    if not event_id or event_id.startswith("sha256:"):  # a digest of the body says nothing to a person
+        return None
+    return _storable_event_id(event_id)
 
 
 def _may_record_rejection(source_id: int) -> bool:

@@ -205,6 +205,49 @@ def test_events_search_by_provider_id_and_by_our_id(client, owner, many_events):
     assert "No events match" in text
 
 
+def test_a_rejected_request_is_found_by_the_event_id_it_claims(client, owner, organization, many_events):
+    # Chasing a wrong secret: the request for evt_badsig arrived, and failed verification.
+    from .signing import stripe_headers
+
+    source = many_events["source"]
+    body = json.dumps({"id": "evt_badsig", "object": "event", "type": "invoice.paid"})
+    refused = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, "whsec_not_the_right_one"),
+    )
+    assert refused.status_code == 401
+    rejected = WebhookEvent.objects.get(status="rejected")
+    assert (rejected.claimed_event_id, rejected.provider_event_id) == ("evt_badsig", None)
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    assert listed_ids(client.get(url, {"q": "evt_badsig"})) == [str(rejected.pk)]
+    detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", rejected.pk])))
+    assert "Event id it claims" in detail and "evt_badsig" in detail and "(not verified)" in detail
+    # The real event with that id, sent later and signed, is not taken for a duplicate of it.
+    accepted = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert accepted.status_code == 200 and accepted.json()["duplicate"] is False
+
+
+def test_a_replay_is_found_by_the_webhook_id_its_receiver_got(client, owner, organization, many_events):
+    event = WebhookEvent.objects.get(pk=many_events["ids"][1])
+    replay = operations.event_replay(event=event, destination=many_events["destination"], actor=owner)
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    assert listed_ids(client.get(url, {"q": str(replay.pk)})) == [str(event.pk)]
+    detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", event.pk])))
+    assert f'webhook-id <span class="mono">{replay.message_id}</span>' in detail
+    assert replay.message_id == str(replay.pk)
+
+
 def test_events_keyset_pages_cover_everything_once_in_order(client, organization, owner, many_events):
     pages, before = [], None
     while True:
