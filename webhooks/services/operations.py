@@ -114,6 +114,8 @@ def _matching_deliveries(organization: Organization, filters: dict[str, Any]):
 def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], actor=None) -> BulkRetry:
     """Queue a background retry of every matching delivery (dead by default)."""
     total = _matching_deliveries(organization, filters).count()
+    if total == 0:  # no job, no audit entry, and the person is told rather than shown "0 retried"
+        raise OperationError("no delivery matches: there is nothing to retry")
     job = BulkRetry.objects.create(
         organization=organization,
         requested_by=actor,

@@ -250,6 +250,11 @@ def test_bulk_retry_by_filter_with_progress(client, organization, httpserver, mo
     assert AuditLog.objects.filter(action="deliveries.bulk_retry_requested").exists()
     with pytest.raises(operations.OperationError):
         operations.bulk_retry_start(organization=organization, filters={"statuses": ["succeeded"]})
+    # Nothing left to retry: said so, with no job and no audit entry.
+    jobs = BulkRetry.objects.count()
+    with pytest.raises(operations.OperationError, match="nothing to retry"):
+        operations.bulk_retry_start(organization=organization, filters={"source": source.pk})
+    assert BulkRetry.objects.count() == jobs
 
 
 # --- data lifecycle ---------------------------------------------------------------
