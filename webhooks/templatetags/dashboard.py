@@ -7,6 +7,7 @@ import json
 from django import template
 
 from organizations.models import Membership
+from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
 
 register = template.Library()
@@ -70,6 +71,21 @@ _STATUS_BADGES = {
 @register.filter
 def status_badge(status: str) -> str:
     return _STATUS_BADGES.get(status, "")
+
+
+@register.filter
+def delivery_state(delivery) -> str:
+    """A delivery's state in words next to its destination, so the badge does not rely on colour alone.
+
+    Empty for a success: the other states are the ones to notice.
+    """
+    if delivery.status == Delivery.Status.DEAD:
+        return "dead"
+    if delivery.status == Delivery.Status.PENDING:
+        return "retrying" if delivery.attempt_count else "queued"
+    if delivery.status == Delivery.Status.IN_FLIGHT:
+        return "sending"
+    return ""
 
 
 @register.filter
