@@ -97,3 +97,21 @@ def http_badge(code: int | None) -> str:
     if code in (408, 409, 425, 429) or code >= 500:
         return "badge-warn"
     return "badge-bad"
+
+
+@register.filter
+def duration_ms(value) -> str:
+    """Milliseconds for people: "420 ms", "12.3 s", "1 min 19 s", "2 h 5 min"; "—" when there is none."""
+    if value is None or value == "":
+        return "—"
+    ms = round(float(value))
+    if ms < 1000:
+        return f"{ms} ms"
+    tenths = round(ms / 100)
+    if tenths < 600:
+        return f"{tenths / 10:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

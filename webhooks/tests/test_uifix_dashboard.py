@@ -1,6 +1,7 @@
 """Findings of the product trial in the dashboard: delivery states in words, readable durations, error pages."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
@@ -9,6 +10,7 @@ from django.utils import timezone
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
+from webhooks.templatetags.dashboard import duration_ms
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import make_destination, make_source
@@ -78,3 +80,41 @@ def test_a_delivery_not_tried_yet_reads_queued(client, organization, owner):
     client.force_login(owner)
     html = client.get(reverse("dashboard:events", args=["acme"])).content.decode()
     assert badges(html) == ["My app · queued"]
+
+
+@pytest.mark.parametrize(
+    ("milliseconds", "shown"),
+    [
+        (None, "—"),
+        (0, "0 ms"),
+        (250, "250 ms"),
+        (999.4, "999 ms"),
+        (999.6, "1.0 s"),
+        (1234, "1.2 s"),
+        (59_940, "59.9 s"),
+        (59_960, "1 min"),
+        (79_420, "1 min 19 s"),
+        (3_599_000, "59 min 59 s"),
+        (3_600_000, "1 h"),
+        (7_500_000, "2 h 5 min"),
+    ],
+)
+def test_durations_read_in_the_unit_that_suits_them(milliseconds, shown):
+    assert duration_ms(milliseconds) == shown
+
+
+def test_overview_shows_latency_in_seconds_not_tens_of_thousands_of_ms(client, organization, owner):
+    source = make_source(organization, name="Stripe live")
+    destination = named_destination(organization, source, "My app")
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_slow"))
+    Delivery.objects.create(
+        organization=organization,
+        event=event,
+        destination=destination,
+        status=Delivery.Status.SUCCEEDED,
+        attempt_count=1,
+        completed_at=event.received_at + timedelta(milliseconds=79_420),
+    )
+    client.force_login(owner)
+    html = client.get(reverse("dashboard:overview", args=["acme"])).content.decode()
+    assert '<div class="stat">1 min 19 s</div>' in html and "79420" not in html
