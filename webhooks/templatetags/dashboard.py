@@ -7,6 +7,7 @@ import json
 from django import template
 
 from organizations.models import Membership
+from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
 
@@ -35,6 +36,21 @@ def user_organizations(user):
         .select_related("organization")
         .order_by("organization__name")
     ]
+
+
+@register.simple_tag(takes_context=True)
+def suspended_organization(context):
+    """On an error page under /o/<slug>/: the organization if it is deactivated and the user is a member.
+
+    Its members then learn why the page is closed; anyone else sees the plain 404 (tenancy).
+    """
+    request = context.get("request")
+    match = getattr(request, "resolver_match", None)
+    slug = match.kwargs.get("org_slug") if match else None
+    user = getattr(request, "user", None)
+    if not slug or user is None:
+        return None
+    return suspended_organization_for_member(user=user, slug=slug)
 
 
 @register.filter
