@@ -110,13 +110,27 @@ class MemberRoleView(TeamActionMixin, OrganizationMixin, View):
         return self.done(f"{membership.user.email} is now {Membership.Role(form.cleaned_data['role']).label.lower()}.")
 
 
-class MemberRemoveView(TeamActionMixin, OrganizationMixin, View):
+class MemberRemoveView(TeamActionMixin, OrganizationMixin, TemplateView):
+    """GET asks for confirmation (one click on the Team page must not remove anyone); the button POSTs."""
+
+    http_method_names = ["get", "post"]
+    template_name = "team/member_remove.html"
     required_role = Membership.Role.OWNER
 
-    def post(self, request, org_slug, membership_id: int):
-        membership = get_object_or_404(
+    def get_membership(self, membership_id: int) -> Membership:
+        return get_object_or_404(
             Membership.objects.select_related("user"), pk=membership_id, organization=self.organization
         )
+
+    def get(self, request, org_slug, membership_id: int):
+        self.require_role(Membership.Role.OWNER)
+        membership = self.get_membership(membership_id)
+        return self.render_to_response(
+            self.get_context_data(target=membership, leaving=membership.user_id == request.user.id)
+        )
+
+    def post(self, request, org_slug, membership_id: int):
+        membership = self.get_membership(membership_id)
         try:
             team.member_remove(
                 organization=self.organization, actor=request.user, membership=membership, ip_address=client_ip(request)

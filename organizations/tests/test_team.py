@@ -364,3 +364,56 @@ def test_a_deactivated_account_cannot_join_by_invitation(client, organization, o
     response = client.post(invitation_path(mail.outbox[-1]))
     assert response.status_code in (200, 410)
     assert not Membership.objects.filter(user=invited, organization=organization).exists()
+
+
+# --- Confirming a removal ---------------------------------------------------------------------
+
+
+def test_remove_and_leave_ask_for_confirmation_before_acting(organization, owner, member):
+    browser = browser_for(owner)
+    target = membership_of(member, organization)
+    team_page = browser.get(TEAM).content.decode()
+    remove_url = reverse("team:member_remove", args=["acme", target.pk])
+    # The Team page links to a confirmation: no form there removes anyone in one click.
+    assert f'href="{remove_url}"' in team_page and f'action="{remove_url}"' not in team_page
+
+    page = browser.get(remove_url)
+    assert page.status_code == 200
+    content = page.content.decode()
+    assert "Remove member@acme.example?" in content and "csrfmiddlewaretoken" in content
+    assert Membership.objects.filter(pk=target.pk).exists()  # a GET changes nothing
+
+    response = browser.post(remove_url)
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert not Membership.objects.filter(pk=target.pk).exists()
+
+    # Leaving, for an owner who is not the last one.
+    Membership.objects.create(user=member, organization=organization, role=Membership.Role.OWNER)
+    own = membership_of(owner, organization)
+    leave_url = reverse("team:member_remove", args=["acme", own.pk])
+    content = browser.get(leave_url).content.decode()
+    assert "Leave Acme?" in content and "You lose access" in content
+    assert Membership.objects.filter(pk=own.pk).exists()
+    assert browser.post(leave_url).status_code == 302
+    assert not Membership.objects.filter(pk=own.pk).exists()
+
+
+def test_the_removal_confirmation_needs_csrf(organization, owner, member):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(owner)
+    target = membership_of(member, organization)
+    url = reverse("team:member_remove", args=["acme", target.pk])
+    assert browser.get(url).status_code == 200
+    assert browser.post(url).status_code == 403
+    assert Membership.objects.filter(pk=target.pk).exists()
+
+
+def test_the_removal_confirmation_is_for_owners_and_this_organization_only(
+    organization, owner, member, other_organization, outsider
+):
+    target = membership_of(owner, organization)
+    url = reverse("team:member_remove", args=["acme", target.pk])
+    assert browser_for(member).get(url).status_code == 403
+    assert browser_for(outsider).get(url).status_code == 404
+    foreign = membership_of(outsider, other_organization)
+    assert browser_for(owner).get(reverse("team:member_remove", args=["acme", foreign.pk])).status_code == 404

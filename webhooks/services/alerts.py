@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMultiAlternatives, send_mail
 from django.db.models import Count, Q
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 
 from organizations.models import Membership
 from webhooks.models import Delivery, Destination
+from webhooks.selectors import EVENT_STATUS_FAILED
 
 
 def organization_admin_emails(organization_id: int) -> list[str]:
@@ -72,17 +76,34 @@ def send_dead_letter_digests(now=None) -> int:
         ).update(dead_digest_sent_at=now)
         if not claimed:
             continue  # another beat process sent it
-        lines = [f"  {row['n']} × {row['last_status_code'] or 'no response'}" for row in summary]
-        send_mail(
-            subject=f"[Hookline] {total} deliveries to {destination.name} failed permanently",
-            message=(
-                f"Since {since:%Y-%m-%d %H:%M} UTC, {total} deliveries to {destination.name} ({destination.url}) "
-                f"in {destination.organization.name} ran out of retries or were refused:\n"
-                + "\n".join(lines)
-                + "\n\nThey are kept: retry them from the dashboard, the admin or `retry_delivery`.\n"
-            ),
-            from_email=None,
-            recipient_list=organization_admin_emails(destination.organization_id),
-        )
+        _send_dead_letter_digest(destination=destination, since=since, total=total, summary=list(summary))
         sent += 1
     return sent
+
+
+def _send_dead_letter_digest(*, destination: Destination, since, total: int, summary: list[dict]) -> None:
+    slug = destination.organization.slug
+    context = {
+        "destination": destination,
+        "organization_name": destination.organization.name,
+        "since": since,
+        "total": total,
+        "summary": summary,
+        # The events list filtered to what failed at this destination, and its page with "Retry failed".
+        "events_link": settings.PUBLIC_BASE_URL
+        + reverse("dashboard:events", args=[slug])
+        + "?"
+        + urlencode({"status": EVENT_STATUS_FAILED, "destination": destination.pk}),
+        "destination_link": settings.PUBLIC_BASE_URL
+        + reverse("dashboard:destination_detail", args=[slug, destination.pk]),
+    }
+    subject = (
+        f"[Hookline] {total} {'delivery' if total == 1 else 'deliveries'} to {destination.name} failed permanently"
+    )
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string("emails/dead_letter.txt", context),
+        to=organization_admin_emails(destination.organization_id),
+    )
+    message.attach_alternative(render_to_string("emails/dead_letter.html", context), "text/html")
+    message.send()

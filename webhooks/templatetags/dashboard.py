@@ -7,6 +7,8 @@ import json
 from django import template
 
 from organizations.models import Membership
+from organizations.selectors import suspended_organization_for_member
+from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
 
 register = template.Library()
@@ -34,6 +36,21 @@ def user_organizations(user):
         .select_related("organization")
         .order_by("organization__name")
     ]
+
+
+@register.simple_tag(takes_context=True)
+def suspended_organization(context):
+    """On an error page under /o/<slug>/: the organization if it is deactivated and the user is a member.
+
+    Its members then learn why the page is closed; anyone else sees the plain 404 (tenancy).
+    """
+    request = context.get("request")
+    match = getattr(request, "resolver_match", None)
+    slug = match.kwargs.get("org_slug") if match else None
+    user = getattr(request, "user", None)
+    if not slug or user is None:
+        return None
+    return suspended_organization_for_member(user=user, slug=slug)
 
 
 @register.filter
@@ -73,6 +90,21 @@ def status_badge(status: str) -> str:
 
 
 @register.filter
+def delivery_state(delivery) -> str:
+    """A delivery's state in words next to its destination, so the badge does not rely on colour alone.
+
+    Empty for a success: the other states are the ones to notice.
+    """
+    if delivery.status == Delivery.Status.DEAD:
+        return "dead"
+    if delivery.status == Delivery.Status.PENDING:
+        return "retrying" if delivery.attempt_count else "queued"
+    if delivery.status == Delivery.Status.IN_FLIGHT:
+        return "sending"
+    return ""
+
+
+@register.filter
 def http_badge(code: int | None) -> str:
     if code is None:
         return "badge-bad"
@@ -81,3 +113,21 @@ def http_badge(code: int | None) -> str:
     if code in (408, 409, 425, 429) or code >= 500:
         return "badge-warn"
     return "badge-bad"
+
+
+@register.filter
+def duration_ms(value) -> str:
+    """Milliseconds for people: "420 ms", "12.3 s", "1 min 19 s", "2 h 5 min"; "—" when there is none."""
+    if value is None or value == "":
+        return "—"
+    ms = round(float(value))
+    if ms < 1000:
+        return f"{ms} ms"
+    tenths = round(ms / 100)
+    if tenths < 600:
+        return f"{tenths / 10:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

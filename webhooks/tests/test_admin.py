@@ -779,3 +779,29 @@ def test_a_source_secret_its_provider_refuses_saves_nothing(admin, setup):
     assert response.status_code == 200 and "errornote" in page and "changed successfully" not in page
     source.refresh_from_db()
     assert source.secret == STRIPE_SECRET and source.name != "Renamed with a bad secret"
+
+
+def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_provider_ids(admin, setup):
+    long_id = "sha256:" + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    make_event(setup["source"], long_id, "invoice.paid")
+    response = admin.get(reverse(EVENTS))
+    assert response.status_code == 200
+    html = response.content.decode()
+    columns = re.findall(r'<th scope="col" class="[^"]*\bcolumn-(\w+)', html)
+    assert columns == [
+        "received_at",
+        "status",
+        "has_failed_deliveries",
+        "organization",
+        "source",
+        "event_type",
+        "short_provider_event_id",
+        "id",
+        "duplicate_count",
+    ]
+    assert "column-provider" not in html  # the source already names its provider
+    assert f'title="{long_id}">sha256:9f86d08…f00a08</span>' in html
+    assert f">{long_id}<" not in html  # never in full in a cell
+    assert ">evt_dead<" in html  # short ids are shown as they are
+    # The row still links to the event.
+    assert reverse("admin:webhooks_webhookevent_change", args=[setup["dead"].pk]) in html
