@@ -277,7 +277,9 @@ class EventFilterForm(forms.Form):
             (destination.pk, destination.name)
             for destination in Destination.objects.filter(organization=organization).only("pk", "name")
         ]
-        self.fields["q"].widget.attrs.update(placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search")
+        self.fields["q"].widget.attrs.update(
+            placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search"
+        )
         self.fields["event_type"].widget.attrs.update(list="event-types")
 
     def ignored_filters(self) -> list[str]:
