@@ -9,10 +9,6 @@ class SignatureNonce(models.Model):
     signature could be sent again with another body. The first body a token comes with is
     recorded here; an exact retry matches it, another body is refused. In PostgreSQL rather
     than the cache, so that an eviction or a flush cannot reopen the window.
-
-    The same table binds a signed body to the unsigned id header it first came with (GitHub,
-    Shopify, Bitbucket, Linear, Generic HMAC with an id header): "nonce" is then the body's
-    digest and "body" the id, so the body cannot come back under another id.
     """
 
     # Longer than the providers concerned retry (PayPal: 3 days); older signatures are refused,

@@ -66,10 +66,6 @@ class EventInfo:
 
     event_id: str | None  # the provider's idempotency key; None when the provider has none
     event_type: str
-    # False when the id comes from a header the signature does not cover (GitHub's
-    # X-GitHub-Delivery…): a signed body could then be sent again under a new id. The ingest
-    # service binds such a body to its first id and refuses it under another.
-    event_id_signed: bool = True
 
 
 @dataclass(frozen=True)

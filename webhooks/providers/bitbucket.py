@@ -82,9 +82,7 @@ class BitbucketProvider(Provider):
             request.header(DATA_CENTER_ID_HEADER) or ""
         ).strip()
         return EventInfo(
-            event_id=event_id or "sha256:" + hashlib.sha256(request.body).hexdigest(),
-            event_type=event_type,
-            event_id_signed=not event_id,
+            event_id=event_id or "sha256:" + hashlib.sha256(request.body).hexdigest(), event_type=event_type
         )
 
     def sign(

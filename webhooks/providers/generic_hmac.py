@@ -116,11 +116,13 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
         path = _option(options, option)
         return field(path) if path else None
 
-    signed_id = configured_field("event_id_field")
-    header_id = None if signed_id else header("event_id_header")
-    event_id = signed_id or header_id or "sha256:" + hashlib.sha256(request.body).hexdigest()
+    event_id = (
+        configured_field("event_id_field")
+        or header("event_id_header")
+        or "sha256:" + hashlib.sha256(request.body).hexdigest()
+    )
     event_type = header("event_type_header") or configured_field("event_type_field") or ""
-    return EventInfo(event_id=event_id, event_type=event_type, event_id_signed=header_id is None)
+    return EventInfo(event_id=event_id, event_type=event_type)
 
 
 def clean_common_options(cleaned: dict[str, Any]) -> dict[str, Any]:

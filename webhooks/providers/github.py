@@ -119,7 +119,7 @@ class GitHubProvider(Provider):
             event_type = f"{event or UNKNOWN_EVENT}.{action}"
         else:
             event_type = event
-        return EventInfo(event_id=delivery, event_type=event_type, event_id_signed=delivery is None)
+        return EventInfo(event_id=delivery, event_type=event_type)
 
     def sign(
         self,

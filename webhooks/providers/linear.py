@@ -125,9 +125,7 @@ class LinearProvider(Provider):
             event_type = f"{event_type}.{action.strip()}"
         delivery = (request.header(DELIVERY_HEADER) or "").strip()
         return EventInfo(
-            event_id=delivery or "sha256:" + hashlib.sha256(request.body).hexdigest(),
-            event_type=event_type,
-            event_id_signed=not delivery,
+            event_id=delivery or "sha256:" + hashlib.sha256(request.body).hexdigest(), event_type=event_type
         )
 
     def sign(

@@ -88,11 +88,7 @@ class ShopifyProvider(Provider):
         """Id and type come from headers only."""
         event_id = _first_header(request, EVENT_ID_HEADERS) or _first_header(request, WEBHOOK_ID_HEADERS)
         topic = _first_header(request, TOPIC_HEADERS)
-        return EventInfo(
-            event_id=event_id[1] if event_id else None,
-            event_type=topic[1] if topic else "",
-            event_id_signed=event_id is None,
-        )
+        return EventInfo(event_id=event_id[1] if event_id else None, event_type=topic[1] if topic else "")
 
     def sign(
         self,

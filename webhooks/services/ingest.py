@@ -153,17 +153,6 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         outcome = _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail)
         return IngestOutcome(400, outcome.payload)
 
-    if info.event_id and not info.event_id_signed and not _body_fits_event_id(source.pk, body, info.event_id):
-        return _reject(
-            source,
-            request,
-            headers,
-            remote_ip,
-            "replayed_signature",
-            "this signed body was already received with another event id; the id header is not covered by "
-            "the signature, and a redelivery keeps its id",
-        )
-
     event = NewEvent(
         organization_id=source.organization_id,
         source_id=source.pk,
@@ -268,20 +257,6 @@ def _nonce_fits_body(source_id: int, nonce: str, body: bytes) -> bool:
         defaults={"body_digest": digest},
     )
     return created or hmac.compare_digest(binding.body_digest, digest)
-
-
-def _body_fits_event_id(source_id: int, body: bytes, event_id: str) -> bool:
-    """Bind a signed body to the unsigned id it first came with; later it must come with the same id.
-
-    Otherwise anyone who saw one delivery (its body and signature) could post it again under a
-    new id header and have it processed twice. Kept as long as the organization keeps events.
-    """
-    binding, created = SignatureNonce.objects.get_or_create(
-        source_id=source_id,
-        nonce_digest=hashlib.sha256(b"body:" + hashlib.sha256(body).digest()).hexdigest(),
-        defaults={"body_digest": hashlib.sha256(event_id.encode()).hexdigest()},
-    )
-    return created or hmac.compare_digest(binding.body_digest, hashlib.sha256(event_id.encode()).hexdigest())
 
 
 def _storable_event_id(event_id: str) -> str:

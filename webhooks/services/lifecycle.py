@@ -84,15 +84,12 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     """
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
-    # Bindings past the age at which their signatures are refused anyway, and bindings of bodies
-    # to ids no older than the events they guard (see SignatureNonce).
+    # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
+    SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
     deleted = 0
     for organization in Organization.objects.only("pk", "retention_days"):
         cutoff = now - timedelta(days=organization.retention_days)
-        SignatureNonce.objects.filter(
-            source__organization=organization, created_at__lt=min(cutoff, now - kept)
-        ).delete()
         while True:
             ids = list(
                 _expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size]

@@ -1,7 +1,5 @@
 """POST /in/<token>/ end to end through Django, with signatures from the providers' packages."""
 
-import hashlib
-import hmac
 import json
 import time
 from datetime import timedelta
@@ -225,72 +223,6 @@ def test_shopify_published_vector(client, organization):
     assert (event.provider_event_id, event.event_type) == ("98880550-7158-44d4-b7cd-2c97c8a091b5", "orders/create")
 
 
-@pytest.mark.parametrize(
-    ("provider", "secret", "body", "signed_headers", "id_header"),
-    [
-        (  # GitHub's published vector
-            "github",
-            "It's a Secret to Everybody",
-            "Hello, World!",
-            {
-                "HTTP_X_HUB_SIGNATURE_256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
-                "HTTP_X_GITHUB_EVENT": "ping",
-            },
-            "HTTP_X_GITHUB_DELIVERY",
-        ),
-        (  # Shopify's published vector
-            "shopify",
-            "test_secret_key",
-            '{"foo": "bar"}',
-            {
-                "HTTP_X_SHOPIFY_HMAC_SHA256": "B23tXN681gZ0qIWNRrgtzBE9XSDo5yaUu6wfmhu3a7g=",
-                "HTTP_X_SHOPIFY_TOPIC": "a/b",
-            },
-            "HTTP_X_SHOPIFY_EVENT_ID",
-        ),
-    ],
-)
-def test_a_signed_body_sent_again_under_a_new_unsigned_id_is_refused(
-    client, organization, provider, secret, body, signed_headers, id_header
-):
-    # Whoever saw one delivery (a member reading the event page, say) has its body and
-    # signature; the id header is not signed, so a new id would otherwise make a new event.
-    source = make_source(organization, provider=provider, secret=secret)
-    first = post(client, source, body, **signed_headers, **{id_header: "delivery-1"})
-    assert first.status_code == 200 and first.json()["duplicate"] is False
-    redelivery = post(client, source, body, **signed_headers, **{id_header: "delivery-1"})
-    assert redelivery.status_code == 200 and redelivery.json() == {"id": first.json()["id"], "duplicate": True}
-    replay = post(client, source, body, **signed_headers, **{id_header: "delivery-2"})
-    assert replay.status_code == 401 and replay.json()["error"] == "replayed_signature"
-    assert WebhookEvent.objects.filter(status="received").count() == 1
-    assert WebhookEvent.objects.get(status="rejected").rejection_code == "replayed_signature"
-
-
-def test_a_generic_hmac_body_is_bound_to_its_id_header_but_not_to_a_signed_id_field(client, organization):
-    body = '{"data": {"id": "obj_1"}, "kind": "thing.made"}'
-    signature = hmac.new(b"generic-secret", body.encode(), hashlib.sha256).hexdigest()
-    by_header = make_source(
-        organization,
-        provider="generic_hmac",
-        secret="generic-secret",
-        header="X-Signature",
-        event_id_header="X-Event-Id",
-    )
-    assert post(client, by_header, body, HTTP_X_SIGNATURE=signature, HTTP_X_EVENT_ID="a").status_code == 200
-    assert post(client, by_header, body, HTTP_X_SIGNATURE=signature, HTTP_X_EVENT_ID="b").status_code == 401
-    by_field = make_source(
-        organization,
-        provider="generic_hmac",
-        secret="generic-secret",
-        header="X-Signature",
-        event_id_header="X-Event-Id",
-        event_id_field="data.id",
-    )
-    # The signed field decides the id, so a changed header changes nothing: a counted duplicate.
-    assert post(client, by_field, body, HTTP_X_SIGNATURE=signature, HTTP_X_EVENT_ID="a").json()["duplicate"] is False
-    assert post(client, by_field, body, HTTP_X_SIGNATURE=signature, HTTP_X_EVENT_ID="b").json()["duplicate"] is True
-
-
 def test_shared_token_secret_is_never_stored(client, organization):
     source = make_source(organization, provider="shared_token", secret="s3cr3t-token-value")
     body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
@@ -497,8 +429,6 @@ def test_signature_bindings_are_purged_once_their_signatures_are_refused_anyway(
     from webhooks.models import SignatureNonce
     from webhooks.services.lifecycle import purge_expired_events
 
-    organization.retention_days = 1  # shorter than a signature is accepted: the signature's age decides
-    organization.save()
     source = make_source(organization, provider="mailgun", secret="key-test-signing")
     now = timezone.now()
     old = SignatureNonce.objects.create(
@@ -511,24 +441,6 @@ def test_signature_bindings_are_purged_once_their_signatures_are_refused_anyway(
     purge_expired_events(now=now)
     assert list(SignatureNonce.objects.values_list("pk", flat=True)) == [recent.pk]
     assert not SignatureNonce.objects.filter(pk=old.pk).exists()
-
-
-def test_bindings_of_bodies_to_ids_are_kept_as_long_as_the_organization_keeps_events(organization):
-    from webhooks.models import SignatureNonce
-    from webhooks.services.lifecycle import purge_expired_events
-
-    organization.retention_days = 30
-    organization.save()
-    source = make_source(organization, provider="github", secret="s")
-    now = timezone.now()
-    ten_days_old = SignatureNonce.objects.create(
-        source=source, nonce_digest="a" * 64, body_digest="b" * 64, created_at=now - timedelta(days=10)
-    )
-    SignatureNonce.objects.create(
-        source=source, nonce_digest="c" * 64, body_digest="d" * 64, created_at=now - timedelta(days=31)
-    )
-    purge_expired_events(now=now)
-    assert list(SignatureNonce.objects.values_list("pk", flat=True)) == [ten_days_old.pk]
 
 
 def test_a_signature_dated_in_the_future_is_refused_when_its_replay_check_could_not_cover_it(client, organization):

@@ -142,37 +142,6 @@ def test_replay_nonce_is_none_unless_the_body_is_not_fully_signed(kind, path):
     assert (nonce is not None) == (kind in WITH_REPLAY_NONCE)
 
 
-# Providers whose event id is an unsigned header (a signed body could come back under a new id).
-WITH_UNSIGNED_EVENT_ID = {"github", "shopify", "bitbucket", "linear"}
-
-
-@pytest.mark.parametrize("kind, path", ALL_FIXTURES, ids=[f"{k}/{p.name}" for k, p in ALL_FIXTURES])
-def test_only_ids_from_unsigned_headers_are_marked_unsigned(kind, path):
-    info = PROVIDERS[kind].describe(fixture_request(kind, path), options_for(kind))
-    assert info.event_id_signed == (kind not in WITH_UNSIGNED_EVENT_ID), info
-
-
-@pytest.mark.parametrize("kind", sorted(WITH_UNSIGNED_EVENT_ID))
-def test_without_its_id_header_the_id_is_derived_from_the_signed_body(kind):
-    path = fixtures_of(kind)[0]
-    request = fixture_request(kind, path)
-    headers = {name: value for name, value in request.headers.items() if not _is_id_header(kind, name)}
-    info = PROVIDERS[kind].describe(InboundRequest(body=request.body, headers=headers), options_for(kind))
-    assert info.event_id_signed is True
-
-
-UNSIGNED_ID_HEADERS = {
-    "github": {"x-github-delivery"},
-    "shopify": {"x-shopify-event-id", "shopify-event-id", "x-shopify-webhook-id", "shopify-webhook-id"},
-    "bitbucket": {"x-request-uuid", "x-request-id"},
-    "linear": {"linear-delivery"},
-}
-
-
-def _is_id_header(kind: str, name: str) -> bool:
-    return name.lower() in UNSIGNED_ID_HEADERS[kind]
-
-
 def test_base_replay_nonce_is_none():
     assert Provider.replay_nonce(PROVIDERS["stripe"], InboundRequest(body=b"{}", headers={}), {}) is None
     assert PROVIDERS["stripe"].replay_nonce(fixture_request("stripe", fixtures_of("stripe")[0]), {}) is None
