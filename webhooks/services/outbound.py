@@ -7,7 +7,6 @@ and connect). Redirects are never followed.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import os
 import socket
@@ -200,10 +199,12 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 # The system resolver cannot be interrupted (a slow DNS server can take 5 s per try, times its
-# retries and search domains), so lookups run on these threads and the sender waits at most
-# RESOLVE_TIMEOUT_SECONDS: an attempt's deadline then holds from its start, DNS included.
+# retries and search domains), so each lookup runs on a thread of its own and the sender waits
+# at most the attempt's timeout (RESOLVE_TIMEOUT_SECONDS at most), DNS included. A thread per
+# lookup rather than a shared pool: a tenant's unanswering DNS server must not hold the threads
+# that other tenants' lookups would wait for. A lookup given up on ends with the resolver's own
+# timeout.
 RESOLVE_TIMEOUT_SECONDS = 10.0
-_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hookline-resolve")
 
 
 def _address_infos(host: str, port: int, timeout: float) -> list:
@@ -213,11 +214,22 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
         pass
     else:  # a literal address: nothing to look up, nothing to wait for
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    lookup = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        return lookup.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s") from None
+    outcome: dict = {}
+
+    def look_up() -> None:
+        try:
+            outcome["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:  # handed to the waiting sender
+            outcome["error"] = exc
+
+    lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    if lookup.is_alive():
+        raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["infos"]
 
 
 def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:
@@ -257,17 +269,19 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
         scheme, host, port, address = resolve_destination(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS))
     except DestinationNotAllowed as exc:
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
+    # What the lookup took comes out of the attempt's time: its deadline holds from its start.
+    remaining = max(timeout - (time.monotonic() - started), 0.001)
 
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if scheme == "https" else 80
     headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
     pool = _pool_for(scheme, host, port, address)
-    with _Watchdog(timeout + CUT_GRACE_SECONDS) as watchdog:
-        return _send(pool, path, body, headers, timeout, started, watchdog)
+    with _Watchdog(remaining + CUT_GRACE_SECONDS) as watchdog:
+        return _send(pool, path, body, headers, timeout, remaining, started, watchdog)
 
 
-def _send(pool, path, body, headers, timeout, started, watchdog) -> OutboundResponse:
+def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> OutboundResponse:
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
@@ -281,7 +295,7 @@ def _send(pool, path, body, headers, timeout, started, watchdog) -> OutboundResp
             redirect=False,
             retries=False,
             preload_content=False,
-            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            timeout=urllib3.Timeout(connect=min(remaining, 10.0), read=remaining),
         )
         try:
             excerpt, complete = _read_excerpt(response, settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, started + timeout)

@@ -92,3 +92,46 @@ def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
         released.set()
     assert result.status is None
     assert result.error == "the host slow-dns.example could not be resolved within 0.2 s"
+
+
+def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch):
+    # Each lookup has a thread of its own: stuck lookups of one host leave none waiting behind them.
+    released = threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def hanging_for_one_host(host, *args, **kwargs):
+        if host == "stuck-dns.example":
+            released.wait(30)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging_for_one_host)
+    try:
+        for _ in range(12):
+            with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
+                resolve_destination("https://stuck-dns.example/hook", timeout=0.05)
+        with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # resolved, then refused
+            resolve_destination("http://localhost/hook", timeout=5)
+    finally:
+        released.set()
+
+
+def test_the_lookup_s_time_comes_out_of_the_attempt_s_timeout(monkeypatch, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    real_getaddrinfo = outbound.socket.getaddrinfo
+    watched = []
+
+    def slow_lookup(host, *args, **kwargs):
+        if host == "localhost":
+            threading.Event().wait(0.3)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    class RecordingWatchdog(outbound._Watchdog):
+        def __init__(self, seconds):
+            watched.append(seconds)
+            super().__init__(seconds)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow_lookup)
+    monkeypatch.setattr(outbound, "_Watchdog", RecordingWatchdog)
+    result = post("http://localhost:9/hook", body=b"{}", headers={}, timeout=1.0)
+    assert result.status is None  # nothing listens on port 9
+    assert watched and watched[0] <= 0.7 + outbound.CUT_GRACE_SECONDS
