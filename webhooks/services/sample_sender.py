@@ -61,6 +61,8 @@ def build_test_request(
     provider's id header), so sending it twice makes two events.
     """
     provider = get_provider(source.provider)
+    if provider.uses_secret and not source.secret:
+        raise SampleSenderError("this source has no signing secret yet: set it first, then send a test")
     extra_headers: dict[str, str] = {}
     if body is None:
         names = fixtures_for_provider(source.provider)

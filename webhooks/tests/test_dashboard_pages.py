@@ -14,6 +14,7 @@ from django.utils.html import escape
 from organizations.models import AuditLog, Membership
 from organizations.services import organization_create
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
+from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
@@ -788,3 +789,30 @@ def test_pages_show_labels_json_and_an_icon_not_internal_names(client, owner, or
     assert escape('"provider": "stripe"') in audit and escape("'provider': 'stripe'") not in audit
     icon = re.search(r'<link rel="icon" href="([^"]+)"', detail)
     assert icon and finders.find(icon.group(1).removeprefix("/static/"))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    sorted(
+        kind for kind, provider in PROVIDERS.items() if provider.uses_secret and not provider.secret_generated_by_us
+    ),
+)
+def test_a_source_without_its_secret_yet_offers_no_test_sender_and_never_500s(client, owner, organization, kind):
+    from webhooks.services.sample_sender import SampleSenderError, build_test_request
+    from webhooks.services.sources import source_create
+
+    from .test_providers import REQUIRED_OPTIONS
+
+    source, _ = source_create(
+        organization=organization,
+        provider=kind,
+        name="later",
+        options=REQUIRED_OPTIONS.get(kind, {}),
+        allow_unset_secret=True,
+    )
+    client.force_login(owner)
+    detail = page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
+    assert "No signing secret yet" in detail and "Send test event" not in detail
+    with pytest.raises(SampleSenderError, match="no signing secret yet"):
+        build_test_request(source=source)
+    assert client.get(reverse("dashboard:source_test", args=["acme", source.pk])).status_code < 500
