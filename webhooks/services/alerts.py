@@ -16,6 +16,8 @@ from organizations.models import Membership
 from webhooks.models import Delivery, Destination
 from webhooks.selectors import EVENT_STATUS_FAILED
 
+from .delivery import INACTIVE_DESTINATION_ERROR
+
 
 def organization_admin_emails(organization_id: int) -> list[str]:
     return list(
@@ -63,10 +65,13 @@ def send_dead_letter_digests(now=None) -> int:
     candidates = Destination.objects.filter(
         Q(dead_digest_sent_at__isnull=True) | Q(dead_digest_sent_at__lt=now - interval),
         deliveries__status=Delivery.Status.DEAD,
+        is_active=True,  # an operator turned it off: its dead-lettered backlog is no news to report
     ).distinct()
     for destination in candidates.select_related("organization"):
         since = destination.dead_digest_sent_at or destination.created_at
-        dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since)
+        dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since).exclude(
+            last_error=INACTIVE_DESTINATION_ERROR
+        )
         summary = dead.values("last_status_code").annotate(n=Count("id")).order_by("-n")
         total = sum(row["n"] for row in summary)
         if not total:

@@ -649,6 +649,8 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
+    if not Destination.objects.filter(pk=locked.destination_id, is_active=True).exists():
+        raise DeliveryRetryError("its destination is inactive: it is sent nothing until it is active again")
     previous = locked.status
     Delivery.objects.filter(pk=locked.pk).update(
         status=Delivery.Status.PENDING,

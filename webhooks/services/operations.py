@@ -73,6 +73,8 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError("the destination belongs to another organization")
     if event.status == WebhookEvent.Status.REJECTED:
         raise OperationError("a rejected request was never verified and cannot be replayed")
+    if not destination.is_active:
+        raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     if not lock_destinations_against_deletion([destination.pk]):
         raise OperationError("the destination has been deleted")
     delivery = Delivery.objects.create(
@@ -90,7 +92,8 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
 
 
 def _matching_deliveries(organization: Organization, filters: dict[str, Any]):
-    deliveries = Delivery.objects.filter(organization=organization)
+    # Never those of inactive destinations: the sweeper would only dead-letter them again.
+    deliveries = Delivery.objects.filter(organization=organization, destination__is_active=True)
     statuses = filters.get("statuses") or [Delivery.Status.DEAD]
     if not set(statuses) <= set(RETRIABLE_STATUSES):
         raise OperationError("only dead or waiting deliveries can be retried")

@@ -642,6 +642,16 @@ def test_deliveries_of_a_destination_turned_inactive_are_dead_lettered_not_left_
     assert dead.first().last_error == delivery_service.INACTIVE_DESTINATION_ERROR
     assert set(Delivery.objects.filter(destination=kept).values_list("status", flat=True)) == {"pending"}
     assert processing.sweep()["inactive"] == 0
+    # Nobody is mailed that they "failed", and they cannot be retried while it stays inactive.
+    from webhooks.services.alerts import send_dead_letter_digests
+
+    assert send_dead_letter_digests() == 0 and mail.outbox == []
+    with pytest.raises(delivery_service.DeliveryRetryError, match="inactive"):
+        delivery_service.delivery_retry(delivery=dead.first())
+    with pytest.raises(operations.OperationError, match="nothing to retry"):
+        operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
+    with pytest.raises(operations.OperationError, match="inactive"):
+        operations.event_replay(event=dead.first().event, destination=Destination.objects.get(pk=destination.pk))
     # Once active again, they can be retried like any dead delivery.
     Destination.objects.filter(pk=destination.pk).update(is_active=True)
     job = operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
