@@ -146,65 +146,77 @@ def publish_bulk_retry(job_id: int) -> None:
     )
 
 
+def _stalled_bulk_retries(stalled_before):
+    """Jobs nobody is running: never started, or whose run stopped beating. A job left running by
+    code from before heartbeats (a deploy) counts as beating when it was asked for."""
+    return BulkRetry.objects.filter(
+        Q(status=BulkRetry.Status.QUEUED, heartbeat_at__isnull=True, created_at__lt=stalled_before)
+        | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__isnull=True, created_at__lt=stalled_before)
+        | Q(status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING), heartbeat_at__lt=stalled_before)
+    )
+
+
 def resume_stalled_bulk_retries(now=None) -> int:
     """Publish again the jobs nobody is running: never started (their message was lost) or whose run
     stopped beating (a worker killed mid-job). Returns how many were published."""
     now = now or timezone.now()
-    stalled_before = now - BULK_RETRY_STALLED_AFTER
-    stalled = BulkRetry.objects.filter(
-        Q(status=BulkRetry.Status.QUEUED, created_at__lt=stalled_before, heartbeat_at__isnull=True)
-        | Q(status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING), heartbeat_at__lt=stalled_before)
-        | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__isnull=True)
-    ).values_list("pk", flat=True)
-    job_ids = list(stalled[:100])
+    job_ids = list(_stalled_bulk_retries(now - BULK_RETRY_STALLED_AFTER).values_list("pk", flat=True)[:100])
     for job_id in job_ids:
         publish_bulk_retry(job_id)
     return len(job_ids)
+
+
+class _BulkRetryTakenOver(Exception):
+    """Another run took the job over (this one was thought stalled): this one stops."""
 
 
 def bulk_retry_run(job_id: int) -> BulkRetry:
     """Make the matching deliveries due now, in batches, recording progress; resumable after a crash.
 
     A run first takes the job (a conditional UPDATE), so a job published twice, by the sweeper
-    and by its request, runs once; a run that stopped beating may be taken over.
+    and by its request, runs once. Its heartbeat is its claim: each batch commits only while the
+    heartbeat is still the one it wrote, so a run taken over (thought stalled) stops instead of
+    retrying alongside its successor.
     """
     job = BulkRetry.objects.select_related("organization").get(pk=job_id)
-    now = timezone.now()
-    taken = (
-        BulkRetry.objects.filter(pk=job_id)
-        .filter(
-            Q(status=BulkRetry.Status.QUEUED)
-            | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__isnull=True)
-            | Q(status=BulkRetry.Status.RUNNING, heartbeat_at__lt=now - BULK_RETRY_STALLED_AFTER)
-        )
-        .update(status=BulkRetry.Status.RUNNING, heartbeat_at=now)
+    beat = timezone.now()
+    waiting = BulkRetry.objects.filter(pk=job_id).filter(
+        Q(status=BulkRetry.Status.QUEUED) | Q(pk__in=_stalled_bulk_retries(beat - BULK_RETRY_STALLED_AFTER))
     )
-    if not taken:  # done, or another run is at it
-        return job
+    if not waiting.update(status=BulkRetry.Status.RUNNING, heartbeat_at=beat):
+        return job  # done, or another run is at it
     job.refresh_from_db()
     statuses = job.filters.get("statuses") or [Delivery.Status.DEAD]
     # Only what existed when the job was asked for; keyset on the time-ordered id.
     matching = _matching_deliveries(job.organization, job.filters).filter(created_at__lte=job.created_at)
-    while True:
-        page = matching.order_by("id")
-        if job.last_delivery_id:
-            page = page.filter(id__gt=job.last_delivery_id)
-        batch = list(page.values_list("id", flat=True)[:BULK_RETRY_BATCH])
-        if not batch:
-            break
-        with transaction.atomic():
-            updated = Delivery.objects.filter(pk__in=batch, status__in=statuses).update(
-                status=Delivery.Status.PENDING,
-                next_attempt_at=timezone.now(),
-                completed_at=None,
-                manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
-            )
-            job.retried += updated
-            job.last_delivery_id = batch[-1]
-            BulkRetry.objects.filter(pk=job.pk).update(
-                retried=job.retried, last_delivery_id=job.last_delivery_id, heartbeat_at=timezone.now()
-            )
-        schedule_dispatch()
-    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.DONE, finished_at=timezone.now())
+    try:
+        while True:
+            page = matching.order_by("id")
+            if job.last_delivery_id:
+                page = page.filter(id__gt=job.last_delivery_id)
+            batch = list(page.values_list("id", flat=True)[:BULK_RETRY_BATCH])
+            if not batch:
+                break
+            with transaction.atomic():
+                next_beat = timezone.now()
+                if not BulkRetry.objects.filter(pk=job.pk, heartbeat_at=beat).update(heartbeat_at=next_beat):
+                    raise _BulkRetryTakenOver
+                beat = next_beat
+                updated = Delivery.objects.filter(pk__in=batch, status__in=statuses).update(
+                    status=Delivery.Status.PENDING,
+                    next_attempt_at=timezone.now(),
+                    completed_at=None,
+                    manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
+                )
+                job.retried += updated
+                job.last_delivery_id = batch[-1]
+                BulkRetry.objects.filter(pk=job.pk).update(retried=job.retried, last_delivery_id=job.last_delivery_id)
+            schedule_dispatch()
+    except _BulkRetryTakenOver:
+        job.refresh_from_db()
+        return job
+    BulkRetry.objects.filter(pk=job.pk, heartbeat_at=beat).update(
+        status=BulkRetry.Status.DONE, finished_at=timezone.now()
+    )
     job.refresh_from_db()
     return job

@@ -656,3 +656,35 @@ def test_deliveries_of_a_destination_turned_inactive_are_dead_lettered_not_left_
     Destination.objects.filter(pk=destination.pk).update(is_active=True)
     job = operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
     assert operations.bulk_retry_run(job.pk).retried == 2
+
+
+def test_a_bulk_retry_left_running_by_older_code_is_not_taken_over_at_once(
+    organization, dead_delivery_world, monkeypatch
+):
+    # Code from before heartbeats marks a job running and never beats: it counts as beating
+    # from when it was asked for, so a deploy does not start a second run beside it.
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    job = operations.bulk_retry_start(organization=organization, filters={"statuses": ["dead"]})
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING)
+    assert processing.sweep()["bulk_retries"] == 0
+    assert operations.bulk_retry_run(job.pk).retried == 0
+    Delivery.objects.update(created_at=timezone.now() - timedelta(minutes=7))  # asked for after them
+    BulkRetry.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(minutes=6))
+    assert processing.sweep()["bulk_retries"] == 1
+    assert operations.bulk_retry_run(job.pk).retried == 2
+
+
+def test_a_bulk_retry_run_that_was_taken_over_stops_instead_of_running_beside_its_successor(
+    organization, dead_delivery_world, monkeypatch
+):
+    job = operations.bulk_retry_start(organization=organization, filters={"statuses": ["dead"]})
+    monkeypatch.setattr(operations, "BULK_RETRY_BATCH", 1)
+
+    def taken_over_after_the_first_batch(slot=0):
+        # Thought stalled: another run took the job with a heartbeat of its own.
+        BulkRetry.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() + timedelta(seconds=5))
+
+    monkeypatch.setattr(operations, "schedule_dispatch", taken_over_after_the_first_batch)
+    stopped = operations.bulk_retry_run(job.pk)
+    assert (stopped.status, stopped.retried) == (BulkRetry.Status.RUNNING, 1)
+    assert Delivery.objects.filter(status="dead").count() == 1  # the second batch was left to the successor
