@@ -21,6 +21,10 @@ class SourceError(ValueError):
     """A source cannot be created or changed as asked (message is safe to show)."""
 
 
+class SecretRequired(SourceError):
+    """The provider issues the secret, and none was given."""
+
+
 def _clean(provider_kind: str, secret: str | None, options: dict[str, Any], *, allow_unset_secret: bool = False):
     try:
         provider = get_provider(provider_kind)
@@ -43,7 +47,7 @@ def _clean(provider_kind: str, secret: str | None, options: dict[str, Any], *, a
             except InvalidOptions as exc:
                 raise SourceError(str(exc)) from None
         else:
-            raise SourceError(f"{provider.label} gives you the signing secret: enter the one it shows")
+            raise SecretRequired(f"{provider.label} gives you the signing secret: enter the one it shows")
     try:
         return provider.clean_secret(secret), provider.clean_options(options), generated
     except InvalidOptions as exc:

@@ -1,6 +1,6 @@
 from organizations.models import Organization
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services.sources import SourceError, ingest_url, source_create
+from webhooks.services.sources import SecretRequired, ingest_url, source_create
 
 from ._base import OperatorCommand, parse_options
 
@@ -25,8 +25,8 @@ class Command(OperatorCommand):
                 secret=options.get("secret"),
                 options=parse_options(options["option"]),
             )
-        except SourceError as exc:
-            raise SourceError(f"{exc}; pass it with --secret" if not options.get("secret") else str(exc)) from None
+        except SecretRequired as exc:
+            raise SecretRequired(f"{exc}; pass it with --secret") from None
         result = {"id": source.pk, "token": source.ingest_token, "ingest_url": ingest_url(source)}
         text = f"Created source {source.pk} ({source.provider}).\nIngest URL: {ingest_url(source)}"
         if generated:
