@@ -90,6 +90,10 @@ def test_commands_explain_bad_input():
 def test_provider_that_issues_its_own_secret_requires_one(organization):
     with pytest.raises(CommandError, match="--secret"):
         run("create_source", "--org", organization.slug, "--provider", "stripe", "--name", "x")
+    # Another refusal is not blamed on the missing secret.
+    with pytest.raises(CommandError) as refused:
+        run("create_source", "--org", organization.slug, "--provider", "github", "--name", "x", "--option", "a=1")
+    assert "unknown option" in str(refused.value) and "--secret" not in str(refused.value)
     with pytest.raises(CommandError, match="option"):
         run(
             "create_source",
