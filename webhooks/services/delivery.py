@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -127,6 +127,16 @@ def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, d
 # --- Claiming -----------------------------------------------------------------
 
 
+def claim_clock(now=None):
+    """What claims are dated and judged by: the database's clock, which every host shares, so a
+    host whose own clock runs ahead cannot take a live send for a lost one. In the embedded mode
+    (SQLite, one machine) the process's clock: SQLite's own would be stored in a form that no
+    longer compares equal to the value read back, which the result's guard relies on."""
+    if now is not None:
+        return now
+    return Now() if connection.vendor == "postgresql" else timezone.now()
+
+
 def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
 
@@ -138,8 +148,7 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     """
     if limit <= 0:
         return []
-    # Dated by the database's clock, which the sweeper also judges claims by (see sweep).
-    claimed_at = Now() if now is None else now
+    claimed_at = claim_clock(now)
     now = now or timezone.now()
     window = now.replace(microsecond=0)
     with transaction.atomic():
@@ -287,7 +296,7 @@ def claim_delivery(delivery_id) -> Delivery | None:
         next_attempt_at__lte=now,
         destination__paused_at__isnull=True,
         destination__is_active=True,
-    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=Now(), attempt_count=F("attempt_count") + 1)
+    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=claim_clock(), attempt_count=F("attempt_count") + 1)
     if claimed != 1:
         return None
     return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)

@@ -8,12 +8,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
 
-from .delivery import dead_letter_deliveries_of_inactive_destinations, schedule_dispatch
+from .delivery import claim_clock, dead_letter_deliveries_of_inactive_destinations, schedule_dispatch
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .row_locks import lock_destinations_against_deletion
@@ -142,7 +141,7 @@ def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
     # Claims are dated by the database's clock (services.delivery), so they are judged by it
     # too: a sweeping host whose clock runs ahead must not take a live send for a lost one.
-    claims_judged_at = Now() if now is None else now
+    claims_judged_at = claim_clock(now)
     now = now or timezone.now()
     result = {"events": 0, "released": 0, "inactive": 0, "bulk_retries": 0, "due": 0}
 
