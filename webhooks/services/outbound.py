@@ -203,8 +203,29 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 # at most the attempt's timeout (RESOLVE_TIMEOUT_SECONDS at most), DNS included. A thread per
 # lookup rather than a shared pool: a tenant's unanswering DNS server must not hold the threads
 # that other tenants' lookups would wait for. A lookup given up on ends with the resolver's own
-# timeout.
+# timeout; until then it counts against its host's few (and the process's) lookups in progress,
+# past which lookups fail at once rather than pile up threads.
 RESOLVE_TIMEOUT_SECONDS = 10.0
+MAX_LOOKUPS_PER_HOST = 4
+MAX_LOOKUPS = 256
+# Answers are reused this long (the address is checked again on every use): most deliveries then
+# need no lookup, and a change of address is followed within half a minute.
+RESOLVED_TTL_SECONDS = 30.0
+_resolved: dict[tuple[str, int], tuple[float, list]] = {}
+_lookups_by_host: dict[str, int] = {}
+_lookups_lock = threading.Lock()
+
+
+def forget_resolved_hosts() -> None:
+    """Drop the remembered answers (tests; a process that must look everything up again)."""
+    _resolved.clear()
+
+
+def _lookup_ended(host: str) -> None:
+    with _lookups_lock:
+        _lookups_by_host[host] -= 1
+        if not _lookups_by_host[host]:
+            del _lookups_by_host[host]
 
 
 def _address_infos(host: str, port: int, timeout: float) -> list:
@@ -214,6 +235,14 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
         pass
     else:  # a literal address: nothing to look up, nothing to wait for
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    key = (host, port)
+    remembered = _resolved.get(key)
+    if remembered is not None and remembered[0] > time.monotonic():
+        return remembered[1]
+    with _lookups_lock:
+        if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
+            raise DestinationNotAllowed(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+        _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
     outcome: dict = {}
 
     def look_up() -> None:
@@ -221,14 +250,23 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
             outcome["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except Exception as exc:  # handed to the waiting sender
             outcome["error"] = exc
+        finally:
+            _lookup_ended(host)
 
     lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
-    lookup.start()
+    try:
+        lookup.start()
+    except RuntimeError:  # no thread to be had: as a lookup that failed
+        _lookup_ended(host)
+        raise DestinationNotAllowed(f"the host {host} could not be looked up now") from None
     lookup.join(timeout)
     if lookup.is_alive():
         raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")
     if "error" in outcome:
         raise outcome["error"]
+    if len(_resolved) > 10_000:
+        _resolved.clear()
+    _resolved[key] = (time.monotonic() + RESOLVED_TTL_SECONDS, outcome["infos"])
     return outcome["infos"]
 
 

@@ -11,6 +11,7 @@ from webhooks.services.outbound import DestinationNotAllowed, post, resolve_dest
 @pytest.fixture(autouse=True)
 def _strict(settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = False
+    outbound.forget_resolved_hosts()  # each test sees its own lookups
 
 
 @pytest.mark.parametrize(
@@ -106,13 +107,36 @@ def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch
 
     monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging_for_one_host)
     try:
-        for _ in range(12):
+        for _ in range(outbound.MAX_LOOKUPS_PER_HOST):
             with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
                 resolve_destination("https://stuck-dns.example/hook", timeout=0.05)
+        # Past a few stuck lookups of that host, the next fails at once instead of adding a thread.
+        threads = threading.active_count()
+        with pytest.raises(DestinationNotAllowed, match="not answering"):
+            resolve_destination("https://stuck-dns.example/hook", timeout=5)
+        assert threading.active_count() == threads
         with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # resolved, then refused
             resolve_destination("http://localhost/hook", timeout=5)
     finally:
         released.set()
+
+
+def test_answers_are_reused_for_a_while_and_still_checked(monkeypatch, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    real_getaddrinfo = outbound.socket.getaddrinfo
+    asked = []
+
+    def counting(host, *args, **kwargs):
+        asked.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", counting)
+    assert resolve_destination("http://localhost:8080/a")[3] in ("127.0.0.1", "::1")
+    assert resolve_destination("http://localhost:8080/b")[3] in ("127.0.0.1", "::1")
+    assert asked == ["localhost"]
+    settings.ALLOW_PRIVATE_DESTINATIONS = False  # a remembered answer is checked on every use
+    with pytest.raises(DestinationNotAllowed, match="private or reserved"):
+        resolve_destination("http://localhost:8080/c")
 
 
 def test_the_lookup_s_time_comes_out_of_the_attempt_s_timeout(monkeypatch, settings):
