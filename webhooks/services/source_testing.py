@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from organizations.services import audit_record
 from webhooks.models import Source, WebhookEvent
 
-from .outbound import OutboundResponse
+from .outbound import OutboundResponse, post_to_hookline
 from .permissions import require_configure_role
-from .sample_sender import send_test_webhook
+from .sample_sender import build_test_request
+from .sources import ingest_url
 
 
 @dataclass
@@ -29,6 +30,8 @@ def source_send_test_event(
     secret, verification); it runs outside any transaction, since it waits on our own server.
     """
     require_configure_role(organization=source.organization, actor=actor)
+    # Built first: a test that cannot be made (no secret yet, an unsignable payload) is not audited as sent.
+    signed_body, headers = build_test_request(source=source, fixture=fixture, body=body, fresh_id=True)
     audit_record(
         action="source.test_sent",
         organization=source.organization,
@@ -36,7 +39,7 @@ def source_send_test_event(
         target=source,
         changes={"fixture": fixture or "", "edited_payload": body is not None},
     )
-    response = send_test_webhook(source=source, fixture=fixture, body=body, url=url, fresh_id=True)
+    response = post_to_hookline(url or ingest_url(source), body=signed_body, headers=headers)
     event = None
     try:
         answered_id = json.loads(response.body).get("id")

@@ -812,7 +812,13 @@ def test_a_source_without_its_secret_yet_offers_no_test_sender_and_never_500s(cl
     )
     client.force_login(owner)
     detail = page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
-    assert "No signing secret yet" in detail and "Send test event" not in detail
+    assert "No signing secret yet" in detail
+    assert reverse("dashboard:source_test", args=["acme", source.pk]) not in detail  # neither button nor link
     with pytest.raises(SampleSenderError, match="no signing secret yet"):
         build_test_request(source=source)
+    from webhooks.services.source_testing import source_send_test_event
+
+    with pytest.raises(SampleSenderError):
+        source_send_test_event(source=source, actor=owner)
+    assert not AuditLog.objects.filter(action="source.test_sent").exists()  # not sent, so not audited
     assert client.get(reverse("dashboard:source_test", args=["acme", source.pk])).status_code < 500
