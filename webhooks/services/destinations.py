@@ -14,7 +14,7 @@ from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
 
 from .delivery import delivery_retry
-from .operations import bulk_retry_start, destination_pause, destination_resume, event_replay
+from .operations import OperationError, bulk_retry_start, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
@@ -293,4 +293,6 @@ def destination_replay_event(*, event: WebhookEvent, destination: Destination, a
 def destination_bulk_retry(*, destination: Destination, actor=None) -> BulkRetry:
     """Retry every dead delivery of a destination, in the background."""
     require_configure_role(organization=destination.organization, actor=actor)
+    if not destination.is_active:
+        raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     return bulk_retry_start(organization=destination.organization, filters={"destination": destination.pk}, actor=actor)

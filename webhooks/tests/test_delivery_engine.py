@@ -650,6 +650,10 @@ def test_deliveries_of_a_destination_turned_inactive_are_dead_lettered_not_left_
         delivery_service.delivery_retry(delivery=dead.first())
     with pytest.raises(operations.OperationError, match="nothing to retry"):
         operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
+    from webhooks.services.destinations import destination_bulk_retry
+
+    with pytest.raises(operations.OperationError, match="destination is inactive"):
+        destination_bulk_retry(destination=Destination.objects.get(pk=destination.pk))
     with pytest.raises(operations.OperationError, match="inactive"):
         operations.event_replay(event=dead.first().event, destination=Destination.objects.get(pk=destination.pk))
     # Once active again, they can be retried like any dead delivery.
