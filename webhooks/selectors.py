@@ -420,3 +420,26 @@ def audit_actions_for_organization(*, organization: Organization) -> list[str]:
         .values_list("action", flat=True)
         .distinct()
     )
+
+
+# Header names that carry a request's signature, by what every scheme we know calls them
+# (stripe-signature, x-hub-signature-256, x-shopify-hmac-sha256, paypal-transmission-sig…).
+_SIGNATURE_HEADER_PARTS = ("signature", "hmac", "-sig")
+SIGNATURE_HIDDEN = "(a signature: shown to admins and owners)"
+
+
+def headers_for_viewer(
+    headers: dict[str, str], *, sees_signatures: bool, signature_headers: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Stored headers sorted by name, with signatures hidden from those who may only read.
+
+    A signature with its body is enough to send the request again; for schemes whose event id
+    is an unsigned header (GitHub…) that makes a second event. Members may read everything
+    else; admins and owners, who can replay anyway, see it all.
+    """
+    shown = []
+    for name, value in sorted(headers.items()):
+        lowered = name.lower()
+        is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
+        shown.append((name, SIGNATURE_HIDDEN if is_signature and not sees_signatures else value))
+    return shown

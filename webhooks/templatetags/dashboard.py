@@ -10,6 +10,7 @@ from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
+from webhooks.selectors import headers_for_viewer
 
 register = template.Library()
 
@@ -131,3 +132,9 @@ def duration_ms(value) -> str:
         return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+@register.filter
+def headers_shown(headers: dict, sees_signatures: bool) -> list[tuple[str, str]]:
+    """A delivery attempt's sent headers, with the provider's signatures hidden from members."""
+    return headers_for_viewer(headers or {}, sees_signatures=bool(sees_signatures))

@@ -822,3 +822,40 @@ def test_a_source_without_its_secret_yet_offers_no_test_sender_and_never_500s(cl
         source_send_test_event(source=source, actor=owner)
     assert not AuditLog.objects.filter(action="source.test_sent").exists()  # not sent, so not audited
     assert client.get(reverse("dashboard:source_test", args=["acme", source.pk])).status_code < 500
+
+
+def test_members_who_may_only_read_do_not_see_signatures(client, owner, member, many_events):
+    # A body and its signature are enough to send a request again (for GitHub, as a new event):
+    # members read everything else, admins and owners see signatures too.
+    event_url = reverse("dashboard:event_detail", args=["acme", many_events["ids"][0]])
+    event = WebhookEvent.objects.get(pk=many_events["ids"][0])
+    signature = event.headers["Stripe-Signature"]
+    client.force_login(member)
+    as_member = page_text(client.get(event_url))
+    assert signature not in as_member and "shown to admins and owners" in as_member
+    assert "Content-Type" in as_member
+    client.force_login(owner)
+    assert signature in page_text(client.get(event_url))
+
+
+def test_headers_for_viewer_hides_every_known_signature_header_and_a_configured_one():
+    from webhooks.selectors import SIGNATURE_HIDDEN, headers_for_viewer
+
+    names = [
+        "Stripe-Signature",
+        "X-Hub-Signature-256",
+        "X-Shopify-Hmac-Sha256",
+        "Paypal-Transmission-Sig",
+        "Webhook-Signature",
+        "X-Signature-Ed25519",
+        "X-Custom-Auth",
+    ]
+    shown = dict(
+        headers_for_viewer(
+            {name: "value" for name in [*names, "Content-Type"]},
+            sees_signatures=False,
+            signature_headers=frozenset({"x-custom-auth"}),
+        )
+    )
+    assert {name for name, value in shown.items() if value == SIGNATURE_HIDDEN} == set(names)
+    assert shown["Content-Type"] == "value"

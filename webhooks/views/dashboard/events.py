@@ -16,6 +16,7 @@ from webhooks.selectors import (
     event_page,
     event_types_for_organization,
     events_newer_than,
+    headers_for_viewer,
     parse_event_id,
     uuid7_floor,
 )
@@ -83,6 +84,12 @@ class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
         return context
 
 
+def _configured_signature_header(source) -> frozenset[str]:
+    """The header a tenant named for a configurable scheme (Generic HMAC's "header" option)."""
+    name = (source.options or {}).get("header")
+    return frozenset({name.lower()}) if isinstance(name, str) and name else frozenset()
+
+
 def _pretty_body(body: bytes) -> tuple[str, str | None]:
     """The raw text and, when the body is JSON, an indented copy."""
     raw = bytes(body).decode("utf-8", errors="replace")
@@ -102,7 +109,11 @@ class EventDetailView(OrganizationMixin, TemplateView):
         context.update(
             event=event,
             deliveries=list(event.deliveries.all()),
-            headers=sorted(event.headers.items()),
+            headers=headers_for_viewer(
+                event.headers,
+                sees_signatures=self.has_role("admin"),
+                signature_headers=_configured_signature_header(event.source),
+            ),
             raw_body=raw,
             pretty_body=pretty,
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
