@@ -1,5 +1,6 @@
 """Destinations never reach private, loopback, link-local or metadata addresses unless allowed."""
 
+import contextlib
 import threading
 
 import pytest
@@ -76,37 +77,35 @@ def test_redirects_are_not_followed(settings, httpserver):
     assert len(httpserver.log) == 1
 
 
-def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
-    # The system resolver cannot be interrupted; the attempt stops waiting for it instead.
+@contextlib.contextmanager
+def dns_not_answering_for(host: str, monkeypatch):
+    """getaddrinfo hangs for ``host`` (as with a DNS server that never answers) until the block ends."""
     released = threading.Event()
     real_getaddrinfo = outbound.socket.getaddrinfo
 
-    def hanging_getaddrinfo(host, *args, **kwargs):
-        if host == "slow-dns.example":
+    def hanging(name, *args, **kwargs):
+        if name == host:
             released.wait(30)
-        return real_getaddrinfo(host, *args, **kwargs)
+        return real_getaddrinfo(name, *args, **kwargs)
 
-    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging_getaddrinfo)
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging)
     try:
-        result = post("https://slow-dns.example/hook", body=b"{}", headers={}, timeout=0.2)
+        yield
     finally:
         released.set()
+
+
+def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
+    # The system resolver cannot be interrupted; the attempt stops waiting for it instead.
+    with dns_not_answering_for("slow-dns.example", monkeypatch):
+        result = post("https://slow-dns.example/hook", body=b"{}", headers={}, timeout=0.2)
     assert result.status is None
     assert result.error == "the host slow-dns.example could not be resolved within 0.2 s"
 
 
 def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch):
     # Each lookup has a thread of its own: stuck lookups of one host leave none waiting behind them.
-    released = threading.Event()
-    real_getaddrinfo = outbound.socket.getaddrinfo
-
-    def hanging_for_one_host(host, *args, **kwargs):
-        if host == "stuck-dns.example":
-            released.wait(30)
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging_for_one_host)
-    try:
+    with dns_not_answering_for("stuck-dns.example", monkeypatch):
         for _ in range(outbound.MAX_LOOKUPS_PER_HOST):
             with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
                 resolve_destination("https://stuck-dns.example/hook", timeout=0.05)
@@ -117,8 +116,6 @@ def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch
         assert threading.active_count() == threads
         with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # resolved, then refused
             resolve_destination("http://localhost/hook", timeout=5)
-    finally:
-        released.set()
 
 
 def test_answers_are_reused_for_a_while_and_still_checked(monkeypatch, settings):
