@@ -21,12 +21,18 @@ class SampleSenderError(ValueError):
     """The test request cannot be built (message is safe to show)."""
 
 
+# Samples whose names say they undo something come last: the first one is what the test sender
+# and `make run` send unless told otherwise, and it really reaches the tenant's destinations.
+_UNDOING_WORDS = ("delete", "remove", "cancel", "refund", "dispute", "fail", "uninstall", "revoke", "expire")
+
+
 def fixtures_for_provider(provider: str) -> list[str]:
-    """Fixture names available for a provider (file names without .json)."""
+    """Fixture names available for a provider (file names without .json), harmless-sounding ones first."""
     folder = FIXTURES_DIR / provider
     if not folder.is_dir():
         return []
-    return sorted(path.stem for path in folder.glob("*.json") if not path.name.endswith(".headers.json"))
+    names = [path.stem for path in folder.glob("*.json") if not path.name.endswith(".headers.json")]
+    return sorted(names, key=lambda name: (any(word in name.lower() for word in _UNDOING_WORDS), name))
 
 
 def load_fixture(provider: str, name: str) -> tuple[bytes, dict[str, str]]:

@@ -6,6 +6,7 @@ from django.urls import reverse
 from organizations.models import AuditLog
 from webhooks.models import WebhookEvent
 from webhooks.services import processing
+from webhooks.services.sample_sender import fixtures_for_provider
 
 from .factories import make_source
 
@@ -51,3 +52,10 @@ def test_edited_payload_is_signed_and_sent_with_htmx(client, live_server, settin
     assert response.status_code == 200 and response.templates[0].name == "dashboard/_test_result.html"
     event = WebhookEvent.objects.get(source=source)
     assert event.event_type == "customer.updated"
+
+
+def test_the_sample_sent_by_default_is_not_one_that_undoes_something():
+    # The first sample is what the sender and `make run` send unasked, to real destinations.
+    stripe_samples = fixtures_for_provider("stripe")
+    assert stripe_samples[0] == "invoice.paid"
+    assert stripe_samples[-1] == "customer.subscription.deleted"
