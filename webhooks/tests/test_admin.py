@@ -270,6 +270,9 @@ def test_replay_offers_the_organizations_destinations_and_replays_to_the_chosen_
     assert page.status_code == 200 and 'name="choice"' in html
     assert f'value="{setup["destination"].pk}" checked' in html  # subscribed to the event's source
     assert not Delivery.objects.filter(is_replay=True).exists()
+    # "No, take me back" goes back where the action was started, filters included.
+    filtered = admin.post(f"{url}?status__exact=processed", selection).content.decode()
+    assert f'href="{url}?status__exact=processed" class="button cancel-link"' in filtered
 
     admin.post(url, {**selection, "confirm": "yes", "choice": [setup["destination"].pk]})
     replays = Delivery.objects.filter(is_replay=True)
