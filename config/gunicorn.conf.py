@@ -12,6 +12,7 @@ thread); INGEST_WRITER_PROCESS=false does without it.
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,9 @@ _MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 logger_class = "config.log_masking.UrlTokenMaskingLogger"
 _RESTART_DELAY_SECONDS = 1.0
 _STABLE_SECONDS = 60.0  # a writer that ran this long is restarted after the shortest delay again
+# A writer that exits cleanly may have been stopped by the same signal as the master, which
+# gunicorn handles on its main loop's next turn: its notice is waited for this long.
+_SHUTDOWN_NOTICE_SECONDS = 2.0
 
 
 class _WriterProcess:
@@ -34,6 +38,7 @@ class _WriterProcess:
         self.process = None
         self.socket_path = None
         self.stopping = False
+        self.shutting_down = threading.Event()  # set when the master is told to stop (when_ready)
         self.lock = threading.Lock()
 
     def start(self, server):
@@ -67,6 +72,12 @@ class _WriterProcess:
                 # Either this wait or gunicorn's own reaping of its children collects the exit.
                 returncode = process.wait()
                 if self.stopping:
+                    return
+                stopped_by_a_signal = returncode in (0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGQUIT)
+                if stopped_by_a_signal and self.shutting_down.wait(_SHUTDOWN_NOTICE_SECONDS):
+                    # The platform's SIGTERM (or a Ctrl-C) reached the whole process group: the
+                    # writer stopped (cleanly, or before its handler was set) and so does the
+                    # master, whose on_exit ends this.
                     return
                 server.log.error("ingest writer process %s ended (%s); starting it again", process.pid, returncode)
             # One that keeps failing at start-up (a broken deploy) is retried less and less often.
@@ -121,3 +132,24 @@ def on_exit(server):
     writer = getattr(server, _ARBITER_ATTRIBUTE, None)
     if writer is not None:
         writer.stop(server)
+
+
+def when_ready(server):
+    """Note the master's stop signals for the writer's watcher (after gunicorn installed its own).
+
+    Platforms send SIGTERM to every process of the web dyno or container, the writer included:
+    without this, the watcher would take the writer's clean exit for a crash, log an error and
+    start a new one while the master shuts down.
+    """
+    writer = getattr(server, _ARBITER_ATTRIBUTE, None)
+    if writer is None:
+        return
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        gunicorns_handler = signal.getsignal(stop_signal)
+
+        def noted(signum, frame, gunicorns_handler=gunicorns_handler):
+            writer.shutting_down.set()
+            if callable(gunicorns_handler):
+                gunicorns_handler(signum, frame)
+
+        signal.signal(stop_signal, noted)

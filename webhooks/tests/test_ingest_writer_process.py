@@ -506,6 +506,31 @@ def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, t
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_platform_stop_that_reaches_the_writer_too_is_not_taken_for_a_crash(transactional_db, tmp_path, socket_path):
+    # Heroku and Render send SIGTERM to every process of the dyno or container at once.
+    port = free_port()
+    private_tmp = Path(socket_path).parent
+    log_path = tmp_path / "gunicorn.log"
+    log = log_path.open("w")
+    gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1")
+    writer_pids = []
+    try:
+        wait_for_port(port)
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+        writer_pids += _writer_pids(gunicorn.pid)
+        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)  # serving
+        gunicorn.send_signal(signal.SIGTERM)
+        os.kill(writer_pids[0], signal.SIGTERM)
+        gunicorn.wait(30)
+    finally:
+        if gunicorn.poll() is None:
+            gunicorn.kill()
+        log.close()
+    output = log_path.read_text()
+    assert "starting it again" not in output and "ERROR" not in output, output
+    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+
+
 # --- when config/gunicorn.conf.py starts the writer ------------------------------------------------
 
 
