@@ -26,6 +26,9 @@ _MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 
 # The access log shows an ingest URL's token by its last four characters only.
 logger_class = "config.log_masking.UrlTokenMaskingLogger"
+# Unused here, and one path per user (~/.gunicorn/gunicorn.ctl): every gunicorn of the host
+# would claim the same socket.
+control_socket_disable = True
 _RESTART_DELAY_SECONDS = 1.0
 _STABLE_SECONDS = 60.0  # a writer that ran this long is restarted after the shortest delay again
 # A writer that exits cleanly may have been stopped by the same signal as the master, which
