@@ -120,6 +120,28 @@ class EventPage:
     next_before: uuid.UUID | None
 
 
+def events_with_id(text: str, *, organization: Organization | None) -> Q:
+    """Events that an id names: the provider's (or the one a rejected request claims), our event
+    id, or a delivery's id (a replay's webhook-id). Exact lookups on indexes, never a LIKE scan.
+
+    ``organization`` None is the platform admin's search, across organizations.
+    """
+    text = text.strip()
+    matches = Q(provider_event_id=text) | Q(claimed_event_id=text)
+    our_id = parse_event_id(text)
+    if our_id is not None:
+        matches |= Q(id=our_id)
+        # Looked up first, by its primary key: inside the OR, a subquery would keep PostgreSQL
+        # from combining index lookups and make it read every event of the organization.
+        deliveries = Delivery.objects.filter(pk=our_id)
+        if organization is not None:
+            deliveries = deliveries.filter(organization=organization)
+        replayed_event_id = deliveries.values_list("event_id", flat=True).first()
+        if replayed_event_id is not None:
+            matches |= Q(id=replayed_event_id)
+    return matches
+
+
 def _filtered_events(
     organization: Organization, filters: EventFilters, *, before: uuid.UUID | None = None
 ) -> QuerySet[WebhookEvent]:
@@ -127,21 +149,7 @@ def _filtered_events(
     if before:
         events = events.filter(id__lt=before)
     if filters.search:
-        # Exact lookups on an index, never a LIKE scan: the provider's id (or the one a rejected
-        # request claims), our event id, or a delivery's id (a replay's webhook-id).
-        our_id = parse_event_id(filters.search)
-        text = filters.search.strip()
-        matches = Q(provider_event_id=text) | Q(claimed_event_id=text)
-        if our_id is not None:
-            matches |= Q(id=our_id)
-            # Looked up first, by its primary key: inside the OR, a subquery would keep PostgreSQL
-            # from combining index lookups and make it read every event of the organization.
-            replayed_event_id = (
-                Delivery.objects.filter(organization=organization, pk=our_id).values_list("event_id", flat=True).first()
-            )
-            if replayed_event_id is not None:
-                matches |= Q(id=replayed_event_id)
-        events = events.filter(matches)
+        events = events.filter(events_with_id(filters.search, organization=organization))
     if filters.status in EVENT_STATUSES_FROM_DELIVERIES:
         failing = Delivery.objects.filter(organization=organization)
         if filters.status == EVENT_STATUS_FAILED:

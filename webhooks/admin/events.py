@@ -13,6 +13,7 @@ from django.utils.html import format_html
 
 from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
+from webhooks.selectors import events_with_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 
@@ -172,14 +173,11 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            pass
-        # Exact matches only: a substring search over millions of bodies or ids cannot be fast.
-        by_provider_id = queryset.filter(provider_event_id=term)
+        # Exact matches only (a substring search over millions of bodies or ids cannot be fast):
+        # any id the dashboard's search takes, across organizations, or an organization.
+        by_id = queryset.filter(events_with_id(term, organization=None))
         by_organization = queryset.filter(organization__slug=term) | queryset.filter(organization__name__iexact=term)
-        return by_provider_id | by_organization, False
+        return by_id | by_organization, False
 
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):

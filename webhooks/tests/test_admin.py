@@ -165,6 +165,20 @@ def test_event_list_search(admin, setup):
     assert set(listed(admin.get(url, {"q": "acme"}))) == {setup["dead"], setup["retrying"]}
     assert set(listed(admin.get(url, {"q": "Globex"}))) == {setup["delivered"]}
     assert listed(admin.get(url, {"q": "nothing-like-this"})) == []
+    # The ids the dashboard's search takes: one a rejected request claims, a replay's webhook-id.
+    rejected = WebhookEvent.objects.create(
+        organization=setup["dead"].organization,
+        source=setup["dead"].source,
+        status="rejected",
+        claimed_event_id="evt_claimed",
+        rejection_code="no_matching_secret",
+        body=b"{}",
+    )
+    assert listed(admin.get(url, {"q": "evt_claimed"})) == [rejected]
+    replay = Delivery.objects.create(
+        organization=setup["dead"].organization, event=setup["dead"], destination=setup["destination"], is_replay=True
+    )
+    assert listed(admin.get(url, {"q": replay.message_id})) == [setup["dead"]]
 
 
 def count_changelist_queries(admin) -> int:

@@ -75,9 +75,29 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
     processing.process_received_events()
     listed = run("list_events", "--org", "acme")
     assert listed["events"][0]["provider_event_id"] == "evt_cmd"
+    delivery_id = listed["events"][0]["deliveries"][0]["id"]
     assert listed["events"][0]["deliveries"] == [
-        {"id": listed["events"][0]["deliveries"][0]["id"], "destination": "app", "status": "pending", "attempts": 0}
+        {
+            "id": delivery_id,
+            "webhook_id": listed["events"][0]["id"],
+            "destination": "app",
+            "status": "pending",
+            "attempts": 0,
+        }
     ]
+    # "What happened to webhook X": any exact id finds it, a rejected request's claimed id too.
+    forged = '{"id":"evt_forged","object":"event","type":"invoice.paid"}'
+    client.generic(
+        "POST", f"/in/{source['token']}/", forged, content_type="application/json", **stripe_headers(forged, "whsec_x")
+    )
+    rejected = run("list_events", "--org", "acme", "--search", "evt_forged")["events"]
+    assert [(e["status"], e["claimed_event_id"], e["rejection"]) for e in rejected] == [
+        ("rejected", "evt_forged", "no_matching_secret")
+    ]
+    assert [e["provider_event_id"] for e in run("list_events", "--org", "acme", "--search", delivery_id)["events"]] == [
+        "evt_cmd"
+    ]
+    assert run("list_events", "--org", "acme", "--status", "failed")["events"] == []
     actions = set(AuditLog.objects.filter(organization=organization).values_list("action", flat=True))
     assert {"organization.created", "source.created", "destination.created", "subscription.created"} <= actions
 

@@ -1,6 +1,6 @@
 from organizations.models import Organization
 from webhooks.models import WebhookEvent
-from webhooks.selectors import events_for_organization
+from webhooks.selectors import EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
 
 from ._base import OperatorCommand
 
@@ -10,18 +10,28 @@ class Command(OperatorCommand):
 
     def add_command_arguments(self, parser):
         parser.add_argument("--org", required=True, help="organization slug")
-        parser.add_argument("--status", choices=[value for value, _ in WebhookEvent.Status.choices])
+        parser.add_argument(
+            "--status",
+            choices=[*(value for value, _ in WebhookEvent.Status.choices), *EVENT_STATUSES_FROM_DELIVERIES],
+            help="an event status, or failed (a delivery is dead) or retrying (a delivery failed and waits)",
+        )
+        parser.add_argument(
+            "--search",
+            metavar="ID",
+            help="an exact id: the provider's (also one a rejected request claims), Hookline's, or a webhook-id",
+        )
         parser.add_argument("--limit", type=_positive, default=20, help="newest N events (default 20)")
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
-        events = events_for_organization(
-            organization=organization, status=options.get("status"), limit=options["limit"], with_deliveries=True
-        )
+        filters = EventFilters(status=options.get("status") or "", search=options.get("search") or "")
+        events = event_page(organization=organization, filters=filters, limit=options["limit"]).events
         rows = [
             {
                 "id": str(event.id),
+                "source": event.source.name,
                 "provider_event_id": event.provider_event_id,
+                "claimed_event_id": event.claimed_event_id,
                 "event_type": event.event_type,
                 "status": event.status,
                 "rejection": event.rejection_code or None,
@@ -30,6 +40,7 @@ class Command(OperatorCommand):
                 "deliveries": [
                     {
                         "id": str(delivery.id),
+                        "webhook_id": delivery.message_id,
                         "destination": delivery.destination.name,
                         "status": delivery.status,
                         "attempts": delivery.attempt_count,
@@ -40,7 +51,8 @@ class Command(OperatorCommand):
             for event in events
         ]
         lines = [
-            f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} {row['provider_event_id'] or row['rejection'] or ''}"
+            f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} "
+            + (row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
             + "".join(
                 f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempt{'' if d['attempts'] == 1 else 's'})"
                 for d in row["deliveries"]
