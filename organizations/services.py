@@ -259,6 +259,10 @@ def organization_create(*, name: str, slug: str, owner_email: str, actor=None) -
     """Create an organization with its owner (the user is created when new)."""
     if not name.strip():
         raise ValidationError("the organization needs a name")
+    for field, value in (("name", name), ("slug", slug)):
+        max_length = Organization._meta.get_field(field).max_length
+        if len(value) > max_length:
+            raise ValidationError(f"the {field} is longer than {max_length} characters")
     validate_slug(slug)  # it is part of the dashboard's URLs
     if Organization.objects.filter(slug=slug).exists():
         raise ValidationError(f"an organization with the slug {slug} already exists")

@@ -28,6 +28,9 @@ class DestinationError(ValueError):
 def destination_check_url(url: str) -> None:
     """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless
     allowed by settings), credentials in the URL, and Hookline's own ingest URLs (a loop)."""
+    max_length = Destination._meta.get_field("url").max_length
+    if len(url) > max_length:
+        raise DestinationError(f"the URL is longer than {max_length} characters")
     target = urlsplit(url)
     own = urlsplit(settings.PUBLIC_BASE_URL.rstrip("/") + "/in/")
     if _host_and_port(target) == _host_and_port(own) and target.path.startswith(own.path):
@@ -54,6 +57,8 @@ def _host_and_port(parts) -> tuple:
 def _check_settings(name: str, timeout_seconds: float | None) -> None:
     if not name.strip():
         raise DestinationError("the destination needs a name")
+    if len(name) > Destination._meta.get_field("name").max_length:
+        raise DestinationError(f"the name is longer than {Destination._meta.get_field('name').max_length} characters")
     low, high = Destination.MIN_TIMEOUT_SECONDS, Destination.MAX_TIMEOUT_SECONDS
     if timeout_seconds is not None and not low <= timeout_seconds <= high:
         raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds")

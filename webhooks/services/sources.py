@@ -71,6 +71,10 @@ def source_create(
     ingest URL is registered there) may be left without one for now: every request is then
     refused as ``secret_not_set`` until a rotation sets it."""
     require_configure_role(organization=organization, actor=actor)
+    if not name.strip():
+        raise SourceError("the source needs a name")
+    if len(name) > Source._meta.get_field("name").max_length:
+        raise SourceError(f"the name is longer than {Source._meta.get_field('name').max_length} characters")
     clean_secret, clean_options, generated = _clean(
         provider, secret, options or {}, allow_unset_secret=allow_unset_secret
     )

@@ -309,3 +309,23 @@ def test_event_type_patterns_that_cannot_be_meant_are_refused(organization, patt
         "[]x]y",
         "[!a]z",
     ]
+
+
+def test_refused_input_is_one_json_object_and_never_a_database_traceback(organization):
+    # Too long for its column (PostgreSQL refused it with a DataError), or malformed.
+    cases = [
+        ("create_organization", "--name", "X", "--slug", "s" * 80, "--owner-email", "a@b.example"),
+        ("create_organization", "--name", "N" * 300, "--slug", "long-name", "--owner-email", "a@b.example"),
+        ("create_destination", "--org", organization.slug, "--name", "d", "--url", "https://a.example/" + "x" * 3000),
+        ("create_source", "--org", organization.slug, "--provider", "github", "--name", "g", "--option", "algo"),
+        ("create_source", "--org", organization.slug, "--provider", "github", "--name", " "),
+    ]
+    for args in cases:
+        out = io.StringIO()
+        with pytest.raises(CommandError) as refused:
+            call_command(*args, "--json", stdout=out)
+        assert json.loads(out.getvalue()) == {"error": str(refused.value)}, args
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("purge_audit_log", "--older-than-days", "0", "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {"error": "--older-than-days must be at least 1"}

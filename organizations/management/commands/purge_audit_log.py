@@ -18,7 +18,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, older_than_days: int, **options):
         if older_than_days < 1:
-            raise CommandError("--older-than-days must be at least 1")
+            message = "--older-than-days must be at least 1"
+            if options["json"]:  # a script still reads one JSON object
+                self.stdout.write(json.dumps({"error": message}))
+            raise CommandError(message)
         before = timezone.now() - timedelta(days=older_than_days)
         deleted = audit_purge(before=before, actor=None)
         if options["json"]:
