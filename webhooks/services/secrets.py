@@ -20,7 +20,9 @@ def generate_token_secret() -> str:
 
 
 def secret_hint(secret: str) -> str:
-    """The last four characters: enough to recognise a secret, not to use it."""
+    """The last four characters: enough to recognise a secret, not to use it; empty when there is none."""
+    if not secret:
+        return ""
     return "…" + secret[-4:] if len(secret) >= 12 else "…"
 
 

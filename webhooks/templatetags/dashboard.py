@@ -138,3 +138,10 @@ def duration_ms(value) -> str:
 def headers_shown(headers: dict, sees_signatures: bool) -> list[tuple[str, str]]:
     """A delivery attempt's sent headers, with the provider's signatures hidden from members."""
     return headers_for_viewer(headers or {}, sees_signatures=bool(sees_signatures))
+
+
+@register.filter
+def awaits_secret(source) -> bool:
+    """A source whose provider signs with a secret that has not been set yet (every request refused)."""
+    provider = PROVIDERS.get(source.provider)
+    return bool(provider and provider.uses_secret and not source.secret_hint)

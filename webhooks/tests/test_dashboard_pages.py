@@ -464,6 +464,9 @@ def test_a_stripe_source_can_be_made_before_stripe_shows_its_secret(client, owne
     assert created.status_code == 302 and source.secret == ""
     detail = page_text(client.get(created["Location"]))
     assert "No signing secret yet" in detail and "Set the signing secret" in detail
+    listing = page_text(client.get(reverse("dashboard:sources", args=["acme"])))
+    for page in (detail, listing):  # not shown as a source that works
+        assert "Waiting for its secret" in page and "not set yet" in page and ">Receiving<" not in page
 
     from .signing import stripe_headers
 
@@ -487,6 +490,7 @@ def test_a_stripe_source_can_be_made_before_stripe_shows_its_secret(client, owne
     assert "Signing secret set" in page_text(set_secret)
     assert Source.objects.get(pk=source.pk).active_secrets() == [STRIPE_SECRET]
     assert send("evt_after").status_code == 200
+    assert ">Receiving<" in page_text(client.get(reverse("dashboard:sources", args=["acme"])))
 
 
 def test_source_form_errors_are_shown_not_raised(client, owner):
