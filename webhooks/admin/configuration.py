@@ -28,8 +28,10 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.operations import destination_pause, destination_resume
 from webhooks.services.row_locks import delete_destinations
+from webhooks.services.secrets import previous_secret_valid_until, secret_hint
 from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
 
+from .actions import confirmation_page, confirmed
 from .filters import SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
@@ -51,6 +53,31 @@ class OneTimeSecretsMixin:
         }
         opts = self.model._meta
         return redirect(f"admin:{opts.app_label}_{opts.model_name}_new_secrets", token)
+
+    def confirm_stopping_older_secrets(self, request, queryset):
+        """Rotating again during an earlier rotation's overlap stops the older secret at once: asked
+        first, on a confirmation page (None when nothing selected is in an overlap, or once confirmed)."""
+        if confirmed(request):
+            return None
+        overlapping = [
+            f"{item.organization.name} · {item}: the secret ending {secret_hint(item.previous_secret)} works until "
+            f"{previous_secret_valid_until(item):%Y-%m-%d %H:%M} UTC"
+            for item in queryset.select_related("organization")
+            if previous_secret_valid_until(item) is not None
+        ]
+        if not overlapping:
+            return None
+        return confirmation_page(
+            request,
+            self,
+            queryset,
+            title="Stop older secrets now?",
+            question="These are still in an earlier rotation's overlap. Only one older secret is kept, so rotating "
+            "again stops it at once, whoever still signs or verifies with it:",
+            button="Rotate, and stop the older secrets now",
+            preview=overlapping[:20],
+            total=len(overlapping),
+        )
 
     def get_urls(self):
         opts = self.model._meta
@@ -187,10 +214,12 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
 
     @admin.action(description="Rotate secret (generate a new one, shown once)")
     def rotate_secret(self, request, queryset):
+        if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
+            return asked
         shown, refused = [], []
         for source in queryset.select_related("organization"):
             try:
-                _, generated = source_rotate_secret(source=source, actor=request.user)
+                _, generated = source_rotate_secret(source=source, stop_previous=confirmed(request), actor=request.user)
             except SourceError as exc:
                 refused.append(f"{source}: {exc}")
                 continue
@@ -353,10 +382,14 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
 
     @admin.action(description="Rotate secret (generate a new one, shown once)")
     def rotate_secret(self, request, queryset):
+        if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
+            return asked
         shown = []
         for destination in queryset.select_related("organization"):
             try:
-                _, secret = destination_rotate_secret(destination=destination, actor=request.user)
+                _, secret = destination_rotate_secret(
+                    destination=destination, stop_previous=confirmed(request), actor=request.user
+                )
             except DestinationError as exc:  # deleted meanwhile
                 self.message_user(request, f"{destination}: {exc}", messages.ERROR)
                 continue

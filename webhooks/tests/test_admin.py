@@ -429,14 +429,15 @@ def test_rotating_a_generated_source_secret_shows_it_once(admin, organization):
     assert AuditLog.objects.filter(action="admin.webhooks.source.action.rotate_secret").exists()
     later = admin.get(reverse("admin:webhooks_source_change", args=[source.pk]))
     assert no_secret_in(later, source.secret)
-    # A second rotation within the overlap would stop the secret the provider may still use.
-    again = admin.post(
-        reverse("admin:webhooks_source_changelist"),
-        {"action": "rotate_secret", "_selected_action": [source.pk]},
-        follow=True,
-    )
-    assert "still works until" in again.content.decode()
+    # A second rotation within the overlap would stop the secret the provider may still use: asked first.
+    selection = {"action": "rotate_secret", "_selected_action": [source.pk]}
+    asked = admin.post(reverse("admin:webhooks_source_changelist"), selection)
+    assert asked.status_code == 200 and "Rotate, and stop the older secrets now" in asked.content.decode()
+    assert "works until" in asked.content.decode()
     assert Source.objects.get(pk=source.pk).secret == source.secret
+    rotated = admin.post(reverse("admin:webhooks_source_changelist"), {**selection, "confirm": "yes"})
+    assert rotated.status_code == 302
+    assert Source.objects.get(pk=source.pk).active_secrets()[1] == source.secret  # the older one stopped
 
 
 def test_rotating_a_provider_given_secret_is_refused(admin, setup):
