@@ -414,6 +414,8 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
     assert Source.objects.get(pk=source.pk).is_active
     client.post(stop_url, {"active": "0"})
     assert not Source.objects.get(pk=source.pk).is_active
+    test_page = page_text(client.get(reverse("dashboard:source_test", args=["acme", source.pk])))
+    assert "This source is stopped" in test_page
     body = '{"id":"evt_paused","object":"event","type":"x"}'
     from .signing import stripe_headers
 
