@@ -481,54 +481,49 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
     assert list(private_tmp.iterdir()) == []
 
 
+@contextlib.contextmanager
+def _gunicorn_with_its_writer(tmp_path, socket_path):
+    """One gunicorn worker and the writer process, started and waited for; stopped on leaving.
+
+    Yields (gunicorn, its log's path, the writer's pid)."""
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("w") as log:
+        gunicorn = _start_gunicorn(port, Path(socket_path).parent, log, "--workers", "1")
+        try:
+            wait_for_port(port)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+            yield gunicorn, log_path, _writer_pids(gunicorn.pid)[0]
+        finally:
+            if gunicorn.poll() is None:
+                gunicorn.terminate()
+                gunicorn.wait(30)
+
+
 def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, tmp_path, socket_path):
     # HUP makes gunicorn load config/gunicorn.conf.py again: on_exit then comes from a new module.
-    port = free_port()
     private_tmp = Path(socket_path).parent
-    log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("w")
-    gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1")
-    writer_pids = []
-    try:
-        wait_for_port(port)
-        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
-        writer_pids += _writer_pids(gunicorn.pid)
+    with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
         gunicorn.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "Hang up" in log_path.read_text(), 10)
         time.sleep(1)  # the configuration is loaded again and new workers start
-        assert _writer_pids(gunicorn.pid) == writer_pids  # the same writer serves on
-    finally:
-        gunicorn.terminate()
-        gunicorn.wait(30)
-        log.close()
+        assert _writer_pids(gunicorn.pid) == [writer_pid]  # the same writer serves on
     # Stopped by gunicorn's on_exit (a writer that only noticed its parent had gone would leave its directory).
-    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+    assert wait_until(lambda: not _alive(writer_pid), 10)
     assert list(private_tmp.iterdir()) == []
 
 
 def test_a_platform_stop_that_reaches_the_writer_too_is_not_taken_for_a_crash(transactional_db, tmp_path, socket_path):
     # Heroku and Render send SIGTERM to every process of the dyno or container at once.
-    port = free_port()
     private_tmp = Path(socket_path).parent
-    log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("w")
-    gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1")
-    writer_pids = []
-    try:
-        wait_for_port(port)
-        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
-        writer_pids += _writer_pids(gunicorn.pid)
+    with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
         assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)  # serving
         gunicorn.send_signal(signal.SIGTERM)
-        os.kill(writer_pids[0], signal.SIGTERM)
+        os.kill(writer_pid, signal.SIGTERM)
         gunicorn.wait(30)
-    finally:
-        if gunicorn.poll() is None:
-            gunicorn.kill()
-        log.close()
     output = log_path.read_text()
     assert "starting it again" not in output and "ERROR" not in output, output
-    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+    assert wait_until(lambda: not _alive(writer_pid), 10)
 
 
 # --- when config/gunicorn.conf.py starts the writer ------------------------------------------------
