@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,7 +248,9 @@ class PostgresServer:
 
     def _as_postgres(self, *command: str) -> None:
         # initdb and postgres refuse to run as root; runuser is a no-op need when we are not root.
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # runuser lives in sbin, which a minimal PATH (a CI runner's, cron's) may leave out.
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+        prefix = [runuser, "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run([*prefix, *command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def init(self) -> None:
