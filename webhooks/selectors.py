@@ -289,7 +289,7 @@ def shell_pattern_as_postgres_regex(pattern: str) -> str:
             parts.append(".*")
         elif character == "?":
             parts.append(".")
-        elif character == "[" and (closing := _closing_bracket(pattern, position)) is not None:
+        elif character == "[" and (closing := closing_bracket(pattern, position)) is not None:
             parts.append(_bracket_set(pattern[position:closing]))
             position = closing + 1
         else:
@@ -297,7 +297,7 @@ def shell_pattern_as_postgres_regex(pattern: str) -> str:
     return "^" + "".join(parts) + "$"
 
 
-def _closing_bracket(pattern: str, first: int) -> int | None:
+def closing_bracket(pattern: str, first: int) -> int | None:
     """Where the set opened just before `first` closes, as fnmatch reads it; None if it never does."""
     if pattern[first : first + 1] == "!":
         first += 1

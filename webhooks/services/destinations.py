@@ -12,6 +12,7 @@ from django.db import transaction
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
+from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry
 from .operations import OperationError, bulk_retry_start, destination_pause, destination_resume, event_replay
@@ -85,13 +86,8 @@ def _brackets_closed(pattern: str) -> bool:
     """Whether every "[" opens a set that a "]" closes, read as fnmatch reads it ("[!…]", "[]…]")."""
     start = 0
     while (opening := pattern.find("[", start)) >= 0:
-        first = opening + 1
-        if pattern[first : first + 1] == "!":
-            first += 1
-        if pattern[first : first + 1] == "]":
-            first += 1  # a "]" right after the opening is a member of the set
-        closing = pattern.find("]", first)
-        if closing < 0:
+        closing = closing_bracket(pattern, opening + 1)
+        if closing is None:
             return False
         start = closing + 1
     return True

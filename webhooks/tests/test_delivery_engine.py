@@ -17,6 +17,7 @@ from webhooks.services.lifecycle import purge_expired_events
 from webhooks.services.outbound import OutboundResponse, parse_retry_after
 
 from .factories import STRIPE_SECRET, make_destination, make_source
+from .processes import free_port
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db
@@ -561,19 +562,13 @@ def broker_unreachable():
     from config.celery import app
 
     saved = app.conf.broker_url
-    app.conf.broker_url = f"redis://127.0.0.1:{closed_port()}/0"
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     app._pool = app.amqp._producer_pool = None
     try:
         yield
     finally:
         app.conf.broker_url = saved
         app._pool = app.amqp._producer_pool = None
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
