@@ -823,3 +823,71 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
     assert ">evt_dead<" in html  # short ids are shown as they are
     # The row still links to the event.
     assert reverse("admin:webhooks_webhookevent_change", args=[setup["dead"].pk]) in html
+
+
+# --- Staff without change permissions -------------------------------------------------------------
+
+
+@pytest.fixture
+def viewer(client, db):
+    """A staff account that may only look at sources, destinations, events, deliveries and attempts."""
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("viewer@hookline.example", "viewer horse battery")
+    user.is_staff = True
+    user.save()
+    views = ["view_source", "view_destination", "view_webhookevent", "view_delivery", "view_deliveryattempt"]
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=views))
+    client.force_login(user)
+    return client
+
+
+def test_view_only_staff_run_no_action_that_changes_anything(viewer, setup):
+    """Rotating a secret (and seeing the new one), pausing, retrying and replaying need more than view."""
+    destination, source, dead = setup["destination"], setup["source"], setup["dead"]
+    before = (Destination.objects.get(pk=destination.pk).secret, Source.objects.get(pk=source.pk).secret)
+    entries = AuditLog.objects.count()
+    tried = [
+        ("admin:webhooks_destination_changelist", "rotate_secret", destination.pk),
+        ("admin:webhooks_destination_changelist", "pause", destination.pk),
+        ("admin:webhooks_source_changelist", "rotate_secret", source.pk),
+        (EVENTS, "retry_failed_deliveries", dead.pk),
+        (EVENTS, "replay_to_destinations", dead.pk),
+        ("admin:webhooks_delivery_changelist", "retry_deliveries", Delivery.objects.get(event=dead).pk),
+    ]
+    for changelist, action, pk in tried:
+        page = viewer.get(reverse(changelist))
+        assert page.status_code == 200
+        form = page.context["action_form"]  # None when no action is left at all
+        offered = [value for value, _ in form.fields["action"].choices] if form else []
+        assert action not in offered, (changelist, action)
+        data = {"action": action, "_selected_action": [pk], "confirm": "yes", "choice": [destination.pk]}
+        response = viewer.post(reverse(changelist), data, follow=True)
+        assert "whsec_" not in response.content.decode(), (changelist, action)
+    assert (Destination.objects.get(pk=destination.pk).secret, Source.objects.get(pk=source.pk).secret) == before
+    assert Destination.objects.get(pk=destination.pk).paused_at is None
+    assert Delivery.objects.get(event=dead).status == Delivery.Status.DEAD
+    assert Delivery.objects.filter(event=dead).count() == 1
+    assert AuditLog.objects.count() == entries
+    detail = viewer.get(reverse("admin:webhooks_webhookevent_change", args=[dead.pk])).content.decode()
+    assert "retry-failed-deliveries" not in detail and "replay-to-destinations" not in detail
+
+
+def test_staff_given_the_change_permissions_run_the_actions(client, setup):
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("operator@hookline.example", "operator horse battery")
+    user.is_staff = True
+    user.save()
+    codenames = ["view_destination", "change_destination", "view_webhookevent", "change_delivery", "add_delivery"]
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=codenames))
+    client.force_login(user)
+    destination, dead = setup["destination"], setup["dead"]
+    client.post(
+        reverse("admin:webhooks_destination_changelist"), {"action": "pause", "_selected_action": [destination.pk]}
+    )
+    assert Destination.objects.get(pk=destination.pk).paused_at is not None
+    client.post(reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [dead.pk]})
+    assert Delivery.objects.get(event=dead).status == Delivery.Status.PENDING
+    detail = client.get(reverse("admin:webhooks_webhookevent_change", args=[dead.pk])).content.decode()
+    assert "retry-failed-deliveries" in detail and "replay-to-destinations" in detail
