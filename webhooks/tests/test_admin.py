@@ -891,3 +891,25 @@ def test_staff_given_the_change_permissions_run_the_actions(client, setup):
     assert Delivery.objects.get(event=dead).status == Delivery.Status.PENDING
     detail = client.get(reverse("admin:webhooks_webhookevent_change", args=[dead.pk])).content.decode()
     assert "retry-failed-deliveries" in detail and "replay-to-destinations" in detail
+
+
+def test_the_platform_overview_is_shown_only_to_staff_who_may_view_what_it_counts(client, setup):
+    """Tenants' names, paused destinations and their reasons are not for a staff account without permissions."""
+    from django.contrib.auth.models import Permission
+
+    setup["their_destination"].paused_at = timezone.now()
+    setup["their_destination"].pause_reason = "failing for an hour"
+    setup["their_destination"].save()
+    user = get_user_model().objects.create_user("bare@hookline.example", "bare horse battery")
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "platform-overview" not in html and "failing for an hour" not in html and "Globex" not in html
+
+    codenames = ["view_organization", "view_webhookevent", "view_delivery", "view_destination"]
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(get_user_model().objects.get(pk=user.pk))  # permissions are cached on the user
+    assert "failing for an hour" in client.get(reverse("admin:index")).content.decode()
