@@ -913,3 +913,73 @@ def test_the_platform_overview_is_shown_only_to_staff_who_may_view_what_it_count
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client.force_login(get_user_model().objects.get(pk=user.pk))  # permissions are cached on the user
     assert "failing for an hour" in client.get(reverse("admin:index")).content.decode()
+
+
+def test_memberships_changed_inline_are_audited_in_their_organization_with_before_and_after(
+    admin, organization, owner, member, other_organization
+):
+    """Making someone owner from a user's admin page is a change to the organization: its own log says so."""
+    membership = Membership.objects.get(user=member)
+    response = admin.post(
+        reverse("admin:accounts_user_change", args=[member.pk]),
+        {
+            "email": member.email,
+            "full_name": "",
+            "is_active": "on",
+            "date_joined_0": member.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": member.date_joined.strftime("%H:%M:%S"),
+            "memberships-TOTAL_FORMS": "2",
+            "memberships-INITIAL_FORMS": "1",
+            "memberships-0-id": membership.pk,
+            "memberships-0-user": member.pk,
+            "memberships-0-organization": organization.pk,
+            "memberships-0-role": "owner",
+            "memberships-1-user": member.pk,
+            "memberships-1-organization": other_organization.pk,
+            "memberships-1-role": "admin",
+        },
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Membership.objects.get(pk=membership.pk).role == "owner"
+
+    changed = AuditLog.objects.get(action="admin.organizations.membership.changed")
+    assert changed.organization == organization and changed.target_id == str(membership.pk)
+    assert changed.changes["fields"]["role"] == ["member", "owner"]
+    added = AuditLog.objects.get(action="admin.organizations.membership.added")
+    assert added.organization == other_organization and added.changes["fields"]["role"] == "admin"
+
+    response = admin.post(
+        reverse("admin:accounts_user_change", args=[member.pk]),
+        {
+            "email": member.email,
+            "full_name": "",
+            "is_active": "on",
+            "date_joined_0": member.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": member.date_joined.strftime("%H:%M:%S"),
+            "memberships-TOTAL_FORMS": "2",
+            "memberships-INITIAL_FORMS": "2",
+            **{
+                f"memberships-{index}-{name}": value
+                for index, row in enumerate(Membership.objects.filter(user=member).order_by("pk"))
+                for name, value in (
+                    ("id", row.pk),
+                    ("user", member.pk),
+                    ("organization", row.organization_id),
+                    ("role", row.role),
+                )
+            },
+            "memberships-1-DELETE": "on",
+        },
+    )
+    assert response.status_code == 302
+    removed = AuditLog.objects.get(action="admin.organizations.membership.deleted")
+    assert removed.organization == other_organization and removed.changes["fields"]["role"] == "admin"
+    assert not Membership.objects.filter(user=member, organization=other_organization).exists()
+    assert audit_verify_chain().ok
+
+    # The tenant sees it in its own audit log.
+    admin.force_login(owner)
+    assert (
+        "admin.organizations.membership.changed"
+        in admin.get(reverse("dashboard:audit", args=["acme"])).content.decode()
+    )
