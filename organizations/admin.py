@@ -92,6 +92,39 @@ class AuditedAdminMixin:
         }
         super().save_model(request, obj, form, change)
 
+    def save_formset(self, request, form, formset, change):
+        """Inline rows (a user's or an organization's memberships…) are audited one by one, in their
+        own organization, with before and after: the parent's entry only names the fields touched."""
+        touched = []
+        deleted = set(formset.deleted_forms) if formset.can_delete else set()
+        for inline_form in formset.forms:
+            obj = inline_form.instance
+            if inline_form in deleted:
+                if obj.pk is not None:
+                    fields = {name: _plain(inline_form.initial.get(name)) for name in inline_form.fields}
+                    touched.append((copy.copy(obj), "deleted", fields))  # a copy keeps its id
+            elif inline_form.has_changed():
+                if obj.pk is None:
+                    fields = {name: _plain(inline_form.cleaned_data.get(name)) for name in inline_form.changed_data}
+                    touched.append((obj, "added", fields))
+                else:
+                    fields = {
+                        name: [_plain(inline_form.initial.get(name)), _plain(inline_form.cleaned_data.get(name))]
+                        for name in inline_form.changed_data
+                    }
+                    touched.append((obj, "changed", fields))
+        organizations = {id(obj): organization_of(obj) for obj, _, _ in touched}  # before a deletion
+        super().save_formset(request, form, formset, change)
+        for obj, verb, fields in touched:
+            audit_record(
+                action=f"admin.{obj._meta.app_label}.{obj._meta.model_name}.{verb}",
+                organization=organizations[id(obj)],
+                actor=request.user,
+                target=obj,
+                changes={"fields": fields},
+                request=request,
+            )
+
     def _audit(self, request, obj, verb: str, summary: Any = None) -> None:
         changes: dict[str, Any] = {"fields": getattr(obj, "_audit_changes", {})}
         if summary:

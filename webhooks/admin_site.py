@@ -13,6 +13,14 @@ from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
 
 OVERVIEW_CACHE_SECONDS = 60
+# The overview names tenants and counts their events, deliveries and destinations: it is shown
+# only to staff who may view those (every staff account reaches the index).
+OVERVIEW_PERMISSIONS = (
+    "organizations.view_organization",
+    "webhooks.view_webhookevent",
+    "webhooks.view_delivery",
+    "webhooks.view_destination",
+)
 
 
 def platform_overview() -> dict:
@@ -69,7 +77,8 @@ class HooklineAdminSite(admin.AdminSite):
     index_template = "admin/hookline_index.html"
 
     def index(self, request, extra_context=None):
-        return super().index(request, {**(extra_context or {}), "overview": platform_overview()})
+        overview = platform_overview() if request.user.has_perms(OVERVIEW_PERMISSIONS) else None
+        return super().index(request, {**(extra_context or {}), "overview": overview})
 
 
 class HooklineAdminConfig(AdminConfig):

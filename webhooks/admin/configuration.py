@@ -212,7 +212,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             except SourceError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
 
-    @admin.action(description="Rotate secret (generate a new one, shown once)")
+    @admin.action(description="Rotate secret (generate a new one, shown once)", permissions=["change"])
     def rotate_secret(self, request, queryset):
         if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
             return asked
@@ -380,7 +380,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             except DestinationError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
 
-    @admin.action(description="Rotate secret (generate a new one, shown once)")
+    @admin.action(description="Rotate secret (generate a new one, shown once)", permissions=["change"])
     def rotate_secret(self, request, queryset):
         if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
             return asked
@@ -398,13 +398,13 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             return None
         return self.one_time_secret_page(request, title="New destination secrets", shown=shown)
 
-    @admin.action(description="Pause selected destinations")
+    @admin.action(description="Pause selected destinations", permissions=["change"])
     def pause(self, request, queryset):
         for destination in queryset.select_related("organization"):
             destination_pause(destination=destination, reason="paused from the platform admin", actor=request.user)
         self.message_user(request, "Paused; their deliveries wait until resumed.", messages.SUCCESS)
 
-    @admin.action(description="Resume selected destinations")
+    @admin.action(description="Resume selected destinations", permissions=["change"])
     def resume(self, request, queryset):
         for destination in queryset.select_related("organization"):
             destination_resume(destination=destination, actor=request.user)

@@ -32,6 +32,20 @@ from .filters import (
 FAILED_DELIVERY_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
 
 
+class DeliveryActionPermissions:
+    """Retrying and replaying write deliveries: they need a delivery permission, not just the view one.
+
+    These admins are read-only (no change permission on their own rows), so the actions name
+    their own permissions; superusers have them all.
+    """
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("webhooks.change_delivery")
+
+    def has_replay_permission(self, request) -> bool:
+        return request.user.has_perm("webhooks.add_delivery")
+
+
 def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
     """Retry each delivery through the service (each one audited), after confirmation when several."""
     deliveries = deliveries.filter(status__in=FAILED_DELIVERY_STATUSES).exclude(
@@ -94,7 +108,7 @@ def shortened(value: str | None):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     # What an operator scans for comes first; the long ids last, so at 1280 px Status and Failed
     # deliveries are on screen. The source shows its provider ("Billing (stripe)"): no column of its own.
     list_display = (
@@ -152,6 +166,11 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     )
     # Events are evidence: every field is read-only.
     readonly_fields = (*EVENT_FIELDS, "headers_table", "body_pretty", "body_raw", "deliveries_with_attempts")
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        # The page's Retry and Replay buttons post those actions: shown only to who may run them.
+        context.update(can_retry=self.has_retry_permission(request), can_replay=self.has_replay_permission(request))
+        return super().render_change_form(request, context, *args, **kwargs)
 
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).
@@ -218,12 +237,12 @@ class WebhookEventAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         )
         return render_to_string("admin/webhooks/webhookevent/deliveries.html", {"deliveries": deliveries})
 
-    @admin.action(description="Retry failed deliveries of the selected events")
+    @admin.action(description="Retry failed deliveries of the selected events", permissions=["retry"])
     def retry_failed_deliveries(self, request, queryset):
         deliveries = Delivery.objects.filter(event__in=queryset.values("pk"))
         return _retry_deliveries(self, request, deliveries, noun="events")
 
-    @admin.action(description="Replay selected events to destinations…")
+    @admin.action(description="Replay selected events to destinations…", permissions=["replay"])
     def replay_to_destinations(self, request, queryset):
         events = list(queryset.select_related("organization", "source")[: ACTION_LIMIT + 1])
         if len(events) > ACTION_LIMIT:
@@ -297,7 +316,7 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "event_link",
@@ -334,13 +353,13 @@ class DeliveryAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         url = reverse("admin:webhooks_webhookevent_change", args=[obj.event_id])
         return format_html('<a href="{}">{}</a>', url, obj.event_id)
 
-    @admin.action(description="Retry selected deliveries now")
+    @admin.action(description="Retry selected deliveries now", permissions=["retry"])
     def retry_deliveries(self, request, queryset):
         return _retry_deliveries(self, request, queryset, noun="deliveries")
 
 
 @admin.register(DeliveryAttempt)
-class DeliveryAttemptAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeliveryAttemptAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "delivery_link",
@@ -375,7 +394,7 @@ class DeliveryAttemptAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
         url = reverse("admin:webhooks_delivery_change", args=[obj.delivery_id])
         return format_html('<a href="{}">{}</a>', url, obj.delivery_id)
 
-    @admin.action(description="Retry the deliveries of the selected attempts")
+    @admin.action(description="Retry the deliveries of the selected attempts", permissions=["retry"])
     def retry_deliveries(self, request, queryset):
         deliveries = Delivery.objects.filter(pk__in=queryset.values("delivery_id"))
         return _retry_deliveries(self, request, deliveries, noun="attempts")

@@ -823,3 +823,163 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
     assert ">evt_dead<" in html  # short ids are shown as they are
     # The row still links to the event.
     assert reverse("admin:webhooks_webhookevent_change", args=[setup["dead"].pk]) in html
+
+
+# --- Staff without change permissions -------------------------------------------------------------
+
+
+@pytest.fixture
+def viewer(client, db):
+    """A staff account that may only look at sources, destinations, events, deliveries and attempts."""
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("viewer@hookline.example", "viewer horse battery")
+    user.is_staff = True
+    user.save()
+    views = ["view_source", "view_destination", "view_webhookevent", "view_delivery", "view_deliveryattempt"]
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=views))
+    client.force_login(user)
+    return client
+
+
+def test_view_only_staff_run_no_action_that_changes_anything(viewer, setup):
+    """Rotating a secret (and seeing the new one), pausing, retrying and replaying need more than view."""
+    destination, source, dead = setup["destination"], setup["source"], setup["dead"]
+    before = (Destination.objects.get(pk=destination.pk).secret, Source.objects.get(pk=source.pk).secret)
+    entries = AuditLog.objects.count()
+    tried = [
+        ("admin:webhooks_destination_changelist", "rotate_secret", destination.pk),
+        ("admin:webhooks_destination_changelist", "pause", destination.pk),
+        ("admin:webhooks_source_changelist", "rotate_secret", source.pk),
+        (EVENTS, "retry_failed_deliveries", dead.pk),
+        (EVENTS, "replay_to_destinations", dead.pk),
+        ("admin:webhooks_delivery_changelist", "retry_deliveries", Delivery.objects.get(event=dead).pk),
+    ]
+    for changelist, action, pk in tried:
+        page = viewer.get(reverse(changelist))
+        assert page.status_code == 200
+        form = page.context["action_form"]  # None when no action is left at all
+        offered = [value for value, _ in form.fields["action"].choices] if form else []
+        assert action not in offered, (changelist, action)
+        data = {"action": action, "_selected_action": [pk], "confirm": "yes", "choice": [destination.pk]}
+        response = viewer.post(reverse(changelist), data, follow=True)
+        assert "whsec_" not in response.content.decode(), (changelist, action)
+    assert (Destination.objects.get(pk=destination.pk).secret, Source.objects.get(pk=source.pk).secret) == before
+    assert Destination.objects.get(pk=destination.pk).paused_at is None
+    assert Delivery.objects.get(event=dead).status == Delivery.Status.DEAD
+    assert Delivery.objects.filter(event=dead).count() == 1
+    assert AuditLog.objects.count() == entries
+    detail = viewer.get(reverse("admin:webhooks_webhookevent_change", args=[dead.pk])).content.decode()
+    assert "retry-failed-deliveries" not in detail and "replay-to-destinations" not in detail
+
+
+def test_staff_given_the_change_permissions_run_the_actions(client, setup):
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("operator@hookline.example", "operator horse battery")
+    user.is_staff = True
+    user.save()
+    codenames = ["view_destination", "change_destination", "view_webhookevent", "change_delivery", "add_delivery"]
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=codenames))
+    client.force_login(user)
+    destination, dead = setup["destination"], setup["dead"]
+    client.post(
+        reverse("admin:webhooks_destination_changelist"), {"action": "pause", "_selected_action": [destination.pk]}
+    )
+    assert Destination.objects.get(pk=destination.pk).paused_at is not None
+    client.post(reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [dead.pk]})
+    assert Delivery.objects.get(event=dead).status == Delivery.Status.PENDING
+    detail = client.get(reverse("admin:webhooks_webhookevent_change", args=[dead.pk])).content.decode()
+    assert "retry-failed-deliveries" in detail and "replay-to-destinations" in detail
+
+
+def test_the_platform_overview_is_shown_only_to_staff_who_may_view_what_it_counts(client, setup):
+    """Tenants' names, paused destinations and their reasons are not for a staff account without permissions."""
+    from django.contrib.auth.models import Permission
+
+    setup["their_destination"].paused_at = timezone.now()
+    setup["their_destination"].pause_reason = "failing for an hour"
+    setup["their_destination"].save()
+    user = get_user_model().objects.create_user("bare@hookline.example", "bare horse battery")
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "platform-overview" not in html and "failing for an hour" not in html and "Globex" not in html
+
+    codenames = ["view_organization", "view_webhookevent", "view_delivery", "view_destination"]
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(get_user_model().objects.get(pk=user.pk))  # permissions are cached on the user
+    assert "failing for an hour" in client.get(reverse("admin:index")).content.decode()
+
+
+def test_memberships_changed_inline_are_audited_in_their_organization_with_before_and_after(
+    admin, organization, owner, member, other_organization
+):
+    """Making someone owner from a user's admin page is a change to the organization: its own log says so."""
+    membership = Membership.objects.get(user=member)
+    response = admin.post(
+        reverse("admin:accounts_user_change", args=[member.pk]),
+        {
+            "email": member.email,
+            "full_name": "",
+            "is_active": "on",
+            "date_joined_0": member.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": member.date_joined.strftime("%H:%M:%S"),
+            "memberships-TOTAL_FORMS": "2",
+            "memberships-INITIAL_FORMS": "1",
+            "memberships-0-id": membership.pk,
+            "memberships-0-user": member.pk,
+            "memberships-0-organization": organization.pk,
+            "memberships-0-role": "owner",
+            "memberships-1-user": member.pk,
+            "memberships-1-organization": other_organization.pk,
+            "memberships-1-role": "admin",
+        },
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Membership.objects.get(pk=membership.pk).role == "owner"
+
+    changed = AuditLog.objects.get(action="admin.organizations.membership.changed")
+    assert changed.organization == organization and changed.target_id == str(membership.pk)
+    assert changed.changes["fields"]["role"] == ["member", "owner"]
+    added = AuditLog.objects.get(action="admin.organizations.membership.added")
+    assert added.organization == other_organization and added.changes["fields"]["role"] == "admin"
+
+    response = admin.post(
+        reverse("admin:accounts_user_change", args=[member.pk]),
+        {
+            "email": member.email,
+            "full_name": "",
+            "is_active": "on",
+            "date_joined_0": member.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": member.date_joined.strftime("%H:%M:%S"),
+            "memberships-TOTAL_FORMS": "2",
+            "memberships-INITIAL_FORMS": "2",
+            **{
+                f"memberships-{index}-{name}": value
+                for index, row in enumerate(Membership.objects.filter(user=member).order_by("pk"))
+                for name, value in (
+                    ("id", row.pk),
+                    ("user", member.pk),
+                    ("organization", row.organization_id),
+                    ("role", row.role),
+                )
+            },
+            "memberships-1-DELETE": "on",
+        },
+    )
+    assert response.status_code == 302
+    removed = AuditLog.objects.get(action="admin.organizations.membership.deleted")
+    assert removed.organization == other_organization and removed.changes["fields"]["role"] == "admin"
+    assert not Membership.objects.filter(user=member, organization=other_organization).exists()
+    assert audit_verify_chain().ok
+
+    # The tenant sees it in its own audit log.
+    admin.force_login(owner)
+    assert (
+        "admin.organizations.membership.changed"
+        in admin.get(reverse("dashboard:audit", args=["acme"])).content.decode()
+    )
