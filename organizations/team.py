@@ -254,11 +254,13 @@ def member_role_change(
 
 @transaction.atomic
 def member_remove(*, organization: Organization, actor, membership: Membership, ip_address: str | None = None) -> None:
-    """Remove someone from the organization (owners only); the last owner cannot be removed."""
+    """Remove someone from the organization (owners only), or leave it (anyone, for themselves); the
+    last owner can do neither."""
     if membership.organization_id != organization.pk:
         raise PermissionDenied("Not a member of this organization.")
     owners = _lock_owners(organization)
-    _require_owner(organization, actor, owners)
+    if membership.user_id != actor.pk:
+        _require_owner(organization, actor, owners)
     membership = _locked_membership(membership)
     if owners == [membership.pk]:
         raise TeamRuleError(LAST_OWNER)

@@ -115,15 +115,18 @@ class MemberRemoveView(TeamActionMixin, OrganizationMixin, TemplateView):
 
     http_method_names = ["get", "post"]
     template_name = "team/member_remove.html"
-    required_role = Membership.Role.OWNER
+    # Owners remove anyone; everyone may leave. The service decides, the views check early.
+    required_role = None
 
     def get_membership(self, membership_id: int) -> Membership:
-        return get_object_or_404(
+        membership = get_object_or_404(
             Membership.objects.select_related("user"), pk=membership_id, organization=self.organization
         )
+        if membership.user_id != self.request.user.id:
+            self.require_role(Membership.Role.OWNER)
+        return membership
 
     def get(self, request, org_slug, membership_id: int):
-        self.require_role(Membership.Role.OWNER)
         membership = self.get_membership(membership_id)
         return self.render_to_response(
             self.get_context_data(target=membership, leaving=membership.user_id == request.user.id)

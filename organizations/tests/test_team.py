@@ -417,3 +417,35 @@ def test_the_removal_confirmation_is_for_owners_and_this_organization_only(
     assert browser_for(outsider).get(url).status_code == 404
     foreign = membership_of(outsider, other_organization)
     assert browser_for(owner).get(reverse("team:member_remove", args=["acme", foreign.pk])).status_code == 404
+
+
+@pytest.mark.parametrize("role", ["member", "admin"])
+def test_members_and_admins_can_leave_but_not_remove_others(organization, owner, member, admin, role):
+    leaver = member if role == "member" else admin
+    other = admin if role == "member" else member
+    browser = browser_for(leaver)
+    own = membership_of(leaver, organization)
+    leave_url = reverse("team:member_remove", args=["acme", own.pk])
+    team_page = browser.get(TEAM).content.decode()
+    assert f'href="{leave_url}"' in team_page  # their way out, though they manage no one
+
+    other_url = reverse("team:member_remove", args=["acme", membership_of(other, organization).pk])
+    assert browser.get(other_url).status_code == 403
+    assert browser.post(other_url).status_code == 403
+    assert Membership.objects.filter(user=other, organization=organization).exists()
+
+    assert "Leave Acme?" in browser.get(leave_url).content.decode()
+    assert browser.post(leave_url).status_code == 302
+    assert not Membership.objects.filter(pk=own.pk).exists()
+    entry = AuditLog.objects.get(action="member.removed", organization=organization)
+    assert entry.actor_user == leaver and entry.changes["email"] == leaver.email
+    assert browser.get(TEAM).status_code == 404  # no longer theirs to see
+
+
+def test_the_service_lets_anyone_leave_but_only_owners_remove(organization, owner, member, admin):
+    with pytest.raises(PermissionDenied):
+        team.member_remove(organization=organization, actor=member, membership=membership_of(admin, organization))
+    team.member_remove(organization=organization, actor=admin, membership=membership_of(admin, organization))
+    assert not Membership.objects.filter(user=admin, organization=organization).exists()
+    with pytest.raises(team.TeamRuleError):  # the last owner stays, even when asking to leave
+        team.member_remove(organization=organization, actor=owner, membership=membership_of(owner, organization))

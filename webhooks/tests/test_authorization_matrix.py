@@ -105,6 +105,10 @@ def tenants(client, organization, other_organization, owner, member, outsider):
     Membership.objects.create(user=admin, organization=organization, role=ADMIN)
     ours = build_world(client, organization)
     theirs = build_world(client, other_organization, url="http://127.0.0.1:9/globex")
+    # The membership that member routes act on is a fourth person's: one's own would be leaving,
+    # which every role may do.
+    bystander = UserFactory(email="bystander@acme.example")
+    Membership.objects.create(user=bystander, organization=organization, role=MEMBER)
     their_member = UserFactory(email="member@globex.example")
     Membership.objects.create(user=their_member, organization=other_organization, role=MEMBER)
     our_invitation = team.invitation_create(organization=organization, actor=owner, email="x@acme.example", role=MEMBER)
@@ -114,7 +118,7 @@ def tenants(client, organization, other_organization, owner, member, outsider):
     return {
         "users": {OWNER: owner, ADMIN: admin, MEMBER: member},
         "outsider": outsider,
-        "acme": {"world": ours, "membership": Membership.objects.get(user=member), "invitation": our_invitation},
+        "acme": {"world": ours, "membership": Membership.objects.get(user=bystander), "invitation": our_invitation},
         "globex": {
             "world": theirs,
             "membership": Membership.objects.get(user=their_member),
