@@ -3,6 +3,10 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from .models import User
 
+# What makes an account powerful. Only superusers grant it: a staff account allowed to change
+# users could otherwise tick is_superuser on itself.
+PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
@@ -16,3 +20,21 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser:
+            return readonly
+        return (*readonly, *PRIVILEGE_FIELDS)
+
+    def has_change_permission(self, request, obj=None):
+        # A superuser's email, password or active flag is a superuser's to change: otherwise
+        # resetting their password would be a way into their account.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)

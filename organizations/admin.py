@@ -386,7 +386,16 @@ admin.site.register(get_user_model(), PlatformUserAdmin)
 
 
 class PlatformGroupAdmin(AuditedAdminMixin, DjangoGroupAdmin):
-    pass
+    # A group's permissions are privileges (accounts.admin.PRIVILEGE_FIELDS): a staff account
+    # allowed to change groups could give its own group every permission.
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
 
 
 admin.site.unregister(Group)

@@ -983,3 +983,52 @@ def test_memberships_changed_inline_are_audited_in_their_organization_with_befor
         "admin.organizations.membership.changed"
         in admin.get(reverse("dashboard:audit", args=["acme"])).content.decode()
     )
+
+
+def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(client, db):
+    from django.contrib.auth.models import Group, Permission
+
+    superuser = get_user_model().objects.create_superuser("root@hookline.example", "root horse battery")
+    operator = get_user_model().objects.create_user("helpdesk@hookline.example", "helpdesk horse battery")
+    operator.is_staff = True
+    operator.save()
+    codenames = ["view_user", "change_user", "delete_user", "view_group", "change_group"]
+    operator.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(operator)
+
+    own_url = reverse("admin:accounts_user_change", args=[operator.pk])
+    page = client.get(own_url)
+    assert page.status_code == 200
+    assert 'name="is_superuser"' not in page.content.decode() and 'name="user_permissions"' not in page.content.decode()
+    client.post(
+        own_url,
+        {
+            "email": operator.email,
+            "full_name": "Help desk",
+            "is_active": "on",
+            "is_staff": "on",
+            "is_superuser": "on",
+            "user_permissions": [p.pk for p in Permission.objects.all()],
+            "last_login_0": "",
+            "last_login_1": "",
+            "date_joined_0": "2026-12-01",
+            "date_joined_1": "00:00:00",
+            "memberships-TOTAL_FORMS": "0",
+            "memberships-INITIAL_FORMS": "0",
+        },
+    )
+    operator.refresh_from_db()
+    assert not operator.is_superuser and operator.user_permissions.count() == len(codenames)
+
+    # A superuser's account is read-only to them: no password reset, no deactivation, no deletion.
+    assert client.get(reverse("admin:auth_user_password_change", args=[superuser.pk])).status_code in (403, 404)
+    client.post(reverse("admin:accounts_user_change", args=[superuser.pk]), {"email": "mine@evil.example"})
+    assert client.post(reverse("admin:accounts_user_delete", args=[superuser.pk]), {"post": "yes"}).status_code == 403
+    superuser.refresh_from_db()
+    assert superuser.email == "root@hookline.example" and superuser.is_active
+
+    # Groups carry permissions: only superusers change them.
+    group = Group.objects.create(name="helpdesk")
+    operator.groups.add(group)
+    client.post(reverse("admin:auth_group_change", args=[group.pk]), {"name": "helpdesk", "permissions": [1, 2, 3]})
+    assert group.permissions.count() == 0
