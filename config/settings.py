@@ -225,6 +225,8 @@ SIGN_IN_REQUESTS_PER_EMAIL = env.int("SIGN_IN_REQUESTS_PER_EMAIL", default=5)
 SIGN_IN_REQUESTS_PER_IP = env.int("SIGN_IN_REQUESTS_PER_IP", default=20)
 SIGN_IN_CODE_TRIES_PER_IP = env.int("SIGN_IN_CODE_TRIES_PER_IP", default=30)
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+# Invitations are emails to any address: an organization sends at most this many an hour.
+INVITATIONS_PER_HOUR = env.int("INVITATIONS_PER_HOUR", default=50)
 
 # --- Secrets at rest ----------------------------------------------------------
 # Comma-separated Fernet keys, newest first. Embedded mode derives one from

@@ -85,7 +85,7 @@ def invitation_create(
 ) -> Invitation:
     """Invite ``email`` with ``role`` and email them a single-use link; an open invitation to them is replaced.
 
-    Raises PermissionDenied (members; admins inviting owners) or TeamRuleError (already a member, mail failed).
+    Raises PermissionDenied (members; admins inviting owners) or TeamRuleError (already a member, too many invitations this hour, mail failed).
     """
     actor_membership = _membership_of(organization, actor)
     _require_rank(actor_membership, Membership.Role.ADMIN)
@@ -95,6 +95,14 @@ def invitation_create(
     email = canonical_email(email)
     if Membership.objects.filter(organization=organization, user__email=email).exists():
         raise TeamRuleError(f"{email} is already a member.")
+    sent_last_hour = Invitation.objects.filter(
+        organization=organization, created_at__gte=timezone.now() - timedelta(hours=1)
+    ).count()
+    if sent_last_hour >= settings.INVITATIONS_PER_HOUR:
+        raise TeamRuleError(
+            f"{organization.name} has sent {sent_last_hour} invitations in the last hour, the most allowed. "
+            "Try again later."
+        )
 
     token = secrets.token_urlsafe(32)
     now = timezone.now()

@@ -449,3 +449,19 @@ def test_the_service_lets_anyone_leave_but_only_owners_remove(organization, owne
     assert not Membership.objects.filter(user=admin, organization=organization).exists()
     with pytest.raises(team.TeamRuleError):  # the last owner stays, even when asking to leave
         team.member_remove(organization=organization, actor=owner, membership=membership_of(owner, organization))
+
+
+def test_an_organization_sends_a_bounded_number_of_invitations_an_hour(organization, owner, settings):
+    settings.INVITATIONS_PER_HOUR = 3
+    browser = browser_for(owner)
+    for n in range(3):
+        invite(browser, f"person{n}@elsewhere.example")
+    assert len(mail.outbox) == 3
+    response = invite(browser, "one-more@elsewhere.example")
+    assert response.status_code == 302
+    assert "3 invitations in the last hour" in browser.get(TEAM).content.decode()
+    assert len(mail.outbox) == 3 and not Invitation.objects.filter(email="one-more@elsewhere.example").exists()
+    # An hour later the organization may invite again.
+    Invitation.objects.update(created_at=timezone.now() - timedelta(hours=1, seconds=1))
+    invite(browser, "one-more@elsewhere.example")
+    assert Invitation.objects.filter(email="one-more@elsewhere.example").exists() and len(mail.outbox) == 4
