@@ -256,7 +256,7 @@ SELECT
         SELECT waiting.destination_id FROM waiting
         JOIN webhooks_destination ON webhooks_destination.id = waiting.destination_id
         WHERE webhooks_destination.is_active AND webhooks_destination.paused_at IS NULL
-            AND waiting.oldest <= %(now)s AND NOT (waiting.destination_id = ANY(%(exclude)s))
+            AND waiting.oldest <= %(now)s AND NOT (waiting.destination_id = ANY(%(exclude)s::bigint[]))
         ORDER BY waiting.oldest, waiting.destination_id
         LIMIT %(count)s
     )
