@@ -14,7 +14,8 @@ the claimed deliveries released after each round) in these scenarios:
   paused backlog   the same backlog, its destination paused (circuit breaker), K=10
 
 Every scenario also has one more destination with --future pending deliveries that are
-not due yet (a failing receiver in back-off). For the fallback, the queries that choose the
+not due yet (a failing receiver in back-off), and --backing-off destinations with one such
+delivery each (default none). For the fallback, the queries that choose the
 destinations (those before it locks them) are EXPLAIN ANALYZEd once per scenario.
 
     .venv/bin/python bench/claiming.py [--destinations 100,1000,10000] [--backlog 50000]
@@ -59,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-concurrency", type=int, default=5, help="the slow destination's cap (all in flight)")
     parser.add_argument("--others", type=int, default=300, help="due deliveries at the other destinations")
     parser.add_argument("--future", type=int, default=10_000, help="pending, not yet due, at one destination")
+    parser.add_argument(
+        "--backing-off", type=int, default=0, help="destinations with one pending delivery not due yet (back-off)"
+    )
     parser.add_argument("--limit", type=int, default=32, help="claim_due_deliveries(limit): the free threads")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--scenarios", default="", help="comma-separated subset: ordinary,k0,k10,khalf,paused")
@@ -85,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"at most {MAX_DESTINATIONS:,} destinations and {MAX_BACKLOG:,} backlog deliveries")
     if not 0 < args.limit <= 256 or not 0 < args.rounds <= 500 or args.others < 0 or not 0 <= args.future <= 100_000:
         parser.error("0 < --limit <= 256, 0 < --rounds <= 500, --others >= 0, 0 <= --future <= 100000")
+    if not 0 <= args.backing_off <= args.destinations[0]:
+        parser.error("0 <= --backing-off <= the smallest --destinations")
     if args.backlog and args.backlog < 4 * args.limit:
         parser.error("--backlog must fill the first look (4 * --limit) for the fallback to run")
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()} or {
@@ -189,7 +195,7 @@ class World:
 
     def ensure_events(self, backlog: int, others: int, future: int) -> None:
         """The events the deliveries point at (made once; a delivery needs one per destination)."""
-        wanted = {"bl": backlog, "ot": others, "fu": future}
+        wanted = {"bl": backlog, "ot": others, "fu": max(future, 1)}
         for prefix, count in wanted.items():
             self.sql(
                 """
@@ -206,9 +212,12 @@ class World:
                 [prefix, prefix, count, self.source_id],
             )
 
-    def reset_deliveries(self, *, backlog: int, max_concurrency: int, others: int, spread: list[int], future: int):
+    def reset_deliveries(
+        self, *, backlog: int, max_concurrency: int, others: int, spread: list[int], future: int, backing_off: list[int]
+    ):
         """All deliveries replaced: the slow destination's backlog (its cap's worth in flight),
-        ``others`` due deliveries spread over ``spread``, and ``future`` not due yet."""
+        ``others`` due deliveries spread over ``spread``, ``future`` not due yet at one destination,
+        and one not due yet at each of ``backing_off``."""
         self.sql("DELETE FROM webhooks_delivery")
         self.sql(
             "UPDATE webhooks_destination SET max_concurrency = %s, paused_at = NULL WHERE id = %s",
@@ -246,6 +255,18 @@ class World:
                     destination="%s",
                 ),
                 [self.future_id, "fu\\_%", future],
+            )
+        if backing_off:
+            self.sql(
+                """
+                INSERT INTO webhooks_delivery (id, organization_id, event_id, destination_id, is_replay, status,
+                    attempt_count, manual_attempts, next_attempt_at, claimed_at, last_error, created_at)
+                SELECT gen_random_uuid(), d.organization_id, e.id, d.id, false, 'pending', 2, 0,
+                    now() + interval '30 minutes', NULL, '', now()
+                FROM webhooks_destination d, webhooks_webhookevent e
+                WHERE d.id = ANY(%s::bigint[]) AND e.provider_event_id = 'fu_1'
+                """,
+                [backing_off],
             )
         if others and spread:
             # Due within the last half hour: younger than the whole backlog.
@@ -377,6 +398,7 @@ def main(argv=None) -> int:
             "max_concurrency": args.max_concurrency,
             "others": args.others,
             "future": args.future,
+            "backing_off": args.backing_off,
             "rounds": args.rounds,
         },
         "results": [],
@@ -424,6 +446,7 @@ def main(argv=None) -> int:
                     others=others,
                     spread=spread_over(ids, k),
                     future=args.future,
+                    backing_off=spread_over(ids[::-1], args.backing_off),
                 )
                 if paused:
                     world.pause_backlog()
@@ -460,6 +483,7 @@ def print_table(report: dict) -> None:
     print(
         f"\nOne claim_due_deliveries({config['limit']}) round; backlog {config['backlog']:,} due at one destination "
         f"(max_concurrency {config['max_concurrency']}, all in flight); {config['future']:,} not due at another; "
+        f"{config.get('backing_off', 0):,} destinations backing off (one not due each); "
         f"{config['rounds']} rounds; PostgreSQL {config.get('postgresql')}"
     )
     print(
