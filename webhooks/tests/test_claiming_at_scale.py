@@ -1,0 +1,160 @@
+"""Claiming behind a backlog: which other destinations are served, and at what cost in queries.
+
+The fallback of claim_due_deliveries walks the destinations that have pending deliveries
+(_waiting_longest) and, past WAITING_WALK_MAX_STEPS of them, probes every active destination
+instead (_waiting_longest_by_probes). Both ways must choose the same destinations.
+"""
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.services import delivery as delivery_service
+
+from .factories import make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+
+def postgresql_only():
+    if connection.vendor != "postgresql":  # the embedded mode keeps a query per destination
+        pytest.skip("the walk and the one-query fetch are PostgreSQL's")
+
+
+class Seeder:
+    def __init__(self, organization):
+        self.organization = organization
+        self.source = make_source(organization)
+        self.made = 0
+
+    def destination(self, name, **fields):
+        destination, _ = make_destination(self.organization, f"http://127.0.0.1:9/{name}")
+        if fields:
+            Destination.objects.filter(pk=destination.pk).update(**fields)
+        return destination
+
+    def deliveries(self, destination, count, *, waited, status=Delivery.Status.PENDING):
+        """``count`` deliveries to ``destination``; the first due ``waited`` ago, each next one a second later."""
+        now = timezone.now()
+        made = []
+        for n in range(count):
+            self.made += 1
+            event = WebhookEvent.objects.create(
+                organization=self.organization, source=self.source, body=b"{}", status="processed"
+            )
+            made.append(
+                Delivery.objects.create(
+                    organization=self.organization,
+                    event=event,
+                    destination=destination,
+                    status=status,
+                    next_attempt_at=now - waited + timedelta(seconds=n),
+                )
+            )
+        return [d.pk for d in made]
+
+
+@pytest.fixture
+def seeder(organization):
+    return Seeder(organization)
+
+
+@pytest.fixture(params=["walk", "probes"])
+def way(request, monkeypatch):
+    if request.param == "probes":  # the walk gives way at once
+        monkeypatch.setattr(delivery_service, "WAITING_WALK_MAX_STEPS", 1)
+    return request.param
+
+
+def test_behind_a_backlog_the_destinations_waiting_longest_are_served_within_their_caps(seeder, way):
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    backlog_ids = seeder.deliveries(backlog, 30, waited=timedelta(hours=3))
+    a_ids = seeder.deliveries(seeder.destination("a"), 2, waited=timedelta(minutes=30))
+    b_ids = seeder.deliveries(seeder.destination("b", max_concurrency=2), 3, waited=timedelta(minutes=10))
+    c_ids = seeder.deliveries(seeder.destination("c"), 1, waited=timedelta(seconds=5))
+    # Waiting longer, yet not to be sent: paused, turned off, or not due yet (a back-off).
+    seeder.deliveries(seeder.destination("paused", paused_at=timezone.now()), 2, waited=timedelta(hours=2))
+    seeder.deliveries(seeder.destination("off", is_active=False), 2, waited=timedelta(hours=2))
+    seeder.deliveries(seeder.destination("later"), 3, waited=-timedelta(hours=1))
+
+    # 4 slots: the first look (16 candidates) is all backlog, which may take 1; then the
+    # destination that has waited longest takes what it has, the next one what is left.
+    claimed = {d.pk for d in delivery_service.claim_due_deliveries(4)}
+    assert claimed == {backlog_ids[0], *a_ids, b_ids[0]}
+    Delivery.objects.filter(pk__in=claimed).update(status=Delivery.Status.SUCCEEDED)
+
+    # 6 slots: b up to its cap of 2, then c.
+    claimed = {d.pk for d in delivery_service.claim_due_deliveries(6)}
+    assert claimed == {backlog_ids[1], *b_ids[1:], c_ids[0]}
+
+
+def test_behind_a_backlog_destinations_waiting_as_long_are_taken_in_the_order_they_were_made(seeder, way):
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    Delivery.objects.filter(pk__in=seeder.deliveries(backlog, 10, waited=timedelta(hours=1))[:1]).update(
+        status=Delivery.Status.IN_FLIGHT
+    )
+    same_age = [seeder.destination(f"same{n}") for n in range(3)]
+    for destination in reversed(same_age):
+        seeder.deliveries(destination, 1, waited=timedelta(minutes=5))
+    Delivery.objects.filter(destination__in=same_age).update(next_attempt_at=timezone.now() - timedelta(minutes=5))
+    claimed = delivery_service.claim_due_deliveries(2)  # the first look: 8 candidates, all backlog
+    assert {d.destination_id for d in claimed} == {same_age[0].pk, same_age[1].pk}  # not the last one made
+
+
+def test_a_claim_behind_a_backlog_costs_the_same_queries_for_few_or_many_waiting_destinations(seeder, way):
+    postgresql_only()
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    seeder.deliveries(backlog, 130, waited=timedelta(hours=1))
+    counts = []
+    for waiting in (3, 30):
+        Delivery.objects.exclude(destination=backlog).delete()
+        for n in range(waiting):
+            seeder.deliveries(seeder.destination(f"w{waiting}_{n}"), 1, waited=timedelta(minutes=n + 1))
+        with CaptureQueriesContext(connection) as queries:
+            claimed = delivery_service.claim_due_deliveries(32)
+        assert len(claimed) == 1 + waiting
+        Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(
+            status=Delivery.Status.PENDING, attempt_count=0, claimed_at=None
+        )
+        counts.append(len(queries.captured_queries))
+    assert counts[0] == counts[1]  # not one query per destination
+
+
+def test_the_walk_gives_way_when_more_destinations_have_deliveries_waiting_than_it_may_visit(seeder, monkeypatch):
+    postgresql_only()
+    now = timezone.now()
+    waiting = [seeder.destination(f"w{n}") for n in range(4)]
+    for n, destination in enumerate(waiting):
+        seeder.deliveries(destination, 1, waited=timedelta(minutes=10 - n))
+    monkeypatch.setattr(delivery_service, "WAITING_WALK_MAX_STEPS", 5)
+    assert delivery_service._waiting_longest(now, exclude=[waiting[0].pk], count=2) == [w.pk for w in waiting[1:3]]
+    monkeypatch.setattr(delivery_service, "WAITING_WALK_MAX_STEPS", 4)
+    assert delivery_service._waiting_longest(now, exclude=[waiting[0].pk], count=2) is None
+    assert delivery_service._waiting_longest_by_probes(now, exclude=[waiting[0].pk], count=2) == [
+        w.pk for w in waiting[1:3]
+    ]
+    # Nothing pending anywhere: an empty walk.
+    Delivery.objects.all().delete()
+    assert delivery_service._waiting_longest(now, exclude=[], count=2) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_behind_a_backlog_a_delivery_another_dispatcher_holds_is_skipped(seeder, way):
+    postgresql_only()
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    seeder.deliveries(backlog, 10, waited=timedelta(hours=1))
+    quiet = seeder.destination("quiet")
+    held, free = seeder.deliveries(quiet, 2, waited=timedelta(minutes=5))
+    settings = connection.settings_dict
+    with psycopg.connect(
+        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"], port=settings["PORT"] or 5432
+    ) as other:
+        other.execute("SELECT 1 FROM webhooks_delivery WHERE id = %s FOR NO KEY UPDATE", [held])
+        claimed = delivery_service.claim_due_deliveries(2)  # the first look: 8 candidates, all backlog
+        other.rollback()
+    assert {d.pk for d in claimed} - {d.pk for d in claimed if d.destination_id == backlog.pk} == {free}
