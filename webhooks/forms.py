@@ -184,7 +184,10 @@ class DestinationForm(forms.Form):
     event_types = forms.CharField(
         label="Event types",
         required=False,
-        help_text="Comma-separated patterns such as invoice.*, push. Empty sends every event type.",
+        help_text=(
+            "Comma-separated patterns such as invoice.*, push. A name also takes the types under it "
+            "(issues takes issues.opened). Empty sends every event type."
+        ),
     )
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)
 

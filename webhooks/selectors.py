@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
-from fnmatch import fnmatchcase
 
 from django.core.cache import cache
 from django.db import connection
@@ -14,6 +13,7 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from organizations.models import AuditLog, Organization
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from .models.subscription import WILDCARDS, event_type_matches
 
 
 def sources_for_organization(*, organization: Organization) -> QuerySet[Source]:
@@ -168,18 +168,18 @@ def _filtered_events(
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.event_type:
-        if any(character in filters.event_type for character in "*?["):
-            # Read as destination filters read it (fnmatch), so "invoice.*" finds what that
-            # filter sends. Matched against the organization's event types rather than row by
-            # row where they are few enough to list: a pattern that matches nothing then reads
-            # no event, and a rare one is found through the (organization, event_type) index.
-            matching_types = organization_event_types_matching(organization=organization, pattern=filters.event_type)
-            if matching_types is None:
-                events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(filters.event_type))
-            else:
-                events = events.filter(event_type__in=matching_types)
+        # Read as destination filters read it (event_type_matches), so "invoice.*" or "issues"
+        # finds what that filter sends. Matched against the organization's event types rather
+        # than row by row where they are few enough to list: a pattern that matches nothing
+        # then reads no event, and a rare one is found through the (organization, event_type) index.
+        pattern = filters.event_type
+        matching_types = organization_event_types_matching(organization=organization, pattern=pattern)
+        if matching_types is not None:
+            events = events.filter(event_type__in=matching_types)
+        elif any(character in pattern for character in WILDCARDS):
+            events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(pattern))
         else:
-            events = events.filter(event_type=filters.event_type)
+            events = events.filter(Q(event_type=pattern) | Q(event_type__startswith=pattern + "."))
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
@@ -246,7 +246,7 @@ EVENT_TYPES_LISTED_FOR_PATTERNS = 500
 
 
 def organization_event_types_matching(*, organization: Organization, pattern: str) -> list[str] | None:
-    """The organization's event types that fnmatch `pattern`; None if it has too many to list.
+    """The organization's event types that `pattern` takes (event_type_matches); None if it has too many to list.
 
     Reads each distinct type once by skipping through the (organization, event_type) index
     (a recursive query: PostgreSQL has no skip scan), so the cost grows with the number of
@@ -272,7 +272,7 @@ def organization_event_types_matching(*, organization: Organization, pattern: st
         event_types = [row[0] for row in cursor.fetchall()]
     if len(event_types) > EVENT_TYPES_LISTED_FOR_PATTERNS:
         return None
-    return [event_type for event_type in event_types if fnmatchcase(event_type, pattern)]
+    return [event_type for event_type in event_types if event_type_matches(event_type, pattern)]
 
 
 def shell_pattern_as_postgres_regex(pattern: str) -> str:

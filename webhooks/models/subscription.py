@@ -4,6 +4,17 @@ from django.db import models
 
 from organizations.models import Organization
 
+WILDCARDS = "*?["
+
+
+def event_type_matches(event_type: str, pattern: str) -> bool:
+    """Whether a filter pattern takes an event type: shell-style (``*``, ``?``, ``[set]``, as
+    fnmatch reads them), and a pattern without wildcards also takes the types named under it,
+    since that is how providers group them ("issues" takes GitHub's "issues.opened")."""
+    if fnmatchcase(event_type, pattern):
+        return True
+    return not any(character in pattern for character in WILDCARDS) and event_type.startswith(pattern + ".")
+
 
 class Subscription(models.Model):
     """Events of a source go to a destination, optionally only some event types."""
@@ -11,7 +22,7 @@ class Subscription(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     source = models.ForeignKey("webhooks.Source", on_delete=models.CASCADE, related_name="subscriptions")
     destination = models.ForeignKey("webhooks.Destination", on_delete=models.CASCADE, related_name="subscriptions")
-    # Glob patterns such as "invoice.*"; empty means every event type.
+    # Patterns such as "invoice.*" or "issues" (see event_type_matches); empty means every event type.
     event_types = models.JSONField(default=list, blank=True)
 
     class Meta:
@@ -23,4 +34,4 @@ class Subscription(models.Model):
         return f"{self.source} → {self.destination}"
 
     def matches(self, event_type: str) -> bool:
-        return not self.event_types or any(fnmatchcase(event_type, pattern) for pattern in self.event_types)
+        return not self.event_types or any(event_type_matches(event_type, pattern) for pattern in self.event_types)

@@ -131,7 +131,8 @@ def test_events_filters_by_status_source_type_destination_and_time(client, owner
     assert len(listed_ids(client.get(url, {"event_type": "invoice.*"}))) == 3  # wildcards as in destination filters
     assert len(listed_ids(client.get(url, {"event_type": "*.paid"}))) == 3
     assert len(listed_ids(client.get(url, {"event_type": "*"}))) == 8
-    assert listed_ids(client.get(url, {"event_type": "invoice"})) == []  # without a wildcard: exact
+    assert len(listed_ids(client.get(url, {"event_type": "invoice"}))) == 3  # a name takes the types under it
+    assert listed_ids(client.get(url, {"event_type": "invoic"})) == []  # but no other prefix
     assert len(listed_ids(client.get(url, {"event_type": "invoice?pai[cd]"}))) == 3  # ? and sets as in filters too
     assert listed_ids(client.get(url, {"event_type": "invoice.pai[!d]"})) == []
     assert listed_ids(client.get(url, {"status": "failed"})) == [many_events["ids"][3]]
@@ -169,6 +170,22 @@ def test_event_type_patterns_are_matched_against_the_organization_s_types(
     monkeypatch.setattr(selectors, "EVENT_TYPES_LISTED_FOR_PATTERNS", 2)
     assert selectors.organization_event_types_matching(organization=organization, pattern="*") is None
     assert {pattern: listed_ids(client.get(url, {"event_type": pattern})) for pattern in listed} == listed
+
+
+def test_a_name_without_wildcards_finds_the_types_under_it_as_destination_filters_do(
+    client, owner, organization, many_events, monkeypatch
+):
+    from webhooks import selectors
+
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    ingest_stripe(client, make_source(organization), "evt_invoicex", "invoicex.paid")  # not under "invoice"
+    found = {
+        name: len(listed_ids(client.get(url, {"event_type": name}))) for name in ("invoice", "invoice.paid", "inv")
+    }
+    assert found == {"invoice": 3, "invoice.paid": 3, "inv": 0}
+    monkeypatch.setattr(selectors, "EVENT_TYPES_LISTED_FOR_PATTERNS", 2)  # matched row by row
+    assert {name: len(listed_ids(client.get(url, {"event_type": name}))) for name in found} == found
 
 
 def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_organization, many_events):

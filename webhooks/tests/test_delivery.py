@@ -188,6 +188,16 @@ def test_event_type_filters_and_sources_route_events(client, organization, https
     assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 2
 
 
+def test_a_name_filter_routes_the_types_under_it(client, organization, httpserver):
+    # GitHub's "issues" events are stored as "issues.opened"…: a tenant's "issues" must take them.
+    source = make_source(organization)
+    family, _ = make_destination(organization, httpserver.url_for("/a"), sources=[source], event_types=["invoice"])
+    make_destination(organization, httpserver.url_for("/b"), sources=[source], event_types=["invoic"])
+    ingest(client, source)
+    processing.process_received_events()
+    assert list(Delivery.objects.values_list("destination", flat=True)) == [family.pk]
+
+
 def test_two_workers_never_claim_the_same_attempt(client, organization, httpserver):
     source = make_source(organization)
     make_destination(organization, httpserver.url_for("/hook"), sources=[source])

@@ -101,3 +101,24 @@ def test_the_translation_agrees_with_fnmatch_on_random_patterns():
     ]
     assert disagreements[:10] == []
     assert sum(matched for matched in _postgres_matches(pairs)) > 100  # the cases are not all misses
+
+
+@pytest.mark.parametrize(
+    "event_type,pattern,matched",
+    [
+        ("issues.opened", "issues", True),  # GitHub names its types event.action
+        ("issues", "issues", True),
+        ("issue_comment.created", "issues", False),
+        ("issuesx.opened", "issues", False),
+        ("customer.subscription.created", "customer.subscription", True),
+        ("customer.subscription", "customer.subscription.created", False),
+        ("orders/create", "orders", False),  # only a dot starts the types under a name
+        ("invoice.paid", "invoice.*", True),
+        ("invoice.paid", "invoice.p?", False),  # wildcards keep fnmatch's reading, nothing more
+        ("invoice.paid.late", "invoice.pai[d]", False),
+    ],
+)
+def test_a_name_without_wildcards_also_takes_the_types_under_it(event_type, pattern, matched):
+    from webhooks.models.subscription import event_type_matches
+
+    assert event_type_matches(event_type, pattern) is matched
