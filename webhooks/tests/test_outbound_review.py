@@ -1,0 +1,145 @@
+"""The outbound review: what Hookline sends to a destination, and how it takes odd answers.
+
+Receivers are raw sockets on 127.0.0.1, so every byte sent and answered is under the test's control.
+"""
+
+import json
+import re
+import socket
+import threading
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from webhooks.models import Delivery, DeliveryAttempt
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import post_stripe
+
+
+class RawReceiver:
+    """Answers every request on a connection with ``answer`` (bytes, or a function of the connection)
+    and keeps the raw requests it read."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _read_request(self, connection, pending: bytes) -> tuple[bytes | None, bytes]:
+        while b"\r\n\r\n" not in pending:
+            piece = connection.recv(65536)
+            if not piece:
+                return None, b""
+            pending += piece
+        head, _, rest = pending.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+        while len(rest) < length:
+            rest += connection.recv(65536)
+        return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+    def _handle(self, connection):
+        with connection:
+            connection.settimeout(10)
+            pending = b""
+            try:
+                while True:
+                    request, pending = self._read_request(connection, pending)
+                    if request is None:
+                        return
+                    self.requests.append(request)
+                    if callable(self.answer):
+                        self.answer(connection)
+                    else:
+                        connection.sendall(self.answer)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def receiver():
+    receivers = []
+
+    def start(answer):
+        receivers.append(RawReceiver(answer))
+        return receivers[-1]
+
+    yield start
+    for one in receivers:
+        one.close()
+
+
+def parse_request(raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
+    return request_line, headers, body
+
+
+# --- What is sent ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_request_is_signed_verifiably_byte_exact_and_without_the_providers_private_headers(
+    client, organization, receiver, monkeypatch
+):
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    destination_receiver = receiver(b"HTTP/1.1 204 No Content\r\n\r\n")
+    source = make_source(organization)
+    _, secret = make_destination(organization, destination_receiver.url, sources=[source])
+    # Unusual but valid JSON bytes: spacing, escapes and non-ASCII must reach the receiver unchanged.
+    body = '{"id": "evt_1",  "object":"event","type":"invoice.paid","note":"caf\\u00e9 \u2603 \\"q\\""}\n'
+    provider_headers = {
+        "HTTP_AUTHORIZATION": "Bearer provider-token",
+        "HTTP_COOKIE": "session=abc",
+        "HTTP_X_FORWARDED_FOR": "203.0.113.9",
+        "HTTP_X_FORWARDED_HOST": "hookline.example",
+        "HTTP_X_REAL_IP": "203.0.113.9",
+        "HTTP_CONNECTION": "keep-alive, X-Custom",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "HTTP_WEBHOOK_SIGNATURE": "v1,forged",
+        "HTTP_X_PROVIDER_DELIVERY": "d-42",
+    }
+    assert post_stripe(client, source, body, STRIPE_SECRET, **provider_headers).status_code == 200
+    processing.process_received_events()
+    assert delivery_service.dispatch_due_deliveries(threads=1) == 1
+    assert Delivery.objects.get().status == "succeeded"
+
+    request_line, headers, sent_body = parse_request(destination_receiver.requests[0])
+    assert request_line == "POST /hook HTTP/1.1"
+    assert sent_body == body.encode()
+    names = [name.lower() for name, _ in headers]
+    assert len(names) == len(set(names)), f"a header is sent twice: {names}"
+    for private in ("authorization", "cookie", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "transfer-encoding"):
+        assert private not in names
+    as_dict = {name.lower(): value for name, value in headers}
+    assert as_dict["host"] == f"127.0.0.1:{destination_receiver.port}"
+    assert as_dict["content-length"] == str(len(body.encode()))
+    assert as_dict["x-provider-delivery"] == "d-42"  # the provider's own headers are passed on
+    assert "forged" not in as_dict["webhook-signature"]
+    # The receiver's side: the official Standard Webhooks package accepts the signature.
+    verified = Webhook(secret).verify(sent_body, {name: value for name, value in headers})
+    assert verified == json.loads(body)
+    # The attempt's record keeps the request headers but never the signature.
+    assert "webhook-signature" not in {name.lower() for name in DeliveryAttempt.objects.get().request_headers}
