@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from webhooks.models import Delivery, DeliveryAttempt
 from webhooks.services import delivery as delivery_service
-from webhooks.services import processing
+from webhooks.services import outbound, processing
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
@@ -143,3 +143,32 @@ def test_the_request_is_signed_verifiably_byte_exact_and_without_the_providers_p
     assert verified == json.loads(body)
     # The attempt's record keeps the request headers but never the signature.
     assert "webhook-signature" not in {name.lower() for name in DeliveryAttempt.objects.get().request_headers}
+
+
+# --- Odd answers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 102 Processing\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"]
+)
+def test_interim_answers_are_passed_over_to_the_final_one(receiver, interim, settings):
+    # RFC 9110 15.2: a client must parse 1xx answers it did not expect before the final answer.
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    hinting = receiver(interim + interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = outbound.post(hinting.url, body=b"{}", headers={}, timeout=5)
+    assert (response.status, response.body, response.error) == (200, "ok", "")
+    # The connection is still in step: the next attempt gets its own answer, on the same connection.
+    again = outbound.post(hinting.url, body=b"{}", headers={}, timeout=5)
+    assert (again.status, again.body) == (200, "ok")
+    assert hinting.connections == 1
+
+
+def test_an_upgrade_nobody_asked_for_is_a_failed_attempt(receiver, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    upgrading = receiver(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    response = outbound.post(upgrading.url, body=b"{}", headers={}, timeout=5)
+    assert response.status is None
+    assert "101" in response.error
+    # The connection no longer speaks HTTP: the next attempt opens a new one.
+    assert outbound.post(upgrading.url, body=b"{}", headers={}, timeout=5).status is None
+    assert upgrading.connections == 2
