@@ -300,6 +300,13 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
     except ValueError:
         raise DestinationNotAllowed("the URL has an invalid port") from None
     host = parts.hostname
+    if not host.isascii():
+        # The ASCII (IDNA) form, as getaddrinfo() would look it up: the name checked and looked up
+        # is then the one sent in the Host header and for TLS, which must be ASCII.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     try:
         infos = _address_infos(host, port, timeout)
     except (socket.gaierror, UnicodeError):

@@ -172,3 +172,51 @@ def test_an_upgrade_nobody_asked_for_is_a_failed_attempt(receiver, settings):
     # The connection no longer speaks HTTP: the next attempt opens a new one.
     assert outbound.post(upgrading.url, body=b"{}", headers={}, timeout=5).status is None
     assert upgrading.connections == 2
+
+
+# --- Host names -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resolving_to_loopback(monkeypatch, settings):
+    """Names ending in .example resolve to 127.0.0.1 (the address check is the one for private addresses)."""
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    outbound.forget_resolved_hosts()
+    real_getaddrinfo = socket.getaddrinfo
+    asked = []
+
+    def fake(host, port, *args, **kwargs):
+        if isinstance(host, str) and host.rstrip(".").endswith(".example"):
+            asked.append(host)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", fake)
+    yield asked
+    outbound.forget_resolved_hosts()
+
+
+@pytest.mark.parametrize(
+    ("name", "ascii_name"),
+    [
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("☃.example", "xn--n3h.example"),
+        ("EXAMPLE.example", "example.example"),
+    ],
+)
+def test_an_international_host_name_is_sent_in_its_ascii_form(receiver, resolving_to_loopback, name, ascii_name):
+    # A Host header must be ASCII: the raw name was sent in latin-1 or, outside latin-1, not at all.
+    ok = receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    response = outbound.post(f"http://{name}:{ok.port}/hook", body=b"{}", headers={}, timeout=5)
+    assert (response.status, response.error) == (200, "")
+    headers = dict(parse_request(ok.requests[0])[1])
+    assert headers["Host"] == f"{ascii_name}:{ok.port}"
+    assert resolving_to_loopback == [ascii_name]  # the name looked up is the name sent
+
+
+def test_an_international_host_name_is_checked_like_any_other(resolving_to_loopback, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    with pytest.raises(outbound.DestinationNotAllowed, match="private or reserved"):
+        outbound.resolve_destination("http://bücher.example/hook")
+    with pytest.raises(outbound.DestinationNotAllowed, match="private or reserved"):
+        outbound.resolve_destination("http://ｌocalhost/hook")  # full-width l: the name localhost
