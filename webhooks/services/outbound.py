@@ -399,6 +399,10 @@ def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> O
     except urllib3.exceptions.HTTPError as exc:
         if watchdog.fired:  # the watchdog cut the connection at the deadline
             return replace(timed_out, duration_ms=elapsed())
+        if any(isinstance(arg, TimeoutError) for arg in exc.args):  # urllib3's word for a send that timed out
+            return replace(
+                timed_out, duration_ms=elapsed(), error="timed out sending the request: the receiver stopped reading it"
+            )
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
 

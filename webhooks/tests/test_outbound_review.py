@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -172,6 +173,19 @@ def test_an_upgrade_nobody_asked_for_is_a_failed_attempt(receiver, settings):
     # The connection no longer speaks HTTP: the next attempt opens a new one.
     assert outbound.post(upgrading.url, body=b"{}", headers={}, timeout=5).status is None
     assert upgrading.connections == 2
+
+
+def test_a_request_that_cannot_be_sent_out_in_time_is_reported_as_timed_out(settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    with socket.socket() as never_reads:  # the kernel takes the connection; nobody ever reads it
+        never_reads.bind(("127.0.0.1", 0))
+        never_reads.listen(1)
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{never_reads.getsockname()[1]}/hook"
+        response = outbound.post(url, body=b"x" * 50_000_000, headers={}, timeout=1.0)
+    assert time.monotonic() - started < 1.0 + outbound.CUT_GRACE_SECONDS + 1
+    assert response.status is None
+    assert response.error == "timed out sending the request: the receiver stopped reading it"
 
 
 # --- Host names -----------------------------------------------------------------------------
