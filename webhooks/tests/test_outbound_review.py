@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from webhooks.models import Delivery, DeliveryAttempt
 from webhooks.services import delivery as delivery_service
 from webhooks.services import outbound, processing
+from webhooks.services.destinations import DestinationError, destination_check_url
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
@@ -234,3 +235,30 @@ def test_an_international_host_name_is_checked_like_any_other(resolving_to_loopb
         outbound.resolve_destination("http://bücher.example/hook")
     with pytest.raises(outbound.DestinationNotAllowed, match="private or reserved"):
         outbound.resolve_destination("http://ｌocalhost/hook")  # full-width l: the name localhost
+
+
+# --- Hookline's own ingest URLs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hookline.example/in/tok_1/",
+        "https://HOOKLINE.example:443/in/tok_1/",
+        "https://hookline.example./in/tok_1/",  # a trailing dot: the same host (Django accepts it)
+        "https://ｈookline.example/in/tok_1/",  # full-width h: the same host in its IDNA form
+        "https://hookline.example/%69n/tok_1/",  # the server decodes the path before routing it
+        "https://hookline.example//in/tok_1/",
+        "https://hookline.example/x/../in/tok_1",
+    ],
+)
+def test_hookline_s_own_ingest_urls_are_refused_however_spelled(settings, url):
+    settings.PUBLIC_BASE_URL = "https://hookline.example"
+    with pytest.raises(DestinationError, match="loop back"):
+        destination_check_url(url)
+
+
+def test_other_paths_on_hookline_s_host_are_not_taken_for_its_ingest_urls(settings, resolving_to_loopback):
+    settings.PUBLIC_BASE_URL = "https://hookline.example"
+    destination_check_url("https://hookline.example/inbox/tok_1/")
+    destination_check_url("https://hookline.example:8443/in/tok_1/")
