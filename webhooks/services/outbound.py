@@ -296,9 +296,12 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DestinationNotAllowed("the URL must be http:// or https:// with a host name")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise DestinationNotAllowed("the URL has an invalid port") from None
+        port = 0
+    if port == 0:  # :0 would have been taken for no port, and the request sent to port 80 or 443
+        raise DestinationNotAllowed("the URL has an invalid port")
+    port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     if not host.isascii():
         # The ASCII (IDNA) form, as getaddrinfo() would look it up: the name checked and looked up

@@ -262,3 +262,17 @@ def test_other_paths_on_hookline_s_host_are_not_taken_for_its_ingest_urls(settin
     settings.PUBLIC_BASE_URL = "https://hookline.example"
     destination_check_url("https://hookline.example/inbox/tok_1/")
     destination_check_url("https://hookline.example:8443/in/tok_1/")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://93.184.215.14:0/hook", "https://93.184.215.14:00/hook", "http://93.184.215.14:99999/"]
+)
+def test_a_port_that_cannot_be_connected_to_is_refused(url):
+    # Port 0 was read as no port at all, and the request went to port 80 (or 443).
+    with pytest.raises(outbound.DestinationNotAllowed, match="invalid port"):
+        outbound.resolve_destination(url)
+
+
+def test_a_url_without_a_port_goes_to_the_scheme_s_port():
+    assert outbound.resolve_destination("http://93.184.215.14/hook")[2] == 80
+    assert outbound.resolve_destination("https://93.184.215.14/hook")[2] == 443
