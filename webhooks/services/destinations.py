@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import posixpath
+import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -34,7 +36,7 @@ def destination_check_url(url: str) -> None:
         raise DestinationError(f"the URL is longer than {max_length} characters")
     target = urlsplit(url)
     own = urlsplit(settings.PUBLIC_BASE_URL.rstrip("/") + "/in/")
-    if _host_and_port(target) == _host_and_port(own) and target.path.startswith(own.path):
+    if _host_and_port(target) == _host_and_port(own) and _routed_path(target.path).startswith(_routed_path(own.path)):
         raise DestinationError("the URL is one of Hookline's own ingest URLs: every event would loop back")
     if "@" in target.netloc:
         raise DestinationError(
@@ -48,11 +50,25 @@ def destination_check_url(url: str) -> None:
 
 
 def _host_and_port(parts) -> tuple:
+    """The host as it is reached (IDNA form, no trailing dot: what DNS and Django's host check
+    make of it) and the port, so that another spelling of Hookline's host is still Hookline's."""
     try:
         port = parts.port
     except ValueError:  # an invalid port: resolve_destination() explains it
         port = None
-    return parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme)
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:  # no host name at all: resolve_destination() refuses it
+        pass
+    return host, port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _routed_path(path: str) -> str:
+    """The path as a server routes it: percent-decoded, repeated slashes and dot segments
+    resolved (as a proxy in front of Hookline does), with a trailing slash."""
+    path = posixpath.normpath("/" + re.sub(r"/+", "/", unquote(path)))
+    return path.rstrip("/") + "/"
 
 
 def _check_settings(name: str, timeout_seconds: float | None) -> None:

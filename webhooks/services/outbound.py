@@ -7,6 +7,7 @@ and connect). Redirects are never followed.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import os
 import socket
@@ -128,8 +129,27 @@ class _WatchedAttempts:
 _watched = _WatchedAttempts()
 
 
+class _FinalResponse(http.client.HTTPResponse):
+    """http.client's response, passing over every interim (1xx) answer to the final one.
+
+    http.client passes over "100 Continue" only: any other 1xx (102 Processing, 103 Early Hints)
+    was taken for the answer, so the attempt failed on a receiver that went on to answer 200
+    (RFC 9110 15.2: a client must parse the 1xx answers it did not expect). 101 is left as the
+    answer: it ends HTTP on the connection, and ``_send`` reports it as a failure.
+    """
+
+    def _read_status(self):
+        while True:
+            version, status, reason = super()._read_status()
+            if status in (http.client.CONTINUE, http.client.SWITCHING_PROTOCOLS) or not 100 <= status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers, bounded as any are
+
+
 class _Watched:
     """Mixin for urllib3's connection classes: report the socket to this thread's watchdog."""
+
+    response_class = _FinalResponse
 
     def _report_socket(self):
         watchdog = getattr(_attempt, "watchdog", None)
@@ -276,10 +296,20 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DestinationNotAllowed("the URL must be http:// or https:// with a host name")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise DestinationNotAllowed("the URL has an invalid port") from None
+        port = 0
+    if port == 0:  # :0 would have been taken for no port, and the request sent to port 80 or 443
+        raise DestinationNotAllowed("the URL has an invalid port")
+    port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
+    if not host.isascii():
+        # The ASCII (IDNA) form, as getaddrinfo() would look it up: the name checked and looked up
+        # is then the one sent in the Host header and for TLS, which must be ASCII.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     try:
         infos = _address_infos(host, port, timeout)
     except (socket.gaierror, UnicodeError):
@@ -336,14 +366,28 @@ def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> O
             timeout=urllib3.Timeout(connect=min(remaining, 10.0), read=remaining),
         )
         try:
-            excerpt, complete = _read_excerpt(response, settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, started + timeout)
-            if not complete:
-                # A long or slow answer is not read to its end: drop the connection instead of reusing it.
+            if response.status == http.client.SWITCHING_PROTOCOLS:
+                # The connection no longer speaks HTTP: dropped before a read could hand it back to the pool.
                 response.close()
+                excerpt = b""
+            else:
+                excerpt, complete = _read_excerpt(
+                    response, settings.DELIVERY_RESPONSE_BODY_MAX_BYTES, started + timeout
+                )
+                if not complete:
+                    # A long or slow answer is not read to its end: drop the connection instead of reusing it.
+                    response.close()
         finally:
             response.release_conn()
         if watchdog.fired:  # cut mid-answer: what was read may look complete but is not
             return replace(timed_out, duration_ms=elapsed())
+        if response.status == http.client.SWITCHING_PROTOCOLS:  # an upgrade the request never asked for
+            return OutboundResponse(
+                status=None,
+                body="",
+                duration_ms=elapsed(),
+                error="the receiver answered 101 Switching Protocols, which a webhook request never asks for",
+            )
         return OutboundResponse(
             status=response.status,
             body=excerpt.decode("utf-8", errors="replace"),
@@ -358,6 +402,10 @@ def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> O
     except urllib3.exceptions.HTTPError as exc:
         if watchdog.fired:  # the watchdog cut the connection at the deadline
             return replace(timed_out, duration_ms=elapsed())
+        if any(isinstance(arg, TimeoutError) for arg in exc.args):  # urllib3's word for a send that timed out
+            return replace(
+                timed_out, duration_ms=elapsed(), error="timed out sending the request: the receiver stopped reading it"
+            )
         reason = getattr(exc, "reason", None) or exc
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=f"connection failed: {reason}"[:500])
 
