@@ -158,3 +158,19 @@ def test_behind_a_backlog_a_delivery_another_dispatcher_holds_is_skipped(seeder,
         claimed = delivery_service.claim_due_deliveries(2)  # the first look: 8 candidates, all backlog
         other.rollback()
     assert {d.pk for d in claimed} - {d.pk for d in claimed if d.destination_id == backlog.pk} == {free}
+
+
+def test_a_paused_destination_s_older_backlog_neither_hides_others_nor_is_claimed(seeder, way):
+    # A circuit-broken destination keeps receiving deliveries, all due and older than the rest:
+    # the first look reads them (it no longer filters them row by row) and gives them no room.
+    paused = seeder.destination("paused", paused_at=timezone.now())
+    inactive = seeder.destination("inactive", is_active=False)
+    seeder.deliveries(paused, 30, waited=timedelta(hours=2))
+    seeder.deliveries(inactive, 5, waited=timedelta(hours=2))
+    quiet = seeder.destination("quiet")
+    waiting = seeder.deliveries(quiet, 3, waited=timedelta(minutes=1))
+
+    claimed = delivery_service.claim_due_deliveries(4)  # a first look of 16 rows: all paused ones
+
+    assert sorted(d.pk for d in claimed) == sorted(waiting)
+    assert not Delivery.objects.filter(destination__in=[paused, inactive]).exclude(status="pending").exists()
