@@ -136,7 +136,15 @@ class StandardWebhooksProvider(Provider):
         family, msg_id, timestamp, signature_header = _headers(request)
         if not _TIMESTAMP.fullmatch(timestamp):
             raise VerificationError("bad_format", f"the {family}-timestamp header is not a Unix time in seconds")
-        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, DEFAULT_TOLERANCE))
+        tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)
+        if tolerance and len(timestamp.lstrip("0")) >= 13 and int(timestamp) - now > tolerance:
+            # 13+ digits is tens of thousands of years away in seconds: a sender writing milliseconds.
+            raise VerificationError(
+                "timestamp_out_of_tolerance",
+                f"the {family}-timestamp header ({timestamp}) looks like milliseconds since the epoch; "
+                f"it must be a Unix time in seconds (now is {int(now)})",
+            )
+        check_timestamp_age(int(timestamp), now, tolerance)
 
         candidates: list[bytes] = []
         versions: set[str] = set()

@@ -157,6 +157,17 @@ def test_stale_and_future_timestamps():
         PROVIDER.verify(req(BODY, headers()), [SECRET], OPTIONS, now)
 
 
+@pytest.mark.parametrize("family", ["webhook", "svix"])
+def test_a_timestamp_in_milliseconds_is_refused_with_a_hint(family):
+    now = time.time()
+    millis = int(now * 1000)
+    request = req(BODY, headers(official(SECRET, BODY, ts=int(now)), ts=millis, family=family))
+    error = reject(request, now=now)
+    assert error.code == "timestamp_out_of_tolerance"
+    assert "milliseconds" in error.detail and f"{family}-timestamp" in error.detail
+    assert "in seconds" in error.detail
+
+
 def test_tolerance_zero_disables_the_window():
     PROVIDER.verify(req(BODY, headers()), [SECRET], PROVIDER.clean_options({"tolerance": 0}), time.time())
 
