@@ -441,6 +441,14 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
     assert (deleted.target_id, deleted.target_label) == (str(source.pk), str(source))
 
 
+def test_the_github_source_form_says_to_choose_content_type_application_json(client, owner, organization):
+    # A form-encoded (payload=…) body is accepted but forwarded as it is: receivers parsing JSON fail.
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_create", args=["acme", "github"])))
+    assert "Content type" in text and "application/json" in text
+    assert "form-encoded" in text
+
+
 def test_generated_source_secret_is_shown_once(client, owner, organization):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "github"]), {"name": "Repo"})
