@@ -334,6 +334,27 @@ def test_rejected_request_explains_why(client, owner, organization):
     assert "Rejected: " + rejected.rejection_code in detail
 
 
+def test_the_rejected_page_does_not_call_every_refusal_a_bad_signature(client, owner, organization):
+    # Correctly signed, but not a Stripe event: refused as malformed_payload, listed with the others.
+    source = make_source(organization)
+    body = '{"object": "not an event"}'
+    from .signing import stripe_headers
+
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.json()["error"] == "malformed_payload"
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_rejected", args=["acme", source.pk])))
+    assert "malformed_payload" in text
+    assert "signature could not be verified" not in text
+    assert "refused" in text and "payload" in text
+
+
 def test_retry_makes_a_dead_delivery_due_and_is_audited(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)
