@@ -55,7 +55,9 @@ class GitHubProvider(Provider):
     label = "GitHub"
     secret_help = (
         "Repository or organization Settings → Webhooks → your webhook → Secret "
-        "(or your GitHub App's settings → Webhook secret). You choose it; Hookline can generate one to paste there."
+        "(or your GitHub App's settings → Webhook secret). You choose it; Hookline can generate one to paste there. "
+        "Set Content type to application/json: a form-encoded (application/x-www-form-urlencoded, payload=…) body "
+        "is accepted too, but it is forwarded as it is, and receivers that parse the body as JSON cannot read it."
     )
     secret_generated_by_us = True
     docs_verifies = (

@@ -110,7 +110,10 @@ class StandardWebhooksProvider(Provider):
         "svix-id / webhook-id header of the header set that was verified (the same on every retry): svix-* when "
         "all three svix-* headers are present, else webhook-*"
     )
-    docs_event_type = "payload `type`, e.g. user.created"
+    docs_event_type = (
+        "payload `type`, e.g. user.created; empty when the body has no string `type` or is not JSON "
+        "(the spec requires neither, so such a signed request is accepted)"
+    )
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)
@@ -133,7 +136,15 @@ class StandardWebhooksProvider(Provider):
         family, msg_id, timestamp, signature_header = _headers(request)
         if not _TIMESTAMP.fullmatch(timestamp):
             raise VerificationError("bad_format", f"the {family}-timestamp header is not a Unix time in seconds")
-        check_timestamp_age(int(timestamp), now, tolerance_seconds(options, DEFAULT_TOLERANCE))
+        tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)
+        if tolerance and len(timestamp.lstrip("0")) >= 13 and int(timestamp) - now > tolerance:
+            # 13+ digits is tens of thousands of years away in seconds: a sender writing milliseconds.
+            raise VerificationError(
+                "timestamp_out_of_tolerance",
+                f"the {family}-timestamp header ({timestamp}) looks like milliseconds since the epoch; "
+                f"it must be a Unix time in seconds (now is {int(now)})",
+            )
+        check_timestamp_age(int(timestamp), now, tolerance)
 
         candidates: list[bytes] = []
         versions: set[str] = set()
@@ -171,12 +182,16 @@ class StandardWebhooksProvider(Provider):
             )
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-        """Id from the message-id header of the verified header family, type from the payload."""
-        payload = request.json()
+        """Id from the message-id header of the verified header family, type from the payload's ``type``.
+
+        The spec prescribes no payload structure (not even JSON), so a signed body without a string
+        ``type`` is still an event, with type "": it is never refused as malformed."""
+        try:
+            payload = request.json()
+        except MalformedPayload:
+            payload = None
         event_type = payload.get("type") if isinstance(payload, dict) else None
-        if not isinstance(event_type, str) or not event_type:
-            raise MalformedPayload("the payload has no string 'type'")
-        return EventInfo(event_id=_message_id(request), event_type=event_type)
+        return EventInfo(event_id=_message_id(request), event_type=event_type if isinstance(event_type, str) else "")
 
     def sign(
         self,

@@ -60,9 +60,15 @@ HOP_BY_HOP_HEADERS = {
     "x-real-ip",
     "x-request-id",
     "user-agent",
+    # The sender's own Standard Webhooks headers: Hookline signs each delivery itself, and receivers'
+    # libraries would read the sender's first (svix reads svix-* before webhook-*) and check its
+    # signature against the destination's secret.
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "svix-id",
+    "svix-timestamp",
+    "svix-signature",
 }
 RETRYABLE_CLIENT_ERRORS = {408, 409, 425, 429}
 

@@ -351,6 +351,27 @@ def test_rejected_request_explains_why(client, owner, organization):
     assert "Rejected: " + rejected.rejection_code in detail
 
 
+def test_the_rejected_page_does_not_call_every_refusal_a_bad_signature(client, owner, organization):
+    # Correctly signed, but not a Stripe event: refused as malformed_payload, listed with the others.
+    source = make_source(organization)
+    body = '{"object": "not an event"}'
+    from .signing import stripe_headers
+
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, STRIPE_SECRET),
+    )
+    assert response.json()["error"] == "malformed_payload"
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_rejected", args=["acme", source.pk])))
+    assert "malformed_payload" in text
+    assert "signature could not be verified" not in text
+    assert "refused" in text and "payload" in text
+
+
 def test_retry_makes_a_dead_delivery_due_and_is_audited(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)
@@ -456,6 +477,14 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
         assert action in actions
     deleted = AuditLog.objects.get(action="source.deleted")  # written after the rows went: still names them
     assert (deleted.target_id, deleted.target_label) == (str(source.pk), str(source))
+
+
+def test_the_github_source_form_says_to_choose_content_type_application_json(client, owner, organization):
+    # A form-encoded (payload=…) body is accepted but forwarded as it is: receivers parsing JSON fail.
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_create", args=["acme", "github"])))
+    assert "Content type" in text and "application/json" in text
+    assert "form-encoded" in text
 
 
 def test_generated_source_secret_is_shown_once(client, owner, organization):

@@ -12,8 +12,8 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
 
-from .factories import STRIPE_SECRET, make_destination, make_source
-from .signing import stripe_headers
+from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
+from .signing import standard_webhooks_headers, stripe_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -70,6 +70,51 @@ def test_delivered_request_carries_original_body_and_verifiable_signature(client
     assert attempt.response_status == 200 and attempt.response_body == "thanks"
     assert "webhook-signature" not in {name.lower() for name in attempt.request_headers}
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+
+
+def svix_library_verify(secret: str, body: bytes, headers) -> dict:
+    """What a receiver using the official `svix` library does: svix-id/-timestamp/-signature when all three
+    are present, else webhook-*, then the Standard Webhooks check (svix's verify is standardwebhooks')."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    family = "svix" if all(lowered.get(f"svix-{part}") for part in ("id", "timestamp", "signature")) else "webhook"
+    chosen = {f"webhook-{part}": lowered.get(f"{family}-{part}", "") for part in ("id", "timestamp", "signature")}
+    return Webhook(secret).verify(body, chosen)
+
+
+def test_a_svix_senders_signature_headers_are_not_forwarded(client, organization, httpserver):
+    # Clerk, Resend and other Svix senders sign with svix-*; a receiver's svix library reads those first,
+    # so forwarding them would make it check the sender's signature against the destination's secret.
+    source = make_source(organization, provider="standard_webhooks", secret=STANDARD_SECRET)
+    destination, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok", status=200)
+    body = '{"type": "user.created", "data": {"id": "user_1"}}'
+    sent = standard_webhooks_headers(body, STANDARD_SECRET, "msg_from_clerk", prefix="svix")
+    response = client.generic("POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **sent)
+    assert response.status_code == 200, response.content
+    assert processing.process_received_events() == 1
+    delivery_service.deliver(Delivery.objects.get().pk)
+
+    request, _ = httpserver.log[0]
+    assert svix_library_verify(secret, request.get_data(), dict(request.headers))["type"] == "user.created"
+    assert Webhook(secret).verify(request.get_data(), dict(request.headers))["type"] == "user.created"
+    assert not [name for name in request.headers.keys() if name.lower().startswith("svix-")]
+    # Stored as received: the event's own record still shows what the sender sent.
+    assert "svix-signature" in {name.lower() for name in WebhookEvent.objects.get().headers}
+
+
+@pytest.mark.parametrize(
+    "name", ["svix-id", "SVIX-TIMESTAMP", "Svix-Signature", "webhook-id", "Webhook-Timestamp", "WEBHOOK-SIGNATURE"]
+)
+def test_standard_webhooks_header_names_from_the_sender_are_dropped_in_any_case(organization, name):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:19501/hook", sources=[source])
+    event = WebhookEvent.objects.create(
+        organization=organization, source=source, body=b"{}", headers={name: "sender's", "X-Other": "kept"}
+    )
+    delivery = Delivery.objects.create(organization=organization, event=event, destination=destination)
+    headers = delivery_service.build_request_headers(delivery, 1700000000)
+    assert "sender's" not in headers.values()
+    assert headers["X-Other"] == "kept"
 
 
 @pytest.mark.parametrize("overlap_seconds", [3600, 0])

@@ -194,6 +194,17 @@ def test_standard_webhooks_svix_and_webhook_headers(client, organization):
     assert post(client, source, body, **stale).json()["error"] == "timestamp_out_of_tolerance"
 
 
+@pytest.mark.parametrize("body", ["plain text, not JSON", '{"data": {"id": 1}}', '{"type": 7}', "[1, 2]"])
+def test_standard_webhooks_accepts_a_signed_body_without_a_type(client, organization, body):
+    # The spec requires neither JSON nor a `type`; the event id is the signed webhook-id.
+    source = make_source(organization, provider="standard_webhooks", secret=STANDARD_SECRET)
+    response = post(client, source, body, **standard_webhooks_headers(body, STANDARD_SECRET, "msg_untyped"))
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get(pk=response.json()["id"])
+    assert (event.provider_event_id, event.event_type, bytes(event.body)) == ("msg_untyped", "", body.encode())
+    assert event.status != WebhookEvent.Status.REJECTED
+
+
 def test_github_published_vector(client, organization):
     # GitHub's documented example: secret "It's a Secret to Everybody", payload "Hello, World!".
     source = make_source(organization, provider="github", secret="It's a Secret to Everybody")
