@@ -46,6 +46,8 @@ HOP_BY_HOP_HEADERS = {
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "expect",
+    "proxy-connection",
     "host",
     "content-length",
     "accept-encoding",
@@ -422,9 +424,15 @@ def claim_delivery(delivery_id) -> Delivery | None:
 
 def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     event = delivery.event
-    headers = {
-        _latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS
+    # Headers the sender's Connection header names belong to that hop too (RFC 9110 7.6.1).
+    named_by_connection = {
+        token.strip().lower()
+        for name, value in event.headers.items()
+        if name.lower() == "connection"
+        for token in str(value).split(",")
     }
+    dropped = HOP_BY_HOP_HEADERS | named_by_connection
+    headers = {_latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in dropped}
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.
     message_id = delivery.message_id

@@ -117,6 +117,23 @@ def test_standard_webhooks_header_names_from_the_sender_are_dropped_in_any_case(
     assert headers["X-Other"] == "kept"
 
 
+def test_headers_of_the_sender_s_hop_are_not_forwarded(organization):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:19501/hook", sources=[source])
+    sent = {
+        "Connection": "close, X-Hop-Only",
+        "X-Hop-Only": "1",
+        "Expect": "100-continue",
+        "Proxy-Connection": "keep-alive",
+        "X-GitHub-Event": "push",
+    }
+    event = WebhookEvent.objects.create(organization=organization, source=source, body=b"{}", headers=sent)
+    delivery = Delivery.objects.create(organization=organization, event=event, destination=destination)
+    headers = {name.lower() for name in delivery_service.build_request_headers(delivery, 1700000000)}
+    assert not headers & {"connection", "x-hop-only", "expect", "proxy-connection"}
+    assert "x-github-event" in headers
+
+
 @pytest.mark.parametrize("overlap_seconds", [3600, 0])
 def test_a_rotated_destination_signs_with_both_secrets_while_the_overlap_lasts(
     client, organization, httpserver, overlap_seconds
