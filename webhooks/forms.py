@@ -249,7 +249,7 @@ class EventFilterForm(forms.Form):
         label="Event type",
         required=False,
         max_length=255,
-        widget=forms.TextInput(attrs={"placeholder": "invoice.paid or invoice.*"}),
+        widget=forms.TextInput(attrs={"placeholder": "invoice.paid, invoice.* or push,ping"}),
     )
     destination = forms.TypedChoiceField(label="Destination", required=False, coerce=int, empty_value=None)
     range = forms.ChoiceField(

@@ -172,14 +172,15 @@ def _filtered_events(
         # finds what that filter sends. Matched against the organization's event types rather
         # than row by row where they are few enough to list: a pattern that matches nothing
         # then reads no event, and a rare one is found through the (organization, event_type) index.
-        pattern = filters.event_type
-        matching_types = organization_event_types_matching(organization=organization, pattern=pattern)
-        if matching_types is not None:
+        # Several patterns separated by commas, as a destination's filter takes them.
+        patterns = [pattern.strip() for pattern in filters.event_type.split(",") if pattern.strip()]
+        matching_types = organization_event_types_matching(organization=organization, patterns=patterns)
+        if not patterns:
+            pass  # only commas: no filter was meant
+        elif matching_types is not None:
             events = events.filter(event_type__in=matching_types)
-        elif any(character in pattern for character in WILDCARDS):
-            events = events.filter(event_type__regex=shell_pattern_as_postgres_regex(pattern))
         else:
-            events = events.filter(Q(event_type=pattern) | Q(event_type__startswith=pattern + "."))
+            events = events.filter(_event_type_condition(patterns))
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
@@ -245,8 +246,20 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
 EVENT_TYPES_LISTED_FOR_PATTERNS = 500
 
 
-def organization_event_types_matching(*, organization: Organization, pattern: str) -> list[str] | None:
-    """The organization's event types that `pattern` takes (event_type_matches); None if it has too many to list.
+def _event_type_condition(patterns: list[str]) -> Q:
+    """Row by row, what event_type_matches takes for any of ``patterns``."""
+    condition = Q(pk__in=[])
+    for pattern in patterns:
+        if any(character in pattern for character in WILDCARDS):
+            condition |= Q(event_type__regex=shell_pattern_as_postgres_regex(pattern))
+        else:
+            condition |= Q(event_type=pattern) | Q(event_type__startswith=pattern + ".")
+    return condition
+
+
+def organization_event_types_matching(*, organization: Organization, patterns: list[str]) -> list[str] | None:
+    """The organization's event types that any of `patterns` takes (event_type_matches); None if it
+    has too many to list.
 
     Reads each distinct type once by skipping through the (organization, event_type) index
     (a recursive query: PostgreSQL has no skip scan), so the cost grows with the number of
@@ -272,7 +285,9 @@ def organization_event_types_matching(*, organization: Organization, pattern: st
         event_types = [row[0] for row in cursor.fetchall()]
     if len(event_types) > EVENT_TYPES_LISTED_FOR_PATTERNS:
         return None
-    return [event_type for event_type in event_types if event_type_matches(event_type, pattern)]
+    return [
+        event_type for event_type in event_types if any(event_type_matches(event_type, pattern) for pattern in patterns)
+    ]
 
 
 def shell_pattern_as_postgres_regex(pattern: str) -> str:
