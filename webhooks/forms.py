@@ -11,7 +11,7 @@ from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
-from webhooks.services.sample_sender import fixtures_for_provider
+from webhooks.services.sample_sender import EDITED_BODY_FORMATS, edited_body_problem, fixtures_for_provider
 
 OPTION_PREFIX = "option_"
 
@@ -159,17 +159,33 @@ class TestEventForm(forms.Form):
     payload = forms.CharField(
         label="Or an edited payload",
         required=False,
+        strip=False,  # sent exactly as typed
         widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
-        help_text="JSON sent instead of the sample; signed with the source's secret like the provider would.",
     )
 
     def __init__(self, *args, source: Source, **kwargs):
         super().__init__(*args, **kwargs)
+        self.provider_kind = source.provider
         self.fields["fixture"].choices = [(name, name) for name in fixtures_for_provider(source.provider)]
+        shape = {
+            ("json", "form"): "JSON or a form-encoded body",
+            ("any",): "A body",
+        }.get(EDITED_BODY_FORMATS.get(source.provider, ("json",)), "JSON")
+        self.fields["payload"].help_text = (
+            f"{shape} sent exactly as typed instead of the sample, with the selected sample's headers (which "
+            "name the event type for some providers), signed with the source's secret like the provider would. "
+            "Where the provider takes the event id from the payload, sending the same payload again is a duplicate."
+        )
 
     def clean_payload(self) -> bytes | None:
-        text = self.cleaned_data["payload"].strip()
-        return text.encode() if text else None
+        # Browsers send a textarea's line breaks as CRLF; the text typed has LF.
+        text = self.cleaned_data["payload"].replace("\r\n", "\n")
+        if not text.strip():
+            return None
+        body = text.encode()
+        if problem := edited_body_problem(self.provider_kind, body):
+            raise forms.ValidationError(problem)
+        return body
 
 
 class DestinationForm(forms.Form):

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from webhooks.models import Source
 from webhooks.providers.base import MalformedPayload, Provider
@@ -58,28 +59,101 @@ def with_fresh_id(provider: Provider, body: bytes) -> tuple[bytes, str]:
     return json.dumps(provider.with_sample_event_id(payload, fresh_id), indent=2).encode(), fresh_id
 
 
+# How a payload typed into the test sender may be shaped, by provider kind; JSON only for any other.
+# GitHub also takes its "application/x-www-form-urlencoded" content type (payload=<JSON>), Slack its
+# slash commands and interactivity, Twilio its parameters: all form-encoded. The generic schemes verify
+# any bytes (the id is then a hash of the body unless the source names a header or JSON field).
+EDITED_BODY_FORMATS: dict[str, tuple[str, ...]] = {
+    "github": ("json", "form"),
+    "slack": ("json", "form"),
+    "twilio": ("json", "form"),
+    "generic_hmac": ("any",),
+    "shared_token": ("any",),
+}
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def _json_error(body: bytes) -> str | None:
+    try:
+        json.loads(body)
+    except RecursionError:
+        return "it is nested too deeply"
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _is_form(body: bytes) -> bool:
+    try:
+        return bool(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True))
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
+def edited_body_problem(provider_kind: str, body: bytes) -> str | None:
+    """Why ``body`` cannot be sent as a payload of this provider (a sentence to show), or None."""
+    formats = EDITED_BODY_FORMATS.get(provider_kind, ("json",))
+    if "any" in formats:
+        return None
+    error = _json_error(body)
+    if error is None:
+        return None
+    if "form" in formats and _is_form(body):
+        return None
+    if "form" in formats:
+        return f"The payload is neither valid JSON ({error}) nor a form-encoded body (name=value&name=value)."
+    return f"The payload is not valid JSON: {error}."
+
+
+def _merge_headers(headers: dict[str, str], extra: dict[str, str]) -> None:
+    """headers.update(extra), an existing header of another spelling being replaced, not doubled."""
+    for name, value in extra.items():
+        for existing in [key for key in headers if key.lower() == name.lower()]:
+            del headers[existing]
+        headers[name] = value
+
+
 def build_test_request(
     *, source: Source, fixture: str | None = None, body: bytes | None = None, fresh_id: bool = False
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of a request signed with the source's current secret.
 
-    With ``fresh_id`` the sample gets a new event id (in the body and in the
-    provider's id header), so sending it twice makes two events.
+    Without ``body`` the sample ``fixture`` (default: the provider's first) is sent with its recorded
+    headers; ``fresh_id`` gives it a new event id (in the body and in the provider's id header), so
+    sending it twice makes two events.
+
+    An edited ``body`` is sent exactly as given (only schemes that sign inside the body, Mailgun and
+    Linear, add their signature or timestamp to it as the provider does), with the recorded headers of
+    the selected sample, which name the event type for providers that keep it in a header (GitHub,
+    Shopify...). There ``fresh_id`` gives a new id header only: where the provider takes the event id
+    from the body, the same body sent twice is a duplicate, as it would be from the provider.
     """
     provider = get_provider(source.provider)
     if provider.uses_secret and not source.secret:
         raise SampleSenderError("this source has no signing secret yet: set it first, then send a test")
     extra_headers: dict[str, str] = {}
+    names = fixtures_for_provider(source.provider)
+    edited = body is not None
     if body is None:
-        names = fixtures_for_provider(source.provider)
         if not names:
             raise SampleSenderError(f"there is no sample payload for {provider.label}")
         body, extra_headers = load_fixture(source.provider, fixture or names[0])
+    elif fixture or names:
+        _, extra_headers = load_fixture(source.provider, fixture or names[0])
     event_id = None
-    if fresh_id:
+    if fresh_id and edited:
+        event_id = uuid.uuid4().hex
+    elif fresh_id:
         body, event_id = with_fresh_id(provider, body)
     url = ingest_url(source)
-    headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0", **extra_headers}
+    headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0"}
+    _merge_headers(headers, extra_headers)
+    if edited and _json_error(body) is not None:
+        formats = EDITED_BODY_FORMATS.get(source.provider, ("json",))
+        content_type = FORM_CONTENT_TYPE if "form" in formats else "text/plain; charset=utf-8"
+        _merge_headers(headers, {"Content-Type": content_type})
     now = time.time()
     try:
         body = provider.prepare_body(body, source.secret, source.options, now)
@@ -87,10 +161,11 @@ def build_test_request(
         # Schemes that sign inside the body (Mailgun) need it shaped as the provider sends it.
         raise SampleSenderError(f"this payload cannot be signed as {provider.label} signs: {exc}") from None
     try:
-        headers.update(provider.sign(body, source.secret, source.options, now, url=url, event_id=event_id))
+        signed = provider.sign(body, source.secret, source.options, now, url=url, event_id=event_id)
     except NotImplementedError as exc:
         # Schemes signed with the provider's private key: only the provider can send a test.
         raise SampleSenderError(str(exc)) from None
+    _merge_headers(headers, signed)
     return body, headers
 
 

@@ -19,6 +19,10 @@ class TestSendResult:
     response: OutboundResponse
     # The event the request created (None when Hookline refused it or the answer named none).
     event: WebhookEvent | None
+    # Hookline already had an event with this provider event id: counted as a redelivery, not delivered.
+    duplicate: bool = False
+    # The payload was typed in (sent as is), not one of the samples.
+    edited: bool = False
 
 
 def source_send_test_event(
@@ -42,9 +46,14 @@ def source_send_test_event(
     response = post_to_hookline(url or ingest_url(source), body=signed_body, headers=headers)
     event = None
     try:
-        answered_id = json.loads(response.body).get("id")
-    except (ValueError, AttributeError):
-        answered_id = None
+        answer = json.loads(response.body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        answer = {}
+    answered_id = answer.get("id")
     if answered_id:
         event = WebhookEvent.objects.filter(organization_id=source.organization_id, pk=answered_id).first()
-    return TestSendResult(response=response, event=event)
+    return TestSendResult(
+        response=response, event=event, duplicate=answer.get("duplicate") is True, edited=body is not None
+    )

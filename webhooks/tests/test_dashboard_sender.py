@@ -4,11 +4,11 @@ import pytest
 from django.urls import reverse
 
 from organizations.models import AuditLog
-from webhooks.models import WebhookEvent
+from webhooks.models import Delivery, WebhookEvent
 from webhooks.services import processing
 from webhooks.services.sample_sender import fixtures_for_provider
 
-from .factories import make_source
+from .factories import make_destination, make_source
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +64,160 @@ def test_the_sample_sent_by_default_is_not_one_that_undoes_something():
     stripe_samples = fixtures_for_provider("stripe")
     assert stripe_samples[0] == "invoice.paid"
     assert stripe_samples[-1] == "customer.subscription.deleted"
+
+
+# An edited payload is sent exactly as typed, with the selected sample's headers.
+
+
+def _send(client, source, data, **extra):
+    url = reverse("dashboard:source_test", args=[source.organization.slug, source.pk])
+    return client.post(url, data, **extra)
+
+
+def _header(event, name):
+    return {key.lower(): value for key, value in event.headers.items()}.get(name.lower())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_edited_github_payload_keeps_the_selected_samples_event_header(
+    client, live_server, settings, organization, owner
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider="github", secret="gh-secret-value-123")
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:19701/hook", sources=[source], event_types=["pull_request.*"]
+    )
+    client.force_login(owner)
+    payload = '{"action":"opened","number":7,\n "pull_request":{"title":"typed by hand"}}'
+
+    first = _send(client, source, {"fixture": "pull_request.opened", "payload": payload})
+    second = _send(client, source, {"fixture": "pull_request.opened", "payload": payload})
+
+    assert first.context["result"].response.status == 200, first.context["result"].response.body
+    events = list(WebhookEvent.objects.filter(source=source).order_by("received_at"))
+    # GitHub's id is the X-GitHub-Delivery header: a fresh one per send, so two events.
+    assert len(events) == 2 and not second.context["result"].duplicate
+    for event in events:
+        assert bytes(event.body) == payload.encode()
+        assert event.event_type == "pull_request.opened"
+        assert _header(event, "X-GitHub-Event") == "pull_request"
+    assert events[0].provider_event_id != events[1].provider_event_id
+    # The filtered destination gets it.
+    processing.process_event_batch()
+    assert Delivery.objects.filter(destination=destination).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_edited_shopify_payload_is_not_rewritten_and_keeps_its_topic(
+    client, live_server, settings, organization, owner
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider="shopify", secret="shpss_sender_secret")
+    client.force_login(owner)
+
+    for _ in range(2):
+        response = _send(client, source, {"fixture": "orders_create", "payload": '{"id": 99}'})
+        assert response.context["result"].response.status == 200, response.context["result"].response.body
+        assert not response.context["result"].duplicate
+
+    events = list(WebhookEvent.objects.filter(source=source))
+    assert len(events) == 2  # X-Shopify-Event-Id is fresh each time
+    for event in events:
+        assert bytes(event.body) == b'{"id": 99}'
+        assert event.event_type == "orders/create"
+        assert _header(event, "X-Shopify-Topic") == "orders/create"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_edited_stripe_payload_sent_twice_is_shown_as_a_duplicate(client, live_server, settings, organization, owner):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, secret="whsec_live_sender")
+    client.force_login(owner)
+    payload = '{\r\n  "id": "evt_typed", "object": "event",\r\n  "type": "invoice.paid"}\r\n'
+
+    first = _send(client, source, {"fixture": "invoice.paid", "payload": payload}, HTTP_HX_REQUEST="true")
+    second = _send(client, source, {"fixture": "invoice.paid", "payload": payload}, HTTP_HX_REQUEST="true")
+
+    event = WebhookEvent.objects.get(source=source)
+    # As typed (the browser's CRLF line breaks are the textarea's LF), the id not replaced.
+    assert bytes(event.body) == payload.replace("\r\n", "\n").encode()
+    assert event.provider_event_id == "evt_typed" and event.duplicate_count == 1
+    assert "Duplicate" not in first.content.decode()
+    body = second.content.decode()
+    assert second.context["result"].duplicate and "Duplicate: not delivered again." in body
+    assert "change the id in it to send a new event" in body and str(event.pk) in body
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("provider,secret", [("stripe", "whsec_live_sender"), ("shopify", "shpss_sender_secret")])
+def test_invalid_json_is_refused_in_the_form_and_not_sent(
+    client, live_server, settings, organization, owner, provider, secret
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider=provider, secret=secret)
+    client.force_login(owner)
+
+    response = _send(client, source, {"payload": "{not json"})
+
+    assert response.context["result"] is None
+    assert "The payload is not valid JSON" in response.content.decode()
+    assert not WebhookEvent.objects.filter(source=source).exists()
+    assert not AuditLog.objects.filter(action="source.test_sent").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_providers_with_form_bodies_take_a_form_but_not_broken_json(client, live_server, settings, organization, owner):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider="github", secret="gh-secret-value-123")
+    client.force_login(owner)
+
+    refused = _send(client, source, {"fixture": "pull_request.opened", "payload": "{not json"})
+    assert "neither valid JSON" in refused.content.decode()
+
+    # GitHub's application/x-www-form-urlencoded content type: the JSON in a "payload" field.
+    form_body = "payload=%7B%22action%22%3A%22closed%22%7D"
+    response = _send(client, source, {"fixture": "pull_request.opened", "payload": form_body})
+    assert response.context["result"].response.status == 200, response.context["result"].response.body
+    event = WebhookEvent.objects.get(source=source)
+    assert bytes(event.body) == form_body.encode() and event.event_type == "pull_request.closed"
+    assert _header(event, "Content-Type") == "application/x-www-form-urlencoded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_generic_source_takes_any_body(client, live_server, settings, organization, owner):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider="generic_hmac", secret="generic-secret-value", header="X-Signature")
+    client.force_login(owner)
+
+    response = _send(client, source, {"payload": "plain text, not JSON"})
+
+    assert response.context["result"].response.status == 200, response.context["result"].response.body
+    assert bytes(WebhookEvent.objects.get(source=source).body) == b"plain text, not JSON"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_unedited_sample_still_gets_a_fresh_id_each_time(client, live_server, settings, organization, owner):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, secret="whsec_live_sender")
+    client.force_login(owner)
+
+    for _ in range(2):
+        response = _send(client, source, {"fixture": "invoice.paid"})
+        assert response.context["result"].response.status == 200 and not response.context["result"].duplicate
+
+    assert WebhookEvent.objects.filter(source=source).values("provider_event_id").distinct().count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalid_json_sent_with_htmx_shows_the_error_in_the_result(client, live_server, settings, organization, owner):
+    # The page posts with htmx and swaps in the result fragment only: the field's error must be there.
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, secret="whsec_live_sender")
+    client.force_login(owner)
+
+    response = _send(client, source, {"fixture": "invoice.paid", "payload": "{not json"}, HTTP_HX_REQUEST="true")
+
+    body = response.content.decode()
+    assert "<html" not in body and 'role="alert"' in body
+    assert "Or an edited payload: The payload is not valid JSON" in body
+    assert not WebhookEvent.objects.filter(source=source).exists()
