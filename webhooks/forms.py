@@ -11,7 +11,7 @@ from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
-from webhooks.services.sample_sender import EDITED_BODY_FORMATS, edited_body_problem, fixtures_for_provider
+from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 
 OPTION_PREFIX = "option_"
 
@@ -164,13 +164,15 @@ class TestEventForm(forms.Form):
     )
 
     def __init__(self, *args, source: Source, **kwargs):
+        from webhooks.providers.registry import get_provider
+
         super().__init__(*args, **kwargs)
         self.provider_kind = source.provider
         self.fields["fixture"].choices = [(name, name) for name in fixtures_for_provider(source.provider)]
         shape = {
             ("json", "form"): "JSON or a form-encoded body",
             ("any",): "A body",
-        }.get(EDITED_BODY_FORMATS.get(source.provider, ("json",)), "JSON")
+        }.get(get_provider(source.provider).edited_body_formats, "JSON")
         self.fields["payload"].help_text = (
             f"{shape} sent exactly as typed instead of the sample, with the selected sample's headers (which "
             "name the event type for some providers), signed with the source's secret like the provider would. "

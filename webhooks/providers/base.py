@@ -137,6 +137,9 @@ class Provider:
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
     # new one (keys and list indexes from the top of the payload).
     sample_event_id_path: ClassVar[tuple[str | int, ...]] = ("id",)
+    # What a payload typed into the test sender may be: "json", "form" (name=value&…, as the
+    # provider also posts) or "any" (schemes that verify any bytes).
+    edited_body_formats: ClassVar[tuple[str, ...]] = ("json",)
     # Schemes signed with the provider's own private key: why Hookline cannot sign a test request,
     # and what the tenant can use instead (the test sender shows it).
     cannot_sign_reason: ClassVar[str] = ""

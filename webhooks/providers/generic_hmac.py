@@ -144,6 +144,7 @@ class GenericHmacProvider(Provider):
     """Any sender that puts an HMAC of the raw body in one header."""
 
     kind = "generic_hmac"
+    edited_body_formats = ("any",)  # verifies any bytes
     label = "Generic HMAC"
     secret_help = (
         "The signing secret configured in (or shown by) the sender's webhook settings. "

@@ -52,6 +52,7 @@ class GitHubProvider(Provider):
     """Repository, organization and GitHub App webhooks."""
 
     kind = "github"
+    edited_body_formats = ("json", "form")  # its "application/x-www-form-urlencoded" content type: payload=<JSON>
     label = "GitHub"
     secret_help = (
         "Repository or organization Settings → Webhooks → your webhook → Secret "

@@ -69,6 +69,7 @@ class SharedTokenProvider(Provider):
     """Authenticates by a secret token sent verbatim in a header (no signature, no replay protection)."""
 
     kind = "shared_token"
+    edited_body_formats = ("any",)  # verifies any bytes
     label = "Shared token"
     secret_help = (
         "A token you put in the sender's request headers, e.g. in a Supabase database webhook add the header "

@@ -69,6 +69,7 @@ class SlackProvider(Provider):
     """Slack apps: Events API, slash commands, interactivity and shortcuts."""
 
     kind = "slack"
+    edited_body_formats = ("json", "form")  # slash commands and interactivity are form-encoded
     label = "Slack"
     secret_help = (
         "api.slack.com/apps → your app → Basic Information → App Credentials → Signing Secret "

@@ -113,6 +113,7 @@ class TwilioProvider(Provider):
     """Twilio Programmable Messaging / Voice webhooks and status callbacks."""
 
     kind = "twilio"
+    edited_body_formats = ("json", "form")  # its parameters are form-encoded
     label = "Twilio"
     secret_help = (
         "Twilio Console → Account → API keys & tokens → Live credentials → Auth Token (add the secondary token as a "

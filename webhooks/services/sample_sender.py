@@ -59,17 +59,6 @@ def with_fresh_id(provider: Provider, body: bytes) -> tuple[bytes, str]:
     return json.dumps(provider.with_sample_event_id(payload, fresh_id), indent=2).encode(), fresh_id
 
 
-# How a payload typed into the test sender may be shaped, by provider kind; JSON only for any other.
-# GitHub also takes its "application/x-www-form-urlencoded" content type (payload=<JSON>), Slack its
-# slash commands and interactivity, Twilio its parameters: all form-encoded. The generic schemes verify
-# any bytes (the id is then a hash of the body unless the source names a header or JSON field).
-EDITED_BODY_FORMATS: dict[str, tuple[str, ...]] = {
-    "github": ("json", "form"),
-    "slack": ("json", "form"),
-    "twilio": ("json", "form"),
-    "generic_hmac": ("any",),
-    "shared_token": ("any",),
-}
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -94,7 +83,7 @@ def _is_form(body: bytes) -> bool:
 
 def edited_body_problem(provider_kind: str, body: bytes) -> str | None:
     """Why ``body`` cannot be sent as a payload of this provider (a sentence to show), or None."""
-    formats = EDITED_BODY_FORMATS.get(provider_kind, ("json",))
+    formats = get_provider(provider_kind).edited_body_formats
     if "any" in formats:
         return None
     error = _json_error(body)
@@ -151,7 +140,7 @@ def build_test_request(
     headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0"}
     _merge_headers(headers, extra_headers)
     if edited and _json_error(body) is not None:
-        formats = EDITED_BODY_FORMATS.get(source.provider, ("json",))
+        formats = provider.edited_body_formats
         content_type = FORM_CONTENT_TYPE if "form" in formats else "text/plain; charset=utf-8"
         _merge_headers(headers, {"Content-Type": content_type})
     now = time.time()

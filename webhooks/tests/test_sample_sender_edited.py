@@ -60,13 +60,9 @@ def test_the_id_header_is_fresh_and_not_doubled_under_another_spelling():
     assert len(ids) == 2
 
 
-def test_the_formats_name_registered_providers_only():
-    assert set(sample_sender.EDITED_BODY_FORMATS) <= set(PROVIDERS)
-
-
 @pytest.mark.parametrize("kind", sorted(PROVIDERS))
 def test_invalid_json_is_refused_unless_the_provider_takes_other_bodies(kind):
-    formats = sample_sender.EDITED_BODY_FORMATS.get(kind, ("json",))
+    formats = PROVIDERS[kind].edited_body_formats
     problem = sample_sender.edited_body_problem(kind, b"{not json")
     assert (problem is None) == ("any" in formats)
     form_problem = sample_sender.edited_body_problem(kind, b"a=1&b=2")
