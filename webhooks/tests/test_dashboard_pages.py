@@ -311,6 +311,33 @@ def test_event_detail_shows_body_headers_verification_and_attempts(client, owner
     assert "Retry now" in text and "Replay" in text
 
 
+def test_event_page_says_why_a_delivery_is_dead_or_retrying(client, owner, organization):
+    world = build_world(client, organization)
+    Delivery.objects.filter(pk=world.delivery.pk).update(
+        last_status_code=301, last_error="HTTP 301: redirects are not followed; update the URL <b>"
+    )
+    retrying = Delivery.objects.create(
+        organization=organization,
+        event=world.event,
+        destination=make_destination(organization, "http://127.0.0.1:9/other", sources=[world.source])[0],
+        status=Delivery.Status.PENDING,
+        attempt_count=2,
+        last_status_code=401,
+        last_error="HTTP 401",
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+    )
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    # Escaped, next to the delivery it belongs to.
+    assert "Why it failed:</strong> HTTP 301: redirects are not followed; update the URL &lt;b&gt;" in text
+    assert "Last attempt failed:</strong> HTTP 401" in text
+    dead_at, retrying_at = text.index(f'id="delivery-{world.delivery.pk}"'), text.index(f'id="delivery-{retrying.pk}"')
+    assert dead_at < text.index("Why it failed") < retrying_at < text.index("Last attempt failed")
+    # The destination page's "Last failure" gives the dead delivery's reason, not just "HTTP 503".
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "redirects are not followed; update the URL" in detail
+
+
 def test_member_sees_event_but_no_retry_or_replay(client, member, organization):
     world = build_world(client, organization)
     client.force_login(member)
