@@ -187,6 +187,14 @@ class DestinationForm(forms.Form):
         help_text="Comma-separated patterns such as invoice.*, push. Empty sends every event type.",
     )
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)
+    retry_client_errors = forms.BooleanField(
+        label="Retry 4xx answers",
+        required=False,
+        help_text="Off (the default): a 4xx answer other than 408, 409, 425 or 429 fails the delivery at once, "
+        "since the same request would be refused again. Turn it on if your receiver answers 4xx for "
+        "passing trouble (a 404 during a deploy, a 401 while a key changes): such deliveries are then "
+        "retried on the usual schedule. Redirects (3xx) are never followed or retried.",
+    )
 
     def __init__(self, *args, organization, destination: Destination | None = None, **kwargs):
         if destination is not None:
@@ -197,6 +205,7 @@ class DestinationForm(forms.Form):
                     "name": destination.name,
                     "url": destination.url,
                     "timeout_seconds": destination.timeout_seconds,
+                    "retry_client_errors": destination.retry_client_errors,
                     "sources": [subscription.source_id for subscription in subscriptions],
                     "event_types": ", ".join(subscriptions[0].event_types) if subscriptions else "",
                 },

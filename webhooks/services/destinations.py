@@ -102,6 +102,7 @@ def destination_create(
     sources: Iterable[Source] = (),
     event_types: list[str] | None = None,
     timeout_seconds: float | None = None,
+    retry_client_errors: bool = False,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once)."""
@@ -117,6 +118,7 @@ def destination_create(
         url=url,
         secret=secret,
         secret_hint=secret_hint(secret),
+        retry_client_errors=retry_client_errors,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
     )
     for source in sources:
@@ -126,7 +128,7 @@ def destination_create(
         organization=organization,
         actor=actor,
         target=destination,
-        changes={"name": name, "url": url, "secret": SECRET_MASK},
+        changes={"name": name, "url": url, "secret": SECRET_MASK, "retry_client_errors": retry_client_errors},
     )
     return destination, secret
 
@@ -162,9 +164,11 @@ def destination_update(
     sources: Iterable[Source],
     event_types: list[str],
     timeout_seconds: float,
+    retry_client_errors: bool | None = None,
     actor=None,
 ) -> Destination:
-    """Change a destination's name, URL, timeout and which sources (and event types) it receives."""
+    """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged)
+    and which sources (and event types) it receives."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     if url != destination.url:
@@ -174,11 +178,14 @@ def destination_update(
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
     changes: dict = {}
-    for field, value in (("name", name), ("url", url), ("timeout_seconds", timeout_seconds)):
+    fields = [("name", name), ("url", url), ("timeout_seconds", timeout_seconds)]
+    if retry_client_errors is not None:
+        fields.append(("retry_client_errors", retry_client_errors))
+    for field, value in fields:
         if getattr(destination, field) != value:
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
-    destination.save(update_fields=["name", "url", "timeout_seconds", "updated_at"])
+    destination.save(update_fields=[field for field, _ in fields] + ["updated_at"])
     existing = {subscription.source_id: subscription for subscription in destination.subscriptions.all()}
     removed = [source_id for source_id in existing if source_id not in wanted]
     if removed:

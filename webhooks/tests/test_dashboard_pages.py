@@ -684,6 +684,29 @@ def test_destination_health_pause_resume_and_bulk_retry(client, owner, organizat
     assert "1 of 1 retried" in detail
 
 
+def test_destination_form_sets_whether_4xx_answers_are_retried_and_audits_it(client, owner, organization):
+    client.force_login(owner)
+    form = page_text(client.get(reverse("dashboard:destination_create", args=["acme"])))
+    assert "Retry 4xx answers" in form and "fails the delivery at once" in form
+    client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {"name": "Flaky", "url": "http://127.0.0.1:9/flaky", "timeout_seconds": "5", "retry_client_errors": "on"},
+    )
+    destination = Destination.objects.get(name="Flaky")
+    assert destination.retry_client_errors is True
+    created = AuditLog.objects.get(action="destination.created", target_id=str(destination.pk))
+    assert created.changes["retry_client_errors"] is True
+    edit_url = reverse("dashboard:destination_edit", args=["acme", destination.pk])
+    assert client.get(edit_url).context["form"]["retry_client_errors"].value() is True
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+    assert "retried on the usual schedule" in detail
+    # Unticked on the edit form: 4xx answers are final again, and the log says who changed it.
+    client.post(edit_url, {"name": "Flaky", "url": "http://127.0.0.1:9/flaky", "timeout_seconds": "5"})
+    assert Destination.objects.get(pk=destination.pk).retry_client_errors is False
+    updated = AuditLog.objects.get(action="destination.updated", target_id=str(destination.pk))
+    assert updated.changes == {"retry_client_errors": [True, False]} and updated.actor_user == owner
+
+
 def test_destination_refuses_a_private_address_when_not_allowed(client, owner, settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = False
     client.force_login(owner)

@@ -69,6 +69,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                     sources=form.cleaned_data["sources"],
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
                 )
             except DestinationError as exc:
@@ -118,6 +119,7 @@ class DestinationEditView(DestinationMixin, TemplateView):
                     sources=form.cleaned_data["sources"],
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
                 )
             except DestinationError as exc:
