@@ -12,6 +12,7 @@ from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import fixtures_for_provider
+from webhooks.services.sources import source_change_delay
 
 OPTION_PREFIX = "option_"
 
@@ -143,6 +144,11 @@ class SourceRotateSecretForm(forms.Form):
 
     def __init__(self, *args, provider: Provider, source=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Ingest processes keep a source for a few seconds: "now" would promise too much.
+        self.fields["overlap_seconds"].choices = [
+            (0, f"None: the old secret stops working {source_change_delay()}"),
+            *OVERLAP_CHOICES[1:],
+        ]
         offer_to_stop_previous_secret(self, source)
         if source is not None and not source.secret:
             # Setting a first secret: there is no old one to keep.

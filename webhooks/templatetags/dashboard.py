@@ -11,6 +11,7 @@ from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import headers_for_viewer
+from webhooks.services.sources import source_change_delay as _source_change_delay
 
 register = template.Library()
 
@@ -145,3 +146,9 @@ def awaits_secret(source) -> bool:
     """A source whose provider signs with a secret that has not been set yet (every request refused)."""
     provider = PROVIDERS.get(source.provider)
     return bool(provider and provider.uses_secret and not source.secret_hint)
+
+
+@register.simple_tag
+def source_change_delay() -> str:
+    """How soon stopping, resuming or a new secret of a source applies everywhere ("within 5 seconds")."""
+    return _source_change_delay()

@@ -522,6 +522,38 @@ def test_a_stripe_source_can_be_made_before_stripe_shows_its_secret(client, owne
     assert ">Receiving<" in page_text(client.get(reverse("dashboard:sources", args=["acme"])))
 
 
+def test_source_pages_say_changes_apply_within_the_source_cache_time_not_at_once(client, owner, organization, settings):
+    # Each ingest process keeps a source for INGEST_SOURCE_CACHE_SECONDS: nothing may promise "at once".
+    settings.INGEST_SOURCE_CACHE_SECONDS = 5.0
+    client.force_login(owner)
+    client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": "Stripe live"})
+    source = Source.objects.get(name="Stripe live")
+    rotate_url = reverse("dashboard:source_rotate", args=["acme", source.pk])
+    first = page_text(client.get(rotate_url))
+    assert "accepted within 5 seconds of saving it" in first and "from the moment" not in first
+    set_secret = page_text(client.post(rotate_url, {"new_secret": STRIPE_SECRET, "overlap_seconds": "0"}, follow=True))
+    assert "requests signed with it are accepted within 5 seconds" in set_secret and "from now on" not in set_secret
+    rotate = page_text(client.get(rotate_url))
+    assert "applies to every request within 5 seconds" in rotate
+    assert "None: the old secret stops working within 5 seconds" in rotate and "stops working now" not in rotate
+    rotated = page_text(client.post(rotate_url, {"new_secret": "whsec_two", "overlap_seconds": "3600"}, follow=True))
+    assert "is used for every request within 5 seconds" in rotated
+
+    stop_url = reverse("dashboard:source_set_active", args=["acme", source.pk])
+    assert "Once stopped (the change applies within 5 seconds)" in page_text(client.get(stop_url))
+    stopped = page_text(client.post(stop_url, {"active": "0"}, follow=True))
+    assert "its URL answers 404 (within 5 seconds) until it receives again" in stopped
+    resumed = page_text(client.post(stop_url, {"active": "1"}, follow=True))
+    assert "Receiving again: its URL accepts requests within 5 seconds." in resumed
+    delete = page_text(client.get(reverse("dashboard:source_delete", args=["acme", source.pk])))
+    assert "stops working within 5 seconds" in delete and "at once" not in delete
+
+    settings.INGEST_SOURCE_CACHE_SECONDS = 1
+    assert "stops working within 1 second and" in page_text(
+        client.get(reverse("dashboard:source_delete", args=["acme", source.pk]))
+    )
+
+
 def test_source_form_errors_are_shown_not_raised(client, owner):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": ""})
