@@ -739,6 +739,68 @@ def test_destination_form_sets_whether_4xx_answers_are_retried_and_audits_it(cli
     assert updated.changes == {"retry_client_errors": [True, False]} and updated.actor_user == owner
 
 
+def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk])
+    detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
+    first = page_text(client.post(url, follow=True))
+    assert "Retrying 1 failed delivery in the background." in first
+    job = BulkRetry.objects.get()
+    assert "Asked for" in first and "starting shortly" in first and "Retry all failed deliveries</button>" not in first
+    again = page_text(client.post(url, follow=True))
+    assert "Not retried: a bulk retry of this destination is already queued (asked for " in again
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING, heartbeat_at=timezone.now())
+    assert "is already running" in page_text(client.post(url, follow=True))
+    assert BulkRetry.objects.count() == 1
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.QUEUED, heartbeat_at=None)
+    operations.bulk_retry_run(job.pk)
+    job.refresh_from_db()
+    finished = page_text(client.get(detail_url))
+    assert f"Finished {job.finished_at:%-d %b %H:%M} UTC: 1 of 1 retried" in finished
+    assert "Retry all failed deliveries</button>" in finished
+    # Done: another may be asked for (here there is nothing left to retry, and it says so).
+    assert "nothing to retry" in page_text(client.post(url, follow=True))
+
+
+def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    response = page_text(
+        client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]), follow=True)
+    )
+    assert "Queued 1 failed delivery for another try. The destination is paused: it is sent when you resume it." in (
+        response
+    )
+    assert "Retrying" not in response and "retried deliveries wait and are sent when you resume it" in response
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 retried" not in detail
+
+
+def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(client, owner, organization):
+    world = build_world(client, organization)
+    retrying = Delivery.objects.create(
+        organization=organization,
+        event=world.event,
+        destination=world.destination,
+        is_replay=True,
+        status=Delivery.Status.PENDING,
+        attempt_count=1,
+    )
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    job = BulkRetry.objects.get()
+    assert job.total == 1
+    # It runs out of retries before the job starts: it existed when the job was asked for, so it is retried too.
+    Delivery.objects.filter(pk=retrying.pk).update(status=Delivery.Status.DEAD, completed_at=timezone.now())
+    job = operations.bulk_retry_run(job.pk)
+    assert (job.retried, job.total) == (2, 2)
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "2 of 2 retried" in detail
+
+
 def test_destination_refuses_a_private_address_when_not_allowed(client, owner, settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = False
     client.force_login(owner)
