@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
@@ -104,6 +107,22 @@ def delivery_state(delivery) -> str:
     if delivery.status == Delivery.Status.IN_FLIGHT:
         return "sending"
     return ""
+
+
+@register.filter
+def dead_count(deliveries) -> int:
+    """How many of ``deliveries`` (a list, or ``event.deliveries.all`` as prefetched: no query) are dead."""
+    return sum(1 for delivery in deliveries if delivery.status == Delivery.Status.DEAD)
+
+
+@register.filter
+def time_ago(moment) -> str:
+    """Django's timesince with "ago", and "just now" under a minute (never "0 minutes ago")."""
+    if not moment:
+        return ""
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment)} ago"
 
 
 @register.filter

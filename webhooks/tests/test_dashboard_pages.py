@@ -338,6 +338,33 @@ def test_event_page_says_why_a_delivery_is_dead_or_retrying(client, owner, organ
     assert "redirects are not followed; update the URL" in detail
 
 
+def test_an_event_whose_deliveries_are_dead_shows_it_next_to_its_status(client, owner, organization):
+    world = build_world(client, organization)
+    WebhookEvent.objects.filter(pk=world.event.pk).update(status=WebhookEvent.Status.PROCESSED)
+    client.force_login(owner)
+    detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    heading = re.search(r"<h1>.*?</h1>", detail, re.S).group(0)
+    assert "Processed" in heading and '<span class="badge badge-bad" title="1 of 1 deliveries' in heading
+    assert "1 dead</span>" in heading
+    listing = page_text(client.get(reverse("dashboard:events", args=["acme"])))
+    assert '<span class="badge badge-bad">1 dead</span>' in listing
+    # Delivered: no such badge.
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED)
+    assert "1 dead" not in page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    assert "1 dead" not in page_text(client.get(reverse("dashboard:events", args=["acme"])))
+
+
+def test_a_failure_under_a_minute_ago_reads_just_now(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
+    for url in (detail_url, reverse("dashboard:destinations", args=["acme"])):
+        text = page_text(client.get(url))
+        assert "just now" in text and "0\xa0minutes" not in text
+    world.delivery.attempts.update(started_at=timezone.now() - timedelta(minutes=3))
+    assert "3\xa0minutes ago" in page_text(client.get(detail_url))  # timesince joins with a no-break space
+
+
 def test_member_sees_event_but_no_retry_or_replay(client, member, organization):
     world = build_world(client, organization)
     client.force_login(member)
