@@ -12,6 +12,7 @@ from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
+from webhooks.services.sources import source_change_delay
 
 OPTION_PREFIX = "option_"
 
@@ -143,6 +144,11 @@ class SourceRotateSecretForm(forms.Form):
 
     def __init__(self, *args, provider: Provider, source=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Ingest processes keep a source for a few seconds: "now" would promise too much.
+        self.fields["overlap_seconds"].choices = [
+            (0, f"None: the old secret stops working {source_change_delay()}"),
+            *OVERLAP_CHOICES[1:],
+        ]
         offer_to_stop_previous_secret(self, source)
         if source is not None and not source.secret:
             # Setting a first secret: there is no old one to keep.
@@ -208,6 +214,14 @@ class DestinationForm(forms.Form):
         ),
     )
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)
+    retry_client_errors = forms.BooleanField(
+        label="Retry 4xx answers",
+        required=False,
+        help_text="Off (the default): a 4xx answer other than 408, 409, 425 or 429 fails the delivery at once, "
+        "since the same request would be refused again. Turn it on if your receiver answers 4xx for "
+        "passing trouble (a 404 during a deploy, a 401 while a key changes): such deliveries are then "
+        "retried on the usual schedule. Redirects (3xx) are never followed or retried.",
+    )
 
     def __init__(self, *args, organization, destination: Destination | None = None, **kwargs):
         if destination is not None:
@@ -218,6 +232,7 @@ class DestinationForm(forms.Form):
                     "name": destination.name,
                     "url": destination.url,
                     "timeout_seconds": destination.timeout_seconds,
+                    "retry_client_errors": destination.retry_client_errors,
                     "sources": [subscription.source_id for subscription in subscriptions],
                     "event_types": ", ".join(subscriptions[0].event_types) if subscriptions else "",
                 },

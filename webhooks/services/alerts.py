@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, send_mail
+from django.core.mail import EmailMultiAlternatives
 from django.db.models import Count, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -16,6 +16,7 @@ from organizations.models import Membership
 from webhooks.models import Delivery, Destination
 from webhooks.selectors import EVENT_STATUS_FAILED
 
+from .dashboard_stats import destination_health
 from .delivery import INACTIVE_DESTINATION_ERROR
 
 
@@ -42,18 +43,21 @@ def alert_destination_paused(destination_id: int) -> bool:
     if not claimed:
         return False
     destination = Destination.objects.select_related("organization").get(pk=destination_id)
-    waiting = destination.deliveries.filter(status=Delivery.Status.PENDING).count()
-    send_mail(
+    context = {
+        "destination": destination,
+        "organization_name": destination.organization.name,
+        # The same count as the destination page's "Waiting" card.
+        "waiting": destination_health(destination=destination, now=now).waiting,
+        "destination_link": settings.PUBLIC_BASE_URL
+        + reverse("dashboard:destination_detail", args=[destination.organization.slug, destination.pk]),
+    }
+    message = EmailMultiAlternatives(
         subject=f"[Hookline] Destination paused: {destination.name}",
-        message=(
-            f"Deliveries to {destination.name} ({destination.url}) in {destination.organization.name} are paused.\n\n"
-            f"Reason: {destination.pause_reason}\n"
-            f"Waiting deliveries: {waiting}. Nothing is lost: they are sent, in order of arrival, "
-            "when the destination is resumed.\n"
-        ),
-        from_email=None,
-        recipient_list=organization_admin_emails(destination.organization_id),
+        body=render_to_string("emails/destination_paused.txt", context),
+        to=organization_admin_emails(destination.organization_id),
     )
+    message.attach_alternative(render_to_string("emails/destination_paused.html", context), "text/html")
+    message.send()
     return True
 
 

@@ -246,13 +246,18 @@ def destination_health(*, destination: Destination, now: datetime | None = None)
         DeliveryAttempt.objects.filter(organization_id=destination.organization_id, delivery__destination=destination)
         .filter(Q(response_status__isnull=True) | Q(response_status__lt=200) | Q(response_status__gte=300))
         .order_by("-id")
-        .values("started_at", "response_status", "error")
+        .values("started_at", "response_status", "error", "delivery__status", "delivery__last_error")
         .first()
     )
     finished = counts["succeeded"] + counts["dead"]
     error = ""
     if last_failure:
-        error = last_failure["error"] or f"HTTP {last_failure['response_status']}"
+        # A dead delivery's own reason says why it stopped ("HTTP 301: redirects are not
+        # followed; update the URL"); an HTTP failure's attempt has no error of its own.
+        reason = (
+            last_failure["delivery__last_error"] if last_failure["delivery__status"] == Delivery.Status.DEAD else ""
+        )
+        error = last_failure["error"] or reason or f"HTTP {last_failure['response_status']}"
     return DestinationHealth(
         succeeded=counts["succeeded"],
         dead=counts["dead"],

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from organizations.models import Organization
 from organizations.services import SECRET_MASK, audit_record
@@ -118,6 +118,7 @@ def destination_create(
     sources: Iterable[Source] = (),
     event_types: list[str] | None = None,
     timeout_seconds: float | None = None,
+    retry_client_errors: bool = False,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once)."""
@@ -133,6 +134,7 @@ def destination_create(
         url=url,
         secret=secret,
         secret_hint=secret_hint(secret),
+        retry_client_errors=retry_client_errors,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
     )
     for source in sources:
@@ -142,7 +144,7 @@ def destination_create(
         organization=organization,
         actor=actor,
         target=destination,
-        changes={"name": name, "url": url, "secret": SECRET_MASK},
+        changes={"name": name, "url": url, "secret": SECRET_MASK, "retry_client_errors": retry_client_errors},
     )
     return destination, secret
 
@@ -178,9 +180,11 @@ def destination_update(
     sources: Iterable[Source],
     event_types: list[str],
     timeout_seconds: float,
+    retry_client_errors: bool | None = None,
     actor=None,
 ) -> Destination:
-    """Change a destination's name, URL, timeout and which sources (and event types) it receives."""
+    """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged)
+    and which sources (and event types) it receives."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     if url != destination.url:
@@ -190,11 +194,14 @@ def destination_update(
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
     changes: dict = {}
-    for field, value in (("name", name), ("url", url), ("timeout_seconds", timeout_seconds)):
+    fields = [("name", name), ("url", url), ("timeout_seconds", timeout_seconds)]
+    if retry_client_errors is not None:
+        fields.append(("retry_client_errors", retry_client_errors))
+    for field, value in fields:
         if getattr(destination, field) != value:
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
-    destination.save(update_fields=["name", "url", "timeout_seconds", "updated_at"])
+    destination.save(update_fields=[field for field, _ in fields] + ["updated_at"])
     existing = {subscription.source_id: subscription for subscription in destination.subscriptions.all()}
     removed = [source_id for source_id in existing if source_id not in wanted]
     if removed:
@@ -307,9 +314,37 @@ def destination_replay_event(*, event: WebhookEvent, destination: Destination, a
     return event_replay(event=event, destination=destination, actor=actor)
 
 
+# Namespace of the advisory locks that serialize bulk-retry requests per destination (the
+# two-key form: it never collides with the audit chain's single-key lock).
+_BULK_RETRY_LOCK_SPACE = 0x686C6272  # "hlbr"
+
+
+@transaction.atomic
 def destination_bulk_retry(*, destination: Destination, actor=None) -> BulkRetry:
-    """Retry every dead delivery of a destination, in the background."""
+    """Retry every dead delivery of a destination, in the background; one such job at a time.
+
+    A second request while one is queued or running is refused: it would count the same
+    deliveries and retry them twice. Two requests at the same moment are serialized by an
+    advisory lock on the destination, so one of them sees the other's job.
+    """
     require_configure_role(organization=destination.organization, actor=actor)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_BULK_RETRY_LOCK_SPACE, destination.pk])
+    unfinished = (
+        BulkRetry.objects.filter(
+            organization_id=destination.organization_id,
+            filters__destination=destination.pk,
+            status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING),
+        )
+        .order_by("created_at")
+        .first()
+    )
+    if unfinished is not None:
+        raise OperationError(
+            f"a bulk retry of this destination is already {unfinished.get_status_display().lower()} "
+            f"(asked for {unfinished.created_at:%-d %b %H:%M} UTC); wait until it has finished"
+        )
     return bulk_retry_start(organization=destination.organization, filters={"destination": destination.pk}, actor=actor)

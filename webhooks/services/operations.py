@@ -210,7 +210,12 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                 )
                 job.retried += updated
                 job.last_delivery_id = batch[-1]
-                BulkRetry.objects.filter(pk=job.pk).update(retried=job.retried, last_delivery_id=job.last_delivery_id)
+                # The total was counted when the job was asked for; deliveries that failed since
+                # (they existed then) are retried too, and counted in the total: never "14 of 7".
+                job.total = max(job.total, job.retried)
+                BulkRetry.objects.filter(pk=job.pk).update(
+                    retried=job.retried, total=job.total, last_delivery_id=job.last_delivery_id
+                )
             schedule_dispatch()
     except _BulkRetryTakenOver:
         job.refresh_from_db()

@@ -17,6 +17,18 @@ from .permissions import require_configure_role
 from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
 
 
+def source_change_delay() -> str:
+    """How soon a saved change of a source reaches every ingest process, in words.
+
+    Each web process keeps the sources it has seen for INGEST_SOURCE_CACHE_SECONDS (see
+    ingest.source_for_token), so stopping, resuming or a new secret applies within that time.
+    """
+    seconds = float(settings.INGEST_SOURCE_CACHE_SECONDS)
+    if seconds <= 0:
+        return "at once"
+    return f"within {seconds:g} second{'' if seconds == 1 else 's'}"
+
+
 class SourceError(ValueError):
     """A source cannot be created or changed as asked (message is safe to show)."""
 

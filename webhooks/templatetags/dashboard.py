@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import headers_for_viewer
+from webhooks.services.sources import source_change_delay as _source_change_delay
 
 register = template.Library()
 
@@ -106,6 +110,22 @@ def delivery_state(delivery) -> str:
 
 
 @register.filter
+def dead_count(deliveries) -> int:
+    """How many of ``deliveries`` (a list, or ``event.deliveries.all`` as prefetched: no query) are dead."""
+    return sum(1 for delivery in deliveries if delivery.status == Delivery.Status.DEAD)
+
+
+@register.filter
+def time_ago(moment) -> str:
+    """Django's timesince with "ago", and "just now" under a minute (never "0 minutes ago")."""
+    if not moment:
+        return ""
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment)} ago"
+
+
+@register.filter
 def http_badge(code: int | None) -> str:
     if code is None:
         return "badge-bad"
@@ -145,3 +165,9 @@ def awaits_secret(source) -> bool:
     """A source whose provider signs with a secret that has not been set yet (every request refused)."""
     provider = PROVIDERS.get(source.provider)
     return bool(provider and provider.uses_secret and not source.secret_hint)
+
+
+@register.simple_tag
+def source_change_delay() -> str:
+    """How soon stopping, resuming or a new secret of a source applies everywhere ("within 5 seconds")."""
+    return _source_change_delay()

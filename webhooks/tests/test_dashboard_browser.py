@@ -218,3 +218,31 @@ def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, cli
             assert shot.stat().st_size > 5_000
         page.context.close()
         signed_out.context.close()
+
+
+def test_an_event_page_with_a_long_event_type_fits_a_375_px_phone(browser, live_server, client, organization, owner):
+    # Shopify's topics have no spaces or dots to break at: the heading must wrap anyway.
+    world = build_world(client, organization)
+    long_type = "fulfillment_orders/cancellation_request_accepted"
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, "evt_long_type", long_type))
+    dead = Delivery.objects.create(
+        organization=organization,
+        event=event,
+        destination=world.destination,
+        status=Delivery.Status.DEAD,
+        attempt_count=1,
+        last_error="HTTP 301: redirects are not followed; update the URL",
+        completed_at=timezone.now(),
+    )
+    assert dead.pk
+    page = sign_in(browser, live_server, owner, width=375, height=812)
+    for path in (f"/o/acme/events/{event.pk}/", "/o/acme/events/"):
+        page.goto(f"{live_server.url}{path}")
+        page.wait_for_selector("h1")
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (path, overflow)
+    page.goto(f"{live_server.url}/o/acme/events/{event.pk}/")
+    heading = page.locator("h1").bounding_box()
+    assert heading["x"] + heading["width"] <= 375
+    assert long_type in page.locator("h1").inner_text()
+    page.context.close()

@@ -327,6 +327,60 @@ def test_event_detail_shows_body_headers_verification_and_attempts(client, owner
     assert "Retry now" in text and "Replay" in text
 
 
+def test_event_page_says_why_a_delivery_is_dead_or_retrying(client, owner, organization):
+    world = build_world(client, organization)
+    Delivery.objects.filter(pk=world.delivery.pk).update(
+        last_status_code=301, last_error="HTTP 301: redirects are not followed; update the URL <b>"
+    )
+    retrying = Delivery.objects.create(
+        organization=organization,
+        event=world.event,
+        destination=make_destination(organization, "http://127.0.0.1:9/other", sources=[world.source])[0],
+        status=Delivery.Status.PENDING,
+        attempt_count=2,
+        last_status_code=401,
+        last_error="HTTP 401",
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+    )
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    # Escaped, next to the delivery it belongs to.
+    assert "Why it failed:</strong> HTTP 301: redirects are not followed; update the URL &lt;b&gt;" in text
+    assert "Last attempt failed:</strong> HTTP 401" in text
+    dead_at, retrying_at = text.index(f'id="delivery-{world.delivery.pk}"'), text.index(f'id="delivery-{retrying.pk}"')
+    assert dead_at < text.index("Why it failed") < retrying_at < text.index("Last attempt failed")
+    # The destination page's "Last failure" gives the dead delivery's reason, not just "HTTP 503".
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "redirects are not followed; update the URL" in detail
+
+
+def test_an_event_whose_deliveries_are_dead_shows_it_next_to_its_status(client, owner, organization):
+    world = build_world(client, organization)
+    WebhookEvent.objects.filter(pk=world.event.pk).update(status=WebhookEvent.Status.PROCESSED)
+    client.force_login(owner)
+    detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    heading = re.search(r"<h1>.*?</h1>", detail, re.S).group(0)
+    assert "Processed" in heading and '<span class="badge badge-bad" title="1 of 1 deliveries' in heading
+    assert "1 dead</span>" in heading
+    listing = page_text(client.get(reverse("dashboard:events", args=["acme"])))
+    assert '<span class="badge badge-bad">1 dead</span>' in listing
+    # Delivered: no such badge.
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED)
+    assert "1 dead" not in page_text(client.get(reverse("dashboard:event_detail", args=["acme", world.event.pk])))
+    assert "1 dead" not in page_text(client.get(reverse("dashboard:events", args=["acme"])))
+
+
+def test_a_failure_under_a_minute_ago_reads_just_now(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
+    for url in (detail_url, reverse("dashboard:destinations", args=["acme"])):
+        text = page_text(client.get(url))
+        assert "just now" in text and "0\xa0minutes" not in text
+    world.delivery.attempts.update(started_at=timezone.now() - timedelta(minutes=3))
+    assert "3\xa0minutes ago" in page_text(client.get(detail_url))  # timesince joins with a no-break space
+
+
 def test_member_sees_event_but_no_retry_or_replay(client, member, organization):
     world = build_world(client, organization)
     client.force_login(member)
@@ -540,6 +594,38 @@ def test_a_stripe_source_can_be_made_before_stripe_shows_its_secret(client, owne
     assert ">Receiving<" in page_text(client.get(reverse("dashboard:sources", args=["acme"])))
 
 
+def test_source_pages_say_changes_apply_within_the_source_cache_time_not_at_once(client, owner, organization, settings):
+    # Each ingest process keeps a source for INGEST_SOURCE_CACHE_SECONDS: nothing may promise "at once".
+    settings.INGEST_SOURCE_CACHE_SECONDS = 5.0
+    client.force_login(owner)
+    client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": "Stripe live"})
+    source = Source.objects.get(name="Stripe live")
+    rotate_url = reverse("dashboard:source_rotate", args=["acme", source.pk])
+    first = page_text(client.get(rotate_url))
+    assert "accepted within 5 seconds of saving it" in first and "from the moment" not in first
+    set_secret = page_text(client.post(rotate_url, {"new_secret": STRIPE_SECRET, "overlap_seconds": "0"}, follow=True))
+    assert "requests signed with it are accepted within 5 seconds" in set_secret and "from now on" not in set_secret
+    rotate = page_text(client.get(rotate_url))
+    assert "applies to every request within 5 seconds" in rotate
+    assert "None: the old secret stops working within 5 seconds" in rotate and "stops working now" not in rotate
+    rotated = page_text(client.post(rotate_url, {"new_secret": "whsec_two", "overlap_seconds": "3600"}, follow=True))
+    assert "is used for every request within 5 seconds" in rotated
+
+    stop_url = reverse("dashboard:source_set_active", args=["acme", source.pk])
+    assert "Once stopped (the change applies within 5 seconds)" in page_text(client.get(stop_url))
+    stopped = page_text(client.post(stop_url, {"active": "0"}, follow=True))
+    assert "its URL answers 404 (within 5 seconds) until it receives again" in stopped
+    resumed = page_text(client.post(stop_url, {"active": "1"}, follow=True))
+    assert "Receiving again: its URL accepts requests within 5 seconds." in resumed
+    delete = page_text(client.get(reverse("dashboard:source_delete", args=["acme", source.pk])))
+    assert "stops working within 5 seconds" in delete and "at once" not in delete
+
+    settings.INGEST_SOURCE_CACHE_SECONDS = 1
+    assert "stops working within 1 second and" in page_text(
+        client.get(reverse("dashboard:source_delete", args=["acme", source.pk]))
+    )
+
+
 def test_source_form_errors_are_shown_not_raised(client, owner):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": ""})
@@ -700,6 +786,91 @@ def test_destination_health_pause_resume_and_bulk_retry(client, owner, organizat
     assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
     assert "1 of 1 retried" in detail
+
+
+def test_destination_form_sets_whether_4xx_answers_are_retried_and_audits_it(client, owner, organization):
+    client.force_login(owner)
+    form = page_text(client.get(reverse("dashboard:destination_create", args=["acme"])))
+    assert "Retry 4xx answers" in form and "fails the delivery at once" in form
+    client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {"name": "Flaky", "url": "http://127.0.0.1:9/flaky", "timeout_seconds": "5", "retry_client_errors": "on"},
+    )
+    destination = Destination.objects.get(name="Flaky")
+    assert destination.retry_client_errors is True
+    created = AuditLog.objects.get(action="destination.created", target_id=str(destination.pk))
+    assert created.changes["retry_client_errors"] is True
+    edit_url = reverse("dashboard:destination_edit", args=["acme", destination.pk])
+    assert client.get(edit_url).context["form"]["retry_client_errors"].value() is True
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+    assert "retried on the usual schedule" in detail
+    # Unticked on the edit form: 4xx answers are final again, and the log says who changed it.
+    client.post(edit_url, {"name": "Flaky", "url": "http://127.0.0.1:9/flaky", "timeout_seconds": "5"})
+    assert Destination.objects.get(pk=destination.pk).retry_client_errors is False
+    updated = AuditLog.objects.get(action="destination.updated", target_id=str(destination.pk))
+    assert updated.changes == {"retry_client_errors": [True, False]} and updated.actor_user == owner
+
+
+def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk])
+    detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
+    first = page_text(client.post(url, follow=True))
+    assert "Retrying 1 failed delivery in the background." in first
+    job = BulkRetry.objects.get()
+    assert "Asked for" in first and "starting shortly" in first and "Retry all failed deliveries</button>" not in first
+    again = page_text(client.post(url, follow=True))
+    assert "Not retried: a bulk retry of this destination is already queued (asked for " in again
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING, heartbeat_at=timezone.now())
+    assert "is already running" in page_text(client.post(url, follow=True))
+    assert BulkRetry.objects.count() == 1
+    BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.QUEUED, heartbeat_at=None)
+    operations.bulk_retry_run(job.pk)
+    job.refresh_from_db()
+    finished = page_text(client.get(detail_url))
+    assert f"Finished {job.finished_at:%-d %b %H:%M} UTC: 1 of 1 retried" in finished
+    assert "Retry all failed deliveries</button>" in finished
+    # Done: another may be asked for (here there is nothing left to retry, and it says so).
+    assert "nothing to retry" in page_text(client.post(url, follow=True))
+
+
+def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    response = page_text(
+        client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]), follow=True)
+    )
+    assert "Queued 1 failed delivery for another try. The destination is paused: it is sent when you resume it." in (
+        response
+    )
+    assert "Retrying" not in response and "retried deliveries wait and are sent when you resume it" in response
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 retried" not in detail
+
+
+def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(client, owner, organization):
+    world = build_world(client, organization)
+    retrying = Delivery.objects.create(
+        organization=organization,
+        event=world.event,
+        destination=world.destination,
+        is_replay=True,
+        status=Delivery.Status.PENDING,
+        attempt_count=1,
+    )
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    job = BulkRetry.objects.get()
+    assert job.total == 1
+    # It runs out of retries before the job starts: it existed when the job was asked for, so it is retried too.
+    Delivery.objects.filter(pk=retrying.pk).update(status=Delivery.Status.DEAD, completed_at=timezone.now())
+    job = operations.bulk_retry_run(job.pk)
+    assert (job.retried, job.total) == (2, 2)
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "2 of 2 retried" in detail
 
 
 def test_destination_refuses_a_private_address_when_not_allowed(client, owner, settings):

@@ -59,3 +59,49 @@ def test_several_dead_deliveries_are_plural(client, organization):
     assert "3 deliveries to endpoint" in message.body and "were refused" in message.body
     assert "3 × 503" in message.body and "They are kept" in message.body
     assert message.to == ["owner@acme.example"]
+
+
+def test_the_digest_points_to_the_dashboard_not_to_the_platform_admin(client, organization):
+    dead_events(client, organization, 2)
+    assert send_dead_letter_digests() == 1
+    message = mail.outbox[0]
+    html = message.alternatives[0][0]
+    for text in (message.body, html):
+        assert "retry_delivery" not in text and "the admin" not in text
+        assert "Retry all failed deliveries" in text and "Retry now" in text
+
+
+def test_the_pause_email_links_to_the_destination_says_how_to_resume_and_counts_as_its_page(
+    client, organization, owner, settings
+):
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from webhooks.models import Delivery, Destination
+    from webhooks.services.alerts import alert_destination_paused
+
+    destination = dead_events(client, organization, 1)  # a dead one: not waiting
+    event = WebhookEvent.objects.get()
+    for status in (Delivery.Status.PENDING, Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT):
+        Delivery.objects.create(
+            organization=organization, event=event, destination=destination, is_replay=True, status=status
+        )
+    Destination.objects.filter(pk=destination.pk).update(
+        paused_at=timezone.now(), pause_reason="paused automatically after 5 consecutive failed attempts"
+    )
+    assert alert_destination_paused(destination.pk) is True
+
+    message = mail.outbox[0]
+    html = message.alternatives[0][0]
+    link = f"{settings.PUBLIC_BASE_URL}/o/acme/destinations/{destination.pk}/"
+    assert message.subject == "[Hookline] Destination paused: endpoint" and message.to == ["owner@acme.example"]
+    assert link in message.body and f'href="{link}"' in html
+    for text in (message.body, html):
+        assert "press &quot;Resume&quot;" in text or 'press "Resume"' in text
+        assert "5 consecutive failed attempts" in text
+    # What the destination's page calls "Waiting" (queued or being sent), and the same number.
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
+    assert page.context["health"].waiting == 3
+    assert "Waiting deliveries: 3 (the" in message.body
+    assert alert_destination_paused(destination.pk) is False  # once per interval

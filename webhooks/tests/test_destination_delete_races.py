@@ -236,3 +236,28 @@ def test_the_early_foreign_key_check_covers_what_a_deletion_removes_and_nothing_
         checked.append(True)
     assert checked == [True]  # the commit failed, not the check
     assert Source.objects.exists()
+
+
+def test_two_bulk_retries_of_a_destination_asked_for_at_once_make_one_job(routed, monkeypatch):
+    from webhooks.models import BulkRetry
+    from webhooks.services import destinations
+
+    from .dashboard_helpers import dead_delivery
+
+    kept, _ = routed
+    dead_delivery(WebhookEvent.objects.get(), kept)
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    real_start = destinations.bulk_retry_start
+
+    def start_then_pause(**kwargs):
+        job = real_start(**kwargs)
+        first.pause()  # its job is created, not committed: the second request must wait, then see it
+        return job
+
+    monkeypatch.setattr(destinations, "bulk_retry_start", start_then_pause)
+    first = Paused(lambda: destinations.destination_bulk_retry(destination=Destination.objects.get(pk=kept.pk)))
+    errors = run_alongside(
+        first, lambda: destinations.destination_bulk_retry(destination=Destination.objects.get(pk=kept.pk))
+    )
+    assert len(errors) == 1 and "already queued" in str(errors[0])
+    assert BulkRetry.objects.count() == 1

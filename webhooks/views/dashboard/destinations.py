@@ -6,6 +6,7 @@ from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
 from webhooks.forms import DestinationForm, DestinationRotateSecretForm
+from webhooks.models import BulkRetry
 from webhooks.selectors import (
     bulk_retries_for_destination,
     destination_for_organization,
@@ -69,6 +70,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                     sources=form.cleaned_data["sources"],
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
                 )
             except DestinationError as exc:
@@ -85,11 +87,13 @@ class DestinationDetailView(DestinationMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         destination = self.get_destination()
+        bulk_retries = bulk_retries_for_destination(destination=destination)
         context.update(
             destination=destination,
             health=destination_health(destination=destination),
             subscriptions=list(destination.subscriptions.select_related("source")),
-            bulk_retries=bulk_retries_for_destination(destination=destination),
+            bulk_retries=bulk_retries,
+            bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
         )
         return context
 
@@ -118,6 +122,7 @@ class DestinationEditView(DestinationMixin, TemplateView):
                     sources=form.cleaned_data["sources"],
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
+                    retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
                 )
             except DestinationError as exc:
@@ -197,8 +202,13 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
             return self.done(
                 f"Not retried: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
             )
-        return self.done(
-            f"Retrying {job.total} failed {'delivery' if job.total == 1 else 'deliveries'} in the background.",
-            "dashboard:destination_detail",
-            destination.pk,
-        )
+        deliveries = f"{job.total} failed {'delivery' if job.total == 1 else 'deliveries'}"
+        if destination.paused_at:
+            # Nothing is sent to a paused destination: "retrying" would say they are on their way.
+            message = (
+                f"Queued {deliveries} for another try. The destination is paused: "
+                f"{'it is' if job.total == 1 else 'they are'} sent when you resume it."
+            )
+        else:
+            message = f"Retrying {deliveries} in the background."
+        return self.done(message, "dashboard:destination_detail", destination.pk)

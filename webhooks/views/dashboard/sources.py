@@ -19,6 +19,7 @@ from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceError,
     ingest_url,
+    source_change_delay,
     source_create,
     source_delete,
     source_rotate_secret,
@@ -198,11 +199,13 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
             else:
                 if generated:
                     return secret_once_response(self, source=source, secret=generated, title="New signing secret")
+                delay = source_change_delay()
                 messages.success(
                     request,
-                    f"Secret rotated; it now ends in {source.secret_hint}."
+                    f"Secret rotated; it now ends in {source.secret_hint} and is used for every request {delay}."
                     if had_secret
-                    else f"Signing secret set (ending in {source.secret_hint}): requests are accepted from now on.",
+                    else f"Signing secret set (ending in {source.secret_hint}): requests signed with it are "
+                    f"accepted {delay}.",
                 )
                 return redirect("dashboard:source_detail", self.organization.slug, source.pk)
         return self.render_to_response(self.get_context_data(source=source, form=form))
@@ -228,7 +231,9 @@ class SourceSetActiveView(SourceMixin, TemplateView):
         source_set_active(source=source, active=active, actor=request.user)
         messages.success(
             request,
-            "Receiving again." if active else "Stopped: its URL answers 404 until it receives again.",
+            f"Receiving again: its URL accepts requests {source_change_delay()}."
+            if active
+            else f"Stopped: its URL answers 404 ({source_change_delay()}) until it receives again.",
         )
         return redirect("dashboard:source_detail", self.organization.slug, source.pk)
 
