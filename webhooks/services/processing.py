@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -25,6 +26,14 @@ logger = logging.getLogger(__name__)
 PROCESSING_SCHEDULED_KEY = "processing:scheduled"
 PROCESSING_SCHEDULED_TTL = 5
 EVENT_BATCH_SIZE = 100
+# One processing loop runs at a time (a PostgreSQL advisory lock, held by its session): another
+# process_events message (a sweeper's, a hand-over racing a loop that saw new work) ends at once
+# rather than run beside it for PROCESSING_MAX_SECONDS, and two such loops handing over to each
+# other kept two of a worker's processes busy for good, the dispatcher's message waiting behind.
+_PROCESSING_LOCK = 0x686C7072  # "hlpr"
+# How long a second loop waits for the lock: a loop ending (its last look done, or handing over
+# at its deadline) lets go within this, and the new message must then do the work.
+PROCESSING_LOCK_WAIT_SECONDS = 2.0
 
 
 def schedule_event_processing(*, from_ingest: bool = False) -> None:
@@ -43,14 +52,45 @@ def schedule_event_processing(*, from_ingest: bool = False) -> None:
     )
 
 
+@contextmanager
+def _the_only_processing_loop():
+    """Yields whether this task holds the processing lock (always in the embedded mode)."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    give_up_at = time.monotonic() + PROCESSING_LOCK_WAIT_SECONDS
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PROCESSING_LOCK])
+            if cursor.fetchone()[0]:
+                break
+            if time.monotonic() >= give_up_at:
+                yield False  # the loop holding it finds the work this message was sent for
+                return
+            time.sleep(0.05)
+    try:
+        yield True
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_PROCESSING_LOCK])
+        except Exception:  # a lost connection has let go of it already
+            logger.warning("could not release the processing lock; its connection ends it", exc_info=True)
+
+
 def process_received_events(linger_seconds: float | None = None) -> int:
     """Fan out every received event; returns how many were processed.
 
     When nothing is left, the task looks again every ``LINGER_POLL_SECONDS`` for
     ``linger_seconds`` (``PROCESSING_LINGER_SECONDS``) before it ends, with its flag still
     set: under a steady trickle of webhooks one running task serves them all, instead of a
-    Celery message and a task start per webhook.
+    Celery message and a task start per webhook. Only one runs at a time.
     """
+    with _the_only_processing_loop() as alone:
+        return _process_until_idle(linger_seconds) if alone else 0
+
+
+def _process_until_idle(linger_seconds: float | None) -> int:
     linger_seconds = settings.PROCESSING_LINGER_SECONDS if linger_seconds is None else linger_seconds
     # A steady stream would keep one task running for ever: end after a while, so the tasks
     # queued behind it (sweeper, bulk retries, digests) get a worker process; the next
@@ -147,9 +187,9 @@ def sweep(now=None) -> dict[str, int]:
 
     stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
     if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
-        from webhooks.tasks import process_events
-
-        process_events.apply_async(retry=False)
+        # Through the flag: a loop that is running keeps it set and finds these itself. A flag
+        # left by a lost message expires within PROCESSING_SCHEDULED_TTL, before the next sweep.
+        schedule_event_processing()
         result["events"] = 1
 
     # A worker that died mid-attempt leaves its delivery in flight: give it back.

@@ -11,6 +11,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
+from webhooks.services.scheduling import clear_flag, set_flag
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
 from .signing import standard_webhooks_headers, stripe_headers
@@ -337,6 +338,11 @@ def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeyp
     ingest(client, source)
     assert processing.sweep()["events"] == 0  # just arrived: the normal path has it
     later = timezone.now() + timedelta(minutes=5)
+    published.clear()
+    set_flag(processing.PROCESSING_SCHEDULED_KEY, 5)  # a task is queued or running
+    assert processing.sweep(now=later)["events"] == 1
+    assert published == []  # it finds them: no second one
+    clear_flag(processing.PROCESSING_SCHEDULED_KEY)  # expired: that message was lost
     assert processing.sweep(now=later)["events"] == 1 and published == [1]
 
 

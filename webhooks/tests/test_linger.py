@@ -114,3 +114,33 @@ def test_an_idle_dispatcher_lingers_for_its_setting_then_ends(organization, publ
     assert delivery_service.dispatch_due_deliveries(threads=2) == 0
     assert 0.45 <= time.monotonic() - started < 5
     assert published == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_processing_loop_at_a_time(organization, settings):
+    """A second process_events message ends at once while a loop runs, and does the work once it ends."""
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the lock is PostgreSQL's")
+    settings.PROCESSING_LINGER_SECONDS = 0
+    source = make_source(organization)
+    WebhookEvent.objects.create(organization=organization, source=source, body=b"{}", provider_event_id="evt_1")
+    dsn = connection.get_connection_params()
+    running_loop = psycopg.connect(**{k: v for k, v in dsn.items() if k != "cursor_factory"}, autocommit=True)
+    try:
+        running_loop.execute("SELECT pg_advisory_lock(%s)", [processing._PROCESSING_LOCK])
+        started = time.monotonic()
+        assert processing.process_received_events() == 0  # the running loop has it
+        assert time.monotonic() - started < processing.PROCESSING_LOCK_WAIT_SECONDS + 1.5
+        assert WebhookEvent.objects.get().status == WebhookEvent.Status.RECEIVED
+
+        # A loop that is ending lets go within the wait: the new message then does the work.
+        release = threading.Timer(0.3, lambda: running_loop.execute("SELECT pg_advisory_unlock_all()"))
+        release.start()
+        assert processing.process_received_events() == 1
+        release.join()
+    finally:
+        running_loop.close()
+    assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
