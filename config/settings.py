@@ -260,7 +260,9 @@ DELIVERY_RESPONSE_BODY_MAX_BYTES = env.int("DELIVERY_RESPONSE_BODY_MAX_BYTES", d
 ALLOW_PRIVATE_DESTINATIONS = env.bool("ALLOW_PRIVATE_DESTINATIONS", default=False)
 # Work left in a state longer than this is picked up again by the sweeper.
 STUCK_EVENT_SECONDS = env.int("STUCK_EVENT_SECONDS", default=10)
-# Above the longest allowed attempt (DELIVERY_MAX_TIMEOUT_SECONDS), so a slow send is never taken for a lost one.
+# A delivery in flight this long after its attempt's timeout is taken for lost (its worker died)
+# and sent again; STUCK_DELIVERY_SECONDS after its claim at the latest.
+STUCK_DELIVERY_MARGIN_SECONDS = env.int("STUCK_DELIVERY_MARGIN_SECONDS", default=30)
 STUCK_DELIVERY_SECONDS = env.int("STUCK_DELIVERY_SECONDS", default=150)
 SECRET_ROTATION_OVERLAP_SECONDS = env.int("SECRET_ROTATION_OVERLAP_SECONDS", default=24 * 3600)
 

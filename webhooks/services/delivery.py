@@ -145,6 +145,39 @@ def claim_clock(now=None):
     return Now() if connection.vendor == "postgresql" else timezone.now()
 
 
+def release_lost_claims(now=None) -> int:
+    """Give back the deliveries of dispatchers that died mid-attempt; returns how many.
+
+    An attempt cannot outlast its destination's timeout (the watchdog cuts it), so a claim
+    is taken for lost STUCK_DELIVERY_MARGIN_SECONDS after that, and after STUCK_DELIVERY_SECONDS
+    at the latest. Until then a dead worker's claims count against the destination's
+    concurrency cap: with the default 15 s timeout that is 45 s of a frozen destination rather
+    than STUCK_DELIVERY_SECONDS'. Judged by the database's clock, as claims are dated by it.
+    """
+    if now is None and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement_timestamp()")
+            judged_at = cursor.fetchone()[0]
+    else:
+        judged_at = now or timezone.now()
+    latest = timedelta(seconds=settings.STUCK_DELIVERY_SECONDS)
+    margin = timedelta(seconds=settings.STUCK_DELIVERY_MARGIN_SECONDS)
+    shortest = min(latest, timedelta(seconds=Destination.MIN_TIMEOUT_SECONDS) + margin)
+    in_flight = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, claimed_at__lt=judged_at - shortest)
+    lost = [
+        pk
+        for pk, claimed_at, timeout in in_flight.values_list("pk", "claimed_at", "destination__timeout_seconds")
+        if claimed_at
+        < judged_at - min(latest, timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin)
+    ]
+    if not lost:
+        return 0
+    # The same condition again: a claim renewed meanwhile (released and taken again) stays.
+    return in_flight.filter(pk__in=lost).update(
+        status=Delivery.Status.PENDING, next_attempt_at=now or timezone.now(), claimed_at=None
+    )
+
+
 def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
 

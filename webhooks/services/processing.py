@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
 
-from .delivery import claim_clock, dead_letter_deliveries_of_inactive_destinations, schedule_dispatch
+from .delivery import dead_letter_deliveries_of_inactive_destinations, release_lost_claims, schedule_dispatch
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .row_locks import lock_destinations_against_deletion
@@ -179,9 +179,8 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
 
 def sweep(now=None) -> dict[str, int]:
     """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
-    # Claims are dated by the database's clock (services.delivery), so they are judged by it
-    # too: a sweeping host whose clock runs ahead must not take a live send for a lost one.
-    claims_judged_at = claim_clock(now)
+    # Claims are judged by the database's clock (release_lost_claims) unless a time is given.
+    given_now = now
     now = now or timezone.now()
     result = {"events": 0, "released": 0, "inactive": 0, "bulk_retries": 0, "due": 0}
 
@@ -193,10 +192,7 @@ def sweep(now=None) -> dict[str, int]:
         result["events"] = 1
 
     # A worker that died mid-attempt leaves its delivery in flight: give it back.
-    result["released"] = Delivery.objects.filter(
-        status=Delivery.Status.IN_FLIGHT,
-        claimed_at__lt=claims_judged_at - timedelta(seconds=settings.STUCK_DELIVERY_SECONDS),
-    ).update(status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None)
+    result["released"] = release_lost_claims(given_now)
 
     result["inactive"] = dead_letter_deliveries_of_inactive_destinations(now)
 

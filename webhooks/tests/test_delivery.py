@@ -314,6 +314,24 @@ def test_sweeper_releases_deliveries_of_dead_workers_and_schedules_due_ones(
     assert delivery.status == Delivery.Status.PENDING and delivery.attempt_count == 1
 
 
+def test_a_dead_worker_s_claim_is_released_soon_after_its_attempt_s_timeout(
+    client, organization, httpserver, dispatches, settings
+):
+    # Until released it holds one of the destination's concurrent sends: not for STUCK_DELIVERY_SECONDS.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    Destination.objects.filter(pk=destination.pk).update(timeout_seconds=5)
+    ingest(client, source)
+    processing.process_received_events()
+    delivery = Delivery.objects.get()
+    assert delivery_service.claim_delivery(delivery.pk) is not None
+    claimed_at = Delivery.objects.get().claimed_at
+    margin = settings.STUCK_DELIVERY_MARGIN_SECONDS
+    assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin - 1))["released"] == 0  # may be live
+    assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin + 1))["released"] == 1
+    assert Delivery.objects.get().status == Delivery.Status.PENDING
+
+
 def test_a_sweeper_whose_clock_runs_ahead_does_not_take_a_live_send_for_a_lost_one(
     client, organization, httpserver, dispatches, settings, monkeypatch
 ):
