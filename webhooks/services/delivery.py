@@ -196,7 +196,11 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
         oldest_due = Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True).filter(
             status=Delivery.Status.PENDING, next_attempt_at__lte=now
         )
-        due = oldest_due.filter(destination__paused_at__isnull=True, destination__is_active=True)
+        due = oldest_due.filter(
+            destination__paused_at__isnull=True,
+            destination__is_active=True,
+            destination__organization__is_active=True,
+        )
         destinations: dict[int, Destination] = {}
         allowance: dict[int, int] = {}
         taken: dict[int, int] = defaultdict(int)
@@ -298,7 +302,9 @@ SELECT
     ARRAY(
         SELECT waiting.destination_id FROM waiting
         JOIN webhooks_destination ON webhooks_destination.id = waiting.destination_id
+        JOIN organizations_organization ON organizations_organization.id = webhooks_destination.organization_id
         WHERE webhooks_destination.is_active AND webhooks_destination.paused_at IS NULL
+            AND organizations_organization.is_active
             AND waiting.oldest <= %(now)s AND NOT (waiting.destination_id = ANY(%(exclude)s::bigint[]))
         ORDER BY waiting.oldest, waiting.destination_id
         LIMIT %(count)s
@@ -332,7 +338,7 @@ def _waiting_longest_by_probes(now, *, exclude: list[int], count: int) -> list[i
     # Destinations with nothing due sort last and are dropped here: a filter on the annotation
     # would make the database probe twice.
     ranked = (
-        Destination.objects.filter(is_active=True, paused_at__isnull=True)
+        Destination.objects.filter(is_active=True, paused_at__isnull=True, organization__is_active=True)
         .exclude(pk__in=exclude)
         .annotate(oldest_due=Subquery(oldest_due))
         .order_by(F("oldest_due").asc(nulls_last=True), "pk")
@@ -348,6 +354,7 @@ OLDEST_DUE_OF_SQL = f"""
 SELECT due.id, due.destination_id
 FROM unnest(%s::bigint[], %s::integer[]) WITH ORDINALITY AS wanted (destination_id, room, rank)
 JOIN webhooks_destination ON webhooks_destination.id = wanted.destination_id
+JOIN organizations_organization ON organizations_organization.id = webhooks_destination.organization_id
 CROSS JOIN LATERAL (
     SELECT id, destination_id, next_attempt_at FROM webhooks_delivery
     WHERE destination_id = wanted.destination_id AND status = '{Delivery.Status.PENDING}' AND next_attempt_at <= %s
@@ -355,7 +362,7 @@ CROSS JOIN LATERAL (
     LIMIT wanted.room
     FOR NO KEY UPDATE SKIP LOCKED
 ) AS due
-WHERE webhooks_destination.is_active AND webhooks_destination.paused_at IS NULL
+WHERE webhooks_destination.is_active AND webhooks_destination.paused_at IS NULL AND organizations_organization.is_active
 ORDER BY wanted.rank, due.next_attempt_at, due.id
 """
 
@@ -382,9 +389,10 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
         return
     locked = {
         d.pk: d
-        for d in Destination.objects.select_for_update(no_key=True, skip_locked=True)
+        for d in Destination.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
         .filter(pk__in=ids)
         .order_by("pk")
+        .annotate(organization_active=F("organization__is_active"))
         .only(
             "pk",
             "is_active",
@@ -402,7 +410,12 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     )
     for destination_id in ids:
         destination = locked.get(destination_id)
-        if destination is None or not destination.is_active or destination.paused_at is not None:
+        if (
+            destination is None
+            or not destination.is_active
+            or destination.paused_at is not None
+            or not destination.organization_active  # a suspended organization's wait as a paused one's
+        ):
             allowance[destination_id] = 0
             continue
         destinations[destination_id] = destination
@@ -446,6 +459,7 @@ def claim_delivery(delivery_id) -> Delivery | None:
         next_attempt_at__lte=now,
         destination__paused_at__isnull=True,
         destination__is_active=True,
+        destination__organization__is_active=True,
     ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=claim_clock(), attempt_count=F("attempt_count") + 1)
     if claimed != 1:
         return None

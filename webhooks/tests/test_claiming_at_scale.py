@@ -174,3 +174,20 @@ def test_a_paused_destination_s_older_backlog_neither_hides_others_nor_is_claime
 
     assert sorted(d.pk for d in claimed) == sorted(waiting)
     assert not Delivery.objects.filter(destination__in=[paused, inactive]).exclude(status="pending").exists()
+
+
+def test_a_suspended_organization_s_deliveries_wait_until_it_is_active_again(seeder, way, other_organization):
+    # An operator suspends a tenant (for abuse, say): its outgoing traffic and retries stop too.
+    from organizations.models import Organization
+
+    suspended = Seeder(other_organization)
+    theirs = suspended.deliveries(suspended.destination("theirs"), 20, waited=timedelta(hours=1))
+    ours = seeder.deliveries(seeder.destination("ours"), 2, waited=timedelta(minutes=1))
+    Organization.objects.filter(pk=other_organization.pk).update(is_active=False)
+
+    assert sorted(d.pk for d in delivery_service.claim_due_deliveries(4)) == sorted(ours)
+    assert delivery_service.claim_delivery(theirs[0]) is None
+    assert not Delivery.objects.filter(pk__in=theirs).exclude(status="pending").exists()
+
+    Organization.objects.filter(pk=other_organization.pk).update(is_active=True)
+    assert {d.pk for d in delivery_service.claim_due_deliveries(4)} <= set(theirs)
