@@ -1,6 +1,11 @@
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+# Retention deletes events for good: never less than a day, and at most about ten years.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650
 
 
 class Organization(models.Model):
@@ -15,7 +20,15 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.FREE)
     monthly_event_quota = models.PositiveIntegerField(default=100_000)
-    retention_days = models.PositiveIntegerField(default=30)
+    retention_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(MIN_RETENTION_DAYS), MaxValueValidator(MAX_RETENTION_DAYS)],
+        help_text=(
+            "Days a finished event is kept. Every hour, events received longer ago than this (with their "
+            "deliveries and delivery attempts, and rejected requests) are deleted for good; events still "
+            f"waiting to be delivered are kept. From {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days."
+        ),
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
