@@ -1,11 +1,18 @@
 """Retention settings that cannot wipe a tenant by accident, and the monthly quota notice."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from django.utils import timezone
 
-from organizations.models import Organization
+from organizations.models import AuditLog, Organization
+from organizations.services import audit_verify_chain
+from webhooks.models import WebhookEvent
+from webhooks.services.lifecycle import purge_expired_events
+from webhooks.tests.factories import make_source
 from webhooks.tests.test_admin import organization_form
 
 pytestmark = pytest.mark.django_db
@@ -38,3 +45,51 @@ def test_the_admin_refuses_a_retention_of_zero_days(client, organization):
     assert "retention_days" in response.context["adminform"].form.errors
     organization.refresh_from_db()
     assert organization.retention_days == 30
+
+
+# --- The hourly purge ----------------------------------------------------------------
+
+
+def make_event(source, age: timedelta, status=WebhookEvent.Status.PROCESSED) -> WebhookEvent:
+    return WebhookEvent.objects.create(
+        organization_id=source.organization_id,
+        source=source,
+        body=b"{}",
+        status=status,
+        received_at=timezone.now() - age,
+    )
+
+
+def test_a_retention_below_one_day_stored_anyway_keeps_events_younger_than_a_day(organization):
+    source = make_source(organization)
+    recent = make_event(source, timedelta(hours=2))
+    old = make_event(source, timedelta(days=2))
+    Organization.objects.filter(pk=organization.pk).update(retention_days=0)  # past the validators
+
+    assert purge_expired_events() == 1
+    assert list(WebhookEvent.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert not WebhookEvent.objects.filter(pk=old.pk).exists()
+
+
+def test_each_purge_audits_once_per_organization_whose_events_it_deleted(organization, other_organization):
+    source = make_source(organization)
+    make_source(other_organization)  # nothing of theirs is old enough
+    for _ in range(3):
+        make_event(source, timedelta(days=31))
+    make_event(source, timedelta(days=31), status=WebhookEvent.Status.REJECTED)
+    make_event(source, timedelta(days=1))
+    now = timezone.now()
+
+    assert purge_expired_events(batch_size=2, now=now) == 4
+    entries = list(AuditLog.objects.filter(action="retention.purged"))
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry.organization_id == organization.pk
+    assert entry.actor_type == AuditLog.ActorType.SYSTEM and entry.actor_user_id is None
+    assert entry.changes["events"] == 3 and entry.changes["rejected_requests"] == 1
+    assert entry.changes["retention_days"] == 30
+    assert entry.changes["cutoff"] == (now - timedelta(days=30)).isoformat()
+
+    assert purge_expired_events(now=now) == 0  # nothing left to delete: nothing more to record
+    assert AuditLog.objects.filter(action="retention.purged").count() == 1
+    assert audit_verify_chain().ok
