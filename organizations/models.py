@@ -1,3 +1,5 @@
+from datetime import date
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -6,6 +8,11 @@ from django.utils import timezone
 # Retention deletes events for good: never less than a day, and at most about ten years.
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
+
+
+def current_month() -> date:
+    """The first day of the current month (UTC): the key of this month's MonthlyUsage."""
+    return timezone.now().date().replace(day=1)
 
 
 class Organization(models.Model):
@@ -37,6 +44,20 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        # The over-quota notice is sent once a month; a new quota (the admin, or any other save)
+        # re-arms it, so the owners hear again once the month's count passes the new quota.
+        update_fields = kwargs.get("update_fields")
+        quota_changed = False
+        if not self._state.adding and (update_fields is None or "monthly_event_quota" in update_fields):
+            stored = Organization.objects.filter(pk=self.pk).values_list("monthly_event_quota", flat=True).first()
+            quota_changed = stored is not None and stored != self.monthly_event_quota
+        super().save(*args, **kwargs)
+        if quota_changed:
+            MonthlyUsage.objects.filter(
+                organization=self, month__gte=current_month(), quota_notified_at__isnull=False
+            ).update(quota_notified_at=None)
 
 
 class Membership(models.Model):

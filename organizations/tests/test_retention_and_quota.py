@@ -4,14 +4,16 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core import mail
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from organizations.models import AuditLog, Organization
+from organizations.models import AuditLog, MonthlyUsage, Organization, current_month
 from organizations.services import audit_verify_chain
 from webhooks.models import WebhookEvent
-from webhooks.services.lifecycle import purge_expired_events
+from webhooks.services.lifecycle import purge_expired_events, record_usage
 from webhooks.tests.factories import make_source
 from webhooks.tests.test_admin import organization_form
 
@@ -93,3 +95,47 @@ def test_each_purge_audits_once_per_organization_whose_events_it_deleted(organiz
     assert purge_expired_events(now=now) == 0  # nothing left to delete: nothing more to record
     assert AuditLog.objects.filter(action="retention.purged").count() == 1
     assert audit_verify_chain().ok
+
+
+# --- Monthly quota ---------------------------------------------------------------------
+
+
+def quota_mails():
+    return [message for message in mail.outbox if "quota" in message.subject]
+
+
+def count(source, n, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        record_usage([make_event(source, timedelta(0)) for _ in range(n)])
+
+
+def test_changing_the_quota_rearms_the_months_notice(organization, django_capture_on_commit_callbacks):
+    organization.monthly_event_quota = 2
+    organization.save()
+    source = make_source(organization)
+    count(source, 3, django_capture_on_commit_callbacks)
+    count(source, 1, django_capture_on_commit_callbacks)
+    assert len(quota_mails()) == 1  # once a month...
+    usage = MonthlyUsage.objects.get(organization=organization)
+    assert usage.quota_notified_at is not None
+
+    organization.name = "Acme Inc."
+    organization.save()  # not the quota: the notice stays sent
+    assert MonthlyUsage.objects.get(pk=usage.pk).quota_notified_at is not None
+
+    organization.monthly_event_quota = 4
+    organization.save()  # ...unless the quota changes
+    assert MonthlyUsage.objects.get(pk=usage.pk).quota_notified_at is None
+    count(source, 1, django_capture_on_commit_callbacks)
+    assert len(quota_mails()) == 2 and "more than 4 events" in quota_mails()[-1].body
+
+
+def test_the_admin_changing_the_quota_rearms_the_notice(client, organization):
+    usage = MonthlyUsage.objects.create(
+        organization=organization, month=current_month(), events=10, quota_notified_at=timezone.now()
+    )
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    assert client.post(url, organization_form(organization, monthly_event_quota=500)).status_code == 302
+    usage.refresh_from_db()
+    assert usage.quota_notified_at is None

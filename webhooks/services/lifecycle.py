@@ -23,7 +23,8 @@ def record_usage(events: list[WebhookEvent]) -> None:
     """Count processed events per organization and month (called inside the processing transaction).
 
     Over quota nothing is refused: a webhook is never dropped for billing
-    reasons. The owners are told once per month.
+    reasons. The owners are told once per month, and again if the quota is changed
+    (Organization.save re-arms the notice).
     """
     counts = Counter((event.organization_id, event.received_at.date().replace(day=1)) for event in events)
     if not counts:
