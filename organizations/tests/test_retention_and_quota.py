@@ -1,6 +1,7 @@
 """Retention settings that cannot wipe a tenant by accident, and the monthly quota notice."""
 
-from datetime import timedelta
+import re
+from datetime import date, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -11,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from organizations.models import AuditLog, MonthlyUsage, Organization, current_month
+from organizations.selectors import usage_this_month
 from organizations.services import audit_verify_chain
 from webhooks.models import WebhookEvent
 from webhooks.services.lifecycle import purge_expired_events, record_usage
@@ -139,3 +141,33 @@ def test_the_admin_changing_the_quota_rearms_the_notice(client, organization):
     assert client.post(url, organization_form(organization, monthly_event_quota=500)).status_code == 302
     usage.refresh_from_db()
     assert usage.quota_notified_at is None
+
+
+def overview_text(client, user) -> str:
+    """The page's text as read: tags removed, white space collapsed."""
+    client.force_login(user)
+    html = client.get(reverse("dashboard:overview", args=["acme"])).content.decode()
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_the_dashboard_overview_shows_this_months_usage_of_the_quota(client, organization, owner):
+    make_source(organization)
+    MonthlyUsage.objects.create(organization=organization, month=current_month(), events=41_250)
+    MonthlyUsage.objects.create(organization=organization, month=date(2020, 1, 1), events=999_999)  # another month
+    text = overview_text(client, owner)
+    assert "Events this month 41,250 of 100,000 events" in text
+    assert "over quota" not in text
+
+
+def test_the_dashboard_overview_says_when_the_month_is_over_quota(client, organization, owner):
+    make_source(organization)
+    Organization.objects.filter(pk=organization.pk).update(monthly_event_quota=100)
+    MonthlyUsage.objects.create(organization=organization, month=current_month(), events=101)
+    text = overview_text(client, owner)
+    assert "Events this month 101 of 100 events" in text and "over quota" in text
+    assert "nothing is refused" in text.lower()
+
+
+def test_usage_this_month_is_zero_before_the_first_event(organization):
+    usage = usage_this_month(organization=organization)
+    assert (usage.events, usage.quota, usage.over_quota) == (0, 100_000, False)

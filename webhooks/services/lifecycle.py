@@ -71,12 +71,6 @@ def _notify_quota_exceeded(organization_id: int, month: date) -> None:
         logger.exception("could not send the quota notice")
 
 
-def usage_this_month(organization: Organization) -> int:
-    month = timezone.now().date().replace(day=1)
-    usage = MonthlyUsage.objects.filter(organization=organization, month=month).first()
-    return usage.events if usage else 0
-
-
 RETENTION_PURGED_ACTION = "retention.purged"
 
 
