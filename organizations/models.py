@@ -1,6 +1,18 @@
+from datetime import date
+
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+# Retention deletes events for good: never less than a day, and at most about ten years.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650
+
+
+def current_month() -> date:
+    """The first day of the current month (UTC): the key of this month's MonthlyUsage."""
+    return timezone.now().date().replace(day=1)
 
 
 class Organization(models.Model):
@@ -15,7 +27,15 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.FREE)
     monthly_event_quota = models.PositiveIntegerField(default=100_000)
-    retention_days = models.PositiveIntegerField(default=30)
+    retention_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(MIN_RETENTION_DAYS), MaxValueValidator(MAX_RETENTION_DAYS)],
+        help_text=(
+            "Days a finished event is kept. Every hour, events received longer ago than this (with their "
+            "deliveries and delivery attempts, and rejected requests) are deleted for good; events still "
+            f"waiting to be delivered are kept. From {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days."
+        ),
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -24,6 +44,20 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        # The over-quota notice is sent once a month; a new quota (the admin, or any other save)
+        # re-arms it, so the owners hear again once the month's count passes the new quota.
+        update_fields = kwargs.get("update_fields")
+        quota_changed = False
+        if not self._state.adding and (update_fields is None or "monthly_event_quota" in update_fields):
+            stored = Organization.objects.filter(pk=self.pk).values_list("monthly_event_quota", flat=True).first()
+            quota_changed = stored is not None and stored != self.monthly_event_quota
+        super().save(*args, **kwargs)
+        if quota_changed:
+            MonthlyUsage.objects.filter(
+                organization=self, month__gte=current_month(), quota_notified_at__isnull=False
+            ).update(quota_notified_at=None)
 
 
 class Membership(models.Model):

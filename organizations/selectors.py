@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.http import Http404
 
-from .models import Membership, Organization
+from .models import Membership, MonthlyUsage, Organization, current_month
 
 
 def organization_for_member(*, user, slug: str) -> tuple[Organization, Membership]:
@@ -52,3 +54,25 @@ def suspended_organization_for_member(*, user, slug: str) -> Organization | None
 def organization_by_slug(slug: str) -> Organization:
     """Operator lookup (management commands); raises Organization.DoesNotExist."""
     return Organization.objects.get(slug=slug)
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """Events accepted this month against the organization's monthly quota (a notice only: nothing is refused)."""
+
+    events: int
+    quota: int
+
+    @property
+    def over_quota(self) -> bool:
+        return self.events > self.quota
+
+
+def usage_this_month(*, organization: Organization) -> QuotaUsage:
+    """The organization's count for the current month (UTC), 0 before its first event."""
+    events = (
+        MonthlyUsage.objects.filter(organization=organization, month=current_month())
+        .values_list("events", flat=True)
+        .first()
+    )
+    return QuotaUsage(events=events or 0, quota=organization.monthly_event_quota)

@@ -12,7 +12,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from organizations.models import Membership, MonthlyUsage, Organization
+from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, Organization
+from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ def record_usage(events: list[WebhookEvent]) -> None:
     """Count processed events per organization and month (called inside the processing transaction).
 
     Over quota nothing is refused: a webhook is never dropped for billing
-    reasons. The owners are told once per month.
+    reasons. The owners are told once per month, and again if the quota is changed
+    (Organization.save re-arms the notice).
     """
     counts = Counter((event.organization_id, event.received_at.date().replace(day=1)) for event in events)
     if not counts:
@@ -69,10 +71,7 @@ def _notify_quota_exceeded(organization_id: int, month: date) -> None:
         logger.exception("could not send the quota notice")
 
 
-def usage_this_month(organization: Organization) -> int:
-    month = timezone.now().date().replace(day=1)
-    usage = MonthlyUsage.objects.filter(organization=organization, month=month).first()
-    return usage.events if usage else 0
+RETENTION_PURGED_ACTION = "retention.purged"
 
 
 def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
@@ -80,7 +79,9 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
 
     An event that is not finished (not yet fanned out, or with a delivery still waiting or
     being sent, say to a paused destination) is kept until it is: retention must never drop
-    a webhook that was acknowledged but not yet delivered.
+    a webhook that was acknowledged but not yet delivered. Nothing younger than
+    MIN_RETENTION_DAYS is deleted, whatever the stored retention says. Each run records one
+    audit entry per organization whose events it deleted.
     """
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
@@ -88,25 +89,53 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
     SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
     deleted = 0
-    for organization in Organization.objects.only("pk", "retention_days"):
-        cutoff = now - timedelta(days=organization.retention_days)
-        while True:
-            ids = list(
-                _expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size]
-            )
-            if not ids:
-                break
-            # One short transaction per batch: no long locks, bounded memory. The events and their
-            # deliveries are locked and looked at again first, so that an event retried since the
-            # ids were read is kept, and a replay started now waits and then finds it gone.
-            with transaction.atomic():
-                list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
-                list(Delivery.objects.select_for_update().filter(event_id__in=ids).values_list("pk", flat=True))
-                batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
-                deleted += batch.delete()[1].get(WebhookEvent._meta.label, 0)
-            if len(ids) < batch_size:
-                break
+    for organization in Organization.objects.only("pk", "name", "retention_days"):
+        # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must
+        # still not wipe the tenant's history at the next run.
+        retention_days = max(organization.retention_days, MIN_RETENTION_DAYS)
+        cutoff = now - timedelta(days=retention_days)
+        counts = Counter()
+        try:
+            _purge_organization(organization, cutoff, batch_size, counts)
+        finally:
+            # Also after a failed batch: what the earlier batches deleted is gone for good.
+            if counts["events"] or counts["rejected_requests"]:
+                audit_record(
+                    action=RETENTION_PURGED_ACTION,
+                    organization=organization,
+                    changes={
+                        "events": counts["events"],
+                        "rejected_requests": counts["rejected_requests"],
+                        "deliveries": counts["deliveries"],
+                        "retention_days": retention_days,
+                        "cutoff": cutoff.isoformat(),
+                    },
+                )
+        deleted += counts["events"] + counts["rejected_requests"]
     return deleted
+
+
+def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter) -> None:
+    """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``."""
+    while True:
+        ids = list(_expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return
+        # One short transaction per batch: no long locks, bounded memory. The events and their
+        # deliveries are locked and looked at again first, so that an event retried since the
+        # ids were read is kept, and a replay started now waits and then finds it gone.
+        with transaction.atomic():
+            list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
+            list(Delivery.objects.select_for_update().filter(event_id__in=ids).values_list("pk", flat=True))
+            batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
+            rejected = batch.filter(status=WebhookEvent.Status.REJECTED).count()
+            removed = batch.delete()[1]
+        events = removed.get(WebhookEvent._meta.label, 0)
+        counts["rejected_requests"] += rejected
+        counts["events"] += events - rejected
+        counts["deliveries"] += removed.get(Delivery._meta.label, 0)
+        if len(ids) < batch_size:
+            return
 
 
 def _expired_and_finished(organization: Organization, cutoff):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
+from organizations.selectors import usage_this_month
 from webhooks.selectors import sources_for_organization
 from webhooks.services.dashboard_stats import cached_organization_overview
 
@@ -16,5 +17,7 @@ class OverviewView(OrganizationMixin, TemplateView):
         context.update(
             has_sources=has_sources,
             overview=cached_organization_overview(organization=self.organization) if has_sources else None,
+            # Not cached with the overview: one indexed row, and a changed quota shows at once.
+            usage=usage_this_month(organization=self.organization) if has_sources else None,
         )
         return context
