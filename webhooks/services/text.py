@@ -1,6 +1,11 @@
-"""Making arbitrary text storable in PostgreSQL text and jsonb columns."""
+"""Making arbitrary text storable in PostgreSQL text and jsonb columns, and bodies readable."""
 
 from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 REPLACEMENT = "\ufffd"
 
@@ -20,3 +25,48 @@ def storable_text(value: str) -> str:
     except UnicodeEncodeError:
         value = "".join(REPLACEMENT if "\ud800" <= char <= "\udfff" else char for char in value)
     return value
+
+
+# A form-encoded body escapes spaces, quotes and angle brackets; its field names are plain.
+_NOT_IN_A_FORM_BODY = re.compile(r"[\s<>\"']")
+_FIELD_NAME = re.compile(r"[\w.\[\]-]+")
+
+
+@dataclass(frozen=True)
+class ReadableBody:
+    raw: str  # the bytes as received, decoded for display
+    formatted: str | None  # an easier reading, when the body has a known shape
+    shape: str  # what `formatted` is, for its heading
+
+
+def readable_body(body: bytes) -> ReadableBody:
+    """A webhook body for people: JSON indented; a form-encoded body (GitHub's "payload=…", Slack,
+    Twilio) as one field per line, a field holding JSON indented in place."""
+    raw = bytes(body).decode("utf-8", errors="replace")
+    if (indented := _indented_json(raw)) is not None:
+        return ReadableBody(raw, indented, "Formatted JSON")
+    fields = []
+    if "=" in raw and not _NOT_IN_A_FORM_BODY.search(raw):  # XML or prose with "=" is no form
+        try:
+            fields = parse_qsl(raw, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            pass
+    if not all(_FIELD_NAME.fullmatch(name) for name, _ in fields):
+        fields = []
+    if not fields:
+        return ReadableBody(raw, None, "")
+    lines = []
+    for name, value in fields:
+        indented = _indented_json(value)
+        lines.append(f"{name} = {indented}" if indented is not None else f"{name} = {value}")
+    return ReadableBody(raw, "\n".join(lines), "Form fields, decoded")
+
+
+def _indented_json(text: str) -> str | None:
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
+        return None
+    if not isinstance(parsed, dict | list):
+        return None  # a bare number or string reads as well as it is
+    return json.dumps(parsed, indent=2, ensure_ascii=False, sort_keys=False)

@@ -1,5 +1,6 @@
 """What the dashboard pages show and do, driven through Django's test client."""
 
+import html
 import json
 import pickle
 import re
@@ -325,6 +326,33 @@ def test_event_detail_shows_body_headers_verification_and_attempts(client, owner
     assert "Formatted JSON" in text and "Raw, as received" in text
     assert "HTTP 503" in text and "42 ms" in text and "upstream unavailable" in text
     assert "Retry now" in text and "Replay" in text
+
+
+def test_a_form_encoded_body_is_shown_field_by_field_with_its_json_indented(client, owner, organization):
+    # GitHub's "application/x-www-form-urlencoded" content type: payload=<JSON, percent-encoded>.
+    from webhooks.models import WebhookEvent
+
+    source = make_source(organization, provider="github", secret="gh-secret")
+    event = WebhookEvent.objects.create(
+        organization=organization,
+        source=source,
+        body=b"payload=%7B%22action%22%3A%22opened%22%2C%22number%22%3A7%7D",
+        event_type="pull_request.opened",
+    )
+    client.force_login(owner)
+    text = html.unescape(page_text(client.get(reverse("dashboard:event_detail", args=["acme", event.pk]))))
+    assert "Form fields, decoded" in text and 'payload = {\n  "action": "opened"' in text
+    assert "payload=%7B%22action" in text  # and as received
+
+
+def test_readable_body_shapes():
+    from webhooks.services.text import readable_body
+
+    assert readable_body(b'{"a":1}').formatted == '{\n  "a": 1\n}'
+    assert readable_body(b"a=1&b=two+words").formatted == "a = 1\nb = two words"
+    for unshaped in (b"plain text", b"42", b"", b"<xml a='1'/>", b"a=1&&=", b"\xff\xfe"):
+        body = readable_body(unshaped)
+        assert body.formatted is None and body.raw == unshaped.decode("utf-8", "replace")
 
 
 def test_event_page_says_why_a_delivery_is_dead_or_retrying(client, owner, organization):

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 from django.contrib import messages
 from django.shortcuts import redirect
 from django.utils import timezone
@@ -23,6 +21,7 @@ from webhooks.selectors import (
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
 from webhooks.services.operations import OperationError
+from webhooks.services.text import readable_body
 
 from .base import ChangeView, or_404
 
@@ -90,22 +89,13 @@ def _configured_signature_header(source) -> frozenset[str]:
     return frozenset({name.lower()}) if isinstance(name, str) and name else frozenset()
 
 
-def _pretty_body(body: bytes) -> tuple[str, str | None]:
-    """The raw text and, when the body is JSON, an indented copy."""
-    raw = bytes(body).decode("utf-8", errors="replace")
-    try:
-        return raw, json.dumps(json.loads(raw), indent=2, ensure_ascii=False, sort_keys=False)
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
-        return raw, None
-
-
 class EventDetailView(OrganizationMixin, TemplateView):
     template_name = "dashboard/event_detail.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
-        raw, pretty = _pretty_body(event.body)
+        body = readable_body(event.body)
         context.update(
             event=event,
             deliveries=list(event.deliveries.all()),
@@ -114,8 +104,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
                 sees_signatures=self.has_role("admin"),
                 signature_headers=_configured_signature_header(event.source),
             ),
-            raw_body=raw,
-            pretty_body=pretty,
+            body=body,
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
             retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
         )
