@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
-from organizations.services import audit_verify_chain
+from organizations.services import audit_record, audit_verify_chain
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
@@ -1032,3 +1032,34 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     operator.groups.add(group)
     client.post(reverse("admin:auth_group_change", args=[group.pk]), {"name": "helpdesk", "permissions": [1, 2, 3]})
     assert group.permissions.count() == 0
+
+
+# --- Redis down -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_down(settings):
+    """The cache is a django_redis cache on a port where nothing listens, with the production timeouts."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "KEY_PREFIX": "hookline",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+
+
+def test_the_admin_index_computes_the_overview_without_the_cache(admin, setup, cache_down, caplog):
+    response = admin.get(reverse("admin:index"))
+    assert response.status_code == 200
+    assert response.context["overview"]["dead_deliveries"] == 1
+    assert "cache unavailable" in caplog.text
+
+
+def test_the_audit_log_lists_its_action_filter_without_the_cache(admin, setup, organization, cache_down, caplog):
+    audit_record(action="destination.paused", organization=organization, target=setup["destination"])
+    response = admin.get(reverse("admin:organizations_auditlog_changelist"))
+    assert response.status_code == 200
+    assert "destination.paused" in response.content.decode()
+    assert "cache unavailable" in caplog.text
