@@ -26,7 +26,7 @@ from .filters import (
     ResponseStatusFilter,
     SourceFilter,
     StatusCodeFilter,
-    failed_deliveries_of,
+    failed_delivery_count_of,
 )
 
 FAILED_DELIVERY_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -114,7 +114,7 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     list_display = (
         "received_at",
         "status",
-        "has_failed_deliveries",
+        "failed_deliveries",
         "organization",
         "source",
         "event_type",
@@ -178,7 +178,7 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
             super()
             .get_queryset(request)
             .defer("body", "headers")
-            .annotate(failed_deliveries=failed_deliveries_of(OuterRef("pk")))
+            .annotate(failed_delivery_count=failed_delivery_count_of(OuterRef("pk")))
         )
 
     def get_object(self, request, object_id, from_field=None):
@@ -202,9 +202,12 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     def short_provider_event_id(self, obj):
         return shortened(obj.provider_event_id)
 
-    @admin.display(description="Failed deliveries", boolean=True)
-    def has_failed_deliveries(self, obj):
-        return obj.failed_deliveries
+    @admin.display(description="Failed deliveries", empty_value="")
+    def failed_deliveries(self, obj):
+        # Blank when none failed: a healthy event has nothing to look at (no red cross on every row).
+        if not obj.failed_delivery_count:
+            return None
+        return format_html('<strong class="hookline-bad">{} failed</strong>', obj.failed_delivery_count)
 
     @admin.display(description="Headers")
     def headers_table(self, obj):

@@ -219,7 +219,8 @@ def test_event_list_counts_at_most_the_cap(admin, organization, monkeypatch):
         response = admin.get(reverse(EVENTS))
     assert response.context["cl"].result_count == 6  # the cap plus one: "more than 5"
     assert "more than 5 webhook events" in response.content.decode()
-    counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
+    # The paginator's counts (not the list's per-row count of failed deliveries).
+    counts = [query["sql"] for query in queries if query["sql"].upper().startswith("SELECT COUNT(")]
     assert counts and all("LIMIT 6" in sql for sql in counts)
 
 
@@ -809,7 +810,7 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
     assert columns == [
         "received_at",
         "status",
-        "has_failed_deliveries",
+        "failed_deliveries",
         "organization",
         "source",
         "event_type",
@@ -1063,3 +1064,18 @@ def test_the_audit_log_lists_its_action_filter_without_the_cache(admin, setup, o
     assert response.status_code == 200
     assert "destination.paused" in response.content.decode()
     assert "cache unavailable" in caplog.text
+
+
+def test_event_list_shows_a_red_failure_count_only_for_events_with_failed_deliveries(admin, setup, organization):
+    second, _ = make_destination(organization, RECEIVER, sources=[setup["source"]])
+    deliver(setup["dead"], second, Delivery.Status.PENDING, attempts=2)  # a second failure of the same event
+    html = admin.get(reverse(EVENTS)).content.decode()
+    cells = dict(
+        re.findall(
+            r'<a href="[^"]*/([0-9a-f-]{36})/change/[^"]*">.*?<td class="field-failed_deliveries">(.*?)</td>', html
+        )
+    )
+    assert cells[str(setup["dead"].pk)] == '<strong class="hookline-bad">2 failed</strong>'
+    assert cells[str(setup["retrying"].pk)] == '<strong class="hookline-bad">1 failed</strong>'
+    assert cells[str(setup["delivered"].pk)] == ""  # healthy: nothing to look at, and no red cross
+    assert "icon-no.svg" not in html and "icon-yes.svg" not in html
