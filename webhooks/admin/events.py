@@ -63,7 +63,17 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             messages.ERROR,
         )
         return None
+    # A paused destination is sent nothing: its retried deliveries wait until it is resumed.
+    paused = dict(
+        Destination.objects.filter(pk__in=deliveries.values("destination_id"), paused_at__isnull=False).values_list(
+            "pk", "name"
+        )
+    )
     if total > 1 and not confirmed(request):
+        held = deliveries.filter(destination_id__in=paused).count() if paused else 0
+        question = f"Send {total} failed deliveries again now?"
+        if held:
+            question += f" {held} of them belong to paused destinations and wait until those are resumed."
         preview = [
             f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
             for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]
@@ -73,19 +83,30 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             model_admin,
             deliveries,
             title="Retry failed deliveries?",
-            question=f"Send {total} failed deliveries again now?",
+            question=question,
             button=f"Yes, retry {total} deliveries",
             preview=preview,
             total=total,
         )
-    retried, refused = 0, []
+    retried, refused, waiting = 0, [], []
     for delivery in deliveries.select_related("organization"):
         try:
             delivery_retry(delivery=delivery, actor=request.user)
             retried += 1
+            if delivery.destination_id in paused:
+                waiting.append(paused[delivery.destination_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
-    model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
+    if waiting:
+        names = ", ".join(sorted(set(waiting))[:10])
+        model_admin.message_user(
+            request,
+            f"{retried} deliveries queued for another attempt; {len(waiting)} of them wait until their paused "
+            f"destination is resumed ({names}).",
+            messages.WARNING,
+        )
+    else:
+        model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
     if refused:
         model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
     return None

@@ -1079,3 +1079,40 @@ def test_event_list_shows_a_red_failure_count_only_for_events_with_failed_delive
     assert cells[str(setup["retrying"].pk)] == '<strong class="hookline-bad">1 failed</strong>'
     assert cells[str(setup["delivered"].pk)] == ""  # healthy: nothing to look at, and no red cross
     assert "icon-no.svg" not in html and "icon-yes.svg" not in html
+
+
+def test_retrying_deliveries_of_a_paused_destination_says_they_wait_for_the_resume(admin, setup):
+    destination = setup["destination"]
+    destination.paused_at = timezone.now()
+    destination.save(update_fields=["paused_at"])
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk]},
+        follow=True,
+    )
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == [
+        f"1 deliveries queued for another attempt; 1 of them wait until their paused destination is resumed "
+        f"({destination})."
+    ]
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.PENDING
+    # Asked about several, the confirmation says it before anything is done.
+    both = Delivery.objects.filter(event__in=[setup["dead"], setup["retrying"]])
+    Delivery.objects.filter(pk=dead.pk).update(status=Delivery.Status.DEAD)
+    page = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [d.pk for d in both]},
+    )
+    assert "2 of them belong to paused destinations and wait until those are resumed." in page.content.decode()
+
+
+def test_retrying_deliveries_of_active_destinations_says_nothing_of_pauses(admin, setup):
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk]},
+        follow=True,
+    )
+    assert [str(message) for message in response.context["messages"]] == ["1 deliveries queued for another attempt."]
