@@ -29,7 +29,7 @@ def test_the_readme_says_what_each_health_endpoint_checks():
     section = readme[readme.index("### Health checks") :].split("\n#")[0]
     assert health_paths() == ["/healthz", "/livez", "/readyz"]
     assert [path for path in health_paths() if f"`{path}`" not in section] == []
-    assert re.search(r"monitor Redis", section)
+    assert re.search(r"monitor\s+Redis\s+separately", section)
 
 
 def test_livez_and_healthz_answer_ok(client):
