@@ -17,8 +17,10 @@ code, or a note that there is no account here), and it is read only by the mailb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,10 +31,14 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.urls import reverse
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 
 from .emails import send_templated_email
 from .models import Invitation, canonical_email
 from .signals import sessions_revoked
+
+logger = logging.getLogger(__name__)
 
 # Seconds since the epoch; tests replace it to move time forward without sleeping.
 clock = time.time
@@ -50,6 +56,28 @@ class RateLimited(Exception):
 
 class CodeLocked(Exception):
     """Too many wrong codes: the code is void and a new one must be requested."""
+
+
+class SignInUnavailable(Exception):
+    """The cache is down: no link, code or rate-limit counter can be read or written, so no sign-in.
+
+    Signing in without the counters would lift the limits on emails and code guesses; refusing
+    is safe, and the cache (Redis) is usually back within a minute.
+    """
+
+
+def _needs_the_cache(function):
+    """Turn the cache being unreachable into SignInUnavailable (database or email errors pass through)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ConnectionInterrupted, RedisError) as exc:
+            logger.warning("sign-in refused: the cache is unavailable: %s", exc)
+            raise SignInUnavailable from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -102,10 +130,12 @@ def sign_in_link_url(token: str) -> str:
     return settings.PUBLIC_BASE_URL + reverse("accounts:sign_in_link", args=[token])
 
 
+@_needs_the_cache
 def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address: str | None) -> str:
     """Email a sign-in link and code (or, for an address that cannot sign in, a note saying so).
 
-    Returns the canonical address. Raises RateLimited past the per-address or per-IP limit.
+    Returns the canonical address. Raises RateLimited past the per-address or per-IP limit, and
+    SignInUnavailable when the cache is down.
     Counts, cache writes and the one email are the same for known and unknown addresses.
     """
     email = canonical_email(email)
@@ -207,6 +237,7 @@ def _live_link(token: str) -> tuple[str, dict] | None:
     return key, record
 
 
+@_needs_the_cache
 def sign_in_link_inspect(*, token: str, browser_nonce: str | None) -> PendingLink | None:
     """What a still-valid link is for, without using it up; None if it is unknown, used or expired."""
     found = _live_link(token)
@@ -217,6 +248,7 @@ def sign_in_link_inspect(*, token: str, browser_nonce: str | None) -> PendingLin
     return PendingLink(email=record["email"], next_url=record["next"], same_browser=same_browser)
 
 
+@_needs_the_cache
 def sign_in_link_redeem(*, token: str) -> SignIn | None:
     """Use up a link: the user to sign in, or None (unknown, used, expired, or an address that cannot sign in)."""
     found = _live_link(token)
@@ -233,6 +265,7 @@ def sign_in_link_redeem(*, token: str) -> SignIn | None:
     return SignIn(user=user, next_url=record["next"]) if user is not None else None
 
 
+@_needs_the_cache
 def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> SignIn | None:
     """Check a code typed for ``email``: the user to sign in, or None if it is wrong, used or expired.
 

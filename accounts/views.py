@@ -16,6 +16,7 @@ from .http import client_ip, safe_next_url
 from .services import (
     CodeLocked,
     RateLimited,
+    SignInUnavailable,
     sessions_revoke_all,
     sign_in_code_redeem,
     sign_in_link_inspect,
@@ -28,6 +29,9 @@ from .services import (
 SESSION_EMAIL = "sign_in_email"
 SESSION_BROWSER = "sign_in_browser"
 SIGN_IN_BACKEND = "django.contrib.auth.backends.ModelBackend"
+# The cache (Redis) holding links, codes and rate-limit counters is down: 503, never a sign-in without limits.
+UNAVAILABLE_MESSAGE = "Sign-in is temporarily unavailable, try again in a minute."
+UNAVAILABLE_RETRY_AFTER = "60"
 
 
 def _browser_nonce(request) -> str:
@@ -36,6 +40,11 @@ def _browser_nonce(request) -> str:
         nonce = secrets.token_urlsafe(16)
         request.session[SESSION_BROWSER] = nonce
     return nonce
+
+
+def _unavailable_response(response):
+    response["Retry-After"] = UNAVAILABLE_RETRY_AFTER
+    return response
 
 
 def _complete_sign_in(request, result):
@@ -66,6 +75,9 @@ class SignInView(View):
         except RateLimited:
             form.add_error(None, "Too many sign-in requests. Wait a few minutes, then try again.")
             return render(request, self.template_name, {"form": form}, status=429)
+        except SignInUnavailable:
+            form.add_error(None, UNAVAILABLE_MESSAGE)
+            return _unavailable_response(render(request, self.template_name, {"form": form}, status=503))
         request.session[SESSION_EMAIL] = email
         return redirect("accounts:sign_in_code")
 
@@ -100,6 +112,9 @@ class SignInCodeView(View):
             except RateLimited:
                 form.add_error(None, "Too many tries from your network. Wait a few minutes, then try again.")
                 status = 429
+            except SignInUnavailable:
+                form.add_error(None, UNAVAILABLE_MESSAGE)
+                return _unavailable_response(self.render_page(request, form, email, status=503))
             except CodeLocked:
                 minutes = -(-settings.SIGN_IN_RATE_WINDOW_SECONDS // 60)
                 form.add_error(
@@ -120,7 +135,10 @@ class SignInLinkView(View):
     """GET signs in only in the browser that asked; elsewhere it shows a button, since mail scanners open links."""
 
     def get(self, request, token: str):
-        pending = sign_in_link_inspect(token=token, browser_nonce=request.session.get(SESSION_BROWSER))
+        try:
+            pending = sign_in_link_inspect(token=token, browser_nonce=request.session.get(SESSION_BROWSER))
+        except SignInUnavailable:
+            return self._temporarily_unavailable(request)
         if pending is None:
             return self._unavailable(request)
         if pending.same_browser:
@@ -131,13 +149,22 @@ class SignInLinkView(View):
         return self._redeem(request, token)
 
     def _redeem(self, request, token: str):
-        result = sign_in_link_redeem(token=token)
+        try:
+            result = sign_in_link_redeem(token=token)
+        except SignInUnavailable:
+            return self._temporarily_unavailable(request)
         if result is None:
             return self._unavailable(request)
         return _complete_sign_in(request, result)
 
     def _unavailable(self, request):
         return render(request, "accounts/sign_in_link_unavailable.html", status=400)
+
+    def _temporarily_unavailable(self, request):
+        page = render(
+            request, "accounts/sign_in_temporarily_unavailable.html", {"message": UNAVAILABLE_MESSAGE}, status=503
+        )
+        return _unavailable_response(page)
 
 
 class SignOutView(LoginRequiredMixin, View):

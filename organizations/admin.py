@@ -7,6 +7,7 @@ Django's own LogEntry) by ``AuditedAdminMixin``; the webhooks admin builds on th
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -30,6 +31,8 @@ from accounts.admin import UserAdmin
 
 from .models import AuditLog, Membership, MonthlyUsage, Organization
 from .services import audit_record, audit_verify_chain
+
+logger = logging.getLogger(__name__)
 
 # --- Shared building blocks ---------------------------------------------------------------
 
@@ -433,10 +436,15 @@ class ActionFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         # DISTINCT over the whole log is a full scan: remember the answer for a few minutes.
-        actions = cache.get("admin:audit_actions")
-        if actions is None:
-            actions = sorted(AuditLog.objects.values_list("action", flat=True).distinct()[:500])
-            cache.set("admin:audit_actions", actions, 300)
+        # Without the cache (Redis down) it is computed every time rather than fail the page.
+        def distinct_actions() -> list[str]:
+            return sorted(AuditLog.objects.values_list("action", flat=True).distinct()[:500])
+
+        try:
+            actions = cache.get_or_set("admin:audit_actions", distinct_actions, 300)
+        except Exception as exc:
+            logger.warning("cache unavailable for the audit log's action filter: %s", exc)
+            actions = distinct_actions()
         return [(action, action) for action in actions]
 
     def queryset(self, request, queryset):

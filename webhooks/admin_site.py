@@ -6,13 +6,17 @@ models at import time, because Django loads the AdminConfig before the models ar
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
 
+logger = logging.getLogger(__name__)
+
 OVERVIEW_CACHE_SECONDS = 60
+OVERVIEW_CACHE_KEY = "admin:platform_overview"
 # The overview names tenants and counts their events, deliveries and destinations: it is shown
 # only to staff who may view those (every staff account reaches the index).
 OVERVIEW_PERMISSIONS = (
@@ -24,10 +28,27 @@ OVERVIEW_PERMISSIONS = (
 
 
 def platform_overview() -> dict:
-    """Counts for the admin index; cached for a minute so a busy index page stays cheap."""
-    cached = cache.get("admin:platform_overview")
+    """Counts for the admin index; cached for a minute so a busy index page stays cheap.
+
+    Without the cache (Redis down) the counts are computed for every request rather than fail the
+    page: the admin is where an operator looks during an outage.
+    """
+    try:
+        cached = cache.get(OVERVIEW_CACHE_KEY)
+    except Exception as exc:
+        logger.warning("cache unavailable for the admin overview: %s", exc)
+        return _compute_platform_overview()
     if cached is not None:
         return cached
+    overview = _compute_platform_overview()
+    try:
+        cache.set(OVERVIEW_CACHE_KEY, overview, OVERVIEW_CACHE_SECONDS)
+    except Exception as exc:  # went down since the get
+        logger.warning("cache unavailable for the admin overview: %s", exc)
+    return overview
+
+
+def _compute_platform_overview() -> dict:
     from django.db.models import Count, F
     from django.utils import timezone
 
@@ -66,7 +87,6 @@ def platform_overview() -> dict:
         ),
         "computed_at": now,
     }
-    cache.set("admin:platform_overview", overview, OVERVIEW_CACHE_SECONDS)
     return overview
 
 

@@ -320,3 +320,43 @@ def test_a_forwarded_address_that_is_not_an_ip_is_ignored(owner, settings):
     assert ask(browser, owner.email).status_code == 302
     browser.post(CODE, {"code": code_in(mail.outbox[-1])})
     assert signed_in_user_id(browser) == str(owner.pk)
+
+
+# --- Redis down: no sign-in without its rate limits, and a clear answer rather than a 500 ----------
+
+REDIS_DOWN = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        "KEY_PREFIX": "hookline",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
+    }
+}
+
+
+def unavailable(response) -> bool:
+    return (
+        response.status_code == 503
+        and response["Retry-After"] == "60"
+        and "Sign-in is temporarily unavailable" in response.content.decode()
+        and "try again in a minute" in response.content.decode()
+    )
+
+
+def test_asking_for_a_sign_in_email_while_the_cache_is_down_says_sign_in_is_unavailable(client, owner, settings):
+    settings.CACHES = REDIS_DOWN
+    response = ask(client, owner.email)
+    assert unavailable(response)
+    assert owner.email in response.content.decode()  # the form keeps the address for the next try
+    assert mail.outbox == []  # no email without its rate limits
+
+
+def test_a_code_or_link_used_while_the_cache_is_down_says_sign_in_is_unavailable(client, owner, settings):
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    settings.CACHES = REDIS_DOWN
+
+    assert unavailable(client.post(CODE, {"code": code_in(message)}))
+    assert unavailable(client.get(link_path(message)))
+    assert unavailable(Client().post(link_path(message)))
+    assert signed_in_user_id(client) is None

@@ -26,7 +26,7 @@ from .filters import (
     ResponseStatusFilter,
     SourceFilter,
     StatusCodeFilter,
-    failed_deliveries_of,
+    failed_delivery_count_of,
 )
 
 FAILED_DELIVERY_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -63,7 +63,17 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             messages.ERROR,
         )
         return None
+    # A paused destination is sent nothing: its retried deliveries wait until it is resumed.
+    paused = dict(
+        Destination.objects.filter(pk__in=deliveries.values("destination_id"), paused_at__isnull=False).values_list(
+            "pk", "name"
+        )
+    )
     if total > 1 and not confirmed(request):
+        held = deliveries.filter(destination_id__in=paused).count() if paused else 0
+        question = f"Send {total} failed deliveries again now?"
+        if held:
+            question += f" {held} of them belong to paused destinations and wait until those are resumed."
         preview = [
             f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
             for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]
@@ -73,19 +83,30 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             model_admin,
             deliveries,
             title="Retry failed deliveries?",
-            question=f"Send {total} failed deliveries again now?",
+            question=question,
             button=f"Yes, retry {total} deliveries",
             preview=preview,
             total=total,
         )
-    retried, refused = 0, []
+    retried, refused, waiting = 0, [], []
     for delivery in deliveries.select_related("organization"):
         try:
             delivery_retry(delivery=delivery, actor=request.user)
             retried += 1
+            if delivery.destination_id in paused:
+                waiting.append(paused[delivery.destination_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
-    model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
+    if waiting:
+        names = ", ".join(sorted(set(waiting))[:10])
+        model_admin.message_user(
+            request,
+            f"{retried} deliveries queued for another attempt; {len(waiting)} of them wait until their paused "
+            f"destination is resumed ({names}).",
+            messages.WARNING,
+        )
+    else:
+        model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
     if refused:
         model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
     return None
@@ -114,7 +135,7 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     list_display = (
         "received_at",
         "status",
-        "has_failed_deliveries",
+        "failed_deliveries",
         "organization",
         "source",
         "event_type",
@@ -178,7 +199,7 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
             super()
             .get_queryset(request)
             .defer("body", "headers")
-            .annotate(failed_deliveries=failed_deliveries_of(OuterRef("pk")))
+            .annotate(failed_delivery_count=failed_delivery_count_of(OuterRef("pk")))
         )
 
     def get_object(self, request, object_id, from_field=None):
@@ -202,9 +223,12 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     def short_provider_event_id(self, obj):
         return shortened(obj.provider_event_id)
 
-    @admin.display(description="Failed deliveries", boolean=True)
-    def has_failed_deliveries(self, obj):
-        return obj.failed_deliveries
+    @admin.display(description="Failed deliveries", empty_value="")
+    def failed_deliveries(self, obj):
+        # Blank when none failed: a healthy event has nothing to look at (no red cross on every row).
+        if not obj.failed_delivery_count:
+            return None
+        return format_html('<strong class="hookline-bad">{} failed</strong>', obj.failed_delivery_count)
 
     @admin.display(description="Headers")
     def headers_table(self, obj):

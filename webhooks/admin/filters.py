@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib import admin
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
 
 from organizations.admin import DateRangeFilter
 from webhooks.models import Delivery, Destination, Source
@@ -69,13 +69,18 @@ class DestinationFilter(admin.SimpleListFilter):
         return queryset
 
 
+FAILED = Q(status=Delivery.Status.DEAD) | Q(status=Delivery.Status.PENDING, attempt_count__gt=0)
+
+
 def failed_deliveries_of(event_ref) -> Exists:
     """Dead deliveries, or deliveries waiting for a retry after a failed attempt."""
-    return Exists(
-        Delivery.objects.filter(event=event_ref).filter(
-            Q(status=Delivery.Status.DEAD) | Q(status=Delivery.Status.PENDING, attempt_count__gt=0)
-        )
-    )
+    return Exists(Delivery.objects.filter(event=event_ref).filter(FAILED))
+
+
+def failed_delivery_count_of(event_ref) -> Subquery:
+    """How many of an event's deliveries failed (dead, or waiting for a retry after a failed attempt)."""
+    failed = Delivery.objects.filter(event=event_ref).filter(FAILED).order_by().values("event")
+    return Subquery(failed.annotate(count=Count("pk")).values("count"), output_field=IntegerField())
 
 
 class HasFailedDeliveriesFilter(admin.SimpleListFilter):

@@ -5,11 +5,15 @@ from __future__ import annotations
 from django.apps import apps
 from django.db import transaction
 
+from organizations.services import audit_record
 from webhooks.fields import EncryptedTextField
 
 
 def reencrypt_all_secrets(batch_size: int = 500) -> dict[str, int]:
-    """Load and save every encrypted column, so each is written under the newest key."""
+    """Load and save every encrypted column, so each is written under the newest key.
+
+    Recorded in the audit log as one system entry (no organization) with the count per model.
+    """
     counts: dict[str, int] = {}
     for model in apps.get_models():
         fields = [field.name for field in model._meta.get_fields() if isinstance(field, EncryptedTextField)]
@@ -27,4 +31,5 @@ def reencrypt_all_secrets(batch_size: int = 500) -> dict[str, int]:
                 row.save(update_fields=fields)
             count += 1
         counts[model._meta.label] = count
+    audit_record(action="secrets.reencrypted", changes={"reencrypted": counts})
     return counts

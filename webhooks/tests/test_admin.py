@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
-from organizations.services import audit_verify_chain
+from organizations.services import audit_record, audit_verify_chain
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
@@ -219,7 +219,8 @@ def test_event_list_counts_at_most_the_cap(admin, organization, monkeypatch):
         response = admin.get(reverse(EVENTS))
     assert response.context["cl"].result_count == 6  # the cap plus one: "more than 5"
     assert "more than 5 webhook events" in response.content.decode()
-    counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
+    # The paginator's counts (not the list's per-row count of failed deliveries).
+    counts = [query["sql"] for query in queries if query["sql"].upper().startswith("SELECT COUNT(")]
     assert counts and all("LIMIT 6" in sql for sql in counts)
 
 
@@ -809,7 +810,7 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
     assert columns == [
         "received_at",
         "status",
-        "has_failed_deliveries",
+        "failed_deliveries",
         "organization",
         "source",
         "event_type",
@@ -1032,3 +1033,86 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     operator.groups.add(group)
     client.post(reverse("admin:auth_group_change", args=[group.pk]), {"name": "helpdesk", "permissions": [1, 2, 3]})
     assert group.permissions.count() == 0
+
+
+# --- Redis down -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_down(settings):
+    """The cache is a django_redis cache on a port where nothing listens, with the production timeouts."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "KEY_PREFIX": "hookline",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+
+
+def test_the_admin_index_computes_the_overview_without_the_cache(admin, setup, cache_down, caplog):
+    response = admin.get(reverse("admin:index"))
+    assert response.status_code == 200
+    assert response.context["overview"]["dead_deliveries"] == 1
+    assert "cache unavailable" in caplog.text
+
+
+def test_the_audit_log_lists_its_action_filter_without_the_cache(admin, setup, organization, cache_down, caplog):
+    audit_record(action="destination.paused", organization=organization, target=setup["destination"])
+    response = admin.get(reverse("admin:organizations_auditlog_changelist"))
+    assert response.status_code == 200
+    assert "destination.paused" in response.content.decode()
+    assert "cache unavailable" in caplog.text
+
+
+def test_event_list_shows_a_red_failure_count_only_for_events_with_failed_deliveries(admin, setup, organization):
+    second, _ = make_destination(organization, RECEIVER, sources=[setup["source"]])
+    deliver(setup["dead"], second, Delivery.Status.PENDING, attempts=2)  # a second failure of the same event
+    html = admin.get(reverse(EVENTS)).content.decode()
+    cells = dict(
+        re.findall(
+            r'<a href="[^"]*/([0-9a-f-]{36})/change/[^"]*">.*?<td class="field-failed_deliveries">(.*?)</td>', html
+        )
+    )
+    assert cells[str(setup["dead"].pk)] == '<strong class="hookline-bad">2 failed</strong>'
+    assert cells[str(setup["retrying"].pk)] == '<strong class="hookline-bad">1 failed</strong>'
+    assert cells[str(setup["delivered"].pk)] == ""  # healthy: nothing to look at, and no red cross
+    assert "icon-no.svg" not in html and "icon-yes.svg" not in html
+
+
+def test_retrying_deliveries_of_a_paused_destination_says_they_wait_for_the_resume(admin, setup):
+    destination = setup["destination"]
+    destination.paused_at = timezone.now()
+    destination.save(update_fields=["paused_at"])
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk]},
+        follow=True,
+    )
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == [
+        f"1 deliveries queued for another attempt; 1 of them wait until their paused destination is resumed "
+        f"({destination})."
+    ]
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.PENDING
+    # Asked about several, the confirmation says it before anything is done.
+    both = Delivery.objects.filter(event__in=[setup["dead"], setup["retrying"]])
+    Delivery.objects.filter(pk=dead.pk).update(status=Delivery.Status.DEAD)
+    page = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [d.pk for d in both]},
+    )
+    assert "2 of them belong to paused destinations and wait until those are resumed." in page.content.decode()
+
+
+def test_retrying_deliveries_of_active_destinations_says_nothing_of_pauses(admin, setup):
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk]},
+        follow=True,
+    )
+    assert [str(message) for message in response.context["messages"]] == ["1 deliveries queued for another attempt."]

@@ -251,14 +251,32 @@ def test_retry_delivery_says_when_its_destination_is_paused(organization, client
     assert "Its destination is paused: it is sent once the destination is resumed." in out.getvalue()
 
 
-def test_create_destination_says_a_destination_without_source_receives_nothing(organization):
+def test_create_destination_says_a_destination_without_source_receives_nothing(organization, settings):
     out = io.StringIO()
     call_command("create_destination", "--org", "acme", "--name", "Lonely", "--url", "http://127.0.0.1:9/x", stdout=out)
     assert "It receives nothing until a source is linked to it" in out.getvalue()
-    assert (
-        run("create_destination", "--org", "acme", "--name", "Lonely 2", "--url", "http://127.0.0.1:9/y")["sources"]
-        == []
+    assert "destination edit page (" in out.getvalue()
+    result = run("create_destination", "--org", "acme", "--name", "Lonely 2", "--url", "http://127.0.0.1:9/y")
+    assert result["sources"] == []
+    # No command links a source later: the warning says where it can be done.
+    edit_page = f"{settings.PUBLIC_BASE_URL}/o/acme/destinations/{result['id']}/edit/"
+    assert result["warning"] == (
+        "It receives nothing until a source is linked to it. No command links a source to an existing "
+        f"destination: link one on the dashboard's destination edit page ({edit_page})."
     )
+    source = make_source(organization)
+    linked = run(
+        "create_destination",
+        "--org",
+        "acme",
+        "--name",
+        "Linked",
+        "--url",
+        "http://127.0.0.1:9/z",
+        "--source",
+        source.pk,
+    )
+    assert linked["sources"] == [source.pk] and "warning" not in linked
 
 
 def test_create_destination_refuses_a_filter_without_a_source(organization):

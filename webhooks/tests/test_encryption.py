@@ -75,3 +75,34 @@ def test_secret_is_never_in_logs_or_command_output(organization, caplog):
     result = json.loads(out.getvalue())
     assert "secret" not in result
     assert SECRET not in out.getvalue() and SECRET not in caplog.text
+
+
+def test_rotate_encryption_keys_is_audited_and_reminds_of_the_next_step(organization, settings):
+    from organizations.models import AuditLog
+    from organizations.services import audit_verify_chain
+
+    make_source(organization, secret=SECRET)
+    make_destination(organization, "http://127.0.0.1:9/")
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), settings.FIELD_ENCRYPTION_KEYS[0]]
+    _fernet_for.cache_clear()
+
+    text = io.StringIO()
+    call_command("rotate_encryption_keys", stdout=text)
+    lines = text.getvalue().strip().splitlines()
+    assert "webhooks.Source: 1 rows re-encrypted" in lines
+    assert lines[-1].startswith("Next step: deploy FIELD_ENCRYPTION_KEYS with the new key alone")
+
+    as_json = io.StringIO()
+    call_command("rotate_encryption_keys", "--json", stdout=as_json)
+    result = json.loads(as_json.getvalue())  # still one object
+    assert result["reencrypted"]["webhooks.Destination"] == 1
+    assert result["next_step"].startswith("Deploy FIELD_ENCRYPTION_KEYS with the new key alone")
+
+    entries = list(AuditLog.objects.filter(action="secrets.reencrypted").order_by("id"))
+    assert len(entries) == 2  # one per run
+    entry = entries[0]
+    assert entry.organization is None and entry.actor_type == AuditLog.ActorType.SYSTEM
+    assert entry.changes["reencrypted"]["webhooks.Source"] == 1
+    assert entry.changes["reencrypted"]["webhooks.Destination"] == 1
+    assert SECRET not in json.dumps(entry.changes)
+    assert audit_verify_chain().ok

@@ -1,3 +1,6 @@
+from django.conf import settings
+from django.urls import reverse
+
 from organizations.models import Organization
 from webhooks.models import Source
 from webhooks.services.destinations import destination_create
@@ -33,5 +36,13 @@ class Command(OperatorCommand):
         result = {"id": destination.pk, "secret": secret, "sources": [source.pk for source in sources]}
         text = f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
         if not sources:
-            text += "\nIt receives nothing until a source is linked to it (--source ID here, or in the dashboard)."
+            # No command links a source to an existing destination: only the dashboard does.
+            edit_page = settings.PUBLIC_BASE_URL + reverse(
+                "dashboard:destination_edit", kwargs={"org_slug": organization.slug, "destination_id": destination.pk}
+            )
+            result["warning"] = (
+                "It receives nothing until a source is linked to it. No command links a source to an existing "
+                f"destination: link one on the dashboard's destination edit page ({edit_page})."
+            )
+            text += "\n" + result["warning"]
         return result, text
