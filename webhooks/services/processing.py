@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.core.cache import cache
+from django.db import transaction
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -26,14 +28,17 @@ logger = logging.getLogger(__name__)
 PROCESSING_SCHEDULED_KEY = "processing:scheduled"
 PROCESSING_SCHEDULED_TTL = 5
 EVENT_BATCH_SIZE = 100
-# One processing loop runs at a time (a PostgreSQL advisory lock, held by its session): another
-# process_events message (a sweeper's, a hand-over racing a loop that saw new work) ends at once
-# rather than run beside it for PROCESSING_MAX_SECONDS, and two such loops handing over to each
-# other kept two of a worker's processes busy for good, the dispatcher's message waiting behind.
-_PROCESSING_LOCK = 0x686C7072  # "hlpr"
-# How long a second loop waits for the lock: a loop ending (its last look done, or handing over
+# One processing loop runs at a time, holding a lease in the cache: another process_events
+# message (a sweeper's, a hand-over racing a loop that saw new work) ends at once rather than
+# run beside it for PROCESSING_MAX_SECONDS; two such loops handing over to each other kept two
+# of a worker's processes busy for good, the dispatcher's message waiting behind them. A lease
+# rather than a database session's lock: a loop that dies or hangs without its connection
+# closing (a lost host) lets go when the lease expires, not when TCP gives up on it hours later.
+PROCESSING_LEASE_KEY = "processing:loop"
+PROCESSING_LEASE_SECONDS = 10  # renewed every second by the running loop
+# How long a second loop waits for the lease: a loop ending (its last look done, or handing over
 # at its deadline) lets go within this, and the new message must then do the work.
-PROCESSING_LOCK_WAIT_SECONDS = 2.0
+PROCESSING_LEASE_WAIT_SECONDS = 2.0
 
 
 def schedule_event_processing(*, from_ingest: bool = False) -> None:
@@ -52,30 +57,56 @@ def schedule_event_processing(*, from_ingest: bool = False) -> None:
     )
 
 
+class _Lease:
+    def __init__(self, token: str | None):
+        self.token = token  # None: taken without the cache (it is down), nothing to renew
+
+    def renew(self) -> None:
+        if self.token is None:
+            return
+        try:
+            if cache.get(PROCESSING_LEASE_KEY) == self.token:
+                cache.set(PROCESSING_LEASE_KEY, self.token, timeout=PROCESSING_LEASE_SECONDS)
+        except Exception as exc:
+            logger.warning("cache unavailable while renewing the processing lease: %s", exc)
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        try:
+            if cache.get(PROCESSING_LEASE_KEY) == self.token:
+                cache.delete(PROCESSING_LEASE_KEY)
+        except Exception as exc:
+            logger.warning("cache unavailable while releasing the processing lease: %s", exc)
+
+
 @contextmanager
 def _the_only_processing_loop():
-    """Yields whether this task holds the processing lock (always in the embedded mode)."""
-    if connection.vendor != "postgresql":
-        yield True
-        return
-    give_up_at = time.monotonic() + PROCESSING_LOCK_WAIT_SECONDS
-    with connection.cursor() as cursor:
-        while True:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PROCESSING_LOCK])
-            if cursor.fetchone()[0]:
-                break
-            if time.monotonic() >= give_up_at:
-                yield False  # the loop holding it finds the work this message was sent for
-                return
-            time.sleep(0.05)
-    try:
-        yield True
-    finally:
+    """Yields this loop's lease, or None when another loop holds it.
+
+    With the cache down every message runs (SKIP LOCKED keeps their batches apart): waiting
+    for a lease nobody can read would stop processing altogether.
+    """
+    token = uuid.uuid4().hex
+    give_up_at = time.monotonic() + PROCESSING_LEASE_WAIT_SECONDS
+    while True:
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [_PROCESSING_LOCK])
-        except Exception:  # a lost connection has let go of it already
-            logger.warning("could not release the processing lock; its connection ends it", exc_info=True)
+            taken = cache.add(PROCESSING_LEASE_KEY, token, timeout=PROCESSING_LEASE_SECONDS)
+        except Exception as exc:
+            logger.warning("cache unavailable for the processing lease; processing without it: %s", exc)
+            yield _Lease(None)
+            return
+        if taken:
+            break
+        if time.monotonic() >= give_up_at:
+            yield None  # the loop holding it finds the work this message was sent for
+            return
+        time.sleep(0.05)
+    lease = _Lease(token)
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def process_received_events(linger_seconds: float | None = None) -> int:
@@ -86,11 +117,11 @@ def process_received_events(linger_seconds: float | None = None) -> int:
     set: under a steady trickle of webhooks one running task serves them all, instead of a
     Celery message and a task start per webhook. Only one runs at a time.
     """
-    with _the_only_processing_loop() as alone:
-        return _process_until_idle(linger_seconds) if alone else 0
+    with _the_only_processing_loop() as lease:
+        return _process_until_idle(linger_seconds, lease) if lease is not None else 0
 
 
-def _process_until_idle(linger_seconds: float | None) -> int:
+def _process_until_idle(linger_seconds: float | None, lease: _Lease) -> int:
     linger_seconds = settings.PROCESSING_LINGER_SECONDS if linger_seconds is None else linger_seconds
     # A steady stream would keep one task running for ever: end after a while, so the tasks
     # queued behind it (sweeper, bulk retries, digests) get a worker process; the next
@@ -105,12 +136,14 @@ def _process_until_idle(linger_seconds: float | None) -> int:
         now = time.monotonic()
         if now >= deadline:
             clear_flag(PROCESSING_SCHEDULED_KEY)
+            lease.release()  # before the successor is published: it must find the lease free
             schedule_event_processing()  # a fresh task continues, behind what is queued
             return total
         if now - flag_set_at >= 1:
             # Keep the flag alive while this task runs: once it expires, every ingest would
             # publish a second task that only competes with this one.
             set_flag(PROCESSING_SCHEDULED_KEY, PROCESSING_SCHEDULED_TTL)
+            lease.renew()
             flag_set_at = now
         if processed:
             idle_since = None

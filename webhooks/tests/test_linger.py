@@ -118,29 +118,42 @@ def test_an_idle_dispatcher_lingers_for_its_setting_then_ends(organization, publ
 
 @pytest.mark.django_db(transaction=True)
 def test_one_processing_loop_at_a_time(organization, settings):
-    """A second process_events message ends at once while a loop runs, and does the work once it ends."""
-    import psycopg
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("the lock is PostgreSQL's")
+    """A second process_events message ends at once while a loop holds the lease, and does the
+    work when the holder lets go within the wait; a dead holder's lease expires."""
     settings.PROCESSING_LINGER_SECONDS = 0
     source = make_source(organization)
     WebhookEvent.objects.create(organization=organization, source=source, body=b"{}", provider_event_id="evt_1")
-    dsn = connection.get_connection_params()
-    running_loop = psycopg.connect(**{k: v for k, v in dsn.items() if k != "cursor_factory"}, autocommit=True)
+    cache.set(processing.PROCESSING_LEASE_KEY, "another loop", timeout=30)
     try:
-        running_loop.execute("SELECT pg_advisory_lock(%s)", [processing._PROCESSING_LOCK])
         started = time.monotonic()
-        assert processing.process_received_events() == 0  # the running loop has it
-        assert time.monotonic() - started < processing.PROCESSING_LOCK_WAIT_SECONDS + 1.5
+        assert processing.process_received_events() == 0  # the running loop finds it
+        assert time.monotonic() - started < processing.PROCESSING_LEASE_WAIT_SECONDS + 1.5
         assert WebhookEvent.objects.get().status == WebhookEvent.Status.RECEIVED
 
         # A loop that is ending lets go within the wait: the new message then does the work.
-        release = threading.Timer(0.3, lambda: running_loop.execute("SELECT pg_advisory_unlock_all()"))
+        release = threading.Timer(0.3, lambda: cache.delete(processing.PROCESSING_LEASE_KEY))
         release.start()
         assert processing.process_received_events() == 1
         release.join()
     finally:
-        running_loop.close()
+        cache.delete(processing.PROCESSING_LEASE_KEY)
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+    assert cache.get(processing.PROCESSING_LEASE_KEY) is None  # released when done
+
+    # A holder that died without letting go: its lease expires and processing carries on.
+    WebhookEvent.objects.create(organization=organization, source=source, body=b"{}", provider_event_id="evt_2")
+    cache.set(processing.PROCESSING_LEASE_KEY, "a dead loop", timeout=1)
+    assert processing.process_received_events() == 1
+
+
+def test_processing_goes_on_without_the_lease_when_the_cache_is_down(organization, settings, monkeypatch):
+    settings.PROCESSING_LINGER_SECONDS = 0
+
+    def cache_down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(processing.cache, "add", cache_down)
+    monkeypatch.setattr(processing, "wait_before_last_look", lambda seconds: None)
+    source = make_source(organization)
+    WebhookEvent.objects.create(organization=organization, source=source, body=b"{}", provider_event_id="evt_1")
+    assert processing.process_received_events() == 1
