@@ -28,13 +28,22 @@ class UserAdmin(DjangoUserAdmin):
         return (*readonly, *PRIVILEGE_FIELDS)
 
     def has_change_permission(self, request, obj=None):
-        # A superuser's email, password or active flag is a superuser's to change: otherwise
-        # resetting their password would be a way into their account.
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        # Another staff account's email or password is a superuser's to change: sign-in is by
+        # emailed link or code, so whoever sets the address takes the account and its permissions.
+        if self._another_staff_account(request, obj):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if self._another_staff_account(request, obj):
             return False
         return super().has_delete_permission(request, obj)
+
+    @staticmethod
+    def _another_staff_account(request, obj) -> bool:
+        return (
+            obj is not None
+            and not request.user.is_superuser
+            and (obj.is_staff or obj.is_superuser)
+            and obj.pk != request.user.pk
+        )

@@ -1028,6 +1028,17 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     superuser.refresh_from_db()
     assert superuser.email == "root@hookline.example" and superuser.is_active
 
+    # Nor another staff account: its email is its sign-in.
+    colleague = get_user_model().objects.create_user("ops@hookline.example", "ops horse battery")
+    colleague.is_staff = True
+    colleague.save()
+    client.post(reverse("admin:accounts_user_change", args=[colleague.pk]), {"email": "mine@evil.example"})
+    assert client.get(reverse("admin:auth_user_password_change", args=[colleague.pk])).status_code in (403, 404)
+    colleague.refresh_from_db()
+    assert colleague.email == "ops@hookline.example"
+    tenant = get_user_model().objects.create_user("tenant@acme.example", "tenant horse battery")
+    assert client.get(reverse("admin:accounts_user_change", args=[tenant.pk])).status_code == 200  # their job
+
     # Groups carry permissions: only superusers change them.
     group = Group.objects.create(name="helpdesk")
     operator.groups.add(group)
