@@ -164,12 +164,14 @@ def release_lost_claims(now=None) -> int:
     margin = timedelta(seconds=settings.STUCK_DELIVERY_MARGIN_SECONDS)
     shortest = min(latest, timedelta(seconds=Destination.MIN_TIMEOUT_SECONDS) + margin)
     in_flight = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, claimed_at__lt=judged_at - shortest)
-    lost = [
-        pk
-        for pk, claimed_at, timeout in in_flight.values_list("pk", "claimed_at", "destination__timeout_seconds")
-        if claimed_at
-        < judged_at - min(latest, timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin)
-    ]
+    lost = []
+    for pk, claimed_at, timeout, changed_at in in_flight.values_list(
+        "pk", "claimed_at", "destination__timeout_seconds", "destination__updated_at"
+    ):
+        # A destination edited since the claim may have had a longer timeout when it was sent.
+        attempt_may_last = timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin
+        if claimed_at < judged_at - (latest if changed_at > claimed_at else min(latest, attempt_may_last)):
+            lost.append(pk)
     if not lost:
         return 0
     # The same condition again: a claim renewed meanwhile (released and taken again) stays.
@@ -602,10 +604,19 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
         return []
 
 
+# A result that waits on a row lock (a deletion of many deliveries holds theirs) gives up after
+# this, so that record_results' fallbacks record the rest of its batch: waiting longer would keep
+# every other result of the batch in flight until the sweeper takes them for lost, and sends them again.
+RECORD_LOCK_TIMEOUT = "5s"
+
+
 def _record_results(results: list[tuple[Delivery, SendResult]]) -> list[Delivery]:
     now = timezone.now()
     health: dict[int, list[bool]] = defaultdict(list)
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [RECORD_LOCK_TIMEOUT])
         DeliveryAttempt.objects.bulk_create(
             [
                 DeliveryAttempt(

@@ -314,6 +314,25 @@ def test_sweeper_releases_deliveries_of_dead_workers_and_schedules_due_ones(
     assert delivery.status == Delivery.Status.PENDING and delivery.attempt_count == 1
 
 
+def test_a_claim_is_judged_by_the_longest_limit_once_its_destination_was_edited(
+    client, organization, httpserver, dispatches, settings
+):
+    # Sent with a 60 s timeout, then lowered to 5 s: the send may still be live after 5 + margin.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    Destination.objects.filter(pk=destination.pk).update(timeout_seconds=60)
+    ingest(client, source)
+    processing.process_received_events()
+    assert delivery_service.claim_delivery(Delivery.objects.get().pk) is not None
+    claimed_at = Delivery.objects.get().claimed_at
+    edited = Destination.objects.get(pk=destination.pk)
+    edited.timeout_seconds = 5
+    edited.save()
+    assert processing.sweep(now=claimed_at + timedelta(seconds=40))["released"] == 0
+    later = claimed_at + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 1)
+    assert processing.sweep(now=later)["released"] == 1
+
+
 def test_a_dead_worker_s_claim_is_released_soon_after_its_attempt_s_timeout(
     client, organization, httpserver, dispatches, settings
 ):

@@ -261,3 +261,30 @@ def test_two_bulk_retries_of_a_destination_asked_for_at_once_make_one_job(routed
     )
     assert len(errors) == 1 and "already queued" in str(errors[0])
     assert BulkRetry.objects.count() == 1
+
+
+def test_a_result_held_up_by_a_row_lock_lets_the_rest_of_its_batch_be_recorded(routed, monkeypatch):
+    # A deletion of many deliveries holds their rows for a long time: the other results of the
+    # batch must not stay in flight meanwhile (the sweeper would send them again).
+    import psycopg
+    from django.db import connection
+
+    kept, doomed = routed
+    processing.process_event_batch()
+    claimed = delivery_service.claim_due_deliveries(10)
+    results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]  # port 9: refused
+    held = next(d for d, _ in results if d.destination_id == doomed.pk)
+    monkeypatch.setattr(delivery_service, "RECORD_LOCK_TIMEOUT", "300ms")
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    with psycopg.connect(**params) as deleting:
+        deleting.execute("SELECT 1 FROM webhooks_delivery WHERE id = %s FOR UPDATE", [held.pk])
+        recording = Paused(lambda: delivery_service.record_results(results))
+        recording.thread.start()
+        recording.thread.join(10)
+        waited_for_the_lock = recording.thread.is_alive()
+        deleting.rollback()
+        recording.thread.join(10)
+    assert not waited_for_the_lock and recording.errors == []
+    statuses = dict(Delivery.objects.values_list("destination_id", "status"))
+    assert statuses[kept.pk] == Delivery.Status.PENDING  # recorded: a failed attempt, retry scheduled
+    assert statuses[doomed.pk] == Delivery.Status.IN_FLIGHT  # left to the sweeper
