@@ -18,7 +18,7 @@ from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry
 from .operations import OperationError, bulk_retry_start, destination_pause, destination_resume, event_replay
-from .outbound import DestinationNotAllowed, resolve_destination
+from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
@@ -58,7 +58,7 @@ def _host_and_port(parts) -> tuple:
         port = None
     host = (parts.hostname or "").rstrip(".")
     try:
-        host = host.encode("idna").decode("ascii").lower()
+        host = ascii_host(host).lower()
     except UnicodeError:  # no host name at all: resolve_destination() refuses it
         pass
     return host, port or {"http": 80, "https": 443}.get(parts.scheme)

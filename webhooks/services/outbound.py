@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
+import idna
 import urllib3
 import urllib3.connection
 from django.conf import settings
@@ -290,6 +291,12 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
     return outcome["infos"]
 
 
+def ascii_host(host: str) -> str:
+    """A host name's ASCII form as browsers make it (IDNA 2008 with UTS 46 mapping: "faß.de" is
+    xn--fa-hia.de, another domain than the 2003 rules' "fass.de"). UnicodeError if it has none."""
+    return idna.encode(host, uts46=True).decode("ascii") if not host.isascii() else host
+
+
 def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:
     """(scheme, host, port, address to connect to), or DestinationNotAllowed."""
     parts = urlsplit(url)
@@ -304,10 +311,10 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
     port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     if not host.isascii():
-        # The ASCII (IDNA) form, as getaddrinfo() would look it up: the name checked and looked up
-        # is then the one sent in the Host header and for TLS, which must be ASCII.
+        # The name checked and looked up is then the one sent in the Host header and for TLS,
+        # which must be ASCII.
         try:
-            host = host.encode("idna").decode("ascii")
+            host = ascii_host(host)
         except UnicodeError:
             raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     try:

@@ -215,7 +215,7 @@ def resolving_to_loopback(monkeypatch, settings):
     ("name", "ascii_name"),
     [
         ("bücher.example", "xn--bcher-kva.example"),
-        ("☃.example", "xn--n3h.example"),
+        ("faß.example", "xn--fa-hia.example"),  # as browsers read it (IDNA 2008), not "fass.example"
         ("EXAMPLE.example", "example.example"),
     ],
 )
@@ -227,6 +227,11 @@ def test_an_international_host_name_is_sent_in_its_ascii_form(receiver, resolvin
     headers = dict(parse_request(ok.requests[0])[1])
     assert headers["Host"] == f"{ascii_name}:{ok.port}"
     assert resolving_to_loopback == [ascii_name]  # the name looked up is the name sent
+
+
+def test_a_host_name_idna_2008_does_not_allow_is_refused_with_a_reason():
+    with pytest.raises(outbound.DestinationNotAllowed, match="cannot be resolved"):
+        outbound.resolve_destination("http://☃.example/hook")
 
 
 def test_an_international_host_name_is_checked_like_any_other(resolving_to_loopback, settings):
