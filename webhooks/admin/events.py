@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from django.contrib import admin, messages
@@ -16,6 +15,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription
 from webhooks.selectors import events_with_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
+from webhooks.services.text import readable_body
 
 from .actions import ACTION_LIMIT, confirmation_page, confirmed
 from .filters import (
@@ -236,12 +236,8 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
 
     @admin.display(description="Body (formatted)")
     def body_pretty(self, obj):
-        text = bytes(obj.body).decode("utf-8", "replace")
-        try:
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=False)
-        except (ValueError, RecursionError):
-            pass  # not JSON (form-encoded, XML…) or nested too deep to parse: shown as received
-        return format_html('<pre class="hookline-body">{}</pre>', text)
+        body = readable_body(obj.body)  # JSON indented, form fields one per line; else as received
+        return format_html('<pre class="hookline-body">{}</pre>', body.formatted or body.raw)
 
     @admin.display(description="Body (raw bytes)")
     def body_raw(self, obj):
