@@ -16,6 +16,18 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.Sequence(lambda n: f"user{n}@example.com")
 
 
+# The cache as it is when Redis is down: a port nothing listens on, with production's short
+# socket timeouts (config/settings.py). Tests set settings.CACHES to it.
+REDIS_DOWN_CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "KEY_PREFIX": "hookline",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
+    }
+}
+
+
 @pytest.fixture(autouse=True)
 def _clean_cache():
     # Each test starts with an empty Redis database (rate-limit counters, processing flag).

@@ -39,9 +39,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+# The environment every bench sets up for Django (bench/ is on sys.path when run as a script).
+from dashboard import configure_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-BENCH_FERNET_KEY = "DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c="
 DESTINATIONS_PER_ORGANIZATION = 10
 MAX_DESTINATIONS = 20_000
 MAX_BACKLOG = 200_000
@@ -123,21 +125,6 @@ def recreate_database(admin_url: str, name: str, *, create: bool = True) -> None
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         if create:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def configure_environment(database_url: str, redis_url: str) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-secret-key-" + "x" * 32,
-        FIELD_ENCRYPTION_KEYS=os.environ.get("FIELD_ENCRYPTION_KEYS") or BENCH_FERNET_KEY,
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        CELERY_QUEUE="hookline-bench",
-        ALLOW_PRIVATE_DESTINATIONS="true",
-    )
 
 
 class World:

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from accounts import services
 from accounts.models import Invitation
+from conftest import REDIS_DOWN_CACHES
 from organizations.models import AuditLog, Membership
 
 pytestmark = pytest.mark.django_db
@@ -324,15 +325,6 @@ def test_a_forwarded_address_that_is_not_an_ip_is_ignored(owner, settings):
 
 # --- Redis down: no sign-in without its rate limits, and a clear answer rather than a 500 ----------
 
-REDIS_DOWN = {
-    "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
-        "KEY_PREFIX": "hookline",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
-    }
-}
-
 
 def unavailable(response) -> bool:
     return (
@@ -344,7 +336,7 @@ def unavailable(response) -> bool:
 
 
 def test_asking_for_a_sign_in_email_while_the_cache_is_down_says_sign_in_is_unavailable(client, owner, settings):
-    settings.CACHES = REDIS_DOWN
+    settings.CACHES = REDIS_DOWN_CACHES
     response = ask(client, owner.email)
     assert unavailable(response)
     assert owner.email in response.content.decode()  # the form keeps the address for the next try
@@ -354,7 +346,7 @@ def test_asking_for_a_sign_in_email_while_the_cache_is_down_says_sign_in_is_unav
 def test_a_code_or_link_used_while_the_cache_is_down_says_sign_in_is_unavailable(client, owner, settings):
     ask(client, owner.email)
     message = mail.outbox[0]
-    settings.CACHES = REDIS_DOWN
+    settings.CACHES = REDIS_DOWN_CACHES
 
     assert unavailable(client.post(CODE, {"code": code_in(message)}))
     assert unavailable(client.get(link_path(message)))

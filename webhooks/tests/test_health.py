@@ -6,17 +6,10 @@ from pathlib import Path
 import pytest
 from django.urls import get_resolver
 
+from conftest import REDIS_DOWN_CACHES
 from webhooks.views import health
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_DOWN = {
-    "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
-        "KEY_PREFIX": "hookline",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
-    }
-}
 
 
 def health_paths() -> list[str]:
@@ -47,7 +40,7 @@ def test_readyz_checks_the_database_and_reports_the_cache(client):
 
 @pytest.mark.django_db
 def test_readyz_stays_ready_with_the_cache_down(client, settings):
-    settings.CACHES = REDIS_DOWN
+    settings.CACHES = REDIS_DOWN_CACHES
     response = client.get("/readyz")
     assert response.status_code == 200
     checks = response.json()["checks"]
