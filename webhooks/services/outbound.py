@@ -291,6 +291,18 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
     return outcome["infos"]
 
 
+# Ports of protocols other than HTTP that browsers refuse to connect to (the Fetch standard's
+# "bad ports"): a webhook POST there (SMTP, IRC, SIP…) could make Hookline speak to a public
+# service in a protocol it does not mean to. Private addresses, where allowed, are the operator's.
+OTHER_PROTOCOL_PORTS = frozenset(
+    {1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102}
+    | {103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427}
+    | {465, 512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636, 989}
+    | {990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665}
+    | {6666, 6667, 6668, 6669, 6679, 6697, 10080}
+)
+
+
 def ascii_host(host: str) -> str:
     """A host name's ASCII form as browsers make it (IDNA 2008 with UTS 46 mapping: "faß.de" is
     xn--fa-hia.de, another domain than the 2003 rules' "fass.de"). UnicodeError if it has none."""
@@ -330,6 +342,10 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
                 f"the host {host} resolves to a private or reserved address; "
                 "set ALLOW_PRIVATE_DESTINATIONS=true to allow it"
             )
+    if port in OTHER_PROTOCOL_PORTS and any(_is_public(address) for address in addresses):
+        raise DestinationNotAllowed(
+            f"port {port} belongs to another protocol than HTTP (browsers refuse it too); use the receiver's HTTP(S) port"
+        )
     return parts.scheme, host, port, str(addresses[0])
 
 

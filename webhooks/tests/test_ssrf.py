@@ -1,6 +1,7 @@
 """Destinations never reach private, loopback, link-local or metadata addresses unless allowed."""
 
 import contextlib
+import socket
 import threading
 
 import pytest
@@ -156,3 +157,22 @@ def test_the_lookup_s_time_comes_out_of_the_attempt_s_timeout(monkeypatch, setti
     result = post("http://localhost:9/hook", body=b"{}", headers={}, timeout=1.0)
     assert result.status is None  # nothing listens on port 9
     assert watched and watched[0] <= 0.7 + outbound.CUT_GRACE_SECONDS
+
+
+@pytest.mark.parametrize("port,refused", [(25, True), (6667, True), (9, True), (443, False), (8443, False)])
+def test_ports_of_other_protocols_are_refused_on_public_addresses(monkeypatch, settings, port, refused):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    public = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", lambda *args, **kwargs: public)
+    outbound.forget_resolved_hosts()
+    url = f"https://mail.example.com:{port}/hook"
+    if refused:
+        with pytest.raises(DestinationNotAllowed, match=f"port {port} belongs to another protocol"):
+            resolve_destination(url)
+    else:
+        assert resolve_destination(url)[2:] == (port, "93.184.215.14")
+
+
+def test_an_allowed_private_address_may_use_any_port(settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = True  # the operator's own network
+    assert resolve_destination("http://127.0.0.1:9/hook")[2:] == (9, "127.0.0.1")
