@@ -56,11 +56,12 @@ def _host_and_port(parts) -> tuple:
         port = parts.port
     except ValueError:  # an invalid port: resolve_destination() explains it
         port = None
-    host = (parts.hostname or "").rstrip(".")
+    host = parts.hostname or ""
     try:
         host = ascii_host(host).lower()
     except UnicodeError:  # no host name at all: resolve_destination() refuses it
         pass
+    host = host.rstrip(".")  # after the mapping, which makes "。" and "．" dots too
     return host, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 

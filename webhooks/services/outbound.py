@@ -306,7 +306,14 @@ OTHER_PROTOCOL_PORTS = frozenset(
 def ascii_host(host: str) -> str:
     """A host name's ASCII form as browsers make it (IDNA 2008 with UTS 46 mapping: "faß.de" is
     xn--fa-hia.de, another domain than the 2003 rules' "fass.de"). UnicodeError if it has none."""
-    return idna.encode(host, uts46=True).decode("ascii") if not host.isascii() else host
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        # Characters IDNA 2008 leaves out (emoji, "_") that browsers still accept, as the 2003
+        # rules do: a destination that worked keeps working.
+        return host.encode("idna").decode("ascii")
 
 
 def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:

@@ -65,8 +65,11 @@ class _Lease:
         if self.token is None:
             return
         try:
-            if cache.get(PROCESSING_LEASE_KEY) == self.token:
+            holder = cache.get(PROCESSING_LEASE_KEY)
+            if holder == self.token:
                 cache.set(PROCESSING_LEASE_KEY, self.token, timeout=PROCESSING_LEASE_SECONDS)
+            elif holder is None:  # expired during a long batch: taken again unless another loop has
+                cache.add(PROCESSING_LEASE_KEY, self.token, timeout=PROCESSING_LEASE_SECONDS)
         except Exception as exc:
             logger.warning("cache unavailable while renewing the processing lease: %s", exc)
 

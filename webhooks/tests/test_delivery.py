@@ -339,7 +339,8 @@ def test_a_dead_worker_s_claim_is_released_soon_after_its_attempt_s_timeout(
     # Until released it holds one of the destination's concurrent sends: not for STUCK_DELIVERY_SECONDS.
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
-    Destination.objects.filter(pk=destination.pk).update(timeout_seconds=5)
+    an_hour_ago = timezone.now() - timedelta(hours=1)  # not edited since: judged by its own timeout
+    Destination.objects.filter(pk=destination.pk).update(timeout_seconds=5, updated_at=an_hour_ago)
     ingest(client, source)
     processing.process_received_events()
     delivery = Delivery.objects.get()

@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
-from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing, row_locks
 from webhooks.services.destinations import destination_delete
@@ -288,3 +288,4 @@ def test_a_result_held_up_by_a_row_lock_lets_the_rest_of_its_batch_be_recorded(r
     statuses = dict(Delivery.objects.values_list("destination_id", "status"))
     assert statuses[kept.pk] == Delivery.Status.PENDING  # recorded: a failed attempt, retry scheduled
     assert statuses[doomed.pk] == Delivery.Status.IN_FLIGHT  # left to the sweeper
+    assert not DeliveryAttempt.objects.filter(delivery_id=held.pk).exists()  # no second wait to store it bare

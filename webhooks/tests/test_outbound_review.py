@@ -229,9 +229,9 @@ def test_an_international_host_name_is_sent_in_its_ascii_form(receiver, resolvin
     assert resolving_to_loopback == [ascii_name]  # the name looked up is the name sent
 
 
-def test_a_host_name_idna_2008_does_not_allow_is_refused_with_a_reason():
-    with pytest.raises(outbound.DestinationNotAllowed, match="cannot be resolved"):
-        outbound.resolve_destination("http://☃.example/hook")
+def test_a_host_name_idna_2008_leaves_out_keeps_the_form_browsers_still_accept():
+    assert outbound.ascii_host("i❤.ws") == "xn--i-7iq.ws"
+    assert outbound.ascii_host("faß.example") == "xn--fa-hia.example"  # where IDNA 2008 applies, it decides
 
 
 def test_an_international_host_name_is_checked_like_any_other(resolving_to_loopback, settings):
@@ -252,6 +252,7 @@ def test_an_international_host_name_is_checked_like_any_other(resolving_to_loopb
         "https://HOOKLINE.example:443/in/tok_1/",
         "https://hookline.example./in/tok_1/",  # a trailing dot: the same host (Django accepts it)
         "https://ｈookline.example/in/tok_1/",  # full-width h: the same host in its IDNA form
+        "https://hookline.example。/in/tok_1/",  # an ideographic full stop: a trailing dot once mapped
         "https://hookline.example/%69n/tok_1/",  # the server decodes the path before routing it
         "https://hookline.example//in/tok_1/",
         "https://hookline.example/x/../in/tok_1",
