@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from webhooks.views.dashboard.home import HomeView
+from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
 
@@ -19,5 +19,6 @@ urlpatterns = [
     path("o/<slug:org_slug>/team/", include("organizations.urls")),
     path("o/<slug:org_slug>/", include("webhooks.urls_dashboard")),
     # Where a signed-in user lands: their organization, or a choice of them.
+    path("invitations/<int:invitation_id>/join/", InvitationJoinView.as_view(), name="invitation_join"),
     path("", HomeView.as_view(), name="home"),
 ]

@@ -1,5 +1,5 @@
 """Receivers of accounts' and Django's auth signals: accounts does not import organizations, so the
-audit entries for signing in and out, and accepting invitations on sign-in, are connected from here."""
+audit entries for signing in and out are connected from here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.dispatch import receiver
 from accounts.http import client_ip
 from accounts.signals import sessions_revoked
 
-from .team import audit_sign_in_event, invitations_accept_pending
+from .team import audit_sign_in_event
 
 
 def _ip(request) -> str | None:
@@ -18,10 +18,8 @@ def _ip(request) -> str | None:
 
 @receiver(user_logged_in, dispatch_uid="organizations.audit_sign_in")
 def on_sign_in(sender, request, user, **kwargs):
-    ip_address = _ip(request)
-    # Whoever proves the address (sign-in link or code, or a password) joins what it was invited to.
-    invitations_accept_pending(user=user, ip_address=ip_address)
-    audit_sign_in_event(user=user, action="user.signed_in", ip_address=ip_address)
+    # Pending invitations are offered on the home page, not accepted here (team.invitation_join).
+    audit_sign_in_event(user=user, action="user.signed_in", ip_address=_ip(request))
 
 
 @receiver(user_logged_out, dispatch_uid="organizations.audit_sign_out")

@@ -342,17 +342,31 @@ def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
     return user
 
 
-def invitations_accept_pending(*, user, ip_address: str | None = None) -> list[Invitation]:
-    """Accept every pending invitation to ``user``'s address: signing in proves the address as the link would."""
-    accepted = []
-    for invitation in Invitation.objects.pending().filter(email=user.email).select_related("organization"):
-        try:
-            with transaction.atomic():
-                _accept(invitation, user, ip_address)
-        except InvitationUnavailable:
-            continue  # accepted or revoked meanwhile
-        accepted.append(invitation)
-    return accepted
+def invitations_pending_for(*, user) -> list[Invitation]:
+    """The invitations to ``user``'s address still open: shown after sign-in, each joined by choice."""
+    return list(
+        Invitation.objects.pending()
+        .filter(email=user.email)
+        .select_related("organization", "invited_by")
+        .order_by("created_at")
+    )
+
+
+def invitation_join(*, user, invitation_id: int, ip_address: str | None = None) -> Invitation:
+    """``user`` accepts an invitation to their own address (signing in proved it, as the link would).
+
+    Signing in no longer joins on its own: an organization that invites an address would
+    otherwise make its holder a member, and see their sign-ins, without their say.
+    Raises InvitationUnavailable when it is not open to this user any more.
+    """
+    invitation = (
+        Invitation.objects.pending().filter(pk=invitation_id, email=user.email).select_related("organization").first()
+    )
+    if invitation is None:
+        raise InvitationUnavailable(Invitation.Status.REVOKED)
+    with transaction.atomic():
+        _accept(invitation, user, ip_address)
+    return invitation
 
 
 def _user_for_email(email: str):

@@ -236,6 +236,10 @@ def test_an_invited_address_without_an_account_signs_in_and_joins(client, organi
     response = client.post(CODE, {"code": code_in(mail.outbox[0])})
 
     assert response.status_code == 302
+    assert not Membership.objects.filter(user__email="new.person@acme.example").exists()  # joined by choice
+    invitation = Invitation.objects.get()
+    assert "Join Acme" in client.get(reverse("home")).content.decode()
+    client.post(reverse("invitation_join", args=[invitation.pk]))
     membership = Membership.objects.get(user__email="new.person@acme.example", organization=organization)
     assert membership.role == Membership.Role.ADMIN
     assert Invitation.objects.get().accepted_by == membership.user

@@ -187,13 +187,40 @@ def test_an_invalid_address_shows_the_form_again(organization, owner):
     assert "Enter a valid email address" in response.content.decode()
 
 
-def test_signing_in_accepts_pending_invitations_of_an_existing_user(organization, owner, outsider):
+def test_signing_in_offers_pending_invitations_and_joins_only_when_asked(organization, owner, outsider):
+    # Joining on sign-in alone would make anyone an organization's member (and put their
+    # sign-ins in its audit log) just because it invited their address.
     invite(browser_for(owner), outsider.email)
-    browser = browser_for(outsider)
+    browser = Client()
+    browser.force_login(outsider)  # sends user_logged_in, as every way of signing in does
+    assert not Membership.objects.filter(user=outsider, organization=organization).exists()
+
+    home = browser.get(reverse("home"))
+    assert home.status_code == 200  # not sent straight into their own organization
+    html = home.content.decode()
+    invitation = Invitation.objects.get(email=outsider.email)
+    join_url = reverse("invitation_join", args=[invitation.pk])
+    assert "Join Acme" in html and f'action="{join_url}"' in html
+
+    response = browser.post(join_url)
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview", args=["acme"])
     assert membership_of(outsider, organization).role == Membership.Role.MEMBER
+    assert browser.post(join_url).status_code == 302  # used: refused with a message, nothing changes
     # The link, opened afterwards by the same person, just leads into the organization.
     response = browser.get(invitation_path(mail.outbox[0]))
     assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview", args=["acme"])
+
+
+def test_an_invitation_to_another_address_cannot_be_joined(organization, owner, outsider):
+    invite(browser_for(owner), outsider.email)
+    invitation = Invitation.objects.get(email=outsider.email)
+    stranger = UserFactory(email="stranger@elsewhere.example")
+    browser = Client()
+    browser.force_login(stranger)
+    assert "Join Acme" not in browser.get(reverse("home")).content.decode()
+    browser.post(reverse("invitation_join", args=[invitation.pk]))
+    assert not Membership.objects.filter(user=stranger).exists()
+    assert Invitation.objects.get(pk=invitation.pk).accepted_by is None
 
 
 # --- Roles ------------------------------------------------------------------------------------
