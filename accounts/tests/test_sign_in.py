@@ -171,6 +171,21 @@ def test_five_wrong_codes_void_the_code(client, owner):
     assert signed_in_user_id(client) is None
 
 
+def test_the_wrong_code_lock_ends_with_its_window_however_often_one_tries(client, owner, clock, settings):
+    # A key refreshed by every try kept the address locked for as long as anyone kept trying.
+    window = settings.SIGN_IN_RATE_WINDOW_SECONDS
+    clock.now = (int(clock.now // window) + 1) * window  # the start of a window
+    ask(client, owner.email)
+    for _ in range(5):
+        assert client.post(CODE, {"code": "000001"}).status_code == 400
+    clock.now += window - 60
+    assert client.post(CODE, {"code": "000001"}).status_code == 429  # locked, and a try late in the window
+    clock.now += 61  # the next window
+    settings.SIGN_IN_REQUESTS_PER_EMAIL = 100
+    ask(client, owner.email)
+    assert client.post(CODE, {"code": code_in(mail.outbox[-1])}).status_code == 302
+
+
 def test_a_new_code_does_not_reset_the_wrong_code_count(client, owner):
     ask(client, owner.email)
     for _ in range(5):
