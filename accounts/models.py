@@ -129,7 +129,7 @@ class Invitation(models.Model):
         indexes = [models.Index(fields=("email",), name="invitation_email")]
 
     def __str__(self) -> str:
-        return f"{self.email} as {self.role} (organization {self.organization_id})"
+        return f"{self.email} as {self.role}"
 
     def status(self, now=None) -> str:
         if self.accepted_at:

@@ -171,3 +171,48 @@ def awaits_secret(source) -> bool:
 def source_change_delay() -> str:
     """How soon stopping, resuming or a new secret of a source applies everywhere ("within 5 seconds")."""
     return _source_change_delay()
+
+
+# What each audit action means, in a tenant's words (the code stays beside it, for the filter).
+AUDIT_ACTION_LABELS = {
+    "organization.created": "created the organization",
+    "user.signed_in": "signed in",
+    "user.signed_out": "signed out",
+    "user.signed_out_everywhere": "signed out on every device",
+    "invitation.created": "invited",
+    "invitation.revoked": "withdrew the invitation of",
+    "invitation.accepted": "accepted the invitation",
+    "member.added": "joined as a member",
+    "member.removed": "removed from the team",
+    "member.role_changed": "changed the role of",
+    "source.created": "created the source",
+    "source.updated": "changed the settings of the source",
+    "source.changed": "changed the source",
+    "source.deleted": "deleted the source",
+    "source.resumed": "started receiving again on",
+    "source.secret_rotated": "set a new signing secret on",
+    "source.test_sent": "sent a test event to",
+    "destination.created": "created the destination",
+    "destination.updated": "changed the destination",
+    "destination.deleted": "deleted the destination",
+    "destination.paused": "paused the destination",
+    "destination.resumed": "resumed the destination",
+    "destination.secret_rotated": "set a new signing secret on",
+    "subscription.created": "linked a source to the destination",
+    "delivery.retried": "retried the delivery",
+    "deliveries.bulk_retry_requested": "retried every failed delivery of",
+    "event.replayed": "replayed the event",
+    "retention.purged": "deleted events past the retention period",
+}
+
+
+@register.filter
+def audit_label(entry) -> str:
+    """An audit entry's action in words; a member removing themselves "left the team"."""
+    if entry.action == "member.removed" and entry.actor_user_id and entry.changes.get("email") == entry.actor_label:
+        return "left the team"
+    if entry.action in AUDIT_ACTION_LABELS:
+        return AUDIT_ACTION_LABELS[entry.action]
+    if entry.action.startswith("admin."):
+        return "changed by the platform operator"
+    return entry.action.replace("_", " ").replace(".", ": ")

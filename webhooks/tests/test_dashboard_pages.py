@@ -931,6 +931,18 @@ def test_audit_log_filters_by_actor_action_and_date(client, owner, organization)
     assert re.search(r"source\.created", page_text(client.get(url)))
 
 
+def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, member, organization):
+    from organizations import team
+
+    team.member_remove(
+        organization=organization, actor=member, membership=member.memberships.get(), ip_address="203.0.113.9"
+    )
+    client.force_login(owner)
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert "left the team" in text and "member.removed" in text  # the code stays, for the filter
+    assert "created the organization" in text and "203.0.113.9" in text
+
+
 def test_events_list_query_count_does_not_grow_with_rows(client, owner, organization):
     """No query per row: a page of many events costs the same number of queries as a page of one."""
     from django.db import connection
