@@ -342,6 +342,13 @@ def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
     return user
 
 
+def invitation_replaced(invitation: Invitation) -> bool:
+    """Whether a newer invitation to the same address replaced this one (inviting again does)."""
+    return Invitation.objects.filter(
+        organization_id=invitation.organization_id, email=invitation.email, created_at__gt=invitation.created_at
+    ).exists()
+
+
 def invitations_pending_for(*, user) -> list[Invitation]:
     """The invitations to ``user``'s address still open: shown after sign-in, each joined by choice."""
     return list(

@@ -40,8 +40,12 @@ class TeamView(OrganizationMixin, TemplateView):
     def get_context_data(self, invitation_form=None, **kwargs):
         context = super().get_context_data(**kwargs)
         assignable = team.roles_assignable_by(self.membership.role)
+        members = team.team_members(self.organization)
         context.update(
-            members=team.team_members(self.organization),
+            members=members,
+            # The last owner is offered no "Leave": the team would be left without an owner.
+            can_leave=self.membership.role != Membership.Role.OWNER
+            or sum(member.role == Membership.Role.OWNER for member in members) > 1,
             invitations=team.team_open_invitations(self.organization),
             invitation_form=InvitationForm(allowed_roles=assignable) if invitation_form is None else invitation_form,
             role_choices=Membership.Role.choices,
@@ -203,4 +207,7 @@ class InvitationAcceptView(View):
         return redirect(landing)
 
     def unavailable(self, status):
-        return render(self.request, "team/invitation_unavailable.html", {"status": status}, status=410)
+        replaced = status == Invitation.Status.REVOKED and team.invitation_replaced(self.invitation)
+        return render(
+            self.request, "team/invitation_unavailable.html", {"status": status, "replaced": replaced}, status=410
+        )

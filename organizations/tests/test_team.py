@@ -492,3 +492,21 @@ def test_an_organization_sends_a_bounded_number_of_invitations_an_hour(organizat
     Invitation.objects.update(created_at=timezone.now() - timedelta(hours=1, seconds=1))
     invite(browser, "one-more@elsewhere.example")
     assert Invitation.objects.filter(email="one-more@elsewhere.example").exists() and len(mail.outbox) == 4
+
+
+def test_the_last_owner_is_not_offered_leave(organization, owner, member):
+    own = membership_of(owner, organization)
+    leave_url = reverse("team:member_remove", args=["acme", own.pk])
+    assert f'href="{leave_url}"' not in browser_for(owner).get(TEAM).content.decode()
+    Membership.objects.filter(user=member).update(role=Membership.Role.OWNER)
+    assert f'href="{leave_url}"' in browser_for(owner).get(TEAM).content.decode()
+
+
+def test_an_invitation_replaced_by_a_newer_one_says_so(organization, owner):
+    browser = browser_for(owner)
+    invite(browser, "twice@elsewhere.example")
+    first_link = invitation_path(mail.outbox[0])
+    invite(browser, "twice@elsewhere.example")
+    page = Client().get(first_link)
+    assert page.status_code == 410
+    assert "A newer invitation replaced this one" in page.content.decode()
