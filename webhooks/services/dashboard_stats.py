@@ -146,9 +146,14 @@ def cached_organization_overview(*, organization: Organization) -> Overview:
     """
     key = f"dashboard:overview:{organization.pk}"
     try:
-        return cache.get_or_set(
-            key, lambda: organization_overview(organization=organization), timeout=OVERVIEW_CACHE_SECONDS
-        )
+        overview = cache.get(key)
+        if overview is None:
+            overview = organization_overview(organization=organization)
+            # An overview without events costs next to nothing to compute again, and a new
+            # tenant's first test event must show at once, not a minute later.
+            if overview.events_24h:
+                cache.set(key, overview, timeout=OVERVIEW_CACHE_SECONDS)
+        return overview
     except Exception as exc:  # the cache is down: compute it every time rather than fail the page
         logger.warning("cache unavailable for the overview: %s", exc)
         return organization_overview(organization=organization)

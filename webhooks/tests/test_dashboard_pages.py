@@ -994,6 +994,17 @@ def test_secret_pages_are_never_cached_and_the_cached_overview_holds_no_secret(c
     assert old_secret.encode() not in pickle.dumps(cached)  # the previous one, still signing, neither
 
 
+def test_an_overview_without_events_is_not_cached_so_the_first_event_shows_at_once(client, owner, organization):
+    from django.core.cache import cache
+
+    client.force_login(owner)
+    assert client.get("/o/acme/").status_code == 200
+    assert cache.get(f"dashboard:overview:{organization.pk}") is None
+    build_world(client, organization)  # the first events arrive
+    client.get("/o/acme/")
+    assert cache.get(f"dashboard:overview:{organization.pk}").events_24h > 0
+
+
 def test_a_payload_the_provider_cannot_sign_is_a_form_error(client, owner, organization):
     source = make_source(organization, provider="mailgun", secret="key-mailgun-signing-key", name="Mail")
     client.force_login(owner)
