@@ -16,7 +16,8 @@ class SignInCodeForm(forms.Form):
         widget=forms.TextInput(
             attrs={
                 "class": "code-input",
-                "aria-describedby": "code-help",
+                # Set here, so Django links none of its own: the help, and the errors when there are.
+                "aria-describedby": "code-help code-error code-form-error",
                 "autocomplete": "one-time-code",
                 "inputmode": "numeric",
                 "pattern": r"[0-9 ]*",

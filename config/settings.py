@@ -303,8 +303,17 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # Tokens in URLs (ingest, sign-in and invitation links) are secrets: masked in every record
     # (config/log_masking.py).
-    "filters": {"mask_url_tokens": {"()": "config.log_masking.MaskUrlTokens"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_url_tokens"]}},
+    "filters": {
+        "mask_url_tokens": {"()": "config.log_masking.MaskUrlTokens"},
+        "forbidden_without_traceback": {"()": "config.log_filters.ForbiddenWithoutTraceback"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["mask_url_tokens", "forbidden_without_traceback"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

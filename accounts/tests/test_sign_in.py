@@ -169,6 +169,13 @@ def test_five_wrong_codes_void_the_code(client, owner):
     assert response.status_code == 429
     assert "Too many wrong codes" in response.content.decode()
     assert signed_in_user_id(client) is None
+    # A screen reader reads the error with the field: its aria-describedby names where it is.
+    html = response.content.decode()
+    described = re.search(r'<input[^>]*name="code"[^>]*aria-describedby="([^"]+)"', html).group(1).split()
+    assert any(
+        f'id="{target}"' in html and "Too many wrong codes" in html.split(f'id="{target}"')[1][:400]
+        for target in described
+    )
 
 
 def test_the_wrong_code_lock_ends_with_its_window_however_often_one_tries(client, owner, clock, settings):

@@ -53,7 +53,9 @@ def test_django_s_own_log_handlers_are_replaced_by_the_masking_one():
 
     assert logging.getLogger("django").handlers == []
     assert settings.LOGGING["loggers"]["django.server"]["handlers"] == ["console"]
-    assert settings.LOGGING["handlers"]["console"]["filters"] == ["mask_url_tokens"]
+    assert (
+        settings.LOGGING["handlers"]["console"]["filters"][0] == "mask_url_tokens"
+    )  # first: every later filter sees masked text
 
 
 def test_gunicorn_s_error_log_is_masked_once_however_often_it_is_set_up():
@@ -117,3 +119,24 @@ def test_celery_worker_and_task_logs_are_masked_too():
     assert "refused /in/…tail/" in output
     assert "task saw /in/…tail/" in output
     assert TOKEN not in output
+
+
+def test_a_403_is_logged_in_one_line_without_its_traceback(settings):
+    from config.log_filters import ForbiddenWithoutTraceback
+
+    assert "forbidden_without_traceback" in settings.LOGGING["handlers"]["console"]["filters"]
+    try:
+        raise PermissionError("role")
+    except PermissionError:
+        exc_info = sys.exc_info()
+
+    def record(name, status_code):
+        made = logging.LogRecord(name, logging.WARNING, __file__, 1, "Forbidden: %s", ("/o/acme/",), exc_info)
+        made.status_code = status_code
+        return made
+
+    forbidden, failed = record("django.request", 403), record("django.request", 500)
+    assert ForbiddenWithoutTraceback().filter(forbidden) and ForbiddenWithoutTraceback().filter(failed)
+    handler = logging.StreamHandler()
+    assert "Traceback" not in handler.format(forbidden) and "Forbidden: /o/acme/" in handler.format(forbidden)
+    assert "Traceback" in handler.format(failed)  # a server error keeps its traceback
