@@ -95,13 +95,15 @@ def invitation_create(
     email = canonical_email(email)
     if Membership.objects.filter(organization=organization, user__email=email).exists():
         raise TeamRuleError(f"{email} is already a member.")
-    sent_last_hour = Invitation.objects.filter(
+    last_hour = Invitation.objects.filter(
         organization=organization, created_at__gte=timezone.now() - timedelta(hours=1)
-    ).count()
+    )
+    sent_last_hour = last_hour.count()
     if sent_last_hour >= settings.INVITATIONS_PER_HOUR:
+        oldest = last_hour.order_by("created_at").values_list("created_at", flat=True).first()
         raise TeamRuleError(
             f"{organization.name} has sent {sent_last_hour} invitations in the last hour, the most allowed. "
-            "Try again later."
+            f"The next can be sent from {oldest + timedelta(hours=1):%H:%M} UTC."
         )
 
     token = secrets.token_urlsafe(32)

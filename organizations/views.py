@@ -87,7 +87,9 @@ class InviteView(TeamActionMixin, TeamView):
                 ip_address=client_ip(request),
             )
         except team.TeamRuleError as error:
-            return self.refused(error)
+            # Shown on the form, which keeps what was typed for the next try.
+            form.add_error("email", str(error))
+            return self.render_to_response(self.get_context_data(invitation_form=form), status=400)
         return self.done(f"Invitation sent to {invitation.email}.")
 
 
