@@ -1132,3 +1132,18 @@ def test_headers_for_viewer_hides_every_known_signature_header_and_a_configured_
     )
     assert {name for name, value in shown.items() if value == SIGNATURE_HIDDEN} == set(names)
     assert shown["Content-Type"] == "value"
+
+
+def test_add_a_destination_from_a_source_page_starts_with_that_source_ticked(client, owner, organization):
+    source = make_source(organization, name="Billing")
+    other = make_source(organization, name="Shop", secret="whsec_other")
+    client.force_login(owner)
+    detail = client.get(reverse("dashboard:source_detail", args=["acme", source.pk])).content.decode()
+    link = f"{reverse('dashboard:destination_create', args=['acme'])}?source={source.pk}"
+    assert f'href="{link}"' in detail
+    form = client.get(link).context["form"]
+    assert [str(pk) for pk in form.initial["sources"]] == [str(source.pk)] and other.pk != source.pk
+    html = client.get(link).content.decode()
+    assert re.search(rf'value="{source.pk}"[^>]*checked', html) and not re.search(
+        rf'value="{other.pk}"[^>]*checked', html
+    )

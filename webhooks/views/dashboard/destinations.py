@@ -56,7 +56,9 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
 
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
-        form = DestinationForm(organization=self.organization)
+        # "Add one" on a source's page comes with ?source=<id>: that source starts ticked.
+        chosen = [value for value in request.GET.getlist("source") if value.isdigit()]
+        form = DestinationForm(organization=self.organization, initial={"sources": chosen} if chosen else None)
         return self.render_to_response(self.get_context_data(form=form, title="New destination"))
 
     def post(self, request, *args, **kwargs):
