@@ -170,29 +170,34 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
         },
         timeout=link_ttl,
     )
-    cache.set(
-        CODE_KEY.format(email_digest),
-        {
-            "mac": _code_mac(email, code),
-            "next": next_url,
-            "request": request_id,
-            "link_key": _link_key(token_digest),
-            "expires_at": now + code_ttl,
-        },
-        timeout=code_ttl,
-    )
     # Wrong codes are counted per address over the rate window, not per code: asking for new
-    # codes must not buy an attacker more guesses.
+    # codes must not buy an attacker more guesses. While they are locked the email holds the
+    # link only, rather than a code that would be refused.
+    codes_locked = (cache.get(_code_tries_key(email_digest)) or 0) >= settings.SIGN_IN_CODE_MAX_ATTEMPTS
+    if codes_locked:
+        cache.delete(CODE_KEY.format(email_digest))
+    else:
+        cache.set(
+            CODE_KEY.format(email_digest),
+            {
+                "mac": _code_mac(email, code),
+                "next": next_url,
+                "request": request_id,
+                "link_key": _link_key(token_digest),
+                "expires_at": now + code_ttl,
+            },
+            timeout=code_ttl,
+        )
 
     audience = _audience(email)
     if audience == "sign_in":
         send_templated_email(
             to=email,
-            subject=f"Your Hookline sign-in code: {code}",
+            subject="Your Hookline sign-in link" if codes_locked else f"Your Hookline sign-in code: {code}",
             template="sign_in",
             context={
                 "link": sign_in_link_url(token),
-                "code": code,
+                "code": None if codes_locked else code,
                 "link_minutes": link_ttl // 60,
                 "code_minutes": code_ttl // 60,
             },
