@@ -553,7 +553,12 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
         return []
     try:
         return _record_results(results)
-    except DatabaseError:
+    except DatabaseError as exc:
+        if _database_unreachable():
+            # Not one row's trouble: nothing can be recorded now. The caller keeps the results
+            # (the dispatcher records them once the database is back) rather than lose them,
+            # which would have their deliveries sent again once released.
+            raise DatabaseUnavailable from exc
         # The first pass waited RECORD_LOCK_TIMEOUT for any lock: the next ones barely wait, so
         # that a few results held up by a deletion cost the rest of the batch a second, not 15 s each.
         remaining = _without_deleted_deliveries(results)
@@ -578,6 +583,23 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 continue
             recorded += _record_without_response(result)
     return recorded
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached: results were not recorded and are still the caller's."""
+
+
+def _database_unreachable() -> bool:
+    """After a failed recording, whether the database itself is down (rather than one row)."""
+    if connection.in_atomic_block:
+        return False  # inside a caller's transaction: its own error handling decides
+    try:
+        connection.close_if_unusable_or_obsolete()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError:
+        return True
+    return False
 
 
 def _is_lock_timeout(exc: DatabaseError) -> bool:
@@ -766,6 +788,36 @@ def schedule_dispatch(slot: int = 0) -> None:
     schedule_once(_dispatch_flag(slot), DISPATCH_FLAG_TTL, dispatch_deliveries.s(slot))
 
 
+# How long past its deadline a dispatcher keeps results it could not record for the database
+# to come back (then their deliveries are released and sent again, as after a crash).
+UNRECORDED_GRACE_SECONDS = 30.0
+DATABASE_RETRY_SECONDS = 1.0
+
+
+def _claim_unless_the_database_is_down(limit: int, *, keeping: bool) -> list[Delivery]:
+    """A dispatcher holding sends or unrecorded results keeps going through a database outage."""
+    try:
+        return claim_due_deliveries(limit)
+    except DatabaseError:
+        if not keeping:
+            raise  # nothing held: the task fails, and the sweeper starts another when it is back
+        logger.warning("database unavailable: no deliveries claimed this turn", exc_info=True)
+        return []
+
+
+def _record_or_keep(results: list[tuple[Delivery, SendResult]]) -> list[tuple[Delivery, SendResult]]:
+    """Record ``results``; while the database is down, give them back to try again next turn."""
+    if not results:
+        return []
+    try:
+        record_results(results)
+    except DatabaseUnavailable:
+        logger.warning("database unavailable: %d delivery results kept until it is back", len(results))
+        time.sleep(DATABASE_RETRY_SECONDS)
+        return results
+    return []
+
+
 def dispatch_due_deliveries(
     *, max_seconds: float | None = None, threads: int | None = None, slot: int = 0, linger_seconds: float | None = None
 ) -> int:
@@ -782,6 +834,7 @@ def dispatch_due_deliveries(
     threads = threads or settings.DELIVERY_THREADS
     deadline = time.monotonic() + max_seconds
     pending: dict[Future, Delivery] = {}
+    unrecorded: list[tuple[Delivery, SendResult]] = []  # sent, not recorded: the database is down
     attempted = 0
     # A claim costs the same few queries for one delivery or many: wait until a quarter of the
     # threads are free before claiming again, unless nothing is in flight.
@@ -793,7 +846,7 @@ def dispatch_due_deliveries(
             claimed = []
             free = threads - len(pending)
             if time.monotonic() < deadline and (free >= claim_batch or not pending):
-                claimed = claim_due_deliveries(free)
+                claimed = _claim_unless_the_database_is_down(free, keeping=bool(pending or unrecorded))
                 if next_slot is not None and claimed and len(claimed) == free:
                     schedule_dispatch(next_slot)  # a backlog: let another worker process help
                 for delivery in claimed:
@@ -807,7 +860,7 @@ def dispatch_due_deliveries(
                 if time.monotonic() - idle_since < linger_seconds:
                     time.sleep(settings.LINGER_POLL_SECONDS)
                     continue
-            if not pending:
+            if not pending and not unrecorded:
                 if time.monotonic() >= deadline:
                     clear_flag(flag)
                     if Delivery.objects.filter(
@@ -825,8 +878,14 @@ def dispatch_due_deliveries(
                     pending[pool.submit(send, delivery)] = delivery
             done, _ = wait(pending, timeout=settings.DISPATCHER_POLL_SECONDS, return_when=FIRST_COMPLETED)
             finished = [(pending.pop(future), future.result()) for future in done]
-            record_results(finished)
             attempted += len(finished)
+            unrecorded = _record_or_keep(unrecorded + finished)
+            if unrecorded and time.monotonic() >= deadline + UNRECORDED_GRACE_SECONDS:
+                logger.error(
+                    "the database stayed unavailable: %d delivery results not recorded; they will be sent again",
+                    len(unrecorded),
+                )
+                unrecorded = []
 
 
 # --- Manual operations ----------------------------------------------------------

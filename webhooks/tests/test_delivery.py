@@ -397,3 +397,36 @@ def test_a_rotation_that_cannot_be_audited_changes_no_secret(organization, monke
     with pytest.raises(RuntimeError):
         destination_rotate_secret(destination=destination, overlap_seconds=3600)
     assert Destination.objects.get(pk=destination.pk).signing_secrets() == [old_secret]
+
+
+def test_results_sent_while_the_database_is_down_are_recorded_once_it_is_back(
+    client, organization, httpserver, dispatches, monkeypatch
+):
+    # A send that reached its receiver is not sent again because the database blinked while
+    # its result was being recorded: the dispatcher keeps the result and records it later.
+    from django.db import OperationalError
+
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+
+    real_record = delivery_service._record_results
+    outage = {"turns": 5}  # longer than every fallback of one recording
+
+    def database_down_for_a_while(results, **kwargs):
+        if outage["turns"]:
+            outage["turns"] -= 1
+            raise OperationalError("the database is restarting")
+        return real_record(results, **kwargs)
+
+    monkeypatch.setattr(delivery_service, "_record_results", database_down_for_a_while)
+    monkeypatch.setattr(delivery_service, "_database_unreachable", lambda: outage["turns"] > 0)
+    monkeypatch.setattr(delivery_service, "DATABASE_RETRY_SECONDS", 0.01)
+
+    attempted = delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
+
+    delivery = Delivery.objects.get()
+    assert attempted == 1 and len(httpserver.log) == 1  # sent once
+    assert delivery.status == Delivery.Status.SUCCEEDED and delivery.attempts.count() == 1
