@@ -103,7 +103,7 @@ def invitation_create(
         oldest = last_hour.order_by("created_at").values_list("created_at", flat=True).first()
         raise TeamRuleError(
             f"{organization.name} has sent {sent_last_hour} invitations in the last hour, the most allowed. "
-            f"The next can be sent from {oldest + timedelta(hours=1):%H:%M} UTC."
+            f"The next can be sent from {oldest + timedelta(hours=1, seconds=59):%H:%M} UTC."  # rounded up
         )
 
     token = secrets.token_urlsafe(32)

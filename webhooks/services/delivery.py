@@ -798,10 +798,10 @@ def _claim_unless_the_database_is_down(limit: int, *, keeping: bool) -> list[Del
     """A dispatcher holding sends or unrecorded results keeps going through a database outage."""
     try:
         return claim_due_deliveries(limit)
-    except DatabaseError:
+    except DatabaseError as exc:
         if not keeping:
             raise  # nothing held: the task fails, and the sweeper starts another when it is back
-        logger.warning("database unavailable: no deliveries claimed this turn", exc_info=True)
+        logger.warning("claiming failed (a database error); trying again next turn: %s", exc)
         return []
 
 
@@ -843,6 +843,9 @@ def dispatch_due_deliveries(
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
             set_flag(flag, DISPATCH_FLAG_TTL)
+            # Results held through an outage first: the sooner they are in, the less chance the
+            # sweeper takes their deliveries for lost.
+            unrecorded = _record_or_keep(unrecorded)
             claimed = []
             free = threads - len(pending)
             if time.monotonic() < deadline and (free >= claim_batch or not pending):
@@ -853,7 +856,7 @@ def dispatch_due_deliveries(
                     pending[pool.submit(send, delivery)] = delivery
             if claimed or pending:
                 idle_since = None
-            elif slot == 0 and time.monotonic() < deadline:
+            elif slot == 0 and not unrecorded and time.monotonic() < deadline:
                 # Idle: keep looking a little (flag still set) rather than end and be started
                 # again by the next event, which costs a message and a task start per webhook.
                 idle_since = idle_since or time.monotonic()
