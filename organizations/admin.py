@@ -22,14 +22,13 @@ from django.db import models, transaction
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
-from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from accounts.admin import UserAdmin
 
-from .models import AuditLog, Membership, MonthlyUsage, Organization
+from .models import AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .services import audit_record, audit_verify_chain
 
 logger = logging.getLogger(__name__)
@@ -316,10 +315,6 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ("created_at",)
 
 
-def _this_month():
-    return timezone.now().date().replace(day=1)
-
-
 @admin.register(Organization)
 class OrganizationAdmin(AuditedModelAdmin):
     list_display = (
@@ -344,7 +339,7 @@ class OrganizationAdmin(AuditedModelAdmin):
     )
 
     def get_queryset(self, request):
-        usage = MonthlyUsage.objects.filter(organization=OuterRef("pk"), month=_this_month()).values("events")[:1]
+        usage = MonthlyUsage.objects.filter(organization=OuterRef("pk"), month=current_month()).values("events")[:1]
         return super().get_queryset(request).annotate(events_this_month=Subquery(usage))
 
     @admin.display(description="Events this month", ordering="events_this_month")

@@ -52,7 +52,7 @@ def _compute_platform_overview() -> dict:
     from django.db.models import Count, F
     from django.utils import timezone
 
-    from organizations.models import MonthlyUsage
+    from organizations.models import MonthlyUsage, current_month
     from webhooks.models import Delivery, Destination, WebhookEvent
     from webhooks.selectors import uuid7_floor
 
@@ -60,8 +60,7 @@ def _compute_platform_overview() -> dict:
     # Ids are UUIDv7: "received in the last 24 h" is a primary-key range, not a scan of received_at.
     recent = WebhookEvent.objects.filter(id__gte=uuid7_floor(now - timedelta(hours=24)))
     by_status = dict(recent.order_by().values_list("status").annotate(count=Count("id")))
-    month = now.date().replace(day=1)
-    usage = MonthlyUsage.objects.filter(month=month).select_related("organization")
+    usage = MonthlyUsage.objects.filter(month=current_month()).select_related("organization")
     overview = {
         "events_24h": [
             {"status": value, "label": label, "count": by_status.get(value, 0)}

@@ -829,17 +829,20 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
 # --- Staff without change permissions -------------------------------------------------------------
 
 
+def staff_account(email: str, *codenames: str):
+    """A staff account (not superuser) holding only the permissions named by codename."""
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(email, "staff horse battery", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
 @pytest.fixture
 def viewer(client, db):
     """A staff account that may only look at sources, destinations, events, deliveries and attempts."""
-    from django.contrib.auth.models import Permission
-
-    user = get_user_model().objects.create_user("viewer@hookline.example", "viewer horse battery")
-    user.is_staff = True
-    user.save()
     views = ["view_source", "view_destination", "view_webhookevent", "view_delivery", "view_deliveryattempt"]
-    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=views))
-    client.force_login(user)
+    client.force_login(staff_account("viewer@hookline.example", *views))
     return client
 
 
@@ -875,14 +878,8 @@ def test_view_only_staff_run_no_action_that_changes_anything(viewer, setup):
 
 
 def test_staff_given_the_change_permissions_run_the_actions(client, setup):
-    from django.contrib.auth.models import Permission
-
-    user = get_user_model().objects.create_user("operator@hookline.example", "operator horse battery")
-    user.is_staff = True
-    user.save()
     codenames = ["view_destination", "change_destination", "view_webhookevent", "change_delivery", "add_delivery"]
-    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="webhooks", codename__in=codenames))
-    client.force_login(user)
+    client.force_login(staff_account("operator@hookline.example", *codenames))
     destination, dead = setup["destination"], setup["dead"]
     client.post(
         reverse("admin:webhooks_destination_changelist"), {"action": "pause", "_selected_action": [destination.pk]}
@@ -901,9 +898,7 @@ def test_the_platform_overview_is_shown_only_to_staff_who_may_view_what_it_count
     setup["their_destination"].paused_at = timezone.now()
     setup["their_destination"].pause_reason = "failing for an hour"
     setup["their_destination"].save()
-    user = get_user_model().objects.create_user("bare@hookline.example", "bare horse battery")
-    user.is_staff = True
-    user.save()
+    user = staff_account("bare@hookline.example")
     client.force_login(user)
     response = client.get(reverse("admin:index"))
     assert response.status_code == 200
@@ -990,11 +985,8 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     from django.contrib.auth.models import Group, Permission
 
     superuser = get_user_model().objects.create_superuser("root@hookline.example", "root horse battery")
-    operator = get_user_model().objects.create_user("helpdesk@hookline.example", "helpdesk horse battery")
-    operator.is_staff = True
-    operator.save()
     codenames = ["view_user", "change_user", "delete_user", "view_group", "change_group"]
-    operator.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    operator = staff_account("helpdesk@hookline.example", *codenames)
     client.force_login(operator)
 
     own_url = reverse("admin:accounts_user_change", args=[operator.pk])
@@ -1029,9 +1021,7 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     assert superuser.email == "root@hookline.example" and superuser.is_active
 
     # Nor another staff account: its email is its sign-in.
-    colleague = get_user_model().objects.create_user("ops@hookline.example", "ops horse battery")
-    colleague.is_staff = True
-    colleague.save()
+    colleague = staff_account("ops@hookline.example")
     client.post(reverse("admin:accounts_user_change", args=[colleague.pk]), {"email": "mine@evil.example"})
     assert client.get(reverse("admin:auth_user_password_change", args=[colleague.pk])).status_code in (403, 404)
     colleague.refresh_from_db()
