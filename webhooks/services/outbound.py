@@ -1,7 +1,7 @@
 """The one module that makes outgoing HTTP requests.
 
 The destination's host is resolved once, every address is checked, and the
-connection goes to the checked address (so DNS cannot change between check
+connection goes to a checked address (so DNS cannot change between check
 and connect). Redirects are never followed.
 """
 
@@ -316,8 +316,28 @@ def ascii_host(host: str) -> str:
         return host.encode("idna").decode("ascii")
 
 
+@dataclass(frozen=True)
+class _Destination:
+    scheme: str
+    host: str  # ASCII form: the name sent in the Host header and for TLS
+    port: int
+    addresses: tuple[str, ...]  # every address the host resolves to, all checked, in the resolver's order
+
+
 def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:
-    """(scheme, host, port, address to connect to), or DestinationNotAllowed."""
+    """(scheme, host, port, first address to connect to), or DestinationNotAllowed."""
+    destination = _resolve(url, timeout=timeout)
+    return destination.scheme, destination.host, destination.port, destination.addresses[0]
+
+
+def _resolve(url: str, *, timeout: float) -> _Destination:
+    """The destination with every address its host resolves to, or DestinationNotAllowed.
+
+    Unless private destinations are allowed, one private or reserved address among the host's
+    addresses refuses the whole destination, not only that address (DNS rebinding): whoever
+    controls the name's DNS would otherwise have a send reach the private address by making the
+    public ones refuse connections, since connecting goes on to the next address.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DestinationNotAllowed("the URL must be http:// or https:// with a host name")
@@ -341,6 +361,8 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
     except (socket.gaierror, UnicodeError):
         raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses:
+        raise DestinationNotAllowed(f"the host {host} cannot be resolved")
     if not settings.ALLOW_PRIVATE_DESTINATIONS:
         blocked = [a for a in addresses if not _is_public(a)]
         if blocked:
@@ -353,33 +375,130 @@ def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -
         raise DestinationNotAllowed(
             f"port {port} belongs to another protocol than HTTP (browsers refuse it too); use the receiver's HTTP(S) port"
         )
-    return parts.scheme, host, port, str(addresses[0])
+    # The resolver may name an address twice (once per protocol it found it for, say).
+    return _Destination(parts.scheme, host, port, tuple(dict.fromkeys(str(address) for address in addresses)))
+
+
+# A host with several addresses is tried address by address while connecting fails (refused,
+# unreachable, no answer), as browsers and curl do: an IPv6 address on a network without IPv6
+# must not fail every attempt when the IPv4 one works. Only the connecting is tried again, never
+# a request of which any byte went out, so a receiver never gets one attempt twice. Each address
+# but the last gets an even share of the time the attempt has left (at least CONNECT_SHARE_FLOOR
+# seconds: a host with many addresses must not leave each too little for a connection over a long
+# route), so an address that never answers cannot take the time the next one needs; the last
+# address gets all that is left (MAX_CONNECT_SECONDS at most, as before).
+MAX_CONNECT_SECONDS = 10.0
+CONNECT_SHARE_FLOOR_SECONDS = 0.25
+# An address that could not be connected to is tried after the host's other addresses for a
+# while: otherwise every attempt to a host whose first address never answers would spend part
+# of its time (and a sending thread's) waiting on it before reaching the address that works.
+UNREACHABLE_TTL_SECONDS = 30.0
+_unreachable: dict[tuple[str, int], float] = {}
+
+
+def forget_unreachable_addresses() -> None:
+    """Drop the remembered connection failures (tests; a network that has changed)."""
+    _unreachable.clear()
+
+
+def _in_connecting_order(addresses: tuple[str, ...], port: int) -> list[str]:
+    now = time.monotonic()
+    recently_failed = {address for address in addresses if _unreachable.get((address, port), 0.0) > now}
+    return [a for a in addresses if a not in recently_failed] + [a for a in addresses if a in recently_failed]
+
+
+def _remember_unreachable(address: str, port: int) -> None:
+    if len(_unreachable) > 10_000:
+        _unreachable.clear()
+    _unreachable[(address, port)] = time.monotonic() + UNREACHABLE_TTL_SECONDS
+
+
+def _connect_timeout(time_left: float, addresses_left: int) -> float:
+    if addresses_left > 1:
+        share = max(time_left / addresses_left, CONNECT_SHARE_FLOOR_SECONDS)
+    else:
+        share = time_left
+    return max(min(share, time_left, MAX_CONNECT_SECONDS), 0.001)
+
+
+class _ConnectFailed(Exception):
+    """Connecting to one address failed (refused, unreachable, no answer): nothing of the request went out."""
+
+    def __init__(self, error: urllib3.exceptions.ConnectTimeoutError, connect_timeout: float):
+        super().__init__(str(error))
+        self.error = error
+        self.timed_out = not isinstance(error, urllib3.exceptions.NewConnectionError)
+        if self.timed_out:
+            self.reason = f"no answer within {round(connect_timeout, 1):g} s"
+        else:  # the system's words ("Connection refused"), not urllib3's wrapping of them
+            cause = error.__cause__
+            self.reason = (getattr(cause, "strerror", None) or str(cause or error)).lower()
 
 
 def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> OutboundResponse:
     """POST ``body`` to ``url``; never raises for network trouble, it is reported in ``error``."""
     started = time.monotonic()
+    deadline = started + timeout
 
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
     try:
-        scheme, host, port, address = resolve_destination(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS))
+        destination = _resolve(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS))
     except DestinationNotAllowed as exc:
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
     # What the lookup took comes out of the attempt's time: its deadline holds from its start.
-    remaining = max(timeout - (time.monotonic() - started), 0.001)
+    remaining = max(deadline - time.monotonic(), 0.001)
 
+    scheme, host, port = destination.scheme, destination.host, destination.port
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if scheme == "https" else 80
     headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
-    pool = _pool_for(scheme, host, port, address)
+    addresses = _in_connecting_order(destination.addresses, port)
+    failures: list[tuple[str, _ConnectFailed]] = []
     with _Watchdog(remaining + CUT_GRACE_SECONDS) as watchdog:
-        return _send(pool, path, body, headers, timeout, remaining, started, watchdog)
+        for index, address in enumerate(addresses):
+            time_left = deadline - time.monotonic()
+            if time_left <= 0 and failures:
+                break
+            time_left = max(time_left, 0.001)
+            pool = _pool_for(scheme, host, port, address)
+            connect_timeout = _connect_timeout(time_left, len(addresses) - index)
+            try:
+                return _send(pool, path, body, headers, timeout, connect_timeout, time_left, started, watchdog)
+            except _ConnectFailed as failure:
+                _remember_unreachable(address, port)
+                failures.append((address, failure))
+    if len(destination.addresses) == 1:  # worded as it always was
+        failure = failures[0][1]
+        error = f"timed out after {timeout:g} s" if failure.timed_out else _connection_failed(failure.error)
+    else:
+        error = _no_address_connected(destination, failures, timeout)
+    return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=error)
 
 
-def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> OutboundResponse:
+def _no_address_connected(destination: _Destination, failures: list[tuple[str, _ConnectFailed]], timeout) -> str:
+    """The error of an attempt that connected to none of the host's addresses: each one tried, and why.
+
+    Only addresses that passed the check are ever tried, so a refused (private) address is never named here.
+    """
+    port = destination.port
+    tried = "; ".join(f"{_address_and_port(address, port)}: {failure.reason}" for address, failure in failures)
+    error = f"connection failed to each address of {destination.host}: {tried}"
+    not_tried = len(destination.addresses) - len(failures)
+    if not_tried:
+        error += f"; {not_tried} more not tried: the attempt's {timeout:g} s ran out"
+    return error[:500]
+
+
+def _address_and_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _send(pool, path, body, headers, timeout, connect_timeout, time_left, started, watchdog) -> OutboundResponse:
+    """One request on one address's pool; _ConnectFailed when that address cannot be connected to."""
+
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
@@ -393,7 +512,7 @@ def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> O
             redirect=False,
             retries=False,
             preload_content=False,
-            timeout=urllib3.Timeout(connect=min(remaining, 10.0), read=remaining),
+            timeout=urllib3.Timeout(connect=connect_timeout, read=time_left),
         )
         try:
             if response.status == http.client.SWITCHING_PROTOCOLS:
@@ -424,9 +543,10 @@ def _send(pool, path, body, headers, timeout, remaining, started, watchdog) -> O
             duration_ms=elapsed(),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
-    except urllib3.exceptions.NewConnectionError as exc:
-        # Checked first: urllib3 makes it a subclass of its timeout errors.
-        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=_connection_failed(exc))
+    except urllib3.exceptions.ConnectTimeoutError as exc:
+        # Raised only while opening the connection (NewConnectionError too, a subclass: checked before
+        # the timeouts it derives from): no byte of the request has gone out, another address may be tried.
+        raise _ConnectFailed(exc, connect_timeout) from None
     except urllib3.exceptions.TimeoutError:
         return replace(timed_out, duration_ms=elapsed())
     except urllib3.exceptions.HTTPError as exc:
