@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from webhooks.providers.base import InboundRequest, InvalidOptions, MalformedPayload, VerificationError
+from webhooks.providers.base import EventInfo, InboundRequest, InvalidOptions, MalformedPayload, VerificationError
 from webhooks.providers.twilio import TwilioProvider, form_encode, form_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
@@ -205,6 +205,17 @@ def test_replayed_signature_on_a_reshaped_body_is_the_same_event(reshape):
         PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
     # …so it must be recognised as the same event, not stored and delivered again.
     assert PROVIDER.describe(replay, OPTIONS).event_id == PROVIDER.describe(original, OPTIONS).event_id
+
+
+def test_json_object_with_signed_body_hash_is_identified_by_its_bytes():
+    body = json.dumps({"MessageSid": MESSAGE_SID, "MessageStatus": "delivered"}).encode()
+    url = f"{INGEST_URL}?bodySHA256={RequestValidator(TOKEN).compute_hash(body.decode())}"
+    signature = RequestValidator(TOKEN).compute_signature(url, {})
+    assert RequestValidator(TOKEN).validate(url, body.decode(), signature)
+    request = req(body, {HEADER: signature}, url=url)
+    PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
+    info = PROVIDER.describe(request, OPTIONS)
+    assert info == EventInfo(f"{MESSAGE_SID}:{hashlib.sha256(body).hexdigest()}", "message.delivered")
 
 
 def _multi(body: bytes) -> MultiDict:
