@@ -209,7 +209,10 @@ class TwilioProvider(Provider):
             for variant in variants
         ]
         if not any(constant_time_equal(e, candidate) for e in expected):
-            where = "the public_url option" if options.get("public_url") else "the URL this request arrived at"
+            if options.get("public_url"):
+                where = "the public_url option"
+            else:  # behind a proxy the URL Twilio called differs: show the one that was tried
+                where = f"the URL this request arrived at ({url[:300]!r})"
             raise VerificationError(
                 "no_matching_secret",
                 f"the signature does not match ({len([s for s in secrets if s])} secret(s) tried) using {where}; "

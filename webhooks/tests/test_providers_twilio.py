@@ -258,6 +258,7 @@ def test_public_url_option_for_proxies():
     PROVIDER.verify(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"), [TOKEN], proxied, NOW)
     error = reject(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"))
     assert error.code == "no_matching_secret" and "public_url" in error.detail
+    assert "'http://10.0.0.5:8000/in/x/'" in error.detail  # the URL that was tried, to compare with Twilio's
     assert PROVIDER.sign(BODY, TOKEN, proxied, NOW, url="https://ignored.test/") == {"X-Twilio-Signature": SIG}
 
 
