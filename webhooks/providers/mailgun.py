@@ -4,7 +4,7 @@
 signature is hex HMAC-SHA256(key = the Webhook Signing Key, message = timestamp + token, no separator).
 Subaccount events add ``parent-signature``, the same HMAC keyed with the parent account's key: Mailgun
 documents it as a field of the signature object; a separate top-level object is accepted too, but only
-with the signature object's token, so the verified token is always ``signature.token``.
+with the signature object's token and timestamp, so the verified ones are always those of ``signature``.
 
 The signature does not cover the body, so that token is the replay nonce (``replay_nonce()``): the
 ingest service refuses a token seen before with a different body.
@@ -88,7 +88,7 @@ class MailgunProvider(Provider):
     docs_verifies = (
         "The JSON body's signature object: signature = hex HMAC-SHA256 of timestamp + token (no separator) keyed "
         "with the Webhook Signing Key; a subaccount event's parent-signature (keyed with the parent account's "
-        "key; in the signature object, or a top-level object with the same token) is accepted too. Optional "
+        "key; in the signature object, or a top-level object with the same token and timestamp) is accepted too. Optional "
         "freshness window (option `tolerance`, off by default). The rest of the body is not covered by the "
         "signature, so a signature reused with a different body is refused (its token is single-use per "
         "source). The test sender signs by rewriting the body's signature object."
@@ -126,8 +126,10 @@ class MailgunProvider(Provider):
         if isinstance(inner_parent, str) and _HEX.fullmatch(inner_parent):
             blocks.append((main[0], main[1], inner_parent.lower()))
         outer_parent = _parts(payload.get(PARENT_FIELD))
-        # Only with the same token: replay_nonce() reports signature.token, which must be what was verified.
-        if outer_parent is not None and outer_parent[1] == main[1]:
+        # Only with the same token and timestamp: replay_nonce() and nonce_signed_at() report those of the
+        # signature object, which must be what was verified (an old captured signature moved here next to a
+        # fresh timestamp would otherwise outlive its nonce and sign any body).
+        if outer_parent is not None and outer_parent[:2] == main[:2]:
             blocks.append(outer_parent)
         keys = [s for s in secrets if s]
         matched = None

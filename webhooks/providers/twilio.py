@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlsplit
 
 from .base import (
     EventInfo,
@@ -143,10 +143,14 @@ class TwilioProvider(Provider):
         "Hookline accepts webhooks by POST only (set the webhook method to HTTP POST)."
     )
     docs_event_id = (
-        'derived from the signed parameters: "<MessageSid or CallSid>:<status>:<first 16 hex of SHA-256 of the sorted '
-        'parameters>" (a call sends several in-progress webhooks), or "sha256:<hex>" of them without a Sid. '
-        "JSON (Event Streams / CloudEvents) bodies: the event `id` (first event of a batch) [UNCONFIRMED]. "
-        "The I-Twilio-Idempotency-Token header is not used: it is not signed."
+        'derived from exactly what Twilio signed: "<Sid>:<hex SHA-256 of the signed parameter string>" (names '
+        "sorted, each name's values sorted and de-duplicated, name+value with no separators; the Sid is the first "
+        'CallSid, MessageSid, SmsMessageSid or SmsSid found in that string), or "sha256:<hex>" of it without '
+        "one. Every body that verifies under one signature (re-encoded, repeated values, parameters split "
+        "differently) gets the same id, so a replayed signature is a duplicate. JSON bodies with bodySHA256 (the "
+        "signature binds their bytes): CloudEvents' `id` (first event of a batch) [UNCONFIRMED], other objects "
+        '"<MessageSid or CallSid>:<hex SHA-256 of the body>". The I-Twilio-Idempotency-Token header is not used: '
+        "it is not signed."
     )
     docs_event_type = (
         "message.<MessageStatus or SmsStatus> (e.g. message.delivered, message.received), call.<CallStatus> "
@@ -205,7 +209,10 @@ class TwilioProvider(Provider):
             for variant in variants
         ]
         if not any(constant_time_equal(e, candidate) for e in expected):
-            where = "the public_url option" if options.get("public_url") else "the URL this request arrived at"
+            if options.get("public_url"):
+                where = "the public_url option"
+            else:  # behind a proxy the URL Twilio called differs: show the one that was tried
+                where = f"the URL this request arrived at ({url[:300]!r})"
             raise VerificationError(
                 "no_matching_secret",
                 f"the signature does not match ({len([s for s in secrets if s])} secret(s) tried) using {where}; "
@@ -226,7 +233,8 @@ class TwilioProvider(Provider):
         be stored as a new event, so the id comes from the signed parameters or CloudEvent instead.
         """
         payload = _json(request.body)
-        if isinstance(payload, list | dict) and _cloud_event(payload) is not None:
+        body_hash_signed = _signs_body_hash(request.url, options)
+        if body_hash_signed and isinstance(payload, list | dict) and _cloud_event(payload) is not None:
             event_id, event_type = _cloud_event(payload)  # type: ignore[misc]
             return EventInfo(event_id=event_id, event_type=event_type)
         if isinstance(payload, dict):
@@ -241,8 +249,13 @@ class TwilioProvider(Provider):
             params = form_params(request.body)
         if not params:
             raise MalformedPayload("the body has no Twilio parameters")
-        event_id, event_type = _derive(params)
-        return EventInfo(event_id=event_id, event_type=event_type)
+        event_type = _event_type(params)
+        if body_hash_signed:  # the signature binds these exact bytes, so reading them is safe
+            sid, digest = _first(params, "MessageSid", "SmsSid", "SmsMessageSid", "CallSid"), _sha256(request.body)
+            return EventInfo(event_id=f"{sid[:100]}:{digest}" if sid else f"sha256:{digest}", event_type=event_type)
+        # The signature covers form_params(body) joined without separators, not the bytes or the split
+        # into parameters: the id must be a function of that string alone (see docs_event_id).
+        return EventInfo(event_id=_signed_id(_data("", form_params(request.body))), event_type=event_type)
 
     def sign(
         self,
@@ -307,23 +320,35 @@ def _first(params: Mapping[str, Sequence[str]], *names: str) -> str | None:
     return None
 
 
-def _derive(params: Mapping[str, Sequence[str]]) -> tuple[str, str]:
-    canonical = "&".join(
-        sorted(
-            f"{quote(k, safe='', errors='surrogatepass')}={quote(v, safe='', errors='surrogatepass')}"
-            for k, values in params.items()
-            for v in values
-        )
-    )
-    digest = hashlib.sha256(canonical.encode("ascii")).hexdigest()
-    message_sid = _first(params, "MessageSid", "SmsSid", "SmsMessageSid")
-    call_sid = _first(params, "CallSid")
-    if message_sid:
-        sid, kind, status = message_sid, "message", _first(params, "MessageStatus", "SmsStatus")
-    elif call_sid:
-        sid, kind, status = call_sid, "call", _first(params, "CallStatus")
+_SIGNED_SID = re.compile(r"(?:CallSid|MessageSid|SmsMessageSid|SmsSid)([A-Z]{2}[0-9a-fA-F]{32})")
+
+
+def _signs_body_hash(request_url: str, options: Mapping[str, Any]) -> bool:
+    """Whether verify() checked the body against a signed bodySHA256 (so the bytes themselves are bound)."""
+    try:
+        return _body_hash_param(signed_url(request_url, options)) is not None
+    except ValueError:
+        return False
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _signed_id(signed: bytes) -> str:
+    """``<Sid>:<hex SHA-256>`` of a signed string, the Sid read from that string, else ``sha256:<hex>``."""
+    digest = _sha256(signed)
+    match = _SIGNED_SID.search(signed.decode("utf-8", "replace"))
+    return f"{match.group(1)}:{digest}" if match else f"sha256:{digest}"
+
+
+def _event_type(params: Mapping[str, Sequence[str]]) -> str:
+    """message.<status>, call.<status>, message / call without a status, else webhook."""
+    if _first(params, "MessageSid", "SmsSid", "SmsMessageSid"):
+        kind, status = "message", _first(params, "MessageStatus", "SmsStatus")
+    elif _first(params, "CallSid"):
+        kind, status = "call", _first(params, "CallStatus")
     else:
-        return "sha256:" + digest, "webhook"
+        return "webhook"
     status = status.lower() if status and _STATUS.fullmatch(status) else None
-    event_type = f"{kind}.{status}" if status else kind
-    return f"{sid[:100]}:{status or kind}:{digest[:16]}", event_type
+    return f"{kind}.{status}" if status else kind

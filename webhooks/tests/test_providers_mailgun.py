@@ -125,7 +125,7 @@ def test_parent_signature_of_subaccount_events():
         PROVIDER.verify(req(body), [key], OPTIONS, NOW)
         assert PROVIDER.replay_nonce(req(body), OPTIONS) == VECTOR_TOKEN
     assert reject(body, secrets=("neither",)).code == "no_matching_secret"
-    # A separate parent-signature object is accepted with the signature object's token only.
+    # A separate parent-signature object is accepted with the signature object's token and timestamp only.
     parent = {"timestamp": VECTOR_TS, "token": VECTOR_TOKEN, "signature": parent_sig}
     body = body_with(vector_signature(), **{"parent-signature": parent})
     for key in (KEY, "parent"):
@@ -141,6 +141,22 @@ def test_parent_signature_with_its_own_token_cannot_dodge_the_nonce():
     fresh = vector_signature(token="f" * 50, signature="0" * 64)
     body = body_with(fresh, {"id": "evt-forged", "event": "delivered"}, **{"parent-signature": seen})
     assert reject(body, secrets=("parent",)).code == "no_matching_secret"
+
+
+def test_old_parent_signature_cannot_borrow_a_fresh_timestamp():
+    # A signature captured days ago (its token long forgotten by the nonce table) moved into a
+    # top-level parent-signature object, next to a signature object with the same token, a fresh
+    # timestamp and a junk signature: nonce_signed_at() would report the fresh time, so the old
+    # signature would sign any body. Both timestamp and token must be the verified ones.
+    old_ts = str(NOW - 30 * 86400)
+    captured = {"timestamp": old_ts, "token": VECTOR_TOKEN, "signature": stdlib_signature(KEY, old_ts, VECTOR_TOKEN)}
+    fresh = vector_signature(signature="0" * 64)
+    body = body_with(fresh, {"id": "evt-forged", "event": "delivered"}, **{"parent-signature": captured})
+    assert reject(body).code == "no_matching_secret"
+    # The same captured signature where it belongs is verified, and reports its own (old) time.
+    honest = body_with(captured)
+    PROVIDER.verify(req(honest), [KEY], OPTIONS, NOW)
+    assert PROVIDER.nonce_signed_at(req(honest), OPTIONS) == float(old_ts)
 
 
 @pytest.mark.parametrize("name", ["delivered", "failed", "opened"])

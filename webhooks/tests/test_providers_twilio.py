@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from webhooks.providers.base import InboundRequest, InvalidOptions, MalformedPayload, VerificationError
+from webhooks.providers.base import EventInfo, InboundRequest, InvalidOptions, MalformedPayload, VerificationError
 from webhooks.providers.twilio import TwilioProvider, form_encode, form_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
@@ -143,7 +143,7 @@ def test_fixtures_as_form_posts_signed_by_the_sdk(name, event_type):
     info = PROVIDER.describe(request, OPTIONS)
     assert info.event_type == event_type
     sid = params.get("MessageSid") or params["CallSid"]
-    assert info.event_id.startswith(f"{sid}:{event_type.split('.')[1]}:")
+    assert info.event_id.startswith(f"{sid}:")
 
 
 def test_replay_with_another_unsigned_idempotency_token_keeps_the_signed_id():
@@ -160,21 +160,69 @@ def test_replay_with_another_unsigned_idempotency_token_keeps_the_signed_id():
     assert PROVIDER.describe(replay, OPTIONS).event_id == event_id
 
 
+CALL_SID = "CA" + "1" * 32
+MESSAGE_SID = "SM" + "2" * 32
+
+
 def test_derived_ids():
-    base = {"CallSid": "CA1", "CallStatus": "in-progress", "AccountSid": "AC1"}
+    base = {"CallSid": CALL_SID, "CallStatus": "in-progress", "AccountSid": "AC1"}
     first = PROVIDER.describe(req(urlencode({**base, "Digits": "1"}).encode()), OPTIONS)
     second = PROVIDER.describe(req(urlencode({**base, "Digits": "2"}).encode()), OPTIONS)
     reordered = PROVIDER.describe(req(urlencode({"Digits": "1", **base}).encode()), OPTIONS)
     assert first.event_type == second.event_type == "call.in-progress"
     assert first.event_id != second.event_id  # two gathers in one call are two events
     assert first.event_id == reordered.event_id  # a retry re-encoded differently is the same event
-    assert first.event_id.startswith("CA1:in-progress:")
-    plain = PROVIDER.describe(req(b"MessageSid=SM1&Body=hi"), OPTIONS)
-    assert plain.event_type == "message" and plain.event_id.startswith("SM1:message:")
+    assert first.event_id.startswith(f"{CALL_SID}:")
+    plain = PROVIDER.describe(req(f"MessageSid={MESSAGE_SID}&Body=hi".encode()), OPTIONS)
+    assert plain.event_type == "message" and plain.event_id.startswith(f"{MESSAGE_SID}:")
     other = PROVIDER.describe(req(b"AccountSid=AC1&Foo=bar"), OPTIONS)
     assert other.event_type == "webhook" and other.event_id.startswith("sha256:")
     odd = PROVIDER.describe(req(b"MessageSid=SM1&MessageStatus=%3Cb%3E"), OPTIONS)
-    assert odd.event_type == "message"
+    assert odd.event_type == "message" and odd.event_id.startswith("sha256:")  # not a Sid's shape
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        # A repeated value: the SDK signs sorted(set(values)), so the signature still matches.
+        lambda body: body + b"&To=%2B15558675310",
+        # The boundary between a name and its value moved (name+value are joined without separators):
+        # the same signed string, but no MessageStatus parameter any more.
+        lambda body: body.replace(b"MessageStatus=delivered", b"MessageStatusdeliv=ered"),
+    ],
+    ids=["repeated-value", "moved-boundary"],
+)
+def test_replayed_signature_on_a_reshaped_body_is_the_same_event(reshape):
+    body = form_encode((FIXTURES / "message.delivered.json").read_bytes())
+    signature = official(INGEST_URL, body)
+    original = req(body, {HEADER: signature}, url=INGEST_URL)
+    reshaped = reshape(body)
+    assert reshaped != body
+    replay = req(reshaped, {HEADER: signature}, url=INGEST_URL)
+    # The twilio package accepts the reshaped body under the captured signature…
+    assert RequestValidator(TOKEN).validate(INGEST_URL, _multi(reshaped), signature)
+    for request in (original, replay):
+        PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
+    # …so it must be recognised as the same event, not stored and delivered again.
+    assert PROVIDER.describe(replay, OPTIONS).event_id == PROVIDER.describe(original, OPTIONS).event_id
+
+
+def test_json_object_with_signed_body_hash_is_identified_by_its_bytes():
+    body = json.dumps({"MessageSid": MESSAGE_SID, "MessageStatus": "delivered"}).encode()
+    url = f"{INGEST_URL}?bodySHA256={RequestValidator(TOKEN).compute_hash(body.decode())}"
+    signature = RequestValidator(TOKEN).compute_signature(url, {})
+    assert RequestValidator(TOKEN).validate(url, body.decode(), signature)
+    request = req(body, {HEADER: signature}, url=url)
+    PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
+    info = PROVIDER.describe(request, OPTIONS)
+    assert info == EventInfo(f"{MESSAGE_SID}:{hashlib.sha256(body).hexdigest()}", "message.delivered")
+
+
+def _multi(body: bytes) -> MultiDict:
+    params = MultiDict()
+    for name, value in parse_qsl(body.decode(), keep_blank_values=True):
+        params.setdefault(name, []).append(value)
+    return params
 
 
 def test_cloud_events_json_body():
@@ -210,6 +258,7 @@ def test_public_url_option_for_proxies():
     PROVIDER.verify(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"), [TOKEN], proxied, NOW)
     error = reject(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"))
     assert error.code == "no_matching_secret" and "public_url" in error.detail
+    assert "'http://10.0.0.5:8000/in/x/'" in error.detail  # the URL that was tried, to compare with Twilio's
     assert PROVIDER.sign(BODY, TOKEN, proxied, NOW, url="https://ignored.test/") == {"X-Twilio-Signature": SIG}
 
 
