@@ -64,8 +64,17 @@ def _b64url(text: str) -> bytes:
     return data
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins: the envelope, header or claims we verify
+    # must be the ones every receiver of the stored body reads, so a repeated key is refused.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("a key appears twice")
+    return value
+
+
 def _json_object(data: bytes) -> dict[str, Any]:
-    value = json.loads(data)
+    value = json.loads(data, object_pairs_hook=_refuse_duplicate_keys)
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value

@@ -316,6 +316,17 @@ def test_missing_signed_payload(body):
     assert reject(body).code == "missing_signature"
 
 
+def test_repeated_keys_are_refused():
+    # A second signedPayload (or claim) would be read by some parsers instead of the verified one.
+    signed = pyjwt_sign(notification(), PKI_MAIN)
+    envelope = f'{{"signedPayload": "{signed}", "signedPayload": "forged"}}'.encode()
+    assert reject(envelope).code == "missing_signature"
+    header, payload, signature = signed.split(".")
+    claims_text = base64.urlsafe_b64decode(payload + "==").decode()
+    repeated = claims_text[:-1] + ', "notificationType": "REFUND"}'
+    assert reject(body_of(f"{header}.{b64url(repeated.encode())}.{signature}")).code == "bad_format"
+
+
 def test_malformed_jws():
     good = pyjwt_sign(notification(), PKI_MAIN)
     header, payload, signature = good.split(".")
