@@ -203,6 +203,7 @@ AUDIT_ACTION_LABELS = {
     "deliveries.bulk_retry_requested": "retried every failed delivery of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
+    "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 
 
