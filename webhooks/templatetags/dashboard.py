@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import template
-from django.utils import timezone
-from django.utils.timesince import timesince
+from django.utils import dateformat, timezone
+from django.utils.html import format_html
 
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
@@ -115,14 +115,58 @@ def dead_count(deliveries) -> int:
     return sum(1 for delivery in deliveries if delivery.status == Delivery.Status.DEAD)
 
 
+# Within this much of now a moment reads better as "3 min ago" / "in 2 h"; further away, a date does.
+RELATIVE_WITHIN = timedelta(hours=24)
+
+
+def _exact_time(moment: datetime) -> str:
+    """The full moment, in the tooltip of every timestamp: "6 Dec 2026, 14:03:07.215 UTC"."""
+    return f"{dateformat.format(moment, 'j M Y, H:i:s')}.{moment.microsecond // 1000:03d} {moment.tzname()}"
+
+
+def _relative_time(moment: datetime, now: datetime) -> str | None:
+    """ "just now", "3 min ago", "1 h 20 min ago", "in 5 min"; None past RELATIVE_WITHIN."""
+    seconds = (now - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds >= RELATIVE_WITHIN.total_seconds():
+        return None
+    if seconds < 60:
+        return "in under a minute" if future else "just now"
+    hours, minutes = divmod(int(seconds // 60), 60)
+    if not hours:
+        span = f"{minutes} min"
+    elif hours < 3 and minutes:  # "1 h 20 min": past a few hours the minutes are noise
+        span = f"{hours} h {minutes} min"
+    else:
+        span = f"{hours} h"
+    return f"in {span}" if future else f"{span} ago"
+
+
 @register.filter
-def time_ago(moment) -> str:
-    """Django's timesince with "ago", and "just now" under a minute (never "0 minutes ago")."""
-    if not moment:
-        return ""
-    if timezone.now() - moment < timedelta(minutes=1):
-        return "just now"
-    return f"{timesince(moment)} ago"
+def timestamp(moment, style: str = "") -> str:
+    """Every date and time on the dashboard, in one format, as a ``<time>`` element.
+
+    Near now it reads "3 min ago" (or "in 5 min"); otherwise "6 Dec, 14:03:07 UTC" (the year
+    only when it is not this one). The tooltip always holds the exact moment, milliseconds and
+    time zone included. ``style="absolute"`` never says "ago": for sentences such as "paused
+    since …" or "works until …".
+    """
+    return format_timestamp(moment, now=timezone.now(), style=style)
+
+
+def format_timestamp(moment, *, now: datetime, style: str = "") -> str:
+    """The ``timestamp`` filter, as seen at ``now``."""
+    if not isinstance(moment, datetime):
+        return "" if moment in (None, "") else str(moment)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    moment = timezone.localtime(moment)
+    shown = None if style == "absolute" else _relative_time(moment, now)
+    if shown is None:
+        pattern = "j M, H:i:s" if moment.year == timezone.localtime(now).year else "j M Y, H:i:s"
+        shown = f"{dateformat.format(moment, pattern)} {moment.tzname()}"
+    return format_html('<time datetime="{}" title="{}">{}</time>', moment.isoformat(), _exact_time(moment), shown)
 
 
 @register.filter
