@@ -6,12 +6,14 @@ import json
 from datetime import datetime, timedelta
 
 from django import template
+from django.template.defaultfilters import pluralize
 from django.utils import dateformat, timezone
 from django.utils.html import format_html
 
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
+from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import headers_for_viewer
 from webhooks.services.sources import source_change_delay as _source_change_delay
@@ -62,6 +64,40 @@ def suspended_organization(context):
 def provider_label(kind: str) -> str:
     provider = PROVIDERS.get(kind)
     return provider.label if provider else kind
+
+
+@register.filter
+def provider_summary(provider: Provider) -> str:
+    """One sentence for the provider picker: what Hookline checks and what the tenant brings.
+
+    Derived from what the registry declares of each provider (its full verification spec is for
+    the docs and the next page). The card's title names the provider, so the sentence does not.
+    """
+    if not provider.uses_secret:
+        return "Checks the provider's signature against its public certificates; there is no secret to copy."
+    if provider.cannot_sign_reason:
+        return "Checks a signature only the provider can make, with a public key or id you copy from its settings."
+    chosen = "chosen by you (Hookline can generate one)" if provider.secret_generated_by_us else "from its settings"
+    defaults = {option.name: option.default for option in provider.options}
+    if provider.secret_header_names(defaults):  # the secret itself may travel in a header
+        return f"Checks a token sent in a request header, {chosen}; a token does not sign the body."
+    if provider.secret_generated_by_us:
+        return "Checks the signature on each request, made with a secret you choose (Hookline can generate one)."
+    return "Checks the signature on each request, made with a secret you copy from the provider's settings."
+
+
+@register.filter
+def provider_facts(provider: Provider) -> list[str]:
+    """The short facts under a provider's summary in the picker: the settings it needs, test events."""
+    facts = []
+    required = [option.label for option in provider.options if option.required]
+    optional = len(provider.options) - len(required)
+    if required:
+        facts.append("Needs " + ", ".join(required))
+    if optional:
+        facts.append(f"{optional} optional setting{pluralize(optional)}")
+    facts.append("No test events: only the provider can sign" if provider.cannot_sign_reason else "Test events")
+    return facts
 
 
 @register.filter

@@ -495,6 +495,30 @@ def test_provider_picker_lists_every_registered_provider(client, owner):
         assert provider.label in text
 
 
+def test_provider_picker_describes_each_provider_in_a_short_sentence_not_its_spec(client, owner):
+    from webhooks.providers.registry import PROVIDERS
+
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_providers", args=["acme"])))
+    cards = {
+        kind: html.unescape(re.sub(r"<[^>]+>|\s+", " ", card))
+        for kind, card in re.findall(r'href="/o/acme/sources/new/([\w-]+)/">(.*?)</a>', text, flags=re.S)
+    }
+    assert set(cards) == set(PROVIDERS)
+    for kind, provider in PROVIDERS.items():
+        summary = re.search(rf"{re.escape(provider.label)} (.*?\.) ", cards[kind]).group(1)
+        assert len(summary) <= 120, (kind, summary)
+        assert provider.docs_verifies[:30] not in text, kind  # the spec is for the docs and the next page
+    # What each kind of scheme asks of the tenant.
+    assert "a secret you copy from the provider's settings" in cards["stripe"] and "Test events" in cards["stripe"]
+    assert "a secret you choose (Hookline can generate one)" in cards["github"]
+    assert "a token does not sign the body" in cards["shared_token"]
+    assert "public certificates; there is no secret to copy" in cards["apple_app_store"]
+    assert "Needs Bundle ID, Environment" in cards["apple_app_store"]
+    assert "No test events: only the provider can sign" in cards["paypal"]
+    assert "1 optional setting" in cards["stripe"]
+
+
 def test_source_form_shows_the_providers_options_and_secret_needs(client, owner):
     from webhooks.providers.registry import PROVIDERS
 
