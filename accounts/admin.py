@@ -6,6 +6,9 @@ from .models import User
 # What makes an account powerful. Only superusers grant it: a staff account allowed to change
 # users could otherwise tick is_superuser on itself.
 PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+# Sign-in is by a link or code sent to this address, so whoever sets it takes the account: a
+# tenant's as much as a colleague's. Only superusers change it (on an existing account).
+SIGN_IN_FIELDS = ("email",)
 
 
 @admin.register(User)
@@ -25,7 +28,9 @@ class UserAdmin(DjangoUserAdmin):
         readonly = super().get_readonly_fields(request, obj)
         if request.user.is_superuser:
             return readonly
-        return (*readonly, *PRIVILEGE_FIELDS)
+        if obj is None:  # adding: the address is the new account's own
+            return (*readonly, *PRIVILEGE_FIELDS)
+        return (*readonly, *PRIVILEGE_FIELDS, *SIGN_IN_FIELDS)
 
     def has_change_permission(self, request, obj=None):
         # Another staff account's email or password is a superuser's to change: sign-in is by

@@ -378,6 +378,27 @@ class PlatformUserAdmin(AuditedAdminMixin, UserAdmin):
     inlines = (UserMembershipInline,)
     list_filter = ("is_staff", "is_superuser", "is_active")
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "email" in form.changed_data:
+            self._audit_email_change(request, obj, form)
+
+    @staticmethod
+    def _audit_email_change(request, user, form) -> None:
+        """A new sign-in address hands the account to whoever reads it: each of the user's
+        organizations gets an entry in its own log (the platform's entry is written by log_change)."""
+        change = [_plain(form.initial.get("email")), _plain(form.cleaned_data.get("email"))]
+        memberships = Membership.objects.filter(user=user).select_related("organization").order_by("pk")
+        for membership in memberships:
+            audit_record(
+                action="admin.accounts.user.email_changed",
+                organization=membership.organization,
+                actor=request.user,
+                target=user,
+                changes={"fields": {"email": change}},
+                request=request,
+            )
+
 
 admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), PlatformUserAdmin)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("events/live/", events.EventLiveView.as_view(), name="events_live"),
     path("events/<uuid:event_id>/", events.EventDetailView.as_view(), name="event_detail"),
     path("events/<uuid:event_id>/replay/", events.EventReplayView.as_view(), name="event_replay"),
+    path("events/<uuid:event_id>/progress/", events.EventProgressView.as_view(), name="event_progress"),
     path("deliveries/<uuid:delivery_id>/retry/", events.DeliveryRetryView.as_view(), name="delivery_retry"),
     path("secret/<str:token>/", base.SecretOnceView.as_view(), name="secret_once"),
     path("sources/", sources.SourceListView.as_view(), name="sources"),

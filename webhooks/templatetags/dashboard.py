@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import template
-from django.utils import timezone
-from django.utils.timesince import timesince
+from django.template.defaultfilters import pluralize
+from django.utils import dateformat, timezone
+from django.utils.html import format_html
 
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
+from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import headers_for_viewer
 from webhooks.services.sources import source_change_delay as _source_change_delay
@@ -65,6 +67,40 @@ def provider_label(kind: str) -> str:
 
 
 @register.filter
+def provider_summary(provider: Provider) -> str:
+    """One sentence for the provider picker: what Hookline checks and what the tenant brings.
+
+    Derived from what the registry declares of each provider (its full verification spec is for
+    the docs and the next page). The card's title names the provider, so the sentence does not.
+    """
+    if not provider.uses_secret:
+        return "Checks the provider's signature against its public certificates; there is no secret to copy."
+    if provider.cannot_sign_reason:
+        return "Checks a signature only the provider can make, with a public key or id you copy from its settings."
+    chosen = "chosen by you (Hookline can generate one)" if provider.secret_generated_by_us else "from its settings"
+    defaults = {option.name: option.default for option in provider.options}
+    if provider.secret_header_names(defaults):  # the secret itself may travel in a header
+        return f"Checks a token sent in a request header, {chosen}; a token does not sign the body."
+    if provider.secret_generated_by_us:
+        return "Checks the signature on each request, made with a secret you choose (Hookline can generate one)."
+    return "Checks the signature on each request, made with a secret you copy from the provider's settings."
+
+
+@register.filter
+def provider_facts(provider: Provider) -> list[str]:
+    """The short facts under a provider's summary in the picker: the settings it needs, test events."""
+    facts = []
+    required = [option.label for option in provider.options if option.required]
+    optional = len(provider.options) - len(required)
+    if required:
+        facts.append("Needs " + ", ".join(required))
+    if optional:
+        facts.append(f"{optional} optional setting{pluralize(optional)}")
+    facts.append("No test events: only the provider can sign" if provider.cannot_sign_reason else "Test events")
+    return facts
+
+
+@register.filter
 def option_label(kind: str, name: str) -> str:
     """A source option's label as its provider declares it ("Tolerance (seconds)", not "tolerance")."""
     provider = PROVIDERS.get(kind)
@@ -115,14 +151,58 @@ def dead_count(deliveries) -> int:
     return sum(1 for delivery in deliveries if delivery.status == Delivery.Status.DEAD)
 
 
+# Within this much of now a moment reads better as "3 min ago" / "in 2 h"; further away, a date does.
+RELATIVE_WITHIN = timedelta(hours=24)
+
+
+def _exact_time(moment: datetime) -> str:
+    """The full moment, in the tooltip of every timestamp: "6 Dec 2026, 14:03:07.215 UTC"."""
+    return f"{dateformat.format(moment, 'j M Y, H:i:s')}.{moment.microsecond // 1000:03d} {moment.tzname()}"
+
+
+def _relative_time(moment: datetime, now: datetime) -> str | None:
+    """ "just now", "3 min ago", "1 h 20 min ago", "in 5 min"; None past RELATIVE_WITHIN."""
+    seconds = (now - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds >= RELATIVE_WITHIN.total_seconds():
+        return None
+    if seconds < 60:
+        return "in under a minute" if future else "just now"
+    hours, minutes = divmod(int(seconds // 60), 60)
+    if not hours:
+        span = f"{minutes} min"
+    elif hours < 3 and minutes:  # "1 h 20 min": past a few hours the minutes are noise
+        span = f"{hours} h {minutes} min"
+    else:
+        span = f"{hours} h"
+    return f"in {span}" if future else f"{span} ago"
+
+
 @register.filter
-def time_ago(moment) -> str:
-    """Django's timesince with "ago", and "just now" under a minute (never "0 minutes ago")."""
-    if not moment:
-        return ""
-    if timezone.now() - moment < timedelta(minutes=1):
-        return "just now"
-    return f"{timesince(moment)} ago"
+def timestamp(moment, style: str = "") -> str:
+    """Every date and time on the dashboard, in one format, as a ``<time>`` element.
+
+    Near now it reads "3 min ago" (or "in 5 min"); otherwise "6 Dec, 14:03:07 UTC" (the year
+    only when it is not this one). The tooltip always holds the exact moment, milliseconds and
+    time zone included. ``style="absolute"`` never says "ago": for sentences such as "paused
+    since …" or "works until …".
+    """
+    return format_timestamp(moment, now=timezone.now(), style=style)
+
+
+def format_timestamp(moment, *, now: datetime, style: str = "") -> str:
+    """The ``timestamp`` filter, as seen at ``now``."""
+    if not isinstance(moment, datetime):
+        return "" if moment in (None, "") else str(moment)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    moment = timezone.localtime(moment)
+    shown = None if style == "absolute" else _relative_time(moment, now)
+    if shown is None:
+        pattern = "j M, H:i:s" if moment.year == timezone.localtime(now).year else "j M Y, H:i:s"
+        shown = f"{dateformat.format(moment, pattern)} {moment.tzname()}"
+    return format_html('<time datetime="{}" title="{}">{}</time>', moment.isoformat(), _exact_time(moment), shown)
 
 
 @register.filter
@@ -203,6 +283,7 @@ AUDIT_ACTION_LABELS = {
     "deliveries.bulk_retry_requested": "retried every failed delivery of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
+    "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 
 

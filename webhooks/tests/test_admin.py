@@ -1036,6 +1036,78 @@ def test_staff_who_may_change_users_cannot_grant_privileges_or_touch_superusers(
     assert group.permissions.count() == 0
 
 
+def user_form(user, **changes) -> dict:
+    """The user change form as the admin page posts it, with the user's memberships unchanged."""
+    memberships = list(Membership.objects.filter(user=user).order_by("pk"))
+    form = {
+        "email": user.email,
+        "full_name": user.full_name,
+        "is_active": "on",
+        "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+        "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        "memberships-TOTAL_FORMS": str(len(memberships)),
+        "memberships-INITIAL_FORMS": str(len(memberships)),
+    }
+    for index, row in enumerate(memberships):
+        form.update(
+            {
+                f"memberships-{index}-id": row.pk,
+                f"memberships-{index}-user": user.pk,
+                f"memberships-{index}-organization": row.organization_id,
+                f"memberships-{index}-role": row.role,
+            }
+        )
+    return {**form, **changes}
+
+
+def test_staff_who_may_change_users_cannot_change_a_tenants_sign_in_email(client, owner):
+    """Sign-in is by a link or code sent to the address: changing it would hand them the account."""
+    operator = staff_account("helpdesk@hookline.example", "view_user", "change_user", "add_user")
+    client.force_login(operator)
+    url = reverse("admin:accounts_user_change", args=[owner.pk])
+
+    page = client.get(url).content.decode()
+    assert 'name="email"' not in page and "owner@acme.example" in page  # shown, read-only
+    response = client.post(url, user_form(owner, email="mine@evil.example", full_name="Olive Owner"))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    owner.refresh_from_db()
+    assert owner.email == "owner@acme.example"
+    assert owner.full_name == "Olive Owner"  # the rest of their job still works
+    changed = AuditLog.objects.get(action="admin.accounts.user.changed", actor_user=operator)
+    assert changed.changes["fields"]["full_name"] == ["", "Olive Owner"] and "email" not in changed.changes["fields"]
+    assert not AuditLog.objects.filter(action="admin.accounts.user.email_changed").exists()
+
+    # A new account's address is its own: adding users still takes one.
+    assert 'name="email"' in client.get(reverse("admin:accounts_user_add")).content.decode()
+
+
+def test_a_superuser_changes_a_tenants_email_and_it_is_audited_for_the_platform_and_the_tenant(
+    admin, superuser, owner, organization, other_organization
+):
+    Membership.objects.create(user=owner, organization=other_organization, role="member")
+    url = reverse("admin:accounts_user_change", args=[owner.pk])
+    assert 'name="email"' in admin.get(url).content.decode()
+
+    response = admin.post(url, user_form(owner, email="olive@acme.example"))
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    owner.refresh_from_db()
+    assert owner.email == "olive@acme.example"
+    platform_entry = AuditLog.objects.get(action="admin.accounts.user.changed")
+    assert platform_entry.actor_user == superuser and platform_entry.target_id == str(owner.pk)
+    assert platform_entry.changes["fields"]["email"] == ["owner@acme.example", "olive@acme.example"]
+    tenant_entries = AuditLog.objects.filter(action="admin.accounts.user.email_changed").order_by("pk")
+    assert [entry.organization for entry in tenant_entries] == [organization, other_organization]
+    for entry in tenant_entries:
+        assert entry.actor_user == superuser and entry.target_id == str(owner.pk)
+        assert entry.changes["fields"]["email"] == ["owner@acme.example", "olive@acme.example"]
+    assert audit_verify_chain().ok
+
+    # The organization's own log says so, in words.
+    admin.force_login(owner)
+    assert "changed the sign-in email of" in admin.get(reverse("dashboard:audit", args=["acme"])).content.decode()
+
+
 # --- Redis down -----------------------------------------------------------------------------------
 
 

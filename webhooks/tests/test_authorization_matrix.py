@@ -35,6 +35,7 @@ ROUTES = [
     ("dashboard:events", "get", "org", None, None),
     ("dashboard:events_live", "get", "org", None, None),
     ("dashboard:event_detail", "get", "event", None, None),
+    ("dashboard:event_progress", "get", "event", None, None),
     ("dashboard:sources", "get", "org", None, None),
     ("dashboard:source_detail", "get", "source", None, None),
     ("dashboard:source_rejected", "get", "source", None, None),

@@ -45,6 +45,7 @@ READ_PAGES = [
     ("events", "org"),
     ("events_live", "org"),
     ("event_detail", "event"),
+    ("event_progress", "event"),
     ("sources", "org"),
     ("source_detail", "source"),
     ("source_rejected", "source"),

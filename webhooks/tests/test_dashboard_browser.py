@@ -83,9 +83,16 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
     page.get_by_role("button", name="Send test event").click()
     page.wait_for_selector("#test-result >> text=HTTP 200")
     event = WebhookEvent.objects.get(source=source)
+    # The focus moves to the answer (the button that sent it was disabled meanwhile) ...
+    page.wait_for_function("document.activeElement && document.activeElement.matches('#test-result .test-result')")
 
+    # ... and the answer follows the event to the destination, without a reload.
     processing.process_received_events()
+    page.wait_for_selector("#event-progress >> text=Queued")
     delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    page.wait_for_selector("#event-progress >> text=Succeeded")
+    assert "HTTP 200" in page.inner_text("#event-progress")
+    assert page.evaluate("document.activeElement.matches('#test-result .test-result')")  # polls keep the focus
     page.locator("#test-result a").first.click()
     page.wait_for_selector("h1")
     assert event.event_type in page.inner_text("h1")

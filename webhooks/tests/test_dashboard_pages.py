@@ -19,6 +19,7 @@ from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
+from webhooks.templatetags.dashboard import timestamp
 
 from .dashboard_helpers import build_world, dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -404,9 +405,9 @@ def test_a_failure_under_a_minute_ago_reads_just_now(client, owner, organization
     detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
     for url in (detail_url, reverse("dashboard:destinations", args=["acme"])):
         text = page_text(client.get(url))
-        assert "just now" in text and "0\xa0minutes" not in text
-    world.delivery.attempts.update(started_at=timezone.now() - timedelta(minutes=3))
-    assert "3\xa0minutes ago" in page_text(client.get(detail_url))  # timesince joins with a no-break space
+        assert ">just now</time>" in text and "0 min" not in text
+    world.delivery.attempts.update(started_at=timezone.now() - timedelta(minutes=3, seconds=10))
+    assert ">3 min ago</time>" in page_text(client.get(detail_url))
 
 
 def test_member_sees_event_but_no_retry_or_replay(client, member, organization):
@@ -492,6 +493,30 @@ def test_provider_picker_lists_every_registered_provider(client, owner):
     for kind, provider in PROVIDERS.items():
         assert reverse("dashboard:source_create", args=["acme", kind]) in text
         assert provider.label in text
+
+
+def test_provider_picker_describes_each_provider_in_a_short_sentence_not_its_spec(client, owner):
+    from webhooks.providers.registry import PROVIDERS
+
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:source_providers", args=["acme"])))
+    cards = {
+        kind: html.unescape(re.sub(r"<[^>]+>|\s+", " ", card))
+        for kind, card in re.findall(r'href="/o/acme/sources/new/([\w-]+)/">(.*?)</a>', text, flags=re.S)
+    }
+    assert set(cards) == set(PROVIDERS)
+    for kind, provider in PROVIDERS.items():
+        summary = re.search(rf"{re.escape(provider.label)} (.*?\.) ", cards[kind]).group(1)
+        assert len(summary) <= 120, (kind, summary)
+        assert provider.docs_verifies[:30] not in text, kind  # the spec is for the docs and the next page
+    # What each kind of scheme asks of the tenant.
+    assert "a secret you copy from the provider's settings" in cards["stripe"] and "Test events" in cards["stripe"]
+    assert "a secret you choose (Hookline can generate one)" in cards["github"]
+    assert "a token does not sign the body" in cards["shared_token"]
+    assert "public certificates; there is no secret to copy" in cards["apple_app_store"]
+    assert "Needs Bundle ID, Environment" in cards["apple_app_store"]
+    assert "No test events: only the provider can sign" in cards["paypal"]
+    assert "1 optional setting" in cards["stripe"]
 
 
 def test_source_form_shows_the_providers_options_and_secret_needs(client, owner):
@@ -847,7 +872,9 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     first = page_text(client.post(url, follow=True))
     assert "Retrying 1 failed delivery in the background." in first
     job = BulkRetry.objects.get()
-    assert "Asked for" in first and "starting shortly" in first and "Retry all failed deliveries</button>" not in first
+    assert (
+        "Asked <time" in first and "starting shortly" in first and "Retry all failed deliveries</button>" not in first
+    )
     again = page_text(client.post(url, follow=True))
     assert "Not retried: a bulk retry of this destination is already queued (asked for " in again
     BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.RUNNING, heartbeat_at=timezone.now())
@@ -855,9 +882,10 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     assert BulkRetry.objects.count() == 1
     BulkRetry.objects.filter(pk=job.pk).update(status=BulkRetry.Status.QUEUED, heartbeat_at=None)
     operations.bulk_retry_run(job.pk)
+    BulkRetry.objects.filter(pk=job.pk).update(finished_at=timezone.now() - timedelta(days=2))
     job.refresh_from_db()
     finished = page_text(client.get(detail_url))
-    assert f"Finished {job.finished_at:%-d %b %H:%M} UTC: 1 of 1 retried" in finished
+    assert f"Finished {timestamp(job.finished_at)}: 1 of 1 retried" in finished
     assert "Retry all failed deliveries</button>" in finished
     # Done: another may be asked for (here there is nothing left to retry, and it says so).
     assert "nothing to retry" in page_text(client.post(url, follow=True))

@@ -1,7 +1,7 @@
 """Findings of the product trial in the dashboard: delivery states in words, readable durations, error pages."""
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -10,7 +10,7 @@ from django.utils import timezone
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
-from webhooks.templatetags.dashboard import duration_ms
+from webhooks.templatetags.dashboard import duration_ms, format_timestamp
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import make_destination, make_source
@@ -118,3 +118,79 @@ def test_overview_shows_latency_in_seconds_not_tens_of_thousands_of_ms(client, o
     client.force_login(owner)
     html = client.get(reverse("dashboard:overview", args=["acme"])).content.decode()
     assert '<div class="stat">1 min 19 s</div>' in html and "79420" not in html
+
+
+# --- Dates and times: one format on every page -------------------------------------------------
+
+SEEN_AT = datetime(2026, 12, 6, 14, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "moment,style,shown",
+    [
+        (SEEN_AT - timedelta(seconds=20), "", "just now"),
+        (SEEN_AT - timedelta(minutes=3, seconds=10), "", "3 min ago"),
+        (SEEN_AT - timedelta(minutes=80), "", "1 h 20 min ago"),
+        (SEEN_AT - timedelta(hours=5, minutes=10), "", "5 h ago"),
+        (SEEN_AT + timedelta(minutes=5, seconds=30), "", "in 5 min"),
+        (SEEN_AT + timedelta(seconds=10), "", "in under a minute"),
+        (SEEN_AT - timedelta(days=2), "", "4 Dec, 14:00:00 UTC"),
+        (datetime(2025, 3, 1, 9, 5, tzinfo=UTC), "", "1 Mar 2025, 09:05:00 UTC"),
+        (SEEN_AT - timedelta(minutes=3), "absolute", "6 Dec, 13:57:00 UTC"),
+    ],
+)
+def test_timestamps_read_relative_near_now_and_as_a_date_otherwise(moment, style, shown):
+    html = format_timestamp(moment, now=SEEN_AT, style=style)
+    assert re.fullmatch(r'<time datetime="[^"]+" title="[^"]+">(.*)</time>', html).group(1) == shown
+    assert f'datetime="{moment.isoformat()}"' in html
+
+
+def test_the_tooltip_holds_the_exact_moment_with_milliseconds_and_time_zone():
+    moment = datetime(2026, 12, 6, 13, 56, 50, 123456, tzinfo=UTC)
+    assert 'title="6 Dec 2026, 13:56:50.123 UTC">3 min ago</time>' in format_timestamp(moment, now=SEEN_AT)
+    assert format_timestamp(None, now=SEEN_AT) == ""
+
+
+# What the timestamp filter shows, and nothing else that looks like a date or a time of day.
+TIME_ELEMENT = re.compile(
+    r'<time datetime="[^"]+" title="\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}:\d{2}\.\d{3} UTC">'
+    r"(just now|in under a minute|(in )?\d+ (min|h)( \d+ min)?( ago)?|\d{1,2} [A-Z][a-z]{2}( \d{4})?, \d{2}:\d{2}:\d{2} UTC)"
+    r"</time>"
+)
+OTHER_DATE_FORMATS = re.compile(
+    r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}|[A-Z][a-z]{2} \d{1,2}, \d{2}:\d{2}|\d{2}:\d{2}:\d{2}"
+)
+
+
+def test_every_dashboard_page_shows_dates_and_times_through_the_one_format(client, organization, owner):
+    source = make_source(organization, name="Stripe live")
+    destination = named_destination(organization, source, "endpoint")
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_dates"))
+    delivery = dead_delivery(event, destination)
+    unsigned = client.post(f"/in/{source.ingest_token}/", {"id": "evt_forged"}, content_type="application/json")
+    assert unsigned.status_code == 401
+    # One moment long ago (a date) and the rest just now (relative), on every kind of row.
+    delivery.attempts.update(started_at=timezone.now() - timedelta(days=40))
+    client.force_login(owner)
+    pages = {
+        "overview": reverse("dashboard:overview", args=["acme"]),
+        "events": reverse("dashboard:events", args=["acme"]),
+        "event": reverse("dashboard:event_detail", args=["acme", event.pk]),
+        "source": reverse("dashboard:source_detail", args=["acme", source.pk]),
+        "rejected": reverse("dashboard:source_rejected", args=["acme", source.pk]),
+        "destinations": reverse("dashboard:destinations", args=["acme"]),
+        "destination": reverse("dashboard:destination_detail", args=["acme", destination.pk]),
+        "audit": reverse("dashboard:audit", args=["acme"]),
+        "team": reverse("team:members", args=["acme"]),
+    }
+    for name, url in pages.items():
+        html = client.get(url).content.decode()
+        times = re.findall(r"<time\b[^>]*>.*?</time>", html)
+        assert times, name
+        for element in times:
+            assert TIME_ELEMENT.fullmatch(element), (name, element)
+        # Outside <time> (and the raw JSON of audit details), no date is formatted some other way.
+        rest = re.sub(r"<time\b[^>]*>.*?</time>|<pre\b.*?</pre>|<script\b.*?</script>", "", html, flags=re.S)
+        assert not OTHER_DATE_FORMATS.search(rest), (name, OTHER_DATE_FORMATS.search(rest).group(0))
+    event_page = client.get(pages["event"]).content.decode()
+    assert re.search(r">\d{1,2} [A-Z][a-z]{2}( \d{4})?, \d{2}:\d{2}:\d{2} UTC</time>", event_page)  # the old attempt

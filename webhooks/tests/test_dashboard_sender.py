@@ -1,13 +1,19 @@
 """The "send test event" simulator posts over real HTTP to a live server, and the event is there."""
 
+import re
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from organizations.models import AuditLog
-from webhooks.models import Delivery, WebhookEvent
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.sample_sender import fixtures_for_provider
 
+from .dashboard_helpers import ingest_stripe
 from .factories import make_destination, make_source
 
 
@@ -221,3 +227,103 @@ def test_invalid_json_sent_with_htmx_shows_the_error_in_the_result(client, live_
     assert "<html" not in body and 'role="alert"' in body
     assert "Or an edited payload: The payload is not valid JSON" in body
     assert not WebhookEvent.objects.filter(source=source).exists()
+
+
+# After sending, the result follows the event to its destinations, and takes the focus.
+
+
+def progress_of(client, event, seen=""):
+    url = reverse("dashboard:event_progress", args=[event.organization.slug, event.pk])
+    return client.get(url, {"seen": seen} if seen else {}, HTTP_HX_REQUEST="true")
+
+
+def polls(html: str) -> bool:
+    return 'id="event-progress"' in html and "hx-get=" in html and 'hx-trigger="every 2s"' in html
+
+
+def seen_in(html: str) -> str:
+    return re.search(r"\?seen=(\w+)", html).group(1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_result_links_the_event_follows_its_delivery_and_takes_the_focus(
+    client, live_server, settings, organization, owner, httpserver, monkeypatch
+):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    settings.PUBLIC_BASE_URL = live_server.url
+    httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
+    source = make_source(organization, secret="whsec_live_sender")
+    make_destination(organization, httpserver.url_for("/receiver"), sources=[source])
+    client.force_login(owner)
+
+    sent = _send(client, source, {"fixture": "invoice.paid"}, HTTP_HX_REQUEST="true").content.decode()
+
+    event = WebhookEvent.objects.get(source=source)
+    assert reverse("dashboard:event_detail", args=["acme", event.pk]) in sent
+    assert re.search(r'<section class="card test-result"[^>]*tabindex="-1" autofocus>', sent)
+    assert "deliveries are created in a moment" in sent and polls(sent)
+
+    # Fanned out: the poll shows the delivery queued, and keeps polling.
+    processing.process_received_events()
+    queued = progress_of(client, event, seen=seen_in(sent))
+    assert queued.status_code == 200
+    html = queued.content.decode()
+    assert re.search(r"Delivery to <strong>[^<]+</strong>:\s*<span [^>]*>Queued</span>", html) and polls(html)
+    assert "autofocus" not in html  # a poll never moves the focus
+    # Nothing new since: nothing to swap (nor to announce again).
+    assert progress_of(client, event, seen=seen_in(html)).status_code == 204
+
+    delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    delivered = progress_of(client, event, seen=seen_in(html)).content.decode()
+    assert re.search(r">Succeeded</span>\s*<span [^>]*>HTTP 200</span>", delivered)
+    assert not polls(delivered) and "updates by itself" not in delivered  # settled: polling stops
+    assert len(httpserver.log) == 1
+
+
+def test_a_dead_or_paused_delivery_ends_the_polling_and_says_why(client, organization, owner, monkeypatch):
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_progress"))
+    client.force_login(owner)
+    assert polls(progress_of(client, event).content.decode())  # received, not fanned out yet
+
+    processing.process_received_events()
+    delivery = Delivery.objects.get(event=event)
+    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now())
+    paused = progress_of(client, event).content.decode()
+    assert "waits: the destination is paused" in paused and not polls(paused)
+
+    Destination.objects.filter(pk=destination.pk).update(paused_at=None)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=Delivery.Status.DEAD, attempt_count=1, last_status_code=410, last_error="HTTP 410: gone"
+    )
+    dead = progress_of(client, event).content.decode()
+    assert re.search(r">Dead</span>\s*<span [^>]*>HTTP 410</span>", dead) and "HTTP 410: gone" in dead
+    assert not polls(dead)
+
+
+def test_a_retry_due_later_is_left_to_the_event_page(client, organization, owner, monkeypatch):
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    source = make_source(organization, name="Stripe live")
+    make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_retry_later"))
+    processing.process_received_events()
+    client.force_login(owner)
+    Delivery.objects.filter(event=event).update(attempt_count=1, next_attempt_at=timezone.now() + timedelta(seconds=30))
+    soon = progress_of(client, event).content.decode()
+    assert ">Retrying</span>" in soon and "next try <time" in soon and polls(soon)
+    Delivery.objects.filter(event=event).update(next_attempt_at=timezone.now() + timedelta(hours=2))
+    later = progress_of(client, event).content.decode()
+    assert ">Retrying</span>" in later and not polls(later)
+
+
+def test_another_organizations_event_progress_is_not_found(client, organization, other_organization, owner):
+    source = make_source(other_organization, name="Theirs")
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_theirs"))
+    client.force_login(owner)
+    url = reverse("dashboard:event_progress", args=["acme", event.pk])
+    assert client.get(url).status_code == 404

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
+
 from django.contrib import messages
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, ReplayForm
-from webhooks.models import Delivery
+from webhooks.models import Delivery, WebhookEvent
 from webhooks.selectors import (
     delivery_for_organization,
     event_detail_for_organization,
@@ -135,3 +139,46 @@ class DeliveryRetryView(ChangeView):
         except DeliveryRetryError as exc:
             return self.done(f"Not retried: {exc}.", "dashboard:event_detail", delivery.event_id, level=messages.ERROR)
         return self.done(f"Retry to {delivery.destination.name} queued.", "dashboard:event_detail", delivery.event_id)
+
+
+# A retry due within this long is still followed live; a later one is left to the event page.
+PROGRESS_FOLLOWS_RETRIES_DUE_WITHIN = timedelta(minutes=5)
+
+
+def event_progress(event: WebhookEvent) -> dict:
+    """What the test sender shows of an event on its way to the destinations (an event loaded with
+    event_detail_for_organization): its deliveries, whether one is about to change (the fragment then
+    keeps polling) and a fingerprint of their state, so a poll that finds nothing new swaps nothing."""
+    deliveries = list(event.deliveries.all())
+    soon = timezone.now() + PROGRESS_FOLLOWS_RETRIES_DUE_WITHIN
+
+    def about_to_change(delivery: Delivery) -> bool:
+        if delivery.status == Delivery.Status.IN_FLIGHT:
+            return True
+        return (
+            delivery.status == Delivery.Status.PENDING
+            and not delivery.destination.paused_at
+            and (delivery.next_attempt_at is None or delivery.next_attempt_at <= soon)
+        )
+
+    moving = event.status == WebhookEvent.Status.RECEIVED or any(map(about_to_change, deliveries))
+    state = "|".join([event.status, *(f"{d.pk}:{d.status}:{d.attempt_count}" for d in deliveries)])
+    return {
+        "progress_event": event,
+        "progress_deliveries": deliveries,
+        "progress_moving": moving,
+        "progress_seen": hashlib.sha256(state.encode()).hexdigest()[:16],
+    }
+
+
+class EventProgressView(OrganizationMixin, TemplateView):
+    """An event's delivery progress, polled by the test sender's result (htmx): 204 while unchanged."""
+
+    template_name = "dashboard/_event_progress.html"
+
+    def get(self, request, *args, **kwargs):
+        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
+        progress = event_progress(event)
+        if request.GET.get("seen") == progress["progress_seen"]:
+            return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
+        return self.render_to_response(self.get_context_data(**progress))

@@ -7,8 +7,10 @@ from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
 from webhooks.forms import SourceCreateForm, SourceEditForm, SourceRotateSecretForm, TestEventForm
+from webhooks.models import WebhookEvent
 from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
 from webhooks.selectors import (
+    event_detail_for_organization,
     recent_events_for_source,
     rejected_requests_for_source,
     source_for_organization,
@@ -28,6 +30,7 @@ from webhooks.services.sources import (
 )
 
 from .base import ADMIN, or_404, secret_once_response
+from .events import event_progress
 
 
 class SourceMixin(OrganizationMixin):
@@ -279,7 +282,15 @@ class SourceTestView(SourceMixin, TemplateView):
                 )
             except SampleSenderError as exc:
                 form.add_error(None, str(exc))
-        context = self.get_context_data(source=source, form=form, result=result)
+        progress = {}
+        if result is not None and result.event is not None:
+            try:
+                event = event_detail_for_organization(organization=self.organization, event_id=result.event.pk)
+            except WebhookEvent.DoesNotExist:  # deleted since (its source, or retention): the answer stands
+                result.event = None
+            else:
+                progress = event_progress(event)
+        context = self.get_context_data(source=source, form=form, result=result, **progress)
         if request.htmx:
             self.template_name = "dashboard/_test_result.html"
         return self.render_to_response(context)
