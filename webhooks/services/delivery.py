@@ -679,7 +679,7 @@ def _record_results(
         for delivery, result, outcome in decided:
             # Only our claim may be finished: if the sweeper released it meanwhile (and another
             # dispatcher claimed it again), that newer claim's own result decides, not this one.
-            if (delivery.pk, delivery.claimed_at) not in held:
+            if _claim_of(delivery) not in held:
                 continue
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
@@ -690,11 +690,11 @@ def _record_results(
             ).update(**dict(fields_items))
         # A send whose claim was lost still happened: it stays on record under its own attempt
         # number (the newer claim has the next one), unless an earlier recording of it committed.
-        on_record = _attempts_on_record([d for d, _ in results if (d.pk, d.claimed_at) not in held])
+        on_record = _attempts_on_record([d for d, _ in results if _claim_of(d) not in held])
         unrecorded = [
             (delivery, result, outcome)
             for delivery, result, outcome in decided
-            if (delivery.pk, delivery.claimed_at) in held or (delivery.pk, delivery.attempt_count) not in on_record
+            if _claim_of(delivery) in held or (delivery.pk, delivery.attempt_count) not in on_record
         ]
         DeliveryAttempt.objects.bulk_create(
             [
@@ -734,14 +734,18 @@ def _record_results(
     return [delivery for delivery, _ in results]
 
 
+def _claim_of(delivery: Delivery) -> tuple:
+    """What tells one claim of a delivery from the next: each claim dates it and counts one more attempt."""
+    return (delivery.pk, delivery.claimed_at, delivery.attempt_count)
+
+
 def _claims_still_held(results: list[tuple[Delivery, SendResult]]) -> set[tuple]:
-    """(delivery id, claimed_at) of the deliveries still in flight on the claim they were sent
+    """The claims (see _claim_of) of the deliveries still in flight on the claim they were sent
     under, locked until the recording commits.
 
-    The claim's date tells one claim of a delivery from the next. A delivery already recorded
-    or released is no longer in flight; one claimed again since is on a later date, and its row
-    is left alone for the dispatcher that holds it. Locked in id order, so that two recordings
-    cannot deadlock.
+    A delivery already recorded or released is no longer in flight; one claimed again since is
+    on a later date, and its row is left alone for the dispatcher that holds it. Locked in id
+    order, so that two recordings cannot deadlock.
     """
     sent_under: dict[object, list] = defaultdict(list)
     for delivery, _ in results:
@@ -751,7 +755,7 @@ def _claims_still_held(results: list[tuple[Delivery, SendResult]]) -> set[tuple]
         Delivery.objects.select_for_update(no_key=True)
         .filter(claims, status=Delivery.Status.IN_FLIGHT)
         .order_by("pk")
-        .values_list("pk", "claimed_at")
+        .values_list("pk", "claimed_at", "attempt_count")
     )
 
 
