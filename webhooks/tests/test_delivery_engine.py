@@ -399,32 +399,34 @@ def test_a_stale_claims_result_does_not_overwrite_a_newer_claim(client, organiza
 @contextlib.contextmanager
 def commit_reply_lost_once(monkeypatch):
     """The first recording's COMMIT is carried out by PostgreSQL, then its connection drops before
-    the reply arrives: the caller sees an error for a transaction that did commit. Yields the rows
-    of the deliveries as that COMMIT left them."""
+    the reply arrives: the caller sees an error for a transaction that did commit. Yields what
+    happened: the deliveries' rows as that COMMIT left them, and how often results were recorded."""
+    from types import SimpleNamespace
+
     from django.db import OperationalError, connections
 
     wrapper = type(connections["default"])
     real_commit, real_record = wrapper._commit, delivery_service._record_results
-    recordings, committed = [], {}
+    seen = SimpleNamespace(committed={}, recordings=0)
 
     def record(results, **kwargs):
-        recordings.append(results)
+        seen.recordings += 1
         return real_record(results, **kwargs)
 
     def commit_then_drop(self):
         real_commit(self)
-        if len(recordings) == 1 and not committed:
+        if seen.recordings == 1 and not seen.committed:
             rows = self.connection.execute(
                 "SELECT id, status, attempt_count, claimed_at, next_attempt_at, completed_at, last_error"
                 " FROM webhooks_delivery"
             )
-            committed.update({row[0]: row[1:] for row in rows})
+            seen.committed = {row[0]: row[1:] for row in rows}
             self.connection.close()  # the reply never arrives
             raise OperationalError("consuming input failed: server closed the connection unexpectedly")
 
     monkeypatch.setattr(delivery_service, "_record_results", record)
     monkeypatch.setattr(wrapper, "_commit", commit_then_drop)
-    yield committed
+    yield seen
 
 
 def delivery_rows():
@@ -449,11 +451,11 @@ def test_a_recording_whose_commit_reply_was_lost_is_not_recorded_again(client, o
     claimed = delivery_service.claim_due_deliveries(10)
     results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]
 
-    with commit_reply_lost_once(monkeypatch) as committed:
+    with commit_reply_lost_once(monkeypatch) as lost:
         delivery_service.record_results(results)
 
-    assert committed, "the first recording should have committed"
-    assert delivery_rows() == committed  # as the first recording left them
+    assert lost.committed and lost.recordings == 3  # the batch, then each result on its own
+    assert delivery_rows() == lost.committed  # as the first recording left them
     statuses = dict(Delivery.objects.values_list("destination_id", "status"))
     assert statuses == {failing.pk: "pending", working.pk: "succeeded"}
     assert sorted(DeliveryAttempt.objects.values_list("delivery_id", "attempt_number")) == sorted(
@@ -482,12 +484,13 @@ def test_a_result_kept_through_an_outage_after_its_commit_reply_was_lost_is_reco
     monkeypatch.setattr(delivery_service, "_database_unreachable", unreachable_at_the_first_look)
     monkeypatch.setattr(delivery_service, "DATABASE_RETRY_SECONDS", 0.01)
 
-    with commit_reply_lost_once(monkeypatch) as committed:
+    with commit_reply_lost_once(monkeypatch) as lost:
         attempted = delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
 
-    assert committed and looks == [1]  # the reply was lost, and the result kept rather than redone at once
+    assert lost.committed and looks == [1]  # the reply was lost, and the result kept rather than redone at once
+    assert lost.recordings == 2  # then recorded again next turn
     assert attempted == 1 and len(httpserver.log) == 1
-    assert delivery_rows() == committed
+    assert delivery_rows() == lost.committed
     delivery = Delivery.objects.get()
     assert delivery.status == "succeeded"
     assert list(delivery.attempts.values_list("attempt_number", flat=True)) == [1]
