@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import operator
 import random
 import time
 from collections import defaultdict
@@ -20,10 +21,11 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import reduce
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
+from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Q, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -648,12 +650,52 @@ RETRY_LOCK_TIMEOUT = "100ms"  # the fallbacks', after the first pass waited the 
 def _record_results(
     results: list[tuple[Delivery, SendResult]], *, lock_timeout: str = RECORD_LOCK_TIMEOUT
 ) -> list[Delivery]:
+    """Record each result once, however many times it is handed in.
+
+    A recording whose COMMIT went through but whose reply was lost looks failed to the caller,
+    who records it again (record_results' fallbacks at once, the dispatcher once the database is
+    back): the second time its claim is no longer held and its attempt is already on record, so
+    it writes nothing, moves no delivery and counts nothing against the destination again.
+    """
     now = timezone.now()
     health: dict[int, list[bool]] = defaultdict(list)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+        held = _claims_still_held(results)
+        decided = [
+            (
+                delivery,
+                result,
+                decide_outcome(
+                    result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
+                ),
+            )
+            for delivery, result in results
+        ]
+        # Deliveries that end the same way share one UPDATE (a batch of successes is one query).
+        same_outcome: dict[tuple, list[Delivery]] = defaultdict(list)
+        for delivery, result, outcome in decided:
+            # Only our claim may be finished: if the sweeper released it meanwhile (and another
+            # dispatcher claimed it again), that newer claim's own result decides, not this one.
+            if _claim_of(delivery) not in held:
+                continue
+            fields = _outcome_fields(outcome, result.response.status, now)
+            fields["last_error"] = storable_text(fields["last_error"])
+            same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append(delivery)
+        for (claimed_at, *fields_items), deliveries in same_outcome.items():
+            Delivery.objects.filter(
+                pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at
+            ).update(**dict(fields_items))
+        # A send whose claim was lost still happened: it stays on record under its own attempt
+        # number (the newer claim has the next one), unless an earlier recording of it committed.
+        on_record = _attempts_on_record([d for d, _ in results if _claim_of(d) not in held])
+        unrecorded = [
+            (delivery, result, outcome)
+            for delivery, result, outcome in decided
+            if _claim_of(delivery) in held or (delivery.pk, delivery.attempt_count) not in on_record
+        ]
         DeliveryAttempt.objects.bulk_create(
             [
                 DeliveryAttempt(
@@ -671,25 +713,11 @@ def _record_results(
                     response_body=storable_text(result.response.body),
                     error=storable_text(result.response.error)[:500],
                 )
-                for delivery, result in results
+                for delivery, result, _ in unrecorded
             ]
         )
-        # Deliveries that end the same way share one UPDATE (a batch of successes is one query).
-        same_outcome: dict[tuple, list[Delivery]] = defaultdict(list)
-        for delivery, result in results:
-            outcome = decide_outcome(
-                result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
-            )
-            fields = _outcome_fields(outcome, result.response.status, now)
-            fields["last_error"] = storable_text(fields["last_error"])
-            same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append(delivery)
+        for delivery, _, outcome in unrecorded:
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
-        for (claimed_at, *fields_items), deliveries in same_outcome.items():
-            # Only our claim may be finished: if the sweeper released it meanwhile (and another
-            # dispatcher claimed it again), that newer claim's own result decides, not this one.
-            Delivery.objects.filter(
-                pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at
-            ).update(**dict(fields_items))
         # In id order, so that two dispatchers recording for the same destinations cannot deadlock.
         paused = [
             destination_id
@@ -704,6 +732,45 @@ def _record_results(
     for destination_id in paused:
         transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
     return [delivery for delivery, _ in results]
+
+
+def _claim_of(delivery: Delivery) -> tuple:
+    """What tells one claim of a delivery from the next: each claim dates it and counts one more attempt."""
+    return (delivery.pk, delivery.claimed_at, delivery.attempt_count)
+
+
+def _claims_still_held(results: list[tuple[Delivery, SendResult]]) -> set[tuple]:
+    """The claims (see _claim_of) of the deliveries still in flight on the claim they were sent
+    under, locked until the recording commits.
+
+    A delivery already recorded or released is no longer in flight; one claimed again since is
+    on a later date, and its row is left alone for the dispatcher that holds it. Locked in id
+    order, so that two recordings cannot deadlock.
+    """
+    sent_under: dict[object, list] = defaultdict(list)
+    for delivery, _ in results:
+        sent_under[delivery.claimed_at].append(delivery.pk)
+    claims = reduce(operator.or_, (Q(claimed_at=claimed_at, pk__in=pks) for claimed_at, pks in sent_under.items()))
+    return set(
+        Delivery.objects.select_for_update(no_key=True)
+        .filter(claims, status=Delivery.Status.IN_FLIGHT)
+        .order_by("pk")
+        .values_list("pk", "claimed_at", "attempt_count")
+    )
+
+
+def _attempts_on_record(deliveries: list[Delivery]) -> set[tuple]:
+    """(delivery id, attempt number) of the attempts already recorded for ``deliveries``. Each
+    claim numbers its attempt anew (attempt_count goes up with it), so a number on record means
+    that very send was recorded before."""
+    if not deliveries:
+        return set()
+    return set(
+        DeliveryAttempt.objects.filter(
+            delivery_id__in={delivery.pk for delivery in deliveries},
+            attempt_number__in={delivery.attempt_count for delivery in deliveries},
+        ).values_list("delivery_id", "attempt_number")
+    )
 
 
 def _outcome_fields(outcome: Outcome, status_code: int | None, now) -> dict:
@@ -806,7 +873,10 @@ def _claim_unless_the_database_is_down(limit: int, *, keeping: bool) -> list[Del
 
 
 def _record_or_keep(results: list[tuple[Delivery, SendResult]]) -> list[tuple[Delivery, SendResult]]:
-    """Record ``results``; while the database is down, give them back to try again next turn."""
+    """Record ``results``; while the database is down, give them back to try again next turn.
+
+    Some of them may have been recorded after all (a COMMIT whose reply was lost): recording
+    them again writes nothing (see _record_results)."""
     if not results:
         return []
     try:

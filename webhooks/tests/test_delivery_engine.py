@@ -396,6 +396,184 @@ def test_a_stale_claims_result_does_not_overwrite_a_newer_claim(client, organiza
     assert DeliveryAttempt.objects.filter(delivery=current).count() == 1  # the stale attempt is still on record
 
 
+@contextlib.contextmanager
+def commit_reply_lost_once(monkeypatch):
+    """The first recording's COMMIT is carried out by PostgreSQL, then its connection drops before
+    the reply arrives: the caller sees an error for a transaction that did commit. Yields what
+    happened: the deliveries' rows as that COMMIT left them, and how often results were recorded."""
+    from types import SimpleNamespace
+
+    from django.db import OperationalError, connections
+
+    wrapper = type(connections["default"])
+    real_commit, real_record = wrapper._commit, delivery_service._record_results
+    seen = SimpleNamespace(committed={}, recordings=0)
+
+    def record(results, **kwargs):
+        seen.recordings += 1
+        return real_record(results, **kwargs)
+
+    def commit_then_drop(self):
+        real_commit(self)
+        if seen.recordings == 1 and not seen.committed:
+            rows = self.connection.execute(
+                "SELECT id, status, attempt_count, claimed_at, next_attempt_at, completed_at, last_error"
+                " FROM webhooks_delivery"
+            )
+            seen.committed = {row[0]: row[1:] for row in rows}
+            self.connection.close()  # the reply never arrives
+            raise OperationalError("consuming input failed: server closed the connection unexpectedly")
+
+    monkeypatch.setattr(delivery_service, "_record_results", record)
+    monkeypatch.setattr(wrapper, "_commit", commit_then_drop)
+    yield seen
+
+
+def delivery_rows():
+    return {
+        row[0]: row[1:]
+        for row in Delivery.objects.values_list(
+            "id", "status", "attempt_count", "claimed_at", "next_attempt_at", "completed_at", "last_error"
+        )
+    }
+
+
+@pytest.mark.django_db(transaction=True)  # the recording's COMMIT must be a real one
+def test_a_recording_whose_commit_reply_was_lost_is_not_recorded_again(client, organization, httpserver, monkeypatch):
+    # The database is reachable again at once, so record_results' fallbacks record the batch
+    # again one by one: the sends were recorded, and must be so once.
+    source = make_source(organization)
+    failing, _ = make_destination(organization, httpserver.url_for("/down"), sources=[source])
+    working, _ = make_destination(organization, httpserver.url_for("/up"), sources=[source])
+    httpserver.expect_request("/down").respond_with_data("down", status=503)
+    httpserver.expect_request("/up").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    claimed = delivery_service.claim_due_deliveries(10)
+    results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]
+
+    with commit_reply_lost_once(monkeypatch) as lost:
+        delivery_service.record_results(results)
+
+    assert lost.committed and lost.recordings == 3  # the batch, then each result on its own
+    assert delivery_rows() == lost.committed  # as the first recording left them
+    statuses = dict(Delivery.objects.values_list("destination_id", "status"))
+    assert statuses == {failing.pk: "pending", working.pk: "succeeded"}
+    assert sorted(DeliveryAttempt.objects.values_list("delivery_id", "attempt_number")) == sorted(
+        (delivery.pk, 1) for delivery in claimed
+    )
+    # One failed send counts once towards the circuit breaker.
+    assert Destination.objects.get(pk=failing.pk).consecutive_failures == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_kept_through_an_outage_after_its_commit_reply_was_lost_is_recorded_once(
+    client, organization, httpserver, monkeypatch
+):
+    # The connection dropped after the COMMIT and the database was gone when the dispatcher
+    # looked: it keeps the result and records it again next turn.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    looks = []
+
+    def unreachable_at_the_first_look():
+        looks.append(1)
+        return len(looks) == 1
+
+    monkeypatch.setattr(delivery_service, "_database_unreachable", unreachable_at_the_first_look)
+    monkeypatch.setattr(delivery_service, "DATABASE_RETRY_SECONDS", 0.01)
+
+    with commit_reply_lost_once(monkeypatch) as lost:
+        attempted = delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
+
+    assert lost.committed and looks == [1]  # the reply was lost, and the result kept rather than redone at once
+    assert lost.recordings == 2  # then recorded again next turn
+    assert attempted == 1 and len(httpserver.log) == 1
+    assert delivery_rows() == lost.committed
+    delivery = Delivery.objects.get()
+    assert delivery.status == "succeeded"
+    assert list(delivery.attempts.values_list("attempt_number", flat=True)) == [1]
+
+
+def test_a_result_recorded_twice_writes_one_attempt_and_moves_the_delivery_once(client, organization, httpserver):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/down"), sources=[source])
+    httpserver.expect_request("/down").respond_with_data("down", status=500)
+    ingest_many(client, source, 1)
+    (claimed,) = delivery_service.claim_due_deliveries(1)
+    # What a caller that saw the recording fail still holds: the delivery as it was claimed.
+    held_by_the_caller = Delivery.objects.select_related("event", "destination").get(pk=claimed.pk)
+    result = delivery_service.send(claimed)
+
+    delivery_service.record_results([(claimed, result)])
+    first = delivery_rows()
+    delivery_service.record_results([(held_by_the_caller, result)])
+
+    assert delivery_rows() == first
+    assert DeliveryAttempt.objects.count() == 1
+    assert Destination.objects.get(pk=destination.pk).consecutive_failures == 1
+
+
+def test_a_result_whose_claim_was_released_and_taken_again_is_not_recorded_onto_the_new_claim(
+    client, organization, httpserver
+):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest_many(client, source, 1)
+    (stale,) = delivery_service.claim_due_deliveries(1)
+    stale_result = delivery_service.SendResult(
+        timezone.now(), {}, OutboundResponse(status=503, body="busy", duration_ms=1)
+    )
+    # The stale send outlived its claim: the sweeper released it, another dispatcher claimed it again.
+    later = timezone.now() + timedelta(hours=1)
+    assert delivery_service.release_lost_claims(now=later) == 1
+    (newer,) = delivery_service.claim_due_deliveries(1, now=later)
+    assert (newer.attempt_count, newer.claimed_at) == (2, later)
+
+    for _ in range(2):  # recorded, then recorded again after a lost COMMIT reply
+        delivery_service.record_results([(stale, stale_result)])
+        current = Delivery.objects.get(pk=stale.pk)
+        assert (current.status, current.claimed_at, current.attempt_count) == ("in_flight", later, 2)
+        assert current.last_error == "" and current.last_status_code is None
+        # The stale send did reach the receiver: it is on record, under its own attempt number.
+        assert list(current.attempts.values_list("attempt_number", "response_status")) == [(1, 503)]
+        assert Destination.objects.get(pk=destination.pk).consecutive_failures == 1
+
+    newer_result = delivery_service.SendResult(timezone.now(), {}, OutboundResponse(status=200, body="", duration_ms=1))
+    delivery_service.record_results([(newer, newer_result)])
+    delivery_service.record_results([(stale, stale_result)])
+    current = Delivery.objects.get(pk=stale.pk)
+    assert current.status == "succeeded" and current.last_status_code == 200
+    assert list(current.attempts.values_list("attempt_number", "response_status")) == [(1, 503), (2, 200)]
+    assert Destination.objects.get(pk=destination.pk).consecutive_failures == 0
+
+
+def test_a_stale_result_and_its_deliverys_newer_claim_in_one_batch_are_both_recorded_once(
+    client, organization, httpserver
+):
+    # Through a long outage a dispatcher may hold a result whose delivery it has since claimed
+    # and sent again.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest_many(client, source, 1)
+    (stale,) = delivery_service.claim_due_deliveries(1)
+    later = timezone.now() + timedelta(hours=1)
+    assert delivery_service.release_lost_claims(now=later) == 1
+    (newer,) = delivery_service.claim_due_deliveries(1, now=later)
+    batch = [
+        (stale, delivery_service.SendResult(timezone.now(), {}, OutboundResponse(status=None, body="", duration_ms=1))),
+        (newer, delivery_service.SendResult(timezone.now(), {}, OutboundResponse(status=200, body="", duration_ms=1))),
+    ]
+
+    delivery_service.record_results(batch)
+    delivery_service.record_results(batch)
+
+    current = Delivery.objects.get(pk=stale.pk)
+    assert (current.status, current.attempt_count, current.claimed_at) == ("succeeded", 2, None)
+    assert list(current.attempts.values_list("attempt_number", "response_status")) == [(1, None), (2, 200)]
+
+
 def test_retention_keeps_events_not_yet_delivered(client, organization, httpserver):
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/paused"), sources=[source])
