@@ -583,6 +583,11 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 # Left in flight: gone with the deletion, or released by the sweeper if it rolls back.
                 logger.warning("delivery %s: its row is locked; its result is not recorded", result[0].pk)
                 continue
+            if _database_unreachable():
+                # Gone partway through: the caller keeps the whole batch and records it once the
+                # database is back, rather than have the rest released and sent again. The results
+                # recorded before this one are not recorded twice (see _record_results).
+                raise DatabaseUnavailable from exc
             recorded += _record_without_response(result)
     return recorded
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import IntegrityError, OperationalError
 from django.utils import timezone
 
 from organizations.models import AuditLog, MonthlyUsage
@@ -494,6 +495,44 @@ def test_a_result_kept_through_an_outage_after_its_commit_reply_was_lost_is_reco
     delivery = Delivery.objects.get()
     assert delivery.status == "succeeded"
     assert list(delivery.attempts.values_list("attempt_number", flat=True)) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_lost_while_recording_one_by_one_gives_the_whole_batch_back(
+    client, organization, httpserver, monkeypatch
+):
+    # The batch failed for one row, the database went away after the first result was recorded
+    # on its own: the caller keeps all of them (the dispatcher records them once it is back) and
+    # the one already recorded is not recorded twice then.
+    source = make_source(organization)
+    for name in ("a", "b", "c"):
+        make_destination(organization, httpserver.url_for(f"/{name}"), sources=[source])
+        httpserver.expect_request(f"/{name}").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    results = [(delivery, delivery_service.send(delivery)) for delivery in delivery_service.claim_due_deliveries(10)]
+    record = delivery_service._record_results
+    calls = []
+
+    def one_row_refused_then_the_database_gone(batch, **kwargs):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise IntegrityError("one row refused")
+        if len(calls) == 3:
+            raise OperationalError("server closed the connection unexpectedly")
+        return record(batch, **kwargs)
+
+    monkeypatch.setattr(delivery_service, "_record_results", one_row_refused_then_the_database_gone)
+    monkeypatch.setattr(delivery_service, "_database_unreachable", lambda: len(calls) >= 3)
+    with pytest.raises(delivery_service.DatabaseUnavailable):
+        delivery_service.record_results(results)
+    assert calls == [3, 1, 1]  # nothing was recorded without its answer after the outage began
+    assert Delivery.objects.filter(status="succeeded").count() == 1
+
+    monkeypatch.setattr(delivery_service, "_record_results", record)
+    delivery_service.record_results(results)  # the dispatcher's next turn, the database back
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert sorted(DeliveryAttempt.objects.values_list("attempt_number", flat=True)) == [1, 1, 1]
+    assert not DeliveryAttempt.objects.filter(error="the receiver's answer could not be stored").exists()
 
 
 def test_a_result_recorded_twice_writes_one_attempt_and_moves_the_delivery_once(client, organization, httpserver):
