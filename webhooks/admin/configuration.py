@@ -9,12 +9,12 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.html import format_html
 
 from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
 from webhooks.fields import decrypt, encrypt
@@ -201,7 +201,8 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         use = secret_use_during_overlap(obj) if obj.pk else None
         if use is None:
             return "— (no rotation overlap running)"
-        return format_html_join(mark_safe("<br>"), "{}", ((sentence,) for sentence in use.sentences()))
+        # The dashboard's own words (and time format), so that admins and tenants read the same.
+        return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
 
     def has_add_permission(self, request):
         # Creating a source needs the provider's secret checks: use create_source or the dashboard.

@@ -16,8 +16,6 @@ from datetime import datetime, timedelta
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
-from django.utils.timesince import timesince
 
 from webhooks.models import Source
 
@@ -88,21 +86,14 @@ def forget_recorded_secret_matches() -> None:
 
 @dataclass(frozen=True)
 class SecretUse:
-    """When each secret of a source in a rotation's overlap last verified a request."""
+    """When each secret of a source in a rotation's overlap last verified a request (None: not since it began).
+
+    Said by templates/dashboard/_secret_use.html, on the dashboard's and the admin's source pages."""
 
     previous_hint: str
     previous_valid_until: datetime
     previous_last_matched_at: datetime | None
     current_last_matched_at: datetime | None
-
-    def sentences(self, now: datetime | None = None) -> list[str]:
-        """What the source pages say, in plain sentences."""
-        now = now or timezone.now()
-        previous = f"The previous secret (ending {self.previous_hint})" if self.previous_hint else "The previous secret"
-        return [
-            _last_match(previous, self.previous_last_matched_at, now),
-            _last_match("The current secret", self.current_last_matched_at, now),
-        ]
 
 
 def secret_use_during_overlap(source: Source) -> SecretUse | None:
@@ -117,11 +108,3 @@ def secret_use_during_overlap(source: Source) -> SecretUse | None:
         previous_last_matched_at=source.previous_secret_last_matched_at,
         current_last_matched_at=source.secret_last_matched_at,
     )
-
-
-def _last_match(subject: str, moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return f"{subject} has not matched any request since the rotation."
-    if now - moment < timedelta(minutes=1):
-        return f"{subject} last matched a request less than a minute ago."
-    return f"{subject} last matched a request {timesince(moment, now)} ago."
