@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.cache import add_never_cache_headers
@@ -28,6 +29,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.operations import destination_pause, destination_resume
 from webhooks.services.row_locks import delete_destinations
+from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
 from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
 
@@ -160,7 +162,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
     search_fields = ("name", "organization__name", "organization__slug")
     list_select_related = ("organization",)
-    readonly_fields = ("ingest_url_display", "secret_hint", "previous_secret_expires_at")
+    readonly_fields = ("ingest_url_display", "secret_hint", "previous_secret_expires_at", "secret_use_display")
     fields = (
         "organization",
         "provider",
@@ -172,6 +174,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "new_secret",
         "stop_previous",
         "previous_secret_expires_at",
+        "secret_use_display",
     )
     actions = ("rotate_secret",)
 
@@ -192,6 +195,14 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             url,
             url,
         )
+
+    @admin.display(description="Since the rotation")
+    def secret_use_display(self, obj):
+        use = secret_use_during_overlap(obj) if obj.pk else None
+        if use is None:
+            return "— (no rotation overlap running)"
+        # The dashboard's own words (and time format), so that admins and tenants read the same.
+        return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
 
     def has_add_permission(self, request):
         # Creating a source needs the provider's secret checks: use create_source or the dashboard.

@@ -25,6 +25,11 @@ class Source(models.Model):
     # During a rotation the previous secret keeps verifying until it expires.
     previous_secret = EncryptedTextField(blank=True, default="")
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    # When each secret last verified a request during a rotation's overlap (recorded at most once
+    # a minute, see services.secret_use); both are cleared by a rotation, as they were about the
+    # secrets it replaced. They tell the tenant whether the provider has moved to the new secret.
+    secret_last_matched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    previous_secret_last_matched_at = models.DateTimeField(null=True, blank=True, editable=False)
     options = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)

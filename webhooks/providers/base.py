@@ -174,6 +174,36 @@ class Provider:
         """Raise VerificationError unless the request is signed by one of ``secrets``."""
         raise NotImplementedError
 
+    def verify_matching_secret(
+        self,
+        request: InboundRequest,
+        secrets: Sequence[str],
+        options: Mapping[str, Any],
+        now: float,
+    ) -> int | None:
+        """verify(), also telling which secret signed the request: its index in ``secrets``.
+
+        During a rotation ``secrets`` is [current, previous]. Each one is tried alone, current
+        first, through verify() and so through its constant-time comparisons; the order only lets
+        timing tell which of the two signed a request that verifies, nothing about either secret.
+        An authentic request thus costs at most what verifying both together did, and a provider
+        that moved to the new secret costs one secret. When neither verifies alone, verify() with
+        all of them gives today's verdict and the reason the tenant sees; should it accept (a
+        scheme that needs the secrets together), the answer is None: accepted, signer unknown.
+        A single secret is verified as before, with nothing more to tell.
+        """
+        if len(secrets) < 2:
+            self.verify(request, secrets, options, now)
+            return 0
+        for index, secret in enumerate(secrets):
+            try:
+                self.verify(request, [secret], options, now)
+            except VerificationError:
+                continue
+            return index
+        self.verify(request, secrets, options, now)
+        return None
+
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Event id and type of an authentic request (MalformedPayload if unreadable)."""
         raise NotImplementedError

@@ -12,13 +12,15 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DataError, connection, transaction
+from django.utils import timezone
 
 from webhooks.models import SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
@@ -26,6 +28,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .ingest_writer import NewEvent, store_event, writer
 from .processing import schedule_event_processing
+from .secret_use import record_secret_match
 from .text import storable_text
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class IngestOutcome:
     status_code: int
     payload: dict[str, Any] = field(default_factory=dict)
     handshake: HandshakeResponse | None = None
+    # Bookkeeping for the view to run once the answer has been sent; it never raises.
+    after_answer: Callable[[], None] | None = None
 
 
 def _error(status_code: int, error: str, detail: str) -> IngestOutcome:
@@ -137,9 +142,10 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         return _error(405, "method_not_allowed", "webhooks are accepted with POST; GET only answers handshakes")
 
     try:
-        provider.verify(request, secrets, source.options, time.time())
+        matched = provider.verify_matching_secret(request, secrets, source.options, time.time())
     except VerificationError as exc:
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
+    record_match = _secret_match_recorder(source, secrets, matched)
 
     refusal = _replay_refusal(provider, request, source, body)
     if refusal is not None:
@@ -147,7 +153,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
 
     handshake = provider.handshake(request, secrets, source.options)
     if handshake is not None:
-        return IngestOutcome(handshake.status, handshake=handshake)
+        return IngestOutcome(handshake.status, handshake=handshake, after_answer=record_match)
 
     try:
         info = provider.describe(request, source.options)
@@ -175,7 +181,23 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
     event_id, inserted = stored
-    return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted})
+    return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted}, after_answer=record_match)
+
+
+def _secret_match_recorder(source: Source, secrets: Sequence[str], matched: int | None) -> Callable[[], None] | None:
+    """What notes which secret verified an accepted request (see services.secret_use).
+
+    Only during a rotation's overlap, when the pages show it: with a single secret there is
+    nothing to tell apart, and the usual request pays for this one comparison only."""
+    if len(secrets) < 2 or matched is None:
+        return None
+    return partial(
+        record_secret_match,
+        source_id=source.pk,
+        source_version=source.updated_at,
+        previous=matched > 0,
+        matched_at=timezone.now(),
+    )
 
 
 _INSERTED_FIELDS = [

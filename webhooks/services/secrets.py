@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.db import models
@@ -46,7 +47,12 @@ class PreviousSecretStillValid(SecretNotReplaced):
 
 
 def replace_secret(
-    instance: models.Model, new_secret: str, overlap_seconds: int, *, stop_previous: bool = False
+    instance: models.Model,
+    new_secret: str,
+    overlap_seconds: int,
+    *,
+    stop_previous: bool = False,
+    cleared_fields: Sequence[str] = (),
 ) -> None:
     """Make ``new_secret`` current on a Source or Destination; the one it replaces stays usable for ``overlap_seconds``.
 
@@ -58,6 +64,9 @@ def replace_secret(
     Only one previous secret is kept, so rotating again while an earlier rotation's overlap
     runs stops the older secret at once, perhaps while the provider (or receiver) still uses
     it: refused with PreviousSecretStillValid unless ``stop_previous`` says that is meant.
+
+    ``cleared_fields`` are set to None in the same save: what they said was about the secrets
+    this rotation replaces (a Source's last-matched times).
     """
     locked = (
         type(instance)
@@ -82,4 +91,6 @@ def replace_secret(
     )
     instance.secret = new_secret
     instance.secret_hint = secret_hint(new_secret)
-    instance.save(update_fields=ROTATED_SECRET_FIELDS)
+    for name in cleared_fields:
+        setattr(instance, name, None)
+    instance.save(update_fields=[*ROTATED_SECRET_FIELDS, *cleared_fields])

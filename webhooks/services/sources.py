@@ -14,6 +14,7 @@ from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .permissions import require_configure_role
+from .secret_use import SECRET_MATCH_FIELDS
 from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
 
 
@@ -130,7 +131,9 @@ def source_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     try:
-        replace_secret(source, clean_secret, overlap_seconds, stop_previous=stop_previous)
+        replace_secret(
+            source, clean_secret, overlap_seconds, stop_previous=stop_previous, cleared_fields=SECRET_MATCH_FIELDS
+        )
     except SecretNotReplaced as exc:
         raise SourceError(str(exc)) from None
     audit_record(

@@ -208,3 +208,39 @@ def test_options_and_secret():
     with pytest.raises(InvalidOptions):
         PROVIDER.clean_secret("sk_live_123")
     assert PROVIDER.secret_generated_by_us is False
+
+
+# --- Which secret signed: a rotation's [current, previous] -------------------------------------
+
+NEW_SECRET = "whsec_test_secret_after_rotation"
+
+
+def test_the_matching_secret_is_told_for_requests_signed_with_the_new_or_the_previous_secret():
+    rotation = [NEW_SECRET, SECRET]
+    new = req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, NEW_SECRET, NOW - 5))
+    previous = req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, SECRET, NOW - 5))
+    assert PROVIDER.verify_matching_secret(new, rotation, OPTIONS, NOW) == 0
+    assert PROVIDER.verify_matching_secret(previous, rotation, OPTIONS, NOW) == 1
+    # Without a rotation there is one secret, verified as before.
+    assert PROVIDER.verify_matching_secret(previous, [SECRET], OPTIONS, NOW) == 0
+
+
+def test_a_stripe_header_signed_with_both_secrets_counts_as_the_new_one():
+    # While Stripe rolls a secret it signs with the old and the new one: Hookline then no longer needs the old.
+    both = official_header(VECTOR_BODY, SECRET, NOW) + "," + official_header(VECTOR_BODY, NEW_SECRET, NOW).split(",")[1]
+    assert (
+        PROVIDER.verify_matching_secret(req(VECTOR_BODY, stripe_signature=both), [NEW_SECRET, SECRET], OPTIONS, NOW)
+        == 0
+    )
+
+
+def test_a_request_neither_secret_signed_is_refused_with_the_reason_for_both_together():
+    forged = req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, "whsec_someone_else", NOW))
+    with pytest.raises(VerificationError) as info:
+        PROVIDER.verify_matching_secret(forged, [NEW_SECRET, SECRET], OPTIONS, NOW)
+    assert info.value.code == "no_matching_secret" and "(2 secret(s) tried)" in info.value.detail
+    # A previous secret's signature past the tolerance is refused for its age, as verify() says.
+    stale = req(VECTOR_BODY, stripe_signature=official_header(VECTOR_BODY, SECRET, NOW - 3600))
+    with pytest.raises(VerificationError) as info:
+        PROVIDER.verify_matching_secret(stale, [NEW_SECRET, SECRET], OPTIONS, NOW)
+    assert info.value.code == "timestamp_out_of_tolerance"

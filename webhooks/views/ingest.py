@@ -78,10 +78,32 @@ class IngestView(APIView):
             response["Retry-After"] = "30"
             return response
         if outcome.handshake is not None:
-            return HttpResponse(
+            response = IngestAnswer(
                 outcome.handshake.body, status=outcome.status_code, content_type=outcome.handshake.content_type
             )
-        return _json(outcome.status_code, outcome.payload)
+        else:
+            response = _json(outcome.status_code, outcome.payload)
+        response.after_answer = outcome.after_answer
+        return response
+
+
+class IngestAnswer(HttpResponse):
+    """An ingest answer that may carry bookkeeping for after it was sent.
+
+    The WSGI server calls close() once the provider has the whole answer (Django's test client
+    too), so work done there never delays it. It runs before Django's own end-of-request
+    handling, which may close this thread's database connection.
+    """
+
+    after_answer = None
+
+    def close(self):
+        work, self.after_answer = self.after_answer, None
+        try:
+            if work is not None:
+                work()
+        finally:
+            super().close()
 
 
 def _too_large() -> HttpResponse:
@@ -102,4 +124,4 @@ def _body_without_length(django_request) -> bytes:
 
 def _json(status: int, payload: dict) -> HttpResponse:
     # json.dumps directly: JsonResponse's encoder set-up is a measurable part of this path.
-    return HttpResponse(json.dumps(payload), status=status, content_type="application/json")
+    return IngestAnswer(json.dumps(payload), status=status, content_type="application/json")

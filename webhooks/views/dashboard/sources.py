@@ -17,6 +17,7 @@ from webhooks.selectors import (
     sources_for_organization,
 )
 from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
+from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceError,
@@ -135,6 +136,7 @@ class SourceDetailView(SourceMixin, TemplateView):
             rejected=rejected_requests_for_source(source=source, limit=5),
             fixtures=fixtures_for_provider(source.provider),
             destinations=list(source.subscriptions.select_related("destination")),
+            secret_use=secret_use_during_overlap(source),
         )
         return context
 
