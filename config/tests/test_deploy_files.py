@@ -24,7 +24,7 @@ def _run(args, environment, timeout=120):
 
 def _base_environment():
     # Only what a fresh machine has: the settings must not pick anything up from the test run.
-    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    return {"PATH": os.environ["PATH"], "HOME": str(Path.home()), "LANG": "C.UTF-8"}
 
 
 def _env_example_values() -> dict:
