@@ -15,3 +15,16 @@ class ForbiddenWithoutTraceback(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+class RefusedHostWithoutTraceback(logging.Filter):
+    """A request naming a host not in ALLOWED_HOSTS (scanners probing by IP address, mostly) is
+    refused with a 400 and logged by Django as an ERROR with a traceback: one WARNING line says
+    all there is to say, and a page of stack per probe would bury real errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "django.security.DisallowedHost":
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "webhooks.views.health.probes_from_any_host",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -306,12 +307,13 @@ LOGGING = {
     "filters": {
         "mask_url_tokens": {"()": "config.log_masking.MaskUrlTokens"},
         "forbidden_without_traceback": {"()": "config.log_filters.ForbiddenWithoutTraceback"},
+        "refused_host_without_traceback": {"()": "config.log_filters.RefusedHostWithoutTraceback"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["mask_url_tokens", "forbidden_without_traceback"],
+            "filters": ["mask_url_tokens", "forbidden_without_traceback", "refused_host_without_traceback"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},

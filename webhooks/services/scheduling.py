@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 # flag key -> monotonic time just before this process last saw it set (or set it).
 _flag_seen_at: dict[str, float] = {}
+# While the broker or Redis is down every webhook fails to schedule: one warning per task and
+# process this often says so, where one per webhook would flood the log for the whole outage.
+FAILURE_WARNING_SECONDS = 30.0
+_failure_warned_at: dict[str, float] = {}
 
 
 def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> None:
@@ -44,7 +48,7 @@ def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 
         if cache.add(flag_key, 1, timeout=ttl):
             task.apply_async(retry=False)
     except Exception as exc:
-        logger.warning("could not schedule %s; the sweeper will: %s", task.name, exc)
+        _warn_failure(task.name, exc)
         return
     if trust_seen_seconds > 0:
         _flag_seen_at[flag_key] = asked_at
@@ -75,3 +79,17 @@ def clear_flag(flag_key: str) -> None:
         cache.delete(flag_key)
     except Exception as exc:
         logger.warning("cache unavailable while clearing %s: %s", flag_key, exc)
+
+
+def _warn_failure(task_name: str, exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _failure_warned_at.get(task_name, -FAILURE_WARNING_SECONDS) < FAILURE_WARNING_SECONDS:
+        logger.debug("could not schedule %s; the sweeper will: %s", task_name, exc)
+        return
+    _failure_warned_at[task_name] = now
+    logger.warning(
+        "could not schedule %s; the sweeper will (said once per %g s while it lasts): %s",
+        task_name,
+        FAILURE_WARNING_SECONDS,
+        exc,
+    )

@@ -20,7 +20,7 @@ def health_paths() -> list[str]:
 def test_the_readme_says_what_each_health_endpoint_checks():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Health checks") :].split("\n#")[0]
-    assert health_paths() == ["/healthz", "/livez", "/readyz"]
+    assert health_paths() == ["/healthz", "/livez", "/readyz"] == sorted(health.PROBES_BY_PATH)
     assert [path for path in health_paths() if f"`{path}`" not in section] == []
     assert re.search(r"monitor\s+Redis\s+separately", section)
 
@@ -45,3 +45,14 @@ def test_readyz_stays_ready_with_the_cache_down(client, settings):
     assert response.status_code == 200
     checks = response.json()["checks"]
     assert checks["database"] == "ok" and checks["cache"].startswith("error: ")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", sorted(health.PROBES_BY_PATH))
+def test_probes_answer_a_host_that_is_not_allowed(client, path, caplog):
+    # A platform's health check may name the instance's own address; everything else still
+    # refuses that host.
+    response = client.get(path, HTTP_HOST="10.1.2.3:8000")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert client.get("/accounts/sign-in/", HTTP_HOST="10.1.2.3:8000").status_code == 400
+    assert client.post("/in/abc/", b"{}", content_type="application/json", HTTP_HOST="10.1.2.3").status_code == 400

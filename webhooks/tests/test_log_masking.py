@@ -140,3 +140,26 @@ def test_a_403_is_logged_in_one_line_without_its_traceback(settings):
     handler = logging.StreamHandler()
     assert "Traceback" not in handler.format(forbidden) and "Forbidden: /o/acme/" in handler.format(forbidden)
     assert "Traceback" in handler.format(failed)  # a server error keeps its traceback
+
+
+def test_a_refused_host_is_one_warning_line_without_its_traceback(client, settings, caplog):
+    from config.log_filters import RefusedHostWithoutTraceback
+
+    assert "refused_host_without_traceback" in settings.LOGGING["handlers"]["console"]["filters"]
+    with caplog.at_level(logging.WARNING, logger="django.security"):
+        assert client.get("/", HTTP_HOST="203.0.113.9").status_code == 400
+    # The console handler's filters ran on the very record Django logged (as an ERROR with its
+    # exception): what reaches the log is one warning line.
+    (record,) = [r for r in caplog.records if r.name == "django.security.DisallowedHost"]
+    line = logging.StreamHandler().format(record)
+    assert record.levelname == "WARNING" and "Traceback" not in line and "203.0.113.9" in line
+
+    try:
+        raise ValueError("host")
+    except ValueError:
+        exc_info = sys.exc_info()
+    raw = logging.LogRecord("django.security.DisallowedHost", logging.ERROR, __file__, 1, "Invalid", (), exc_info)
+    other = logging.LogRecord("django.security.SuspiciousSession", logging.ERROR, __file__, 1, "x", (), exc_info)
+    assert RefusedHostWithoutTraceback().filter(raw) and RefusedHostWithoutTraceback().filter(other)
+    assert (raw.levelname, raw.exc_info) == ("WARNING", None)
+    assert (other.levelname, other.exc_info) == ("ERROR", exc_info)  # other security events keep theirs

@@ -121,3 +121,21 @@ def test_a_task_waits_out_trusted_sightings_before_its_last_look(client, organiz
     assert late_ingest_done.wait(10)
     assert published == []  # the ingest trusted its sighting: no message was needed
     assert WebhookEvent.objects.get(provider_event_id="evt_during_the_wait").status == WebhookEvent.Status.PROCESSED
+
+
+def test_a_broker_outage_is_warned_about_once_a_while_not_per_webhook(monkeypatch, caplog):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.process_events, "apply_async", broker_down)
+    monkeypatch.setattr(scheduling, "_failure_warned_at", {})
+    clock = [1000.0]
+    monkeypatch.setattr(scheduling.time, "monotonic", lambda: clock[0])
+    with caplog.at_level("WARNING", logger="webhooks.services.scheduling"):
+        for _ in range(50):  # a burst of webhooks during the outage
+            cache.delete(processing.PROCESSING_SCHEDULED_KEY)
+            scheduling.schedule_once(processing.PROCESSING_SCHEDULED_KEY, 5, tasks.process_events)
+        clock[0] += scheduling.FAILURE_WARNING_SECONDS
+        scheduling.schedule_once("another-flag", 5, tasks.process_events)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "webhooks.services.scheduling"]
+    assert len(warnings) == 2 and all("could not schedule" in w and "Connection refused" in w for w in warnings)
