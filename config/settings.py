@@ -9,11 +9,14 @@ FIELD_ENCRYPTION_KEYS have no default, so a missing one fails at start-up.
 import base64
 import contextlib
 import hashlib
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
 from celery.schedules import schedule
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("HOOKLINE_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -126,6 +129,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and Celery broker -------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+
+
+def _with_certificate_check(url: str) -> str:
+    """A rediss:// URL with REDIS_SSL_CERT_REQS as its ssl_cert_reqs, unless the URL says itself.
+
+    Both the cache and Celery read it from the URL; Heroku's Redis has a self-signed certificate
+    and a URL the app cannot edit, so "none" must be settable beside it.
+    """
+    if not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + f"ssl_cert_reqs={REDIS_SSL_CERT_REQS}"
+
+
+REDIS_SSL_CERT_REQS = env.str("REDIS_SSL_CERT_REQS", default="required")
+if REDIS_SSL_CERT_REQS not in ("required", "optional", "none"):
+    raise ImproperlyConfigured("REDIS_SSL_CERT_REQS must be required, optional or none")
+REDIS_URL = _with_certificate_check(REDIS_URL)
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -148,7 +168,9 @@ else:
     }
 
 # "localhost" only so that kombu does not warn that the (unused) host name is missing.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
+CELERY_BROKER_URL = _with_certificate_check(
+    env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
+)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
     _processed_dir = VAR_DIR / "celery" / "processed"
@@ -236,6 +258,20 @@ if EMBEDDED and "FIELD_ENCRYPTION_KEYS" not in env:
     FIELD_ENCRYPTION_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
 else:
     FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")
+# A blank or mistyped secret must stop start-up (and the release phase) here: found later, it
+# would pass every check and then answer 500 to every webhook that needs a source's secret.
+if not SECRET_KEY.strip():
+    raise ImproperlyConfigured("SECRET_KEY is empty; see the README's deploy steps for how to make one")
+if not FIELD_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is empty; see the README's deploy steps for how to make a key")
+for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, start=1):
+    try:
+        Fernet(_key)
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            f"FIELD_ENCRYPTION_KEYS: key {_position} of {len(FIELD_ENCRYPTION_KEYS)} is not a Fernet key "
+            "(32 bytes in URL-safe base64, 44 characters)"
+        ) from None
 
 # --- Webhooks -----------------------------------------------------------------
 INGEST_MAX_BODY_BYTES = env.int("INGEST_MAX_BODY_BYTES", default=1024 * 1024)
@@ -280,7 +316,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # After `collectstatic` (production builds) files get hashed names for caching;
 # before it (tests, embedded mode) they are served unhashed from the apps.
-_COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
+# collectstatic itself must run with the manifest storage: it is what writes staticfiles.json.
+_COLLECTED = sys.argv[1:2] == ["collectstatic"] or (STATIC_ROOT / "staticfiles.json").exists()
 # WhiteNoise warns at every start about a missing STATIC_ROOT; before collectstatic it is just empty.
 with contextlib.suppress(OSError):  # a read-only slug after collectstatic has it already
     STATIC_ROOT.mkdir(exist_ok=True)

@@ -1,0 +1,88 @@
+"""What the settings refuse or adjust at start-up, read in a fresh interpreter as a server process would."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD_KEY = Fernet.generate_key().decode()
+PRINT_SETTINGS = (
+    "import sys, json, django; sys.argv = json.loads(sys.argv[1]); django.setup(); from django.conf import settings; "
+    "print(json.dumps({'redis': settings.REDIS_URL, 'cache': settings.CACHES['default']['LOCATION'], "
+    "'broker': settings.CELERY_BROKER_URL, 'static': settings.STORAGES['staticfiles']['BACKEND']}))"
+)
+
+
+def start(argv=("manage.py", "check"), **variables):
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(Path.home()),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:1/never-connected",
+        "SECRET_KEY": "a-secret-key-for-this-test-only",
+        "FIELD_ENCRYPTION_KEYS": GOOD_KEY,
+        "HOOKLINE_VAR_DIR": os.environ.get("HOOKLINE_VAR_DIR", str(ROOT / "var")),
+        **variables,
+    }
+    environment = {name: value for name, value in environment.items() if value is not None}
+    return subprocess.run(
+        [sys.executable, "-c", PRINT_SETTINGS, json.dumps(list(argv))],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def settings_read(**variables) -> dict:
+    result = start(**variables)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY is empty"),
+        ({"SECRET_KEY": "   "}, "SECRET_KEY is empty"),
+        ({"FIELD_ENCRYPTION_KEYS": ""}, "FIELD_ENCRYPTION_KEYS is empty"),
+        ({"FIELD_ENCRYPTION_KEYS": "change-me"}, "key 1 of 1 is not a Fernet key"),
+        ({"FIELD_ENCRYPTION_KEYS": f"{GOOD_KEY},{GOOD_KEY[:-2]}"}, "key 2 of 2 is not a Fernet key"),
+        ({"REDIS_SSL_CERT_REQS": "off"}, "REDIS_SSL_CERT_REQS must be"),
+    ],
+)
+def test_a_blank_or_mistyped_setting_stops_start_up_and_says_which(variables, named):
+    # Found later, a blank key passed every check and then answered 500 to every webhook.
+    result = start(**variables)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and named in result.stderr
+    assert GOOD_KEY not in result.stderr
+
+
+def test_rediss_urls_get_the_configured_certificate_check_unless_they_name_one():
+    heroku = "rediss://:pw@ec2-1-2-3-4.compute.amazonaws.com:6380"
+    read = settings_read(REDIS_URL=heroku, REDIS_SSL_CERT_REQS="none")
+    assert read["redis"] == read["cache"] == read["broker"] == f"{heroku}?ssl_cert_reqs=none"
+    # The default checks the certificate; a URL's own choice and plain redis:// are left alone.
+    assert settings_read(REDIS_URL=f"{heroku}/0?health=1")["redis"] == f"{heroku}/0?health=1&ssl_cert_reqs=required"
+    own = f"{heroku}?ssl_cert_reqs=optional"
+    assert settings_read(REDIS_URL=own, REDIS_SSL_CERT_REQS="none")["cache"] == own
+    assert settings_read(REDIS_URL="redis://localhost:6379/3")["broker"] == "redis://localhost:6379/3"
+    read = settings_read(REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL=heroku, REDIS_SSL_CERT_REQS="none")
+    assert read["broker"] == f"{heroku}?ssl_cert_reqs=none"
+
+
+def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
+    # The manifest storage is what writes staticfiles.json; choosing it only once that file
+    # existed meant it was never written, and files never got hashed names or long caching.
+    assert settings_read(argv=["manage.py", "collectstatic", "--noinput"])["static"] == (
+        "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    )
+    if not (ROOT / "staticfiles" / "staticfiles.json").exists():
+        assert settings_read()["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
