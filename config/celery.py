@@ -12,11 +12,14 @@ app.autodiscover_tasks()
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def mask_url_tokens_in_worker_logs(logger, **kwargs):
+def filter_worker_logs(logger, **kwargs):
     """Celery replaces the root logger's handlers (Django's masking one among them) and gives
-    task loggers their own, so the worker and beat mask URL tokens on those handlers too."""
+    task loggers their own, so the worker and beat mask URL tokens on those handlers too, and
+    leave out the lines of sweeps that found nothing to do."""
+    from config.log_filters import QuietIdleSweeps
     from config.log_masking import MaskUrlTokens
 
     for handler in logger.handlers:
-        if not any(isinstance(existing, MaskUrlTokens) for existing in handler.filters):
-            handler.addFilter(MaskUrlTokens())
+        for wanted in (MaskUrlTokens, QuietIdleSweeps):
+            if not any(isinstance(existing, wanted) for existing in handler.filters):
+                handler.addFilter(wanted())

@@ -163,3 +163,35 @@ def test_a_refused_host_is_one_warning_line_without_its_traceback(client, settin
     assert RefusedHostWithoutTraceback().filter(raw) and RefusedHostWithoutTraceback().filter(other)
     assert (raw.levelname, raw.exc_info) == ("WARNING", None)
     assert (other.levelname, other.exc_info) == ("ERROR", exc_info)  # other security events keep theirs
+
+
+def test_idle_sweeps_leave_no_lines_in_the_worker_and_beat_logs():
+    # Celery's own calls, on the handlers a worker or beat installs (fresh interpreter).
+    script = (
+        "import django, logging; django.setup()\n"
+        "from config.celery import app\n"
+        "from celery.app import trace\n"
+        "app.log.setup(loglevel='INFO', redirect_stdouts=False)\n"
+        "beat = logging.getLogger('celery.beat')\n"
+        "strategy = logging.getLogger('celery.worker.strategy')\n"
+        "def run(task, task_id, value):\n"
+        "    beat.info('Scheduler: Sending due task %s (%s)', task.split('.')[-1], task)\n"
+        "    context = {'id': task_id, 'name': task, 'args': '()', 'kwargs': '{}'}\n"
+        "    strategy.info(trace.LOG_RECEIVED, context, extra={'data': context})\n"
+        "    done = {**context, 'return_value': value, 'runtime': 0.01}\n"
+        "    trace.info(trace.LOG_SUCCESS, done)\n"
+        "run('webhooks.tasks.sweep', 'idle-1', repr({'events': 0, 'released': 0, 'due': 0}))\n"
+        "run('webhooks.tasks.sweep', 'busy-2', repr({'events': 1, 'released': 3, 'due': 0}))\n"
+        "run('webhooks.tasks.purge_expired_events', 'purge-3', '0')\n"
+        "logging.getLogger('celery.app.trace').warning('sweep idle-1 was slow')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "idle-1] received" not in output and "idle-1] succeeded" not in output
+    assert "Sending due task sweep" not in output
+    assert "busy-2] succeeded" in output and "'released': 3" in output  # a sweep that did something says so
+    assert "Sending due task purge_expired_events" in output and "purge-3] succeeded" in output
+    assert "sweep idle-1 was slow" in output
