@@ -32,6 +32,10 @@ if EMBEDDED:
 else:
     SECRET_KEY = env.str("SECRET_KEY")
 
+# Older keys still accepted for what was signed with them (sessions, sign-in links) while a new
+# SECRET_KEY is rolled out: without them, changing the key signs everyone out at once.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+
 DEBUG = env.bool("DEBUG", default=False)
 
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")

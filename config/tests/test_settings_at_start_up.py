@@ -14,7 +14,7 @@ GOOD_KEY = Fernet.generate_key().decode()
 PRINT_SETTINGS = (
     "import sys, json, django; sys.argv = json.loads(sys.argv[1]); django.setup(); from django.conf import settings; "
     "print(json.dumps({'redis': settings.REDIS_URL, 'cache': settings.CACHES['default']['LOCATION'], "
-    "'broker': settings.CELERY_BROKER_URL, 'static': settings.STORAGES['staticfiles']['BACKEND']}))"
+    "'broker': settings.CELERY_BROKER_URL, 'static': settings.STORAGES['staticfiles']['BACKEND'], 'fallbacks': settings.SECRET_KEY_FALLBACKS}))"
 )
 
 
@@ -86,3 +86,8 @@ def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
     )
     if not (ROOT / "staticfiles" / "staticfiles.json").exists():
         assert settings_read()["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
+
+
+def test_earlier_secret_keys_are_read_from_the_environment():
+    assert settings_read()["fallbacks"] == []
+    assert settings_read(SECRET_KEY_FALLBACKS="old-key-one,old-key-two")["fallbacks"] == ["old-key-one", "old-key-two"]
