@@ -386,13 +386,14 @@ def _resolve(url: str, *, timeout: float) -> _Destination:
 
 
 # A host with several addresses is tried address by address while connecting fails (refused,
-# unreachable, no answer), as browsers and curl do: an IPv6 address on a network without IPv6
-# must not fail every attempt when the IPv4 one works. Only the connecting is tried again, never
-# a request of which any byte went out, so a receiver never gets one attempt twice. Each address
-# but the last gets an even share of the time the attempt has left (at least CONNECT_SHARE_FLOOR
-# seconds: a host with many addresses must not leave each too little for a connection over a long
-# route), so an address that never answers cannot take the time the next one needs; the last
-# address gets all that is left (MAX_CONNECT_SECONDS at most, as before).
+# unreachable, no answer, a TLS handshake left unanswered), as browsers and curl do: an IPv6
+# address on a network without IPv6 must not fail every attempt when the IPv4 one works. Only
+# the connecting is tried again, never a request of which any byte went out, so a receiver never
+# gets one attempt twice. Each address but the last gets an even share of the time the attempt
+# has left (at least CONNECT_SHARE_FLOOR seconds: a host with many addresses must not leave each
+# too little for a connection over a long route), so an address that never answers cannot take
+# the time the next one needs; the last address gets all that is left (MAX_CONNECT_SECONDS at
+# most, as before).
 MAX_CONNECT_SECONDS = 10.0
 CONNECT_SHARE_FLOOR_SECONDS = 0.25
 # An address that could not be connected to is tried after the host's other addresses for a
@@ -428,7 +429,7 @@ def _connect_timeout(time_left: float, addresses_left: int) -> float:
 
 
 class _ConnectFailed(Exception):
-    """Connecting to one address failed (refused, unreachable, no answer, no TLS handshake): nothing of the request went out."""
+    """Connecting to one address failed (refused, unreachable, no answer, no TLS handshake): nothing went out."""
 
     def __init__(self, error: urllib3.exceptions.TimeoutError, connect_timeout: float):
         super().__init__(str(error))
