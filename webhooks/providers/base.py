@@ -181,28 +181,33 @@ class Provider:
         options: Mapping[str, Any],
         now: float,
     ) -> int | None:
-        """verify(), also telling which secret signed the request: its index in ``secrets``.
+        """verify(), also telling which secret signed the request: its index in ``secrets``, or None.
 
-        During a rotation ``secrets`` is [current, previous]. Each one is tried alone, current
-        first, through verify() and so through its constant-time comparisons; the order only lets
-        timing tell which of the two signed a request that verifies, nothing about either secret.
-        An authentic request thus costs at most what verifying both together did, and a provider
-        that moved to the new secret costs one secret. When neither verifies alone, verify() with
-        all of them gives today's verdict and the reason the tenant sees; should it accept (a
-        scheme that needs the secrets together), the answer is None: accepted, signer unknown.
-        A single secret is verified as before, with nothing more to tell.
+        The verdict, and a refusal's reason, are verify()'s with every secret, exactly as without
+        this method: a secret tried alone can take another path through a scheme than the secrets
+        together (GitLab's auto mode holds a signed request to its whsec_ secret, whatever its
+        X-Gitlab-Token says), and a refused request costs one verify(), not one per secret (PayPal's
+        fetches a certificate, from a budget of fetches its own requests need). Only a request
+        accepted during a rotation (``secrets`` is [current, previous]) is verified again with each
+        secret alone, current first, through verify()'s constant-time comparisons and under
+        options_signed_by_a_secret(): the first to verify it signed it. None when neither does alone
+        (a request signed otherwise, as by PayPal's simulator).
         """
+        self.verify(request, secrets, options, now)
         if len(secrets) < 2:
-            self.verify(request, secrets, options, now)
             return 0
+        alone = self.options_signed_by_a_secret(options)
         for index, secret in enumerate(secrets):
             try:
-                self.verify(request, [secret], options, now)
+                self.verify(request, [secret], alone, now)
             except VerificationError:
                 continue
             return index
-        self.verify(request, secrets, options, now)
         return None
+
+    def options_signed_by_a_secret(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``options`` without what accepts a request signed by none of the secrets (see verify_matching_secret)."""
+        return options
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Event id and type of an authentic request (MalformedPayload if unreadable)."""

@@ -438,6 +438,10 @@ class PayPalProvider(Provider):
             "body is unchanged",
         )
 
+    def options_signed_by_a_secret(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        # The simulator signs for PayPal's fixed id: its requests tell nothing of which webhook id PayPal uses.
+        return {**options, "accept_simulator": False}
+
     def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
         """The signed PAYPAL-TRANSMISSION-ID: the signature covers only a CRC-32 of the body, which can be
         forged, so a transmission id seen with one body must not be accepted with another."""

@@ -640,7 +640,10 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
     )
     try:
         return _record_results([(delivery, SendResult(sent.started_at, {}, bare))], lock_timeout=RETRY_LOCK_TIMEOUT)
-    except DatabaseError:  # e.g. the delivery was deleted meanwhile; the sweeper has the last word
+    except DatabaseError as exc:
+        if _database_unreachable():  # not this row's trouble: the caller keeps the batch (see record_results)
+            raise DatabaseUnavailable from exc
+        # E.g. the delivery was deleted meanwhile; the sweeper has the last word.
         logger.exception("delivery %s: its result could not be stored at all", delivery.pk)
         return []
 

@@ -76,6 +76,9 @@ class _Watchdog:
         self.deadline = time.monotonic() + seconds
         self.sock = None
         self.fired = False
+        # Whether the request began to be written on the current address's connection: until then
+        # (connecting, and the TLS handshake) nothing of it has gone out. Reset for each address.
+        self.request_started = False
 
     def __enter__(self):
         _attempt.watchdog = self
@@ -164,6 +167,9 @@ class _Watched:
         self._report_socket()
 
     def request(self, *args, **kwargs):
+        watchdog = getattr(_attempt, "watchdog", None)
+        if watchdog is not None:
+            watchdog.request_started = True
         self._report_socket()  # a kept-alive connection: connect() is not called again
         return super().request(*args, **kwargs)
 
@@ -380,13 +386,14 @@ def _resolve(url: str, *, timeout: float) -> _Destination:
 
 
 # A host with several addresses is tried address by address while connecting fails (refused,
-# unreachable, no answer), as browsers and curl do: an IPv6 address on a network without IPv6
-# must not fail every attempt when the IPv4 one works. Only the connecting is tried again, never
-# a request of which any byte went out, so a receiver never gets one attempt twice. Each address
-# but the last gets an even share of the time the attempt has left (at least CONNECT_SHARE_FLOOR
-# seconds: a host with many addresses must not leave each too little for a connection over a long
-# route), so an address that never answers cannot take the time the next one needs; the last
-# address gets all that is left (MAX_CONNECT_SECONDS at most, as before).
+# unreachable, no answer, a TLS handshake left unanswered), as browsers and curl do: an IPv6
+# address on a network without IPv6 must not fail every attempt when the IPv4 one works. Only
+# the connecting is tried again, never a request of which any byte went out, so a receiver never
+# gets one attempt twice. Each address but the last gets an even share of the time the attempt
+# has left (at least CONNECT_SHARE_FLOOR seconds: a host with many addresses must not leave each
+# too little for a connection over a long route), so an address that never answers cannot take
+# the time the next one needs; the last address gets all that is left (MAX_CONNECT_SECONDS at
+# most, as before).
 MAX_CONNECT_SECONDS = 10.0
 CONNECT_SHARE_FLOOR_SECONDS = 0.25
 # An address that could not be connected to is tried after the host's other addresses for a
@@ -422,9 +429,9 @@ def _connect_timeout(time_left: float, addresses_left: int) -> float:
 
 
 class _ConnectFailed(Exception):
-    """Connecting to one address failed (refused, unreachable, no answer): nothing of the request went out."""
+    """Connecting to one address failed (refused, unreachable, no answer, no TLS handshake): nothing went out."""
 
-    def __init__(self, error: urllib3.exceptions.ConnectTimeoutError, connect_timeout: float):
+    def __init__(self, error: urllib3.exceptions.TimeoutError, connect_timeout: float):
         super().__init__(str(error))
         self.error = error
         self.timed_out = not isinstance(error, urllib3.exceptions.NewConnectionError)
@@ -503,6 +510,7 @@ def _send(pool, path, body, headers, timeout, connect_timeout, time_left, starte
         return int((time.monotonic() - started) * 1000)
 
     timed_out = OutboundResponse(status=None, body="", duration_ms=0, error=f"timed out after {timeout:g} s")
+    watchdog.request_started = False
     try:
         response = pool.urlopen(
             "POST",
@@ -547,7 +555,11 @@ def _send(pool, path, body, headers, timeout, connect_timeout, time_left, starte
         # Raised only while opening the connection (NewConnectionError too, a subclass: checked before
         # the timeouts it derives from): no byte of the request has gone out, another address may be tried.
         raise _ConnectFailed(exc, connect_timeout) from None
-    except urllib3.exceptions.TimeoutError:
+    except urllib3.exceptions.TimeoutError as exc:
+        if not watchdog.request_started and not watchdog.fired:
+            # Connected, but the TLS handshake got no answer within the address's share of the time
+            # (urllib3 calls that a read timeout): nothing of the request went out either.
+            raise _ConnectFailed(exc, connect_timeout) from None
         return replace(timed_out, duration_ms=elapsed())
     except urllib3.exceptions.HTTPError as exc:
         if watchdog.fired:  # the watchdog cut the connection at the deadline

@@ -327,3 +327,24 @@ def test_another_organizations_event_progress_is_not_found(client, organization,
     client.force_login(owner)
     url = reverse("dashboard:event_progress", args=["acme", event.pk])
     assert client.get(url).status_code == 404
+
+
+def test_a_destination_paused_while_the_result_polls_shows_it_and_ends_the_polling(
+    client, organization, owner, monkeypatch
+):
+    # The poll sends what it last saw: a pause changes no delivery's state, yet it must be shown,
+    # and the fragment must stop polling (a 204 would keep it polling for as long as the page is open).
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_paused_while_polling"))
+    processing.process_received_events()
+    client.force_login(owner)
+    queued = progress_of(client, event).content.decode()
+    assert polls(queued)
+
+    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now())
+    paused = progress_of(client, event, seen=seen_in(queued))
+    assert paused.status_code == 200
+    assert "waits: the destination is paused" in paused.content.decode() and not polls(paused.content.decode())

@@ -535,6 +535,37 @@ def test_a_database_lost_while_recording_one_by_one_gives_the_whole_batch_back(
     assert not DeliveryAttempt.objects.filter(error="the receiver's answer could not be stored").exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_database_lost_while_recording_the_last_result_without_its_answer_gives_the_batch_back(
+    client, organization, httpserver, monkeypatch
+):
+    # The result's row was refused, then the database went away as it was recorded without the
+    # receiver's answer: dropped there, its delivery would be released by the sweeper and sent again.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    results = [(delivery, delivery_service.send(delivery)) for delivery in delivery_service.claim_due_deliveries(10)]
+    record = delivery_service._record_results
+    calls = []
+
+    def row_refused_then_the_database_gone(batch, **kwargs):
+        calls.append(len(batch))
+        if len(calls) < 3:
+            raise IntegrityError("one row refused")
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(delivery_service, "_record_results", row_refused_then_the_database_gone)
+    monkeypatch.setattr(delivery_service, "_database_unreachable", lambda: len(calls) >= 3)
+    with pytest.raises(delivery_service.DatabaseUnavailable):
+        delivery_service.record_results(results)
+    assert calls == [1, 1, 1]  # the result, on its own, then without its answer
+
+    monkeypatch.setattr(delivery_service, "_record_results", record)
+    delivery_service.record_results(results)  # the dispatcher's next turn, the database back
+    assert Delivery.objects.get().status == "succeeded"
+
+
 def test_a_result_recorded_twice_writes_one_attempt_and_moves_the_delivery_once(client, organization, httpserver):
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/down"), sources=[source])

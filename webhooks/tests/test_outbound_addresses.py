@@ -283,3 +283,24 @@ def test_the_delivery_attempt_records_the_addresses_tried(client, organization, 
         f"connection failed to each address of {HOST}: "
         f"127.0.0.12:{port}: connection refused; 127.0.0.13:{port}: connection refused"
     )
+
+
+def test_an_address_that_never_answers_the_tls_handshake_falls_over_to_the_next(resolving, connections):
+    # It accepts the connection and says nothing: no byte of the request went out (the request is
+    # written only once the handshake is done), so the next address is tried, as for no answer at all.
+    silent = socket.socket()
+    silent.bind(("127.0.0.13", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    resolving(["127.0.0.13", "127.0.0.14"])  # nobody listens on the second one
+    try:
+        response = outbound.post(f"https://{HOST}:{port}/hook", body=b"{}", headers={}, timeout=1)
+    finally:
+        silent.close()
+
+    assert connections == ["127.0.0.13", "127.0.0.14"]
+    assert re.fullmatch(
+        rf"connection failed to each address of {HOST}: "
+        rf"127\.0\.0\.13:{port}: no answer within 0\.\d s; 127\.0\.0\.14:{port}: connection refused",
+        response.error,
+    )

@@ -259,3 +259,22 @@ def test_secret_token_mode_still_prefers_idempotency_key():
     request = req(body, headers, {"X-Gitlab-Token": TOKEN, "webhook-id": "w-1"})
     PROVIDER.verify(request, [TOKEN], TOKEN_ONLY, NOW)
     assert PROVIDER.describe(request, TOKEN_ONLY).event_id == headers["Idempotency-Key"]
+
+
+def test_telling_which_secret_signed_keeps_the_verdict_of_both_together():
+    # Rotating from a secret token to a signing token: in auto mode a signed request is held to the
+    # whsec_ secret, whatever X-Gitlab-Token says. The secret token tried alone would take the
+    # token path instead and accept the request the two together refuse.
+    body, headers = fixture("push")
+    other = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    badly_signed = req(body, headers, official(other, body, "id-1"), {"X-Gitlab-Token": TOKEN})
+    refused = reject(badly_signed, secrets=(SIGNING, TOKEN))
+    with pytest.raises(VerificationError) as info:
+        PROVIDER.verify_matching_secret(badly_signed, [SIGNING, TOKEN], AUTO, NOW)
+    assert (info.value.code, info.value.detail) == (refused.code, refused.detail)
+    # Each secret is still told apart on the requests both together accept.
+    signed = req(body, headers, official(SIGNING, body, "id-1"), {"X-Gitlab-Token": TOKEN})
+    assert PROVIDER.verify_matching_secret(signed, [SIGNING, TOKEN], AUTO, NOW) == 0
+    assert (
+        PROVIDER.verify_matching_secret(req(body, headers, {"X-Gitlab-Token": TOKEN}), [SIGNING, TOKEN], AUTO, NOW) == 1
+    )

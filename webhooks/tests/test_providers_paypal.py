@@ -628,3 +628,30 @@ def test_one_byte_change_to_a_signed_body_is_rejected(data):
     with pytest.raises(VerificationError) as info:
         PROVIDER.verify(InboundRequest(body=changed, headers=headers), [WEBHOOK_ID], OPTIONS, NOW)
     assert info.value.code == "no_matching_secret"
+
+
+# --- Which webhook id signed: a rotation's [current, previous] ------------------------------
+
+
+def test_a_refused_request_during_a_rotation_fetches_its_certificate_once():
+    # Each fetch is a network round trip on the web thread and spends the per-minute budget of new
+    # fetches that PayPal's own requests need when it changes certificates.
+    fetcher = FakeFetcher()
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    unknown = req(body, paypal_headers(body, cert_url=f"{CERT_URL}-unknown"))
+    with pytest.raises(VerificationError) as info:
+        provider(fetcher).verify_matching_secret(unknown, [WEBHOOK_ID, OLD_WEBHOOK_ID], OPTIONS, NOW)
+    assert info.value.code == "untrusted_certificate"
+    assert fetcher.calls == [f"{CERT_URL}-unknown"]
+
+
+def test_a_simulator_request_is_credited_to_neither_webhook_id():
+    # The simulator signs for PayPal's fixed id, not the source's: crediting the current webhook id
+    # would tell the tenant PayPal had moved to it.
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    options = PROVIDER.clean_options({"accept_simulator": "true"})
+    rotation = [WEBHOOK_ID, OLD_WEBHOOK_ID]
+    simulated = req(body, paypal_headers(body, "WEBHOOK_ID"))
+    assert PROVIDER.verify_matching_secret(simulated, rotation, options, NOW) is None
+    assert PROVIDER.verify_matching_secret(req(body, paypal_headers(body, WEBHOOK_ID)), rotation, options, NOW) == 0
+    assert PROVIDER.verify_matching_secret(req(body, paypal_headers(body, OLD_WEBHOOK_ID)), rotation, options, NOW) == 1

@@ -162,7 +162,15 @@ def event_progress(event: WebhookEvent) -> dict:
         )
 
     moving = event.status == WebhookEvent.Status.RECEIVED or any(map(about_to_change, deliveries))
-    state = "|".join([event.status, *(f"{d.pk}:{d.status}:{d.attempt_count}" for d in deliveries)])
+    # Whatever the fragment shows or decides by: a destination paused meanwhile changes no delivery,
+    # yet its "waits" note must appear and the polling end.
+    state = "|".join(
+        [
+            event.status,
+            str(moving),
+            *(f"{d.pk}:{d.status}:{d.attempt_count}:{bool(d.destination.paused_at)}" for d in deliveries),
+        ]
+    )
     return {
         "progress_event": event,
         "progress_deliveries": deliveries,
