@@ -242,6 +242,34 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
     )
 
 
+def event_progress_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
+    """An event with its deliveries and their destinations, without the body, headers or attempts:
+    what the test sender's result polls every few seconds (DoesNotExist otherwise)."""
+    return (
+        WebhookEvent.objects.only("id", "organization_id", "status", "event_type")
+        .prefetch_related(
+            Prefetch(
+                "deliveries",
+                queryset=Delivery.objects.select_related("destination")
+                .only(
+                    "id",
+                    "event_id",
+                    "status",
+                    "attempt_count",
+                    "next_attempt_at",
+                    "last_status_code",
+                    "last_error",
+                    "destination__id",
+                    "destination__name",
+                    "destination__paused_at",
+                )
+                .order_by("id"),
+            )
+        )
+        .get(organization=organization, pk=event_id)
+    )
+
+
 # Beyond this many distinct event types an organization's list is not worth reading first.
 EVENT_TYPES_LISTED_FOR_PATTERNS = 500
 

@@ -64,12 +64,18 @@ def _b64url(text: str) -> bytes:
     return data
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Parsers disagree on which of two equal keys wins: the envelope, header or claims we verify
     # must be the ones every receiver of the stored body reads, so a repeated key is refused.
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        raise ValueError("a key appears twice")
+    value = {}
+    for key, item in pairs:
+        if key in value:
+            raise _RepeatedKey(key)
+        value[key] = item
     return value
 
 
@@ -136,6 +142,8 @@ def decode_signed_payload(body: bytes) -> tuple[dict[str, Any], dict[str, Any], 
     """
     try:
         envelope = _json_object(body)
+    except _RepeatedKey as exc:
+        raise VerificationError("bad_format", f"the body has the key {str(exc)[:50]!r} twice") from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise VerificationError("missing_signature", 'the body is not JSON with a "signedPayload"') from None
     signed = envelope.get("signedPayload")
@@ -148,6 +156,8 @@ def decode_signed_payload(body: bytes) -> tuple[dict[str, Any], dict[str, Any], 
         header = _json_object(_b64url(parts[0]))
         claims = _json_object(_b64url(parts[1]))
         signature = _b64url(parts[2])
+    except _RepeatedKey as exc:
+        raise VerificationError("bad_format", f"signedPayload has the key {str(exc)[:50]!r} twice") from None
     except (ValueError, UnicodeDecodeError, RecursionError, binascii.Error):
         raise VerificationError("bad_format", "signedPayload's parts are not base64url JSON") from None
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")

@@ -348,3 +348,26 @@ def test_a_destination_paused_while_the_result_polls_shows_it_and_ends_the_polli
     paused = progress_of(client, event, seen=seen_in(queued))
     assert paused.status_code == 200
     assert "waits: the destination is paused" in paused.content.decode() and not polls(paused.content.decode())
+
+
+def test_a_poll_reads_no_body_headers_or_attempts(client, organization, owner, monkeypatch):
+    # The result polls every 2 s while a delivery moves: it must stay cheap however large the
+    # event's body and its attempts' answers are.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    source = make_source(organization)
+    make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_light_poll"))
+    processing.process_received_events()
+    delivery_service.deliver(Delivery.objects.get(event=event).pk)  # refused: one attempt on record
+    client.force_login(owner)
+
+    with CaptureQueriesContext(connection) as queries:
+        html = progress_of(client, event).content.decode()
+    assert "Retrying" in html
+    read = " ".join(query["sql"] for query in queries.captured_queries if "webhooks_" in query["sql"])
+    assert "webhooks_deliveryattempt" not in read
+    assert '"webhooks_webhookevent"."body"' not in read and '"webhooks_webhookevent"."headers"' not in read

@@ -16,6 +16,7 @@ from webhooks.selectors import (
     delivery_for_organization,
     event_detail_for_organization,
     event_page,
+    event_progress_for_organization,
     event_types_for_organization,
     events_newer_than,
     headers_for_viewer,
@@ -147,7 +148,7 @@ PROGRESS_FOLLOWS_RETRIES_DUE_WITHIN = timedelta(minutes=5)
 
 def event_progress(event: WebhookEvent) -> dict:
     """What the test sender shows of an event on its way to the destinations (an event loaded with
-    event_detail_for_organization): its deliveries, whether one is about to change (the fragment then
+    event_progress_for_organization): its deliveries, whether one is about to change (the fragment then
     keeps polling) and a fingerprint of their state, so a poll that finds nothing new swaps nothing."""
     deliveries = list(event.deliveries.all())
     soon = timezone.now() + PROGRESS_FOLLOWS_RETRIES_DUE_WITHIN
@@ -185,7 +186,7 @@ class EventProgressView(OrganizationMixin, TemplateView):
     template_name = "dashboard/_event_progress.html"
 
     def get(self, request, *args, **kwargs):
-        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
+        event = or_404(event_progress_for_organization, organization=self.organization, event_id=kwargs["event_id"])
         progress = event_progress(event)
         if request.GET.get("seen") == progress["progress_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again

@@ -10,7 +10,7 @@ from webhooks.forms import SourceCreateForm, SourceEditForm, SourceRotateSecretF
 from webhooks.models import WebhookEvent
 from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
 from webhooks.selectors import (
-    event_detail_for_organization,
+    event_progress_for_organization,
     recent_events_for_source,
     rejected_requests_for_source,
     source_for_organization,
@@ -287,7 +287,7 @@ class SourceTestView(SourceMixin, TemplateView):
         progress = {}
         if result is not None and result.event is not None:
             try:
-                event = event_detail_for_organization(organization=self.organization, event_id=result.event.pk)
+                event = event_progress_for_organization(organization=self.organization, event_id=result.event.pk)
             except WebhookEvent.DoesNotExist:  # deleted since (its source, or retention): the answer stands
                 result.event = None
             else:
