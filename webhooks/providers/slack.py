@@ -85,7 +85,9 @@ class SlackProvider(Provider):
         "Event Subscriptions → Enable Events → Request URL: paste the ingest URL; Slack should show Verified. "
         "Subscribe to the bot events you need, then Save Changes.",
         "Slash commands (each command's Request URL) and Interactivity & Shortcuts (Request URL) may use the same "
-        "ingest URL; the event type tells them apart (slash_command, block_actions, view_submission…).",
+        "ingest URL; the event type tells them apart (slash_command, block_actions, view_submission…). Their "
+        "bodies reach your destinations form-encoded, as Slack sent them: the standardwebhooks package's "
+        "verify() parses JSON after checking the signature, so call it with json_parse=False for these.",
         "If Slack says the URL did not answer the challenge, this source's rejected requests say why; fix it and "
         "press Retry next to the Request URL in Slack.",
     )

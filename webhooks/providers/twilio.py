@@ -128,6 +128,8 @@ class TwilioProvider(Provider):
         "the Delivery Status Callback of your Messaging Service (Messaging → Services → your service → Integration).",
         "Twilio signs the exact URL it calls. If it calls a proxy, tunnel or any other URL that forwards here, "
         "enter that URL as Public URL (Edit); a refused request shows which URL Hookline checked.",
+        "Twilio's parameters reach your destinations form-encoded, as Twilio sent them: the standardwebhooks "
+        "package's verify() parses JSON after checking the signature, so call it with json_parse=False.",
     )
     options = (
         ProviderOption(

@@ -195,6 +195,39 @@ def test_twilio_page_says_where_status_callbacks_and_incoming_messages_go(client
     client.force_login(owner)
     text = page_text(client.get(reverse("dashboard:source_detail", args=["acme", source.pk])))
     assert "StatusCallback" in text and "A message comes in" in text and "HTTP POST" in text
+    assert "json_parse=False" in text  # its form bodies are forwarded as they came
+
+
+def test_a_forwarded_form_body_verifies_with_standardwebhooks_only_without_json_parsing(
+    client, organization, httpserver, monkeypatch
+):
+    """What the Twilio and Slack steps tell receivers, shown with the package they name."""
+    from standardwebhooks.webhooks import Webhook
+
+    from webhooks.models import Delivery
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import processing
+
+    from .factories import make_destination
+
+    for module in (delivery_service, processing):  # delivered by hand below
+        monkeypatch.setattr(module, "schedule_dispatch", lambda *args: None)
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    source = make_source(organization, provider="twilio", secret=TWILIO_TOKEN)
+    _, destination_secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    params = twilio_status("delivered")
+    body = urlencode(params).encode()
+    url = f"http://testserver/in/{source.ingest_token}/"
+    headers = {"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(url, params)}
+    assert post(client, source, body, headers, content_type="application/x-www-form-urlencoded").status_code == 200
+    processing.process_event_batch()
+    delivery_service.deliver(Delivery.objects.get().pk)
+    [(request, _)] = httpserver.log
+    receiver = Webhook(destination_secret)
+    assert request.get_data() == body
+    assert receiver.verify(request.get_data(), dict(request.headers), json_parse=False) is None
+    with pytest.raises(ValueError):  # the default parses the body as JSON once the signature passed
+        receiver.verify(request.get_data(), dict(request.headers))
 
 
 # --- PayPal: no test sender to offer; resends are duplicates ------------------------------------------
