@@ -63,12 +63,18 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
             del self.fields["secret"]
         else:
             secret = self.fields["secret"]
-            secret.help_text = provider.secret_help + (
-                " Leave empty and Hookline generates one for you (shown once)."
-                if provider.secret_generated_by_us
-                else f" If {provider.label} shows it only once the URL is registered, leave it empty for now "
-                "and set it on the source's page afterwards; requests are refused until then."
-            )
+            if provider.secret_generated_by_us:
+                after = " Leave empty and Hookline generates one for you (shown once)."
+            elif getattr(provider, "setup_steps", ()):
+                # The steps above the form say whether the secret comes before or after the URL
+                # (Slack checks the URL at once, so there it must come first).
+                after = " Leave it empty only if the steps above say so; requests are refused until it is set."
+            else:
+                after = (
+                    f" If {provider.label} shows it only once the URL is registered, leave it empty for now "
+                    "and set it on the source's page afterwards; requests are refused until then."
+                )
+            secret.help_text = provider.secret_help + after
         self.add_option_fields(provider)
 
 

@@ -115,7 +115,10 @@ def allowed_cert_url(url: str, allow_sandbox: bool) -> str | None:
         return None
     if host in SANDBOX_HOSTS:
         return (
-            None if allow_sandbox else "the certificate is from PayPal's sandbox; enable 'allow_sandbox' to accept it"
+            None
+            if allow_sandbox
+            else "the certificate is from PayPal's sandbox; turn on the source's 'Accept sandbox events' "
+            "(allow_sandbox) to accept it"
         )
     return (
         f"the certificate URL's host is not one of PayPal's API hosts ({', '.join(sorted(LIVE_HOSTS | SANDBOX_HOSTS))})"
@@ -266,7 +269,8 @@ class PayPalProvider(Provider):
     label = "PayPal"
     cannot_sign_reason = (
         "PayPal signs webhooks with its own private key; Hookline only holds the webhook id and cannot sign "
-        "test requests. Use PayPal's Webhooks Simulator (with 'accept_simulator') instead."
+        "test requests. Use PayPal's Webhooks Simulator instead, with the source's 'Accept Webhooks Simulator events' "
+        "(accept_simulator) turned on while you test."
     )
     secret_help = (
         "Not a secret: the Webhook ID of your PayPal webhook (developer.paypal.com → Apps & Credentials → "
@@ -275,6 +279,15 @@ class PayPalProvider(Provider):
         "PayPal stops retrying (3 days)."
     )
     secret_generated_by_us = False
+    setup_steps = (
+        "developer.paypal.com → Apps & Credentials → your app (Sandbox or Live) → Webhooks → Add Webhook: the "
+        "ingest URL as Webhook URL, choose the event types, Save.",
+        "Copy the Webhook ID PayPal then lists for it into this source (Set the signing secret): PayPal signs "
+        "every event for that id (it is not a secret).",
+        "For a Sandbox app, turn on Accept sandbox events (Edit).",
+        "Hookline cannot sign PayPal requests, so there is no test sender: use PayPal's Webhooks Simulator with "
+        "Accept Webhooks Simulator events turned on while you test.",
+    )
     options = (
         ProviderOption(
             name="allow_sandbox",

@@ -51,6 +51,12 @@ class PaystackProvider(Provider):
         "as the webhook URL you set there). Paystack signs webhooks with the secret API key itself."
     )
     secret_generated_by_us = False
+    setup_steps = (
+        "Paystack Dashboard → Settings → API Keys & Webhooks: enter the ingest URL as the Webhook URL of the mode "
+        "you use (Test or Live) and save.",
+        "Copy the Secret Key of that same mode (sk_test_… or sk_live_…) into this source: Paystack signs webhooks "
+        "with it. Test and live each need their own source, as each mode has its own key and URL.",
+    )
     docs_verifies = (
         "x-paystack-signature: lowercase hex HMAC-SHA512 of the raw body keyed with the secret API key (sk_…). "
         "No timestamp, so replays are caught only by the event id. Based on third-party implementations, which all "

@@ -76,6 +76,21 @@ class SlackProvider(Provider):
         "(not the deprecated Verification Token, not a bot token)."
     )
     secret_generated_by_us = False
+    # Shown in order on the source form and page. Slack checks the Request URL the moment it is pasted,
+    # with a signed url_verification request, so the secret has to be in Hookline before the URL is in Slack.
+    setup_steps = (
+        "Copy the Signing Secret (api.slack.com/apps → your app → Basic Information → App Credentials) into this "
+        "source first: Slack checks the Request URL as soon as you paste it, with a signed url_verification "
+        "request that Hookline can answer only once it has the secret.",
+        "Event Subscriptions → Enable Events → Request URL: paste the ingest URL; Slack should show Verified. "
+        "Subscribe to the bot events you need, then Save Changes.",
+        "Slash commands (each command's Request URL) and Interactivity & Shortcuts (Request URL) may use the same "
+        "ingest URL; the event type tells them apart (slash_command, block_actions, view_submission…). Their "
+        "bodies reach your destinations form-encoded, as Slack sent them: the standardwebhooks package's "
+        "verify() parses JSON after checking the signature, so call it with json_parse=False for these.",
+        "If Slack says the URL did not answer the challenge, this source's rejected requests say why; fix it and "
+        "press Retry next to the Request URL in Slack.",
+    )
     options = (
         ProviderOption(
             name="tolerance",

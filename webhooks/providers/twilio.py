@@ -120,6 +120,17 @@ class TwilioProvider(Provider):
         "previous secret while promoting it). For SharedKey-signed webhooks, the SharedKey secret."
     )
     secret_generated_by_us = False
+    setup_steps = (
+        "Copy the Auth Token (Twilio Console → Account → API keys & tokens → Live credentials) into this source.",
+        "Incoming messages: Phone Numbers → Manage → Active numbers → your number → Messaging Configuration → "
+        "A message comes in: Webhook, the ingest URL, HTTP POST.",
+        "Delivery status: give the ingest URL as StatusCallback when you send a message through the API, or as "
+        "the Delivery Status Callback of your Messaging Service (Messaging → Services → your service → Integration).",
+        "Twilio signs the exact URL it calls. If it calls a proxy, tunnel or any other URL that forwards here, "
+        "enter that URL as Public URL (Edit); a refused request shows which URL Hookline checked.",
+        "Twilio's parameters reach your destinations form-encoded, as Twilio sent them: the standardwebhooks "
+        "package's verify() parses JSON after checking the signature, so call it with json_parse=False.",
+    )
     options = (
         ProviderOption(
             name="public_url",
@@ -209,15 +220,20 @@ class TwilioProvider(Provider):
             for variant in variants
         ]
         if not any(constant_time_equal(e, candidate) for e in expected):
+            tried = len([s for s in secrets if s])
             if options.get("public_url"):
-                where = "the public_url option"
+                advice = (
+                    f"using the source's Public URL ({url[:300]!r}); check the Auth Token, that Public URL is "
+                    "exactly the URL configured in Twilio (scheme, host, path and query), and that the body is unchanged"
+                )
             else:  # behind a proxy the URL Twilio called differs: show the one that was tried
-                where = f"the URL this request arrived at ({url[:300]!r})"
+                advice = (
+                    f"using the ingest URL as Hookline sees it ({url[:300]!r}); check the Auth Token and that Twilio "
+                    "calls exactly this URL. If Twilio calls a proxy, tunnel or any other URL that forwards here, "
+                    "enter that URL as the source's Public URL (public_url)"
+                )
             raise VerificationError(
-                "no_matching_secret",
-                f"the signature does not match ({len([s for s in secrets if s])} secret(s) tried) using {where}; "
-                "check the Auth Token, that the URL configured in Twilio is exactly the one Hookline shows "
-                "(or set public_url), and that the body is unchanged",
+                "no_matching_secret", f"the signature does not match ({tried} secret(s) tried) {advice}"
             )
         if body_hash is not None:
             actual = hashlib.sha256(request.body).hexdigest()

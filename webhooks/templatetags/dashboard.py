@@ -101,6 +101,21 @@ def provider_facts(provider: Provider) -> list[str]:
 
 
 @register.filter
+def option_value(value) -> str:
+    """A source option as the form shows it: a switch reads On or Off (not Python's True/False)."""
+    if isinstance(value, bool):
+        return "On" if value else "Off"
+    return "—" if value is None else str(value)
+
+
+@register.filter
+def setup_steps(provider: Provider | None) -> tuple[str, ...]:
+    """The provider's own connection steps, in order (where the URL goes, where the secret is, and
+    which comes first); empty for providers that declare none, whose pages keep the general sentence."""
+    return tuple(getattr(provider, "setup_steps", ()) or ())
+
+
+@register.filter
 def option_label(kind: str, name: str) -> str:
     """A source option's label as its provider declares it ("Tolerance (seconds)", not "tolerance")."""
     provider = PROVIDERS.get(kind)

@@ -265,6 +265,12 @@ class SourceTestView(SourceMixin, TemplateView):
     template_name = "dashboard/source_test.html"
     required_role = ADMIN
 
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        # Providers that sign with their own private key get the reason and the alternative, not a form.
+        context["provider"] = PROVIDERS.get(context["source"].provider)
+        return context
+
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
         source = self.get_source()
