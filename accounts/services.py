@@ -67,7 +67,7 @@ class SignInUnavailable(Exception):
     """
 
 
-def _needs_the_cache(function):
+def _needs_the_cache(function, *, consequence="sign-in refused"):
     """Turn the cache being unreachable into SignInUnavailable (database or email errors pass through)."""
 
     @functools.wraps(function)
@@ -75,10 +75,16 @@ def _needs_the_cache(function):
         try:
             return function(*args, **kwargs)
         except (ConnectionInterrupted, RedisError) as exc:
-            logger.warning("sign-in refused: the cache is unavailable: %s", exc)
+            logger.warning("%s: the cache is unavailable: %s", consequence, exc)
             raise SignInUnavailable from exc
 
     return wrapper
+
+
+# The admin does not refuse without the cache: it counts failures from the audit log instead (webhooks.admin.login).
+_admin_needs_the_cache = functools.partial(
+    _needs_the_cache, consequence="admin password limits counted from the audit log"
+)
 
 
 @dataclass(frozen=True)
@@ -330,7 +336,7 @@ def admin_password_limits() -> dict[str, int]:
     return {"address": settings.SIGN_IN_CODE_MAX_ATTEMPTS, "network": settings.SIGN_IN_CODE_TRIES_PER_IP}
 
 
-@_needs_the_cache
+@_admin_needs_the_cache
 def admin_password_attempt(*, email: str, ip_address: str | None) -> PasswordAttempt:
     """Count a password attempt at the admin for the network and the address; refused past either limit.
 
@@ -365,7 +371,7 @@ def _uncount(key: str) -> None:
     cache.touch(key, settings.SIGN_IN_RATE_WINDOW_SECONDS)  # as in _count, for the file cache
 
 
-@_needs_the_cache
+@_admin_needs_the_cache
 def admin_password_accepted(*, email: str, ip_address: str | None) -> None:
     """A right password: the address starts afresh, and the attempt no longer counts against the network.
 

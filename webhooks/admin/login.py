@@ -63,7 +63,7 @@ def _refused_until_by_the_audit_log(*, username: str, ip_address: str | None) ->
     reached = [times[-1] + window for scope, times in failures.items() if len(times) >= limits[scope]]
     if not reached:
         return None
-    logger.warning("admin sign-in refused by the audit log's count of failures (the cache is down)")
+    logger.warning("admin password refused: the audit log holds too many recent failures (the cache is down)")
     return max(reached)
 
 

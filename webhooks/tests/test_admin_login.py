@@ -4,7 +4,10 @@ the operator sees, windows and resets, the audit of failures, and all of it with
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import SESSION_KEY, get_user_model
@@ -193,6 +196,20 @@ def test_sign_ins_from_one_network_do_not_use_up_its_limit(root, other_admin, li
         assert accepted(log_in(OTHER, OTHER_PASSWORD)[1])
 
 
+def test_concurrent_guesses_cannot_all_slip_under_the_limit(limits, clock):
+    barrier = threading.Barrier(12)
+
+    def attempt(number):
+        barrier.wait()
+        return services.admin_password_attempt(email=ROOT, ip_address=f"192.0.2.{number}")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        verdicts = list(pool.map(attempt, range(12)))
+
+    assert sum(verdict.refused_until is None for verdict in verdicts) == limits["address"]
+    assert sum(verdict.newly_locked == ("address",) for verdict in verdicts) == 1
+
+
 def test_a_form_without_a_password_counts_nothing(root, limits, clock):
     for _ in range(limits["address"] + 1):
         response = log_in(ROOT, "")[1]
@@ -276,7 +293,7 @@ def test_an_admin_sign_in_is_audited_with_its_network(root, clock):
 # --- Redis down: the audit log counts the failures ----------------------------------------------------
 
 
-def test_with_the_cache_down_the_right_password_still_signs_in(root, settings, clock):
+def test_with_the_cache_down_the_right_password_still_signs_in(root, settings, clock, caplog):
     settings.CACHES = REDIS_DOWN_CACHES
     assert wrong(log_in(ROOT, WRONG)[1])
 
@@ -285,6 +302,7 @@ def test_with_the_cache_down_the_right_password_still_signs_in(root, settings, c
     assert accepted(response) and signed_in(client, root)
     assert client.get(reverse("admin:index")).status_code == 200
     assert AuditLog.objects.filter(action="user.sign_in_failed", changes__email=ROOT).count() == 1
+    assert "admin password limits counted from the audit log: the cache is unavailable" in caplog.text
 
 
 def test_with_the_cache_down_the_audit_logs_failures_keep_the_limits(root, other_admin, limits, settings, clock):
@@ -295,6 +313,10 @@ def test_with_the_cache_down_the_audit_logs_failures_keep_the_limits(root, other
     response = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.60")[1]
 
     assert refused(response)
+    # Free again when the oldest of the failures leaves the window, a time rounded up to the minute shown.
+    oldest = AuditLog.objects.filter(action="user.sign_in_failed").earliest("created_at").created_at
+    free_at = oldest + timedelta(seconds=settings.SIGN_IN_RATE_WINDOW_SECONDS)
+    assert f"Try again after {free_at + timedelta(seconds=59, microseconds=999_999):%H:%M} UTC" in text(response)
     # The network that guessed has two tries left of its five; other addresses and networks are free.
     assert accepted(log_in(OTHER, OTHER_PASSWORD, ip="203.0.113.61")[1])
     assert wrong(log_in("someone@example.com", WRONG, ip="198.51.100.30")[1])
