@@ -47,6 +47,7 @@ LINK_KEY = "signin:link:{}"
 CODE_KEY = "signin:code:{}"
 CODE_TRIES_KEY = "signin:code-tries:{}"
 RATE_KEY = "signin:rate:{}:{}:{}"  # scope, subject, window number
+PASSWORD_KEY = "signin:password:{}:{}:{}"  # "address" or "network", subject, window number
 CODE_LENGTH = 6
 
 
@@ -66,7 +67,7 @@ class SignInUnavailable(Exception):
     """
 
 
-def _needs_the_cache(function):
+def _needs_the_cache(function, *, consequence="sign-in refused"):
     """Turn the cache being unreachable into SignInUnavailable (database or email errors pass through)."""
 
     @functools.wraps(function)
@@ -74,10 +75,16 @@ def _needs_the_cache(function):
         try:
             return function(*args, **kwargs)
         except (ConnectionInterrupted, RedisError) as exc:
-            logger.warning("sign-in refused: the cache is unavailable: %s", exc)
+            logger.warning("%s: the cache is unavailable: %s", consequence, exc)
             raise SignInUnavailable from exc
 
     return wrapper
+
+
+# The admin does not refuse without the cache: it counts failures from the audit log instead (webhooks.admin.login).
+_admin_needs_the_cache = functools.partial(
+    _needs_the_cache, consequence="admin password limits counted from the audit log"
+)
 
 
 @dataclass(frozen=True)
@@ -304,6 +311,76 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     cache.delete(_code_tries_key(email_digest))
     user = _user_for_sign_in(email)
     return SignIn(user=user, next_url=record["next"]) if user is not None else None
+
+
+@dataclass(frozen=True)
+class PasswordAttempt:
+    """The verdict on one admin password attempt, given before the password is checked."""
+
+    # Seconds since the epoch until which passwords are refused for this address or network; None: check it.
+    refused_until: float | None
+    # The limits ("address", "network") that this very attempt went past: the first refusal of their window.
+    newly_locked: tuple[str, ...] = ()
+
+
+def _password_keys(email: str, ip_address: str | None) -> dict[str, str]:
+    window_number = int(clock() // settings.SIGN_IN_RATE_WINDOW_SECONDS)
+    return {
+        "address": PASSWORD_KEY.format("address", _sha256(canonical_email(email)), window_number),
+        "network": PASSWORD_KEY.format("network", ip_address or "unknown", window_number),
+    }
+
+
+def admin_password_limits() -> dict[str, int]:
+    """Password attempts allowed per address and per network in one window: the limits on guessing a code."""
+    return {"address": settings.SIGN_IN_CODE_MAX_ATTEMPTS, "network": settings.SIGN_IN_CODE_TRIES_PER_IP}
+
+
+@_admin_needs_the_cache
+def admin_password_attempt(*, email: str, ip_address: str | None) -> PasswordAttempt:
+    """Count a password attempt at the admin for the network and the address; refused past either limit.
+
+    Counted before the password is checked, by atomic increments, so that concurrent guesses cannot all
+    slip under a limit; only attempts whose password gets checked stay counted (a refusal counts only
+    against the limit that refused it), and an accepted password gives its count back
+    (admin_password_accepted). A refusal lasts until the current window ends, whatever is tried
+    meanwhile. Raises SignInUnavailable when the cache is down.
+    """
+    window = settings.SIGN_IN_RATE_WINDOW_SECONDS
+    limits = admin_password_limits()
+    keys = _password_keys(email, ip_address)
+    refused_until = (int(clock() // window) + 1) * window
+    # The network first: a network past its limit must not go on locking addresses out.
+    by_network = _count(keys["network"], ttl=window)
+    if by_network > limits["network"]:
+        newly_locked = ("network",) if by_network == limits["network"] + 1 else ()
+        return PasswordAttempt(refused_until=refused_until, newly_locked=newly_locked)
+    by_address = _count(keys["address"], ttl=window)
+    if by_address > limits["address"]:
+        _uncount(keys["network"])
+        newly_locked = ("address",) if by_address == limits["address"] + 1 else ()
+        return PasswordAttempt(refused_until=refused_until, newly_locked=newly_locked)
+    return PasswordAttempt(refused_until=None)
+
+
+def _uncount(key: str) -> None:
+    try:
+        cache.decr(key)
+    except ValueError:  # the window ended meanwhile
+        return
+    cache.touch(key, settings.SIGN_IN_RATE_WINDOW_SECONDS)  # as in _count, for the file cache
+
+
+@_admin_needs_the_cache
+def admin_password_accepted(*, email: str, ip_address: str | None) -> None:
+    """A right password: the address starts afresh, and the attempt no longer counts against the network.
+
+    The network keeps its other failures: colleagues behind one address signing in must not clear
+    someone else's guesses.
+    """
+    keys = _password_keys(email, ip_address)
+    cache.delete(keys["address"])
+    _uncount(keys["network"])
 
 
 def sessions_revoke_all(*, user, request=None) -> None:

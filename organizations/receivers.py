@@ -3,13 +3,14 @@ audit entries for signing in and out are connected from here."""
 
 from __future__ import annotations
 
-from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
 from accounts.http import client_ip
 from accounts.signals import sessions_revoked
 
-from .team import audit_sign_in_event
+from .team import audit_sign_in_event, audit_sign_in_failure
 
 
 def _ip(request) -> str | None:
@@ -31,3 +32,11 @@ def on_sign_out(sender, request, user, **kwargs):
 @receiver(sessions_revoked, dispatch_uid="organizations.audit_sessions_revoked")
 def on_sessions_revoked(sender, user, request=None, **kwargs):
     audit_sign_in_event(user=user, action="user.signed_out_everywhere", ip_address=_ip(request))
+
+
+@receiver(user_login_failed, dispatch_uid="organizations.audit_sign_in_failed")
+def on_sign_in_failed(sender, credentials, request=None, **kwargs):
+    # Only the name typed is taken from ``credentials``: Django masks the password there, but
+    # another backend's secret could travel under a name it does not know to mask.
+    username = credentials.get(get_user_model().USERNAME_FIELD, credentials.get("username"))
+    audit_sign_in_failure(username=username, ip_address=_ip(request), request=request)

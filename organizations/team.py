@@ -12,11 +12,12 @@ import hmac
 import logging
 import secrets
 import smtplib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -24,7 +25,7 @@ from django.utils import timezone
 from accounts.emails import send_templated_email
 from accounts.models import Invitation, canonical_email
 
-from .models import Membership, Organization
+from .models import AuditLog, Membership, Organization
 from .services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -441,3 +442,88 @@ def audit_sign_in_event(*, user, action: str, ip_address: str | None) -> None:
         return
     for organization in Organization.objects.filter(pk__in=organization_ids):
         audit_record(action=action, organization=organization, actor=user, target=user, ip_address=ip_address)
+
+
+SIGN_IN_FAILED = "user.sign_in_failed"
+SIGN_IN_THROTTLED = "user.sign_in_throttled"
+# Who acted, for an attempt by someone who never proved who they are.
+NOT_SIGNED_IN = "not signed in"
+UNRECORDED_NAME = "(not an email address: not recorded)"
+
+
+def _typed_address(username: str | None) -> str | None:
+    """The name typed at a password sign-in when it is an email address.
+
+    Anything else is not kept: it is often a password typed in the wrong box.
+    """
+    email = canonical_email(username or "")
+    try:
+        validate_email(email)
+    except ValidationError:
+        return None
+    return email
+
+
+def _failure_reason(user) -> str:
+    if user is None:
+        return "no such account"
+    if not user.is_active:
+        return "account deactivated"
+    if not user.has_usable_password():
+        return "account signs in without a password"
+    return "wrong password"
+
+
+def audit_sign_in_failure(*, username: str | None, ip_address: str | None, reason: str = "", request=None) -> None:
+    """Record a refused password platform-wide, whoever's address was typed: the address and network, never the password.
+
+    ``reason`` is for a refusal after the password was right (an account that may not use the admin).
+    """
+    email = _typed_address(username)
+    user = get_user_model().objects.filter(email=email).first() if email else None
+    audit_record(
+        action=SIGN_IN_FAILED,
+        actor_label=NOT_SIGNED_IN,
+        target=user,
+        changes={"email": email or UNRECORDED_NAME, "reason": reason or _failure_reason(user)},
+        ip_address=ip_address,
+        request=request,
+    )
+
+
+def audit_sign_in_throttled(
+    *, username: str | None, limit: str, refused_until: datetime, ip_address: str | None, request=None
+) -> None:
+    """Record that passwords are refused for an address or a network (``limit``) until ``refused_until``.
+
+    Written once per lock, not per refused attempt, so that hammering a locked door does not grow the log.
+    """
+    email = _typed_address(username)
+    user = get_user_model().objects.filter(email=email).first() if email else None
+    audit_record(
+        action=SIGN_IN_THROTTLED,
+        actor_label=NOT_SIGNED_IN,
+        target=user,
+        changes={"email": email or UNRECORDED_NAME, "limit": limit, "refused_until": refused_until},
+        ip_address=ip_address,
+        request=request,
+    )
+
+
+def sign_in_failure_times(
+    *, since: datetime, most: int, username: str | None = None, ip_address: str | None = None
+) -> list[datetime]:
+    """When passwords were refused since ``since``, newest first (at most ``most``), for the address typed
+    as ``username`` or else from ``ip_address``; empty for a name that is not an address (it is not recorded).
+
+    The admin counts these instead of its cache counters when the cache is down.
+    """
+    failures = AuditLog.objects.filter(action=SIGN_IN_FAILED, created_at__gte=since)
+    if username is not None:
+        email = _typed_address(username)
+        if email is None:
+            return []
+        failures = failures.filter(changes__email=email)
+    else:
+        failures = failures.filter(ip_address=ip_address) if ip_address else failures.filter(ip_address__isnull=True)
+    return list(failures.order_by("-created_at").values_list("created_at", flat=True)[:most])

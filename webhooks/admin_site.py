@@ -99,6 +99,23 @@ class HooklineAdminSite(admin.AdminSite):
         overview = platform_overview() if request.user.has_perms(OVERVIEW_PERMISSIONS) else None
         return super().index(request, {**(extra_context or {}), "overview": overview})
 
+    @property
+    def login_form(self):
+        # Imported when first asked for: the form's module imports the auth models (see the module docstring).
+        from webhooks.admin.login import AdminLoginForm
+
+        return AdminLoginForm
+
+    def login(self, request, extra_context=None):
+        response = super().login(request, extra_context)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        retry_after = form.retry_after_seconds() if hasattr(form, "retry_after_seconds") else None
+        if retry_after is not None:
+            # Still the sign-in page with its message, but a client or a monitor can tell it is a refusal.
+            response.status_code = 429
+            response["Retry-After"] = str(retry_after)
+        return response
+
 
 class HooklineAdminConfig(AdminConfig):
     default_site = "webhooks.admin_site.HooklineAdminSite"

@@ -1,0 +1,117 @@
+"""The admin's password sign-in: limited per address and per network, every refused password audited.
+
+The limits are the passwordless sign-in's counters in the cache (accounts.services). When the cache
+is down the admin must still let its operators in, so the same limits are counted instead from the
+refused passwords in the audit log, which every refusal writes to PostgreSQL anyway (Redis holds
+nothing that cannot be rebuilt from PostgreSQL). Only two things are lost meanwhile: a right password
+does not clear its address's earlier failures, and a lock's first refusal is not audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from accounts import services as sign_in
+from accounts.http import client_ip
+from organizations.team import audit_sign_in_failure, audit_sign_in_throttled, sign_in_failure_times
+
+logger = logging.getLogger(__name__)
+
+
+def admin_password_refused_until(*, username: str, ip_address: str | None, request=None) -> datetime | None:
+    """Until when passwords are refused for this address or network, or None to check this one.
+
+    The attempt is counted in the cache; with the cache down, the failures the audit log holds are counted.
+    """
+    try:
+        attempt = sign_in.admin_password_attempt(email=username, ip_address=ip_address)
+    except sign_in.SignInUnavailable:
+        return _refused_until_by_the_audit_log(username=username, ip_address=ip_address)
+    if attempt.refused_until is None:
+        return None
+    refused_until = datetime.fromtimestamp(attempt.refused_until, tz=UTC)
+    for limit in attempt.newly_locked:
+        audit_sign_in_throttled(
+            username=username, limit=limit, refused_until=refused_until, ip_address=ip_address, request=request
+        )
+    return refused_until
+
+
+def admin_password_accepted(*, username: str, ip_address: str | None) -> None:
+    try:
+        sign_in.admin_password_accepted(email=username, ip_address=ip_address)
+    except sign_in.SignInUnavailable:
+        pass  # the audit log's count has no reset: the failures age out of the window instead
+
+
+def _refused_until_by_the_audit_log(*, username: str, ip_address: str | None) -> datetime | None:
+    # A sliding window here: the latest failures within the window, and the oldest of them leaving it.
+    window = timedelta(seconds=settings.SIGN_IN_RATE_WINDOW_SECONDS)
+    since = _now() - window
+    limits = sign_in.admin_password_limits()
+    failures = {
+        "address": sign_in_failure_times(since=since, most=limits["address"], username=username),
+        "network": sign_in_failure_times(since=since, most=limits["network"], ip_address=ip_address),
+    }
+    reached = [times[-1] + window for scope, times in failures.items() if len(times) >= limits[scope]]
+    if not reached:
+        return None
+    logger.warning("admin password refused: the audit log holds too many recent failures (the cache is down)")
+    return max(reached)
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """Django's admin sign-in form, limited per address and per network before the password is checked."""
+
+    # Set when the attempt was refused without checking the password.
+    refused_until: datetime | None = None
+
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        if username is None or not self.cleaned_data.get("password"):
+            return super().clean()  # a field is missing: nothing is checked, so nothing is counted
+        ip_address = client_ip(self.request)
+        self.refused_until = admin_password_refused_until(
+            username=username, ip_address=ip_address, request=self.request
+        )
+        if self.refused_until is not None:
+            raise ValidationError(refusal_message(self.refused_until), code="throttled")
+        try:
+            super().clean()  # a wrong password sends user_login_failed, which organizations audits
+        except ValidationError:
+            if self.user_cache is not None:  # the password was right, but the account may not use the admin
+                audit_sign_in_failure(
+                    username=username, ip_address=ip_address, reason="not a staff account", request=self.request
+                )
+            raise
+        admin_password_accepted(username=username, ip_address=ip_address)
+        return self.cleaned_data
+
+    def retry_after_seconds(self) -> int | None:
+        if self.refused_until is None:
+            return None
+        return max(1, math.ceil((self.refused_until - _now()).total_seconds()))
+
+
+def _now() -> datetime:
+    # The sign-in counters' clock, which tests move instead of sleeping.
+    return datetime.fromtimestamp(sign_in.clock(), tz=UTC)
+
+
+def refusal_message(refused_until: datetime) -> str:
+    minutes = max(1, math.ceil((refused_until - _now()).total_seconds() / 60))
+    # Rounded up to the minute shown: trying at the minute named must work.
+    shown = refused_until + timedelta(seconds=59, microseconds=999_999)
+    return (
+        "Too many failed sign-in attempts for this address or from your network. "
+        f"Try again after {timezone.localtime(shown):%H:%M %Z} "
+        f"(in {minutes} minute{'s' if minutes != 1 else ''}). Until then every attempt is refused, "
+        "even with the right password."
+    )
