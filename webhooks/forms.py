@@ -65,7 +65,7 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
             secret = self.fields["secret"]
             if provider.secret_generated_by_us:
                 after = " Leave empty and Hookline generates one for you (shown once)."
-            elif getattr(provider, "setup_steps", ()):
+            elif provider.setup_steps:
                 # The steps above the form say whether the secret comes before or after the URL
                 # (Slack checks the URL at once, so there it must come first).
                 after = " Leave it empty only if the steps above say so; requests are refused until it is set."

@@ -143,6 +143,10 @@ class Provider:
     # Schemes signed with the provider's own private key: why Hookline cannot sign a test request,
     # and what the tenant can use instead (the test sender shows it).
     cannot_sign_reason: ClassVar[str] = ""
+    # The provider's own connection steps, in order: where the ingest URL and the secret go in its
+    # console and which comes first (Slack checks the URL the moment it is pasted). Shown on the
+    # source form and page and in docs/providers.md; without them those keep a general sentence.
+    setup_steps: ClassVar[tuple[str, ...]] = ()
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""

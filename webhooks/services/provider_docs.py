@@ -34,9 +34,9 @@ def render_provider_docs() -> str:
         lines.append(f"| `{kind}` | {provider.label} | {provider.docs_event_id} | {provider.docs_event_type} |")
     for kind, provider in PROVIDERS.items():
         lines += ["", f"## {provider.label} (`{kind}`)", ""]
-        steps = getattr(provider, "setup_steps", ())
-        if steps:
-            lines.append("- **Setup:** " + " ".join(f"({number}) {step}" for number, step in enumerate(steps, 1)))
+        if provider.setup_steps:
+            steps = enumerate(provider.setup_steps, 1)
+            lines.append("- **Setup:** " + " ".join(f"({number}) {step}" for number, step in steps))
         lines.append(f"- **Secret:** {provider.secret_help}")
         if provider.secret_generated_by_us:
             lines.append("  You choose it; leave it empty and Hookline generates one and shows it once.")

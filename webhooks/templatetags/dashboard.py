@@ -112,7 +112,7 @@ def option_value(value) -> str:
 def setup_steps(provider: Provider | None) -> tuple[str, ...]:
     """The provider's own connection steps, in order (where the URL goes, where the secret is, and
     which comes first); empty for providers that declare none, whose pages keep the general sentence."""
-    return tuple(getattr(provider, "setup_steps", ()) or ())
+    return provider.setup_steps if provider is not None else ()
 
 
 @register.filter
