@@ -239,6 +239,12 @@ class Provider:
         """A verified request that is a provider handshake gets this reply instead."""
         return None
 
+    def acknowledgement(self, request: InboundRequest) -> HandshakeResponse | None:
+        """The answer to a stored request, where the provider reads the answer's body and Hookline's
+        JSON would mean something else to it (Slack shows a slash command's answer to its user);
+        None for Hookline's usual {"id": …, "duplicate": …}. The event id then travels in headers."""
+        return None
+
     def unsigned_handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
     ) -> HandshakeResponse | None:

@@ -85,7 +85,9 @@ class SlackProvider(Provider):
         "Event Subscriptions → Enable Events → Request URL: paste the ingest URL; Slack should show Verified. "
         "Subscribe to the bot events you need, then Save Changes.",
         "Slash commands (each command's Request URL) and Interactivity & Shortcuts (Request URL) may use the same "
-        "ingest URL; the event type tells them apart (slash_command, block_actions, view_submission…). Their "
+        "ingest URL; the event type tells them apart (slash_command, block_actions, view_submission…). Hookline "
+        "answers them with an empty 200, so Slack shows the user nothing and closes a submitted modal; reply "
+        "from your destination through the payload's response_url. Their "
         "bodies reach your destinations form-encoded, as Slack sent them: the standardwebhooks package's "
         "verify() parses JSON after checking the signature, so call it with json_parse=False for these.",
         "If Slack says the URL did not answer the challenge, this source's rejected requests say why; fix it and "
@@ -144,6 +146,15 @@ class SlackProvider(Provider):
                 f"the v0 signature does not match the Signing Secret ({len([s for s in secrets if s])} secret(s) "
                 "tried); check the secret and that the raw body is unchanged",
             )
+
+    def acknowledgement(self, request: InboundRequest) -> HandshakeResponse | None:
+        """An empty 200 for slash commands and interactivity: Slack posts a non-empty answer to the
+        user who typed the command, and reads a modal submission's answer as instructions for the
+        modal. The Events API ignores the body, so it keeps Hookline's JSON."""
+        form = _form(request.body)
+        if form is not None and ("command" in form or "payload" in form):
+            return HandshakeResponse(200, b"", content_type="text/plain")
+        return None
 
     def handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]

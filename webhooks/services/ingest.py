@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 MASKED = "[masked]"
 
 
+# Where the answer's body is the provider's own (see Provider.acknowledgement), these headers say
+# what Hookline's JSON says otherwise; the test sender reads them.
+EVENT_ID_HEADER = "Hookline-Event-Id"
+DUPLICATE_HEADER = "Hookline-Duplicate"
+
+
 @dataclass(frozen=True)
 class IngestOutcome:
     """What the view answers: a JSON payload, or a provider handshake reply."""
@@ -181,7 +187,11 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
     event_id, inserted = stored
-    return IngestOutcome(200, {"id": str(event_id), "duplicate": not inserted}, after_answer=record_match)
+    stored_as = {"id": str(event_id), "duplicate": not inserted}
+    acknowledgement = provider.acknowledgement(request)
+    if acknowledgement is not None:
+        return IngestOutcome(acknowledgement.status, stored_as, handshake=acknowledgement, after_answer=record_match)
+    return IngestOutcome(200, stored_as, after_answer=record_match)
 
 
 def _secret_match_recorder(source: Source, secrets: Sequence[str], matched: int | None) -> Callable[[], None] | None:

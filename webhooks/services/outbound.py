@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ class OutboundResponse:
     duration_ms: int
     error: str = ""
     retry_after: float | None = None  # seconds the receiver asked us to wait
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; kept only by post_to_hookline
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -618,4 +619,5 @@ def post_to_hookline(url: str, *, body: bytes, headers: dict[str, str], timeout:
         status=response.status,
         body=response.data[: settings.DELIVERY_RESPONSE_BODY_MAX_BYTES].decode("utf-8", errors="replace"),
         duration_ms=int((time.monotonic() - started) * 1000),
+        headers={name.lower(): value for name, value in response.headers.items()},
     )

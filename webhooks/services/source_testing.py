@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from organizations.services import audit_record
 from webhooks.models import Source, WebhookEvent
 
+from .ingest import DUPLICATE_HEADER, EVENT_ID_HEADER
 from .outbound import OutboundResponse, post_to_hookline
 from .permissions import require_configure_role
 from .sample_sender import build_test_request
@@ -51,6 +52,9 @@ def source_send_test_event(
         answer = None
     if not isinstance(answer, dict):
         answer = {}
+    event_id_header = response.headers.get(EVENT_ID_HEADER.lower())
+    if event_id_header:  # answered in the provider's own form (Slack's empty 200)
+        answer = {"id": event_id_header, "duplicate": response.headers.get(DUPLICATE_HEADER.lower()) == "true"}
     answered_id = answer.get("id")
     if answered_id:
         event = WebhookEvent.objects.filter(organization_id=source.organization_id, pk=answered_id).first()

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import time
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 from cryptography import x509
@@ -326,3 +326,44 @@ def test_paystack_steps_and_resends(client, owner, organization):
     assert first.status_code == 200 and first.json()["duplicate"] is False
     resend = post(client, source, body, {"x-paystack-signature": signature})
     assert resend.json() == {"id": first.json()["id"], "duplicate": True}
+
+
+# --- Slack reads the answer to a slash command or an interaction: it gets an empty 200 ------------------
+
+SLASH_COMMAND = (
+    b"token=gIkuvaNzQIHg97ATvDxqgjtO&team_id=T0001&team_domain=example&channel_id=C2147483705"
+    b"&user_id=U2147483697&user_name=Steve&command=%2Fdeploy&text=prod&trigger_id=13345224609.738474920.8088930838d88f008e0"
+    b"&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1234%2F5678"
+)
+
+
+def test_slash_commands_and_interactions_get_an_empty_200_that_slack_shows_no_one(client, organization):
+    # A non-empty answer is posted to the user who typed the command (and read as instructions
+    # for a modal on a view_submission); the event id travels in headers instead.
+    source = make_source(organization, provider="slack", secret=SLACK_SECRET)
+    form = "application/x-www-form-urlencoded"
+    interaction = b"payload=" + quote(json.dumps({"type": "view_submission", "trigger_id": "1.2.3"})).encode()
+    for body in (SLASH_COMMAND, interaction):
+        answer = post(client, source, body, slack_headers(body), content_type=form)
+        assert (answer.status_code, answer.content) == (200, b"")
+        event = WebhookEvent.objects.get(pk=answer["Hookline-Event-Id"])
+        assert event.body == body and answer["Hookline-Duplicate"] == "false"
+        again = post(client, source, body, slack_headers(body, **{"X-Slack-Retry-Num": "1"}), content_type=form)
+        assert (again.content, again["Hookline-Event-Id"], again["Hookline-Duplicate"]) == (b"", str(event.pk), "true")
+
+    # The Events API ignores the body: it keeps Hookline's JSON, without the headers.
+    body = json.dumps({"type": "event_callback", "event_id": "Ev0ACK", "event": {"type": "app_mention"}}).encode()
+    answer = post(client, source, body, slack_headers(body))
+    assert answer.json()["duplicate"] is False and "Hookline-Event-Id" not in answer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_test_sender_finds_the_event_of_an_empty_slack_answer(live_server, settings, organization):
+    from webhooks.services.source_testing import source_send_test_event
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, provider="slack", secret=SLACK_SECRET)
+    result = source_send_test_event(source=source, body=SLASH_COMMAND)
+    assert (result.response.status, result.response.body) == (200, "")
+    assert result.event == WebhookEvent.objects.get(source=source) and result.duplicate is False
+    assert source_send_test_event(source=source, body=SLASH_COMMAND).duplicate is True

@@ -11,7 +11,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from accounts.http import client_ip
-from webhooks.services.ingest import ingest_request
+from webhooks.services.ingest import DUPLICATE_HEADER, EVENT_ID_HEADER, ingest_request
 
 
 class AlwaysJSON(BaseContentNegotiation):
@@ -81,6 +81,9 @@ class IngestView(APIView):
             response = IngestAnswer(
                 outcome.handshake.body, status=outcome.status_code, content_type=outcome.handshake.content_type
             )
+            if "id" in outcome.payload:  # a stored request answered in the provider's own form
+                response[EVENT_ID_HEADER] = outcome.payload["id"]
+                response[DUPLICATE_HEADER] = "true" if outcome.payload["duplicate"] else "false"
         else:
             response = _json(outcome.status_code, outcome.payload)
         response.after_answer = outcome.after_answer
