@@ -120,14 +120,22 @@ class EventPage:
     next_before: uuid.UUID | None
 
 
+# A compound provider id is found by its first part (a Twilio message SID finds "SM…:<hash>")
+# from this length on: shorter texts are not an id anyone holds.
+ID_PREFIX_SEARCH_MIN_LENGTH = 6
+
+
 def events_with_id(text: str, *, organization: Organization | None) -> Q:
     """Events that an id names: the provider's (or the one a rejected request claims), our event
-    id, or a delivery's id (a replay's webhook-id). Exact lookups on indexes, never a LIKE scan.
+    id, or a delivery's id (a replay's webhook-id). Index lookups, never a scan: exact ones, and
+    the provider id's start up to a colon on its pattern index.
 
     ``organization`` None is the platform admin's search, across organizations.
     """
     text = text.strip()
     matches = Q(provider_event_id=text) | Q(claimed_event_id=text)
+    if len(text) >= ID_PREFIX_SEARCH_MIN_LENGTH and not text.endswith(":"):
+        matches |= Q(provider_event_id__startswith=text + ":")
     our_id = parse_event_id(text)
     if our_id is not None:
         matches |= Q(id=our_id)

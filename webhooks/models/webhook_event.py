@@ -52,7 +52,11 @@ class WebhookEvent(models.Model):
             models.Index(fields=("organization", "source", "-id"), name="event_org_source_id"),
             models.Index(fields=("organization", "event_type", "-id"), name="event_org_type_id"),
             # Alone, so the admin finds a provider id across tenants; the dashboard adds the organization.
-            models.Index(fields=("provider_event_id",), name="event_provider_id"),
+            # Pattern operators, so that it also serves a search by the start of a compound id (a
+            # Twilio message SID finds its "SM…:<hash>" events); equality is served as before.
+            models.Index(
+                fields=("provider_event_id",), name="event_provider_id_prefix", opclasses=["varchar_pattern_ops"]
+            ),
             models.Index(
                 fields=("claimed_event_id",),
                 condition=models.Q(claimed_event_id__isnull=False),
