@@ -158,7 +158,7 @@ class TwilioProvider(Provider):
         "sorted, each name's values sorted and de-duplicated, name+value with no separators; the Sid is the first "
         'CallSid, MessageSid, SmsMessageSid or SmsSid found in that string), or "sha256:<hex>" of it without '
         "one. Every body that verifies under one signature (re-encoded, repeated values, parameters split "
-        "differently) gets the same id, so a replayed signature is a duplicate. JSON bodies with bodySHA256 (the "
+        "differently) gets the same id, so a replayed signature is a duplicate; searching events for the Sid alone finds them all. JSON bodies with bodySHA256 (the "
         "signature binds their bytes): CloudEvents' `id` (first event of a batch) [UNCONFIRMED], other objects "
         '"<MessageSid or CallSid>:<hex SHA-256 of the body>". The I-Twilio-Idempotency-Token header is not used: '
         "it is not signed."
