@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import operator
 import random
 import time
 from collections import defaultdict
@@ -21,11 +20,10 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import reduce
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Q, Subquery, When
+from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -662,48 +660,46 @@ def _record_results(
 
     A recording whose COMMIT went through but whose reply was lost looks failed to the caller,
     who records it again (record_results' fallbacks at once, the dispatcher once the database is
-    back): the second time its claim is no longer held and its attempt is already on record, so
-    it writes nothing, moves no delivery and counts nothing against the destination again.
+    back): the second time its delivery is no longer in flight on its claim and its attempt is
+    already on record, so it writes nothing, moves no delivery and counts nothing against the
+    destination again. Told by the guarded UPDATE's count, so the usual batch pays no extra query.
     """
     now = timezone.now()
     health: dict[int, list[bool]] = defaultdict(list)
+    # The same send handed in twice in one batch is one send.
+    sends = list({_claim_of(delivery): (delivery, result) for delivery, result in results}.values())
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-        held = _claims_still_held(results)
-        decided = [
-            (
-                delivery,
-                result,
-                decide_outcome(
-                    result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
-                ),
-            )
-            for delivery, result in results
-        ]
         # Deliveries that end the same way share one UPDATE (a batch of successes is one query).
-        same_outcome: dict[tuple, list[Delivery]] = defaultdict(list)
-        for delivery, result, outcome in decided:
-            # Only our claim may be finished: if the sweeper released it meanwhile (and another
-            # dispatcher claimed it again), that newer claim's own result decides, not this one.
-            if _claim_of(delivery) not in held:
-                continue
+        same_outcome: dict[tuple, list[tuple[Delivery, SendResult, Outcome]]] = defaultdict(list)
+        for delivery, result in sends:
+            outcome = decide_outcome(
+                result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
+            )
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
-            same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append(delivery)
-        for (claimed_at, *fields_items), deliveries in same_outcome.items():
-            Delivery.objects.filter(
-                pk__in=[d.pk for d in deliveries], status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at
+            same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append((delivery, result, outcome))
+        unrecorded: list[tuple[Delivery, SendResult, Outcome]] = []
+        not_all_finished: list[tuple[Delivery, SendResult, Outcome]] = []
+        for (claimed_at, *fields_items), group in same_outcome.items():
+            # Only our claim may be finished: if the sweeper released it meanwhile (and another
+            # dispatcher claimed it again), that newer claim's own result decides, not this one.
+            # A row another recording of the same send holds is waited for, then seen finished.
+            finished = Delivery.objects.filter(
+                pk__in=[delivery.pk for delivery, _, _ in group],
+                status=Delivery.Status.IN_FLIGHT,
+                claimed_at=claimed_at,
             ).update(**dict(fields_items))
-        # A send whose claim was lost still happened: it stays on record under its own attempt
-        # number (the newer claim has the next one), unless an earlier recording of it committed.
-        on_record = _attempts_on_record([d for d, _ in results if _claim_of(d) not in held])
-        unrecorded = [
-            (delivery, result, outcome)
-            for delivery, result, outcome in decided
-            if _claim_of(delivery) in held or (delivery.pk, delivery.attempt_count) not in on_record
-        ]
+            (unrecorded if finished == len(group) else not_all_finished).extend(group)
+        if not_all_finished:
+            # Some were no longer ours to finish: recorded already (a COMMIT whose reply was lost),
+            # or released and claimed again. A send still happened either way, so it stays on
+            # record under its own attempt number (a newer claim has the next one), unless an
+            # earlier recording of it committed. Rare: the usual batch costs no query for this.
+            on_record = _attempts_on_record([delivery for delivery, _, _ in not_all_finished])
+            unrecorded += [send for send in not_all_finished if (send[0].pk, send[0].attempt_count) not in on_record]
         DeliveryAttempt.objects.bulk_create(
             [
                 DeliveryAttempt(
@@ -733,8 +729,8 @@ def _record_results(
             if _update_destination_health(destination_id, successes, now)
         ]
     # Only once committed: should this fail, the objects keep their claim for a retry of the recording.
-    for (_, *fields_items), deliveries in same_outcome.items():
-        for delivery in deliveries:
+    for (_, *fields_items), group in same_outcome.items():
+        for delivery, _, _ in group:
             for name, value in fields_items:
                 setattr(delivery, name, value)
     for destination_id in paused:
@@ -745,26 +741,6 @@ def _record_results(
 def _claim_of(delivery: Delivery) -> tuple:
     """What tells one claim of a delivery from the next: each claim dates it and counts one more attempt."""
     return (delivery.pk, delivery.claimed_at, delivery.attempt_count)
-
-
-def _claims_still_held(results: list[tuple[Delivery, SendResult]]) -> set[tuple]:
-    """The claims (see _claim_of) of the deliveries still in flight on the claim they were sent
-    under, locked until the recording commits.
-
-    A delivery already recorded or released is no longer in flight; one claimed again since is
-    on a later date, and its row is left alone for the dispatcher that holds it. Locked in id
-    order, so that two recordings cannot deadlock.
-    """
-    sent_under: dict[object, list] = defaultdict(list)
-    for delivery, _ in results:
-        sent_under[delivery.claimed_at].append(delivery.pk)
-    claims = reduce(operator.or_, (Q(claimed_at=claimed_at, pk__in=pks) for claimed_at, pks in sent_under.items()))
-    return set(
-        Delivery.objects.select_for_update(no_key=True)
-        .filter(claims, status=Delivery.Status.IN_FLIGHT)
-        .order_by("pk")
-        .values_list("pk", "claimed_at", "attempt_count")
-    )
 
 
 def _attempts_on_record(deliveries: list[Delivery]) -> set[tuple]:
