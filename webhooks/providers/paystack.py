@@ -67,7 +67,7 @@ class PaystackProvider(Provider):
         "sha256(body)>', e.g. charge.success:302961:1a2b…; the event name keeps ids of different object kinds "
         "apart and the body digest keeps repeated notifications about one object (invoice.update, "
         "charge.dispute.remind) apart while identical retries stay duplicates; sha256:<hex of body> when data "
-        "has neither field"
+        "has neither field. Searching events for '<event>:<id>' (charge.success:302961) finds them"
     )
     docs_event_type = "payload `event`, e.g. charge.success"
 

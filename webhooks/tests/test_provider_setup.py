@@ -411,3 +411,18 @@ def test_the_prefix_search_is_an_index_lookup():
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "event_provider_id_prefix" in plan, plan
+
+
+def test_a_paystack_event_and_object_id_find_its_notifications(client, owner, organization):
+    source = make_source(organization, provider="paystack", secret=PAYSTACK_KEY)
+    stored = []
+    for status in ("success", "success-again"):
+        body = json.dumps({"event": "charge.success", "data": {"id": 302961, "status": status}}).encode()
+        signature = hmac.new(PAYSTACK_KEY.encode(), body, hashlib.sha512).hexdigest()
+        stored.append(post(client, source, body, {"X-Paystack-Signature": signature}).json()["id"])
+    client.force_login(owner)
+    events = reverse("dashboard:events", args=["acme"])
+    found = re.findall(
+        r'href="/o/acme/events/([0-9a-f-]{36})/"', page_text(client.get(events, {"q": "charge.success:302961"}))
+    )
+    assert sorted(set(found)) == sorted(stored)
