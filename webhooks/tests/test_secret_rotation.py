@@ -412,3 +412,23 @@ def test_a_record_never_waits_for_a_locked_source_row(organization, caplog):
             cursor.execute("RESET lock_timeout")
     assert not caplog.records  # skipped at once, not given up on after a lock timeout
     assert _matched_times(source) == (None, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hooklines_own_test_events_do_not_count_as_the_provider_switching(
+    client, owner, rotated, live_server, settings
+):
+    # They are signed with the current secret whatever the provider uses: counted, one would have
+    # the tenant stop the previous secret while the provider still signs with it.
+    from webhooks.services.source_testing import source_send_test_event
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    result = source_send_test_event(source=Source.objects.get(pk=rotated.pk))
+    assert result.response.status == 200 and result.event is not None
+    assert result.event.headers.get("Hookline-Test-Event") == "true"  # kept, and forwarded with the event
+    assert _matched_times(rotated) == (None, None)
+    assert "The current secret has not matched any request since the rotation." in _source_page(client, owner, rotated)
+
+    # The provider's own request with the current secret still counts.
+    assert post_stripe(client, rotated, _stripe_body("evt_provider_new"), NEW_STRIPE_SECRET).status_code == 200
+    assert _matched_times(rotated)[0] is not None
