@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -127,6 +128,26 @@ def _code_tries_key(email_digest: str) -> str:
     return CODE_TRIES_KEY.format(f"{email_digest}:{int(clock() // window)}")
 
 
+# One IPv6 client is handed a whole /64 (SLAAC, privacy addresses): counted by address, a limit
+# "per IP" would be stepped around by changing the last 64 bits.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_network(ip_address: str | None) -> str:
+    """What the per-IP limits count: an IPv4 address, or the /64 an IPv6 address is in."""
+    if not ip_address:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip_address)
+    except ValueError:
+        return "unknown"
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:  # an IPv4 client: not one /64 shared by all of them
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+
+
 def _count(key: str, *, ttl: int) -> int:
     if cache.add(key, 1, timeout=ttl):
         return 1
@@ -156,7 +177,7 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
     email_digest = _sha256(email)
     if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
         raise RateLimited
-    if not _within_limit("ip", ip_address or "unknown", settings.SIGN_IN_REQUESTS_PER_IP):
+    if not _within_limit("ip", client_network(ip_address), settings.SIGN_IN_REQUESTS_PER_IP):
         raise RateLimited
 
     token = secrets.token_urlsafe(32)
@@ -292,7 +313,7 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     """
     email = canonical_email(email)
     email_digest = _sha256(email)
-    if not _within_limit("code-ip", ip_address or "unknown", settings.SIGN_IN_CODE_TRIES_PER_IP):
+    if not _within_limit("code-ip", client_network(ip_address), settings.SIGN_IN_CODE_TRIES_PER_IP):
         raise RateLimited
     code_key = CODE_KEY.format(email_digest)
     tries = _count(_code_tries_key(email_digest), ttl=settings.SIGN_IN_RATE_WINDOW_SECONDS)
@@ -327,7 +348,7 @@ def _password_keys(email: str, ip_address: str | None) -> dict[str, str]:
     window_number = int(clock() // settings.SIGN_IN_RATE_WINDOW_SECONDS)
     return {
         "address": PASSWORD_KEY.format("address", _sha256(canonical_email(email)), window_number),
-        "network": PASSWORD_KEY.format("network", ip_address or "unknown", window_number),
+        "network": PASSWORD_KEY.format("network", client_network(ip_address), window_number),
     }
 
 

@@ -257,9 +257,15 @@ INVITATIONS_PER_HOUR = env.int("INVITATIONS_PER_HOUR", default=50)
 
 # --- Secrets at rest ----------------------------------------------------------
 # Comma-separated Fernet keys, newest first. Embedded mode derives one from
-# SECRET_KEY so that `make run` works with no configuration at all.
+# SECRET_KEY so that `make run` works with no configuration at all, and one from each of
+# SECRET_KEY_FALLBACKS: a SECRET_KEY changed as the README says must not leave the secrets
+# stored under the old one undecryptable (every webhook of a source with a secret would fail);
+# `manage.py rotate_encryption_keys` moves them to the new key before the old one is dropped.
 if EMBEDDED and "FIELD_ENCRYPTION_KEYS" not in env:
-    FIELD_ENCRYPTION_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
+    FIELD_ENCRYPTION_KEYS = [
+        base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()).decode()
+        for key in [SECRET_KEY, *SECRET_KEY_FALLBACKS]
+    ]
 else:
     FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")
 # A blank or mistyped secret must stop start-up (and the release phase) here: found later, it

@@ -225,6 +225,15 @@ def test_sign_in_emails_are_limited_per_ip(client, settings, db):
     assert ask(Client(REMOTE_ADDR="10.1.2.3"), "person9@example.com").status_code == 302
 
 
+def test_sign_in_emails_are_limited_per_ipv6_64_not_per_address_within_it(settings, db):
+    # An IPv6 client holds a whole /64: another address of it is the same client.
+    settings.SIGN_IN_REQUESTS_PER_IP = 3
+    for n in range(3):
+        assert ask(Client(REMOTE_ADDR=f"2001:db8:5:6::{n + 1}"), f"person{n}@example.com").status_code == 302
+    assert ask(Client(REMOTE_ADDR="2001:db8:5:6:ffff::9"), "person9@example.com").status_code == 429
+    assert ask(Client(REMOTE_ADDR="2001:db8:5:7::1"), "person9@example.com").status_code == 302
+
+
 def test_code_tries_are_limited_per_ip(owner, settings):
     settings.SIGN_IN_CODE_TRIES_PER_IP = 3
     browsers = [Client() for _ in range(4)]

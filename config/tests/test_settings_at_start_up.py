@@ -91,3 +91,46 @@ def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
 def test_earlier_secret_keys_are_read_from_the_environment():
     assert settings_read()["fallbacks"] == []
     assert settings_read(SECRET_KEY_FALLBACKS="old-key-one,old-key-two")["fallbacks"] == ["old-key-one", "old-key-two"]
+
+
+ENCRYPT_OR_DECRYPT = (
+    "import sys, django; django.setup(); from webhooks.fields import fernet; "
+    "print(fernet().encrypt(b'whsec_stored').decode() if sys.argv[1] == 'encrypt' else fernet().decrypt(sys.argv[1]))"
+)
+
+
+def embedded(tmp_path, *arguments, **variables):
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(Path.home()),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "HOOKLINE_VAR_DIR": str(tmp_path),
+        **variables,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", ENCRYPT_OR_DECRYPT, *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_embedded_secrets_stay_readable_when_the_secret_key_changes_through_the_fallbacks(tmp_path):
+    # Embedded mode derives its encryption key from SECRET_KEY: changing the key as the README says
+    # (the old one moved to SECRET_KEY_FALLBACKS) must not leave the stored source secrets unreadable.
+    stored = embedded(tmp_path, "encrypt", SECRET_KEY="the-first-embedded-key")
+    assert stored.returncode == 0, stored.stderr
+
+    read = embedded(
+        tmp_path,
+        stored.stdout.strip(),
+        SECRET_KEY="the-second-embedded-key",
+        SECRET_KEY_FALLBACKS="the-first-embedded-key",
+    )
+
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "b'whsec_stored'"
+    # Without the old key listed the secret is unreadable, as before: the fallback is what keeps it.
+    assert embedded(tmp_path, stored.stdout.strip(), SECRET_KEY="the-second-embedded-key").returncode != 0

@@ -644,6 +644,37 @@ def test_a_stale_result_and_its_deliverys_newer_claim_in_one_batch_are_both_reco
     assert list(current.attempts.values_list("attempt_number", "response_status")) == [(1, None), (2, 200)]
 
 
+def test_a_batch_sharing_one_update_with_a_send_recorded_before_records_only_the_others(
+    client, organization, httpserver
+):
+    # Claimed together and ending the same way, the two sends share one guarded UPDATE; the first
+    # was recorded before (its batch then failed partway, say), so that UPDATE finishes one row of
+    # two, and which send still needs its attempt is told from the attempts on record.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest_many(client, source, 2)
+    first, second = delivery_service.claim_due_deliveries(2)
+    assert first.claimed_at == second.claimed_at
+    held_by_the_caller = Delivery.objects.select_related("event", "destination").get(pk=first.pk)
+
+    def ok():
+        return delivery_service.SendResult(timezone.now(), {}, OutboundResponse(status=200, body="", duration_ms=1))
+
+    first_result = ok()
+    delivery_service.record_results([(first, first_result)])
+    recorded_first = delivery_rows()[first.pk]
+
+    delivery_service.record_results([(held_by_the_caller, first_result), (second, ok())])
+
+    assert delivery_rows()[first.pk] == recorded_first
+    assert Delivery.objects.get(pk=second.pk).status == "succeeded"
+    assert sorted(DeliveryAttempt.objects.values_list("delivery_id", "attempt_number")) == [
+        (first.pk, 1),
+        (second.pk, 1),
+    ]
+    assert Destination.objects.get(pk=destination.pk).consecutive_failures == 0
+
+
 def test_retention_keeps_events_not_yet_delivered(client, organization, httpserver):
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/paused"), sources=[source])
