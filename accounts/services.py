@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -344,12 +345,46 @@ class PasswordAttempt:
     newly_locked: tuple[str, ...] = ()
 
 
-def _password_keys(email: str, ip_address: str | None) -> dict[str, str]:
+def _password_keys(email: str, ip_address: str | None, device: str | None = None) -> dict[str, str]:
     window_number = int(clock() // settings.SIGN_IN_RATE_WINDOW_SECONDS)
+    if device is not None:
+        # A browser this address signed in from before: counted on its own (see admin_device_for).
+        return {"address": PASSWORD_KEY.format("device", _sha256(device), window_number)}
     return {
         "address": PASSWORD_KEY.format("address", _sha256(canonical_email(email)), window_number),
         "network": PASSWORD_KEY.format("network", client_network(ip_address), window_number),
     }
+
+
+# A browser that signed in to the admin gets a signed cookie naming its address (OWASP's "device
+# cookie"). Its attempts for that address are counted against that browser alone, not against the
+# address or the network: whoever knows an admin's address can then lock out new browsers only,
+# never one the admin has used, and a stolen cookie still gets SIGN_IN_CODE_MAX_ATTEMPTS a window.
+ADMIN_DEVICE_COOKIE = "hookline_admin_device"
+ADMIN_DEVICE_SALT = "hookline.accounts.admin-device"
+ADMIN_DEVICE_MAX_AGE = 365 * 24 * 3600
+
+
+def admin_device_cookie_value(email: str) -> str:
+    """A new device cookie for a browser that just signed in as ``email``."""
+    return signing.dumps(
+        {"address": _sha256(canonical_email(email)), "device": secrets.token_urlsafe(16)}, salt=ADMIN_DEVICE_SALT
+    )
+
+
+def admin_device_for(cookie: str | None, email: str) -> str | None:
+    """The device id of a valid cookie for ``email``, else None (another address, forged, expired)."""
+    if not cookie:
+        return None
+    try:
+        value = signing.loads(cookie, salt=ADMIN_DEVICE_SALT, max_age=ADMIN_DEVICE_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("device"), str):
+        return None
+    if not hmac.compare_digest(str(value.get("address", "")), _sha256(canonical_email(email))):
+        return None
+    return value["device"]
 
 
 def admin_password_limits() -> dict[str, int]:
@@ -358,7 +393,7 @@ def admin_password_limits() -> dict[str, int]:
 
 
 @_admin_needs_the_cache
-def admin_password_attempt(*, email: str, ip_address: str | None) -> PasswordAttempt:
+def admin_password_attempt(*, email: str, ip_address: str | None, device: str | None = None) -> PasswordAttempt:
     """Count a password attempt at the admin for the network and the address; refused past either limit.
 
     Counted before the password is checked, by atomic increments, so that concurrent guesses cannot all
@@ -369,8 +404,14 @@ def admin_password_attempt(*, email: str, ip_address: str | None) -> PasswordAtt
     """
     window = settings.SIGN_IN_RATE_WINDOW_SECONDS
     limits = admin_password_limits()
-    keys = _password_keys(email, ip_address)
+    keys = _password_keys(email, ip_address, device)
     refused_until = (int(clock() // window) + 1) * window
+    if device is not None:  # a known browser: its own count only (see ADMIN_DEVICE_COOKIE)
+        by_device = _count(keys["address"], ttl=window)
+        if by_device > limits["address"]:
+            newly_locked = ("device",) if by_device == limits["address"] + 1 else ()
+            return PasswordAttempt(refused_until=refused_until, newly_locked=newly_locked)
+        return PasswordAttempt(refused_until=None)
     # The network first: a network past its limit must not go on locking addresses out.
     by_network = _count(keys["network"], ttl=window)
     if by_network > limits["network"]:
@@ -393,15 +434,17 @@ def _uncount(key: str) -> None:
 
 
 @_admin_needs_the_cache
-def admin_password_accepted(*, email: str, ip_address: str | None) -> None:
-    """A right password: the address starts afresh, and the attempt no longer counts against the network.
+def admin_password_accepted(*, email: str, ip_address: str | None, device: str | None = None) -> None:
+    """A right password: the address (or the known browser) starts afresh, and the attempt no longer
+    counts against the network.
 
     The network keeps its other failures: colleagues behind one address signing in must not clear
     someone else's guesses.
     """
-    keys = _password_keys(email, ip_address)
+    keys = _password_keys(email, ip_address, device)
     cache.delete(keys["address"])
-    _uncount(keys["network"])
+    if "network" in keys:
+        _uncount(keys["network"])
 
 
 def sessions_revoke_all(*, user, request=None) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
+from django.urls import reverse
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,21 @@ class HooklineAdminSite(admin.AdminSite):
         return AdminLoginForm
 
     def login(self, request, extra_context=None):
+        from accounts import services as sign_in  # imports the auth models (see the module docstring)
+
         response = super().login(request, extra_context)
+        if request.method == "POST" and request.user.is_authenticated and response.status_code == 302:
+            # This browser is now known for this address: a stranger's failures cannot lock it out.
+            response.set_cookie(
+                sign_in.ADMIN_DEVICE_COOKIE,
+                sign_in.admin_device_cookie_value(request.user.email),
+                max_age=sign_in.ADMIN_DEVICE_MAX_AGE,
+                path=reverse("admin:index"),
+                secure=settings.SESSION_COOKIE_SECURE,
+                httponly=True,
+                samesite="Lax",
+            )
+            return response
         form = (getattr(response, "context_data", None) or {}).get("form")
         retry_after = form.retry_after_seconds() if hasattr(form, "retry_after_seconds") else None
         if retry_after is not None:

@@ -25,15 +25,18 @@ from organizations.team import audit_sign_in_failure, audit_sign_in_throttled, s
 logger = logging.getLogger(__name__)
 
 
-def admin_password_refused_until(*, username: str, ip_address: str | None, request=None) -> datetime | None:
-    """Until when passwords are refused for this address or network, or None to check this one.
+def admin_password_refused_until(
+    *, username: str, ip_address: str | None, device: str | None = None, request=None
+) -> datetime | None:
+    """Until when passwords are refused for this address or network (or this known browser, see
+    accounts.services.ADMIN_DEVICE_COOKIE), or None to check this one.
 
     The attempt is counted in the cache; with the cache down, the failures the audit log holds are counted.
     """
     try:
-        attempt = sign_in.admin_password_attempt(email=username, ip_address=ip_address)
+        attempt = sign_in.admin_password_attempt(email=username, ip_address=ip_address, device=device)
     except sign_in.SignInUnavailable:
-        return _refused_until_by_the_audit_log(username=username, ip_address=ip_address)
+        return _refused_until_by_the_audit_log(username=username, ip_address=ip_address, device=device)
     if attempt.refused_until is None:
         return None
     refused_until = datetime.fromtimestamp(attempt.refused_until, tz=UTC)
@@ -44,22 +47,23 @@ def admin_password_refused_until(*, username: str, ip_address: str | None, reque
     return refused_until
 
 
-def admin_password_accepted(*, username: str, ip_address: str | None) -> None:
+def admin_password_accepted(*, username: str, ip_address: str | None, device: str | None = None) -> None:
     try:
-        sign_in.admin_password_accepted(email=username, ip_address=ip_address)
+        sign_in.admin_password_accepted(email=username, ip_address=ip_address, device=device)
     except sign_in.SignInUnavailable:
         pass  # the audit log's count has no reset: the failures age out of the window instead
 
 
-def _refused_until_by_the_audit_log(*, username: str, ip_address: str | None) -> datetime | None:
+def _refused_until_by_the_audit_log(*, username: str, ip_address: str | None, device: str | None) -> datetime | None:
     # A sliding window here: the latest failures within the window, and the oldest of them leaving it.
+    # The log has no count per browser: a known one is held to its network's limit only, so that a
+    # stranger's failures for the address do not lock the admin out during the outage either.
     window = timedelta(seconds=settings.SIGN_IN_RATE_WINDOW_SECONDS)
     since = _now() - window
     limits = sign_in.admin_password_limits()
-    failures = {
-        "address": sign_in_failure_times(since=since, most=limits["address"], username=username),
-        "network": sign_in_failure_times(since=since, most=limits["network"], ip_address=ip_address),
-    }
+    failures = {"network": sign_in_failure_times(since=since, most=limits["network"], ip_address=ip_address)}
+    if device is None:
+        failures["address"] = sign_in_failure_times(since=since, most=limits["address"], username=username)
     reached = [times[-1] + window for scope, times in failures.items() if len(times) >= limits[scope]]
     if not reached:
         return None
@@ -78,8 +82,9 @@ class AdminLoginForm(AdminAuthenticationForm):
         if username is None or not self.cleaned_data.get("password"):
             return super().clean()  # a field is missing: nothing is checked, so nothing is counted
         ip_address = client_ip(self.request)
+        device = sign_in.admin_device_for(self.request.COOKIES.get(sign_in.ADMIN_DEVICE_COOKIE), username)
         self.refused_until = admin_password_refused_until(
-            username=username, ip_address=ip_address, request=self.request
+            username=username, ip_address=ip_address, device=device, request=self.request
         )
         if self.refused_until is not None:
             raise ValidationError(refusal_message(self.refused_until), code="throttled")
@@ -91,7 +96,7 @@ class AdminLoginForm(AdminAuthenticationForm):
                     username=username, ip_address=ip_address, reason="not a staff account", request=self.request
                 )
             raise
-        admin_password_accepted(username=username, ip_address=ip_address)
+        admin_password_accepted(username=username, ip_address=ip_address, device=device)
         return self.cleaned_data
 
     def retry_after_seconds(self) -> int | None:

@@ -365,29 +365,60 @@ def test_an_ipv6_client_cannot_step_around_the_network_limit_within_its_own_64(r
     assert all(wrong(answer) for answer in mapped)
 
 
-# --- Open findings of the review (strict xfail: each passes once its fix lands, and must then lose its mark) ---
+# --- A stranger who knows the admins' addresses cannot lock out the browsers they use --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: anyone who knows the admins' addresses keeps every one of them locked out, right password "
-    "and own network included, with six requests per address per window from a single network",
-)
-def test_a_stranger_cannot_lock_every_admin_out(root, other_admin, clock, settings):
-    admins = {ROOT: ROOT_PASSWORD, OTHER: OTHER_PASSWORD}
-    for number in range(4):
-        address = f"admin{number}@hookline.example"
-        get_user_model().objects.create_superuser(address, f"passphrase number {number} of four")
-        admins[address] = f"passphrase number {number} of four"
+def test_a_stranger_cannot_lock_an_admin_out_of_a_browser_they_signed_in_from(root, other_admin, clock, settings):
+    # Each admin signed in before, from their own browser, which keeps a device cookie.
+    browsers = {}
+    for address, password in ((ROOT, ROOT_PASSWORD), (OTHER, OTHER_PASSWORD)):
+        browser, response = log_in(address, password, ip="203.0.113.7")
+        cookie = response.cookies[services.ADMIN_DEVICE_COOKIE]
+        assert cookie["httponly"] and cookie["path"] == "/admin/" and cookie["samesite"] == "Lax"
+        browser.post(reverse("admin:logout"))
+        browsers[address] = browser
     # Default limits (5 per address, 30 per network): one network, never signed in, knocks on each door.
-    for address in admins:
+    for address in browsers:
         for _ in range(settings.SIGN_IN_CODE_MAX_ATTEMPTS + 1):
             log_in(address, WRONG, ip="198.51.100.66")
 
-    # Each admin then tries the right password from their own, innocent network.
-    verdicts = [
-        log_in(address, password, ip=f"203.0.113.{number + 1}")[1]
-        for number, (address, password) in enumerate(admins.items())
-    ]
+    # The admins' own browsers still get in, from any network; a browser they never used is locked out.
+    for number, (address, password) in enumerate(((ROOT, ROOT_PASSWORD), (OTHER, OTHER_PASSWORD))):
+        browser, response = log_in(address, password, ip=f"192.0.2.{number + 1}", client=browsers[address])
+        assert not refused(response) and response.status_code == 302
+    assert refused(log_in(ROOT, ROOT_PASSWORD, ip="192.0.2.9")[1])
 
-    assert not all(refused(verdict) for verdict in verdicts)
+
+def test_a_known_browser_is_limited_on_its_own_and_only_for_its_own_address(root, other_admin, clock, limits):
+    browser, response = log_in(ROOT, ROOT_PASSWORD)
+    browser.post(reverse("admin:logout"))
+    # Its cookie names root: for another address it counts as a browser never seen.
+    stolen = browser.cookies[services.ADMIN_DEVICE_COOKIE].value
+    assert services.admin_device_for(stolen, OTHER) is None
+    assert services.admin_device_for(stolen, ROOT.upper()) is not None
+    assert services.admin_device_for(stolen[:-2] + "xx", ROOT) is None  # a forged one
+
+    # Wrong passwords from the known browser: its own limit, then refused until the window ends.
+    for _ in range(limits["address"]):
+        assert not refused(log_in(ROOT, WRONG, client=browser)[1])
+    assert refused(log_in(ROOT, ROOT_PASSWORD, client=browser)[1])
+    # Meanwhile root's address and the network were not counted: another browser still gets in.
+    assert not refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.100.1")[1])
+    clock.now += settings_window()
+    assert log_in(ROOT, ROOT_PASSWORD, client=browser)[1].status_code == 302
+
+
+def settings_window() -> int:
+    from django.conf import settings
+
+    return settings.SIGN_IN_RATE_WINDOW_SECONDS
+
+
+def test_with_the_cache_down_a_known_browser_is_held_to_its_networks_limit_only(root, limits, settings, clock):
+    browser, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7")
+    browser.post(reverse("admin:logout"))
+    settings.CACHES = REDIS_DOWN_CACHES
+    for _ in range(limits["address"]):  # a stranger, elsewhere, uses up the address's failures
+        log_in(ROOT, WRONG, ip="198.51.100.30")
+    assert refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.100.31")[1])  # a browser never seen
+    assert log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7", client=browser)[1].status_code == 302
