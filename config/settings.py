@@ -334,12 +334,14 @@ with contextlib.suppress(OSError):  # a read-only slug after collectstatic has i
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "config.storage.CollectedStaticFilesStorage"
         if _COLLECTED
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-WHITENOISE_USE_FINDERS = not _COLLECTED
+# Files not collected (tests, embedded mode, or added since a local collectstatic: see
+# config/storage.py) are served from their apps.
+WHITENOISE_USE_FINDERS = True
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

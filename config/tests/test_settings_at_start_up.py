@@ -82,7 +82,7 @@ def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
     # The manifest storage is what writes staticfiles.json; choosing it only once that file
     # existed meant it was never written, and files never got hashed names or long caching.
     assert settings_read(argv=["manage.py", "collectstatic", "--noinput"])["static"] == (
-        "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "config.storage.CollectedStaticFilesStorage"
     )
     if not (ROOT / "staticfiles" / "staticfiles.json").exists():
         assert settings_read()["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -134,3 +134,17 @@ def test_embedded_secrets_stay_readable_when_the_secret_key_changes_through_the_
     assert read.stdout.strip() == "b'whsec_stored'"
     # Without the old key listed the secret is unreadable, as before: the fallback is what keeps it.
     assert embedded(tmp_path, stored.stdout.strip(), SECRET_KEY="the-second-embedded-key").returncode != 0
+
+
+def test_a_static_file_missing_from_an_old_manifest_still_renders(settings, tmp_path, client):
+    # A developer ran collectstatic once, then added a file: its page must not answer 500.
+    (tmp_path / "staticfiles.json").write_text(json.dumps({"paths": {}, "version": "1.1", "hash": ""}))
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "config.storage.CollectedStaticFilesStorage"},
+    }
+    from django.templatetags.static import static
+
+    assert static("css/hookline.css") == "/static/css/hookline.css"
+    assert client.get("/accounts/sign-in/").status_code == 200
