@@ -474,13 +474,18 @@ def _failure_reason(user) -> str:
     return "wrong password"
 
 
+def _account_typed(username: str | None):
+    """The address typed into the sign-in form (None unless it is one) and its account, if any."""
+    email = _typed_address(username)
+    return email, (get_user_model().objects.filter(email=email).first() if email else None)
+
+
 def audit_sign_in_failure(*, username: str | None, ip_address: str | None, reason: str = "", request=None) -> None:
     """Record a refused password platform-wide, whoever's address was typed: the address and network, never the password.
 
     ``reason`` is for a refusal after the password was right (an account that may not use the admin).
     """
-    email = _typed_address(username)
-    user = get_user_model().objects.filter(email=email).first() if email else None
+    email, user = _account_typed(username)
     audit_record(
         action=SIGN_IN_FAILED,
         actor_label=NOT_SIGNED_IN,
@@ -498,8 +503,7 @@ def audit_sign_in_throttled(
 
     Written once per lock, not per refused attempt, so that hammering a locked door does not grow the log.
     """
-    email = _typed_address(username)
-    user = get_user_model().objects.filter(email=email).first() if email else None
+    email, user = _account_typed(username)
     audit_record(
         action=SIGN_IN_THROTTLED,
         actor_label=NOT_SIGNED_IN,
