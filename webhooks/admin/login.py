@@ -87,7 +87,9 @@ class AdminLoginForm(AdminAuthenticationForm):
             username=username, ip_address=ip_address, device=device, request=self.request
         )
         if self.refused_until is not None:
-            raise ValidationError(refusal_message(self.refused_until), code="throttled")
+            raise ValidationError(
+                refusal_message(self.refused_until, known_browser=device is not None), code="throttled"
+            )
         try:
             super().clean()  # a wrong password sends user_login_failed, which organizations audits
         except ValidationError:
@@ -110,13 +112,19 @@ def _now() -> datetime:
     return datetime.fromtimestamp(sign_in.clock(), tz=UTC)
 
 
-def refusal_message(refused_until: datetime) -> str:
+def refusal_message(refused_until: datetime, *, known_browser: bool = False) -> str:
     minutes = max(1, math.ceil((refused_until - _now()).total_seconds() / 60))
     # Rounded up to the minute shown: trying at the minute named must work.
     shown = refused_until + timedelta(seconds=59, microseconds=999_999)
+    when = f"Try again after {timezone.localtime(shown):%H:%M %Z} (in {minutes} minute{'s' if minutes != 1 else ''})."
+    if known_browser:
+        # Counted for this browser alone (or, with the cache down, its network): other browsers are not held back.
+        return (
+            f"Too many failed sign-in attempts from this browser or from your network. {when} "
+            "Until then every attempt from here is refused, even with the right password."
+        )
     return (
-        "Too many failed sign-in attempts for this address or from your network. "
-        f"Try again after {timezone.localtime(shown):%H:%M %Z} "
-        f"(in {minutes} minute{'s' if minutes != 1 else ''}). Until then every attempt is refused, "
-        "even with the right password."
+        f"Too many failed sign-in attempts for this address or from your network. {when} "
+        "Until then every attempt is refused, even with the right password, except from a browser "
+        "this address has signed in from before."
     )
