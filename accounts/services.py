@@ -368,6 +368,9 @@ def _password_keys(email: str, ip_address: str | None, device: str | None = None
 ADMIN_DEVICE_COOKIE = "hookline_admin_device"
 ADMIN_DEVICE_SALT = "hookline.accounts.admin-device"
 ADMIN_DEVICE_MAX_AGE = 365 * 24 * 3600
+# Where the admin's sign-in form leaves the known browser's device id on the request, for the audit
+# of a refused password (organizations.receivers), which the cache-down count reads back.
+ADMIN_DEVICE_ATTRIBUTE = "hookline_admin_device"
 
 
 def _admin_device_account(user, secret: str | None = None) -> str:

@@ -417,7 +417,7 @@ def settings_window() -> int:
     return settings.SIGN_IN_RATE_WINDOW_SECONDS
 
 
-def test_with_the_cache_down_a_known_browser_is_held_to_its_networks_limit_only(root, limits, settings, clock):
+def test_with_the_cache_down_a_known_browser_is_not_held_back_by_a_strangers_failures(root, limits, settings, clock):
     browser, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7")
     browser.post(reverse("admin:logout"))
     settings.CACHES = REDIS_DOWN_CACHES
@@ -469,3 +469,18 @@ def test_a_known_browser_past_its_own_limit_is_told_so_and_not_blamed_on_its_add
         log_in(ROOT, WRONG, client=browser)
     response = log_in(ROOT, ROOT_PASSWORD, client=browser)[1]
     assert response.status_code == 429 and "from this browser" in text(response)
+
+
+def test_with_the_cache_down_a_stolen_device_cookie_still_gets_only_its_addresss_limit(root, limits, settings, clock):
+    # A known browser is not held to the address's count during an outage; its own failures, from any
+    # number of networks, must still stop it, or one stolen cookie is unlimited guesses meanwhile.
+    stolen, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7")
+    stolen.post(reverse("admin:logout"))
+    own, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.8")
+    own.post(reverse("admin:logout"))
+    settings.CACHES = REDIS_DOWN_CACHES
+    for number in range(limits["address"]):
+        assert wrong(log_in(ROOT, WRONG, ip=f"198.51.{number}.30", client=stolen)[1])
+    assert refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.200.30", client=stolen)[1])
+    # The admin's own browser is not held back by the stolen one's failures.
+    assert accepted(log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.8", client=own)[1])
