@@ -33,6 +33,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.urls import reverse
+from django.utils.crypto import salted_hmac
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 
@@ -360,20 +361,39 @@ def _password_keys(email: str, ip_address: str | None, device: str | None = None
 # cookie"). Its attempts for that address are counted against that browser alone, not against the
 # address or the network: whoever knows an admin's address can then lock out new browsers only,
 # never one the admin has used, and a stolen cookie still gets SIGN_IN_CODE_MAX_ATTEMPTS a window.
+# The cookie is also bound to the account's password and session generation: someone who once knew
+# the password could otherwise have collected cookies by signing in again and again, each of them a
+# fresh allowance of guesses at the next password. Changing the password or signing out everywhere
+# (sessions_revoke_all) makes every browser a stranger again.
 ADMIN_DEVICE_COOKIE = "hookline_admin_device"
 ADMIN_DEVICE_SALT = "hookline.accounts.admin-device"
 ADMIN_DEVICE_MAX_AGE = 365 * 24 * 3600
+# Where the admin's sign-in form leaves the known browser's device id on the request, for the audit
+# of a refused password (organizations.receivers), which the cache-down count reads back.
+ADMIN_DEVICE_ATTRIBUTE = "hookline_admin_device"
 
 
-def admin_device_cookie_value(email: str) -> str:
-    """A new device cookie for a browser that just signed in as ``email``."""
+def _admin_device_account(user, secret: str | None = None) -> str:
+    return salted_hmac(
+        ADMIN_DEVICE_SALT, f"{user.password}:{user.session_generation}", secret=secret, algorithm="sha256"
+    ).hexdigest()
+
+
+def admin_device_cookie_value(user) -> str:
+    """A new device cookie for a browser that just signed in to the admin as ``user``."""
     return signing.dumps(
-        {"address": _sha256(canonical_email(email)), "device": secrets.token_urlsafe(16)}, salt=ADMIN_DEVICE_SALT
+        {
+            "address": _sha256(canonical_email(user.email)),
+            "account": _admin_device_account(user),
+            "device": secrets.token_urlsafe(16),
+        },
+        salt=ADMIN_DEVICE_SALT,
     )
 
 
 def admin_device_for(cookie: str | None, email: str) -> str | None:
-    """The device id of a valid cookie for ``email``, else None (another address, forged, expired)."""
+    """The device id of a valid cookie for ``email``, else None (another address, forged, expired, or
+    minted before the account's password changed or it signed out everywhere)."""
     if not cookie:
         return None
     try:
@@ -382,9 +402,18 @@ def admin_device_for(cookie: str | None, email: str) -> str | None:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("device"), str):
         return None
-    if not hmac.compare_digest(str(value.get("address", "")), _sha256(canonical_email(email))):
+    email = canonical_email(email)
+    if not hmac.compare_digest(str(value.get("address", "")), _sha256(email)):
         return None
-    return value["device"]
+    # Only reached with a cookie this address was given: no lookup for a stranger's guesses.
+    user = get_user_model().objects.filter(email=email).first()
+    if user is None:
+        return None
+    account = str(value.get("account", ""))
+    for secret in [None, *settings.SECRET_KEY_FALLBACKS]:  # like the cookie's signature, and the sessions'
+        if hmac.compare_digest(account, _admin_device_account(user, secret)):
+            return value["device"]
+    return None
 
 
 def admin_password_limits() -> dict[str, int]:

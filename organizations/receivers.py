@@ -8,6 +8,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from accounts.http import client_ip
+from accounts.services import ADMIN_DEVICE_ATTRIBUTE
 from accounts.signals import sessions_revoked
 
 from .team import audit_sign_in_event, audit_sign_in_failure
@@ -39,4 +40,6 @@ def on_sign_in_failed(sender, credentials, request=None, **kwargs):
     # Only the name typed is taken from ``credentials``: Django masks the password there, but
     # another backend's secret could travel under a name it does not know to mask.
     username = credentials.get(get_user_model().USERNAME_FIELD, credentials.get("username"))
-    audit_sign_in_failure(username=username, ip_address=_ip(request), request=request)
+    # The admin's sign-in form notes which known browser this was (webhooks.admin.login.AdminLoginForm).
+    device = getattr(request, ADMIN_DEVICE_ATTRIBUTE, None) if request is not None else None
+    audit_sign_in_failure(username=username, ip_address=_ip(request), device=device, request=request)

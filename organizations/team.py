@@ -480,17 +480,24 @@ def _account_typed(username: str | None):
     return email, (get_user_model().objects.filter(email=email).first() if email else None)
 
 
-def audit_sign_in_failure(*, username: str | None, ip_address: str | None, reason: str = "", request=None) -> None:
+def audit_sign_in_failure(
+    *, username: str | None, ip_address: str | None, reason: str = "", device: str | None = None, request=None
+) -> None:
     """Record a refused password platform-wide, whoever's address was typed: the address and network, never the password.
 
     ``reason`` is for a refusal after the password was right (an account that may not use the admin).
+    ``device`` is the admin's known browser it came from (accounts.services.ADMIN_DEVICE_COOKIE), kept
+    as a digest so that its failures can be counted on their own while the cache is down.
     """
     email, user = _account_typed(username)
+    changes = {"email": email or UNRECORDED_NAME, "reason": reason or _failure_reason(user)}
+    if device is not None:
+        changes["device"] = _device_digest(device)
     audit_record(
         action=SIGN_IN_FAILED,
         actor_label=NOT_SIGNED_IN,
         target=user,
-        changes={"email": email or UNRECORDED_NAME, "reason": reason or _failure_reason(user)},
+        changes=changes,
         ip_address=ip_address,
         request=request,
     )
@@ -514,11 +521,21 @@ def audit_sign_in_throttled(
     )
 
 
+def _device_digest(device: str) -> str:
+    return hashlib.sha256(f"admin-device:{device}".encode()).hexdigest()[:32]
+
+
 def sign_in_failure_times(
-    *, since: datetime, most: int, username: str | None = None, ip_address: str | None = None
+    *,
+    since: datetime,
+    most: int,
+    username: str | None = None,
+    ip_address: str | None = None,
+    device: str | None = None,
 ) -> list[datetime]:
     """When passwords were refused since ``since``, newest first (at most ``most``), for the address typed
-    as ``username`` or else from ``ip_address``; empty for a name that is not an address (it is not recorded).
+    as ``username`` (only those from the known browser ``device`` if given) or else from ``ip_address``;
+    empty for a name that is not an address (it is not recorded).
 
     The admin counts these instead of its cache counters when the cache is down.
     """
@@ -528,6 +545,8 @@ def sign_in_failure_times(
         if email is None:
             return []
         failures = failures.filter(changes__email=email)
+        if device is not None:
+            failures = failures.filter(changes__device=_device_digest(device))
     else:
         failures = failures.filter(ip_address=ip_address) if ip_address else failures.filter(ip_address__isnull=True)
     return list(failures.order_by("-created_at").values_list("created_at", flat=True)[:most])

@@ -116,10 +116,10 @@ class HooklineAdminSite(admin.AdminSite):
             # This browser is now known for this address: a stranger's failures cannot lock it out.
             response.set_cookie(
                 sign_in.ADMIN_DEVICE_COOKIE,
-                sign_in.admin_device_cookie_value(request.user.email),
+                sign_in.admin_device_cookie_value(request.user),
                 max_age=sign_in.ADMIN_DEVICE_MAX_AGE,
                 path=reverse("admin:index"),
-                secure=settings.SESSION_COOKIE_SECURE,
+                secure=settings.SESSION_COOKIE_SECURE or request.is_secure(),
                 httponly=True,
                 samesite="Lax",
             )

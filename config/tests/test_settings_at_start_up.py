@@ -148,3 +148,35 @@ def test_a_static_file_missing_from_an_old_manifest_still_renders(settings, tmp_
 
     assert static("css/hookline.css") == "/static/css/hookline.css"
     assert client.get("/accounts/sign-in/").status_code == 200
+
+
+def test_a_misspelled_static_file_name_still_fails_loudly_with_the_collected_storage(settings, tmp_path):
+    # The fallback above is for a file that exists in an app but not in an old manifest; a name that
+    # exists nowhere must still be an error, or a typo ships as a page without its stylesheet.
+    (tmp_path / "staticfiles.json").write_text(json.dumps({"paths": {}, "version": "1.1", "hash": ""}))
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "config.storage.CollectedStaticFilesStorage"},
+    }
+    from django.templatetags.static import static
+
+    with pytest.raises(ValueError, match=r"css/hokline\.css"):
+        static("css/hokline.css")
+
+
+def test_every_static_file_a_template_names_exists():
+    # The tests render with the plain storage, which never checks a name: a typo would pass them all.
+    import re
+
+    from django.conf import settings
+    from django.contrib.staticfiles import finders
+
+    named = set()
+    folders = [Path(folder) for engine in settings.TEMPLATES for folder in engine["DIRS"]]
+    folders += [path for path in ROOT.glob("*/templates") if ".venv" not in path.parts]
+    for folder in folders:
+        for template in folder.rglob("*.html"):
+            named.update(re.findall(r"{%\s*static\s+['\"]([^'\"]+)['\"]", template.read_text()))
+    assert named, "no {% static %} name found: the pattern no longer matches the templates"
+    assert [name for name in sorted(named) if finders.find(name) is None] == []

@@ -56,14 +56,14 @@ def admin_password_accepted(*, username: str, ip_address: str | None, device: st
 
 def _refused_until_by_the_audit_log(*, username: str, ip_address: str | None, device: str | None) -> datetime | None:
     # A sliding window here: the latest failures within the window, and the oldest of them leaving it.
-    # The log has no count per browser: a known one is held to its network's limit only, so that a
-    # stranger's failures for the address do not lock the admin out during the outage either.
+    # A known browser is held to its network's limit and to the address's limit counted over its own
+    # failures only, so that a stranger's failures for the address do not lock the admin out during the
+    # outage either, while a stolen cookie still gets no more guesses than an address.
     window = timedelta(seconds=settings.SIGN_IN_RATE_WINDOW_SECONDS)
     since = _now() - window
     limits = sign_in.admin_password_limits()
     failures = {"network": sign_in_failure_times(since=since, most=limits["network"], ip_address=ip_address)}
-    if device is None:
-        failures["address"] = sign_in_failure_times(since=since, most=limits["address"], username=username)
+    failures["address"] = sign_in_failure_times(since=since, most=limits["address"], username=username, device=device)
     reached = [times[-1] + window for scope, times in failures.items() if len(times) >= limits[scope]]
     if not reached:
         return None
@@ -83,11 +83,14 @@ class AdminLoginForm(AdminAuthenticationForm):
             return super().clean()  # a field is missing: nothing is checked, so nothing is counted
         ip_address = client_ip(self.request)
         device = sign_in.admin_device_for(self.request.COOKIES.get(sign_in.ADMIN_DEVICE_COOKIE), username)
+        setattr(self.request, sign_in.ADMIN_DEVICE_ATTRIBUTE, device)  # for the audit of a wrong password
         self.refused_until = admin_password_refused_until(
             username=username, ip_address=ip_address, device=device, request=self.request
         )
         if self.refused_until is not None:
-            raise ValidationError(refusal_message(self.refused_until), code="throttled")
+            raise ValidationError(
+                refusal_message(self.refused_until, known_browser=device is not None), code="throttled"
+            )
         try:
             super().clean()  # a wrong password sends user_login_failed, which organizations audits
         except ValidationError:
@@ -110,13 +113,19 @@ def _now() -> datetime:
     return datetime.fromtimestamp(sign_in.clock(), tz=UTC)
 
 
-def refusal_message(refused_until: datetime) -> str:
+def refusal_message(refused_until: datetime, *, known_browser: bool = False) -> str:
     minutes = max(1, math.ceil((refused_until - _now()).total_seconds() / 60))
     # Rounded up to the minute shown: trying at the minute named must work.
     shown = refused_until + timedelta(seconds=59, microseconds=999_999)
+    when = f"Try again after {timezone.localtime(shown):%H:%M %Z} (in {minutes} minute{'s' if minutes != 1 else ''})."
+    if known_browser:
+        # Counted for this browser alone (or, with the cache down, its network): other browsers are not held back.
+        return (
+            f"Too many failed sign-in attempts from this browser or from your network. {when} "
+            "Until then every attempt from here is refused, even with the right password."
+        )
     return (
-        "Too many failed sign-in attempts for this address or from your network. "
-        f"Try again after {timezone.localtime(shown):%H:%M %Z} "
-        f"(in {minutes} minute{'s' if minutes != 1 else ''}). Until then every attempt is refused, "
-        "even with the right password."
+        f"Too many failed sign-in attempts for this address or from your network. {when} "
+        "Until then every attempt is refused, even with the right password, except from a browser "
+        "this address has signed in from before."
     )

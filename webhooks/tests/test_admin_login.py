@@ -91,7 +91,10 @@ def refused(response) -> bool:
     return (
         response.status_code == 429
         and int(response["Retry-After"]) > 0
-        and "Too many failed sign-in attempts for this address or from your network" in text(response)
+        and (
+            "Too many failed sign-in attempts for this address or from your network" in text(response)
+            or "Too many failed sign-in attempts from this browser or from your network" in text(response)
+        )
         and "Please enter the correct" not in text(response)
     )
 
@@ -414,7 +417,7 @@ def settings_window() -> int:
     return settings.SIGN_IN_RATE_WINDOW_SECONDS
 
 
-def test_with_the_cache_down_a_known_browser_is_held_to_its_networks_limit_only(root, limits, settings, clock):
+def test_with_the_cache_down_a_known_browser_is_not_held_back_by_a_strangers_failures(root, limits, settings, clock):
     browser, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7")
     browser.post(reverse("admin:logout"))
     settings.CACHES = REDIS_DOWN_CACHES
@@ -422,3 +425,62 @@ def test_with_the_cache_down_a_known_browser_is_held_to_its_networks_limit_only(
         log_in(ROOT, WRONG, ip="198.51.100.30")
     assert refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.100.31")[1])  # a browser never seen
     assert log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7", client=browser)[1].status_code == 302
+
+
+def test_a_device_cookie_stops_counting_as_a_known_browser_once_the_password_changes(root, clock, limits):
+    # Whoever once had the password could sign in again and again and keep a cookie each time: after
+    # the password is changed, each old cookie would still be a fresh allowance of guesses at the new one.
+    cookies = []
+    for _ in range(3):
+        browser, _ = log_in(ROOT, ROOT_PASSWORD)
+        cookies.append(browser.cookies[services.ADMIN_DEVICE_COOKIE].value)
+    assert all(services.admin_device_for(cookie, ROOT) is not None for cookie in cookies)
+
+    root.set_password("a brand new passphrase for root")
+    root.save()
+    assert all(services.admin_device_for(cookie, ROOT) is None for cookie in cookies)
+    stale = Client()
+    stale.cookies[services.ADMIN_DEVICE_COOKIE] = cookies[0]
+    for _ in range(limits["address"]):  # the stale cookie's guesses count against the address again
+        log_in(ROOT, WRONG, client=stale)
+    assert refused(log_in(ROOT, "a brand new passphrase for root", ip="198.51.100.2")[1])
+
+
+def test_signing_out_everywhere_forgets_the_browsers_known_until_then(root, clock):
+    browser, _ = log_in(ROOT, ROOT_PASSWORD)
+    cookie = browser.cookies[services.ADMIN_DEVICE_COOKIE].value
+    services.sessions_revoke_all(user=root)
+    assert services.admin_device_for(cookie, ROOT) is None
+
+
+def test_the_device_cookie_is_secure_when_the_admin_is_reached_over_https(root, clock, settings):
+    settings.SESSION_COOKIE_SECURE = False  # PUBLIC_BASE_URL says http, but this request came over https
+    client = Client()
+    response = client.post(
+        LOGIN, {"username": ROOT, "password": ROOT_PASSWORD, "next": "/admin/"}, REMOTE_ADDR="198.51.100.1", secure=True
+    )
+    assert response.status_code == 302 and response.cookies[services.ADMIN_DEVICE_COOKIE]["secure"]
+
+
+def test_a_known_browser_past_its_own_limit_is_told_so_and_not_blamed_on_its_address(root, clock, limits):
+    browser, _ = log_in(ROOT, ROOT_PASSWORD)
+    browser.post(reverse("admin:logout"))
+    for _ in range(limits["address"]):
+        log_in(ROOT, WRONG, client=browser)
+    response = log_in(ROOT, ROOT_PASSWORD, client=browser)[1]
+    assert response.status_code == 429 and "from this browser" in text(response)
+
+
+def test_with_the_cache_down_a_stolen_device_cookie_still_gets_only_its_addresss_limit(root, limits, settings, clock):
+    # A known browser is not held to the address's count during an outage; its own failures, from any
+    # number of networks, must still stop it, or one stolen cookie is unlimited guesses meanwhile.
+    stolen, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.7")
+    stolen.post(reverse("admin:logout"))
+    own, _ = log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.8")
+    own.post(reverse("admin:logout"))
+    settings.CACHES = REDIS_DOWN_CACHES
+    for number in range(limits["address"]):
+        assert wrong(log_in(ROOT, WRONG, ip=f"198.51.{number}.30", client=stolen)[1])
+    assert refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.200.30", client=stolen)[1])
+    # The admin's own browser is not held back by the stolen one's failures.
+    assert accepted(log_in(ROOT, ROOT_PASSWORD, ip="203.0.113.8", client=own)[1])
