@@ -21,6 +21,11 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ("delivery", "attempt_number")
+        constraints = [
+            # One row per send: each claim numbers its attempt anew. The recording code already
+            # writes a send once however often it is handed in; this keeps that true for good.
+            models.UniqueConstraint(fields=("delivery", "attempt_number"), name="attempt_delivery_number"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.attempt_number} of {self.delivery_id}"

@@ -718,7 +718,9 @@ def _record_results(
                     error=storable_text(result.response.error)[:500],
                 )
                 for delivery, result, _ in unrecorded
-            ]
+            ],
+            # A send already on record (attempt_delivery_number) stays as it was recorded first.
+            ignore_conflicts=True,
         )
         for delivery, _, outcome in unrecorded:
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)

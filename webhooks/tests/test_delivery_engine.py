@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import IntegrityError, OperationalError
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from organizations.models import AuditLog, MonthlyUsage
@@ -966,3 +966,61 @@ def test_a_bulk_retry_run_that_was_taken_over_stops_instead_of_running_beside_it
     stopped = operations.bulk_retry_run(job.pk)
     assert (stopped.status, stopped.retried) == (BulkRetry.Status.RUNNING, 1)
     assert Delivery.objects.filter(status="dead").count() == 1  # the second batch was left to the successor
+
+
+# --- One attempt row per send, kept by the database too ------------------------------------------------
+
+
+def test_a_send_recorded_past_every_check_still_leaves_one_attempt(client, organization, httpserver, monkeypatch):
+    # Should the recording ever miss that a send is on record, the constraint keeps the first row
+    # and the recording goes through, rather than failing and leaving the delivery in flight.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/down"), sources=[source])
+    httpserver.expect_request("/down").respond_with_data("down", status=500)
+    ingest_many(client, source, 1)
+    (claimed,) = delivery_service.claim_due_deliveries(1)
+    held_by_the_caller = Delivery.objects.select_related("event", "destination").get(pk=claimed.pk)
+    result = delivery_service.send(claimed)
+    delivery_service.record_results([(claimed, result)])
+    first = DeliveryAttempt.objects.get()
+
+    monkeypatch.setattr(delivery_service, "_attempts_on_record", lambda deliveries: set())
+    delivery_service.record_results([(held_by_the_caller, result)])
+
+    assert list(DeliveryAttempt.objects.values_list("id", flat=True)) == [first.id]
+    with pytest.raises(IntegrityError):
+        DeliveryAttempt.objects.create(
+            organization=organization, delivery_id=claimed.pk, attempt_number=first.attempt_number
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_the_earliest_of_attempts_written_twice(client, organization, httpserver):
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    migration = importlib.import_module("webhooks.migrations.0016_attempt_delivery_number_unique")
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest_many(client, source, 1)
+    processing.process_received_events()
+    delivery = Delivery.objects.get()
+    with connection.schema_editor(atomic=False) as editor:
+        editor.remove_constraint(DeliveryAttempt, migration.CONSTRAINT)
+    try:
+        # As a lost COMMIT reply left them before recording was made idempotent.
+        written = [
+            DeliveryAttempt.objects.create(organization=organization, delivery=delivery, attempt_number=number)
+            for number in (1, 1, 2, 1)
+        ]
+    finally:
+        with connection.schema_editor(atomic=False) as editor:
+            migration.add_constraint(apps, editor)
+    kept = sorted(DeliveryAttempt.objects.values_list("attempt_number", "id"))
+    assert kept == [(1, written[0].id), (2, written[2].id)]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        DeliveryAttempt.objects.create(organization=organization, delivery=delivery, attempt_number=2)
+    with connection.schema_editor(atomic=False) as editor:  # run again: nothing to do
+        migration.add_constraint(apps, editor)
