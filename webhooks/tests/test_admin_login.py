@@ -392,7 +392,7 @@ def test_a_stranger_cannot_lock_an_admin_out_of_a_browser_they_signed_in_from(ro
     assert refused(log_in(ROOT, ROOT_PASSWORD, ip="192.0.2.9")[1])
 
 
-def test_a_known_browser_is_limited_on_its_own_and_only_for_its_own_address(root, other_admin, clock, limits):
+def test_a_known_browser_is_limited_on_its_own_and_only_for_its_own_address(root, other_admin, clock, limits, settings):
     browser, response = log_in(ROOT, ROOT_PASSWORD)
     browser.post(reverse("admin:logout"))
     # Its cookie names root: for another address it counts as a browser never seen.
@@ -407,14 +407,8 @@ def test_a_known_browser_is_limited_on_its_own_and_only_for_its_own_address(root
     assert refused(log_in(ROOT, ROOT_PASSWORD, client=browser)[1])
     # Meanwhile root's address and the network were not counted: another browser still gets in.
     assert not refused(log_in(ROOT, ROOT_PASSWORD, ip="198.51.100.1")[1])
-    clock.now += settings_window()
+    clock.now += settings.SIGN_IN_RATE_WINDOW_SECONDS
     assert log_in(ROOT, ROOT_PASSWORD, client=browser)[1].status_code == 302
-
-
-def settings_window() -> int:
-    from django.conf import settings
-
-    return settings.SIGN_IN_RATE_WINDOW_SECONDS
 
 
 def test_with_the_cache_down_a_known_browser_is_not_held_back_by_a_strangers_failures(root, limits, settings, clock):
