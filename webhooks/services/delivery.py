@@ -32,6 +32,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
 from .scheduling import clear_flag, schedule_once, set_flag
+from .sender_marks import TEST_MARK_HEADER
 from .text import storable_text
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ HOP_BY_HOP_HEADERS = {
     "svix-timestamp",
     "svix-signature",
 }
+# Hookline's own: the test mark is for this deployment only (services.sender_marks).
+NOT_FORWARDED_HEADERS = {TEST_MARK_HEADER.lower()}
 RETRYABLE_CLIENT_ERRORS = {408, 409, 425, 429}
 
 # The dispatcher holds this key while it runs; see schedule_dispatch().
@@ -482,7 +485,7 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
         if name.lower() == "connection"
         for token in str(value).split(",")
     }
-    dropped = HOP_BY_HOP_HEADERS | named_by_connection
+    dropped = HOP_BY_HOP_HEADERS | named_by_connection | NOT_FORWARDED_HEADERS
     headers = {_latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in dropped}
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.

@@ -29,6 +29,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 from .ingest_writer import NewEvent, store_event, writer
 from .processing import schedule_event_processing
 from .secret_use import record_secret_match
+from .sender_marks import is_hookline_test_event
 from .text import storable_text
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ MASKED = "[masked]"
 # what Hookline's JSON says otherwise; the test sender reads them.
 EVENT_ID_HEADER = "Hookline-Event-Id"
 DUPLICATE_HEADER = "Hookline-Duplicate"
-# Sent by Hookline's own test sender (and forwarded, so a destination can tell a test apart). Its
-# requests are signed with the current secret whatever the provider uses, so they are left out of
-# which secret the provider signs with (services.secret_use): one would say "switched" too early.
-TEST_EVENT_HEADER = "Hookline-Test-Event"
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         matched = provider.verify_matching_secret(request, secrets, source.options, time.time())
     except VerificationError as exc:
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
-    record_match = _secret_match_recorder(source, secrets, matched, headers)
+    record_match = _secret_match_recorder(source, secrets, matched, headers, body)
 
     refusal = _replay_refusal(provider, request, source, body)
     if refusal is not None:
@@ -199,16 +196,17 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
 
 
 def _secret_match_recorder(
-    source: Source, secrets: Sequence[str], matched: int | None, headers: Mapping[str, str]
+    source: Source, secrets: Sequence[str], matched: int | None, headers: Mapping[str, str], body: bytes
 ) -> Callable[[], None] | None:
     """What notes which secret verified an accepted request (see services.secret_use).
 
     Only during a rotation's overlap, when the pages show it: with a single secret there is
     nothing to tell apart, and the usual request pays for this one comparison only. Not for
-    Hookline's own test events (TEST_EVENT_HEADER), which say nothing of the provider."""
+    Hookline's own test events: the test sender signs with the current secret whatever the
+    provider uses, so one would say "switched" too early."""
     if len(secrets) < 2 or matched is None:
         return None
-    if any(name.lower() == TEST_EVENT_HEADER.lower() for name in headers):
+    if is_hookline_test_event(headers, body):
         return None
     return partial(
         record_secret_match,

@@ -16,6 +16,8 @@ from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, O
 from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
 
+from .sender_marks import TEST_MARK_HEADER, is_hookline_test_event
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,9 +26,12 @@ def record_usage(events: list[WebhookEvent]) -> None:
 
     Over quota nothing is refused: a webhook is never dropped for billing
     reasons. The owners are told once per month, and again if the quota is changed
-    (Organization.save re-arms the notice).
+    (Organization.save re-arms the notice). Hookline's own test sends are not counted.
     """
-    counts = Counter((event.organization_id, event.received_at.date().replace(day=1)) for event in events)
+    tests = _hookline_test_event_ids(events)
+    counts = Counter(
+        (event.organization_id, event.received_at.date().replace(day=1)) for event in events if event.id not in tests
+    )
     if not counts:
         return
     # In one order for every batch: two processing tasks counting the same organizations lock
@@ -47,6 +52,14 @@ def record_usage(events: list[WebhookEvent]) -> None:
         )
         if over.update(quota_notified_at=timezone.now()):
             transaction.on_commit(lambda org_id=org_id, month=month: _notify_quota_exceeded(org_id, month))
+
+
+def _hookline_test_event_ids(events: list[WebhookEvent]) -> set:
+    # The bodies are read only for the few events that carry a mark; the mark is checked, not trusted.
+    marked = WebhookEvent.objects.filter(
+        id__in=[event.id for event in events], headers__has_key=TEST_MARK_HEADER
+    ).values_list("id", "headers", "body")
+    return {event_id for event_id, headers, body in marked if is_hookline_test_event(headers, body)}
 
 
 def _notify_quota_exceeded(organization_id: int, month: date) -> None:

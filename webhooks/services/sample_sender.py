@@ -12,8 +12,8 @@ from webhooks.models import Source
 from webhooks.providers.base import MalformedPayload, Provider
 from webhooks.providers.registry import get_provider
 
-from .ingest import TEST_EVENT_HEADER
 from .outbound import OutboundResponse, post_to_hookline
+from .sender_marks import sender_mark_headers
 from .sources import ingest_url
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -140,7 +140,6 @@ def build_test_request(
     url = ingest_url(source)
     headers = {"Content-Type": "application/json", "User-Agent": "Hookline-Test-Sender/1.0"}
     _merge_headers(headers, extra_headers)
-    _merge_headers(headers, {TEST_EVENT_HEADER: "true"})
     if edited and _json_error(body) is not None:
         formats = provider.edited_body_formats
         content_type = FORM_CONTENT_TYPE if "form" in formats else "text/plain; charset=utf-8"
@@ -157,6 +156,7 @@ def build_test_request(
         # Schemes signed with the provider's private key: only the provider can send a test.
         raise SampleSenderError(str(exc)) from None
     _merge_headers(headers, signed)
+    _merge_headers(headers, sender_mark_headers(body))
     return body, headers
 
 

@@ -1,0 +1,95 @@
+"""Hookline's own test sends: marked for destinations, left out of the monthly usage, and not forgeable."""
+
+import json
+
+import pytest
+
+from organizations.models import MonthlyUsage
+from webhooks.models import Delivery, Source, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import secret_use
+from webhooks.services.processing import process_event_batch
+from webhooks.services.sender_marks import TEST_MARK_HEADER, is_hookline_test_event, sender_mark_headers
+from webhooks.services.source_testing import source_send_test_event
+from webhooks.services.sources import source_rotate_secret
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import post_stripe
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _usage(organization) -> int:
+    usage = MonthlyUsage.objects.filter(organization=organization).first()
+    return usage.events if usage else 0
+
+
+def _stripe_body(event_id: str) -> str:
+    return json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+
+
+def test_a_test_send_is_delivered_marked_but_not_counted_in_the_monthly_usage(
+    client, organization, live_server, settings, httpserver
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+
+    result = source_send_test_event(source=Source.objects.get(pk=source.pk))
+    assert result.response.status == 200 and result.event is not None
+    assert post_stripe(client, source, _stripe_body("evt_from_stripe"), STRIPE_SECRET).status_code == 200
+    while process_event_batch():
+        pass
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 2
+    assert _usage(organization) == 1  # the provider's event only
+
+    delivery_service.dispatch_due_deliveries(threads=2)
+    assert Delivery.objects.filter(status=Delivery.Status.SUCCEEDED).count() == 2
+    sent = {request.headers.get("webhook-id"): request.headers for request, _ in httpserver.log}
+    test_headers = sent[str(result.event.id)]
+    # Destinations can still tell the test apart; the mark itself stays with Hookline.
+    assert test_headers.get("Hookline-Test-Event") == "true"
+    assert test_headers.get(TEST_MARK_HEADER) is None
+    assert TEST_MARK_HEADER in WebhookEvent.objects.get(pk=result.event.id).headers
+
+
+def test_a_provider_request_claiming_to_be_a_test_is_counted(client, organization):
+    # Anyone who can sign for a source can add headers: they do not take its events out of the usage.
+    source = make_source(organization)
+    forged = {
+        "HTTP_HOOKLINE_TEST_EVENT": "true",
+        "HTTP_HOOKLINE_TEST_MARK": sender_mark_headers(b"some other body")[TEST_MARK_HEADER],
+    }
+    assert post_stripe(client, source, _stripe_body("evt_forged_1"), STRIPE_SECRET, **forged).status_code == 200
+    assert (
+        post_stripe(
+            client, source, _stripe_body("evt_forged_2"), STRIPE_SECRET, HTTP_HOOKLINE_TEST_MARK="0" * 64
+        ).status_code
+        == 200
+    )
+    assert post_stripe(client, source, _stripe_body("evt_forged_3"), STRIPE_SECRET, **forged).status_code == 200
+    assert process_event_batch() == 3
+    assert _usage(organization) == 3
+
+
+def test_a_forged_test_mark_does_not_hide_which_secret_the_provider_signs_with(client, organization):
+    secret_use.forget_recorded_secret_matches()
+    source = make_source(organization)
+    source_rotate_secret(source=source, new_secret="whsec_rotated_for_test_events", overlap_seconds=3600)
+    body = _stripe_body("evt_forged_mark_rotation")
+    response = post_stripe(client, source, body, "whsec_rotated_for_test_events", HTTP_HOOKLINE_TEST_EVENT="true")
+    assert response.status_code == 200
+    assert Source.objects.get(pk=source.pk).secret_last_matched_at is not None
+
+
+def test_a_mark_made_before_a_secret_key_change_is_still_recognised(settings):
+    body = b'{"id": "evt_sent_before_the_key_changed"}'
+    settings.SECRET_KEY = "the-old-secret-key-for-this-test"
+    headers = sender_mark_headers(body)
+    settings.SECRET_KEY_FALLBACKS = ["the-old-secret-key-for-this-test"]
+    settings.SECRET_KEY = "the-new-secret-key-for-this-test"
+    assert is_hookline_test_event(headers, body)
+    assert not is_hookline_test_event(headers, body + b" ")
+    settings.SECRET_KEY_FALLBACKS = []
+    assert not is_hookline_test_event(headers, body)
