@@ -32,6 +32,10 @@ SIGN_IN_BACKEND = "django.contrib.auth.backends.ModelBackend"
 # The cache (Redis) holding links, codes and rate-limit counters is down: 503, never a sign-in without limits.
 UNAVAILABLE_MESSAGE = "Sign-in is temporarily unavailable, try again in a minute."
 UNAVAILABLE_RETRY_AFTER = "60"
+# Signing out also empties what this site left in the browser: cached pages, and the storage where
+# htmx keeps snapshots of the pages it navigated (the events list). Not its cookies: the admin's
+# known-browser cookie must outlive a sign-out.
+CLEAR_SITE_DATA_ON_SIGN_OUT = '"cache", "storage"'
 
 
 def _browser_nonce(request) -> str:
@@ -174,7 +178,7 @@ class SignOutView(LoginRequiredMixin, View):
     def post(self, request):
         logout(request)
         messages.success(request, "You are signed out.")
-        return redirect("accounts:sign_in")
+        return _signed_out(redirect("accounts:sign_in"))
 
 
 class SignOutEverywhereView(LoginRequiredMixin, View):
@@ -182,4 +186,9 @@ class SignOutEverywhereView(LoginRequiredMixin, View):
         sessions_revoke_all(user=request.user, request=request)
         logout(request)
         messages.success(request, "You are signed out on every device and browser.")
-        return redirect("accounts:sign_in")
+        return _signed_out(redirect("accounts:sign_in"))
+
+
+def _signed_out(response):
+    response["Clear-Site-Data"] = CLEAR_SITE_DATA_ON_SIGN_OUT
+    return response

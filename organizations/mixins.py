@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
+from django.utils.cache import add_never_cache_headers
 
 from .models import Membership
 from .selectors import organization_for_member
@@ -25,7 +26,11 @@ class OrganizationMixin(LoginRequiredMixin):
         self.organization, self.membership = organization_for_member(user=request.user, slug=kwargs["org_slug"])
         if request.method not in ("GET", "HEAD", "OPTIONS") and self.required_role:
             self.require_role(self.required_role)
-        return super().dispatch(request, *args, **kwargs)
+        response = super().dispatch(request, *args, **kwargs)
+        # Tenant data (event bodies, headers, the team) is not kept by the browser or any cache on the
+        # way: after signing out on a shared computer, Back must not show it again.
+        add_never_cache_headers(response)
+        return response
 
     def has_role(self, role: str) -> bool:
         return self.ROLE_RANK[self.membership.role] >= self.ROLE_RANK[role]

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import smtplib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -328,8 +329,17 @@ def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | 
     return invitation
 
 
-def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
-    """Use an invitation once: its address gets an account if it has none and joins with the role. Returns the user.
+@dataclass(frozen=True)
+class AcceptedInvitation:
+    user: object
+    # Whether accepting created the account. Only then may the link sign in: an account that existed
+    # may belong to other organizations, which a week-long link (forwarded, left in a mailbox) must
+    # not open; its owner signs in as usual, with a link or code that lives minutes.
+    account_created: bool
+
+
+def invitation_accept(*, invitation: Invitation, ip_address: str | None = None) -> AcceptedInvitation:
+    """Use an invitation once: its address gets an account if it has none and joins with the role.
 
     Raises InvitationUnavailable when it was already accepted, revoked, or has expired.
     """
@@ -337,12 +347,12 @@ def invitation_accept(*, invitation: Invitation, ip_address: str | None = None):
     if status != Invitation.Status.PENDING:
         raise InvitationUnavailable(status)  # before creating anyone's account
     with transaction.atomic():
-        user = _user_for_email(invitation.email)
+        user, created = _user_for_email(invitation.email)
         if not user.is_active:
             # A deactivated account stays out, as it does at sign-in.
             raise InvitationUnavailable(Invitation.Status.REVOKED)
         _accept(invitation, user, ip_address)
-    return user
+    return AcceptedInvitation(user=user, account_created=created)
 
 
 def invitation_replaced(invitation: Invitation) -> bool:
@@ -379,16 +389,17 @@ def invitation_join(*, user, invitation_id: int, ip_address: str | None = None) 
     return invitation
 
 
-def _user_for_email(email: str):
+def _user_for_email(email: str) -> tuple[object, bool]:
+    """The account of ``email``, and whether this call created it."""
     user_model = get_user_model()
     user = user_model.objects.filter(email=email).first()
     if user is not None:
-        return user
+        return user, False
     try:
         with transaction.atomic():
-            return user_model.objects.create_user(email)
+            return user_model.objects.create_user(email), True
     except IntegrityError:  # created meanwhile by a concurrent request
-        return user_model.objects.get(email=email)
+        return user_model.objects.get(email=email), False
 
 
 def _accept(invitation: Invitation, user, ip_address: str | None) -> None:

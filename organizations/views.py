@@ -195,15 +195,23 @@ class InvitationAcceptView(View):
 
     def post(self, request, org_slug, token):
         try:
-            user = team.invitation_accept(invitation=self.invitation, ip_address=client_ip(request))
+            accepted = team.invitation_accept(invitation=self.invitation, ip_address=client_ip(request))
         except team.InvitationUnavailable as unavailable:
             return self.unavailable(unavailable.status)
+        user = accepted.user
         organization = self.invitation.organization
         landing = reverse("dashboard:overview", args=[organization.slug])
+        if request.user.is_authenticated and request.user.pk == user.pk:
+            messages.success(request, f"Welcome to {organization.name.rstrip('.')}.")
+            return redirect(landing)
         if user.is_staff:
             # Platform admins keep their password as the proof of who they are, even for a dashboard session.
             messages.success(request, f"You joined {organization.name}. Sign in with your password to open it.")
             return redirect(reverse("admin:login") + "?" + urlencode({"next": landing}))
+        if not accepted.account_created:
+            # The link joins; it signs in only the account it created (see team.AcceptedInvitation).
+            messages.success(request, f"You joined {organization.name}. Sign in as {user.email} to open it.")
+            return redirect(reverse("accounts:sign_in") + "?" + urlencode({"next": landing}))
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, f"Welcome to {organization.name.rstrip('.')}.")
         return redirect(landing)

@@ -13,8 +13,19 @@ from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, Audit
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
+from webhooks.services.text import name_problem
 
 OPTION_PREFIX = "option_"
+
+
+def validate_name(value: str) -> None:
+    # The services refuse it too; here the message lands on the name field, with what was typed.
+    if problem := name_problem(value):
+        raise forms.ValidationError(problem[0].upper() + problem[1:] + ".")
+
+
+class NameField(forms.CharField):
+    default_validators = [validate_name]
 
 
 def _option_field(option: ProviderOption, initial=None) -> forms.Field:
@@ -48,7 +59,7 @@ class ProviderOptionsMixin:
 
 
 class SourceCreateForm(ProviderOptionsMixin, forms.Form):
-    name = forms.CharField(max_length=200, help_text="To tell sources apart, e.g. “Stripe live”.")
+    name = NameField(max_length=200, help_text="To tell sources apart, e.g. “Stripe live”.")
     secret = forms.CharField(
         label="Signing secret",
         required=False,
@@ -79,7 +90,7 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
 
 
 class SourceEditForm(ProviderOptionsMixin, forms.Form):
-    name = forms.CharField(max_length=200)
+    name = NameField(max_length=200)
 
     def __init__(self, *args, source: Source, **kwargs):
         super().__init__(*args, initial={"name": source.name}, **kwargs)
@@ -203,7 +214,7 @@ class TestEventForm(forms.Form):
 
 
 class DestinationForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = NameField(max_length=200)
     url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
     sources = forms.ModelMultipleChoiceField(
         queryset=Source.objects.none(),

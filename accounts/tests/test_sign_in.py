@@ -392,3 +392,19 @@ def test_a_code_or_link_used_while_the_cache_is_down_says_sign_in_is_unavailable
     assert unavailable(client.get(link_path(message)))
     assert unavailable(Client().post(link_path(message)))
     assert signed_in_user_id(client) is None
+
+
+@pytest.mark.parametrize("way_out", ["accounts:sign_out", "accounts:sign_out_everywhere"])
+def test_signing_out_clears_what_the_browser_kept_of_the_dashboard_but_not_its_cookies(client, owner, way_out):
+    client.force_login(owner)
+    response = client.post(reverse(way_out))
+    assert response.status_code == 302
+    directives = {part.strip() for part in response["Clear-Site-Data"].split(",")}
+    assert directives == {'"cache"', '"storage"'}
+
+
+def test_tenant_pages_are_never_stored_by_the_browser_or_a_cache(client, owner, organization):
+    client.force_login(owner)
+    for path in ("/o/acme/", "/o/acme/events/", "/o/acme/sources/", "/o/acme/audit/", TEAM):
+        cache_control = {part.strip() for part in client.get(path)["Cache-Control"].split(",")}
+        assert {"no-store", "private"} <= cache_control, path

@@ -85,6 +85,43 @@ def test_an_existing_user_of_another_organization_accepts(organization, owner, o
     assert invitee.get(TEAM).status_code == 200
 
 
+def test_an_invitation_link_does_not_sign_in_an_account_that_already_existed(
+    organization, owner, outsider, other_organization
+):
+    """The link is a week long and may be forwarded: it joins the address's account to Acme, but
+    opening that account (and Globex, which it owns) takes the usual minutes-long link or code."""
+    invite(browser_for(owner), outsider.email, "admin")
+    holder = Client(REMOTE_ADDR="203.0.113.9")  # not signed in: whoever has the email
+
+    response = holder.post(invitation_path(mail.outbox[0]))
+
+    assert response.status_code == 302
+    location = urlsplit(response["Location"])
+    assert location.path == reverse("accounts:sign_in") and "next=%2Fo%2Facme%2F" in location.query
+    assert membership_of(outsider, organization).role == Membership.Role.ADMIN
+    assert "_auth_user_id" not in holder.session
+    for path in (TEAM, "/o/globex/", "/o/globex/team/"):
+        assert urlsplit(holder.get(path)["Location"]).path == reverse("accounts:sign_in"), path
+    page = holder.get(response["Location"])
+    assert f"Sign in as {outsider.email} to open it" in page.content.decode()
+
+
+def test_an_invitation_accepted_while_signed_in_as_someone_else_keeps_them_themselves(
+    organization, owner, outsider, member
+):
+    invite(browser_for(owner), outsider.email)
+    someone_else = browser_for(member)
+    page = someone_else.get(invitation_path(mail.outbox[0]))
+    assert f"This invitation is for {outsider.email}" in page.content.decode()
+
+    response = someone_else.post(invitation_path(mail.outbox[0]))
+
+    assert urlsplit(response["Location"]).path == reverse("accounts:sign_in")
+    assert membership_of(outsider, organization).role == Membership.Role.MEMBER
+    assert someone_else.session["_auth_user_id"] == str(member.pk)
+    assert someone_else.get("/o/globex/").status_code == 404  # still the member of Acme only
+
+
 def test_an_invitation_works_once(organization, owner):
     invite(browser_for(owner), "new@acme.example")
     path = invitation_path(mail.outbox[0])

@@ -72,8 +72,12 @@ MAX_CERT_BYTES = 64 * 1024
 CACHE_TTL = 24 * 3600.0  # a certificate URL names one certificate; PayPal rotates by publishing a new URL
 CACHE_MAX_ENTRIES = 32
 # Fetches of not-yet-cached URLs allowed per minute: random cert URLs on PayPal's host must not turn us
-# into a request amplifier towards PayPal.
+# into a request amplifier towards PayPal. Counted per source (the webhook ids it verifies against):
+# anyone who knows one PayPal ingest URL can spend its allowance with made-up URLs, and must not spend
+# the other sources' with it, which would refuse their genuine events for as long as they keep at it.
 FETCHES_PER_MINUTE = 20
+# All sources together: the bound on what we send to PayPal, whatever the number of sources.
+FETCHES_PER_MINUTE_ALL_SOURCES = 200
 
 _ALGORITHMS: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha256withrsa": hashes.SHA256,
@@ -218,18 +222,21 @@ class _CertificateCache:
         self._fetcher = fetcher
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, list[x509.Certificate]]] = {}
-        self._recent_fetches: list[float] = []
+        self._recent_fetches: list[tuple[float, str]] = []  # (when, for which source)
 
-    def get(self, url: str) -> list[x509.Certificate]:
+    def get(self, url: str, source: str = "") -> list[x509.Certificate]:
+        """The certificates at ``url``; a fetch is counted against ``source`` (see FETCHES_PER_MINUTE)."""
         clock = time.monotonic()
         with self._lock:
             entry = self._entries.get(url)
             if entry and entry[0] > clock:
                 return entry[1]
-            self._recent_fetches = [t for t in self._recent_fetches if t > clock - 60]
-            if len(self._recent_fetches) >= FETCHES_PER_MINUTE:
+            self._recent_fetches = [(t, owner) for t, owner in self._recent_fetches if t > clock - 60]
+            if sum(owner == source for _, owner in self._recent_fetches) >= FETCHES_PER_MINUTE:
+                raise CertificateFetchError("too many certificate fetches for this source in the last minute")
+            if len(self._recent_fetches) >= FETCHES_PER_MINUTE_ALL_SOURCES:
                 raise CertificateFetchError("too many certificate fetches in the last minute")
-            self._recent_fetches.append(clock)
+            self._recent_fetches.append((clock, source))
         data = self._fetcher(url)  # outside the lock: a slow fetch must not block cached lookups
         if not isinstance(data, bytes):
             raise CertificateFetchError("fetcher returned no bytes")
@@ -355,12 +362,12 @@ class PayPalProvider(Provider):
             return system_trust_anchors()
         return list(anchors() if callable(anchors) else anchors)
 
-    def _signing_key(self, cert_url: str, options: Mapping[str, Any], now: float) -> rsa.RSAPublicKey:
+    def _signing_key(self, cert_url: str, options: Mapping[str, Any], now: float, source: str = "") -> rsa.RSAPublicKey:
         refused = allowed_cert_url(cert_url, bool(options.get("allow_sandbox", False)))
         if refused:
             raise VerificationError("untrusted_certificate", refused)
         try:
-            certificates = self._certificates.get(cert_url)
+            certificates = self._certificates.get(cert_url, source)
         except Exception as exc:  # a fetcher may raise anything; the request is simply unproven
             reason = str(exc) if isinstance(exc, CertificateFetchError) else exc.__class__.__name__
             raise VerificationError(
@@ -436,7 +443,9 @@ class PayPalProvider(Provider):
         if not webhook_ids:
             raise VerificationError("no_matching_secret", "the source has no PayPal webhook id to verify against")
 
-        key = self._signing_key(cert_url, options, now)
+        # The source's own webhook ids name it here (the simulator's fixed id is everyone's).
+        source = "|".join(sorted({s.strip() for s in secrets if isinstance(s, str) and s.strip()}))
+        key = self._signing_key(cert_url, options, now, source)
         for webhook_id in webhook_ids:
             message = signed_message(transmission_id, transmission_time, webhook_id, request.body)
             try:

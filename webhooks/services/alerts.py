@@ -18,6 +18,7 @@ from webhooks.selectors import EVENT_STATUS_FAILED
 
 from .dashboard_stats import destination_health
 from .delivery import INACTIVE_DESTINATION_ERROR
+from .text import one_line
 
 
 def organization_admin_emails(organization_id: int) -> list[str]:
@@ -52,7 +53,7 @@ def alert_destination_paused(destination_id: int) -> bool:
         + reverse("dashboard:destination_detail", args=[destination.organization.slug, destination.pk]),
     }
     message = EmailMultiAlternatives(
-        subject=f"[Hookline] Destination paused: {destination.name}",
+        subject=f"[Hookline] Destination paused: {one_line(destination.name)}",
         body=render_to_string("emails/destination_paused.txt", context),
         to=organization_admin_emails(destination.organization_id),
     )
@@ -107,7 +108,8 @@ def _send_dead_letter_digest(*, destination: Destination, since, total: int, sum
         + reverse("dashboard:destination_detail", args=[slug, destination.pk]),
     }
     subject = (
-        f"[Hookline] {total} {'delivery' if total == 1 else 'deliveries'} to {destination.name} failed permanently"
+        f"[Hookline] {total} {'delivery' if total == 1 else 'deliveries'} to {one_line(destination.name)} "
+        "failed permanently"
     )
     message = EmailMultiAlternatives(
         subject=subject,

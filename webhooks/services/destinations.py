@@ -22,6 +22,7 @@ from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
+from .text import name_problem
 
 
 class DestinationError(ValueError):
@@ -77,6 +78,8 @@ def _check_settings(name: str, timeout_seconds: float | None) -> None:
         raise DestinationError("the destination needs a name")
     if len(name) > Destination._meta.get_field("name").max_length:
         raise DestinationError(f"the name is longer than {Destination._meta.get_field('name').max_length} characters")
+    if problem := name_problem(name):
+        raise DestinationError(problem)
     low, high = Destination.MIN_TIMEOUT_SECONDS, Destination.MAX_TIMEOUT_SECONDS
     if timeout_seconds is not None and not low <= timeout_seconds <= high:
         raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds")

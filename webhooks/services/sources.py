@@ -16,6 +16,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 from .permissions import require_configure_role
 from .secret_use import SECRET_MATCH_FIELDS
 from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
+from .text import name_problem
 
 
 def source_change_delay() -> str:
@@ -36,6 +37,15 @@ class SourceError(ValueError):
 
 class SecretRequired(SourceError):
     """The provider issues the secret, and none was given."""
+
+
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise SourceError("the source needs a name")
+    if len(name) > Source._meta.get_field("name").max_length:
+        raise SourceError(f"the name is longer than {Source._meta.get_field('name').max_length} characters")
+    if problem := name_problem(name):
+        raise SourceError(problem)
 
 
 def _clean(provider_kind: str, secret: str | None, options: dict[str, Any], *, allow_unset_secret: bool = False):
@@ -84,10 +94,7 @@ def source_create(
     ingest URL is registered there) may be left without one for now: every request is then
     refused as ``secret_not_set`` until a rotation sets it."""
     require_configure_role(organization=organization, actor=actor)
-    if not name.strip():
-        raise SourceError("the source needs a name")
-    if len(name) > Source._meta.get_field("name").max_length:
-        raise SourceError(f"the name is longer than {Source._meta.get_field('name').max_length} characters")
+    _check_name(name)
     clean_secret, clean_options, generated = _clean(
         provider, secret, options or {}, allow_unset_secret=allow_unset_secret
     )
@@ -172,6 +179,7 @@ def source_set_active(*, source: Source, active: bool, actor=None) -> Source:
 def source_update(*, source: Source, name: str, options: dict[str, Any], actor=None) -> Source:
     """Rename a source and change its provider options (the secret has its own service)."""
     require_configure_role(organization=source.organization, actor=actor)
+    _check_name(name)
     try:
         clean_options = get_provider(source.provider).clean_options(options)
     except InvalidOptions as exc:

@@ -105,3 +105,38 @@ def test_the_pause_email_links_to_the_destination_says_how_to_resume_and_counts_
     assert page.context["health"].waiting == 3
     assert "Waiting deliveries: 3 (the" in message.body
     assert alert_destination_paused(destination.pk) is False  # once per interval
+
+
+def test_a_line_break_in_one_tenants_destination_name_stops_no_ones_digest(client, organization, other_organization):
+    """A name saved before names refused control characters: Django refuses a header holding a
+    line break, which made the digest task fail there and skip every destination after it."""
+    from webhooks.models import Destination
+
+    ours = dead_events(client, organization, 1)
+    Destination.objects.filter(pk=ours.pk).update(name="Evil\r\nBcc: someone@evil.example")
+    theirs = dead_events(client, other_organization, 1)
+    Destination.objects.filter(pk=theirs.pk).update(name="Globex endpoint")
+
+    assert send_dead_letter_digests() == 2
+
+    subjects = sorted(message.subject for message in mail.outbox)
+    assert subjects == [
+        "[Hookline] 1 delivery to Evil Bcc: someone@evil.example failed permanently",
+        "[Hookline] 1 delivery to Globex endpoint failed permanently",
+    ]
+    assert all(message.bcc == [] for message in mail.outbox)
+    assert all("someone@evil.example" not in message.recipients() for message in mail.outbox)
+
+
+def test_the_pause_email_of_a_destination_whose_name_has_a_line_break_is_sent(client, organization):
+    from django.utils import timezone
+
+    from webhooks.models import Destination
+    from webhooks.services.alerts import alert_destination_paused
+
+    destination = dead_events(client, organization, 1)
+    Destination.objects.filter(pk=destination.pk).update(name="Evil\nX-Injected: 1", paused_at=timezone.now())
+
+    assert alert_destination_paused(destination.pk) is True
+    assert mail.outbox[0].subject == "[Hookline] Destination paused: Evil X-Injected: 1"
+    assert "X-Injected" not in mail.outbox[0].extra_headers

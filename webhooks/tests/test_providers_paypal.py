@@ -494,6 +494,41 @@ def test_new_fetches_are_rate_limited():
     assert len(fetcher.calls) == paypal_module.FETCHES_PER_MINUTE
 
 
+def test_made_up_certificate_urls_spend_only_the_allowance_of_the_source_they_were_sent_to():
+    """Whoever knows one source's ingest URL can send made-up cert URLs to it; another tenant's source,
+    on the same process, still fetches the certificate its genuine event names."""
+    fetcher = FakeFetcher()
+    prov = provider(fetcher)
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    for n in range(paypal_module.FETCHES_PER_MINUTE):
+        reject(
+            req(body, paypal_headers(body, OLD_WEBHOOK_ID, cert_url=f"{CERT_URL}-{n}")),
+            secrets=[OLD_WEBHOOK_ID],
+            prov=prov,
+        )
+    refused = reject(
+        req(body, paypal_headers(body, OLD_WEBHOOK_ID, cert_url=f"{CERT_URL}-x")), secrets=[OLD_WEBHOOK_ID], prov=prov
+    )
+    assert refused.code == "untrusted_certificate" and "too many" in refused.detail
+
+    prov.verify(req(body, paypal_headers(body)), [WEBHOOK_ID], OPTIONS, NOW)  # another source: fetched, verified
+
+    assert fetcher.calls[-1] == CERT_URL
+    assert len(fetcher.calls) == paypal_module.FETCHES_PER_MINUTE + 1
+
+
+def test_every_source_together_has_a_ceiling_on_fetches(monkeypatch):
+    monkeypatch.setattr(paypal_module, "FETCHES_PER_MINUTE_ALL_SOURCES", 3)
+    fetcher = FakeFetcher()
+    prov = provider(fetcher)
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    for n, webhook_id in enumerate(["1AAAAAAAAAAAAAAAA", "2BBBBBBBBBBBBBBBB", "3CCCCCCCCCCCCCCCC"]):
+        reject(req(body, paypal_headers(body, webhook_id, cert_url=f"{CERT_URL}-{n}")), secrets=[webhook_id], prov=prov)
+    error = reject(req(body, paypal_headers(body)), prov=prov)
+    assert error.code == "untrusted_certificate" and "too many certificate fetches in the last minute" in error.detail
+    assert len(fetcher.calls) == 3
+
+
 def test_trust_anchors_may_be_a_callable():
     body = fixture("PAYMENT.CAPTURE.COMPLETED")
     prov = PayPalProvider(fetcher=FakeFetcher(), trust_anchors=lambda: [ROOT])

@@ -1,0 +1,78 @@
+"""Names a tenant gives sources and destinations: shown in the dashboard and in email subjects,
+so they hold no line breaks or other control characters (a CRLF in a subject is a refused header)."""
+
+import pytest
+from django.urls import reverse
+
+from webhooks.models import Destination, Source
+from webhooks.services.destinations import DestinationError, destination_create, destination_update
+from webhooks.services.sources import SourceError, source_create, source_update
+
+from .factories import STRIPE_SECRET, make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+BAD_NAMES = [
+    "Evil\r\nBcc: someone@evil.example",
+    "two\nlines",
+    "tab\there",
+    "nul\x00",
+    "next line\x85",
+    "line separator\u2028",
+    "right-to-left \u202egnp.exe",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_services_refuse_a_name_with_control_characters(organization, owner, name):
+    with pytest.raises(SourceError, match="control characters"):
+        source_create(organization=organization, provider="stripe", name=name, secret=STRIPE_SECRET, actor=owner)
+    with pytest.raises(DestinationError, match="control characters"):
+        destination_create(organization=organization, name=name, url="http://127.0.0.1:9/hook", actor=owner)
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    with pytest.raises(SourceError, match="control characters"):
+        source_update(source=source, name=name, options=source.options, actor=owner)
+    with pytest.raises(DestinationError, match="control characters"):
+        destination_update(
+            destination=destination,
+            name=name,
+            url=destination.url,
+            sources=[source],
+            event_types=[],
+            timeout_seconds=destination.timeout_seconds,
+            actor=owner,
+        )
+    assert list(Source.objects.values_list("name", flat=True)) == ["Stripe live"]
+    assert list(Destination.objects.values_list("name", flat=True)) == ["endpoint"]
+
+
+def test_names_with_any_printable_text_are_kept(organization, owner):
+    name = 'Stripe – live ü 💳 "quoted" <b>'
+    source, _ = source_create(
+        organization=organization, provider="stripe", name=name, secret=STRIPE_SECRET, actor=owner
+    )
+    destination, _ = destination_create(organization=organization, name=name, url="http://127.0.0.1:9/h", actor=owner)
+    assert source.name == destination.name == name
+
+
+def test_the_dashboard_forms_say_so_on_the_name_field(client, organization, owner):
+    client.force_login(owner)
+    source = make_source(organization, name="Stripe live")
+    pages = [
+        (reverse("dashboard:source_create", args=["acme", "stripe"]), {"secret": STRIPE_SECRET}),
+        (reverse("dashboard:source_edit", args=["acme", source.pk]), {"option_tolerance": "300"}),
+        (
+            reverse("dashboard:destination_create", args=["acme"]),
+            {"url": "http://127.0.0.1:9/hook", "timeout_seconds": "15", "sources": [source.pk]},
+        ),
+    ]
+    for path, data in pages:
+        response = client.post(path, {**data, "name": "Evil\r\nBcc: someone@evil.example"})
+        assert response.status_code == 200, path
+        errors = response.context["form"].errors
+        assert list(errors) == ["name"], (path, errors)
+        assert "control characters" in errors["name"][0]
+    assert list(Source.objects.values_list("name", flat=True)) == ["Stripe live"]
+    assert not Destination.objects.exists()
