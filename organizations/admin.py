@@ -49,7 +49,13 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list[: self.CAP + 1].count()
+        rows = self.object_list
+        if isinstance(rows, models.QuerySet):
+            # Only the primary keys, in any order: a column the list computes per row (an event's
+            # failed deliveries) would otherwise run for every counted row, and an ORDER BY would
+            # sort every match before the limit; neither changes how many rows there are.
+            rows = rows.values("pk").order_by()
+        return rows[: self.CAP + 1].count()
 
     @property
     def is_capped(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from organizations.admin import AWAITING_CONFIRMATION
 
@@ -11,8 +12,22 @@ from organizations.admin import AWAITING_CONFIRMATION
 ACTION_LIMIT = 1000
 
 
+# Posted by the buttons of an object's own page (an event's Retry and Replay): the action's
+# confirmation, its "No, take me back" and its result lead back to that page, not to the list.
+RETURN_TO_OBJECT = "return_to_object"
+
+
 def confirmed(request) -> bool:
     return request.POST.get("confirm") == "yes"
+
+
+def object_page_to_return_to(request, model_admin) -> str | None:
+    """The change page of the object whose own page started the action, if it is the one selected."""
+    pk = request.POST.get(RETURN_TO_OBJECT, "")
+    if not pk or request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) != [pk]:
+        return None
+    opts = model_admin.model._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk])
 
 
 def confirmation_page(
@@ -48,6 +63,8 @@ def confirmation_page(
         "choices": choices or [],
         "choices_label": choices_label,
         "form_url": request.get_full_path(),
+        "return_to_object": request.POST.get(RETURN_TO_OBJECT, ""),
+        "cancel_url": object_page_to_return_to(request, model_admin) or request.get_full_path(),
     }
     response = TemplateResponse(request, "admin/hookline/action_confirmation.html", context)
     setattr(response, AWAITING_CONFIRMATION, True)

@@ -11,10 +11,10 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
 from webhooks.fields import decrypt, encrypt
@@ -23,11 +23,12 @@ from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 from webhooks.services.destinations import (
     DestinationError,
+    destination_bulk_retry,
     destination_check_secret,
     destination_check_url,
     destination_rotate_secret,
 )
-from webhooks.services.operations import destination_pause, destination_resume
+from webhooks.services.operations import OperationError, destination_pause, destination_resume
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
@@ -350,6 +351,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "paused_at",
         "pause_reason",
         "consecutive_failures",
+        "related_links",
     )
     readonly_fields = (
         "organization",
@@ -358,9 +360,24 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "paused_at",
         "pause_reason",
         "consecutive_failures",
+        "related_links",
     )
     inlines = (SubscriptionInline,)
-    actions = ("rotate_secret", "pause", "resume")
+    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries")
+
+    @admin.display(description="Its deliveries")
+    def related_links(self, obj):
+        # "What happened to what we sent to this URL?": its deliveries, each with its event and attempts.
+        if not obj.pk:
+            return "—"
+        deliveries = reverse("admin:webhooks_delivery_changelist")
+        links = [
+            (f"{deliveries}?destination={obj.pk}", "All deliveries"),
+            (f"{deliveries}?destination={obj.pk}&status__exact=dead", "Dead"),
+            (f"{deliveries}?destination={obj.pk}&status__exact=pending", "Waiting for a retry"),
+            (reverse("admin:webhooks_bulkretry_changelist") + f"?organization={obj.organization_id}", "Bulk retries"),
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
     def has_add_permission(self, request):
         # A destination gets its secret from destination_create (dashboard or create_destination).
@@ -420,6 +437,27 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         for destination in queryset.select_related("organization"):
             destination_resume(destination=destination, actor=request.user)
         self.message_user(request, "Resumed; what queued up is being sent.", messages.SUCCESS)
+
+    @admin.action(
+        description="Retry every dead delivery of the selected destinations (in the background)", permissions=["change"]
+    )
+    def retry_dead_deliveries(self, request, queryset):
+        # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
+        # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
+        started, refused = [], []
+        for destination in queryset.select_related("organization"):
+            try:
+                job = destination_bulk_retry(destination=destination, actor=request.user)
+            except OperationError as exc:
+                refused.append(f"{destination.organization.name} · {destination}: {exc}")
+                continue
+            started.append(f"{destination.organization.name} · {destination} ({job.total})")
+        if started:
+            self.message_user(
+                request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS
+            )
+        if refused:
+            self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
 
 
 @admin.register(BulkRetry)

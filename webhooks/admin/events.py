@@ -5,19 +5,21 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Prefetch
+from django.db.models import OuterRef, Prefetch, Q
+from django.http import HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
 from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
+from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
 from webhooks.selectors import events_with_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.text import readable_body
 
-from .actions import ACTION_LIMIT, confirmation_page, confirmed
+from .actions import ACTION_LIMIT, confirmation_page, confirmed, object_page_to_return_to
 from .filters import (
     DestinationFilter,
     HasFailedDeliveriesFilter,
@@ -97,16 +99,15 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
                 waiting.append(paused[delivery.destination_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
+    queued = f"{retried} {'delivery' if retried == 1 else 'deliveries'} queued for another attempt"
     if waiting:
         names = ", ".join(sorted(set(waiting))[:10])
+        which = "it waits until its" if retried == 1 else f"{len(waiting)} of them wait until their"
         model_admin.message_user(
-            request,
-            f"{retried} deliveries queued for another attempt; {len(waiting)} of them wait until their paused "
-            f"destination is resumed ({names}).",
-            messages.WARNING,
+            request, f"{queued}; {which} paused destination is resumed ({names}).", messages.WARNING
         )
     else:
-        model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
+        model_admin.message_user(request, f"{queued}.", messages.SUCCESS)
     if refused:
         model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
     return None
@@ -134,7 +135,7 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     # deliveries are on screen. The source shows its provider ("Billing (stripe)"): no column of its own.
     list_display = (
         "received_at",
-        "status",
+        "status_with_reason",
         "failed_deliveries",
         "organization",
         "source",
@@ -154,7 +155,10 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     )
     # The search box; get_search_results decides what a term matches.
     search_fields = ("provider_event_id",)
-    search_help_text = "Our event id, the provider's event id, or an organization's slug or name (exact)."
+    search_help_text = (
+        "Exact: our event id, the provider's event id (also one a rejected request claimed), the webhook-id a "
+        "destination received, or an organization's slug or name."
+    )
     list_select_related = ("organization", "source")
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -193,6 +197,14 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
         context.update(can_retry=self.has_retry_permission(request), can_replay=self.has_replay_permission(request))
         return super().render_change_form(request, context, *args, **kwargs)
 
+    def response_action(self, request, queryset):
+        # Started from an event's own page: back to that page (with the outcome), not to the list.
+        response = super().response_action(request, queryset)
+        back = object_page_to_return_to(request, self)
+        if back and response is not None and response.status_code == 302:
+            return HttpResponseRedirect(back)
+        return response
+
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).
         return (
@@ -214,10 +226,28 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
         if not term:
             return queryset, False
         # Exact matches only (a substring search over millions of bodies or ids cannot be fast):
-        # any id the dashboard's search takes, across organizations, or an organization.
-        by_id = queryset.filter(events_with_id(term, organization=None))
-        by_organization = queryset.filter(organization__slug=term) | queryset.filter(organization__name__iexact=term)
-        return by_id | by_organization, False
+        # any id the dashboard's search takes, across organizations, or an organization. The
+        # organizations are looked up first: a join inside the OR would make PostgreSQL read every
+        # event, newest first, testing each against both tables, instead of combining index lookups.
+        matches = events_with_id(term, organization=None)
+        organization_ids = list(
+            Organization.objects.filter(Q(slug=term) | Q(name__iexact=term)).values_list("pk", flat=True)[:100]
+        )
+        if organization_ids:
+            matches |= Q(organization_id__in=organization_ids)
+        return queryset.filter(matches), False
+
+    @admin.display(description="Status")
+    def status_with_reason(self, obj):
+        # A rejected request's reason is what the operator is asked about: on the row, not a click away.
+        if obj.status == WebhookEvent.Status.REJECTED and obj.rejection_code:
+            return format_html(
+                '{} <span class="hookline-bad" title="{}">({})</span>',
+                obj.get_status_display(),
+                obj.rejection_detail,
+                obj.rejection_code,
+            )
+        return obj.get_status_display()
 
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):
@@ -350,7 +380,7 @@ class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminM
     )
     list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay")
     search_fields = ("=id",)
-    search_help_text = "A delivery id or an event id (exact)."
+    search_help_text = "Exact: a delivery id, an event id (the webhook-id a destination received) or a destination URL."
     list_select_related = ("organization", "destination")
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -362,10 +392,16 @@ class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminM
     actions = ("retry_deliveries",)
 
     def get_search_results(self, request, queryset, search_term):
+        text = search_term.strip()
+        if not text:
+            return queryset, False
         try:
-            term = uuid.UUID(search_term.strip())
+            term = uuid.UUID(text)
         except ValueError:
-            return (queryset.none() if search_term.strip() else queryset), False
+            # A destination URL, as a tenant quotes it: the destinations are looked up first, so
+            # the deliveries are found through their destination index, not by a join.
+            destination_ids = list(Destination.objects.filter(url=text).values_list("pk", flat=True)[:100])
+            return queryset.filter(destination_id__in=destination_ids), False
         return queryset.filter(pk=term) | queryset.filter(event_id=term), False
 
     @admin.display(description="Event", ordering="event_id")
@@ -391,6 +427,9 @@ class DeliveryAttemptAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnl
         "error",
     )
     list_filter = (OrganizationFilter, ResponseStatusFilter)
+    # Newest first by the attempt's own time-ordered id: the model's (delivery, attempt number)
+    # order joins every attempt to its delivery and sorts them all before the first page.
+    ordering = ("-id",)
     search_fields = ("=delivery__id",)
     search_help_text = "A delivery id (exact)."
     list_select_related = ("organization",)
