@@ -32,7 +32,13 @@ from webhooks.services.operations import OperationError, destination_pause, dest
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
-from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
+from webhooks.services.sources import (
+    SourceError,
+    ingest_url,
+    source_check_secret,
+    source_create,
+    source_rotate_secret,
+)
 
 from .actions import confirmation_page, confirmed
 from .filters import SourceProviderFilter
@@ -156,6 +162,35 @@ class SourceAdminForm(forms.ModelForm):
         return cleaned
 
 
+class SourceAddForm(forms.ModelForm):
+    """A new source, made by source_create as create_source and the dashboard make it."""
+
+    secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The provider's signing secret (Stripe's whsec_…, GitHub's webhook secret…). Empty: generated "
+        "and shown once where Hookline issues it; where the provider issues it, every request is refused "
+        "until it is set here.",
+    )
+
+    class Meta:
+        model = Source
+        fields = ("organization", "provider", "name", "options")
+
+    clean_options = SourceAdminForm.clean_options
+
+    def clean(self):
+        cleaned = super().clean()
+        secret, provider = cleaned.get("secret"), cleaned.get("provider")
+        if secret and provider and "options" in cleaned:
+            try:
+                source_check_secret(provider=provider, secret=secret, options=cleaned["options"])
+            except SourceError as exc:
+                self.add_error("secret", str(exc))
+        return cleaned
+
+
 @admin.register(Source)
 class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     form = SourceAdminForm
@@ -205,11 +240,20 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         # The dashboard's own words (and time format), so that admins and tenants read the same.
         return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
 
-    def has_add_permission(self, request):
-        # Creating a source needs the provider's secret checks: use create_source or the dashboard.
-        return False
+    add_fields = ("organization", "provider", "name", "options", "secret")
+
+    def get_fields(self, request, obj=None):
+        return self.add_fields if obj is None else super().get_fields(request, obj)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = SourceAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change):
+        if not change:
+            self._create(request, obj, form)
+            return
         super().save_model(request, obj, form, change)
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
@@ -223,6 +267,50 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
             except SourceError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
+
+    def _create(self, request, obj, form) -> None:
+        """Through the service (its checks, its audit entry); ``obj`` becomes the source it made, so
+        that the admin's own log, audit entry and redirect name it."""
+        data = form.cleaned_data
+        source, generated = source_create(
+            organization=data["organization"],
+            provider=data["provider"],
+            name=data["name"],
+            secret=data.get("secret") or None,
+            options=data.get("options") or {},
+            # As on the dashboard: a provider that shows its secret only once the URL is
+            # registered there gets the source first, and its secret on this page afterwards.
+            allow_unset_secret=True,
+            actor=request.user,
+        )
+        for field in Source._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(source, field.attname))
+        obj._state.adding, obj._state.db = False, source._state.db
+        # What the admin's own entry lists (the service's entry has the rest); never the secret's value.
+        obj._audit_changes = {
+            "organization": source.organization_id,
+            "provider": source.provider,
+            "name": source.name,
+            "options": source.options,
+            "secret": "given" if data.get("secret") else ("generated" if generated else "not set yet"),
+        }
+        request._hookline_generated_secret = generated
+
+    def response_add(self, request, obj, post_url_continue=None):
+        generated = getattr(request, "_hookline_generated_secret", None)
+        if generated:
+            # Shown once, on its own page (see OneTimeSecretsMixin), with the source's ingest URL.
+            return self.one_time_secret_page(
+                request, title="New source secret", shown=[(f"{obj.organization.name} · {obj}", generated)]
+            )
+        if not obj.secret:
+            self.message_user(
+                request,
+                "It refuses every request until its signing secret is set: enter the provider's secret under "
+                "“New secret” once the ingest URL is registered there.",
+                messages.WARNING,
+            )
+        return super().response_add(request, obj, post_url_continue)
 
     @admin.action(description="Rotate secret (generate a new one, shown once)", permissions=["change"])
     def rotate_secret(self, request, queryset):

@@ -1362,3 +1362,70 @@ def test_a_destination_without_dead_deliveries_starts_no_bulk_retry(admin, setup
     )
     assert not BulkRetry.objects.exists()
     assert "nothing to retry" in " ".join(str(message) for message in response.context["messages"])
+
+
+# --- Creating a source in the admin -------------------------------------------------------------
+
+SOURCES = "admin:webhooks_source_changelist"
+
+
+def add_source(admin, organization, provider, name, secret="", options="{}"):
+    return admin.post(
+        reverse("admin:webhooks_source_add"),
+        {"organization": organization.pk, "provider": provider, "name": name, "options": options, "secret": secret},
+    )
+
+
+def test_a_source_added_in_the_admin_with_the_providers_secret_verifies_its_webhooks(admin, organization, client):
+    response = add_source(admin, organization, "stripe", "Billing", secret=STRIPE_SECRET)
+    assert response.status_code == 302 and response["Location"] == reverse(SOURCES)
+    source = Source.objects.get(name="Billing")
+    assert source.organization == organization and source.provider == "stripe" and source.secret == STRIPE_SECRET
+    # Created by the service: its entry and the admin's, neither with the secret.
+    entries = AuditLog.objects.filter(target_type="webhooks.Source", target_id=str(source.pk)).order_by("id")
+    assert [entry.action for entry in entries] == ["source.created", "admin.webhooks.source.added"]
+    assert all(STRIPE_SECRET not in str(entry.changes) for entry in entries)
+    # The ingest URL takes a webhook signed with that secret by Stripe's own package.
+    body = '{"id": "evt_admin_made", "object": "event", "type": "invoice.paid"}'
+    from webhooks.tests.signing import post_stripe
+
+    assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    assert WebhookEvent.objects.get(source=source).provider_event_id == "evt_admin_made"
+
+
+def test_a_source_whose_secret_hookline_issues_shows_it_once_on_its_own_page(admin, organization):
+    response = add_source(admin, organization, "shared_token", "Internal")
+    source = Source.objects.get(name="Internal")
+    assert source.secret and response.status_code == 302 and source.secret not in response.content.decode()
+    shown = admin.get(response["Location"])
+    assert source.secret in shown.content.decode() and "no-store" in shown["Cache-Control"]
+    assert source.secret not in admin.get(response["Location"], follow=True).content.decode()
+
+
+def test_a_source_whose_provider_shows_the_secret_later_is_added_without_one_and_says_so(admin, organization):
+    response = add_source(admin, organization, "stripe", "Later")
+    assert response.status_code == 302
+    source = Source.objects.get(name="Later")
+    assert source.secret == ""
+    shown = [str(message) for message in admin.get(response["Location"]).context["messages"]]
+    assert any("refuses every request until its signing secret is set" in message for message in shown)
+
+
+def test_a_source_secret_or_options_its_provider_refuses_add_nothing(admin, organization):
+    refused = add_source(admin, organization, "standard_webhooks", "Svix", secret="not-a-whsec-secret")
+    assert refused.status_code == 200 and refused.context["adminform"].form.errors["secret"]
+    bad_options = add_source(admin, organization, "generic_hmac", "Hmac", options='{"algorithm": "md0"}')
+    assert bad_options.status_code == 200 and bad_options.context["adminform"].form.errors["options"]
+    assert not Source.objects.exists()
+    assert "not-a-whsec-secret" not in refused.content.decode()
+
+
+def test_staff_without_the_add_permission_cannot_add_a_source(client, organization):
+    from django.contrib.auth.models import Permission
+
+    staff = get_user_model().objects.create_user("support@hookline.example", "a long password 1", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_source"))
+    client.force_login(staff)
+    assert client.get(reverse("admin:webhooks_source_add")).status_code == 403
+    assert add_source(client, organization, "shared_token", "Sneaky").status_code == 403
+    assert not Source.objects.exists()
