@@ -1429,3 +1429,34 @@ def test_staff_without_the_add_permission_cannot_add_a_source(client, organizati
     assert client.get(reverse("admin:webhooks_source_add")).status_code == 403
     assert add_source(client, organization, "shared_token", "Sneaky").status_code == 403
     assert not Source.objects.exists()
+
+
+# --- Reading the audit log ----------------------------------------------------------------------
+
+
+def test_the_audit_log_shows_before_and_after_and_finds_an_actor_by_email(admin, organization, superuser, owner):
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    assert admin.post(url, organization_form(organization, plan="business", retention_days=14)).status_code == 302
+    audit = reverse("admin:organizations_auditlog_changelist")
+    listing = admin.get(audit, {"action": "admin.organizations.organization.changed"})
+    html = listing.content.decode()
+    assert "plan: free → business" in html and "retention_days: 30 → 14" in html
+    entry = AuditLog.objects.get(action="admin.organizations.organization.changed")
+    detail = admin.get(reverse("admin:organizations_auditlog_change", args=[entry.pk])).content.decode()
+    assert "<li><code>plan: free → business</code></li>" in detail
+    # Who did it, by address (any case): the superuser's entries, not the tenant owner's.
+    found = listed(admin.get(audit, {"q": superuser.email.upper()}))
+    assert entry in found and all(item.actor_user_id == superuser.pk for item in found)
+    audit_record(action="organization.updated", organization=organization, actor=owner, changes={})
+    theirs = listed(admin.get(audit, {"q": owner.email}))
+    assert theirs and all(item.actor_label == owner.email for item in theirs)
+
+
+def test_audit_change_lines_keep_secrets_masked_and_long_values_short():
+    from organizations.admin import change_lines
+
+    lines = change_lines(
+        {"fields": {"secret": "********", "name": ["a", "b"]}, "summary": [{"changed": {}}], "notes": "x" * 200}
+    )
+    assert lines[:2] == ["secret: ********", "name: a → b"]
+    assert lines[2].startswith("notes: xxx") and lines[2].endswith("…") and len(lines[2]) < 100
