@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.admin import helpers
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -28,6 +29,17 @@ def object_page_to_return_to(request, model_admin) -> str | None:
         return None
     opts = model_admin.model._meta
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk])
+
+
+class ReturnToObjectPageMixin:
+    """An action started from an object's own page (its buttons post return_to_object) ends there."""
+
+    def response_action(self, request, queryset):
+        response = super().response_action(request, queryset)
+        back = object_page_to_return_to(request, self)
+        if back and response is not None and response.status_code == 302:
+            return HttpResponseRedirect(back)
+        return response
 
 
 def confirmation_page(

@@ -6,7 +6,6 @@ import uuid
 
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Prefetch, Q
-from django.http import HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
@@ -19,7 +18,7 @@ from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.text import readable_body
 
-from .actions import ACTION_LIMIT, confirmation_page, confirmed, object_page_to_return_to
+from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
     DestinationFilter,
     HasFailedDeliveriesFilter,
@@ -130,7 +129,9 @@ def shortened(value: str | None):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class WebhookEventAdmin(
+    ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     # What an operator scans for comes first; the long ids last, so at 1280 px Status and Failed
     # deliveries are on screen. The source shows its provider ("Billing (stripe)"): no column of its own.
     list_display = (
@@ -196,14 +197,6 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
         # The page's Retry and Replay buttons post those actions: shown only to who may run them.
         context.update(can_retry=self.has_retry_permission(request), can_replay=self.has_replay_permission(request))
         return super().render_change_form(request, context, *args, **kwargs)
-
-    def response_action(self, request, queryset):
-        # Started from an event's own page: back to that page (with the outcome), not to the list.
-        response = super().response_action(request, queryset)
-        back = object_page_to_return_to(request, self)
-        if back and response is not None and response.status_code == 302:
-            return HttpResponseRedirect(back)
-        return response
 
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).
@@ -366,7 +359,9 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeliveryAdmin(
+    ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     list_display = (
         "id",
         "event_link",
@@ -387,9 +382,19 @@ class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminM
     sortable_by = ("id",)
     # Facet counts would run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    readonly_fields = [field.name for field in Delivery._meta.fields]
+    # The webhook-id its receiver got, next to the delivery's own fields.
+    readonly_fields = [*(field.name for field in Delivery._meta.fields), "webhook_id"]
     inlines = (DeliveryAttemptInline,)
     actions = ("retry_deliveries",)
+    change_form_template = "admin/webhooks/delivery/change_form.html"
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context.update(can_retry=self.has_retry_permission(request))
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    @admin.display(description="webhook-id sent")
+    def webhook_id(self, obj):
+        return obj.message_id
 
     def get_search_results(self, request, queryset, search_term):
         text = search_term.strip()

@@ -1460,3 +1460,21 @@ def test_audit_change_lines_keep_secrets_masked_and_long_values_short():
     )
     assert lines[:2] == ["secret: ********", "name: a → b"]
     assert lines[2].startswith("notes: xxx") and lines[2].endswith("…") and len(lines[2]) < 100
+
+
+def test_a_dead_delivery_is_retried_from_its_own_page_which_names_its_webhook_id(admin, setup):
+    dead = Delivery.objects.get(event=setup["dead"])
+    page = admin.get(reverse("admin:webhooks_delivery_change", args=[dead.pk])).content.decode()
+    assert 'id="retry-delivery"' in page and str(setup["dead"].pk) in page  # the webhook-id: the event's id
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk], "return_to_object": dead.pk},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:webhooks_delivery_change", args=[dead.pk])
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.PENDING
+    # Nothing to retry on a delivered one: no button.
+    delivered = Delivery.objects.get(event=setup["delivered"])
+    page = admin.get(reverse("admin:webhooks_delivery_change", args=[delivered.pk])).content.decode()
+    assert 'id="retry-delivery"' not in page
