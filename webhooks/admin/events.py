@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
-from webhooks.selectors import events_with_id
+from webhooks.selectors import events_with_id, parse_event_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.text import readable_body
@@ -375,7 +375,10 @@ class DeliveryAdmin(
     )
     list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay")
     search_fields = ("=id",)
-    search_help_text = "Exact: a delivery id, an event id (the webhook-id a destination received) or a destination URL."
+    search_help_text = (
+        "Exact: a delivery id, any id the event search takes (ours or the webhook-id a destination received, "
+        "the provider's) or a destination URL."
+    )
     list_select_related = ("organization", "destination")
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -400,14 +403,16 @@ class DeliveryAdmin(
         text = search_term.strip()
         if not text:
             return queryset, False
-        try:
-            term = uuid.UUID(text)
-        except ValueError:
-            # A destination URL, as a tenant quotes it: the destinations are looked up first, so
-            # the deliveries are found through their destination index, not by a join.
-            destination_ids = list(Destination.objects.filter(url=text).values_list("pk", flat=True)[:100])
-            return queryset.filter(destination_id__in=destination_ids), False
-        return queryset.filter(pk=term) | queryset.filter(event_id=term), False
+        delivery_id = parse_event_id(text)  # any UUID
+        if delivery_id is not None and queryset.filter(pk=delivery_id).exists():
+            return queryset.filter(pk=delivery_id), False  # that delivery, not its event's others
+        # Looked up first, each through its own index, then matched by id: inside one OR, joins or
+        # subqueries would make PostgreSQL walk every delivery instead.
+        event_ids = list(
+            WebhookEvent.objects.filter(events_with_id(text, organization=None)).values_list("pk", flat=True)[:100]
+        )
+        destination_ids = list(Destination.objects.filter(url=text).values_list("pk", flat=True)[:100])
+        return queryset.filter(Q(event_id__in=event_ids) | Q(destination_id__in=destination_ids)), False
 
     @admin.display(description="Event", ordering="event_id")
     def event_link(self, obj):

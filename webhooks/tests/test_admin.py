@@ -1478,3 +1478,20 @@ def test_a_dead_delivery_is_retried_from_its_own_page_which_names_its_webhook_id
     delivered = Delivery.objects.get(event=setup["delivered"])
     page = admin.get(reverse("admin:webhooks_delivery_change", args=[delivered.pk])).content.decode()
     assert 'id="retry-delivery"' not in page
+
+
+def test_deliveries_are_found_by_any_id_the_event_search_takes(admin, setup):
+    url = reverse("admin:webhooks_delivery_changelist")
+    dead = Delivery.objects.get(event=setup["dead"])
+    replay = Delivery.objects.create(
+        organization=dead.organization, event=setup["dead"], destination=setup["destination"], is_replay=True
+    )
+    # The provider's id (Stripe's evt_…, a GitHub delivery GUID): every delivery of that event.
+    assert set(listed(admin.get(url, {"q": "evt_dead"}))) == {dead, replay}
+    assert listed(admin.get(url, {"q": "gh_ok"})) == [Delivery.objects.get(event=setup["delivered"])]
+    # A delivery's own id (a replay's webhook-id): that delivery alone.
+    assert listed(admin.get(url, {"q": str(replay.pk)})) == [replay]
+    with CaptureQueriesContext(connection) as queries:
+        listed(admin.get(url, {"q": "evt_dead"}))
+    for sql in statements_on(queries, "webhooks_delivery"):
+        assert "webhooks_webhookevent" not in sql.split(" FROM ", 1)[1]  # ids first, no join or subquery
