@@ -177,6 +177,7 @@ class SourceAddForm(forms.ModelForm):
     class Meta:
         model = Source
         fields = ("organization", "provider", "name", "options")
+        help_texts = {"options": "The provider's options as JSON ({} for its defaults): docs/providers.md lists them."}
 
     clean_options = SourceAdminForm.clean_options
 
