@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.contrib.admin import helpers
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from organizations.admin import AWAITING_CONFIRMATION
 
@@ -11,8 +13,33 @@ from organizations.admin import AWAITING_CONFIRMATION
 ACTION_LIMIT = 1000
 
 
+# Posted by the buttons of an object's own page (an event's Retry and Replay): the action's
+# confirmation, its "No, take me back" and its result lead back to that page, not to the list.
+RETURN_TO_OBJECT = "return_to_object"
+
+
 def confirmed(request) -> bool:
     return request.POST.get("confirm") == "yes"
+
+
+def object_page_to_return_to(request, model_admin) -> str | None:
+    """The change page of the object whose own page started the action, if it is the one selected."""
+    pk = request.POST.get(RETURN_TO_OBJECT, "")
+    if not pk or request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) != [pk]:
+        return None
+    opts = model_admin.model._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk])
+
+
+class ReturnToObjectPageMixin:
+    """An action started from an object's own page (its buttons post return_to_object) ends there."""
+
+    def response_action(self, request, queryset):
+        response = super().response_action(request, queryset)
+        back = object_page_to_return_to(request, self)
+        if back and response is not None and response.status_code == 302:
+            return HttpResponseRedirect(back)
+        return response
 
 
 def confirmation_page(
@@ -48,6 +75,8 @@ def confirmation_page(
         "choices": choices or [],
         "choices_label": choices_label,
         "form_url": request.get_full_path(),
+        "return_to_object": request.POST.get(RETURN_TO_OBJECT, ""),
+        "cancel_url": object_page_to_return_to(request, model_admin) or request.get_full_path(),
     }
     response = TemplateResponse(request, "admin/hookline/action_confirmation.html", context)
     setattr(response, AWAITING_CONFIRMATION, True)

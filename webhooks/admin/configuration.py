@@ -11,10 +11,10 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
 from webhooks.fields import decrypt, encrypt
@@ -23,15 +23,22 @@ from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 from webhooks.services.destinations import (
     DestinationError,
+    destination_bulk_retry,
     destination_check_secret,
     destination_check_url,
     destination_rotate_secret,
 )
-from webhooks.services.operations import destination_pause, destination_resume
+from webhooks.services.operations import OperationError, destination_pause, destination_resume
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
-from webhooks.services.sources import SourceError, ingest_url, source_check_secret, source_rotate_secret
+from webhooks.services.sources import (
+    SourceError,
+    ingest_url,
+    source_check_secret,
+    source_create,
+    source_rotate_secret,
+)
 
 from .actions import confirmation_page, confirmed
 from .filters import SourceProviderFilter
@@ -155,6 +162,36 @@ class SourceAdminForm(forms.ModelForm):
         return cleaned
 
 
+class SourceAddForm(forms.ModelForm):
+    """A new source, made by source_create as create_source and the dashboard make it."""
+
+    secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The provider's signing secret (Stripe's whsec_…, GitHub's webhook secret…). Empty: generated "
+        "and shown once where Hookline issues it; where the provider issues it, every request is refused "
+        "until it is set here.",
+    )
+
+    class Meta:
+        model = Source
+        fields = ("organization", "provider", "name", "options")
+        help_texts = {"options": "The provider's options as JSON ({} for its defaults): docs/providers.md lists them."}
+
+    clean_options = SourceAdminForm.clean_options
+
+    def clean(self):
+        cleaned = super().clean()
+        secret, provider = cleaned.get("secret"), cleaned.get("provider")
+        if secret and provider and "options" in cleaned:
+            try:
+                source_check_secret(provider=provider, secret=secret, options=cleaned["options"])
+            except SourceError as exc:
+                self.add_error("secret", str(exc))
+        return cleaned
+
+
 @admin.register(Source)
 class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     form = SourceAdminForm
@@ -204,11 +241,20 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         # The dashboard's own words (and time format), so that admins and tenants read the same.
         return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
 
-    def has_add_permission(self, request):
-        # Creating a source needs the provider's secret checks: use create_source or the dashboard.
-        return False
+    add_fields = ("organization", "provider", "name", "options", "secret")
+
+    def get_fields(self, request, obj=None):
+        return self.add_fields if obj is None else super().get_fields(request, obj)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = SourceAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change):
+        if not change:
+            self._create(request, obj, form)
+            return
         super().save_model(request, obj, form, change)
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
@@ -222,6 +268,50 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
             except SourceError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
+
+    def _create(self, request, obj, form) -> None:
+        """Through the service (its checks, its audit entry); ``obj`` becomes the source it made, so
+        that the admin's own log, audit entry and redirect name it."""
+        data = form.cleaned_data
+        source, generated = source_create(
+            organization=data["organization"],
+            provider=data["provider"],
+            name=data["name"],
+            secret=data.get("secret") or None,
+            options=data.get("options") or {},
+            # As on the dashboard: a provider that shows its secret only once the URL is
+            # registered there gets the source first, and its secret on this page afterwards.
+            allow_unset_secret=True,
+            actor=request.user,
+        )
+        for field in Source._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(source, field.attname))
+        obj._state.adding, obj._state.db = False, source._state.db
+        # What the admin's own entry lists (the service's entry has the rest); never the secret's value.
+        obj._audit_changes = {
+            "organization": source.organization_id,
+            "provider": source.provider,
+            "name": source.name,
+            "options": source.options,
+            "secret": "given" if data.get("secret") else ("generated" if generated else "not set yet"),
+        }
+        request._hookline_generated_secret = generated
+
+    def response_add(self, request, obj, post_url_continue=None):
+        generated = getattr(request, "_hookline_generated_secret", None)
+        if generated:
+            # Shown once, on its own page (see OneTimeSecretsMixin), with the source's ingest URL.
+            return self.one_time_secret_page(
+                request, title="New source secret", shown=[(f"{obj.organization.name} · {obj}", generated)]
+            )
+        if not obj.secret:
+            self.message_user(
+                request,
+                "It refuses every request until its signing secret is set: enter the provider's secret under "
+                "“New secret” once the ingest URL is registered there.",
+                messages.WARNING,
+            )
+        return super().response_add(request, obj, post_url_continue)
 
     @admin.action(description="Rotate secret (generate a new one, shown once)", permissions=["change"])
     def rotate_secret(self, request, queryset):
@@ -350,6 +440,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "paused_at",
         "pause_reason",
         "consecutive_failures",
+        "related_links",
     )
     readonly_fields = (
         "organization",
@@ -358,9 +449,24 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "paused_at",
         "pause_reason",
         "consecutive_failures",
+        "related_links",
     )
     inlines = (SubscriptionInline,)
-    actions = ("rotate_secret", "pause", "resume")
+    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries")
+
+    @admin.display(description="Its deliveries")
+    def related_links(self, obj):
+        # "What happened to what we sent to this URL?": its deliveries, each with its event and attempts.
+        if not obj.pk:
+            return "—"
+        deliveries = reverse("admin:webhooks_delivery_changelist")
+        links = [
+            (f"{deliveries}?destination={obj.pk}", "All deliveries"),
+            (f"{deliveries}?destination={obj.pk}&status__exact=dead", "Dead"),
+            (f"{deliveries}?destination={obj.pk}&status__exact=pending", "Waiting for a retry"),
+            (reverse("admin:webhooks_bulkretry_changelist") + f"?organization={obj.organization_id}", "Bulk retries"),
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
     def has_add_permission(self, request):
         # A destination gets its secret from destination_create (dashboard or create_destination).
@@ -420,6 +526,27 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         for destination in queryset.select_related("organization"):
             destination_resume(destination=destination, actor=request.user)
         self.message_user(request, "Resumed; what queued up is being sent.", messages.SUCCESS)
+
+    @admin.action(
+        description="Retry every dead delivery of the selected destinations (in the background)", permissions=["change"]
+    )
+    def retry_dead_deliveries(self, request, queryset):
+        # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
+        # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
+        started, refused = [], []
+        for destination in queryset.select_related("organization"):
+            try:
+                job = destination_bulk_retry(destination=destination, actor=request.user)
+            except OperationError as exc:
+                refused.append(f"{destination.organization.name} · {destination}: {exc}")
+                continue
+            started.append(f"{destination.organization.name} · {destination} ({job.total})")
+        if started:
+            self.message_user(
+                request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS
+            )
+        if refused:
+            self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
 
 
 @admin.register(BulkRetry)

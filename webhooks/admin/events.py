@@ -5,19 +5,20 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Prefetch
+from django.db.models import OuterRef, Prefetch, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
 from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
+from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
-from webhooks.selectors import events_with_id
+from webhooks.selectors import events_with_id, parse_event_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.text import readable_body
 
-from .actions import ACTION_LIMIT, confirmation_page, confirmed
+from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
     DestinationFilter,
     HasFailedDeliveriesFilter,
@@ -97,16 +98,15 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
                 waiting.append(paused[delivery.destination_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
+    queued = f"{retried} {'delivery' if retried == 1 else 'deliveries'} queued for another attempt"
     if waiting:
         names = ", ".join(sorted(set(waiting))[:10])
+        which = "it waits until its" if retried == 1 else f"{len(waiting)} of them wait until their"
         model_admin.message_user(
-            request,
-            f"{retried} deliveries queued for another attempt; {len(waiting)} of them wait until their paused "
-            f"destination is resumed ({names}).",
-            messages.WARNING,
+            request, f"{queued}; {which} paused destination is resumed ({names}).", messages.WARNING
         )
     else:
-        model_admin.message_user(request, f"{retried} deliveries queued for another attempt.", messages.SUCCESS)
+        model_admin.message_user(request, f"{queued}.", messages.SUCCESS)
     if refused:
         model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
     return None
@@ -129,12 +129,14 @@ def shortened(value: str | None):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class WebhookEventAdmin(
+    ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     # What an operator scans for comes first; the long ids last, so at 1280 px Status and Failed
     # deliveries are on screen. The source shows its provider ("Billing (stripe)"): no column of its own.
     list_display = (
         "received_at",
-        "status",
+        "status_with_reason",
         "failed_deliveries",
         "organization",
         "source",
@@ -154,7 +156,10 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
     )
     # The search box; get_search_results decides what a term matches.
     search_fields = ("provider_event_id",)
-    search_help_text = "Our event id, the provider's event id, or an organization's slug or name (exact)."
+    search_help_text = (
+        "Exact: our event id, the provider's event id (also one a rejected request claimed), the webhook-id a "
+        "destination received, or an organization's slug or name."
+    )
     list_select_related = ("organization", "source")
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -214,10 +219,28 @@ class WebhookEventAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAd
         if not term:
             return queryset, False
         # Exact matches only (a substring search over millions of bodies or ids cannot be fast):
-        # any id the dashboard's search takes, across organizations, or an organization.
-        by_id = queryset.filter(events_with_id(term, organization=None))
-        by_organization = queryset.filter(organization__slug=term) | queryset.filter(organization__name__iexact=term)
-        return by_id | by_organization, False
+        # any id the dashboard's search takes, across organizations, or an organization. The
+        # organizations are looked up first: a join inside the OR would make PostgreSQL read every
+        # event, newest first, testing each against both tables, instead of combining index lookups.
+        matches = events_with_id(term, organization=None)
+        organization_ids = list(
+            Organization.objects.filter(Q(slug=term) | Q(name__iexact=term)).values_list("pk", flat=True)[:100]
+        )
+        if organization_ids:
+            matches |= Q(organization_id__in=organization_ids)
+        return queryset.filter(matches), False
+
+    @admin.display(description="Status")
+    def status_with_reason(self, obj):
+        # A rejected request's reason is what the operator is asked about: on the row, not a click away.
+        if obj.status == WebhookEvent.Status.REJECTED and obj.rejection_code:
+            return format_html(
+                '{} <span class="hookline-bad" title="{}">({})</span>',
+                obj.get_status_display(),
+                obj.rejection_detail,
+                obj.rejection_code,
+            )
+        return obj.get_status_display()
 
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):
@@ -336,7 +359,9 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeliveryAdmin(
+    ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     list_display = (
         "id",
         "event_link",
@@ -350,23 +375,44 @@ class DeliveryAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminM
     )
     list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay")
     search_fields = ("=id",)
-    search_help_text = "A delivery id or an event id (exact)."
+    search_help_text = (
+        "Exact: a delivery id, any id the event search takes (ours or the webhook-id a destination received, "
+        "the provider's) or a destination URL."
+    )
     list_select_related = ("organization", "destination")
     paginator = CappedCountPaginator
     show_full_result_count = False
     sortable_by = ("id",)
     # Facet counts would run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    readonly_fields = [field.name for field in Delivery._meta.fields]
+    # The webhook-id its receiver got, next to the delivery's own fields.
+    readonly_fields = [*(field.name for field in Delivery._meta.fields), "webhook_id"]
     inlines = (DeliveryAttemptInline,)
     actions = ("retry_deliveries",)
+    change_form_template = "admin/webhooks/delivery/change_form.html"
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context.update(can_retry=self.has_retry_permission(request))
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    @admin.display(description="webhook-id sent")
+    def webhook_id(self, obj):
+        return obj.message_id
 
     def get_search_results(self, request, queryset, search_term):
-        try:
-            term = uuid.UUID(search_term.strip())
-        except ValueError:
-            return (queryset.none() if search_term.strip() else queryset), False
-        return queryset.filter(pk=term) | queryset.filter(event_id=term), False
+        text = search_term.strip()
+        if not text:
+            return queryset, False
+        delivery_id = parse_event_id(text)  # any UUID
+        if delivery_id is not None and queryset.filter(pk=delivery_id).exists():
+            return queryset.filter(pk=delivery_id), False  # that delivery, not its event's others
+        # Looked up first, each through its own index, then matched by id: inside one OR, joins or
+        # subqueries would make PostgreSQL walk every delivery instead.
+        event_ids = list(
+            WebhookEvent.objects.filter(events_with_id(text, organization=None)).values_list("pk", flat=True)[:100]
+        )
+        destination_ids = list(Destination.objects.filter(url=text).values_list("pk", flat=True)[:100])
+        return queryset.filter(Q(event_id__in=event_ids) | Q(destination_id__in=destination_ids)), False
 
     @admin.display(description="Event", ordering="event_id")
     def event_link(self, obj):
@@ -391,6 +437,9 @@ class DeliveryAttemptAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnl
         "error",
     )
     list_filter = (OrganizationFilter, ResponseStatusFilter)
+    # Newest first by the attempt's own time-ordered id: the model's (delivery, attempt number)
+    # order joins every attempt to its delivery and sorts them all before the first page.
+    ordering = ("-id",)
     search_fields = ("=delivery__id",)
     search_help_text = "A delivery id (exact)."
     list_select_related = ("organization",)

@@ -17,7 +17,7 @@ from django_celery_beat.models import PeriodicTask
 
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record, audit_verify_chain
-from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -809,7 +809,7 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
     columns = re.findall(r'<th scope="col" class="[^"]*\bcolumn-(\w+)', html)
     assert columns == [
         "received_at",
-        "status",
+        "status_with_reason",
         "failed_deliveries",
         "organization",
         "source",
@@ -1166,8 +1166,7 @@ def test_retrying_deliveries_of_a_paused_destination_says_they_wait_for_the_resu
     )
     shown = [str(message) for message in response.context["messages"]]
     assert shown == [
-        f"1 deliveries queued for another attempt; 1 of them wait until their paused destination is resumed "
-        f"({destination})."
+        f"1 delivery queued for another attempt; it waits until its paused destination is resumed ({destination})."
     ]
     dead.refresh_from_db()
     assert dead.status == Delivery.Status.PENDING
@@ -1188,4 +1187,311 @@ def test_retrying_deliveries_of_active_destinations_says_nothing_of_pauses(admin
         {"action": "retry_deliveries", "_selected_action": [dead.pk]},
         follow=True,
     )
-    assert [str(message) for message in response.context["messages"]] == ["1 deliveries queued for another attempt."]
+    assert [str(message) for message in response.context["messages"]] == ["1 delivery queued for another attempt."]
+
+
+# --- An operator answering a tenant: find a webhook by any id or URL, see why it failed, act on it
+# from its own page; lists whose queries stay bounded on large tables.
+
+
+def event_page(event) -> str:
+    return reverse("admin:webhooks_webhookevent_change", args=[event.pk])
+
+
+def statements_on(queries, table: str) -> list[str]:
+    return [query["sql"] for query in queries if f'FROM "{table}"' in query["sql"]]
+
+
+# --- Finding it --------------------------------------------------------------------------------
+
+
+def test_searching_events_by_an_id_filters_on_the_event_row_alone(admin, setup):
+    """The organization's slug and name are looked up first: inside the OR they made PostgreSQL walk
+    every event and test each one against the organization it joined."""
+    with CaptureQueriesContext(connection) as queries:
+        found = listed(admin.get(reverse(EVENTS), {"q": "evt_dead"}))
+    assert found == [setup["dead"]]
+    on_events = statements_on(queries, "webhooks_webhookevent")
+    assert on_events
+    for sql in on_events:
+        assert '"organizations_organization"."slug" =' not in sql
+        assert 'UPPER("organizations_organization"."name")' not in sql
+
+
+def test_searching_events_by_an_organization_still_lists_its_events(admin, setup, organization):
+    with CaptureQueriesContext(connection) as queries:
+        found = listed(admin.get(reverse(EVENTS), {"q": "ACME"}))  # the name, in any case
+    assert set(found) == {setup["dead"], setup["retrying"]}
+    assert any(f'"organization_id" IN ({organization.pk})' in sql for sql in [q["sql"] for q in queries])
+    assert set(listed(admin.get(reverse(EVENTS), {"q": "globex"}))) == {setup["delivered"]}
+
+
+def test_the_capped_count_reads_only_event_ids(admin, setup):
+    """The per-row count of failed deliveries is for the rows shown, not for every counted row."""
+    with CaptureQueriesContext(connection) as queries:
+        listed(admin.get(reverse(EVENTS), {"failed": "yes"}))
+    counts = [query["sql"] for query in queries if query["sql"].upper().startswith("SELECT COUNT(")]
+    assert counts
+    for sql in counts:
+        counted = sql.split(" WHERE ", 1)[0]
+        assert "webhooks_delivery" not in counted  # the filter's EXISTS may name it; the selected columns not
+        assert "ORDER BY" not in sql
+
+
+def test_the_attempt_list_pages_newest_first_without_joining_deliveries(admin, setup):
+    newest = attempt(Delivery.objects.get(event=setup["dead"]), 2, 500, "boom again")
+    with CaptureQueriesContext(connection) as queries:
+        rows = listed(admin.get(reverse("admin:webhooks_deliveryattempt_changelist")))
+    assert rows[0] == newest
+    for sql in statements_on(queries, "webhooks_deliveryattempt"):
+        assert 'JOIN "webhooks_delivery"' not in sql
+
+
+def test_a_rejected_request_shows_its_reason_in_the_event_list(admin, setup):
+    rejected = WebhookEvent.objects.create(
+        organization=setup["dead"].organization,
+        source=setup["dead"].source,
+        status=WebhookEvent.Status.REJECTED,
+        claimed_event_id="evt_forged",
+        rejection_code="no_matching_secret",
+        rejection_detail="none of the 1 v1 signature(s) matches",
+        body=b"{}",
+    )
+    response = admin.get(reverse(EVENTS), {"status__exact": "rejected"})
+    assert listed(response) == [rejected]
+    html = response.content.decode()
+    assert "(no_matching_secret)" in html and 'title="none of the 1 v1 signature(s) matches"' in html
+
+
+def test_the_event_page_names_the_webhook_id_each_destination_received(admin, setup):
+    replay = Delivery.objects.create(
+        organization=setup["dead"].organization, event=setup["dead"], destination=setup["destination"], is_replay=True
+    )
+    html = admin.get(event_page(setup["dead"])).content.decode()
+    # A retry keeps the event's id; a replay has its own, which its receiver saw.
+    assert f'<code class="hookline-webhook-id">{setup["dead"].pk}</code>' in html
+    assert f'<code class="hookline-webhook-id">{replay.pk}</code>' in html
+
+
+def test_deliveries_are_found_by_their_destination_url(admin, setup):
+    theirs = setup["their_destination"]
+    Destination.objects.filter(pk=theirs.pk).update(url="http://127.0.0.1:9/globex")
+    url = reverse("admin:webhooks_delivery_changelist")
+    ours = set(Delivery.objects.filter(destination=setup["destination"]))
+    assert len(ours) == 2
+    assert set(listed(admin.get(url, {"q": f"  {setup['destination'].url} "}))) == ours
+    assert set(listed(admin.get(url, {"q": "http://127.0.0.1:9/globex"}))) == set(theirs.deliveries.all())
+    assert listed(admin.get(url, {"q": "https://nowhere.example/hooks"})) == []
+
+
+def test_a_destination_page_links_to_its_deliveries(admin, setup):
+    destination = setup["destination"]
+    html = admin.get(reverse("admin:webhooks_destination_change", args=[destination.pk])).content.decode()
+    deliveries = reverse("admin:webhooks_delivery_changelist")
+    assert f'href="{deliveries}?destination={destination.pk}&amp;status__exact=dead"' in html
+    dead = listed(admin.get(deliveries, {"destination": destination.pk, "status__exact": "dead"}))
+    assert dead == [Delivery.objects.get(event=setup["dead"])]
+
+
+# --- Acting from an event's page ----------------------------------------------------------------
+
+
+def test_retrying_from_an_event_page_comes_back_to_it(admin, setup):
+    event = setup["dead"]
+    response = admin.post(
+        reverse(EVENTS),
+        {"action": "retry_failed_deliveries", "_selected_action": [event.pk], "return_to_object": event.pk},
+    )
+    assert response.status_code == 302 and response["Location"] == event_page(event)
+    assert Delivery.objects.get(event=event).status == Delivery.Status.PENDING
+    shown = admin.get(response["Location"])
+    assert [str(message) for message in shown.context["messages"]] == ["1 delivery queued for another attempt."]
+
+
+def test_replaying_from_an_event_page_asks_then_comes_back_to_it(admin, setup):
+    event = setup["dead"]
+    start = {"action": "replay_to_destinations", "_selected_action": [event.pk], "return_to_object": event.pk}
+    asked = admin.post(reverse(EVENTS), start)
+    html = asked.content.decode()
+    assert asked.status_code == 200
+    assert f'<input type="hidden" name="return_to_object" value="{event.pk}">' in html
+    assert f'href="{event_page(event)}" class="button cancel-link"' in html  # "No, take me back"
+    done = admin.post(reverse(EVENTS), {**start, "confirm": "yes", "choice": [setup["destination"].pk]})
+    assert done.status_code == 302 and done["Location"] == event_page(event)
+    assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
+
+
+def test_an_action_on_other_rows_than_the_page_it_names_goes_back_to_the_list(admin, setup):
+    # return_to_object is honoured only for the one event selected: a list action stays on the list.
+    response = admin.post(
+        reverse(EVENTS) + "?failed=yes",
+        {
+            "action": "retry_failed_deliveries",
+            "_selected_action": [setup["dead"].pk],
+            "return_to_object": setup["retrying"].pk,
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == reverse(EVENTS) + "?failed=yes"
+
+
+# --- A destination's dead letters, in bulk ------------------------------------------------------
+
+
+def test_retrying_every_dead_delivery_of_a_destination_starts_a_bulk_retry(admin, setup, superuser):
+    destination = setup["destination"]
+    url = reverse("admin:webhooks_destination_changelist")
+    selection = {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]}
+    response = admin.post(url, selection, follow=True)
+    job = BulkRetry.objects.get()
+    assert job.organization == destination.organization and job.filters == {"destination": destination.pk}
+    assert job.total == 1 and job.requested_by == superuser
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == [f"Bulk retry started for {destination.organization.name} · {destination} (1) dead deliveries."]
+    assert AuditLog.objects.filter(action="deliveries.bulk_retry_requested", actor_user_id=superuser.pk).exists()
+    # One job at a time per destination: a second request is refused with the reason.
+    again = admin.post(url, selection, follow=True)
+    assert BulkRetry.objects.count() == 1
+    assert "already queued" in " ".join(str(message) for message in again.context["messages"])
+
+
+def test_a_destination_without_dead_deliveries_starts_no_bulk_retry(admin, setup):
+    response = admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "_selected_action": [setup["their_destination"].pk]},
+        follow=True,
+    )
+    assert not BulkRetry.objects.exists()
+    assert "nothing to retry" in " ".join(str(message) for message in response.context["messages"])
+
+
+# --- Creating a source in the admin -------------------------------------------------------------
+
+SOURCES = "admin:webhooks_source_changelist"
+
+
+def add_source(admin, organization, provider, name, secret="", options="{}"):
+    return admin.post(
+        reverse("admin:webhooks_source_add"),
+        {"organization": organization.pk, "provider": provider, "name": name, "options": options, "secret": secret},
+    )
+
+
+def test_a_source_added_in_the_admin_with_the_providers_secret_verifies_its_webhooks(admin, organization, client):
+    response = add_source(admin, organization, "stripe", "Billing", secret=STRIPE_SECRET)
+    assert response.status_code == 302 and response["Location"] == reverse(SOURCES)
+    source = Source.objects.get(name="Billing")
+    assert source.organization == organization and source.provider == "stripe" and source.secret == STRIPE_SECRET
+    # Created by the service: its entry and the admin's, neither with the secret.
+    entries = AuditLog.objects.filter(target_type="webhooks.Source", target_id=str(source.pk)).order_by("id")
+    assert [entry.action for entry in entries] == ["source.created", "admin.webhooks.source.added"]
+    assert all(STRIPE_SECRET not in str(entry.changes) for entry in entries)
+    # The ingest URL takes a webhook signed with that secret by Stripe's own package.
+    body = '{"id": "evt_admin_made", "object": "event", "type": "invoice.paid"}'
+    from webhooks.tests.signing import post_stripe
+
+    assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    assert WebhookEvent.objects.get(source=source).provider_event_id == "evt_admin_made"
+
+
+def test_a_source_whose_secret_hookline_issues_shows_it_once_on_its_own_page(admin, organization):
+    response = add_source(admin, organization, "shared_token", "Internal")
+    source = Source.objects.get(name="Internal")
+    assert source.secret and response.status_code == 302 and source.secret not in response.content.decode()
+    shown = admin.get(response["Location"])
+    assert source.secret in shown.content.decode() and "no-store" in shown["Cache-Control"]
+    assert source.secret not in admin.get(response["Location"], follow=True).content.decode()
+
+
+def test_a_source_whose_provider_shows_the_secret_later_is_added_without_one_and_says_so(admin, organization):
+    response = add_source(admin, organization, "stripe", "Later")
+    assert response.status_code == 302
+    source = Source.objects.get(name="Later")
+    assert source.secret == ""
+    shown = [str(message) for message in admin.get(response["Location"]).context["messages"]]
+    assert any("refuses every request until its signing secret is set" in message for message in shown)
+
+
+def test_a_source_secret_or_options_its_provider_refuses_add_nothing(admin, organization):
+    refused = add_source(admin, organization, "standard_webhooks", "Svix", secret="not-a-whsec-secret")
+    assert refused.status_code == 200 and refused.context["adminform"].form.errors["secret"]
+    bad_options = add_source(admin, organization, "generic_hmac", "Hmac", options='{"algorithm": "md0"}')
+    assert bad_options.status_code == 200 and bad_options.context["adminform"].form.errors["options"]
+    assert not Source.objects.exists()
+    assert "not-a-whsec-secret" not in refused.content.decode()
+
+
+def test_staff_without_the_add_permission_cannot_add_a_source(client, organization):
+    from django.contrib.auth.models import Permission
+
+    staff = get_user_model().objects.create_user("support@hookline.example", "a long password 1", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_source"))
+    client.force_login(staff)
+    assert client.get(reverse("admin:webhooks_source_add")).status_code == 403
+    assert add_source(client, organization, "shared_token", "Sneaky").status_code == 403
+    assert not Source.objects.exists()
+
+
+# --- Reading the audit log ----------------------------------------------------------------------
+
+
+def test_the_audit_log_shows_before_and_after_and_finds_an_actor_by_email(admin, organization, superuser, owner):
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    assert admin.post(url, organization_form(organization, plan="business", retention_days=14)).status_code == 302
+    audit = reverse("admin:organizations_auditlog_changelist")
+    listing = admin.get(audit, {"action": "admin.organizations.organization.changed"})
+    html = listing.content.decode()
+    assert "plan: free → business" in html and "retention_days: 30 → 14" in html
+    entry = AuditLog.objects.get(action="admin.organizations.organization.changed")
+    detail = admin.get(reverse("admin:organizations_auditlog_change", args=[entry.pk])).content.decode()
+    assert "<li><code>plan: free → business</code></li>" in detail
+    # Who did it, by address (any case): the superuser's entries, not the tenant owner's.
+    found = listed(admin.get(audit, {"q": superuser.email.upper()}))
+    assert entry in found and all(item.actor_user_id == superuser.pk for item in found)
+    audit_record(action="organization.updated", organization=organization, actor=owner, changes={})
+    theirs = listed(admin.get(audit, {"q": owner.email}))
+    assert theirs and all(item.actor_label == owner.email for item in theirs)
+
+
+def test_audit_change_lines_keep_secrets_masked_and_long_values_short():
+    from organizations.admin import change_lines
+
+    lines = change_lines(
+        {"fields": {"secret": "********", "name": ["a", "b"]}, "summary": [{"changed": {}}], "notes": "x" * 200}
+    )
+    assert lines[:2] == ["secret: ********", "name: a → b"]
+    assert lines[2].startswith("notes: xxx") and lines[2].endswith("…") and len(lines[2]) < 100
+
+
+def test_a_dead_delivery_is_retried_from_its_own_page_which_names_its_webhook_id(admin, setup):
+    dead = Delivery.objects.get(event=setup["dead"])
+    page = admin.get(reverse("admin:webhooks_delivery_change", args=[dead.pk])).content.decode()
+    assert 'id="retry-delivery"' in page and str(setup["dead"].pk) in page  # the webhook-id: the event's id
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk], "return_to_object": dead.pk},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:webhooks_delivery_change", args=[dead.pk])
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.PENDING
+    # Nothing to retry on a delivered one: no button.
+    delivered = Delivery.objects.get(event=setup["delivered"])
+    page = admin.get(reverse("admin:webhooks_delivery_change", args=[delivered.pk])).content.decode()
+    assert 'id="retry-delivery"' not in page
+
+
+def test_deliveries_are_found_by_any_id_the_event_search_takes(admin, setup):
+    url = reverse("admin:webhooks_delivery_changelist")
+    dead = Delivery.objects.get(event=setup["dead"])
+    replay = Delivery.objects.create(
+        organization=dead.organization, event=setup["dead"], destination=setup["destination"], is_replay=True
+    )
+    # The provider's id (Stripe's evt_…, a GitHub delivery GUID): every delivery of that event.
+    assert set(listed(admin.get(url, {"q": "evt_dead"}))) == {dead, replay}
+    assert listed(admin.get(url, {"q": "gh_ok"})) == [Delivery.objects.get(event=setup["delivered"])]
+    # A delivery's own id (a replay's webhook-id): that delivery alone.
+    assert listed(admin.get(url, {"q": str(replay.pk)})) == [replay]
+    with CaptureQueriesContext(connection) as queries:
+        listed(admin.get(url, {"q": "evt_dead"}))
+    for sql in statements_on(queries, "webhooks_delivery"):
+        assert "webhooks_webhookevent" not in sql.split(" FROM ", 1)[1]  # ids first, no join or subquery

@@ -44,7 +44,8 @@ def test_retry_from_an_event_page_and_in_bulk_then_find_it_in_the_audit_log(live
     assert "service unavailable" in page.inner_text("#content")
     page.click("#retry-failed-deliveries")
     page.wait_for_selector(".messagelist .success")
-    assert "1 deliveries queued for another attempt." in page.inner_text(".messagelist")
+    assert "1 delivery queued for another attempt." in page.inner_text(".messagelist")
+    assert page.url.endswith(f"/webhookevent/{first.pk}/change/")  # still on the event's page, to watch it
     assert Delivery.objects.get(event=first).status == Delivery.Status.PENDING
 
     # The other two from the list: the action asks for confirmation first.
