@@ -18,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
 from webhooks.fields import decrypt, encrypt
+from webhooks.forms import NameField
 from webhooks.models import BulkRetry, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -138,6 +139,7 @@ class SourceAdminForm(forms.ModelForm):
     class Meta:
         model = Source
         fields = ("organization", "provider", "name", "options", "is_active")
+        field_classes = {"name": NameField}  # as on the dashboard: a name goes into email subjects
 
     def clean_options(self):
         options = self.cleaned_data.get("options") or {}
@@ -177,6 +179,7 @@ class SourceAddForm(forms.ModelForm):
     class Meta:
         model = Source
         fields = ("organization", "provider", "name", "options")
+        field_classes = {"name": NameField}
         help_texts = {"options": "The provider's options as JSON ({} for its defaults): docs/providers.md lists them."}
 
     clean_options = SourceAdminForm.clean_options
@@ -381,6 +384,7 @@ class DestinationAdminForm(forms.ModelForm):
             "retry_client_errors",
             "is_active",
         )
+        field_classes = {"name": NameField}
 
     def clean_new_secret(self):
         new_secret = self.cleaned_data.get("new_secret")

@@ -76,3 +76,41 @@ def test_the_dashboard_forms_say_so_on_the_name_field(client, organization, owne
         assert "control characters" in errors["name"][0]
     assert list(Source.objects.values_list("name", flat=True)) == ["Stripe live"]
     assert not Destination.objects.exists()
+
+
+def test_the_admin_forms_refuse_such_a_name_too(organization):
+    # The admin saves sources and destinations through its own forms: they check the name as the dashboard's do.
+    from webhooks.admin.configuration import DestinationAdminForm, SourceAddForm, SourceAdminForm
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    bad = BAD_NAMES[0]
+    forms = [
+        SourceAddForm(data={"organization": organization.pk, "provider": "stripe", "name": bad, "options": "{}"}),
+        SourceAdminForm(
+            instance=source,
+            data={
+                "organization": organization.pk,
+                "provider": "stripe",
+                "name": bad,
+                "options": "{}",
+                "is_active": "on",
+            },
+        ),
+        DestinationAdminForm(
+            instance=destination,
+            data={
+                "organization": organization.pk,
+                "name": bad,
+                "url": destination.url,
+                "timeout_seconds": destination.timeout_seconds,
+                "max_concurrency": destination.max_concurrency,
+                "rate_limit_per_second": destination.rate_limit_per_second or "",
+                "is_active": "on",
+            },
+        ),
+    ]
+    for form in forms:
+        assert not form.is_valid()
+        assert list(form.errors) == ["name"], (type(form).__name__, form.errors)
+        assert "control characters" in form.errors["name"][0]
