@@ -69,6 +69,14 @@ class Delivery(models.Model):
                 name="delivery_in_flight",
             ),
             models.Index(fields=("organization", "status", "-id"), name="delivery_org_status_id"),
+            # Failed deliveries across organizations (the admin's overview, its "dead" and "has
+            # failed deliveries" filters): read in proportion to the failures, not to the table.
+            # A first attempt that succeeds never enters it.
+            models.Index(
+                fields=("status", "event"),
+                condition=models.Q(status="dead") | models.Q(status="pending", attempt_count__gt=0),
+                name="delivery_failed",
+            ),
         ]
 
     def __str__(self) -> str:
