@@ -31,7 +31,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
-from .scheduling import clear_flag, schedule_once, set_flag
+from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .text import storable_text
 
 logger = logging.getLogger(__name__)
@@ -921,6 +921,10 @@ def dispatch_due_deliveries(
     idle_since = None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
+            if worker_is_stopping():
+                # Claim nothing more: finish and record what is being sent, and a fresh task on
+                # another (or the restarted) worker takes the rest, as at the deadline.
+                deadline = min(deadline, time.monotonic())
             set_flag(flag, DISPATCH_FLAG_TTL)
             # Results held through an outage first: the sooner they are in, the less chance the
             # sweeper takes their deliveries for lost.
