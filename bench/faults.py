@@ -468,9 +468,11 @@ class Harness:
         elif fault == "worker_term":
             worker = self.processes.pop("worker")
             os.kill(worker.pid, signal.SIGTERM)  # the main process only: it finishes what it holds
+            signalled = time.monotonic()
             try:
                 worker.wait(timeout=60)
                 note["exit"] = worker.returncode
+                note["exit_seconds"] = round(time.monotonic() - signalled, 1)
             except subprocess.TimeoutExpired:
                 note["exit"] = "still running after 60 s: killed"
             with contextlib.suppress(ProcessLookupError):
