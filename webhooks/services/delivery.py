@@ -153,16 +153,25 @@ def release_lost_claims(now=None) -> int:
     at the latest. Until then a dead worker's claims count against the destination's
     concurrency cap: with the default 15 s timeout that is 45 s of a frozen destination rather
     than STUCK_DELIVERY_SECONDS'. Judged by the database's clock, as claims are dated by it.
+
+    A claim older than the database server's start is judged from that start instead: a
+    dispatcher that sent while the database was down keeps its results and records them once
+    it is back (dispatch_due_deliveries), within a second or so. Judged from the claim, a
+    restart that took longer than the margin would have the sweeper release those deliveries
+    first, and they would be sent a second time by mistake.
     """
+    database_up_since = None
     if now is None and connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT statement_timestamp()")
-            judged_at = cursor.fetchone()[0]
+            cursor.execute("SELECT statement_timestamp(), pg_postmaster_start_time()")
+            judged_at, database_up_since = cursor.fetchone()
     else:
         judged_at = now or timezone.now()
     latest = timedelta(seconds=settings.STUCK_DELIVERY_SECONDS)
     margin = timedelta(seconds=settings.STUCK_DELIVERY_MARGIN_SECONDS)
     shortest = min(latest, timedelta(seconds=Destination.MIN_TIMEOUT_SECONDS) + margin)
+    if database_up_since is not None and database_up_since >= judged_at - shortest:
+        return 0  # up for less than the shortest wait: no claim can be judged lost yet
     in_flight = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, claimed_at__lt=judged_at - shortest)
     lost = []
     for pk, claimed_at, timeout, changed_at in in_flight.values_list(
@@ -172,7 +181,8 @@ def release_lost_claims(now=None) -> int:
         attempt_may_last = timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin
         # (updated_at is a web host's clock, claimed_at the database's: the margin covers their skew.)
         edited_since = changed_at > claimed_at - margin
-        if claimed_at < judged_at - (latest if edited_since else min(latest, attempt_may_last)):
+        waiting_since = max(claimed_at, database_up_since) if database_up_since is not None else claimed_at
+        if waiting_since < judged_at - (latest if edited_since else min(latest, attempt_may_last)):
             lost.append(pk)
     if not lost:
         return 0
