@@ -512,10 +512,11 @@ class Harness:
             note["seconds"] = 12
         return note
 
-    def run_fault(self, fault: str) -> dict:
+    def run_fault(self, fault: str, turn: int) -> dict:
         args = self.args
         count = int(args.rate * args.load_seconds)
-        event_ids = [f"evt_{fault}_{self.run_id}_{n:06d}" for n in range(count)]
+        # The turn too: a fault named twice in --faults gets events of its own each time.
+        event_ids = [f"evt_{turn}_{fault}_{self.run_id}_{n:06d}" for n in range(count)]
         ledger: dict = {}
         answered_before = self.receiver_answers()
         log(f"{fault}: posting {count} webhooks at {args.rate}/s; the fault starts in {args.load_seconds / 4:.0f} s")
@@ -668,11 +669,11 @@ def main(argv=None) -> int:
         harness.start_worker()
         harness.start_beat()
         time.sleep(3)
-        for fault in args.faults:
+        for turn, fault in enumerate(args.faults):
             if time.monotonic() > harness.deadline:
                 log(f"--max-seconds reached: {fault} and later faults not run")
                 break
-            results.append(harness.run_fault(fault))
+            results.append(harness.run_fault(fault, turn))
             summary = {k: v for k, v in results[-1].items() if not k.endswith(("_details", "_ids", "mismatches"))}
             log(json.dumps(summary))
     except KeyboardInterrupt:
