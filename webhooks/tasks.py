@@ -1,8 +1,14 @@
 """Celery tasks: they take ids and call services, nothing more."""
 
 from celery import shared_task
+from celery.signals import worker_shutting_down
 
-from webhooks.services import alerts, delivery, lifecycle, operations, processing
+from webhooks.services import alerts, delivery, lifecycle, operations, processing, scheduling
+
+
+@worker_shutting_down.connect
+def _tell_running_tasks_to_wind_up(**kwargs) -> None:
+    scheduling.note_worker_stopping()
 
 
 @shared_task(name="webhooks.tasks.process_events")

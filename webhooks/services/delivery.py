@@ -31,7 +31,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
-from .scheduling import clear_flag, schedule_once, set_flag
+from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import storable_text
 
@@ -156,16 +156,25 @@ def release_lost_claims(now=None) -> int:
     at the latest. Until then a dead worker's claims count against the destination's
     concurrency cap: with the default 15 s timeout that is 45 s of a frozen destination rather
     than STUCK_DELIVERY_SECONDS'. Judged by the database's clock, as claims are dated by it.
+
+    A claim older than the database server's start is judged from that start instead: a
+    dispatcher that sent while the database was down keeps its results and records them once
+    it is back (dispatch_due_deliveries), within a second or so. Judged from the claim, a
+    restart that took longer than the margin would have the sweeper release those deliveries
+    first, and they would be sent a second time by mistake.
     """
+    database_up_since = None
     if now is None and connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT statement_timestamp()")
-            judged_at = cursor.fetchone()[0]
+            cursor.execute("SELECT statement_timestamp(), pg_postmaster_start_time()")
+            judged_at, database_up_since = cursor.fetchone()
     else:
         judged_at = now or timezone.now()
     latest = timedelta(seconds=settings.STUCK_DELIVERY_SECONDS)
     margin = timedelta(seconds=settings.STUCK_DELIVERY_MARGIN_SECONDS)
     shortest = min(latest, timedelta(seconds=Destination.MIN_TIMEOUT_SECONDS) + margin)
+    if database_up_since is not None and database_up_since >= judged_at - shortest:
+        return 0  # up for less than the shortest wait: no claim can be judged lost yet
     in_flight = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, claimed_at__lt=judged_at - shortest)
     lost = []
     for pk, claimed_at, timeout, changed_at in in_flight.values_list(
@@ -175,7 +184,8 @@ def release_lost_claims(now=None) -> int:
         attempt_may_last = timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin
         # (updated_at is a web host's clock, claimed_at the database's: the margin covers their skew.)
         edited_since = changed_at > claimed_at - margin
-        if claimed_at < judged_at - (latest if edited_since else min(latest, attempt_may_last)):
+        waiting_since = max(claimed_at, database_up_since) if database_up_since is not None else claimed_at
+        if waiting_since < judged_at - (latest if edited_since else min(latest, attempt_may_last)):
             lost.append(pk)
     if not lost:
         return 0
@@ -684,6 +694,8 @@ def _record_results(
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
             same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append((delivery, result, outcome))
+        if len(same_outcome) > 1:
+            _lock_in_id_order([delivery.pk for delivery, _ in sends])
         unrecorded: list[tuple[Delivery, SendResult, Outcome]] = []
         not_all_finished: list[tuple[Delivery, SendResult, Outcome]] = []
         for (claimed_at, *fields_items), group in same_outcome.items():
@@ -741,6 +753,27 @@ def _record_results(
     for destination_id in paused:
         transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
     return [delivery for delivery, _ in results]
+
+
+def _lock_in_id_order(delivery_ids: list) -> None:
+    """Lock the rows a recording is about to finish, in id order, before its UPDATEs.
+
+    The UPDATEs go by outcome, so together they lock rows out of id order: against another
+    transaction that locks some of the same rows in id order (the sweeper releasing lost claims,
+    a deletion), that is a lock cycle, which PostgreSQL breaks by cancelling one side after a
+    second, and the recording falls back to one result at a time. Called only when there is more
+    than one UPDATE (a round trip, about 0.2 ms): a batch that ended one way is one UPDATE, whose
+    scan of the primary key's index visits the ids in order (PostgreSQL sorts an ``= ANY`` list).
+    Only rows still in flight: one finished or released meanwhile is not this recording's to wait for.
+    """
+    if connection.vendor != "postgresql":
+        return  # SQLite serializes writers
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Delivery._meta.db_table} WHERE id = ANY(%s) AND status = %s"
+            " ORDER BY id FOR NO KEY UPDATE",
+            [sorted(set(delivery_ids)), Delivery.Status.IN_FLIGHT],
+        )
 
 
 def _claim_of(delivery: Delivery) -> tuple:
@@ -901,6 +934,10 @@ def dispatch_due_deliveries(
     idle_since = None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
+            if worker_is_stopping():
+                # Claim nothing more: finish and record what is being sent, and a fresh task on
+                # another (or the restarted) worker takes the rest, as at the deadline.
+                deadline = min(deadline, time.monotonic())
             set_flag(flag, DISPATCH_FLAG_TTL)
             # Results held through an outage first: the sooner they are in, the less chance the
             # sweeper takes their deliveries for lost.

@@ -19,7 +19,7 @@ from .delivery import dead_letter_deliveries_of_inactive_destinations, release_l
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .row_locks import lock_destinations_against_deletion
-from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look
+from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _process_until_idle(linger_seconds: float | None, lease: _Lease) -> int:
         processed = process_event_batch()
         total += processed
         now = time.monotonic()
-        if now >= deadline:
+        if now >= deadline or worker_is_stopping():  # stopping: the next worker continues
             clear_flag(PROCESSING_SCHEDULED_KEY)
             lease.release()  # before the successor is published: it must find the lease free
             schedule_event_processing()  # a fresh task continues, behind what is queued

@@ -18,6 +18,7 @@ old sighting was committed before that look.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 
 from django.core.cache import cache
@@ -30,6 +31,21 @@ _flag_seen_at: dict[str, float] = {}
 # process this often says so, where one per webhook would flood the log for the whole outage.
 FAILURE_WARNING_SECONDS = 30.0
 _failure_warned_at: dict[str, float] = {}
+
+# Set in a Celery worker's main process when its warm shutdown begins (webhooks.tasks connects
+# it). Made at import, before the pool forks, so the pool processes share it: their long loops
+# (a dispatcher runs up to DISPATCHER_MAX_SECONDS under a steady stream) then end early and leave
+# the rest to the next worker, instead of outlasting the platform's grace period and being killed
+# mid-send, which sends those deliveries twice.
+_worker_stopping = multiprocessing.Event()
+
+
+def note_worker_stopping() -> None:
+    _worker_stopping.set()
+
+
+def worker_is_stopping() -> bool:
+    return _worker_stopping.is_set()
 
 
 def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> None:

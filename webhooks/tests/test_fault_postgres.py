@@ -2,6 +2,7 @@
 never 200 for an event that was not committed, and everything acknowledged is delivered."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,7 @@ def private_stack():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_postgres_restart_while_webhooks_arrive(private_stack):
-    postgres, stack, receiver = private_stack
-    env = stack.env
+def set_up_tenant(env, receiver) -> dict:
     manage(env, "migrate", "--noinput")
     manage(env, "create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "o@acme.example", "--json")
     source = manage(
@@ -68,6 +67,12 @@ def test_postgres_restart_while_webhooks_arrive(private_stack):
         str(source["id"]),
         "--json",
     )
+    return source
+
+
+def test_postgres_restart_while_webhooks_arrive(private_stack):
+    postgres, stack, receiver = private_stack
+    source = set_up_tenant(stack.env, receiver)
     for name in ("web", "worker", "beat"):
         stack.start(name)
 
@@ -102,3 +107,72 @@ def test_postgres_restart_while_webhooks_arrive(private_stack):
     assert wait_until(lambda: all(receiver.snapshot()[i] >= 1 for i in stored.values()), timeout=180)
     counts = receiver.snapshot()
     assert max(counts.values()) <= 2
+
+
+# Run in a manage.py shell on the private cluster: Django's test connection is to another server.
+_HELD_CLAIM = """
+from datetime import timedelta
+from django.db.models.functions import Now
+from organizations.models import Organization
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.tests.factories import make_destination, make_source
+organization = Organization.objects.create(name="Acme", slug="acme")
+source = make_source(organization)
+destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+Destination.objects.filter(pk=destination.pk).update(updated_at=Now() - timedelta(hours=1))
+event = WebhookEvent.objects.create(
+    organization=organization, source=source, provider_event_id="evt_held", body=b"{}", status="processed"
+)
+# Claimed a minute ago, then the database went down: the dispatcher holds its result.
+Delivery.objects.create(
+    organization=organization, event=event, destination=destination, status="in_flight",
+    attempt_count=1, claimed_at=Now() - timedelta(seconds=60),
+)
+"""
+_SWEEP = """
+from webhooks.models import Delivery
+from webhooks.services.delivery import release_lost_claims
+print(release_lost_claims(), Delivery.objects.get().status)
+"""
+
+
+def test_the_sweeper_gives_a_dispatcher_holding_results_time_to_record_them_after_a_database_restart():
+    # A dispatcher that sent while PostgreSQL was down records its results once it is back,
+    # within a second or two. Judged from the claim (a minute old), the sweeper's first run
+    # after the restart would release the delivery first, and it would be sent a second time.
+    base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
+    base.chmod(0o755)
+    postgres = PostgresServer(base)
+    try:
+        postgres.init()
+        env = {
+            **os.environ,
+            "DATABASE_URL": postgres.url,
+            "STUCK_DELIVERY_SECONDS": "3",
+            "STUCK_DELIVERY_MARGIN_SECONDS": "3",
+        }
+        manage(env, "migrate", "--noinput")
+        manage(env, "shell", "-c", _HELD_CLAIM)
+        postgres.stop("fast")
+        postgres.start()
+        started = time.monotonic()
+        assert shell_output(env, _SWEEP) == "0 in_flight"  # just back: the dispatcher records first
+        time.sleep(max(0.0, 4.5 - (time.monotonic() - started)))
+        # No dispatcher recorded it since the restart: it died, and the delivery goes again.
+        assert shell_output(env, _SWEEP) == "1 pending"
+    finally:
+        postgres.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def shell_output(env, code: str) -> str:
+    """The last line ``code`` printed (the shell prints a notice of its own first)."""
+    output = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return output.strip().splitlines()[-1]

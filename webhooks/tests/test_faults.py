@@ -1,6 +1,9 @@
 """Fault injection with real processes: nothing acknowledged is lost, nothing is sent twice by us
 except what a killed worker had in flight. Each test is bounded in time and stops what it started."""
 
+import os
+import signal
+import threading
 import time
 import uuid
 
@@ -98,3 +101,42 @@ def test_worker_killed_mid_delivery(organization, receiver, stack):
     assert max(counts.values()) <= 2  # at most once more...
     assert len(twice) <= max(in_flight_at_kill, 4)  # ...and only for what the dead worker held
     assert wait_until(lambda: Delivery.objects.exclude(status="succeeded").count() == 0, timeout=60)
+
+
+def test_a_worker_told_to_stop_winds_up_in_seconds_while_webhooks_keep_coming(organization, receiver, stack):
+    # Platforms give a stopping process a grace period (often 30 s) before SIGKILL: a dispatcher
+    # that went on claiming for its full DISPATCHER_MAX_SECONDS under a steady stream would be
+    # killed mid-send, and what it was sending would go twice.
+    source = make_source(organization)
+    make_destination(organization, receiver.url, sources=[source])
+    for name in ("web", "worker", "beat"):
+        stack.start(name)
+    stop_posting, answers = threading.Event(), []
+
+    def post_steadily():
+        n = 0
+        while not stop_posting.is_set():
+            answers.append(stack.post_stripe(source.ingest_token, f"evt_term_{n}", STRIPE_SECRET))
+            n += 1
+            time.sleep(0.02)
+
+    poster = threading.Thread(target=post_steadily)
+    poster.start()
+    try:
+        assert wait_until(lambda: len(receiver.snapshot()) >= 20, timeout=60)
+        worker = stack.processes["worker"]
+        told = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)  # the main process only: a warm shutdown
+        worker.wait(60)
+        took = time.monotonic() - told
+        time.sleep(1)  # the stack starts a new worker, as the platform would
+    finally:
+        stop_posting.set()
+        poster.join(30)
+
+    assert took < 10, f"the worker took {took:.1f} s to stop"
+    assert set(answers) == {200}
+    event_ids = [str(i) for i in WebhookEvent.objects.values_list("id", flat=True)]
+    assert len(event_ids) == len(answers)
+    assert wait_until(lambda: all_delivered(event_ids, receiver), timeout=120)
+    assert max(receiver.snapshot().values()) == 1  # the stopping worker finished what it was sending
