@@ -138,8 +138,17 @@ def _purge_organization(organization: Organization, cutoff, batch_size: int, cou
         # deliveries are locked and looked at again first, so that an event retried since the
         # ids were read is kept, and a replay started now waits and then finds it gone.
         with transaction.atomic():
-            list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
-            list(Delivery.objects.select_for_update().filter(event_id__in=ids).values_list("pk", flat=True))
+            # In id order, as recording locks deliveries (delivery._lock_in_id_order): the models'
+            # newest-first default would lock them the other way round, a lock cycle with it.
+            list(
+                WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True)
+            )
+            list(
+                Delivery.objects.select_for_update()
+                .filter(event_id__in=ids)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
             batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
             rejected = batch.filter(status=WebhookEvent.Status.REJECTED).count()
             removed = batch.delete()[1]

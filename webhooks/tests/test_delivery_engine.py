@@ -277,6 +277,27 @@ def test_retention_deletes_old_events_in_batches_and_keeps_monthly_counts(client
     assert MonthlyUsage.objects.get(organization=organization).events == 5
 
 
+def test_retention_locks_events_and_deliveries_in_id_order(client, organization, httpserver):
+    # Recording a batch locks its deliveries in id order: locked the other way round (the models'
+    # newest-first default), a purge and a recording could each hold what the other waits for.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/k"), sources=[source])
+    httpserver.expect_request("/k").respond_with_data("ok")
+    ingest_many(client, source, 3)
+    delivery_service.dispatch_due_deliveries(threads=2)
+    WebhookEvent.objects.update(received_at=timezone.now() - timedelta(days=31))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert purge_expired_events() == 3
+    locking = [query["sql"] for query in queries.captured_queries if query["sql"].endswith("FOR UPDATE")]
+    assert len(locking) == 2 and "webhookevent" in locking[0] and "webhooks_delivery" in locking[1]
+    for sql in locking:  # by the primary key (the selected column 1), lowest first
+        assert sql.rsplit(" ORDER BY ", 1)[1] == "1 ASC FOR UPDATE", sql
+
+
 def test_quota_never_refuses_and_owners_are_told_once(client, organization):
     organization.monthly_event_quota = 3
     organization.save()
