@@ -57,7 +57,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 # reused without ever connecting anywhere but the address that passed the check.
 _pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
 _pools_lock = threading.Lock()
-POOL_MAXSIZE = 8
+
+def _pool_maxsize() -> int:
+    # As many kept-alive connections per address as a dispatcher has sending threads: with fewer,
+    # a busy destination's extra connections are closed after each send (a warning each time),
+    # and every later send to it pays a new TCP and TLS handshake. A pool only keeps connections
+    # it opened, so an address sent to one at a time still holds one.
+    return max(1, settings.DELIVERY_THREADS)
+
 
 
 # An attempt must end at its deadline whatever the receiver does: urllib3's timeouts apply to
@@ -190,10 +197,10 @@ def _pool_for(scheme: str, host: str, port: int, address: str) -> urllib3.HTTPCo
         if pool is None:
             if scheme == "https":
                 pool = urllib3.HTTPSConnectionPool(
-                    address, port, server_hostname=host, assert_hostname=host, maxsize=POOL_MAXSIZE, block=False
+                    address, port, server_hostname=host, assert_hostname=host, maxsize=_pool_maxsize(), block=False
                 )
             else:
-                pool = urllib3.HTTPConnectionPool(address, port, maxsize=POOL_MAXSIZE, block=False)
+                pool = urllib3.HTTPConnectionPool(address, port, maxsize=_pool_maxsize(), block=False)
             pool.ConnectionCls = _WatchedHTTPSConnection if scheme == "https" else _WatchedHTTPConnection
             if len(_pools) > 1000:
                 _close_pools_locked()

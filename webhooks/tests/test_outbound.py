@@ -124,3 +124,50 @@ def test_a_trickled_compressed_answer_is_cut_at_the_attempts_timeout(server):
     response = outbound.post(server(trickle_gzip).url, body=b"{}", headers={}, timeout=1.0)
     assert time.monotonic() - started < 10
     assert response.error == "timed out after 1 s"
+
+
+def test_a_busy_destination_keeps_one_connection_per_sending_thread(settings, caplog):
+    # With fewer kept-alive connections than sending threads, the extra ones were closed after each
+    # send ("Connection pool is full" each time) and the next sends paid new handshakes.
+    import http.server
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.DELIVERY_THREADS = 12
+    together = threading.Barrier(12, timeout=10)
+    connections = []
+
+    class KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            together.wait()  # every thread holds a connection of its own at once
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveHandler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with caplog.at_level(logging.WARNING, logger="urllib3"), ThreadPoolExecutor(12) as pool:
+            for _round in range(3):
+                answers = list(
+                    pool.map(lambda _: outbound.post(url, body=b"{}", headers={}, timeout=10).status, range(12))
+                )
+                assert answers == [200] * 12
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        outbound.forget_resolved_hosts()
+    assert len(connections) == 12  # opened in the first round, kept for the next two
+    assert not [record for record in caplog.records if "pool is full" in record.getMessage()]
