@@ -116,6 +116,14 @@ def setup_steps(provider: Provider | None) -> tuple[str, ...]:
 
 
 @register.filter
+def sender_requirement(source) -> str:
+    """What each request to this source must carry, for schemes whose sender the tenant configures
+    (a token's header and prefix, a generic HMAC's header); empty for the others."""
+    provider = PROVIDERS.get(source.provider)
+    return provider.sender_requirement(source.options) if provider is not None else ""
+
+
+@register.filter
 def option_label(kind: str, name: str) -> str:
     """A source option's label as its provider declares it ("Tolerance (seconds)", not "tolerance")."""
     provider = PROVIDERS.get(kind)
