@@ -162,6 +162,10 @@ def delivery_state(delivery) -> str:
     if delivery.status == Delivery.Status.DEAD:
         return "dead"
     if delivery.status == Delivery.Status.PENDING:
+        # A paused destination's deliveries wait for the resume, not for a worker: "queued" there
+        # reads as stuck. (Lists and the progress panel load the destination with the delivery.)
+        if delivery.destination.paused_at is not None:
+            return "paused"
         return "retrying" if delivery.attempt_count else "queued"
     if delivery.status == Delivery.Status.IN_FLIGHT:
         return "sending"
