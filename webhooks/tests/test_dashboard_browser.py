@@ -315,3 +315,31 @@ def test_generic_hmac_source_page_describes_the_signature_its_sender_must_make(
         "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", HTTP_X_SIGNATURE=signature
     )
     assert response.status_code == 200, response.content
+
+
+def test_the_page_that_shows_a_new_github_secret_also_gives_the_url_github_asks_for_with_it(
+    browser, live_server, settings, client, organization, owner
+):
+    """GitHub's webhook form asks for the Payload URL and the Secret together; the one page that can
+    show a generated secret gives both, and a delivery signed as GitHub signs it is accepted there."""
+    settings.PUBLIC_BASE_URL = live_server.url
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/sources/new/github/")
+    page.get_by_label("Name").fill("GitHub org")
+    page.get_by_role("button", name="Create source").click()
+    secret = page.input_value("#one-time-secret")
+    url = page.input_value("#ingest-url")
+    assert "the URL it sends webhooks to, and the secret it signs them with" in page.inner_text("#sender-requirement")
+
+    body = b'{"action": "opened", "issue": {"number": 7}}'
+    response = client.generic(
+        "POST",
+        url.removeprefix(live_server.url),
+        body,
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256="sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        HTTP_X_GITHUB_EVENT="issues",
+        HTTP_X_GITHUB_DELIVERY=str(uuid.uuid4()),
+    )
+    assert response.status_code == 200, response.content
+    assert WebhookEvent.objects.get(pk=response.json()["id"]).event_type == "issues.opened"
