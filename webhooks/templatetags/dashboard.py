@@ -296,6 +296,7 @@ AUDIT_ACTION_LABELS = {
     "source.updated": "changed the settings of the source",
     "source.changed": "changed the source",
     "source.deleted": "deleted the source",
+    "source.paused": "stopped receiving on",
     "source.resumed": "started receiving again on",
     "source.secret_rotated": "set a new signing secret on",
     "source.test_sent": "sent a test event to",

@@ -971,6 +971,18 @@ def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, mem
     assert "created the organization" in text and "203.0.113.9" in text
 
 
+def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:source_set_active", args=["acme", world.source.pk])
+    assert client.post(url, {"active": "0"}).status_code == 302
+    assert client.post(url, {"active": "1"}).status_code == 302
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert "stopped receiving on source.paused" in text
+    assert "started receiving again on source.resumed" in text
+    assert "source: paused" not in text  # the fallback for an action without words
+
+
 def test_events_list_query_count_does_not_grow_with_rows(client, owner, organization):
     """No query per row: a page of many events costs the same number of queries as a page of one."""
     from django.db import connection
