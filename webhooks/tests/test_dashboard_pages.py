@@ -978,8 +978,8 @@ def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(cli
     assert client.post(url, {"active": "0"}).status_code == 302
     assert client.post(url, {"active": "1"}).status_code == 302
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
-    assert "stopped receiving on source.paused" in text
-    assert "started receiving again on source.resumed" in text
+    assert '<td>stopped receiving on <code class="muted small">source.paused</code></td>' in text
+    assert '<td>started receiving again on <code class="muted small">source.resumed</code></td>' in text
     assert "source: paused" not in text  # the fallback for an action without words
 
 
