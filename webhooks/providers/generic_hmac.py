@@ -181,10 +181,12 @@ class GenericHmacProvider(Provider):
                 f"Each request must carry the header {header}: {_option(options, 'prefix')}<{digest} of the raw body>."
             )
         separator = str(_option(options, "timestamp_separator"))
+        signed = (
+            f"the timestamp, then {separator!r}, then the raw body" if separator else "the timestamp and the raw body"
+        )
         return (
             f"Each request must carry the headers {timestamp_header}: <Unix time in seconds> and "
-            f"{header}: {_option(options, 'prefix')}<{digest} of the timestamp, then "
-            f"{repr(separator) if separator else 'nothing'}, then the raw body>."
+            f"{header}: {_option(options, 'prefix')}<{digest} of {signed}>."
         )
 
     def verify(
