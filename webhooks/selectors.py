@@ -295,7 +295,43 @@ def _event_type_condition(patterns: list[str]) -> Q:
 
 def organization_event_types_matching(*, organization: Organization, patterns: list[str]) -> list[str] | None:
     """The organization's event types that any of `patterns` takes (event_type_matches); None if it
-    has too many to list.
+    has too many to list."""
+    event_types = _organization_event_types(organization)
+    if event_types is None:
+        return None
+    return [
+        event_type for event_type in event_types if any(event_type_matches(event_type, pattern) for pattern in patterns)
+    ]
+
+
+@dataclass
+class UnmatchedPattern:
+    pattern: str
+    # Received types the pattern would take with "/" read as a level, as Shopify's topics use it
+    # ("orders" → "orders/create"): then "orders/*" is what was meant.
+    under_slash: list[str]
+
+
+def event_type_patterns_matching_nothing(*, organization: Organization, patterns: list[str]) -> list[UnmatchedPattern]:
+    """The destination filter patterns that take none of the event types the organization has received,
+    so that saving one can say so (a typo, or Shopify's "orders" for "orders/create"). Nothing while
+    nothing was received, or with too many types to list."""
+    # Rejected requests have no type: they do not count as received types.
+    event_types = [event_type for event_type in _organization_event_types(organization) or [] if event_type]
+    if not event_types:
+        return []
+    return [
+        UnmatchedPattern(
+            pattern=pattern,
+            under_slash=[event_type for event_type in event_types if event_type.startswith(pattern + "/")][:3],
+        )
+        for pattern in patterns
+        if not any(event_type_matches(event_type, pattern) for event_type in event_types)
+    ]
+
+
+def _organization_event_types(organization: Organization) -> list[str] | None:
+    """Every distinct event type the organization has received; None if there are too many to list.
 
     Reads each distinct type once by skipping through the (organization, event_type) index
     (a recursive query: PostgreSQL has no skip scan), so the cost grows with the number of
@@ -321,9 +357,7 @@ def organization_event_types_matching(*, organization: Organization, patterns: l
         event_types = [row[0] for row in cursor.fetchall()]
     if len(event_types) > EVENT_TYPES_LISTED_FOR_PATTERNS:
         return None
-    return [
-        event_type for event_type in event_types if any(event_type_matches(event_type, pattern) for pattern in patterns)
-    ]
+    return event_types
 
 
 def shell_pattern_as_postgres_regex(pattern: str) -> str:

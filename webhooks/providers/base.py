@@ -168,6 +168,13 @@ class Provider:
         """Headers whose value is the secret itself; they are never stored or forwarded."""
         return set()
 
+    def sender_requirement(self, options: Mapping[str, Any]) -> str:
+        """What each request must carry under these options, for schemes the tenant configures the
+        sender of (a header name, a prefix): the source page and the secret's page show it, since a
+        sender set up from a general example ("Authorization: Bearer …") is otherwise refused.
+        Empty for providers whose own console decides what is sent."""
+        return ""
+
     def verify(
         self,
         request: InboundRequest,

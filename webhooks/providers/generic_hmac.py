@@ -170,6 +170,25 @@ class GenericHmacProvider(Provider):
             cleaned["timestamp_separator"] = ""
         return cleaned
 
+    def sender_requirement(self, options: Mapping[str, Any]) -> str:
+        header = _option(options, "header")
+        if not header:
+            return ""
+        digest = f"{_option(options, 'encoding')} HMAC-{_option(options, 'algorithm').upper()}"
+        timestamp_header = _option(options, "timestamp_header")
+        if not timestamp_header:
+            return (
+                f"Each request must carry the header {header}: {_option(options, 'prefix')}<{digest} of the raw body>."
+            )
+        separator = str(_option(options, "timestamp_separator"))
+        signed = (
+            f"the timestamp, then {separator!r}, then the raw body" if separator else "the timestamp and the raw body"
+        )
+        return (
+            f"Each request must carry the headers {timestamp_header}: <Unix time in seconds> and "
+            f"{header}: {_option(options, 'prefix')}<{digest} of {signed}>."
+        )
+
     def verify(
         self,
         request: InboundRequest,

@@ -24,6 +24,8 @@ from .base import (
 )
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# An authorization scheme word before the token ("Bearer abc", "Token abc"): named in the refusal.
+_SCHEME = re.compile(r"(Bearer|Token)\s", re.IGNORECASE)
 
 OPTIONS = (
     ProviderOption("header", "Token header", "Header carrying the token.", default="Authorization"),
@@ -72,8 +74,9 @@ class SharedTokenProvider(Provider):
     edited_body_formats = ("any",)  # verifies any bytes
     label = "Shared token"
     secret_help = (
-        "A token you put in the sender's request headers, e.g. in a Supabase database webhook add the header "
-        "Authorization: Bearer <token>. Hookline can generate one."
+        "A token the sender puts in a request header, by default Authorization: <token> (for "
+        "Authorization: Bearer <token>, set Scheme prefix to Bearer; Supabase database webhooks have a source "
+        "type of their own). Hookline can generate one."
     )
     secret_generated_by_us = True
     options = OPTIONS
@@ -108,6 +111,14 @@ class SharedTokenProvider(Provider):
     def secret_header_names(self, options: Mapping[str, Any]) -> set[str]:
         return {_option(options, "header")}
 
+    def sender_requirement(self, options: Mapping[str, Any]) -> str:
+        header = _option(options, "header")
+        prefix = _option(options, "scheme_prefix")
+        requirement = f"Each request must carry the header {header}: {prefix}<token>"
+        if prefix:
+            return requirement + "."
+        return requirement + f" (the token alone; for {header}: Bearer <token>, set Scheme prefix to Bearer)."
+
     def verify(
         self,
         request: InboundRequest,
@@ -125,10 +136,11 @@ class SharedTokenProvider(Provider):
             value = value[len(prefix) :].strip()
         candidate = _encode(value)
         if not any(hmac.compare_digest(_encode(secret), candidate) for secret in secrets if secret):
-            raise VerificationError(
-                "no_matching_secret",
-                f"the {header} header does not match the source's token ({len(secrets)} token(s) tried)",
-            )
+            detail = f"the {header} header does not match the source's token ({len(secrets)} token(s) tried)"
+            scheme = _SCHEME.match(value) if not prefix else None
+            if scheme:  # "Bearer <token>" sent to a source that expects the token alone
+                detail += f"; it starts with '{scheme.group(1)} ': set the source's Scheme prefix to {scheme.group(1)}"
+            raise VerificationError("no_matching_secret", detail)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Header, else JSON field, else (id only) a hash of the body so identical bytes count as a redelivery."""

@@ -116,6 +116,14 @@ def setup_steps(provider: Provider | None) -> tuple[str, ...]:
 
 
 @register.filter
+def sender_requirement(source) -> str:
+    """What each request to this source must carry, for schemes whose sender the tenant configures
+    (a token's header and prefix, a generic HMAC's header); empty for the others."""
+    provider = PROVIDERS.get(source.provider)
+    return provider.sender_requirement(source.options) if provider is not None else ""
+
+
+@register.filter
 def option_label(kind: str, name: str) -> str:
     """A source option's label as its provider declares it ("Tolerance (seconds)", not "tolerance")."""
     provider = PROVIDERS.get(kind)
@@ -154,6 +162,10 @@ def delivery_state(delivery) -> str:
     if delivery.status == Delivery.Status.DEAD:
         return "dead"
     if delivery.status == Delivery.Status.PENDING:
+        # A paused destination's deliveries wait for the resume, not for a worker: "queued" there
+        # reads as stuck. (Lists and the progress panel load the destination with the delivery.)
+        if delivery.destination.paused_at is not None:
+            return "paused"
         return "retrying" if delivery.attempt_count else "queued"
     if delivery.status == Delivery.Status.IN_FLIGHT:
         return "sending"
@@ -284,6 +296,7 @@ AUDIT_ACTION_LABELS = {
     "source.updated": "changed the settings of the source",
     "source.changed": "changed the source",
     "source.deleted": "deleted the source",
+    "source.paused": "stopped receiving on",
     "source.resumed": "started receiving again on",
     "source.secret_rotated": "set a new signing secret on",
     "source.test_sent": "sent a test event to",

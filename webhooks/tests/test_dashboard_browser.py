@@ -4,6 +4,8 @@ The browser is signed in with a session cookie made by Django's test client, so
 these tests do not depend on the sign-in flow, which has tests of its own.
 """
 
+import hashlib
+import hmac
 import os
 import random
 import uuid
@@ -22,6 +24,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 
 from .dashboard_helpers import build_world, ingest_stripe
+from .factories import make_source
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -253,3 +256,90 @@ def test_an_event_page_with_a_long_event_type_fits_a_375_px_phone(browser, live_
     assert heading["x"] + heading["width"] <= 375
     assert long_type in page.locator("h1").inner_text()
     page.context.close()
+
+
+def test_shared_token_source_says_exactly_which_header_the_sender_must_send(
+    browser, live_server, client, organization, owner
+):
+    """A tenant who follows a general "Authorization: Bearer <token>" example into a source whose
+    default takes the token alone is refused; the secret's page and the source page say what to
+    send, the refusal says which setting to change, and after changing it the same request passes."""
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/sources/new/shared_token/")
+    page.get_by_label("Name").fill("Database hook")
+    page.get_by_role("button", name="Create source").click()
+    token = page.input_value("#one-time-secret")
+    assert "Authorization: <token> (the token alone" in page.inner_text("#sender-requirement")
+    assert "signs with it" not in page.inner_text("#main")
+    page.get_by_role("link", name="Continue to Database hook").click()
+    assert "Authorization: <token>" in page.inner_text("#sender-requirement")
+    source = Source.objects.get(name="Database hook")
+
+    def send(authorization):
+        return client.generic(
+            "POST",
+            f"/in/{source.ingest_token}/",
+            '{"type": "INSERT", "record": {"id": 1}}',
+            content_type="application/json",
+            HTTP_AUTHORIZATION=authorization,
+        )
+
+    refused = send(f"Bearer {token}")
+    assert refused.status_code == 401
+    assert "set the source's Scheme prefix to Bearer" in refused.json()["detail"]
+    assert token not in refused.content.decode()
+
+    page.get_by_role("link", name="Edit").click()
+    page.get_by_label("Scheme prefix").fill("Bearer")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_selector("#sender-requirement")
+    assert page.inner_text("#sender-requirement") == "Each request must carry the header Authorization: Bearer <token>."
+    assert send(f"Bearer {token}").status_code == 200
+
+
+def test_generic_hmac_source_page_describes_the_signature_its_sender_must_make(
+    browser, live_server, client, organization, owner
+):
+    secret = "generic-sender-secret"
+    source = make_source(
+        organization, provider="generic_hmac", secret=secret, name="Billing", header="X-Signature", prefix="sha256="
+    )
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/")
+    described = page.inner_text("#sender-requirement")
+    assert described == "Each request must carry the header X-Signature: sha256=<hex HMAC-SHA256 of the raw body>."
+    # Signed as the sentence says, with the standard library rather than Hookline's code, it passes.
+    body = b'{"type": "invoice.paid", "id": "inv_1"}'
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    response = client.generic(
+        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", HTTP_X_SIGNATURE=signature
+    )
+    assert response.status_code == 200, response.content
+
+
+def test_the_page_that_shows_a_new_github_secret_also_gives_the_url_github_asks_for_with_it(
+    browser, live_server, settings, client, organization, owner
+):
+    """GitHub's webhook form asks for the Payload URL and the Secret together; the one page that can
+    show a generated secret gives both, and a delivery signed as GitHub signs it is accepted there."""
+    settings.PUBLIC_BASE_URL = live_server.url
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/sources/new/github/")
+    page.get_by_label("Name").fill("GitHub org")
+    page.get_by_role("button", name="Create source").click()
+    secret = page.input_value("#one-time-secret")
+    url = page.input_value("#ingest-url")
+    assert "the URL it sends webhooks to, and the secret it signs them with" in page.inner_text("#sender-requirement")
+
+    body = b'{"action": "opened", "issue": {"number": 7}}'
+    response = client.generic(
+        "POST",
+        url.removeprefix(live_server.url),
+        body,
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256="sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        HTTP_X_GITHUB_EVENT="issues",
+        HTTP_X_GITHUB_DELIVERY=str(uuid.uuid4()),
+    )
+    assert response.status_code == 200, response.content
+    assert WebhookEvent.objects.get(pk=response.json()["id"]).event_type == "issues.opened"

@@ -971,6 +971,79 @@ def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, mem
     assert "created the organization" in text and "203.0.113.9" in text
 
 
+def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:source_set_active", args=["acme", world.source.pk])
+    assert client.post(url, {"active": "0"}).status_code == 302
+    assert client.post(url, {"active": "1"}).status_code == 302
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert '<td>stopped receiving on <code class="muted small">source.paused</code></td>' in text
+    assert '<td>started receiving again on <code class="muted small">source.resumed</code></td>' in text
+    assert "source: paused" not in text  # the fallback for an action without words
+
+
+def test_saving_a_destination_filter_that_takes_no_received_type_warns_and_names_the_slash_form(
+    client, owner, organization
+):
+    """Shopify's topics are "orders/create": "orders" takes none of them (a name takes only the types
+    under it after a dot), and "invoice.payed" is a typo. Both are saved, with a warning each."""
+    shop = make_source(organization, provider="shopify", secret="test_secret_key", name="Shop")
+    # The published vector of Shopify's library (providers.md §3).
+    response = client.generic(
+        "POST",
+        f"/in/{shop.ingest_token}/",
+        '{"foo": "bar"}',
+        content_type="application/json",
+        HTTP_X_SHOPIFY_HMAC_SHA256="B23tXN681gZ0qIWNRrgtzBE9XSDo5yaUu6wfmhu3a7g=",
+        HTTP_X_SHOPIFY_TOPIC="orders/create",
+        HTTP_X_SHOPIFY_EVENT_ID="98880550-7158-44d4-b7cd-2c97c8a091b5",
+    )
+    assert response.status_code == 200, response.content
+    client.force_login(owner)
+    form = {"name": "Orders", "url": "http://127.0.0.1:19150/hook", "sources": [shop.pk], "timeout_seconds": "15"}
+
+    created = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {**form, "event_types": "orders, invoice.payed, orders/*"},
+        follow=True,
+    )
+    warnings = [str(message) for message in created.context["messages"] if message.level_tag == "warning"]
+    assert warnings == [
+        "The event-type pattern “orders” takes none of the types received so far: a name takes the types under "
+        "it after a dot only, so for orders/create write orders/*.",
+        "The event-type pattern “invoice.payed” takes none of the types received so far: compare it with the "
+        "event types on the Events page, as the provider spells them.",
+    ]
+    destination = Destination.objects.get(name="Orders")
+    assert destination.subscriptions.get().event_types == ["orders", "invoice.payed", "orders/*"]
+
+    edited = client.post(
+        reverse("dashboard:destination_edit", args=["acme", destination.pk]),
+        {**form, "event_types": "orders/*"},
+        follow=True,
+    )
+    assert [str(message) for message in edited.context["messages"]] == ["Destination saved."]
+
+
+def test_a_destination_filter_saved_before_anything_arrived_gets_no_warning(client, owner, organization):
+    source = make_source(organization, name="Stripe live")
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {
+            "name": "Invoices",
+            "url": "http://127.0.0.1:19150/hook",
+            "sources": [source.pk],
+            "timeout_seconds": "15",
+            "event_types": "invoice.*",
+        },
+        follow=True,
+    )
+    assert Destination.objects.filter(name="Invoices").exists()
+    assert [message for message in response.context["messages"] if message.level_tag == "warning"] == []
+
+
 def test_events_list_query_count_does_not_grow_with_rows(client, owner, organization):
     """No query per row: a page of many events costs the same number of queries as a page of one."""
     from django.db import connection

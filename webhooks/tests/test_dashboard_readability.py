@@ -10,6 +10,7 @@ from django.utils import timezone
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
+from webhooks.services.destinations import destination_set_paused
 from webhooks.templatetags.dashboard import duration_ms, format_timestamp
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
@@ -80,6 +81,25 @@ def test_a_delivery_not_tried_yet_reads_queued(client, organization, owner):
     client.force_login(owner)
     html = client.get(reverse("dashboard:events", args=["acme"])).content.decode()
     assert badges(html) == ["My app · queued"]
+
+
+def test_a_delivery_waiting_for_a_paused_destination_reads_paused_not_queued(client, organization, owner):
+    source = make_source(organization, name="Stripe live")
+    destination = named_destination(organization, source, "My app")
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_waits_for_resume"))
+    for attempts in (0, 2):  # waiting for a first try, or for a retry
+        Delivery.objects.create(
+            organization=organization,
+            event=event,
+            destination=destination if attempts == 0 else named_destination(organization, source, "Billing"),
+            status=Delivery.Status.PENDING,
+            attempt_count=attempts,
+        )
+    for paused in Destination.objects.filter(organization=organization):
+        destination_set_paused(destination=paused, paused=True, actor=owner)
+    client.force_login(owner)
+    html = client.get(reverse("dashboard:events", args=["acme"])).content.decode()
+    assert badges(html) == ["My app · paused", "Billing · paused"]
 
 
 @pytest.mark.parametrize(

@@ -253,3 +253,23 @@ def test_invalid_options(raw):
 
 def test_metadata():
     assert PROVIDER.secret_generated_by_us is True
+
+
+@pytest.mark.parametrize(
+    ("separator", "signed_text"), [(".", "the timestamp, then '.', then the raw body"), ("", None)]
+)
+def test_the_sentence_for_the_sender_describes_a_timestamped_signature_that_verifies(separator, signed_text):
+    provider = GenericHmacProvider()
+    options = provider.clean_options(
+        {"header": "X-Sig", "prefix": "v1=", "timestamp_header": "X-Ts", "timestamp_separator": separator}
+    )
+    described = provider.sender_requirement(options)
+    assert described == (
+        "Each request must carry the headers X-Ts: <Unix time in seconds> and "
+        f"X-Sig: v1=<hex HMAC-SHA256 of {signed_text or 'the timestamp and the raw body'}>."
+    )
+    # Made as the sentence says, with the standard library, the request verifies.
+    body, now = b'{"type": "ping"}', int(time.time())
+    digest = hmac.new(b"s3cret", f"{now}{separator}".encode() + body, hashlib.sha256).hexdigest()
+    request = InboundRequest(body=body, headers={"x-sig": f"v1={digest}", "x-ts": str(now)})
+    provider.verify(request, ["s3cret"], options, now=now)

@@ -16,6 +16,7 @@ from django.views.generic import TemplateView
 from organizations.mixins import OrganizationMixin
 from webhooks.fields import decrypt, encrypt
 from webhooks.selectors import destination_for_organization, source_for_organization
+from webhooks.services.sources import ingest_url
 
 ADMIN = "admin"
 
@@ -85,6 +86,10 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             target = or_404(source_for_organization, organization=self.organization, source_id=kept["pk"])
         context = self.get_context_data(**{kept["kind"]: target, "secret": decrypt(kept["secret"])})
         context["title"] = kept["title"]
+        if kept["kind"] == "source":
+            # The provider's form asks for the URL and the secret together (GitHub's Payload URL and
+            # Secret): both on the one page that can show the secret.
+            context["ingest_url"] = ingest_url(target)
         response = self.render_to_response(context)
         add_never_cache_headers(response)
         return response

@@ -11,6 +11,7 @@ from webhooks.selectors import (
     bulk_retries_for_destination,
     destination_for_organization,
     destinations_for_organization,
+    event_type_patterns_matching_nothing,
 )
 from webhooks.services.dashboard_stats import destination_health
 from webhooks.services.destinations import (
@@ -78,6 +79,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
             except DestinationError as exc:
                 form.add_error("url", str(exc))
             else:
+                warn_of_patterns_matching_nothing(request, self.organization, form.cleaned_data["event_types"])
                 # Shown in this response only: it is never stored in the clear or shown again.
                 return secret_once_response(self, destination=destination, secret=secret, title="Destination created")
         return self.render_to_response(self.get_context_data(form=form, title="New destination"))
@@ -98,6 +100,22 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
         )
         return context
+
+
+def warn_of_patterns_matching_nothing(request, organization, patterns: list[str]) -> None:
+    """A filter that takes none of the types received so far is saved (the types may come later),
+    with a warning: it is most often a typo, or Shopify's "orders" meant as "orders/create"."""
+    for unmatched in event_type_patterns_matching_nothing(organization=organization, patterns=patterns):
+        if unmatched.under_slash:
+            hint = (
+                f"a name takes the types under it after a dot only, so for {', '.join(unmatched.under_slash)} "
+                f"write {unmatched.pattern}/*"
+            )
+        else:
+            hint = "compare it with the event types on the Events page, as the provider spells them"
+        messages.warning(
+            request, f"The event-type pattern “{unmatched.pattern}” takes none of the types received so far: {hint}."
+        )
 
 
 class DestinationEditView(DestinationMixin, TemplateView):
@@ -131,6 +149,7 @@ class DestinationEditView(DestinationMixin, TemplateView):
                 form.add_error("url", str(exc))
             else:
                 messages.success(request, "Destination saved.")
+                warn_of_patterns_matching_nothing(request, self.organization, form.cleaned_data["event_types"])
                 return redirect("dashboard:destination_detail", self.organization.slug, destination.pk)
         return self.render_to_response(
             self.get_context_data(form=form, destination=destination, title=f"Edit {destination.name}")
