@@ -227,7 +227,7 @@ class DestinationForm(forms.Form):
         required=False,
         help_text=(
             "Comma-separated patterns such as invoice.*, push. A name also takes the types under it "
-            "(issues takes issues.opened). Empty sends every event type."
+            "(issues takes issues.opened, orders takes orders/create). Empty sends every event type."
         ),
     )
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from urllib.parse import urlsplit
 
 from django.core.cache import cache
 from django.db import connection
@@ -13,7 +14,7 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from organizations.models import AuditLog, Organization
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
-from .models.subscription import WILDCARDS, event_type_matches
+from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
 
 
 def sources_for_organization(*, organization: Organization) -> QuerySet[Source]:
@@ -289,7 +290,9 @@ def _event_type_condition(patterns: list[str]) -> Q:
         if any(character in pattern for character in WILDCARDS):
             condition |= Q(event_type__regex=shell_pattern_as_postgres_regex(pattern))
         else:
-            condition |= Q(event_type=pattern) | Q(event_type__startswith=pattern + ".")
+            condition |= Q(event_type=pattern)
+            for separator in TYPE_LEVEL_SEPARATORS:
+                condition |= Q(event_type__startswith=pattern + separator)
     return condition
 
 
@@ -304,27 +307,16 @@ def organization_event_types_matching(*, organization: Organization, patterns: l
     ]
 
 
-@dataclass
-class UnmatchedPattern:
-    pattern: str
-    # Received types the pattern would take with "/" read as a level, as Shopify's topics use it
-    # ("orders" → "orders/create"): then "orders/*" is what was meant.
-    under_slash: list[str]
-
-
-def event_type_patterns_matching_nothing(*, organization: Organization, patterns: list[str]) -> list[UnmatchedPattern]:
+def event_type_patterns_matching_nothing(*, organization: Organization, patterns: list[str]) -> list[str]:
     """The destination filter patterns that take none of the event types the organization has received,
-    so that saving one can say so (a typo, or Shopify's "orders" for "orders/create"). Nothing while
+    so that saving one can say so (most often a typo). Nothing while
     nothing was received, or with too many types to list."""
     # Rejected requests have no type: they do not count as received types.
     event_types = [event_type for event_type in _organization_event_types(organization) or [] if event_type]
     if not event_types:
         return []
     return [
-        UnmatchedPattern(
-            pattern=pattern,
-            under_slash=[event_type for event_type in event_types if event_type.startswith(pattern + "/")][:3],
-        )
+        pattern
         for pattern in patterns
         if not any(event_type_matches(event_type, pattern) for event_type in event_types)
     ]
@@ -536,3 +528,18 @@ def headers_for_viewer(
         is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
         shown.append((name, SIGNATURE_HIDDEN if is_signature and not sees_signatures else value))
     return shown
+
+
+def url_for_viewer(url: str, *, sees_full: bool) -> str:
+    """A destination's URL, with its path and query hidden from those who may only read.
+
+    Many receivers take the URL itself as their credential (Slack's and Discord's incoming
+    webhooks, automation hooks): whoever reads it can post there. Members still see where
+    deliveries go, the scheme and host; admins and owners, who can change it anyway, see it all.
+    """
+    if sees_full:
+        return url
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query and not parts.fragment:
+        return url
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"

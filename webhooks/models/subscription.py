@@ -5,15 +5,20 @@ from django.db import models
 from organizations.models import Organization
 
 WILDCARDS = "*?["
+# Where a provider's type names the types under a name: "issues.opened", Shopify's "orders/create".
+TYPE_LEVEL_SEPARATORS = (".", "/")
 
 
 def event_type_matches(event_type: str, pattern: str) -> bool:
     """Whether a filter pattern takes an event type: shell-style (``*``, ``?``, ``[set]``, as
     fnmatch reads them), and a pattern without wildcards also takes the types named under it,
-    since that is how providers group them ("issues" takes GitHub's "issues.opened")."""
+    since that is how providers group them: after a dot ("issues" takes GitHub's "issues.opened")
+    or a slash ("orders" takes Shopify's "orders/create")."""
     if fnmatchcase(event_type, pattern):
         return True
-    return not any(character in pattern for character in WILDCARDS) and event_type.startswith(pattern + ".")
+    return not any(character in pattern for character in WILDCARDS) and event_type.startswith(
+        tuple(pattern + separator for separator in TYPE_LEVEL_SEPARATORS)
+    )
 
 
 class Subscription(models.Model):

@@ -58,13 +58,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 _pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
 _pools_lock = threading.Lock()
 
+
 def _pool_maxsize() -> int:
     # As many kept-alive connections per address as a dispatcher has sending threads: with fewer,
     # a busy destination's extra connections are closed after each send (a warning each time),
     # and every later send to it pays a new TCP and TLS handshake. A pool only keeps connections
     # it opened, so an address sent to one at a time still holds one.
     return max(1, settings.DELIVERY_THREADS)
-
 
 
 # An attempt must end at its deadline whatever the receiver does: urllib3's timeouts apply to

@@ -15,7 +15,7 @@ from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
-from webhooks.selectors import headers_for_viewer
+from webhooks.selectors import headers_for_viewer, url_for_viewer
 from webhooks.services.sources import source_change_delay as _source_change_delay
 
 register = template.Library()
@@ -265,6 +265,12 @@ def duration_ms(value) -> str:
 def headers_shown(headers: dict, sees_signatures: bool) -> list[tuple[str, str]]:
     """A delivery attempt's sent headers, with the provider's signatures hidden from members."""
     return headers_for_viewer(headers or {}, sees_signatures=bool(sees_signatures))
+
+
+@register.filter
+def url_shown(url: str, sees_full: bool) -> str:
+    """A destination's URL, its path and query hidden from members (selectors.url_for_viewer)."""
+    return url_for_viewer(url or "", sees_full=bool(sees_full))
 
 
 @register.filter

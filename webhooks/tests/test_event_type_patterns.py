@@ -112,7 +112,10 @@ def test_the_translation_agrees_with_fnmatch_on_random_patterns():
         ("issuesx.opened", "issues", False),
         ("customer.subscription.created", "customer.subscription", True),
         ("customer.subscription", "customer.subscription.created", False),
-        ("orders/create", "orders", False),  # only a dot starts the types under a name
+        ("orders/create", "orders", True),  # Shopify names its topics resource/action
+        ("orders/paid", "orders/", False),
+        ("ordersx/create", "orders", False),
+        ("orders_edit/create", "orders", False),
         ("invoice.paid", "invoice.*", True),
         ("invoice.paid", "invoice.p?", False),  # wildcards keep fnmatch's reading, nothing more
         ("invoice.paid.late", "invoice.pai[d]", False),
@@ -122,3 +125,27 @@ def test_a_name_without_wildcards_also_takes_the_types_under_it(event_type, patt
     from webhooks.models.subscription import event_type_matches
 
     assert event_type_matches(event_type, pattern) is matched
+
+
+@pytest.mark.django_db
+def test_the_events_list_takes_what_a_destination_filter_takes_row_by_row(organization):
+    # With too many types to list, the events list matches row by row (selectors._event_type_condition):
+    # the same events as event_type_matches, dots and slashes alike.
+    from webhooks.models import WebhookEvent
+    from webhooks.models.subscription import event_type_matches
+    from webhooks.selectors import _event_type_condition
+    from webhooks.tests.factories import make_source
+
+    source = make_source(organization)
+    types = ["orders/create", "orders", "ordersx/create", "issues.opened", "issues", "issue_comment.created", "a/b.c"]
+    for event_type in types:
+        WebhookEvent.objects.create(
+            organization=organization, source=source, event_type=event_type, body=b"{}", headers={}
+        )
+    for pattern in ["orders", "issues", "a", "a/b", "orders/*", "*"]:
+        found = set(
+            WebhookEvent.objects.filter(organization=organization)
+            .filter(_event_type_condition([pattern]))
+            .values_list("event_type", flat=True)
+        )
+        assert found == {event_type for event_type in types if event_type_matches(event_type, pattern)}, pattern

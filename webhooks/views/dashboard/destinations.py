@@ -104,17 +104,12 @@ class DestinationDetailView(DestinationMixin, TemplateView):
 
 def warn_of_patterns_matching_nothing(request, organization, patterns: list[str]) -> None:
     """A filter that takes none of the types received so far is saved (the types may come later),
-    with a warning: it is most often a typo, or Shopify's "orders" meant as "orders/create"."""
+    with a warning: it is most often a typo."""
     for unmatched in event_type_patterns_matching_nothing(organization=organization, patterns=patterns):
-        if unmatched.under_slash:
-            hint = (
-                f"a name takes the types under it after a dot only, so for {', '.join(unmatched.under_slash)} "
-                f"write {unmatched.pattern}/*"
-            )
-        else:
-            hint = "compare it with the event types on the Events page, as the provider spells them"
         messages.warning(
-            request, f"The event-type pattern “{unmatched.pattern}” takes none of the types received so far: {hint}."
+            request,
+            f"The event-type pattern “{unmatched}” takes none of the types received so far: compare it with the "
+            "event types on the Events page, as the provider spells them.",
         )
 
 
