@@ -971,6 +971,22 @@ def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, mem
     assert "created the organization" in text and "203.0.113.9" in text
 
 
+def test_only_admins_and_owners_see_where_colleagues_acted_from(client, owner, member, organization):
+    # An address and a browser say where a person is; the readers of every organization that person
+    # belongs to need not know it.
+    from organizations import team
+
+    team.invitation_create(
+        organization=organization, actor=owner, email="new@acme.example", role="member", ip_address="203.0.113.7"
+    )
+    audit = reverse("dashboard:audit", args=["acme"])
+    client.force_login(member)
+    as_member = html.unescape(page_text(client.get(audit)))
+    assert "invited" in as_member and "203.0.113.7" not in as_member and 'scope="col">From<' not in as_member
+    client.force_login(owner)
+    assert "203.0.113.7" in html.unescape(page_text(client.get(audit)))
+
+
 def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)
