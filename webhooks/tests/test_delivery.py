@@ -430,3 +430,41 @@ def test_results_sent_while_the_database_is_down_are_recorded_once_it_is_back(
     delivery = Delivery.objects.get()
     assert attempted == 1 and len(httpserver.log) == 1  # sent once
     assert delivery.status == Delivery.Status.SUCCEEDED and delivery.attempts.count() == 1
+
+
+def test_a_form_encoded_body_is_delivered_as_sent_and_verifies_as_the_readme_says(client, organization, httpserver):
+    # Not every provider sends JSON: the standardwebhooks libraries' verify() parses the body after
+    # checking the signature, so the README tells receivers to check such bodies with sign().
+    import hmac as hmac_module
+    import json as json_module
+    from datetime import UTC, datetime
+
+    token = "form-sender-token-0123456789abcdef"
+    source = make_source(organization, provider="shared_token", secret=token)
+    destination, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
+    body = "payload=%7B%22action%22%3A%22opened%22%7D&extra=1"
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION=token,
+    )
+    assert response.status_code == 200, response.content
+    assert processing.process_received_events() == 1
+    delivery_service.deliver(Delivery.objects.get().pk)
+
+    request, _ = httpserver.log[0]
+    assert request.get_data() == body.encode()
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    with pytest.raises(json_module.JSONDecodeError):
+        Webhook(secret).verify(request.get_data(), dict(request.headers))  # a good signature, then JSON
+    expected = Webhook(secret).sign(
+        request.headers["webhook-id"],
+        datetime.fromtimestamp(int(request.headers["webhook-timestamp"]), tz=UTC),
+        request.get_data().decode(),
+    )
+    assert any(hmac_module.compare_digest(expected, sent) for sent in request.headers["webhook-signature"].split(" "))
+    with pytest.raises(WebhookVerificationError):  # and a changed body still fails the signature first
+        Webhook(secret).verify(request.get_data() + b"&x=2", dict(request.headers))
