@@ -543,3 +543,29 @@ def url_for_viewer(url: str, *, sees_full: bool) -> str:
     if parts.path in ("", "/") and not parts.query and not parts.fragment:
         return url
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
+
+
+def audit_changes_for_viewer(changes, *, sees_full_urls: bool):
+    """An audit entry's changes with every destination URL in them cut as url_for_viewer cuts it.
+
+    Creating, changing or deleting a destination (in the dashboard or the admin) records its URL,
+    before and after: the audit log, which members read, would otherwise show them the URL whole.
+    """
+    if sees_full_urls:
+        return changes
+    if isinstance(changes, dict):
+        return {
+            key: _urls_cut(value) if key == "url" else audit_changes_for_viewer(value, sees_full_urls=False)
+            for key, value in changes.items()
+        }
+    if isinstance(changes, list):
+        return [audit_changes_for_viewer(value, sees_full_urls=False) for value in changes]
+    return changes
+
+
+def _urls_cut(value):
+    if isinstance(value, str):
+        return url_for_viewer(value, sees_full=False)
+    if isinstance(value, list):  # [before, after]
+        return [_urls_cut(item) for item in value]
+    return value

@@ -15,7 +15,7 @@ from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
-from webhooks.selectors import headers_for_viewer, url_for_viewer
+from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, url_for_viewer
 from webhooks.services.sources import source_change_delay as _source_change_delay
 
 register = template.Library()
@@ -271,6 +271,12 @@ def headers_shown(headers: dict, sees_signatures: bool) -> list[tuple[str, str]]
 def url_shown(url: str, sees_full: bool) -> str:
     """A destination's URL, its path and query hidden from members (selectors.url_for_viewer)."""
     return url_for_viewer(url or "", sees_full=bool(sees_full))
+
+
+@register.filter
+def changes_shown(changes, sees_full_urls: bool):
+    """An audit entry's changes, destination URLs cut for members (selectors.audit_changes_for_viewer)."""
+    return audit_changes_for_viewer(changes, sees_full_urls=bool(sees_full_urls))
 
 
 @register.filter

@@ -1296,3 +1296,50 @@ def test_add_a_destination_from_a_source_page_starts_with_that_source_ticked(cli
     assert re.search(rf'value="{source.pk}"[^>]*checked', html) and not re.search(
         rf'value="{other.pk}"[^>]*checked', html
     )
+
+
+def test_members_do_not_read_a_destination_s_secret_path_in_the_audit_log_either(client, owner, member, organization):
+    # Creating, changing and deleting a destination record its URL: the audit log, which members
+    # read, must cut it as the destination pages do.
+    from webhooks.services.destinations import destination_delete, destination_update
+
+    first = "http://127.0.0.1:9/services/T0000/B0000/FIRSTSECRETPATH"
+    second = "http://127.0.0.1:9/services/T0000/B0000/SECONDSECRETPATH"
+    destination, _ = make_destination(organization, first, actor=owner)
+    destination_update(
+        destination=destination,
+        name="endpoint",
+        url=second,
+        sources=[],
+        event_types=[],
+        timeout_seconds=destination.timeout_seconds,
+        actor=owner,
+    )
+    destination_delete(destination=destination, actor=owner)
+    audit = reverse("dashboard:audit", args=["acme"])
+    client.force_login(member)
+    as_member = html.unescape(page_text(client.get(audit)))
+    assert "destination.created" in as_member and "destination.deleted" in as_member
+    assert "SECRETPATH" not in as_member and "T0000" not in as_member
+    assert "http://127.0.0.1:9/…" in as_member
+    client.force_login(owner)
+    as_owner = html.unescape(page_text(client.get(audit)))
+    assert first in as_owner and second in as_owner
+
+
+def test_audit_changes_for_viewer_cuts_urls_at_any_depth_and_leaves_the_rest():
+    from webhooks.selectors import audit_changes_for_viewer
+
+    changes = {
+        "fields": {"url": ["https://a.example/x?k=1", "https://b.example/y"], "name": ["a", "b"]},
+        "summary": [{"changed": {"fields": ["URL"]}}],
+        "url": "https://c.example/z",
+        "timeout_seconds": 15,
+    }
+    assert audit_changes_for_viewer(changes, sees_full_urls=False) == {
+        "fields": {"url": ["https://a.example/…", "https://b.example/…"], "name": ["a", "b"]},
+        "summary": [{"changed": {"fields": ["URL"]}}],
+        "url": "https://c.example/…",
+        "timeout_seconds": 15,
+    }
+    assert audit_changes_for_viewer(changes, sees_full_urls=True) is changes
