@@ -24,11 +24,6 @@ def sender_mark_headers(body: bytes) -> dict[str, str]:
     return {TEST_EVENT_HEADER: "true", TEST_MARK_HEADER: _mark(body, settings.SECRET_KEY)}
 
 
-def carries_test_mark(headers: Mapping[str, str]) -> bool:
-    """Whether the headers hold a mark worth checking (cheap: no body needed)."""
-    return any(name.lower() == TEST_MARK_HEADER.lower() for name in headers)
-
-
 def is_hookline_test_event(headers: Mapping[str, str], body: bytes) -> bool:
     """Whether this deployment's test sender sent ``body`` with ``headers``.
 
