@@ -540,7 +540,7 @@ def url_for_viewer(url: str, *, sees_full: bool) -> str:
     if sees_full:
         return url
     parts = urlsplit(url)
-    if parts.path in ("", "/") and not parts.query and not parts.fragment:
+    if parts.path in ("", "/") and not parts.query and not parts.fragment and "@" not in parts.netloc:
         return url
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 

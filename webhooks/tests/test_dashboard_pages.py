@@ -1250,6 +1250,7 @@ def test_members_who_may_only_read_see_where_a_destination_is_but_not_its_secret
         ("https://hooks.example.com", "https://hooks.example.com"),
         ("https://hooks.example.com:8443/in?key=abc", "https://hooks.example.com:8443/…"),
         ("https://user:pass@hooks.example.com/x", "https://hooks.example.com/…"),
+        ("https://user:pass@hooks.example.com/", "https://hooks.example.com/…"),
         ("https://hooks.example.com/?token=abc", "https://hooks.example.com/…"),
     ],
 )
