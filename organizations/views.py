@@ -208,8 +208,9 @@ class InvitationAcceptView(View):
             # Platform admins keep their password as the proof of who they are, even for a dashboard session.
             messages.success(request, f"You joined {organization.name}. Sign in with your password to open it.")
             return redirect(reverse("admin:login") + "?" + urlencode({"next": landing}))
-        if not accepted.account_created:
-            # The link joins; it signs in only the account it created (see team.AcceptedInvitation).
+        if not accepted.account_created or request.user.is_authenticated:
+            # The link joins; it signs in only the account it created (see team.AcceptedInvitation),
+            # and never in place of someone signed in here, whom the page told they stay themselves.
             messages.success(request, f"You joined {organization.name}. Sign in as {user.email} to open it.")
             return redirect(reverse("accounts:sign_in") + "?" + urlencode({"next": landing}))
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

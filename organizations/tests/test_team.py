@@ -5,6 +5,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.exceptions import PermissionDenied
 from django.test import Client
@@ -120,6 +121,24 @@ def test_an_invitation_accepted_while_signed_in_as_someone_else_keeps_them_thems
     assert membership_of(outsider, organization).role == Membership.Role.MEMBER
     assert someone_else.session["_auth_user_id"] == str(member.pk)
     assert someone_else.get("/o/globex/").status_code == 404  # still the member of Acme only
+
+
+def test_an_invitation_for_a_new_address_accepted_while_signed_in_as_someone_else_keeps_them_themselves(
+    organization, owner, member
+):
+    # The page tells them that accepting adds the invited address, not theirs: it must not then
+    # swap their session for the new account.
+    invite(browser_for(owner), "new@acme.example")
+    someone_else = browser_for(member)
+
+    response = someone_else.post(invitation_path(mail.outbox[0]))
+
+    new_user = get_user_model().objects.get(email="new@acme.example")
+    assert membership_of(new_user, organization).role == Membership.Role.MEMBER
+    assert someone_else.session["_auth_user_id"] == str(member.pk)
+    assert urlsplit(response["Location"]).path == reverse("accounts:sign_in")
+    page = someone_else.get(response["Location"], follow=True)
+    assert "Sign in as new@acme.example to open it" in page.content.decode()
 
 
 def test_an_invitation_works_once(organization, owner):
