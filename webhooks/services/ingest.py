@@ -206,7 +206,7 @@ def _secret_match_recorder(
     provider uses, so one would say "switched" too early."""
     if len(secrets) < 2 or matched is None:
         return None
-    if is_hookline_test_event(headers, body):
+    if is_hookline_test_event(headers, body, source_id=source.pk, received_at=time.time()):
         return None
     return partial(
         record_secret_match,

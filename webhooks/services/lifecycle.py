@@ -58,8 +58,12 @@ def _hookline_test_event_ids(events: list[WebhookEvent]) -> set:
     # The bodies are read only for the few events that carry a mark; the mark is checked, not trusted.
     marked = WebhookEvent.objects.filter(
         id__in=[event.id for event in events], headers__has_key=TEST_MARK_HEADER
-    ).values_list("id", "headers", "body")
-    return {event_id for event_id, headers, body in marked if is_hookline_test_event(headers, body)}
+    ).values_list("id", "headers", "body", "source_id", "received_at")
+    return {
+        event_id
+        for event_id, headers, body, source_id, received_at in marked
+        if is_hookline_test_event(headers, body, source_id=source_id, received_at=received_at.timestamp())
+    }
 
 
 def _notify_quota_exceeded(organization_id: int, month: date) -> None:

@@ -156,7 +156,7 @@ def build_test_request(
         # Schemes signed with the provider's private key: only the provider can send a test.
         raise SampleSenderError(str(exc)) from None
     _merge_headers(headers, signed)
-    _merge_headers(headers, sender_mark_headers(body))
+    _merge_headers(headers, sender_mark_headers(body, source_id=source.pk, now=now))
     return body, headers
 
 

@@ -3,12 +3,15 @@
 The test sender marks its requests with TEST_EVENT_HEADER, which is forwarded so that a
 destination can tell a test apart. That header alone proves nothing: anyone who can sign for a
 source could add it. What Hookline leaves out because of it (the monthly usage, which secret the
-provider signs with) therefore also needs TEST_MARK_HEADER, an HMAC of the body under SECRET_KEY
-that only this deployment can make. The mark is not forwarded.
+provider signs with) therefore also needs TEST_MARK_HEADER: when it was made, and an HMAC under
+SECRET_KEY of that time, the source and the body, which only this deployment can make. Bound to
+the source and to MARK_VALID_SECONDS, a mark copied from a test cannot keep other requests out of
+the usage. The mark is not forwarded.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from django.conf import settings
@@ -16,26 +19,35 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 TEST_EVENT_HEADER = "Hookline-Test-Event"
 TEST_MARK_HEADER = "Hookline-Test-Mark"
+# A test is received within seconds of being made; the rest is room for clocks and a slow answer.
+MARK_VALID_SECONDS = 300
 _MARK_SALT = "hookline.test-event-mark"
 
 
-def sender_mark_headers(body: bytes) -> dict[str, str]:
-    """The headers that mark ``body``, exactly as it is sent, as a Hookline test."""
-    return {TEST_EVENT_HEADER: "true", TEST_MARK_HEADER: _mark(body, settings.SECRET_KEY)}
+def sender_mark_headers(body: bytes, *, source_id: int, now: float | None = None) -> dict[str, str]:
+    """The headers that mark ``body``, exactly as it is sent to the source, as a Hookline test."""
+    made_at = int(time.time() if now is None else now)
+    return {
+        TEST_EVENT_HEADER: "true",
+        TEST_MARK_HEADER: f"{made_at}.{_mark(body, source_id, made_at, settings.SECRET_KEY)}",
+    }
 
 
-def is_hookline_test_event(headers: Mapping[str, str], body: bytes) -> bool:
-    """Whether this deployment's test sender sent ``body`` with ``headers``.
+def is_hookline_test_event(headers: Mapping[str, str], body: bytes, *, source_id: int, received_at: float) -> bool:
+    """Whether this deployment's test sender sent ``body`` with ``headers`` to the source, at most
+    MARK_VALID_SECONDS from ``received_at`` (a Unix time).
 
     The fallbacks keep a test sent just before a SECRET_KEY change recognised after it."""
-    mark = next((str(value) for name, value in headers.items() if name.lower() == TEST_MARK_HEADER.lower()), None)
-    if not mark:
+    mark = next((str(value) for name, value in headers.items() if name.lower() == TEST_MARK_HEADER.lower()), "")
+    made_at, _, digest = mark.partition(".")
+    if not made_at.isdigit() or not digest or abs(received_at - int(made_at)) > MARK_VALID_SECONDS:
         return False
     keys = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
     # Every key is compared, so the time taken does not tell which one matched.
-    matches = [constant_time_compare(mark, _mark(body, key)) for key in keys]
+    matches = [constant_time_compare(digest, _mark(body, source_id, int(made_at), key)) for key in keys]
     return any(matches)
 
 
-def _mark(body: bytes, key: str) -> str:
-    return salted_hmac(_MARK_SALT, bytes(body), secret=key, algorithm="sha256").hexdigest()
+def _mark(body: bytes, source_id: int, made_at: int, key: str) -> str:
+    signed = f"{source_id}.{made_at}.".encode() + bytes(body)
+    return salted_hmac(_MARK_SALT, signed, secret=key, algorithm="sha256").hexdigest()

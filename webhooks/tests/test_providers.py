@@ -335,7 +335,7 @@ def test_fresh_id_samples_are_distinct_events(kind, monkeypatch):
     from webhooks.services import sample_sender
 
     monkeypatch.setattr(sample_sender, "ingest_url", lambda source: "https://hookline.test/in/x/")
-    source = SimpleNamespace(provider=kind, secret=SECRET, options=options_for(kind))
+    source = SimpleNamespace(pk=1, provider=kind, secret=SECRET, options=options_for(kind))
     provider = PROVIDERS[kind]
     seen = set()
     for _ in range(2):

@@ -32,7 +32,7 @@ def _described(kind: str, body: bytes, headers: dict[str, str]):
 
 @pytest.mark.parametrize("kind", SIGNABLE)
 def test_an_edited_sample_is_sent_as_typed_with_the_samples_event_type(kind):
-    source = SimpleNamespace(provider=kind, secret=SECRET, options=options_for(kind))
+    source = SimpleNamespace(pk=1, provider=kind, secret=SECRET, options=options_for(kind))
     for path in fixtures_of(kind):
         typed = json.dumps(json.loads(path.read_bytes()), separators=(",", ":")).encode()  # not the file's bytes
         sample_body, sample_headers = sample_sender.build_test_request(source=source, fixture=path.stem)
@@ -47,7 +47,7 @@ def test_an_edited_sample_is_sent_as_typed_with_the_samples_event_type(kind):
 
 
 def test_the_id_header_is_fresh_and_not_doubled_under_another_spelling():
-    source = SimpleNamespace(provider="github", secret=SECRET, options=options_for("github"))
+    source = SimpleNamespace(pk=1, provider="github", secret=SECRET, options=options_for("github"))
     ids = set()
     for _ in range(2):
         body, headers = sample_sender.build_test_request(
@@ -78,7 +78,7 @@ def test_invalid_json_is_refused_unless_the_provider_takes_other_bodies(kind):
     ],
 )
 def test_providers_that_take_form_bodies_read_one_sent_by_the_sender(kind, form):
-    source = SimpleNamespace(provider=kind, secret=SECRET, options=options_for(kind))
+    source = SimpleNamespace(pk=1, provider=kind, secret=SECRET, options=options_for(kind))
     assert sample_sender.edited_body_problem(kind, form) is None
 
     body, headers = sample_sender.build_test_request(source=source, body=form, fresh_id=True)

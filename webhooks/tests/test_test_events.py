@@ -1,6 +1,7 @@
 """Hookline's own test sends: marked for destinations, left out of the monthly usage, and not forgeable."""
 
 import json
+import time
 
 import pytest
 
@@ -9,7 +10,12 @@ from webhooks.models import Delivery, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import secret_use
 from webhooks.services.processing import process_event_batch
-from webhooks.services.sender_marks import TEST_MARK_HEADER, is_hookline_test_event, sender_mark_headers
+from webhooks.services.sender_marks import (
+    MARK_VALID_SECONDS,
+    TEST_MARK_HEADER,
+    is_hookline_test_event,
+    sender_mark_headers,
+)
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import source_rotate_secret
 
@@ -59,7 +65,7 @@ def test_a_provider_request_claiming_to_be_a_test_is_counted(client, organizatio
     source = make_source(organization)
     forged = {
         "HTTP_HOOKLINE_TEST_EVENT": "true",
-        "HTTP_HOOKLINE_TEST_MARK": sender_mark_headers(b"some other body")[TEST_MARK_HEADER],
+        "HTTP_HOOKLINE_TEST_MARK": sender_mark_headers(b"some other body", source_id=source.pk)[TEST_MARK_HEADER],
     }
     assert post_stripe(client, source, _stripe_body("evt_forged_1"), STRIPE_SECRET, **forged).status_code == 200
     assert (
@@ -85,11 +91,45 @@ def test_a_forged_test_mark_does_not_hide_which_secret_the_provider_signs_with(c
 
 def test_a_mark_made_before_a_secret_key_change_is_still_recognised(settings):
     body = b'{"id": "evt_sent_before_the_key_changed"}'
+    now = time.time()
     settings.SECRET_KEY = "the-old-secret-key-for-this-test"
-    headers = sender_mark_headers(body)
+    headers = sender_mark_headers(body, source_id=7, now=now)
     settings.SECRET_KEY_FALLBACKS = ["the-old-secret-key-for-this-test"]
     settings.SECRET_KEY = "the-new-secret-key-for-this-test"
-    assert is_hookline_test_event(headers, body)
-    assert not is_hookline_test_event(headers, body + b" ")
+    assert is_hookline_test_event(headers, body, source_id=7, received_at=now + 1)
+    assert not is_hookline_test_event(headers, body + b" ", source_id=7, received_at=now + 1)
     settings.SECRET_KEY_FALLBACKS = []
-    assert not is_hookline_test_event(headers, body)
+    assert not is_hookline_test_event(headers, body, source_id=7, received_at=now + 1)
+
+
+def test_a_copied_mark_does_not_carry_to_another_source_or_past_its_few_minutes():
+    # A tenant who copies a test's body and mark must not keep its own traffic out of the usage with it.
+    body = b'{"id": "evt_copied_mark"}'
+    now = float(int(time.time()))  # marks are made to the second
+    headers = sender_mark_headers(body, source_id=7, now=now)
+    assert is_hookline_test_event(headers, body, source_id=7, received_at=now + MARK_VALID_SECONDS)
+    assert not is_hookline_test_event(headers, body, source_id=8, received_at=now + 1)
+    assert not is_hookline_test_event(headers, body, source_id=7, received_at=now + MARK_VALID_SECONDS + 1)
+    assert not is_hookline_test_event(headers, body, source_id=7, received_at=now - MARK_VALID_SECONDS - 1)
+    made_at, _, digest = headers[TEST_MARK_HEADER].partition(".")
+    moved = {**headers, TEST_MARK_HEADER: f"{int(made_at) + 600}.{digest}"}  # a later time on the old digest
+    assert not is_hookline_test_event(moved, body, source_id=7, received_at=now + 600)
+    for broken in ("", ".", "abc.def", f"{made_at}.", f"{made_at}"):
+        assert not is_hookline_test_event({TEST_MARK_HEADER: broken}, body, source_id=7, received_at=now)
+
+
+def test_a_mark_older_than_its_minutes_counts_in_the_usage(client, organization):
+    source = make_source(organization)
+    body = _stripe_body("evt_with_an_old_mark")
+    old = sender_mark_headers(body.encode(), source_id=source.pk, now=time.time() - MARK_VALID_SECONDS - 60)
+    response = post_stripe(
+        client,
+        source,
+        body,
+        STRIPE_SECRET,
+        HTTP_HOOKLINE_TEST_EVENT="true",
+        HTTP_HOOKLINE_TEST_MARK=old[TEST_MARK_HEADER],
+    )
+    assert response.status_code == 200
+    assert process_event_batch() == 1
+    assert _usage(organization) == 1
