@@ -1,9 +1,14 @@
 """Celery tasks: they take ids and call services, nothing more."""
 
 from celery import shared_task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 
 from webhooks.services import alerts, delivery, lifecycle, operations, processing, scheduling
+
+
+@worker_init.connect
+def _prepare_for_a_warm_shutdown(**kwargs) -> None:
+    scheduling.prepare_for_worker_shutdown()  # in the main process, before the pool forks
 
 
 @worker_shutting_down.connect

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 
 from django.core.cache import cache
@@ -33,19 +34,34 @@ FAILURE_WARNING_SECONDS = 30.0
 _failure_warned_at: dict[str, float] = {}
 
 # Set in a Celery worker's main process when its warm shutdown begins (webhooks.tasks connects
-# it). Made at import, before the pool forks, so the pool processes share it: their long loops
-# (a dispatcher runs up to DISPATCHER_MAX_SECONDS under a steady stream) then end early and leave
-# the rest to the next worker, instead of outlasting the platform's grace period and being killed
-# mid-send, which sends those deliveries twice.
-_worker_stopping = multiprocessing.Event()
+# it), and shared with its pool processes: their long loops (a dispatcher runs up to
+# DISPATCHER_MAX_SECONDS under a steady stream) then end early and leave the rest to the next
+# worker, instead of outlasting the platform's grace period and being killed mid-send, which sends
+# those deliveries twice. Made when the worker starts, before its pool forks (worker_init); other
+# processes (web, beat, tests calling the services) have none and are never "stopping".
+_worker_stopping = None
+
+
+def prepare_for_worker_shutdown() -> None:
+    global _worker_stopping
+    if _worker_stopping is not None:
+        return
+    try:
+        _worker_stopping = multiprocessing.Event()
+    except OSError:
+        # No shared memory for a semaphore (some containers): the main process's own loops still
+        # wind up; pool processes then run to their deadline, as before this existed.
+        logger.warning("no shared semaphore: pool processes will not learn of a warm shutdown early")
+        _worker_stopping = threading.Event()
 
 
 def note_worker_stopping() -> None:
-    _worker_stopping.set()
+    if _worker_stopping is not None:
+        _worker_stopping.set()
 
 
 def worker_is_stopping() -> bool:
-    return _worker_stopping.is_set()
+    return _worker_stopping is not None and _worker_stopping.is_set()
 
 
 def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> None:
