@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -18,9 +19,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.models import Group
 from django.core.cache import cache
+from django.core.exceptions import FieldDoesNotExist
 from django.core.paginator import Paginator
 from django.db import models, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateparse import parse_date
@@ -72,6 +74,95 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict | str | int | float | bool) or value is None:
         return value
     return str(value)
+
+
+# --- What an admin action did, for its audit entries ---------------------------------------------
+
+# At most this many ids of selected, done or refused objects are kept in an action's entry (with their counts).
+AUDITED_IDS_KEPT = 100
+
+
+class ActionOutcomes:
+    """What an admin action did to its selection, per organization, reported by the action itself.
+
+    AuditedAdminMixin writes one entry per organization of the selection, and each says what
+    happened there: ``done``, ``refused`` (with the reasons), ``partly done`` or ``nothing to do``.
+    An organization for which the action reported nothing gets the action's fallback: why there
+    was nothing to do, or why the whole selection was refused (too many rows, say). Items are
+    short labels such as "delivery <id>": never a secret.
+    """
+
+    def __init__(self) -> None:
+        self.done: dict[int | None, list[str]] = defaultdict(list)
+        self.refused: dict[int | None, list[tuple[str, str]]] = defaultdict(list)
+        self.nothing: dict[int | None, list[tuple[str, str]]] = defaultdict(list)
+        self.fallback: tuple[str, str] | None = None  # (outcome, reason)
+
+    def add_done(self, organization_id: int | None, item: str) -> None:
+        self.done[organization_id].append(item)
+
+    def add_refused(self, organization_id: int | None, item: str, reason: str) -> None:
+        self.refused[organization_id].append((item, reason))
+
+    def add_nothing_to_do(self, organization_id: int | None, item: str, reason: str) -> None:
+        self.nothing[organization_id].append((item, reason))
+
+    def nothing_to_do(self, reason: str) -> None:
+        self.fallback = ("nothing to do", reason)
+
+    def refuse_all(self, reason: str) -> None:
+        self.fallback = ("refused", reason)
+
+    @property
+    def reported(self) -> bool:
+        return bool(self.done or self.refused or self.nothing or self.fallback)
+
+    def organization_ids(self) -> set[int | None]:
+        return set(self.done) | set(self.refused) | set(self.nothing)
+
+    def for_organization(self, organization_id: int | None) -> dict[str, Any]:
+        """The outcome part of one organization's entry."""
+        done = self.done.get(organization_id, [])
+        refused = self.refused.get(organization_id, [])
+        nothing = self.nothing.get(organization_id, [])
+        if not done and not refused and not nothing:
+            outcome, reason = self.fallback or ("nothing to do", "")
+            return {"outcome": outcome, "reason": reason} if reason else {"outcome": outcome}
+        if done:
+            outcome = "partly done" if refused else "done"
+        else:
+            outcome = "refused" if refused else "nothing to do"
+        result: dict[str, Any] = {"outcome": outcome}
+        if done:
+            result.update(done=done[:AUDITED_IDS_KEPT], done_count=len(done))
+        for key, items in (("refused", refused), ("nothing_to_do", nothing)):
+            if items:
+                kept = [{"item": item, "reason": reason} for item, reason in items[:AUDITED_IDS_KEPT]]
+                result.update({key: kept, f"{key}_count": len(items)})
+        return result
+
+
+_ACTION_OUTCOMES = "_hookline_action_outcomes"
+
+
+def action_outcomes(request) -> ActionOutcomes:
+    """Where the running admin action reports what it did (see ActionOutcomes)."""
+    outcomes = getattr(request, _ACTION_OUTCOMES, None)
+    if outcomes is None:
+        outcomes = ActionOutcomes()
+        setattr(request, _ACTION_OUTCOMES, outcomes)
+    return outcomes
+
+
+def organization_field(model) -> str | None:
+    """The column naming the organization a row of ``model`` belongs to (its own key for an organization)."""
+    if model is Organization:
+        return "pk"
+    try:
+        field = model._meta.get_field("organization")
+    except FieldDoesNotExist:
+        return None
+    return field.attname if field.is_relation and field.related_model is Organization else None
 
 
 def organization_of(obj) -> Organization | None:
@@ -195,24 +286,64 @@ class AuditedAdminMixin:
         return deleted, model_count, perms_needed, protected
 
     def response_action(self, request, queryset):
-        response = super().response_action(request, queryset)
-        # A confirmation page is not the action yet; the confirmed POST is. Django's own delete
-        # confirmation is skipped too: deletions are audited one by one by log_deletions.
-        performed = response is not None and not getattr(response, AWAITING_CONFIRMATION, False)
         action = request.POST.get("action", "")
-        if performed and action and action != "delete_selected":
-            selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
-            audit_record(
-                action=f"{self._audit_action_name('action')}.{action}",
-                actor=request.user,
-                changes={
-                    "selected": selected[:100],
-                    "selected_count": len(selected),
-                    "select_across": request.POST.get("select_across") == "1",
-                },
-                request=request,
-            )
+        # Django's own delete confirmation is skipped: deletions are audited one by one by log_deletions.
+        audited = bool(action) and action != "delete_selected"
+        select_across = request.POST.get("select_across") == "1"
+        # Read before the action: it may change which rows the list's filters match (pausing
+        # takes a destination out of "Sending"), or delete some.
+        selections = self._selection_by_organization(request, queryset, select_across) if audited else {}
+        setattr(request, _ACTION_OUTCOMES, ActionOutcomes())  # filled by the action, if it reports
+        response = super().response_action(request, queryset)
+        # A confirmation page is not the action yet; the confirmed POST is.
+        performed = response is not None and not getattr(response, AWAITING_CONFIRMATION, False)
+        if performed and audited:
+            self._audit_action(request, action, selections, select_across, action_outcomes(request))
         return response
+
+    def _audit_action(self, request, action: str, selections: dict, select_across: bool, outcomes) -> None:
+        """One entry per organization of the selection, with that organization's objects and what
+        the action did to them, so that each organization's log shows what was done to its own
+        rows (and nothing of the others'). Rows that belong to no organization (periodic tasks)
+        get one entry without any, as do objects deleted before the action ran."""
+        for organization_id in outcomes.organization_ids() - set(selections):
+            selections[organization_id] = {"selected": [], "selected_count": 0}
+        organizations = Organization.objects.in_bulk([pk for pk in selections if pk is not None])
+        with transaction.atomic():
+            for organization_id in sorted(selections, key=lambda pk: (pk is not None, pk or 0)):
+                changes: dict[str, Any] = {**selections[organization_id], "select_across": select_across}
+                if select_across:
+                    # "All that match": the list's filters and search say which rows those were.
+                    changes["filters"] = request.GET.urlencode()
+                if outcomes.reported:
+                    changes.update(outcomes.for_organization(organization_id))
+                audit_record(
+                    action=f"{self._audit_action_name('action')}.{action}",
+                    organization=organizations.get(organization_id),
+                    actor=request.user,
+                    changes=changes,
+                    request=request,
+                )
+
+    def _selection_by_organization(self, request, queryset, select_across: bool) -> dict[int | None, dict]:
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        field = organization_field(self.model)
+        if field is None:
+            return {None: {"selected": selected[:AUDITED_IDS_KEPT], "selected_count": len(selected)}}
+        if select_across:
+            # Every row the list matched, however many: counted per organization, not listed.
+            counts = queryset.order_by().values_list(field).annotate(count=Count("pk")).values_list(field, "count")
+            return {organization_id: {"selected_count": count} for organization_id, count in counts}
+        rows = queryset.filter(pk__in=selected).order_by().values_list("pk", field)
+        by_organization: dict[int | None, list[str]] = defaultdict(list)
+        for pk, organization_id in rows:
+            by_organization[organization_id].append(str(pk))
+        if not by_organization:  # all gone meanwhile: what was asked for, as posted
+            return {None: {"selected": selected[:AUDITED_IDS_KEPT], "selected_count": len(selected)}}
+        return {
+            organization_id: {"selected": sorted(pks)[:AUDITED_IDS_KEPT], "selected_count": len(pks)}
+            for organization_id, pks in by_organization.items()
+        }
 
 
 class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
@@ -482,6 +613,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= CHANGE_VALUE_MAX_CHARS else text[: CHANGE_VALUE_MAX_CHARS - 1] + "…"
 
 
+# Keys whose value is a list of items (an admin action's selection and outcome), never a [before, after] pair.
+LISTS_NOT_BEFORE_AFTER = ("selected", "done", "refused", "nothing_to_do")
+
+
 def change_lines(changes: Any) -> list[str]:
     """An entry's changes as lines a person reads: "plan: free → team" for a [before, after] pair,
     "name: value" otherwise; Django's own summary of an admin change is left to the raw JSON."""
@@ -493,7 +628,7 @@ def change_lines(changes: Any) -> list[str]:
             continue
         if key == "fields" and isinstance(value, dict):
             lines.extend(change_lines(value))
-        elif isinstance(value, list) and len(value) == 2 and key not in ("selected",):
+        elif isinstance(value, list) and len(value) == 2 and key not in LISTS_NOT_BEFORE_AFTER:
             lines.append(f"{key}: {_short(value[0])} → {_short(value[1])}")
         else:
             lines.append(f"{key}: {_short(value)}")

@@ -16,7 +16,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html, format_html_join
 
-from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin
+from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin, action_outcomes
 from webhooks.fields import decrypt, encrypt
 from webhooks.forms import NameField
 from webhooks.models import BulkRetry, Destination, Source, Subscription
@@ -29,7 +29,7 @@ from webhooks.services.destinations import (
     destination_check_url,
     destination_rotate_secret,
 )
-from webhooks.services.operations import OperationError, destination_pause, destination_resume
+from webhooks.services.operations import NothingToRetry, OperationError, destination_pause, destination_resume
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
@@ -321,12 +321,15 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
             return asked
         shown, refused = [], []
+        outcomes = action_outcomes(request)
         for source in queryset.select_related("organization"):
             try:
                 _, generated = source_rotate_secret(source=source, stop_previous=confirmed(request), actor=request.user)
-            except SourceError as exc:
+            except SourceError as exc:  # the provider issues it (Stripe), or deleted meanwhile
                 refused.append(f"{source}: {exc}")
+                outcomes.add_refused(source.organization_id, f"source {source.pk}", str(exc))
                 continue
+            outcomes.add_done(source.organization_id, f"source {source.pk}")  # never the secret itself
             shown.append((f"{source.organization.name} · {source}", generated))
         if refused:
             self.message_user(request, "Not rotated: " + "; ".join(refused[:10]), messages.WARNING)
@@ -506,6 +509,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
             return asked
         shown = []
+        outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             try:
                 _, secret = destination_rotate_secret(
@@ -513,7 +517,9 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
                 )
             except DestinationError as exc:  # deleted meanwhile
                 self.message_user(request, f"{destination}: {exc}", messages.ERROR)
+                outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
+            outcomes.add_done(destination.organization_id, f"destination {destination.pk}")  # never the secret
             shown.append((f"{destination.organization.name} · {destination}", secret))
         if not shown:
             return None
@@ -521,14 +527,18 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
 
     @admin.action(description="Pause selected destinations", permissions=["change"])
     def pause(self, request, queryset):
+        outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             destination_pause(destination=destination, reason="paused from the platform admin", actor=request.user)
+            outcomes.add_done(destination.organization_id, f"destination {destination.pk}")
         self.message_user(request, "Paused; their deliveries wait until resumed.", messages.SUCCESS)
 
     @admin.action(description="Resume selected destinations", permissions=["change"])
     def resume(self, request, queryset):
+        outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             destination_resume(destination=destination, actor=request.user)
+            outcomes.add_done(destination.organization_id, f"destination {destination.pk}")
         self.message_user(request, "Resumed; what queued up is being sent.", messages.SUCCESS)
 
     @admin.action(
@@ -538,13 +548,20 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
         # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
         started, refused = [], []
+        outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             try:
                 job = destination_bulk_retry(destination=destination, actor=request.user)
+            except NothingToRetry as exc:
+                refused.append(f"{destination.organization.name} · {destination}: {exc}")
+                outcomes.add_nothing_to_do(destination.organization_id, f"destination {destination.pk}", str(exc))
+                continue
             except OperationError as exc:
                 refused.append(f"{destination.organization.name} · {destination}: {exc}")
+                outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
             started.append(f"{destination.organization.name} · {destination} ({job.total})")
+            outcomes.add_done(destination.organization_id, f"destination {destination.pk}: bulk retry {job.pk}")
         if started:
             self.message_user(
                 request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS

@@ -10,7 +10,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
-from organizations.admin import AuditedAdminMixin, CappedCountPaginator, OrganizationFilter, ReadOnlyAdminMixin
+from organizations.admin import (
+    AuditedAdminMixin,
+    CappedCountPaginator,
+    OrganizationFilter,
+    ReadOnlyAdminMixin,
+    action_outcomes,
+)
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
 from webhooks.selectors import events_with_id, parse_event_id
@@ -53,10 +59,14 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
         status=Delivery.Status.PENDING, attempt_count=0
     )
     total = deliveries.count()
+    outcomes = action_outcomes(request)
+    # Said of each organization of the selection that has no failed delivery in it.
+    outcomes.nothing_to_do(f"no failed deliveries in the selected {noun}")
     if total == 0:
         model_admin.message_user(request, f"No failed deliveries in the selected {noun}.", messages.WARNING)
         return None
     if total > ACTION_LIMIT:
+        outcomes.refuse_all(f"{total} failed deliveries match, more than {ACTION_LIMIT}")
         model_admin.message_user(
             request,
             f"{total} failed deliveries match; narrow the selection to at most {ACTION_LIMIT} "
@@ -94,10 +104,12 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
         try:
             delivery_retry(delivery=delivery, actor=request.user)
             retried += 1
+            outcomes.add_done(delivery.organization_id, f"delivery {delivery.pk}")
             if delivery.destination_id in paused:
                 waiting.append(paused[delivery.destination_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
+            outcomes.add_refused(delivery.organization_id, f"delivery {delivery.pk}", str(exc))
     queued = f"{retried} {'delivery' if retried == 1 else 'deliveries'} queued for another attempt"
     if waiting:
         names = ", ".join(sorted(set(waiting))[:10])
@@ -105,7 +117,7 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
         model_admin.message_user(
             request, f"{queued}; {which} paused destination is resumed ({names}).", messages.WARNING
         )
-    else:
+    elif retried:  # none retried: only the refusals below, never a success
         model_admin.message_user(request, f"{queued}.", messages.SUCCESS)
     if refused:
         model_admin.message_user(request, "Not retried: " + "; ".join(refused[:10]), messages.WARNING)
@@ -288,7 +300,9 @@ class WebhookEventAdmin(
     @admin.action(description="Replay selected events to destinations…", permissions=["replay"])
     def replay_to_destinations(self, request, queryset):
         events = list(queryset.select_related("organization", "source")[: ACTION_LIMIT + 1])
+        outcomes = action_outcomes(request)
         if len(events) > ACTION_LIMIT:
+            outcomes.refuse_all(f"more than {ACTION_LIMIT} events selected")
             self.message_user(request, f"Select at most {ACTION_LIMIT} events to replay.", messages.ERROR)
             return None
         organizations = {event.organization_id for event in events}
@@ -326,16 +340,24 @@ class WebhookEventAdmin(
             )
         replayed, refused = 0, []
         targets = [destination for destination in destinations if str(destination.pk) in chosen]
+        # Said of each organization none of whose destinations was chosen.
+        outcomes.nothing_to_do("none of its destinations was chosen")
         for event in events:
             for destination in targets:
                 if destination.organization_id != event.organization_id:
                     continue
+                replay = f"event {event.pk} to destination {destination.pk}"
                 try:
                     event_replay(event=event, destination=destination, actor=request.user)
                     replayed += 1
+                    outcomes.add_done(event.organization_id, replay)
                 except OperationError as exc:
                     refused.append(f"{event.pk}: {exc}")
-        self.message_user(request, f"{replayed} replay deliveries queued.", messages.SUCCESS)
+                    outcomes.add_refused(event.organization_id, replay, str(exc))
+        if replayed or not refused:
+            self.message_user(
+                request, f"{replayed} replay deliveries queued.", messages.SUCCESS if replayed else messages.WARNING
+            )
         if refused:
             self.message_user(request, "Not replayed: " + "; ".join(refused[:10]), messages.WARNING)
         return None

@@ -29,6 +29,10 @@ class OperationError(ValueError):
     """The operation cannot be done as asked (message is safe to show)."""
 
 
+class NothingToRetry(OperationError):
+    """No delivery matches a bulk retry: not refused, there is simply nothing to do."""
+
+
 @transaction.atomic
 def destination_pause(*, destination: Destination, reason: str = "paused by hand", actor=None) -> Destination:
     Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now(), pause_reason=reason[:300])
@@ -118,7 +122,7 @@ def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], act
     """Queue a background retry of every matching delivery (dead by default)."""
     total = _matching_deliveries(organization, filters).count()
     if total == 0:  # no job, no audit entry, and the person is told rather than shown "0 retried"
-        raise OperationError("no delivery matches: there is nothing to retry")
+        raise NothingToRetry("no delivery matches: there is nothing to retry")
     job = BulkRetry.objects.create(
         organization=organization,
         requested_by=actor,

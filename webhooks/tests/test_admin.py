@@ -1495,3 +1495,161 @@ def test_deliveries_are_found_by_any_id_the_event_search_takes(admin, setup):
         listed(admin.get(url, {"q": "evt_dead"}))
     for sql in statements_on(queries, "webhooks_delivery"):
         assert "webhooks_webhookevent" not in sql.split(" FROM ", 1)[1]  # ids first, no join or subquery
+
+
+# --- The audit entries of admin actions: whose rows, and what happened ----------------------------
+
+AUDIT_LOG = "admin:organizations_auditlog_changelist"
+
+
+def action_entries(model: str, action: str) -> dict:
+    """The entries of one admin action, by organization id (None: written without one)."""
+    entries = AuditLog.objects.filter(action=f"admin.webhooks.{model}.action.{action}")
+    by_organization = {entry.organization_id: entry for entry in entries}
+    assert len(by_organization) == entries.count(), "one entry per organization"
+    return by_organization
+
+
+def audit_log_verifies() -> bool:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("verify_audit_log", stdout=out)  # raises CommandError when the chain is broken
+    return audit_verify_chain().ok
+
+
+def test_an_action_on_two_organizations_events_writes_an_entry_in_each_with_its_own_events(
+    admin, setup, organization, other_organization
+):
+    dead, delivered = setup["dead"], setup["delivered"]  # Acme's has a dead delivery; Globex's none
+    dead_delivery = Delivery.objects.get(event=dead)
+    response = admin.post(
+        reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [dead.pk, delivered.pk]}
+    )
+    assert response.status_code == 302
+    entries = action_entries("webhookevent", "retry_failed_deliveries")
+    assert set(entries) == {organization.pk, other_organization.pk}
+    acme, globex = entries[organization.pk], entries[other_organization.pk]
+    assert acme.organization_label == "Acme" and globex.organization_label == "Globex"
+    assert acme.changes["selected"] == [str(dead.pk)] and acme.changes["selected_count"] == 1
+    assert acme.changes["outcome"] == "done" and acme.changes["done"] == [f"delivery {dead_delivery.pk}"]
+    # Globex's event had nothing to retry: its entry says so instead of claiming a retry.
+    assert globex.changes["selected"] == [str(delivered.pk)]
+    assert globex.changes["outcome"] == "nothing to do"
+    assert globex.changes["reason"] == "no failed deliveries in the selected events"
+    assert "done" not in globex.changes
+    # Each organization's audit log (the admin's filter) shows its own entry, and only that one.
+    listing = listed(admin.get(reverse(AUDIT_LOG), {"organization": other_organization.pk}))
+    assert globex in listing and acme not in listing
+    assert audit_log_verifies()
+
+
+def test_a_retry_with_nothing_to_retry_is_audited_as_nothing_to_do(admin, setup, other_organization):
+    admin.post(reverse(EVENTS), {"action": "retry_failed_deliveries", "_selected_action": [setup["delivered"].pk]})
+    (entry,) = action_entries("webhookevent", "retry_failed_deliveries").values()
+    assert entry.organization_id == other_organization.pk
+    assert entry.changes["outcome"] == "nothing to do" and "done" not in entry.changes
+
+
+def test_rotating_a_stripe_source_is_audited_as_refused_with_the_reason(admin, setup, organization, other_organization):
+    stripe_source, github_source = setup["source"], setup["their_source"]  # Stripe issues its secret
+    response = admin.post(
+        reverse(SOURCES), {"action": "rotate_secret", "_selected_action": [stripe_source.pk, github_source.pk]}
+    )
+    assert response.status_code == 302
+    github_source.refresh_from_db()
+    stripe_source.refresh_from_db()
+    assert stripe_source.secret == STRIPE_SECRET  # not rotated
+    entries = action_entries("source", "rotate_secret")
+    refused, rotated = entries[organization.pk], entries[other_organization.pk]
+    assert refused.changes["outcome"] == "refused" and "done" not in refused.changes
+    (refusal,) = refused.changes["refused"]
+    assert (
+        refusal["item"] == f"source {stripe_source.pk}" and "Stripe gives you the signing secret" in refusal["reason"]
+    )
+    assert rotated.changes["outcome"] == "done" and rotated.changes["done"] == [f"source {github_source.pk}"]
+    # Neither the new secret nor the one Stripe issued is in any entry.
+    stored = " ".join(str(entry.changes) for entry in AuditLog.objects.all())
+    assert github_source.secret not in stored and STRIPE_SECRET not in stored and "gh-secret-value-123" not in stored
+    assert audit_log_verifies()
+
+
+def test_a_bulk_retry_without_dead_deliveries_is_audited_as_nothing_to_do(
+    admin, setup, organization, other_organization
+):
+    admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {
+            "action": "retry_dead_deliveries",
+            "_selected_action": [setup["destination"].pk, setup["their_destination"].pk],
+        },
+    )
+    job = BulkRetry.objects.get()
+    entries = action_entries("destination", "retry_dead_deliveries")
+    started, idle = entries[organization.pk], entries[other_organization.pk]
+    assert started.changes["outcome"] == "done"
+    assert started.changes["done"] == [f"destination {setup['destination'].pk}: bulk retry {job.pk}"]
+    assert idle.changes["outcome"] == "nothing to do" and "done" not in idle.changes
+    (nothing,) = idle.changes["nothing_to_do"]
+    assert nothing == {
+        "item": f"destination {setup['their_destination'].pk}",
+        "reason": "no delivery matches: there is nothing to retry",
+    }
+    # A second request while the first job waits is refused, with the reason.
+    admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "_selected_action": [setup["destination"].pk]},
+    )
+    latest = AuditLog.objects.filter(action="admin.webhooks.destination.action.retry_dead_deliveries").first()
+    assert latest.organization_id == organization.pk and latest.changes["outcome"] == "refused"
+    assert "already queued" in latest.changes["refused"][0]["reason"]
+    assert audit_log_verifies()
+
+
+def test_an_action_on_all_matching_rows_counts_each_organizations_rows(admin, setup, organization, other_organization):
+    admin.post(
+        reverse("admin:webhooks_destination_changelist") + "?state=sending",
+        {"action": "pause", "select_across": "1", "_selected_action": [setup["destination"].pk]},
+    )
+    entries = action_entries("destination", "pause")
+    assert set(entries) == {organization.pk, other_organization.pk}
+    for organization_id, destination in (
+        (organization.pk, "destination"),
+        (other_organization.pk, "their_destination"),
+    ):
+        changes = entries[organization_id].changes
+        assert changes["select_across"] is True and changes["selected_count"] == 1
+        assert changes["filters"] == "state=sending"
+        assert changes["outcome"] == "done" and changes["done"] == [f"destination {setup[destination].pk}"]
+
+
+def test_an_action_on_rows_of_no_organization_is_audited_without_one(admin):
+    call_command("install_periodic_tasks")
+    task = PeriodicTask.objects.get(name="hookline-retention")
+    admin.post(
+        reverse("admin:django_celery_beat_periodictask_changelist"),
+        {"action": "disable_tasks", "_selected_action": [task.pk]},
+    )
+    entry = AuditLog.objects.get(action="admin.django_celery_beat.periodictask.action.disable_tasks")
+    assert entry.organization_id is None and entry.changes["selected"] == [str(task.pk)]
+
+
+def test_an_actions_outcome_reads_as_lists_not_as_before_and_after():
+    from organizations.admin import change_lines
+
+    lines = change_lines({"outcome": "done", "done": ["delivery a", "delivery b"], "selected": ["1", "2"]})
+    assert 'done: ["delivery a", "delivery b"]' in lines and not any("→" in line for line in lines)
+
+
+def test_a_selection_of_organizations_is_grouped_by_each_organization_itself(rf, organization, other_organization):
+    from django.contrib import admin as django_admin
+
+    organization_admin = django_admin.site._registry[Organization]
+    request = rf.post("/", {"_selected_action": [organization.pk, other_organization.pk]})
+    grouped = organization_admin._selection_by_organization(request, Organization.objects.all(), select_across=False)
+    assert grouped == {
+        organization.pk: {"selected": [str(organization.pk)], "selected_count": 1},
+        other_organization.pk: {"selected": [str(other_organization.pk)], "selected_count": 1},
+    }
+    across = organization_admin._selection_by_organization(request, Organization.objects.all(), select_across=True)
+    assert across == {organization.pk: {"selected_count": 1}, other_organization.pk: {"selected_count": 1}}
