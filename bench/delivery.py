@@ -46,9 +46,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-HOST = "127.0.0.1"
+from stack import HOST, PYTHON, ROOT, json_line, log, manage, receiver_get, stop_group, wait_for_port
+
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
 # A fixed key for the benchmark's own database; never a production key.
 BENCH_FERNET_KEY = "q3Yb0mFQ6sWm5b1j8mY0k2fS1xk3bVf3m8y9bq0zQ1Y="
@@ -103,28 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    # Progress goes to stderr so that --json leaves stdout with one object.
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process {process.args[:3]} exited with {process.returncode}")
-        try:
-            socket.create_connection((HOST, port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -257,15 +238,6 @@ def run_threading_receiver(port: int) -> None:
     server.serve_forever(poll_interval=0.5)
 
 
-def receiver_get(port: int, path: str, timeout: float = 30) -> dict:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
 # --- CPU accounting from /proc -------------------------------------------------------------------------
 
 
@@ -377,19 +349,8 @@ class Bench:
 
     def stop(self, name: str, sig=signal.SIGTERM, timeout: float = 10) -> None:
         process = self.processes.pop(name, None)
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        # Pool children may outlive their parent for a moment.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        if process is not None:
+            stop_group(process, sig, timeout)
 
     def close(self) -> None:
         self.stop_py_spy()
@@ -457,12 +418,7 @@ class Bench:
     # database and tenant
 
     def manage(self, *command: str) -> str:
-        result = subprocess.run(
-            [PYTHON, "manage.py", *command], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=180
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
+        return manage(self.env(), *command, timeout=180)
 
     def db(self):
         import psycopg
@@ -497,7 +453,7 @@ class Bench:
                 "create_organization", "--name", "Bench", "--slug", "bench", "--owner-email", "bench@example.com"
             )
         self.secret = f"whsec_bench_{self.run_id}"
-        source = _json_line(
+        source = json_line(
             self.manage(
                 "create_source",
                 "--org",
@@ -512,7 +468,7 @@ class Bench:
             )
         )
         self.token, self.source_id = source["token"], source["id"]
-        destination = _json_line(
+        destination = json_line(
             self.manage(
                 "create_destination",
                 "--org",
@@ -821,14 +777,6 @@ class Bench:
 
 def _round(value):
     return None if value is None else round(value, 1)
-
-
-def _json_line(output: str) -> dict:
-    for line in reversed(output.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"no JSON in: {output!r}")
 
 
 # --- report -------------------------------------------------------------------------------------------------

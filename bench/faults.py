@@ -39,7 +39,6 @@ import queue
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-HOST = "127.0.0.1"
+from stack import HOST, PYTHON, ROOT, json_line, log, manage, receiver_get, stop_group, wait_for_port
+
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
 # A fixed key for this harness's own throw-away database; never a production key.
 FAULTS_FERNET_KEY = "q3Yb0mFQ6sWm5b1j8mY0k2fS1xk3bVf3m8y9bq0zQ1Y="
@@ -93,23 +91,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0 < args.rate <= 500 or not 4 <= args.load_seconds <= 300:
         parser.error("0 < --rate <= 500 and 4 <= --load-seconds <= 300")
     return args
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def wait_for_port(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}")
-        try:
-            socket.create_connection((HOST, port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout} s")
 
 
 # --- the receiver (its own process: `faults.py _receiver PORT`) ---------------------------------------------
@@ -268,18 +249,8 @@ class Harness:
 
     def stop(self, name: str, sig=signal.SIGTERM, timeout: float = 15) -> None:
         process = self.processes.pop(name, None)
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # pool children may outlive their parent for a moment
+        if process is not None:
+            stop_group(process, sig, timeout)
 
     def start_web(self) -> None:
         command = [PYTHON, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
@@ -333,12 +304,7 @@ class Harness:
     # database and tenant
 
     def manage(self, *command: str) -> str:
-        result = subprocess.run(
-            [PYTHON, "manage.py", *command], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
+        return manage(self.env(), *command)
 
     def db(self):
         import psycopg
@@ -361,14 +327,14 @@ class Harness:
         if exists is None:
             self.manage("create_organization", "--name", "Faults", "--slug", "faults", "--owner-email", "f@example.com")
         self.secret = f"whsec_faults_{self.run_id}"
-        source = _json_line(
+        source = json_line(
             self.manage(
                 "create_source", "--org", "faults", "--provider", "stripe", "--name", f"faults {self.run_id}",
                 "--secret", self.secret, "--json",
             )
         )  # fmt: skip
         self.token, self.source_id = source["token"], source["id"]
-        destination = _json_line(
+        destination = json_line(
             self.manage(
                 "create_destination", "--org", "faults", "--name", f"receiver {self.run_id}",
                 "--url", f"http://{HOST}:{self.args.receiver_port}/hook", "--source", str(self.source_id),
@@ -632,22 +598,6 @@ class Harness:
             "lost_ids": lost[:20],
             "id_mismatches": mismatched_ids[:20],
         }
-
-
-def receiver_get(port: int, path: str) -> dict:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    try:
-        conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
-def _json_line(output: str) -> dict:
-    for line in reversed(output.strip().splitlines()):
-        if line.strip().startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"no JSON in: {output!r}")
 
 
 def main(argv=None) -> int:
