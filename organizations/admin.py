@@ -32,6 +32,7 @@ from django.utils.html import format_html, format_html_join
 from accounts.admin import UserAdmin
 
 from .models import AuditLog, Membership, MonthlyUsage, Organization, current_month
+from .names import validate_name
 from .services import audit_record, audit_verify_chain
 
 logger = logging.getLogger(__name__)
@@ -475,6 +476,12 @@ class OrganizationAdmin(AuditedModelAdmin):
         ("Plan and quota", {"fields": ("plan", "monthly_event_quota", "usage_this_month", "retention_days")}),
         ("Their data", {"fields": ("related_links",)}),
     )
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "name" and field is not None:
+            field.validators.append(validate_name)  # it goes into email subjects, as source names do
+        return field
 
     def get_queryset(self, request):
         usage = MonthlyUsage.objects.filter(organization=OuterRef("pk"), month=current_month()).values("events")[:1]

@@ -22,6 +22,7 @@ from accounts.http import client_ip
 
 from .middleware import current_request
 from .models import AuditLog, Membership, Organization
+from .names import name_problem
 
 SECRET_MASK = "********"
 
@@ -259,6 +260,8 @@ def organization_create(*, name: str, slug: str, owner_email: str, actor=None) -
     """Create an organization with its owner (the user is created when new)."""
     if not name.strip():
         raise ValidationError("the organization needs a name")
+    if problem := name_problem(name):
+        raise ValidationError(problem)  # the name goes into email subjects (quota notices, invitations)
     for field, value in (("name", name), ("slug", slug)):
         max_length = Organization._meta.get_field(field).max_length
         if len(value) > max_length:

@@ -27,6 +27,7 @@ from accounts.emails import send_templated_email
 from accounts.models import Invitation, canonical_email
 
 from .models import AuditLog, Membership, Organization
+from .names import one_line
 from .services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def invitation_create(
     try:
         send_templated_email(
             to=email,
-            subject=f"{actor.email} invited you to {organization.name} on Hookline",
+            subject=f"{actor.email} invited you to {one_line(organization.name)} on Hookline",
             template="invitation",
             context={
                 "inviter": actor.email,

@@ -7,21 +7,15 @@ from datetime import timedelta
 from django import forms
 from django.utils import timezone
 
+from organizations.names import validate_name
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
-from webhooks.services.text import name_problem
 
 OPTION_PREFIX = "option_"
-
-
-def validate_name(value: str) -> None:
-    # The services refuse it too; here the message lands on the name field, with what was typed.
-    if problem := name_problem(value):
-        raise forms.ValidationError(problem[0].upper() + problem[1:] + ".")
 
 
 class NameField(forms.CharField):

@@ -13,12 +13,12 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from organizations.models import Membership
+from organizations.names import one_line
 from webhooks.models import Delivery, Destination
 from webhooks.selectors import EVENT_STATUS_FAILED
 
 from .dashboard_stats import destination_health
 from .delivery import INACTIVE_DESTINATION_ERROR
-from .text import one_line
 
 
 def organization_admin_emails(organization_id: int) -> list[str]:

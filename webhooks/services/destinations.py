@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from organizations.models import Organization
+from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
 from webhooks.selectors import closing_bracket
@@ -22,7 +23,6 @@ from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
-from .text import name_problem
 
 
 class DestinationError(ValueError):

@@ -13,6 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, Organization
+from organizations.names import one_line
 from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
 
@@ -75,7 +76,7 @@ def _notify_quota_exceeded(organization_id: int, month: date) -> None:
     )
     try:
         send_mail(
-            subject=f"[Hookline] {organization.name} is over its monthly event quota",
+            subject=f"[Hookline] {one_line(organization.name)} is over its monthly event quota",
             message=(
                 f"{organization.name} has received more than {organization.monthly_event_quota} events in "
                 f"{month:%B %Y}. Nothing is refused or delayed: every webhook is still accepted and delivered. "

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from organizations.models import Organization
+from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import Source
 from webhooks.providers.base import InvalidOptions
@@ -16,7 +17,6 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 from .permissions import require_configure_role
 from .secret_use import SECRET_MATCH_FIELDS
 from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
-from .text import name_problem
 
 
 def source_change_delay() -> str:

@@ -114,3 +114,39 @@ def test_the_admin_forms_refuse_such_a_name_too(organization):
         assert not form.is_valid()
         assert list(form.errors) == ["name"], (type(form).__name__, form.errors)
         assert "control characters" in form.errors["name"][0]
+
+
+def test_an_organization_name_is_held_to_the_same_rule(client, organization):
+    # It goes into the quota notice's and the invitation's subjects.
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ValidationError
+
+    from organizations.models import Organization
+    from organizations.services import organization_create
+    from webhooks.tests.test_admin import organization_form
+
+    with pytest.raises(ValidationError, match="control characters"):
+        organization_create(name=BAD_NAMES[0], slug="evil", owner_email="owner@evil.example")
+    assert not Organization.objects.filter(slug="evil").exists()
+
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    response = client.post(
+        reverse("admin:organizations_organization_change", args=[organization.pk]),
+        organization_form(organization, name=BAD_NAMES[0]),
+    )
+    assert response.status_code == 200 and "control characters" in response.content.decode()
+    assert Organization.objects.get(pk=organization.pk).name == organization.name
+
+
+def test_an_organization_name_saved_before_the_rule_still_sends_its_emails(organization, owner, mailoutbox):
+    from organizations import team
+    from organizations.models import Organization
+    from webhooks.services.lifecycle import _notify_quota_exceeded
+
+    Organization.objects.filter(pk=organization.pk).update(name="Acme\r\nBcc: someone@evil.example")
+    organization.refresh_from_db()
+    team.invitation_create(organization=organization, actor=owner, email="new@acme.example", role="member")
+    _notify_quota_exceeded(organization.pk, organization.created_at.date().replace(day=1))
+    subjects = [message.subject for message in mailoutbox]
+    assert len(subjects) == 2 and all("\n" not in subject and "\r" not in subject for subject in subjects), subjects
+    assert all(message.bcc == [] for message in mailoutbox)
