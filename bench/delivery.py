@@ -46,7 +46,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from stack import HOST, PYTHON, ROOT, json_line, log, manage, receiver_get, stop_group, wait_for_port
+from stack import HOST, PYTHON, ROOT, json_line, log, manage, production_env, receiver_get, stop_group, wait_for_port
 
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
 # A fixed key for the benchmark's own database; never a production key.
@@ -315,23 +315,13 @@ class Bench:
     # processes
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "CELERY_"))}
-        env.update(
-            DJANGO_SETTINGS_MODULE="config.settings",
-            DATABASE_URL=self.args.database_url,
-            REDIS_URL=self.args.redis_url,
-            CELERY_BROKER_URL=self.args.redis_url,
-            SECRET_KEY="bench-only-secret-key-" + "x" * 32,
-            FIELD_ENCRYPTION_KEYS=BENCH_FERNET_KEY,
-            DEBUG="false",
-            PUBLIC_BASE_URL=f"http://{HOST}:{self.web_port}",
-            ALLOWED_HOSTS="127.0.0.1,localhost",
-            TRUST_X_FORWARDED_FOR="false",
-            ALLOW_PRIVATE_DESTINATIONS="true",
-            LOG_LEVEL="WARNING",
-            CELERY_QUEUE=self.queue,
-            SWEEP_INTERVAL_SECONDS="1",
-            PYTHONDONTWRITEBYTECODE="1",
+        env = production_env(
+            database_url=self.args.database_url,
+            redis_url=self.args.redis_url,
+            secret_key="bench-only-secret-key-" + "x" * 32,
+            fernet_key=BENCH_FERNET_KEY,
+            web_port=self.web_port,
+            queue=self.queue,
         )
         if self.args.delivery_threads:
             env["DELIVERY_THREADS"] = str(self.args.delivery_threads)

@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from stack import HOST, PYTHON, ROOT, json_line, log, manage, receiver_get, stop_group, wait_for_port
+from stack import HOST, PYTHON, ROOT, json_line, log, manage, production_env, receiver_get, stop_group, wait_for_port
 
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
 # A fixed key for this harness's own throw-away database; never a production key.
@@ -210,24 +210,16 @@ class Harness:
     # processes
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "CELERY_"))}
+        env = production_env(
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            secret_key="faults-only-secret-key-" + "x" * 32,
+            fernet_key=FAULTS_FERNET_KEY,
+            web_port=self.args.web_port,
+            queue=self.queue,
+        )
         env.update(
-            DJANGO_SETTINGS_MODULE="config.settings",
-            DATABASE_URL=self.database_url,
-            REDIS_URL=self.redis_url,
-            CELERY_BROKER_URL=self.redis_url,
-            SECRET_KEY="faults-only-secret-key-" + "x" * 32,
-            FIELD_ENCRYPTION_KEYS=FAULTS_FERNET_KEY,
-            DEBUG="false",
-            PUBLIC_BASE_URL=f"http://{HOST}:{self.args.web_port}",
-            ALLOWED_HOSTS="127.0.0.1,localhost",
-            TRUST_X_FORWARDED_FOR="false",
-            ALLOW_PRIVATE_DESTINATIONS="true",
-            LOG_LEVEL="WARNING",
-            CELERY_QUEUE=self.queue,
-            PYTHONDONTWRITEBYTECODE="1",
             # Shorter clocks so that a run settles in seconds rather than hours; the logic is the same.
-            SWEEP_INTERVAL_SECONDS="1",
             STUCK_EVENT_SECONDS="5",
             STUCK_DELIVERY_MARGIN_SECONDS="10",
             DELIVERY_RETRY_SCHEDULE="1,2,4,8,15,30",

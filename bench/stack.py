@@ -20,6 +20,30 @@ PYTHON = sys.executable
 HOST = "127.0.0.1"
 
 
+def production_env(*, database_url: str, redis_url: str, secret_key: str, fernet_key: str, web_port: int, queue: str):
+    """The environment of Hookline's processes as production runs them, on 127.0.0.1 and the given
+    services; DJANGO_* and CELERY_* of the calling shell are left out, so they cannot change a run."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "CELERY_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+        SECRET_KEY=secret_key,
+        FIELD_ENCRYPTION_KEYS=fernet_key,
+        DEBUG="false",
+        PUBLIC_BASE_URL=f"http://{HOST}:{web_port}",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        TRUST_X_FORWARDED_FOR="false",
+        ALLOW_PRIVATE_DESTINATIONS="true",
+        LOG_LEVEL="WARNING",
+        CELERY_QUEUE=queue,
+        PYTHONDONTWRITEBYTECODE="1",
+        SWEEP_INTERVAL_SECONDS="1",
+    )
+    return env
+
+
 def log(message: str) -> None:
     # Progress goes to stderr so that --json leaves stdout with one object.
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -152,16 +152,19 @@ class SourceAdminForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from None
 
     def clean(self):
-        # Checked with the form, so that a refused secret saves nothing and says why once.
         cleaned = super().clean()
-        new_secret = cleaned.get("new_secret")
-        provider = cleaned.get("provider") or self.instance.provider
-        if new_secret and provider and "options" in cleaned:
-            try:
-                source_check_secret(provider=provider, secret=new_secret, options=cleaned["options"])
-            except SourceError as exc:
-                self.add_error("new_secret", str(exc))
+        _check_secret_with_provider(self, "new_secret", cleaned.get("provider") or self.instance.provider)
         return cleaned
+
+
+def _check_secret_with_provider(form: forms.ModelForm, field: str, provider: str | None) -> None:
+    # Checked with the form, so that a refused secret saves nothing and says why once, on its field.
+    secret = form.cleaned_data.get(field)
+    if secret and provider and "options" in form.cleaned_data:
+        try:
+            source_check_secret(provider=provider, secret=secret, options=form.cleaned_data["options"])
+        except SourceError as exc:
+            form.add_error(field, str(exc))
 
 
 class SourceAddForm(forms.ModelForm):
@@ -186,12 +189,7 @@ class SourceAddForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        secret, provider = cleaned.get("secret"), cleaned.get("provider")
-        if secret and provider and "options" in cleaned:
-            try:
-                source_check_secret(provider=provider, secret=secret, options=cleaned["options"])
-            except SourceError as exc:
-                self.add_error("secret", str(exc))
+        _check_secret_with_provider(self, "secret", cleaned.get("provider"))
         return cleaned
 
 
