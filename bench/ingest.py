@@ -41,11 +41,10 @@ from array import array
 from pathlib import Path
 
 import stripe
+from stack import HOST, PYTHON, ROOT, json_line, log, production_env, stop_group
+from stack import manage as run_manage
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
-HOST = "127.0.0.1"
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
 # A fixed key for the benchmark's own database; never a production key.
 BENCH_FERNET_KEY = "q3Yb0mFQ6sWm5b1j8mY0k2fS1xk3bVf3m8y9bq0zQ1Y="
@@ -114,29 +113,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def log(args, message: str) -> None:
-    # Progress goes to stderr so that --json leaves stdout with one object.
-    print(message, file=sys.stderr, flush=True)
-
-
 def server_env(args) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "CELERY_"))}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=args.database_url,
-        REDIS_URL=args.redis_url,
-        CELERY_BROKER_URL=args.redis_url,
-        SECRET_KEY="bench-only-secret-key-" + "x" * 32,
-        FIELD_ENCRYPTION_KEYS=BENCH_FERNET_KEY,
-        DEBUG="false",
-        PUBLIC_BASE_URL=f"http://{HOST}:{args.port}",
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        TRUST_X_FORWARDED_FOR="false",
-        LOG_LEVEL="WARNING",
-        CELERY_QUEUE="hookline-bench",
-        PYTHONDONTWRITEBYTECODE="1",
+    return production_env(
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        secret_key="bench-only-secret-key-" + "x" * 32,
+        fernet_key=BENCH_FERNET_KEY,
+        web_port=args.port,
+        queue="hookline-bench",
     )
-    return env
 
 
 # --- database, redis, tenant -----------------------------------------------------------------------
@@ -165,18 +150,7 @@ def flush_redis(redis_url: str) -> None:
 
 
 def manage(args, *command: str) -> str:
-    result = subprocess.run(
-        [PYTHON, "manage.py", *command],
-        cwd=ROOT,
-        env=server_env(args),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+    return run_manage(server_env(args), *command, timeout=180)
 
 
 def prepare_tenant(args, run_id: str) -> tuple[str, str]:
@@ -204,15 +178,7 @@ def prepare_tenant(args, run_id: str) -> tuple[str, str]:
         secret,
         "--json",
     )
-    return _json_line(out)["token"], secret
-
-
-def _json_line(output: str) -> dict:
-    for line in reversed(output.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"no JSON in: {output!r}")
+    return json_line(out)["token"], secret
 
 
 def count_events(database_url: str, id_prefix: str) -> dict[str, int]:
@@ -298,16 +264,8 @@ def start_gunicorn(args, log_path: Path) -> subprocess.Popen:
 
 
 def stop_gunicorn(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+    if process is not None and process.poll() is None:
+        stop_group(process)
 
 
 def wait_until_up(port: int, process: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
@@ -603,7 +561,7 @@ def run(args) -> dict:
     run_id = secrets.token_hex(4)
     if not port_is_free(args.port):
         raise RuntimeError(f"port {args.port} on {HOST} is in use; pass --port")
-    log(args, f"preparing database {args.database_url} and redis {args.redis_url}")
+    log(f"preparing database {args.database_url} and redis {args.redis_url}")
     ensure_database(args.database_url)
     flush_redis(args.redis_url)
     token, secret = prepare_tenant(args, run_id)
@@ -619,7 +577,6 @@ def run(args) -> dict:
             server = start_gunicorn(args, log_path)
             wait_until_up(args.port, server, log_path)
             log(
-                args,
                 f"gunicorn up: {args.workers} {args.worker_class} workers; load: {args.loadgen}, "
                 f"{args.concurrency} connections",
             )
@@ -630,12 +587,12 @@ def run(args) -> dict:
                 drive(args, workdir, "ingest", ingest_path, half, warm, template)
 
             phases = []
-            log(args, f"baseline /livez for {args.duration:g} s")
+            log(f"baseline /livez for {args.duration:g} s")
             phases.append(("livez", drive(args, workdir, "livez", "/livez", args.duration)))
 
             id_prefix = f"evt_bench_{run_id}_i_"
             _, _, signed = sign_requests(secret, id_prefix, per_phase)
-            log(args, f"ingest {ingest_path} for {args.duration:g} s ({len(signed)} pre-signed unique events)")
+            log(f"ingest {ingest_path} for {args.duration:g} s ({len(signed)} pre-signed unique events)")
             ingest = drive(args, workdir, "ingest", ingest_path, args.duration, signed, template)
             phases.append(("ingest", ingest))
 
@@ -643,7 +600,7 @@ def run(args) -> dict:
             committed = count_events(args.database_url, id_prefix)
 
             if not args.no_second_baseline:
-                log(args, f"baseline /livez again for {args.duration:g} s")
+                log(f"baseline /livez again for {args.duration:g} s")
                 phases.append(("livez", drive(args, workdir, "livez", "/livez", args.duration)))
         finally:
             stop_gunicorn(server)
