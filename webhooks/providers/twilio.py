@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from .base import (
     EventInfo,
@@ -96,11 +96,22 @@ def signed_url(request_url: str, options: Mapping[str, Any]) -> str:
     configured = options.get("public_url")
     if not isinstance(configured, str) or not configured:
         return request_url
+    # Twilio drops HTTP auth credentials (https://user:password@host/…) before signing; kept, they would
+    # also be shown to whoever posts an unsigned request, in the refusal's detail.
+    configured = _without_credentials(configured)
     body_hash = _body_hash_param(request_url) if request_url else None
     if body_hash is not None and _body_hash_param(configured) is None:
         separator = "&" if urlsplit(configured).query else ("" if configured.endswith("?") else "?")
         return f"{configured}{separator}{urlencode({BODY_HASH_PARAM: body_hash})}"
     return configured
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without the ``user:password@`` of its host (ValueError if unparsable)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def form_encode(fixture: bytes) -> bytes:

@@ -15,6 +15,8 @@ from twilio.request_validator import RequestValidator
 from webhooks.providers.base import EventInfo, InboundRequest, InvalidOptions, MalformedPayload, VerificationError
 from webhooks.providers.twilio import TwilioProvider, form_encode, form_params
 
+from .factories import make_source
+
 FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
 PROVIDER = TwilioProvider()
 OPTIONS = PROVIDER.clean_options({})
@@ -273,6 +275,37 @@ def test_public_url_with_a_json_body_takes_bodysha256_from_the_request():
     url = f"{INGEST_URL}?bodySHA256={JSON_HASH}"
     signature = RequestValidator(TOKEN).compute_signature(url, {})
     PROVIDER.verify(req(JSON_BODY, {HEADER: signature}, url=forwarded), [TOKEN], bare, NOW)
+
+
+def test_public_url_with_http_auth_credentials():
+    # Twilio drops user:password@ from the URL before signing (its security notes); the URL pasted from
+    # Twilio's console keeps them, and a refusal must not show them to whoever posted the request.
+    signed = "https://proxy.example.com/twilio/sms?foo=1"
+    signature = official(signed, BODY)
+    proxied = PROVIDER.clean_options({"public_url": "https://hook-user:s3cr3t-pw@proxy.example.com/twilio/sms?foo=1"})
+    PROVIDER.verify(req(BODY, {HEADER: signature}, url="http://10.0.0.5:8000/in/x/"), [TOKEN], proxied, NOW)
+    error = reject(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"), options=proxied)
+    assert "s3cr3t-pw" not in error.detail and "hook-user" not in error.detail
+    assert signed in error.detail
+    assert PROVIDER.sign(BODY, TOKEN, proxied, NOW) == {"X-Twilio-Signature": signature}
+
+
+@pytest.mark.django_db
+def test_public_url_credentials_through_the_ingest_view(client, organization):
+    source = make_source(
+        organization,
+        provider="twilio",
+        secret=TOKEN,
+        public_url="https://hook-user:s3cr3t-pw@proxy.example.com/twilio/sms",
+    )
+    signature = official("https://proxy.example.com/twilio/sms", BODY)
+    path = f"/in/{source.ingest_token}/"
+    form = "application/x-www-form-urlencoded"
+    accepted = client.generic("POST", path, BODY, content_type=form, HTTP_X_TWILIO_SIGNATURE=signature)
+    assert accepted.status_code == 200, accepted.content
+    refused = client.generic("POST", path, BODY, content_type=form, HTTP_X_TWILIO_SIGNATURE=SIG)
+    assert refused.status_code == 401
+    assert b"s3cr3t-pw" not in refused.content and b"hook-user" not in refused.content
 
 
 def test_query_string_is_signed():
