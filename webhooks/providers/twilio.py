@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from .base import (
     EventInfo,
@@ -96,11 +96,22 @@ def signed_url(request_url: str, options: Mapping[str, Any]) -> str:
     configured = options.get("public_url")
     if not isinstance(configured, str) or not configured:
         return request_url
+    # Twilio drops HTTP auth credentials (https://user:password@host/…) before signing; kept, they would
+    # also be shown to whoever posts an unsigned request, in the refusal's detail.
+    configured = _without_credentials(configured)
     body_hash = _body_hash_param(request_url) if request_url else None
     if body_hash is not None and _body_hash_param(configured) is None:
         separator = "&" if urlsplit(configured).query else ("" if configured.endswith("?") else "?")
         return f"{configured}{separator}{urlencode({BODY_HASH_PARAM: body_hash})}"
     return configured
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without the ``user:password@`` of its host (ValueError if unparsable)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def form_encode(fixture: bytes) -> bytes:
@@ -155,10 +166,11 @@ class TwilioProvider(Provider):
     )
     docs_event_id = (
         'derived from exactly what Twilio signed: "<Sid>:<hex SHA-256 of the signed parameter string>" (names '
-        "sorted, each name's values sorted and de-duplicated, name+value with no separators; the Sid is the first "
+        "sorted, each name's values sorted and de-duplicated, name+value with no separators; preceded by "
+        '"?<query>" when the signed URL has a query string; the Sid is the first '
         'CallSid, MessageSid, SmsMessageSid or SmsSid found in that string), or "sha256:<hex>" of it without '
         "one. Every body that verifies under one signature (re-encoded, repeated values, parameters split "
-        "differently) gets the same id, so a replayed signature is a duplicate; searching events for the Sid alone finds them all. JSON bodies with bodySHA256 (the "
+        "differently or moved into the query string) gets the same id, so a replayed signature is a duplicate; searching events for the Sid alone finds them all. JSON bodies with bodySHA256 (the "
         "signature binds their bytes): CloudEvents' `id` (first event of a batch) [UNCONFIRMED], other objects "
         '"<MessageSid or CallSid>:<hex SHA-256 of the body>". The I-Twilio-Idempotency-Token header is not used: '
         "it is not signed."
@@ -270,8 +282,10 @@ class TwilioProvider(Provider):
             sid, digest = _first(params, "MessageSid", "SmsSid", "SmsMessageSid", "CallSid"), _sha256(request.body)
             return EventInfo(event_id=f"{sid[:100]}:{digest}" if sid else f"sha256:{digest}", event_type=event_type)
         # The signature covers form_params(body) joined without separators, not the bytes or the split
-        # into parameters: the id must be a function of that string alone (see docs_event_id).
-        return EventInfo(event_id=_signed_id(_data("", form_params(request.body))), event_type=event_type)
+        # into parameters: the id must be a function of that string alone (see docs_event_id). The URL's
+        # query string is joined to it the same way, so it takes part: parameters moved into it are not new.
+        signed = _signed_query(request.url, options) + _data("", form_params(request.body))
+        return EventInfo(event_id=_signed_id(signed), event_type=event_type)
 
     def sign(
         self,
@@ -345,6 +359,15 @@ def _signs_body_hash(request_url: str, options: Mapping[str, Any]) -> bool:
         return _body_hash_param(signed_url(request_url, options)) is not None
     except ValueError:
         return False
+
+
+def _signed_query(request_url: str, options: Mapping[str, Any]) -> bytes:
+    """``?<query>`` of the URL verify() checked, as signed; empty without a query string."""
+    try:
+        query = urlsplit(signed_url(request_url, options)).query
+    except ValueError:
+        return b""
+    return f"?{query}".encode("utf-8", "surrogatepass") if query else b""
 
 
 def _sha256(data: bytes) -> str:

@@ -15,6 +15,8 @@ from twilio.request_validator import RequestValidator
 from webhooks.providers.base import EventInfo, InboundRequest, InvalidOptions, MalformedPayload, VerificationError
 from webhooks.providers.twilio import TwilioProvider, form_encode, form_params
 
+from .factories import make_source
+
 FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
 PROVIDER = TwilioProvider()
 OPTIONS = PROVIDER.clean_options({})
@@ -207,6 +209,30 @@ def test_replayed_signature_on_a_reshaped_body_is_the_same_event(reshape):
     assert PROVIDER.describe(replay, OPTIONS).event_id == PROVIDER.describe(original, OPTIONS).event_id
 
 
+def test_replayed_signature_with_parameters_moved_into_the_query_is_the_same_event():
+    # Twilio signs URL + parameters with no separator: when the URL it calls has a query string, the first
+    # parameter can be moved to the end of that query (the URL the request arrives at is the sender's to
+    # choose) and the signed string is unchanged.
+    body = form_encode((FIXTURES / "message.delivered.json").read_bytes())
+    url = f"{INGEST_URL}?src=sms"
+    signature = official(url, body)
+    (first_name, first_value), *rest = sorted(parse_qsl(body.decode()))
+    moved_url = f"{url}{first_name}{first_value}"
+    moved_body = urlencode(rest).encode()
+    assert RequestValidator(TOKEN).validate(moved_url, _multi(moved_body), signature)
+    original = req(body, {HEADER: signature}, url=url)
+    replay = req(moved_body, {HEADER: signature}, url=moved_url)
+    for request in (original, replay):
+        PROVIDER.verify(request, [TOKEN], OPTIONS, NOW)
+    event_id = PROVIDER.describe(original, OPTIONS).event_id
+    assert event_id.startswith("SM")
+    assert PROVIDER.describe(replay, OPTIONS).event_id == event_id
+    # Without a query string the id stays what it was: a digest of the signed parameters alone.
+    plain = req(body, {HEADER: official(INGEST_URL, body)}, url=INGEST_URL)
+    digest = hashlib.sha256(b"".join(f"{k}{v}".encode() for k, v in sorted(parse_qsl(body.decode())))).hexdigest()
+    assert PROVIDER.describe(plain, OPTIONS).event_id.endswith(f":{digest}")
+
+
 def test_json_object_with_signed_body_hash_is_identified_by_its_bytes():
     body = json.dumps({"MessageSid": MESSAGE_SID, "MessageStatus": "delivered"}).encode()
     url = f"{INGEST_URL}?bodySHA256={RequestValidator(TOKEN).compute_hash(body.decode())}"
@@ -273,6 +299,37 @@ def test_public_url_with_a_json_body_takes_bodysha256_from_the_request():
     url = f"{INGEST_URL}?bodySHA256={JSON_HASH}"
     signature = RequestValidator(TOKEN).compute_signature(url, {})
     PROVIDER.verify(req(JSON_BODY, {HEADER: signature}, url=forwarded), [TOKEN], bare, NOW)
+
+
+def test_public_url_with_http_auth_credentials():
+    # Twilio drops user:password@ from the URL before signing (its security notes); the URL pasted from
+    # Twilio's console keeps them, and a refusal must not show them to whoever posted the request.
+    signed = "https://proxy.example.com/twilio/sms?foo=1"
+    signature = official(signed, BODY)
+    proxied = PROVIDER.clean_options({"public_url": "https://hook-user:s3cr3t-pw@proxy.example.com/twilio/sms?foo=1"})
+    PROVIDER.verify(req(BODY, {HEADER: signature}, url="http://10.0.0.5:8000/in/x/"), [TOKEN], proxied, NOW)
+    error = reject(req(BODY, {HEADER: SIG}, url="http://10.0.0.5:8000/in/x/"), options=proxied)
+    assert "s3cr3t-pw" not in error.detail and "hook-user" not in error.detail
+    assert signed in error.detail
+    assert PROVIDER.sign(BODY, TOKEN, proxied, NOW) == {"X-Twilio-Signature": signature}
+
+
+@pytest.mark.django_db
+def test_public_url_credentials_through_the_ingest_view(client, organization):
+    source = make_source(
+        organization,
+        provider="twilio",
+        secret=TOKEN,
+        public_url="https://hook-user:s3cr3t-pw@proxy.example.com/twilio/sms",
+    )
+    signature = official("https://proxy.example.com/twilio/sms", BODY)
+    path = f"/in/{source.ingest_token}/"
+    form = "application/x-www-form-urlencoded"
+    accepted = client.generic("POST", path, BODY, content_type=form, HTTP_X_TWILIO_SIGNATURE=signature)
+    assert accepted.status_code == 200, accepted.content
+    refused = client.generic("POST", path, BODY, content_type=form, HTTP_X_TWILIO_SIGNATURE=SIG)
+    assert refused.status_code == 401
+    assert b"s3cr3t-pw" not in refused.content and b"hook-user" not in refused.content
 
 
 def test_query_string_is_signed():
