@@ -298,17 +298,19 @@ def _nonce_fits_body(source: Source, nonce: str, body: bytes) -> bool:
     """
     digest = hashlib.sha256(body).hexdigest()
     nonce_digest = hashlib.sha256(nonce.encode()).hexdigest()
-    used_elsewhere = (
-        SignatureNonce.objects.filter(
-            nonce_digest=nonce_digest,
-            source__organization_id=source.organization_id,
-            source__provider=source.provider,
-        )
-        .exclude(source_id=source.pk)
+    # The sibling sources first (usually none), so that the nonce is looked up by its unique
+    # (source, nonce) index rather than by nonce alone.
+    siblings = list(
+        Source.objects.filter(organization_id=source.organization_id, provider=source.provider)
+        .exclude(pk=source.pk)
+        .values_list("pk", flat=True)
+    )
+    if (
+        siblings
+        and SignatureNonce.objects.filter(source_id__in=siblings, nonce_digest=nonce_digest)
         .exclude(body_digest=digest)
         .exists()
-    )
-    if used_elsewhere:
+    ):
         return False
     binding, created = SignatureNonce.objects.get_or_create(
         source_id=source.pk,
