@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,7 +53,10 @@ class BitbucketProvider(Provider):
         "used: it names the webhook, not the delivery, and pairing it with X-Attempt-Number would give each "
         "retry a new id. Whether Cloud keeps X-Request-UUID across retries is unconfirmed."
     )
-    docs_event_type = "X-Event-Key header, e.g. repo:push (Cloud) or repo:refs_changed (Data Center)"
+    docs_event_type = (
+        "Data Center: the body's eventKey (signed), e.g. repo:refs_changed; Cloud, whose bodies have none: the "
+        "X-Event-Key header, e.g. repo:push"
+    )
 
     def verify(
         self,
@@ -76,8 +80,8 @@ class BitbucketProvider(Provider):
             )
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
-        """Id and type come from headers; the body is not needed."""
-        event_type = (request.header(EVENT_HEADER) or "").strip()
+        """Id from headers; type from the signed body's eventKey (Data Center), else the X-Event-Key header."""
+        event_type = _signed_event_key(request.body) or (request.header(EVENT_HEADER) or "").strip()
         event_id = (request.header(CLOUD_ID_HEADER) or "").strip() or (
             request.header(DATA_CENTER_ID_HEADER) or ""
         ).strip()
@@ -103,3 +107,13 @@ class BitbucketProvider(Provider):
         if event_id:
             headers[CLOUD_ID_HEADER] = event_id
         return headers
+
+
+def _signed_event_key(body: bytes) -> str | None:
+    """Data Center's ``eventKey`` (inside the signed body, unlike X-Event-Key), or None."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    key = payload.get("eventKey") if isinstance(payload, dict) else None
+    return key.strip() if isinstance(key, str) and key.strip() else None

@@ -90,8 +90,8 @@ class MailgunProvider(Provider):
         "with the Webhook Signing Key; a subaccount event's parent-signature (keyed with the parent account's "
         "key; in the signature object, or a top-level object with the same token and timestamp) is accepted too. Optional "
         "freshness window (option `tolerance`, off by default). The rest of the body is not covered by the "
-        "signature, so a signature reused with a different body is refused (its token is single-use per "
-        "source). The test sender signs by rewriting the body's signature object."
+        "signature, so a signature reused with a different body is refused (its token is single-use across the "
+        "organization's Mailgun sources, which often share the account's key). The test sender signs by rewriting the body's signature object."
     )
     sample_event_id_path = ("event-data", "id")
     docs_event_id = "payload `event-data.id` (the event's id, the same on every retry)"

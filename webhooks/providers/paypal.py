@@ -335,7 +335,7 @@ class PayPalProvider(Provider):
         ".paypal.com. Optional `tolerance` on PAYPAL-TRANSMISSION-TIME (PayPal documents none [UNCONFIRMED]). "
         "The test sender cannot sign PayPal requests (PayPal's private key). A signature reused with a "
         "different body is refused (the CRC-32 it covers can be forged, so its PAYPAL-TRANSMISSION-ID is "
-        "single-use per source)."
+        "single-use across the organization's PayPal sources)."
     )
     docs_event_id = "payload `id` (WH-…), the same on every retry"
     docs_event_type = "payload `event_type`, e.g. PAYMENT.CAPTURE.COMPLETED"

@@ -276,7 +276,7 @@ def _replay_refusal(provider, request: InboundRequest, source: Source, body: byt
             "future; this provider's signature does not cover the whole body, so Hookline accepts it only while "
             "it can check that it is used once",
         )
-    if not _nonce_fits_body(source.pk, nonce, body):
+    if not _nonce_fits_body(source, nonce, body):
         return (
             "replayed_signature",
             "this signature was already used with a different body; a signature is valid only for the body it "
@@ -285,16 +285,36 @@ def _replay_refusal(provider, request: InboundRequest, source: Source, body: byt
     return None
 
 
-def _nonce_fits_body(source_id: int, nonce: str, body: bytes) -> bool:
+def _nonce_fits_body(source: Source, nonce: str, body: bytes) -> bool:
     """Bind ``nonce`` to ``body`` on first use; later uses must carry the same body (see SignatureNonce).
+
+    A signature is good wherever its key is, and one key often serves several sources (Mailgun has one
+    signing key per account, for all its domains): a nonce bound to another body at another source of
+    the organization with the same provider is refused too. The same bytes there are the genuine event,
+    as with any shared secret, and pass.
 
     A database error propagates: the view answers 503 and the provider retries, as when the
     event itself cannot be stored.
     """
     digest = hashlib.sha256(body).hexdigest()
+    nonce_digest = hashlib.sha256(nonce.encode()).hexdigest()
+    # The sibling sources first (usually none), so that the nonce is looked up by its unique
+    # (source, nonce) index rather than by nonce alone.
+    siblings = list(
+        Source.objects.filter(organization_id=source.organization_id, provider=source.provider)
+        .exclude(pk=source.pk)
+        .values_list("pk", flat=True)
+    )
+    if (
+        siblings
+        and SignatureNonce.objects.filter(source_id__in=siblings, nonce_digest=nonce_digest)
+        .exclude(body_digest=digest)
+        .exists()
+    ):
+        return False
     binding, created = SignatureNonce.objects.get_or_create(
-        source_id=source_id,
-        nonce_digest=hashlib.sha256(nonce.encode()).hexdigest(),
+        source_id=source.pk,
+        nonce_digest=nonce_digest,
         defaults={"body_digest": digest},
     )
     return created or hmac.compare_digest(binding.body_digest, digest)

@@ -415,6 +415,31 @@ def test_a_signature_that_does_not_cover_the_body_is_single_use_per_body(client,
     assert WebhookEvent.objects.get(status="rejected").rejection_code == "replayed_signature"
 
 
+def test_a_signature_used_at_one_source_cannot_carry_another_body_to_a_source_sharing_its_key(
+    client, organization, other_organization
+):
+    # Mailgun has one webhook signing key per account, so a tenant's sources for two of its domains
+    # share it; the signature object travels in the body that both sources' destinations (and the
+    # dashboard) show, so it must not verify a forged body at the sibling source either.
+    first_domain = make_source(organization, provider="mailgun", secret="key-test-signing", name="domain one")
+    second_domain = make_source(organization, provider="mailgun", secret="key-test-signing", name="domain two")
+    elsewhere = make_source(other_organization, provider="mailgun", secret="key-test-signing")
+    signature = mailgun_signature("key-test-signing", token="tok-shared-key")
+
+    def send(source, event_id):
+        body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
+        return client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+
+    assert send(first_domain, "evt-real").status_code == 200
+    forged = send(second_domain, "evt-forged")
+    assert forged.status_code == 401 and forged.json()["error"] == "replayed_signature"
+    # The same bytes at the sibling source are the genuine event, as for any scheme with a shared
+    # secret; another organization's sources are not consulted.
+    assert send(second_domain, "evt-real").status_code == 200
+    assert send(elsewhere, "evt-other-tenant").status_code == 200
+    assert WebhookEvent.objects.filter(source=second_domain, status="received").count() == 1
+
+
 def test_the_binding_of_a_signature_to_its_body_survives_a_cache_flush(client, organization):
     # Kept in PostgreSQL: an evicted or flushed cache must not let a captured signature carry a new body.
     from django.core.cache import cache

@@ -81,6 +81,30 @@ def test_describe_prefers_cloud_uuid_and_falls_back_to_the_body_digest():
     assert PROVIDER.describe(req(b"\xff"), OPTIONS).event_type == ""
 
 
+@pytest.mark.django_db
+def test_data_centers_signed_event_key_wins_over_a_changed_header(client, organization):
+    # X-Event-Key is not signed and Bitbucket has no timestamp: a captured Data Center request sent again
+    # with another X-Event-Key must not become an event of that type (destinations filter on it). The
+    # body's eventKey is signed; Cloud bodies have none, so there the header is all there is.
+    from webhooks.models import WebhookEvent
+
+    from .factories import make_source
+
+    source = make_source(organization, provider="bitbucket", secret=SECRET)
+    body, headers = fixture("repo:refs_changed")
+    relabelled = {**headers, "X-Event-Key": "pr:merged", "X-Request-Id": "replayed-with-a-new-id"}
+    cloud_body, cloud_headers = fixture("repo:push")
+    for body_, headers_ in ((body, relabelled), (cloud_body, cloud_headers)):
+        extra = {
+            f"HTTP_{k.upper().replace('-', '_')}": v
+            for k, v in {**headers_, **sig(stdlib_signature(SECRET, body_))}.items()
+        }
+        extra.pop("HTTP_CONTENT_TYPE")
+        answer = client.generic("POST", f"/in/{source.ingest_token}/", body_, content_type="application/json", **extra)
+        assert answer.status_code == 200, answer.content
+    assert sorted(WebhookEvent.objects.values_list("event_type", flat=True)) == ["repo:push", "repo:refs_changed"]
+
+
 def test_tampered_body():
     body, headers = fixture("repo:push")
     signature = stdlib_signature(SECRET, body)
