@@ -15,6 +15,7 @@ from organizations.models import AuditLog, Organization
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
+from .services.sender_marks import hookline_test_events
 
 
 def sources_for_organization(*, organization: Organization) -> QuerySet[Source]:
@@ -217,7 +218,7 @@ def event_page(
         .order_by("-id")[: limit + 1]
     )
     next_before = rows[limit - 1].id if len(rows) > limit else None
-    return EventPage(events=rows[:limit], next_before=next_before)
+    return EventPage(events=_note_hookline_tests(rows[:limit]), next_before=next_before)
 
 
 def events_newer_than(
@@ -225,12 +226,25 @@ def events_newer_than(
 ) -> list[WebhookEvent]:
     """Events that arrived after ``after`` (the live list polls this), newest first."""
     events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gt=after)
-    return list(
-        events.select_related("source")
-        .defer(*_SOURCE_SECRETS)
-        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
-        .order_by("-id")[:limit]
+    return _note_hookline_tests(
+        list(
+            events.select_related("source")
+            .defer(*_SOURCE_SECRETS)
+            .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+            .order_by("-id")[:limit]
+        )
     )
+
+
+def _note_hookline_tests(events: list[WebhookEvent]) -> list[WebhookEvent]:
+    """Sets ``is_hookline_test`` on each event: sent by Hookline's test sender (left out of the
+    statistics and the usage). One look by id at the listed rows; bodies only of marked ones."""
+    tests = {
+        row["id"] for row in hookline_test_events(WebhookEvent.objects.filter(id__in=[e.id for e in events]), "id")
+    }
+    for event in events:
+        event.is_hookline_test = event.id in tests
+    return events
 
 
 def event_detail_for_organization(*, organization: Organization, event_id) -> WebhookEvent:

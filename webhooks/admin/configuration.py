@@ -29,7 +29,13 @@ from webhooks.services.destinations import (
     destination_check_url,
     destination_rotate_secret,
 )
-from webhooks.services.operations import NothingToRetry, OperationError, destination_pause, destination_resume
+from webhooks.services.operations import (
+    NothingToDo,
+    NothingToRetry,
+    OperationError,
+    destination_pause,
+    destination_resume,
+)
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
@@ -525,19 +531,49 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
 
     @admin.action(description="Pause selected destinations", permissions=["change"])
     def pause(self, request, queryset):
-        outcomes = action_outcomes(request)
-        for destination in queryset.select_related("organization"):
-            destination_pause(destination=destination, reason="paused from the platform admin", actor=request.user)
-            outcomes.add_done(destination.organization_id, f"destination {destination.pk}")
-        self.message_user(request, "Paused; their deliveries wait until resumed.", messages.SUCCESS)
+        self._set_paused(
+            request,
+            queryset,
+            lambda destination: destination_pause(
+                destination=destination, reason="paused from the platform admin", actor=request.user
+            ),
+            done_message="Paused; their deliveries wait until resumed",
+        )
 
     @admin.action(description="Resume selected destinations", permissions=["change"])
     def resume(self, request, queryset):
+        self._set_paused(
+            request,
+            queryset,
+            lambda destination: destination_resume(destination=destination, actor=request.user),
+            done_message="Resumed; what queued up is being sent",
+        )
+
+    def _set_paused(self, request, queryset, change, *, done_message: str) -> None:
+        """Pause or resume each selected destination; one already so is reported as nothing to do."""
+        done, unchanged, refused = [], [], []
         outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
-            destination_resume(destination=destination, actor=request.user)
-            outcomes.add_done(destination.organization_id, f"destination {destination.pk}")
-        self.message_user(request, "Resumed; what queued up is being sent.", messages.SUCCESS)
+            item = f"destination {destination.pk}"
+            label = f"{destination.organization.name} · {destination}"
+            try:
+                change(destination)
+            except NothingToDo as exc:
+                unchanged.append(f"{label}: {exc}")
+                outcomes.add_nothing_to_do(destination.organization_id, item, str(exc))
+                continue
+            except OperationError as exc:  # deleted meanwhile
+                refused.append(f"{label}: {exc}")
+                outcomes.add_refused(destination.organization_id, item, str(exc))
+                continue
+            done.append(label)
+            outcomes.add_done(destination.organization_id, item)
+        if done:
+            self.message_user(request, f"{done_message}: " + "; ".join(done[:10]) + ".", messages.SUCCESS)
+        if unchanged:
+            self.message_user(request, "Nothing to do for " + "; ".join(unchanged[:10]) + ".", messages.INFO)
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused[:10]) + ".", messages.WARNING)
 
     @admin.action(
         description="Retry every dead delivery of the selected destinations (in the background)", permissions=["change"]

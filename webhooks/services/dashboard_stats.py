@@ -16,6 +16,8 @@ from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.selectors import uuid7_floor
 
+from .sender_marks import TEST_MARK_HEADER, hookline_test_events
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,15 +91,63 @@ def _chart(counts: dict[datetime, int], start: datetime, hours: int) -> Chart:
     )
 
 
-def _hourly_counts(organization: Organization, since: datetime) -> dict[datetime, int]:
+# A test event's id and received_at are taken moments apart; this much either side of an hour
+# finds by id every event received in it.
+_ID_TIME_SLACK = timedelta(minutes=5)
+
+
+@dataclass
+class EventCounts:
+    hourly: dict[datetime, int]  # accepted events by hour of receipt
+    accepted_24h: int
+    rejected_24h: int
+
+
+def _event_counts(organization: Organization, since: datetime, day_ago: datetime) -> EventCounts:
+    """Events received since ``since`` by hour, and in the last 24 h, without Hookline's test sends.
+
+    The statistics are the provider's traffic, as the monthly usage is; test events stay in the
+    events list. The marks are looked at in the same scans (the rows are read for their status
+    anyway), and a marked event's body only in the few hours that hold one, to check the mark.
+    """
+    events = WebhookEvent.objects.filter(organization=organization)
+    accepted = ~Q(status=WebhookEvent.Status.REJECTED)
     rows = (
-        WebhookEvent.objects.filter(organization=organization, id__gte=uuid7_floor(since))
-        .exclude(status=WebhookEvent.Status.REJECTED)
+        events.filter(id__gte=uuid7_floor(since))
         .annotate(hour=TruncHour("received_at"))
         .values("hour")
-        .annotate(count=Count("id"))
+        .annotate(count=Count("id", filter=accepted), marked=Count("id", filter=Q(headers__has_key=TEST_MARK_HEADER)))
     )
-    return {row["hour"]: row["count"] for row in rows}
+    hourly, marked_hours = {}, []
+    for row in rows:
+        hourly[row["hour"]] = row["count"]
+        if row["marked"]:
+            marked_hours.append(row["hour"])
+    day = events.filter(id__gte=uuid7_floor(day_ago)).aggregate(
+        accepted=Count("id", filter=accepted),
+        rejected=Count("id", filter=~accepted),
+    )
+    counts = EventCounts(hourly=hourly, accepted_24h=day["accepted"], rejected_24h=day["rejected"])
+    if not marked_hours:
+        return counts
+    in_marked_hours = Q()
+    for hour in marked_hours:
+        in_marked_hours |= Q(
+            id__gte=uuid7_floor(hour - _ID_TIME_SLACK), id__lt=uuid7_floor(hour + timedelta(hours=1) + _ID_TIME_SLACK)
+        )
+    floor_24h = uuid7_floor(day_ago)
+    candidates = events.filter(in_marked_hours, id__gte=uuid7_floor(since)).order_by()
+    for test in hookline_test_events(candidates, "id", "status"):
+        rejected = test["status"] == WebhookEvent.Status.REJECTED
+        hour = test["received_at"].replace(minute=0, second=0, microsecond=0)
+        if not rejected and hour in hourly:
+            hourly[hour] -= 1
+        if test["id"] >= floor_24h:
+            if rejected:
+                counts.rejected_24h -= 1
+            else:
+                counts.accepted_24h -= 1
+    return counts
 
 
 def _latency_percentiles(organization: Organization, since: datetime) -> tuple[float | None, float | None]:
@@ -150,7 +200,8 @@ def cached_organization_overview(*, organization: Organization) -> Overview:
         if overview is None:
             overview = organization_overview(organization=organization)
             # An overview without events costs next to nothing to compute again, and a new
-            # tenant's first test event must show at once, not a minute later.
+            # tenant's first event must show at once, not a minute later (test sends are not
+            # counted, so an overview of tests alone is computed each time too, and shows their deliveries).
             if overview.events_24h:
                 cache.set(key, overview, timeout=OVERVIEW_CACHE_SECONDS)
         return overview
@@ -165,12 +216,9 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     this_hour = now.replace(minute=0, second=0, microsecond=0)
     start_24h = this_hour - timedelta(hours=23)
     start_7d = this_hour - timedelta(hours=24 * 7 - 1)
-    counts = _hourly_counts(organization, start_7d)
     day_ago = now - timedelta(hours=24)
-    events = WebhookEvent.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago)).aggregate(
-        accepted=Count("id", filter=~Q(status=WebhookEvent.Status.REJECTED)),
-        rejected=Count("id", filter=Q(status=WebhookEvent.Status.REJECTED)),
-    )
+    events = _event_counts(organization, start_7d, day_ago)
+    counts = events.hourly
     deliveries = Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago)).aggregate(
         succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
         dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
@@ -198,8 +246,8 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     return Overview(
         chart_24h=_chart(counts, start_24h, 24),
         chart_7d=_chart(counts, start_7d, 24 * 7),
-        events_24h=events["accepted"],
-        rejected_24h=events["rejected"],
+        events_24h=events.accepted_24h,
+        rejected_24h=events.rejected_24h,
         succeeded_24h=deliveries["succeeded"],
         dead_24h=deliveries["dead"],
         success_rate_24h=round(100 * deliveries["succeeded"] / finished, 1) if finished else None,

@@ -299,7 +299,7 @@ def destination_delete(*, destination: Destination, actor=None) -> None:
 
 
 def destination_set_paused(*, destination: Destination, paused: bool, actor=None) -> Destination:
-    """Pause (deliveries wait) or resume (they drain in arrival order)."""
+    """Pause (deliveries wait) or resume (they drain in arrival order); NothingToDo if it is so already."""
     require_configure_role(organization=destination.organization, actor=actor)
     if paused:
         return destination_pause(destination=destination, reason="paused from the dashboard", actor=actor)

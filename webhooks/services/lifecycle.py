@@ -17,7 +17,7 @@ from organizations.names import one_line
 from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
 
-from .sender_marks import TEST_MARK_HEADER, is_hookline_test_event
+from .sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,7 @@ def record_usage(events: list[WebhookEvent]) -> None:
 
 
 def _hookline_test_event_ids(events: list[WebhookEvent]) -> set:
-    # The bodies are read only for the few events that carry a mark; the mark is checked, not trusted.
-    marked = WebhookEvent.objects.filter(
-        id__in=[event.id for event in events], headers__has_key=TEST_MARK_HEADER
-    ).values_list("id", "headers", "body", "source_id", "received_at")
-    return {
-        event_id
-        for event_id, headers, body, source_id, received_at in marked
-        if is_hookline_test_event(headers, body, source_id=source_id, received_at=received_at.timestamp())
-    }
+    return {row["id"] for row in hookline_test_events(WebhookEvent.objects.filter(id__in=[e.id for e in events]), "id")}
 
 
 def _notify_quota_exceeded(organization_id: int, month: date) -> None:

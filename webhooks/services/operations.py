@@ -29,13 +29,33 @@ class OperationError(ValueError):
     """The operation cannot be done as asked (message is safe to show)."""
 
 
-class NothingToRetry(OperationError):
+class NothingToDo(OperationError):
+    """Not refused: what was asked is already so (message is safe to show)."""
+
+
+class NothingToRetry(NothingToDo):
     """No delivery matches a bulk retry: not refused, there is simply nothing to do."""
+
+
+def _unchanged(destination: Destination, why: str) -> OperationError:
+    """Why a conditional update of a destination changed no row: deleted meanwhile, or already so."""
+    if not Destination.objects.filter(pk=destination.pk).exists():
+        return OperationError("the destination has been deleted")
+    return NothingToDo(why)
 
 
 @transaction.atomic
 def destination_pause(*, destination: Destination, reason: str = "paused by hand", actor=None) -> Destination:
-    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now(), pause_reason=reason[:300])
+    """Pause a destination: its deliveries wait. NothingToDo if it is paused already.
+
+    Conditional, so that an earlier pause keeps its time and reason (the circuit breaker's
+    "paused automatically after …" says why it stopped) and is not audited a second time.
+    """
+    paused = Destination.objects.filter(pk=destination.pk, paused_at__isnull=True).update(
+        paused_at=timezone.now(), pause_reason=reason[:300]
+    )
+    if not paused:
+        raise _unchanged(destination, "the destination is paused already")
     audit_record(
         action="destination.paused",
         organization=destination.organization,
@@ -49,11 +69,17 @@ def destination_pause(*, destination: Destination, reason: str = "paused by hand
 
 @transaction.atomic
 def destination_resume(*, destination: Destination, actor=None) -> Destination:
-    """Resume a paused destination: what queued up is sent in order of arrival, at its rate limit."""
+    """Resume a paused destination: what queued up is sent in order of arrival, at its rate limit.
+
+    NothingToDo if it is not paused: its failure count (on the way to the circuit breaker) and
+    the retry times of its waiting deliveries are then left as they are.
+    """
     now = timezone.now()
-    Destination.objects.filter(pk=destination.pk).update(
+    resumed = Destination.objects.filter(pk=destination.pk, paused_at__isnull=False).update(
         paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None
     )
+    if not resumed:
+        raise _unchanged(destination, "the destination is not paused")
     # Same due time for all: the dispatcher's (next_attempt_at, id) order is then arrival order.
     waiting = Delivery.objects.filter(destination=destination, status=Delivery.Status.PENDING).update(
         next_attempt_at=now

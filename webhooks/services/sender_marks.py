@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 TEST_EVENT_HEADER = "Hookline-Test-Event"
@@ -46,6 +47,20 @@ def is_hookline_test_event(headers: Mapping[str, str], body: bytes, *, source_id
     # Every key is compared, so the time taken does not tell which one matched.
     matches = [constant_time_compare(digest, _mark(body, source_id, int(made_at), key)) for key in keys]
     return any(matches)
+
+
+def hookline_test_events(events: QuerySet, *fields: str) -> list[dict]:
+    """The rows of ``events`` (a WebhookEvent query) that Hookline's test sender sent, as dicts of
+    ``fields``. Only the rows carrying a mark are read, bodies included; the mark is checked, not trusted."""
+    needed = ["headers", "body", "source_id", "received_at"]
+    rows = events.filter(headers__has_key=TEST_MARK_HEADER).values(*needed, *(f for f in fields if f not in needed))
+    return [
+        row
+        for row in rows
+        if is_hookline_test_event(
+            row["headers"], row["body"], source_id=row["source_id"], received_at=row["received_at"].timestamp()
+        )
+    ]
 
 
 def _mark(body: bytes, source_id: int, made_at: int, key: str) -> str:

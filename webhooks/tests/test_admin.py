@@ -530,6 +530,61 @@ def test_destination_pause_and_resume_actions(admin, setup):
     assert AuditLog.objects.filter(action__in=["destination.paused", "destination.resumed"]).count() == 2
 
 
+def test_pausing_a_paused_and_resuming_a_running_destination_is_nothing_to_do(
+    admin, setup, organization, other_organization
+):
+    url = reverse("admin:webhooks_destination_changelist")
+    paused, running = setup["destination"], setup["their_destination"]
+    reason = "paused automatically after 3 consecutive failed attempts since 2026-01-01 00:00 UTC"
+    paused_at = timezone.now() - timedelta(hours=1)
+    Destination.objects.filter(pk=paused.pk).update(paused_at=paused_at, pause_reason=reason)
+    failing_since = timezone.now() - timedelta(minutes=5)
+    Destination.objects.filter(pk=running.pk).update(consecutive_failures=2, failing_since=failing_since)
+    waiting = Delivery.objects.get(event=setup["retrying"])
+    retry_at = timezone.now() + timedelta(minutes=30)
+    Delivery.objects.filter(pk=waiting.pk).update(destination=running, next_attempt_at=retry_at)
+
+    response = admin.post(url, {"action": "pause", "_selected_action": [paused.pk]}, follow=True)
+    shown = " ".join(str(message) for message in response.context["messages"])
+    assert "Nothing to do" in shown and "paused already" in shown and "Paused;" not in shown
+    paused.refresh_from_db()
+    assert paused.paused_at == paused_at and paused.pause_reason == reason  # the breaker's reason is kept
+    (entry,) = action_entries("destination", "pause").values()
+    assert entry.organization_id == organization.pk
+    assert entry.changes["outcome"] == "nothing to do" and "done" not in entry.changes
+    assert entry.changes["nothing_to_do"] == [
+        {"item": f"destination {paused.pk}", "reason": "the destination is paused already"}
+    ]
+
+    response = admin.post(url, {"action": "resume", "_selected_action": [running.pk]}, follow=True)
+    shown = " ".join(str(message) for message in response.context["messages"])
+    assert "Nothing to do" in shown and "not paused" in shown and "Resumed;" not in shown
+    running.refresh_from_db()
+    assert running.consecutive_failures == 2 and running.failing_since == failing_since  # the breaker still counts
+    assert Delivery.objects.get(pk=waiting.pk).next_attempt_at == retry_at  # its backoff is kept
+    (entry,) = action_entries("destination", "resume").values()
+    assert entry.organization_id == other_organization.pk
+    assert entry.changes["outcome"] == "nothing to do" and "done" not in entry.changes
+    assert not AuditLog.objects.filter(action__in=["destination.paused", "destination.resumed"]).exists()
+    assert audit_log_verifies()
+
+
+def test_pausing_a_running_and_a_paused_destination_together_says_which_was_paused(
+    admin, setup, organization, other_organization
+):
+    url = reverse("admin:webhooks_destination_changelist")
+    running, paused = setup["destination"], setup["their_destination"]
+    Destination.objects.filter(pk=paused.pk).update(paused_at=timezone.now(), pause_reason="paused by hand")
+    response = admin.post(url, {"action": "pause", "_selected_action": [running.pk, paused.pk]}, follow=True)
+    shown = [str(message) for message in response.context["messages"]]
+    assert any(message.startswith("Paused;") and running.name in message for message in shown)
+    assert any(message.startswith("Nothing to do") and paused.name in message for message in shown)
+    entries = action_entries("destination", "pause")
+    assert entries[organization.pk].changes["outcome"] == "done"
+    assert entries[other_organization.pk].changes["outcome"] == "nothing to do"
+    assert AuditLog.objects.filter(action="destination.paused").count() == 1
+
+
 # --- Organizations and users --------------------------------------------------------------------
 
 

@@ -831,6 +831,13 @@ def test_destination_health_pause_resume_and_bulk_retry(client, owner, organizat
     assert Destination.objects.get(pk=world.destination.pk).paused_at is not None
     client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "0"})
     assert Destination.objects.get(pk=world.destination.pk).paused_at is None
+    Destination.objects.filter(pk=world.destination.pk).update(consecutive_failures=2)
+    again = client.post(
+        reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "0"}, follow=True
+    )  # a second click: it is not paused, so its failure count stays
+    assert "Nothing to do: the destination is not paused." in page_text(again)
+    assert Destination.objects.get(pk=world.destination.pk).consecutive_failures == 2
+    assert AuditLog.objects.filter(action="destination.resumed").count() == 1
 
     client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
     job = BulkRetry.objects.get()

@@ -193,6 +193,34 @@ def test_breaker_pauses_emails_admins_queues_and_drains_in_order_on_resume(clien
     assert AuditLog.objects.filter(action="destination.resumed").exists()
 
 
+def test_pause_and_resume_change_nothing_when_the_destination_is_so_already(organization):
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hooks")
+    failing_since = timezone.now() - timedelta(minutes=5)
+    Destination.objects.filter(pk=destination.pk).update(consecutive_failures=2, failing_since=failing_since)
+    with pytest.raises(operations.NothingToDo, match="not paused"):
+        operations.destination_resume(destination=destination)
+    destination.refresh_from_db()
+    assert destination.consecutive_failures == 2 and destination.failing_since == failing_since
+
+    operations.destination_pause(destination=destination, reason="first")
+    first_paused_at = Destination.objects.get(pk=destination.pk).paused_at
+    with pytest.raises(operations.NothingToDo, match="paused already"):
+        operations.destination_pause(destination=destination, reason="second")
+    destination.refresh_from_db()
+    assert destination.paused_at == first_paused_at and destination.pause_reason == "first"
+    assert AuditLog.objects.filter(action="destination.paused").count() == 1
+    assert not AuditLog.objects.filter(action="destination.resumed").exists()
+
+    operations.destination_resume(destination=destination)  # paused: resuming starts the count afresh
+    destination.refresh_from_db()
+    assert destination.paused_at is None and destination.consecutive_failures == 0
+
+    Destination.objects.filter(pk=destination.pk).delete()
+    with pytest.raises(operations.OperationError, match="deleted") as raised:
+        operations.destination_pause(destination=destination)
+    assert not isinstance(raised.value, operations.NothingToDo)
+
+
 def test_dead_letter_digest_is_one_mail_per_destination_per_interval(client, organization, httpserver, settings):
     from webhooks.services.alerts import send_dead_letter_digests
 

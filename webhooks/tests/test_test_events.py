@@ -133,3 +133,73 @@ def test_a_mark_older_than_its_minutes_counts_in_the_usage(client, organization)
     assert response.status_code == 200
     assert process_event_batch() == 1
     assert _usage(organization) == 1
+
+
+def _as_meta(headers: dict[str, str]) -> dict[str, str]:
+    return {"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()}
+
+
+def test_the_overview_counts_the_providers_events_and_the_events_list_marks_the_tests(client, owner, organization):
+    from django.urls import reverse
+
+    from webhooks.services.dashboard_stats import organization_overview
+
+    source = make_source(organization)
+    for name, secret, marked, forged in (
+        ("real", STRIPE_SECRET, False, False),
+        ("test", STRIPE_SECRET, True, False),
+        ("forged", STRIPE_SECRET, True, True),  # signed by the provider, with a mark copied from elsewhere
+        ("rejected_test", "whsec_not_the_secret", True, False),
+        ("rejected", "whsec_not_the_secret", False, False),
+    ):
+        body = _stripe_body(f"evt_{name}")
+        mark_body = b"another body" if forged else body.encode()
+        extra = _as_meta(sender_mark_headers(mark_body, source_id=source.pk)) if marked else {}
+        response = post_stripe(client, source, body, secret, **extra)
+        assert (response.status_code == 200) is (secret == STRIPE_SECRET)
+    while process_event_batch():
+        pass
+
+    overview = organization_overview(organization=organization)
+    assert overview.events_24h == 2  # the real one and the forged test: a copied mark proves nothing
+    assert overview.rejected_24h == 1
+    assert overview.chart_24h.total == 2 and overview.chart_7d.total == 2
+    assert _usage(organization) == 2  # the same events as the monthly usage
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:events", args=[organization.slug]))
+    listed = page.context["page"].events
+    assert len(listed) == 5
+    marked = {event.provider_event_id or event.claimed_event_id for event in listed if event.is_hookline_test}
+    assert marked == {"evt_test", "evt_rejected_test"}  # still listed, as tests
+    assert page.content.decode().count(">test</span>") == 2
+
+
+def test_a_test_event_of_days_ago_is_left_out_of_the_week_chart_only_there(organization):
+    import uuid
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webhooks.selectors import uuid7_floor
+    from webhooks.services.dashboard_stats import organization_overview
+
+    source = make_source(organization)
+    now = timezone.now()
+    for days, marked in ((3, True), (3, False), (0, False)):
+        at = now - timedelta(days=days, minutes=1)
+        body = _stripe_body(f"evt_{days}_{marked}").encode()
+        headers = sender_mark_headers(body, source_id=source.pk, now=at.timestamp()) if marked else {}
+        WebhookEvent.objects.create(
+            id=uuid.UUID(int=uuid7_floor(at).int | uuid.uuid4().int >> 68),
+            organization=organization,
+            source=source,
+            body=body,
+            headers=headers,
+            status=WebhookEvent.Status.PROCESSED,
+            received_at=at,
+        )
+    overview = organization_overview(organization=organization, now=now)
+    assert overview.chart_7d.total == 2 and overview.chart_24h.total == 1 and overview.events_24h == 1
+    three_days_ago = (now - timedelta(days=3, minutes=1)).replace(minute=0, second=0, microsecond=0)
+    assert [bar.count for bar in overview.chart_7d.bars if bar.start == three_days_ago] == [1]

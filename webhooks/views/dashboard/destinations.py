@@ -23,7 +23,7 @@ from webhooks.services.destinations import (
     destination_set_paused,
     destination_update,
 )
-from webhooks.services.operations import OperationError
+from webhooks.services.operations import NothingToDo, OperationError
 
 from .base import ADMIN, ChangeView, or_404, secret_once_response
 
@@ -199,7 +199,16 @@ class DestinationSetPausedView(DestinationMixin, ChangeView):
     def post(self, request, *args, **kwargs):
         destination = self.get_destination()
         paused = request.POST.get("paused") == "1"
-        destination_set_paused(destination=destination, paused=paused, actor=request.user)
+        try:
+            destination_set_paused(destination=destination, paused=paused, actor=request.user)
+        except NothingToDo as exc:  # a second click, or a page older than the last change
+            return self.done(
+                f"Nothing to do: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.INFO
+            )
+        except OperationError as exc:
+            return self.done(
+                f"Not changed: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
+            )
         return self.done(
             "Destination paused: deliveries wait until you resume it."
             if paused
