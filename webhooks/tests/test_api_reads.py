@@ -235,3 +235,25 @@ def test_malformed_or_unknown_ids_are_404_never_500(client, organization, path):
 def test_an_invalid_cursor_is_not_a_500(client, organization, reader_key):
     response = api_get(client, reader_key, "/api/v1/events", cursor="garbage")
     assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+
+    def queries(path):
+        with CaptureQueriesContext(connection) as captured:
+            assert api_get(client, reader_key, path).status_code == 200
+        return len(captured)
+
+    make_delivery(make_event(source), destination)
+    api_get(client, reader_key, "/api/v1/sources")  # the key's last use is written once a minute: not here
+    few = {path: queries(path) for path in ("/api/v1/events", "/api/v1/deliveries", "/api/v1/destinations")}
+    for _ in range(10):
+        make_delivery(make_event(source), destination)
+        make_destination(organization, "http://127.0.0.1:9/more", sources=[source])
+    many = {path: queries(path) for path in few}
+    assert many == few
