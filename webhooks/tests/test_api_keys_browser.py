@@ -3,12 +3,13 @@
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from organizations.models import ApiKey
 
-from .test_dashboard_browser import sign_in
+from .test_dashboard_browser import SCREENSHOT_DIR, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,7 +23,8 @@ def _get(url: str, key: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_create_use_and_revoke_a_key(browser, live_server, organization, owner):
+def test_create_use_and_revoke_a_key(browser, live_server, organization, owner, tmp_path):
+    target = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path
     page = sign_in(browser, live_server, owner)
     page.goto(f"{live_server.url}/o/acme/")
     page.get_by_role("link", name="API keys").click()
@@ -44,6 +46,7 @@ def test_create_use_and_revoke_a_key(browser, live_server, organization, owner):
     assert "revoked" in page.locator(".messages, [role=status], body").first.inner_text().lower()
     assert "Revoked" in page.locator(f"tr[data-api-key='{ApiKey.objects.get().prefix}']").inner_text()
 
+    page.screenshot(path=str(target / "api-keys-desktop.png"), full_page=True)
     status, body = _get(f"{live_server.url}/api/v1/events", key)
     assert status == 401 and body["error"] == "invalid_api_key" and "revoked" in body["detail"]
     page.context.close()
