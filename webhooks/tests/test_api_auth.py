@@ -137,3 +137,11 @@ def test_a_key_belongs_to_the_organization_not_to_who_made_it(client, organizati
     _, key = api_key_create(organization=organization, name="by-admin", access=ApiKey.Access.READ_ONLY, actor=user)
     membership.delete()
     assert api_get(client, key, "/api/v1/events").status_code == 200
+
+
+def test_a_trailing_slash_is_optional(client, organization):
+    _, key = make_key(organization)
+    source = make_source(organization)
+    assert api_get(client, key, "/api/v1/sources/").status_code == 200
+    assert api_get(client, key, f"/api/v1/sources/{source.pk}/").json()["id"] == source.pk
+    assert api_get(client, key, "/api/v1/sources//").status_code == 404
