@@ -115,3 +115,13 @@ def test_changes_answer_get_with_405(client, setup):
     _, destination, *_, key = setup
     response = client.get(f"/api/v1/destinations/{destination.pk}/pause", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_a_replay_body_must_be_json(client, setup):
+    _, destination, event, _, key = setup
+    path = f"/api/v1/events/{event.pk}/replay"
+    response = client.post(path, "{not json", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    response = client.post(path, {"destination": destination.pk}, HTTP_AUTHORIZATION=f"Bearer {key}")  # a form
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+    assert not Delivery.objects.filter(is_replay=True).exists()
