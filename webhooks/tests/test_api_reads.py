@@ -1,6 +1,7 @@
 """The REST API's reads: every list and object, filters, cursor pages, viewer rules and tenancy."""
 
 import base64
+import json
 from datetime import timedelta
 
 import pytest
@@ -257,3 +258,15 @@ def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key
         make_destination(organization, "http://127.0.0.1:9/more", sources=[source])
     many = {path: queries(path) for path in few}
     assert many == few
+
+
+def test_what_happened_to_webhook_x_for_a_webhook_received_through_ingest(client, organization, reader_key):
+    from .dashboard_helpers import ingest_stripe
+
+    source = make_source(organization)
+    event_id = ingest_stripe(client, source, "evt_through_ingest", "charge.refunded")
+    [found] = api_get(client, reader_key, "/api/v1/events", provider_event_id="evt_through_ingest").json()["results"]
+    assert found["id"] == event_id and found["event_type"] == "charge.refunded" and found["source"] == source.pk
+    detail = api_get(client, reader_key, f"/api/v1/events/{event_id}").json()
+    assert detail["body"] == json.dumps({"id": "evt_through_ingest", "object": "event", "type": "charge.refunded"})
+    assert detail["headers"]["Stripe-Signature"] == "(a signature: shown to admins and owners)"
