@@ -319,6 +319,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
+# Requests per API key: "<number>/<s|min|h>", counted in the cache (webhooks.api.authentication).
+API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="600/min")
 
 # --- Static files, i18n -------------------------------------------------------
 STATIC_URL = "static/"

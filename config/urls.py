@@ -14,6 +14,8 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # The tenant REST API, authenticated by organization API keys only (webhooks/api/).
+    path("api/v1/", include("webhooks.api.urls")),
     # Tenants' dashboard: sign-in and invitations, then everything under one organization.
     path("accounts/", include("accounts.urls")),
     path("o/<slug:org_slug>/team/", include("organizations.urls")),

@@ -31,7 +31,8 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin import UserAdmin
 
-from .models import AuditLog, Membership, MonthlyUsage, Organization, current_month
+from .api_keys import api_key_revoke
+from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_record, audit_verify_chain
 
@@ -729,3 +730,46 @@ class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             text = f"The audit log is BROKEN at entry {report.broken_entry_id}: {report.reason}."
         self.message_user(request, text, level)
         return HttpResponseRedirect(reverse("admin:organizations_auditlog_changelist"))
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedModelAdmin):
+    """Organizations' API keys: shown (never the key, which is not stored), and revoked through the service."""
+
+    list_display = ("name", "organization", "key_prefix", "access", "created_at", "last_used_at", "revoked_at")
+    list_filter = (OrganizationFilter, "access", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("organization",)
+    search_fields = ("name", "=prefix")
+    search_help_text = "A key's name (any part) or its prefix (exact, without hl_)."
+    readonly_fields = (
+        "organization",
+        "name",
+        "key_prefix",
+        "access",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    fields = readonly_fields
+    actions = ("revoke",)
+
+    @admin.display(description="Key", ordering="prefix")
+    def key_prefix(self, obj):
+        return f"hl_{obj.prefix}_…"
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("organizations.change_apikey")
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        outcomes = action_outcomes(request)
+        revoked = 0
+        for api_key in queryset.select_related("organization"):
+            if api_key.revoked_at is not None:
+                outcomes.add_nothing_to_do(api_key.organization_id, f"API key {api_key.prefix}", "already revoked")
+                continue
+            api_key_revoke(api_key=api_key, actor=request.user)
+            outcomes.add_done(api_key.organization_id, f"API key {api_key.prefix}")
+            revoked += 1
+        self.message_user(request, f"{revoked} API key(s) revoked; they no longer work.", messages.SUCCESS)

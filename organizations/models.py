@@ -157,3 +157,42 @@ class MonthlyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization} {self.month:%Y-%m}: {self.events}"
+
+
+class ApiKey(models.Model):
+    """A credential for the REST API, scoped to one organization.
+
+    The key is ``hl_<prefix>_<secret>``; only the prefix (to recognize the key) and the SHA-256 of
+    the secret part are stored, so a database dump holds no usable key.
+    """
+
+    class Access(models.TextChoices):
+        READ_ONLY = "read_only", "Read only"
+        READ_WRITE = "read_write", "Read and write"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    access = models.CharField(max_length=10, choices=Access.choices, default=Access.READ_ONLY)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} (hl_{self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def can_write(self) -> bool:
+        return self.access == self.Access.READ_WRITE

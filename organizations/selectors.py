@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db.models import F
 from django.http import Http404
 
-from .models import Membership, MonthlyUsage, Organization, current_month
+from .models import ApiKey, Membership, MonthlyUsage, Organization, current_month
 
 
 def organization_for_member(*, user, slug: str) -> tuple[Organization, Membership]:
@@ -76,3 +77,17 @@ def usage_this_month(*, organization: Organization) -> QuotaUsage:
         .first()
     )
     return QuotaUsage(events=events or 0, quota=organization.monthly_event_quota)
+
+
+def api_keys_for_organization(*, organization: Organization) -> list[ApiKey]:
+    """The organization's API keys, the active ones first, newest first."""
+    return list(
+        ApiKey.objects.filter(organization=organization)
+        .select_related("created_by")
+        .order_by(F("revoked_at").desc(nulls_first=True), "-created_at")
+    )
+
+
+def api_key_for_organization(*, organization: Organization, api_key_id) -> ApiKey:
+    """One API key of this organization; ApiKey.DoesNotExist for anyone else's."""
+    return ApiKey.objects.select_related("organization").get(organization=organization, pk=api_key_id)

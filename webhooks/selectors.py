@@ -101,6 +101,7 @@ class EventFilters:
     since: datetime | None = None
     until: datetime | None = None
     search: str = ""
+    provider_event_id: str = ""
 
 
 # Lists show names only: loading the encrypted secret columns would decrypt them row by row.
@@ -177,6 +178,8 @@ def _filtered_events(
         events = events.filter(status=filters.status)
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
+    if filters.provider_event_id:
+        events = events.filter(provider_event_id=filters.provider_event_id)
     if filters.event_type:
         # Read as destination filters read it (event_type_matches), so "invoice.*" or "issues"
         # finds what that filter sends. Matched against the organization's event types rather
@@ -245,6 +248,49 @@ def _note_hookline_tests(events: list[WebhookEvent]) -> list[WebhookEvent]:
     for event in events:
         event.is_hookline_test = event.id in tests
     return events
+
+
+def events_for_api(*, organization: Organization, filters: EventFilters) -> QuerySet[WebhookEvent]:
+    """The REST API's event list (it pages the queryset itself, on the id): without bodies or
+    headers, with each delivery's state."""
+    return (
+        _filtered_events(organization, filters)
+        .defer("body", "headers")
+        .prefetch_related(
+            Prefetch(
+                "deliveries",
+                queryset=Delivery.objects.only(
+                    "id", "event_id", "destination_id", "status", "is_replay", "attempt_count"
+                ).order_by("id"),
+            )
+        )
+    )
+
+
+DELIVERY_STATUS_RETRYING = "retrying"
+
+
+def deliveries_for_organization(
+    *, organization: Organization, status: str = "", destination_id: int | None = None, event_id=None
+) -> QuerySet[Delivery]:
+    """The organization's deliveries, by status ("retrying": failed and waiting), destination or event."""
+    deliveries = Delivery.objects.filter(organization=organization)
+    if status == DELIVERY_STATUS_RETRYING:
+        deliveries = retrying_deliveries(deliveries)
+    elif status:
+        deliveries = deliveries.filter(status=status)
+    if destination_id:
+        deliveries = deliveries.filter(destination_id=destination_id)
+    if event_id:
+        deliveries = deliveries.filter(event_id=event_id)
+    return deliveries
+
+
+def delivery_detail_for_organization(*, organization: Organization, delivery_id) -> Delivery:
+    """A delivery with its attempts; DoesNotExist for anyone else's."""
+    return Delivery.objects.prefetch_related(
+        Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number"))
+    ).get(organization=organization, pk=delivery_id)
 
 
 def event_detail_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
@@ -542,6 +588,12 @@ def headers_for_viewer(
         is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
         shown.append((name, SIGNATURE_HIDDEN if is_signature and not sees_signatures else value))
     return shown
+
+
+def configured_signature_header(source: Source) -> frozenset[str]:
+    """The header a tenant named for a configurable scheme (Generic HMAC's "header" option)."""
+    name = (source.options or {}).get("header")
+    return frozenset({name.lower()}) if isinstance(name, str) and name else frozenset()
 
 
 def url_for_viewer(url: str, *, sees_full: bool) -> str:

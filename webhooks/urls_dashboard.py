@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from webhooks.views.dashboard import audit, base, destinations, events, overview, sources
+from webhooks.views.dashboard import api_keys, audit, base, destinations, events, overview, sources
 
 app_name = "dashboard"
 urlpatterns = [
@@ -51,4 +51,6 @@ urlpatterns = [
         name="destination_bulk_retry",
     ),
     path("audit/", audit.AuditLogView.as_view(), name="audit"),
+    path("api-keys/", api_keys.ApiKeysView.as_view(), name="api_keys"),
+    path("api-keys/<int:api_key_id>/revoke/", api_keys.ApiKeyRevokeView.as_view(), name="api_key_revoke"),
 ]

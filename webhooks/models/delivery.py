@@ -69,6 +69,8 @@ class Delivery(models.Model):
                 name="delivery_in_flight",
             ),
             models.Index(fields=("organization", "status", "-id"), name="delivery_org_status_id"),
+            # The REST API's delivery list, newest first, without a status filter.
+            models.Index(fields=("organization", "-id"), name="delivery_org_id"),
             # Failed deliveries across organizations (the admin's overview, its "dead" and "has
             # failed deliveries" filters): read in proportion to the failures, not to the table.
             # A first attempt that succeeds never enters it.

@@ -298,11 +298,13 @@ def destination_delete(*, destination: Destination, actor=None) -> None:
     )
 
 
-def destination_set_paused(*, destination: Destination, paused: bool, actor=None) -> Destination:
+def destination_set_paused(
+    *, destination: Destination, paused: bool, actor=None, reason: str = "paused from the dashboard"
+) -> Destination:
     """Pause (deliveries wait) or resume (they drain in arrival order); NothingToDo if it is so already."""
     require_configure_role(organization=destination.organization, actor=actor)
     if paused:
-        return destination_pause(destination=destination, reason="paused from the dashboard", actor=actor)
+        return destination_pause(destination=destination, reason=reason, actor=actor)
     return destination_resume(destination=destination, actor=actor)
 
 

@@ -21,7 +21,13 @@ from webhooks.services.sources import source_change_delay as _source_change_dela
 register = template.Library()
 
 # URL name → sidebar entry it belongs to, so detail pages keep their section highlighted.
-_SECTIONS = {"event": "events", "delivery": "events", "source": "sources", "destination": "destinations"}
+_SECTIONS = {
+    "event": "events",
+    "delivery": "events",
+    "source": "sources",
+    "destination": "destinations",
+    "api": "api_keys",
+}
 
 
 @register.filter

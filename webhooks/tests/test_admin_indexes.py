@@ -28,3 +28,10 @@ def test_counting_dead_deliveries_and_filtering_events_with_failures_use_the_fai
     assert "delivery_failed" in _plan(dead)
     with_failures = WebhookEvent.objects.filter(failed_deliveries_of(OuterRef("pk"))).order_by().values("pk")
     assert "delivery_failed" in _plan(with_failures)
+
+
+def test_the_api_delivery_list_reads_the_organizations_deliveries_by_index(organization):
+    from webhooks.selectors import deliveries_for_organization
+
+    newest_first = deliveries_for_organization(organization=organization).order_by("-id").values("pk")[:50]
+    assert "delivery_org_id" in _plan(newest_first)

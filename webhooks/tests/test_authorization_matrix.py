@@ -17,7 +17,8 @@ from django.urls import reverse
 from accounts.models import Invitation
 from conftest import UserFactory
 from organizations import team
-from organizations.models import AuditLog, Membership
+from organizations.api_keys import api_key_create
+from organizations.models import ApiKey, AuditLog, Membership
 from webhooks.models import Delivery, Destination, Source
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
@@ -55,6 +56,7 @@ ROUTES = [
     ("dashboard:destination_rotate", "get", "destination", None, ADMIN),
     ("dashboard:destination_delete", "get", "destination", None, ADMIN),
     ("dashboard:secret_once", "get", "secret", None, ADMIN),
+    ("dashboard:api_keys", "get", "org", None, ADMIN),
     ("team:member_remove", "get", "membership", None, OWNER),
     ("dashboard:source_create", "post", "provider", {"name": "Stripe test", "secret": "whsec_new_value"}, ADMIN),
     ("dashboard:source_edit", "post", "source", {"name": "Renamed", "option_tolerance": "300"}, ADMIN),
@@ -78,6 +80,8 @@ ROUTES = [
     ("dashboard:event_replay", "post", "event", {"destination": "DESTINATION"}, ADMIN),
     ("team:invite", "post", "org", {"email": "new@example.com", "role": MEMBER}, ADMIN),
     ("team:invitation_revoke", "post", "invitation", {}, ADMIN),
+    ("dashboard:api_keys", "post", "org", {"name": "deploy", "access": "read_write"}, ADMIN),
+    ("dashboard:api_key_revoke", "post", "api_key", {}, ADMIN),
     ("team:member_role", "post", "membership", {"role": ADMIN}, OWNER),
     ("team:member_remove", "post", "membership", {}, OWNER),
 ]
@@ -119,11 +123,17 @@ def tenants(client, organization, other_organization, owner, member, outsider):
     return {
         "users": {OWNER: owner, ADMIN: admin, MEMBER: member},
         "outsider": outsider,
-        "acme": {"world": ours, "membership": Membership.objects.get(user=bystander), "invitation": our_invitation},
+        "acme": {
+            "world": ours,
+            "membership": Membership.objects.get(user=bystander),
+            "invitation": our_invitation,
+            "api_key": api_key_create(organization=organization, name="ours")[0],
+        },
         "globex": {
             "world": theirs,
             "membership": Membership.objects.get(user=their_member),
             "invitation": their_invitation,
+            "api_key": api_key_create(organization=other_organization, name="theirs")[0],
         },
     }
 
@@ -141,6 +151,7 @@ def _path(tenants, name, kind, slug, objects_of):
         "secret": ["no-such-token"],
         "membership": [objects["membership"].pk],
         "invitation": [objects["invitation"].pk],
+        "api_key": [objects["api_key"].pk],
     }[kind]
     return reverse(name, args=[slug, *extra])
 
@@ -161,6 +172,7 @@ def _state():
         sorted(Delivery.objects.values_list("pk", "status", "attempt_count")),
         sorted(Membership.objects.values_list("pk", "role")),
         sorted(Invitation.objects.values_list("pk", "revoked_at")),
+        sorted(ApiKey.objects.values_list("pk", "revoked_at")),
     )
 
 

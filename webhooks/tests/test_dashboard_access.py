@@ -3,6 +3,7 @@
 import pytest
 from django.urls import reverse
 
+from organizations.api_keys import api_key_create
 from organizations.models import AuditLog, Membership
 from webhooks.models import Delivery, Destination, Source
 from webhooks.services import delivery as delivery_service
@@ -23,7 +24,9 @@ def no_dispatch(monkeypatch):
 
 @pytest.fixture
 def world(client, organization):
-    return build_world(client, organization)
+    world = build_world(client, organization)
+    world.api_key, _ = api_key_create(organization=organization, name="ci")
+    return world
 
 
 def url_kwargs(world):
@@ -36,6 +39,7 @@ def url_kwargs(world):
         "provider": {"org_slug": slug, "provider": "stripe"},
         "destination": {"org_slug": slug, "destination_id": world.destination.pk},
         "secret": {"org_slug": slug, "token": "no-such-token"},
+        "api_key": {"org_slug": slug, "api_key_id": world.api_key.pk},
     }
 
 
@@ -64,6 +68,7 @@ ADMIN_PAGES = [
     ("destination_edit", "destination"),
     ("destination_delete", "destination"),
     ("secret_once", "secret"),
+    ("api_keys", "org"),
 ]
 # POSTs: URL name, object kind, form data an admin would send.
 WRITES = [
@@ -80,6 +85,8 @@ WRITES = [
     ("destination_delete", "destination", {}),
     ("delivery_retry", "delivery", {}),
     ("event_replay", "event", {"destination": "DESTINATION"}),
+    ("api_keys", "org", {"name": "deploy", "access": "read_write"}),
+    ("api_key_revoke", "api_key", {}),
 ]
 ALL_NAMES = sorted({name for name, _ in READ_PAGES + ADMIN_PAGES} | {name for name, _, _ in WRITES})
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from secrets import token_urlsafe
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
 from django.views import View
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
+from organizations.selectors import api_key_for_organization
 from webhooks.fields import decrypt, encrypt
 from webhooks.selectors import destination_for_organization, source_for_organization
 from webhooks.services.sources import ingest_url
@@ -45,17 +48,18 @@ class ChangeView(OrganizationMixin, View):
 SECRET_ONCE_SESSION_KEY = "hookline_secret_once"
 
 
-def secret_once_response(view, *, secret: str, title: str, source=None, destination=None):
+def secret_once_response(view, *, secret: str, title: str, source=None, destination=None, api_key=None):
     """After a POST that made a secret: keep it (encrypted) for one look and redirect there.
 
     Post/redirect/get, so that reloading the page that shows the secret cannot create the
-    source or destination again, or rotate the secret just copied.
+    source, destination or API key again, or rotate the secret just copied.
     """
-    target = destination or source
+    target = api_key or destination or source
+    kind = "api_key" if api_key is not None else "destination" if destination is not None else "source"
     view.request.session[SECRET_ONCE_SESSION_KEY] = {
         "token": (token := token_urlsafe(16)),
         "organization": view.organization.pk,
-        "kind": "destination" if destination is not None else "source",
+        "kind": kind,
         "pk": target.pk,
         "title": title,
         "secret": encrypt(secret),  # sessions are stored in the database: never in the clear
@@ -80,7 +84,9 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             messages.info(request, "A secret is shown only once; rotate it to get a new one.")
             return redirect("dashboard:overview", self.organization.slug)
         del request.session[SECRET_ONCE_SESSION_KEY]
-        if kept["kind"] == "destination":
+        if kept["kind"] == "api_key":
+            target = or_404(api_key_for_organization, organization=self.organization, api_key_id=kept["pk"])
+        elif kept["kind"] == "destination":
             target = or_404(destination_for_organization, organization=self.organization, destination_id=kept["pk"])
         else:
             target = or_404(source_for_organization, organization=self.organization, source_id=kept["pk"])
@@ -90,6 +96,8 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             # The provider's form asks for the URL and the secret together (GitHub's Payload URL and
             # Secret): both on the one page that can show the secret.
             context["ingest_url"] = ingest_url(target)
+        if kept["kind"] == "api_key":
+            context["api_base_url"] = f"{settings.PUBLIC_BASE_URL}{reverse('api:events').removesuffix('events')}"
         response = self.render_to_response(context)
         add_never_cache_headers(response)
         return response

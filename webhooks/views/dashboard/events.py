@@ -13,6 +13,7 @@ from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, ReplayForm
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.selectors import (
+    configured_signature_header,
     delivery_for_organization,
     event_detail_for_organization,
     event_page,
@@ -88,12 +89,6 @@ class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
         return context
 
 
-def _configured_signature_header(source) -> frozenset[str]:
-    """The header a tenant named for a configurable scheme (Generic HMAC's "header" option)."""
-    name = (source.options or {}).get("header")
-    return frozenset({name.lower()}) if isinstance(name, str) and name else frozenset()
-
-
 class EventDetailView(OrganizationMixin, TemplateView):
     template_name = "dashboard/event_detail.html"
 
@@ -107,7 +102,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
             headers=headers_for_viewer(
                 event.headers,
                 sees_signatures=self.has_role("admin"),
-                signature_headers=_configured_signature_header(event.source),
+                signature_headers=configured_signature_header(event.source),
             ),
             body=body,
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,

@@ -1,0 +1,114 @@
+"""API keys: made (the plaintext shown once), revoked and checked. Each change is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import ApiKey, Organization
+from .names import name_problem
+from .services import audit_record
+
+KEY_PREFIX = "hl"
+# 32 bytes from the operating system's generator: the secret part, of which only a hash is kept.
+SECRET_BYTES = 32
+PREFIX_BYTES = 5  # ten hex characters: enough to tell keys apart, not to guess one
+# last_used_at is written at most this often per key, so that a busy script costs no write per request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_KEY_SHAPE = re.compile(r"hl_([0-9a-f]{10})_([A-Za-z0-9_-]{43})")
+
+
+class ApiKeyError(ValueError):
+    """The presented key does not authenticate (message is safe to show)."""
+
+
+def _secret_hash(secret: str) -> str:
+    # The secret has 256 bits of randomness: a plain SHA-256 is enough, no slow hash is needed.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_key_create(
+    *, organization: Organization, name: str, access: str = ApiKey.Access.READ_ONLY, actor=None
+) -> tuple[ApiKey, str]:
+    """Make a key; returns it and its plaintext, which is never stored and cannot be shown again."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("the key needs a name")
+    if problem := name_problem(name):
+        raise ValidationError(problem)
+    max_length = ApiKey._meta.get_field("name").max_length
+    if len(name) > max_length:
+        raise ValidationError(f"the name is longer than {max_length} characters")
+    if access not in ApiKey.Access.values:
+        raise ValidationError(f"the access is one of {', '.join(ApiKey.Access.values)}")
+    for _ in range(5):  # a prefix already taken is redrawn
+        prefix, secret = secrets.token_hex(PREFIX_BYTES), secrets.token_urlsafe(SECRET_BYTES)
+        try:
+            with transaction.atomic():
+                key = ApiKey.objects.create(
+                    organization=organization,
+                    name=name,
+                    prefix=prefix,
+                    secret_hash=_secret_hash(secret),
+                    access=access,
+                    created_by=actor if getattr(actor, "is_authenticated", False) else None,
+                )
+                audit_record(
+                    action="api_key.created",
+                    organization=organization,
+                    actor=actor,
+                    target=key,
+                    changes={"name": name, "prefix": prefix, "access": access},
+                )
+        except IntegrityError:
+            continue
+        return key, f"{KEY_PREFIX}_{prefix}_{secret}"
+    raise RuntimeError("could not draw an unused key prefix")  # pragma: no cover - 2**40 prefixes
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, actor=None) -> ApiKey:
+    """Revoke a key for good; revoking one already revoked changes nothing and is not audited again."""
+    if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+        audit_record(
+            action="api_key.revoked",
+            organization=api_key.organization,
+            actor=actor,
+            target=api_key,
+            changes={"name": api_key.name, "prefix": api_key.prefix},
+        )
+    api_key.refresh_from_db()
+    return api_key
+
+
+def api_key_authenticate(*, key: str) -> ApiKey:
+    """The active key ``key`` stands for, with its organization; ApiKeyError otherwise.
+
+    A revoked key is told apart only once its secret matched: guessing learns nothing.
+    """
+    match = _KEY_SHAPE.fullmatch(key)
+    if match is None:
+        raise ApiKeyError("the key is malformed: API keys look like hl_<prefix>_<secret>")
+    prefix, secret = match.groups()
+    api_key = ApiKey.objects.select_related("organization").filter(prefix=prefix).first()
+    # Compared even when no key has the prefix, so that the answer takes as long either way.
+    stored = api_key.secret_hash if api_key is not None else "0" * 64
+    if not hmac.compare_digest(stored, _secret_hash(secret)) or api_key is None:
+        raise ApiKeyError("unknown API key")
+    if api_key.revoked_at is not None:
+        raise ApiKeyError("this API key has been revoked")
+    now = timezone.now()
+    if api_key.last_used_at is None or api_key.last_used_at < now - LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
+        ).update(last_used_at=now)
+        api_key.last_used_at = now
+    return api_key

@@ -1,0 +1,1 @@
+"""The tenant REST API under /api/v1/, authenticated by organization API keys."""

@@ -1,0 +1,174 @@
+"""What every API view shares: the key from the Authorization header, its access, its rate limit,
+and errors as JSON ``{"error", "detail"}``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.core.cache import cache
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import JsonResponse
+from django.utils.cache import add_never_cache_headers
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.renderers import JSONRenderer
+from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView, exception_handler
+
+from organizations.api_keys import ApiKeyError, api_key_authenticate
+from organizations.models import ApiKey, Organization
+
+logger = logging.getLogger(__name__)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer hl_…``. The organization comes from the key and nowhere else.
+
+    ``request.auth`` is the ApiKey; ``request.user`` stays anonymous, so nothing can take the key for a person.
+    """
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise exceptions.AuthenticationFailed(
+                "send the key as Authorization: Bearer hl_<prefix>_<secret>", code="invalid_api_key"
+            )
+        try:
+            api_key = api_key_authenticate(key=key.strip())
+        except ApiKeyError as exc:
+            raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from None
+        if not api_key.organization.is_active:
+            raise exceptions.PermissionDenied("this organization is suspended", code="organization_inactive")
+        return AnonymousUser(), api_key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
+
+
+class ApiKeyAccess(BasePermission):
+    """A key reads; only a read-write key changes anything."""
+
+    def has_permission(self, request, view):
+        if not isinstance(request.auth, ApiKey):
+            return False  # answered 401 with WWW-Authenticate
+        if request.method not in SAFE_METHODS and not request.auth.can_write:
+            raise exceptions.PermissionDenied("this API key is read-only", code="read_only_key")
+        return True
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """ "600/min" → (600, 60)."""
+    number, _, period = rate.partition("/")
+    return int(number), _PERIODS[period.strip()[:1]]
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    """At most settings.API_RATE_LIMIT requests per key and window, counted in the cache.
+
+    A fixed window counted with one atomic INCR, so that concurrent requests never both see the
+    last free slot. Without the cache the request is let through: the API reads PostgreSQL, and a
+    Redis outage should not take it down with it.
+    """
+
+    def allow_request(self, request, view):
+        limit, period = parse_rate(settings.API_RATE_LIMIT)
+        now = time.time()
+        window = int(now // period)
+        key = f"api:rate:{request.auth.pk}:{period}:{window}"
+        try:
+            cache.add(key, 0, timeout=period + 1)
+            count = cache.incr(key)
+        except (ConnectionInterrupted, RedisError, ValueError) as exc:
+            logger.warning("API rate limit not counted, the cache is unavailable: %s", exc)
+            return True
+        self.retry_after = max(1, int((window + 1) * period - now + 0.999))
+        return count <= limit
+
+    def wait(self):
+        return self.retry_after
+
+
+def api_exception_handler(exc, context):
+    """DRF's answer (status, WWW-Authenticate, Retry-After) in the shape ``{"error", "detail"}``."""
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError({"detail": exc.messages})
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"error": "invalid", "detail": "the request is not valid", "fields": exc.detail}
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = getattr(detail, "code", None) or "error"
+        response.data = {"error": _ERROR_NAMES.get(code, code), "detail": str(detail)}
+    return response
+
+
+# DRF's own codes, in the names this API documents.
+_ERROR_NAMES = {
+    "not_authenticated": "not_authenticated",
+    "authentication_failed": "invalid_api_key",
+    "permission_denied": "forbidden",
+    "not_found": "not_found",
+    "throttled": "rate_limited",
+    "method_not_allowed": "method_not_allowed",
+    "parse_error": "invalid_json",
+    "unsupported_media_type": "unsupported_media_type",
+}
+
+
+class Conflict(exceptions.APIException):
+    """The change cannot be made in the object's current state (409)."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
+class ApiView(APIView):
+    """The base of every /api/v1/ view: only API keys, JSON in and out, never cached."""
+
+    authentication_classes = (ApiKeyAuthentication,)
+    permission_classes = (ApiKeyAccess,)
+    throttle_classes = (ApiKeyRateThrottle,)
+    renderer_classes = (JSONRenderer,)
+    parser_classes = (JSONParser,)
+
+    def get_exception_handler(self):
+        return api_exception_handler
+
+    @property
+    def organization(self) -> Organization:
+        return self.request.auth.organization
+
+    @property
+    def api_key(self) -> ApiKey:
+        return self.request.auth
+
+    @property
+    def sees_everything(self) -> bool:
+        """Signature headers and full destination URLs: shown to read-write keys, as to admins in
+        the dashboard; a read-only key sees what a member sees."""
+        return self.api_key.can_write
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        add_never_cache_headers(response)
+        return response
+
+
+def json_not_found(request, *args, **kwargs):
+    """Any other path under /api/v1/: the API's 404, not the dashboard's HTML page."""
+    return JsonResponse({"error": "not_found", "detail": "no such endpoint"}, status=404)

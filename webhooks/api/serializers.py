@@ -1,0 +1,165 @@
+"""What the API shows of each object, under the same viewer rules as the dashboard.
+
+The view passes ``sees_everything`` in the context: a read-only key sees what a member sees
+(signature headers and destination URL paths hidden), a read-write key what an admin sees.
+Secrets are never shown, only their hints.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from rest_framework import serializers
+
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.selectors import (
+    DELIVERY_STATUS_RETRYING,
+    EVENT_STATUSES_FROM_DELIVERIES,
+    headers_for_viewer,
+    url_for_viewer,
+)
+from webhooks.services.sources import ingest_url
+
+MAX_DATABASE_ID = 2**63 - 1
+
+
+def body_for_api(body: bytes) -> dict[str, str]:
+    """The body as text when it is UTF-8, else base64; ``body_encoding`` says which."""
+    raw = bytes(body)
+    try:
+        return {"body": raw.decode("utf-8"), "body_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(raw).decode("ascii"), "body_encoding": "base64"}
+
+
+def _headers(headers, context, signature_headers=frozenset()) -> dict[str, str]:
+    return dict(
+        headers_for_viewer(
+            headers or {}, sees_signatures=context["sees_everything"], signature_headers=signature_headers
+        )
+    )
+
+
+class AttemptSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    attempt_number = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    response_status = serializers.IntegerField(allow_null=True)
+    response_body = serializers.CharField()
+    error = serializers.CharField()
+    request_headers = serializers.SerializerMethodField()
+
+    def get_request_headers(self, attempt) -> dict[str, str]:
+        return _headers(attempt.request_headers, self.context)
+
+
+class DeliverySummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    destination = serializers.IntegerField(source="destination_id")
+    status = serializers.CharField()
+    is_replay = serializers.BooleanField()
+    attempt_count = serializers.IntegerField()
+
+
+class DeliverySerializer(DeliverySummarySerializer):
+    event = serializers.UUIDField(source="event_id")
+    webhook_id = serializers.CharField(source="message_id")
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class DeliveryDetailSerializer(DeliverySerializer):
+    attempts = AttemptSerializer(many=True, source="attempts.all")
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    source = serializers.IntegerField(source="source_id")
+    provider_event_id = serializers.CharField(allow_null=True)
+    event_type = serializers.CharField()
+    status = serializers.CharField()
+    rejection_code = serializers.CharField()
+    duplicate_count = serializers.IntegerField()
+    received_at = serializers.DateTimeField()
+    processed_at = serializers.DateTimeField(allow_null=True)
+    deliveries = DeliverySummarySerializer(many=True, source="deliveries.all")
+
+
+class EventDetailSerializer(EventSerializer):
+    rejection_detail = serializers.CharField()
+    remote_ip = serializers.IPAddressField(allow_null=True)
+    headers = serializers.SerializerMethodField()
+    deliveries = DeliveryDetailSerializer(many=True, source="deliveries.all")
+
+    def get_headers(self, event) -> dict[str, str]:
+        return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
+
+    def to_representation(self, event):
+        data = super().to_representation(event)
+        data.update(body_for_api(event.body))
+        return data
+
+
+class SourceSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    provider = serializers.CharField()
+    is_active = serializers.BooleanField()
+    secret_hint = serializers.CharField()
+    ingest_url = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_ingest_url(self, source: Source) -> str:
+        return ingest_url(source)
+
+
+class SubscriptionSerializer(serializers.Serializer):
+    source = serializers.IntegerField(source="source_id")
+    event_types = serializers.ListField(child=serializers.CharField())
+
+
+class DestinationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    url = serializers.SerializerMethodField()
+    secret_hint = serializers.CharField()
+    is_active = serializers.BooleanField()
+    paused_at = serializers.DateTimeField(allow_null=True)
+    pause_reason = serializers.CharField()
+    timeout_seconds = serializers.FloatField()
+    max_concurrency = serializers.IntegerField()
+    rate_limit_per_second = serializers.IntegerField(allow_null=True)
+    retry_client_errors = serializers.BooleanField()
+    subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
+    created_at = serializers.DateTimeField()
+
+    def get_url(self, destination: Destination) -> str:
+        return url_for_viewer(destination.url, sees_full=self.context["sees_everything"])
+
+
+# --- Query parameters and request bodies ---------------------------------------------
+
+
+class EventFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
+    )
+    source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    event_type = serializers.CharField(max_length=1000, required=False)
+    provider_event_id = serializers.CharField(max_length=255, required=False)
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
+
+
+class DeliveryFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    event = serializers.UUIDField(required=False)
+
+
+class ReplaySerializer(serializers.Serializer):
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID)

@@ -1,0 +1,240 @@
+"""The /api/v1/ endpoints: each reads through a tenant selector or calls a service, nothing more."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import Prefetch
+from rest_framework import exceptions
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from webhooks.models import Subscription
+from webhooks.selectors import (
+    EventFilters,
+    configured_signature_header,
+    deliveries_for_organization,
+    delivery_detail_for_organization,
+    delivery_for_organization,
+    destination_for_organization,
+    destinations_for_organization,
+    event_detail_for_organization,
+    event_for_organization,
+    events_for_api,
+    source_for_organization,
+    sources_for_organization,
+)
+from webhooks.services.delivery import DeliveryRetryError
+from webhooks.services.destinations import (
+    destination_replay_event,
+    destination_retry_delivery,
+    destination_set_paused,
+)
+from webhooks.services.operations import NothingToDo, OperationError
+
+from . import serializers
+from .authentication import ApiView, Conflict
+
+_DATABASE_ID = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: a bigint column never overflows
+
+
+def _int_id(text: str) -> int:
+    if not _DATABASE_ID.fullmatch(text):
+        raise exceptions.NotFound("not found")
+    return int(text)
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise exceptions.NotFound("not found") from None
+
+
+def _found(lookup, **kwargs):
+    """A tenant selector's object; another organization's is as unknown as one that never existed."""
+    try:
+        return lookup(**kwargs)
+    except ObjectDoesNotExist:
+        raise exceptions.NotFound("not found") from None
+
+
+class NewestFirst(CursorPagination):
+    """Keyset pages on the time-ordered id: a page never shifts when new rows arrive."""
+
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 200
+
+
+class OldestFirst(NewestFirst):
+    ordering = "id"
+
+
+class ApiObjectView(ApiView):
+    def show(self, serializer_class, instance, status=200, **context):
+        data = serializer_class(instance, context={"sees_everything": self.sees_everything, **context}).data
+        return Response(data, status=status)
+
+
+class ApiListView(ApiObjectView):
+    pagination_class = NewestFirst
+    serializer_class = None
+    filter_serializer_class = None
+
+    def get_queryset(self, filters: dict):
+        raise NotImplementedError
+
+    def get(self, request):
+        filters = {}
+        if self.filter_serializer_class is not None:
+            given = self.filter_serializer_class(data=request.query_params)
+            given.is_valid(raise_exception=True)
+            filters = given.validated_data
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(self.get_queryset(filters), request, view=self)
+        data = self.serializer_class(page, many=True, context={"sees_everything": self.sees_everything}).data
+        return paginator.get_paginated_response(data)
+
+
+class EventListView(ApiListView):
+    serializer_class = serializers.EventSerializer
+    filter_serializer_class = serializers.EventFilterSerializer
+
+    def get_queryset(self, filters):
+        return events_for_api(
+            organization=self.organization,
+            filters=EventFilters(
+                status=filters.get("status", ""),
+                source_id=filters.get("source"),
+                event_type=filters.get("event_type", ""),
+                provider_event_id=filters.get("provider_event_id", ""),
+                since=filters.get("received_after"),
+                until=filters.get("received_before"),
+            ),
+        )
+
+
+class EventDetailView(ApiObjectView):
+    def get(self, request, event_id: str):
+        event = _found(event_detail_for_organization, organization=self.organization, event_id=_uuid(event_id))
+        return self.show(
+            serializers.EventDetailSerializer, event, signature_headers=configured_signature_header(event.source)
+        )
+
+
+class EventReplayView(ApiObjectView):
+    def post(self, request, event_id: str):
+        event = _found(event_for_organization, organization=self.organization, event_id=_uuid(event_id))
+        given = serializers.ReplaySerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        try:
+            destination = destination_for_organization(
+                organization=self.organization, destination_id=given.validated_data["destination"]
+            )
+        except ObjectDoesNotExist:
+            raise exceptions.ValidationError({"destination": ["no such destination"]}) from None
+        try:
+            delivery = destination_replay_event(event=event, destination=destination, actor=self.api_key)
+        except OperationError as exc:
+            raise Conflict(str(exc)) from None
+        return self.show(serializers.DeliverySerializer, delivery, status=202)
+
+
+class DeliveryListView(ApiListView):
+    serializer_class = serializers.DeliverySerializer
+    filter_serializer_class = serializers.DeliveryFilterSerializer
+
+    def get_queryset(self, filters):
+        return deliveries_for_organization(
+            organization=self.organization,
+            status=filters.get("status", ""),
+            destination_id=filters.get("destination"),
+            event_id=filters.get("event"),
+        )
+
+
+class DeliveryDetailView(ApiObjectView):
+    def get(self, request, delivery_id: str):
+        delivery = _found(
+            delivery_detail_for_organization, organization=self.organization, delivery_id=_uuid(delivery_id)
+        )
+        return self.show(serializers.DeliveryDetailSerializer, delivery)
+
+
+class DeliveryRetryView(ApiObjectView):
+    def post(self, request, delivery_id: str):
+        delivery = _found(delivery_for_organization, organization=self.organization, delivery_id=_uuid(delivery_id))
+        try:
+            delivery = destination_retry_delivery(delivery=delivery, actor=self.api_key)
+        except DeliveryRetryError as exc:
+            raise Conflict(str(exc)) from None
+        return self.show(serializers.DeliverySerializer, delivery, status=202)
+
+
+# Lists show hints only: loading the encrypted secret columns would decrypt them row by row.
+_SECRET_COLUMNS = ("secret", "previous_secret")
+
+
+class SourceListView(ApiListView):
+    serializer_class = serializers.SourceSerializer
+    pagination_class = OldestFirst
+
+    def get_queryset(self, filters):
+        return sources_for_organization(organization=self.organization).defer(*_SECRET_COLUMNS)
+
+
+class SourceDetailView(ApiObjectView):
+    def get(self, request, source_id: str):
+        source = _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
+        return self.show(serializers.SourceSerializer, source)
+
+
+def _with_subscriptions(destinations):
+    return destinations.defer(*_SECRET_COLUMNS).prefetch_related(
+        Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id"))
+    )
+
+
+class DestinationListView(ApiListView):
+    serializer_class = serializers.DestinationSerializer
+    pagination_class = OldestFirst
+
+    def get_queryset(self, filters):
+        return _with_subscriptions(destinations_for_organization(organization=self.organization))
+
+
+class DestinationLookup:
+    def destination(self, destination_id: str):
+        return _found(
+            _with_subscriptions(destinations_for_organization(organization=self.organization)).get,
+            pk=_int_id(destination_id),
+        )
+
+
+class DestinationDetailView(DestinationLookup, ApiObjectView):
+    def get(self, request, destination_id: str):
+        return self.show(serializers.DestinationSerializer, self.destination(destination_id))
+
+
+class DestinationPauseView(DestinationLookup, ApiObjectView):
+    paused = True
+
+    def post(self, request, destination_id: str):
+        destination = self.destination(destination_id)
+        try:
+            destination_set_paused(
+                destination=destination, paused=self.paused, actor=self.api_key, reason="paused through the API"
+            )
+        except NothingToDo:
+            pass  # paused (or running) already: a script that repeats itself gets the same answer
+        except OperationError:
+            raise exceptions.NotFound("not found") from None  # deleted meanwhile
+        return self.show(serializers.DestinationSerializer, self.destination(destination_id))
+
+
+class DestinationResumeView(DestinationPauseView):
+    paused = False

@@ -1,0 +1,147 @@
+"""The REST API's door: bearer keys only, JSON errors, read-only keys, suspended tenants, rate limits."""
+
+import pytest
+from django.test import Client
+
+from conftest import UserFactory
+from organizations.api_keys import api_key_revoke
+from organizations.models import ApiKey, AuditLog, Membership
+from webhooks.models import Delivery
+
+from .api_helpers import api_get, api_post, make_delivery, make_event, make_key
+from .factories import make_destination, make_source
+
+
+def _assert_json_error(response, status, error):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["error"] == error and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer not-a-key",
+        "Bearer hl_0123456789_" + "A" * 43,  # well formed, unknown
+        "Token hl_0123456789_" + "A" * 43,
+    ],
+)
+def test_missing_malformed_and_unknown_keys_get_401_with_www_authenticate(client, organization, header):
+    make_key(organization)
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
+    response = client.get("/api/v1/events", **extra)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert response.json()["error"] in ("not_authenticated", "invalid_api_key")
+    assert response.json()["detail"]
+
+
+def test_a_revoked_key_gets_401(client, organization):
+    api_key, key = make_key(organization)
+    assert api_get(client, key, "/api/v1/events").status_code == 200
+    api_key_revoke(api_key=api_key)
+    body = _assert_json_error(api_get(client, key, "/api/v1/events"), 401, "invalid_api_key")
+    assert "revoked" in body["detail"]
+
+
+def test_a_suspended_organization_gets_403(client, organization):
+    _, key = make_key(organization)
+    organization.is_active = False
+    organization.save()
+    _assert_json_error(api_get(client, key, "/api/v1/events"), 403, "organization_inactive")
+
+
+def test_a_dashboard_session_is_not_an_api_credential(client, owner):
+    client.force_login(owner)
+    response = client.get("/api/v1/events")
+    assert response.status_code == 401
+
+
+def test_a_read_only_key_reads_but_changes_nothing(client, organization):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    delivery = make_delivery(make_event(source), destination)
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    assert api_get(client, key, f"/api/v1/deliveries/{delivery.pk}").status_code == 200
+    before = AuditLog.objects.count()
+    for path in (
+        f"/api/v1/deliveries/{delivery.pk}/retry",
+        f"/api/v1/destinations/{destination.pk}/pause",
+        f"/api/v1/events/{delivery.event_id}/replay",
+    ):
+        _assert_json_error(api_post(client, key, path, {"destination": destination.pk}), 403, "read_only_key")
+    delivery.refresh_from_db()
+    destination.refresh_from_db()
+    assert delivery.status == Delivery.Status.DEAD and destination.paused_at is None
+    assert AuditLog.objects.count() == before
+
+
+def test_bearer_requests_need_no_csrf_token(organization):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    _, key = make_key(organization)
+    strict = Client(enforce_csrf_checks=True)
+    response = api_post(strict, key, f"/api/v1/destinations/{destination.pk}/pause")
+    assert response.status_code == 200, response.content
+
+
+def test_each_key_is_rate_limited_on_its_own(client, organization, settings):
+    settings.API_RATE_LIMIT = "3/min"
+    _, key = make_key(organization, name="busy")
+    _, other_key = make_key(organization, name="quiet")
+    for _ in range(3):
+        assert api_get(client, key, "/api/v1/sources").status_code == 200
+    response = api_get(client, key, "/api/v1/sources")
+    _assert_json_error(response, 429, "rate_limited")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert api_get(client, other_key, "/api/v1/sources").status_code == 200
+
+
+def test_without_the_cache_requests_are_not_refused(client, organization, settings):
+    from conftest import REDIS_DOWN_CACHES
+
+    _, key = make_key(organization)
+    settings.CACHES = REDIS_DOWN_CACHES
+    assert api_get(client, key, "/api/v1/sources").status_code == 200
+
+
+def test_unknown_paths_and_methods_answer_json(client, organization):
+    _, key = make_key(organization)
+    _assert_json_error(api_get(client, key, "/api/v1/nothing/here"), 404, "not_found")
+    _assert_json_error(api_post(client, key, "/api/v1/events"), 405, "method_not_allowed")
+    response = client.post(
+        "/api/v1/destinations/1/pause", "{not json", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code in (400, 404)  # never a 500
+
+
+def test_api_responses_are_never_cached(client, organization):
+    _, key = make_key(organization)
+    assert "no-store" in api_get(client, key, "/api/v1/events")["Cache-Control"]
+
+
+def test_a_key_belongs_to_the_organization_not_to_who_made_it(client, organization):
+    # Keys are the organization's, not a person's: removing the member who made one does not matter,
+    # and the person's role never widens what the key may do.
+    user = UserFactory(email="leaving@acme.example")
+    membership = Membership.objects.create(user=user, organization=organization, role=Membership.Role.ADMIN)
+    from organizations.api_keys import api_key_create
+
+    _, key = api_key_create(organization=organization, name="by-admin", access=ApiKey.Access.READ_ONLY, actor=user)
+    membership.delete()
+    assert api_get(client, key, "/api/v1/events").status_code == 200
+
+
+def test_a_trailing_slash_is_optional(client, organization):
+    _, key = make_key(organization)
+    source = make_source(organization)
+    assert api_get(client, key, "/api/v1/sources/").status_code == 200
+    assert api_get(client, key, f"/api/v1/sources/{source.pk}/").json()["id"] == source.pk
+    assert api_get(client, key, "/api/v1/sources//").status_code == 404

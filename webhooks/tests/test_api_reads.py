@@ -1,0 +1,272 @@
+"""The REST API's reads: every list and object, filters, cursor pages, viewer rules and tenancy."""
+
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from organizations.models import ApiKey
+from webhooks.models import Delivery, WebhookEvent
+
+from .api_helpers import api_get, make_delivery, make_event, make_key
+from .factories import STRIPE_SECRET, make_destination, make_source
+
+SECRET_URL = "http://127.0.0.1:9/services/T000/B000/secret-path?token=abc"
+
+
+@pytest.fixture
+def world(organization):
+    source = make_source(organization, name="Stripe live")
+    destination, destination_secret = make_destination(organization, SECRET_URL, sources=[source])
+    event = make_event(
+        source,
+        provider_event_id="evt_1",
+        headers={"content-type": "application/json", "stripe-signature": "t=1,v1=abc"},
+    )
+    delivery = make_delivery(event, destination)
+    return {
+        "source": source,
+        "destination": destination,
+        "destination_secret": destination_secret,
+        "event": event,
+        "delivery": delivery,
+    }
+
+
+@pytest.fixture
+def writer_key(organization):
+    return make_key(organization, access=ApiKey.Access.READ_WRITE)[1]
+
+
+@pytest.fixture
+def reader_key(organization):
+    return make_key(organization, access=ApiKey.Access.READ_ONLY, name="reader")[1]
+
+
+def test_event_list_shows_events_with_their_deliveries(client, world, reader_key):
+    body = api_get(client, reader_key, "/api/v1/events").json()
+    assert body["previous"] is None and body["next"] is None
+    [item] = body["results"]
+    assert item["id"] == str(world["event"].pk)
+    assert item["source"] == world["source"].pk and item["provider_event_id"] == "evt_1"
+    assert item["deliveries"] == [
+        {
+            "id": str(world["delivery"].pk),
+            "destination": world["destination"].pk,
+            "status": "dead",
+            "is_replay": False,
+            "attempt_count": 1,
+        }
+    ]
+    assert "body" not in item and "headers" not in item
+
+
+def test_event_list_filters(client, organization, world, reader_key):
+    source = world["source"]
+    other_source = make_source(organization, name="Second")
+    now = timezone.now()
+    old = make_event(
+        source, event_type="customer.created", provider_event_id="evt_old", received_at=now - timedelta(days=2)
+    )
+    rejected = make_event(other_source, event_type="", status=WebhookEvent.Status.REJECTED)
+
+    def ids(**params):
+        response = api_get(client, reader_key, "/api/v1/events", **params)
+        assert response.status_code == 200, response.content
+        return {item["id"] for item in response.json()["results"]}
+
+    event = str(world["event"].pk)
+    assert ids() == {event, str(old.pk), str(rejected.pk)}
+    assert ids(status="rejected") == {str(rejected.pk)}
+    assert ids(status="failed") == {event}  # one of its deliveries is dead
+    assert ids(source=other_source.pk) == {str(rejected.pk)}
+    assert ids(event_type="invoice.*") == {event}
+    assert ids(event_type="customer") == {str(old.pk)}
+    assert ids(provider_event_id="evt_old") == {str(old.pk)}
+    assert ids(received_before=(now - timedelta(days=1)).isoformat()) == {str(old.pk)}
+    assert ids(received_after=(now - timedelta(days=1)).isoformat()) == {event, str(rejected.pk)}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"status": "lost"}, {"source": "abc"}, {"source": "99999999999999999999"}, {"received_after": "yesterday"}],
+)
+def test_event_list_refuses_bad_filters_with_400(client, organization, reader_key, params):
+    response = api_get(client, reader_key, "/api/v1/events", **params)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid" and set(response.json()["fields"]) == set(params)
+
+
+def test_event_pages_are_stable_while_new_events_arrive(client, organization, reader_key):
+    source = make_source(organization)
+    start = timezone.now() - timedelta(minutes=10)
+    first_five = [make_event(source, received_at=start + timedelta(seconds=n)) for n in range(5)]
+    seen = []
+    response = api_get(client, reader_key, "/api/v1/events", limit=2).json()
+    seen += [item["id"] for item in response["results"]]
+    for _ in range(3):  # newer events arrive between the pages
+        make_event(source)
+    while response["next"]:
+        response = client.get(response["next"], HTTP_AUTHORIZATION=f"Bearer {reader_key}").json()
+        seen += [item["id"] for item in response["results"]]
+    assert seen == [str(event.pk) for event in reversed(first_five)]  # newest first, each once
+
+
+def test_event_detail_utf8_body_headers_and_attempts(client, world, reader_key, writer_key):
+    path = f"/api/v1/events/{world['event'].pk}"
+    as_reader = api_get(client, reader_key, path).json()
+    assert as_reader["body"] == '{"id": "evt_1", "type": "invoice.paid"}' and as_reader["body_encoding"] == "utf-8"
+    assert as_reader["headers"]["content-type"] == "application/json"
+    assert as_reader["headers"]["stripe-signature"] != "t=1,v1=abc"  # hidden, as from members
+    [delivery] = as_reader["deliveries"]
+    [attempt] = delivery["attempts"]
+    assert attempt["response_status"] == 503 and attempt["response_body"] == "upstream unavailable"
+    assert attempt["request_headers"]["webhook-signature"] != "v1,c2lnbmVk"
+    as_writer = api_get(client, writer_key, path).json()
+    assert as_writer["headers"]["stripe-signature"] == "t=1,v1=abc"
+    assert as_writer["deliveries"][0]["attempts"][0]["request_headers"]["webhook-signature"] == "v1,c2lnbmVk"
+
+
+def test_event_detail_gives_a_binary_body_in_base64(client, organization, reader_key):
+    raw = b"\x00\xff\xfe binary \x80"
+    event = make_event(make_source(organization), body=raw)
+    data = api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()
+    assert data["body_encoding"] == "base64" and base64.b64decode(data["body"]) == raw
+
+
+def test_delivery_list_filters_and_detail(client, organization, world, reader_key):
+    second_event = make_event(world["source"], provider_event_id="evt_2")
+    succeeded = make_delivery(second_event, world["destination"], status=Delivery.Status.SUCCEEDED)
+    other_destination, _ = make_destination(organization, "http://127.0.0.1:9/other", sources=[world["source"]])
+    pending = make_delivery(second_event, other_destination, status=Delivery.Status.PENDING, attempts=0)
+
+    def ids(**params):
+        response = api_get(client, reader_key, "/api/v1/deliveries", **params)
+        assert response.status_code == 200, response.content
+        return [item["id"] for item in response.json()["results"]]
+
+    assert ids() == [str(pending.pk), str(succeeded.pk), str(world["delivery"].pk)]
+    assert ids(status="dead") == [str(world["delivery"].pk)]
+    assert ids(destination=other_destination.pk) == [str(pending.pk)]
+    assert ids(event=str(second_event.pk)) == [str(pending.pk), str(succeeded.pk)]
+    assert api_get(client, reader_key, "/api/v1/deliveries", status="lost").status_code == 400
+    detail = api_get(client, reader_key, f"/api/v1/deliveries/{world['delivery'].pk}").json()
+    assert detail["status"] == "dead" and detail["webhook_id"] == str(world["event"].pk)
+    assert [attempt["attempt_number"] for attempt in detail["attempts"]] == [1]
+
+
+def test_sources_show_the_hint_and_ingest_url_never_the_secret(client, world, writer_key):
+    source = world["source"]
+    response = api_get(client, writer_key, "/api/v1/sources")
+    assert STRIPE_SECRET not in response.content.decode()
+    [item] = response.json()["results"]
+    assert item["secret_hint"] == source.secret_hint and item["provider"] == "stripe"
+    assert item["ingest_url"] == f"http://testserver/in/{source.ingest_token}/"
+    detail = api_get(client, writer_key, f"/api/v1/sources/{source.pk}")
+    assert detail.json() == item and STRIPE_SECRET not in detail.content.decode()
+
+
+def test_destinations_never_show_the_secret_and_cut_the_url_for_read_only_keys(client, world, reader_key, writer_key):
+    destination = world["destination"]
+    for key in (reader_key, writer_key):
+        for path in ("/api/v1/destinations", f"/api/v1/destinations/{destination.pk}"):
+            assert world["destination_secret"] not in api_get(client, key, path).content.decode()
+    as_reader = api_get(client, reader_key, f"/api/v1/destinations/{destination.pk}").json()
+    assert as_reader["url"] == "http://127.0.0.1:9/…"
+    assert as_reader["subscriptions"] == [{"source": world["source"].pk, "event_types": []}]
+    [listed] = api_get(client, reader_key, "/api/v1/destinations").json()["results"]
+    assert listed["url"] == "http://127.0.0.1:9/…"
+    as_writer = api_get(client, writer_key, f"/api/v1/destinations/{destination.pk}").json()
+    assert as_writer["url"] == SECRET_URL and as_writer["secret_hint"] == destination.secret_hint
+
+
+def test_a_key_never_reaches_another_organizations_rows(client, organization, other_organization, world):
+    theirs_source = make_source(other_organization, name="Theirs")
+    theirs_destination, _ = make_destination(other_organization, "http://127.0.0.1:9/theirs", sources=[theirs_source])
+    theirs_event = make_event(theirs_source, provider_event_id="evt_theirs")
+    theirs_delivery = make_delivery(theirs_event, theirs_destination)
+    _, our_key = make_key(organization)
+    for path in (
+        f"/api/v1/events/{theirs_event.pk}",
+        f"/api/v1/deliveries/{theirs_delivery.pk}",
+        f"/api/v1/sources/{theirs_source.pk}",
+        f"/api/v1/destinations/{theirs_destination.pk}",
+    ):
+        response = api_get(client, our_key, path)
+        assert response.status_code == 404 and response.json()["error"] == "not_found", path
+    lists = {
+        "/api/v1/events": {"source": theirs_source.pk},
+        "/api/v1/deliveries": {"destination": theirs_destination.pk},
+    }
+    for path in ("/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"):
+        for params in ({}, lists.get(path, {})):
+            content = api_get(client, our_key, path, **params).content.decode()
+            assert "theirs" not in content.lower() and str(theirs_event.pk) not in content
+    assert api_get(client, our_key, "/api/v1/events", provider_event_id="evt_theirs").json()["results"] == []
+    # And the other organization's key sees only its own.
+    _, their_key = make_key(other_organization)
+    [only] = api_get(client, their_key, "/api/v1/events").json()["results"]
+    assert only["id"] == str(theirs_event.pk)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/events/not-a-uuid",
+        "/api/v1/events/123",
+        "/api/v1/deliveries/%00",
+        "/api/v1/deliveries/00000000-0000-0000-0000-000000000000",
+        "/api/v1/sources/abc",
+        "/api/v1/sources/-1",
+        "/api/v1/sources/0",
+        "/api/v1/sources/99999999999999999999",
+        "/api/v1/sources/1.5",
+        "/api/v1/destinations/9223372036854775808",
+        "/api/v1/destinations/%D9%A3",  # an Arabic-Indic digit
+    ],
+)
+def test_malformed_or_unknown_ids_are_404_never_500(client, organization, path):
+    _, key = make_key(organization)
+    response = api_get(client, key, path)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_an_invalid_cursor_is_not_a_500(client, organization, reader_key):
+    response = api_get(client, reader_key, "/api/v1/events", cursor="garbage")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+
+    def queries(path):
+        with CaptureQueriesContext(connection) as captured:
+            assert api_get(client, reader_key, path).status_code == 200
+        return len(captured)
+
+    make_delivery(make_event(source), destination)
+    api_get(client, reader_key, "/api/v1/sources")  # the key's last use is written once a minute: not here
+    few = {path: queries(path) for path in ("/api/v1/events", "/api/v1/deliveries", "/api/v1/destinations")}
+    for _ in range(10):
+        make_delivery(make_event(source), destination)
+        make_destination(organization, "http://127.0.0.1:9/more", sources=[source])
+    many = {path: queries(path) for path in few}
+    assert many == few
+
+
+def test_what_happened_to_webhook_x_for_a_webhook_received_through_ingest(client, organization, reader_key):
+    from .dashboard_helpers import ingest_stripe
+
+    source = make_source(organization)
+    event_id = ingest_stripe(client, source, "evt_through_ingest", "charge.refunded")
+    [found] = api_get(client, reader_key, "/api/v1/events", provider_event_id="evt_through_ingest").json()["results"]
+    assert found["id"] == event_id and found["event_type"] == "charge.refunded" and found["source"] == source.pk
+    detail = api_get(client, reader_key, f"/api/v1/events/{event_id}").json()
+    assert detail["body"] == json.dumps({"id": "evt_through_ingest", "object": "event", "type": "charge.refunded"})
+    assert detail["headers"]["Stripe-Signature"] == "(a signature: shown to admins and owners)"
