@@ -52,7 +52,7 @@ def destination_resume(*, destination: Destination, actor=None) -> Destination:
     """Resume a paused destination: what queued up is sent in order of arrival, at its rate limit."""
     now = timezone.now()
     Destination.objects.filter(pk=destination.pk).update(
-        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None
+        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None, pause_notice_due_at=None
     )
     # Same due time for all: the dispatcher's (next_attempt_at, id) order is then arrival order.
     waiting = Delivery.objects.filter(destination=destination, status=Delivery.Status.PENDING).update(
