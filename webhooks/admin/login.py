@@ -51,6 +51,8 @@ def admin_password_check(
     try:
         attempt = sign_in.admin_password_attempt(email=username, ip_address=ip_address, device=device)
     except sign_in.SignInUnavailable:
+        attempt = None
+    if attempt is None:
         with transaction.atomic():
             lock_sign_in_failures(username=username, ip_address=ip_address, device=device)
             yield _refused_until_by_the_audit_log(username=username, ip_address=ip_address, device=device)
