@@ -78,7 +78,8 @@ def alert_destination_paused(destination_id: int, now=None) -> bool:
     )
     message.attach_alternative(render_to_string("emails/destination_paused.html", context), "text/html")
     message.send()
-    ours.update(pause_notice_due_at=None, last_alerted_at=now)
+    Destination.objects.filter(pk=destination_id).update(last_alerted_at=now)
+    ours.update(pause_notice_due_at=None)  # unless a pause since (resumed and paused again) owes its own
     return True
 
 
