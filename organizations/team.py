@@ -19,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -535,6 +535,37 @@ def audit_sign_in_throttled(
 
 def _device_digest(device: str) -> str:
     return hashlib.sha256(f"admin-device:{device}".encode()).hexdigest()[:32]
+
+
+# Namespaces of the advisory locks that serialize counting a network's or an address's refused
+# passwords with recording the next one (the two-key form: apart from the audit chain's lock, and a
+# network's key can never be an address's).
+_SIGN_IN_NETWORK_LOCK_SPACE = 0x686C706E  # "hlpn"
+_SIGN_IN_ADDRESS_LOCK_SPACE = 0x686C7061  # "hlpa"
+
+
+def lock_sign_in_failures(*, username: str | None, ip_address: str | None, device: str | None = None) -> None:
+    """Until the caller's transaction ends, hold what sign_in_failure_times counts for this network
+    and this address (or this known browser of it), so that a count, the password check it allows
+    and the recording of its failure happen for one attempt at a time.
+
+    Without it, concurrent guesses all count the failures recorded so far, all pass, and together
+    get more passwords checked than the limit. Call it inside a transaction; the network first, then
+    the address, in every caller, so that two attempts cannot wait for each other. SQLite (the
+    embedded mode) needs none: its transactions begin IMMEDIATE, one writer at a time.
+    """
+    connection = connections[AuditLog.objects.db]
+    if connection.vendor != "postgresql":
+        return
+    subjects = [(_SIGN_IN_NETWORK_LOCK_SPACE, ip_address or "")]
+    email = _typed_address(username)
+    if email is not None:  # another name is not counted per address (sign_in_failure_times)
+        subject = f"device:{_device_digest(device)}" if device is not None else f"address:{email}"
+        subjects.append((_SIGN_IN_ADDRESS_LOCK_SPACE, subject))
+    with connection.cursor() as cursor:
+        for space, subject in subjects:
+            key = int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "big", signed=True)
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [space, key])
 
 
 def sign_in_failure_times(

@@ -41,6 +41,11 @@ class Destination(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     last_alerted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # An automatic pause owes its admins an email: set with the pause, in its transaction, and cleared
+    # once the email is sent (webhooks.services.alerts). The sweeper sends what is due and still owed,
+    # so that a COMMIT whose reply was lost, or a worker gone before its after-commit step, only
+    # delays the email. Moved ahead while one sender has it: another leaves it alone meanwhile.
+    pause_notice_due_at = models.DateTimeField(null=True, blank=True, editable=False)
     dead_digest_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     sources = models.ManyToManyField("webhooks.Source", through="webhooks.Subscription", related_name="destinations")
     created_at = models.DateTimeField(default=timezone.now)

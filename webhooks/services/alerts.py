@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -20,6 +21,8 @@ from webhooks.selectors import EVENT_STATUS_FAILED
 from .dashboard_stats import destination_health
 from .delivery import INACTIVE_DESTINATION_ERROR
 
+logger = logging.getLogger(__name__)
+
 
 def organization_admin_emails(organization_id: int) -> list[str]:
     return list(
@@ -31,19 +34,35 @@ def organization_admin_emails(organization_id: int) -> list[str]:
     )
 
 
-def alert_destination_paused(destination_id: int) -> bool:
-    """Email the admins that a destination was paused; at most once per ALERT_INTERVAL per destination."""
-    now = timezone.now()
-    interval = timedelta(seconds=settings.ALERT_INTERVAL_SECONDS)
-    # The conditional update is the once-per-interval guard, even with several workers.
-    claimed = (
-        Destination.objects.filter(pk=destination_id)
-        .filter(Q(last_alerted_at__isnull=True) | Q(last_alerted_at__lt=now - interval))
-        .update(last_alerted_at=now)
+# How long a sender holds an owed pause notice before the sweeper may take it over: its email went
+# out or failed within that time, or its process is gone (then the email may go out twice, never not).
+PAUSE_NOTICE_HOLD = timedelta(minutes=10)
+
+
+def alert_destination_paused(destination_id: int, now=None) -> bool:
+    """Send the email that an automatic pause owes the organization's admins, if it is due and still
+    owed (Destination.pause_notice_due_at); True if it was sent.
+
+    Called after the pause's commit and by the sweeper: the one that moves the owed notice's due time
+    ahead sends it, the other finds it no longer due. It is cleared once sent, or when there is nothing
+    to say: the destination was resumed meanwhile, or its admins had a pause email within
+    ALERT_INTERVAL_SECONDS. An email that failed stays owed and is tried again after PAUSE_NOTICE_HOLD.
+    """
+    now = now or timezone.now()
+    held_until = now + PAUSE_NOTICE_HOLD
+    claimed = Destination.objects.filter(pk=destination_id, pause_notice_due_at__lte=now).update(
+        pause_notice_due_at=held_until
     )
     if not claimed:
         return False
+    ours = Destination.objects.filter(pk=destination_id, pause_notice_due_at=held_until)
     destination = Destination.objects.select_related("organization").get(pk=destination_id)
+    interval = timedelta(seconds=settings.ALERT_INTERVAL_SECONDS)
+    if destination.paused_at is None or (
+        destination.last_alerted_at is not None and destination.last_alerted_at > now - interval
+    ):
+        ours.update(pause_notice_due_at=None)
+        return False
     context = {
         "destination": destination,
         "organization_name": destination.organization.name,
@@ -59,7 +78,23 @@ def alert_destination_paused(destination_id: int) -> bool:
     )
     message.attach_alternative(render_to_string("emails/destination_paused.html", context), "text/html")
     message.send()
+    Destination.objects.filter(pk=destination_id).update(last_alerted_at=now)
+    ours.update(pause_notice_due_at=None)  # unless a pause since (resumed and paused again) owes its own
     return True
+
+
+def send_owed_pause_emails(now=None, *, most: int = 100) -> int:
+    """The sweeper's part: send the pause emails still owed (their after-commit step never ran, or
+    their email failed), the longest owed first; how many were sent."""
+    now = now or timezone.now()
+    owed = Destination.objects.filter(pause_notice_due_at__lte=now).order_by("pause_notice_due_at")
+    sent = 0
+    for destination_id in owed.values_list("pk", flat=True)[:most]:
+        try:
+            sent += alert_destination_paused(destination_id, now=now)
+        except Exception:  # one destination's mail trouble must not hold back the others
+            logger.exception("could not send the paused-destination alert of destination %s", destination_id)
+    return sent
 
 
 def send_dead_letter_digests(now=None) -> int:

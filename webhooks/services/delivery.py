@@ -827,11 +827,14 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
     )
     if tripped:
         destination.paused_at = now
+        destination.pause_notice_due_at = now  # sent after the commit, else by the sweeper
         destination.pause_reason = (
             f"paused automatically after {destination.consecutive_failures} consecutive failed attempts "
             f"since {destination.failing_since:%Y-%m-%d %H:%M} UTC"
         )
-    destination.save(update_fields=["consecutive_failures", "failing_since", "paused_at", "pause_reason"])
+    destination.save(
+        update_fields=["consecutive_failures", "failing_since", "paused_at", "pause_reason", "pause_notice_due_at"]
+    )
     if tripped:
         audit_record(
             action="destination.paused",

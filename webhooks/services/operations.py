@@ -76,7 +76,7 @@ def destination_resume(*, destination: Destination, actor=None) -> Destination:
     """
     now = timezone.now()
     resumed = Destination.objects.filter(pk=destination.pk, paused_at__isnull=False).update(
-        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None
+        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None, pause_notice_due_at=None
     )
     if not resumed:
         raise _unchanged(destination, "the destination is not paused")

@@ -11,8 +11,10 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.core import serializers
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -342,6 +344,47 @@ def test_counts_kept_while_the_cache_was_down_do_not_carry_over_when_it_is_back(
     settings.CACHES = caches
 
     assert accepted(log_in(ROOT, ROOT_PASSWORD)[1])
+
+
+@pytest.mark.django_db(transaction=True)  # each guess its own connection and transaction, as in production
+@pytest.mark.parametrize("limited", ["address", "network"])
+def test_with_the_cache_down_concurrent_guesses_get_no_more_password_checks_than_the_limit(
+    root, limited, limits, settings, clock, monkeypatch
+):
+    # Counted from the audit log, a guess must not pass the count before the one ahead of it is
+    # recorded: all of them at once would otherwise each see the failures recorded so far and pass.
+    settings.CACHES = REDIS_DOWN_CACHES
+    guesses = 12
+    checks = []
+    check_password = ModelBackend.authenticate
+
+    def slow_check(backend, request, username=None, password=None, **kwargs):
+        checks.append(username)
+        time.sleep(0.05)  # as long as a real password hash takes, more or less: the guesses overlap
+        return check_password(backend, request, username=username, password=password, **kwargs)
+
+    monkeypatch.setattr(ModelBackend, "authenticate", slow_check)
+    barrier = threading.Barrier(guesses)
+
+    def guess(number):
+        # Another network per guess at one address, or another address per guess from one network.
+        username, ip = (
+            (ROOT, f"198.51.100.{number}") if limited == "address" else (f"a{number}@example.com", "203.0.113.9")
+        )
+        try:
+            barrier.wait()
+            return log_in(username, WRONG, ip=ip)[1]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=guesses) as pool:
+        responses = list(pool.map(guess, range(guesses)))
+
+    assert len(checks) == limits[limited]
+    assert sum(wrong(response) for response in responses) == limits[limited]
+    assert sum(refused(response) for response in responses) == guesses - limits[limited]
+    assert AuditLog.objects.filter(action="user.sign_in_failed").count() == limits[limited]
+    assert audit_verify_chain().ok
 
 
 def test_the_audit_entries_hold_no_credentials_but_the_address(root, clock):

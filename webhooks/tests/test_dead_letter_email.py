@@ -87,7 +87,9 @@ def test_the_pause_email_links_to_the_destination_says_how_to_resume_and_counts_
             organization=organization, event=event, destination=destination, is_replay=True, status=status
         )
     Destination.objects.filter(pk=destination.pk).update(
-        paused_at=timezone.now(), pause_reason="paused automatically after 5 consecutive failed attempts"
+        paused_at=timezone.now(),
+        pause_reason="paused automatically after 5 consecutive failed attempts",
+        pause_notice_due_at=timezone.now(),
     )
     assert alert_destination_paused(destination.pk) is True
 
@@ -104,7 +106,7 @@ def test_the_pause_email_links_to_the_destination_says_how_to_resume_and_counts_
     page = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
     assert page.context["health"].waiting == 3
     assert "Waiting deliveries: 3 (the" in message.body
-    assert alert_destination_paused(destination.pk) is False  # once per interval
+    assert alert_destination_paused(destination.pk) is False  # sent: no longer owed
 
 
 def test_a_line_break_in_one_tenants_destination_name_stops_no_ones_digest(client, organization, other_organization):
@@ -135,8 +137,35 @@ def test_the_pause_email_of_a_destination_whose_name_has_a_line_break_is_sent(cl
     from webhooks.services.alerts import alert_destination_paused
 
     destination = dead_events(client, organization, 1)
-    Destination.objects.filter(pk=destination.pk).update(name="Evil\nX-Injected: 1", paused_at=timezone.now())
+    Destination.objects.filter(pk=destination.pk).update(
+        name="Evil\nX-Injected: 1", paused_at=timezone.now(), pause_notice_due_at=timezone.now()
+    )
 
     assert alert_destination_paused(destination.pk) is True
     assert mail.outbox[0].subject == "[Hookline] Destination paused: Evil X-Injected: 1"
     assert "X-Injected" not in mail.outbox[0].extra_headers
+
+
+def test_a_destination_paused_again_within_the_alert_interval_or_resumed_before_its_email_is_not_emailed(
+    client, organization, owner
+):
+    from django.utils import timezone
+
+    from webhooks.models import Destination
+    from webhooks.services import operations
+    from webhooks.services.alerts import alert_destination_paused
+
+    destination = dead_events(client, organization, 1)
+    paused = Destination.objects.filter(pk=destination.pk)
+    paused.update(paused_at=timezone.now(), pause_notice_due_at=timezone.now())
+    assert alert_destination_paused(destination.pk) is True
+
+    # Resumed and paused again within ALERT_INTERVAL_SECONDS: the admins heard of it already.
+    operations.destination_resume(destination=destination, actor=owner)
+    paused.update(paused_at=timezone.now(), pause_notice_due_at=timezone.now())
+    assert alert_destination_paused(destination.pk) is False
+    # Resumed before its email went out (by a release that did not clear it): nothing to say any more.
+    operations.destination_resume(destination=destination, actor=owner)
+    paused.update(last_alerted_at=None, pause_notice_due_at=timezone.now())
+    assert alert_destination_paused(destination.pk) is False
+    assert len(mail.outbox) == 1 and paused.get().pause_notice_due_at is None

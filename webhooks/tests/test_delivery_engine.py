@@ -479,6 +479,78 @@ def commit_reply_lost_once(monkeypatch):
     yield seen
 
 
+def pause_on_the_first_failure(client, organization, httpserver, settings):
+    """A destination whose one delivery has just been sent and failed: recording it pauses the destination."""
+    settings.CIRCUIT_BREAKER_FAILURES = 1
+    settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 0
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/down"), sources=[source])
+    httpserver.expect_request("/down").respond_with_data("down", status=503)
+    ingest_many(client, source, 1)
+    claimed = delivery_service.claim_due_deliveries(10)
+    return destination, [(delivery, delivery_service.send(delivery)) for delivery in claimed]
+
+
+def pause_emails():
+    return [message for message in mail.outbox if message.subject.startswith("[Hookline] Destination paused")]
+
+
+@pytest.mark.django_db(transaction=True)  # the pause's after-commit step runs after a real COMMIT
+def test_a_pause_is_emailed_once_after_its_commit_and_not_again_by_the_sweeper(
+    client, organization, httpserver, settings
+):
+    destination, results = pause_on_the_first_failure(client, organization, httpserver, settings)
+
+    delivery_service.record_results(results)
+
+    destination.refresh_from_db()
+    assert destination.paused_at is not None and destination.pause_notice_due_at is None
+    assert len(pause_emails()) == 1 and pause_emails()[0].to == ["owner@acme.example"]
+    assert processing.sweep()["pause_emails"] == 0
+    assert len(pause_emails()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_whose_commit_reply_was_lost_is_emailed_by_the_sweeper_once(
+    client, organization, httpserver, settings, monkeypatch
+):
+    # The pause committed, but the dispatcher saw an error: Django drops the after-commit step then.
+    destination, results = pause_on_the_first_failure(client, organization, httpserver, settings)
+
+    with commit_reply_lost_once(monkeypatch) as lost:
+        delivery_service.record_results(results)
+
+    assert lost.committed and Destination.objects.get(pk=destination.pk).paused_at is not None
+    assert pause_emails() == []
+    assert processing.sweep()["pause_emails"] == 1
+    assert processing.sweep()["pause_emails"] == 0
+    assert len(pause_emails()) == 1 and "endpoint" in pause_emails()[0].subject
+    assert Destination.objects.get(pk=destination.pk).pause_notice_due_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_email_that_failed_is_sent_by_the_sweeper_once_its_hold_ends(
+    client, organization, httpserver, settings, monkeypatch, caplog
+):
+    from django.core.mail import EmailMultiAlternatives
+
+    from webhooks.services.alerts import PAUSE_NOTICE_HOLD
+
+    destination, results = pause_on_the_first_failure(client, organization, httpserver, settings)
+    real_send = EmailMultiAlternatives.send
+    monkeypatch.setattr(EmailMultiAlternatives, "send", lambda self, fail_silently=False: 1 / 0)
+
+    delivery_service.record_results(results)
+
+    assert pause_emails() == [] and "could not send the paused-destination alert" in caplog.text
+    monkeypatch.setattr(EmailMultiAlternatives, "send", real_send)
+    assert processing.sweep()["pause_emails"] == 0  # held by the sender that failed, for a while
+    later = timezone.now() + PAUSE_NOTICE_HOLD + timedelta(seconds=1)
+    assert processing.sweep(now=later)["pause_emails"] == 1
+    assert processing.sweep(now=later)["pause_emails"] == 0
+    assert len(pause_emails()) == 1
+
+
 def delivery_rows():
     return {
         row[0]: row[1:]
