@@ -21,10 +21,15 @@ Faults: worker_kill (SIGKILL to the Celery worker's whole group, then a new work
 (SIGTERM to its main process only: a warm shutdown, then a new worker), writer_kill (SIGKILL to
 the ingest writer process; gunicorn starts another), web_worker_kill (SIGKILL to one gunicorn
 worker), pg_stop_5 / pg_stop_40 (a fast shutdown for that long), pg_crash (an immediate
-shutdown, i.e. crash recovery at the restart, 5 s down), redis_stop_10 (SIGKILL, a new empty
-Redis 10 s later), receiver_500 / receiver_slow (the receiver answers 500, or after twice the
-destination's timeout, for 12 s). Every process it starts is stopped on exit (Ctrl-C included),
-private PostgreSQL and Redis too. Not part of the test suite; bounded by --max-seconds.
+shutdown, i.e. crash recovery at the restart, 5 s down), pg_freeze_60 (SIGSTOP to the postmaster
+and every backend for 60 s, then SIGCONT: a frozen server), pg_cut_worker_60 (a second worker is
+started, then the first one's backends are stopped for 60 s: that worker cut off from the
+database, or still waiting on a primary that failed over, while the other one sweeps; neither
+changes pg_postmaster_start_time(), and both last far longer than the destination's timeout plus
+STUCK_DELIVERY_MARGIN_SECONDS), redis_stop_10 (SIGKILL, a new empty Redis 10 s later),
+receiver_500 / receiver_slow (the receiver answers 500, or after twice the destination's
+timeout, for 12 s). Every process it starts is stopped on exit (Ctrl-C included), private
+PostgreSQL and Redis too. Not part of the test suite; bounded by --max-seconds.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ ALL_FAULTS = [
     "pg_stop_5",
     "pg_stop_40",
     "pg_crash",
+    "pg_freeze_60",
+    "pg_cut_worker_60",
     "redis_stop_10",
     "receiver_500",
     "receiver_slow",
@@ -97,12 +104,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_receiver(port: int) -> None:
-    """Counts every webhook-id and how it was answered; GET /mode/<ok|500|slow> changes its answers."""
+    """Counts every webhook-id and how it was answered; GET /mode/<ok|500|slow> changes its answers,
+    GET /delay/<seconds> has it take that long over each (still counted as its mode's answer)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     lock = threading.Lock()
     seen: dict[str, dict[str, int]] = {}  # webhook-id -> {"ok": n, "500": n, "slow": n}
-    state = {"mode": "ok", "requests": 0}
+    state = {"mode": "ok", "requests": 0, "delay": 0.0}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -116,6 +124,8 @@ def run_receiver(port: int) -> None:
                 counts[mode] = counts.get(mode, 0) + 1
             if mode == "slow":
                 time.sleep(DESTINATION_TIMEOUT * 2)  # the sender has given up: not an acknowledgement
+            elif state["delay"]:
+                time.sleep(state["delay"])
             status = 500 if mode == "500" else 200
             with contextlib.suppress(OSError):
                 self.send_response(status)
@@ -126,6 +136,8 @@ def run_receiver(port: int) -> None:
         def do_GET(self):
             if self.path.startswith("/mode/"):
                 state["mode"] = self.path.rsplit("/", 1)[1]
+            elif self.path.startswith("/delay/"):
+                state["delay"] = float(self.path.rsplit("/", 1)[1])
             with lock:
                 body = json.dumps({"mode": state["mode"], "requests": state["requests"], "seen": seen}).encode()
             self.send_response(200)
@@ -198,6 +210,16 @@ class Harness:
             capture_output=True,
         )
 
+    def pg_processes(self) -> list[int]:
+        """The postmaster's pid, then its children's (the backends and background processes)."""
+        postmaster = int((self.pg_data / "postmaster.pid").read_text().split()[0])
+        return [postmaster] + [pid for pid, _ in self.children(postmaster)]
+
+    def pg_signal(self, pids: list[int], sig) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def redis_start(self) -> None:
         command = ["redis-server", "--port", str(self.args.redis_port), "--bind", HOST, "--save", "", "--appendonly"]
         command += ["no", "--loglevel", "warning"]
@@ -250,10 +272,58 @@ class Harness:
         command += ["--threads", "8", "--graceful-timeout", "5", "--log-level", "warning"]
         wait_for_port(self.args.web_port, process=self.start("web", command))
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
         command = [PYTHON, "-m", "celery", "-A", "config", "worker", "-P", "prefork", "-c", "2", "-l", "WARNING"]
         command += ["-Q", self.queue, "-n", f"faults-{self.run_id}-{time.monotonic_ns()}@%h"]
-        self.start("worker", command)
+        self.start(name, command)
+
+    def stop_worker_warmly(self, name: str) -> dict:
+        """SIGTERM to a worker's main process only: it finishes what it holds, then exits."""
+        worker = self.processes.pop(name)
+        os.kill(worker.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        note: dict = {}
+        try:
+            worker.wait(timeout=60)
+            note["exit"] = worker.returncode
+            note["exit_seconds"] = round(time.monotonic() - signalled, 1)
+        except subprocess.TimeoutExpired:
+            note["exit"] = "still running after 60 s: killed"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        return note
+
+    def sends_in_flight(self) -> None:
+        """Have the receiver answer after half the destination's timeout: a second's worth of sends is
+        then always under way, so that a fault of the database finds dispatchers holding claims."""
+        receiver_get(self.args.receiver_port, f"/delay/{DESTINATION_TIMEOUT / 2}")
+        time.sleep(DESTINATION_TIMEOUT)
+
+    def backends_of(self, name: str) -> list[int]:
+        """The PostgreSQL backends serving one of our process groups' connections (by client port)."""
+        group = self.processes[name].pid
+        pids = [group] + [pid for pid, _ in self.children(group)]
+        sockets = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if target.startswith("socket:["):
+                            sockets.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in list(f)[1:]:
+                    fields = line.split()
+                    local, remote, inode = fields[1], fields[2], fields[9]
+                    if inode in sockets and int(remote.rsplit(":", 1)[1], 16) == self.args.pg_port:
+                        ports.add(int(local.rsplit(":", 1)[1], 16))
+        with self.db() as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", [sorted(ports)]
+            ).fetchall()
+        return [pid for (pid,) in rows]
 
     def start_beat(self) -> None:
         schedule = self.log_dir / "beat-schedule"
@@ -424,17 +494,7 @@ class Harness:
             time.sleep(2)
             self.start_worker()  # as a supervisor would
         elif fault == "worker_term":
-            worker = self.processes.pop("worker")
-            os.kill(worker.pid, signal.SIGTERM)  # the main process only: it finishes what it holds
-            signalled = time.monotonic()
-            try:
-                worker.wait(timeout=60)
-                note["exit"] = worker.returncode
-                note["exit_seconds"] = round(time.monotonic() - signalled, 1)
-            except subprocess.TimeoutExpired:
-                note["exit"] = "still running after 60 s: killed"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
+            note.update(self.stop_worker_warmly("worker"))
             self.start_worker()
         elif fault == "pg_crash":
             self.pg_stop("immediate")  # no checkpoint, no goodbye to the clients: recovery at start
@@ -457,6 +517,36 @@ class Harness:
             time.sleep(seconds)
             self.pg_start()
             note["down_seconds"] = seconds
+        elif fault.startswith("pg_freeze_"):
+            seconds = int(fault.rsplit("_", 1)[1])
+            self.sends_in_flight()
+            frozen = self.pg_processes()  # the postmaster first: it then forks no new backend
+            self.pg_signal(frozen, signal.SIGSTOP)
+            frozen += [pid for pid in self.pg_processes() if pid not in frozen]  # forked meanwhile
+            self.pg_signal(frozen, signal.SIGSTOP)
+            try:
+                time.sleep(seconds)
+            finally:
+                self.pg_signal(reversed(frozen), signal.SIGCONT)
+                receiver_get(self.args.receiver_port, "/delay/0")
+            note["frozen_seconds"] = seconds
+            note["frozen_processes"] = len(frozen)
+        elif fault.startswith("pg_cut_worker_"):
+            seconds = int(fault.rsplit("_", 1)[1])
+            self.start_worker("worker2")  # another host's worker, which goes on sweeping
+            time.sleep(4)
+            self.sends_in_flight()
+            cut = self.backends_of("worker")
+            self.pg_signal(cut, signal.SIGSTOP)
+            try:
+                time.sleep(seconds)
+            finally:
+                self.pg_signal(cut, signal.SIGCONT)
+                receiver_get(self.args.receiver_port, "/delay/0")
+            note["cut_seconds"] = seconds
+            note["cut_backends"] = len(cut)
+            # The faults after this one find one worker again.
+            note["second_worker_exit"] = self.stop_worker_warmly("worker2").get("exit")
         elif fault == "redis_stop_10":
             self.redis_stop()
             time.sleep(10)

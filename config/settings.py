@@ -311,6 +311,11 @@ STUCK_EVENT_SECONDS = env.int("STUCK_EVENT_SECONDS", default=10)
 # and sent again; STUCK_DELIVERY_SECONDS after its claim at the latest.
 STUCK_DELIVERY_MARGIN_SECONDS = env.int("STUCK_DELIVERY_MARGIN_SECONDS", default=30)
 STUCK_DELIVERY_SECONDS = env.int("STUCK_DELIVERY_SECONDS", default=150)
+# ... unless the dispatcher that claimed it is alive (its mark in the cache): a dispatcher that cannot
+# reach the database (down, frozen, partitioned, failing over) keeps what it sent and records it
+# when it can. Past this, counted from the claim, it is taken for wedged and the delivery is sent
+# again all the same (never sooner than STUCK_DELIVERY_SECONDS).
+LIVE_CLAIM_MAX_SECONDS = env.int("LIVE_CLAIM_MAX_SECONDS", default=600)
 SECRET_ROTATION_OVERLAP_SECONDS = env.int("SECRET_ROTATION_OVERLAP_SECONDS", default=24 * 3600)
 
 # --- DRF ----------------------------------------------------------------------

@@ -29,6 +29,10 @@ class Delivery(models.Model):
     manual_attempts = models.PositiveIntegerField(default=0, db_default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The dispatcher run holding the claim (services.claim_owners), whose mark in the cache tells the
+    # sweeper it is alive. NULL for claims made without one (claim_delivery) or before this column:
+    # those are judged by their age alone.
+    claimed_by = models.CharField(max_length=100, null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

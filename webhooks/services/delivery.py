@@ -31,6 +31,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
+from .claim_owners import ClaimOwner, owners_alive
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import storable_text
@@ -157,11 +158,18 @@ def release_lost_claims(now=None) -> int:
     concurrency cap: with the default 15 s timeout that is 45 s of a frozen destination rather
     than STUCK_DELIVERY_SECONDS'. Judged by the database's clock, as claims are dated by it.
 
-    A claim older than the database server's start is judged from that start instead: a
-    dispatcher that sent while the database was down keeps its results and records them once
-    it is back (dispatch_due_deliveries), within a second or so. Judged from the claim, a
-    restart that took longer than the margin would have the sweeper release those deliveries
-    first, and they would be sent a second time by mistake.
+    Such a claim is kept while the dispatcher run that took it is alive (its mark in the cache,
+    see services.claim_owners), up to LIVE_CLAIM_MAX_SECONDS after it was taken: a dispatcher that
+    sent while it could not reach the database (down, frozen, partitioned off, failed over to a
+    standby) keeps its results and records them once it can (dispatch_due_deliveries), and
+    releasing them first would have them sent a second time. Past LIVE_CLAIM_MAX_SECONDS a live
+    run is taken for wedged: its deliveries must not wait on it for ever. With the cache down
+    (no mark can be read) and for claims that name no run, the age alone decides, as below.
+
+    Age alone, a claim older than the database server's start is judged from that start
+    instead: a dispatcher that sent while the database was restarting records its results
+    within a second or so of its return, and judged from the claim, a restart that took longer
+    than the margin would have the sweeper release those deliveries first.
     """
     database_up_since = None
     if now is None and connection.vendor == "postgresql":
@@ -176,9 +184,9 @@ def release_lost_claims(now=None) -> int:
     if database_up_since is not None and database_up_since >= judged_at - shortest:
         return 0  # up for less than the shortest wait: no claim can be judged lost yet
     in_flight = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, claimed_at__lt=judged_at - shortest)
-    lost = []
-    for pk, claimed_at, timeout, changed_at in in_flight.values_list(
-        "pk", "claimed_at", "destination__timeout_seconds", "destination__updated_at"
+    lost: dict = {}  # delivery id -> (its claim's owner, when it was claimed)
+    for pk, claimed_at, claimed_by, timeout, changed_at in in_flight.values_list(
+        "pk", "claimed_at", "claimed_by", "destination__timeout_seconds", "destination__updated_at"
     ):
         # A destination edited since the claim may have had a longer timeout when it was sent.
         attempt_may_last = timedelta(seconds=min(timeout, settings.DELIVERY_MAX_TIMEOUT_SECONDS)) + margin
@@ -186,17 +194,28 @@ def release_lost_claims(now=None) -> int:
         edited_since = changed_at > claimed_at - margin
         waiting_since = max(claimed_at, database_up_since) if database_up_since is not None else claimed_at
         if waiting_since < judged_at - (latest if edited_since else min(latest, attempt_may_last)):
-            lost.append(pk)
+            lost[pk] = (claimed_by, claimed_at)
+    alive = owners_alive({owner for owner, _ in lost.values() if owner})
+    if alive:  # (None: the cache cannot be read, and the age alone decides)
+        held_at_most = timedelta(seconds=max(settings.LIVE_CLAIM_MAX_SECONDS, settings.STUCK_DELIVERY_SECONDS))
+        lost = {
+            pk: (owner, claimed_at)
+            for pk, (owner, claimed_at) in lost.items()
+            if owner not in alive or claimed_at < judged_at - held_at_most
+        }
     if not lost:
         return 0
     # The same condition again: a claim renewed meanwhile (released and taken again) stays.
-    return in_flight.filter(pk__in=lost).update(
-        status=Delivery.Status.PENDING, next_attempt_at=now or timezone.now(), claimed_at=None
+    return in_flight.filter(pk__in=list(lost)).update(
+        status=Delivery.Status.PENDING, next_attempt_at=now or timezone.now(), claimed_at=None, claimed_by=None
     )
 
 
-def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
+def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
+
+    ``owner`` names the dispatcher run taking them (services.claim_owners): while its mark lives,
+    the sweeper leaves its claims alone however long it cannot reach the database.
 
     First the oldest due deliveries of all destinations. When those were all of destinations
     with no room left (one destination's backlog: a slow receiver, a resumed pause) or paused, the
@@ -243,7 +262,10 @@ def claim_due_deliveries(limit: int, now=None) -> list[Delivery]:
         if not chosen:
             return []
         Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
-            status=Delivery.Status.IN_FLIGHT, claimed_at=claimed_at, attempt_count=F("attempt_count") + 1
+            status=Delivery.Status.IN_FLIGHT,
+            claimed_at=claimed_at,
+            claimed_by=owner,
+            attempt_count=F("attempt_count") + 1,
         )
     return list(
         Delivery.objects.filter(pk__in=chosen).select_related("event", "destination").order_by("next_attempt_at", "id")
@@ -477,7 +499,13 @@ def claim_delivery(delivery_id) -> Delivery | None:
         destination__paused_at__isnull=True,
         destination__is_active=True,
         destination__organization__is_active=True,
-    ).update(status=Delivery.Status.IN_FLIGHT, claimed_at=claim_clock(), attempt_count=F("attempt_count") + 1)
+    ).update(
+        # No owner: recorded at once by its caller (deliver), so judged by its age alone.
+        status=Delivery.Status.IN_FLIGHT,
+        claimed_at=claim_clock(),
+        claimed_by=None,
+        attempt_count=F("attempt_count") + 1,
+    )
     if claimed != 1:
         return None
     return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)
@@ -796,7 +824,12 @@ def _attempts_on_record(deliveries: list[Delivery]) -> set[tuple]:
 
 
 def _outcome_fields(outcome: Outcome, status_code: int | None, now) -> dict:
-    fields = {"last_status_code": status_code, "last_error": outcome.error[:500], "claimed_at": None}
+    fields = {
+        "last_status_code": status_code,
+        "last_error": outcome.error[:500],
+        "claimed_at": None,
+        "claimed_by": None,
+    }
     if outcome.status == Delivery.Status.PENDING:
         fields.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=outcome.delay))
     else:
@@ -886,10 +919,10 @@ UNRECORDED_GRACE_SECONDS = 30.0
 DATABASE_RETRY_SECONDS = 1.0
 
 
-def _claim_unless_the_database_is_down(limit: int, *, keeping: bool) -> list[Delivery]:
+def _claim_unless_the_database_is_down(limit: int, *, keeping: bool, owner: str) -> list[Delivery]:
     """A dispatcher holding sends or unrecorded results keeps going through a database outage."""
     try:
-        return claim_due_deliveries(limit)
+        return claim_due_deliveries(limit, owner=owner)
     except DatabaseError as exc:
         if not keeping:
             raise  # nothing held: the task fails, and the sweeper starts another when it is back
@@ -935,7 +968,9 @@ def dispatch_due_deliveries(
     # threads are free before claiming again, unless nothing is in flight.
     claim_batch = max(1, threads // 4)
     idle_since = None
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
+    # The owner's mark keeps this run's claims from the sweeper while it cannot record them (the
+    # database down or frozen); it goes once the run ends, after the pool's last sends.
+    with ClaimOwner() as owner, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver") as pool:
         while True:
             if worker_is_stopping():
                 # Claim nothing more: finish and record what is being sent, and a fresh task on
@@ -948,7 +983,7 @@ def dispatch_due_deliveries(
             claimed = []
             free = threads - len(pending)
             if time.monotonic() < deadline and (free >= claim_batch or not pending):
-                claimed = _claim_unless_the_database_is_down(free, keeping=bool(pending or unrecorded))
+                claimed = _claim_unless_the_database_is_down(free, keeping=bool(pending or unrecorded), owner=owner.id)
                 if next_slot is not None and claimed and len(claimed) == free:
                     schedule_dispatch(next_slot)  # a backlog: let another worker process help
                 for delivery in claimed:
@@ -972,7 +1007,7 @@ def dispatch_due_deliveries(
                     return attempted
                 # Clear the flag, then look once more (see services.scheduling).
                 clear_flag(flag)
-                claimed = claim_due_deliveries(threads)
+                claimed = claim_due_deliveries(threads, owner=owner.id)
                 if not claimed:
                     return attempted
                 set_flag(flag, DISPATCH_FLAG_TTL)

@@ -3,17 +3,22 @@
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from werkzeug import Response
 
+from conftest import REDIS_DOWN_CACHES
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
+from webhooks.services.claim_owners import MARK_KEY_PREFIX, ClaimOwner
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
 from webhooks.services.scheduling import clear_flag, set_flag
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
+from .processes import wait_until
 from .signing import standard_webhooks_headers, stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -365,6 +370,99 @@ def test_a_sweeper_whose_clock_runs_ahead_does_not_take_a_live_send_for_a_lost_o
     monkeypatch.setattr(processing.timezone, "now", lambda: ahead)
     assert processing.sweep()["released"] == 0
     assert Delivery.objects.get().status == Delivery.Status.IN_FLIGHT
+
+
+def _claimed_long_ago_by(owner_id, organization, httpserver, client):
+    """One delivery claimed by ``owner_id``, its destination's timeout 5 s; returns when it was claimed."""
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    an_hour_ago = timezone.now() - timedelta(hours=1)  # not edited since: judged by its own timeout
+    Destination.objects.filter(pk=destination.pk).update(timeout_seconds=5, updated_at=an_hour_ago)
+    ingest(client, source)
+    processing.process_received_events()
+    (claimed,) = delivery_service.claim_due_deliveries(10, owner=owner_id)
+    assert claimed.claimed_by == owner_id
+    return claimed.claimed_at
+
+
+def test_a_live_dispatcher_keeps_its_claims_past_their_timeout_and_a_gone_one_does_not(
+    client, organization, httpserver, dispatches, settings
+):
+    # A dispatcher that cannot reach the database (frozen, cut off, failing over) holds what it sent
+    # and records it once it can: releasing its claims meanwhile would send them twice.
+    with ClaimOwner() as owner:
+        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=2)
+        claimed_at = _claimed_long_ago_by(owner.id, organization, httpserver, client)
+        long_past = claimed_at + timedelta(seconds=5 + settings.STUCK_DELIVERY_SECONDS + 1)
+        assert processing.sweep(now=long_past)["released"] == 0
+        assert Delivery.objects.get().status == Delivery.Status.IN_FLIGHT
+    # The run ended (or died: its mark expires) without recording it: sent again.
+    assert cache.get(MARK_KEY_PREFIX + owner.id) is None
+    assert processing.sweep(now=long_past)["released"] == 1
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.claimed_at, delivery.claimed_by) == (Delivery.Status.PENDING, None, None)
+
+
+def test_a_live_dispatcher_s_claim_is_released_once_it_is_older_than_live_claim_max_seconds(
+    client, organization, httpserver, dispatches, settings
+):
+    # Alive but wedged: its deliveries must not wait on it for ever.
+    settings.LIVE_CLAIM_MAX_SECONDS = 400
+    with ClaimOwner() as owner:
+        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=2)
+        claimed_at = _claimed_long_ago_by(owner.id, organization, httpserver, client)
+        assert processing.sweep(now=claimed_at + timedelta(seconds=399))["released"] == 0
+        assert processing.sweep(now=claimed_at + timedelta(seconds=401))["released"] == 1
+
+
+def test_with_the_cache_down_claims_are_judged_by_their_age_alone(
+    client, organization, httpserver, dispatches, settings
+):
+    cache.set(MARK_KEY_PREFIX + "worker-1:42:abc", 1, timeout=60)  # alive, but no one can tell
+    claimed_at = _claimed_long_ago_by("worker-1:42:abc", organization, httpserver, client)
+    settings.CACHES = REDIS_DOWN_CACHES
+    margin = settings.STUCK_DELIVERY_MARGIN_SECONDS
+    assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin - 1))["released"] == 0
+    assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin + 1))["released"] == 1
+
+
+def test_a_claim_that_names_no_dispatcher_is_judged_by_its_age_alone(
+    client, organization, httpserver, dispatches, settings
+):
+    # Claims taken by the code before claimed_by existed, and claim_delivery's (recorded at once).
+    claimed_at = _claimed_long_ago_by(None, organization, httpserver, client)
+    margin = settings.STUCK_DELIVERY_MARGIN_SECONDS
+    assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin + 1))["released"] == 1
+
+
+def test_the_dispatcher_names_itself_in_its_claims_and_keeps_its_mark_while_it_sends(
+    organization, httpserver, dispatches, monkeypatch
+):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    WebhookEvent.objects.create(organization=organization, source=source, provider_event_id="evt_owner", body=b"{}")
+    processing.process_event_batch()
+    claims, marks = [], []
+    claim = delivery_service.claim_due_deliveries
+
+    def claiming(limit, now=None, *, owner=None):
+        claimed = claim(limit, now, owner=owner)
+        claims.extend((owner, delivery.claimed_by) for delivery in claimed)
+        return claimed
+
+    def receiving(request):  # while the attempt is under way, as the sweeper would see it
+        marks.append(cache.get(MARK_KEY_PREFIX + claims[0][0]))
+        return Response("ok")
+
+    monkeypatch.setattr(delivery_service, "claim_due_deliveries", claiming)
+    httpserver.expect_request("/hook").respond_with_handler(receiving)
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5) == 1
+    ((owner_id, claimed_by),) = claims
+    assert owner_id and claimed_by == owner_id
+    assert marks == [1]
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.claimed_by) == (Delivery.Status.SUCCEEDED, None)
+    assert cache.get(MARK_KEY_PREFIX + owner_id) is None  # gone with the run
 
 
 def test_sweeper_schedules_events_left_unprocessed(client, organization, monkeypatch):

@@ -1,9 +1,11 @@
 """PostgreSQL restarted while webhooks arrive: ingest answers 503 while it is down (providers retry),
 never 200 for an event that was not committed, and everything acknowledged is delivered."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from webhooks.services import claim_owners
 
 from .processes import ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
@@ -176,3 +180,92 @@ def shell_output(env, code: str) -> str:
         text=True,
     ).stdout
     return output.strip().splitlines()[-1]
+
+
+# A delivery due now to a receiver that answers after 3 s (its timeout is 5 s).
+_DUE_DELIVERY = """
+from datetime import timedelta
+from django.db.models.functions import Now
+from organizations.models import Organization
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.tests.factories import make_destination, make_source
+organization = Organization.objects.create(name="Acme", slug="acme")
+source = make_source(organization)
+destination, _ = make_destination(organization, "{url}", sources=[source], timeout_seconds=5)
+Destination.objects.filter(pk=destination.pk).update(updated_at=Now() - timedelta(hours=1))
+event = WebhookEvent.objects.create(
+    organization=organization, source=source, provider_event_id="evt_cut", body=b"{{}}", status="processed"
+)
+Delivery.objects.create(organization=organization, event=event, destination=destination)
+"""
+_DISPATCH = """
+from webhooks.services.delivery import dispatch_due_deliveries
+print(dispatch_due_deliveries(max_seconds=1, threads=2))
+"""
+
+
+def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_lasts():
+    # What a partition between a worker and PostgreSQL, or a failover the worker has not noticed yet,
+    # looks like to it: its queries hang, while other workers' sweepers go on. Neither changes
+    # pg_postmaster_start_time(); judged by its age, the claim would be released after 3 s here and
+    # the delivery sent a second time once the dispatcher got through and recorded its send.
+    base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
+    base.chmod(0o755)
+    postgres = PostgresServer(base)
+    receiver = CountingReceiver(delay=3)
+    dispatcher = None
+    cut: list[int] = []
+    try:
+        postgres.init()
+        env = {
+            **os.environ,
+            "DATABASE_URL": postgres.url,
+            "STUCK_DELIVERY_SECONDS": "3",
+            "STUCK_DELIVERY_MARGIN_SECONDS": "2",
+        }
+        manage(env, "migrate", "--noinput")
+        manage(env, "shell", "-c", _DUE_DELIVERY.format(url=receiver.url))
+        dispatcher = subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "-c", _DISPATCH],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        url = postgres.url.replace("postgres://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as conn:
+            in_flight = "SELECT 1 FROM webhooks_delivery WHERE status = 'in_flight'"
+            assert wait_until(lambda: conn.execute(in_flight).fetchone() is not None, timeout=30)
+            # Being sent: the dispatcher's connection is all it has to the database. Cut it off.
+            cut = [
+                pid
+                for (pid,) in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid() AND datname = current_database()"
+                ).fetchall()
+            ]
+            assert cut
+            for pid in cut:
+                os.kill(pid, signal.SIGSTOP)
+            # Longer than the claim's age limit, and than the dispatcher's mark lasts unrefreshed.
+            time.sleep(claim_owners.MARK_TTL_SECONDS + 3)
+            assert shell_output(env, _SWEEP) == "0 in_flight"  # its dispatcher is alive
+            for pid in cut:
+                os.kill(pid, signal.SIGCONT)
+            cut = []
+            assert dispatcher.wait(timeout=30) == 0
+            status, claimed_by = conn.execute("SELECT status, claimed_by FROM webhooks_delivery").fetchone()
+        assert (status, claimed_by) == ("succeeded", None)
+        assert list(receiver.snapshot().values()) == [1]
+        # The run is over and its mark gone: nothing of its is kept any more.
+        assert shell_output(env, _SWEEP) == "0 succeeded"
+    finally:
+        for pid in cut:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if dispatcher is not None and dispatcher.poll() is None:
+            dispatcher.kill()
+        receiver.close()
+        postgres.stop()
+        shutil.rmtree(base, ignore_errors=True)
