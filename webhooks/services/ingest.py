@@ -22,6 +22,7 @@ from django.core.cache import cache
 from django.db import DataError, connection, transaction
 from django.utils import timezone
 
+from organizations.models import MIN_RETENTION_DAYS
 from webhooks.models import SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -154,7 +155,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
     record_match = _secret_match_recorder(source, secrets, matched, headers, body)
 
-    refusal = _replay_refusal(provider, request, source, body)
+    refusal = _signed_before_retention(provider, request, source) or _replay_refusal(provider, request, source, body)
     if refusal is not None:
         return _reject(source, request, headers, remote_ip, *refusal)
 
@@ -258,6 +259,36 @@ def insert_event(event: NewEvent) -> tuple:
         cursor.execute(sql, values)
         stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
     return stored_id, stored_id == event.id
+
+
+# A stored event is purged once received more than its organization's retention ago; a signed time is
+# accepted only while its event, received no earlier than this much before the signed time (a
+# provider's clock ahead of ours), must still be stored.
+RETENTION_CLOCK_MARGIN_SECONDS = SignatureNonce.CLOCK_SKEW_SECONDS
+
+
+def _signed_before_retention(provider, request: InboundRequest, source: Source) -> tuple[str, str] | None:
+    """(code, detail) when the request's signed time is older than the organization's retention.
+
+    De-duplication finds a redelivery by the stored event's id, and the retention purge deletes that
+    event: a captured genuine request sent again afterwards would be stored and delivered as a new
+    event. The provider's own ``tolerance`` option, where set, is checked by verify() and is usually
+    far stricter; this bound holds also where the scheme checks none by default (Apple, SendGrid,
+    Discord, Mailgun, PayPal) or the tenant turned it off. A provider's retry signed longer ago than
+    a short retention is refused too, and kept as a rejected request: the side on which nothing is
+    processed twice (nothing acknowledged is lost; a retry is only sent for what was not)."""
+    signed_at = provider.signed_time(request, source.options)
+    if signed_at is None:
+        return None
+    retention_days = max(source.organization.retention_days, MIN_RETENTION_DAYS)
+    age = time.time() - signed_at
+    if age <= retention_days * 86400 - RETENTION_CLOCK_MARGIN_SECONDS:
+        return None
+    return (
+        "signed_before_retention",
+        f"signed {age / 86400:.1f} days ago; events older than this organization's retention of "
+        f"{retention_days} day{'s' if retention_days != 1 else ''} can no longer be told apart from a replay",
+    )
 
 
 def _replay_refusal(provider, request: InboundRequest, source: Source, body: bytes) -> tuple[str, str] | None:

@@ -27,6 +27,17 @@ def render_provider_docs() -> str:
         "HMAC's id header), a signed delivery posted again under a new id is taken as a new",
         "event: keep ingest URLs and captured deliveries private.",
         "",
+        "Redeliveries are recognised only while the first event is stored, and the retention purge",
+        "deletes it after the organization's `retention_days`. So a request whose signature covers a",
+        "time (the **Replays** line of each provider) is refused with 401 `signed_before_retention`",
+        "once that time is older than the retention, whatever the provider's own default (Apple,",
+        "SendGrid, Discord, Mailgun and PayPal check no age by default); a `tolerance` option, when",
+        "set, is checked too and refuses sooner. A provider's retry signed longer ago than a short",
+        "retention is refused as well (kept as a rejected request, never stored twice): keep the",
+        "retention longer than the provider's retry window (Apple: about 6.5 days; SendGrid: 72",
+        "hours). Where the signature covers no time, a captured delivery sent again after its event",
+        "was purged is stored and delivered as a new event (README, Limits).",
+        "",
         "| kind | provider | event id | event type |",
         "|---|---|---|---|",
     ]
@@ -43,6 +54,7 @@ def render_provider_docs() -> str:
         lines.append(f"- **Verified:** {provider.docs_verifies}")
         lines.append(f"- **Event id:** {provider.docs_event_id}")
         lines.append(f"- **Event type:** {provider.docs_event_type}")
+        lines.append(f"- **Replays:** {_replays(provider)}")
         if provider.options:
             lines += ["", "| option | required | default | meaning |", "|---|---|---|---|"]
             for option in provider.options:
@@ -53,3 +65,19 @@ def render_provider_docs() -> str:
                     f"{option.label}. {option.help_text}{choices} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _replays(provider) -> str:
+    """What keeps a captured request from being stored again once its event is purged."""
+    if provider.docs_signed_time:
+        has_tolerance = any(option.name == "tolerance" for option in provider.options)
+        stricter = " (or the `tolerance` option, where set and stricter)" if has_tolerance else ""
+        return (
+            f"signed time: {provider.docs_signed_time}; refused once older than the organization's retention{stricter}."
+        )
+    if provider.docs_replay:
+        return f"no signed time checked against the retention; {provider.docs_replay}."
+    return (
+        "the signature covers no time: a captured delivery sent again after its event was purged "
+        "(retention) is stored as a new event."
+    )
