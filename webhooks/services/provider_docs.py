@@ -6,9 +6,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from webhooks.models import PurgedEventKey
 from webhooks.providers.registry import PROVIDERS
 
 DOCS_PATH = Path(settings.BASE_DIR) / "docs" / "providers.md"
+KEPT_DAYS = PurgedEventKey.KEPT_DAYS
 
 
 def render_provider_docs() -> str:
@@ -27,16 +29,16 @@ def render_provider_docs() -> str:
         "HMAC's id header), a signed delivery posted again under a new id is taken as a new",
         "event: keep ingest URLs and captured deliveries private.",
         "",
-        "Redeliveries are recognised only while the first event is stored, and the retention purge",
-        "deletes it after the organization's `retention_days`. So a request whose signature covers a",
+        "Redeliveries are recognised by the stored event and, once the retention purge has deleted",
+        f"it, by a digest of its event id kept {KEPT_DAYS} more days. So a request whose signature covers a",
         "time (the **Replays** line of each provider) is refused with 401 `signed_before_retention`",
-        "once that time is older than the retention, whatever the provider's own default (Apple,",
-        "SendGrid, Discord, Mailgun and PayPal check no age by default); a `tolerance` option, when",
-        "set, is checked too and refuses sooner. A provider's retry signed longer ago than a short",
-        "retention is refused as well (kept as a rejected request, never stored twice): keep the",
-        "retention longer than the provider's retry window (Apple: about 6.5 days; SendGrid: 72",
-        "hours). Where the signature covers no time, a captured delivery sent again after its event",
-        "was purged is stored and delivered as a new event (README, Limits).",
+        f"once that time is older than the organization's `retention_days` plus those {KEPT_DAYS} days,",
+        "whatever the provider's own default (Apple, SendGrid, Discord, Mailgun and PayPal check no",
+        f"age by default); a `tolerance` option, when set, is checked too and refuses sooner. The {KEPT_DAYS}",
+        "days outlast the providers' retries (Apple: about 6.5 days; SendGrid: 72 hours), so a",
+        "genuine retry passes, counted once, even with a one-day retention. Where the signature",
+        "covers no time, a captured delivery sent again after that is stored and delivered as a",
+        "new event (README, What happens to a webhook).",
         "",
         "| kind | provider | event id | event type |",
         "|---|---|---|---|",
@@ -73,11 +75,12 @@ def _replays(provider) -> str:
         has_tolerance = any(option.name == "tolerance" for option in provider.options)
         stricter = " (or the `tolerance` option, where set and stricter)" if has_tolerance else ""
         return (
-            f"signed time: {provider.docs_signed_time}; refused once older than the organization's retention{stricter}."
+            f"signed time: {provider.docs_signed_time}; refused once older than the organization's retention "
+            f"plus {KEPT_DAYS} days{stricter}."
         )
     if provider.docs_replay:
         return f"no signed time checked against the retention; {provider.docs_replay}."
     return (
-        "the signature covers no time: a captured delivery sent again after its event was purged "
-        "(retention) is stored as a new event."
+        f"the signature covers no time: a captured delivery sent again is a duplicate until {KEPT_DAYS} days after "
+        "its event was purged (retention), then a new event."
     )
