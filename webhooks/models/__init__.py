@@ -2,6 +2,7 @@ from .bulk_retry import BulkRetry
 from .delivery import Delivery
 from .delivery_attempt import DeliveryAttempt
 from .destination import Destination
+from .purged_event_key import PurgedEventKey
 from .signature_nonce import SignatureNonce
 from .source import Source
 from .subscription import Subscription
@@ -12,6 +13,7 @@ __all__ = [
     "Delivery",
     "DeliveryAttempt",
     "Destination",
+    "PurgedEventKey",
     "SignatureNonce",
     "Source",
     "Subscription",

@@ -229,6 +229,7 @@ class AppleAppStoreProvider(Provider):
             required=True,
         ),
     )
+    docs_signed_time = "signedDate inside the JWS"
     docs_verifies = (
         'Body {"signedPayload": JWS}: header alg must be ES256 and x5c exactly 3 certificates; leaf → x5c[1] must '
         "chain to one of the `root_certificates_pem` roots (Apple Root CA - G3), valid at the payload's signedDate; "
@@ -352,6 +353,16 @@ class AppleAppStoreProvider(Provider):
                 "no_matching_secret",
                 f"the notification is from environment {_short(environment)}, the source expects {_short(expected_environment)}",
             )
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        try:
+            claims = decode_signed_payload(request.body)[1]
+        except VerificationError:
+            return None
+        signed_date = claims.get("signedDate")
+        if isinstance(signed_date, bool) or not isinstance(signed_date, (int, float)) or signed_date != signed_date:
+            return None
+        return signed_date / 1000
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         try:

@@ -132,6 +132,11 @@ class Provider:
     options: ClassVar[tuple[ProviderOption, ...]] = ()
     # Shown in docs/providers.md and the source forms.
     docs_verifies: ClassVar[str] = ""
+    # Where the signature's signed time is, for schemes whose signed_time() reads one; empty for the rest.
+    docs_signed_time: ClassVar[str] = ""
+    # What bounds a resent capture, for schemes without docs_signed_time whose own check bounds it
+    # (a short-lived token); docs/providers.md says the general limit when empty.
+    docs_replay: ClassVar[str] = ""
     docs_event_id: ClassVar[str] = ""
     docs_event_type: ClassVar[str] = ""
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
@@ -240,6 +245,15 @@ class Provider:
         (whatever the source's own tolerance) rather than forget a nonce while it still verifies."""
         return None
 
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        """The time (Unix seconds) the signature of a verified request covers, or None when it covers none.
+
+        The ingest service refuses a signed time older than the organization's retention: past it the
+        stored event may be purged, and a captured request sent again would be taken for a new event.
+        Meaningful only for a request that verify() accepted; malformed input gives None, never an
+        exception. Schemes whose nonce carries the signed time report it by default."""
+        return self.nonce_signed_at(request, options)
+
     def handshake(
         self, request: InboundRequest, secrets: Sequence[str], options: Mapping[str, Any]
     ) -> HandshakeResponse | None:
@@ -333,6 +347,12 @@ def check_timestamp_age(timestamp: float, now: float, tolerance: int, what: str 
             "timestamp_out_of_tolerance",
             f"{what} is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
         )
+
+
+def header_unix_time(request: InboundRequest, name: str) -> float | None:
+    """A header's Unix time in whole seconds, or None when it is missing or not one (for signed_time())."""
+    value = (request.header(name) or "").strip()
+    return float(value) if value.isascii() and value.isdigit() and len(value) <= 15 else None
 
 
 def require_header(request: InboundRequest, name: str) -> str:

@@ -31,6 +31,7 @@ from .base import (
     ProviderOption,
     VerificationError,
     check_timestamp_age,
+    header_unix_time,
     tolerance_seconds,
 )
 
@@ -102,6 +103,7 @@ class DiscordProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the X-Signature-Timestamp header"
     docs_verifies = (
         "X-Signature-Ed25519: hex Ed25519 signature of X-Signature-Timestamp + raw body, checked with the "
         "application's hex public key (the stored secret; Hookline cannot sign, so the test sender cannot send "
@@ -168,6 +170,9 @@ class DiscordProvider(Provider):
         if _is_webhook_event(payload):
             return WEBHOOK_EVENT_PING_REPLY if payload.get("type") == 0 else None
         return PONG if payload.get("type") == 1 else None
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        return header_unix_time(request, TIMESTAMP_HEADER)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Interaction id and type name; for webhook events, event.type and the body's digest."""

@@ -24,6 +24,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    header_unix_time,
     json_field,
     require_header,
     tolerance_seconds,
@@ -152,6 +153,7 @@ class GenericHmacProvider(Provider):
     )
     secret_generated_by_us = True
     options = OPTIONS
+    docs_signed_time = "the `timestamp_header`, when one is set (without it no time is signed)"
     docs_verifies = (
         "The configured header: prefix + hex or base64 HMAC (sha1/sha256/sha512) of the raw body, or of "
         '"<timestamp><separator><body>" when a timestamp header is set (then the timestamp must be fresh, both ways).'
@@ -232,6 +234,10 @@ class GenericHmacProvider(Provider):
 
         if timestamp is not None:
             check_timestamp_age(timestamp, now, tolerance_seconds(options, DEFAULT_TOLERANCE))
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        timestamp_header = _option(options, "timestamp_header")
+        return header_unix_time(request, timestamp_header) if timestamp_header else None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type from the configured headers or JSON fields; never fails."""

@@ -86,6 +86,7 @@ class GitLabProvider(Provider):
             min_value=0,
         ),
     )
+    docs_replay = "with the signing token, webhook-timestamp must be within `tolerance` (0 turns that off); the secret token signs no time"
     docs_verifies = (
         "Secret token: X-Gitlab-Token equals the token (constant time; the body is not signed). Signing token "
         "(GitLab's Standard Webhooks variant, behind a feature flag): webhook-signature v1,<base64 HMAC-SHA256> "

@@ -244,6 +244,9 @@ class GooglePlayProvider(Provider):
             kind="int",
         ),
     )
+    docs_replay = (
+        "the push token's exp (Google issues it for about an hour, each push a new one) refuses a capture after that"
+    )
     docs_verifies = (
         "Authorization: Bearer <OIDC token> of the Pub/Sub push subscription: RS256 signature by one of Google's "
         "certificates (www.googleapis.com/oauth2/v1/certs, cached), iss accounts.google.com or "

@@ -72,6 +72,7 @@ class LinearProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "webhookTimestamp in the signed body"
     docs_verifies = (
         "linear-signature: lowercase hex HMAC-SHA256 of the raw body keyed with the signing secret; then the "
         "body's webhookTimestamp (milliseconds) must be within `tolerance` seconds of now, either way (60 like "
@@ -111,6 +112,10 @@ class LinearProvider(Provider):
                 f"the signed body has no numeric {TIMESTAMP_FIELD}; set the tolerance to 0 to accept it anyway",
             )
         check_timestamp_age(timestamp_ms / 1000, now, tolerance, what=TIMESTAMP_FIELD)
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        timestamp_ms = _timestamp_ms(request.body)
+        return timestamp_ms / 1000 if timestamp_ms is not None else None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Type is "<type>.<action>"; id from Linear-Delivery, else the body's digest."""

@@ -85,6 +85,7 @@ class MailgunProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "signature.timestamp in the body"
     docs_verifies = (
         "The JSON body's signature object: signature = hex HMAC-SHA256 of timestamp + token (no separator) keyed "
         "with the Webhook Signing Key; a subaccount event's parent-signature (keyed with the parent account's "

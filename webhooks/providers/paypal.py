@@ -325,6 +325,7 @@ class PayPalProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the PAYPAL-TRANSMISSION-TIME header"
     docs_verifies = (
         "PAYPAL-TRANSMISSION-SIG: base64 RSA PKCS#1 v1.5 signature (SHA256withRSA, or SHA1withRSA when "
         'PAYPAL-AUTH-ALGO says so) over "<transmission id>|<transmission time>|<webhook id>|<decimal CRC-32 '

@@ -29,6 +29,7 @@ from .base import (
     ProviderOption,
     VerificationError,
     check_timestamp_age,
+    header_unix_time,
     tolerance_seconds,
 )
 
@@ -82,6 +83,7 @@ class SendGridProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the X-Twilio-Email-Event-Webhook-Timestamp header"
     docs_verifies = (
         "X-Twilio-Email-Event-Webhook-Signature: base64 DER ECDSA P-256/SHA-256 signature of "
         "X-Twilio-Email-Event-Webhook-Timestamp + raw body, checked with the Verification Key (base64 SPKI public "
@@ -138,6 +140,9 @@ class SendGridProvider(Provider):
                 f"key(s) of {len(secrets)}); check the key and that the raw body is unchanged",
             )
         check_timestamp_age(int(timestamp), now, tolerance_seconds(options, 0))
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        return header_unix_time(request, TIMESTAMP_HEADER)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type of the batch, as documented in docs_event_id / docs_event_type."""

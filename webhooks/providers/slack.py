@@ -24,6 +24,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    header_unix_time,
     require_header,
     tolerance_seconds,
 )
@@ -106,6 +107,7 @@ class SlackProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the X-Slack-Request-Timestamp header"
     docs_verifies = (
         'X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:<X-Slack-Request-Timestamp>:<raw body>"> keyed with the '
         "app's Signing Secret; the timestamp must be within `tolerance` seconds of now (past or future). "
@@ -182,6 +184,9 @@ class SlackProvider(Provider):
         if form is None or form.get("ssl_check") != "1" or "command" in form or "payload" in form:
             return None
         return HandshakeResponse(200, b"", "text/plain")
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        return header_unix_time(request, TIMESTAMP_HEADER)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Events API envelopes carry event_id; form bodies (commands, interactivity) get a derived id."""

@@ -101,6 +101,7 @@ class StandardWebhooksProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the webhook-timestamp (or svix-timestamp) header"
     docs_verifies = (
         "webhook-signature (or svix-signature): space-separated v1,<base64 HMAC-SHA256> entries over "
         '"<id>.<timestamp>.<raw body>", keyed with the base64-decoded whsec_ secret; any v1 may match; '
@@ -180,6 +181,13 @@ class StandardWebhooksProvider(Provider):
                 f"none of the {len(candidates)} v1 signature(s) matches the signing secret "
                 f"({len(keys)} secret(s) tried); check the whsec_ secret and that the raw body is unchanged",
             )
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        try:
+            timestamp = _headers(request)[2]
+        except VerificationError:
+            return None
+        return float(timestamp) if _TIMESTAMP.fullmatch(timestamp) else None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id from the message-id header of the verified header family, type from the payload's ``type``.

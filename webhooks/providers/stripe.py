@@ -75,6 +75,7 @@ class StripeProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "t= in the Stripe-Signature header"
     docs_verifies = (
         'Stripe-Signature header: hex HMAC-SHA256 of "<t>.<raw body>" keyed with the whole whsec_ secret; '
         "any v1 signature may match; t may be at most `tolerance` seconds old."
@@ -112,6 +113,12 @@ class StripeProvider(Provider):
                 "timestamp_out_of_tolerance",
                 f"timestamp is {int(now - timestamp)} s old; tolerance is {tolerance} s",
             )
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        try:
+            return float(_parse_header(require_header(request, HEADER))[0])
+        except VerificationError:
+            return None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type come from the event object in the body."""

@@ -23,6 +23,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    header_unix_time,
     json_field,
     require_header,
     tolerance_seconds,
@@ -75,6 +76,7 @@ class ZoomProvider(Provider):
             min_value=0,
         ),
     )
+    docs_signed_time = "the x-zm-request-timestamp header"
     docs_verifies = (
         'x-zm-signature: v0=<hex HMAC-SHA256 of "v0:<x-zm-request-timestamp>:<raw body>"> keyed with the app\'s '
         "Secret Token (Zoom's sample re-serialises the JSON; we hash the raw body as received). The timestamp must be "
@@ -138,6 +140,9 @@ class ZoomProvider(Provider):
         return HandshakeResponse(
             200, json.dumps({"plainToken": plain_token, "encryptedToken": encrypted}).encode(), "application/json"
         )
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        return header_unix_time(request, TIMESTAMP_HEADER)
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Type from `event`; the id is derived (see docs_event_id)."""

@@ -22,11 +22,12 @@ from django.core.cache import cache
 from django.db import DataError, connection, transaction
 from django.utils import timezone
 
-from webhooks.models import SignatureNonce, Source, WebhookEvent
+from organizations.models import MIN_RETENTION_DAYS
+from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
 
-from .ingest_writer import NewEvent, store_event, writer
+from .ingest_writer import NewEvent, event_id_digest, store_event, writer
 from .processing import schedule_event_processing
 from .secret_use import record_secret_match
 from .sender_marks import is_hookline_test_event
@@ -154,7 +155,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
     record_match = _secret_match_recorder(source, secrets, matched, headers, body)
 
-    refusal = _replay_refusal(provider, request, source, body)
+    refusal = _signed_before_retention(provider, request, source) or _replay_refusal(provider, request, source, body)
     if refusal is not None:
         return _reject(source, request, headers, remote_ip, *refusal)
 
@@ -242,9 +243,17 @@ def insert_event(event: NewEvent) -> tuple:
 
     The unique constraint on (source, provider event id) decides inside the
     database, so two concurrent redeliveries can never both be inserted, and
-    no exception breaks an enclosing transaction.
+    no exception breaks an enclosing transaction. A redelivery of an event the
+    retention purge deleted is counted as a duplicate of it (PurgedEventKey).
     Returns (id of the stored event, whether this call inserted it).
     """
+    digest = event_id_digest(event.provider_event_id)
+    if digest is not None:
+        # A redelivery of an event the retention purge deleted (the writer's statement checks this inline).
+        purged = PurgedEventKey.objects.filter(source_id=event.source_id, event_id_digest=digest)
+        original_id = purged.values_list("original_id", flat=True).first()
+        if original_id is not None:
+            return original_id, False
     table = WebhookEvent._meta.db_table
     columns = ", ".join(field.column for field in _INSERTED_FIELDS)
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
@@ -258,6 +267,39 @@ def insert_event(event: NewEvent) -> tuple:
         cursor.execute(sql, values)
         stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
     return stored_id, stored_id == event.id
+
+
+# A stored event is purged once received more than its organization's retention ago, and its key is
+# kept PurgedEventKey.KEPT_DAYS after that; a signed time is accepted only while the key of its event,
+# received no earlier than this much before the signed time (a provider's clock ahead of ours), must
+# still be there.
+RETENTION_CLOCK_MARGIN_SECONDS = SignatureNonce.CLOCK_SKEW_SECONDS
+
+
+def _signed_before_retention(provider, request: InboundRequest, source: Source) -> tuple[str, str] | None:
+    """(code, detail) when the request's signed time is older than the organization's retention plus
+    the days a purged event's key is kept.
+
+    De-duplication finds a redelivery by its stored event or, once the retention purge deleted that,
+    by the key the purge kept (PurgedEventKey) for KEPT_DAYS; past both, a captured genuine request
+    sent again would be stored and delivered as a new event. The provider's own ``tolerance`` option,
+    where set, is checked by verify() and is usually far stricter; this bound holds also where the
+    scheme checks none by default (Apple, SendGrid, Discord, Mailgun, PayPal) or the tenant turned it
+    off. KEPT_DAYS is longer than any provider's retry span, so a genuine retry passes whatever the
+    retention, and is counted as a duplicate if its event was stored and purged."""
+    signed_at = provider.signed_time(request, source.options)
+    if signed_at is None:
+        return None
+    retention_days = max(source.organization.retention_days, MIN_RETENTION_DAYS)
+    age = time.time() - signed_at
+    if age <= (retention_days + PurgedEventKey.KEPT_DAYS) * 86400 - RETENTION_CLOCK_MARGIN_SECONDS:
+        return None
+    return (
+        "signed_before_retention",
+        f"signed {age / 86400:.1f} days ago; events older than this organization's retention of "
+        f"{retention_days} day{'s' if retention_days != 1 else ''}, plus the {PurgedEventKey.KEPT_DAYS} days "
+        "their ids are kept after it, can no longer be told apart from a replay",
+    )
 
 
 def _replay_refusal(provider, request: InboundRequest, source: Source, body: bytes) -> tuple[str, str] | None:

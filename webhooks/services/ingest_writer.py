@@ -24,6 +24,7 @@ retry is then stored again, as it would be after any lost answer.)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from django.db import DatabaseError, DataError, InterfaceError, OperationalError
 from django.utils import timezone
 from uuid6 import uuid7
 
-from webhooks.models import WebhookEvent
+from webhooks.models import PurgedEventKey, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ _ON_CONFLICT = f"""ON CONFLICT (source_id, provider_event_id) WHERE provider_eve
 DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1, last_duplicate_at = excluded.received_at
 RETURNING id, source_id, provider_event_id"""
 
+_KEYS = PurgedEventKey._meta.db_table
+# A key the retention purge kept (PurgedEventKey) makes a duplicate of the purged event: the row is
+# not inserted, and insert_event_batch answers with the purged event's id.
+_NOT_PURGED = f"""WHERE NOT EXISTS (
+    SELECT 1 FROM {_KEYS} AS purged WHERE purged.source_id = row.source_id AND purged.event_id_digest = row.digest
+)"""
+
 # One statement text for any batch size (arrays, not a VALUES list), so each
 # connection prepares it once.
 _INSERT_BATCH_SQL = f"""
@@ -62,14 +70,20 @@ SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.ev
        row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at
 FROM unnest(
     %b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],
-    %b::timestamptz[]
-) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at)
+    %b::timestamptz[], %b::text[]
+) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest)
+{_NOT_PURGED}
 {_ON_CONFLICT}
 """
 # A batch of one (an idle process, or a sync worker) costs both sides less without arrays.
 _INSERT_ONE_SQL = f"""
 INSERT INTO {_TABLE} ({_COLUMNS})
-VALUES (%b, %b, %b, %b, %b, %b, %b::jsonb, %b::inet, 'received', '', '', 0, %b)
+SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.event_type, row.body,
+       row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at
+FROM (VALUES (
+    %b::uuid, %b::bigint, %b::bigint, %b::text, %b::text, %b::bytea, %b::text, %b::text, %b::timestamptz, %b::text
+)) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest)
+{_NOT_PURGED}
 {_ON_CONFLICT}
 """
 
@@ -161,6 +175,7 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
         [json.dumps(event.headers) for event in events],
         [event.remote_ip for event in events],
         [event.received_at for event in events],
+        [event_id_digest(event.provider_event_id) for event in events],
     ]
     with connection.wrap_database_errors:
         cursor = _batch_cursor()
@@ -179,9 +194,39 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
             outcomes[index] = (stored_id, True)
         else:
             outcomes[index_by_key[(source_id, provider_event_id)]] = (stored_id, False)
-    if any(outcome is None for outcome in outcomes):  # pragma: no cover - PostgreSQL returns one row per input row
-        raise DatabaseError("the batch insert returned fewer rows than it was given")
+    missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if missing:
+        with connection.wrap_database_errors:
+            purged = _purged_originals(cursor, [events[index] for index in missing])
+        for index in missing:
+            original = purged.get(_conflict_key(events[index]))
+            if original is None:  # pragma: no cover - a row is inserted, counted, or has a purged key
+                raise DatabaseError("the batch insert returned fewer rows than it was given")
+            outcomes[index] = (original, False)
     return outcomes  # type: ignore[return-value]
+
+
+def event_id_digest(provider_event_id: str | None) -> str | None:
+    """How PurgedEventKey keeps a provider event id (None for an event without one)."""
+    if provider_event_id is None:
+        return None
+    return hashlib.sha256(provider_event_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _purged_originals(cursor, events: Sequence[NewEvent]) -> dict[tuple[int, str], uuid.UUID]:
+    """(source id, provider event id) -> the purged event's id, for events not inserted because of a key."""
+    by_digest = {(event.source_id, event_id_digest(event.provider_event_id)): event for event in events}
+    cursor.execute(
+        f"SELECT source_id, event_id_digest, original_id FROM {_KEYS} "
+        "WHERE source_id = ANY(%s) AND event_id_digest = ANY(%s)",
+        [[key[0] for key in by_digest], [key[1] for key in by_digest]],
+    )
+    originals = {}
+    for source_id, digest, original_id in cursor.fetchall():
+        event = by_digest.get((source_id, digest))
+        if event is not None:
+            originals[_conflict_key(event)] = original_id
+    return originals
 
 
 _thread_cursor = threading.local()

@@ -15,8 +15,9 @@ from django.utils import timezone
 from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, Organization
 from organizations.names import one_line
 from organizations.services import audit_record
-from webhooks.models import Delivery, Destination, SignatureNonce, Source, WebhookEvent
+from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
+from .ingest_writer import event_id_digest
 from .sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
     SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
+    PurgedEventKey.objects.filter(forget_after__lt=now).delete()
     deleted = 0
     for organization in Organization.objects.only("pk", "name", "retention_days"):
         # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must
@@ -106,7 +108,7 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
         cutoff = now - timedelta(days=retention_days)
         counts = Counter()
         try:
-            _purge_organization(organization, cutoff, batch_size, counts)
+            _purge_organization(organization, cutoff, batch_size, counts, now)
         finally:
             # Also after a failed batch: what the earlier batches deleted is gone for good.
             if counts["events"] or counts["rejected_requests"]:
@@ -125,8 +127,11 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     return deleted
 
 
-def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter) -> None:
-    """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``."""
+def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter, now) -> None:
+    """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``.
+
+    Each deleted event with a provider event id leaves its key (PurgedEventKey) for KEPT_DAYS more,
+    in the same transaction: a redelivery is still a duplicate once the body is gone."""
     while True:
         ids = list(_expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
         if not ids:
@@ -148,6 +153,7 @@ def _purge_organization(organization: Organization, cutoff, batch_size: int, cou
             )
             batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
             rejected = batch.filter(status=WebhookEvent.Status.REJECTED).count()
+            _keep_keys(batch, forget_after=now + timedelta(days=PurgedEventKey.KEPT_DAYS))
             removed = batch.delete()[1]
         events = removed.get(WebhookEvent._meta.label, 0)
         counts["rejected_requests"] += rejected
@@ -155,6 +161,25 @@ def _purge_organization(organization: Organization, cutoff, batch_size: int, cou
         counts["deliveries"] += removed.get(Delivery._meta.label, 0)
         if len(ids) < batch_size:
             return
+
+
+def _keep_keys(events, *, forget_after) -> None:
+    keyed = events.exclude(status=WebhookEvent.Status.REJECTED).filter(provider_event_id__isnull=False)
+    PurgedEventKey.objects.bulk_create(
+        [
+            PurgedEventKey(
+                source_id=source_id,
+                event_id_digest=event_id_digest(provider_event_id),
+                original_id=event_id,
+                received_at=received_at,
+                forget_after=forget_after,
+            )
+            for event_id, source_id, provider_event_id, received_at in keyed.values_list(
+                "id", "source_id", "provider_event_id", "received_at"
+            )
+        ],
+        ignore_conflicts=True,  # a key left by a redelivery stored in the instant of an earlier purge
+    )
 
 
 def _expired_and_finished(organization: Organization, cutoff):

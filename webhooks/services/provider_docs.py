@@ -6,9 +6,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from webhooks.models import PurgedEventKey
 from webhooks.providers.registry import PROVIDERS
 
 DOCS_PATH = Path(settings.BASE_DIR) / "docs" / "providers.md"
+KEPT_DAYS = PurgedEventKey.KEPT_DAYS
 
 
 def render_provider_docs() -> str:
@@ -27,6 +29,17 @@ def render_provider_docs() -> str:
         "HMAC's id header), a signed delivery posted again under a new id is taken as a new",
         "event: keep ingest URLs and captured deliveries private.",
         "",
+        "Redeliveries are recognised by the stored event and, once the retention purge has deleted",
+        f"it, by a digest of its event id kept {KEPT_DAYS} more days. So a request whose signature covers a",
+        "time (the **Replays** line of each provider) is refused with 401 `signed_before_retention`",
+        f"once that time is older than the organization's `retention_days` plus those {KEPT_DAYS} days,",
+        "whatever the provider's own default (Apple, SendGrid, Discord, Mailgun and PayPal check no",
+        f"age by default); a `tolerance` option, when set, is checked too and refuses sooner. The {KEPT_DAYS}",
+        "days outlast the providers' retries (Apple: about 6.5 days; SendGrid: 72 hours), so a",
+        "genuine retry passes, counted once, even with a one-day retention. Where the signature",
+        "covers no time, a captured delivery sent again after that is stored and delivered as a",
+        "new event (README, What happens to a webhook).",
+        "",
         "| kind | provider | event id | event type |",
         "|---|---|---|---|",
     ]
@@ -43,6 +56,7 @@ def render_provider_docs() -> str:
         lines.append(f"- **Verified:** {provider.docs_verifies}")
         lines.append(f"- **Event id:** {provider.docs_event_id}")
         lines.append(f"- **Event type:** {provider.docs_event_type}")
+        lines.append(f"- **Replays:** {_replays(provider)}")
         if provider.options:
             lines += ["", "| option | required | default | meaning |", "|---|---|---|---|"]
             for option in provider.options:
@@ -53,3 +67,20 @@ def render_provider_docs() -> str:
                     f"{option.label}. {option.help_text}{choices} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _replays(provider) -> str:
+    """What keeps a captured request from being stored again once its event is purged."""
+    if provider.docs_signed_time:
+        has_tolerance = any(option.name == "tolerance" for option in provider.options)
+        stricter = " (or the `tolerance` option, where set and stricter)" if has_tolerance else ""
+        return (
+            f"signed time: {provider.docs_signed_time}; refused once older than the organization's retention "
+            f"plus {KEPT_DAYS} days{stricter}."
+        )
+    if provider.docs_replay:
+        return f"no signed time checked against the retention; {provider.docs_replay}."
+    return (
+        f"the signature covers no time: a captured delivery sent again is a duplicate until {KEPT_DAYS} days after "
+        "its event was purged (retention), then a new event."
+    )

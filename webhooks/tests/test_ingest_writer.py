@@ -6,14 +6,17 @@ import json
 import threading
 import time
 import urllib.parse
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from django.db import DataError, OperationalError, transaction
+from django.utils import timezone
 
-from webhooks.models import WebhookEvent
+from webhooks.models import PurgedEventKey, WebhookEvent
 from webhooks.services import ingest_writer
-from webhooks.services.ingest_writer import IngestWriter, NewEvent, insert_event_batch, store_event
+from webhooks.services.ingest_writer import IngestWriter, NewEvent, event_id_digest, insert_event_batch, store_event
 
 from .factories import STRIPE_SECRET, make_source
 from .signing import post_stripe, stripe_headers
@@ -99,6 +102,35 @@ def test_batch_stores_every_column_as_given(stripe_source):
     # A batch of one takes the single-row statement: a redelivery is counted the same way.
     assert insert_event_batch([new_event(stripe_source, "evt_cols")]) == [(event.id, False)]
     assert WebhookEvent.objects.get(pk=event.id).duplicate_count == 1
+
+
+@pytest.mark.django_db
+def test_a_redelivery_of_a_purged_event_is_counted_as_its_duplicate_by_both_statements(
+    stripe_source, other_organization
+):
+    # The retention purge keeps the key of an event it deleted (PurgedEventKey); the batch and the
+    # single-row statements answer a redelivery with the purged event's id and insert nothing.
+    purged_id = uuid.uuid4()
+    PurgedEventKey.objects.create(
+        source=stripe_source,
+        event_id_digest=event_id_digest("evt_purged"),
+        original_id=purged_id,
+        received_at=timezone.now() - timedelta(days=31),
+        forget_after=timezone.now() + timedelta(days=7),
+    )
+    elsewhere = make_source(other_organization)
+
+    assert insert_event_batch([new_event(stripe_source, "evt_purged")]) == [(purged_id, False)]
+    batch = [
+        new_event(stripe_source, "evt_fresh"),
+        new_event(stripe_source, "evt_purged"),
+        new_event(elsewhere, "evt_purged"),  # the key is the source's only
+        new_event(stripe_source, None),
+    ]
+    outcomes = insert_event_batch(batch)
+    assert outcomes == [(batch[0].id, True), (purged_id, False), (batch[2].id, True), (batch[3].id, True)]
+    assert not WebhookEvent.objects.filter(pk=purged_id).exists()
+    assert WebhookEvent.objects.filter(provider_event_id="evt_purged").get().source_id == elsewhere.pk
 
 
 @pytest.mark.django_db

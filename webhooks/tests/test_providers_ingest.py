@@ -3,9 +3,13 @@ counted duplicate, a changed byte is a 401 — with requests signed as the test 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from webhooks.models import WebhookEvent
+from webhooks.providers.base import InboundRequest
+from webhooks.providers.registry import PROVIDERS
 from webhooks.services import sample_sender
 
 from .factories import make_source
@@ -43,3 +47,18 @@ def test_every_fixture_is_accepted_once_then_counted_as_duplicate(client, organi
         if kind not in ("shared_token", "supabase"):  # a token header does not cover the body
             assert tampered.status_code == 401, (path.name, tampered.content)
             assert set(tampered.json()) == {"error", "detail"}
+
+
+@pytest.mark.parametrize("kind", [kind for kind in SIGNABLE if PROVIDERS[kind].docs_signed_time])
+def test_signed_time_reads_the_time_a_request_was_signed_at(organization, kind):
+    # The ingest refuses a signed time older than the organization's retention; it must be the one signed.
+    secret = SHAPED_SECRETS.get(kind, SECRET)
+    options = dict(REQUIRED_OPTIONS.get(kind, {}))
+    if kind == "generic_hmac":
+        options["timestamp_header"] = "X-Timestamp"
+    source = make_source(organization, provider=kind, secret=secret, **options)
+    path = fixtures_of(kind)[0]
+    body, headers = sample_sender.build_test_request(source=source, fixture=path.stem)
+    request = InboundRequest(body=body, headers={name.lower(): value for name, value in headers.items()})
+    signed_at = PROVIDERS[kind].signed_time(request, source.options)
+    assert signed_at is not None and abs(signed_at - time.time()) < 120, (kind, signed_at)
