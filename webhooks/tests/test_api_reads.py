@@ -233,9 +233,32 @@ def test_malformed_or_unknown_ids_are_404_never_500(client, organization, path):
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
 
-def test_an_invalid_cursor_is_not_a_500(client, organization, reader_key):
-    response = api_get(client, reader_key, "/api/v1/events", cursor="garbage")
-    assert response.status_code == 404 and response.json()["error"] == "not_found"
+def _cursor(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"])
+@pytest.mark.parametrize(
+    "cursor",
+    ["garbage", _cursor("p=abc"), _cursor("r=1&p=not-an-id"), _cursor("o=-5&p=1"), _cursor("p=1\x00")],
+)
+def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, reader_key, path, cursor):
+    response = api_get(client, reader_key, path, cursor=cursor)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid" and list(response.json()["fields"]) == ["cursor"]
+
+
+def test_page_links_start_with_public_base_url_behind_a_proxy(client, organization, reader_key, settings):
+    settings.PUBLIC_BASE_URL = "https://hooks.example.com"
+    source = make_source(organization)
+    for _ in range(3):
+        make_event(source)
+    # The proxy reached Django over plain HTTP with its own Host and said nothing of the scheme.
+    first = client.get("/api/v1/events?limit=1", HTTP_AUTHORIZATION=f"Bearer {reader_key}", HTTP_HOST="localhost")
+    next_link = first.json()["next"]
+    assert next_link.startswith("https://hooks.example.com/api/v1/events?")
+    second = client.get(next_link.removeprefix("https://hooks.example.com"), HTTP_AUTHORIZATION=f"Bearer {reader_key}")
+    assert second.json()["previous"].startswith("https://hooks.example.com/api/v1/events?")
 
 
 def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key):
