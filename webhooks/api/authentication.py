@@ -22,6 +22,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView, exception_handler
 
+from accounts.http import client_ip
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
@@ -38,14 +39,19 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
+        address = client_ip(request)
+        if wait := auth_failures_refusal(address):
+            raise exceptions.Throttled(wait, detail="too many requests with a wrong API key from this address")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            auth_failure_counted(address)
             raise exceptions.AuthenticationFailed(
                 "send the key as Authorization: Bearer hl_<prefix>_<secret>", code="invalid_api_key"
             )
         try:
             api_key = api_key_authenticate(key=key.strip())
         except ApiKeyError as exc:
+            auth_failure_counted(address)
             raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from None
         if not api_key.organization.is_active:
             raise exceptions.PermissionDenied("this organization is suspended", code="organization_inactive")
@@ -99,6 +105,38 @@ class ApiKeyRateThrottle(BaseThrottle):
 
     def wait(self):
         return self.retry_after
+
+
+def _auth_failures_key(address: str | None) -> tuple[str, int, float]:
+    limit, period = parse_rate(settings.API_AUTH_FAILURE_LIMIT)
+    now = time.time()
+    window = int(now // period)
+    return f"api:auth-failures:{address or 'unknown'}:{period}:{window}", limit, (window + 1) * period - now
+
+
+def auth_failures_refusal(address: str | None) -> int | None:
+    """Seconds to wait when this address sent API_AUTH_FAILURE_LIMIT wrong keys in the window, else None.
+
+    Checked before the key is looked up: a flood of made-up keys then costs one cache read each,
+    not a database query. Every key from that address waits, a right one too (a shared address
+    pays for its noisy neighbour until the window ends). Without the cache nothing is refused.
+    """
+    key, limit, left = _auth_failures_key(address)
+    try:
+        failures = cache.get(key, 0)
+    except (ConnectionInterrupted, RedisError) as exc:
+        logger.warning("API key failures not checked, the cache is unavailable: %s", exc)
+        return None
+    return max(1, int(left + 0.999)) if failures >= limit else None
+
+
+def auth_failure_counted(address: str | None) -> None:
+    key, _, left = _auth_failures_key(address)
+    try:
+        cache.add(key, 0, timeout=int(left) + 2)
+        cache.incr(key)
+    except (ConnectionInterrupted, RedisError, ValueError) as exc:
+        logger.warning("API key failure not counted, the cache is unavailable: %s", exc)
 
 
 def api_exception_handler(exc, context):

@@ -145,3 +145,39 @@ def test_a_trailing_slash_is_optional(client, organization):
     assert api_get(client, key, "/api/v1/sources/").status_code == 200
     assert api_get(client, key, f"/api/v1/sources/{source.pk}/").json()["id"] == source.pk
     assert api_get(client, key, "/api/v1/sources//").status_code == 404
+
+
+def test_an_address_sending_wrong_keys_is_refused_before_any_lookup(client, organization, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.API_AUTH_FAILURE_LIMIT = "3/min"
+    _, key = make_key(organization)
+    unknown = "hl_0123456789_" + "A" * 43
+    for wrong in (unknown, "not-a-key", unknown):
+        _assert_json_error(api_get(client, wrong, "/api/v1/sources"), 401, "invalid_api_key")
+    with CaptureQueriesContext(connection) as captured:
+        response = api_get(client, unknown, "/api/v1/sources")
+    _assert_json_error(response, 429, "rate_limited")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert not [query for query in captured if "organizations_apikey" in query["sql"]]
+    # The whole address waits, a right key too; another address and requests without a key do not.
+    _assert_json_error(api_get(client, key, "/api/v1/sources"), 429, "rate_limited")
+    assert client.get("/api/v1/sources", HTTP_AUTHORIZATION=f"Bearer {key}", REMOTE_ADDR="192.0.2.7").status_code == 200
+    _assert_json_error(client.get("/api/v1/sources"), 401, "not_authenticated")
+
+
+def test_right_keys_are_not_counted_as_failures(client, organization, settings):
+    settings.API_AUTH_FAILURE_LIMIT = "2/min"
+    _, key = make_key(organization)
+    for _ in range(5):
+        assert api_get(client, key, "/api/v1/sources").status_code == 200
+
+
+def test_without_the_cache_wrong_keys_are_answered_401(client, organization, settings):
+    from conftest import REDIS_DOWN_CACHES
+
+    settings.CACHES = REDIS_DOWN_CACHES
+    settings.API_AUTH_FAILURE_LIMIT = "1/min"
+    for _ in range(3):
+        _assert_json_error(api_get(client, "hl_0123456789_" + "A" * 43, "/api/v1/sources"), 401, "invalid_api_key")
