@@ -149,6 +149,7 @@ class EventFilterSerializer(serializers.Serializer):
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
     provider_event_id = serializers.CharField(max_length=255, required=False)
     received_after = serializers.DateTimeField(required=False)

@@ -133,6 +133,7 @@ class EventListView(ApiListView):
             filters=EventFilters(
                 status=filters.get("status", ""),
                 source_id=filters.get("source"),
+                destination_id=filters.get("destination"),
                 event_type=filters.get("event_type", ""),
                 provider_event_id=filters.get("provider_event_id", ""),
                 since=filters.get("received_after"),

@@ -89,9 +89,34 @@ def test_event_list_filters(client, organization, world, reader_key):
     assert ids(received_after=(now - timedelta(days=1)).isoformat()) == {event, str(rejected.pk)}
 
 
+def test_event_list_filters_by_destination_failing_there(client, organization, other_organization, world, reader_key):
+    source, first = world["source"], world["destination"]  # world's event: dead at the first destination
+    second, _ = make_destination(organization, "http://127.0.0.1:9/second", sources=[source])
+    fine_at_first = make_event(source)
+    make_delivery(fine_at_first, first, status=Delivery.Status.SUCCEEDED)
+    make_delivery(fine_at_first, second)  # dead at the second
+    foreign, _ = make_destination(other_organization, "http://127.0.0.1:9/theirs")
+
+    def ids(**params):
+        response = api_get(client, reader_key, "/api/v1/events", **params)
+        assert response.status_code == 200, response.content
+        return {item["id"] for item in response.json()["results"]}
+
+    assert ids(destination=first.pk) == {str(world["event"].pk), str(fine_at_first.pk)}
+    assert ids(destination=first.pk, status="failed") == {str(world["event"].pk)}
+    assert ids(destination=second.pk, status="failed") == {str(fine_at_first.pk)}
+    assert ids(destination=foreign.pk) == set() and ids(destination=foreign.pk, status="failed") == set()
+
+
 @pytest.mark.parametrize(
     "params",
-    [{"status": "lost"}, {"source": "abc"}, {"source": "99999999999999999999"}, {"received_after": "yesterday"}],
+    [
+        {"status": "lost"},
+        {"destination": "0"},
+        {"source": "abc"},
+        {"source": "99999999999999999999"},
+        {"received_after": "yesterday"},
+    ],
 )
 def test_event_list_refuses_bad_filters_with_400(client, organization, reader_key, params):
     response = api_get(client, reader_key, "/api/v1/events", **params)
