@@ -9,6 +9,7 @@ import time
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import JsonResponse
 from django.utils.cache import add_never_cache_headers
@@ -143,6 +144,11 @@ def api_exception_handler(exc, context):
     """DRF's answer (status, WWW-Authenticate, Retry-After) in the shape ``{"error", "detail"}``."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError({"detail": exc.messages})
+    elif isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, SuspiciousOperation):  # too many query parameters…: Django's answer would be an HTML page
+        logging.getLogger(f"django.security.{exc.__class__.__name__}").warning("%s", exc)
+        exc = exceptions.ParseError(str(exc), code="bad_request")
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -166,6 +172,12 @@ _ERROR_NAMES = {
     "parse_error": "invalid_json",
     "unsupported_media_type": "unsupported_media_type",
 }
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "the request body is larger than this API takes"
+    default_code = "request_too_large"
 
 
 class Conflict(exceptions.APIException):
