@@ -13,6 +13,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import JsonResponse
 from django.utils.cache import add_never_cache_headers
+from django.views import defaults
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 from rest_framework import exceptions
@@ -28,6 +29,8 @@ from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
 logger = logging.getLogger(__name__)
+
+API_PATH_PREFIX = "/api/"
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -217,6 +220,13 @@ class ApiView(APIView):
         response = super().finalize_response(request, response, *args, **kwargs)
         add_never_cache_headers(response)
         return response
+
+
+def server_error(request, *args, **kwargs):
+    """The site's 500 (config.urls.handler500): JSON under /api/, the HTML page everywhere else."""
+    if request.path.startswith(API_PATH_PREFIX):
+        return JsonResponse({"error": "server_error", "detail": "something went wrong on our side"}, status=500)
+    return defaults.server_error(request)
 
 
 def json_not_found(request, *args, **kwargs):

@@ -181,3 +181,21 @@ def test_without_the_cache_wrong_keys_are_answered_401(client, organization, set
     settings.API_AUTH_FAILURE_LIMIT = "1/min"
     for _ in range(3):
         _assert_json_error(api_get(client, "hl_0123456789_" + "A" * 43, "/api/v1/sources"), 401, "invalid_api_key")
+
+
+def test_a_server_error_under_the_api_is_json_and_elsewhere_the_html_page(organization, owner, monkeypatch):
+    from webhooks.api import views
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "sources_for_organization", broken)
+    _, key = make_key(organization)
+    client = Client(raise_request_exception=False)
+    response = api_get(client, key, "/api/v1/sources")
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "server_error", "detail": "something went wrong on our side"}
+    monkeypatch.setattr("webhooks.views.dashboard.home.HomeView.get", lambda *args, **kwargs: broken())
+    client.force_login(owner)
+    page = client.get("/")
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
