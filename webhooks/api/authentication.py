@@ -45,7 +45,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         address = client_ip(request)
         if wait := auth_failures_refusal(address):
-            raise exceptions.Throttled(wait, detail="too many requests with a wrong API key from this address")
+            raise exceptions.Throttled(wait, detail="Too many wrong API keys from this address.")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             auth_failure_counted(address)
