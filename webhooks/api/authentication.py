@@ -11,7 +11,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from django.views import defaults
 from django_redis.exceptions import ConnectionInterrupted
@@ -147,6 +147,8 @@ def api_exception_handler(exc, context):
     """DRF's answer (status, WWW-Authenticate, Retry-After) in the shape ``{"error", "detail"}``."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError({"detail": exc.messages})
+    elif isinstance(exc, Http404):  # DRF's own, e.g. ?format= naming a format this API does not have
+        exc = exceptions.NotFound("not found")
     elif isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     elif isinstance(exc, SuspiciousOperation):  # too many query parameters…: Django's answer would be an HTML page

@@ -199,3 +199,9 @@ def test_a_server_error_under_the_api_is_json_and_elsewhere_the_html_page(organi
     client.force_login(owner)
     page = client.get("/")
     assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("params", [{"format": "api"}, {"format": "xml"}])
+def test_a_format_the_api_does_not_have_is_its_json_404(client, organization, params):
+    _, key = make_key(organization)
+    _assert_json_error(api_get(client, key, "/api/v1/sources", **params), 404, "not_found")
