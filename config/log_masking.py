@@ -1,4 +1,4 @@
-"""Secret tokens in URLs show only their last four characters in logs.
+"""Secret tokens in URLs, and REST API keys anywhere, show only their last four characters in logs.
 
 Ingest URLs carry their source's token, which is what makes them unguessable; sign-in links,
 invitation links and the show-once secret pages carry single-use tokens that a GET does not
@@ -16,9 +16,14 @@ from gunicorn.glogging import Logger
 
 _URL_TOKEN_PREFIXES = ("/in/", "/team/join/", "/sign-in/link/", "/secret/")
 _URL_TOKEN = re.compile(r"(/(?:in|team/join|sign-in/link|secret)/)([A-Za-z0-9_-]{8,})")
+# A REST API key wherever it shows up: a script that puts it in the query string, or sends it the
+# way Stripe's API takes its keys (`curl -u hl_…:`), whose Basic user name gunicorn logs as %(u)s.
+_API_KEY = re.compile(r"(hl_[0-9a-f]{10}_)([A-Za-z0-9_-]{8,})")
 
 
 def mask_url_tokens(text: str) -> str:
+    if "hl_" in text:
+        text = _API_KEY.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
     if not any(prefix in text for prefix in _URL_TOKEN_PREFIXES):  # the common case, without the regex
         return text
     return _URL_TOKEN.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
@@ -41,10 +46,9 @@ class MaskUrlTokens(logging.Filter):
 
 
 class UrlTokenMaskingLogger(Logger):
-    """gunicorn's logger: the access log's request line, path and referrer masked, and the error
-    log's messages ("Error handling request /in/…") too."""
-
-    _MASKED_ATOMS = ("r", "U", "f", "{referer}i", "{raw_uri}e", "{path_info}e", "{request_uri}e")
+    """gunicorn's logger: every atom of the access log masked (the request line, path, query,
+    referrer, Basic auth user name, and any header or environment value a format may name), and
+    the error log's messages ("Error handling request /in/…") too."""
 
     def setup(self, cfg):
         super().setup(cfg)
@@ -52,8 +56,4 @@ class UrlTokenMaskingLogger(Logger):
             self.error_log.addFilter(MaskUrlTokens())  # setup runs again on every HUP
 
     def atoms(self, resp, req, environ, request_time):
-        atoms = super().atoms(resp, req, environ, request_time)
-        for key in self._MASKED_ATOMS:
-            if key in atoms:
-                atoms[key] = _masked(atoms[key])
-        return atoms
+        return {key: _masked(value) for key, value in super().atoms(resp, req, environ, request_time).items()}

@@ -326,6 +326,8 @@ REST_FRAMEWORK = {
 }
 # Requests per API key: "<number>/<s|min|h>", counted in the cache (webhooks.api.authentication).
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="600/min")
+# Wrong or malformed API keys per client address before its API requests are refused for the rest of the window.
+API_AUTH_FAILURE_LIMIT = env.str("API_AUTH_FAILURE_LIMIT", default="30/min")
 
 # --- Static files, i18n -------------------------------------------------------
 STATIC_URL = "static/"

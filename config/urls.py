@@ -24,3 +24,6 @@ urlpatterns = [
     path("invitations/<int:invitation_id>/join/", InvitationJoinView.as_view(), name="invitation_join"),
     path("", HomeView.as_view(), name="home"),
 ]
+
+# A 500 under /api/ is JSON, like every other answer there.
+handler500 = "webhooks.api.authentication.server_error"

@@ -9,9 +9,11 @@ import time
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.utils.cache import add_never_cache_headers
+from django.views import defaults
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 from rest_framework import exceptions
@@ -22,10 +24,13 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView, exception_handler
 
+from accounts.http import client_ip
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
 logger = logging.getLogger(__name__)
+
+API_PATH_PREFIX = "/api/"
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -38,14 +43,19 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
+        address = client_ip(request)
+        if wait := auth_failures_refusal(address):
+            raise exceptions.Throttled(wait, detail="Too many wrong API keys from this address.")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            auth_failure_counted(address)
             raise exceptions.AuthenticationFailed(
                 "send the key as Authorization: Bearer hl_<prefix>_<secret>", code="invalid_api_key"
             )
         try:
             api_key = api_key_authenticate(key=key.strip())
         except ApiKeyError as exc:
+            auth_failure_counted(address)
             raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from None
         if not api_key.organization.is_active:
             raise exceptions.PermissionDenied("this organization is suspended", code="organization_inactive")
@@ -101,10 +111,49 @@ class ApiKeyRateThrottle(BaseThrottle):
         return self.retry_after
 
 
+def _auth_failures_key(address: str | None) -> tuple[str, int, float]:
+    limit, period = parse_rate(settings.API_AUTH_FAILURE_LIMIT)
+    now = time.time()
+    window = int(now // period)
+    return f"api:auth-failures:{address or 'unknown'}:{period}:{window}", limit, (window + 1) * period - now
+
+
+def auth_failures_refusal(address: str | None) -> int | None:
+    """Seconds to wait when this address sent API_AUTH_FAILURE_LIMIT wrong keys in the window, else None.
+
+    Checked before the key is looked up: a flood of made-up keys then costs one cache read each,
+    not a database query. Every key from that address waits, a right one too (a shared address
+    pays for its noisy neighbour until the window ends). Without the cache nothing is refused.
+    """
+    key, limit, left = _auth_failures_key(address)
+    try:
+        failures = cache.get(key, 0)
+    except (ConnectionInterrupted, RedisError) as exc:
+        logger.warning("API key failures not checked, the cache is unavailable: %s", exc)
+        return None
+    return max(1, int(left + 0.999)) if failures >= limit else None
+
+
+def auth_failure_counted(address: str | None) -> None:
+    key, _, left = _auth_failures_key(address)
+    try:
+        cache.add(key, 0, timeout=int(left) + 2)
+        cache.incr(key)
+    except (ConnectionInterrupted, RedisError, ValueError) as exc:
+        logger.warning("API key failure not counted, the cache is unavailable: %s", exc)
+
+
 def api_exception_handler(exc, context):
     """DRF's answer (status, WWW-Authenticate, Retry-After) in the shape ``{"error", "detail"}``."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError({"detail": exc.messages})
+    elif isinstance(exc, Http404):  # DRF's own, e.g. ?format= naming a format this API does not have
+        exc = exceptions.NotFound("not found")
+    elif isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, SuspiciousOperation):  # too many query parameters…: Django's answer would be an HTML page
+        logging.getLogger(f"django.security.{exc.__class__.__name__}").warning("%s", exc)
+        exc = exceptions.ParseError(str(exc), code="bad_request")
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -128,6 +177,12 @@ _ERROR_NAMES = {
     "parse_error": "invalid_json",
     "unsupported_media_type": "unsupported_media_type",
 }
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "the request body is larger than this API takes"
+    default_code = "request_too_large"
 
 
 class Conflict(exceptions.APIException):
@@ -167,6 +222,13 @@ class ApiView(APIView):
         response = super().finalize_response(request, response, *args, **kwargs)
         add_never_cache_headers(response)
         return response
+
+
+def server_error(request, *args, **kwargs):
+    """The site's 500 (config.urls.handler500): JSON under /api/, the HTML page everywhere else."""
+    if request.path.startswith(API_PATH_PREFIX):
+        return JsonResponse({"error": "server_error", "detail": "something went wrong on our side"}, status=500)
+    return defaults.server_error(request)
 
 
 def json_not_found(request, *args, **kwargs):

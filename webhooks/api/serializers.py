@@ -15,6 +15,7 @@ from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUSES_FROM_DELIVERIES,
+    SIGNATURE_HIDDEN,
     headers_for_viewer,
     url_for_viewer,
 )
@@ -32,12 +33,15 @@ def body_for_api(body: bytes) -> dict[str, str]:
         return {"body": base64.b64encode(raw).decode("ascii"), "body_encoding": "base64"}
 
 
+# The dashboard's placeholder names roles; through the API the key's access is what counts.
+SIGNATURE_HIDDEN_FROM_KEY = "(a signature: shown to read-and-write keys)"
+
+
 def _headers(headers, context, signature_headers=frozenset()) -> dict[str, str]:
-    return dict(
-        headers_for_viewer(
-            headers or {}, sees_signatures=context["sees_everything"], signature_headers=signature_headers
-        )
+    shown = headers_for_viewer(
+        headers or {}, sees_signatures=context["sees_everything"], signature_headers=signature_headers
     )
+    return {name: SIGNATURE_HIDDEN_FROM_KEY if value is SIGNATURE_HIDDEN else value for name, value in shown}
 
 
 class AttemptSerializer(serializers.Serializer):
@@ -149,6 +153,7 @@ class EventFilterSerializer(serializers.Serializer):
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
     provider_event_id = serializers.CharField(max_length=255, required=False)
     received_after = serializers.DateTimeField(required=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
-from django.core.exceptions import ObjectDoesNotExist
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Prefetch
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
@@ -62,12 +63,34 @@ def _found(lookup, **kwargs):
 
 
 class NewestFirst(CursorPagination):
-    """Keyset pages on the time-ordered id: a page never shifts when new rows arrive."""
+    """Keyset pages on the time-ordered id: a page never shifts when new rows arrive.
+
+    Links start with PUBLIC_BASE_URL, like the ingest URLs: behind a proxy the Host header and the
+    scheme of the request that reached Django may be the proxy's, not the address clients use.
+    A cursor that is not one of ours is a bad query parameter (400), whatever its inside holds.
+    """
 
     ordering = "-id"
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.position_field = queryset.model._meta.pk
+        page = super().paginate_queryset(queryset, request, view)
+        self.base_url = settings.PUBLIC_BASE_URL + request.get_full_path()
+        return page
+
+    def decode_cursor(self, request):
+        try:
+            cursor = super().decode_cursor(request)
+            if cursor is not None and cursor.position is not None:
+                self.position_field.to_python(cursor.position)
+        except (exceptions.NotFound, ValidationError):
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: ["not a cursor from this API: follow next or previous"]}
+            ) from None
+        return cursor
 
 
 class OldestFirst(NewestFirst):
@@ -110,6 +133,7 @@ class EventListView(ApiListView):
             filters=EventFilters(
                 status=filters.get("status", ""),
                 source_id=filters.get("source"),
+                destination_id=filters.get("destination"),
                 event_type=filters.get("event_type", ""),
                 provider_event_id=filters.get("provider_event_id", ""),
                 since=filters.get("received_after"),

@@ -145,3 +145,63 @@ def test_a_trailing_slash_is_optional(client, organization):
     assert api_get(client, key, "/api/v1/sources/").status_code == 200
     assert api_get(client, key, f"/api/v1/sources/{source.pk}/").json()["id"] == source.pk
     assert api_get(client, key, "/api/v1/sources//").status_code == 404
+
+
+def test_an_address_sending_wrong_keys_is_refused_before_any_lookup(client, organization, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.API_AUTH_FAILURE_LIMIT = "3/min"
+    _, key = make_key(organization)
+    unknown = "hl_0123456789_" + "A" * 43
+    for wrong in (unknown, "not-a-key", unknown):
+        _assert_json_error(api_get(client, wrong, "/api/v1/sources"), 401, "invalid_api_key")
+    with CaptureQueriesContext(connection) as captured:
+        response = api_get(client, unknown, "/api/v1/sources")
+    _assert_json_error(response, 429, "rate_limited")
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert not [query for query in captured if "organizations_apikey" in query["sql"]]
+    # The whole address waits, a right key too; another address and requests without a key do not.
+    _assert_json_error(api_get(client, key, "/api/v1/sources"), 429, "rate_limited")
+    assert client.get("/api/v1/sources", HTTP_AUTHORIZATION=f"Bearer {key}", REMOTE_ADDR="192.0.2.7").status_code == 200
+    _assert_json_error(client.get("/api/v1/sources"), 401, "not_authenticated")
+
+
+def test_right_keys_are_not_counted_as_failures(client, organization, settings):
+    settings.API_AUTH_FAILURE_LIMIT = "2/min"
+    _, key = make_key(organization)
+    for _ in range(5):
+        assert api_get(client, key, "/api/v1/sources").status_code == 200
+
+
+def test_without_the_cache_wrong_keys_are_answered_401(client, organization, settings):
+    from conftest import REDIS_DOWN_CACHES
+
+    settings.CACHES = REDIS_DOWN_CACHES
+    settings.API_AUTH_FAILURE_LIMIT = "1/min"
+    for _ in range(3):
+        _assert_json_error(api_get(client, "hl_0123456789_" + "A" * 43, "/api/v1/sources"), 401, "invalid_api_key")
+
+
+def test_a_server_error_under_the_api_is_json_and_elsewhere_the_html_page(organization, owner, monkeypatch):
+    from webhooks.api import views
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "sources_for_organization", broken)
+    _, key = make_key(organization)
+    client = Client(raise_request_exception=False)
+    response = api_get(client, key, "/api/v1/sources")
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "server_error", "detail": "something went wrong on our side"}
+    monkeypatch.setattr("webhooks.views.dashboard.home.HomeView.get", lambda *args, **kwargs: broken())
+    client.force_login(owner)
+    page = client.get("/")
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("params", [{"format": "api"}, {"format": "xml"}])
+def test_a_format_the_api_does_not_have_is_its_json_404(client, organization, params):
+    _, key = make_key(organization)
+    _assert_json_error(api_get(client, key, "/api/v1/sources", **params), 404, "not_found")

@@ -1,5 +1,7 @@
 """The REST API's changes: retry, replay, pause and resume, with the dashboard's rules and audit."""
 
+import json
+
 import pytest
 
 from organizations.models import ApiKey, AuditLog
@@ -138,3 +140,25 @@ def test_a_replay_body_must_be_json(client, setup):
     response = client.post(path, {"destination": destination.pk}, HTTP_AUTHORIZATION=f"Bearer {key}")  # a form
     assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
     assert not Delivery.objects.filter(is_replay=True).exists()
+
+
+def test_a_body_too_large_is_the_api_s_json_413(client, setup, settings):
+    _, destination, event, _, key = setup
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = json.dumps({"destination": destination.pk, "padding": "x" * 2000})
+    response = client.post(
+        f"/api/v1/events/{event.pk}/replay", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "request_too_large"
+    assert not Delivery.objects.filter(is_replay=True).exists()
+
+
+def test_too_many_query_parameters_is_the_api_s_json_400(client, setup, settings):
+    *_, key = setup
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    response = client.get(
+        "/api/v1/events?" + "&".join(f"p{n}=1" for n in range(20)), HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "bad_request"

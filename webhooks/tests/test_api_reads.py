@@ -89,9 +89,34 @@ def test_event_list_filters(client, organization, world, reader_key):
     assert ids(received_after=(now - timedelta(days=1)).isoformat()) == {event, str(rejected.pk)}
 
 
+def test_event_list_filters_by_destination_failing_there(client, organization, other_organization, world, reader_key):
+    source, first = world["source"], world["destination"]  # world's event: dead at the first destination
+    second, _ = make_destination(organization, "http://127.0.0.1:9/second", sources=[source])
+    fine_at_first = make_event(source)
+    make_delivery(fine_at_first, first, status=Delivery.Status.SUCCEEDED)
+    make_delivery(fine_at_first, second)  # dead at the second
+    foreign, _ = make_destination(other_organization, "http://127.0.0.1:9/theirs")
+
+    def ids(**params):
+        response = api_get(client, reader_key, "/api/v1/events", **params)
+        assert response.status_code == 200, response.content
+        return {item["id"] for item in response.json()["results"]}
+
+    assert ids(destination=first.pk) == {str(world["event"].pk), str(fine_at_first.pk)}
+    assert ids(destination=first.pk, status="failed") == {str(world["event"].pk)}
+    assert ids(destination=second.pk, status="failed") == {str(fine_at_first.pk)}
+    assert ids(destination=foreign.pk) == set() and ids(destination=foreign.pk, status="failed") == set()
+
+
 @pytest.mark.parametrize(
     "params",
-    [{"status": "lost"}, {"source": "abc"}, {"source": "99999999999999999999"}, {"received_after": "yesterday"}],
+    [
+        {"status": "lost"},
+        {"destination": "0"},
+        {"source": "abc"},
+        {"source": "99999999999999999999"},
+        {"received_after": "yesterday"},
+    ],
 )
 def test_event_list_refuses_bad_filters_with_400(client, organization, reader_key, params):
     response = api_get(client, reader_key, "/api/v1/events", **params)
@@ -119,11 +144,11 @@ def test_event_detail_utf8_body_headers_and_attempts(client, world, reader_key, 
     as_reader = api_get(client, reader_key, path).json()
     assert as_reader["body"] == '{"id": "evt_1", "type": "invoice.paid"}' and as_reader["body_encoding"] == "utf-8"
     assert as_reader["headers"]["content-type"] == "application/json"
-    assert as_reader["headers"]["stripe-signature"] != "t=1,v1=abc"  # hidden, as from members
+    assert as_reader["headers"]["stripe-signature"] == "(a signature: shown to read-and-write keys)"  # as from members
     [delivery] = as_reader["deliveries"]
     [attempt] = delivery["attempts"]
     assert attempt["response_status"] == 503 and attempt["response_body"] == "upstream unavailable"
-    assert attempt["request_headers"]["webhook-signature"] != "v1,c2lnbmVk"
+    assert attempt["request_headers"]["webhook-signature"] == "(a signature: shown to read-and-write keys)"
     as_writer = api_get(client, writer_key, path).json()
     assert as_writer["headers"]["stripe-signature"] == "t=1,v1=abc"
     assert as_writer["deliveries"][0]["attempts"][0]["request_headers"]["webhook-signature"] == "v1,c2lnbmVk"
@@ -233,9 +258,32 @@ def test_malformed_or_unknown_ids_are_404_never_500(client, organization, path):
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
 
-def test_an_invalid_cursor_is_not_a_500(client, organization, reader_key):
-    response = api_get(client, reader_key, "/api/v1/events", cursor="garbage")
-    assert response.status_code == 404 and response.json()["error"] == "not_found"
+def _cursor(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"])
+@pytest.mark.parametrize(
+    "cursor",
+    ["garbage", _cursor("p=abc"), _cursor("r=1&p=not-an-id"), _cursor("o=-5&p=1"), _cursor("p=1\x00")],
+)
+def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, reader_key, path, cursor):
+    response = api_get(client, reader_key, path, cursor=cursor)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid" and list(response.json()["fields"]) == ["cursor"]
+
+
+def test_page_links_start_with_public_base_url_behind_a_proxy(client, organization, reader_key, settings):
+    settings.PUBLIC_BASE_URL = "https://hooks.example.com"
+    source = make_source(organization)
+    for _ in range(3):
+        make_event(source)
+    # The proxy reached Django over plain HTTP with its own Host and said nothing of the scheme.
+    first = client.get("/api/v1/events?limit=1", HTTP_AUTHORIZATION=f"Bearer {reader_key}", HTTP_HOST="localhost")
+    next_link = first.json()["next"]
+    assert next_link.startswith("https://hooks.example.com/api/v1/events?")
+    second = client.get(next_link.removeprefix("https://hooks.example.com"), HTTP_AUTHORIZATION=f"Bearer {reader_key}")
+    assert second.json()["previous"].startswith("https://hooks.example.com/api/v1/events?")
 
 
 def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key):
@@ -269,4 +317,4 @@ def test_what_happened_to_webhook_x_for_a_webhook_received_through_ingest(client
     assert found["id"] == event_id and found["event_type"] == "charge.refunded" and found["source"] == source.pk
     detail = api_get(client, reader_key, f"/api/v1/events/{event_id}").json()
     assert detail["body"] == json.dumps({"id": "evt_through_ingest", "object": "event", "type": "charge.refunded"})
-    assert detail["headers"]["Stripe-Signature"] == "(a signature: shown to admins and owners)"
+    assert detail["headers"]["Stripe-Signature"] == "(a signature: shown to read-and-write keys)"

@@ -17,6 +17,7 @@ from .processes import free_port, post_stripe_over_http, wait_for_port
 from .test_ingest_writer_process import _start_gunicorn
 
 TOKEN = "AbCdEfGh1234_-xyzTOKENtail"
+API_KEY = "hl_0123abcdef_" + "s3cr3t-_" * 4 + "abcdefKtai"  # 42 characters after the prefix: shape is enough
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,9 @@ TOKEN = "AbCdEfGh1234_-xyzTOKENtail"
         (f"GET /accounts/sign-in/link/{TOKEN}/?next=/o/", "GET /accounts/sign-in/link/…tail/?next=/o/"),
         (f"GET /o/acme/secret/{TOKEN}/", "GET /o/acme/secret/…tail/"),
         ("GET /admin/webhooks/source/ HTTP/1.1", "GET /admin/webhooks/source/ HTTP/1.1"),
+        (f"GET /api/v1/events?api_key={API_KEY} HTTP/1.1", "GET /api/v1/events?api_key=hl_0123abcdef_…Ktai HTTP/1.1"),
+        (f"Bearer {API_KEY}", "Bearer hl_0123abcdef_…Ktai"),
+        ("GET /api/v1/events?event_type=hl_x HTTP/1.1", "GET /api/v1/events?event_type=hl_x HTTP/1.1"),
     ],
 )
 def test_tokens_in_text_keep_only_their_last_four_characters(text, expected):
@@ -71,6 +75,32 @@ def test_gunicorn_s_error_log_is_masked_once_however_often_it_is_set_up():
     )
     assert all(f.filter(record) for f in logger.error_log.filters)
     assert record.getMessage() == "Error handling request /in/…tail/"
+
+
+def test_gunicorn_s_access_log_never_holds_a_whole_api_key():
+    """In the query string, or as the user name of Basic auth (``curl -u hl_…:`` as for Stripe's API)."""
+    import base64
+    import datetime
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from config.log_masking import UrlTokenMaskingLogger
+
+    basic = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": f"/api/v1/events?key={API_KEY}",
+        "PATH_INFO": "/api/v1/events",
+        "QUERY_STRING": f"key={API_KEY}",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_AUTHORIZATION": basic,
+    }
+    request = SimpleNamespace(headers=[("AUTHORIZATION", f"Bearer {API_KEY}")])
+    response = SimpleNamespace(status="401 Unauthorized", sent=10, headers=[])
+    atoms = UrlTokenMaskingLogger(Config()).atoms(response, request, environ, datetime.timedelta(seconds=1))
+    assert not [name for name, value in atoms.items() if API_KEY in str(value)]
+    assert atoms["u"] == "hl_0123abcdef_…Ktai"
 
 
 @pytest.mark.django_db(transaction=True)
