@@ -1,6 +1,7 @@
 """Sources created, changed, rotated and deleted through the REST API, by the dashboard's services."""
 
 import json
+import logging
 
 import pytest
 from django.db import connection
@@ -79,12 +80,39 @@ def test_a_generated_secret_is_shown_once(client, organization, key):
     assert secret not in json.dumps(list(AuditLog.objects.values_list("changes", flat=True)))
 
 
-def test_stripe_without_a_secret_yet_is_created_refusing_requests(client, key):
+def test_stripe_without_a_secret_yet_refuses_requests_until_its_secret_is_set(client, key, settings):
+    settings.INGEST_SOURCE_CACHE_SECONDS = 0
     response = api_post(client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe, URL first"})
     assert response.status_code == 201, response.content
     assert response.json()["secret_hint"] == "" and "secret" not in response.json()
     source = Source.objects.get(pk=response.json()["id"])
     assert post_stripe(client, source, _stripe_body("evt_early"), STRIPE_SECRET).status_code != 200
+    response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {"secret": STRIPE_SECRET})
+    assert response.status_code == 200, response.content
+    assert post_stripe(client, source, _stripe_body("evt_in_time"), STRIPE_SECRET).status_code == 200
+
+
+def test_secrets_are_never_logged(client, organization, key, caplog):
+    caplog.set_level(logging.DEBUG)
+    created = api_post(client, key, "/api/v1/sources", {"provider": "github", "name": "GitHub"}).json()
+    rotated = api_post(client, key, f"/api/v1/sources/{created['id']}/rotate_secret", {"keep_previous_for": 0}).json()
+    refused = api_post(client, key, f"/api/v1/sources/{created['id']}/rotate_secret", {"secret": rotated["secret"]})
+    assert refused.status_code == 400 and rotated["secret"] not in refused.content.decode()
+    assert caplog.records  # the refusal at least is logged
+    for secret in (created["secret"], rotated["secret"]):
+        assert secret not in caplog.text
+
+
+def test_malformed_ids_and_other_methods(client, organization, key):
+    source = make_source(organization)
+    assert api_patch(client, key, "/api/v1/sources/abc", {"name": "x"}).status_code == 404
+    assert api_delete(client, key, "/api/v1/sources/0").status_code == 404
+    assert api_post(client, key, "/api/v1/sources/9" + "9" * 30 + "/rotate_secret", {}).status_code == 404
+    response = client.put(
+        f"/api/v1/sources/{source.pk}", {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+    assert api_patch(client, key, f"/api/v1/sources/{source.pk}/", {"name": "slash"}).status_code == 200
 
 
 @pytest.mark.parametrize(
