@@ -4,6 +4,7 @@ the views, so that a malformed one is the API's JSON 404 rather than the site's 
 from django.urls import re_path
 
 from . import views
+from . import views_manage as manage
 from .authentication import json_not_found
 
 ID = r"(?P<{}>[^/]+)"
@@ -15,6 +16,18 @@ def endpoint(pattern: str, view, name: str):
 
 app_name = "api"
 urlpatterns = [
+    # Creating, changing and deleting sources and destinations (views_manage). Listed before the read
+    # endpoints of the same paths: their views extend those and answer GET the same way.
+    endpoint("sources", manage.SourceListCreateView, "sources_manage"),
+    endpoint(f"sources/{ID.format('source_id')}", manage.SourceDetailManageView, "source_manage"),
+    endpoint(f"sources/{ID.format('source_id')}/rotate_secret", manage.SourceRotateSecretView, "source_rotate"),
+    endpoint("destinations", manage.DestinationListCreateView, "destinations_manage"),
+    endpoint(f"destinations/{ID.format('destination_id')}", manage.DestinationDetailManageView, "destination_manage"),
+    endpoint(
+        f"destinations/{ID.format('destination_id')}/rotate_secret",
+        manage.DestinationRotateSecretView,
+        "destination_rotate",
+    ),
     endpoint("events", views.EventListView, "events"),
     endpoint(f"events/{ID.format('event_id')}", views.EventDetailView, "event"),
     endpoint(f"events/{ID.format('event_id')}/replay", views.EventReplayView, "event_replay"),

@@ -73,3 +73,11 @@ def api_get(client, key: str, path: str, **params):
 
 def api_post(client, key: str, path: str, data: dict | None = None):
     return client.post(path, data or {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def api_patch(client, key: str, path: str, data: dict | None = None):
+    return client.patch(path, data or {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def api_delete(client, key: str, path: str):
+    return client.delete(path, HTTP_AUTHORIZATION=f"Bearer {key}")

@@ -1,0 +1,161 @@
+"""Request bodies for creating and changing sources and destinations through the API.
+
+They check what the dashboard's forms check, so that a mistake comes back under the field it is
+about; the services check it all again and are the ones that save. Secrets are write-only here.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from organizations.names import validate_name
+from webhooks.models import Destination, Source
+from webhooks.providers.base import InvalidOptions
+from webhooks.providers.registry import PROVIDERS, get_provider
+from webhooks.services.destinations import DestinationError, event_type_patterns
+from webhooks.services.sources import SourceError, source_check_secret
+
+from .serializers import MAX_DATABASE_ID
+
+# The longest overlap the dashboard offers (its rotation forms' last choice).
+MAX_KEEP_PREVIOUS_SECONDS = 7 * 24 * 3600
+
+
+def _name_field(model, **kwargs) -> serializers.CharField:
+    return serializers.CharField(
+        max_length=model._meta.get_field("name").max_length, validators=[validate_name], **kwargs
+    )
+
+
+def _options(provider_kind: str, options) -> dict:
+    """The provider's cleaned options, or the field error that says what is wrong with them."""
+    try:
+        return get_provider(provider_kind).clean_options(options)
+    except InvalidOptions as exc:
+        raise serializers.ValidationError({"options": [str(exc)]}) from None
+
+
+def _no_secret_used(provider_kind: str) -> None:
+    provider = get_provider(provider_kind)
+    if not provider.uses_secret:
+        raise serializers.ValidationError(
+            {"secret": [f"{provider.label} requests are verified without a secret: send none"]}
+        )
+
+
+def _secret(provider_kind: str, secret: str, options: dict) -> None:
+    _no_secret_used(provider_kind)
+    try:
+        source_check_secret(provider=provider_kind, secret=secret, options=options)
+    except SourceError as exc:
+        raise serializers.ValidationError({"secret": [str(exc)]}) from None
+
+
+class SourceCreateSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
+    name = _name_field(Source)
+    secret = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    options = serializers.DictField(required=False, default=dict)
+
+    def validate(self, data):
+        if data.get("secret"):
+            _no_secret_used(data["provider"])
+        options = _options(data["provider"], data["options"])
+        if data.get("secret"):
+            _secret(data["provider"], data["secret"], options)
+        return data
+
+
+class SourceUpdateSerializer(serializers.Serializer):
+    """A PATCH: what is left out stays; ``options`` given are merged into the current ones (null
+    sets one back to its default)."""
+
+    name = _name_field(Source, required=False)
+    options = serializers.DictField(required=False)
+    active = serializers.BooleanField(required=False)
+
+    def validate(self, data):
+        source: Source = self.context["source"]
+        if "options" in data:
+            data["options"] = _options(source.provider, {**source.options, **data["options"]})
+        return data
+
+
+class KeepPreviousMixin(serializers.Serializer):
+    keep_previous_for = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_KEEP_PREVIOUS_SECONDS,
+        required=False,
+        help_text="seconds the secret being replaced still works (default SECRET_ROTATION_OVERLAP_SECONDS)",
+    )
+    stop_previous = serializers.BooleanField(required=False, default=False)
+
+
+class SourceRotateSerializer(KeepPreviousMixin):
+    secret = serializers.CharField(required=False, allow_blank=True, write_only=True)
+
+    def validate(self, data):
+        source: Source = self.context["source"]
+        _no_secret_used(source.provider)
+        if data.get("secret"):
+            _secret(source.provider, data["secret"], source.options)
+        return data
+
+
+class DestinationRotateSerializer(KeepPreviousMixin):
+    pass
+
+
+class DestinationSerializerBase(serializers.Serializer):
+    url = serializers.URLField(max_length=Destination._meta.get_field("url").max_length)
+    sources = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID), max_length=1000
+    )
+    event_types = serializers.ListField(child=serializers.CharField(allow_blank=True), max_length=200)
+    timeout_seconds = serializers.FloatField(
+        min_value=Destination.MIN_TIMEOUT_SECONDS, max_value=Destination.MAX_TIMEOUT_SECONDS
+    )
+    retry_client_errors = serializers.BooleanField()
+
+    def validate_sources(self, ids: list[int]) -> list[Source]:
+        """The organization's sources by id. Another organization's id is answered as one that does
+        not exist: the answer must not tell which ids are taken elsewhere."""
+        wanted = list(dict.fromkeys(ids))
+        found = {source.pk: source for source in self.context["sources"].filter(pk__in=wanted)}
+        missing = [source_id for source_id in wanted if source_id not in found]
+        if missing:
+            raise serializers.ValidationError(f"no such source: {', '.join(map(str, missing))}")
+        return [found[source_id] for source_id in wanted]
+
+    def validate(self, data):
+        if "event_types" in data:
+            # Without sources the filters have nowhere to live: the service refuses them.
+            has_sources = bool(data["sources"]) if "sources" in data else self.context["has_sources"]
+            try:
+                data["event_types"] = event_type_patterns(data["event_types"], has_sources=has_sources)
+            except DestinationError as exc:
+                raise serializers.ValidationError({"event_types": [str(exc)]}) from None
+        return data
+
+
+class DestinationCreateSerializer(DestinationSerializerBase):
+    name = _name_field(Destination)
+    sources = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID), max_length=1000, default=list
+    )
+    event_types = serializers.ListField(child=serializers.CharField(allow_blank=True), max_length=200, default=list)
+    timeout_seconds = serializers.FloatField(
+        min_value=Destination.MIN_TIMEOUT_SECONDS, max_value=Destination.MAX_TIMEOUT_SECONDS, required=False
+    )
+    retry_client_errors = serializers.BooleanField(default=False)
+
+
+class DestinationUpdateSerializer(DestinationSerializerBase):
+    """A PATCH: what is left out stays as it is."""
+
+    name = _name_field(Destination, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.required = False

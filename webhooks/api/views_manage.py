@@ -1,0 +1,235 @@
+"""The /api/v1/ endpoints that create, change and delete sources and destinations.
+
+Only read-write keys get here (ApiKeyAccess refuses the others with 403), and each change goes
+through the service the dashboard's view calls, with the key as the actor its audit entry names.
+A secret is in a response only where the dashboard shows it once: when Hookline has just made it.
+Each view extends the read view of the same path, which answers GET.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.urls import reverse
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+from webhooks.selectors import source_for_organization, sources_for_organization
+from webhooks.services.destinations import (
+    DestinationError,
+    destination_create,
+    destination_delete,
+    destination_rotate_secret,
+    destination_update,
+)
+from webhooks.services.secrets import previous_secret_valid_until
+from webhooks.services.sources import (
+    SourceError,
+    source_create,
+    source_delete,
+    source_rotate_secret,
+    source_set_active,
+    source_update,
+)
+
+from . import serializers, serializers_manage
+from .authentication import Conflict
+from .views import (
+    ApiObjectView,
+    DestinationDetailView,
+    DestinationListView,
+    DestinationLookup,
+    SourceDetailView,
+    SourceListView,
+    _found,
+    _int_id,
+)
+
+
+def _valid(serializer_class, request, **context) -> dict:
+    given = serializer_class(data=request.data, context=context)
+    given.is_valid(raise_exception=True)
+    return given.validated_data
+
+
+def _refused(message: str, field: str = "non_field_errors") -> exceptions.ValidationError:
+    return exceptions.ValidationError({field: [message]})
+
+
+def _rotation_refused(exc: Exception, instance, stop_previous: bool, field: str) -> exceptions.APIException:
+    """A rotation during an earlier one's overlap is a conflict to confirm with ``stop_previous``;
+    anything else is the given secret's fault."""
+    if previous_secret_valid_until(instance) is not None and not stop_previous:
+        return Conflict(f"{exc}: send stop_previous: true to rotate anyway")
+    return _refused(str(exc), field)
+
+
+class SourceLookup:
+    def source(self, source_id: str):
+        return _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
+
+
+class SourceShowMixin(ApiObjectView):
+    def show_source(self, source, status=200, **extra) -> Response:
+        data = serializers.SourceSerializer(source, context={"sees_everything": self.sees_everything}).data
+        return Response({**data, **extra}, status=status)
+
+
+class SourceListCreateView(SourceShowMixin, SourceListView):
+    def post(self, request):
+        data = _valid(serializers_manage.SourceCreateSerializer, request)
+        try:
+            source, generated = source_create(
+                organization=self.organization,
+                provider=data["provider"],
+                name=data["name"],
+                secret=data.get("secret") or None,
+                options=data["options"],
+                # As on the dashboard: Stripe and others show their secret only once the ingest URL
+                # is registered there, so the source may exist first (refusing every request).
+                allow_unset_secret=True,
+                actor=self.api_key,
+            )
+        except SourceError as exc:
+            raise _refused(str(exc)) from None
+        response = self.show_source(source, status=201, **({"secret": generated} if generated else {}))
+        response["Location"] = reverse("api:source", kwargs={"source_id": source.pk})
+        return response
+
+
+class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
+    def patch(self, request, source_id: str):
+        source = self.source(source_id)
+        data = _valid(serializers_manage.SourceUpdateSerializer, request, source=source)
+        try:
+            with transaction.atomic():
+                if "name" in data or "options" in data:
+                    source_update(
+                        source=source,
+                        name=data.get("name", source.name),
+                        options=data.get("options", source.options),
+                        actor=self.api_key,
+                    )
+                if "active" in data:
+                    source_set_active(source=source, active=data["active"], actor=self.api_key)
+        except SourceError as exc:
+            raise _refused(str(exc)) from None
+        return self.show_source(source)
+
+    def delete(self, request, source_id: str):
+        # The dashboard deletes a source with its events; so does this.
+        source_delete(source=self.source(source_id), actor=self.api_key)
+        return Response(status=204)
+
+
+class SourceRotateSecretView(SourceShowMixin, SourceLookup):
+    def post(self, request, source_id: str):
+        source = self.source(source_id)
+        data = _valid(serializers_manage.SourceRotateSerializer, request, source=source)
+        try:
+            source, generated = source_rotate_secret(
+                source=source,
+                new_secret=data.get("secret") or None,
+                overlap_seconds=data.get("keep_previous_for"),
+                stop_previous=data["stop_previous"],
+                actor=self.api_key,
+            )
+        except SourceError as exc:
+            raise _rotation_refused(exc, source, data["stop_previous"], "secret") from None
+        extra = {"previous_secret_valid_until": previous_secret_valid_until(source)}
+        if generated:
+            extra["secret"] = generated
+        return self.show_source(source, **extra)
+
+
+class DestinationShowMixin(DestinationLookup, ApiObjectView):
+    def show_destination(self, destination_id, status=200, **extra) -> Response:
+        """Read again with its subscriptions, as the read endpoints show it."""
+        destination = self.destination(str(destination_id))
+        data = serializers.DestinationSerializer(destination, context={"sees_everything": self.sees_everything}).data
+        return Response({**data, **extra}, status=status)
+
+
+class DestinationListCreateView(DestinationShowMixin, DestinationListView):
+    def post(self, request):
+        data = _valid(
+            serializers_manage.DestinationCreateSerializer,
+            request,
+            sources=sources_for_organization(organization=self.organization),
+        )
+        try:
+            destination, secret = destination_create(
+                organization=self.organization,
+                name=data["name"],
+                url=data["url"],
+                sources=data["sources"],
+                event_types=data["event_types"],
+                timeout_seconds=data.get("timeout_seconds"),
+                retry_client_errors=data["retry_client_errors"],
+                actor=self.api_key,
+            )
+        except DestinationError as exc:
+            # The other fields were checked above: what is left is the URL (as on the dashboard).
+            raise _refused(str(exc), "url") from None
+        response = self.show_destination(destination.pk, status=201, secret=secret)
+        response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
+        return response
+
+
+class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
+    def patch(self, request, destination_id: str):
+        destination = self.destination(destination_id)
+        subscriptions = list(destination.subscriptions.all())
+        data = _valid(
+            serializers_manage.DestinationUpdateSerializer,
+            request,
+            sources=sources_for_organization(organization=self.organization),
+            has_sources=bool(subscriptions),
+        )
+        if "sources" in data:
+            sources = data["sources"]
+        else:
+            current = [subscription.source_id for subscription in subscriptions]
+            sources = list(sources_for_organization(organization=self.organization).filter(pk__in=current))
+        if "event_types" in data:
+            event_types = data["event_types"]
+        elif sources and subscriptions:
+            event_types = subscriptions[0].event_types  # one set of patterns for all, as the form keeps it
+        else:
+            event_types = []  # no source left to filter the events of
+        try:
+            destination_update(
+                destination=destination,
+                name=data.get("name", destination.name),
+                url=data.get("url", destination.url),
+                sources=sources,
+                event_types=event_types,
+                timeout_seconds=data.get("timeout_seconds", destination.timeout_seconds),
+                retry_client_errors=data.get("retry_client_errors"),
+                actor=self.api_key,
+            )
+        except DestinationError as exc:
+            raise _refused(str(exc), "url") from None
+        return self.show_destination(destination.pk)
+
+    def delete(self, request, destination_id: str):
+        # The dashboard's service: in-flight deliveries are locked out before the rows go.
+        destination_delete(destination=self.destination(destination_id), actor=self.api_key)
+        return Response(status=204)
+
+
+class DestinationRotateSecretView(DestinationShowMixin):
+    def post(self, request, destination_id: str):
+        destination = self.destination(destination_id)
+        data = _valid(serializers_manage.DestinationRotateSerializer, request)
+        try:
+            destination, secret = destination_rotate_secret(
+                destination=destination,
+                overlap_seconds=data.get("keep_previous_for"),
+                stop_previous=data["stop_previous"],
+                actor=self.api_key,
+            )
+        except DestinationError as exc:
+            raise _rotation_refused(exc, destination, data["stop_previous"], "non_field_errors") from None
+        return self.show_destination(
+            destination.pk, secret=secret, previous_secret_valid_until=previous_secret_valid_until(destination)
+        )

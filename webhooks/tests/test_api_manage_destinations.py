@@ -1,0 +1,276 @@
+"""Destinations created, changed, rotated and deleted through the REST API, by the dashboard's services."""
+
+import json
+
+import pytest
+from django.db import connection
+from standardwebhooks.webhooks import Webhook
+
+from organizations.models import ApiKey, AuditLog
+from webhooks.models import Delivery, Destination, Source, Subscription
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+
+from .api_helpers import api_delete, api_get, api_patch, api_post, make_delivery, make_event, make_key
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import post_stripe
+
+
+@pytest.fixture
+def writer(organization):
+    return make_key(organization, access=ApiKey.Access.READ_WRITE, name="ops-script")
+
+
+@pytest.fixture
+def key(writer):
+    return writer[1]
+
+
+@pytest.fixture
+def dispatches(monkeypatch):
+    """The delivery is driven by the test; dispatcher scheduling is counted instead of queued."""
+    scheduled = []
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: scheduled.append(1))
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: scheduled.append(1))
+    return scheduled
+
+
+def _by_key(action: str, api_key: ApiKey) -> AuditLog:
+    entry = AuditLog.objects.get(action=action)
+    assert entry.actor_type == AuditLog.ActorType.API_KEY and entry.actor_user is None
+    assert api_key.prefix in entry.actor_label and entry.organization_id == api_key.organization_id
+    return entry
+
+
+def _raw_secret_columns(destination_id: int) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secret, previous_secret FROM webhooks_destination WHERE id = %s", [destination_id])
+        return " ".join(cursor.fetchone())
+
+
+def test_a_created_destination_receives_a_delivery_signed_with_its_secret(
+    client, organization, writer, httpserver, dispatches
+):
+    api_key, key = writer
+    created = api_post(
+        client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe live", "secret": STRIPE_SECRET}
+    ).json()
+    response = api_post(
+        client,
+        key,
+        "/api/v1/destinations",
+        {
+            "name": "Billing app",
+            "url": httpserver.url_for("/hook"),
+            "sources": [created["id"]],
+            "event_types": ["invoice.*"],
+            "timeout_seconds": 5,
+            "retry_client_errors": True,
+        },
+    )
+    assert response.status_code == 201, response.content
+    shown = response.json()
+    secret = shown["secret"]
+    assert secret.startswith("whsec_") and shown["secret_hint"] == "…" + secret[-4:]
+    assert shown["timeout_seconds"] == 5 and shown["retry_client_errors"] is True
+    assert shown["subscriptions"] == [{"source": created["id"], "event_types": ["invoice.*"]}]
+    assert response["Location"] == f"/api/v1/destinations/{shown['id']}"
+    entry = _by_key("destination.created", api_key)
+    assert secret not in json.dumps(entry.changes)
+    _by_key("subscription.created", api_key)
+    assert secret not in _raw_secret_columns(shown["id"])
+
+    later = api_get(client, key, f"/api/v1/destinations/{shown['id']}")
+    assert later.json()["secret_hint"] == shown["secret_hint"] and "secret" not in later.json()
+    assert (
+        secret not in later.content.decode()
+        and secret not in api_get(client, key, "/api/v1/destinations").content.decode()
+    )
+
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("thanks", status=200)
+    source = Source.objects.get(pk=created["id"])
+    body = json.dumps({"id": "evt_to_api_destination", "object": "event", "type": "invoice.paid"})
+    assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    assert processing.process_received_events() == 1
+    delivery = Delivery.objects.get()
+    delivery_service.deliver(delivery.pk)
+    request, _ = httpserver.log[0]
+    assert Webhook(secret).verify(request.get_data(), dict(request.headers))["id"] == "evt_to_api_destination"
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"url": "http://127.0.0.1:9/x"}, "name"),
+        ({"name": "x"}, "url"),
+        ({"name": "x", "url": "not a url"}, "url"),
+        ({"name": "x", "url": "http://user:pw@127.0.0.1:9/x"}, "url"),
+        ({"name": "x", "url": "http://testserver/in/loop/"}, "url"),
+        ({"name": "bad\nname", "url": "http://127.0.0.1:9/x"}, "name"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "timeout_seconds": 0.5}, "timeout_seconds"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "timeout_seconds": 61}, "timeout_seconds"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "event_types": ["invoice.*"]}, "event_types"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "sources": ["one"]}, "sources"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "sources": [999999]}, "sources"),
+        ({"name": "x", "url": "http://127.0.0.1:9/x", "sources": "SOURCE", "event_types": ["a b"]}, "sources"),
+    ],
+)
+def test_create_refusals_name_their_field(client, organization, key, body, field):
+    response = api_post(client, key, "/api/v1/destinations", body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["fields"], response.json()
+    assert not Destination.objects.exists() and not AuditLog.objects.filter(action="destination.created").exists()
+
+
+def test_bad_event_type_patterns_are_refused(client, organization, key):
+    source = make_source(organization)
+    for patterns in (["has space"], ["invoice.[paid"], ["x" * 256]):
+        body = {"name": "x", "url": "http://127.0.0.1:9/x", "sources": [source.pk], "event_types": patterns}
+        response = api_post(client, key, "/api/v1/destinations", body)
+        assert response.status_code == 400 and "event_types" in response.json()["fields"], patterns
+    assert not Destination.objects.exists()
+
+
+def test_private_addresses_are_refused_unless_allowed(client, organization, key, settings):
+    settings.ALLOW_PRIVATE_DESTINATIONS = False
+    response = api_post(client, key, "/api/v1/destinations", {"name": "x", "url": "http://127.0.0.1:9/x"})
+    assert response.status_code == 400 and "url" in response.json()["fields"]
+    assert not Destination.objects.exists()
+
+
+def test_another_organizations_source_is_refused_as_an_unknown_one(client, organization, other_organization, key):
+    theirs = make_source(other_organization)
+    mine = make_source(organization)
+    answers = []
+    for source_id in (theirs.pk, theirs.pk + 1000):
+        body = {"name": "x", "url": "http://127.0.0.1:9/x", "sources": [mine.pk, source_id]}
+        response = api_post(client, key, "/api/v1/destinations", body)
+        assert response.status_code == 400, response.content
+        answers.append(response.json()["fields"]["sources"][0].replace(str(source_id), "<id>"))
+    assert answers[0] == answers[1]  # the same answer whether it exists elsewhere or not at all
+    assert not Destination.objects.exists() and not Subscription.objects.exists()
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[mine])
+    response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"sources": [theirs.pk]})
+    assert response.status_code == 400 and "sources" in response.json()["fields"]
+    assert list(Subscription.objects.values_list("source_id", flat=True)) == [mine.pk]
+
+
+def test_patch_changes_what_is_given_and_keeps_the_rest(client, organization, writer):
+    api_key, key = writer
+    first, second = make_source(organization, name="first"), make_source(organization, name="second")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[first], event_types=["invoice.*"])
+    path = f"/api/v1/destinations/{destination.pk}"
+
+    response = api_patch(client, key, path, {"name": "renamed", "timeout_seconds": 30})
+    assert response.status_code == 200, response.content
+    shown = response.json()
+    assert shown["name"] == "renamed" and shown["timeout_seconds"] == 30
+    assert shown["url"] == "http://127.0.0.1:9/x" and shown["retry_client_errors"] is False
+    assert shown["subscriptions"] == [{"source": first.pk, "event_types": ["invoice.*"]}]
+    entry = _by_key("destination.updated", api_key)
+    assert entry.changes == {"name": ["endpoint", "renamed"], "timeout_seconds": [15.0, 30]}
+
+    response = api_patch(client, key, path, {"sources": [first.pk, second.pk], "retry_client_errors": True})
+    assert response.status_code == 200, response.content
+    assert response.json()["subscriptions"] == [
+        {"source": first.pk, "event_types": ["invoice.*"]},
+        {"source": second.pk, "event_types": ["invoice.*"]},
+    ]
+    assert response.json()["retry_client_errors"] is True
+
+    response = api_patch(client, key, path, {"event_types": ["charge.*", ""]})
+    assert {tuple(s["event_types"]) for s in response.json()["subscriptions"]} == {("charge.*",)}
+
+    # No source left: the filters go with the subscriptions that held them.
+    response = api_patch(client, key, path, {"sources": []})
+    assert response.status_code == 200 and response.json()["subscriptions"] == []
+    response = api_patch(client, key, path, {"event_types": ["push"]})
+    assert response.status_code == 400 and "event_types" in response.json()["fields"]
+
+
+def test_patch_refusals_change_nothing(client, organization, key, settings):
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
+    path = f"/api/v1/destinations/{destination.pk}"
+    for body, field in (
+        ({"url": "http://user:pw@127.0.0.1:9/x"}, "url"),
+        ({"url": "ftp:/nothing"}, "url"),
+        ({"name": ""}, "name"),
+        ({"timeout_seconds": "slow"}, "timeout_seconds"),
+        ({"retry_client_errors": "sometimes"}, "retry_client_errors"),
+    ):
+        response = api_patch(client, key, path, body)
+        assert response.status_code == 400 and field in response.json()["fields"], (body, response.content)
+    destination.refresh_from_db()
+    assert destination.name == "endpoint" and destination.url == "http://127.0.0.1:9/x"
+    assert not AuditLog.objects.filter(action="destination.updated").exists()
+
+
+def test_rotation_shows_the_new_secret_once_and_signs_with_both_for_the_window(client, organization, writer):
+    api_key, key = writer
+    destination, old_secret = make_destination(organization, "http://127.0.0.1:9/x")
+    path = f"/api/v1/destinations/{destination.pk}/rotate_secret"
+    response = api_post(client, key, path, {"keep_previous_for": 3600})
+    assert response.status_code == 200, response.content
+    secret = response.json()["secret"]
+    assert secret.startswith("whsec_") and secret != old_secret
+    assert response.json()["secret_hint"] == "…" + secret[-4:] and response.json()["previous_secret_valid_until"]
+    destination.refresh_from_db()
+    assert destination.secret == secret and destination.previous_secret == old_secret
+    entry = _by_key("destination.secret_rotated", api_key)
+    assert entry.changes["overlap_seconds"] == 3600 and secret not in json.dumps(entry.changes)
+    assert secret not in _raw_secret_columns(destination.pk) and old_secret not in _raw_secret_columns(destination.pk)
+    assert secret not in api_get(client, key, f"/api/v1/destinations/{destination.pk}").content.decode()
+
+    again = api_post(client, key, path, {})
+    assert again.status_code == 409 and "stop_previous" in again.json()["detail"]
+    again = api_post(client, key, path, {"stop_previous": True, "keep_previous_for": 0})
+    assert again.status_code == 200 and again.json()["previous_secret_valid_until"] is None
+    bad = api_post(client, key, path, {"keep_previous_for": "a while"})
+    assert bad.status_code == 400 and "keep_previous_for" in bad.json()["fields"]
+
+
+def test_delete_removes_the_destination_and_its_deliveries_and_keeps_the_events(client, organization, writer):
+    api_key, key = writer
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[source])
+    event = make_event(source)
+    make_delivery(event, destination, status=Delivery.Status.IN_FLIGHT, attempts=1)
+    response = api_delete(client, key, f"/api/v1/destinations/{destination.pk}")
+    assert response.status_code == 204 and response.content == b""
+    assert not Destination.objects.exists() and not Delivery.objects.exists()
+    event.refresh_from_db()
+    assert _by_key("destination.deleted", api_key).changes == {"name": "endpoint", "url": "http://127.0.0.1:9/x"}
+    assert api_delete(client, key, f"/api/v1/destinations/{destination.pk}").status_code == 404
+
+
+def test_another_organizations_destination_is_not_found(client, other_organization, key):
+    theirs, secret = make_destination(other_organization, "http://127.0.0.1:9/theirs")
+    for call, path, body in (
+        (api_patch, f"/api/v1/destinations/{theirs.pk}", {"name": "mine now"}),
+        (api_post, f"/api/v1/destinations/{theirs.pk}/rotate_secret", {}),
+        (api_delete, f"/api/v1/destinations/{theirs.pk}", None),
+    ):
+        response = call(client, key, path, body) if body is not None else call(client, key, path)
+        assert response.status_code == 404 and response.json()["error"] == "not_found", path
+    theirs.refresh_from_db()
+    assert theirs.name == "endpoint" and theirs.secret == secret
+
+
+def test_a_read_only_key_changes_nothing(client, organization):
+    destination, secret = make_destination(organization, "http://127.0.0.1:9/x")
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    for call, path, body in (
+        (api_post, "/api/v1/destinations", {"name": "x", "url": "http://127.0.0.1:9/y"}),
+        (api_patch, f"/api/v1/destinations/{destination.pk}", {"name": "renamed"}),
+        (api_post, f"/api/v1/destinations/{destination.pk}/rotate_secret", {}),
+        (api_delete, f"/api/v1/destinations/{destination.pk}", None),
+    ):
+        response = call(client, key, path, body) if body is not None else call(client, key, path)
+        assert response.status_code == 403 and response.json()["error"] == "read_only_key", path
+    assert api_get(client, key, f"/api/v1/destinations/{destination.pk}").status_code == 200
+    assert list(Destination.objects.values_list("name", flat=True)) == ["endpoint"]
+    destination.refresh_from_db()
+    assert destination.secret == secret
