@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models.delivery_attempt import FAILED as ATTEMPT_FAILED
 from webhooks.selectors import uuid7_floor
 
 from .sender_marks import TEST_MARK_HEADER, hookline_test_events
@@ -310,7 +311,7 @@ def destination_health(*, destination: Destination, now: datetime | None = None)
     )
     last_failure = (
         DeliveryAttempt.objects.filter(organization_id=destination.organization_id, delivery__destination=destination)
-        .filter(Q(response_status__isnull=True) | Q(response_status__lt=200) | Q(response_status__gte=300))
+        .filter(ATTEMPT_FAILED)
         .order_by("-id")
         .values("started_at", "response_status", "error", "delivery__status", "delivery__last_error")
         .first()
