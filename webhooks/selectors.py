@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
 
@@ -224,19 +226,40 @@ def event_page(
     return EventPage(events=_note_hookline_tests(rows[:limit]), next_before=next_before)
 
 
-def events_newer_than(
-    *, organization: Organization, filters: EventFilters, after: uuid.UUID, limit: int = EVENT_PAGE_SIZE
-) -> list[WebhookEvent]:
-    """Events that arrived after ``after`` (the live list polls this), newest first."""
-    events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gt=after)
-    return _note_hookline_tests(
-        list(
-            events.select_related("source")
-            .defer(*_SOURCE_SECRETS)
-            .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
-            .order_by("-id")[:limit]
-        )
+# The live list's rows are those received since shortly before the page was loaded, read again in
+# full at each poll. An event's id is made when its request arrives and the row becomes visible only
+# at its commit, so rows do not appear in id order: a cursor at the newest id shown would skip a row
+# with an older id committed after it (two web processes, one writer batch after another). Reading
+# again everything since a point older than any uncommitted request can be (the commit timeout, and
+# a margin) shows each row once, in its place, whenever it commits.
+LIVE_ROWS_LIMIT = 100
+
+
+def live_window_start(now: datetime | None = None) -> uuid.UUID:
+    """The id the live list reads from: older than any request still waiting for its commit."""
+    margin = timedelta(seconds=settings.INGEST_COMMIT_TIMEOUT_SECONDS + 5)
+    return uuid7_floor((now or timezone.now()) - margin)
+
+
+@dataclass
+class LiveRows:
+    events: list[WebhookEvent]  # newest first
+    # More rows arrived since the window's start than the list shows: the oldest are left out.
+    truncated: bool
+
+
+def events_since(
+    *, organization: Organization, filters: EventFilters, since: uuid.UUID, limit: int = LIVE_ROWS_LIMIT
+) -> LiveRows:
+    """Every event from ``since`` on (the live list polls this), newest first."""
+    events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gte=since)
+    rows = list(
+        events.select_related("source")
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+        .order_by("-id")[: limit + 1]
     )
+    return LiveRows(events=_note_hookline_tests(rows[:limit]), truncated=len(rows) > limit)
 
 
 def _note_hookline_tests(events: list[WebhookEvent]) -> list[WebhookEvent]:

@@ -4,6 +4,9 @@ from uuid6 import uuid7
 
 from organizations.models import Organization
 
+# An attempt that got no answer, or an answer other than 2xx.
+FAILED = models.Q(response_status__isnull=True) | models.Q(response_status__lt=200) | models.Q(response_status__gte=300)
+
 
 class DeliveryAttempt(models.Model):
     """One HTTP request to a destination and what came back."""
@@ -25,6 +28,12 @@ class DeliveryAttempt(models.Model):
             # One row per send: each claim numbers its attempt anew. The recording code already
             # writes a send once however often it is handed in; this keeps that true for good.
             models.UniqueConstraint(fields=("delivery", "attempt_number"), name="attempt_delivery_number"),
+        ]
+        indexes = [
+            # A destination's last failure (its page and the destinations list): walked newest
+            # first, in proportion to the failures rather than to every attempt ever made; a
+            # destination that never failed would otherwise read the whole table.
+            models.Index(fields=("organization", "-id"), condition=FAILED, name="attempt_failed"),
         ]
 
     def __str__(self) -> str:

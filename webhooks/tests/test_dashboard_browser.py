@@ -108,10 +108,15 @@ def test_live_events_list_shows_new_arrivals_without_reload(browser, live_server
     page = sign_in(browser, live_server, owner)
     page.goto(f"{live_server.url}/o/acme/events/")
     page.wait_for_selector("#event-poller")
-    assert page.locator("#event-rows tr").count() == 1
+    rows = page.locator(".events-table tbody tr")
+    assert rows.count() == 1
     ingest_stripe(client, world.source, "evt_arrives_live", "customer.created")
-    page.wait_for_selector("#event-rows >> text=customer.created", timeout=15_000)
-    assert page.locator("#event-rows tr").count() == 2
+    page.wait_for_selector("#event-live >> text=customer.created", timeout=15_000)
+    assert rows.count() == 2 and "customer.created" in rows.first.inner_text()
+    # The next poll reads the live rows again: they are replaced, not added twice.
+    with page.expect_response(lambda response: "/events/live/" in response.url, timeout=15_000):
+        pass
+    assert rows.count() == 2
 
 
 def test_admin_retries_a_failed_delivery_and_it_succeeds(browser, live_server, client, organization, owner, httpserver):

@@ -4,6 +4,7 @@ import html
 import json
 import pickle
 import re
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
+from uuid6 import uuid7
 
 from organizations.models import AuditLog, Membership
 from organizations.services import organization_create
@@ -295,16 +297,51 @@ def test_events_list_uses_no_offset_and_no_count(client, owner, many_events, dja
     assert not any("OFFSET" in sql or "COUNT(" in sql.upper() for sql in event_queries)
 
 
-def test_live_partial_returns_only_newer_rows_and_moves_its_cursor(client, owner, many_events):
+def test_live_partial_returns_the_rows_since_its_start_and_marks_only_new_ones_fresh(client, owner, many_events):
     client.force_login(owner)
     newest = WebhookEvent.objects.order_by("-id").first()
     url = reverse("dashboard:events_live", args=["acme"])
-    empty = client.get(url, {"after": newest.pk}, HTTP_HX_REQUEST="true")
+    after = uuid7_floor(timezone.now())
+    empty = client.get(url, {"after": after, "seen": newest.pk}, HTTP_HX_REQUEST="true")
     assert empty.context["events"] == []
     arrived = ingest_stripe(client, many_events["source"], "evt_live")
-    response = client.get(url, {"after": newest.pk}, HTTP_HX_REQUEST="true")
+    response = client.get(url, {"after": after, "seen": newest.pk}, HTTP_HX_REQUEST="true")
     assert [str(event.pk) for event in response.context["events"]] == [arrived]
-    assert f"after={arrived}" in page_text(response) and 'hx-swap-oob="true"' in page_text(response)
+    # The window keeps its start; what was shown moves, so the row is highlighted once.
+    assert f"after={after}&amp;seen={arrived}" in page_text(response) and 'hx-swap-oob="true"' in page_text(response)
+    assert 'class="fresh"' in page_text(response)
+    again = client.get(url, {"after": after, "seen": arrived}, HTTP_HX_REQUEST="true")
+    assert [str(event.pk) for event in again.context["events"]] == [arrived]
+    assert 'class="fresh"' not in page_text(again)
+
+
+def test_a_row_committed_after_a_newer_one_still_shows_up_live_in_its_place(client, owner, organization, many_events):
+    # Ids are made when requests arrive, rows become visible at their commit: with several web
+    # processes an older id can commit after a newer one was listed. A cursor at the newest row
+    # shown skipped it for good; the live rows are read again from before any pending commit.
+    client.force_login(owner)
+    late_id = uuid7()  # its request arrived first…
+    ingest_stripe(client, many_events["source"], "evt_committed_first")  # …this one committed first
+    page = client.get(reverse("dashboard:events", args=["acme"]))
+    listed = [str(event.pk) for event in page.context["events"]]
+    poller = re.search(r'hx-get="([^"]+)"', page_text(page).split('id="event-poller"')[1]).group(1)
+    late = WebhookEvent.objects.create(
+        id=late_id,
+        organization=organization,
+        source=many_events["source"],
+        provider_event_id="evt_late_commit",
+        event_type="invoice.paid",
+        body=b"{}",
+        status=WebhookEvent.Status.PROCESSED,
+    )
+    assert late.pk < uuid.UUID(listed[0])  # older than the newest row the page shows
+    response = client.get(html.unescape(poller), HTTP_HX_REQUEST="true")
+    rows = [str(event.pk) for event in response.context["events"]]
+    assert str(late.pk) in rows
+    assert rows == sorted(rows, reverse=True) and len(rows) == len(set(rows))
+    # The live rows replace the page's live part: nothing is shown twice.
+    assert set(rows) >= {str(event.pk) for event in page.context["live_events"]}
+    assert not set(rows) & {str(event.pk) for event in page.context["settled_events"]}
 
 
 def test_uuid7_floor_orders_with_event_ids():

@@ -13,7 +13,7 @@ from webhooks.selectors import (
     destinations_for_organization,
     event_type_patterns_matching_nothing,
 )
-from webhooks.services.dashboard_stats import destination_health
+from webhooks.services.dashboard_stats import destination_health, destinations_health
 from webhooks.services.destinations import (
     DestinationError,
     destination_bulk_retry,
@@ -45,8 +45,9 @@ class DestinationListView(OrganizationMixin, TemplateView):
             .prefetch_related("subscriptions__source")
             .order_by("name")
         )
+        health = destinations_health(organization=self.organization, destinations=destinations)
         for destination in destinations:
-            destination.health = destination_health(destination=destination)
+            destination.health = health[destination.pk]
         context["destinations"] = destinations
         return context
 

@@ -19,10 +19,10 @@ from webhooks.selectors import (
     event_page,
     event_progress_for_organization,
     event_types_for_organization,
-    events_newer_than,
+    events_since,
     headers_for_viewer,
+    live_window_start,
     parse_event_id,
-    uuid7_floor,
 )
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
@@ -42,7 +42,7 @@ class EventFiltersMixin:
     def filter_query(self) -> str:
         """The current filters as a query string, without the paging cursors."""
         query = self.request.GET.copy()
-        for cursor in ("before", "after"):
+        for cursor in ("before", "after", "seen"):
             query.pop(cursor, None)
         return query.urlencode()
 
@@ -61,14 +61,19 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         form = self.filter_form()
         before = parse_event_id(self.request.GET.get("before", ""))
         page = event_page(organization=self.organization, filters=form.to_filters(), before=before)
-        # Live arrival only on the first page: a deeper page is history.
-        newest = page.events[0].id if page.events else uuid7_floor(timezone.now())
+        # Live arrival only on the first page: a deeper page is history. Its newest rows are the
+        # live ones, which every poll reads again (see live_window_start).
+        live_since = live_window_start()
+        live = [event for event in page.events if event.id >= live_since] if before is None else []
         context.update(
             form=form,
             page=page,
             events=page.events,
+            live_events=live,
+            settled_events=page.events[len(live) :],
             is_first_page=before is None,
-            poll_after=newest,
+            poll_after=live_since,
+            poll_seen=page.events[0].id if page.events else live_since,
             query=self.filter_query(),
             event_types=event_types_for_organization(organization=self.organization),
         )
@@ -82,10 +87,19 @@ class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        after = parse_event_id(self.request.GET.get("after", "")) or uuid7_floor(timezone.now())
+        since = parse_event_id(self.request.GET.get("after", "")) or live_window_start()
+        seen = parse_event_id(self.request.GET.get("seen", "")) or since
         form = self.filter_form()
-        events = events_newer_than(organization=self.organization, filters=form.to_filters(), after=after)
-        context.update(events=events, poll_after=events[0].id if events else after, query=self.filter_query())
+        live = events_since(organization=self.organization, filters=form.to_filters(), since=since)
+        for event in live.events:
+            event.is_fresh = event.id > seen  # highlighted once, on the poll that first shows it
+        context.update(
+            events=live.events,
+            truncated=live.truncated,
+            poll_after=since,
+            poll_seen=max([seen, *(event.id for event in live.events)]),
+            query=self.filter_query(),
+        )
         return context
 
 
