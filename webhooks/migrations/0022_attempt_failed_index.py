@@ -38,7 +38,7 @@ def remove_the_index(apps, schema_editor):
 class Migration(migrations.Migration):
     atomic = False  # CREATE INDEX CONCURRENTLY cannot run inside a transaction
 
-    dependencies = [("webhooks", "0018_delivery_org_id_index")]
+    dependencies = [("webhooks", "0021_purged_event_key")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
