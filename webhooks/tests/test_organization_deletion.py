@@ -324,6 +324,20 @@ def test_a_run_that_crashed_is_resumed_by_the_sweeper(
     assert processing.sweep()["organization_deletions"] == 0  # nothing left to resume
 
 
+def test_one_run_at_a_time_per_organization(two_tenants, published):
+    import psycopg
+
+    acme, _ = two_tenants
+    organization_request_deletion(organization=acme)
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    with psycopg.connect(**params) as other_worker:  # a run in another worker process, holding the lock
+        other_worker.execute("SELECT pg_advisory_lock(%s)", [organization_deletion._RUN_LOCK_PREFIX + acme.pk])
+        assert tasks.delete_organization(acme.pk) is False
+        assert rows_of(acme.pk)[EVENTS] == 23  # left to the run that holds it
+    # That worker died: its connection, and so the lock, is gone.
+    assert tasks.delete_organization(acme.pk) is True
+
+
 def test_an_organization_not_marked_is_never_deleted_by_a_run(organization):
     with pytest.raises(ValueError):
         organization_deletion_run(organization_id=organization.pk)
