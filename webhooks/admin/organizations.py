@@ -51,12 +51,11 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
             contents = organization_deletion.organization_contents(organization=organization)
             url = reverse("admin:organizations_organization_change", args=[organization.pk])
             deleted.append(format_html('Organization: <a href="{}">{}</a>', url, organization))
-            deleted.append([f"{item.kind.capitalize()}: {item.label}" for item in contents if item.count])
-            for item in contents:
-                if item.count and len(objs) == 1:
-                    model_count[item.kind] = item.label
-        if len(objs) != 1:
-            model_count = {"organizations": len(objs)}
+            if len(objs) == 1:  # the summary has its counts
+                model_count = {item.kind: item.label for item in contents if item.count}
+            else:
+                deleted.append([f"{item.kind.capitalize()}: {item.label}" for item in contents if item.count])
+                model_count = {"organizations": len(objs)}
         perms_needed = set() if request.user.is_superuser else {PLATFORM_ADMINS_ONLY}
         return deleted, model_count, perms_needed, []
 
