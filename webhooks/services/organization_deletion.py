@@ -194,51 +194,29 @@ def organization_deletion_run(
 ) -> DeletionRun:
     """Delete a marked organization's rows in batches, then the organization; resumable at any point.
 
-    Each batch is one short transaction, so a run stopped anywhere (a crash, the time limit)
-    leaves only whole batches done, and the next run goes on from what is left. One run at a
-    time per organization (a session advisory lock, released with the connection if the worker
-    dies). Returns before finishing after ``max_seconds``; the caller publishes the next run.
+    Each batch is one short transaction (which also records the progress), so a run stopped
+    anywhere (a crash, the time limit) leaves only whole batches done, and the next run goes on
+    from what is left. One run at a time per organization (a session advisory lock, released
+    with the connection if the worker dies). Returns before finishing after ``max_seconds``;
+    the caller publishes the next run.
     """
-    batch_size = batch_size or BATCH_SIZE
-    max_seconds = RUN_SECONDS if max_seconds is None else max_seconds
-    deleted: Counter = Counter()
     organization = Organization.objects.filter(pk=organization_id).first()
     if organization is None:
-        return DeletionRun(finished=True, deleted=deleted)
+        return DeletionRun(finished=True, deleted=Counter())
     if not organization.being_deleted:
         raise ValueError(f"organization {organization_id} was not asked to be deleted")
     if not _try_run_lock(organization_id):
-        return DeletionRun(finished=False, deleted=deleted, busy=True)
+        return DeletionRun(finished=False, deleted=Counter(), busy=True)
     try:
-        deadline = time.monotonic() + max_seconds
-        progress = Counter(organization.deletion_progress or {})
-        steps: list[Callable[[], bool]] = [
-            lambda: _delete_event_batch(organization_id, batch_size, deleted),
-            lambda: _delete_destination_batch(organization_id, batch_size, deleted),
-            lambda: _delete_nonce_batch(organization_id, batch_size, deleted),
-            lambda: _delete_source_batch(organization_id, batch_size, deleted),
-            *(
-                lambda model=model, kind=kind: _delete_plain_batch(model, kind, organization_id, batch_size, deleted)
-                for model, kind in (
-                    (BulkRetry, "bulk retries"),
-                    (Invitation, "invitations"),
-                    (Membership, "members"),
-                    (MonthlyUsage, "monthly usage records"),
-                )
-            ),
-        ]
-        for step in steps:
-            while True:
-                before = sum(deleted.values())
-                more = step()
-                if sum(deleted.values()) != before:
-                    _save_progress(organization_id, progress + deleted)
-                if not more:
-                    break
+        # Read again under the lock: the progress a run that just ended recorded.
+        progress = Organization.objects.filter(pk=organization_id).values_list("deletion_progress", flat=True).first()
+        run = _Run(organization_id, batch_size or BATCH_SIZE, Counter(progress or {}))
+        deadline = time.monotonic() + (RUN_SECONDS if max_seconds is None else max_seconds)
+        for step in run.steps():
+            while step():
                 if time.monotonic() > deadline or worker_is_stopping():
-                    return DeletionRun(finished=False, deleted=deleted)
-        finished = _delete_organization_row(organization_id, progress + deleted)
-        return DeletionRun(finished=finished, deleted=deleted)
+                    return DeletionRun(finished=False, deleted=run.deleted)
+        return DeletionRun(finished=run.delete_organization_row(), deleted=run.deleted)
     finally:
         _release_run_lock(organization_id)
 
@@ -262,127 +240,149 @@ def _release_run_lock(organization_id: int) -> None:
         connection.close()  # the lock goes with the session
 
 
-def _save_progress(organization_id: int, progress: Counter) -> None:
-    Organization.objects.filter(pk=organization_id).update(deletion_progress=dict(progress))
+def _removed(removed: dict[str, int]) -> Counter:
+    """A Django deletion's per-model counts, by the kinds an operator reads."""
+    labels = {
+        WebhookEvent._meta.label: "events (and rejected requests)",
+        Delivery._meta.label: "deliveries",
+        DeliveryAttempt._meta.label: "delivery attempts",
+        Subscription._meta.label: "source–destination links",
+        SignatureNonce._meta.label: "replay-protection records",
+        Source._meta.label: "sources",
+        Destination._meta.label: "destinations",
+        BulkRetry._meta.label: "bulk retries",
+        Invitation._meta.label: "invitations",
+        Membership._meta.label: "members",
+        MonthlyUsage._meta.label: "monthly usage records",
+    }
+    return Counter({labels[label]: count for label, count in removed.items() if count and label in labels})
 
 
-def _in_batch_transaction(work: Callable[[], None]) -> None:
-    """``work`` in its own transaction, tried again after a deadlock or a row committed meanwhile."""
-    for attempt in range(1, _BATCH_TRIES + 1):
-        try:
-            with transaction.atomic():
-                work()
-                check_foreign_keys()
-            return
-        except DatabaseError as exc:
-            if attempt == _BATCH_TRIES or getattr(exc.__cause__, "sqlstate", None) not in _TRY_AGAIN:
-                raise
+class _Run:
+    """One run's batches. Each step deletes one batch and says whether there may be more."""
 
+    def __init__(self, organization_id: int, batch_size: int, progress: Counter) -> None:
+        self.organization_id = organization_id
+        self.batch_size = batch_size
+        self.progress = progress  # what earlier runs deleted
+        self.deleted: Counter = Counter()  # what this run deleted
 
-def _delete_event_batch(organization_id: int, batch_size: int, deleted: Counter) -> bool:
-    """The oldest ``batch_size`` events with their deliveries and attempts; True if there may be more."""
-    ids = list(
-        WebhookEvent.objects.filter(organization_id=organization_id)
-        .order_by("id")
-        .values_list("id", flat=True)[:batch_size]
-    )
-    if not ids:
-        return False
+    def steps(self) -> list[Callable[[], bool]]:
+        # Events first (nearly all the rows, with their deliveries and attempts), so that what
+        # follows is small; the organization's own row last (delete_organization_row).
+        return [
+            self._events,
+            self._destinations,
+            self._nonces,
+            self._sources,
+            *(lambda model=model: self._plain(model) for model in (BulkRetry, Invitation, Membership, MonthlyUsage)),
+        ]
 
-    def work() -> None:
-        # Events, then deliveries, each in id order, as the retention purge locks them (see
-        # lifecycle._purge_organization): a delivery's result recorded now waits, then finds its
-        # row gone (record_results drops it).
-        list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-        list(Delivery.objects.select_for_update().filter(event_id__in=ids).order_by("pk").values_list("pk", flat=True))
-        removed = WebhookEvent.objects.filter(pk__in=ids).delete()[1]
-        deleted["events (and rejected requests)"] += removed.get(WebhookEvent._meta.label, 0)
-        deleted["deliveries"] += removed.get(Delivery._meta.label, 0)
-        deleted["delivery attempts"] += removed.get(DeliveryAttempt._meta.label, 0)
+    def _batch(self, work: Callable[[], Counter]) -> None:
+        """``work`` and the progress it makes, in one transaction; tried again after a deadlock or
+        a row committed meanwhile. Counted only once committed."""
+        for attempt in range(1, _BATCH_TRIES + 1):
+            try:
+                with transaction.atomic():
+                    counts = work()
+                    check_foreign_keys()
+                    Organization.objects.filter(pk=self.organization_id).update(
+                        deletion_progress=dict(self.progress + self.deleted + counts)
+                    )
+                break
+            except DatabaseError as exc:
+                if attempt == _BATCH_TRIES or getattr(exc.__cause__, "sqlstate", None) not in _TRY_AGAIN:
+                    raise
+        self.deleted += counts
 
-    _in_batch_transaction(work)
-    return len(ids) == batch_size
+    def _first_ids(self, rows: QuerySet, limit: int | None = None) -> list:
+        return list(rows.order_by("pk").values_list("pk", flat=True)[: limit or self.batch_size])
 
-
-def _delete_destination_batch(organization_id: int, batch_size: int, deleted: Counter) -> bool:
-    """Destinations with their links (their deliveries went with the events), as the dashboard deletes them."""
-    ids = list(
-        Destination.objects.filter(organization_id=organization_id).order_by("pk").values_list("pk", flat=True)[:100]
-    )
-    if not ids:
-        return False
-    links = Subscription.objects.filter(destination_id__in=ids).count()
-    gone = delete_destinations(ids)
-    deleted["destinations"] += len(gone)
-    deleted["source–destination links"] += links if gone else 0
-    return True
-
-
-def _delete_nonce_batch(organization_id: int, batch_size: int, deleted: Counter) -> bool:
-    ids = list(
-        SignatureNonce.objects.filter(source__organization_id=organization_id)
-        .order_by("pk")
-        .values_list("pk", flat=True)[:batch_size]
-    )
-    if not ids:
-        return False
-    deleted["replay-protection records"] += SignatureNonce.objects.filter(pk__in=ids).delete()[0]
-    return len(ids) == batch_size
-
-
-def _delete_source_batch(organization_id: int, batch_size: int, deleted: Counter) -> bool:
-    ids = list(Source.objects.filter(organization_id=organization_id).order_by("pk").values_list("pk", flat=True)[:100])
-    if not ids:
-        return False
-
-    def work() -> None:
-        removed = Source.objects.filter(pk__in=ids).delete()[1]
-        deleted["sources"] += removed.get(Source._meta.label, 0)
-        # Events that arrived after the event batches (a web process's cached source, for up to
-        # INGEST_SOURCE_CACHE_SECONDS): few, and counted with the others.
-        deleted["events (and rejected requests)"] += removed.get(WebhookEvent._meta.label, 0)
-        deleted["deliveries"] += removed.get(Delivery._meta.label, 0)
-        deleted["delivery attempts"] += removed.get(DeliveryAttempt._meta.label, 0)
-        deleted["source–destination links"] += removed.get(Subscription._meta.label, 0)
-
-    _in_batch_transaction(work)
-    return True
-
-
-def _delete_plain_batch(model, kind: str, organization_id: int, batch_size: int, deleted: Counter) -> bool:
-    ids = list(
-        model.objects.filter(organization_id=organization_id).order_by("pk").values_list("pk", flat=True)[:batch_size]
-    )
-    if not ids:
-        return False
-    deleted[kind] += model.objects.filter(pk__in=ids).delete()[1].get(model._meta.label, 0)
-    return len(ids) == batch_size
-
-
-def _delete_organization_row(organization_id: int, progress: Counter) -> bool:
-    """The organization itself, once nothing of it is left, audited; False if rows came back meanwhile.
-
-    The organization's row is locked first: a row that references it takes a key-share lock on
-    it when committed, so one that was not committed before this point fails instead of being
-    left behind, and one committed before it is seen here.
-    """
-    with transaction.atomic():
-        organization = Organization.objects.select_for_update().filter(pk=organization_id).first()
-        if organization is None:
-            return True
-        if any(rows.exists() for _, rows in _kinds(organization_id)):
+    def _events(self) -> bool:
+        """The oldest events of a batch with their deliveries and attempts."""
+        ids = self._first_ids(WebhookEvent.objects.filter(organization_id=self.organization_id))
+        if not ids:
             return False
-        audit_record(
-            action=DELETED_ACTION,
-            organization=organization,
-            target=organization,
-            changes={
-                "name": organization.name,
-                "slug": organization.slug,
-                "requested_by": organization.deletion_requested_by,
-                "requested_at": organization.deletion_requested_at.isoformat(),
-                "deleted": dict(sorted(progress.items())),
-            },
-        )
-        Organization.objects.filter(pk=organization_id).delete()
-    return True
+
+        def work() -> Counter:
+            # Events, then their deliveries, each in id order, as the retention purge locks them
+            # (lifecycle._purge_organization): a delivery's result recorded now waits for the
+            # batch, then finds its row gone (record_results drops it).
+            list(
+                WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True)
+            )
+            list(
+                Delivery.objects.select_for_update()
+                .filter(event_id__in=ids)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            return _removed(WebhookEvent.objects.filter(pk__in=ids).delete()[1])
+
+        self._batch(work)
+        return len(ids) == self.batch_size
+
+    def _destinations(self) -> bool:
+        """Destinations with their links, as the dashboard deletes them (their deliveries went with the events)."""
+        ids = self._first_ids(Destination.objects.filter(organization_id=self.organization_id), 100)
+        if not ids:
+            return False
+
+        def work() -> Counter:
+            links = Subscription.objects.filter(destination_id__in=ids).count()
+            gone = delete_destinations(ids)
+            return Counter({"destinations": len(gone), "source–destination links": links if gone else 0})
+
+        self._batch(work)
+        return True
+
+    def _nonces(self) -> bool:
+        ids = self._first_ids(SignatureNonce.objects.filter(source__organization_id=self.organization_id))
+        if not ids:
+            return False
+        self._batch(lambda: _removed(SignatureNonce.objects.filter(pk__in=ids).delete()[1]))
+        return len(ids) == self.batch_size
+
+    def _sources(self) -> bool:
+        # With the few events that may have arrived after the event batches (through a web
+        # process's cached source, for up to INGEST_SOURCE_CACHE_SECONDS), counted with the others.
+        ids = self._first_ids(Source.objects.filter(organization_id=self.organization_id), 100)
+        if not ids:
+            return False
+        self._batch(lambda: _removed(Source.objects.filter(pk__in=ids).delete()[1]))
+        return True
+
+    def _plain(self, model) -> bool:
+        ids = self._first_ids(model.objects.filter(organization_id=self.organization_id))
+        if not ids:
+            return False
+        self._batch(lambda: _removed(model.objects.filter(pk__in=ids).delete()[1]))
+        return len(ids) == self.batch_size
+
+    def delete_organization_row(self) -> bool:
+        """The organization itself, once nothing of it is left, audited; False if rows came back meanwhile.
+
+        The organization's row is locked first: a row that references it takes a key-share lock
+        on it when committed, so one not committed before this point fails instead of being left
+        behind, and one committed before it is seen here.
+        """
+        with transaction.atomic():
+            organization = Organization.objects.select_for_update().filter(pk=self.organization_id).first()
+            if organization is None:
+                return True
+            if any(rows.exists() for _, rows in _kinds(self.organization_id)):
+                return False
+            audit_record(
+                action=DELETED_ACTION,
+                organization=organization,
+                target=organization,
+                changes={
+                    "name": organization.name,
+                    "slug": organization.slug,
+                    "requested_by": organization.deletion_requested_by,
+                    "requested_at": organization.deletion_requested_at.isoformat(),
+                    "deleted": dict(sorted((self.progress + self.deleted).items())),
+                },
+            )
+            Organization.objects.filter(pk=self.organization_id).delete()
+        return True

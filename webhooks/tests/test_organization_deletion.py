@@ -297,20 +297,21 @@ def test_a_run_that_crashed_is_resumed_by_the_sweeper(
     with django_capture_on_commit_callbacks(execute=True):
         organization_request_deletion(organization=acme)
     assert len(published) == 1
-    real_batch = organization_deletion._delete_event_batch
+    real_check = organization_deletion.check_foreign_keys
     calls = []
 
-    def crash_on_the_third_batch(*args, **kwargs):
+    def killed_in_the_third_batch():
         calls.append(1)
         if len(calls) == 3:
-            raise SystemExit("worker killed")
-        return real_batch(*args, **kwargs)
+            raise SystemExit("worker killed")  # after the third batch's deletions, before its commit
+        real_check()
 
-    monkeypatch.setattr(organization_deletion, "_delete_event_batch", crash_on_the_third_batch)
+    monkeypatch.setattr(organization_deletion, "check_foreign_keys", killed_in_the_third_batch)
     with pytest.raises(SystemExit):
         organization_deletion_run(organization_id=acme.pk, batch_size=5)
     assert rows_of(acme.pk)[EVENTS] == 13  # two whole batches done, nothing of the third
-    monkeypatch.setattr(organization_deletion, "_delete_event_batch", real_batch)
+    assert Organization.objects.get(pk=acme.pk).deletion_progress[EVENTS] == 10
+    monkeypatch.setattr(organization_deletion, "check_foreign_keys", real_check)
 
     published.clear()
     assert processing.sweep()["organization_deletions"] == 0  # its message may still be on its way
@@ -336,6 +337,30 @@ def test_one_run_at_a_time_per_organization(two_tenants, published):
         assert rows_of(acme.pk)[EVENTS] == 23  # left to the run that holds it
     # That worker died: its connection, and so the lock, is gone.
     assert tasks.delete_organization(acme.pk) is True
+
+
+def test_a_batch_that_met_a_row_committed_meanwhile_is_tried_again_and_counted_once(two_tenants, monkeypatch):
+    from django.db import IntegrityError
+
+    acme, _ = two_tenants
+    organization_request_deletion(organization=acme)
+    real_check = organization_deletion.check_foreign_keys
+    calls = []
+
+    class ForeignKeyViolation(Exception):
+        sqlstate = "23503"
+
+    def violated_once():
+        calls.append(1)
+        real_check()
+        if len(calls) == 1:  # an attempt recorded for a delivery of the batch, committed meanwhile
+            raise IntegrityError("violates foreign key constraint") from ForeignKeyViolation()
+
+    monkeypatch.setattr(organization_deletion, "check_foreign_keys", violated_once)
+    assert organization_deletion_run(organization_id=acme.pk, batch_size=50).finished
+    assert not Organization.objects.filter(pk=acme.pk).exists()
+    done = AuditLog.objects.get(action=organization_deletion.DELETED_ACTION)
+    assert done.changes["deleted"][EVENTS] == 23 and done.changes["deleted"]["deliveries"] == 23
 
 
 def test_an_organization_not_marked_is_never_deleted_by_a_run(organization):
