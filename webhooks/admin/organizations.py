@@ -63,6 +63,8 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
         context["count_cap"] = f"{organization_deletion.COUNT_CAP:,}"
         return super().render_delete_form(request, context)
 
+    # In place of Django's deletion (and AuditedAdminMixin's entry for it): the service writes the
+    # audit entry, and the deletion's end writes another.
     def delete_model(self, request, obj):
         organization_deletion.organization_request_deletion(organization=obj, actor=request.user, request=request)
 
@@ -77,7 +79,7 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
         request._hookline_deletion_message = (
             _("Successfully deleted %(count)d %(items)s.")
             % {"count": len(names), "items": model_ngettext(self.opts, len(names))},
-            _under_way(", ".join(f"“{name}”" for name in names)),
+            _under_way(", ".join(f"“{name}”" for name in names), several=len(names) > 1),
         )
 
     def message_user(self, request, message, level=messages.INFO, *args, **kwargs):
@@ -90,16 +92,13 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
         self.message_user(request, _under_way(f"“{obj_display}”"), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:organizations_organization_changelist"))
 
-    def _audit_deletions(self, request) -> None:
-        # organization_request_deletion writes the entry (and the deletion's end writes another).
-        request._hookline_deleting = []
 
-
-def _under_way(names: str) -> str:
+def _under_way(names: str, *, several: bool = False) -> str:
+    subject, its = ("each", "their") if several else ("it", "its")
     return (
-        f"Deletion of {names} is under way: it is inactive now (its ingest URLs answer 404, nothing is "
-        "delivered, its members cannot open it), and its data is being deleted in the background. "
-        "It stays in this list, marked “being deleted”, until that is done."
+        f"Deletion of {names} is under way: {subject} is inactive now ({its} ingest URLs answer 404, nothing is "
+        f"delivered, {its} members cannot open it), and {its} data is being deleted in the background. "
+        f"{'They stay' if several else 'It stays'} in this list, marked “being deleted”, until that is done."
     )
 
 
