@@ -363,6 +363,28 @@ def test_a_batch_that_met_a_row_committed_meanwhile_is_tried_again_and_counted_o
     assert done.changes["deleted"][EVENTS] == 23 and done.changes["deleted"]["deliveries"] == 23
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_send_in_flight_when_the_deletion_runs_is_dropped_not_recorded(client, organization, published):
+    from webhooks.services import delivery as delivery_service
+
+    source = make_source(organization)
+    make_destination(organization, RECEIVER, sources=[source])
+    for event_id in ("evt_in_flight", "evt_waiting"):
+        body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+        assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    processing.process_event_batch()
+    claimed = delivery_service.claim_due_deliveries(1)
+    assert len(claimed) == 1
+    results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]  # port 9: refused
+
+    organization_request_deletion(organization=organization)
+    assert Delivery.objects.filter(status=Delivery.Status.PENDING).count() == 1
+    assert delivery_service.claim_due_deliveries(10) == []  # the other one is no longer sent
+    assert organization_deletion_run(organization_id=organization.pk).finished
+    assert delivery_service.record_results(results) == []  # its delivery is gone: nothing to record
+    assert not DeliveryAttempt.objects.exists() and not Delivery.objects.exists()
+
+
 def test_an_organization_not_marked_is_never_deleted_by_a_run(organization):
     with pytest.raises(ValueError):
         organization_deletion_run(organization_id=organization.pk)
