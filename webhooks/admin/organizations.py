@@ -31,10 +31,12 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
     @admin.display(description="State", ordering="is_active")
     def state(self, obj):
         if obj.being_deleted:
+            done = sum((obj.deletion_progress or {}).values())
             return format_html(
-                '<strong class="hookline-being-deleted">being deleted</strong> (asked {} by {})',
+                '<strong class="hookline-being-deleted">being deleted</strong> (asked {} by {}; {} rows deleted so far)',
                 f"{obj.deletion_requested_at:%Y-%m-%d %H:%M} UTC",
                 obj.deletion_requested_by,
+                f"{done:,}",
             )
         return "active" if obj.is_active else "suspended"
 

@@ -290,6 +290,21 @@ def test_a_run_stops_at_its_time_limit_and_publishes_the_next(two_tenants, publi
     assert Organization.objects.get(pk=acme.pk).deletion_progress[EVENTS] == 5
 
 
+def test_the_list_shows_each_organizations_state_and_a_deletions_progress(admin, two_tenants, published, monkeypatch):
+    acme, globex = two_tenants
+    suspended = Organization.objects.create(name="Initech", slug="initech", is_active=False)
+    organization_request_deletion(organization=acme)
+    organization_deletion_run(organization_id=acme.pk, batch_size=5, max_seconds=0)  # one batch
+    listing = admin.get(reverse("admin:organizations_organization_changelist")).content.decode()
+    rows = {
+        org.pk: row for org in (acme, globex, suspended) for row in listing.split("<tr") if f"/{org.pk}/change/" in row
+    }
+    assert (
+        "being deleted" in rows[acme.pk] and "15 rows deleted so far" in rows[acme.pk]
+    )  # 5 events, deliveries, attempts
+    assert ">active<" in rows[globex.pk] and ">suspended<" in rows[suspended.pk]
+
+
 def test_a_run_that_crashed_is_resumed_by_the_sweeper(
     two_tenants, published, monkeypatch, django_capture_on_commit_callbacks
 ):
