@@ -38,6 +38,13 @@ class Organization(models.Model):
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set when a platform admin asks for the organization to be deleted: it is inactive from then
+    # on, and a background task deletes its rows in batches and finally this one (see
+    # webhooks.services.organization_deletion). Never cleared: there is no way back.
+    deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deletion_requested_by = models.CharField(max_length=200, blank=True, editable=False)
+    # Rows deleted so far, by kind: the background deletion's progress, kept across its runs.
+    deletion_progress = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         ordering = ("name",)
@@ -58,6 +65,10 @@ class Organization(models.Model):
             MonthlyUsage.objects.filter(
                 organization=self, month__gte=current_month(), quota_notified_at__isnull=False
             ).update(quota_notified_at=None)
+
+    @property
+    def being_deleted(self) -> bool:
+        return self.deletion_requested_at is not None
 
 
 class Membership(models.Model):

@@ -3,7 +3,15 @@
 from celery import shared_task
 from celery.signals import worker_init, worker_shutting_down
 
-from webhooks.services import alerts, delivery, lifecycle, operations, processing, scheduling
+from webhooks.services import (
+    alerts,
+    delivery,
+    lifecycle,
+    operations,
+    organization_deletion,
+    processing,
+    scheduling,
+)
 
 
 @worker_init.connect
@@ -49,3 +57,8 @@ def purge_expired_events() -> int:
 @shared_task(name="webhooks.tasks.forget_expired_previous_secrets")
 def forget_expired_previous_secrets() -> int:
     return lifecycle.forget_expired_previous_secrets()
+
+
+@shared_task(name="webhooks.tasks.delete_organization")
+def delete_organization(organization_id: int) -> bool:
+    return organization_deletion.organization_deletion_task(organization_id)

@@ -19,6 +19,7 @@ from .alerts import send_owed_pause_emails
 from .delivery import dead_letter_deliveries_of_inactive_destinations, release_lost_claims, schedule_dispatch
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
+from .organization_deletion import resume_organization_deletions
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
 
@@ -219,7 +220,15 @@ def sweep(now=None) -> dict[str, int]:
     # Claims are judged by the database's clock (release_lost_claims) unless a time is given.
     given_now = now
     now = now or timezone.now()
-    result = {"events": 0, "released": 0, "inactive": 0, "bulk_retries": 0, "due": 0, "pause_emails": 0}
+    result = {
+        "events": 0,
+        "released": 0,
+        "inactive": 0,
+        "bulk_retries": 0,
+        "pause_emails": 0,
+        "organization_deletions": 0,
+        "due": 0,
+    }
 
     stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
     if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
@@ -238,6 +247,9 @@ def sweep(now=None) -> dict[str, int]:
 
     # Pause emails whose after-commit step never ran: a COMMIT whose reply was lost, a worker gone.
     result["pause_emails"] = send_owed_pause_emails(given_now)
+
+    # Organization deletions under way whose run was lost (broker, killed worker), or that wait for their next run.
+    result["organization_deletions"] = resume_organization_deletions()
 
     if Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exists():
         # Retries that came due, or deliveries whose dispatcher message was lost.

@@ -64,8 +64,8 @@ def worker_is_stopping() -> bool:
     return _worker_stopping is not None and _worker_stopping.is_set()
 
 
-def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> None:
-    """Publish ``task`` unless one is already scheduled. Never raises.
+def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> bool:
+    """Publish ``task`` unless one is already scheduled; True if it did. Never raises.
 
     With ``trust_seen_seconds``, a flag this process saw set less than that long
     ago counts as still set, without asking the cache (see the module's text).
@@ -73,17 +73,19 @@ def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 
     if trust_seen_seconds > 0:
         seen_at = _flag_seen_at.get(flag_key)
         if seen_at is not None and time.monotonic() - seen_at < trust_seen_seconds:
-            return
+            return False
     # Taken before asking: the sighting must not be dated later than the cache saw the flag set.
     asked_at = time.monotonic()
     try:
-        if cache.add(flag_key, 1, timeout=ttl):
+        published = cache.add(flag_key, 1, timeout=ttl)
+        if published:
             task.apply_async(retry=False)
     except Exception as exc:
         _warn_failure(task.name, exc)
-        return
+        return False
     if trust_seen_seconds > 0:
         _flag_seen_at[flag_key] = asked_at
+    return bool(published)
 
 
 def forget_seen_flags() -> None:

@@ -18,6 +18,7 @@ from django_celery_beat.models import PeriodicTask
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record, audit_verify_chain
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.services.organization_deletion import organization_deletion_run
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -639,12 +640,15 @@ def test_changing_an_organization_is_audited_with_before_and_after(admin, organi
     assert audit_verify_chain().ok
 
 
-def test_deleting_an_organization_keeps_and_extends_its_audit_trail(admin, setup, organization):
+def test_deleting_an_organization_keeps_and_extends_its_audit_trail(admin, setup, organization, superuser):
     url = reverse("admin:organizations_organization_delete", args=[organization.pk])
     response = admin.post(url, {"post": "yes"})
     assert response.status_code == 302
+    asked = AuditLog.objects.get(action="organization.deletion_requested")
+    assert asked.actor_user_id == superuser.pk and asked.target_id == str(organization.pk)
+    organization_deletion_run(organization_id=organization.pk)  # the background part (see test_organization_deletion)
     assert not Organization.objects.filter(pk=organization.pk).exists()
-    deleted = AuditLog.objects.get(action="admin.organizations.organization.deleted")
+    deleted = AuditLog.objects.get(action="organization.deleted")
     assert deleted.organization_label == "Acme" and deleted.target_id == str(organization.pk)
     assert AuditLog.objects.filter(organization_id=organization.pk, action="organization.created").exists()
     assert audit_verify_chain().ok

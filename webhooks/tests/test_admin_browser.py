@@ -76,3 +76,25 @@ def test_retry_from_an_event_page_and_in_bulk_then_find_it_in_the_audit_log(live
     page.goto(f"{live_server.url}/admin/organizations/auditlog/{entry.pk}/change/")
     assert entry.entry_hash in page.inner_text("#content")
     assert entry.previous_hash in page.inner_text("#content")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_an_organization_shows_counts_and_answers_at_once(live_server, page, failed_events, monkeypatch):
+    from organizations.models import Organization
+    from webhooks import tasks
+
+    published = []
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: published.append(a))
+    organization = failed_events[0].organization
+    sign_in(page, live_server)
+    page.goto(f"{live_server.url}/admin/organizations/organization/{organization.pk}/change/")
+    page.click("a.deletelink")
+    page.wait_for_selector(".hookline-deletion-note")
+    summary = page.inner_text("#content")
+    assert "Events (and rejected requests): 3" in summary and "Delivery attempts: 3" in summary
+    assert "evt_failed_0" not in summary  # counts, not rows
+    page.click("input[type=submit]")
+    page.wait_for_selector(".messagelist .success")
+    assert "under way" in page.inner_text(".messagelist")
+    assert "being deleted" in page.inner_text("#result_list")
+    assert Organization.objects.get(pk=organization.pk).being_deleted and published

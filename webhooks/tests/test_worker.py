@@ -86,3 +86,36 @@ def test_webhook_goes_end_to_end_through_a_real_worker(client, organization, htt
     assert received == sorted(bodies)
     for request, _ in httpserver.log:
         Webhook(secret).verify(request.get_data(), dict(request.headers))
+
+
+@pytest.mark.worker
+def test_an_organization_is_deleted_by_a_real_worker(client, organization, other_organization, celery_worker_process):
+    from organizations.models import AuditLog, Organization
+    from webhooks.models import WebhookEvent
+    from webhooks.services.organization_deletion import DELETED_ACTION, organization_request_deletion
+
+    source = make_source(organization)
+    kept = make_source(other_organization)
+    for n in range(3):
+        body = f'{{"id":"evt_doomed_{n}","object":"event","type":"invoice.paid"}}'
+        assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    assert (
+        post_stripe(client, kept, '{"id":"evt_kept","object":"event","type":"invoice.paid"}', STRIPE_SECRET).status_code
+        == 200
+    )
+
+    organization_request_deletion(organization=organization)  # committed: its task is published
+    assert (
+        post_stripe(
+            client, source, '{"id":"evt_late","object":"event","type":"invoice.paid"}', STRIPE_SECRET
+        ).status_code
+        == 404
+    )
+    deadline = time.monotonic() + 60
+    while Organization.objects.filter(pk=organization.pk).exists():
+        assert time.monotonic() < deadline, "not deleted in time"
+        assert celery_worker_process.poll() is None, "the worker exited"
+        time.sleep(0.2)
+    assert not WebhookEvent.objects.filter(source_id=source.pk).exists()
+    assert WebhookEvent.objects.filter(source=kept).count() == 1
+    assert AuditLog.objects.get(action=DELETED_ACTION).changes["deleted"]["events (and rejected requests)"] == 3
