@@ -29,6 +29,7 @@ from webhooks.models import (
     Delivery,
     DeliveryAttempt,
     Destination,
+    PurgedEventKey,
     SignatureNonce,
     Source,
     Subscription,
@@ -281,6 +282,7 @@ class _Run:
             self._events,
             self._destinations,
             self._nonces,
+            self._purged_event_keys,
             self._sources,
             *(lambda model=model: self._plain(model) for model in (BulkRetry, Invitation, Membership, MonthlyUsage)),
         ]
@@ -352,6 +354,15 @@ class _Run:
         if not ids:
             return False
         self._batch(lambda: _removed(SignatureNonce.objects.filter(pk__in=ids).delete()[1]))
+        return len(ids) == self.batch_size
+
+    def _purged_event_keys(self) -> bool:
+        # As many as the events purged in the last PurgedEventKey.KEPT_DAYS: in batches, not all at
+        # once with their sources (by the cascade). Not counted: digests, no data of the tenant's.
+        ids = self._first_ids(PurgedEventKey.objects.filter(source__organization_id=self.organization_id))
+        if not ids:
+            return False
+        self._batch(lambda: _removed(PurgedEventKey.objects.filter(pk__in=ids).delete()[1]))
         return len(ids) == self.batch_size
 
     def _sources(self) -> bool:

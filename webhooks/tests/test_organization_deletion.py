@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -23,6 +24,7 @@ from webhooks.models import (
     Delivery,
     DeliveryAttempt,
     Destination,
+    PurgedEventKey,
     SignatureNonce,
     Source,
     Subscription,
@@ -404,3 +406,32 @@ def test_an_organization_not_marked_is_never_deleted_by_a_run(organization):
     with pytest.raises(ValueError):
         organization_deletion_run(organization_id=organization.pk)
     assert Organization.objects.filter(pk=organization.pk).exists()
+
+
+def test_the_keys_of_purged_events_are_deleted_in_batches_not_with_their_source(organization, published, monkeypatch):
+    # A source's PurgedEventKey rows (one per event purged in the last KEPT_DAYS: as many as the events
+    # of a week) must not all go in the transaction that deletes the source, by its cascade.
+    source = make_source(organization, name="purged")
+    PurgedEventKey.objects.bulk_create(
+        PurgedEventKey(
+            source=source,
+            event_id_digest=f"{number:064x}",
+            original_id=uuid.uuid4(),
+            received_at=timezone.now(),
+            forget_after=timezone.now() + timedelta(days=7),
+        )
+        for number in range(7)
+    )
+    organization_request_deletion(organization=organization)
+    real_check = organization_deletion.check_foreign_keys
+    left, removed_per_batch = [7], []
+
+    def counting():  # inside each batch's transaction, after its deletions
+        left.append(PurgedEventKey.objects.filter(source_id=source.pk).count())
+        removed_per_batch.append(left[-2] - left[-1])
+        real_check()
+
+    monkeypatch.setattr(organization_deletion, "check_foreign_keys", counting)
+    assert organization_deletion_run(organization_id=organization.pk, batch_size=3).finished
+    assert not PurgedEventKey.objects.filter(source_id=source.pk).exists()
+    assert max(removed_per_batch) <= 3, removed_per_batch
