@@ -99,7 +99,7 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
     SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
-    PurgedEventKey.objects.filter(forget_after__lt=now).delete()
+    _forget_expired_keys(now, batch_size)
     deleted = 0
     for organization in Organization.objects.only("pk", "name", "retention_days"):
         # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must
@@ -125,6 +125,18 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
                 )
         deleted += counts["events"] + counts["rejected_requests"]
     return deleted
+
+
+def _forget_expired_keys(now, batch_size: int) -> None:
+    """Delete the PurgedEventKey rows past their forget_after, ``batch_size`` at a time: a run's keys
+    all expire together, as many as the events it purged."""
+    expired = PurgedEventKey.objects.filter(forget_after__lt=now).order_by()
+    while True:
+        ids = list(expired.values_list("pk", flat=True)[:batch_size])
+        if ids:
+            PurgedEventKey.objects.filter(pk__in=ids).delete()
+        if len(ids) < batch_size:
+            return
 
 
 def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter, now) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import nacl.signing
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from webhooks.models import PurgedEventKey, WebhookEvent
@@ -141,6 +144,28 @@ def test_a_captured_github_request_resent_after_its_event_was_purged_is_a_duplic
     assert not PurgedEventKey.objects.exists()
     late = post(client, source, OCTOKIT_BODY, headers)
     assert late.status_code == 200 and late.json()["duplicate"] is False
+
+
+def test_forgotten_keys_are_deleted_in_batches_of_the_purge_size(organization):
+    # One run's keys all expire together, KEPT_DAYS later: as many as the events it purged, which the
+    # purge itself deletes RETENTION_BATCH_SIZE at a time; so are they, not in one statement.
+    source = make_source(organization, provider="github", secret=OCTOKIT_SECRET)
+    now = timezone.now()
+    PurgedEventKey.objects.bulk_create(
+        PurgedEventKey(
+            source=source,
+            event_id_digest=f"{number:064x}",
+            original_id=uuid.uuid4(),
+            received_at=now - timedelta(days=40),
+            forget_after=now - timedelta(hours=1) if number < 5 else now + timedelta(days=1),
+        )
+        for number in range(6)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        purge_expired_events(batch_size=2, now=now)
+    deletes = [q["sql"] for q in queries if q["sql"].startswith('DELETE FROM "webhooks_purgedeventkey"')]
+    assert len(deletes) == 3, deletes  # 2 + 2 + 1
+    assert list(PurgedEventKey.objects.values_list("event_id_digest", flat=True)) == [f"{5:064x}"]
 
 
 def test_the_purge_keeps_keys_only_of_events_with_an_id_and_never_of_rejected_requests(client, organization):
