@@ -122,6 +122,12 @@ if EMBEDDED:
     }
 else:
     DATABASES = {"default": env.db("DATABASE_URL")}
+    if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        # Server mode leans on PostgreSQL (advisory locks, SKIP LOCKED, concurrent index builds);
+        # SQLite is the embedded mode's, with the options it needs, and comes from leaving the URL unset.
+        raise ImproperlyConfigured(
+            "DATABASE_URL must be a PostgreSQL URL (postgres://…); leave it unset for the embedded SQLite mode"
+        )
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     # Off by default: a SELECT 1 before every request costs ingest a round trip; a broken
     # connection fails one request (503, the provider retries) and is then replaced.

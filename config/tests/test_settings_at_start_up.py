@@ -55,6 +55,8 @@ def settings_read(**variables) -> dict:
         ({"FIELD_ENCRYPTION_KEYS": "change-me"}, "key 1 of 1 is not a Fernet key"),
         ({"FIELD_ENCRYPTION_KEYS": f"{GOOD_KEY},{GOOD_KEY[:-2]}"}, "key 2 of 2 is not a Fernet key"),
         ({"REDIS_SSL_CERT_REQS": "off"}, "REDIS_SSL_CERT_REQS must be"),
+        ({"DATABASE_URL": "sqlite:////tmp/hookline.sqlite3"}, "DATABASE_URL must be a PostgreSQL URL"),
+        ({"DATABASE_URL": "mysql://root@127.0.0.1/hookline"}, "DATABASE_URL must be a PostgreSQL URL"),
     ],
 )
 def test_a_blank_or_mistyped_setting_stops_start_up_and_says_which(variables, named):
