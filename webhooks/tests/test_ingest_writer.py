@@ -422,8 +422,25 @@ def test_a_redelivery_racing_the_purge_of_its_event_is_still_a_duplicate(stripe_
             target=lambda: outcome.extend(insert_event_batch([new_event(stripe_source, "evt_raced")]))
         )
         redelivery.start()
-        time.sleep(0.5)  # the redelivery's INSERT now waits for the purge's row lock
-        assert main.vendor == "postgresql" and not outcome
+        assert main.vendor == "postgresql"
+        _wait_for_a_backend_waiting_on_a_lock(main)  # the redelivery's INSERT, on the purge's row lock
+        assert not outcome
     redelivery.join(10)
     assert outcome == [(stored_id, False)]
     assert not WebhookEvent.objects.exists()
+
+
+def _wait_for_a_backend_waiting_on_a_lock(connection, timeout: float = 10.0) -> None:
+    """Until another backend waits on a lock (a sleep would race a slow thread start on a busy host)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            # Backend states are read once per transaction unless the snapshot is cleared.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no backend waited on a lock")
