@@ -201,6 +201,12 @@ def test_a_server_error_under_the_api_is_json_and_elsewhere_the_html_page(organi
     assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
 
 
+@pytest.mark.parametrize("path", ["/api/", "/api", "/api/v2/events", "/api/v1/nothing"])
+def test_every_unknown_path_under_the_api_is_its_json_404(client, organization, path):
+    _, key = make_key(organization)
+    _assert_json_error(api_get(client, key, path), 404, "not_found")
+
+
 @pytest.mark.parametrize("params", [{"format": "api"}, {"format": "xml"}])
 def test_a_format_the_api_does_not_have_is_its_json_404(client, organization, params):
     _, key = make_key(organization)
