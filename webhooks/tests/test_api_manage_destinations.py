@@ -191,6 +191,33 @@ def test_patch_changes_what_is_given_and_keeps_the_rest(client, organization, wr
     assert response.status_code == 400 and "event_types" in response.json()["fields"]
 
 
+def test_the_same_patch_sent_twice_at_once_adds_each_source_once(client, organization, key, monkeypatch):
+    """The second PATCH read the destination (and its sources) before the first committed; it waits
+    for the first's row lock and then must see the link the first made, not add it again (500)."""
+    from webhooks.api import views
+    from webhooks.services.destinations import subscription_create
+
+    first, second = make_source(organization, name="first"), make_source(organization, name="second")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[first])
+    looked_up = views.DestinationLookup.destination
+    raced = []
+
+    def read_before_the_other_patch_committed(view, destination_id):
+        found = looked_up(view, destination_id)
+        if not raced:  # the PATCH's own lookup, not the answer's
+            assert [link.source_id for link in found.subscriptions.all()] == [first.pk]  # prefetched
+            raced.append(subscription_create(destination=found, source=second, event_types=[]))  # the other PATCH
+        return found
+
+    monkeypatch.setattr(views.DestinationLookup, "destination", read_before_the_other_patch_committed)
+    response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"sources": [first.pk, second.pk]})
+    assert response.status_code == 200, response.content
+    assert sorted(Subscription.objects.filter(destination=destination).values_list("source_id", flat=True)) == [
+        first.pk,
+        second.pk,
+    ]
+
+
 def test_patch_refusals_change_nothing(client, organization, key, settings):
     destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
     path = f"/api/v1/destinations/{destination.pk}"
