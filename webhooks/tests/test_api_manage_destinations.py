@@ -218,6 +218,46 @@ def test_the_same_patch_sent_twice_at_once_adds_each_source_once(client, organiz
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["post", "patch"])
+def test_a_source_deleted_while_a_destination_is_saved_is_a_conflict(client, organization, key, monkeypatch, method):
+    from webhooks.api import serializers_manage
+
+    kept, doomed = make_source(organization, name="kept"), make_source(organization, name="doomed")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[kept])
+    checked = serializers_manage.DestinationSerializerBase.validate_sources
+
+    def deleted_once_checked(serializer, ids):
+        sources = checked(serializer, ids)
+        Source.objects.filter(pk=doomed.pk).delete()  # another request, committed
+        return sources
+
+    monkeypatch.setattr(serializers_manage.DestinationSerializerBase, "validate_sources", deleted_once_checked)
+    body = {"sources": [kept.pk, doomed.pk]}
+    if method == "post":
+        response = api_post(client, key, "/api/v1/destinations", {"name": "new", "url": "http://127.0.0.1:9/y", **body})
+    else:
+        response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", body)
+    assert response.status_code == 409 and response.json()["error"] == "conflict", response.content
+    assert Destination.objects.count() == 1 and Subscription.objects.get().source_id == kept.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_destination_deleted_while_it_is_patched_is_not_found(client, organization, key, monkeypatch):
+    from webhooks.api import serializers_manage
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
+    checked = serializers_manage.DestinationUpdateSerializer.validate
+
+    def deleted_once_checked(serializer, data):
+        Destination.objects.filter(pk=destination.pk).delete()  # a DELETE, committed
+        return checked(serializer, data)
+
+    monkeypatch.setattr(serializers_manage.DestinationUpdateSerializer, "validate", deleted_once_checked)
+    response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"name": "renamed"})
+    assert response.status_code == 404 and response.json()["error"] == "not_found", response.content
+
+
 def test_patch_refusals_change_nothing(client, organization, key, settings):
     destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
     path = f"/api/v1/destinations/{destination.pk}"
