@@ -113,6 +113,10 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
                     source_set_active(source=source, active=data["active"], actor=self.api_key)
         except SourceError as exc:
             raise _refused(str(exc)) from None
+        except DatabaseError:  # its row was gone when saved: deleted meanwhile
+            if not sources_for_organization(organization=self.organization).filter(pk=source.pk).exists():
+                raise exceptions.NotFound("not found") from None
+            raise
         return self.show_source(source)
 
     def delete(self, request, source_id: str):
