@@ -1,6 +1,7 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from webhooks.api.authentication import json_not_found
 from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
@@ -16,6 +17,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The tenant REST API, authenticated by organization API keys only (webhooks/api/).
     path("api/v1/", include("webhooks.api.urls")),
+    # Any other path under /api/ (another version, a typo): the API's JSON 404, not the dashboard's page.
+    re_path(r"^api(?:/|$)", json_not_found),
     # Tenants' dashboard: sign-in and invitations, then everything under one organization.
     path("accounts/", include("accounts.urls")),
     path("o/<slug:org_slug>/team/", include("organizations.urls")),

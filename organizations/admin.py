@@ -764,12 +764,16 @@ class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedModelAdmin):
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke(self, request, queryset):
         outcomes = action_outcomes(request)
-        revoked = 0
+        revoked, already = 0, []
         for api_key in queryset.select_related("organization"):
             if api_key.revoked_at is not None:
                 outcomes.add_nothing_to_do(api_key.organization_id, f"API key {api_key.prefix}", "already revoked")
+                already.append(f"API key hl_{api_key.prefix}_…")
                 continue
             api_key_revoke(api_key=api_key, actor=request.user)
             outcomes.add_done(api_key.organization_id, f"API key {api_key.prefix}")
             revoked += 1
-        self.message_user(request, f"{revoked} API key(s) revoked; they no longer work.", messages.SUCCESS)
+        if revoked:
+            self.message_user(request, f"{revoked} API key(s) revoked; they no longer work.", messages.SUCCESS)
+        if already:
+            self.message_user(request, f"Nothing to do for {', '.join(already[:10])}: already revoked.", messages.INFO)

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.messages import get_messages
 
 from organizations.api_keys import api_key_authenticate, api_key_create
 from organizations.models import ApiKey, AuditLog
@@ -55,3 +56,12 @@ def test_the_revoke_action_goes_through_the_service_and_is_audited(admin, superu
     assert entry.actor_user == superuser and entry.target_id == str(active.pk)
     summary = AuditLog.objects.get(action__endswith=".action.revoke")
     assert summary.changes["outcome"] == "done" and summary.changes["nothing_to_do_count"] == 1
+
+
+def test_revoking_only_keys_revoked_already_says_there_was_nothing_to_do(admin, organization):
+    already, _ = api_key_create(organization=organization, name="old")
+    already.revoked_at = already.created_at
+    already.save()
+    response = admin.post(CHANGELIST, {"action": "revoke", "_selected_action": [already.pk]})
+    shown = [(message.level_tag, str(message)) for message in get_messages(response.wsgi_request)]
+    assert shown == [("info", f"Nothing to do for API key hl_{already.prefix}_…: already revoked.")]

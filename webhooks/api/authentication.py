@@ -58,7 +58,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             auth_failure_counted(address)
             raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from None
         if not api_key.organization.is_active:
-            raise exceptions.PermissionDenied("this organization is suspended", code="organization_inactive")
+            state = "being deleted" if api_key.organization.being_deleted else "suspended"
+            raise exceptions.PermissionDenied(f"this organization is {state}", code="organization_inactive")
         return AnonymousUser(), api_key
 
     def authenticate_header(self, request):

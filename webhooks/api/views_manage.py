@@ -8,12 +8,12 @@ Each view extends the read view of the same path, which answers GET.
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.urls import reverse
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from webhooks.selectors import source_for_organization, sources_for_organization
+from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DestinationError,
     destination_create,
@@ -113,6 +113,10 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
                     source_set_active(source=source, active=data["active"], actor=self.api_key)
         except SourceError as exc:
             raise _refused(str(exc)) from None
+        except DatabaseError:  # its row was gone when saved: deleted meanwhile
+            if not sources_for_organization(organization=self.organization).filter(pk=source.pk).exists():
+                raise exceptions.NotFound("not found") from None
+            raise
         return self.show_source(source)
 
     def delete(self, request, source_id: str):
@@ -170,6 +174,10 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
         except DestinationError as exc:
             # The other fields were checked above: what is left is the URL (as on the dashboard).
             raise _refused(str(exc), "url") from None
+        except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile
+            raise Conflict(
+                "a source it names was deleted, or the destination changed, meanwhile: read them again"
+            ) from None
         response = self.show_destination(destination.pk, status=201, secret=secret)
         response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
         return response
@@ -209,6 +217,14 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
             )
         except DestinationError as exc:
             raise _refused(str(exc), "url") from None
+        except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile
+            raise Conflict(
+                "a source it names was deleted, or the destination changed, meanwhile: read them again"
+            ) from None
+        except DatabaseError:  # its own row was gone when saved: deleted meanwhile
+            if not destinations_for_organization(organization=self.organization).filter(pk=destination.pk).exists():
+                raise exceptions.NotFound("not found") from None
+            raise
         return self.show_destination(destination.pk)
 
     def delete(self, request, destination_id: str):

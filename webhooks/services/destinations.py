@@ -206,7 +206,11 @@ def destination_update(
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
     destination.save(update_fields=[field for field, _ in fields] + ["updated_at"])
-    existing = {subscription.source_id: subscription for subscription in destination.subscriptions.all()}
+    # Read now, under the row lock the save took: not destination.subscriptions.all(), which may be
+    # what a caller prefetched before a concurrent update (the same PATCH sent twice) committed.
+    existing = {
+        subscription.source_id: subscription for subscription in Subscription.objects.filter(destination=destination)
+    }
     removed = [source_id for source_id in existing if source_id not in wanted]
     if removed:
         Subscription.objects.filter(destination=destination, source_id__in=removed).delete()

@@ -55,7 +55,20 @@ def test_a_suspended_organization_gets_403(client, organization):
     _, key = make_key(organization)
     organization.is_active = False
     organization.save()
-    _assert_json_error(api_get(client, key, "/api/v1/events"), 403, "organization_inactive")
+    body = _assert_json_error(api_get(client, key, "/api/v1/events"), 403, "organization_inactive")
+    assert body["detail"] == "this organization is suspended"
+
+
+def test_an_organization_being_deleted_refuses_its_keys_at_once_and_says_why(client, organization, monkeypatch):
+    from webhooks import tasks
+    from webhooks.services.organization_deletion import organization_request_deletion
+
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *args, **kwargs: None)
+    _, key = make_key(organization)
+    organization_request_deletion(organization=organization)
+    for response in (api_get(client, key, "/api/v1/sources"), api_post(client, key, "/api/v1/sources", {})):
+        body = _assert_json_error(response, 403, "organization_inactive")
+        assert body["detail"] == "this organization is being deleted"
 
 
 def test_a_dashboard_session_is_not_an_api_credential(client, owner):
@@ -199,6 +212,12 @@ def test_a_server_error_under_the_api_is_json_and_elsewhere_the_html_page(organi
     client.force_login(owner)
     page = client.get("/")
     assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("path", ["/api/", "/api", "/api/v2/events", "/api/v1/nothing"])
+def test_every_unknown_path_under_the_api_is_its_json_404(client, organization, path):
+    _, key = make_key(organization)
+    _assert_json_error(api_get(client, key, path), 404, "not_found")
 
 
 @pytest.mark.parametrize("params", [{"format": "api"}, {"format": "xml"}])

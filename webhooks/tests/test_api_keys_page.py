@@ -29,6 +29,13 @@ def test_owner_creates_a_key_sees_it_once_and_it_works(client, organization, own
     assert f"hl_{api_key.prefix}_…" in listed and "deploy" in listed
 
 
+def test_the_page_says_all_that_a_read_and_write_key_may_do(client, organization, owner):
+    """Whoever picks the access must know that such a key can delete sources and destinations too."""
+    client.force_login(owner)
+    page = " ".join(client.get(_page()).content.decode().split())
+    assert page.count("create, change, rotate the secrets of and delete sources and destinations") == 2
+
+
 def test_a_bad_name_is_shown_on_the_form(client, organization, owner):
     client.force_login(owner)
     response = client.post(_page(), {"name": "two\nlines", "access": "read_only"})

@@ -191,6 +191,73 @@ def test_patch_changes_what_is_given_and_keeps_the_rest(client, organization, wr
     assert response.status_code == 400 and "event_types" in response.json()["fields"]
 
 
+def test_the_same_patch_sent_twice_at_once_adds_each_source_once(client, organization, key, monkeypatch):
+    """The second PATCH read the destination (and its sources) before the first committed; it waits
+    for the first's row lock and then must see the link the first made, not add it again (500)."""
+    from webhooks.api import views
+    from webhooks.services.destinations import subscription_create
+
+    first, second = make_source(organization, name="first"), make_source(organization, name="second")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[first])
+    looked_up = views.DestinationLookup.destination
+    raced = []
+
+    def read_before_the_other_patch_committed(view, destination_id):
+        found = looked_up(view, destination_id)
+        if not raced:  # the PATCH's own lookup, not the answer's
+            assert [link.source_id for link in found.subscriptions.all()] == [first.pk]  # prefetched
+            raced.append(subscription_create(destination=found, source=second, event_types=[]))  # the other PATCH
+        return found
+
+    monkeypatch.setattr(views.DestinationLookup, "destination", read_before_the_other_patch_committed)
+    response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"sources": [first.pk, second.pk]})
+    assert response.status_code == 200, response.content
+    assert sorted(Subscription.objects.filter(destination=destination).values_list("source_id", flat=True)) == [
+        first.pk,
+        second.pk,
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["post", "patch"])
+def test_a_source_deleted_while_a_destination_is_saved_is_a_conflict(client, organization, key, monkeypatch, method):
+    from webhooks.api import serializers_manage
+
+    kept, doomed = make_source(organization, name="kept"), make_source(organization, name="doomed")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[kept])
+    checked = serializers_manage.DestinationSerializerBase.validate_sources
+
+    def deleted_once_checked(serializer, ids):
+        sources = checked(serializer, ids)
+        Source.objects.filter(pk=doomed.pk).delete()  # another request, committed
+        return sources
+
+    monkeypatch.setattr(serializers_manage.DestinationSerializerBase, "validate_sources", deleted_once_checked)
+    body = {"sources": [kept.pk, doomed.pk]}
+    if method == "post":
+        response = api_post(client, key, "/api/v1/destinations", {"name": "new", "url": "http://127.0.0.1:9/y", **body})
+    else:
+        response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", body)
+    assert response.status_code == 409 and response.json()["error"] == "conflict", response.content
+    assert Destination.objects.count() == 1 and Subscription.objects.get().source_id == kept.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_destination_deleted_while_it_is_patched_is_not_found(client, organization, key, monkeypatch):
+    from webhooks.api import serializers_manage
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
+    checked = serializers_manage.DestinationUpdateSerializer.validate
+
+    def deleted_once_checked(serializer, data):
+        Destination.objects.filter(pk=destination.pk).delete()  # a DELETE, committed
+        return checked(serializer, data)
+
+    monkeypatch.setattr(serializers_manage.DestinationUpdateSerializer, "validate", deleted_once_checked)
+    response = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"name": "renamed"})
+    assert response.status_code == 404 and response.json()["error"] == "not_found", response.content
+
+
 def test_patch_refusals_change_nothing(client, organization, key, settings):
     destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
     path = f"/api/v1/destinations/{destination.pk}"

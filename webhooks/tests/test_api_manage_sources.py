@@ -167,6 +167,23 @@ def test_patch_renames_changes_options_and_stops(client, organization, writer):
     _by_key("source.resumed", api_key)
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("body", [{"name": "renamed"}, {"active": False}])
+def test_a_source_deleted_while_it_is_patched_is_not_found(client, organization, key, monkeypatch, body):
+    from webhooks.api import serializers_manage
+
+    source = make_source(organization)
+    checked = serializers_manage.SourceUpdateSerializer.validate
+
+    def deleted_once_checked(serializer, data):
+        Source.objects.filter(pk=source.pk).delete()  # a DELETE, committed
+        return checked(serializer, data)
+
+    monkeypatch.setattr(serializers_manage.SourceUpdateSerializer, "validate", deleted_once_checked)
+    response = api_patch(client, key, f"/api/v1/sources/{source.pk}", body)
+    assert response.status_code == 404 and response.json()["error"] == "not_found", response.content
+
+
 def test_patch_refusals_change_nothing(client, organization, key):
     source = make_source(organization)
     for body, field in (

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Invitation
-from organizations.models import AuditLog, Membership, MonthlyUsage, Organization, current_month
+from organizations.models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from organizations.services import audit_verify_chain
 from webhooks import tasks
 from webhooks.models import (
@@ -36,6 +36,7 @@ from webhooks.services.organization_deletion import (
     organization_deletion_run,
     organization_request_deletion,
 )
+from webhooks.tests.api_helpers import make_key
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 from webhooks.tests.signing import post_stripe
 
@@ -279,6 +280,43 @@ def test_the_run_deletes_everything_of_the_organization_and_nothing_of_another(t
     again = organization_deletion_run(organization_id=acme.pk)  # a duplicate message: harmless
     assert again.finished and not again.deleted
     assert AuditLog.objects.filter(action=organization_deletion.DELETED_ACTION).count() == 1
+
+
+def purged_keys(source, count: int) -> None:
+    """Keys the retention purge kept of ``count`` events it deleted."""
+    PurgedEventKey.objects.bulk_create(
+        PurgedEventKey(
+            source=source,
+            event_id_digest=f"{source.pk}-{number:060d}",
+            original_id=uuid.uuid4(),
+            received_at=timezone.now() - timedelta(days=2),
+            forget_after=timezone.now() + timedelta(days=5),
+        )
+        for number in range(count)
+    )
+
+
+def test_purged_events_keys_and_api_keys_are_counted_and_deleted_in_batches(two_tenants, admin, published):
+    acme, globex = two_tenants
+    purged_keys(Source.objects.get(organization=acme), 12)
+    purged_keys(Source.objects.get(organization=globex), 3)
+    make_key(acme)
+    make_key(globex)
+    page = confirmation_page(admin, acme)[0].content.decode()
+    assert "Purged events&#x27; keys: 12" in page and "API keys: 1" in page
+
+    organization_request_deletion(organization=acme)
+    run = organization_deletion_run(organization_id=acme.pk, batch_size=5, max_seconds=0)  # one batch
+    assert not run.finished and PurgedEventKey.objects.filter(source__organization=acme).count() == 12
+    with CaptureQueriesContext(connection) as queries:
+        assert organization_deletion_run(organization_id=acme.pk, batch_size=5).finished
+    # In batches of their own (5, 5, 2), not all at once with their source (whose cascade finds none left).
+    batches = [query["sql"] for query in queries if query["sql"].startswith('DELETE FROM "webhooks_purgedeventkey"')]
+    assert [sql.count(",") + 1 for sql in batches if '"id" IN' in sql] == [5, 5, 2]
+    done = AuditLog.objects.get(action=organization_deletion.DELETED_ACTION)
+    assert done.changes["deleted"]["purged events' keys"] == 12 and done.changes["deleted"]["API keys"] == 1
+    assert PurgedEventKey.objects.filter(source__organization=globex).count() == 3
+    assert ApiKey.objects.filter(organization=globex).count() == 1
 
 
 def test_a_run_stops_at_its_time_limit_and_publishes_the_next(two_tenants, published, monkeypatch):

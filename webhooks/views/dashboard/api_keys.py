@@ -27,7 +27,8 @@ class ApiKeyForm(forms.Form):
         initial=ApiKey.Access.READ_ONLY,
         widget=forms.RadioSelect,
         help_text="Read-only keys read events, deliveries, sources and destinations; read-and-write keys also "
-        "retry, replay, pause and resume.",
+        "retry, replay, pause and resume, and create, change, rotate the secrets of and delete sources and "
+        "destinations.",
     )
 
 
