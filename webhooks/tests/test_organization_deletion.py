@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import timedelta
 
@@ -390,8 +391,22 @@ def test_one_run_at_a_time_per_organization(two_tenants, published):
         other_worker.execute("SELECT pg_advisory_lock(%s)", [organization_deletion._RUN_LOCK_PREFIX + acme.pk])
         assert tasks.delete_organization(acme.pk) is False
         assert rows_of(acme.pk)[EVENTS] == 23  # left to the run that holds it
-    # That worker died: its connection, and so the lock, is gone.
+    # That worker died: its connection, and so the lock, is gone (once its backend has exited,
+    # which happens a moment after the client closed the socket).
+    _wait_until_free(organization_deletion._RUN_LOCK_PREFIX + acme.pk)
     assert tasks.delete_organization(acme.pk) is True
+
+
+def _wait_until_free(lock_key: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [lock_key])
+            if cursor.fetchone()[0]:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_key])
+                return
+            time.sleep(0.02)
+    raise AssertionError("the advisory lock was never released")
 
 
 def test_a_batch_that_met_a_row_committed_meanwhile_is_tried_again_and_counted_once(two_tenants, monkeypatch):
