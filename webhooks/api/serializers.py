@@ -66,8 +66,28 @@ class DeliverySummarySerializer(serializers.Serializer):
     attempt_count = serializers.IntegerField()
 
 
-class DeliverySerializer(DeliverySummarySerializer):
+class EventDeliverySerializer(DeliverySummarySerializer):
+    """A delivery as its event's detail lists it: the event is around it already."""
+
     event = serializers.UUIDField(source="event_id")
+    webhook_id = serializers.CharField(source="message_id")
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    attempts = AttemptSerializer(many=True, source="attempts.all")
+
+
+class DeliverySerializer(DeliverySummarySerializer):
+    """A delivery on its own, with what a list of failures needs of its event: no call per row.
+    The view loads the event's columns with the delivery (selectors.with_event_context)."""
+
+    event = serializers.UUIDField(source="event_id")
+    provider_event_id = serializers.CharField(source="event.provider_event_id", allow_null=True)
+    event_type = serializers.CharField(source="event.event_type")
+    source = serializers.IntegerField(source="event.source_id")
+    received_at = serializers.DateTimeField(source="event.received_at")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     last_status_code = serializers.IntegerField(allow_null=True)
@@ -97,7 +117,7 @@ class EventDetailSerializer(EventSerializer):
     rejection_detail = serializers.CharField()
     remote_ip = serializers.IPAddressField(allow_null=True)
     headers = serializers.SerializerMethodField()
-    deliveries = DeliveryDetailSerializer(many=True, source="deliveries.all")
+    deliveries = EventDeliverySerializer(many=True, source="deliveries.all")
 
     def get_headers(self, event) -> dict[str, str]:
         return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
@@ -164,6 +184,9 @@ class DeliveryFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
+    # The event's received time, as the event list and the dashboard's "Received" filter take it.
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
 
 
 class ReplaySerializer(serializers.Serializer):

@@ -81,6 +81,18 @@ class NewestFirst(CursorPagination):
         self.base_url = settings.PUBLIC_BASE_URL + request.get_full_path()
         return page
 
+    def get_paginated_response(self, data):
+        """The same links as ``next`` and ``previous``, also as an RFC 8288 Link header."""
+        response = super().get_paginated_response(data)
+        links = [
+            f'<{response.data[key]}>; rel="{relation}"'
+            for key, relation in (("next", "next"), ("previous", "prev"))
+            if response.data[key]
+        ]
+        if links:
+            response["Link"] = ", ".join(links)
+        return response
+
     def decode_cursor(self, request):
         try:
             cursor = super().decode_cursor(request)
@@ -178,6 +190,8 @@ class DeliveryListView(ApiListView):
             status=filters.get("status", ""),
             destination_id=filters.get("destination"),
             event_id=filters.get("event"),
+            received_after=filters.get("received_after"),
+            received_before=filters.get("received_before"),
         )
 
 
