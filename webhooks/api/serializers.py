@@ -11,7 +11,7 @@ import base64
 
 from rest_framework import serializers
 
-from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUSES_FROM_DELIVERIES,
@@ -128,6 +128,25 @@ class EventDetailSerializer(EventSerializer):
         return data
 
 
+class BulkRetrySerializer(serializers.Serializer):
+    """A bulk retry job: ``retried`` grows to ``total`` while it runs (``total`` may grow too, with
+    deliveries that failed meanwhile); ``filters`` as it was asked for."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=BulkRetry.Status.values)
+    total = serializers.IntegerField()
+    retried = serializers.IntegerField()
+    filters = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_filters(self, job: BulkRetry) -> dict:
+        # Stored in the service's words; shown in the request's ("statuses": ["dead"] is "status").
+        filters = dict(job.filters)
+        statuses = filters.pop("statuses", None) or [Delivery.Status.DEAD]
+        return {"status": statuses[0] if len(statuses) == 1 else statuses, **filters}
+
+
 class SourceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -187,6 +206,25 @@ class DeliveryFilterSerializer(serializers.Serializer):
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
     received_after = serializers.DateTimeField(required=False)
     received_before = serializers.DateTimeField(required=False)
+
+
+class BulkRetryRequestSerializer(serializers.Serializer):
+    """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
+    Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
+    sooner, one at a time, through /deliveries/<id>/retry)."""
+
+    status = serializers.ChoiceField(choices=[Delivery.Status.DEAD], default=Delivery.Status.DEAD)
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    event_type = serializers.CharField(max_length=1000, required=False)
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
+
+    def validate(self, data):
+        after, before = data.get("received_after"), data.get("received_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
+        return data
 
 
 class ReplaySerializer(serializers.Serializer):
