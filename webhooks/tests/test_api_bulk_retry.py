@@ -164,6 +164,11 @@ def test_another_organizations_ids_are_unknown(client, organization, other_organ
         assert api_get(client, world["key"], f"/api/v1/bulk_retries/{malformed}").status_code == 404
 
 
+def test_the_bulk_retry_path_is_not_taken_for_a_delivery_id(client, world):
+    response = api_get(client, world["key"], "/api/v1/deliveries/retry")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
 def test_a_read_only_key_cannot_start_one(client, organization, world):
     _, reader = make_key(organization, access=ApiKey.Access.READ_ONLY, name="reader")
     response = _retry(client, reader)
