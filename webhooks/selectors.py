@@ -188,14 +188,14 @@ def _filtered_events(
         # than row by row where they are few enough to list: a pattern that matches nothing
         # then reads no event, and a rare one is found through the (organization, event_type) index.
         # Several patterns separated by commas, as a destination's filter takes them.
-        patterns = [pattern.strip() for pattern in filters.event_type.split(",") if pattern.strip()]
+        patterns = event_type_patterns(filters.event_type)
         matching_types = organization_event_types_matching(organization=organization, patterns=patterns)
         if not patterns:
             pass  # only commas: no filter was meant
         elif matching_types is not None:
             events = events.filter(event_type__in=matching_types)
         else:
-            events = events.filter(_event_type_condition(patterns))
+            events = events.filter(event_type_condition(patterns))
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
         events = events.filter(
             Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
@@ -293,11 +293,30 @@ def events_for_api(*, organization: Organization, filters: EventFilters) -> Quer
 DELIVERY_STATUS_RETRYING = "retrying"
 
 
+def with_event_context(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
+    """Each delivery with what a list of failures needs of its event, in the same query: never
+    its body or headers."""
+    return deliveries.select_related("event").only(
+        *(field.name for field in Delivery._meta.concrete_fields),
+        "event__provider_event_id",
+        "event__event_type",
+        "event__source",
+        "event__received_at",
+    )
+
+
 def deliveries_for_organization(
-    *, organization: Organization, status: str = "", destination_id: int | None = None, event_id=None
+    *,
+    organization: Organization,
+    status: str = "",
+    destination_id: int | None = None,
+    event_id=None,
+    received_after: datetime | None = None,
+    received_before: datetime | None = None,
 ) -> QuerySet[Delivery]:
-    """The organization's deliveries, by status ("retrying": failed and waiting), destination or event."""
-    deliveries = Delivery.objects.filter(organization=organization)
+    """The organization's deliveries, by status ("retrying": failed and waiting), destination, event
+    or the time their event was received (as the event list and the dashboard filter it)."""
+    deliveries = with_event_context(Delivery.objects.filter(organization=organization))
     if status == DELIVERY_STATUS_RETRYING:
         deliveries = retrying_deliveries(deliveries)
     elif status:
@@ -306,14 +325,21 @@ def deliveries_for_organization(
         deliveries = deliveries.filter(destination_id=destination_id)
     if event_id:
         deliveries = deliveries.filter(event_id=event_id)
+    # An event's id starts with the time it was received: no join, as _filtered_events does.
+    if received_after:
+        deliveries = deliveries.filter(event_id__gte=uuid7_floor(received_after))
+    if received_before:
+        deliveries = deliveries.filter(event_id__lt=uuid7_floor(received_before))
     return deliveries
 
 
 def delivery_detail_for_organization(*, organization: Organization, delivery_id) -> Delivery:
-    """A delivery with its attempts; DoesNotExist for anyone else's."""
-    return Delivery.objects.prefetch_related(
-        Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number"))
-    ).get(organization=organization, pk=delivery_id)
+    """A delivery with its event's context and its attempts; DoesNotExist for anyone else's."""
+    return (
+        with_event_context(Delivery.objects)
+        .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
+        .get(organization=organization, pk=delivery_id)
+    )
 
 
 def event_detail_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
@@ -366,17 +392,23 @@ def event_progress_for_organization(*, organization: Organization, event_id) -> 
 EVENT_TYPES_LISTED_FOR_PATTERNS = 500
 
 
-def _event_type_condition(patterns: list[str]) -> Q:
-    """Row by row, what event_type_matches takes for any of ``patterns``."""
+def event_type_condition(patterns: list[str], *, field: str = "event_type") -> Q:
+    """Row by row, what event_type_matches takes for any of ``patterns``; ``field`` names the event
+    type from another model (``event__event_type`` for deliveries)."""
     condition = Q(pk__in=[])
     for pattern in patterns:
         if any(character in pattern for character in WILDCARDS):
-            condition |= Q(event_type__regex=shell_pattern_as_postgres_regex(pattern))
+            condition |= Q(**{f"{field}__regex": shell_pattern_as_postgres_regex(pattern)})
         else:
-            condition |= Q(event_type=pattern)
+            condition |= Q(**{field: pattern})
             for separator in TYPE_LEVEL_SEPARATORS:
-                condition |= Q(event_type__startswith=pattern + separator)
+                condition |= Q(**{f"{field}__startswith": pattern + separator})
     return condition
+
+
+def event_type_patterns(text: str) -> list[str]:
+    """Comma-separated patterns, as a destination's filter and the events list take them."""
+    return [pattern.strip() for pattern in text.split(",") if pattern.strip()]
 
 
 def organization_event_types_matching(*, organization: Organization, patterns: list[str]) -> list[str] | None:
@@ -540,6 +572,11 @@ def recent_events_for_source(*, source: Source, limit: int = 10) -> list[Webhook
         .defer("body", "headers")
         .order_by("-id")[:limit]
     )
+
+
+def bulk_retry_for_organization(*, organization: Organization, job_id: int) -> BulkRetry:
+    """One bulk retry job; DoesNotExist for anyone else's."""
+    return BulkRetry.objects.get(organization=organization, pk=job_id)
 
 
 def bulk_retries_for_destination(*, destination: Destination, limit: int = 5) -> list[BulkRetry]:

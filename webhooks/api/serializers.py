@@ -11,7 +11,7 @@ import base64
 
 from rest_framework import serializers
 
-from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUSES_FROM_DELIVERIES,
@@ -66,8 +66,28 @@ class DeliverySummarySerializer(serializers.Serializer):
     attempt_count = serializers.IntegerField()
 
 
-class DeliverySerializer(DeliverySummarySerializer):
+class EventDeliverySerializer(DeliverySummarySerializer):
+    """A delivery as its event's detail lists it: the event is around it already."""
+
     event = serializers.UUIDField(source="event_id")
+    webhook_id = serializers.CharField(source="message_id")
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    attempts = AttemptSerializer(many=True, source="attempts.all")
+
+
+class DeliverySerializer(DeliverySummarySerializer):
+    """A delivery on its own, with what a list of failures needs of its event: no call per row.
+    The view loads the event's columns with the delivery (selectors.with_event_context)."""
+
+    event = serializers.UUIDField(source="event_id")
+    provider_event_id = serializers.CharField(source="event.provider_event_id", allow_null=True)
+    event_type = serializers.CharField(source="event.event_type")
+    source = serializers.IntegerField(source="event.source_id")
+    received_at = serializers.DateTimeField(source="event.received_at")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     last_status_code = serializers.IntegerField(allow_null=True)
@@ -97,7 +117,7 @@ class EventDetailSerializer(EventSerializer):
     rejection_detail = serializers.CharField()
     remote_ip = serializers.IPAddressField(allow_null=True)
     headers = serializers.SerializerMethodField()
-    deliveries = DeliveryDetailSerializer(many=True, source="deliveries.all")
+    deliveries = EventDeliverySerializer(many=True, source="deliveries.all")
 
     def get_headers(self, event) -> dict[str, str]:
         return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
@@ -106,6 +126,25 @@ class EventDetailSerializer(EventSerializer):
         data = super().to_representation(event)
         data.update(body_for_api(event.body))
         return data
+
+
+class BulkRetrySerializer(serializers.Serializer):
+    """A bulk retry job: ``retried`` grows to ``total`` while it runs (``total`` may grow too, with
+    deliveries that failed meanwhile); ``filters`` as it was asked for."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=BulkRetry.Status.values)
+    total = serializers.IntegerField()
+    retried = serializers.IntegerField()
+    filters = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_filters(self, job: BulkRetry) -> dict:
+        # Stored in the service's words; shown in the request's ("statuses": ["dead"] is "status").
+        filters = dict(job.filters)
+        statuses = filters.pop("statuses", None) or [Delivery.Status.DEAD]
+        return {"status": statuses[0] if len(statuses) == 1 else statuses, **filters}
 
 
 class SourceSerializer(serializers.Serializer):
@@ -164,6 +203,28 @@ class DeliveryFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
+    # The event's received time, as the event list and the dashboard's "Received" filter take it.
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
+
+
+class BulkRetryRequestSerializer(serializers.Serializer):
+    """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
+    Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
+    sooner, one at a time, through /deliveries/<id>/retry)."""
+
+    status = serializers.ChoiceField(choices=[Delivery.Status.DEAD], default=Delivery.Status.DEAD)
+    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    event_type = serializers.CharField(max_length=1000, required=False)
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
+
+    def validate(self, data):
+        after, before = data.get("received_after"), data.get("received_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
+        return data
 
 
 class ReplaySerializer(serializers.Serializer):

@@ -20,6 +20,9 @@ urlpatterns = [
     endpoint(f"events/{ID.format('event_id')}", views.EventDetailView, "event"),
     endpoint(f"events/{ID.format('event_id')}/replay", views.EventReplayView, "event_replay"),
     endpoint("deliveries", views.DeliveryListView, "deliveries"),
+    # Before deliveries/<id>, which would take "retry" for an id.
+    endpoint("deliveries/retry", views.DeliveryBulkRetryView, "deliveries_retry"),
+    endpoint(f"bulk_retries/{ID.format('job_id')}", views.BulkRetryDetailView, "bulk_retry"),
     endpoint(f"deliveries/{ID.format('delivery_id')}", views.DeliveryDetailView, "delivery"),
     endpoint(f"deliveries/{ID.format('delivery_id')}/retry", views.DeliveryRetryView, "delivery_retry"),
     # Sources and destinations: views_manage's views read them as views' do, and also create,

@@ -8,6 +8,7 @@ import uuid
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Prefetch
+from django.urls import reverse
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 from webhooks.models import Subscription
 from webhooks.selectors import (
     EventFilters,
+    bulk_retry_for_organization,
     configured_signature_header,
     deliveries_for_organization,
     delivery_detail_for_organization,
@@ -33,7 +35,7 @@ from webhooks.services.destinations import (
     destination_retry_delivery,
     destination_set_paused,
 )
-from webhooks.services.operations import NothingToDo, OperationError
+from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
 from . import serializers
 from .authentication import ApiView, Conflict
@@ -80,6 +82,18 @@ class NewestFirst(CursorPagination):
         page = super().paginate_queryset(queryset, request, view)
         self.base_url = settings.PUBLIC_BASE_URL + request.get_full_path()
         return page
+
+    def get_paginated_response(self, data):
+        """The same links as ``next`` and ``previous``, also as an RFC 8288 Link header."""
+        response = super().get_paginated_response(data)
+        links = [
+            f'<{response.data[key]}>; rel="{relation}"'
+            for key, relation in (("next", "next"), ("previous", "prev"))
+            if response.data[key]
+        ]
+        if links:
+            response["Link"] = ", ".join(links)
+        return response
 
     def decode_cursor(self, request):
         try:
@@ -178,6 +192,8 @@ class DeliveryListView(ApiListView):
             status=filters.get("status", ""),
             destination_id=filters.get("destination"),
             event_id=filters.get("event"),
+            received_after=filters.get("received_after"),
+            received_before=filters.get("received_before"),
         )
 
 
@@ -197,6 +213,47 @@ class DeliveryRetryView(ApiObjectView):
         except DeliveryRetryError as exc:
             raise Conflict(str(exc)) from None
         return self.show(serializers.DeliverySerializer, delivery, status=202)
+
+
+def _known_or_invalid(lookup, field: str, **kwargs) -> None:
+    try:
+        lookup(**kwargs)
+    except ObjectDoesNotExist:
+        raise exceptions.ValidationError({field: [f"no such {field}"]}) from None
+
+
+class DeliveryBulkRetryView(ApiObjectView):
+    """The dashboard's bulk retry with the delivery list's filters: a job, followed at its URL."""
+
+    def post(self, request):
+        given = serializers.BulkRetryRequestSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        # Another organization's ids are unknown here, as in every body (400, not 404: the path exists).
+        for field, lookup in (("destination", destination_for_organization), ("source", source_for_organization)):
+            if field in data:
+                _known_or_invalid(lookup, field, organization=self.organization, **{f"{field}_id": data[field]})
+        filters = {
+            "statuses": [data["status"]],
+            **{key: data[key] for key in ("destination", "source", "received_after", "received_before") if key in data},
+        }
+        if data.get("event_type", "").strip():
+            filters["event_type"] = data["event_type"].strip()
+        try:
+            job = bulk_retry_request(organization=self.organization, filters=filters, actor=self.api_key)
+        except NothingToRetry as exc:
+            raise Conflict(str(exc), code="nothing_to_retry") from None
+        except OperationError as exc:
+            raise Conflict(str(exc)) from None
+        response = self.show(serializers.BulkRetrySerializer, job, status=202)
+        response["Location"] = reverse("api:bulk_retry", kwargs={"job_id": job.pk})
+        return response
+
+
+class BulkRetryDetailView(ApiObjectView):
+    def get(self, request, job_id: str):
+        job = _found(bulk_retry_for_organization, organization=self.organization, job_id=_int_id(job_id))
+        return self.show(serializers.BulkRetrySerializer, job)
 
 
 # Lists show hints only: loading the encrypted secret columns would decrypt them row by row.

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from organizations.models import Organization
 from organizations.names import name_problem
@@ -18,7 +18,7 @@ from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscripti
 from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry
-from .operations import OperationError, bulk_retry_start, destination_pause, destination_resume, event_replay
+from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
@@ -324,37 +324,11 @@ def destination_replay_event(*, event: WebhookEvent, destination: Destination, a
     return event_replay(event=event, destination=destination, actor=actor)
 
 
-# Namespace of the advisory locks that serialize bulk-retry requests per destination (the
-# two-key form: it never collides with the audit chain's single-key lock).
-_BULK_RETRY_LOCK_SPACE = 0x686C6272  # "hlbr"
-
-
 @transaction.atomic
 def destination_bulk_retry(*, destination: Destination, actor=None) -> BulkRetry:
-    """Retry every dead delivery of a destination, in the background; one such job at a time.
-
-    A second request while one is queued or running is refused: it would count the same
-    deliveries and retry them twice. Two requests at the same moment are serialized by an
-    advisory lock on the destination, so one of them sees the other's job.
-    """
-    require_configure_role(organization=destination.organization, actor=actor)
-    if not destination.is_active:
-        raise OperationError("the destination is inactive: it is sent nothing until it is active again")
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_BULK_RETRY_LOCK_SPACE, destination.pk])
-    unfinished = (
-        BulkRetry.objects.filter(
-            organization_id=destination.organization_id,
-            filters__destination=destination.pk,
-            status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING),
-        )
-        .order_by("created_at")
-        .first()
+    """Retry every dead delivery of a destination, in the background; one such job at a time
+    (bulk_retry_request: a second one would retry the same deliveries twice; and none for an
+    inactive destination)."""
+    return bulk_retry_request(
+        organization=destination.organization, filters={"destination": destination.pk}, actor=actor
     )
-    if unfinished is not None:
-        raise OperationError(
-            f"a bulk retry of this destination is already {unfinished.get_status_display().lower()} "
-            f"(asked for {unfinished.created_at:%-d %b %H:%M} UTC); wait until it has finished"
-        )
-    return bulk_retry_start(organization=destination.organization, filters={"destination": destination.pk}, actor=actor)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -13,8 +14,10 @@ from django.utils.dateparse import parse_datetime
 from organizations.models import Organization
 from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
+from webhooks.selectors import event_type_condition, event_type_patterns, uuid7_floor
 
 from .delivery import MANUAL_ATTEMPT_ASKED, schedule_dispatch
+from .permissions import require_configure_role
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import schedule_once
 
@@ -132,14 +135,17 @@ def _matching_deliveries(organization: Organization, filters: dict[str, Any]):
         deliveries = deliveries.filter(event__source_id=filters["source"])
     if filters.get("destination"):
         deliveries = deliveries.filter(destination_id=filters["destination"])
-    if filters.get("event_type"):
-        deliveries = deliveries.filter(event__event_type=filters["event_type"])
-    for key, lookup in (("received_after", "event__received_at__gte"), ("received_before", "event__received_at__lt")):
+    if patterns := event_type_patterns(filters.get("event_type") or ""):
+        # Patterns as a destination's filter and the events list read them ("invoice.*", "push,ping").
+        deliveries = deliveries.filter(event_type_condition(patterns, field="event__event_type"))
+    # The event's received time from its id, as the API's event and delivery lists filter it, so
+    # that a list and the retry of the same filters take the same rows (and no join is needed).
+    for key, lookup in (("received_after", "event_id__gte"), ("received_before", "event_id__lt")):
         if filters.get(key):
             moment = filters[key] if isinstance(filters[key], datetime) else parse_datetime(str(filters[key]))
             if moment is None:
                 raise OperationError(f"{key} is not a date and time")
-            deliveries = deliveries.filter(**{lookup: moment})
+            deliveries = deliveries.filter(**{lookup: uuid7_floor(moment)})
     return deliveries
 
 
@@ -151,7 +157,8 @@ def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], act
         raise NothingToRetry("no delivery matches: there is nothing to retry")
     job = BulkRetry.objects.create(
         organization=organization,
-        requested_by=actor,
+        # A person; an API key is named by the audit entry (requested_by links users only).
+        requested_by=actor if isinstance(actor, get_user_model()) else None,
         filters={k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v},
         total=total,
     )
@@ -165,6 +172,53 @@ def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], act
     # Committed first: with the broker down the job waits for the sweeper instead of failing.
     transaction.on_commit(lambda: publish_bulk_retry(job.pk))
     return job
+
+
+# Namespace of the advisory locks that serialize bulk-retry requests per organization (the
+# two-key form: it never collides with the audit chain's single-key lock).
+_BULK_RETRY_LOCK_SPACE = 0x686C6272  # "hlbr"
+
+
+def _overlapping_unfinished(organization: Organization, destination_id: int | None) -> BulkRetry | None:
+    """A queued or running job that may take the same deliveries: of the same destination, or
+    where either has none (every destination)."""
+    unfinished = BulkRetry.objects.filter(
+        organization=organization, status__in=(BulkRetry.Status.QUEUED, BulkRetry.Status.RUNNING)
+    )
+    if destination_id is not None:
+        unfinished = unfinished.filter(Q(filters__destination=destination_id) | ~Q(filters__has_key="destination"))
+    return unfinished.order_by("created_at").first()
+
+
+@transaction.atomic
+def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], actor=None) -> BulkRetry:
+    """Retry the matching dead deliveries in the background, for a person or a key allowed to.
+
+    A request while a job that may take the same deliveries is queued or running is refused: it
+    would count them again and retry them twice. Requests of one organization are serialized by an
+    advisory lock, so that of two at the same moment one sees the other's job.
+    """
+    require_configure_role(organization=organization, actor=actor)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_BULK_RETRY_LOCK_SPACE, organization.pk])
+    destination_id = filters.get("destination") or None
+    if destination_id is not None:
+        destination = Destination.objects.filter(organization=organization, pk=destination_id).first()
+        if destination is None:
+            raise OperationError("the destination has been deleted")
+        if not destination.is_active:
+            raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    if unfinished := _overlapping_unfinished(organization, destination_id):
+        if not unfinished.filters.get("destination"):
+            what = "every destination"
+        else:
+            what = "this destination" if destination_id else f"destination {unfinished.filters['destination']}"
+        raise OperationError(
+            f"a bulk retry of {what} is already {unfinished.get_status_display().lower()} "
+            f"(asked for {unfinished.created_at:%-d %b %H:%M} UTC); wait until it has finished"
+        )
+    return bulk_retry_start(organization=organization, filters=filters, actor=actor)
 
 
 def publish_bulk_retry(job_id: int) -> None:

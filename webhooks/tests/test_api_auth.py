@@ -6,7 +6,7 @@ from django.test import Client
 from conftest import UserFactory
 from organizations.api_keys import api_key_revoke
 from organizations.models import ApiKey, AuditLog, Membership
-from webhooks.models import Delivery
+from webhooks.models import BulkRetry, Delivery
 
 from .api_helpers import api_get, api_post, make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -86,6 +86,7 @@ def test_a_read_only_key_reads_but_changes_nothing(client, organization):
     before = AuditLog.objects.count()
     for path in (
         f"/api/v1/deliveries/{delivery.pk}/retry",
+        "/api/v1/deliveries/retry",
         f"/api/v1/destinations/{destination.pk}/pause",
         f"/api/v1/events/{delivery.event_id}/replay",
     ):
@@ -93,7 +94,7 @@ def test_a_read_only_key_reads_but_changes_nothing(client, organization):
     delivery.refresh_from_db()
     destination.refresh_from_db()
     assert delivery.status == Delivery.Status.DEAD and destination.paused_at is None
-    assert AuditLog.objects.count() == before
+    assert AuditLog.objects.count() == before and not BulkRetry.objects.exists()
 
 
 def test_bearer_requests_need_no_csrf_token(organization):

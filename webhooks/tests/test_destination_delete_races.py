@@ -247,19 +247,47 @@ def test_two_bulk_retries_of_a_destination_asked_for_at_once_make_one_job(routed
     kept, _ = routed
     dead_delivery(WebhookEvent.objects.get(), kept)
     monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
-    real_start = destinations.bulk_retry_start
+    real_start = operations.bulk_retry_start
 
     def start_then_pause(**kwargs):
         job = real_start(**kwargs)
         first.pause()  # its job is created, not committed: the second request must wait, then see it
         return job
 
-    monkeypatch.setattr(destinations, "bulk_retry_start", start_then_pause)
+    monkeypatch.setattr(operations, "bulk_retry_start", start_then_pause)
     first = Paused(lambda: destinations.destination_bulk_retry(destination=Destination.objects.get(pk=kept.pk)))
     errors = run_alongside(
         first, lambda: destinations.destination_bulk_retry(destination=Destination.objects.get(pk=kept.pk))
     )
     assert len(errors) == 1 and "already queued" in str(errors[0])
+    assert BulkRetry.objects.count() == 1
+
+
+def test_a_bulk_retry_of_every_destination_and_one_of_a_destination_asked_for_at_once_make_one_job(routed, monkeypatch):
+    # The REST API's job without a destination takes the dashboard's deliveries too: the two
+    # requests are serialized per organization, not per destination.
+    from webhooks.models import BulkRetry
+    from webhooks.services import destinations
+
+    from .dashboard_helpers import dead_delivery
+
+    kept, _ = routed
+    organization = kept.organization
+    dead_delivery(WebhookEvent.objects.get(), kept)
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    real_start = operations.bulk_retry_start
+
+    def start_then_pause(**kwargs):
+        job = real_start(**kwargs)
+        first.pause()
+        return job
+
+    monkeypatch.setattr(operations, "bulk_retry_start", start_then_pause)
+    first = Paused(lambda: operations.bulk_retry_request(organization=organization, filters={}))
+    errors = run_alongside(
+        first, lambda: destinations.destination_bulk_retry(destination=Destination.objects.get(pk=kept.pk))
+    )
+    assert len(errors) == 1 and "a bulk retry of every destination is already queued" in str(errors[0])
     assert BulkRetry.objects.count() == 1
 
 

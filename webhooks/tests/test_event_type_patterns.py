@@ -129,11 +129,11 @@ def test_a_name_without_wildcards_also_takes_the_types_under_it(event_type, patt
 
 @pytest.mark.django_db
 def test_the_events_list_takes_what_a_destination_filter_takes_row_by_row(organization):
-    # With too many types to list, the events list matches row by row (selectors._event_type_condition):
+    # With too many types to list, the events list matches row by row (selectors.event_type_condition):
     # the same events as event_type_matches, dots and slashes alike.
     from webhooks.models import WebhookEvent
     from webhooks.models.subscription import event_type_matches
-    from webhooks.selectors import _event_type_condition
+    from webhooks.selectors import event_type_condition
     from webhooks.tests.factories import make_source
 
     source = make_source(organization)
@@ -145,7 +145,7 @@ def test_the_events_list_takes_what_a_destination_filter_takes_row_by_row(organi
     for pattern in ["orders", "issues", "a", "a/b", "orders/*", "*"]:
         found = set(
             WebhookEvent.objects.filter(organization=organization)
-            .filter(_event_type_condition([pattern]))
+            .filter(event_type_condition([pattern]))
             .values_list("event_type", flat=True)
         )
         assert found == {event_type for event_type in types if event_type_matches(event_type, pattern)}, pattern
