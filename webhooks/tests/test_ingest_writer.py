@@ -511,6 +511,34 @@ def test_a_redelivery_between_the_purge_keeping_the_key_and_deleting_the_event_i
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_redelivery_stored_without_the_writer_while_the_purge_runs_is_still_a_duplicate(stripe_source):
+    # The path without the writer (SQLite, a caller's transaction) looks for the key in its INSERT, not
+    # in a statement before it: here the whole purge runs just before that INSERT, and the wait
+    # cannot see a request between two statements.
+    from django.db import connection
+
+    from webhooks.services import lifecycle
+    from webhooks.services.ingest import insert_event
+
+    stored_id = _old_finished_event(stripe_source, "evt_no_writer")
+    purged = []
+
+    def purge_before_the_insert(execute, sql, params, many, context):
+        if sql.startswith(f"INSERT INTO {WebhookEvent._meta.db_table}") and not purged:
+            purge = threading.Thread(
+                target=_in_a_thread, args=(lambda: purged.append(lifecycle.purge_expired_events()),)
+            )
+            purge.start()
+            purge.join(10)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(purge_before_the_insert):
+        assert insert_event(new_event(stripe_source, "evt_no_writer")) == (stored_id, False)
+    assert purged == [1]
+    assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_its_keys_runs(stripe_source, settings):
     # A statement that started before the keys were committed may be a redelivery that missed them:
     # past the wait, the batch is not deleted (its key stays); the next run deletes it.
