@@ -417,3 +417,6 @@ CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)
 CIRCUIT_BREAKER_PERIOD_SECONDS = env.int("CIRCUIT_BREAKER_PERIOD_SECONDS", default=600)
 ALERT_INTERVAL_SECONDS = env.int("ALERT_INTERVAL_SECONDS", default=3600)  # at most one alert per destination
 RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
+# How long a retention batch waits, between keeping its events' keys and deleting them, for statements
+# that started before the keys were committed (services.lifecycle); past it the batch is left to the next run.
+RETENTION_PURGE_WAIT_SECONDS = env.float("RETENTION_PURGE_WAIT_SECONDS", default=30.0)

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DataError, connection, transaction
+from django.db import DatabaseError, DataError, connection, transaction
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS
@@ -247,26 +247,38 @@ def insert_event(event: NewEvent) -> tuple:
     retention purge deleted is counted as a duplicate of it (PurgedEventKey).
     Returns (id of the stored event, whether this call inserted it).
     """
-    digest = event_id_digest(event.provider_event_id)
-    if digest is not None:
-        # A redelivery of an event the retention purge deleted (the writer's statement checks this inline).
-        purged = PurgedEventKey.objects.filter(source_id=event.source_id, event_id_digest=digest)
-        original_id = purged.values_list("original_id", flat=True).first()
-        if original_id is not None:
-            return original_id, False
     table = WebhookEvent._meta.db_table
+    keys = PurgedEventKey._meta.db_table
     columns = ", ".join(field.column for field in _INSERTED_FIELDS)
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
+    if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
+        placeholders = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in _INSERTED_FIELDS)
+    else:
+        placeholders = ", ".join(["%s"] * len(values))
+    digest = event_id_digest(event.provider_event_id)
+    # The key is looked for in the INSERT's own snapshot, as the writer's statement does
+    # (ingest_writer._NOT_PURGED): the retention purge deletes an event only once every statement
+    # that started before its key was committed has ended, which a look in a statement of its
+    # own, before the INSERT, would escape.
     sql = (
-        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(values))}) "
+        f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {keys} WHERE source_id = %s AND event_id_digest = %s) "
         "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
         f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
         "RETURNING id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        stored_id = WebhookEvent._meta.pk.to_python(cursor.fetchone()[0])
-    return stored_id, stored_id == event.id
+        cursor.execute(sql, [*values, event.source_id, digest])
+        row = cursor.fetchone()
+    if row is not None:
+        stored_id = WebhookEvent._meta.pk.to_python(row[0])
+        return stored_id, stored_id == event.id
+    # Not inserted because of a key: a redelivery of the purged (or being purged) event.
+    purged = PurgedEventKey.objects.filter(source_id=event.source_id, event_id_digest=digest)
+    original_id = purged.values_list("original_id", flat=True).first()
+    if original_id is None:  # pragma: no cover - the key was forgotten between the two statements
+        raise DatabaseError("the event was neither inserted nor counted, and its key is gone")
+    return original_id, False
 
 
 # A stored event is purged once received more than its organization's retention ago, and its key is

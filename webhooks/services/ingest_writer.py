@@ -57,7 +57,9 @@ RETURNING id, source_id, provider_event_id"""
 
 _KEYS = PurgedEventKey._meta.db_table
 # A key the retention purge kept (PurgedEventKey) makes a duplicate of the purged event: the row is
-# not inserted, and insert_event_batch answers with the purged event's id.
+# not inserted, and insert_event_batch answers with the purged event's id. The purge commits a key
+# before it deletes the event (lifecycle._purge_organization): meanwhile the id is the stored event's,
+# and the duplicate is not counted on it.
 _NOT_PURGED = f"""WHERE NOT EXISTS (
     SELECT 1 FROM {_KEYS} AS purged WHERE purged.source_id = row.source_id AND purged.event_id_digest = row.digest
 )"""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from datetime import date, timedelta
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -92,7 +93,8 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     being sent, say to a paused destination) is kept until it is: retention must never drop
     a webhook that was acknowledged but not yet delivered. Nothing younger than
     MIN_RETENTION_DAYS is deleted, whatever the stored retention says. Each run records one
-    audit entry per organization whose events it deleted.
+    audit entry per organization whose events it deleted. A run that cannot delete a batch
+    safely (see _purge_organization) stops there; the next run goes on.
     """
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     now = now or timezone.now()
@@ -108,7 +110,7 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
         cutoff = now - timedelta(days=retention_days)
         counts = Counter()
         try:
-            _purge_organization(organization, cutoff, batch_size, counts, now)
+            finished = _purge_organization(organization, cutoff, batch_size, counts, now)
         finally:
             # Also after a failed batch: what the earlier batches deleted is gone for good.
             if counts["events"] or counts["rejected_requests"]:
@@ -124,6 +126,10 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
                     },
                 )
         deleted += counts["events"] + counts["rejected_requests"]
+        if not finished:
+            # The statement that outlasted the wait most likely started before the next
+            # organization's first batch too: waiting again for it would only make this run longer.
+            break
     return deleted
 
 
@@ -139,59 +145,127 @@ def _forget_expired_keys(now, batch_size: int) -> None:
             return
 
 
-def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter, now) -> None:
+def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter, now) -> bool:
     """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``.
 
     Each deleted event with a provider event id leaves its key (PurgedEventKey) for KEPT_DAYS more,
-    in the same transaction: a redelivery is still a duplicate once the body is gone."""
+    committed before the event is deleted: a redelivery is still a duplicate once the body is gone.
+    Returns False when it left a batch undeleted because older statements did not end in time.
+
+    Why the key is committed first, and the delete waits: the ingest INSERT skips a row whose key
+    exists (ingest_writer._NOT_PURGED) and counts one that conflicts with the stored event, in one
+    statement and one snapshot. Were the key and the delete one commit, a redelivery whose snapshot
+    predates it would see no key, wait on the event's row lock, find the row gone at the commit and
+    be stored as a new event. Here, once the keys are committed, a statement that starts sees them
+    (a duplicate, answered with the purged or still stored event's id: _purged_originals); the delete
+    waits until every statement that started before that commit has ended, and those found the event
+    still stored (a duplicate counted on it). A redelivery between the two steps is a duplicate
+    either way. A key whose event then stays (retried since, say) only answers as that event.
+    """
+    forget_after = now + timedelta(days=PurgedEventKey.KEPT_DAYS)
     while True:
         ids = list(_expired_and_finished(organization, cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
         if not ids:
-            return
-        # One short transaction per batch: no long locks, bounded memory. The events and their
-        # deliveries are locked and looked at again first, so that an event retried since the
-        # ids were read is kept, and a replay started now waits and then finds it gone.
+            return True
+        # Short transactions per batch: no long locks, bounded memory. The events are locked and
+        # looked at again in each, so that an event retried since the ids were read is kept, and
+        # a replay started now waits and then finds it gone.
         with transaction.atomic():
-            # In id order, as recording locks deliveries (delivery._lock_in_id_order): the models'
-            # newest-first default would lock them the other way round, a lock cycle with it.
-            list(
-                WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True)
+            _lock_batch(ids, deliveries=False)
+            purgeable = list(
+                _expired_and_finished(organization, cutoff).filter(pk__in=ids).values_list("pk", flat=True)
             )
-            list(
-                Delivery.objects.select_for_update()
-                .filter(event_id__in=ids)
-                .order_by("pk")
-                .values_list("pk", flat=True)
+            wrote_keys = _keep_keys(WebhookEvent.objects.filter(pk__in=purgeable), forget_after=forget_after)
+        if wrote_keys and not _older_statements_ended(settings.RETENTION_PURGE_WAIT_SECONDS):
+            # Deleting now could store a redelivery as a new event. The events stay, with their keys
+            # (a redelivery meanwhile is a duplicate of the stored event); a later run deletes them.
+            logger.warning(
+                "retention: statements started before the keys' commit still ran after %s s; %d events of "
+                "organization %s are left to the next run",
+                settings.RETENTION_PURGE_WAIT_SECONDS,
+                len(purgeable),
+                organization.pk,
             )
-            batch = _expired_and_finished(organization, cutoff).filter(pk__in=ids)
+            return False
+        with transaction.atomic():
+            _lock_batch(purgeable, deliveries=True)
+            # Only the events looked at above, whose keys are kept: one finished since waits for the next run.
+            batch = _expired_and_finished(organization, cutoff).filter(pk__in=purgeable)
             rejected = batch.filter(status=WebhookEvent.Status.REJECTED).count()
-            _keep_keys(batch, forget_after=now + timedelta(days=PurgedEventKey.KEPT_DAYS))
             removed = batch.delete()[1]
         events = removed.get(WebhookEvent._meta.label, 0)
         counts["rejected_requests"] += rejected
         counts["events"] += events - rejected
         counts["deliveries"] += removed.get(Delivery._meta.label, 0)
         if len(ids) < batch_size:
-            return
+            return True
 
 
-def _keep_keys(events, *, forget_after) -> None:
+def _lock_batch(ids: list, *, deliveries: bool) -> None:
+    # In id order, as recording locks deliveries (delivery._lock_in_id_order): the models'
+    # newest-first default would lock them the other way round, a lock cycle with it.
+    list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+    if deliveries:
+        list(Delivery.objects.select_for_update().filter(event_id__in=ids).order_by("pk").values_list("pk", flat=True))
+
+
+# Statements of other clients of this database that were running when the keys were committed.
+# Their start time is set before their snapshot is taken, and they show as active from then on: a
+# statement not listed here with a start before the commit had ended, or takes its snapshot later.
+# Backends of other roles show no state unless this role may read all statistics (pg_read_all_stats):
+# the ingest must connect with the purge's role, or this role be granted it.
+_OLDER_STATEMENTS_SQL = """
+SELECT count(*) FROM pg_stat_activity
+WHERE state = 'active' AND query_start < %s AND pid <> pg_backend_pid()
+  AND datname = current_database() AND backend_type = 'client backend'
+"""
+
+
+def _older_statements_ended(timeout: float) -> bool:
+    """Wait until no statement that started before now is still running, at most ``timeout`` seconds."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        # SQLite (embedded mode) has one writer at a time: the keys' commit came after any statement
+        # that could miss them. Inside a caller's transaction nothing is committed yet to wait for.
+        return True
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")  # the server's clock, as query_start
+        committed_at = cursor.fetchone()[0]
+        pause = 0.002
+        while True:
+            # Backend states are read once per transaction unless the snapshot is cleared.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(_OLDER_STATEMENTS_SQL, [committed_at])
+            if not cursor.fetchone()[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+def _keep_keys(events, *, forget_after) -> bool:
+    """Keep the keys of ``events`` that have a provider event id; whether there were any."""
     keyed = events.exclude(status=WebhookEvent.Status.REJECTED).filter(provider_event_id__isnull=False)
+    keys = [
+        PurgedEventKey(
+            source_id=source_id,
+            event_id_digest=event_id_digest(provider_event_id),
+            original_id=event_id,
+            received_at=received_at,
+            forget_after=forget_after,
+        )
+        for event_id, source_id, provider_event_id, received_at in keyed.values_list(
+            "id", "source_id", "provider_event_id", "received_at"
+        )
+    ]
+    # A key may be there already: left by a batch whose delete an earlier run put off (its event
+    # stayed), or by a redelivery stored in the instant of an earlier purge. It then counts from
+    # this purge, as the event's own key would.
     PurgedEventKey.objects.bulk_create(
-        [
-            PurgedEventKey(
-                source_id=source_id,
-                event_id_digest=event_id_digest(provider_event_id),
-                original_id=event_id,
-                received_at=received_at,
-                forget_after=forget_after,
-            )
-            for event_id, source_id, provider_event_id, received_at in keyed.values_list(
-                "id", "source_id", "provider_event_id", "received_at"
-            )
-        ],
-        ignore_conflicts=True,  # a key left by a redelivery stored in the instant of an earlier purge
+        keys, update_conflicts=True, unique_fields=["source", "event_id_digest"], update_fields=["forget_after"]
     )
+    return bool(keys)
 
 
 def _expired_and_finished(organization: Organization, cutoff):

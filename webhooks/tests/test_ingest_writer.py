@@ -395,39 +395,201 @@ def test_rows_committed_before_a_later_round_failed_are_answered_as_stored_not_w
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known race, not fixed: a redelivery whose INSERT takes its snapshot before the retention "
-    "purge's batch commits, and reaches its event's row while that batch holds it, waits, finds the row "
-    "gone and no key in its snapshot, and is stored as a new event",
-)
-def test_a_redelivery_racing_the_purge_of_its_event_is_still_a_duplicate(stripe_source):
-    from django.db import connection as main
-
-    from webhooks.services import lifecycle
-
-    [(stored_id, inserted)] = insert_event_batch([new_event(stripe_source, "evt_raced")])
+def _old_finished_event(source, provider_event_id: str) -> uuid.UUID:
+    [(stored_id, inserted)] = insert_event_batch([new_event(source, provider_event_id)])
     assert inserted
     WebhookEvent.objects.filter(pk=stored_id).update(
         status=WebhookEvent.Status.PROCESSED, received_at=timezone.now() - timedelta(days=40)
     )
-    outcome = []
-    with transaction.atomic():  # the purge's batch: rows locked, key kept, event deleted, not committed
-        list(WebhookEvent.objects.select_for_update().filter(pk=stored_id))
-        batch = WebhookEvent.objects.filter(pk=stored_id)
-        lifecycle._keep_keys(batch, forget_after=timezone.now() + timedelta(days=7))
-        batch.delete()
+    return stored_id
+
+
+def _in_a_thread(work) -> None:
+    from django.db import connection
+
+    try:
+        work()
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivery_racing_the_purge_of_its_event_is_still_a_duplicate(stripe_source, monkeypatch):
+    # The redelivery's INSERT takes its snapshot before the purge's keys are committed (no key in it)
+    # and waits on the event's row, locked by the purge. The purge deletes the event only once that
+    # statement has ended: it found the event still stored, a duplicate.
+    from django.db import connection as main
+
+    from webhooks.services import lifecycle
+
+    stored_id = _old_finished_event(stripe_source, "evt_raced")
+    outcome, threads = [], []
+    keep_keys = lifecycle._keep_keys
+
+    def keep_keys_while_a_redelivery_waits(events, *, forget_after):
+        kept = keep_keys(events, forget_after=forget_after)
         redelivery = threading.Thread(
-            target=lambda: outcome.extend(insert_event_batch([new_event(stripe_source, "evt_raced")]))
+            target=_in_a_thread,
+            args=(lambda: outcome.extend(insert_event_batch([new_event(stripe_source, "evt_raced")])),),
         )
         redelivery.start()
+        threads.append(redelivery)
         assert main.vendor == "postgresql"
         _wait_for_a_backend_waiting_on_a_lock(main)  # the redelivery's INSERT, on the purge's row lock
         assert not outcome
-    redelivery.join(10)
+        return kept
+
+    monkeypatch.setattr(lifecycle, "_keep_keys", keep_keys_while_a_redelivery_waits)
+    assert lifecycle.purge_expired_events() == 1
+    threads[0].join(10)
     assert outcome == [(stored_id, False)]
     assert not WebhookEvent.objects.exists()
+    assert PurgedEventKey.objects.get().original_id == stored_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_purge_deletes_no_event_before_a_statement_that_missed_its_key_has_ended(stripe_source, monkeypatch):
+    # A batch INSERT takes its snapshot before the purge's keys are committed, then waits on an earlier
+    # row of its batch (locked here) and reaches the purged event's row only later. Had the purge
+    # deleted the event meanwhile, that row would find neither the event nor a key in its snapshot,
+    # and be stored as a new event: the purge waits for the statement to end before deleting.
+    from django.db import connection as main
+
+    from webhooks.services import lifecycle
+
+    stored_id = _old_finished_event(stripe_source, "evt_later_in_batch")
+    [(recent_id, _)] = insert_event_batch([new_event(stripe_source, "evt_recent")])
+    outcome, purged, waiting = [], [], threading.Event()
+    wait = lifecycle._older_statements_ended
+
+    def noted_wait(timeout):
+        waiting.set()
+        return wait(timeout)
+
+    monkeypatch.setattr(lifecycle, "_older_statements_ended", noted_wait)
+    batch = [new_event(stripe_source, "evt_recent"), new_event(stripe_source, "evt_later_in_batch")]
+    redelivery = threading.Thread(target=_in_a_thread, args=(lambda: outcome.extend(insert_event_batch(batch)),))
+    purge = threading.Thread(target=_in_a_thread, args=(lambda: purged.append(lifecycle.purge_expired_events()),))
+    with transaction.atomic():
+        list(WebhookEvent.objects.select_for_update().filter(pk=recent_id))
+        redelivery.start()
+        _wait_for_a_backend_waiting_on_a_lock(main)  # the redelivery, on its first row
+        purge.start()
+        assert waiting.wait(10)
+        purge.join(0.5)  # a purge that did not wait would have deleted the event by now
+        assert purge.is_alive() and not purged
+        assert WebhookEvent.objects.filter(pk=stored_id).exists()
+    redelivery.join(10)
+    purge.join(10)
+    assert outcome == [(recent_id, False), (stored_id, False)]
+    assert purged == [1]
+    assert list(WebhookEvent.objects.values_list("pk", flat=True)) == [recent_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivery_between_the_purge_keeping_the_key_and_deleting_the_event_is_a_duplicate(
+    stripe_source, monkeypatch
+):
+    # The key is committed, the event still stored: both ingest paths answer with the stored event.
+    from webhooks.services import lifecycle
+    from webhooks.services.ingest import insert_event
+
+    stored_id = _old_finished_event(stripe_source, "evt_between")
+    answers = []
+    wait = lifecycle._older_statements_ended
+
+    def redeliver_then_wait(timeout):
+        assert WebhookEvent.objects.filter(pk=stored_id).exists()
+        answers.extend(insert_event_batch([new_event(stripe_source, "evt_between")]))
+        answers.append(insert_event(new_event(stripe_source, "evt_between")))
+        return wait(timeout)
+
+    monkeypatch.setattr(lifecycle, "_older_statements_ended", redeliver_then_wait)
+    assert lifecycle.purge_expired_events() == 1
+    assert answers == [(stored_id, False), (stored_id, False)]
+    assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivery_stored_without_the_writer_while_the_purge_runs_is_still_a_duplicate(stripe_source):
+    # The path without the writer (SQLite, a caller's transaction) looks for the key in its INSERT, not
+    # in a statement before it: here the whole purge runs just before that INSERT, and the wait
+    # cannot see a request between two statements.
+    from django.db import connection
+
+    from webhooks.services import lifecycle
+    from webhooks.services.ingest import insert_event
+
+    stored_id = _old_finished_event(stripe_source, "evt_no_writer")
+    purged = []
+
+    def purge_before_the_insert(execute, sql, params, many, context):
+        if sql.startswith(f"INSERT INTO {WebhookEvent._meta.db_table}") and not purged:
+            purge = threading.Thread(
+                target=_in_a_thread, args=(lambda: purged.append(lifecycle.purge_expired_events()),)
+            )
+            purge.start()
+            purge.join(10)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(purge_before_the_insert):
+        assert insert_event(new_event(stripe_source, "evt_no_writer")) == (stored_id, False)
+    assert purged == [1]
+    assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_its_keys_runs(stripe_source, settings):
+    # A statement that started before the keys were committed may be a redelivery that missed them:
+    # past the wait, the batch is not deleted (its key stays); the next run deletes it.
+    from django.db import connection as main
+
+    from webhooks.services import lifecycle
+
+    settings.RETENTION_PURGE_WAIT_SECONDS = 0.3
+    stored_id = _old_finished_event(stripe_source, "evt_waited")
+
+    def long_statement():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(2)")
+
+    sleeper = threading.Thread(target=_in_a_thread, args=(long_statement,))
+    sleeper.start()
+    try:
+        _wait_for_a_statement(main, "SELECT pg_sleep(2)")
+        started = time.monotonic()
+        assert lifecycle.purge_expired_events() == 0
+        assert 0.3 <= time.monotonic() - started < 1.5
+        assert WebhookEvent.objects.filter(pk=stored_id).exists()
+        first_key = PurgedEventKey.objects.get()
+        assert first_key.original_id == stored_id
+        # A redelivery meanwhile is a duplicate of the event still stored.
+        assert insert_event_batch([new_event(stripe_source, "evt_waited")]) == [(stored_id, False)]
+    finally:
+        sleeper.join(10)
+    assert lifecycle.purge_expired_events() == 1
+    assert not WebhookEvent.objects.exists()
+    key = PurgedEventKey.objects.get()
+    # The key counts from the run that deleted the event.
+    assert key.original_id == stored_id and key.forget_after > first_key.forget_after
+
+
+def _wait_for_a_statement(connection, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
+                "AND query = %s",
+                [text],
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"no backend ran {text!r}")
 
 
 def _wait_for_a_backend_waiting_on_a_lock(connection, timeout: float = 10.0) -> None:
