@@ -473,4 +473,3 @@ def test_the_keys_of_purged_events_are_deleted_in_batches_not_with_their_source(
     assert organization_deletion_run(organization_id=organization.pk, batch_size=3).finished
     assert not PurgedEventKey.objects.filter(source_id=source.pk).exists()
     assert max(removed_per_batch) <= 3, removed_per_batch
-
