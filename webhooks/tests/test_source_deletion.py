@@ -328,3 +328,24 @@ def test_the_api_hides_a_source_being_deleted(client, organization, sources, pub
     )
     assert created.status_code == 400, created.content
     assert AuditLog.objects.filter(action=source_deletion.DELETION_REQUESTED_ACTION).count() == 1
+
+
+def test_the_admin_deletes_a_source_in_the_background_too(client, sources, published):
+    from django.contrib.auth import get_user_model
+
+    doomed, _, _ = sources
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    url = reverse("admin:webhooks_source_delete", args=[doomed.pk])
+    with CaptureQueriesContext(connection) as queries:
+        confirmation = client.get(url)
+    assert confirmation.status_code == 200 and "deleted in the background" in confirmation.content.decode()
+    assert len(queries) < 30 and "doomed_1" not in confirmation.content.decode()  # no event is listed
+    response = client.post(url, {"post": "yes"}, follow=True)
+    assert "is under way" in response.content.decode()
+    doomed.refresh_from_db()
+    assert doomed.being_deleted and rows_of(doomed.pk)["events"] == 23
+    listing = client.get(reverse("admin:webhooks_source_changelist")).content.decode()
+    assert "being deleted" in listing
+    change = reverse("admin:webhooks_source_change", args=[doomed.pk])
+    assert client.post(change, {"name": "back", "is_active": "on"}).status_code == 403
+    assert not Source.objects.get(pk=doomed.pk).is_active
