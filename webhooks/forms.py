@@ -10,7 +10,13 @@ from django.utils import timezone
 from organizations.names import validate_name
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
-from webhooks.selectors import EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, AuditFilters, EventFilters
+from webhooks.selectors import (
+    EVENT_STATUS_FAILED,
+    EVENT_STATUS_RETRYING,
+    AuditFilters,
+    EventFilters,
+    sources_for_organization,
+)
 from webhooks.services.destinations import DestinationError, event_type_patterns
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
@@ -249,7 +255,7 @@ class DestinationForm(forms.Form):
                 },
             )
         super().__init__(*args, **kwargs)
-        self.fields["sources"].queryset = Source.objects.filter(organization=organization)
+        self.fields["sources"].queryset = sources_for_organization(organization=organization)
 
     def clean_event_types(self) -> list[str]:
         try:

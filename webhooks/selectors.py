@@ -20,8 +20,11 @@ from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_ma
 from .services.sender_marks import hookline_test_events
 
 
-def sources_for_organization(*, organization: Organization) -> QuerySet[Source]:
-    return Source.objects.filter(organization=organization)
+def sources_for_organization(*, organization: Organization, with_being_deleted: bool = False) -> QuerySet[Source]:
+    """The organization's sources; those being deleted only ``with_being_deleted`` (the source
+    list shows them, nothing else offers them)."""
+    sources = Source.objects.filter(organization=organization)
+    return sources if with_being_deleted else sources.filter(deletion_requested_at__isnull=True)
 
 
 def destinations_for_organization(*, organization: Organization) -> QuerySet[Destination]:
@@ -544,7 +547,8 @@ def event_types_for_organization(*, organization: Organization, limit: int = 200
 
 
 def source_for_organization(*, organization: Organization, source_id) -> Source:
-    return Source.objects.get(organization=organization, pk=source_id)
+    """One source, not one being deleted (Source.DoesNotExist for that too: it is as good as gone)."""
+    return Source.objects.get(organization=organization, pk=source_id, deletion_requested_at__isnull=True)
 
 
 def destination_for_organization(*, organization: Organization, destination_id) -> Destination:

@@ -11,6 +11,7 @@ from webhooks.services import (
     organization_deletion,
     processing,
     scheduling,
+    source_deletion,
 )
 
 
@@ -62,3 +63,8 @@ def forget_expired_previous_secrets() -> int:
 @shared_task(name="webhooks.tasks.delete_organization")
 def delete_organization(organization_id: int) -> bool:
     return organization_deletion.organization_deletion_task(organization_id)
+
+
+@shared_task(name="webhooks.tasks.delete_source")
+def delete_source(source_id: int) -> bool:
+    return source_deletion.source_deletion_task(source_id)

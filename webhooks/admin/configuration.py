@@ -44,6 +44,7 @@ from webhooks.services.sources import (
     ingest_url,
     source_check_secret,
     source_create,
+    source_delete,
     source_rotate_secret,
 )
 
@@ -202,7 +203,7 @@ class SourceAddForm(forms.ModelForm):
 @admin.register(Source)
 class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     form = SourceAdminForm
-    list_display = ("name", "organization", "provider", "secret_hint", "is_active", "created_at")
+    list_display = ("name", "organization", "provider", "secret_hint", "state", "created_at")
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
     search_fields = ("name", "organization__name", "organization__slug")
     list_select_related = ("organization",)
@@ -221,6 +222,54 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "secret_use_display",
     )
     actions = ("rotate_secret",)
+
+    @admin.display(description="State", ordering="is_active")
+    def state(self, obj):
+        if obj.being_deleted:
+            return format_html(
+                '<strong class="hookline-being-deleted">being deleted</strong> ({} rows deleted so far)',
+                f"{sum((obj.deletion_progress or {}).values()):,}",
+            )
+        return "receiving" if obj.is_active else "stopped"
+
+    def has_change_permission(self, request, obj=None):
+        # Nothing to change on its way out; above all it must not be made active again.
+        if obj is not None and obj.being_deleted:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def get_deleted_objects(self, objs, request):
+        """The sources only: Django's collector would list (and load) every event of theirs."""
+        deleted = [
+            format_html(
+                'Source: <a href="{}">{}</a>, with its events, their deliveries and attempts (deleted in the background)',
+                reverse("admin:webhooks_source_change", args=[source.pk]),
+                source,
+            )
+            for source in objs
+        ]
+        perms_needed = (
+            set() if request.user.is_superuser else {"a source's events and deliveries (platform admins only)"}
+        )
+        return deleted, {"sources": len(objs)}, perms_needed, []
+
+    # In place of Django's deletion (and AuditedAdminMixin's entry for it): the service writes the
+    # audit entry, and the deletion's end writes another (see source_deletion).
+    def delete_model(self, request, obj):
+        source_delete(source=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for source in queryset.select_related("organization"):
+            source_delete(source=source, actor=request.user)
+
+    def response_delete(self, request, obj_display, obj_id):
+        self.message_user(
+            request,
+            f"Deletion of “{obj_display}” is under way: it receives nothing any more, and its events are being "
+            "deleted in the background. It stays in this list, marked “being deleted”, until that is done.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:webhooks_source_changelist"))
 
     def get_readonly_fields(self, request, obj=None):
         # A source's provider and organization are part of its identity once it exists.

@@ -23,6 +23,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import (
+    SourceBeingDeleted,
     SourceError,
     source_create,
     source_delete,
@@ -111,6 +112,8 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
                     )
                 if "active" in data:
                     source_set_active(source=source, active=data["active"], actor=self.api_key)
+        except SourceBeingDeleted:  # asked meanwhile: hidden from now on
+            raise exceptions.NotFound("not found") from None
         except SourceError as exc:
             raise _refused(str(exc)) from None
         except DatabaseError:  # its row was gone when saved: deleted meanwhile
@@ -120,9 +123,11 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
         return self.show_source(source)
 
     def delete(self, request, source_id: str):
-        # The dashboard deletes a source with its events; so does this.
-        source_delete(source=self.source(source_id), actor=self.api_key)
-        return Response(status=204)
+        # The dashboard deletes a source with its events; so does this, in the background: the
+        # source stops receiving now and is hidden from the API from then on (404).
+        source = self.source(source_id)
+        source_delete(source=source, actor=self.api_key)
+        return Response({"id": source.pk, "state": "deleting"}, status=202)
 
 
 class SourceRotateSecretView(SourceShowMixin, SourceLookup):
@@ -137,6 +142,8 @@ class SourceRotateSecretView(SourceShowMixin, SourceLookup):
                 stop_previous=data["stop_previous"],
                 actor=self.api_key,
             )
+        except SourceBeingDeleted:  # asked meanwhile: hidden from now on
+            raise exceptions.NotFound("not found") from None
         except SourceError as exc:
             raise _rotation_refused(exc, source, data["stop_previous"], "secret") from None
         extra = {"previous_secret_valid_until": previous_secret_valid_until(source)}

@@ -34,6 +34,13 @@ class Source(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set when a tenant asks for the source to be deleted: it is inactive from then on, hidden
+    # from everything but the source list, and a background task deletes its events and other
+    # rows in batches and finally this one (see webhooks.services.source_deletion). Never cleared.
+    deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deletion_requested_by = models.CharField(max_length=200, null=True, blank=True, editable=False)
+    # Rows deleted so far, by kind: the background deletion's progress, kept across its runs.
+    deletion_progress = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("organization", "name")
@@ -41,6 +48,10 @@ class Source(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.provider})"
+
+    @property
+    def being_deleted(self) -> bool:
+        return self.deletion_requested_at is not None
 
     def active_secrets(self, now=None) -> list[str]:
         """Secrets that verify right now: the current one, plus the previous one inside its window."""

@@ -11,13 +11,11 @@ no other organization: only their memberships go.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import DatabaseError, connection, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -36,27 +34,24 @@ from webhooks.models import (
     WebhookEvent,
 )
 
-from .row_locks import check_foreign_keys, delete_destinations
-from .scheduling import clear_flag, schedule_once, worker_is_stopping
-
-logger = logging.getLogger(__name__)
+from .batched_deletion import (
+    BATCH_SIZE,
+    LINKS,
+    RUN_SECONDS,
+    BatchDeleter,
+    DeletionRun,
+    deletion_task,
+    publish_once,
+    removed_by_kind,
+    run_deletion,
+)
+from .row_locks import delete_destinations
 
 DELETION_REQUESTED_ACTION = "organization.deletion_requested"
 DELETED_ACTION = "organization.deleted"
 
-# Rows per batch transaction: events (with their deliveries and attempts), or rows of another kind.
-BATCH_SIZE = 500
-# A run stops after this long (well inside Celery's soft time limit) and publishes the next one.
-RUN_SECONDS = 50
-# A published run not heard of again for this long (lost message, killed worker) is published
-# again by the sweeper.
-PUBLISHED_TTL_SECONDS = 300
 # Counts on the confirmation page stop here, as the admin's lists do (CappedCountPaginator).
 COUNT_CAP = 10_000
-# Why a batch is tried again: a delivery or attempt committed after the batch read its rows
-# (foreign_key_violation), or a lock cycle with a worker (deadlock_detected).
-_TRY_AGAIN = {"23503", "40P01"}
-_BATCH_TRIES = 3
 # pg_try_advisory_lock key of an organization's run: this prefix above the organization's id.
 _RUN_LOCK_PREFIX = 0x6F7267 << 40  # "org"
 
@@ -154,9 +149,7 @@ def publish_organization_deletion(organization_id: int) -> bool:
     """Ask a worker to run the deletion, unless a run was published recently; never raises."""
     from webhooks.tasks import delete_organization
 
-    return schedule_once(
-        _published_flag(organization_id), PUBLISHED_TTL_SECONDS, delete_organization.s(organization_id)
-    )
+    return publish_once(_published_flag(organization_id), delete_organization.s(organization_id))
 
 
 def resume_organization_deletions() -> int:
@@ -172,226 +165,83 @@ def organization_deletion_task(organization_id: int) -> bool:
 
     Returns True once the organization is gone.
     """
-    run = organization_deletion_run(organization_id=organization_id)
-    if run.busy:
-        return False  # another run is at it; this one's message was a duplicate
-    # The flag stood for this run: the next one (or none) is published now.
-    clear_flag(_published_flag(organization_id))
-    if not run.finished:
-        publish_organization_deletion(organization_id)
-    if run.deleted:
-        logger.info(
-            "organization %s: deleted %s%s",
-            organization_id,
-            dict(run.deleted),
-            "; it is gone" if run.finished else "; more to do",
-        )
-    return run.finished
-
-
-@dataclass
-class DeletionRun:
-    finished: bool  # the organization is gone (deleted by this run or an earlier one)
-    deleted: Counter  # rows this run deleted, by kind
-    busy: bool = False  # another run holds the organization
+    return deletion_task(
+        run=lambda: organization_deletion_run(organization_id=organization_id),
+        flag=_published_flag(organization_id),
+        publish=lambda: publish_organization_deletion(organization_id),
+        what=f"organization {organization_id}",
+    )
 
 
 def organization_deletion_run(
     *, organization_id: int, batch_size: int | None = None, max_seconds: float | None = None
 ) -> DeletionRun:
-    """Delete a marked organization's rows in batches, then the organization; resumable at any point.
-
-    Each batch is one short transaction (which also records the progress), so a run stopped
-    anywhere (a crash, the time limit) leaves only whole batches done, and the next run goes on
-    from what is left. One run at a time per organization (a session advisory lock, released
-    with the connection if the worker dies). Returns before finishing after ``max_seconds``;
-    the caller publishes the next run.
-    """
-    organization = Organization.objects.filter(pk=organization_id).first()
-    if organization is None:
-        return DeletionRun(finished=True, deleted=Counter())
-    if not organization.being_deleted:
-        raise ValueError(f"organization {organization_id} was not asked to be deleted")
-    if not _try_run_lock(organization_id):
-        return DeletionRun(finished=False, deleted=Counter(), busy=True)
-    try:
-        # Read again under the lock: the progress a run that just ended recorded.
-        progress = Organization.objects.filter(pk=organization_id).values_list("deletion_progress", flat=True).first()
-        run = _Run(organization_id, batch_size or BATCH_SIZE, Counter(progress or {}))
-        deadline = time.monotonic() + (RUN_SECONDS if max_seconds is None else max_seconds)
-        for step in run.steps():
-            while step():
-                if time.monotonic() > deadline or worker_is_stopping():
-                    return DeletionRun(finished=False, deleted=run.deleted)
-        return DeletionRun(finished=run.delete_organization_row(), deleted=run.deleted)
-    finally:
-        _release_run_lock(organization_id)
+    """Delete a marked organization's rows in batches, then the organization; resumable at any point
+    (see batched_deletion.run_deletion). Returns before finishing after ``max_seconds``; the caller
+    publishes the next run."""
+    return run_deletion(
+        owner_model=Organization,
+        owner_id=organization_id,
+        lock_key=_RUN_LOCK_PREFIX + organization_id,
+        deleter=lambda progress: _Run(organization_id, batch_size or BATCH_SIZE, progress),
+        max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    )
 
 
-def _try_run_lock(organization_id: int) -> bool:
-    if connection.vendor != "postgresql":
-        return True  # SQLite (embedded mode) has a single worker
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RUN_LOCK_PREFIX + organization_id])
-        return bool(cursor.fetchone()[0])
-
-
-def _release_run_lock(organization_id: int) -> None:
-    if connection.vendor != "postgresql":
-        return
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RUN_LOCK_PREFIX + organization_id])
-    except DatabaseError:
-        logger.warning("could not release the deletion lock of organization %s", organization_id)
-        connection.close()  # the lock goes with the session
-
-
-def _removed(removed: dict[str, int]) -> Counter:
-    """A Django deletion's per-model counts, by the kinds an operator reads."""
-    labels = {
-        WebhookEvent._meta.label: "events (and rejected requests)",
-        Delivery._meta.label: "deliveries",
-        DeliveryAttempt._meta.label: "delivery attempts",
-        Subscription._meta.label: "source–destination links",
-        SignatureNonce._meta.label: "replay-protection records",
-        PurgedEventKey._meta.label: "purged events' keys",
-        Source._meta.label: "sources",
-        Destination._meta.label: "destinations",
-        BulkRetry._meta.label: "bulk retries",
-        Invitation._meta.label: "invitations",
-        Membership._meta.label: "members",
-        MonthlyUsage._meta.label: "monthly usage records",
-        ApiKey._meta.label: "API keys",
-    }
-    return Counter({labels[label]: count for label, count in removed.items() if count and label in labels})
-
-
-class _Run:
+class _Run(BatchDeleter):
     """One run's batches. Each step deletes one batch and says whether there may be more."""
 
-    def __init__(self, organization_id: int, batch_size: int, progress: Counter) -> None:
-        self.organization_id = organization_id
-        self.batch_size = batch_size
-        self.progress = progress  # what earlier runs deleted
-        self.deleted: Counter = Counter()  # what this run deleted
-        # The last event id deleted: each batch starts after it instead of scanning again the index
-        # entries of the rows deleted before (dead until a vacuum).
-        self.events_after = None
+    owner_model = Organization
 
     def steps(self) -> list[Callable[[], bool]]:
+        organization_id = self.owner_id
         # Events first (nearly all the rows, with their deliveries and attempts), so that what
-        # follows is small; the organization's own row last (delete_organization_row).
+        # follows is small; the organization's own row last (finish).
         return [
-            self._events,
+            lambda: self.delete_events(WebhookEvent.objects.filter(organization_id=organization_id)),
             self._destinations,
-            self._nonces,
+            lambda: self.delete_rows(SignatureNonce.objects.filter(source__organization_id=organization_id)),
             self._purged_keys,
             self._sources,
             *(
-                lambda model=model: self._plain(model)
+                lambda model=model: self.delete_rows(model.objects.filter(organization_id=organization_id))
                 for model in (BulkRetry, Invitation, Membership, MonthlyUsage, ApiKey)
             ),
         ]
 
-    def _batch(self, work: Callable[[], Counter]) -> None:
-        """``work`` and the progress it makes, in one transaction; tried again after a deadlock or
-        a row committed meanwhile. Counted only once committed."""
-        for attempt in range(1, _BATCH_TRIES + 1):
-            try:
-                with transaction.atomic():
-                    counts = work()
-                    check_foreign_keys()
-                    Organization.objects.filter(pk=self.organization_id).update(
-                        deletion_progress=dict(self.progress + self.deleted + counts)
-                    )
-                break
-            except DatabaseError as exc:
-                if attempt == _BATCH_TRIES or getattr(exc.__cause__, "sqlstate", None) not in _TRY_AGAIN:
-                    raise
-        self.deleted += counts
-
-    def _first_ids(self, rows: QuerySet, limit: int | None = None) -> list:
-        return list(rows.order_by("pk").values_list("pk", flat=True)[: limit or self.batch_size])
-
-    def _events(self) -> bool:
-        """The oldest events of a batch with their deliveries and attempts."""
-        events = WebhookEvent.objects.filter(organization_id=self.organization_id)
-        if self.events_after is not None:
-            events = events.filter(pk__gt=self.events_after)
-        ids = self._first_ids(events)
-        if not ids:
-            return False
-
-        def work() -> Counter:
-            # Events, then their deliveries, each in id order, as the retention purge locks them
-            # (lifecycle._purge_organization): a delivery's result recorded now waits for the
-            # batch, then finds its row gone (record_results drops it).
-            list(
-                WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True)
-            )
-            list(
-                Delivery.objects.select_for_update()
-                .filter(event_id__in=ids)
-                .order_by("pk")
-                .values_list("pk", flat=True)
-            )
-            return _removed(WebhookEvent.objects.filter(pk__in=ids).delete()[1])
-
-        self._batch(work)
-        self.events_after = ids[-1]
-        return len(ids) == self.batch_size
-
     def _destinations(self) -> bool:
         """Destinations with their links, as the dashboard deletes them (their deliveries went with the events)."""
-        ids = self._first_ids(Destination.objects.filter(organization_id=self.organization_id), 100)
+        ids = self.first_ids(Destination.objects.filter(organization_id=self.owner_id), 100)
         if not ids:
             return False
 
         def work() -> Counter:
             links = Subscription.objects.filter(destination_id__in=ids).count()
             gone = delete_destinations(ids)
-            return Counter({"destinations": len(gone), "source–destination links": links if gone else 0})
+            return Counter({"destinations": len(gone), LINKS: links if gone else 0})
 
-        self._batch(work)
+        self.batch(work)
         return True
-
-    def _nonces(self) -> bool:
-        ids = self._first_ids(SignatureNonce.objects.filter(source__organization_id=self.organization_id))
-        if not ids:
-            return False
-        self._batch(lambda: _removed(SignatureNonce.objects.filter(pk__in=ids).delete()[1]))
-        return len(ids) == self.batch_size
 
     def _purged_keys(self) -> bool:
         # One per purged event, kept PurgedEventKey.KEPT_DAYS: a busy source with a short retention
         # has millions. In batches here, rather than in one statement with their source.
         # By the (source, digest) index of the organization's few sources, in no order: the key's id
         # order would walk the whole table's keys, every organization's, for each batch.
-        sources = Source.objects.filter(organization_id=self.organization_id).values("pk")
-        ids = list(PurgedEventKey.objects.filter(source_id__in=sources).values_list("pk", flat=True)[: self.batch_size])
-        if not ids:
-            return False
-        self._batch(lambda: _removed(PurgedEventKey.objects.filter(pk__in=ids).delete()[1]))
-        return len(ids) == self.batch_size
+        sources = Source.objects.filter(organization_id=self.owner_id).values("pk")
+        return self.delete_rows(PurgedEventKey.objects.filter(source_id__in=sources), in_id_order=False)
 
     def _sources(self) -> bool:
         # With the few events that may have arrived after the event batches (through a web
         # process's cached source, for up to INGEST_SOURCE_CACHE_SECONDS), counted with the others.
-        ids = self._first_ids(Source.objects.filter(organization_id=self.organization_id), 100)
+        # A source being deleted on its own goes here too if its run has not finished.
+        ids = self.first_ids(Source.objects.filter(organization_id=self.owner_id), 100)
         if not ids:
             return False
-        self._batch(lambda: _removed(Source.objects.filter(pk__in=ids).delete()[1]))
+        self.batch(lambda: removed_by_kind(Source.objects.filter(pk__in=ids).delete()[1]))
         return True
 
-    def _plain(self, model) -> bool:
-        ids = self._first_ids(model.objects.filter(organization_id=self.organization_id))
-        if not ids:
-            return False
-        self._batch(lambda: _removed(model.objects.filter(pk__in=ids).delete()[1]))
-        return len(ids) == self.batch_size
-
-    def delete_organization_row(self) -> bool:
+    def finish(self) -> bool:
         """The organization itself, once nothing of it is left, audited; False if rows came back meanwhile.
 
         The organization's row is locked first: a row that references it takes a key-share lock
@@ -399,10 +249,10 @@ class _Run:
         behind, and one committed before it is seen here.
         """
         with transaction.atomic():
-            organization = Organization.objects.select_for_update().filter(pk=self.organization_id).first()
+            organization = Organization.objects.select_for_update().filter(pk=self.owner_id).first()
             if organization is None:
                 return True
-            if any(rows.exists() for _, rows in _kinds(self.organization_id)):
+            if any(rows.exists() for _, rows in _kinds(self.owner_id)):
                 return False
             audit_record(
                 action=DELETED_ACTION,
@@ -413,8 +263,8 @@ class _Run:
                     "slug": organization.slug,
                     "requested_by": organization.deletion_requested_by,
                     "requested_at": organization.deletion_requested_at.isoformat(),
-                    "deleted": dict(sorted((self.progress + self.deleted).items())),
+                    "deleted": self.total,
                 },
             )
-            Organization.objects.filter(pk=self.organization_id).delete()
+            Organization.objects.filter(pk=self.owner_id).delete()
         return True

@@ -22,6 +22,7 @@ from .operations import resume_stalled_bulk_retries
 from .organization_deletion import resume_organization_deletions
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
+from .source_deletion import resume_source_deletions
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,11 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
         if not events:
             return 0
         subscriptions_by_source: dict[int, list[Subscription]] = {}
+        # A source being deleted gives its events no new deliveries: they are about to go.
         for subscription in Subscription.objects.filter(
-            source_id__in={event.source_id for event in events}, destination__is_active=True
+            source_id__in={event.source_id for event in events},
+            destination__is_active=True,
+            source__deletion_requested_at__isnull=True,
         ):
             subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
         # Skip destinations deleted since, and keep the rest from being deleted until this commits.
@@ -227,6 +231,7 @@ def sweep(now=None) -> dict[str, int]:
         "bulk_retries": 0,
         "pause_emails": 0,
         "organization_deletions": 0,
+        "source_deletions": 0,
         "due": 0,
     }
 
@@ -250,6 +255,8 @@ def sweep(now=None) -> dict[str, int]:
 
     # Organization deletions under way whose run was lost (broker, killed worker), or that wait for their next run.
     result["organization_deletions"] = resume_organization_deletions()
+    # The same for sources being deleted.
+    result["source_deletions"] = resume_source_deletions()
 
     if Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exists():
         # Retries that came due, or deliveries whose dispatcher message was lost.

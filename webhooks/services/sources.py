@@ -35,6 +35,20 @@ class SourceError(ValueError):
     """A source cannot be created or changed as asked (message is safe to show)."""
 
 
+class SourceBeingDeleted(SourceError):
+    """The source is being deleted: it cannot be changed any more."""
+
+
+def _lock_unless_being_deleted(source: Source) -> None:
+    """Lock the source's row for the caller's transaction; refuse one that is being deleted.
+
+    The row is read again: an instance loaded before a deletion was asked for must not make the
+    source active again, or change it, meanwhile."""
+    live = Source.objects.select_for_update(no_key=True).filter(pk=source.pk, deletion_requested_at__isnull=True)
+    if not live.exists():
+        raise SourceBeingDeleted("the source is being deleted")
+
+
 class SecretRequired(SourceError):
     """The provider issues the secret, and none was given."""
 
@@ -134,6 +148,7 @@ def source_rotate_secret(
 
     During an earlier rotation's overlap, only with ``stop_previous`` (see replace_secret)."""
     require_configure_role(organization=source.organization, actor=actor)
+    _lock_unless_being_deleted(source)
     clean_secret, _, generated = _clean(source.provider, new_secret, source.options)
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
@@ -161,6 +176,7 @@ def ingest_url(source: Source) -> str:
 def source_set_active(*, source: Source, active: bool, actor=None) -> Source:
     """Pause (ingest answers 404 as for an unknown URL) or resume a source."""
     require_configure_role(organization=source.organization, actor=actor)
+    _lock_unless_being_deleted(source)
     if source.is_active == active:
         return source
     source.is_active = active
@@ -179,6 +195,7 @@ def source_set_active(*, source: Source, active: bool, actor=None) -> Source:
 def source_update(*, source: Source, name: str, options: dict[str, Any], actor=None) -> Source:
     """Rename a source and change its provider options (the secret has its own service)."""
     require_configure_role(organization=source.organization, actor=actor)
+    _lock_unless_being_deleted(source)
     _check_name(name)
     try:
         clean_options = get_provider(source.provider).clean_options(options)
@@ -198,20 +215,10 @@ def source_update(*, source: Source, name: str, options: dict[str, Any], actor=N
     return source
 
 
-@transaction.atomic
-def source_delete(*, source: Source, actor=None) -> None:
-    """Delete a source with its events (their deliveries and attempts go with them)."""
-    require_configure_role(organization=source.organization, actor=actor)
-    # A queryset delete leaves this instance its id, for the audit entry below.
-    _, deleted = Source.objects.filter(pk=source.pk).delete()
-    if not deleted.get(Source._meta.label):
-        return  # deleted meanwhile by someone else, who was audited
-    # Written last: the audit log's lock (one for the whole platform) is then held for the
-    # commit only, not while a source with millions of events is being deleted.
-    audit_record(
-        action="source.deleted",
-        organization=source.organization,
-        actor=actor,
-        target=source,
-        changes={"provider": source.provider, "name": source.name},
-    )
+def source_delete(*, source: Source, actor=None) -> bool:
+    """Delete a source with its events (their deliveries and attempts go with them), in the
+    background: the source stops receiving and is marked as being deleted at once, and a task
+    deletes its rows in batches (see source_deletion). False if it was already being deleted."""
+    from .source_deletion import source_request_deletion
+
+    return source_request_deletion(source=source, actor=actor)

@@ -313,6 +313,7 @@ AUDIT_ACTION_LABELS = {
     "source.created": "created the source",
     "source.updated": "changed the settings of the source",
     "source.changed": "changed the source",
+    "source.deletion_requested": "started deleting the source",
     "source.deleted": "deleted the source",
     "source.paused": "stopped receiving on",
     "source.resumed": "started receiving again on",

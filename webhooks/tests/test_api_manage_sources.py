@@ -7,6 +7,7 @@ import pytest
 from django.db import connection
 
 from organizations.models import ApiKey, AuditLog
+from webhooks import tasks
 from webhooks.models import Source, WebhookEvent
 
 from .api_helpers import api_delete, api_get, api_patch, api_post, make_event, make_key
@@ -251,15 +252,22 @@ def test_rotation_generates_a_secret_where_hookline_may(client, organization, ke
     assert source.previous_secret == ""
 
 
-def test_delete_removes_the_source_with_its_events(client, organization, writer):
+def test_delete_removes_the_source_with_its_events_in_the_background(client, organization, writer):
     api_key, key = writer
     source = make_source(organization)
     make_event(source)
     response = api_delete(client, key, f"/api/v1/sources/{source.pk}")
-    assert response.status_code == 204 and response.content == b""
+    assert response.status_code == 202 and response.json() == {"id": source.pk, "state": "deleting"}
+    assert _by_key("source.deletion_requested", api_key).changes == {
+        "provider": "stripe",
+        "name": "stripe source",
+        "was_active": True,
+    }
+    assert api_delete(client, key, f"/api/v1/sources/{source.pk}").status_code == 404  # hidden from now on
+    assert WebhookEvent.objects.exists()  # until the task runs
+    assert tasks.delete_source(source.pk) is True
     assert not Source.objects.exists() and not WebhookEvent.objects.exists()
-    assert _by_key("source.deleted", api_key).changes == {"provider": "stripe", "name": "stripe source"}
-    assert api_delete(client, key, f"/api/v1/sources/{source.pk}").status_code == 404
+    assert AuditLog.objects.get(action="source.deleted").changes["deleted"]["events (and rejected requests)"] == 1
 
 
 def test_another_organizations_source_is_not_found(client, other_organization, key):

@@ -16,6 +16,7 @@ from uuid6 import uuid7
 
 from organizations.models import AuditLog, Membership
 from organizations.services import organization_create
+from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
@@ -612,11 +613,19 @@ def test_create_source_with_given_secret_then_rotate_pause_resume_delete(client,
     assert Source.objects.get(pk=source.pk).is_active
 
     client.post(reverse("dashboard:source_delete", args=["acme", source.pk]))
+    assert Source.objects.get(pk=source.pk).being_deleted
+    tasks.delete_source(source.pk)  # the deletion's background run
     assert not Source.objects.filter(pk=source.pk).exists()
     actions = list(
         AuditLog.objects.filter(organization=organization, actor_user=owner).values_list("action", flat=True)
     )
-    for action in ("source.created", "source.secret_rotated", "source.paused", "source.resumed", "source.deleted"):
+    for action in (
+        "source.created",
+        "source.secret_rotated",
+        "source.paused",
+        "source.resumed",
+        "source.deletion_requested",
+    ):
         assert action in actions
     deleted = AuditLog.objects.get(action="source.deleted")  # written after the rows went: still names them
     assert (deleted.target_id, deleted.target_label) == (str(source.pk), str(source))

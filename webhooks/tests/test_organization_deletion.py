@@ -31,7 +31,7 @@ from webhooks.models import (
     Subscription,
     WebhookEvent,
 )
-from webhooks.services import organization_deletion, processing
+from webhooks.services import batched_deletion, organization_deletion, processing
 from webhooks.services.organization_deletion import (
     organization_contents,
     organization_deletion_run,
@@ -353,7 +353,7 @@ def test_a_run_that_crashed_is_resumed_by_the_sweeper(
     with django_capture_on_commit_callbacks(execute=True):
         organization_request_deletion(organization=acme)
     assert len(published) == 1
-    real_check = organization_deletion.check_foreign_keys
+    real_check = batched_deletion.check_foreign_keys
     calls = []
 
     def killed_in_the_third_batch():
@@ -362,12 +362,12 @@ def test_a_run_that_crashed_is_resumed_by_the_sweeper(
             raise SystemExit("worker killed")  # after the third batch's deletions, before its commit
         real_check()
 
-    monkeypatch.setattr(organization_deletion, "check_foreign_keys", killed_in_the_third_batch)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", killed_in_the_third_batch)
     with pytest.raises(SystemExit):
         organization_deletion_run(organization_id=acme.pk, batch_size=5)
     assert rows_of(acme.pk)[EVENTS] == 13  # two whole batches done, nothing of the third
     assert Organization.objects.get(pk=acme.pk).deletion_progress[EVENTS] == 10
-    monkeypatch.setattr(organization_deletion, "check_foreign_keys", real_check)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", real_check)
 
     published.clear()
     assert processing.sweep()["organization_deletions"] == 0  # its message may still be on its way
@@ -414,7 +414,7 @@ def test_a_batch_that_met_a_row_committed_meanwhile_is_tried_again_and_counted_o
 
     acme, _ = two_tenants
     organization_request_deletion(organization=acme)
-    real_check = organization_deletion.check_foreign_keys
+    real_check = batched_deletion.check_foreign_keys
     calls = []
 
     class ForeignKeyViolation(Exception):
@@ -426,7 +426,7 @@ def test_a_batch_that_met_a_row_committed_meanwhile_is_tried_again_and_counted_o
         if len(calls) == 1:  # an attempt recorded for a delivery of the batch, committed meanwhile
             raise IntegrityError("violates foreign key constraint") from ForeignKeyViolation()
 
-    monkeypatch.setattr(organization_deletion, "check_foreign_keys", violated_once)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", violated_once)
     assert organization_deletion_run(organization_id=acme.pk, batch_size=50).finished
     assert not Organization.objects.filter(pk=acme.pk).exists()
     done = AuditLog.objects.get(action=organization_deletion.DELETED_ACTION)
@@ -476,7 +476,7 @@ def test_the_keys_of_purged_events_are_deleted_in_batches_not_with_their_source(
         for number in range(7)
     )
     organization_request_deletion(organization=organization)
-    real_check = organization_deletion.check_foreign_keys
+    real_check = batched_deletion.check_foreign_keys
     left, removed_per_batch = [7], []
 
     def counting():  # inside each batch's transaction, after its deletions
@@ -484,7 +484,7 @@ def test_the_keys_of_purged_events_are_deleted_in_batches_not_with_their_source(
         removed_per_batch.append(left[-2] - left[-1])
         real_check()
 
-    monkeypatch.setattr(organization_deletion, "check_foreign_keys", counting)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", counting)
     assert organization_deletion_run(organization_id=organization.pk, batch_size=3).finished
     assert not PurgedEventKey.objects.filter(source_id=source.pk).exists()
     assert max(removed_per_batch) <= 3, removed_per_batch

@@ -119,3 +119,28 @@ def test_an_organization_is_deleted_by_a_real_worker(client, organization, other
     assert not WebhookEvent.objects.filter(source_id=source.pk).exists()
     assert WebhookEvent.objects.filter(source=kept).count() == 1
     assert AuditLog.objects.get(action=DELETED_ACTION).changes["deleted"]["events (and rejected requests)"] == 3
+
+
+@pytest.mark.worker
+def test_a_source_is_deleted_by_a_real_worker(client, organization, celery_worker_process):
+    from organizations.models import AuditLog
+    from webhooks.models import Source, WebhookEvent
+    from webhooks.services.source_deletion import DELETED_ACTION, source_request_deletion
+
+    source = make_source(organization, name="doomed")
+    kept = make_source(organization, name="kept")
+    for n, target in enumerate((source, source, kept)):
+        body = f'{{"id":"evt_source_{n}","object":"event","type":"invoice.paid"}}'
+        assert post_stripe(client, target, body, STRIPE_SECRET).status_code == 200
+
+    source_request_deletion(source=source)  # committed: its task is published
+    late = '{"id":"evt_late","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, source, late, STRIPE_SECRET).status_code == 404
+    deadline = time.monotonic() + 60
+    while Source.objects.filter(pk=source.pk).exists():
+        assert time.monotonic() < deadline, "not deleted in time"
+        assert celery_worker_process.poll() is None, "the worker exited"
+        time.sleep(0.2)
+    assert not WebhookEvent.objects.filter(source_id=source.pk).exists()
+    assert WebhookEvent.objects.filter(source=kept).count() == 1
+    assert AuditLog.objects.get(action=DELETED_ACTION).changes["deleted"]["events (and rejected requests)"] == 2

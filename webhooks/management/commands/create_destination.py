@@ -2,7 +2,7 @@ from django.conf import settings
 from django.urls import reverse
 
 from organizations.models import Organization
-from webhooks.models import Source
+from webhooks.selectors import sources_for_organization
 from webhooks.services.destinations import destination_create
 
 from ._base import OperatorCommand
@@ -21,7 +21,7 @@ class Command(OperatorCommand):
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
-        sources = list(Source.objects.filter(organization=organization, pk__in=options["source"]))
+        sources = list(sources_for_organization(organization=organization).filter(pk__in=options["source"]))
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:
             raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")

@@ -20,6 +20,7 @@ from webhooks.services.sample_sender import SampleSenderError, fixtures_for_prov
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
+    SourceBeingDeleted,
     SourceError,
     ingest_url,
     source_change_delay,
@@ -44,7 +45,9 @@ class SourceListView(OrganizationMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        sources = list(sources_for_organization(organization=self.organization).order_by("name"))
+        sources = list(
+            sources_for_organization(organization=self.organization, with_being_deleted=True).order_by("name")
+        )
         for source in sources:
             source.provider_label = (
                 PROVIDERS[source.provider].label if source.provider in PROVIDERS else source.provider
@@ -233,7 +236,10 @@ class SourceSetActiveView(SourceMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         active = request.POST.get("active") == "1"
-        source_set_active(source=source, active=active, actor=request.user)
+        try:
+            source_set_active(source=source, active=active, actor=request.user)
+        except SourceBeingDeleted:
+            raise Http404("no such source") from None
         messages.success(
             request,
             f"Receiving again: its URL accepts requests {source_change_delay()}."
@@ -253,9 +259,12 @@ class SourceDeleteView(SourceMixin, TemplateView):
 
     def post(self, request, *args, **kwargs):
         source = self.get_source()
-        name = source.name
         source_delete(source=source, actor=request.user)
-        messages.success(request, f"Source “{name}” and its events were deleted.")
+        messages.success(
+            request,
+            f"Source “{source.name}” is being deleted: its URL answers 404 {source_change_delay()}, "
+            "and its events are deleted in the background, then it leaves this list.",
+        )
         return redirect("dashboard:sources", self.organization.slug)
 
 

@@ -1,0 +1,185 @@
+"""Deleting a source with all its events, however many, without one long request or transaction.
+
+Asking (``source_request_deletion``) is one short transaction whose cost does not grow with the
+source's events: the source becomes inactive (ingest answers 404 for it, within
+INGEST_SOURCE_CACHE_SECONDS in the other web processes) and is marked as being deleted, with an
+audit entry. From then on it is hidden from everything but the dashboard's source list, which
+shows its state: it cannot be changed, resumed, or linked to a destination, and its received
+events get no new deliveries. A background run (``source_deletion_run``, a Celery task, resumed
+by the sweeper) then deletes its events with their deliveries and attempts, its replay-protection
+records, its purged events' keys and its links to destinations, in bounded batches, each its own
+short transaction, and the source row last, with a second audit entry that counts what went. The
+machinery (batches, progress, one run at a time, resuming) is organization deletion's
+(batched_deletion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import transaction
+from django.utils import timezone
+
+from organizations.services import audit_record
+from webhooks.models import PurgedEventKey, SignatureNonce, Source, Subscription, WebhookEvent
+
+from .batched_deletion import (
+    BATCH_SIZE,
+    RUN_SECONDS,
+    BatchDeleter,
+    DeletionRun,
+    deletion_task,
+    publish_once,
+    run_deletion,
+)
+from .permissions import require_configure_role
+
+DELETION_REQUESTED_ACTION = "source.deletion_requested"
+DELETED_ACTION = "source.deleted"
+
+# pg_try_advisory_lock key of a source's run: this prefix above the source's id (organizations
+# have their own prefix, so the two never share a key).
+_RUN_LOCK_PREFIX = 0x737263 << 40  # "src"
+
+
+def source_request_deletion(*, source: Source, actor=None) -> bool:
+    """Make the source inactive and mark it as being deleted, audited, and start the deletion.
+
+    Returns False when it was already being deleted or is gone (nothing is written then; a
+    deletion under way is published again, which is harmless). The rows go in the background.
+    """
+    require_configure_role(organization=source.organization, actor=actor)
+    with transaction.atomic():
+        # FOR NO KEY UPDATE: ingest and processing, whose new rows take a key-share lock on the
+        # source when they commit, do not wait for this.
+        locked = Source.objects.select_for_update(no_key=True).filter(pk=source.pk).first()
+        if locked is None:
+            return False  # deleted meanwhile (with its organization)
+        if locked.being_deleted:
+            transaction.on_commit(lambda: publish_source_deletion(locked.pk))
+            return False
+        was_active = locked.is_active
+        locked.is_active = False
+        locked.deletion_requested_at = timezone.now()
+        locked.deletion_requested_by = str(actor)[:200] if actor is not None else "system"
+        # save(), not update(): its post_save signal also empties this process's ingest source cache.
+        locked.save(update_fields=["is_active", "deletion_requested_at", "deletion_requested_by", "updated_at"])
+        audit_record(
+            action=DELETION_REQUESTED_ACTION,
+            organization=source.organization,
+            actor=actor,
+            target=locked,
+            changes={"provider": locked.provider, "name": locked.name, "was_active": was_active},
+        )
+        transaction.on_commit(lambda: publish_source_deletion(locked.pk))
+    source.is_active = locked.is_active
+    source.deletion_requested_at = locked.deletion_requested_at
+    source.deletion_requested_by = locked.deletion_requested_by
+    return True
+
+
+def _published_flag(source_id: int) -> str:
+    return f"source-deletion:{source_id}:published"
+
+
+def publish_source_deletion(source_id: int) -> bool:
+    """Ask a worker to run the deletion, unless a run was published recently; never raises."""
+    from webhooks.tasks import delete_source
+
+    return publish_once(_published_flag(source_id), delete_source.s(source_id))
+
+
+def resume_source_deletions() -> int:
+    """The sweeper's part: publish the deletions under way; returns how many it published (see
+    organization_deletion.resume_organization_deletions)."""
+    ids = Source.objects.filter(deletion_requested_at__isnull=False).values_list("pk", flat=True)[:100]
+    return sum(publish_source_deletion(source_id) for source_id in ids)
+
+
+def source_deletion_task(source_id: int) -> bool:
+    """One run of the deletion (the Celery task's body); publishes the next run if there is more to do.
+
+    Returns True once the source is gone.
+    """
+    return deletion_task(
+        run=lambda: source_deletion_run(source_id=source_id),
+        flag=_published_flag(source_id),
+        publish=lambda: publish_source_deletion(source_id),
+        what=f"source {source_id}",
+    )
+
+
+def source_deletion_run(
+    *, source_id: int, batch_size: int | None = None, max_seconds: float | None = None
+) -> DeletionRun:
+    """Delete a marked source's rows in batches, then the source; resumable at any point (see
+    batched_deletion.run_deletion). Returns before finishing after ``max_seconds``; the caller
+    publishes the next run."""
+    organization_id = Source.objects.filter(pk=source_id).values_list("organization_id", flat=True).first()
+    return run_deletion(
+        owner_model=Source,
+        owner_id=source_id,
+        lock_key=_RUN_LOCK_PREFIX + source_id,
+        deleter=lambda progress: _Run(source_id, batch_size or BATCH_SIZE, progress, organization_id),
+        max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    )
+
+
+def _kinds(source_id: int) -> list:
+    """Every kind of row a source owns (its events' deliveries and attempts go with the events)."""
+    return [
+        WebhookEvent.objects.filter(source_id=source_id),
+        SignatureNonce.objects.filter(source_id=source_id),
+        PurgedEventKey.objects.filter(source_id=source_id),
+        Subscription.objects.filter(source_id=source_id),
+    ]
+
+
+class _Run(BatchDeleter):
+    owner_model = Source
+
+    def __init__(self, source_id, batch_size, progress, organization_id) -> None:
+        super().__init__(source_id, batch_size, progress)
+        self.organization_id = organization_id
+
+    def steps(self) -> list[Callable[[], bool]]:
+        source_id = self.owner_id
+        # Events first: nearly all the rows. By the (organization, source, -id) index, in id order.
+        events = WebhookEvent.objects.filter(organization_id=self.organization_id, source_id=source_id)
+        return [
+            lambda: self.delete_events(events),
+            # Both by their (source, digest) unique index, in no order: id order would walk the
+            # whole table's rows, every source's, for each batch.
+            lambda: self.delete_rows(SignatureNonce.objects.filter(source_id=source_id), in_id_order=False),
+            lambda: self.delete_rows(PurgedEventKey.objects.filter(source_id=source_id), in_id_order=False),
+            lambda: self.delete_rows(Subscription.objects.filter(source_id=source_id)),
+        ]
+
+    def finish(self) -> bool:
+        """The source itself, once nothing of it is left, audited; False if rows came back meanwhile.
+
+        The source's row is locked first: a row that references it (an event through a web
+        process's cached source, a link saved by a form read before the request) takes a key-share
+        lock on it when committed, so one not committed before this point fails instead of being
+        left behind, and one committed before it is seen here and deleted by the next run.
+        """
+        with transaction.atomic():
+            source = Source.objects.select_for_update().select_related("organization").filter(pk=self.owner_id).first()
+            if source is None:
+                return True  # deleted with its organization
+            if any(rows.exists() for rows in _kinds(self.owner_id)):
+                return False
+            audit_record(
+                action=DELETED_ACTION,
+                organization=source.organization,
+                target=source,
+                changes={
+                    "provider": source.provider,
+                    "name": source.name,
+                    "requested_by": source.deletion_requested_by,
+                    "requested_at": source.deletion_requested_at.isoformat(),
+                    "deleted": self.total,
+                },
+            )
+            Source.objects.filter(pk=self.owner_id).delete()
+        return True
