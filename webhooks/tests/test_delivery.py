@@ -691,3 +691,20 @@ def test_the_dispatch_task_s_time_limits_leave_room_for_holding_results(settings
     assert tasks.dispatch_deliveries.soft_time_limit > run_at_most
     assert tasks.dispatch_deliveries.time_limit > tasks.dispatch_deliveries.soft_time_limit
     assert tasks.process_events.soft_time_limit == settings.CELERY_TASK_SOFT_TIME_LIMIT  # the others: the usual
+
+
+def test_a_dispatcher_s_mark_counts_as_kept_only_while_every_write_came_in_time(settings):
+    # A refresh held up past the mark's life (the thread starved) or a failed write: the sweeper
+    # may have judged the claims by their age meanwhile, whatever the cache does next.
+    from webhooks.services.claim_owners import MARK_TTL_SECONDS
+
+    in_time, late, failed = ClaimOwner(), ClaimOwner(), ClaimOwner()
+    assert not in_time.mark_kept()  # nothing written yet
+    for owner in (in_time, late, failed):
+        owner._stopped.set()  # one write, then the thread's loop ends
+    in_time._keep_alive()
+    late._marked_at = time.monotonic() - MARK_TTL_SECONDS - 1
+    late._keep_alive()
+    settings.CACHES = REDIS_DOWN_CACHES
+    failed._keep_alive()
+    assert (in_time.mark_kept(), late.mark_kept(), failed.mark_kept()) == (True, False, False)
