@@ -20,7 +20,7 @@ duplicates and lost, and the ingest answers seen (a 500 is a failure; a 503 is a
 Faults: worker_kill (SIGKILL to the Celery worker's whole group, then a new worker), worker_term
 (SIGTERM to its main process only: a warm shutdown, then a new worker), writer_kill (SIGKILL to
 the ingest writer process; gunicorn starts another), web_worker_kill (SIGKILL to one gunicorn
-worker), pg_stop_5 / pg_stop_40 (a fast shutdown for that long), pg_crash (an immediate
+worker), pg_stop_5 / pg_stop_40 / pg_stop_120 (a fast shutdown for that long), pg_crash (an immediate
 shutdown, i.e. crash recovery at the restart, 5 s down), pg_freeze_60 (SIGSTOP to the postmaster
 and every backend for 60 s, then SIGCONT: a frozen server), pg_cut_worker_60 (a second worker is
 started, then the first one's backends are stopped for 60 s: that worker cut off from the
@@ -63,6 +63,7 @@ ALL_FAULTS = [
     "web_worker_kill",
     "pg_stop_5",
     "pg_stop_40",
+    "pg_stop_120",
     "pg_crash",
     "pg_freeze_60",
     "pg_cut_worker_60",

@@ -30,7 +30,15 @@ def process_events() -> int:
     return processing.process_received_events()
 
 
-@shared_task(name="webhooks.tasks.dispatch_deliveries")
+_DISPATCH_SOFT_TIME_LIMIT, _DISPATCH_TIME_LIMIT = delivery.dispatcher_time_limits()
+
+
+# Longer limits than the other tasks': a run holds results through a database outage.
+@shared_task(
+    name="webhooks.tasks.dispatch_deliveries",
+    soft_time_limit=_DISPATCH_SOFT_TIME_LIMIT,
+    time_limit=_DISPATCH_TIME_LIMIT,
+)
 def dispatch_deliveries(slot: int = 0) -> int:
     return delivery.dispatch_due_deliveries(slot=slot)
 

@@ -31,7 +31,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
-from .claim_owners import ClaimOwner, owners_alive
+from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import storable_text
@@ -197,7 +197,7 @@ def release_lost_claims(now=None) -> int:
             lost[pk] = (claimed_by, claimed_at)
     alive = owners_alive({owner for owner, _ in lost.values() if owner})
     if alive:  # (None: the cache cannot be read, and the age alone decides)
-        held_at_most = timedelta(seconds=max(settings.LIVE_CLAIM_MAX_SECONDS, settings.STUCK_DELIVERY_SECONDS))
+        held_at_most = timedelta(seconds=live_claim_max_seconds())
         lost = {
             pk: (owner, claimed_at)
             for pk, (owner, claimed_at) in lost.items()
@@ -914,7 +914,9 @@ def schedule_dispatch(slot: int = 0) -> None:
 
 
 # How long past its deadline a dispatcher keeps results it could not record for the database
-# to come back (then their deliveries are released and sent again, as after a crash).
+# to come back, when its claims are judged by their age (its mark not kept: the cache down) or
+# the worker is shutting down; then their deliveries are released and sent again, as after a
+# crash. With its mark kept it holds each up to unrecorded_hold_seconds() after its claim.
 UNRECORDED_GRACE_SECONDS = 30.0
 DATABASE_RETRY_SECONDS = 1.0
 
@@ -946,6 +948,48 @@ def _record_or_keep(results: list[tuple[Delivery, SendResult]]) -> list[tuple[De
     return []
 
 
+def _still_worth_holding(
+    unrecorded: list[tuple[Delivery, SendResult]], claimed_since: dict, *, deadline: float, owner: ClaimOwner
+) -> list[tuple[Delivery, SendResult]]:
+    """Those of ``unrecorded`` the dispatcher keeps trying to record; the rest are given up on.
+
+    While the run's mark is kept the sweeper leaves its claims alone up to
+    LIVE_CLAIM_MAX_SECONDS, so each result is held up to unrecorded_hold_seconds() after its
+    claim (``claimed_since``: the monotonic clock just before it was asked for). Without the
+    mark the sweeper judges the claims by their age, and on a worker's shutdown the run must
+    end: then all are given up UNRECORDED_GRACE_SECONDS past the deadline, as before marks.
+    A result given up on leaves its delivery in flight: released by the sweeper (once the
+    run's mark is gone, or by its age) and sent again.
+    """
+    now = time.monotonic()
+    if now >= deadline + UNRECORDED_GRACE_SECONDS and (worker_is_stopping() or not owner.mark_kept()):
+        kept = []
+    else:
+        hold = unrecorded_hold_seconds()
+        kept = [(delivery, sent) for delivery, sent in unrecorded if now - claimed_since[delivery.pk] < hold]
+    if len(kept) < len(unrecorded):
+        logger.error(
+            "the database stayed unavailable: %d delivery results not recorded; they will be sent again",
+            len(unrecorded) - len(kept),
+        )
+    return kept
+
+
+def dispatcher_time_limits() -> tuple[float, float]:
+    """The dispatch task's Celery time limits (soft, hard): above the longest a run lasts.
+
+    A run claims until its deadline (DISPATCHER_MAX_SECONDS), its last sends end within
+    DELIVERY_MAX_TIMEOUT_SECONDS, and it may hold their results for unrecorded_hold_seconds()
+    after their claims (or UNRECORDED_GRACE_SECONDS past the deadline). The tasks' usual limits
+    (CELERY_TASK_SOFT_TIME_LIMIT, 120 s) would end it first while the database is down: the soft
+    limit's exception ends the run and its held results are lost, their deliveries sent again.
+    A minute more for the run's lag; the hard limit as far past the soft one as the usual pair.
+    """
+    held = max(unrecorded_hold_seconds(), settings.DELIVERY_MAX_TIMEOUT_SECONDS + UNRECORDED_GRACE_SECONDS)
+    soft = max(float(settings.CELERY_TASK_SOFT_TIME_LIMIT), settings.DISPATCHER_MAX_SECONDS + held + 60)
+    return soft, soft + settings.CELERY_TASK_TIME_LIMIT - settings.CELERY_TASK_SOFT_TIME_LIMIT
+
+
 def dispatch_due_deliveries(
     *, max_seconds: float | None = None, threads: int | None = None, slot: int = 0, linger_seconds: float | None = None
 ) -> int:
@@ -963,6 +1007,7 @@ def dispatch_due_deliveries(
     deadline = time.monotonic() + max_seconds
     pending: dict[Future, Delivery] = {}
     unrecorded: list[tuple[Delivery, SendResult]] = []  # sent, not recorded: the database is down
+    claimed_since: dict = {}  # delivery id -> the monotonic clock just before its claim was asked for
     attempted = 0
     # A claim costs the same few queries for one delivery or many: wait until a quarter of the
     # threads are free before claiming again, unless nothing is in flight.
@@ -983,7 +1028,9 @@ def dispatch_due_deliveries(
             claimed = []
             free = threads - len(pending)
             if time.monotonic() < deadline and (free >= claim_batch or not pending):
+                asked_at = time.monotonic()
                 claimed = _claim_unless_the_database_is_down(free, keeping=bool(pending or unrecorded), owner=owner.id)
+                claimed_since.update((delivery.pk, asked_at) for delivery in claimed)
                 if next_slot is not None and claimed and len(claimed) == free:
                     schedule_dispatch(next_slot)  # a backlog: let another worker process help
                 for delivery in claimed:
@@ -1007,9 +1054,11 @@ def dispatch_due_deliveries(
                     return attempted
                 # Clear the flag, then look once more (see services.scheduling).
                 clear_flag(flag)
+                asked_at = time.monotonic()
                 claimed = claim_due_deliveries(threads, owner=owner.id)
                 if not claimed:
                     return attempted
+                claimed_since = {delivery.pk: asked_at for delivery in claimed}  # nothing else is held
                 set_flag(flag, DISPATCH_FLAG_TTL)
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
@@ -1017,12 +1066,11 @@ def dispatch_due_deliveries(
             finished = [(pending.pop(future), future.result()) for future in done]
             attempted += len(finished)
             unrecorded = _record_or_keep(unrecorded + finished)
-            if unrecorded and time.monotonic() >= deadline + UNRECORDED_GRACE_SECONDS:
-                logger.error(
-                    "the database stayed unavailable: %d delivery results not recorded; they will be sent again",
-                    len(unrecorded),
-                )
-                unrecorded = []
+            if unrecorded:
+                unrecorded = _still_worth_holding(unrecorded, claimed_since, deadline=deadline, owner=owner)
+            if finished:  # forget the claims that are over
+                held = {delivery.pk for delivery in pending.values()} | {delivery.pk for delivery, _ in unrecorded}
+                claimed_since = {pk: asked_at for pk, asked_at in claimed_since.items() if pk in held}
 
 
 # --- Manual operations ----------------------------------------------------------

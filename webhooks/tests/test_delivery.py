@@ -1,6 +1,8 @@
 """Fan-out and delivery against a real local HTTP server; receivers verify with `standardwebhooks`."""
 
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.core.cache import cache
@@ -530,6 +532,118 @@ def test_results_sent_while_the_database_is_down_are_recorded_once_it_is_back(
     assert delivery.status == Delivery.Status.SUCCEEDED and delivery.attempts.count() == 1
 
 
+class _FakeClock:
+    """The dispatcher's monotonic clock, moved on by its own sleeps: minutes of an outage in a moment."""
+
+    def __init__(self):
+        self.now = time.monotonic()
+
+    def namespace(self):
+        return SimpleNamespace(time=time.time, monotonic=lambda: self.now, sleep=self.sleep)
+
+    def sleep(self, seconds):
+        self.now += seconds
+        time.sleep(0.001)  # let the other threads run
+
+
+def _database_down_until(clock, ends_at, monkeypatch, *, meanwhile=lambda: None):
+    """The dispatcher's recordings fail until ``clock`` reaches ``ends_at``; the time of each failure."""
+    from django.db import OperationalError
+
+    real_record = delivery_service._record_results
+    failures = []
+
+    def recording(results, **kwargs):
+        if clock.now < ends_at:
+            failures.append(clock.now)
+            meanwhile()
+            raise OperationalError("the database is down")
+        return real_record(results, **kwargs)
+
+    monkeypatch.setattr(delivery_service, "_record_results", recording)
+    monkeypatch.setattr(delivery_service, "_database_unreachable", lambda: clock.now < ends_at)
+    monkeypatch.setattr(delivery_service, "time", clock.namespace())
+    monkeypatch.setattr(delivery_service, "DATABASE_RETRY_SECONDS", 10.0)
+    return failures
+
+
+def _one_delivery_due(client, organization, httpserver):
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    ingest(client, source)
+    processing.process_received_events()
+
+
+def test_a_dispatcher_whose_mark_is_kept_holds_its_results_past_the_grace_while_the_database_is_down(
+    client, organization, httpserver, dispatches, monkeypatch, settings
+):
+    # 200 s down: past the grace of the claims' age (5 s run + UNRECORDED_GRACE_SECONDS), well
+    # within LIVE_CLAIM_MAX_SECONDS, for which the sweeper leaves a live dispatcher's claims alone.
+    settings.LIVE_CLAIM_MAX_SECONDS = 600
+    _one_delivery_due(client, organization, httpserver)
+    clock = _FakeClock()
+    started = clock.now
+    sweeps = []
+
+    def sweep_meanwhile():  # as the sweeper would, had it the database, 100 s after the claim
+        if clock.now >= started + 100 and not sweeps:
+            claimed_at = Delivery.objects.get().claimed_at
+            sweeps.append(processing.sweep(now=claimed_at + timedelta(seconds=100))["released"])
+
+    failures = _database_down_until(clock, started + 200, monkeypatch, meanwhile=sweep_meanwhile)
+
+    attempted = delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
+
+    assert failures[-1] - started > 5 + delivery_service.UNRECORDED_GRACE_SECONDS
+    assert sweeps == [0]  # its mark kept the claim
+    delivery = Delivery.objects.get()
+    assert attempted == 1 and len(httpserver.log) == 1  # sent once
+    assert delivery.status == Delivery.Status.SUCCEEDED and delivery.attempts.count() == 1
+    assert processing.sweep(now=timezone.now() + timedelta(hours=1))["released"] == 0
+    assert len(httpserver.log) == 1
+
+
+def test_a_dispatcher_holds_its_results_short_of_live_claim_max_seconds(
+    client, organization, httpserver, dispatches, monkeypatch, settings
+):
+    # Given up before the sweeper would release the claim: then the delivery is sent again.
+    settings.LIVE_CLAIM_MAX_SECONDS = 300
+    _one_delivery_due(client, organization, httpserver)
+    clock = _FakeClock()
+    started = clock.now
+    failures = _database_down_until(clock, started + 1000, monkeypatch)
+
+    delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
+
+    assert 300 - 30 <= clock.now - started < 300  # (a tenth of 300 short of it, at least 30 s)
+    assert failures and Delivery.objects.get().status == Delivery.Status.IN_FLIGHT  # given up on
+
+
+@pytest.mark.parametrize("why", ["the cache is down", "the worker is shutting down"])
+def test_a_dispatcher_gives_its_results_up_after_the_grace_when_its_claims_are_judged_by_age_or_it_must_end(
+    client, organization, httpserver, dispatches, monkeypatch, settings, why
+):
+    # The cache down, the sweeper cannot see the mark and releases the claims by their age; a
+    # worker shutting down must not wait minutes on its tasks.
+    settings.LIVE_CLAIM_MAX_SECONDS = 600
+    _one_delivery_due(client, organization, httpserver)
+    clock = _FakeClock()
+    started = clock.now
+    stopping = []
+    failures = _database_down_until(clock, started + 200, monkeypatch, meanwhile=lambda: stopping.append(1))
+    if why == "the cache is down":
+        settings.CACHES = REDIS_DOWN_CACHES
+    else:
+        monkeypatch.setattr(delivery_service, "worker_is_stopping", lambda: bool(stopping))
+
+    delivery_service.dispatch_due_deliveries(max_seconds=5, threads=2, slot=1, linger_seconds=0)
+
+    grace = delivery_service.UNRECORDED_GRACE_SECONDS
+    assert failures and clock.now - started <= 5 + grace + 2 * delivery_service.DATABASE_RETRY_SECONDS
+    assert Delivery.objects.get().status == Delivery.Status.IN_FLIGHT  # given up on: sent again once released
+
+
 def test_a_form_encoded_body_is_delivered_as_sent_and_verifies_as_the_readme_says(client, organization, httpserver):
     # Not every provider sends JSON: the standardwebhooks libraries' verify() parses the body after
     # checking the signature, so the README tells receivers to check such bodies with sign().
@@ -566,3 +680,31 @@ def test_a_form_encoded_body_is_delivered_as_sent_and_verifies_as_the_readme_say
     assert any(hmac_module.compare_digest(expected, sent) for sent in request.headers["webhook-signature"].split(" "))
     with pytest.raises(WebhookVerificationError):  # and a changed body still fails the signature first
         Webhook(secret).verify(request.get_data() + b"&x=2", dict(request.headers))
+
+
+def test_the_dispatch_task_s_time_limits_leave_room_for_holding_results(settings):
+    # The soft limit's exception would end a run holding results, and they would be sent again.
+    from webhooks import tasks
+    from webhooks.services.claim_owners import unrecorded_hold_seconds
+
+    run_at_most = settings.DISPATCHER_MAX_SECONDS + unrecorded_hold_seconds()
+    assert tasks.dispatch_deliveries.soft_time_limit > run_at_most
+    assert tasks.dispatch_deliveries.time_limit > tasks.dispatch_deliveries.soft_time_limit
+    assert tasks.process_events.soft_time_limit == settings.CELERY_TASK_SOFT_TIME_LIMIT  # the others: the usual
+
+
+def test_a_dispatcher_s_mark_counts_as_kept_only_while_every_write_came_in_time(settings):
+    # A refresh held up past the mark's life (the thread starved) or a failed write: the sweeper
+    # may have judged the claims by their age meanwhile, whatever the cache does next.
+    from webhooks.services.claim_owners import MARK_TTL_SECONDS
+
+    in_time, late, failed = ClaimOwner(), ClaimOwner(), ClaimOwner()
+    assert not in_time.mark_kept()  # nothing written yet
+    for owner in (in_time, late, failed):
+        owner._stopped.set()  # one write, then the thread's loop ends
+    in_time._keep_alive()
+    late._marked_at = time.monotonic() - MARK_TTL_SECONDS - 1
+    late._keep_alive()
+    settings.CACHES = REDIS_DOWN_CACHES
+    failed._keep_alive()
+    assert (in_time.mark_kept(), late.mark_kept(), failed.mark_kept()) == (True, False, False)
