@@ -30,8 +30,12 @@ REDIS_DOWN_CACHES = {
 
 @pytest.fixture(autouse=True)
 def _clean_cache():
-    # Each test starts with an empty Redis database (rate-limit counters, processing flag).
+    # Each test starts with an empty Redis database (rate-limit counters, processing flag), and
+    # with none of the API limits' counts kept in memory while Redis was down.
+    from webhooks.api.limits import local_counts_clear
+
     cache.clear()
+    local_counts_clear()
     yield
 
 

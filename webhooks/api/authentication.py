@@ -4,18 +4,13 @@ and errors as JSON ``{"error", "detail"}``."""
 from __future__ import annotations
 
 import logging
-import time
 
-from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from django.views import defaults
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import JSONParser
@@ -28,7 +23,7 @@ from accounts.http import client_ip
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
-logger = logging.getLogger(__name__)
+from .limits import api_auth_failure_counted, api_request_counted
 
 API_PATH_PREFIX = "/api/"
 
@@ -43,19 +38,18 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
-        address = client_ip(request)
-        if wait := auth_failures_refusal(address):
-            raise exceptions.Throttled(wait, detail="Too many wrong API keys from this address.")
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            auth_failure_counted(address)
-            raise exceptions.AuthenticationFailed(
-                "send the key as Authorization: Bearer hl_<prefix>_<secret>", code="invalid_api_key"
-            )
         try:
+            if scheme.lower() != "bearer" or not key.strip():
+                raise ApiKeyError("send the key as Authorization: Bearer hl_<prefix>_<secret>")
             api_key = api_key_authenticate(key=key.strip())
         except ApiKeyError as exc:
-            auth_failure_counted(address)
+            # Only a key that did not authenticate is counted, and only it is refused past the limit:
+            # a right key from the same address (a tenant behind a scanner's NAT, the good key of a
+            # job that also holds a stale one) is never locked out. A malformed key costs no query;
+            # a well-formed one costs one indexed lookup by its prefix, over the limit too.
+            if wait := api_auth_failure_counted(address=client_ip(request)):
+                raise exceptions.Throttled(wait, detail="Too many wrong API keys from this address.") from None
             raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from None
         if not api_key.organization.is_active:
             state = "being deleted" if api_key.organization.being_deleted else "suspended"
@@ -77,71 +71,15 @@ class ApiKeyAccess(BasePermission):
         return True
 
 
-_PERIODS = {"s": 1, "m": 60, "h": 3600}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    """ "600/min" → (600, 60)."""
-    number, _, period = rate.partition("/")
-    return int(number), _PERIODS[period.strip()[:1]]
-
-
 class ApiKeyRateThrottle(BaseThrottle):
-    """At most settings.API_RATE_LIMIT requests per key and window, counted in the cache.
-
-    A fixed window counted with one atomic INCR, so that concurrent requests never both see the
-    last free slot. Without the cache the request is let through: the API reads PostgreSQL, and a
-    Redis outage should not take it down with it.
-    """
+    """At most settings.API_RATE_LIMIT requests per key and window (webhooks.api.limits)."""
 
     def allow_request(self, request, view):
-        limit, period = parse_rate(settings.API_RATE_LIMIT)
-        now = time.time()
-        window = int(now // period)
-        key = f"api:rate:{request.auth.pk}:{period}:{window}"
-        try:
-            cache.add(key, 0, timeout=period + 1)
-            count = cache.incr(key)
-        except (ConnectionInterrupted, RedisError, ValueError) as exc:
-            logger.warning("API rate limit not counted, the cache is unavailable: %s", exc)
-            return True
-        self.retry_after = max(1, int((window + 1) * period - now + 0.999))
-        return count <= limit
+        self.retry_after = api_request_counted(api_key_id=request.auth.pk)
+        return self.retry_after is None
 
     def wait(self):
         return self.retry_after
-
-
-def _auth_failures_key(address: str | None) -> tuple[str, int, float]:
-    limit, period = parse_rate(settings.API_AUTH_FAILURE_LIMIT)
-    now = time.time()
-    window = int(now // period)
-    return f"api:auth-failures:{address or 'unknown'}:{period}:{window}", limit, (window + 1) * period - now
-
-
-def auth_failures_refusal(address: str | None) -> int | None:
-    """Seconds to wait when this address sent API_AUTH_FAILURE_LIMIT wrong keys in the window, else None.
-
-    Checked before the key is looked up: a flood of made-up keys then costs one cache read each,
-    not a database query. Every key from that address waits, a right one too (a shared address
-    pays for its noisy neighbour until the window ends). Without the cache nothing is refused.
-    """
-    key, limit, left = _auth_failures_key(address)
-    try:
-        failures = cache.get(key, 0)
-    except (ConnectionInterrupted, RedisError) as exc:
-        logger.warning("API key failures not checked, the cache is unavailable: %s", exc)
-        return None
-    return max(1, int(left + 0.999)) if failures >= limit else None
-
-
-def auth_failure_counted(address: str | None) -> None:
-    key, _, left = _auth_failures_key(address)
-    try:
-        cache.add(key, 0, timeout=int(left) + 2)
-        cache.incr(key)
-    except (ConnectionInterrupted, RedisError, ValueError) as exc:
-        logger.warning("API key failure not counted, the cache is unavailable: %s", exc)
 
 
 def api_exception_handler(exc, context):
