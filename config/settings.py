@@ -330,9 +330,11 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
-# Requests per API key: "<number>/<s|min|h>", counted in the cache (webhooks.api.authentication).
+# Requests per API key: "<number>/<s|min|h>", counted in the cache, in each process's memory while the
+# cache is down (webhooks.api.limits).
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="600/min")
-# Wrong or malformed API keys per client address before its API requests are refused for the rest of the window.
+# Wrong or malformed API keys per client address before its wrong keys get 429 for the rest of the
+# window (right keys still pass), counted as above.
 API_AUTH_FAILURE_LIMIT = env.str("API_AUTH_FAILURE_LIMIT", default="30/min")
 
 # --- Static files, i18n -------------------------------------------------------
