@@ -118,35 +118,36 @@ def destination_check_delivery_policy(
     """Refuse (DestinationError naming the field) a policy outside the bounds a tenant may set.
     None is the default for each: 10 concurrent sends, no rate limit, every step of the schedule,
     no age limit. The dashboard, the REST API and the admin all check through here."""
+    most = max_attempts_allowed()
     bounds = (
         (
             "max_concurrency",
             max_concurrency,
             Destination.MIN_CONCURRENCY,
             Destination.MAX_CONCURRENCY,
-            "concurrent attempts",
+            "concurrent attempts must be a whole number from {low} to {high}",
         ),
         (
             "rate_limit_per_second",
             rate_limit_per_second,
             Destination.MIN_RATE_LIMIT_PER_SECOND,
             Destination.MAX_RATE_LIMIT_PER_SECOND,
-            "attempts a second (or none for no limit)",
+            "the rate limit must be a whole number from {low} to {high} attempts a second, or empty for none",
         ),
         (
             "max_attempts",
             max_attempts,
             1,
-            max_attempts_allowed(),
-            "attempts (1: no retries; none for the whole schedule)",
+            most,
+            "the number of attempts must be a whole number from {low} (no retries) to {high} (the platform's "
+            "whole schedule), or empty for the whole schedule",
         ),
     )
-    for field, value, low, high, unit in bounds:
+    for field, value, low, high, message in bounds:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            name = field.replace("_", " ")
-            raise DestinationError(f"the {name} must be a whole number from {low} to {high} {unit}", field=field)
+            raise DestinationError(message.format(low=low, high=high), field=field)
     if max_retry_age_seconds is not None:
         low, high = Destination.MIN_RETRY_AGE_SECONDS, Destination.MAX_RETRY_AGE_SECONDS
         if (
@@ -156,7 +157,7 @@ def destination_check_delivery_policy(
         ):
             raise DestinationError(
                 f"the retry age limit must be from {duration_words(low)} to {duration_words(high)} "
-                f"({low} to {high} seconds), or none for no limit",
+                f"({low} to {high} seconds), or empty for no limit",
                 field="max_retry_age_seconds",
             )
 
