@@ -17,7 +17,7 @@ from webhooks.selectors import (
     EventFilters,
     sources_for_organization,
 )
-from webhooks.services.destinations import DestinationError, event_type_patterns
+from webhooks.services.destinations import DestinationError, event_type_patterns, max_attempts_allowed
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
 
@@ -239,6 +239,35 @@ class DestinationForm(forms.Form):
         "passing trouble (a 404 during a deploy, a 401 while a key changes): such deliveries are then "
         "retried on the usual schedule. Redirects (3xx) are never followed or retried.",
     )
+    # Bounds are the service's (destination_check_delivery_policy), shown on the field at once.
+    max_concurrency = forms.IntegerField(
+        label="Concurrent attempts",
+        required=False,
+        widget=forms.NumberInput(attrs={"min": Destination.MIN_CONCURRENCY, "max": Destination.MAX_CONCURRENCY}),
+        help_text=f"At most this many deliveries are being sent here at once ({Destination.MIN_CONCURRENCY} to "
+        f"{Destination.MAX_CONCURRENCY}; empty: 10). Lower it for a receiver that cannot take many requests in parallel.",
+    )
+    rate_limit_per_second = forms.IntegerField(
+        label="Rate limit (attempts a second)",
+        required=False,
+        widget=forms.NumberInput(
+            attrs={"min": Destination.MIN_RATE_LIMIT_PER_SECOND, "max": Destination.MAX_RATE_LIMIT_PER_SECOND}
+        ),
+        help_text=f"Empty for no limit; at most {Destination.MAX_RATE_LIMIT_PER_SECOND}. Deliveries over it wait.",
+    )
+    max_attempts = forms.IntegerField(
+        label="Attempts at most",
+        required=False,
+        help_text="Empty: the first attempt and every retry of the platform's schedule. 1: no retries. "
+        "Retries asked for by hand come on top.",
+    )
+    max_retry_age_hours = forms.FloatField(
+        label="Stop retrying after (hours)",
+        required=False,
+        widget=forms.NumberInput(attrs={"min": 0, "step": "any"}),
+        help_text="No retry later than this many hours after the event reached this destination (0.5 is 30 "
+        "minutes); a later step of the schedule is moved up to that time. Empty: no age limit.",
+    )
 
     def __init__(self, *args, organization, destination: Destination | None = None, **kwargs):
         if destination is not None:
@@ -250,12 +279,42 @@ class DestinationForm(forms.Form):
                     "url": destination.url,
                     "timeout_seconds": destination.timeout_seconds,
                     "retry_client_errors": destination.retry_client_errors,
+                    "max_concurrency": destination.max_concurrency,
+                    "rate_limit_per_second": destination.rate_limit_per_second,
+                    "max_attempts": destination.max_attempts,
+                    "max_retry_age_hours": (
+                        None
+                        if destination.max_retry_age_seconds is None
+                        else f"{destination.max_retry_age_seconds / 3600:.6g}"
+                    ),
                     "sources": [subscription.source_id for subscription in subscriptions],
                     "event_types": ", ".join(subscriptions[0].event_types) if subscriptions else "",
                 },
             )
         super().__init__(*args, **kwargs)
         self.fields["sources"].queryset = sources_for_organization(organization=organization)
+        self.fields["max_attempts"].widget.attrs.update(min=1, max=max_attempts_allowed())
+
+    def clean_max_retry_age_hours(self) -> int | None:
+        """In seconds, as the service takes it (which checks the bounds)."""
+        hours = self.cleaned_data["max_retry_age_hours"]
+        return None if hours is None else round(hours * 3600)
+
+    def delivery_policy(self) -> dict:
+        """The policy's settings as destination_create and destination_update take them."""
+        data = self.cleaned_data
+        default_concurrency = Destination._meta.get_field("max_concurrency").default
+        return {
+            "max_concurrency": default_concurrency if data["max_concurrency"] is None else data["max_concurrency"],
+            "rate_limit_per_second": data["rate_limit_per_second"],
+            "max_attempts": data["max_attempts"],
+            "max_retry_age_seconds": data["max_retry_age_hours"],
+        }
+
+    def add_service_error(self, exc: DestinationError) -> None:
+        """A refusal of the service, on the field it is about (the URL, unless it names another)."""
+        field = {"max_retry_age_seconds": "max_retry_age_hours"}.get(exc.field, exc.field)
+        self.add_error(field if field in self.fields else "url", str(exc))
 
     def clean_event_types(self) -> list[str]:
         try:

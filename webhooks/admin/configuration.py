@@ -23,8 +23,10 @@ from webhooks.models import BulkRetry, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 from webhooks.services.destinations import (
+    DELIVERY_POLICY_FIELDS,
     DestinationError,
     destination_bulk_retry,
+    destination_check_delivery_policy,
     destination_check_secret,
     destination_check_url,
     destination_rotate_secret,
@@ -438,9 +440,23 @@ class DestinationAdminForm(forms.ModelForm):
             "max_concurrency",
             "rate_limit_per_second",
             "retry_client_errors",
+            "max_attempts",
+            "max_retry_age_seconds",
             "is_active",
         )
         field_classes = {"name": NameField}
+
+    def clean(self):
+        cleaned = super().clean()
+        # The bounds tenants get on the dashboard and the API (the service's), checked field by
+        # field so that each refusal shows on its own field, once.
+        for field in DELIVERY_POLICY_FIELDS:
+            if field in cleaned and field not in self.errors:
+                try:
+                    destination_check_delivery_policy(**{field: cleaned[field]})
+                except DestinationError as exc:
+                    self.add_error(field, str(exc))
+        return cleaned
 
     def clean_new_secret(self):
         new_secret = self.cleaned_data.get("new_secret")
@@ -492,6 +508,8 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
         "max_concurrency",
         "rate_limit_per_second",
         "retry_client_errors",
+        "max_attempts",
+        "max_retry_age_seconds",
         "is_active",
         "secret_hint",
         "new_secret",

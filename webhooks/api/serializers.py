@@ -177,6 +177,8 @@ class DestinationSerializer(serializers.Serializer):
     max_concurrency = serializers.IntegerField()
     rate_limit_per_second = serializers.IntegerField(allow_null=True)
     retry_client_errors = serializers.BooleanField()
+    max_attempts = serializers.IntegerField(allow_null=True)
+    max_retry_age_seconds = serializers.IntegerField(allow_null=True)
     subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
     created_at = serializers.DateTimeField()
 

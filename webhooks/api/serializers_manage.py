@@ -116,6 +116,12 @@ class DestinationSerializerBase(serializers.Serializer):
         min_value=Destination.MIN_TIMEOUT_SECONDS, max_value=Destination.MAX_TIMEOUT_SECONDS
     )
     retry_client_errors = serializers.BooleanField()
+    # Whole numbers here; their bounds are the service's (destination_check_delivery_policy), so the
+    # dashboard, the API and the admin refuse the same values with the same words.
+    max_concurrency = serializers.IntegerField()
+    rate_limit_per_second = serializers.IntegerField(allow_null=True)
+    max_attempts = serializers.IntegerField(allow_null=True)
+    max_retry_age_seconds = serializers.IntegerField(allow_null=True)
 
     def validate_sources(self, ids: list[int]) -> list[Source]:
         """The organization's sources by id. Another organization's id is answered as one that does
@@ -148,6 +154,10 @@ class DestinationCreateSerializer(DestinationSerializerBase):
         min_value=Destination.MIN_TIMEOUT_SECONDS, max_value=Destination.MAX_TIMEOUT_SECONDS, required=False
     )
     retry_client_errors = serializers.BooleanField(default=False)
+    max_concurrency = serializers.IntegerField(required=False)
+    rate_limit_per_second = serializers.IntegerField(allow_null=True, default=None)
+    max_attempts = serializers.IntegerField(allow_null=True, default=None)
+    max_retry_age_seconds = serializers.IntegerField(allow_null=True, default=None)
 
 
 class DestinationUpdateSerializer(DestinationSerializerBase):

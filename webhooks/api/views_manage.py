@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
 from webhooks.services.destinations import (
+    DELIVERY_POLICY_FIELDS,
     DestinationError,
     destination_create,
     destination_delete,
@@ -177,10 +178,12 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
                 timeout_seconds=data.get("timeout_seconds"),
                 retry_client_errors=data["retry_client_errors"],
                 actor=self.api_key,
+                **{field: data.get(field) for field in DELIVERY_POLICY_FIELDS},
             )
         except DestinationError as exc:
-            # The other fields were checked above: what is left is the URL (as on the dashboard).
-            raise _refused(str(exc), "url") from None
+            # The other fields were checked above: what is left is the URL (as on the dashboard),
+            # or a setting of the delivery policy, which the service names.
+            raise _refused(str(exc), exc.field or "url") from None
         except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile
             raise Conflict(
                 "a source it names was deleted, or the destination changed, meanwhile: read them again"
@@ -221,9 +224,10 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
                 timeout_seconds=data.get("timeout_seconds", destination.timeout_seconds),
                 retry_client_errors=data.get("retry_client_errors"),
                 actor=self.api_key,
+                **{field: data[field] for field in DELIVERY_POLICY_FIELDS if field in data},
             )
         except DestinationError as exc:
-            raise _refused(str(exc), "url") from None
+            raise _refused(str(exc), exc.field or "url") from None
         except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile
             raise Conflict(
                 "a source it names was deleted, or the destination changed, meanwhile: read them again"

@@ -13,6 +13,12 @@ class Destination(models.Model):
     # receiver holds a sending thread too long (DELIVERY_MAX_TIMEOUT_SECONDS may cap it lower).
     MIN_TIMEOUT_SECONDS = 1.0
     MAX_TIMEOUT_SECONDS = 60.0
+    # Bounds a tenant may set (services.destinations checks them for the dashboard, API and admin):
+    # more concurrent sends than a dispatcher has threads would only let one destination crowd out
+    # the others; a rate limit above a thousand a second is no limit in practice.
+    MIN_CONCURRENCY, MAX_CONCURRENCY = 1, 50
+    MIN_RATE_LIMIT_PER_SECOND, MAX_RATE_LIMIT_PER_SECOND = 1, 1000
+    MIN_RETRY_AGE_SECONDS, MAX_RETRY_AGE_SECONDS = 60, 30 * 86400
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="destinations")
     name = models.CharField(max_length=200)
@@ -29,12 +35,35 @@ class Destination(models.Model):
     )
     is_active = models.BooleanField(default=True)
     # Fairness: one slow or failing destination can hold at most this many sending threads.
-    max_concurrency = models.PositiveSmallIntegerField(default=10)
-    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="Empty for no limit.")
+    max_concurrency = models.PositiveSmallIntegerField(
+        default=10, validators=[MinValueValidator(MIN_CONCURRENCY), MaxValueValidator(MAX_CONCURRENCY)]
+    )
+    rate_limit_per_second = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Empty for no limit.",
+        validators=[MinValueValidator(MIN_RATE_LIMIT_PER_SECOND), MaxValueValidator(MAX_RATE_LIMIT_PER_SECOND)],
+    )
     rate_window_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     rate_window_count = models.PositiveIntegerField(default=0, editable=False)
     # Most 4xx answers mean "never going to work"; some receivers use them for transient trouble.
     retry_client_errors = models.BooleanField(default=False)
+    # The destination's own retry policy, within DELIVERY_RETRY_SCHEDULE (services.delivery.decide_outcome).
+    # Attempts by hand (retry, bulk retry) come on top, as they do on the schedule.
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Attempts on the schedule, the first included (1: no retries). "
+        "Empty for every step of DELIVERY_RETRY_SCHEDULE.",
+    )
+    max_retry_age_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(MIN_RETRY_AGE_SECONDS), MaxValueValidator(MAX_RETRY_AGE_SECONDS)],
+        help_text="No retry is scheduled later than this many seconds after the delivery was created "
+        "(the last one is moved up to that time). Empty for no age limit.",
+    )
     # Circuit breaker: paused destinations keep their deliveries queued until resumed.
     paused_at = models.DateTimeField(null=True, blank=True)
     pause_reason = models.CharField(max_length=300, blank=True)

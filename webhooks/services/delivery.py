@@ -34,7 +34,7 @@ from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
-from .text import storable_text
+from .text import duration_words, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +100,29 @@ class Outcome:
     error: str = ""
 
 
-def retry_delay_seconds(attempt_count: int) -> float | None:
-    """Delay before the next try after ``attempt_count`` failed tries; None when they are used up."""
+def retry_delay_seconds(attempt_count: int, *, max_attempts: int | None = None) -> float | None:
+    """Delay before the next try after ``attempt_count`` failed tries; None when they are used up
+    (the schedule's steps, or fewer where a destination allows ``max_attempts`` in all)."""
     schedule = settings.DELIVERY_RETRY_SCHEDULE
-    if attempt_count > len(schedule):
+    if attempt_count > len(schedule) or (max_attempts is not None and attempt_count >= max_attempts):
         return None
     # Jitter spreads the retries of a destination that failed for many events at once.
     return schedule[attempt_count - 1] * random.uniform(0.9, 1.1)
 
 
-def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, destination: Destination) -> Outcome:
-    """What a response means: success, another try later, or dead."""
+def decide_outcome(
+    response: outbound.OutboundResponse,
+    *,
+    attempt_count: int,
+    destination: Destination,
+    age_seconds: float = 0.0,
+) -> Outcome:
+    """What a response means: success, another try later, or dead.
+
+    ``attempt_count`` counts the attempts on the schedule (Delivery.scheduled_attempt_count) and
+    ``age_seconds`` how long ago the delivery was created; the destination's max_attempts and
+    max_retry_age_seconds may end its retries before the schedule does.
+    """
     status = response.status
     if status is not None and 200 <= status < 300:
         return Outcome(Delivery.Status.SUCCEEDED)
@@ -125,14 +137,37 @@ def decide_outcome(response: outbound.OutboundResponse, *, attempt_count: int, d
     error = response.error or f"HTTP {status}"
     if not retryable:
         return Outcome(Delivery.Status.DEAD, error=f"{error}: not retried (client error)")
-    delay = retry_delay_seconds(attempt_count)
+    max_attempts = destination.max_attempts
+    delay = retry_delay_seconds(attempt_count, max_attempts=max_attempts)
     if delay is None:
+        if max_attempts is not None and max_attempts <= len(settings.DELIVERY_RETRY_SCHEDULE):
+            allowed = "no retries" if max_attempts == 1 else f"{max_attempts} attempts"
+            return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left (the destination allows {allowed})")
         return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left")
+    asked_wait = None
     if response.retry_after is not None:
         # A receiver's Retry-After may put the next try later, never sooner: each try still
         # uses up the schedule, so "Retry-After: 1" from a receiver in maintenance would
         # otherwise run through every retry in seconds and dead-letter what a pause would save.
-        delay = max(delay, min(response.retry_after, float(settings.RETRY_AFTER_MAX_SECONDS)))
+        asked_wait = min(response.retry_after, float(settings.RETRY_AFTER_MAX_SECONDS))
+        delay = max(delay, asked_wait)
+    if (max_age := destination.max_retry_age_seconds) is not None:
+        # No try later than max_age after the delivery was created: the schedule's next step is
+        # moved up to that time (one last try at the limit), and a try at or past it was the last.
+        # Never moved up before a receiver's Retry-After, which asked for no try until then.
+        left = max_age - age_seconds
+        limit = duration_words(max_age)
+        if left <= 0:
+            return Outcome(
+                Delivery.Status.DEAD,
+                error=f"{error}: no retries left (older than the destination's retry limit of {limit})",
+            )
+        if asked_wait is not None and asked_wait > left:
+            return Outcome(
+                Delivery.Status.DEAD,
+                error=f"{error}: no retries left (Retry-After asks to wait past the destination's retry limit of {limit})",
+            )
+        delay = min(delay, left)
     return Outcome(Delivery.Status.PENDING, delay=delay, error=error)
 
 
@@ -717,7 +752,10 @@ def _record_results(
         same_outcome: dict[tuple, list[tuple[Delivery, SendResult, Outcome]]] = defaultdict(list)
         for delivery, result in sends:
             outcome = decide_outcome(
-                result.response, attempt_count=delivery.scheduled_attempt_count, destination=delivery.destination
+                result.response,
+                attempt_count=delivery.scheduled_attempt_count,
+                destination=delivery.destination,
+                age_seconds=(now - delivery.created_at).total_seconds(),
             )
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])

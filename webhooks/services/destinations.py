@@ -23,10 +23,28 @@ from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
+from .text import duration_words
 
 
 class DestinationError(ValueError):
-    """A destination cannot be saved as asked (message is safe to show)."""
+    """A destination cannot be saved as asked (message is safe to show); ``field`` names the
+    setting at fault when it is one of the delivery policy's."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+# destination_update's default for a setting that None would set to "no limit".
+UNCHANGED = _Unchanged()
+
+# The delivery policy's settings, in the order forms and audit entries list them.
+DELIVERY_POLICY_FIELDS = ("max_concurrency", "rate_limit_per_second", "max_attempts", "max_retry_age_seconds")
 
 
 def destination_check_url(url: str) -> None:
@@ -82,7 +100,86 @@ def _check_settings(name: str, timeout_seconds: float | None) -> None:
         raise DestinationError(problem)
     low, high = Destination.MIN_TIMEOUT_SECONDS, Destination.MAX_TIMEOUT_SECONDS
     if timeout_seconds is not None and not low <= timeout_seconds <= high:
-        raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds")
+        raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds", field="timeout_seconds")
+
+
+def max_attempts_allowed() -> int:
+    """The most attempts a destination may ask for: the first and every step of the platform's schedule."""
+    return len(settings.DELIVERY_RETRY_SCHEDULE) + 1
+
+
+def destination_check_delivery_policy(
+    *,
+    max_concurrency: int | None = None,
+    rate_limit_per_second: int | None = None,
+    max_attempts: int | None = None,
+    max_retry_age_seconds: int | None = None,
+) -> None:
+    """Refuse (DestinationError naming the field) a policy outside the bounds a tenant may set.
+    None is the default for each: 10 concurrent sends, no rate limit, every step of the schedule,
+    no age limit. The dashboard, the REST API and the admin all check through here."""
+    most = max_attempts_allowed()
+    bounds = (
+        (
+            "max_concurrency",
+            max_concurrency,
+            Destination.MIN_CONCURRENCY,
+            Destination.MAX_CONCURRENCY,
+            "concurrent attempts must be a whole number from {low} to {high}",
+        ),
+        (
+            "rate_limit_per_second",
+            rate_limit_per_second,
+            Destination.MIN_RATE_LIMIT_PER_SECOND,
+            Destination.MAX_RATE_LIMIT_PER_SECOND,
+            "the rate limit must be a whole number from {low} to {high} attempts a second, or empty for none",
+        ),
+        (
+            "max_attempts",
+            max_attempts,
+            1,
+            most,
+            "the number of attempts must be a whole number from {low} (no retries) to {high} (the platform's "
+            "whole schedule), or empty for the whole schedule",
+        ),
+    )
+    for field, value, low, high, message in bounds:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise DestinationError(message.format(low=low, high=high), field=field)
+    if max_retry_age_seconds is not None:
+        low, high = Destination.MIN_RETRY_AGE_SECONDS, Destination.MAX_RETRY_AGE_SECONDS
+        if (
+            isinstance(max_retry_age_seconds, bool)
+            or not isinstance(max_retry_age_seconds, int)
+            or not (low <= max_retry_age_seconds <= high)
+        ):
+            raise DestinationError(
+                f"the retry age limit must be from {duration_words(low)} to {duration_words(high)} "
+                f"({low} to {high} seconds), or empty for no limit",
+                field="max_retry_age_seconds",
+            )
+
+
+def retry_policy_words(destination: Destination) -> str:
+    """A destination's retries in plain words, as its page shows them."""
+    schedule = settings.DELIVERY_RETRY_SCHEDULE
+    attempts = min(destination.max_attempts or max_attempts_allowed(), max_attempts_allowed())
+    steps = schedule[: attempts - 1]
+    if not steps:
+        text = "no retries: the first failed attempt is final"
+    else:
+        waits = ", ".join(duration_words(step) for step in steps)
+        retries = "1 retry" if len(steps) == 1 else f"{len(steps)} retries"
+        whole = "" if destination.max_attempts else " (the platform's whole schedule)"
+        text = f"up to {attempts} attempts{whole}: {retries}, after waits of about {waits}"
+    if destination.max_retry_age_seconds and steps:
+        text += (
+            f"; none later than {duration_words(destination.max_retry_age_seconds)} after the event reached this "
+            "destination (a later step is moved up to that time)"
+        )
+    return text + ". Retries asked for by hand come on top."
 
 
 def event_type_patterns(patterns: Iterable[str], *, has_sources: bool) -> list[str]:
@@ -123,11 +220,22 @@ def destination_create(
     event_types: list[str] | None = None,
     timeout_seconds: float | None = None,
     retry_client_errors: bool = False,
+    max_concurrency: int | None = None,
+    rate_limit_per_second: int | None = None,
+    max_attempts: int | None = None,
+    max_retry_age_seconds: int | None = None,
     actor=None,
 ) -> tuple[Destination, str]:
-    """Create a destination with a new signing secret; returns it and the secret (shown once)."""
+    """Create a destination with a new signing secret; returns it and the secret (shown once).
+    ``max_concurrency`` None is the default (10); the other limits' None is no limit."""
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
+    destination_check_delivery_policy(
+        max_concurrency=max_concurrency,
+        rate_limit_per_second=rate_limit_per_second,
+        max_attempts=max_attempts,
+        max_retry_age_seconds=max_retry_age_seconds,
+    )
     destination_check_url(url)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
@@ -139,7 +247,11 @@ def destination_create(
         secret=secret,
         secret_hint=secret_hint(secret),
         retry_client_errors=retry_client_errors,
+        rate_limit_per_second=rate_limit_per_second,
+        max_attempts=max_attempts,
+        max_retry_age_seconds=max_retry_age_seconds,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
+        **({"max_concurrency": max_concurrency} if max_concurrency is not None else {}),
     )
     for source in sources:
         subscription_create(destination=destination, source=source, event_types=event_types or [], actor=actor)
@@ -148,7 +260,14 @@ def destination_create(
         organization=organization,
         actor=actor,
         target=destination,
-        changes={"name": name, "url": url, "secret": SECRET_MASK, "retry_client_errors": retry_client_errors},
+        changes={
+            "name": name,
+            "url": url,
+            "secret": SECRET_MASK,
+            "timeout_seconds": destination.timeout_seconds,
+            "retry_client_errors": retry_client_errors,
+            **{field: getattr(destination, field) for field in DELIVERY_POLICY_FIELDS},
+        },
     )
     return destination, secret
 
@@ -185,12 +304,30 @@ def destination_update(
     event_types: list[str],
     timeout_seconds: float,
     retry_client_errors: bool | None = None,
+    max_concurrency: int | _Unchanged = UNCHANGED,
+    rate_limit_per_second: int | _Unchanged | None = UNCHANGED,
+    max_attempts: int | _Unchanged | None = UNCHANGED,
+    max_retry_age_seconds: int | _Unchanged | None = UNCHANGED,
     actor=None,
 ) -> Destination:
-    """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged)
-    and which sources (and event types) it receives."""
+    """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged),
+    its delivery policy (UNCHANGED unless given; None is no limit) and which sources (and event
+    types) it receives."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
+    policy = {
+        field: value
+        for field, value in (
+            ("max_concurrency", max_concurrency),
+            ("rate_limit_per_second", rate_limit_per_second),
+            ("max_attempts", max_attempts),
+            ("max_retry_age_seconds", max_retry_age_seconds),
+        )
+        if value is not UNCHANGED
+    }
+    if policy.get("max_concurrency", 0) is None:
+        raise DestinationError("the max concurrency needs a number (10 by default)", field="max_concurrency")
+    destination_check_delivery_policy(**policy)
     if url != destination.url:
         destination_check_url(url)
     wanted = {source.pk: source for source in sources}
@@ -201,6 +338,7 @@ def destination_update(
     fields = [("name", name), ("url", url), ("timeout_seconds", timeout_seconds)]
     if retry_client_errors is not None:
         fields.append(("retry_client_errors", retry_client_errors))
+    fields += list(policy.items())
     for field, value in fields:
         if getattr(destination, field) != value:
             changes[field] = [getattr(destination, field), value]

@@ -70,3 +70,14 @@ def _indented_json(text: str) -> str | None:
     if not isinstance(parsed, dict | list):
         return None  # a bare number or string reads as well as it is
     return json.dumps(parsed, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def duration_words(seconds: float) -> str:
+    """A span of time for people, to the two largest units: "45 s", "1 min 30 s", "6 h", "1 day 6 h"."""
+    remaining = round(seconds)
+    parts = []
+    for size, unit in ((86400, "day"), (3600, "h"), (60, "min"), (1, "s")):
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}")
+    return " ".join(parts[:2]) or "0 s"

@@ -77,9 +77,13 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
     page.get_by_label("Name").fill("My app")
     page.get_by_label("URL").fill(httpserver.url_for("/receiver"))
     page.get_by_label("Stripe live").check()
+    page.get_by_label("Attempts at most").fill("3")
+    page.get_by_label("Stop retrying after (hours)").fill("6")
     page.get_by_role("button", name="Create destination").click()
-    secret = Destination.objects.get(name="My app").secret
-    assert page.input_value("#one-time-secret") == secret
+    page.wait_for_selector("#one-time-secret")
+    destination = Destination.objects.get(name="My app")
+    assert page.input_value("#one-time-secret") == destination.secret
+    assert (destination.max_attempts, destination.max_retry_age_seconds) == (3, 6 * 3600)
 
     page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/")
     page.get_by_role("link", name="Send test event").click()

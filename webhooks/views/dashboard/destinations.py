@@ -22,6 +22,7 @@ from webhooks.services.destinations import (
     destination_rotate_secret,
     destination_set_paused,
     destination_update,
+    retry_policy_words,
 )
 from webhooks.services.operations import NothingToDo, OperationError
 
@@ -76,9 +77,10 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
+                    **form.delivery_policy(),
                 )
             except DestinationError as exc:
-                form.add_error("url", str(exc))
+                form.add_service_error(exc)
             else:
                 warn_of_patterns_matching_nothing(request, self.organization, form.cleaned_data["event_types"])
                 # Shown in this response only: it is never stored in the clear or shown again.
@@ -96,6 +98,7 @@ class DestinationDetailView(DestinationMixin, TemplateView):
         context.update(
             destination=destination,
             health=destination_health(destination=destination),
+            retry_policy=retry_policy_words(destination),
             subscriptions=list(destination.subscriptions.select_related("source")),
             bulk_retries=bulk_retries,
             bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
@@ -140,9 +143,10 @@ class DestinationEditView(DestinationMixin, TemplateView):
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
                     actor=request.user,
+                    **form.delivery_policy(),
                 )
             except DestinationError as exc:
-                form.add_error("url", str(exc))
+                form.add_service_error(exc)
             else:
                 messages.success(request, "Destination saved.")
                 warn_of_patterns_matching_nothing(request, self.organization, form.cleaned_data["event_types"])
