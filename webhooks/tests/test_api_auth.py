@@ -74,7 +74,8 @@ def test_an_organization_being_deleted_refuses_its_keys_at_once_and_says_why(cli
 def test_a_dashboard_session_is_not_an_api_credential(client, owner):
     client.force_login(owner)
     response = client.get("/api/v1/events")
-    assert response.status_code == 401
+    _assert_json_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_a_read_only_key_reads_but_changes_nothing(client, organization):
@@ -104,6 +105,8 @@ def test_bearer_requests_need_no_csrf_token(organization):
     strict = Client(enforce_csrf_checks=True)
     response = api_post(strict, key, f"/api/v1/destinations/{destination.pk}/pause")
     assert response.status_code == 200, response.content
+    destination.refresh_from_db()
+    assert destination.paused_at is not None
 
 
 def test_each_key_is_rate_limited_on_its_own(client, organization, settings):
@@ -122,8 +125,11 @@ def test_without_the_cache_requests_are_not_refused(client, organization, settin
     from conftest import REDIS_DOWN_CACHES
 
     _, key = make_key(organization)
+    source = make_source(organization)
     settings.CACHES = REDIS_DOWN_CACHES
-    assert api_get(client, key, "/api/v1/sources").status_code == 200
+    response = api_get(client, key, "/api/v1/sources")
+    assert response.status_code == 200, response.content
+    assert [item["id"] for item in response.json()["results"]] == [source.pk]
 
 
 def test_unknown_paths_and_methods_answer_json(client, organization):
@@ -149,8 +155,17 @@ def test_a_key_belongs_to_the_organization_not_to_who_made_it(client, organizati
     from organizations.api_keys import api_key_create
 
     _, key = api_key_create(organization=organization, name="by-admin", access=ApiKey.Access.READ_ONLY, actor=user)
+    source = make_source(organization)
+    event = make_event(source)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
     membership.delete()
-    assert api_get(client, key, "/api/v1/events").status_code == 200
+    response = api_get(client, key, "/api/v1/events")
+    assert response.status_code == 200, response.content
+    assert [item["id"] for item in response.json()["results"]] == [str(event.pk)]
+    # Made by an admin, the read-only key still changes nothing.
+    _assert_json_error(api_post(client, key, f"/api/v1/destinations/{destination.pk}/pause"), 403, "read_only_key")
+    destination.refresh_from_db()
+    assert destination.paused_at is None
 
 
 def test_a_trailing_slash_is_optional(client, organization):
@@ -186,6 +201,11 @@ def test_right_keys_are_not_counted_as_failures(client, organization, settings):
     _, key = make_key(organization)
     for _ in range(5):
         assert api_get(client, key, "/api/v1/sources").status_code == 200
+    # Nothing was counted: the address still has both of its failures before it must wait.
+    unknown = "hl_0123456789_" + "A" * 43
+    for _ in range(2):
+        _assert_json_error(api_get(client, unknown, "/api/v1/sources"), 401, "invalid_api_key")
+    _assert_json_error(api_get(client, unknown, "/api/v1/sources"), 429, "rate_limited")
 
 
 def test_without_the_cache_wrong_keys_are_answered_401(client, organization, settings):
