@@ -161,7 +161,7 @@ def test_rows_waiting_together_share_one_commit_and_each_gets_its_own_answer(str
         first = pool.submit(writer.write, events[0], 10)
         assert gate.first_started.wait(10)
         rest = [pool.submit(writer.write, event, 10) for event in events[1:]]
-        time.sleep(0.3)  # every other row is queued behind the held batch
+        _wait_until_queued(writer, len(rest))  # every other row is queued behind the held batch
         assert not any(future.done() for future in rest), "nothing is answered before its commit"
         gate.gate.set()
         outcomes = [first.result(10)] + [future.result(10) for future in rest]
@@ -219,13 +219,14 @@ def test_an_unstorable_row_fails_alone_and_its_batch_neighbours_are_committed(
         first = pool.submit(writer.write, good[0], 10)
         assert gate.first_started.wait(10)
         futures = [pool.submit(writer.write, event, 10) for event in (good[1], bad, good[2])]
-        time.sleep(0.3)
+        _wait_until_queued(writer, len(futures))  # so that the bad row and its neighbours share a batch
         gate.gate.set()
         assert first.result(10)[1] is True
         assert futures[0].result(10)[1] is True and futures[2].result(10)[1] is True
         with pytest.raises(DataError):
             futures[1].result(10)
     assert set(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == {"evt_ok_0", "evt_ok_1", "evt_ok_2"}
+    assert gate.sizes[:2] == [1, 3]  # the bad row was in its neighbours' batch
 
 
 @pytest.mark.parametrize(
@@ -393,6 +394,15 @@ def test_rows_committed_before_a_later_round_failed_are_answered_as_stored_not_w
     assert all(pending.done.is_set() for pending in batch)
     assert WebhookEvent.objects.get(pk=first.id).duplicate_count == 0
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
+
+
+def _wait_until_queued(writer: IngestWriter, rows: int, timeout: float = 10.0) -> None:
+    """Until ``rows`` rows wait in the writer's queue (a sleep would race a slow thread start on a busy host)."""
+    deadline = time.monotonic() + timeout
+    while writer._queue.qsize() < rows:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{writer._queue.qsize()} of {rows} rows were queued")
+        time.sleep(0.005)
 
 
 def _old_finished_event(source, provider_event_id: str) -> uuid.UUID:
