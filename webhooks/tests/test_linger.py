@@ -49,11 +49,34 @@ def published(monkeypatch):
     return sent
 
 
-def test_idle_processing_task_picks_up_an_event_arriving_while_it_lingers(client, organization, published):
+def empty_looks(monkeypatch, module, name) -> threading.Semaphore:
+    """Released each time ``module.name`` (the task's look for work) finds nothing: three of them
+    mean the task is idle and lingering (a task that does not linger looks twice at most: once, and
+    once more after clearing its flag). A sleep would race a slow thread start on a busy host."""
+    found_nothing = threading.Semaphore(0)
+    real = getattr(module, name)
+
+    def noted(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if not found:
+            found_nothing.release()
+        return found
+
+    monkeypatch.setattr(module, name, noted)
+    return found_nothing
+
+
+def wait_until_lingering(found_nothing: threading.Semaphore) -> None:
+    for _ in range(3):
+        assert found_nothing.acquire(timeout=10), "the task did not linger"
+
+
+def test_idle_processing_task_picks_up_an_event_arriving_while_it_lingers(client, organization, published, monkeypatch):
     source = make_source(organization)
+    found_nothing = empty_looks(monkeypatch, processing, "process_event_batch")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(closing_connections(processing.process_received_events, linger_seconds=5))
-        time.sleep(0.3)
+        wait_until_lingering(found_nothing)
         # While it lingers its flag is set, so the ingest below publishes no message.
         assert cache.get(processing.PROCESSING_SCHEDULED_KEY) is not None
         event_id = ingest(client, source, "evt_while_lingering")
@@ -82,16 +105,19 @@ def test_processing_task_ends_at_its_time_limit_and_hands_over_to_a_fresh_task(
     assert published == ["process_events"]  # a fresh task continues; what was queued runs first
 
 
-def test_idle_dispatcher_sends_a_delivery_that_falls_due_while_it_lingers(organization, httpserver, published):
+def test_idle_dispatcher_sends_a_delivery_that_falls_due_while_it_lingers(
+    organization, httpserver, published, monkeypatch
+):
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
     arrived = threading.Event()
+    found_nothing = empty_looks(monkeypatch, delivery_service, "_claim_unless_the_database_is_down")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(
             closing_connections(delivery_service.dispatch_due_deliveries, threads=2, linger_seconds=5)
         )
-        time.sleep(0.3)
+        wait_until_lingering(found_nothing)
         event = WebhookEvent.objects.create(
             organization=organization, source=source, provider_event_id="evt_due", event_type="invoice.paid", body=b"{}"
         )
@@ -117,20 +143,10 @@ def test_an_idle_dispatcher_lingers_for_its_setting_then_ends(
     source = make_source(organization)
     destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
-    empty_looks = threading.Semaphore(0)
-    real_claim = delivery_service._claim_unless_the_database_is_down
-
-    def noted_claim(*args, **kwargs):
-        claimed = real_claim(*args, **kwargs)
-        if not claimed:
-            empty_looks.release()
-        return claimed
-
-    monkeypatch.setattr(delivery_service, "_claim_unless_the_database_is_down", noted_claim)
+    found_nothing = empty_looks(monkeypatch, delivery_service, "_claim_unless_the_database_is_down")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(closing_connections(delivery_service.dispatch_due_deliveries, threads=2))
-        for _ in range(2):  # found nothing, then looked again: it is lingering
-            assert empty_looks.acquire(timeout=10), "the dispatcher did not linger"
+        wait_until_lingering(found_nothing)
         event = WebhookEvent.objects.create(
             organization=organization,
             source=source,
