@@ -112,11 +112,16 @@ def test_a_link_works_once_and_voids_the_code_sent_with_it(client, owner):
 def test_a_code_works_once_and_voids_the_link_sent_with_it(client, owner):
     ask(client, owner.email)
     message = mail.outbox[0]
-    assert client.post(CODE, {"code": code_in(message)}).status_code == 302
-    assert Client().post(link_path(message)).status_code == 400
+    response = client.post(CODE, {"code": code_in(message)})
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(client) == str(owner.pk)
+    other = Client()
+    assert other.post(link_path(message)).status_code == 400
+    assert signed_in_user_id(other) is None
     client.logout()
     client.post(SIGN_IN, {"email": owner.email})  # puts the address back in the session
     assert client.post(CODE, {"code": code_in(message)}).status_code == 400
+    assert signed_in_user_id(client) is None
 
 
 def test_a_newer_email_replaces_the_older_code(client, owner):
@@ -125,7 +130,10 @@ def test_a_newer_email_replaces_the_older_code(client, owner):
     old, new = mail.outbox
     if code_in(old) != code_in(new):
         assert client.post(CODE, {"code": code_in(old)}).status_code == 400
-    assert client.post(CODE, {"code": code_in(new)}).status_code == 302
+        assert signed_in_user_id(client) is None
+    response = client.post(CODE, {"code": code_in(new)})
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(client) == str(owner.pk)
 
 
 def test_a_link_expires_after_15_minutes_and_a_code_after_5(client, owner, clock):
@@ -141,7 +149,10 @@ def test_a_link_expires_after_15_minutes_and_a_code_after_5(client, owner, clock
 def test_a_link_is_still_good_just_before_it_expires(client, owner, clock):
     ask(client, owner.email)
     clock.now += 15 * 60 - 1
-    assert Client().post(link_path(mail.outbox[0])).status_code == 302
+    browser = Client()
+    response = browser.post(link_path(mail.outbox[0]))
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(browser) == str(owner.pk)
 
 
 def test_records_are_stored_hashed_with_their_ttl(client, owner):
@@ -191,6 +202,7 @@ def test_the_wrong_code_lock_ends_with_its_window_however_often_one_tries(client
     settings.SIGN_IN_REQUESTS_PER_EMAIL = 100
     ask(client, owner.email)
     assert client.post(CODE, {"code": code_in(mail.outbox[-1])}).status_code == 302
+    assert signed_in_user_id(client) == str(owner.pk)
 
 
 def test_a_new_code_does_not_reset_the_wrong_code_count(client, owner):
@@ -222,7 +234,9 @@ def test_sign_in_emails_are_limited_per_ip(client, settings, db):
     for n in range(3):
         assert ask(client, f"person{n}@example.com").status_code == 302
     assert ask(client, "person9@example.com").status_code == 429
+    assert [message.to for message in mail.outbox] == [[f"person{n}@example.com"] for n in range(3)]
     assert ask(Client(REMOTE_ADDR="10.1.2.3"), "person9@example.com").status_code == 302
+    assert len(mail.outbox) == 4 and mail.outbox[-1].to == ["person9@example.com"]
 
 
 def test_sign_in_emails_are_limited_per_ipv6_64_not_per_address_within_it(settings, db):
@@ -231,7 +245,9 @@ def test_sign_in_emails_are_limited_per_ipv6_64_not_per_address_within_it(settin
     for n in range(3):
         assert ask(Client(REMOTE_ADDR=f"2001:db8:5:6::{n + 1}"), f"person{n}@example.com").status_code == 302
     assert ask(Client(REMOTE_ADDR="2001:db8:5:6:ffff::9"), "person9@example.com").status_code == 429
+    assert len(mail.outbox) == 3
     assert ask(Client(REMOTE_ADDR="2001:db8:5:7::1"), "person9@example.com").status_code == 302
+    assert len(mail.outbox) == 4 and mail.outbox[-1].to == ["person9@example.com"]
 
 
 def test_code_tries_are_limited_per_ip(owner, settings):

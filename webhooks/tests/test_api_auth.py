@@ -86,7 +86,8 @@ def test_an_organization_being_deleted_refuses_its_keys_at_once_and_says_why(cli
 def test_a_dashboard_session_is_not_an_api_credential(client, owner):
     client.force_login(owner)
     response = client.get("/api/v1/events")
-    assert response.status_code == 401
+    _assert_json_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_a_read_only_key_reads_but_changes_nothing(client, organization):
@@ -116,6 +117,8 @@ def test_bearer_requests_need_no_csrf_token(organization):
     strict = Client(enforce_csrf_checks=True)
     response = api_post(strict, key, f"/api/v1/destinations/{destination.pk}/pause")
     assert response.status_code == 200, response.content
+    destination.refresh_from_db()
+    assert destination.paused_at is not None
 
 
 def test_each_key_is_rate_limited_on_its_own(client, organization, settings, window_held):
@@ -181,8 +184,17 @@ def test_a_key_belongs_to_the_organization_not_to_who_made_it(client, organizati
     from organizations.api_keys import api_key_create
 
     _, key = api_key_create(organization=organization, name="by-admin", access=ApiKey.Access.READ_ONLY, actor=user)
+    source = make_source(organization)
+    event = make_event(source)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
     membership.delete()
-    assert api_get(client, key, "/api/v1/events").status_code == 200
+    response = api_get(client, key, "/api/v1/events")
+    assert response.status_code == 200, response.content
+    assert [item["id"] for item in response.json()["results"]] == [str(event.pk)]
+    # Made by an admin, the read-only key still changes nothing.
+    _assert_json_error(api_post(client, key, f"/api/v1/destinations/{destination.pk}/pause"), 403, "read_only_key")
+    destination.refresh_from_db()
+    assert destination.paused_at is None
 
 
 def test_a_trailing_slash_is_optional(client, organization):
@@ -242,8 +254,10 @@ def test_right_keys_are_not_counted_as_failures(client, organization, settings, 
     _, key = make_key(organization)
     for _ in range(5):
         assert api_get(client, key, "/api/v1/sources").status_code == 200
-    for status in (401, 401, 429):
-        assert api_get(client, UNKNOWN_KEY, "/api/v1/sources").status_code == status
+    # Nothing was counted: the address still has both of its failures before it must wait.
+    for _ in range(2):
+        _assert_json_error(api_get(client, UNKNOWN_KEY, "/api/v1/sources"), 401, "invalid_api_key")
+    _assert_json_error(api_get(client, UNKNOWN_KEY, "/api/v1/sources"), 429, "rate_limited")
 
 
 def test_with_redis_down_wrong_keys_are_still_limited_and_right_ones_pass(client, organization, settings, window_held):

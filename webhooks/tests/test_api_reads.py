@@ -276,14 +276,16 @@ def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, re
 def test_page_links_start_with_public_base_url_behind_a_proxy(client, organization, reader_key, settings):
     settings.PUBLIC_BASE_URL = "https://hooks.example.com"
     source = make_source(organization)
-    for _ in range(3):
-        make_event(source)
+    events = {str(make_event(source).pk) for _ in range(3)}
     # The proxy reached Django over plain HTTP with its own Host and said nothing of the scheme.
     first = client.get("/api/v1/events?limit=1", HTTP_AUTHORIZATION=f"Bearer {reader_key}", HTTP_HOST="localhost")
     next_link = first.json()["next"]
     assert next_link.startswith("https://hooks.example.com/api/v1/events?")
     second = client.get(next_link.removeprefix("https://hooks.example.com"), HTTP_AUTHORIZATION=f"Bearer {reader_key}")
     assert second.json()["previous"].startswith("https://hooks.example.com/api/v1/events?")
+    # The link is the next page: another of the events, not the first one again.
+    [on_first], [on_second] = first.json()["results"], second.json()["results"]
+    assert on_first["id"] != on_second["id"] and {on_first["id"], on_second["id"]} <= events
 
 
 def test_list_queries_do_not_grow_with_the_page(client, organization, reader_key):

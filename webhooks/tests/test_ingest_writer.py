@@ -161,7 +161,7 @@ def test_rows_waiting_together_share_one_commit_and_each_gets_its_own_answer(str
         first = pool.submit(writer.write, events[0], 10)
         assert gate.first_started.wait(10)
         rest = [pool.submit(writer.write, event, 10) for event in events[1:]]
-        time.sleep(0.3)  # every other row is queued behind the held batch
+        _wait_until_queued(writer, len(rest))  # every other row is queued behind the held batch
         assert not any(future.done() for future in rest), "nothing is answered before its commit"
         gate.gate.set()
         outcomes = [first.result(10)] + [future.result(10) for future in rest]
@@ -219,13 +219,14 @@ def test_an_unstorable_row_fails_alone_and_its_batch_neighbours_are_committed(
         first = pool.submit(writer.write, good[0], 10)
         assert gate.first_started.wait(10)
         futures = [pool.submit(writer.write, event, 10) for event in (good[1], bad, good[2])]
-        time.sleep(0.3)
+        _wait_until_queued(writer, len(futures))  # so that the bad row and its neighbours share a batch
         gate.gate.set()
         assert first.result(10)[1] is True
         assert futures[0].result(10)[1] is True and futures[2].result(10)[1] is True
         with pytest.raises(DataError):
             futures[1].result(10)
     assert set(WebhookEvent.objects.values_list("provider_event_id", flat=True)) == {"evt_ok_0", "evt_ok_1", "evt_ok_2"}
+    assert gate.sizes[:2] == [1, 3]  # the bad row was in its neighbours' batch
 
 
 @pytest.mark.parametrize(
@@ -395,6 +396,15 @@ def test_rows_committed_before_a_later_round_failed_are_answered_as_stored_not_w
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
 
 
+def _wait_until_queued(writer: IngestWriter, rows: int, timeout: float = 10.0) -> None:
+    """Until ``rows`` rows wait in the writer's queue (a sleep would race a slow thread start on a busy host)."""
+    deadline = time.monotonic() + timeout
+    while writer._queue.qsize() < rows:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{writer._queue.qsize()} of {rows} rows were queued")
+        time.sleep(0.005)
+
+
 def _old_finished_event(source, provider_event_id: str) -> uuid.UUID:
     [(stored_id, inserted)] = insert_event_batch([new_event(source, provider_event_id)])
     assert inserted
@@ -539,7 +549,9 @@ def test_a_redelivery_stored_without_the_writer_while_the_purge_runs_is_still_a_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_its_keys_runs(stripe_source, settings):
+def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_its_keys_runs(
+    stripe_source, settings, monkeypatch
+):
     # A statement that started before the keys were committed may be a redelivery that missed them:
     # past the wait, the batch is not deleted (its key stays); the next run deletes it.
     from django.db import connection as main
@@ -548,6 +560,15 @@ def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_i
 
     settings.RETENTION_PURGE_WAIT_SECONDS = 0.3
     stored_id = _old_finished_event(stripe_source, "evt_waited")
+    waits = []
+    real_wait = lifecycle._older_statements_ended
+
+    def noted_wait(timeout):
+        ended = real_wait(timeout)
+        waits.append((timeout, ended))
+        return ended
+
+    monkeypatch.setattr(lifecycle, "_older_statements_ended", noted_wait)
 
     def long_statement():
         from django.db import connection
@@ -559,9 +580,10 @@ def test_the_purge_leaves_a_batch_to_the_next_run_while_a_statement_older_than_i
     sleeper.start()
     try:
         _wait_for_a_statement(main, "SELECT pg_sleep(2)")
-        started = time.monotonic()
         assert lifecycle.purge_expired_events() == 0
-        assert 0.3 <= time.monotonic() - started < 1.5
+        # It waited its setting, found the older statement still running, and did not wait it out.
+        assert waits == [(0.3, False)]
+        assert sleeper.is_alive()
         assert WebhookEvent.objects.filter(pk=stored_id).exists()
         first_key = PurgedEventKey.objects.get()
         assert first_key.original_id == stored_id

@@ -307,10 +307,9 @@ def test_a_writer_that_hangs_up_before_answering_is_an_outage_not_a_success(sock
 def test_a_writer_that_does_not_answer_in_time_is_a_timeout(socket_path, client):
     mute = MuteWriter(socket_path, hang_up=False)
     try:
-        started = time.monotonic()
         with pytest.raises(WriterTimeout):
             client.write(new_event_without_source(), socket_path, 0.5)
-        assert time.monotonic() - started < 5
+        assert mute.received.is_set()
     finally:
         mute.close()
 

@@ -306,7 +306,10 @@ def test_verify_tolerates_options_missing_defaults(kind):
     provider = PROVIDERS[kind]
     request = fixture_request(kind, fixtures_of(kind)[0])
     provider.verify(request, [SECRET], dict(REQUIRED_OPTIONS.get(kind, {})), NOW)
-    assert provider.describe(request, dict(REQUIRED_OPTIONS.get(kind, {}))).event_type
+    # Read as with every option at its default.
+    assert provider.describe(request, dict(REQUIRED_OPTIONS.get(kind, {}))) == provider.describe(
+        request, options_for(kind)
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -4,6 +4,8 @@ Apple's signatures cannot be produced outside Apple (providers.md §11), so the 
 3-level CA carrying Apple's two OIDs and sign the JWS with PyJWT (``jwt.encode(…, algorithm="ES256",
 headers={"x5c": …})``), plus a hand-rolled ES256 signer as a second, independent signer. The recorded
 fixtures were signed the same way by a fixed test CA whose root is ``fixtures/apple_app_store/test-root.pem``.
+Apple's own ``app-store-server-library`` (``SignedDataVerifier``, given the test root) is the oracle: it
+accepts and refuses the same payloads as the provider.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from appstoreserverlibrary.models.Environment import Environment
+from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier, VerificationException
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -281,6 +285,104 @@ def test_chain_is_checked_at_signed_date_like_the_sdk():
         options,
         dt.datetime(2024, 6, 1, tzinfo=dt.UTC).timestamp(),
     )
+
+
+# --- Apple's own verifier agrees -------------------------------------------------------------
+
+
+def apple_library_verdict(signed: str, root: x509.Certificate, environment: str, app_apple_id: int | None):
+    """The notification as Apple's library decodes it, or the status it refuses it with."""
+    verifier = SignedDataVerifier(
+        [root.public_bytes(serialization.Encoding.DER)],
+        False,  # no OCSP: the chain is checked at the payload's signedDate, as the provider does
+        Environment(environment),
+        BUNDLE_ID,
+        app_apple_id,
+    )
+    try:
+        return verifier.verify_and_decode_notification(signed)
+    except VerificationException as exc:
+        return exc.status
+
+
+def _swap_claims(signed: str, **changes) -> str:
+    header, payload, signature = signed.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["data"].update(changes)
+    return f"{header}.{b64url(json.dumps(claims).encode())}.{signature}"
+
+
+_EXPIRED = PKI(not_before=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), not_after=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+_NO_LEAF_OID, _NO_INTERMEDIATE_OID, _OTHER_ROOT = PKI(leaf_oid=None), PKI(intermediate_oid=None), PKI()
+_IN_EXPIRED_VALIDITY = int(dt.datetime(2024, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    "signed, pki, environment, accepted",
+    [
+        (lambda: pyjwt_sign(notification(), PKI_MAIN), PKI_MAIN, "Production", True),
+        (lambda: manual_sign(notification("SUBSCRIBED", "RESUBSCRIBE"), PKI_MAIN), PKI_MAIN, "Production", True),
+        (lambda: pyjwt_sign(notification("TEST", environment="Sandbox"), PKI_MAIN), PKI_MAIN, "Sandbox", True),
+        (lambda: pyjwt_sign(notification(signed_date=_IN_EXPIRED_VALIDITY), _EXPIRED), _EXPIRED, "Production", True),
+        (lambda: pyjwt_sign(notification(), _EXPIRED), _EXPIRED, "Production", False),
+        (lambda: pyjwt_sign(notification(), _NO_LEAF_OID), _NO_LEAF_OID, "Production", False),
+        (lambda: pyjwt_sign(notification(), _NO_INTERMEDIATE_OID), _NO_INTERMEDIATE_OID, "Production", False),
+        (lambda: pyjwt_sign(notification(), _OTHER_ROOT), PKI_MAIN, "Production", False),
+        (lambda: pyjwt_sign(notification(bundle_id="com.other.app"), PKI_MAIN), PKI_MAIN, "Production", False),
+        (lambda: pyjwt_sign(notification(app_apple_id=42), PKI_MAIN), PKI_MAIN, "Production", False),
+        (lambda: pyjwt_sign(notification(environment="Sandbox"), PKI_MAIN), PKI_MAIN, "Production", False),
+        (lambda: _swap_claims(pyjwt_sign(notification(), PKI_MAIN), status=2), PKI_MAIN, "Production", False),
+        (
+            lambda: manual_sign(notification(), PKI_MAIN, key=ec.generate_private_key(ec.SECP256R1())),
+            PKI_MAIN,
+            "Production",
+            False,
+        ),
+        (
+            lambda: manual_sign(notification(), PKI_MAIN, header={"alg": "ES256", "x5c": PKI_MAIN.x5c()[:2]}),
+            PKI_MAIN,
+            "Production",
+            False,
+        ),
+    ],
+    ids=[
+        "pyjwt",
+        "hand-rolled signer",
+        "sandbox without appAppleId",
+        "chain valid at signedDate",
+        "chain expired at signedDate",
+        "leaf without Apple's OID",
+        "intermediate without Apple's OID",
+        "another root",
+        "another bundleId",
+        "another appAppleId",
+        "another environment",
+        "claims changed after signing",
+        "signed by a key outside the chain",
+        "two certificates",
+    ],
+)
+def test_apples_library_and_the_provider_agree(signed, pki, environment, accepted):
+    signed = signed()
+    app_apple_id = APP_APPLE_ID if environment == "Production" else None
+    verdict = apple_library_verdict(signed, pki.root, environment, app_apple_id)
+    options = options_for(pki, environment=environment, app_apple_id=str(app_apple_id or ""))
+    if accepted:
+        assert not isinstance(verdict, int), f"Apple's library refused it: {verdict!r}"
+        PROVIDER.verify(req(body_of(signed)), ["apple"], options, NOW)
+        assert PROVIDER.describe(req(body_of(signed)), options).event_id == verdict.notificationUUID
+    else:
+        assert isinstance(verdict, int), "Apple's library accepted it"
+        reject(body_of(signed), options)
+
+
+@pytest.mark.parametrize("name", EVENT_TYPES)
+def test_recorded_fixtures_are_accepted_by_apples_library(name):
+    signed = json.loads((FIXTURES / f"{name}.json").read_bytes())["signedPayload"]
+    root = x509.load_pem_x509_certificate((FIXTURES / "test-root.pem").read_bytes())
+    decoded = apple_library_verdict(signed, root, "Production", APP_APPLE_ID)
+    assert not isinstance(decoded, int), f"Apple's library refused it: {decoded!r}"
+    assert decoded.notificationUUID == fixture_claims(name)["notificationUUID"]
 
 
 # --- rejections ---------------------------------------------------------------------------

@@ -83,7 +83,10 @@ def test_published_vector_needs_the_trailing_crlf():
 def test_pem_wrapped_key():
     pem = f"-----BEGIN PUBLIC KEY-----\n{VECTOR_KEY}\n-----END PUBLIC KEY-----\n"
     PROVIDER.verify(req(VECTOR_BODY, vector_headers()), [pem], OPTIONS, NOW)
-    assert PROVIDER.clean_secret(pem)
+    # As stored from the form: still the PEM, and it verifies.
+    stored = PROVIDER.clean_secret(pem)
+    assert stored == pem.strip()
+    PROVIDER.verify(req(VECTOR_BODY, vector_headers()), [stored], OPTIONS, NOW)
 
 
 def test_describe_vector():

@@ -115,9 +115,8 @@ def test_a_task_waits_out_trusted_sightings_before_its_last_look(client, organiz
         threading.Thread(target=ingest_shortly_after_the_clear).start()
 
     monkeypatch.setattr(processing, "clear_flag", clear_flag_then_ingest)
-    started = time.monotonic()
+    # The one event it processes is the one committed while it waited (none was there before).
     assert processing.process_received_events(linger_seconds=0) == 1
-    assert time.monotonic() - started >= TRUST_SECONDS
     assert late_ingest_done.wait(10)
     assert published == []  # the ingest trusted its sighting: no message was needed
     assert WebhookEvent.objects.get(provider_event_id="evt_during_the_wait").status == WebhookEvent.Status.PROCESSED
