@@ -7,6 +7,9 @@ from secrets import token_urlsafe
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.db.models import BigIntegerField, OuterRef, Subquery
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
@@ -49,7 +52,7 @@ from webhooks.services.sources import (
 )
 
 from .actions import confirmation_page, confirmed
-from .filters import SourceProviderFilter
+from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
 
@@ -524,7 +527,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             (f"{deliveries}?destination={obj.pk}", "All deliveries"),
             (f"{deliveries}?destination={obj.pk}&status__exact=dead", "Dead"),
             (f"{deliveries}?destination={obj.pk}&status__exact=pending", "Waiting for a retry"),
-            (reverse("admin:webhooks_bulkretry_changelist") + f"?organization={obj.organization_id}", "Bulk retries"),
+            (reverse("admin:webhooks_bulkretry_changelist") + f"?destination={obj.pk}", "Bulk retries"),
         ]
         return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
@@ -630,7 +633,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     def retry_dead_deliveries(self, request, queryset):
         # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
         # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
-        started, refused = [], []
+        started, refused, waiting = [], [], []
         outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             try:
@@ -644,18 +647,81 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
                 outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
             started.append(f"{destination.organization.name} · {destination} ({job.total})")
+            if destination.paused_at:
+                waiting.append(f"{destination.organization.name} · {destination}")
             outcomes.add_done(destination.organization_id, f"destination {destination.pk}: bulk retry {job.pk}")
         if started:
             self.message_user(
                 request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS
             )
+        if waiting:
+            # Nothing is sent to a paused destination: "started" alone would say they are on their way.
+            self.message_user(
+                request,
+                "Paused, so their deliveries are queued but sent only once resumed: " + "; ".join(waiting[:10]) + ".",
+                messages.WARNING,
+            )
         if refused:
             self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
 
 
+class BulkRetryDestinationFilter(DestinationFilter):
+    """The jobs that retry one destination's deliveries (its page links here)."""
+
+    def queryset(self, request, queryset):
+        if self.value() and str(self.value()).isdigit():
+            return queryset.filter(filters__destination=int(self.value()))
+        return queryset
+
+
+def _named_in_filters(model, key: str) -> Subquery:
+    """The name of the source or destination a job's filters name (a key of its JSON), for the list."""
+    named = model.objects.filter(pk=Cast(KeyTextTransform(key, OuterRef("filters")), BigIntegerField()))
+    return Subquery(named.values("name")[:1])
+
+
 @admin.register(BulkRetry)
 class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "organization", "status", "retried", "total", "requested_by", "created_at", "finished_at")
-    list_filter = ("status", OrganizationFilter)
+    list_display = (
+        "id",
+        "organization",
+        "what",
+        "status",
+        "retried",
+        "total",
+        "requested_by",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", OrganizationFilter, BulkRetryDestinationFilter)
     list_select_related = ("organization", "requested_by")
-    readonly_fields = [field.name for field in BulkRetry._meta.fields]
+    readonly_fields = ["what", *(field.name for field in BulkRetry._meta.fields)]
+
+    def get_queryset(self, request):
+        # Names looked up in the same query: a column per row would otherwise cost a query per job.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                destination_name=_named_in_filters(Destination, "destination"),
+                source_name=_named_in_filters(Source, "source"),
+            )
+        )
+
+    @admin.display(description="Retrying")
+    def what(self, obj):
+        """Which deliveries the job retries, in words, with a link to the destination it is about."""
+        filters = obj.filters or {}
+        parts = [", ".join(filters.get("statuses") or ["dead"]) + " deliveries"]
+        if destination_id := filters.get("destination"):
+            url = reverse("admin:webhooks_destination_change", args=[destination_id])
+            name = getattr(obj, "destination_name", None) or f"destination {destination_id} (deleted)"
+            parts.append(format_html('of <a href="{}">{}</a>', url, name))
+        if source_id := filters.get("source"):
+            parts.append(f"from {getattr(obj, 'source_name', None) or f'source {source_id}'}")
+        if filters.get("event_type"):
+            parts.append(f"of type {filters['event_type']}")
+        for key, word in (("received_after", "received from"), ("received_before", "received before")):
+            if filters.get(key):
+                parts.append(f"{word} {filters[key]}")
+        return format_html_join(" ", "{}", ((part,) for part in parts))
