@@ -19,7 +19,12 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html, format_html_join
 
-from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin, action_outcomes
+from organizations.admin import (
+    AuditedAdminMixin,
+    OrganizationFilter,
+    ReadOnlyAdminMixin,
+    action_outcomes,
+)
 from webhooks.fields import decrypt, encrypt
 from webhooks.forms import NameField
 from webhooks.models import BulkRetry, Destination, Source, Subscription
@@ -163,6 +168,14 @@ class SourceAdminForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if self.instance.pk is not None:
+            # Locked until the admin's transaction (its change view's) commits: a deletion asked for
+            # after the page loaded is refused here, and one asked for now waits for this save.
+            live = Source.objects.select_for_update(no_key=True).filter(
+                pk=self.instance.pk, deletion_requested_at__isnull=True
+            )
+            if not live.exists():
+                raise forms.ValidationError("This source is being deleted: it can no longer be changed.")
         _check_secret_with_provider(self, "new_secret", cleaned.get("provider") or self.instance.provider)
         return cleaned
 
@@ -203,8 +216,22 @@ class SourceAddForm(forms.ModelForm):
         return cleaned
 
 
+class SavesOnlyItsFormsFieldsMixin:
+    """A change saves the fields its form changed, not the whole row as loaded: the services write
+    the rest (a secret rotated on the dashboard, the mark of a deletion, which secret last matched)
+    and may have done so since this page was loaded; saving every column would undo that."""
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        concrete = {field.name for field in obj._meta.concrete_fields}
+        changed = [name for name in form.changed_data if name in concrete]
+        if changed:
+            obj.save(update_fields=[*changed, "updated_at"])
+
+
 @admin.register(Source)
-class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
+class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     form = SourceAdminForm
     list_display = ("name", "organization", "provider", "secret_hint", "state", "created_at")
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
@@ -481,7 +508,7 @@ class DestinationStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Destination)
-class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
+class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     form = DestinationAdminForm
     list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
     list_filter = (DestinationStateFilter, OrganizationFilter)

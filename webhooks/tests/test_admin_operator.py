@@ -4,6 +4,7 @@ bulk retries, and what a read-only staff account may not do."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin import site as admin_site
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
@@ -17,8 +18,9 @@ from organizations.models import AuditLog
 from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery
 from webhooks.services.operations import destination_pause
-from webhooks.tests.factories import make_destination, make_source
-from webhooks.tests.test_admin import RECEIVER, attempt, deliver, listed, make_event
+from webhooks.services.sources import source_delete, source_rotate_secret
+from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
+from webhooks.tests.test_admin import RECEIVER, attempt, deliver, destination_form, listed, make_event
 
 pytestmark = pytest.mark.django_db
 
@@ -157,3 +159,75 @@ def test_a_bulk_retry_of_a_paused_destination_says_its_deliveries_wait(admin, or
     assert BulkRetry.objects.filter(filters__destination=destination.pk).exists()
     shown = [str(message) for message in response.context["messages"]]
     assert any("sent only once resumed" in message and "Ledger" in message for message in shown), shown
+
+
+# --- Changing a source while the services change it too -------------------------------------------
+
+
+def change_while(admin, monkeypatch, obj, meanwhile, form):
+    """Post ``obj``'s change form, with ``meanwhile`` run (by another process, say) on a fresh copy
+    just after the admin has loaded the row it is about to save."""
+    model_admin = admin_site._registry[type(obj)]
+    loaded = model_admin.get_object
+
+    def get_object_then_meanwhile(request, object_id, from_field=None):
+        found = loaded(request, object_id, from_field)
+        if request.method == "POST":
+            meanwhile(type(obj).objects.get(pk=obj.pk))
+        return found
+
+    monkeypatch.setattr(model_admin, "get_object", get_object_then_meanwhile)
+    opts = obj._meta
+    return admin.post(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]), form)
+
+
+def change_source_while(admin, monkeypatch, source, meanwhile, **form):
+    return change_while(
+        admin,
+        monkeypatch,
+        source,
+        meanwhile,
+        {"name": source.name, "options": "{}", "is_active": "on", "new_secret": "", **form},
+    )
+
+
+def test_a_source_whose_deletion_was_asked_meanwhile_is_not_made_active_again(admin, organization, monkeypatch):
+    source = make_source(organization, name="Billing")
+    response = change_source_while(
+        admin, monkeypatch, source, lambda fresh: source_delete(source=fresh), name="Billing renamed"
+    )
+    assert response.status_code == 200 and "being deleted" in response.content.decode()
+    source.refresh_from_db()
+    assert source.being_deleted and not source.is_active and source.name == "Billing"
+
+
+def test_a_secret_rotated_meanwhile_is_kept_when_the_admin_saves_other_fields(admin, organization, monkeypatch):
+    source = make_source(organization, name="Billing")
+    rotated = "whsec_rotated_on_the_dashboard_meanwhile"
+    response = change_source_while(
+        admin,
+        monkeypatch,
+        source,
+        lambda fresh: source_rotate_secret(source=fresh, new_secret=rotated),
+        name="Billing renamed",
+    )
+    assert response.status_code == 302
+    source.refresh_from_db()
+    assert source.name == "Billing renamed"
+    assert source.secret == rotated and source.previous_secret == STRIPE_SECRET
+
+
+def test_a_pause_made_meanwhile_is_kept_when_the_admin_saves_a_destination(admin, organization, monkeypatch):
+    source = make_source(organization, name="Billing")
+    destination = named_destination(organization, source, "Ledger")
+    response = change_while(
+        admin,
+        monkeypatch,
+        destination,
+        lambda fresh: destination_pause(destination=fresh, reason="circuit breaker"),
+        destination_form(destination, timeout_seconds="7"),
+    )
+    assert response.status_code == 302
+    destination.refresh_from_db()
+    assert destination.timeout_seconds == 7
+    assert destination.paused_at is not None and destination.pause_reason == "circuit breaker"
