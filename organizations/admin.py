@@ -348,6 +348,21 @@ class AuditedAdminMixin:
         }
 
 
+class SavesOnlyItsFormsFieldsMixin:
+    """A change saves the fields its form changed, not the whole row as loaded: services and tasks
+    write the rest (a secret rotated on the dashboard, a pause, the mark of a deletion and its
+    progress, which secret last matched) and may have done so since the page was loaded; saving
+    every column would undo that. Put it after AuditedAdminMixin, which reads the form first."""
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        concrete = {field.name for field in obj._meta.concrete_fields}
+        changed = [name for name in form.changed_data if name in concrete]
+        if changed:
+            obj.save(update_fields=[*changed, *(["updated_at"] if "updated_at" in concrete else [])])
+
+
 class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """The base of Hookline's ModelAdmins."""
 
@@ -456,7 +471,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(AuditedModelAdmin):
+class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "slug",

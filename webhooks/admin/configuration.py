@@ -23,6 +23,7 @@ from organizations.admin import (
     AuditedAdminMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
     action_outcomes,
 )
 from webhooks.fields import decrypt, encrypt
@@ -214,20 +215,6 @@ class SourceAddForm(forms.ModelForm):
         cleaned = super().clean()
         _check_secret_with_provider(self, "secret", cleaned.get("provider"))
         return cleaned
-
-
-class SavesOnlyItsFormsFieldsMixin:
-    """A change saves the fields its form changed, not the whole row as loaded: the services write
-    the rest (a secret rotated on the dashboard, the mark of a deletion, which secret last matched)
-    and may have done so since this page was loaded; saving every column would undo that."""
-
-    def save_model(self, request, obj, form, change):
-        if not change:
-            return super().save_model(request, obj, form, change)
-        concrete = {field.name for field in obj._meta.concrete_fields}
-        changed = [name for name in form.changed_data if name in concrete]
-        if changed:
-            obj.save(update_fields=[*changed, "updated_at"])
 
 
 @admin.register(Source)

@@ -18,9 +18,18 @@ from organizations.models import AuditLog
 from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery
 from webhooks.services.operations import destination_pause
+from webhooks.services.organization_deletion import organization_request_deletion
 from webhooks.services.sources import source_delete, source_rotate_secret
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
-from webhooks.tests.test_admin import RECEIVER, attempt, deliver, destination_form, listed, make_event
+from webhooks.tests.test_admin import (
+    RECEIVER,
+    attempt,
+    deliver,
+    destination_form,
+    listed,
+    make_event,
+    organization_form,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -231,3 +240,27 @@ def test_a_pause_made_meanwhile_is_kept_when_the_admin_saves_a_destination(admin
     destination.refresh_from_db()
     assert destination.timeout_seconds == 7
     assert destination.paused_at is not None and destination.pause_reason == "circuit breaker"
+
+
+def test_an_organization_whose_deletion_was_asked_meanwhile_stays_marked_and_inactive(admin, organization, monkeypatch):
+    response = change_while(
+        admin,
+        monkeypatch,
+        organization,
+        lambda fresh: organization_request_deletion(organization=fresh),
+        organization_form(organization, plan="team"),
+    )
+    assert response.status_code == 200 and "being deleted" in response.content.decode()
+    organization.refresh_from_db()
+    assert organization.being_deleted and not organization.is_active and organization.plan != "team"
+
+
+def test_an_organizations_change_saves_only_the_fields_its_form_changed(admin, organization, monkeypatch):
+    def progress(fresh):
+        fresh.deletion_progress = {"events": 500}
+        fresh.save(update_fields=["deletion_progress"])
+
+    response = change_while(admin, monkeypatch, organization, progress, organization_form(organization, plan="team"))
+    assert response.status_code == 302
+    organization.refresh_from_db()
+    assert organization.plan == "team" and organization.deletion_progress == {"events": 500}
