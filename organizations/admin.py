@@ -348,6 +348,21 @@ class AuditedAdminMixin:
         }
 
 
+class SavesOnlyItsFormsFieldsMixin:
+    """A change saves the fields its form changed, not the whole row as loaded: services and tasks
+    write the rest (a secret rotated on the dashboard, a pause, the mark of a deletion and its
+    progress, which secret last matched) and may have done so since the page was loaded; saving
+    every column would undo that. Put it after AuditedAdminMixin, which reads the form first."""
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        concrete = {field.name for field in obj._meta.concrete_fields}
+        changed = [name for name in form.changed_data if name in concrete]
+        if changed:
+            obj.save(update_fields=[*changed, *(["updated_at"] if "updated_at" in concrete else [])])
+
+
 class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """The base of Hookline's ModelAdmins."""
 
@@ -456,7 +471,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(AuditedModelAdmin):
+class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "slug",
@@ -599,8 +614,10 @@ class ActionFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         # DISTINCT over the whole log is a full scan: remember the answer for a few minutes.
         # Without the cache (Redis down) it is computed every time rather than fail the page.
+        # order_by() drops the model's ordering, which DISTINCT would otherwise take in: one
+        # choice per entry (the newest 500 entries' actions, repeated) instead of one per action.
         def distinct_actions() -> list[str]:
-            return sorted(AuditLog.objects.values_list("action", flat=True).distinct()[:500])
+            return list(AuditLog.objects.order_by("action").values_list("action", flat=True).distinct()[:500])
 
         try:
             actions = cache.get_or_set("admin:audit_actions", distinct_actions, 300)

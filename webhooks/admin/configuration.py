@@ -7,6 +7,9 @@ from secrets import token_urlsafe
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
+from django.db.models import BigIntegerField, OuterRef, Subquery
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
@@ -16,7 +19,13 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html, format_html_join
 
-from organizations.admin import AuditedModelAdmin, OrganizationFilter, ReadOnlyAdminMixin, action_outcomes
+from organizations.admin import (
+    AuditedAdminMixin,
+    OrganizationFilter,
+    ReadOnlyAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
+    action_outcomes,
+)
 from webhooks.fields import decrypt, encrypt
 from webhooks.forms import NameField
 from webhooks.models import BulkRetry, Destination, Source, Subscription
@@ -51,7 +60,7 @@ from webhooks.services.sources import (
 )
 
 from .actions import confirmation_page, confirmed
-from .filters import SourceProviderFilter
+from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
 
@@ -162,6 +171,14 @@ class SourceAdminForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if self.instance.pk is not None:
+            # Locked until the admin's transaction (its change view's) commits: a deletion asked for
+            # after the page loaded is refused here, and one asked for now waits for this save.
+            live = Source.objects.select_for_update(no_key=True).filter(
+                pk=self.instance.pk, deletion_requested_at__isnull=True
+            )
+            if not live.exists():
+                raise forms.ValidationError("This source is being deleted: it can no longer be changed.")
         _check_secret_with_provider(self, "new_secret", cleaned.get("provider") or self.instance.provider)
         return cleaned
 
@@ -203,7 +220,7 @@ class SourceAddForm(forms.ModelForm):
 
 
 @admin.register(Source)
-class SourceAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
+class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     form = SourceAdminForm
     list_display = ("name", "organization", "provider", "secret_hint", "state", "created_at")
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
@@ -494,7 +511,7 @@ class DestinationStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Destination)
-class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
+class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
     form = DestinationAdminForm
     list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
     list_filter = (DestinationStateFilter, OrganizationFilter)
@@ -542,7 +559,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
             (f"{deliveries}?destination={obj.pk}", "All deliveries"),
             (f"{deliveries}?destination={obj.pk}&status__exact=dead", "Dead"),
             (f"{deliveries}?destination={obj.pk}&status__exact=pending", "Waiting for a retry"),
-            (reverse("admin:webhooks_bulkretry_changelist") + f"?organization={obj.organization_id}", "Bulk retries"),
+            (reverse("admin:webhooks_bulkretry_changelist") + f"?destination={obj.pk}", "Bulk retries"),
         ]
         return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
@@ -648,7 +665,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
     def retry_dead_deliveries(self, request, queryset):
         # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
         # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
-        started, refused = [], []
+        started, refused, waiting = [], [], []
         outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
             try:
@@ -662,18 +679,81 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedModelAdmin):
                 outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
             started.append(f"{destination.organization.name} · {destination} ({job.total})")
+            if destination.paused_at:
+                waiting.append(f"{destination.organization.name} · {destination}")
             outcomes.add_done(destination.organization_id, f"destination {destination.pk}: bulk retry {job.pk}")
         if started:
             self.message_user(
                 request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS
             )
+        if waiting:
+            # Nothing is sent to a paused destination: "started" alone would say they are on their way.
+            self.message_user(
+                request,
+                "Paused, so their deliveries are queued but sent only once resumed: " + "; ".join(waiting[:10]) + ".",
+                messages.WARNING,
+            )
         if refused:
             self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
 
 
+class BulkRetryDestinationFilter(DestinationFilter):
+    """The jobs that retry one destination's deliveries (its page links here)."""
+
+    def queryset(self, request, queryset):
+        if self.value() and str(self.value()).isdigit():
+            return queryset.filter(filters__destination=int(self.value()))
+        return queryset
+
+
+def _named_in_filters(model, key: str) -> Subquery:
+    """The name of the source or destination a job's filters name (a key of its JSON), for the list."""
+    named = model.objects.filter(pk=Cast(KeyTextTransform(key, OuterRef("filters")), BigIntegerField()))
+    return Subquery(named.values("name")[:1])
+
+
 @admin.register(BulkRetry)
 class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "organization", "status", "retried", "total", "requested_by", "created_at", "finished_at")
-    list_filter = ("status", OrganizationFilter)
+    list_display = (
+        "id",
+        "organization",
+        "what",
+        "status",
+        "retried",
+        "total",
+        "requested_by",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", OrganizationFilter, BulkRetryDestinationFilter)
     list_select_related = ("organization", "requested_by")
-    readonly_fields = [field.name for field in BulkRetry._meta.fields]
+    readonly_fields = ["what", *(field.name for field in BulkRetry._meta.fields)]
+
+    def get_queryset(self, request):
+        # Names looked up in the same query: a column per row would otherwise cost a query per job.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                destination_name=_named_in_filters(Destination, "destination"),
+                source_name=_named_in_filters(Source, "source"),
+            )
+        )
+
+    @admin.display(description="Retrying")
+    def what(self, obj):
+        """Which deliveries the job retries, in words, with a link to the destination it is about."""
+        filters = obj.filters or {}
+        parts = [", ".join(filters.get("statuses") or ["dead"]) + " deliveries"]
+        if destination_id := filters.get("destination"):
+            url = reverse("admin:webhooks_destination_change", args=[destination_id])
+            name = getattr(obj, "destination_name", None) or f"destination {destination_id} (deleted)"
+            parts.append(format_html('of <a href="{}">{}</a>', url, name))
+        if source_id := filters.get("source"):
+            parts.append(f"from {getattr(obj, 'source_name', None) or f'source {source_id}'}")
+        if filters.get("event_type"):
+            parts.append(f"of type {filters['event_type']}")
+        for key, word in (("received_after", "received from"), ("received_before", "received before")):
+            if filters.get(key):
+                parts.append(f"{word} {filters[key]}")
+        return format_html_join(" ", "{}", ((part,) for part in parts))

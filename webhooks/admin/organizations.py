@@ -8,6 +8,7 @@ has millions.
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
 from django.http import HttpResponseRedirect
@@ -21,6 +22,21 @@ from webhooks.services import organization_deletion
 
 # Named on the confirmation page when the account may not delete an organization's data.
 PLATFORM_ADMINS_ONLY = "an organization's sources, destinations, events and deliveries (platform admins only)"
+
+
+class RefusedOnceBeingDeleted(forms.ModelForm):
+    """has_change_permission refuses an organization being deleted when the page loads; this refuses
+    one whose deletion was asked for since, under a row lock held until the change view commits (a
+    deletion asked for meanwhile waits for it), so that a save cannot make it active again."""
+
+    def clean(self):
+        cleaned = super().clean()
+        live = Organization.objects.select_for_update(no_key=True).filter(
+            pk=self.instance.pk, deletion_requested_at__isnull=True
+        )
+        if not live.exists():
+            raise forms.ValidationError("This organization is being deleted: it can no longer be changed.")
+        return cleaned
 
 
 class DeletingOrganizationAdmin(OrganizationAdmin):
@@ -45,6 +61,10 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
         if obj is not None and obj.being_deleted:
             return False
         return super().has_change_permission(request, obj)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return form if obj is None else type(form.__name__, (RefusedOnceBeingDeleted, form), {})
 
     def get_deleted_objects(self, objs, request):
         """Counts per kind instead of every row (one capped count per kind and organization)."""
