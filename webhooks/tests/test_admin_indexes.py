@@ -34,4 +34,9 @@ def test_the_api_delivery_list_reads_the_organizations_deliveries_by_index(organ
     from webhooks.selectors import deliveries_for_organization
 
     newest_first = deliveries_for_organization(organization=organization).order_by("-id").values("pk")[:50]
-    assert "delivery_org_id" in _plan(newest_first)
+    plan = _plan(newest_first)
+    # Left only bitmap scans, the planner may take either index that leads with the organization
+    # (their sizes, which earlier tests' rolled-back rows change, decide); both read that
+    # organization's deliveries alone, never the whole table.
+    assert "delivery_org_id" in plan or "delivery_org_status_id" in plan, plan
+    assert "Seq Scan" not in plan, plan
