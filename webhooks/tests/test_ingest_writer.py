@@ -236,6 +236,23 @@ def test_a_closed_source_in_a_shared_batch_fails_only_its_own_requests(stripe_so
     assert not WebhookEvent.objects.filter(source=stripe_source).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_prepares_its_two_statements_once_with_a_generic_plan_and_nothing_else(stripe_source):
+    # Django's connections prepare nothing (prepare_threshold None): prepare=True alone did nothing,
+    # and every batch was parsed and planned again.
+    connection.close()  # a session of its own: earlier tests' statements are not counted
+    for n in range(6):
+        insert_event_batch([new_event(stripe_source, f"evt_one_{n}")])
+        insert_event_batch([new_event(stripe_source, f"evt_two_{n}"), new_event(stripe_source, None)])
+        WebhookEvent.objects.filter(source=stripe_source).count()  # ORM queries on the same connection
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        prepared = cursor.fetchall()
+    assert len(prepared) == 2, prepared
+    assert all(statement.strip().startswith("INSERT INTO") for statement, _, _ in prepared)
+    assert [(generic, custom) for _, generic, custom in prepared] == [(6, 0), (6, 0)]
+
+
 @pytest.mark.django_db
 def test_inside_a_transaction_the_caller_inserts_the_row_itself(stripe_source):
     # A row committed on the writer's own connection would escape the caller's rollback.
