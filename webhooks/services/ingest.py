@@ -22,7 +22,7 @@ from django.core.cache import cache
 from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from organizations.models import MIN_RETENTION_DAYS
+from organizations.models import MIN_RETENTION_DAYS, Organization
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -257,6 +257,7 @@ def insert_event(event: NewEvent) -> tuple:
     table = WebhookEvent._meta.db_table
     keys = PurgedEventKey._meta.db_table
     sources = Source._meta.db_table
+    organizations = Organization._meta.db_table
     columns = ", ".join(field.column for field in _INSERTED_FIELDS)
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
     if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
@@ -272,7 +273,9 @@ def insert_event(event: NewEvent) -> tuple:
     sql = (
         f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {keys} WHERE source_id = %s AND event_id_digest = %s) "
-        f"AND EXISTS (SELECT 1 FROM {sources} WHERE id = %s AND is_active AND deletion_requested_at IS NULL) "
+        f"AND EXISTS (SELECT 1 FROM {sources} AS source JOIN {organizations} AS organization "
+        "ON organization.id = source.organization_id WHERE source.id = %s AND source.is_active "
+        "AND source.deletion_requested_at IS NULL AND organization.is_active) "
         "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
         f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
         "RETURNING id"
@@ -285,7 +288,9 @@ def insert_event(event: NewEvent) -> tuple:
         return stored_id, stored_id == event.id
     # Not inserted: the source no longer takes webhooks, or a redelivery of the purged (or being
     # purged) event. Read again, so as the source is now (see ingest_writer._not_inserted).
-    if not Source.objects.filter(pk=event.source_id, is_active=True, deletion_requested_at__isnull=True).exists():
+    if not Source.objects.filter(
+        pk=event.source_id, is_active=True, deletion_requested_at__isnull=True, organization__is_active=True
+    ).exists():
         raise SourceClosed("the source no longer takes webhooks")
     purged = PurgedEventKey.objects.filter(source_id=event.source_id, event_id_digest=digest)
     original_id = purged.values_list("original_id", flat=True).first()

@@ -42,6 +42,7 @@ from django.db import DatabaseError, DataError, InterfaceError, OperationalError
 from django.utils import timezone
 from uuid6 import uuid7
 
+from organizations.models import Organization
 from webhooks.models import PurgedEventKey, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,19 @@ _NOT_PURGED = f"""WHERE NOT EXISTS (
 )"""
 
 _SOURCES = Source._meta.db_table
-# A row is stored only while its source takes webhooks: one probe of the source's primary key, in the
-# INSERT's own snapshot. A web process answers from its copy of the source for up to
-# INGEST_SOURCE_CACHE_SECONDS (ingest.source_for_token); without this, another process's copy would
-# have a source that was just turned off, or is being deleted, acknowledge webhooks for those seconds
-# that are then stored against the tenant's wish, or deleted by the source's deletion after their 200.
-# Such a row is not inserted and not counted as a duplicate: the request is answered as for an
-# unknown ingest URL (SourceClosed).
+_ORGANIZATIONS = Organization._meta.db_table
+# A row is stored only while its source takes webhooks: active, not being deleted, and of an active
+# organization (as source_for_token finds it). One probe of each primary key, in the INSERT's own
+# snapshot. A web process answers from its copy of the source for up to INGEST_SOURCE_CACHE_SECONDS
+# (ingest.source_for_token); without this, another process's copy would have a source that was just
+# turned off or is being deleted (or its organization suspended or being deleted) acknowledge
+# webhooks for those seconds that are then stored against the tenant's wish, or deleted by the
+# background deletion after their 200. Such a row is not inserted and not counted as a duplicate:
+# the request is answered as for an unknown ingest URL (SourceClosed).
 SOURCE_OPEN_SQL = f"""EXISTS (
-    SELECT 1 FROM {_SOURCES} AS source
+    SELECT 1 FROM {_SOURCES} AS source JOIN {_ORGANIZATIONS} AS organization ON organization.id = source.organization_id
     WHERE source.id = row.source_id AND source.is_active AND source.deletion_requested_at IS NULL
+        AND organization.is_active
 )"""
 
 # One statement text for any batch size (arrays, not a VALUES list), so each
@@ -241,10 +245,9 @@ def event_id_digest(provider_event_id: str | None) -> str | None:
 # Why each of the rows the INSERT left out was left out, in their order: whether its source takes
 # webhooks now, and the purged event its key names (see _NOT_PURGED).
 _NOT_INSERTED_SQL = f"""
-SELECT source.id IS NOT NULL, purged.original_id
+SELECT live.id IS NOT NULL, purged.original_id
 FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS row(source_id, digest, position)
-LEFT JOIN {_SOURCES} AS source
-    ON source.id = row.source_id AND source.is_active AND source.deletion_requested_at IS NULL
+LEFT JOIN LATERAL (SELECT row.source_id AS id WHERE {SOURCE_OPEN_SQL}) AS live ON true
 LEFT JOIN {_KEYS} AS purged ON purged.source_id = row.source_id AND purged.event_id_digest = row.digest
 ORDER BY row.position
 """

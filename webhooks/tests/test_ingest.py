@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from organizations.models import Organization
 from webhooks.models import Source, WebhookEvent
 from webhooks.selectors import events_for_organization
 from webhooks.services import ingest
@@ -138,17 +139,23 @@ def test_unknown_or_inactive_source_is_404(client, organization):
 
 
 @pytest.mark.parametrize(
-    "closing",
-    [{"is_active": False}, {"is_active": False, "deletion_requested_at": timezone.now()}],
-    ids=["turned off", "being deleted"],
+    ("model", "closing"),
+    [
+        (Source, {"is_active": False}),
+        (Source, {"is_active": False, "deletion_requested_at": timezone.now()}),
+        (Organization, {"is_active": False}),
+        (Organization, {"is_active": False, "deletion_requested_at": timezone.now()}),
+    ],
+    ids=["source turned off", "source being deleted", "organization suspended", "organization being deleted"],
 )
-def test_a_source_closed_in_another_process_is_404_at_once_and_nothing_is_stored(client, organization, closing):
-    # Another web process turned the source off or asked for its deletion: this one's copy of the
-    # source is still cached (update() sends no signal), and the INSERT itself refuses the row.
+def test_a_source_closed_in_another_process_is_404_at_once_and_nothing_is_stored(client, organization, model, closing):
+    # Another web process turned the source off or asked for its deletion (or its organization's):
+    # this one's copy of the source is still cached (update() sends no signal), and the INSERT itself
+    # refuses the row.
     source = make_source(organization)
     first = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
     assert first.status_code == 200
-    Source.objects.filter(pk=source.pk).update(**closing)
+    model.objects.filter(pk=source.pk if model is Source else organization.pk).update(**closing)
     assert ingest._source_cache[source.ingest_token][1] is not None  # the stale copy
 
     body = '{"id": "evt_after_closing", "object": "event", "type": "invoice.paid"}'

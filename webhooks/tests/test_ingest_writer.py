@@ -14,6 +14,7 @@ import pytest
 from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from organizations.models import Organization
 from webhooks.models import PurgedEventKey, Source, WebhookEvent
 from webhooks.services import ingest_writer
 from webhooks.services.ingest_writer import (
@@ -146,7 +147,16 @@ SOURCE_CLOSINGS = {
     # Not reachable through the services (asking for deletion turns a source off too); the mark alone
     # must be enough.
     "marked for deletion only": {"deletion_requested_at": timezone.now()},
+    "organization suspended": {"organization": {"is_active": False}},
 }
+
+
+def close(source, closing: dict) -> None:
+    """Close ``source`` behind every process's cache (update() sends no signal)."""
+    if "organization" in closing:
+        Organization.objects.filter(pk=source.organization_id).update(**closing["organization"])
+    else:
+        Source.objects.filter(pk=source.pk).update(**closing)
 
 
 @pytest.mark.parametrize("closing", list(SOURCE_CLOSINGS.values()), ids=list(SOURCE_CLOSINGS))
@@ -158,7 +168,7 @@ def test_rows_of_a_source_that_no_longer_takes_webhooks_are_refused_by_both_stat
     # itself refuses the rows, neither stored nor counted as duplicates, whatever their batch.
     [(stored_id, _)] = insert_event_batch([new_event(stripe_source, "evt_before")])
     open_source = make_source(other_organization)
-    Source.objects.filter(pk=stripe_source.pk).update(**closing)
+    close(stripe_source, closing)
 
     [alone] = insert_event_batch([new_event(stripe_source, "evt_after")])
     assert isinstance(alone, SourceClosed)
