@@ -19,7 +19,7 @@ from webhooks.models import Delivery, Destination
 from webhooks.selectors import EVENT_STATUS_FAILED
 
 from .dashboard_stats import destination_health
-from .delivery import INACTIVE_DESTINATION_ERROR
+from .delivery import INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def send_dead_letter_digests(now=None) -> int:
     for destination in candidates.select_related("organization"):
         since = destination.dead_digest_sent_at or destination.created_at
         dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since).exclude(
-            last_error=INACTIVE_DESTINATION_ERROR
+            last_error__in=(INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR)
         )
         summary = dead.values("last_status_code").annotate(n=Count("id")).order_by("-n")
         total = sum(row["n"] for row in summary)

@@ -302,9 +302,46 @@ def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> l
             claimed_by=owner,
             attempt_count=F("attempt_count") + 1,
         )
-    return list(
-        Delivery.objects.filter(pk__in=chosen).select_related("event", "destination").order_by("next_attempt_at", "id")
+    return _not_of_sources_being_deleted(
+        _with_source_state(Delivery.objects.filter(pk__in=chosen)).order_by("next_attempt_at", "id")
     )
+
+
+SOURCE_BEING_DELETED_ERROR = "the event's source is being deleted: not sent"
+
+
+def _with_source_state(deliveries):
+    """Claimed deliveries as sent: with their event and destination, and whether the event's source
+    is being deleted (one more join on the source's primary key, in the query that reads them anyway)."""
+    return deliveries.select_related("event", "destination").annotate(
+        source_deletion_requested_at=F("event__source__deletion_requested_at")
+    )
+
+
+def _not_of_sources_being_deleted(claimed) -> list[Delivery]:
+    """``claimed`` less the deliveries whose event's source is being deleted, which are dead-lettered
+    unsent rather than sent until the source's background deletion reaches them.
+
+    Their events get no new deliveries (processing leaves such sources out), but those made before
+    the deletion was asked for, and their retries, are still due. Dead, not deleted: the source's
+    deletion removes them with its events and counts them, and until then a delivery's page says why
+    it was not sent. The dead-letter digest leaves them out.
+    """
+    claimed = list(claimed)
+    going = [delivery.pk for delivery in claimed if delivery.source_deletion_requested_at is not None]
+    if not going:
+        return claimed
+    Delivery.objects.filter(pk__in=going, status=Delivery.Status.IN_FLIGHT).update(
+        status=Delivery.Status.DEAD,
+        attempt_count=F("attempt_count") - 1,  # claimed, never attempted
+        completed_at=timezone.now(),
+        next_attempt_at=None,
+        claimed_at=None,
+        claimed_by=None,
+        last_error=SOURCE_BEING_DELETED_ERROR,
+    )
+    logger.info("%d deliveries of sources being deleted dead-lettered unsent", len(going))
+    return [delivery for delivery in claimed if delivery.source_deletion_requested_at is None]
 
 
 def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list) -> None:
@@ -543,7 +580,8 @@ def claim_delivery(delivery_id) -> Delivery | None:
     )
     if claimed != 1:
         return None
-    return Delivery.objects.select_related("event", "destination").get(pk=delivery_id)
+    claimed = _not_of_sources_being_deleted(_with_source_state(Delivery.objects.filter(pk=delivery_id)))
+    return claimed[0] if claimed else None
 
 
 # --- Sending ------------------------------------------------------------------

@@ -19,15 +19,15 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, DataError, connection, transaction
+from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from organizations.models import MIN_RETENTION_DAYS
+from organizations.models import MIN_RETENTION_DAYS, Organization
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
 
-from .ingest_writer import NewEvent, event_id_digest, store_event, writer
+from .ingest_writer import NewEvent, SourceClosed, event_id_digest, store_event, writer
 from .processing import schedule_event_processing
 from .secret_use import record_secret_match
 from .sender_marks import is_hookline_test_event
@@ -188,6 +188,11 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
+    except SourceClosed:
+        # This process's copy of the source was out of date (turned off or deleted in another
+        # process): the INSERT refused the row, and the copy is dropped at once.
+        _source_cache.pop(token, None)
+        return _error(404, "unknown_source", "no active source has this ingest URL")
     event_id, inserted = stored
     stored_as = {"id": str(event_id), "duplicate": not inserted}
     acknowledgement = provider.acknowledgement(request)
@@ -245,10 +250,14 @@ def insert_event(event: NewEvent) -> tuple:
     database, so two concurrent redeliveries can never both be inserted, and
     no exception breaks an enclosing transaction. A redelivery of an event the
     retention purge deleted is counted as a duplicate of it (PurgedEventKey).
-    Returns (id of the stored event, whether this call inserted it).
+    Returns (id of the stored event, whether this call inserted it); raises
+    SourceClosed, storing nothing, when the source no longer takes webhooks
+    (the writer's statement does the same: ingest_writer.SOURCE_OPEN_SQL).
     """
     table = WebhookEvent._meta.db_table
     keys = PurgedEventKey._meta.db_table
+    sources = Source._meta.db_table
+    organizations = Organization._meta.db_table
     columns = ", ".join(field.column for field in _INSERTED_FIELDS)
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
     if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
@@ -259,25 +268,34 @@ def insert_event(event: NewEvent) -> tuple:
     # The key is looked for in the INSERT's own snapshot, as the writer's statement does
     # (ingest_writer._NOT_PURGED): the retention purge deletes an event only once every statement
     # that started before its key was committed has ended, which a look in a statement of its
-    # own, before the INSERT, would escape.
+    # own, before the INSERT, would escape. So is the source's state: this process's copy of it
+    # may be seconds old.
     sql = (
         f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {keys} WHERE source_id = %s AND event_id_digest = %s) "
+        f"AND EXISTS (SELECT 1 FROM {sources} AS source JOIN {organizations} AS organization "
+        "ON organization.id = source.organization_id WHERE source.id = %s AND source.is_active "
+        "AND source.deletion_requested_at IS NULL AND organization.is_active) "
         "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
         f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
         "RETURNING id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, event.source_id, digest])
+        cursor.execute(sql, [*values, event.source_id, digest, event.source_id])
         row = cursor.fetchone()
     if row is not None:
         stored_id = WebhookEvent._meta.pk.to_python(row[0])
         return stored_id, stored_id == event.id
-    # Not inserted because of a key: a redelivery of the purged (or being purged) event.
+    # Not inserted: the source no longer takes webhooks, or a redelivery of the purged (or being
+    # purged) event. Read again, so as the source is now (see ingest_writer._not_inserted).
+    if not Source.objects.filter(
+        pk=event.source_id, is_active=True, deletion_requested_at__isnull=True, organization__is_active=True
+    ).exists():
+        raise SourceClosed("the source no longer takes webhooks")
     purged = PurgedEventKey.objects.filter(source_id=event.source_id, event_id_digest=digest)
     original_id = purged.values_list("original_id", flat=True).first()
-    if original_id is None:  # pragma: no cover - the key was forgotten between the two statements
-        raise DatabaseError("the event was neither inserted nor counted, and its key is gone")
+    if original_id is None:  # the source was closed when the INSERT ran, and opened again since
+        raise OperationalError("the event was neither stored nor counted; retry")
     return original_id, False
 
 

@@ -42,7 +42,8 @@ from django.db import DatabaseError, DataError, InterfaceError, OperationalError
 from django.utils import timezone
 from uuid6 import uuid7
 
-from webhooks.models import PurgedEventKey, WebhookEvent
+from organizations.models import Organization
+from webhooks.models import PurgedEventKey, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,22 @@ _NOT_PURGED = f"""WHERE NOT EXISTS (
     SELECT 1 FROM {_KEYS} AS purged WHERE purged.source_id = row.source_id AND purged.event_id_digest = row.digest
 )"""
 
+_SOURCES = Source._meta.db_table
+_ORGANIZATIONS = Organization._meta.db_table
+# A row is stored only while its source takes webhooks: active, not being deleted, and of an active
+# organization (as source_for_token finds it). One probe of each primary key, in the INSERT's own
+# snapshot. A web process answers from its copy of the source for up to INGEST_SOURCE_CACHE_SECONDS
+# (ingest.source_for_token); without this, another process's copy would have a source that was just
+# turned off or is being deleted (or its organization suspended or being deleted) acknowledge
+# webhooks for those seconds that are then stored against the tenant's wish, or deleted by the
+# background deletion after their 200. Such a row is not inserted and not counted as a duplicate:
+# the request is answered as for an unknown ingest URL (SourceClosed).
+SOURCE_OPEN_SQL = f"""EXISTS (
+    SELECT 1 FROM {_SOURCES} AS source JOIN {_ORGANIZATIONS} AS organization ON organization.id = source.organization_id
+    WHERE source.id = row.source_id AND source.is_active AND source.deletion_requested_at IS NULL
+        AND organization.is_active
+)"""
+
 # One statement text for any batch size (arrays, not a VALUES list), so each
 # connection prepares it once.
 _INSERT_BATCH_SQL = f"""
@@ -74,7 +91,7 @@ FROM unnest(
     %b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],
     %b::timestamptz[], %b::text[]
 ) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest)
-{_NOT_PURGED}
+{_NOT_PURGED} AND {SOURCE_OPEN_SQL}
 {_ON_CONFLICT}
 """
 # A batch of one (an idle process, or a sync worker) costs both sides less without arrays.
@@ -85,7 +102,7 @@ SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.ev
 FROM (VALUES (
     %b::uuid, %b::bigint, %b::bigint, %b::text, %b::text, %b::bytea, %b::text, %b::text, %b::timestamptz, %b::text
 )) AS row(id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest)
-{_NOT_PURGED}
+{_NOT_PURGED} AND {SOURCE_OPEN_SQL}
 {_ON_CONFLICT}
 """
 
@@ -118,15 +135,28 @@ class WriterTimeout(OperationalError):
     """The writer did not confirm the commit in time; the caller answers 503."""
 
 
-def insert_event_batch(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
+class SourceClosed(Exception):
+    """The event's source no longer takes webhooks (turned off, being deleted, gone, or its
+    organization suspended): nothing was stored, and the caller answers as for an unknown URL."""
+
+
+# What insert_event_batch gives for each event: (id of the stored event, whether this call inserted
+# it), or the exception its request is to be answered with (SourceClosed, or an OperationalError to
+# try again) when nothing was stored for it.
+Outcome = tuple[uuid.UUID, bool] | Exception
+
+
+def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
     """Insert received events, or count each as a duplicate of its stored one; one commit per round.
 
     Returns, per event and in order, (id of the stored event, whether this call
-    inserted it). Two events of one batch with the same provider id go in
-    separate rounds: PostgreSQL refuses to update one row twice in a statement.
-    Runs in autocommit on the calling thread's connection (PostgreSQL only).
+    inserted it), or for an event whose source no longer takes webhooks a
+    SourceClosed to answer its request with (see Outcome). Two events of one batch
+    with the same provider id go in separate rounds: PostgreSQL refuses to update
+    one row twice in a statement. Runs in autocommit on the calling thread's
+    connection (PostgreSQL only).
     """
-    results: list[tuple[uuid.UUID, bool] | None] = [None] * len(events)
+    results: list[Outcome | None] = [None] * len(events)
     pending = list(range(len(events)))
     while pending:
         this_round, next_round, keys_seen = [], [], set()
@@ -157,7 +187,7 @@ class BatchPartlyCommitted(Exception):
     and must be answered as such, not written again as if nothing had happened.
     """
 
-    def __init__(self, results: list[tuple[uuid.UUID, bool] | None], cause: BaseException):
+    def __init__(self, results: list[Outcome | None], cause: BaseException):
         super().__init__(f"a batch failed after part of it was committed: {cause}")
         self.results = results
 
@@ -166,7 +196,7 @@ def _conflict_key(event: NewEvent) -> tuple[int, str] | None:
     return (event.source_id, event.provider_event_id) if event.provider_event_id is not None else None
 
 
-def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
+def _insert_round(events: Sequence[NewEvent]) -> list[Outcome]:
     params = [
         [event.id for event in events],
         [event.organization_id for event in events],
@@ -189,7 +219,7 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
         returned = cursor.fetchall()
     index_by_id = {event.id: index for index, event in enumerate(events)}
     index_by_key = {_conflict_key(event): index for index, event in enumerate(events)}
-    outcomes: list[tuple[uuid.UUID, bool] | None] = [None] * len(events)
+    outcomes: list[Outcome | None] = [None] * len(events)
     for stored_id, source_id, provider_event_id in returned:
         index = index_by_id.get(stored_id)
         if index is not None:
@@ -199,12 +229,9 @@ def _insert_round(events: Sequence[NewEvent]) -> list[tuple[uuid.UUID, bool]]:
     missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
     if missing:
         with connection.wrap_database_errors:
-            purged = _purged_originals(cursor, [events[index] for index in missing])
-        for index in missing:
-            original = purged.get(_conflict_key(events[index]))
-            if original is None:  # pragma: no cover - a row is inserted, counted, or has a purged key
-                raise DatabaseError("the batch insert returned fewer rows than it was given")
-            outcomes[index] = (original, False)
+            refused = _not_inserted(cursor, [events[index] for index in missing])
+        for index, outcome in zip(missing, refused, strict=True):
+            outcomes[index] = outcome
     return outcomes  # type: ignore[return-value]
 
 
@@ -215,23 +242,47 @@ def event_id_digest(provider_event_id: str | None) -> str | None:
     return hashlib.sha256(provider_event_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _purged_originals(cursor, events: Sequence[NewEvent]) -> dict[tuple[int, str], uuid.UUID]:
-    """(source id, provider event id) -> the purged event's id, for events not inserted because of a key."""
-    by_digest = {(event.source_id, event_id_digest(event.provider_event_id)): event for event in events}
+# Why each of the rows the INSERT left out was left out, in their order: whether its source takes
+# webhooks now, and the purged event its key names (see _NOT_PURGED).
+_NOT_INSERTED_SQL = f"""
+SELECT live.id IS NOT NULL, purged.original_id
+FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS row(source_id, digest, position)
+LEFT JOIN LATERAL (SELECT row.source_id AS id WHERE {SOURCE_OPEN_SQL}) AS live ON true
+LEFT JOIN {_KEYS} AS purged ON purged.source_id = row.source_id AND purged.event_id_digest = row.digest
+ORDER BY row.position
+"""
+
+
+def _not_inserted(cursor, events: Sequence[NewEvent]) -> list[Outcome]:
+    """The outcomes of events the INSERT neither inserted nor counted: their source no longer takes
+    webhooks, or their key is a purged event's (a duplicate of that event).
+
+    Read in a statement of its own, so in a later snapshot than the INSERT's: a source that is
+    closed now is answered as closed, whichever the reason the row was left out (it is going, or
+    the tenant turned it off). A source open now whose row has no purged key was closed when the
+    INSERT ran and opened again since (or the key was forgotten in between): nothing was stored,
+    and the provider is asked to try again.
+    """
     cursor.execute(
-        f"SELECT source_id, event_id_digest, original_id FROM {_KEYS} "
-        "WHERE source_id = ANY(%s) AND event_id_digest = ANY(%s)",
-        [[key[0] for key in by_digest], [key[1] for key in by_digest]],
+        _NOT_INSERTED_SQL,
+        [[event.source_id for event in events], [event_id_digest(event.provider_event_id) for event in events]],
     )
-    originals = {}
-    for source_id, digest, original_id in cursor.fetchall():
-        event = by_digest.get((source_id, digest))
-        if event is not None:
-            originals[_conflict_key(event)] = original_id
-    return originals
+    outcomes: list[Outcome] = []
+    for open_now, original_id in cursor.fetchall():
+        if not open_now:
+            outcomes.append(SourceClosed("the source no longer takes webhooks"))
+        elif original_id is not None:
+            outcomes.append((original_id, False))
+        else:
+            outcomes.append(OperationalError("the event was neither stored nor counted; retry"))
+    return outcomes
 
 
 _thread_cursor = threading.local()
+# Django turns psycopg's preparing off (prepare_threshold None, for transaction-mode poolers), and
+# then prepare=True does nothing: each batch was parsed and planned again. The writer's connection
+# prepares the statements that ask for it, and no other (none is run this many times).
+_PREPARE_ONLY_WHEN_ASKED = 2**31
 
 
 def _batch_cursor() -> psycopg.Cursor:
@@ -242,6 +293,12 @@ def _batch_cursor() -> psycopg.Cursor:
     raw = connection.connection
     cached = getattr(_thread_cursor, "pair", None)
     if cached is None or cached[0] is not raw or cached[1].closed:
+        raw.prepare_threshold = _PREPARE_ONLY_WHEN_ASKED
+        # A generic plan, made once: PostgreSQL would otherwise plan the batch statement for each
+        # execution, as it never takes its generic plan (estimated for ten rows of unnest) to be
+        # cheaper than a plan for the actual arrays, which is the same nested loop of index probes.
+        # Only prepared statements are affected, and only the two INSERTs are prepared here.
+        raw.execute("SET plan_cache_mode = force_generic_plan")
         cached = (raw, psycopg.Cursor(raw))
         _thread_cursor.pair = cached
     return cached[1]
@@ -253,6 +310,14 @@ class _PendingWrite:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: tuple[uuid.UUID, bool] | None = None
     error: BaseException | None = None
+
+    def settle(self, outcome: Outcome) -> None:
+        """Give the waiting request its outcome: the stored event, or the error it answers with."""
+        if isinstance(outcome, Exception):
+            self.error = outcome
+        else:
+            self.outcome = outcome
+        self.done.set()
 
 
 class IngestWriter:
@@ -367,10 +432,9 @@ def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
             if outcome is None:
                 rest.append(pending)
             else:
-                pending.outcome = outcome
-                pending.done.set()
+                pending.settle(outcome)
         inserted = commit_batch(rest, schedule=False)
-        inserted = inserted or any(outcome[1] for outcome in partial.results if outcome is not None)
+        inserted = inserted or _any_inserted(outcome for outcome in partial.results if outcome is not None)
         schedule_processing_of_new_events(inserted and schedule)
         return inserted
     except (OperationalError, InterfaceError) as exc:
@@ -392,11 +456,14 @@ def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
         _fail(batch, exc)
         return False
     for pending, outcome in zip(batch, outcomes, strict=True):
-        pending.outcome = outcome
-        pending.done.set()
-    inserted = any(new for _, new in outcomes)
+        pending.settle(outcome)
+    inserted = _any_inserted(outcomes)
     schedule_processing_of_new_events(inserted and schedule)
     return inserted
+
+
+def _any_inserted(outcomes) -> bool:
+    return any(not isinstance(outcome, Exception) and outcome[1] for outcome in outcomes)
 
 
 def schedule_processing_of_new_events(needed: bool) -> None:
@@ -422,6 +489,8 @@ writer = IngestWriter()
 
 def store_event(event: NewEvent) -> tuple[uuid.UUID, bool] | None:
     """Commit ``event`` through the group-commit writer; None when the caller must insert it itself.
+
+    Raises SourceClosed when its source no longer takes webhooks (nothing was stored).
 
     The writer is used only where it can keep the promise: PostgreSQL, enabled,
     and no transaction open in the caller (a row committed on the writer's

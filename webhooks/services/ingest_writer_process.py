@@ -34,7 +34,14 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import DataError, OperationalError
 
-from .ingest_writer import NewEvent, WriterTimeout, _PendingWrite, commit_batch, schedule_processing_of_new_events
+from .ingest_writer import (
+    NewEvent,
+    SourceClosed,
+    WriterTimeout,
+    _PendingWrite,
+    commit_batch,
+    schedule_processing_of_new_events,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ _TEXT = "surrogatepass"
 REPLY_STORED = 0
 REPLY_UNAVAILABLE = 1  # the database refused or is down: the view answers 503
 REPLY_UNSTORABLE = 2  # a value of this row cannot be stored: the view answers 400
+REPLY_SOURCE_CLOSED = 3  # the row's source no longer takes webhooks; nothing stored: the view answers 404
 
 # Room for the headers a web server lets through (gunicorn: ~800 KB) next to the largest body.
 FRAME_HEADROOM_BYTES = 16 * 1024 * 1024
@@ -120,7 +128,12 @@ def encode_reply(pending: _PendingWrite) -> bytes:
     if pending.error is None and pending.outcome is not None:
         stored_id, inserted = pending.outcome
         return _REPLY.pack(REPLY_STORED, stored_id.bytes, inserted, 0)
-    kind = REPLY_UNSTORABLE if isinstance(pending.error, DataError) else REPLY_UNAVAILABLE
+    if isinstance(pending.error, SourceClosed):
+        kind = REPLY_SOURCE_CLOSED
+    elif isinstance(pending.error, DataError):
+        kind = REPLY_UNSTORABLE
+    else:
+        kind = REPLY_UNAVAILABLE
     message = str(pending.error or "no outcome").encode("utf-8", "replace")[:1000]
     return _REPLY.pack(kind, bytes(16), False, len(message)) + message
 
@@ -293,7 +306,8 @@ class WriterProcessClient:
         """The stored outcome, or None when the row could not be handed over (nothing was sent whole).
 
         Raises WriterTimeout or OperationalError when the row was handed over but its commit was
-        not confirmed (the caller answers 503), DataError when the row cannot be stored.
+        not confirmed (the caller answers 503), DataError when the row cannot be stored,
+        SourceClosed when its source no longer takes webhooks (nothing was stored).
         """
         frame = encode_event(event)
         conn = self._send(frame, path, timeout)
@@ -314,6 +328,8 @@ class WriterProcessClient:
             return uuid.UUID(bytes=raw_id), inserted
         if kind == REPLY_UNSTORABLE:
             raise DataError(message)
+        if kind == REPLY_SOURCE_CLOSED:
+            raise SourceClosed(message)
         raise OperationalError(message)
 
     def _send(self, frame: bytes, path: str, timeout: float) -> socket.socket | None:

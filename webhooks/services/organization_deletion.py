@@ -232,8 +232,9 @@ class _Run(BatchDeleter):
         return self.delete_rows(PurgedEventKey.objects.filter(source_id__in=sources), in_id_order=False)
 
     def _sources(self) -> bool:
-        # With the few events that may have arrived after the event batches (through a web
-        # process's cached source, for up to INGEST_SOURCE_CACHE_SECONDS), counted with the others.
+        # With the few rows that may have arrived after the event batches (a rejected request's
+        # record, made through a web process's cached source for up to INGEST_SOURCE_CACHE_SECONDS;
+        # accepted events are refused by the INSERT itself), counted with the others.
         # A source being deleted on its own goes here too if its run has not finished.
         ids = self.first_ids(Source.objects.filter(organization_id=self.owner_id), 100)
         if not ids:

@@ -1,16 +1,17 @@
 """Deleting a source with all its events, however many, without one long request or transaction.
 
 Asking (``source_request_deletion``) is one short transaction whose cost does not grow with the
-source's events: the source becomes inactive (ingest answers 404 for it, within
-INGEST_SOURCE_CACHE_SECONDS in the other web processes) and is marked as being deleted, with an
-audit entry. From then on it is hidden from everything but the dashboard's source list, which
-shows its state: it cannot be changed, resumed, or linked to a destination, and its received
-events get no new deliveries. A background run (``source_deletion_run``, a Celery task, resumed
-by the sweeper) then deletes its events with their deliveries and attempts, its replay-protection
-records, its purged events' keys and its links to destinations, in bounded batches, each its own
-short transaction, and the source row last, with a second audit entry that counts what went. The
-machinery (batches, progress, one run at a time, resuming) is organization deletion's
-(batched_deletion).
+source's events: the source becomes inactive (ingest answers 404 for it and stores nothing from
+then on: a web process's copy of the source may be INGEST_SOURCE_CACHE_SECONDS old, but the INSERT
+checks the source's row) and is marked as being deleted, with an audit entry. From then on it is
+hidden from everything but the dashboard's source list, which shows its state: it cannot be
+changed, resumed, or linked to a destination, its received events get no new deliveries, and those
+made before are dead-lettered unsent when claimed (delivery._not_of_sources_being_deleted). A
+background run (``source_deletion_run``, a Celery task, resumed by the sweeper) then deletes its
+events with their deliveries and attempts, its replay-protection records, its purged events' keys
+and its links to destinations, in bounded batches, each its own short transaction, and the source
+row last, with a second audit entry that counts what went. The machinery (batches, progress, one
+run at a time, resuming) is organization deletion's (batched_deletion).
 """
 
 from __future__ import annotations

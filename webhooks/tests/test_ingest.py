@@ -7,8 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from webhooks.models import WebhookEvent
+from organizations.models import Organization
+from webhooks.models import Source, WebhookEvent
 from webhooks.selectors import events_for_organization
+from webhooks.services import ingest
 from webhooks.services.sources import source_rotate_secret
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
@@ -134,6 +136,37 @@ def test_unknown_or_inactive_source_is_404(client, organization):
     source.save()
     assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).status_code == 404
     assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "closing"),
+    [
+        (Source, {"is_active": False}),
+        (Source, {"is_active": False, "deletion_requested_at": timezone.now()}),
+        (Organization, {"is_active": False}),
+        (Organization, {"is_active": False, "deletion_requested_at": timezone.now()}),
+    ],
+    ids=["source turned off", "source being deleted", "organization suspended", "organization being deleted"],
+)
+def test_a_source_closed_in_another_process_is_404_at_once_and_nothing_is_stored(client, organization, model, closing):
+    # Another web process turned the source off or asked for its deletion (or its organization's):
+    # this one's copy of the source is still cached (update() sends no signal), and the INSERT itself
+    # refuses the row.
+    source = make_source(organization)
+    first = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
+    assert first.status_code == 200
+    model.objects.filter(pk=source.pk if model is Source else organization.pk).update(**closing)
+    assert ingest._source_cache[source.ingest_token][1] is not None  # the stale copy
+
+    body = '{"id": "evt_after_closing", "object": "event", "type": "invoice.paid"}'
+    refused = post(client, source, body, **stripe_headers(body, STRIPE_SECRET))
+    again = post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET))
+
+    assert (refused.status_code, again.status_code) == (404, 404)
+    assert refused.json()["error"] == again.json()["error"] == "unknown_source"
+    assert source.ingest_token not in ingest._source_cache or ingest._source_cache[source.ingest_token][1] is None
+    event = WebhookEvent.objects.get()  # only the one stored while it was open, not counted again
+    assert str(event.pk) == first.json()["id"] and event.duplicate_count == 0
 
 
 @pytest.mark.parametrize("token", ["%00", "abc%00def", "x" * 65, "%C3%A9t%C3%A9", "a.b", "%20"])

@@ -11,12 +11,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import DataError, OperationalError, transaction
+from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from webhooks.models import PurgedEventKey, WebhookEvent
+from organizations.models import Organization
+from webhooks.models import PurgedEventKey, Source, WebhookEvent
 from webhooks.services import ingest_writer
-from webhooks.services.ingest_writer import IngestWriter, NewEvent, event_id_digest, insert_event_batch, store_event
+from webhooks.services.ingest_writer import (
+    IngestWriter,
+    NewEvent,
+    SourceClosed,
+    event_id_digest,
+    insert_event_batch,
+    store_event,
+)
 
 from .factories import STRIPE_SECRET, make_source
 from .signing import post_stripe, stripe_headers
@@ -131,6 +139,128 @@ def test_a_redelivery_of_a_purged_event_is_counted_as_its_duplicate_by_both_stat
     assert outcomes == [(batch[0].id, True), (purged_id, False), (batch[2].id, True), (batch[3].id, True)]
     assert not WebhookEvent.objects.filter(pk=purged_id).exists()
     assert WebhookEvent.objects.filter(provider_event_id="evt_purged").get().source_id == elsewhere.pk
+
+
+SOURCE_CLOSINGS = {
+    "turned off": {"is_active": False},
+    "being deleted": {"is_active": False, "deletion_requested_at": timezone.now()},
+    # Not reachable through the services (asking for deletion turns a source off too); the mark alone
+    # must be enough.
+    "marked for deletion only": {"deletion_requested_at": timezone.now()},
+    "organization suspended": {"organization": {"is_active": False}},
+}
+
+
+def close(source, closing: dict) -> None:
+    """Close ``source`` behind every process's cache (update() sends no signal)."""
+    if "organization" in closing:
+        Organization.objects.filter(pk=source.organization_id).update(**closing["organization"])
+    else:
+        Source.objects.filter(pk=source.pk).update(**closing)
+
+
+@pytest.mark.parametrize("closing", list(SOURCE_CLOSINGS.values()), ids=list(SOURCE_CLOSINGS))
+@pytest.mark.django_db
+def test_rows_of_a_source_that_no_longer_takes_webhooks_are_refused_by_both_statements(
+    stripe_source, other_organization, closing
+):
+    # A web process may still hold a copy of the source from before it was closed: the INSERT
+    # itself refuses the rows, neither stored nor counted as duplicates, whatever their batch.
+    [(stored_id, _)] = insert_event_batch([new_event(stripe_source, "evt_before")])
+    open_source = make_source(other_organization)
+    close(stripe_source, closing)
+
+    [alone] = insert_event_batch([new_event(stripe_source, "evt_after")])
+    assert isinstance(alone, SourceClosed)
+    batch = [
+        new_event(open_source, "evt_open"),
+        new_event(stripe_source, "evt_after_2"),
+        new_event(stripe_source, "evt_before"),  # a redelivery of an event stored while it was open
+        new_event(stripe_source, None),
+    ]
+    outcomes = insert_event_batch(batch)
+    assert outcomes[0] == (batch[0].id, True)
+    assert all(isinstance(outcome, SourceClosed) for outcome in outcomes[1:]), outcomes
+    assert list(WebhookEvent.objects.filter(source=stripe_source).values_list("pk", flat=True)) == [stored_id]
+    assert WebhookEvent.objects.get(pk=stored_id).duplicate_count == 0
+
+
+@pytest.mark.django_db
+def test_a_redelivery_of_a_purged_event_of_a_closed_source_is_refused_not_a_duplicate(stripe_source):
+    PurgedEventKey.objects.create(
+        source=stripe_source,
+        event_id_digest=event_id_digest("evt_purged"),
+        original_id=uuid.uuid4(),
+        received_at=timezone.now() - timedelta(days=31),
+        forget_after=timezone.now() + timedelta(days=7),
+    )
+    Source.objects.filter(pk=stripe_source.pk).update(is_active=False)
+    for batch in ([new_event(stripe_source, "evt_purged")], [new_event(stripe_source, "evt_purged")] * 2):
+        assert all(isinstance(outcome, SourceClosed) for outcome in insert_event_batch(batch))
+
+
+@pytest.mark.django_db
+def test_a_row_left_out_while_its_source_is_open_again_is_to_be_retried_not_answered(stripe_source):
+    # The INSERT ran while the source was off, and it was turned on again before the rows it left
+    # out were looked at: nothing was stored, and the provider is asked to try again (503).
+    [outcome] = ingest_writer._not_inserted(connection.cursor(), [new_event(stripe_source, "evt_reopened")])
+    assert isinstance(outcome, OperationalError)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_thread_answers_a_row_of_a_closed_source_with_source_closed(stripe_source, other_organization):
+    writer = IngestWriter()
+    open_source = make_source(other_organization)
+    try:
+        assert writer.write(new_event(stripe_source, "evt_open"), 10)[1] is True
+        Source.objects.filter(pk=stripe_source.pk).update(is_active=False, deletion_requested_at=timezone.now())
+        with pytest.raises(SourceClosed):
+            writer.write(new_event(stripe_source, "evt_closed"), 10)
+        with pytest.raises(SourceClosed):
+            writer.write(new_event(stripe_source, "evt_open"), 10)  # not a duplicate of the stored one
+        assert writer.write(new_event(open_source, "evt_elsewhere"), 10)[1] is True
+    finally:
+        writer.stop()
+    assert WebhookEvent.objects.filter(source=stripe_source).count() == 1
+    assert WebhookEvent.objects.get(provider_event_id="evt_open").duplicate_count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_closed_source_in_a_shared_batch_fails_only_its_own_requests(stripe_source, other_organization, gated_writer):
+    writer, gate = gated_writer
+    open_source = make_source(other_organization)
+    Source.objects.filter(pk=stripe_source.pk).update(is_active=False)
+    events = [new_event(open_source, "evt_gate"), new_event(open_source, "evt_a"), new_event(stripe_source, "evt_b")]
+    events.append(new_event(open_source, "evt_c"))
+    with ThreadPoolExecutor(len(events)) as pool:
+        first = pool.submit(writer.write, events[0], 10)
+        assert gate.first_started.wait(10)
+        rest = [pool.submit(writer.write, event, 10) for event in events[1:]]
+        time.sleep(0.3)  # queued behind the held batch: the next batch holds all three
+        gate.gate.set()
+        assert first.result(10)[1] is True
+        assert rest[0].result(10)[1] is True and rest[2].result(10)[1] is True
+        with pytest.raises(SourceClosed):
+            rest[1].result(10)
+    assert gate.sizes == [1, 3]
+    assert not WebhookEvent.objects.filter(source=stripe_source).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_prepares_its_two_statements_once_with_a_generic_plan_and_nothing_else(stripe_source):
+    # Django's connections prepare nothing (prepare_threshold None): prepare=True alone did nothing,
+    # and every batch was parsed and planned again.
+    connection.close()  # a session of its own: earlier tests' statements are not counted
+    for n in range(6):
+        insert_event_batch([new_event(stripe_source, f"evt_one_{n}")])
+        insert_event_batch([new_event(stripe_source, f"evt_two_{n}"), new_event(stripe_source, None)])
+        WebhookEvent.objects.filter(source=stripe_source).count()  # ORM queries on the same connection
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        prepared = cursor.fetchall()
+    assert len(prepared) == 2, prepared
+    assert all(statement.strip().startswith("INSERT INTO") for statement, _, _ in prepared)
+    assert [(generic, custom) for _, generic, custom in prepared] == [(6, 0), (6, 0)]
 
 
 @pytest.mark.django_db

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 from django.db import DataError, OperationalError, connection
 from django.test import Client
+from django.utils import timezone
 
-from webhooks.models import WebhookEvent
-from webhooks.services import ingest_writer
-from webhooks.services.ingest_writer import NewEvent, WriterTimeout, store_event
+from webhooks.models import Source, WebhookEvent
+from webhooks.services import ingest, ingest_writer
+from webhooks.services.ingest_writer import NewEvent, SourceClosed, WriterTimeout, store_event
 from webhooks.services.ingest_writer_process import (
     WriterProcessClient,
     WriterServer,
@@ -365,6 +366,29 @@ def test_the_ingest_endpoint_answers_from_the_writer_process(writer_server, stri
     assert first.json()["duplicate"] is False
     assert again.json() == {"id": first.json()["id"], "duplicate": True}
     assert WebhookEvent.objects.get(pk=first.json()["id"]).duplicate_count == 1
+
+
+def test_a_source_closed_behind_the_cache_is_404_through_the_writer_process(
+    writer_server, stripe_source, settings, monkeypatch
+):
+    # Another web process deleted the source; this one still has its copy. The writer's INSERT
+    # refuses the row, and the request gets the unknown URL's 404, not a 200 nor a 503.
+    settings.INGEST_WRITER_SOCKET = writer_server.server.path
+    monkeypatch.setattr(ingest_writer.writer, "write", _must_not_be_called)
+    body = '{"id":"evt_open","object":"event","type":"invoice.paid"}'
+    stored = post_stripe(Client(), stripe_source, body, STRIPE_SECRET)
+    assert stored.status_code == 200
+    duplicate = post_stripe(Client(), stripe_source, body, STRIPE_SECRET)
+    assert duplicate.json() == {"id": stored.json()["id"], "duplicate": True}  # while open, still a duplicate
+
+    Source.objects.filter(pk=stripe_source.pk).update(is_active=False, deletion_requested_at=timezone.now())
+    assert ingest._source_cache[stripe_source.ingest_token][1] is not None  # the stale copy
+    closed_body = '{"id":"evt_closed","object":"event","type":"invoice.paid"}'
+    refused = post_stripe(Client(), stripe_source, closed_body, STRIPE_SECRET)
+    assert (refused.status_code, refused.json()["error"]) == (404, "unknown_source")
+    with pytest.raises(SourceClosed):  # a redelivery too, at the writer: not counted on the stored event
+        WriterProcessClient().write(new_event(stripe_source, "evt_open"), writer_server.server.path, timeout=10)
+    assert list(WebhookEvent.objects.values_list("provider_event_id", "duplicate_count")) == [("evt_open", 1)]
 
 
 def _must_not_be_called(*args, **kwargs):

@@ -25,7 +25,8 @@ from webhooks.models import (
     Subscription,
     WebhookEvent,
 )
-from webhooks.services import batched_deletion, processing, source_deletion
+from webhooks.services import alerts, batched_deletion, processing, source_deletion
+from webhooks.services import delivery as delivery_service
 from webhooks.services.organization_deletion import organization_deletion_run, organization_request_deletion
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 from webhooks.services.sources import SourceBeingDeleted, source_rotate_secret, source_set_active, source_update
@@ -177,6 +178,39 @@ def test_its_received_events_get_no_new_deliveries(client, organization, publish
     source_request_deletion(source=source)
     processing.process_event_batch()
     assert not Delivery.objects.exists()
+
+
+def test_deliveries_queued_before_the_request_are_dead_lettered_unsent(
+    client, organization, published, httpserver, monkeypatch
+):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    doomed, kept = make_source(organization, name="doomed"), make_source(organization, name="kept")
+    make_destination(organization, httpserver.url_for("/hook"), sources=[doomed, kept])
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    for source, event_id in ((doomed, "evt_doomed_1"), (doomed, "evt_doomed_2"), (kept, "evt_kept")):
+        body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+        assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    processing.process_event_batch()
+    assert Delivery.objects.filter(status=Delivery.Status.PENDING).count() == 3
+    source_request_deletion(source=doomed)
+
+    # One by one (deliver), and by the dispatcher: the kept source's delivery only is sent.
+    first = Delivery.objects.get(event__provider_event_id="evt_doomed_1")
+    assert delivery_service.deliver(first.pk) is None
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5, threads=4, linger_seconds=0) == 1
+
+    assert [request.get_json()["id"] for request, _ in httpserver.log] == ["evt_kept"]
+    assert Delivery.objects.get(event__source=kept).status == Delivery.Status.SUCCEEDED
+    for delivery in Delivery.objects.filter(event__source=doomed):
+        assert delivery.status == Delivery.Status.DEAD
+        assert delivery.last_error == delivery_service.SOURCE_BEING_DELETED_ERROR
+        assert (delivery.attempt_count, delivery.claimed_at, delivery.next_attempt_at) == (0, None, None)
+    assert not DeliveryAttempt.objects.filter(delivery__event__source=doomed).exists()
+    assert alerts.send_dead_letter_digests() == 0  # no news for the destination's owners
+    # They go with the source's events, counted with them.
+    assert source_deletion_run(source_id=doomed.pk).finished
+    assert AuditLog.objects.get(action=source_deletion.DELETED_ACTION).changes["deleted"]["deliveries"] == 2
 
 
 # --- The run ---------------------------------------------------------------------------------
