@@ -158,6 +158,24 @@ def events_with_id(text: str, *, organization: Organization | None) -> Q:
     return matches
 
 
+def events_found_by_id(
+    *, text: str, organization: Organization | None, source: Source | None = None, limit: int
+) -> list[WebhookEvent]:
+    """The events an id names (events_with_id), newest first, at most ``limit``, each with its
+    organization; only their ids and organization are loaded. ``organization`` None searches
+    every organization (operators); ``source`` narrows to one of the organization's sources."""
+    events = WebhookEvent.objects.filter(events_with_id(text, organization=organization))
+    if organization is not None:
+        events = events.filter(organization=organization)
+    if source is not None:
+        events = events.filter(organization_id=source.organization_id, source=source)
+    return list(
+        events.select_related("organization")
+        .only("id", "organization__slug", "organization__name")
+        .order_by("-id")[:limit]
+    )
+
+
 def _filtered_events(
     organization: Organization, filters: EventFilters, *, before: uuid.UUID | None = None
 ) -> QuerySet[WebhookEvent]:

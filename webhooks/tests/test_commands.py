@@ -191,6 +191,80 @@ def test_create_destination_refuses_settings_it_could_not_honour(organization, o
         run("create_destination", "--org", organization.slug, *[part for pair in options.items() for part in pair])
 
 
+def test_create_destination_sets_the_delivery_policy(organization, settings):
+    settings.DELIVERY_RETRY_SCHEDULE = [60, 300, 900]
+    created = run(
+        "create_destination",
+        "--org",
+        organization.slug,
+        "--name",
+        "careful",
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--timeout-seconds",
+        "5",
+        "--max-attempts",
+        "3",
+        "--max-retry-age-seconds",
+        "3600",
+        "--max-concurrency",
+        "2",
+        "--rate-limit-per-second",
+        "20",
+        "--retry-client-errors",
+    )
+    policy = {
+        "timeout_seconds": 5.0,
+        "retry_client_errors": True,
+        "max_concurrency": 2,
+        "rate_limit_per_second": 20,
+        "max_attempts": 3,
+        "max_retry_age_seconds": 3600,
+    }
+    assert created["policy"] == policy
+    destination = Destination.objects.get(pk=created["id"])
+    assert {field: getattr(destination, field) for field in policy} == policy
+    audited = AuditLog.objects.get(action="destination.created", target_id=str(destination.pk))
+    assert audited.changes["max_attempts"] == 3
+
+    # Without the flags: the model's defaults, and the text says the retries in words.
+    out = io.StringIO()
+    call_command("create_destination", "--org", "acme", "--name", "plain", "--url", "http://127.0.0.1:9/p", stdout=out)
+    plain = Destination.objects.get(name="plain")
+    assert (plain.max_attempts, plain.max_concurrency, plain.rate_limit_per_second) == (None, 10, None)
+    assert (plain.max_retry_age_seconds, plain.retry_client_errors, plain.timeout_seconds) == (None, False, 15.0)
+    assert "Retry policy: up to 4 attempts (the platform's whole schedule)" in out.getvalue()
+
+
+DESTINATION_D = ("create_destination", "--org", "acme", "--name", "d", "--url", "http://127.0.0.1:9/d")
+
+
+@pytest.mark.parametrize(
+    "flag, value, reason",
+    [
+        ("--max-concurrency", "0", "from 1 to 50"),
+        ("--max-concurrency", "51", "from 1 to 50"),
+        ("--rate-limit-per-second", "0", "from 1 to 1000"),
+        ("--rate-limit-per-second", "1001", "from 1 to 1000"),
+        ("--max-attempts", "0", "from 1 .no retries. to 4"),
+        ("--max-attempts", "5", "from 1 .no retries. to 4"),
+        ("--max-retry-age-seconds", "59", "60 to 2592000 seconds"),
+        ("--max-retry-age-seconds", str(30 * 86400 + 1), "60 to 2592000 seconds"),
+        ("--timeout-seconds", "61", "between 1 and 60"),
+    ],
+)
+def test_create_destination_refuses_a_policy_out_of_bounds_naming_the_flag(organization, settings, flag, value, reason):
+    settings.DELIVERY_RETRY_SCHEDULE = [60, 300, 900]
+    named = "--timeout" if flag == "--timeout-seconds" else flag
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=f"^{named}: .*{reason}") as refused:
+        call_command(*DESTINATION_D, flag, value, "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {"error": str(refused.value)}
+    assert not Destination.objects.exists()
+    with pytest.raises(CommandError, match=r"invalid (int|float) value"):
+        run(*DESTINATION_D, flag, "many")
+
+
 def test_bad_values_are_explained_plainly():
     with pytest.raises(CommandError) as raised:
         run("retry_delivery", "--id", "not-a-uuid")

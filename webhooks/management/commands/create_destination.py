@@ -3,9 +3,16 @@ from django.urls import reverse
 
 from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
-from webhooks.services.destinations import destination_create
+from webhooks.services.destinations import (
+    DELIVERY_POLICY_FIELDS,
+    DestinationError,
+    destination_create,
+    retry_policy_words,
+)
 
 from ._base import OperatorCommand
+
+POLICY_FIELDS = ("timeout_seconds", "retry_client_errors", *DELIVERY_POLICY_FIELDS)
 
 
 class Command(OperatorCommand):
@@ -17,7 +24,17 @@ class Command(OperatorCommand):
         parser.add_argument("--url", required=True)
         parser.add_argument("--source", action="append", type=int, default=[], metavar="ID")
         parser.add_argument("--event-types", default="", help="comma-separated patterns such as invoice.*")
-        parser.add_argument("--timeout", type=float, help="seconds (default 15)")
+        parser.add_argument(
+            "--timeout", "--timeout-seconds", dest="timeout", type=float, help="seconds an attempt waits (default 15)"
+        )
+        # The delivery policy, as the dashboard's form and the REST API take it (same names and bounds).
+        parser.add_argument("--max-attempts", type=int, metavar="N", help="attempts on the schedule, 1: no retries")
+        parser.add_argument(
+            "--max-retry-age-seconds", type=int, metavar="SECONDS", help="no retry later than this after delivery"
+        )
+        parser.add_argument("--max-concurrency", type=int, metavar="N", help="attempts sent at once (default 10)")
+        parser.add_argument("--rate-limit-per-second", type=int, metavar="N", help="attempts started per second")
+        parser.add_argument("--retry-client-errors", action="store_true", help="retry 4xx answers too")
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
@@ -25,16 +42,34 @@ class Command(OperatorCommand):
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:
             raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")
-        destination, secret = destination_create(
-            organization=organization,
-            name=options["name"],
-            url=options["url"],
-            sources=sources,
-            event_types=options["event_types"].split(","),
-            timeout_seconds=options.get("timeout"),
+        try:
+            destination, secret = destination_create(
+                organization=organization,
+                name=options["name"],
+                url=options["url"],
+                sources=sources,
+                event_types=options["event_types"].split(","),
+                timeout_seconds=options.get("timeout"),
+                retry_client_errors=options.get("retry_client_errors", False),
+                max_concurrency=options.get("max_concurrency"),
+                rate_limit_per_second=options.get("rate_limit_per_second"),
+                max_attempts=options.get("max_attempts"),
+                max_retry_age_seconds=options.get("max_retry_age_seconds"),
+            )
+        except DestinationError as exc:
+            # Named by the flag that set it: "--max-concurrency: concurrent attempts must be …".
+            flag = "--timeout" if exc.field == "timeout_seconds" else exc.field and "--" + exc.field.replace("_", "-")
+            raise ValueError(f"{flag}: {exc}" if flag else str(exc)) from None
+        result = {
+            "id": destination.pk,
+            "secret": secret,
+            "sources": [source.pk for source in sources],
+            "policy": {field: getattr(destination, field) for field in POLICY_FIELDS},
+        }
+        text = (
+            f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
+            f"\nRetry policy: {retry_policy_words(destination)}"
         )
-        result = {"id": destination.pk, "secret": secret, "sources": [source.pk for source in sources]}
-        text = f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
         if not sources:
             # No command links a source to an existing destination: only the dashboard does.
             edit_page = settings.PUBLIC_BASE_URL + reverse(

@@ -1,0 +1,92 @@
+from datetime import UTC, datetime
+
+from organizations.models import Organization
+from webhooks.selectors import sources_for_organization
+from webhooks.services.event_story import event_stories
+
+from ._base import OperatorCommand
+
+
+class Command(OperatorCommand):
+    help = (
+        "What happened to one webhook: its source, status and every delivery attempt. Takes Hookline's "
+        "event id, a delivery id (the webhook-id a destination received) or the provider's event id."
+    )
+
+    def add_command_arguments(self, parser):
+        parser.add_argument("id", help="an event id, a delivery id, or a provider event id such as evt_123")
+        parser.add_argument("--org", help="organization slug (without it, every organization is searched)")
+        parser.add_argument("--source", type=int, metavar="ID", help="only this source's events (needs --org)")
+        parser.add_argument("--body", action="store_true", help="print the body as well")
+
+    def run(self, **options):
+        organization = source = None
+        if options.get("org"):
+            organization = Organization.objects.get(slug=options["org"])
+        if options.get("source") is not None:
+            if organization is None:
+                raise ValueError("--source needs --org")
+            source = sources_for_organization(organization=organization, with_being_deleted=True).get(
+                pk=options["source"]
+            )
+        found = event_stories(text=options["id"], organization=organization, source=source, with_body=options["body"])
+        result = {"events": found.stories, "truncated": found.truncated}
+        parts = [_story_text(story) for story in found.stories]
+        if len(found.stories) > 1 or found.truncated:
+            more = " (newest first; more matched, narrow with --org or --source)" if found.truncated else ""
+            parts.insert(0, f"{len(found.stories)} events have this id{more}.")
+        return result, "\n\n".join(parts)
+
+
+def _story_text(story: dict) -> str:
+    source = story["source"]
+    lines = [
+        f"Event {story['id']}  {story['organization']['slug']} / {source['name']} ({source['provider']}, "
+        f"source {source['id']})",
+        f"  {story['status']}  type {story['event_type'] or '-'}  provider id {story['provider_event_id'] or '-'}  "
+        f"body {story['body_size']} bytes",
+        f"  {_time(story['received_at'])}  received",
+    ]
+    if rejection := story["rejection"]:
+        claimed = f" (claims {rejection['claimed_event_id']})" if rejection["claimed_event_id"] else ""
+        lines.append(f"  rejected: {rejection['code']}{claimed}: {rejection['detail']}")
+    if story["processed_at"]:
+        lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(story['deliveries']), 'delivery')}")
+    elif story["status"] == "received":
+        lines.append("  not processed yet: no delivery made")
+    if story["duplicate_count"]:
+        last = f", last at {_time(story['last_duplicate_at'])}" if story["last_duplicate_at"] else ""
+        lines.append(f"  received again {_count(story['duplicate_count'], 'time')} (duplicates, not delivered){last}")
+    for delivery in story["deliveries"]:
+        destination = delivery["destination"]
+        state = delivery["status"]
+        if delivery["next_attempt_at"]:
+            state += f", next attempt {_time(delivery['next_attempt_at'])}"
+        if destination["paused"] or not destination["active"]:
+            state += ", destination " + ("paused" if destination["paused"] else "inactive")
+        replay = " (replay)" if delivery["is_replay"] else ""
+        lines.append(
+            f"  → {destination['name']} ({destination['host']}){replay}: {state}, "
+            + _count(delivery["attempt_count"], "attempt")
+        )
+        for attempt in delivery["attempts"]:
+            answer = attempt["response_status"] or "no answer"
+            detail = attempt["error"] or attempt["response_excerpt"].replace("\n", " ")
+            lines.append(
+                f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
+                f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
+            )
+        if not delivery["attempts"] and delivery["last_error"]:
+            lines.append(f"      {delivery['last_error']}")
+    if "body" in story:
+        lines += ["  body:", *(f"    {line}" for line in story["body"].splitlines())]
+    return "\n".join(lines)
+
+
+def _time(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _count(number: int, noun: str) -> str:
+    plural = "deliveries" if noun == "delivery" else noun + "s"
+    return f"{number} {noun if number == 1 else plural}"
