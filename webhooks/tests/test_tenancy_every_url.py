@@ -22,6 +22,7 @@ rolled back, so a request that did change something cannot hide a later one's do
 
 from __future__ import annotations
 
+import functools
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.apps import apps
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import URLResolver, get_resolver, resolve, reverse
 
@@ -287,27 +288,41 @@ def _quiet(settings, monkeypatch):
 VOLATILE = {"accounts.User": {"last_login"}, "organizations.ApiKey": {"last_used_at"}}
 
 
-def snapshot(organization=None) -> dict:
-    """Every row of the project's own tables (only ``organization``'s where given)."""
-    state = {}
+def _snapshot_query(organization_id: int | None) -> str:
+    """One query: a digest of every row of each of the project's own tables (only the organization's
+    rows where given), less VOLATILE columns."""
+    parts = []
     for app_label in ("accounts", "organizations", "webhooks"):
         for model in apps.get_app_config(app_label).get_models():
             label = model._meta.label
-            columns = [f.attname for f in model._meta.concrete_fields if f.attname not in VOLATILE.get(label, set())]
-            rows = model.objects.order_by("pk")
-            if organization is not None:
+            fields = [f for f in model._meta.concrete_fields if f.attname not in VOLATILE.get(label, set())]
+            columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+            table = connection.ops.quote_name(model._meta.db_table)
+            where = ""
+            if organization_id is not None:
                 if label == "organizations.Organization":
-                    rows = rows.filter(pk=organization.pk)
-                elif "organization_id" in columns:
-                    rows = rows.filter(organization_id=organization.pk)
+                    where = f"WHERE id = {organization_id:d}"
+                elif any(f.attname == "organization_id" for f in fields):
+                    where = f"WHERE organization_id = {organization_id:d}"
                 else:
                     continue
-            state[label] = list(rows.values_list(*columns))
-    return state
+            parts.append(
+                f"SELECT '{label}', md5(coalesce(string_agg(row::text, '|' ORDER BY row::text), '')) "
+                f"FROM (SELECT {columns} FROM {table} {where}) AS row"
+            )
+    return " UNION ALL ".join(parts)
 
 
-def _changes(before: dict, after: dict) -> dict:
-    return {label: (before[label], after[label]) for label in before if before[label] != after[label]}
+def snapshot(organization=None) -> dict:
+    """Every row of the project's own tables (only ``organization``'s where given), as a digest per table."""
+    with connection.cursor() as cursor:
+        cursor.execute(_snapshot_query(organization.pk if organization is not None else None))
+        return dict(cursor.fetchall())
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    """The tables whose rows changed."""
+    return [label for label in before if before[label] != after[label]]
 
 
 @contextmanager
@@ -326,9 +341,16 @@ def nothing_changes(what):
     assert not _changes(before, after), (what, _changes(before, after))
 
 
+@functools.cache
+def _no_one() -> Client:
+    """The client of anonymous visitors and API scripts: never signed in. One for the module, as a
+    Client loads the middleware again (and WhiteNoise lists every static file) when it is made."""
+    return Client()
+
+
 def send(method: str, path: str, *, browser: Client | None = None, key: str | None = None):
     """One request with an empty body (a form for the dashboard, ``{}`` for the API)."""
-    browser = browser or Client()
+    browser = browser or _no_one()
     if path.startswith("/api/"):
         headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
         if method == "get":
@@ -572,10 +594,65 @@ def test_another_organizations_ids_in_forms_and_bodies_are_refused(tenants):
                 {"sources": [ours["source_id"], theirs["source_id"]]},
             ),
         ]
-        client = Client()
+        client = _no_one()
         for method, path, body in refused:
             response = getattr(client, method)(
                 path, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {rw}"
             )
             assert response.status_code == 400, (method, path, body, response.status_code, response.content)
             assert b"globex" not in response.content.lower(), (method, path)
+
+
+# Path values no object has, in every shape the routes let through: the dashboard's converters take
+# digits only (<int:>) or a UUID; the API takes any text and checks it itself.
+ODD_IDS = {
+    "dashboard": {"int": ["0", "99999999999999999999"], "uuid": ["00000000-0000-0000-0000-000000000000"]},
+    "api": ["0", "-1", "99999999999999999999", "1.5", "abc", "01900000-0000-7000-8000-00000000000z", "%20"],
+}
+
+
+@pytest.mark.parametrize("route", [route for route in ROUTES if route.has_object], ids=lambda route: route.name)
+def test_odd_ids_are_as_unknown_as_missing_ones(tenants, route):
+    """Never a 500: an id too large for its column, zero, or not an id at all is simply not found."""
+    acme, _ = tenants
+    actor = {"key": acme.keys[READ_WRITE]} if route.is_api else {"browser": acme.browsers[OWNER]}
+    (parameter,) = [name for name in route.parameters if name in OBJECT_PARAMETERS]
+    if route.is_api:
+        odd = ODD_IDS["api"]
+    else:
+        odd = ODD_IDS["dashboard"]["uuid" if isinstance(MISSING_IDS.get(parameter), uuid.UUID) else "int"]
+    with nothing_changes(route.name):
+        for method in METHODS:
+            missing = _answer(send(method, route.url(acme, ids="missing"), **actor))
+            for value in odd:
+                path = route.url(acme, ids="missing").replace(str(MISSING_IDS.get(parameter, MISSING_INT)), value)
+                response = send(method, path, **actor)
+                assert _answer(response) == missing, (route.name, method, value, response.status_code)
+
+
+def test_joining_by_another_organizations_invitation_id_joins_nothing(tenants):
+    """/invitations/<id>/join/ (outside /o/): an invitation to someone else's address is no one's to take."""
+    acme, globex = tenants
+    with nothing_changes("invitation join"):
+        for role in (MEMBER, OWNER):
+            path = reverse("invitation_join", args=[globex.objects["invitation_id"]])
+            response = send("post", path, browser=acme.browsers[role])
+            assert response.status_code == 302 and response["Location"] == reverse("home"), role
+
+
+def test_admins_do_not_do_the_owners_part_through_a_body(tenants):
+    """The routes an admin may use, asked for what only an owner may give: an owner's invitation, the
+    revocation of one, their own promotion."""
+    acme, _ = tenants
+    owners_invitation = team.invitation_create(
+        organization=acme.organization, actor=acme.users[OWNER], email="future-owner@acme.example", role=OWNER
+    )
+    admin = acme.browsers[ADMIN]
+    own_membership = Membership.objects.get(user=acme.users[ADMIN], organization=acme.organization)
+    with nothing_changes("owner's part"):
+        response = admin.post(reverse("team:invite", args=["acme"]), {"email": "x@acme.example", "role": OWNER})
+        assert response.status_code == 400
+        response = admin.post(reverse("team:invitation_revoke", args=["acme", owners_invitation.pk]))
+        assert response.status_code == 403
+        response = admin.post(reverse("team:member_role", args=["acme", own_membership.pk]), {"role": OWNER})
+        assert response.status_code == 403
