@@ -5,19 +5,26 @@ objects, and roles hold.
 The routes come from ``django.urls.get_resolver()``: a new view is covered as soon as it is routed,
 and this module fails until PARAMETERS says how to fill each of its path parameters with an object
 of Acme or of Globex, and (dashboard) ROLES says which role may read it and which may change
-through it. For every route, method and actor:
+through it (or if a tenant's view is routed outside the two prefixes). For every route, method and
+actor (Acme's member, admin, owner, a member who is an admin at Globex; Acme's read-only and
+read-write keys; no one):
 
 - anonymous visitors are sent to sign in (dashboard) or get the API's 401;
 - Acme's people on Globex's slug get 404, with any ids;
 - Acme's people and keys, on Acme's URLs with Globex's ids, get exactly what an id that never
-  existed gets (404 where the role and method would otherwise act; a role's 403 or a 405 that
-  does not depend on the object otherwise), never Globex's data;
+  existed gets (404 where the role and method would otherwise act; otherwise a 403 for the role,
+  a 405 for the method, or a change's GET going back to the overview, whatever the id), and
+  never Globex's data; odd ids (0, too large, not an id) get the same, never a 500;
 - a role below what the route needs gets 403 (a read-only key 403 on any change), a role that may
   act is not refused, and a method a view lacks is 405;
 - no refused request changes anything in the database, and no allowed one touches Globex.
 
-The two organizations are built once for the module; every request runs inside a savepoint that is
-rolled back, so a request that did change something cannot hide a later one's doing.
+Then Globex's ids in query strings (filters, searches, pre-filled forms), forms and API bodies,
+and bodies that fit no field.
+
+The two organizations are built once for the module (and rolled back after it). Refused requests
+change nothing, so those of one test share a savepoint, rolled back and compared with the state
+before; each allowed change runs in its own, rolled back after Globex's rows are compared.
 """
 
 from __future__ import annotations
