@@ -330,6 +330,9 @@ AUDIT_ACTION_LABELS = {
     "deliveries.bulk_retry_requested": "retried every failed delivery of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
+    "api_key.created": "created the API key",
+    "api_key.revoked": "revoked the API key",
+    "organization.deletion_requested": "started deleting the organization",
     "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 

@@ -1024,6 +1024,18 @@ def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, mem
     assert "created the organization" in text and "203.0.113.9" in text
 
 
+def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client, owner, organization):
+    from organizations.api_keys import api_key_create, api_key_revoke
+
+    api_key, _ = api_key_create(organization=organization, name="deploy-script", actor=owner)
+    api_key_revoke(api_key=api_key, actor=owner)
+    client.force_login(owner)
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert '<td>created the API key <code class="muted small">api_key.created</code></td>' in text
+    assert '<td>revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
+    assert "api key: " not in text  # the fallback for an action without words
+
+
 def test_only_admins_and_owners_see_where_colleagues_acted_from(client, owner, member, organization):
     # An address and a browser say where a person is; the readers of every organization that person
     # belongs to need not know it.
