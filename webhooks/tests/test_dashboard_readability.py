@@ -15,6 +15,7 @@ from webhooks.templatetags.dashboard import duration_ms, format_timestamp
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import make_destination, make_source
+from .signing import stripe_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -214,3 +215,24 @@ def test_every_dashboard_page_shows_dates_and_times_through_the_one_format(clien
         assert not OTHER_DATE_FORMATS.search(rest), (name, OTHER_DATE_FORMATS.search(rest).group(0))
     event_page = client.get(pages["event"]).content.decode()
     assert re.search(r">\d{1,2} [A-Z][a-z]{2}( \d{4})?, \d{2}:\d{2}:\d{2} UTC</time>", event_page)  # the old attempt
+
+
+def test_a_rejected_request_in_the_events_list_shows_the_id_it_claims(client, organization, owner):
+    # Searching for the provider's id finds a rejected request that claims it: the row says so,
+    # instead of showing only Hookline's own id, which the engineer did not search for.
+    source = make_source(organization, name="Stripe live")
+    forged = '{"id": "evt_claimed_1", "object": "event", "type": "invoice.paid"}'
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        forged,
+        content_type="application/json",
+        **stripe_headers(forged, "whsec_x"),
+    )
+    assert response.status_code == 401
+    client.force_login(owner)
+
+    html = client.get(reverse("dashboard:events", args=["acme"]), {"q": "evt_claimed_1"}).content.decode()
+
+    assert "no_matching_secret" in html
+    assert "claims evt_claimed_1" in html
