@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations
+from webhooks.services import operations, processing
 from webhooks.services.destinations import destination_set_paused
 from webhooks.templatetags.dashboard import duration_ms, format_timestamp
 
@@ -236,3 +236,23 @@ def test_a_rejected_request_in_the_events_list_shows_the_id_it_claims(client, or
 
     assert "no_matching_secret" in html
     assert "claims evt_claimed_1" in html
+
+
+def test_the_headers_an_attempt_sent_say_that_a_signature_went_with_them(
+    client, organization, owner, httpserver, monkeypatch
+):
+    # The signature is not stored (with the body it is a credential for the receiver); an engineer
+    # whose receiver refuses signatures must not read its absence from the list as "none was sent".
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization, name="Stripe live")
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("bad signature", status=401)
+    event_id = ingest_stripe(client, source, "evt_signed")
+    processing.process_received_events()
+    delivery_service.deliver(Delivery.objects.get(event_id=event_id).pk)
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:event_detail", args=["acme", event_id])).content.decode()
+
+    sent = page[page.index("Request headers sent") :]
+    assert "webhook-id: " in sent and "Also sent: <code>webhook-signature</code>" in sent
