@@ -256,3 +256,26 @@ def test_the_headers_an_attempt_sent_say_that_a_signature_went_with_them(
 
     sent = page[page.index("Request headers sent") :]
     assert "webhook-id: " in sent and "Also sent: <code>webhook-signature</code>" in sent
+
+
+def test_overview_counts_read_with_thousands_separators_like_the_monthly_usage(client, organization, owner):
+    # With a few thousand events the cards read "4011" beside the usage's "4,011".
+    source = make_source(organization, name="Stripe live")
+    WebhookEvent.objects.bulk_create(
+        WebhookEvent(
+            organization=organization,
+            source=source,
+            provider_event_id=f"evt_many_{n}",
+            event_type="invoice.paid",
+            body=b"{}",
+            status=WebhookEvent.Status.PROCESSED,
+        )
+        for n in range(1234)
+    )
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:overview", args=["acme"])).content.decode()
+
+    assert '<div class="stat">1,234</div>' in page
+    assert "peak 1,234/h" in page
+    assert "1234" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S).replace("1,234", "")
