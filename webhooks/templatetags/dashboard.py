@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 
 from django import template
@@ -296,6 +297,20 @@ def awaits_secret(source) -> bool:
 def source_change_delay() -> str:
     """How soon stopping, resuming or a new secret of a source applies everywhere ("within 5 seconds")."""
     return _source_change_delay()
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+@register.filter
+def inline_code(text) -> str:
+    """Provider texts name options and commands between backticks (they are Markdown in
+    docs/providers.md too): shown as code rather than as stray backticks."""
+    pieces = [
+        format_html("<code>{}</code>", part) if odd else part
+        for odd, part in ((index % 2, part) for index, part in enumerate(_INLINE_CODE.split(str(text))))
+    ]
+    return format_html("{}" * len(pieces), *pieces)
 
 
 # What each audit action means, in a tenant's words (the code stays beside it, for the filter).

@@ -279,3 +279,17 @@ def test_overview_counts_read_with_thousands_separators_like_the_monthly_usage(c
     assert '<div class="stat">1,234</div>' in page
     assert "peak 1,234/h" in page
     assert "1234" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S).replace("1,234", "")
+
+
+def test_a_provider_s_texts_show_option_names_as_code_not_between_backticks(client, organization, owner):
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:source_create", args=["acme", "stripe"])).content.decode()
+
+    assert "at most <code>tolerance</code> seconds old" in page
+    assert "printed by <code>stripe listen</code>" in page
+    from webhooks.providers.registry import PROVIDERS
+
+    for provider in PROVIDERS:
+        page = client.get(reverse("dashboard:source_create", args=["acme", provider])).content.decode()
+        assert "`" not in page, provider
