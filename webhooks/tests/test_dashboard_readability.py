@@ -293,3 +293,11 @@ def test_a_provider_s_texts_show_option_names_as_code_not_between_backticks(clie
     for provider in PROVIDERS:
         page = client.get(reverse("dashboard:source_create", args=["acme", provider])).content.decode()
         assert "`" not in page, provider
+
+
+def test_the_source_name_s_example_names_the_provider_being_connected(client, organization, owner):
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:source_create", args=["acme", "github"])).content.decode()
+
+    assert "e.g. “GitHub production”" in page and "Stripe live" not in page
