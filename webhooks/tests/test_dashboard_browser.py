@@ -381,3 +381,17 @@ def test_sentences_in_an_event_summary_wrap_between_words(browser, live_server, 
     assert duplicates.evaluate("(dd) => dd.getBoundingClientRect().height > 30")  # it does wrap, as it did
     assert duplicates.evaluate(WORDS_SPLIT_ACROSS_LINES) == []
     page.context.close()
+
+
+def test_a_checkbox_label_reads_on_one_line_with_its_help_underneath(browser, live_server, organization, owner):
+    # The help beside the box took the row's width and squeezed "Retry 4xx answers" into a column
+    # one word wide.
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/destinations/new/")
+    label = page.locator("label", has_text="Retry 4xx answers")
+    help_text = page.locator(".field-check .helptext")
+    label_box, help_box = label.bounding_box(), help_text.bounding_box()
+    line_height = label.evaluate("(el) => parseFloat(getComputedStyle(el).lineHeight) || 24")
+    assert label_box["height"] <= line_height * 1.5, label_box
+    assert help_box["y"] >= label_box["y"] + label_box["height"] - 1, (label_box, help_box)
+    page.context.close()
