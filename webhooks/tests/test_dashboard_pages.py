@@ -941,7 +941,9 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     assert f"Finished {timestamp(job.finished_at)}: 1 of 1 retried" in finished
     assert "Retry all failed deliveries</button>" in finished
     # Done: another may be asked for (here there is nothing left to retry, and it says so).
-    assert "nothing to retry" in page_text(client.post(url, follow=True))
+    nothing = page_text(client.post(url, follow=True))
+    assert "Nothing to retry: no delivery to this destination is out of retries." in nothing
+    assert "Not retried" not in nothing and "no delivery matches" not in nothing
 
 
 def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, owner, organization):
