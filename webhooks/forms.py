@@ -70,6 +70,8 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
     def __init__(self, *args, provider: Provider, **kwargs):
         super().__init__(*args, **kwargs)
         self.provider = provider
+        # The example names this provider: "Stripe live" on GitHub's form read as a copy-paste slip.
+        self.fields["name"].help_text = f"To tell sources apart, e.g. “{provider.label} production”."
         if not provider.uses_secret:
             del self.fields["secret"]
         else:

@@ -202,7 +202,11 @@ def _filtered_events(
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.provider_event_id:
-        events = events.filter(provider_event_id=filters.provider_event_id)
+        # A rejected request that claims the id is found too, as the dashboard's search finds it: a
+        # wrong secret is the likeliest answer to "what happened to webhook X".
+        events = events.filter(
+            Q(provider_event_id=filters.provider_event_id) | Q(claimed_event_id=filters.provider_event_id)
+        )
     if filters.event_type:
         # Read as destination filters read it (event_type_matches), so "invoice.*" or "issues"
         # finds what that filter sends. Matched against the organization's event types rather

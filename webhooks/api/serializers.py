@@ -104,6 +104,8 @@ class EventSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     source = serializers.IntegerField(source="source_id")
     provider_event_id = serializers.CharField(allow_null=True)
+    # The id a rejected request claims (not verified); null on verified events.
+    claimed_event_id = serializers.CharField(allow_null=True)
     event_type = serializers.CharField()
     status = serializers.CharField()
     rejection_code = serializers.CharField()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 
 from django import template
@@ -298,6 +299,20 @@ def source_change_delay() -> str:
     return _source_change_delay()
 
 
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+@register.filter
+def inline_code(text) -> str:
+    """Provider texts name options and commands between backticks (they are Markdown in
+    docs/providers.md too): shown as code rather than as stray backticks."""
+    pieces = [
+        format_html("<code>{}</code>", part) if odd else part
+        for odd, part in ((index % 2, part) for index, part in enumerate(_INLINE_CODE.split(str(text))))
+    ]
+    return format_html("{}" * len(pieces), *pieces)
+
+
 # What each audit action means, in a tenant's words (the code stays beside it, for the filter).
 AUDIT_ACTION_LABELS = {
     "organization.created": "created the organization",
@@ -330,6 +345,9 @@ AUDIT_ACTION_LABELS = {
     "deliveries.bulk_retry_requested": "retried every failed delivery of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
+    "api_key.created": "created the API key",
+    "api_key.revoked": "revoked the API key",
+    "organization.deletion_requested": "started deleting the organization",
     "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 

@@ -320,3 +320,26 @@ def test_what_happened_to_webhook_x_for_a_webhook_received_through_ingest(client
     detail = api_get(client, reader_key, f"/api/v1/events/{event_id}").json()
     assert detail["body"] == json.dumps({"id": "evt_through_ingest", "object": "event", "type": "charge.refunded"})
     assert detail["headers"]["Stripe-Signature"] == "(a signature: shown to read-and-write keys)"
+
+
+def test_the_provider_event_id_filter_finds_a_rejected_request_that_claims_it(client, organization, reader_key):
+    # The dashboard's search and list_events find it; the API answered an empty list, which reads
+    # as "Hookline never got it" when it refused it for a wrong secret.
+    from .signing import stripe_headers
+
+    source = make_source(organization)
+    forged = '{"id": "evt_wrong_secret", "object": "event", "type": "invoice.paid"}'
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        forged,
+        content_type="application/json",
+        **stripe_headers(forged, "whsec_x"),
+    )
+    assert response.status_code == 401
+
+    [found] = api_get(client, reader_key, "/api/v1/events", provider_event_id="evt_wrong_secret").json()["results"]
+
+    assert (found["status"], found["rejection_code"]) == ("rejected", "no_matching_secret")
+    assert (found["provider_event_id"], found["claimed_event_id"]) == (None, "evt_wrong_secret")
+    assert api_get(client, reader_key, f"/api/v1/events/{found['id']}").json()["claimed_event_id"] == "evt_wrong_secret"

@@ -83,6 +83,9 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
             "destination": "app",
             "status": "pending",
             "attempts": 0,
+            "last_status_code": None,
+            "last_error": None,
+            "next_attempt_at": None,
         }
     ]
     # "What happened to webhook X": any exact id finds it, a rejected request's claimed id too.
@@ -100,6 +103,47 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
     assert run("list_events", "--org", "acme", "--status", "failed")["events"] == []
     actions = set(AuditLog.objects.filter(organization=organization).values_list("action", flat=True))
     assert {"organization.created", "source.created", "destination.created", "subscription.created"} <= actions
+
+
+def test_list_events_says_why_a_delivery_failed_and_which_id_to_retry(client, organization, httpserver, monkeypatch):
+    # "What happened to webhook X" from a shell: the failed attempt's error, when the next try is due,
+    # and the delivery id that `retry_delivery --id` takes, without a trip to the dashboard.
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import processing
+
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("db locked", status=500)
+    ingest_stripe(client, source, "evt_why")
+    processing.process_received_events()
+    delivery = WebhookEvent.objects.get(provider_event_id="evt_why").deliveries.get()
+    delivery_service.deliver(delivery.pk)
+    delivery.refresh_from_db()
+
+    (listed,) = run("list_events", "--org", organization.slug, "--search", "evt_why")["events"]
+    (shown,) = listed["deliveries"]
+    assert (shown["status"], shown["last_status_code"], shown["last_error"]) == ("pending", 500, "HTTP 500")
+    assert shown["next_attempt_at"] == delivery.next_attempt_at.isoformat()
+
+    out = io.StringIO()
+    call_command("list_events", "--org", organization.slug, "--search", "evt_why", stdout=out)
+    line = out.getvalue().splitlines()[1]
+    assert "endpoint: pending (1 attempt), last: HTTP 500, next try" in line
+    assert str(delivery.pk) in line
+
+    forged = '{"id":"evt_forged_text","object":"event","type":"invoice.paid"}'
+    client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        forged,
+        content_type="application/json",
+        **stripe_headers(forged, "whsec_x"),
+    )
+    out = io.StringIO()
+    call_command("list_events", "--org", organization.slug, "--search", "evt_forged_text", stdout=out)
+    assert "signature" in out.getvalue().splitlines()[1]  # the rejection's detail, not only its code
 
 
 def test_commands_explain_bad_input():

@@ -352,3 +352,50 @@ def test_the_page_that_shows_a_new_github_secret_also_gives_the_url_github_asks_
     )
     assert response.status_code == 200, response.content
     assert WebhookEvent.objects.get(pk=response.json()["id"]).event_type == "issues.opened"
+
+
+# The words of each visible text node of the element that are drawn on more than one line.
+WORDS_SPLIT_ACROSS_LINES = """(element) => {
+  const split = [];
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const match of node.textContent.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, match.index);
+      range.setEnd(node, match.index + match[0].length);
+      const tops = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top)));
+      if (tops.size > 1) split.push(match[0]);
+    }
+  }
+  return split;
+}"""
+
+
+def test_sentences_in_an_event_summary_wrap_between_words(browser, live_server, client, organization, owner):
+    # The summary's values break anywhere so that long ids fit; a sentence there (how often the
+    # provider sent the event) wrapped mid-word: "processed o / nce".
+    world = build_world(client, organization)
+    ingest_stripe(client, world.source, "evt_world_1")
+    ingest_stripe(client, world.source, "evt_world_1")
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/{world.event.pk}/")
+    duplicates = page.locator("dl.fields dt", has_text="Duplicates").locator("xpath=following-sibling::dd[1]")
+    assert "processed once" in duplicates.inner_text()
+    assert duplicates.evaluate("(dd) => dd.getClientRects().length") == 1
+    assert duplicates.evaluate("(dd) => dd.getBoundingClientRect().height > 30")  # it does wrap, as it did
+    assert duplicates.evaluate(WORDS_SPLIT_ACROSS_LINES) == []
+    page.context.close()
+
+
+def test_a_checkbox_label_reads_on_one_line_with_its_help_underneath(browser, live_server, organization, owner):
+    # The help beside the box took the row's width and squeezed "Retry 4xx answers" into a column
+    # one word wide.
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/destinations/new/")
+    label = page.locator("label", has_text="Retry 4xx answers")
+    help_text = page.locator(".field-check .helptext")
+    label_box, help_box = label.bounding_box(), help_text.bounding_box()
+    line_height = label.evaluate("(el) => parseFloat(getComputedStyle(el).lineHeight) || 24")
+    assert label_box["height"] <= line_height * 1.5, label_box
+    assert help_box["y"] >= label_box["y"] + label_box["height"] - 1, (label_box, help_box)
+    page.context.close()

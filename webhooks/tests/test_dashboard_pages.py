@@ -941,7 +941,9 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     assert f"Finished {timestamp(job.finished_at)}: 1 of 1 retried" in finished
     assert "Retry all failed deliveries</button>" in finished
     # Done: another may be asked for (here there is nothing left to retry, and it says so).
-    assert "nothing to retry" in page_text(client.post(url, follow=True))
+    nothing = page_text(client.post(url, follow=True))
+    assert "Nothing to retry: no delivery to this destination is out of retries." in nothing
+    assert "Not retried" not in nothing and "no delivery matches" not in nothing
 
 
 def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, owner, organization):
@@ -1022,6 +1024,18 @@ def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, mem
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
     assert "left the team" in text and "member.removed" in text  # the code stays, for the filter
     assert "created the organization" in text and "203.0.113.9" in text
+
+
+def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client, owner, organization):
+    from organizations.api_keys import api_key_create, api_key_revoke
+
+    api_key, _ = api_key_create(organization=organization, name="deploy-script", actor=owner)
+    api_key_revoke(api_key=api_key, actor=owner)
+    client.force_login(owner)
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert '<td>created the API key <code class="muted small">api_key.created</code></td>' in text
+    assert '<td>revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
+    assert "api key: " not in text  # the fallback for an action without words
 
 
 def test_only_admins_and_owners_see_where_colleagues_acted_from(client, owner, member, organization):

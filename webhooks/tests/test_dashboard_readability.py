@@ -9,12 +9,13 @@ from django.utils import timezone
 
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations
+from webhooks.services import operations, processing
 from webhooks.services.destinations import destination_set_paused
 from webhooks.templatetags.dashboard import duration_ms, format_timestamp
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import make_destination, make_source
+from .signing import stripe_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -214,3 +215,89 @@ def test_every_dashboard_page_shows_dates_and_times_through_the_one_format(clien
         assert not OTHER_DATE_FORMATS.search(rest), (name, OTHER_DATE_FORMATS.search(rest).group(0))
     event_page = client.get(pages["event"]).content.decode()
     assert re.search(r">\d{1,2} [A-Z][a-z]{2}( \d{4})?, \d{2}:\d{2}:\d{2} UTC</time>", event_page)  # the old attempt
+
+
+def test_a_rejected_request_in_the_events_list_shows_the_id_it_claims(client, organization, owner):
+    # Searching for the provider's id finds a rejected request that claims it: the row says so,
+    # instead of showing only Hookline's own id, which the engineer did not search for.
+    source = make_source(organization, name="Stripe live")
+    forged = '{"id": "evt_claimed_1", "object": "event", "type": "invoice.paid"}'
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        forged,
+        content_type="application/json",
+        **stripe_headers(forged, "whsec_x"),
+    )
+    assert response.status_code == 401
+    client.force_login(owner)
+
+    html = client.get(reverse("dashboard:events", args=["acme"]), {"q": "evt_claimed_1"}).content.decode()
+
+    assert "no_matching_secret" in html
+    assert "claims evt_claimed_1" in html
+
+
+def test_the_headers_an_attempt_sent_say_that_a_signature_went_with_them(
+    client, organization, owner, httpserver, monkeypatch
+):
+    # The signature is not stored (with the body it is a credential for the receiver); an engineer
+    # whose receiver refuses signatures must not read its absence from the list as "none was sent".
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization, name="Stripe live")
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("bad signature", status=401)
+    event_id = ingest_stripe(client, source, "evt_signed")
+    processing.process_received_events()
+    delivery_service.deliver(Delivery.objects.get(event_id=event_id).pk)
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:event_detail", args=["acme", event_id])).content.decode()
+
+    sent = page[page.index("Request headers sent") :]
+    assert "webhook-id: " in sent and "Also sent: <code>webhook-signature</code>" in sent
+
+
+def test_overview_counts_read_with_thousands_separators_like_the_monthly_usage(client, organization, owner):
+    # With a few thousand events the cards read "4011" beside the usage's "4,011".
+    source = make_source(organization, name="Stripe live")
+    WebhookEvent.objects.bulk_create(
+        WebhookEvent(
+            organization=organization,
+            source=source,
+            provider_event_id=f"evt_many_{n}",
+            event_type="invoice.paid",
+            body=b"{}",
+            status=WebhookEvent.Status.PROCESSED,
+        )
+        for n in range(1234)
+    )
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:overview", args=["acme"])).content.decode()
+
+    assert '<div class="stat">1,234</div>' in page
+    assert "peak 1,234/h" in page
+    assert "1234" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S).replace("1,234", "")
+
+
+def test_a_provider_s_texts_show_option_names_as_code_not_between_backticks(client, organization, owner):
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:source_create", args=["acme", "stripe"])).content.decode()
+
+    assert "at most <code>tolerance</code> seconds old" in page
+    assert "printed by <code>stripe listen</code>" in page
+    from webhooks.providers.registry import PROVIDERS
+
+    for provider in PROVIDERS:
+        page = client.get(reverse("dashboard:source_create", args=["acme", provider])).content.decode()
+        assert "`" not in page, provider
+
+
+def test_the_source_name_s_example_names_the_provider_being_connected(client, organization, owner):
+    client.force_login(owner)
+
+    page = client.get(reverse("dashboard:source_create", args=["acme", "github"])).content.decode()
+
+    assert "e.g. “GitHub production”" in page and "Stripe live" not in page

@@ -35,6 +35,7 @@ class Command(OperatorCommand):
                 "event_type": event.event_type,
                 "status": event.status,
                 "rejection": event.rejection_code or None,
+                "rejection_detail": event.rejection_detail or None,
                 "duplicate_count": event.duplicate_count,
                 "received_at": event.received_at.isoformat(),
                 "deliveries": [
@@ -44,6 +45,13 @@ class Command(OperatorCommand):
                         "destination": delivery.destination.name,
                         "status": delivery.status,
                         "attempts": delivery.attempt_count,
+                        # Why the last attempt failed and when the next one is due: what an
+                        # operator needs before `retry_delivery --id`.
+                        "last_status_code": delivery.last_status_code,
+                        "last_error": delivery.last_error or None,
+                        "next_attempt_at": _iso(delivery.next_attempt_at)
+                        if delivery.status == delivery.Status.PENDING and delivery.attempt_count
+                        else None,
                     }
                     for delivery in event.deliveries.all()
                 ],
@@ -53,13 +61,25 @@ class Command(OperatorCommand):
         lines = [
             f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} "
             + (row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
-            + "".join(
-                f"\n    → {d['destination']}: {d['status']} ({d['attempts']} attempt{'' if d['attempts'] == 1 else 's'})"
-                for d in row["deliveries"]
-            )
+            + (f"\n    {row['rejection_detail']}" if row["rejection_detail"] else "")
+            + "".join(_delivery_line(d) for d in row["deliveries"])
             for row in rows
         ]
         return {"events": rows}, "\n".join(lines) or "No events."
+
+
+def _delivery_line(delivery: dict) -> str:
+    attempts = delivery["attempts"]
+    line = f"\n    → {delivery['destination']}: {delivery['status']} ({attempts} attempt{'' if attempts == 1 else 's'})"
+    if delivery["last_error"] and delivery["status"] != "succeeded":
+        line += f", last: {delivery['last_error']}"
+    if delivery["next_attempt_at"]:
+        line += f", next try {delivery['next_attempt_at'][:19]}"
+    return line + f"  delivery {delivery['id']}"
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def _positive(value: str) -> int:

@@ -24,7 +24,7 @@ from webhooks.services.destinations import (
     destination_update,
     retry_policy_words,
 )
-from webhooks.services.operations import NothingToDo, OperationError
+from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError
 
 from .base import ADMIN, ChangeView, or_404, secret_once_response
 
@@ -228,6 +228,14 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
         destination = self.get_destination()
         try:
             job = destination_bulk_retry(destination=destination, actor=request.user)
+        except NothingToRetry:
+            # Not an error, and not the service's "no delivery matches" (this page has no filters).
+            return self.done(
+                "Nothing to retry: no delivery to this destination is out of retries.",
+                "dashboard:destination_detail",
+                destination.pk,
+                level=messages.INFO,
+            )
         except OperationError as exc:
             return self.done(
                 f"Not retried: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
