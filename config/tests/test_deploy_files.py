@@ -292,8 +292,9 @@ def test_heroku_app_json_declares_the_procfile_processes_and_what_the_settings_r
     settings_text = (ROOT / "config" / "settings.py").read_text()
     assert _required_in_server_mode() <= set(environment) | provided_by_addons
     assert not set(environment) & provided_by_addons
+    procfile_variables = set(re.findall(r"\$\{?([A-Z_]+)", "\n".join(PROCFILE.values())))
     for name, variable in environment.items():
-        assert f'"{name}"' in settings_text, f"{name} is not read by the settings"
+        assert f'"{name}"' in settings_text or name in procfile_variables, f"{name} is read by nothing"
         assert variable["description"].strip(), name
         assert set(variable) <= {"description", "value", "required", "generator"}, name
     assert environment["SECRET_KEY"]["generator"] == "secret"
