@@ -77,6 +77,7 @@ def configure_environment(database_url: str, redis_url: str) -> None:
         CELERY_BROKER_URL=redis_url,
         SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-secret-key-" + "x" * 32,
         FIELD_ENCRYPTION_KEYS=os.environ.get("FIELD_ENCRYPTION_KEYS") or BENCH_FERNET_KEY,
+        PUBLIC_BASE_URL=os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000",
         DEBUG="false",
         LOG_LEVEL="WARNING",
         CELERY_QUEUE="hookline-bench",

@@ -1,7 +1,18 @@
+import contextlib
+import multiprocessing
 import os
+import signal
+import threading
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_shutting_down,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -23,3 +34,68 @@ def filter_worker_logs(logger, **kwargs):
         for wanted in (MaskUrlTokens, QuietIdleSweeps):
             if not any(isinstance(existing, wanted) for existing in handler.filters):
                 handler.addFilter(wanted())
+
+
+# Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
+# sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
+# that has run a task now leaves that SIGTERM to the main process when the main process got it too
+# (a warm shutdown, which has the running tasks wind up, record what they sent and end). Billiard
+# also cancels running tasks with SIGTERM: on a cold shutdown (SIGQUIT, a second Ctrl-C, Celery's
+# REMAP_SIGTERM) or a revoke with terminate; there billiard's own handler runs, as before, and a
+# cold shutdown that follows a warm one still cancels. The flags are made before the pool forks
+# (worker_init), so that the pool processes share them.
+_warm_shutdown = _cold_shutdown = None
+_in_pool_process = False
+_billiard_sigterm = None
+# A SIGTERM that reached the main process too is noted there within this long.
+_MAIN_PROCESS_NOTICE_SECONDS = 1.0
+
+
+@worker_init.connect
+def _prepare_pool_processes_for_the_platforms_sigterm(**kwargs) -> None:
+    global _warm_shutdown, _cold_shutdown
+    try:
+        _warm_shutdown, _cold_shutdown = multiprocessing.Event(), multiprocessing.Event()
+    except OSError:  # no shared semaphore (some containers): pool processes keep billiard's handler
+        _warm_shutdown = _cold_shutdown = None
+
+
+@worker_shutting_down.connect
+def _note_the_kind_of_shutdown(how=None, **kwargs) -> None:
+    if _warm_shutdown is not None:
+        (_cold_shutdown if how == "Cold" else _warm_shutdown).set()
+
+
+@worker_process_init.connect
+def _note_a_pool_process(**kwargs) -> None:
+    global _in_pool_process
+    _in_pool_process = True
+
+
+def _sigterm_in_a_pool_process(signum, frame) -> None:
+    if not _cold_shutdown.is_set() and _warm_shutdown.wait(_MAIN_PROCESS_NOTICE_SECONDS):
+        # The platform's SIGTERM, to every process: the warm shutdown ends this one. Should a cold
+        # one follow (Celery says so only after it sent its SIGTERM), it still cancels.
+        threading.Thread(target=_cancel_on_a_cold_shutdown, daemon=True).start()
+        return
+    _billiard_sigterm(signum, frame)
+
+
+def _cancel_on_a_cold_shutdown() -> None:
+    _cold_shutdown.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@task_prerun.connect
+def _leave_the_platforms_sigterm_to_the_main_process(**kwargs) -> None:
+    """Installed at a pool process's first task: billiard sets its own SIGTERM handler after
+    worker_process_init. A pool process that never ran one holds nothing and may die of it."""
+    global _billiard_sigterm
+    if not _in_pool_process or _warm_shutdown is None:
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _sigterm_in_a_pool_process or not callable(current):
+        return  # ours already, or SIGTERM ignored (Celery's REMAP_SIGTERM)
+    _billiard_sigterm = current
+    with contextlib.suppress(ValueError):  # not the main thread: billiard's stays
+        signal.signal(signal.SIGTERM, _sigterm_in_a_pool_process)

@@ -2,8 +2,8 @@
 
 With no environment variables at all, Hookline runs on embedded defaults:
 SQLite, a filesystem Celery broker and a file cache under var/, console email.
-Setting DATABASE_URL switches to server mode, where SECRET_KEY and
-FIELD_ENCRYPTION_KEYS have no default, so a missing one fails at start-up.
+Setting DATABASE_URL switches to server mode, where SECRET_KEY,
+FIELD_ENCRYPTION_KEYS and PUBLIC_BASE_URL have no default, so a missing one fails at start-up.
 """
 
 import base64
@@ -38,7 +38,17 @@ SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
 DEBUG = env.bool("DEBUG", default=False)
 
-PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+if EMBEDDED:
+    PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+else:
+    # No default in server mode: with a local one, every request to the platform's host name was
+    # a 400 (not in ALLOWED_HOSTS) while the health checks passed, and ingest URLs named 127.0.0.1.
+    PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL").rstrip("/")
+_public_origin = urlsplit(PUBLIC_BASE_URL)
+if _public_origin.scheme not in ("http", "https") or not _public_origin.hostname:
+    raise ImproperlyConfigured(
+        f"PUBLIC_BASE_URL must be an absolute http(s) URL such as https://hooks.example.com, not {PUBLIC_BASE_URL!r}"
+    )
 ALLOWED_HOSTS = env.list(
     "ALLOWED_HOSTS",
     default=[urlsplit(PUBLIC_BASE_URL).hostname, "localhost", "127.0.0.1", "testserver"],

@@ -150,3 +150,165 @@ def test_the_email_urls_the_readme_shows_mean_what_it_says():
     assert read("smtp+tls://u:p%40ss%2Fw%3Ax@smtp.example.com:587")["EMAIL_HOST_PASSWORD"] == "p@ss/w:x"
     for url in ("smtp+tls://", "smtp+ssl://", "filemail:////", "consolemail://"):
         assert url in DEPLOYING
+
+
+# --- render.yaml and app.json ------------------------------------------------------------------
+
+
+def _render() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "render.yaml").read_text())
+
+
+def _app_json() -> dict:
+    import json
+
+    return json.loads((ROOT / "app.json").read_text())
+
+
+def _required_in_server_mode() -> set:
+    """The variables the settings refuse to start without in server mode, found by starting them.
+
+    Start with DATABASE_URL alone (it is what selects server mode); each refusal names one missing
+    variable, which is then given a value of the right form, until the settings start.
+    """
+    valid = {"FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(), "PUBLIC_BASE_URL": "https://hooks.example.com"}
+    environment = {**_base_environment(), "DATABASE_URL": "postgres://postgres@127.0.0.1:1/never-connected"}
+    required = {"DATABASE_URL"}
+    for _ in range(20):
+        started = _settings_start(environment)
+        if started.returncode == 0:
+            return required
+        missing = re.search(r"Set the ([A-Z_]+) environment variable", started.stderr)
+        assert missing, started.stderr
+        required.add(missing.group(1))
+        environment[missing.group(1)] = valid.get(missing.group(1), "x" * 50)
+    raise AssertionError(f"the settings still refuse to start with {sorted(required)}")
+
+
+def test_the_variables_found_required_are_the_ones_the_readme_says():
+    # Guards the derivation above: a refusal message it cannot read would end it early.
+    required = _required_in_server_mode()
+    assert {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "PUBLIC_BASE_URL"} <= required
+    for name in required:
+        assert f"`{name}`" in DEPLOYING, name
+
+
+def _render_services() -> dict:
+    return {service["name"]: service for service in _render()["services"]}
+
+
+def _render_environment(service: dict) -> dict:
+    """A service's variables by name, with those of its environment groups."""
+    groups = {group["name"]: group["envVars"] for group in _render().get("envVarGroups", [])}
+    variables = {}
+    for entry in service.get("envVars", []):
+        if "fromGroup" in entry:
+            variables.update({variable["key"]: variable for variable in groups[entry["fromGroup"]]})
+        else:
+            variables[entry["key"]] = entry
+    return variables
+
+
+def test_render_blueprint_runs_the_procfile_commands():
+    services = _render_services()
+    processes = {service["startCommand"]: name for name, service in services.items() if "startCommand" in service}
+    assert set(processes) == {PROCFILE["web"], PROCFILE["worker"], PROCFILE["beat"]}
+    web = services[processes[PROCFILE["web"]]]
+    assert web["type"] == "web"
+    assert web["preDeployCommand"] == PROCFILE["release"]
+    assert web["buildCommand"] == "pip install -r requirements.txt && python manage.py collectstatic --noinput"
+    assert web["healthCheckPath"] == "/livez"
+    for command in ("worker", "beat"):
+        service = services[processes[PROCFILE[command]]]
+        assert service["type"] == "worker"
+        assert service["buildCommand"] == "pip install -r requirements.txt"
+        assert "preDeployCommand" not in service  # migrations run once, before the web service starts
+    assert services[processes[PROCFILE["beat"]]]["numInstances"] == 1
+    for service in services.values():
+        if service["type"] != "keyvalue":
+            assert service["runtime"] == "python"
+    # The Key Value instance holds the Celery queue: an evicted message would be a lost task.
+    (key_value,) = [service for service in services.values() if service["type"] == "keyvalue"]
+    assert key_value["maxmemoryPolicy"] == "noeviction"
+    assert key_value["ipAllowList"] == []
+
+
+def test_render_blueprint_gives_every_process_what_the_settings_require():
+    render = _render()
+    services = _render_services()
+    databases = {database["name"] for database in render["databases"]}
+    groups = {group["name"] for group in render.get("envVarGroups", [])}
+    required = _required_in_server_mode() | {"REDIS_URL"}
+    settings_text = (ROOT / "config" / "settings.py").read_text()
+    processes = [service for service in services.values() if service["type"] in ("web", "worker")]
+    assert len(processes) == 3
+    for service in processes:
+        assert {entry["fromGroup"] for entry in service["envVars"] if "fromGroup" in entry} <= groups
+        variables = _render_environment(service)
+        assert required <= set(variables), (service["name"], sorted(required - set(variables)))
+        for name, variable in variables.items():
+            assert f'"{name}"' in settings_text, f"{name} is not read by the settings"
+            sources = {"value", "generateValue", "sync", "fromDatabase", "fromService"} & set(variable)
+            assert len(sources) == 1, (service["name"], name)
+            if "fromDatabase" in variable:
+                assert variable["fromDatabase"] == {
+                    "name": variable["fromDatabase"]["name"],
+                    "property": "connectionString",
+                }
+                assert variable["fromDatabase"]["name"] in databases
+            if "fromService" in variable:
+                source = services[variable["fromService"]["name"]]
+                assert variable["fromService"]["type"] == source["type"]
+                if "envVarKey" in variable["fromService"]:
+                    # A copy of a variable that the named service itself has, asked for once.
+                    assert variable["fromService"]["envVarKey"] == name
+                    assert _render_environment(source)[name] == {"key": name, "sync": False}
+                else:
+                    assert variable["fromService"]["property"] == "connectionString"
+        assert "fromDatabase" in variables["DATABASE_URL"]
+        assert services[variables["REDIS_URL"]["fromService"]["name"]]["type"] == "keyvalue"
+        # Generated values are random strings, not Fernet keys; the origin is the operator's.
+        for asked in ("FIELD_ENCRYPTION_KEYS", "PUBLIC_BASE_URL"):
+            assert "value" not in variables[asked] and "generateValue" not in variables[asked]
+        assert variables["SECRET_KEY"].get("generateValue") is True
+        # One SECRET_KEY for the three (the test-event mark and signed links cross processes):
+        # generated once in the shared group, not once per service.
+        assert "SECRET_KEY" not in {entry.get("key") for entry in service["envVars"]}
+
+
+def test_heroku_app_json_declares_the_procfile_processes_and_what_the_settings_require():
+    app = _app_json()
+    assert 3 <= len(app["name"]) <= 30 and len(app["description"]) <= 140
+    assert set(app["formation"]) == set(PROCFILE) - {"release"}
+    assert app["formation"]["beat"]["quantity"] == 1
+    # The release phase is the Procfile's: no second migrate in a postdeploy script.
+    assert "scripts" not in app
+    plans = {addon["plan"].split(":")[0] for addon in app["addons"]}
+    assert plans == {"heroku-postgresql", "heroku-redis"}
+    provided_by_addons = {"DATABASE_URL", "REDIS_URL"}
+    environment = app["env"]
+    settings_text = (ROOT / "config" / "settings.py").read_text()
+    assert _required_in_server_mode() <= set(environment) | provided_by_addons
+    assert not set(environment) & provided_by_addons
+    procfile_variables = set(re.findall(r"\$\{?([A-Z_]+)", "\n".join(PROCFILE.values())))
+    for name, variable in environment.items():
+        assert f'"{name}"' in settings_text or name in procfile_variables, f"{name} is read by nothing"
+        assert variable["description"].strip(), name
+        assert set(variable) <= {"description", "value", "required", "generator"}, name
+    assert environment["SECRET_KEY"]["generator"] == "secret"
+    for asked in ("FIELD_ENCRYPTION_KEYS", "PUBLIC_BASE_URL"):
+        assert environment[asked]["required"] is True and not {"value", "generator"} & set(environment[asked])
+    # Heroku's Key-Value Store has a self-signed certificate (README "Redis over TLS").
+    assert environment["REDIS_SSL_CERT_REQS"]["value"] == "none"
+
+
+def test_render_health_check_path_answers_whatever_the_host(client):
+    path = _render_services()["hookline-web"]["healthCheckPath"]
+    assert client.get(path, HTTP_HOST="10.1.2.3:10000").status_code == 200
+
+
+def test_the_readme_names_both_deploy_files():
+    for name in ("render.yaml", "app.json"):
+        assert f"`{name}`" in DEPLOYING, name

@@ -26,6 +26,7 @@ def start(argv=("manage.py", "check"), **variables):
         "DATABASE_URL": "postgres://postgres@127.0.0.1:1/never-connected",
         "SECRET_KEY": "a-secret-key-for-this-test-only",
         "FIELD_ENCRYPTION_KEYS": GOOD_KEY,
+        "PUBLIC_BASE_URL": "https://hooks.example.com",
         "HOOKLINE_VAR_DIR": os.environ.get("HOOKLINE_VAR_DIR", str(ROOT / "var")),
         **variables,
     }
@@ -57,6 +58,11 @@ def settings_read(**variables) -> dict:
         ({"REDIS_SSL_CERT_REQS": "off"}, "REDIS_SSL_CERT_REQS must be"),
         ({"DATABASE_URL": "sqlite:////tmp/hookline.sqlite3"}, "DATABASE_URL must be a PostgreSQL URL"),
         ({"DATABASE_URL": "mysql://root@127.0.0.1/hookline"}, "DATABASE_URL must be a PostgreSQL URL"),
+        # Left to its local default, every request to the platform's host name was a 400 while the
+        # health checks passed: server mode has none.
+        ({"PUBLIC_BASE_URL": None}, "Set the PUBLIC_BASE_URL environment variable"),
+        ({"PUBLIC_BASE_URL": ""}, "PUBLIC_BASE_URL must be an absolute http(s) URL"),
+        ({"PUBLIC_BASE_URL": "hooks.example.com"}, "PUBLIC_BASE_URL must be an absolute http(s) URL"),
     ],
 )
 def test_a_blank_or_mistyped_setting_stops_start_up_and_says_which(variables, named):

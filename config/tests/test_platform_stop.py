@@ -1,0 +1,72 @@
+"""A platform's stop: Heroku sends SIGTERM to every process of a dyno at once, pool processes included."""
+
+import os
+import signal
+
+import pytest
+
+from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
+from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
+from webhooks.tests.processes import CountingReceiver, RedisServer, Stack, wait_until
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_nothing_twice(organization):
+    # Pool processes used to die of it mid-send; the sweeper then sent those deliveries again.
+    redis = RedisServer()
+    redis.start()
+    receiver = CountingReceiver(delay=0.3)  # sends stay in flight long enough to be caught by the stop
+    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4")
+    try:
+        source = make_source(organization)
+        make_destination(organization, receiver.url, sources=[source])
+        for name in ("web", "worker", "beat"):
+            stack.start(name)
+        for n in range(40):
+            assert stack.post_stripe(source.ingest_token, f"evt_platform_stop_{n}", STRIPE_SECRET) == 200
+        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").exists(), timeout=60)
+
+        worker = stack.processes["worker"]
+        os.killpg(worker.pid, signal.SIGTERM)  # the main process and its pool processes at once
+        worker.wait(60)  # the stack then starts a new worker, as the platform does
+
+        event_ids = [str(i) for i in WebhookEvent.objects.values_list("id", flat=True)]
+        assert len(event_ids) == 40
+        assert wait_until(lambda: all(receiver.snapshot()[i] >= 1 for i in event_ids), timeout=120)
+        assert wait_until(lambda: not Delivery.objects.exclude(status="succeeded").exists(), timeout=60)
+        assert max(receiver.snapshot().values()) == 1
+    finally:
+        stack.stop_all()
+        receiver.close()
+        redis.stop()
+
+
+def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
+    # Billiard cancels running tasks with the same SIGTERM: once the main process began a cold
+    # shutdown, a pool process must still die of it rather than wait for its sends to end.
+    redis = RedisServer()
+    redis.start()
+    receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
+    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
+    try:
+        source = make_source(organization)
+        make_destination(organization, receiver.url, sources=[source], timeout_seconds=30)
+        for name in ("web", "worker"):
+            stack.start(name)
+        for n in range(2):
+            assert stack.post_stripe(source.ingest_token, f"evt_cold_stop_{n}", STRIPE_SECRET) == 200
+        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
+
+        worker = stack.processes.pop("worker")  # not restarted: its claims are what is looked at
+        os.kill(worker.pid, signal.SIGQUIT)  # a cold shutdown of the main process only
+        worker.wait(120)
+
+        # Cancelled mid-send: nothing recorded, the claims left for the sweeper. A pool process that
+        # had waited for its sends would have recorded each as a timed-out attempt.
+        assert not DeliveryAttempt.objects.exists()
+        assert Delivery.objects.filter(status="in_flight").count() == 2
+    finally:
+        stack.stop_all()
+        receiver.close()
+        redis.stop()
