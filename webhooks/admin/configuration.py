@@ -6,6 +6,7 @@ from secrets import token_urlsafe
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db import transaction
 from django.db.models import BigIntegerField, OuterRef, Subquery
 from django.db.models.fields.json import KeyTextTransform
@@ -20,6 +21,7 @@ from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html, format_html_join
 
 from organizations.admin import (
+    AWAITING_CONFIRMATION,
     AuditedAdminMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
@@ -28,7 +30,7 @@ from organizations.admin import (
 )
 from webhooks.fields import decrypt, encrypt
 from webhooks.forms import NameField
-from webhooks.models import BulkRetry, Destination, Source, Subscription
+from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
 from webhooks.services.destinations import (
@@ -53,13 +55,15 @@ from webhooks.services.secrets import previous_secret_valid_until, secret_hint
 from webhooks.services.sources import (
     SourceError,
     ingest_url,
+    source_change_delay,
     source_check_secret,
     source_create,
     source_delete,
     source_rotate_secret,
+    source_set_active,
 )
 
-from .actions import confirmation_page, confirmed
+from .actions import RETURN_TO_OBJECT, ReturnToObjectPageMixin, confirmation_page, confirmed, object_page_to_return_to
 from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
@@ -330,7 +334,18 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
         if not change:
             self._create(request, obj, form)
             return
+        stopping_or_resuming = "is_active" in form.changed_data
+        if stopping_or_resuming:
+            # Through source_set_active, as the dashboard's Stop and Resume: its source.paused or
+            # source.resumed entry, not a field in the admin's own "changed" one (changed_data is
+            # the list the admin's entry and its save read: without it, neither touches the field).
+            form.changed_data.remove("is_active")
+            obj.is_active = not form.cleaned_data["is_active"]
         super().save_model(request, obj, form, change)
+        if stopping_or_resuming:
+            form.changed_data.append("is_active")  # for Django's own history message
+            obj._receiving_switched = True
+            self._set_active(request, obj, form.cleaned_data["is_active"])
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
             try:
@@ -343,6 +358,34 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
                 self.message_user(request, f"New secret set (hint {obj.secret_hint}).", messages.SUCCESS)
             except SourceError as exc:
                 self.message_user(request, f"Secret not changed: {exc}", messages.ERROR)
+
+    def _set_active(self, request, source: Source, active: bool) -> None:
+        try:
+            source_set_active(source=source, active=active, actor=request.user)
+        except SourceError as exc:  # deletion asked for meanwhile (the form's clean checks it first)
+            self.message_user(request, f"Receiving not changed: {exc}.", messages.ERROR)
+            return
+        # Other web processes keep the source they have seen for INGEST_SOURCE_CACHE_SECONDS: meanwhile
+        # they may still answer a provider's handshake or check a request's signature, but the INSERT
+        # stores an event only while its source is active (see ingest_request).
+        delay = source_change_delay()
+        if active:
+            self.message_user(request, f"Receiving again: its ingest URL accepts requests {delay}.", messages.SUCCESS)
+        else:
+            self.message_user(
+                request,
+                "Stopped receiving: its ingest URL answers 404 and nothing sent to it is stored until it receives "
+                f"again (a web process that has it cached may still answer a handshake or refuse a bad signature "
+                f"for a while: it answers 404 everywhere {delay}).",
+                messages.WARNING,
+            )
+
+    def log_change(self, request, obj, message):
+        if getattr(obj, "_receiving_switched", False) and not getattr(obj, "_audit_changes", None):
+            # Only receiving was switched: the service's source.paused/resumed entry says it all
+            # (Django's history entry is still written).
+            return admin.ModelAdmin.log_change(self, request, obj, message)
+        return super().log_change(request, obj, message)
 
     def _create(self, request, obj, form) -> None:
         """Through the service (its checks, its audit entry); ``obj`` becomes the source it made, so
@@ -511,7 +554,9 @@ class DestinationStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Destination)
-class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
+class DestinationAdmin(
+    ReturnToObjectPageMixin, OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
+):
     form = DestinationAdminForm
     list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
     list_filter = (DestinationStateFilter, OrganizationFilter)
@@ -547,6 +592,8 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsForms
         "related_links",
     )
     inlines = (SubscriptionInline,)
+    # Pause, Resume and Retry dead deliveries as buttons (the list's actions, for this one), and its state on top.
+    change_form_template = "admin/webhooks/destination/change_form.html"
     actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries")
 
     @admin.display(description="Its deliveries")
@@ -665,6 +712,10 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsForms
     def retry_dead_deliveries(self, request, queryset):
         # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
         # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
+        # Thousands of sends start with one click: asked first, with how many, as Django's own
+        # deletion asks (a POST with post=yes is the answer).
+        if request.POST.get("post") != "yes":
+            return self._confirm_retrying_dead(request, queryset)
         started, refused, waiting = [], [], []
         outcomes = action_outcomes(request)
         for destination in queryset.select_related("organization"):
@@ -695,6 +746,58 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsForms
             )
         if refused:
             self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
+
+    def _confirm_retrying_dead(self, request, queryset) -> TemplateResponse:
+        """The page that asks before retry_dead_deliveries starts: the destinations, and how many dead
+        deliveries they hold, counted up to DEAD_COUNT_CAP (through the failed-deliveries index)."""
+        destinations = list(queryset.select_related("organization").order_by("pk")[: CONFIRMATION_PREVIEW + 1])
+        shown = destinations[:CONFIRMATION_PREVIEW]
+        rows = [
+            (destination, _dead_count(Delivery.objects.filter(destination_id=destination.pk))) for destination in shown
+        ]
+        if len(destinations) > CONFIRMATION_PREVIEW:
+            total = _dead_count(Delivery.objects.filter(destination__in=queryset.order_by().values("pk")))
+            selected_count = queryset.count()
+        else:
+            total = min(sum(count for _, count in rows), DEAD_COUNT_CAP + 1)
+            selected_count = len(destinations)
+        opts = self.model._meta
+        back = object_page_to_return_to(request, self)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "title": "Retry every dead delivery?",
+            "rows": [(destination, _counted(count), destination.paused_at) for destination, count in rows],
+            "more": max(selected_count - len(shown), 0),
+            "total": _counted(total),
+            "nothing": total == 0,
+            "one": total == 1,
+            "action": request.POST.get("action", ""),
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "return_to_object": request.POST.get(RETURN_TO_OBJECT, "") if back else "",
+            "form_url": request.get_full_path(),
+            "cancel_url": back or request.get_full_path(),
+        }
+        response = TemplateResponse(request, "admin/webhooks/destination/retry_dead_confirmation.html", context)
+        setattr(response, AWAITING_CONFIRMATION, True)
+        return response
+
+
+# The retry-dead confirmation lists this many destinations, and counts dead deliveries up to DEAD_COUNT_CAP.
+CONFIRMATION_PREVIEW = 20
+DEAD_COUNT_CAP = 10_000
+
+
+def _dead_count(deliveries) -> int:
+    """At most DEAD_COUNT_CAP + 1: read through the index of failed deliveries (delivery_failed),
+    whose condition status = 'dead' implies; never a COUNT(*) over a destination's whole history."""
+    return deliveries.filter(status=Delivery.Status.DEAD).order_by().values("pk")[: DEAD_COUNT_CAP + 1].count()
+
+
+def _counted(count: int) -> str:
+    return f"more than {DEAD_COUNT_CAP:,}" if count > DEAD_COUNT_CAP else f"{count:,}"
 
 
 class BulkRetryDestinationFilter(DestinationFilter):

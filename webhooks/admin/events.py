@@ -19,7 +19,7 @@ from organizations.admin import (
 )
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
-from webhooks.selectors import events_with_id, parse_event_id
+from webhooks.selectors import configured_signature_header, events_with_id, headers_for_viewer, parse_event_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.text import readable_body
@@ -37,6 +37,13 @@ from .filters import (
 )
 
 FAILED_DELIVERY_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
+
+
+def sees_signatures(request) -> bool:
+    """Signature headers (a provider's, and ours on each attempt) shown whole to staff who may change
+    events, as the dashboard shows them to admins and owners; masked for those who may only view
+    (headers_for_viewer): a signature with its body is enough to send a request again."""
+    return request.user.has_perm("webhooks.change_webhookevent")
 
 
 class DeliveryActionPermissions:
@@ -224,7 +231,10 @@ class WebhookEventAdmin(
             uuid.UUID(str(object_id))
         except ValueError:
             return None
-        return WebhookEvent.objects.select_related("organization", "source").filter(pk=object_id).first()
+        event = WebhookEvent.objects.select_related("organization", "source").filter(pk=object_id).first()
+        if event is not None:
+            event.sees_signatures = sees_signatures(request)
+        return event
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -267,7 +277,12 @@ class WebhookEventAdmin(
 
     @admin.display(description="Headers")
     def headers_table(self, obj):
-        return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": sorted(obj.headers.items())})
+        headers = headers_for_viewer(
+            obj.headers or {},
+            sees_signatures=getattr(obj, "sees_signatures", False),
+            signature_headers=configured_signature_header(obj.source),
+        )
+        return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": headers})
 
     @admin.display(description="Body (formatted)")
     def body_pretty(self, obj):
@@ -290,7 +305,10 @@ class WebhookEventAdmin(
             .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
             .order_by("id")
         )
-        return render_to_string("admin/webhooks/webhookevent/deliveries.html", {"deliveries": deliveries})
+        return render_to_string(
+            "admin/webhooks/webhookevent/deliveries.html",
+            {"deliveries": deliveries, "sees_signatures": getattr(obj, "sees_signatures", False)},
+        )
 
     @admin.action(description="Retry failed deliveries of the selected events", permissions=["retry"])
     def retry_failed_deliveries(self, request, queryset):
@@ -470,8 +488,23 @@ class DeliveryAttemptAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnl
     sortable_by = ("id",)
     # Facet counts would run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    readonly_fields = [field.name for field in DeliveryAttempt._meta.fields]
+    # The headers it sent as the event's page shows them: our signature masked for view-only staff.
+    readonly_fields = [
+        "sent_headers" if field.name == "request_headers" else field.name for field in DeliveryAttempt._meta.fields
+    ]
+    exclude = ("request_headers",)
     actions = ("retry_deliveries",)
+
+    def get_object(self, request, object_id, from_field=None):
+        attempt = super().get_object(request, object_id, from_field)
+        if attempt is not None:
+            attempt.sees_signatures = sees_signatures(request)
+        return attempt
+
+    @admin.display(description="Request headers sent")
+    def sent_headers(self, obj):
+        headers = headers_for_viewer(obj.request_headers or {}, sees_signatures=getattr(obj, "sees_signatures", False))
+        return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": headers})
 
     def get_search_results(self, request, queryset, search_term):
         try:
