@@ -44,6 +44,7 @@ def main() -> int:
         parser.error("set DATABASE_URL to a PostgreSQL database of this benchmark's own")
     os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
     os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c=")
+    os.environ.setdefault("PUBLIC_BASE_URL", "http://127.0.0.1:8000")  # required in server mode; unused here
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.chdir(ROOT)
     _ensure_database(os.environ["DATABASE_URL"])
