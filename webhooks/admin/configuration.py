@@ -59,7 +59,7 @@ from webhooks.services.sources import (
     source_rotate_secret,
 )
 
-from .actions import confirmation_page, confirmed
+from .actions import confirmation_page, confirmed, send_waiting_now
 from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
@@ -547,7 +547,7 @@ class DestinationAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsForms
         "related_links",
     )
     inlines = (SubscriptionInline,)
-    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries")
+    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries", send_waiting_now)
 
     @admin.display(description="Its deliveries")
     def related_links(self, obj):

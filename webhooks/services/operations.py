@@ -99,6 +99,67 @@ def destination_resume(*, destination: Destination, actor=None) -> Destination:
     return destination
 
 
+# At most this many deliveries are brought forward by one "send waiting retries now": one short
+# UPDATE whatever the backlog; asking again brings the rest.
+SEND_WAITING_NOW_LIMIT = 10_000
+
+
+def _waiting_for_retry(destination_id: int, now: datetime):
+    """A destination's deliveries waiting for an attempt later than ``now`` (the index delivery_due_by_dest)."""
+    return Delivery.objects.filter(
+        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__gt=now
+    )
+
+
+def destination_waiting_for_retry_count(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> int:
+    """How many of a destination's deliveries wait for a later attempt, counted up to ``limit``."""
+    return _waiting_for_retry(destination.pk, timezone.now())[:limit].count()
+
+
+@transaction.atomic
+def destination_send_waiting_now(*, destination: Destination, actor=None) -> int:
+    """Make a destination's deliveries that wait for a later retry due now; returns how many.
+
+    For when a receiver works again: they are sent on the next dispatch, in arrival order, within
+    the destination's concurrency cap and rate limit. Only pending ones due later: none is
+    claimed, finished or counted as an attempt here (the next attempt is the one scheduled, just
+    sooner). NothingToDo when none waits; refused for a paused or inactive destination, which is
+    sent nothing (resuming a paused one sends its waiting deliveries at once anyway).
+    """
+    require_configure_role(organization=destination.organization, actor=actor)
+    state = Destination.objects.filter(pk=destination.pk).values("paused_at", "is_active").first()
+    if state is None:
+        raise OperationError("the destination has been deleted")
+    if not state["is_active"]:
+        raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    if state["paused_at"] is not None:
+        raise OperationError(
+            "the destination is paused: nothing is sent to it, and resuming it sends every waiting delivery at once"
+        )
+    now = timezone.now()
+    # Bounded, in the order the dispatcher takes them. The outer conditions are checked again on
+    # each row as it is updated: one claimed or finished since the inner read is left alone.
+    chosen = _waiting_for_retry(destination.pk, now).order_by("next_attempt_at", "id").values("id")
+    brought_forward = (
+        _waiting_for_retry(destination.pk, now)
+        .filter(id__in=chosen[:SEND_WAITING_NOW_LIMIT])
+        .update(
+            next_attempt_at=now  # one time for all: the dispatcher's (next_attempt_at, id) is arrival order
+        )
+    )
+    if not brought_forward:
+        raise _unchanged(destination, "no delivery is waiting for a later retry")
+    audit_record(
+        action="destination.waiting_sent_now",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"brought_forward": brought_forward},
+    )
+    transaction.on_commit(schedule_dispatch)
+    return brought_forward
+
+
 @transaction.atomic
 def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -> Delivery:
     """Send an event again to a destination of its organization, as a new delivery; history is kept."""
