@@ -113,7 +113,43 @@ def _waiting_for_retry(destination_id: int, now: datetime):
 
 def destination_waiting_for_retry_count(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> int:
     """How many of a destination's deliveries wait for a later attempt, counted up to ``limit``."""
-    return _waiting_for_retry(destination.pk, timezone.now())[:limit].count()
+    # In the index's order: the model's default (newest id first) would walk the primary key
+    # through every destination's deliveries.
+    waiting = _waiting_for_retry(destination.pk, timezone.now()).order_by("next_attempt_at", "id")
+    return waiting[:limit].count()
+
+
+def _bring_forward(destination_id: int, now: datetime) -> int:
+    """One bounded UPDATE: the first SEND_WAITING_NOW_LIMIT waiting deliveries, in the dispatcher's
+    order, due at ``now`` (one time for all, so that its (next_attempt_at, id) order is arrival order).
+
+    On PostgreSQL the ids come from the destination's pending index and the rows are then updated
+    through the primary key (``= ANY(ARRAY(…))``: an ``IN (subquery)`` is planned as a join that
+    reads every row of the destination), in id order, as the sweeper and recordings lock them. The
+    conditions are checked again on each row as it is updated: one claimed since is left alone.
+    """
+    if connection.vendor == "postgresql":
+        table = Delivery._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET next_attempt_at = %(now)s WHERE id = ANY(ARRAY("
+                f"SELECT id FROM {table} WHERE destination_id = %(destination)s AND status = %(pending)s"
+                " AND next_attempt_at > %(now)s ORDER BY next_attempt_at, id LIMIT %(limit)s))"
+                " AND destination_id = %(destination)s AND status = %(pending)s AND next_attempt_at > %(now)s",
+                {
+                    "now": now,
+                    "destination": destination_id,
+                    "pending": Delivery.Status.PENDING,
+                    "limit": SEND_WAITING_NOW_LIMIT,
+                },
+            )
+            return cursor.rowcount
+    chosen = _waiting_for_retry(destination_id, now).order_by("next_attempt_at", "id").values("id")
+    return (
+        _waiting_for_retry(destination_id, now)
+        .filter(id__in=chosen[:SEND_WAITING_NOW_LIMIT])
+        .update(next_attempt_at=now)
+    )
 
 
 @transaction.atomic
@@ -136,17 +172,7 @@ def destination_send_waiting_now(*, destination: Destination, actor=None) -> int
         raise OperationError(
             "the destination is paused: nothing is sent to it, and resuming it sends every waiting delivery at once"
         )
-    now = timezone.now()
-    # Bounded, in the order the dispatcher takes them. The outer conditions are checked again on
-    # each row as it is updated: one claimed or finished since the inner read is left alone.
-    chosen = _waiting_for_retry(destination.pk, now).order_by("next_attempt_at", "id").values("id")
-    brought_forward = (
-        _waiting_for_retry(destination.pk, now)
-        .filter(id__in=chosen[:SEND_WAITING_NOW_LIMIT])
-        .update(
-            next_attempt_at=now  # one time for all: the dispatcher's (next_attempt_at, id) is arrival order
-        )
-    )
+    brought_forward = _bring_forward(destination.pk, timezone.now())
     if not brought_forward:
         raise _unchanged(destination, "no delivery is waiting for a later retry")
     audit_record(

@@ -239,3 +239,16 @@ def test_a_destination_pause_switch_takes_only_0_or_1(client, owner, destination
     assert not AuditLog.objects.filter(action="destination.resumed").exists()
     assert client.post(url, {"paused": "0"}).status_code == 302
     assert Destination.objects.get(pk=destination.pk).paused_at is None
+
+
+def test_one_request_brings_forward_at_most_the_limit_soonest_first(client, monkeypatch, source, destination, owner):
+    monkeypatch.setattr(operations, "SEND_WAITING_NOW_LIMIT", 2)
+    latest, soonest, middle = (waiting_delivery(source, destination, in_hours=hours) for hours in (9, 1, 5))
+    assert operations.destination_waiting_for_retry_count(destination=destination, limit=2) == 2
+    assert destination_send_waiting_now(destination=destination, actor=owner) == 2
+    now = timezone.now()
+    assert {d.pk for d in Delivery.objects.filter(next_attempt_at__lte=now)} == {soonest.pk, middle.pk}
+    client.force_login(owner)
+    url = reverse("dashboard:destination_send_waiting_now", args=["acme", destination.pk])
+    assert "Sending 1 waiting delivery now." in client.post(url, follow=True).content.decode()
+    assert Delivery.objects.get(pk=latest.pk).next_attempt_at <= timezone.now()
