@@ -319,14 +319,15 @@ DELIVERY_STATUS_RETRYING = "retrying"
 
 
 def with_event_context(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
-    """Each delivery with what a list of failures needs of its event, in the same query: never
-    its body or headers."""
-    return deliveries.select_related("event").only(
+    """Each delivery with what a list of failures needs of its event and its destination's name,
+    in the same query: never the event's body or headers, nor the destination's secrets."""
+    return deliveries.select_related("event", "destination").only(
         *(field.name for field in Delivery._meta.concrete_fields),
         "event__provider_event_id",
         "event__event_type",
         "event__source",
         "event__received_at",
+        "destination__name",
     )
 
 

@@ -50,6 +50,11 @@ urlpatterns = [
         destinations.DestinationBulkRetryView.as_view(),
         name="destination_bulk_retry",
     ),
+    path(
+        "destinations/<int:destination_id>/send-waiting-now/",
+        destinations.DestinationSendWaitingNowView.as_view(),
+        name="destination_send_waiting_now",
+    ),
     path("audit/", audit.AuditLogView.as_view(), name="audit"),
     path("api-keys/", api_keys.ApiKeysView.as_view(), name="api_keys"),
     path("api-keys/<int:api_key_id>/revoke/", api_keys.ApiKeyRevokeView.as_view(), name="api_key_revoke"),

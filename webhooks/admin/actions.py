@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from organizations.admin import AWAITING_CONFIRMATION
+from organizations.admin import AWAITING_CONFIRMATION, action_outcomes
+from webhooks.services.operations import NothingToDo, OperationError, destination_send_waiting_now
 
 # Above this many deliveries an action asks to narrow the selection (or use a bulk retry job).
 ACTION_LIMIT = 1000
@@ -81,3 +83,31 @@ def confirmation_page(
     response = TemplateResponse(request, "admin/hookline/action_confirmation.html", context)
     setattr(response, AWAITING_CONFIRMATION, True)
     return response
+
+
+@admin.action(description="Send the waiting retries of the selected destinations now", permissions=["change"])
+def send_waiting_now(model_admin, request, queryset) -> None:
+    """The dashboard's "send waiting retries now", for each selected destination (a bounded UPDATE each)."""
+    sent, unchanged, refused = [], [], []
+    outcomes = action_outcomes(request)
+    for destination in queryset.select_related("organization"):
+        item = f"destination {destination.pk}"
+        label = f"{destination.organization.name} · {destination}"
+        try:
+            count = destination_send_waiting_now(destination=destination, actor=request.user)
+        except NothingToDo as exc:
+            unchanged.append(f"{label}: {exc}")
+            outcomes.add_nothing_to_do(destination.organization_id, item, str(exc))
+            continue
+        except OperationError as exc:  # paused, inactive, or deleted meanwhile
+            refused.append(f"{label}: {exc}")
+            outcomes.add_refused(destination.organization_id, item, str(exc))
+            continue
+        sent.append(f"{label} ({count})")
+        outcomes.add_done(destination.organization_id, f"{item}: {count} brought forward")
+    if sent:
+        model_admin.message_user(request, "Sending now the waiting retries of " + "; ".join(sent[:10]) + ".")
+    if unchanged:
+        model_admin.message_user(request, "Nothing to do for " + "; ".join(unchanged[:10]) + ".", messages.INFO)
+    if refused:
+        model_admin.message_user(request, "Not sent: " + "; ".join(refused[:10]) + ".", messages.WARNING)

@@ -63,7 +63,14 @@ from webhooks.services.sources import (
     source_set_active,
 )
 
-from .actions import RETURN_TO_OBJECT, ReturnToObjectPageMixin, confirmation_page, confirmed, object_page_to_return_to
+from .actions import (
+    RETURN_TO_OBJECT,
+    ReturnToObjectPageMixin,
+    confirmation_page,
+    confirmed,
+    object_page_to_return_to,
+    send_waiting_now,
+)
 from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
@@ -594,7 +601,7 @@ class DestinationAdmin(
     inlines = (SubscriptionInline,)
     # Pause, Resume and Retry dead deliveries as buttons (the list's actions, for this one), and its state on top.
     change_form_template = "admin/webhooks/destination/change_form.html"
-    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries")
+    actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries", send_waiting_now)
 
     @admin.display(description="Its deliveries")
     def related_links(self, obj):

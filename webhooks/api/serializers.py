@@ -81,8 +81,10 @@ class EventDeliverySerializer(DeliverySummarySerializer):
 
 class DeliverySerializer(DeliverySummarySerializer):
     """A delivery on its own, with what a list of failures needs of its event: no call per row.
-    The view loads the event's columns with the delivery (selectors.with_event_context)."""
+    The view loads the event's columns and the destination's name with the delivery
+    (selectors.with_event_context)."""
 
+    destination_name = serializers.CharField(source="destination.name")
     event = serializers.UUIDField(source="event_id")
     provider_event_id = serializers.CharField(source="event.provider_event_id", allow_null=True)
     event_type = serializers.CharField(source="event.event_type")

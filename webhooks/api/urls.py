@@ -39,5 +39,10 @@ urlpatterns = [
     ),
     endpoint(f"destinations/{ID.format('destination_id')}/pause", views.DestinationPauseView, "destination_pause"),
     endpoint(f"destinations/{ID.format('destination_id')}/resume", views.DestinationResumeView, "destination_resume"),
+    endpoint(
+        f"destinations/{ID.format('destination_id')}/send_waiting_now",
+        manage.DestinationSendWaitingNowView,
+        "destination_send_waiting_now",
+    ),
     re_path(r"^.*$", json_not_found),
 ]

@@ -22,6 +22,7 @@ from webhooks.services.destinations import (
     destination_rotate_secret,
     destination_update,
 )
+from webhooks.services.operations import NothingToDo, OperationError, destination_send_waiting_now
 from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import (
     SourceBeingDeleted,
@@ -260,3 +261,20 @@ class DestinationRotateSecretView(DestinationShowMixin):
         return self.show_destination(
             destination.pk, secret=secret, previous_secret_valid_until=previous_secret_valid_until(destination)
         )
+
+
+class DestinationSendWaitingNowView(DestinationLookup, ApiObjectView):
+    """The dashboard's "send waiting retries now": 200 with how many were brought forward, 0 when none
+    waited (a script that repeats itself is not refused); 409 for a paused or inactive destination."""
+
+    def post(self, request, destination_id: str):
+        destination = self.destination(destination_id)
+        try:
+            brought_forward = destination_send_waiting_now(destination=destination, actor=self.api_key)
+        except NothingToDo:
+            brought_forward = 0
+        except OperationError as exc:
+            if not destinations_for_organization(organization=self.organization).filter(pk=destination.pk).exists():
+                raise exceptions.NotFound("not found") from None  # deleted meanwhile
+            raise Conflict(str(exc)) from None
+        return Response({"id": destination.pk, "brought_forward": brought_forward})

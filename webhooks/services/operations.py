@@ -99,6 +99,93 @@ def destination_resume(*, destination: Destination, actor=None) -> Destination:
     return destination
 
 
+# At most this many deliveries are brought forward by one "send waiting retries now": one short
+# UPDATE whatever the backlog; asking again brings the rest.
+SEND_WAITING_NOW_LIMIT = 10_000
+
+
+def _waiting_for_retry(destination_id: int, now: datetime):
+    """A destination's deliveries waiting for an attempt later than ``now`` (the index delivery_due_by_dest)."""
+    return Delivery.objects.filter(
+        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__gt=now
+    )
+
+
+def destination_waiting_for_retry_count(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> int:
+    """How many of a destination's deliveries wait for a later attempt, counted up to ``limit``."""
+    # In the index's order: the model's default (newest id first) would walk the primary key
+    # through every destination's deliveries.
+    waiting = _waiting_for_retry(destination.pk, timezone.now()).order_by("next_attempt_at", "id")
+    return waiting[:limit].count()
+
+
+def _bring_forward(destination_id: int, now: datetime) -> int:
+    """One bounded UPDATE: the first SEND_WAITING_NOW_LIMIT waiting deliveries, in the dispatcher's
+    order, due at ``now`` (one time for all, so that its (next_attempt_at, id) order is arrival order).
+
+    On PostgreSQL the ids come from the destination's pending index and the rows are then updated
+    through the primary key (``= ANY(ARRAY(…))``: an ``IN (subquery)`` is planned as a join that
+    reads every row of the destination), in id order, as the sweeper and recordings lock them. The
+    conditions are checked again on each row as it is updated: one claimed since is left alone.
+    """
+    if connection.vendor == "postgresql":
+        table = Delivery._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET next_attempt_at = %(now)s WHERE id = ANY(ARRAY("
+                f"SELECT id FROM {table} WHERE destination_id = %(destination)s AND status = %(pending)s"
+                " AND next_attempt_at > %(now)s ORDER BY next_attempt_at, id LIMIT %(limit)s))"
+                " AND destination_id = %(destination)s AND status = %(pending)s AND next_attempt_at > %(now)s",
+                {
+                    "now": now,
+                    "destination": destination_id,
+                    "pending": Delivery.Status.PENDING,
+                    "limit": SEND_WAITING_NOW_LIMIT,
+                },
+            )
+            return cursor.rowcount
+    chosen = _waiting_for_retry(destination_id, now).order_by("next_attempt_at", "id").values("id")
+    return (
+        _waiting_for_retry(destination_id, now)
+        .filter(id__in=chosen[:SEND_WAITING_NOW_LIMIT])
+        .update(next_attempt_at=now)
+    )
+
+
+@transaction.atomic
+def destination_send_waiting_now(*, destination: Destination, actor=None) -> int:
+    """Make a destination's deliveries that wait for a later retry due now; returns how many.
+
+    For when a receiver works again: they are sent on the next dispatch, in arrival order, within
+    the destination's concurrency cap and rate limit. Only pending ones due later: none is
+    claimed, finished or counted as an attempt here (the next attempt is the one scheduled, just
+    sooner). NothingToDo when none waits; refused for a paused or inactive destination, which is
+    sent nothing (resuming a paused one sends its waiting deliveries at once anyway).
+    """
+    require_configure_role(organization=destination.organization, actor=actor)
+    state = Destination.objects.filter(pk=destination.pk).values("paused_at", "is_active").first()
+    if state is None:
+        raise OperationError("the destination has been deleted")
+    if not state["is_active"]:
+        raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    if state["paused_at"] is not None:
+        raise OperationError(
+            "the destination is paused: nothing is sent to it, and resuming it sends every waiting delivery at once"
+        )
+    brought_forward = _bring_forward(destination.pk, timezone.now())
+    if not brought_forward:
+        raise _unchanged(destination, "no delivery is waiting for a later retry")
+    audit_record(
+        action="destination.waiting_sent_now",
+        organization=destination.organization,
+        actor=actor,
+        target=destination,
+        changes={"brought_forward": brought_forward},
+    )
+    transaction.on_commit(schedule_dispatch)
+    return brought_forward
+
+
 @transaction.atomic
 def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -> Delivery:
     """Send an event again to a destination of its organization, as a new delivery; history is kept."""

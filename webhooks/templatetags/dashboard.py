@@ -339,6 +339,7 @@ AUDIT_ACTION_LABELS = {
     "destination.deleted": "deleted the destination",
     "destination.paused": "paused the destination",
     "destination.resumed": "resumed the destination",
+    "destination.waiting_sent_now": "sent the waiting retries now of",
     "destination.secret_rotated": "set a new signing secret on",
     "subscription.created": "linked a source to the destination",
     "delivery.retried": "retried the delivery",

@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from organizations.models import ApiKey
-from webhooks.models import Delivery
+from webhooks.models import Delivery, Destination
 
 from .api_helpers import api_get, make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -148,3 +148,32 @@ def test_a_single_page_has_no_link_header(client, destination, reader_key):
     response = api_get(client, reader_key, "/api/v1/deliveries")
     assert response.json()["next"] is None and response.json()["previous"] is None
     assert not response.has_header("Link")
+
+
+def test_each_delivery_names_its_destination_at_no_query_per_row(client, organization, destination, reader_key):
+    source = destination.subscriptions.get().source
+    other, _ = make_destination(organization, "http://127.0.0.1:9/other", sources=[source])
+    Destination.objects.filter(pk=other.pk).update(name="Billing backup")
+    first = make_delivery(make_event(source), destination)
+    api_get(client, reader_key, "/api/v1/sources")  # the key's last use is written once a minute: not here
+
+    def listed():
+        with CaptureQueriesContext(connection) as captured:
+            response = api_get(client, reader_key, "/api/v1/deliveries", limit=50)
+            assert response.status_code == 200
+        # Never a destination's secrets for a list.
+        assert not any("_secret" in query["sql"].split(" FROM ")[0] for query in captured.captured_queries)
+        return response.json()["results"], len(captured)
+
+    [row], one = listed()
+    assert (row["destination"], row["destination_name"]) == (destination.pk, destination.name)
+    for index in range(10):
+        make_delivery(make_event(source), other if index % 2 else destination)
+    rows, eleven = listed()
+    assert len(rows) == 11 and eleven == one
+    assert {(row["destination"], row["destination_name"]) for row in rows} == {
+        (destination.pk, destination.name),
+        (other.pk, "Billing backup"),
+    }
+    detail = api_get(client, reader_key, f"/api/v1/deliveries/{first.pk}").json()
+    assert detail["destination_name"] == destination.name

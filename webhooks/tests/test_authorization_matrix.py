@@ -75,6 +75,7 @@ ROUTES = [
     ("dashboard:destination_rotate", "post", "destination", {"overlap_seconds": "3600"}, ADMIN),
     ("dashboard:destination_set_paused", "post", "destination", {"paused": "1"}, ADMIN),
     ("dashboard:destination_bulk_retry", "post", "destination", {}, ADMIN),
+    ("dashboard:destination_send_waiting_now", "post", "destination", {}, ADMIN),
     ("dashboard:destination_delete", "post", "destination", {}, ADMIN),
     ("dashboard:delivery_retry", "post", "delivery", {}, ADMIN),
     ("dashboard:event_replay", "post", "event", {"destination": "DESTINATION"}, ADMIN),

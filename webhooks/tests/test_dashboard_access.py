@@ -1,7 +1,10 @@
 """Who may see and change what: 404 for outsiders everywhere, 403 for members on every change."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from organizations.api_keys import api_key_create
 from organizations.models import AuditLog, Membership
@@ -82,6 +85,7 @@ WRITES = [
     ("destination_rotate", "destination", {"overlap_seconds": "3600"}),
     ("destination_set_paused", "destination", {"paused": "1"}),
     ("destination_bulk_retry", "destination", {}),
+    ("destination_send_waiting_now", "destination", {}),
     ("destination_delete", "destination", {}),
     ("delivery_retry", "delivery", {}),
     ("event_replay", "event", {"destination": "DESTINATION"}),
@@ -160,6 +164,10 @@ def test_admins_and_owners_make_every_change_and_it_is_audited(
         user = django_user_model.objects.create_user("admin@acme.example")
         Membership.objects.create(user=user, organization=world.source.organization, role=role)
     client.force_login(user)
+    if name == "destination_send_waiting_now":  # something to send: the world's delivery waits for a retry
+        Delivery.objects.filter(pk=world.delivery.pk).update(
+            status=Delivery.Status.PENDING, next_attempt_at=timezone.now() + timedelta(hours=1)
+        )
     before = AuditLog.objects.filter(actor_user=user).count()
     response = client.post(reverse(f"dashboard:{name}", kwargs=url_kwargs(world)[kind]), _data(world, data))
     assert response.status_code in (200, 302), response.content[:2000]

@@ -1411,3 +1411,27 @@ def test_audit_changes_for_viewer_cuts_urls_at_any_depth_and_leaves_the_rest():
         "timeout_seconds": 15,
     }
     assert audit_changes_for_viewer(changes, sees_full_urls=True) is changes
+
+
+def test_a_destination_s_failed_count_and_its_link_mean_the_same_7_days(client, owner, organization):
+    """Both by the time the event was received: the count, and the list its link opens."""
+    from .api_helpers import make_delivery, make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    now = timezone.now()
+    recent = make_event(source, provider_event_id="evt_recent", received_at=now - timedelta(days=1))
+    make_delivery(recent, destination)
+    # Received 8 days ago; its (replayed) delivery failed just now.
+    old = make_event(source, provider_event_id="evt_old", received_at=now - timedelta(days=8))
+    make_delivery(old, destination)
+    client.force_login(owner)
+
+    for page_name in ("dashboard:destination_detail", "dashboard:destinations"):
+        args = ["acme", destination.pk] if page_name == "dashboard:destination_detail" else ["acme"]
+        page = page_text(client.get(reverse(page_name, args=args)))
+        link = re.search(r'href="([^"]*status=failed[^"]*)">(\d+) failed', page)
+        assert link, page_name
+        assert link.group(2) == "1"
+        listed = client.get(html.unescape(link.group(1)))
+        assert [event.pk for event in listed.context["events"]] == [recent.pk], page_name

@@ -6,7 +6,7 @@ from secrets import token_urlsafe
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import BadRequest, ObjectDoesNotExist
 from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -30,6 +30,15 @@ def or_404(lookup, **kwargs):
         return lookup(**kwargs)
     except (ObjectDoesNotExist, ValueError):
         raise Http404("Not found") from None
+
+
+def posted_switch(request, name: str) -> bool:
+    """A switch the dashboard's forms post as "1" (on) or "0" (off); anything else is a bad request
+    (400), not read as off: a stray value must not stop a source or resume a destination."""
+    value = request.POST.get(name)
+    if value not in ("0", "1"):
+        raise BadRequest(f"{name} must be 0 or 1")
+    return value == "1"
 
 
 class ChangeView(OrganizationMixin, View):

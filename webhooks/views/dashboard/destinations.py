@@ -24,9 +24,16 @@ from webhooks.services.destinations import (
     destination_update,
     retry_policy_words,
 )
-from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError
+from webhooks.services.operations import (
+    SEND_WAITING_NOW_LIMIT,
+    NothingToDo,
+    NothingToRetry,
+    OperationError,
+    destination_send_waiting_now,
+    destination_waiting_for_retry_count,
+)
 
-from .base import ADMIN, ChangeView, or_404, secret_once_response
+from .base import ADMIN, ChangeView, or_404, posted_switch, secret_once_response
 
 
 class DestinationMixin(OrganizationMixin):
@@ -102,6 +109,9 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             subscriptions=list(destination.subscriptions.select_related("source")),
             bulk_retries=bulk_retries,
             bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
+            # Counted up to the most one click brings forward (a bounded count, however long the backlog).
+            waiting_for_retry=destination_waiting_for_retry_count(destination=destination),
+            waiting_for_retry_limit=SEND_WAITING_NOW_LIMIT,
         )
         return context
 
@@ -203,7 +213,7 @@ class DestinationDeleteView(DestinationMixin, TemplateView):
 class DestinationSetPausedView(DestinationMixin, ChangeView):
     def post(self, request, *args, **kwargs):
         destination = self.get_destination()
-        paused = request.POST.get("paused") == "1"
+        paused = posted_switch(request, "paused")
         try:
             destination_set_paused(destination=destination, paused=paused, actor=request.user)
         except NothingToDo as exc:  # a second click, or a page older than the last change
@@ -249,4 +259,23 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
             )
         else:
             message = f"Retrying {deliveries} in the background."
+        return self.done(message, "dashboard:destination_detail", destination.pk)
+
+
+class DestinationSendWaitingNowView(DestinationMixin, ChangeView):
+    """Deliveries waiting for a later retry are sent now (after the receiver was fixed)."""
+
+    def post(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        try:
+            count = destination_send_waiting_now(destination=destination, actor=request.user)
+        except NothingToDo as exc:  # sent meanwhile, or a page older than the last change
+            return self.done(
+                f"Nothing to do: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.INFO
+            )
+        except OperationError as exc:
+            return self.done(f"Not sent: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR)
+        message = f"Sending {count} waiting {'delivery' if count == 1 else 'deliveries'} now."
+        if count >= SEND_WAITING_NOW_LIMIT:
+            message += " More are waiting: send again to bring the rest forward."
         return self.done(message, "dashboard:destination_detail", destination.pk)

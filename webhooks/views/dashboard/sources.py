@@ -31,7 +31,7 @@ from webhooks.services.sources import (
     source_update,
 )
 
-from .base import ADMIN, or_404, secret_once_response
+from .base import ADMIN, or_404, posted_switch, secret_once_response
 from .events import event_progress
 
 
@@ -235,7 +235,7 @@ class SourceSetActiveView(SourceMixin, TemplateView):
 
     def post(self, request, *args, **kwargs):
         source = self.get_source()
-        active = request.POST.get("active") == "1"
+        active = posted_switch(request, "active")
         try:
             source_set_active(source=source, active=active, actor=request.user)
         except SourceBeingDeleted:
