@@ -210,12 +210,11 @@ def _insert_round(events: Sequence[NewEvent]) -> list[Outcome]:
         [event_id_digest(event.provider_event_id) for event in events],
     ]
     with connection.wrap_database_errors:
-        cursor = _batch_cursor()
         # A server-side bound, prepared statement: no SQL text to build or parse per batch.
         if len(events) == 1:
-            cursor.execute(_INSERT_ONE_SQL, [values[0] for values in params], prepare=True)
+            cursor = _execute_prepared(_INSERT_ONE_SQL, [values[0] for values in params])
         else:
-            cursor.execute(_INSERT_BATCH_SQL, params, prepare=True)
+            cursor = _execute_prepared(_INSERT_BATCH_SQL, params)
         returned = cursor.fetchall()
     index_by_id = {event.id: index for index, event in enumerate(events)}
     index_by_key = {_conflict_key(event): index for index, event in enumerate(events)}
@@ -283,6 +282,27 @@ _thread_cursor = threading.local()
 # then prepare=True does nothing: each batch was parsed and planned again. The writer's connection
 # prepares the statements that ask for it, and no other (none is run this many times).
 _PREPARE_ONLY_WHEN_ASKED = 2**31
+
+
+def _execute_prepared(sql: str, params) -> psycopg.Cursor:
+    """Run one of the two INSERTs as this connection's prepared statement.
+
+    A migration that changes the type of a column the INSERT returns, run from another session,
+    makes PostgreSQL refuse the statement prepared before it on every later execution ("cached
+    plan must not change result type"): the writer would fail every request until the process
+    restarted. The refusal comes before the statement does anything, so it is run once more on a
+    new connection, which prepares it again.
+    """
+    cursor = _batch_cursor()
+    try:
+        cursor.execute(sql, params, prepare=True)
+    except psycopg.errors.FeatureNotSupported:
+        logger.warning("ingest writer: a prepared INSERT was refused after a schema change; preparing it again")
+        connection.close()
+        connection.ensure_connection()
+        cursor = _batch_cursor()
+        cursor.execute(sql, params, prepare=True)
+    return cursor
 
 
 def _batch_cursor() -> psycopg.Cursor:

@@ -10,6 +10,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
@@ -758,3 +759,31 @@ def _wait_for_a_backend_waiting_on_a_lock(connection, timeout: float = 10.0) -> 
                 return
             time.sleep(0.02)
     raise AssertionError("no backend waited on a lock")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_prepared_statements_survive_a_migration_that_changes_a_returned_columns_type(stripe_source):
+    # A migration run from another host while this process's writer keeps its prepared statements:
+    # PostgreSQL refuses them from then on ("cached plan must not change result type"), on every
+    # execution of the session. The writer's next batch prepares them again, rather than failing
+    # every request until the process is restarted.
+    insert_event_batch([new_event(stripe_source, "evt_before_1")])
+    insert_event_batch([new_event(stripe_source, "evt_before_2"), new_event(stripe_source, "evt_before_3")])
+    table = WebhookEvent._meta.db_table
+
+    def alter(column_type: str) -> None:
+        db = connection.settings_dict
+        with psycopg.connect(
+            dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"], port=db["PORT"] or None
+        ) as other:
+            other.execute(f"ALTER TABLE {table} ALTER COLUMN provider_event_id TYPE {column_type}")
+
+    alter("varchar(300)")
+    try:
+        [alone] = insert_event_batch([new_event(stripe_source, "evt_after_1")])
+        pair = insert_event_batch([new_event(stripe_source, "evt_after_2"), new_event(stripe_source, "evt_after_3")])
+    finally:
+        alter("varchar(255)")
+    assert alone[1] is True
+    assert [inserted for _, inserted in pair] == [True, True]
+    assert WebhookEvent.objects.filter(source=stripe_source).count() == 6
