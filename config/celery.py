@@ -3,6 +3,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
 from celery import Celery
 from celery.signals import (
@@ -43,19 +44,23 @@ def filter_worker_logs(logger, **kwargs):
 # also cancels running tasks with SIGTERM: on a cold shutdown (SIGQUIT, a second Ctrl-C, Celery's
 # REMAP_SIGTERM) or a revoke with terminate; there billiard's own handler runs, as before, and a
 # cold shutdown that follows a warm one still cancels. The flags are made before the pool forks
-# (worker_init), so that the pool processes share them.
+# (worker_init), so that the pool processes share them: plain shared bytes, polled, with no lock. A
+# multiprocessing.Event's set() waits for every process that waited on it to wake, and a pool process
+# that ended its warm shutdown while waiting never does: the main process then hung in its signal
+# handler on a cold shutdown, never to exit.
 _warm_shutdown = _cold_shutdown = None
 _in_pool_process = False
 _billiard_sigterm = None
 # A SIGTERM that reached the main process too is noted there within this long.
 _MAIN_PROCESS_NOTICE_SECONDS = 1.0
+_POLL_SECONDS = 0.02
 
 
 @worker_init.connect
 def _prepare_pool_processes_for_the_platforms_sigterm(**kwargs) -> None:
     global _warm_shutdown, _cold_shutdown
     try:
-        _warm_shutdown, _cold_shutdown = multiprocessing.Event(), multiprocessing.Event()
+        _warm_shutdown, _cold_shutdown = multiprocessing.RawValue("b", 0), multiprocessing.RawValue("b", 0)
     except OSError:  # no shared semaphore (some containers): pool processes keep billiard's handler
         _warm_shutdown = _cold_shutdown = None
 
@@ -63,7 +68,7 @@ def _prepare_pool_processes_for_the_platforms_sigterm(**kwargs) -> None:
 @worker_shutting_down.connect
 def _note_the_kind_of_shutdown(how=None, **kwargs) -> None:
     if _warm_shutdown is not None:
-        (_cold_shutdown if how == "Cold" else _warm_shutdown).set()
+        (_cold_shutdown if how == "Cold" else _warm_shutdown).value = 1
 
 
 @worker_process_init.connect
@@ -73,7 +78,7 @@ def _note_a_pool_process(**kwargs) -> None:
 
 
 def _sigterm_in_a_pool_process(signum, frame) -> None:
-    if not _cold_shutdown.is_set() and _warm_shutdown.wait(_MAIN_PROCESS_NOTICE_SECONDS):
+    if not _cold_shutdown.value and _noted(_warm_shutdown, _MAIN_PROCESS_NOTICE_SECONDS):
         # The platform's SIGTERM, to every process: the warm shutdown ends this one. Should a cold
         # one follow (Celery says so only after it sent its SIGTERM), it still cancels.
         threading.Thread(target=_cancel_on_a_cold_shutdown, daemon=True).start()
@@ -81,8 +86,22 @@ def _sigterm_in_a_pool_process(signum, frame) -> None:
     _billiard_sigterm(signum, frame)
 
 
+def _noted(flag, within: float | None) -> bool:
+    """Whether ``flag`` is set, or is set within ``within`` seconds (None: however long it takes)."""
+    deadline = None if within is None else time.monotonic() + within
+    while not flag.value:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_SECONDS)
+    return True
+
+
+def _warm_shutdown_noted() -> bool:
+    return _warm_shutdown is not None and bool(_warm_shutdown.value)
+
+
 def _cancel_on_a_cold_shutdown() -> None:
-    _cold_shutdown.wait()
+    _noted(_cold_shutdown, None)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
