@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from django import forms
@@ -300,7 +301,12 @@ class DestinationForm(forms.Form):
     def clean_max_retry_age_hours(self) -> int | None:
         """In seconds, as the service takes it (which checks the bounds)."""
         hours = self.cleaned_data["max_retry_age_hours"]
-        return None if hours is None else round(hours * 3600)
+        if hours is None:
+            return None
+        seconds = hours * 3600
+        if not math.isfinite(seconds):  # finite hours past any bound (1e306): the service refuses them
+            seconds = math.copysign(Destination.MAX_RETRY_AGE_SECONDS + 1, seconds)
+        return round(seconds)
 
     def delivery_policy(self) -> dict:
         """The policy's settings as destination_create and destination_update take them."""

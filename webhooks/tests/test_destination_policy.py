@@ -255,6 +255,9 @@ def test_admins_set_the_policy_on_the_dashboard_and_each_change_is_audited(clien
         ("max_attempts", "two", "Enter a whole number"),
         ("max_retry_age_hours", "0", "from 1 min to 30 days"),
         ("max_retry_age_hours", "1e300", "from 1 min to 30 days"),
+        # Finite hours whose seconds are not: round() of an infinity raised, a 500.
+        ("max_retry_age_hours", "1e306", "from 1 min to 30 days"),
+        ("max_retry_age_hours", "-1e306", "from 1 min to 30 days"),
         ("max_retry_age_hours", "inf", "Enter a number"),
     ],
 )
