@@ -112,7 +112,7 @@ class DestinationDetailView(DestinationMixin, TemplateView):
         )
         # The very set the button brings forward (every waiting delivery, however old its event),
         # counted up to the most one click brings forward: the number beside the button is what it does.
-        waiting = destination_waiting_for_retry_count(destination=destination)
+        waiting = destination_waiting_for_retry_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
         context.update(waiting_for_retry=waiting, waiting_for_retry_capped=waiting >= SEND_WAITING_NOW_LIMIT)
         return context
 
