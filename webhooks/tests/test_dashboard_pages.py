@@ -1217,7 +1217,7 @@ def test_a_destination_failing_but_not_yet_out_of_retries_shows_as_failing(clien
     assert listed_ids(client.get(url, {"status": "failed"})) == []  # not dead: not "failed"
 
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
-    assert "1 retrying after a failed attempt" in detail
+    assert "1 event retrying after a failed attempt" in detail
     listing = page_text(client.get(reverse("dashboard:destinations", args=["acme"])))
     assert "1 retrying" in listing
 
@@ -1435,3 +1435,82 @@ def test_a_destination_s_failed_count_and_its_link_mean_the_same_7_days(client, 
         assert link.group(2) == "1"
         listed = client.get(html.unescape(link.group(1)))
         assert [event.pk for event in listed.context["events"]] == [recent.pk], page_name
+
+
+def failed_and_retrying_links(page: str) -> list[tuple[str, int, str]]:
+    """Every link of the page to the events list's failed or retrying events: (status, the number it
+    shows, its address)."""
+    return [
+        (status, int(count), html.unescape(href))
+        for href, status, count in re.findall(r'href="([^"]*status=(failed|retrying)[^"]*)"[^>]*>(\d+)', page)
+    ]
+
+
+def test_an_event_whose_replay_failed_too_counts_once_as_the_list_shows_it(client, owner, organization):
+    """Failed and retrying counts link to the events list: they count events, not deliveries."""
+    from .api_helpers import make_delivery, make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    now = timezone.now()
+    dead_twice = make_event(source, provider_event_id="evt_dead_twice", received_at=now - timedelta(hours=2))
+    retrying_twice = make_event(source, provider_event_id="evt_retrying_twice", received_at=now - timedelta(hours=1))
+    for event, status in ((dead_twice, Delivery.Status.DEAD), (retrying_twice, Delivery.Status.PENDING)):
+        # The first delivery, then its replay (to the same destination), which failed as well.
+        replay = make_delivery(event, destination, status=status)
+        Delivery.objects.filter(pk=replay.pk).update(is_replay=True)
+        make_delivery(event, destination, status=status)
+    client.force_login(owner)
+
+    detail = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
+    listing = page_text(client.get(reverse("dashboard:destinations", args=["acme"])))
+    for page in (page_text(detail), listing):
+        links = failed_and_retrying_links(page)
+        assert {status for status, _, _ in links} == {"failed", "retrying"}
+        for status, count, href in links:
+            assert count == 1, status
+            expected = dead_twice if status == "failed" else retrying_twice
+            assert listed_ids(client.get(href)) == [str(expected.pk)]
+    # Four deliveries, two of them dead: the success rate is still over deliveries, and says so.
+    health = detail.context["health"]
+    assert (health.dead, health.retrying, health.success_rate) == (2, 2, 0.0)
+    assert "0 of 2 finished deliveries delivered" in page_text(detail)
+
+
+def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_event(
+    client, owner, organization, monkeypatch
+):
+    """The 7-day cards leave out an event received 8 days ago; the count beside the button does not,
+    as the button does not, and it is capped where one click is."""
+    from .api_helpers import make_delivery, make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    now = timezone.now()
+    for days in (8, 1, 0):
+        delivery = make_delivery(
+            make_event(source, received_at=now - timedelta(days=days, minutes=5)),
+            destination,
+            status=Delivery.Status.PENDING,
+            attempts=2,
+        )
+        Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=now + timedelta(hours=3))
+    page_url = reverse("dashboard:destination_detail", args=["acme", destination.pk])
+    client.force_login(owner)
+
+    page = client.get(page_url)
+    text = page_text(page)
+    assert "Waiting, 7 days" in text and "2 events retrying after a failed attempt" in text
+    assert "3 deliveries wait for a later retry" in text and "not only the last 7 days" in text
+    assert "Send 3 waiting now</button>" in text
+
+    # One click brings forward at most the service's cap: the button says that many, and does that many.
+    monkeypatch.setattr(operations, "SEND_WAITING_NOW_LIMIT", 2)
+    monkeypatch.setattr("webhooks.views.dashboard.destinations.SEND_WAITING_NOW_LIMIT", 2)
+    text = page_text(client.get(page_url))
+    assert "At least 2 deliveries wait" in text and "Send 2 waiting now</button>" in text
+    done = page_text(
+        client.post(reverse("dashboard:destination_send_waiting_now", args=["acme", destination.pk]), follow=True)
+    )
+    assert "Sending 2 waiting deliveries now." in done
+    assert "1 delivery waits for a later retry" in done and "Send 1 waiting now</button>" in done

@@ -109,10 +109,11 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             subscriptions=list(destination.subscriptions.select_related("source")),
             bulk_retries=bulk_retries,
             bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
-            # Counted up to the most one click brings forward (a bounded count, however long the backlog).
-            waiting_for_retry=destination_waiting_for_retry_count(destination=destination),
-            waiting_for_retry_limit=SEND_WAITING_NOW_LIMIT,
         )
+        # The very set the button brings forward (every waiting delivery, however old its event),
+        # counted up to the most one click brings forward: the number beside the button is what it does.
+        waiting = destination_waiting_for_retry_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
+        context.update(waiting_for_retry=waiting, waiting_for_retry_capped=waiting >= SEND_WAITING_NOW_LIMIT)
         return context
 
 
