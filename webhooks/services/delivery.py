@@ -247,7 +247,21 @@ def release_lost_claims(now=None) -> int:
 
 
 def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> list[Delivery]:
-    """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit.
+    """Claim up to ``limit`` due deliveries to send (see _claim_once).
+
+    A claim whose deliveries were all of sources being deleted (dead-lettered unsent) is followed
+    by another: an empty answer tells the dispatcher that nothing is due, and it would stop while
+    other deliveries wait for the next sweep. Each round dead-letters at least one, so it ends.
+    """
+    while True:
+        chosen, to_send = _claim_once(limit, now, owner=owner)
+        if to_send or not chosen:
+            return to_send
+
+
+def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list[int], list[Delivery]]:
+    """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit;
+    the ids claimed, and those of them to send.
 
     ``owner`` names the dispatcher run taking them (services.claim_owners): while its mark lives,
     the sweeper leaves its claims alone however long it cannot reach the database.
@@ -295,14 +309,14 @@ def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> l
                     rate_window_count=(destination.rate_window_count if same_window else 0) + count,
                 )
         if not chosen:
-            return []
+            return [], []
         Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
             status=Delivery.Status.IN_FLIGHT,
             claimed_at=claimed_at,
             claimed_by=owner,
             attempt_count=F("attempt_count") + 1,
         )
-    return _not_of_sources_being_deleted(
+    return chosen, _not_of_sources_being_deleted(
         _with_source_state(Delivery.objects.filter(pk__in=chosen)).order_by("next_attempt_at", "id")
     )
 

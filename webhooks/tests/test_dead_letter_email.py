@@ -105,7 +105,7 @@ def test_the_pause_email_links_to_the_destination_says_how_to_resume_and_counts_
     client.force_login(owner)
     page = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
     assert page.context["health"].waiting == 3
-    assert "Waiting deliveries of the last 7 days: 3 (the \"Waiting, 7 days\" count" in message.body
+    assert 'Waiting deliveries of the last 7 days: 3 (the "Waiting, 7 days" count' in message.body
     assert alert_destination_paused(destination.pk) is False  # sent: no longer owed
 
 

@@ -213,6 +213,28 @@ def test_deliveries_queued_before_the_request_are_dead_lettered_unsent(
     assert AuditLog.objects.get(action=source_deletion.DELETED_ACTION).changes["deleted"]["deliveries"] == 2
 
 
+def test_a_claim_that_met_only_deliveries_of_a_source_being_deleted_claims_again(
+    client, organization, published, monkeypatch
+):
+    # The dispatcher takes an empty claim for "nothing is due" and stops: a first pick made only of
+    # the doomed source's deliveries must not hide the kept source's delivery due behind them.
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    doomed, kept = make_source(organization, name="doomed"), make_source(organization, name="kept")
+    make_destination(organization, "http://127.0.0.1:9/hook", sources=[doomed, kept])
+    for source, event_id in ((doomed, "evt_doomed_1"), (doomed, "evt_doomed_2"), (kept, "evt_kept")):
+        body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+        assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    processing.process_event_batch()
+    # The kept source's delivery is due last.
+    Delivery.objects.filter(event__provider_event_id="evt_kept").update(next_attempt_at=timezone.now())
+    source_request_deletion(source=doomed)
+
+    claimed = delivery_service.claim_due_deliveries(2)
+
+    assert [delivery.event.provider_event_id for delivery in claimed] == ["evt_kept"]
+    assert set(Delivery.objects.filter(event__source=doomed).values_list("status", flat=True)) == {Delivery.Status.DEAD}
+
+
 # --- The run ---------------------------------------------------------------------------------
 
 
