@@ -18,9 +18,12 @@ duplicates and lost, and the ingest answers seen (a 500 is a failure; a 503 is a
         [--web-port 19380] [--receiver-port 19381] [--json]
 
 Faults: worker_kill (SIGKILL to the Celery worker's whole group, then a new worker), worker_term
-(SIGTERM to its main process only: a warm shutdown, then a new worker), writer_kill (SIGKILL to
-the ingest writer process; gunicorn starts another), web_worker_kill (SIGKILL to one gunicorn
-worker), pg_stop_5 / pg_stop_40 / pg_stop_120 (a fast shutdown for that long), pg_crash (an immediate
+(SIGTERM to its main process only: a warm shutdown, then a new worker), platform_restart (SIGTERM
+at once to every process of the worker and of the web, pool children, gunicorn workers and the
+ingest writer included, as a dyno restart does, while the receiver answers after 1 s so that sends
+are under way; SIGKILL to what is left after a 30 s grace; then both started again),
+writer_kill (SIGKILL to the ingest writer process; gunicorn starts another), web_worker_kill
+(SIGKILL to one gunicorn worker), pg_stop_5 / pg_stop_40 / pg_stop_120 (a fast shutdown for that long), pg_crash (an immediate
 shutdown, i.e. crash recovery at the restart, 5 s down), pg_freeze_60 (SIGSTOP to the postmaster
 and every backend for 60 s, then SIGCONT: a frozen server), pg_cut_worker_60 (a second worker is
 started, then the first one's backends are stopped for 60 s: that worker cut off from the
@@ -59,6 +62,7 @@ FAULTS_FERNET_KEY = "q3Yb0mFQ6sWm5b1j8mY0k2fS1xk3bVf3m8y9bq0zQ1Y="
 ALL_FAULTS = [
     "worker_kill",
     "worker_term",
+    "platform_restart",
     "writer_kill",
     "web_worker_kill",
     "pg_stop_5",
@@ -72,6 +76,7 @@ ALL_FAULTS = [
     "receiver_slow",
 ]
 DESTINATION_TIMEOUT = 2.0  # seconds; the slow receiver answers after twice this
+PLATFORM_GRACE_SECONDS = 30.0  # a dyno's processes are sent SIGKILL this long after its SIGTERM
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -294,6 +299,68 @@ class Harness:
             os.killpg(worker.pid, signal.SIGKILL)
         return note
 
+    def process_tree(self, root: int) -> list[int]:
+        """A process and all its descendants (a pool's children, gunicorn's workers and writer)."""
+        tree, parents = [], [root]
+        while parents:
+            parent = parents.pop()
+            tree.append(parent)
+            parents += [pid for pid, _ in self.children(parent)]
+        return tree
+
+    def group_members(self, group: int) -> list[int]:
+        """The live (not zombie) processes of a process group."""
+        members = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            state, _, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                members.append(int(entry.name))
+        return members
+
+    def restart_like_the_platform(self, names: list[str]) -> dict:
+        """SIGTERM at one instant to every process of these (each its own group), as a dyno restart
+        sends it; wait until each group has no live process, SIGKILL what is left after the grace.
+        The caller starts them again. Notes how long each main process and its group took to end."""
+        processes = {name: self.processes.pop(name) for name in names}
+        trees = {name: self.process_tree(process.pid) for name, process in processes.items()}
+        # A descendant that left its group gets the signal by its pid; the others once, by the group.
+        outside = {name: set(trees[name]) - set(self.group_members(p.pid)) for name, p in processes.items()}
+        signalled = time.monotonic()
+        for name, process in processes.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            for pid in outside[name]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        note: dict = {f"{name}_processes": len(tree) for name, tree in trees.items()}
+        left = dict(processes)
+        try:
+            while left and time.monotonic() - signalled < PLATFORM_GRACE_SECONDS:
+                for name, process in list(left.items()):
+                    if process.poll() is not None and f"{name}_exit_seconds" not in note:
+                        note[f"{name}_exit"] = process.returncode
+                        note[f"{name}_exit_seconds"] = round(time.monotonic() - signalled, 1)
+                    if process.poll() is not None and not self.group_members(process.pid):
+                        note[f"{name}_all_gone_seconds"] = round(time.monotonic() - signalled, 1)
+                        left.pop(name)
+                time.sleep(0.05)
+        finally:  # the platform's SIGKILL after its grace (or this harness's, when interrupted)
+            for name, process in left.items():
+                note[f"{name}_killed_after_grace"] = sorted(self.group_members(process.pid))
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+                note.setdefault(f"{name}_exit", process.returncode)
+        return note
+
     def sends_in_flight(self) -> None:
         """Have the receiver answer after half the destination's timeout: a second's worth of sends is
         then always under way, so that a fault of the database finds dispatchers holding claims."""
@@ -496,6 +563,14 @@ class Harness:
             self.start_worker()  # as a supervisor would
         elif fault == "worker_term":
             note.update(self.stop_worker_warmly("worker"))
+            self.start_worker()
+        elif fault == "platform_restart":
+            self.sends_in_flight()  # the pool processes are mid-send when the SIGTERM comes
+            try:
+                note.update(self.restart_like_the_platform(["worker", "web"]))
+            finally:
+                receiver_get(self.args.receiver_port, "/delay/0")
+            self.start_web()
             self.start_worker()
         elif fault == "pg_crash":
             self.pg_stop("immediate")  # no checkpoint, no goodbye to the clients: recovery at start
