@@ -52,6 +52,8 @@ class Breaker:
     def allow(self) -> bool:
         """True when the caller is to ask Redis: it is not skipped, or this caller is the one that
         tries it again once the interval has passed (the others keep skipping meanwhile)."""
+        if self._skip_until is None:  # the usual case, without taking the lock
+            return True
         with self._lock:
             if self._skip_until is None:
                 return True
