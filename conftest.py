@@ -1,5 +1,9 @@
 """Shared fixtures: tenants with owner/member/outsider users, sources and destinations."""
 
+import os
+import socket
+import threading
+
 import factory
 import pytest
 from django.contrib.auth import get_user_model
@@ -20,7 +24,7 @@ class UserFactory(factory.django.DjangoModelFactory):
 # socket timeouts (config/settings.py). Tests set settings.CACHES to it.
 REDIS_DOWN_CACHES = {
     "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
+        "BACKEND": "config.redis_cache.SkippingRedisCache",
         "LOCATION": "redis://127.0.0.1:1/0",
         "KEY_PREFIX": "hookline",
         "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
@@ -28,12 +32,70 @@ REDIS_DOWN_CACHES = {
 }
 
 
+class BlackholeServer:
+    """A TCP server that accepts connections and never answers: Redis as a managed service is during
+    a failover, or behind a network that drops packets. Each command sent to it waits for the
+    client's socket timeout, unlike a closed port, which fails at once.
+
+    ``connections`` counts the connections accepted: how many times a client tried it.
+    """
+
+    def __init__(self, port: int = 0):
+        self._listener = socket.create_server(("127.0.0.1", port), backlog=64)
+        self.port = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="redis-blackhole", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self._held.append(connection)
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def caches(self) -> dict:
+        """settings.CACHES pointed at this server, with production's socket timeouts."""
+        return {"default": {**REDIS_DOWN_CACHES["default"], "LOCATION": f"redis://127.0.0.1:{self.port}/0"}}
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(timeout=5)
+        with self._lock:
+            for connection in self._held:
+                connection.close()
+
+
+@pytest.fixture
+def redis_blackhole():
+    # REDIS_BLACKHOLE_PORT pins the port (for a run that must stay within given ports); else the OS picks one.
+    server = BlackholeServer(int(os.environ.get("REDIS_BLACKHOLE_PORT", "0")))
+    yield server
+    server.close()
+
+
 @pytest.fixture(autouse=True)
 def _clean_cache():
     # Each test starts with an empty Redis database (rate-limit counters, processing flag), and
     # with none of the API limits' counts kept in memory while Redis was down.
+    from config.redis_cache import reset_breakers
     from webhooks.api.limits import local_counts_clear
 
+    reset_breakers()
     cache.clear()
     local_counts_clear()
     yield

@@ -166,10 +166,15 @@ REDIS_SSL_CERT_REQS = env.str("REDIS_SSL_CERT_REQS", default="required")
 if REDIS_SSL_CERT_REQS not in ("required", "optional", "none"):
     raise ImproperlyConfigured("REDIS_SSL_CERT_REQS must be required, optional or none")
 REDIS_URL = _with_certificate_check(REDIS_URL)
+# After a cache call fails to reach Redis (refused, or no answer within the socket timeouts), each
+# process takes its "cache down" paths at once for this long, then tries Redis again: a Redis that
+# hangs costs one request per process and interval a timeout, not every request. 0: never skip.
+REDIS_SKIP_AFTER_FAILURE_SECONDS = env.float("REDIS_SKIP_AFTER_FAILURE_SECONDS", default=5.0)
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            # django-redis's, skipping Redis for REDIS_SKIP_AFTER_FAILURE_SECONDS after it failed to answer.
+            "BACKEND": "config.redis_cache.SkippingRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "hookline",
             "OPTIONS": {
