@@ -6,7 +6,6 @@ from secrets import token_urlsafe
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.db import transaction
 from django.db.models import BigIntegerField, OuterRef, Subquery
 from django.db.models.fields.json import KeyTextTransform
@@ -21,7 +20,6 @@ from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html, format_html_join
 
 from organizations.admin import (
-    AWAITING_CONFIRMATION,
     AuditedAdminMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
@@ -64,11 +62,9 @@ from webhooks.services.sources import (
 )
 
 from .actions import (
-    RETURN_TO_OBJECT,
     ReturnToObjectPageMixin,
     confirmation_page,
     confirmed,
-    object_page_to_return_to,
     send_waiting_now,
 )
 from .filters import DestinationFilter, SourceProviderFilter
@@ -720,8 +716,8 @@ class DestinationAdmin(
         # The dashboard's bulk retry, for any number of deliveries: a job per destination that a
         # worker runs in batches (see Bulk retries), where the list actions stop at ACTION_LIMIT.
         # Thousands of sends start with one click: asked first, with how many, as Django's own
-        # deletion asks (a POST with post=yes is the answer).
-        if request.POST.get("post") != "yes":
+        # deletion asks (the project's confirmation page).
+        if not confirmed(request):
             return self._confirm_retrying_dead(request, queryset)
         started, refused, waiting = [], [], []
         outcomes = action_outcomes(request)
@@ -759,37 +755,36 @@ class DestinationAdmin(
         deliveries they hold, counted up to DEAD_COUNT_CAP (through the failed-deliveries index)."""
         destinations = list(queryset.select_related("organization").order_by("pk")[: CONFIRMATION_PREVIEW + 1])
         shown = destinations[:CONFIRMATION_PREVIEW]
-        rows = [
-            (destination, _dead_count(Delivery.objects.filter(destination_id=destination.pk))) for destination in shown
-        ]
+        counts = [_dead_count(Delivery.objects.filter(destination_id=destination.pk)) for destination in shown]
         if len(destinations) > CONFIRMATION_PREVIEW:
             total = _dead_count(Delivery.objects.filter(destination__in=queryset.order_by().values("pk")))
             selected_count = queryset.count()
         else:
-            total = min(sum(count for _, count in rows), DEAD_COUNT_CAP + 1)
+            total = min(sum(counts), DEAD_COUNT_CAP + 1)
             selected_count = len(destinations)
-        opts = self.model._meta
-        back = object_page_to_return_to(request, self)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": opts,
-            "title": "Retry every dead delivery?",
-            "rows": [(destination, _counted(count), destination.paused_at) for destination, count in rows],
-            "more": max(selected_count - len(shown), 0),
-            "total": _counted(total),
-            "nothing": total == 0,
-            "one": total == 1,
-            "action": request.POST.get("action", ""),
-            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-            "select_across": request.POST.get("select_across", "0"),
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "return_to_object": request.POST.get(RETURN_TO_OBJECT, "") if back else "",
-            "form_url": request.get_full_path(),
-            "cancel_url": back or request.get_full_path(),
-        }
-        response = TemplateResponse(request, "admin/webhooks/destination/retry_dead_confirmation.html", context)
-        setattr(response, AWAITING_CONFIRMATION, True)
-        return response
+        preview = [
+            f"{destination.organization.name} · {destination.name}: {_counted(count)} dead"
+            + (" (paused)" if destination.paused_at else "")
+            + ("" if destination.is_active else " (inactive: not retried)")
+            for destination, count in zip(shown, counts, strict=True)
+        ]
+        if total == 0:
+            question = "The selected destinations have no dead deliveries: there is nothing to retry."
+        else:
+            question = (
+                f"Send {_counted(total)} dead {'delivery' if total == 1 else 'deliveries'} again? A worker retries "
+                "them in the background, in batches; a paused destination's wait until it is resumed."
+            )
+        return confirmation_page(
+            request,
+            self,
+            queryset,
+            title="Retry every dead delivery?",
+            question=question,
+            button="Yes, retry them" if total else "",
+            preview=preview,
+            total=selected_count,
+        )
 
 
 # The retry-dead confirmation lists this many destinations, and counts dead deliveries up to DEAD_COUNT_CAP.

@@ -1399,7 +1399,7 @@ def test_an_action_on_other_rows_than_the_page_it_names_goes_back_to_the_list(ad
 def test_retrying_every_dead_delivery_of_a_destination_starts_a_bulk_retry(admin, setup, superuser):
     destination = setup["destination"]
     url = reverse("admin:webhooks_destination_changelist")
-    selection = {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [destination.pk]}
+    selection = {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [destination.pk]}
     response = admin.post(url, selection, follow=True)
     job = BulkRetry.objects.get()
     assert job.organization == destination.organization and job.filters == {"destination": destination.pk}
@@ -1416,7 +1416,7 @@ def test_retrying_every_dead_delivery_of_a_destination_starts_a_bulk_retry(admin
 def test_a_destination_without_dead_deliveries_starts_no_bulk_retry(admin, setup):
     response = admin.post(
         reverse("admin:webhooks_destination_changelist"),
-        {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [setup["their_destination"].pk]},
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [setup["their_destination"].pk]},
         follow=True,
     )
     assert not BulkRetry.objects.exists()
@@ -1640,7 +1640,7 @@ def test_a_bulk_retry_without_dead_deliveries_is_audited_as_nothing_to_do(
         reverse("admin:webhooks_destination_changelist"),
         {
             "action": "retry_dead_deliveries",
-            "post": "yes",
+            "confirm": "yes",
             "_selected_action": [setup["destination"].pk, setup["their_destination"].pk],
         },
     )
@@ -1658,7 +1658,7 @@ def test_a_bulk_retry_without_dead_deliveries_is_audited_as_nothing_to_do(
     # A second request while the first job waits is refused, with the reason.
     admin.post(
         reverse("admin:webhooks_destination_changelist"),
-        {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [setup["destination"].pk]},
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [setup["destination"].pk]},
     )
     latest = AuditLog.objects.filter(action="admin.webhooks.destination.action.retry_dead_deliveries").first()
     assert latest.organization_id == organization.pk and latest.changes["outcome"] == "refused"

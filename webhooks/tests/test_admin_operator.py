@@ -132,7 +132,7 @@ def test_bulk_retries_name_their_destination_and_a_destinations_page_lists_its_o
     dead_delivery(source, mailer, "evt_mailer")
     admin.post(
         reverse(DESTINATIONS),
-        {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [ledger.pk, mailer.pk]},
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [ledger.pk, mailer.pk]},
     )
     assert BulkRetry.objects.count() == 2
     ledger_job = BulkRetry.objects.get(filters__destination=ledger.pk)
@@ -155,7 +155,7 @@ def test_bulk_retries_name_their_destination_and_a_destinations_page_lists_its_o
         other = named_destination(other_organization, other_source, f"Other {number}")
         dead_delivery(other_source, other, f"evt_other_{number}")
         admin.post(
-            reverse(DESTINATIONS), {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [other.pk]}
+            reverse(DESTINATIONS), {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [other.pk]}
         )
     with CaptureQueriesContext(connection) as seven_jobs:
         assert len(listed(admin.get(reverse(BULK_RETRIES)))) == 7
@@ -169,7 +169,7 @@ def test_a_bulk_retry_of_a_paused_destination_says_its_deliveries_wait(admin, or
     destination_pause(destination=destination, reason="receiver down")
     response = admin.post(
         reverse(DESTINATIONS),
-        {"action": "retry_dead_deliveries", "post": "yes", "_selected_action": [destination.pk]},
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [destination.pk]},
         follow=True,
     )
     assert BulkRetry.objects.filter(filters__destination=destination.pk).exists()

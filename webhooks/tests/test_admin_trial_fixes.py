@@ -48,13 +48,13 @@ def test_retrying_every_dead_delivery_asks_with_a_count_and_starts_only_once_con
     assert not BulkRetry.objects.exists()
     assert not AuditLog.objects.filter(action__contains="retry_dead_deliveries").exists()  # not done yet
     page = asked.content.decode()
-    assert "Send <strong>1</strong> dead delivery again?" in page
+    assert "Send 1 dead delivery again?" in page
     assert f"{destination.organization.name} · {destination.name}: 1 dead" in page
-    assert 'name="post" value="yes"' in page and "csrfmiddlewaretoken" in page
+    assert 'name="confirm" value="yes"' in page and "csrfmiddlewaretoken" in page
     # "No" goes back to the list as it was filtered.
     assert f'href="{reverse(DESTINATIONS)}?state=sending"' in page
 
-    done = admin.post(reverse(DESTINATIONS) + "?state=sending", {**selection, "post": "yes"})
+    done = admin.post(reverse(DESTINATIONS) + "?state=sending", {**selection, "confirm": "yes"})
     assert done.status_code == 302
     job = BulkRetry.objects.get()
     assert job.filters == {"destination": destination.pk} and job.total == 1
@@ -68,8 +68,7 @@ def test_the_confirmation_counts_dead_deliveries_up_to_a_cap(admin, setup, monke
     monkeypatch.setattr(configuration, "DEAD_COUNT_CAP", 2)
     asked = admin.post(reverse(DESTINATIONS), {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]})
     page = asked.content.decode()
-    print(page[page.find('id="content"') : page.rfind("</form>")])
-    assert "Send <strong>more than 2</strong> dead deliveries again?" in page
+    assert "Send more than 2 dead deliveries again?" in page
     # The count reads at most cap + 1 rows, never COUNT(*) over them all.
     with CaptureQueriesContext(connection) as queries:
         admin.post(reverse(DESTINATIONS), {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]})
@@ -77,6 +76,16 @@ def test_the_confirmation_counts_dead_deliveries_up_to_a_cap(admin, setup, monke
         query["sql"] for query in queries.captured_queries if "COUNT(" in query["sql"] and "delivery" in query["sql"]
     ]
     assert counts and all("LIMIT 3" in sql for sql in counts), counts
+
+
+def test_the_confirmation_offers_no_retry_when_nothing_is_dead(admin, setup):
+    destination = setup["destination"]
+    Delivery.objects.filter(destination=destination, status=Delivery.Status.DEAD).delete()
+    asked = admin.post(reverse(DESTINATIONS), {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]})
+    page = asked.content.decode()
+    assert "no dead deliveries: there is nothing to retry" in page
+    assert 'id="confirm-action"' not in page and "No, take me back" in page
+    assert not BulkRetry.objects.exists()
 
 
 def test_the_dead_count_reads_the_failed_deliveries_index(setup):
@@ -145,7 +154,7 @@ def test_retry_dead_from_a_destinations_page_asks_then_comes_back_to_it(admin, s
     content = asked.content.decode()
     assert f'href="{destination_page(destination)}"' in content  # "No" goes back to the destination
     assert f'name="return_to_object" value="{destination.pk}"' in content
-    done = admin.post(reverse(DESTINATIONS), {**form, "post": "yes"})
+    done = admin.post(reverse(DESTINATIONS), {**form, "confirm": "yes"})
     assert done.status_code == 302 and done["Location"] == destination_page(destination)
     assert BulkRetry.objects.filter(filters__destination=destination.pk).exists()
 
