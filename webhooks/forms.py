@@ -18,7 +18,13 @@ from webhooks.selectors import (
     EventFilters,
     sources_for_organization,
 )
-from webhooks.services.destinations import DestinationError, event_type_patterns, max_attempts_allowed
+from webhooks.services.destination_headers import MAX_CUSTOM_HEADERS, CustomHeaderError, parse_header_lines
+from webhooks.services.destinations import (
+    DestinationError,
+    destination_merge_custom_headers,
+    event_type_patterns,
+    max_attempts_allowed,
+)
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
 
@@ -216,7 +222,71 @@ class TestEventForm(forms.Form):
         return body
 
 
-class DestinationForm(forms.Form):
+class WriteOnlyTextarea(forms.Textarea):
+    """A text area that never writes back what was typed in it: it holds secrets, which a page
+    shown again after another field's error must not carry."""
+
+    def format_value(self, value):
+        return None
+
+
+class CustomHeadersMixin(forms.Form):
+    """A destination's custom headers on a form: lines that add or replace headers, and ticks that
+    remove them, so that changing one never means typing the others' values again (which are
+    never shown). ``custom_header_changes()`` is what destination_create / destination_update take."""
+
+    custom_headers_set = forms.CharField(
+        label="Custom headers",
+        required=False,
+        strip=False,
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        help_text=f"Sent with every attempt, one per line as Name: value (Authorization: Bearer …), at most "
+        f"{MAX_CUSTOM_HEADERS}; for a receiver behind an API gateway or basic auth. A header named here that "
+        "exists gets the new value; the others keep theirs. Values are never shown again, only their last "
+        "characters. Hookline's own headers (webhook-*, Content-Type, Host, User-Agent…) cannot be set.",
+    )
+    custom_headers_remove = forms.MultipleChoiceField(
+        label="Remove custom headers", required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    def setup_custom_headers(self, destination: Destination | None) -> None:
+        self.destination_with_headers = destination
+        hints = destination.custom_header_hints if destination is not None else []
+        if hints:
+            self.fields["custom_headers_remove"].choices = [
+                (item["name"], f"{item['name']} (value {item['hint']})") for item in hints
+            ]
+        else:
+            del self.fields["custom_headers_remove"]
+        for name in ("custom_headers_set", "custom_headers_remove"):  # after the form's own fields
+            if name in self.fields:
+                self.fields[name] = self.fields.pop(name)
+
+    def clean(self):
+        cleaned = super().clean()
+        changes: dict[str, str | None] = {}
+        try:
+            changes.update(parse_header_lines(cleaned.get("custom_headers_set") or ""))
+        except CustomHeaderError as exc:
+            self.add_error("custom_headers_set", str(exc))
+            return cleaned
+        for name in cleaned.get("custom_headers_remove") or []:
+            if name.lower() in {key.lower() for key in changes}:
+                self.add_error("custom_headers_set", f"the header “{name}” is both set and removed: choose one")
+                return cleaned
+            changes[name] = None
+        try:
+            destination_merge_custom_headers(self.destination_with_headers, changes)
+        except DestinationError as exc:
+            self.add_error("custom_headers_set", str(exc))
+        cleaned["custom_header_changes"] = changes
+        return cleaned
+
+    def custom_header_changes(self) -> dict[str, str | None]:
+        return self.cleaned_data.get("custom_header_changes") or {}
+
+
+class DestinationForm(CustomHeadersMixin, forms.Form):
     name = NameField(max_length=200)
     url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
     sources = forms.ModelMultipleChoiceField(
@@ -297,6 +367,7 @@ class DestinationForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["sources"].queryset = sources_for_organization(organization=organization)
         self.fields["max_attempts"].widget.attrs.update(min=1, max=max_attempts_allowed())
+        self.setup_custom_headers(destination)
 
     def clean_max_retry_age_hours(self) -> int | None:
         """In seconds, as the service takes it (which checks the bounds)."""
@@ -321,7 +392,9 @@ class DestinationForm(forms.Form):
 
     def add_service_error(self, exc: DestinationError) -> None:
         """A refusal of the service, on the field it is about (the URL, unless it names another)."""
-        field = {"max_retry_age_seconds": "max_retry_age_hours"}.get(exc.field, exc.field)
+        field = {"max_retry_age_seconds": "max_retry_age_hours", "custom_headers": "custom_headers_set"}.get(
+            exc.field, exc.field
+        )
         self.add_error(field if field in self.fields else "url", str(exc))
 
     def clean_event_types(self) -> list[str]:

@@ -27,7 +27,7 @@ from organizations.admin import (
     action_outcomes,
 )
 from webhooks.fields import decrypt, encrypt
-from webhooks.forms import NameField
+from webhooks.forms import CustomHeadersMixin, NameField
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -39,6 +39,7 @@ from webhooks.services.destinations import (
     destination_check_secret,
     destination_check_url,
     destination_rotate_secret,
+    destination_set_custom_headers,
 )
 from webhooks.services.operations import (
     NothingToDo,
@@ -476,7 +477,7 @@ class SubscriptionInline(admin.TabularInline):
         return False
 
 
-class DestinationAdminForm(forms.ModelForm):
+class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
     url = forms.URLField(max_length=2000, assume_scheme="https")
     new_secret = forms.CharField(
         required=False,
@@ -508,6 +509,10 @@ class DestinationAdminForm(forms.ModelForm):
             "is_active",
         )
         field_classes = {"name": NameField}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setup_custom_headers(self.instance if self.instance.pk else None)
 
     def clean(self):
         cleaned = super().clean()
@@ -576,6 +581,9 @@ class DestinationAdmin(
         "max_attempts",
         "max_retry_age_seconds",
         "is_active",
+        "custom_headers_shown",
+        "custom_headers_set",
+        "custom_headers_remove",
         "secret_hint",
         "new_secret",
         "stop_previous",
@@ -587,6 +595,7 @@ class DestinationAdmin(
     )
     readonly_fields = (
         "organization",
+        "custom_headers_shown",
         "secret_hint",
         "previous_secret_expires_at",
         "paused_at",
@@ -598,6 +607,20 @@ class DestinationAdmin(
     # Pause, Resume and Retry dead deliveries as buttons (the list's actions, for this one), and its state on top.
     change_form_template = "admin/webhooks/destination/change_form.html"
     actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries", send_waiting_now)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is None or not obj.custom_header_hints:  # nothing to remove: the form has no such field
+            fields = [field for field in fields if field != "custom_headers_remove"]
+        return fields
+
+    @admin.display(description="Custom headers now")
+    def custom_headers_shown(self, obj):
+        # Names and hints only: the values are credentials, never shown after they are set.
+        hints = obj.custom_header_hints if obj else []
+        if not hints:
+            return "none"
+        return format_html_join(", ", "<code>{}</code> {}", ((item["name"], item["hint"]) for item in hints))
 
     @admin.display(description="Its deliveries")
     def related_links(self, obj):
@@ -629,6 +652,15 @@ class DestinationAdmin(
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        # The typed lines hold the values: the service audits the names alone, in its own entry.
+        for name in ("custom_headers_set", "custom_headers_remove"):
+            getattr(obj, "_audit_changes", {}).pop(name, None)
+        if header_changes := form.custom_header_changes():
+            try:
+                destination_set_custom_headers(destination=obj, changes=header_changes, actor=request.user)
+                self.message_user(request, "Custom headers saved.", messages.SUCCESS)
+            except DestinationError as exc:
+                self.message_user(request, f"Custom headers not changed: {exc}", messages.ERROR)
         new_secret = form.cleaned_data.get("new_secret")
         if new_secret:
             try:

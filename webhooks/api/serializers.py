@@ -183,6 +183,8 @@ class DestinationSerializer(serializers.Serializer):
     retry_client_errors = serializers.BooleanField()
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
+    # Each custom header's name and the hint of its value (…a1b2); the values are never shown.
+    custom_headers = serializers.ListField(child=serializers.DictField(), source="custom_header_hints")
     subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
     created_at = serializers.DateTimeField()
 

@@ -178,6 +178,7 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
                 event_types=data["event_types"],
                 timeout_seconds=data.get("timeout_seconds"),
                 retry_client_errors=data["retry_client_errors"],
+                custom_headers=data.get("custom_headers"),
                 actor=self.api_key,
                 **{field: data.get(field) for field in DELIVERY_POLICY_FIELDS},
             )
@@ -203,6 +204,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
             request,
             sources=sources_for_organization(organization=self.organization),
             has_sources=bool(subscriptions),
+            destination=destination,
         )
         if "sources" in data:
             sources = data["sources"]
@@ -224,6 +226,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
                 event_types=event_types,
                 timeout_seconds=data.get("timeout_seconds", destination.timeout_seconds),
                 retry_client_errors=data.get("retry_client_errors"),
+                custom_headers=data.get("custom_headers"),
                 actor=self.api_key,
                 **{field: data[field] for field in DELIVERY_POLICY_FIELDS if field in data},
             )

@@ -1,3 +1,5 @@
+import json
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -30,6 +32,11 @@ class Destination(models.Model):
     # A database default too: processes still running older code (during a deploy) insert without it.
     previous_secret = EncryptedTextField(blank=True, default="", db_default="")
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    # Headers sent with every attempt (an API gateway's key, basic auth for the receiver): a JSON list
+    # of [name, value] pairs, encrypted since the values are credentials. Written only through
+    # services.destinations (which checks them); custom_header_hints is what may be shown of them.
+    custom_headers = EncryptedTextField(blank=True, default="", db_default="", editable=False)
+    custom_header_hints = models.JSONField(blank=True, default=list, db_default=[], editable=False)
     timeout_seconds = models.FloatField(
         default=15.0, validators=[MinValueValidator(MIN_TIMEOUT_SECONDS), MaxValueValidator(MAX_TIMEOUT_SECONDS)]
     )
@@ -93,6 +100,10 @@ class Destination(models.Model):
         if self.previous_secret and expires_at and expires_at > timezone.now():
             return expires_at
         return None
+
+    def custom_header_values(self) -> dict[str, str]:
+        """The custom headers, name to value, in the order they were added (empty when none)."""
+        return dict(json.loads(self.custom_headers)) if self.custom_headers else {}
 
     def signing_secrets(self) -> list[str]:
         """The current secret, then the previous one while its overlap lasts."""

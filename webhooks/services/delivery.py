@@ -32,6 +32,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination
 
 from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
+from .destination_headers import masked_custom_headers
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import duration_words, storable_text
@@ -610,8 +611,12 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
         if name.lower() == "connection"
         for token in str(value).split(",")
     }
-    dropped = HOP_BY_HOP_HEADERS | named_by_connection | NOT_FORWARDED_HEADERS
+    # The destination's own headers (a gateway's key, basic auth) take the place of the provider's of
+    # the same name; the platform's below (User-Agent, the signature) cannot be among them.
+    custom = delivery.destination.custom_header_values()
+    dropped = HOP_BY_HOP_HEADERS | named_by_connection | NOT_FORWARDED_HEADERS | {name.lower() for name in custom}
     headers = {_latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in dropped}
+    headers.update(custom)
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.
     message_id = delivery.message_id
@@ -637,6 +642,9 @@ class SendResult:
     started_at: object
     headers: dict[str, str]
     response: outbound.OutboundResponse
+    # Names of the destination's custom headers among ``headers``: their values are credentials,
+    # recorded masked.
+    custom_header_names: frozenset[str] = frozenset()
 
 
 def _latin1(text: str) -> str:
@@ -652,7 +660,9 @@ def send(delivery: Delivery) -> SendResult:
     """
     started_at = timezone.now()
     headers: dict[str, str] = {}
+    custom_header_names: frozenset[str] = frozenset()
     try:
+        custom_header_names = frozenset(delivery.destination.custom_header_values())
         headers = build_request_headers(delivery, int(time.time()))
         timeout = min(
             max(delivery.destination.timeout_seconds, Destination.MIN_TIMEOUT_SECONDS),
@@ -666,7 +676,9 @@ def send(delivery: Delivery) -> SendResult:
         response = outbound.OutboundResponse(
             status=None, body="", duration_ms=0, error=f"the attempt could not be made: {exc.__class__.__name__}"
         )
-    return SendResult(started_at=started_at, headers=headers, response=response)
+    return SendResult(
+        started_at=started_at, headers=headers, response=response, custom_header_names=custom_header_names
+    )
 
 
 def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Delivery]:
@@ -843,7 +855,7 @@ def _record_results(
                     duration_ms=result.response.duration_ms,
                     request_headers={
                         storable_text(k): storable_text(v)
-                        for k, v in result.headers.items()
+                        for k, v in masked_custom_headers(result.headers, result.custom_header_names).items()
                         if k.lower() != "webhook-signature"
                     },
                     response_status=result.response.status,

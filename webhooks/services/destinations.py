@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
@@ -18,6 +18,13 @@ from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscripti
 from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry
+from .destination_headers import (
+    CustomHeaderError,
+    check_custom_headers,
+    custom_header_changes,
+    merge_custom_headers,
+    store_custom_headers,
+)
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .permissions import require_configure_role
@@ -101,6 +108,27 @@ def _check_settings(name: str, timeout_seconds: float | None) -> None:
     low, high = Destination.MIN_TIMEOUT_SECONDS, Destination.MAX_TIMEOUT_SECONDS
     if timeout_seconds is not None and not low <= timeout_seconds <= high:
         raise DestinationError(f"the timeout must be between {low:g} and {high:g} seconds", field="timeout_seconds")
+
+
+def destination_check_custom_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A new destination's custom headers (name to value), checked and cleaned: DestinationError on
+    the field ``custom_headers`` naming the header at fault (never its value)."""
+    try:
+        return check_custom_headers(headers)
+    except CustomHeaderError as exc:
+        raise DestinationError(str(exc), field="custom_headers") from None
+
+
+def destination_merge_custom_headers(
+    destination: Destination | None, changes: Mapping[str, str | None]
+) -> dict[str, str]:
+    """The destination's custom headers with ``changes`` applied (a value adds or replaces, None
+    removes; the others keep their values), checked: what a form or the API checks before saving."""
+    current = destination.custom_header_values() if destination is not None else {}
+    try:
+        return merge_custom_headers(current, changes)
+    except CustomHeaderError as exc:
+        raise DestinationError(str(exc), field="custom_headers") from None
 
 
 def max_attempts_allowed() -> int:
@@ -224,10 +252,12 @@ def destination_create(
     rate_limit_per_second: int | None = None,
     max_attempts: int | None = None,
     max_retry_age_seconds: int | None = None,
+    custom_headers: Mapping[str, str] | None = None,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once).
-    ``max_concurrency`` None is the default (10); the other limits' None is no limit."""
+    ``max_concurrency`` None is the default (10); the other limits' None is no limit.
+    ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again."""
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
@@ -236,11 +266,12 @@ def destination_create(
         max_attempts=max_attempts,
         max_retry_age_seconds=max_retry_age_seconds,
     )
+    headers = destination_check_custom_headers(custom_headers or {})
     destination_check_url(url)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
     secret = generate_standard_webhooks_secret()
-    destination = Destination.objects.create(
+    destination = Destination(
         organization=organization,
         name=name,
         url=url,
@@ -253,6 +284,8 @@ def destination_create(
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
         **({"max_concurrency": max_concurrency} if max_concurrency is not None else {}),
     )
+    store_custom_headers(destination, headers)
+    destination.save(force_insert=True)
     for source in sources:
         subscription_create(destination=destination, source=source, event_types=event_types or [], actor=actor)
     audit_record(
@@ -267,6 +300,8 @@ def destination_create(
             "timeout_seconds": destination.timeout_seconds,
             "retry_client_errors": retry_client_errors,
             **{field: getattr(destination, field) for field in DELIVERY_POLICY_FIELDS},
+            # Names only: the values are credentials.
+            **({"custom_headers": custom_header_changes({}, headers)} if headers else {}),
         },
     )
     return destination, secret
@@ -308,11 +343,13 @@ def destination_update(
     rate_limit_per_second: int | _Unchanged | None = UNCHANGED,
     max_attempts: int | _Unchanged | None = UNCHANGED,
     max_retry_age_seconds: int | _Unchanged | None = UNCHANGED,
+    custom_headers: Mapping[str, str | None] | None = None,
     actor=None,
 ) -> Destination:
     """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged),
-    its delivery policy (UNCHANGED unless given; None is no limit) and which sources (and event
-    types) it receives."""
+    its delivery policy (UNCHANGED unless given; None is no limit), which sources (and event
+    types) it receives, and its custom headers: ``custom_headers`` are changes (a value adds or
+    replaces that header, None removes it; headers not named stay as they are)."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     policy = {
@@ -335,6 +372,11 @@ def destination_update(
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
     changes: dict = {}
+    header_fields = []
+    if custom_headers:
+        if header_changes := _change_custom_headers(destination, custom_headers):
+            changes["custom_headers"] = header_changes
+        header_fields = ["custom_headers", "custom_header_hints"]
     fields = [("name", name), ("url", url), ("timeout_seconds", timeout_seconds)]
     if retry_client_errors is not None:
         fields.append(("retry_client_errors", retry_client_errors))
@@ -343,7 +385,7 @@ def destination_update(
         if getattr(destination, field) != value:
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
-    destination.save(update_fields=[field for field, _ in fields] + ["updated_at"])
+    destination.save(update_fields=[field for field, _ in fields] + header_fields + ["updated_at"])
     # Read now, under the row lock the save took: not destination.subscriptions.all(), which may be
     # what a caller prefetched before a concurrent update (the same PATCH sent twice) committed.
     existing = {
@@ -368,6 +410,44 @@ def destination_update(
             actor=actor,
             target=destination,
             changes=changes,
+        )
+    return destination
+
+
+def _change_custom_headers(destination: Destination, changes: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """Apply ``changes`` to the headers as committed now, under the row's lock (two edits of
+    different headers at once both hold, and neither brings back a value the other replaced), and
+    set them unsaved on ``destination``. Returns the names added, removed and changed, for the audit log."""
+    current = (
+        Destination.objects.select_for_update(no_key=True).only("custom_headers").filter(pk=destination.pk).first()
+    )
+    if current is None:
+        raise DestinationError("this destination has been deleted")
+    before = current.custom_header_values()
+    try:
+        after = merge_custom_headers(before, changes)
+    except CustomHeaderError as exc:
+        raise DestinationError(str(exc), field="custom_headers") from None
+    store_custom_headers(destination, after)
+    return custom_header_changes(before, after)
+
+
+@transaction.atomic
+def destination_set_custom_headers(
+    *, destination: Destination, changes: Mapping[str, str | None], actor=None
+) -> Destination:
+    """Add, replace (a value) or remove (None) custom headers; the others keep their values. Audited
+    by name only (``destination.custom_headers_changed``), never with a value."""
+    require_configure_role(organization=destination.organization, actor=actor)
+    names = _change_custom_headers(destination, changes)
+    destination.save(update_fields=["custom_headers", "custom_header_hints", "updated_at"])
+    if names:
+        audit_record(
+            action="destination.custom_headers_changed",
+            organization=destination.organization,
+            actor=actor,
+            target=destination,
+            changes=names,
         )
     return destination
 

@@ -35,6 +35,13 @@ class Command(OperatorCommand):
         parser.add_argument("--max-concurrency", type=int, metavar="N", help="attempts sent at once (default 10)")
         parser.add_argument("--rate-limit-per-second", type=int, metavar="N", help="attempts started per second")
         parser.add_argument("--retry-client-errors", action="store_true", help="retry 4xx answers too")
+        parser.add_argument(
+            "--header",
+            action="append",
+            default=[],
+            metavar='"NAME: VALUE"',
+            help="a custom header sent with every attempt (repeat for more); its value is never shown again",
+        )
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
@@ -42,6 +49,15 @@ class Command(OperatorCommand):
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:
             raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")
+        headers: dict[str, str] = {}
+        for given in options["header"]:
+            # One header per flag; a line break inside a value is the service's to refuse, not a second header.
+            name, colon, value = given.partition(":")
+            if not colon:
+                raise ValueError(f"--header: “{name.strip()[:60]}” has no colon: write it as --header 'Name: value'")
+            if name.strip().lower() in {known.lower() for known in headers}:
+                raise ValueError(f"--header: the header “{name.strip()}” is given twice: names are case-insensitive")
+            headers[name] = value
         try:
             destination, secret = destination_create(
                 organization=organization,
@@ -55,21 +71,28 @@ class Command(OperatorCommand):
                 rate_limit_per_second=options.get("rate_limit_per_second"),
                 max_attempts=options.get("max_attempts"),
                 max_retry_age_seconds=options.get("max_retry_age_seconds"),
+                custom_headers=headers,
             )
         except DestinationError as exc:
             # Named by the flag that set it: "--max-concurrency: concurrent attempts must be …".
-            flag = "--timeout" if exc.field == "timeout_seconds" else exc.field and "--" + exc.field.replace("_", "-")
+            flag = {"timeout_seconds": "--timeout", "custom_headers": "--header"}.get(exc.field) or (
+                exc.field and "--" + exc.field.replace("_", "-")
+            )
             raise ValueError(f"{flag}: {exc}" if flag else str(exc)) from None
         result = {
             "id": destination.pk,
             "secret": secret,
             "sources": [source.pk for source in sources],
             "policy": {field: getattr(destination, field) for field in POLICY_FIELDS},
+            "custom_headers": destination.custom_header_hints,  # names and hints, never a value
         }
         text = (
             f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
             f"\nRetry policy: {retry_policy_words(destination)}"
         )
+        if destination.custom_header_hints:
+            shown = ", ".join(f"{item['name']} ({item['hint']})" for item in destination.custom_header_hints)
+            text += f"\nCustom headers: {shown}"
         if not sources:
             # No command links a source to an existing destination: only the dashboard does.
             edit_page = settings.PUBLIC_BASE_URL + reverse(

@@ -83,6 +83,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
+                    custom_headers=form.custom_header_changes(),
                     actor=request.user,
                     **form.delivery_policy(),
                 )
@@ -153,6 +154,7 @@ class DestinationEditView(DestinationMixin, TemplateView):
                     event_types=form.cleaned_data["event_types"],
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
+                    custom_headers=form.custom_header_changes(),
                     actor=request.user,
                     **form.delivery_policy(),
                 )

@@ -1,0 +1,478 @@
+"""Custom headers of a destination: sent with every attempt, stored encrypted, never shown, logged or
+audited after they are set, and the same checks from the dashboard, the REST API, the admin and
+create_destination."""
+
+import io
+import json
+import logging
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.urls import reverse
+from standardwebhooks.webhooks import Webhook
+
+from organizations.models import ApiKey, AuditLog
+from webhooks.models import Delivery, DeliveryAttempt, Destination
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+from webhooks.services.destination_headers import CUSTOM_HEADER_MASKED
+from webhooks.services.destinations import (
+    DestinationError,
+    destination_create,
+    destination_set_custom_headers,
+    destination_update,
+)
+
+from .api_helpers import api_get, api_patch, api_post, make_key
+from .factories import STRIPE_SECRET, make_destination, make_source
+from .signing import stripe_headers
+
+pytestmark = pytest.mark.django_db
+
+# Values distinctive enough that finding one anywhere is a leak, not a coincidence.
+GATEWAY_TOKEN = "Bearer gw-7Qx2ZsecretA1b2"
+API_KEY_VALUE = "key-Vb93LmnopqrstC3d4"
+BODY = '{"id":"evt_custom_headers","object":"event","type":"invoice.paid"}'
+
+
+@pytest.fixture(autouse=True)
+def dispatches(monkeypatch):
+    """Tests drive the services directly; dispatcher scheduling is counted instead of queued."""
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+
+
+def _raw_custom_headers_column(destination_id: int) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT custom_headers, custom_header_hints::text FROM webhooks_destination WHERE id = %s", [destination_id]
+        )
+        return " ".join(cursor.fetchone())
+
+
+def _all_audit_text() -> str:
+    return json.dumps(list(AuditLog.objects.values("action", "changes")), default=str)
+
+
+def _no_value_in(text: str, *values: str) -> bool:
+    return not any(value in text for value in values) and not any(value.split()[-1] in text for value in values)
+
+
+def _deliver_one(client, source, **provider_headers) -> Delivery:
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        BODY,
+        content_type="application/json",
+        **stripe_headers(BODY, STRIPE_SECRET),
+        **provider_headers,
+    )
+    assert response.status_code == 200, response.content
+    assert processing.process_received_events() == 1
+    delivery = Delivery.objects.get()
+    delivery_service.deliver(delivery.pk)
+    return delivery
+
+
+# --- Delivery ---------------------------------------------------------------------------------
+
+
+def test_custom_headers_arrive_replace_the_provider_s_and_the_signature_still_verifies(
+    client, organization, owner, httpserver, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    source = make_source(organization)
+    destination, secret = make_destination(
+        organization,
+        httpserver.url_for("/hook"),
+        sources=[source],
+        custom_headers={"Authorization": GATEWAY_TOKEN, "X-Api-Key": API_KEY_VALUE},
+    )
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok", status=200)
+
+    # The provider sent an X-Api-Key of its own: the tenant's replaces it, in whatever case it came.
+    delivery = _deliver_one(client, source, HTTP_X_API_KEY="from-the-provider")
+
+    request, _ = httpserver.log[0]
+    assert request.headers["Authorization"] == GATEWAY_TOKEN
+    assert request.headers.get_all("X-Api-Key") == [API_KEY_VALUE]
+    assert "Stripe-Signature" in request.headers  # the provider's other headers still travel along
+    assert Webhook(secret).verify(request.get_data(), dict(request.headers))["id"] == "evt_custom_headers"
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SUCCEEDED
+
+    # Recorded masked, for everyone: the attempt's stored headers hold no value.
+    attempt = DeliveryAttempt.objects.get()
+    recorded = {name.lower(): value for name, value in attempt.request_headers.items()}
+    assert recorded["authorization"] == CUSTOM_HEADER_MASKED and recorded["x-api-key"] == CUSTOM_HEADER_MASKED
+    assert _no_value_in(json.dumps(attempt.request_headers), GATEWAY_TOKEN, API_KEY_VALUE)
+
+    # Nowhere it could be read: the REST API (a read-write key sees signatures), the owner's event
+    # page, the admin's, show_event, the audit log, the log, the raw column.
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    event_id = str(delivery.event_id)
+    for path in (f"/api/v1/events/{event_id}", f"/api/v1/deliveries/{delivery.pk}", "/api/v1/destinations"):
+        response = api_get(client, key, path)
+        assert response.status_code == 200 and _no_value_in(response.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert CUSTOM_HEADER_MASKED in api_get(client, key, f"/api/v1/events/{event_id}").content.decode()
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event_id]))
+    assert page.status_code == 200 and CUSTOM_HEADER_MASKED in page.content.decode()
+    assert _no_value_in(page.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    superuser = get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery")
+    client.force_login(superuser)
+    admin_page = client.get(reverse("admin:webhooks_webhookevent_change", args=[event_id]))
+    assert admin_page.status_code == 200 and _no_value_in(admin_page.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    out = io.StringIO()
+    call_command("show_event", event_id, "--body", stdout=out)
+    assert _no_value_in(out.getvalue(), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert _no_value_in(caplog.text, GATEWAY_TOKEN, API_KEY_VALUE)
+    assert _no_value_in(_raw_custom_headers_column(destination.pk), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert _raw_custom_headers_column(destination.pk).startswith("gAAAA")  # a Fernet token
+
+
+def test_a_destination_without_custom_headers_sends_as_before(client, organization, httpserver):
+    source = make_source(organization)
+    _, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok", status=200)
+    _deliver_one(client, source, HTTP_X_API_KEY="from-the-provider")
+    request, _ = httpserver.log[0]
+    assert request.headers["X-Api-Key"] == "from-the-provider" and "Authorization" not in request.headers
+    assert Webhook(secret).verify(request.get_data(), dict(request.headers))
+
+
+def test_a_send_test_event_reaches_the_destination_with_its_headers(client, organization, owner, httpserver):
+    """The dashboard's test sender posts to the source; the delivery it makes is an ordinary one."""
+    from webhooks.services.source_testing import source_send_test_event
+
+    source = make_source(organization)
+    make_destination(
+        organization, httpserver.url_for("/hook"), sources=[source], custom_headers={"X-Api-Key": API_KEY_VALUE}
+    )
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok", status=200)
+
+    def post_through_test_client(url, *, body, headers, timeout=10.0):
+        from webhooks.services.outbound import OutboundResponse
+
+        answer = client.generic(
+            "POST",
+            url.removeprefix("http://testserver"),
+            body,
+            content_type=headers.get("Content-Type"),
+            **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
+        )
+        return OutboundResponse(
+            status=answer.status_code,
+            body=answer.content.decode(),
+            duration_ms=1,
+            error="",
+            headers={name.lower(): value for name, value in answer.headers.items()},
+        )
+
+    import webhooks.services.source_testing as source_testing
+
+    original = source_testing.post_to_hookline
+    source_testing.post_to_hookline = post_through_test_client
+    try:
+        result = source_send_test_event(source=source, actor=owner)
+    finally:
+        source_testing.post_to_hookline = original
+    assert result.event is not None
+    assert processing.process_received_events() == 1
+    delivery_service.deliver(Delivery.objects.get().pk)
+    request, _ = httpserver.log[0]
+    assert request.headers["X-Api-Key"] == API_KEY_VALUE
+
+
+# --- Checks, the same everywhere -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers, named",
+    [
+        ({"Host": "evil.example"}, "Host"),
+        ({"content-length": "3"}, "content-length"),
+        ({"Content-Type": "text/plain"}, "Content-Type"),
+        ({"Transfer-Encoding": "chunked"}, "Transfer-Encoding"),
+        ({"Connection": "close"}, "Connection"),
+        ({"Keep-Alive": "timeout=5"}, "Keep-Alive"),
+        ({"Upgrade": "h2c"}, "Upgrade"),
+        ({"TE": "trailers"}, "TE"),
+        ({"Proxy-Authorization": "Basic eA=="}, "Proxy-Authorization"),
+        ({"webhook-id": "msg_1"}, "webhook-id"),
+        ({"Webhook-Timestamp": "1"}, "Webhook-Timestamp"),
+        ({"WEBHOOK-SIGNATURE": "v1,x"}, "WEBHOOK-SIGNATURE"),
+        ({"webhook-anything": "x"}, "webhook-anything"),
+        ({"svix-signature": "v1,x"}, "svix-signature"),
+        ({"User-Agent": "mine"}, "User-Agent"),
+        ({"Hookline-Test-Event": "true"}, "Hookline-Test-Event"),
+        ({"X Api Key": "v"}, "X Api Key"),
+        ({"X-Api:Key": "v"}, "X-Api:Key"),
+        ({"X-Ümlaut": "v"}, "X-Ümlaut"),
+        ({"X-" + "a" * 120: "v"}, "longer than 100"),
+        ({"": "v"}, "needs a name"),
+        ({"X-Split": "a\r\nX-Injected: b"}, "X-Split"),
+        ({"X-Line": "a\nb"}, "X-Line"),
+        ({"X-Nul": "a\x00b"}, "X-Nul"),
+        ({"X-Bell": "a\x07b"}, "X-Bell"),
+        ({"X-Accent": "café"}, "X-Accent"),
+        ({"X-Empty": "  "}, "X-Empty"),
+        ({"X-Long": "v" * 4097}, "longer than 4096"),
+        ({"X-Twice": "1", "x-twice": "2"}, "twice"),
+        ({f"X-H{n}": "v" for n in range(11)}, "at most 10"),
+    ],
+)
+def test_refused_headers_name_the_header_and_create_nothing(organization, headers, named):
+    with pytest.raises(DestinationError) as refused:
+        destination_create(organization=organization, name="d", url="http://127.0.0.1:9/d", custom_headers=headers)
+    assert refused.value.field == "custom_headers" and named in str(refused.value)
+    for value in headers.values():
+        if len(value) > 3:
+            assert value not in str(refused.value)  # the message names the header, never its value
+    assert not Destination.objects.exists()
+
+
+def test_changes_keep_the_other_values_and_audit_names_only(organization, owner):
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": GATEWAY_TOKEN, "X-Old": "old-value-1"}
+    )
+    destination_update(
+        destination=destination,
+        name=destination.name,
+        url=destination.url,
+        sources=[],
+        event_types=[],
+        timeout_seconds=destination.timeout_seconds,
+        custom_headers={"x-api-key": API_KEY_VALUE, "X-OLD": None, "authorization": "Bearer replaced-value-9"},
+        actor=owner,
+    )
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {
+        "authorization": "Bearer replaced-value-9",
+        "x-api-key": API_KEY_VALUE,
+    }
+    assert destination.custom_header_hints == [
+        {"name": "authorization", "hint": "…ue-9"},
+        {"name": "x-api-key", "hint": "…C3d4"},
+    ]
+    entry = AuditLog.objects.get(action="destination.updated")
+    assert entry.changes["custom_headers"] == {
+        "added": ["x-api-key"],
+        "removed": ["X-Old"],
+        "changed": ["authorization"],
+    }
+    assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE, "Bearer replaced-value-9", "old-value-1")
+    with pytest.raises(DestinationError, match="no custom header “X-Gone” to remove"):
+        destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
+
+
+# --- REST API ------------------------------------------------------------------------------------
+
+
+def test_api_sets_changes_and_shows_only_names_and_hints(client, organization):
+    api_key, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    created = api_post(
+        client,
+        key,
+        "/api/v1/destinations",
+        {"name": "Gateway", "url": "http://127.0.0.1:9/g", "custom_headers": {"Authorization": GATEWAY_TOKEN}},
+    )
+    assert created.status_code == 201, created.content
+    shown = created.json()
+    assert shown["custom_headers"] == [{"name": "Authorization", "hint": "…A1b2"}]
+    assert _no_value_in(created.content.decode(), GATEWAY_TOKEN)
+    path = f"/api/v1/destinations/{shown['id']}"
+
+    changed = api_patch(client, key, path, {"custom_headers": {"X-Api-Key": API_KEY_VALUE}})
+    assert changed.status_code == 200, changed.content
+    assert [item["name"] for item in changed.json()["custom_headers"]] == ["Authorization", "X-Api-Key"]
+    assert _no_value_in(changed.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    # A PATCH without the field leaves them; null removes one.
+    assert api_patch(client, key, path, {"name": "Gateway 2"}).json()["custom_headers"][0]["name"] == "Authorization"
+    removed = api_patch(client, key, path, {"custom_headers": {"authorization": None}})
+    assert [item["name"] for item in removed.json()["custom_headers"]] == ["X-Api-Key"]
+    assert Destination.objects.get().custom_header_values() == {"X-Api-Key": API_KEY_VALUE}
+
+    _, reader = make_key(organization, access=ApiKey.Access.READ_ONLY, name="reader")
+    for body in (api_get(client, reader, path), api_get(client, key, "/api/v1/destinations")):
+        assert body.status_code == 200 and "X-Api-Key" in body.content.decode()
+        assert _no_value_in(body.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Host": "x"}, {"webhook-signature": "v1,x"}, {"X-Bad": "a\r\nb"}, {"X-A": "1", "x-a": "2"}, {"X-A": None}],
+)
+def test_api_refusals_are_400_on_custom_headers(client, organization, headers):
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    response = api_post(
+        client, key, "/api/v1/destinations", {"name": "x", "url": "http://127.0.0.1:9/x", "custom_headers": headers}
+    )
+    assert response.status_code == 400 and "custom_headers" in response.json()["fields"], response.content
+    assert not Destination.objects.exists()
+
+
+def test_api_patch_refusals_change_nothing(client, organization):
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1"})
+    path = f"/api/v1/destinations/{destination.pk}"
+    for changes in ({"Content-Length": "1"}, {"X-Missing": None}, {f"X-{n}": "v" for n in range(10)}):
+        response = api_patch(client, key, path, {"custom_headers": changes})
+        assert response.status_code == 400 and "custom_headers" in response.json()["fields"], response.content
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {"X-Keep": "keep-value-1"}
+
+
+# --- Dashboard -----------------------------------------------------------------------------------
+
+
+def test_dashboard_creates_edits_and_never_shows_a_value(client, organization, owner):
+    client.force_login(owner)
+    form = {"name": "Gateway", "url": "http://127.0.0.1:9/g", "timeout_seconds": "15", "max_concurrency": "10"}
+    created = client.post(
+        reverse("dashboard:destination_create", args=[organization.slug]),
+        {**form, "custom_headers_set": f"Authorization: {GATEWAY_TOKEN}\nX-Old: old-value-1"},
+        follow=True,
+    )
+    assert created.status_code == 200 and _no_value_in(created.content.decode(), GATEWAY_TOKEN, "old-value-1")
+    destination = Destination.objects.get()
+    assert destination.custom_header_values() == {"Authorization": GATEWAY_TOKEN, "X-Old": "old-value-1"}
+
+    edit_url = reverse("dashboard:destination_edit", args=[organization.slug, destination.pk])
+    edit_page = client.get(edit_url).content.decode()
+    assert "Authorization (value …A1b2)" in edit_page and _no_value_in(edit_page, GATEWAY_TOKEN, "old-value-1")
+    # Add one and remove another without typing the Authorization value again.
+    saved = client.post(
+        edit_url, {**form, "custom_headers_set": f"X-Api-Key: {API_KEY_VALUE}", "custom_headers_remove": ["X-Old"]}
+    )
+    assert saved.status_code == 302, saved.content.decode()
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {"Authorization": GATEWAY_TOKEN, "X-Api-Key": API_KEY_VALUE}
+    detail = client.get(reverse("dashboard:destination_detail", args=[organization.slug, destination.pk]))
+    assert "X-Api-Key" in detail.content.decode() and "…C3d4" in detail.content.decode()
+    assert _no_value_in(detail.content.decode(), GATEWAY_TOKEN, API_KEY_VALUE)
+    # Replacing a value; a refusal comes back on the field, without what was typed.
+    client.post(edit_url, {**form, "custom_headers_set": "authorization: Bearer replaced-value-9"})
+    destination.refresh_from_db()
+    assert destination.custom_header_values()["authorization"] == "Bearer replaced-value-9"
+    refused = client.post(edit_url, {**form, "custom_headers_set": "Host: x\nX-Typed: typed-secret-77"})
+    page = refused.content.decode()
+    assert refused.status_code == 200 and "“Host” cannot be set" in page and "typed-secret-77" not in page
+    audit = client.get(reverse("dashboard:audit", args=[organization.slug])).content.decode()
+    assert _no_value_in(audit, GATEWAY_TOKEN, API_KEY_VALUE, "Bearer replaced-value-9", "old-value-1")
+
+
+# --- Admin ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_client(client, db):
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    return client
+
+
+def _admin_form(destination, **changes):
+    return {
+        "name": destination.name,
+        "url": destination.url,
+        "timeout_seconds": destination.timeout_seconds,
+        "max_concurrency": destination.max_concurrency,
+        "rate_limit_per_second": "",
+        "is_active": "on",
+        "new_secret": "",
+        "subscriptions-TOTAL_FORMS": "0",
+        "subscriptions-INITIAL_FORMS": "0",
+        **changes,
+    }
+
+
+def test_admin_sets_and_removes_headers_and_never_renders_a_value(admin_client, organization, owner):
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": GATEWAY_TOKEN}
+    )
+    url = reverse("admin:webhooks_destination_change", args=[destination.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Authorization" in page and "…A1b2" in page and _no_value_in(page, GATEWAY_TOKEN)
+
+    response = admin_client.post(url, _admin_form(destination, custom_headers_set=f"X-Api-Key: {API_KEY_VALUE}"))
+    assert response.status_code == 302, response.content.decode()
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {"Authorization": GATEWAY_TOKEN, "X-Api-Key": API_KEY_VALUE}
+
+    # The page was loaded before a tenant changed a header on the dashboard: saving another field in
+    # the admin keeps the tenant's value (the admin saves only its form's fields).
+    destination_set_custom_headers(
+        destination=destination, changes={"Authorization": "Bearer newer-value-5"}, actor=owner
+    )
+    admin_client.post(url, _admin_form(destination, name="Renamed in the admin", custom_headers_remove=["X-Api-Key"]))
+    destination.refresh_from_db()
+    assert destination.name == "Renamed in the admin"
+    assert destination.custom_header_values() == {"Authorization": "Bearer newer-value-5"}
+
+    refused = admin_client.post(url, _admin_form(destination, custom_headers_set="webhook-id: typed-secret-77"))
+    assert refused.status_code == 200 and "errornote" in refused.content.decode()
+    assert "typed-secret-77" not in refused.content.decode()
+    assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE, "Bearer newer-value-5", "typed-secret-77")
+    assert AuditLog.objects.filter(action="destination.custom_headers_changed").count() == 3
+
+
+# --- create_destination --------------------------------------------------------------------------
+
+
+def test_create_destination_takes_repeated_header_flags(organization):
+    out = io.StringIO()
+    call_command(
+        "create_destination",
+        "--org",
+        organization.slug,
+        "--name",
+        "gw",
+        "--url",
+        "http://127.0.0.1:9/gw",
+        "--header",
+        f"Authorization: {GATEWAY_TOKEN}",
+        "--header",
+        f"X-Api-Key:{API_KEY_VALUE}",
+        "--json",
+        stdout=out,
+    )
+    created = json.loads(out.getvalue())
+    assert created["custom_headers"] == [
+        {"name": "Authorization", "hint": "…A1b2"},
+        {"name": "X-Api-Key", "hint": "…C3d4"},
+    ]
+    assert _no_value_in(out.getvalue(), GATEWAY_TOKEN, API_KEY_VALUE)
+    assert Destination.objects.get().custom_header_values() == {
+        "Authorization": GATEWAY_TOKEN,
+        "X-Api-Key": API_KEY_VALUE,
+    }
+
+
+@pytest.mark.parametrize(
+    "flag, reason",
+    [
+        ("Host: x", "--header: the header “Host” cannot be set"),
+        ("no colon here", "--header: “no colon here” has no colon"),
+        ("X-Bad: a\nb", "--header: the value of “X-Bad” holds a line break"),
+        ("webhook-signature: v1,x", "--header: the header “webhook-signature” cannot be set"),
+    ],
+)
+def test_create_destination_refuses_a_bad_header_naming_the_flag(organization, flag, reason):
+    with pytest.raises(CommandError, match=reason):
+        call_command(
+            "create_destination",
+            "--org",
+            organization.slug,
+            "--name",
+            "gw",
+            "--url",
+            "http://127.0.0.1:9/gw",
+            "--header",
+            flag,
+            stdout=io.StringIO(),
+        )
+    assert not Destination.objects.exists()
