@@ -67,7 +67,8 @@ def destination_check_url(url: str) -> None:
     if "@" in target.netloc:
         raise DestinationError(
             "the URL must not hold a user name or password (they would not be sent); "
-            "receivers verify Hookline by the webhook-signature header"
+            "receivers verify Hookline by the webhook-signature header, and a receiver behind basic auth "
+            "takes an Authorization custom header"
         )
     try:
         resolve_destination(url)

@@ -476,3 +476,28 @@ def test_create_destination_refuses_a_bad_header_naming_the_flag(organization, f
             stdout=io.StringIO(),
         )
     assert not Destination.objects.exists()
+
+
+def test_view_only_staff_see_names_and_hints_only(client, organization):
+    from .test_admin import staff_account
+
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": GATEWAY_TOKEN}
+    )
+    client.force_login(staff_account("viewer@hookline.example", "view_destination"))
+    page = client.get(reverse("admin:webhooks_destination_change", args=[destination.pk]))
+    assert page.status_code == 200 and "…A1b2" in page.content.decode()
+    assert _no_value_in(page.content.decode(), GATEWAY_TOKEN)
+
+
+def test_rotate_encryption_keys_reencrypts_the_custom_headers(organization, settings):
+    from cryptography.fernet import Fernet
+
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": GATEWAY_TOKEN}
+    )
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, settings.FIELD_ENCRYPTION_KEYS[0]]
+    call_command("rotate_encryption_keys", stdout=io.StringIO())
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"Authorization": GATEWAY_TOKEN}
