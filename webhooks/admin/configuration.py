@@ -17,7 +17,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.debug import sensitive_post_parameters
 
 from organizations.admin import (
     AuditedAdminMixin,
@@ -607,6 +609,11 @@ class DestinationAdmin(
     # Pause, Resume and Retry dead deliveries as buttons (the list's actions, for this one), and its state on top.
     change_form_template = "admin/webhooks/destination/change_form.html"
     actions = ("rotate_secret", "pause", "resume", "retry_dead_deliveries", send_waiting_now)
+
+    @method_decorator(sensitive_post_parameters("new_secret", "custom_headers_set"))
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Error reports (a 500 mailed to ADMINS) leave out the secret and the header values typed in.
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)

@@ -501,3 +501,68 @@ def test_rotate_encryption_keys_reencrypts_the_custom_headers(organization, sett
     call_command("rotate_encryption_keys", stdout=io.StringIO())
     settings.FIELD_ENCRYPTION_KEYS = [new_key]
     assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"Authorization": GATEWAY_TOKEN}
+
+
+def test_error_reports_leave_out_the_typed_values(client, organization, owner, monkeypatch):
+    """A 500 while saving: Django's error report (the DEBUG page, a mail to ADMINS) masks the box."""
+    from django.views.debug import SafeExceptionReporterFilter
+
+    from webhooks.views.dashboard import destinations as dashboard_destinations
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d")
+    seen = {}
+
+    def failing_update(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(dashboard_destinations, "destination_update", failing_update)
+    from django.core.signals import got_request_exception
+
+    def keep_request(sender, request, **kwargs):
+        seen["post"] = SafeExceptionReporterFilter().get_post_parameters(request)
+
+    got_request_exception.connect(keep_request)
+    client.raise_request_exception = False
+    client.force_login(owner)
+    try:
+        client.post(
+            reverse("dashboard:destination_edit", args=[organization.slug, destination.pk]),
+            {
+                "name": "d",
+                "url": "http://127.0.0.1:9/d",
+                "timeout_seconds": "15",
+                "custom_headers_set": f"X-Api-Key: {API_KEY_VALUE}",
+            },
+        )
+    finally:
+        got_request_exception.disconnect(keep_request)
+    assert seen["post"]["custom_headers_set"] != f"X-Api-Key: {API_KEY_VALUE}"
+    assert seen["post"]["name"] == "d"
+
+
+def test_admin_error_reports_leave_out_the_typed_values(admin_client, organization, monkeypatch):
+    from django.core.signals import got_request_exception
+    from django.views.debug import SafeExceptionReporterFilter
+
+    from webhooks.admin import configuration
+
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d")
+    seen = {}
+
+    def failing_set(**kwargs):
+        raise RuntimeError("the database went away")
+
+    def keep_request(sender, request, **kwargs):
+        seen["post"] = SafeExceptionReporterFilter().get_post_parameters(request)
+
+    monkeypatch.setattr(configuration, "destination_set_custom_headers", failing_set)
+    got_request_exception.connect(keep_request)
+    admin_client.raise_request_exception = False
+    try:
+        admin_client.post(
+            reverse("admin:webhooks_destination_change", args=[destination.pk]),
+            _admin_form(destination, custom_headers_set=f"X-Api-Key: {API_KEY_VALUE}"),
+        )
+    finally:
+        got_request_exception.disconnect(keep_request)
+    assert seen["post"]["custom_headers_set"] != f"X-Api-Key: {API_KEY_VALUE}" and seen["post"]["name"] == "endpoint"

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.shortcuts import redirect
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
@@ -60,6 +62,11 @@ class DestinationListView(OrganizationMixin, TemplateView):
         return context
 
 
+# Error reports (a 500 mailed to ADMINS) leave out what was typed into the custom-headers box.
+hides_custom_header_values = method_decorator(sensitive_post_parameters("custom_headers_set"), name="post")
+
+
+@hides_custom_header_values
 class DestinationCreateView(OrganizationMixin, TemplateView):
     template_name = "dashboard/destination_form.html"
     required_role = ADMIN
@@ -129,6 +136,7 @@ def warn_of_patterns_matching_nothing(request, organization, patterns: list[str]
         )
 
 
+@hides_custom_header_values
 class DestinationEditView(DestinationMixin, TemplateView):
     template_name = "dashboard/destination_form.html"
     required_role = ADMIN
