@@ -281,9 +281,7 @@ def test_a_source_secret_sent_in_another_header_is_masked_too(client, organizati
     # While a sender is moved to another header name, or when it sends the token twice, the token
     # arrives in a header the source does not name: kept as it came, members read it on the rejected
     # requests page, and a verified request forwarded it to every destination.
-    source = make_source(
-        organization, provider="shared_token", secret="s3cr3t-token-value", header="X-Webhook-Token"
-    )
+    source = make_source(organization, provider="shared_token", secret="s3cr3t-token-value", header="X-Webhook-Token")
     body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
     refused = post(client, source, body, HTTP_X_OLD_TOKEN="s3cr3t-token-value")
     assert refused.status_code == 401
