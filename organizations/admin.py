@@ -391,7 +391,7 @@ class OrganizationFilter(admin.SimpleListFilter):
         return list(Organization.objects.order_by("name").values_list("pk", "name")[:500])
 
     def queryset(self, request, queryset):
-        if self.value() and str(self.value()).isdigit():
+        if self.value() and str(self.value()).isascii() and str(self.value()).isdigit():
             return queryset.filter(**{self.field_path: int(self.value())})
         return queryset
 
@@ -602,7 +602,7 @@ class ActorFilter(admin.SimpleListFilter):
         value = self.value()
         if value in (AuditLog.ActorType.SYSTEM, AuditLog.ActorType.API_KEY):
             return queryset.filter(actor_type=value)
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             return queryset.filter(actor_user_id=int(value))
         return queryset
 

@@ -845,7 +845,7 @@ class BulkRetryDestinationFilter(DestinationFilter):
     """The jobs that retry one destination's deliveries (its page links here)."""
 
     def queryset(self, request, queryset):
-        if self.value() and str(self.value()).isdigit():
+        if self.value() and str(self.value()).isascii() and str(self.value()).isdigit():
             return queryset.filter(filters__destination=int(self.value()))
         return queryset
 

@@ -325,7 +325,7 @@ class WebhookEventAdmin(
             return None
         organizations = {event.organization_id for event in events}
         destinations = Destination.objects.filter(organization_id__in=organizations).select_related("organization")
-        chosen = {value for value in request.POST.getlist("choice") if value.isdigit()}
+        chosen = {value for value in request.POST.getlist("choice") if value.isascii() and value.isdigit()}
         if not confirmed(request) or not chosen:
             if confirmed(request):
                 self.message_user(request, "Choose at least one destination.", messages.WARNING)

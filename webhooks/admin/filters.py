@@ -41,12 +41,12 @@ class SourceFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         sources = Source.objects.select_related("organization").order_by("organization__name", "name")
         organization = request.GET.get("organization", "")
-        if organization.isdigit():
+        if organization.isascii() and organization.isdigit():
             sources = sources.filter(organization_id=int(organization))
         return [(source.pk, f"{source.organization.name} · {source}") for source in sources[:300]]
 
     def queryset(self, request, queryset):
-        if self.value() and str(self.value()).isdigit():
+        if self.value() and str(self.value()).isascii() and str(self.value()).isdigit():
             return queryset.filter(**{self.field_path: int(self.value())})
         return queryset
 
@@ -59,12 +59,12 @@ class DestinationFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         destinations = Destination.objects.select_related("organization").order_by("organization__name", "name")
         organization = request.GET.get("organization", "")
-        if organization.isdigit():
+        if organization.isascii() and organization.isdigit():
             destinations = destinations.filter(organization_id=int(organization))
         return [(item.pk, f"{item.organization.name} · {item}") for item in destinations[:300]]
 
     def queryset(self, request, queryset):
-        if self.value() and str(self.value()).isdigit():
+        if self.value() and str(self.value()).isascii() and str(self.value()).isdigit():
             return queryset.filter(**{self.field_path: int(self.value())})
         return queryset
 

@@ -21,6 +21,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    header_unix_time,
     require_header,
     tolerance_seconds,
 )
@@ -86,7 +87,7 @@ class GitLabProvider(Provider):
             min_value=0,
         ),
     )
-    docs_replay = "with the signing token, webhook-timestamp must be within `tolerance` (0 turns that off); the secret token signs no time"
+    docs_signed_time = "the webhook-timestamp header, with the signing token (the secret token signs no time)"
     docs_verifies = (
         "Secret token: X-Gitlab-Token equals the token (constant time; the body is not signed). Signing token "
         "(GitLab's Standard Webhooks variant, behind a feature flag): webhook-signature v1,<base64 HMAC-SHA256> "
@@ -144,6 +145,15 @@ class GitLabProvider(Provider):
             query=request.query,
         )
         _STANDARD.verify(signed_only, secrets, {"tolerance": tolerance_seconds(options, DEFAULT_TOLERANCE)}, now)
+
+    def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
+        """webhook-timestamp when the signing token was checked: it is signed with the id and body, so the
+        retention bound holds also with ``tolerance`` 0. The secret token signs no time (None). In auto mode
+        the header is read whenever webhook-signature is present, as describe() reads webhook-id: a request
+        the secret token verified can then only be refused sooner, never accepted for longer."""
+        if not _signed_mode(request, options):
+            return None
+        return header_unix_time(request, "webhook-timestamp")
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Type from the payload (object_kind + action); id from the signed webhook-id, else Idempotency-Key."""

@@ -175,7 +175,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         provider_event_id=_storable_event_id(info.event_id) if info.event_id else None,
         event_type=storable_text(info.event_type)[:255],
         body=body,
-        headers=_headers_to_store(provider.secret_header_names(source.options), headers),
+        headers=_headers_to_store(provider.secret_header_names(source.options), headers, secrets),
         remote_ip=remote_ip,
     )
     try:
@@ -404,11 +404,30 @@ def _storable_event_id(event_id: str) -> str:
     return event_id[:190] + "~" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
-def _headers_to_store(secret_headers: set[str], headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers as received, except values that are themselves secrets."""
+# A secret this short could occur in an ordinary header value by chance: only a whole value equal to it is masked.
+MIN_SECRET_LENGTH_MASKED_WITHIN = 8
+
+
+def _headers_to_store(
+    secret_headers: set[str], headers: Mapping[str, str], secrets: Sequence[str] = ()
+) -> dict[str, str]:
+    """Headers as received, except values that are themselves secrets: those of the headers the
+    provider names, and any value holding one of the source's secrets (a sender moved to another
+    header name, or sending its token twice, puts it where the provider does not look; kept as it
+    came it would be shown to members, who never see a secret, and forwarded to destinations)."""
     secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
+    secrets = [secret for secret in secrets if secret]
+
+    def holds_secret(value: str) -> bool:
+        return any(
+            secret == value.strip() or (len(secret) >= MIN_SECRET_LENGTH_MASKED_WITHIN and secret in value)
+            for secret in secrets
+        )
+
     return {
-        storable_text(name): (MASKED if name.lower() in secret_headers else storable_text(value))
+        storable_text(name): (
+            MASKED if name.lower() in secret_headers or holds_secret(str(value)) else storable_text(value)
+        )
         for name, value in headers.items()
     }
 
@@ -436,7 +455,7 @@ def _reject(
             rejection_code=code,
             rejection_detail=storable_text(detail)[:500],
             body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
-            headers=_headers_to_store(provider_secret_headers, headers),
+            headers=_headers_to_store(provider_secret_headers, headers, source.active_secrets()),
             remote_ip=remote_ip,
         )
     return _error(401, code, detail)

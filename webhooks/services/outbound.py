@@ -42,11 +42,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone takes "²", which float() refuses
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year datetime cannot hold
         return None
     if moment is None:
         return None
@@ -215,9 +215,12 @@ def _close_pools_locked() -> None:
 
 
 # IPv6 ranges that some Python versions count as global but that carry an IPv4 address a host
-# may route to itself (IPv4-compatible, IPv4-translated, local-use NAT64) or are site-local.
+# may route to itself (IPv4-compatible, IPv4-translated, local-use NAT64), are site-local, or that
+# IANA lists as not globally reachable since Python 3.11's table was made (SRv6 SIDs, routed
+# inside an operator's own network; the new documentation prefix).
 _NEVER_PUBLIC_V6 = tuple(
-    ipaddress.IPv6Network(network) for network in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10")
+    ipaddress.IPv6Network(network)
+    for network in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10", "5f00::/16", "3fff::/20")
 )
 
 

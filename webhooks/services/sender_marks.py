@@ -41,7 +41,12 @@ def is_hookline_test_event(headers: Mapping[str, str], body: bytes, *, source_id
     The fallbacks keep a test sent just before a SECRET_KEY change recognised after it."""
     mark = next((str(value) for name, value in headers.items() if name.lower() == TEST_MARK_HEADER.lower()), "")
     made_at, _, digest = mark.partition(".")
-    if not made_at.isdigit() or not digest or abs(received_at - int(made_at)) > MARK_VALID_SECONDS:
+    # ASCII digits, and few: str.isdigit() also takes "²", and int() refuses it and strings of over
+    # 4300 digits. The mark is any sender's header, read while a batch of every tenant's events is
+    # processed: an exception there would stop all processing, not refuse one mark.
+    if not (made_at.isascii() and made_at.isdigit() and len(made_at) <= 15) or not digest:
+        return False
+    if abs(received_at - int(made_at)) > MARK_VALID_SECONDS:
         return False
     keys = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
     # Every key is compared, so the time taken does not tell which one matched.

@@ -1713,3 +1713,20 @@ def test_a_selection_of_organizations_is_grouped_by_each_organization_itself(rf,
     }
     across = organization_admin._selection_by_organization(request, Organization.objects.all(), select_across=True)
     assert across == {organization.pk: {"selected_count": 1}, other_organization.pk: {"selected_count": 1}}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/webhooks/webhookevent/?organization=%C2%B2",
+        "/admin/webhooks/webhookevent/?source=%C2%B2",
+        "/admin/webhooks/source/?organization=%C2%B2",
+        "/admin/webhooks/delivery/?destination=%C2%B2",
+        "/admin/webhooks/bulkretry/?destination=%C2%B2",
+        "/admin/organizations/auditlog/?actor=%C2%B2",
+        "/admin/organizations/auditlog/?organization=%C2%B2",
+    ],
+)
+def test_a_filter_id_of_digits_int_refuses_is_no_filter_not_a_500(admin, setup, url):
+    # "²" passes str.isdigit(), and int() refuses it.
+    assert admin.get(url).status_code == 200

@@ -277,6 +277,23 @@ def test_shared_token_secret_is_never_stored(client, organization):
     assert post(client, source, body, HTTP_AUTHORIZATION="wrong").status_code == 401
 
 
+def test_a_source_secret_sent_in_another_header_is_masked_too(client, organization):
+    # While a sender is moved to another header name, or when it sends the token twice, the token
+    # arrives in a header the source does not name: kept as it came, members read it on the rejected
+    # requests page, and a verified request forwarded it to every destination.
+    source = make_source(organization, provider="shared_token", secret="s3cr3t-token-value", header="X-Webhook-Token")
+    body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
+    refused = post(client, source, body, HTTP_X_OLD_TOKEN="s3cr3t-token-value")
+    assert refused.status_code == 401
+    accepted = post(
+        client, source, body, HTTP_X_WEBHOOK_TOKEN="s3cr3t-token-value", HTTP_X_COPY="Token s3cr3t-token-value"
+    )
+    assert accepted.status_code == 200, accepted.content
+    rejected, stored = WebhookEvent.objects.get(status="rejected"), WebhookEvent.objects.get(status="received")
+    assert rejected.headers["X-Old-Token"] == stored.headers["X-Copy"] == stored.headers["X-Webhook-Token"]
+    assert "s3cr3t-token-value" not in json.dumps(rejected.headers) + json.dumps(stored.headers)
+
+
 def test_a_tenant_never_sees_another_tenants_events(client, organization, other_organization):
     mine = make_source(organization)
     theirs = make_source(other_organization)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nacl.signing
@@ -21,6 +21,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
 
 from webhooks.models import PurgedEventKey, WebhookEvent
 from webhooks.services.lifecycle import purge_expired_events
@@ -233,3 +234,25 @@ def test_stripe_with_its_tolerance_turned_off_is_still_bounded_by_retention(clie
         **stripe_headers(body, STRIPE_SECRET, timestamp=int(time.time() - 45 * DAY)),
     )
     assert old.status_code == 401 and old.json()["error"] == "signed_before_retention"
+
+
+def test_gitlab_signing_token_with_its_tolerance_turned_off_is_still_bounded_by_retention(client, organization):
+    # GitLab's signing token signs webhook-timestamp as Standard Webhooks does; with the tenant's tolerance
+    # at 0 a captured request resent after its key was forgotten was stored as a new event.
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    source = make_source(organization, provider="gitlab", secret=secret, tolerance=0)
+    body = json.dumps({"object_kind": "push", "ref": "refs/heads/main"})
+
+    def signed(msg_id: str, signed_at: float) -> dict[str, str]:
+        when = datetime.fromtimestamp(int(signed_at), tz=UTC)
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(signed_at)),
+            "webhook-signature": Webhook(secret).sign(msg_id, when, body),
+            "X-Gitlab-Event": "Push Hook",
+        }
+
+    old = post(client, source, body, signed("msg_old", time.time() - 45 * DAY))
+    assert_refused_for_retention(old, "45.0", 30)
+    fresh = post(client, source, body, signed("msg_fresh", time.time() - 3 * DAY))
+    assert fresh.status_code == 200, fresh.content

@@ -99,6 +99,23 @@ def test_a_compressed_answer_is_stored_decoded(server, settings):
     assert response.status == 202 and response.body == '{"received": true}'
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        b"\xb2",  # "²" passes str.isdigit(), and float() refuses it
+        b"Mon, 01 Jan 99999999999 00:00:00 GMT",  # a date past what datetime can hold
+    ],
+)
+def test_an_answer_whose_retry_after_cannot_be_read_is_still_the_answer(server, settings, retry_after):
+    # The exception took the 200 for an attempt that could not be made, and the delivery the receiver
+    # had accepted was sent again.
+    def accepted(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nRetry-After: " + retry_after + b"\r\nContent-Length: 2\r\n\r\nok")
+
+    response = outbound.post(server(accepted).url, body=b"{}", headers={}, timeout=5.0)
+    assert (response.status, response.body, response.error, response.retry_after) == (200, "ok", "", None)
+
+
 def test_trickled_headers_are_cut_at_the_attempts_timeout(server):
     def trickle_headers(connection):
         for _ in range(1000):  # a header line that never ends, one byte every 50 ms

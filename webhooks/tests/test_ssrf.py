@@ -41,6 +41,8 @@ def _strict(settings):
         "http://[::ffff:0:127.0.0.1]/",  # IPv4-translated
         "http://[64:ff9b:1::a00:1]/",  # local-use NAT64
         "http://[fec0::1]/",  # site-local (deprecated)
+        "http://[5f00::1]/",  # SRv6 SIDs: routed inside an operator's network (RFC 9602)
+        "http://[3fff::1]/",  # documentation (RFC 9637)
         "ftp://example.com/",
         "http:///nohost",
     ],

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from organizations.models import MonthlyUsage
+from organizations.services import organization_create
 from webhooks.models import Delivery, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import secret_use
@@ -203,3 +204,41 @@ def test_a_test_event_of_days_ago_is_left_out_of_the_week_chart_only_there(organ
     assert overview.chart_7d.total == 2 and overview.chart_24h.total == 1 and overview.events_24h == 1
     three_days_ago = (now - timedelta(days=3, minutes=1)).replace(minute=0, second=0, microsecond=0)
     assert [bar.count for bar in overview.chart_7d.bars if bar.start == three_days_ago] == [1]
+
+
+@pytest.mark.parametrize(
+    "made_at",
+    [
+        "\u00b2" + "1700000000",  # a superscript two: str.isdigit() says yes, int() refuses it
+        "1" * 5000,  # past int()'s limit on the digits of a string
+    ],
+)
+def test_a_mark_whose_time_is_no_number_is_no_mark_and_stops_nothing(client, owner, organization, made_at):
+    # One tenant's verified request carrying such a mark made every processing batch fail (the usage
+    # count read the mark): no event of any tenant was processed again. Unsigned, as a rejected request,
+    # it made the tenant's overview and events list answer 500.
+    from django.urls import reverse
+
+    other = organization_create(name="Other", slug="other", owner_email="owner@other.example")
+    theirs = make_source(other, provider="shared_token", secret="their-token-value-1")
+    mine = make_source(organization)
+    odd_mark = {"HTTP_HOOKLINE_TEST_MARK": f"{made_at}.{'0' * 64}"}
+    refused = post_stripe(client, mine, _stripe_body("evt_refused"), "whsec_not_the_secret", **odd_mark)
+    assert refused.status_code == 401
+    body = json.dumps({"type": "INSERT", "table": "orders", "record": {"id": 1}})
+    marked = client.post(
+        f"/in/{theirs.ingest_token}/",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION="their-token-value-1",
+        **odd_mark,
+    )
+    assert marked.status_code == 200, marked.content
+    assert post_stripe(client, mine, _stripe_body("evt_after"), STRIPE_SECRET).status_code == 200
+    while process_event_batch():
+        pass
+    assert not WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED).exists()
+    assert (_usage(organization), _usage(other)) == (1, 1)
+    client.force_login(owner)
+    for page in ("dashboard:overview", "dashboard:events"):
+        assert client.get(reverse(page, args=[organization.slug])).status_code == 200
