@@ -39,7 +39,7 @@ def filter_worker_logs(logger, **kwargs):
 
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
 # sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
-# that has run a task now leaves that SIGTERM to the main process when the main process got it too
+# (busy or idle) now leaves that SIGTERM to the main process when the main process got it too
 # (a warm shutdown, which has the running tasks wind up, record what they sent and end). Billiard
 # also cancels running tasks with SIGTERM: on a cold shutdown (SIGQUIT, a second Ctrl-C, Celery's
 # REMAP_SIGTERM) or a revoke with terminate; there billiard's own handler runs, as before, and a
@@ -75,6 +75,34 @@ def _note_the_kind_of_shutdown(how=None, **kwargs) -> None:
 def _note_a_pool_process(**kwargs) -> None:
     global _in_pool_process
     _in_pool_process = True
+    _take_over_sigterm_once_billiard_set_its_handler()
+
+
+def _take_over_sigterm_once_billiard_set_its_handler() -> None:
+    """Have a pool process leave the platform's SIGTERM to the warm shutdown from its start.
+
+    An idle pool process that had never run a task died of that SIGTERM while the warm shutdown
+    waited for a busy one, and the main process logged it as an error ("Process 'ForkPoolWorker-2'
+    pid:… exited with 'signal 15 (SIGTERM)'"). worker_process_init runs inside billiard's set-up
+    of the pool process, just before it sets its own SIGTERM handler (billiard.pool's
+    reset_signals): ours goes over it right after. Should billiard stop calling it so, the first
+    task's task_prerun still puts it there, as before.
+    """
+    try:
+        import billiard.pool as billiard_pool
+    except ImportError:
+        return
+    set_billiard_handlers = getattr(billiard_pool, "reset_signals", None)
+    if set_billiard_handlers is None or getattr(set_billiard_handlers, "_hookline_wrapped", False):
+        return
+
+    def set_billiard_handlers_then_ours(*args, **kwargs):
+        set_billiard_handlers(*args, **kwargs)
+        _leave_the_platforms_sigterm_to_the_main_process()
+
+    set_billiard_handlers_then_ours._hookline_wrapped = True
+    # Only in this (forked) pool process: the main process's billiard is left as it is.
+    billiard_pool.reset_signals = set_billiard_handlers_then_ours
 
 
 def _sigterm_in_a_pool_process(signum, frame) -> None:
@@ -107,8 +135,8 @@ def _cancel_on_a_cold_shutdown() -> None:
 
 @task_prerun.connect
 def _leave_the_platforms_sigterm_to_the_main_process(**kwargs) -> None:
-    """Installed at a pool process's first task: billiard sets its own SIGTERM handler after
-    worker_process_init. A pool process that never ran one holds nothing and may die of it."""
+    """Installed once billiard set its own SIGTERM handler (it does after worker_process_init): by
+    _take_over_sigterm_once_billiard_set_its_handler, else at the pool process's first task."""
     global _billiard_sigterm
     if not _in_pool_process or _warm_shutdown is None:
         return

@@ -70,3 +70,47 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
         stack.stop_all()
         receiver.close()
         redis.stop()
+
+
+def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sigterm(organization):
+    # Of two pool processes, one sends (a single task, so the other never runs one). The SIGTERM
+    # reaches both: the idle one used to die of it while the warm shutdown waited for the busy one,
+    # and the main process logged "Process 'ForkPoolWorker-2' pid:… exited with 'signal 15 (SIGTERM)'".
+    from config.celery import app
+    from webhooks.tasks import dispatch_deliveries
+    from webhooks.tests.api_helpers import make_delivery, make_event
+    from webhooks.tests.processes import LOG_DIR
+
+    redis = RedisServer()
+    redis.start()
+    receiver = CountingReceiver(delay=3)  # the send is under way when the SIGTERM comes
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    stack = Stack(redis_url)
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
+    try:
+        source = make_source(organization)
+        destination, _ = make_destination(organization, receiver.url, sources=[source])
+        delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
+        stack.start("worker")
+        with app.connection_for_write(redis_url) as connection:
+            dispatch_deliveries.apply_async(connection=connection, queue=stack.env["CELERY_QUEUE"])
+        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").exists(), timeout=60)
+
+        worker = stack.processes.pop("worker")  # not restarted: its log is what is looked at
+        os.killpg(worker.pid, signal.SIGTERM)  # the main process and its pool processes at once
+        assert worker.wait(60) == 0
+
+        # The busy one finished its send (the warm shutdown), and nothing was logged as an error.
+        delivery.refresh_from_db()
+        assert delivery.status == Delivery.Status.SUCCEEDED
+        assert receiver.snapshot()[str(delivery.event_id)] == 1
+        with worker_log.open() as log:
+            log.seek(log_start)
+            written = log.read()
+        assert "exited with" not in written, written
+        assert "ERROR" not in written, written
+    finally:
+        stack.stop_all()
+        receiver.close()
+        redis.stop()

@@ -64,6 +64,9 @@ class Overview:
     failing_destinations: list[FailingDestination]
     paused_destinations: list[Destination]
     computed_at: datetime | None = None
+    # Start of the failing destinations' 7 days, to the second: their links open the events list
+    # received from this very moment, so the list shows as many rows as the table counts.
+    failing_since: datetime | None = None
 
 
 CHART_HEIGHT = 120.0
@@ -239,15 +242,21 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     )
     finished = deliveries["succeeded"] + deliveries["dead"]
     p50, p95 = _latency_percentiles(organization, day_ago)
-    week_ago = now - timedelta(days=7)
+    # Whole seconds: the links carry the start as the events list's "From" field reads it.
+    week_ago = (now - timedelta(days=7)).replace(microsecond=0)
+    week_floor = uuid7_floor(week_ago)
     failing_rows = (
-        Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(week_ago))
+        # Counted as the events list its links open shows them: events received since ``week_ago``
+        # (a replay of an older event is not one of them), each once however many of its
+        # deliveries there failed. Such a delivery was made since too: the bound on its own id
+        # keeps the scan on the index.
+        Delivery.objects.filter(organization=organization, id__gte=week_floor, event_id__gte=week_floor)
         .values("destination")
         .annotate(
-            dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
+            dead=Count("event", distinct=True, filter=Q(status=Delivery.Status.DEAD)),
             # Failing now but not yet out of retries: a destination answering 500 to everything
             # must show up here from its first failure, not only hours later when retries end.
-            retrying=Count("id", filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
+            retrying=Count("event", distinct=True, filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
             succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
         )
         .filter(Q(dead__gt=0) | Q(retrying__gt=0))
@@ -282,6 +291,7 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
             )
         ),
         computed_at=now,
+        failing_since=week_ago,
     )
 
 

@@ -167,7 +167,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         info = provider.describe(request, source.options)
     except MalformedPayload as exc:
         outcome = _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail)
-        return IngestOutcome(400, outcome.payload)
+        return outcome if outcome.status_code == 404 else IngestOutcome(400, outcome.payload)
 
     event = NewEvent(
         organization_id=source.organization_id,
@@ -243,6 +243,18 @@ _INSERTED_FIELDS = [
 ]
 
 
+def _source_open_condition() -> str:
+    """SQL that holds while the source whose id is its one parameter takes webhooks: active, not
+    being deleted, of an active organization (as source_for_token finds it; the writer's statement
+    says the same, ingest_writer.SOURCE_OPEN_SQL). Looked at in an INSERT's own snapshot: this
+    process's copy of the source may be seconds old."""
+    return (
+        f"EXISTS (SELECT 1 FROM {Source._meta.db_table} AS source JOIN {Organization._meta.db_table} AS organization "
+        "ON organization.id = source.organization_id WHERE source.id = %s AND source.is_active "
+        "AND source.deletion_requested_at IS NULL AND organization.is_active)"
+    )
+
+
 def insert_event(event: NewEvent) -> tuple:
     """Insert an event, or count it as a duplicate of the stored one, in one statement.
 
@@ -256,8 +268,6 @@ def insert_event(event: NewEvent) -> tuple:
     """
     table = WebhookEvent._meta.db_table
     keys = PurgedEventKey._meta.db_table
-    sources = Source._meta.db_table
-    organizations = Organization._meta.db_table
     columns = ", ".join(field.column for field in _INSERTED_FIELDS)
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
     if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
@@ -273,9 +283,7 @@ def insert_event(event: NewEvent) -> tuple:
     sql = (
         f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {keys} WHERE source_id = %s AND event_id_digest = %s) "
-        f"AND EXISTS (SELECT 1 FROM {sources} AS source JOIN {organizations} AS organization "
-        "ON organization.id = source.organization_id WHERE source.id = %s AND source.is_active "
-        "AND source.deletion_requested_at IS NULL AND organization.is_active) "
+        f"AND {_source_open_condition()} "
         "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
         f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
         "RETURNING id"
@@ -440,14 +448,17 @@ def _reject(
     code: str,
     detail: str,
 ) -> IngestOutcome:
-    """Answer 401 and keep a bounded record, so the tenant can see why verification failed."""
+    """Answer 401 and keep a bounded record, so the tenant can see why verification failed.
+
+    A source closed meanwhile in another process (this one's copy of it is cached) records
+    nothing and answers 404, as for an unknown ingest URL, as an accepted event's INSERT does."""
     if _may_record_rejection(source.pk):
         provider_secret_headers: set[str] = set()
         try:
             provider_secret_headers = get_provider(source.provider).secret_header_names(source.options)
         except UnknownProvider:
             pass
-        WebhookEvent.objects.create(
+        record = WebhookEvent(
             organization_id=source.organization_id,
             source=source,
             status=WebhookEvent.Status.REJECTED,
@@ -458,7 +469,28 @@ def _reject(
             headers=_headers_to_store(provider_secret_headers, headers, source.active_secrets()),
             remote_ip=remote_ip,
         )
+        if not _insert_while_the_source_is_open(record):
+            _source_cache.pop(source.ingest_token, None)
+            return _error(404, "unknown_source", "no active source has this ingest URL")
     return _error(401, code, detail)
+
+
+def _insert_while_the_source_is_open(record: WebhookEvent) -> bool:
+    """Insert ``record`` in one statement that stores it only while its source takes webhooks;
+    whether it was stored."""
+    fields = WebhookEvent._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    values = [field.get_db_prep_save(field.pre_save(record, add=True), connection) for field in fields]
+    if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
+        placeholders = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in fields)
+    else:
+        placeholders = ", ".join(["%s"] * len(values))
+    sql = (
+        f"INSERT INTO {WebhookEvent._meta.db_table} ({columns}) SELECT {placeholders} WHERE {_source_open_condition()}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, record.source_id])
+        return cursor.rowcount == 1
 
 
 def _claimed_event_id(source: Source, request: InboundRequest) -> str | None:

@@ -1514,3 +1514,37 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     )
     assert "Sending 2 waiting deliveries now." in done
     assert "1 delivery waits for a later retry" in done and "Send 1 waiting now</button>" in done
+
+
+def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(client, owner, organization):
+    """The failing destinations table counts 7 days; its links open the events list over the same
+    7 days, which says so, and list as many events as the table counts."""
+    from .api_helpers import make_delivery, make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    now = timezone.now()
+    for status in (Delivery.Status.DEAD, Delivery.Status.PENDING):
+        # Received 10 days ago, failed then: outside the 7 days.
+        make_delivery(make_event(source, received_at=now - timedelta(days=10)), destination, status=status)
+        # Received 8 days ago and replayed just now: the replay failed, the event is not of the 7 days.
+        replay = make_delivery(make_event(source, received_at=now - timedelta(days=8)), destination, status=status)
+        Delivery.objects.filter(pk=replay.pk).update(is_replay=True)
+        # Received yesterday: failed, then its replay failed too (one event, one row of the list).
+        twice = make_event(source, received_at=now - timedelta(days=1))
+        replay = make_delivery(twice, destination, status=status)
+        Delivery.objects.filter(pk=replay.pk).update(is_replay=True)
+        make_delivery(twice, destination, status=status)
+        make_delivery(make_event(source, received_at=now - timedelta(hours=1)), destination, status=status)
+    client.force_login(owner)
+
+    overview = client.get(reverse("dashboard:overview", args=["acme"]))
+    [row] = overview.context["overview"].failing_destinations
+    assert (row.dead, row.retrying) == (2, 2)
+    links = failed_and_retrying_links(page_text(overview))
+    assert sorted((status, count) for status, count, _ in links) == [("failed", 2), ("retrying", 2)]
+    since = overview.context["overview"].failing_since
+    for status, count, href in links:
+        listed = client.get(href)
+        assert len(listed.context["events"]) == count, status
+        assert f"Events received from {timestamp(since, 'absolute')} to now." in page_text(listed)

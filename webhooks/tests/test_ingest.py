@@ -1,8 +1,12 @@
 """POST /in/<token>/ end to end through Django, with signatures from the providers' packages."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -167,6 +171,54 @@ def test_a_source_closed_in_another_process_is_404_at_once_and_nothing_is_stored
     assert source.ingest_token not in ingest._source_cache or ingest._source_cache[source.ingest_token][1] is None
     event = WebhookEvent.objects.get()  # only the one stored while it was open, not counted again
     assert str(event.pk) == first.json()["id"] and event.duplicate_count == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "closing"),
+    [
+        (Source, {"is_active": False}),
+        (Source, {"is_active": False, "deletion_requested_at": timezone.now()}),
+        (Organization, {"is_active": False}),
+        (Organization, {"is_active": False, "deletion_requested_at": timezone.now()}),
+    ],
+    ids=["source turned off", "source being deleted", "organization suspended", "organization being deleted"],
+)
+def test_a_badly_signed_request_to_a_source_closed_in_another_process_is_404_and_not_recorded(
+    client, organization, model, closing
+):
+    # As for an accepted event: the cached copy of the source must not have the request recorded as
+    # "rejected" against a source its tenant turned off or is deleting.
+    source = make_source(organization)
+    assert post(client, source, STRIPE_BODY, **stripe_headers(STRIPE_BODY, STRIPE_SECRET)).status_code == 200
+    model.objects.filter(pk=source.pk if model is Source else organization.pk).update(**closing)
+    assert ingest._source_cache[source.ingest_token][1] is not None  # the stale copy
+
+    body = '{"id": "evt_badly_signed", "object": "event", "type": "invoice.paid"}'
+    refused = post(client, source, body, **stripe_headers(body, "whsec_not_the_secret"))
+
+    assert (refused.status_code, refused.json()["error"]) == (404, "unknown_source")
+    assert not WebhookEvent.objects.filter(status=WebhookEvent.Status.REJECTED).exists()
+    assert source.ingest_token not in ingest._source_cache or ingest._source_cache[source.ingest_token][1] is None
+
+
+def test_a_badly_signed_request_to_an_open_source_is_still_recorded_as_rejected(client, organization):
+    source = make_source(organization)
+    body = '{"id": "evt_badly_signed", "object": "event", "type": "invoice.paid"}'
+    refused = post(client, source, body, REMOTE_ADDR="203.0.113.9", **stripe_headers(body, "whsec_not_the_secret"))
+    assert refused.status_code == 401
+    rejected = WebhookEvent.objects.get(status=WebhookEvent.Status.REJECTED)
+    assert (rejected.organization, rejected.source, rejected.claimed_event_id) == (
+        organization,
+        source,
+        "evt_badly_signed",
+    )
+    assert (rejected.rejection_code, bytes(rejected.body), rejected.remote_ip) == (
+        refused.json()["error"],
+        body.encode(),
+        "203.0.113.9",
+    )
+    assert rejected.headers["Content-Type"] == "application/json"
+    assert rejected.received_at is not None and rejected.provider_event_id is None
 
 
 @pytest.mark.parametrize("token", ["%00", "abc%00def", "x" * 65, "%C3%A9t%C3%A9", "a.b", "%20"])
@@ -548,3 +600,59 @@ def test_a_signature_older_than_its_replay_check_is_refused(client, organization
     body = json.dumps({"signature": signature, "event-data": {"id": "evt-old", "event": "delivered"}})
     response = client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
     assert response.status_code == 401 and response.json()["error"] == "timestamp_out_of_tolerance"
+
+
+# Run in the embedded mode (SQLite) in a process of its own: the pytest database is PostgreSQL.
+CLOSED_SOURCE_ON_SQLITE = """
+import json, django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from organizations.services import organization_create
+from webhooks.models import Source, WebhookEvent
+from webhooks.tests.factories import STRIPE_SECRET, make_source
+from webhooks.tests.signing import stripe_headers
+
+call_command("migrate", verbosity=0)
+source = make_source(organization_create(name="Acme", slug="acme", owner_email="owner@acme.example"))
+client = Client()
+
+
+def post(event_id, secret):
+    body = json.dumps({"id": event_id, "object": "event", "type": "invoice.paid"})
+    response = client.generic(
+        "POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **stripe_headers(body, secret)
+    )
+    return response.status_code
+
+
+answers = [post("evt_open", STRIPE_SECRET), post("evt_rejected_while_open", "whsec_not_the_secret")]
+Source.objects.filter(pk=source.pk).update(is_active=False)  # as another process would: the copy stays cached
+answers.append(post("evt_rejected_once_closed", "whsec_not_the_secret"))
+rows = sorted(WebhookEvent.objects.values_list("status", flat=True))
+print(json.dumps({"vendor": connection.vendor, "answers": answers, "rows": rows}))
+"""
+
+
+def test_a_badly_signed_request_to_a_closed_source_is_404_and_not_recorded_on_sqlite(tmp_path):
+    from config.tests.test_settings_at_start_up import ROOT
+
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(Path.home()),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "HOOKLINE_VAR_DIR": str(tmp_path),
+        "SECRET_KEY": "test-only-embedded-key",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", CLOSED_SOURCE_ON_SQLITE],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result == {"vendor": "sqlite", "answers": [200, 401, 404], "rows": ["received", "rejected"]}

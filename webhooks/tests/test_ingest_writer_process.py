@@ -391,6 +391,24 @@ def test_a_source_closed_behind_the_cache_is_404_through_the_writer_process(
     assert list(WebhookEvent.objects.values_list("provider_event_id", "duplicate_count")) == [("evt_open", 1)]
 
 
+def test_a_badly_signed_request_to_a_source_closed_behind_the_cache_is_404_with_the_writer_process(
+    writer_server, stripe_source, settings, monkeypatch
+):
+    # A rejected request is recorded by the web process itself, with the writer process up too:
+    # the same guard as the writer's INSERT, so nothing is recorded against the closed source.
+    settings.INGEST_WRITER_SOCKET = writer_server.server.path
+    monkeypatch.setattr(ingest_writer.writer, "write", _must_not_be_called)
+    body = '{"id":"evt_open","object":"event","type":"invoice.paid"}'
+    assert post_stripe(Client(), stripe_source, body, STRIPE_SECRET).status_code == 200
+
+    Source.objects.filter(pk=stripe_source.pk).update(is_active=False)
+    assert ingest._source_cache[stripe_source.ingest_token][1] is not None  # the stale copy
+    badly_signed = '{"id":"evt_badly_signed","object":"event","type":"invoice.paid"}'
+    refused = post_stripe(Client(), stripe_source, badly_signed, "whsec_not_the_secret")
+    assert (refused.status_code, refused.json()["error"]) == (404, "unknown_source")
+    assert list(WebhookEvent.objects.values_list("provider_event_id", "status")) == [("evt_open", "received")]
+
+
 def _must_not_be_called(*args, **kwargs):
     raise AssertionError("the in-process writer was used although the writer process is up")
 

@@ -60,13 +60,15 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         form = self.filter_form()
         before = parse_event_id(self.request.GET.get("before", ""))
-        page = event_page(organization=self.organization, filters=form.to_filters(), before=before)
+        filters = form.to_filters()
+        page = event_page(organization=self.organization, filters=filters, before=before)
         # Live arrival only on the first page: a deeper page is history. Its newest rows are the
         # live ones, which every poll reads again (see live_window_start).
         live_since = live_window_start()
         live = [event for event in page.events if event.id >= live_since] if before is None else []
         context.update(
             form=form,
+            filters=filters,
             page=page,
             events=page.events,
             live_events=live,
