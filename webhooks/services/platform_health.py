@@ -347,7 +347,12 @@ def _judge(health: ProcessingHealth) -> None:
             )
         else:
             degraded.append(words)
-    else:  # Redis answers but holds no mark: emptied, or no worker ever ran against it
+    elif health.worker_signal == "attempt":  # Redis answers but holds no mark: emptied, or no worker ran since
+        degraded.append(
+            "no worker has left its mark in the cache, and the newest delivery attempt is "
+            f"{duration_in_words(worker_age)} old: are workers running?"
+        )
+    else:
         degraded.append("no worker has run a task since the cache was last emptied: are workers running?")
 
     claims = health.deliveries_in_flight

@@ -133,12 +133,20 @@ def test_a_disabled_tasks_old_run_does_not_hide_a_stopped_beat(beat_and_worker_r
     assert processing_health().verdict == "stalled"
 
 
-def test_the_workers_tasks_leave_the_mark_the_check_reads(monkeypatch, beat_and_worker_running):
+def test_the_workers_tasks_leave_the_mark_the_check_reads(monkeypatch, beat_and_worker_running, source, destination):
     cache.delete(platform_health.WORKER_MARK_KEY)
     monkeypatch.setattr(platform_health, "_worker_marked_at", None)
     health = processing_health()
     assert (health.verdict, health.worker_signal) == ("degraded", "none")
     assert health.reasons == ["no worker has run a task since the cache was last emptied: are workers running?"]
+
+    make_delivery(make_event(source), destination, status=Delivery.Status.SUCCEEDED, attempts=1)
+    DeliveryAttempt.objects.update(started_at=timezone.now() - timedelta(minutes=8))
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("degraded", "attempt")
+    assert health.reasons == [
+        "no worker has left its mark in the cache, and the newest delivery attempt is 8 min old: are workers running?"
+    ]
 
     tasks.sweep()  # what a worker runs every SWEEP_INTERVAL_SECONDS
     health = processing_health()
