@@ -339,6 +339,19 @@ STUCK_DELIVERY_SECONDS = env.int("STUCK_DELIVERY_SECONDS", default=150)
 LIVE_CLAIM_MAX_SECONDS = env.int("LIVE_CLAIM_MAX_SECONDS", default=600)
 SECRET_ROTATION_OVERLAP_SECONDS = env.int("SECRET_ROTATION_OVERLAP_SECONDS", default=24 * 3600)
 
+# --- Processing health (webhooks/services/platform_health.py) -----------------
+# A webhook waiting to be processed, or a due delivery waiting to be sent, this long makes the
+# verdict "degraded"; the longer one "stalled" (for deliveries only while no worker runs tasks).
+HEALTH_BACKLOG_DEGRADED_SECONDS = env.float("HEALTH_BACKLOG_DEGRADED_SECONDS", default=60.0)
+HEALTH_BACKLOG_STALLED_SECONDS = env.float("HEALTH_BACKLOG_STALLED_SECONDS", default=300.0)
+# Beat looks stopped when no periodic task was sent for this long. django-celery-beat writes
+# last_run_at only when it syncs, every 3 minutes, so less would raise false alarms.
+HEALTH_BEAT_STALE_SECONDS = env.float("HEALTH_BEAT_STALE_SECONDS", default=max(300.0, 180 + 4 * SWEEP_INTERVAL_SECONDS))
+# Workers look stopped when none ran a task for this long (beat sends the sweep every SWEEP_INTERVAL_SECONDS).
+HEALTH_WORKER_STALE_SECONDS = env.float("HEALTH_WORKER_STALE_SECONDS", default=max(120.0, 6 * SWEEP_INTERVAL_SECONDS))
+# GET /metrics answers only a request with "Authorization: Bearer <this>"; unset, it is a 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # --- DRF ----------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -5,6 +5,7 @@ from webhooks.api.authentication import json_not_found
 from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
+from webhooks.views.metrics import metrics
 
 urlpatterns = [
     path("in/<str:token>/", IngestView.as_view(), name="ingest"),
@@ -14,6 +15,8 @@ urlpatterns = [
     path("livez", livez, name="livez"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # Processing health for a Prometheus scraper; a 404 unless METRICS_TOKEN is set.
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     # The tenant REST API, authenticated by organization API keys only (webhooks/api/).
     path("api/v1/", include("webhooks.api.urls")),

@@ -98,8 +98,15 @@ class HooklineAdminSite(admin.AdminSite):
     index_template = "admin/hookline_index.html"
 
     def index(self, request, extra_context=None):
-        overview = platform_overview() if request.user.has_perms(OVERVIEW_PERMISSIONS) else None
-        return super().index(request, {**(extra_context or {}), "overview": overview})
+        overview = processing = None
+        if request.user.has_perms(OVERVIEW_PERMISSIONS):
+            from webhooks.services.platform_health import processing_health  # imports models (see the docstring)
+
+            overview = platform_overview()
+            # Not cached with the overview: bounded queries, and an operator checking whether a restart
+            # took wants now, not a minute ago.
+            processing = processing_health()
+        return super().index(request, {**(extra_context or {}), "overview": overview, "processing": processing})
 
     @property
     def login_form(self):

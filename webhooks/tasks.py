@@ -9,6 +9,7 @@ from webhooks.services import (
     lifecycle,
     operations,
     organization_deletion,
+    platform_health,
     processing,
     scheduling,
     source_deletion,
@@ -27,6 +28,7 @@ def _tell_running_tasks_to_wind_up(**kwargs) -> None:
 
 @shared_task(name="webhooks.tasks.process_events")
 def process_events() -> int:
+    platform_health.note_worker_ran()
     return processing.process_received_events()
 
 
@@ -40,11 +42,14 @@ _DISPATCH_SOFT_TIME_LIMIT, _DISPATCH_TIME_LIMIT = delivery.dispatcher_time_limit
     time_limit=_DISPATCH_TIME_LIMIT,
 )
 def dispatch_deliveries(slot: int = 0) -> int:
+    platform_health.note_worker_ran()
     return delivery.dispatch_due_deliveries(slot=slot)
 
 
 @shared_task(name="webhooks.tasks.sweep")
 def sweep() -> dict:
+    # Beat sends this every SWEEP_INTERVAL_SECONDS: an idle worker is seen alive by it too.
+    platform_health.note_worker_ran()
     return processing.sweep()
 
 

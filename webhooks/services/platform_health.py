@@ -1,0 +1,499 @@
+"""Processing health: whether the worker and beat keep up, for operators (admin, /metrics, a command).
+
+Ingest stores and acknowledges webhooks whether or not anything processes them, so a dead
+worker or beat shows nowhere else until tenants notice. Each figure here is one bounded query
+on an index the processing itself uses (counts stop at COUNT_CAP), so it can be asked for on
+every admin page view and every scrape. A figure whose query fails is left out (None) and
+named in ``unmeasured``, never raised: this is read during outages.
+
+What each process leaves behind to be judged by:
+- beat: django-celery-beat's DatabaseScheduler writes each periodic task's ``last_run_at``
+  (the time it sent it), though only when it syncs, every 3 minutes (celery's
+  ``Scheduler.sync_every``), hence the default of HEALTH_BEAT_STALE_SECONDS;
+- workers: every task that workers run often (the sweep that beat sends every
+  SWEEP_INTERVAL_SECONDS, processing, dispatching) stamps a cache key, at most once per
+  WORKER_MARK_EVERY_SECONDS per process; with Redis unreachable, the newest delivery attempt
+  (a primary-key lookup) is the only sign, and without one the workers are "unknown".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Min, OuterRef, Subquery
+from django.utils import timezone
+
+from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+# Counts stop here: past it the number says only "a lot", and counting further would read a big table.
+COUNT_CAP = 10_000
+# Each query may take this long at most (PostgreSQL): a health check must not queue behind itself.
+QUERY_TIMEOUT_MS = 5000
+
+OK, DEGRADED, STALLED = "ok", "degraded", "stalled"
+VERDICT_LEVELS = {OK: 0, DEGRADED: 1, STALLED: 2}
+
+WORKER_MARK_KEY = "health:worker_ran_at"
+WORKER_MARK_EVERY_SECONDS = 5.0
+WORKER_MARK_TTL_SECONDS = 7 * 24 * 3600
+_worker_marked_at: float | None = None  # monotonic, this process
+
+
+def note_worker_ran() -> None:
+    """Stamp the time a worker ran a task; at most every few seconds per process. Never raises."""
+    global _worker_marked_at
+    now = time.monotonic()
+    if _worker_marked_at is not None and now - _worker_marked_at < WORKER_MARK_EVERY_SECONDS:
+        return
+    _worker_marked_at = now
+    try:
+        cache.set(WORKER_MARK_KEY, time.time(), timeout=WORKER_MARK_TTL_SECONDS)
+    except Exception as exc:  # Redis down: the health check says "unknown" rather than this failing a task
+        logger.debug("could not stamp the worker's run: %s", exc)
+
+
+@dataclass
+class Backlog:
+    """Rows in one state: how many (up to COUNT_CAP) and how long the oldest has been there."""
+
+    count: int
+    oldest_seconds: float  # 0 when there is none
+
+    @property
+    def capped(self) -> bool:
+        return self.count >= COUNT_CAP
+
+    @property
+    def count_in_words(self) -> str:
+        return _count_in_words(self.count)
+
+    @property
+    def oldest_in_words(self) -> str:
+        return duration_in_words(self.oldest_seconds)
+
+
+@dataclass
+class PeriodicRun:
+    name: str
+    task: str
+    enabled: bool
+    last_run_at: datetime | None
+    every_seconds: float | None  # None: not an interval schedule (crontab, solar, clocked)
+
+
+@dataclass
+class ProcessingHealth:
+    checked_at: datetime
+    verdict: str = OK
+    reasons: list[str] = field(default_factory=list)
+    # None: not measured (its query failed); see unmeasured.
+    events_waiting: Backlog | None = None  # received, not yet processed; age of the oldest
+    deliveries_due: Backlog | None = None  # pending at a destination that sends, next attempt passed; most overdue
+    deliveries_in_flight: Backlog | None = None  # claimed by a worker; oldest claim
+    deliveries_pending: int | None = None  # every pending delivery, due or not, paused destinations' too
+    deliveries_dead: int | None = None
+    deliveries_dead_24h: int | None = None
+    periodic_tasks: list[PeriodicRun] | None = None
+    beat_last_run_at: datetime | None = None
+    worker_ran_at: datetime | None = None  # the newest sign of a worker at work
+    worker_signal: str = "unknown"  # "mark" (the cache stamp), "attempt" (newest attempt), "none" or "unknown"
+    redis_up: bool | None = None
+    last_attempt_at: datetime | None = None
+    unmeasured: list[str] = field(default_factory=list)
+
+    @property
+    def level(self) -> int:
+        return VERDICT_LEVELS[self.verdict]
+
+    @property
+    def beat_age_in_words(self) -> str | None:
+        return None if self.beat_last_run_at is None else duration_in_words(self.age(self.beat_last_run_at))
+
+    @property
+    def worker_age_in_words(self) -> str | None:
+        return None if self.worker_ran_at is None else duration_in_words(self.age(self.worker_ran_at))
+
+    def age(self, moment: datetime | None) -> float | None:
+        return None if moment is None else max((self.checked_at - moment).total_seconds(), 0.0)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("events_waiting", "deliveries_due", "deliveries_in_flight"):
+            backlog = getattr(self, name)
+            if backlog is not None:
+                data[name]["capped"] = backlog.capped
+        data["count_cap"] = COUNT_CAP
+        return data
+
+
+def thresholds() -> dict[str, float]:
+    return {
+        "backlog_degraded": settings.HEALTH_BACKLOG_DEGRADED_SECONDS,
+        "backlog_stalled": settings.HEALTH_BACKLOG_STALLED_SECONDS,
+        "beat_stale": settings.HEALTH_BEAT_STALE_SECONDS,
+        "worker_stale": settings.HEALTH_WORKER_STALE_SECONDS,
+        # The sweeper releases a claim at LIVE_CLAIM_MAX_SECONDS at the latest; give it a few sweeps more.
+        "claim_stale": settings.LIVE_CLAIM_MAX_SECONDS + max(6 * settings.SWEEP_INTERVAL_SECONDS, 60),
+    }
+
+
+def processing_health(now: datetime | None = None) -> ProcessingHealth:
+    """Measure the backlogs and the processes' last signs of life, then judge them."""
+    now = now or timezone.now()
+    health = ProcessingHealth(checked_at=now)
+    measures = (
+        ("events_waiting", _events_waiting),
+        ("deliveries_due", _deliveries_due),
+        ("deliveries_in_flight", _deliveries_in_flight),
+        ("deliveries_pending", _deliveries_pending),
+        ("deliveries_dead", _deliveries_dead),
+        ("deliveries_dead_24h", _deliveries_dead_24h),
+        ("periodic_tasks", _periodic_tasks),
+        ("last_attempt_at", _last_attempt_at),
+    )
+    for name, measure in measures:
+        try:
+            with transaction.atomic():  # a savepoint: a failed query leaves the caller's transaction usable
+                if connection.vendor == "postgresql":
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
+                setattr(health, name, measure(now))
+        except DatabaseError as exc:
+            logger.warning("processing health: could not measure %s: %s", name, exc)
+            health.unmeasured.append(name)
+    if health.periodic_tasks:
+        runs = [task.last_run_at for task in health.periodic_tasks if task.enabled and task.last_run_at]
+        health.beat_last_run_at = max(runs, default=None)
+    _read_worker_mark(health)
+    _judge(health)
+    return health
+
+
+def _capped_count(queryset) -> int:
+    # COUNT(*) over a LIMITed subquery: reads at most COUNT_CAP index entries.
+    return queryset.order_by().values("pk")[:COUNT_CAP].count()
+
+
+def _events_waiting(now) -> Backlog:
+    waiting = WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED)  # the event_unfinished index
+    oldest = waiting.order_by("received_at").values_list("received_at", flat=True).first()
+    return Backlog(_capped_count(waiting), _seconds_between(oldest, now))
+
+
+def _sending_destinations():
+    # As the dispatcher chooses them: a paused or turned-off destination's deliveries wait on purpose.
+    return Destination.objects.filter(is_active=True, paused_at__isnull=True, organization__is_active=True)
+
+
+def _deliveries_due(now) -> Backlog:
+    """Due deliveries of destinations that send. Walked destination by destination on the
+    delivery_due_by_dest index: a paused destination's backlog, however large, is never read."""
+    due = Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+    oldest_due_of_destination = (
+        due.filter(destination=OuterRef("pk")).order_by("next_attempt_at").values("next_attempt_at")[:1]
+    )
+    oldest = (
+        _sending_destinations()
+        .annotate(oldest_due=Subquery(oldest_due_of_destination))
+        .aggregate(oldest=Min("oldest_due"))["oldest"]
+    )
+    if oldest is None:
+        return Backlog(0, 0.0)
+    return Backlog(_capped_count(due.filter(destination__in=_sending_destinations())), _seconds_between(oldest, now))
+
+
+def _deliveries_in_flight(now) -> Backlog:
+    claimed = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)  # the delivery_in_flight index
+    oldest = claimed.order_by("claimed_at").values_list("claimed_at", flat=True).first()
+    return Backlog(_capped_count(claimed), _seconds_between(oldest, now))
+
+
+def _deliveries_pending(now) -> int:
+    return _capped_count(Delivery.objects.filter(status=Delivery.Status.PENDING))  # the delivery_due index
+
+
+def _deliveries_dead(now) -> int:
+    return _capped_count(Delivery.objects.filter(status=Delivery.Status.DEAD))  # the delivery_failed index
+
+
+def _deliveries_dead_24h(now) -> int:
+    # The dead part of the delivery_failed index, each row's completion time checked: in
+    # proportion to the dead deliveries kept, and stopped at the cap.
+    return _capped_count(
+        Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=now - timedelta(hours=24))
+    )
+
+
+def _periodic_tasks(now) -> list[PeriodicRun]:
+    from django_celery_beat.models import PeriodicTask
+
+    runs = []
+    for task in PeriodicTask.objects.select_related("interval").order_by("name"):
+        every = None
+        if task.interval is not None:
+            every = task.interval.schedule.run_every.total_seconds()
+        runs.append(PeriodicRun(task.name, task.task, task.enabled, task.last_run_at, every))
+    return runs
+
+
+def _last_attempt_at(now) -> datetime | None:
+    # Attempt ids are UUIDv7: the newest is the end of the primary key's index.
+    return DeliveryAttempt.objects.order_by("-id").values_list("started_at", flat=True).first()
+
+
+def _read_worker_mark(health: ProcessingHealth) -> None:
+    try:
+        stamped = cache.get(WORKER_MARK_KEY)
+        health.redis_up = True
+    except Exception as exc:
+        logger.warning("processing health: the cache does not answer: %s", exc)
+        health.redis_up = False
+        stamped = None
+    if stamped is not None:
+        health.worker_ran_at = datetime.fromtimestamp(float(stamped), tz=UTC)
+        health.worker_signal = "mark"
+    # An attempt shows a worker at work even where the mark cannot be read or was lost.
+    if health.last_attempt_at is not None and (
+        health.worker_ran_at is None or health.last_attempt_at > health.worker_ran_at
+    ):
+        health.worker_ran_at = health.last_attempt_at
+        health.worker_signal = "attempt"
+    if health.worker_ran_at is None:
+        health.worker_signal = "none" if health.redis_up else "unknown"
+
+
+def _seconds_between(earlier: datetime | None, later: datetime) -> float:
+    return 0.0 if earlier is None else max((later - earlier).total_seconds(), 0.0)
+
+
+def duration_in_words(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def _judge(health: ProcessingHealth) -> None:
+    limits = thresholds()
+    stalled: list[str] = []
+    degraded: list[str] = []
+    worker_age = health.age(health.worker_ran_at)
+    worker_recent = worker_age is not None and worker_age <= limits["worker_stale"]
+    beat_age = health.age(health.beat_last_run_at)
+
+    events = health.events_waiting
+    if events is not None and events.count and events.oldest_seconds > limits["backlog_degraded"]:
+        words = (
+            f"{_count_in_words(events.count)} webhook(s) wait to be processed, the oldest received "
+            f"{duration_in_words(events.oldest_seconds)} ago"
+        )
+        if events.oldest_seconds > limits["backlog_stalled"]:
+            stalled.append(f"{words}: are workers running?")
+        else:
+            degraded.append(f"{words}: processing is behind")
+
+    due = health.deliveries_due
+    if due is not None and due.count and due.oldest_seconds > limits["backlog_degraded"]:
+        words = (
+            f"the oldest due delivery is {duration_in_words(due.oldest_seconds)} overdue "
+            f"({_count_in_words(due.count)} due)"
+        )
+        if worker_recent:
+            # Workers are at work: a destination's concurrency or rate limit holds its backlog, or
+            # there are too few workers for the traffic. Late, not stopped.
+            degraded.append(
+                f"{words}, though a worker ran {duration_in_words(worker_age)} ago: too few workers, "
+                "or a slow or rate-limited destination holds its backlog"
+            )
+        elif due.oldest_seconds > limits["backlog_stalled"]:
+            stalled.append(f"{words}: are workers running?")
+        else:
+            degraded.append(f"{words}: are workers running?")
+
+    tasks = health.periodic_tasks
+    if tasks is not None:
+        if not [task for task in tasks if task.enabled]:
+            stalled.append("no periodic task is installed and enabled: run install_periodic_tasks")
+        elif health.beat_last_run_at is None:
+            stalled.append("beat has never sent a periodic task: is beat running?")
+        elif beat_age > limits["beat_stale"]:
+            stalled.append(
+                f"beat looks stopped: no periodic task sent for {duration_in_words(beat_age)}; "
+                "retries and lost work wait for its sweep"
+            )
+
+    if worker_recent:
+        pass
+    elif health.redis_up is False:
+        degraded.append("Redis does not answer: whether workers run is unknown, and processing waits for Redis")
+    elif health.worker_signal == "mark":
+        words = f"no worker has run a task for {duration_in_words(worker_age)}"
+        if beat_age is not None and beat_age <= limits["beat_stale"]:
+            stalled.append(
+                f"{words}, though beat sends the sweep every {settings.SWEEP_INTERVAL_SECONDS:g} s: "
+                "are workers running?"
+            )
+        else:
+            degraded.append(words)
+    elif health.worker_signal == "attempt":  # Redis answers but holds no mark: emptied, or no worker ran since
+        degraded.append(
+            "no worker has left its mark in the cache, and the newest delivery attempt is "
+            f"{duration_in_words(worker_age)} old: are workers running?"
+        )
+    else:
+        degraded.append("no worker has run a task since the cache was last emptied: are workers running?")
+
+    claims = health.deliveries_in_flight
+    if claims is not None and claims.count and claims.oldest_seconds > limits["claim_stale"]:
+        degraded.append(
+            f"a delivery has been in flight for {duration_in_words(claims.oldest_seconds)}: the sweeper "
+            "should have released it by now; is beat running?"
+        )
+
+    for name in health.unmeasured:
+        degraded.append(f"could not measure {name.replace('_', ' ')} (the query failed)")
+
+    health.reasons = stalled + degraded
+    health.verdict = STALLED if stalled else DEGRADED if degraded else OK
+
+
+def _count_in_words(count: int) -> str:
+    return f"{COUNT_CAP:,}+" if count >= COUNT_CAP else f"{count:,}"
+
+
+# --- Prometheus text exposition format (version 0.0.4) ---------------------------------------
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def prometheus_text(health: ProcessingHealth | None) -> str:
+    """The figures as gauges. A figure that was not measured is left out and its
+    ``hookline_health_measure_up`` is 0; ``health`` None (the check itself failed) gives only
+    ``hookline_health_up 0``."""
+    lines: list[str] = []
+
+    def gauge(name: str, help_text: str, samples) -> None:
+        samples = [(labels, value) for labels, value in samples if value is not None]
+        if not samples:
+            return
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            label_text = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
+            lines.append(f"{name}{{{label_text}}} {_number(value)}" if labels else f"{name} {_number(value)}")
+
+    gauge("hookline_health_up", "1 if the processing health check ran.", [({}, 0 if health is None else 1)])
+    if health is None:
+        return "\n".join(lines) + "\n"
+
+    def backlog(backlog: Backlog | None, attribute: str):
+        return None if backlog is None else getattr(backlog, attribute)
+
+    def timestamp(moment: datetime | None):
+        return None if moment is None else moment.timestamp()
+
+    measured = [
+        "events_waiting",
+        "deliveries_due",
+        "deliveries_in_flight",
+        "deliveries_pending",
+        "deliveries_dead",
+        "deliveries_dead_24h",
+        "periodic_tasks",
+        "last_attempt_at",
+    ]
+    gauge(
+        "hookline_health_measure_up",
+        "1 if the figure's query succeeded, 0 if it failed (its metrics are then left out).",
+        [({"measure": name}, 0 if name in health.unmeasured else 1) for name in measured],
+    )
+    gauge("hookline_health_verdict", "Processing verdict: 0 ok, 1 degraded, 2 stalled.", [({}, health.level)])
+    gauge(
+        "hookline_redis_up",
+        "1 if the cache (Redis) answered the health check.",
+        [({}, None if health.redis_up is None else int(health.redis_up))],
+    )
+    gauge("hookline_count_cap", "Counts stop at this number.", [({}, COUNT_CAP)])
+    events, due, claimed = health.events_waiting, health.deliveries_due, health.deliveries_in_flight
+    gauge(
+        "hookline_events_waiting", "Webhooks received and not yet processed (capped).", [({}, backlog(events, "count"))]
+    )
+    gauge(
+        "hookline_events_waiting_oldest_age_seconds",
+        "Age of the oldest webhook not yet processed (0 if none).",
+        [({}, backlog(events, "oldest_seconds"))],
+    )
+    gauge(
+        "hookline_deliveries_due",
+        "Deliveries due now at destinations that send, not yet sent (capped).",
+        [({}, backlog(due, "count"))],
+    )
+    gauge(
+        "hookline_deliveries_due_oldest_overdue_seconds",
+        "How overdue the oldest due delivery is (0 if none).",
+        [({}, backlog(due, "oldest_seconds"))],
+    )
+    gauge(
+        "hookline_deliveries_in_flight_oldest_claim_age_seconds",
+        "Age of the oldest claim (0 if none).",
+        [({}, backlog(claimed, "oldest_seconds"))],
+    )
+    gauge(
+        "hookline_deliveries",
+        "Deliveries by status (capped; succeeded ones are not counted).",
+        [
+            ({"status": "pending"}, health.deliveries_pending),
+            ({"status": "in_flight"}, backlog(claimed, "count")),
+            ({"status": "dead"}, health.deliveries_dead),
+        ],
+    )
+    gauge(
+        "hookline_deliveries_dead_24h",
+        "Deliveries that went dead in the last 24 hours (capped).",
+        [({}, health.deliveries_dead_24h)],
+    )
+    gauge(
+        "hookline_periodic_task_last_run_timestamp_seconds",
+        "When beat last sent each periodic task (written by beat every 3 minutes).",
+        [({"task": task.name}, timestamp(task.last_run_at)) for task in health.periodic_tasks or []],
+    )
+    gauge(
+        "hookline_beat_last_run_timestamp_seconds",
+        "When beat last sent any enabled periodic task.",
+        [({}, timestamp(health.beat_last_run_at))],
+    )
+    gauge(
+        "hookline_worker_last_run_timestamp_seconds",
+        "The newest sign of a worker running a task.",
+        [({}, timestamp(health.worker_ran_at))],
+    )
+    gauge(
+        "hookline_last_delivery_attempt_timestamp_seconds",
+        "When the newest delivery attempt started.",
+        [({}, timestamp(health.last_attempt_at))],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _label_value(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))

@@ -1,0 +1,381 @@
+"""Processing health: the verdict and its reasons from real rows, /metrics, the admin card, the command."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from conftest import REDIS_DOWN_CACHES
+from webhooks import tasks
+from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.services import platform_health
+from webhooks.services.platform_health import processing_health
+
+from .api_helpers import make_delivery, make_event
+from .factories import make_destination, make_source
+
+pytestmark = pytest.mark.django_db
+
+RECEIVER = "http://127.0.0.1:9/hooks"
+TOKEN = "metrics-token-for-tests-0123456789"
+
+
+@pytest.fixture
+def beat_and_worker_running():
+    """The periodic tasks as the release phase installs them, just sent by beat; a worker just ran one."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(seconds=20))
+    worker_ran(seconds_ago=3)
+
+
+def worker_ran(seconds_ago: float) -> None:
+    cache.set(platform_health.WORKER_MARK_KEY, timezone.now().timestamp() - seconds_ago)
+
+
+@pytest.fixture
+def source(organization):
+    return make_source(organization)
+
+
+@pytest.fixture
+def destination(organization, source):
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    return destination
+
+
+def due_delivery(source, destination, *, overdue: timedelta) -> Delivery:
+    delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - overdue)
+    return delivery
+
+
+def test_a_platform_that_keeps_up_is_ok(beat_and_worker_running, source, destination):
+    make_event(source, status=WebhookEvent.Status.RECEIVED)  # just received: nothing late
+    due_delivery(source, destination, overdue=timedelta(seconds=5))
+    health = processing_health()
+    assert (health.verdict, health.reasons, health.unmeasured) == ("ok", [], [])
+    assert (health.events_waiting.count, health.deliveries_due.count) == (1, 1)
+    assert health.worker_signal == "mark" and health.redis_up is True
+
+
+def test_webhooks_waiting_long_make_it_degraded_then_stalled(beat_and_worker_running, source):
+    make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
+    health = processing_health()
+    assert health.verdict == "degraded"
+    assert health.reasons == ["1 webhook(s) wait to be processed, the oldest received 2 min ago: processing is behind"]
+
+    make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=7))
+    health = processing_health()
+    assert health.verdict == "stalled"
+    assert health.reasons == ["2 webhook(s) wait to be processed, the oldest received 7 min ago: are workers running?"]
+    assert health.events_waiting.count == 2 and 420 <= health.events_waiting.oldest_seconds < 430
+
+
+def test_overdue_deliveries_with_no_worker_running_are_stalled(beat_and_worker_running, source, destination):
+    due_delivery(source, destination, overdue=timedelta(minutes=7))
+    worker_ran(seconds_ago=600)
+    health = processing_health()
+    assert health.verdict == "stalled"
+    assert "the oldest due delivery is 7 min overdue (1 due): are workers running?" in health.reasons
+    assert "no worker has run a task for 10 min, though beat sends the sweep every 5 s: are workers running?" in (
+        health.reasons
+    )
+
+
+def test_overdue_deliveries_while_workers_run_are_only_degraded(beat_and_worker_running, source, destination):
+    # A destination's concurrency or rate limit can hold its backlog for hours: late, not stopped.
+    due_delivery(source, destination, overdue=timedelta(minutes=7))
+    health = processing_health()
+    assert health.verdict == "degraded"
+    assert health.reasons == [
+        "the oldest due delivery is 7 min overdue (1 due), though a worker ran 3 s ago: too few workers, "
+        "or a slow or rate-limited destination holds its backlog"
+    ]
+
+
+def test_a_paused_destinations_backlog_is_not_overdue(beat_and_worker_running, source, destination):
+    due_delivery(source, destination, overdue=timedelta(hours=3))
+    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now())
+    health = processing_health()
+    assert health.verdict == "ok"
+    assert (health.deliveries_due.count, health.deliveries_due.oldest_seconds) == (0, 0.0)
+    assert health.deliveries_pending == 1  # still counted among the pending
+
+
+def test_beat_that_stopped_sending_is_stalled(beat_and_worker_running):
+    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(minutes=12))
+    health = processing_health()
+    assert health.verdict == "stalled"
+    assert health.reasons == [
+        "beat looks stopped: no periodic task sent for 12 min; retries and lost work wait for its sweep"
+    ]
+
+    PeriodicTask.objects.update(last_run_at=None)
+    assert processing_health().reasons == ["beat has never sent a periodic task: is beat running?"]
+
+    PeriodicTask.objects.update(enabled=False)
+    assert processing_health().reasons == ["no periodic task is installed and enabled: run install_periodic_tasks"]
+
+
+def test_a_disabled_tasks_old_run_does_not_hide_a_stopped_beat(beat_and_worker_running):
+    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(minutes=30))
+    PeriodicTask.objects.filter(name="hookline-retention").update(enabled=False, last_run_at=timezone.now())
+    assert processing_health().verdict == "stalled"
+
+
+def test_the_workers_tasks_leave_the_mark_the_check_reads(monkeypatch, beat_and_worker_running, source, destination):
+    cache.delete(platform_health.WORKER_MARK_KEY)
+    monkeypatch.setattr(platform_health, "_worker_marked_at", None)
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("degraded", "none")
+    assert health.reasons == ["no worker has run a task since the cache was last emptied: are workers running?"]
+
+    make_delivery(make_event(source), destination, status=Delivery.Status.SUCCEEDED, attempts=1)
+    DeliveryAttempt.objects.update(started_at=timezone.now() - timedelta(minutes=8))
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("degraded", "attempt")
+    assert health.reasons == [
+        "no worker has left its mark in the cache, and the newest delivery attempt is 8 min old: are workers running?"
+    ]
+
+    tasks.sweep()  # what a worker runs every SWEEP_INTERVAL_SECONDS
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("ok", "mark")
+
+
+def test_with_redis_down_workers_are_unknown_unless_an_attempt_shows_them(
+    settings, beat_and_worker_running, source, destination
+):
+    settings.CACHES = REDIS_DOWN_CACHES
+    health = processing_health()
+    assert (health.verdict, health.redis_up, health.worker_signal) == ("degraded", False, "unknown")
+    assert health.reasons == ["Redis does not answer: whether workers run is unknown, and processing waits for Redis"]
+
+    make_delivery(make_event(source), destination, status=Delivery.Status.SUCCEEDED, attempts=1)
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("ok", "attempt")
+    assert health.worker_ran_at == DeliveryAttempt.objects.get().started_at
+
+
+def test_a_claim_the_sweeper_should_have_released_is_reported(beat_and_worker_running, source, destination):
+    delivery = make_delivery(make_event(source), destination, status=Delivery.Status.IN_FLIGHT, attempts=1)
+    Delivery.objects.filter(pk=delivery.pk).update(claimed_at=timezone.now() - timedelta(minutes=20))
+    health = processing_health()
+    assert health.verdict == "degraded"
+    assert health.reasons == [
+        "a delivery has been in flight for 20 min: the sweeper should have released it by now; is beat running?"
+    ]
+    assert health.deliveries_in_flight.count == 1
+
+
+def test_dead_deliveries_of_the_last_day_are_counted(beat_and_worker_running, source, destination):
+    recent = make_delivery(make_event(source), destination, status=Delivery.Status.DEAD)
+    older = make_delivery(make_event(source), destination, status=Delivery.Status.DEAD)
+    Delivery.objects.filter(pk=recent.pk).update(completed_at=timezone.now() - timedelta(hours=2))
+    Delivery.objects.filter(pk=older.pk).update(completed_at=timezone.now() - timedelta(hours=30))
+    health = processing_health()
+    assert (health.deliveries_dead_24h, health.deliveries_dead) == (1, 2)
+    assert health.verdict == "ok"  # receivers failing is the tenants' matter, not processing's
+
+
+def test_counts_stop_at_the_cap_and_every_count_is_limited(monkeypatch, beat_and_worker_running, source):
+    monkeypatch.setattr(platform_health, "COUNT_CAP", 3)
+    for _ in range(5):
+        make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=10))
+    with CaptureQueriesContext(connection) as queries:
+        health = processing_health()
+    assert health.events_waiting.count == 3 and health.events_waiting.capped
+    assert health.reasons[0].startswith("3+ webhook(s) wait to be processed")
+    counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
+    assert len(counts) == 5  # waiting, in flight, pending, dead, dead in 24 h; nothing due: not counted
+    assert [sql for sql in counts if not re.search(r"LIMIT 3\b", sql)] == []
+
+
+def test_a_failing_query_leaves_its_figure_out_and_the_rest_stands(monkeypatch, beat_and_worker_running, source):
+    def broken(now):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setattr(platform_health, "_deliveries_due", broken)
+    make_event(source, status=WebhookEvent.Status.RECEIVED)
+    health = processing_health()
+    assert health.unmeasured == ["deliveries_due"] and health.deliveries_due is None
+    assert health.events_waiting.count == 1  # queries after the failure still ran
+    assert (health.verdict, health.reasons) == ("degraded", ["could not measure deliveries due (the query failed)"])
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
+    """Samples of the text exposition format: {(name, ((label, value), ...)): value}. Strict enough
+    to refuse what a Prometheus server would: each sample's family declared by # TYPE before it."""
+    samples, typed = {}, set()
+    sample_line = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+    label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind == "gauge"
+            typed.add(name)
+            continue
+        if line.startswith("# HELP "):
+            continue
+        match = sample_line.match(line)
+        assert match, line
+        name, labels, value = match.groups()
+        assert name in typed, name
+        pairs = tuple(label.findall(labels or ""))
+        assert ",".join(f'{k}="{v}"' for k, v in pairs) == (labels or ""), line
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def test_metrics_is_not_found_without_a_token_configured(client, settings):
+    settings.METRICS_TOKEN = ""
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 404
+    # The same page as any unknown path, which names the path it was asked for.
+    unknown = client.get("/no-such-page").content.replace(b"/no-such-page", b"/metrics")
+    assert response.content == unknown
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "", "Bearer", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN, "Bearer wrong"]
+)
+def test_metrics_refuses_a_wrong_or_missing_token(client, settings, authorization):
+    settings.METRICS_TOKEN = TOKEN
+    headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
+    response = client.get("/metrics", **headers)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert b"hookline_" not in response.content
+
+
+def test_metrics_answers_the_figures_in_prometheus_text(client, settings, beat_and_worker_running, source, destination):
+    settings.METRICS_TOKEN = TOKEN
+    due_delivery(source, destination, overdue=timedelta(minutes=7))
+    make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
+    make_delivery(make_event(source), destination, status=Delivery.Status.DEAD)
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = parse_prometheus(response.content.decode())
+    assert samples[("hookline_health_up", ())] == 1
+    assert samples[("hookline_health_verdict", ())] == 1  # degraded: workers run, so only late
+    assert samples[("hookline_events_waiting", ())] == 1
+    assert 120 <= samples[("hookline_events_waiting_oldest_age_seconds", ())] < 130
+    assert samples[("hookline_deliveries_due", ())] == 1
+    assert 420 <= samples[("hookline_deliveries_due_oldest_overdue_seconds", ())] < 430
+    assert samples[("hookline_deliveries", (("status", "pending"),))] == 1
+    assert samples[("hookline_deliveries", (("status", "dead"),))] == 1
+    assert samples[("hookline_deliveries", (("status", "in_flight"),))] == 0
+    assert samples[("hookline_deliveries_dead_24h", ())] == 1
+    assert samples[("hookline_redis_up", ())] == 1
+    sweep_sent = PeriodicTask.objects.get(name="hookline-sweep").last_run_at.timestamp()
+    assert samples[("hookline_periodic_task_last_run_timestamp_seconds", (("task", "hookline-sweep"),))] == sweep_sent
+    assert samples[("hookline_beat_last_run_timestamp_seconds", ())] == sweep_sent
+    assert all(value == 1 for (name, _), value in samples.items() if name == "hookline_health_measure_up")
+
+
+def test_metrics_leaves_out_what_failed_and_does_not_fail(client, settings, monkeypatch, beat_and_worker_running):
+    settings.METRICS_TOKEN = TOKEN
+    settings.CACHES = REDIS_DOWN_CACHES
+
+    def broken(now):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setattr(platform_health, "_deliveries_due", broken)
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
+    samples = parse_prometheus(response.content.decode())
+    assert samples[("hookline_health_measure_up", (("measure", "deliveries_due"),))] == 0
+    assert samples[("hookline_health_measure_up", (("measure", "events_waiting"),))] == 1
+    assert samples[("hookline_redis_up", ())] == 0
+    assert not [name for name, _ in samples if name.startswith("hookline_deliveries_due")]
+    assert ("hookline_worker_last_run_timestamp_seconds", ()) not in samples
+
+    def check_fails(now=None):
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(platform_health, "processing_health", check_fails)
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
+    assert parse_prometheus(response.content.decode()) == {("hookline_health_up", ()): 0}
+
+
+# --- the admin card and the command --------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_client(client):
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    return client
+
+
+def processing_card(client) -> str:
+    html = client.get("/admin/").content.decode()
+    return re.search(r'<div class="hookline-card[^"]*" id="overview-processing">.*?</table>', html, re.S).group(0)
+
+
+def test_the_admin_card_is_red_and_says_why_when_stalled(admin_client, beat_and_worker_running, source, destination):
+    assert 'class="hookline-card hookline-processing-ok"' in processing_card(admin_client)
+
+    make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=9))
+    card = processing_card(admin_client)
+    assert 'class="hookline-card hookline-processing-stalled"' in card and "Stalled" in card
+    assert "1 webhook(s) wait to be processed, the oldest received 9 min ago: are workers running?" in card
+    assert '/admin/webhooks/webhookevent/?status__exact=received">Waiting to be processed</a>' in card
+    assert '/admin/webhooks/delivery/?status__exact=pending"' in card
+    assert '/admin/webhooks/delivery/?status__exact=in_flight"' in card
+    assert '/admin/django_celery_beat/periodictask/"' in card
+    assert "oldest 9 min ago" in card
+
+
+def test_the_admin_card_is_not_shown_to_staff_without_the_view_permissions(client):
+    staff = get_user_model().objects.create_user("staff@hookline.example", "correct horse battery", is_staff=True)
+    client.force_login(staff)
+    assert "overview-processing" not in client.get("/admin/").content.decode()
+
+
+def run_command(*args) -> tuple[int, str]:
+    from io import StringIO
+
+    out = StringIO()
+    try:
+        call_command("platform_health", *args, stdout=out)
+    except SystemExit as exit:
+        return exit.code, out.getvalue()
+    return 0, out.getvalue()
+
+
+def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, destination):
+    code, text = run_command()
+    assert code == 0 and text.startswith("Processing: OK\n")
+
+    make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
+    code, text = run_command()
+    assert code == 1 and text.startswith("Processing: DEGRADED\n  - 1 webhook(s) wait to be processed")
+
+    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(hours=1))
+    code, output = run_command("--json")
+    report = json.loads(output)
+    assert code == 2 and report["verdict"] == "stalled"
+    assert (
+        report["reasons"][0]
+        == "beat looks stopped: no periodic task sent for 60 min; retries and lost work wait for its sweep"
+    )
+    assert report["events_waiting"] == {"count": 1, "oldest_seconds": pytest.approx(120, abs=10), "capped": False}
+    assert {task["name"] for task in report["periodic_tasks"]} >= {"hookline-sweep", "hookline-retention"}
