@@ -193,39 +193,45 @@ def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
         waiting = WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True).filter(
             status=WebhookEvent.Status.RECEIVED
         )
-        # Set-aside events whose time came: each tried alone, so that one still failing costs the
-        # fresh batch nothing.
+        # Set-aside events whose time came, in a group of their own, so that those still failing
+        # cost the fresh ones nothing; at most half a batch, so that many coming due together
+        # (a fix deployed after a bug set aside thousands) never hold up what keeps arriving.
         due_again = list(
             waiting.filter(processing_retry_at__lte=now)
             .order_by("processing_retry_at")
-            .only(*_CLAIMED_FIELDS)[:batch_size]
+            .only(*_CLAIMED_FIELDS)[: max(batch_size // 2, 1)]
         )
         fresh = list(
             waiting.filter(processing_retry_at__isnull=True)
             .order_by("received_at")
             .only(*_CLAIMED_FIELDS)[: batch_size - len(due_again)]
         )
-        claimed = len(fresh) + len(due_again)
-        if fresh:
-            try:
-                with transaction.atomic():
-                    _fan_out(fresh, now)
-            except Exception as exc:
-                _reraise_unless_the_events_may_be_at_fault(exc)
-                logger.warning(
-                    "processing a batch of %d events failed (%s); processing them one by one",
-                    len(fresh),
-                    type(exc).__name__,
-                )
-                due_again = fresh + due_again
-        for event in due_again:
-            try:
-                with transaction.atomic():
-                    _fan_out([event], now)
-            except Exception as exc:
-                _reraise_unless_the_events_may_be_at_fault(exc)
-                _set_aside(event, exc, now)
-    return claimed
+        for group in (fresh, due_again):
+            _fan_out_or_set_aside(group, now)
+    return len(fresh) + len(due_again)
+
+
+def _fan_out_or_set_aside(events: list[WebhookEvent], now) -> None:
+    """Fan ``events`` out together; if that fails, each alone, setting aside those that still fail."""
+    if len(events) > 1:
+        try:
+            with transaction.atomic():
+                _fan_out(events, now)
+            return
+        except Exception as exc:
+            _reraise_unless_the_events_may_be_at_fault(exc)
+            logger.warning(
+                "processing a batch of %d events failed (%s); processing them one by one",
+                len(events),
+                type(exc).__name__,
+            )
+    for event in events:
+        try:
+            with transaction.atomic():
+                _fan_out([event], now)
+        except Exception as exc:
+            _reraise_unless_the_events_may_be_at_fault(exc)
+            _set_aside(event, exc, now)
 
 
 def _fan_out(events: list[WebhookEvent], now) -> None:

@@ -55,13 +55,13 @@ class Fault:
     """Makes record_usage fail on one event while ``on``: a database error, so the transaction is
     aborted too (as a bad value in a statement would leave it)."""
 
-    def __init__(self, monkeypatch, event_id):
-        self.event_id, self.on, self.hits = event_id, True, 0
+    def __init__(self, monkeypatch, *event_ids):
+        self.event_ids, self.on, self.hits = set(event_ids), True, 0
         self.header_value = SECRET_HEADER_VALUE
         real = lifecycle.record_usage
 
         def record_usage(events):
-            if self.on and any(event.id == self.event_id for event in events):
+            if self.on and any(event.id in self.event_ids for event in events):
                 self.hits += 1
                 with connection.cursor() as cursor:
                     cursor.execute(FAULT_SQL, [self.header_value])
@@ -232,3 +232,17 @@ def test_the_claim_walks_an_index_past_however_many_events_are_set_aside(organiz
     # The head query reads only the rows it returns: none of the set-aside ones.
     assert "actual time" in head_plan and "rows=100 " in head_plan.split("Index Scan")[1].split("\n")[0]
     assert processing.process_event_batch() == 100
+
+
+def test_set_aside_events_coming_due_together_leave_half_of_each_batch_to_fresh_ones(events, monkeypatch, organization):
+    fault = Fault(monkeypatch, *(event.id for event in events[:3]))
+    processing.process_event_batch()
+    fault.on = False  # the fix is deployed; all three come due at once
+    for event in events[:3]:
+        make_due(event)
+    fresh = [WebhookEvent.objects.create(organization=organization, source=events[0].source, body=b"{}") for _ in "ab"]
+    assert processing.process_event_batch(batch_size=4) == 4
+    assert WebhookEvent.objects.filter(pk__in=[event.pk for event in fresh], status="processed").count() == 2
+    assert WebhookEvent.objects.filter(pk__in=[event.pk for event in events[:3]], status="processed").count() == 2
+    assert processing.process_event_batch(batch_size=4) == 1
+    assert not WebhookEvent.objects.filter(status="received").exists()
