@@ -202,6 +202,7 @@ class WebhookEventAdmin(
         "last_duplicate_at",
         "rejection_code",
         "rejection_detail",
+        "processing_problem",
     )
     fieldsets = (
         (None, {"fields": EVENT_FIELDS}),
@@ -216,6 +217,10 @@ class WebhookEventAdmin(
         # The page's Retry and Replay buttons post those actions: shown only to who may run them.
         context.update(can_retry=self.has_retry_permission(request), can_replay=self.has_replay_permission(request))
         return super().render_change_form(request, context, *args, **kwargs)
+
+    @admin.display(description="Processing")
+    def processing_problem(self, event: WebhookEvent) -> str:
+        return event.processing_problem() or "—"
 
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).

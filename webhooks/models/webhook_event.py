@@ -34,6 +34,12 @@ class WebhookEvent(models.Model):
     last_duplicate_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Set aside after processing failed for this event alone (see services.processing): it stays
+    # received, the claim passes it by until processing_retry_at, and the failure is told on its
+    # page. Database defaults: the ingest writer's INSERT names only the columns it fills.
+    processing_failures = models.IntegerField(default=0, db_default=0)  # no CHECK: adding one scans the table
+    processing_error = models.CharField(max_length=300, blank=True, default="", db_default="")
+    processing_retry_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-id",)
@@ -62,13 +68,33 @@ class WebhookEvent(models.Model):
                 condition=models.Q(claimed_event_id__isnull=False),
                 name="event_claimed_id",
             ),
-            # Small: only the rows the sweeper and the processor look for.
+            # Small: only the rows the sweeper and the processor look for. The head of the queue
+            # leaves out the events set aside, so that however many there are, claiming the oldest
+            # waiting ones never walks past them; those have their own index, by when they are due.
             models.Index(
-                fields=("status", "received_at"),
-                condition=models.Q(status="received"),
-                name="event_unfinished",
+                fields=("received_at",),
+                condition=models.Q(status="received", processing_retry_at__isnull=True),
+                name="event_waiting",
+            ),
+            models.Index(
+                fields=("processing_retry_at",),
+                condition=models.Q(status="received", processing_retry_at__isnull=False),
+                name="event_set_aside",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.event_type or 'event'} {self.provider_event_id or self.id}"
+
+    @property
+    def is_set_aside(self) -> bool:
+        """Received, but its processing failed and waits for processing_retry_at."""
+        return self.status == self.Status.RECEIVED and self.processing_retry_at is not None
+
+    def processing_problem(self) -> str:
+        """What a page says of an event set aside, or ""."""
+        if not self.is_set_aside:
+            return ""
+        tries = f"{self.processing_failures} tr{'y' if self.processing_failures == 1 else 'ies'}"
+        retry_at = timezone.localtime(self.processing_retry_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return f"could not be processed: {self.processing_error}, {tries}, next try at {retry_at}"

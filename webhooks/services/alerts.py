@@ -19,7 +19,7 @@ from webhooks.models import Delivery, Destination
 from webhooks.selectors import EVENT_STATUS_FAILED
 
 from .dashboard_stats import destination_health
-from .delivery import INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR
+from .delivery import DESTINATION_ENCRYPTED_FIELDS, INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def alert_destination_paused(destination_id: int, now=None) -> bool:
     if not claimed:
         return False
     ours = Destination.objects.filter(pk=destination_id, pause_notice_due_at=held_until)
-    destination = Destination.objects.select_related("organization").get(pk=destination_id)
+    destination = (
+        Destination.objects.select_related("organization").defer(*DESTINATION_ENCRYPTED_FIELDS).get(pk=destination_id)
+    )
     interval = timedelta(seconds=settings.ALERT_INTERVAL_SECONDS)
     if destination.paused_at is None or (
         destination.last_alerted_at is not None and destination.last_alerted_at > now - interval
@@ -107,23 +109,39 @@ def send_dead_letter_digests(now=None) -> int:
         deliveries__status=Delivery.Status.DEAD,
         is_active=True,  # an operator turned it off: its dead-lettered backlog is no news to report
     ).distinct()
-    for destination in candidates.select_related("organization"):
-        since = destination.dead_digest_sent_at or destination.created_at
-        dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since).exclude(
-            last_error__in=(INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR)
-        )
-        summary = dead.values("last_status_code").annotate(n=Count("id")).order_by("-n")
-        total = sum(row["n"] for row in summary)
-        if not total:
-            continue
-        claimed = Destination.objects.filter(
-            pk=destination.pk, dead_digest_sent_at=destination.dead_digest_sent_at
-        ).update(dead_digest_sent_at=now)
-        if not claimed:
-            continue  # another beat process sent it
-        _send_dead_letter_digest(destination=destination, since=since, total=total, summary=list(summary))
-        sent += 1
+    # Not the secrets: one that no key decrypts would otherwise stop every digest after its destination's.
+    for destination in candidates.select_related("organization").defer(*DESTINATION_ENCRYPTED_FIELDS):
+        try:
+            sent += _send_dead_letter_digest_if_due(destination, now)
+        except Exception:  # one destination's trouble (its mail, a value a template trips on) holds back no other
+            logger.exception("could not send the dead-letter digest of destination %s", destination.pk)
     return sent
+
+
+def _send_dead_letter_digest_if_due(destination: Destination, now) -> bool:
+    """Send the destination's digest if it has newly dead deliveries and no other run took it; whether it did."""
+    since = destination.dead_digest_sent_at or destination.created_at
+    dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since).exclude(
+        last_error__in=(INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR)
+    )
+    summary = dead.values("last_status_code").annotate(n=Count("id")).order_by("-n")
+    total = sum(row["n"] for row in summary)
+    if not total:
+        return False
+    claimed = Destination.objects.filter(pk=destination.pk, dead_digest_sent_at=destination.dead_digest_sent_at).update(
+        dead_digest_sent_at=now
+    )
+    if not claimed:
+        return False  # another beat process sent it
+    try:
+        _send_dead_letter_digest(destination=destination, since=since, total=total, summary=list(summary))
+    except Exception:
+        # Still owed: the next run sends it (unless another run claimed it since).
+        Destination.objects.filter(pk=destination.pk, dead_digest_sent_at=now).update(
+            dead_digest_sent_at=destination.dead_digest_sent_at
+        )
+        raise
+    return True
 
 
 def _send_dead_letter_digest(*, destination: Destination, since, total: int, summary: list[dict]) -> None:

@@ -317,9 +317,48 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
             claimed_by=owner,
             attempt_count=F("attempt_count") + 1,
         )
-    return chosen, _not_of_sources_being_deleted(
-        _with_source_state(Delivery.objects.filter(pk__in=chosen)).order_by("next_attempt_at", "id")
-    )
+    return chosen, _not_of_sources_being_deleted(_load_claimed(chosen))
+
+
+# The fields of a destination that are decrypted when loaded: left out where they are not needed,
+# so that one that cannot be decrypted (a key removed too soon) trips only on its own sends.
+DESTINATION_ENCRYPTED_FIELDS = ("secret", "previous_secret", "custom_headers")
+
+
+def _load_claimed(chosen: list[int]) -> list[Delivery]:
+    """The claimed deliveries, as sent. Their claims are committed: one that cannot be loaded must
+    not take the others down with it (they would stay in flight until the sweeper releases them,
+    and be claimed with it again). Such a delivery is recorded as an attempt that could not be
+    made, as send() records one, and is not sent."""
+    claimed = _with_source_state(Delivery.objects.filter(pk__in=chosen)).order_by("next_attempt_at", "id")
+    try:
+        return list(claimed)
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.exception("loading %d claimed deliveries failed; loading them one by one", len(chosen))
+    loaded, unloadable = [], []
+    for delivery_id in chosen:
+        try:
+            loaded += list(_with_source_state(Delivery.objects.filter(pk=delivery_id)))
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
+            unloadable.append((delivery_id, exc))
+    for delivery_id, exc in unloadable:
+        delivery = (
+            Delivery.objects.select_related("destination")
+            .defer(*(f"destination__{name}" for name in DESTINATION_ENCRYPTED_FIELDS))
+            .filter(pk=delivery_id)
+            .first()
+        )
+        if delivery is not None:
+            failed = outbound.OutboundResponse(
+                status=None, body="", duration_ms=0, error=f"the attempt could not be made: {type(exc).__name__}"
+            )
+            record_results([(delivery, SendResult(started_at=timezone.now(), headers={}, response=failed))])
+    return sorted(loaded, key=lambda delivery: (delivery.next_attempt_at, delivery.pk))
 
 
 SOURCE_BEING_DELETED_ERROR = "the event's source is being deleted: not sent"
@@ -707,8 +746,14 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 return []
             try:  # the deleted ones were the trouble: the rest is recorded as it is
                 return _record_results(remaining, lock_timeout=RETRY_LOCK_TIMEOUT)
-            except DatabaseError:
+            except Exception:
                 results = remaining
+        if len(results) > 1:
+            logger.exception("recording %d delivery results failed; recording them one by one", len(results))
+    except Exception:
+        # Not the database: a bug one result trips on (a value the policy code does not expect).
+        # The batch holds other tenants' results: each is recorded alone, so that one result's
+        # trouble keeps none of the others in flight, to be released and sent again.
         if len(results) > 1:
             logger.exception("recording %d delivery results failed; recording them one by one", len(results))
     recorded = []
@@ -726,6 +771,8 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
                 # database is back, rather than have the rest released and sent again. The results
                 # recorded before this one are not recorded twice (see _record_results).
                 raise DatabaseUnavailable from exc
+            recorded += _record_without_response(result)
+        except Exception:
             recorded += _record_without_response(result)
     return recorded
 
@@ -784,6 +831,36 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
         # E.g. the delivery was deleted meanwhile; the sweeper has the last word.
         logger.exception("delivery %s: its result could not be stored at all", delivery.pk)
         return []
+    except Exception as exc:
+        return _put_back_unrecorded(delivery, exc)
+
+
+def _put_back_unrecorded(delivery: Delivery, exc: Exception) -> list[Delivery]:
+    """The last resort for a result that even a bare recording trips on (a bug in the recording
+    itself): take the delivery out of flight without it. Left in flight, the sweeper would release
+    it and it would be sent again at once, every few minutes; here it waits for the schedule's next
+    step, or is dead when the schedule is used up, and its attempt counts as made."""
+    now = timezone.now()
+    delay = retry_delay_seconds(delivery.scheduled_attempt_count)
+    error = f"its result could not be recorded ({type(exc).__name__})"
+    fields = _outcome_fields(
+        Outcome(Delivery.Status.PENDING, delay=delay, error=f"{error}; tried again later")
+        if delay is not None
+        else Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left"),
+        None,
+        now,
+    )
+    logger.error("delivery %s: %s; taken out of flight without it", delivery.pk, error)
+    try:
+        Delivery.objects.filter(
+            pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
+        ).update(**fields)
+    except DatabaseError as db_exc:
+        if _database_unreachable():
+            raise DatabaseUnavailable from db_exc
+        logger.exception("delivery %s: could not be taken out of flight; the sweeper releases it", delivery.pk)
+        return []
+    return [delivery]
 
 
 # A result that waits on a row lock (a deletion of many deliveries holds theirs) gives up after
@@ -946,7 +1023,12 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
             consecutive_failures=0, failing_since=None
         )
         return False
-    destination = Destination.objects.select_for_update(no_key=True).filter(pk=destination_id).first()
+    destination = (
+        Destination.objects.select_for_update(no_key=True)
+        .defer(*DESTINATION_ENCRYPTED_FIELDS)
+        .filter(pk=destination_id)
+        .first()
+    )
     if destination is None:  # deleted while being sent: its deliveries went with it (see record_results)
         return False
     for succeeded in successes:

@@ -69,6 +69,7 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
         "duplicate_count": event.duplicate_count,
         "last_duplicate_at": _iso(event.last_duplicate_at),
         "rejection": None,
+        "processing_failure": None,
         "body_size": len(body),
         "deliveries": [_delivery_story(delivery) for delivery in event.deliveries.all()],
     }
@@ -77,6 +78,12 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
             "code": event.rejection_code,
             "detail": event.rejection_detail,
             "claimed_event_id": event.claimed_event_id,
+        }
+    if event.is_set_aside:
+        story["processing_failure"] = {
+            "error": event.processing_error,
+            "tries": event.processing_failures,
+            "next_try_at": _iso(event.processing_retry_at),
         }
     if with_body:
         story["body"] = readable_body(body).raw

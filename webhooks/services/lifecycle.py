@@ -111,6 +111,13 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
         counts = Counter()
         try:
             finished = _purge_organization(organization, cutoff, batch_size, counts, now)
+        except Exception:
+            if not connection.is_usable():
+                raise  # the database, not this organization: the next run goes on
+            # One organization's trouble (a row a bug trips on, a lock it waited too long for)
+            # must not keep every organization after it from its retention: the next run tries it again.
+            logger.exception("retention: purging the events of organization %s failed; going on", organization.pk)
+            finished = True
         finally:
             # Also after a failed batch: what the earlier batches deleted is gone for good.
             if counts["events"] or counts["rejected_requests"]:

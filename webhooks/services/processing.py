@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import InterfaceError, connection, transaction
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -169,97 +171,198 @@ def _process_until_idle(linger_seconds: float | None, lease: _Lease) -> int:
         idle_since = None
 
 
+# An event whose processing fails alone (a bug its data meets, say) is set aside: still received,
+# passed by until its next try, this long after its first failure, doubling up to the most.
+SET_ASIDE_FIRST_WAIT = timedelta(minutes=1)
+SET_ASIDE_LONGEST_WAIT = timedelta(hours=1)
+PROCESSING_ERROR_CHARS = 300
+_CLAIMED_FIELDS = ("id", "organization_id", "source_id", "event_type", "received_at", "processing_failures")
+
+
 def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
     """Claim up to ``batch_size`` received events, create their deliveries, mark them processed.
 
-    One transaction: a worker that dies half-way leaves the events received,
-    and SKIP LOCKED lets several workers take different batches.
+    One transaction: a worker that dies half-way leaves the events received, and SKIP LOCKED
+    lets several workers take different batches. The batch is shared by every tenant, so one
+    event must not stop it: if the batch fails, each event is processed alone (a savepoint
+    each), and one that still fails is set aside (see _set_aside) while the others go on.
+    Returns how many events were claimed, processed or set aside.
     """
     now = timezone.now()
     with transaction.atomic():
-        events = list(
-            WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(status=WebhookEvent.Status.RECEIVED)
+        waiting = WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True).filter(
+            status=WebhookEvent.Status.RECEIVED
+        )
+        # Set-aside events whose time came, in a group of their own, so that those still failing
+        # cost the fresh ones nothing; at most half a batch, so that many coming due together
+        # (a fix deployed after a bug set aside thousands) never hold up what keeps arriving.
+        due_again = list(
+            waiting.filter(processing_retry_at__lte=now)
+            .order_by("processing_retry_at")
+            .only(*_CLAIMED_FIELDS)[: max(batch_size // 2, 1)]
+        )
+        fresh = list(
+            waiting.filter(processing_retry_at__isnull=True)
             .order_by("received_at")
-            .only("id", "organization_id", "source_id", "event_type", "received_at")[:batch_size]
+            .only(*_CLAIMED_FIELDS)[: batch_size - len(due_again)]
         )
-        if not events:
-            return 0
-        subscriptions_by_source: dict[int, list[Subscription]] = {}
-        # A source being deleted gives its events no new deliveries: they are about to go.
-        for subscription in Subscription.objects.filter(
-            source_id__in={event.source_id for event in events},
-            destination__is_active=True,
-            source__deletion_requested_at__isnull=True,
-        ):
-            subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
-        # Skip destinations deleted since, and keep the rest from being deleted until this commits.
-        existing = lock_destinations_against_deletion(
-            subscription.destination_id for found in subscriptions_by_source.values() for subscription in found
-        )
-        deliveries = [
-            Delivery(
-                organization_id=event.organization_id,
-                event_id=event.id,
-                destination_id=subscription.destination_id,
-                next_attempt_at=now,
+        for group in (fresh, due_again):
+            _fan_out_or_set_aside(group, now)
+    return len(fresh) + len(due_again)
+
+
+def _fan_out_or_set_aside(events: list[WebhookEvent], now) -> None:
+    """Fan ``events`` out together; if that fails, each alone, setting aside those that still fail."""
+    if len(events) > 1:
+        try:
+            with transaction.atomic():
+                _fan_out(events, now)
+            return
+        except Exception as exc:
+            _reraise_unless_the_events_may_be_at_fault(exc)
+            logger.warning(
+                "processing a batch of %d events failed (%s); processing them one by one",
+                len(events),
+                type(exc).__name__,
             )
-            for event in events
-            for subscription in subscriptions_by_source.get(event.source_id, ())
-            if subscription.destination_id in existing and subscription.matches(event.event_type)
-        ]
-        # ignore_conflicts: a redelivered task never creates a second delivery.
-        Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
-        WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
-            status=WebhookEvent.Status.PROCESSED, processed_at=now
+    for event in events:
+        try:
+            with transaction.atomic():
+                _fan_out([event], now)
+        except Exception as exc:
+            _reraise_unless_the_events_may_be_at_fault(exc)
+            _set_aside(event, exc, now)
+
+
+def _fan_out(events: list[WebhookEvent], now) -> None:
+    """Create the events' deliveries, mark them processed and count them (inside the caller's transaction)."""
+    subscriptions_by_source: dict[int, list[Subscription]] = {}
+    # A source being deleted gives its events no new deliveries: they are about to go.
+    for subscription in Subscription.objects.filter(
+        source_id__in={event.source_id for event in events},
+        destination__is_active=True,
+        source__deletion_requested_at__isnull=True,
+    ):
+        subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
+    # Skip destinations deleted since, and keep the rest from being deleted until this commits.
+    existing = lock_destinations_against_deletion(
+        subscription.destination_id for found in subscriptions_by_source.values() for subscription in found
+    )
+    deliveries = [
+        Delivery(
+            organization_id=event.organization_id,
+            event_id=event.id,
+            destination_id=subscription.destination_id,
+            next_attempt_at=now,
         )
-        record_usage(events)
-        if deliveries:
-            transaction.on_commit(schedule_dispatch)
-    return len(events)
+        for event in events
+        for subscription in subscriptions_by_source.get(event.source_id, ())
+        if subscription.destination_id in existing and subscription.matches(event.event_type)
+    ]
+    # ignore_conflicts: a redelivered task never creates a second delivery.
+    Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+    WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
+        status=WebhookEvent.Status.PROCESSED, processed_at=now, processing_retry_at=None
+    )
+    record_usage(events)
+    if deliveries:
+        transaction.on_commit(schedule_dispatch)
+
+
+def _reraise_unless_the_events_may_be_at_fault(exc: Exception) -> None:
+    # A lost connection or the task's time limit says nothing about the events: setting them aside
+    # would only delay them (and recording it could not work anyway). The transaction ends, they
+    # stay received and the next run takes them as they were.
+    if isinstance(exc, (InterfaceError, SoftTimeLimitExceeded)) or not connection.is_usable():
+        raise exc
+
+
+def set_aside_wait(failures: int) -> timedelta:
+    """How long an event that failed ``failures`` times in a row waits before its next try."""
+    return min(SET_ASIDE_FIRST_WAIT * 2 ** min(failures - 1, 20), SET_ASIDE_LONGEST_WAIT)
+
+
+def _set_aside(event: WebhookEvent, exc: Exception, now) -> None:
+    """Keep the event received (acknowledged, so never dropped; a fixed deploy processes it) but out
+    of the head of the queue until its next try, with what went wrong for its page."""
+    failures = event.processing_failures + 1
+    retry_at = now + set_aside_wait(failures)
+    error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if len(error) > PROCESSING_ERROR_CHARS:
+        error = error[: PROCESSING_ERROR_CHARS - 1] + "…"
+    WebhookEvent.objects.filter(pk=event.pk).update(
+        processing_failures=failures, processing_error=error, processing_retry_at=retry_at
+    )
+    # The error's class and where it was raised, never its message: that may quote the event's
+    # headers or body, which stay out of the log (the message is on the event's own page).
+    logger.error(
+        "event %s (organization %s) could not be processed: %s, try %d, next try at %s\n%s",
+        event.pk,
+        event.organization_id,
+        type(exc).__name__,
+        failures,
+        retry_at.isoformat(),
+        "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+    )
 
 
 def sweep(now=None) -> dict[str, int]:
-    """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries."""
+    """Pick up work that was lost: unprocessed events, deliveries of dead workers, due retries.
+
+    Each step on its own: one that fails (a row of one tenant that a bug trips on) is logged and
+    counted in ``failed_steps``, and the others still run; the next sweep tries it again.
+    """
     # Claims are judged by the database's clock (release_lost_claims) unless a time is given.
     given_now = now
     now = now or timezone.now()
-    result = {
-        "events": 0,
-        "released": 0,
-        "inactive": 0,
-        "bulk_retries": 0,
-        "pause_emails": 0,
-        "organization_deletions": 0,
-        "source_deletions": 0,
-        "due": 0,
+    steps = {
+        "events": lambda: _schedule_waiting_events(now),
+        # A worker that died mid-attempt leaves its delivery in flight: give it back.
+        "released": lambda: release_lost_claims(given_now),
+        "inactive": lambda: dead_letter_deliveries_of_inactive_destinations(now),
+        # Bulk retries whose message was lost with the broker, or whose worker died mid-job.
+        "bulk_retries": lambda: resume_stalled_bulk_retries(now),
+        # Pause emails whose after-commit step never ran: a COMMIT whose reply was lost, a worker gone.
+        "pause_emails": lambda: send_owed_pause_emails(given_now),
+        # Organization deletions under way whose run was lost (broker, killed worker), or that wait for their next run.
+        "organization_deletions": resume_organization_deletions,
+        # The same for sources being deleted.
+        "source_deletions": resume_source_deletions,
+        "due": lambda: _schedule_due_deliveries(now),
     }
+    result = {"failed_steps": 0}
+    for name, step in steps.items():
+        try:
+            # A savepoint only when called inside a transaction (tests), so that a failed step leaves
+            # it usable; otherwise each step commits as it always did.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                result[name] = step()
+        except Exception:
+            logger.exception("sweeper step %s failed; the other steps go on", name)
+            result[name] = 0
+            result["failed_steps"] += 1
+    return result
 
+
+def _schedule_waiting_events(now) -> int:
     stuck_after = timedelta(seconds=settings.STUCK_EVENT_SECONDS)
-    if WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, received_at__lt=now - stuck_after).exists():
+    received = WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED)
+    # Two looks, each served by its own partial index: events waiting too long, and set-aside
+    # events whose next try came (a running loop takes those too; with none, this starts one).
+    if (
+        received.filter(processing_retry_at__isnull=True, received_at__lt=now - stuck_after).exists()
+        or received.filter(processing_retry_at__lte=now).exists()
+    ):
         # Through the flag: a loop that is running keeps it set and finds these itself. A flag
         # left by a lost message expires within PROCESSING_SCHEDULED_TTL, before the next sweep.
         schedule_event_processing()
-        result["events"] = 1
+        return 1
+    return 0
 
-    # A worker that died mid-attempt leaves its delivery in flight: give it back.
-    result["released"] = release_lost_claims(given_now)
 
-    result["inactive"] = dead_letter_deliveries_of_inactive_destinations(now)
-
-    # Bulk retries whose message was lost with the broker, or whose worker died mid-job.
-    result["bulk_retries"] = resume_stalled_bulk_retries(now)
-
-    # Pause emails whose after-commit step never ran: a COMMIT whose reply was lost, a worker gone.
-    result["pause_emails"] = send_owed_pause_emails(given_now)
-
-    # Organization deletions under way whose run was lost (broker, killed worker), or that wait for their next run.
-    result["organization_deletions"] = resume_organization_deletions()
-    # The same for sources being deleted.
-    result["source_deletions"] = resume_source_deletions()
-
+def _schedule_due_deliveries(now) -> int:
     if Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exists():
         # Retries that came due, or deliveries whose dispatcher message was lost.
         schedule_dispatch()
-        result["due"] = 1
-    return result
+        return 1
+    return 0

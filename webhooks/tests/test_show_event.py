@@ -77,6 +77,7 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
         "duplicate_count": 1,
         "last_duplicate_at": event.last_duplicate_at.isoformat(),
         "rejection": None,
+        "processing_failure": None,
         "body_size": len(BODY.encode()),
     }
     assert sent == {

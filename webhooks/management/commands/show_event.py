@@ -52,6 +52,11 @@ def _story_text(story: dict) -> str:
         lines.append(f"  rejected: {rejection['code']}{claimed}: {rejection['detail']}")
     if story["processed_at"]:
         lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(story['deliveries']), 'delivery')}")
+    elif failure := story["processing_failure"]:
+        tries = _count(failure["tries"], "try").replace("trys", "tries")
+        lines.append(
+            f"  could not be processed: {failure['error']}, {tries}, next try at {_time(failure['next_try_at'])}"
+        )
     elif story["status"] == "received":
         lines.append("  not processed yet: no delivery made")
     if story["duplicate_count"]:
