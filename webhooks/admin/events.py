@@ -22,12 +22,14 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription
 from webhooks.selectors import configured_signature_header, events_with_id, headers_for_viewer, parse_event_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
+from webhooks.services.processing import process_set_aside_events_now
 from webhooks.services.text import readable_body
 
 from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
     DestinationFilter,
     HasFailedDeliveriesFilter,
+    ProcessingFilter,
     ProviderFilter,
     ReceivedDateFilter,
     ResponseStatusFilter,
@@ -171,6 +173,7 @@ class WebhookEventAdmin(
         OrganizationFilter,
         SourceFilter,
         HasFailedDeliveriesFilter,
+        ProcessingFilter,
         ReceivedDateFilter,
     )
     # The search box; get_search_results decides what a term matches.
@@ -186,7 +189,7 @@ class WebhookEventAdmin(
     sortable_by = ("id",)
     # Facet counts would run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    actions = ("retry_failed_deliveries", "replay_to_destinations")
+    actions = ("retry_failed_deliveries", "replay_to_destinations", "process_set_aside_now")
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
     EVENT_FIELDS = (
         "id",
@@ -319,6 +322,17 @@ class WebhookEventAdmin(
     def retry_failed_deliveries(self, request, queryset):
         deliveries = Delivery.objects.filter(event__in=queryset.values("pk"))
         return _retry_deliveries(self, request, deliveries, noun="events")
+
+    @admin.action(description="Process the selected set-aside events now", permissions=["retry"])
+    def process_set_aside_now(self, request, queryset):
+        brought_forward = process_set_aside_events_now(queryset)
+        skipped = queryset.count() - brought_forward
+        self.message_user(
+            request,
+            f"{brought_forward} set-aside event(s) will be processed now"
+            + (f"; {skipped} selected event(s) were not set aside, or already due." if skipped else "."),
+            messages.SUCCESS if brought_forward else messages.WARNING,
+        )
 
     @admin.action(description="Replay selected events to destinations…", permissions=["replay"])
     def replay_to_destinations(self, request, queryset):

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
 
 from organizations.admin import DateRangeFilter
-from webhooks.models import Delivery, Destination, Source
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import provider_choices
 from webhooks.selectors import uuid7_floor
 
@@ -81,6 +81,24 @@ def failed_delivery_count_of(event_ref) -> Subquery:
     """How many of an event's deliveries failed (dead, or waiting for a retry after a failed attempt)."""
     failed = Delivery.objects.filter(event=event_ref).filter(FAILED).order_by().values("event")
     return Subquery(failed.annotate(count=Count("pk")).values("count"), output_field=IntegerField())
+
+
+class ProcessingFilter(admin.SimpleListFilter):
+    """Received events as the processing sees them: waiting their turn, or set aside after failing."""
+
+    title = "processing"
+    parameter_name = "processing"
+
+    def lookups(self, request, model_admin):
+        return (("waiting", "Waiting to be processed"), ("set_aside", "Set aside (could not be processed)"))
+
+    def queryset(self, request, queryset):
+        received = queryset.filter(status=WebhookEvent.Status.RECEIVED)
+        if self.value() == "waiting":
+            return received.filter(processing_retry_at__isnull=True)
+        if self.value() == "set_aside":
+            return received.filter(processing_retry_at__isnull=False)
+        return queryset
 
 
 class HasFailedDeliveriesFilter(admin.SimpleListFilter):

@@ -96,6 +96,8 @@ class ProcessingHealth:
     reasons: list[str] = field(default_factory=list)
     # None: not measured (its query failed); see unmeasured.
     events_waiting: Backlog | None = None  # received, not yet processed; age of the oldest
+    # Received, but set aside after failing to be processed alone; how overdue the most overdue retry is.
+    events_set_aside: Backlog | None = None
     deliveries_due: Backlog | None = None  # pending at a destination that sends, next attempt passed; most overdue
     deliveries_in_flight: Backlog | None = None  # claimed by a worker; oldest claim
     deliveries_pending: int | None = None  # every pending delivery, due or not, paused destinations' too
@@ -126,7 +128,7 @@ class ProcessingHealth:
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        for name in ("events_waiting", "deliveries_due", "deliveries_in_flight"):
+        for name in ("events_waiting", "events_set_aside", "deliveries_due", "deliveries_in_flight"):
             backlog = getattr(self, name)
             if backlog is not None:
                 data[name]["capped"] = backlog.capped
@@ -151,6 +153,7 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
     health = ProcessingHealth(checked_at=now)
     measures = (
         ("events_waiting", _events_waiting),
+        ("events_set_aside", _events_set_aside),
         ("deliveries_due", _deliveries_due),
         ("deliveries_in_flight", _deliveries_in_flight),
         ("deliveries_pending", _deliveries_pending),
@@ -183,9 +186,18 @@ def _capped_count(queryset) -> int:
 
 
 def _events_waiting(now) -> Backlog:
-    waiting = WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED)  # the event_unfinished index
+    # As the processing claims them, on the event_waiting index; set-aside events are counted apart.
+    waiting = WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, processing_retry_at__isnull=True)
     oldest = waiting.order_by("received_at").values_list("received_at", flat=True).first()
     return Backlog(_capped_count(waiting), _seconds_between(oldest, now))
+
+
+def _events_set_aside(now) -> Backlog:
+    """Events that failed to be processed alone and wait for their next try (the event_set_aside
+    index): a bug to fix whatever their number; overdue ones also mean processing is not running."""
+    set_aside = WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, processing_retry_at__isnull=False)
+    first_due = set_aside.order_by("processing_retry_at").values_list("processing_retry_at", flat=True).first()
+    return Backlog(_capped_count(set_aside), _seconds_between(first_due, now))
 
 
 def _sending_destinations():
@@ -304,6 +316,21 @@ def _judge(health: ProcessingHealth) -> None:
         else:
             degraded.append(f"{words}: processing is behind")
 
+    set_aside = health.events_set_aside
+    if set_aside is not None and set_aside.count:
+        # Whatever their number: each is a webhook a bug kept from its deliveries.
+        words = (
+            f"{_count_in_words(set_aside.count)} webhook(s) could not be processed and are set aside; "
+            "their pages say why"
+        )
+        if set_aside.oldest_seconds > limits["backlog_stalled"]:
+            stalled.append(
+                f"{words}, and the first next try is {duration_in_words(set_aside.oldest_seconds)} overdue: "
+                "are workers running?"
+            )
+        else:
+            degraded.append(f"{words}; once fixed, the events list's action processes them now")
+
     due = health.deliveries_due
     if due is not None and due.count and due.oldest_seconds > limits["backlog_degraded"]:
         words = (
@@ -406,6 +433,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
 
     measured = [
         "events_waiting",
+        "events_set_aside",
         "deliveries_due",
         "deliveries_in_flight",
         "deliveries_pending",
@@ -434,6 +462,17 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "hookline_events_waiting_oldest_age_seconds",
         "Age of the oldest webhook not yet processed (0 if none).",
         [({}, backlog(events, "oldest_seconds"))],
+    )
+    set_aside = health.events_set_aside
+    gauge(
+        "hookline_events_set_aside",
+        "Webhooks received that failed to be processed and wait for their next try (capped).",
+        [({}, backlog(set_aside, "count"))],
+    )
+    gauge(
+        "hookline_events_set_aside_overdue_seconds",
+        "How overdue the first set-aside webhook's next try is (0 if none is due).",
+        [({}, backlog(set_aside, "oldest_seconds"))],
     )
     gauge(
         "hookline_deliveries_due",

@@ -197,7 +197,7 @@ def test_counts_stop_at_the_cap_and_every_count_is_limited(monkeypatch, beat_and
     assert health.events_waiting.count == 3 and health.events_waiting.capped
     assert health.reasons[0].startswith("3+ webhook(s) wait to be processed")
     counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
-    assert len(counts) == 5  # waiting, in flight, pending, dead, dead in 24 h; nothing due: not counted
+    assert len(counts) == 6  # waiting, set aside, in flight, pending, dead, dead in 24 h; nothing due: not counted
     assert [sql for sql in counts if not re.search(r"LIMIT 3\b", sql)] == []
 
 
@@ -337,7 +337,7 @@ def test_the_admin_card_is_red_and_says_why_when_stalled(admin_client, beat_and_
     card = processing_card(admin_client)
     assert 'class="hookline-card hookline-processing-stalled"' in card and "Stalled" in card
     assert "1 webhook(s) wait to be processed, the oldest received 9 min ago: are workers running?" in card
-    assert '/admin/webhooks/webhookevent/?status__exact=received">Waiting to be processed</a>' in card
+    assert '/admin/webhooks/webhookevent/?processing=waiting">Waiting to be processed</a>' in card
     assert '/admin/webhooks/delivery/?status__exact=pending"' in card
     assert '/admin/webhooks/delivery/?status__exact=in_flight"' in card
     assert '/admin/django_celery_beat/periodictask/"' in card
@@ -379,3 +379,72 @@ def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, des
     )
     assert report["events_waiting"] == {"count": 1, "oldest_seconds": pytest.approx(120, abs=10), "capped": False}
     assert {task["name"] for task in report["periodic_tasks"]} >= {"hookline-sweep", "hookline-retention"}
+
+
+def set_aside_event(source, *, next_try_in: timedelta) -> WebhookEvent:
+    event = make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(hours=2))
+    WebhookEvent.objects.filter(pk=event.pk).update(
+        processing_failures=3,
+        processing_error="ZeroDivisionError: division by zero",
+        processing_retry_at=timezone.now() + next_try_in,
+    )
+    return event
+
+
+def test_set_aside_webhooks_are_counted_apart_and_make_it_degraded(beat_and_worker_running, source):
+    set_aside_event(source, next_try_in=timedelta(minutes=3))
+    make_event(source, status=WebhookEvent.Status.RECEIVED)  # just received: on time
+    health = processing_health()
+    # The set-aside one was received 2 h ago, but it is not late in the queue: it waits for its try.
+    assert (health.events_waiting.count, health.events_set_aside.count) == (1, 1)
+    assert health.events_set_aside.oldest_seconds == 0  # its next try is not due yet
+    assert health.verdict == "degraded"
+    assert health.reasons == [
+        "1 webhook(s) could not be processed and are set aside; their pages say why; once fixed, the events "
+        "list's action processes them now"
+    ]
+
+
+def test_set_aside_webhooks_long_overdue_for_their_try_are_stalled(beat_and_worker_running, source):
+    set_aside_event(source, next_try_in=-timedelta(minutes=7))
+    health = processing_health()
+    assert health.verdict == "stalled"
+    assert health.reasons == [
+        "1 webhook(s) could not be processed and are set aside; their pages say why, and the first next try is "
+        "7 min overdue: are workers running?"
+    ]
+
+
+def test_metrics_and_the_admin_card_show_the_set_aside_webhooks(client, settings, beat_and_worker_running, source):
+    set_aside_event(source, next_try_in=timedelta(minutes=3))
+    settings.METRICS_TOKEN = TOKEN
+    metrics = parse_prometheus(client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode())
+    assert metrics[("hookline_events_set_aside", ())] == 1
+    assert metrics[("hookline_events_waiting", ())] == 0
+    user = get_user_model().objects.create_superuser(email="root@hookline.example", password="pw-for-tests-only")
+    client.force_login(user)
+    card = processing_card(client)
+    assert "Set aside (could not be processed)" in card and "?processing=set_aside" in card
+
+
+def test_the_admin_lists_set_aside_webhooks_and_processes_the_chosen_ones_now(client, source):
+    from webhooks.services.processing import process_event_batch
+
+    set_aside = set_aside_event(source, next_try_in=timedelta(minutes=30))
+    waiting = make_event(source, status=WebhookEvent.Status.RECEIVED)
+    user = get_user_model().objects.create_superuser(email="root@hookline.example", password="pw-for-tests-only")
+    client.force_login(user)
+    listed = client.get("/admin/webhooks/webhookevent/?processing=set_aside").content.decode()
+    assert str(set_aside.pk) in listed and str(waiting.pk) not in listed
+    listed = client.get("/admin/webhooks/webhookevent/?processing=waiting").content.decode()
+    assert str(waiting.pk) in listed and str(set_aside.pk) not in listed
+
+    answer = client.post(
+        "/admin/webhooks/webhookevent/",
+        {"action": "process_set_aside_now", "_selected_action": [str(set_aside.pk), str(waiting.pk)]},
+        follow=True,
+    )
+    assert "1 set-aside event(s) will be processed now; 1 selected event(s) were not set aside" in answer.content.decode()
+    assert process_event_batch() == 2  # the fault is gone: both are processed in this run
+    set_aside.refresh_from_db()
+    assert set_aside.status == WebhookEvent.Status.PROCESSED and set_aside.processing_retry_at is None

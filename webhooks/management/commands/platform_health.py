@@ -37,6 +37,9 @@ def _text(health: ProcessingHealth) -> str:
         )
 
     lines.append(backlog("Webhooks waiting to be processed", health.events_waiting, "the oldest received {} ago"))
+    lines.append(
+        backlog("Set aside (could not be processed)", health.events_set_aside, "the first next try {} overdue")
+    )
     lines.append(backlog("Deliveries due, not sent", health.deliveries_due, "the oldest {} overdue"))
     lines.append(backlog("Deliveries in flight", health.deliveries_in_flight, "the oldest claimed {} ago"))
     lines.append(f"Dead deliveries, last 24 h: {_figure(health.deliveries_dead_24h)}")
