@@ -62,6 +62,7 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
     settings.PUBLIC_BASE_URL = live_server.url
     httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
     page = sign_in(browser, live_server, owner)
+    page.clock.install()  # the answer's polls come when the test moves the page's clock on (below)
     page.goto(f"{live_server.url}/")
     page.get_by_role("link", name="Add a source").click()
     page.get_by_role("link", name="Stripe").first.click()
@@ -95,8 +96,12 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
 
     # ... and the answer follows the event to the destination, without a reload.
     processing.process_received_events()
+    with page.expect_response(lambda response: "/progress/" in response.url):
+        page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Queued")
     delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    with page.expect_response(lambda response: "/progress/" in response.url):
+        page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Succeeded")
     assert "HTTP 200" in page.inner_text("#event-progress")
     assert page.evaluate("document.activeElement.matches('#test-result .test-result')")  # polls keep the focus
