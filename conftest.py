@@ -151,6 +151,13 @@ def _fast_transactional_teardown():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _quick_password_hashing(settings):
+    # Production's PBKDF2 with 1,000,000 iterations takes ~0.3 s a password here, and the admin
+    # sign-in tests check dozens of them. The same hasher with fewer iterations checks the same way.
+    settings.PASSWORD_HASHERS = ["webhooks.tests.hashers.FewIterationsPBKDF2PasswordHasher"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_ingest_writer(django_db_setup, django_db_blocker):
     # Torn down before the test database is dropped: the writer thread's connection must be closed first.
