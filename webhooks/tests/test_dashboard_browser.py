@@ -62,6 +62,7 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
     settings.PUBLIC_BASE_URL = live_server.url
     httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
     page = sign_in(browser, live_server, owner)
+    page.clock.install()  # the answer's polls come when the test moves the page's clock on (below)
     page.goto(f"{live_server.url}/")
     page.get_by_role("link", name="Add a source").click()
     page.get_by_role("link", name="Stripe").first.click()
@@ -95,8 +96,12 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
 
     # ... and the answer follows the event to the destination, without a reload.
     processing.process_received_events()
+    with page.expect_response(lambda response: "/progress/" in response.url):
+        page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Queued")
     delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    with page.expect_response(lambda response: "/progress/" in response.url):
+        page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Succeeded")
     assert "HTTP 200" in page.inner_text("#event-progress")
     assert page.evaluate("document.activeElement.matches('#test-result .test-result')")  # polls keep the focus
@@ -110,16 +115,21 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
 def test_live_events_list_shows_new_arrivals_without_reload(browser, live_server, client, organization, owner):
     world = build_world(client, organization)
     page = sign_in(browser, live_server, owner)
+    # The page's own timers on a clock the test moves: each poll comes when its 5 s have passed
+    # on that clock, without the test waiting them out.
+    page.clock.install()
     page.goto(f"{live_server.url}/o/acme/events/")
     page.wait_for_selector("#event-poller")
     rows = page.locator(".events-table tbody tr")
     assert rows.count() == 1
     ingest_stripe(client, world.source, "evt_arrives_live", "customer.created")
-    page.wait_for_selector("#event-live >> text=customer.created", timeout=15_000)
+    with page.expect_response(lambda response: "/events/live/" in response.url):
+        page.clock.run_for(5_000)
+    page.wait_for_selector("#event-live >> text=customer.created")
     assert rows.count() == 2 and "customer.created" in rows.first.inner_text()
     # The next poll reads the live rows again: they are replaced, not added twice.
-    with page.expect_response(lambda response: "/events/live/" in response.url, timeout=15_000):
-        pass
+    with page.expect_response(lambda response: "/events/live/" in response.url):
+        page.clock.run_for(5_000)
     assert rows.count() == 2
 
 
