@@ -468,16 +468,24 @@ def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
             _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
             return False
         # One unstorable row must not fail the requests that share its batch.
-        inserted = any([commit_batch([pending], schedule=False) for pending in batch])
-        schedule_processing_of_new_events(inserted and schedule)
-        return inserted
+        return _commit_one_by_one(batch, schedule)
     except Exception as exc:  # a bug must fail these requests, never the thread
-        logger.exception("ingest writer failed a batch of %d", len(batch))
-        _fail(batch, exc)
+        if len(batch) > 1:
+            # Perhaps one row's values: other tenants' requests in the batch must not fail with it.
+            return _commit_one_by_one(batch, schedule)
+        logger.exception("ingest writer failed a row")
+        # Nothing was stored: answered 503 whichever writer ran it (the view knows no other exception).
+        _fail(batch, OperationalError(f"the ingest writer could not store the event: {exc}"))
         return False
     for pending, outcome in zip(batch, outcomes, strict=True):
         pending.settle(outcome)
     inserted = _any_inserted(outcomes)
+    schedule_processing_of_new_events(inserted and schedule)
+    return inserted
+
+
+def _commit_one_by_one(batch: list[_PendingWrite], schedule: bool) -> bool:
+    inserted = any([commit_batch([pending], schedule=False) for pending in batch])
     schedule_processing_of_new_events(inserted and schedule)
     return inserted
 

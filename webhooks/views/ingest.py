@@ -3,6 +3,7 @@
 import json
 
 from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.http.request import RawPostDataException
@@ -63,13 +64,24 @@ class IngestView(APIView):
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
             return _too_large()
         try:
+            query = {key: django_request.GET.getlist(key) for key in django_request.GET}
+        except TooManyFieldsSent:
+            # Left to Django, this is its HTML "Bad Request" page; a provider reads JSON with the reason.
+            return _json(
+                400,
+                {
+                    "error": "too_many_query_fields",
+                    "detail": f"the query string has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields",
+                },
+            )
+        try:
             outcome = ingest_request(
                 token=token,
                 body=body,
                 headers=dict(django_request.headers),
                 method=django_request.method,
                 url=settings.PUBLIC_BASE_URL + django_request.get_full_path(),
-                query={key: django_request.GET.getlist(key) for key in django_request.GET},
+                query=query,
                 remote_ip=client_ip(django_request),
             )
         except (OperationalError, InterfaceError):
