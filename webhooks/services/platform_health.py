@@ -8,8 +8,8 @@ named in ``unmeasured``, never raised: this is read during outages.
 
 What each process leaves behind to be judged by:
 - beat: django-celery-beat's DatabaseScheduler writes each periodic task's ``last_run_at``
-  (the time it sent it), though only when it syncs, every 3 minutes (celery's
-  ``Scheduler.sync_every``), hence the default of HEALTH_BEAT_STALE_SECONDS;
+  (the time it sent it) when it syncs, which CELERY_BEAT_SYNC_EVERY makes happen after each task
+  it sends (celery's default, every 3 minutes, made a fresh beat look stopped for its first 3);
 - workers: every task that workers run often (the sweep that beat sends every
   SWEEP_INTERVAL_SECONDS, processing, dispatching) stamps a cache key, at most once per
   WORKER_MARK_EVERY_SECONDS per process; with Redis unreachable, the newest delivery attempt
@@ -466,7 +466,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
     )
     gauge(
         "hookline_periodic_task_last_run_timestamp_seconds",
-        "When beat last sent each periodic task (written by beat every 3 minutes).",
+        "When beat last sent each periodic task.",
         [({"task": task.name}, timestamp(task.last_run_at)) for task in health.periodic_tasks or []],
     )
     gauge(

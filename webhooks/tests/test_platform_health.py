@@ -6,6 +6,7 @@ import json
 import re
 from datetime import timedelta
 
+import django_celery_beat.schedulers
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -14,7 +15,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler
 
+from config.celery import app as celery_app
 from conftest import REDIS_DOWN_CACHES
 from webhooks import tasks
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
@@ -125,6 +128,26 @@ def test_beat_that_stopped_sending_is_stalled(beat_and_worker_running):
 
     PeriodicTask.objects.update(enabled=False)
     assert processing_health().reasons == ["no periodic task is installed and enabled: run install_periodic_tasks"]
+
+
+def test_beat_records_each_task_it_sends_at_once_so_a_fresh_deploy_does_not_look_stalled(monkeypatch):
+    """django-celery-beat writes last_run_at only when it syncs, by default 3 minutes after its
+    first pass: right after every deploy the card said "beat has never sent a periodic task" for
+    3 minutes while beat was sending the sweep every few seconds."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    worker_ran(seconds_ago=1)
+    sent = []
+    monkeypatch.setattr(tasks.sweep, "apply_async", lambda *args, **kwargs: sent.append(args))
+    # The scheduler closes the connection it thinks is stale, which would end this test's transaction.
+    monkeypatch.setattr(django_celery_beat.schedulers, "close_old_connections", lambda: None)
+    scheduler = DatabaseScheduler(app=celery_app)
+    scheduler._do_sync()  # as beat's loop does after its first pass, before anything is due
+
+    scheduler.apply_async(scheduler.schedule["hookline-sweep"])
+
+    assert len(sent) == 1
+    assert PeriodicTask.objects.get(name="hookline-sweep").last_run_at is not None
+    assert processing_health().verdict == "ok"
 
 
 def test_a_disabled_tasks_old_run_does_not_hide_a_stopped_beat(beat_and_worker_running):
