@@ -265,8 +265,9 @@ def test_changes_keep_the_other_values_and_audit_names_only(organization, owner)
         "changed": ["authorization"],
     }
     assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE, "Bearer replaced-value-9", "old-value-1")
-    with pytest.raises(DestinationError, match="no custom header “X-Gone” to remove"):
-        destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
+    # Removing a header that is not there (any more) changes nothing and is not audited.
+    destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
+    assert not AuditLog.objects.filter(action="destination.custom_headers_changed").exists()
 
 
 # --- REST API ------------------------------------------------------------------------------------
@@ -320,11 +321,31 @@ def test_api_patch_refusals_change_nothing(client, organization):
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
     destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1"})
     path = f"/api/v1/destinations/{destination.pk}"
-    for changes in ({"Content-Length": "1"}, {"X-Missing": None}, {f"X-{n}": "v" for n in range(10)}):
+    for changes in ({"Content-Length": "1"}, {f"X-{n}": "v" for n in range(10)}):
         response = api_patch(client, key, path, {"custom_headers": changes})
         assert response.status_code == 400 and "custom_headers" in response.json()["fields"], response.content
     destination.refresh_from_db()
     assert destination.custom_header_values() == {"X-Keep": "keep-value-1"}
+
+
+def test_api_patch_that_removes_a_header_can_be_sent_again(client, organization):
+    """As in a JSON merge patch, null for a header that is not there changes nothing: a script that
+    sends its PATCH again (after a timeout, or on every run) gets a 200, not a 400."""
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1", "X-Old": "old-value-1"}
+    )
+    path = f"/api/v1/destinations/{destination.pk}"
+    for _ in range(2):
+        response = api_patch(client, key, path, {"custom_headers": {"X-Old": None}})
+        assert response.status_code == 200, response.content
+        assert response.json()["custom_headers"] == [{"name": "X-Keep", "hint": "…ue-1"}]
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {"X-Keep": "keep-value-1"}
+    # The second PATCH changed nothing, so nothing about the headers was audited for it.
+    assert [entry.changes.get("custom_headers") for entry in AuditLog.objects.filter(action="destination.updated")] == [
+        {"removed": ["X-Old"]}
+    ]
 
 
 # --- Dashboard -----------------------------------------------------------------------------------
