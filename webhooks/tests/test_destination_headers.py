@@ -317,6 +317,37 @@ def test_api_refusals_are_400_on_custom_headers(client, organization, headers):
     assert not Destination.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (5, "the value of “X-N” must be text"),
+        (True, "the value of “X-N” must be text"),
+        (None, "the value of “X-N” must be text"),
+    ],
+)
+def test_api_header_values_must_be_strings_and_the_refusal_names_the_header(client, organization, value, reason):
+    """A number was turned into text and sent ("5"); null on a new destination got DRF's nested
+    "This field may not be null." without the header's name."""
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    created = api_post(
+        client,
+        key,
+        "/api/v1/destinations",
+        {"name": "x", "url": "http://127.0.0.1:9/x", "custom_headers": {"X-N": value}},
+    )
+    assert created.status_code == 400, created.content
+    assert created.json()["fields"]["custom_headers"] == [reason]
+    assert not Destination.objects.exists()
+    if value is None:
+        return  # in a PATCH null removes the header
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d")
+    changed = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"custom_headers": {"X-N": value}})
+    assert changed.status_code == 400, changed.content
+    assert changed.json()["fields"]["custom_headers"] == [reason]
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {}
+
+
 def test_api_patch_refusals_change_nothing(client, organization):
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
     destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1"})
