@@ -295,8 +295,9 @@ def _judge(health: ProcessingHealth) -> None:
 
     events = health.events_waiting
     if events is not None and events.count and events.oldest_seconds > limits["backlog_degraded"]:
+        webhooks_wait = "webhook waits" if events.count == 1 else "webhooks wait"
         words = (
-            f"{_count_in_words(events.count)} webhook(s) wait to be processed, the oldest received "
+            f"{_count_in_words(events.count)} {webhooks_wait} to be processed, the oldest received "
             f"{duration_in_words(events.oldest_seconds)} ago"
         )
         if events.oldest_seconds > limits["backlog_stalled"]:

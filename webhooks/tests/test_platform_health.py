@@ -75,12 +75,12 @@ def test_webhooks_waiting_long_make_it_degraded_then_stalled(beat_and_worker_run
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
     health = processing_health()
     assert health.verdict == "degraded"
-    assert health.reasons == ["1 webhook(s) wait to be processed, the oldest received 2 min ago: processing is behind"]
+    assert health.reasons == ["1 webhook waits to be processed, the oldest received 2 min ago: processing is behind"]
 
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=7))
     health = processing_health()
     assert health.verdict == "stalled"
-    assert health.reasons == ["2 webhook(s) wait to be processed, the oldest received 7 min ago: are workers running?"]
+    assert health.reasons == ["2 webhooks wait to be processed, the oldest received 7 min ago: are workers running?"]
     assert health.events_waiting.count == 2 and 420 <= health.events_waiting.oldest_seconds < 430
 
 
@@ -218,7 +218,7 @@ def test_counts_stop_at_the_cap_and_every_count_is_limited(monkeypatch, beat_and
     with CaptureQueriesContext(connection) as queries:
         health = processing_health()
     assert health.events_waiting.count == 3 and health.events_waiting.capped
-    assert health.reasons[0].startswith("3+ webhook(s) wait to be processed")
+    assert health.reasons[0].startswith("3+ webhooks wait to be processed")
     counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
     assert len(counts) == 5  # waiting, in flight, pending, dead, dead in 24 h; nothing due: not counted
     assert [sql for sql in counts if not re.search(r"LIMIT 3\b", sql)] == []
@@ -359,7 +359,7 @@ def test_the_admin_card_is_red_and_says_why_when_stalled(admin_client, beat_and_
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=9))
     card = processing_card(admin_client)
     assert 'class="hookline-card hookline-processing-stalled"' in card and "Stalled" in card
-    assert "1 webhook(s) wait to be processed, the oldest received 9 min ago: are workers running?" in card
+    assert "1 webhook waits to be processed, the oldest received 9 min ago: are workers running?" in card
     assert '/admin/webhooks/webhookevent/?status__exact=received">Waiting to be processed</a>' in card
     assert '/admin/webhooks/delivery/?status__exact=pending"' in card
     assert '/admin/webhooks/delivery/?status__exact=in_flight"' in card
@@ -390,7 +390,7 @@ def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, des
 
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
     code, text = run_command()
-    assert code == 1 and text.startswith("Processing: DEGRADED\n  - 1 webhook(s) wait to be processed")
+    assert code == 1 and text.startswith("Processing: DEGRADED\n  - 1 webhook waits to be processed")
 
     PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(hours=1))
     code, output = run_command("--json")
