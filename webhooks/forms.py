@@ -475,6 +475,22 @@ class EventFilterForm(forms.Form):
         )
         self.fields["event_type"].widget.attrs.update(list="event-types")
 
+    def clean(self):
+        cleaned = super().clean()
+        until = cleaned.get("until")
+        if until is not None:
+            # A range that ends before it starts would list nothing under "No events match", as if
+            # nothing had arrived: its end is left out, and said to be.
+            start = cleaned.get("since")
+            start_words = "From (UTC)"
+            if start is None and cleaned.get("range") in TIME_RANGES:
+                start = timezone.now() - TIME_RANGES[cleaned["range"]]
+                start_words = dict(self.fields["range"].choices)[cleaned["range"]].lower()
+                start_words = start_words.replace("last", "the last", 1)
+            if start is not None and until <= start:
+                self.add_error("until", f"is before {start_words}, so nothing could match")
+        return cleaned
+
     def ignored_filters(self) -> list[str]:
         """What to_filters leaves out, said plainly: a filter that silently does nothing misleads."""
         if not self.is_bound or self.is_valid():
