@@ -175,9 +175,18 @@ def parse_header_lines(text: str) -> dict[str, str]:
     return parsed
 
 
+def custom_header_value_hint(value: str) -> str:
+    """The last characters of a value, as for secrets; but none of Basic credentials, whose last
+    base64 characters are the end of the password (shown to members and read-only keys)."""
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        return f"{scheme} …"
+    return secret_hint(value)
+
+
 def custom_header_hints(headers: Mapping[str, str]) -> list[dict[str, str]]:
     """What may be shown of them: each name with the hint of its value (its last characters)."""
-    return [{"name": name, "hint": secret_hint(value)} for name, value in headers.items()]
+    return [{"name": name, "hint": custom_header_value_hint(value)} for name, value in headers.items()]
 
 
 def store_custom_headers(destination: Destination, headers: Mapping[str, str]) -> None:

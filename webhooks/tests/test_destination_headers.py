@@ -2,6 +2,7 @@
 audited after they are set, and the same checks from the dashboard, the REST API, the admin and
 create_destination."""
 
+import base64
 import io
 import json
 import logging
@@ -268,6 +269,19 @@ def test_changes_keep_the_other_values_and_audit_names_only(organization, owner)
     # Removing a header that is not there (any more) changes nothing and is not audited.
     destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
     assert not AuditLog.objects.filter(action="destination.custom_headers_changed").exists()
+
+
+def test_a_basic_credentials_hint_shows_none_of_the_password(organization):
+    """Basic credentials are the base64 of user:password, so their last four characters were the
+    last three of the password, shown to every member and read-only key."""
+    basic = "Basic " + base64.b64encode(b"billing:hunter2x").decode()
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": basic, "X-Api-Key": API_KEY_VALUE}
+    )
+    assert destination.custom_header_hints == [
+        {"name": "Authorization", "hint": "Basic …"},
+        {"name": "X-Api-Key", "hint": "…C3d4"},
+    ]
 
 
 # --- REST API ------------------------------------------------------------------------------------
