@@ -131,7 +131,18 @@ class ProcessingHealth:
             if backlog is not None:
                 data[name]["capped"] = backlog.capped
         data["count_cap"] = COUNT_CAP
-        return data
+        return _iso_times(data)
+
+
+def _iso_times(value):
+    """Datetimes as ISO 8601 text, wherever they are in ``value``, for JSON."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _iso_times(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_iso_times(item) for item in value]
+    return value
 
 
 def thresholds() -> dict[str, float]:

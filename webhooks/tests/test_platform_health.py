@@ -402,3 +402,14 @@ def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, des
     )
     assert report["events_waiting"] == {"count": 1, "oldest_seconds": pytest.approx(120, abs=10), "capped": False}
     assert {task["name"] for task in report["periodic_tasks"]} >= {"hookline-sweep", "hookline-retention"}
+
+
+def test_the_commands_json_gives_times_in_iso_8601_as_the_other_commands_do(beat_and_worker_running):
+    """They came out as str() of a datetime, "2026-12-06 12:44:24.156241+00:00", which jq's
+    fromdateiso8601 and many parsers refuse; list_events and show_event write ISO 8601."""
+    _, output = run_command("--json")
+    report = json.loads(output)
+    times = [report["checked_at"], report["beat_last_run_at"], report["worker_ran_at"]]
+    times += [task["last_run_at"] for task in report["periodic_tasks"]]
+    for moment in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", moment), moment
