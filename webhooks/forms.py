@@ -241,10 +241,12 @@ class CustomHeadersMixin(forms.Form):
         strip=False,
         widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
         help_text=f"Sent with every attempt, one per line as Name: value (Authorization: Bearer …), at most "
-        f"{MAX_CUSTOM_HEADERS}; for a receiver behind an API gateway or basic auth. A header named here that "
-        "exists gets the new value; the others keep theirs. Values are never shown again, only their last "
-        "characters. Hookline's own headers (webhook-*, Content-Type, Host, User-Agent…) cannot be set.",
+        f"{MAX_CUSTOM_HEADERS}; for a receiver behind an API gateway or basic auth.{{existing}} Values are never "
+        "shown again, only their last characters. Hookline's own headers (webhook-*, Content-Type, Host, "
+        "User-Agent…) cannot be set.",
     )
+    # Said only where there are headers already: on a new destination it only puzzles.
+    EXISTING_HEADERS_HELP = " A header named here that exists gets the new value; the others keep theirs."
     custom_headers_remove = forms.MultipleChoiceField(
         label="Remove custom headers", required=False, widget=forms.CheckboxSelectMultiple
     )
@@ -252,6 +254,10 @@ class CustomHeadersMixin(forms.Form):
     def setup_custom_headers(self, destination: Destination | None) -> None:
         self.destination_with_headers = destination
         hints = destination.custom_header_hints if destination is not None else []
+        help_text = self.fields["custom_headers_set"].help_text
+        self.fields["custom_headers_set"].help_text = help_text.format(
+            existing=self.EXISTING_HEADERS_HELP if hints else ""
+        )
         if hints:
             self.fields["custom_headers_remove"].choices = [
                 (item["name"], f"{item['name']} (value {item['hint']})") for item in hints

@@ -396,6 +396,16 @@ def test_api_patch_that_removes_a_header_can_be_sent_again(client, organization)
 # --- Dashboard -----------------------------------------------------------------------------------
 
 
+def test_the_help_speaks_of_existing_headers_only_where_there_are_some(client, organization, owner):
+    client.force_login(owner)
+    existing = "A header named here that exists gets the new value"
+    new_page = client.get(reverse("dashboard:destination_create", args=[organization.slug])).content.decode()
+    assert "Custom headers" in new_page and existing not in new_page and "{existing}" not in new_page
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Old": "old-value-1"})
+    edit_url = reverse("dashboard:destination_edit", args=[organization.slug, destination.pk])
+    assert existing in client.get(edit_url).content.decode()
+
+
 def test_dashboard_creates_edits_and_never_shows_a_value(client, organization, owner):
     client.force_login(owner)
     form = {"name": "Gateway", "url": "http://127.0.0.1:9/g", "timeout_seconds": "15", "max_concurrency": "10"}
