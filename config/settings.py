@@ -231,6 +231,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes each periodic task's last_run_at after every task it sends, not only every 3 minutes
+# (celery's default): the processing health check reads it, and would otherwise call a freshly
+# started beat stopped for its first 3 minutes. One small UPDATE per sweep.
+CELERY_BEAT_SYNC_EVERY = 1
 # django-celery-beat copies this schedule into its tables at start-up, so the
 # periodic tasks are installed by code and visible and editable in the admin.
 SWEEP_INTERVAL_SECONDS = env.float("SWEEP_INTERVAL_SECONDS", default=5.0)
@@ -344,8 +348,8 @@ SECRET_ROTATION_OVERLAP_SECONDS = env.int("SECRET_ROTATION_OVERLAP_SECONDS", def
 # verdict "degraded"; the longer one "stalled" (for deliveries only while no worker runs tasks).
 HEALTH_BACKLOG_DEGRADED_SECONDS = env.float("HEALTH_BACKLOG_DEGRADED_SECONDS", default=60.0)
 HEALTH_BACKLOG_STALLED_SECONDS = env.float("HEALTH_BACKLOG_STALLED_SECONDS", default=300.0)
-# Beat looks stopped when no periodic task was sent for this long. django-celery-beat writes
-# last_run_at only when it syncs, every 3 minutes, so less would raise false alarms.
+# Beat looks stopped when no periodic task was sent for this long (it records each one as it sends
+# it, CELERY_BEAT_SYNC_EVERY); the margin covers a restart of beat and a slow sweep interval.
 HEALTH_BEAT_STALE_SECONDS = env.float("HEALTH_BEAT_STALE_SECONDS", default=max(300.0, 180 + 4 * SWEEP_INTERVAL_SECONDS))
 # Workers look stopped when none ran a task for this long (beat sends the sweep every SWEEP_INTERVAL_SECONDS).
 HEALTH_WORKER_STALE_SECONDS = env.float("HEALTH_WORKER_STALE_SECONDS", default=max(120.0, 6 * SWEEP_INTERVAL_SECONDS))

@@ -241,10 +241,12 @@ class CustomHeadersMixin(forms.Form):
         strip=False,
         widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
         help_text=f"Sent with every attempt, one per line as Name: value (Authorization: Bearer …), at most "
-        f"{MAX_CUSTOM_HEADERS}; for a receiver behind an API gateway or basic auth. A header named here that "
-        "exists gets the new value; the others keep theirs. Values are never shown again, only their last "
-        "characters. Hookline's own headers (webhook-*, Content-Type, Host, User-Agent…) cannot be set.",
+        f"{MAX_CUSTOM_HEADERS}; for a receiver behind an API gateway or basic auth.{{existing}} Values are never "
+        "shown again, only their last characters. Hookline's own headers (webhook-*, Content-Type, Host, "
+        "User-Agent…) cannot be set.",
     )
+    # Said only where there are headers already: on a new destination it only puzzles.
+    EXISTING_HEADERS_HELP = " A header named here that exists gets the new value; the others keep theirs."
     custom_headers_remove = forms.MultipleChoiceField(
         label="Remove custom headers", required=False, widget=forms.CheckboxSelectMultiple
     )
@@ -252,6 +254,10 @@ class CustomHeadersMixin(forms.Form):
     def setup_custom_headers(self, destination: Destination | None) -> None:
         self.destination_with_headers = destination
         hints = destination.custom_header_hints if destination is not None else []
+        help_text = self.fields["custom_headers_set"].help_text
+        self.fields["custom_headers_set"].help_text = help_text.format(
+            existing=self.EXISTING_HEADERS_HELP if hints else ""
+        )
         if hints:
             self.fields["custom_headers_remove"].choices = [
                 (item["name"], f"{item['name']} (value {item['hint']})") for item in hints
@@ -474,6 +480,22 @@ class EventFilterForm(forms.Form):
             placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search"
         )
         self.fields["event_type"].widget.attrs.update(list="event-types")
+
+    def clean(self):
+        cleaned = super().clean()
+        until = cleaned.get("until")
+        if until is not None:
+            # A range that ends before it starts would list nothing under "No events match", as if
+            # nothing had arrived: its end is left out, and said to be.
+            start = cleaned.get("since")
+            start_words = "From (UTC)"
+            if start is None and cleaned.get("range") in TIME_RANGES:
+                start = timezone.now() - TIME_RANGES[cleaned["range"]]
+                start_words = dict(self.fields["range"].choices)[cleaned["range"]].lower()
+                start_words = start_words.replace("last", "the last", 1)
+            if start is not None and until <= start:
+                self.add_error("until", f"is before {start_words}, so nothing could match")
+        return cleaned
 
     def ignored_filters(self) -> list[str]:
         """What to_filters leaves out, said plainly: a filter that silently does nothing misleads."""

@@ -163,9 +163,10 @@ class DestinationCreateSerializer(DestinationSerializerBase):
     rate_limit_per_second = serializers.IntegerField(allow_null=True, default=None)
     max_attempts = serializers.IntegerField(allow_null=True, default=None)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True, default=None)
-    # Name to value; write-only: reads show each name with a hint of its value.
+    # Name to value; write-only: reads show each name with a hint of its value. The values reach the
+    # service as sent (a CharField would turn 5 into "5"), which refuses what is not text naming the header.
     custom_headers = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False, write_only=True
+        child=serializers.JSONField(allow_null=True), required=False, write_only=True
     )
 
     def validate_custom_headers(self, headers: dict) -> dict:
@@ -181,9 +182,7 @@ class DestinationUpdateSerializer(DestinationSerializerBase):
     name = _name_field(Destination, required=False)
     # Changes, as in a JSON merge patch: a value adds the header or replaces its value, null removes
     # it, and headers not named keep their values (which nobody can read back to send again).
-    custom_headers = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, allow_null=True, trim_whitespace=False), write_only=True
-    )
+    custom_headers = serializers.DictField(child=serializers.JSONField(allow_null=True), write_only=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -131,8 +131,10 @@ def check_custom_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def merge_custom_headers(current: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
     """``current`` with ``changes`` applied, checked: a value adds the header or replaces the value
-    of the one of that name (in any case; the new spelling is kept), None removes it. Headers not
-    named keep their values, so nobody has to type them again."""
+    of the one of that name (in any case; the new spelling is kept), None removes it, or does
+    nothing if there is none, as in a JSON merge patch (a request sent again, or a tick for a header
+    someone else removed meanwhile, then succeeds). Headers not named keep their values, so nobody
+    has to type them again."""
     merged = dict(current)
     seen: set[str] = set()
     for given_name, value in changes.items():
@@ -141,9 +143,8 @@ def merge_custom_headers(current: Mapping[str, str], changes: Mapping[str, str |
             raise CustomHeaderError(f"the header “{_shown_name(name)}” is given twice: names are case-insensitive")
         existing = next((key for key in merged if isinstance(name, str) and key.lower() == name.lower()), None)
         if value is None:
-            if existing is None:
-                raise CustomHeaderError(f"there is no custom header “{_shown_name(str(name))}” to remove")
-            del merged[existing]
+            if existing is not None:
+                del merged[existing]
         else:
             name = check_custom_header_name(name)
             if existing is not None:
@@ -174,9 +175,18 @@ def parse_header_lines(text: str) -> dict[str, str]:
     return parsed
 
 
+def custom_header_value_hint(value: str) -> str:
+    """The last characters of a value, as for secrets; but none of Basic credentials, whose last
+    base64 characters are the end of the password (shown to members and read-only keys)."""
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        return f"{scheme} …"
+    return secret_hint(value)
+
+
 def custom_header_hints(headers: Mapping[str, str]) -> list[dict[str, str]]:
     """What may be shown of them: each name with the hint of its value (its last characters)."""
-    return [{"name": name, "hint": secret_hint(value)} for name, value in headers.items()]
+    return [{"name": name, "hint": custom_header_value_hint(value)} for name, value in headers.items()]
 
 
 def store_custom_headers(destination: Destination, headers: Mapping[str, str]) -> None:

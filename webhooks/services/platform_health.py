@@ -8,8 +8,8 @@ named in ``unmeasured``, never raised: this is read during outages.
 
 What each process leaves behind to be judged by:
 - beat: django-celery-beat's DatabaseScheduler writes each periodic task's ``last_run_at``
-  (the time it sent it), though only when it syncs, every 3 minutes (celery's
-  ``Scheduler.sync_every``), hence the default of HEALTH_BEAT_STALE_SECONDS;
+  (the time it sent it) when it syncs, which CELERY_BEAT_SYNC_EVERY makes happen after each task
+  it sends (celery's default, every 3 minutes, made a fresh beat look stopped for its first 3);
 - workers: every task that workers run often (the sweep that beat sends every
   SWEEP_INTERVAL_SECONDS, processing, dispatching) stamps a cache key, at most once per
   WORKER_MARK_EVERY_SECONDS per process; with Redis unreachable, the newest delivery attempt
@@ -133,7 +133,18 @@ class ProcessingHealth:
             if backlog is not None:
                 data[name]["capped"] = backlog.capped
         data["count_cap"] = COUNT_CAP
-        return data
+        return _iso_times(data)
+
+
+def _iso_times(value):
+    """Datetimes as ISO 8601 text, wherever they are in ``value``, for JSON."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _iso_times(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_iso_times(item) for item in value]
+    return value
 
 
 def thresholds() -> dict[str, float]:
@@ -307,8 +318,9 @@ def _judge(health: ProcessingHealth) -> None:
 
     events = health.events_waiting
     if events is not None and events.count and events.oldest_seconds > limits["backlog_degraded"]:
+        webhooks_wait = "webhook waits" if events.count == 1 else "webhooks wait"
         words = (
-            f"{_count_in_words(events.count)} webhook(s) wait to be processed, the oldest received "
+            f"{_count_in_words(events.count)} {webhooks_wait} to be processed, the oldest received "
             f"{duration_in_words(events.oldest_seconds)} ago"
         )
         if events.oldest_seconds > limits["backlog_stalled"]:
@@ -319,10 +331,12 @@ def _judge(health: ProcessingHealth) -> None:
     set_aside = health.events_set_aside
     if set_aside is not None and set_aside.count:
         # Whatever their number: each is a webhook a bug kept from its deliveries.
-        words = (
-            f"{_count_in_words(set_aside.count)} webhook(s) could not be processed and are set aside; "
-            "their pages say why"
+        could_not = (
+            "webhook could not be processed and is"
+            if set_aside.count == 1
+            else "webhooks could not be processed and are"
         )
+        words = f"{_count_in_words(set_aside.count)} {could_not} set aside; their pages say why"
         if set_aside.oldest_seconds > limits["backlog_stalled"]:
             stalled.append(
                 f"{words}, and the first next try is {duration_in_words(set_aside.oldest_seconds)} overdue: "
@@ -505,7 +519,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
     )
     gauge(
         "hookline_periodic_task_last_run_timestamp_seconds",
-        "When beat last sent each periodic task (written by beat every 3 minutes).",
+        "When beat last sent each periodic task.",
         [({"task": task.name}, timestamp(task.last_run_at)) for task in health.periodic_tasks or []],
     )
     gauge(

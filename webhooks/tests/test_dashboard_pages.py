@@ -203,6 +203,23 @@ def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_or
     assert "Not applied" not in page_text(client.get(url, {"status": "failed"}))
 
 
+def test_a_range_that_ends_before_it_starts_says_so_instead_of_matching_nothing(client, owner, many_events):
+    """ "From 14:00 until 12:00" listed nothing under "No events match", as if none had arrived."""
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    two_hours_ago = (timezone.now() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+    response = client.get(url, {"since": an_hour_ago, "until": two_hours_ago})
+    text = page_text(response)
+    assert "Not applied: To (UTC): is before From (UTC), so nothing could match" in text
+    assert len(listed_ids(response)) == 8  # from the start to now, as the range line says
+    assert " to now." in text and " until " not in text
+    # The same for a preset that starts after the end typed.
+    response = client.get(url, {"range": "1h", "until": two_hours_ago})
+    assert "Not applied: To (UTC): is before the last hour, so nothing could match" in page_text(response)
+    assert len(listed_ids(response)) == 8
+
+
 def test_failed_at_a_destination_means_that_destination_s_delivery_is_dead(client, owner, organization, many_events):
     # Event 3 is dead at the first destination; at a second one it succeeded.
     second, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[many_events["source"]])

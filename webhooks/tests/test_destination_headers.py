@@ -2,6 +2,7 @@
 audited after they are set, and the same checks from the dashboard, the REST API, the admin and
 create_destination."""
 
+import base64
 import io
 import json
 import logging
@@ -265,8 +266,22 @@ def test_changes_keep_the_other_values_and_audit_names_only(organization, owner)
         "changed": ["authorization"],
     }
     assert _no_value_in(_all_audit_text(), GATEWAY_TOKEN, API_KEY_VALUE, "Bearer replaced-value-9", "old-value-1")
-    with pytest.raises(DestinationError, match="no custom header “X-Gone” to remove"):
-        destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
+    # Removing a header that is not there (any more) changes nothing and is not audited.
+    destination_set_custom_headers(destination=destination, changes={"X-Gone": None}, actor=owner)
+    assert not AuditLog.objects.filter(action="destination.custom_headers_changed").exists()
+
+
+def test_a_basic_credentials_hint_shows_none_of_the_password(organization):
+    """Basic credentials are the base64 of user:password, so their last four characters were the
+    last three of the password, shown to every member and read-only key."""
+    basic = "Basic " + base64.b64encode(b"billing:hunter2x").decode()
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": basic, "X-Api-Key": API_KEY_VALUE}
+    )
+    assert destination.custom_header_hints == [
+        {"name": "Authorization", "hint": "Basic …"},
+        {"name": "X-Api-Key", "hint": "…C3d4"},
+    ]
 
 
 # --- REST API ------------------------------------------------------------------------------------
@@ -316,18 +331,79 @@ def test_api_refusals_are_400_on_custom_headers(client, organization, headers):
     assert not Destination.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (5, "the value of “X-N” must be text"),
+        (True, "the value of “X-N” must be text"),
+        (None, "the value of “X-N” must be text"),
+    ],
+)
+def test_api_header_values_must_be_strings_and_the_refusal_names_the_header(client, organization, value, reason):
+    """A number was turned into text and sent ("5"); null on a new destination got DRF's nested
+    "This field may not be null." without the header's name."""
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    created = api_post(
+        client,
+        key,
+        "/api/v1/destinations",
+        {"name": "x", "url": "http://127.0.0.1:9/x", "custom_headers": {"X-N": value}},
+    )
+    assert created.status_code == 400, created.content
+    assert created.json()["fields"]["custom_headers"] == [reason]
+    assert not Destination.objects.exists()
+    if value is None:
+        return  # in a PATCH null removes the header
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d")
+    changed = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"custom_headers": {"X-N": value}})
+    assert changed.status_code == 400, changed.content
+    assert changed.json()["fields"]["custom_headers"] == [reason]
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {}
+
+
 def test_api_patch_refusals_change_nothing(client, organization):
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
     destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1"})
     path = f"/api/v1/destinations/{destination.pk}"
-    for changes in ({"Content-Length": "1"}, {"X-Missing": None}, {f"X-{n}": "v" for n in range(10)}):
+    for changes in ({"Content-Length": "1"}, {f"X-{n}": "v" for n in range(10)}):
         response = api_patch(client, key, path, {"custom_headers": changes})
         assert response.status_code == 400 and "custom_headers" in response.json()["fields"], response.content
     destination.refresh_from_db()
     assert destination.custom_header_values() == {"X-Keep": "keep-value-1"}
 
 
+def test_api_patch_that_removes_a_header_can_be_sent_again(client, organization):
+    """As in a JSON merge patch, null for a header that is not there changes nothing: a script that
+    sends its PATCH again (after a timeout, or on every run) gets a 200, not a 400."""
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"X-Keep": "keep-value-1", "X-Old": "old-value-1"}
+    )
+    path = f"/api/v1/destinations/{destination.pk}"
+    for _ in range(2):
+        response = api_patch(client, key, path, {"custom_headers": {"X-Old": None}})
+        assert response.status_code == 200, response.content
+        assert response.json()["custom_headers"] == [{"name": "X-Keep", "hint": "…ue-1"}]
+    destination.refresh_from_db()
+    assert destination.custom_header_values() == {"X-Keep": "keep-value-1"}
+    # The second PATCH changed nothing, so nothing about the headers was audited for it.
+    assert [entry.changes.get("custom_headers") for entry in AuditLog.objects.filter(action="destination.updated")] == [
+        {"removed": ["X-Old"]}
+    ]
+
+
 # --- Dashboard -----------------------------------------------------------------------------------
+
+
+def test_the_help_speaks_of_existing_headers_only_where_there_are_some(client, organization, owner):
+    client.force_login(owner)
+    existing = "A header named here that exists gets the new value"
+    new_page = client.get(reverse("dashboard:destination_create", args=[organization.slug])).content.decode()
+    assert "Custom headers" in new_page and existing not in new_page and "{existing}" not in new_page
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Old": "old-value-1"})
+    edit_url = reverse("dashboard:destination_edit", args=[organization.slug, destination.pk])
+    assert existing in client.get(edit_url).content.decode()
 
 
 def test_dashboard_creates_edits_and_never_shows_a_value(client, organization, owner):

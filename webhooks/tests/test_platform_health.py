@@ -6,6 +6,7 @@ import json
 import re
 from datetime import timedelta
 
+import django_celery_beat.schedulers
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -14,7 +15,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler
 
+from config.celery import app as celery_app
 from conftest import REDIS_DOWN_CACHES
 from webhooks import tasks
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
@@ -72,12 +75,12 @@ def test_webhooks_waiting_long_make_it_degraded_then_stalled(beat_and_worker_run
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
     health = processing_health()
     assert health.verdict == "degraded"
-    assert health.reasons == ["1 webhook(s) wait to be processed, the oldest received 2 min ago: processing is behind"]
+    assert health.reasons == ["1 webhook waits to be processed, the oldest received 2 min ago: processing is behind"]
 
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=7))
     health = processing_health()
     assert health.verdict == "stalled"
-    assert health.reasons == ["2 webhook(s) wait to be processed, the oldest received 7 min ago: are workers running?"]
+    assert health.reasons == ["2 webhooks wait to be processed, the oldest received 7 min ago: are workers running?"]
     assert health.events_waiting.count == 2 and 420 <= health.events_waiting.oldest_seconds < 430
 
 
@@ -125,6 +128,26 @@ def test_beat_that_stopped_sending_is_stalled(beat_and_worker_running):
 
     PeriodicTask.objects.update(enabled=False)
     assert processing_health().reasons == ["no periodic task is installed and enabled: run install_periodic_tasks"]
+
+
+def test_beat_records_each_task_it_sends_at_once_so_a_fresh_deploy_does_not_look_stalled(monkeypatch):
+    """django-celery-beat writes last_run_at only when it syncs, by default 3 minutes after its
+    first pass: right after every deploy the card said "beat has never sent a periodic task" for
+    3 minutes while beat was sending the sweep every few seconds."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    worker_ran(seconds_ago=1)
+    sent = []
+    monkeypatch.setattr(tasks.sweep, "apply_async", lambda *args, **kwargs: sent.append(args))
+    # The scheduler closes the connection it thinks is stale, which would end this test's transaction.
+    monkeypatch.setattr(django_celery_beat.schedulers, "close_old_connections", lambda: None)
+    scheduler = DatabaseScheduler(app=celery_app)
+    scheduler._do_sync()  # as beat's loop does after its first pass, before anything is due
+
+    scheduler.apply_async(scheduler.schedule["hookline-sweep"])
+
+    assert len(sent) == 1
+    assert PeriodicTask.objects.get(name="hookline-sweep").last_run_at is not None
+    assert processing_health().verdict == "ok"
 
 
 def test_a_disabled_tasks_old_run_does_not_hide_a_stopped_beat(beat_and_worker_running):
@@ -195,7 +218,7 @@ def test_counts_stop_at_the_cap_and_every_count_is_limited(monkeypatch, beat_and
     with CaptureQueriesContext(connection) as queries:
         health = processing_health()
     assert health.events_waiting.count == 3 and health.events_waiting.capped
-    assert health.reasons[0].startswith("3+ webhook(s) wait to be processed")
+    assert health.reasons[0].startswith("3+ webhooks wait to be processed")
     counts = [query["sql"] for query in queries if "COUNT(" in query["sql"].upper()]
     assert len(counts) == 6  # waiting, set aside, in flight, pending, dead, dead in 24 h; nothing due: not counted
     assert [sql for sql in counts if not re.search(r"LIMIT 3\b", sql)] == []
@@ -336,7 +359,7 @@ def test_the_admin_card_is_red_and_says_why_when_stalled(admin_client, beat_and_
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=9))
     card = processing_card(admin_client)
     assert 'class="hookline-card hookline-processing-stalled"' in card and "Stalled" in card
-    assert "1 webhook(s) wait to be processed, the oldest received 9 min ago: are workers running?" in card
+    assert "1 webhook waits to be processed, the oldest received 9 min ago: are workers running?" in card
     assert '/admin/webhooks/webhookevent/?processing=waiting">Waiting to be processed</a>' in card
     assert '/admin/webhooks/delivery/?status__exact=pending"' in card
     assert '/admin/webhooks/delivery/?status__exact=in_flight"' in card
@@ -367,7 +390,7 @@ def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, des
 
     make_event(source, status=WebhookEvent.Status.RECEIVED, received_at=timezone.now() - timedelta(minutes=2))
     code, text = run_command()
-    assert code == 1 and text.startswith("Processing: DEGRADED\n  - 1 webhook(s) wait to be processed")
+    assert code == 1 and text.startswith("Processing: DEGRADED\n  - 1 webhook waits to be processed")
 
     PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(hours=1))
     code, output = run_command("--json")
@@ -379,6 +402,17 @@ def test_the_command_exits_with_the_verdict(beat_and_worker_running, source, des
     )
     assert report["events_waiting"] == {"count": 1, "oldest_seconds": pytest.approx(120, abs=10), "capped": False}
     assert {task["name"] for task in report["periodic_tasks"]} >= {"hookline-sweep", "hookline-retention"}
+
+
+def test_the_commands_json_gives_times_in_iso_8601_as_the_other_commands_do(beat_and_worker_running):
+    """They came out as str() of a datetime, "2026-12-06 12:44:24.156241+00:00", which jq's
+    fromdateiso8601 and many parsers refuse; list_events and show_event write ISO 8601."""
+    _, output = run_command("--json")
+    report = json.loads(output)
+    times = [report["checked_at"], report["beat_last_run_at"], report["worker_ran_at"]]
+    times += [task["last_run_at"] for task in report["periodic_tasks"]]
+    for moment in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", moment), moment
 
 
 def set_aside_event(source, *, next_try_in: timedelta) -> WebhookEvent:
@@ -400,7 +434,7 @@ def test_set_aside_webhooks_are_counted_apart_and_make_it_degraded(beat_and_work
     assert health.events_set_aside.oldest_seconds == 0  # its next try is not due yet
     assert health.verdict == "degraded"
     assert health.reasons == [
-        "1 webhook(s) could not be processed and are set aside; their pages say why; once fixed, the events "
+        "1 webhook could not be processed and is set aside; their pages say why; once fixed, the events "
         "list's action processes them now"
     ]
 
@@ -410,7 +444,7 @@ def test_set_aside_webhooks_long_overdue_for_their_try_are_stalled(beat_and_work
     health = processing_health()
     assert health.verdict == "stalled"
     assert health.reasons == [
-        "1 webhook(s) could not be processed and are set aside; their pages say why, and the first next try is "
+        "1 webhook could not be processed and is set aside; their pages say why, and the first next try is "
         "7 min overdue: are workers running?"
     ]
 
@@ -444,7 +478,9 @@ def test_the_admin_lists_set_aside_webhooks_and_processes_the_chosen_ones_now(cl
         {"action": "process_set_aside_now", "_selected_action": [str(set_aside.pk), str(waiting.pk)]},
         follow=True,
     )
-    assert "1 set-aside event(s) will be processed now; 1 selected event(s) were not set aside" in answer.content.decode()
+    assert (
+        "1 set-aside event(s) will be processed now; 1 selected event(s) were not set aside" in answer.content.decode()
+    )
     assert process_event_batch() == 2  # the fault is gone: both are processed in this run
     set_aside.refresh_from_db()
     assert set_aside.status == WebhookEvent.Status.PROCESSED and set_aside.processing_retry_at is None
