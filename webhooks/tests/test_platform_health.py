@@ -284,6 +284,8 @@ def test_metrics_refuses_a_wrong_or_missing_token(client, settings, authorizatio
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
     assert b"hookline_" not in response.content
+    # The same clear words for a missing token as for a wrong one, saying what to send.
+    assert response.content.decode() == "401 Unauthorized: send the header Authorization: Bearer <METRICS_TOKEN>\n"
 
 
 def test_metrics_answers_the_figures_in_prometheus_text(client, settings, beat_and_worker_running, source, destination):

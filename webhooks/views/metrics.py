@@ -11,6 +11,10 @@ from webhooks.services import platform_health
 
 logger = logging.getLogger(__name__)
 
+# One answer whether the token is missing, malformed or wrong: the scraper's owner learns what to
+# send, and nobody probing learns which of those it was.
+UNAUTHORIZED_TEXT = "401 Unauthorized: send the header Authorization: Bearer <METRICS_TOKEN>\n"
+
 
 @require_GET
 def metrics(request):
@@ -19,7 +23,7 @@ def metrics(request):
         raise Http404  # not turned on: the same answer as any unknown path, so nothing tells it exists
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        response = HttpResponse("a bearer token is required\n", status=401, content_type="text/plain; charset=utf-8")
+        response = HttpResponse(UNAUTHORIZED_TEXT, status=401, content_type="text/plain; charset=utf-8")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     try:
