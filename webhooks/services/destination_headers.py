@@ -175,13 +175,19 @@ def parse_header_lines(text: str) -> dict[str, str]:
     return parsed
 
 
+# The hint of a value too short to show any of: a lone "…" read as "(value …)", as if cut off.
+SHORT_VALUE_HINT = "hidden"
+
+
 def custom_header_value_hint(value: str) -> str:
     """The last characters of a value, as for secrets; but none of Basic credentials, whose last
-    base64 characters are the end of the password (shown to members and read-only keys)."""
+    base64 characters are the end of the password (shown to members and read-only keys), nor of a
+    short value, where they would be most of it."""
     scheme, _, credentials = value.partition(" ")
     if scheme.lower() == "basic" and credentials:
         return f"{scheme} …"
-    return secret_hint(value)
+    hint = secret_hint(value)
+    return SHORT_VALUE_HINT if hint == "…" else hint
 
 
 def custom_header_hints(headers: Mapping[str, str]) -> list[dict[str, str]]:

@@ -284,6 +284,37 @@ def test_a_basic_credentials_hint_shows_none_of_the_password(organization):
     ]
 
 
+def test_a_short_value_s_hint_reads_hidden_everywhere(client, organization, owner):
+    """A value too short to show any of was hinted "…", shown on the edit page as "(value …)"."""
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Env": "prod"})
+    assert destination.custom_header_hints == [{"name": "X-Env", "hint": "hidden"}]
+    client.force_login(owner)
+    edit_page = client.get(reverse("dashboard:destination_edit", args=[organization.slug, destination.pk]))
+    assert "X-Env (value hidden)" in edit_page.content.decode() and "(value …)" not in edit_page.content.decode()
+    api_key, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    shown = api_get(client, key, f"/api/v1/destinations/{destination.pk}").json()
+    assert shown["custom_headers"] == [{"name": "X-Env", "hint": "hidden"}]  # the same shape as any hint
+
+
+def test_stored_short_value_hints_are_renamed_by_the_migration(organization):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("webhooks.migrations.0027_destination_short_header_value_hints")
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/d", custom_headers={"X-Env": "prod", "X-Api-Key": API_KEY_VALUE}
+    )
+    stored_before = [{"name": "X-Env", "hint": "…"}, {"name": "X-Api-Key", "hint": "…C3d4"}]
+    Destination.objects.filter(pk=destination.pk).update(custom_header_hints=stored_before)
+    migration.name_short_value_hints(apps, None)
+    destination.refresh_from_db()
+    assert destination.custom_header_hints == [
+        {"name": "X-Env", "hint": "hidden"},
+        {"name": "X-Api-Key", "hint": "…C3d4"},
+    ]
+
+
 # --- REST API ------------------------------------------------------------------------------------
 
 
