@@ -174,6 +174,18 @@ def organization_of(obj) -> Organization | None:
     return organization if isinstance(organization, Organization) else None
 
 
+def _only_changes_audited_elsewhere(obj, message) -> bool:
+    """Whether a change touched only fields whose change a service audits in its own entry (an admin
+    names them in ``obj._audit_recorded_elsewhere``, and leaves them out of ``_audit_changes``): an
+    admin entry besides would list no change at all."""
+    if not getattr(obj, "_audit_recorded_elsewhere", None) or getattr(obj, "_audit_changes", None):
+        return False
+    # Inline rows added, changed or deleted are in Django's change message, each with its name.
+    return isinstance(message, list) and all(
+        set(item) == {"changed"} and "name" not in item["changed"] for item in message
+    )
+
+
 class AuditedAdminMixin:
     """Writes an audit entry for every addition, change, deletion and action done in this admin.
 
@@ -247,7 +259,8 @@ class AuditedAdminMixin:
 
     def log_change(self, request, obj, message):
         entry = super().log_change(request, obj, message)
-        self._audit(request, obj, "changed", message)
+        if not _only_changes_audited_elsewhere(obj, message):
+            self._audit(request, obj, "changed", message)
         return entry
 
     def log_deletions(self, request, queryset):

@@ -659,9 +659,14 @@ class DestinationAdmin(
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        # The typed lines hold the values: the service audits the names alone, in its own entry.
-        for name in ("custom_headers_set", "custom_headers_remove"):
-            getattr(obj, "_audit_changes", {}).pop(name, None)
+        # The typed lines hold the values: the service audits the names alone, in its own entry (and
+        # a change of the headers alone writes no admin entry besides, see AuditedAdminMixin).
+        audit_changes = getattr(obj, "_audit_changes", {})
+        obj._audit_recorded_elsewhere = [
+            name for name in ("custom_headers_set", "custom_headers_remove") if name in audit_changes
+        ]
+        for name in obj._audit_recorded_elsewhere:
+            del audit_changes[name]
         if header_changes := form.custom_header_changes():
             try:
                 destination_set_custom_headers(destination=obj, changes=header_changes, actor=request.user)

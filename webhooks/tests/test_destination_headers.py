@@ -527,6 +527,24 @@ def test_admin_sets_and_removes_headers_and_never_renders_a_value(admin_client, 
     assert AuditLog.objects.filter(action="destination.custom_headers_changed").count() == 3
 
 
+def test_an_admin_change_of_the_headers_alone_writes_only_the_headers_entry(admin_client, organization):
+    """It also wrote admin.webhooks.destination.changed, with no change in it."""
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"X-Old": "old-value-1"})
+    url = reverse("admin:webhooks_destination_change", args=[destination.pk])
+    admin_client.post(url, _admin_form(destination, custom_headers_set=f"X-Api-Key: {API_KEY_VALUE}"))
+    admin_client.post(url, _admin_form(destination, custom_headers_remove=["X-Old"]))
+    headers_entries = AuditLog.objects.filter(action="destination.custom_headers_changed").order_by("id")
+    assert [entry.changes for entry in headers_entries] == [
+        {"added": ["X-Api-Key"]},
+        {"removed": ["X-Old"]},
+    ]
+    assert not AuditLog.objects.filter(action="admin.webhooks.destination.changed").exists()
+    # With another field changed too, the admin entry is written, naming that field only.
+    admin_client.post(url, _admin_form(destination, name="Renamed", custom_headers_set="X-New: new-value-22"))
+    [changed] = AuditLog.objects.filter(action="admin.webhooks.destination.changed")
+    assert changed.changes["fields"] == {"name": ["endpoint", "Renamed"]}
+
+
 # --- create_destination --------------------------------------------------------------------------
 
 
