@@ -429,6 +429,15 @@ class ReplayForm(forms.Form):
 TIME_RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 
 
+def _whole_seconds(moment):
+    return moment.replace(microsecond=0) if moment is not None else None
+
+
+def _datetime_local(moment) -> str:
+    """A time as a datetime-local box takes it, with its seconds only when there are some."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S" if moment.second else "%Y-%m-%dT%H:%M")
+
+
 class EventFilterForm(forms.Form):
     q = forms.CharField(label="Search", required=False, max_length=255)
     status = forms.ChoiceField(
@@ -481,8 +490,26 @@ class EventFilterForm(forms.Form):
         )
         self.fields["event_type"].widget.attrs.update(list="event-types")
 
+    def clean_since(self):
+        return _whole_seconds(self.cleaned_data.get("since"))
+
+    def clean_until(self):
+        return _whole_seconds(self.cleaned_data.get("until"))
+
     def clean(self):
         cleaned = super().clean()
+        self.superseded: list[str] = []
+        # The controls show what applies: a start given as From (UTC) wins over the Received preset
+        # (to_filters), which then shows as Any time; and the boxes show the times as applied, in a
+        # form the datetime-local box takes (it shows nothing for a value with microseconds).
+        shown = self.data.copy()
+        if cleaned.get("since") is not None and cleaned.get("range"):
+            self.superseded.append(f"{self['range'].label}: {self['since'].label} is set and applies instead")
+            cleaned["range"] = shown["range"] = ""
+        for name in ("since", "until"):
+            if cleaned.get(name) is not None:
+                shown[name] = _datetime_local(cleaned[name])
+        self.data = shown
         until = cleaned.get("until")
         if until is not None:
             # A range that ends before it starts would list nothing under "No events match", as if
@@ -499,9 +526,14 @@ class EventFilterForm(forms.Form):
 
     def ignored_filters(self) -> list[str]:
         """What to_filters leaves out, said plainly: a filter that silently does nothing misleads."""
-        if not self.is_bound or self.is_valid():
+        if not self.is_bound:
             return []
-        return [f"{self[name].label}: {' '.join(errors)}" for name, errors in self.errors.items()]
+        invalid = (
+            []
+            if self.is_valid()
+            else [f"{self[name].label}: {' '.join(errors)}" for name, errors in self.errors.items()]
+        )
+        return invalid + self.superseded
 
     def to_filters(self) -> EventFilters:
         """Valid fields only: a wrong value in one filter does not hide the whole list."""

@@ -220,6 +220,59 @@ def test_a_range_that_ends_before_it_starts_says_so_instead_of_matching_nothing(
     assert len(listed_ids(response)) == 8
 
 
+def selected_range(response) -> str:
+    """The label the Received dropdown shows."""
+    select = re.search(r'<select name="range"[^>]*>(.*?)</select>', page_text(response), re.S).group(1)
+    return re.search(r"<option[^>]*selected>([^<]*)</option>", select).group(1)
+
+
+def box_value(response, name: str) -> str:
+    box = re.search(rf'<input[^>]*name="{name}"[^>]*>', page_text(response)).group(0)
+    found = re.search(r'value="([^"]*)"', box)
+    return html.unescape(found.group(1)) if found else ""
+
+
+def test_the_received_preset_shows_any_time_when_a_start_is_applied_instead(client, owner, many_events):
+    """With ?range=7d&since=… the start applied while the dropdown still said "Last 7 days"."""
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    an_hour_ago = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    response = client.get(url, {"range": "7d", "since": an_hour_ago.strftime("%Y-%m-%dT%H:%M:%S")})
+    assert response.context["filters"].since == an_hour_ago
+    assert selected_range(response) == "Any time"
+    assert "Not applied: Received: From (UTC) is set and applies instead" in page_text(response)
+    assert selected_range(client.get(url, {"range": "7d"})) == "Last 7 days"  # alone, the preset applies
+
+
+def test_a_start_with_microseconds_is_applied_as_the_box_shows_it(client, owner, many_events):
+    """The box showed nothing for a value with microseconds (datetime-local takes three digits at
+    most) while the list was filtered by it."""
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    response = client.get(url, {"since": "2026-01-02T03:04:05.678901", "until": "2099-01-02 03:04:00.5"})
+    filters = response.context["filters"]
+    assert (filters.since.isoformat(), filters.until.isoformat()) == (
+        "2026-01-02T03:04:05+00:00",
+        "2099-01-02T03:04:00+00:00",
+    )
+    assert (box_value(response, "since"), box_value(response, "until")) == ("2026-01-02T03:04:05", "2099-01-02T03:04")
+    assert len(listed_ids(response)) == 8
+    assert box_value(client.get(url, {"since": "garbage"}), "since") == "garbage"  # shown back, said not applied
+
+
+def test_a_range_that_ended_says_no_events_in_it_instead_of_waiting(client, owner, many_events):
+    """ "Waiting for events" under a range that ended: nothing will ever arrive in it."""
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    ended = client.get(url, {"until": (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")})
+    assert listed_ids(ended) == []
+    assert "No events in this range" in page_text(ended) and "Waiting for events" not in page_text(ended)
+    # A range still open waits, as does the list of an organization without events.
+    still_open = client.get(url, {"status": "rejected", "until": "2099-01-01T00:00"})
+    assert listed_ids(still_open) == [] and "Waiting for events" in page_text(still_open)
+    assert "No events in this range" not in page_text(still_open)
+
+
 def test_failed_at_a_destination_means_that_destination_s_delivery_is_dead(client, owner, organization, many_events):
     # Event 3 is dead at the first destination; at a second one it succeeded.
     second, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[many_events["source"]])

@@ -74,6 +74,8 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             live_events=live,
             settled_events=page.events[len(live) :],
             is_first_page=before is None,
+            # A range that ended before now gets no new events: nothing to wait for.
+            range_ended=filters.until is not None and filters.until <= timezone.now(),
             poll_after=live_since,
             poll_seen=page.events[0].id if page.events else live_since,
             query=self.filter_query(),
