@@ -133,6 +133,17 @@ def test_live_events_list_shows_new_arrivals_without_reload(browser, live_server
     assert rows.count() == 2
 
 
+def test_the_filter_controls_show_the_start_applied(browser, live_server, client, organization, owner):
+    """?range=7d&since=<with microseconds>: the start applied, while the box showed nothing and the
+    dropdown "Last 7 days"."""
+    build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/?range=7d&since=2026-01-02T03:04:05.678901")
+    assert page.input_value("#id_since") == "2026-01-02T03:04:05"
+    assert page.input_value("#id_range") == ""  # Any time: the start given applies instead
+    assert page.locator("#event-range").inner_text().startswith("Events received from ")
+
+
 def test_admin_retries_a_failed_delivery_and_it_succeeds(browser, live_server, client, organization, owner, httpserver):
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     world = build_world(client, organization, url=httpserver.url_for("/hook"))
