@@ -17,6 +17,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.claim_owners import MARK_KEY_PREFIX, ClaimOwner
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
+from webhooks.services.operations import event_replay
 from webhooks.services.scheduling import clear_flag, set_flag
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
@@ -256,6 +257,25 @@ def test_event_type_filters_and_sources_route_events(client, organization, https
     processing.process_received_events()
     assert list(Delivery.objects.values_list("destination", flat=True)) == [invoices.pk]
     assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 2
+
+
+def test_an_event_goes_to_the_destinations_there_when_it_is_processed_and_a_replay_sends_it_later(
+    client, organization, httpserver
+):
+    """As the README says: fan-out reads the subscriptions when the event is processed, not when it
+    arrived; a destination created after that gets the event only by a replay."""
+    source = make_source(organization)
+    event_id = ingest(client, source)["id"]
+    assert WebhookEvent.objects.get(pk=event_id).status == WebhookEvent.Status.RECEIVED  # no worker ran yet
+    created_while_waiting, _ = make_destination(organization, httpserver.url_for("/a"), sources=[source])
+    processing.process_received_events()
+    assert list(Delivery.objects.values_list("destination", flat=True)) == [created_while_waiting.pk]
+
+    created_after, _ = make_destination(organization, httpserver.url_for("/b"), sources=[source])
+    processing.process_received_events()
+    assert not Delivery.objects.filter(destination=created_after).exists()
+    event_replay(event=WebhookEvent.objects.get(pk=event_id), destination=created_after)
+    assert Delivery.objects.get(destination=created_after).is_replay
 
 
 def test_a_name_filter_routes_the_types_under_it(client, organization, httpserver):
