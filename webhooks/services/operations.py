@@ -193,6 +193,12 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError("the destination belongs to another organization")
     if event.status == WebhookEvent.Status.REJECTED:
         raise OperationError("a rejected request was never verified and cannot be replayed")
+    # Read afresh: the processing may have taken it since the caller loaded it. Not yet processed,
+    # its deliveries are still to be made, and a replay now would send it to that destination twice.
+    if WebhookEvent.objects.filter(pk=event.pk, status=WebhookEvent.Status.RECEIVED).exists():
+        raise OperationError(
+            "the event has not been processed yet: it goes to its destinations when it is, and can be replayed after"
+        )
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     if not lock_destinations_against_deletion([destination.pk]):

@@ -36,7 +36,11 @@ def ingest_stripe(client, source, event_id: str, event_type: str = "invoice.paid
 
 
 def dead_delivery(event: WebhookEvent, destination: Destination) -> Delivery:
-    """A delivery that ran out of retries after one 503, as the engine leaves it."""
+    """A delivery that ran out of retries after one 503, as the engine leaves it (its event processed)."""
+    WebhookEvent.objects.filter(pk=event.pk, status=WebhookEvent.Status.RECEIVED).update(
+        status=WebhookEvent.Status.PROCESSED, processed_at=timezone.now()
+    )
+    event.refresh_from_db(fields=["status", "processed_at"])
     delivery = Delivery.objects.create(
         organization_id=event.organization_id,
         event=event,

@@ -17,7 +17,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.claim_owners import MARK_KEY_PREFIX, ClaimOwner
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
-from webhooks.services.operations import event_replay
+from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.scheduling import clear_flag, set_flag
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
@@ -276,6 +276,20 @@ def test_an_event_goes_to_the_destinations_there_when_it_is_processed_and_a_repl
     assert not Delivery.objects.filter(destination=created_after).exists()
     event_replay(event=WebhookEvent.objects.get(pk=event_id), destination=created_after)
     assert Delivery.objects.get(destination=created_after).is_replay
+
+
+def test_an_event_not_yet_processed_is_not_replayed_since_its_processing_would_send_it_again(
+    client, organization, httpserver
+):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/a"), sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest(client, source)["id"])
+    with pytest.raises(OperationError, match="has not been processed yet"):
+        event_replay(event=event, destination=destination)
+    processing.process_received_events()
+    # Once processed: its one ordinary delivery, and a replay as a second, deliberate one.
+    event_replay(event=event, destination=destination)  # the caller's copy still says received
+    assert sorted(Delivery.objects.filter(event=event).values_list("is_replay", flat=True)) == [False, True]
 
 
 def test_a_name_filter_routes_the_types_under_it(client, organization, httpserver):
