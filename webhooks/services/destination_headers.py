@@ -178,7 +178,8 @@ def parse_header_lines(text: str) -> dict[str, str]:
 def custom_header_value_hint(value: str) -> str:
     """The last characters of a value, as for secrets; but none of Basic credentials, whose last
     base64 characters are the end of the password (shown to members and read-only keys)."""
-    scheme, _, credentials = value.partition(" ")
+    # Split at any whitespace, as receivers do that take a tab after the scheme.
+    scheme, *credentials = value.split(None, 1)
     if scheme.lower() == "basic" and credentials:
         return f"{scheme} …"
     return secret_hint(value)

@@ -284,6 +284,15 @@ def test_a_basic_credentials_hint_shows_none_of_the_password(organization):
     ]
 
 
+@pytest.mark.parametrize("separator", ["\t", " \t"])
+def test_basic_credentials_after_a_tab_show_none_of_the_password_either(organization, separator):
+    # The value may hold tabs, and receivers that split the scheme off at any whitespace (Werkzeug,
+    # for one) take "Basic<TAB>…" as Basic credentials.
+    basic = "Basic" + separator + base64.b64encode(b"billing:hunter2x").decode()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": basic})
+    assert destination.custom_header_hints == [{"name": "Authorization", "hint": "Basic …"}]
+
+
 # --- REST API ------------------------------------------------------------------------------------
 
 
