@@ -111,6 +111,25 @@ def test_one_failing_event_is_set_aside_and_the_rest_of_its_batch_is_processed(
     assert not any(str(event.id) in logged for event in events if event.pk != bad.pk)
 
 
+def test_an_error_quoting_what_postgresql_cannot_store_still_sets_the_event_aside(events, monkeypatch):
+    # A bug's message may quote a JSON body's "\u0000" or "\ud800": stored as it is, the set-aside
+    # UPDATE itself failed, which rolled back the whole batch, every tenant's, again at each run.
+    bad = events[1]
+    real = lifecycle.record_usage
+
+    def record_usage(claimed):
+        if any(event.id == bad.id for event in claimed):
+            raise ValueError("unexpected value 'a\x00b\ud800c'")
+        real(claimed)
+
+    monkeypatch.setattr(processing, "record_usage", record_usage)
+    assert processing.process_event_batch() == 4
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 3
+    bad.refresh_from_db()
+    assert bad.status == WebhookEvent.Status.RECEIVED and bad.processing_failures == 1
+    assert bad.processing_error == "ValueError: unexpected value 'a\ufffdb\ufffdc'"
+
+
 def test_a_set_aside_event_waits_for_its_time_backs_off_and_is_processed_once_the_fault_is_gone(
     events, monkeypatch, organization
 ):
