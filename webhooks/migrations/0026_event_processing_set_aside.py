@@ -1,6 +1,8 @@
 # Events whose processing failed alone are set aside with their error and a time to try again
 # (services.processing). The head-of-queue index leaves them out and they get their own; both are
-# built, and the old one dropped, without blocking ingest; safe to run again.
+# built without blocking ingest; safe to run again. The old one, event_unfinished, stays: the
+# previous release's workers, which run on while this migrates, claim and sweep by it (without it
+# each of their claims read the whole event table); a later release drops it.
 
 from django.db import migrations, models
 
@@ -16,9 +18,6 @@ SET_ASIDE_INDEX = models.Index(
     condition=models.Q(status="received", processing_retry_at__isnull=False),
     name="event_set_aside",
 )
-OLD_INDEX = models.Index(
-    fields=("status", "received_at"), condition=models.Q(status="received"), name="event_unfinished"
-)
 INDEX_SQL = {
     "event_waiting": (
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS event_waiting ON webhooks_webhookevent (received_at) "
@@ -28,35 +27,26 @@ INDEX_SQL = {
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS event_set_aside ON webhooks_webhookevent (processing_retry_at) "
         "WHERE (processing_retry_at IS NOT NULL AND status = 'received')"
     ),
-    "event_unfinished": (
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS event_unfinished ON webhooks_webhookevent (status, received_at) "
-        "WHERE status = 'received'"
-    ),
 }
 
 
-def replace_the_index(apps, schema_editor):
+def add_the_indexes(apps, schema_editor):
     model = apps.get_model("webhooks", "WebhookEvent")
     if schema_editor.connection.vendor != "postgresql":
         schema_editor.add_index(model, WAITING_INDEX)
         schema_editor.add_index(model, SET_ASIDE_INDEX)
-        schema_editor.remove_index(model, OLD_INDEX)
         return
     for name in ("event_waiting", "event_set_aside"):
         build_index_concurrently(schema_editor, name, INDEX_SQL[name])
-    # Only once the new one serves the claim: running workers still claim by the old one until then.
-    schema_editor.execute("DROP INDEX CONCURRENTLY IF EXISTS event_unfinished")
     schema_editor.execute("ANALYZE webhooks_webhookevent")
 
 
-def restore_the_index(apps, schema_editor):
+def remove_the_indexes(apps, schema_editor):
     model = apps.get_model("webhooks", "WebhookEvent")
     if schema_editor.connection.vendor != "postgresql":
-        schema_editor.add_index(model, OLD_INDEX)
         schema_editor.remove_index(model, WAITING_INDEX)
         schema_editor.remove_index(model, SET_ASIDE_INDEX)
         return
-    build_index_concurrently(schema_editor, "event_unfinished", INDEX_SQL["event_unfinished"])
     schema_editor.execute("DROP INDEX CONCURRENTLY IF EXISTS event_waiting")
     schema_editor.execute("DROP INDEX CONCURRENTLY IF EXISTS event_set_aside")
 
@@ -85,10 +75,9 @@ class Migration(migrations.Migration):
         ),
         migrations.SeparateDatabaseAndState(
             state_operations=[
-                migrations.RemoveIndex(model_name="webhookevent", name="event_unfinished"),
                 migrations.AddIndex(model_name="webhookevent", index=WAITING_INDEX),
                 migrations.AddIndex(model_name="webhookevent", index=SET_ASIDE_INDEX),
             ],
-            database_operations=[migrations.RunPython(replace_the_index, restore_the_index)],
+            database_operations=[migrations.RunPython(add_the_indexes, remove_the_indexes)],
         ),
     ]

@@ -83,6 +83,13 @@ class Delivery(models.Model):
                 condition=models.Q(status="dead") | models.Q(status="pending", attempt_count__gt=0),
                 name="delivery_failed",
             ),
+            # Deliveries that died lately, by when (processing health's dead-in-24-h count, read on
+            # every admin page view and scrape): the failed index would have it check every dead one.
+            models.Index(
+                fields=("completed_at",),
+                condition=models.Q(status="dead"),
+                name="delivery_dead_completed",
+            ),
         ]
 
     def __str__(self) -> str:

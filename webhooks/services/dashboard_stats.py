@@ -17,6 +17,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.models.delivery_attempt import FAILED as ATTEMPT_FAILED
 from webhooks.selectors import uuid7_floor
 
+from .delivery import DESTINATION_ENCRYPTED_FIELDS
 from .sender_marks import TEST_MARK_HEADER, hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -262,8 +263,8 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         .filter(Q(dead__gt=0) | Q(retrying__gt=0))
         .order_by((F("dead") + F("retrying")).desc())[:5]
     )
-    # Cached as pickles: never load the (decrypted) secret into what is cached.
-    destinations = Destination.objects.defer("secret", "previous_secret").in_bulk(
+    # Cached as pickles: never load the (decrypted) secrets or custom headers into what is cached.
+    destinations = Destination.objects.defer(*DESTINATION_ENCRYPTED_FIELDS).in_bulk(
         [row["destination"] for row in failing_rows]
     )
     return Overview(
@@ -287,7 +288,7 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         ],
         paused_destinations=list(
             Destination.objects.filter(organization=organization, paused_at__isnull=False).defer(
-                "secret", "previous_secret"
+                *DESTINATION_ENCRYPTED_FIELDS
             )
         ),
         computed_at=now,

@@ -183,7 +183,8 @@ def custom_header_value_hint(value: str) -> str:
     """The last characters of a value, as for secrets; but none of Basic credentials, whose last
     base64 characters are the end of the password (shown to members and read-only keys), nor of a
     short value, where they would be most of it."""
-    scheme, _, credentials = value.partition(" ")
+    # Split at any whitespace, as receivers do that take a tab after the scheme.
+    scheme, *credentials = value.split(None, 1)
     if scheme.lower() == "basic" and credentials:
         return f"{scheme} …"
     hint = secret_hint(value)

@@ -248,11 +248,11 @@ def _deliveries_dead(now) -> int:
 
 
 def _deliveries_dead_24h(now) -> int:
-    # The dead part of the delivery_failed index, each row's completion time checked: in
-    # proportion to the dead deliveries kept, and stopped at the cap.
-    return _capped_count(
-        Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=now - timedelta(hours=24))
-    )
+    # On the delivery_dead_completed index, in its order: without the ORDER BY the planner, which
+    # takes the recent completions to be as often dead as the older ones (most are successes),
+    # expects the cap to come soon in a scan of the whole table and reads it (3 million rows, 0.3 s).
+    recent = Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=now - timedelta(hours=24))
+    return recent.order_by("completed_at").values("pk")[:COUNT_CAP].count()
 
 
 def _periodic_tasks(now) -> list[PeriodicRun]:

@@ -25,6 +25,7 @@ from .organization_deletion import resume_organization_deletions
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
 from .source_deletion import resume_source_deletions
+from .text import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,9 @@ def _set_aside(event: WebhookEvent, exc: Exception, now) -> None:
     of the head of the queue until its next try, with what went wrong for its page."""
     failures = event.processing_failures + 1
     retry_at = now + set_aside_wait(failures)
-    error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    # Storable: a message quoting a body's "\u0000" or "\ud800" would fail this UPDATE, and with
+    # it the whole batch, at every run.
+    error = storable_text(f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
     if len(error) > PROCESSING_ERROR_CHARS:
         error = error[: PROCESSING_ERROR_CHARS - 1] + "…"
     WebhookEvent.objects.filter(pk=event.pk).update(

@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from organizations.models import ApiKey, AuditLog
@@ -313,6 +314,39 @@ def test_stored_short_value_hints_are_renamed_by_the_migration(organization):
         {"name": "X-Env", "hint": "hidden"},
         {"name": "X-Api-Key", "hint": "…C3d4"},
     ]
+
+
+@pytest.mark.parametrize("separator", ["\t", " \t"])
+def test_basic_credentials_after_a_tab_show_none_of_the_password_either(organization, separator):
+    # The value may hold tabs, and receivers that split the scheme off at any whitespace (Werkzeug,
+    # for one) take "Basic<TAB>…" as Basic credentials.
+    basic = "Basic" + separator + base64.b64encode(b"billing:hunter2x").decode()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/d", custom_headers={"Authorization": basic})
+    assert destination.custom_header_hints == [{"name": "Authorization", "hint": "Basic …"}]
+
+
+def test_the_cached_overview_holds_no_custom_header_value(client, organization, owner):
+    # The overview is cached as a pickle of its destinations, failing and paused: their decrypted
+    # header values must not be in it (Redis holds no secret in clear).
+    import pickle
+
+    from django.core.cache import cache
+
+    from .api_helpers import make_delivery, make_event
+
+    source = make_source(organization)
+    failing, _ = make_destination(
+        organization, "http://127.0.0.1:9/f", sources=[source], custom_headers={"Authorization": GATEWAY_TOKEN}
+    )
+    paused, _ = make_destination(organization, "http://127.0.0.1:9/p", custom_headers={"X-Api-Key": API_KEY_VALUE})
+    make_delivery(make_event(source), failing, status=Delivery.Status.DEAD)
+    Destination.objects.filter(pk=paused.pk).update(paused_at=timezone.now())
+    client.force_login(owner)
+    assert client.get(f"/o/{organization.slug}/").status_code == 200
+    cached = cache.get(f"dashboard:overview:{organization.pk}")
+    assert cached is not None and cached.failing_destinations and cached.paused_destinations
+    pickled = pickle.dumps(cached)
+    assert GATEWAY_TOKEN.encode() not in pickled and API_KEY_VALUE.encode() not in pickled
 
 
 # --- REST API ------------------------------------------------------------------------------------

@@ -111,6 +111,25 @@ def test_one_failing_event_is_set_aside_and_the_rest_of_its_batch_is_processed(
     assert not any(str(event.id) in logged for event in events if event.pk != bad.pk)
 
 
+def test_an_error_quoting_what_postgresql_cannot_store_still_sets_the_event_aside(events, monkeypatch):
+    # A bug's message may quote a JSON body's "\u0000" or "\ud800": stored as it is, the set-aside
+    # UPDATE itself failed, which rolled back the whole batch, every tenant's, again at each run.
+    bad = events[1]
+    real = lifecycle.record_usage
+
+    def record_usage(claimed):
+        if any(event.id == bad.id for event in claimed):
+            raise ValueError("unexpected value 'a\x00b\ud800c'")
+        real(claimed)
+
+    monkeypatch.setattr(processing, "record_usage", record_usage)
+    assert processing.process_event_batch() == 4
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 3
+    bad.refresh_from_db()
+    assert bad.status == WebhookEvent.Status.RECEIVED and bad.processing_failures == 1
+    assert bad.processing_error == "ValueError: unexpected value 'a\ufffdb\ufffdc'"
+
+
 def test_a_set_aside_event_waits_for_its_time_backs_off_and_is_processed_once_the_fault_is_gone(
     events, monkeypatch, organization
 ):
@@ -232,6 +251,38 @@ def test_the_claim_walks_an_index_past_however_many_events_are_set_aside(organiz
     # The head query reads only the rows it returns: none of the set-aside ones.
     assert "actual time" in head_plan and "rows=100 " in head_plan.split("Index Scan")[1].split("\n")[0]
     assert processing.process_event_batch() == 100
+
+
+def test_the_previous_releases_claim_and_sweep_keep_their_index_while_it_still_runs(organization):
+    # The release phase's migrate runs while the previous release's workers still claim, and they
+    # know nothing of set-aside events: dropping event_unfinished there had each of their claims
+    # and sweeps read the whole event table until they were replaced.
+    source = make_source(organization)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO webhooks_webhookevent (id, organization_id, source_id, event_type, body, headers, status,
+                rejection_code, rejection_detail, duplicate_count, received_at)
+            SELECT gen_random_uuid(), %s, %s, 't', '', '{}', CASE WHEN n <= 20000 THEN 'processed' ELSE 'received' END,
+                '', '', 0, now() - make_interval(secs => 30000 - n)
+            FROM generate_series(1, 20100) AS n
+            """,
+            [organization.pk, source.pk],
+        )
+        cursor.execute("ANALYZE webhooks_webhookevent")
+        # As the previous release wrote them (processing.process_event_batch and sweep before 0026).
+        cursor.execute(
+            "EXPLAIN SELECT id FROM webhooks_webhookevent WHERE status = 'received' ORDER BY received_at"
+            " LIMIT 100 FOR NO KEY UPDATE SKIP LOCKED"
+        )
+        claim_plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute(
+            "EXPLAIN SELECT 1 FROM webhooks_webhookevent WHERE status = 'received'"
+            " AND received_at < now() - interval '5 minutes' LIMIT 1"
+        )
+        sweep_plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "event_unfinished" in claim_plan and "Seq Scan" not in claim_plan, claim_plan
+    assert "event_unfinished" in sweep_plan and "Seq Scan" not in sweep_plan, sweep_plan
 
 
 def test_set_aside_events_coming_due_together_leave_half_of_each_batch_to_fresh_ones(events, monkeypatch, organization):
