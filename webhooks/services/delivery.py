@@ -10,6 +10,7 @@ threads only do HTTP; every database write happens on the dispatcher's thread.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import Error as DatabaseOrConnectionError
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -333,7 +335,7 @@ def _load_claimed(chosen: list[int]) -> list[Delivery]:
     claimed = _with_source_state(Delivery.objects.filter(pk__in=chosen)).order_by("next_attempt_at", "id")
     try:
         return list(claimed)
-    except DatabaseError:
+    except DatabaseOrConnectionError:
         raise
     except Exception:
         logger.exception("loading %d claimed deliveries failed; loading them one by one", len(chosen))
@@ -341,7 +343,7 @@ def _load_claimed(chosen: list[int]) -> list[Delivery]:
     for delivery_id in chosen:
         try:
             loaded += list(_with_source_state(Delivery.objects.filter(pk=delivery_id)))
-        except DatabaseError:
+        except DatabaseOrConnectionError:
             raise
         except Exception as exc:
             logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
@@ -732,7 +734,10 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
         return []
     try:
         return _record_results(results)
-    except DatabaseError as exc:
+    # The database's or its driver's: PEP 249 keeps InterfaceError (a connection closed under us,
+    # or left in a state it cannot be used in) out of DatabaseError, and taken for one result's
+    # bug below, the results were dropped and their deliveries sent again.
+    except DatabaseOrConnectionError as exc:
         if _database_unreachable():
             # Not one row's trouble: nothing can be recorded now. The caller keeps the results
             # (the dispatcher records them once the database is back) rather than lose them,
@@ -760,7 +765,7 @@ def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Deliv
     for result in results:
         try:
             recorded += _record_results([result], lock_timeout=RETRY_LOCK_TIMEOUT)
-        except DatabaseError as exc:
+        except DatabaseOrConnectionError as exc:
             if _is_lock_timeout(exc):
                 # Its row is held (a deletion under way): the answer cannot be stored either.
                 # Left in flight: gone with the deletion, or released by the sweeper if it rolls back.
@@ -785,16 +790,31 @@ def _database_unreachable() -> bool:
     """After a failed recording, whether the database itself is down (rather than one row)."""
     if connection.in_atomic_block:
         return False  # inside a caller's transaction: its own error handling decides
+    connected = False
     try:
         connection.close_if_unusable_or_obsolete()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError:
-        return True
+        connected = connection.connection is not None
+        _select_one()
+    except DatabaseOrConnectionError:
+        if not connected:
+            return True
+        # The connection failed, not necessarily the database: Django keeps a connection whose
+        # queries fail (an InterfaceError) once a rollback on it went through. Once more, on a new one.
+        with contextlib.suppress(DatabaseOrConnectionError):
+            connection.close()
+        try:
+            _select_one()
+        except DatabaseOrConnectionError:
+            return True
     return False
 
 
-def _is_lock_timeout(exc: DatabaseError) -> bool:
+def _select_one() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _is_lock_timeout(exc: DatabaseOrConnectionError) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) == "55P03"  # lock_not_available
 
 
@@ -804,7 +824,7 @@ def _without_deleted_deliveries(results: list[tuple[Delivery, SendResult]]) -> l
     record, which is not an error."""
     try:
         existing = set(Delivery.objects.filter(pk__in=[d.pk for d, _ in results]).values_list("pk", flat=True))
-    except DatabaseError:  # the database itself is failing: the callers' fallbacks deal with it
+    except DatabaseOrConnectionError:  # the database itself is failing: the callers' fallbacks deal with it
         return results
     kept = [(delivery, sent) for delivery, sent in results if delivery.pk in existing]
     for delivery, _ in results:
@@ -825,7 +845,7 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
     )
     try:
         return _record_results([(delivery, SendResult(sent.started_at, {}, bare))], lock_timeout=RETRY_LOCK_TIMEOUT)
-    except DatabaseError as exc:
+    except DatabaseOrConnectionError as exc:
         if _database_unreachable():  # not this row's trouble: the caller keeps the batch (see record_results)
             raise DatabaseUnavailable from exc
         # E.g. the delivery was deleted meanwhile; the sweeper has the last word.
@@ -855,7 +875,7 @@ def _put_back_unrecorded(delivery: Delivery, exc: Exception) -> list[Delivery]:
         Delivery.objects.filter(
             pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
         ).update(**fields)
-    except DatabaseError as db_exc:
+    except DatabaseOrConnectionError as db_exc:
         if _database_unreachable():
             raise DatabaseUnavailable from db_exc
         logger.exception("delivery %s: could not be taken out of flight; the sweeper releases it", delivery.pk)
@@ -1109,7 +1129,7 @@ def _claim_unless_the_database_is_down(limit: int, *, keeping: bool, owner: str)
     """A dispatcher holding sends or unrecorded results keeps going through a database outage."""
     try:
         return claim_due_deliveries(limit, owner=owner)
-    except DatabaseError as exc:
+    except DatabaseOrConnectionError as exc:
         if not keeping:
             raise  # nothing held: the task fails, and the sweeper starts another when it is back
         logger.warning("claiming failed (a database error); trying again next turn: %s", exc)

@@ -170,6 +170,14 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
             this_round.append(index)
         try:
             outcomes = _insert_round([events[i] for i in this_round])
+        except RoundCommitted as committed:
+            # Its rows are in: written again, one without a provider id would be stored twice (or
+            # refused as a second row of its id) and answered as an error although stored.
+            for index, outcome in zip(this_round, _outcomes_of_a_committed_round(events, this_round), strict=True):
+                results[index] = outcome
+            if any(result is not None for result in results):
+                raise BatchPartlyCommitted(results, committed.cause) from committed.cause
+            raise committed.cause from None  # it stored nothing: as if it had failed before
         except Exception as exc:
             if any(result is not None for result in results):
                 raise BatchPartlyCommitted(results, exc) from exc
@@ -190,6 +198,55 @@ class BatchPartlyCommitted(Exception):
     def __init__(self, results: list[Outcome | None], cause: BaseException):
         super().__init__(f"a batch failed after part of it was committed: {cause}")
         self.results = results
+
+
+class RoundCommitted(Exception):
+    """A round's INSERT was committed (autocommit), then reading its outcomes failed (``cause``)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"the INSERT was committed, then its outcomes could not be read: {cause}")
+        self.cause = cause
+
+
+def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int]) -> list[Outcome | None]:
+    """The outcomes of a round whose INSERT was committed but whose outcomes were lost, read back:
+    a row stored under its own id was inserted; one whose provider id names a stored event is its
+    duplicate (counted by the INSERT, not counted again); None for the rest, which are not stored
+    (refused: the caller writes them again, which answers why). When even that cannot be read,
+    each is answered with an error to try again: stored or not is unknown, as when a commit's
+    reply is lost (a provider's retry of one with an event id is then a counted duplicate)."""
+    round_events = [events[index] for index in indexes]
+    keyed = [event for event in round_events if event.provider_event_id is not None]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT id, source_id, provider_event_id FROM {_TABLE} WHERE id = ANY(%s)
+                UNION ALL
+                SELECT stored.id, stored.source_id, stored.provider_event_id
+                FROM {_TABLE} AS stored JOIN unnest(%s::bigint[], %s::text[]) AS key(source_id, provider_event_id)
+                ON stored.source_id = key.source_id AND stored.provider_event_id = key.provider_event_id""",
+                [
+                    [event.id for event in round_events],
+                    [event.source_id for event in keyed],
+                    [event.provider_event_id for event in keyed],
+                ],
+            )
+            found = cursor.fetchall()
+    except Exception:
+        logger.exception("ingest writer: what a committed INSERT stored could not be read back")
+        _discard_connection()
+        return [OperationalError("the event may not have been stored; retry") for _ in indexes]
+    stored_ids = {stored_id for stored_id, _, _ in found}
+    stored_by_key = {(source_id, provider_event_id): stored_id for stored_id, source_id, provider_event_id in found}
+    outcomes: list[Outcome | None] = []
+    for event in round_events:
+        if event.id in stored_ids:
+            outcomes.append((event.id, True))
+        elif (key := _conflict_key(event)) in stored_by_key:
+            outcomes.append((stored_by_key[key], False))
+        else:
+            outcomes.append(None)
+    return outcomes
 
 
 def _conflict_key(event: NewEvent) -> tuple[int, str] | None:
@@ -215,6 +272,15 @@ def _insert_round(events: Sequence[NewEvent]) -> list[Outcome]:
             cursor = _execute_prepared(_INSERT_ONE_SQL, [values[0] for values in params])
         else:
             cursor = _execute_prepared(_INSERT_BATCH_SQL, params)
+    # Committed (autocommit): from here a failure must not have the rows written again.
+    try:
+        return _outcomes_of_round(cursor, events)
+    except Exception as exc:
+        raise RoundCommitted(exc) from exc
+
+
+def _outcomes_of_round(cursor: psycopg.Cursor, events: Sequence[NewEvent]) -> list[Outcome]:
+    with connection.wrap_database_errors:
         returned = cursor.fetchall()
     index_by_id = {event.id: index for index, event in enumerate(events)}
     index_by_key = {_conflict_key(event): index for index, event in enumerate(events)}

@@ -290,7 +290,7 @@ def _set_aside(event: WebhookEvent, exc: Exception, now) -> None:
     retry_at = now + set_aside_wait(failures)
     # Storable: a message quoting a body's "\u0000" or "\ud800" would fail this UPDATE, and with
     # it the whole batch, at every run.
-    error = storable_text(f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
+    error = storable_text(f"{type(exc).__name__}: {_message_of(exc)}".strip().rstrip(":"))
     if len(error) > PROCESSING_ERROR_CHARS:
         error = error[: PROCESSING_ERROR_CHARS - 1] + "…"
     WebhookEvent.objects.filter(pk=event.pk).update(
@@ -307,6 +307,15 @@ def _set_aside(event: WebhookEvent, exc: Exception, now) -> None:
         retry_at.isoformat(),
         "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
     )
+
+
+def _message_of(exc: Exception) -> str:
+    """The error's message, or none when building it fails: an exception whose __str__ raises
+    would otherwise fail the set-aside UPDATE's transaction, and with it every tenant's batch."""
+    try:
+        return str(exc)
+    except Exception:
+        return ""
 
 
 def process_set_aside_events_now(events) -> int:

@@ -623,6 +623,55 @@ def test_a_result_kept_through_an_outage_after_its_commit_reply_was_lost_is_reco
     assert list(delivery.attempts.values_list("attempt_number", flat=True)) == [1]
 
 
+@pytest.mark.django_db(transaction=True)  # the connection is dropped and made again
+def test_a_connection_that_breaks_under_the_recording_gives_no_send_twice(
+    client, organization, httpserver, monkeypatch, caplog
+):
+    # psycopg raises InterfaceError on a connection it can no longer use, which is no DatabaseError
+    # (PEP 249): taken for one result's bug, the batch was recorded one by one on the same broken
+    # connection, the error escaped the last resort and ended the dispatcher, and its sends, left
+    # in flight, were released by the sweeper and sent again. Here the rollback still goes through,
+    # which clears Django's mark of the error, so only a new connection tells the database is up.
+    import psycopg
+    from django.db import connection
+
+    source = make_source(organization)
+    for name in ("a", "b", "c"):
+        make_destination(organization, httpserver.url_for(f"/{name}"), sources=[source])
+        httpserver.expect_request(f"/{name}").respond_with_data("ok")
+    ingest_many(client, source, 1)
+    real_record = delivery_service._record_results
+    broken = []
+
+    def break_the_connection_first(results, **kwargs):
+        if not broken:
+            connection.ensure_connection()
+            raw = connection.connection
+
+            def closed_under_us(*args, **kwargs):
+                raise psycopg.InterfaceError("the connection is closed under us")
+
+            # Every further use of this connection fails until Django drops it and connects anew.
+            monkeypatch.setattr(raw, "cursor", closed_under_us)
+            monkeypatch.setattr(raw, "execute", closed_under_us)
+            broken.append(raw)
+        return real_record(results, **kwargs)
+
+    monkeypatch.setattr(delivery_service, "_record_results", break_the_connection_first)
+    attempted = delivery_service.dispatch_due_deliveries(max_seconds=5, threads=4, slot=1, linger_seconds=0)
+
+    assert broken and connection.connection is not broken[0]  # the broken connection was dropped
+    # The database was up: recorded on a new connection at once, not held as through an outage
+    # (until the broken one grew old enough to be dropped, a minute).
+    assert "database unavailable" not in caplog.text
+    assert attempted == 3
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert sorted(DeliveryAttempt.objects.values_list("attempt_number", flat=True)) == [1, 1, 1]
+    delivery_service.release_lost_claims(now=timezone.now() + timedelta(days=1))
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5, threads=4, slot=1, linger_seconds=0) == 0
+    assert sorted(request.path for request, _ in httpserver.log) == ["/a", "/b", "/c"]  # each sent once
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_database_lost_while_recording_one_by_one_gives_the_whole_batch_back(
     client, organization, httpserver, monkeypatch

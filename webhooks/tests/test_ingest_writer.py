@@ -527,6 +527,81 @@ def test_rows_committed_before_a_later_round_failed_are_answered_as_stored_not_w
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
 
 
+def _a_bug_after_the_commit(monkeypatch):
+    """The first INSERT is committed (autocommit), then reading its returned rows raises: a bug
+    in the code after the statement, which must not have the committed rows written again."""
+    real_execute = ingest_writer._execute_prepared
+    failures = []
+
+    class RowsLostAfterTheCommit:
+        def __init__(self, cursor):
+            self.cursor = cursor
+
+        def fetchall(self):
+            raise RuntimeError("a bug after the commit")
+
+        def __getattr__(self, name):
+            return getattr(self.cursor, name)
+
+    def execute_then_fail_once(sql, params):
+        cursor = real_execute(sql, params)
+        if failures:
+            return cursor
+        failures.append(sql)
+        return RowsLostAfterTheCommit(cursor)
+
+    monkeypatch.setattr(ingest_writer, "_execute_prepared", execute_then_fail_once)
+    return failures
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["in a batch", "alone"])
+@pytest.mark.django_db(transaction=True)
+def test_rows_committed_before_a_bug_are_answered_as_stored_not_written_again(stripe_source, monkeypatch, alone):
+    # Written again, a row without a provider id was stored twice or refused (its id is taken)
+    # and answered as an error, so that the provider's retry stored it once more; a row with
+    # one was answered as a duplicate of itself, and its processing was not scheduled.
+    (earlier_id, _), *_ = insert_event_batch([new_event(stripe_source, "evt_earlier")])
+    without_id = new_event(stripe_source, None)
+    if alone:
+        events, expected = [without_id], [(without_id.id, True)]
+    else:
+        keyed, redelivery = new_event(stripe_source, "evt_new"), new_event(stripe_source, "evt_earlier")
+        events = [keyed, without_id, redelivery]
+        expected = [(keyed.id, True), (without_id.id, True), (earlier_id, False)]
+    batch = [ingest_writer._PendingWrite(event) for event in events]
+    failures = _a_bug_after_the_commit(monkeypatch)
+
+    assert ingest_writer.commit_batch(batch, schedule=False) is True
+
+    assert failures  # the bug happened, after the commit
+    assert [pending.error for pending in batch] == [None] * len(batch)
+    assert [pending.outcome for pending in batch] == expected
+    assert WebhookEvent.objects.filter(source=stripe_source).count() == 1 + (1 if alone else 2)
+    assert WebhookEvent.objects.get(pk=earlier_id).duplicate_count == (0 if alone else 1)  # counted once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_committed_before_a_bug_whose_outcome_cannot_be_read_back_are_not_written_again(
+    stripe_source, monkeypatch
+):
+    # Stored or not is unknown: each request is answered 503 (the provider's retry of an event
+    # with an id is then a counted duplicate), never written again to be stored twice.
+    events = [new_event(stripe_source, "evt_new"), new_event(stripe_source, None)]
+    batch = [ingest_writer._PendingWrite(event) for event in events]
+    _a_bug_after_the_commit(monkeypatch)
+
+    def nothing_can_be_read(execute, sql, params, many, context):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with connection.execute_wrapper(nothing_can_be_read):
+        ingest_writer.commit_batch(batch, schedule=False)
+
+    assert all(isinstance(pending.error, OperationalError) for pending in batch)  # 503
+    assert [pending.outcome for pending in batch] == [None, None]
+    assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
+    assert WebhookEvent.objects.get(provider_event_id="evt_new").duplicate_count == 0
+
+
 def _wait_until_queued(writer: IngestWriter, rows: int, timeout: float = 10.0) -> None:
     """Until ``rows`` rows wait in the writer's queue (a sleep would race a slow thread start on a busy host)."""
     deadline = time.monotonic() + timeout

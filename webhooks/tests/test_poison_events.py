@@ -297,3 +297,27 @@ def test_set_aside_events_coming_due_together_leave_half_of_each_batch_to_fresh_
     assert WebhookEvent.objects.filter(pk__in=[event.pk for event in events[:3]], status="processed").count() == 2
     assert processing.process_event_batch(batch_size=4) == 1
     assert not WebhookEvent.objects.filter(status="received").exists()
+
+
+class _UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("the message cannot be built")
+
+
+def test_an_error_whose_message_cannot_be_built_still_sets_the_event_aside(events, monkeypatch):
+    # Building the error text raised in turn, out of the set-aside itself: the whole shared batch
+    # failed, every tenant's, again at each run.
+    bad = events[1]
+    real = lifecycle.record_usage
+
+    def record_usage(claimed):
+        if any(event.id == bad.id for event in claimed):
+            raise _UnprintableError()
+        real(claimed)
+
+    monkeypatch.setattr(processing, "record_usage", record_usage)
+    assert processing.process_event_batch() == 4
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSED).count() == 3
+    bad.refresh_from_db()
+    assert bad.status == WebhookEvent.Status.RECEIVED and bad.processing_failures == 1
+    assert bad.processing_error == "_UnprintableError"
