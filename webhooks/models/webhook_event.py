@@ -81,13 +81,6 @@ class WebhookEvent(models.Model):
                 condition=models.Q(status="received", processing_retry_at__isnull=False),
                 name="event_set_aside",
             ),
-            # The previous release's head of the queue: its workers claim and sweep by it while the
-            # release phase migrates (see 0026). Nothing here reads it; a later release drops it.
-            models.Index(
-                fields=("status", "received_at"),
-                condition=models.Q(status="received"),
-                name="event_unfinished",
-            ),
         ]
 
     def __str__(self) -> str:
