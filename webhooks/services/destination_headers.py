@@ -175,6 +175,31 @@ def parse_header_lines(text: str) -> dict[str, str]:
     return parsed
 
 
+def parse_header_file(text: str) -> dict[str, str]:
+    """A header file's ``Name: value`` lines as a mapping, each checked as check_custom_headers does;
+    blank lines and lines starting with # are skipped. CustomHeaderError names the line, and the
+    header where there is one: never a value, nor a line that has no name."""
+    parsed: dict[str, str] = {}
+    # Lines end at LF only (CRLF too): a lone CR or another control character inside a value is
+    # refused by the value check, not taken as a line break that would cut the value in two.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, value = line.partition(":")
+        try:
+            if not colon:
+                # The whole line may be a pasted value: it is not quoted back.
+                raise CustomHeaderError("it has no colon: write each header as Name: value")
+            name = check_custom_header_name(name)
+            if name.lower() in {key.lower() for key in parsed}:
+                raise CustomHeaderError(f"the header “{name}” is given twice: names are case-insensitive")
+            parsed[name] = check_custom_header_value(name, value)
+        except CustomHeaderError as exc:
+            raise CustomHeaderError(f"line {number}: {exc}") from None
+    return parsed
+
+
 # The hint of a value too short to show any of: a lone "…" read as "(value …)", as if cut off.
 SHORT_VALUE_HINT = "hidden"
 

@@ -1,6 +1,9 @@
-"""Shared shape of the operator commands: human output, or one JSON object with --json."""
+"""Shared shape of the operator commands: human output, or one JSON object with --json; and how
+they take secrets without a command line."""
 
+import getpass
 import json
+import sys
 
 from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
@@ -33,11 +36,115 @@ class OperatorCommand(BaseCommand):
     def run(self, **options) -> tuple[dict, str]:
         raise NotImplementedError
 
+    def secret_from_options(self, options, flag: str) -> str | None:
+        """The secret of ``--<flag>`` or ``--<flag>-file`` (see add_secret_arguments), or None when
+        neither is given. One line ending is removed from what a file holds; nothing else is."""
+        given, path = options.get(flag.replace("-", "_")), options.get(f"{flag}_file".replace("-", "_"))
+        if given is not None and path is not None:
+            raise SecretInputError(f"give the secret with --{flag} or with --{flag}-file, not both")
+        if path is not None:
+            secret = remove_one_line_ending(read_secret_input(path, flag=f"--{flag}-file"))
+            if not secret.strip():
+                raise SecretInputError(f"--{flag}-file: {shown_path(path)} holds no secret (it is empty or blank)")
+            return secret
+        if given is None:
+            return None
+        self.warn_secret_on_command_line(f"--{flag}")
+        if not given.strip():
+            # A variable that was not set ("--secret $SECRET") should not become "no secret".
+            raise SecretInputError(f"--{flag} is empty")
+        return given
+
+    def warn_secret_on_command_line(self, flag: str) -> None:
+        # On stderr, also with --json: stdout stays one JSON object. Never the value itself.
+        self.stderr.write(
+            f"warning: {flag} on a command line can be read by other users of this machine (ps) and is kept in "
+            f"shell history; prefer {flag}-file PATH, or {flag}-file - to read standard input",
+            style_func=self.style.WARNING,
+        )
+
     def _fail(self, options, message: str):
         # With --json a script still reads one JSON object, and the exit status says it failed.
         if options["json"]:
             self.stdout.write(json.dumps({"error": message}))
         raise CommandError(message)
+
+
+# A secret given as an argument can be read by every user of the machine (ps, /proc/<pid>/cmdline)
+# and stays in shell history. Each secret-bearing flag --X therefore has a --X-file PATH twin, with
+# "-" for standard input, read here; the flag itself is kept for scripts that use it.
+STDIN = "-"
+# Far above any secret or set of custom headers; a wrong path such as /dev/zero ends quickly.
+MAX_SECRET_INPUT_BYTES = 64 * 1024
+
+
+class SecretInputError(ValueError):
+    """A secret file or standard input that cannot be used (the message never holds what was read)."""
+
+
+def add_secret_arguments(parser, flag: str, *, help: str, file_help: str, **flag_options) -> None:
+    """``--<flag> VALUE`` and ``--<flag>-file PATH``; read them with OperatorCommand.secret_from_options."""
+    parser.add_argument(
+        f"--{flag}",
+        help=f"{help}; other users of the machine can read it (ps) and it stays in shell history: prefer --{flag}-file",
+        **flag_options,
+    )
+    parser.add_argument(
+        f"--{flag}-file",
+        metavar="PATH",
+        help=f"{file_help}; - reads standard input (at a terminal it asks, without echo)",
+    )
+
+
+def shown_path(path: str) -> str:
+    return "standard input" if path == STDIN else path
+
+
+def remove_one_line_ending(text: str) -> str:
+    """What `echo` or an editor adds at the end (LF, or CRLF from a Windows editor), and only that."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")
+
+
+def read_secret_input(path: str, *, flag: str, several_lines: bool = False) -> str:
+    """The text of the file at ``path``, or of standard input for "-"; SecretInputError naming the
+    flag and the path when it cannot be read. At a terminal, standard input is asked for without
+    echo: one line, or with ``several_lines`` lines up to an empty one."""
+    if path == STDIN:
+        stream = sys.stdin
+        if stream is None or stream.closed:
+            raise SecretInputError(f"{flag}: standard input is closed")
+        if stream.isatty():
+            return _ask_without_echo(flag, several_lines=several_lines)
+        raw = getattr(stream, "buffer", stream).read(MAX_SECRET_INPUT_BYTES + 1)
+    else:
+        try:
+            with open(path, "rb") as file:
+                raw = file.read(MAX_SECRET_INPUT_BYTES + 1)
+        except OSError as exc:
+            raise SecretInputError(f"{flag}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_SECRET_INPUT_BYTES:
+        raise SecretInputError(f"{flag}: {shown_path(path)} is larger than {MAX_SECRET_INPUT_BYTES // 1024} KiB")
+    if isinstance(raw, str):  # a text stream without a byte buffer
+        return raw
+    try:
+        # utf-8-sig: the byte-order mark some Windows editors write first is not part of the secret.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SecretInputError(f"{flag}: {shown_path(path)} is not UTF-8 text") from None
+
+
+def _ask_without_echo(flag: str, *, several_lines: bool) -> str:
+    lines = []
+    try:
+        if not several_lines:
+            return getpass.getpass(f"{flag} (not echoed): ")
+        while line := getpass.getpass(f"{flag}, line {len(lines) + 1} (not echoed; an empty line ends): "):
+            lines.append(line)
+    except EOFError:  # Ctrl-D: what was typed so far
+        pass
+    return "\n".join(lines)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:

@@ -3,6 +3,7 @@ from django.urls import reverse
 
 from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
+from webhooks.services.destination_headers import CustomHeaderError, parse_header_file
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,
@@ -10,7 +11,7 @@ from webhooks.services.destinations import (
     retry_policy_words,
 )
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, add_secret_arguments, read_secret_input, shown_path
 
 POLICY_FIELDS = ("timeout_seconds", "retry_client_errors", *DELIVERY_POLICY_FIELDS)
 
@@ -35,29 +36,27 @@ class Command(OperatorCommand):
         parser.add_argument("--max-concurrency", type=int, metavar="N", help="attempts sent at once (default 10)")
         parser.add_argument("--rate-limit-per-second", type=int, metavar="N", help="attempts started per second")
         parser.add_argument("--retry-client-errors", action="store_true", help="retry 4xx answers too")
-        parser.add_argument(
-            "--header",
+        add_secret_arguments(
+            parser,
+            "header",
             action="append",
             default=[],
             metavar='"NAME: VALUE"',
             help="a custom header sent with every attempt (repeat for more); its value is never shown again",
+            file_help="custom headers from this file, one 'Name: value' per line (blank lines and lines starting "
+            "with # are skipped); with --header too, the headers of both",
         )
 
     def run(self, **options):
+        headers = self._headers(options)
         organization = Organization.objects.get(slug=options["org"])
         sources = list(sources_for_organization(organization=organization).filter(pk__in=options["source"]))
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:
             raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")
-        headers: dict[str, str] = {}
-        for given in options["header"]:
-            # One header per flag; a line break inside a value is the service's to refuse, not a second header.
-            name, colon, value = given.partition(":")
-            if not colon:
-                raise ValueError(f"--header: “{name.strip()[:60]}” has no colon: write it as --header 'Name: value'")
-            if name.strip().lower() in {known.lower() for known in headers}:
-                raise ValueError(f"--header: the header “{name.strip()}” is given twice: names are case-insensitive")
-            headers[name] = value
+        headers_flag = "--header" if not options["header_file"] else "--header-file"
+        if options["header"] and options["header_file"]:
+            headers_flag = "--header/--header-file"
         try:
             destination, secret = destination_create(
                 organization=organization,
@@ -75,7 +74,7 @@ class Command(OperatorCommand):
             )
         except DestinationError as exc:
             # Named by the flag that set it: "--max-concurrency: concurrent attempts must be …".
-            flag = {"timeout_seconds": "--timeout", "custom_headers": "--header"}.get(exc.field) or (
+            flag = {"timeout_seconds": "--timeout", "custom_headers": headers_flag}.get(exc.field) or (
                 exc.field and "--" + exc.field.replace("_", "-")
             )
             raise ValueError(f"{flag}: {exc}" if flag else str(exc)) from None
@@ -104,3 +103,32 @@ class Command(OperatorCommand):
             )
             text += "\n" + result["warning"]
         return result, text
+
+    def _headers(self, options) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if options["header"]:
+            self.warn_secret_on_command_line("--header")
+        for given in options["header"]:
+            # One header per flag; a line break inside a value is the service's to refuse, not a second header.
+            name, colon, value = given.partition(":")
+            if not colon:
+                raise ValueError(f"--header: “{name.strip()[:60]}” has no colon: write it as --header 'Name: value'")
+            if name.strip().lower() in {known.lower() for known in headers}:
+                raise ValueError(f"--header: the header “{name.strip()}” is given twice: names are case-insensitive")
+            headers[name.strip()] = value
+        if options["header_file"] is None:
+            return headers
+        path = options["header_file"]
+        try:
+            from_file = parse_header_file(read_secret_input(path, flag="--header-file", several_lines=True))
+        except CustomHeaderError as exc:
+            raise ValueError(f"--header-file: {shown_path(path)}, {exc}") from None
+        if not from_file:
+            raise ValueError(f"--header-file: {shown_path(path)} holds no header")
+        for name, value in from_file.items():
+            if name.lower() in {known.lower() for known in headers}:
+                raise ValueError(
+                    f"the header “{name}” is given by --header and by --header-file: names are case-insensitive"
+                )
+            headers[name] = value
+        return headers

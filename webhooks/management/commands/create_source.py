@@ -2,7 +2,7 @@ from organizations.models import Organization
 from webhooks.providers.registry import PROVIDERS
 from webhooks.services.sources import SecretRequired, ingest_url, source_create
 
-from ._base import OperatorCommand, parse_options
+from ._base import OperatorCommand, add_secret_arguments, parse_options
 
 
 class Command(OperatorCommand):
@@ -12,21 +12,27 @@ class Command(OperatorCommand):
         parser.add_argument("--org", required=True, help="organization slug")
         parser.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
         parser.add_argument("--name", required=True)
-        parser.add_argument("--secret", help="the provider's signing secret (generated when the provider lets us)")
+        add_secret_arguments(
+            parser,
+            "secret",
+            help="the provider's signing secret (generated when the provider lets us)",
+            file_help="read the provider's signing secret from this file (one line ending is removed)",
+        )
         parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE")
 
     def run(self, **options):
+        secret = self.secret_from_options(options, "secret")
         organization = Organization.objects.get(slug=options["org"])
         try:
             source, generated = source_create(
                 organization=organization,
                 provider=options["provider"],
                 name=options["name"],
-                secret=options.get("secret"),
+                secret=secret,
                 options=parse_options(options["option"]),
             )
         except SecretRequired as exc:
-            raise SecretRequired(f"{exc}; pass it with --secret") from None
+            raise SecretRequired(f"{exc}; pass it with --secret-file PATH (- for standard input)") from None
         result = {"id": source.pk, "token": source.ingest_token, "ingest_url": ingest_url(source)}
         text = f"Created source {source.pk} ({source.provider}).\nIngest URL: {ingest_url(source)}"
         if generated:
