@@ -162,12 +162,15 @@ def parse_header_lines(text: str) -> dict[str, str]:
     """``Name: value`` lines (a form's text area, a command's --header) as a mapping; CustomHeaderError
     for a line without a colon. Blank lines are skipped."""
     parsed: dict[str, str] = {}
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
         if not colon:
-            raise CustomHeaderError(f"“{_shown_name(name.strip())}” has no colon: write each header as Name: value")
+            # Not quoted back: a line without a name is as likely a pasted token as a mistyped name.
+            where = f"line {number}" if len(lines) > 1 else "the header"
+            raise CustomHeaderError(f"{where} has no colon: write each header as Name: value")
         name = name.strip()
         if name.lower() in {key.lower() for key in parsed}:
             raise CustomHeaderError(f"the header “{_shown_name(name)}” is given twice: names are case-insensitive")

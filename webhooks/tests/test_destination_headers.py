@@ -503,6 +503,10 @@ def test_dashboard_creates_edits_and_never_shows_a_value(client, organization, o
     refused = client.post(edit_url, {**form, "custom_headers_set": "Host: x\nX-Typed: typed-secret-77"})
     page = refused.content.decode()
     assert refused.status_code == 200 and "“Host” cannot be set" in page and "typed-secret-77" not in page
+    # A token pasted without its name is not quoted back either.
+    refused = client.post(edit_url, {**form, "custom_headers_set": "X-Ok: 1\npasted-token-without-name-55"})
+    page = refused.content.decode()
+    assert "line 2 has no colon" in page and "pasted-token-without-name-55" not in page
     audit = client.get(reverse("dashboard:audit", args=[organization.slug])).content.decode()
     assert _no_value_in(audit, GATEWAY_TOKEN, API_KEY_VALUE, "Bearer replaced-value-9", "old-value-1")
 
@@ -615,7 +619,7 @@ def test_create_destination_takes_repeated_header_flags(organization):
     "flag, reason",
     [
         ("Host: x", "--header: the header “Host” cannot be set"),
-        ("no colon here", "--header: “no colon here” has no colon"),
+        ("no colon here", "--header: a header has no colon"),
         ("X-Bad: a\nb", "--header: the value of “X-Bad” holds a line break"),
         ("webhook-signature: v1,x", "--header: the header “webhook-signature” cannot be set"),
     ],
@@ -635,6 +639,18 @@ def test_create_destination_refuses_a_bad_header_naming_the_flag(organization, f
             stdout=io.StringIO(),
         )
     assert not Destination.objects.exists()
+
+
+def test_create_destination_does_not_quote_a_header_without_a_name(organization):
+    with pytest.raises(CommandError) as refused:
+        call_command(
+            "create_destination",
+            *("--org", organization.slug, "--name", "gw", "--url", "http://127.0.0.1:9/gw"),
+            *("--header", "pasted-token-without-name-55"),
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+    assert "has no colon" in str(refused.value) and "pasted-token" not in str(refused.value)
 
 
 def test_view_only_staff_see_names_and_hints_only(client, organization):

@@ -112,7 +112,7 @@ class Command(OperatorCommand):
             # One header per flag; a line break inside a value is the service's to refuse, not a second header.
             name, colon, value = given.partition(":")
             if not colon:
-                raise ValueError(f"--header: “{name.strip()[:60]}” has no colon: write it as --header 'Name: value'")
+                raise ValueError("--header: a header has no colon: write it as --header 'Name: value'")
             if name.strip().lower() in {known.lower() for known in headers}:
                 raise ValueError(f"--header: the header “{name.strip()}” is given twice: names are case-insensitive")
             headers[name.strip()] = value
