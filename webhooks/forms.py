@@ -24,6 +24,8 @@ from webhooks.services.destinations import (
     destination_merge_custom_headers,
     event_type_patterns,
     max_attempts_allowed,
+    parse_retry_schedule,
+    retry_schedule_text,
 )
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.sources import source_change_delay
@@ -230,6 +232,42 @@ class WriteOnlyTextarea(forms.Textarea):
         return None
 
 
+class RetryScheduleField(forms.Field):
+    """A destination's own retry schedule as people type it ("10s, 1m, 10m, 1h", or seconds), cleaned
+    to whole seconds (None when empty: the platform's schedule). Its bounds are the service's."""
+
+    widget = forms.TextInput
+    MAX_TEXT_LENGTH = 500
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+        self.widget.attrs.update(placeholder="10s, 1m, 10m, 1h", autocomplete="off", spellcheck="false")
+
+    def to_python(self, value):
+        if value is None or isinstance(value, list):  # the initial value: as stored
+            return value or None
+        text = str(value).strip()
+        if len(text) > self.MAX_TEXT_LENGTH:
+            raise forms.ValidationError(f"Write at most {self.MAX_TEXT_LENGTH} characters.")
+        try:
+            return parse_retry_schedule(text)
+        except DestinationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def prepare_value(self, value):
+        return retry_schedule_text(value) if isinstance(value, list) else value
+
+
+RETRY_SCHEDULE_HELP = (
+    "The waits before each retry, in order, separated by commas: seconds (600) or a number with s, m, h or d "
+    f"(10s, 1m, 10m, 1h); up to {Destination.MAX_RETRY_SCHEDULE_STEPS} waits of "
+    f"{Destination.MIN_RETRY_WAIT_SECONDS} s to {Destination.MAX_RETRY_WAIT_SECONDS // 86400} days, "
+    f"{Destination.MAX_RETRY_SCHEDULE_SECONDS // 86400} days in all. Empty: the platform's schedule. A delivery "
+    "already waiting for a retry keeps its time; the waits after it follow the new schedule."
+)
+
+
 class CustomHeadersMixin(forms.Form):
     """A destination's custom headers on a form: lines that add or replace headers, and ticks that
     remove them, so that changing one never means typing the others' values again (which are
@@ -334,11 +372,12 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
         ),
         help_text=f"Empty for no limit; at most {Destination.MAX_RATE_LIMIT_PER_SECOND}. Deliveries over it wait.",
     )
+    retry_schedule = RetryScheduleField(label="Retry schedule", help_text=RETRY_SCHEDULE_HELP)
     max_attempts = forms.IntegerField(
         label="Attempts at most",
         required=False,
-        help_text="Empty: the first attempt and every retry of the platform's schedule. 1: no retries. "
-        "Retries asked for by hand come on top.",
+        help_text="Empty: the first attempt and every retry of the schedule above (or of the platform's). "
+        "1: no retries. Retries asked for by hand come on top.",
     )
     max_retry_age_hours = forms.FloatField(
         label="Stop retrying after (hours)",
@@ -360,6 +399,7 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
                     "retry_client_errors": destination.retry_client_errors,
                     "max_concurrency": destination.max_concurrency,
                     "rate_limit_per_second": destination.rate_limit_per_second,
+                    "retry_schedule": destination.retry_schedule,
                     "max_attempts": destination.max_attempts,
                     "max_retry_age_hours": (
                         None
@@ -372,7 +412,9 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
             )
         super().__init__(*args, **kwargs)
         self.fields["sources"].queryset = sources_for_organization(organization=organization)
-        self.fields["max_attempts"].widget.attrs.update(min=1, max=max_attempts_allowed())
+        # The most of either schedule: the form may be changing the destination's own.
+        most = max(max_attempts_allowed(), Destination.MAX_RETRY_SCHEDULE_STEPS + 1)
+        self.fields["max_attempts"].widget.attrs.update(min=1, max=most)
         self.setup_custom_headers(destination)
 
     def clean_max_retry_age_hours(self) -> int | None:
@@ -392,6 +434,7 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
         return {
             "max_concurrency": default_concurrency if data["max_concurrency"] is None else data["max_concurrency"],
             "rate_limit_per_second": data["rate_limit_per_second"],
+            "retry_schedule": data["retry_schedule"],
             "max_attempts": data["max_attempts"],
             "max_retry_age_seconds": data["max_retry_age_hours"],
         }

@@ -29,7 +29,7 @@ from organizations.admin import (
     action_outcomes,
 )
 from webhooks.fields import decrypt, encrypt
-from webhooks.forms import CustomHeadersMixin, NameField
+from webhooks.forms import RETRY_SCHEDULE_HELP, CustomHeadersMixin, NameField, RetryScheduleField
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -481,6 +481,7 @@ class SubscriptionInline(admin.TabularInline):
 
 class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
     url = forms.URLField(max_length=2000, assume_scheme="https")
+    retry_schedule = RetryScheduleField(help_text=RETRY_SCHEDULE_HELP)
     new_secret = forms.CharField(
         required=False,
         strip=True,
@@ -506,6 +507,7 @@ class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
             "max_concurrency",
             "rate_limit_per_second",
             "retry_client_errors",
+            "retry_schedule",
             "max_attempts",
             "max_retry_age_seconds",
             "is_active",
@@ -522,8 +524,13 @@ class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
         # field so that each refusal shows on its own field, once.
         for field in DELIVERY_POLICY_FIELDS:
             if field in cleaned and field not in self.errors:
+                checked = {field: cleaned[field]}
+                if field == "max_attempts":  # bounded by the schedule, checked before it
+                    if "retry_schedule" in self.errors:
+                        continue
+                    checked["retry_schedule"] = cleaned.get("retry_schedule")
                 try:
-                    destination_check_delivery_policy(**{field: cleaned[field]})
+                    destination_check_delivery_policy(**checked)
                 except DestinationError as exc:
                     self.add_error(field, str(exc))
         return cleaned
@@ -580,6 +587,7 @@ class DestinationAdmin(
         "max_concurrency",
         "rate_limit_per_second",
         "retry_client_errors",
+        "retry_schedule",
         "max_attempts",
         "max_retry_age_seconds",
         "is_active",

@@ -181,6 +181,8 @@ class DestinationSerializer(serializers.Serializer):
     max_concurrency = serializers.IntegerField()
     rate_limit_per_second = serializers.IntegerField(allow_null=True)
     retry_client_errors = serializers.BooleanField()
+    # Seconds before each retry; null for the platform's DELIVERY_RETRY_SCHEDULE.
+    retry_schedule = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
     # Each custom header's name and the hint of its value (…a1b2); the values are never shown.

@@ -125,6 +125,9 @@ class DestinationSerializerBase(serializers.Serializer):
     # dashboard, the API and the admin refuse the same values with the same words.
     max_concurrency = serializers.IntegerField()
     rate_limit_per_second = serializers.IntegerField(allow_null=True)
+    # Whole seconds; null for the platform's schedule (an empty list is refused by the service, which
+    # says so: it could as well mean "no retries").
+    retry_schedule = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
 
@@ -161,6 +164,7 @@ class DestinationCreateSerializer(DestinationSerializerBase):
     retry_client_errors = serializers.BooleanField(default=False)
     max_concurrency = serializers.IntegerField(required=False)
     rate_limit_per_second = serializers.IntegerField(allow_null=True, default=None)
+    retry_schedule = serializers.ListField(child=serializers.IntegerField(), allow_null=True, default=None)
     max_attempts = serializers.IntegerField(allow_null=True, default=None)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True, default=None)
     # Name to value; write-only: reads show each name with a hint of its value. The values reach the

@@ -21,6 +21,13 @@ class Destination(models.Model):
     MIN_CONCURRENCY, MAX_CONCURRENCY = 1, 50
     MIN_RATE_LIMIT_PER_SECOND, MAX_RATE_LIMIT_PER_SECOND = 1, 1000
     MIN_RETRY_AGE_SECONDS, MAX_RETRY_AGE_SECONDS = 60, 30 * 86400
+    # A destination's own retry schedule: each wait at least 5 s (the sweeper hands due retries to a
+    # dispatcher every SWEEP_INTERVAL_SECONDS, 5 by default, so a shorter wait would not be kept,
+    # and a failed receiver is rarely back sooner), at most a week, 20 waits at most and 30 days in all
+    # (the longest retry age a destination may set).
+    MIN_RETRY_WAIT_SECONDS, MAX_RETRY_WAIT_SECONDS = 5, 7 * 86400
+    MAX_RETRY_SCHEDULE_STEPS = 20
+    MAX_RETRY_SCHEDULE_SECONDS = 30 * 86400
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="destinations")
     name = models.CharField(max_length=200)
@@ -55,14 +62,22 @@ class Destination(models.Model):
     rate_window_count = models.PositiveIntegerField(default=0, editable=False)
     # Most 4xx answers mean "never going to work"; some receivers use them for transient trouble.
     retry_client_errors = models.BooleanField(default=False)
-    # The destination's own retry policy, within DELIVERY_RETRY_SCHEDULE (services.delivery.decide_outcome).
-    # Attempts by hand (retry, bulk retry) come on top, as they do on the schedule.
+    # The destination's own retry policy (services.delivery.decide_outcome): the waits between its
+    # retries (its own, or DELIVERY_RETRY_SCHEDULE), how many of them, and until when. Attempts by
+    # hand (retry, bulk retry) come on top, as they do on the schedule.
+    # A JSON list of whole seconds, written only through services.destinations (which checks it);
+    # NULL for the platform's schedule. JSON rather than an array: the embedded mode runs on SQLite.
+    retry_schedule = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Seconds to wait before each retry, in order. Empty for DELIVERY_RETRY_SCHEDULE.",
+    )
     max_attempts = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
         validators=[MinValueValidator(1)],
         help_text="Attempts on the schedule, the first included (1: no retries). "
-        "Empty for every step of DELIVERY_RETRY_SCHEDULE.",
+        "Empty for every step of the retry schedule (the destination's own, or DELIVERY_RETRY_SCHEDULE).",
     )
     max_retry_age_seconds = models.PositiveIntegerField(
         null=True,

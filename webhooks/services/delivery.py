@@ -103,10 +103,25 @@ class Outcome:
     error: str = ""
 
 
-def retry_delay_seconds(attempt_count: int, *, max_attempts: int | None = None) -> float | None:
-    """Delay before the next try after ``attempt_count`` failed tries; None when they are used up
-    (the schedule's steps, or fewer where a destination allows ``max_attempts`` in all)."""
-    schedule = settings.DELIVERY_RETRY_SCHEDULE
+def retry_schedule_for(destination: Destination | None) -> list[int]:
+    """The waits between a destination's retries, in seconds: its own schedule when it has one,
+    else the platform's DELIVERY_RETRY_SCHEDULE."""
+    own = destination.retry_schedule if destination is not None else None
+    return own or settings.DELIVERY_RETRY_SCHEDULE
+
+
+def retry_delay_seconds(
+    attempt_count: int, *, max_attempts: int | None = None, schedule: list[int] | None = None
+) -> float | None:
+    """Delay before the next try after ``attempt_count`` failed tries on ``schedule`` (the platform's
+    by default); None when they are used up (the schedule's steps, or fewer where a destination
+    allows ``max_attempts`` in all).
+
+    The step is read by the attempts made, from the schedule as it is now: a delivery that was
+    already retrying when its destination's schedule changed takes its next wait from the new one,
+    and is out of retries if the new one has no step left for it."""
+    if schedule is None:
+        schedule = settings.DELIVERY_RETRY_SCHEDULE
     if attempt_count > len(schedule) or (max_attempts is not None and attempt_count >= max_attempts):
         return None
     # Jitter spreads the retries of a destination that failed for many events at once.
@@ -123,8 +138,9 @@ def decide_outcome(
     """What a response means: success, another try later, or dead.
 
     ``attempt_count`` counts the attempts on the schedule (Delivery.scheduled_attempt_count) and
-    ``age_seconds`` how long ago the delivery was created; the destination's max_attempts and
-    max_retry_age_seconds may end its retries before the schedule does.
+    ``age_seconds`` how long ago the delivery was created. The waits are the destination's own
+    retry schedule, or the platform's; its max_attempts and max_retry_age_seconds may end its
+    retries before the schedule does.
     """
     status = response.status
     if status is not None and 200 <= status < 300:
@@ -141,9 +157,10 @@ def decide_outcome(
     if not retryable:
         return Outcome(Delivery.Status.DEAD, error=f"{error}: not retried (client error)")
     max_attempts = destination.max_attempts
-    delay = retry_delay_seconds(attempt_count, max_attempts=max_attempts)
+    schedule = retry_schedule_for(destination)
+    delay = retry_delay_seconds(attempt_count, max_attempts=max_attempts, schedule=schedule)
     if delay is None:
-        if max_attempts is not None and max_attempts <= len(settings.DELIVERY_RETRY_SCHEDULE):
+        if max_attempts is not None and max_attempts <= len(schedule):
             allowed = "no retries" if max_attempts == 1 else f"{max_attempts} attempts"
             return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left (the destination allows {allowed})")
         return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left")
@@ -861,7 +878,17 @@ def _put_back_unrecorded(delivery: Delivery, exc: Exception) -> list[Delivery]:
     it and it would be sent again at once, every few minutes; here it waits for the schedule's next
     step, or is dead when the schedule is used up, and its attempt counts as made."""
     now = timezone.now()
-    delay = retry_delay_seconds(delivery.scheduled_attempt_count)
+    # The destination's own schedule and attempts when it came with the delivery; the platform's
+    # schedule when it did not (loading it now could be what fails) or its policy is what tripped.
+    destination = delivery.destination if Delivery.destination.is_cached(delivery) else None
+    try:
+        delay = retry_delay_seconds(
+            delivery.scheduled_attempt_count,
+            max_attempts=destination.max_attempts if destination is not None else None,
+            schedule=retry_schedule_for(destination),
+        )
+    except Exception:
+        delay = retry_delay_seconds(delivery.scheduled_attempt_count)
     error = f"its result could not be recorded ({type(exc).__name__})"
     fields = _outcome_fields(
         Outcome(Delivery.Status.PENDING, delay=delay, error=f"{error}; tried again later")

@@ -6,6 +6,7 @@ import base64
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
 from webhooks.selectors import closing_bracket
 
-from .delivery import delivery_retry
+from .delivery import delivery_retry, retry_schedule_for
 from .destination_headers import (
     CustomHeaderError,
     check_custom_headers,
@@ -50,8 +51,15 @@ class _Unchanged:
 # destination_update's default for a setting that None would set to "no limit".
 UNCHANGED = _Unchanged()
 
-# The delivery policy's settings, in the order forms and audit entries list them.
-DELIVERY_POLICY_FIELDS = ("max_concurrency", "rate_limit_per_second", "max_attempts", "max_retry_age_seconds")
+# The delivery policy's settings, in the order forms and audit entries list them (the schedule
+# before the attempts, whose bound it sets).
+DELIVERY_POLICY_FIELDS = (
+    "max_concurrency",
+    "rate_limit_per_second",
+    "retry_schedule",
+    "max_attempts",
+    "max_retry_age_seconds",
+)
 
 
 def destination_check_url(url: str) -> None:
@@ -132,22 +140,125 @@ def destination_merge_custom_headers(
         raise DestinationError(str(exc), field="custom_headers") from None
 
 
-def max_attempts_allowed() -> int:
-    """The most attempts a destination may ask for: the first and every step of the platform's schedule."""
-    return len(settings.DELIVERY_RETRY_SCHEDULE) + 1
+def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
+    """The most attempts a destination may ask for: the first and every step of its retry schedule
+    (``retry_schedule``, or the platform's when None)."""
+    return len(retry_schedule or settings.DELIVERY_RETRY_SCHEDULE) + 1
+
+
+# One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
+_WAIT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+_SEVERAL_WAITS = re.compile(r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+", re.IGNORECASE)
+_UNIT_SECONDS = {
+    **dict.fromkeys(("", "s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+}
+
+
+def parse_retry_schedule(text: str) -> list[int] | None:
+    """A retry schedule as people type it ("10s, 1m, 10m, 1h" or "10, 60, 600": seconds, or a number
+    with s, m, h or d), in whole seconds; None when empty (the platform's schedule). DestinationError
+    on the field ``retry_schedule`` for what cannot be read; the bounds are destination_check_retry_schedule's."""
+    waits = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue  # "10, 60," : a trailing comma is no wait
+        match = _WAIT.fullmatch(item)
+        if match is None or match.group(2).lower() not in _UNIT_SECONDS:
+            if _SEVERAL_WAITS.fullmatch(item):
+                problem = (
+                    f"“{item[:60]}” holds more than one wait: separate the waits with commas (10s, 1m, 10m), "
+                    "and write each in one unit (90m rather than 1h 30m)"
+                )
+            else:
+                problem = (
+                    f"“{item[:60]}” is not a wait: write seconds (600), or a number with s, m, h or d (10m), "
+                    "the waits separated by commas"
+                )
+            raise DestinationError(problem, field="retry_schedule")
+        if len(match.group(1)) > 15:  # no wait allowed is near it, and Decimal rounds past 28 digits
+            raise DestinationError(
+                f"“{item[:60]}” is far longer than a wait may be "
+                f"({duration_words(Destination.MAX_RETRY_WAIT_SECONDS)} at most)",
+                field="retry_schedule",
+            )
+        seconds = Decimal(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        if seconds != seconds.to_integral_value():
+            raise DestinationError(f"“{item}” is not a whole number of seconds", field="retry_schedule")
+        waits.append(int(seconds))
+    return waits or None
+
+
+def retry_schedule_text(retry_schedule: list[int] | None) -> str:
+    """A retry schedule as parse_retry_schedule reads it back: "10s, 1m, 10m, 1h" (each wait in the
+    largest unit it is a whole number of); empty for None."""
+    parts = []
+    for seconds in retry_schedule or []:
+        size, unit = next(
+            (size, unit) for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")) if seconds % size == 0
+        )
+        parts.append(f"{seconds // size}{unit}")
+    return ", ".join(parts)
+
+
+def destination_check_retry_schedule(retry_schedule) -> list[int]:
+    """Refuse (DestinationError on ``retry_schedule``) a destination's own retry schedule outside the
+    bounds a tenant may set: 1 to 20 waits, each from 5 s to 7 days, 30 days in all. Returns it as a list."""
+    most = Destination.MAX_RETRY_SCHEDULE_STEPS
+    low, high = Destination.MIN_RETRY_WAIT_SECONDS, Destination.MAX_RETRY_WAIT_SECONDS
+    if not isinstance(retry_schedule, list | tuple) or not 1 <= len(retry_schedule) <= most:
+        raise DestinationError(
+            f"a retry schedule is 1 to {most} waits, in seconds; for the platform's schedule set none "
+            "(empty, or null through the API), and for no retries allow 1 attempt",
+            field="retry_schedule",
+        )
+    for number, wait in enumerate(retry_schedule, start=1):
+        if isinstance(wait, bool) or not isinstance(wait, int) or not low <= wait <= high:
+            shown = f"{wait} s" if isinstance(wait, int) and not isinstance(wait, bool) else "not a whole number"
+            raise DestinationError(
+                f"each wait of the retry schedule must be a whole number of seconds from {duration_words(low)} to "
+                f"{duration_words(high)} ({low} to {high}): wait {number} is {shown}",
+                field="retry_schedule",
+            )
+    if (total := sum(retry_schedule)) > Destination.MAX_RETRY_SCHEDULE_SECONDS:
+        raise DestinationError(
+            f"the waits of the retry schedule add up to {duration_words(total)}: at most "
+            f"{duration_words(Destination.MAX_RETRY_SCHEDULE_SECONDS)} in all",
+            field="retry_schedule",
+        )
+    return list(retry_schedule)
 
 
 def destination_check_delivery_policy(
     *,
     max_concurrency: int | None = None,
     rate_limit_per_second: int | None = None,
+    retry_schedule: list[int] | None = None,
     max_attempts: int | None = None,
     max_retry_age_seconds: int | None = None,
+    kept_max_attempts: int | None = None,
 ) -> None:
     """Refuse (DestinationError naming the field) a policy outside the bounds a tenant may set.
-    None is the default for each: 10 concurrent sends, no rate limit, every step of the schedule,
-    no age limit. The dashboard, the REST API and the admin all check through here."""
-    most = max_attempts_allowed()
+    None is the default for each: 10 concurrent sends, no rate limit, the platform's retry schedule,
+    every step of the schedule, no age limit. The dashboard, the REST API, the admin and
+    create_destination all check through here.
+
+    ``max_attempts`` is bounded by ``retry_schedule`` (the platform's when None), so a change of
+    either passes both. ``kept_max_attempts`` is the destination's max_attempts where a change
+    leaves it as it is: a new schedule too short for it is refused, on ``retry_schedule``."""
+    if retry_schedule is not None:
+        destination_check_retry_schedule(retry_schedule)
+    most = max_attempts_allowed(retry_schedule)
+    whose = "this destination's" if retry_schedule else "the platform's"
+    if kept_max_attempts is not None and max_attempts is None and kept_max_attempts > most:
+        raise DestinationError(
+            f"the destination allows {kept_max_attempts} attempts, more than this schedule gives ({most}: the "
+            f"first and {most - 1} retries): in the same change, allow from 1 to {most} attempts, or none for "
+            "the whole schedule",
+            field="retry_schedule",
+        )
     bounds = (
         (
             "max_concurrency",
@@ -168,8 +279,9 @@ def destination_check_delivery_policy(
             max_attempts,
             1,
             most,
-            "the number of attempts must be a whole number from {low} (no retries) to {high} (the platform's "
-            "whole schedule), or empty for the whole schedule",
+            "the number of attempts must be a whole number from {low} (no retries) to {high} ("
+            + whose
+            + " whole schedule), or empty for the whole schedule",
         ),
     )
     for field, value, low, high, message in bounds:
@@ -193,16 +305,20 @@ def destination_check_delivery_policy(
 
 def retry_policy_words(destination: Destination) -> str:
     """A destination's retries in plain words, as its page shows them."""
-    schedule = settings.DELIVERY_RETRY_SCHEDULE
-    attempts = min(destination.max_attempts or max_attempts_allowed(), max_attempts_allowed())
+    schedule = retry_schedule_for(destination)
+    whole = len(schedule) + 1
+    attempts = min(destination.max_attempts or whole, whole)
     steps = schedule[: attempts - 1]
     if not steps:
         text = "no retries: the first failed attempt is final"
     else:
         waits = ", ".join(duration_words(step) for step in steps)
         retries = "1 retry" if len(steps) == 1 else f"{len(steps)} retries"
-        whole = "" if destination.max_attempts else " (the platform's whole schedule)"
-        text = f"up to {attempts} attempts{whole}: {retries}, after waits of about {waits}"
+        if destination.retry_schedule:
+            whose = " (this destination's own schedule)"
+        else:
+            whose = "" if destination.max_attempts else " (the platform's whole schedule)"
+        text = f"up to {attempts} attempts{whose}: {retries}, after waits of about {waits}"
     if destination.max_retry_age_seconds and steps:
         text += (
             f"; none later than {duration_words(destination.max_retry_age_seconds)} after the event reached this "
@@ -251,19 +367,22 @@ def destination_create(
     retry_client_errors: bool = False,
     max_concurrency: int | None = None,
     rate_limit_per_second: int | None = None,
+    retry_schedule: list[int] | None = None,
     max_attempts: int | None = None,
     max_retry_age_seconds: int | None = None,
     custom_headers: Mapping[str, str] | None = None,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once).
-    ``max_concurrency`` None is the default (10); the other limits' None is no limit.
+    ``max_concurrency`` None is the default (10); ``retry_schedule`` None is the platform's (its
+    own: the seconds to wait before each retry); the other limits' None is no limit.
     ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again."""
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
         max_concurrency=max_concurrency,
         rate_limit_per_second=rate_limit_per_second,
+        retry_schedule=retry_schedule,
         max_attempts=max_attempts,
         max_retry_age_seconds=max_retry_age_seconds,
     )
@@ -280,6 +399,7 @@ def destination_create(
         secret_hint=secret_hint(secret),
         retry_client_errors=retry_client_errors,
         rate_limit_per_second=rate_limit_per_second,
+        retry_schedule=list(retry_schedule) if retry_schedule is not None else None,
         max_attempts=max_attempts,
         max_retry_age_seconds=max_retry_age_seconds,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
@@ -342,15 +462,20 @@ def destination_update(
     retry_client_errors: bool | None = None,
     max_concurrency: int | _Unchanged = UNCHANGED,
     rate_limit_per_second: int | _Unchanged | None = UNCHANGED,
+    retry_schedule: list[int] | _Unchanged | None = UNCHANGED,
     max_attempts: int | _Unchanged | None = UNCHANGED,
     max_retry_age_seconds: int | _Unchanged | None = UNCHANGED,
     custom_headers: Mapping[str, str | None] | None = None,
     actor=None,
 ) -> Destination:
     """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged),
-    its delivery policy (UNCHANGED unless given; None is no limit), which sources (and event
-    types) it receives, and its custom headers: ``custom_headers`` are changes (a value adds or
-    replaces that header, None removes it; headers not named stay as they are)."""
+    its delivery policy (UNCHANGED unless given; None is no limit, or the platform's retry
+    schedule), which sources (and event types) it receives, and its custom headers:
+    ``custom_headers`` are changes (a value adds or replaces that header, None removes it; headers
+    not named stay as they are).
+
+    A new retry schedule applies from each delivery's next failure: one waiting for a retry keeps
+    its next attempt's time, and the wait after it is the new schedule's step for the attempts made."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     policy = {
@@ -358,6 +483,7 @@ def destination_update(
         for field, value in (
             ("max_concurrency", max_concurrency),
             ("rate_limit_per_second", rate_limit_per_second),
+            ("retry_schedule", retry_schedule),
             ("max_attempts", max_attempts),
             ("max_retry_age_seconds", max_retry_age_seconds),
         )
@@ -365,7 +491,15 @@ def destination_update(
     }
     if policy.get("max_concurrency", 0) is None:
         raise DestinationError("the max concurrency needs a number (10 by default)", field="max_concurrency")
-    destination_check_delivery_policy(**policy)
+    checked = dict(policy)
+    if "retry_schedule" in policy or "max_attempts" in policy:
+        # Either bounds the other: the one left out is the destination's as it is.
+        checked.setdefault("retry_schedule", destination.retry_schedule)
+        if "max_attempts" not in policy:
+            checked["kept_max_attempts"] = destination.max_attempts
+    destination_check_delivery_policy(**checked)
+    if policy.get("retry_schedule") is not None:
+        policy["retry_schedule"] = list(policy["retry_schedule"])
     if url != destination.url:
         destination_check_url(url)
     wanted = {source.pk: source for source in sources}

@@ -262,6 +262,7 @@ def test_create_destination_sets_the_delivery_policy(organization, settings):
         "retry_client_errors": True,
         "max_concurrency": 2,
         "rate_limit_per_second": 20,
+        "retry_schedule": None,  # the platform's
         "max_attempts": 3,
         "max_retry_age_seconds": 3600,
     }

@@ -8,6 +8,7 @@ from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,
     destination_create,
+    parse_retry_schedule,
     retry_policy_words,
 )
 
@@ -29,6 +30,12 @@ class Command(OperatorCommand):
             "--timeout", "--timeout-seconds", dest="timeout", type=float, help="seconds an attempt waits (default 15)"
         )
         # The delivery policy, as the dashboard's form and the REST API take it (same names and bounds).
+        parser.add_argument(
+            "--retry-schedule",
+            metavar="WAITS",
+            help="the waits before each retry, comma-separated: seconds or with s, m, h, d (10,60,600 or 10s,1m,10m); "
+            "default the platform's DELIVERY_RETRY_SCHEDULE",
+        )
         parser.add_argument("--max-attempts", type=int, metavar="N", help="attempts on the schedule, 1: no retries")
         parser.add_argument(
             "--max-retry-age-seconds", type=int, metavar="SECONDS", help="no retry later than this after delivery"
@@ -58,6 +65,15 @@ class Command(OperatorCommand):
         if options["header"] and options["header_file"]:
             headers_flag = "--header/--header-file"
         try:
+            retry_schedule = None
+            if (given_schedule := options.get("retry_schedule")) is not None:
+                # Empty could mean the platform's schedule or no retries: the flag's absence says the one.
+                retry_schedule = parse_retry_schedule(given_schedule)
+                if retry_schedule is None:
+                    raise DestinationError(
+                        "give at least one wait (10,60,600), or leave the flag out for the platform's schedule",
+                        field="retry_schedule",
+                    )
             destination, secret = destination_create(
                 organization=organization,
                 name=options["name"],
@@ -68,6 +84,7 @@ class Command(OperatorCommand):
                 retry_client_errors=options.get("retry_client_errors", False),
                 max_concurrency=options.get("max_concurrency"),
                 rate_limit_per_second=options.get("rate_limit_per_second"),
+                retry_schedule=retry_schedule,
                 max_attempts=options.get("max_attempts"),
                 max_retry_age_seconds=options.get("max_retry_age_seconds"),
                 custom_headers=headers,
