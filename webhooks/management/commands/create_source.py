@@ -1,6 +1,6 @@
 from organizations.models import Organization
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services.sources import SecretRequired, ingest_url, source_create
+from webhooks.services.sources import SecretRequired, SourceNetworksError, ingest_url, source_create
 
 from ._base import OperatorCommand, parse_options
 
@@ -14,6 +14,13 @@ class Command(OperatorCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--secret", help="the provider's signing secret (generated when the provider lets us)")
         parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE")
+        parser.add_argument(
+            "--allowed-network",
+            action="append",
+            default=[],
+            metavar="CIDR",
+            help="an address or network requests must come from (repeat for more; none: any address)",
+        )
 
     def run(self, **options):
         organization = Organization.objects.get(slug=options["org"])
@@ -24,11 +31,21 @@ class Command(OperatorCommand):
                 name=options["name"],
                 secret=options.get("secret"),
                 options=parse_options(options["option"]),
+                allowed_networks=options["allowed_network"],
             )
         except SecretRequired as exc:
             raise SecretRequired(f"{exc}; pass it with --secret") from None
-        result = {"id": source.pk, "token": source.ingest_token, "ingest_url": ingest_url(source)}
+        except SourceNetworksError as exc:
+            raise SourceNetworksError(f"--allowed-network: {exc}") from None
+        result = {
+            "id": source.pk,
+            "token": source.ingest_token,
+            "ingest_url": ingest_url(source),
+            "allowed_networks": source.allowed_networks,
+        }
         text = f"Created source {source.pk} ({source.provider}).\nIngest URL: {ingest_url(source)}"
+        if source.allowed_networks:
+            text += f"\nAllowed networks: {', '.join(source.allowed_networks)}"
         if generated:
             # The only time a secret is shown: the platform made it and the tenant must copy it.
             result["secret"] = generated
