@@ -28,7 +28,8 @@ from webhooks.services.destinations import (
     retry_schedule_text,
 )
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
-from webhooks.services.sources import source_change_delay
+from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
+from webhooks.services.sources import SourceError, source_change_delay, source_check_allowed_networks
 
 OPTION_PREFIX = "option_"
 
@@ -67,6 +68,49 @@ class ProviderOptionsMixin:
         }
 
 
+class AllowedNetworksField(forms.CharField):
+    """A source's allowed networks as a text box, one per line (commas and spaces separate them
+    too: an address or a network holds neither); cleaned to the normalised list the services save."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off"})
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("label", "Allowed networks")
+        kwargs.setdefault(
+            "help_text",
+            f"Only requests from these addresses are taken; leave empty for any address. One per line: an address "
+            f"(192.0.2.10, 2001:db8::10) or a network (192.0.2.0/24, 2001:db8::/32), at most {MAX_ALLOWED_NETWORKS}. "
+            "Use the list your provider publishes of the addresses it sends webhooks from.",
+        )
+        super().__init__(strip=False, **kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(str(entry) for entry in value)
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, list | tuple):
+            return list(value)
+        text = super().to_python(value) or ""
+        return text.replace(",", " ").split()
+
+    def clean(self, value):
+        entries = super().clean(value)
+        try:
+            return source_check_allowed_networks(entries)
+        except SourceError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def has_changed(self, initial, data):
+        # Compared as saved: "192.0.2.10" typed where "192.0.2.10/32" is stored changes nothing.
+        try:
+            return source_check_allowed_networks(self.to_python(data)) != list(initial or [])
+        except SourceError:
+            return True
+
+
 class SourceCreateForm(ProviderOptionsMixin, forms.Form):
     name = NameField(max_length=200, help_text="To tell sources apart, e.g. “Stripe live”.")
     secret = forms.CharField(
@@ -98,16 +142,19 @@ class SourceCreateForm(ProviderOptionsMixin, forms.Form):
                 )
             secret.help_text = provider.secret_help + after
         self.add_option_fields(provider)
+        self.fields["allowed_networks"] = AllowedNetworksField()
 
 
 class SourceEditForm(ProviderOptionsMixin, forms.Form):
     name = NameField(max_length=200)
 
     def __init__(self, *args, source: Source, **kwargs):
-        super().__init__(*args, initial={"name": source.name}, **kwargs)
+        super().__init__(*args, initial={"name": source.name, "allowed_networks": source.allowed_networks}, **kwargs)
         from webhooks.providers.registry import get_provider
 
         self.add_option_fields(get_provider(source.provider), source.options)
+        # After the options, which are the provider's own settings.
+        self.fields["allowed_networks"] = AllowedNetworksField()
 
 
 OVERLAP_CHOICES = [

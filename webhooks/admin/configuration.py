@@ -29,7 +29,7 @@ from organizations.admin import (
     action_outcomes,
 )
 from webhooks.fields import decrypt, encrypt
-from webhooks.forms import RETRY_SCHEDULE_HELP, CustomHeadersMixin, NameField, RetryScheduleField
+from webhooks.forms import RETRY_SCHEDULE_HELP, AllowedNetworksField, CustomHeadersMixin, NameField, RetryScheduleField
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -163,10 +163,13 @@ class SourceAdminForm(forms.ModelForm):
         help_text="Needed only to set a new secret while an earlier rotation's older secret still works: "
         "only one older secret is kept, so that one stops at once.",
     )
+    # Checked by the service's check, as on the dashboard; saving it clears this process's cached
+    # copy of the source, and other web processes read it again within INGEST_SOURCE_CACHE_SECONDS.
+    allowed_networks = AllowedNetworksField()
 
     class Meta:
         model = Source
-        fields = ("organization", "provider", "name", "options", "is_active")
+        fields = ("organization", "provider", "name", "options", "allowed_networks", "is_active")
         field_classes = {"name": NameField}  # as on the dashboard: a name goes into email subjects
 
     def clean_options(self):
@@ -215,9 +218,11 @@ class SourceAddForm(forms.ModelForm):
         "until it is set here.",
     )
 
+    allowed_networks = AllowedNetworksField()
+
     class Meta:
         model = Source
-        fields = ("organization", "provider", "name", "options")
+        fields = ("organization", "provider", "name", "options", "allowed_networks")
         field_classes = {"name": NameField}
         help_texts = {"options": "The provider's options as JSON ({} for its defaults): docs/providers.md lists them."}
 
@@ -242,6 +247,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
         "provider",
         "name",
         "options",
+        "allowed_networks",
         "is_active",
         "ingest_url_display",
         "secret_hint",
@@ -326,7 +332,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
         # The dashboard's own words (and time format), so that admins and tenants read the same.
         return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
 
-    add_fields = ("organization", "provider", "name", "options", "secret")
+    add_fields = ("organization", "provider", "name", "options", "allowed_networks", "secret")
 
     def get_fields(self, request, obj=None):
         return self.add_fields if obj is None else super().get_fields(request, obj)
@@ -406,6 +412,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
             # As on the dashboard: a provider that shows its secret only once the URL is
             # registered there gets the source first, and its secret on this page afterwards.
             allow_unset_secret=True,
+            allowed_networks=data.get("allowed_networks"),
             actor=request.user,
         )
         for field in Source._meta.concrete_fields:
@@ -417,6 +424,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
             "provider": source.provider,
             "name": source.name,
             "options": source.options,
+            "allowed_networks": source.allowed_networks,
             "secret": "given" if data.get("secret") else ("generated" if generated else "not set yet"),
         }
         request._hookline_generated_secret = generated

@@ -158,6 +158,8 @@ class SourceSerializer(serializers.Serializer):
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
     ingest_url = serializers.SerializerMethodField()
+    # CIDR strings requests must come from; [] for any address.
+    allowed_networks = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
 
     def get_ingest_url(self, source: Source) -> str:

@@ -18,7 +18,7 @@ from webhooks.services.destinations import (
     destination_merge_custom_headers,
     event_type_patterns,
 )
-from webhooks.services.sources import SourceError, source_check_secret
+from webhooks.services.sources import SourceError, source_check_allowed_networks, source_check_secret
 
 from .serializers import MAX_DATABASE_ID
 
@@ -56,11 +56,28 @@ def _secret(provider_kind: str, secret: str, options: dict) -> None:
         raise serializers.ValidationError({"secret": [str(exc)]}) from None
 
 
-class SourceCreateSerializer(serializers.Serializer):
+def _allowed_networks_field(**kwargs) -> serializers.ListField:
+    # Strings as given (blank ones included): their checks and their count are the service's, so
+    # that every entry point refuses the same entries with the same words.
+    return serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False), allow_null=True, **kwargs
+    )
+
+
+class AllowedNetworksMixin(serializers.Serializer):
+    def validate_allowed_networks(self, entries):
+        try:
+            return source_check_allowed_networks(entries)
+        except SourceError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class SourceCreateSerializer(AllowedNetworksMixin):
     provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
     name = _name_field(Source)
     secret = serializers.CharField(required=False, allow_blank=True, write_only=True)
     options = serializers.DictField(required=False, default=dict)
+    allowed_networks = _allowed_networks_field(required=False, default=list)
 
     def validate(self, data):
         if data.get("secret"):
@@ -71,13 +88,14 @@ class SourceCreateSerializer(serializers.Serializer):
         return data
 
 
-class SourceUpdateSerializer(serializers.Serializer):
+class SourceUpdateSerializer(AllowedNetworksMixin):
     """A PATCH: what is left out stays; ``options`` given are merged into the current ones (null
-    sets one back to its default)."""
+    sets one back to its default); ``allowed_networks`` replaces the list (null or [] for any address)."""
 
     name = _name_field(Source, required=False)
     options = serializers.DictField(required=False)
     active = serializers.BooleanField(required=False)
+    allowed_networks = _allowed_networks_field(required=False)
 
     def validate(self, data):
         source: Source = self.context["source"]

@@ -27,6 +27,7 @@ from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import (
     SourceBeingDeleted,
     SourceError,
+    SourceNetworksError,
     source_create,
     source_delete,
     source_rotate_secret,
@@ -90,8 +91,11 @@ class SourceListCreateView(SourceShowMixin, SourceListView):
                 # As on the dashboard: Stripe and others show their secret only once the ingest URL
                 # is registered there, so the source may exist first (refusing every request).
                 allow_unset_secret=True,
+                allowed_networks=data["allowed_networks"],
                 actor=self.api_key,
             )
+        except SourceNetworksError as exc:
+            raise _refused(str(exc), "allowed_networks") from None
         except SourceError as exc:
             raise _refused(str(exc)) from None
         response = self.show_source(source, status=201, **({"secret": generated} if generated else {}))
@@ -105,17 +109,20 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
         data = _valid(serializers_manage.SourceUpdateSerializer, request, source=source)
         try:
             with transaction.atomic():
-                if "name" in data or "options" in data:
+                if "name" in data or "options" in data or "allowed_networks" in data:
                     source_update(
                         source=source,
                         name=data.get("name", source.name),
                         options=data.get("options", source.options),
+                        allowed_networks=data.get("allowed_networks"),
                         actor=self.api_key,
                     )
                 if "active" in data:
                     source_set_active(source=source, active=data["active"], actor=self.api_key)
         except SourceBeingDeleted:  # asked meanwhile: hidden from now on
             raise exceptions.NotFound("not found") from None
+        except SourceNetworksError as exc:
+            raise _refused(str(exc), "allowed_networks") from None
         except SourceError as exc:
             raise _refused(str(exc)) from None
         except DatabaseError:  # its row was gone when saved: deleted meanwhile

@@ -1,4 +1,5 @@
 import secrets
+from functools import cached_property
 
 from django.db import models
 from django.utils import timezone
@@ -31,6 +32,12 @@ class Source(models.Model):
     secret_last_matched_at = models.DateTimeField(null=True, blank=True, editable=False)
     previous_secret_last_matched_at = models.DateTimeField(null=True, blank=True, editable=False)
     options = models.JSONField(default=dict, blank=True)
+    # The networks requests may come from, as normalised CIDR strings ("192.0.2.0/24",
+    # "2001:db8::/32"); empty lets any address through. Checked by
+    # services.source_networks.check_allowed_networks wherever it is set; ingest reads the
+    # parsed form, allowed_ip_networks. The database default keeps the column's addition
+    # free of a table rewrite (PostgreSQL stores it in the catalog).
+    allowed_networks = models.JSONField(default=list, db_default=[], blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -60,3 +67,11 @@ class Source(models.Model):
         if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
             found.append(self.previous_secret)
         return found
+
+    @cached_property
+    def allowed_ip_networks(self) -> tuple:
+        """``allowed_networks`` parsed, once per instance: the ingest path keeps its copy of a
+        source for INGEST_SOURCE_CACHE_SECONDS and checks every request against this."""
+        from webhooks.services.source_networks import parse_allowed_networks
+
+        return parse_allowed_networks(self.allowed_networks)

@@ -31,6 +31,7 @@ from .ingest_writer import NewEvent, SourceClosed, event_id_digest, store_event,
 from .processing import schedule_event_processing
 from .secret_use import record_secret_match
 from .sender_marks import is_hookline_test_event
+from .source_networks import address_allowed
 from .text import storable_text
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,13 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         url=url,
         query=query or {},
     )
+    # Before the signature: a request from elsewhere costs no verification and binds no nonce, and
+    # the answer tells a sender outside the list nothing about its signature or the secret.
+    # An empty list (most sources) costs this one truth test.
+    if source.allowed_networks and not address_allowed(source.allowed_ip_networks, remote_ip):
+        return _reject(
+            source, request, headers, remote_ip, "address_not_allowed", _address_refusal(remote_ip), status_code=403
+        )
     try:
         provider = get_provider(source.provider)
     except UnknownProvider:
@@ -199,6 +207,12 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     if acknowledgement is not None:
         return IngestOutcome(acknowledgement.status, stored_as, handshake=acknowledgement, after_answer=record_match)
     return IngestOutcome(200, stored_as, after_answer=record_match)
+
+
+def _address_refusal(remote_ip: str | None) -> str:
+    if remote_ip is None:
+        return "this source takes requests only from its allowed networks, and this request's address could not be read"
+    return f"this source takes requests only from its allowed networks, and this request came from {remote_ip}"
 
 
 def _secret_match_recorder(
@@ -447,8 +461,11 @@ def _reject(
     remote_ip: str | None,
     code: str,
     detail: str,
+    *,
+    status_code: int = 401,
 ) -> IngestOutcome:
-    """Answer 401 and keep a bounded record, so the tenant can see why verification failed.
+    """Answer 401 (or ``status_code``) and keep a bounded record, so the tenant can see why the
+    request was refused.
 
     A source closed meanwhile in another process (this one's copy of it is cached) records
     nothing and answers 404, as for an unknown ingest URL, as an accepted event's INSERT does."""
@@ -472,7 +489,7 @@ def _reject(
         if not _insert_while_the_source_is_open(record):
             _source_cache.pop(source.ingest_token, None)
             return _error(404, "unknown_source", "no active source has this ingest URL")
-    return _error(401, code, detail)
+    return _error(status_code, code, detail)
 
 
 def _insert_while_the_source_is_open(record: WebhookEvent) -> bool:

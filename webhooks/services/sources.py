@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 from .permissions import require_configure_role
 from .secret_use import SECRET_MATCH_FIELDS
 from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
+from .source_networks import AllowedNetworksError, check_allowed_networks
 
 
 def source_change_delay() -> str:
@@ -51,6 +53,20 @@ def _lock_unless_being_deleted(source: Source) -> None:
 
 class SecretRequired(SourceError):
     """The provider issues the secret, and none was given."""
+
+
+class SourceNetworksError(SourceError):
+    """The allowed networks cannot be saved as given (the message names the entry)."""
+
+
+def source_check_allowed_networks(entries: Iterable[str] | None) -> list[str]:
+    """A source's allowed networks, checked (SourceNetworksError) and normalised to CIDR strings;
+    None and [] let any address through. The dashboard, the REST API, the admin and create_source
+    all check through here, and the services again before saving (see services.source_networks)."""
+    try:
+        return check_allowed_networks(entries)
+    except AllowedNetworksError as exc:
+        raise SourceNetworksError(str(exc)) from None
 
 
 def _check_name(name: str) -> None:
@@ -100,18 +116,21 @@ def source_create(
     secret: str | None = None,
     options: dict[str, Any] | None = None,
     allow_unset_secret: bool = False,
+    allowed_networks: Iterable[str] | None = None,
     actor=None,
 ) -> tuple[Source, str | None]:
     """Create a source. Returns it and the generated secret (None when the tenant gave one).
 
     With ``allow_unset_secret``, a provider that issues its own secret (often only once the
     ingest URL is registered there) may be left without one for now: every request is then
-    refused as ``secret_not_set`` until a rotation sets it."""
+    refused as ``secret_not_set`` until a rotation sets it. ``allowed_networks`` restricts the
+    addresses it takes requests from (empty: any)."""
     require_configure_role(organization=organization, actor=actor)
     _check_name(name)
     clean_secret, clean_options, generated = _clean(
         provider, secret, options or {}, allow_unset_secret=allow_unset_secret
     )
+    clean_networks = source_check_allowed_networks(allowed_networks)
     source = Source.objects.create(
         organization=organization,
         provider=provider,
@@ -119,14 +138,12 @@ def source_create(
         secret=clean_secret,
         secret_hint=secret_hint(clean_secret),
         options=clean_options,
+        allowed_networks=clean_networks,
     )
-    audit_record(
-        action="source.created",
-        organization=organization,
-        actor=actor,
-        target=source,
-        changes={"provider": provider, "name": name, "options": clean_options, "secret": SECRET_MASK},
-    )
+    changes = {"provider": provider, "name": name, "options": clean_options, "secret": SECRET_MASK}
+    if clean_networks:
+        changes["allowed_networks"] = clean_networks
+    audit_record(action="source.created", organization=organization, actor=actor, target=source, changes=changes)
     return source, generated
 
 
@@ -192,8 +209,16 @@ def source_set_active(*, source: Source, active: bool, actor=None) -> Source:
 
 
 @transaction.atomic
-def source_update(*, source: Source, name: str, options: dict[str, Any], actor=None) -> Source:
-    """Rename a source and change its provider options (the secret has its own service)."""
+def source_update(
+    *,
+    source: Source,
+    name: str,
+    options: dict[str, Any],
+    allowed_networks: Iterable[str] | None = None,
+    actor=None,
+) -> Source:
+    """Rename a source, change its provider options and, unless ``allowed_networks`` is None, the
+    networks it takes requests from ([] for any address). The secret has its own service."""
     require_configure_role(organization=source.organization, actor=actor)
     _lock_unless_being_deleted(source)
     _check_name(name)
@@ -201,13 +226,23 @@ def source_update(*, source: Source, name: str, options: dict[str, Any], actor=N
         clean_options = get_provider(source.provider).clean_options(options)
     except InvalidOptions as exc:
         raise SourceError(str(exc)) from None
+    saved = ["name", "options", "updated_at"]
     changes = {}
     if name != source.name:
         changes["name"] = [source.name, name]
     if clean_options != source.options:
         changes["options"] = [source.options, clean_options]
+    if allowed_networks is not None:
+        clean_networks = source_check_allowed_networks(allowed_networks)
+        if clean_networks != source.allowed_networks:
+            changes["allowed_networks"] = [source.allowed_networks, clean_networks]
+        source.allowed_networks = clean_networks
+        source.__dict__.pop("allowed_ip_networks", None)  # parsed from the old list, if ever read
+        saved.append("allowed_networks")
     source.name, source.options = name, clean_options
-    source.save(update_fields=["name", "options", "updated_at"])
+    # Saved with save(), never update(): its signal clears this process's cached copies at once
+    # (apps.py), and other web processes read the row again within INGEST_SOURCE_CACHE_SECONDS.
+    source.save(update_fields=saved)
     if changes:
         audit_record(
             action="source.updated", organization=source.organization, actor=actor, target=source, changes=changes

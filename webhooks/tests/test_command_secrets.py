@@ -107,7 +107,12 @@ def test_create_source_reads_the_secret_from_a_file_with_a_crlf_line_ending(clie
 
     created, warnings = create_source("--secret-file", str(path))
 
-    assert set(created) == {"id", "token", "ingest_url"}  # the shape --secret gives; no secret shown
+    assert set(created) == {
+        "id",
+        "token",
+        "ingest_url",
+        "allowed_networks",
+    }  # the shape --secret gives; no secret shown
     assert warnings == ""
     stored = raw_secret_column(created["id"])
     assert stored.startswith("gAAAA") and SOURCE_SECRET not in stored  # encrypted at rest
@@ -225,7 +230,7 @@ def test_a_secret_file_that_cannot_be_read_is_named_without_its_content(organiza
 def test_a_secret_on_the_command_line_still_works_and_warns_on_stderr_only(client, organization):
     created, warnings = create_source("--secret", SOURCE_SECRET)
 
-    assert set(created) == {"id", "token", "ingest_url"}  # stdout is still one JSON object
+    assert set(created) == {"id", "token", "ingest_url", "allowed_networks"}  # stdout is still one JSON object
     assert warnings.startswith("warning: --secret on a command line can be read by other users of this machine")
     assert "--secret-file -" in warnings and warnings.count("\n") == 1
     assert SOURCE_SECRET not in warnings
@@ -364,7 +369,7 @@ def test_a_process_reads_the_secret_piped_to_it(client, transactional_db, organi
 
     assert ran.returncode == 0, ran.stderr
     created = json.loads(ran.stdout)
-    assert set(created) == {"id", "token", "ingest_url"}
+    assert set(created) == {"id", "token", "ingest_url", "allowed_networks"}
     assert SOURCE_SECRET not in ran.stdout + ran.stderr and "warning" not in ran.stderr
     assert Source.objects.get(pk=created["id"]).secret == SOURCE_SECRET
     assert_verifies_signed_requests(client, created["id"], SOURCE_SECRET)
@@ -373,7 +378,7 @@ def test_a_process_reads_the_secret_piped_to_it(client, transactional_db, organi
     command = [*CREATE_SOURCE, "--name", "flag", "--secret", SOURCE_SECRET + "x", "--json"]
     ran = subprocess.run(command, cwd=ROOT, env=manage_env(), capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    assert set(json.loads(ran.stdout)) == {"id", "token", "ingest_url"}
+    assert set(json.loads(ran.stdout)) == {"id", "token", "ingest_url", "allowed_networks"}
     assert "warning: --secret on a command line can be read by other users" in ran.stderr
     assert SOURCE_SECRET not in ran.stderr
 

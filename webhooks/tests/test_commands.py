@@ -46,7 +46,8 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
         "--option",
         "tolerance=600",
     )
-    assert set(source) == {"id", "token", "ingest_url"}
+    assert set(source) == {"id", "token", "ingest_url", "allowed_networks"}
+    assert source["allowed_networks"] == []
     assert source["ingest_url"] == f"http://testserver/in/{source['token']}/"
     assert Source.objects.get(pk=source["id"]).options["tolerance"] == 600
 

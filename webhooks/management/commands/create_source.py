@@ -1,6 +1,6 @@
 from organizations.models import Organization
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services.sources import SecretRequired, ingest_url, source_create
+from webhooks.services.sources import SecretRequired, SourceNetworksError, ingest_url, source_create
 
 from ._base import OperatorCommand, add_secret_arguments, parse_options
 
@@ -19,6 +19,13 @@ class Command(OperatorCommand):
             file_help="read the provider's signing secret from this file (one line ending is removed)",
         )
         parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE")
+        parser.add_argument(
+            "--allowed-network",
+            action="append",
+            default=[],
+            metavar="CIDR",
+            help="an address or network requests must come from (repeat for more; none: any address)",
+        )
 
     def run(self, **options):
         secret = self.secret_from_options(options, "secret")
@@ -30,11 +37,21 @@ class Command(OperatorCommand):
                 name=options["name"],
                 secret=secret,
                 options=parse_options(options["option"]),
+                allowed_networks=options["allowed_network"],
             )
         except SecretRequired as exc:
             raise SecretRequired(f"{exc}; pass it with --secret-file PATH (- for standard input)") from None
-        result = {"id": source.pk, "token": source.ingest_token, "ingest_url": ingest_url(source)}
+        except SourceNetworksError as exc:
+            raise SourceNetworksError(f"--allowed-network: {exc}") from None
+        result = {
+            "id": source.pk,
+            "token": source.ingest_token,
+            "ingest_url": ingest_url(source),
+            "allowed_networks": source.allowed_networks,
+        }
         text = f"Created source {source.pk} ({source.provider}).\nIngest URL: {ingest_url(source)}"
+        if source.allowed_networks:
+            text += f"\nAllowed networks: {', '.join(source.allowed_networks)}"
         if generated:
             # The only time a secret is shown: the platform made it and the tenant must copy it.
             result["secret"] = generated

@@ -22,6 +22,7 @@ from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceBeingDeleted,
     SourceError,
+    SourceNetworksError,
     ingest_url,
     source_change_delay,
     source_create,
@@ -98,8 +99,11 @@ class SourceCreateView(OrganizationMixin, TemplateView):
                     secret=form.cleaned_data.get("secret") or None,
                     options=form.cleaned_options(),
                     allow_unset_secret=True,
+                    allowed_networks=form.cleaned_data["allowed_networks"],
                     actor=request.user,
                 )
+            except SourceNetworksError as exc:
+                form.add_error("allowed_networks", str(exc))
             except SourceError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -167,14 +171,26 @@ class SourceEditView(SourceMixin, TemplateView):
         source = self.get_source()
         form = SourceEditForm(request.POST, source=source)
         if form.is_valid():
+            networks_changed = form.cleaned_data["allowed_networks"] != source.allowed_networks
             try:
                 source_update(
-                    source=source, name=form.cleaned_data["name"], options=form.cleaned_options(), actor=request.user
+                    source=source,
+                    name=form.cleaned_data["name"],
+                    options=form.cleaned_options(),
+                    allowed_networks=form.cleaned_data["allowed_networks"],
+                    actor=request.user,
                 )
+            except SourceNetworksError as exc:
+                form.add_error("allowed_networks", str(exc))
             except SourceError as exc:
                 form.add_error(None, str(exc))
             else:
-                messages.success(request, "Source saved.")
+                messages.success(
+                    request,
+                    f"Source saved; its allowed networks apply {source_change_delay()}."
+                    if networks_changed
+                    else "Source saved.",
+                )
                 return redirect("dashboard:source_detail", self.organization.slug, source.pk)
         return self.render_to_response(self.get_context_data(source=source, form=form))
 
