@@ -27,6 +27,7 @@ from .destination_headers import (
 )
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
+from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
@@ -130,6 +131,16 @@ def destination_merge_custom_headers(
         return merge_custom_headers(current, changes)
     except CustomHeaderError as exc:
         raise DestinationError(str(exc), field="custom_headers") from None
+
+
+def destination_check_payload_filters(filters) -> list[dict]:
+    """Payload filters (a list of {"path", "op", "value"}) checked and in their stored form: the one
+    check of the dashboard, the REST API, the admin and create_destination. DestinationError on the
+    field ``payload_filters`` naming the condition at fault."""
+    try:
+        return check_payload_filters(filters)
+    except PayloadFilterError as exc:
+        raise DestinationError(str(exc), field="payload_filters") from None
 
 
 def max_attempts_allowed() -> int:
@@ -254,11 +265,13 @@ def destination_create(
     max_attempts: int | None = None,
     max_retry_age_seconds: int | None = None,
     custom_headers: Mapping[str, str] | None = None,
+    payload_filters: list | None = None,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once).
     ``max_concurrency`` None is the default (10); the other limits' None is no limit.
-    ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again."""
+    ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again.
+    ``payload_filters``: conditions on the body that an event must meet to be delivered here."""
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
@@ -268,6 +281,7 @@ def destination_create(
         max_retry_age_seconds=max_retry_age_seconds,
     )
     headers = destination_check_custom_headers(custom_headers or {})
+    conditions = destination_check_payload_filters(payload_filters)
     destination_check_url(url)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
@@ -282,6 +296,7 @@ def destination_create(
         rate_limit_per_second=rate_limit_per_second,
         max_attempts=max_attempts,
         max_retry_age_seconds=max_retry_age_seconds,
+        payload_filters=conditions,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
         **({"max_concurrency": max_concurrency} if max_concurrency is not None else {}),
     )
@@ -303,6 +318,7 @@ def destination_create(
             **{field: getattr(destination, field) for field in DELIVERY_POLICY_FIELDS},
             # Names only: the values are credentials.
             **({"custom_headers": custom_header_changes({}, headers)} if headers else {}),
+            **({"payload_filters": conditions} if conditions else {}),
         },
     )
     return destination, secret
@@ -345,12 +361,14 @@ def destination_update(
     max_attempts: int | _Unchanged | None = UNCHANGED,
     max_retry_age_seconds: int | _Unchanged | None = UNCHANGED,
     custom_headers: Mapping[str, str | None] | None = None,
+    payload_filters: list | _Unchanged | None = UNCHANGED,
     actor=None,
 ) -> Destination:
     """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged),
     its delivery policy (UNCHANGED unless given; None is no limit), which sources (and event
     types) it receives, and its custom headers: ``custom_headers`` are changes (a value adds or
-    replaces that header, None removes it; headers not named stay as they are)."""
+    replaces that header, None removes it; headers not named stay as they are). ``payload_filters``
+    replaces the conditions when given (None or [] for none)."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     policy = {
@@ -366,6 +384,8 @@ def destination_update(
     if policy.get("max_concurrency", 0) is None:
         raise DestinationError("the max concurrency needs a number (10 by default)", field="max_concurrency")
     destination_check_delivery_policy(**policy)
+    if payload_filters is not UNCHANGED:
+        payload_filters = destination_check_payload_filters(payload_filters)
     if url != destination.url:
         destination_check_url(url)
     wanted = {source.pk: source for source in sources}
@@ -382,8 +402,10 @@ def destination_update(
     if retry_client_errors is not None:
         fields.append(("retry_client_errors", retry_client_errors))
     fields += list(policy.items())
+    if payload_filters is not UNCHANGED:
+        fields.append(("payload_filters", payload_filters))
     for field, value in fields:
-        if getattr(destination, field) != value:
+        if _differs(getattr(destination, field), value):
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
     destination.save(update_fields=[field for field, _ in fields] + header_fields + ["updated_at"])
@@ -413,6 +435,14 @@ def destination_update(
             changes=changes,
         )
     return destination
+
+
+def _differs(before, after) -> bool:
+    # Payload filters compare JSON values by type: Python's True == 1 would take "== 1" changed to
+    # "== true" for no change, and not save it.
+    if isinstance(before, list) or isinstance(after, list):
+        return not same_json(before, after)
+    return before != after
 
 
 def _change_custom_headers(destination: Destination, changes: Mapping[str, str | None]) -> dict[str, list[str]]:
