@@ -389,12 +389,15 @@ def refused_by_payload_filters(checks: Iterable[tuple[Any, int, list[dict]]]) ->
     for event_id, destination_id, conditions in checks:
         by_event[event_id].append((destination_id, conditions))
     refused = set()
-    bodies = WebhookEvent.objects.filter(pk__in=list(by_event)).values_list("pk", "body")
-    for event_id, body in bodies.iterator(chunk_size=BODIES_READ_AT_ONCE):
-        document = payload_document(bytes(body))
-        for destination_id, conditions in by_event[event_id]:
-            if not payload_filters_hold(conditions, document):
-                refused.add((event_id, destination_id))
+    event_ids = list(by_event)
+    # A few bodies at a time, each dropped once judged: a batch of large bodies is never all in memory.
+    for start in range(0, len(event_ids), BODIES_READ_AT_ONCE):
+        chunk = event_ids[start : start + BODIES_READ_AT_ONCE]
+        for event_id, body in WebhookEvent.objects.filter(pk__in=chunk).values_list("pk", "body"):
+            document = payload_document(bytes(body))
+            for destination_id, conditions in by_event[event_id]:
+                if not payload_filters_hold(conditions, document):
+                    refused.add((event_id, destination_id))
     return refused
 
 

@@ -262,6 +262,18 @@ def test_several_destinations_with_different_filters_parse_each_body_once(organi
     assert len(_body_reads(queries)) == 1  # the three bodies in one query
 
 
+def test_a_batch_of_many_events_is_read_a_few_bodies_at_a_time(organization, monkeypatch):
+    parsed = _count_parses(monkeypatch)
+    source = make_source(organization)
+    _destination(organization, "live", [source], "data.object.livemode == true")
+    events = [_received(source, {"n": n, "data": {"object": {"livemode": n % 2 == 0}}}) for n in range(25)]
+    with CaptureQueriesContext(connection) as queries:
+        _process()
+    assert [bool(_sent_to(event)) for event in events] == [n % 2 == 0 for n in range(25)]
+    assert len(parsed) == 25
+    assert len(_body_reads(queries)) == 3  # 10, 10 and 5 (BODIES_READ_AT_ONCE)
+
+
 def test_without_payload_filters_no_body_is_read(organization, other_organization, monkeypatch):
     parsed = _count_parses(monkeypatch)
     source = make_source(organization)
