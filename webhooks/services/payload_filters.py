@@ -404,10 +404,10 @@ def refused_by_payload_filters(checks: Iterable[tuple[Any, int, list[dict]]]) ->
 def why_not_taken(conditions: list[dict], document: Any) -> str:
     """Why a destination's payload filters refuse a document, for the event's page; "" if they take it."""
     if document is NOT_JSON:
-        return "its body is not JSON (nor a form with a JSON payload field), which payload filters need"
+        return "its body is not JSON, nor a form with a JSON payload field"
     for condition in conditions:
         if not condition_holds(condition, document):
-            return f"its payload filter “{payload_filter_line(condition)}” does not hold"
+            return f"“{payload_filter_line(condition)}” does not hold"
     return ""
 
 

@@ -199,7 +199,7 @@ def test_a_destination_with_payload_filters_takes_no_body_that_is_not_json(clien
     # The event's page says why it did not go to the filtered one.
     client.force_login(owner)
     page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
-    assert "Not sent to" in page and "filtered</a>: its body is not JSON" in page
+    assert "filtered</a>, whose payload filters (as they are now) leave it out: its body is not JSON" in page
 
 
 def test_the_event_page_names_the_condition_that_does_not_hold(client, organization, owner, member):
@@ -211,7 +211,11 @@ def test_the_event_page_names_the_condition_that_does_not_hold(client, organizat
     assert _sent_to(event) == set()
     client.force_login(member)
     page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
-    assert "live only</a>: its payload filter “data.object.livemode == true” does not hold" in page
+    assert (
+        "live only</a>, whose payload filters (as they are now) leave it out: “data.object.livemode == true” does"
+        in page
+    )
+    assert "A replay sends it all the same" not in page  # members cannot replay
     # A destination its type does not reach is not said to be refused by its payload filters.
     assert "other types</a>" not in page
     assert "No destination subscribes" not in page
