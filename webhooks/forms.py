@@ -27,6 +27,13 @@ from webhooks.services.destinations import (
     parse_retry_schedule,
     retry_schedule_text,
 )
+from webhooks.services.payload_filters import (
+    MAX_PAYLOAD_FILTERS,
+    PayloadFilterError,
+    parse_payload_filter_lines,
+    payload_filter_lines,
+    same_json,
+)
 from webhooks.services.sample_sender import edited_body_problem, fixtures_for_provider
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 from webhooks.services.sources import SourceError, source_change_delay, source_check_allowed_networks
@@ -377,6 +384,42 @@ class CustomHeadersMixin(forms.Form):
         return self.cleaned_data.get("custom_header_changes") or {}
 
 
+class PayloadFiltersField(forms.Field):
+    """A destination's payload filters as lines of text (``ref == "refs/heads/main"``), read into
+    the stored list by the service (parse_payload_filter_lines), which refuses naming the line."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"})
+    # Backticks: the dashboard shows what is between them as code (the admin drops them).
+    default_help_text = (
+        "Only events whose JSON body meets every condition are sent here. One per line, at most "
+        f'{MAX_PAYLOAD_FILTERS}, such as `data.object.livemode == true`, `ref in ["refs/heads/main"]`, '
+        "`data.object.metadata.tenant exists` (also `!=` and `not exists`). Values are JSON and compared by type: "
+        '`"1"` is not `1`. A number in a path is a list position (`line_items.0.sku`); `\\.` is a dot inside a '
+        "key. A body that is not JSON (nor a form with a JSON `payload` field, as GitHub's) is not sent here. "
+        "Empty: every event."
+    )
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", self.default_help_text)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        return payload_filter_lines(value) if isinstance(value, list) else value
+
+    def to_python(self, value) -> list[dict]:
+        try:
+            return parse_payload_filter_lines(value or "")
+        except PayloadFilterError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def has_changed(self, initial, data) -> bool:
+        try:
+            return not same_json(initial or [], self.to_python(data))
+        except forms.ValidationError:
+            return True
+
+
 class DestinationForm(CustomHeadersMixin, forms.Form):
     name = NameField(max_length=200)
     url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
@@ -394,6 +437,7 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
             "(issues takes issues.opened, orders takes orders/create). Empty sends every event type."
         ),
     )
+    payload_filters = PayloadFiltersField(label="Payload filters")
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=1, max_value=60, initial=15)
     retry_client_errors = forms.BooleanField(
         label="Retry 4xx answers",
@@ -455,6 +499,7 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
                     ),
                     "sources": [subscription.source_id for subscription in subscriptions],
                     "event_types": ", ".join(subscriptions[0].event_types) if subscriptions else "",
+                    "payload_filters": destination.payload_filters,
                 },
             )
         super().__init__(*args, **kwargs)

@@ -29,7 +29,14 @@ from organizations.admin import (
     action_outcomes,
 )
 from webhooks.fields import decrypt, encrypt
-from webhooks.forms import RETRY_SCHEDULE_HELP, AllowedNetworksField, CustomHeadersMixin, NameField, RetryScheduleField
+from webhooks.forms import (
+    RETRY_SCHEDULE_HELP,
+    AllowedNetworksField,
+    CustomHeadersMixin,
+    NameField,
+    PayloadFiltersField,
+    RetryScheduleField,
+)
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -519,8 +526,12 @@ class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
             "max_attempts",
             "max_retry_age_seconds",
             "is_active",
+            "payload_filters",
         )
         field_classes = {"name": NameField}
+
+    # Lines read by the service that checks the dashboard's and the API's (parse_payload_filter_lines).
+    payload_filters = PayloadFiltersField(help_text=PayloadFiltersField.default_help_text.replace("`", ""))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -599,6 +610,7 @@ class DestinationAdmin(
         "max_attempts",
         "max_retry_age_seconds",
         "is_active",
+        "payload_filters",
         "custom_headers_shown",
         "custom_headers_set",
         "custom_headers_remove",

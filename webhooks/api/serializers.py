@@ -189,6 +189,8 @@ class DestinationSerializer(serializers.Serializer):
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
     # Each custom header's name and the hint of its value (…a1b2); the values are never shown.
     custom_headers = serializers.ListField(child=serializers.DictField(), source="custom_header_hints")
+    # Conditions on the body: [{"path", "op", "value"}] (no value for exists and not_exists).
+    payload_filters = serializers.JSONField()
     subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
     created_at = serializers.DateTimeField()
 

@@ -15,6 +15,7 @@ from webhooks.providers.registry import PROVIDERS, get_provider
 from webhooks.services.destinations import (
     DestinationError,
     destination_check_custom_headers,
+    destination_check_payload_filters,
     destination_merge_custom_headers,
     event_type_patterns,
 )
@@ -148,6 +149,14 @@ class DestinationSerializerBase(serializers.Serializer):
     retry_schedule = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
+    # Any JSON here: the service checks the conditions, and its refusal names the one at fault.
+    payload_filters = serializers.JSONField(required=False, allow_null=True)
+
+    def validate_payload_filters(self, filters) -> list[dict]:
+        try:
+            return destination_check_payload_filters(filters)
+        except DestinationError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate_sources(self, ids: list[int]) -> list[Source]:
         """The organization's sources by id. Another organization's id is answered as one that does

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
+    UNCHANGED,
     DestinationError,
     destination_create,
     destination_delete,
@@ -186,6 +187,7 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
                 timeout_seconds=data.get("timeout_seconds"),
                 retry_client_errors=data["retry_client_errors"],
                 custom_headers=data.get("custom_headers"),
+                payload_filters=data.get("payload_filters"),
                 actor=self.api_key,
                 **{field: data.get(field) for field in DELIVERY_POLICY_FIELDS},
             )
@@ -234,6 +236,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
                 timeout_seconds=data.get("timeout_seconds", destination.timeout_seconds),
                 retry_client_errors=data.get("retry_client_errors"),
                 custom_headers=data.get("custom_headers"),
+                payload_filters=data.get("payload_filters", UNCHANGED),
                 actor=self.api_key,
                 **{field: data[field] for field in DELIVERY_POLICY_FIELDS if field in data},
             )

@@ -44,6 +44,10 @@ class Destination(models.Model):
     # services.destinations (which checks them); custom_header_hints is what may be shown of them.
     custom_headers = EncryptedTextField(blank=True, default="", db_default="", editable=False)
     custom_header_hints = models.JSONField(blank=True, default=list, db_default=[], editable=False)
+    # Conditions on the event's JSON body, all of which must hold for an event to be delivered here
+    # (services.payload_filters): a list of {"path", "op", "value"}, checked there for every form, the
+    # API and commands. A database default: adding the column then rewrites no table.
+    payload_filters = models.JSONField(blank=True, default=list, db_default=[])
     timeout_seconds = models.FloatField(
         default=15.0, validators=[MinValueValidator(MIN_TIMEOUT_SECONDS), MaxValueValidator(MAX_TIMEOUT_SECONDS)]
     )

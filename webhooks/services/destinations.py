@@ -28,6 +28,7 @@ from .destination_headers import (
 )
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
+from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
 from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
@@ -138,6 +139,16 @@ def destination_merge_custom_headers(
         return merge_custom_headers(current, changes)
     except CustomHeaderError as exc:
         raise DestinationError(str(exc), field="custom_headers") from None
+
+
+def destination_check_payload_filters(filters) -> list[dict]:
+    """Payload filters (a list of {"path", "op", "value"}) checked and in their stored form: the one
+    check of the dashboard, the REST API, the admin and create_destination. DestinationError on the
+    field ``payload_filters`` naming the condition at fault."""
+    try:
+        return check_payload_filters(filters)
+    except PayloadFilterError as exc:
+        raise DestinationError(str(exc), field="payload_filters") from None
 
 
 def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
@@ -371,12 +382,14 @@ def destination_create(
     max_attempts: int | None = None,
     max_retry_age_seconds: int | None = None,
     custom_headers: Mapping[str, str] | None = None,
+    payload_filters: list | None = None,
     actor=None,
 ) -> tuple[Destination, str]:
     """Create a destination with a new signing secret; returns it and the secret (shown once).
     ``max_concurrency`` None is the default (10); ``retry_schedule`` None is the platform's (its
     own: the seconds to wait before each retry); the other limits' None is no limit.
-    ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again."""
+    ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again.
+    ``payload_filters``: conditions on the body that an event must meet to be delivered here."""
     require_configure_role(organization=organization, actor=actor)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
@@ -387,6 +400,7 @@ def destination_create(
         max_retry_age_seconds=max_retry_age_seconds,
     )
     headers = destination_check_custom_headers(custom_headers or {})
+    conditions = destination_check_payload_filters(payload_filters)
     destination_check_url(url)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
@@ -402,6 +416,7 @@ def destination_create(
         retry_schedule=list(retry_schedule) if retry_schedule is not None else None,
         max_attempts=max_attempts,
         max_retry_age_seconds=max_retry_age_seconds,
+        payload_filters=conditions,
         **({"timeout_seconds": timeout_seconds} if timeout_seconds is not None else {}),
         **({"max_concurrency": max_concurrency} if max_concurrency is not None else {}),
     )
@@ -423,6 +438,7 @@ def destination_create(
             **{field: getattr(destination, field) for field in DELIVERY_POLICY_FIELDS},
             # Names only: the values are credentials.
             **({"custom_headers": custom_header_changes({}, headers)} if headers else {}),
+            **({"payload_filters": conditions} if conditions else {}),
         },
     )
     return destination, secret
@@ -466,6 +482,7 @@ def destination_update(
     max_attempts: int | _Unchanged | None = UNCHANGED,
     max_retry_age_seconds: int | _Unchanged | None = UNCHANGED,
     custom_headers: Mapping[str, str | None] | None = None,
+    payload_filters: list | _Unchanged | None = UNCHANGED,
     actor=None,
 ) -> Destination:
     """Change a destination's name, URL, timeout, whether 4xx answers are retried (None: unchanged),
@@ -475,7 +492,8 @@ def destination_update(
     not named stay as they are).
 
     A new retry schedule applies from each delivery's next failure: one waiting for a retry keeps
-    its next attempt's time, and the wait after it is the new schedule's step for the attempts made."""
+    its next attempt's time, and the wait after it is the new schedule's step for the attempts made.
+    ``payload_filters`` replaces the conditions when given (None or [] for none)."""
     require_configure_role(organization=destination.organization, actor=actor)
     _check_settings(name, timeout_seconds)
     policy = {
@@ -500,6 +518,8 @@ def destination_update(
     destination_check_delivery_policy(**checked)
     if policy.get("retry_schedule") is not None:
         policy["retry_schedule"] = list(policy["retry_schedule"])
+    if payload_filters is not UNCHANGED:
+        payload_filters = destination_check_payload_filters(payload_filters)
     if url != destination.url:
         destination_check_url(url)
     wanted = {source.pk: source for source in sources}
@@ -516,8 +536,10 @@ def destination_update(
     if retry_client_errors is not None:
         fields.append(("retry_client_errors", retry_client_errors))
     fields += list(policy.items())
+    if payload_filters is not UNCHANGED:
+        fields.append(("payload_filters", payload_filters))
     for field, value in fields:
-        if getattr(destination, field) != value:
+        if _differs(getattr(destination, field), value):
             changes[field] = [getattr(destination, field), value]
             setattr(destination, field, value)
     destination.save(update_fields=[field for field, _ in fields] + header_fields + ["updated_at"])
@@ -547,6 +569,14 @@ def destination_update(
             changes=changes,
         )
     return destination
+
+
+def _differs(before, after) -> bool:
+    # Payload filters compare JSON values by type: Python's True == 1 would take "== 1" changed to
+    # "== true" for no change, and not save it.
+    if isinstance(before, list) or isinstance(after, list):
+        return not same_json(before, after)
+    return before != after
 
 
 def _change_custom_headers(destination: Destination, changes: Mapping[str, str | None]) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -22,6 +23,7 @@ from .delivery import dead_letter_deliveries_of_inactive_destinations, release_l
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .organization_deletion import resume_organization_deletions
+from .payload_filters import refused_by_payload_filters
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
 from .source_deletion import resume_source_deletions
@@ -238,17 +240,32 @@ def _fan_out_or_set_aside(events: list[WebhookEvent], now) -> None:
 def _fan_out(events: list[WebhookEvent], now) -> None:
     """Create the events' deliveries, mark them processed and count them (inside the caller's transaction)."""
     subscriptions_by_source: dict[int, list[Subscription]] = {}
-    # A source being deleted gives its events no new deliveries: they are about to go.
+    # A source being deleted gives its events no new deliveries: they are about to go. The
+    # destination's payload filters come along in the same query (its row is joined already).
     for subscription in Subscription.objects.filter(
         source_id__in={event.source_id for event in events},
         destination__is_active=True,
         source__deletion_requested_at__isnull=True,
-    ):
+    ).annotate(payload_filters=F("destination__payload_filters")):
         subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
     # Skip destinations deleted since, and keep the rest from being deleted until this commits.
     existing = lock_destinations_against_deletion(
         subscription.destination_id for found in subscriptions_by_source.values() for subscription in found
     )
+    taken = [
+        (event, subscription)
+        for event in events
+        for subscription in subscriptions_by_source.get(event.source_id, ())
+        if subscription.destination_id in existing and subscription.matches(event.event_type)
+    ]
+    # Payload filters read the body: only of the events that a destination with payload filters
+    # takes by type (none at all in the common case), each read and parsed once.
+    with_payload_filters = [
+        (event.id, subscription.destination_id, subscription.payload_filters)
+        for event, subscription in taken
+        if subscription.payload_filters
+    ]
+    refused = refused_by_payload_filters(with_payload_filters) if with_payload_filters else set()
     deliveries = [
         Delivery(
             organization_id=event.organization_id,
@@ -256,9 +273,8 @@ def _fan_out(events: list[WebhookEvent], now) -> None:
             destination_id=subscription.destination_id,
             next_attempt_at=now,
         )
-        for event in events
-        for subscription in subscriptions_by_source.get(event.source_id, ())
-        if subscription.destination_id in existing and subscription.matches(event.event_type)
+        for event, subscription in taken
+        if (event.id, subscription.destination_id) not in refused
     ]
     # ignore_conflicts: a redelivered task never creates a second delivery.
     Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)

@@ -259,7 +259,7 @@ def test_create_destination_reads_headers_from_a_file_skipping_comments_and_blan
 
     created, warnings = create_destination("--header-file", str(path))
 
-    assert set(created) == {"id", "secret", "sources", "policy", "custom_headers", "warning"}
+    assert set(created) == {"id", "secret", "sources", "policy", "custom_headers", "payload_filters", "warning"}
     assert created["custom_headers"] == [
         {"name": "Authorization", "hint": "…" + GATEWAY_TOKEN[-4:]},
         {"name": "X-Api-Key", "hint": "…" + API_KEY_VALUE[-4:]},

@@ -7,10 +7,12 @@ from webhooks.services.destination_headers import CustomHeaderError, parse_heade
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,
+    destination_check_payload_filters,
     destination_create,
     parse_retry_schedule,
     retry_policy_words,
 )
+from webhooks.services.payload_filters import PayloadFilterError, parse_payload_filter_line, payload_filter_line
 
 from ._base import OperatorCommand, add_secret_arguments, read_secret_input, shown_path
 
@@ -43,6 +45,14 @@ class Command(OperatorCommand):
         parser.add_argument("--max-concurrency", type=int, metavar="N", help="attempts sent at once (default 10)")
         parser.add_argument("--rate-limit-per-second", type=int, metavar="N", help="attempts started per second")
         parser.add_argument("--retry-client-errors", action="store_true", help="retry 4xx answers too")
+        parser.add_argument(
+            "--payload-filter",
+            action="append",
+            default=[],
+            metavar="EXPR",
+            help="a condition on the JSON body, as on the dashboard: 'data.object.livemode == true', "
+            "'ref in [\"refs/heads/main\"]', 'data.id exists' (repeat for more; all must hold)",
+        )
         add_secret_arguments(
             parser,
             "header",
@@ -56,6 +66,7 @@ class Command(OperatorCommand):
 
     def run(self, **options):
         headers = self._headers(options)
+        payload_filters = self._payload_filters(options["payload_filter"])
         organization = Organization.objects.get(slug=options["org"])
         sources = list(sources_for_organization(organization=organization).filter(pk__in=options["source"]))
         missing = set(options["source"]) - {source.pk for source in sources}
@@ -88,6 +99,7 @@ class Command(OperatorCommand):
                 max_attempts=options.get("max_attempts"),
                 max_retry_age_seconds=options.get("max_retry_age_seconds"),
                 custom_headers=headers,
+                payload_filters=payload_filters,
             )
         except DestinationError as exc:
             # Named by the flag that set it: "--max-concurrency: concurrent attempts must be …".
@@ -101,6 +113,7 @@ class Command(OperatorCommand):
             "sources": [source.pk for source in sources],
             "policy": {field: getattr(destination, field) for field in POLICY_FIELDS},
             "custom_headers": destination.custom_header_hints,  # names and hints, never a value
+            "payload_filters": destination.payload_filters,
         }
         text = (
             f"Created destination {destination.pk} → {destination.url}\nSigning secret (shown once): {secret}"
@@ -109,6 +122,8 @@ class Command(OperatorCommand):
         if destination.custom_header_hints:
             shown = ", ".join(f"{item['name']} ({item['hint']})" for item in destination.custom_header_hints)
             text += f"\nCustom headers: {shown}"
+        for condition in destination.payload_filters:
+            text += f"\nPayload filter: {payload_filter_line(condition)}"
         if not sources:
             # No command links a source to an existing destination: only the dashboard does.
             edit_page = settings.PUBLIC_BASE_URL + reverse(
@@ -120,6 +135,20 @@ class Command(OperatorCommand):
             )
             text += "\n" + result["warning"]
         return result, text
+
+    def _payload_filters(self, given: list[str]) -> list[dict]:
+        """Each --payload-filter read as a line of the dashboard's box, then checked by the service
+        (``condition 2`` is the second --payload-filter)."""
+        conditions = []
+        for number, expression in enumerate(given, start=1):
+            try:
+                conditions.append(parse_payload_filter_line(expression))
+            except PayloadFilterError as exc:
+                raise ValueError(f"--payload-filter {number} (“{expression}”): {exc}") from None
+        try:
+            return destination_check_payload_filters(conditions)
+        except DestinationError as exc:
+            raise ValueError(f"--payload-filter: {exc}") from None
 
     def _headers(self, options) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -34,6 +34,7 @@ from webhooks.services.operations import (
     destination_send_waiting_now,
     destination_waiting_for_retry_count,
 )
+from webhooks.services.payload_filters import payload_filter_words
 
 from .base import ADMIN, ChangeView, or_404, posted_switch, secret_once_response
 
@@ -91,6 +92,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
                     custom_headers=form.custom_header_changes(),
+                    payload_filters=form.cleaned_data["payload_filters"],
                     actor=request.user,
                     **form.delivery_policy(),
                 )
@@ -114,6 +116,7 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             destination=destination,
             health=destination_health(destination=destination),
             retry_policy=retry_policy_words(destination),
+            payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
             subscriptions=list(destination.subscriptions.select_related("source")),
             bulk_retries=bulk_retries,
             bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
@@ -163,6 +166,7 @@ class DestinationEditView(DestinationMixin, TemplateView):
                     timeout_seconds=form.cleaned_data["timeout_seconds"],
                     retry_client_errors=form.cleaned_data["retry_client_errors"],
                     custom_headers=form.custom_header_changes(),
+                    payload_filters=form.cleaned_data["payload_filters"],
                     actor=request.user,
                     **form.delivery_policy(),
                 )

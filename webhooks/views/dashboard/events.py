@@ -27,6 +27,7 @@ from webhooks.selectors import (
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
 from webhooks.services.operations import OperationError
+from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.text import readable_body
 
 from .base import ChangeView, or_404
@@ -117,6 +118,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
         context.update(
             event=event,
             deliveries=list(event.deliveries.all()),
+            not_taken=destinations_not_taking(event),
             headers=headers_for_viewer(
                 event.headers,
                 sees_signatures=self.has_role("admin"),
