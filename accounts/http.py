@@ -16,6 +16,8 @@ def client_ip(request) -> str | None:
     IPv6 address loses its zone ("fe80::1%eth0" is "fe80::1"): the zone names an interface of the
     machine that saw it, says nothing of the client, and PostgreSQL's inet refuses it (the ingest
     writer casts the text, so a signed webhook from such a peer was refused as unstorable).
+    Under gunicorn, a request that sent X-Forwarded-For on several lines arrives with one unreadable
+    entry (config/gunicorn.conf.py), so its address is None here.
     """
     address = request.META.get("REMOTE_ADDR") or None
     if settings.TRUST_X_FORWARDED_FOR:

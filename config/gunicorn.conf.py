@@ -156,3 +156,20 @@ def when_ready(server):
                 gunicorns_handler(signum, frame)
 
         signal.signal(stop_signal, noted)
+
+
+# accounts.http.client_ip trusts the right-most X-Forwarded-For entry, the one the router adds.
+# gunicorn joins a header's field lines in the order they came, so with a second line from the
+# client, a router that appends its entry to the first line (Heroku's has been seen to) passes the
+# client's own pick on as the right-most entry. Such a request keeps one unreadable entry instead:
+# its address is unknown (an allowed-networks source refuses it), never one the client chose.
+_FORWARDED_FOR = "X-FORWARDED-FOR"  # gunicorn's spelling of header names
+UNREADABLE_FORWARDED_FOR = "unknown"
+
+
+def pre_request(worker, req):
+    lines = [value for name, value in req.headers if name == _FORWARDED_FOR]
+    if len(lines) > 1:
+        req.headers = [(name, value) for name, value in req.headers if name != _FORWARDED_FOR]
+        req.headers.append((_FORWARDED_FOR, UNREADABLE_FORWARDED_FOR))
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request

@@ -2,6 +2,10 @@
 through the same check (dashboard, REST API, admin, create_source)."""
 
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -22,6 +26,7 @@ from webhooks.services.sources import (
 
 from .api_helpers import api_get, api_patch, api_post, make_key
 from .factories import STRIPE_SECRET, make_source
+from .processes import free_port, wait_for_port
 from .signing import stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -168,6 +173,42 @@ def test_behind_the_router_only_the_right_most_forwarded_entry_counts(client, or
     assert forged.status_code == 403 and OUTSIDE in forged.json()["detail"]
     assert genuine.status_code == 200
     assert [event.remote_ip for event in stored(source)] == [INSIDE_V4]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_forwarded_line_from_the_client_never_passes_for_the_routers_entry(organization, tmp_path):
+    # A router that appends the address it saw to the first X-Forwarded-For line passes a second
+    # line from the client on as it is, and gunicorn joins the lines in order: that line's last
+    # entry came last, where client_ip reads the router's. Over real gunicorn (config/gunicorn.conf.py).
+    from .test_ingest_batch_fuzz import _raw_status, _raw_stripe_request, _stripe_body
+    from .test_ingest_writer_process import _start_gunicorn
+
+    source = restricted_source(organization)
+    port = int(os.environ.get("ALLOWED_NETWORKS_TEST_PORT", "0")) or free_port()
+    private_tmp = Path(tempfile.mkdtemp(prefix="hln-"))
+
+    def status(event_id: str, *forwarded: str) -> int:
+        lines = [f"X-Forwarded-For: {line}".encode() for line in forwarded]
+        return _raw_status(port, _raw_stripe_request(source.ingest_token, _stripe_body(event_id), lines))
+
+    with (tmp_path / "gunicorn.log").open("w") as log:
+        gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1", TRUST_X_FORWARDED_FOR="true")
+        try:
+            wait_for_port(port)
+            # As such a router passes them on: the outsider's address appended to its first line.
+            smuggled = status("evt_smuggled", f"{INSIDE_V4}, {OUTSIDE}", INSIDE_V4)
+            genuine = status("evt_genuine", f"{OUTSIDE}, {INSIDE_V4}")
+        finally:
+            gunicorn.terminate()
+            gunicorn.wait(30)
+            shutil.rmtree(private_tmp, ignore_errors=True)
+
+    assert smuggled == 403
+    assert genuine == 200
+    assert [event.remote_ip for event in stored(source)] == [INSIDE_V4]
+    [record] = rejected(source)
+    assert record.rejection_code == "address_not_allowed"
+    assert record.remote_ip is None  # unknown: neither the client's pick nor the router's entry guessed at
 
 
 def test_without_a_trusted_router_the_forwarded_header_is_ignored(client, organization, settings):
