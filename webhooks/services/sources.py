@@ -153,7 +153,7 @@ def source_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     try:
-        replace_secret(
+        overlap_seconds = replace_secret(
             source, clean_secret, overlap_seconds, stop_previous=stop_previous, cleared_fields=SECRET_MATCH_FIELDS
         )
     except SecretNotReplaced as exc:

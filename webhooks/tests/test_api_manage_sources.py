@@ -93,6 +93,23 @@ def test_stripe_without_a_secret_yet_refuses_requests_until_its_secret_is_set(cl
     assert post_stripe(client, source, _stripe_body("evt_in_time"), STRIPE_SECRET).status_code == 200
 
 
+def test_the_first_secret_set_by_rotate_secret_leaves_no_previous_one_said_to_work(client, organization, owner, writer):
+    # Rotating without keep_previous_for takes the default window; with no secret before, there is
+    # nothing it could keep, and the source's page must not say that "the previous secret" works.
+    api_key, key = writer
+    source = api_post(client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe, URL first"}).json()
+    response = api_post(client, key, f"/api/v1/sources/{source['id']}/rotate_secret", {"secret": STRIPE_SECRET})
+    assert response.status_code == 200, response.content
+    assert response.json()["previous_secret_valid_until"] is None
+    stored = Source.objects.get(pk=source["id"])
+    assert (stored.previous_secret, stored.previous_secret_expires_at) == ("", None)
+    assert _by_key("source.secret_rotated", api_key).changes["overlap_seconds"] == 0
+
+    client.force_login(owner)
+    page = client.get(f"/o/{organization.slug}/sources/{source['id']}/").content.decode()
+    assert stored.secret_hint in page and "previous secret" not in page
+
+
 def test_secrets_are_never_logged(client, organization, key, caplog):
     caplog.set_level(logging.DEBUG)
     created = api_post(client, key, "/api/v1/sources", {"provider": "github", "name": "GitHub"}).json()
