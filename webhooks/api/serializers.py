@@ -157,6 +157,9 @@ class SourceSerializer(serializers.Serializer):
     provider = serializers.CharField()
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
+    # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
+    # into them, can be read back.
+    options = serializers.DictField()
     ingest_url = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 

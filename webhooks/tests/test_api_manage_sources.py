@@ -185,6 +185,19 @@ def test_patch_renames_changes_options_and_stops(client, organization, writer):
     _by_key("source.resumed", api_key)
 
 
+def test_a_sources_options_are_read_back_as_a_patch_left_them(client, organization, key):
+    created = api_post(
+        client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe", "options": {"tolerance": 60}}
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["options"] == {"tolerance": 60}
+    path = f"/api/v1/sources/{created.json()['id']}"
+    assert api_patch(client, key, path, {"options": {"tolerance": None}}).json()["options"] == {"tolerance": 300}
+    assert api_get(client, key, path).json()["options"] == {"tolerance": 300}
+    listed = api_get(client, key, "/api/v1/sources").json()["results"]
+    assert [source["options"] for source in listed] == [{"tolerance": 300}]
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("body", [{"name": "renamed"}, {"active": False}])
 def test_a_source_deleted_while_it_is_patched_is_not_found(client, organization, key, monkeypatch, body):
