@@ -343,7 +343,7 @@ AUDIT_ACTION_LABELS = {
     "destination.secret_rotated": "set a new signing secret on",
     "subscription.created": "linked a source to the destination",
     "delivery.retried": "retried the delivery",
-    "deliveries.bulk_retry_requested": "retried every failed delivery of",
+    "deliveries.bulk_retry_requested": "retried the failed deliveries of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
     "api_key.created": "created the API key",

@@ -1108,6 +1108,24 @@ def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client,
     assert "api key: " not in text  # the fallback for an action without words
 
 
+def test_audit_log_names_the_destination_of_a_retry_a_replay_and_a_bulk_retry(client, owner, organization):
+    # A tenant knows a destination by its name, not its id, and "bulk retry 1 (0/1)" said neither
+    # which one nor anything true once the job had run.
+    world = build_world(client, organization)
+    Destination.objects.filter(pk=world.destination.pk).update(name="Billing app")
+    client.force_login(owner)
+    acme = ["acme", world.destination.pk]
+    assert client.post(reverse("dashboard:destination_bulk_retry", args=acme)).status_code == 302
+    assert client.post(reverse("dashboard:delivery_retry", args=["acme", world.delivery.pk])).status_code == 302
+    replay = reverse("dashboard:event_replay", args=["acme", world.event.pk])
+    assert client.post(replay, {"destination": world.destination.pk}).status_code == 302
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert "retried the failed deliveries of <code" in text
+    assert "<td>Billing app</td>" in text
+    assert text.count("<td>invoice.paid evt_world_1 → Billing app</td>") == 2  # the retry and the replay
+    assert "bulk retry" not in text and f"to destination {world.destination.pk}" not in text
+
+
 def test_only_admins_and_owners_see_where_colleagues_acted_from(client, owner, member, organization):
     # An address and a browser say where a person is; the readers of every organization that person
     # belongs to need not know it.
