@@ -1032,6 +1032,18 @@ def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, ow
     assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 retried" not in detail
 
 
+def test_a_bulk_retry_that_ran_before_a_pause_still_says_retried(client, owner, organization):
+    # Only a job that ran while the destination was paused left its deliveries waiting for the resume.
+    world = build_world(client, organization)
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "Paused since" in detail
+    assert "1 of 1 retried" in detail and "queued, to be sent when the destination is resumed" not in detail
+
+
 def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(client, owner, organization):
     world = build_world(client, organization)
     retrying = Delivery.objects.create(
