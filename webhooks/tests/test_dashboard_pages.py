@@ -1330,6 +1330,21 @@ def test_a_destination_failing_but_not_yet_out_of_retries_shows_as_failing(clien
     assert client.get(reverse("dashboard:overview", args=["acme"])).context["overview"].failing_destinations == []
 
 
+def test_an_option_below_its_providers_minimum_is_refused_at_its_box(client, owner, organization):
+    # Not "option 'tolerance' must be 0 or more" above the form, in the provider's internal name.
+    source = make_source(organization, tolerance=600)
+    client.force_login(owner)
+    url = reverse("dashboard:source_edit", args=["acme", source.pk])
+    (box,) = re.findall(r'<input [^>]*name="option_tolerance"[^>]*>', client.get(url).content.decode())
+    assert 'min="0"' in box
+    response = client.post(url, {"name": source.name, "option_tolerance": "-1"})
+    assert response.status_code == 200
+    assert response.context["form"].errors == {"option_tolerance": ["Ensure this value is greater than or equal to 0."]}
+    assert "option &#x27;tolerance&#x27;" not in response.content.decode()
+    source.refresh_from_db()
+    assert source.options["tolerance"] == 600
+
+
 def test_pages_show_labels_json_and_an_icon_not_internal_names(client, owner, organization):
     source = make_source(organization, tolerance=600)
     client.force_login(owner)
