@@ -118,6 +118,7 @@ def audit_record(
     actor=None,
     actor_label: str = "",
     target=None,
+    target_label: str = "",
     changes: dict[str, Any] | None = None,
     ip_address: str | None = None,
     user_agent: str = "",
@@ -126,8 +127,10 @@ def audit_record(
     """The one way an audit entry is written, chained to the previous one.
 
     ``actor`` is a User, another credential such as an API key (anything with a ``str``), or
-    None for the system. ``request`` (by default the one being served, see
-    organizations.middleware) supplies the IP address and user agent.
+    None for the system. ``target_label`` names the target where its ``str`` would say less to a
+    tenant (a delivery by its event and destination rather than their ids). ``request`` (by
+    default the one being served, see organizations.middleware) supplies the IP address and user
+    agent.
     Secret-looking keys in ``changes`` are masked.
     """
     user_model = get_user_model()
@@ -159,7 +162,7 @@ def audit_record(
             action=action,
             target_type=target._meta.label if target is not None else "",
             target_id=str(target.pk) if target is not None else "",
-            target_label=str(target)[:300] if target is not None else "",
+            target_label=(target_label or str(target))[:300] if target is not None else "",
             changes=stored_changes,
             ip_address=ip_address,
             user_agent=user_agent[:300],

@@ -49,7 +49,8 @@ def _option_field(option: ProviderOption, initial=None) -> forms.Field:
     common = {"label": option.label, "help_text": option.help_text, "required": option.required}
     value = option.default if initial is None else initial
     if option.kind == "int":
-        return forms.IntegerField(initial=value, **common)
+        # The provider's own bound, on the field: the error is shown at the box, and the browser keeps to it.
+        return forms.IntegerField(initial=value, min_value=option.min_value, **common)
     if option.kind == "bool":
         return forms.BooleanField(initial=bool(value), **{**common, "required": False})
     if option.kind == "choice":

@@ -63,6 +63,7 @@ from webhooks.services.secrets import previous_secret_valid_until, secret_hint
 from webhooks.services.sources import (
     SourceError,
     ingest_url,
+    source_awaits_secret,
     source_change_delay,
     source_check_secret,
     source_create,
@@ -272,6 +273,8 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
                 '<strong class="hookline-being-deleted">being deleted</strong> ({} rows deleted so far)',
                 f"{sum((obj.deletion_progress or {}).values()):,}",
             )
+        if source_awaits_secret(obj):  # as the dashboard says: "receiving" would hide that all is refused
+            return "waiting for its secret"
         return "receiving" if obj.is_active else "stopped"
 
     def has_change_permission(self, request, obj=None):

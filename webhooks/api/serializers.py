@@ -8,6 +8,7 @@ Secrets are never shown, only their hints.
 from __future__ import annotations
 
 import base64
+import re
 
 from rest_framework import serializers
 
@@ -157,6 +158,9 @@ class SourceSerializer(serializers.Serializer):
     provider = serializers.CharField()
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
+    # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
+    # into them, can be read back.
+    options = serializers.DictField()
     ingest_url = serializers.SerializerMethodField()
     # CIDR strings requests must come from; [] for any address.
     allowed_networks = serializers.ListField(child=serializers.CharField())
@@ -201,6 +205,26 @@ class DestinationSerializer(serializers.Serializer):
 # --- Query parameters and request bodies ---------------------------------------------
 
 
+# A time whose offset's "+" a query string turned into a space: "…T10:00:00 02:00".
+_OFFSET_PLUS_READ_AS_SPACE = re.compile(r"\d \d{2}(:?\d{2})?$")
+
+
+class QueryDateTimeField(serializers.DateTimeField):
+    """A time in a query string. A bare "+" there is a space (curl and most clients send it as
+    typed), so an offset written with one arrives broken: the refusal says how to write it."""
+
+    def to_internal_value(self, value):
+        try:
+            return super().to_internal_value(value)
+        except serializers.ValidationError:
+            if isinstance(value, str) and _OFFSET_PLUS_READ_AS_SPACE.search(value.strip()):
+                raise serializers.ValidationError(
+                    "not a date and time: a '+' in a query string is read as a space; write the offset's "
+                    "'+' as %2B, or give the time in UTC ending in Z"
+                ) from None
+            raise
+
+
 class EventFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
@@ -209,8 +233,8 @@ class EventFilterSerializer(serializers.Serializer):
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
     provider_event_id = serializers.CharField(max_length=255, required=False)
-    received_after = serializers.DateTimeField(required=False)
-    received_before = serializers.DateTimeField(required=False)
+    received_after = QueryDateTimeField(required=False)
+    received_before = QueryDateTimeField(required=False)
 
 
 class DeliveryFilterSerializer(serializers.Serializer):
@@ -218,8 +242,8 @@ class DeliveryFilterSerializer(serializers.Serializer):
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
-    received_after = serializers.DateTimeField(required=False)
-    received_before = serializers.DateTimeField(required=False)
+    received_after = QueryDateTimeField(required=False)
+    received_before = QueryDateTimeField(required=False)
 
 
 class BulkRetryRequestSerializer(serializers.Serializer):

@@ -1343,6 +1343,7 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         organization=locked.organization,
         actor=actor,
         target=locked,
+        target_label=f"{locked.event} → {locked.destination.name}",
         changes={"status": [previous, Delivery.Status.PENDING]},
     )
     transaction.on_commit(schedule_dispatch)

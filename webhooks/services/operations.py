@@ -211,6 +211,7 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         organization=event.organization,
         actor=actor,
         target=event,
+        target_label=f"{event} → {destination.name}",
         changes={"destination": destination.pk, "delivery": str(delivery.pk)},
     )
     transaction.on_commit(schedule_dispatch)
@@ -242,6 +243,16 @@ def _matching_deliveries(organization: Organization, filters: dict[str, Any]):
     return deliveries
 
 
+def _bulk_retry_label(organization: Organization, filters: dict[str, Any]) -> str:
+    """What a bulk retry's audit entry names: the destination whose failed deliveries it retries."""
+    if not filters.get("destination"):
+        return "every destination"
+    name = Destination.objects.filter(organization=organization, pk=filters["destination"]).values_list(
+        "name", flat=True
+    )
+    return name.first() or f"destination {filters['destination']}"
+
+
 @transaction.atomic
 def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], actor=None) -> BulkRetry:
     """Queue a background retry of every matching delivery (dead by default)."""
@@ -260,6 +271,7 @@ def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], act
         organization=organization,
         actor=actor,
         target=job,
+        target_label=_bulk_retry_label(organization, job.filters),
         changes={"filters": job.filters, "matching": total},
     )
     # Committed first: with the broker down the job waits for the sweeper instead of failing.

@@ -106,7 +106,8 @@ class ProcessingHealth:
     periodic_tasks: list[PeriodicRun] | None = None
     beat_last_run_at: datetime | None = None
     worker_ran_at: datetime | None = None  # the newest sign of a worker at work
-    worker_signal: str = "unknown"  # "mark" (the cache stamp), "attempt" (newest attempt), "none" or "unknown"
+    # "mark" (the cache holds the workers' stamp), "attempt" (no stamp: the newest attempt), "none" or "unknown"
+    worker_signal: str = "unknown"
     redis_up: bool | None = None
     last_attempt_at: datetime | None = None
     unmeasured: list[str] = field(default_factory=list)
@@ -283,12 +284,17 @@ def _read_worker_mark(health: ProcessingHealth) -> None:
     if stamped is not None:
         health.worker_ran_at = datetime.fromtimestamp(float(stamped), tz=UTC)
         health.worker_signal = "mark"
-    # An attempt shows a worker at work even where the mark cannot be read or was lost.
+    # An attempt shows a worker at work even where the mark cannot be read or was lost. Where the
+    # mark is there, an attempt after it (a process stamps at most every few seconds, so the last
+    # attempt before workers stop often is) moves the time on, but the sign stays the mark: judged
+    # as the "attempt" sign, stopped workers under a running beat read "no mark in the cache",
+    # degraded, instead of stalled.
     if health.last_attempt_at is not None and (
         health.worker_ran_at is None or health.last_attempt_at > health.worker_ran_at
     ):
         health.worker_ran_at = health.last_attempt_at
-        health.worker_signal = "attempt"
+        if health.worker_signal != "mark":
+            health.worker_signal = "attempt"
     if health.worker_ran_at is None:
         health.worker_signal = "none" if health.redis_up else "unknown"
 

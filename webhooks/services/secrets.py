@@ -53,8 +53,11 @@ def replace_secret(
     *,
     stop_previous: bool = False,
     cleared_fields: Sequence[str] = (),
-) -> None:
+) -> int:
     """Make ``new_secret`` current on a Source or Destination; the one it replaces stays usable for ``overlap_seconds``.
+
+    Returns the overlap given to the replaced secret: 0 when there was none to replace (a source
+    created before its provider showed the secret), whatever was asked for.
 
     The row is locked and its current secret read again first: of two rotations at once, the
     second then keeps the first one's new secret (the one its user was shown) as the previous
@@ -85,6 +88,10 @@ def replace_secret(
             f"the secret before the current one (ending {secret_hint(locked.previous_secret)}) still works until "
             f"{still_valid_until:%Y-%m-%d %H:%M} UTC, and rotating again stops it at once; confirm that it may stop now"
         )
+    if not locked.secret:
+        # Nothing to keep: a window without a previous secret would have the source's page (and
+        # the admin) say that one still works until then.
+        overlap_seconds = 0
     instance.previous_secret = locked.secret if overlap_seconds > 0 else ""
     instance.previous_secret_expires_at = (
         timezone.now() + timedelta(seconds=overlap_seconds) if overlap_seconds > 0 else None
@@ -94,3 +101,4 @@ def replace_secret(
     for name in cleared_fields:
         setattr(instance, name, None)
     instance.save(update_fields=[*ROTATED_SECRET_FIELDS, *cleared_fields])
+    return overlap_seconds

@@ -13,7 +13,7 @@ from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
 from webhooks.models import Source
 from webhooks.providers.base import InvalidOptions
-from webhooks.providers.registry import UnknownProvider, get_provider
+from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
 
 from .permissions import require_configure_role
 from .secret_use import SECRET_MATCH_FIELDS
@@ -170,7 +170,7 @@ def source_rotate_secret(
     if overlap_seconds is None:
         overlap_seconds = settings.SECRET_ROTATION_OVERLAP_SECONDS
     try:
-        replace_secret(
+        overlap_seconds = replace_secret(
             source, clean_secret, overlap_seconds, stop_previous=stop_previous, cleared_fields=SECRET_MATCH_FIELDS
         )
     except SecretNotReplaced as exc:
@@ -187,6 +187,13 @@ def source_rotate_secret(
 
 def ingest_url(source: Source) -> str:
     return f"{settings.PUBLIC_BASE_URL}/in/{source.ingest_token}/"
+
+
+def source_awaits_secret(source: Source) -> bool:
+    """A source whose provider signs with a secret not set yet (created before the provider showed
+    it): every request to it is refused, whether or not it is receiving."""
+    provider = PROVIDERS.get(source.provider)
+    return bool(provider and provider.uses_secret and not source.secret_hint)
 
 
 @transaction.atomic

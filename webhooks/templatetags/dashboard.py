@@ -17,6 +17,7 @@ from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, url_for_viewer
+from webhooks.services.sources import source_awaits_secret
 from webhooks.services.sources import source_change_delay as _source_change_delay
 
 register = template.Library()
@@ -289,8 +290,7 @@ def changes_shown(changes, sees_full_urls: bool):
 @register.filter
 def awaits_secret(source) -> bool:
     """A source whose provider signs with a secret that has not been set yet (every request refused)."""
-    provider = PROVIDERS.get(source.provider)
-    return bool(provider and provider.uses_secret and not source.secret_hint)
+    return source_awaits_secret(source)
 
 
 @register.simple_tag
@@ -343,7 +343,7 @@ AUDIT_ACTION_LABELS = {
     "destination.secret_rotated": "set a new signing secret on",
     "subscription.created": "linked a source to the destination",
     "delivery.retried": "retried the delivery",
-    "deliveries.bulk_retry_requested": "retried every failed delivery of",
+    "deliveries.bulk_retry_requested": "retried the failed deliveries of",
     "event.replayed": "replayed the event",
     "retention.purged": "deleted events past the retention period",
     "api_key.created": "created the API key",

@@ -1470,6 +1470,17 @@ def test_a_source_whose_provider_shows_the_secret_later_is_added_without_one_and
     assert any("refuses every request until its signing secret is set" in message for message in shown)
 
 
+def test_the_source_list_says_a_source_waits_for_its_secret_rather_than_that_it_receives(admin, organization):
+    # Every request to it is refused: "receiving" would send the operator looking elsewhere.
+    add_source(admin, organization, "stripe", "Later")
+    make_source(organization, name="Live")
+    listing = admin.get(reverse("admin:webhooks_source_changelist")).content.decode()
+    (later,) = [row for row in listing.split("<tr")[1:] if ">Later</a>" in row]
+    (live,) = [row for row in listing.split("<tr")[1:] if ">Live</a>" in row]
+    assert '<td class="field-state">waiting for its secret</td>' in later
+    assert '<td class="field-state">receiving</td>' in live
+
+
 def test_a_source_secret_or_options_its_provider_refuses_add_nothing(admin, organization):
     refused = add_source(admin, organization, "standard_webhooks", "Svix", secret="not-a-whsec-secret")
     assert refused.status_code == 200 and refused.context["adminform"].form.errors["secret"]

@@ -36,6 +36,14 @@ def test_the_page_says_all_that_a_read_and_write_key_may_do(client, organization
     assert page.count("create, change, rotate the secrets of and delete sources and destinations") == 2
 
 
+def test_the_access_choice_is_a_group_named_by_its_legend_not_a_label_for_nothing(client, organization, owner):
+    # A label must point at one control; the two radio buttons are a group, which a legend names.
+    client.force_login(owner)
+    page = " ".join(client.get(_page()).content.decode().split())
+    assert 'for=""' not in page
+    assert '<fieldset><legend>Access</legend><div id="id_access">' in page
+
+
 def test_a_bad_name_is_shown_on_the_form(client, organization, owner):
     client.force_login(owner)
     response = client.post(_page(), {"name": "two\nlines", "access": "read_only"})

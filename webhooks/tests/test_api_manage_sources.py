@@ -93,6 +93,23 @@ def test_stripe_without_a_secret_yet_refuses_requests_until_its_secret_is_set(cl
     assert post_stripe(client, source, _stripe_body("evt_in_time"), STRIPE_SECRET).status_code == 200
 
 
+def test_the_first_secret_set_by_rotate_secret_leaves_no_previous_one_said_to_work(client, organization, owner, writer):
+    # Rotating without keep_previous_for takes the default window; with no secret before, there is
+    # nothing it could keep, and the source's page must not say that "the previous secret" works.
+    api_key, key = writer
+    source = api_post(client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe, URL first"}).json()
+    response = api_post(client, key, f"/api/v1/sources/{source['id']}/rotate_secret", {"secret": STRIPE_SECRET})
+    assert response.status_code == 200, response.content
+    assert response.json()["previous_secret_valid_until"] is None
+    stored = Source.objects.get(pk=source["id"])
+    assert (stored.previous_secret, stored.previous_secret_expires_at) == ("", None)
+    assert _by_key("source.secret_rotated", api_key).changes["overlap_seconds"] == 0
+
+    client.force_login(owner)
+    page = client.get(f"/o/{organization.slug}/sources/{source['id']}/").content.decode()
+    assert stored.secret_hint in page and "previous secret" not in page
+
+
 def test_secrets_are_never_logged(client, organization, key, caplog):
     caplog.set_level(logging.DEBUG)
     created = api_post(client, key, "/api/v1/sources", {"provider": "github", "name": "GitHub"}).json()
@@ -166,6 +183,19 @@ def test_patch_renames_changes_options_and_stops(client, organization, writer):
     response = api_patch(client, key, f"/api/v1/sources/{source.pk}", {"active": True})
     assert response.json()["is_active"] is True
     _by_key("source.resumed", api_key)
+
+
+def test_a_sources_options_are_read_back_as_a_patch_left_them(client, organization, key):
+    created = api_post(
+        client, key, "/api/v1/sources", {"provider": "stripe", "name": "Stripe", "options": {"tolerance": 60}}
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["options"] == {"tolerance": 60}
+    path = f"/api/v1/sources/{created.json()['id']}"
+    assert api_patch(client, key, path, {"options": {"tolerance": None}}).json()["options"] == {"tolerance": 300}
+    assert api_get(client, key, path).json()["options"] == {"tolerance": 300}
+    listed = api_get(client, key, "/api/v1/sources").json()["results"]
+    assert [source["options"] for source in listed] == [{"tolerance": 300}]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -124,6 +124,22 @@ def test_event_list_refuses_bad_filters_with_400(client, organization, reader_ke
     assert response.json()["error"] == "invalid" and set(response.json()["fields"]) == set(params)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries"])
+def test_a_time_whose_plus_became_a_space_is_refused_saying_how_to_write_it(client, organization, reader_key, path):
+    # curl "…?received_after=2026-12-01T10:00:00+02:00" sends the "+" as typed: the server reads a space.
+    raw = client.get(f"{path}?received_after=2026-12-01T10:00:00+02:00", HTTP_AUTHORIZATION=f"Bearer {reader_key}")
+    assert raw.status_code == 400
+    assert "%2B" in raw.json()["fields"]["received_after"][0]
+    encoded = client.get(
+        f"{path}?received_before=2026-12-01T10:00:00%2B02:00", HTTP_AUTHORIZATION=f"Bearer {reader_key}"
+    )
+    assert encoded.status_code == 200, encoded.content
+    # A space between date and time is a time Django reads: no refusal, and no hint where none is needed.
+    assert api_get(client, reader_key, path, received_after="2026-12-01 10:00").status_code == 200
+    other = api_get(client, reader_key, path, received_after="yesterday")
+    assert other.status_code == 400 and "%2B" not in other.json()["fields"]["received_after"][0]
+
+
 def test_event_pages_are_stable_while_new_events_arrive(client, organization, reader_key):
     source = make_source(organization)
     start = timezone.now() - timedelta(minutes=10)

@@ -82,6 +82,7 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
             "id": delivery_id,
             "webhook_id": listed["events"][0]["id"],
             "destination": "app",
+            "is_replay": False,
             "status": "pending",
             "attempts": 0,
             "last_status_code": None,
@@ -145,6 +146,26 @@ def test_list_events_says_why_a_delivery_failed_and_which_id_to_retry(client, or
     out = io.StringIO()
     call_command("list_events", "--org", organization.slug, "--search", "evt_forged_text", stdout=out)
     assert "signature" in out.getvalue().splitlines()[1]  # the rejection's detail, not only its code
+
+
+def test_list_events_names_the_source_and_tells_a_replay_from_the_first_delivery(client, organization, monkeypatch):
+    # Two lines to the same destination read as a duplicate unless the second says it is a replay.
+    from webhooks.services import operations
+
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_replayed"))
+    dead_delivery(event, destination)
+    operations.event_replay(event=event, destination=destination)
+
+    (listed,) = run("list_events", "--org", organization.slug)["events"]
+    assert [d["is_replay"] for d in sorted(listed["deliveries"], key=lambda d: d["id"])] == [False, True]
+    out = io.StringIO()
+    call_command("list_events", "--org", organization.slug, stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("evt_replayed  (source Stripe live)")
+    assert sorted(line.split(":")[0].strip() for line in lines[1:]) == ["→ endpoint", "→ endpoint (replay)"]
 
 
 def test_commands_explain_bad_input():

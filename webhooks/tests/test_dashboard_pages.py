@@ -1032,6 +1032,18 @@ def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, ow
     assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 retried" not in detail
 
 
+def test_a_bulk_retry_that_ran_before_a_pause_still_says_retried(client, owner, organization):
+    # Only a job that ran while the destination was paused left its deliveries waiting for the resume.
+    world = build_world(client, organization)
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
+    assert "Paused since" in detail
+    assert "1 of 1 retried" in detail and "queued, to be sent when the destination is resumed" not in detail
+
+
 def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(client, owner, organization):
     world = build_world(client, organization)
     retrying = Delivery.objects.create(
@@ -1106,6 +1118,24 @@ def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client,
     assert '<td>created the API key <code class="muted small">api_key.created</code></td>' in text
     assert '<td>revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
     assert "api key: " not in text  # the fallback for an action without words
+
+
+def test_audit_log_names_the_destination_of_a_retry_a_replay_and_a_bulk_retry(client, owner, organization):
+    # A tenant knows a destination by its name, not its id, and "bulk retry 1 (0/1)" said neither
+    # which one nor anything true once the job had run.
+    world = build_world(client, organization)
+    Destination.objects.filter(pk=world.destination.pk).update(name="Billing app")
+    client.force_login(owner)
+    acme = ["acme", world.destination.pk]
+    assert client.post(reverse("dashboard:destination_bulk_retry", args=acme)).status_code == 302
+    assert client.post(reverse("dashboard:delivery_retry", args=["acme", world.delivery.pk])).status_code == 302
+    replay = reverse("dashboard:event_replay", args=["acme", world.event.pk])
+    assert client.post(replay, {"destination": world.destination.pk}).status_code == 302
+    text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
+    assert "retried the failed deliveries of <code" in text
+    assert "<td>Billing app</td>" in text
+    assert text.count("<td>invoice.paid evt_world_1 → Billing app</td>") == 2  # the retry and the replay
+    assert "bulk retry" not in text and f"to destination {world.destination.pk}" not in text
 
 
 def test_only_admins_and_owners_see_where_colleagues_acted_from(client, owner, member, organization):
@@ -1298,6 +1328,21 @@ def test_a_destination_failing_but_not_yet_out_of_retries_shows_as_failing(clien
     assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
     cache.clear()  # the overview is cached for a minute
     assert client.get(reverse("dashboard:overview", args=["acme"])).context["overview"].failing_destinations == []
+
+
+def test_an_option_below_its_providers_minimum_is_refused_at_its_box(client, owner, organization):
+    # Not "option 'tolerance' must be 0 or more" above the form, in the provider's internal name.
+    source = make_source(organization, tolerance=600)
+    client.force_login(owner)
+    url = reverse("dashboard:source_edit", args=["acme", source.pk])
+    (box,) = re.findall(r'<input [^>]*name="option_tolerance"[^>]*>', client.get(url).content.decode())
+    assert 'min="0"' in box
+    response = client.post(url, {"name": source.name, "option_tolerance": "-1"})
+    assert response.status_code == 200
+    assert response.context["form"].errors == {"option_tolerance": ["Ensure this value is greater than or equal to 0."]}
+    assert "option &#x27;tolerance&#x27;" not in response.content.decode()
+    source.refresh_from_db()
+    assert source.options["tolerance"] == 600
 
 
 def test_pages_show_labels_json_and_an_icon_not_internal_names(client, owner, organization):

@@ -95,6 +95,24 @@ def test_overdue_deliveries_with_no_worker_running_are_stalled(beat_and_worker_r
     )
 
 
+def test_workers_that_stopped_just_after_an_attempt_are_stalled_while_beat_runs(
+    beat_and_worker_running, source, destination
+):
+    # A process stamps its mark at most every 5 s: the last attempt before the workers stopped is
+    # often newer than the last mark, which is still in the cache. Nothing is due: the workers' own
+    # sign has to say it.
+    worker_ran(seconds_ago=600)
+    make_delivery(make_event(source), destination, status=Delivery.Status.SUCCEEDED, attempts=1)
+    DeliveryAttempt.objects.update(started_at=timezone.now() - timedelta(seconds=598))
+    health = processing_health()
+    assert (health.verdict, health.worker_signal) == ("stalled", "mark")
+    assert health.worker_ran_at == DeliveryAttempt.objects.get().started_at
+    assert "no worker has run a task for 9 min, though beat sends the sweep every 5 s: are workers running?" in (
+        health.reasons
+    )
+    assert len(health.reasons) == 1
+
+
 def test_overdue_deliveries_while_workers_run_are_only_degraded(beat_and_worker_running, source, destination):
     # A destination's concurrency or rate limit can hold its backlog for hours: late, not stopped.
     due_delivery(source, destination, overdue=timedelta(minutes=7))

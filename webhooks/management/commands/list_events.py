@@ -43,6 +43,7 @@ class Command(OperatorCommand):
                         "id": str(delivery.id),
                         "webhook_id": delivery.message_id,
                         "destination": delivery.destination.name,
+                        "is_replay": delivery.is_replay,
                         "status": delivery.status,
                         "attempts": delivery.attempt_count,
                         # Why the last attempt failed and when the next one is due: what an
@@ -61,6 +62,7 @@ class Command(OperatorCommand):
         lines = [
             f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} "
             + (row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
+            + f"  (source {row['source']})"
             + (f"\n    {row['rejection_detail']}" if row["rejection_detail"] else "")
             + "".join(_delivery_line(d) for d in row["deliveries"])
             for row in rows
@@ -70,7 +72,12 @@ class Command(OperatorCommand):
 
 def _delivery_line(delivery: dict) -> str:
     attempts = delivery["attempts"]
-    line = f"\n    → {delivery['destination']}: {delivery['status']} ({attempts} attempt{'' if attempts == 1 else 's'})"
+    # A replay is a second delivery to the same destination: said, so that it is not taken for a duplicate.
+    replay = " (replay)" if delivery["is_replay"] else ""
+    line = (
+        f"\n    → {delivery['destination']}{replay}: {delivery['status']} "
+        f"({attempts} attempt{'' if attempts == 1 else 's'})"
+    )
     if delivery["last_error"] and delivery["status"] != "succeeded":
         line += f", last: {delivery['last_error']}"
     if delivery["next_attempt_at"]:
