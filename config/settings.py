@@ -323,6 +323,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES, 2_621_440)
 # Rejected requests kept per source per minute; past that they are only counted.
 INGEST_REJECTED_RECORDS_PER_MINUTE = env.int("INGEST_REJECTED_RECORDS_PER_MINUTE", default=60)
 REJECTED_BODY_MAX_BYTES = env.int("REJECTED_BODY_MAX_BYTES", default=16 * 1024)
+# The events list's "Body contains": events whose body one request reads at most, newest first from
+# where the last one stopped, and how long the database may take over them before it stops.
+BODY_SEARCH_WINDOW = env.int("BODY_SEARCH_WINDOW", default=10_000)
+BODY_SEARCH_TIMEOUT_SECONDS = env.float("BODY_SEARCH_TIMEOUT_SECONDS", default=5.0)
 DELIVERY_RETRY_SCHEDULE = [
     int(value)
     for value in env.list("DELIVERY_RETRY_SCHEDULE", default=["60", "300", "900", "3600", "21600", "43200", "86400"])

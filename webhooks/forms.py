@@ -16,6 +16,7 @@ from webhooks.selectors import (
     EVENT_STATUS_RETRYING,
     AuditFilters,
     EventFilters,
+    body_search_text_problem,
     sources_for_organization,
 )
 from webhooks.services.destination_headers import MAX_CUSTOM_HEADERS, CustomHeaderError, parse_header_lines
@@ -576,6 +577,8 @@ def _datetime_local(moment) -> str:
 
 class EventFilterForm(forms.Form):
     q = forms.CharField(label="Search", required=False, max_length=255)
+    # Bounded in bytes, not characters (clean_body): the body is searched for the text's UTF-8 bytes.
+    body = forms.CharField(label="Body contains", required=False)
     status = forms.ChoiceField(
         required=False,
         choices=[
@@ -625,6 +628,13 @@ class EventFilterForm(forms.Form):
             placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search"
         )
         self.fields["event_type"].widget.attrs.update(list="event-types")
+        self.fields["body"].widget.attrs.update(placeholder="Text in the payload, e.g. cus_ABC", type="search")
+
+    def clean_body(self):
+        text = self.cleaned_data.get("body") or ""
+        if text and (problem := body_search_text_problem(text)):
+            raise forms.ValidationError(problem)
+        return text
 
     def clean_since(self):
         return _whole_seconds(self.cleaned_data.get("since"))
@@ -684,6 +694,7 @@ class EventFilterForm(forms.Form):
             since=data.get("since") or (timezone.now() - TIME_RANGES[chosen] if chosen in TIME_RANGES else None),
             until=data.get("until"),
             search=(data.get("q") or "").strip(),
+            body_contains=data.get("body") or "",
         )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db import OperationalError, connection, transaction
+from django.db.models import BinaryField, BooleanField, Exists, F, Func, OuterRef, Prefetch, Q, QuerySet, Value
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
@@ -18,6 +21,8 @@ from organizations.models import AuditLog, Organization
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
 from .services.sender_marks import hookline_test_events
+
+logger = logging.getLogger(__name__)
 
 
 def sources_for_organization(*, organization: Organization, with_being_deleted: bool = False) -> QuerySet[Source]:
@@ -90,6 +95,11 @@ def uuid7_floor(moment: datetime) -> uuid.UUID:
     return uuid.UUID(int=(milliseconds << 80) | (0x7 << 76) | (0b10 << 62))
 
 
+def uuid7_time(value: uuid.UUID) -> datetime:
+    """The millisecond a UUIDv7 was made in: for an event id, when its request was received."""
+    return datetime.fromtimestamp((value.int >> 80) / 1000, tz=UTC)
+
+
 def parse_event_id(text: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(text.strip())
@@ -107,6 +117,8 @@ class EventFilters:
     until: datetime | None = None
     search: str = ""
     provider_event_id: str = ""
+    # Bytes of the body, as UTF-8; searched a window at a time (event_page, body_search_page).
+    body_contains: str = ""
 
 
 # Lists show names only: loading the encrypted secret columns would decrypt them row by row.
@@ -126,6 +138,9 @@ class EventPage:
     events: list[WebhookEvent]
     # Cursor of the next (older) page, or None on the last page.
     next_before: uuid.UUID | None
+    # A body search only: it looked at the events received from this moment to the page's start
+    # (None when there was none to look at); next_before continues from there.
+    searched_back_to: datetime | None = None
 
 
 # A compound provider id is found by its first part (a Twilio message SID finds "SM…:<hash>")
@@ -177,11 +192,18 @@ def events_found_by_id(
 
 
 def _filtered_events(
-    organization: Organization, filters: EventFilters, *, before: uuid.UUID | None = None
+    organization: Organization,
+    filters: EventFilters,
+    *,
+    before: uuid.UUID | None = None,
+    from_id: uuid.UUID | None = None,
 ) -> QuerySet[WebhookEvent]:
+    """Every filter but the body's (that one is only searched a window at a time, body_search_page)."""
     events = WebhookEvent.objects.filter(organization=organization)
     if before:
         events = events.filter(id__lt=before)
+    if from_id:
+        events = events.filter(id__gte=from_id)
     if filters.search:
         events = events.filter(events_with_id(filters.search, organization=organization))
     if filters.status in EVENT_STATUSES_FROM_DELIVERIES:
@@ -196,6 +218,8 @@ def _filtered_events(
         if before:
             # Bounded by the cursor too, so a deep page starts its walk of deliveries there.
             failing = failing.filter(event_id__lt=before)
+        if from_id:
+            failing = failing.filter(event_id__gte=from_id)
         events = events.filter(id__in=failing.values("event_id"))
     elif filters.status:
         events = events.filter(status=filters.status)
@@ -239,16 +263,154 @@ def event_page(
     before: uuid.UUID | None = None,
     limit: int = EVENT_PAGE_SIZE,
 ) -> EventPage:
-    """One page of events, newest first, older than ``before``: keyset paging, no OFFSET, no COUNT."""
-    events = _filtered_events(organization, filters, before=before).defer("body", "headers")
-    rows = list(
-        events.select_related("source")
-        .defer(*_SOURCE_SECRETS)
-        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
-        .order_by("-id")[: limit + 1]
-    )
+    """One page of events, newest first, older than ``before``: keyset paging, no OFFSET, no COUNT.
+
+    With ``filters.body_contains``, one window of a body search instead (body_search_page); it
+    raises BodySearchTimedOut when the database stops it.
+    """
+    if filters.body_contains:
+        page = body_search_page(
+            organization=organization, filters=filters, before=before, limit=limit, rows=_rows_for_list
+        )
+        page.events = _note_hookline_tests(page.events)
+        return page
+    events = _filtered_events(organization, filters, before=before)
+    rows = list(_rows_for_list(events).order_by("-id")[: limit + 1])
     next_before = rows[limit - 1].id if len(rows) > limit else None
     return EventPage(events=_note_hookline_tests(rows[:limit]), next_before=next_before)
+
+
+def _rows_for_list(events: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:
+    return (
+        events.defer("body", "headers")
+        .select_related("source")
+        .defer(*_SOURCE_SECRETS)
+        .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+    )
+
+
+# --- Searching event bodies ---------------------------------------------------------
+#
+# A body is the provider's bytes, up to INGEST_MAX_BODY_BYTES, TOASTed and compressed when large:
+# no index can find a text inside it, so a search reads bodies one by one. Each request reads at
+# most BODY_SEARCH_WINDOW events of the organization, newest first from the cursor, and says how
+# far back that took it; the next request goes on from there. The window is counted in the
+# organization's events, not in those the other filters keep, so that its size bounds the work
+# whatever the filters: finding 10,000 events of a rare filter could walk the whole table.
+BODY_SEARCH_MIN_BYTES = 3  # shorter texts are in nearly every body
+BODY_SEARCH_MAX_BYTES = 200
+
+
+def body_search_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be searched for in bodies, or None."""
+    size = len(text.encode())
+    if size < BODY_SEARCH_MIN_BYTES:
+        return f"give at least {BODY_SEARCH_MIN_BYTES} characters ({BODY_SEARCH_MIN_BYTES} bytes in UTF-8)"
+    if size > BODY_SEARCH_MAX_BYTES:
+        return f"give at most {BODY_SEARCH_MAX_BYTES} bytes in UTF-8 (this is {size})"
+    return None
+
+
+class BodySearchTimedOut(Exception):
+    """The database stopped a body search at BODY_SEARCH_TIMEOUT_SECONDS."""
+
+
+class BodyContains(Func):
+    """The event's body holds these bytes: ``position(bytes IN body) > 0``, with the bytes bound."""
+
+    output_field = BooleanField()
+
+    def __init__(self, needle: bytes):
+        super().__init__(Value(needle, output_field=BinaryField()), F("body"))
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(compiler, connection, template="position(%(expressions)s) > 0", arg_joiner=" IN ", **extra)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        # The embedded mode: instr() compares BLOBs byte by byte.
+        flipped = self.copy()
+        flipped.set_source_expressions(list(reversed(self.get_source_expressions())))
+        return flipped.as_sql(compiler, connection, template="instr(%(expressions)s) > 0", **extra)
+
+
+@contextmanager
+def _statement_timeout(seconds: float) -> Iterator[None]:
+    """The statements inside end after ``seconds`` (PostgreSQL): SET LOCAL, in a transaction of
+    their own, or a savepoint whose setting is put back after it when the caller holds a transaction."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    nested = connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
+            [f"{max(1, round(seconds * 1000))}ms"],
+        )
+        previous = cursor.fetchone()[0]
+        yield
+        if nested:  # SET LOCAL in a released savepoint lasts to the end of the outer transaction
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+
+
+def _timed_out(error: OperationalError) -> bool:
+    return getattr(error.__cause__, "sqlstate", None) == "57014"  # query_canceled
+
+
+def body_search_page(
+    *,
+    organization: Organization,
+    filters: EventFilters,
+    before: uuid.UUID | None = None,
+    limit: int = EVENT_PAGE_SIZE,
+    rows: Callable[[QuerySet[WebhookEvent]], QuerySet[WebhookEvent]],
+    window: int | None = None,
+) -> EventPage:
+    """The events whose body holds ``filters.body_contains`` among the ``window`` newest events of
+    the organization older than ``before`` (and in the received range), newest first, at most
+    ``limit``; ``rows`` shapes the query for its list (what it loads and prefetches).
+
+    ``next_before`` continues the search: from the last event listed when the page is full, else
+    from the window's end; None once no older event is left. Raises BodySearchTimedOut.
+    """
+    window = window or settings.BODY_SEARCH_WINDOW
+    in_range = WebhookEvent.objects.filter(organization=organization)
+    if before:
+        in_range = in_range.filter(id__lt=before)
+    if filters.until:
+        in_range = in_range.filter(id__lt=uuid7_floor(filters.until))
+    if filters.since:
+        in_range = in_range.filter(id__gte=uuid7_floor(filters.since))
+    try:
+        with _statement_timeout(settings.BODY_SEARCH_TIMEOUT_SECONDS):
+            # The window's end: a walk of the (organization, -id) index, which reads no body. Fewer
+            # events than a window are left when there is no such row: it then ends at the oldest.
+            window_end = list(in_range.order_by("-id").values_list("id", flat=True)[window - 1 : window])
+            full = bool(window_end)
+            oldest = window_end[0] if full else in_range.order_by("id").values_list("id", flat=True).first()
+            if oldest is None:
+                return EventPage(events=[], next_before=None, searched_back_to=None)
+            matching = _filtered_events(organization, filters, before=before, from_id=oldest).filter(
+                BodyContains(filters.body_contains.encode())
+            )
+            found = list(rows(matching).order_by("-id")[: limit + 1])
+    except OperationalError as error:
+        if _timed_out(error):
+            # Not the text: it may be a customer's data. Many of these say the window is too large.
+            logger.warning(
+                "body search stopped after %s s: organization %s, window of %s events",
+                settings.BODY_SEARCH_TIMEOUT_SECONDS,
+                organization.pk,
+                window,
+            )
+            raise BodySearchTimedOut from error
+        raise
+    if len(found) > limit:
+        found = found[:limit]
+        reached = next_before = found[-1].id
+    else:
+        reached = oldest
+        next_before = oldest if full else None
+    return EventPage(events=found, next_before=next_before, searched_back_to=uuid7_time(reached))
 
 
 # The live list's rows are those received since shortly before the page was loaded, read again in
@@ -276,7 +438,10 @@ class LiveRows:
 def events_since(
     *, organization: Organization, filters: EventFilters, since: uuid.UUID, limit: int = LIVE_ROWS_LIMIT
 ) -> LiveRows:
-    """Every event from ``since`` on (the live list polls this), newest first."""
+    """Every event from ``since`` on (the live list polls this), newest first. None for a body
+    search: its results are a window of history, searched once (body_search_page)."""
+    if filters.body_contains:
+        return LiveRows(events=[], truncated=False)
     events = _filtered_events(organization, filters).defer("body", "headers").filter(id__gte=since)
     rows = list(
         events.select_related("source")
@@ -300,19 +465,28 @@ def _note_hookline_tests(events: list[WebhookEvent]) -> list[WebhookEvent]:
 
 def events_for_api(*, organization: Organization, filters: EventFilters) -> QuerySet[WebhookEvent]:
     """The REST API's event list (it pages the queryset itself, on the id): without bodies or
-    headers, with each delivery's state."""
-    return (
-        _filtered_events(organization, filters)
-        .defer("body", "headers")
-        .prefetch_related(
-            Prefetch(
-                "deliveries",
-                queryset=Delivery.objects.only(
-                    "id", "event_id", "destination_id", "status", "is_replay", "attempt_count"
-                ).order_by("id"),
-            )
+    headers, with each delivery's state. A body search is event_body_search_for_api."""
+    if filters.body_contains:
+        raise ValueError("a body search is paged by windows: event_body_search_for_api")
+    return _rows_for_api(_filtered_events(organization, filters))
+
+
+def _rows_for_api(events: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:
+    return events.defer("body", "headers").prefetch_related(
+        Prefetch(
+            "deliveries",
+            queryset=Delivery.objects.only(
+                "id", "event_id", "destination_id", "status", "is_replay", "attempt_count"
+            ).order_by("id"),
         )
     )
+
+
+def event_body_search_for_api(
+    *, organization: Organization, filters: EventFilters, before: uuid.UUID | None, limit: int
+) -> EventPage:
+    """One window of the REST API's body search (body_search_page); raises BodySearchTimedOut."""
+    return body_search_page(organization=organization, filters=filters, before=before, limit=limit, rows=_rows_for_api)
 
 
 DELIVERY_STATUS_RETRYING = "retrying"

@@ -131,6 +131,14 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class SearchTimedOut(exceptions.APIException):
+    """The database stopped a search at its time limit (503): the request is well formed, but
+    too broad to answer within it."""
+
+    status_code = 503
+    default_code = "search_timed_out"
+
+
 class ApiView(APIView):
     """The base of every /api/v1/ view: only API keys, JSON in and out, never cached."""
 

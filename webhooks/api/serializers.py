@@ -17,6 +17,7 @@ from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUSES_FROM_DELIVERIES,
     SIGNATURE_HIDDEN,
+    body_search_text_problem,
     headers_for_viewer,
     url_for_viewer,
 )
@@ -235,6 +236,13 @@ class EventFilterSerializer(serializers.Serializer):
     provider_event_id = serializers.CharField(max_length=255, required=False)
     received_after = QueryDateTimeField(required=False)
     received_before = QueryDateTimeField(required=False)
+    # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
+    body_contains = serializers.CharField(required=False)
+
+    def validate_body_contains(self, text: str) -> str:
+        if problem := body_search_text_problem(text):
+            raise serializers.ValidationError(problem)
+        return text
 
 
 class DeliveryFilterSerializer(serializers.Serializer):

@@ -10,11 +10,13 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Prefetch
 from django.urls import reverse
 from rest_framework import exceptions
-from rest_framework.pagination import CursorPagination
+from rest_framework.fields import DateTimeField
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
 
-from webhooks.models import Subscription
+from webhooks.models import Subscription, WebhookEvent
 from webhooks.selectors import (
+    BodySearchTimedOut,
     EventFilters,
     bulk_retry_for_organization,
     configured_signature_header,
@@ -23,6 +25,7 @@ from webhooks.selectors import (
     delivery_for_organization,
     destination_for_organization,
     destinations_for_organization,
+    event_body_search_for_api,
     event_detail_for_organization,
     event_for_organization,
     events_for_api,
@@ -38,7 +41,7 @@ from webhooks.services.destinations import (
 from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
 from . import serializers
-from .authentication import ApiView, Conflict
+from .authentication import ApiView, Conflict, SearchTimedOut
 
 _DATABASE_ID = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: a bigint column never overflows
 
@@ -126,34 +129,87 @@ class ApiListView(ApiObjectView):
         raise NotImplementedError
 
     def get(self, request):
-        filters = {}
-        if self.filter_serializer_class is not None:
-            given = self.filter_serializer_class(data=request.query_params)
-            given.is_valid(raise_exception=True)
-            filters = given.validated_data
+        return self.listed(request, self.given_filters(request))
+
+    def listed(self, request, filters: dict) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(self.get_queryset(filters), request, view=self)
         data = self.serializer_class(page, many=True, context={"sees_everything": self.sees_everything}).data
         return paginator.get_paginated_response(data)
+
+    def given_filters(self, request) -> dict:
+        if self.filter_serializer_class is None:
+            return {}
+        given = self.filter_serializer_class(data=request.query_params)
+        given.is_valid(raise_exception=True)
+        return given.validated_data
 
 
 class EventListView(ApiListView):
     serializer_class = serializers.EventSerializer
     filter_serializer_class = serializers.EventFilterSerializer
 
+    def listed(self, request, filters: dict) -> Response:
+        if "body_contains" in filters:
+            return self.body_search(request, self.event_filters(filters))
+        return super().listed(request, filters)
+
     def get_queryset(self, filters):
-        return events_for_api(
-            organization=self.organization,
-            filters=EventFilters(
-                status=filters.get("status", ""),
-                source_id=filters.get("source"),
-                destination_id=filters.get("destination"),
-                event_type=filters.get("event_type", ""),
-                provider_event_id=filters.get("provider_event_id", ""),
-                since=filters.get("received_after"),
-                until=filters.get("received_before"),
-            ),
+        return events_for_api(organization=self.organization, filters=self.event_filters(filters))
+
+    @staticmethod
+    def event_filters(filters: dict) -> EventFilters:
+        return EventFilters(
+            status=filters.get("status", ""),
+            source_id=filters.get("source"),
+            destination_id=filters.get("destination"),
+            event_type=filters.get("event_type", ""),
+            provider_event_id=filters.get("provider_event_id", ""),
+            since=filters.get("received_after"),
+            until=filters.get("received_before"),
+            body_contains=filters.get("body_contains", ""),
         )
+
+    def body_search(self, request, filters: EventFilters) -> Response:
+        """One window of a body search (body_search_page), in the list's shape with
+        ``searched_back_to``; ``next`` is a cursor like the list's, that goes on with the search."""
+        paginator = self.pagination_class()
+        paginator.position_field = WebhookEvent._meta.pk
+        paginator.base_url = settings.PUBLIC_BASE_URL + request.get_full_path()
+        cursor = paginator.decode_cursor(request)
+        if cursor is not None and (cursor.reverse or cursor.offset):
+            raise exceptions.ValidationError(
+                {paginator.cursor_query_param: ["a body search only goes back in time: follow next"]}
+            )
+        try:
+            page = event_body_search_for_api(
+                organization=self.organization,
+                filters=filters,
+                before=uuid.UUID(cursor.position) if cursor and cursor.position else None,
+                limit=paginator.get_page_size(request),
+            )
+        except BodySearchTimedOut:
+            raise SearchTimedOut(
+                f"the body search took longer than {settings.BODY_SEARCH_TIMEOUT_SECONDS:g} s and was stopped:"
+                " narrow it with received_after and received_before, source or event_type"
+            ) from None
+        next_link = None
+        if page.next_before is not None:
+            next_link = paginator.encode_cursor(Cursor(offset=0, reverse=False, position=str(page.next_before)))
+        data = self.serializer_class(page.events, many=True, context={"sees_everything": self.sees_everything}).data
+        response = Response(
+            {
+                "next": next_link,
+                "previous": None,
+                "searched_back_to": DateTimeField().to_representation(page.searched_back_to)
+                if page.searched_back_to
+                else None,
+                "results": data,
+            }
+        )
+        if next_link:
+            response["Link"] = f'<{next_link}>; rel="next"'
+        return response
 
 
 class EventDetailView(ApiObjectView):

@@ -144,6 +144,22 @@ def test_the_filter_controls_show_the_start_applied(browser, live_server, client
     assert page.locator("#event-range").inner_text().startswith("Events received from ")
 
 
+def test_a_member_types_a_value_of_the_body_and_finds_its_event(browser, live_server, client, organization, member):
+    world = build_world(client, organization)  # its body holds "evt_world_1"
+    ingest_stripe(client, world.source, "evt_unrelated", "customer.created")
+    page = sign_in(browser, live_server, member)
+    page.goto(f"{live_server.url}/o/acme/events/")
+    rows = page.locator(".events-table tbody tr")
+    assert rows.count() == 2
+    page.get_by_label("Body contains").fill('"evt_world_1"')
+    with page.expect_response(lambda response: "body=" in response.url):
+        page.get_by_label("Body contains").press("Enter")
+    page.wait_for_selector("#body-search >> text=Searched events received back to")
+    assert "1 found" in page.inner_text("#body-search")
+    assert rows.count() == 1 and "invoice.paid" in rows.first.inner_text()
+    assert "body=%22evt_world_1%22" in page.url  # the address keeps the search, for a reload or a link
+
+
 def test_admin_retries_a_failed_delivery_and_it_succeeds(browser, live_server, client, organization, owner, httpserver):
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     world = build_world(client, organization, url=httpserver.url_for("/hook"))

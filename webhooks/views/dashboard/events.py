@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect
@@ -13,6 +14,8 @@ from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, ReplayForm
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.selectors import (
+    BodySearchTimedOut,
+    EventPage,
     configured_signature_header,
     delivery_for_organization,
     event_detail_for_organization,
@@ -62,11 +65,17 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         form = self.filter_form()
         before = parse_event_id(self.request.GET.get("before", ""))
         filters = form.to_filters()
-        page = event_page(organization=self.organization, filters=filters, before=before)
+        timed_out = False
+        try:
+            page = event_page(organization=self.organization, filters=filters, before=before)
+        except BodySearchTimedOut:
+            page, timed_out = EventPage(events=[], next_before=None), True
         # Live arrival only on the first page: a deeper page is history. Its newest rows are the
-        # live ones, which every poll reads again (see live_window_start).
+        # live ones, which every poll reads again (see live_window_start). A body search's results
+        # are history too: one window, searched once.
         live_since = live_window_start()
-        live = [event for event in page.events if event.id >= live_since] if before is None else []
+        is_live = before is None and not filters.body_contains
+        live = [event for event in page.events if event.id >= live_since] if is_live else []
         context.update(
             form=form,
             filters=filters,
@@ -75,6 +84,9 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             live_events=live,
             settled_events=page.events[len(live) :],
             is_first_page=before is None,
+            is_live=is_live,
+            body_search_timed_out=timed_out,
+            body_search_timeout=settings.BODY_SEARCH_TIMEOUT_SECONDS,
             # A range that ended before now gets no new events: nothing to wait for.
             range_ended=filters.until is not None and filters.until <= timezone.now(),
             poll_after=live_since,
