@@ -307,6 +307,25 @@ def test_a_batch_of_many_events_is_read_a_few_bodies_at_a_time(organization, mon
     assert len(_body_reads(queries)) == 3  # 10, 10 and 5 (BODIES_READ_AT_ONCE)
 
 
+def test_each_destinations_paths_are_read_once_a_batch_not_once_an_event(organization):
+    """path_parts' cache is shared and holds 2048 paths: a tenant with more had every path read again
+    for every event of every batch (a second an event with a thousand destinations)."""
+    source = make_source(organization)
+    destinations = 210
+    # Ten distinct paths each, all read (the last condition refuses): 2100 paths, more than the cache holds.
+    lines = [
+        "\n".join([f"d{number}.c{condition} not exists" for condition in range(9)] + [f"d{number}.c9 exists"])
+        for number in range(destinations)
+    ]
+    for number, text in enumerate(lines):
+        _destination(organization, f"d{number}", [source], text)
+    events = [_received(source, {"n": n}) for n in range(3)]
+    payload_filters_service.path_parts.cache_clear()
+    _process()
+    assert all(_sent_to(event) == set() for event in events)
+    assert payload_filters_service.path_parts.cache_info().misses <= destinations * 10
+
+
 def test_without_payload_filters_no_body_is_read(organization, other_organization, monkeypatch):
     parsed = _count_parses(monkeypatch)
     source = make_source(organization)
