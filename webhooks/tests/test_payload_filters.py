@@ -133,6 +133,11 @@ CASES = [
     ('s in ["1", 2]', {"s": 1}, False),
     ('s in ["1", 2]', {"s": "1"}, True),
     ('s in ["1", 2]', {"s": 2.0}, True),
+    # PostgreSQL keeps a condition's 1e23 as the decimal 10**23: it still equals the body's 1e23, a double
+    ("n == 1e23", {"n": 1e23}, True),
+    ("n == 1e23", {"n": 10**23}, True),
+    ("n in [2, 12345678901234567890.5]", {"n": 12345678901234567890.5}, True),
+    ("n == 1e23", {"n": 1.1e23}, False),
     ('o == {"a": [1]}', {"o": {"a": [1]}}, True),
     ('o == {"a": [1]}', {"o": {"a": [True]}}, False),
     ('o == {"a": [1]}', {"o": {"a": [1], "b": 2}}, False),
