@@ -64,7 +64,8 @@ def path_parts(path: str) -> tuple[str, ...]:
     parts, current, escaped = [], [], False
     for character in path:
         if escaped:
-            if character not in ".\\ ":
+            # Any blank, as the dashboard's lines write a key's tab or no-break space (_path_in_a_line).
+            if character not in ".\\" and not character.isspace():
                 raise PayloadFilterError(
                     f"the path “{shown}” has “\\{character}”: a backslash only makes the next dot, backslash or "
                     "space part of a key (\\. \\\\ or “\\ ”)"
@@ -139,6 +140,9 @@ def _checked_condition(condition: Any) -> dict:
     if not isinstance(path, str):
         raise PayloadFilterError("the path must be text, such as data.object.livemode")
     path = path_text(path_parts(path))
+    if len(f".{path}.".splitlines()) > 1:
+        # The dashboard's box, one condition a line, could not write it back.
+        raise PayloadFilterError(f"the path “{_shown(path)}” holds a line break: a key with one cannot be filtered on")
     op = condition.get("op")
     if op not in OPERATORS:
         raise PayloadFilterError(
@@ -226,12 +230,13 @@ def parse_payload_filter_line(line: str) -> dict:
     if not found:
         raise PayloadFilterError(f"no path: write {LINE_SYNTAX}")
     path, rest = found["path"], found["rest"].strip()
+    operator = _OPERATOR.fullmatch(rest)
+    # ref=="main": unless an operator follows, as after a key that holds "==" (base64 ends so).
     for symbol in ("==", "!="):
-        if symbol in path:
+        if symbol in path and not operator:
             raise PayloadFilterError(f"put a space before “{symbol}”: write {LINE_SYNTAX}")
     if not rest:
         raise PayloadFilterError(f"no operator after “{_shown(path)}”: write {LINE_SYNTAX}")
-    operator = _OPERATOR.fullmatch(rest)
     if not operator:
         raise PayloadFilterError(
             f"unknown operator “{_shown(rest.split()[0], 20)}”: use == (equals), != (not equals), in, exists or "
@@ -280,7 +285,9 @@ def payload_filter_line(condition: dict) -> str:
     """A stored condition as one line of the dashboard's box (parse_payload_filter_line reads it back)."""
     line = f"{_path_in_a_line(condition['path'])} {OPERATOR_SYMBOLS[condition['op']]}"
     if condition["op"] in TAKES_A_VALUE:
-        line += " " + json.dumps(condition["value"], ensure_ascii=False)
+        # JSON leaves these three as they are in text, and each would end the line.
+        written = json.dumps(condition["value"], ensure_ascii=False)
+        line += " " + written.translate({0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"})
     return line
 
 
