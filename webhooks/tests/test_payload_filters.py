@@ -475,6 +475,19 @@ def test_the_dashboard_form_refuses_naming_the_line(client, organization, owner,
     assert not Destination.objects.exists()
 
 
+def test_the_api_refuses_a_value_nested_too_deeply_to_read_with_a_400(client, organization):
+    """Too deep for Python's json: DRF's parser let the RecursionError through, a 500."""
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    value = "[" * 5000 + "]" * 5000
+    body = f'{{"name": "d", "url": "{URL}", "payload_filters": [{{"path": "a", "op": "equals", "value": {value}}}]}}'
+    response = client.post(
+        "/api/v1/destinations", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_json", "detail": "JSON parse error - nested too deeply"}
+    assert not Destination.objects.exists()
+
+
 @pytest.mark.parametrize(("filters", "reason"), REFUSED[:6] + REFUSED[-4:-2])
 def test_the_api_refuses_with_a_400_on_the_field(client, organization, filters, reason):
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
