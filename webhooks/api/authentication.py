@@ -139,6 +139,17 @@ class SearchTimedOut(exceptions.APIException):
     default_code = "search_timed_out"
 
 
+class JsonBodyParser(JSONParser):
+    """DRF's JSON parser, a body nested too deeply for Python's json being a 400 like any other
+    JSON it cannot read (DRF lets the RecursionError through: a 500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply") from None
+
+
 class ApiView(APIView):
     """The base of every /api/v1/ view: only API keys, JSON in and out, never cached."""
 
@@ -146,7 +157,7 @@ class ApiView(APIView):
     permission_classes = (ApiKeyAccess,)
     throttle_classes = (ApiKeyRateThrottle,)
     renderer_classes = (JSONRenderer,)
-    parser_classes = (JSONParser,)
+    parser_classes = (JsonBodyParser,)
 
     def get_exception_handler(self):
         return api_exception_handler
