@@ -434,6 +434,9 @@ TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=not EMBEDDED)
 # --- Delivery engine ------------------------------------------------------------
 DELIVERY_THREADS = env.int("DELIVERY_THREADS", default=32)  # sending threads per dispatcher
 DELIVERY_MAX_TIMEOUT_SECONDS = env.float("DELIVERY_MAX_TIMEOUT_SECONDS", default=60.0)
+# Fan-out reads every destination of an event's source, with its filters, in the batch every tenant
+# shares: one tenant's thousands of destinations would slow processing for all.
+MAX_DESTINATIONS_PER_ORGANIZATION = env.int("MAX_DESTINATIONS_PER_ORGANIZATION", default=100)
 DISPATCHER_MAX_SECONDS = env.float("DISPATCHER_MAX_SECONDS", default=50.0)  # then a fresh task continues
 # Dispatchers that may run at once while there is a backlog (one per worker process is right).
 DELIVERY_DISPATCHERS = env.int("DELIVERY_DISPATCHERS", default=2)

@@ -391,6 +391,7 @@ def destination_create(
     ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again.
     ``payload_filters``: conditions on the body that an event must meet to be delivered here."""
     require_configure_role(organization=organization, actor=actor)
+    _check_room_for_a_destination(organization)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
         max_concurrency=max_concurrency,
@@ -442,6 +443,17 @@ def destination_create(
         },
     )
     return destination, secret
+
+
+def _check_room_for_a_destination(organization: Organization) -> None:
+    # A count, not a lock: two creations at the same moment may pass it together, which costs one
+    # destination more, not what the bound is for (processing time one tenant can take from all).
+    most = settings.MAX_DESTINATIONS_PER_ORGANIZATION
+    if Destination.objects.filter(organization=organization).count() >= most:
+        raise DestinationError(
+            f"this organization has {most} destinations, the most it may have: delete one it no longer uses, "
+            "or ask the platform's operators for more"
+        )
 
 
 def subscription_create(

@@ -1,9 +1,12 @@
 """Destinations created, changed, rotated and deleted through the REST API, by the dashboard's services."""
 
+import io
 import json
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
+from django.urls import reverse
 from standardwebhooks.webhooks import Webhook
 
 from organizations.models import ApiKey, AuditLog
@@ -341,3 +344,39 @@ def test_a_read_only_key_changes_nothing(client, organization):
     assert list(Destination.objects.values_list("name", flat=True)) == ["endpoint"]
     destination.refresh_from_db()
     assert destination.secret == secret
+
+
+def test_an_organization_cannot_add_destinations_past_its_bound(
+    client, organization, other_organization, key, owner, settings
+):
+    # Fan-out matches each event against every destination of its source in the batch all tenants
+    # share: the bound keeps one tenant from making that batch slow for everyone.
+    settings.MAX_DESTINATIONS_PER_ORGANIZATION = 2
+    make_destination(organization, "http://127.0.0.1:9/a")
+    make_destination(other_organization, "http://127.0.0.1:9/other")  # counted for its own organization
+    assert (
+        api_post(client, key, "/api/v1/destinations", {"name": "b", "url": "http://127.0.0.1:9/b"}).status_code == 201
+    )
+
+    refused = api_post(client, key, "/api/v1/destinations", {"name": "c", "url": "http://127.0.0.1:9/c"})
+    assert refused.status_code == 400, refused.content
+    assert "has 2 destinations, the most it may have" in refused.content.decode()
+    client.force_login(owner)
+    page = client.post(
+        reverse("dashboard:destination_create", args=[organization.slug]),
+        {"name": "c", "url": "http://127.0.0.1:9/c", "timeout_seconds": "15", "max_concurrency": "10"},
+    )
+    assert page.status_code == 200 and "has 2 destinations, the most it may have" in page.content.decode()
+    with pytest.raises(CommandError, match="has 2 destinations, the most it may have"):
+        call_command(
+            "create_destination",
+            "--org",
+            organization.slug,
+            "--name",
+            "c",
+            "--url",
+            "http://127.0.0.1:9/c",
+            stdout=io.StringIO(),
+        )
+    assert Destination.objects.filter(organization=organization).count() == 2
+    assert make_destination(other_organization, "http://127.0.0.1:9/other-2")  # still has room
