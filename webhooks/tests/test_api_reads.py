@@ -116,6 +116,7 @@ def test_event_list_filters_by_destination_failing_there(client, organization, o
         {"source": "abc"},
         {"source": "99999999999999999999"},
         {"received_after": "yesterday"},
+        {"event_type": "invoice.*,[bad"},
     ],
 )
 def test_event_list_refuses_bad_filters_with_400(client, organization, reader_key, params):
