@@ -28,6 +28,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import ngettext
 
 from accounts.admin import UserAdmin
 
@@ -755,7 +756,11 @@ class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         report = audit_verify_chain()
         level = messages.SUCCESS if report.ok else messages.ERROR
         if report.ok:
-            text = f"The audit log verifies: {report.checked} entries chain correctly (head {report.last_entry_hash})."
+            text = ngettext(
+                "The audit log verifies: %(count)d entry chains correctly (head %(head)s).",
+                "The audit log verifies: %(count)d entries chain correctly (head %(head)s).",
+                report.checked,
+            ) % {"count": report.checked, "head": report.last_entry_hash}
         else:
             text = f"The audit log is BROKEN at entry {report.broken_entry_id}: {report.reason}."
         self.message_user(request, text, level)
@@ -804,6 +809,11 @@ class ApiKeyAdmin(ReadOnlyAdminMixin, AuditedModelAdmin):
             outcomes.add_done(api_key.organization_id, f"API key {api_key.prefix}")
             revoked += 1
         if revoked:
-            self.message_user(request, f"{revoked} API key(s) revoked; they no longer work.", messages.SUCCESS)
+            text = ngettext(
+                "%(count)d API key revoked; it no longer works.",
+                "%(count)d API keys revoked; they no longer work.",
+                revoked,
+            ) % {"count": revoked}
+            self.message_user(request, text, messages.SUCCESS)
         if already:
             self.message_user(request, f"Nothing to do for {', '.join(already[:10])}: already revoked.", messages.INFO)

@@ -24,6 +24,7 @@ from webhooks.services.destinations import (
     DestinationError,
     destination_merge_custom_headers,
     event_type_patterns,
+    event_type_patterns_problem,
     max_attempts_allowed,
     parse_retry_schedule,
     retry_schedule_text,
@@ -633,6 +634,12 @@ class EventFilterForm(forms.Form):
     def clean_body(self):
         text = self.cleaned_data.get("body") or ""
         if text and (problem := body_search_text_problem(text)):
+            raise forms.ValidationError(problem)
+        return text
+
+    def clean_event_type(self):
+        text = self.cleaned_data.get("event_type") or ""
+        if problem := event_type_patterns_problem(text.split(",")):
             raise forms.ValidationError(problem)
         return text
 

@@ -48,6 +48,8 @@ def test_the_revoke_action_goes_through_the_service_and_is_audited(admin, superu
     already.save()
     response = admin.post(CHANGELIST, {"action": "revoke", "_selected_action": [active.pk, already.pk]})
     assert response.status_code == 302
+    shown = [str(message) for message in get_messages(response.wsgi_request)]
+    assert shown[0] == "1 API key revoked; it no longer works."
     active.refresh_from_db()
     assert active.revoked_at is not None
     with pytest.raises(ValueError):

@@ -376,6 +376,18 @@ def test_team_actions_refuse_rows_of_another_organization(organization, owner, o
     assert membership_of(outsider, other_organization).role == Membership.Role.OWNER
 
 
+def test_the_team_page_says_what_members_do_not_see(organization, member):
+    """Not "Members see everything": signatures, destination URL paths and colleagues' addresses
+    and browsers are hidden from them (README, "The tenant dashboard")."""
+    page = " ".join(browser_for(member).get(reverse("team:members", args=["acme"])).content.decode().split())
+    assert "see everything" not in page
+    assert (
+        "Members read events, deliveries, sources, destinations and the audit log, except signatures, the path and "
+        "query of destination URLs, and the audit log's addresses and browsers." in page
+    )
+    assert "Admins see those too" in page and "manage API keys" in page
+
+
 # --- Tenancy ----------------------------------------------------------------------------------
 
 

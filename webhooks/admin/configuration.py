@@ -19,6 +19,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.crypto import constant_time_compare
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import ngettext
 from django.views.decorators.debug import sensitive_post_parameters
 
 from organizations.admin import (
@@ -807,14 +808,13 @@ class DestinationAdmin(
                 refused.append(f"{destination.organization.name} · {destination}: {exc}")
                 outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
-            started.append(f"{destination.organization.name} · {destination} ({job.total})")
+            dead = ngettext("%(count)d dead delivery", "%(count)d dead deliveries", job.total) % {"count": job.total}
+            started.append(f"{destination.organization.name} · {destination} ({dead})")
             if destination.paused_at:
                 waiting.append(f"{destination.organization.name} · {destination}")
             outcomes.add_done(destination.organization_id, f"destination {destination.pk}: bulk retry {job.pk}")
         if started:
-            self.message_user(
-                request, "Bulk retry started for " + "; ".join(started[:10]) + " dead deliveries.", messages.SUCCESS
-            )
+            self.message_user(request, "Bulk retry started for " + "; ".join(started[:10]) + ".", messages.SUCCESS)
         if waiting:
             # Nothing is sent to a paused destination: "started" alone would say they are on their way.
             self.message_user(

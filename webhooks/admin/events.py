@@ -9,6 +9,7 @@ from django.db.models import OuterRef, Prefetch, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import ngettext
 
 from organizations.admin import (
     AuditedAdminMixin,
@@ -93,7 +94,11 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
         held = deliveries.filter(destination_id__in=paused).count() if paused else 0
         question = f"Send {total} failed deliveries again now?"
         if held:
-            question += f" {held} of them belong to paused destinations and wait until those are resumed."
+            question += " " + ngettext(
+                "%(count)d of them belongs to a paused destination and waits until it is resumed.",
+                "%(count)d of them belong to paused destinations and wait until those are resumed.",
+                held,
+            ) % {"count": held}
         preview = [
             f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
             for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]
@@ -119,10 +124,17 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
             outcomes.add_refused(delivery.organization_id, f"delivery {delivery.pk}", str(exc))
-    queued = f"{retried} {'delivery' if retried == 1 else 'deliveries'} queued for another attempt"
+    queued = ngettext(
+        "%(count)d delivery queued for another attempt", "%(count)d deliveries queued for another attempt", retried
+    ) % {"count": retried}
     if waiting:
         names = ", ".join(sorted(set(waiting))[:10])
-        which = "it waits until its" if retried == 1 else f"{len(waiting)} of them wait until their"
+        if retried == 1:
+            which = "it waits until its"
+        else:
+            which = ngettext(
+                "%(count)d of them waits until its", "%(count)d of them wait until their", len(waiting)
+            ) % {"count": len(waiting)}
         model_admin.message_user(
             request, f"{queued}; {which} paused destination is resumed ({names}).", messages.WARNING
         )
@@ -327,12 +339,18 @@ class WebhookEventAdmin(
     def process_set_aside_now(self, request, queryset):
         brought_forward = process_set_aside_events_now(queryset)
         skipped = queryset.count() - brought_forward
-        self.message_user(
-            request,
-            f"{brought_forward} set-aside event(s) will be processed now"
-            + (f"; {skipped} selected event(s) were not set aside, or already due." if skipped else "."),
-            messages.SUCCESS if brought_forward else messages.WARNING,
-        )
+        text = ngettext(
+            "%(count)d set-aside event will be processed now",
+            "%(count)d set-aside events will be processed now",
+            brought_forward,
+        ) % {"count": brought_forward}
+        if skipped:
+            text += "; " + ngettext(
+                "%(count)d selected event was not set aside, or already due",
+                "%(count)d selected events were not set aside, or already due",
+                skipped,
+            ) % {"count": skipped}
+        self.message_user(request, f"{text}.", messages.SUCCESS if brought_forward else messages.WARNING)
 
     @admin.action(description="Replay selected events to destinations…", permissions=["replay"])
     def replay_to_destinations(self, request, queryset):
@@ -362,10 +380,14 @@ class WebhookEventAdmin(
                 self,
                 queryset,
                 title="Replay events",
-                question=(
-                    f"Send {len(events)} event(s) again as new deliveries. Each event goes only to the "
-                    "chosen destinations of its own organization; the history is kept."
-                ),
+                question=ngettext(
+                    "Send %(count)d event again, as a new delivery to each chosen destination of its "
+                    "organization; its history is kept.",
+                    "Send %(count)d events again as new deliveries. Each event goes only to the chosen "
+                    "destinations of its own organization; the history is kept.",
+                    len(events),
+                )
+                % {"count": len(events)},
                 button="Replay",
                 preview=[f"{event.organization.name} · {event}" for event in events[:20]],
                 total=len(events),
@@ -392,9 +414,10 @@ class WebhookEventAdmin(
                     refused.append(f"{event.pk}: {exc}")
                     outcomes.add_refused(event.organization_id, replay, str(exc))
         if replayed or not refused:
-            self.message_user(
-                request, f"{replayed} replay deliveries queued.", messages.SUCCESS if replayed else messages.WARNING
-            )
+            queued = ngettext("%(count)d replay delivery queued.", "%(count)d replay deliveries queued.", replayed) % {
+                "count": replayed
+            }
+            self.message_user(request, queued, messages.SUCCESS if replayed else messages.WARNING)
         if refused:
             self.message_user(request, "Not replayed: " + "; ".join(refused[:10]), messages.WARNING)
         return None

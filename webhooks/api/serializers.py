@@ -21,6 +21,7 @@ from webhooks.selectors import (
     headers_for_viewer,
     url_for_viewer,
 )
+from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.sources import ingest_url
 
 MAX_DATABASE_ID = 2**63 - 1
@@ -226,6 +227,14 @@ class QueryDateTimeField(serializers.DateTimeField):
             raise
 
 
+def checked_event_type_patterns(text: str) -> str:
+    """Comma-separated patterns, checked as a destination's filters are (a 400 on the field, not
+    a list or a retry that silently matches nothing)."""
+    if problem := event_type_patterns_problem(text.split(",")):
+        raise serializers.ValidationError(problem)
+    return text
+
+
 class EventFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
@@ -243,6 +252,9 @@ class EventFilterSerializer(serializers.Serializer):
         if problem := body_search_text_problem(text):
             raise serializers.ValidationError(problem)
         return text
+
+    def validate_event_type(self, text: str) -> str:
+        return checked_event_type_patterns(text)
 
 
 class DeliveryFilterSerializer(serializers.Serializer):
@@ -265,6 +277,9 @@ class BulkRetryRequestSerializer(serializers.Serializer):
     event_type = serializers.CharField(max_length=1000, required=False)
     received_after = serializers.DateTimeField(required=False)
     received_before = serializers.DateTimeField(required=False)
+
+    def validate_event_type(self, text: str) -> str:
+        return checked_event_type_patterns(text)
 
     def validate(self, data):
         after, before = data.get("received_after"), data.get("received_before")

@@ -44,6 +44,7 @@ from . import serializers
 from .authentication import ApiView, Conflict, SearchTimedOut
 
 _DATABASE_ID = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: a bigint column never overflows
+_PAGE_SIZE = re.compile(r"[0-9]{1,4}")
 
 
 def _int_id(text: str) -> int:
@@ -79,6 +80,17 @@ class NewestFirst(CursorPagination):
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200
+
+    def get_page_size(self, request) -> int:
+        """``limit``, a whole number from 1 to max_page_size; anything else is a 400 on ``limit``
+        (DRF would fall back to the default, or cap it, without saying so)."""
+        given = request.query_params.get(self.page_size_query_param)
+        if given is None:
+            return self.page_size
+        if not _PAGE_SIZE.fullmatch(given) or not 1 <= int(given) <= self.max_page_size:
+            bounds = f"must be a whole number from 1 to {self.max_page_size} ({self.page_size} when not given)"
+            raise exceptions.ValidationError({self.page_size_query_param: [bounds]})
+        return int(given)
 
     def paginate_queryset(self, queryset, request, view=None):
         self.position_field = queryset.model._meta.pk

@@ -345,14 +345,25 @@ def event_type_patterns(patterns: Iterable[str], *, has_sources: bool) -> list[s
     nowhere to keep them: refusing beats silently dropping a filter the tenant asked for.
     """
     cleaned = [pattern.strip() for pattern in patterns if pattern and pattern.strip()]
-    for pattern in cleaned:
-        if len(pattern) > 255 or any(character.isspace() for character in pattern):
-            raise DestinationError(f"“{pattern[:60]}” is not an event-type pattern: no spaces, at most 255 characters")
-        if not _brackets_closed(pattern):
-            raise DestinationError(f"“{pattern}” is not an event-type pattern: a “[” is never closed")
+    if problem := event_type_patterns_problem(cleaned):
+        raise DestinationError(problem)
     if cleaned and not has_sources:
         raise DestinationError("event-type filters apply to the events of sources: choose at least one source")
     return cleaned
+
+
+def event_type_patterns_problem(patterns: Iterable[str]) -> str | None:
+    """Why one of ``patterns`` cannot be an event-type pattern, or None (blank ones are left out).
+    A destination's filters are checked with it, and so are the patterns typed to find events or
+    retry deliveries: there, one that cannot be meant would match nothing without a word."""
+    for pattern in (pattern.strip() for pattern in patterns):
+        if not pattern:
+            continue
+        if len(pattern) > 255 or any(character.isspace() for character in pattern):
+            return f"“{pattern[:60]}” is not an event-type pattern: no spaces, at most 255 characters"
+        if not _brackets_closed(pattern):
+            return f"“{pattern}” is not an event-type pattern: a “[” is never closed"
+    return None
 
 
 def _brackets_closed(pattern: str) -> bool:

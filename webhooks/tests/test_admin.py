@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -290,7 +291,8 @@ def test_replay_offers_the_organizations_destinations_and_replays_to_the_chosen_
     filtered = admin.post(f"{url}?status__exact=processed", selection).content.decode()
     assert f'href="{url}?status__exact=processed" class="button cancel-link"' in filtered
 
-    admin.post(url, {**selection, "confirm": "yes", "choice": [setup["destination"].pk]})
+    done = admin.post(url, {**selection, "confirm": "yes", "choice": [setup["destination"].pk]}, follow=True)
+    assert [str(message) for message in done.context["messages"]] == ["1 replay delivery queued."]
     replays = Delivery.objects.filter(is_replay=True)
     # Only the Acme event goes to Acme's destination; Globex's event is never sent across tenants.
     assert [(d.event_id, d.destination_id) for d in replays] == [(setup["dead"].pk, setup["destination"].pk)]
@@ -303,6 +305,7 @@ def test_replay_pre_ticks_only_destinations_whose_event_type_filter_takes_the_ev
         reverse(EVENTS), {"action": "replay_to_destinations", "_selected_action": [setup["dead"].pk]}
     ).content.decode()
     assert f'value="{setup["destination"].pk}" checked' in page
+    assert "Send 1 event again, as a new delivery to each chosen destination of its organization" in page
     # Offered (the operator may still choose it), but not ticked: it never takes invoice.paid.
     assert f'value="{orders_only.pk}"' in page and f'value="{orders_only.pk}" checked' not in page
 
@@ -754,6 +757,14 @@ def test_audit_log_list_filters_search_and_detail(admin, setup, organization, su
 def test_audit_log_verify_button(admin, organization):
     response = admin.get(reverse("admin:organizations_auditlog_verify"), follow=True)
     assert "The audit log verifies" in response.content.decode()
+
+
+def test_audit_log_verify_button_counts_one_entry_as_one(admin, monkeypatch):
+    chain = audit_verify_chain()
+    monkeypatch.setattr("organizations.admin.audit_verify_chain", lambda: replace(chain, checked=1))
+    response = admin.get(reverse("admin:organizations_auditlog_verify"), follow=True)
+    [message] = [str(message) for message in response.context["messages"]]
+    assert message.startswith("The audit log verifies: 1 entry chains correctly (head ")
 
 
 # --- Periodic tasks -----------------------------------------------------------------------------
@@ -1239,6 +1250,26 @@ def test_retrying_deliveries_of_a_paused_destination_says_they_wait_for_the_resu
     assert "2 of them belong to paused destinations and wait until those are resumed." in page.content.decode()
 
 
+def test_retrying_two_deliveries_one_of_them_to_a_paused_destination_speaks_of_one(admin, setup, organization):
+    paused, _ = make_destination(organization, RECEIVER, sources=[setup["source"]])
+    paused.paused_at = timezone.now()
+    paused.save(update_fields=["paused_at"])
+    held = deliver(setup["retrying"], paused, Delivery.Status.DEAD, attempts=2)
+    selection = {
+        "action": "retry_deliveries",
+        "_selected_action": [Delivery.objects.get(event=setup["dead"]).pk, held.pk],
+    }
+    url = reverse("admin:webhooks_delivery_changelist")
+    asked = admin.post(url, selection).content.decode()
+    assert (
+        "Send 2 failed deliveries again now? 1 of them belongs to a paused destination and waits until it is " in asked
+    )
+    done = admin.post(url, {**selection, "confirm": "yes"}, follow=True)
+    assert [str(message) for message in done.context["messages"]] == [
+        f"2 deliveries queued for another attempt; 1 of them waits until its paused destination is resumed ({paused})."
+    ]
+
+
 def test_retrying_deliveries_of_active_destinations_says_nothing_of_pauses(admin, setup):
     dead = Delivery.objects.get(event=setup["dead"])
     response = admin.post(
@@ -1405,7 +1436,7 @@ def test_retrying_every_dead_delivery_of_a_destination_starts_a_bulk_retry(admin
     assert job.organization == destination.organization and job.filters == {"destination": destination.pk}
     assert job.total == 1 and job.requested_by == superuser
     shown = [str(message) for message in response.context["messages"]]
-    assert shown == [f"Bulk retry started for {destination.organization.name} · {destination} (1) dead deliveries."]
+    assert shown == [f"Bulk retry started for {destination.organization.name} · {destination} (1 dead delivery)."]
     assert AuditLog.objects.filter(action="deliveries.bulk_retry_requested", actor_user_id=superuser.pk).exists()
     # One job at a time per destination: a second request is refused with the reason.
     again = admin.post(url, selection, follow=True)

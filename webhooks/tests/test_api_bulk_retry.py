@@ -133,6 +133,9 @@ def test_the_delivery_list_with_the_same_filters_shows_what_a_bulk_retry_takes(c
         ({"received_after": "yesterday"}, "received_after"),
         ({"received_after": "2026-12-01T10:00:00Z", "received_before": "2026-12-01T09:00:00Z"}, "received_before"),
         ({"event_type": "x" * 1001}, "event_type"),
+        # Patterns a destination's filter refuses: they would match nothing (409 nothing_to_retry).
+        ({"event_type": "invoice.*,[bad"}, "event_type"),
+        ({"event_type": "invoice paid"}, "event_type"),
     ],
 )
 def test_bad_bodies_are_a_400_naming_the_field(client, world, body, field):

@@ -1,4 +1,5 @@
-"""An admin makes an API key in a real browser, a script uses it over HTTP, the admin revokes it."""
+"""An admin makes an API key in a real browser, a script uses it over HTTP, the admin revokes it
+(after a confirmation page)."""
 
 import json
 import urllib.error
@@ -42,7 +43,11 @@ def test_create_use_and_revoke_a_key(browser, live_server, organization, owner, 
     row = page.locator(f"tr[data-api-key='{ApiKey.objects.get().prefix}']")
     assert "nightly-report" in row.inner_text() and "Read only" in row.inner_text()
     assert key not in page.content()  # shown once only
-    row.get_by_role("button", name="Revoke nightly-report").click()
+    row.get_by_role("link", name="Revoke nightly-report").click()
+    # Asked first, on a page of its own: nothing is revoked yet.
+    assert page.get_by_role("heading", name="Revoke nightly-report?").is_visible()
+    assert ApiKey.objects.get().revoked_at is None
+    page.get_by_role("button", name="Revoke key").click()
     assert "revoked" in page.locator(".messages, [role=status], body").first.inner_text().lower()
     assert "Revoked" in page.locator(f"tr[data-api-key='{ApiKey.objects.get().prefix}']").inner_text()
 

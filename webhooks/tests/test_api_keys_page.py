@@ -1,7 +1,7 @@
 """The dashboard's API keys page: admins and owners only; a key is shown once; revoking is final."""
 
 from conftest import UserFactory
-from organizations.api_keys import api_key_authenticate, api_key_create
+from organizations.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from organizations.models import ApiKey, AuditLog, Membership
 
 from .api_helpers import api_get
@@ -51,6 +51,31 @@ def test_a_bad_name_is_shown_on_the_form(client, organization, owner):
     assert not ApiKey.objects.exists()
 
 
+def test_revoking_asks_first_on_its_own_page(client, organization, owner):
+    """One click on the list must not revoke: a script's key cannot be given back."""
+    api_key, key = api_key_create(organization=organization, name="nightly")
+    client.force_login(owner)
+    listed = client.get(_page()).content.decode()
+    confirm_url = f"{_page()}{api_key.pk}/revoke/"
+    assert f'href="{confirm_url}"' in listed and f'action="{confirm_url}"' not in listed
+    asked = client.get(confirm_url)
+    page = " ".join(asked.content.decode().split())
+    assert asked.status_code == 200 and "Revoke nightly?" in page and f"hl_{api_key.prefix}_…" in page
+    assert "This cannot be undone" in page and '<form method="post">' in page
+    assert f'href="{_page()}">Keep it</a>' in page
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is None and api_get(client, key, "/api/v1/events").status_code == 200
+    assert not AuditLog.objects.filter(action="api_key.revoked").exists()
+
+
+def test_a_revoked_keys_confirmation_goes_back_to_the_list(client, organization, owner):
+    api_key, _ = api_key_create(organization=organization, name="old")
+    api_key_revoke(api_key=api_key, actor=owner)
+    client.force_login(owner)
+    response = client.get(f"{_page()}{api_key.pk}/revoke/")
+    assert response.status_code == 302 and response["Location"] == _page()
+
+
 def test_admin_revokes_a_key(client, organization, owner):
     api_key, key = api_key_create(organization=organization, name="old")
     client.force_login(owner)
@@ -68,6 +93,7 @@ def test_members_cannot_see_make_or_revoke_keys(client, organization, member):
     client.force_login(member)
     assert client.get(_page()).status_code == 403
     assert client.post(_page(), {"name": "mine", "access": "read_write"}).status_code == 403
+    assert client.get(f"{_page()}{api_key.pk}/revoke/").status_code == 403
     assert client.post(f"{_page()}{api_key.pk}/revoke/").status_code == 403
     assert ApiKey.objects.count() == 1 and ApiKey.objects.get().revoked_at is None
     assert "api-keys" not in client.get("/o/acme/").content.decode()
@@ -84,6 +110,7 @@ def test_another_organizations_keys_stay_out_of_reach(client, organization, othe
     client.force_login(outsider)
     assert client.get(_page()).status_code == 404  # not a member of acme
     assert client.post(f"{_page()}{ours.pk}/revoke/").status_code == 404
+    assert client.get(f"{_page('globex')}{ours.pk}/revoke/").status_code == 404
     assert "ours" not in client.get(_page("globex")).content.decode()
     assert client.post(f"{_page('globex')}{ours.pk}/revoke/").status_code == 404
     ours.refresh_from_db()

@@ -116,6 +116,7 @@ def test_event_list_filters_by_destination_failing_there(client, organization, o
         {"source": "abc"},
         {"source": "99999999999999999999"},
         {"received_after": "yesterday"},
+        {"event_type": "invoice.*,[bad"},
     ],
 )
 def test_event_list_refuses_bad_filters_with_400(client, organization, reader_key, params):
@@ -287,6 +288,31 @@ def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, re
     response = api_get(client, reader_key, path, cursor=cursor)
     assert response.status_code == 400, response.content
     assert response.json()["error"] == "invalid" and list(response.json()["fields"]) == ["cursor"]
+
+
+LIST_PATHS = ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"]
+
+
+@pytest.mark.parametrize("path", [*LIST_PATHS, "/api/v1/events?body_contains=cus_ABC"])
+@pytest.mark.parametrize("limit", ["abc", "0", "-1", "201", "1.5", "", " 5", "9" * 5000])
+def test_a_limit_out_of_bounds_is_a_400_naming_the_bounds(client, organization, reader_key, path, limit):
+    # Not the default 50, nor 200, in its place without a word: a script would page on believing its limit.
+    response = client.get(path, {"limit": limit}, HTTP_AUTHORIZATION=f"Bearer {reader_key}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid"
+    assert response.json()["fields"] == {"limit": ["must be a whole number from 1 to 200 (50 when not given)"]}
+
+
+@pytest.mark.parametrize("path", LIST_PATHS)
+def test_a_limit_within_bounds_sets_the_page(client, organization, reader_key, path):
+    source = make_source(organization)
+    make_source(organization, name="Second")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/a", sources=[source])
+    make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
+    for _ in range(2):  # two of each
+        make_delivery(make_event(source), destination)
+    assert len(api_get(client, reader_key, path, limit=1).json()["results"]) == 1
+    assert len(api_get(client, reader_key, path, limit=200).json()["results"]) == 2
 
 
 def test_page_links_start_with_public_base_url_behind_a_proxy(client, organization, reader_key, settings):

@@ -72,6 +72,7 @@ ADMIN_PAGES = [
     ("destination_delete", "destination"),
     ("secret_once", "secret"),
     ("api_keys", "org"),
+    ("api_key_revoke", "api_key"),
 ]
 # POSTs: URL name, object kind, form data an admin would send.
 WRITES = [

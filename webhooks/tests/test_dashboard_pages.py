@@ -203,6 +203,17 @@ def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_or
     assert "Not applied" not in page_text(client.get(url, {"status": "failed"}))
 
 
+def test_an_event_type_pattern_a_destination_would_refuse_is_said_not_to_apply(client, owner, many_events):
+    """ "[bad" matched nothing, as if no such event had arrived; the destination form refuses it."""
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    response = client.get(url, {"event_type": "invoice.*, [bad"})
+    text = page_text(response)
+    assert "Not applied: Event type: “[bad” is not an event-type pattern: a “[” is never closed" in text
+    assert len(listed_ids(response)) == 8
+    assert 'aria-invalid="true"' in re.search(r'<input[^>]*name="event_type"[^>]*>', text).group(0)
+
+
 def test_a_range_that_ends_before_it_starts_says_so_instead_of_matching_nothing(client, owner, many_events):
     """ "From 14:00 until 12:00" listed nothing under "No events match", as if none had arrived."""
     client.force_login(owner)

@@ -105,7 +105,7 @@ ROLES = {
     "dashboard:destination_send_waiting_now": (MEMBER, ADMIN),
     "dashboard:audit": (MEMBER, None),
     "dashboard:api_keys": (ADMIN, ADMIN),
-    "dashboard:api_key_revoke": (MEMBER, ADMIN),
+    "dashboard:api_key_revoke": (ADMIN, ADMIN),
     "team:members": (MEMBER, None),
     "team:invite": (MEMBER, ADMIN),
     "team:invitation_revoke": (MEMBER, ADMIN),

@@ -11,6 +11,7 @@ from organizations.services import audit_purge
 
 class Command(BaseCommand):
     help = "Delete audit entries older than --older-than-days; the purge writes its own entry."
+    requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
         parser.add_argument("--older-than-days", type=int, required=True)

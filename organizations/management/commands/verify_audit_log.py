@@ -9,6 +9,7 @@ from organizations.services import audit_verify_chain
 
 class Command(BaseCommand):
     help = "Walk the audit log's hash chain; exit 1 at the first broken link."
+    requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")

@@ -18,6 +18,7 @@ from config.celery import app
 
 class Command(BaseCommand):
     help = "Create or update the periodic tasks listed in settings.CELERY_BEAT_SCHEDULE."
+    requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django import forms
+from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
 from django.views.generic import TemplateView
 
 from organizations.api_keys import api_key_create, api_key_revoke
@@ -12,7 +14,7 @@ from organizations.models import ApiKey
 from organizations.selectors import api_key_for_organization, api_keys_for_organization
 from webhooks.forms import NameField
 
-from .base import ADMIN, ChangeView, or_404, secret_once_response
+from .base import ADMIN, or_404, secret_once_response
 
 
 class ApiKeyForm(forms.Form):
@@ -64,8 +66,24 @@ class ApiKeysView(OrganizationMixin, TemplateView):
         return self.render_to_response(self.get_context_data(form=form), status=400)
 
 
-class ApiKeyRevokeView(ChangeView):
+class ApiKeyRevokeView(OrganizationMixin, TemplateView):
+    """Revoking cannot be undone and stops every script using the key, so it is confirmed on its
+    own page (GET), as deleting a source is; the button there POSTs."""
+
+    template_name = "dashboard/api_key_revoke.html"
+    required_role = ADMIN
+
+    def get_api_key(self) -> ApiKey:
+        return or_404(api_key_for_organization, organization=self.organization, api_key_id=self.kwargs["api_key_id"])
+
+    def get(self, request, *args, **kwargs):
+        self.require_role(ADMIN)
+        api_key = self.get_api_key()
+        if api_key.revoked_at is not None:
+            return redirect("dashboard:api_keys", self.organization.slug)
+        return self.render_to_response(self.get_context_data(api_key=api_key))
+
     def post(self, request, *args, **kwargs):
-        api_key = or_404(api_key_for_organization, organization=self.organization, api_key_id=kwargs["api_key_id"])
-        api_key_revoke(api_key=api_key, actor=request.user)
-        return self.done(f"API key {api_key} revoked: it no longer works.", "dashboard:api_keys")
+        api_key = api_key_revoke(api_key=self.get_api_key(), actor=request.user)
+        messages.success(request, f"API key {api_key} revoked: it no longer works.")
+        return redirect("dashboard:api_keys", self.organization.slug)
