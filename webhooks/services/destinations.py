@@ -324,12 +324,12 @@ def retry_policy_words(destination: Destination) -> str:
         text = "no retries: the first failed attempt is final"
     else:
         waits = ", ".join(duration_words(step) for step in steps)
-        retries = "1 retry" if len(steps) == 1 else f"{len(steps)} retries"
+        retries = "1 retry, after a wait" if len(steps) == 1 else f"{len(steps)} retries, after waits"
         if destination.retry_schedule:
             whose = " (this destination's own schedule)"
         else:
             whose = "" if destination.max_attempts else " (the platform's whole schedule)"
-        text = f"up to {attempts} attempts{whose}: {retries}, after waits of about {waits}"
+        text = f"up to {attempts} attempts{whose}: {retries} of about {waits}"
     if destination.max_retry_age_seconds and steps:
         text += (
             f"; none later than {duration_words(destination.max_retry_age_seconds)} after the event reached this "
