@@ -159,7 +159,11 @@ def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
 
 # One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
 _WAIT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
-_SEVERAL_WAITS = re.compile(r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+", re.IGNORECASE)
+# Several waits in one item: "10s 1m" (a missing comma), or "1h30m" / "1h 30m" (one wait in two units).
+_SEVERAL_WAITS = re.compile(
+    r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+|(?:\d+(?:\.\d+)?\s*[a-z]+\s*)+\d+(?:\.\d+)?\s*[a-z]*",
+    re.IGNORECASE,
+)
 _UNIT_SECONDS = {
     **dict.fromkeys(("", "s", "sec", "secs", "second", "seconds"), 1),
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),

@@ -338,6 +338,7 @@ def test_admins_set_the_schedule_on_the_dashboard_and_each_change_is_audited(cli
     [
         ({"retry_schedule": "10x, 1m"}, "retry_schedule", "“10x” is not a wait"),
         ({"retry_schedule": "10s 1m"}, "retry_schedule", "separate the waits with commas"),
+        ({"retry_schedule": "1h30m"}, "retry_schedule", "write each in one unit (90m rather than 1h 30m)"),
         ({"retry_schedule": "2s, 1m"}, "retry_schedule", "from 5 s to 7 days (5 to 604800): wait 1 is 2 s"),
         ({"retry_schedule": ", ".join(["1m"] * 21)}, "retry_schedule", "1 to 20 waits"),
         ({"retry_schedule": "7d, 7d, 7d, 7d, 7d"}, "retry_schedule", "add up to 35 days"),
