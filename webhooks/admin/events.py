@@ -23,6 +23,7 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription
 from webhooks.selectors import configured_signature_header, events_with_id, headers_for_viewer, parse_event_id
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
+from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.processing import process_set_aside_events_now
 from webhooks.services.text import readable_body
 
@@ -327,7 +328,11 @@ class WebhookEventAdmin(
         )
         return render_to_string(
             "admin/webhooks/webhookevent/deliveries.html",
-            {"deliveries": deliveries, "sees_signatures": getattr(obj, "sees_signatures", False)},
+            {
+                "deliveries": deliveries,
+                "sees_signatures": getattr(obj, "sees_signatures", False),
+                "not_taken": destinations_not_taking(obj),
+            },
         )
 
     @admin.action(description="Retry failed deliveries of the selected events", permissions=["retry"])

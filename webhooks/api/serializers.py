@@ -22,6 +22,7 @@ from webhooks.selectors import (
     url_for_viewer,
 )
 from webhooks.services.destinations import event_type_patterns_problem
+from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.sources import ingest_url
 
 MAX_DATABASE_ID = 2**63 - 1
@@ -125,9 +126,18 @@ class EventDetailSerializer(EventSerializer):
     remote_ip = serializers.IPAddressField(allow_null=True)
     headers = serializers.SerializerMethodField()
     deliveries = EventDeliverySerializer(many=True, source="deliveries.all")
+    # As the dashboard's event page says it: an event with no delivery to a destination its type
+    # reaches was left out by that destination's payload filters (as they are now), and why.
+    left_out_by_payload_filters = serializers.SerializerMethodField()
 
     def get_headers(self, event) -> dict[str, str]:
         return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
+
+    def get_left_out_by_payload_filters(self, event) -> list[dict]:
+        return [
+            {"destination": refusal["destination_id"], "destination_name": refusal["name"], "reason": refusal["reason"]}
+            for refusal in destinations_not_taking(event)
+        ]
 
     def to_representation(self, event):
         data = super().to_representation(event)

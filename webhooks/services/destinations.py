@@ -159,7 +159,11 @@ def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
 
 # One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
 _WAIT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
-_SEVERAL_WAITS = re.compile(r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+", re.IGNORECASE)
+# Several waits in one item: "10s 1m" (a missing comma), or "1h30m" / "1h 30m" (one wait in two units).
+_SEVERAL_WAITS = re.compile(
+    r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+|(?:\d+(?:\.\d+)?\s*[a-z]+\s*)+\d+(?:\.\d+)?\s*[a-z]*",
+    re.IGNORECASE,
+)
 _UNIT_SECONDS = {
     **dict.fromkeys(("", "s", "sec", "secs", "second", "seconds"), 1),
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
@@ -324,12 +328,12 @@ def retry_policy_words(destination: Destination) -> str:
         text = "no retries: the first failed attempt is final"
     else:
         waits = ", ".join(duration_words(step) for step in steps)
-        retries = "1 retry" if len(steps) == 1 else f"{len(steps)} retries"
+        retries = "1 retry, after a wait" if len(steps) == 1 else f"{len(steps)} retries, after waits"
         if destination.retry_schedule:
             whose = " (this destination's own schedule)"
         else:
             whose = "" if destination.max_attempts else " (the platform's whole schedule)"
-        text = f"up to {attempts} attempts{whose}: {retries}, after waits of about {waits}"
+        text = f"up to {attempts} attempts{whose}: {retries} of about {waits}"
     if destination.max_retry_age_seconds and steps:
         text += (
             f"; none later than {duration_words(destination.max_retry_age_seconds)} after the event reached this "

@@ -10,6 +10,7 @@ from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Source, WebhookEvent
 from webhooks.selectors import event_detail_for_organization, events_found_by_id
 
+from .payload_filters import destinations_not_taking
 from .text import readable_body
 
 # Several events can carry one provider id (two sources, a forged request claiming it, other
@@ -72,6 +73,12 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
         "processing_failure": None,
         "body_size": len(body),
         "deliveries": [_delivery_story(delivery) for delivery in event.deliveries.all()],
+        # As on the dashboard's event page: "0 deliveries" alone does not say that a destination's
+        # payload filters (as they are now) left the event out.
+        "left_out_by_payload_filters": [
+            {"destination": {"id": refusal["destination_id"], "name": refusal["name"]}, "reason": refusal["reason"]}
+            for refusal in destinations_not_taking(event)
+        ],
     }
     if event.status == WebhookEvent.Status.REJECTED:
         story["rejection"] = {

@@ -41,6 +41,12 @@ def check_network(entry: str) -> Network:
     given = entry.strip()
     if not given:
         raise AllowedNetworksError("an entry is empty: give an address or a network such as 192.0.2.0/24")
+    if len(given.replace(",", " ").split()) > 1:
+        # The dashboard's box splits on commas and spaces; an API list item or a --allowed-network
+        # flag is one entry, and "neither an IP address nor a network" would not say why.
+        raise AllowedNetworksError(
+            f"“{_shown(given)}” holds more than one entry: give each address or network as an entry of its own"
+        )
     if "%" in given:
         raise AllowedNetworksError(
             f"“{_shown(given)}” names a network interface (after the %), which says nothing of where a request "

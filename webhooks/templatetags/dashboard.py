@@ -69,6 +69,13 @@ def suspended_organization(context):
 
 
 @register.filter
+def fields_with_errors(form) -> list:
+    """The visible fields a submitted form refused, in the form's order: on a long form (a
+    destination's) the first may be far below the top of the page the browser shows again."""
+    return [field for field in form.visible_fields() if field.errors]
+
+
+@register.filter
 def provider_label(kind: str) -> str:
     provider = PROVIDERS.get(kind)
     return provider.label if provider else kind

@@ -9,6 +9,8 @@ from django.utils import timezone
 
 from organizations.models import ApiKey
 from webhooks.models import Delivery, WebhookEvent
+from webhooks.services.destinations import destination_create
+from webhooks.services.payload_filters import parse_payload_filter_lines
 
 from .api_helpers import api_get, make_delivery, make_event, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -176,6 +178,33 @@ def test_event_detail_gives_a_binary_body_in_base64(client, organization, reader
     event = make_event(make_source(organization), body=raw)
     data = api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()
     assert data["body_encoding"] == "base64" and base64.b64decode(data["body"]) == raw
+
+
+def test_event_detail_names_the_destinations_whose_payload_filters_left_it_out(client, organization, reader_key):
+    # The dashboard's event page said why; the API showed only an empty list of deliveries.
+    source = make_source(organization)
+    taken, _ = make_destination(organization, "http://127.0.0.1:9/all", sources=[source])
+    live_only, _ = destination_create(
+        organization=organization,
+        name="Live only",
+        url="http://127.0.0.1:9/live",
+        sources=[source],
+        payload_filters=parse_payload_filter_lines("data.object.livemode == true"),
+    )
+    event = make_event(source, body=b'{"type": "invoice.paid", "data": {"object": {"livemode": false}}}')
+    make_delivery(event, taken)
+    data = api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()
+    assert [delivery["destination"] for delivery in data["deliveries"]] == [taken.pk]
+    assert data["left_out_by_payload_filters"] == [
+        {
+            "destination": live_only.pk,
+            "destination_name": "Live only",
+            "reason": "“data.object.livemode == true” does not hold",
+        }
+    ]
+    # A destination with a delivery of it, or without payload filters, is not listed.
+    make_delivery(event, live_only)
+    assert api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()["left_out_by_payload_filters"] == []
 
 
 def test_delivery_list_filters_and_detail(client, organization, world, reader_key):

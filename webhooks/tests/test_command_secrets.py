@@ -346,6 +346,46 @@ def test_header_file_refusals_for_the_whole_set(organization, tmp_path, monkeypa
     assert not Destination.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        (
+            "create_destination",
+            ["--name", "gw", "--url", "http://127.0.0.1:9/", "--header-file", "{first}", "--header-file", "{second}"],
+            "--header-file is given twice: it reads one file",
+        ),
+        (
+            "create_source",
+            ["--provider", "stripe", "--name", "x", "--secret-file", "{first}", "--secret-file", "{second}"],
+            "--secret-file is given twice: it reads one file",
+        ),
+        (
+            "create_source",
+            ["--provider", "stripe", "--name", "x", "--secret", SOURCE_SECRET, "--secret", SOURCE_SECRET + "2"],
+            "--secret is given twice: it takes one value",
+        ),
+    ],
+    ids=["header-file", "secret-file", "secret"],
+)
+def test_a_secret_flag_given_twice_is_a_usage_error_not_the_last_one_silently(
+    organization, tmp_path, command, args, message
+):
+    # argparse keeps the last of a repeated flag: a first --header-file (a gateway's token, say) was
+    # dropped without a word, and the destination created without it.
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text(f"Authorization: {GATEWAY_TOKEN}\n")
+    second.write_text(f"X-Api-Key: {API_KEY_VALUE}\n")
+    if command == "create_source":
+        first.write_text(SOURCE_SECRET)
+        second.write_text(SOURCE_SECRET + "2")
+    given = [arg.format(first=first, second=second) for arg in args]
+    with pytest.raises(CommandError) as refused:
+        call_command(command, "--org", "acme", *given, stdout=io.StringIO(), stderr=io.StringIO())
+    assert message in str(refused.value)
+    assert SOURCE_SECRET not in str(refused.value) and GATEWAY_TOKEN not in str(refused.value)
+    assert not Destination.objects.exists() and not Source.objects.exists()
+
+
 # --- real processes ------------------------------------------------------------------------------
 
 

@@ -301,3 +301,37 @@ def test_the_source_name_s_example_names_the_provider_being_connected(client, or
     page = client.get(reverse("dashboard:source_create", args=["acme", "github"])).content.decode()
 
     assert "e.g. “GitHub production”" in page and "Stripe live" not in page
+
+
+def test_a_refused_form_says_at_its_top_which_fields_to_correct_with_links_to_them(client, organization, owner):
+    # The destination form is long: a refused retry schedule or payload filter is far below the top of
+    # the page the browser shows again, which looked like a form that did nothing.
+    client.force_login(owner)
+    response = client.post(
+        reverse("dashboard:destination_create", args=[organization.slug]),
+        {
+            "name": "Billing",
+            "url": "http://127.0.0.1:9/billing",
+            "timeout_seconds": "15",
+            "payload_filters": "ref = 1",
+            "retry_schedule": "1h30m",
+        },
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    summary = re.search(r'<p class="notice notice-bad form-error-summary" role="alert">(.*?)</p>', html)
+    assert summary, html
+    assert summary.group(1) == (
+        'To correct below: <a href="#field-payload_filters">Payload filters</a>, '
+        '<a href="#field-retry_schedule">Retry schedule</a>.'
+    )
+    assert html.index("form-error-summary") < html.index('name="name"')  # above the first field
+    assert 'class="field has-error" id="field-retry_schedule"' in html
+    assert 'class="field has-error" id="field-payload_filters"' in html
+    assert not Destination.objects.exists()
+
+    # A form that was not refused has no such line.
+    assert (
+        "form-error-summary"
+        not in client.get(reverse("dashboard:destination_create", args=[organization.slug])).content.decode()
+    )

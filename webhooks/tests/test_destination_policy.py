@@ -195,7 +195,7 @@ def test_the_policy_is_said_in_plain_words(organization, settings):
     )
     assert retry_policy_words(Destination(organization=organization, max_attempts=1)).startswith("no retries")
     words = retry_policy_words(Destination(organization=organization, max_attempts=2, max_retry_age_seconds=21600))
-    assert words.startswith("up to 2 attempts: 1 retry, after waits of about 1 min; none later than 6 h after")
+    assert words.startswith("up to 2 attempts: 1 retry, after a wait of about 1 min; none later than 6 h after")
 
 
 # --- Dashboard -----------------------------------------------------------------------------

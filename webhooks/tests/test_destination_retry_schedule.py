@@ -280,7 +280,13 @@ def test_the_schedule_is_said_in_plain_words(organization):
         "up to 4 attempts (this destination's own schedule): 3 retries, after waits of about 10 s, 1 min, 10 min."
     )
     capped = Destination(organization=organization, retry_schedule=[10, 60, 600], max_attempts=2)
-    assert retry_policy_words(capped).startswith("up to 2 attempts (this destination's own schedule): 1 retry")
+    assert retry_policy_words(capped).startswith(
+        "up to 2 attempts (this destination's own schedule): 1 retry, after a wait of about 10 s."
+    )
+    one_step = Destination(organization=organization, retry_schedule=[300])
+    assert retry_policy_words(one_step).startswith(
+        "up to 2 attempts (this destination's own schedule): 1 retry, after a wait of about 5 min."
+    )
     assert retry_policy_words(Destination(organization=organization)).startswith(
         "up to 3 attempts (the platform's whole schedule): 2 retries, after waits of about 1 h, 2 h."
     )
@@ -332,6 +338,7 @@ def test_admins_set_the_schedule_on_the_dashboard_and_each_change_is_audited(cli
     [
         ({"retry_schedule": "10x, 1m"}, "retry_schedule", "“10x” is not a wait"),
         ({"retry_schedule": "10s 1m"}, "retry_schedule", "separate the waits with commas"),
+        ({"retry_schedule": "1h30m"}, "retry_schedule", "write each in one unit (90m rather than 1h 30m)"),
         ({"retry_schedule": "2s, 1m"}, "retry_schedule", "from 5 s to 7 days (5 to 604800): wait 1 is 2 s"),
         ({"retry_schedule": ", ".join(["1m"] * 21)}, "retry_schedule", "1 to 20 waits"),
         ({"retry_schedule": "7d, 7d, 7d, 7d, 7d"}, "retry_schedule", "add up to 35 days"),
@@ -528,7 +535,7 @@ def test_create_destination_takes_a_retry_schedule(organization):
     out = io.StringIO()
     call_command("create_destination", "--org", "acme", "--name", "e", "--url", "http://127.0.0.1:9/e",
                  "--retry-schedule", "30s, 5m", "--max-attempts", "2", stdout=out)  # fmt: skip
-    assert "Retry policy: up to 2 attempts (this destination's own schedule): 1 retry, after waits of about 30 s" in (
+    assert "Retry policy: up to 2 attempts (this destination's own schedule): 1 retry, after a wait of about 30 s" in (
         out.getvalue()
     )
     assert Destination.objects.get(name="e").retry_schedule == [30, 300]

@@ -312,9 +312,10 @@ def test_a_batch_of_many_events_is_read_a_few_bodies_at_a_time(organization, mon
     assert len(_body_reads(queries)) == 3  # 10, 10 and 5 (BODIES_READ_AT_ONCE)
 
 
-def test_each_destinations_paths_are_read_once_a_batch_not_once_an_event(organization):
+def test_each_destinations_paths_are_read_once_a_batch_not_once_an_event(organization, settings):
     """path_parts' cache is shared and holds 2048 paths: a tenant with more had every path read again
     for every event of every batch (a second an event with a thousand destinations)."""
+    settings.MAX_DESTINATIONS_PER_ORGANIZATION = 1000  # the events of several tenants share the batch
     source = make_source(organization)
     destinations = 210
     # Ten distinct paths each, all read (the last condition refuses): 2100 paths, more than the cache holds.

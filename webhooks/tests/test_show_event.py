@@ -6,12 +6,16 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django.utils import timezone
 
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import event_story, processing
+from webhooks.services.destinations import destination_create
+from webhooks.services.payload_filters import parse_payload_filter_lines
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
@@ -79,6 +83,7 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
         "rejection": None,
         "processing_failure": None,
         "body_size": len(BODY.encode()),
+        "left_out_by_payload_filters": [],
     }
     assert sent == {
         "id": str(delivery.pk),
@@ -205,3 +210,40 @@ def test_an_event_of_another_organization_is_not_found_under_this_one(client, or
     with pytest.raises(CommandError, match="no event in organization acme"):
         show(event_id, "--org", "acme")
     assert show(event_id, "--org", "globex")["events"][0]["id"] == event_id
+
+
+def test_a_destination_whose_payload_filters_left_the_event_out_is_named_with_the_reason(client, organization):
+    # The dashboard's event page says it; show_event and the admin's event page said only "0 deliveries"
+    # and "no destination matched", which sends an operator looking at the wrong thing.
+    source = make_source(organization, name="Stripe live")
+    filtered, _ = destination_create(
+        organization=organization,
+        name="Live only",
+        url="http://127.0.0.1:9/live",
+        sources=[source],
+        payload_filters=parse_payload_filter_lines("data.object.livemode == true"),
+    )
+    body = '{"id":"evt_test_mode","object":"event","type":"invoice.paid","data":{"object":{"livemode":false}}}'
+    event_id = post_stripe(client, source, body, STRIPE_SECRET).json()["id"]
+    processing.process_received_events()
+    assert not Delivery.objects.exists()
+
+    [story] = show(event_id)["events"]
+    assert story["deliveries"] == []
+    assert story["left_out_by_payload_filters"] == [
+        {
+            "destination": {"id": filtered.pk, "name": "Live only"},
+            "reason": "“data.object.livemode == true” does not hold",
+        }
+    ]
+    assert (
+        "not sent to Live only: its payload filters (as they are now) leave it out: "
+        "“data.object.livemode == true” does not hold"
+    ) in show_text(event_id)
+
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    page = client.get(reverse("admin:webhooks_webhookevent_change", args=[event_id])).content.decode()
+    assert "no destination matched" not in page
+    assert "Live only</a>, whose payload filters (as they are now) leave it out: “data.object.livemode == true”" in (
+        page.replace("&quot;", '"')
+    )

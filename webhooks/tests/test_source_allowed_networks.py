@@ -311,8 +311,11 @@ def test_entries_are_normalised_to_networks_in_cidr_notation():
         (["fe80::1%eth0"], "“fe80::1%eth0” names a network interface"),
         ([""], "an entry is empty"),
         ([f"10.0.{n // 256}.{n % 256}" for n in range(MAX_ALLOWED_NETWORKS + 1)], "at most 100 allowed networks"),
+        # The dashboard's box separates entries by commas and spaces; one list item does not.
+        (["10.0.0.0/8, 192.0.2.1"], "“10.0.0.0/8, 192.0.2.1” holds more than one entry: give each address or"),
+        (["10.0.0.0/8 192.0.2.1"], "“10.0.0.0/8 192.0.2.1” holds more than one entry"),
     ],
-    ids=["host bits", "a host name", "prefix too long", "zone", "empty", "too many"],
+    ids=["host bits", "a host name", "prefix too long", "zone", "empty", "too many", "comma", "space"],
 )
 def test_refused_entries_are_named(entries, message):
     with pytest.raises(SourceNetworksError) as refused:
@@ -616,4 +619,8 @@ def test_create_source_names_the_flag_and_the_entry_it_refuses(organization):
     with pytest.raises(CommandError) as refused:
         run_create_source(organization, "--allowed-network", "203.0.113.0/24", "--allowed-network", "192.0.2.9/24")
     assert str(refused.value).startswith("--allowed-network: “192.0.2.9/24” has bits set after its prefix")
+    # Several in one flag, as the dashboard's box takes them: said so, not "neither an IP address nor a network".
+    with pytest.raises(CommandError) as refused:
+        run_create_source(organization, "--allowed-network", "203.0.113.0/24,192.0.2.0/24")
+    assert str(refused.value).startswith("--allowed-network: “203.0.113.0/24,192.0.2.0/24” holds more than one entry")
     assert not Source.objects.exists()

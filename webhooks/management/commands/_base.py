@@ -1,6 +1,7 @@
 """Shared shape of the operator commands: human output, or one JSON object with --json; and how
 they take secrets without a command line."""
 
+import argparse
 import getpass
 import json
 import sys
@@ -87,8 +88,25 @@ class SecretInputError(ValueError):
     """A secret file or standard input that cannot be used (the message never holds what was read)."""
 
 
+class GivenOnce(argparse.Action):
+    """A flag that takes one value: given again, a usage error rather than argparse's silent "the last
+    one wins", which for --header-file dropped the first file's headers (a receiver's credentials)."""
+
+    takes = "it takes one value"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} is given twice: {self.takes}")
+        setattr(namespace, self.dest, values)
+
+
+class FileGivenOnce(GivenOnce):
+    takes = "it reads one file"
+
+
 def add_secret_arguments(parser, flag: str, *, help: str, file_help: str, **flag_options) -> None:
     """``--<flag> VALUE`` and ``--<flag>-file PATH``; read them with OperatorCommand.secret_from_options."""
+    flag_options.setdefault("action", GivenOnce)
     parser.add_argument(
         f"--{flag}",
         help=f"{help}; other users of the machine can read it (ps) and it stays in shell history: prefer --{flag}-file",
@@ -96,6 +114,7 @@ def add_secret_arguments(parser, flag: str, *, help: str, file_help: str, **flag
     )
     parser.add_argument(
         f"--{flag}-file",
+        action=FileGivenOnce,
         metavar="PATH",
         help=f"{file_help}; - reads standard input (at a terminal it asks, without echo)",
     )

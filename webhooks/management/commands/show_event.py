@@ -83,6 +83,11 @@ def _story_text(story: dict) -> str:
             )
         if not delivery["attempts"] and delivery["last_error"]:
             lines.append(f"      {delivery['last_error']}")
+    for refusal in story["left_out_by_payload_filters"]:
+        lines.append(
+            f"  not sent to {refusal['destination']['name']}: its payload filters (as they are now) leave it out: "
+            f"{refusal['reason']}"
+        )
     if "body" in story:
         lines += ["  body:", *(f"    {line}" for line in story["body"].splitlines())]
     return "\n".join(lines)
