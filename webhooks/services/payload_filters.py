@@ -459,10 +459,14 @@ def destinations_not_taking(event: WebhookEvent) -> list[dict]:
     of the source has payload filters."""
     if event.status != WebhookEvent.Status.PROCESSED:
         return []
+    candidates = Subscription.objects.filter(source_id=event.source_id, destination__is_active=True)
+    if event.processed_at is not None:
+        # A destination made after the event was processed was never a candidate: naming it as one
+        # its filters left out would send a tenant looking for a fault that is not there.
+        candidates = candidates.filter(destination__created_at__lte=event.processed_at)
     subscriptions = [
         subscription
-        for subscription in Subscription.objects.filter(source_id=event.source_id, destination__is_active=True)
-        .exclude(destination__payload_filters=[])
+        for subscription in candidates.exclude(destination__payload_filters=[])
         .exclude(destination__deliveries__event_id=event.pk)
         .annotate(payload_filters=F("destination__payload_filters"), destination_name=F("destination__name"))
         .order_by("destination__name")

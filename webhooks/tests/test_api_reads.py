@@ -207,6 +207,22 @@ def test_event_detail_names_the_destinations_whose_payload_filters_left_it_out(c
     assert api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()["left_out_by_payload_filters"] == []
 
 
+def test_a_destination_made_after_the_event_was_processed_is_not_named_as_leaving_it_out(
+    client, organization, reader_key
+):
+    source = make_source(organization)
+    event = make_event(source, body=b'{"type": "invoice.paid", "data": {"object": {"livemode": false}}}')
+    WebhookEvent.objects.filter(pk=event.pk).update(processed_at=timezone.now() - timedelta(minutes=5))
+    destination_create(
+        organization=organization,
+        name="Made later",
+        url="http://127.0.0.1:9/later",
+        sources=[source],
+        payload_filters=parse_payload_filter_lines("data.object.livemode == true"),
+    )
+    assert api_get(client, reader_key, f"/api/v1/events/{event.pk}").json()["left_out_by_payload_filters"] == []
+
+
 def test_delivery_list_filters_and_detail(client, organization, world, reader_key):
     second_event = make_event(world["source"], provider_event_id="evt_2")
     succeeded = make_delivery(second_event, world["destination"], status=Delivery.Status.SUCCEEDED)
