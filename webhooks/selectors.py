@@ -857,6 +857,22 @@ def configured_signature_header(source: Source) -> frozenset[str]:
     return frozenset({name.lower()}) if isinstance(name, str) and name else frozenset()
 
 
+def options_for_viewer(options: dict) -> dict:
+    """A source's options as shown, with any URL's ``user:password@`` left out: clean_options drops
+    them (Twilio's), but a source saved before it did may still hold them."""
+    shown = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, str) and "@" in value:
+            try:
+                parts = urlsplit(value)
+            except ValueError:
+                parts = None
+            if parts is not None and parts.scheme in {"http", "https"} and "@" in parts.netloc:
+                value = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        shown[name] = value
+    return shown
+
+
 def url_for_viewer(url: str, *, sees_full: bool) -> str:
     """A destination's URL, with its path and query hidden from those who may only read.
 

@@ -19,6 +19,7 @@ from webhooks.selectors import (
     SIGNATURE_HIDDEN,
     body_search_text_problem,
     headers_for_viewer,
+    options_for_viewer,
     url_for_viewer,
 )
 from webhooks.services.destinations import event_type_patterns_problem
@@ -172,7 +173,7 @@ class SourceSerializer(serializers.Serializer):
     secret_hint = serializers.CharField()
     # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
     # into them, can be read back.
-    options = serializers.DictField()
+    options = serializers.SerializerMethodField()
     ingest_url = serializers.SerializerMethodField()
     # CIDR strings requests must come from; [] for any address.
     allowed_networks = serializers.ListField(child=serializers.CharField())
@@ -180,6 +181,9 @@ class SourceSerializer(serializers.Serializer):
 
     def get_ingest_url(self, source: Source) -> str:
         return ingest_url(source)
+
+    def get_options(self, source: Source) -> dict:
+        return options_for_viewer(source.options)
 
 
 class SubscriptionSerializer(serializers.Serializer):

@@ -191,6 +191,9 @@ class TwilioProvider(Provider):
                 raise InvalidOptions("option 'public_url' is not a URL") from None
             if parts.scheme not in {"http", "https"} or not parts.netloc:
                 raise InvalidOptions("option 'public_url' must be a full http(s) URL, as configured in Twilio")
+            # Twilio signs the URL without them (signed_url drops them too): a password kept here would
+            # only be shown, to members and read-only API keys, on the source's page and in the audit log.
+            url = _without_credentials(url)
         cleaned["public_url"] = url
         return cleaned
 

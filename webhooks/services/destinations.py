@@ -461,8 +461,11 @@ def destination_create(
 
 
 def _check_room_for_a_destination(organization: Organization) -> None:
-    # A count, not a lock: two creations at the same moment may pass it together, which costs one
-    # destination more, not what the bound is for (processing time one tenant can take from all).
+    # Counted under a lock of the organization's row, held to the end of destination_create's
+    # transaction: without it, creations at the same moment each counted the others' uncommitted rows
+    # as absent, and a burst of API calls (each checking its URL's addresses in between) passed the
+    # bound together. NO KEY: the inserts that reference the organization are not held up.
+    Organization.objects.select_for_update(no_key=True).filter(pk=organization.pk).values_list("pk").first()
     most = settings.MAX_DESTINATIONS_PER_ORGANIZATION
     if Destination.objects.filter(organization=organization).count() >= most:
         raise DestinationError(

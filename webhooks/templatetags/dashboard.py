@@ -16,7 +16,7 @@ from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
-from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, url_for_viewer
+from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, options_for_viewer, url_for_viewer
 from webhooks.services.sources import source_awaits_secret
 from webhooks.services.sources import source_change_delay as _source_change_delay
 
@@ -113,6 +113,12 @@ def provider_facts(provider: Provider) -> list[str]:
         facts.append(f"{optional} optional setting{pluralize(optional)}")
     facts.append("No test events: only the provider can sign" if provider.cannot_sign_reason else "Test events")
     return facts
+
+
+@register.filter
+def options_shown(source):
+    """A source's options (name, value) as its page lists them: without a URL's user:password@."""
+    return options_for_viewer(source.options).items()
 
 
 @register.filter

@@ -2,16 +2,18 @@
 
 import io
 import json
+import threading
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, connections
 from django.urls import reverse
 from standardwebhooks.webhooks import Webhook
 
 from organizations.models import ApiKey, AuditLog
 from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
+from webhooks.services import destinations as destinations_service
 from webhooks.services import processing
 
 from .api_helpers import api_delete, api_get, api_patch, api_post, make_delivery, make_event, make_key
@@ -380,3 +382,48 @@ def test_an_organization_cannot_add_destinations_past_its_bound(
         )
     assert Destination.objects.filter(organization=organization).count() == 2
     assert make_destination(other_organization, "http://127.0.0.1:9/other-2")  # still has room
+
+
+@pytest.mark.django_db(transaction=True)
+def test_creations_at_the_same_moment_do_not_pass_the_bound_together(organization, settings, monkeypatch):
+    """The count is read under a lock of the organization's row: a creation whose transaction has not
+    committed yet is waited for, not missed (a burst of API calls each saw room for one more)."""
+    settings.MAX_DESTINATIONS_PER_ORGANIZATION = 2
+    make_destination(organization, "http://127.0.0.1:9/a")
+    first_inserted, release_first = threading.Event(), threading.Event()
+    real_audit = destinations_service.audit_record
+    errors = []
+
+    def audit_then_wait(**kwargs):
+        real_audit(**kwargs)
+        if threading.current_thread().name == "first":
+            first_inserted.set()
+            release_first.wait(10)
+
+    monkeypatch.setattr(destinations_service, "audit_record", audit_then_wait)
+
+    def create(name):
+        try:
+            destinations_service.destination_create(organization=organization, name=name, url="http://127.0.0.1:9/b")
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=create, args=("first",), name="first")
+    first.start()
+    assert first_inserted.wait(10)
+    second = threading.Thread(target=create, args=("second",), name="second")
+    second.start()
+    second.join(0.5)  # time to reach the count while the first one's destination is not committed
+    release_first.set()
+    first.join(10)
+    second.join(10)
+    assert [str(error) for error in errors] == [
+        "this organization has 2 destinations, the most it may have: delete one it no longer uses, "
+        "or ask the platform's operators for more"
+    ]
+    assert sorted(Destination.objects.filter(organization=organization).values_list("name", flat=True)) == [
+        "endpoint",
+        "first",
+    ]

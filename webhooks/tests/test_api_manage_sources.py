@@ -198,6 +198,36 @@ def test_a_sources_options_are_read_back_as_a_patch_left_them(client, organizati
     assert [source["options"] for source in listed] == [{"tolerance": 300}]
 
 
+def test_http_auth_credentials_in_a_url_option_are_never_stored_or_shown(client, organization, member, key):
+    # Twilio's console shows the URL it calls with user:password@ when the receiver (a proxy) asks for
+    # HTTP auth, and Twilio signs the URL without them: Hookline has no use for the password, and
+    # options are shown whole to members on the source's page, in the audit log and to read-only keys.
+    proxy = "https://hook-user:s3cr3t-pw@proxy.example.com/twilio/sms"
+    created = api_post(
+        client,
+        key,
+        "/api/v1/sources",
+        {"provider": "twilio", "name": "SMS", "secret": "twilio-auth-token", "options": {"public_url": proxy}},
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["options"] == {"public_url": "https://proxy.example.com/twilio/sms"}
+    source = Source.objects.get(pk=created.json()["id"])
+    assert source.options == {"public_url": "https://proxy.example.com/twilio/sms"}
+    assert "s3cr3t-pw" not in json.dumps(AuditLog.objects.get(action="source.created").changes)
+
+    # A row stored before they were dropped: shown without them.
+    Source.objects.filter(pk=source.pk).update(options={"public_url": proxy})
+    _, reader = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    for shown in (
+        api_get(client, reader, f"/api/v1/sources/{source.pk}").content.decode(),
+        api_get(client, reader, "/api/v1/sources").content.decode(),
+    ):
+        assert "proxy.example.com/twilio/sms" in shown and "s3cr3t-pw" not in shown and "hook-user" not in shown
+    client.force_login(member)
+    page = client.get(f"/o/{organization.slug}/sources/{source.pk}/").content.decode()
+    assert "proxy.example.com/twilio/sms" in page and "s3cr3t-pw" not in page and "hook-user" not in page
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("body", [{"name": "renamed"}, {"active": False}])
 def test_a_source_deleted_while_it_is_patched_is_not_found(client, organization, key, monkeypatch, body):
