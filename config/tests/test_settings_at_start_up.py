@@ -56,6 +56,8 @@ def settings_read(**variables) -> dict:
         ({"FIELD_ENCRYPTION_KEYS": "change-me"}, "key 1 of 1 is not a Fernet key"),
         ({"FIELD_ENCRYPTION_KEYS": f"{GOOD_KEY},{GOOD_KEY[:-2]}"}, "key 2 of 2 is not a Fernet key"),
         ({"REDIS_SSL_CERT_REQS": "off"}, "REDIS_SSL_CERT_REQS must be"),
+        ({"BODY_SEARCH_WINDOW": "0"}, "BODY_SEARCH_WINDOW must be 1 or more"),
+        ({"BODY_SEARCH_TIMEOUT_SECONDS": "0"}, "BODY_SEARCH_TIMEOUT_SECONDS above 0"),
         ({"DATABASE_URL": "sqlite:////tmp/hookline.sqlite3"}, "DATABASE_URL must be a PostgreSQL URL"),
         ({"DATABASE_URL": "mysql://root@127.0.0.1/hookline"}, "DATABASE_URL must be a PostgreSQL URL"),
         # Left to its local default, every request to the platform's host name was a 400 while the
