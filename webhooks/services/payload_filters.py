@@ -411,11 +411,6 @@ def _holds(parts: tuple[str, ...], condition: dict, document: Any) -> bool:
     return equal if op == "equals" else not equal
 
 
-def payload_filters_hold(conditions: list[dict], document: Any) -> bool:
-    """Whether a destination takes a document: all its conditions hold (no condition: always)."""
-    return all(condition_holds(condition, document) for condition in conditions)
-
-
 def refused_by_payload_filters(checks: Iterable[tuple[Any, int, list[dict]]]) -> set[tuple[Any, int]]:
     """The (event id, destination id) pairs among ``checks`` (event id, destination id, the
     destination's conditions) that the conditions refuse. Each event's body is read from the
