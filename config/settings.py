@@ -327,10 +327,15 @@ REJECTED_BODY_MAX_BYTES = env.int("REJECTED_BODY_MAX_BYTES", default=16 * 1024)
 # where the last one stopped, and how long the database may take over them before it stops.
 BODY_SEARCH_WINDOW = env.int("BODY_SEARCH_WINDOW", default=10_000)
 BODY_SEARCH_TIMEOUT_SECONDS = env.float("BODY_SEARCH_TIMEOUT_SECONDS", default=5.0)
+# Body searches one organization may run at once; another is refused until one ends, so that a
+# member or a read-only key cannot hold many web workers and database connections.
+BODY_SEARCH_CONCURRENCY = env.int("BODY_SEARCH_CONCURRENCY", default=2)
 # Found only at the first search otherwise (a window of 0 answered every search with a 500; a
-# timeout of 0 is PostgreSQL's "no limit").
+# timeout of 0 is PostgreSQL's "no limit"; a concurrency of 0 refused every search).
 if BODY_SEARCH_WINDOW < 1 or not BODY_SEARCH_TIMEOUT_SECONDS > 0:
     raise ImproperlyConfigured("BODY_SEARCH_WINDOW must be 1 or more and BODY_SEARCH_TIMEOUT_SECONDS above 0")
+if BODY_SEARCH_CONCURRENCY < 1:
+    raise ImproperlyConfigured("BODY_SEARCH_CONCURRENCY must be 1 or more")
 DELIVERY_RETRY_SCHEDULE = [
     int(value)
     for value in env.list("DELIVERY_RETRY_SCHEDULE", default=["60", "300", "900", "3600", "21600", "43200", "86400"])

@@ -20,6 +20,7 @@ from organizations.models import AuditLog, Organization
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
+from .services.body_search_slots import body_search_slot
 from .services.sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def event_page(
     """One page of events, newest first, older than ``before``: keyset paging, no OFFSET, no COUNT.
 
     With ``filters.body_contains``, one window of a body search instead (body_search_page); it
-    raises BodySearchTimedOut when the database stops it.
+    raises BodySearchTimedOut when the database stops it, BodySearchBusy when too many run.
     """
     if filters.body_contains:
         page = body_search_page(
@@ -370,7 +371,8 @@ def body_search_page(
     ``limit``; ``rows`` shapes the query for its list (what it loads and prefetches).
 
     ``next_before`` continues the search: from the last event listed when the page is full, else
-    from the window's end; None once no older event is left. Raises BodySearchTimedOut.
+    from the window's end; None once no older event is left. Raises BodySearchTimedOut, and
+    BodySearchBusy when the organization already runs BODY_SEARCH_CONCURRENCY searches.
     """
     window = window or settings.BODY_SEARCH_WINDOW
     in_range = WebhookEvent.objects.filter(organization=organization)
@@ -381,7 +383,10 @@ def body_search_page(
     if filters.since:
         in_range = in_range.filter(id__gte=uuid7_floor(filters.since))
     try:
-        with _statement_timeout(settings.BODY_SEARCH_TIMEOUT_SECONDS):
+        with (
+            body_search_slot(organization_id=organization.pk),
+            _statement_timeout(settings.BODY_SEARCH_TIMEOUT_SECONDS),
+        ):
             # The window's end: a walk of the (organization, -id) index, which reads no body. Fewer
             # events than a window are left when there is no such row: it then ends at the oldest.
             window_end = list(in_range.order_by("-id").values_list("id", flat=True)[window - 1 : window])
@@ -485,7 +490,8 @@ def _rows_for_api(events: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:
 def event_body_search_for_api(
     *, organization: Organization, filters: EventFilters, before: uuid.UUID | None, limit: int
 ) -> EventPage:
-    """One window of the REST API's body search (body_search_page); raises BodySearchTimedOut."""
+    """One window of the REST API's body search (body_search_page); raises BodySearchTimedOut or
+    BodySearchBusy."""
     return body_search_page(organization=organization, filters=filters, before=before, limit=limit, rows=_rows_for_api)
 
 

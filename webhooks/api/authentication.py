@@ -139,6 +139,12 @@ class SearchTimedOut(exceptions.APIException):
     default_code = "search_timed_out"
 
 
+class SearchBusy(exceptions.Throttled):
+    """Too many searches of the organization run at once (429, with Retry-After)."""
+
+    default_code = "search_busy"
+
+
 class JsonBodyParser(JSONParser):
     """DRF's JSON parser, a body nested too deeply for Python's json being a 400 like any other
     JSON it cannot read (DRF lets the RecursionError through: a 500)."""

@@ -32,6 +32,7 @@ from webhooks.selectors import (
     source_for_organization,
     sources_for_organization,
 )
+from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.destinations import (
     destination_replay_event,
@@ -41,7 +42,7 @@ from webhooks.services.destinations import (
 from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
 from . import serializers
-from .authentication import ApiView, Conflict, SearchTimedOut
+from .authentication import ApiView, Conflict, SearchBusy, SearchTimedOut
 
 _DATABASE_ID = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: a bigint column never overflows
 _PAGE_SIZE = re.compile(r"[0-9]{1,4}")
@@ -204,6 +205,12 @@ class EventListView(ApiListView):
             raise SearchTimedOut(
                 f"the body search took longer than {settings.BODY_SEARCH_TIMEOUT_SECONDS:g} s and was stopped:"
                 " narrow it with received_after and received_before, source or event_type"
+            ) from None
+        except BodySearchBusy as busy:
+            raise SearchBusy(
+                busy.retry_after,
+                detail="this organization already runs as many body searches as it may at once"
+                f" ({settings.BODY_SEARCH_CONCURRENCY}): try again when one has ended.",
             ) from None
         next_link = None
         if page.next_before is not None:

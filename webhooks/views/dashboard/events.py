@@ -27,6 +27,7 @@ from webhooks.selectors import (
     live_window_start,
     parse_event_id,
 )
+from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
 from webhooks.services.operations import OperationError
@@ -65,11 +66,13 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         form = self.filter_form()
         before = parse_event_id(self.request.GET.get("before", ""))
         filters = form.to_filters()
-        timed_out = False
+        timed_out = busy = False
         try:
             page = event_page(organization=self.organization, filters=filters, before=before)
         except BodySearchTimedOut:
             page, timed_out = EventPage(events=[], next_before=None), True
+        except BodySearchBusy:
+            page, busy = EventPage(events=[], next_before=None), True
         # Live arrival only on the first page: a deeper page is history. Its newest rows are the
         # live ones, which every poll reads again (see live_window_start). A body search's results
         # are history too: one window, searched once.
@@ -87,6 +90,7 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             is_live=is_live,
             body_search_timed_out=timed_out,
             body_search_timeout=settings.BODY_SEARCH_TIMEOUT_SECONDS,
+            body_search_busy=busy,
             # A range that ended before now gets no new events: nothing to wait for.
             range_ended=filters.until is not None and filters.until <= timezone.now(),
             poll_after=live_since,
