@@ -4,6 +4,7 @@ import os
 import socket
 import threading
 from unittest import mock
+from urllib.parse import urlsplit
 
 import factory
 import pytest
@@ -13,6 +14,26 @@ from django.db import connection
 
 from organizations.models import Membership
 from organizations.services import organization_create
+
+
+def worker_redis_url(url: str, index: int) -> str:
+    """REDIS_URL for the ``index``-th xdist worker: the database ``index`` below the given one."""
+    parts = urlsplit(url)
+    database = int(parts.path.strip("/") or 0)
+    return parts._replace(path=f"/{(database - index) % 16}").geturl()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config, specs):
+    # `make test` runs the suite in several processes (pytest-xdist). Each test empties the Redis
+    # database and the worker tests consume the Celery queue, so each process gets its own of
+    # both; the environment is set before the process reads Django's settings. The test
+    # database is pytest-django's business: it adds the worker's id to its name.
+    base_url = os.environ.get("REDIS_URL", "redis://localhost:6379/15")
+    base_queue = os.environ.get("CELERY_QUEUE", "hookline-test")
+    for index, spec in enumerate(specs):
+        spec.env["REDIS_URL"] = worker_redis_url(base_url, index)
+        spec.env["CELERY_QUEUE"] = f"{base_queue}-{index}"
 
 
 class UserFactory(factory.django.DjangoModelFactory):
