@@ -167,6 +167,17 @@ def test_every_condition_must_hold(organization):
     assert _sent_to(livemode_gbp) == _sent_to(test_eur) == set()
 
 
+def test_a_key_given_twice_in_an_object_is_read_as_its_last_value(organization):
+    """As Python's and most JSON readers do, so a receiver reading the body that way agrees."""
+    source = make_source(organization)
+    _destination(organization, "paid", [source], 'status == "paid"')
+    last_paid = _received(source, b'{"status": "open", "status": "paid"}')
+    last_open = _received(source, b'{"status": "paid", "status": "open"}')
+    _process()
+    assert _sent_to(last_paid) == {"paid"}
+    assert _sent_to(last_open) == set()
+
+
 # --- Bodies that are not JSON ------------------------------------------------------------------
 
 
