@@ -3,7 +3,7 @@
 Creates (or recreates) its own database (``--database``, default ``hookline_bench_body_search``),
 migrates it, seeds one organization with N events (default 1,000,000) over 30 days whose bodies are
 Stripe-like JSON of 1 to 4 KiB (those over about 2 KiB are TOASTed: compressed, and stored out of
-line when still large), with ``INSERT … SELECT generate_series`` as bench/dashboard.py does, then
+line when still large), with ``INSERT … SELECT generate_series`` (bench/seeding.py) as bench/dashboard.py does, then
 renders the events list in-process with a body search and prints, per page and window size, the
 median and p95 of the whole server time and of the SQL time alone.
 
@@ -16,8 +16,6 @@ Bounded: seeding and measuring stop at --max-seconds; the database is dropped at
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -26,50 +24,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dashboard import UUID7_SQL, configure_environment, log, measure  # noqa: E402
+from bench.dashboard import measure  # noqa: E402
+from bench.seeding import (  # noqa: E402
+    EVENT_INSERT,
+    SERIES,
+    UUID7_SQL,
+    add_connection_arguments,
+    bench_tenant,
+    configure_environment,
+    database_urls,
+    insert_in_chunks,
+    log,
+    migrate_and_set_up_django,
+    recreate_database,
+    spread_over_30_days,
+    sql_array,
+)
 
-PYTHON = sys.executable
 EVENT_TYPES = ["invoice.paid", "invoice.payment_failed", "charge.succeeded", "customer.updated"]
 # In one body in 40,000: the "order 1234" a tenant looks for.
 RARE_EVERY = 40_000
-
-
-def admin_and_bench_urls(base_url: str, name: str) -> tuple[str, str]:
-    parts = urllib.parse.urlsplit(base_url)
-    return (
-        urllib.parse.urlunsplit(parts._replace(path="/postgres")),
-        urllib.parse.urlunsplit(parts._replace(path=f"/{name}")),
-    )
-
-
-def recreate(admin_url: str, name: str, *, create: bool = True) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if create:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def seed(*, events: int, deadline: float) -> dict:
     """One organization, 3 sources, ``events`` events of 1–4 KiB bodies."""
     from django.db import connection
 
-    from organizations.models import Membership
-    from organizations.services import organization_create
-    from webhooks.services.sources import source_create
-
-    organization = organization_create(name="Bench", slug="bench", owner_email="owner@bench.example")
-    owner = Membership.objects.get(organization=organization).user
-    sources = [
-        source_create(organization=organization, provider="stripe", name=f"Stripe {n}", secret=f"whsec_bench_{n}")[0]
-        for n in range(3)
-    ]
-    source_ids = "ARRAY[" + ",".join(str(source.pk) for source in sources) + "]"
-    types = "ARRAY[" + ",".join(f"'{event_type}'" for event_type in EVENT_TYPES) + "]"
-    anchor = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    ts = f"('{anchor}'::timestamptz - ({events} - g) * interval '{30 * 86400 / events:.6f} seconds')"
+    world = bench_tenant(sources=3)
+    source_ids = world["source_ids"]
+    types = sql_array(f"'{event_type}'" for event_type in EVENT_TYPES)
+    ts = spread_over_30_days(events)
     # 9 to 38 line items of about 105 bytes after a 300-byte head: 1 to 4 KiB. Keys repeat and
     # values vary, as in real payloads, so TOAST compresses those over 2 KiB to about half, which
     # keeps them in the table's pages. One body in 5 carries 1.3 to 2.2 KiB of hex as well (a
@@ -93,31 +77,22 @@ def seed(*, events: int, deadline: float) -> dict:
         " || ']}}}', 'UTF8')"
     )
     started = time.monotonic()
+    insert_in_chunks(
+        statements=[
+            f"""{EVENT_INSERT}
+            SELECT {UUID7_SQL.format(ts=ts, n="g", salt=0)}, %s, ({source_ids})[1 + g % 3], 'evt_' || g,
+                ({types})[1 + g % 4], {body},
+                jsonb_build_object('content-type', 'application/json'), '192.0.2.10', 'processed', '', '', 0,
+                {ts}, {ts}
+            FROM {SERIES}
+            """
+        ],
+        organization_id=world["organization"].pk,
+        count=events,
+        chunk=100_000,
+        deadline=deadline,
+    )
     with connection.cursor() as raw_cursor:
-
-        def execute(statement: str, params: list) -> None:
-            raw_cursor.execute(statement.replace(" % ", " %% "), params)
-
-        raw_cursor.execute("SET synchronous_commit = off")
-        chunk = 100_000
-        for first in range(1, events + 1, chunk):
-            if time.monotonic() > deadline:
-                raise TimeoutError("seeding ran past --max-seconds")
-            last = min(first + chunk - 1, events)
-            execute(
-                f"""
-                INSERT INTO webhooks_webhookevent (id, organization_id, source_id, provider_event_id, event_type, body,
-                    headers, remote_ip, status, rejection_code, rejection_detail, duplicate_count, received_at,
-                    processed_at)
-                SELECT {UUID7_SQL.format(ts=ts, n="g", salt=0)}, %s, ({source_ids})[1 + g % 3], 'evt_' || g,
-                    ({types})[1 + g % 4], {body},
-                    jsonb_build_object('content-type', 'application/json'), '192.0.2.10', 'processed', '', '', 0,
-                    {ts}, {ts}
-                FROM generate_series(%s::bigint, %s::bigint) AS g
-                """,
-                [organization.pk, first, last],
-            )
-            log(f"  seeded events {first:,}–{last:,} ({time.monotonic() - started:.0f} s)")
         raw_cursor.execute("VACUUM ANALYZE webhooks_webhookevent")
         raw_cursor.execute(
             "SELECT avg(octet_length(body)), count(*) FILTER (WHERE octet_length(body) > 2048),"
@@ -126,9 +101,9 @@ def seed(*, events: int, deadline: float) -> dict:
         )
         average, over_2k, compressed, table_bytes = raw_cursor.fetchone()
     return {
-        "organization": organization,
-        "owner": owner,
-        "sources": sources,
+        "organization": world["organization"],
+        "owner": world["owner"],
+        "sources": world["sources"],
         "seconds": time.monotonic() - started,
         "average_body": float(average),
         "over_2k": over_2k,
@@ -145,24 +120,15 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=900)
     parser.add_argument("--keep", action="store_true", help="keep the seeded database afterwards")
     parser.add_argument("--database", default="hookline_bench_body_search")
-    parser.add_argument(
-        "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@localhost:5432/postgres")
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://localhost:6379/14",
-    )
+    add_connection_arguments(parser)
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.max_seconds
-    admin_url, database_url = admin_and_bench_urls(args.database_url, args.database)
+    database_url, admin_url = database_urls(args.database_url, args.database)
     log(f"recreating database {args.database}")
-    recreate(admin_url, args.database)
+    recreate_database(admin_url, args.database)
     try:
         configure_environment(database_url, args.redis_url)
-        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, check=True, timeout=300)
-        import django
-
-        django.setup()
+        migrate_and_set_up_django()
         from django.conf import settings
         from django.test import Client
 
@@ -215,7 +181,7 @@ def main(argv=None) -> int:
         connections.close_all()
     finally:
         if not args.keep:
-            recreate(admin_url, args.database, create=False)
+            recreate_database(admin_url, args.database, create=False)
             log(f"dropped {args.database}")
     return 0
 

@@ -17,56 +17,25 @@ local PostgreSQL and Redis are used.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-BENCH_FERNET_KEY = "DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c="
+sys.path.insert(0, str(ROOT))
+
+from bench.seeding import (  # noqa: E402
+    add_connection_arguments,
+    configure_environment,
+    database_urls,
+    log,
+    migrate_and_set_up_django,
+    recreate_database,
+)
+
 SEED_BATCH = 5000
 BENCH_SOURCE_SECRET = "whsec_" + "bench" * 4  # signs nothing: no request is sent
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def database_urls(base_url: str, name: str) -> tuple[str, str]:
-    parts = urllib.parse.urlsplit(base_url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), urllib.parse.urlunsplit(
-        parts._replace(path="/postgres")
-    )
-
-
-def recreate_database(admin_url: str, name: str, *, create: bool = True) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if create:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def configure_environment(database_url: str, redis_url: str) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-secret-key-" + "x" * 32,
-        FIELD_ENCRYPTION_KEYS=os.environ.get("FIELD_ENCRYPTION_KEYS") or BENCH_FERNET_KEY,
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        CELERY_QUEUE="hookline-bench",  # nothing consumes it: the deletion is run in-process
-        ALLOW_PRIVATE_DESTINATIONS="true",
-        PUBLIC_BASE_URL="http://testserver",
-    )
 
 
 def seed_tenant(name: str, slug: str, events: int):
@@ -168,25 +137,15 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=25_000)
     parser.add_argument("--database-name", default="hookline_bench_organization_deletion")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument(
-        "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@localhost:5432/postgres")
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://localhost:6379/14",
-    )
+    add_connection_arguments(parser)
     args = parser.parse_args(argv)
 
     database_url, admin_url = database_urls(args.database_url, args.database_name)
     log(f"recreating database {args.database_name}")
     recreate_database(admin_url, args.database_name)
     try:
-        configure_environment(database_url, args.redis_url)
-        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, check=True, timeout=300)
-        sys.path.insert(0, str(ROOT))
-        import django
-
-        django.setup()
+        configure_environment(database_url, args.redis_url, public_base_url="http://testserver")
+        migrate_and_set_up_django()
         from django.contrib.auth import get_user_model
         from django.db import connection
         from django.test import Client

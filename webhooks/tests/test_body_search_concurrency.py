@@ -1,6 +1,7 @@
 """At most BODY_SEARCH_CONCURRENCY body searches per organization at a time
 (services.body_search_slots), refused at once past it: a 429 in the API, a notice on the dashboard."""
 
+import threading
 import time
 
 import pytest
@@ -154,4 +155,114 @@ def test_searches_run_while_redis_is_down(client, owner, organization, one_at_a_
     body_search_slots._failure_warned_at = None
     assert [e.pk for e in search_dashboard(client).context["events"]] == [event.pk]
     assert [e.pk for e in search_dashboard(client).context["events"]] == [event.pk]
-    assert "body searches run without BODY_SEARCH_CONCURRENCY" in caplog.text
+    assert "BODY_SEARCH_CONCURRENCY is kept per process, not across processes" in caplog.text
+
+
+class SearchesInThreads:
+    """``count`` threads that try to start a body search of the organization at the same moment; those
+    let in hold their search until the block ends. ``entered`` and ``refused`` count them."""
+
+    def __init__(self, organization_id: int, count: int):
+        self.organization_id = organization_id
+        self.entered = self.refused = 0
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._start = threading.Barrier(count)
+        self._decided = threading.Semaphore(0)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._search, daemon=True) for _ in range(count)]
+
+    def _search(self) -> None:
+        try:
+            self._start.wait(timeout=30)
+            with body_search_slot(organization_id=self.organization_id):
+                with self._lock:
+                    self.entered += 1
+                self._decided.release()
+                self._stop.wait(timeout=60)
+        except BodySearchBusy:
+            with self._lock:
+                self.refused += 1
+            self._decided.release()
+        except BaseException as exc:
+            self.errors.append(exc)
+            self._decided.release()
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        for _ in self._threads:  # each one is in, or refused
+            assert self._decided.acquire(timeout=30), "a search thread never got an answer"
+        assert not self.errors
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in self._threads)
+
+
+@pytest.fixture(params=["refused", "blackhole"])
+def redis_down(request, settings):
+    """Redis refusing connections, or accepting them and never answering."""
+    if request.param == "refused":
+        settings.CACHES = REDIS_DOWN_CACHES
+    else:
+        settings.CACHES = request.getfixturevalue("redis_blackhole").caches()
+    body_search_slots._failure_warned_at = None
+
+
+def test_while_redis_is_down_each_process_still_runs_at_most_the_bound(
+    organization, other_organization, settings, redis_down
+):
+    settings.BODY_SEARCH_CONCURRENCY = 2
+    with SearchesInThreads(organization.pk, 5) as searches:
+        assert (searches.entered, searches.refused) == (2, 3)
+        assert not slot_is_free(organization)
+        assert slot_is_free(other_organization)  # counted per organization
+    assert searches.errors == []
+    # Every slot is given back, and an organization with no search running takes no memory.
+    assert organization.pk not in body_search_slots._running
+    assert other_organization.pk not in body_search_slots._running
+    with SearchesInThreads(organization.pk, 3) as searches:
+        assert (searches.entered, searches.refused) == (2, 1)
+    assert organization.pk not in body_search_slots._running
+
+
+def test_while_redis_is_down_a_search_past_the_bound_is_refused_in_the_api_and_on_the_dashboard(
+    client, member, organization, one_at_a_time, settings
+):
+    event = make_event(make_source(organization), body=CUSTOMER.encode())
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    client.force_login(member)
+    settings.CACHES = REDIS_DOWN_CACHES
+    with SearchesInThreads(organization.pk, 1) as searches:  # another request's search, in this process
+        assert searches.entered == 1
+        api_response = search_api(client, key)
+        response = search_dashboard(client)
+    assert api_response.status_code == 429
+    assert api_response.json()["error"] == "search_busy"
+    assert response.status_code == 200
+    assert response.context["events"] == []
+    assert "already runs as many body searches as it may at once" in page_text(response)
+    # Once it has ended, both search again; a failed search gives its slot back too.
+    assert [row["id"] for row in search_api(client, key).json()["results"]] == [str(event.pk)]
+    with pytest.raises(RuntimeError), body_search_slot(organization_id=organization.pk):
+        raise RuntimeError("the search failed")
+    assert [e.pk for e in search_dashboard(client).context["events"]] == [event.pk]
+    assert organization.pk not in body_search_slots._running
+
+
+def test_with_redis_up_the_slots_in_redis_bound_the_searches_not_the_process(organization, one_at_a_time):
+    with SearchesInThreads(organization.pk, 3) as searches:
+        assert (searches.entered, searches.refused) == (1, 2)
+        key = f"body-search:{organization.pk}:0"
+        assert cache.get(key) is not None
+        assert not slot_is_free(organization)
+        # The slot gone from Redis (as when it expires after a killed worker): Redis alone decides,
+        # though this process still counts the search it runs.
+        cache.delete(key)
+        assert slot_is_free(organization)
+    assert cache.get(key) is None
+    assert organization.pk not in body_search_slots._running
