@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django import forms
 from django.utils import timezone
+from django.utils.text import slugify
 
 from organizations.names import validate_name
 from webhooks.models import Destination, Source, WebhookEvent
@@ -387,6 +389,47 @@ class CustomHeadersMixin(forms.Form):
         return self.cleaned_data.get("custom_header_changes") or {}
 
 
+@dataclass(frozen=True)
+class FormSection:
+    """One titled group of a form's fields, as the template shows it (a fieldset with its legend)."""
+
+    title: str
+    description: str
+    fields: list[forms.BoundField]
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.title)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(field.errors for field in self.fields)
+
+
+class FieldsetsMixin:
+    """Shows a long form's fields in titled groups, declared as the admin's ``fieldsets`` are:
+    ``(title, {"fields": (...), "description": "..."})``. The fields take that order, so that the
+    error summary at the top lists them as the page shows them; a field missing from the groups
+    (one added later) is shown in a last group rather than left out."""
+
+    fieldsets: tuple[tuple[str, dict], ...] = ()
+    UNGROUPED_TITLE = "Other settings"
+
+    def order_fields_by_fieldsets(self) -> None:
+        self.order_fields([name for _, options in self.fieldsets for name in options["fields"]])
+
+    def sections(self) -> list[FormSection]:
+        visible = {field.name: field for field in self.visible_fields()}
+        sections = []
+        for title, options in self.fieldsets:
+            fields = [visible.pop(name) for name in options["fields"] if name in visible]
+            if fields:
+                sections.append(FormSection(title, options.get("description", ""), fields))
+        if visible:
+            sections.append(FormSection(self.UNGROUPED_TITLE, "", list(visible.values())))
+        return sections
+
+
 class PayloadFiltersField(forms.Field):
     """A destination's payload filters as lines of text (``ref == "refs/heads/main"``), read into
     the stored list by the service (parse_payload_filter_lines), which refuses naming the line."""
@@ -423,7 +466,51 @@ class PayloadFiltersField(forms.Field):
             return True
 
 
-class DestinationForm(CustomHeadersMixin, forms.Form):
+class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
+    # A long form: each group answers one question, so that the policy's many optional boxes
+    # read as one part that can be passed over.
+    fieldsets = (
+        (
+            "Where to send",
+            {
+                "fields": ("name", "url"),
+                "description": "A name to tell this destination apart, and the URL Hookline sends each event to, "
+                "signed with this destination's own secret.",
+            },
+        ),
+        (
+            "Which events",
+            {
+                "fields": ("sources", "event_types", "payload_filters"),
+                "description": "Only events of the sources ticked here are sent; the filters narrow them down "
+                "further. Without a source this destination receives nothing.",
+            },
+        ),
+        (
+            "Delivery policy",
+            {
+                "fields": (
+                    "timeout_seconds",
+                    "max_concurrency",
+                    "rate_limit_per_second",
+                    "retry_schedule",
+                    "max_attempts",
+                    "max_retry_age_hours",
+                    "retry_client_errors",
+                ),
+                "description": "How each event is sent here and retried while your receiver fails. "
+                "An empty box keeps the default its help names.",
+            },
+        ),
+        (
+            "Custom headers",
+            {
+                "fields": ("custom_headers_set", "custom_headers_remove"),
+                "description": "Only if your receiver needs them, such as a key for an API gateway in front of it.",
+            },
+        ),
+    )
+
     name = NameField(max_length=200)
     url = forms.URLField(label="URL", max_length=2000, assume_scheme="https")
     sources = forms.ModelMultipleChoiceField(
@@ -511,6 +598,7 @@ class DestinationForm(CustomHeadersMixin, forms.Form):
         most = max(max_attempts_allowed(), Destination.MAX_RETRY_SCHEDULE_STEPS + 1)
         self.fields["max_attempts"].widget.attrs.update(min=1, max=most)
         self.setup_custom_headers(destination)
+        self.order_fields_by_fieldsets()
 
     def clean_max_retry_age_hours(self) -> int | None:
         """In seconds, as the service takes it (which checks the bounds)."""

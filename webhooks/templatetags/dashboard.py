@@ -76,6 +76,16 @@ def fields_with_errors(form) -> list:
 
 
 @register.filter
+def control(field):
+    """A field's control; that of the first field the form refused takes the focus as the page
+    loads (autofocus), so that the keyboard and a screen reader start at the first thing to correct."""
+    refused = fields_with_errors(field.form)
+    if refused and refused[0].name == field.name:
+        return field.as_widget(attrs={"autofocus": True})
+    return field
+
+
+@register.filter
 def provider_label(kind: str) -> str:
     provider = PROVIDERS.get(kind)
     return provider.label if provider else kind

@@ -24,7 +24,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 
 from .dashboard_helpers import build_world, ingest_stripe
-from .factories import make_source
+from .factories import make_destination, make_source
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -435,4 +435,88 @@ def test_a_checkbox_label_reads_on_one_line_with_its_help_underneath(browser, li
     line_height = label.evaluate("(el) => parseFloat(getComputedStyle(el).lineHeight) || 24")
     assert label_box["height"] <= line_height * 1.5, label_box
     assert help_box["y"] >= label_box["y"] + label_box["height"] - 1, (label_box, help_box)
+    page.context.close()
+
+
+DESTINATION_FORM_SECTIONS = ("Where to send", "Which events", "Delivery policy", "Custom headers")
+
+
+def test_the_destination_form_in_sections_shows_a_refusal_where_it_is_and_saves_once_corrected(
+    browser, live_server, organization, owner
+):
+    make_source(organization, name="Stripe live")
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/destinations/new/")
+    section = {title: page.get_by_role("group", name=title, exact=True) for title in DESTINATION_FORM_SECTIONS}
+    section["Where to send"].get_by_label("Name").fill("Billing")
+    section["Where to send"].get_by_label("URL").fill("http://127.0.0.1:9/billing")
+    section["Which events"].get_by_label("Stripe live").check()
+    section["Which events"].get_by_label("Event types").fill("invoice.*")
+    section["Delivery policy"].get_by_label("Retry schedule").fill("1h30m")
+    section["Delivery policy"].get_by_label("Attempts at most").fill("3")
+    section["Custom headers"].get_by_label("Custom headers").fill("X-Api-Key: key-Q1w2e3r4")
+    page.get_by_role("button", name="Create destination").click()
+
+    summary = page.locator(".form-error-summary")
+    summary.wait_for()
+    assert summary.inner_text() == "To correct below: Retry schedule."
+    # The refused field is in its section, says why, and has the focus.
+    policy = page.get_by_role("group", name="Delivery policy", exact=True)
+    error = policy.locator("#field-retry_schedule .errorlist")
+    assert error.is_visible() and "1h30m" in error.inner_text()
+    assert page.evaluate("document.activeElement.id") == "id_retry_schedule"
+    assert page.get_by_role("textbox", name="Retry schedule").get_attribute("aria-invalid") == "true"
+    # Only the refused box is drawn in red, not the others of its section.
+    border = "(box) => getComputedStyle(box).borderTopColor"
+    assert policy.get_by_label("Timeout (seconds)").evaluate(border) != policy.get_by_label("Retry schedule").evaluate(
+        border
+    )
+    # The link of the summary leads to it.
+    summary.get_by_role("link", name="Retry schedule").click()
+    assert page.url.endswith("#field-retry_schedule")
+    assert error.is_visible()
+    # What was typed stays, but the headers (secrets) are typed again.
+    assert page.get_by_label("Event types").input_value() == "invoice.*"
+    assert page.get_by_label("Attempts at most").input_value() == "3"
+    assert page.get_by_label("Stripe live").is_checked()
+    assert page.get_by_label("Custom headers").input_value() == ""
+
+    policy.get_by_label("Retry schedule").fill("10s, 1m, 90m")
+    page.get_by_label("Custom headers").fill("X-Api-Key: key-Q1w2e3r4")
+    page.get_by_role("button", name="Create destination").click()
+    page.wait_for_selector("#one-time-secret")
+    destination = Destination.objects.get(name="Billing")
+    assert (destination.retry_schedule, destination.max_attempts) == ([10, 60, 5400], 3)
+    assert destination.custom_header_values() == {"X-Api-Key": "key-Q1w2e3r4"}
+    subscription = destination.subscriptions.get()
+    assert (subscription.source.name, subscription.event_types) == ("Stripe live", ["invoice.*"])
+    page.context.close()
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (375, 812)], ids=["desktop", "phone"])
+def test_the_destination_form_s_sections_fit_desktop_and_phone_widths(
+    browser, live_server, organization, owner, width, height
+):
+    make_source(organization, name="A source with a long name that a phone has to wrap somewhere")
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/hook", custom_headers={"X-Very-Long-Header-Name-For-A-Gateway": "v-12345678"}
+    )
+    page = sign_in(browser, live_server, owner, width=width, height=height)
+    for path, submit in (
+        ("/o/acme/destinations/new/", "Create destination"),
+        (f"/o/acme/destinations/{destination.pk}/edit/", "Save"),
+    ):
+        page.goto(f"{live_server.url}{path}")
+        page.get_by_label("Retry schedule").fill("1h30m")  # refused: the error summary and message show too
+        page.get_by_role("button", name=submit).click()
+        page.locator(".form-error-summary").wait_for()
+        for title in DESTINATION_FORM_SECTIONS:
+            section = page.get_by_role("group", name=title, exact=True)
+            assert section.is_visible(), (path, title)
+            box = section.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, (path, title, box)
+            heading = section.get_by_role("heading", name=title, level=2)
+            assert heading.is_visible(), (path, title)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (path, width, overflow)
     page.context.close()
