@@ -73,8 +73,10 @@ class DeliverySummarySerializer(serializers.Serializer):
 
 
 class EventDeliverySerializer(DeliverySummarySerializer):
-    """A delivery as its event's detail lists it: the event is around it already."""
+    """A delivery as its event's detail lists it: the event is around it already. Its destination's
+    name as the delivery list shows it (event_detail_for_organization loads it with the delivery)."""
 
+    destination_name = serializers.CharField(source="destination.name")
     event = serializers.UUIDField(source="event_id")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)

@@ -132,6 +132,12 @@ class ApiObjectView(ApiView):
         data = serializer_class(instance, context={"sees_everything": self.sees_everything, **context}).data
         return Response(data, status=status)
 
+    def show_delivery(self, delivery) -> Response:
+        """A delivery just queued (a retry, a replay): 202, and its URL to follow, as a bulk retry's."""
+        response = self.show(serializers.DeliverySerializer, delivery, status=202)
+        response["Location"] = reverse("api:delivery", kwargs={"delivery_id": delivery.pk})
+        return response
+
     def no_body(self, request) -> None:
         """An action that takes no body: none, or ``{}``; a field in a JSON body is a 400, not ignored.
         Another body is left unread, as before this check (some clients send an empty form)."""
@@ -260,7 +266,7 @@ class EventReplayView(ApiObjectView):
             delivery = destination_replay_event(event=event, destination=destination, actor=self.api_key)
         except OperationError as exc:
             raise Conflict(str(exc)) from None
-        return self.show(serializers.DeliverySerializer, delivery, status=202)
+        return self.show_delivery(delivery)
 
 
 class DeliveryListView(ApiListView):
@@ -294,7 +300,7 @@ class DeliveryRetryView(ApiObjectView):
             delivery = destination_retry_delivery(delivery=delivery, actor=self.api_key)
         except DeliveryRetryError as exc:
             raise Conflict(str(exc)) from None
-        return self.show(serializers.DeliverySerializer, delivery, status=202)
+        return self.show_delivery(delivery)
 
 
 def _known_or_invalid(lookup, field: str, **kwargs) -> None:
