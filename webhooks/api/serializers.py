@@ -11,6 +11,7 @@ import base64
 import re
 from collections.abc import Mapping
 
+from django.http import QueryDict
 from rest_framework import serializers
 
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
@@ -244,6 +245,9 @@ class KnownFieldsOnly(serializers.Serializer):
                 raise serializers.ValidationError(
                     {name: [self.field_hints.get(name) or f"not taken here (takes: {listed})"] for name in unknown}
                 )
+            # A query string may name a parameter twice, and only its last value would be read.
+            if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
+                raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
         return super().to_internal_value(data)
 
 

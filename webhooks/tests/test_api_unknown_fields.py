@@ -122,3 +122,12 @@ def test_following_next_still_works(client, key, world):
     second = client.get(first["next"], HTTP_AUTHORIZATION=f"Bearer {key}")
     assert second.status_code == 200
     assert len(first["results"]) == len(second.json()["results"]) == 1
+
+
+def test_a_filter_given_twice_is_refused_not_read_as_its_last_value(client, key, world):
+    response = client.get(
+        "/api/v1/deliveries?status=dead&status=pending&destination=1", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert "once" in _refused(response, "status")
+    response = client.get("/api/v1/events?event_type=invoice.*,customer.*", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 200  # several patterns: comma-separated
