@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 
+from django.http import QueryDict
 from rest_framework import serializers
 
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
@@ -72,8 +74,10 @@ class DeliverySummarySerializer(serializers.Serializer):
 
 
 class EventDeliverySerializer(DeliverySummarySerializer):
-    """A delivery as its event's detail lists it: the event is around it already."""
+    """A delivery as its event's detail lists it: the event is around it already. Its destination's
+    name as the delivery list shows it (event_detail_for_organization loads it with the delivery)."""
 
+    destination_name = serializers.CharField(source="destination.name")
     event = serializers.UUIDField(source="event_id")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)
@@ -221,6 +225,40 @@ class DestinationSerializer(serializers.Serializer):
 # --- Query parameters and request bodies ---------------------------------------------
 
 
+class KnownFieldsOnly(serializers.Serializer):
+    """Refuses a name the request does not take (a 400 naming it and the ones it takes) rather than
+    ignore it: a misspelt ``destination_id`` would widen a bulk retry to every dead delivery of the
+    organization, ``secret`` in a PATCH would answer 200 and leave the old secret in place.
+
+    ``also_takes`` in the context: names read elsewhere (a list's ``cursor`` and ``limit``).
+    """
+
+    # A name a client may well send (often one it reads back), and what to send instead.
+    field_hints: dict[str, str] = {}
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            takes = [name for name, field in self.fields.items() if not field.read_only]
+            takes += self.context.get("also_takes", ())
+            if unknown := [name for name in data if name not in takes]:
+                listed = ", ".join(sorted(takes)) or "nothing"
+                raise serializers.ValidationError(
+                    {name: [self.field_hints.get(name) or f"not taken here (takes: {listed})"] for name in unknown}
+                )
+            # A query string may name a parameter twice, and only its last value would be read.
+            if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
+                raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
+        return super().to_internal_value(data)
+
+
+class NoBody(KnownFieldsOnly):
+    """The body of an action that takes none: ``{}`` or nothing."""
+
+
+class NoFilters(KnownFieldsOnly):
+    """The query string of a list without filters: only ``cursor`` and ``limit``."""
+
+
 # A time whose offset's "+" a query string turned into a space: "…T10:00:00 02:00".
 _OFFSET_PLUS_READ_AS_SPACE = re.compile(r"\d \d{2}(:?\d{2})?$")
 
@@ -249,7 +287,7 @@ def checked_event_type_patterns(text: str) -> str:
     return text
 
 
-class EventFilterSerializer(serializers.Serializer):
+class EventFilterSerializer(KnownFieldsOnly):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
     )
@@ -271,7 +309,7 @@ class EventFilterSerializer(serializers.Serializer):
         return checked_event_type_patterns(text)
 
 
-class DeliveryFilterSerializer(serializers.Serializer):
+class DeliveryFilterSerializer(KnownFieldsOnly):
     status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
@@ -280,7 +318,7 @@ class DeliveryFilterSerializer(serializers.Serializer):
     received_before = QueryDateTimeField(required=False)
 
 
-class BulkRetryRequestSerializer(serializers.Serializer):
+class BulkRetryRequestSerializer(KnownFieldsOnly):
     """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
     Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
     sooner, one at a time, through /deliveries/<id>/retry)."""
@@ -302,5 +340,5 @@ class BulkRetryRequestSerializer(serializers.Serializer):
         return data
 
 
-class ReplaySerializer(serializers.Serializer):
+class ReplaySerializer(KnownFieldsOnly):
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID)

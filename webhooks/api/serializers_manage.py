@@ -21,7 +21,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.sources import SourceError, source_check_allowed_networks, source_check_secret
 
-from .serializers import MAX_DATABASE_ID
+from .serializers import MAX_DATABASE_ID, KnownFieldsOnly
 
 # The longest overlap the dashboard offers (its rotation forms' last choice).
 MAX_KEEP_PREVIOUS_SECONDS = 7 * 24 * 3600
@@ -65,7 +65,7 @@ def _allowed_networks_field(**kwargs) -> serializers.ListField:
     )
 
 
-class AllowedNetworksMixin(serializers.Serializer):
+class AllowedNetworksMixin(KnownFieldsOnly):
     def validate_allowed_networks(self, entries):
         try:
             return source_check_allowed_networks(entries)
@@ -93,6 +93,12 @@ class SourceUpdateSerializer(AllowedNetworksMixin):
     """A PATCH: what is left out stays; ``options`` given are merged into the current ones (null
     sets one back to its default); ``allowed_networks`` replaces the list (null or [] for any address)."""
 
+    field_hints = {
+        "is_active": "send it as active",
+        "secret": "set a new secret with POST /api/v1/sources/<id>/rotate_secret",
+        "provider": "a source's provider cannot be changed: create another source",
+    }
+
     name = _name_field(Source, required=False)
     options = serializers.DictField(required=False)
     active = serializers.BooleanField(required=False)
@@ -105,7 +111,7 @@ class SourceUpdateSerializer(AllowedNetworksMixin):
         return data
 
 
-class KeepPreviousMixin(serializers.Serializer):
+class KeepPreviousMixin(KnownFieldsOnly):
     keep_previous_for = serializers.IntegerField(
         min_value=0,
         max_value=MAX_KEEP_PREVIOUS_SECONDS,
@@ -130,7 +136,7 @@ class DestinationRotateSerializer(KeepPreviousMixin):
     pass
 
 
-class DestinationSerializerBase(serializers.Serializer):
+class DestinationSerializerBase(KnownFieldsOnly):
     url = serializers.URLField(max_length=Destination._meta.get_field("url").max_length)
     sources = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID), max_length=1000
@@ -209,6 +215,12 @@ class DestinationCreateSerializer(DestinationSerializerBase):
 
 class DestinationUpdateSerializer(DestinationSerializerBase):
     """A PATCH: what is left out stays as it is."""
+
+    field_hints = {
+        "secret": "make a new secret with POST /api/v1/destinations/<id>/rotate_secret",
+        "subscriptions": "send sources and event_types",
+        "paused_at": "pause and resume it with POST /api/v1/destinations/<id>/pause and /resume",
+    }
 
     name = _name_field(Destination, required=False)
     # Changes, as in a JSON merge patch: a value adds the header or replaces its value, null removes

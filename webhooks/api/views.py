@@ -132,11 +132,23 @@ class ApiObjectView(ApiView):
         data = serializer_class(instance, context={"sees_everything": self.sees_everything, **context}).data
         return Response(data, status=status)
 
+    def show_delivery(self, delivery) -> Response:
+        """A delivery just queued (a retry, a replay): 202, and its URL to follow, as a bulk retry's."""
+        response = self.show(serializers.DeliverySerializer, delivery, status=202)
+        response["Location"] = reverse("api:delivery", kwargs={"delivery_id": delivery.pk})
+        return response
+
+    def no_body(self, request) -> None:
+        """An action that takes no body: none, or ``{}``; a field in a JSON body is a 400, not ignored.
+        Another body is left unread, as before this check (some clients send an empty form)."""
+        if request.content_type.partition(";")[0].strip().lower() == "application/json" and request.data:
+            serializers.NoBody(data=request.data).is_valid(raise_exception=True)
+
 
 class ApiListView(ApiObjectView):
     pagination_class = NewestFirst
     serializer_class = None
-    filter_serializer_class = None
+    filter_serializer_class = serializers.NoFilters
 
     def get_queryset(self, filters: dict):
         raise NotImplementedError
@@ -151,9 +163,9 @@ class ApiListView(ApiObjectView):
         return paginator.get_paginated_response(data)
 
     def given_filters(self, request) -> dict:
-        if self.filter_serializer_class is None:
-            return {}
-        given = self.filter_serializer_class(data=request.query_params)
+        paginator = self.pagination_class
+        also_takes = (paginator.cursor_query_param, paginator.page_size_query_param)
+        given = self.filter_serializer_class(data=request.query_params, context={"also_takes": also_takes})
         given.is_valid(raise_exception=True)
         return given.validated_data
 
@@ -254,7 +266,7 @@ class EventReplayView(ApiObjectView):
             delivery = destination_replay_event(event=event, destination=destination, actor=self.api_key)
         except OperationError as exc:
             raise Conflict(str(exc)) from None
-        return self.show(serializers.DeliverySerializer, delivery, status=202)
+        return self.show_delivery(delivery)
 
 
 class DeliveryListView(ApiListView):
@@ -283,11 +295,12 @@ class DeliveryDetailView(ApiObjectView):
 class DeliveryRetryView(ApiObjectView):
     def post(self, request, delivery_id: str):
         delivery = _found(delivery_for_organization, organization=self.organization, delivery_id=_uuid(delivery_id))
+        self.no_body(request)
         try:
             delivery = destination_retry_delivery(delivery=delivery, actor=self.api_key)
         except DeliveryRetryError as exc:
             raise Conflict(str(exc)) from None
-        return self.show(serializers.DeliverySerializer, delivery, status=202)
+        return self.show_delivery(delivery)
 
 
 def _known_or_invalid(lookup, field: str, **kwargs) -> None:
@@ -381,6 +394,7 @@ class DestinationPauseView(DestinationLookup, ApiObjectView):
 
     def post(self, request, destination_id: str):
         destination = self.destination(destination_id)
+        self.no_body(request)
         try:
             destination_set_paused(
                 destination=destination, paused=self.paused, actor=self.api_key, reason="paused through the API"

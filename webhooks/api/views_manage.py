@@ -282,6 +282,7 @@ class DestinationSendWaitingNowView(DestinationLookup, ApiObjectView):
 
     def post(self, request, destination_id: str):
         destination = self.destination(destination_id)
+        self.no_body(request)
         try:
             brought_forward = destination_send_waiting_now(destination=destination, actor=self.api_key)
         except NothingToDo:

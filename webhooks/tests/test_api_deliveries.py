@@ -177,3 +177,29 @@ def test_each_delivery_names_its_destination_at_no_query_per_row(client, organiz
     }
     detail = api_get(client, reader_key, f"/api/v1/deliveries/{first.pk}").json()
     assert detail["destination_name"] == destination.name
+
+
+def test_an_events_deliveries_name_their_destinations_at_no_query_per_delivery(client, organization, reader_key):
+    # A client showing one event needs each delivery's destination by name, as the delivery list gives it.
+    source = make_source(organization)
+    event = make_event(source)
+
+    def shown():
+        with CaptureQueriesContext(connection) as captured:
+            response = api_get(client, reader_key, f"/api/v1/events/{event.pk}")
+            assert response.status_code == 200
+        return {(row["destination"], row["destination_name"]) for row in response.json()["deliveries"]}, len(captured)
+
+    names = ["Billing", "CRM", "Warehouse"]
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/billing", sources=[source])
+    Destination.objects.filter(pk=destination.pk).update(name=names[0])
+    make_delivery(event, destination)
+    api_get(client, reader_key, "/api/v1/sources")  # the key's last use is written once a minute: not here
+    one, queries = shown()
+    assert one == {(destination.pk, "Billing")}
+    for name in names[1:]:
+        other, _ = make_destination(organization, f"http://127.0.0.1:9/{name}", sources=[source])
+        Destination.objects.filter(pk=other.pk).update(name=name)
+        make_delivery(event, other)
+    three, same_queries = shown()
+    assert sorted(name for _, name in three) == names and same_queries == queries
