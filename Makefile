@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Test settings: real PostgreSQL and Redis on localhost unless overridden.
 TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@localhost:5432/hookline)
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://localhost:6379/15)
-# The suite runs in this many processes (pytest-xdist, one test file per process at a time); 0 runs it in this one.
+# The suite runs in this many processes (pytest-xdist; an idle one takes tests queued for a busy one); 0 runs it in this one.
 PYTEST_WORKERS ?= 2
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key FIELD_ENCRYPTION_KEYS=DvYDLpKLLhLv09Ed4NPzG2XacL4YXQyL5GAbYbiy-6c= \
@@ -31,7 +31,7 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
 	sh scripts/ensure_browser.sh
-	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

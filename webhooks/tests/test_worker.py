@@ -27,7 +27,8 @@ def celery_worker_process(transactional_db):
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
     }
-    log_path = Path(settings.BASE_DIR) / "var" / "test-worker.log"
+    # One log per xdist process: two of these tests may run at once, each on its own queue.
+    log_path = Path(settings.BASE_DIR) / "var" / f"test-worker-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"
     log_path.parent.mkdir(exist_ok=True)
     log = log_path.open("w")
     worker = subprocess.Popen(
