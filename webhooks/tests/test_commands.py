@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from organizations.models import AuditLog, Membership, Organization
-from webhooks.models import Destination, Source, WebhookEvent
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -390,6 +390,24 @@ def test_retry_delivery_says_when_its_destination_is_paused(organization, client
     out = io.StringIO()
     call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
     assert "Its destination is paused: it is sent once the destination is resumed." in out.getvalue()
+
+
+def test_retry_delivery_says_when_its_organization_is_suspended(organization, client):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    delivery = dead_delivery(WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_held")), destination)
+    Organization.objects.filter(pk=organization.pk).update(is_active=False)
+    out = io.StringIO()
+    call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
+    assert "Its organization is suspended: it is sent once the organization is active again." in out.getvalue()
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
+    assert run("retry_delivery", "--id", str(delivery.pk))["waiting_for"] == "organization_suspended"
+
+    Organization.objects.filter(pk=organization.pk).update(deletion_requested_at=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
+    with pytest.raises(CommandError, match="its organization is being deleted: nothing more is sent"):
+        run("retry_delivery", "--id", str(delivery.pk))
+    assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.DEAD
 
 
 def test_create_destination_says_a_destination_without_source_receives_nothing(organization, settings):
