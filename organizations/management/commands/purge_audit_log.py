@@ -6,7 +6,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from organizations.services import audit_purge
+from organizations.services import audit_purge, audit_system_actor, command_actor_label
 
 
 class Command(BaseCommand):
@@ -24,7 +24,8 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps({"error": message}))
             raise CommandError(message)
         before = timezone.now() - timedelta(days=older_than_days)
-        deleted = audit_purge(before=before, actor=None)
+        with audit_system_actor(command_actor_label("purge_audit_log")):
+            deleted = audit_purge(before=before, actor=None)
         if options["json"]:
             self.stdout.write(json.dumps({"deleted": deleted, "before": before.isoformat()}))
         else:
