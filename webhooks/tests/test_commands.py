@@ -522,3 +522,23 @@ def test_audit_entries_of_operator_commands_name_the_command():
     assert AuditLog.objects.get(action="audit.purged").actor_label == "manage.py purge_audit_log"
     # Outside a command (a task, the sweeper), the platform itself.
     assert audit_record(action="retention.purged").actor_label == "system"
+
+
+def test_create_destination_names_the_sources_it_cannot_find_without_a_python_list(organization):
+    with pytest.raises(CommandError) as refused:
+        run(
+            "create_destination",
+            "--org",
+            "acme",
+            "--name",
+            "d",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--source",
+            "98",
+            "--source",
+            "99",
+        )
+    assert (
+        str(refused.value) == "organization acme has no source 98, 99"
+    )  # was "no source [98, 99] in organization acme"

@@ -14,8 +14,14 @@ class Command(BaseCommand):
     requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than-days", type=int, required=True)
-        parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+        parser.add_argument(
+            "--older-than-days",
+            type=int,
+            required=True,
+            metavar="N",
+            help="delete the entries older than N days (1 or more)",
+        )
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, older_than_days: int, **options):
         if older_than_days < 1:
