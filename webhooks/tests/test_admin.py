@@ -113,6 +113,21 @@ def no_secret_in(response, *secrets: str) -> bool:
 # --- Index ------------------------------------------------------------------------------------
 
 
+def test_index_counts_dead_deliveries_up_to_a_cap(admin, setup, monkeypatch):
+    # It ran COUNT(*) over every dead delivery of the platform, kept until retention: millions for
+    # one tenant whose receiver is down for weeks, where every list stops counting at 10,001.
+    from webhooks import admin_site
+
+    monkeypatch.setattr(admin_site, "DEAD_DELIVERIES_COUNT_CAP", 1)
+    Delivery.objects.filter(event=setup["retrying"]).update(status=Delivery.Status.DEAD)  # two dead now
+    cache.clear()
+    with CaptureQueriesContext(connection) as queries:
+        response = admin.get(reverse("admin:index"))
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT" in q["sql"] and "'dead'" in q["sql"]]
+    assert all("LIMIT" in sql for sql in counts) and any("LIMIT 2" in sql for sql in counts)
+    assert ">more than 1</a>" in response.content.decode()
+
+
 def test_index_shows_the_platform_overview(admin, setup, organization):
     setup["their_destination"].paused_at = timezone.now()
     setup["their_destination"].pause_reason = "failing for an hour"
