@@ -6,6 +6,9 @@ import hashlib
 import ipaddress
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -111,6 +114,27 @@ def _last_entry_hash() -> str | None:
     return AuditLog.objects.order_by("-id").values_list("entry_hash", flat=True).first()
 
 
+# What an entry written with no actor names: "system" (tasks, the sweeper), or the management
+# command an operator ran (see audit_system_actor).
+_system_actor_label: ContextVar[str] = ContextVar("hookline_audit_system_actor", default="system")
+
+
+@contextmanager
+def audit_system_actor(label: str) -> Iterator[None]:
+    """Entries written without an actor inside this block name ``label`` instead of "system", so that
+    the log tells an operator's command from the platform's own work."""
+    token = _system_actor_label.set(label[:200])
+    try:
+        yield
+    finally:
+        _system_actor_label.reset(token)
+
+
+def command_actor_label(command: str) -> str:
+    """ "manage.py <command>". Not the OS account that ran it: tenants read the label in their own log."""
+    return f"manage.py {command}"
+
+
 def audit_record(
     *,
     action: str,
@@ -135,7 +159,8 @@ def audit_record(
     """
     user_model = get_user_model()
     if actor is None:
-        actor_type, actor_user, actor_label = AuditLog.ActorType.SYSTEM, None, actor_label or "system"
+        actor_type, actor_user = AuditLog.ActorType.SYSTEM, None
+        actor_label = actor_label or _system_actor_label.get()
     elif isinstance(actor, user_model):
         actor_type, actor_user, actor_label = AuditLog.ActorType.USER, actor, actor_label or str(actor)
     else:

@@ -24,6 +24,13 @@ def fernet() -> MultiFernet:
     return _fernet_for(tuple(settings.FIELD_ENCRYPTION_KEYS))
 
 
+def newest_key_fernet() -> Fernet:
+    """The first (newest) key alone: what encrypt() writes with, and what a rotation moves secrets to."""
+    keys = tuple(settings.FIELD_ENCRYPTION_KEYS)
+    _fernet_for(keys)  # refuses a missing or malformed key with its message
+    return Fernet(keys[0].strip().encode())
+
+
 def encrypt(plaintext: str) -> str:
     return fernet().encrypt(plaintext.encode()).decode()
 

@@ -41,6 +41,7 @@ from webhooks.forms import (
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
+from webhooks.services.delivery import delivery_hold
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,
@@ -810,18 +811,23 @@ class DestinationAdmin(
                 continue
             dead = ngettext("%(count)d dead delivery", "%(count)d dead deliveries", job.total) % {"count": job.total}
             started.append(f"{destination.organization.name} · {destination} ({dead})")
-            if destination.paused_at:
-                waiting.append(f"{destination.organization.name} · {destination}")
+            if hold := delivery_hold(destination=destination):
+                waiting.append((hold, f"{destination.organization.name} · {destination}"))
             outcomes.add_done(destination.organization_id, f"destination {destination.pk}: bulk retry {job.pk}")
         if started:
             self.message_user(request, "Bulk retry started for " + "; ".join(started[:10]) + ".", messages.SUCCESS)
-        if waiting:
-            # Nothing is sent to a paused destination: "started" alone would say they are on their way.
-            self.message_user(
-                request,
-                "Paused, so their deliveries are queued but sent only once resumed: " + "; ".join(waiting[:10]) + ".",
-                messages.WARNING,
-            )
+        # Nothing is sent to a paused destination, nor a suspended organization's: "started" alone
+        # would say they are on their way.
+        for hold, words in (
+            ("destination_paused", "Paused, so their deliveries are queued but sent only once resumed: "),
+            (
+                "organization_suspended",
+                "Their organization is suspended, so their deliveries are queued but sent only once it is "
+                "active again: ",
+            ),
+        ):
+            if held := [label for code, label in waiting if code == hold]:
+                self.message_user(request, words + "; ".join(held[:10]) + ".", messages.WARNING)
         if refused:
             self.message_user(request, "Not started: " + "; ".join(refused[:10]), messages.WARNING)
 
@@ -840,6 +846,7 @@ class DestinationAdmin(
         preview = [
             f"{destination.organization.name} · {destination.name}: {_counted(count)} dead"
             + (" (paused)" if destination.paused_at else "")
+            + ("" if destination.organization.is_active or not destination.is_active else " (organization suspended)")
             + ("" if destination.is_active else " (inactive: not retried)")
             for destination, count in zip(shown, counts, strict=True)
         ]
@@ -848,7 +855,8 @@ class DestinationAdmin(
         else:
             question = (
                 f"Send {_counted(total)} dead {'delivery' if total == 1 else 'deliveries'} again? A worker retries "
-                "them in the background, in batches; a paused destination's wait until it is resumed."
+                "them in the background, in batches; a paused destination's wait until it is resumed, a suspended "
+                "organization's until it is active again."
             )
         return confirmation_page(
             request,

@@ -85,19 +85,36 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             messages.ERROR,
         )
         return None
-    # A paused destination is sent nothing: its retried deliveries wait until it is resumed.
+    # A paused destination, or a suspended organization's, is sent nothing: its retried deliveries
+    # wait until it is resumed, or the organization is active again.
     paused = dict(
         Destination.objects.filter(pk__in=deliveries.values("destination_id"), paused_at__isnull=False).values_list(
             "pk", "name"
         )
     )
+    suspended = dict(
+        Organization.objects.filter(pk__in=deliveries.values("organization_id"), is_active=False).values_list(
+            "pk", "name"
+        )
+    )
     if total > 1 and not confirmed(request):
-        held = deliveries.filter(destination_id__in=paused).count() if paused else 0
         question = f"Send {total} failed deliveries again now?"
+        held = deliveries.filter(destination_id__in=paused).count() if paused else 0
         if held:
             question += " " + ngettext(
                 "%(count)d of them belongs to a paused destination and waits until it is resumed.",
                 "%(count)d of them belong to paused destinations and wait until those are resumed.",
+                held,
+            ) % {"count": held}
+        held = (
+            deliveries.filter(organization_id__in=suspended).exclude(destination_id__in=paused).count()
+            if suspended
+            else 0
+        )
+        if held:
+            question += " " + ngettext(
+                "%(count)d of them belongs to a suspended organization and waits until it is active again.",
+                "%(count)d of them belong to suspended organizations and wait until those are active again.",
                 held,
             ) % {"count": held}
         preview = [
@@ -114,31 +131,36 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             preview=preview,
             total=total,
         )
-    retried, refused, waiting = 0, [], []
+    retried, refused = 0, []
+    waiting = {"paused destination is resumed": [], "suspended organization is active again": []}
     for delivery in deliveries.select_related("organization"):
         try:
             delivery_retry(delivery=delivery, actor=request.user)
             retried += 1
             outcomes.add_done(delivery.organization_id, f"delivery {delivery.pk}")
             if delivery.destination_id in paused:
-                waiting.append(paused[delivery.destination_id])
+                waiting["paused destination is resumed"].append(paused[delivery.destination_id])
+            elif delivery.organization_id in suspended:
+                waiting["suspended organization is active again"].append(suspended[delivery.organization_id])
         except DeliveryRetryError as exc:
             refused.append(f"{delivery.pk}: {exc}")
             outcomes.add_refused(delivery.organization_id, f"delivery {delivery.pk}", str(exc))
     queued = ngettext(
         "%(count)d delivery queued for another attempt", "%(count)d deliveries queued for another attempt", retried
     ) % {"count": retried}
-    if waiting:
-        names = ", ".join(sorted(set(waiting))[:10])
+    waits = []
+    for until, names in waiting.items():
+        if not names:
+            continue
         if retried == 1:
             which = "it waits until its"
         else:
-            which = ngettext(
-                "%(count)d of them waits until its", "%(count)d of them wait until their", len(waiting)
-            ) % {"count": len(waiting)}
-        model_admin.message_user(
-            request, f"{queued}; {which} paused destination is resumed ({names}).", messages.WARNING
-        )
+            which = ngettext("%(count)d of them waits until its", "%(count)d of them wait until their", len(names)) % {
+                "count": len(names)
+            }
+        waits.append(f"{which} {until} ({', '.join(sorted(set(names))[:10])})")
+    if waits:
+        model_admin.message_user(request, f"{queued}; {'; '.join(waits)}.", messages.WARNING)
     elif retried:  # none retried: only the refusals below, never a success
         model_admin.message_user(request, f"{queued}.", messages.SUCCESS)
     if refused:

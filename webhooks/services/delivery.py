@@ -29,6 +29,7 @@ from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Sub
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from organizations.models import Organization
 from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
@@ -1311,6 +1312,24 @@ class DeliveryRetryError(ValueError):
     """The delivery cannot be retried by hand (message is safe to show)."""
 
 
+# Why an active destination is sent nothing for now while its deliveries wait, as the dispatcher
+# decides (_lock_destinations): a code for scripts, and the sentence that says it.
+DELIVERY_HOLDS = {
+    "destination_paused": "Its destination is paused: it is sent once the destination is resumed",
+    "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
+}
+
+
+def delivery_hold(*, destination: Destination) -> str | None:
+    """The DELIVERY_HOLDS code of what a retried delivery of this active destination waits for, or
+    None when it is sent at once. A retry says so: "queued" alone reads as "on its way"."""
+    if destination.paused_at is not None:
+        return "destination_paused"
+    if not destination.organization.is_active:
+        return "organization_suspended"
+    return None
+
+
 # manual_attempts after a retry by hand is asked for. The first attempt is the schedule's own,
 # so after k attempts at most k - 1 were by hand; one more makes it k, the attempt to come. A
 # delivery not yet tried, or one whose retry is already waiting (a second click, a paused
@@ -1331,6 +1350,9 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
     if not Destination.objects.filter(pk=locked.destination_id, is_active=True).exists():
         raise DeliveryRetryError("its destination is inactive: it is sent nothing until it is active again")
+    if Organization.objects.filter(pk=locked.organization_id, deletion_requested_at__isnull=False).exists():
+        # Made pending, it would wait unsent until the deletion takes it: "queued" would be untrue.
+        raise DeliveryRetryError("its organization is being deleted: nothing more is sent")
     previous = locked.status
     Delivery.objects.filter(pk=locked.pk).update(
         status=Delivery.Status.PENDING,

@@ -307,6 +307,8 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_BULK_RETRY_LOCK_SPACE, organization.pk])
+    if Organization.objects.filter(pk=organization.pk, deletion_requested_at__isnull=False).exists():
+        raise OperationError("the organization is being deleted: nothing more is sent")
     destination_id = filters.get("destination") or None
     if destination_id is not None:
         destination = Destination.objects.filter(organization=organization, pk=destination_id).first()

@@ -113,6 +113,21 @@ def no_secret_in(response, *secrets: str) -> bool:
 # --- Index ------------------------------------------------------------------------------------
 
 
+def test_index_counts_dead_deliveries_up_to_a_cap(admin, setup, monkeypatch):
+    # It ran COUNT(*) over every dead delivery of the platform, kept until retention: millions for
+    # one tenant whose receiver is down for weeks, where every list stops counting at 10,001.
+    from webhooks import admin_site
+
+    monkeypatch.setattr(admin_site, "DEAD_DELIVERIES_COUNT_CAP", 1)
+    Delivery.objects.filter(event=setup["retrying"]).update(status=Delivery.Status.DEAD)  # two dead now
+    cache.clear()
+    with CaptureQueriesContext(connection) as queries:
+        response = admin.get(reverse("admin:index"))
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT" in q["sql"] and "'dead'" in q["sql"]]
+    assert all("LIMIT" in sql for sql in counts) and any("LIMIT 2" in sql for sql in counts)
+    assert ">more than 1</a>" in response.content.decode()
+
+
 def test_index_shows_the_platform_overview(admin, setup, organization):
     setup["their_destination"].paused_at = timezone.now()
     setup["their_destination"].pause_reason = "failing for an hour"
@@ -1278,6 +1293,61 @@ def test_retrying_deliveries_of_active_destinations_says_nothing_of_pauses(admin
         follow=True,
     )
     assert [str(message) for message in response.context["messages"]] == ["1 delivery queued for another attempt."]
+
+
+def test_retrying_a_suspended_organizations_deliveries_says_they_wait_until_it_is_active_again(admin, setup):
+    # An operator suspends a tenant, then retries its dead deliveries: "queued" alone read as "on
+    # their way", and nothing was sent until the tenant was reactivated.
+    organization = setup["destination"].organization
+    Organization.objects.filter(pk=organization.pk).update(is_active=False)
+    url = reverse("admin:webhooks_delivery_changelist")
+    both = [d.pk for d in Delivery.objects.filter(event__in=[setup["dead"], setup["retrying"]])]
+    asked = admin.post(url, {"action": "retry_deliveries", "_selected_action": both}).content.decode()
+    assert "2 of them belong to suspended organizations and wait until those are active again." in asked
+    done = admin.post(url, {"action": "retry_deliveries", "_selected_action": both, "confirm": "yes"}, follow=True)
+    assert [str(message) for message in done.context["messages"]] == [
+        "2 deliveries queued for another attempt; 2 of them wait until their suspended organization is active "
+        f"again ({organization.name})."
+    ]
+    page = admin.get(reverse("admin:webhooks_destination_change", args=[setup["destination"].pk])).content.decode()
+    assert "<strong>Sending</strong>" not in page
+    assert "its organization is suspended; its deliveries wait until it is active again" in page
+
+
+def test_bulk_retrying_a_suspended_organizations_destination_says_its_deliveries_wait(admin, setup):
+    destination = setup["destination"]
+    Organization.objects.filter(pk=destination.organization_id).update(is_active=False)
+    url = reverse("admin:webhooks_destination_changelist")
+    selection = {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]}
+    asked = admin.post(url, selection).content.decode()
+    assert f"{destination.organization.name} · {destination.name}: 1 dead (organization suspended)" in asked
+    done = admin.post(url, {**selection, "confirm": "yes"}, follow=True)
+    shown = [str(message) for message in done.context["messages"]]
+    assert shown[1] == (
+        "Their organization is suspended, so their deliveries are queued but sent only once it is active again: "
+        f"{destination.organization.name} · {destination}."
+    )
+
+
+def test_an_organization_being_deleted_gets_no_retries(admin, setup, superuser):
+    organization = setup["destination"].organization
+    Organization.objects.filter(pk=organization.pk).update(is_active=False, deletion_requested_at=timezone.now())
+    dead = Delivery.objects.get(event=setup["dead"])
+    response = admin.post(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"action": "retry_deliveries", "_selected_action": [dead.pk]},
+        follow=True,
+    )
+    assert [str(message) for message in response.context["messages"]] == [
+        f"Not retried: {dead.pk}: its organization is being deleted: nothing more is sent"
+    ]
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.DEAD
+    admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [setup["destination"].pk]},
+    )
+    assert not BulkRetry.objects.exists()
 
 
 # --- An operator answering a tenant: find a webhook by any id or URL, see why it failed, act on it

@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from organizations.models import AuditLog, Membership, Organization
-from webhooks.models import Destination, Source, WebhookEvent
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -392,6 +392,24 @@ def test_retry_delivery_says_when_its_destination_is_paused(organization, client
     assert "Its destination is paused: it is sent once the destination is resumed." in out.getvalue()
 
 
+def test_retry_delivery_says_when_its_organization_is_suspended(organization, client):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    delivery = dead_delivery(WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_held")), destination)
+    Organization.objects.filter(pk=organization.pk).update(is_active=False)
+    out = io.StringIO()
+    call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
+    assert "Its organization is suspended: it is sent once the organization is active again." in out.getvalue()
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
+    assert run("retry_delivery", "--id", str(delivery.pk))["waiting_for"] == "organization_suspended"
+
+    Organization.objects.filter(pk=organization.pk).update(deletion_requested_at=timezone.now())
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
+    with pytest.raises(CommandError, match="its organization is being deleted: nothing more is sent"):
+        run("retry_delivery", "--id", str(delivery.pk))
+    assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.DEAD
+
+
 def test_create_destination_says_a_destination_without_source_receives_nothing(organization, settings):
     out = io.StringIO()
     call_command("create_destination", "--org", "acme", "--name", "Lonely", "--url", "http://127.0.0.1:9/x", stdout=out)
@@ -488,3 +506,39 @@ def test_refused_input_is_one_json_object_and_never_a_database_traceback(organiz
     with pytest.raises(CommandError):
         call_command("purge_audit_log", "--older-than-days", "0", "--json", stdout=out)
     assert json.loads(out.getvalue()) == {"error": "--older-than-days must be at least 1"}
+
+
+def test_audit_entries_of_operator_commands_name_the_command():
+    # Every command's entries read "system", like the sweeper's and the retention task's: the log
+    # could not tell an operator's change from the platform's own work.
+    from organizations.services import audit_record
+
+    run("create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "boss@acme.example")
+    created = AuditLog.objects.get(action="organization.created")
+    assert (created.actor_type, created.actor_label) == (AuditLog.ActorType.SYSTEM, "manage.py create_organization")
+    run("create_api_key", "--org", "acme", "--name", "deploy")
+    assert AuditLog.objects.get(action="api_key.created").actor_label == "manage.py create_api_key"
+    call_command("purge_audit_log", "--older-than-days", "30", stdout=io.StringIO())
+    assert AuditLog.objects.get(action="audit.purged").actor_label == "manage.py purge_audit_log"
+    # Outside a command (a task, the sweeper), the platform itself.
+    assert audit_record(action="retention.purged").actor_label == "system"
+
+
+def test_create_destination_names_the_sources_it_cannot_find_without_a_python_list(organization):
+    with pytest.raises(CommandError) as refused:
+        run(
+            "create_destination",
+            "--org",
+            "acme",
+            "--name",
+            "d",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--source",
+            "98",
+            "--source",
+            "99",
+        )
+    assert (
+        str(refused.value) == "organization acme has no source 98, 99"
+    )  # was "no source [98, 99] in organization acme"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from cryptography.fernet import Fernet
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from webhooks.fields import _fernet_for
@@ -89,7 +89,7 @@ def test_rotate_encryption_keys_is_audited_and_reminds_of_the_next_step(organiza
     text = io.StringIO()
     call_command("rotate_encryption_keys", stdout=text)
     lines = text.getvalue().strip().splitlines()
-    assert "webhooks.Source: 1 rows re-encrypted" in lines
+    assert "webhooks.Source: 1 row re-encrypted, 1 of them from an older key" in lines
     assert lines[-1].startswith("Next step: deploy FIELD_ENCRYPTION_KEYS with the new key alone")
 
     as_json = io.StringIO()
@@ -106,3 +106,49 @@ def test_rotate_encryption_keys_is_audited_and_reminds_of_the_next_step(organiza
     assert entry.changes["reencrypted"]["webhooks.Destination"] == 1
     assert SECRET not in json.dumps(entry.changes)
     assert audit_verify_chain().ok
+
+
+def test_rotating_with_the_new_key_alone_is_refused_naming_the_row_and_what_to_do(organization, settings):
+    # The likeliest slip: FIELD_ENCRYPTION_KEYS=NEW without the old key. It was a traceback (and no
+    # JSON object with --json) saying only that "a stored secret" could not be decrypted.
+    source = make_source(organization, secret=SECRET)
+    stored = raw_column("webhooks_source", "secret", source.pk)
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    _fernet_for.cache_clear()
+    out = io.StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command("rotate_encryption_keys", "--json", stdout=out)
+    message = str(refused.value)
+    assert message.startswith(f"webhooks.Source {source.pk}: a stored secret cannot be decrypted with any key")
+    assert "after the new one (NEW,OLD)" in message
+    assert json.loads(out.getvalue()) == {"error": message}
+    assert raw_column("webhooks_source", "secret", source.pk) == stored
+
+
+def test_rotating_says_when_no_secret_was_under_an_older_key(organization, settings):
+    make_source(organization, secret=SECRET)
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+
+    # One key: nothing to retire, so the usual "deploy the new key alone" would be wrong.
+    alone = run_rotation()
+    assert alone["from_older_key"]["webhooks.Source"] == 0
+    assert alone["next_step"].startswith("FIELD_ENCRYPTION_KEYS holds one key, so there is no older key to retire")
+
+    # The new key second: everything is written under the old one again, which the output must say.
+    settings.FIELD_ENCRYPTION_KEYS = [old_key, new_key]
+    _fernet_for.cache_clear()
+    swapped = run_rotation()
+    assert swapped["reencrypted"]["webhooks.Source"] == 1 and swapped["from_older_key"]["webhooks.Source"] == 0
+    assert swapped["warning"].startswith("No secret was under an older key")
+    assert "the new key is not first in FIELD_ENCRYPTION_KEYS" in swapped["warning"]
+
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    rotated = run_rotation()
+    assert rotated["from_older_key"]["webhooks.Source"] == 1 and "warning" not in rotated
+
+
+def run_rotation() -> dict:
+    out = io.StringIO()
+    call_command("rotate_encryption_keys", "--json", stdout=out)
+    return json.loads(out.getvalue())

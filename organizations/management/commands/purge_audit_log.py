@@ -6,7 +6,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from organizations.services import audit_purge
+from organizations.services import audit_purge, audit_system_actor, command_actor_label
 
 
 class Command(BaseCommand):
@@ -14,8 +14,14 @@ class Command(BaseCommand):
     requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than-days", type=int, required=True)
-        parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+        parser.add_argument(
+            "--older-than-days",
+            type=int,
+            required=True,
+            metavar="N",
+            help="delete the entries older than N days (1 or more)",
+        )
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, older_than_days: int, **options):
         if older_than_days < 1:
@@ -24,7 +30,8 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps({"error": message}))
             raise CommandError(message)
         before = timezone.now() - timedelta(days=older_than_days)
-        deleted = audit_purge(before=before, actor=None)
+        with audit_system_actor(command_actor_label("purge_audit_log")):
+            deleted = audit_purge(before=before, actor=None)
         if options["json"]:
             self.stdout.write(json.dumps({"deleted": deleted, "before": before.isoformat()}))
         else:

@@ -12,7 +12,7 @@ class Command(BaseCommand):
     requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options):
         report = audit_verify_chain()

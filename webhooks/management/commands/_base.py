@@ -10,6 +10,8 @@ from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from organizations.services import audit_system_actor, command_actor_label
+
 
 class OperatorCommand(BaseCommand):
     # Django's system checks are for a deploy: `check` and the release phase's `migrate` run them and
@@ -26,7 +28,9 @@ class OperatorCommand(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            result, text = self.run(**options)
+            # Audit entries written by the services name this command, not just "system".
+            with audit_system_actor(command_actor_label(self.__module__.rsplit(".", 1)[-1])):
+                result, text = self.run(**options)
         except ObjectDoesNotExist as exc:
             # "Delivery matching query does not exist." → "no such delivery"
             self._fail(options, f"no such {_model_name(exc)}")

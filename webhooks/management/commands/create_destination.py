@@ -71,7 +71,8 @@ class Command(OperatorCommand):
         sources = list(sources_for_organization(organization=organization).filter(pk__in=options["source"]))
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:
-            raise ValueError(f"no source {sorted(missing)} in organization {organization.slug}")
+            ids = ", ".join(str(pk) for pk in sorted(missing))
+            raise ValueError(f"organization {organization.slug} has no source {ids}")
         headers_flag = "--header" if not options["header_file"] else "--header-file"
         if options["header"] and options["header_file"]:
             headers_flag = "--header/--header-file"

@@ -21,7 +21,7 @@ class Command(BaseCommand):
     requires_system_checks = []  # as the other operator commands (OperatorCommand)
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     @transaction.atomic
     def handle(self, *args, **options):

@@ -1,5 +1,5 @@
 from webhooks.models import Delivery
-from webhooks.services.delivery import delivery_retry
+from webhooks.services.delivery import DELIVERY_HOLDS, delivery_hold, delivery_retry
 
 from ._base import OperatorCommand
 
@@ -11,14 +11,11 @@ class Command(OperatorCommand):
         parser.add_argument("--id", required=True, help="delivery id")
 
     def run(self, **options):
-        delivery = Delivery.objects.select_related("destination").get(pk=options["id"])
+        delivery = Delivery.objects.select_related("destination__organization").get(pk=options["id"])
         delivery = delivery_retry(delivery=delivery)
-        destination = delivery.destination
-        waiting_for, text = None, f"Delivery {delivery.pk} queued for another attempt."
-        if not destination.is_active:
-            waiting_for = "destination_inactive"
-            text += " Its destination is inactive: it is sent once the destination is active again."
-        elif destination.paused_at is not None:
-            waiting_for = "destination_paused"
-            text += " Its destination is paused: it is sent once the destination is resumed."
+        # delivery_retry refuses an inactive destination; a paused one, or a suspended organization's, waits.
+        waiting_for = delivery_hold(destination=delivery.destination)
+        text = f"Delivery {delivery.pk} queued for another attempt."
+        if waiting_for:
+            text += f" {DELIVERY_HOLDS[waiting_for]}."
         return {"id": str(delivery.pk), "status": delivery.status, "waiting_for": waiting_for}, text
