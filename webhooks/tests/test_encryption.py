@@ -9,9 +9,11 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from webhooks.fields import _fernet_for
-from webhooks.models import Destination, Source
+from webhooks.models import Destination, Source, WebhookEvent
+from webhooks.services.ingest import forget_cached_sources
 
 from .factories import make_destination, make_source
+from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db
 
@@ -152,3 +154,27 @@ def run_rotation() -> dict:
     out = io.StringIO()
     call_command("rotate_encryption_keys", "--json", stdout=out)
     return json.loads(out.getvalue())
+
+
+def test_ingest_for_a_secret_no_key_can_decrypt_is_a_json_503_that_stores_nothing(
+    client, organization, settings, caplog
+):
+    # A key retired before the rotation command ran: the request cannot be judged, so it is neither
+    # stored nor refused for its signature (it was Django's HTML 500); the provider retries a 503.
+    source = make_source(organization, secret=SECRET)
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    _fernet_for.cache_clear()
+    forget_cached_sources()
+    body = json.dumps({"id": "evt_unreadable_secret", "type": "invoice.paid"})
+
+    response = post_stripe(client, source, body, SECRET)
+
+    assert response.status_code == 503 and response["Retry-After"] == "30"
+    assert response.json() == {
+        "error": "unavailable",
+        "detail": "the signature cannot be checked at the moment; retry later",
+    }
+    assert not WebhookEvent.objects.filter(source=source).exists()
+    logged = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert any("cannot be decrypted" in message for message in logged)
+    assert not any(source.ingest_token in message for message in logged)

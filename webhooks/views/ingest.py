@@ -1,9 +1,10 @@
 """POST /in/<token>/ — the provider-facing endpoint. All logic is in services.ingest."""
 
 import json
+import logging
 
 from django.conf import settings
-from django.core.exceptions import TooManyFieldsSent
+from django.core.exceptions import ImproperlyConfigured, TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.http.request import RawPostDataException
@@ -13,6 +14,8 @@ from rest_framework.views import APIView
 
 from accounts.http import client_ip
 from webhooks.services.ingest import DUPLICATE_HEADER, EVENT_ID_HEADER, ingest_request
+
+logger = logging.getLogger(__name__)
 
 
 class AlwaysJSON(BaseContentNegotiation):
@@ -86,9 +89,14 @@ class IngestView(APIView):
             )
         except (OperationalError, InterfaceError):
             # Nothing was committed, so nothing may be acknowledged: providers retry a 503.
-            response = _json(503, {"error": "unavailable", "detail": "storage is unavailable; retry later"})
-            response["Retry-After"] = "30"
-            return response
+            return _unavailable("storage is unavailable; retry later")
+        except ImproperlyConfigured as exc:
+            # The source's secret cannot be decrypted: FIELD_ENCRYPTION_KEYS lacks the key it was
+            # written with (a key retired before the rotation command ran, or this process started
+            # with the old list). The request cannot be judged, so it is neither stored nor refused
+            # for its signature: the provider retries a 503 once the keys are right.
+            logger.error("ingest for source …%s not verified: %s", token[-4:], exc)
+            return _unavailable("the signature cannot be checked at the moment; retry later")
         if outcome.handshake is not None:
             response = IngestAnswer(
                 outcome.handshake.body, status=outcome.status_code, content_type=outcome.handshake.content_type
@@ -119,6 +127,12 @@ class IngestAnswer(HttpResponse):
                 work()
         finally:
             super().close()
+
+
+def _unavailable(detail: str) -> HttpResponse:
+    response = _json(503, {"error": "unavailable", "detail": detail})
+    response["Retry-After"] = "30"
+    return response
 
 
 def _too_large() -> HttpResponse:
