@@ -246,6 +246,19 @@ def audit_verify_chain(*, chunk_size: int = 2000) -> ChainReport:
     return ChainReport(True, checked, first_id, last_id, last_entry_hash=expected_previous if checked else "")
 
 
+def _audit_purge_split(before: datetime):
+    """The oldest entry a purge before ``before`` keeps (None: none is kept), and the entries it deletes:
+    every one older than that entry, so that what is left stays one contiguous chain."""
+    first_kept = AuditLog.objects.filter(created_at__gte=before).order_by("id").first()
+    doomed = AuditLog.objects.all() if first_kept is None else AuditLog.objects.filter(id__lt=first_kept.pk)
+    return first_kept, doomed
+
+
+def audit_purge_count(*, before: datetime) -> int:
+    """How many entries audit_purge(before=...) would delete now; deletes nothing."""
+    return _audit_purge_split(before)[1].count()
+
+
 def audit_purge(*, before: datetime, actor=None, request=None) -> int:
     """Delete the entries older than ``before`` (a contiguous oldest part of the chain), audited.
 
@@ -254,8 +267,7 @@ def audit_purge(*, before: datetime, actor=None, request=None) -> int:
     """
     with transaction.atomic(using=AuditLog.objects.db):
         _lock_audit_chain()
-        first_kept = AuditLog.objects.filter(created_at__gte=before).order_by("id").first()
-        doomed = AuditLog.objects.all() if first_kept is None else AuditLog.objects.filter(id__lt=first_kept.pk)
+        first_kept, doomed = _audit_purge_split(before)
         # When nothing is kept, the purge's own entry starts a new chain from the genesis.
         anchor = first_kept.previous_hash if first_kept is not None else GENESIS_HASH
         connection = connections[AuditLog.objects.db]

@@ -227,6 +227,22 @@ def test_purge_command(organization, capsys):
     assert json.loads(capsys.readouterr().out)["deleted"] == 0
 
 
+def test_a_dry_run_of_the_purge_counts_what_it_would_delete_and_deletes_nothing(organization, capsys):
+    old_entries = list(AuditLog.objects.order_by("id").values_list("id", flat=True))
+    tamper("UPDATE organizations_auditlog SET created_at = created_at - interval '40 days'")
+    audit_record(action="kept.recent", organization=organization)
+    before = AuditLog.objects.count()
+
+    call_command("purge_audit_log", "--older-than-days", "30", "--dry-run")
+    assert f"Would delete {len(old_entries)} audit entries older than 30 days; none deleted." in capsys.readouterr().out
+    call_command("purge_audit_log", "--older-than-days", "30", "--dry-run", "--json")
+    assert json.loads(capsys.readouterr().out)["would_delete"] == len(old_entries)
+    assert AuditLog.objects.count() == before and not AuditLog.objects.filter(action=PURGE_ACTION).exists()
+
+    call_command("purge_audit_log", "--older-than-days", "30", "--json")
+    assert json.loads(capsys.readouterr().out)["deleted"] == len(old_entries)
+
+
 def test_verify_command_reports_the_broken_entry_in_plain_text(organization):
     from io import StringIO
 

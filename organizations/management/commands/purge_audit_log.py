@@ -6,7 +6,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from organizations.services import audit_purge, audit_system_actor, command_actor_label
+from organizations.services import audit_purge, audit_purge_count, audit_system_actor, command_actor_label
 
 
 class Command(BaseCommand):
@@ -21,6 +21,9 @@ class Command(BaseCommand):
             metavar="N",
             help="delete the entries older than N days (1 or more)",
         )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="only say how many entries would be deleted; delete nothing"
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, older_than_days: int, **options):
@@ -30,6 +33,15 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps({"error": message}))
             raise CommandError(message)
         before = timezone.now() - timedelta(days=older_than_days)
+        if options["dry_run"]:
+            count = audit_purge_count(before=before)
+            if options["json"]:
+                self.stdout.write(json.dumps({"would_delete": count, "before": before.isoformat()}))
+            else:
+                self.stdout.write(
+                    f"Would delete {count} audit entries older than {older_than_days} days; none deleted."
+                )
+            return
         with audit_system_actor(command_actor_label("purge_audit_log")):
             deleted = audit_purge(before=before, actor=None)
         if options["json"]:
