@@ -287,7 +287,19 @@ def checked_event_type_patterns(text: str) -> str:
     return text
 
 
-class EventFilterSerializer(KnownFieldsOnly):
+class ReceivedRangeMixin(KnownFieldsOnly):
+    """``received_after`` must come before ``received_before``: a range that holds nothing is a
+    mistake to say (400), as a bulk retry says it, not an empty page. The range is half-open (after
+    included, before not), so equal times hold nothing either."""
+
+    def validate(self, data):
+        after, before = data.get("received_after"), data.get("received_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
+        return super().validate(data)
+
+
+class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
     )
@@ -309,7 +321,7 @@ class EventFilterSerializer(KnownFieldsOnly):
         return checked_event_type_patterns(text)
 
 
-class DeliveryFilterSerializer(KnownFieldsOnly):
+class DeliveryFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
@@ -318,7 +330,7 @@ class DeliveryFilterSerializer(KnownFieldsOnly):
     received_before = QueryDateTimeField(required=False)
 
 
-class BulkRetryRequestSerializer(KnownFieldsOnly):
+class BulkRetryRequestSerializer(ReceivedRangeMixin):
     """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
     Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
     sooner, one at a time, through /deliveries/<id>/retry)."""
