@@ -786,6 +786,12 @@ def bulk_retry_for_organization(*, organization: Organization, job_id: int) -> B
     return BulkRetry.objects.get(organization=organization, pk=job_id)
 
 
+def bulk_retries_for_organization(*, organization: Organization, status: str = "") -> QuerySet[BulkRetry]:
+    """The organization's bulk retry jobs (the dashboard's and the API's), with one ``status`` only if given."""
+    jobs = BulkRetry.objects.filter(organization=organization)
+    return jobs.filter(status=status) if status else jobs
+
+
 def bulk_retries_for_destination(*, destination: Destination, limit: int = 5) -> list[BulkRetry]:
     return list(
         BulkRetry.objects.filter(

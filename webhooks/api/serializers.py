@@ -345,11 +345,9 @@ class BulkRetryRequestSerializer(ReceivedRangeMixin):
     def validate_event_type(self, text: str) -> str:
         return checked_event_type_patterns(text)
 
-    def validate(self, data):
-        after, before = data.get("received_after"), data.get("received_before")
-        if after and before and after >= before:
-            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
-        return data
+
+class BulkRetryFilterSerializer(KnownFieldsOnly):
+    status = serializers.ChoiceField(choices=BulkRetry.Status.values, required=False)
 
 
 class ReplaySerializer(KnownFieldsOnly):

@@ -18,6 +18,7 @@ from webhooks.models import Subscription, WebhookEvent
 from webhooks.selectors import (
     BodySearchTimedOut,
     EventFilters,
+    bulk_retries_for_organization,
     bulk_retry_for_organization,
     configured_signature_header,
     deliveries_for_organization,
@@ -336,6 +337,16 @@ class DeliveryBulkRetryView(ApiObjectView):
         response = self.show(serializers.BulkRetrySerializer, job, status=202)
         response["Location"] = reverse("api:bulk_retry", kwargs={"job_id": job.pk})
         return response
+
+
+class BulkRetryListView(ApiListView):
+    """Every job of the organization, newest first (the dashboard's too), in the detail's shape."""
+
+    serializer_class = serializers.BulkRetrySerializer
+    filter_serializer_class = serializers.BulkRetryFilterSerializer
+
+    def get_queryset(self, filters):
+        return bulk_retries_for_organization(organization=self.organization, status=filters.get("status", ""))
 
 
 class BulkRetryDetailView(ApiObjectView):

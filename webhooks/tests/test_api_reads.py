@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from organizations.models import ApiKey
-from webhooks.models import Delivery, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, WebhookEvent
 from webhooks.services.destinations import destination_create
 from webhooks.services.payload_filters import parse_payload_filter_lines
 
@@ -340,7 +340,9 @@ def _cursor(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations", "/api/v1/bulk_retries"]
+)
 @pytest.mark.parametrize(
     "cursor",
     ["garbage", _cursor("p=abc"), _cursor("r=1&p=not-an-id"), _cursor("o=-5&p=1"), _cursor("p=1\x00")],
@@ -351,7 +353,7 @@ def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, re
     assert response.json()["error"] == "invalid" and list(response.json()["fields"]) == ["cursor"]
 
 
-LIST_PATHS = ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"]
+LIST_PATHS = ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations", "/api/v1/bulk_retries"]
 
 
 @pytest.mark.parametrize("path", [*LIST_PATHS, "/api/v1/events?body_contains=cus_ABC"])
@@ -372,6 +374,7 @@ def test_a_limit_within_bounds_sets_the_page(client, organization, reader_key, p
     make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
     for _ in range(2):  # two of each
         make_delivery(make_event(source), destination)
+        BulkRetry.objects.create(organization=organization, filters={"statuses": ["dead"]})
     assert len(api_get(client, reader_key, path, limit=1).json()["results"]) == 1
     assert len(api_get(client, reader_key, path, limit=200).json()["results"]) == 2
 
