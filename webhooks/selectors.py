@@ -13,7 +13,22 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
-from django.db.models import BinaryField, BooleanField, Exists, F, Func, OuterRef, Prefetch, Q, QuerySet, Value
+from django.db.models import (
+    BinaryField,
+    BooleanField,
+    Case,
+    DateTimeField,
+    Exists,
+    F,
+    Func,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
@@ -747,6 +762,22 @@ def event_types_for_organization(*, organization: Organization, limit: int = 200
         return cache.get_or_set(f"dashboard:event-types:{organization.pk}", newest_types, timeout=300)
     except Exception:  # suggestions are a convenience: without the cache, compute them
         return newest_types()
+
+
+def with_previous_secret_until(rows: QuerySet) -> QuerySet:
+    """Sources or destinations with ``previous_secret_until``: when the secret a rotation replaced
+    stops being accepted, or None (services.secrets.previous_secret_valid_until's rule, in SQL), so
+    that a list says it without loading, and so decrypting, each row's previous secret."""
+    return rows.annotate(
+        previous_secret_until=Case(
+            When(
+                Q(previous_secret_expires_at__gt=Now()) & ~Q(previous_secret=""),
+                then=F("previous_secret_expires_at"),
+            ),
+            default=None,
+            output_field=DateTimeField(),
+        )
+    )
 
 
 def source_for_organization(*, organization: Organization, source_id) -> Source:

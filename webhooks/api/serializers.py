@@ -26,6 +26,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import destinations_not_taking
+from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import ingest_url
 
 MAX_DATABASE_ID = 2**63 - 1
@@ -169,12 +170,30 @@ class BulkRetrySerializer(serializers.Serializer):
         return {"status": statuses[0] if len(statuses) == 1 else statuses, **filters}
 
 
+class PreviousSecretValidUntilField(serializers.DateTimeField):
+    """When the secret a rotation replaced stops being accepted, or null when none is: a rotation
+    until then answers 409 unless ``stop_previous``. Lists annotate it (selectors.
+    with_previous_secret_until) rather than load and decrypt each row's previous secret; an object
+    read whole (a detail, an answer to a change) is asked directly."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, allow_null=True, **kwargs)
+
+    def to_representation(self, instance):
+        if hasattr(instance, "previous_secret_until"):
+            until = instance.previous_secret_until
+        else:
+            until = previous_secret_valid_until(instance)
+        return None if until is None else super().to_representation(until)
+
+
 class SourceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     provider = serializers.CharField()
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
+    previous_secret_valid_until = PreviousSecretValidUntilField()
     # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
     # into them, can be read back.
     options = serializers.SerializerMethodField()
@@ -200,6 +219,7 @@ class DestinationSerializer(serializers.Serializer):
     name = serializers.CharField()
     url = serializers.SerializerMethodField()
     secret_hint = serializers.CharField()
+    previous_secret_valid_until = PreviousSecretValidUntilField()
     is_active = serializers.BooleanField()
     paused_at = serializers.DateTimeField(allow_null=True)
     pause_reason = serializers.CharField()

@@ -32,6 +32,7 @@ from webhooks.selectors import (
     events_for_api,
     source_for_organization,
     sources_for_organization,
+    with_previous_secret_until,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
@@ -364,7 +365,9 @@ class SourceListView(ApiListView):
     pagination_class = OldestFirst
 
     def get_queryset(self, filters):
-        return sources_for_organization(organization=self.organization).defer(*_SECRET_COLUMNS)
+        return with_previous_secret_until(sources_for_organization(organization=self.organization)).defer(
+            *_SECRET_COLUMNS
+        )
 
 
 class SourceDetailView(ApiObjectView):
@@ -374,8 +377,10 @@ class SourceDetailView(ApiObjectView):
 
 
 def _with_subscriptions(destinations):
-    return destinations.defer(*_SECRET_COLUMNS).prefetch_related(
-        Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id"))
+    return (
+        with_previous_secret_until(destinations)
+        .defer(*_SECRET_COLUMNS)
+        .prefetch_related(Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id")))
     )
 
 

@@ -156,10 +156,8 @@ class SourceRotateSecretView(SourceShowMixin, SourceLookup):
             raise exceptions.NotFound("not found") from None
         except SourceError as exc:
             raise _rotation_refused(exc, source, data["stop_previous"], "secret") from None
-        extra = {"previous_secret_valid_until": previous_secret_valid_until(source)}
-        if generated:
-            extra["secret"] = generated
-        return self.show_source(source, **extra)
+        # previous_secret_valid_until is in the source as every read shows it.
+        return self.show_source(source, **({"secret": generated} if generated else {}))
 
 
 class DestinationShowMixin(DestinationLookup, ApiObjectView):
@@ -271,9 +269,7 @@ class DestinationRotateSecretView(DestinationShowMixin):
             )
         except DestinationError as exc:
             raise _rotation_refused(exc, destination, data["stop_previous"], "non_field_errors") from None
-        return self.show_destination(
-            destination.pk, secret=secret, previous_secret_valid_until=previous_secret_valid_until(destination)
-        )
+        return self.show_destination(destination.pk, secret=secret)
 
 
 class DestinationSendWaitingNowView(DestinationLookup, ApiObjectView):
