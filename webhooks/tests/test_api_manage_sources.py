@@ -363,6 +363,31 @@ def test_a_read_only_key_changes_nothing(client, organization):
     assert source.secret == STRIPE_SECRET
 
 
+@pytest.mark.parametrize("provider", ["github", "stripe", "apple_app_store"])
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_a_blank_secret_is_refused_not_taken_for_generate_one(client, organization, key, provider, blank):
+    # As create_source refuses --secret "": an unset variable in a script is a mistake to say, not a
+    # request for a generated secret (github), a source without one (stripe) or none needed (apple_app_store).
+    response = api_post(client, key, "/api/v1/sources", {"provider": provider, "name": "Scripted", "secret": blank})
+    assert response.status_code == 400, response.content
+    assert response.json()["fields"] == {
+        "secret": ["is blank: send the secret, or leave secret out to have one generated where the provider allows it"]
+    }
+    assert not Source.objects.filter(organization=organization).exists()
+
+
+def test_a_blank_secret_is_refused_by_rotate_secret_too(client, organization, key):
+    source = make_source(organization, provider="github", secret="a-github-secret-of-ours")
+    for blank in ("", "  "):
+        response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {"secret": blank})
+        assert response.status_code == 400 and list(response.json()["fields"]) == ["secret"], response.content
+    source.refresh_from_db()
+    assert source.secret == "a-github-secret-of-ours" and not AuditLog.objects.filter(action="source.secret_rotated")
+    # Left out, a secret is still generated where the provider allows it.
+    response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {})
+    assert response.status_code == 200 and response.json()["secret"], response.content
+
+
 def test_reads_say_until_when_the_previous_secret_is_accepted(client, organization, key, monkeypatch):
     # So that a script knows before rotating that it would be a 409 (or needs stop_previous).
     rotated, plain = make_source(organization, name="Rotated"), make_source(organization, name="Plain")
