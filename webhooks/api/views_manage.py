@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
+    RECEIVES_NOTHING_WITHOUT_SOURCE,
     UNCHANGED,
     DestinationError,
     destination_create,
@@ -197,7 +198,14 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
             raise Conflict(
                 "a source it names was deleted, or the destination changed, meanwhile: read them again"
             ) from None
-        response = self.show_destination(destination.pk, status=201, secret=secret)
+        # As create_destination warns: nothing is delivered to a destination without a source.
+        warnings = []
+        if not data["sources"]:
+            warnings.append(
+                f"{RECEIVES_NOTHING_WITHOUT_SOURCE} Link one with PATCH /api/v1/destinations/{destination.pk}"
+                ' and {"sources": [<source id>]}.'
+            )
+        response = self.show_destination(destination.pk, status=201, secret=secret, warnings=warnings)
         response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
         return response
 

@@ -432,6 +432,28 @@ def test_creations_at_the_same_moment_do_not_pass_the_bound_together(organizatio
     ]
 
 
+def test_a_destination_created_without_a_source_says_it_receives_nothing(client, organization, key):
+    # As create_destination warns: it is made, and nothing reaches it until a source is linked.
+    lonely = api_post(client, key, "/api/v1/destinations", {"name": "Lonely", "url": "http://127.0.0.1:9/x"})
+    assert lonely.status_code == 201, lonely.content
+    destination_id = lonely.json()["id"]
+    assert lonely.json()["subscriptions"] == []
+    assert lonely.json()["warnings"] == [
+        "It receives nothing until a source is linked to it. Link one with "
+        f'PATCH /api/v1/destinations/{destination_id} and {{"sources": [<source id>]}}.'
+    ]
+    assert "warnings" not in api_get(client, key, f"/api/v1/destinations/{destination_id}").json()
+    # The PATCH it names links one.
+    source = make_source(organization)
+    linked = api_patch(client, key, f"/api/v1/destinations/{destination_id}", {"sources": [source.pk]})
+    assert linked.status_code == 200 and linked.json()["subscriptions"] == [{"source": source.pk, "event_types": []}]
+
+    with_source = api_post(
+        client, key, "/api/v1/destinations", {"name": "Fed", "url": "http://127.0.0.1:9/y", "sources": [source.pk]}
+    )
+    assert with_source.status_code == 201 and with_source.json()["warnings"] == []
+
+
 def test_reads_say_until_when_the_previous_secret_still_signs(client, organization, key, monkeypatch):
     # So that a script knows before rotating that it would be a 409 (or needs stop_previous).
     rotated, _ = make_destination(organization, "http://127.0.0.1:9/rotated")
