@@ -13,7 +13,22 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
-from django.db.models import BinaryField, BooleanField, Exists, F, Func, OuterRef, Prefetch, Q, QuerySet, Value
+from django.db.models import (
+    BinaryField,
+    BooleanField,
+    Case,
+    DateTimeField,
+    Exists,
+    F,
+    Func,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
@@ -749,6 +764,22 @@ def event_types_for_organization(*, organization: Organization, limit: int = 200
         return newest_types()
 
 
+def with_previous_secret_until(rows: QuerySet) -> QuerySet:
+    """Sources or destinations with ``previous_secret_until``: when the secret a rotation replaced
+    stops being accepted, or None (services.secrets.previous_secret_valid_until's rule, in SQL), so
+    that a list says it without loading, and so decrypting, each row's previous secret."""
+    return rows.annotate(
+        previous_secret_until=Case(
+            When(
+                Q(previous_secret_expires_at__gt=Now()) & ~Q(previous_secret=""),
+                then=F("previous_secret_expires_at"),
+            ),
+            default=None,
+            output_field=DateTimeField(),
+        )
+    )
+
+
 def source_for_organization(*, organization: Organization, source_id) -> Source:
     """One source, not one being deleted (Source.DoesNotExist for that too: it is as good as gone)."""
     return Source.objects.get(organization=organization, pk=source_id, deletion_requested_at__isnull=True)
@@ -784,6 +815,12 @@ def recent_events_for_source(*, source: Source, limit: int = 10) -> list[Webhook
 def bulk_retry_for_organization(*, organization: Organization, job_id: int) -> BulkRetry:
     """One bulk retry job; DoesNotExist for anyone else's."""
     return BulkRetry.objects.get(organization=organization, pk=job_id)
+
+
+def bulk_retries_for_organization(*, organization: Organization, status: str = "") -> QuerySet[BulkRetry]:
+    """The organization's bulk retry jobs (the dashboard's and the API's), with one ``status`` only if given."""
+    jobs = BulkRetry.objects.filter(organization=organization)
+    return jobs.filter(status=status) if status else jobs
 
 
 def bulk_retries_for_destination(*, destination: Destination, limit: int = 5) -> list[BulkRetry]:

@@ -26,6 +26,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import destinations_not_taking
+from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import ingest_url
 
 MAX_DATABASE_ID = 2**63 - 1
@@ -169,12 +170,30 @@ class BulkRetrySerializer(serializers.Serializer):
         return {"status": statuses[0] if len(statuses) == 1 else statuses, **filters}
 
 
+class PreviousSecretValidUntilField(serializers.DateTimeField):
+    """When the secret a rotation replaced stops being accepted, or null when none is: a rotation
+    until then answers 409 unless ``stop_previous``. Lists annotate it (selectors.
+    with_previous_secret_until) rather than load and decrypt each row's previous secret; an object
+    read whole (a detail, an answer to a change) is asked directly."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, allow_null=True, **kwargs)
+
+    def to_representation(self, instance):
+        if hasattr(instance, "previous_secret_until"):
+            until = instance.previous_secret_until
+        else:
+            until = previous_secret_valid_until(instance)
+        return None if until is None else super().to_representation(until)
+
+
 class SourceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     provider = serializers.CharField()
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
+    previous_secret_valid_until = PreviousSecretValidUntilField()
     # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
     # into them, can be read back.
     options = serializers.SerializerMethodField()
@@ -200,6 +219,7 @@ class DestinationSerializer(serializers.Serializer):
     name = serializers.CharField()
     url = serializers.SerializerMethodField()
     secret_hint = serializers.CharField()
+    previous_secret_valid_until = PreviousSecretValidUntilField()
     is_active = serializers.BooleanField()
     paused_at = serializers.DateTimeField(allow_null=True)
     pause_reason = serializers.CharField()
@@ -287,7 +307,19 @@ def checked_event_type_patterns(text: str) -> str:
     return text
 
 
-class EventFilterSerializer(KnownFieldsOnly):
+class ReceivedRangeMixin(KnownFieldsOnly):
+    """``received_after`` must come before ``received_before``: a range that holds nothing is a
+    mistake to say (400), as a bulk retry says it, not an empty page. The range is half-open (after
+    included, before not), so equal times hold nothing either."""
+
+    def validate(self, data):
+        after, before = data.get("received_after"), data.get("received_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
+        return super().validate(data)
+
+
+class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
     )
@@ -309,7 +341,7 @@ class EventFilterSerializer(KnownFieldsOnly):
         return checked_event_type_patterns(text)
 
 
-class DeliveryFilterSerializer(KnownFieldsOnly):
+class DeliveryFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
@@ -318,7 +350,7 @@ class DeliveryFilterSerializer(KnownFieldsOnly):
     received_before = QueryDateTimeField(required=False)
 
 
-class BulkRetryRequestSerializer(KnownFieldsOnly):
+class BulkRetryRequestSerializer(ReceivedRangeMixin):
     """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
     Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
     sooner, one at a time, through /deliveries/<id>/retry)."""
@@ -333,11 +365,9 @@ class BulkRetryRequestSerializer(KnownFieldsOnly):
     def validate_event_type(self, text: str) -> str:
         return checked_event_type_patterns(text)
 
-    def validate(self, data):
-        after, before = data.get("received_after"), data.get("received_before")
-        if after and before and after >= before:
-            raise serializers.ValidationError({"received_before": ["must be later than received_after"]})
-        return data
+
+class BulkRetryFilterSerializer(KnownFieldsOnly):
+    status = serializers.ChoiceField(choices=BulkRetry.Status.values, required=False)
 
 
 class ReplaySerializer(KnownFieldsOnly):

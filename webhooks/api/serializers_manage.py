@@ -57,6 +57,18 @@ def _secret(provider_kind: str, secret: str, options: dict) -> None:
         raise serializers.ValidationError({"secret": [str(exc)]}) from None
 
 
+def _secret_field() -> serializers.CharField:
+    # Left out, the secret is generated where the provider lets Hookline choose it; blank is refused,
+    # as create_source refuses --secret "": an unset variable should not become "generate one".
+    return serializers.CharField(
+        required=False,
+        write_only=True,
+        error_messages={
+            "blank": "is blank: send the secret, or leave secret out to have one generated where the provider allows it"
+        },
+    )
+
+
 def _allowed_networks_field(**kwargs) -> serializers.ListField:
     # Strings as given (blank ones included): their checks and their count are the service's, so
     # that every entry point refuses the same entries with the same words.
@@ -76,7 +88,7 @@ class AllowedNetworksMixin(KnownFieldsOnly):
 class SourceCreateSerializer(AllowedNetworksMixin):
     provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
     name = _name_field(Source)
-    secret = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    secret = _secret_field()
     options = serializers.DictField(required=False, default=dict)
     allowed_networks = _allowed_networks_field(required=False, default=list)
 
@@ -122,7 +134,7 @@ class KeepPreviousMixin(KnownFieldsOnly):
 
 
 class SourceRotateSerializer(KeepPreviousMixin):
-    secret = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    secret = _secret_field()
 
     def validate(self, data):
         source: Source = self.context["source"]

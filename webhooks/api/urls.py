@@ -22,6 +22,7 @@ urlpatterns = [
     endpoint("deliveries", views.DeliveryListView, "deliveries"),
     # Before deliveries/<id>, which would take "retry" for an id.
     endpoint("deliveries/retry", views.DeliveryBulkRetryView, "deliveries_retry"),
+    endpoint("bulk_retries", views.BulkRetryListView, "bulk_retries"),
     endpoint(f"bulk_retries/{ID.format('job_id')}", views.BulkRetryDetailView, "bulk_retry"),
     endpoint(f"deliveries/{ID.format('delivery_id')}", views.DeliveryDetailView, "delivery"),
     endpoint(f"deliveries/{ID.format('delivery_id')}/retry", views.DeliveryRetryView, "delivery_retry"),

@@ -18,6 +18,7 @@ from webhooks.models import Subscription, WebhookEvent
 from webhooks.selectors import (
     BodySearchTimedOut,
     EventFilters,
+    bulk_retries_for_organization,
     bulk_retry_for_organization,
     configured_signature_header,
     deliveries_for_organization,
@@ -31,6 +32,7 @@ from webhooks.selectors import (
     events_for_api,
     source_for_organization,
     sources_for_organization,
+    with_previous_secret_until,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
@@ -338,6 +340,16 @@ class DeliveryBulkRetryView(ApiObjectView):
         return response
 
 
+class BulkRetryListView(ApiListView):
+    """Every job of the organization, newest first (the dashboard's too), in the detail's shape."""
+
+    serializer_class = serializers.BulkRetrySerializer
+    filter_serializer_class = serializers.BulkRetryFilterSerializer
+
+    def get_queryset(self, filters):
+        return bulk_retries_for_organization(organization=self.organization, status=filters.get("status", ""))
+
+
 class BulkRetryDetailView(ApiObjectView):
     def get(self, request, job_id: str):
         job = _found(bulk_retry_for_organization, organization=self.organization, job_id=_int_id(job_id))
@@ -353,7 +365,9 @@ class SourceListView(ApiListView):
     pagination_class = OldestFirst
 
     def get_queryset(self, filters):
-        return sources_for_organization(organization=self.organization).defer(*_SECRET_COLUMNS)
+        return with_previous_secret_until(sources_for_organization(organization=self.organization)).defer(
+            *_SECRET_COLUMNS
+        )
 
 
 class SourceDetailView(ApiObjectView):
@@ -363,8 +377,10 @@ class SourceDetailView(ApiObjectView):
 
 
 def _with_subscriptions(destinations):
-    return destinations.defer(*_SECRET_COLUMNS).prefetch_related(
-        Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id"))
+    return (
+        with_previous_secret_until(destinations)
+        .defer(*_SECRET_COLUMNS)
+        .prefetch_related(Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id")))
     )
 
 

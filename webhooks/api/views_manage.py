@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
+    RECEIVES_NOTHING_WITHOUT_SOURCE,
     UNCHANGED,
     DestinationError,
     destination_create,
@@ -156,10 +157,8 @@ class SourceRotateSecretView(SourceShowMixin, SourceLookup):
             raise exceptions.NotFound("not found") from None
         except SourceError as exc:
             raise _rotation_refused(exc, source, data["stop_previous"], "secret") from None
-        extra = {"previous_secret_valid_until": previous_secret_valid_until(source)}
-        if generated:
-            extra["secret"] = generated
-        return self.show_source(source, **extra)
+        # previous_secret_valid_until is in the source as every read shows it.
+        return self.show_source(source, **({"secret": generated} if generated else {}))
 
 
 class DestinationShowMixin(DestinationLookup, ApiObjectView):
@@ -199,7 +198,14 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
             raise Conflict(
                 "a source it names was deleted, or the destination changed, meanwhile: read them again"
             ) from None
-        response = self.show_destination(destination.pk, status=201, secret=secret)
+        # As create_destination warns: nothing is delivered to a destination without a source.
+        warnings = []
+        if not data["sources"]:
+            warnings.append(
+                f"{RECEIVES_NOTHING_WITHOUT_SOURCE} Link one with PATCH /api/v1/destinations/{destination.pk}"
+                ' and {"sources": [<source id>]}.'
+            )
+        response = self.show_destination(destination.pk, status=201, secret=secret, warnings=warnings)
         response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
         return response
 
@@ -271,9 +277,7 @@ class DestinationRotateSecretView(DestinationShowMixin):
             )
         except DestinationError as exc:
             raise _rotation_refused(exc, destination, data["stop_previous"], "non_field_errors") from None
-        return self.show_destination(
-            destination.pk, secret=secret, previous_secret_valid_until=previous_secret_valid_until(destination)
-        )
+        return self.show_destination(destination.pk, secret=secret)
 
 
 class DestinationSendWaitingNowView(DestinationLookup, ApiObjectView):

@@ -62,6 +62,10 @@ DELIVERY_POLICY_FIELDS = (
     "max_retry_age_seconds",
 )
 
+# Said by every entry point that makes a destination without a source (the command, the API), each
+# followed by where it links one.
+RECEIVES_NOTHING_WITHOUT_SOURCE = "It receives nothing until a source is linked to it."
+
 
 def destination_check_url(url: str) -> None:
     """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless

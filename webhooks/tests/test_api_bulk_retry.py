@@ -225,3 +225,30 @@ def test_the_service_itself_refuses_a_read_only_key(organization, world):
     with pytest.raises(NotAllowed):
         operations.bulk_retry_request(organization=organization, filters={}, actor=read_only)
     assert not BulkRetry.objects.exists()
+
+
+def test_the_jobs_are_listed_newest_first_as_each_one_is_shown(client, organization, other_organization, world):
+    # A client that lost a job's URL finds it again: the API's jobs and the dashboard's, not another organization's.
+    first = _retry(client, world["key"], destination=world["billing"].pk).json()
+    operations.bulk_retry_run(first["id"])
+    dashboards = destination_bulk_retry(destination=world["crm"])
+    BulkRetry.objects.create(organization=other_organization, filters={"statuses": ["dead"]})
+    _, reader = make_key(organization, access=ApiKey.Access.READ_ONLY, name="reader")
+
+    listed = api_get(client, reader, "/api/v1/bulk_retries")
+    assert listed.status_code == 200, listed.content
+    shown = [api_get(client, reader, f"/api/v1/bulk_retries/{pk}").json() for pk in (dashboards.pk, first["id"])]
+    assert listed.json()["results"] == shown and listed.json()["next"] is None
+    assert [job["status"] for job in shown] == ["queued", "done"]
+
+    assert api_get(client, reader, "/api/v1/bulk_retries", status="done").json()["results"] == [shown[1]]
+    assert api_get(client, reader, "/api/v1/bulk_retries", status="queued").json()["results"] == [shown[0]]
+    assert api_get(client, reader, "/api/v1/bulk_retries", status="running").json()["results"] == []
+    page = api_get(client, reader, "/api/v1/bulk_retries", limit=1).json()
+    assert page["results"] == [shown[0]]
+    following = client.get(page["next"], HTTP_AUTHORIZATION=f"Bearer {reader}").json()
+    assert following["results"] == [shown[1]] and following["next"] is None
+
+    for params, field in (({"status": "dead"}, "status"), ({"destination": world["billing"].pk}, "destination")):
+        refused = api_get(client, reader, "/api/v1/bulk_retries", **params)
+        assert refused.status_code == 400 and list(refused.json()["fields"]) == [field], refused.content

@@ -3,14 +3,17 @@
 import io
 import json
 import threading
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.urls import reverse
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from organizations.models import ApiKey, AuditLog
+from webhooks import fields
 from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destinations_service
@@ -427,3 +430,51 @@ def test_creations_at_the_same_moment_do_not_pass_the_bound_together(organizatio
         "endpoint",
         "first",
     ]
+
+
+def test_a_destination_created_without_a_source_says_it_receives_nothing(client, organization, key):
+    # As create_destination warns: it is made, and nothing reaches it until a source is linked.
+    lonely = api_post(client, key, "/api/v1/destinations", {"name": "Lonely", "url": "http://127.0.0.1:9/x"})
+    assert lonely.status_code == 201, lonely.content
+    destination_id = lonely.json()["id"]
+    assert lonely.json()["subscriptions"] == []
+    assert lonely.json()["warnings"] == [
+        "It receives nothing until a source is linked to it. Link one with "
+        f'PATCH /api/v1/destinations/{destination_id} and {{"sources": [<source id>]}}.'
+    ]
+    assert "warnings" not in api_get(client, key, f"/api/v1/destinations/{destination_id}").json()
+    # The PATCH it names links one.
+    source = make_source(organization)
+    linked = api_patch(client, key, f"/api/v1/destinations/{destination_id}", {"sources": [source.pk]})
+    assert linked.status_code == 200 and linked.json()["subscriptions"] == [{"source": source.pk, "event_types": []}]
+
+    with_source = api_post(
+        client, key, "/api/v1/destinations", {"name": "Fed", "url": "http://127.0.0.1:9/y", "sources": [source.pk]}
+    )
+    assert with_source.status_code == 201 and with_source.json()["warnings"] == []
+
+
+def test_reads_say_until_when_the_previous_secret_still_signs(client, organization, key, monkeypatch):
+    # So that a script knows before rotating that it would be a 409 (or needs stop_previous).
+    rotated, _ = make_destination(organization, "http://127.0.0.1:9/rotated")
+    plain, _ = make_destination(organization, "http://127.0.0.1:9/plain")
+    response = api_post(client, key, f"/api/v1/destinations/{rotated.pk}/rotate_secret", {"keep_previous_for": 60})
+    until = response.json()["previous_secret_valid_until"]
+    assert response.status_code == 200 and until
+    assert api_get(client, key, f"/api/v1/destinations/{rotated.pk}").json()["previous_secret_valid_until"] == until
+    assert api_get(client, key, f"/api/v1/destinations/{plain.pk}").json()["previous_secret_valid_until"] is None
+
+    # Read from its column: no row's secret is loaded (and decrypted) for it, in the list or the detail.
+    decrypted = []
+    real_decrypt = fields.decrypt
+    monkeypatch.setattr(fields, "decrypt", lambda token: decrypted.append(token) or real_decrypt(token))
+    listed = api_get(client, key, "/api/v1/destinations").json()["results"]
+    assert {row["id"]: row["previous_secret_valid_until"] for row in listed} == {rotated.pk: until, plain.pk: None}
+    assert api_get(client, key, f"/api/v1/destinations/{rotated.pk}").json()["previous_secret_valid_until"] == until
+    assert decrypted == []
+    monkeypatch.undo()
+
+    # Once the window is over (before the sweeper forgets the secret), null, and a rotation is no 409.
+    Destination.objects.filter(pk=rotated.pk).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
+    assert api_get(client, key, f"/api/v1/destinations/{rotated.pk}").json()["previous_secret_valid_until"] is None
+    assert api_post(client, key, f"/api/v1/destinations/{rotated.pk}/rotate_secret", {}).status_code == 200

@@ -2,12 +2,14 @@
 
 import json
 import logging
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from organizations.models import ApiKey, AuditLog
-from webhooks import tasks
+from webhooks import fields, tasks
 from webhooks.models import Source, WebhookEvent
 
 from .api_helpers import api_delete, api_get, api_patch, api_post, make_event, make_key
@@ -359,3 +361,61 @@ def test_a_read_only_key_changes_nothing(client, organization):
     assert list(Source.objects.values_list("name", flat=True)) == ["stripe source"]
     source.refresh_from_db()
     assert source.secret == STRIPE_SECRET
+
+
+@pytest.mark.parametrize("provider", ["github", "stripe", "apple_app_store"])
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_a_blank_secret_is_refused_not_taken_for_generate_one(client, organization, key, provider, blank):
+    # As create_source refuses --secret "": an unset variable in a script is a mistake to say, not a
+    # request for a generated secret (github), a source without one (stripe) or none needed (apple_app_store).
+    response = api_post(client, key, "/api/v1/sources", {"provider": provider, "name": "Scripted", "secret": blank})
+    assert response.status_code == 400, response.content
+    assert response.json()["fields"] == {
+        "secret": ["is blank: send the secret, or leave secret out to have one generated where the provider allows it"]
+    }
+    assert not Source.objects.filter(organization=organization).exists()
+
+
+def test_a_blank_secret_is_refused_by_rotate_secret_too(client, organization, key):
+    source = make_source(organization, provider="github", secret="a-github-secret-of-ours")
+    for blank in ("", "  "):
+        response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {"secret": blank})
+        assert response.status_code == 400 and list(response.json()["fields"]) == ["secret"], response.content
+    source.refresh_from_db()
+    assert source.secret == "a-github-secret-of-ours" and not AuditLog.objects.filter(action="source.secret_rotated")
+    # Left out, a secret is still generated where the provider allows it.
+    response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {})
+    assert response.status_code == 200 and response.json()["secret"], response.content
+
+
+def test_reads_say_until_when_the_previous_secret_is_accepted(client, organization, key, monkeypatch):
+    # So that a script knows before rotating that it would be a 409 (or needs stop_previous).
+    rotated, plain = make_source(organization, name="Rotated"), make_source(organization, name="Plain")
+    response = api_post(
+        client,
+        key,
+        f"/api/v1/sources/{rotated.pk}/rotate_secret",
+        {"secret": NEW_STRIPE_SECRET, "keep_previous_for": 60},
+    )
+    until = response.json()["previous_secret_valid_until"]
+    assert response.status_code == 200 and until
+    assert api_get(client, key, f"/api/v1/sources/{rotated.pk}").json()["previous_secret_valid_until"] == until
+    assert api_get(client, key, f"/api/v1/sources/{plain.pk}").json()["previous_secret_valid_until"] is None
+
+    # The list reads the time from its column: no row's secret is loaded (and decrypted) for it.
+    decrypted = []
+    real_decrypt = fields.decrypt
+    monkeypatch.setattr(fields, "decrypt", lambda token: decrypted.append(token) or real_decrypt(token))
+    listed = api_get(client, key, "/api/v1/sources").json()["results"]
+    assert {row["id"]: row["previous_secret_valid_until"] for row in listed} == {rotated.pk: until, plain.pk: None}
+    assert decrypted == []
+    monkeypatch.undo()
+
+    # Once the window is over (before the sweeper forgets the secret), null everywhere, and a rotation is no 409.
+    Source.objects.filter(pk=rotated.pk).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
+    assert api_get(client, key, f"/api/v1/sources/{rotated.pk}").json()["previous_secret_valid_until"] is None
+    assert all(
+        row["previous_secret_valid_until"] is None for row in api_get(client, key, "/api/v1/sources").json()["results"]
+    )
+    again = api_post(client, key, f"/api/v1/sources/{rotated.pk}/rotate_secret", {"secret": "whsec_third_secret_value"})
+    assert again.status_code == 200, again.content

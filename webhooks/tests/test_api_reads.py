@@ -8,11 +8,11 @@ import pytest
 from django.utils import timezone
 
 from organizations.models import ApiKey
-from webhooks.models import Delivery, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, WebhookEvent
 from webhooks.services.destinations import destination_create
 from webhooks.services.payload_filters import parse_payload_filter_lines
 
-from .api_helpers import api_get, make_delivery, make_event, make_key
+from .api_helpers import api_get, api_post, make_delivery, make_event, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
 
 SECRET_URL = "http://127.0.0.1:9/services/T000/B000/secret-path?token=abc"
@@ -141,6 +141,22 @@ def test_a_time_whose_plus_became_a_space_is_refused_saying_how_to_write_it(clie
     assert api_get(client, reader_key, path, received_after="2026-12-01 10:00").status_code == 200
     other = api_get(client, reader_key, path, received_after="yesterday")
     assert other.status_code == 400 and "%2B" not in other.json()["fields"]["received_after"][0]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/events?body_contains=cus_ABC"])
+@pytest.mark.parametrize("before", ["2026-12-01T10:00:00Z", "2026-12-01T09:00:00Z"])
+def test_a_received_range_that_holds_nothing_is_refused_as_a_bulk_retry_refuses_it(
+    client, organization, world, reader_key, writer_key, path, before
+):
+    # Not a 200 with nothing: the ends were swapped, or given the same (after is taken, before is not).
+    params = {"received_after": "2026-12-01T10:00:00Z", "received_before": before}
+    response = api_get(client, reader_key, path, **params)
+    assert response.status_code == 400, response.content
+    refusal = {"received_before": ["must be later than received_after"]}
+    assert response.json()["fields"] == refusal
+    assert api_post(client, writer_key, "/api/v1/deliveries/retry", params).json()["fields"] == refusal
+    params["received_before"] = "2026-12-01T10:00:01Z"
+    assert api_get(client, reader_key, path, **params).status_code == 200
 
 
 def test_event_pages_are_stable_while_new_events_arrive(client, organization, reader_key):
@@ -324,7 +340,9 @@ def _cursor(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations", "/api/v1/bulk_retries"]
+)
 @pytest.mark.parametrize(
     "cursor",
     ["garbage", _cursor("p=abc"), _cursor("r=1&p=not-an-id"), _cursor("o=-5&p=1"), _cursor("p=1\x00")],
@@ -335,7 +353,7 @@ def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, re
     assert response.json()["error"] == "invalid" and list(response.json()["fields"]) == ["cursor"]
 
 
-LIST_PATHS = ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"]
+LIST_PATHS = ["/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations", "/api/v1/bulk_retries"]
 
 
 @pytest.mark.parametrize("path", [*LIST_PATHS, "/api/v1/events?body_contains=cus_ABC"])
@@ -356,6 +374,7 @@ def test_a_limit_within_bounds_sets_the_page(client, organization, reader_key, p
     make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
     for _ in range(2):  # two of each
         make_delivery(make_event(source), destination)
+        BulkRetry.objects.create(organization=organization, filters={"statuses": ["dead"]})
     assert len(api_get(client, reader_key, path, limit=1).json()["results"]) == 1
     assert len(api_get(client, reader_key, path, limit=200).json()["results"]) == 2
 

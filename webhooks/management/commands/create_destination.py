@@ -6,6 +6,7 @@ from webhooks.selectors import sources_for_organization
 from webhooks.services.destination_headers import CustomHeaderError, parse_header_file
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
+    RECEIVES_NOTHING_WITHOUT_SOURCE,
     DestinationError,
     destination_check_payload_filters,
     destination_create,
@@ -131,7 +132,7 @@ class Command(OperatorCommand):
                 "dashboard:destination_edit", kwargs={"org_slug": organization.slug, "destination_id": destination.pk}
             )
             result["warning"] = (
-                "It receives nothing until a source is linked to it. No command links a source to an existing "
+                f"{RECEIVES_NOTHING_WITHOUT_SOURCE} No command links a source to an existing "
                 f"destination: link one on the dashboard's destination edit page ({edit_page})."
             )
             text += "\n" + result["warning"]
