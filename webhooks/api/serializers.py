@@ -255,6 +255,7 @@ class KnownFieldsOnly(serializers.Serializer):
 
     # A name a client may well send (often one it reads back), and what to send instead.
     field_hints: dict[str, str] = {}
+    refusal = "not taken here (takes: {takes})"
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
@@ -263,7 +264,7 @@ class KnownFieldsOnly(serializers.Serializer):
             if unknown := [name for name in data if name not in takes]:
                 listed = ", ".join(sorted(takes)) or "nothing"
                 raise serializers.ValidationError(
-                    {name: [self.field_hints.get(name) or f"not taken here (takes: {listed})"] for name in unknown}
+                    {name: [self.field_hints.get(name) or self.refusal.format(takes=listed)] for name in unknown}
                 )
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
@@ -277,6 +278,13 @@ class NoBody(KnownFieldsOnly):
 
 class NoFilters(KnownFieldsOnly):
     """The query string of a list without filters: only ``cursor`` and ``limit``."""
+
+
+class NoQueryParameters(KnownFieldsOnly):
+    """The query string of any request but a list's GET: empty. A change's fields go in its body, and
+    ``POST /deliveries/retry?destination=3`` must not retry every dead delivery."""
+
+    refusal = "not taken here: this request takes no query parameters (a change takes its fields in a JSON body)"
 
 
 # A time whose offset's "+" a query string turned into a space: "…T10:00:00 02:00".

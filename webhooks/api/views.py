@@ -130,6 +130,16 @@ class OldestFirst(NewestFirst):
 
 
 class ApiObjectView(ApiView):
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # After the key's checks (401, 403, 429 first), as for any other refusal of the request.
+        if not self.reads_query_parameters(request):
+            serializers.NoQueryParameters(data=request.query_params).is_valid(raise_exception=True)
+
+    def reads_query_parameters(self, request) -> bool:
+        """Whether the handler reads the query string, and refuses a name it does not take, itself."""
+        return False
+
     def show(self, serializer_class, instance, status=200, **context):
         data = serializer_class(instance, context={"sees_everything": self.sees_everything, **context}).data
         return Response(data, status=status)
@@ -154,6 +164,9 @@ class ApiListView(ApiObjectView):
 
     def get_queryset(self, filters: dict):
         raise NotImplementedError
+
+    def reads_query_parameters(self, request) -> bool:
+        return request.method in ("GET", "HEAD")  # given_filters; a POST creating in the list takes none
 
     def get(self, request):
         return self.listed(request, self.given_filters(request))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from datetime import datetime, timedelta
@@ -80,9 +81,25 @@ def control(field):
     """A field's control; that of the first field the form refused takes the focus as the page
     loads (autofocus), so that the keyboard and a screen reader start at the first thing to correct."""
     refused = fields_with_errors(field.form)
-    if refused and refused[0].name == field.name:
-        return field.as_widget(attrs={"autofocus": True})
-    return field
+    if not refused or refused[0].name != field.name:
+        return field
+    widget = field.field.widget
+    if getattr(widget, "option_inherits_attrs", False):
+        # A radio group or a checkbox list gives its attributes to every option: only the first
+        # takes the focus (a page has one control with autofocus).
+        widget = copy.copy(widget)
+        widget.create_option = _first_option_focused(widget.create_option)
+    return field.as_widget(widget=widget, attrs={"autofocus": True})
+
+
+def _first_option_focused(create_option):
+    def create(name, value, label, selected, index, subindex=None, attrs=None):
+        option = create_option(name, value, label, selected, index, subindex=subindex, attrs=attrs)
+        if index or subindex:
+            option["attrs"].pop("autofocus", None)
+        return option
+
+    return create
 
 
 @register.filter

@@ -21,7 +21,9 @@ from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
-LOG_DIR = ROOT / "var" / "test-logs"
+# One directory per process of `make test` (pytest-xdist's worker id), so that the fault tests of
+# two processes do not append to the same files.
+LOG_DIR = ROOT / "var" / "test-logs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def free_port() -> int:

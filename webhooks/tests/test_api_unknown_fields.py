@@ -131,3 +131,26 @@ def test_a_filter_given_twice_is_refused_not_read_as_its_last_value(client, key,
     assert "once" in _refused(response, "status")
     response = client.get("/api/v1/events?event_type=invoice.*,customer.*", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert response.status_code == 200  # several patterns: comma-separated
+
+
+def test_a_query_parameter_of_a_request_that_takes_none_is_refused_not_ignored(client, key, world):
+    # The bulk retry's filters in the query string, as the delivery list takes them: ignored, they
+    # retried every dead delivery of the organization, both destinations'.
+    response = api_post(client, key, f"/api/v1/deliveries/retry?destination={world['billing'].pk}")
+    assert "no query parameters" in _refused(response, "destination")
+    assert not BulkRetry.objects.exists()
+    crm = world["crm"]
+    response = client.patch(
+        f"/api/v1/destinations/{crm.pk}?name=Renamed",
+        {"url": "http://127.0.0.1:9/crm2"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    _refused(response, "name")
+    assert Destination.objects.get(pk=crm.pk).url == "http://127.0.0.1:9/crm"
+    # A read of one object takes none either; a list's GET and HEAD still take their filters.
+    _refused(api_get(client, key, f"/api/v1/destinations/{crm.pk}", expand="subscriptions"), "expand")
+    assert api_get(client, key, "/api/v1/destinations", limit=1).status_code == 200
+    assert client.head("/api/v1/deliveries?status=dead", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    # A key's refusal comes first: the query string of a request without a key is not looked at.
+    assert client.get(f"/api/v1/destinations/{crm.pk}?expand=x").status_code == 401

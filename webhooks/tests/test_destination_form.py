@@ -206,3 +206,26 @@ def test_a_form_without_groups_is_shown_flat_and_focuses_its_first_refused_field
 
     assert "form-section" not in html
     assert re.search(r'<input type="text" name="name"[^>]*autofocus', html)
+
+
+def test_a_refused_list_of_options_focuses_its_first_option_only(client, organization, owner):
+    # The attributes given to a radio group or a checkbox list go to each of its options: the page
+    # must still have one control with autofocus, not one per option.
+    client.force_login(owner)
+
+    html = client.post(
+        reverse("dashboard:api_keys", args=["acme"]), {"name": "deploy", "access": "everything"}
+    ).content.decode()
+
+    assert "form-error-summary" in html
+    assert html.count("autofocus") == 1
+    assert re.search(r'<input type="radio" name="access" value="read_only"[^>]*autofocus[^>]*id="id_access_0"', html)
+
+    source = make_source(organization, name="Stripe live")
+    html = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {"name": "Billing", "url": "http://127.0.0.1:9/billing", "sources": [source.pk, source.pk + 1000]},
+    ).content.decode()
+
+    assert html.count("autofocus") == 1
+    assert re.search(r'<input type="checkbox" name="sources"[^>]*autofocus[^>]*id="id_sources_0"', html)

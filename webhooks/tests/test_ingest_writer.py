@@ -811,7 +811,7 @@ def _wait_for_a_statement(connection, text: str, timeout: float = 10.0) -> None:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
-                "AND query = %s",
+                "AND datname = current_database() AND query = %s",
                 [text],
             )
             if cursor.fetchone()[0]:
@@ -821,7 +821,8 @@ def _wait_for_a_statement(connection, text: str, timeout: float = 10.0) -> None:
 
 
 def _wait_for_a_backend_waiting_on_a_lock(connection, timeout: float = 10.0) -> None:
-    """Until another backend waits on a lock (a sleep would race a slow thread start on a busy host)."""
+    """Until another backend of this database waits on a lock (a sleep would race a slow thread start on a
+    busy host); not of another one: `make test`'s other process runs its tests on its own database."""
     deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
@@ -829,6 +830,7 @@ def _wait_for_a_backend_waiting_on_a_lock(connection, timeout: float = 10.0) -> 
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                " AND datname = current_database()"
             )
             if cursor.fetchone()[0]:
                 return
