@@ -177,9 +177,12 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
     """
     email = canonical_email(email)
     email_digest = _sha256(email)
-    if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
-        raise RateLimited
+    # The network first: a request it refuses must not count against the address. Counted the other
+    # way round, one client past its own limit went on using up any address's emails, and so kept
+    # its owner from getting one, without a single email sent to them.
     if not _within_limit("ip", client_network(ip_address), settings.SIGN_IN_REQUESTS_PER_IP):
+        raise RateLimited
+    if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
         raise RateLimited
 
     token = secrets.token_urlsafe(32)

@@ -239,6 +239,21 @@ def test_sign_in_emails_are_limited_per_ip(client, settings, db):
     assert len(mail.outbox) == 4 and mail.outbox[-1].to == ["person9@example.com"]
 
 
+def test_a_client_past_its_own_limit_does_not_use_up_another_address_s_emails(owner, settings):
+    # Counted per address before per IP, a client refused for its own address kept counting against
+    # the address it named: five such requests and its owner got no email in the window, none sent.
+    settings.SIGN_IN_REQUESTS_PER_IP = 2
+    attacker = Client(REMOTE_ADDR="203.0.113.7")
+    for n in range(2):
+        assert ask(attacker, f"throwaway{n}@example.com").status_code == 302
+    for _ in range(settings.SIGN_IN_REQUESTS_PER_EMAIL + 1):
+        assert ask(attacker, owner.email).status_code == 429
+    assert owner.email not in [address for message in mail.outbox for address in message.to]
+
+    assert ask(Client(REMOTE_ADDR="198.51.100.1"), owner.email).status_code == 302
+    assert mail.outbox[-1].to == [owner.email]
+
+
 def test_sign_in_emails_are_limited_per_ipv6_64_not_per_address_within_it(settings, db):
     # An IPv6 client holds a whole /64: another address of it is the same client.
     settings.SIGN_IN_REQUESTS_PER_IP = 3
