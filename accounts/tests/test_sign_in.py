@@ -439,3 +439,21 @@ def test_tenant_pages_are_never_stored_by_the_browser_or_a_cache(client, owner, 
     for path in ("/o/acme/", "/o/acme/events/", "/o/acme/sources/", "/o/acme/audit/", TEAM):
         cache_control = {part.strip() for part in client.get(path)["Cache-Control"].split(",")}
         assert {"no-store", "private"} <= cache_control, path
+
+
+def test_a_session_signed_in_by_link_does_not_open_the_admin_once_its_account_is_made_staff(client, owner):
+    # The passwordless sign-in refuses staff; a session it opened before the account became staff
+    # went on, and opened the admin with no password ever typed.
+    ask(client, owner.email)
+    client.get(link_path(mail.outbox[0]))
+    assert signed_in_user_id(client) == str(owner.pk)
+    owner.full_name = "Owner"
+    owner.save()
+    assert client.get(TEAM).status_code == 200  # other changes to the account leave its sessions alone
+
+    owner.is_staff = owner.is_superuser = True
+    owner.save()
+
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+    assert signed_in_user_id(client) is None
