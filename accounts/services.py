@@ -49,6 +49,7 @@ clock = time.time
 LINK_KEY = "signin:link:{}"
 CODE_KEY = "signin:code:{}"
 CODE_TRIES_KEY = "signin:code-tries:{}"
+CODE_WRONG_KEY = "signin:code-wrong:{}"  # tries at one code, by its sign-in request's id
 RATE_KEY = "signin:rate:{}:{}:{}"  # scope, subject, window number
 PASSWORD_KEY = "signin:password:{}:{}:{}"  # "address" or "network", subject, window number
 CODE_LENGTH = 6
@@ -328,6 +329,13 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     record = cache.get(code_key)
     typed = "".join(ch for ch in code if ch.isdigit())
     if not record or clock() >= record["expires_at"] or len(typed) != CODE_LENGTH:
+        return None
+    # Counted per code as well, before the comparison: the address's count starts afresh with each
+    # window, so a code sent late in one window took five wrong tries there and five more in the next.
+    if _count(CODE_WRONG_KEY.format(record["request"]), ttl=settings.SIGN_IN_CODE_TTL_SECONDS) > (
+        settings.SIGN_IN_CODE_MAX_ATTEMPTS
+    ):
+        cache.delete(code_key)
         return None
     if not hmac.compare_digest(record["mac"], _code_mac(email, typed)):
         return None
