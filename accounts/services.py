@@ -60,7 +60,12 @@ class RateLimited(Exception):
 
 
 class CodeLocked(Exception):
-    """Too many wrong codes: the code is void and a new one must be requested."""
+    """Too many wrong codes for the address: its codes are refused for ``seconds_left``, until the
+    current rate window ends, however often one tries meanwhile."""
+
+    def __init__(self, seconds_left: float):
+        super().__init__(seconds_left)
+        self.seconds_left = seconds_left
 
 
 class SignInUnavailable(Exception):
@@ -325,7 +330,8 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     tries = _count(_code_tries_key(email_digest), ttl=settings.SIGN_IN_RATE_WINDOW_SECONDS)
     if tries > settings.SIGN_IN_CODE_MAX_ATTEMPTS:
         cache.delete(code_key)
-        raise CodeLocked
+        window, now = settings.SIGN_IN_RATE_WINDOW_SECONDS, clock()
+        raise CodeLocked(seconds_left=(int(now // window) + 1) * window - now)
     record = cache.get(code_key)
     typed = "".join(ch for ch in code if ch.isdigit())
     if not record or clock() >= record["expires_at"] or len(typed) != CODE_LENGTH:

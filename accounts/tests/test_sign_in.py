@@ -197,7 +197,10 @@ def test_the_wrong_code_lock_ends_with_its_window_however_often_one_tries(client
     for _ in range(5):
         assert client.post(CODE, {"code": "000001"}).status_code == 400
     clock.now += window - 60
-    assert client.post(CODE, {"code": "000001"}).status_code == 429  # locked, and a try late in the window
+    response = client.post(CODE, {"code": "000001"})  # locked, and a try late in the window
+    assert response.status_code == 429
+    # It says when the lock ends, which trying again does not put off.
+    assert "refused for the next 1 minute." in response.content.decode()
     clock.now += 61  # the next window
     settings.SIGN_IN_REQUESTS_PER_EMAIL = 100
     ask(client, owner.email)
