@@ -67,9 +67,13 @@ class User(AbstractBaseUser, PermissionsMixin):
             yield self._session_hash_with(secret=fallback_secret)
 
     def _session_hash_with(self, *, secret: str | None) -> str:
+        # Staff status is in it too: a session signed in by link or code (a mailbox's proof) must not
+        # become an admin's session when its account is made staff, which the admin's password
+        # alone opens. Only staff hashes gain the mark, so tenants' sessions outlive this line.
+        staff = ":staff" if self.is_staff else ""
         return salted_hmac(
             "accounts.User.session_auth_hash",
-            f"{self.password}:{self.session_generation}",
+            f"{self.password}:{self.session_generation}{staff}",
             secret=secret,
             algorithm="sha256",
         ).hexdigest()

@@ -49,6 +49,7 @@ clock = time.time
 LINK_KEY = "signin:link:{}"
 CODE_KEY = "signin:code:{}"
 CODE_TRIES_KEY = "signin:code-tries:{}"
+CODE_WRONG_KEY = "signin:code-wrong:{}"  # tries at one code, by its sign-in request's id
 RATE_KEY = "signin:rate:{}:{}:{}"  # scope, subject, window number
 PASSWORD_KEY = "signin:password:{}:{}:{}"  # "address" or "network", subject, window number
 CODE_LENGTH = 6
@@ -59,7 +60,12 @@ class RateLimited(Exception):
 
 
 class CodeLocked(Exception):
-    """Too many wrong codes: the code is void and a new one must be requested."""
+    """Too many wrong codes for the address: its codes are refused for ``seconds_left``, until the
+    current rate window ends, however often one tries meanwhile."""
+
+    def __init__(self, seconds_left: float):
+        super().__init__(seconds_left)
+        self.seconds_left = seconds_left
 
 
 class SignInUnavailable(Exception):
@@ -177,9 +183,12 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
     """
     email = canonical_email(email)
     email_digest = _sha256(email)
-    if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
-        raise RateLimited
+    # The network first: a request it refuses must not count against the address. Counted the other
+    # way round, one client past its own limit went on using up any address's emails, and so kept
+    # its owner from getting one, without a single email sent to them.
     if not _within_limit("ip", client_network(ip_address), settings.SIGN_IN_REQUESTS_PER_IP):
+        raise RateLimited
+    if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
         raise RateLimited
 
     token = secrets.token_urlsafe(32)
@@ -321,10 +330,18 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     tries = _count(_code_tries_key(email_digest), ttl=settings.SIGN_IN_RATE_WINDOW_SECONDS)
     if tries > settings.SIGN_IN_CODE_MAX_ATTEMPTS:
         cache.delete(code_key)
-        raise CodeLocked
+        window, now = settings.SIGN_IN_RATE_WINDOW_SECONDS, clock()
+        raise CodeLocked(seconds_left=(int(now // window) + 1) * window - now)
     record = cache.get(code_key)
     typed = "".join(ch for ch in code if ch.isdigit())
     if not record or clock() >= record["expires_at"] or len(typed) != CODE_LENGTH:
+        return None
+    # Counted per code as well, before the comparison: the address's count starts afresh with each
+    # window, so a code sent late in one window took five wrong tries there and five more in the next.
+    if _count(CODE_WRONG_KEY.format(record["request"]), ttl=settings.SIGN_IN_CODE_TTL_SECONDS) > (
+        settings.SIGN_IN_CODE_MAX_ATTEMPTS
+    ):
+        cache.delete(code_key)
         return None
     if not hmac.compare_digest(record["mac"], _code_mac(email, typed)):
         return None

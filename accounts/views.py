@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 
 from django.conf import settings
@@ -119,13 +120,13 @@ class SignInCodeView(View):
             except SignInUnavailable:
                 form.add_error(None, UNAVAILABLE_MESSAGE)
                 return _unavailable_response(self.render_page(request, form, email, status=503))
-            except CodeLocked:
-                minutes = -(-settings.SIGN_IN_RATE_WINDOW_SECONDS // 60)
+            except CodeLocked as locked:
+                # The lock ends with its window whatever is tried meanwhile: say when, rounded up.
+                minutes = max(1, math.ceil(locked.seconds_left / 60))
                 form.add_error(
                     None,
-                    f"Too many wrong codes: codes for this address are refused until {minutes} minutes "
-                    "pass without another try. "
-                    "The sign-in link in your newest email still works.",
+                    f"Too many wrong codes: codes for this address are refused for the next {minutes} "
+                    f"minute{'s' if minutes != 1 else ''}. The sign-in link in your newest email still works.",
                 )
                 status = 429
             else:
