@@ -458,6 +458,11 @@ DISPATCHER_LINGER_SECONDS = env.float("DISPATCHER_LINGER_SECONDS", default=0.5)
 PROCESSING_LINGER_SECONDS = env.float("PROCESSING_LINGER_SECONDS", default=0.5)
 LINGER_POLL_SECONDS = env.float("LINGER_POLL_SECONDS", default=0.01)
 PROCESSING_MAX_SECONDS = env.float("PROCESSING_MAX_SECONDS", default=50.0)  # then a fresh task continues
+# Bytes of bodies that payload filters may read in one processing batch (the batch every tenant's
+# events share); the events past it wait for the next batch. At least one event a batch, whatever its size.
+PROCESSING_BATCH_BODY_BYTES = env.int("PROCESSING_BATCH_BODY_BYTES", default=16 * 1024 * 1024)
+if PROCESSING_BATCH_BODY_BYTES < 1:
+    raise ImproperlyConfigured("PROCESSING_BATCH_BODY_BYTES must be 1 or more")
 # An ingest process that saw the processing flag set trusts it this long without asking Redis
 # again; a processing task waits as long between clearing its flag and its last look
 # (services.scheduling). Not an environment setting: both sides must agree on it.

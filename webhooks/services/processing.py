@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Length
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -182,45 +183,54 @@ PROCESSING_ERROR_CHARS = 300
 _CLAIMED_FIELDS = ("id", "organization_id", "source_id", "event_type", "received_at", "processing_failures")
 
 
-def process_event_batch(batch_size: int = EVENT_BATCH_SIZE) -> int:
+def process_event_batch(batch_size: int = EVENT_BATCH_SIZE, body_budget: int | None = None) -> int:
     """Claim up to ``batch_size`` received events, create their deliveries, mark them processed.
 
     One transaction: a worker that dies half-way leaves the events received, and SKIP LOCKED
     lets several workers take different batches. The batch is shared by every tenant, so one
     event must not stop it: if the batch fails, each event is processed alone (a savepoint
     each), and one that still fails is set aside (see _set_aside) while the others go on.
-    Returns how many events were claimed, processed or set aside.
+    Nor must one tenant's large bodies make it slow: the bodies that payload filters read come to
+    at most ``body_budget`` bytes (PROCESSING_BATCH_BODY_BYTES), see _fan_out; the events past it
+    stay received, in their place at the head of the queue, for the next batch.
+    Returns how many events were processed or set aside.
     """
+    body_budget = settings.PROCESSING_BATCH_BODY_BYTES if body_budget is None else body_budget
     now = timezone.now()
     with transaction.atomic():
-        waiting = WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True).filter(
-            status=WebhookEvent.Status.RECEIVED
+        waiting = (
+            WebhookEvent.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=WebhookEvent.Status.RECEIVED)
+            .only(*_CLAIMED_FIELDS)
+            # The size PostgreSQL keeps beside a stored body: read without reading the body.
+            .annotate(body_bytes=Length("body"))
         )
         # Set-aside events whose time came, in a group of their own, so that those still failing
         # cost the fresh ones nothing; at most half a batch, so that many coming due together
         # (a fix deployed after a bug set aside thousands) never hold up what keeps arriving.
         due_again = list(
-            waiting.filter(processing_retry_at__lte=now)
-            .order_by("processing_retry_at")
-            .only(*_CLAIMED_FIELDS)[: max(batch_size // 2, 1)]
+            waiting.filter(processing_retry_at__lte=now).order_by("processing_retry_at")[: max(batch_size // 2, 1)]
         )
         fresh = list(
-            waiting.filter(processing_retry_at__isnull=True)
-            .order_by("received_at")
-            .only(*_CLAIMED_FIELDS)[: batch_size - len(due_again)]
+            waiting.filter(processing_retry_at__isnull=True).order_by("received_at")[: batch_size - len(due_again)]
         )
-        for group in (fresh, due_again):
-            _fan_out_or_set_aside(group, now)
-    return len(fresh) + len(due_again)
+        # While set-aside events are due too, the fresh ones read at most half the budget: a stream
+        # of large bodies must not keep the retries waiting.
+        handled, read = _fan_out_or_set_aside(fresh, now, body_budget - body_budget // 2 if due_again else body_budget)
+        handled_again, _ = _fan_out_or_set_aside(due_again, now, body_budget - read)
+    return handled + handled_again
 
 
-def _fan_out_or_set_aside(events: list[WebhookEvent], now) -> None:
-    """Fan ``events`` out together; if that fails, each alone, setting aside those that still fail."""
+def _fan_out_or_set_aside(events: list[WebhookEvent], now, body_budget: int) -> tuple[int, int]:
+    """Fan ``events`` out together; if that fails, each alone, setting aside those that still fail.
+    Returns how many were processed or set aside (the first of them, see _fan_out) and the bytes of
+    bodies read."""
+    if not events:
+        return 0, 0
     if len(events) > 1:
         try:
             with transaction.atomic():
-                _fan_out(events, now)
-            return
+                return _fan_out(events, now, body_budget=body_budget)
         except Exception as exc:
             _reraise_unless_the_events_may_be_at_fault(exc)
             logger.warning(
@@ -228,17 +238,28 @@ def _fan_out_or_set_aside(events: list[WebhookEvent], now) -> None:
                 len(events),
                 type(exc).__name__,
             )
+    handled = read = 0
     for event in events:
         try:
             with transaction.atomic():
-                _fan_out([event], now)
+                done, event_read = _fan_out([event], now, body_budget=body_budget - read, at_least_one=not handled)
         except Exception as exc:
             _reraise_unless_the_events_may_be_at_fault(exc)
             _set_aside(event, exc, now)
+            # Counted as read (it may have been): failing events must not read past the budget either.
+            done, event_read = 1, event.body_bytes
+        if not done:
+            break  # past the budget: this event and the ones after it are left for the next batch
+        handled += 1
+        read += event_read
+    return handled, read
 
 
-def _fan_out(events: list[WebhookEvent], now) -> None:
-    """Create the events' deliveries, mark them processed and count them (inside the caller's transaction)."""
+def _fan_out(events: list[WebhookEvent], now, *, body_budget: int, at_least_one: bool = True) -> tuple[int, int]:
+    """Create the deliveries of the first of ``events`` whose bodies, read for payload filters, come to
+    at most ``body_budget`` bytes (the first event whatever its size, when ``at_least_one``), mark
+    them processed and count them (inside the caller's transaction). Returns how many and the bytes
+    of bodies read; the events after them are left as they were, received."""
     subscriptions_by_source: dict[int, list[Subscription]] = {}
     # A source being deleted gives its events no new deliveries: they are about to go. The
     # destination's payload filters come along in the same query (its row is joined already).
@@ -248,18 +269,28 @@ def _fan_out(events: list[WebhookEvent], now) -> None:
         source__deletion_requested_at__isnull=True,
     ).annotate(payload_filters=F("destination__payload_filters")):
         subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
-    # Skip destinations deleted since, and keep the rest from being deleted until this commits.
-    existing = lock_destinations_against_deletion(
-        subscription.destination_id for found in subscriptions_by_source.values() for subscription in found
-    )
-    taken = [
+    candidates = [
         (event, subscription)
         for event in events
         for subscription in subscriptions_by_source.get(event.source_id, ())
-        if subscription.destination_id in existing and subscription.matches(event.event_type)
+        if subscription.matches(event.event_type)
     ]
     # Payload filters read the body: only of the events that a destination with payload filters
     # takes by type (none at all in the common case), each read and parsed once.
+    to_read = {event.id for event, subscription in candidates if subscription.payload_filters}
+    events, read = _within_body_budget(events, to_read, body_budget, at_least_one)
+    if not events:
+        return 0, 0
+    kept = {event.id for event in events}
+    # Skip destinations deleted since, and keep the rest from being deleted until this commits.
+    existing = lock_destinations_against_deletion(
+        subscription.destination_id for event, subscription in candidates if event.id in kept
+    )
+    taken = [
+        (event, subscription)
+        for event, subscription in candidates
+        if event.id in kept and subscription.destination_id in existing
+    ]
     with_payload_filters = [
         (event.id, subscription.destination_id, subscription.payload_filters)
         for event, subscription in taken
@@ -278,12 +309,29 @@ def _fan_out(events: list[WebhookEvent], now) -> None:
     ]
     # ignore_conflicts: a redelivered task never creates a second delivery.
     Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
-    WebhookEvent.objects.filter(id__in=[event.id for event in events]).update(
+    WebhookEvent.objects.filter(id__in=kept).update(
         status=WebhookEvent.Status.PROCESSED, processed_at=now, processing_retry_at=None
     )
     record_usage(events)
     if deliveries:
         transaction.on_commit(schedule_dispatch)
+    return len(events), read
+
+
+def _within_body_budget(
+    events: list[WebhookEvent], to_read: set, body_budget: int, at_least_one: bool
+) -> tuple[list[WebhookEvent], int]:
+    """The first of ``events`` whose bodies among ``to_read`` come to at most ``body_budget`` bytes,
+    and those bytes. A batch of a hundred 1 MiB bodies, each read and parsed for a tenant's hundred
+    destinations of ten conditions, took seconds that every tenant's events waited for; the first
+    event is taken whatever its size (when ``at_least_one``), so that every batch goes forward."""
+    read = 0
+    for position, event in enumerate(events):
+        size = event.body_bytes if event.id in to_read else 0
+        if read + size > body_budget and (position or not at_least_one):
+            return events[:position], read
+        read += size
+    return events, read
 
 
 def _reraise_unless_the_events_may_be_at_fault(exc: Exception) -> None:

@@ -283,11 +283,13 @@ def _count_parses(monkeypatch) -> list[bytes]:
 
 def _body_reads(queries) -> list[str]:
     """The statements that read events' bodies for payload filters (the usage count reads those of
-    test events, found by a header, on its own)."""
+    test events, found by a header, on its own; the claim reads only the length PostgreSQL keeps
+    beside a body, not the body)."""
+    length = 'LENGTH("webhooks_webhookevent"."body")'
     return [
         query["sql"]
         for query in queries.captured_queries
-        if '"webhooks_webhookevent"."body"' in query["sql"] and TEST_MARK_HEADER not in query["sql"]
+        if '"webhooks_webhookevent"."body"' in query["sql"].replace(length, "") and TEST_MARK_HEADER not in query["sql"]
     ]
 
 
