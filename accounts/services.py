@@ -10,6 +10,11 @@ The records carry their expiry time too, read through ``clock`` so that tests ca
 and because the embedded file cache only drops expired entries lazily. Redeeming one deletes both:
 a delete that reports the key gone is what makes a token single use when two requests race.
 
+Both records also hold the account's state when they were sent (``_account_state``: its last sign-in
+and its sign-out-everywhere count, as Django's password-reset tokens hash ``last_login``). Any sign-in
+or *sign out everywhere* changes it, which voids every link and code sent before: a sign-in by link or
+code claims it with a conditional UPDATE, so of two links sent before it only the first signs in.
+
 The answer and the work are the same for every address: the records are stored and one email is
 sent whether or not the address has an account. Only the email's content differs (a link and a
 code, or a note that there is no account here), and it is read only by the mailbox's owner.
@@ -33,6 +38,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
@@ -66,6 +72,13 @@ class CodeLocked(Exception):
     def __init__(self, seconds_left: float):
         super().__init__(seconds_left)
         self.seconds_left = seconds_left
+
+
+class SignInReplaced(Exception):
+    """A right link or code, sent before the account last signed in or signed out everywhere: void.
+
+    Raised only to whoever holds the link or typed the right code, so it tells nothing to a stranger.
+    """
 
 
 class SignInUnavailable(Exception):
@@ -191,6 +204,8 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
     if not _within_limit("email", email_digest, settings.SIGN_IN_REQUESTS_PER_EMAIL):
         raise RateLimited
 
+    account = _account(email)
+    state = _account_state(account)
     token = secrets.token_urlsafe(32)
     token_digest = _sha256(token)
     code = f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
@@ -205,6 +220,7 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
             "next": next_url,
             "browser": _sha256(browser_nonce),
             "request": request_id,
+            "account": state,
             "expires_at": now + link_ttl,
         },
         timeout=link_ttl,
@@ -223,12 +239,13 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
                 "next": next_url,
                 "request": request_id,
                 "link_key": _link_key(token_digest),
+                "account": state,
                 "expires_at": now + code_ttl,
             },
             timeout=code_ttl,
         )
 
-    audience = _audience(email)
+    audience = _audience(email, account)
     if audience == "sign_in":
         send_templated_email(
             to=email,
@@ -251,9 +268,25 @@ def sign_in_request(*, email: str, next_url: str, browser_nonce: str, ip_address
     return email
 
 
-def _audience(email: str) -> str:
-    """ "sign_in", "staff" (platform admins use their password) or "no_account"; always the same two queries."""
-    user = get_user_model().objects.filter(email=email).first()
+def _account(email: str):
+    return get_user_model().objects.filter(email=email).first()
+
+
+def _account_state(user) -> dict:
+    """What a link or code is bound to: the account's last sign-in and its sign-out-everywhere count.
+
+    An address without an account has the state of an account that never signed in, so that a link
+    sent before an invited address's account was created (by another link, say) still works until
+    that account first signs in.
+    """
+    if user is None:
+        return {"last_login": None, "session_generation": 0}
+    return {"last_login": user.last_login, "session_generation": user.session_generation}
+
+
+def _audience(email: str, user) -> str:
+    """ "sign_in", "staff" (platform admins use their password) or "no_account"; always the same two
+    queries, with the one that found ``user``."""
     invited = Invitation.objects.pending().filter(email=email).exists()
     if user is not None:
         if not user.is_active:
@@ -277,31 +310,68 @@ def _user_for_sign_in(email: str):
         return user_model.objects.get(email=email)
 
 
+def _sign_in_claim(*, email: str, state: dict, next_url: str) -> SignIn | None:
+    """Sign in with a link or code sent when the account was in ``state``, if it still is.
+
+    The conditional UPDATE of ``last_login`` is the claim: a sign-in by another link or code, or a
+    sign-out everywhere, since the email was sent leaves it matching nothing (SignInReplaced), and
+    of two such requests racing only one matches. ``login()`` then stamps ``last_login`` again.
+    """
+    user = _user_for_sign_in(email)
+    if user is None:
+        return None
+    last_login = {"last_login": state["last_login"]} if state["last_login"] else {"last_login__isnull": True}
+    now = timezone.now()
+    claimed = (
+        get_user_model()
+        .objects.filter(pk=user.pk, session_generation=state["session_generation"], **last_login)
+        .update(last_login=now)
+    )
+    if not claimed:
+        raise SignInReplaced
+    user.last_login = now
+    return SignIn(user=user, next_url=next_url)
+
+
 def _live_link(token: str) -> tuple[str, dict] | None:
     token_digest = _sha256(token)
     key = _link_key(token_digest)
     record = cache.get(key)
     if not record or not hmac.compare_digest(record["digest"], token_digest):
         return None
-    if clock() >= record["expires_at"]:
+    # A record written before links were bound to the account's state: not known to be still valid.
+    if clock() >= record["expires_at"] or "account" not in record:
         return None
     return key, record
 
 
+def _still_valid_for(email: str, state: dict) -> bool:
+    """False if the account has signed in or signed out everywhere since ``state`` was read."""
+    return _account_state(_account(email)) == state
+
+
 @_needs_the_cache
 def sign_in_link_inspect(*, token: str, browser_nonce: str | None) -> PendingLink | None:
-    """What a still-valid link is for, without using it up; None if it is unknown, used or expired."""
+    """What a still-valid link is for, without using it up; None if it is unknown, used or expired.
+
+    Raises SignInReplaced if the account signed in or signed out everywhere since it was sent.
+    """
     found = _live_link(token)
     if found is None:
         return None
     _, record = found
+    if not _still_valid_for(record["email"], record["account"]):
+        raise SignInReplaced
     same_browser = bool(browser_nonce) and hmac.compare_digest(record["browser"], _sha256(browser_nonce))
     return PendingLink(email=record["email"], next_url=record["next"], same_browser=same_browser)
 
 
 @_needs_the_cache
 def sign_in_link_redeem(*, token: str) -> SignIn | None:
-    """Use up a link: the user to sign in, or None (unknown, used, expired, or an address that cannot sign in)."""
+    """Use up a link: the user to sign in, or None (unknown, used, expired, or an address that cannot sign in).
+
+    Raises SignInReplaced if the account signed in or signed out everywhere since it was sent.
+    """
     found = _live_link(token)
     if found is None:
         return None
@@ -312,15 +382,15 @@ def sign_in_link_redeem(*, token: str) -> SignIn | None:
     code_record = cache.get(CODE_KEY.format(email_digest))
     if code_record and code_record["request"] == record["request"]:
         cache.delete(CODE_KEY.format(email_digest))
-    user = _user_for_sign_in(record["email"])
-    return SignIn(user=user, next_url=record["next"]) if user is not None else None
+    return _sign_in_claim(email=record["email"], state=record["account"], next_url=record["next"])
 
 
 @_needs_the_cache
 def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> SignIn | None:
     """Check a code typed for ``email``: the user to sign in, or None if it is wrong, used or expired.
 
-    Raises RateLimited past the per-IP limit and CodeLocked after too many wrong codes for the address.
+    Raises RateLimited past the per-IP limit and CodeLocked after too many wrong codes for the address;
+    SignInReplaced for the right code sent before the account last signed in or signed out everywhere.
     """
     email = canonical_email(email)
     email_digest = _sha256(email)
@@ -334,7 +404,7 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
         raise CodeLocked(seconds_left=(int(now // window) + 1) * window - now)
     record = cache.get(code_key)
     typed = "".join(ch for ch in code if ch.isdigit())
-    if not record or clock() >= record["expires_at"] or len(typed) != CODE_LENGTH:
+    if not record or clock() >= record["expires_at"] or "account" not in record or len(typed) != CODE_LENGTH:
         return None
     # Counted per code as well, before the comparison: the address's count starts afresh with each
     # window, so a code sent late in one window took five wrong tries there and five more in the next.
@@ -348,9 +418,9 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     if not cache.delete(code_key):
         return None  # a concurrent request used it first
     cache.delete(record["link_key"])
+    signed_in = _sign_in_claim(email=email, state=record["account"], next_url=record["next"])
     cache.delete(_code_tries_key(email_digest))
-    user = _user_for_sign_in(email)
-    return SignIn(user=user, next_url=record["next"]) if user is not None else None
+    return signed_in
 
 
 @dataclass(frozen=True)

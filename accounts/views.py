@@ -17,6 +17,7 @@ from .http import client_ip, safe_next_url
 from .services import (
     CodeLocked,
     RateLimited,
+    SignInReplaced,
     SignInUnavailable,
     sessions_revoke_all,
     sign_in_code_redeem,
@@ -33,6 +34,10 @@ SIGN_IN_BACKEND = "django.contrib.auth.backends.ModelBackend"
 # The cache (Redis) holding links, codes and rate-limit counters is down: 503, never a sign-in without limits.
 UNAVAILABLE_MESSAGE = "Sign-in is temporarily unavailable, try again in a minute."
 UNAVAILABLE_RETRY_AFTER = "60"
+# A right code sent before the account's latest sign-in or sign-out everywhere (see SignInReplaced).
+CODE_REPLACED_MESSAGE = (
+    "This code was replaced by a later sign-in or sign-out, so it no longer works. Send a new email to sign in again."
+)
 # Signing out also empties what this site left in the browser: cached pages, and the storage where
 # htmx keeps snapshots of the pages it navigated (the events list). Not its cookies: the admin's
 # known-browser cookie must outlive a sign-out.
@@ -120,6 +125,8 @@ class SignInCodeView(View):
             except SignInUnavailable:
                 form.add_error(None, UNAVAILABLE_MESSAGE)
                 return _unavailable_response(self.render_page(request, form, email, status=503))
+            except SignInReplaced:
+                form.add_error(None, CODE_REPLACED_MESSAGE)
             except CodeLocked as locked:
                 # The lock ends with its window whatever is tried meanwhile: say when, rounded up.
                 minutes = max(1, math.ceil(locked.seconds_left / 60))
@@ -144,6 +151,8 @@ class SignInLinkView(View):
             pending = sign_in_link_inspect(token=token, browser_nonce=request.session.get(SESSION_BROWSER))
         except SignInUnavailable:
             return self._temporarily_unavailable(request)
+        except SignInReplaced:
+            return self._unavailable(request, replaced=True)
         if pending is None:
             return self._unavailable(request)
         if pending.same_browser:
@@ -158,12 +167,14 @@ class SignInLinkView(View):
             result = sign_in_link_redeem(token=token)
         except SignInUnavailable:
             return self._temporarily_unavailable(request)
+        except SignInReplaced:
+            return self._unavailable(request, replaced=True)
         if result is None:
             return self._unavailable(request)
         return _complete_sign_in(request, result)
 
-    def _unavailable(self, request):
-        return render(request, "accounts/sign_in_link_unavailable.html", status=400)
+    def _unavailable(self, request, replaced=False):
+        return render(request, "accounts/sign_in_link_unavailable.html", {"replaced": replaced}, status=400)
 
     def _temporarily_unavailable(self, request):
         page = render(

@@ -393,6 +393,7 @@ def test_sign_out_page_offers_both_ways_out(client, owner):
     client.force_login(owner)
     html = client.get(reverse("accounts:sign_out")).content.decode()
     assert reverse("accounts:sign_out_everywhere") in html
+    assert "voids the sign-in links and codes already emailed" in html
 
 
 def test_the_flow_works_on_the_embedded_file_cache(client, owner, settings, tmp_path):
@@ -479,3 +480,127 @@ def test_a_session_signed_in_by_link_does_not_open_the_admin_once_its_account_is
     response = client.get(reverse("admin:index"))
     assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
     assert signed_in_user_id(client) is None
+
+
+# --- A sign-in or sign-out everywhere voids every link and code sent before it ----------------------
+
+
+def replaced_link_page(response) -> bool:
+    html = response.content.decode()
+    return (
+        response.status_code == 400
+        and "replaced by a later sign-in or sign-out" in html
+        and f'href="{SIGN_IN}"' in html  # offers a new one
+    )
+
+
+def test_a_link_sent_before_another_link_was_used_no_longer_signs_in(client, owner):
+    ask(client, owner.email)
+    ask(client, owner.email)
+    link_a, link_b = (link_path(message) for message in mail.outbox)
+    assert Client().post(link_b).status_code == 302  # B signs in, in another browser
+
+    # A no longer works anywhere: the browser that asked for it signs in at once without the change.
+    response = client.get(link_a)
+    assert replaced_link_page(response)
+    assert owner.email not in response.content.decode()
+    assert signed_in_user_id(client) is None
+    elsewhere = Client()
+    assert replaced_link_page(elsewhere.get(link_a))  # no "Sign in as" button to press
+    assert replaced_link_page(elsewhere.post(link_a))
+    assert signed_in_user_id(elsewhere) is None
+
+    # A link sent after that sign-in works.
+    ask(client, owner.email)
+    response = client.get(link_path(mail.outbox[-1]))
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(client) == str(owner.pk)
+
+
+def test_a_code_sent_before_a_link_was_used_no_longer_signs_in(client, owner):
+    ask(client, owner.email)  # its link, used below, does not void the code of the next email
+    ask(client, owner.email)
+    first, second = mail.outbox
+    assert Client().post(link_path(first)).status_code == 302
+
+    response = client.post(CODE, {"code": code_in(second)})
+
+    assert response.status_code == 400
+    assert "This code was replaced by a later sign-in or sign-out" in response.content.decode()
+    assert signed_in_user_id(client) is None
+    assert client.post(CODE, {"code": code_in(second)}).status_code == 400  # and stays refused
+    assert signed_in_user_id(client) is None
+
+
+def test_a_link_sent_before_a_code_was_used_no_longer_signs_in(client, owner):
+    ask(client, owner.email)
+    ask(client, owner.email)
+    first, second = mail.outbox
+    assert client.post(CODE, {"code": code_in(second)}).status_code == 302
+
+    browser = Client()
+    assert replaced_link_page(browser.post(link_path(first)))
+    assert signed_in_user_id(browser) is None
+
+
+def test_sign_out_everywhere_voids_the_links_sent_before_it(owner):
+    laptop, phone = Client(), Client()
+    laptop.force_login(owner)
+    ask(phone, owner.email)
+    earlier = mail.outbox[-1]
+
+    laptop.post(reverse("accounts:sign_out_everywhere"))
+
+    assert replaced_link_page(phone.get(link_path(earlier)))
+    assert signed_in_user_id(phone) is None
+    assert phone.post(CODE, {"code": code_in(earlier)}).status_code == 400
+    assert signed_in_user_id(phone) is None
+    ask(phone, owner.email)  # one sent after it works
+    assert phone.get(link_path(mail.outbox[-1]))["Location"] == TEAM
+    assert signed_in_user_id(phone) == str(owner.pk)
+
+
+def test_a_wrong_code_says_nothing_of_the_account_s_later_sign_ins(client, owner):
+    # Only whoever holds the right code learns that it was replaced: a guesser gets the usual answer.
+    ask(client, owner.email)
+    ask(client, owner.email)
+    first, second = mail.outbox
+    assert Client().post(link_path(first)).status_code == 302
+    wrong = "000000" if code_in(second) != "000000" else "111111"
+
+    response = client.post(CODE, {"code": wrong})
+
+    assert response.status_code == 400
+    assert "not right, or it has expired" in response.content.decode()
+    assert "replaced" not in response.content.decode()
+
+
+def test_two_links_to_an_invited_address_without_an_account_sign_in_once(client, organization, owner):
+    # Both were sent before the account existed; the first one used creates it and signs in, and
+    # from then on the other was sent before a sign-in like any other.
+    from organizations.team import invitation_create
+
+    invitation_create(organization=organization, actor=owner, email="new@acme.example", role="member")
+    mail.outbox.clear()
+    ask(client, "new@acme.example")
+    ask(client, "new@acme.example")
+    first, second = mail.outbox
+
+    browser = Client()
+    assert browser.post(link_path(second)).status_code == 302
+    assert signed_in_user_id(browser) is not None
+    assert replaced_link_page(Client().post(link_path(first)))
+
+
+def test_a_link_to_an_invited_address_works_while_its_new_account_has_not_signed_in(client, organization, owner):
+    from organizations.team import invitation_create
+
+    invitation_create(organization=organization, actor=owner, email="new@acme.example", role="member")
+    ask(client, "new@acme.example")
+    link = link_path(mail.outbox[-1])
+    # The account appears (made by a platform admin, say) but nobody has signed in to it yet.
+    created = type(owner).objects.create_user("new@acme.example")
+
+    response = client.get(link)
+
+    assert response.status_code == 302 and signed_in_user_id(client) == str(created.pk)
