@@ -169,7 +169,7 @@ def test_list_events_names_the_source_and_tells_a_replay_from_the_first_delivery
 
 
 def test_commands_explain_bad_input():
-    with pytest.raises(CommandError, match=r"^no such organization$"):
+    with pytest.raises(CommandError, match=r'^no such organization "missing"$'):
         run("create_source", "--org", "missing", "--provider", "stripe", "--name", "x", "--secret", "y")
 
 
@@ -338,8 +338,37 @@ def test_bad_values_are_explained_plainly():
     assert "[" not in str(raised.value)  # a message, not a Python list
     with pytest.raises(CommandError, match="positive integer"):
         run("list_events", "--org", "acme", "--limit", "-5")
-    with pytest.raises(CommandError, match=r"^no such delivery$"):
+    with pytest.raises(CommandError, match=r'^no such delivery "0190a8b2-0000-7000-8000-000000000000"$'):
         run("retry_delivery", "--id", "0190a8b2-0000-7000-8000-000000000000")
+
+
+SOURCE_D = ("--provider", "stripe", "--name", "x", "--secret", "whsec_x")
+ORG_TYPO = 'no such organization "acme-typo"'
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("create_source", "--org", "acme-typo", *SOURCE_D), ORG_TYPO),
+        (("create_destination", "--org", "acme-typo", "--name", "d", "--url", "http://127.0.0.1:9/"), ORG_TYPO),
+        (("list_events", "--org", "acme-typo"), ORG_TYPO),
+        (("show_event", "evt_1", "--org", "acme-typo"), ORG_TYPO),
+        (("show_event", "evt_1", "--org", "acme", "--source", "987654"), 'no such source "987654"'),
+        (("create_api_key", "--org", "acme-typo", "--name", "deploy"), ORG_TYPO),
+        (("send_test_webhook", "--source", "987654"), 'no such source "987654"'),
+        (
+            ("retry_delivery", "--id", "0190a8b2-0000-7000-8000-0000000000ff"),
+            'no such delivery "0190a8b2-0000-7000-8000-0000000000ff"',
+        ),
+    ],
+)
+def test_a_lookup_that_finds_nothing_names_the_value_given(organization, args, message):
+    # With several lookup arguments (--org and --source), "no such source" alone left the operator guessing.
+    out = io.StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command(*args, "--json", stdout=out)
+    assert str(refused.value) == message
+    assert json.loads(out.getvalue()) == {"error": message}
 
 
 def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings):

@@ -2,7 +2,7 @@ from organizations.models import Organization
 from webhooks.models import WebhookEvent
 from webhooks.selectors import EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -23,7 +23,7 @@ class Command(OperatorCommand):
         parser.add_argument("--limit", type=_positive, default=20, help="newest N events (default 20)")
 
     def run(self, **options):
-        organization = Organization.objects.get(slug=options["org"])
+        organization = find_given(Organization.objects.all(), options["org"], field="slug")
         filters = EventFilters(status=options.get("status") or "", search=options.get("search") or "")
         events = event_page(organization=organization, filters=filters, limit=options["limit"]).events
         rows = [
