@@ -52,11 +52,6 @@ def suspended_organization_for_member(*, user, slug: str) -> Organization | None
     return membership.organization if membership else None
 
 
-def organization_by_slug(slug: str) -> Organization:
-    """Operator lookup (management commands); raises Organization.DoesNotExist."""
-    return Organization.objects.get(slug=slug)
-
-
 @dataclass(frozen=True)
 class QuotaUsage:
     """Events accepted this month against the organization's monthly quota (a notice only: nothing is refused)."""

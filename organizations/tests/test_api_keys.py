@@ -123,4 +123,4 @@ def test_create_api_key_command_fails_in_json_for_an_unknown_organization(db):
     out = io.StringIO()
     with pytest.raises(CommandError):
         call_command("create_api_key", "--org", "nope", "--name", "x", "--json", stdout=out)
-    assert "error" in json.loads(out.getvalue())
+    assert json.loads(out.getvalue()) == {"error": 'no such organization "nope"'}

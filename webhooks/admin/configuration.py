@@ -41,7 +41,7 @@ from webhooks.forms import (
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
-from webhooks.services.delivery import delivery_hold
+from webhooks.services.delivery import DESTINATION_SENDING, delivery_hold
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,
@@ -582,13 +582,21 @@ class DestinationStateFilter(admin.SimpleListFilter):
     parameter_name = "state"
 
     def lookups(self, request, model_admin):
-        return (("paused", "Paused"), ("sending", "Sending"), ("inactive", "Inactive"))
+        return (
+            ("paused", "Paused"),
+            ("sending", "Sending"),
+            ("organization_suspended", "Not sending: organization suspended"),
+            ("inactive", "Inactive"),
+        )
 
     def queryset(self, request, queryset):
+        # As the destination's page says its state: a suspended organization's destination is not sending.
         if self.value() == "paused":
             return queryset.filter(paused_at__isnull=False)
         if self.value() == "sending":
-            return queryset.filter(paused_at__isnull=True, is_active=True)
+            return queryset.filter(DESTINATION_SENDING)
+        if self.value() == "organization_suspended":
+            return queryset.filter(is_active=True, paused_at__isnull=True, organization__is_active=False)
         if self.value() == "inactive":
             return queryset.filter(is_active=False)
         return queryset

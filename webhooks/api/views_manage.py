@@ -198,13 +198,7 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
             raise Conflict(
                 "a source it names was deleted, or the destination changed, meanwhile: read them again"
             ) from None
-        # As create_destination warns: nothing is delivered to a destination without a source.
-        warnings = []
-        if not data["sources"]:
-            warnings.append(
-                f"{RECEIVES_NOTHING_WITHOUT_SOURCE} Link one with PATCH /api/v1/destinations/{destination.pk}"
-                ' and {"sources": [<source id>]}.'
-            )
+        warnings = _destination_warnings(destination, sources=data["sources"])
         response = self.show_destination(destination.pk, status=201, secret=secret, warnings=warnings)
         response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
         return response
@@ -256,12 +250,24 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
             if not destinations_for_organization(organization=self.organization).filter(pk=destination.pk).exists():
                 raise exceptions.NotFound("not found") from None
             raise
-        return self.show_destination(destination.pk)
+        # Also when the PATCH did not touch the sources: the answer says the state it leaves.
+        return self.show_destination(destination.pk, warnings=_destination_warnings(destination, sources=sources))
 
     def delete(self, request, destination_id: str):
         # The dashboard's service: in-flight deliveries are locked out before the rows go.
         destination_delete(destination=self.destination(destination_id), actor=self.api_key)
         return Response(status=204)
+
+
+def _destination_warnings(destination, *, sources) -> list[str]:
+    """What a create or a change answers in `warnings`: as create_destination warns, nothing is
+    delivered to a destination without a source."""
+    if sources:
+        return []
+    return [
+        f"{RECEIVES_NOTHING_WITHOUT_SOURCE} Link one with PATCH /api/v1/destinations/{destination.pk}"
+        ' and {"sources": [<source id>]}.'
+    ]
 
 
 class DestinationRotateSecretView(DestinationShowMixin):

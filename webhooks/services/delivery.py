@@ -25,7 +25,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import Error as DatabaseOrConnectionError
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Subquery, When
+from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Q, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -523,7 +523,7 @@ def _waiting_longest_by_probes(now, *, exclude: list[int], count: int) -> list[i
     # Destinations with nothing due sort last and are dropped here: a filter on the annotation
     # would make the database probe twice.
     ranked = (
-        Destination.objects.filter(is_active=True, paused_at__isnull=True, organization__is_active=True)
+        Destination.objects.filter(DESTINATION_SENDING)
         .exclude(pk__in=exclude)
         .annotate(oldest_due=Subquery(oldest_due))
         .order_by(F("oldest_due").asc(nulls_last=True), "pk")
@@ -1311,6 +1311,11 @@ def dispatch_due_deliveries(
 class DeliveryRetryError(ValueError):
     """The delivery cannot be retried by hand (message is safe to show)."""
 
+
+# The destinations the dispatcher sends to: active, not paused, and of an active organization (a
+# suspended one, or one being deleted, is inactive). What else holds an active destination's
+# deliveries is delivery_hold's to say; the admin's "Sending" filter is this rule too.
+DESTINATION_SENDING = Q(is_active=True, paused_at__isnull=True, organization__is_active=True)
 
 # Why an active destination is sent nothing for now while its deliveries wait, as the dispatcher
 # decides (_lock_destinations): a code for scripts, and the sentence that says it.

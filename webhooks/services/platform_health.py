@@ -30,6 +30,7 @@ from django.db.models import Min, OuterRef, Subquery
 from django.utils import timezone
 
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.services.delivery import DESTINATION_SENDING
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _events_set_aside(now) -> Backlog:
 
 def _sending_destinations():
     # As the dispatcher chooses them: a paused or turned-off destination's deliveries wait on purpose.
-    return Destination.objects.filter(is_active=True, paused_at__isnull=True, organization__is_active=True)
+    return Destination.objects.filter(DESTINATION_SENDING)
 
 
 def _deliveries_due(now) -> Backlog:

@@ -454,6 +454,26 @@ def test_a_destination_created_without_a_source_says_it_receives_nothing(client,
     assert with_source.status_code == 201 and with_source.json()["warnings"] == []
 
 
+def test_a_patch_that_leaves_no_source_says_it_receives_nothing(client, organization, key):
+    # As its creation does: a PATCH that unlinks the last source answers the same warning.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x", sources=[source])
+    path = f"/api/v1/destinations/{destination.pk}"
+    receives_nothing = [
+        "It receives nothing until a source is linked to it. Link one with "
+        f'PATCH /api/v1/destinations/{destination.pk} and {{"sources": [<source id>]}}.'
+    ]
+
+    renamed = api_patch(client, key, path, {"name": "renamed"})
+    assert renamed.status_code == 200 and renamed.json()["warnings"] == []
+    unlinked = api_patch(client, key, path, {"sources": []})
+    assert unlinked.status_code == 200 and unlinked.json()["subscriptions"] == []
+    assert unlinked.json()["warnings"] == receives_nothing
+    # Said again by a change that leaves it without a source, until one is linked.
+    assert api_patch(client, key, path, {"timeout_seconds": 20}).json()["warnings"] == receives_nothing
+    assert api_patch(client, key, path, {"sources": [source.pk]}).json()["warnings"] == []
+
+
 def test_reads_say_until_when_the_previous_secret_still_signs(client, organization, key, monkeypatch):
     # So that a script knows before rotating that it would be a 409 (or needs stop_previous).
     rotated, _ = make_destination(organization, "http://127.0.0.1:9/rotated")

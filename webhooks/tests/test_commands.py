@@ -169,7 +169,7 @@ def test_list_events_names_the_source_and_tells_a_replay_from_the_first_delivery
 
 
 def test_commands_explain_bad_input():
-    with pytest.raises(CommandError, match=r"^no such organization$"):
+    with pytest.raises(CommandError, match=r'^no such organization "missing"$'):
         run("create_source", "--org", "missing", "--provider", "stripe", "--name", "x", "--secret", "y")
 
 
@@ -336,10 +336,59 @@ def test_bad_values_are_explained_plainly():
     with pytest.raises(CommandError) as raised:
         run("retry_delivery", "--id", "not-a-uuid")
     assert "[" not in str(raised.value)  # a message, not a Python list
-    with pytest.raises(CommandError, match="positive integer"):
-        run("list_events", "--org", "acme", "--limit", "-5")
-    with pytest.raises(CommandError, match=r"^no such delivery$"):
+    with pytest.raises(CommandError, match=r'^no such delivery "0190a8b2-0000-7000-8000-000000000000"$'):
         run("retry_delivery", "--id", "0190a8b2-0000-7000-8000-000000000000")
+
+
+@pytest.mark.parametrize("limit", ["-5", "0", "1001", "5000", "many"])
+def test_list_events_limit_is_bounded(organization, limit):
+    # Every event is listed with all its deliveries: --limit 1000000 would load an organization at once.
+    with pytest.raises(
+        CommandError, match=rf"^Error: argument --limit: must be a whole number from 1 to 1000, not '{limit}'$"
+    ):
+        run("list_events", "--org", organization.slug, "--limit", limit)
+
+
+def test_list_events_limit_takes_its_bounds(client, organization, monkeypatch):
+    from webhooks.services import processing
+
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization)
+    for number in range(2):
+        ingest_stripe(client, source, f"evt_{number}")
+    assert [
+        e["provider_event_id"] for e in run("list_events", "--org", organization.slug, "--limit", "1")["events"]
+    ] == ["evt_1"]
+    assert len(run("list_events", "--org", organization.slug, "--limit", "1000")["events"]) == 2
+
+
+SOURCE_D = ("--provider", "stripe", "--name", "x", "--secret", "whsec_x")
+ORG_TYPO = 'no such organization "acme-typo"'
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("create_source", "--org", "acme-typo", *SOURCE_D), ORG_TYPO),
+        (("create_destination", "--org", "acme-typo", "--name", "d", "--url", "http://127.0.0.1:9/"), ORG_TYPO),
+        (("list_events", "--org", "acme-typo"), ORG_TYPO),
+        (("show_event", "evt_1", "--org", "acme-typo"), ORG_TYPO),
+        (("show_event", "evt_1", "--org", "acme", "--source", "987654"), 'no such source "987654"'),
+        (("create_api_key", "--org", "acme-typo", "--name", "deploy"), ORG_TYPO),
+        (("send_test_webhook", "--source", "987654"), 'no such source "987654"'),
+        (
+            ("retry_delivery", "--id", "0190a8b2-0000-7000-8000-0000000000ff"),
+            'no such delivery "0190a8b2-0000-7000-8000-0000000000ff"',
+        ),
+    ],
+)
+def test_a_lookup_that_finds_nothing_names_the_value_given(organization, args, message):
+    # With several lookup arguments (--org and --source), "no such source" alone left the operator guessing.
+    out = io.StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command(*args, "--json", stdout=out)
+    assert str(refused.value) == message
+    assert json.loads(out.getvalue()) == {"error": message}
 
 
 def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings):

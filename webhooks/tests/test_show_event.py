@@ -173,7 +173,7 @@ def test_a_provider_id_in_several_organizations_names_each_one_newest_first(
     assert show("evt_shared", "--org", "globex", "--source", str(globex_source.pk))["events"][0]["source"]["id"] == (
         globex_source.pk
     )
-    with pytest.raises(CommandError, match=r"^no such source$"):
+    with pytest.raises(CommandError, match=rf'^no such source "{globex_source.pk}"$'):
         show("evt_shared", "--org", "acme", "--source", str(globex_source.pk))
 
     # Capped: the newest are told, and the output says more matched.
@@ -189,7 +189,7 @@ def test_a_provider_id_in_several_organizations_names_each_one_newest_first(
         (["evt_nowhere"], r"^no event has the id 'evt_nowhere'$"),
         (["evt_nowhere", "--org", "acme"], r"^no event in organization acme has the id 'evt_nowhere'$"),
         (["0190a8b2-0000-7000-8000-000000000000"], r"^no event has the id '0190a8b2-0000-7000-8000-000000000000'$"),
-        (["evt_nowhere", "--org", "missing"], r"^no such organization$"),
+        (["evt_nowhere", "--org", "missing"], r'^no such organization "missing"$'),
         (["evt_nowhere", "--source", "1"], r"^--source needs --org$"),
         ([" "], r"^give an event id, a delivery id or a provider event id$"),
     ],

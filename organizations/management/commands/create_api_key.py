@@ -1,7 +1,6 @@
 from organizations.api_keys import api_key_create
-from organizations.models import ApiKey
-from organizations.selectors import organization_by_slug
-from webhooks.management.commands._base import OperatorCommand
+from organizations.models import ApiKey, Organization
+from webhooks.management.commands._base import OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -13,7 +12,7 @@ class Command(OperatorCommand):
         parser.add_argument("--read-only", action="store_true", help="the key may only read")
 
     def run(self, **options):
-        organization = organization_by_slug(options["org"])
+        organization = find_given(Organization.objects.all(), options["org"], field="slug")
         access = ApiKey.Access.READ_ONLY if options["read_only"] else ApiKey.Access.READ_WRITE
         api_key, key = api_key_create(organization=organization, name=options["name"], access=access)
         text = f"Created API key {api_key.pk} ({api_key.get_access_display().lower()}) for {organization.slug}\nKey (shown once): {key}"

@@ -32,7 +32,7 @@ class OperatorCommand(BaseCommand):
             with audit_system_actor(command_actor_label(self.__module__.rsplit(".", 1)[-1])):
                 result, text = self.run(**options)
         except ObjectDoesNotExist as exc:
-            # "Delivery matching query does not exist." → "no such delivery"
+            # A lookup not made with find_given (one inside a service): "no such delivery" at least.
             self._fail(options, f"no such {_model_name(exc)}")
         except ValidationError as exc:
             self._fail(options, "; ".join(exc.messages))
@@ -173,6 +173,19 @@ def _ask_without_echo(flag: str, *, several_lines: bool) -> str:
     except EOFError:  # Ctrl-D: what was typed so far
         pass
     return "\n".join(lines)
+
+
+class NoSuchObject(LookupError):
+    """A lookup argument (an organization's slug, a source's or a delivery's id) that names nothing."""
+
+
+def find_given(queryset, given, *, field: str = "pk"):
+    """The object of ``queryset`` whose ``field`` is ``given``, or NoSuchObject naming the value given
+    (`no such organization "acme-typo"`): with several lookup arguments, the operator sees which one."""
+    try:
+        return queryset.get(**{field: given})
+    except queryset.model.DoesNotExist:
+        raise NoSuchObject(f'no such {queryset.model._meta.verbose_name} "{given}"') from None
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:

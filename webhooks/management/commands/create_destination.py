@@ -15,7 +15,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.payload_filters import PayloadFilterError, parse_payload_filter_line, payload_filter_line
 
-from ._base import OperatorCommand, add_secret_arguments, read_secret_input, shown_path
+from ._base import OperatorCommand, add_secret_arguments, find_given, read_secret_input, shown_path
 
 POLICY_FIELDS = ("timeout_seconds", "retry_client_errors", *DELIVERY_POLICY_FIELDS)
 
@@ -68,7 +68,7 @@ class Command(OperatorCommand):
     def run(self, **options):
         headers = self._headers(options)
         payload_filters = self._payload_filters(options["payload_filter"])
-        organization = Organization.objects.get(slug=options["org"])
+        organization = find_given(Organization.objects.all(), options["org"], field="slug")
         sources = list(sources_for_organization(organization=organization).filter(pk__in=options["source"]))
         missing = set(options["source"]) - {source.pk for source in sources}
         if missing:

@@ -2,7 +2,7 @@ from organizations.models import Organization
 from webhooks.providers.registry import PROVIDERS
 from webhooks.services.sources import SecretRequired, SourceNetworksError, ingest_url, source_create
 
-from ._base import OperatorCommand, add_secret_arguments, parse_options
+from ._base import OperatorCommand, add_secret_arguments, find_given, parse_options
 
 
 class Command(OperatorCommand):
@@ -29,7 +29,7 @@ class Command(OperatorCommand):
 
     def run(self, **options):
         secret = self.secret_from_options(options, "secret")
-        organization = Organization.objects.get(slug=options["org"])
+        organization = find_given(Organization.objects.all(), options["org"], field="slug")
         try:
             source, generated = source_create(
                 organization=organization,

@@ -1,8 +1,13 @@
+import argparse
+
 from organizations.models import Organization
 from webhooks.models import WebhookEvent
 from webhooks.selectors import EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, find_given
+
+# Each event comes with all its deliveries: an unbounded --limit could load a whole organization at once.
+MAX_LIMIT = 1000
 
 
 class Command(OperatorCommand):
@@ -20,10 +25,12 @@ class Command(OperatorCommand):
             metavar="ID",
             help="an exact id: the provider's (also one a rejected request claims), Hookline's, or a webhook-id",
         )
-        parser.add_argument("--limit", type=_positive, default=20, help="newest N events (default 20)")
+        parser.add_argument(
+            "--limit", type=_limit, default=20, metavar="N", help=f"newest N events, 1 to {MAX_LIMIT} (default 20)"
+        )
 
     def run(self, **options):
-        organization = Organization.objects.get(slug=options["org"])
+        organization = find_given(Organization.objects.all(), options["org"], field="slug")
         filters = EventFilters(status=options.get("status") or "", search=options.get("search") or "")
         events = event_page(organization=organization, filters=filters, limit=options["limit"]).events
         rows = [
@@ -89,11 +96,12 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
+def _limit(value: str) -> int:
+    # argparse's usage error (exit status 2): "argument --limit: must be a whole number from 1 to 1000, not '5000'".
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not 1 <= number <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT}, not '{value}'")
     return number
-
-
-_positive.__name__ = "positive integer"  # argparse names the type: "invalid positive integer value: '-5'"

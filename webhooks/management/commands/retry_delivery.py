@@ -1,7 +1,7 @@
 from webhooks.models import Delivery
 from webhooks.services.delivery import DELIVERY_HOLDS, delivery_hold, delivery_retry
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -11,7 +11,7 @@ class Command(OperatorCommand):
         parser.add_argument("--id", required=True, help="delivery id")
 
     def run(self, **options):
-        delivery = Delivery.objects.select_related("destination__organization").get(pk=options["id"])
+        delivery = find_given(Delivery.objects.select_related("destination__organization"), options["id"])
         delivery = delivery_retry(delivery=delivery)
         # delivery_retry refuses an inactive destination; a paused one, or a suspended organization's, waits.
         waiting_for = delivery_hold(destination=delivery.destination)

@@ -3,7 +3,7 @@ from django.core.management.base import CommandError
 from webhooks.models import Source
 from webhooks.services.sample_sender import send_test_webhook
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -18,7 +18,7 @@ class Command(OperatorCommand):
         )
 
     def run(self, **options):
-        source = Source.objects.get(pk=options["source"])
+        source = find_given(Source.objects.all(), options["source"])
         response = send_test_webhook(
             source=source, fixture=options.get("fixture"), url=options.get("url"), fresh_id=options["fresh_id"]
         )

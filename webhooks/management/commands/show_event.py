@@ -4,7 +4,7 @@ from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
 from webhooks.services.event_story import event_stories
 
-from ._base import OperatorCommand
+from ._base import OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -22,12 +22,12 @@ class Command(OperatorCommand):
     def run(self, **options):
         organization = source = None
         if options.get("org"):
-            organization = Organization.objects.get(slug=options["org"])
+            organization = find_given(Organization.objects.all(), options["org"], field="slug")
         if options.get("source") is not None:
             if organization is None:
                 raise ValueError("--source needs --org")
-            source = sources_for_organization(organization=organization, with_being_deleted=True).get(
-                pk=options["source"]
+            source = find_given(
+                sources_for_organization(organization=organization, with_being_deleted=True), options["source"]
             )
         found = event_stories(text=options["id"], organization=organization, source=source, with_body=options["body"])
         result = {"events": found.stories, "truncated": found.truncated}
