@@ -62,6 +62,18 @@ if env.bool("TRUST_X_FORWARDED_PROTO", default=not EMBEDDED):
 SERVED_OVER_HTTPS = PUBLIC_BASE_URL.startswith("https://")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if SERVED_OVER_HTTPS else 0)
+# Pages (dashboard, sign-in, admin) load only Hookline's own files: no inline script or style,
+# no plugins, no <base>, forms post only here, no framing (X-Frame-Options says the same to older
+# browsers). Responses that are not HTML get "default-src 'none'" (config/content_security_policy.py).
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 INSTALLED_APPS = [
     # Django's admin with Hookline's site (branding and the operations overview on the index).
@@ -83,6 +95,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "webhooks.views.health.probes_from_any_host",
     "django.middleware.security.SecurityMiddleware",
+    "config.content_security_policy.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -20,6 +20,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView, exception_handler
 
 from accounts.http import client_ip
+from config.content_security_policy import allow_own_style_blocks
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
@@ -192,7 +193,8 @@ def server_error(request, *args, **kwargs):
     """The site's 500 (config.urls.handler500): JSON under /api/, the HTML page everywhere else."""
     if request.path.startswith(API_PATH_PREFIX):
         return JsonResponse({"error": "server_error", "detail": "something went wrong on our side"}, status=500)
-    return defaults.server_error(request)
+    # The page stands alone (no static files): its own <style> is allowed by hash.
+    return allow_own_style_blocks(defaults.server_error(request))
 
 
 def json_not_found(request, *args, **kwargs):
