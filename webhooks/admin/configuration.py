@@ -7,7 +7,7 @@ from secrets import token_urlsafe
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import BigIntegerField, OuterRef, Subquery
+from django.db.models import BigIntegerField, OuterRef, Q, Subquery
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
@@ -586,17 +586,22 @@ class DestinationStateFilter(admin.SimpleListFilter):
             ("paused", "Paused"),
             ("sending", "Sending"),
             ("organization_suspended", "Not sending: organization suspended"),
+            ("organization_being_deleted", "Not sending: organization being deleted"),
             ("inactive", "Inactive"),
         )
 
     def queryset(self, request, queryset):
-        # As the destination's page says its state: a suspended organization's destination is not sending.
+        # Each destination under the one state its page says (change_form.html), in the page's order:
+        # inactive before paused, and an organization being deleted (inactive too) before suspended.
+        not_sending = Q(is_active=True, paused_at__isnull=True, organization__is_active=False)
         if self.value() == "paused":
-            return queryset.filter(paused_at__isnull=False)
+            return queryset.filter(is_active=True, paused_at__isnull=False)
         if self.value() == "sending":
             return queryset.filter(DESTINATION_SENDING)
         if self.value() == "organization_suspended":
-            return queryset.filter(is_active=True, paused_at__isnull=True, organization__is_active=False)
+            return queryset.filter(not_sending, organization__deletion_requested_at__isnull=True)
+        if self.value() == "organization_being_deleted":
+            return queryset.filter(not_sending, organization__deletion_requested_at__isnull=False)
         if self.value() == "inactive":
             return queryset.filter(is_active=False)
         return queryset

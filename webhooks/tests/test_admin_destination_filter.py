@@ -62,3 +62,48 @@ def test_the_state_filter_reads_no_row_more_for_more_destinations(admin, organiz
         make_destination(organization, test_admin.RECEIVER)
         make_destination(other_organization, test_admin.RECEIVER)
     assert {state: queries(state) for state in few} == few
+
+
+def page_state(admin, destination: Destination) -> str:
+    """The state the destination's page says, in the words of the list's filter."""
+    page = admin.get(reverse("admin:webhooks_destination_change", args=[destination.pk])).content.decode()
+    state = page.split('id="destination-state"', 1)[1].split("</p>", 1)[0]
+    for words, value in (
+        ('<strong class="hookline-bad">Inactive</strong>', "inactive"),
+        ('<strong class="hookline-bad">Paused</strong>', "paused"),
+        ("its organization is being deleted", "organization_being_deleted"),
+        ("its organization is suspended", "organization_suspended"),
+        ("<strong>Sending</strong>", "sending"),
+    ):
+        if words in state:
+            return value
+    raise AssertionError(state)
+
+
+def test_each_destination_is_listed_under_the_one_state_its_page_says(admin, organization, other_organization):
+    # An inactive destination that is also paused says "Inactive" on its page, and a destination of an
+    # organization being deleted (inactive too) says so, not "suspended": the filter lists them there only.
+    from organizations.services import organization_create
+
+    doomed_organization = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    destinations = {
+        "sending": make_destination(organization, test_admin.RECEIVER)[0],
+        "paused": make_destination(organization, test_admin.RECEIVER)[0],
+        "inactive": make_destination(organization, test_admin.RECEIVER)[0],
+        "inactive_and_paused": make_destination(organization, test_admin.RECEIVER)[0],
+        "suspended": make_destination(other_organization, test_admin.RECEIVER)[0],
+        "being_deleted": make_destination(doomed_organization, test_admin.RECEIVER)[0],
+    }
+    Destination.objects.filter(pk__in=[destinations["paused"].pk, destinations["inactive_and_paused"].pk]).update(
+        paused_at=timezone.now()
+    )
+    Destination.objects.filter(pk__in=[destinations["inactive"].pk, destinations["inactive_and_paused"].pk]).update(
+        is_active=False
+    )
+    Organization.objects.filter(pk=other_organization.pk).update(is_active=False)
+    Organization.objects.filter(pk=doomed_organization.pk).update(is_active=False, deletion_requested_at=timezone.now())
+
+    states = ("paused", "sending", "organization_suspended", "organization_being_deleted", "inactive")
+    listed = {state: listed_under(admin, state) for state in states}
+    for name, destination in destinations.items():
+        assert [state for state in states if destination.pk in listed[state]] == [page_state(admin, destination)], name

@@ -230,3 +230,46 @@ def test_the_500_page_is_styled_under_its_own_policy(page, live_server):
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
     flush(page)
     assert_clean(seen, pages_at_least=1)
+
+
+def test_the_admin_s_date_pickers_selectors_and_popups_work_under_the_policy(page, live_server, organization, owner):
+    # Django's own widgets, each a static script: the calendar and clock of a date and time field, the
+    # two-box selector of many-to-many fields, and the "+" popup whose answer fills in the opener's field.
+    from django.core.management import call_command
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    get_user_model().objects.create_superuser("root@hookline.example", PASSWORD)
+    call_command("install_periodic_tasks")
+    seen = watch(page)
+    page.goto(f"{live_server.url}/admin/")
+    page.fill("#id_username", "root@hookline.example")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#platform-overview")
+
+    page.goto(f"{live_server.url}/admin/accounts/user/{owner.pk}/change/")
+    page.fill("#id_last_login_0", "")
+    page.click("#calendarlink0")
+    page.locator("#calendarbox0").get_by_role("link", name="Today").click()
+    expect(page.locator("#id_last_login_0")).not_to_have_value("")
+    page.fill("#id_last_login_1", "")
+    page.click("#clocklink0")
+    page.locator("#clockbox0").get_by_role("link", name="Noon").click()
+    expect(page.locator("#id_last_login_1")).to_have_value("12:00:00")
+    page.select_option("#id_user_permissions_from", index=0)
+    page.click("#id_user_permissions_add")
+    expect(page.locator("#id_user_permissions_to option")).to_have_count(1)
+
+    task = PeriodicTask.objects.order_by("pk").first()
+    page.goto(f"{live_server.url}/admin/django_celery_beat/periodictask/{task.pk}/change/")
+    with page.expect_popup() as opened:
+        page.click("#add_id_crontab")
+    popup = opened.value
+    popup.fill("#id_minute", "5")
+    popup.fill("#id_hour", "3")
+    with popup.expect_event("close"):
+        popup.click("input[name=_save]")
+    created = CrontabSchedule.objects.get(minute="5", hour="3")
+    expect(page.locator("#id_crontab")).to_have_value(str(created.pk))
+    flush(page)
+    assert_clean(seen, pages_at_least=4)
