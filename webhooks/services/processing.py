@@ -328,7 +328,9 @@ def _within_body_budget(
     read = 0
     for position, event in enumerate(events):
         size = event.body_bytes if event.id in to_read else 0
-        if read + size > body_budget and (position or not at_least_one):
+        # Cut only at a body to read: an event whose body nothing reads costs the budget nothing,
+        # even once the first event (taken whatever its size) has gone past it.
+        if size and read + size > body_budget and (position or not at_least_one):
             return events[:position], read
         read += size
     return events, read

@@ -141,6 +141,22 @@ def test_bodies_that_no_filter_reads_do_not_count(organization, settings, parsed
     assert _processed(events) == [True] * 20
 
 
+def test_events_whose_bodies_nothing_reads_go_with_a_first_event_past_the_budget(
+    organization, other_organization, settings, parsed
+):
+    settings.PROCESSING_BATCH_BODY_BYTES = 100
+    large = make_source(organization)
+    _destination(organization, "live", [large], "data.live == 1")
+    plain = make_source(other_organization)
+    _destination(other_organization, "everything", [plain])
+    start = timezone.now() - timedelta(seconds=5)
+    first = _events(large, 1, start)
+    behind = _events(plain, 3, start + timedelta(milliseconds=1))
+    assert processing.process_event_batch() == 4
+    assert len(parsed) == 1
+    assert _processed(first + behind) == [True] * 4
+
+
 def test_another_tenants_event_behind_the_budget_is_taken_by_the_next_batch_in_its_turn(
     organization, other_organization, settings
 ):
