@@ -81,3 +81,22 @@ def test_the_event_page_follows_a_retry_and_shows_its_result_without_a_reload(
     assert "Succeeded" in page.inner_text(".delivery")
     assert "HTTP 200" in page.inner_text(".timeline")
     assert following.count() == 0  # done: no more polling
+
+
+def test_a_refused_destination_form_asks_for_the_custom_headers_again(browser, live_server, organization, owner):
+    """The custom headers box never shows its values back, so a form refused for another field (a
+    mistyped URL) came back with it empty and nothing said: corrected and saved, the destination
+    had no headers, and the receiver behind its gateway refused every delivery."""
+    page = sign_in(browser, live_server, owner, width=375, height=800)
+    page.goto(f"{live_server.url}/o/acme/destinations/new/")
+    page.get_by_label("Name").fill("Behind a gateway")
+    page.get_by_label("URL").fill("not a url")
+    page.get_by_label("Custom headers").fill("X-Api-Key: gateway-key-123")
+    page.get_by_role("button", name="Create destination").click()
+
+    summary = page.locator(".form-error-summary")
+    summary.wait_for()
+    assert summary.inner_text() == "To correct below: URL, Custom headers."
+    assert "type these headers again" in page.inner_text("#field-custom_headers_set")
+    assert page.input_value("#id_custom_headers_set") == ""
+    assert "gateway-key-123" not in page.content()
