@@ -365,6 +365,16 @@ class CustomHeadersMixin(forms.Form):
             if name in self.fields:
                 self.fields[name] = self.fields.pop(name)
 
+    # The box is write-only (its values are secrets): a refused form comes back with it empty.
+    # Said where the box is, or a corrected form would be saved without the headers typed.
+    TYPE_HEADERS_AGAIN = "type these headers again: the form was not saved, and what was typed here is not shown back"
+
+    def add_error(self, field, error):
+        super().add_error(field, error)
+        typed = self.is_bound and (self.data.get(self.add_prefix("custom_headers_set")) or "").strip()
+        if typed and field != "custom_headers_set" and "custom_headers_set" not in self.errors:
+            super().add_error("custom_headers_set", self.TYPE_HEADERS_AGAIN)
+
     def clean(self):
         cleaned = super().clean()
         changes: dict[str, str | None] = {}

@@ -462,7 +462,8 @@ def test_the_destination_form_in_sections_shows_a_refusal_where_it_is_and_saves_
 
     summary = page.locator(".form-error-summary")
     summary.wait_for()
-    assert summary.inner_text() == "To correct below: Retry schedule."
+    # The headers typed are never shown back: the summary names their box too, to type them again.
+    assert summary.inner_text() == "To correct below: Retry schedule, Custom headers."
     # The refused field is in its section, says why, and has the focus.
     policy = page.get_by_role("group", name="Delivery policy", exact=True)
     error = policy.locator("#field-retry_schedule .errorlist")
@@ -483,6 +484,7 @@ def test_the_destination_form_in_sections_shows_a_refusal_where_it_is_and_saves_
     assert page.get_by_label("Attempts at most").input_value() == "3"
     assert page.get_by_label("Stripe live").is_checked()
     assert page.get_by_label("Custom headers").input_value() == ""
+    assert "type these headers again" in page.inner_text("#field-custom_headers_set")
 
     policy.get_by_label("Retry schedule").fill("10s, 1m, 90m")
     page.get_by_label("Custom headers").fill("X-Api-Key: key-Q1w2e3r4")

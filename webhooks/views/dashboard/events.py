@@ -9,6 +9,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.generic import TemplateView
+from django_htmx.http import HttpResponseClientRefresh
 
 from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, ReplayForm
@@ -143,6 +144,9 @@ class EventDetailView(OrganizationMixin, TemplateView):
             body=body,
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
             retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
+            # While a delivery is about to change (a retry or replay just queued, an event not yet
+            # processed), the page follows it: see EventProgressView.
+            **event_progress(event),
         )
         return context
 
@@ -212,7 +216,10 @@ def event_progress(event: WebhookEvent) -> dict:
 
 
 class EventProgressView(OrganizationMixin, TemplateView):
-    """An event's delivery progress, polled by the test sender's result (htmx): 204 while unchanged."""
+    """An event's delivery progress, polled by the test sender's result (htmx): 204 while unchanged.
+
+    The event page polls it too (?follow=page) while a delivery is about to change, and is told to
+    load itself again (HX-Refresh) once one has: its deliveries, attempts and buttons are then current."""
 
     template_name = "dashboard/_event_progress.html"
 
@@ -221,4 +228,6 @@ class EventProgressView(OrganizationMixin, TemplateView):
         progress = event_progress(event)
         if request.GET.get("seen") == progress["progress_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
+        if request.GET.get("follow") == "page":
+            return HttpResponseClientRefresh()
         return self.render_to_response(self.get_context_data(**progress))

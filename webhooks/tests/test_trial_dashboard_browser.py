@@ -1,0 +1,102 @@
+"""What a new tenant ran into in the dashboard, in a real browser (Playwright + Debian's Chromium).
+
+Events are processed and deliveries sent by the test itself, so every step is deterministic.
+"""
+
+import pytest
+
+from webhooks.models import Delivery
+from webhooks.services import delivery as delivery_service
+from webhooks.services import operations, processing
+
+from .dashboard_helpers import build_world
+from .test_dashboard_browser import sign_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def work_is_driven_by_the_test(monkeypatch):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+
+
+def test_a_typed_search_is_one_request_whether_applied_by_button_or_enter(
+    browser, live_server, client, organization, owner
+):
+    """Typing in a filter box and pressing Apply (or Enter) fired the form's "change" and then its
+    "submit": two requests, so each body search ran twice and took two of the organization's few
+    body-search slots."""
+    build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    searches = []
+    page.on("request", lambda request: searches.append(request.url) if request.headers.get("hx-request") else None)
+    page.goto(f"{live_server.url}/o/acme/events/")
+
+    page.get_by_label("Body contains").fill("evt_world_1")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_selector("#body-search >> text=1 found")
+    # Both requests of one click leave in the same task: by the time one answer is shown, both were sent.
+    assert len(searches) == 1 and "body=evt_world_1" in searches[0]
+
+    searches.clear()
+    page.get_by_label("Search").fill("evt_world_1")
+    with page.expect_response(lambda response: "q=evt_world_1" in response.url):
+        page.get_by_label("Search").press("Enter")
+    assert len(searches) == 1
+
+    # A choice in a list still applies at once.
+    searches.clear()
+    with page.expect_response(lambda response: "status=failed" in response.url):
+        page.select_option("#id_status", "failed")
+    assert len(searches) == 1
+
+
+def test_the_event_page_follows_a_retry_and_shows_its_result_without_a_reload(
+    browser, live_server, client, organization, owner, httpserver
+):
+    """After "Retry now" (or a replay) the page said "queued" and stayed as it was: the result of
+    the retry showed only after a manual reload."""
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    page = sign_in(browser, live_server, owner)
+    page.clock.install()  # the page's polls come when the test moves its clock on
+    page.goto(f"{live_server.url}/o/acme/events/{world.event.pk}/")
+    following = page.get_by_text("Following the deliveries")
+    assert following.count() == 0  # a dead delivery changes no more: nothing to follow
+
+    page.get_by_role("button", name="Retry now").click()
+    page.wait_for_selector("text=Retry to endpoint queued")
+    following.wait_for()
+    # Nothing new yet: the page stays.
+    with page.expect_response(lambda response: "/progress/" in response.url and response.status == 204):
+        page.clock.run_for(2_000)
+
+    delivery_service.deliver(world.delivery.pk)
+    assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.SUCCEEDED
+    with page.expect_navigation():
+        page.clock.run_for(2_000)
+    assert "Succeeded" in page.inner_text(".delivery")
+    assert "HTTP 200" in page.inner_text(".timeline")
+    assert following.count() == 0  # done: no more polling
+
+
+def test_a_refused_destination_form_asks_for_the_custom_headers_again(browser, live_server, organization, owner):
+    """The custom headers box never shows its values back, so a form refused for another field (a
+    mistyped URL) came back with it empty and nothing said: corrected and saved, the destination
+    had no headers, and the receiver behind its gateway refused every delivery."""
+    page = sign_in(browser, live_server, owner, width=375, height=800)
+    page.goto(f"{live_server.url}/o/acme/destinations/new/")
+    page.get_by_label("Name").fill("Behind a gateway")
+    page.get_by_label("URL").fill("not a url")
+    page.get_by_label("Custom headers").fill("X-Api-Key: gateway-key-123")
+    page.get_by_role("button", name="Create destination").click()
+
+    summary = page.locator(".form-error-summary")
+    summary.wait_for()
+    assert summary.inner_text() == "To correct below: URL, Custom headers."
+    assert "type these headers again" in page.inner_text("#field-custom_headers_set")
+    assert page.input_value("#id_custom_headers_set") == ""
+    assert "gateway-key-123" not in page.content()
