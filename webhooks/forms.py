@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -301,7 +302,12 @@ class RetryScheduleField(forms.Field):
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
         super().__init__(**kwargs)
-        self.widget.attrs.update(placeholder="10s, 1m, 10m, 1h", autocomplete="off", spellcheck="false")
+        self.widget.attrs.update(autocomplete="off", spellcheck="false")
+
+    def show_platform_schedule(self) -> None:
+        """Empty means the platform's schedule: the box shows which, rather than an example to copy.
+        Called by the form for each instance, as the settings are then."""
+        self.widget.attrs["placeholder"] = f"platform's: {retry_schedule_text(settings.DELIVERY_RETRY_SCHEDULE)}"
 
     def to_python(self, value):
         if value is None or isinstance(value, list):  # the initial value: as stored
@@ -608,6 +614,7 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
         most = max(max_attempts_allowed(), Destination.MAX_RETRY_SCHEDULE_STEPS + 1)
         self.fields["max_attempts"].widget.attrs.update(min=1, max=most)
         self.setup_custom_headers(destination)
+        self.fields["retry_schedule"].show_platform_schedule()
         self.order_fields_by_fieldsets()
 
     def clean_max_retry_age_hours(self) -> int | None:

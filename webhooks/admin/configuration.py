@@ -541,6 +541,7 @@ class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.setup_custom_headers(self.instance if self.instance.pk else None)
+        self.fields["retry_schedule"].show_platform_schedule()
 
     def clean(self):
         cleaned = super().clean()

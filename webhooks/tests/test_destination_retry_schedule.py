@@ -371,6 +371,13 @@ def test_the_dashboard_form_shows_a_bad_schedule_as_an_error_on_its_field(
     assert not AuditLog.objects.filter(action="destination.updated").exists()
 
 
+def test_the_empty_box_shows_the_platform_s_schedule_it_stands_for(client, owner, organization, settings):
+    settings.DELIVERY_RETRY_SCHEDULE = [30, 300, 7200, 86400]
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:destination_create", args=["acme"])).content.decode()
+    assert 'placeholder="platform&#x27;s: 30s, 5m, 2h, 1d"' in page
+
+
 def test_members_read_the_schedule_but_cannot_change_it(client, member, organization):
     destination, _ = make_destination(organization, "http://127.0.0.1:9/x", retry_schedule=[10, 60])
     client.force_login(member)
