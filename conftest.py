@@ -178,6 +178,34 @@ def _fast_transactional_teardown():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_client_hears_its_own_thread_only():
+    # Django's test client collects the templates rendered, and the exception raised, during a
+    # request through signals that every thread sends: those of the live server thread too, which
+    # may still be answering an earlier browser test's page while a later test's client request
+    # runs. Its response.context then held the live server's form (test_dashboard_sender.py), and
+    # its exception would be raised by the client. Only the thread that runs the tests counts.
+    from django.test import client as test_client
+
+    test_thread = threading.get_ident()
+    store_templates = test_client.store_rendered_templates
+    store_exception = test_client.ClientMixin.store_exc_info
+
+    def store_rendered_templates(store, signal, sender, template, context, **kwargs):
+        if threading.get_ident() == test_thread:
+            store_templates(store, signal, sender, template, context, **kwargs)
+
+    def store_exc_info(self, **kwargs):
+        if threading.get_ident() == test_thread:
+            store_exception(self, **kwargs)
+
+    with (
+        mock.patch.object(test_client, "store_rendered_templates", store_rendered_templates),
+        mock.patch.object(test_client.ClientMixin, "store_exc_info", store_exc_info),
+    ):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _quick_password_hashing(settings):
     # Production's PBKDF2 with 1,000,000 iterations takes ~0.3 s a password here, and the admin
