@@ -134,11 +134,15 @@ def test_each_key_is_rate_limited_on_its_own(client, organization, settings, win
 
 
 def test_with_redis_down_each_key_is_still_limited_and_the_api_answers(
-    client, organization, settings, window_held, caplog
+    client, organization, settings, window_held, caplog, monkeypatch
 ):
     # The default limit, counted in this process's memory while the cache is a closed port.
     from conftest import REDIS_DOWN_CACHES
+    from webhooks.api import limits
 
+    # The warning's clock held too: a loaded machine took over a minute for these 603 requests,
+    # and the warning is rightly said again after one (test_the_outage_warning_is_said_again_after_a_minute).
+    monkeypatch.setattr(limits, "warning_clock", lambda: 1_000.0)
     assert settings.API_RATE_LIMIT == "600/min"
     source = make_source(organization)
     destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
@@ -159,6 +163,18 @@ def test_with_redis_down_each_key_is_still_limited_and_the_api_answers(
     # Said once, not on each of the 603 requests.
     said = [r for r in caplog.records if r.name == "webhooks.api.limits"]
     assert len(said) == 1 and said[0].levelname == "WARNING" and "this process only" in said[0].getMessage()
+
+
+def test_the_outage_warning_is_said_again_after_a_minute(monkeypatch, caplog):
+    from webhooks.api import limits
+
+    now = [1_000.0]
+    monkeypatch.setattr(limits, "warning_clock", lambda: now[0])
+    for elapsed in (0, 30, 59.9, 60, 61, 120):
+        now[0] = 1_000.0 + elapsed
+        limits._warn_counted_locally("rate", ConnectionError("refused"))
+    said = [r for r in caplog.records if r.name == "webhooks.api.limits"]
+    assert len(said) == 3  # at 0, 60 and 120 s
 
 
 def test_unknown_paths_and_methods_answer_json(client, organization):
