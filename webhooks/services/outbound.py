@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -188,6 +190,36 @@ class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
 
 class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
     pass
+
+
+# urllib3 logs the URL of a request whose answer has headers it cannot parse (a warning, with a
+# traceback and the rest of the answer's headers), and every request's URL when debugging: a
+# destination's path and query, which often are its credential (a token in the path, ?key=…), and,
+# in the warning, up to megabytes of what the receiver chose to answer. Whoever runs the receiver
+# decides when that warning is written, so it is written without them: the receiver's scheme,
+# address and port, and the names of the defects.
+_HEADERS_NOT_PARSED = "Failed to parse headers (url=%s): %s"
+_REQUEST_LINE = '%s://%s:%s "%s %s %s" %s %s'
+
+
+class _DestinationPathsOutOfLogs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _HEADERS_NOT_PARSED and isinstance(record.args, tuple) and len(record.args) == 2:
+            url, error = record.args
+            where = urlsplit(str(url))
+            # The error keeps only its message: the defects' names, then the unparsed rest of the answer.
+            named = str(error).partition(", unparsed data:")[0]
+            defects = ", ".join(dict.fromkeys(re.findall(r"\b(\w+Defect)\(", named)))
+            record.msg = "a receiver answered with headers that could not be parsed (%s://%s): %s; the answer was read all the same"
+            record.args = (where.scheme, where.netloc, defects or type(error).__name__)
+            record.exc_info = record.exc_text = None
+        elif record.msg == _REQUEST_LINE and isinstance(record.args, tuple) and len(record.args) == 8:
+            record.args = (*record.args[:4], "…", *record.args[5:])
+        return True
+
+
+for _logger_name in ("urllib3.connection", "urllib3.connectionpool"):
+    logging.getLogger(_logger_name).addFilter(_DestinationPathsOutOfLogs())
 
 
 def _pool_for(scheme: str, host: str, port: int, address: str) -> urllib3.HTTPConnectionPool:
@@ -472,7 +504,10 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if scheme == "https" else 80
-    headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
+    # An IPv6 address is written in brackets in the Host header (RFC 9110 7.2), as in the URL: bare,
+    # "2001:db8::1:8443" is no host a receiver can read, and strict servers answer 400.
+    host_in_header = f"[{host}]" if ":" in host else host
+    headers = {**headers, "Host": host_in_header if port == default_port else f"{host_in_header}:{port}"}
     addresses = _in_connecting_order(destination.addresses, port)
     failures: list[tuple[str, _ConnectFailed]] = []
     with _Watchdog(remaining + CUT_GRACE_SECONDS) as watchdog:

@@ -4,6 +4,7 @@ Receivers are raw sockets on 127.0.0.1, so every byte sent and answered is under
 """
 
 import json
+import logging
 import re
 import socket
 import threading
@@ -24,15 +25,16 @@ class RawReceiver:
     """Answers every request on a connection with ``answer`` (bytes, or a function of the connection)
     and keeps the raw requests it read."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, address="127.0.0.1"):
         self.answer = answer
         self.requests: list[bytes] = []
         self.connections = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        self.listener.bind((address, 0))
         self.listener.listen(8)
         self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        host = f"[{address}]" if ":" in address else address
+        self.url = f"http://{host}:{self.port}/hook"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -81,8 +83,8 @@ class RawReceiver:
 def receiver():
     receivers = []
 
-    def start(answer):
-        receivers.append(RawReceiver(answer))
+    def start(answer, address="127.0.0.1"):
+        receivers.append(RawReceiver(answer, address))
         return receivers[-1]
 
     yield start
@@ -186,6 +188,26 @@ def test_a_request_that_cannot_be_sent_out_in_time_is_reported_as_timed_out(sett
     assert response.error == "timed out sending the request: the receiver stopped reading it"
 
 
+def test_an_answer_with_broken_headers_does_not_write_the_destination_s_path_to_the_logs(receiver, settings, caplog):
+    # The receiver decides when urllib3 warns of headers it cannot parse; the warning named the whole
+    # URL (its path and query are often the receiver's credential) and repeated the receiver's headers.
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    broken = receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nnot a header line " + b"x" * 5000 + b"\r\n\r\nok")
+    url = f"http://127.0.0.1:{broken.port}/services/T0/B0/path-token-4f8e?api_key=query-token-9c1d"
+    response = outbound.post(url, body=b"{}", headers={}, timeout=5)
+    assert (response.status, response.body, response.error) == (200, "ok", "")
+    logged = "\n".join(caplog.text.splitlines() + [record.getMessage() for record in caplog.records])
+    assert "path-token-4f8e" not in logged and "query-token-9c1d" not in logged
+    assert "x" * 100 not in logged
+    warning = next(record for record in caplog.records if record.levelno == logging.WARNING)
+    assert warning.getMessage() == (
+        f"a receiver answered with headers that could not be parsed (http://127.0.0.1:{broken.port}): "
+        "MissingHeaderBodySeparatorDefect; the answer was read all the same"
+    )
+    assert warning.exc_info is None
+
+
 # --- Host names -----------------------------------------------------------------------------
 
 
@@ -224,6 +246,15 @@ def test_an_international_host_name_is_sent_in_its_ascii_form(receiver, resolvin
     headers = dict(parse_request(ok.requests[0])[1])
     assert headers["Host"] == f"{ascii_name}:{ok.port}"
     assert resolving_to_loopback == [ascii_name]  # the name looked up is the name sent
+
+
+def test_an_ipv6_address_is_sent_in_brackets_in_the_host_header(receiver, settings):
+    # Bare ("::1:8443"), no receiver can tell the address from the port: strict servers answer 400.
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    ok = receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", address="::1")
+    response = outbound.post(ok.url, body=b"{}", headers={}, timeout=5)
+    assert (response.status, response.error) == (200, "")
+    assert dict(parse_request(ok.requests[0])[1])["Host"] == f"[::1]:{ok.port}"
 
 
 def test_a_host_name_idna_2008_leaves_out_keeps_the_form_browsers_still_accept():
