@@ -462,6 +462,11 @@ MAX_DESTINATIONS_PER_ORGANIZATION = env.int("MAX_DESTINATIONS_PER_ORGANIZATION",
 DISPATCHER_MAX_SECONDS = env.float("DISPATCHER_MAX_SECONDS", default=50.0)  # then a fresh task continues
 # Dispatchers that may run at once while there is a backlog (one per worker process is right).
 DELIVERY_DISPATCHERS = env.int("DELIVERY_DISPATCHERS", default=2)
+# Sends one organization may have in flight at once, over all its destinations: half the sending
+# threads by default, so that one tenant's slow or silent receivers never hold them all.
+ORGANIZATION_MAX_CONCURRENCY = max(
+    1, env.int("ORGANIZATION_MAX_CONCURRENCY", default=max(1, DELIVERY_THREADS * DELIVERY_DISPATCHERS // 2))
+)
 DISPATCHER_POLL_SECONDS = env.float("DISPATCHER_POLL_SECONDS", default=0.05)
 # An idle dispatcher (slot 0) and processing task keep looking, every LINGER_POLL_SECONDS, for
 # this long before they end: a steady stream of webhooks is then served by running tasks

@@ -311,16 +311,19 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
         allowance: dict[int, int] = {}
         taken: dict[int, int] = defaultdict(int)
         chosen: list = []
+        organizations = _OrganizationRoom()
         wanted = limit * 4
         # The first look reads the oldest due rows as they are in the index, paused destinations'
         # too (_lock_destinations gives those no room): filtering them in the query would make
         # every claim step over a paused destination's whole backlog, row by row, which a
         # circuit-broken destination that events keep arriving for makes large.
         candidates = list(oldest_due.order_by("next_attempt_at", "id").values_list("id", "destination_id")[:wanted])
-        _lock_destinations({d for _, d in candidates}, destinations, allowance, window)
-        _choose(candidates, limit, allowance, taken, chosen)
+        _lock_destinations({d for _, d in candidates}, destinations, allowance, window, organizations)
+        _choose(candidates, limit, allowance, taken, chosen, organizations)
         if len(chosen) < limit and len(candidates) == wanted:
-            _choose_from_other_destinations(due, now, limit, destinations, allowance, taken, chosen, window)
+            _choose_from_other_destinations(
+                due, now, limit, destinations, allowance, taken, chosen, window, organizations
+            )
         for destination_id, count in taken.items():
             destination = destinations.get(destination_id)
             if count and destination.rate_limit_per_second:
@@ -418,30 +421,82 @@ def _not_of_sources_being_deleted(claimed) -> list[Delivery]:
     return [delivery for delivery in claimed if delivery.source_deletion_requested_at is None]
 
 
-def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list) -> None:
+class _OrganizationRoom:
+    """How many more sends each organization may have in flight (ORGANIZATION_MAX_CONCURRENCY), over
+    all its destinations, and whose each locked destination is.
+
+    Without it, one tenant's destinations could hold every sending thread: each destination's cap
+    (up to 50) bounds one receiver, not a tenant, and a few destinations that never answer, fed a
+    steady stream of events older than anyone else's, would take every thread that frees up, so
+    other tenants' deliveries waited behind them however long that lasted. The counts are those
+    committed when the claim starts: dispatchers claiming at the same instant may each take what
+    is left (organizations are not locked, destinations are), so the bound holds per claim.
+    """
+
+    def __init__(self):
+        self.left: dict[int, int] = {}  # organization id -> sends it may still start
+        self.of: dict[int, int] = {}  # destination id -> organization id
+
+    def add(self, destination_id: int, organization_id: int) -> None:
+        self.of[destination_id] = organization_id
+
+    def count_in_flight(self) -> None:
+        """Read the sends in flight of the organizations not counted yet."""
+        uncounted = set(self.of.values()) - set(self.left)
+        if not uncounted:
+            return
+        in_flight = dict(
+            Delivery.objects.filter(organization_id__in=uncounted, status=Delivery.Status.IN_FLIGHT)
+            .values_list("organization_id")
+            .annotate(n=Count("id"))
+        )
+        cap = settings.ORGANIZATION_MAX_CONCURRENCY
+        for organization_id in uncounted:
+            self.left[organization_id] = max(cap - in_flight.get(organization_id, 0), 0)
+
+    def take(self, destination_id: int) -> bool:
+        """One more send for the destination's organization, if it has room."""
+        organization_id = self.of.get(destination_id)
+        if organization_id is None or self.left[organization_id] <= 0:
+            return False
+        self.left[organization_id] -= 1
+        return True
+
+    def full(self) -> list[int]:
+        return [organization_id for organization_id, left in self.left.items() if left <= 0]
+
+
+def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list, organizations) -> None:
     for delivery_id, destination_id in candidates:
         if len(chosen) >= limit:
             return
-        if taken[destination_id] < allowance[destination_id]:
+        if taken[destination_id] < allowance[destination_id] and organizations.take(destination_id):
             taken[destination_id] += 1
             chosen.append(delivery_id)
 
 
-def _choose_from_other_destinations(due, now, limit, destinations, allowance, taken, chosen, window) -> None:
+def _choose_from_other_destinations(
+    due, now, limit, destinations, allowance, taken, chosen, window, organizations
+) -> None:
     """The oldest due deliveries of destinations the first look did not reach.
 
     Those destinations are taken by how long their oldest due delivery has waited, so that a
-    few busy destinations cannot keep taking the room left by a backlog from a quieter one.
+    few busy destinations cannot keep taking the room left by a backlog from a quieter one; those
+    of organizations with no room left are passed over, so that one tenant's many destinations
+    cannot fill the look either.
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    others = _waiting_longest(now, exclude=list(allowance), count=wanted) if postgresql else None
+    full = organizations.full()
+    others = (
+        _waiting_longest(now, exclude=list(allowance), count=wanted, full_organizations=full) if postgresql else None
+    )
     if others is None:
-        others = _waiting_longest_by_probes(now, exclude=list(allowance), count=wanted)
-    _lock_destinations(set(others), destinations, allowance, window)
+        others = _waiting_longest_by_probes(now, exclude=list(allowance), count=wanted, full_organizations=full)
+    _lock_destinations(set(others), destinations, allowance, window, organizations)
     if postgresql:
         rooms = [(d, min(allowance[d], wanted)) for d in others if allowance[d] > 0]
-        _choose(_oldest_due_of(rooms, now), limit, allowance, taken, chosen)
+        _choose(_oldest_due_of(rooms, now), limit, allowance, taken, chosen, organizations)
         return
     for destination_id in others:  # the embedded mode (SQLite): a handful of destinations
         room = min(allowance[destination_id], limit - len(chosen))
@@ -452,7 +507,7 @@ def _choose_from_other_destinations(due, now, limit, destinations, allowance, ta
             .order_by("next_attempt_at", "id")
             .values_list("id", "destination_id")[:room]
         )
-        _choose(candidates, limit, allowance, taken, chosen)
+        _choose(candidates, limit, allowance, taken, chosen, organizations)
 
 
 # How many destinations with pending deliveries _waiting_longest goes through before it leaves
@@ -491,20 +546,27 @@ SELECT
         WHERE webhooks_destination.is_active AND webhooks_destination.paused_at IS NULL
             AND organizations_organization.is_active
             AND waiting.oldest <= %(now)s AND NOT (waiting.destination_id = ANY(%(exclude)s::bigint[]))
+            AND NOT (webhooks_destination.organization_id = ANY(%(full_organizations)s::bigint[]))
         ORDER BY waiting.oldest, waiting.destination_id
         LIMIT %(count)s
     )
 """
 
 
-def _waiting_longest(now, *, exclude: list[int], count: int) -> list[int] | None:
-    """Up to ``count`` active, unpaused destinations not in ``exclude`` with due deliveries, the
-    one whose oldest due delivery has waited longest first (PostgreSQL); None when more than
-    WAITING_WALK_MAX_STEPS destinations have deliveries waiting."""
+def _waiting_longest(now, *, exclude: list[int], count: int, full_organizations: list[int] = ()) -> list[int] | None:
+    """Up to ``count`` active, unpaused destinations not in ``exclude`` nor of ``full_organizations``
+    with due deliveries, the one whose oldest due delivery has waited longest first (PostgreSQL);
+    None when more than WAITING_WALK_MAX_STEPS destinations have deliveries waiting."""
     with connection.cursor() as cursor:
         cursor.execute(
             WAITING_LONGEST_SQL,
-            {"max_steps": WAITING_WALK_MAX_STEPS, "now": now, "exclude": exclude, "count": count},
+            {
+                "max_steps": WAITING_WALK_MAX_STEPS,
+                "now": now,
+                "exclude": exclude,
+                "count": count,
+                "full_organizations": list(full_organizations),
+            },
         )
         steps, chosen = cursor.fetchone()
     if steps is not None and steps >= WAITING_WALK_MAX_STEPS:
@@ -512,7 +574,7 @@ def _waiting_longest(now, *, exclude: list[int], count: int) -> list[int] | None
     return chosen
 
 
-def _waiting_longest_by_probes(now, *, exclude: list[int], count: int) -> list[int]:
+def _waiting_longest_by_probes(now, *, exclude: list[int], count: int, full_organizations: list[int] = ()) -> list[int]:
     """What _waiting_longest finds, with an index probe per active destination: the embedded
     mode (SQLite), and PostgreSQL when many destinations have deliveries waiting."""
     oldest_due = (
@@ -525,6 +587,7 @@ def _waiting_longest_by_probes(now, *, exclude: list[int], count: int) -> list[i
     ranked = (
         Destination.objects.filter(DESTINATION_SENDING)
         .exclude(pk__in=exclude)
+        .exclude(organization_id__in=list(full_organizations))
         .annotate(oldest_due=Subquery(oldest_due))
         .order_by(F("oldest_due").asc(nulls_last=True), "pk")
         .values_list("pk", "oldest_due")[:count]
@@ -561,7 +624,7 @@ def _oldest_due_of(rooms: list[tuple[int, int]], now) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window) -> None:
+def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window, organizations) -> None:
     """Lock the destinations and work out how many more deliveries each may take now.
 
     Locking serialises claims per destination, so caps hold across dispatchers. FOR NO KEY
@@ -580,6 +643,7 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
         .annotate(organization_active=F("organization__is_active"))
         .only(
             "pk",
+            "organization_id",
             "is_active",
             "paused_at",
             "max_concurrency",
@@ -604,11 +668,13 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             allowance[destination_id] = 0
             continue
         destinations[destination_id] = destination
+        organizations.add(destination_id, destination.organization_id)
         room = destination.max_concurrency - in_flight.get(destination_id, 0)
         if destination.rate_limit_per_second:
             used = destination.rate_window_count if destination.rate_window_started_at == window else 0
             room = min(room, destination.rate_limit_per_second - used)
         allowance[destination_id] = max(room, 0)
+    organizations.count_in_flight()
 
 
 INACTIVE_DESTINATION_ERROR = "the destination is inactive: not sent (retry once it is active again)"

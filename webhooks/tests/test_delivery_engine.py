@@ -884,6 +884,46 @@ def test_one_destinations_backlog_does_not_hide_other_tenants_due_deliveries(
     assert delivery_service.claim_due_deliveries(8) == []
 
 
+def test_one_tenant_s_destinations_cannot_take_every_sending_thread(
+    client, organization, other_organization, httpserver, settings
+):
+    # Two destinations of one tenant that never answer, each allowed 50 sends at once, and a backlog
+    # older than anything the other tenant has: every slot that freed up went to them.
+    settings.ORGANIZATION_MAX_CONCURRENCY = 4
+    for name in ("silent-a", "silent-b"):
+        source = make_source(organization, name=name)
+        destination, _ = make_destination(organization, httpserver.url_for(f"/{name}"), sources=[source])
+        Destination.objects.filter(pk=destination.pk).update(max_concurrency=50)
+        ingest_many(client, source, 10, prefix=name)
+    other_source = make_source(other_organization, name="quiet")
+    make_destination(other_organization, httpserver.url_for("/quiet"), sources=[other_source])
+    ingest_many(client, other_source, 1, prefix="quiet")
+
+    first = delivery_service.claim_due_deliveries(8)
+    assert sorted(d.destination.url.rsplit("/", 1)[1] for d in first) == ["quiet"] + ["silent-a"] * 4
+    # The tenant's 4 are still in flight: its 16 others wait, however many slots are free.
+    assert delivery_service.claim_due_deliveries(8) == []
+
+
+def test_a_tenant_at_its_limit_is_passed_over_when_looking_beyond_the_backlog(
+    client, organization, other_organization, httpserver, settings
+):
+    # The first look (8 candidates for 2 slots) sees only the tenant's first two destinations; the
+    # look beyond it took the destinations waiting longest, the tenant's third one, to which its
+    # limit then left no room, and the other tenant's delivery was not reached.
+    settings.ORGANIZATION_MAX_CONCURRENCY = 1
+    for name in ("silent-a", "silent-b", "silent-c"):
+        source = make_source(organization, name=name)
+        make_destination(organization, httpserver.url_for(f"/{name}"), sources=[source])
+        ingest_many(client, source, 5, prefix=name)
+    other_source = make_source(other_organization, name="quiet")
+    make_destination(other_organization, httpserver.url_for("/quiet"), sources=[other_source])
+    ingest_many(client, other_source, 1, prefix="quiet")
+
+    claimed = delivery_service.claim_due_deliveries(2)
+    assert sorted(d.destination.url.rsplit("/", 1)[1] for d in claimed) == ["quiet", "silent-a"]
+
+
 def test_behind_a_backlog_the_destination_waiting_longest_is_served_first(client, organization, httpserver):
     # Destinations created in this order: the fallback used to take them by id, so busy ones
     # with fresh deliveries kept every slot the backlog left, round after round.
