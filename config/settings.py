@@ -73,6 +73,8 @@ SECURE_CSP = {
     "base-uri": ["'none'"],
     "form-action": ["'self'"],
     "frame-ancestors": ["'none'"],
+    # Browsers post what the policy blocked here; config/csp_reports.py logs it (path in config/urls.py).
+    "report-uri": ["/csp-reports"],
 }
 
 INSTALLED_APPS = [

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from webhooks.api.authentication import json_not_found
+from webhooks.views.csp_reports import csp_report
 from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
 from webhooks.views.ingest import IngestView
@@ -17,6 +18,8 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     # Processing health for a Prometheus scraper; a 404 unless METRICS_TOKEN is set.
     path("metrics", metrics, name="metrics"),
+    # Browsers' reports of what the Content-Security-Policy blocked (SECURE_CSP's report-uri).
+    path("csp-reports", csp_report, name="csp_reports"),
     path("admin/", admin.site.urls),
     # The tenant REST API, authenticated by organization API keys only (webhooks/api/).
     path("api/v1/", include("webhooks.api.urls")),

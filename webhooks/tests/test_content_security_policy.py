@@ -33,7 +33,7 @@ pytestmark = pytest.mark.django_db
 
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
+    "form-action 'self'; frame-ancestors 'none'; report-uri /csp-reports"
 )
 # What the policy refuses in a page: <script> without src (a JSON one is data), <style>, style and on… attributes,
 # javascript: URLs, and htmx attributes that evaluate JavaScript.
@@ -134,7 +134,7 @@ def test_the_500_page_allows_its_own_style_block_by_hash_only():
     )
     # Through the middleware too: the page's own header is kept.
     middleware = ContentSecurityPolicyMiddleware(lambda request: response)
-    assert middleware(RequestFactory().get("/"))["Content-Security-Policy"].endswith("frame-ancestors 'none'")
+    assert middleware(RequestFactory().get("/"))["Content-Security-Policy"].endswith("report-uri /csp-reports")
     assert f"'sha256-{digest}'" in middleware(RequestFactory().get("/"))["Content-Security-Policy"]
 
 

@@ -4,7 +4,9 @@ the sign-in pages and the admin work under it, and Chromium reports no violation
 Violations are collected from the ``securitypolicyviolation`` event (set up before any page
 script runs) and from the console, across every page a context opens."""
 
+import logging
 import re
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -273,3 +275,21 @@ def test_the_admin_s_date_pickers_selectors_and_popups_work_under_the_policy(pag
     expect(page.locator("#id_crontab")).to_have_value(str(created.pk))
     flush(page)
     assert_clean(seen, pages_at_least=4)
+
+
+def test_chromium_s_report_of_a_violation_reaches_the_log(browser, live_server, organization, owner, caplog):
+    # The policy's report-uri, end to end: a blocked inline style on an event page is posted by the
+    # browser itself and logged under the page's URL pattern, not its address.
+    caplog.set_level(logging.WARNING, logger="config.csp_reports")
+    page = dashboard_sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/")
+    page.evaluate("document.body.insertAdjacentHTML('beforeend', '<p style=\"color: red\">x</p>')")
+
+    expected = "style-src-attr blocked inline on page /o/<slug:org_slug>/events/"
+    deadline = time.monotonic() + 30
+    while not any(expected in record.getMessage() for record in caplog.records) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+
+    assert [record.getMessage() for record in caplog.records if record.name == "config.csp_reports"] == [
+        f"Content-Security-Policy violation reported: {expected}"
+    ]
