@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,14 +165,50 @@ class EventPage:
 ID_PREFIX_SEARCH_MIN_LENGTH = 6
 
 
+# What people paste around an id they copied: a header line from a receiver's log ("webhook-id:
+# 01…", "X-GitHub-Delivery: …"), a JSON member ("id": "evt_…",), quotes, or the event's own page.
+_PASTED_NAME = re.compile(r'^["\']?[A-Za-z][A-Za-z0-9_.-]*["\']?\s*:\s+(?P<value>\S.*)$')
+_QUOTES = "\"'`"
+_UUID_IN_PATH = re.compile(
+    r"/(?P<id>[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})/?$"
+)
+
+
+def pasted_id(text: str) -> str:
+    """The id in what a user pasted: the value of a header line or JSON member, without quotes or a
+    trailing comma, or the last id in the path of a Hookline URL (an event's dashboard or API
+    page); the text itself, stripped, otherwise."""
+    text = text.strip()
+    if text.startswith(("http://", "https://", "/")):
+        found = _UUID_IN_PATH.search(urlsplit(text).path)
+        return found["id"] if found else text
+    if named := _PASTED_NAME.match(text):
+        text = named["value"].strip()
+    text = text.rstrip(",;").strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
 def events_with_id(text: str, *, organization: Organization | None) -> Q:
     """Events that an id names: the provider's (or the one a rejected request claims), our event
     id, or a delivery's id (a replay's webhook-id). Index lookups, never a scan: exact ones, and
     the provider id's start up to a colon on its pattern index.
 
+    The text is taken as given and, when it differs, as pasted_id reads it: an id may hold a quote
+    or ": " itself, and is found either way.
+
     ``organization`` None is the platform admin's search, across organizations.
     """
     text = text.strip()
+    matches = Q()
+    for candidate in dict.fromkeys([text, pasted_id(text)]):
+        if candidate:
+            matches |= _events_with_exact_id(candidate, organization=organization)
+    return matches if matches else Q(pk__in=[])
+
+
+def _events_with_exact_id(text: str, *, organization: Organization | None) -> Q:
     matches = Q(provider_event_id=text) | Q(claimed_event_id=text)
     if len(text) >= ID_PREFIX_SEARCH_MIN_LENGTH and not text.endswith(":"):
         matches |= Q(provider_event_id__startswith=text + ":")

@@ -20,7 +20,13 @@ from organizations.admin import (
 )
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
-from webhooks.selectors import configured_signature_header, events_with_id, headers_for_viewer, parse_event_id
+from webhooks.selectors import (
+    configured_signature_header,
+    events_with_id,
+    headers_for_viewer,
+    parse_event_id,
+    pasted_id,
+)
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.payload_filters import destinations_not_taking
@@ -512,7 +518,7 @@ class DeliveryAdmin(
         text = search_term.strip()
         if not text:
             return queryset, False
-        delivery_id = parse_event_id(text)  # any UUID
+        delivery_id = parse_event_id(pasted_id(text))  # any UUID, also in a pasted header line or URL
         if delivery_id is not None and queryset.filter(pk=delivery_id).exists():
             return queryset.filter(pk=delivery_id), False  # that delivery, not its event's others
         # Looked up first, each through its own index, then matched by id: inside one OR, joins or

@@ -122,6 +122,8 @@ class EventSerializer(serializers.Serializer):
     status = serializers.CharField()
     rejection_code = serializers.CharField()
     duplicate_count = serializers.IntegerField()
+    # When the provider last sent it again (each redelivery is counted, not stored); null if never.
+    last_duplicate_at = serializers.DateTimeField(allow_null=True)
     received_at = serializers.DateTimeField()
     processed_at = serializers.DateTimeField(allow_null=True)
     deliveries = DeliverySummarySerializer(many=True, source="deliveries.all")
@@ -335,6 +337,9 @@ class EventFilterSerializer(ReceivedRangeMixin):
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
     provider_event_id = serializers.CharField(max_length=255, required=False)
+    # Any id the dashboard's search takes (selectors.events_with_id): the provider's, Hookline's, the
+    # webhook-id a destination received (a replay's included), as pasted.
+    search = serializers.CharField(max_length=1000, required=False)
     received_after = QueryDateTimeField(required=False)
     received_before = QueryDateTimeField(required=False)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.

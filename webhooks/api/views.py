@@ -205,6 +205,7 @@ class EventListView(ApiListView):
             destination_id=filters.get("destination"),
             event_type=filters.get("event_type", ""),
             provider_event_id=filters.get("provider_event_id", ""),
+            search=filters.get("search", ""),
             since=filters.get("received_after"),
             until=filters.get("received_before"),
             body_contains=filters.get("body_contains", ""),

@@ -13,8 +13,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, connection, transaction
-from django.db.models import F
-from django.db.models.functions import Length
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Greatest, Length
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription, WebhookEvent
@@ -310,7 +310,11 @@ def _fan_out(events: list[WebhookEvent], now, *, body_budget: int, at_least_one:
     # ignore_conflicts: a redelivered task never creates a second delivery.
     Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
     WebhookEvent.objects.filter(id__in=kept).update(
-        status=WebhookEvent.Status.PROCESSED, processed_at=now, processing_retry_at=None
+        status=WebhookEvent.Status.PROCESSED,
+        # ``now`` was read before the claim, and the web process that stamped received_at has a clock
+        # of its own: an event committed meanwhile must not read as processed before it was received.
+        processed_at=Greatest(Value(now, output_field=DateTimeField()), F("received_at")),
+        processing_retry_at=None,
     )
     record_usage(events)
     if deliveries:

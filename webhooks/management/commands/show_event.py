@@ -81,7 +81,11 @@ def _story_text(story: dict) -> str:
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
                 f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
             )
-        if not delivery["attempts"] and delivery["last_error"]:
+        if delivery["status"] == "dead" and delivery["last_error"]:
+            # Why it stopped: the attempts alone do not say whether retries ran out, a client error was
+            # not retried or the retry age was reached (the dashboard's "Why it failed").
+            lines.append(f"      why it failed: {delivery['last_error']}")
+        elif not delivery["attempts"] and delivery["last_error"]:
             lines.append(f"      {delivery['last_error']}")
     for refusal in story["left_out_by_payload_filters"]:
         lines.append(
