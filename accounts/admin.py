@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, SetUnusablePasswordMixin
 
 from .models import User
 
@@ -9,6 +10,26 @@ PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
 # Sign-in is by a link or code sent to this address, so whoever sets it takes the account: a
 # tenant's as much as a colleague's. Only superusers change it (on an existing account).
 SIGN_IN_FIELDS = ("email",)
+
+
+class AccountCreationForm(AdminUserCreationForm):
+    """A new account without a password unless one is asked for.
+
+    Tenants sign in by a link or code mailed to their address and need none; Django's form made
+    one mandatory, so an operator adding a tenant's owner here had to invent a password for them.
+    """
+
+    usable_password = SetUnusablePasswordMixin.create_usable_password_field(
+        help_text=(
+            "Leave it disabled for a tenant's account: they sign in with a link or code mailed to "
+            "this address. Enable it only for a platform admin, who signs in at /admin/ with it "
+            "(then tick “Is staff” on the next page)."
+        )
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["usable_password"].initial = "false"
 
 
 @admin.register(User)
@@ -22,7 +43,8 @@ class UserAdmin(DjangoUserAdmin):
         ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
-    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+    add_form = AccountCreationForm
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "usable_password", "password1", "password2")}),)
 
     def get_readonly_fields(self, request, obj=None):
         readonly = super().get_readonly_fields(request, obj)

@@ -9,6 +9,7 @@ class WebhooksConfig(AppConfig):
     def ready(self) -> None:
         from organizations.models import Organization
 
+        from . import checks  # noqa: F401 - registers the deploy checks
         from .models import Source
         from .services.ingest import forget_cached_sources
 

@@ -3,6 +3,7 @@ docker-compose.yml and .python-version say what the code does."""
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,26 @@ def test_the_readme_commands_make_secrets_that_pass_the_deploy_check_with_only_t
     assert over_http == {"security.W004", "security.W008", "security.W012", "security.W016"}
     for warning in over_http | {"security.W005", "security.W021"}:
         assert f"`{warning.split('.')[1]}`" in DEPLOYING or f"`{warning}`" in DEPLOYING, warning
+
+
+def test_the_deploy_check_warns_of_private_destinations_on_a_server_and_the_readme_says_why():
+    # Step 3 says to leave it off; an operator who tried a local receiver first and kept the
+    # setting gave every tenant the server's own network, and `check --deploy` said nothing.
+    environment = {
+        **_base_environment(),
+        "DATABASE_URL": os.environ["DATABASE_URL"],
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "PUBLIC_BASE_URL": "https://hooks.example.com",
+        "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
+    }
+    assert _deploy_check_warnings(environment) == {"security.W005", "security.W008", "security.W021"}
+    with_private = {**environment, "ALLOW_PRIVATE_DESTINATIONS": "true"}
+    assert "hookline.W002" in _deploy_check_warnings(with_private)
+    # Only the deploy check: `check` and the release phase's `migrate` stay quiet for a test stack.
+    checked = _run([sys.executable, "manage.py", "check"], with_private)
+    assert checked.returncode == 0 and "hookline.W002" not in checked.stdout + checked.stderr
+    assert "`hookline.W002`" in DEPLOYING
 
 
 def _deploy_check_warnings(environment) -> set:

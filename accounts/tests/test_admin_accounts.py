@@ -1,0 +1,64 @@
+"""Accounts added in the admin: a tenant's needs no password, a platform admin's must not be weak."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from organizations.models import Membership
+
+ADD = "admin:accounts_user_add"
+
+
+@pytest.fixture
+def operator(client, db):
+    root = get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery")
+    client.force_login(root)
+    return client
+
+
+def _add(client, email, **fields):
+    return client.post(reverse(ADD), {"email": email, "memberships-TOTAL_FORMS": "0", **_management(), **fields})
+
+
+def _management():
+    return {"memberships-INITIAL_FORMS": "0", "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"}
+
+
+def _errors(response) -> dict:
+    return response.context["adminform"].form.errors if response.status_code == 200 else {}
+
+
+def test_a_tenants_owner_is_added_with_an_address_and_a_role_and_no_password(operator, organization):
+    page = operator.get(reverse(ADD)).content.decode()
+    assert 'name="usable_password" value="false"' in page
+    assert 'value="false" class="radiolist inline" id="id_usable_password_1" checked' in page
+
+    # What the page posts when the operator fills in only the address and the membership.
+    response = _add(
+        operator,
+        "owner@tenant.example",
+        usable_password="false",
+        **{
+            "memberships-TOTAL_FORMS": "1",
+            "memberships-0-organization": organization.pk,
+            "memberships-0-role": "owner",
+        },
+    )
+    assert response.status_code == 302, _errors(response)
+    created = get_user_model().objects.get(email="owner@tenant.example")
+    assert not created.has_usable_password()
+    assert not created.is_staff
+    assert Membership.objects.get(user=created, organization=organization).role == "owner"
+
+
+@pytest.mark.parametrize("weak", ["short", "123456789012345", "password1234", "root@hookline.example1"])
+def test_a_password_given_to_an_account_must_not_be_weak(operator, weak):
+    response = _add(operator, "ops@hookline.example", usable_password="true", password1=weak, password2=weak)
+    assert response.status_code == 200
+    assert "password2" in _errors(response)
+    assert not get_user_model().objects.filter(email="ops@hookline.example").exists()
+
+    strong = "a long enough passphrase 42"
+    response = _add(operator, "ops@hookline.example", usable_password="true", password1=strong, password2=strong)
+    assert response.status_code == 302, _errors(response)
+    assert get_user_model().objects.get(email="ops@hookline.example").check_password(strong)

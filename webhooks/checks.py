@@ -1,0 +1,20 @@
+"""Deploy checks (`manage.py check --deploy`) for what delivery depends on."""
+
+from django.conf import settings
+from django.core.checks import Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def private_destinations_are_refused_on_a_server(app_configs, **kwargs):
+    """ALLOW_PRIVATE_DESTINATIONS is for a laptop or a test run: on a server it lets any tenant have
+    Hookline POST to the platform's own network (a cloud metadata address, an internal service)."""
+    if settings.EMBEDDED or not settings.ALLOW_PRIVATE_DESTINATIONS:
+        return []
+    return [
+        Warning(
+            "ALLOW_PRIVATE_DESTINATIONS is on: any tenant can have Hookline send requests to private "
+            "and loopback addresses, such as this network's internal services.",
+            hint="Leave it unset (off) on a server open to tenants; it is meant for local development and tests.",
+            id="hookline.W002",
+        )
+    ]
