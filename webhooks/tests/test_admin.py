@@ -1350,6 +1350,30 @@ def test_an_organization_being_deleted_gets_no_retries(admin, setup, superuser):
     assert not BulkRetry.objects.exists()
 
 
+def test_the_retry_confirmations_do_not_say_an_organization_being_deleted_waits(admin, setup):
+    # An organization being deleted is inactive too, but its deliveries are refused, not held: the
+    # confirmations said they waited "until it is active again", and then nothing was retried.
+    destination = setup["destination"]
+    Organization.objects.filter(pk=destination.organization_id).update(
+        is_active=False, deletion_requested_at=timezone.now()
+    )
+    both = [d.pk for d in Delivery.objects.filter(event__in=[setup["dead"], setup["retrying"]])]
+    asked = admin.post(
+        reverse("admin:webhooks_delivery_changelist"), {"action": "retry_deliveries", "_selected_action": both}
+    ).content.decode()
+    assert "active again" not in asked
+    assert "2 of them belong to organizations being deleted and are not retried." in asked
+    asked = admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]},
+    ).content.decode()
+    assert (
+        f"{destination.organization.name} · {destination.name}: 1 dead (organization being deleted: not retried)"
+        in (asked)
+    )
+    assert "(organization suspended)" not in asked
+
+
 # --- An operator answering a tenant: find a webhook by any id or URL, see why it failed, act on it
 # from its own page; lists whose queries stay bounded on large tables.
 
