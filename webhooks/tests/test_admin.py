@@ -128,6 +128,19 @@ def test_index_counts_dead_deliveries_up_to_a_cap(admin, setup, monkeypatch):
     assert ">more than 1</a>" in response.content.decode()
 
 
+def test_index_lists_as_paused_only_the_destinations_whose_page_says_paused(admin, setup):
+    # An inactive destination keeps its paused_at, but its page (and the list's state filter) says
+    # Inactive: resuming it would send nothing, so it is not one of the paused to look at.
+    paused, inactive = setup["destination"], setup["their_destination"]
+    Destination.objects.filter(pk__in=[paused.pk, inactive.pk]).update(paused_at=timezone.now())
+    Destination.objects.filter(pk=inactive.pk).update(is_active=False)
+    cache.clear()
+    overview = admin.get(reverse("admin:index")).context["overview"]
+    assert [d["pk"] for d in overview["paused_destinations"]] == [paused.pk]
+    listed = admin.get(reverse("admin:webhooks_destination_changelist"), {"state": "paused"})
+    assert [d.pk for d in listed.context["cl"].result_list] == [paused.pk]
+
+
 def test_index_shows_the_platform_overview(admin, setup, organization):
     setup["their_destination"].paused_at = timezone.now()
     setup["their_destination"].pause_reason = "failing for an hour"
