@@ -78,7 +78,8 @@ def _compute_platform_overview() -> dict:
         .values("pk")[: DEAD_DELIVERIES_COUNT_CAP + 1]
         .count(),
         "paused_destinations": list(
-            Destination.objects.filter(paused_at__isnull=False)
+            # As the destination list's "Paused" filter: an inactive one's page says Inactive.
+            Destination.objects.filter(is_active=True, paused_at__isnull=False)
             .select_related("organization")
             .order_by("paused_at")
             .values("pk", "name", "organization__name", "paused_at", "pause_reason")[:20]

@@ -860,7 +860,7 @@ class DestinationAdmin(
         preview = [
             f"{destination.organization.name} · {destination.name}: {_counted(count)} dead"
             + (" (paused)" if destination.paused_at else "")
-            + ("" if destination.organization.is_active or not destination.is_active else " (organization suspended)")
+            + _organization_note(destination)
             + ("" if destination.is_active else " (inactive: not retried)")
             for destination, count in zip(shown, counts, strict=True)
         ]
@@ -882,6 +882,16 @@ class DestinationAdmin(
             preview=preview,
             total=selected_count,
         )
+
+
+def _organization_note(destination) -> str:
+    """What the retry-dead confirmation says of an active destination's organization that is not active:
+    a suspended one's deliveries wait, one being deleted gets no bulk retry (bulk_retry_request)."""
+    if destination.organization.is_active or not destination.is_active:
+        return ""
+    if destination.organization.being_deleted:
+        return " (organization being deleted: not retried)"
+    return " (organization suspended)"
 
 
 # The retry-dead confirmation lists this many destinations, and counts dead deliveries up to DEAD_COUNT_CAP.

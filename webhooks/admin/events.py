@@ -98,14 +98,16 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             "pk", "name"
         )
     )
+    # Not one being deleted (inactive too): delivery_retry refuses its deliveries, they wait for nothing.
     suspended = dict(
-        Organization.objects.filter(pk__in=deliveries.values("organization_id"), is_active=False).values_list(
-            "pk", "name"
-        )
+        Organization.objects.filter(
+            pk__in=deliveries.values("organization_id"), is_active=False, deletion_requested_at__isnull=True
+        ).values_list("pk", "name")
     )
     if total > 1 and not confirmed(request):
         question = f"Send {total} failed deliveries again now?"
-        held = deliveries.filter(destination_id__in=paused).count() if paused else 0
+        of_live_organizations = deliveries.filter(organization__deletion_requested_at__isnull=True)
+        held = of_live_organizations.filter(destination_id__in=paused).count() if paused else 0
         if held:
             question += " " + ngettext(
                 "%(count)d of them belongs to a paused destination and waits until it is resumed.",
@@ -123,6 +125,13 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
                 "%(count)d of them belong to suspended organizations and wait until those are active again.",
                 held,
             ) % {"count": held}
+        not_retried = deliveries.filter(organization__deletion_requested_at__isnull=False).count()
+        if not_retried:
+            question += " " + ngettext(
+                "%(count)d of them belongs to an organization being deleted and is not retried.",
+                "%(count)d of them belong to organizations being deleted and are not retried.",
+                not_retried,
+            ) % {"count": not_retried}
         preview = [
             f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
             for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]

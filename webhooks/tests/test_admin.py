@@ -128,6 +128,19 @@ def test_index_counts_dead_deliveries_up_to_a_cap(admin, setup, monkeypatch):
     assert ">more than 1</a>" in response.content.decode()
 
 
+def test_index_lists_as_paused_only_the_destinations_whose_page_says_paused(admin, setup):
+    # An inactive destination keeps its paused_at, but its page (and the list's state filter) says
+    # Inactive: resuming it would send nothing, so it is not one of the paused to look at.
+    paused, inactive = setup["destination"], setup["their_destination"]
+    Destination.objects.filter(pk__in=[paused.pk, inactive.pk]).update(paused_at=timezone.now())
+    Destination.objects.filter(pk=inactive.pk).update(is_active=False)
+    cache.clear()
+    overview = admin.get(reverse("admin:index")).context["overview"]
+    assert [d["pk"] for d in overview["paused_destinations"]] == [paused.pk]
+    listed = admin.get(reverse("admin:webhooks_destination_changelist"), {"state": "paused"})
+    assert [d.pk for d in listed.context["cl"].result_list] == [paused.pk]
+
+
 def test_index_shows_the_platform_overview(admin, setup, organization):
     setup["their_destination"].paused_at = timezone.now()
     setup["their_destination"].pause_reason = "failing for an hour"
@@ -1348,6 +1361,30 @@ def test_an_organization_being_deleted_gets_no_retries(admin, setup, superuser):
         {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [setup["destination"].pk]},
     )
     assert not BulkRetry.objects.exists()
+
+
+def test_the_retry_confirmations_do_not_say_an_organization_being_deleted_waits(admin, setup):
+    # An organization being deleted is inactive too, but its deliveries are refused, not held: the
+    # confirmations said they waited "until it is active again", and then nothing was retried.
+    destination = setup["destination"]
+    Organization.objects.filter(pk=destination.organization_id).update(
+        is_active=False, deletion_requested_at=timezone.now()
+    )
+    both = [d.pk for d in Delivery.objects.filter(event__in=[setup["dead"], setup["retrying"]])]
+    asked = admin.post(
+        reverse("admin:webhooks_delivery_changelist"), {"action": "retry_deliveries", "_selected_action": both}
+    ).content.decode()
+    assert "active again" not in asked
+    assert "2 of them belong to organizations being deleted and are not retried." in asked
+    asked = admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "_selected_action": [destination.pk]},
+    ).content.decode()
+    assert (
+        f"{destination.organization.name} · {destination.name}: 1 dead (organization being deleted: not retried)"
+        in (asked)
+    )
+    assert "(organization suspended)" not in asked
 
 
 # --- An operator answering a tenant: find a webhook by any id or URL, see why it failed, act on it
