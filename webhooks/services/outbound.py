@@ -417,8 +417,9 @@ def _resolve(url: str, *, timeout: float) -> _Destination:
         if blocked:
             # Not which address: that would let a tenant map the platform's internal names.
             raise DestinationNotAllowed(
-                f"the host {host} resolves to a private or reserved address; "
-                "set ALLOW_PRIVATE_DESTINATIONS=true to allow it"
+                # Tenants read this too: it says what the platform does, and whose setting it is.
+                f"the host {host} resolves to a private or reserved address, which this platform does "
+                "not send to (its operator can allow such addresses with ALLOW_PRIVATE_DESTINATIONS)"
             )
     if port in OTHER_PROTOCOL_PORTS and any(_is_public(address) for address in addresses):
         raise DestinationNotAllowed(

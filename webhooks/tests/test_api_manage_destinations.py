@@ -145,6 +145,9 @@ def test_private_addresses_are_refused_unless_allowed(client, organization, key,
     settings.ALLOW_PRIVATE_DESTINATIONS = False
     response = api_post(client, key, "/api/v1/destinations", {"name": "x", "url": "http://127.0.0.1:9/x"})
     assert response.status_code == 400 and "url" in response.json()["fields"]
+    # The tenant is told it is the platform's rule, not asked to change a setting only its operator can.
+    (reason,) = response.json()["fields"]["url"]
+    assert "which this platform does not send to (its operator can allow" in reason, reason
     assert not Destination.objects.exists()
 
 
