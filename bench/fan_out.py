@@ -336,7 +336,8 @@ def print_table(report: dict) -> None:
         f"fan-out at its bounds: {report['config']['destinations']} destinations × "
         f"{report['config']['conditions']} conditions, {report['config']['events']} events of the worst tenant "
         f"and {report['config']['ordinary']} of an ordinary one per size; EVENT_BATCH_SIZE "
-        f"{report['config']['batch_size']}, body budget {report['config']['body_budget']}"
+        f"{report['config']['batch_size']}, body budget {report['config']['body_budget']}, "
+        f"delivery budget {report['config']['delivery_budget']}"
     )
     print(
         f"{'body':>8} {'batches':>7} {'ev/batch':>8} {'wall med':>9} {'wall max':>9} {'cpu max':>8} "
@@ -381,6 +382,7 @@ def main(argv=None) -> int:
                 "taken": args.taken,
                 "batch_size": processing.EVENT_BATCH_SIZE,
                 "body_budget": getattr(settings, "PROCESSING_BATCH_BODY_BYTES", None),
+                "delivery_budget": getattr(settings, "PROCESSING_BATCH_DELIVERIES", None),
             },
             "results": [],
         }

@@ -492,6 +492,11 @@ PROCESSING_MAX_SECONDS = env.float("PROCESSING_MAX_SECONDS", default=50.0)  # th
 PROCESSING_BATCH_BODY_BYTES = env.int("PROCESSING_BATCH_BODY_BYTES", default=16 * 1024 * 1024)
 if PROCESSING_BATCH_BODY_BYTES < 1:
     raise ImproperlyConfigured("PROCESSING_BATCH_BODY_BYTES must be 1 or more")
+# Deliveries that one processing batch may create (the batch every tenant's events share); the
+# events past it wait for the next batch. At least one event a batch, whatever its fan-out.
+PROCESSING_BATCH_DELIVERIES = env.int("PROCESSING_BATCH_DELIVERIES", default=2000)
+if PROCESSING_BATCH_DELIVERIES < 1:
+    raise ImproperlyConfigured("PROCESSING_BATCH_DELIVERIES must be 1 or more")
 # An ingest process that saw the processing flag set trusts it this long without asking Redis
 # again; a processing task waits as long between clearing its flag and its last look
 # (services.scheduling). Not an environment setting: both sides must agree on it.

@@ -60,6 +60,7 @@ def settings_read(**variables) -> dict:
         ({"BODY_SEARCH_TIMEOUT_SECONDS": "0"}, "BODY_SEARCH_TIMEOUT_SECONDS above 0"),
         ({"BODY_SEARCH_CONCURRENCY": "0"}, "BODY_SEARCH_CONCURRENCY must be 1 or more"),
         ({"PROCESSING_BATCH_BODY_BYTES": "0"}, "PROCESSING_BATCH_BODY_BYTES must be 1 or more"),
+        ({"PROCESSING_BATCH_DELIVERIES": "0"}, "PROCESSING_BATCH_DELIVERIES must be 1 or more"),
         ({"DATABASE_URL": "sqlite:////tmp/hookline.sqlite3"}, "DATABASE_URL must be a PostgreSQL URL"),
         ({"DATABASE_URL": "mysql://root@127.0.0.1/hookline"}, "DATABASE_URL must be a PostgreSQL URL"),
         # Left to its local default, every request to the platform's host name was a 400 while the

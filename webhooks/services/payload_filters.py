@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from django.db.models import F
@@ -411,30 +411,37 @@ def _holds(parts: tuple[str, ...], condition: dict, document: Any) -> bool:
     return equal if op == "equals" else not equal
 
 
-def refused_by_payload_filters(checks: Iterable[tuple[Any, int, list[dict]]]) -> set[tuple[Any, int]]:
-    """The (event id, destination id) pairs among ``checks`` (event id, destination id, the
-    destination's conditions) that the conditions refuse. Each event's body is read from the
-    database and parsed once, whatever the number of destinations that look at it."""
-    by_event: dict[Any, list[tuple[int, list[tuple[tuple[str, ...], dict]]]]] = defaultdict(list)
+def refusals_in_order(
+    checks: Iterable[tuple[Any, list[tuple[int, list[dict]]]]], before_reading: Callable[[list], None] | None = None
+) -> Iterator[tuple[Any, set[int]]]:
+    """For each event of ``checks`` (its id, and the destinations that look at it: each destination's
+    id and conditions), in order: its id and the destinations whose conditions refuse it. Each
+    event's body is read from the database and parsed once, whatever the number of destinations
+    that look at it, and only as far as the caller goes: processing stops where a batch reaches its
+    budget of deliveries, and the bodies after it are never parsed (``checks`` is consumed a few
+    events at a time too). ``before_reading`` is given the ids of each few events whose bodies are
+    about to be read (at most BODIES_READ_AT_ONCE)."""
     # Each destination's paths are read once here, not once per event: path_parts' cache is bounded
     # and shared, and a tenant with more distinct paths than it holds had every path read again for
     # every event (a second an event with a thousand destinations of ten long paths).
     read: dict[int, list[tuple[tuple[str, ...], dict]]] = {}
-    for event_id, destination_id, conditions in checks:
-        if destination_id not in read:
-            read[destination_id] = [(path_parts(condition["path"]), condition) for condition in conditions]
-        by_event[event_id].append((destination_id, read[destination_id]))
-    refused = set()
-    event_ids = list(by_event)
+    checks = iter(checks)
     # A few bodies at a time, each dropped once judged: a batch of large bodies is never all in memory.
-    for start in range(0, len(event_ids), BODIES_READ_AT_ONCE):
-        chunk = event_ids[start : start + BODIES_READ_AT_ONCE]
-        for event_id, body in WebhookEvent.objects.filter(pk__in=chunk).values_list("pk", "body"):
-            document = payload_document(bytes(body))
-            for destination_id, conditions in by_event[event_id]:
-                if not all(_holds(parts, condition, document) for parts, condition in conditions):
-                    refused.add((event_id, destination_id))
-    return refused
+    while chunk := list(islice(checks, BODIES_READ_AT_ONCE)):
+        event_ids = [event_id for event_id, _ in chunk]
+        if before_reading is not None:
+            before_reading(event_ids)
+        bodies = dict(WebhookEvent.objects.filter(pk__in=event_ids).values_list("pk", "body"))
+        for event_id, destinations in chunk:
+            refused = set()
+            if event_id in bodies:  # an event gone has nothing to judge (the caller holds them locked)
+                document = payload_document(bytes(bodies.pop(event_id)))
+                for destination_id, conditions in destinations:
+                    if destination_id not in read:
+                        read[destination_id] = [(path_parts(condition["path"]), condition) for condition in conditions]
+                    if not all(_holds(parts, condition, document) for parts, condition in read[destination_id]):
+                        refused.add(destination_id)
+            yield event_id, refused
 
 
 def why_not_taken(conditions: list[dict], document: Any) -> str:

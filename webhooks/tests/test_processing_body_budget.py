@@ -195,22 +195,49 @@ def test_fresh_events_leave_half_the_budget_to_set_aside_ones_that_came_due(orga
     assert _processed(fresh) == [True, True, False, False, False, False] and _processed(due) == [True, True]
 
 
-def test_a_batch_processed_one_by_one_after_a_failure_keeps_to_the_budget(organization, settings, monkeypatch, parsed):
+def test_after_a_failure_the_pass_one_by_one_keeps_to_what_the_failed_attempt_left_once_the_fault_is_found(
+    organization, settings, monkeypatch, parsed
+):
     settings.PROCESSING_BATCH_BODY_BYTES = 3 * BODY_BYTES
     source = make_source(organization)
     _destination(organization, "live", [source], "data.live == 1")
     events = _events(source, 6, timezone.now() - timedelta(seconds=5))
     bad = events[1]
     Fault(monkeypatch, bad.id)
-    # The three that fit, tried together, fail; then one by one: the first processed, the bad one set
-    # aside (its body counted as read), the third processed; the rest wait for the next batch.
-    assert processing.process_event_batch() == 3
-    assert _processed(events) == [True, False, True, False, False, False]
+    # The three that fit, tried together, read their bodies and fail; then one by one: the first
+    # processed, the bad one set aside, and the third left to the next batch, the attempt having
+    # read the whole budget. A pass that went on with a budget of its own read the three again.
+    assert processing.process_event_batch() == 2
+    assert len(parsed) == 3 + 2
+    assert _processed(events) == [True, False, False, False, False, False]
     bad.refresh_from_db()
     assert bad.processing_failures == 1 and bad.processing_retry_at is not None
-    assert {event.processing_failures for event in WebhookEvent.objects.filter(pk__in=[e.pk for e in events[3:]])} == {
+    assert {event.processing_failures for event in WebhookEvent.objects.filter(pk__in=[e.pk for e in events[2:]])} == {
         0
     }
+    parsed.clear()
     assert processing.process_event_batch() == 3
+    assert len(parsed) == 3
+    assert processing.process_event_batch() == 1
     assert _processed(events) == [True, False, True, True, True, True]
     assert Delivery.objects.filter(event__in=events).count() == 2  # events 3 and 5 are live
+
+
+def test_after_a_failure_the_pass_one_by_one_reaches_the_event_at_fault_whatever_the_attempt_read(
+    organization, settings, monkeypatch, parsed
+):
+    # Stopping at the budget the failed attempt read would leave the bad event to fail the next batch
+    # too, and each batch would then read the whole budget for one event of progress.
+    settings.PROCESSING_BATCH_BODY_BYTES = 3 * BODY_BYTES
+    source = make_source(organization)
+    _destination(organization, "live", [source], "data.live == 1")
+    events = _events(source, 4, timezone.now() - timedelta(seconds=5))
+    bad = events[2]
+    Fault(monkeypatch, bad.id)
+    assert processing.process_event_batch() == 3
+    assert len(parsed) == 3 + 3  # twice the budget: the most a failing batch reads
+    assert _processed(events) == [True, True, False, False]
+    bad.refresh_from_db()
+    assert bad.processing_failures == 1
+    assert processing.process_event_batch() == 1
+    assert _processed(events) == [True, True, False, True]
