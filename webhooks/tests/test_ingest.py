@@ -1,5 +1,7 @@
 """POST /in/<token>/ end to end through Django, with signatures from the providers' packages."""
 
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -540,6 +542,25 @@ def test_a_signature_used_at_one_source_cannot_carry_another_body_to_a_source_sh
     assert send(second_domain, "evt-real").status_code == 200
     assert send(elsewhere, "evt-other-tenant").status_code == 200
     assert WebhookEvent.objects.filter(source=second_domain, status="received").count() == 1
+
+
+def test_a_signed_nonce_that_is_not_valid_unicode_is_bound_like_any_other(client, organization):
+    # JSON may carry a lone surrogate ("\ud800"), and the Mailgun provider verifies such a token over its
+    # surrogatepass bytes; binding it to its body must not fail to encode it (it was a 500).
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    token = "\ud800f4a7c1e0b2d9"
+    timestamp = str(int(time.time()))
+    digest = hmac.new(b"key-test-signing", (timestamp + token).encode("utf-8", "surrogatepass"), hashlib.sha256)
+    signature = {"timestamp": timestamp, "token": token, "signature": digest.hexdigest()}
+
+    def send(event_id):
+        body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
+        return client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+
+    first = send("evt-real")
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    forged = send("evt-forged")
+    assert forged.status_code == 401 and forged.json()["error"] == "replayed_signature"
 
 
 def test_the_binding_of_a_signature_to_its_body_survives_a_cache_flush(client, organization):
