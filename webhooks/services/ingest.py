@@ -440,6 +440,13 @@ def _headers_to_store(
     came it would be shown to members, who never see a secret, and forwarded to destinations)."""
     secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
     secrets = [secret for secret in secrets if secret]
+    # A WSGI server decodes header bytes as latin-1 (PEP 3333): a non-ASCII secret, sent as UTF-8,
+    # arrives as this other text (see providers.base.header_carries_secret).
+    secrets += [
+        as_received
+        for secret in secrets
+        if (as_received := secret.encode("utf-8", "surrogatepass").decode("latin-1")) != secret
+    ]
 
     def holds_secret(value: str) -> bool:
         return any(

@@ -348,6 +348,23 @@ def test_a_source_secret_sent_in_another_header_is_masked_too(client, organizati
     assert "s3cr3t-token-value" not in json.dumps(rejected.headers) + json.dumps(stored.headers)
 
 
+def test_a_non_ascii_source_secret_in_another_header_is_masked_as_the_server_hands_it_over(client, organization):
+    # A WSGI server decodes header bytes as latin-1 (PEP 3333): the UTF-8 token a sender writes arrives
+    # as other text, which a comparison with the secret's text does not find.
+    token = "s3cr3t-tøken-välue"
+    source = make_source(organization, provider="shared_token", secret=token, header="X-Webhook-Token")
+    body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
+    as_received = token.encode("utf-8").decode("latin-1")
+    refused = post(client, source, body, HTTP_X_OLD_TOKEN=as_received)
+    assert refused.status_code == 401
+    accepted = post(client, source, body, HTTP_X_WEBHOOK_TOKEN=as_received, HTTP_X_COPY=f"Token {as_received}")
+    assert accepted.status_code == 200, accepted.content
+    rejected, stored = WebhookEvent.objects.get(status="rejected"), WebhookEvent.objects.get(status="received")
+    assert rejected.headers["X-Old-Token"] == stored.headers["X-Copy"] == stored.headers["X-Webhook-Token"]
+    recorded = json.dumps(rejected.headers, ensure_ascii=False) + json.dumps(stored.headers, ensure_ascii=False)
+    assert as_received not in recorded and token not in recorded
+
+
 def test_a_tenant_never_sees_another_tenants_events(client, organization, other_organization):
     mine = make_source(organization)
     theirs = make_source(other_organization)
