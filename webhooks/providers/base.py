@@ -324,6 +324,24 @@ def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def header_carries_secret(value: str, secret: str) -> bool:
+    """Whether a header's value is ``secret`` verbatim (a token scheme), compared in constant time.
+
+    Senders write a token's UTF-8 bytes, and WSGI servers hand header values over decoded as latin-1
+    (PEP 3333): a non-ASCII token arrives as other text, whose latin-1 encoding gives those bytes back.
+    The value as text is compared too (the test client passes text; ASCII tokens are the same either
+    way). Either comparison needs the secret's own characters, so neither accepts what the other refuses
+    for want of the secret.
+    """
+    expected = secret.encode("utf-8", "surrogatepass")
+    as_text = hmac.compare_digest(value.encode("utf-8", "surrogatepass"), expected)
+    try:
+        as_sent = hmac.compare_digest(value.encode("latin-1"), expected)
+    except UnicodeEncodeError:  # characters past U+00FF: not from a WSGI server
+        as_sent = False
+    return as_text or as_sent
+
+
 def tolerance_seconds(options: Mapping[str, Any], default: int) -> int:
     """The source's ``tolerance`` option in whole seconds (0 turns the check off); ``default`` when unset."""
     value = options.get("tolerance")

@@ -49,14 +49,27 @@ WEBHOOK_EVENT_PING_REPLY = HandshakeResponse(status=204, body=b"", content_type=
 _PUBLIC_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{128}")
 _TIMESTAMP = re.compile(r"\d{1,15}")
+# The points of small order are the ones whose y coordinate (mod p) is 0, 1, -1 or ±y8 (libsodium's
+# blocklist), whatever the sign bit. As a public key, such a point verifies signatures nobody made
+# (R a small-order point and S = 0 pass for most messages), and OpenSSL does not refuse it.
+_P = 2**255 - 19
+_Y8 = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _Y8, _P - _Y8})
+
+
+def _has_small_order(encoded: bytes) -> bool:
+    return (int.from_bytes(encoded, "little") & ((1 << 255) - 1)) % _P in _SMALL_ORDER_Y
 
 
 def _public_key(secret: str) -> Ed25519PublicKey | None:
     text = (secret or "").strip()
     if not _PUBLIC_KEY.fullmatch(text):
         return None
+    encoded = bytes.fromhex(text)
+    if _has_small_order(encoded):
+        return None
     try:
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+        return Ed25519PublicKey.from_public_bytes(encoded)
     except ValueError:
         return None
 
@@ -107,7 +120,8 @@ class DiscordProvider(Provider):
     docs_verifies = (
         "X-Signature-Ed25519: hex Ed25519 signature of X-Signature-Timestamp + raw body, checked with the "
         "application's hex public key (the stored secret; Hookline cannot sign, so the test sender cannot send "
-        "samples for Discord). Optional timestamp tolerance (off by default). Interaction PINGs are answered "
+        "samples for Discord); a key of small order, which would verify forged signatures, is refused. "
+        "Optional timestamp tolerance (off by default). Interaction PINGs are answered "
         'with {"type":1} and webhook-event PINGs with 204 after verification, and are not stored. '
         "Discord expects other interactions to be answered within 3 seconds with an interaction response, "
         "which Hookline's acknowledgement is not."
@@ -124,6 +138,11 @@ class DiscordProvider(Provider):
 
     def clean_secret(self, secret: str) -> str:
         secret = super().clean_secret(secret)
+        if _PUBLIC_KEY.fullmatch(secret) and _has_small_order(bytes.fromhex(secret)):
+            raise InvalidOptions(
+                "that is not a usable public key (a point of small order, which would verify forged signatures); "
+                "copy the Public Key from the Discord Developer Portal"
+            )
         if _public_key(secret) is None:
             raise InvalidOptions(
                 "a Discord public key is 64 hex characters (General Information → Public Key, not the bot token "

@@ -21,6 +21,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    header_carries_secret,
 )
 
 V3_HEADER = "verif-hash"
@@ -112,7 +113,7 @@ class FlutterwaveProvider(Provider):
             if digest is not None and len(digest) == hashlib.sha256().digest_size:
                 if any(hmac.compare_digest(_hmac(s, request.body), digest) for s in usable):
                     return
-            if not strict and any(hmac.compare_digest(_encode(s), _encode(signature)) for s in usable):
+            if not strict and any(header_carries_secret(signature, s) for s in usable):
                 return
             raise VerificationError(
                 "no_matching_secret",
@@ -131,7 +132,7 @@ class FlutterwaveProvider(Provider):
                 f"neither the {V3_HEADER} (v3) nor the {V4_HEADER} (v4) header is present; "
                 "set a secret hash in Flutterwave's webhook settings",
             )
-        if not any(hmac.compare_digest(_encode(s), _encode(value)) for s in usable):
+        if not any(header_carries_secret(value, s) for s in usable):
             raise VerificationError(
                 "no_matching_secret",
                 f"the {V3_HEADER} header does not match the secret hash ({len(usable)} secret hash(es) tried)",

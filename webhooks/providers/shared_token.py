@@ -6,7 +6,6 @@ For senders that cannot sign, e.g. Supabase database webhooks or Flutterwave v3'
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    header_carries_secret,
     json_field,
     require_header,
 )
@@ -60,11 +60,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
-
-
-def _encode(text: str) -> bytes:
-    # surrogatepass: garbage in a header must fail to match, not raise.
-    return text.encode("utf-8", "surrogatepass")
 
 
 class SharedTokenProvider(Provider):
@@ -134,8 +129,7 @@ class SharedTokenProvider(Provider):
             if value[: len(prefix)].lower() != prefix.lower():
                 raise VerificationError("bad_format", f"the {header} header does not start with '{prefix}'")
             value = value[len(prefix) :].strip()
-        candidate = _encode(value)
-        if not any(hmac.compare_digest(_encode(secret), candidate) for secret in secrets if secret):
+        if not any(header_carries_secret(value, secret) for secret in secrets if secret):
             detail = f"the {header} header does not match the source's token ({len(secrets)} token(s) tried)"
             scheme = _SCHEME.match(value) if not prefix else None
             if scheme:  # "Bearer <token>" sent to a source that expects the token alone

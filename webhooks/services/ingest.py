@@ -391,7 +391,8 @@ def _nonce_fits_body(source: Source, nonce: str, body: bytes) -> bool:
     event itself cannot be stored.
     """
     digest = hashlib.sha256(body).hexdigest()
-    nonce_digest = hashlib.sha256(nonce.encode()).hexdigest()
+    # surrogatepass: a nonce read from JSON may hold a lone surrogate, which verify() signed as such.
+    nonce_digest = hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
     # The sibling sources first (usually none), so that the nonce is looked up by its unique
     # (source, nonce) index rather than by nonce alone.
     siblings = list(
@@ -439,6 +440,13 @@ def _headers_to_store(
     came it would be shown to members, who never see a secret, and forwarded to destinations)."""
     secret_headers = {name.lower() for name in secret_headers} | {"authorization", "cookie"}
     secrets = [secret for secret in secrets if secret]
+    # A WSGI server decodes header bytes as latin-1 (PEP 3333): a non-ASCII secret, sent as UTF-8,
+    # arrives as this other text (see providers.base.header_carries_secret).
+    secrets += [
+        as_received
+        for secret in secrets
+        if (as_received := secret.encode("utf-8", "surrogatepass").decode("latin-1")) != secret
+    ]
 
     def holds_secret(value: str) -> bool:
         return any(

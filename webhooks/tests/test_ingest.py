@@ -1,5 +1,7 @@
 """POST /in/<token>/ end to end through Django, with signatures from the providers' packages."""
 
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -346,6 +348,23 @@ def test_a_source_secret_sent_in_another_header_is_masked_too(client, organizati
     assert "s3cr3t-token-value" not in json.dumps(rejected.headers) + json.dumps(stored.headers)
 
 
+def test_a_non_ascii_source_secret_in_another_header_is_masked_as_the_server_hands_it_over(client, organization):
+    # A WSGI server decodes header bytes as latin-1 (PEP 3333): the UTF-8 token a sender writes arrives
+    # as other text, which a comparison with the secret's text does not find.
+    token = "s3cr3t-tøken-välue"
+    source = make_source(organization, provider="shared_token", secret=token, header="X-Webhook-Token")
+    body = '{"type": "INSERT", "table": "orders", "record": {"id": 1}}'
+    as_received = token.encode("utf-8").decode("latin-1")
+    refused = post(client, source, body, HTTP_X_OLD_TOKEN=as_received)
+    assert refused.status_code == 401
+    accepted = post(client, source, body, HTTP_X_WEBHOOK_TOKEN=as_received, HTTP_X_COPY=f"Token {as_received}")
+    assert accepted.status_code == 200, accepted.content
+    rejected, stored = WebhookEvent.objects.get(status="rejected"), WebhookEvent.objects.get(status="received")
+    assert rejected.headers["X-Old-Token"] == stored.headers["X-Copy"] == stored.headers["X-Webhook-Token"]
+    recorded = json.dumps(rejected.headers, ensure_ascii=False) + json.dumps(stored.headers, ensure_ascii=False)
+    assert as_received not in recorded and token not in recorded
+
+
 def test_a_tenant_never_sees_another_tenants_events(client, organization, other_organization):
     mine = make_source(organization)
     theirs = make_source(other_organization)
@@ -540,6 +559,25 @@ def test_a_signature_used_at_one_source_cannot_carry_another_body_to_a_source_sh
     assert send(second_domain, "evt-real").status_code == 200
     assert send(elsewhere, "evt-other-tenant").status_code == 200
     assert WebhookEvent.objects.filter(source=second_domain, status="received").count() == 1
+
+
+def test_a_signed_nonce_that_is_not_valid_unicode_is_bound_like_any_other(client, organization):
+    # JSON may carry a lone surrogate ("\ud800"), and the Mailgun provider verifies such a token over its
+    # surrogatepass bytes; binding it to its body must not fail to encode it (it was a 500).
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    token = "\ud800f4a7c1e0b2d9"
+    timestamp = str(int(time.time()))
+    digest = hmac.new(b"key-test-signing", (timestamp + token).encode("utf-8", "surrogatepass"), hashlib.sha256)
+    signature = {"timestamp": timestamp, "token": token, "signature": digest.hexdigest()}
+
+    def send(event_id):
+        body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
+        return client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+
+    first = send("evt-real")
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    forged = send("evt-forged")
+    assert forged.status_code == 401 and forged.json()["error"] == "replayed_signature"
 
 
 def test_the_binding_of_a_signature_to_its_body_survives_a_cache_flush(client, organization):

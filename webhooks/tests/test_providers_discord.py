@@ -6,8 +6,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import nacl.bindings
 import nacl.signing
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +168,45 @@ def test_optional_tolerance():
     PROVIDER.verify(request, [PUBLIC], OPTIONS, NOW)  # off by default, like discord-interactions
     error = reject(request, options=PROVIDER.clean_options({"tolerance": 300}))
     assert error.code == "timestamp_out_of_tolerance" and "400 s old" in error.detail
+
+
+# The Ed25519 points of small order, as public keys: their y coordinate (mod p) is 0, 1, -1 or ±y8
+# (libsodium's blocklist), with either sign bit, and the non-canonical spellings y + p of the same y.
+_P = 2**255 - 19
+_Y8 = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+SMALL_ORDER_KEYS = [
+    (y | sign << 255).to_bytes(32, "little")
+    for base in (0, 1, _P - 1, _Y8, _P - _Y8)
+    for y in (base, base + _P)
+    if y < 2**255
+    for sign in (0, 1)
+]
+
+
+def _forged(public: bytes, body: bytes) -> dict[str, str] | None:
+    """Headers no private key made (R a small-order point, S = 0) that the key verifies, if one is found."""
+    key = Ed25519PublicKey.from_public_bytes(public)
+    for ts in range(NOW, NOW + 64):
+        for point in SMALL_ORDER_KEYS:
+            try:
+                key.verify(point + bytes(32), str(ts).encode() + body)
+            except InvalidSignature:
+                continue
+            return {"X-Signature-Ed25519": (point + bytes(32)).hex(), "X-Signature-Timestamp": str(ts)}
+    return None
+
+
+@pytest.mark.parametrize("public", SMALL_ORDER_KEYS, ids=lambda key: key.hex()[:6] + "…" + key.hex()[-4:])
+def test_a_public_key_of_small_order_is_refused_as_it_verifies_forged_signatures(public):
+    # PyNaCl (libsodium) agrees that these are no usable public key.
+    assert not nacl.bindings.crypto_core_ed25519_is_valid_point(public)
+    body = b'{"id":"1","type":2,"data":{"name":"forged"}}'
+    forged = _forged(public, body)
+    assert forged is not None  # the library alone accepts a signature nobody made
+    error = reject(req(body, forged), secrets=(public.hex(),))
+    assert error.code == "no_matching_secret" and "0 usable key(s) of 1" in error.detail
+    with pytest.raises(InvalidOptions):
+        PROVIDER.clean_secret(public.hex())
 
 
 def test_sign_is_not_possible():
