@@ -31,14 +31,10 @@ def pytest_xdist_setupnodes(config, specs):
     # database is pytest-django's business: it adds the worker's id to its name.
     base_url = os.environ.get("REDIS_URL", "redis://localhost:6379/15")
     base_queue = os.environ.get("CELERY_QUEUE", "hookline-test")
-    # A pinned blackhole port (redis_blackhole) becomes one per process, from it upwards: two
-    # processes cannot both listen on it.
-    blackhole_port = os.environ.get("REDIS_BLACKHOLE_PORT")
+    # Ports are split among the processes by webhooks/tests/ports.py (from PYTEST_XDIST_WORKER).
     for index, spec in enumerate(specs):
         spec.env["REDIS_URL"] = worker_redis_url(base_url, index)
         spec.env["CELERY_QUEUE"] = f"{base_queue}-{index}"
-        if blackhole_port:
-            spec.env["REDIS_BLACKHOLE_PORT"] = str(int(blackhole_port) + index)
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -110,9 +106,10 @@ class BlackholeServer:
 
 @pytest.fixture
 def redis_blackhole():
-    # REDIS_BLACKHOLE_PORT pins the port (for a run that must stay within given ports; `make test`'s
-    # Nth process takes the one N above it); else the OS picks one.
-    server = BlackholeServer(int(os.environ.get("REDIS_BLACKHOLE_PORT", "0")))
+    # On a port of this process's share of TEST_PORTS (webhooks/tests/ports.py).
+    from webhooks.tests.ports import free_port
+
+    server = BlackholeServer(free_port())
     yield server
     server.close()
 

@@ -481,7 +481,7 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
     )
     writer_pids = []
     try:
-        wait_for_port(port)
+        wait_for_port(port, process=gunicorn)
         assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
         writer_pids += _writer_pids(gunicorn.pid)
         # Until the writer listens (Django takes a moment to load), workers write in-process.
@@ -532,7 +532,7 @@ def _gunicorn_with_its_writer(tmp_path, socket_path):
     with log_path.open("w") as log:
         gunicorn = _start_gunicorn(port, Path(socket_path).parent, log, "--workers", "1")
         try:
-            wait_for_port(port)
+            wait_for_port(port, process=gunicorn)
             assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
             yield gunicorn, log_path, _writer_pids(gunicorn.pid)[0]
         finally:
