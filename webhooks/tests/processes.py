@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / "var" / "test-logs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def wait_for_port(port: int, timeout: float = 20, process: subprocess.Popen | None = None) -> None:
+# How long a test waits for a process of ours (gunicorn, the ingest writer, redis-server) to start,
+# answer or end before it calls it stuck. Django's start takes seconds on an idle machine, many times
+# that on a CI machine loaded by the suite's own processes; only a test that fails anyway waits it out.
+PATIENCE_SECONDS = 120
+
+
+def wait_for_port(port: int, timeout: float = PATIENCE_SECONDS, process: subprocess.Popen | None = None) -> None:
     """Until something listens on ``port``; with ``process``, fails at once should it exit first (it
     could not bind the port, say) rather than wait, or take another program's server for it."""
     deadline = time.monotonic() + timeout
@@ -203,8 +209,11 @@ class Stack:
         return post_stripe_over_http(self.web_port, token, event_id, secret)
 
 
-def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = 10) -> int:
-    """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status."""
+def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = PATIENCE_SECONDS) -> int:
+    """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status.
+
+    A server just started answers its first request once a worker has loaded Django (wait_for_port
+    sees only the master listening): on a loaded machine that took longer than the 10 s it was given."""
     body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
     timestamp = int(time.time())
     signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
@@ -230,7 +239,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return predicate()
 
 
-__all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "post_stripe_over_http", "settings", "wait_until"]
+__all__ = [
+    "PATIENCE_SECONDS",
+    "CountingReceiver",
+    "RedisServer",
+    "Stack",
+    "free_port",
+    "post_stripe_over_http",
+    "settings",
+    "wait_until",
+]
 
 
 class PostgresServer:
