@@ -51,8 +51,12 @@ def filter_worker_logs(logger, **kwargs):
 _warm_shutdown = _cold_shutdown = None
 _in_pool_process = False
 _billiard_sigterm = None
-# A SIGTERM that reached the main process too is noted there within this long.
-_MAIN_PROCESS_NOTICE_SECONDS = 1.0
+# A SIGTERM that reached the main process too is noted there within this long: generous, since a
+# loaded machine may leave the main process without a turn to run its handler for a while. Only a
+# SIGTERM sent to a pool process alone waits it out (a revoke with terminate, which Hookline never
+# asks for; someone's kill; billiard's hard time limit, which sends SIGKILL a moment later anyway):
+# the cold shutdown's cancel goes on as soon as the main process notes it.
+_MAIN_PROCESS_NOTICE_SECONDS = 10.0
 _POLL_SECONDS = 0.02
 
 
@@ -106,12 +110,27 @@ def _take_over_sigterm_once_billiard_set_its_handler() -> None:
 
 
 def _sigterm_in_a_pool_process(signum, frame) -> None:
-    if not _cold_shutdown.value and _noted(_warm_shutdown, _MAIN_PROCESS_NOTICE_SECONDS):
+    if _shutdown_noted(_MAIN_PROCESS_NOTICE_SECONDS) == "Warm":
         # The platform's SIGTERM, to every process: the warm shutdown ends this one. Should a cold
-        # one follow (Celery says so only after it sent its SIGTERM), it still cancels.
+        # one follow, it still cancels.
         threading.Thread(target=_cancel_on_a_cold_shutdown, daemon=True).start()
         return
+    # A cold shutdown (Celery cancels the running tasks with SIGTERM before it says it is one, hence
+    # the wait), or a SIGTERM for this process alone.
     _billiard_sigterm(signum, frame)
+
+
+def _shutdown_noted(within: float) -> str | None:
+    """The shutdown the main process noted ("Cold" before "Warm"), waiting up to ``within`` seconds for one."""
+    deadline = time.monotonic() + within
+    while True:
+        if _cold_shutdown.value:
+            return "Cold"
+        if _warm_shutdown.value:
+            return "Warm"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(_POLL_SECONDS)
 
 
 def _noted(flag, within: float | None) -> bool:

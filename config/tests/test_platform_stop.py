@@ -93,6 +93,9 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
         destination, _ = make_destination(organization, receiver.url, sources=[source])
         delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
         stack.start("worker")
+        # The idle one's start ended too: a SIGTERM during it kills it outright, whatever the worker does
+        # (Celery's set-up of a pool process resets SIGTERM to the default until billiard's handler is set).
+        assert wait_until(lambda: _pool_processes_started(stack.processes["worker"].pid, 2), timeout=60)
         with app.connection_for_write(redis_url) as connection:
             dispatch_deliveries.apply_async(connection=connection, queue=stack.env["CELERY_QUEUE"])
         assert wait_until(lambda: Delivery.objects.filter(status="in_flight").exists(), timeout=60)
@@ -114,3 +117,25 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
         stack.stop_all()
         receiver.close()
         redis.stop()
+
+
+def _pool_processes_started(worker_pid: int, concurrency: int) -> bool:
+    """Whether the worker's ``concurrency`` pool processes each set their SIGTERM handler, the last step
+    of their start. Until then, from /proc: SIGTERM caught as inherited from the main process (SIGINT
+    not ignored yet), then SIGINT ignored and SIGTERM at its default, then both set."""
+    try:
+        with open(f"/proc/{worker_pid}/task/{worker_pid}/children") as children:
+            pids = [int(pid) for pid in children.read().split()]
+    except OSError:
+        return False
+    return len(pids) == concurrency and all(_ignores_sigint_and_catches_sigterm(pid) for pid in pids)
+
+
+def _ignores_sigint_and_catches_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            masks = dict(line.split(":\t", 1) for line in status if line.startswith(("SigIgn", "SigCgt")))
+    except OSError:
+        return False
+    ignored, caught = (int(masks[name], 16) for name in ("SigIgn", "SigCgt"))
+    return bool(ignored & 1 << (signal.SIGINT - 1)) and bool(caught & 1 << (signal.SIGTERM - 1))

@@ -6,6 +6,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from config import celery as celery_config
 
 
@@ -39,3 +41,61 @@ def test_a_cold_shutdown_after_pool_processes_ended_their_warm_one_is_noted_with
     noting.start()
     noting.join(30)
     assert not noting.is_alive(), "the main process hung noting a cold shutdown"
+
+
+# --- a pool process's SIGTERM, as its main process notes the shutdown late ---------------------------
+
+
+class MainProcessNotingLate:
+    """``time`` for config.celery: each poll of the pool process moves the clock on, and the main process
+    notes a ``how`` shutdown once ``after`` seconds passed (a main process that a loaded machine left
+    without a turn to run its signal handler; Celery's cold shutdown, which says so only once it has
+    sent the pool processes its SIGTERM)."""
+
+    def __init__(self, how: str, after: float):
+        self.now, self.how, self.after = 0.0, how, after
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.now >= self.after:
+            celery_config._note_the_kind_of_shutdown(how=self.how)
+
+
+@pytest.fixture
+def pool_process(monkeypatch):
+    """A pool process's handler, with fresh flags; returns the list of the times billiard's ran."""
+    for flag in ("_warm_shutdown", "_cold_shutdown"):
+        monkeypatch.setattr(celery_config, flag, multiprocessing.RawValue("b", 0))
+    monkeypatch.setattr(celery_config, "_cancel_on_a_cold_shutdown", lambda: None)  # no thread left waiting
+    billiard_ran_at = []
+    monkeypatch.setattr(
+        celery_config, "_billiard_sigterm", lambda signum, frame: billiard_ran_at.append(celery_config.time.now)
+    )
+    return billiard_ran_at
+
+
+def test_a_main_process_slow_to_note_the_platform_s_sigterm_still_gets_it_left_to_its_warm_shutdown(
+    monkeypatch, pool_process
+):
+    # Under a load average of 10 the idle pool process of test_platform_stop.py gave up after a
+    # second, and died of the SIGTERM while the warm shutdown went on (a busy one would drop its sends).
+    monkeypatch.setattr(celery_config, "time", MainProcessNotingLate("Warm", after=3.0))
+    celery_config._sigterm_in_a_pool_process(signal.SIGTERM, None)
+    assert pool_process == []  # left to the warm shutdown
+
+
+def test_a_cold_shutdown_cancels_as_soon_as_the_main_process_notes_it_not_at_the_end_of_the_wait(
+    monkeypatch, pool_process
+):
+    monkeypatch.setattr(celery_config, "time", MainProcessNotingLate("Cold", after=0.5))
+    celery_config._sigterm_in_a_pool_process(signal.SIGTERM, None)
+    assert pool_process == [pytest.approx(0.5, abs=celery_config._POLL_SECONDS)]
+
+
+def test_a_sigterm_for_the_pool_process_alone_is_billiard_s_after_the_wait(monkeypatch, pool_process):
+    monkeypatch.setattr(celery_config, "time", MainProcessNotingLate("Warm", after=float("inf")))
+    celery_config._sigterm_in_a_pool_process(signal.SIGTERM, None)
+    assert pool_process == [pytest.approx(celery_config._MAIN_PROCESS_NOTICE_SECONDS, abs=0.1)]

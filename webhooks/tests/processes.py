@@ -20,21 +20,27 @@ import stripe
 from django.conf import settings
 from django.db import connection
 
+from .ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 # One directory per process of `make test` (pytest-xdist's worker id), so that the fault tests of
 # two processes do not append to the same files.
 LOG_DIR = ROOT / "var" / "test-logs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# How long a test waits for a process of ours (gunicorn, the ingest writer, redis-server) to start,
+# answer or end before it calls it stuck. Django's start takes seconds on an idle machine, many times
+# that on a CI machine loaded by the suite's own processes; only a test that fails anyway waits it out.
+PATIENCE_SECONDS = 120
 
 
-def wait_for_port(port: int, timeout: float = 20) -> None:
+def wait_for_port(port: int, timeout: float = PATIENCE_SECONDS, process: subprocess.Popen | None = None) -> None:
+    """Until something listens on ``port``; with ``process``, fails at once should it exit first (it
+    could not bind the port, say) rather than wait, or take another program's server for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
@@ -93,7 +99,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        wait_for_port(self.port, process=self.process)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -171,11 +177,11 @@ class Stack:
         }
         log = (LOG_DIR / f"{name}.log").open("a")
         with self._lock:
-            self.processes[name] = subprocess.Popen(
+            process = self.processes[name] = subprocess.Popen(
                 commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         if name == "web":
-            wait_for_port(self.web_port)
+            wait_for_port(self.web_port, process=process)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Stop ``name`` on purpose: it stays stopped until started again."""
@@ -203,8 +209,11 @@ class Stack:
         return post_stripe_over_http(self.web_port, token, event_id, secret)
 
 
-def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = 10) -> int:
-    """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status."""
+def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = PATIENCE_SECONDS) -> int:
+    """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status.
+
+    A server just started answers its first request once a worker has loaded Django (wait_for_port
+    sees only the master listening): on a loaded machine that took longer than the 10 s it was given."""
     body = f'{{"id":"{event_id}","object":"event","type":"invoice.paid"}}'
     timestamp = int(time.time())
     signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
@@ -230,7 +239,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
     return predicate()
 
 
-__all__ = ["CountingReceiver", "RedisServer", "Stack", "free_port", "post_stripe_over_http", "settings", "wait_until"]
+__all__ = [
+    "PATIENCE_SECONDS",
+    "CountingReceiver",
+    "RedisServer",
+    "Stack",
+    "free_port",
+    "post_stripe_over_http",
+    "settings",
+    "wait_until",
+]
 
 
 class PostgresServer:

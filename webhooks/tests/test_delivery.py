@@ -21,7 +21,7 @@ from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.scheduling import clear_flag, set_flag
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
-from .processes import wait_until
+from .processes import PATIENCE_SECONDS, wait_until
 from .signing import standard_webhooks_headers, stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -427,7 +427,7 @@ def test_a_live_dispatcher_keeps_its_claims_past_their_timeout_and_a_gone_one_do
     # A dispatcher that cannot reach the database (frozen, cut off, failing over) holds what it sent
     # and records it once it can: releasing its claims meanwhile would send them twice.
     with ClaimOwner() as owner:
-        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=2)
+        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=PATIENCE_SECONDS)
         claimed_at = _claimed_long_ago_by(owner.id, organization, httpserver, client)
         long_past = claimed_at + timedelta(seconds=5 + settings.STUCK_DELIVERY_SECONDS + 1)
         assert processing.sweep(now=long_past)["released"] == 0
@@ -445,7 +445,7 @@ def test_a_live_dispatcher_s_claim_is_released_once_it_is_older_than_live_claim_
     # Alive but wedged: its deliveries must not wait on it for ever.
     settings.LIVE_CLAIM_MAX_SECONDS = 400
     with ClaimOwner() as owner:
-        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=2)
+        assert wait_until(lambda: cache.get(MARK_KEY_PREFIX + owner.id) is not None, timeout=PATIENCE_SECONDS)
         claimed_at = _claimed_long_ago_by(owner.id, organization, httpserver, client)
         assert processing.sweep(now=claimed_at + timedelta(seconds=399))["released"] == 0
         assert processing.sweep(now=claimed_at + timedelta(seconds=401))["released"] == 1

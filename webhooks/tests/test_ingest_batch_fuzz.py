@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -30,7 +29,7 @@ from webhooks.services import ingest_writer
 from webhooks.services.text import storable_text
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
-from .processes import free_port, wait_for_port, wait_until
+from .processes import PATIENCE_SECONDS, free_port, wait_for_port, wait_until
 from .signing import standard_webhooks_headers, stripe_headers
 from .test_ingest_writer import GatedBatches
 from .test_ingest_writer_process import ServerThread
@@ -416,7 +415,7 @@ RAW_ODDITIES = {
 def test_odd_raw_requests_through_gunicorn_never_fail_other_tenants(transactional_db, sources, tmp_path):
     from .test_ingest_writer_process import _start_gunicorn, _writer_pids
 
-    port = int(os.environ.get("INGEST_FUZZ_PORT", "0")) or free_port()
+    port = free_port()
     private_tmp = Path(tempfile.mkdtemp(prefix="hlg-"))
     odd_token, good_token = sources["stripe"].ingest_token, sources["other"].ingest_token
     odd_requests = {
@@ -438,9 +437,9 @@ def test_odd_raw_requests_through_gunicorn_never_fail_other_tenants(transactiona
             port, private_tmp, log, *("--workers", "2", "--worker-class", "gthread", "--threads", "8")
         )
         try:
-            wait_for_port(port)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
-            assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)
+            wait_for_port(port, process=gunicorn)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+            assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)
             with ThreadPoolExecutor(16) as pool:
                 odd = {name: pool.submit(_raw_status, port, request) for name, request in odd_requests.items()}
                 good = [pool.submit(_raw_status, port, request) for request in good_requests]

@@ -36,7 +36,7 @@ from webhooks.services.ingest_writer_process import (
 )
 
 from .factories import STRIPE_SECRET, make_source
-from .processes import free_port, post_stripe_over_http, wait_for_port, wait_until
+from .processes import PATIENCE_SECONDS, free_port, post_stripe_over_http, wait_for_port, wait_until
 from .signing import post_stripe
 from .test_ingest_writer import GatedBatches, new_event
 
@@ -447,7 +447,7 @@ def _accepts(path: Path) -> bool:
 
 
 def _post(port: int, token: str, event_id: str) -> int:
-    return post_stripe_over_http(port, token, event_id, STRIPE_SECRET, timeout=15)
+    return post_stripe_over_http(port, token, event_id, STRIPE_SECRET)
 
 
 def _start_gunicorn(port: int, private_tmp: Path, log, *options: str, **extra_env: str) -> subprocess.Popen:
@@ -481,11 +481,11 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
     )
     writer_pids = []
     try:
-        wait_for_port(port)
-        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+        wait_for_port(port, process=gunicorn)
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
         writer_pids += _writer_pids(gunicorn.pid)
         # Until the writer listens (Django takes a moment to load), workers write in-process.
-        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)
+        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)
 
         assert _post(port, source.ingest_token, "evt_gunicorn_1") == 200
         assert WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_1").exists()
@@ -503,14 +503,16 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
 
         # Killed: requests are written in-process meanwhile, and the master starts a new writer.
         os.kill(writer_pids[0], signal.SIGKILL)
-        assert wait_until(lambda: not _alive(writer_pids[0]), 10)  # a row sent while it dies would be a 503
+        assert wait_until(
+            lambda: not _alive(writer_pids[0]), PATIENCE_SECONDS
+        )  # a row sent while it dies would be a 503
         for n in range(5):
             assert _post(port, source.ingest_token, f"evt_gunicorn_gone_{n}") == 200
-        assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), 20)
+        assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), PATIENCE_SECONDS)
         writer_pids += _writer_pids(gunicorn.pid)
         # Restarted means serving again: the new process listens on the (stale) socket path.
         socket_file = next(private_tmp.glob("hookline-writer-*/writer.sock"))
-        assert wait_until(lambda: _accepts(socket_file), 20)
+        assert wait_until(lambda: _accepts(socket_file), PATIENCE_SECONDS)
         assert _post(port, source.ingest_token, "evt_gunicorn_after") == 200
         assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_gunicorn_").count() == 8
     finally:
@@ -518,7 +520,7 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
         gunicorn.wait(30)
         log.close()
     # Stopped with gunicorn, and its socket directory removed.
-    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), 10)
+    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), PATIENCE_SECONDS)
     assert list(private_tmp.iterdir()) == []
 
 
@@ -532,8 +534,8 @@ def _gunicorn_with_its_writer(tmp_path, socket_path):
     with log_path.open("w") as log:
         gunicorn = _start_gunicorn(port, Path(socket_path).parent, log, "--workers", "1")
         try:
-            wait_for_port(port)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, 20)
+            wait_for_port(port, process=gunicorn)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
             yield gunicorn, log_path, _writer_pids(gunicorn.pid)[0]
         finally:
             if gunicorn.poll() is None:
@@ -546,11 +548,11 @@ def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, t
     private_tmp = Path(socket_path).parent
     with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
         gunicorn.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: "Hang up" in log_path.read_text(), 10)
+        assert wait_until(lambda: "Hang up" in log_path.read_text(), PATIENCE_SECONDS)
         time.sleep(1)  # the configuration is loaded again and new workers start
         assert _writer_pids(gunicorn.pid) == [writer_pid]  # the same writer serves on
     # Stopped by gunicorn's on_exit (a writer that only noticed its parent had gone would leave its directory).
-    assert wait_until(lambda: not _alive(writer_pid), 10)
+    assert wait_until(lambda: not _alive(writer_pid), PATIENCE_SECONDS)
     assert list(private_tmp.iterdir()) == []
 
 
@@ -558,13 +560,13 @@ def test_a_platform_stop_that_reaches_the_writer_too_is_not_taken_for_a_crash(tr
     # Heroku and Render send SIGTERM to every process of the dyno or container at once.
     private_tmp = Path(socket_path).parent
     with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
-        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), 20)  # serving
+        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)  # serving
         gunicorn.send_signal(signal.SIGTERM)
         os.kill(writer_pid, signal.SIGTERM)
         gunicorn.wait(30)
     output = log_path.read_text()
     assert "starting it again" not in output and "ERROR" not in output, output
-    assert wait_until(lambda: not _alive(writer_pid), 10)
+    assert wait_until(lambda: not _alive(writer_pid), PATIENCE_SECONDS)
 
 
 # --- when config/gunicorn.conf.py starts the writer ------------------------------------------------

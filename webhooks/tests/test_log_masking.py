@@ -113,7 +113,7 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
         # DEBUG: Django's own console handler is active then; it must not print the token either.
         server = _start_gunicorn(port, private_tmp, log, "--access-logfile", "-", LOG_LEVEL="INFO", DEBUG="true")
         try:
-            wait_for_port(port)
+            wait_for_port(port, process=server)
             assert post_stripe_over_http(port, source.ingest_token, "evt_logged", STRIPE_SECRET) == 200
             assert post_stripe_over_http(port, source.ingest_token, "evt_forged", "whsec_wrong") == 401
             unknown_token = "Unknown0token0Of0Nobody0AtAll0xyz"

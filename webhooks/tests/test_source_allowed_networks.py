@@ -2,7 +2,6 @@
 through the same check (dashboard, REST API, admin, create_source)."""
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -184,7 +183,7 @@ def test_a_second_forwarded_line_from_the_client_never_passes_for_the_routers_en
     from .test_ingest_writer_process import _start_gunicorn
 
     source = restricted_source(organization)
-    port = int(os.environ.get("ALLOWED_NETWORKS_TEST_PORT", "0")) or free_port()
+    port = free_port()
     private_tmp = Path(tempfile.mkdtemp(prefix="hln-"))
 
     def status(event_id: str, *forwarded: str) -> int:
@@ -194,7 +193,7 @@ def test_a_second_forwarded_line_from_the_client_never_passes_for_the_routers_en
     with (tmp_path / "gunicorn.log").open("w") as log:
         gunicorn = _start_gunicorn(port, private_tmp, log, "--workers", "1", TRUST_X_FORWARDED_FOR="true")
         try:
-            wait_for_port(port)
+            wait_for_port(port, process=gunicorn)
             # As such a router passes them on: the outsider's address appended to its first line.
             smuggled = status("evt_smuggled", f"{INSIDE_V4}, {OUTSIDE}", INSIDE_V4)
             genuine = status("evt_genuine", f"{OUTSIDE}, {INSIDE_V4}")
