@@ -1126,8 +1126,8 @@ def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client,
     api_key_revoke(api_key=api_key, actor=owner)
     client.force_login(owner)
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
-    assert '<td>created the API key <code class="muted small">api_key.created</code></td>' in text
-    assert '<td>revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
+    assert '<td data-label="Action">created the API key <code class="muted small">api_key.created</code></td>' in text
+    assert '<td data-label="Action">revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
     assert "api key: " not in text  # the fallback for an action without words
 
 
@@ -1144,8 +1144,10 @@ def test_audit_log_names_the_destination_of_a_retry_a_replay_and_a_bulk_retry(cl
     assert client.post(replay, {"destination": world.destination.pk}).status_code == 302
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
     assert "retried the failed deliveries of <code" in text
-    assert "<td>Billing app</td>" in text
-    assert text.count("<td>invoice.paid evt_world_1 → Billing app</td>") == 2  # the retry and the replay
+    assert '<td data-label="Target">Billing app</td>' in text
+    assert (
+        text.count('<td data-label="Target">invoice.paid evt_world_1 → Billing app</td>') == 2
+    )  # the retry and the replay
     assert "bulk retry" not in text and f"to destination {world.destination.pk}" not in text
 
 
@@ -1172,8 +1174,11 @@ def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(cli
     assert client.post(url, {"active": "0"}).status_code == 302
     assert client.post(url, {"active": "1"}).status_code == 302
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
-    assert '<td>stopped receiving on <code class="muted small">source.paused</code></td>' in text
-    assert '<td>started receiving again on <code class="muted small">source.resumed</code></td>' in text
+    assert '<td data-label="Action">stopped receiving on <code class="muted small">source.paused</code></td>' in text
+    assert (
+        '<td data-label="Action">started receiving again on <code class="muted small">source.resumed</code></td>'
+        in text
+    )
     assert "source: paused" not in text  # the fallback for an action without words
 
 
