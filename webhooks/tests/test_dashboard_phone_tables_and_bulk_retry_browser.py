@@ -10,6 +10,7 @@ from conftest import UserFactory
 from organizations.api_keys import api_key_create
 from organizations.models import Membership
 from organizations.team import invitation_create
+from webhooks.models import BulkRetry, Delivery
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 
@@ -96,3 +97,40 @@ def test_every_table_of_the_dashboard_reads_on_a_phone_without_scrolling_sideway
         assert_clean(seen, pages_at_least=len(pages) + 1)
         page.context.close()
 
+
+def test_a_bulk_retry_s_status_follows_it_until_it_has_finished(browser, live_server, client, organization, owner):
+    """The destination page said "starting shortly" until it was loaded again by hand."""
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    seen = watch(page)
+    page.clock.install()  # each poll comes when the test moves the page's clock on
+    page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
+    page.get_by_role("button", name="Retry all failed deliveries").click()
+    page.wait_for_selector("text=Retrying 1 failed delivery in the background.")
+    status = page.locator("#bulk-retry-status")
+    assert "starting shortly" in status.inner_text()
+    assert page.get_by_role("button", name="Retry all failed deliveries").count() == 0
+
+    # Nothing changed yet: the poll swaps nothing.
+    with page.expect_response(lambda response: "/bulk-retries/" in response.url) as unchanged:
+        page.clock.run_for(2_000)
+    assert unchanged.value.status == 204
+
+    job = BulkRetry.objects.get(organization=organization)
+    operations.bulk_retry_run(job.pk)
+    assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
+    with page.expect_response(lambda response: "/bulk-retries/" in response.url) as changed:
+        page.clock.run_for(2_000)
+    assert changed.value.status == 200
+    page.wait_for_selector("#bulk-retry-status >> text=1 of 1 retried")
+    assert "Finished" in status.inner_text() and "starting shortly" not in status.inner_text()
+    # Finished: the button is back, and the status no longer polls.
+    page.get_by_role("button", name="Retry all failed deliveries").wait_for()
+    assert status.get_attribute("hx-trigger") is None
+    polls = []
+    page.on("request", lambda request: polls.append(request.url) if "/bulk-retries/" in request.url else None)
+    page.clock.run_for(10_000)
+    flush(page)  # a round trip after the clock: a request the timers made has been seen
+    assert polls == []
+    assert_clean(seen, pages_at_least=2)
+    page.context.close()
