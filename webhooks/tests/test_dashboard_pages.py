@@ -1679,3 +1679,33 @@ def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(clien
         listed = client.get(href)
         assert len(listed.context["events"]) == count, status
         assert f"Events received from {timestamp(since, 'absolute')} to now." in page_text(listed)
+
+
+# --- Found walking the dashboard as a new tenant -------------------------------------
+
+
+def test_an_active_api_key_says_it_is_active_beside_its_revoke_button(client, owner, organization):
+    # Its Status column held the Revoke button alone: a status only for revoked keys.
+    from organizations.api_keys import api_key_create, api_key_revoke
+
+    api_key_create(organization=organization, name="deploy-script", actor=owner)
+    revoked, _ = api_key_create(organization=organization, name="old-script", actor=owner)
+    api_key_revoke(api_key=revoked, actor=owner)
+    client.force_login(owner)
+
+    text = page_text(client.get(reverse("dashboard:api_keys", args=["acme"])))
+
+    rows = dict(re.findall(r'<tr data-api-key="[^"]+">\s*<td>([^<]+)</td>(.*?)</tr>', text, re.S))
+    assert '<span class="badge badge-ok">Active</span>' in rows["deploy-script"]
+    assert "Active" not in rows["old-script"] and "Revoked" in rows["old-script"]
+
+
+@pytest.mark.parametrize("timeout,shown", [(15, "15 s"), (2.5, "2.5 s"), (2.25, "2.25 s")])
+def test_a_destination_s_timeout_is_shown_as_typed(client, owner, organization, timeout, shown):
+    # A whole number of seconds was shown as "15.0 s".
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", timeout_seconds=timeout)
+    client.force_login(owner)
+
+    text = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+
+    assert f"<dt>Timeout</dt><dd>{shown}</dd>" in text
