@@ -48,7 +48,10 @@ def test_every_table_of_the_dashboard_reads_on_a_phone_without_scrolling_sideway
         colleague = UserFactory(email=f"a.long.colleague.address.number{n}@subsidiary.example-corporation.com")
         Membership.objects.create(user=colleague, organization=organization, role=Membership.Role.ADMIN)
         invitation_create(
-            organization=organization, actor=owner, email=f"invitee.number{n}@partner-company.example.org", role="member"
+            organization=organization,
+            actor=owner,
+            email=f"invitee.number{n}@partner-company.example.org",
+            role="member",
         )
     api_key_create(organization=organization, name="Nightly export for the finance team", actor=owner)
     refused = client.generic(

@@ -29,9 +29,7 @@ def contrast_ratio(foreground: str, background: str) -> float:
 
 
 @pytest.mark.parametrize("width, height", VIEWPORTS, ids=["phone", "desktop"])
-def test_the_organization_switcher_reads_on_the_dark_top_bar(
-    browser, live_server, organization, owner, width, height
-):
+def test_the_organization_switcher_reads_on_the_dark_top_bar(browser, live_server, organization, owner, width, height):
     # Its name was in the link blue of `details summary`, 2.8:1 on the top bar (AA asks 4.5:1).
     other = organization_create(name="Globex", slug="globex", owner_email="owner@globex.example")
     Membership.objects.create(user=owner, organization=other, role=Membership.Role.ADMIN)
