@@ -51,6 +51,11 @@ urlpatterns = [
         name="destination_bulk_retry",
     ),
     path(
+        "destinations/<int:destination_id>/bulk-retries/",
+        destinations.DestinationBulkRetriesView.as_view(),
+        name="destination_bulk_retries",
+    ),
+    path(
         "destinations/<int:destination_id>/send-waiting-now/",
         destinations.DestinationSendWaitingNowView.as_view(),
         name="destination_send_waiting_now",

@@ -63,13 +63,56 @@ def with_fresh_id(provider: Provider, body: bytes) -> tuple[bytes, str]:
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
+def _json_mistake(error: json.JSONDecodeError) -> str:
+    """What the parser stopped at, in words for someone who typed the payload (not the parser's own
+    "Expecting value: line 1 column 1 (char 0)"): what is wrong there and how JSON writes it."""
+    text = error.doc
+    here = text[error.pos : error.pos + 1]
+    if not text[error.pos :].strip() and error.msg != "Extra data":
+        return "the payload ends too early: a value, a closing quote, } or ] is missing"
+    if error.msg == "Expecting value":
+        if here == "'":
+            return 'text is in single quotes: JSON needs double quotes, as in "like this"'
+        if here in ("]", "}"):
+            return f"a value is missing before this {here}: JSON allows no comma after the last item"
+        if here.isalpha():
+            return "there is a word without quotes: text goes in double quotes; only true, false and null go without"
+        return "a value was expected: an object {…}, a list […], text in double quotes, a number, true, false or null"
+    if error.msg == "Expecting property name enclosed in double quotes":
+        if here == "}":
+            return "there is a comma after the last item, which JSON does not allow"
+        if here == "'":
+            return 'a name is in single quotes: JSON needs double quotes, as in {"name": "value"}'
+        return 'a name in double quotes was expected, as in {"name": "value"}'
+    if error.msg == "Expecting ':' delimiter":
+        return 'a colon (:) is missing between a name and its value, as in {"name": "value"}'
+    if error.msg == "Expecting ',' delimiter":
+        if here in ("]", "}"):
+            return "a bracket does not match: each { closes with } and each [ with ]"
+        return "a comma (,) is missing between two items"
+    if error.msg == "Unterminated string starting at":
+        return "the text in double quotes that starts here is never closed"
+    if error.msg == "Invalid control character at":
+        return "text in double quotes cannot hold a line break or tab as such: write \\n or \\t"
+    if error.msg.startswith("Invalid \\uXXXX escape"):
+        return "\\u must be followed by four hexadecimal digits, as in \\u00e9"
+    if error.msg.startswith("Invalid \\escape"):
+        return 'a backslash JSON does not know: write \\\\ for a backslash, or \\n, \\t, \\"'
+    if error.msg == "Extra data":
+        return "something follows the end of the JSON: a payload is a single value, such as one {…}"
+    return error.msg[:1].lower() + error.msg[1:]
+
+
 def _json_error(body: bytes) -> str | None:
+    """Why ``body`` is not JSON, with where (line and character, counted from 1), or None."""
     try:
         json.loads(body)
     except RecursionError:
         return "it is nested too deeply"
     except UnicodeDecodeError:
         return "it is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"on line {exc.lineno}, at character {exc.colno}, {_json_mistake(exc)}"
     except ValueError as exc:
         return str(exc)
     return None
@@ -93,7 +136,7 @@ def edited_body_problem(provider_kind: str, body: bytes) -> str | None:
     if "form" in formats and _is_form(body):
         return None
     if "form" in formats:
-        return f"The payload is neither valid JSON ({error}) nor a form-encoded body (name=value&name=value)."
+        return f"The payload is neither valid JSON nor a form-encoded body (name=value&name=value). As JSON: {error}."
     return f"The payload is not valid JSON: {error}."
 
 

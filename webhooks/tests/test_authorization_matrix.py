@@ -42,6 +42,7 @@ ROUTES = [
     ("dashboard:source_rejected", "get", "source", None, None),
     ("dashboard:destinations", "get", "org", None, None),
     ("dashboard:destination_detail", "get", "destination", None, None),
+    ("dashboard:destination_bulk_retries", "get", "destination", None, None),
     ("dashboard:audit", "get", "org", None, None),
     ("team:members", "get", "org", None, None),
     ("dashboard:source_providers", "get", "org", None, ADMIN),

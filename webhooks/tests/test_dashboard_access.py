@@ -58,6 +58,7 @@ READ_PAGES = [
     ("source_rejected", "source"),
     ("destinations", "org"),
     ("destination_detail", "destination"),
+    ("destination_bulk_retries", "destination"),
     ("audit", "org"),
 ]
 ADMIN_PAGES = [

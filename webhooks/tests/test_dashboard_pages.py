@@ -1126,8 +1126,8 @@ def test_audit_log_says_in_words_that_an_api_key_was_created_and_revoked(client,
     api_key_revoke(api_key=api_key, actor=owner)
     client.force_login(owner)
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
-    assert '<td>created the API key <code class="muted small">api_key.created</code></td>' in text
-    assert '<td>revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
+    assert '<td data-label="Action">created the API key <code class="muted small">api_key.created</code></td>' in text
+    assert '<td data-label="Action">revoked the API key <code class="muted small">api_key.revoked</code></td>' in text
     assert "api key: " not in text  # the fallback for an action without words
 
 
@@ -1144,8 +1144,10 @@ def test_audit_log_names_the_destination_of_a_retry_a_replay_and_a_bulk_retry(cl
     assert client.post(replay, {"destination": world.destination.pk}).status_code == 302
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
     assert "retried the failed deliveries of <code" in text
-    assert "<td>Billing app</td>" in text
-    assert text.count("<td>invoice.paid evt_world_1 → Billing app</td>") == 2  # the retry and the replay
+    assert '<td data-label="Target">Billing app</td>' in text
+    assert (
+        text.count('<td data-label="Target">invoice.paid evt_world_1 → Billing app</td>') == 2
+    )  # the retry and the replay
     assert "bulk retry" not in text and f"to destination {world.destination.pk}" not in text
 
 
@@ -1172,8 +1174,11 @@ def test_audit_log_says_in_words_that_a_source_stopped_and_started_receiving(cli
     assert client.post(url, {"active": "0"}).status_code == 302
     assert client.post(url, {"active": "1"}).status_code == 302
     text = html.unescape(page_text(client.get(reverse("dashboard:audit", args=["acme"]))))
-    assert '<td>stopped receiving on <code class="muted small">source.paused</code></td>' in text
-    assert '<td>started receiving again on <code class="muted small">source.resumed</code></td>' in text
+    assert '<td data-label="Action">stopped receiving on <code class="muted small">source.paused</code></td>' in text
+    assert (
+        '<td data-label="Action">started receiving again on <code class="muted small">source.resumed</code></td>'
+        in text
+    )
     assert "source: paused" not in text  # the fallback for an action without words
 
 
@@ -1674,3 +1679,33 @@ def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(clien
         listed = client.get(href)
         assert len(listed.context["events"]) == count, status
         assert f"Events received from {timestamp(since, 'absolute')} to now." in page_text(listed)
+
+
+# --- Found walking the dashboard as a new tenant -------------------------------------
+
+
+def test_an_active_api_key_says_it_is_active_beside_its_revoke_button(client, owner, organization):
+    # Its Status column held the Revoke button alone: a status only for revoked keys.
+    from organizations.api_keys import api_key_create, api_key_revoke
+
+    api_key_create(organization=organization, name="deploy-script", actor=owner)
+    revoked, _ = api_key_create(organization=organization, name="old-script", actor=owner)
+    api_key_revoke(api_key=revoked, actor=owner)
+    client.force_login(owner)
+
+    text = page_text(client.get(reverse("dashboard:api_keys", args=["acme"])))
+
+    rows = dict(re.findall(r'<tr data-api-key="[^"]+">\s*<td>([^<]+)</td>(.*?)</tr>', text, re.S))
+    assert '<span class="badge badge-ok">Active</span>' in rows["deploy-script"]
+    assert "Active" not in rows["old-script"] and "Revoked" in rows["old-script"]
+
+
+@pytest.mark.parametrize("timeout,shown", [(15, "15 s"), (2.5, "2.5 s"), (2.25, "2.25 s")])
+def test_a_destination_s_timeout_is_shown_as_typed(client, owner, organization, timeout, shown):
+    # A whole number of seconds was shown as "15.0 s".
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", timeout_seconds=timeout)
+    client.force_login(owner)
+
+    text = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
+
+    assert f"<dt>Timeout</dt><dd>{shown}</dd>" in text

@@ -231,6 +231,24 @@ def test_invalid_json_sent_with_htmx_shows_the_error_in_the_result(client, live_
     assert not WebhookEvent.objects.filter(source=source).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_typing_mistake_in_the_payload_is_told_in_plain_words_with_its_line(
+    client, live_server, settings, organization, owner
+):
+    # Was Python's "Expecting ',' delimiter: line 3 column 3 (char 22)".
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, secret="whsec_live_sender")
+    client.force_login(owner)
+    typed = '{\r\n  "id": "evt_typed",\r\n  "type": "invoice.paid"\r\n  "object": "event"\r\n}'
+
+    response = _send(client, source, {"fixture": "invoice.paid", "payload": typed}, HTTP_HX_REQUEST="true")
+
+    body = response.content.decode()
+    assert "The payload is not valid JSON: on line 4, at character 3, a comma (,) is missing between two items." in body
+    assert "Expecting" not in body and "(char " not in body
+    assert not WebhookEvent.objects.filter(source=source).exists()
+
+
 # After sending, the result follows the event to its destinations, and takes the focus.
 
 

@@ -85,3 +85,38 @@ def test_providers_that_take_form_bodies_read_one_sent_by_the_sender(kind, form)
 
     assert body == form and headers["Content-Type"] == sample_sender.FORM_CONTENT_TYPE
     assert _described(kind, body, headers).event_type
+
+
+# What a person typing a payload gets wrong, and what the sender says (not the parser's "Expecting
+# ',' delimiter: line 3 column 3 (char 22)"): where, counted from 1 as editors do, and what to write.
+TYPING_MISTAKES = [
+    ("not json", 1, 1, "there is a word without quotes"),
+    ('{"id": "evt_1", "live": True}', 1, 25, "there is a word without quotes: text goes in double quotes; only true"),
+    ('{\n  "id": "evt_1"\n  "type": "invoice.paid"\n}', 3, 3, "a comma (,) is missing between two items"),
+    ("{'id': 'evt_1'}", 1, 2, "a name is in single quotes: JSON needs double quotes"),
+    ('{"id": "evt_1",}', 1, 16, "there is a comma after the last item, which JSON does not allow"),
+    ('{"ids": [1, 2,]}', 1, 15, "a value is missing before this ]"),
+    ('{"id" "evt_1"}', 1, 7, "a colon (:) is missing between a name and its value"),
+    ('{"id": "evt_1', 1, 8, "the text in double quotes that starts here is never closed"),
+    ('{"ids": [1, 2}', 1, 14, "a bracket does not match"),
+    ('{"id": "evt_1"}}', 1, 16, "something follows the end of the JSON"),
+    ('{"id": ', 1, 8, "the payload ends too early"),
+    ('{"path": "C:\\data"}', 1, 13, "a backslash JSON does not know"),
+]
+
+
+@pytest.mark.parametrize("typed,line,character,words", TYPING_MISTAKES)
+def test_a_typing_mistake_is_named_in_plain_words_with_its_line_and_character(typed, line, character, words):
+    problem = sample_sender.edited_body_problem("stripe", typed.encode())
+
+    assert problem.startswith(f"The payload is not valid JSON: on line {line}, at character {character}, {words}")
+    assert "Expecting" not in problem and "char " not in problem and "column" not in problem
+
+
+def test_a_form_provider_names_the_json_mistake_too():
+    problem = sample_sender.edited_body_problem("github", b'{"action": "opened",}')
+
+    assert problem == (
+        "The payload is neither valid JSON nor a form-encoded body (name=value&name=value). As JSON: on line 1, "
+        "at character 21, there is a comma after the last item, which JSON does not allow."
+    )

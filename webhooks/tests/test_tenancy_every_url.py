@@ -102,6 +102,7 @@ ROLES = {
     "dashboard:destination_delete": (ADMIN, ADMIN),
     "dashboard:destination_set_paused": (MEMBER, ADMIN),
     "dashboard:destination_bulk_retry": (MEMBER, ADMIN),
+    "dashboard:destination_bulk_retries": (MEMBER, None),
     "dashboard:destination_send_waiting_now": (MEMBER, ADMIN),
     "dashboard:audit": (MEMBER, None),
     "dashboard:api_keys": (ADMIN, ADMIN),

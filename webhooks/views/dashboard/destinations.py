@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+
 from django.contrib import messages
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
@@ -111,21 +114,51 @@ class DestinationDetailView(DestinationMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         destination = self.get_destination()
-        bulk_retries = bulk_retries_for_destination(destination=destination)
         context.update(
             destination=destination,
             health=destination_health(destination=destination),
             retry_policy=retry_policy_words(destination),
             payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
             subscriptions=list(destination.subscriptions.select_related("source")),
-            bulk_retries=bulk_retries,
-            bulk_retry_unfinished=any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
+            **bulk_retry_progress(destination),
         )
         # The very set the button brings forward (every waiting delivery, however old its event),
         # counted up to the most one click brings forward: the number beside the button is what it does.
         waiting = destination_waiting_for_retry_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
         context.update(waiting_for_retry=waiting, waiting_for_retry_capped=waiting >= SEND_WAITING_NOW_LIMIT)
         return context
+
+
+def bulk_retry_progress(destination) -> dict:
+    """The destination's recent bulk retries, whether one is still queued or running (the fragment
+    then keeps polling) and a fingerprint of what the fragment shows, so that a poll finding
+    nothing new swaps nothing."""
+    bulk_retries = bulk_retries_for_destination(destination=destination)
+    # The pause changes the words ("queued" instead of "retried"), not the jobs.
+    state = "|".join(
+        [
+            str(bool(destination.paused_at)),
+            *(f"{job.pk}:{job.status}:{job.retried}:{job.total}" for job in bulk_retries),
+        ]
+    )
+    return {
+        "bulk_retries": bulk_retries,
+        "bulk_retry_unfinished": any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
+        "bulk_retry_seen": hashlib.sha256(state.encode()).hexdigest()[:16],
+    }
+
+
+class DestinationBulkRetriesView(DestinationMixin, TemplateView):
+    """The destination page's bulk retries, polled (htmx) while one is under way: 204 while unchanged."""
+
+    template_name = "dashboard/_bulk_retries.html"
+
+    def get(self, request, *args, **kwargs):
+        destination = self.get_destination()
+        progress = bulk_retry_progress(destination)
+        if request.GET.get("seen") == progress["bulk_retry_seen"]:
+            return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
+        return self.render_to_response(self.get_context_data(destination=destination, **progress))
 
 
 def warn_of_patterns_matching_nothing(request, organization, patterns: list[str]) -> None:
