@@ -344,9 +344,12 @@ INGEST_COMMIT_TIMEOUT_SECONDS = env.float("INGEST_COMMIT_TIMEOUT_SECONDS", defau
 # process, which commits the rows of every web worker together (empty: each process writes its own).
 INGEST_WRITER_SOCKET = env.str("INGEST_WRITER_SOCKET", default="")
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES, 2_621_440)
-# Rejected requests kept per source per minute; past that they are only counted.
+# Rejected requests kept per source per minute; past that they are answered the same but not kept.
 INGEST_REJECTED_RECORDS_PER_MINUTE = env.int("INGEST_REJECTED_RECORDS_PER_MINUTE", default=60)
 REJECTED_BODY_MAX_BYTES = env.int("REJECTED_BODY_MAX_BYTES", default=16 * 1024)
+# A rejected request's headers as kept (names and values, UTF-8): gunicorn lets a request carry
+# 100 headers of 8 KiB, which kept whole would be 50 times the body's bound.
+REJECTED_HEADERS_MAX_BYTES = env.int("REJECTED_HEADERS_MAX_BYTES", default=16 * 1024)
 # The events list's "Body contains": events whose body one request reads at most, newest first from
 # where the last one stopped, and how long the database may take over them before it stops.
 BODY_SEARCH_WINDOW = env.int("BODY_SEARCH_WINDOW", default=10_000)

@@ -23,6 +23,7 @@ from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
+from webhooks.api.limits import LocalWindowCounter
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
@@ -491,13 +492,53 @@ def _reject(
             rejection_code=code,
             rejection_detail=storable_text(detail)[:500],
             body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
-            headers=_headers_to_store(provider_secret_headers, headers, source.active_secrets()),
+            headers=_bounded_headers(
+                _headers_to_store(provider_secret_headers, headers, source.active_secrets()),
+                settings.REJECTED_HEADERS_MAX_BYTES,
+            ),
             remote_ip=remote_ip,
         )
         if not _insert_while_the_source_is_open(record):
             _source_cache.pop(source.ingest_token, None)
             return _error(404, "unknown_source", "no active source has this ingest URL")
     return _error(status_code, code, detail)
+
+
+# Where a rejected request's headers say how many were not kept. Parentheses cannot be in a header
+# name (RFC 9110 tokens), so no header the request carried can be taken for it.
+HEADERS_NOT_KEPT = "(headers not kept)"
+# A header cut shorter than this would show nothing useful: it is left out whole instead.
+_MIN_CUT_HEADER_BYTES = 64
+
+
+def _bounded_headers(headers: dict[str, str], max_bytes: int) -> dict[str, str]:
+    """``headers`` within ``max_bytes`` (names and values, UTF-8), for a rejected request's record.
+
+    Smallest first, so that every ordinary header (the signature, the event id, the user agent the
+    tenant debugs with) is kept whole and only the few huge ones a forger added are cut or left out;
+    how many were is kept under HEADERS_NOT_KEPT."""
+    sized = sorted(headers.items(), key=lambda item: len(item[0].encode()) + len(item[1].encode()))
+    kept: dict[str, str] = {}
+    budget = max_bytes
+    cut = left_out = 0
+    for name, value in sized:
+        size = len(name.encode()) + len(value.encode())
+        if size <= budget:
+            kept[name] = value
+            budget -= size
+        elif budget >= _MIN_CUT_HEADER_BYTES + len(name.encode()):
+            room = budget - len(name.encode()) - 40  # the note added to the value
+            shortened = value.encode()[:room].decode(errors="ignore")
+            kept[name] = f"{shortened}… [cut from {len(value.encode())} bytes]"
+            budget = 0
+            cut += 1
+        else:
+            left_out += 1
+    if cut or left_out:
+        kept[HEADERS_NOT_KEPT] = (
+            f"{cut} header(s) cut and {left_out} left out: a rejected request keeps {max_bytes} bytes of headers"
+        )
+    return kept
 
 
 def _insert_while_the_source_is_open(record: WebhookEvent) -> bool:
@@ -530,12 +571,50 @@ def _claimed_event_id(source: Source, request: InboundRequest) -> str | None:
     return _storable_event_id(event_id)
 
 
+# Rejected requests counted in this process while the cache is unreachable (see _may_record_rejection).
+_rejections_counted_locally = LocalWindowCounter()
+_REJECTION_OUTAGE_WARNING_SECONDS = 60
+_rejection_outage_warned_at: float | None = None
+# The minutes' clock, read through this name so that tests can hold a minute still.
+rejection_clock = time.time
+
+
 def _may_record_rejection(source_id: int) -> bool:
-    """Keep at most INGEST_REJECTED_RECORDS_PER_MINUTE rejected requests per source and minute."""
-    key = f"ingest:rejected:{source_id}:{int(time.time() // 60)}"
+    """Keep at most INGEST_REJECTED_RECORDS_PER_MINUTE rejected requests per source and minute.
+
+    While the cache is unreachable they are counted in this process's memory instead: each web
+    process then keeps up to the limit on its own. Recording every one of them would let a sender
+    that knows an ingest URL fill the database at line rate for as long as Redis is down."""
+    window = int(rejection_clock() // 60)
+    key = f"ingest:rejected:{source_id}:{window}"
     try:
         cache.add(key, 0, timeout=120)
-        return cache.incr(key) <= settings.INGEST_REJECTED_RECORDS_PER_MINUTE
-    except Exception as exc:  # the cache is down: recording is still bounded by the request rate
-        logger.warning("cache unavailable while rate-limiting rejected-request records: %s", exc)
-        return True
+        count = cache.incr(key)
+    except Exception as exc:  # unreachable, skipped (config.redis_cache), or the key evicted meanwhile
+        _warn_rejections_counted_locally(exc)
+        count = _rejections_counted_locally.hit(str(source_id), period=60, window=window)
+    return count <= settings.INGEST_REJECTED_RECORDS_PER_MINUTE
+
+
+def _warn_rejections_counted_locally(exc: Exception) -> None:
+    # Once a minute per process: a warning per refused request would flood the log at the request rate.
+    global _rejection_outage_warned_at
+    now = time.monotonic()
+    if (
+        _rejection_outage_warned_at is not None
+        and now - _rejection_outage_warned_at < _REJECTION_OUTAGE_WARNING_SECONDS
+    ):
+        return
+    _rejection_outage_warned_at = now
+    logger.warning(
+        "rejected-request records counted in this process only while the cache is unavailable "
+        "(each process keeps up to the limit; said at most once a minute): %s",
+        exc,
+    )
+
+
+def forget_rejection_counts() -> None:
+    """Forget this process's fallback counts of rejected requests (for tests)."""
+    global _rejection_outage_warned_at
+    _rejections_counted_locally.clear()
+    _rejection_outage_warned_at = None

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -699,3 +700,71 @@ def test_a_badly_signed_request_to_a_closed_source_is_404_and_not_recorded_on_sq
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout.strip().splitlines()[-1])
     assert result == {"vendor": "sqlite", "answers": [200, 401, 404], "rows": ["received", "rejected"]}
+
+
+# --- What a forged request may cost in storage -------------------------------------------------
+
+
+def test_a_rejected_requests_headers_are_kept_within_their_bound(client, organization, settings):
+    # gunicorn lets a request carry 100 headers of 8 KiB each: kept whole, one forged request was
+    # 761 KB of headers next to its 16 KiB of body, 60 times a minute per source.
+    source = make_source(organization)
+    padding = {f"HTTP_X_PAD_{i}": secrets.token_urlsafe(6000) for i in range(20)}
+    response = post(
+        client,
+        source,
+        STRIPE_BODY,
+        HTTP_STRIPE_SIGNATURE="t=1,v1=00",
+        HTTP_USER_AGENT="Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        **padding,
+    )
+
+    assert response.status_code == 401
+    headers = WebhookEvent.objects.get(status=WebhookEvent.Status.REJECTED).headers
+    kept = sum(len(name.encode()) + len(value.encode()) for name, value in headers.items())
+    note = headers.pop(ingest.HEADERS_NOT_KEPT)
+    assert kept - len(ingest.HEADERS_NOT_KEPT) - len(note.encode()) <= settings.REJECTED_HEADERS_MAX_BYTES
+    # The headers a tenant debugs with are whole; the huge ones are what gave way.
+    assert headers["Stripe-Signature"] == "t=1,v1=00"
+    assert headers["User-Agent"].startswith("Stripe/1.0")
+    assert headers["Content-Type"] == "application/json"
+    pads = [name for name in headers if name.startswith("X-Pad-")]
+    assert 0 < len(pads) < 20
+    assert "cut" in note and f"{20 - len(pads)} left out" in note
+
+
+def test_a_rejected_requests_ordinary_headers_are_kept_as_they_came(client, organization):
+    source = make_source(organization)
+    assert (
+        post(client, source, STRIPE_BODY, HTTP_STRIPE_SIGNATURE="t=1,v1=00", HTTP_X_REQUEST_ID="r-1").status_code == 401
+    )
+    headers = WebhookEvent.objects.get(status=WebhookEvent.Status.REJECTED).headers
+    assert ingest.HEADERS_NOT_KEPT not in headers
+    assert headers["Stripe-Signature"] == "t=1,v1=00" and headers["X-Request-Id"] == "r-1"
+
+
+def test_with_the_cache_down_rejected_records_are_still_bounded_in_each_process(
+    client, organization, settings, monkeypatch, caplog
+):
+    # Recording every rejected request while Redis is down would let whoever knows an ingest URL
+    # fill the database at line rate for as long as the outage lasts.
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+    settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 3
+    monkeypatch.setattr(ingest, "rejection_clock", lambda: 1_800_000_000.0)  # one minute throughout
+    ingest.forget_rejection_counts()
+    source = make_source(organization)
+    try:
+        answers = [post(client, source, STRIPE_BODY, HTTP_STRIPE_SIGNATURE="t=1,v1=00").status_code for _ in range(6)]
+    finally:
+        ingest.forget_rejection_counts()
+
+    assert answers == [401] * 6
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.REJECTED).count() == 3
+    warnings = [r for r in caplog.records if "counted in this process only" in r.getMessage()]
+    assert len(warnings) == 1  # not one per request
