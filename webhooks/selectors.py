@@ -37,6 +37,7 @@ from organizations.models import AuditLog, Organization
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
 from .services.body_search_slots import body_search_slot
+from .services.delivery_waits import DESTINATION_FIELDS_READ
 from .services.sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -560,6 +561,7 @@ def with_event_context(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
         "event__source",
         "event__received_at",
         "destination__name",
+        *(f"destination__{field}" for field in DESTINATION_FIELDS_READ),  # what it waits for
     )
 
 

@@ -41,7 +41,8 @@ from webhooks.forms import (
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
-from webhooks.services.delivery import DESTINATION_SENDING, delivery_hold
+from webhooks.services.delivery import DESTINATION_SENDING
+from webhooks.services.delivery_waits import delivery_hold
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     DestinationError,

@@ -24,6 +24,7 @@ from webhooks.selectors import (
     options_for_viewer,
     url_for_viewer,
 )
+from webhooks.services.delivery_waits import delivery_waits
 from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.secrets import previous_secret_valid_until
@@ -74,6 +75,32 @@ class DeliverySummarySerializer(serializers.Serializer):
     attempt_count = serializers.IntegerField()
 
 
+class _DeliveriesWithWaits(serializers.ListSerializer):
+    """Deliveries with what each pending one waits for, read for the whole list at once (at most two
+    queries, delivery_waits) rather than once a row."""
+
+    def to_representation(self, data):
+        deliveries = list(data.all() if hasattr(data, "all") else data)
+        waits = delivery_waits(deliveries)
+        for delivery in deliveries:
+            delivery.waiting_for = waits.get(delivery.pk)
+        return super().to_representation(deliveries)
+
+
+class WaitingForField(serializers.Field):
+    """A pending delivery's reason to wait, a code of DELIVERY_WAITS (destination_paused,
+    organization_suspended, next_attempt_time, destination_rate_limit, …); null when it is due and
+    goes out as soon as a sending thread takes it, and for a delivery that is not pending."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, allow_null=True, **kwargs)
+
+    def to_representation(self, delivery):
+        if not hasattr(delivery, "waiting_for"):  # a delivery on its own
+            delivery.waiting_for = delivery_waits([delivery]).get(delivery.pk)
+        return delivery.waiting_for
+
+
 class EventDeliverySerializer(DeliverySummarySerializer):
     """A delivery as its event's detail lists it: the event is around it already. Its destination's
     name as the delivery list shows it (event_detail_for_organization loads it with the delivery)."""
@@ -82,11 +109,15 @@ class EventDeliverySerializer(DeliverySummarySerializer):
     event = serializers.UUIDField(source="event_id")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)
+    waiting_for = WaitingForField()
     last_status_code = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
     attempts = AttemptSerializer(many=True, source="attempts.all")
+
+    class Meta:
+        list_serializer_class = _DeliveriesWithWaits
 
 
 class DeliverySerializer(DeliverySummarySerializer):
@@ -102,10 +133,14 @@ class DeliverySerializer(DeliverySummarySerializer):
     received_at = serializers.DateTimeField(source="event.received_at")
     webhook_id = serializers.CharField(source="message_id")
     next_attempt_at = serializers.DateTimeField(allow_null=True)
+    waiting_for = WaitingForField()
     last_status_code = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        list_serializer_class = _DeliveriesWithWaits
 
 
 class DeliveryDetailSerializer(DeliverySerializer):
@@ -134,9 +169,11 @@ class EventDetailSerializer(EventSerializer):
     remote_ip = serializers.IPAddressField(allow_null=True)
     headers = serializers.SerializerMethodField()
     deliveries = EventDeliverySerializer(many=True, source="deliveries.all")
-    # As the dashboard's event page says it: an event with no delivery to a destination its type
-    # reaches was left out by that destination's payload filters (as they are now), and why.
+    # As the dashboard's event page says it: an event with no delivery to a destination subscribed
+    # to its source was left out by that destination's filters (as they are now), and why: its
+    # payload filters, or its event-type filter (the "no destination subscribes" that is not so).
     left_out_by_payload_filters = serializers.SerializerMethodField()
+    left_out_by_event_types = serializers.SerializerMethodField()
 
     def get_headers(self, event) -> dict[str, str]:
         return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
@@ -144,13 +181,33 @@ class EventDetailSerializer(EventSerializer):
     def get_left_out_by_payload_filters(self, event) -> list[dict]:
         return [
             {"destination": refusal["destination_id"], "destination_name": refusal["name"], "reason": refusal["reason"]}
-            for refusal in destinations_not_taking(event)
+            for refusal in _not_taking(event)
+            if refusal["filter"] == "payload_filters"
+        ]
+
+    def get_left_out_by_event_types(self, event) -> list[dict]:
+        return [
+            {
+                "destination": refusal["destination_id"],
+                "destination_name": refusal["name"],
+                "event_types": refusal["event_types"],
+                "reason": refusal["reason"],
+            }
+            for refusal in _not_taking(event)
+            if refusal["filter"] == "event_types"
         ]
 
     def to_representation(self, event):
         data = super().to_representation(event)
         data.update(body_for_api(event.body))
         return data
+
+
+def _not_taking(event) -> list[dict]:
+    # Read once for both fields.
+    if not hasattr(event, "not_taking"):
+        event.not_taking = destinations_not_taking(event)
+    return event.not_taking
 
 
 class BulkRetrySerializer(serializers.Serializer):

@@ -1379,27 +1379,9 @@ class DeliveryRetryError(ValueError):
 
 
 # The destinations the dispatcher sends to: active, not paused, and of an active organization (a
-# suspended one, or one being deleted, is inactive). What else holds an active destination's
-# deliveries is delivery_hold's to say; the admin's "Sending" filter is this rule too.
+# suspended one, or one being deleted, is inactive). Which of these holds a destination's
+# deliveries is delivery_waits.delivery_hold's to say; the admin's "Sending" filter is this rule too.
 DESTINATION_SENDING = Q(is_active=True, paused_at__isnull=True, organization__is_active=True)
-
-# Why an active destination is sent nothing for now while its deliveries wait, as the dispatcher
-# decides (_lock_destinations): a code for scripts, and the sentence that says it.
-DELIVERY_HOLDS = {
-    "destination_paused": "Its destination is paused: it is sent once the destination is resumed",
-    "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
-}
-
-
-def delivery_hold(*, destination: Destination) -> str | None:
-    """The DELIVERY_HOLDS code of what a retried delivery of this active destination waits for, or
-    None when it is sent at once. A retry says so: "queued" alone reads as "on its way"."""
-    if destination.paused_at is not None:
-        return "destination_paused"
-    if not destination.organization.is_active:
-        return "organization_suspended"
-    return None
-
 
 # manual_attempts after a retry by hand is asked for. The first attempt is the schedule's own,
 # so after k attempts at most k - 1 were by hand; one more makes it k, the attempt to come. A

@@ -10,6 +10,7 @@ from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Source, WebhookEvent
 from webhooks.selectors import event_detail_for_organization, events_found_by_id
 
+from .delivery_waits import delivery_waits
 from .payload_filters import destinations_not_taking
 from .text import readable_body
 
@@ -58,6 +59,9 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
     """One event (loaded by event_detail_for_organization) as plain data: no headers (signatures),
     no secret, the body's size and, only ``with_body``, the body."""
     body = bytes(event.body)
+    not_taking = destinations_not_taking(event)
+    deliveries = list(event.deliveries.all())
+    waits = delivery_waits(deliveries)
     story = {
         "id": str(event.id),
         "organization": {"slug": organization.slug, "name": organization.name},
@@ -72,12 +76,22 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
         "rejection": None,
         "processing_failure": None,
         "body_size": len(body),
-        "deliveries": [_delivery_story(delivery) for delivery in event.deliveries.all()],
+        "deliveries": [_delivery_story(delivery, waits.get(delivery.pk)) for delivery in deliveries],
         # As on the dashboard's event page: "0 deliveries" alone does not say that a destination's
-        # payload filters (as they are now) left the event out.
+        # filters (as they are now) left the event out: its payload filters or its event types.
         "left_out_by_payload_filters": [
             {"destination": {"id": refusal["destination_id"], "name": refusal["name"]}, "reason": refusal["reason"]}
-            for refusal in destinations_not_taking(event)
+            for refusal in not_taking
+            if refusal["filter"] == "payload_filters"
+        ],
+        "left_out_by_event_types": [
+            {
+                "destination": {"id": refusal["destination_id"], "name": refusal["name"]},
+                "event_types": refusal["event_types"],
+                "reason": refusal["reason"],
+            }
+            for refusal in not_taking
+            if refusal["filter"] == "event_types"
         ],
     }
     if event.status == WebhookEvent.Status.REJECTED:
@@ -97,7 +111,7 @@ def event_story(event: WebhookEvent, *, organization: Organization, with_body: b
     return story
 
 
-def _delivery_story(delivery: Delivery) -> dict:
+def _delivery_story(delivery: Delivery, waiting_for: str | None) -> dict:
     destination = delivery.destination
     return {
         "id": str(delivery.pk),
@@ -114,6 +128,9 @@ def _delivery_story(delivery: Delivery) -> dict:
         "status": delivery.status,
         "attempt_count": delivery.attempt_count,
         "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.status == Delivery.Status.PENDING else None,
+        # A pending delivery's reason to wait (delivery_waits.DELIVERY_WAITS), as the admin and the
+        # API say it; None when it is due and goes out as soon as a sending thread takes it.
+        "waiting_for": waiting_for,
         "completed_at": _iso(delivery.completed_at),
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,

@@ -18,7 +18,7 @@ from functools import lru_cache
 from itertools import islice
 from typing import Any
 
-from django.db.models import F
+from django.db.models import F, Q
 
 from webhooks.models import Subscription, WebhookEvent
 
@@ -454,11 +454,21 @@ def why_not_taken(conditions: list[dict], document: Any) -> str:
     return ""
 
 
+# How many of a destination's event-type patterns a line names; the rest are counted.
+PATTERNS_NAMED = 5
+
+
 def destinations_not_taking(event: WebhookEvent) -> list[dict]:
-    """The destinations of a processed event's source that its type would reach but that have no
-    delivery of it because their payload filters (as they are now) refuse it, each with why:
-    ``{"destination_id", "name", "reason"}``. Nothing read beyond one query when no destination
-    of the source has payload filters."""
+    """The destinations subscribed to a processed event's source that have no delivery of it because
+    their filters, as they are now, refuse it, each with why: ``{"destination_id", "name", "filter",
+    "reason"}``, ``filter`` being ``"event_types"`` (the subscription's event-type patterns, then
+    also given as ``"event_types"``) or ``"payload_filters"``. Without it a tenant read "no
+    destination subscribes" of a destination that does, with a filter that leaves the type out.
+
+    Read now, not when the event was processed: a filter changed since then is judged as it is.
+    One query over the source's subscriptions (at most one per destination of the organization,
+    MAX_DESTINATIONS_PER_ORGANIZATION), none when no subscription has a filter; the body is parsed
+    once, only when a destination's payload filters have to be read."""
     if event.status != WebhookEvent.Status.PROCESSED:
         return []
     candidates = Subscription.objects.filter(source_id=event.source_id, destination__is_active=True)
@@ -466,21 +476,38 @@ def destinations_not_taking(event: WebhookEvent) -> list[dict]:
         # A destination made after the event was processed was never a candidate: naming it as one
         # its filters left out would send a tenant looking for a fault that is not there.
         candidates = candidates.filter(destination__created_at__lte=event.processed_at)
-    subscriptions = [
-        subscription
-        for subscription in candidates.exclude(destination__payload_filters=[])
+    subscriptions = list(
+        candidates.filter(~Q(destination__payload_filters=[]) | ~Q(event_types=[]))
         .exclude(destination__deliveries__event_id=event.pk)
         .annotate(payload_filters=F("destination__payload_filters"), destination_name=F("destination__name"))
-        .order_by("destination__name")
-        if subscription.matches(event.event_type)
-    ]
-    if not subscriptions:
-        return []
-    document = payload_document(bytes(event.body))
-    refusals = []
+        .order_by("destination__name", "destination_id")
+    )
+    refusals, document = [], None
     for subscription in subscriptions:
-        if reason := why_not_taken(subscription.payload_filters, document):
+        refusal = {"destination_id": subscription.destination_id, "name": subscription.destination_name}
+        if not subscription.matches(event.event_type):
+            patterns = list(subscription.event_types)
             refusals.append(
-                {"destination_id": subscription.destination_id, "name": subscription.destination_name, "reason": reason}
+                {
+                    **refusal,
+                    "filter": "event_types",
+                    "event_types": patterns,
+                    "reason": _type_not_taken(event, patterns),
+                }
             )
+            continue
+        if not subscription.payload_filters:
+            continue
+        if document is None:
+            document = payload_document(bytes(event.body))
+        if reason := why_not_taken(subscription.payload_filters, document):
+            refusals.append({**refusal, "filter": "payload_filters", "reason": reason})
     return refusals
+
+
+def _type_not_taken(event: WebhookEvent, patterns: list[str]) -> str:
+    named = ", ".join(patterns[:PATTERNS_NAMED])
+    if len(patterns) > PATTERNS_NAMED:
+        named += f" and {len(patterns) - PATTERNS_NAMED} more"
+    taken = f"by its current filters it takes only {named}"
+    return f"{taken}, not {event.event_type}" if event.event_type else f"{taken}, and the event has no type"

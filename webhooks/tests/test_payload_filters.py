@@ -261,8 +261,10 @@ def test_the_event_page_names_the_condition_that_does_not_hold(client, organizat
         in page
     )
     assert "A replay sends it all the same" not in page  # members cannot replay
-    # A destination its type does not reach is not said to be refused by its payload filters.
-    assert "other types</a>" not in page
+    # A destination its type does not reach is not said to be refused by its payload filters, but by
+    # its event-type filter.
+    assert "other types</a>, whose payload filters" not in page
+    assert "other types</a>: by its current filters it takes only charge.*, not invoice.paid." in page
     assert "No destination subscribes" not in page
 
 

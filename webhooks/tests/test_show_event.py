@@ -84,6 +84,7 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
         "processing_failure": None,
         "body_size": len(BODY.encode()),
         "left_out_by_payload_filters": [],
+        "left_out_by_event_types": [],
     }
     assert sent == {
         "id": str(delivery.pk),
@@ -99,6 +100,7 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
         "status": "succeeded",
         "attempt_count": 2,
         "next_attempt_at": None,
+        "waiting_for": None,
         "completed_at": Delivery.objects.get().completed_at.isoformat(),
         "last_status_code": 200,
         "last_error": "",

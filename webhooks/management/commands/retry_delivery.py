@@ -1,5 +1,6 @@
 from webhooks.models import Delivery
-from webhooks.services.delivery import DELIVERY_HOLDS, delivery_hold, delivery_retry
+from webhooks.services.delivery import delivery_retry
+from webhooks.services.delivery_waits import DELIVERY_HOLDS, delivery_hold
 
 from ._base import OperatorCommand, find_given
 

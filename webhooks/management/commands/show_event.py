@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 
 from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
+from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
 from webhooks.services.event_story import event_stories
 
 from ._base import OperatorCommand, find_given
@@ -65,15 +66,21 @@ def _story_text(story: dict) -> str:
     for delivery in story["deliveries"]:
         destination = delivery["destination"]
         state = delivery["status"]
-        if delivery["next_attempt_at"]:
+        if until := NEXT_TRY_WHEN_HELD.get(delivery["waiting_for"]):
+            # Its time alone would be untrue: a paused destination's delivery due minutes ago is not sent.
+            due = f" (due {_time(delivery['next_attempt_at'])})" if delivery["next_attempt_at"] else ""
+            state += f", next attempt {until}{due}"
+        elif delivery["next_attempt_at"]:
             state += f", next attempt {_time(delivery['next_attempt_at'])}"
-        if destination["paused"] or not destination["active"]:
+        if delivery["status"] != "pending" and (destination["paused"] or not destination["active"]):
             state += ", destination " + ("paused" if destination["paused"] else "inactive")
         replay = " (replay)" if delivery["is_replay"] else ""
         lines.append(
             f"  → {destination['name']} ({destination['host']}){replay}: {state}, "
             + _count(delivery["attempt_count"], "attempt")
         )
+        if delivery["waiting_for"]:
+            lines.append(f"      waiting: {DELIVERY_WAITS[delivery['waiting_for']]}")
         for attempt in delivery["attempts"]:
             answer = attempt["response_status"] or "no answer"
             detail = attempt["error"] or attempt["response_excerpt"].replace("\n", " ")
@@ -92,6 +99,8 @@ def _story_text(story: dict) -> str:
             f"  not sent to {refusal['destination']['name']}: its payload filters (as they are now) leave it out: "
             f"{refusal['reason']}"
         )
+    for refusal in story["left_out_by_event_types"]:
+        lines.append(f"  not sent to {refusal['destination']['name']}: {refusal['reason']}")
     if "body" in story:
         lines += ["  body:", *(f"    {line}" for line in story["body"].splitlines())]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
+from webhooks.services.delivery_waits import NEXT_TRY_WHEN_HELD, delivery_waits
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
 from webhooks.services.operations import OperationError
 from webhooks.services.payload_filters import destinations_not_taking
@@ -132,9 +133,16 @@ class EventDetailView(OrganizationMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
         body = readable_body(event.body)
+        deliveries = list(event.deliveries.all())
+        # A held delivery's "next try" is when the hold ends, not its time: a paused destination's
+        # delivery due minutes ago read "next try 4 min ago" (the rule of delivery_waits).
+        waits = delivery_waits(deliveries)
+        for delivery in deliveries:
+            delivery.next_try_when = NEXT_TRY_WHEN_HELD.get(waits.get(delivery.pk), "")
         context.update(
             event=event,
-            deliveries=list(event.deliveries.all()),
+            deliveries=deliveries,
+            now=timezone.now(),
             not_taken=destinations_not_taking(event),
             headers=headers_for_viewer(
                 event.headers,

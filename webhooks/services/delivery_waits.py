@@ -1,0 +1,121 @@
+"""What a pending delivery waits for: one rule for every surface that shows one (the admin's event
+and delivery pages and its retry messages, retry_delivery, show_event, the API and the dashboard's
+"next try"), as the dispatcher decides (delivery._lock_destinations). A module of its own, light to
+import: show_event and the pages need it, not the delivery engine."""
+
+from __future__ import annotations
+
+from django.db.models import Count
+from django.utils import timezone
+
+from organizations.models import Organization
+from webhooks.models import Delivery, Destination
+
+# What delivery_waits reads of each delivery's destination: a list that loads destinations with only()
+# takes these too, or each row would load the rest on its own.
+DESTINATION_FIELDS_READ = (
+    "is_active",
+    "paused_at",
+    "max_concurrency",
+    "rate_limit_per_second",
+    "rate_window_started_at",
+    "rate_window_count",
+)
+
+# Why a destination is sent nothing for now while its deliveries wait, as the dispatcher decides
+# (_lock_destinations, dead_letter_deliveries_of_inactive_destinations): a code for scripts, and
+# the sentence that says it.
+DELIVERY_HOLDS = {
+    "destination_inactive": (
+        "Its destination is inactive: it is sent nothing, and is soon marked dead (retry it once the "
+        "destination is active again)"
+    ),
+    "organization_being_deleted": "Its organization is being deleted: nothing more is sent",
+    "destination_paused": "Its destination is paused: it is sent once the destination is resumed",
+    "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
+}
+# What a pending delivery of a destination that is sent to waits for: the next attempt's time, or,
+# once due, its destination's limits as the dispatcher applies them.
+DELIVERY_WAITS = {
+    **DELIVERY_HOLDS,
+    "next_attempt_time": "It is sent at its next attempt time",
+    "destination_concurrency": (
+        "Its destination has as many attempts in flight as its max_concurrency allows: it is sent once one ends"
+    ),
+    "destination_rate_limit": "Its destination's rate limit is used up for this second: it is sent in a later one",
+}
+# The hold as the end of "next try …", where the time alone would be untrue (a paused
+# destination's delivery was due minutes ago and is not sent).
+NEXT_TRY_WHEN_HELD = {
+    "destination_inactive": "none while the destination is inactive",
+    "organization_being_deleted": "none: the organization is being deleted",
+    "destination_paused": "when the destination is resumed",
+    "organization_suspended": "when the organization is active again",
+}
+
+
+def delivery_hold(*, destination: Destination, organization: Organization | None = None) -> str | None:
+    """The DELIVERY_HOLDS code of what a delivery of this destination waits for whatever its time, or
+    None when the destination is sent to. A retry says so: "queued" alone reads as "on its way"; and
+    so do the pages, the API and show_event of a pending delivery (delivery_waits)."""
+    organization = organization or destination.organization
+    if not destination.is_active:
+        return "destination_inactive"
+    if organization.being_deleted:
+        return "organization_being_deleted"
+    if destination.paused_at is not None:
+        return "destination_paused"
+    if not organization.is_active:
+        return "organization_suspended"
+    return None
+
+
+def delivery_waits(deliveries, *, now=None) -> dict:
+    """What each pending delivery of ``deliveries`` (loaded with their destination) waits for: a
+    DELIVERY_WAITS code by delivery id, None for one that is due and goes out as soon as a sending
+    thread takes it (and for one that is not pending). The same rule on every surface: the admin's
+    event and delivery pages, show_event, the API and the dashboard's "next try".
+
+    At most two queries whatever the number of deliveries: their organizations' states, and the
+    attempts in flight of the destinations whose due deliveries are not held."""
+    deliveries = [delivery for delivery in deliveries if delivery.status == Delivery.Status.PENDING]
+    if not deliveries:
+        return {}
+    now = now or timezone.now()
+    organizations = Organization.objects.only("pk", "is_active", "deletion_requested_at").in_bulk(
+        {delivery.organization_id for delivery in deliveries}
+    )
+    waits, due = {}, []
+    for delivery in deliveries:
+        destination = delivery.destination
+        hold = delivery_hold(destination=destination, organization=organizations[delivery.organization_id])
+        if hold:
+            waits[delivery.pk] = hold
+        elif delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
+            waits[delivery.pk] = "next_attempt_time"
+        else:
+            due.append(delivery)
+    in_flight = {}
+    if due:
+        in_flight = dict(
+            Delivery.objects.filter(
+                destination_id__in={delivery.destination_id for delivery in due}, status=Delivery.Status.IN_FLIGHT
+            )
+            .values_list("destination_id")
+            .annotate(count=Count("id"))
+            .order_by()
+        )
+    window = now.replace(microsecond=0)  # the dispatcher's rate window (claim_due_deliveries)
+    for delivery in due:
+        destination = delivery.destination
+        if in_flight.get(destination.pk, 0) >= destination.max_concurrency:
+            waits[delivery.pk] = "destination_concurrency"
+        elif (
+            destination.rate_limit_per_second
+            and destination.rate_window_started_at == window
+            and destination.rate_window_count >= destination.rate_limit_per_second
+        ):
+            waits[delivery.pk] = "destination_rate_limit"
+        else:
+            waits[delivery.pk] = None
+    return waits
