@@ -5,6 +5,7 @@ import: show_event and the pages need it, not the delivery engine."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
@@ -42,6 +43,10 @@ DELIVERY_WAITS = {
     "destination_concurrency": (
         "Its destination has as many attempts in flight as its max_concurrency allows: it is sent once one ends"
     ),
+    "organization_concurrency": (
+        "Its organization has as many attempts in flight as the platform allows one organization: it is "
+        "sent once one ends"
+    ),
     "destination_rate_limit": "Its destination's rate limit is used up for this second: it is sent in a later one",
 }
 # The hold as the end of "next try …", where the time alone would be untrue (a paused
@@ -76,8 +81,8 @@ def delivery_waits(deliveries, *, now=None) -> dict:
     thread takes it (and for one that is not pending). The same rule on every surface: the admin's
     event and delivery pages, show_event, the API and the dashboard's "next try".
 
-    At most two queries whatever the number of deliveries: their organizations' states, and the
-    attempts in flight of the destinations whose due deliveries are not held."""
+    At most three queries whatever the number of deliveries: their organizations' states, and the
+    attempts in flight of the destinations and of the organizations whose due deliveries are not held."""
     deliveries = [delivery for delivery in deliveries if delivery.status == Delivery.Status.PENDING]
     if not deliveries:
         return {}
@@ -95,8 +100,17 @@ def delivery_waits(deliveries, *, now=None) -> dict:
             waits[delivery.pk] = "next_attempt_time"
         else:
             due.append(delivery)
-    in_flight = {}
+    in_flight, organization_in_flight = {}, {}
     if due:
+        # ORGANIZATION_MAX_CONCURRENCY: the dispatcher passes over an organization at it (_OrganizationRoom).
+        organization_in_flight = dict(
+            Delivery.objects.filter(
+                organization_id__in={delivery.organization_id for delivery in due}, status=Delivery.Status.IN_FLIGHT
+            )
+            .values_list("organization_id")
+            .annotate(count=Count("id"))
+            .order_by()
+        )
         in_flight = dict(
             Delivery.objects.filter(
                 destination_id__in={delivery.destination_id for delivery in due}, status=Delivery.Status.IN_FLIGHT
@@ -110,6 +124,8 @@ def delivery_waits(deliveries, *, now=None) -> dict:
         destination = delivery.destination
         if in_flight.get(destination.pk, 0) >= destination.max_concurrency:
             waits[delivery.pk] = "destination_concurrency"
+        elif organization_in_flight.get(delivery.organization_id, 0) >= settings.ORGANIZATION_MAX_CONCURRENCY:
+            waits[delivery.pk] = "organization_concurrency"
         elif (
             destination.rate_limit_per_second
             and destination.rate_window_started_at == window

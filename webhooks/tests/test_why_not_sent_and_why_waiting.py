@@ -221,6 +221,34 @@ def test_the_api_says_what_each_pending_delivery_waits_for(client, organization,
     assert delivery_waits([rate_limited], now=now + timedelta(seconds=1)) == {rate_limited.pk: None}
 
 
+def test_a_due_delivery_of_an_organization_at_its_limit_says_it_waits_for_it(
+    organization, other_organization, settings
+):
+    # ORGANIZATION_MAX_CONCURRENCY: the dispatcher passes the organization over until an attempt ends.
+    settings.ORGANIZATION_MAX_CONCURRENCY = 2
+    source = make_source(organization)
+    event = processed(source, event_type="invoice.paid")
+    first, _ = destination_create(organization=organization, name="First", url=RECEIVER, sources=[source])
+    second, _ = destination_create(organization=organization, name="Second", url=RECEIVER, sources=[source])
+    Delivery.objects.create(
+        organization=organization, event=make_event(source), destination=first, status=Delivery.Status.IN_FLIGHT
+    )
+    due = Delivery.objects.select_related("destination").get(pk=pending(event, second).pk)
+    assert delivery_waits([due]) == {due.pk: None}
+
+    Delivery.objects.create(
+        organization=organization, event=make_event(source), destination=first, status=Delivery.Status.IN_FLIGHT
+    )
+    assert delivery_waits([due]) == {due.pk: "organization_concurrency"}
+    # Another organization's attempts in flight are not this one's.
+    theirs = make_source(other_organization)
+    other, _ = destination_create(organization=other_organization, name="Other", url=RECEIVER, sources=[theirs])
+    other_due = Delivery.objects.select_related("destination").get(
+        pk=pending(processed(theirs, event_type="invoice.paid"), other).pk
+    )
+    assert delivery_waits([due, other_due]) == {due.pk: "organization_concurrency", other_due.pk: None}
+
+
 # --- 3. A paused destination's "next try" is when it is resumed -----------------------------------
 
 
