@@ -11,6 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.text import slugify
 
+from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
@@ -251,7 +252,7 @@ class SourceRotateSecretForm(forms.Form):
 class TestEventForm(forms.Form):
     fixture = forms.ChoiceField(label="Sample event", required=False)
     payload = forms.CharField(
-        label="Or an edited payload",
+        label="Edited payload",
         required=False,
         strip=False,  # sent exactly as typed
         widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
@@ -810,6 +811,15 @@ class EventFilterForm(forms.Form):
         )
 
 
+def audit_action_choices(actions: list[str]) -> list[tuple[str, str]]:
+    """The Action filter's options in the words the log's rows use, in the order of the words; an
+    action whose words another shares (the platform operator's changes) is told apart by its code."""
+    labels = {action: audit_action_label(action) for action in actions}
+    shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    choices = [(action, f"{label} ({action})" if label in shared else label) for action, label in labels.items()]
+    return sorted(choices, key=lambda choice: (choice[1].casefold(), choice[0]))
+
+
 class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=200)
     action = forms.ChoiceField(required=False)
@@ -818,8 +828,17 @@ class AuditFilterForm(forms.Form):
 
     def __init__(self, *args, actions: list[str], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["action"].choices = [("", "Any action")] + [(action, action) for action in actions]
+        self.fields["action"].choices = [("", "Any action"), *audit_action_choices(actions)]
         self.fields["actor"].widget.attrs.update(placeholder="Email or name")
+
+    def clean(self):
+        cleaned = super().clean()
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since is not None and until is not None and until < since:
+            # Said on the field, rather than "Nothing matches" as if no such change had been made:
+            # the end is left out, so the list shows the changes from the start on.
+            self.add_error("until", "The dates are reversed: To is before From.")
+        return cleaned
 
     def to_filters(self) -> AuditFilters:
         data = self.cleaned_data if self.is_bound else {}

@@ -10,3 +10,34 @@ document.addEventListener("click", function (event) {
     setTimeout(function () { button.textContent = label; }, 1500);
   });
 });
+
+// Disclosure menus (the organization switcher, a <details>): <details> opens and closes with its
+// summary alone, so it stayed open over the page. Escape closes it and puts the focus back on its
+// summary; a click, or the focus moving, outside it closes it too.
+function closeDisclosure(menu, focusSummary) {
+  menu.open = false;
+  if (focusSummary) menu.querySelector("summary").focus();
+}
+
+document.addEventListener("keydown", function (event) {
+  if (event.key !== "Escape") return;
+  document.querySelectorAll("details[data-disclosure][open]").forEach(function (menu) {
+    // The focus goes back to the summary when it was in the menu (or nowhere: Safari does not
+    // focus a clicked summary), never away from a field elsewhere on the page.
+    var focused = document.activeElement;
+    closeDisclosure(menu, !focused || focused === document.body || menu.contains(focused));
+    event.preventDefault();
+  });
+});
+
+document.addEventListener("click", function (event) {
+  document.querySelectorAll("details[data-disclosure][open]").forEach(function (menu) {
+    if (!menu.contains(event.target)) closeDisclosure(menu, false);
+  });
+});
+
+document.addEventListener("focusin", function (event) {
+  document.querySelectorAll("details[data-disclosure][open]").forEach(function (menu) {
+    if (!menu.contains(event.target)) closeDisclosure(menu, false);
+  });
+});

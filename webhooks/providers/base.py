@@ -27,6 +27,32 @@ class VerificationError(Exception):
         self.detail = detail
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """A count and its noun in the right number, for the reasons people read: "1 secret",
+    "2 secrets" (not "1 secret(s)"). ``plural`` for a noun that does not take an s."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def signatures_do_not_match(count: int, kind: str) -> str:
+    """ "the v1 signature does not match", "none of the 2 v1 signatures matches": the start of a
+    reason, followed by what they were checked against."""
+    if count == 1:
+        return f"the {kind} signature does not match"
+    return f"none of the {count} {kind} signatures matches"
+
+
+def words_list(names: Sequence[str]) -> str:
+    """ "a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def headers_missing(names: Sequence[str]) -> str:
+    """ "the X header is missing", "the X and Y headers are missing"."""
+    if len(names) == 1:
+        return f"the {names[0]} header is missing"
+    return f"the {words_list(names)} headers are missing"
+
+
 class MalformedPayload(Exception):
     """The request is authentic but its body cannot be understood (answered 400)."""
 
@@ -160,7 +186,8 @@ class Provider:
         known = {option.name: option for option in self.options}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise InvalidOptions(f"unknown option(s) for {self.kind}: {', '.join(unknown)}")
+            noun = "option" if len(unknown) == 1 else "options"
+            raise InvalidOptions(f"unknown {noun} for {self.kind}: {', '.join(unknown)}")
         return {name: option.clean(raw.get(name)) for name, option in known.items()}
 
     def clean_secret(self, secret: str) -> str:

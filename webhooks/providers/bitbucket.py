@@ -18,6 +18,7 @@ from .base import (
     Provider,
     VerificationError,
     constant_time_equal,
+    counted,
     require_header,
 )
 
@@ -75,7 +76,7 @@ class BitbucketProvider(Provider):
         if not any(constant_time_equal(_digest(s, request.body).encode(), candidate) for s in secrets if s):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {HEADER} signature does not match the webhook secret ({len(secrets)} secret(s) tried); "
+                f"the {HEADER} signature does not match the webhook secret ({counted(len(secrets), 'secret')} tried); "
                 "check the secret and that the raw body is unchanged",
             )
 

@@ -31,7 +31,9 @@ from .base import (
     ProviderOption,
     VerificationError,
     check_timestamp_age,
+    counted,
     header_unix_time,
+    headers_missing,
     tolerance_seconds,
 )
 
@@ -162,7 +164,7 @@ class DiscordProvider(Provider):
         timestamp = (request.header(TIMESTAMP_HEADER) or "").strip()
         missing = [name for name, value in ((SIGNATURE_HEADER, signature), (TIMESTAMP_HEADER, timestamp)) if not value]
         if missing:
-            raise VerificationError("missing_signature", f"the {', '.join(missing)} header(s) are missing")
+            raise VerificationError("missing_signature", headers_missing(missing))
         if not _SIGNATURE.fullmatch(signature):
             raise VerificationError("bad_format", f"the {SIGNATURE_HEADER} header must be 128 hex characters")
         if not _TIMESTAMP.fullmatch(timestamp):
@@ -174,7 +176,7 @@ class DiscordProvider(Provider):
             raise VerificationError(
                 "no_matching_secret",
                 f"the {SIGNATURE_HEADER} signature does not verify with the application's public key "
-                f"({len(keys)} usable key(s) of {len(secrets)}); check the Public Key and that the raw body is "
+                f"({counted(len(keys), 'usable key')} of {len(secrets)}); check the Public Key and that the raw body is "
                 "unchanged",
             )
         check_timestamp_age(int(timestamp), now, tolerance_seconds(options, 0))

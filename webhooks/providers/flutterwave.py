@@ -21,6 +21,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    counted,
     header_carries_secret,
 )
 
@@ -118,7 +119,7 @@ class FlutterwaveProvider(Provider):
             raise VerificationError(
                 "no_matching_secret",
                 f"the {V4_HEADER} header matches neither the HMAC of the body nor the secret hash "
-                f"({len(usable)} secret hash(es) tried); check the secret hash in Flutterwave's webhook settings",
+                f"({counted(len(usable), 'secret hash', 'secret hashes')} tried); check the secret hash in Flutterwave's webhook settings",
             )
         if strict:
             raise VerificationError(
@@ -135,7 +136,7 @@ class FlutterwaveProvider(Provider):
         if not any(header_carries_secret(value, s) for s in usable):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {V3_HEADER} header does not match the secret hash ({len(usable)} secret hash(es) tried)",
+                f"the {V3_HEADER} header does not match the secret hash ({counted(len(usable), 'secret hash', 'secret hashes')} tried)",
             )
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:

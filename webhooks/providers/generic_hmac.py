@@ -24,6 +24,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
     header_unix_time,
     json_field,
     require_header,
@@ -228,7 +229,7 @@ class GenericHmacProvider(Provider):
         if not any(constant_time_equal(_digest(algorithm, s, message), candidate) for s in secrets if s):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {header} signature does not match the signing secret ({len(secrets)} secret(s) tried); "
+                f"the {header} signature does not match the signing secret ({counted(len(secrets), 'secret')} tried); "
                 "check the secret, algorithm, encoding and prefix",
             )
 

@@ -20,6 +20,7 @@ from .base import (
     Provider,
     VerificationError,
     constant_time_equal,
+    counted,
 )
 
 SHA256_HEADER = "X-Hub-Signature-256"
@@ -106,7 +107,7 @@ class GitHubProvider(Provider):
         ):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {header} signature does not match the webhook secret ({len(secrets)} secret(s) tried); "
+                f"the {header} signature does not match the webhook secret ({counted(len(secrets), 'secret')} tried); "
                 "check the secret and that the raw body is unchanged",
             )
 

@@ -20,6 +20,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    counted,
     header_carries_secret,
     header_unix_time,
     require_header,
@@ -123,7 +124,7 @@ class GitLabProvider(Provider):
         if not any(header_carries_secret(value, s) for s in secrets if s):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {TOKEN_HEADER} header does not match the webhook's secret token ({len(secrets)} token(s) tried)",
+                f"the {TOKEN_HEADER} header does not match the webhook's secret token ({counted(len(secrets), 'token')} tried)",
             )
 
     def _verify_signed(

@@ -22,6 +22,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
     require_header,
     tolerance_seconds,
 )
@@ -99,7 +100,7 @@ class LinearProvider(Provider):
         if not any(constant_time_equal(_signature(s, request.body).encode(), candidate) for s in secrets if s):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {HEADER} signature does not match the webhook's signing secret ({len(secrets)} secret(s) "
+                f"the {HEADER} signature does not match the webhook's signing secret ({counted(len(secrets), 'secret')} "
                 "tried); check the secret and that the raw body is unchanged",
             )
         tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)

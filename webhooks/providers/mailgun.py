@@ -32,6 +32,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
     json_field,
     tolerance_seconds,
 )
@@ -142,7 +143,7 @@ class MailgunProvider(Provider):
         if matched is None:
             raise VerificationError(
                 "no_matching_secret",
-                f"the body's signature does not match the webhook signing key ({len(keys)} key(s) tried); "
+                f"the body's signature does not match the webhook signing key ({counted(len(keys), 'key')} tried); "
                 "check that the key is the HTTP webhook signing key, not the API key",
             )
         check_timestamp_age(matched, now, tolerance_seconds(options, 0))

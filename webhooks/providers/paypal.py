@@ -454,9 +454,10 @@ class PayPalProvider(Provider):
                 return
             except (InvalidSignature, ValueError):
                 continue
+        tried = "the webhook id" if len(webhook_ids) == 1 else f"any of the {len(webhook_ids)} webhook ids"
         raise VerificationError(
             "no_matching_secret",
-            f"the signature does not match for any of the {len(webhook_ids)} webhook id(s) tried; check the "
+            f"the signature does not match for {tried} tried; check the "
             "source's webhook id (PayPal signs for the id of the webhook that sent the event) and that the raw "
             "body is unchanged",
         )

@@ -21,6 +21,7 @@ from .base import (
     Provider,
     VerificationError,
     constant_time_equal,
+    counted,
     require_header,
 )
 
@@ -94,7 +95,7 @@ class PaystackProvider(Provider):
         if not any(constant_time_equal(_signature(s, request.body).encode(), candidate) for s in secrets if s):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {HEADER} signature does not match the secret key ({len(secrets)} key(s) tried); "
+                f"the {HEADER} signature does not match the secret key ({counted(len(secrets), 'key')} tried); "
                 "check that the key is the secret key of the same mode (test/live) and that the raw body is unchanged",
             )
 

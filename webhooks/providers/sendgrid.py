@@ -29,7 +29,9 @@ from .base import (
     ProviderOption,
     VerificationError,
     check_timestamp_age,
+    counted,
     header_unix_time,
+    headers_missing,
     tolerance_seconds,
 )
 
@@ -121,7 +123,7 @@ class SendGridProvider(Provider):
         if missing:
             raise VerificationError(
                 "missing_signature",
-                f"the {', '.join(missing)} header(s) are missing; enable Signed Event Webhook in SendGrid",
+                f"{headers_missing(missing)}; enable Signed Event Webhook in SendGrid",
             )
         if not _TIMESTAMP.fullmatch(timestamp):
             raise VerificationError("bad_format", f"the {TIMESTAMP_HEADER} header is not a Unix time in seconds")
@@ -136,8 +138,8 @@ class SendGridProvider(Provider):
         if not any(_verifies(key, der, message) for key in keys):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {SIGNATURE_HEADER} signature does not verify with the verification key ({len(keys)} usable "
-                f"key(s) of {len(secrets)}); check the key and that the raw body is unchanged",
+                f"the {SIGNATURE_HEADER} signature does not verify with the verification key ({counted(len(keys), 'usable key')} "
+                f"of {len(secrets)}); check the key and that the raw body is unchanged",
             )
         check_timestamp_age(int(timestamp), now, tolerance_seconds(options, 0))
 

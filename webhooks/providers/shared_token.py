@@ -18,6 +18,7 @@ from .base import (
     Provider,
     ProviderOption,
     VerificationError,
+    counted,
     header_carries_secret,
     json_field,
     require_header,
@@ -130,7 +131,7 @@ class SharedTokenProvider(Provider):
                 raise VerificationError("bad_format", f"the {header} header does not start with '{prefix}'")
             value = value[len(prefix) :].strip()
         if not any(header_carries_secret(value, secret) for secret in secrets if secret):
-            detail = f"the {header} header does not match the source's token ({len(secrets)} token(s) tried)"
+            detail = f"the {header} header does not match the source's token ({counted(len(secrets), 'token')} tried)"
             scheme = _SCHEME.match(value) if not prefix else None
             if scheme:  # "Bearer <token>" sent to a source that expects the token alone
                 detail += f"; it starts with '{scheme.group(1)} ': set the source's Scheme prefix to {scheme.group(1)}"

@@ -20,6 +20,7 @@ from .base import (
     Provider,
     VerificationError,
     constant_time_equal,
+    counted,
 )
 
 HMAC_HEADERS = ("shopify-hmac-sha256", "X-Shopify-Hmac-Sha256")  # the library checks the un-prefixed one first
@@ -80,7 +81,7 @@ class ShopifyProvider(Provider):
         if not any(constant_time_equal(_digest(secret, request.body), candidate) for secret in secrets if secret):
             raise VerificationError(
                 "no_matching_secret",
-                f"the {header} signature does not match the app's client secret ({len(secrets)} secret(s) tried); "
+                f"the {header} signature does not match the app's client secret ({counted(len(secrets), 'secret')} tried); "
                 "webhooks created in the store admin are signed with a different key",
             )
 

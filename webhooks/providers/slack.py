@@ -24,6 +24,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
     header_unix_time,
     require_header,
     tolerance_seconds,
@@ -145,7 +146,7 @@ class SlackProvider(Provider):
         if _matching_secret(request, secrets, timestamp, "v0=" + match.group(1).lower()) is None:
             raise VerificationError(
                 "no_matching_secret",
-                f"the v0 signature does not match the Signing Secret ({len([s for s in secrets if s])} secret(s) "
+                f"the v0 signature does not match the Signing Secret ({counted(len([s for s in secrets if s]), 'secret')} "
                 "tried); check the secret and that the raw body is unchanged",
             )
 

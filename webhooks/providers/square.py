@@ -23,6 +23,7 @@ from .base import (
     ProviderOption,
     VerificationError,
     constant_time_equal,
+    counted,
 )
 
 SHA256_HEADER = "x-square-hmacsha256-signature"
@@ -121,7 +122,7 @@ class SquareProvider(Provider):
                 where = f"the URL this request arrived at ({url[:300]!r}; set notification_url if Square's differs)"
             raise VerificationError(
                 "no_matching_secret",
-                f"the {header} signature does not match ({len(expected)} secret(s) tried) using {where}; check the "
+                f"the {header} signature does not match ({counted(len(expected), 'secret')} tried) using {where}; check the "
                 "subscription's signature key, the notification URL, and that the raw body is unchanged",
             )
 

@@ -24,6 +24,9 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
+    headers_missing,
+    signatures_do_not_match,
     tolerance_seconds,
 )
 
@@ -69,7 +72,7 @@ def _headers(request: InboundRequest) -> tuple[str, str, str, str]:
     missing = [
         f"{family}-{p}" for p in ("id", "timestamp", "signature") if not (request.header(f"{family}-{p}") or "").strip()
     ]
-    raise VerificationError("missing_signature", f"the {', '.join(missing)} header(s) are missing")
+    raise VerificationError("missing_signature", headers_missing(missing))
 
 
 def _message_id(request: InboundRequest) -> str | None:
@@ -178,8 +181,8 @@ class StandardWebhooksProvider(Provider):
         if not any(constant_time_equal(e, c) for e in expected for c in candidates):
             raise VerificationError(
                 "no_matching_secret",
-                f"none of the {len(candidates)} v1 signature(s) matches the signing secret "
-                f"({len(keys)} secret(s) tried); check the whsec_ secret and that the raw body is unchanged",
+                f"{signatures_do_not_match(len(candidates), 'v1')} the signing secret "
+                f"({counted(len(keys), 'secret')} tried); check the whsec_ secret and that the raw body is unchanged",
             )
 
     def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:

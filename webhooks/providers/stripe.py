@@ -17,7 +17,9 @@ from .base import (
     ProviderOption,
     VerificationError,
     constant_time_equal,
+    counted,
     require_header,
+    signatures_do_not_match,
     tolerance_seconds,
 )
 
@@ -104,8 +106,8 @@ class StripeProvider(Provider):
         if not any(constant_time_equal(e, c) for e in expected for c in candidates):
             raise VerificationError(
                 "no_matching_secret",
-                f"none of the {len(signatures)} v1 signature(s) matches the endpoint's signing secret "
-                f"({len(expected)} secret(s) tried); check the whsec_ secret and that the raw body is unchanged",
+                f"{signatures_do_not_match(len(signatures), 'v1')} the endpoint's signing secret "
+                f"({counted(len(expected), 'secret')} tried); check the whsec_ secret and that the raw body is unchanged",
             )
         tolerance = tolerance_seconds(options, DEFAULT_TOLERANCE)
         if tolerance and timestamp < now - tolerance:

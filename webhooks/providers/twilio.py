@@ -34,6 +34,7 @@ from .base import (
     ProviderOption,
     VerificationError,
     constant_time_equal,
+    counted,
     require_header,
 )
 
@@ -248,7 +249,7 @@ class TwilioProvider(Provider):
                     "enter that URL as the source's Public URL (public_url)"
                 )
             raise VerificationError(
-                "no_matching_secret", f"the signature does not match ({tried} secret(s) tried) {advice}"
+                "no_matching_secret", f"the signature does not match ({counted(tried, 'secret')} tried) {advice}"
             )
         if body_hash is not None:
             actual = hashlib.sha256(request.body).hexdigest()

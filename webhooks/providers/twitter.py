@@ -29,6 +29,7 @@ from .base import (
     Provider,
     VerificationError,
     constant_time_equal,
+    counted,
     require_header,
 )
 
@@ -128,7 +129,7 @@ class XProvider(Provider):
         if not any(constant_time_equal(e, candidate) for e in expected):
             raise VerificationError(
                 "no_matching_secret",
-                f"the signature does not match the consumer secret ({len(expected)} secret(s) tried); "
+                f"the signature does not match the consumer secret ({counted(len(expected), 'secret')} tried); "
                 "check the app's API Key Secret and that the raw body is unchanged",
             )
 

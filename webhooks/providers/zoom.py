@@ -23,6 +23,7 @@ from .base import (
     VerificationError,
     check_timestamp_age,
     constant_time_equal,
+    counted,
     header_unix_time,
     json_field,
     require_header,
@@ -107,7 +108,7 @@ class ZoomProvider(Provider):
         if _matching_secret(request.body, secrets, timestamp, candidate) is None:
             raise VerificationError(
                 "no_matching_secret",
-                f"the v0 signature does not match the Secret Token ({len([s for s in secrets if s])} secret(s) "
+                f"the v0 signature does not match the Secret Token ({counted(len([s for s in secrets if s]), 'secret')} "
                 "tried); check the Secret Token and that the raw body is unchanged",
             )
 

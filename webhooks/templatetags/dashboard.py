@@ -12,6 +12,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import dateformat, timezone
 from django.utils.html import format_html
 
+from organizations.audit_actions import audit_action_label
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
 from webhooks.models import Delivery
@@ -353,53 +354,9 @@ def inline_code(text) -> str:
     return format_html("{}" * len(pieces), *pieces)
 
 
-# What each audit action means, in a tenant's words (the code stays beside it, for the filter).
-AUDIT_ACTION_LABELS = {
-    "organization.created": "created the organization",
-    "user.signed_in": "signed in",
-    "user.signed_out": "signed out",
-    "user.signed_out_everywhere": "signed out on every device",
-    "invitation.created": "invited",
-    "invitation.revoked": "withdrew the invitation of",
-    "invitation.accepted": "accepted the invitation",
-    "member.added": "joined as a member",
-    "member.removed": "removed from the team",
-    "member.role_changed": "changed the role of",
-    "source.created": "created the source",
-    "source.updated": "changed the settings of the source",
-    "source.changed": "changed the source",
-    "source.deletion_requested": "started deleting the source",
-    "source.deleted": "deleted the source",
-    "source.paused": "stopped receiving on",
-    "source.resumed": "started receiving again on",
-    "source.secret_rotated": "set a new signing secret on",
-    "source.test_sent": "sent a test event to",
-    "destination.created": "created the destination",
-    "destination.updated": "changed the destination",
-    "destination.deleted": "deleted the destination",
-    "destination.paused": "paused the destination",
-    "destination.resumed": "resumed the destination",
-    "destination.waiting_sent_now": "sent the waiting retries now of",
-    "destination.secret_rotated": "set a new signing secret on",
-    "subscription.created": "linked a source to the destination",
-    "delivery.retried": "retried the delivery",
-    "deliveries.bulk_retry_requested": "retried the failed deliveries of",
-    "event.replayed": "replayed the event",
-    "retention.purged": "deleted events past the retention period",
-    "api_key.created": "created the API key",
-    "api_key.revoked": "revoked the API key",
-    "organization.deletion_requested": "started deleting the organization",
-    "admin.accounts.user.email_changed": "changed the sign-in email of",
-}
-
-
 @register.filter
 def audit_label(entry) -> str:
     """An audit entry's action in words; a member removing themselves "left the team"."""
     if entry.action == "member.removed" and entry.actor_user_id and entry.changes.get("email") == entry.actor_label:
         return "left the team"
-    if entry.action in AUDIT_ACTION_LABELS:
-        return AUDIT_ACTION_LABELS[entry.action]
-    if entry.action.startswith("admin."):
-        return "changed by the platform operator"
-    return entry.action.replace("_", " ").replace(".", ": ")
+    return audit_action_label(entry.action)

@@ -6,6 +6,7 @@ import pickle
 import re
 import uuid
 from datetime import timedelta
+from html.parser import HTMLParser
 
 import pytest
 from django.core.cache import cache
@@ -550,6 +551,83 @@ def test_rejected_request_explains_why(client, owner, organization):
     assert rejected.rejection_code in text and escape(rejected.rejection_detail) in text
     detail = page_text(client.get(reverse("dashboard:event_detail", args=["acme", rejected.pk])))
     assert "Rejected: " + rejected.rejection_code in detail
+
+
+class TableHeaders(HTMLParser):
+    """For each <table> of a page: whether it names its columns (a header row of <th scope="col">)
+    or each of its rows (a <th scope="row"> in every row), which is what a screen reader reads out."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[dict] = []
+        self._open: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._open.append(
+                {"id": attrs.get("aria-labelledby") or attrs.get("class") or "", "col": 0, "rows": 0, "row_headed": 0}
+            )
+            self.tables.append(self._open[-1])
+        elif self._open and tag == "tr":
+            self._open[-1]["rows"] += 1
+            self._row_headed = False
+        elif self._open and tag == "th":
+            if attrs.get("scope") == "col":
+                self._open[-1]["col"] += 1
+            elif attrs.get("scope") == "row" and not self._row_headed:
+                self._row_headed = True
+                self._open[-1]["row_headed"] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self._open:
+            self._open.pop()
+
+
+def test_every_table_of_the_dashboard_names_its_columns_or_its_rows(client, owner, organization):
+    """The recent events of a source's page were a table without a header row: a screen reader gave
+    its cells without the names of their columns."""
+    from organizations.api_keys import api_key_create
+
+    from .signing import stripe_headers
+
+    world = build_world(client, organization)
+    body = '{"id":"evt_bad","type":"x"}'
+    client.generic(
+        "POST",
+        f"/in/{world.source.ingest_token}/",
+        body,
+        content_type="application/json",
+        **stripe_headers(body, "wrong"),
+    )
+    api_key_create(organization=organization, name="deploy-script", actor=owner)
+    client.force_login(owner)
+    acme = lambda name, *args: reverse(name, args=["acme", *args])  # noqa: E731
+    pages = [
+        acme("dashboard:overview"),
+        acme("dashboard:events"),
+        acme("dashboard:event_detail", world.event.pk),
+        acme("dashboard:sources"),
+        acme("dashboard:source_detail", world.source.pk),
+        acme("dashboard:source_rejected", world.source.pk),
+        acme("dashboard:destinations"),
+        acme("dashboard:destination_detail", world.destination.pk),
+        acme("dashboard:audit"),
+        acme("dashboard:api_keys"),
+        acme("team:members"),
+    ]
+    seen = 0
+    for url in pages:
+        parser = TableHeaders()
+        parser.feed(page_text(client.get(url)))
+        for table in parser.tables:
+            seen += 1
+            assert table["col"] or table["row_headed"] == table["rows"], (url, table)
+    assert seen >= 9
+    # The source's recent events: Received, Event, Status.
+    detail = page_text(client.get(acme("dashboard:source_detail", world.source.pk)))
+    recent = re.search(r'<table aria-labelledby="recent-heading">(.*?)</table>', detail, re.S).group(1)
+    assert re.findall(r'<th scope="col">([^<]*)</th>', recent) == ["Received", "Event", "Status"]
 
 
 def test_the_rejected_page_does_not_call_every_refusal_a_bad_signature(client, owner, organization):
@@ -1105,6 +1183,73 @@ def test_audit_log_filters_by_actor_action_and_date(client, owner, organization)
     tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
     assert client.get(url, {"since": tomorrow}).context["entries"] == []
     assert re.search(r"source\.created", page_text(client.get(url)))
+
+
+def action_options(response) -> dict[str, str]:
+    """The Action filter's options: code → the words shown."""
+    select = re.search(r'<select name="action"[^>]*>(.*?)</select>', page_text(response), re.S).group(1)
+    return {
+        code: html.unescape(words)
+        for code, words in re.findall(r'<option value="([^"]*)"[^>]*>([^<]*)</option>', select)
+    }
+
+
+def test_the_audit_filter_offers_actions_in_the_words_the_rows_use(client, owner, organization):
+    """The Action list said "api_key.created" while the rows said "created the API key"."""
+    from organizations.api_keys import api_key_create
+    from organizations.services import audit_record
+
+    world = build_world(client, organization)
+    api_key_create(organization=organization, name="deploy-script", actor=owner)
+    audit_record(organization=organization, action="admin.webhooks.source.changed")
+    audit_record(organization=organization, action="admin.webhooks.destination.changed")
+    client.force_login(owner)
+    url = reverse("dashboard:audit", args=["acme"])
+    response = client.get(url)
+    options = action_options(response)
+    assert options["api_key.created"] == "created the API key"
+    assert options["source.created"] == "created the source"
+    assert options[""] == "Any action"
+    # The platform operator's changes share their words: the code tells them apart.
+    assert (
+        options["admin.webhooks.source.changed"] == "changed by the platform operator (admin.webhooks.source.changed)"
+    )
+    assert not any(words == code for code, words in options.items() if code)
+    # The same words as the rows (one mapping), in the order of the words.
+    text = html.unescape(page_text(response))
+    for code in ("api_key.created", "source.created", "destination.created", "organization.created"):
+        assert f'<td data-label="Action">{options[code]} <code class="muted small">{code}</code></td>' in text
+    shown = [words for code, words in options.items() if code]
+    assert shown == sorted(shown, key=str.casefold)
+    # Choosing the words still filters by the code.
+    chosen = client.get(url, {"action": "destination.created"}).context["entries"]
+    assert [entry.target_label for entry in chosen] == [world.destination.name]
+
+
+def test_a_source_and_a_destination_secret_rotation_read_apart_in_the_audit_log():
+    from organizations.audit_actions import audit_action_label
+
+    assert audit_action_label("source.secret_rotated") != audit_action_label("destination.secret_rotated")
+
+
+def test_an_audit_range_from_after_to_says_the_dates_are_reversed_on_the_field(client, owner, organization):
+    """From after To listed nothing under "Nothing matches these filters", as if nothing had changed."""
+    build_world(client, organization)
+    client.force_login(owner)
+    url = reverse("dashboard:audit", args=["acme"])
+    today = timezone.now().date()
+    response = client.get(url, {"since": today.isoformat(), "until": (today - timedelta(days=3)).isoformat()})
+    text = page_text(response)
+    assert "Nothing matches" not in text
+    # The end is left out: the changes from the start on are listed.
+    assert {entry.action for entry in response.context["entries"]} >= {"source.created", "destination.created"}
+    to_box = re.search(r'<input[^>]*name="until"[^>]*>', text).group(0)
+    assert 'aria-invalid="true"' in to_box and 'aria-describedby="id_until_error"' in to_box
+    error = re.search(r'<ul class="errorlist" id="id_until_error">(.*?)</ul>', text, re.S).group(1)
+    assert "The dates are reversed: To is before From." in html.unescape(error)
+    # A single day (From = To) is a range, not a reversed one.
+    single_day = client.get(url, {"since": today.isoformat(), "until": today.isoformat()})
+    assert "errorlist" not in page_text(single_day) and single_day.context["entries"]
 
 
 def test_audit_log_says_what_happened_in_words_and_from_where(client, owner, member, organization):

@@ -1,5 +1,6 @@
 """The "send test event" simulator posts over real HTTP to a live server, and the event is there."""
 
+import html
 import re
 from datetime import timedelta
 
@@ -227,8 +228,47 @@ def test_invalid_json_sent_with_htmx_shows_the_error_in_the_result(client, live_
 
     body = response.content.decode()
     assert "<html" not in body and 'role="alert"' in body
-    assert "Or an edited payload: The payload is not valid JSON" in body
+    # On the box itself, in the form swapped in beside the result: marked invalid, described by the
+    # error under it, and focused. The error was "Or an edited payload: The payload is not valid JSON…".
+    assert re.search(r'<form id="test-form"[^>]*hx-swap-oob="true"', body)
+    box = re.search(r"<textarea[^>]*>", body).group(0)
+    assert 'aria-invalid="true"' in box and 'aria-describedby="id_payload_helptext id_payload_error"' in box
+    assert "autofocus" in box
+    error = re.search(r'<ul class="errorlist" id="id_payload_error"><li>([^<]*)</li>', body).group(1)
+    assert html.unescape(error).startswith("The payload is not valid JSON")
+    assert "Or an edited payload" not in body and ": The payload" not in body
     assert not WebhookEvent.objects.filter(source=source).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_corrected_payload_clears_the_mark_on_its_box(client, live_server, settings, organization, owner):
+    settings.PUBLIC_BASE_URL = live_server.url
+    source = make_source(organization, secret="whsec_live_sender")
+    client.force_login(owner)
+
+    typed = '{"id": "evt_corrected", "object": "event", "type": "invoice.paid", "data": {"object": {}}}'
+    response = _send(client, source, {"fixture": "invoice.paid", "payload": typed}, HTTP_HX_REQUEST="true")
+
+    body = response.content.decode()
+    assert response.context["result"].response.status == 200
+    box = re.search(r"<textarea[^>]*>", body).group(0)
+    assert "aria-invalid" not in box and "errorlist" not in body
+
+
+@pytest.mark.django_db
+def test_a_request_the_sender_cannot_build_is_said_beside_the_form_not_as_a_field_s_error(client, organization, owner):
+    from webhooks.services.sources import source_create
+
+    source, _ = source_create(
+        organization=organization, provider="stripe", name="later", options={}, allow_unset_secret=True
+    )
+    client.force_login(owner)
+
+    response = _send(client, source, {"fixture": "invoice.paid"}, HTTP_HX_REQUEST="true")
+
+    body = response.content.decode()
+    assert "Not sent: this source has no signing secret yet" in body
+    assert "errorlist" not in body and "aria-invalid" not in body
 
 
 @pytest.mark.django_db(transaction=True)

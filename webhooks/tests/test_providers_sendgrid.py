@@ -176,7 +176,7 @@ def test_rotated_keys():
 def test_unusable_keys_are_skipped_not_raised():
     PROVIDER.verify(req(VECTOR_BODY, vector_headers()), ["not a key", "", VECTOR_KEY], OPTIONS, NOW)
     error = reject(req(VECTOR_BODY, vector_headers()), secrets=("not a key", "whsec_abc"))
-    assert error.code == "no_matching_secret" and "0 usable key(s) of 2" in error.detail
+    assert error.code == "no_matching_secret" and "0 usable keys of 2" in error.detail
 
 
 def test_optional_tolerance():

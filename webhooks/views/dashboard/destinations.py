@@ -158,7 +158,9 @@ class DestinationBulkRetriesView(DestinationMixin, TemplateView):
         progress = bulk_retry_progress(destination)
         if request.GET.get("seen") == progress["bulk_retry_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
-        return self.render_to_response(self.get_context_data(destination=destination, **progress))
+        # Changed: the health cards follow (read again only now, not on every poll).
+        health = destination_health(destination=destination)
+        return self.render_to_response(self.get_context_data(destination=destination, health=health, **progress))
 
 
 def warn_of_patterns_matching_nothing(request, organization, patterns: list[str]) -> None:

@@ -304,7 +304,7 @@ class SourceTestView(SourceMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         form = TestEventForm(request.POST, source=source)
-        result = None
+        result = send_error = None
         if form.is_valid():
             try:
                 result = source_send_test_event(
@@ -314,7 +314,8 @@ class SourceTestView(SourceMixin, TemplateView):
                     actor=request.user,
                 )
             except SampleSenderError as exc:
-                form.add_error(None, str(exc))
+                # Said beside the form rather than in it: no field of the form is wrong.
+                send_error = str(exc)
         progress = {}
         if result is not None and result.event is not None:
             try:
@@ -323,7 +324,7 @@ class SourceTestView(SourceMixin, TemplateView):
                 result.event = None
             else:
                 progress = event_progress(event)
-        context = self.get_context_data(source=source, form=form, result=result, **progress)
+        context = self.get_context_data(source=source, form=form, result=result, send_error=send_error, **progress)
         if request.htmx:
             self.template_name = "dashboard/_test_result.html"
         return self.render_to_response(context)
