@@ -55,7 +55,8 @@ _billiard_sigterm = None
 # loaded machine may leave the main process without a turn to run its handler for a while. Only a
 # SIGTERM sent to a pool process alone waits it out (a revoke with terminate, which Hookline never
 # asks for; someone's kill; billiard's hard time limit, which sends SIGKILL a moment later anyway):
-# the cold shutdown's cancel goes on as soon as the main process notes it.
+# the cold shutdown's cancel goes on at once, as the main process notes it just before it
+# (_note_a_cold_shutdown_before_its_cancel).
 _MAIN_PROCESS_NOTICE_SECONDS = 10.0
 _POLL_SECONDS = 0.02
 
@@ -67,6 +68,32 @@ def _prepare_pool_processes_for_the_platforms_sigterm(**kwargs) -> None:
         _warm_shutdown, _cold_shutdown = multiprocessing.RawValue("b", 0), multiprocessing.RawValue("b", 0)
     except OSError:  # no shared semaphore (some containers): pool processes keep billiard's handler
         _warm_shutdown = _cold_shutdown = None
+        return
+    _note_a_cold_shutdown_before_its_cancel()
+
+
+def _note_a_cold_shutdown_before_its_cancel() -> None:
+    """Note a cold shutdown as Celery starts cancelling the running tasks, not once it says so.
+
+    Celery's cold shutdown (SIGQUIT, a second Ctrl-C) sends the pool processes their SIGTERM
+    (Consumer.cancel_active_requests, called by its cold shutdown only), then stops the pool,
+    waiting for the pool processes to end, and only then sends worker_shutting_down. A pool
+    process waiting for that note (_MAIN_PROCESS_NOTICE_SECONDS) thus always waited it out (a cold
+    shutdown took 10 s more), and after a warm shutdown it took the cancel for the platform's
+    SIGTERM and kept sending until its sends ended. Hence the note here, just before the cancel.
+    """
+    from celery.worker.consumer.consumer import Consumer
+
+    cancel = Consumer.cancel_active_requests
+    if getattr(cancel, "_hookline_wrapped", False):
+        return
+
+    def note_then_cancel(self, *args, **kwargs):
+        _note_the_kind_of_shutdown(how="Cold")
+        return cancel(self, *args, **kwargs)
+
+    note_then_cancel._hookline_wrapped = True
+    Consumer.cancel_active_requests = note_then_cancel
 
 
 @worker_shutting_down.connect
@@ -115,8 +142,8 @@ def _sigterm_in_a_pool_process(signum, frame) -> None:
         # one follow, it still cancels.
         threading.Thread(target=_cancel_on_a_cold_shutdown, daemon=True).start()
         return
-    # A cold shutdown (Celery cancels the running tasks with SIGTERM before it says it is one, hence
-    # the wait), or a SIGTERM for this process alone.
+    # A cold shutdown (noted just before Celery cancels the running tasks with SIGTERM), or a SIGTERM
+    # for this process alone.
     _billiard_sigterm(signum, frame)
 
 

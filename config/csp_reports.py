@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from django.urls import Resolver404, resolve
 
@@ -61,6 +61,8 @@ def read_reports(body: bytes) -> list[Violation]:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedReport("The body is not JSON.") from exc
+    except RecursionError as exc:  # a body of "[[[[…" within the size limit
+        raise MalformedReport("The body nests too deeply to be a report.") from exc
     if isinstance(document, dict) and isinstance(document.get("csp-report"), dict):
         return [_from_report_uri(document["csp-report"])]
     if isinstance(document, list):
@@ -108,7 +110,7 @@ def _line(value) -> int | None:
 
 def _page(document_uri) -> str:
     """The URL pattern of the page, or what kind of page it was when no pattern matches."""
-    path = urlsplit(_text(document_uri)).path
+    path = _split(_text(document_uri)).path
     if not path:
         return "unknown"
     try:
@@ -127,11 +129,23 @@ def _blocked(blocked_uri) -> str:
 
 def _address(value) -> str:
     """An address cut to its origin and path: no query, no fragment, no user info."""
-    parts = urlsplit(_text(value))
+    parts = _split(_text(value))
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number, or past 65535: no address a browser loaded
+        return ""
     if not parts.scheme or not parts.hostname:
         return ""
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+def _split(text: str) -> SplitResult:
+    """The parts of ``text`` as an address; none when it cannot be one (urlsplit refuses an
+    unclosed IPv6 bracket with ValueError): anyone can post a report."""
+    try:
+        return urlsplit(text)
+    except ValueError:
+        return urlsplit("")
 
 
 class _LogBudget:

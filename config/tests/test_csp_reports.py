@@ -174,3 +174,31 @@ def test_each_process_logs_at_most_its_budget_a_minute_and_says_what_it_held_bac
     assert lines[-1].endswith("(6 more reports since the last line were not logged)")
     post(report_uri_body())
     assert "not logged" not in logged(caplog)[-1]
+
+
+@pytest.mark.parametrize(
+    "body, status, line",
+    [
+        # Addresses urlsplit refuses: an unclosed IPv6 bracket, a port that is no port.
+        (report_uri_body(**{"blocked-uri": "http://[::1/x"}), 204, "blocked unknown on page"),
+        (report_uri_body(**{"source-file": "https://cdn.example:99999/x.js"}), 204, "blocked inline on page"),
+        (report_uri_body(**{"source-file": "https://cdn.example:port/x.js"}), 204, "blocked inline on page"),
+        (report_uri_body(**{"document-uri": "https://[hooks.example/o/acme/"}), 204, "on page unknown"),
+        # JSON nested deeper than the parser's recursion, well within the size limit.
+        (b"[" * 60000, 400, None),
+        (b'{"csp-report": ' * 3000 + b"1" + b"}" * 3000, 400, None),
+    ],
+)
+def test_odd_reports_are_answered_with_a_reason_never_a_server_error(db, caplog, body, status, line):
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    response = Client(raise_request_exception=False).post(
+        "/csp-reports", data=body, content_type="application/csp-report"
+    )
+
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"] == "malformed_report"
+    else:
+        [logged_line] = logged(caplog)
+        assert line in logged_line
+        assert "99999" not in logged_line and ":port" not in logged_line

@@ -72,6 +72,53 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
         redis.stop()
 
 
+def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_under_way(organization):
+    # Celery says a shutdown is a cold one only once the pool processes ended: after the platform's
+    # SIGTERM (a warm shutdown under way), a pool process took the cold shutdown's SIGTERM for the
+    # platform's and went on sending until its sends timed out, and recorded them.
+    from webhooks.tests.processes import LOG_DIR
+
+    redis = RedisServer()
+    redis.start()
+    receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
+    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
+    try:
+        source = make_source(organization)
+        make_destination(organization, receiver.url, sources=[source], timeout_seconds=30)
+        for name in ("web", "worker"):
+            stack.start(name)
+        for n in range(2):
+            assert stack.post_stripe(source.ingest_token, f"evt_warm_then_cold_{n}", STRIPE_SECRET) == 200
+        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
+
+        worker = stack.processes.pop("worker")  # not restarted: its claims are what is looked at
+        os.killpg(worker.pid, signal.SIGTERM)  # the platform's, to every process
+        assert wait_until(lambda: "Warm shutdown (MainProcess)" in _written_since(worker_log, log_start), timeout=60)
+        os.kill(worker.pid, signal.SIGQUIT)  # then a cold shutdown of the main process
+        try:
+            worker.wait(120)
+        finally:
+            if worker.poll() is None:  # it hung: the pool process never cancelled
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+
+        # Cancelled mid-send: nothing recorded, the claims left for the sweeper.
+        assert not DeliveryAttempt.objects.exists()
+        assert Delivery.objects.filter(status="in_flight").count() == 2
+    finally:
+        stack.stop_all()
+        receiver.close()
+        redis.stop()
+
+
+def _written_since(log_path, start: int) -> str:
+    with log_path.open() as log:
+        log.seek(start)
+        return log.read()
+
+
 def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sigterm(organization):
     # Of two pool processes, one sends (a single task, so the other never runs one). The SIGTERM
     # reaches both: the idle one used to die of it while the warm shutdown waited for the busy one,

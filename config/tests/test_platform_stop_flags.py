@@ -99,3 +99,42 @@ def test_a_sigterm_for_the_pool_process_alone_is_billiard_s_after_the_wait(monke
     monkeypatch.setattr(celery_config, "time", MainProcessNotingLate("Warm", after=float("inf")))
     celery_config._sigterm_in_a_pool_process(signal.SIGTERM, None)
     assert pool_process == [pytest.approx(celery_config._MAIN_PROCESS_NOTICE_SECONDS, abs=0.1)]
+
+
+class _RunningTask:
+    """A request in Celery's active_requests: its cancel is the SIGTERM sent to its pool process,
+    which records what that pool process then finds in the shared flags."""
+
+    class task:
+        acks_late = False
+
+    def __init__(self):
+        self.flags_at_cancel = None
+
+    def cancel(self, pool, emit_retry=True):
+        self.flags_at_cancel = (celery_config._cold_shutdown.value, celery_config._warm_shutdown.value)
+
+
+@pytest.mark.parametrize("after_a_warm_one", [False, True])
+def test_a_cold_shutdown_is_noted_before_its_sigterm_reaches_the_pool_processes(monkeypatch, after_a_warm_one):
+    # Celery's cold shutdown cancels the running tasks, then stops the pool, waiting for its
+    # processes, and says it is a cold one (worker_shutting_down) only after that. A pool process
+    # thus waited out _MAIN_PROCESS_NOTICE_SECONDS (10 s) before it cancelled, and after a warm
+    # shutdown it took the cancel for the platform's SIGTERM and went on sending.
+    from celery.worker import state
+    from celery.worker.consumer.consumer import Consumer
+
+    monkeypatch.setattr(Consumer, "cancel_active_requests", Consumer.cancel_active_requests)
+    for flag in ("_warm_shutdown", "_cold_shutdown"):
+        monkeypatch.setattr(celery_config, flag, None)
+    celery_config._prepare_pool_processes_for_the_platforms_sigterm()
+    if after_a_warm_one:
+        celery_config._note_the_kind_of_shutdown(how="Warm")
+    running = _RunningTask()
+    monkeypatch.setattr(state, "active_requests", {running})
+    monkeypatch.setattr("celery.worker.consumer.consumer.active_requests", {running})
+    consumer = Consumer.__new__(Consumer)
+    consumer.pool = None
+    consumer.cancel_active_requests()
+    assert running.flags_at_cancel == (1, int(after_a_warm_one))
+    assert celery_config._shutdown_noted(0) == "Cold"

@@ -465,6 +465,26 @@ class _OrganizationRoom:
     def full(self) -> list[int]:
         return [organization_id for organization_id, left in self.left.items() if left <= 0]
 
+    def full_anywhere(self) -> list[int]:
+        """The organizations with no room left: those counted so far, and any other whose sends in
+        flight already reach the cap. The look beyond the backlog must pass over the latter too:
+        it takes as many destinations as there are free slots, the ones waiting longest, and those
+        of one tenant at its limit that the first look never saw (its many receivers all slow,
+        their deliveries older than anyone else's) filled it, claim after claim, while the other
+        tenants' deliveries waited. One read of the deliveries in flight, a few per sending thread."""
+        cap = settings.ORGANIZATION_MAX_CONCURRENCY
+        at_cap = (
+            Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
+            .exclude(organization_id__in=list(self.left))
+            .values("organization_id")
+            .annotate(n=Count("id"))
+            .filter(n__gte=cap)
+            .values_list("organization_id", flat=True)
+        )
+        for organization_id in at_cap:
+            self.left[organization_id] = 0
+        return self.full()
+
 
 def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list, organizations) -> None:
     for delivery_id, destination_id in candidates:
@@ -487,7 +507,7 @@ def _choose_from_other_destinations(
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    full = organizations.full()
+    full = organizations.full_anywhere()
     others = (
         _waiting_longest(now, exclude=list(allowance), count=wanted, full_organizations=full) if postgresql else None
     )

@@ -924,6 +924,36 @@ def test_a_tenant_at_its_limit_is_passed_over_when_looking_beyond_the_backlog(
     assert sorted(d.destination.url.rsplit("/", 1)[1] for d in claimed) == ["quiet", "silent-a"]
 
 
+def test_a_tenant_at_its_limit_found_only_beyond_the_backlog_does_not_fill_the_look(
+    client, organization, other_organization, httpserver, settings
+):
+    # One destination's backlog (a slow receiver at its own cap) fills the first look, so the
+    # claim looks beyond it. There, the destinations waiting longest are those of a tenant already
+    # at its limit, which the first look never saw: as many of them as there are free slots took
+    # the whole look, and a third tenant's delivery waited as long as that tenant's backlog lasted.
+    from organizations.services import organization_create
+
+    settings.ORGANIZATION_MAX_CONCURRENCY = 1
+    backlog_source = make_source(organization, name="backlog")
+    backlog, _ = make_destination(organization, httpserver.url_for("/backlog"), sources=[backlog_source])
+    Destination.objects.filter(pk=backlog.pk).update(max_concurrency=1)
+    ingest_many(client, backlog_source, 9, prefix="backlog")
+    assert [d.destination_id for d in delivery_service.claim_due_deliveries(1)] == [backlog.pk]
+    at_limit = []
+    for name in ("full-a", "full-b", "full-c"):
+        source = make_source(other_organization, name=name)
+        at_limit.append(make_destination(other_organization, httpserver.url_for(f"/{name}"), sources=[source])[0])
+        ingest_many(client, source, 1, prefix=name)
+    assert [d.destination_id for d in delivery_service.claim_due_deliveries(1)] == [at_limit[0].pk]
+    third = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    quiet_source = make_source(third, name="quiet")
+    quiet, _ = make_destination(third, httpserver.url_for("/quiet"), sources=[quiet_source])
+    ingest_many(client, quiet_source, 1, prefix="quiet")
+
+    claimed = delivery_service.claim_due_deliveries(2)
+    assert [d.destination_id for d in claimed] == [quiet.pk]
+
+
 def test_behind_a_backlog_the_destination_waiting_longest_is_served_first(client, organization, httpserver):
     # Destinations created in this order: the fallback used to take them by id, so busy ones
     # with fresh deliveries kept every slot the backlog left, round after round.
