@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import threading
 import time
 
 from django.core.cache import cache
@@ -46,22 +45,31 @@ def prepare_for_worker_shutdown() -> None:
     global _worker_stopping
     if _worker_stopping is not None:
         return
+    # Plain shared bytes with no lock, as config/celery.py's shutdown flags: note_worker_stopping runs
+    # in the main process's signal handler (Celery sends worker_shutting_down from it). With a
+    # multiprocessing.Event, a cold shutdown's signal arriving while the warm one's set() held the
+    # Event's lock waited for that lock in the same thread forever, and the dispatcher, asking
+    # worker_is_stopping(), waited behind it: the worker hung instead of ending.
     try:
-        _worker_stopping = multiprocessing.Event()
+        _worker_stopping = multiprocessing.RawValue("b", 0)
     except OSError:
-        # No shared memory for a semaphore (some containers): the main process's own loops still
-        # wind up; pool processes then run to their deadline, as before this existed.
-        logger.warning("no shared semaphore: pool processes will not learn of a warm shutdown early")
-        _worker_stopping = threading.Event()
+        # No shared memory (some containers): the main process's own loops still wind up; pool
+        # processes then run to their deadline, as before this existed.
+        logger.warning("no shared memory: pool processes will not learn of a warm shutdown early")
+        _worker_stopping = _ProcessLocalFlag()
+
+
+class _ProcessLocalFlag:
+    value = 0
 
 
 def note_worker_stopping() -> None:
     if _worker_stopping is not None:
-        _worker_stopping.set()
+        _worker_stopping.value = 1
 
 
 def worker_is_stopping() -> bool:
-    return _worker_stopping is not None and _worker_stopping.is_set()
+    return _worker_stopping is not None and bool(_worker_stopping.value)
 
 
 def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 0.0) -> bool:

@@ -2,6 +2,7 @@
 and a processing task waits those sightings out before its last look, so nothing is left behind."""
 
 import json
+import os
 import threading
 import time
 
@@ -143,3 +144,32 @@ def test_a_broker_outage_is_warned_about_once_a_while_not_per_webhook(monkeypatc
         scheduling.schedule_once("another-flag", 5, tasks.process_events)
     warnings = [r.getMessage() for r in caplog.records if r.name == "webhooks.services.scheduling"]
     assert len(warnings) == 2 and all("could not schedule" in w and "Connection refused" in w for w in warnings)
+
+
+def test_the_worker_stopping_flag_takes_no_lock_and_reaches_the_processes_forked_after_it(monkeypatch):
+    # The main process sets it in its signal handler (worker_shutting_down). A flag with a lock (a
+    # multiprocessing.Event) hung the worker when a cold shutdown's signal came while the warm one's
+    # set() held that lock; plain shared bytes have nothing to wait for.
+    monkeypatch.setattr(scheduling, "_worker_stopping", None)
+    scheduling.prepare_for_worker_shutdown()
+    flag = scheduling._worker_stopping
+    assert not hasattr(flag, "get_lock") and not hasattr(flag, "_cond") and not hasattr(flag, "_flag")
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # a pool process, forked after the flag was made
+        os.close(read_end)
+        deadline = time.monotonic() + 60
+        while not scheduling.worker_is_stopping() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.write(write_end, b"1" if scheduling.worker_is_stopping() else b"0")
+        os._exit(0)
+    os.close(write_end)
+    try:
+        assert not scheduling.worker_is_stopping()
+        scheduling.note_worker_stopping()
+        assert scheduling.worker_is_stopping()
+        assert os.read(read_end, 1) == b"1"
+    finally:
+        os.close(read_end)
+        os.waitpid(child, 0)
