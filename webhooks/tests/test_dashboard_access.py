@@ -140,7 +140,23 @@ def test_member_cannot_open_change_forms(client, world, member, name, kind):
     response = client.get(reverse(f"dashboard:{name}", kwargs=url_kwargs(world)[kind]))
     assert response.status_code == 403
     # A page of the product that says why, not the server's bare "403 Forbidden".
-    assert "Your role in this organization does not allow this change." in response.content.decode()
+    reason = (
+        "API keys are for admins and owners: your role in this organization does not open this page."
+        if name == "api_keys"  # a page to read, where "this change" was not what the member asked for
+        else "Your role in this organization does not allow this change."
+    )
+    assert reason in response.content.decode()
+
+
+def test_a_member_turned_away_is_not_told_members_read_everything(client, world, member):
+    # The API keys page is closed to members: the refusal said "Members can read everything in
+    # their organization", the opposite of what it was doing.
+    client.force_login(member)
+    response = client.get(reverse("dashboard:api_keys", kwargs={"org_slug": "acme"}))
+    text = response.content.decode()
+    assert response.status_code == 403
+    assert "does not open this page" in text and "this change" not in text
+    assert "read everything" not in text and "admins and owners make changes and manage API keys" in text
 
 
 @pytest.mark.parametrize("name,kind,data", WRITES)

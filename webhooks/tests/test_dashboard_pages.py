@@ -1105,6 +1105,25 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     assert "Not retried" not in nothing and "no delivery matches" not in nothing
 
 
+def test_a_retry_or_replay_to_a_paused_destination_says_it_waits_for_the_resume(client, owner, organization):
+    world = build_world(client, organization)
+    client.force_login(owner)
+    event_url = reverse("dashboard:event_detail", args=["acme", world.event.pk])
+    retry_url = reverse("dashboard:delivery_retry", args=["acme", world.delivery.pk])
+    replay_url = reverse("dashboard:event_replay", args=["acme", world.event.pk])
+    # Active: queued, and no word of a pause.
+    retried = page_text(client.post(retry_url, follow=True))
+    assert "Retry to endpoint queued." in retried and "paused" not in retried
+    client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
+    retried = page_text(client.post(retry_url, follow=True))
+    assert "Retry to endpoint queued. The destination is paused: it is sent when you resume it." in retried
+    replayed = page_text(client.post(replay_url, {"destination": world.destination.pk}, follow=True))
+    assert "Replay to endpoint queued. The destination is paused: it is sent when you resume it." in replayed
+    # And nothing was sent meanwhile: both wait on the event's page for the resume.
+    assert Delivery.objects.filter(event=world.event, status=Delivery.Status.PENDING).count() == 2
+    assert page_text(client.get(event_url)).count("next try when the destination is resumed") == 2
+
+
 def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, owner, organization):
     world = build_world(client, organization)
     client.force_login(owner)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import redirect
 from django.views.generic import TemplateView
 
@@ -41,7 +41,11 @@ class ApiKeysView(OrganizationMixin, TemplateView):
     required_role = ADMIN
 
     def get(self, request, *args, **kwargs):
-        self.require_role(ADMIN)
+        if not self.has_role(ADMIN):
+            # A page to read, not a change: "does not allow this change" answered a member who only looked.
+            raise PermissionDenied(
+                "API keys are for admins and owners: your role in this organization does not open this page."
+            )
         return super().get(request, *args, **kwargs)
 
     def get_context_data(self, form=None, **kwargs):

@@ -170,9 +170,7 @@ class EventReplayView(ChangeView):
             destination_replay_event(event=event, destination=form.cleaned_data["destination"], actor=request.user)
         except OperationError as exc:
             return self.done(f"Not replayed: {exc}.", "dashboard:event_detail", event.pk, level=messages.ERROR)
-        return self.done(
-            f"Replay to {form.cleaned_data['destination'].name} queued.", "dashboard:event_detail", event.pk
-        )
+        return self.done(queued_message("Replay", form.cleaned_data["destination"]), "dashboard:event_detail", event.pk)
 
 
 class DeliveryRetryView(ChangeView):
@@ -182,7 +180,16 @@ class DeliveryRetryView(ChangeView):
             destination_retry_delivery(delivery=delivery, actor=request.user)
         except DeliveryRetryError as exc:
             return self.done(f"Not retried: {exc}.", "dashboard:event_detail", delivery.event_id, level=messages.ERROR)
-        return self.done(f"Retry to {delivery.destination.name} queued.", "dashboard:event_detail", delivery.event_id)
+        return self.done(queued_message("Retry", delivery.destination), "dashboard:event_detail", delivery.event_id)
+
+
+def queued_message(what: str, destination) -> str:
+    """What a retry or replay just asked for. Nothing is sent to a paused destination: "queued" alone
+    read as on its way, where the bulk retry's message (DestinationBulkRetryView) says it waits."""
+    message = f"{what} to {destination.name} queued."
+    if destination.paused_at:
+        message += " The destination is paused: it is sent when you resume it."
+    return message
 
 
 # A retry due within this long is still followed live; a later one is left to the event page.
