@@ -297,7 +297,7 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
         return []
     claimed_at = claim_clock(now)
     now = now or timezone.now()
-    window = now.replace(microsecond=0)
+    window = _rate_window(now)
     with transaction.atomic():
         oldest_due = Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True).filter(
             status=Delivery.Status.PENDING, next_attempt_at__lte=now
@@ -465,25 +465,34 @@ class _OrganizationRoom:
     def full(self) -> list[int]:
         return [organization_id for organization_id, left in self.left.items() if left <= 0]
 
-    def full_anywhere(self) -> list[int]:
+    def full_anywhere(self, in_flight: list[tuple[int, int, int, int]]) -> list[int]:
         """The organizations with no room left: those counted so far, and any other whose sends in
-        flight already reach the cap. The look beyond the backlog must pass over the latter too:
-        it takes as many destinations as there are free slots, the ones waiting longest, and those
-        of one tenant at its limit that the first look never saw (its many receivers all slow,
-        their deliveries older than anyone else's) filled it, claim after claim, while the other
-        tenants' deliveries waited. One read of the deliveries in flight, a few per sending thread."""
+        flight (``in_flight``, from _in_flight_by_destination) already reach the cap. The look
+        beyond the backlog must pass over the latter too: it takes as many destinations as there
+        are free slots, the ones waiting longest, and those of one tenant at its limit that the
+        first look never saw (its many receivers all slow, their deliveries older than anyone
+        else's) filled it, claim after claim, while the other tenants' deliveries waited."""
+        uncounted: dict[int, int] = defaultdict(int)
+        for organization_id, _, _, count in in_flight:
+            if organization_id not in self.left:
+                uncounted[organization_id] += count
         cap = settings.ORGANIZATION_MAX_CONCURRENCY
-        at_cap = (
-            Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
-            .exclude(organization_id__in=list(self.left))
-            .values("organization_id")
-            .annotate(n=Count("id"))
-            .filter(n__gte=cap)
-            .values_list("organization_id", flat=True)
-        )
-        for organization_id in at_cap:
-            self.left[organization_id] = 0
+        for organization_id, count in uncounted.items():
+            if count >= cap:
+                self.left[organization_id] = 0
         return self.full()
+
+
+def _in_flight_by_destination() -> list[tuple[int, int, int, int]]:
+    """(organization id, destination id, the destination's max_concurrency, its sends in flight) of
+    every destination with a send in flight: one read of the in-flight rows, at most a few per
+    sending thread (the partial index delivery_in_flight_by_dest)."""
+    return list(
+        Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
+        .values_list("organization_id", "destination_id", "destination__max_concurrency")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
 
 
 def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list, organizations) -> None:
@@ -503,16 +512,21 @@ def _choose_from_other_destinations(
     Those destinations are taken by how long their oldest due delivery has waited, so that a
     few busy destinations cannot keep taking the room left by a backlog from a quieter one; those
     of organizations with no room left are passed over, so that one tenant's many destinations
-    cannot fill the look either.
+    cannot fill the look either, and so are those at their own max_concurrency or with their rate
+    limit used up for this second, so that many slow or rate-limited receivers cannot.
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    full = organizations.full_anywhere()
-    others = (
-        _waiting_longest(now, exclude=list(allowance), count=wanted, full_organizations=full) if postgresql else None
-    )
+    in_flight = _in_flight_by_destination()
+    full = organizations.full_anywhere(in_flight)
+    # Destinations at their own max_concurrency are passed over as well, for the same reason: many
+    # slow receivers, each with its sends in flight and deliveries older than the rest, filled the
+    # look, were locked, had no room, and the claim came back empty while others' deliveries were
+    # due. (Those whose rate limit is used up for this second the look itself leaves out.)
+    exclude = [*allowance, *(destination_id for _, destination_id, cap, count in in_flight if count >= cap)]
+    others = _waiting_longest(now, exclude=exclude, count=wanted, full_organizations=full) if postgresql else None
     if others is None:
-        others = _waiting_longest_by_probes(now, exclude=list(allowance), count=wanted, full_organizations=full)
+        others = _waiting_longest_by_probes(now, exclude=exclude, count=wanted, full_organizations=full)
     _lock_destinations(set(others), destinations, allowance, window, organizations)
     if postgresql:
         rooms = [(d, min(allowance[d], wanted)) for d in others if allowance[d] > 0]
@@ -567,16 +581,28 @@ SELECT
             AND organizations_organization.is_active
             AND waiting.oldest <= %(now)s AND NOT (waiting.destination_id = ANY(%(exclude)s::bigint[]))
             AND NOT (webhooks_destination.organization_id = ANY(%(full_organizations)s::bigint[]))
+            AND NOT COALESCE(
+                webhooks_destination.rate_limit_per_second > 0
+                AND webhooks_destination.rate_window_started_at = %(window)s
+                AND webhooks_destination.rate_window_count >= webhooks_destination.rate_limit_per_second,
+                FALSE
+            )
         ORDER BY waiting.oldest, waiting.destination_id
         LIMIT %(count)s
     )
 """
 
 
+def _rate_window(now):
+    """The second a claim at ``now`` counts against each destination's rate_limit_per_second."""
+    return now.replace(microsecond=0)
+
+
 def _waiting_longest(now, *, exclude: list[int], count: int, full_organizations: list[int] = ()) -> list[int] | None:
     """Up to ``count`` active, unpaused destinations not in ``exclude`` nor of ``full_organizations``
     with due deliveries, the one whose oldest due delivery has waited longest first (PostgreSQL);
-    None when more than WAITING_WALK_MAX_STEPS destinations have deliveries waiting."""
+    None when more than WAITING_WALK_MAX_STEPS destinations have deliveries waiting. Those whose
+    rate limit is used up for ``now``'s second are left out: they would be locked for no send."""
     with connection.cursor() as cursor:
         cursor.execute(
             WAITING_LONGEST_SQL,
@@ -586,6 +612,7 @@ def _waiting_longest(now, *, exclude: list[int], count: int, full_organizations:
                 "exclude": exclude,
                 "count": count,
                 "full_organizations": list(full_organizations),
+                "window": _rate_window(now),
             },
         )
         steps, chosen = cursor.fetchone()
@@ -595,8 +622,9 @@ def _waiting_longest(now, *, exclude: list[int], count: int, full_organizations:
 
 
 def _waiting_longest_by_probes(now, *, exclude: list[int], count: int, full_organizations: list[int] = ()) -> list[int]:
-    """What _waiting_longest finds, with an index probe per active destination: the embedded
-    mode (SQLite), and PostgreSQL when many destinations have deliveries waiting."""
+    """What _waiting_longest finds (rate limits used up left out too), with an index probe per
+    active destination: the embedded mode (SQLite), and PostgreSQL when many destinations have
+    deliveries waiting."""
     oldest_due = (
         Delivery.objects.filter(destination=OuterRef("pk"), status=Delivery.Status.PENDING, next_attempt_at__lte=now)
         .order_by("next_attempt_at")
@@ -608,6 +636,11 @@ def _waiting_longest_by_probes(now, *, exclude: list[int], count: int, full_orga
         Destination.objects.filter(DESTINATION_SENDING)
         .exclude(pk__in=exclude)
         .exclude(organization_id__in=list(full_organizations))
+        .exclude(
+            rate_limit_per_second__gt=0,
+            rate_window_started_at=_rate_window(now),
+            rate_window_count__gte=F("rate_limit_per_second"),
+        )
         .annotate(oldest_due=Subquery(oldest_due))
         .order_by(F("oldest_due").asc(nulls_last=True), "pk")
         .values_list("pk", "oldest_due")[:count]

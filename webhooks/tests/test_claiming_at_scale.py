@@ -106,6 +106,60 @@ def test_behind_a_backlog_destinations_waiting_as_long_are_taken_in_the_order_th
     assert {d.destination_id for d in claimed} == {same_age[0].pk, same_age[1].pk}  # not the last one made
 
 
+def at_its_cap_behind_a_backlog(seeder):
+    """A destination at its max_concurrency of 1 (a slow receiver) whose due deliveries, older than
+    anyone else's, fill a first look of 16 rows: the claim looks beyond them."""
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    seeder.deliveries(backlog, 1, waited=timedelta(hours=3), status=Delivery.Status.IN_FLIGHT)
+    seeder.deliveries(backlog, 20, waited=timedelta(hours=3))
+    return backlog
+
+
+def test_behind_a_backlog_destinations_at_their_own_cap_do_not_fill_the_look(seeder, way):
+    # Beyond the backlog, the destinations waiting longest are 4 more slow receivers, each with its
+    # one attempt in flight and deliveries older than the rest: as many of them as there were free
+    # slots took the whole look, none had room, and the claim came back empty while "quiet"'s
+    # delivery was due (the example: 32 such destinations and 32 free slots).
+    at_its_cap_behind_a_backlog(seeder)
+    slow = [seeder.destination(f"slow{n}", max_concurrency=1) for n in range(4)]
+    for destination in slow:
+        seeder.deliveries(destination, 1, waited=timedelta(hours=2), status=Delivery.Status.IN_FLIGHT)
+        seeder.deliveries(destination, 2, waited=timedelta(hours=2))
+    # One with room left below its cap is still taken, by how long it has waited.
+    roomy = seeder.destination("roomy", max_concurrency=2)
+    seeder.deliveries(roomy, 1, waited=timedelta(hours=2), status=Delivery.Status.IN_FLIGHT)
+    roomy_due = seeder.deliveries(roomy, 2, waited=timedelta(hours=1))
+    quiet_due = seeder.deliveries(seeder.destination("quiet"), 1, waited=timedelta(minutes=1))
+
+    claimed = delivery_service.claim_due_deliveries(4)
+
+    assert sorted(d.pk for d in claimed) == sorted([roomy_due[0], *quiet_due])
+
+
+def test_behind_a_backlog_destinations_whose_rate_limit_is_used_up_do_not_fill_the_look(seeder, way):
+    # The same with destinations that have sent their rate_limit_per_second for this second: they
+    # are passed over in this second, and take their turn in the next one.
+    now = timezone.now()
+    at_its_cap_behind_a_backlog(seeder)
+    limited = [
+        seeder.destination(
+            f"limited{n}",
+            rate_limit_per_second=1,
+            rate_window_started_at=now.replace(microsecond=0),
+            rate_window_count=1,
+        )
+        for n in range(4)
+    ]
+    limited_due = [seeder.deliveries(destination, 2, waited=timedelta(hours=2)) for destination in limited]
+    quiet_due = seeder.deliveries(seeder.destination("quiet"), 1, waited=timedelta(minutes=1))
+
+    claimed = delivery_service.claim_due_deliveries(4, now=now)
+    assert [d.pk for d in claimed] == quiet_due
+
+    claimed = delivery_service.claim_due_deliveries(4, now=now + timedelta(seconds=1))
+    assert sorted(d.pk for d in claimed) == sorted(due[0] for due in limited_due)
+
+
 def test_a_claim_behind_a_backlog_costs_the_same_queries_for_few_or_many_waiting_destinations(seeder, way):
     postgresql_only()
     backlog = seeder.destination("backlog", max_concurrency=1)
