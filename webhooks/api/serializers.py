@@ -202,6 +202,10 @@ class SourceSerializer(serializers.Serializer):
     ingest_url = serializers.SerializerMethodField()
     # CIDR strings requests must come from; [] for any address.
     allowed_networks = serializers.ListField(child=serializers.CharField())
+    # Rejected requests answered but not kept (past INGEST_REJECTED_RECORDS_PER_MINUTE or _PER_HOUR),
+    # since the source was made, and when the last came (null: none yet).
+    rejected_not_kept_count = serializers.IntegerField()
+    rejected_not_kept_last_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
 
     def get_ingest_url(self, source: Source) -> str:
