@@ -17,6 +17,7 @@ from rest_framework import serializers
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
+    EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
     SIGNATURE_HIDDEN,
     body_search_text_problem,
@@ -335,7 +336,7 @@ class ReceivedRangeMixin(KnownFieldsOnly):
 
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
-        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
+        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL], required=False
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
