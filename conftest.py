@@ -140,16 +140,23 @@ def _patient_cache():
 
 
 @pytest.fixture(autouse=True)
-def _clean_cache():
+def _clean_cache(monkeypatch):
     # Each test starts with an empty Redis database (rate-limit counters, processing flag), and
     # with none of the API limits' counts kept in memory while Redis was down.
     from config.redis_cache import reset_breakers
     from webhooks.api.limits import local_counts_clear
+    from webhooks.services import rejected_records
 
     reset_breakers()
     cache.clear()
     local_counts_clear()
+    # Counts of rejected requests not kept while Redis is down: a process writes them from a timer
+    # thread, whose connection would not see a test's transaction and could outlive the test. Tests
+    # write them themselves (or set the interval: test_rejected_records.py).
+    rejected_records.forget_local_counts()
+    monkeypatch.setattr(rejected_records, "LOCAL_WRITE_INTERVAL_SECONDS", 3600)
     yield
+    rejected_records.forget_local_counts()
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
 from django_redis.cache import RedisCache
@@ -133,24 +135,29 @@ class _GuardedClient:
         breaker = self._breaker
 
         def guarded(*args, **kwargs):
-            if not breaker.allow():
-                skipped = RedisSkipped(
-                    f"Redis skipped: it failed to answer less than {settings.REDIS_SKIP_AFTER_FAILURE_SECONDS} s ago"
-                )
-                # As django-redis reports a failure: RedisCache raises its cause (a RedisError).
-                raise ConnectionInterrupted(connection=None) from skipped
-            try:
-                result = attribute(*args, **kwargs)
-            except Exception as exc:
-                if _reached_nothing(exc):
-                    breaker.failed(exc)
-                else:
-                    breaker.succeeded()  # Redis answered, if only with an error
-                raise
-            breaker.succeeded()
-            return result
+            return _through_breaker(breaker, attribute, *args, **kwargs)
 
         return guarded
+
+
+def _through_breaker(breaker: Breaker, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, unless the breaker skips Redis; its failure to reach Redis noted."""
+    if not breaker.allow():
+        skipped = RedisSkipped(
+            f"Redis skipped: it failed to answer less than {settings.REDIS_SKIP_AFTER_FAILURE_SECONDS} s ago"
+        )
+        # As django-redis reports a failure: RedisCache raises its cause (a RedisError).
+        raise ConnectionInterrupted(connection=None) from skipped
+    try:
+        result = call(*args, **kwargs)
+    except Exception as exc:
+        if _reached_nothing(exc):
+            breaker.failed(exc)
+        else:
+            breaker.succeeded()  # Redis answered, if only with an error
+        raise
+    breaker.succeeded()
+    return result
 
 
 class SkippingRedisCache(RedisCache):
@@ -163,3 +170,24 @@ class SkippingRedisCache(RedisCache):
     @property
     def client(self):
         return _GuardedClient(super().client, self._breaker)
+
+
+class ScriptsUnavailable(Exception):
+    """The cache is not on Redis (the embedded file cache): it runs no script."""
+
+
+def run_script(cache, script: str, keys: Sequence[str], args: Sequence = ()) -> Any:
+    """Run a Lua script on the cache's Redis, in one round trip (EVALSHA, loading it once per server).
+
+    ``keys`` are named as for the cache (its prefix and version are added). Skipped like any other
+    call while SkippingRedisCache skips Redis; raises ScriptsUnavailable for a cache not on Redis,
+    and a RedisError (ConnectionInterrupted) when Redis cannot be reached."""
+    if not isinstance(cache, RedisCache):
+        raise ScriptsUnavailable(f"{type(cache).__name__} runs no script")
+    client = RedisCache.client.fget(cache).get_client(write=True)  # the raw client: the breaker is applied here
+    call = client.register_script(script)
+    full_keys = [cache.make_key(key) for key in keys]
+    breaker = getattr(cache, "_breaker", None)
+    if breaker is None:
+        return call(keys=full_keys, args=list(args))
+    return _through_breaker(breaker, call, keys=full_keys, args=list(args))

@@ -346,6 +346,9 @@ INGEST_WRITER_SOCKET = env.str("INGEST_WRITER_SOCKET", default="")
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES, 2_621_440)
 # Rejected requests kept per source per minute; past that they are answered the same but not kept.
 INGEST_REJECTED_RECORDS_PER_MINUTE = env.int("INGEST_REJECTED_RECORDS_PER_MINUTE", default=60)
+# And kept per source per hour: without it a source refusing everything would keep 86,400 a day.
+# Those not kept are counted on the source (services.rejected_records).
+INGEST_REJECTED_RECORDS_PER_HOUR = env.int("INGEST_REJECTED_RECORDS_PER_HOUR", default=600)
 REJECTED_BODY_MAX_BYTES = env.int("REJECTED_BODY_MAX_BYTES", default=16 * 1024)
 # A rejected request's headers as kept (names and values, UTF-8): gunicorn lets a request carry
 # 100 headers of 8 KiB, which kept whole would be 50 times the body's bound.

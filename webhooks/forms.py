@@ -16,6 +16,7 @@ from organizations.names import validate_name
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
+    EVENT_STATUS_ALL,
     EVENT_STATUS_FAILED,
     EVENT_STATUS_RETRYING,
     AuditFilters,
@@ -688,11 +689,14 @@ class EventFilterForm(forms.Form):
     body = forms.CharField(label="Body contains", required=False)
     status = forms.ChoiceField(
         required=False,
+        # Without a status, accepted events only: rejected requests are listed when asked for
+        # (selectors.EVENT_STATUS_ALL says why), and counted beside the list meanwhile.
         choices=[
-            ("", "Any status"),
+            ("", "Accepted (any status)"),
             *WebhookEvent.Status.choices,
             (EVENT_STATUS_RETRYING, "Retrying delivery"),
             (EVENT_STATUS_FAILED, "Failed delivery"),
+            (EVENT_STATUS_ALL, "Accepted and rejected"),
         ],
     )
     source = forms.TypedChoiceField(label="Source", required=False, coerce=int, empty_value=None)

@@ -94,6 +94,32 @@ EVENT_PAGE_SIZE = 50
 EVENT_STATUS_FAILED = "failed"
 EVENT_STATUS_RETRYING = "retrying"
 EVENT_STATUSES_FROM_DELIVERIES = (EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING)
+# Accepted events and rejected requests together. Without a status, lists show accepted events only
+# (received and processed, whatever their deliveries): rejected requests come in floods, up to
+# INGEST_REJECTED_RECORDS_PER_MINUTE per source, and would push the events a tenant looks for out of
+# the list and out of a body search's window. They are listed with the status "rejected" (or this
+# one), found by an id search whatever the status (a tenant chasing "evt_123" is likeliest to find a
+# wrong secret), and counted beside the list (rejected_count_beside_list).
+EVENT_STATUS_ALL = "all"
+
+
+def shows_rejected(filters: EventFilters) -> bool | None:
+    """Which kind of request a list with these filters shows: True rejected ones only, False
+    accepted ones only, None both."""
+    if filters.status == WebhookEvent.Status.REJECTED:
+        return True
+    if filters.status == EVENT_STATUS_ALL or (not filters.status and (filters.search or filters.provider_event_id)):
+        return None
+    return False
+
+
+def _of_kind(events: QuerySet[WebhookEvent], filters: EventFilters) -> QuerySet[WebhookEvent]:
+    rejected = shows_rejected(filters)
+    if rejected is None:
+        return events
+    if rejected:
+        return events.filter(status=WebhookEvent.Status.REJECTED)
+    return events.exclude(status=WebhookEvent.Status.REJECTED)
 
 
 def retrying_deliveries(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
@@ -275,8 +301,10 @@ def _filtered_events(
         if from_id:
             failing = failing.filter(event_id__gte=from_id)
         events = events.filter(id__in=failing.values("event_id"))
-    elif filters.status:
+    elif filters.status in WebhookEvent.Status.values:
         events = events.filter(status=filters.status)
+    else:
+        events = _of_kind(events, filters)
     if filters.source_id:
         events = events.filter(source_id=filters.source_id)
     if filters.provider_event_id:
@@ -332,6 +360,36 @@ def event_page(
     rows = list(_rows_for_list(events).order_by("-id")[: limit + 1])
     next_before = rows[limit - 1].id if len(rows) > limit else None
     return EventPage(events=_note_hookline_tests(rows[:limit]), next_before=next_before)
+
+
+# The count beside a list stops here: it walks an index entry per row counted.
+REJECTED_COUNT_LIMIT = 10_000
+REJECTED_COUNT_TIMEOUT_SECONDS = 1.0
+
+
+def rejected_count_beside_list(*, organization: Organization, filters: EventFilters) -> int | None:
+    """How many rejected requests a list without a status leaves out, in its source and received
+    range (at most REJECTED_COUNT_LIMIT + 1 are counted); None when the list leaves none out that
+    its filters would show: it has a status, or an id search (rejected ones are listed), or a filter
+    no rejected request matches (an event type or a destination: they have neither)."""
+    if filters.status or shows_rejected(filters) is not False or filters.event_type or filters.destination_id:
+        return None
+    rejected = WebhookEvent.objects.filter(organization=organization, status=WebhookEvent.Status.REJECTED)
+    if filters.source_id:
+        rejected = rejected.filter(source_id=filters.source_id)
+    if filters.since:
+        rejected = rejected.filter(id__gte=uuid7_floor(filters.since))
+    if filters.until:
+        rejected = rejected.filter(id__lt=uuid7_floor(filters.until))
+    try:
+        # Bounded in time too: the list must show whatever holds this count up.
+        with _statement_timeout(REJECTED_COUNT_TIMEOUT_SECONDS):
+            return rejected.order_by().values("id")[: REJECTED_COUNT_LIMIT + 1].count()
+    except OperationalError as error:
+        if _timed_out(error):
+            logger.warning("count of rejected requests stopped after %s s", REJECTED_COUNT_TIMEOUT_SECONDS)
+            return None
+        raise
 
 
 def _rows_for_list(events: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:
@@ -428,7 +486,9 @@ def body_search_page(
     BodySearchBusy when the organization already runs BODY_SEARCH_CONCURRENCY searches.
     """
     window = window or settings.BODY_SEARCH_WINDOW
-    in_range = WebhookEvent.objects.filter(organization=organization)
+    # Counted in the requests of the kind listed: a flood of rejected ones does not narrow the
+    # window of a search among accepted events, nor the other way round.
+    in_range = _of_kind(WebhookEvent.objects.filter(organization=organization), filters)
     if before:
         in_range = in_range.filter(id__lt=before)
     if filters.until:
@@ -844,8 +904,10 @@ def rejected_requests_for_source(*, source: Source, limit: int = 50) -> list[Web
 
 
 def recent_events_for_source(*, source: Source, limit: int = 10) -> list[WebhookEvent]:
+    """Its newest accepted events: its page lists its rejected requests apart (rejected_requests_for_source)."""
     return list(
         WebhookEvent.objects.filter(organization_id=source.organization_id, source=source)
+        .exclude(status=WebhookEvent.Status.REJECTED)
         .defer("body", "headers")
         .order_by("-id")[:limit]
     )

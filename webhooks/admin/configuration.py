@@ -60,6 +60,7 @@ from webhooks.services.operations import (
     destination_pause,
     destination_resume,
 )
+from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
@@ -252,7 +253,13 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
     search_fields = ("name", "organization__name", "organization__slug")
     list_select_related = ("organization",)
-    readonly_fields = ("ingest_url_display", "secret_hint", "previous_secret_expires_at", "secret_use_display")
+    readonly_fields = (
+        "ingest_url_display",
+        "secret_hint",
+        "previous_secret_expires_at",
+        "secret_use_display",
+        "rejected_not_kept_display",
+    )
     fields = (
         "organization",
         "provider",
@@ -266,6 +273,7 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
         "stop_previous",
         "previous_secret_expires_at",
         "secret_use_display",
+        "rejected_not_kept_display",
     )
     actions = ("rotate_secret",)
 
@@ -344,6 +352,14 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
             return "— (no rotation overlap running)"
         # The dashboard's own words (and time format), so that admins and tenants read the same.
         return render_to_string("dashboard/_secret_use.html", {"secret_use": use})
+
+    @admin.display(description="Rejected requests not kept")
+    def rejected_not_kept_display(self, obj):
+        not_kept = rejected_not_kept(obj) if obj.pk else None
+        if not_kept is None:
+            return "none"
+        # The dashboard's own words, as for the rotation above.
+        return render_to_string("dashboard/_rejected_not_kept.html", {"not_kept": not_kept})
 
     add_fields = ("organization", "provider", "name", "options", "allowed_networks", "secret")
 

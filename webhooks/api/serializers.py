@@ -17,6 +17,7 @@ from rest_framework import serializers
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
+    EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
     SIGNATURE_HIDDEN,
     body_search_text_problem,
@@ -259,6 +260,10 @@ class SourceSerializer(serializers.Serializer):
     ingest_url = serializers.SerializerMethodField()
     # CIDR strings requests must come from; [] for any address.
     allowed_networks = serializers.ListField(child=serializers.CharField())
+    # Rejected requests answered but not kept (past INGEST_REJECTED_RECORDS_PER_MINUTE or _PER_HOUR),
+    # since the source was made, and when the last came (null: none yet).
+    rejected_not_kept_count = serializers.IntegerField()
+    rejected_not_kept_last_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
 
     def get_ingest_url(self, source: Source) -> str:
@@ -388,7 +393,7 @@ class ReceivedRangeMixin(KnownFieldsOnly):
 
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
-        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES], required=False
+        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL], required=False
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)

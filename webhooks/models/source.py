@@ -48,6 +48,12 @@ class Source(models.Model):
     deletion_requested_by = models.CharField(max_length=200, null=True, blank=True, editable=False)
     # Rows deleted so far, by kind: the background deletion's progress, kept across its runs.
     deletion_progress = models.JSONField(null=True, blank=True, editable=False)
+    # Rejected requests answered but not kept, past INGEST_REJECTED_RECORDS_PER_MINUTE or _PER_HOUR
+    # (see services.rejected_requests): how many since the source was made, and when the last one
+    # came. Added to in batches, never per request: ingest counts them in Redis and the sweeper
+    # adds those counts here. Database defaults: the columns are added without a table rewrite.
+    rejected_not_kept_count = models.BigIntegerField(default=0, db_default=0, editable=False)
+    rejected_not_kept_last_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("organization", "name")

@@ -54,6 +54,12 @@ class WebhookEvent(models.Model):
         indexes = [
             models.Index(fields=("organization", "-id"), name="event_org_id"),
             models.Index(fields=("organization", "status", "-id"), name="event_org_status_id"),
+            # The lists' default, accepted events only (selectors.EVENT_STATUS_ALL): without it, a list
+            # under a flood of newer rejected requests walks past each of them, and one with no
+            # accepted event left walks every row of the organization.
+            models.Index(
+                fields=("organization", "-id"), condition=~models.Q(status="rejected"), name="event_org_accepted_id"
+            ),
             # Dashboard filters and search: each one an index walk in list order, newest first.
             models.Index(fields=("organization", "source", "-id"), name="event_org_source_id"),
             models.Index(fields=("organization", "event_type", "-id"), name="event_org_type_id"),

@@ -18,18 +18,17 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import DataError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
-from webhooks.api.limits import LocalWindowCounter
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
 from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .ingest_writer import NewEvent, SourceClosed, event_id_digest, store_event, writer
 from .processing import schedule_event_processing
+from .rejected_records import forget_local_counts, may_keep_rejection
 from .secret_use import record_secret_match
 from .sender_marks import is_hookline_test_event
 from .source_networks import address_allowed
@@ -571,50 +570,19 @@ def _claimed_event_id(source: Source, request: InboundRequest) -> str | None:
     return _storable_event_id(event_id)
 
 
-# Rejected requests counted in this process while the cache is unreachable (see _may_record_rejection).
-_rejections_counted_locally = LocalWindowCounter()
-_REJECTION_OUTAGE_WARNING_SECONDS = 60
-_rejection_outage_warned_at: float | None = None
-# The minutes' clock, read through this name so that tests can hold a minute still.
+# The clock of the minutes and hours rejected requests are counted in, read through this name so
+# that tests can hold time still.
 rejection_clock = time.time
 
 
 def _may_record_rejection(source_id: int) -> bool:
-    """Keep at most INGEST_REJECTED_RECORDS_PER_MINUTE rejected requests per source and minute.
-
-    While the cache is unreachable they are counted in this process's memory instead: each web
-    process then keeps up to the limit on its own. Recording every one of them would let a sender
-    that knows an ingest URL fill the database at line rate for as long as Redis is down."""
-    window = int(rejection_clock() // 60)
-    key = f"ingest:rejected:{source_id}:{window}"
-    try:
-        cache.add(key, 0, timeout=120)
-        count = cache.incr(key)
-    except Exception as exc:  # unreachable, skipped (config.redis_cache), or the key evicted meanwhile
-        _warn_rejections_counted_locally(exc)
-        count = _rejections_counted_locally.hit(str(source_id), period=60, window=window)
-    return count <= settings.INGEST_REJECTED_RECORDS_PER_MINUTE
-
-
-def _warn_rejections_counted_locally(exc: Exception) -> None:
-    # Once a minute per process: a warning per refused request would flood the log at the request rate.
-    global _rejection_outage_warned_at
-    now = time.monotonic()
-    if (
-        _rejection_outage_warned_at is not None
-        and now - _rejection_outage_warned_at < _REJECTION_OUTAGE_WARNING_SECONDS
-    ):
-        return
-    _rejection_outage_warned_at = now
-    logger.warning(
-        "rejected-request records counted in this process only while the cache is unavailable "
-        "(each process keeps up to the limit; said at most once a minute): %s",
-        exc,
-    )
+    """Keep at most INGEST_REJECTED_RECORDS_PER_MINUTE rejected requests per source and minute, and
+    INGEST_REJECTED_RECORDS_PER_HOUR per hour; the others are counted on the source (see
+    services.rejected_records). Recording every one would let a sender that knows an ingest URL
+    fill the database at line rate."""
+    return may_keep_rejection(source_id, rejection_clock())
 
 
 def forget_rejection_counts() -> None:
     """Forget this process's fallback counts of rejected requests (for tests)."""
-    global _rejection_outage_warned_at
-    _rejections_counted_locally.clear()
-    _rejection_outage_warned_at = None
+    forget_local_counts()

@@ -25,6 +25,7 @@ from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .organization_deletion import resume_organization_deletions
 from .payload_filters import refusals_in_order
+from .rejected_records import write_not_kept_counts
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import clear_flag, schedule_once, set_flag, wait_before_last_look, worker_is_stopping
 from .source_deletion import resume_source_deletions
@@ -497,6 +498,8 @@ def sweep(now=None) -> dict[str, int]:
         # The same for sources being deleted.
         "source_deletions": resume_source_deletions,
         "due": lambda: _schedule_due_deliveries(now),
+        # Rejected requests answered but not kept, counted in Redis by ingest: added to their sources.
+        "rejected_not_kept": write_not_kept_counts,
     }
     result = {"failed_steps": 0}
     for name, step in steps.items():

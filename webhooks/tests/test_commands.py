@@ -96,6 +96,8 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
         "POST", f"/in/{source['token']}/", forged, content_type="application/json", **stripe_headers(forged, "whsec_x")
     )
     rejected = run("list_events", "--org", "acme", "--search", "evt_forged")["events"]
+    # The operator's list shows rejected requests by default, unlike the dashboard's and the API's.
+    assert [e["status"] for e in run("list_events", "--org", "acme")["events"]] == ["rejected", "processed"]
     assert [(e["status"], e["claimed_event_id"], e["rejection"]) for e in rejected] == [
         ("rejected", "evt_forged", "no_matching_secret")
     ]

@@ -129,6 +129,26 @@ def test_ingest_stores_and_answers_with_one_wait_per_interval(
     assert WebhookEvent.objects.filter(source=source, status=WebhookEvent.Status.RECEIVED).count() == 4
 
 
+def test_rejected_requests_are_counted_with_one_wait_per_interval(client, organization, blackholed, clock, settings):
+    # The count of rejected requests is a script run on the cache's Redis (services.rejected_records):
+    # it is skipped like any other cache call, and each process counts them itself meanwhile.
+    settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 2
+    source = make_source(organization)
+    answers = [
+        client.generic(
+            "POST",
+            f"/in/{source.ingest_token}/",
+            "{}",
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE="t=1,v1=00",
+        ).status_code
+        for _ in range(4)
+    ]
+    assert answers == [401] * 4
+    assert blackholed.connections == 1
+    assert WebhookEvent.objects.filter(source=source, status=WebhookEvent.Status.REJECTED).count() == 2
+
+
 def test_the_api_answers_and_its_limits_still_count_with_one_wait_per_interval(
     client, organization, blackholed, clock, settings
 ):

@@ -2,7 +2,7 @@ import argparse
 
 from organizations.models import Organization
 from webhooks.models import WebhookEvent
-from webhooks.selectors import EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
+from webhooks.selectors import EVENT_STATUS_ALL, EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
 
 from ._base import OperatorCommand, find_given
 
@@ -31,7 +31,9 @@ class Command(OperatorCommand):
 
     def run(self, **options):
         organization = find_given(Organization.objects.all(), options["org"], field="slug")
-        filters = EventFilters(status=options.get("status") or "", search=options.get("search") or "")
+        # Every request by default, rejected ones too, as this command always listed them (the
+        # dashboard and the API list accepted events unless asked: selectors.EVENT_STATUS_ALL).
+        filters = EventFilters(status=options.get("status") or EVENT_STATUS_ALL, search=options.get("search") or "")
         events = event_page(organization=organization, filters=filters, limit=options["limit"]).events
         rows = [
             {

@@ -15,6 +15,7 @@ from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, ReplayForm
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.selectors import (
+    REJECTED_COUNT_LIMIT,
     BodySearchTimedOut,
     EventPage,
     configured_signature_header,
@@ -27,6 +28,7 @@ from webhooks.selectors import (
     headers_for_viewer,
     live_window_start,
     parse_event_id,
+    rejected_count_beside_list,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
@@ -46,11 +48,13 @@ class EventFiltersMixin:
             form.is_valid()
         return form
 
-    def filter_query(self) -> str:
-        """The current filters as a query string, without the paging cursors."""
+    def filter_query(self, **changed: str) -> str:
+        """The current filters as a query string, without the paging cursors, with ``changed``."""
         query = self.request.GET.copy()
         for cursor in ("before", "after", "seen"):
             query.pop(cursor, None)
+        for name, value in changed.items():
+            query[name] = value
         return query.urlencode()
 
 
@@ -99,6 +103,12 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             poll_seen=page.events[0].id if page.events else live_since,
             query=self.filter_query(),
             event_types=event_types_for_organization(organization=self.organization),
+            # On the first page: the others are history the first one already counted.
+            rejected_beside=rejected_count_beside_list(organization=self.organization, filters=filters)
+            if before is None
+            else None,
+            rejected_limit=REJECTED_COUNT_LIMIT,
+            rejected_query=self.filter_query(status=WebhookEvent.Status.REJECTED),
         )
         return context
 

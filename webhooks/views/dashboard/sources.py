@@ -16,6 +16,7 @@ from webhooks.selectors import (
     source_for_organization,
     sources_for_organization,
 )
+from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.source_testing import source_send_test_event
@@ -144,6 +145,7 @@ class SourceDetailView(SourceMixin, TemplateView):
             fixtures=fixtures_for_provider(source.provider),
             destinations=list(source.subscriptions.select_related("destination")),
             secret_use=secret_use_during_overlap(source),
+            not_kept=rejected_not_kept(source),
         )
         return context
 
@@ -154,7 +156,11 @@ class SourceRejectedView(SourceMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         source = self.get_source()
-        context.update(source=source, rejected=rejected_requests_for_source(source=source, limit=100))
+        context.update(
+            source=source,
+            rejected=rejected_requests_for_source(source=source, limit=100),
+            not_kept=rejected_not_kept(source),
+        )
         return context
 
 
