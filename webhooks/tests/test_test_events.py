@@ -168,7 +168,8 @@ def test_the_overview_counts_the_providers_events_and_the_events_list_marks_the_
     assert _usage(organization) == 2  # the same events as the monthly usage
 
     client.force_login(owner)
-    page = client.get(reverse("dashboard:events", args=[organization.slug]))
+    # Rejected requests are listed when asked for (the default list holds accepted events only).
+    page = client.get(reverse("dashboard:events", args=[organization.slug]), {"status": "all"})
     listed = page.context["page"].events
     assert len(listed) == 5
     marked = {event.provider_event_id or event.claimed_event_id for event in listed if event.is_hookline_test}
