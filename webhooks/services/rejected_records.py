@@ -16,6 +16,8 @@ LOCAL_WRITE_INTERVAL_SECONDS.
 
 What can be lost is a count, never an event: the counts taken by a sweep whose process dies
 before its UPDATE commits, or those a process held in memory (at most a second's) when it stops.
+A sweep whose UPDATE fails puts its counts back in Redis, or, when Redis cannot be reached
+either, holds them in its process, which writes them as it writes its own.
 """
 
 from __future__ import annotations
@@ -231,7 +233,13 @@ def write_not_kept_counts() -> int:
         add_not_kept_to_sources(taken)
     except Exception:
         args = [value for source_id, (count, last_at) in taken.items() for value in (source_id, count, repr(last_at))]
-        run_script(cache, _PUT_BACK_SCRIPT, keys=[NOT_KEPT_COUNTS_KEY, NOT_KEPT_TIMES_KEY], args=args)
+        try:
+            run_script(cache, _PUT_BACK_SCRIPT, keys=[NOT_KEPT_COUNTS_KEY, NOT_KEPT_TIMES_KEY], args=args)
+        except Exception:
+            # Redis gone too since the counts were taken (this host cut off): they are nowhere
+            # else, so this process holds them and writes them itself, as its own while Redis is down.
+            logger.exception("could not put the counts of rejected requests not kept back; this process writes them")
+            _note_not_kept_locally(taken)
         raise
     return len(taken)
 

@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import caches
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from config.redis_cache import reset_breakers
 from conftest import REDIS_DOWN_CACHES
 from organizations.models import ApiKey
 from webhooks.models import Source, WebhookEvent
@@ -153,6 +155,31 @@ def test_counts_a_failed_sweep_could_not_write_are_written_by_the_next(
     sweep()
     source.refresh_from_db()
     assert source.rejected_not_kept_count == 4
+
+
+def test_counts_neither_the_database_nor_redis_took_back_are_held_by_the_process(
+    client, organization, settings, clock, monkeypatch
+):
+    # The sweeper's host cut off after taking the counts (a partition, Redis failing over): the
+    # UPDATE fails, and so does putting the counts back. They were in no other place: the process
+    # holds them and writes them itself, as it does its own while Redis is down.
+    settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 1
+    source = make_source(organization)
+    forge(client, source, 4)
+
+    def database_and_redis_down(counts):
+        caches["default"]._breaker.failed(ConnectionError("Redis went away too"))
+        raise DatabaseError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rejected_records, "add_not_kept_to_sources", database_and_redis_down)
+        assert sweep()["failed_steps"] == 1
+    reset_breakers()  # both answer again
+
+    assert rejected_records.write_local_not_kept_counts() == 1
+    assert sweep()["rejected_not_kept"] == 0  # written once, not twice
+    source.refresh_from_db()
+    assert source.rejected_not_kept_count == 3
 
 
 def test_with_redis_down_each_process_bounds_the_hour_and_writes_its_counts_itself(
