@@ -128,6 +128,7 @@ LOCAL_WRITE_INTERVAL_SECONDS = 1.0
 
 _OUTAGE_WARNING_SECONDS = 60
 _outage_warned_at: float | None = None
+_write_failure_logged_at: float | None = None
 
 
 def _may_keep_counting_locally(source_id: int, minute: int, hour: int, now: float) -> bool:
@@ -168,10 +169,25 @@ def write_local_not_kept_counts() -> int:
     try:
         add_not_kept_to_sources(taken)
     except Exception:
-        logger.exception("could not write the counts of rejected requests not kept; trying again in a while")
+        _log_write_failure()
         _note_not_kept_locally(taken)
         return 0
     return len(taken)
+
+
+def _log_write_failure() -> None:
+    # Once a minute per process, with the traceback: the counts are tried again every second while
+    # the database is down, and a traceback a second from every web process would flood the log.
+    global _write_failure_logged_at
+    now = time.monotonic()
+    if _write_failure_logged_at is not None and now - _write_failure_logged_at < _OUTAGE_WARNING_SECONDS:
+        return
+    _write_failure_logged_at = now
+    logger.exception(
+        "could not write the counts of rejected requests not kept; trying again every %s s (said at most "
+        "once a minute)",
+        LOCAL_WRITE_INTERVAL_SECONDS,
+    )
 
 
 def _write_from_timer() -> None:
@@ -200,7 +216,7 @@ def _warn_counted_locally(exc: Exception) -> None:
 
 def forget_local_counts() -> None:
     """Forget this process's counts, and its unwritten counts not kept (tests)."""
-    global _local_writer, _outage_warned_at
+    global _local_writer, _outage_warned_at, _write_failure_logged_at
     _counted_this_minute.clear()
     _kept_this_hour.clear()
     with _local_lock:
@@ -208,7 +224,7 @@ def forget_local_counts() -> None:
         if _local_writer is not None:
             _local_writer.cancel()
         _local_writer = None
-    _outage_warned_at = None
+    _outage_warned_at = _write_failure_logged_at = None
 
 
 # --- Writing the counts to the sources -----------------------------------------------------

@@ -283,3 +283,29 @@ def test_the_admin_shows_a_source_its_rejected_requests_not_kept(client, flooded
     client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
     text = client.get(reverse("admin:webhooks_source_change", args=[flooded.pk])).content.decode()
     assert "Rejected requests not kept" in text and "5 more rejected requests not kept" in text
+
+
+def test_a_database_outage_is_logged_once_a_minute_not_at_each_try(organization, monkeypatch, caplog):
+    # The counts are tried again every second while the database is down, by every web process.
+    source = make_source(organization)
+    monotonic = [5000.0]
+    monkeypatch.setattr(rejected_records.time, "monotonic", lambda: monotonic[0])
+    monkeypatch.setattr(rejected_records, "LOCAL_WRITE_INTERVAL_SECONDS", 3600)  # the test does the tries
+
+    def database_down(counts):
+        raise DatabaseError("connection refused")
+
+    monkeypatch.setattr(rejected_records, "add_not_kept_to_sources", database_down)
+    try:
+        with caplog.at_level("ERROR", logger="webhooks.services.rejected_records"):
+            rejected_records._note_not_kept_locally({source.pk: (3, 1.0)})
+            for _ in range(5):
+                assert rejected_records.write_local_not_kept_counts() == 0
+                monotonic[0] += 1
+            monotonic[0] += 60
+            assert rejected_records.write_local_not_kept_counts() == 0
+        failures = [r for r in caplog.records if r.name == "webhooks.services.rejected_records"]
+        assert len(failures) == 2 and all(r.exc_info for r in failures)
+        assert rejected_records._local_not_kept[source.pk][0] == 3  # kept for the next try, not lost
+    finally:
+        rejected_records.forget_local_counts()
