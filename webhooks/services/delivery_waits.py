@@ -102,23 +102,9 @@ def delivery_waits(deliveries, *, now=None) -> dict:
             due.append(delivery)
     in_flight, organization_in_flight = {}, {}
     if due:
+        in_flight = _in_flight_by("destination_id", {delivery.destination_id for delivery in due})
         # ORGANIZATION_MAX_CONCURRENCY: the dispatcher passes over an organization at it (_OrganizationRoom).
-        organization_in_flight = dict(
-            Delivery.objects.filter(
-                organization_id__in={delivery.organization_id for delivery in due}, status=Delivery.Status.IN_FLIGHT
-            )
-            .values_list("organization_id")
-            .annotate(count=Count("id"))
-            .order_by()
-        )
-        in_flight = dict(
-            Delivery.objects.filter(
-                destination_id__in={delivery.destination_id for delivery in due}, status=Delivery.Status.IN_FLIGHT
-            )
-            .values_list("destination_id")
-            .annotate(count=Count("id"))
-            .order_by()
-        )
+        organization_in_flight = _in_flight_by("organization_id", {delivery.organization_id for delivery in due})
     window = now.replace(microsecond=0)  # the dispatcher's rate window (claim_due_deliveries)
     for delivery in due:
         destination = delivery.destination
@@ -135,3 +121,13 @@ def delivery_waits(deliveries, *, now=None) -> dict:
         else:
             waits[delivery.pk] = None
     return waits
+
+
+def _in_flight_by(field: str, ids: set[int]) -> dict[int, int]:
+    """Attempts in flight by ``field`` (destination_id or organization_id), for those ``ids``."""
+    return dict(
+        Delivery.objects.filter(**{f"{field}__in": ids}, status=Delivery.Status.IN_FLIGHT)
+        .values_list(field)
+        .annotate(count=Count("id"))
+        .order_by()
+    )

@@ -127,8 +127,8 @@ _local_writer: threading.Timer | None = None
 LOCAL_WRITE_INTERVAL_SECONDS = 1.0
 
 _OUTAGE_WARNING_SECONDS = 60
-_outage_warned_at: float | None = None
-_write_failure_logged_at: float | None = None
+# What was last logged of an outage, and when (time.monotonic()): see _said_again.
+_said_at: dict[str, float] = {}
 
 
 def _may_keep_counting_locally(source_id: int, minute: int, hour: int, now: float) -> bool:
@@ -178,11 +178,8 @@ def write_local_not_kept_counts() -> int:
 def _log_write_failure() -> None:
     # Once a minute per process, with the traceback: the counts are tried again every second while
     # the database is down, and a traceback a second from every web process would flood the log.
-    global _write_failure_logged_at
-    now = time.monotonic()
-    if _write_failure_logged_at is not None and now - _write_failure_logged_at < _OUTAGE_WARNING_SECONDS:
+    if not _said_again("write_failure"):
         return
-    _write_failure_logged_at = now
     logger.exception(
         "could not write the counts of rejected requests not kept; trying again every %s s (said at most "
         "once a minute)",
@@ -200,13 +197,20 @@ def _write_from_timer() -> None:
         connection.close()  # this thread's own connection, opened for the write
 
 
+def _said_again(what: str) -> bool:
+    """Whether ``what`` may be logged now: at most once per _OUTAGE_WARNING_SECONDS in this process."""
+    now = time.monotonic()
+    said_at = _said_at.get(what)
+    if said_at is not None and now - said_at < _OUTAGE_WARNING_SECONDS:
+        return False
+    _said_at[what] = now
+    return True
+
+
 def _warn_counted_locally(exc: Exception) -> None:
     # Once a minute per process: a warning per refused request would flood the log at the request rate.
-    global _outage_warned_at
-    now = time.monotonic()
-    if _outage_warned_at is not None and now - _outage_warned_at < _OUTAGE_WARNING_SECONDS:
+    if not _said_again("counted_locally"):
         return
-    _outage_warned_at = now
     logger.warning(
         "rejected-request records counted in this process only while the cache is unavailable "
         "(each process keeps up to the limit; said at most once a minute): %s",
@@ -216,7 +220,7 @@ def _warn_counted_locally(exc: Exception) -> None:
 
 def forget_local_counts() -> None:
     """Forget this process's counts, and its unwritten counts not kept (tests)."""
-    global _local_writer, _outage_warned_at, _write_failure_logged_at
+    global _local_writer
     _counted_this_minute.clear()
     _kept_this_hour.clear()
     with _local_lock:
@@ -224,7 +228,7 @@ def forget_local_counts() -> None:
         if _local_writer is not None:
             _local_writer.cancel()
         _local_writer = None
-    _outage_warned_at = _write_failure_logged_at = None
+    _said_at.clear()
 
 
 # --- Writing the counts to the sources -----------------------------------------------------
