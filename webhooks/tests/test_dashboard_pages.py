@@ -1796,19 +1796,54 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     page = client.get(page_url)
     text = page_text(page)
     assert "Waiting, 7 days" in text and "2 events retrying after a failed attempt" in text
-    assert "3 deliveries wait for a later retry" in text and "not only the last 7 days" in text
+    assert "3 deliveries are retrying after a failed attempt" in text and "not only the last 7 days" in text
+    assert "All wait for a later retry" in text
     assert "Send 3 waiting now</button>" in text
 
     # One click brings forward at most the service's cap: the button says that many, and does that many.
     monkeypatch.setattr(operations, "SEND_WAITING_NOW_LIMIT", 2)
     monkeypatch.setattr("webhooks.views.dashboard.destinations.SEND_WAITING_NOW_LIMIT", 2)
     text = page_text(client.get(page_url))
-    assert "At least 2 deliveries wait" in text and "Send 2 waiting now</button>" in text
+    assert "At least 2 deliveries are retrying" in text and "Send 2 waiting now</button>" in text
     done = page_text(
         client.post(reverse("dashboard:destination_send_waiting_now", args=["acme", destination.pk]), follow=True)
     )
     assert "Sending 2 waiting deliveries now." in done
-    assert "1 delivery waits for a later retry" in done and "Send 1 waiting now</button>" in done
+    assert "1 of them waits for a later retry" in done and "Send 1 waiting now</button>" in done
+
+
+def test_the_retrying_section_and_the_health_card_count_a_due_retry_alike(client, owner, organization, httpserver):
+    """A first attempt that failed, then its retry due but not yet taken by a worker: the health
+    card and the section beside it both call it retrying at each step, never "none" on one side."""
+    from .api_helpers import make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("down", status=500)
+    delivery = Delivery.objects.create(
+        organization=organization, event=make_event(source), destination=destination, next_attempt_at=timezone.now()
+    )
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5, linger_seconds=0) == 1
+    httpserver.check_assertions()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempt_count) == (Delivery.Status.PENDING, 1)
+    page_url = reverse("dashboard:destination_detail", args=["acme", destination.pk])
+    client.force_login(owner)
+
+    # Just after the first failure, the retry scheduled for later.
+    text = page_text(client.get(page_url))
+    assert "1 event retrying after a failed attempt" in text and "none failing" not in text
+    assert "1 delivery is retrying after a failed attempt" in text and "It waits for a later retry" in text
+    assert "No delivery is retrying" not in text
+
+    # Its time has come, and no worker has taken it yet.
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    text = page_text(client.get(page_url))
+    assert "1 event retrying after a failed attempt" in text
+    assert (
+        "1 delivery is retrying after a failed attempt" in text and "Their retry is due: it is sent as soon as" in text
+    )
+    assert "No delivery is retrying" not in text and "waiting now</button>" not in text
 
 
 def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(client, owner, organization):
