@@ -475,7 +475,7 @@ class PayloadFiltersField(forms.Field):
         try:
             return parse_payload_filter_lines(value or "")
         except PayloadFilterError as exc:
-            raise forms.ValidationError(str(exc)) from None
+            raise forms.ValidationError(exc.problems) from None  # every bad line, each on its own
 
     def has_changed(self, initial, data) -> bool:
         try:
@@ -646,7 +646,7 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
         field = {"max_retry_age_seconds": "max_retry_age_hours", "custom_headers": "custom_headers_set"}.get(
             exc.field, exc.field
         )
-        self.add_error(field if field in self.fields else "url", str(exc))
+        self.add_error(field if field in self.fields else "url", exc.problems)
 
     def clean_event_types(self) -> list[str]:
         try:

@@ -174,7 +174,7 @@ class DestinationSerializerBase(KnownFieldsOnly):
         try:
             return destination_check_payload_filters(filters)
         except DestinationError as exc:
-            raise serializers.ValidationError(str(exc)) from None
+            raise serializers.ValidationError(exc.problems) from None  # every condition at fault
 
     def validate_sources(self, ids: list[int]) -> list[Source]:
         """The organization's sources by id. Another organization's id is answered as one that does

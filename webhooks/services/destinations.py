@@ -39,9 +39,11 @@ class DestinationError(ValueError):
     """A destination cannot be saved as asked (message is safe to show); ``field`` names the
     setting at fault when it is one of the delivery policy's."""
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, problems: list[str] | None = None):
         super().__init__(message)
         self.field = field
+        # Each fault on its own, when the message joins several (every bad payload filter at once).
+        self.problems = list(problems) if problems else [message]
 
 
 class _Unchanged:
@@ -148,11 +150,11 @@ def destination_merge_custom_headers(
 def destination_check_payload_filters(filters) -> list[dict]:
     """Payload filters (a list of {"path", "op", "value"}) checked and in their stored form: the one
     check of the dashboard, the REST API, the admin and create_destination. DestinationError on the
-    field ``payload_filters`` naming the condition at fault."""
+    field ``payload_filters`` naming every condition at fault (its ``problems``)."""
     try:
         return check_payload_filters(filters)
     except PayloadFilterError as exc:
-        raise DestinationError(str(exc), field="payload_filters") from None
+        raise DestinationError(str(exc), field="payload_filters", problems=exc.problems) from None
 
 
 def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:

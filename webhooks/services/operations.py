@@ -14,7 +14,7 @@ from django.utils.dateparse import parse_datetime
 from organizations.models import Organization
 from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
-from webhooks.selectors import event_type_condition, event_type_patterns, uuid7_floor
+from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
 from .delivery import MANUAL_ATTEMPT_ASKED, schedule_dispatch
 from .permissions import require_configure_role
@@ -117,6 +117,19 @@ def destination_waiting_for_retry_count(*, destination: Destination, limit: int 
     # through every destination's deliveries.
     waiting = _waiting_for_retry(destination.pk, timezone.now()).order_by("next_attempt_at", "id")
     return waiting[:limit].count()
+
+
+def destination_retrying_count(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> int:
+    """How many of a destination's deliveries are retrying, counted up to ``limit``, by the rule the
+    health cards and the events list's "retrying" use (selectors.retrying_deliveries): pending after
+    a failed attempt, whether its next attempt is due yet or not.
+
+    destination_waiting_for_retry_count is the part of these whose time has not come (what "send
+    waiting now" brings forward); one already due stays retrying until the dispatcher takes it.
+    """
+    retrying = retrying_deliveries(Delivery.objects.filter(destination_id=destination.pk))
+    # On the destination's pending index (delivery_due_by_dest), as above.
+    return retrying.order_by("next_attempt_at", "id")[:limit].count()
 
 
 def _bring_forward(destination_id: int, now: datetime) -> int:

@@ -36,7 +36,18 @@ BODIES_READ_AT_ONCE = 10
 
 
 class PayloadFilterError(ValueError):
-    """A payload filter that cannot be meant; the message names the condition at fault."""
+    """A payload filter that cannot be meant; the message names the condition at fault.
+
+    ``problems`` holds one message per condition (or line) at fault, every one of them: a tenant
+    told of one bad line at a time fixed it only to be told of the next. The message joins them."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
+
+    @classmethod
+    def of_all(cls, problems: list[str]) -> PayloadFilterError:
+        return cls("; ".join(problems), problems)
 
 
 class _NotJson:
@@ -119,12 +130,14 @@ def check_payload_filters(filters: Any) -> list[dict]:
         )
     if len(filters) > MAX_PAYLOAD_FILTERS:
         raise PayloadFilterError(f"at most {MAX_PAYLOAD_FILTERS} payload filters ({len(filters)} given)")
-    cleaned = []
+    cleaned, problems = [], []
     for number, condition in enumerate(filters, start=1):
         try:
             cleaned.append(_checked_condition(condition))
         except PayloadFilterError as exc:
-            raise PayloadFilterError(f"condition {number}: {exc}") from None
+            problems.append(f"condition {number}: {exc}")
+    if problems:
+        raise PayloadFilterError.of_all(problems)
     return cleaned
 
 
@@ -263,17 +276,22 @@ def parse_payload_filter_line(line: str) -> dict:
 
 def parse_payload_filter_lines(text: str) -> list[dict]:
     """The dashboard's box: one condition per line (blank lines skipped), checked; a refusal names
-    the line (``line 2 (…): …``)."""
-    conditions = []
+    every line at fault (``line 2 (…): …``), each one of its ``problems``."""
+    conditions, problems, written = [], [], 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        written += 1
+        if written > MAX_PAYLOAD_FILTERS:
+            continue  # refused by their number alone: a pasted file is not read line by line
         try:
             conditions.append(_checked_condition(parse_payload_filter_line(line)))
         except PayloadFilterError as exc:
-            raise PayloadFilterError(f"line {number} (“{_shown(line.strip(), 60)}”): {exc}") from None
-    if len(conditions) > MAX_PAYLOAD_FILTERS:
-        raise PayloadFilterError(f"at most {MAX_PAYLOAD_FILTERS} payload filters ({len(conditions)} given)")
+            problems.append(f"line {number} (“{_shown(line.strip(), 60)}”): {exc}")
+    if written > MAX_PAYLOAD_FILTERS:
+        problems.append(f"at most {MAX_PAYLOAD_FILTERS} payload filters ({written} given)")
+    if problems:
+        raise PayloadFilterError.of_all(problems)
     return conditions
 
 

@@ -1050,7 +1050,7 @@ def test_destination_health_pause_resume_and_bulk_retry(client, owner, organizat
     operations.bulk_retry_run(job.pk)
     assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
-    assert "1 of 1 retried" in detail
+    assert "1 of 1 sent again" in detail
 
 
 def test_destination_form_sets_whether_4xx_answers_are_retried_and_audits_it(client, owner, organization):
@@ -1097,7 +1097,7 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     BulkRetry.objects.filter(pk=job.pk).update(finished_at=timezone.now() - timedelta(days=2))
     job.refresh_from_db()
     finished = page_text(client.get(detail_url))
-    assert f"Finished {timestamp(job.finished_at)}: 1 of 1 retried" in finished
+    assert f"Finished {timestamp(job.finished_at)}: 1 of 1 sent again" in finished
     assert "Retry all failed deliveries</button>" in finished
     # Done: another may be asked for (here there is nothing left to retry, and it says so).
     nothing = page_text(client.post(url, follow=True))
@@ -1137,10 +1137,10 @@ def test_a_bulk_retry_of_a_paused_destination_says_queued_not_retried(client, ow
     assert "Retrying" not in response and "retried deliveries wait and are sent when you resume it" in response
     operations.bulk_retry_run(BulkRetry.objects.get().pk)
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
-    assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 retried" not in detail
+    assert "1 of 1 queued, to be sent when the destination is resumed" in detail and "1 of 1 sent again" not in detail
 
 
-def test_a_bulk_retry_that_ran_before_a_pause_still_says_retried(client, owner, organization):
+def test_a_bulk_retry_that_ran_before_a_pause_still_says_sent_again(client, owner, organization):
     # Only a job that ran while the destination was paused left its deliveries waiting for the resume.
     world = build_world(client, organization)
     client.force_login(owner)
@@ -1149,7 +1149,30 @@ def test_a_bulk_retry_that_ran_before_a_pause_still_says_retried(client, owner, 
     client.post(reverse("dashboard:destination_set_paused", args=["acme", world.destination.pk]), {"paused": "1"})
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
     assert "Paused since" in detail
-    assert "1 of 1 retried" in detail and "queued, to be sent when the destination is resumed" not in detail
+    assert "1 of 1 sent again" in detail and "queued, to be sent when the destination is resumed" not in detail
+
+
+def test_a_finished_bulk_retry_whose_sends_failed_again_does_not_read_as_success(
+    client, owner, organization, httpserver
+):
+    """The job records how many it sent, not how each went: its line says "sent again" and where the
+    outcome shows, never a bare "retried" beside a failure that came straight back."""
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("still down", status=500)
+    client.force_login(owner)
+    client.post(reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk]))
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5, linger_seconds=0) == 1
+    httpserver.check_assertions()
+    failed_again = Delivery.objects.get(pk=world.delivery.pk)
+    assert (failed_again.status, failed_again.attempt_count) == (Delivery.Status.PENDING, 2)  # retrying
+
+    detail = client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk]))
+    status = page_text(detail).split('id="bulk-retry-status"')[1]
+    assert "1 of 1 sent again, one more attempt each: not necessarily delivered" in status
+    assert "those that failed again are counted above as failed or retrying" in status
+    assert "retried" not in status.split("Recent bulk retries")[1]
+    assert "1 event retrying after a failed attempt" in page_text(detail)
 
 
 def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(client, owner, organization):
@@ -1171,7 +1194,7 @@ def test_a_bulk_retry_counts_what_failed_after_it_was_asked_for_in_its_total(cli
     job = operations.bulk_retry_run(job.pk)
     assert (job.retried, job.total) == (2, 2)
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", world.destination.pk])))
-    assert "2 of 2 retried" in detail
+    assert "2 of 2 sent again" in detail
 
 
 def test_destination_refuses_a_private_address_when_not_allowed(client, owner, settings):
@@ -1796,19 +1819,54 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     page = client.get(page_url)
     text = page_text(page)
     assert "Waiting, 7 days" in text and "2 events retrying after a failed attempt" in text
-    assert "3 deliveries wait for a later retry" in text and "not only the last 7 days" in text
+    assert "3 deliveries are retrying after a failed attempt" in text and "not only the last 7 days" in text
+    assert "All wait for a later retry" in text
     assert "Send 3 waiting now</button>" in text
 
     # One click brings forward at most the service's cap: the button says that many, and does that many.
     monkeypatch.setattr(operations, "SEND_WAITING_NOW_LIMIT", 2)
     monkeypatch.setattr("webhooks.views.dashboard.destinations.SEND_WAITING_NOW_LIMIT", 2)
     text = page_text(client.get(page_url))
-    assert "At least 2 deliveries wait" in text and "Send 2 waiting now</button>" in text
+    assert "At least 2 deliveries are retrying" in text and "Send 2 waiting now</button>" in text
     done = page_text(
         client.post(reverse("dashboard:destination_send_waiting_now", args=["acme", destination.pk]), follow=True)
     )
     assert "Sending 2 waiting deliveries now." in done
-    assert "1 delivery waits for a later retry" in done and "Send 1 waiting now</button>" in done
+    assert "1 of them waits for a later retry" in done and "Send 1 waiting now</button>" in done
+
+
+def test_the_retrying_section_and_the_health_card_count_a_due_retry_alike(client, owner, organization, httpserver):
+    """A first attempt that failed, then its retry due but not yet taken by a worker: the health
+    card and the section beside it both call it retrying at each step, never "none" on one side."""
+    from .api_helpers import make_event
+
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("down", status=500)
+    delivery = Delivery.objects.create(
+        organization=organization, event=make_event(source), destination=destination, next_attempt_at=timezone.now()
+    )
+    assert delivery_service.dispatch_due_deliveries(max_seconds=5, linger_seconds=0) == 1
+    httpserver.check_assertions()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempt_count) == (Delivery.Status.PENDING, 1)
+    page_url = reverse("dashboard:destination_detail", args=["acme", destination.pk])
+    client.force_login(owner)
+
+    # Just after the first failure, the retry scheduled for later.
+    text = page_text(client.get(page_url))
+    assert "1 event retrying after a failed attempt" in text and "none failing" not in text
+    assert "1 delivery is retrying after a failed attempt" in text and "It waits for a later retry" in text
+    assert "No delivery is retrying" not in text
+
+    # Its time has come, and no worker has taken it yet.
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    text = page_text(client.get(page_url))
+    assert "1 event retrying after a failed attempt" in text
+    assert (
+        "1 delivery is retrying after a failed attempt" in text and "Their retry is due: it is sent as soon as" in text
+    )
+    assert "No delivery is retrying" not in text and "waiting now</button>" not in text
 
 
 def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(client, owner, organization):

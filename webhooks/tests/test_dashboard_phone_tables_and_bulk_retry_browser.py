@@ -125,7 +125,7 @@ def test_a_bulk_retry_s_status_follows_it_until_it_has_finished(browser, live_se
     with page.expect_response(lambda response: "/bulk-retries/" in response.url) as changed:
         page.clock.run_for(2_000)
     assert changed.value.status == 200
-    page.wait_for_selector("#bulk-retry-status >> text=1 of 1 retried")
+    page.wait_for_selector("#bulk-retry-status >> text=1 of 1 sent again")
     assert "Finished" in status.inner_text() and "starting shortly" not in status.inner_text()
     # Finished: the button is back, and the status no longer polls.
     page.get_by_role("button", name="Retry all failed deliveries").wait_for()

@@ -152,7 +152,7 @@ def test_the_health_cards_follow_a_bulk_retry_until_it_has_finished(browser, liv
     with page.expect_response(lambda response: "/bulk-retries/" in response.url) as changed:
         page.clock.run_for(2_000)
     assert changed.value.status == 200
-    page.wait_for_selector("#bulk-retry-status >> text=1 of 1 retried")
+    page.wait_for_selector("#bulk-retry-status >> text=1 of 1 sent again")
     expect(page.locator("#destination-health .card", has_text="Failed, 7 days").locator(".stat")).to_have_text("0")
     assert (card_stat(page, "Failed, 7 days"), card_stat(page, "Waiting, 7 days")) == ("0", "1")
     assert page.locator("#destination-failed-count").inner_text().startswith("No event received in the last 7 days")

@@ -491,6 +491,62 @@ def test_the_dashboard_form_refuses_naming_the_line(client, organization, owner,
     assert not Destination.objects.exists()
 
 
+# Two bad lines: one with "=" for "==", one with a value not written as JSON. Both are refused in one
+# answer, as two errors: told of one at a time, a tenant fixed the first only to be told of the second.
+TWO_BAD_LINES = 'ref exists\nref = "main"\ndata.object.livemode == yes'
+FIRST_BAD_LINE = "line 2 (“ref = &quot;main&quot;”): unknown operator “=”"
+SECOND_BAD_LINE = "line 3 (“data.object.livemode == yes”): the value “yes” is not JSON"
+
+
+def test_the_service_refuses_every_bad_line_at_once():
+    with pytest.raises(payload_filters_service.PayloadFilterError) as refused:
+        parse_payload_filter_lines(TWO_BAD_LINES)
+    first, second = refused.value.problems
+    assert first.startswith('line 2 (“ref = "main"”): unknown operator “=”')
+    assert second.startswith("line 3 (“data.object.livemode == yes”): the value “yes” is not JSON")
+    assert str(refused.value) == f"{first}; {second}"
+
+
+def test_the_dashboard_form_shows_every_bad_line_at_once(client, organization, owner):
+    client.force_login(owner)
+    form = {"name": "Filtered", "url": URL, "timeout_seconds": "15", "max_concurrency": "10"}
+    response = client.post(
+        reverse("dashboard:destination_create", args=[organization.slug]), {**form, "payload_filters": TWO_BAD_LINES}
+    )
+    assert response.status_code == 200
+    errors = response.context["form"].errors["payload_filters"]
+    assert len(errors) == 2
+    page = response.content.decode()
+    assert FIRST_BAD_LINE in page and SECOND_BAD_LINE in page
+    assert not Destination.objects.exists()
+
+
+def test_the_admin_shows_every_bad_line_at_once(admin_client, organization):
+    destination = _destination(organization, "d", [], "ref exists")
+    url = reverse("admin:webhooks_destination_change", args=[destination.pk])
+    refused = admin_client.post(url, _admin_form(destination, payload_filters=TWO_BAD_LINES))
+    assert refused.status_code == 200
+    page = refused.content.decode()
+    assert FIRST_BAD_LINE in page and SECOND_BAD_LINE in page
+    destination.refresh_from_db()
+    assert destination.payload_filters == [{"path": "ref", "op": "exists"}]
+
+
+def test_the_api_refuses_every_bad_condition_at_once(client, organization):
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    filters = [
+        {"path": "ok", "op": "exists"},
+        {"path": "ref", "op": "contains", "value": "x"},
+        {"path": "a..b", "op": "equals", "value": 1},
+    ]
+    created = api_post(client, key, "/api/v1/destinations", {"name": "d", "url": URL, "payload_filters": filters})
+    assert created.status_code == 400, created.content
+    first, second = created.json()["fields"]["payload_filters"]
+    assert first.startswith("condition 2: unknown operator “contains”")
+    assert second.startswith("condition 3: the path “a..b” has an empty part")
+    assert not Destination.objects.exists()
+
+
 def test_the_api_refuses_a_value_nested_too_deeply_to_read_with_a_400(client, organization):
     """Too deep for Python's json: DRF's parser let the RecursionError through, a 500."""
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)

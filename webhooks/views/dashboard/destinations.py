@@ -34,6 +34,7 @@ from webhooks.services.operations import (
     NothingToDo,
     NothingToRetry,
     OperationError,
+    destination_retrying_count,
     destination_send_waiting_now,
     destination_waiting_for_retry_count,
 )
@@ -126,6 +127,10 @@ class DestinationDetailView(DestinationMixin, TemplateView):
         # counted up to the most one click brings forward: the number beside the button is what it does.
         waiting = destination_waiting_for_retry_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
         context.update(waiting_for_retry=waiting, waiting_for_retry_capped=waiting >= SEND_WAITING_NOW_LIMIT)
+        # Every retrying delivery, due or not, by the health card's rule: a retry whose time has come
+        # but that no worker has taken yet is still retrying, not "nothing waiting".
+        retrying = destination_retrying_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
+        context.update(retrying_here=retrying, retrying_here_capped=retrying >= SEND_WAITING_NOW_LIMIT)
         return context
 
 
