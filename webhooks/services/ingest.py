@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
-from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError
+from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError, counted
 from webhooks.providers.registry import UnknownProvider, get_provider
 
 from .ingest_writer import NewEvent, SourceClosed, event_id_digest, store_event, writer
@@ -535,7 +535,8 @@ def _bounded_headers(headers: dict[str, str], max_bytes: int) -> dict[str, str]:
             left_out += 1
     if cut or left_out:
         kept[HEADERS_NOT_KEPT] = (
-            f"{cut} header(s) cut and {left_out} left out: a rejected request keeps {max_bytes} bytes of headers"
+            f"{counted(cut, 'header')} cut and {left_out} left out: a rejected request keeps {max_bytes} bytes "
+            "of headers"
         )
     return kept
 
