@@ -66,3 +66,17 @@ def build_world(client, organization, url="http://127.0.0.1:9/hook") -> World:
     destination, _ = make_destination(organization, url, sources=[source])
     event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_world_1"))
     return World(source=source, destination=destination, event=event, delivery=dead_delivery(event, destination))
+
+
+def work_driven_by_the_test(monkeypatch, *, bulk_retries: bool = False) -> None:
+    """No Celery worker serves the live server of a browser test: nothing is published, and the test
+    processes events, sends deliveries (and, with ``bulk_retries``, runs bulk retries) itself."""
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import operations, processing
+
+    for module in (processing, delivery_service, operations):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    if bulk_retries:
+        monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+        monkeypatch.setattr(processing, "schedule_event_processing", lambda **_: None)

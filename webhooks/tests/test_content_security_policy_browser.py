@@ -19,10 +19,8 @@ from playwright.sync_api import expect
 from config.content_security_policy import ContentSecurityPolicyMiddleware
 from config.urls import handler500
 from webhooks.models import WebhookEvent
-from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
 
-from .dashboard_helpers import build_world, ingest_stripe
+from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .test_dashboard_browser import sign_in as dashboard_sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,10 +37,7 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch)
 
 
 @dataclass

@@ -22,9 +22,9 @@ from organizations.models import Membership
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import uuid7_floor
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
+from webhooks.services import processing
 
-from .dashboard_helpers import build_world, ingest_stripe
+from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .factories import make_destination, make_source
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,11 +32,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    # No Celery worker here: the test processes events and sends deliveries itself.
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch)
 
 
 def sign_in(browser, live_server, user, width=1280, height=900):

@@ -11,10 +11,9 @@ from organizations.api_keys import api_key_create
 from organizations.models import Membership
 from organizations.team import invitation_create
 from webhooks.models import BulkRetry, Delivery
-from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
+from webhooks.services import operations
 
-from .dashboard_helpers import build_world
+from .dashboard_helpers import build_world, work_driven_by_the_test
 from .test_content_security_policy_browser import assert_clean, flush, watch
 from .test_dashboard_browser import sign_in
 
@@ -23,12 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    # No Celery worker here: the test runs the bulk retry itself.
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch, bulk_retries=True)
 
 
 PHONE = {"width": 375, "height": 740}

@@ -13,10 +13,9 @@ from playwright.sync_api import expect
 from organizations.models import Membership
 from organizations.services import organization_create
 from webhooks.models import BulkRetry
-from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
+from webhooks.services import operations
 
-from .dashboard_helpers import build_world
+from .dashboard_helpers import build_world, work_driven_by_the_test
 from .factories import make_source
 from .test_content_security_policy_browser import assert_clean, flush, watch
 from .test_dashboard_browser import sign_in
@@ -28,13 +27,7 @@ VIEWPORTS = [(375, 740), (1280, 900)]
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    # No Celery worker here: the test runs the bulk retry itself.
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
-    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
-    monkeypatch.setattr(processing, "schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch, bulk_retries=True)
 
 
 def focused(page) -> str:

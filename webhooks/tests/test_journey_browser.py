@@ -14,17 +14,16 @@ from django.core import mail
 from organizations.models import Membership
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
+from webhooks.services import processing
+
+from .dashboard_helpers import work_driven_by_the_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch)
 
 
 def deliver_everything_due():

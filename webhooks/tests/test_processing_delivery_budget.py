@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from organizations.models import MonthlyUsage
 from webhooks.models import Delivery, WebhookEvent
-from webhooks.services import payload_filters as payload_filters_service
 from webhooks.services import processing
 
+from . import test_processing_body_budget as body_budget
 from .api_helpers import make_event
 from .factories import make_source
 from .test_poison_events import Fault
@@ -22,23 +22,10 @@ from .test_processing_body_budget import _destination, _processed
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _no_dispatch_scheduling(monkeypatch):
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
-
-
-@pytest.fixture
-def parsed(monkeypatch) -> list[bytes]:
-    """The bodies payload filters parse, in order."""
-    seen = []
-    real = payload_filters_service.payload_document
-
-    def counting(body):
-        seen.append(bytes(body))
-        return real(body)
-
-    monkeypatch.setattr(payload_filters_service, "payload_document", counting)
-    return seen
+# The body budget's fixtures, the same here: no dispatch is scheduled, and ``parsed`` lists the
+# bodies payload filters parse, in order.
+_no_dispatch_scheduling = body_budget._no_dispatch_scheduling
+parsed = body_budget.parsed
 
 
 def _fan_out_to(organization, source, count, lines=""):

@@ -7,9 +7,8 @@ import pytest
 
 from webhooks.models import Delivery
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing
 
-from .dashboard_helpers import build_world
+from .dashboard_helpers import build_world, work_driven_by_the_test
 from .test_dashboard_browser import sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -17,10 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def work_is_driven_by_the_test(monkeypatch):
-    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
-    monkeypatch.setattr("webhooks.services.ingest.schedule_event_processing", lambda **_: None)
+    work_driven_by_the_test(monkeypatch)
 
 
 def test_a_typed_search_is_one_request_whether_applied_by_button_or_enter(
