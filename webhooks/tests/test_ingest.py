@@ -104,8 +104,9 @@ def test_tampered_body_is_rejected(client, organization):
     assert not WebhookEvent.objects.exclude(status=WebhookEvent.Status.REJECTED).exists()
 
 
-def test_rejected_records_are_bounded(client, organization, settings):
+def test_rejected_records_are_bounded(client, organization, settings, monkeypatch):
     settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 3
+    monkeypatch.setattr(ingest, "rejection_clock", lambda: 1_800_000_000.0)  # one minute throughout
     settings.REJECTED_BODY_MAX_BYTES = 10
     source = make_source(organization)
     for _ in range(6):

@@ -126,9 +126,10 @@ def test_the_address_is_checked_before_the_signature(client, organization, setti
     ]
 
 
-def test_refused_addresses_are_recorded_at_most_the_rejected_records_limit(client, organization, settings):
+def test_refused_addresses_are_recorded_at_most_the_rejected_records_limit(client, organization, settings, monkeypatch):
     settings.TRUST_X_FORWARDED_FOR = False
     settings.INGEST_REJECTED_RECORDS_PER_MINUTE = 2
+    monkeypatch.setattr(ingest, "rejection_clock", lambda: 1_800_000_000.0)  # one minute throughout
     source = restricted_source(organization)
 
     answers = [post(client, source, f"evt_{n}", REMOTE_ADDR=OUTSIDE).status_code for n in range(5)]
