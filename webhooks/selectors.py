@@ -207,7 +207,11 @@ def pasted_id(text: str) -> str:
     page); the text itself, stripped, otherwise."""
     text = text.strip()
     if text.startswith(("http://", "https://", "/")):
-        found = _UUID_IN_PATH.search(urlsplit(text).path)
+        try:
+            path = urlsplit(text).path
+        except ValueError:  # not an address after all (an unclosed IPv6 bracket): searched as given
+            return text
+        found = _UUID_IN_PATH.search(path)
         return found["id"] if found else text
     if named := _PASTED_NAME.match(text):
         text = named["value"].strip()

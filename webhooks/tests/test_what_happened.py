@@ -177,3 +177,16 @@ def test_pasting_the_receivers_header_line_into_the_dashboard_search_lands_on_th
     expect(page.locator("main")).to_contain_text(f"webhook-id {replay.pk}")
     expect(page.locator("main")).to_contain_text("The provider sent it 2 times; processed once")
     context.close()
+
+
+@pytest.mark.django_db
+def test_a_pasted_address_that_cannot_be_parsed_is_searched_as_given_not_a_server_error(
+    client, organization, owner, httpserver
+):
+    # urlsplit refuses an unclosed IPv6 bracket (ValueError): anything may be pasted in the search.
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    client.force_login(owner)
+    for pasted in ("http://[evt_1", "https://[::1/o/acme/events/", "http://[::1"):
+        assert api_get(client, key, "/api/v1/events", search=pasted).json()["results"] == [], pasted
+        page = client.get(f"/o/{organization.slug}/events/", {"q": pasted})
+        assert page.status_code == 200 and page.context["events"] == [], pasted
