@@ -8,12 +8,13 @@ import re
 import secrets
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import ApiKey, Organization
+from .models import ApiKey, Membership, Organization
 from .names import name_problem
 from .services import audit_record
 
@@ -30,6 +31,26 @@ class ApiKeyError(ValueError):
     """The presented key does not authenticate (message is safe to show)."""
 
 
+# A key outlives whoever made it (it belongs to the organization): who may make or revoke one is
+# checked here, as team.py checks its writes, not only by the views in front.
+KEY_MANAGING_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
+
+
+def _require_key_manager(*, organization: Organization, actor) -> None:
+    """Admins and owners of ``organization`` manage its keys; ``actor=None`` is the platform (the
+    create_api_key command) and staff act from the Django admin under its own permissions.
+
+    Checked again here, just before the write, whatever the caller checked: an admin demoted or
+    removed since a view let their request in must not come away with a read-write key.
+    """
+    if actor is None or getattr(actor, "is_staff", False):
+        return
+    if not isinstance(actor, get_user_model()) or not (
+        Membership.objects.filter(user=actor, organization=organization, role__in=KEY_MANAGING_ROLES).exists()
+    ):
+        raise PermissionDenied("Only admins and owners of this organization manage its API keys.")
+
+
 def _secret_hash(secret: str) -> str:
     # The secret has 256 bits of randomness: a plain SHA-256 is enough, no slow hash is needed.
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -38,7 +59,10 @@ def _secret_hash(secret: str) -> str:
 def api_key_create(
     *, organization: Organization, name: str, access: str = ApiKey.Access.READ_ONLY, actor=None
 ) -> tuple[ApiKey, str]:
-    """Make a key; returns it and its plaintext, which is never stored and cannot be shown again."""
+    """Make a key; returns it and its plaintext, which is never stored and cannot be shown again.
+
+    PermissionDenied unless ``actor`` is an admin or owner of ``organization`` (_require_key_manager)."""
+    _require_key_manager(organization=organization, actor=actor)
     name = name.strip()
     if not name:
         raise ValidationError("the key needs a name")
@@ -76,7 +100,10 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey, actor=None) -> ApiKey:
-    """Revoke a key for good; revoking one already revoked changes nothing and is not audited again."""
+    """Revoke a key for good; revoking one already revoked changes nothing and is not audited again.
+
+    PermissionDenied unless ``actor`` is an admin or owner of the key's organization."""
+    _require_key_manager(organization=api_key.organization, actor=actor)
     if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
         audit_record(
             action="api_key.revoked",
