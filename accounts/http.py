@@ -10,9 +10,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 
 def client_ip(request) -> str | None:
-    """The client's address; behind a trusted router, the right-most X-Forwarded-For entry (the one it vouches for).
+    """The client's address; behind a trusted router, the X-Forwarded-For entry it vouches for: the
+    right-most, or with TRUSTED_PROXY_HOPS proxies in a row (a CDN in front of the router), the entry
+    that many from the right.
 
-    None when that is not an IP address (a router that appends ``ip:port``, or garbage). A link-local
+    None when that is not an IP address (a router that appends ``ip:port``, or garbage), or when the
+    header holds fewer entries than trusted hops: every entry then may be the client's own (a request
+    that reached the router without the CDN), and none is taken for the address. A link-local
     IPv6 address loses its zone ("fe80::1%eth0" is "fe80::1"): the zone names an interface of the
     machine that saw it, says nothing of the client, and PostgreSQL's inet refuses it (the ingest
     writer casts the text, so a signed webhook from such a peer was refused as unstorable).
@@ -20,8 +24,14 @@ def client_ip(request) -> str | None:
     entry (config/gunicorn.conf.py), so its address is None here.
     """
     address = request.META.get("REMOTE_ADDR") or None
-    if settings.TRUST_X_FORWARDED_FOR:
-        address = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip() or address
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if settings.TRUST_X_FORWARDED_FOR and forwarded.strip():
+        # Without the header no proxy stood in between (the router always adds it): the peer is the client.
+        entries = forwarded.split(",")
+        hops = settings.TRUSTED_PROXY_HOPS
+        if len(entries) < hops:
+            return None
+        address = entries[-hops].strip() or address
     if not address:
         return None
     try:

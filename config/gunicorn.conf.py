@@ -158,7 +158,8 @@ def when_ready(server):
         signal.signal(stop_signal, noted)
 
 
-# accounts.http.client_ip trusts the right-most X-Forwarded-For entry, the one the router adds.
+# accounts.http.client_ip trusts the right-most X-Forwarded-For entry, the one the router adds (or
+# the TRUSTED_PROXY_HOPS-th from the right, behind a CDN).
 # gunicorn joins a header's field lines in the order they came, so with a second line from the
 # client, a router that appends its entry to the first line (Heroku's has been seen to) passes the
 # client's own pick on as the right-most entry. Such a request keeps one unreadable entry instead:

@@ -469,6 +469,12 @@ LOGGING = {
 
 # Only behind a router that sets X-Forwarded-For itself (Heroku, Render).
 TRUST_X_FORWARDED_FOR = env.bool("TRUST_X_FORWARDED_FOR", default=not EMBEDDED)
+# How many right-most X-Forwarded-For entries proxies the operator trusts appended: 1 is the router
+# alone; a CDN or load balancer in front of it adds one more each (Cloudflare → Heroku: 2). The
+# client is the entry that many from the right (accounts.http.client_ip).
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=1)
+if TRUSTED_PROXY_HOPS < 1:
+    raise ImproperlyConfigured("TRUSTED_PROXY_HOPS must be 1 or more (1: the platform's router alone)")
 
 # --- Delivery engine ------------------------------------------------------------
 DELIVERY_THREADS = env.int("DELIVERY_THREADS", default=32)  # sending threads per dispatcher

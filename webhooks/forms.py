@@ -776,16 +776,24 @@ class EventFilterForm(forms.Form):
         until = cleaned.get("until")
         if until is not None:
             # A range that ends before it starts would list nothing under "No events match", as if
-            # nothing had arrived: its end is left out, and said to be.
-            start = cleaned.get("since")
-            start_words = "From (UTC)"
-            if start is None and cleaned.get("range") in TIME_RANGES:
-                start = timezone.now() - TIME_RANGES[cleaned["range"]]
-                start_words = dict(self.fields["range"].choices)[cleaned["range"]].lower()
-                start_words = start_words.replace("last", "the last", 1)
-            if start is not None and until <= start:
-                self.add_error("until", f"is before {start_words}, so nothing could match")
+            # nothing had arrived: its end is left out, and said so on the To box, as the audit log
+            # says its reversed dates.
+            if (since := cleaned.get("since")) is not None:
+                if until < since:
+                    self.add_error("until", "The dates are reversed: To is before From.")
+                elif until == since:  # To is left out of the range: nothing could match
+                    self.add_error("until", "To is the same time as From: give a later To, or none.")
+            elif cleaned.get("range") in TIME_RANGES and until <= timezone.now() - TIME_RANGES[cleaned["range"]]:
+                preset = dict(self.fields["range"].choices)[cleaned["range"]].lower().replace("last", "the last", 1)
+                self.add_error("until", f"The range is reversed: To is before {preset}.")
         return cleaned
+
+    # Said on their boxes (templates/dashboard/_event_filters.html), not in the list's "Not applied".
+    DATE_BOXES = ("since", "until")
+
+    @property
+    def date_boxes(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.DATE_BOXES]
 
     def ignored_filters(self) -> list[str]:
         """What to_filters leaves out, said plainly: a filter that silently does nothing misleads."""
@@ -794,7 +802,11 @@ class EventFilterForm(forms.Form):
         invalid = (
             []
             if self.is_valid()
-            else [f"{self[name].label}: {' '.join(errors)}" for name, errors in self.errors.items()]
+            else [
+                f"{self[name].label}: {' '.join(errors)}"
+                for name, errors in self.errors.items()
+                if name not in self.DATE_BOXES
+            ]
         )
         return invalid + self.superseded
 

@@ -277,17 +277,24 @@ def parse_payload_filter_line(line: str) -> dict:
 def parse_payload_filter_lines(text: str) -> list[dict]:
     """The dashboard's box: one condition per line (blank lines skipped), checked; a refusal names
     every line at fault (``line 2 (…): …``), each one of its ``problems``."""
+    return parse_labelled_payload_filter_lines(
+        (f"line {number}", line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()
+    )
+
+
+def parse_labelled_payload_filter_lines(lines: Iterable[tuple[str, str]]) -> list[dict]:
+    """Conditions each written as a line of the dashboard's box and named by its label (``line 2``,
+    ``--payload-filter 2``), checked; a refusal names every one at fault by its label, each one of
+    its ``problems`` (``line 2 (…): …``)."""
     conditions, problems, written = [], [], 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for label, line in lines:
         written += 1
         if written > MAX_PAYLOAD_FILTERS:
             continue  # refused by their number alone: a pasted file is not read line by line
         try:
             conditions.append(_checked_condition(parse_payload_filter_line(line)))
         except PayloadFilterError as exc:
-            problems.append(f"line {number} (“{_shown(line.strip(), 60)}”): {exc}")
+            problems.append(f"{label} (“{_shown(line.strip(), 60)}”): {exc}")
     if written > MAX_PAYLOAD_FILTERS:
         problems.append(f"at most {MAX_PAYLOAD_FILTERS} payload filters ({written} given)")
     if problems:

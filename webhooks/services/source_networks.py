@@ -3,7 +3,8 @@
 Many providers publish them (Stripe, GitHub, Shopify, PayPal…). With a list set, ingest refuses
 a request from any other address before its signature is checked (see ingest._ingest); an empty
 list lets every address through. The client address is accounts.http.client_ip's: the peer's, or
-with TRUST_X_FORWARDED_FOR the right-most X-Forwarded-For entry, which the platform's router adds.
+with TRUST_X_FORWARDED_FOR the right-most X-Forwarded-For entry, which the platform's router adds
+(behind a CDN, the entry TRUSTED_PROXY_HOPS from the right).
 """
 
 from __future__ import annotations

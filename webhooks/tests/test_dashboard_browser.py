@@ -143,6 +143,33 @@ def test_the_filter_controls_show_the_start_applied(browser, live_server, client
     assert page.locator("#event-range").inner_text().startswith("Events received from ")
 
 
+def test_a_reversed_received_range_is_said_on_the_to_box_and_goes_once_corrected(
+    browser, live_server, client, organization, owner
+):
+    # Said in the list's "Not applied" notice, where the audit log says it on the To box. The filters
+    # apply by htmx: they come back out of band, and the swapped boxes must still apply on change.
+    build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/")
+    now = timezone.now()
+    since, until = page.get_by_label("From (UTC)"), page.get_by_label("To (UTC)")
+    with page.expect_response(lambda response: "since=" in response.url):
+        since.fill((now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    with page.expect_response(lambda response: "until=" in response.url):
+        until.fill((now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"))
+    page.wait_for_selector("#id_until_error")
+    assert page.locator("#id_until_error").inner_text() == "The dates are reversed: To is before From."
+    assert until.get_attribute("aria-invalid") == "true"
+    assert "id_until_error" in until.get_attribute("aria-describedby").split()
+    assert page.evaluate("document.activeElement.id") == "id_until"  # the focus stays on the box
+    assert "Not applied" not in page.locator("#event-results").inner_text()
+    assert page.locator(".events-table tbody tr").count() == 1  # from the start on
+    with page.expect_response(lambda response: "until=" in response.url):
+        until.fill((now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    expect(page.locator("#id_until_error")).to_have_count(0)
+    assert until.get_attribute("aria-invalid") is None
+
+
 def test_a_member_types_a_value_of_the_body_and_finds_its_event(browser, live_server, client, organization, member):
     world = build_world(client, organization)  # its body holds "evt_world_1"
     ingest_stripe(client, world.source, "evt_unrelated", "customer.created")

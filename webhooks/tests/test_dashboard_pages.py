@@ -200,7 +200,8 @@ def test_filters_that_cannot_apply_are_said_not_to_apply(client, owner, other_or
     response = client.get(url, {"status": "bogus", "since": "garbage", "source": theirs.pk})
     text = page_text(response)
     assert len(listed_ids(response)) == 8  # the rest of the list is still shown
-    assert "Not applied:" in text and "Status:" in text and "From (UTC):" in text and "Source:" in text
+    assert "Not applied:" in text and "Status:" in text and "Source:" in text
+    assert "Enter a valid date/time." in box_error(response, "since")  # said on its box
     assert "Not applied" not in page_text(client.get(url, {"status": "failed"}))
 
 
@@ -215,21 +216,57 @@ def test_an_event_type_pattern_a_destination_would_refuse_is_said_not_to_apply(c
     assert 'aria-invalid="true"' in re.search(r'<input[^>]*name="event_type"[^>]*>', text).group(0)
 
 
-def test_a_range_that_ends_before_it_starts_says_so_instead_of_matching_nothing(client, owner, many_events):
-    """ "From 14:00 until 12:00" listed nothing under "No events match", as if none had arrived."""
+def box_error(response, name: str) -> str:
+    """The error said on a filter's box: the box is marked invalid and described by it (as the audit log's)."""
+    text = page_text(response)
+    box = re.search(rf'<input[^>]*name="{name}"[^>]*>', text).group(0)
+    assert 'aria-invalid="true"' in box and f'aria-describedby="id_{name}_error"' in box, box
+    return html.unescape(re.search(rf'<ul class="errorlist" id="id_{name}_error">(.*?)</ul>', text, re.S).group(1))
+
+
+def test_a_range_that_ends_before_it_starts_says_so_on_the_to_box(client, owner, many_events):
+    """ "From 14:00 until 12:00" listed nothing under "No events match", as if none had arrived; then it
+    was said in the list's "Not applied" notice, where other pages say a refused value on its box."""
     client.force_login(owner)
     url = reverse("dashboard:events", args=["acme"])
     an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
     two_hours_ago = (timezone.now() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
     response = client.get(url, {"since": an_hour_ago, "until": two_hours_ago})
     text = page_text(response)
-    assert "Not applied: To (UTC): is before From (UTC), so nothing could match" in text
+    assert "The dates are reversed: To is before From." in box_error(response, "until")
+    assert "Not applied" not in text
     assert len(listed_ids(response)) == 8  # from the start to now, as the range line says
     assert " to now." in text and " until " not in text
+    same = client.get(url, {"since": an_hour_ago, "until": an_hour_ago})
+    assert "To is the same time as From" in box_error(same, "until")
     # The same for a preset that starts after the end typed.
     response = client.get(url, {"range": "1h", "until": two_hours_ago})
-    assert "Not applied: To (UTC): is before the last hour, so nothing could match" in page_text(response)
+    assert "The range is reversed: To is before the last hour." in box_error(response, "until")
+    assert "Not applied" not in page_text(response)
     assert len(listed_ids(response)) == 8
+    # A range in order is not marked.
+    in_order = client.get(url, {"since": two_hours_ago, "until": an_hour_ago})
+    assert "errorlist" not in page_text(in_order)
+
+
+def test_filters_changed_with_htmx_come_back_with_the_to_box_marked_and_unmarked(client, owner, many_events):
+    # The list's filters apply by htmx, which swaps the results only: the filters come back out of
+    # band, or the mark would show only on a full page load, and stay after the range was corrected.
+    client.force_login(owner)
+    url = reverse("dashboard:events", args=["acme"])
+    htmx = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "event-results"}
+    an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    two_hours_ago = (timezone.now() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+
+    reversed_range = client.get(url, {"since": an_hour_ago, "until": two_hours_ago}, **htmx)
+    corrected = client.get(url, {"since": two_hours_ago, "until": an_hour_ago}, **htmx)
+
+    assert "<html" not in page_text(reversed_range)  # the results' fragment, not the page
+    assert re.search(r'<form[^>]*id="event-filters"[^>]*hx-swap-oob="true"', page_text(reversed_range))
+    assert "The dates are reversed: To is before From." in box_error(reversed_range, "until")
+    assert re.search(r'<form[^>]*id="event-filters"[^>]*hx-swap-oob="true"', page_text(corrected))
+    assert "errorlist" not in page_text(corrected)
+    assert "hx-swap-oob" not in page_text(client.get(url, {"since": an_hour_ago}))  # a whole page has it in place
 
 
 def selected_range(response) -> str:

@@ -581,16 +581,46 @@ def test_the_api_refuses_with_a_400_on_the_field(client, organization, filters, 
         (["--payload-filter", "ref == main"], "--payload-filter 1 (“ref == main”): the value “main” is not JSON"),
         (
             ["--payload-filter", "ok exists", "--payload-filter", "a..b exists"],
-            "--payload-filter: condition 2: the path “a..b” has an empty part",
+            "--payload-filter 2 (“a..b exists”): the path “a..b” has an empty part",
         ),
         (["--payload-filter", "ref => 1"], "unknown operator “=>”"),
-        ([part for n in range(11) for part in ("--payload-filter", f"k{n} exists")], "at most 10 payload filters"),
+        (
+            [part for n in range(11) for part in ("--payload-filter", f"k{n} exists")],
+            "--payload-filter: at most 10 payload filters (11 given)",
+        ),
     ],
 )
 def test_create_destination_refuses_naming_the_flag(organization, flags, reason):
     with pytest.raises(CommandError) as refused:
         call_command("create_destination", "--org", organization.slug, "--name", "d", "--url", URL, *flags)
     assert reason in str(refused.value)
+    assert not Destination.objects.exists()
+
+
+def test_create_destination_refuses_every_bad_payload_filter_at_once(organization):
+    # As the dashboard and the API do: a second bad flag is not left to be found once the first is fixed.
+    flags = ["ref == main", "ok exists", 'ref = "main"', "a..b exists", ""]
+    out = io.StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command(
+            "create_destination",
+            *("--org", organization.slug, "--name", "d", "--url", URL, "--json"),
+            *(part for flag in flags for part in ("--payload-filter", flag)),
+            stdout=out,
+        )
+    assert str(refused.value) == "; ".join(
+        [
+            "--payload-filter 1 (“ref == main”): the value “main” is not JSON: text goes in double quotes "
+            '("main"); true, false, null and numbers go without',
+            '--payload-filter 3 (“ref = "main"”): unknown operator “=”: use == (equals), != (not equals), in, '
+            "exists or not exists",
+            "--payload-filter 4 (“a..b exists”): the path “a..b” has an empty part (two dots together, or a dot "
+            "at an end); a key holding a dot is written with a backslash: plan\\.tier",
+            "--payload-filter 5 (“”): no path: write PATH == VALUE, PATH != VALUE, PATH in [VALUES], PATH exists "
+            "or PATH not exists",
+        ]
+    )
+    assert json.loads(out.getvalue()) == {"error": str(refused.value)}
     assert not Destination.objects.exists()
 
 

@@ -211,6 +211,109 @@ def test_a_second_forwarded_line_from_the_client_never_passes_for_the_routers_en
     assert record.remote_ip is None  # unknown: neither the client's pick nor the router's entry guessed at
 
 
+CDN_EDGE = "192.0.2.77"  # the address a CDN in front of the router connects from
+
+
+def test_behind_a_cdn_the_entry_as_many_hops_from_the_right_is_the_client(client, organization, settings):
+    # Cloudflare → Heroku: the CDN appends the provider's address, the router the CDN's.
+    settings.TRUST_X_FORWARDED_FOR = True
+    settings.TRUSTED_PROXY_HOPS = 2
+    source = restricted_source(organization)
+
+    genuine = post(
+        client,
+        source,
+        "evt_genuine",
+        REMOTE_ADDR="10.0.0.2",
+        HTTP_X_FORWARDED_FOR=f"{OUTSIDE}, {INSIDE_V4}, {CDN_EDGE}",
+    )
+    forged = post(
+        client, source, "evt_forged", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=f"{INSIDE_V4}, {OUTSIDE}, {CDN_EDGE}"
+    )
+
+    assert genuine.status_code == 200
+    assert forged.status_code == 403 and OUTSIDE in forged.json()["detail"]
+    assert [event.remote_ip for event in stored(source)] == [INSIDE_V4]
+    assert [record.remote_ip for record in rejected(source)] == [OUTSIDE]
+
+
+def test_behind_a_cdn_with_one_trusted_hop_every_request_comes_from_the_cdn(client, organization, settings):
+    # Why the setting exists: with the default, the router's entry (the CDN's address) is the client.
+    settings.TRUST_X_FORWARDED_FOR = True
+    source = restricted_source(organization)
+
+    response = post(
+        client,
+        source,
+        "evt_via_cdn",
+        REMOTE_ADDR="10.0.0.2",
+        HTTP_X_FORWARDED_FOR=f"{OUTSIDE}, {INSIDE_V4}, {CDN_EDGE}",
+    )
+
+    assert response.status_code == 403 and CDN_EDGE in response.json()["detail"]
+
+
+def test_fewer_forwarded_entries_than_trusted_hops_leave_the_address_unknown(client, organization, settings):
+    # A request that reached the router without passing the CDN: its one entry before the router's
+    # would be the client's own pick, so no entry is taken for its address.
+    settings.TRUST_X_FORWARDED_FOR = True
+    settings.TRUSTED_PROXY_HOPS = 3
+    source = restricted_source(organization)
+
+    short = post(client, source, "evt_short", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=f"{INSIDE_V4}, {INSIDE_V4}")
+
+    assert short.status_code == 403
+    assert "could not be read" in short.json()["detail"]
+    [record] = rejected(source)
+    assert record.remote_ip is None
+
+
+def test_with_several_trusted_hops_a_request_without_the_header_is_the_peers(client, organization, settings):
+    # The router always adds the header: without one, nothing stood between the peer and gunicorn.
+    settings.TRUST_X_FORWARDED_FOR = True
+    settings.TRUSTED_PROXY_HOPS = 2
+    source = restricted_source(organization)
+
+    assert post(client, source, "evt_direct", REMOTE_ADDR=INSIDE_V4).status_code == 200
+    assert post(client, source, "evt_direct_outside", REMOTE_ADDR=OUTSIDE).status_code == 403
+    assert [event.remote_ip for event in stored(source)] == [INSIDE_V4]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_over_real_gunicorn_behind_a_cdn_the_provider_is_let_in_and_a_short_header_is_not(organization, tmp_path):
+    from .test_ingest_batch_fuzz import _raw_status, _raw_stripe_request, _stripe_body
+    from .test_ingest_writer_process import _start_gunicorn
+
+    source = restricted_source(organization)
+    port = free_port()
+    private_tmp = Path(tempfile.mkdtemp(prefix="hln-"))
+
+    def status(event_id: str, *forwarded: str) -> int:
+        lines = [f"X-Forwarded-For: {line}".encode() for line in forwarded]
+        return _raw_status(port, _raw_stripe_request(source.ingest_token, _stripe_body(event_id), lines))
+
+    with (tmp_path / "gunicorn.log").open("w") as log:
+        gunicorn = _start_gunicorn(
+            port, private_tmp, log, "--workers", "1", TRUST_X_FORWARDED_FOR="true", TRUSTED_PROXY_HOPS="2"
+        )
+        try:
+            wait_for_port(port, process=gunicorn)
+            genuine = status("evt_genuine", f"{OUTSIDE}, {INSIDE_V4}, {CDN_EDGE}")
+            # Past the CDN, straight to the router, with no header of its own: the router's entry alone.
+            short = status("evt_short", OUTSIDE)
+            # Two lines are one unreadable entry (config/gunicorn.conf.py), whatever they hold.
+            two_lines = status("evt_two_lines", f"{OUTSIDE}, {INSIDE_V4}", CDN_EDGE)
+        finally:
+            gunicorn.terminate()
+            gunicorn.wait(30)
+            shutil.rmtree(private_tmp, ignore_errors=True)
+
+    assert genuine == 200
+    assert [event.remote_ip for event in stored(source)] == [INSIDE_V4]
+    assert (short, two_lines) == (403, 403)
+    assert [record.remote_ip for record in rejected(source)] == [None, None]
+
+
 def test_without_a_trusted_router_the_forwarded_header_is_ignored(client, organization, settings):
     settings.TRUST_X_FORWARDED_FOR = False
     source = restricted_source(organization)

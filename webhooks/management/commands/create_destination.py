@@ -8,16 +8,20 @@ from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     RECEIVES_NOTHING_WITHOUT_SOURCE,
     DestinationError,
-    destination_check_payload_filters,
     destination_create,
     parse_retry_schedule,
     retry_policy_words,
 )
-from webhooks.services.payload_filters import PayloadFilterError, parse_payload_filter_line, payload_filter_line
+from webhooks.services.payload_filters import (
+    PayloadFilterError,
+    parse_labelled_payload_filter_lines,
+    payload_filter_line,
+)
 
 from ._base import OperatorCommand, add_secret_arguments, find_given, read_secret_input, shown_path
 
 POLICY_FIELDS = ("timeout_seconds", "retry_client_errors", *DELIVERY_POLICY_FIELDS)
+PAYLOAD_FILTER_FLAG = "--payload-filter"
 
 
 class Command(OperatorCommand):
@@ -139,18 +143,20 @@ class Command(OperatorCommand):
         return result, text
 
     def _payload_filters(self, given: list[str]) -> list[dict]:
-        """Each --payload-filter read as a line of the dashboard's box, then checked by the service
-        (``condition 2`` is the second --payload-filter)."""
-        conditions = []
-        for number, expression in enumerate(given, start=1):
-            try:
-                conditions.append(parse_payload_filter_line(expression))
-            except PayloadFilterError as exc:
-                raise ValueError(f"--payload-filter {number} (“{expression}”): {exc}") from None
+        """Each --payload-filter read and checked as a line of the dashboard's box, by the service the
+        dashboard uses: every bad one named at once, by its number (``--payload-filter 2``)."""
         try:
-            return destination_check_payload_filters(conditions)
-        except DestinationError as exc:
-            raise ValueError(f"--payload-filter: {exc}") from None
+            return parse_labelled_payload_filter_lines(
+                (f"{PAYLOAD_FILTER_FLAG} {number}", expression) for number, expression in enumerate(given, start=1)
+            )
+        except PayloadFilterError as exc:
+            # A fault of one flag is named by its number already; one of them all (too many), by the flag.
+            raise ValueError(
+                "; ".join(
+                    problem if problem.startswith(PAYLOAD_FILTER_FLAG) else f"{PAYLOAD_FILTER_FLAG}: {problem}"
+                    for problem in exc.problems
+                )
+            ) from None
 
     def _headers(self, options) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -87,6 +87,8 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         live = [event for event in page.events if event.id >= live_since] if is_live else []
         context.update(
             form=form,
+            # An htmx answer brings the filters too, so that their boxes show what applies.
+            filters_oob=bool(self.request.htmx and self.request.htmx.target == "event-results"),
             filters=filters,
             page=page,
             events=page.events,
