@@ -493,6 +493,7 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
         "monthly_event_quota",
         "usage_this_month",
         "retention_days",
+        "sent_at_once",
         "is_active",
         "created_at",
     )
@@ -500,10 +501,22 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
     inlines = (MembershipInline,)
-    readonly_fields = ("usage_this_month", "related_links", "created_at")
+    readonly_fields = ("usage_this_month", "sent_at_once", "related_links", "created_at")
     fieldsets = (
         (None, {"fields": ("name", "slug", "is_active", "created_at")}),
-        ("Plan and quota", {"fields": ("plan", "monthly_event_quota", "usage_this_month", "retention_days")}),
+        (
+            "Plan and limits",
+            {
+                "fields": (
+                    "plan",
+                    "monthly_event_quota",
+                    "usage_this_month",
+                    "retention_days",
+                    "max_concurrency",
+                    "sent_at_once",
+                )
+            },
+        ),
         ("Their data", {"fields": ("related_links",)}),
     )
 
@@ -523,6 +536,13 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
         if obj.monthly_event_quota and used > obj.monthly_event_quota:
             return format_html('<strong class="hookline-over-quota">{} (over quota)</strong>', used)
         return used
+
+    @admin.display(description="Sent at once (in effect)", ordering="max_concurrency")
+    def sent_at_once(self, obj):
+        """The cap the dispatcher applies, and where it comes from: an empty field reads as "none"."""
+        if obj.follows_platform_max_concurrency:
+            return f"{obj.effective_max_concurrency} (the platform's ORGANIZATION_MAX_CONCURRENCY)"
+        return f"{obj.effective_max_concurrency} (this organization's own)"
 
     @admin.display(description="Links")
     def related_links(self, obj):

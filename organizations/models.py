@@ -3,6 +3,7 @@ from datetime import date
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 # Retention deletes events for good: never less than a day, and at most about ten years.
@@ -37,6 +38,19 @@ class Organization(models.Model):
         ),
     )
     is_active = models.BooleanField(default=True)
+    # The platform's ORGANIZATION_MAX_CONCURRENCY for this tenant alone: more for a large one, less
+    # for a noisy one. Empty (NULL) follows the setting, so that changing it still reaches everyone else.
+    max_concurrency = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="deliveries sent at once",
+        help_text=(
+            "Deliveries this organization may have being sent at once, over all its destinations, so that "
+            "its slow receivers cannot take every sending thread. Empty: the platform's "
+            "ORGANIZATION_MAX_CONCURRENCY."
+        ),
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # Set when a platform admin asks for the organization to be deleted: it is inactive from then
     # on, and a background task deletes its rows in batches and finally this one (see
@@ -48,6 +62,13 @@ class Organization(models.Model):
 
     class Meta:
         ordering = ("name",)
+        constraints = [
+            # 0 would stop the tenant's deliveries for good: suspending it says so, this would not.
+            models.CheckConstraint(
+                condition=models.Q(max_concurrency__isnull=True) | models.Q(max_concurrency__gte=1),
+                name="organization_max_concurrency_positive",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -69,6 +90,26 @@ class Organization(models.Model):
     @property
     def being_deleted(self) -> bool:
         return self.deletion_requested_at is not None
+
+    @property
+    def effective_max_concurrency(self) -> int:
+        """The deliveries it may have in flight at once: its own max_concurrency, or the platform's."""
+        return self.max_concurrency or settings.ORGANIZATION_MAX_CONCURRENCY
+
+    @property
+    def follows_platform_max_concurrency(self) -> bool:
+        return self.max_concurrency is None
+
+
+def effective_max_concurrency(organization_path: str = "") -> Coalesce:
+    """effective_max_concurrency in SQL, for a query that reads the organization anyway (through
+    ``organization_path``, "organization__" from a destination or a delivery): the dispatcher's cap
+    costs no query of its own. The setting is read at each call, as the dispatcher's code does."""
+    return Coalesce(
+        models.F(f"{organization_path}max_concurrency"),
+        models.Value(settings.ORGANIZATION_MAX_CONCURRENCY),
+        output_field=models.IntegerField(),
+    )
 
 
 class Membership(models.Model):

@@ -29,7 +29,7 @@ from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Q, 
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from organizations.models import Organization
+from organizations.models import Organization, effective_max_concurrency
 from organizations.services import audit_record
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 
@@ -422,23 +422,28 @@ def _not_of_sources_being_deleted(claimed) -> list[Delivery]:
 
 
 class _OrganizationRoom:
-    """How many more sends each organization may have in flight (ORGANIZATION_MAX_CONCURRENCY), over
-    all its destinations, and whose each locked destination is.
+    """How many more sends each organization may have in flight (its max_concurrency, or
+    ORGANIZATION_MAX_CONCURRENCY when it has none), over all its destinations, and whose each
+    locked destination is.
 
     Without it, one tenant's destinations could hold every sending thread: each destination's cap
     (up to 50) bounds one receiver, not a tenant, and a few destinations that never answer, fed a
     steady stream of events older than anyone else's, would take every thread that frees up, so
     other tenants' deliveries waited behind them however long that lasted. The counts are those
     committed when the claim starts: dispatchers claiming at the same instant may each take what
-    is left (organizations are not locked, destinations are), so the bound holds per claim.
+    is left (organizations are not locked, destinations are), so the bound holds per claim. Each
+    organization's cap comes with the rows that name it (the locked destinations, the sends in
+    flight), read in the same queries: no query per organization.
     """
 
     def __init__(self):
         self.left: dict[int, int] = {}  # organization id -> sends it may still start
         self.of: dict[int, int] = {}  # destination id -> organization id
+        self.cap: dict[int, int] = {}  # organization id -> sends it may have in flight
 
-    def add(self, destination_id: int, organization_id: int) -> None:
+    def add(self, destination_id: int, organization_id: int, cap: int) -> None:
         self.of[destination_id] = organization_id
+        self.cap[organization_id] = cap
 
     def count_in_flight(self) -> None:
         """Read the sends in flight of the organizations not counted yet."""
@@ -450,9 +455,8 @@ class _OrganizationRoom:
             .values_list("organization_id")
             .annotate(n=Count("id"))
         )
-        cap = settings.ORGANIZATION_MAX_CONCURRENCY
         for organization_id in uncounted:
-            self.left[organization_id] = max(cap - in_flight.get(organization_id, 0), 0)
+            self.left[organization_id] = max(self.cap[organization_id] - in_flight.get(organization_id, 0), 0)
 
     def take(self, destination_id: int) -> bool:
         """One more send for the destination's organization, if it has room."""
@@ -465,31 +469,34 @@ class _OrganizationRoom:
     def full(self) -> list[int]:
         return [organization_id for organization_id, left in self.left.items() if left <= 0]
 
-    def full_anywhere(self, in_flight: list[tuple[int, int, int, int]]) -> list[int]:
+    def full_anywhere(self, in_flight: list[tuple[int, int, int, int, int]]) -> list[int]:
         """The organizations with no room left: those counted so far, and any other whose sends in
-        flight (``in_flight``, from _in_flight_by_destination) already reach the cap. The look
+        flight (``in_flight``, from _in_flight_by_destination) already reach its cap. The look
         beyond the backlog must pass over the latter too: it takes as many destinations as there
         are free slots, the ones waiting longest, and those of one tenant at its limit that the
         first look never saw (its many receivers all slow, their deliveries older than anyone
         else's) filled it, claim after claim, while the other tenants' deliveries waited."""
         uncounted: dict[int, int] = defaultdict(int)
-        for organization_id, _, _, count in in_flight:
+        caps: dict[int, int] = {}
+        for organization_id, _, _, organization_cap, count in in_flight:
             if organization_id not in self.left:
                 uncounted[organization_id] += count
-        cap = settings.ORGANIZATION_MAX_CONCURRENCY
+                caps[organization_id] = organization_cap
         for organization_id, count in uncounted.items():
-            if count >= cap:
+            if count >= caps[organization_id]:
                 self.left[organization_id] = 0
         return self.full()
 
 
-def _in_flight_by_destination() -> list[tuple[int, int, int, int]]:
-    """(organization id, destination id, the destination's max_concurrency, its sends in flight) of
-    every destination with a send in flight: one read of the in-flight rows, at most a few per
-    sending thread (the partial index delivery_in_flight_by_dest)."""
+def _in_flight_by_destination() -> list[tuple[int, int, int, int, int]]:
+    """(organization id, destination id, the destination's max_concurrency, its organization's
+    effective max_concurrency, its sends in flight) of every destination with a send in flight:
+    one read of the in-flight rows, at most a few per sending thread (the partial index
+    delivery_in_flight_by_dest), joined to their destinations and organizations."""
     return list(
         Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
-        .values_list("organization_id", "destination_id", "destination__max_concurrency")
+        .annotate(organization_cap=effective_max_concurrency("organization__"))
+        .values_list("organization_id", "destination_id", "destination__max_concurrency", "organization_cap")
         .annotate(count=Count("id"))
         .order_by()
     )
@@ -523,7 +530,7 @@ def _choose_from_other_destinations(
     # slow receivers, each with its sends in flight and deliveries older than the rest, filled the
     # look, were locked, had no room, and the claim came back empty while others' deliveries were
     # due. (Those whose rate limit is used up for this second the look itself leaves out.)
-    exclude = [*allowance, *(destination_id for _, destination_id, cap, count in in_flight if count >= cap)]
+    exclude = [*allowance, *(destination_id for _, destination_id, cap, _, count in in_flight if count >= cap)]
     others = _waiting_longest(now, exclude=exclude, count=wanted, full_organizations=full) if postgresql else None
     if others is None:
         others = _waiting_longest_by_probes(now, exclude=exclude, count=wanted, full_organizations=full)
@@ -693,7 +700,10 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
         for d in Destination.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
         .filter(pk__in=ids)
         .order_by("pk")
-        .annotate(organization_active=F("organization__is_active"))
+        .annotate(
+            organization_active=F("organization__is_active"),
+            organization_cap=effective_max_concurrency("organization__"),
+        )
         .only(
             "pk",
             "organization_id",
@@ -721,7 +731,7 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             allowance[destination_id] = 0
             continue
         destinations[destination_id] = destination
-        organizations.add(destination_id, destination.organization_id)
+        organizations.add(destination_id, destination.organization_id, destination.organization_cap)
         room = destination.max_concurrency - in_flight.get(destination_id, 0)
         if destination.rate_limit_per_second:
             used = destination.rate_window_count if destination.rate_window_started_at == window else 0

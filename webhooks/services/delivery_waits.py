@@ -5,7 +5,6 @@ import: show_event and the pages need it, not the delivery engine."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
@@ -44,8 +43,8 @@ DELIVERY_WAITS = {
         "Its destination has as many attempts in flight as its max_concurrency allows: it is sent once one ends"
     ),
     "organization_concurrency": (
-        "Its organization has as many attempts in flight as the platform allows one organization: it is "
-        "sent once one ends"
+        "Its organization has as many attempts in flight as it may have at once (its own limit, or the "
+        "platform's): it is sent once one ends"
     ),
     "destination_rate_limit": "Its destination's rate limit is used up for this second: it is sent in a later one",
 }
@@ -87,7 +86,7 @@ def delivery_waits(deliveries, *, now=None) -> dict:
     if not deliveries:
         return {}
     now = now or timezone.now()
-    organizations = Organization.objects.only("pk", "is_active", "deletion_requested_at").in_bulk(
+    organizations = Organization.objects.only("pk", "is_active", "deletion_requested_at", "max_concurrency").in_bulk(
         {delivery.organization_id for delivery in deliveries}
     )
     waits, due = {}, []
@@ -103,14 +102,18 @@ def delivery_waits(deliveries, *, now=None) -> dict:
     in_flight, organization_in_flight = {}, {}
     if due:
         in_flight = _in_flight_by("destination_id", {delivery.destination_id for delivery in due})
-        # ORGANIZATION_MAX_CONCURRENCY: the dispatcher passes over an organization at it (_OrganizationRoom).
+        # The organization's max_concurrency (or ORGANIZATION_MAX_CONCURRENCY): the dispatcher passes
+        # over an organization at it (_OrganizationRoom).
         organization_in_flight = _in_flight_by("organization_id", {delivery.organization_id for delivery in due})
     window = now.replace(microsecond=0)  # the dispatcher's rate window (claim_due_deliveries)
     for delivery in due:
         destination = delivery.destination
         if in_flight.get(destination.pk, 0) >= destination.max_concurrency:
             waits[delivery.pk] = "destination_concurrency"
-        elif organization_in_flight.get(delivery.organization_id, 0) >= settings.ORGANIZATION_MAX_CONCURRENCY:
+        elif (
+            organization_in_flight.get(delivery.organization_id, 0)
+            >= organizations[delivery.organization_id].effective_max_concurrency
+        ):
             waits[delivery.pk] = "organization_concurrency"
         elif (
             destination.rate_limit_per_second

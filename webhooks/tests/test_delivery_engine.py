@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import socket
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from django.core import mail
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
-from organizations.models import AuditLog, MonthlyUsage
+from organizations.models import AuditLog, MonthlyUsage, Organization
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
@@ -952,6 +953,119 @@ def test_a_tenant_at_its_limit_found_only_beyond_the_backlog_does_not_fill_the_l
 
     claimed = delivery_service.claim_due_deliveries(2)
     assert [d.destination_id for d in claimed] == [quiet.pk]
+
+
+def test_an_organizations_own_cap_is_claimed_to_below_and_above_the_platforms(
+    client, organization, other_organization, httpserver, settings
+):
+    # The platform's limit (4) lies between a noisy tenant's (2) and a large tenant's (6); a third
+    # tenant with none set follows the platform's. Each has two destinations that take up to 50 at
+    # once and a backlog of 10 due deliveries on each: only the organizations' caps bound the claim.
+    from organizations.services import organization_create
+
+    settings.ORGANIZATION_MAX_CONCURRENCY = 4
+    third = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=2)
+    Organization.objects.filter(pk=other_organization.pk).update(max_concurrency=6)
+    for tenant in (organization, other_organization, third):
+        for name in ("a", "b"):
+            source = make_source(tenant, name=f"{tenant.slug}-{name}")
+            destination, _ = make_destination(tenant, httpserver.url_for(f"/{tenant.slug}"), sources=[source])
+            Destination.objects.filter(pk=destination.pk).update(max_concurrency=50)
+            ingest_many(client, source, 10, prefix=f"{tenant.slug}-{name}")
+
+    claimed = delivery_service.claim_due_deliveries(30)
+    by_organization = Counter(delivery.organization_id for delivery in claimed)
+    assert by_organization == {organization.pk: 2, other_organization.pk: 6, third.pk: 4}
+    # All three at their caps: nothing more is claimed, however many slots are free.
+    assert delivery_service.claim_due_deliveries(30) == []
+
+    # An organization's cap emptied again is the platform's: the large tenant, 6 in flight, has none
+    # left, and the noisy one, 2, gets 2 more.
+    Organization.objects.filter(pk__in=[organization.pk, other_organization.pk]).update(max_concurrency=None)
+    again = delivery_service.claim_due_deliveries(30)
+    assert Counter(delivery.organization_id for delivery in again) == {organization.pk: 2}
+
+
+def _a_tenant_in_flight_behind_a_backlog(client, organization, other_organization, httpserver):
+    """The setting of the look beyond the backlog (as in
+    test_a_tenant_at_its_limit_found_only_beyond_the_backlog_does_not_fill_the_look): one of
+    ``organization``'s destinations fills the first look with a backlog it has no room for;
+    ``other_organization`` has one send in flight and, waiting longest after the backlog, two more
+    destinations with a due delivery each; a third tenant's delivery is due last."""
+    from organizations.services import organization_create
+
+    backlog_source = make_source(organization, name="backlog")
+    backlog, _ = make_destination(organization, httpserver.url_for("/backlog"), sources=[backlog_source])
+    Destination.objects.filter(pk=backlog.pk).update(max_concurrency=1)
+    ingest_many(client, backlog_source, 9, prefix="backlog")
+    assert [d.destination_id for d in delivery_service.claim_due_deliveries(1)] == [backlog.pk]
+    theirs = []
+    for name in ("theirs-a", "theirs-b", "theirs-c"):
+        source = make_source(other_organization, name=name)
+        theirs.append(make_destination(other_organization, httpserver.url_for(f"/{name}"), sources=[source])[0])
+        ingest_many(client, source, 1, prefix=name)
+    assert [d.destination_id for d in delivery_service.claim_due_deliveries(1)] == [theirs[0].pk]
+    third = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    quiet_source = make_source(third, name="quiet")
+    quiet, _ = make_destination(third, httpserver.url_for("/quiet"), sources=[quiet_source])
+    ingest_many(client, quiet_source, 1, prefix="quiet")
+    return theirs, quiet
+
+
+def test_beyond_the_backlog_an_organization_at_its_own_lower_cap_is_passed_over(
+    client, organization, other_organization, httpserver, settings
+):
+    # Its one send in flight is its own cap, not the platform's (5): its destinations waiting
+    # longest, locked for no send, took the look and the third tenant's delivery waited.
+    settings.ORGANIZATION_MAX_CONCURRENCY = 5
+    Organization.objects.filter(pk=other_organization.pk).update(max_concurrency=1)
+    _, quiet = _a_tenant_in_flight_behind_a_backlog(client, organization, other_organization, httpserver)
+
+    claimed = delivery_service.claim_due_deliveries(2)
+    assert [d.destination_id for d in claimed] == [quiet.pk]
+
+
+def test_beyond_the_backlog_an_organization_below_its_own_higher_cap_is_claimed_for(
+    client, organization, other_organization, httpserver, settings
+):
+    # Its one send in flight is the platform's cap (1), not its own (3): it still has room for its
+    # two destinations waiting longest, which are claimed before the third tenant's newer delivery.
+    settings.ORGANIZATION_MAX_CONCURRENCY = 1
+    Organization.objects.filter(pk=other_organization.pk).update(max_concurrency=3)
+    theirs, _ = _a_tenant_in_flight_behind_a_backlog(client, organization, other_organization, httpserver)
+
+    claimed = delivery_service.claim_due_deliveries(2)
+    assert sorted(d.destination_id for d in claimed) == [theirs[1].pk, theirs[2].pk]
+
+
+def test_organizations_own_caps_cost_the_claim_no_query_per_organization(
+    client, organization, other_organization, httpserver, settings
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from organizations.services import organization_create
+
+    settings.ORGANIZATION_MAX_CONCURRENCY = 4
+
+    def claim_queries(tenants, round_: str) -> int:
+        for tenant in tenants:
+            source = make_source(tenant, name=f"{tenant.slug}-{round_}")
+            make_destination(tenant, httpserver.url_for(f"/{tenant.slug}"), sources=[source])
+            ingest_many(client, source, 3, prefix=f"{tenant.slug}-{round_}")
+        with CaptureQueriesContext(connection) as queries:
+            claimed = delivery_service.claim_due_deliveries(30)
+        assert len(claimed) == 3 * len(tenants)
+        return len(queries)
+
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=6)
+    one = claim_queries([organization], "one")
+    Delivery.objects.all().delete()
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=None)
+    Organization.objects.filter(pk=other_organization.pk).update(max_concurrency=5)
+    third = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    assert claim_queries([organization, other_organization, third], "three") == one
 
 
 def test_behind_a_backlog_the_destination_waiting_longest_is_served_first(client, organization, httpserver):

@@ -249,6 +249,39 @@ def test_a_due_delivery_of_an_organization_at_its_limit_says_it_waits_for_it(
     assert delivery_waits([due, other_due]) == {due.pk: "organization_concurrency", other_due.pk: None}
 
 
+@pytest.mark.parametrize(
+    ("platform", "own", "in_flight", "waits_for"),
+    [
+        # Its own cap below the platform's: it waits at 1, where the platform's would send it.
+        (5, 1, 1, "organization_concurrency"),
+        # Its own cap above the platform's: 2 in flight reach the platform's, not its own.
+        (2, 3, 2, None),
+        (2, 3, 3, "organization_concurrency"),
+        # Empty: the platform's.
+        (2, None, 1, None),
+        (2, None, 2, "organization_concurrency"),
+    ],
+)
+def test_a_due_delivery_waits_for_its_organizations_own_cap_where_it_has_one(
+    organization, settings, platform, own, in_flight, waits_for
+):
+    settings.ORGANIZATION_MAX_CONCURRENCY = platform
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=own)
+    source = make_source(organization)
+    event = processed(source, event_type="invoice.paid")
+    first, _ = destination_create(organization=organization, name="First", url=RECEIVER, sources=[source])
+    second, _ = destination_create(organization=organization, name="Second", url=RECEIVER, sources=[source])
+    for _ in range(in_flight):
+        Delivery.objects.create(
+            organization=organization, event=make_event(source), destination=first, status=Delivery.Status.IN_FLIGHT
+        )
+    due = Delivery.objects.select_related("destination").get(pk=pending(event, second).pk)
+    # Still at most three queries: the cap comes with the organization's state, read anyway.
+    with CaptureQueriesContext(connection) as queries:
+        assert delivery_waits([due]) == {due.pk: waits_for}
+    assert len(queries) == 3
+
+
 # --- 3. A paused destination's "next try" is when it is resumed -----------------------------------
 
 
