@@ -94,6 +94,8 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, SuspiciousOperation):  # too many query parameters…: Django's answer would be an HTML page
         logging.getLogger(f"django.security.{exc.__class__.__name__}").warning("%s", exc)
         exc = exceptions.ParseError(str(exc), code="bad_request")
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        exc = _json_only(context["request"])
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -104,6 +106,16 @@ def api_exception_handler(exc, context):
         code = getattr(detail, "code", None) or "error"
         response.data = {"error": _ERROR_NAMES.get(code, code), "detail": str(detail)}
     return response
+
+
+def _json_only(request) -> exceptions.UnsupportedMediaType:
+    """DRF says only 'Unsupported media type "" in request.': not what to send instead. curl's -d
+    sends a form unless told otherwise, and some clients send no Content-Type at all."""
+    given = request.content_type.partition(";")[0].strip()
+    came_as = f"this one came as {given}" if given else "this one had none"
+    return exceptions.UnsupportedMediaType(
+        given, detail=f"send the body as JSON, with Content-Type: application/json ({came_as})"
+    )
 
 
 # DRF's own codes, in the names this API documents.

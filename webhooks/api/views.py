@@ -114,14 +114,18 @@ class NewestFirst(CursorPagination):
         return response
 
     def decode_cursor(self, request):
+        refusal = {self.cursor_query_param: ["not a cursor from this API: follow next or previous"]}
         try:
             cursor = super().decode_cursor(request)
             if cursor is not None and cursor.position is not None:
                 self.position_field.to_python(cursor.position)
         except (exceptions.NotFound, ValidationError):
-            raise exceptions.ValidationError(
-                {self.cursor_query_param: ["not a cursor from this API: follow next or previous"]}
-            ) from None
+            raise exceptions.ValidationError(refusal) from None
+        # DRF's base64 decoding drops what is not base64, so "", "!!!" or a stray NUL decode to a cursor
+        # without a position, which DRF reads as the first page: a script that pasted an empty or
+        # mangled cursor would then get the first page again and again. None of ours lacks all three.
+        if cursor is not None and cursor.position is None and not cursor.offset and not cursor.reverse:
+            raise exceptions.ValidationError(refusal)
         return cursor
 
 

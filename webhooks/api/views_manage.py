@@ -19,17 +19,18 @@ from webhooks.services.destinations import (
     RECEIVES_NOTHING_WITHOUT_SOURCE,
     UNCHANGED,
     DestinationError,
+    DestinationPreviousSecretStillValid,
     destination_create,
     destination_delete,
     destination_rotate_secret,
     destination_update,
 )
 from webhooks.services.operations import NothingToDo, OperationError, destination_send_waiting_now
-from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import (
     SourceBeingDeleted,
     SourceError,
     SourceNetworksError,
+    SourcePreviousSecretStillValid,
     source_create,
     source_delete,
     source_rotate_secret,
@@ -61,10 +62,12 @@ def _refused(message: str, field: str = "non_field_errors") -> exceptions.Valida
     return exceptions.ValidationError({field: [message]})
 
 
-def _rotation_refused(exc: Exception, instance, stop_previous: bool, field: str) -> exceptions.APIException:
+def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
     """A rotation during an earlier one's overlap is a conflict to confirm with ``stop_previous``;
-    anything else is the given secret's fault."""
-    if previous_secret_valid_until(instance) is not None and not stop_previous:
+    anything else is the given secret's fault. Told by the service's error, not by the copy this
+    view read: another rotation may have started since, and a wrong secret during an overlap is
+    still the secret's fault (stop_previous would not help)."""
+    if isinstance(exc, (SourcePreviousSecretStillValid, DestinationPreviousSecretStillValid)):
         return Conflict(f"{exc}: send stop_previous: true to rotate anyway")
     return _refused(str(exc), field)
 
@@ -156,7 +159,7 @@ class SourceRotateSecretView(SourceShowMixin, SourceLookup):
         except SourceBeingDeleted:  # asked meanwhile: hidden from now on
             raise exceptions.NotFound("not found") from None
         except SourceError as exc:
-            raise _rotation_refused(exc, source, data["stop_previous"], "secret") from None
+            raise _rotation_refused(exc, "secret") from None
         # previous_secret_valid_until is in the source as every read shows it.
         return self.show_source(source, **({"secret": generated} if generated else {}))
 
@@ -282,7 +285,7 @@ class DestinationRotateSecretView(DestinationShowMixin):
                 actor=self.api_key,
             )
         except DestinationError as exc:
-            raise _rotation_refused(exc, destination, data["stop_previous"], "non_field_errors") from None
+            raise _rotation_refused(exc, "non_field_errors") from None
         return self.show_destination(destination.pk, secret=secret)
 
 

@@ -31,7 +31,13 @@ from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
-from .secrets import SecretNotReplaced, generate_standard_webhooks_secret, replace_secret, secret_hint
+from .secrets import (
+    PreviousSecretStillValid,
+    SecretNotReplaced,
+    generate_standard_webhooks_secret,
+    replace_secret,
+    secret_hint,
+)
 from .text import duration_words
 
 
@@ -44,6 +50,11 @@ class DestinationError(ValueError):
         self.field = field
         # Each fault on its own, when the message joins several (every bad payload filter at once).
         self.problems = list(problems) if problems else [message]
+
+
+class DestinationPreviousSecretStillValid(DestinationError):
+    """A rotation during an earlier one's overlap, not confirmed with ``stop_previous``: found so on
+    the locked row, so a caller need not guess it from a copy read before another rotation."""
 
 
 class _Unchanged:
@@ -689,6 +700,8 @@ def destination_rotate_secret(
     secret = new_secret or generate_standard_webhooks_secret()
     try:
         replace_secret(destination, secret, overlap_seconds, stop_previous=stop_previous)
+    except PreviousSecretStillValid as exc:
+        raise DestinationPreviousSecretStillValid(str(exc)) from None
     except SecretNotReplaced as exc:
         raise DestinationError(str(exc)) from None
     audit_record(

@@ -17,7 +17,13 @@ from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
 
 from .permissions import require_configure_role
 from .secret_use import SECRET_MATCH_FIELDS
-from .secrets import SecretNotReplaced, generate_token_secret, replace_secret, secret_hint
+from .secrets import (
+    PreviousSecretStillValid,
+    SecretNotReplaced,
+    generate_token_secret,
+    replace_secret,
+    secret_hint,
+)
 from .source_networks import AllowedNetworksError, check_allowed_networks
 
 
@@ -39,6 +45,11 @@ class SourceError(ValueError):
 
 class SourceBeingDeleted(SourceError):
     """The source is being deleted: it cannot be changed any more."""
+
+
+class SourcePreviousSecretStillValid(SourceError):
+    """A rotation during an earlier one's overlap, not confirmed with ``stop_previous``: found so on
+    the locked row, so a caller need not guess it from a copy read before another rotation."""
 
 
 def _lock_unless_being_deleted(source: Source) -> None:
@@ -173,6 +184,8 @@ def source_rotate_secret(
         overlap_seconds = replace_secret(
             source, clean_secret, overlap_seconds, stop_previous=stop_previous, cleared_fields=SECRET_MATCH_FIELDS
         )
+    except PreviousSecretStillValid as exc:
+        raise SourcePreviousSecretStillValid(str(exc)) from None
     except SecretNotReplaced as exc:
         raise SourceError(str(exc)) from None
     audit_record(

@@ -140,7 +140,24 @@ def test_a_replay_body_must_be_json(client, setup):
     response = client.post(path, "{not json", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert response.status_code == 400 and response.json()["error"] == "invalid_json"
     response = client.post(path, {"destination": destination.pk}, HTTP_AUTHORIZATION=f"Bearer {key}")  # a form
-    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+    assert response.status_code == 415 and response.json() == {
+        "error": "unsupported_media_type",
+        "detail": "send the body as JSON, with Content-Type: application/json (this one came as multipart/form-data)",
+    }
+    assert not Delivery.objects.filter(is_replay=True).exists()
+
+
+def test_a_body_without_a_content_type_is_told_to_send_json(client, setup):
+    # As curl -d without -H, or a client that sends bytes without saying what they are.
+    _, destination, event, _, key = setup
+    body = json.dumps({"destination": destination.pk})
+    response = client.generic(
+        "POST", f"/api/v1/events/{event.pk}/replay", body, content_type="", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 415 and response.json() == {
+        "error": "unsupported_media_type",
+        "detail": "send the body as JSON, with Content-Type: application/json (this one had none)",
+    }
     assert not Delivery.objects.filter(is_replay=True).exists()
 
 

@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from organizations.models import ApiKey, AuditLog
 from webhooks import fields
+from webhooks.api import views_manage
 from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destinations_service
@@ -501,3 +502,22 @@ def test_reads_say_until_when_the_previous_secret_still_signs(client, organizati
     Destination.objects.filter(pk=rotated.pk).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
     assert api_get(client, key, f"/api/v1/destinations/{rotated.pk}").json()["previous_secret_valid_until"] is None
     assert api_post(client, key, f"/api/v1/destinations/{rotated.pk}/rotate_secret", {}).status_code == 200
+
+
+def test_a_rotation_overtaken_by_another_is_the_409_of_a_rotation_window(client, organization, writer, monkeypatch):
+    # Two scripts rotate at once: the one that waits for the row's lock finds the other's window,
+    # though the copy its view read before had none; it is told to confirm, as if it came second.
+    _, key = writer
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/x")
+    rotate = views_manage.destination_rotate_secret
+
+    def overtaken(*, destination, **kwargs):
+        other, _ = rotate(destination=Destination.objects.get(pk=destination.pk), overlap_seconds=3600)
+        overtaken.other_secret = other.secret
+        return rotate(destination=destination, **kwargs)
+
+    monkeypatch.setattr(views_manage, "destination_rotate_secret", overtaken)
+    response = api_post(client, key, f"/api/v1/destinations/{destination.pk}/rotate_secret", {})
+    assert response.status_code == 409, response.content
+    assert response.json()["error"] == "conflict" and "send stop_previous: true" in response.json()["detail"]
+    assert Destination.objects.get(pk=destination.pk).secret == overtaken.other_secret

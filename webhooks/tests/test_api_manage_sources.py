@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from organizations.models import ApiKey, AuditLog
 from webhooks import fields, tasks
+from webhooks.api import views_manage
 from webhooks.models import Source, WebhookEvent
 
 from .api_helpers import api_delete, api_get, api_patch, api_post, make_event, make_key
@@ -419,3 +420,31 @@ def test_reads_say_until_when_the_previous_secret_is_accepted(client, organizati
     )
     again = api_post(client, key, f"/api/v1/sources/{rotated.pk}/rotate_secret", {"secret": "whsec_third_secret_value"})
     assert again.status_code == 200, again.content
+
+
+def test_a_wrong_secret_during_a_rotation_window_is_a_400_on_secret_not_a_409(client, key):
+    # stop_previous would not help: the 409's advice was wrong, and following it was another refusal.
+    created = api_post(client, key, "/api/v1/sources", {"provider": "github", "name": "GitHub"}).json()
+    path = f"/api/v1/sources/{created['id']}/rotate_secret"
+    rotated = api_post(client, key, path, {"keep_previous_for": 3600}).json()
+    assert rotated["previous_secret_valid_until"]
+    refused = api_post(client, key, path, {"secret": rotated["secret"]})
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["fields"] == {"secret": ["that is the current secret; a rotation needs a new one"]}
+
+
+def test_a_rotation_overtaken_by_another_is_the_409_of_a_rotation_window(client, organization, key, monkeypatch):
+    # Two scripts rotate at once: the one that waits for the row's lock finds the other's window,
+    # though the copy its view read before had none; it is told to confirm, as if it came second.
+    source = make_source(organization, provider="github", secret="first-github-secret")
+    rotate = views_manage.source_rotate_secret
+
+    def overtaken(*, source, **kwargs):
+        rotate(source=Source.objects.get(pk=source.pk), new_secret="the-other-scripts-secret", overlap_seconds=3600)
+        return rotate(source=source, **kwargs)
+
+    monkeypatch.setattr(views_manage, "source_rotate_secret", overtaken)
+    response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {})
+    assert response.status_code == 409, response.content
+    assert response.json()["error"] == "conflict" and "send stop_previous: true" in response.json()["detail"]
+    assert Source.objects.get(pk=source.pk).secret == "the-other-scripts-secret"

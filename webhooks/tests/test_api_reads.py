@@ -349,7 +349,18 @@ def _cursor(text: str) -> str:
 )
 @pytest.mark.parametrize(
     "cursor",
-    ["garbage", _cursor("p=abc"), _cursor("r=1&p=not-an-id"), _cursor("o=-5&p=1"), _cursor("p=1\x00")],
+    [
+        "garbage",
+        _cursor("p=abc"),
+        _cursor("r=1&p=not-an-id"),
+        _cursor("o=-5&p=1"),
+        _cursor("p=1\x00"),
+        # Nothing of base64 in them, so DRF alone would take them for the first page, again and again.
+        "",
+        "!!!!",
+        "\x00",
+        _cursor("x=1"),
+    ],
 )
 def test_a_cursor_that_is_not_ours_is_a_400_never_a_500(client, organization, reader_key, path, cursor):
     response = api_get(client, reader_key, path, cursor=cursor)
