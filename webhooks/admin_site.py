@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import wraps
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
+from django.core.exceptions import BadRequest
 from django.urls import reverse
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,19 @@ class HooklineAdminSite(admin.AdminSite):
     site_title = "Hookline admin"
     index_title = "Platform overview"
     index_template = "admin/hookline_index.html"
+
+    def admin_view(self, view, cacheable=False):
+        protected = super().admin_view(view, cacheable)
+
+        @wraps(view)
+        def refusing_nul_characters(request, *args, **kwargs):
+            # PostgreSQL refuses a NUL character in text, so a list filter's value holding one (the
+            # status, an audit action) failed the page's query with a 500 instead of saying so.
+            if any("\x00" in text for name, values in request.GET.lists() for text in (name, *values)):
+                raise BadRequest("A parameter of this page holds a NUL character.")
+            return protected(request, *args, **kwargs)
+
+        return refusing_nul_characters
 
     def index(self, request, extra_context=None):
         overview = processing = None

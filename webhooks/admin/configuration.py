@@ -625,13 +625,31 @@ class DestinationStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class DestinationFailingFilter(admin.SimpleListFilter):
+    """Whether its latest attempts failed, beside its state: a destination still sending can be the
+    one failing, and during an incident it is the one to find without opening every page."""
+
+    title = "failing"
+    parameter_name = "failing"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Failing: its latest attempts failed"), ("no", "Not failing"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(failing_since__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(failing_since__isnull=True)
+        return queryset
+
+
 @admin.register(Destination)
 class DestinationAdmin(
     ReturnToObjectPageMixin, OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
 ):
     form = DestinationAdminForm
-    list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "created_at")
-    list_filter = (DestinationStateFilter, OrganizationFilter)
+    list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "failing", "created_at")
+    list_filter = (DestinationStateFilter, DestinationFailingFilter, OrganizationFilter)
     search_fields = ("name", "url", "organization__slug", "organization__name")
     list_select_related = ("organization",)
     fields = (
@@ -684,6 +702,22 @@ class DestinationAdmin(
         if obj is None or not obj.custom_header_hints:  # nothing to remove: the form has no such field
             fields = [field for field in fields if field != "custom_headers_remove"]
         return fields
+
+    @admin.display(description="Failing", ordering="-consecutive_failures")
+    def failing(self, obj):
+        # As its page says it: since when, and how many attempts in a row (a success resets both).
+        if obj.failing_since is None:
+            return "—"
+        return format_html(
+            '<span class="hookline-bad">since {} UTC: {}</span>',
+            f"{obj.failing_since:%Y-%m-%d %H:%M}",
+            ngettext(
+                "%(count)d consecutive failed attempt",
+                "%(count)d consecutive failed attempts",
+                obj.consecutive_failures,
+            )
+            % {"count": obj.consecutive_failures},
+        )
 
     @admin.display(description="Custom headers now")
     def custom_headers_shown(self, obj):
