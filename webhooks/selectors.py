@@ -18,18 +18,21 @@ from django.db.models import (
     BinaryField,
     BooleanField,
     Case,
+    Count,
     DateTimeField,
     Exists,
     F,
     Func,
+    JSONField,
     OuterRef,
     Prefetch,
     Q,
     QuerySet,
+    Subquery,
     Value,
     When,
 )
-from django.db.models.functions import Now
+from django.db.models.functions import JSONObject, Now
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
@@ -917,21 +920,77 @@ def recent_events_for_source(*, source: Source, limit: int = 10) -> list[Webhook
     )
 
 
+@dataclass(frozen=True)
+class BulkRetryOutcome:
+    """What became of the deliveries a bulk retry made pending again, as they are now.
+
+    Counted over the deliveries still marked as this job's (Delivery.bulk_retry): one deleted since
+    (retention, its destination's or organization's deletion) or retried again since (by a later
+    job, or by hand) is no longer this job's, and is ``not_followed``: ``retried`` less the rest.
+    """
+
+    succeeded: int
+    dead: int  # failed again: a retry asked for by hand is one attempt, dead again if it fails
+    pending: int  # waiting for its attempt, or being sent
+    not_followed: int
+
+    @classmethod
+    def of(cls, job: BulkRetry) -> BulkRetryOutcome | None:
+        """The outcome of a job read through with_bulk_retry_outcomes; None for a job from before
+        outcomes were recorded."""
+        if not job.outcome_recorded:
+            return None
+        counts = job.outcome_counts or {}  # none when no delivery is the job's (any more)
+        counted = [counts.get(status, 0) for status in ("succeeded", "dead", "pending")]
+        return cls(*counted, not_followed=max(job.retried - sum(counted), 0))
+
+
+def _status_count(condition: Q) -> Count:
+    return Count("pk", filter=condition)
+
+
+def with_bulk_retry_outcomes(jobs: QuerySet[BulkRetry]) -> QuerySet[BulkRetry]:
+    """``jobs`` with their deliveries counted by status (``outcome_counts``, read by
+    BulkRetryOutcome.of; its ``sending_now``: those being sent or due now, that a page following
+    the job polls for). One correlated subquery, run for the jobs shown only (a page, not every
+    job), each an index range of delivery_bulk_retry_status. Scope ``jobs`` to an organization
+    first: this counts whatever deliveries the jobs marked."""
+    counts = (
+        Delivery.objects.filter(bulk_retry=OuterRef("pk"))
+        .order_by()
+        .values("bulk_retry")
+        .annotate(
+            counts=JSONObject(
+                succeeded=_status_count(Q(status=Delivery.Status.SUCCEEDED)),
+                dead=_status_count(Q(status=Delivery.Status.DEAD)),
+                pending=_status_count(Q(status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))),
+                sending_now=_status_count(
+                    Q(status=Delivery.Status.IN_FLIGHT) | Q(status=Delivery.Status.PENDING, next_attempt_at__lte=Now())
+                ),
+            )
+        )
+        .values("counts")
+    )
+    return jobs.annotate(outcome_counts=Subquery(counts, output_field=JSONField()))
+
+
 def bulk_retry_for_organization(*, organization: Organization, job_id: int) -> BulkRetry:
-    """One bulk retry job; DoesNotExist for anyone else's."""
-    return BulkRetry.objects.get(organization=organization, pk=job_id)
+    """One bulk retry job, with its outcome (BulkRetryOutcome.of); DoesNotExist for anyone else's."""
+    return with_bulk_retry_outcomes(BulkRetry.objects.filter(organization=organization)).get(pk=job_id)
 
 
 def bulk_retries_for_organization(*, organization: Organization, status: str = "") -> QuerySet[BulkRetry]:
-    """The organization's bulk retry jobs (the dashboard's and the API's), with one ``status`` only if given."""
+    """The organization's bulk retry jobs (the dashboard's and the API's), with one ``status`` only if
+    given, each with its outcome (BulkRetryOutcome.of)."""
     jobs = BulkRetry.objects.filter(organization=organization)
-    return jobs.filter(status=status) if status else jobs
+    return with_bulk_retry_outcomes(jobs.filter(status=status) if status else jobs)
 
 
 def bulk_retries_for_destination(*, destination: Destination, limit: int = 5) -> list[BulkRetry]:
+    """The destination's latest bulk retry jobs, each with its outcome."""
     return list(
-        BulkRetry.objects.filter(
-            organization_id=destination.organization_id, filters__destination=destination.pk
+        with_bulk_retry_outcomes(
+            BulkRetry.objects.filter(organization_id=destination.organization_id, filters__destination=destination.pk)
         ).order_by("-created_at")[:limit]
     )
 

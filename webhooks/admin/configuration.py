@@ -41,6 +41,7 @@ from webhooks.forms import (
 from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription
 from webhooks.providers.base import InvalidOptions
 from webhooks.providers.registry import UnknownProvider, get_provider
+from webhooks.selectors import BulkRetryOutcome, with_bulk_retry_outcomes
 from webhooks.services.delivery import DESTINATION_SENDING
 from webhooks.services.delivery_waits import delivery_hold
 from webhooks.services.destinations import (
@@ -984,17 +985,19 @@ class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "status",
         "retried",
         "total",
+        "outcome",
         "requested_by",
         "created_at",
         "finished_at",
     )
     list_filter = ("status", OrganizationFilter, BulkRetryDestinationFilter)
     list_select_related = ("organization", "requested_by")
-    readonly_fields = ["what", *(field.name for field in BulkRetry._meta.fields)]
+    readonly_fields = ["what", "outcome", *(field.name for field in BulkRetry._meta.fields)]
 
     def get_queryset(self, request):
-        # Names looked up in the same query: a column per row would otherwise cost a query per job.
-        return (
+        # Names and outcomes looked up in the same query: a column per row would otherwise cost a
+        # query per job. The outcomes are counted for the page's jobs only.
+        return with_bulk_retry_outcomes(
             super()
             .get_queryset(request)
             .annotate(
@@ -1002,6 +1005,17 @@ class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 source_name=_named_in_filters(Source, "source"),
             )
         )
+
+    @admin.display(description="Outcome")
+    def outcome(self, obj):
+        """What became of the deliveries it retried, as they are now (selectors.BulkRetryOutcome)."""
+        outcome = BulkRetryOutcome.of(obj)
+        if outcome is None:
+            return "not recorded (a job from before outcomes were)"
+        words = f"{outcome.succeeded} delivered, {outcome.dead} failed again, {outcome.pending} pending or being sent"
+        if outcome.not_followed:
+            words += f"; {outcome.not_followed} since retried again or deleted"
+        return words
 
     @admin.display(description="Retrying")
     def what(self, obj):

@@ -8,6 +8,7 @@ Secrets are never shown, only their hints.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Mapping
 
@@ -20,6 +21,7 @@ from webhooks.selectors import (
     EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
     SIGNATURE_HIDDEN,
+    BulkRetryOutcome,
     body_search_text_problem,
     headers_for_viewer,
     options_for_viewer,
@@ -213,15 +215,22 @@ def _not_taking(event) -> list[dict]:
 
 class BulkRetrySerializer(serializers.Serializer):
     """A bulk retry job: ``retried`` grows to ``total`` while it runs (``total`` may grow too, with
-    deliveries that failed meanwhile); ``filters`` as it was asked for."""
+    deliveries that failed meanwhile); ``filters`` as it was asked for; ``outcome``, what became of
+    the retried deliveries so far (selectors.BulkRetryOutcome; null for jobs from before it was
+    recorded). The job is read through selectors.with_bulk_retry_outcomes."""
 
     id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=BulkRetry.Status.values)
     total = serializers.IntegerField()
     retried = serializers.IntegerField()
+    outcome = serializers.SerializerMethodField()
     filters = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_outcome(self, job: BulkRetry) -> dict | None:
+        outcome = BulkRetryOutcome.of(job)
+        return None if outcome is None else dataclasses.asdict(outcome)
 
     def get_filters(self, job: BulkRetry) -> dict:
         # Stored in the service's words; shown in the request's ("statuses": ["dead"] is "status").

@@ -353,6 +353,8 @@ class DeliveryBulkRetryView(ApiObjectView):
             raise Conflict(str(exc), code="nothing_to_retry") from None
         except OperationError as exc:
             raise Conflict(str(exc)) from None
+        # Read again with its outcome (none yet), in the shape /bulk_retries/<id> shows it.
+        job = bulk_retry_for_organization(organization=self.organization, job_id=job.pk)
         response = self.show(serializers.BulkRetrySerializer, job, status=202)
         response["Location"] = reverse("api:bulk_retry", kwargs={"job_id": job.pk})
         return response

@@ -29,6 +29,10 @@ class BulkRetry(models.Model):
     # (a worker killed, a task lost with the broker) is taken up again by the sweeper.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Whether its run marks the deliveries it retries (Delivery.bulk_retry), so that what became of
+    # them can be counted. False for jobs from before (and any that code from before asked for
+    # while a release was being deployed): nothing marks their deliveries, no outcome is shown.
+    outcome_recorded = models.BooleanField(default=True, db_default=False)
 
     class Meta:
         ordering = ("-created_at",)

@@ -33,6 +33,17 @@ class Delivery(models.Model):
     # sweeper it is alive. NULL for claims made without one (claim_delivery) or before this column:
     # those are judged by their age alone.
     claimed_by = models.CharField(max_length=100, null=True, blank=True)
+    # The bulk retry that last made it pending again, set in the same UPDATE; cleared by a retry by
+    # hand: its status is then that job's outcome (selectors.with_bulk_retry_outcomes). Not indexed
+    # on its own: the partial index below holds only the deliveries a job has taken.
+    bulk_retry = models.ForeignKey(
+        "webhooks.BulkRetry",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deliveries",
+        db_index=False,
+    )
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -89,6 +100,13 @@ class Delivery(models.Model):
                 fields=("completed_at",),
                 condition=models.Q(status="dead"),
                 name="delivery_dead_completed",
+            ),
+            # A bulk retry's outcome, counted by status from the index alone; the deliveries no job
+            # has taken (nearly all) are not in it.
+            models.Index(
+                fields=("bulk_retry", "status"),
+                condition=models.Q(bulk_retry__isnull=False),
+                name="delivery_bulk_retry_status",
             ),
         ]
 

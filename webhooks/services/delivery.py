@@ -1475,6 +1475,7 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         next_attempt_at=timezone.now(),
         completed_at=None,
         manual_attempts=MANUAL_ATTEMPT_ASKED,
+        bulk_retry=None,  # retried by hand: what happens now is no bulk retry's outcome
     )
     audit_record(
         action="delivery.retried",

@@ -411,6 +411,7 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                     next_attempt_at=timezone.now(),
                     completed_at=None,
                     manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
+                    bulk_retry_id=job.pk,  # its status is now this job's outcome (a later one's if retried again)
                 )
                 job.retried += updated
                 job.last_delivery_id = batch[-1]

@@ -121,8 +121,15 @@ def test_a_bulk_retry_s_status_follows_it_until_it_has_finished(browser, live_se
     assert changed.value.status == 200
     page.wait_for_selector("#bulk-retry-status >> text=1 of 1 sent again")
     assert "Finished" in status.inner_text() and "starting shortly" not in status.inner_text()
-    # Finished: the button is back, and the status no longer polls.
+    # Finished: the button is back; the status follows the delivery it retried until it has been sent.
     page.get_by_role("button", name="Retry all failed deliveries").wait_for()
+    assert status.get_attribute("hx-trigger") == "every 2s"
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED, next_attempt_at=None)
+    with page.expect_response(lambda response: "/bulk-retries/" in response.url) as sent:
+        page.clock.run_for(2_000)
+    assert sent.value.status == 200
+    page.wait_for_selector("#bulk-retry-status >> text=1 delivered, 0 failed again")
+    # Sent: the status no longer polls.
     assert status.get_attribute("hx-trigger") is None
     polls = []
     page.on("request", lambda request: polls.append(request.url) if "/bulk-retries/" in request.url else None)

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from organizations.models import Membership
 from organizations.services import organization_create
-from webhooks.models import BulkRetry
+from webhooks.models import BulkRetry, Delivery
 from webhooks.services import operations
 
 from .dashboard_helpers import build_world, work_driven_by_the_test
@@ -157,7 +157,12 @@ def test_the_health_cards_follow_a_bulk_retry_until_it_has_finished(browser, liv
         )
         == "settings-heading"
     )
-    # Finished: no more polls.
+    # Finished, and its delivery sent (the status follows it until then): no more polls.
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED, next_attempt_at=None)
+    with page.expect_response(lambda response: "/bulk-retries/" in response.url) as sent:
+        page.clock.run_for(2_000)
+    assert sent.value.status == 200
+    page.wait_for_selector("#bulk-retry-status >> text=1 delivered, 0 failed again")
     assert page.locator("#bulk-retry-status").get_attribute("hx-trigger") is None
     polls = []
     page.on("request", lambda request: polls.append(request.url) if "/bulk-retries/" in request.url else None)

@@ -13,12 +13,14 @@ from organizations.mixins import OrganizationMixin
 from webhooks.forms import DestinationForm, DestinationRotateSecretForm
 from webhooks.models import BulkRetry
 from webhooks.selectors import (
+    BulkRetryOutcome,
     bulk_retries_for_destination,
     destination_for_organization,
     destinations_for_organization,
     event_type_patterns_matching_nothing,
 )
 from webhooks.services.dashboard_stats import destination_health, destinations_health
+from webhooks.services.delivery_waits import delivery_hold
 from webhooks.services.destinations import (
     DestinationError,
     destination_bulk_retry,
@@ -121,7 +123,7 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             retry_policy=retry_policy_words(destination),
             payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
             subscriptions=list(destination.subscriptions.select_related("source")),
-            **bulk_retry_progress(destination),
+            **bulk_retry_progress(destination, self.organization),
         )
         # The very set the button brings forward (every waiting delivery, however old its event),
         # counted up to the most one click brings forward: the number beside the button is what it does.
@@ -134,21 +136,33 @@ class DestinationDetailView(DestinationMixin, TemplateView):
         return context
 
 
-def bulk_retry_progress(destination) -> dict:
-    """The destination's recent bulk retries, whether one is still queued or running (the fragment
-    then keeps polling) and a fingerprint of what the fragment shows, so that a poll finding
-    nothing new swaps nothing."""
+def bulk_retry_progress(destination, organization) -> dict:
+    """The destination's recent bulk retries with their outcomes, whether the fragment keeps polling
+    and a fingerprint of what the fragment shows, so that a poll finding nothing new swaps nothing.
+
+    It polls while a job is queued or running, and after that while some of a job's deliveries are
+    being sent or due now (their outcome is on its way) and the destination is sent to: not while
+    they wait for a resume, which may never come.
+    """
     bulk_retries = bulk_retries_for_destination(destination=destination)
+    for job in bulk_retries:
+        job.outcome = BulkRetryOutcome.of(job)
+    unfinished = any(job.status != BulkRetry.Status.DONE for job in bulk_retries)
+    held = delivery_hold(destination=destination, organization=organization) is not None
+    outcome_coming = not held and any((job.outcome_counts or {}).get("sending_now") for job in bulk_retries)
     # The pause changes the words ("queued" instead of "retried"), not the jobs.
     state = "|".join(
         [
             str(bool(destination.paused_at)),
-            *(f"{job.pk}:{job.status}:{job.retried}:{job.total}" for job in bulk_retries),
+            str(held),
+            *(f"{job.pk}:{job.status}:{job.retried}:{job.total}:{job.outcome}" for job in bulk_retries),
         ]
     )
     return {
         "bulk_retries": bulk_retries,
-        "bulk_retry_unfinished": any(job.status != BulkRetry.Status.DONE for job in bulk_retries),
+        "bulk_retry_unfinished": unfinished,
+        "bulk_retry_following": unfinished or outcome_coming,
+        "bulk_retry_held": held,
         "bulk_retry_seen": hashlib.sha256(state.encode()).hexdigest()[:16],
     }
 
@@ -160,7 +174,7 @@ class DestinationBulkRetriesView(DestinationMixin, TemplateView):
 
     def get(self, request, *args, **kwargs):
         destination = self.get_destination()
-        progress = bulk_retry_progress(destination)
+        progress = bulk_retry_progress(destination, self.organization)
         if request.GET.get("seen") == progress["bulk_retry_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
         # Changed: the health cards follow (read again only now, not on every poll).
