@@ -170,6 +170,26 @@ def test_a_reversed_received_range_is_said_on_the_to_box_and_goes_once_corrected
     assert until.get_attribute("aria-invalid") is None
 
 
+def test_the_empty_list_s_poll_leaves_what_is_being_typed_in_the_filters(browser, live_server, organization, owner):
+    # "Waiting for events…" reloads the results every 5 s: its answer must not bring the filters
+    # back out of band too, or every poll wipes a search being typed (and closes an open list).
+    page = sign_in(browser, live_server, owner)
+    page.clock.install()
+    page.goto(f"{live_server.url}/o/acme/events/")
+    page.wait_for_selector("text=Waiting for events")
+    search = page.get_by_label("Search")
+    search.click()
+    search.type("evt_half_typ")
+    page.evaluate(
+        "window.polled = new Promise(done => document.body.addEventListener('htmx:afterSettle', done, {once: true}))"
+    )
+    with page.expect_response(lambda response: "/events/" in response.url and "/live/" not in response.url):
+        page.clock.run_for(5_000)
+    page.evaluate("window.polled")
+    assert search.input_value() == "evt_half_typ"
+    assert page.evaluate("document.activeElement.id") == "id_q"
+
+
 def test_a_member_types_a_value_of_the_body_and_finds_its_event(browser, live_server, client, organization, member):
     world = build_world(client, organization)  # its body holds "evt_world_1"
     ingest_stripe(client, world.source, "evt_unrelated", "customer.created")

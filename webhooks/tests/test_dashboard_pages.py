@@ -254,7 +254,7 @@ def test_filters_changed_with_htmx_come_back_with_the_to_box_marked_and_unmarked
     # band, or the mark would show only on a full page load, and stay after the range was corrected.
     client.force_login(owner)
     url = reverse("dashboard:events", args=["acme"])
-    htmx = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "event-results"}
+    htmx = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "event-results", "HTTP_HX_TRIGGER": "event-filters"}
     an_hour_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
     two_hours_ago = (timezone.now() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
 
@@ -267,6 +267,9 @@ def test_filters_changed_with_htmx_come_back_with_the_to_box_marked_and_unmarked
     assert re.search(r'<form[^>]*id="event-filters"[^>]*hx-swap-oob="true"', page_text(corrected))
     assert "errorlist" not in page_text(corrected)
     assert "hx-swap-oob" not in page_text(client.get(url, {"since": an_hour_ago}))  # a whole page has it in place
+    # The empty list's poll asks with the filters the page shows: they are not swapped under the typing.
+    polled = client.get(url, {"since": two_hours_ago}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="event-results")
+    assert "<html" not in page_text(polled) and "event-filters" not in page_text(polled)
 
 
 def selected_range(response) -> str:

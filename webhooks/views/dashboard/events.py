@@ -87,8 +87,10 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
         live = [event for event in page.events if event.id >= live_since] if is_live else []
         context.update(
             form=form,
-            # An htmx answer brings the filters too, so that their boxes show what applies.
-            filters_oob=bool(self.request.htmx and self.request.htmx.target == "event-results"),
+            # An answer to the filters' own request brings them too, so that their boxes show what
+            # applies. Not one to the empty list's poll ("Waiting for events…"), which asks with the
+            # filters the page already shows: swapped every 5 s, they lost what was being typed.
+            filters_oob=bool(self.request.htmx and self.request.htmx.trigger == "event-filters"),
             filters=filters,
             page=page,
             events=page.events,
