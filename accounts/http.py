@@ -31,7 +31,8 @@ def client_ip(request) -> str | None:
         hops = settings.TRUSTED_PROXY_HOPS
         if len(entries) < hops:
             return None
-        address = entries[-hops].strip() or address
+        # A blank entry there is no address; the peer (the router itself) must not stand in for it.
+        address = entries[-hops].strip()
     if not address:
         return None
     try:

@@ -268,6 +268,21 @@ def test_fewer_forwarded_entries_than_trusted_hops_leave_the_address_unknown(cli
     assert record.remote_ip is None
 
 
+def test_a_blank_entry_where_the_client_should_be_leaves_the_address_unknown(client, organization, settings):
+    # With two hops the client's entry is the second from the right; a blank one there is no
+    # address, and the router's own (the peer) must not stand in for it.
+    settings.TRUST_X_FORWARDED_FOR = True
+    settings.TRUSTED_PROXY_HOPS = 2
+    source = restricted_source(organization)
+
+    blank = post(client, source, "evt_blank", REMOTE_ADDR=INSIDE_V4, HTTP_X_FORWARDED_FOR=f" , {INSIDE_V4}")
+
+    assert blank.status_code == 403
+    assert "could not be read" in blank.json()["detail"]
+    [record] = rejected(source)
+    assert record.remote_ip is None
+
+
 def test_with_several_trusted_hops_a_request_without_the_header_is_the_peers(client, organization, settings):
     # The router always adds the header: without one, nothing stood between the peer and gunicorn.
     settings.TRUST_X_FORWARDED_FOR = True
