@@ -22,6 +22,7 @@ import cProfile
 import io
 import os
 import pstats
+import signal
 import subprocess
 import sys
 import threading
@@ -105,6 +106,8 @@ def run(args) -> int:
         )
     )
     os.chdir(ROOT)
+    # A SIGTERM (timeout, a kill) ends the run through the finally below, which stops the receiver.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     receiver = subprocess.Popen(
         [PYTHON, str(ROOT / "bench" / "delivery.py"), "_receiver", str(port), "threading"],
         start_new_session=True,
