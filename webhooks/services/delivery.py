@@ -85,6 +85,10 @@ RETRYABLE_CLIENT_ERRORS = {408, 409, 425, 429}
 # The dispatcher holds this key while it runs; see schedule_dispatch().
 DISPATCH_FLAG_KEY = "delivery:dispatcher"
 DISPATCH_FLAG_TTL = 15
+# A running dispatcher refreshes its flag at most this often, well within DISPATCH_FLAG_TTL. Set on
+# every turn of its loop, it cost a Redis round trip per batch of results (one per five deliveries
+# or so in a backlog) and, while slot 0 lingers, one every LINGER_POLL_SECONDS.
+DISPATCH_FLAG_REFRESH_SECONDS = 1.0
 
 
 def sign_standard_webhook(*, secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -1263,6 +1267,25 @@ def _dispatch_flag(slot: int) -> str:
     return DISPATCH_FLAG_KEY if slot == 0 else f"{DISPATCH_FLAG_KEY}:{slot}"
 
 
+class _DispatchFlag:
+    """A running dispatcher's flag: set again only once DISPATCH_FLAG_REFRESH_SECONDS have passed
+    since it was last set, and always after it was cleared."""
+
+    def __init__(self, slot: int):
+        self.key = _dispatch_flag(slot)
+        self.set_at: float | None = None  # the monotonic clock just before it was last set
+
+    def keep(self) -> None:
+        now = time.monotonic()
+        if self.set_at is None or now - self.set_at >= DISPATCH_FLAG_REFRESH_SECONDS:
+            set_flag(self.key, DISPATCH_FLAG_TTL)
+            self.set_at = now
+
+    def clear(self) -> None:
+        clear_flag(self.key)
+        self.set_at = None
+
+
 def schedule_dispatch(slot: int = 0) -> None:
     """Make sure a dispatcher runs soon; one message serves any number of due deliveries.
 
@@ -1361,7 +1384,7 @@ def dispatch_due_deliveries(
     served by one running dispatcher rather than a message and a task start each.
     """
     linger_seconds = settings.DISPATCHER_LINGER_SECONDS if linger_seconds is None else linger_seconds
-    flag = _dispatch_flag(slot)
+    flag = _DispatchFlag(slot)
     next_slot = slot + 1 if slot + 1 < settings.DELIVERY_DISPATCHERS else None
     max_seconds = settings.DISPATCHER_MAX_SECONDS if max_seconds is None else max_seconds
     threads = threads or settings.DELIVERY_THREADS
@@ -1382,7 +1405,7 @@ def dispatch_due_deliveries(
                 # Claim nothing more: finish and record what is being sent, and a fresh task on
                 # another (or the restarted) worker takes the rest, as at the deadline.
                 deadline = min(deadline, time.monotonic())
-            set_flag(flag, DISPATCH_FLAG_TTL)
+            flag.keep()
             # Results held through an outage first: the sooner they are in, the less chance the
             # sweeper takes their deliveries for lost.
             unrecorded = _record_or_keep(unrecorded)
@@ -1407,20 +1430,20 @@ def dispatch_due_deliveries(
                     continue
             if not pending and not unrecorded:
                 if time.monotonic() >= deadline:
-                    clear_flag(flag)
+                    flag.clear()
                     if Delivery.objects.filter(
                         status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
                     ).exists():
                         schedule_dispatch(slot)  # a fresh task continues, so no task outlives its time limit
                     return attempted
                 # Clear the flag, then look once more (see services.scheduling).
-                clear_flag(flag)
+                flag.clear()
                 asked_at = time.monotonic()
                 claimed = claim_due_deliveries(threads, owner=owner.id)
                 if not claimed:
                     return attempted
                 claimed_since = {delivery.pk: asked_at for delivery in claimed}  # nothing else is held
-                set_flag(flag, DISPATCH_FLAG_TTL)
+                flag.keep()
                 for delivery in claimed:
                     pending[pool.submit(send, delivery)] = delivery
             done, _ = wait(pending, timeout=settings.DISPATCHER_POLL_SECONDS, return_when=FIRST_COMPLETED)

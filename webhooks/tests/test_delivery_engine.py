@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.core.cache import cache
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
@@ -111,6 +112,47 @@ def test_dispatcher_delivers_everything_due_and_stops(client, organization, http
     assert delivery_service.dispatch_due_deliveries(threads=4) == 25
     assert Delivery.objects.filter(status="succeeded").count() == 25
     assert len(httpserver.log) == 25
+
+
+def test_a_running_dispatcher_sets_its_flag_once_per_refresh_interval_not_per_turn(
+    client, organization, httpserver, monkeypatch
+):
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/a"), sources=[source])
+    httpserver.expect_request("/a").respond_with_data("ok")
+    ingest_many(client, source, 12)
+    # An interval no run reaches: the flag is set once, however many turns the loop takes.
+    monkeypatch.setattr(delivery_service, "DISPATCH_FLAG_REFRESH_SECONDS", 3600)
+    flag_sets = []
+    set_flag = delivery_service.set_flag
+    monkeypatch.setattr(delivery_service, "set_flag", lambda key, ttl: (flag_sets.append(key), set_flag(key, ttl)))
+    flag_seen_while_sending = []
+    send = delivery_service.send
+
+    def sending(delivery):
+        flag_seen_while_sending.append(cache.get(delivery_service.DISPATCH_FLAG_KEY) is not None)
+        return send(delivery)
+
+    monkeypatch.setattr(delivery_service, "send", sending)
+
+    # One thread: a turn of the loop per delivery, each of which set the flag again before.
+    assert delivery_service.dispatch_due_deliveries(threads=1, linger_seconds=0) == 12
+    assert flag_sets == [delivery_service.DISPATCH_FLAG_KEY]
+    assert flag_seen_while_sending == [True] * 12
+    assert cache.get(delivery_service.DISPATCH_FLAG_KEY) is None  # cleared when it ended
+
+
+def test_a_dispatcher_sets_its_flag_again_after_clearing_it_for_its_last_look(organization, monkeypatch):
+    monkeypatch.setattr(delivery_service, "DISPATCH_FLAG_REFRESH_SECONDS", 3600)
+    flag = delivery_service._DispatchFlag(0)
+    flag.keep()
+    cache.delete(delivery_service.DISPATCH_FLAG_KEY)  # as if it had expired: within the interval, not set again
+    flag.keep()
+    assert cache.get(delivery_service.DISPATCH_FLAG_KEY) is None
+    flag.clear()
+    flag.keep()  # work found by the last look: the flag is set again at once
+    assert cache.get(delivery_service.DISPATCH_FLAG_KEY) is not None
+    flag.clear()
 
 
 def test_claims_respect_concurrency_cap_and_rate_limit(client, organization, httpserver):
