@@ -6,6 +6,8 @@ from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from webhooks.fields import EncryptedTextField
+
 # Retention deletes events for good: never less than a day, and at most about ten years.
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
@@ -248,3 +250,44 @@ class ApiKey(models.Model):
     @property
     def can_write(self) -> bool:
         return self.access == self.Access.READ_WRITE
+
+
+class IdempotencyKey(models.Model):
+    """An ``Idempotency-Key`` a REST API client sent with a POST, and the answer its request got.
+
+    The row is inserted (committed, with ``response_status`` null) before the request runs: the
+    unique constraint, not a lookup, decides which of two concurrent requests with the same key runs.
+    Once it has run, its answer is stored here and a retry gets it back instead of running again.
+    Scoped to the key that sent it (and so to its organization). Forgotten after KEPT_HOURS.
+    """
+
+    KEPT_HOURS = 24
+    # A request still marked running after this long was lost with its process (a killed worker):
+    # a retry may take the key over rather than be refused until the key expires.
+    ABANDONED_AFTER_SECONDS = 300
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    # sha256 hex of the method, the path and the body: the same key with another request is refused.
+    request_digest = models.CharField(max_length=64)
+    request_method = models.CharField(max_length=10)
+    request_path = models.CharField(max_length=2048)
+    started_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    # Null while the request runs.
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The JSON body as sent, encrypted: a created source's or destination's answer holds its secret.
+    response_body = EncryptedTextField(blank=True, default="")
+    response_location = models.CharField(max_length=2048, blank=True, default="")
+
+    class Meta:
+        verbose_name = "API idempotency key"
+        constraints = [
+            models.UniqueConstraint(
+                fields=("organization", "api_key", "key"), name="idempotency_key_unique_per_api_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_method} {self.request_path} ({self.key})"

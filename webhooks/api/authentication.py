@@ -24,6 +24,7 @@ from config.content_security_policy import allow_own_style_blocks
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
 
+from .idempotency import IdempotencyKeyMixin
 from .limits import api_auth_failure_counted, api_request_counted
 
 API_PATH_PREFIX = "/api/"
@@ -169,8 +170,9 @@ class JsonBodyParser(JSONParser):
             raise exceptions.ParseError("JSON parse error - nested too deeply") from None
 
 
-class ApiView(APIView):
-    """The base of every /api/v1/ view: only API keys, JSON in and out, never cached."""
+class ApiView(IdempotencyKeyMixin, APIView):
+    """The base of every /api/v1/ view: only API keys, JSON in and out, never cached; every POST takes
+    an Idempotency-Key (IdempotencyKeyMixin), so no endpoint that changes something can be left without."""
 
     authentication_classes = (ApiKeyAuthentication,)
     permission_classes = (ApiKeyAccess,)

@@ -20,7 +20,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Model, QuerySet
 
 from accounts.models import Invitation
-from organizations.models import ApiKey, Membership, MonthlyUsage
+from organizations.models import ApiKey, IdempotencyKey, Membership, MonthlyUsage
 from webhooks.models import (
     BulkRetry,
     Delivery,
@@ -68,6 +68,7 @@ _LABELS = {
     Invitation._meta.label: "invitations",
     Membership._meta.label: "members",
     MonthlyUsage._meta.label: "monthly usage records",
+    IdempotencyKey._meta.label: "API idempotency keys",
     ApiKey._meta.label: "API keys",
 }
 

@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from organizations.idempotency import idempotency_keys_purge_expired
 from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, Organization
 from organizations.names import one_line
 from organizations.services import audit_record
@@ -102,6 +103,8 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
     SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
     _forget_expired_keys(now, batch_size)
+    # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
+    idempotency_keys_purge_expired(now=now, batch_size=batch_size)
     deleted = 0
     for organization in Organization.objects.only("pk", "name", "retention_days"):
         # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must

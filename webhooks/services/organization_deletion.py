@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Invitation
-from organizations.models import ApiKey, Membership, MonthlyUsage, Organization
+from organizations.models import ApiKey, IdempotencyKey, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record
 from webhooks.models import (
     BulkRetry,
@@ -84,6 +84,7 @@ def _kinds(organization_id: int) -> list[tuple[str, QuerySet]]:
         ("members", Membership.objects.filter(organization_id=organization_id)),
         ("invitations", Invitation.objects.filter(organization_id=organization_id)),
         ("monthly usage records", MonthlyUsage.objects.filter(organization_id=organization_id)),
+        ("API idempotency keys", IdempotencyKey.objects.filter(organization_id=organization_id)),
         ("API keys", ApiKey.objects.filter(organization_id=organization_id)),
     ]
 
@@ -205,7 +206,7 @@ class _Run(BatchDeleter):
             self._sources,
             *(
                 lambda model=model: self.delete_rows(model.objects.filter(organization_id=organization_id))
-                for model in (BulkRetry, Invitation, Membership, MonthlyUsage, ApiKey)
+                for model in (BulkRetry, Invitation, Membership, MonthlyUsage, IdempotencyKey, ApiKey)
             ),
         ]
 

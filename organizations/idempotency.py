@@ -1,0 +1,144 @@
+"""Idempotency keys of the REST API: a POST sent again with the same ``Idempotency-Key`` gets the
+first one's answer instead of running again.
+
+The first request with a key inserts its row (committed at once, marked running) before it runs;
+the unique constraint decides between two requests with the same key that arrive together, so the
+second is refused while the first runs, whatever the timing. The answer is stored once the request
+has run, unless it is a server error (5xx), after which the key is free again and a retry runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import ApiKey, IdempotencyKey
+
+MAX_KEY_LENGTH = IdempotencyKey._meta.get_field("key").max_length
+# Visible ASCII and spaces: what a header carries unchanged through every proxy and client library.
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+
+
+class IdempotencyError(Exception):
+    """A key the request cannot run with; the message says why and what to do."""
+
+
+class IdempotencyKeyInvalid(IdempotencyError):
+    pass
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    """The key was sent before with another request (method, path or body)."""
+
+
+class IdempotencyKeyInProgress(IdempotencyError):
+    """A request with the key is running now."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The answer the first request with the key got: what a retry gets back."""
+
+    status: int
+    body: str  # JSON as rendered, "" for none (204)
+    location: str
+
+
+def idempotency_request_digest(*, method: str, path: str, body: bytes) -> str:
+    """What makes two requests the same request: method, path with its query and the body's bytes."""
+    digest = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))  # lengths first: no two splits hash alike
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def idempotency_key_claim(
+    *, api_key: ApiKey, key: str, method: str, path: str, body: bytes, now=None
+) -> IdempotencyKey | StoredResponse:
+    """Take ``key`` for this request (the row to complete once it has run), or the answer stored for it.
+
+    Raises IdempotencyKeyInvalid for a malformed key, IdempotencyKeyReused when the key came with
+    another request, IdempotencyKeyInProgress while a request with it runs.
+    """
+    if not _KEY.fullmatch(key):
+        raise IdempotencyKeyInvalid(
+            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (a UUID, say)"
+        )
+    now = now or timezone.now()
+    digest = idempotency_request_digest(method=method, path=path, body=body)
+    scope = {"organization_id": api_key.organization_id, "api_key": api_key, "key": key}
+    # Twice at most: a key that expired or was freed by a failed request between our INSERT and our
+    # read is inserted again once; losing that race too means another request has just taken it.
+    for _ in range(2):
+        try:
+            with transaction.atomic():  # a savepoint inside a caller's transaction
+                return IdempotencyKey.objects.create(
+                    **scope,
+                    request_digest=digest,
+                    request_method=method.upper(),
+                    request_path=path[:2048],
+                    started_at=now,
+                    expires_at=now + timedelta(hours=IdempotencyKey.KEPT_HOURS),
+                )
+        except IntegrityError:
+            pass
+        existing = IdempotencyKey.objects.filter(**scope).first()
+        if existing is None:
+            continue
+        if existing.expires_at <= now:
+            # Expired, not yet purged: as if never sent.
+            IdempotencyKey.objects.filter(pk=existing.pk, expires_at__lte=now).delete()
+            continue
+        if existing.request_digest != digest:
+            raise IdempotencyKeyReused(
+                f"this Idempotency-Key was sent with another request ({existing.request_method}"
+                f" {existing.request_path}, or another body): send a new key for a new request"
+            )
+        if existing.response_status is not None:
+            return StoredResponse(existing.response_status, existing.response_body, existing.response_location)
+        abandoned_before = now - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS)
+        # Taken over by a conditional UPDATE: of two retries of a lost request, one runs.
+        if existing.started_at <= abandoned_before and IdempotencyKey.objects.filter(
+            pk=existing.pk, response_status=None, started_at=existing.started_at
+        ).update(started_at=now):
+            existing.started_at = now
+            return existing
+        break
+    raise IdempotencyKeyInProgress(
+        "a request with this Idempotency-Key is still running: send it again once that one has been answered"
+    )
+
+
+def idempotency_key_complete(*, claim: IdempotencyKey, status: int, body: str, location: str = "") -> None:
+    """Store the answer the request got, for its retries; a server error frees the key instead, so
+    that a retry runs again. The body is stored encrypted (it may hold a secret shown once)."""
+    if status >= 500:
+        idempotency_key_release(claim=claim)
+        return
+    IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).update(
+        response_status=status, response_body=body, response_location=location[:2048]
+    )
+
+
+def idempotency_key_release(*, claim: IdempotencyKey) -> None:
+    """Free the key of a request that got no answer to keep (an error): a retry runs again."""
+    IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).delete()
+
+
+def idempotency_keys_purge_expired(*, now=None, batch_size: int = 1000) -> int:
+    """Delete the keys past their expiry, ``batch_size`` at a time (beat's hourly retention run)."""
+    now = now or timezone.now()
+    expired = IdempotencyKey.objects.filter(expires_at__lte=now).order_by()
+    deleted = 0
+    while True:
+        ids = list(expired.values_list("pk", flat=True)[:batch_size])
+        if ids:
+            deleted += IdempotencyKey.objects.filter(pk__in=ids).delete()[0]
+        if len(ids) < batch_size:
+            return deleted

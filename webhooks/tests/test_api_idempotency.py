@@ -1,0 +1,258 @@
+"""Idempotency-Key on the REST API's POSTs: a retry gets the first answer and runs nothing twice."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections
+from django.test import Client
+from django.urls import URLPattern, get_resolver
+from django.utils import timezone
+
+from organizations.models import ApiKey, AuditLog, IdempotencyKey
+from webhooks.api import views_manage
+from webhooks.api.idempotency import IdempotencyKeyMixin
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
+from webhooks.services import lifecycle, operations
+from webhooks.services import organization_deletion as deletion
+
+from .api_helpers import make_delivery, make_event, make_key
+from .factories import make_destination, make_source
+
+GITHUB_SOURCE = {"provider": "github", "name": "GitHub org"}
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr("webhooks.services.delivery.schedule_dispatch", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def key(organization):
+    return make_key(organization, access=ApiKey.Access.READ_WRITE, name="ops-script")[1]
+
+
+def post(client, key: str, path: str, data: dict | None = None, *, idempotency_key: str | None = "retry-me-1"):
+    headers = {"HTTP_IDEMPOTENCY_KEY": idempotency_key} if idempotency_key is not None else {}
+    return client.post(path, data or {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", **headers)
+
+
+def _raw_idempotency_rows() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT key, response_status, response_body FROM organizations_idempotencykey")
+        return cursor.fetchall()
+
+
+def test_a_retried_create_gets_the_first_answer_again_and_creates_nothing(client, organization, key):
+    first = post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first
+    again = post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    assert again.status_code == 201 and again["Idempotent-Replayed"] == "true"
+    # The client never got the first answer: the retry's is the same, its one-time secret included.
+    assert again.json() == first.json() and again.json()["secret"]
+    assert again["Location"] == first["Location"] == f"/api/v1/sources/{first.json()['id']}"
+    assert Source.objects.filter(organization=organization).count() == 1
+    assert AuditLog.objects.filter(action="source.created").count() == 1
+    # Without a key, nothing changes: each request runs.
+    assert post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key=None).status_code == 201
+    assert Source.objects.filter(organization=organization).count() == 2
+
+
+def test_the_same_key_with_another_request_is_refused(client, organization, key):
+    assert post(client, key, "/api/v1/sources", GITHUB_SOURCE).status_code == 201
+    other_body = post(client, key, "/api/v1/sources", {**GITHUB_SOURCE, "name": "Other"})
+    assert other_body.status_code == 422
+    assert other_body.json()["error"] == "idempotency_key_reused"
+    assert "POST /api/v1/sources" in other_body.json()["detail"]
+    other_path = post(client, key, "/api/v1/destinations", {"name": "x", "url": "http://127.0.0.1:9/x"})
+    assert other_path.status_code == 422
+    assert Source.objects.filter(organization=organization).count() == 1
+    assert not Destination.objects.filter(organization=organization).exists()
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 256, "caf\u00e9", "tab\there"])
+def test_a_malformed_key_is_a_400_and_nothing_runs(client, organization, key, bad):
+    response = post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key=bad)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_idempotency_key"
+    assert not Source.objects.exists() and not IdempotencyKey.objects.exists()
+
+
+def test_secrets_in_stored_answers_are_encrypted(client, organization, key):
+    source = post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="src").json()
+    destination = post(
+        client, key, "/api/v1/destinations", {"name": "Billing", "url": "http://127.0.0.1:9/b"}, idempotency_key="dst"
+    ).json()
+    rotated = post(client, key, f"/api/v1/destinations/{destination['id']}/rotate_secret", idempotency_key="rot")
+    secrets = [source["secret"], destination["secret"], rotated.json()["secret"]]
+    rows = _raw_idempotency_rows()
+    assert len(rows) == 3 and all(status in (200, 201) for _, status, _ in rows)
+    for _, _, body in rows:
+        assert body.startswith("gAAAA")  # a Fernet token
+        assert not any(secret in body for secret in secrets)
+        assert "Billing" not in body and "GitHub org" not in body
+    replayed = post(client, key, f"/api/v1/destinations/{destination['id']}/rotate_secret", idempotency_key="rot")
+    assert replayed["Idempotent-Replayed"] == "true" and replayed.json()["secret"] == secrets[2]
+
+
+def test_refusals_are_kept_too_but_server_errors_free_the_key(client, organization, key, monkeypatch):
+    refused = post(client, key, "/api/v1/sources", {"provider": "nosuch", "name": "x"})
+    assert refused.status_code == 400
+    again = post(client, key, "/api/v1/sources", {"provider": "nosuch", "name": "x"})
+    assert again.status_code == 400 and again["Idempotent-Replayed"] == "true" and again.json() == refused.json()
+
+    def broken(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(views_manage, "source_create", broken)
+    unhandled = Client(raise_request_exception=False)
+    assert post(unhandled, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="k2").status_code == 500
+    assert not IdempotencyKey.objects.filter(key="k2").exists()
+    monkeypatch.undo()
+    retried = post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="k2")
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried
+
+
+def test_each_organization_and_each_api_key_has_its_own_keys(client, organization, other_organization, key):
+    other_key = make_key(other_organization, access=ApiKey.Access.READ_WRITE)[1]
+    second_key_same_org = make_key(organization, access=ApiKey.Access.READ_WRITE, name="other script")[1]
+    ours = post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    theirs = post(client, other_key, "/api/v1/sources", GITHUB_SOURCE)
+    assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs
+    assert theirs.json()["id"] != ours.json()["id"] and theirs.json()["secret"] != ours.json()["secret"]
+    assert Source.objects.filter(organization=other_organization).count() == 1
+    # Another script of the same organization that happens to pick the same key is not answered with ours.
+    assert "Idempotent-Replayed" not in post(client, second_key_same_org, "/api/v1/sources", GITHUB_SOURCE)
+    assert Source.objects.filter(organization=organization).count() == 2
+
+
+def test_expired_keys_are_purged_by_the_retention_run_and_run_again(client, organization, key):
+    post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="old")
+    post(client, key, "/api/v1/sources", {**GITHUB_SOURCE, "name": "Fresh"}, idempotency_key="fresh")
+    IdempotencyKey.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
+    lifecycle.purge_expired_events()
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["fresh"]
+    assert "Idempotent-Replayed" not in post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="old")
+    assert Source.objects.filter(organization=organization).count() == 3
+
+
+def test_an_expired_key_not_yet_purged_is_as_new(client, organization, key):
+    post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    IdempotencyKey.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert "Idempotent-Replayed" not in post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    assert Source.objects.filter(organization=organization).count() == 2
+
+
+def test_a_retried_delivery_retry_and_bulk_retry_run_once(client, organization, key):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
+    delivery = make_delivery(make_event(source), destination)
+    path = f"/api/v1/deliveries/{delivery.pk}/retry"
+    first = post(client, key, path, idempotency_key="one")
+    assert first.status_code == 202
+    assert post(client, key, path, idempotency_key="one").json() == first.json()
+    assert Delivery.objects.get(pk=delivery.pk).manual_attempts == 1
+    assert AuditLog.objects.filter(action__contains="retr").count() == 1
+
+    other = make_delivery(make_event(source), destination)
+    job = post(client, key, "/api/v1/deliveries/retry", {"destination": destination.pk}, idempotency_key="bulk")
+    assert job.status_code == 202
+    # Without the key this would be a 409 (a job for the same deliveries is queued): a retry of
+    # the request that started it gets that job again.
+    again = post(client, key, "/api/v1/deliveries/retry", {"destination": destination.pk}, idempotency_key="bulk")
+    assert again.status_code == 202 and again.json() == job.json() and again["Location"] == job["Location"]
+    assert DeliveryAttempt.objects.filter(delivery=other).count() == 1
+
+
+def test_every_post_endpoint_takes_the_key():
+    posts = [
+        pattern.callback.view_class
+        for pattern in get_resolver("webhooks.api.urls").url_patterns
+        if isinstance(pattern, URLPattern) and hasattr(getattr(pattern.callback, "view_class", None), "post")
+    ]
+    assert len(posts) == 10  # replay, retry, bulk retry, pause, resume, send_waiting_now, 2 creates, 2 rotates
+    assert all(issubclass(view, IdempotencyKeyMixin) for view in posts)
+
+
+def test_organization_deletion_counts_and_deletes_them(client, organization, other_organization, key):
+    other_key = make_key(other_organization, access=ApiKey.Access.READ_WRITE)[1]
+    post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    post(client, other_key, "/api/v1/sources", GITHUB_SOURCE)
+    contents = {kind.kind: kind.count for kind in deletion.organization_contents(organization=organization)}
+    assert contents["API idempotency keys"] == 1
+    deletion.organization_request_deletion(organization=organization)
+    run = deletion.organization_deletion_run(organization_id=organization.pk)
+    assert run.finished and run.deleted["API idempotency keys"] == 1
+    assert list(IdempotencyKey.objects.values_list("organization_id", flat=True)) == [other_organization.pk]
+
+
+# --- Concurrency: decided by the unique constraint, each request on its own connection ---------------
+
+
+def _in_thread(work):
+    def run(*args):
+        try:
+            return work(*args)
+        finally:
+            connections.close_all()  # this thread's connection: the test database is dropped after
+
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_sent_again_while_the_first_runs_is_a_409_and_the_first_runs_once(organization, key, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real_create = views_manage.source_create
+
+    def slow_create(**kwargs):
+        started.set()
+        assert release.wait(30)
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(views_manage, "source_create", slow_create)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(_in_thread(lambda: post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)))
+        assert started.wait(30)
+        during = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+        release.set()
+        first = first.result()
+    assert during.status_code == 409 and during.json()["error"] == "idempotency_key_in_progress"
+    assert during["Retry-After"] == "1"
+    assert first.status_code == 201
+    after = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert after["Idempotent-Replayed"] == "true" and after.json() == first.json()
+    assert Source.objects.filter(organization=organization).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_identical_requests_sent_at_once_create_one_source(organization, key):
+    barrier = threading.Barrier(6)
+
+    @_in_thread
+    def send(_):
+        client = Client()
+        barrier.wait()
+        return post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(send, range(6)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert Source.objects.filter(organization=organization).count() == 1
+    assert set(statuses) <= {201, 409} and statuses.count(201) >= 1
+    created = [answer for answer in answers if answer.status_code == 201]
+    assert sum("Idempotent-Replayed" not in answer for answer in created) == 1
+    assert len({answer.json()["id"] for answer in created}) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_whose_request_was_lost_is_taken_over_after_a_while(organization, key):
+    assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 201
+    # As a worker killed mid-request leaves it: still marked running.
+    long_ago = timezone.now() - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS + 1)
+    IdempotencyKey.objects.update(response_status=None, response_body="", started_at=long_ago)
+    taken_over = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert taken_over.status_code == 201 and "Idempotent-Replayed" not in taken_over
+    IdempotencyKey.objects.update(response_status=None, started_at=timezone.now())
+    assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 409
