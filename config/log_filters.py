@@ -31,6 +31,22 @@ class RefusedHostWithoutTraceback(logging.Filter):
         return True
 
 
+class IngestRefusalsAtInfo(logging.Filter):
+    """Django logs every 4xx as a WARNING ("Unauthorized: /in/…"): on the ingest URLs these are a
+    sender's or a tenant's trouble (a forged or misconfigured signature, a body too large, a
+    malformed one), which the tenant sees on the source's page, and the ingest service logs each
+    with its reason and source (webhooks.services.ingest). Warnings are kept for what the operator
+    should act on; an attack or a tenant's wrong secret would otherwise fill them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "django.request" and record.levelno == logging.WARNING:
+            status_code = getattr(record, "status_code", None)
+            path = getattr(getattr(record, "request", None), "path", "")
+            if status_code is not None and status_code < 500 and path.startswith("/in/"):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 SWEEP_TASK = "webhooks.tasks.sweep"
 
 

@@ -449,12 +449,18 @@ LOGGING = {
         "mask_url_tokens": {"()": "config.log_masking.MaskUrlTokens"},
         "forbidden_without_traceback": {"()": "config.log_filters.ForbiddenWithoutTraceback"},
         "refused_host_without_traceback": {"()": "config.log_filters.RefusedHostWithoutTraceback"},
+        "ingest_refusals_at_info": {"()": "config.log_filters.IngestRefusalsAtInfo"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["mask_url_tokens", "forbidden_without_traceback", "refused_host_without_traceback"],
+            "filters": [
+                "mask_url_tokens",
+                "forbidden_without_traceback",
+                "refused_host_without_traceback",
+                "ingest_refusals_at_info",
+            ],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},

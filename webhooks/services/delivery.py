@@ -38,7 +38,7 @@ from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unre
 from .destination_headers import masked_custom_headers
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
-from .text import duration_words, storable_text
+from .text import duration_words, loggable_text, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -1140,7 +1140,41 @@ def _record_results(
                 setattr(delivery, name, value)
     for destination_id in paused:
         transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
+    transaction.on_commit(lambda: _log_attempts(unrecorded))
     return [delivery for delivery, _ in results]
+
+
+def _log_attempts(recorded: list[tuple[Delivery, SendResult, Outcome]]) -> None:
+    """One line per attempt recorded, with what comes of it: found by the delivery's id, its event's
+    or the provider's event id (see README, "Tracing a webhook").
+
+    INFO whatever the receiver answered: a tenant's receiver failing is the tenant's to see (on
+    its pages, and by the alerts), not an error of this deployment's. The destination is named by
+    its id, never its URL (whose query string may hold the receiver's token), and the error is
+    outbound's own words (status, timeout, connection failure), never the receiver's body."""
+    for delivery, result, outcome in recorded:
+        response = result.response
+        answer = f"HTTP {response.status}" if response.status is not None else (response.error or "no answer")
+        if outcome.status == Delivery.Status.SUCCEEDED:
+            then = "succeeded"
+        elif outcome.status == Delivery.Status.PENDING:
+            then = f"retry in {duration_words(outcome.delay)}"
+        else:
+            then = f"{outcome.status}: {outcome.error}"
+        # The event comes with a claimed delivery; one that could not be loaded to be sent came without it.
+        provider_event_id = delivery.event.provider_event_id if Delivery.event.is_cached(delivery) else None
+        logger.info(
+            "delivery %s of event %s attempt %s: organization %s destination %s provider event %s: %s in %d ms, %s",
+            delivery.pk,
+            delivery.event_id,
+            delivery.attempt_count,
+            delivery.organization_id,
+            delivery.destination_id,
+            loggable_text(provider_event_id),
+            answer,
+            response.duration_ms,
+            then,
+        )
 
 
 def _lock_in_id_order(delivery_ids: list) -> None:

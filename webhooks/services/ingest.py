@@ -32,7 +32,7 @@ from .rejected_records import forget_local_counts, may_keep_rejection
 from .secret_use import record_secret_match
 from .sender_marks import is_hookline_test_event
 from .source_networks import address_allowed
-from .text import storable_text
+from .text import loggable_text, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     try:
         info = provider.describe(request, source.options)
     except MalformedPayload as exc:
-        outcome = _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail)
-        return outcome if outcome.status_code == 404 else IngestOutcome(400, outcome.payload)
+        return _reject(source, request, headers, remote_ip, "malformed_payload", exc.detail, status_code=400)
 
     event = NewEvent(
         organization_id=source.organization_id,
@@ -202,6 +201,17 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         _source_cache.pop(token, None)
         return _error(404, "unknown_source", "no active source has this ingest URL")
     event_id, inserted = stored
+    # The line an operator finds a webhook by (its event id, or the provider's), where the
+    # processing and each delivery attempt continue its story (see README, "Tracing a webhook").
+    logger.info(
+        "event %s %s: organization %s source %s provider event %s type %s",
+        event_id,
+        "received" if inserted else "received again: a duplicate, counted and not delivered again",
+        source.organization_id,
+        source.pk,
+        loggable_text(event.provider_event_id),
+        loggable_text(event.event_type),
+    )
     stored_as = {"id": str(event_id), "duplicate": not inserted}
     acknowledgement = provider.acknowledgement(request)
     if acknowledgement is not None:
@@ -477,7 +487,9 @@ def _reject(
 
     A source closed meanwhile in another process (this one's copy of it is cached) records
     nothing and answers 404, as for an unknown ingest URL, as an accepted event's INSERT does."""
+    claimed_event_id = None
     if _may_record_rejection(source.pk):
+        claimed_event_id = _claimed_event_id(source, request)
         provider_secret_headers: set[str] = set()
         try:
             provider_secret_headers = get_provider(source.provider).secret_header_names(source.options)
@@ -487,7 +499,7 @@ def _reject(
             organization_id=source.organization_id,
             source=source,
             status=WebhookEvent.Status.REJECTED,
-            claimed_event_id=_claimed_event_id(source, request),
+            claimed_event_id=claimed_event_id,
             rejection_code=code,
             rejection_detail=storable_text(detail)[:500],
             body=request.body[: settings.REJECTED_BODY_MAX_BYTES],
@@ -500,6 +512,16 @@ def _reject(
         if not _insert_while_the_source_is_open(record):
             _source_cache.pop(source.ingest_token, None)
             return _error(404, "unknown_source", "no active source has this ingest URL")
+    # INFO: the sender's or the tenant's trouble (the tenant sees it on the source's page), not the
+    # operator's. The claimed id is unverified, and read only for a request whose record is kept.
+    logger.info(
+        "request refused (%s %s): organization %s source %s claimed provider event %s",
+        status_code,
+        code,
+        source.organization_id,
+        source.pk,
+        loggable_text(claimed_event_id),
+    )
     return _error(status_code, code, detail)
 
 

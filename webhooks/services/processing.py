@@ -354,7 +354,7 @@ def _fan_out(events: list[WebhookEvent], now, budget: _Budget, *, at_least_one: 
         ),
         before_reading=lambda event_ids: budget.read(sum(body_bytes[event_id] for event_id in event_ids)),
     )
-    kept, deliveries = [], []
+    kept, deliveries, fanned_out = [], [], []
     for position, event in enumerate(events):
         kind = (event.source_id, event.event_type)
         refused = next(judgments)[1] if filtered[kind] else ()
@@ -369,7 +369,7 @@ def _fan_out(events: list[WebhookEvent], now, budget: _Budget, *, at_least_one: 
         ):
             break
         kept.append(event)
-        deliveries.extend(
+        created = [
             Delivery(
                 organization_id=event.organization_id,
                 event_id=event.id,
@@ -377,7 +377,9 @@ def _fan_out(events: list[WebhookEvent], now, budget: _Budget, *, at_least_one: 
                 next_attempt_at=now,
             )
             for destination_id in destination_ids
-        )
+        ]
+        fanned_out.append((event, created))
+        deliveries.extend(created)
     if not kept:
         return 0
     budget.create(len(deliveries))
@@ -391,9 +393,26 @@ def _fan_out(events: list[WebhookEvent], now, budget: _Budget, *, at_least_one: 
         processing_retry_at=None,
     )
     record_usage(kept)
+    # Once committed: a batch that fails is processed again one event at a time, and only what
+    # was committed happened.
+    transaction.on_commit(lambda: _log_fan_out(fanned_out))
     if deliveries:
         transaction.on_commit(schedule_dispatch)
     return len(kept)
+
+
+def _log_fan_out(fanned_out: list[tuple[WebhookEvent, list[Delivery]]]) -> None:
+    """One line per processed event, between its "received" line and its deliveries' attempts:
+    which delivery goes to which destination (a delivery's id is made here, before its INSERT)."""
+    for event, deliveries in fanned_out:
+        logger.info(
+            "event %s processed: organization %s source %s, %s",
+            event.pk,
+            event.organization_id,
+            event.source_id,
+            ", ".join(f"delivery {delivery.pk} to destination {delivery.destination_id}" for delivery in deliveries)
+            or "no destination takes it",
+        )
 
 
 def _within_body_budget(

@@ -27,6 +27,22 @@ def storable_text(value: str) -> str:
     return value
 
 
+# What a log line quotes of a sender's text (a provider's event id or type): enough to grep for, and
+# never long enough to flood a log line.
+LOGGED_TEXT_MAX_CHARS = 100
+
+
+def loggable_text(value: str | None) -> str:
+    """``value`` quoted for a log line, its control characters escaped: an event id or type comes
+    from the sender, and one holding a line break would otherwise write a line of its own choosing
+    into the log (a refused request's claimed id is unverified). Cut to LOGGED_TEXT_MAX_CHARS."""
+    if value is None:
+        return "-"
+    if len(value) > LOGGED_TEXT_MAX_CHARS:
+        value = value[: LOGGED_TEXT_MAX_CHARS - 1] + "…"
+    return repr(value)
+
+
 # A form-encoded body escapes spaces, quotes and angle brackets; its field names are plain.
 _NOT_IN_A_FORM_BODY = re.compile(r"[\s<>\"']")
 _FIELD_NAME = re.compile(r"[\w.\[\]-]+")
