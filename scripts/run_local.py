@@ -65,6 +65,8 @@ def refuse_to_start_twice() -> object:
         raise SystemExit(f"!! another `make run` is already running on {VAR_DIR}: stop it (Ctrl-C) first") from None
     for variable, port in (("PORT", PORT), ("DEMO_RECEIVER_PORT", RECEIVER_PORT)):
         with socket.socket() as probe:
+            # As gunicorn and the receiver bind: the last run's connections left in TIME_WAIT are no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", int(port)))
             except OSError as error:

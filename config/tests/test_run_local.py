@@ -66,6 +66,19 @@ def test_a_port_in_use_is_said_before_anything_is_seeded_or_started(run_local):
     assert run_local.manage_calls == []
 
 
+def test_a_port_whose_last_connections_are_still_in_time_wait_is_free(run_local):
+    # The web just stopped by Ctrl-C closed its connections first: a run started right after must start.
+    port = int(run_local.PORT)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's and the receiver's
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        with socket.create_connection(("127.0.0.1", port)):
+            connection, _ = server.accept()
+            connection.close()  # the server's end closes first, so it is the one left in TIME_WAIT
+    run_local.refuse_to_start_twice().close()
+
+
 def test_a_second_make_run_on_the_same_var_directory_is_refused(run_local):
     first = run_local.refuse_to_start_twice()
     try:
