@@ -4,9 +4,11 @@ Ctrl-C stops everything. Nothing here is needed in production, where the
 Procfile runs each process on its own.
 """
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +20,9 @@ PYTHON = sys.executable
 PORT = os.environ.get("PORT", "8000")
 RECEIVER_PORT = os.environ.get("DEMO_RECEIVER_PORT", "8001")
 BASE_URL = f"http://127.0.0.1:{PORT}"
-
-os.environ.setdefault("PUBLIC_BASE_URL", BASE_URL)
-os.environ.setdefault("ALLOW_PRIVATE_DESTINATIONS", "true")
-os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "5")
-os.environ.setdefault("DEMO_RECEIVER_URL", f"http://127.0.0.1:{RECEIVER_PORT}/hooks")
+EMBEDDED_BASE_URL = "http://127.0.0.1:8000"  # config/settings.py's default PUBLIC_BASE_URL
+# The settings' own VAR_DIR (config/settings.py), read without loading Django.
+VAR_DIR = Path(os.environ.get("HOOKLINE_VAR_DIR") or ROOT / "var")
 
 PROCESSES = {
     "web": [
@@ -50,9 +50,63 @@ def manage(*args: str, check: bool = True) -> str:
     return subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=check, capture_output=True, text=True).stdout
 
 
-def wait_until_ready(timeout: float = 60) -> None:
+def refuse_to_start_twice() -> object:
+    """Hold var/'s run lock for as long as this process lives, or exit saying why it cannot start.
+
+    Two `make run` on one var/ would share its SQLite database and broker with two workers and two
+    beats; and where the second's web could not bind its port, it used to take the first's server
+    for its own and report it as started.
+    """
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    lock = open(VAR_DIR / "make-run.lock", "w")  # held open, and so locked, until this process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"!! another `make run` is already running on {VAR_DIR}: stop it (Ctrl-C) first") from None
+    for variable, port in (("PORT", PORT), ("DEMO_RECEIVER_PORT", RECEIVER_PORT)):
+        with socket.socket() as probe:
+            # As gunicorn and the receiver bind: the last run's connections left in TIME_WAIT are no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", int(port)))
+            except OSError as error:
+                raise SystemExit(
+                    f"!! port {port} is not free ({error.strerror}): stop what listens there, "
+                    f"or choose another one, e.g. {variable}={int(port) + 10} make run"
+                ) from None
+    return lock
+
+
+def start(processes: dict[str, list[str]]) -> dict[str, subprocess.Popen]:
+    return {name: subprocess.Popen(command, cwd=ROOT) for name, command in processes.items()}
+
+
+def stop(children: dict[str, subprocess.Popen]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.terminate()
+    for child in children.values():
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def exited(children: dict[str, subprocess.Popen]) -> str | None:
+    """A line naming the first child that has exited, if any has."""
+    for name, child in children.items():
+        if child.poll() is not None:
+            return f"!! {name} exited with code {child.returncode}; stopping"
+    return None
+
+
+def wait_until_ready(children: dict[str, subprocess.Popen], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # A web that could not start must not leave us asking for 60 s (nor another server answering).
+        if message := exited(children):
+            raise SystemExit(message)
         try:
             with urllib.request.urlopen(f"{BASE_URL}/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -91,45 +145,59 @@ def show_demo_webhook(seed: dict) -> None:
     print("!! the demo webhook was not delivered within 60 s; look at the worker's output above")
 
 
+def operator_command(command: str) -> str:
+    """A command line that reaches this server from another shell (the settings' default is port 8000)."""
+    if BASE_URL == EMBEDDED_BASE_URL:
+        return command
+    return f"PUBLIC_BASE_URL={BASE_URL} {command}"
+
+
 def main() -> None:
+    run_lock = refuse_to_start_twice()  # noqa: F841 - held until exit
+    os.environ.setdefault("PUBLIC_BASE_URL", BASE_URL)
+    os.environ.setdefault("ALLOW_PRIVATE_DESTINATIONS", "true")
+    os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "5")
+    os.environ.setdefault("DEMO_RECEIVER_URL", f"http://127.0.0.1:{RECEIVER_PORT}/hooks")
     manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
-    children = {name: subprocess.Popen(command, cwd=ROOT) for name, command in PROCESSES.items()}
+    children = start(PROCESSES)
 
-    def stop(*_):
-        for child in children.values():
-            if child.poll() is None:
-                child.terminate()
-        for child in children.values():
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        sys.exit(0)
+    def interrupted(*_):
+        raise SystemExit(0)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    wait_until_ready()
-    show_demo_webhook(seed)
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    # Whatever ends this (Ctrl-C, a child's exit, web not ready, an error), every child is stopped:
+    # none is left running, holding a port and the database, after `make run` has returned.
+    try:
+        wait_until_ready(children)
+        show_demo_webhook(seed)
+        print_where_to_look(seed)
+        while not (message := exited(children)):
+            time.sleep(1)
+        raise SystemExit(message)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop(children)
+
+
+def print_where_to_look(seed: dict) -> None:
+    list_events = f".venv/bin/python manage.py list_events --org {seed['organization']}"
+    send_another = f".venv/bin/python manage.py send_test_webhook --source {seed['source_id']} --fresh-id"
     print(
         f"\nHookline is running on {BASE_URL}\n"
         f"  ingest URL of the demo Stripe source: {seed['ingest_url'] or '(deleted)'}\n"
         f"  dashboard: {BASE_URL}/accounts/sign-in/ as owner@demo.example "
         "(the sign-in link and code are printed here, by the console mail backend)\n"
         f"  admin: {BASE_URL}/admin/ (create a login with: .venv/bin/python manage.py createsuperuser)\n"
-        f"  events: .venv/bin/python manage.py list_events --org {seed['organization']}\n"
+        f"  events: {operator_command(list_events)}\n"
         f"  operator commands in another shell see this server with: "
         f"export PUBLIC_BASE_URL={BASE_URL} ALLOW_PRIVATE_DESTINATIONS=true\n"
-        f"  send another: .venv/bin/python manage.py send_test_webhook --source {seed['source_id']} --fresh-id\n"
+        f"  send another: {operator_command(send_another)}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )
-    while True:
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(f"!! {name} exited with code {child.returncode}; stopping")
-                stop()
-        time.sleep(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""`make run`'s supervisor (scripts/run_local.py): it starts only where it can, and leaves nothing running.
+
+The script is loaded as a module with `manage` replaced, so that no Django command runs; the
+processes it starts are small real ones.
+"""
+
+import importlib.util
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webhooks.tests.ports import free_port
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_local.py"
+SEED = {
+    "organization": "demo",
+    "created": False,
+    "source_id": None,
+    "ingest_url": None,
+    "destination_id": None,
+    "destination_url": None,
+}
+
+
+@pytest.fixture
+def run_local(monkeypatch, tmp_path):
+    """The script as a module on free ports and its own var/, its `manage` calls recorded instead of run."""
+    for name in ("PUBLIC_BASE_URL", "ALLOW_PRIVATE_DESTINATIONS", "SWEEP_INTERVAL_SECONDS", "DEMO_RECEIVER_URL"):
+        monkeypatch.setenv(name, "unchanged")  # main() sets its defaults; these are restored after the test
+    monkeypatch.setenv("PORT", str(free_port()))
+    monkeypatch.setenv("DEMO_RECEIVER_PORT", str(free_port()))
+    monkeypatch.setenv("HOOKLINE_VAR_DIR", str(tmp_path / "var"))
+    spec = importlib.util.spec_from_file_location("run_local_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.manage_calls = []
+
+    def manage(*args, check=True):
+        module.manage_calls.append(args)
+        return json.dumps(SEED) if args[0] == "seed_demo" else ""
+
+    monkeypatch.setattr(module, "manage", manage)
+    # Should main() start its processes where it must not, nothing real (gunicorn, Celery) is left running.
+    monkeypatch.setattr(module, "PROCESSES", {"web": [sys.executable, "-c", "pass"]})
+    # main() installs its own SIGINT/SIGTERM handlers, and ignores both while it stops its children.
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield module
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+
+
+def test_a_port_in_use_is_said_before_anything_is_seeded_or_started(run_local):
+    # The web used to fail to bind while the script took whatever answered on the port for Hookline.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(run_local.PORT)))
+        taken.listen()
+        with pytest.raises(SystemExit) as stopped:
+            run_local.main()
+    assert f"port {run_local.PORT} is not free" in str(stopped.value.code)
+    assert "PORT=" in str(stopped.value.code)
+    assert run_local.manage_calls == []
+
+
+def test_a_port_whose_last_connections_are_still_in_time_wait_is_free(run_local):
+    # The web just stopped by Ctrl-C closed its connections first: a run started right after must start.
+    port = int(run_local.PORT)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's and the receiver's
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        with socket.create_connection(("127.0.0.1", port)):
+            connection, _ = server.accept()
+            connection.close()  # the server's end closes first, so it is the one left in TIME_WAIT
+    run_local.refuse_to_start_twice().close()
+
+
+def test_a_second_make_run_on_the_same_var_directory_is_refused(run_local):
+    first = run_local.refuse_to_start_twice()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_local.main()
+    finally:
+        first.close()
+    assert "another `make run` is already running" in str(stopped.value.code)
+    assert run_local.manage_calls == []
+
+
+def test_a_child_that_exits_while_web_starts_stops_make_run_and_every_other_child(run_local, monkeypatch):
+    # It used to wait for the web for 60 s and then return, leaving the worker, beat and receiver running.
+    started = {}
+
+    def start(processes):
+        started.update({name: subprocess.Popen(command) for name, command in processes.items()})
+        return started
+
+    monkeypatch.setattr(run_local, "start", start)
+    monkeypatch.setattr(
+        run_local,
+        "PROCESSES",
+        {
+            "web": [sys.executable, "-c", "raise SystemExit(3)"],
+            "worker": [sys.executable, "-c", "import time; time.sleep(600)"],
+        },
+    )
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_local.main()
+        assert stopped.value.code == "!! web exited with code 3; stopping"
+        assert started["worker"].poll() is not None
+    finally:
+        for child in started.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_the_commands_printed_for_another_shell_reach_the_server_on_its_port(run_local, capsys):
+    # The settings' default PUBLIC_BASE_URL is port 8000: without it, they posted there.
+    run_local.print_where_to_look({**SEED, "source_id": 1, "ingest_url": "http://127.0.0.1/in/x/"})
+    printed = capsys.readouterr().out
+    base = f"PUBLIC_BASE_URL=http://127.0.0.1:{run_local.PORT}"
+    assert f"send another: {base} .venv/bin/python manage.py send_test_webhook --source 1 --fresh-id" in printed
+    assert f"events: {base} .venv/bin/python manage.py list_events --org demo" in printed
