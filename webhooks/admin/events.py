@@ -38,6 +38,7 @@ from webhooks.services.text import readable_body
 
 from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
+    CompletedDateFilter,
     DestinationFilter,
     HasFailedDeliveriesFilter,
     ProcessingFilter,
@@ -559,7 +560,7 @@ class DeliveryAdmin(
         "next_attempt_at",
         "last_status_code",
     )
-    list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay")
+    list_filter = ("status", OrganizationFilter, DestinationFilter, StatusCodeFilter, "is_replay", CompletedDateFilter)
     search_fields = ("=id",)
     search_help_text = (
         "Exact: a delivery id, any id the event search takes (ours or the webhook-id a destination received, "
