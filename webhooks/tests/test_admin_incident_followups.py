@@ -8,6 +8,8 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -94,3 +96,36 @@ def test_the_deliveries_list_filters_by_completion_to_the_second_and_keeps_the_t
     by_day = admin.get(reverse("admin:webhooks_delivery_changelist"), {"completed_at_to": day})
     assert len(test_admin.listed(by_day)) == 3  # not the setup's dead delivery, never completed
     assert f'type="date" name="completed_at_to" value="{day}"' in by_day.content.decode()
+
+
+# --- 2. The deliveries list says why each failed ---------------------------------------------------
+
+DELIVERIES = reverse("admin:webhooks_delivery_changelist")
+
+
+def test_the_deliveries_list_shows_each_ones_last_error_short_and_escaped(admin, setup):
+    timed_out = Delivery.objects.get(event=setup["retrying"])
+    Delivery.objects.filter(pk=timed_out.pk).update(last_error="timed out after 10 s")
+    long_error = "connection failed: <receiver.example>:443: " + "x" * 400 + " the end"
+    Delivery.objects.filter(event=setup["dead"]).update(last_error=long_error)
+
+    page = admin.get(DELIVERIES).content.decode()
+    assert '<td class="field-last_error_short">timed out after 10 s</td>' in page
+    shown = re.search(r'<td class="field-last_error_short"><span title="([^"]*)">([^<]*)</span></td>', page)
+    assert html.unescape(shown.group(1)) == long_error  # whole on hover
+    assert shown.group(2) == html.escape(long_error[:79]) + "…"  # its start, escaped
+    assert '<td class="field-last_error_short"></td>' in page  # the delivered one: nothing to say
+
+
+def test_the_deliveries_list_reads_last_errors_without_a_query_per_row(admin, setup):
+    def queries_for_the_list() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin.get(DELIVERIES).status_code == 200
+        return len(queries)
+
+    Delivery.objects.update(last_error="HTTP 503: tried again later")
+    with_three = queries_for_the_list()
+    for number in range(15):
+        dead_delivery(setup, f"evt_timeout_{number}", timezone.now())
+    Delivery.objects.update(last_error="timed out after 10 s")
+    assert queries_for_the_list() == with_three
