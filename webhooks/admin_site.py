@@ -57,7 +57,7 @@ def _compute_platform_overview() -> dict:
     from django.utils import timezone
 
     from organizations.models import MonthlyUsage, current_month
-    from webhooks.models import Destination, WebhookEvent
+    from webhooks.models import WebhookEvent
     from webhooks.selectors import uuid7_floor
 
     now = timezone.now()
@@ -73,13 +73,6 @@ def _compute_platform_overview() -> dict:
         "events_24h_total": sum(by_status.values()),
         # Dead deliveries are not counted here but with the processing figures, live: cached for a
         # minute, the card said 0 next to their "Dead, last 24 h: 8" in the middle of an incident.
-        "paused_destinations": list(
-            # As the destination list's "Paused" filter: an inactive one's page says Inactive.
-            Destination.objects.filter(is_active=True, paused_at__isnull=False)
-            .select_related("organization")
-            .order_by("paused_at")
-            .values("pk", "name", "organization__name", "paused_at", "pause_reason")[:20]
-        ),
         "top_organizations": list(
             usage.order_by("-events").values(
                 "organization_id", "organization__name", "events", "organization__monthly_event_quota"
@@ -93,6 +86,25 @@ def _compute_platform_overview() -> dict:
         "computed_at": now,
     }
     return overview
+
+
+def destinations_needing_attention() -> dict:
+    """The paused destinations and how many are failing, for the admin index; read on every load,
+    not cached: two queries on the (small) destinations table, and the lists they link to are live."""
+    from webhooks.admin.configuration import DestinationFailingFilter
+    from webhooks.models import Destination
+
+    return {
+        "paused_destinations": list(
+            # As the destination list's "Paused" filter: an inactive one's page says Inactive.
+            Destination.objects.filter(is_active=True, paused_at__isnull=False)
+            .select_related("organization")
+            .order_by("paused_at")
+            .values("pk", "name", "organization__name", "paused_at", "pause_reason")[:20]
+        ),
+        # As the list's "Failing" filter, which the count links to: paused or not, whatever its state.
+        "failing_destinations": Destination.objects.filter(DestinationFailingFilter.FAILING).count(),
+    }
 
 
 class HooklineAdminSite(admin.AdminSite):
@@ -121,7 +133,7 @@ class HooklineAdminSite(admin.AdminSite):
             from webhooks.admin.filters import CompletedDateFilter
             from webhooks.services.platform_health import processing_health
 
-            overview = platform_overview()
+            overview = {**platform_overview(), **destinations_needing_attention()}
             # Not cached with the overview: bounded queries, and an operator checking whether a restart
             # took wants now, not a minute ago. The dead deliveries' cards read it too, so that their
             # two figures are of the same moment.

@@ -1,5 +1,7 @@
 """What a super admin handling an incident in /admin/ still found: the index's two dead-delivery figures
-contradicting each other (one cached), and its "Dead, last 24 h" link listing every dead delivery."""
+contradicting each other (one cached) and its "Dead, last 24 h" link listing every dead delivery; a
+deliveries list without the last error; an index without the failing destinations; and an organization's
+suspension audited as any other change."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from webhooks.models import Delivery
+from webhooks.models import Delivery, Destination
 from webhooks.tests import test_admin
+from webhooks.tests.factories import make_destination
 from webhooks.tests.test_admin import deliver, make_event
 
 pytestmark = pytest.mark.django_db
@@ -129,3 +132,47 @@ def test_the_deliveries_list_reads_last_errors_without_a_query_per_row(admin, se
         dead_delivery(setup, f"evt_timeout_{number}", timezone.now())
     Delivery.objects.update(last_error="timed out after 10 s")
     assert queries_for_the_list() == with_three
+
+
+# --- 3. The index counts the failing destinations, and links to them --------------------------------
+
+
+def make_failing(destination: Destination, failures: int) -> None:
+    Destination.objects.filter(pk=destination.pk).update(failing_since=timezone.now(), consecutive_failures=failures)
+
+
+def failing_card(page: str) -> tuple[str, str]:
+    card = re.search(r'id="overview-failing">.*?<a href="([^"]*)">([^<]*)</a>', page, re.S)
+    return html.unescape(card.group(1)), card.group(2).strip()
+
+
+def test_the_index_counts_the_failing_destinations_and_links_to_the_list_of_them(admin, setup, organization):
+    assert failing_card(admin.get(INDEX).content.decode())[1] == "0"  # the cached overview is filled now
+    failing, paused_and_failing = setup["destination"], setup["their_destination"]
+    make_failing(failing, 3)
+    make_failing(paused_and_failing, 40)
+    Destination.objects.filter(pk=paused_and_failing.pk).update(paused_at=timezone.now())
+    make_destination(organization, test_admin.RECEIVER)  # healthy
+
+    link, count = failing_card(admin.get(INDEX).content.decode())
+    assert count == "2"  # live, as the list it links to
+    assert link == reverse("admin:webhooks_destination_changelist") + "?failing=yes"
+    assert {item.pk for item in test_admin.listed(admin.get(link))} == {failing.pk, paused_and_failing.pk}
+
+
+def test_the_index_runs_the_same_queries_for_one_or_many_failing_and_paused_destinations(admin, organization):
+    first, _ = make_destination(organization, test_admin.RECEIVER)
+    make_failing(first, 3)
+    admin.get(INDEX)  # the cached overview is filled: both counts below read it
+
+    def queries_for_the_index() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin.get(INDEX).status_code == 200
+        return len(queries)
+
+    with_one = queries_for_the_index()
+    for _ in range(15):
+        destination, _ = make_destination(organization, test_admin.RECEIVER)
+        make_failing(destination, 3)
+        Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now())
+    assert queries_for_the_index() == with_one
