@@ -37,7 +37,7 @@ from accounts.admin import UserAdmin
 from .api_keys import api_key_revoke
 from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
-from .services import audit_record, audit_verify_chain
+from .services import audit_record, audit_verify_chain, organization_set_active
 
 logger = logging.getLogger(__name__)
 
@@ -558,6 +558,23 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
         ),
         ("Their data", {"fields": ("related_links",)}),
     )
+
+    def save_model(self, request, obj, form, change):
+        suspending_or_reactivating = change and "is_active" in form.changed_data
+        if suspending_or_reactivating:
+            # Through organization_set_active: its own organization.suspended or .reactivated entry,
+            # which an audit filter finds, not a field of the admin's generic "changed" one
+            # (changed_data is the list that entry and the save read: without it, neither touches
+            # the field).
+            form.changed_data.remove("is_active")
+            obj.is_active = not form.cleaned_data["is_active"]
+        super().save_model(request, obj, form, change)
+        if suspending_or_reactivating:
+            form.changed_data.append("is_active")  # for Django's own history message
+            obj._audit_recorded_elsewhere = ["is_active"]  # no generic entry when nothing else changed
+            organization_set_active(
+                organization=obj, active=form.cleaned_data["is_active"], actor=request.user, request=request
+            )
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
