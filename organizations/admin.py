@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections import defaultdict
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -25,7 +27,7 @@ from django.db import models, transaction
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
-from django.utils.dateparse import parse_date
+from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
@@ -35,7 +37,7 @@ from accounts.admin import UserAdmin
 from .api_keys import api_key_revoke
 from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
-from .services import audit_record, audit_verify_chain
+from .services import audit_record, audit_verify_chain, organization_set_active
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +413,12 @@ class OrganizationFilter(admin.SimpleListFilter):
 
 
 class DateRangeFilter(admin.ListFilter):
-    """From and to dates (inclusive, UTC) on one datetime field, with two date inputs."""
+    """From and to dates (inclusive, UTC) on one datetime field, with two date inputs.
+
+    A bound may also be a time, to the minute or second ("2026-05-01T12:34:56", UTC; a link's, such
+    as the admin index's "Dead, last 24 h"): each bound names a day, a minute or a second, and the
+    range includes all of both.
+    """
 
     template = "admin/filters/date_range.html"
     field_name = "created_at"
@@ -428,24 +435,42 @@ class DateRangeFilter(admin.ListFilter):
                 value = value[-1] if isinstance(value, list) else value
                 self.used_parameters[name] = value
 
+    @classmethod
+    def query_string(cls, start: datetime, end: datetime) -> str:
+        """The parameters that list the rows from ``start`` to ``end`` (whole seconds, both included)."""
+        return urlencode({f"{cls.field_name}_from": _to_the_second(start), f"{cls.field_name}_to": _to_the_second(end)})
+
     def has_output(self):
         return True
 
     def expected_parameters(self):
         return [self.parameter_from, self.parameter_to]
 
-    def _date(self, parameter: str):
+    def _bound(self, parameter: str) -> tuple[datetime, timedelta] | None:
+        """The moment a bound starts, and how long the day, minute or second it names lasts."""
+        text = (self.used_parameters.get(parameter) or "").strip()
         try:
-            return parse_date(self.used_parameters.get(parameter) or "")
+            day = parse_date(text)
+            if day is not None:
+                return datetime.combine(day, time.min, tzinfo=UTC), timedelta(days=1)
+            moment = parse_datetime(text)
         except ValueError:  # well-formed but impossible, such as 2026-13-45: ignored like a blank
             return None
+        if moment is None:
+            return None
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        lasts = timedelta(seconds=1) if _WITH_SECONDS.search(text) else timedelta(minutes=1)
+        return moment, lasts
 
     def bounds(self) -> tuple[datetime | None, datetime | None]:
-        start = self._date(self.parameter_from)
-        end = self._date(self.parameter_to)
-        start_at = datetime.combine(start, time.min, tzinfo=UTC) if start else None
-        # The day after the last one, except for 9999-12-31, after which there is nothing to exclude.
-        end_at = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1) if end and end < date.max else None
+        start = self._bound(self.parameter_from)
+        end = self._bound(self.parameter_to)
+        start_at = start[0] if start else None
+        end_at = None
+        # The end of the last day, minute or second, except at the end of time, after which there is
+        # nothing to exclude (and no datetime to name).
+        if end and end[0] < datetime.max.replace(tzinfo=UTC) - end[1]:
+            end_at = end[0] + end[1]
         return start_at, end_at
 
     def queryset(self, request, queryset):
@@ -457,12 +482,17 @@ class DateRangeFilter(admin.ListFilter):
         return queryset
 
     def choices(self, changelist):
+        value_from = self.used_parameters.get(self.parameter_from, "")
+        value_to = self.used_parameters.get(self.parameter_to, "")
         # The template renders a small GET form; other active filters ride along as hidden fields.
         yield {
             "parameter_from": self.parameter_from,
             "parameter_to": self.parameter_to,
-            "value_from": self.used_parameters.get(self.parameter_from, ""),
-            "value_to": self.used_parameters.get(self.parameter_to, ""),
+            "value_from": value_from,
+            "value_to": value_to,
+            # A time (a link's) in an input that shows it, rather than a date input that would drop it.
+            "input_type_from": "datetime-local" if "T" in value_from else "date",
+            "input_type_to": "datetime-local" if "T" in value_to else "date",
             "other_params": [
                 (key, value[-1] if isinstance(value, list) else value)
                 for key, value in changelist.get_filters_params().items()
@@ -471,6 +501,15 @@ class DateRangeFilter(admin.ListFilter):
             + ([("q", changelist.query)] if changelist.query else []),
             "clear_url": changelist.get_query_string(remove=[self.parameter_from, self.parameter_to]),
         }
+
+
+# A time with seconds ("12:34:56") names that second; one without ("12:34", as a datetime-local
+# input sends it) names the whole minute.
+_WITH_SECONDS = re.compile(r"\d:\d{2}:\d{2}")
+
+
+def _to_the_second(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # --- Tenants --------------------------------------------------------------------------------
@@ -519,6 +558,23 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
         ),
         ("Their data", {"fields": ("related_links",)}),
     )
+
+    def save_model(self, request, obj, form, change):
+        suspending_or_reactivating = change and "is_active" in form.changed_data
+        if suspending_or_reactivating:
+            # Through organization_set_active: its own organization.suspended or .reactivated entry,
+            # which an audit filter finds, not a field of the admin's generic "changed" one
+            # (changed_data is the list that entry and the save read: without it, neither touches
+            # the field).
+            form.changed_data.remove("is_active")
+            obj.is_active = not form.cleaned_data["is_active"]
+        super().save_model(request, obj, form, change)
+        if suspending_or_reactivating:
+            form.changed_data.append("is_active")  # for Django's own history message
+            obj._audit_recorded_elsewhere = ["is_active"]  # no generic entry when nothing else changed
+            organization_set_active(
+                organization=obj, active=form.cleaned_data["is_active"], actor=request.user, request=request
+            )
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)

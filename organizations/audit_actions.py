@@ -39,6 +39,8 @@ AUDIT_ACTION_LABELS = {
     "api_key.created": "created the API key",
     "api_key.revoked": "revoked the API key",
     "organization.deletion_requested": "started deleting the organization",
+    "organization.suspended": "suspended the organization",
+    "organization.reactivated": "made the organization active again",
     "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 

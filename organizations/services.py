@@ -323,3 +323,32 @@ def organization_create(*, name: str, slug: str, owner_email: str, actor=None) -
         changes={"name": name, "slug": slug, "owner": owner.email},
     )
     return organization
+
+
+ORGANIZATION_SUSPENDED = "organization.suspended"
+ORGANIZATION_REACTIVATED = "organization.reactivated"
+
+
+@transaction.atomic
+def organization_set_active(*, organization: Organization, active: bool, actor=None, request=None) -> Organization:
+    """Suspend an organization (its ingest URLs answer 404, nothing is delivered, its members are told
+    it is suspended) or make it active again, audited as organization.suspended or .reactivated."""
+    locked = Organization.objects.select_for_update(no_key=True).get(pk=organization.pk)
+    if active and locked.being_deleted:
+        # Its deletion made it inactive for good (see organization_deletion).
+        raise ValidationError("this organization is being deleted: it cannot be made active again")
+    was_active = locked.is_active
+    organization.is_active = active
+    if was_active == active:
+        return organization
+    organization.save(update_fields=["is_active"])
+    audit_record(
+        action=ORGANIZATION_REACTIVATED if active else ORGANIZATION_SUSPENDED,
+        organization=organization,
+        actor=actor,
+        target=organization,
+        # As the admin's change entries hold a field: before and after.
+        changes={"fields": {"is_active": [was_active, active]}},
+        request=request,
+    )
+    return organization

@@ -632,15 +632,17 @@ class DestinationFailingFilter(admin.SimpleListFilter):
 
     title = "failing"
     parameter_name = "failing"
+    # A success resets failing_since. The admin index counts the failing ones by this too.
+    FAILING = Q(failing_since__isnull=False)
 
     def lookups(self, request, model_admin):
         return (("yes", "Failing: its latest attempts failed"), ("no", "Not failing"))
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
-            return queryset.filter(failing_since__isnull=False)
+            return queryset.filter(self.FAILING)
         if self.value() == "no":
-            return queryset.filter(failing_since__isnull=True)
+            return queryset.exclude(self.FAILING)
         return queryset
 
 

@@ -155,3 +155,11 @@ class ReceivedDateFilter(DateRangeFilter):
         if end_at:
             queryset = queryset.filter(id__lt=uuid7_floor(end_at + timedelta(minutes=1)))
         return super().queryset(request, queryset)
+
+
+class CompletedDateFilter(DateRangeFilter):
+    """Completed (delivered, or gone dead) between two dates or times: with status dead, the
+    deliveries that died then, as the admin index's "Dead, last 24 h" counts them."""
+
+    field_name = "completed_at"
+    title = "completed (delivered or dead)"

@@ -39,6 +39,9 @@ COUNT_CAP = 10_000
 # Each query may take this long at most (PostgreSQL): a health check must not queue behind itself.
 QUERY_TIMEOUT_MS = 5000
 
+# "Dead, last 24 h" counts the deliveries that went dead since this long before the check.
+DEAD_RECENTLY = timedelta(hours=24)
+
 OK, DEGRADED, STALLED = "ok", "degraded", "stalled"
 VERDICT_LEVELS = {OK: 0, DEGRADED: 1, STALLED: 2}
 
@@ -116,6 +119,19 @@ class ProcessingHealth:
     @property
     def level(self) -> int:
         return VERDICT_LEVELS[self.verdict]
+
+    @property
+    def deliveries_dead_in_words(self) -> str | None:
+        return None if self.deliveries_dead is None else _count_in_words(self.deliveries_dead)
+
+    @property
+    def deliveries_dead_24h_in_words(self) -> str | None:
+        return None if self.deliveries_dead_24h is None else _count_in_words(self.deliveries_dead_24h)
+
+    @property
+    def deliveries_dead_24h_since(self) -> datetime:
+        """Where deliveries_dead_24h starts counting (the admin's link lists the deliveries it counted)."""
+        return dead_recently_since(self.checked_at)
 
     @property
     def beat_age_in_words(self) -> str | None:
@@ -249,11 +265,17 @@ def _deliveries_dead(now) -> int:
     return _capped_count(Delivery.objects.filter(status=Delivery.Status.DEAD))  # the delivery_failed index
 
 
+def dead_recently_since(now: datetime) -> datetime:
+    # To the whole second: a list filter's time (an address bar's, a datetime-local input's) names
+    # seconds, so the admin's link lists the very deliveries counted, none from a fraction before.
+    return (now - DEAD_RECENTLY).replace(microsecond=0)
+
+
 def _deliveries_dead_24h(now) -> int:
     # On the delivery_dead_completed index, in its order: without the ORDER BY the planner, which
     # takes the recent completions to be as often dead as the older ones (most are successes),
     # expects the cap to come soon in a scan of the whole table and reads it (3 million rows, 0.3 s).
-    recent = Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=now - timedelta(hours=24))
+    recent = Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=dead_recently_since(now))
     return recent.order_by("completed_at").values("pk")[:COUNT_CAP].count()
 
 
