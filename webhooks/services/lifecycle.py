@@ -22,7 +22,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
 from .ingest_writer import event_id_digest
-from .scheduling import schedule_once
+from .scheduling import clear_flag, schedule_once
 from .sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -112,12 +112,16 @@ def retention_task(start_after: int | None = None) -> RetentionRun:
     its turn with the others instead of holding every run.
     """
     run = retention_run(start_after=start_after)
+    if run.busy:
+        return run  # another run is at it
+    # The flag stood for this run (or none): the next one is published now if there is more to do.
+    # It only keeps two runs from both publishing one; a run that is lost leaves the backlog to the
+    # next hourly run.
+    clear_flag(_RETENTION_PUBLISHED_FLAG)
     if run.stopped_at is not None:
         from webhooks.tasks import purge_expired_events as task
 
-        # The flag only keeps a burst of runs from publishing twice; a run that is lost leaves the
-        # backlog to the next hourly run.
-        schedule_once(_RETENTION_PUBLISHED_FLAG, 60, task.s(run.stopped_at))
+        schedule_once(_RETENTION_PUBLISHED_FLAG, 300, task.s(run.stopped_at))
     return run
 
 

@@ -78,6 +78,20 @@ def test_the_task_publishes_the_next_run_when_its_time_runs_out_and_none_once_do
     assert left(organization) == 0
 
 
+def test_a_run_publishes_the_next_even_while_the_flag_of_its_own_publication_stands(organization, settings):
+    # The flag a run was published under must not keep it from publishing the next one, however
+    # short RETENTION_RUN_SECONDS is against the flag's lifetime.
+    from unittest import mock
+
+    expired_events(organization, 5)
+    settings.RETENTION_BATCH_SIZE = 2
+    settings.RETENTION_RUN_SECONDS = 0
+    with mock.patch.object(tasks.purge_expired_events, "apply_async") as sent:
+        tasks.purge_expired_events()
+        tasks.purge_expired_events(organization.pk)
+    assert [call.args[0] for call in sent.call_args_list] == [(organization.pk,), (organization.pk,)]
+
+
 def test_a_run_while_another_holds_the_purge_does_nothing(organization, published):
     # A run published by one whose time ran out may start while the hourly one runs.
     from django.db import connections
