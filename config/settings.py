@@ -527,3 +527,7 @@ RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
 # How long a retention batch waits, between keeping its events' keys and deleting them, for statements
 # that started before the keys were committed (services.lifecycle); past it the batch is left to the next run.
 RETENTION_PURGE_WAIT_SECONDS = env.float("RETENTION_PURGE_WAIT_SECONDS", default=30.0)
+# A retention run stops after its batch that ends past this and publishes the next run at once: a
+# backlog is purged by runs back to back, each well inside Celery's soft time limit (120 s) even with
+# a batch's wait above, instead of by one run an hour that the time limit kills halfway.
+RETENTION_RUN_SECONDS = env.float("RETENTION_RUN_SECONDS", default=60.0)

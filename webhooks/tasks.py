@@ -64,8 +64,8 @@ def send_dead_letter_digests() -> int:
 
 
 @shared_task(name="webhooks.tasks.purge_expired_events")
-def purge_expired_events() -> int:
-    return lifecycle.purge_expired_events()
+def purge_expired_events(start_after: int | None = None) -> int:
+    return lifecycle.retention_task(start_after).deleted
 
 
 @shared_task(name="webhooks.tasks.forget_expired_previous_secrets")

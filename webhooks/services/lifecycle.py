@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.sessions.models import Session
 from django.core.mail import send_mail
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -20,6 +23,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
 from .ingest_writer import event_id_digest
+from .scheduling import clear_flag, schedule_once
 from .sender_marks import hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -87,7 +91,48 @@ def _notify_quota_exceeded(organization_id: int, month: date) -> None:
 RETENTION_PURGED_ACTION = "retention.purged"
 
 
+@dataclass
+class RetentionRun:
+    deleted: int  # events and rejected requests this run deleted
+    finished: bool  # nothing purgeable was left (or a batch could not be deleted safely: see _purge_organization)
+    stopped_at: int | None = None  # the organization the run's time ran out on; the next run starts after it
+    busy: bool = False  # another run holds the purge
+
+
 def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
+    """One retention run without a time bound (tests, the shell); returns what it deleted."""
+    return retention_run(batch_size=batch_size, now=now, max_seconds=float("inf")).deleted
+
+
+def retention_task(start_after: int | None = None) -> RetentionRun:
+    """One run of the retention purge (the Celery task's body): at most RETENTION_RUN_SECONDS, and
+    the next run published at once if its time ran out with more to purge.
+
+    The hourly beat run starts with the first organization; a run published by one whose time ran
+    out starts after the organization it stopped on, so that a tenant with a large backlog takes
+    its turn with the others instead of holding every run.
+    """
+    run = retention_run(start_after=start_after)
+    if run.busy:
+        return run  # another run is at it
+    # The flag stood for this run (or none): the next one is published now if there is more to do.
+    # It only keeps two runs from both publishing one; a run that is lost leaves the backlog to the
+    # next hourly run.
+    clear_flag(_RETENTION_PUBLISHED_FLAG)
+    if run.stopped_at is not None:
+        from webhooks.tasks import purge_expired_events as task
+
+        schedule_once(_RETENTION_PUBLISHED_FLAG, 300, task.s(run.stopped_at))
+    return run
+
+
+_RETENTION_PUBLISHED_FLAG = "retention:next-run-published"
+_RETENTION_RUN_LOCK = 0x686C7274  # "hlrt"
+
+
+def retention_run(
+    *, batch_size: int | None = None, now=None, max_seconds: float | None = None, start_after: int | None = None
+) -> RetentionRun:
     """Delete events past their organization's retention, with deliveries and attempts, in small batches.
 
     An event that is not finished (not yet fanned out, or with a delivery still waiting or
@@ -96,24 +141,71 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
     MIN_RETENTION_DAYS is deleted, whatever the stored retention says. Each run records one
     audit entry per organization whose events it deleted. A run that cannot delete a batch
     safely (see _purge_organization) stops there; the next run goes on.
+
+    Bounded in time: after a batch that ends past ``max_seconds`` (RETENTION_RUN_SECONDS) the run
+    stops with ``stopped_at`` set, and the next run (retention_task) goes on. Organizations are taken
+    in id order, those after ``start_after`` first. One run at a time (a session advisory lock).
     """
-    batch_size = batch_size or settings.RETENTION_BATCH_SIZE
-    now = now or timezone.now()
+    if not _try_retention_lock():
+        return RetentionRun(deleted=0, finished=False, busy=True)
+    try:
+        return _retention_run(
+            batch_size=batch_size or settings.RETENTION_BATCH_SIZE,
+            now=now or timezone.now(),
+            deadline=time.monotonic() + (settings.RETENTION_RUN_SECONDS if max_seconds is None else max_seconds),
+            start_after=start_after,
+        )
+    finally:
+        _release_retention_lock()
+
+
+def _try_retention_lock() -> bool:
+    if connection.vendor != "postgresql":
+        return True  # SQLite (embedded mode) has a single worker
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_RUN_LOCK])
+        return bool(cursor.fetchone()[0])
+
+
+def _release_retention_lock() -> None:
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_RUN_LOCK])
+    except DatabaseError:
+        logger.warning("could not release the retention lock")
+        connection.close()  # the lock goes with the session
+
+
+def _organizations_from(start_after: int | None) -> list[Organization]:
+    organizations = list(Organization.objects.only("pk", "name", "retention_days").order_by("pk"))
+    if start_after is None:
+        return organizations
+    return [o for o in organizations if o.pk > start_after] + [o for o in organizations if o.pk <= start_after]
+
+
+def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | None) -> RetentionRun:
     # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
     kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
-    SignatureNonce.objects.filter(created_at__lt=now - kept).delete()
-    _forget_expired_keys(now, batch_size)
+    _delete_in_batches(SignatureNonce.objects.filter(created_at__lt=now - kept), batch_size)
+    _delete_in_batches(PurgedEventKey.objects.filter(forget_after__lt=now), batch_size)
+    # Django's database sessions are never deleted once expired (its clearsessions command is not
+    # run anywhere else): one row per sign-in, forever.
+    _delete_in_batches(Session.objects.filter(expire_date__lt=now), batch_size)
     # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
     idempotency_keys_purge_expired(now=now, batch_size=batch_size)
     deleted = 0
-    for organization in Organization.objects.only("pk", "name", "retention_days"):
+    for organization in _organizations_from(start_after):
         # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must
         # still not wipe the tenant's history at the next run.
         retention_days = max(organization.retention_days, MIN_RETENTION_DAYS)
         cutoff = now - timedelta(days=retention_days)
         counts = Counter()
         try:
-            finished = _purge_organization(organization, cutoff, batch_size, counts, now)
+            finished = _purge_organization(organization, cutoff, batch_size, counts, now, deadline)
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: taken for this organization's trouble, the next would be killed halfway
         except Exception:
             if not connection.is_usable():
                 raise  # the database, not this organization: the next run goes on
@@ -136,27 +228,35 @@ def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
                     },
                 )
         deleted += counts["events"] + counts["rejected_requests"]
+        if finished is None:
+            return RetentionRun(deleted=deleted, finished=False, stopped_at=organization.pk)
         if not finished:
             # The statement that outlasted the wait most likely started before the next
             # organization's first batch too: waiting again for it would only make this run longer.
-            break
-    return deleted
+            return RetentionRun(deleted=deleted, finished=False)
+    return RetentionRun(deleted=deleted, finished=True)
 
 
-def _forget_expired_keys(now, batch_size: int) -> None:
-    """Delete the PurgedEventKey rows past their forget_after, ``batch_size`` at a time: a run's keys
-    all expire together, as many as the events it purged."""
-    expired = PurgedEventKey.objects.filter(forget_after__lt=now).order_by()
+def _delete_in_batches(expired, batch_size: int) -> None:
+    """Delete the ``expired`` rows ``batch_size`` at a time, not in one statement: a run's purged keys
+    all expire together, as many as the events it purged, and an hour's signature bindings (one per
+    request of their providers) together too; one statement for them all would be one long
+    transaction holding back every vacuum meanwhile."""
+    expired = expired.order_by()
     while True:
         ids = list(expired.values_list("pk", flat=True)[:batch_size])
         if ids:
-            PurgedEventKey.objects.filter(pk__in=ids).delete()
+            expired.model.objects.filter(pk__in=ids).delete()
         if len(ids) < batch_size:
             return
 
 
-def _purge_organization(organization: Organization, cutoff, batch_size: int, counts: Counter, now) -> bool:
+def _purge_organization(
+    organization: Organization, cutoff, batch_size: int, counts: Counter, now, deadline: float = float("inf")
+) -> bool | None:
     """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``.
+
+    Returns None when the run's time (``deadline``, monotonic) ran out with more of them left.
 
     Each deleted event with a provider event id leaves its key (PurgedEventKey) for KEPT_DAYS more,
     committed before the event is deleted: a redelivery is still a duplicate once the body is gone.
@@ -209,6 +309,8 @@ def _purge_organization(organization: Organization, cutoff, batch_size: int, cou
         counts["deliveries"] += removed.get(Delivery._meta.label, 0)
         if len(ids) < batch_size:
             return True
+        if time.monotonic() > deadline:
+            return None
 
 
 def _lock_batch(ids: list, *, deliveries: bool) -> None:
