@@ -13,8 +13,6 @@ from django.conf import settings
 
 from .processes import ROOT, wait_until
 
-pytestmark = pytest.mark.worker  # a database of its own, migrated by manage.py
-
 BUILD_OF_THE_BULK_RETRY_INDEX = (
     "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
     " AND query LIKE 'CREATE INDEX CONCURRENTLY%%delivery_bulk_retry_status%%'"
