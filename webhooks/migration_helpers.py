@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.db import migrations
+
 
 def build_index_concurrently(schema_editor, name: str, create_sql: str) -> None:
     """Run ``create_sql`` (a CREATE INDEX CONCURRENTLY IF NOT EXISTS ``name``) safely again.
@@ -24,3 +26,23 @@ def build_index_concurrently(schema_editor, name: str, create_sql: str) -> None:
         schema_editor.execute(create_sql)
     finally:
         schema_editor.execute("RESET statement_timeout")
+
+
+class AddFieldUnlessAdded(migrations.AddField):
+    """AddField, except where the column is there already: added by an earlier run of the same
+    migration that was stopped before it was recorded.
+
+    A migration that builds an index CONCURRENTLY runs outside a transaction, so each of its steps
+    commits on its own: a release stopped during the build (on a large table the longest step: the
+    release's time limit, a cancelled build) leaves the migration's columns added but the migration
+    not recorded, and the next release runs it again from its first step, where adding a column
+    again would fail ("column already exists") and stop every release after it.
+    """
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        model = to_state.apps.get_model(app_label, self.model_name)
+        column = model._meta.get_field(self.name).column
+        with schema_editor.connection.cursor() as cursor:
+            table = schema_editor.connection.introspection.get_table_description(cursor, model._meta.db_table)
+        if column not in {existing.name for existing in table}:
+            super().database_forwards(app_label, schema_editor, from_state, to_state)

@@ -4,12 +4,13 @@
 # - the column is nullable without a default (no rewrite), and its foreign key is declared with it
 #   in the same ADD COLUMN, which PostgreSQL does not validate by reading the table (it is all NULL);
 # - its index is partial (only the deliveries a job takes) and built CONCURRENTLY, without holding
-#   up delivery recording; safe to run again after an interruption.
+#   up delivery recording; safe to run again after an interruption, the columns too (a run stopped
+#   during the build has added them already: AddFieldUnlessAdded).
 
 import django.db.models.deletion
 from django.db import migrations, models
 
-from webhooks.migration_helpers import build_index_concurrently
+from webhooks.migration_helpers import AddFieldUnlessAdded, build_index_concurrently
 
 BULK_RETRY_INDEX = models.Index(
     fields=("bulk_retry", "status"),
@@ -44,12 +45,12 @@ class Migration(migrations.Migration):
     dependencies = [("webhooks", "0034_event_org_accepted_index")]
 
     operations = [
-        migrations.AddField(
+        AddFieldUnlessAdded(
             model_name="bulkretry",
             name="outcome_recorded",
             field=models.BooleanField(db_default=False, default=True),
         ),
-        migrations.AddField(
+        AddFieldUnlessAdded(
             model_name="delivery",
             name="bulk_retry",
             field=models.ForeignKey(
