@@ -44,6 +44,9 @@ class IngestRefusalsAtInfo(logging.Filter):
             path = getattr(getattr(record, "request", None), "path", "")
             if status_code is not None and status_code < 500 and path.startswith("/in/"):
                 record.levelno, record.levelname = logging.INFO, "INFO"
+                # The logger let it through as a WARNING; as an INFO it goes only where INFO is
+                # wanted (LOG_LEVEL=WARNING must not still print every forged request).
+                return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 

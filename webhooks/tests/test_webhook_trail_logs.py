@@ -183,3 +183,18 @@ def test_djangos_4xx_warnings_on_ingest_urls_are_info_and_others_stay_warnings()
     assert (ingest.levelno, ingest.levelname) == (logging.INFO, "INFO")
     assert too_large.levelno == logging.INFO
     assert elsewhere.levelno == logging.WARNING and failed.levelno == logging.WARNING
+
+
+def test_ingest_4xx_warnings_turned_info_are_dropped_where_info_is_not_logged():
+    """With LOG_LEVEL=WARNING Django's logger still lets the WARNING through; once it is an INFO, the
+    handler must not write it, or every forged request would still be printed."""
+    (console,) = [handler for handler in logging.getLogger().handlers if handler.get_name() == "console"]
+    django_request = logging.getLogger("django.request")
+    level = django_request.level
+    django_request.setLevel(logging.WARNING)
+    try:
+        assert not console.filter(_django_request_record("/in/AbCdEfGh1234_-xyzTOKENtail/", 401))
+        assert console.filter(_django_request_record("/in/AbCdEfGh1234_-xyzTOKENtail/", 503))
+        assert console.filter(_django_request_record("/api/v1/events/", 401))
+    finally:
+        django_request.setLevel(level)
