@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -73,8 +74,10 @@ class IdempotencyKeyMixin:
     def handle_exception(self, exc):
         if isinstance(exc, _Replay):
             response = Response(json.loads(exc.stored.body) if exc.stored.body else None, status=exc.stored.status)
-            if exc.stored.location:
-                response["Location"] = exc.stored.location
+            if location := exc.stored.location:
+                # Kept before Locations were absolute (a path): made absolute as views.absolute_url
+                # does now, so a retry across the upgrade gets what a client of this release follows.
+                response["Location"] = settings.PUBLIC_BASE_URL + location if location.startswith("/") else location
             response[REPLAYED_HEADER] = "true"
             return response
         return super().handle_exception(exc)

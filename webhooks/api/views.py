@@ -63,12 +63,38 @@ def _uuid(text: str) -> uuid.UUID:
         raise exceptions.NotFound("not found") from None
 
 
+def absolute_url(path: str) -> str:
+    """A URL the API sends (``Location``), absolute and starting with PUBLIC_BASE_URL, as the lists'
+    ``next`` links: a client follows it as it is, and behind a proxy the Host header may be the proxy's."""
+    return settings.PUBLIC_BASE_URL + path
+
+
 def _found(lookup, **kwargs):
     """A tenant selector's object; another organization's is as unknown as one that never existed."""
     try:
         return lookup(**kwargs)
     except ObjectDoesNotExist:
         raise exceptions.NotFound("not found") from None
+
+
+# What an id in a filter or a body names, each read through its tenant selector.
+_ID_LOOKUPS = {
+    "source": source_for_organization,
+    "destination": destination_for_organization,
+    "event": event_for_organization,
+}
+
+
+def _known_ids_or_invalid(organization, given: dict, fields: tuple[str, ...]) -> None:
+    """Each of ``fields`` given is an id of the organization's, or a 400 on it ("no such source").
+    Another organization's is as unknown as one that never existed, and 400, not 404: the path
+    exists. A list's filter too: an empty page would read as "nothing there yet" for a mistyped id."""
+    for field in fields:
+        if field in given:
+            try:
+                _ID_LOOKUPS[field](organization=organization, **{f"{field}_id": given[field]})
+            except ObjectDoesNotExist:
+                raise exceptions.ValidationError({field: [f"no such {field}"]}) from None
 
 
 class NewestFirst(CursorPagination):
@@ -151,7 +177,7 @@ class ApiObjectView(ApiView):
     def show_delivery(self, delivery) -> Response:
         """A delivery just queued (a retry, a replay): 202, and its URL to follow, as a bulk retry's."""
         response = self.show(serializers.DeliverySerializer, delivery, status=202)
-        response["Location"] = reverse("api:delivery", kwargs={"delivery_id": delivery.pk})
+        response["Location"] = absolute_url(reverse("api:delivery", kwargs={"delivery_id": delivery.pk}))
         return response
 
     def no_body(self, request) -> None:
@@ -165,6 +191,7 @@ class ApiListView(ApiObjectView):
     pagination_class = NewestFirst
     serializer_class = None
     filter_serializer_class = serializers.NoFilters
+    id_filters: tuple[str, ...] = ()  # filters naming one of the organization's objects by its id
 
     def get_queryset(self, filters: dict):
         raise NotImplementedError
@@ -186,12 +213,14 @@ class ApiListView(ApiObjectView):
         also_takes = (paginator.cursor_query_param, paginator.page_size_query_param)
         given = self.filter_serializer_class(data=request.query_params, context={"also_takes": also_takes})
         given.is_valid(raise_exception=True)
+        _known_ids_or_invalid(self.organization, given.validated_data, self.id_filters)
         return given.validated_data
 
 
 class EventListView(ApiListView):
     serializer_class = serializers.EventSerializer
     filter_serializer_class = serializers.EventFilterSerializer
+    id_filters = ("source", "destination")
 
     def listed(self, request, filters: dict) -> Response:
         if "body_contains" in filters:
@@ -292,6 +321,7 @@ class EventReplayView(ApiObjectView):
 class DeliveryListView(ApiListView):
     serializer_class = serializers.DeliverySerializer
     filter_serializer_class = serializers.DeliveryFilterSerializer
+    id_filters = ("destination", "event")
 
     def get_queryset(self, filters):
         return deliveries_for_organization(
@@ -323,13 +353,6 @@ class DeliveryRetryView(ApiObjectView):
         return self.show_delivery(delivery)
 
 
-def _known_or_invalid(lookup, field: str, **kwargs) -> None:
-    try:
-        lookup(**kwargs)
-    except ObjectDoesNotExist:
-        raise exceptions.ValidationError({field: [f"no such {field}"]}) from None
-
-
 class DeliveryBulkRetryView(ApiObjectView):
     """The dashboard's bulk retry with the delivery list's filters: a job, followed at its URL."""
 
@@ -337,10 +360,7 @@ class DeliveryBulkRetryView(ApiObjectView):
         given = serializers.BulkRetryRequestSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         data = given.validated_data
-        # Another organization's ids are unknown here, as in every body (400, not 404: the path exists).
-        for field, lookup in (("destination", destination_for_organization), ("source", source_for_organization)):
-            if field in data:
-                _known_or_invalid(lookup, field, organization=self.organization, **{f"{field}_id": data[field]})
+        _known_ids_or_invalid(self.organization, data, ("destination", "source"))
         filters = {
             "statuses": [data["status"]],
             **{key: data[key] for key in ("destination", "source", "received_after", "received_before") if key in data},
@@ -356,7 +376,7 @@ class DeliveryBulkRetryView(ApiObjectView):
         # Read again with its outcome (none yet), in the shape /bulk_retries/<id> shows it.
         job = bulk_retry_for_organization(organization=self.organization, job_id=job.pk)
         response = self.show(serializers.BulkRetrySerializer, job, status=202)
-        response["Location"] = reverse("api:bulk_retry", kwargs={"job_id": job.pk})
+        response["Location"] = absolute_url(reverse("api:bulk_retry", kwargs={"job_id": job.pk}))
         return response
 
 

@@ -49,6 +49,7 @@ from .views import (
     SourceListView,
     _found,
     _int_id,
+    absolute_url,
 )
 
 
@@ -104,7 +105,7 @@ class SourceListCreateView(SourceShowMixin, SourceListView):
         except SourceError as exc:
             raise _refused(str(exc)) from None
         response = self.show_source(source, status=201, **({"secret": generated} if generated else {}))
-        response["Location"] = reverse("api:source", kwargs={"source_id": source.pk})
+        response["Location"] = absolute_url(reverse("api:source", kwargs={"source_id": source.pk}))
         return response
 
 
@@ -203,7 +204,7 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
             ) from None
         warnings = _destination_warnings(destination, sources=data["sources"])
         response = self.show_destination(destination.pk, status=201, secret=secret, warnings=warnings)
-        response["Location"] = reverse("api:destination", kwargs={"destination_id": destination.pk})
+        response["Location"] = absolute_url(reverse("api:destination", kwargs={"destination_id": destination.pk}))
         return response
 
 

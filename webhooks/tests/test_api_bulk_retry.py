@@ -63,7 +63,7 @@ def test_a_bulk_retry_is_a_job_to_follow_until_every_dead_delivery_is_retried(cl
     job = response.json()
     assert job["status"] == "queued" and job["total"] == 4 and job["retried"] == 0
     assert job["filters"] == {"status": "dead"} and job["finished_at"] is None
-    assert response["Location"] == f"/api/v1/bulk_retries/{job['id']}"
+    assert response["Location"] == f"http://testserver/api/v1/bulk_retries/{job['id']}"
     # A read-only key may follow it.
     _, reader = make_key(organization, access=ApiKey.Access.READ_ONLY, name="reader")
     assert api_get(client, reader, f"/api/v1/bulk_retries/{job['id']}").json() == job

@@ -36,7 +36,9 @@ def test_retry_a_dead_delivery(client, organization, setup):
     response = api_post(client, key, f"/api/v1/deliveries/{delivery.pk}/retry")
     assert response.status_code == 202, response.content
     assert response.json()["id"] == str(delivery.pk) and response.json()["status"] == "pending"
-    assert response["Location"] == f"/api/v1/deliveries/{delivery.pk}"  # to follow, as a bulk retry's job
+    assert (
+        response["Location"] == f"http://testserver/api/v1/deliveries/{delivery.pk}"
+    )  # to follow, as a bulk retry's job
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.PENDING and delivery.manual_attempts == 1
     _assert_by_key(_entry("delivery.retried"), api_key, organization)
@@ -57,7 +59,7 @@ def test_replay_an_event_to_a_destination(client, organization, setup):
     assert response.status_code == 202, response.content
     replay = Delivery.objects.get(pk=response.json()["id"])
     assert replay.is_replay and replay.event == event and replay.destination == destination
-    assert response["Location"] == f"/api/v1/deliveries/{replay.pk}"
+    assert response["Location"] == f"http://testserver/api/v1/deliveries/{replay.pk}"
     assert response.json()["webhook_id"] == str(replay.pk)
     entry = _entry("event.replayed")
     _assert_by_key(entry, api_key, organization)

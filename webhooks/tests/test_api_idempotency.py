@@ -53,7 +53,7 @@ def test_a_retried_create_gets_the_first_answer_again_and_creates_nothing(client
     assert again.status_code == 201 and again["Idempotent-Replayed"] == "true"
     # The client never got the first answer: the retry's is the same, its one-time secret included.
     assert again.json() == first.json() and again.json()["secret"]
-    assert again["Location"] == first["Location"] == f"/api/v1/sources/{first.json()['id']}"
+    assert again["Location"] == first["Location"] == f"http://testserver/api/v1/sources/{first.json()['id']}"
     assert Source.objects.filter(organization=organization).count() == 1
     assert AuditLog.objects.filter(action="source.created").count() == 1
     # Without a key, nothing changes: each request runs.

@@ -83,7 +83,7 @@ def test_a_created_destination_receives_a_delivery_signed_with_its_secret(
     assert secret.startswith("whsec_") and shown["secret_hint"] == "…" + secret[-4:]
     assert shown["timeout_seconds"] == 5 and shown["retry_client_errors"] is True
     assert shown["subscriptions"] == [{"source": created["id"], "event_types": ["invoice.*"]}]
-    assert response["Location"] == f"/api/v1/destinations/{shown['id']}"
+    assert response["Location"] == f"http://testserver/api/v1/destinations/{shown['id']}"
     entry = _by_key("destination.created", api_key)
     assert secret not in json.dumps(entry.changes)
     _by_key("subscription.created", api_key)

@@ -56,7 +56,7 @@ def test_a_source_created_with_the_providers_secret_accepts_a_webhook_stripe_sig
     created = response.json()
     assert "secret" not in created  # the tenant gave it: nothing to show
     source = Source.objects.get(pk=created["id"], organization=organization)
-    assert response["Location"] == f"/api/v1/sources/{source.pk}"
+    assert response["Location"] == f"http://testserver/api/v1/sources/{source.pk}"
     assert created["ingest_url"] == f"http://testserver/in/{source.ingest_token}/"
     assert created["secret_hint"] == source.secret_hint == "…cret" and created["provider"] == "stripe"
     assert source.options == {"tolerance": 300}
