@@ -20,12 +20,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import Error as DatabaseOrConnectionError
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, OuterRef, PositiveIntegerField, Q, Subquery, When
+from django.db.models import Case, F, OuterRef, PositiveIntegerField, Q, Subquery, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -303,15 +304,7 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
     now = now or timezone.now()
     window = _rate_window(now)
     with transaction.atomic():
-        oldest_due = Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True).filter(
-            status=Delivery.Status.PENDING, next_attempt_at__lte=now
-        )
-        due = oldest_due.filter(
-            destination__paused_at__isnull=True,
-            destination__is_active=True,
-            destination__organization__is_active=True,
-        )
-        destinations: dict[int, Destination] = {}
+        destinations: dict[int, _LockedDestination] = {}
         allowance: dict[int, int] = {}
         taken: dict[int, int] = defaultdict(int)
         chosen: list = []
@@ -321,12 +314,12 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
         # too (_lock_destinations gives those no room): filtering them in the query would make
         # every claim step over a paused destination's whole backlog, row by row, which a
         # circuit-broken destination that events keep arriving for makes large.
-        candidates = list(oldest_due.order_by("next_attempt_at", "id").values_list("id", "destination_id")[:wanted])
-        _lock_destinations({d for _, d in candidates}, destinations, allowance, window, organizations)
+        candidates = _oldest_due(now, wanted)
+        in_flight = _lock_destinations({d for _, d in candidates}, destinations, allowance, window, organizations)
         _choose(candidates, limit, allowance, taken, chosen, organizations)
         if len(chosen) < limit and len(candidates) == wanted:
             _choose_from_other_destinations(
-                due, now, limit, destinations, allowance, taken, chosen, window, organizations
+                now, limit, destinations, allowance, taken, chosen, window, organizations, in_flight
             )
         for destination_id, count in taken.items():
             destination = destinations.get(destination_id)
@@ -345,6 +338,34 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
             attempt_count=F("attempt_count") + 1,
         )
     return chosen, _not_of_sources_being_deleted(_load_claimed(chosen))
+
+
+# The first look of a claim (PostgreSQL): the oldest due deliveries, locked, those other dispatchers
+# hold passed over. Plain SQL, as the ORM's would be built anew on every claim (see _in_flight).
+OLDEST_DUE_SQL = f"""
+SELECT id, destination_id FROM webhooks_delivery
+WHERE status = '{Delivery.Status.PENDING}' AND next_attempt_at <= %s
+ORDER BY next_attempt_at, id
+LIMIT %s
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+
+
+def _due_deliveries(now):
+    """The due deliveries to claim, locked as they are read (the ORM's way: the embedded mode)."""
+    return Delivery.objects.select_for_update(skip_locked=True, of=("self",), no_key=True).filter(
+        status=Delivery.Status.PENDING, next_attempt_at__lte=now
+    )
+
+
+def _oldest_due(now, count: int) -> list[tuple]:
+    """(delivery id, destination id) of up to ``count`` oldest due deliveries, locked, those locked
+    by others passed over; of paused or inactive destinations too (see _claim_once)."""
+    if connection.vendor != "postgresql":
+        return list(_due_deliveries(now).order_by("next_attempt_at", "id").values_list("id", "destination_id")[:count])
+    with connection.cursor() as cursor:
+        cursor.execute(OLDEST_DUE_SQL, [now, count])
+        return cursor.fetchall()
 
 
 # The fields of a destination that are decrypted when loaded: left out where they are not needed,
@@ -449,18 +470,17 @@ class _OrganizationRoom:
         self.of[destination_id] = organization_id
         self.cap[organization_id] = cap
 
-    def count_in_flight(self) -> None:
-        """Read the sends in flight of the organizations not counted yet."""
+    def count_in_flight(self, in_flight: list[tuple[int, int, int, int, int]]) -> None:
+        """Count the sends in flight (``in_flight``, from _in_flight) of the organizations not counted yet."""
         uncounted = set(self.of.values()) - set(self.left)
         if not uncounted:
             return
-        in_flight = dict(
-            Delivery.objects.filter(organization_id__in=uncounted, status=Delivery.Status.IN_FLIGHT)
-            .values_list("organization_id")
-            .annotate(n=Count("id"))
-        )
+        counts: dict[int, int] = defaultdict(int)
+        for organization_id, _, _, _, count in in_flight:
+            if organization_id in uncounted:
+                counts[organization_id] += count
         for organization_id in uncounted:
-            self.left[organization_id] = max(self.cap[organization_id] - in_flight.get(organization_id, 0), 0)
+            self.left[organization_id] = max(self.cap[organization_id] - counts[organization_id], 0)
 
     def take(self, destination_id: int) -> bool:
         """One more send for the destination's organization, if it has room."""
@@ -475,7 +495,7 @@ class _OrganizationRoom:
 
     def full_anywhere(self, in_flight: list[tuple[int, int, int, int, int]]) -> list[int]:
         """The organizations with no room left: those counted so far, and any other whose sends in
-        flight (``in_flight``, from _in_flight_by_destination) already reach its cap. The look
+        flight (``in_flight``, from _in_flight) already reach its cap. The look
         beyond the backlog must pass over the latter too: it takes as many destinations as there
         are free slots, the ones waiting longest, and those of one tenant at its limit that the
         first look never saw (its many receivers all slow, their deliveries older than anyone
@@ -492,18 +512,31 @@ class _OrganizationRoom:
         return self.full()
 
 
-def _in_flight_by_destination() -> list[tuple[int, int, int, int, int]]:
-    """(organization id, destination id, the destination's max_concurrency, its organization's
-    effective max_concurrency, its sends in flight) of every destination with a send in flight:
-    one read of the in-flight rows, at most a few per sending thread (the partial index
-    delivery_in_flight_by_dest), joined to their destinations and organizations."""
-    return list(
-        Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
-        .annotate(organization_cap=effective_max_concurrency("organization__"))
-        .values_list("organization_id", "destination_id", "destination__max_concurrency", "organization_cap")
-        .annotate(count=Count("id"))
-        .order_by()
-    )
+# Every send in flight, by organization and destination: (organization id, destination id, the
+# destination's max_concurrency, its organization's effective max_concurrency, its sends in flight).
+# At most a few rows per sending thread (the partial index delivery_in_flight_by_dest), joined to
+# their destinations and organizations. One read serves the claim's three uses of them: each
+# locked destination's room, each organization's, and, for the look beyond the backlog, the
+# organizations and destinations already full anywhere. Plain SQL: the ORM took longer to build
+# the statement than PostgreSQL to run it, on every claim.
+IN_FLIGHT_SQL = f"""
+SELECT webhooks_delivery.organization_id, webhooks_delivery.destination_id, webhooks_destination.max_concurrency,
+    COALESCE(organizations_organization.max_concurrency, %s), COUNT(*)
+FROM webhooks_delivery
+JOIN webhooks_destination ON webhooks_destination.id = webhooks_delivery.destination_id
+JOIN organizations_organization ON organizations_organization.id = webhooks_delivery.organization_id
+WHERE webhooks_delivery.status = '{Delivery.Status.IN_FLIGHT}'
+GROUP BY webhooks_delivery.organization_id, webhooks_delivery.destination_id,
+    webhooks_destination.max_concurrency, organizations_organization.max_concurrency
+"""
+
+
+def _in_flight() -> list[tuple[int, int, int, int, int]]:
+    """Every send in flight, grouped (IN_FLIGHT_SQL). The setting is read at each call, as
+    organizations.models.effective_max_concurrency does."""
+    with connection.cursor() as cursor:
+        cursor.execute(IN_FLIGHT_SQL, [settings.ORGANIZATION_MAX_CONCURRENCY])
+        return cursor.fetchall()
 
 
 def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list, organizations) -> None:
@@ -516,7 +549,7 @@ def _choose(candidates, limit: int, allowance: dict, taken: dict, chosen: list, 
 
 
 def _choose_from_other_destinations(
-    due, now, limit, destinations, allowance, taken, chosen, window, organizations
+    now, limit, destinations, allowance, taken, chosen, window, organizations, in_flight
 ) -> None:
     """The oldest due deliveries of destinations the first look did not reach.
 
@@ -525,10 +558,14 @@ def _choose_from_other_destinations(
     of organizations with no room left are passed over, so that one tenant's many destinations
     cannot fill the look either, and so are those at their own max_concurrency or with their rate
     limit used up for this second, so that many slow or rate-limited receivers cannot.
+
+    ``in_flight`` is the first look's read of the sends in flight (_lock_destinations), a few
+    milliseconds old: it only chooses which destinations to lock (as the read of its own that this
+    made before did, which was as old by the time they were locked). Their room is counted again
+    once they are locked.
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    in_flight = _in_flight_by_destination()
     full = organizations.full_anywhere(in_flight)
     # Destinations at their own max_concurrency are passed over as well, for the same reason: many
     # slow receivers, each with its sends in flight and deliveries older than the rest, filled the
@@ -548,7 +585,13 @@ def _choose_from_other_destinations(
         if room <= 0:
             continue
         candidates = list(
-            due.filter(destination_id=destination_id)
+            _due_deliveries(now)
+            .filter(
+                destination_id=destination_id,
+                destination__paused_at__isnull=True,
+                destination__is_active=True,
+                destination__organization__is_active=True,
+            )
             .order_by("next_attempt_at", "id")
             .values_list("id", "destination_id")[:room]
         )
@@ -688,7 +731,53 @@ def _oldest_due_of(rooms: list[tuple[int, int]], now) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window, organizations) -> None:
+class _LockedDestination(NamedTuple):
+    """What a claim reads of a destination it locked."""
+
+    id: int
+    organization_id: int
+    is_active: bool
+    paused_at: datetime | None
+    max_concurrency: int
+    rate_limit_per_second: int | None
+    rate_window_started_at: datetime | None
+    rate_window_count: int
+    organization_active: bool
+    organization_cap: int  # its organization's effective max_concurrency
+
+
+# Lock the destinations (see _lock_destinations) and read what the claim needs of them (PostgreSQL).
+LOCK_DESTINATIONS_SQL = f"""
+SELECT {", ".join(f"webhooks_destination.{name}" for name in _LockedDestination._fields[:-2])},
+    organizations_organization.is_active, COALESCE(organizations_organization.max_concurrency, %s)
+FROM webhooks_destination
+JOIN organizations_organization ON organizations_organization.id = webhooks_destination.organization_id
+WHERE webhooks_destination.id = ANY(%s::bigint[])
+ORDER BY webhooks_destination.id
+FOR NO KEY UPDATE OF webhooks_destination SKIP LOCKED
+"""
+
+
+def _locked_destinations(ids: set[int]) -> list[_LockedDestination]:
+    """Lock the destinations ``ids`` in id order, those locked by others passed over."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(LOCK_DESTINATIONS_SQL, [settings.ORGANIZATION_MAX_CONCURRENCY, sorted(ids)])
+            return [_LockedDestination(*row) for row in cursor.fetchall()]
+    locked = (
+        Destination.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .annotate(
+            organization_active=F("organization__is_active"),
+            organization_cap=effective_max_concurrency("organization__"),
+        )
+        .values_list(*_LockedDestination._fields)
+    )
+    return [_LockedDestination(*row) for row in locked]
+
+
+def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, window, organizations) -> list[tuple]:
     """Lock the destinations and work out how many more deliveries each may take now.
 
     Locking serialises claims per destination, so caps hold across dispatchers. FOR NO KEY
@@ -696,34 +785,21 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     (their foreign-key check takes KEY SHARE, which FOR UPDATE would conflict with). SKIP
     LOCKED: a destination another dispatcher is claiming for is left to it this time (and
     rounds that lock in a different order cannot deadlock).
+
+    Returns the sends in flight (_in_flight), read once the destinations are locked, in a
+    statement of its own: that statement's snapshot is taken after the locks are held, so it sees
+    every claim of another dispatcher that held one of them before (committed when it let go).
+    Counted in the locking statement itself, they would be read with that statement's snapshot,
+    taken before it reached the rows: a claim committed in between (its lock released, no row
+    changed, so PostgreSQL does not look again) would go uncounted and the cap overrun.
     """
     if not ids:
-        return
-    locked = {
-        d.pk: d
-        for d in Destination.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
-        .filter(pk__in=ids)
-        .order_by("pk")
-        .annotate(
-            organization_active=F("organization__is_active"),
-            organization_cap=effective_max_concurrency("organization__"),
-        )
-        .only(
-            "pk",
-            "organization_id",
-            "is_active",
-            "paused_at",
-            "max_concurrency",
-            "rate_limit_per_second",
-            "rate_window_started_at",
-            "rate_window_count",
-        )
-    }
-    in_flight = dict(
-        Delivery.objects.filter(destination_id__in=list(locked), status=Delivery.Status.IN_FLIGHT)
-        .values_list("destination_id")
-        .annotate(n=Count("id"))
-    )
+        return []
+    locked = {destination.id: destination for destination in _locked_destinations(ids)}
+    in_flight = _in_flight()
+    in_flight_of: dict[int, int] = defaultdict(int)
+    for _, destination_id, _, _, count in in_flight:
+        in_flight_of[destination_id] += count
     for destination_id in ids:
         destination = locked.get(destination_id)
         if (
@@ -736,12 +812,13 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             continue
         destinations[destination_id] = destination
         organizations.add(destination_id, destination.organization_id, destination.organization_cap)
-        room = destination.max_concurrency - in_flight.get(destination_id, 0)
+        room = destination.max_concurrency - in_flight_of[destination_id]
         if destination.rate_limit_per_second:
             used = destination.rate_window_count if destination.rate_window_started_at == window else 0
             room = min(room, destination.rate_limit_per_second - used)
         allowance[destination_id] = max(room, 0)
-    organizations.count_in_flight()
+    organizations.count_in_flight(in_flight)
+    return in_flight
 
 
 INACTIVE_DESTINATION_ERROR = "the destination is inactive: not sent (retry once it is active again)"

@@ -245,3 +245,43 @@ def test_a_suspended_organization_s_deliveries_wait_until_it_is_active_again(see
 
     Organization.objects.filter(pk=other_organization.pk).update(is_active=True)
     assert {d.pk for d in delivery_service.claim_due_deliveries(4)} <= set(theirs)
+
+
+def claim_statements(limit: int) -> tuple[list, list[str]]:
+    """What claim_due_deliveries(limit) returns, and the statements it ran (savepoints left out:
+    the test's transaction turns the claim's own into one)."""
+    with CaptureQueriesContext(connection) as queries:
+        claimed = delivery_service.claim_due_deliveries(limit)
+    statements = [
+        query["sql"] for query in queries.captured_queries if not query["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+    return claimed, statements
+
+
+def test_a_claim_reads_the_sends_in_flight_once_per_lock(seeder):
+    # The sends in flight used to be counted three ways per claim (per locked destination, per
+    # organization, per destination and organization for the look beyond the backlog), each its
+    # own statement. One grouped read after each lock serves all three.
+    postgresql_only()
+    backlog = seeder.destination("backlog", max_concurrency=1)
+    seeder.deliveries(backlog, 1, waited=timedelta(hours=2), status=Delivery.Status.IN_FLIGHT)
+    seeder.deliveries(backlog, 130, waited=timedelta(hours=1))
+    other = seeder.deliveries(seeder.destination("other"), 1, waited=timedelta(minutes=1))
+
+    claimed, statements = claim_statements(32)
+    assert [d.pk for d in claimed] == other
+    # The oldest due rows; the backlog's destination locked, then the sends in flight; the walk;
+    # the other destination locked, then the sends in flight again (counts read before a lock
+    # could miss a claim committed meanwhile); its oldest due rows; the claiming UPDATE; the
+    # claimed rows loaded.
+    assert len(statements) == 9, "\n\n".join(statements)
+
+    # Without a look beyond the backlog (the first look fills the claim): the oldest due rows, the lock, the sends in flight, the
+    # claiming UPDATE and the rows loaded.
+    Delivery.objects.filter(pk__in=other).update(status=Delivery.Status.SUCCEEDED)
+    Delivery.objects.filter(destination=backlog, status=Delivery.Status.IN_FLIGHT).update(
+        status=Delivery.Status.SUCCEEDED
+    )
+    claimed, statements = claim_statements(1)
+    assert len(claimed) == 1
+    assert len(statements) == 5, "\n\n".join(statements)
