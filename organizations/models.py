@@ -34,9 +34,11 @@ class Organization(models.Model):
         default=30,
         validators=[MinValueValidator(MIN_RETENTION_DAYS), MaxValueValidator(MAX_RETENTION_DAYS)],
         help_text=(
-            "Days a finished event is kept. Every hour, events received longer ago than this (with their "
-            "deliveries and delivery attempts, and rejected requests) are deleted for good; events still "
-            f"waiting to be delivered are kept. From {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days."
+            "Days a finished event is kept, counted from when it was received and from when its last "
+            "delivery ended (succeeded or died, also after a retry). Every hour, events past both (with their "
+            "deliveries and delivery attempts, and rejected requests received longer ago than this) are "
+            "deleted for good; events still waiting to be delivered are kept. "
+            f"From {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days."
         ),
     )
     is_active = models.BooleanField(default=True)

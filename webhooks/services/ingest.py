@@ -331,8 +331,8 @@ def insert_event(event: NewEvent) -> tuple:
     return original_id, False
 
 
-# A stored event is purged once received more than its organization's retention ago, and its key is
-# kept PurgedEventKey.KEPT_DAYS after that; a signed time is accepted only while the key of its event,
+# A stored event is purged no sooner than its organization's retention after it was received (later
+# when a delivery ended within the retention), and its key is kept PurgedEventKey.KEPT_DAYS after that; a signed time is accepted only while the key of its event,
 # received no earlier than this much before the signed time (a provider's clock ahead of ours), must
 # still be there.
 RETENTION_CLOCK_MARGIN_SECONDS = SignatureNonce.CLOCK_SKEW_SECONDS

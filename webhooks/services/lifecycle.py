@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.mail import send_mail
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from organizations.idempotency import idempotency_keys_purge_expired
@@ -254,7 +254,8 @@ def _delete_in_batches(expired, batch_size: int) -> None:
 def _purge_organization(
     organization: Organization, cutoff, batch_size: int, counts: Counter, now, deadline: float = float("inf")
 ) -> bool | None:
-    """Delete the organization's finished events received before ``cutoff``; adds what it deleted to ``counts``.
+    """Delete the organization's finished events past ``cutoff`` (received, and with every delivery ended,
+    before it: _expired_and_finished); adds what it deleted to ``counts``.
 
     Returns None when the run's time (``deadline``, monotonic) ran out with more of them left.
 
@@ -381,10 +382,24 @@ def _keep_keys(events, *, forget_after) -> bool:
 
 
 def _expired_and_finished(organization: Organization, cutoff):
+    """The organization's events past their retention: received before ``cutoff``, processed, and
+    with every delivery finished before ``cutoff`` too.
+
+    The retention counts from the last delivery's end, not only from receipt: a delivery that died
+    late (its destination paused for days, a long retry schedule, a retry by hand) is announced by
+    the dead-letter mail, and the tenant must still find the event to look at and retry for the
+    whole retention after that. A retry (by hand or in bulk) makes the delivery pending again and
+    its new end starts the time anew. One NOT EXISTS on the deliveries, by their event (its foreign
+    key's index): a delivery waiting or being sent, or one that ended at or after the cutoff, keeps
+    the event. Rejected requests have no deliveries and go by their receipt alone.
+    """
+    keeps_the_event = Delivery.objects.filter(event=OuterRef("pk")).filter(
+        Q(status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT)) | Q(completed_at__gte=cutoff)
+    )
     return (
         WebhookEvent.objects.filter(organization=organization, received_at__lt=cutoff)
         .exclude(status=WebhookEvent.Status.RECEIVED)
-        .exclude(deliveries__status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT))
+        .filter(~Exists(keeps_the_event))
     )
 
 

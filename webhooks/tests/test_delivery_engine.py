@@ -341,6 +341,7 @@ def test_retention_deletes_old_events_in_batches_and_keeps_monthly_counts(client
     delivery_service.dispatch_due_deliveries(threads=2)
     old = list(WebhookEvent.objects.order_by("id")[:3])
     WebhookEvent.objects.filter(pk__in=[e.pk for e in old]).update(received_at=timezone.now() - timedelta(days=31))
+    Delivery.objects.filter(event__in=old).update(completed_at=timezone.now() - timedelta(days=31))
 
     assert purge_expired_events(batch_size=2) == 3
     assert WebhookEvent.objects.count() == 2
@@ -360,6 +361,7 @@ def test_retention_locks_events_and_deliveries_in_id_order(client, organization,
     ingest_many(client, source, 3)
     delivery_service.dispatch_due_deliveries(threads=2)
     WebhookEvent.objects.update(received_at=timezone.now() - timedelta(days=31))
+    Delivery.objects.update(completed_at=timezone.now() - timedelta(days=31))
 
     with CaptureQueriesContext(connection) as queries:
         assert purge_expired_events() == 3
@@ -907,6 +909,82 @@ def test_retention_keeps_events_not_yet_delivered(client, organization, httpserv
     Delivery.objects.update(status="dead")
     WebhookEvent.objects.filter(provider_event_id="evt_unprocessed").update(status="processed")
     assert purge_expired_events() == 3
+
+
+def delivered_long_ago(client, organization, httpserver, count, path="/gone"):
+    """``count`` events received 400 days ago (the retention is 30), each with one delivery that died."""
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for(path), sources=[source])
+    httpserver.expect_request(path).respond_with_data("no", status=410)
+    ingest_many(client, source, count)
+    delivery_service.dispatch_due_deliveries(threads=1)
+    assert Delivery.objects.filter(status="dead").count() == count
+    WebhookEvent.objects.update(received_at=timezone.now() - timedelta(days=400))
+    return list(WebhookEvent.objects.order_by("id"))
+
+
+def test_retention_counts_from_when_the_last_delivery_ended(client, organization, httpserver):
+    # Received long ago, but its delivery died only yesterday (a destination paused for days, a long
+    # retry schedule): the dead-letter mail has just gone out, and the tenant must still find the event.
+    died_yesterday, finished_long_ago = delivered_long_ago(client, organization, httpserver, 2)
+    Delivery.objects.filter(event=died_yesterday).update(completed_at=timezone.now() - timedelta(days=1))
+    Delivery.objects.filter(event=finished_long_ago).update(completed_at=timezone.now() - timedelta(days=31))
+
+    assert purge_expired_events() == 1
+    assert list(WebhookEvent.objects.values_list("pk", flat=True)) == [died_yesterday.pk]
+    assert Delivery.objects.filter(event=died_yesterday).count() == 1
+
+    # Once the delivery's end too is older than the retention, the event goes.
+    Delivery.objects.filter(event=died_yesterday).update(completed_at=timezone.now() - timedelta(days=31))
+    assert purge_expired_events() == 1
+    assert not WebhookEvent.objects.exists()
+
+
+def test_retention_keeps_an_event_while_any_of_its_deliveries_ended_within_it(client, organization, httpserver):
+    (event,) = delivered_long_ago(client, organization, httpserver, 1)
+    make_destination(organization, httpserver.url_for("/other"), sources=[event.source])
+    other = Delivery.objects.create(
+        organization=organization,
+        event=event,
+        destination=Destination.objects.get(url=httpserver.url_for("/other")),
+        status=Delivery.Status.SUCCEEDED,
+        completed_at=timezone.now() - timedelta(days=2),
+    )
+    Delivery.objects.exclude(pk=other.pk).update(completed_at=timezone.now() - timedelta(days=200))
+
+    assert purge_expired_events() == 0
+    assert WebhookEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_a_retry_by_hand_after_death_starts_the_retention_anew(client, organization, httpserver):
+    (event,) = delivered_long_ago(client, organization, httpserver, 1)
+    dead = Delivery.objects.get(event=event)
+    Delivery.objects.filter(pk=dead.pk).update(completed_at=timezone.now() - timedelta(days=31))
+
+    # The tenant retries it by hand before the next run; it dies again, now.
+    delivery_service.delivery_retry(delivery=dead)
+    delivery_service.dispatch_due_deliveries(threads=1)
+    dead.refresh_from_db()
+    assert dead.status == Delivery.Status.DEAD and dead.attempt_count == 2
+
+    assert purge_expired_events() == 0
+    assert WebhookEvent.objects.filter(pk=event.pk).exists()
+    # 30 days after the retry's end it goes.
+    assert purge_expired_events(now=dead.completed_at + timedelta(days=30, seconds=1)) == 1
+    assert not WebhookEvent.objects.exists()
+
+
+def test_rejected_requests_go_by_their_receipt_alone(client, organization):
+    source = make_source(organization)
+    body = '{"id":"evt_forged","object":"event","type":"invoice.paid"}'
+    assert post_stripe(client, source, body, "whsec_not_the_secret").status_code == 401
+    rejected = WebhookEvent.objects.get(status=WebhookEvent.Status.REJECTED)
+    WebhookEvent.objects.filter(pk=rejected.pk).update(received_at=timezone.now() - timedelta(days=29))
+    assert purge_expired_events() == 0
+
+    WebhookEvent.objects.filter(pk=rejected.pk).update(received_at=timezone.now() - timedelta(days=31))
+    assert purge_expired_events() == 1
+    assert not WebhookEvent.objects.exists()
 
 
 def test_one_destinations_backlog_does_not_hide_other_tenants_due_deliveries(
