@@ -306,12 +306,18 @@ def _fan_out(events: list[WebhookEvent], now, budget: _Budget, *, at_least_one: 
     are counted as the events are judged, in order, and the bodies past the cut are never parsed."""
     subscriptions_by_source: dict[int, list[Subscription]] = {}
     # A source being deleted gives its events no new deliveries: they are about to go. The
-    # destination's payload filters come along in the same query (its row is joined already).
-    for subscription in Subscription.objects.filter(
-        source_id__in={event.source_id for event in events},
-        destination__is_active=True,
-        source__deletion_requested_at__isnull=True,
-    ).annotate(payload_filters=F("destination__payload_filters")):
+    # destination's payload filters come along in the same query (its row is joined already). In
+    # destination order: an event's deliveries are made, and their ids ordered, as its destinations
+    # were created, whatever plan PostgreSQL picks for the join.
+    for subscription in (
+        Subscription.objects.filter(
+            source_id__in={event.source_id for event in events},
+            destination__is_active=True,
+            source__deletion_requested_at__isnull=True,
+        )
+        .annotate(payload_filters=F("destination__payload_filters"))
+        .order_by("destination_id")
+    ):
         subscriptions_by_source.setdefault(subscription.source_id, []).append(subscription)
     # Worked out once for each source and event type, not for each event: a batch often holds many
     # events of one kind, and most of them may go to the next batch.

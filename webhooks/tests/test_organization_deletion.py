@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -288,7 +289,7 @@ def purged_keys(source, count: int) -> None:
     PurgedEventKey.objects.bulk_create(
         PurgedEventKey(
             source=source,
-            event_id_digest=f"{source.pk}-{number:060d}",
+            event_id_digest=hashlib.sha256(f"{source.pk}-{number}".encode()).hexdigest(),  # 64 characters, as stored
             original_id=uuid.uuid4(),
             received_at=timezone.now() - timedelta(days=2),
             forget_after=timezone.now() + timedelta(days=5),
