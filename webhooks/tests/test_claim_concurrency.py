@@ -118,17 +118,18 @@ def test_concurrent_claims_never_take_deliveries_that_must_wait(organization, ot
     seeder = Seeder(organization)
     paused = seeder.destination("paused", paused_at=timezone.now())
     inactive = seeder.destination("inactive", is_active=False)
-    waiting = seeder.deliveries(paused, 10, waited=timedelta(hours=3))
-    waiting += seeder.deliveries(inactive, 10, waited=timedelta(hours=3))
+    # The oldest due deliveries, so that the first look reaches all four destinations (their lock
+    # must give them no room) and the look beyond it runs too (its walk must pass them over).
+    waiting = seeder.deliveries(paused, 5, waited=timedelta(hours=5))
+    waiting += seeder.deliveries(inactive, 5, waited=timedelta(hours=5))
     for name, change in (
         ("suspended", {"is_active": False}),
         ("being-deleted", {"is_active": False, "deletion_requested_at": timezone.now()}),
     ):
         tenant = organization_create(name=name, slug=name, owner_email=f"owner@{name}.example")
         tenant_seeder = Seeder(tenant)
-        waiting += tenant_seeder.deliveries(tenant_seeder.destination(name), 10, waited=timedelta(hours=2))
+        waiting += tenant_seeder.deliveries(tenant_seeder.destination(name), 5, waited=timedelta(hours=5))
         Organization.objects.filter(pk=tenant.pk).update(**change)
-    # A due backlog older than the rest, so that the look beyond it runs too.
     backlog = seeder.destination("backlog", max_concurrency=1)
     seeder.deliveries(backlog, 40, waited=timedelta(hours=4))
     other = Seeder(other_organization)
