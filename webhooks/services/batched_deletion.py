@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Model, QuerySet
 
 from accounts.models import Invitation
@@ -34,6 +34,7 @@ from webhooks.models import (
 )
 
 from .row_locks import check_foreign_keys
+from .run_locks import release_run_lock, try_run_lock
 from .scheduling import clear_flag, schedule_once, worker_is_stopping
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def run_deletion(
         return DeletionRun(finished=True, deleted=Counter())
     if not owner.being_deleted:
         raise ValueError(f"{owner_model._meta.verbose_name} {owner_id} was not asked to be deleted")
-    if not _try_run_lock(lock_key):
+    if not try_run_lock(lock_key):
         return DeletionRun(finished=False, deleted=Counter(), busy=True)
     try:
         # Read again under the lock: the progress a run that just ended recorded.
@@ -206,26 +207,7 @@ def run_deletion(
                     return DeletionRun(finished=False, deleted=run.deleted)
         return DeletionRun(finished=run.finish(), deleted=run.deleted)
     finally:
-        _release_run_lock(lock_key)
-
-
-def _try_run_lock(key: int) -> bool:
-    if connection.vendor != "postgresql":
-        return True  # SQLite (embedded mode) has a single worker
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        return bool(cursor.fetchone()[0])
-
-
-def _release_run_lock(key: int) -> None:
-    if connection.vendor != "postgresql":
-        return
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-    except DatabaseError:
-        logger.warning("could not release the deletion lock %s", key)
-        connection.close()  # the lock goes with the session
+        release_run_lock(lock_key)
 
 
 def publish_once(flag: str, task) -> bool:

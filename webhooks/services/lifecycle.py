@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.mail import send_mail
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -23,6 +23,7 @@ from organizations.services import audit_record
 from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
 from .ingest_writer import event_id_digest
+from .run_locks import release_run_lock, try_run_lock
 from .scheduling import clear_flag, schedule_once
 from .sender_marks import hookline_test_events
 
@@ -146,7 +147,7 @@ def retention_run(
     stops with ``stopped_at`` set, and the next run (retention_task) goes on. Organizations are taken
     in id order, those after ``start_after`` first. One run at a time (a session advisory lock).
     """
-    if not _try_retention_lock():
+    if not try_run_lock(_RETENTION_RUN_LOCK):
         return RetentionRun(deleted=0, finished=False, busy=True)
     try:
         return _retention_run(
@@ -156,26 +157,7 @@ def retention_run(
             start_after=start_after,
         )
     finally:
-        _release_retention_lock()
-
-
-def _try_retention_lock() -> bool:
-    if connection.vendor != "postgresql":
-        return True  # SQLite (embedded mode) has a single worker
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_RUN_LOCK])
-        return bool(cursor.fetchone()[0])
-
-
-def _release_retention_lock() -> None:
-    if connection.vendor != "postgresql":
-        return
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_RUN_LOCK])
-    except DatabaseError:
-        logger.warning("could not release the retention lock")
-        connection.close()  # the lock goes with the session
+        release_run_lock(_RETENTION_RUN_LOCK)
 
 
 def _organizations_from(start_after: int | None) -> list[Organization]:
