@@ -143,9 +143,9 @@ def retention_run(
     audit entry per organization whose events it deleted. A run that cannot delete a batch
     safely (see _purge_organization) stops there; the next run goes on.
 
-    Bounded in time: after a batch that ends past ``max_seconds`` (RETENTION_RUN_SECONDS) the run
-    stops with ``stopped_at`` set, and the next run (retention_task) goes on. Organizations are taken
-    in id order, those after ``start_after`` first. One run at a time (a session advisory lock).
+    Bounded in time: after a batch, or an organization it deleted from, that ends past ``max_seconds``
+    (RETENTION_RUN_SECONDS) the run stops with ``stopped_at`` set, and the next run (retention_task)
+    goes on. Organizations are taken in id order, those after ``start_after`` first. One run at a time (a session advisory lock).
     """
     if not try_run_lock(_RETENTION_RUN_LOCK):
         return RetentionRun(deleted=0, finished=False, busy=True)
@@ -178,7 +178,8 @@ def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | 
     # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
     idempotency_keys_purge_expired(now=now, batch_size=batch_size)
     deleted = 0
-    for organization in _organizations_from(start_after):
+    organizations = _organizations_from(start_after)
+    for organization in organizations:
         # The model refuses less than a day; a value stored past it (an UPDATE, an old row) must
         # still not wipe the tenant's history at the next run.
         retention_days = max(organization.retention_days, MIN_RETENTION_DAYS)
@@ -216,6 +217,17 @@ def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | 
             # The statement that outlasted the wait most likely started before the next
             # organization's first batch too: waiting again for it would only make this run longer.
             return RetentionRun(deleted=deleted, finished=False)
+        if (
+            (counts["events"] or counts["rejected_requests"])
+            and time.monotonic() > deadline
+            and organization is not organizations[-1]
+        ):
+            # Time is also looked at between organizations: those with less than a batch each (and
+            # each batch's wait for older statements) would otherwise take the run past Celery's soft
+            # limit, and the next hourly run would start again with the first, never reaching the
+            # last. Only after one that deleted something: those with nothing to delete cost one
+            # query, and a run that only passed them must not hand over to yet another.
+            return RetentionRun(deleted=deleted, finished=False, stopped_at=organization.pk)
     return RetentionRun(deleted=deleted, finished=True)
 
 

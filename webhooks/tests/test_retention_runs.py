@@ -65,6 +65,27 @@ def test_a_run_stops_after_its_time_and_the_next_starts_with_the_organizations_a
     assert (left(first), left(second)) == (0, 0)
 
 
+def test_a_run_whose_time_ran_out_stops_between_organizations_too(organization, other_organization):
+    # The time was looked at only after a full batch: organizations with less than a batch each
+    # (each with its keys' wait) went on past it until Celery's soft limit ended the run, and the
+    # next hourly run started again with the first organization, never reaching the last ones.
+    expired_events(organization, 1)
+    expired_events(other_organization, 1)
+    first, second = sorted((organization, other_organization), key=lambda o: o.pk)
+
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0)
+    assert (run.deleted, run.finished, run.stopped_at) == (1, False, first.pk)
+    assert (left(first), left(second)) == (0, 1)
+
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, start_after=run.stopped_at)
+    assert (run.deleted, run.finished, run.stopped_at) == (1, False, second.pk)
+    assert (left(first), left(second)) == (0, 0)
+
+    # Organizations with nothing to delete take no turn of their own: the chain of runs ends.
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, start_after=run.stopped_at)
+    assert (run.deleted, run.finished, run.stopped_at) == (0, True, None)
+
+
 def test_the_task_publishes_the_next_run_when_its_time_runs_out_and_none_once_done(organization, settings, published):
     expired_events(organization, 3)
     settings.RETENTION_BATCH_SIZE = 2
