@@ -974,6 +974,30 @@ def test_a_retry_by_hand_after_death_starts_the_retention_anew(client, organizat
     assert not WebhookEvent.objects.exists()
 
 
+@pytest.mark.parametrize("by", ["retry", "replay"])
+def test_a_retry_or_replay_between_the_keys_commit_and_the_delete_keeps_the_event(
+    client, organization, httpserver, monkeypatch, by
+):
+    # The batch's ids were read, their keys committed; the tenant acts while the purge waits for
+    # older statements. The delete looks at the events again under their locks and keeps this one.
+    from webhooks.services import lifecycle
+
+    (event,) = delivered_long_ago(client, organization, httpserver, 1)
+    dead = Delivery.objects.get(event=event)
+    Delivery.objects.filter(pk=dead.pk).update(completed_at=timezone.now() - timedelta(days=31))
+
+    def tenant_acts_meanwhile(timeout):
+        if by == "retry":
+            delivery_service.delivery_retry(delivery=dead)
+        else:
+            operations.event_replay(event=event, destination=dead.destination)
+        return True
+
+    monkeypatch.setattr(lifecycle, "_older_statements_ended", tenant_acts_meanwhile)
+    assert purge_expired_events() == 0
+    assert Delivery.objects.filter(event=event, status=Delivery.Status.PENDING).count() == 1
+
+
 def test_rejected_requests_go_by_their_receipt_alone(client, organization):
     source = make_source(organization)
     body = '{"id":"evt_forged","object":"event","type":"invoice.paid"}'
