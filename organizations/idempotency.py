@@ -10,6 +10,7 @@ has run, unless it is a server error (5xx), after which the key is free again an
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,7 +34,8 @@ class IdempotencyKeyInvalid(IdempotencyError):
 
 
 class IdempotencyKeyReused(IdempotencyError):
-    """The key was sent before with another request (method, path or body)."""
+    """The key was sent before with another request (method, path or body: the body's JSON, read as
+    the API reads it, not its bytes' order of keys and spacing)."""
 
 
 class IdempotencyKeyInProgress(IdempotencyError):
@@ -49,8 +51,20 @@ class StoredResponse:
     location: str
 
 
+def canonical_request_body(body: bytes) -> bytes:
+    """A JSON body as the API reads it, written one way (keys sorted, no spaces), so that the same
+    JSON sent again with its keys in another order or other spacing is the same request. Decoded as
+    UTF-8, as the API's parser does. Bytes that are not JSON (none, a form) are kept as they are."""
+    try:
+        parsed = json.loads(bytes(body).decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return bytes(body)
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def idempotency_request_digest(*, method: str, path: str, body: bytes) -> str:
-    """What makes two requests the same request: method, path with its query and the body's bytes."""
+    """What makes two requests the same request: method, path with its query and the body's bytes
+    (pass canonical_request_body's for a body read as JSON)."""
     digest = hashlib.sha256()
     for part in (method.upper().encode(), path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))  # lengths first: no two splits hash alike
@@ -71,7 +85,10 @@ def idempotency_key_claim(
             f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (a UUID, say)"
         )
     now = now or timezone.now()
-    digest = idempotency_request_digest(method=method, path=path, body=body)
+    digest = idempotency_request_digest(method=method, path=path, body=canonical_request_body(body))
+    # Keys stored by releases before the canonical form hold the digest of the raw bytes: a retry
+    # of such a key with the very same bytes still gets its answer (they expire within a day).
+    digests_taken = {digest, idempotency_request_digest(method=method, path=path, body=body)}
     scope = {"organization_id": api_key.organization_id, "api_key": api_key, "key": key}
     # Twice at most: a key that expired or was freed by a failed request between our INSERT and our
     # read is inserted again once; losing that race too means another request has just taken it.
@@ -95,7 +112,7 @@ def idempotency_key_claim(
             # Expired, not yet purged: as if never sent.
             IdempotencyKey.objects.filter(pk=existing.pk, expires_at__lte=now).delete()
             continue
-        if existing.request_digest != digest:
+        if existing.request_digest not in digests_taken:
             raise IdempotencyKeyReused(
                 f"this Idempotency-Key was sent with another request ({existing.request_method}"
                 f" {existing.request_path}, or another body): send a new key for a new request"

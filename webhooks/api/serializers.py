@@ -342,7 +342,98 @@ class KnownFieldsOnly(serializers.Serializer):
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
                 raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
-        return super().to_internal_value(data)
+        # A query string's values are all text, by nature; a JSON body's have types, and DRF's fields
+        # would convert them ("yes" for true, "3" or 3.0 for 3, true for 1, 123 for "123").
+        wrong_types = (
+            {} if isinstance(data, QueryDict) or not isinstance(data, Mapping) else json_type_problems(self, data)
+        )
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if wrong_types and isinstance(exc.detail, Mapping):
+                raise serializers.ValidationError({**exc.detail, **wrong_types}) from None
+            raise
+        if wrong_types:
+            raise serializers.ValidationError(wrong_types)
+        return value
+
+
+# --- JSON types of a request body ----------------------------------------------------------
+# What each kind of field takes, as the JSON types a body can hold. Checked before DRF's own
+# conversions, for every writable field of a body (KnownFieldsOnly), lists' and objects' items
+# included, so a new field is covered without a word. Subclasses come before their bases, and
+# a field not listed (JSONField, an options dict's values) takes any JSON.
+
+
+def _is_whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_JSON_TYPE_TAKEN = (
+    (serializers.BooleanField, lambda value: isinstance(value, bool), "true or false (a JSON boolean, without quotes)"),
+    (serializers.IntegerField, _is_whole_number, "a whole number (a JSON integer: no quotes, no fraction)"),
+    (serializers.FloatField, _is_number, "a number (without quotes)"),
+    (serializers.ListField, lambda value: isinstance(value, list), "a list"),
+    (serializers.DictField, lambda value: isinstance(value, dict), "an object"),
+    (serializers.CharField, lambda value: isinstance(value, str), "a string (in double quotes)"),
+    (serializers.ChoiceField, lambda value: isinstance(value, str), "a string (in double quotes)"),
+    (serializers.DateTimeField, lambda value: isinstance(value, str), "a string (in double quotes)"),
+    (serializers.UUIDField, lambda value: isinstance(value, str), "a string (in double quotes)"),
+)
+
+
+def _json_type_name(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number with a fraction or an exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _json_type_problem(field, value) -> str | None:
+    """Why ``value`` is not of the JSON type ``field`` takes, or None. Never the value itself: it
+    may be a secret. null is taken where the field allows it."""
+    for field_class, takes, expected in _JSON_TYPE_TAKEN:
+        if isinstance(field, field_class):
+            if value is None and field.allow_null:
+                return None
+            if not takes(value):
+                return f"must be {expected}, not {_json_type_name(value)}"
+            break
+    else:
+        return None  # any JSON
+    if isinstance(field, serializers.ListField):
+        for position, item in enumerate(value, start=1):
+            if problem := _json_type_problem(field.child, item):
+                return f"item {position} {problem}"
+    elif isinstance(field, serializers.DictField):
+        for key, item in value.items():
+            if problem := _json_type_problem(field.child, item):
+                return f"“{key}” {problem}"
+    return None
+
+
+def json_type_problems(serializer: serializers.Serializer, data: Mapping) -> dict[str, list[str]]:
+    """Each writable field given a value of another JSON type, with what it takes."""
+    problems = {}
+    for name, field in serializer.fields.items():
+        if field.read_only or name not in data:
+            continue
+        if problem := _json_type_problem(field, data[name]):
+            problems[name] = [problem]
+    return problems
 
 
 class NoBody(KnownFieldsOnly):

@@ -10,6 +10,7 @@ from django.test import Client
 from django.urls import URLPattern, get_resolver
 from django.utils import timezone
 
+from organizations.idempotency import idempotency_request_digest
 from organizations.models import ApiKey, AuditLog, IdempotencyKey
 from webhooks.api import views_manage
 from webhooks.api.idempotency import IdempotencyKeyMixin
@@ -71,6 +72,67 @@ def test_the_same_key_with_another_request_is_refused(client, organization, key)
     assert other_path.status_code == 422
     assert Source.objects.filter(organization=organization).count() == 1
     assert not Destination.objects.filter(organization=organization).exists()
+
+
+def post_bytes(client, key: str, path: str, body: bytes, *, idempotency_key: str = "retry-me-1"):
+    return client.post(
+        path,
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        HTTP_IDEMPOTENCY_KEY=idempotency_key,
+    )
+
+
+def test_the_same_json_written_another_way_is_the_same_request(client, organization, key):
+    # A client library that builds the body from a dict again may order its keys or space it otherwise.
+    first = post_bytes(client, key, "/api/v1/sources", b'{"provider": "github", "name": "GitHub \\u00e9"}')
+    assert first.status_code == 201, first.content
+    again = post_bytes(
+        client, key, "/api/v1/sources", '{\n  "name":"GitHub \u00e9",\n  "provider":"github"\n}'.encode()
+    )
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert Source.objects.filter(organization=organization).count() == 1
+    # Another value is another request, however close.
+    other = post_bytes(client, key, "/api/v1/sources", b'{"provider": "github", "name": "GitHub e"}')
+    assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
+
+
+def test_a_body_that_is_not_json_is_compared_byte_for_byte(client, organization, key):
+    # The API refuses it (400), and that answer is kept for the same bytes only.
+    first = post_bytes(client, key, "/api/v1/sources", b'{"provider": "github",')
+    assert first.status_code == 400
+    assert (
+        post_bytes(client, key, "/api/v1/sources", b'{"provider": "github",').headers["Idempotent-Replayed"] == "true"
+    )
+    assert post_bytes(client, key, "/api/v1/sources", b'{"provider":"github",').status_code == 422
+
+
+def test_a_key_stored_with_the_raw_bytes_digest_before_still_answers_the_same_bytes(client, organization, key):
+    # A key stored by the previous release (within the day it is kept) holds the digest of the raw
+    # bytes; the same bytes sent again still get its answer, while the same JSON written another
+    # way is refused as it was then.
+    api_key = ApiKey.objects.get(organization=organization)
+    raw = b'{"provider": "github", "name": "GitHub org"}'
+    now = timezone.now()
+    IdempotencyKey.objects.create(
+        organization_id=organization.pk,
+        api_key=api_key,
+        key="retry-me-1",
+        request_digest=idempotency_request_digest(method="POST", path="/api/v1/sources", body=raw),
+        request_method="POST",
+        request_path="/api/v1/sources",
+        started_at=now,
+        expires_at=now + timedelta(hours=IdempotencyKey.KEPT_HOURS),
+        response_status=201,
+        response_body='{"id": 1, "kept": true}',
+        response_location="",
+    )
+    replayed = post_bytes(client, key, "/api/v1/sources", raw)
+    assert replayed.status_code == 201 and replayed.json() == {"id": 1, "kept": True}
+    assert post_bytes(client, key, "/api/v1/sources", b'{"name":"GitHub org","provider":"github"}').status_code == 422
+    assert not Source.objects.exists()
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 256, "caf\u00e9", "tab\there"])

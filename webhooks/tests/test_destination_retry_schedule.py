@@ -432,10 +432,10 @@ def test_the_api_creates_changes_clears_and_shows_the_schedule(client, organizat
         ([1, 60], "wait 1 is 1 s"),
         ([10] * 21, "a retry schedule is 1 to 20 waits"),
         ([7 * DAY] * 5, "add up to 35 days"),
-        ("10,60", "Expected a list"),
-        ([10.5], "A valid integer is required"),
-        (["soon"], "A valid integer is required"),
-        ({"0": 10}, "Expected a list"),
+        ("10,60", "must be a list, not a string"),
+        ([10.5], "item 1 must be a whole number (a JSON integer: no quotes, no fraction), not a number with a"),
+        (["soon"], "item 1 must be a whole number (a JSON integer: no quotes, no fraction), not a string"),
+        ({"0": 10}, "must be a list, not an object"),
     ],
 )
 def test_the_api_refuses_a_bad_schedule_with_a_400_naming_the_field(client, organization, writer, value, message):

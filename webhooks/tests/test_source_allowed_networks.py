@@ -602,7 +602,7 @@ def test_the_api_sets_shows_replaces_and_clears_the_list(client, organization, s
         (["203.0.113.0/24", "bad"], "“bad” is neither an IP address nor a network"),
         (["10.0.0.1/8"], "has bits set after its prefix: the network is 10.0.0.0/8"),
         ([""], "an entry is empty"),
-        ("203.0.113.0/24", "Expected a list of items"),
+        ("203.0.113.0/24", "must be a list, not a string"),
         ([f"10.0.{n // 256}.{n % 256}" for n in range(MAX_ALLOWED_NETWORKS + 1)], "at most 100 allowed networks"),
     ],
     ids=["garbage", "host bits", "empty entry", "not a list", "too many"],
