@@ -84,6 +84,11 @@ def events_for_organization(
     return list(events.order_by("-id")[:limit])
 
 
+def event_rows_for_organization(*, organization: Organization) -> QuerySet[WebhookEvent]:
+    """The organization's events, to narrow further; their bodies are left unread."""
+    return WebhookEvent.objects.filter(organization=organization).defer("body")
+
+
 def event_for_organization(*, organization: Organization, event_id) -> WebhookEvent:
     """One event of this organization; raises WebhookEvent.DoesNotExist for anyone else's."""
     return WebhookEvent.objects.get(organization=organization, pk=event_id)

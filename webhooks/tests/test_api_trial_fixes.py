@@ -4,8 +4,12 @@ an id the organization does not have is a 400 on that filter, as a bulk retry an
 import uuid
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from organizations.models import ApiKey, IdempotencyKey
+from webhooks import fields
+from webhooks.api.views import _known_ids_or_invalid
 from webhooks.services import operations
 
 from .api_helpers import api_get, make_delivery, make_event, make_key
@@ -153,3 +157,21 @@ def test_a_list_filtered_by_an_id_not_ours_is_a_400_as_a_bulk_retry_says_it(
         answers.append(response.json())
     # Another organization's id and one that never existed get the same answer: nothing tells them apart.
     assert answers[0] == answers[1]
+
+
+def test_the_id_check_of_a_filter_asks_only_whether_the_row_is_there(organization, monkeypatch):
+    # Loading the row would decrypt a source's or a destination's secrets, and read an event's body,
+    # on every filtered list request.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/ours", sources=[source])
+    event = make_event(source)
+    given = {"source": source.pk, "destination": destination.pk, "event": event.pk}
+
+    def no_decryption(value):
+        raise AssertionError("a secret was decrypted to check an id")
+
+    monkeypatch.setattr(fields, "decrypt", no_decryption)
+    with CaptureQueriesContext(connection) as queries:
+        _known_ids_or_invalid(organization, given, ("source", "destination", "event"))
+    assert len(queries) == 3
+    assert not [query["sql"] for query in queries if '"body"' in query["sql"] or '"secret"' in query["sql"]]
