@@ -59,7 +59,10 @@ def canonical_request_body(body: bytes) -> bytes:
         parsed = json.loads(bytes(body).decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return bytes(body)
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # surrogatepass: a \ud800 escape reads as a lone surrogate, which strict UTF-8 cannot write
+    # (the request would be a 500 instead of the API's 400 for the value).
+    canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical.encode("utf-8", "surrogatepass")
 
 
 def idempotency_request_digest(*, method: str, path: str, body: bytes) -> str:

@@ -109,6 +109,21 @@ def test_a_body_that_is_not_json_is_compared_byte_for_byte(client, organization,
     assert post_bytes(client, key, "/api/v1/sources", b'{"provider":"github",').status_code == 422
 
 
+def test_a_json_string_with_a_lone_surrogate_gets_the_apis_answer_not_a_server_error(client, organization, key):
+    # JSON's \ud800 escape reads as a lone surrogate, which UTF-8 cannot encode: the API refuses
+    # the value (400); written out again for the digest, it must not make the request a 500.
+    body = b'{"provider": "github", "name": "GitHub \\ud800"}'
+    first = post_bytes(client, key, "/api/v1/sources", body)
+    assert first.status_code == 400, first.content
+    again = post_bytes(client, key, "/api/v1/sources", body)
+    assert again.status_code == 400 and again.headers["Idempotent-Replayed"] == "true"
+    assert (
+        post_bytes(client, key, "/api/v1/sources", b'{"provider": "github", "name": "GitHub \\ud801"}').status_code
+        == 422
+    )
+    assert not Source.objects.exists()
+
+
 def test_a_key_stored_with_the_raw_bytes_digest_before_still_answers_the_same_bytes(client, organization, key):
     # A key stored by the previous release (within the day it is kept) holds the digest of the raw
     # bytes; the same bytes sent again still get its answer, while the same JSON written another
