@@ -524,6 +524,15 @@ CIRCUIT_BREAKER_FAILURES = env.int("CIRCUIT_BREAKER_FAILURES", default=20)
 CIRCUIT_BREAKER_PERIOD_SECONDS = env.int("CIRCUIT_BREAKER_PERIOD_SECONDS", default=600)
 ALERT_INTERVAL_SECONDS = env.int("ALERT_INTERVAL_SECONDS", default=3600)  # at most one alert per destination
 RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
+# How long deliveries are held for a paused destination before the retention run marks them dead
+# (services.lifecycle.give_up_long_held_deliveries). A platform setting, not the organization's
+# retention: that one says how long history is kept after a delivery ended, and may be a single day,
+# which would kill a queue held over a weekend's maintenance. 30 days by default: the longest retry
+# age a destination may set (Destination.MAX_RETRY_AGE_SECONDS), so a delivery held behind a pause is
+# not given up sooner than a failing one could still be retrying; and far past any planned pause.
+PAUSED_DESTINATION_HOLD_DAYS = env.int("PAUSED_DESTINATION_HOLD_DAYS", default=30)
+if PAUSED_DESTINATION_HOLD_DAYS < 1:
+    raise ImproperlyConfigured("PAUSED_DESTINATION_HOLD_DAYS must be 1 or more")
 # How long a retention batch waits, between keeping its events' keys and deleting them, for statements
 # that started before the keys were committed (services.lifecycle); past it the batch is left to the next run.
 RETENTION_PURGE_WAIT_SECONDS = env.float("RETENTION_PURGE_WAIT_SECONDS", default=30.0)

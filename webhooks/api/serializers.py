@@ -296,6 +296,9 @@ class DestinationSerializer(serializers.Serializer):
     is_active = serializers.BooleanField()
     paused_at = serializers.DateTimeField(allow_null=True)
     pause_reason = serializers.CharField()
+    # While paused: from when its deliveries held longer than PAUSED_DESTINATION_HOLD_DAYS are marked
+    # dead (to be retried once resumed); null when it is not paused.
+    held_deliveries_given_up_from = serializers.DateTimeField(allow_null=True)
     timeout_seconds = serializers.FloatField()
     max_concurrency = serializers.IntegerField()
     rate_limit_per_second = serializers.IntegerField(allow_null=True)

@@ -1,5 +1,7 @@
 import json
+from datetime import timedelta
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -90,7 +92,8 @@ class Destination(models.Model):
         help_text="No retry is scheduled later than this many seconds after the delivery was created "
         "(the last one is moved up to that time). Empty for no age limit.",
     )
-    # Circuit breaker: paused destinations keep their deliveries queued until resumed.
+    # Circuit breaker: paused destinations keep their deliveries queued until resumed, for
+    # PAUSED_DESTINATION_HOLD_DAYS at most (then marked dead by the retention run: services.lifecycle).
     paused_at = models.DateTimeField(null=True, blank=True)
     pause_reason = models.CharField(max_length=300, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
@@ -119,6 +122,14 @@ class Destination(models.Model):
         if self.previous_secret and expires_at and expires_at > timezone.now():
             return expires_at
         return None
+
+    @property
+    def held_deliveries_given_up_from(self):
+        """While paused: when the retention run starts marking its held deliveries dead (each one held
+        longer than PAUSED_DESTINATION_HOLD_DAYS, services.lifecycle); None when it is not paused."""
+        if self.paused_at is None:
+            return None
+        return self.paused_at + timedelta(days=settings.PAUSED_DESTINATION_HOLD_DAYS)
 
     def custom_header_values(self) -> dict[str, str]:
         """The custom headers, name to value, in the order they were added (empty when none)."""

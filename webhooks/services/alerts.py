@@ -70,6 +70,8 @@ def alert_destination_paused(destination_id: int, now=None) -> bool:
         "organization_name": destination.organization.name,
         # The same count as the destination page's "Waiting" card.
         "waiting": destination_health(destination=destination, now=now).waiting,
+        # From then on, the retention run marks dead what it held longer (services.lifecycle).
+        "hold_days": settings.PAUSED_DESTINATION_HOLD_DAYS,
         "destination_link": settings.PUBLIC_BASE_URL
         + reverse("dashboard:destination_detail", args=[destination.organization.slug, destination.pk]),
     }

@@ -138,7 +138,9 @@ def retention_run(
 
     An event that is not finished (not yet fanned out, or with a delivery still waiting or
     being sent, say to a paused destination) is kept until it is: retention must never drop
-    a webhook that was acknowledged but not yet delivered. Nothing younger than
+    a webhook that was acknowledged but not yet delivered. A paused destination holds its deliveries
+    PAUSED_DESTINATION_HOLD_DAYS at most: each run first marks dead those held longer
+    (give_up_long_held_deliveries), and their events are then kept the retention from there. Nothing younger than
     MIN_RETENTION_DAYS is deleted, whatever the stored retention says. Each run records one
     audit entry per organization whose events it deleted. A run that cannot delete a batch
     safely (see _purge_organization) stops there; the next run goes on.
@@ -177,6 +179,16 @@ def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | 
     _delete_in_batches(Session.objects.filter(expire_date__lt=now), batch_size)
     # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
     idempotency_keys_purge_expired(now=now, batch_size=batch_size)
+    # Before the purge: what it marks dead is kept the organization's retention from now on.
+    try:
+        give_up_long_held_deliveries(now=now, batch_size=batch_size, deadline=deadline)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception:
+        if not connection.is_usable():
+            raise
+        # A held delivery waits one more hour; the purge of every organization must not wait with it.
+        logger.exception("retention: giving up the deliveries held by long pauses failed; going on")
     deleted = 0
     organizations = _organizations_from(start_after)
     for organization in organizations:
@@ -395,6 +407,103 @@ def _expired_and_finished(organization: Organization, cutoff):
         .exclude(status=WebhookEvent.Status.RECEIVED)
         .filter(~Exists(keeps_the_event))
     )
+
+
+HELD_DELIVERIES_GIVEN_UP_ACTION = "destination.held_deliveries_given_up"
+
+
+def paused_hold_error(hold_days: int) -> str:
+    """The last_error of a delivery given up behind a long pause: why it died, and what to do."""
+    return f"the destination was paused for more than {hold_days} days: not sent (retry once it is resumed)"
+
+
+def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, deadline: float = float("inf")) -> int:
+    """Mark dead the pending deliveries held by a destination paused for more than
+    PAUSED_DESTINATION_HOLD_DAYS, and due for as long; returns how many.
+
+    A destination that stays paused (an abandoned endpoint the circuit breaker stopped) would hold
+    its deliveries for ever: their events would never reach retention, and the tenant would hear
+    nothing after the pause email. Dead, they show in the dead-letter views and the digest email, can
+    be retried once it is resumed (by hand or in bulk), and retention counts from now. Both bounds: a
+    delivery that arrived (or was retried by hand) during the pause is held as long as the others,
+    from then on. A destination resumed before the bound keeps all of them: resume brings them due
+    now, past the bound's reach again.
+
+    In batches of ``batch_size``, each its own transaction, until ``deadline`` (monotonic) has passed;
+    the rest wait for the next run. One audit entry per destination and run, the reason with it.
+    """
+    now = now or timezone.now()
+    batch_size = batch_size or settings.RETENTION_BATCH_SIZE
+    hold_days = settings.PAUSED_DESTINATION_HOLD_DAYS
+    cutoff = now - timedelta(days=hold_days)
+    reason = paused_hold_error(hold_days)
+    given_up = 0
+    # Paused destinations are few, and destination rows small: no index needed to find them.
+    long_paused = Destination.objects.filter(paused_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)
+    for destination_id in list(long_paused):
+        count = 0
+        while True:
+            done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
+            count += done
+            if done < batch_size or time.monotonic() > deadline:
+                break
+        if count:
+            destination = Destination.objects.select_related("organization").only(
+                "pk", "name", "paused_at", "pause_reason", "organization"
+            )
+            destination = destination.filter(pk=destination_id).first()
+            if destination is not None:
+                audit_record(
+                    action=HELD_DELIVERIES_GIVEN_UP_ACTION,
+                    organization=destination.organization,
+                    target=destination,
+                    changes={
+                        "deliveries": count,
+                        "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
+                        "pause_reason": destination.pause_reason,
+                        "hold_days": hold_days,
+                        "reason": reason,
+                    },
+                )
+        given_up += count
+        if time.monotonic() > deadline:
+            break
+    return given_up
+
+
+def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, reason: str) -> int:
+    """One batch of give_up_long_held_deliveries, for one destination: how many it marked dead.
+
+    Against a resume at the same moment: the destination's row is locked first, on the condition that
+    it is still paused since before ``cutoff``. A resume that got there first has then committed (the
+    lock waits for it, and looks at the row again after: not paused, nothing is done) or waits until
+    this batch has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot
+    could predate a resume that commits while it waits on the deliveries' rows: PostgreSQL looks at
+    an updated delivery again, not at the destination, and would kill what the resume has just queued.
+    The UPDATE checks the pause too (a subquery), and the status, whatever took the rows meanwhile.
+    """
+    still_paused = Destination.objects.filter(pk=destination_id, paused_at__lt=cutoff)
+    with transaction.atomic():
+        if not list(still_paused.select_for_update().values_list("pk", flat=True)):
+            return 0
+        # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
+        held = Delivery.objects.filter(
+            destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=cutoff
+        )
+        ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return 0
+        return Delivery.objects.filter(
+            pk__in=ids,
+            status=Delivery.Status.PENDING,
+            destination_id__in=still_paused.values("pk"),
+        ).update(
+            status=Delivery.Status.DEAD,
+            completed_at=now,
+            next_attempt_at=None,
+            claimed_at=None,
+            last_error=reason,
+        )
 
 
 def forget_expired_previous_secrets(now=None) -> int:

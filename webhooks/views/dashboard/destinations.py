@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect
@@ -124,6 +125,8 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
             subscriptions=list(destination.subscriptions.select_related("source")),
             **bulk_retry_progress(destination, self.organization),
+            # The paused notice says from when its held deliveries are given up (services.lifecycle).
+            paused_hold_days=settings.PAUSED_DESTINATION_HOLD_DAYS,
         )
         # The very set the button brings forward (every waiting delivery, however old its event),
         # counted up to the most one click brings forward: the number beside the button is what it does.
