@@ -481,10 +481,12 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
     could predate a resume that commits while it waits on the deliveries' rows: PostgreSQL looks at
     an updated delivery again, not at the destination, and would kill what the resume has just queued.
     The UPDATE checks the pause too (a subquery), and the status, whatever took the rows meanwhile.
+    The lock is FOR NO KEY UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the
+    fan-out insert deliveries to the destination meanwhile (their foreign key check takes KEY SHARE).
     """
     still_paused = Destination.objects.filter(pk=destination_id, paused_at__lt=cutoff)
     with transaction.atomic():
-        if not list(still_paused.select_for_update().values_list("pk", flat=True)):
+        if not list(still_paused.select_for_update(no_key=True).values_list("pk", flat=True)):
             return 0
         # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
         held = Delivery.objects.filter(
