@@ -31,7 +31,10 @@ DELIVERY_HOLDS = {
         "destination is active again)"
     ),
     "organization_being_deleted": "Its organization is being deleted: nothing more is sent",
-    "destination_paused": "Its destination is paused: it is sent once the destination is resumed",
+    "destination_paused": (
+        "Its destination is paused: it is sent once the destination is resumed (held longer than "
+        "PAUSED_DESTINATION_HOLD_DAYS, it is marked dead: the destination's page says when)"
+    ),
     "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
 }
 # What a pending delivery of a destination that is sent to waits for: the next attempt's time, or,
