@@ -183,6 +183,16 @@ class ApiView(IdempotencyKeyMixin, APIView):
     def get_exception_handler(self):
         return api_exception_handler
 
+    def initial(self, request, *args, **kwargs):
+        # Who asks is settled before in which format: DRF negotiates first, so a caller without a
+        # valid key whose Accept names no JSON got 406, learning what the API serves before being
+        # told it is not let in. A refusal raised here has no renderer chosen yet, and
+        # finalize_response takes this view's only one: the 401 is JSON whatever Accept says.
+        self.perform_authentication(request)
+        if request.successful_authenticator is None:
+            raise exceptions.NotAuthenticated()
+        super().initial(request, *args, **kwargs)
+
     @property
     def organization(self) -> Organization:
         return self.request.auth.organization

@@ -32,6 +32,7 @@ from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import ingest_url
+from webhooks.services.text import echoable_text
 
 MAX_DATABASE_ID = 2**63 - 1
 
@@ -339,8 +340,13 @@ class KnownFieldsOnly(serializers.Serializer):
             takes += self.context.get("also_takes", ())
             if unknown := [name for name in data if name not in takes]:
                 listed = ", ".join(sorted(takes)) or "nothing"
+                # Each under its own name, cut and escaped as a message quotes one (a key of any length
+                # is not sent back whole); the names this API has are all shorter.
                 raise serializers.ValidationError(
-                    {name: [self.field_hints.get(name) or self.refusal.format(takes=listed)] for name in unknown}
+                    {
+                        echoable_text(str(name)): [self.field_hints.get(name) or self.refusal.format(takes=listed)]
+                        for name in unknown
+                    }
                 )
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from webhooks.services.text import echoable_text
+
 
 class VerificationError(Exception):
     """The request is not proven to come from the provider.
@@ -187,7 +189,9 @@ class Provider:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             noun = "option" if len(unknown) == 1 else "options"
-            raise InvalidOptions(f"unknown {noun} for {self.kind}: {', '.join(unknown)}")
+            # Names as sent, of any length: each is quoted cut and escaped.
+            shown = ", ".join(echoable_text(str(name)) for name in unknown)
+            raise InvalidOptions(f"unknown {noun} for {self.kind}: {shown}")
         return {name: option.clean(raw.get(name)) for name, option in known.items()}
 
     def clean_secret(self, secret: str) -> str:

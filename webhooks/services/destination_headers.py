@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from webhooks.models import Destination
 
 from .secrets import secret_hint
+from .text import echoable_text
 
 MAX_CUSTOM_HEADERS = 10
 MAX_HEADER_NAME_LENGTH = 100
@@ -59,7 +60,7 @@ class CustomHeaderError(ValueError):
 
 
 def _shown_name(name: str) -> str:
-    return name if len(name) <= 60 else name[:60] + "…"
+    return echoable_text(name)
 
 
 def check_custom_header_name(name: str) -> str:

@@ -38,7 +38,7 @@ from .secrets import (
     replace_secret,
     secret_hint,
 )
-from .text import duration_words
+from .text import duration_words, echoable_text
 
 
 class DestinationError(ValueError):
@@ -82,7 +82,10 @@ RECEIVES_NOTHING_WITHOUT_SOURCE = "It receives nothing until a source is linked 
 
 def destination_check_url(url: str) -> None:
     """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless
-    allowed by settings), credentials in the URL, and Hookline's own ingest URLs (a loop)."""
+    allowed by settings), credentials in the URL, a #fragment, and Hookline's own ingest URLs (a loop).
+
+    Only a URL being set is checked (destination_update skips an unchanged one): one saved before a
+    check was added keeps working, and its destination can be edited without touching it."""
     max_length = Destination._meta.get_field("url").max_length
     if len(url) > max_length:
         raise DestinationError(f"the URL is longer than {max_length} characters")
@@ -95,6 +98,13 @@ def destination_check_url(url: str) -> None:
             "the URL must not hold a user name or password (they would not be sent); "
             "receivers verify Hookline by the webhook-signature header, and a receiver behind basic auth "
             "takes an Authorization custom header"
+        )
+    if "#" in url:
+        # Any "#" starts the fragment, an empty one too ("…/#"): an HTTP client keeps it to itself,
+        # so a receiver routing on it would never see what the tenant saved.
+        raise DestinationError(
+            f"a URL's #fragment is never sent; remove it (everything from “#”: "
+            f"“{echoable_text(url[url.index('#') :])}”)"
         )
     try:
         resolve_destination(url)
@@ -381,9 +391,9 @@ def event_type_patterns_problem(patterns: Iterable[str]) -> str | None:
         if not pattern:
             continue
         if len(pattern) > 255 or any(character.isspace() for character in pattern):
-            return f"“{pattern[:60]}” is not an event-type pattern: no spaces, at most 255 characters"
+            return f"“{echoable_text(pattern)}” is not an event-type pattern: no spaces, at most 255 characters"
         if not _brackets_closed(pattern):
-            return f"“{pattern}” is not an event-type pattern: a “[” is never closed"
+            return f"“{echoable_text(pattern)}” is not an event-type pattern: a “[” is never closed"
     return None
 
 

@@ -22,6 +22,8 @@ from django.db.models import F, Q
 
 from webhooks.models import Subscription, WebhookEvent
 
+from .text import echoable_text
+
 MAX_PAYLOAD_FILTERS = 10
 MAX_PATH_CHARS = 500
 MAX_PATH_PARTS = 32
@@ -220,7 +222,7 @@ def _check_storable(text: str, what: str) -> None:
 
 
 def _shown(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return echoable_text(text, limit)
 
 
 # --- The dashboard's lines -------------------------------------------------------------------------

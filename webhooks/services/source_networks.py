@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from .text import echoable_text
+
 MAX_ALLOWED_NETWORKS = 100
 # Longer than any address with its prefix; a longer entry is shown cut in an error.
 _SHOWN_LENGTH = 60
@@ -24,7 +26,7 @@ class AllowedNetworksError(ValueError):
 
 
 def _shown(entry: str) -> str:
-    return entry if len(entry) <= _SHOWN_LENGTH else entry[:_SHOWN_LENGTH] + "…"
+    return echoable_text(entry, _SHOWN_LENGTH)
 
 
 def _as_ipv4(network: Network) -> Network:

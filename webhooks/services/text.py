@@ -43,6 +43,28 @@ def loggable_text(value: str | None) -> str:
     return repr(value)
 
 
+# What an error message quotes of a name the caller gave (an option, a field, a header name, a
+# pattern): enough to recognise it, never the whole of a key of any length sent back.
+ECHOED_TEXT_MAX_CHARS = 60
+
+
+def echoable_text(value: str, limit: int = ECHOED_TEXT_MAX_CHARS) -> str:
+    """``value`` as an error message may quote it back: control characters (line breaks, escape
+    sequences, U+2028) escaped as repr() writes them, so that it reads as one line in a terminal,
+    a log or a page, and at most ``limit`` characters as written, an ellipsis ending one cut short
+    (never inside an escape)."""
+    shown, length = [], 0
+    for position, char in enumerate(value):
+        written = char if char.isprintable() else repr(char)[1:-1]
+        last = position == len(value) - 1
+        if length + len(written) > (limit if last else limit - 1):
+            shown.append("…")
+            break
+        shown.append(written)
+        length += len(written)
+    return "".join(shown)
+
+
 # A form-encoded body escapes spaces, quotes and angle brackets; its field names are plain.
 _NOT_IN_A_FORM_BODY = re.compile(r"[\s<>\"']")
 _FIELD_NAME = re.compile(r"[\w.\[\]-]+")

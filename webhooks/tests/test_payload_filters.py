@@ -432,10 +432,10 @@ REFUSED = [
     ([{"path": "ref", "op": "in", "value": "main"}], "condition 1: in needs a list"),
     ([{"path": "ref", "op": "in", "value": []}], "condition 1: in needs a list"),
     ([{"path": "ref", "op": "equals", "value": "main", "negate": True}], "unknown field “negate”"),
-    # the dashboard's box, a condition a line, could not write it back
+    # the dashboard's box, a condition a line, could not write it back; the message shows the break escaped
     (
         [{"path": "ok", "op": "exists"}, {"path": "a\u2028b", "op": "exists"}],
-        "condition 2: the path “a\u2028b” holds a",
+        "condition 2: the path “a\\u2028b” holds a",
     ),
     (["ref == main"], "condition 1: a condition is an object"),
     ({"path": "ref"}, "payload filters are a list"),
