@@ -229,3 +229,40 @@ def test_markup_from_names_event_types_headers_and_bodies_is_shown_as_text(clien
 def test_next_is_shown_back_as_text_on_the_sign_in_form(client):
     html = client.get(SIGN_IN, {"next": XSS}).content.decode()
     assert "<img src=x" not in html and "<script>hl_xss" not in html
+
+
+# --- CSRF on the state-changing POSTs outside /o/<slug>/ ----------------------------------------
+
+
+def test_joining_accepting_and_signing_out_need_a_csrf_token(organization, owner, outsider):
+    invitation, token = _invitation_with_token(organization, owner, outsider.email)
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(outsider)
+
+    assert strict.post(reverse("invitation_join", args=[invitation.pk])).status_code == 403
+    assert strict.post(reverse("team:invitation_accept", args=[organization.slug, token])).status_code == 403
+    assert not Membership.objects.filter(user=outsider, organization=organization).exists()
+    for way_out in ("accounts:sign_out", "accounts:sign_out_everywhere"):
+        assert strict.post(reverse(way_out)).status_code == 403
+    assert strict.get("/o/globex/").status_code == 200  # still signed in
+
+
+# --- Cross-tenant ids through the events list's search and cursors ---------------------------
+
+
+def test_another_organizations_event_ids_find_nothing_through_search_or_cursors(
+    client, organization, other_organization, owner
+):
+    theirs = make_source(other_organization, name="Globex stripe")
+    their_event = _ingest(client, theirs, "evt_globex_secret", event_type="globex.only")
+    browser = signed_in(Client(), owner)
+    for query in (
+        {"search": their_event},
+        {"search": "evt_globex_secret"},
+        {"search": f"http://testserver/o/globex/events/{their_event}/"},
+        {"before": their_event},
+    ):
+        html = browser.get("/o/acme/events/", query).content.decode()
+        assert "globex.only" not in html and "evt_globex_secret" not in html.replace(query.get("search", ""), ""), query
+    live = browser.get("/o/acme/events/live/", {"after": their_event}, HTTP_HX_REQUEST="true")
+    assert "globex.only" not in live.content.decode()
