@@ -397,10 +397,12 @@ def main(argv=None) -> int:
             while time.monotonic() < deadline:
                 runs += 1
                 # As the Celery task runs it: RETENTION_RUN_SECONDS at most, then the next run
-                # (published by the task; here, the loop) starts after the organization it stopped on.
+                # (published by the task; here, the loop) starts after the organization it stopped on,
+                # or, stopped in the cleanup before the organizations, from where this one started.
                 run = lifecycle.retention_run(start_after=start_after)
                 deleted += run.deleted
-                start_after = run.stopped_at
+                if not run.stopped_in_cleanup:
+                    start_after = run.stopped_at
                 longest_run = max(longest_run, time.monotonic() - run_started)
                 run_started = time.monotonic()
                 if run.finished:

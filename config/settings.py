@@ -540,3 +540,8 @@ RETENTION_PURGE_WAIT_SECONDS = env.float("RETENTION_PURGE_WAIT_SECONDS", default
 # backlog is purged by runs back to back, each well inside Celery's soft time limit (120 s) even with
 # a batch's wait above, instead of by one run an hour that the time limit kills halfway.
 RETENTION_RUN_SECONDS = env.float("RETENTION_RUN_SECONDS", default=60.0)
+# The platform audit log's entries older than this many days are deleted by the hourly retention run
+# (within RETENTION_RUN_SECONDS, each batch recording where the kept chain starts); 0 keeps them forever.
+AUDIT_LOG_RETENTION_DAYS = env.int("AUDIT_LOG_RETENTION_DAYS", default=365)
+if AUDIT_LOG_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("AUDIT_LOG_RETENTION_DAYS must be 0 (keep forever) or more")

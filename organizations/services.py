@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -260,14 +261,57 @@ def audit_purge_count(*, before: datetime) -> int:
 
 
 def audit_purge(*, before: datetime, actor=None, request=None) -> int:
-    """Delete the entries older than ``before`` (a contiguous oldest part of the chain), audited.
+    """Delete the entries older than ``before`` (a contiguous oldest part of the chain) in one
+    transaction, audited (manage.py purge_audit_log); returns how many it deleted.
 
     The purge's own entry records the hash the oldest kept entry points back to, so the
     shortened chain still verifies. Only here does the trigger let rows be deleted.
     """
+    return _audit_purge_batch(before=before, batch_size=None, actor=actor, request=request)[0]
+
+
+@dataclass
+class AuditPurge:
+    deleted: int
+    finished: bool  # False: ``deadline`` came with entries older than ``before`` left
+
+
+def audit_purge_in_batches(
+    *, before: datetime, batch_size: int, deadline: float = math.inf, actor=None, request=None
+) -> AuditPurge:
+    """audit_purge, the oldest ``batch_size`` entries per transaction (the hourly retention run, with
+    AUDIT_LOG_RETENTION_DAYS), until none older than ``before`` is left or a batch ends past
+    ``deadline`` (time.monotonic).
+
+    Each batch is audited with its own entry: every commit leaves a chain that verifies. A first run
+    on a large log writes one entry per batch; later runs at most one an hour, none with nothing to delete.
+    """
+    deleted = 0
+    while True:
+        batch_deleted, more = _audit_purge_batch(before=before, batch_size=batch_size, actor=actor, request=request)
+        deleted += batch_deleted
+        if not more:
+            return AuditPurge(deleted=deleted, finished=True)
+        if time.monotonic() > deadline:
+            return AuditPurge(deleted=deleted, finished=False)
+
+
+def _audit_purge_batch(*, before: datetime, batch_size: int | None, actor, request) -> tuple[int, bool]:
+    """One purge transaction: every entry older than ``before``, or only the oldest ``batch_size`` of
+    them (nothing at all, not even the purge's entry, when there are none). Returns how many it
+    deleted, and whether older entries are left for another batch."""
+    more = False
     with transaction.atomic(using=AuditLog.objects.db):
         _lock_audit_chain()
         first_kept, doomed = _audit_purge_split(before)
+        if batch_size is not None:
+            # The entry after the batch is kept for now: the chain still starts where it points back to.
+            after_batch = list(doomed.order_by("id")[batch_size : batch_size + 1])
+            if after_batch:
+                first_kept, more = after_batch[0], True
+                doomed = AuditLog.objects.filter(id__lt=first_kept.pk)
+            elif not doomed.exists():
+                return 0, False  # an hourly run with nothing to delete must not add an entry each time
         # When nothing is kept, the purge's own entry starts a new chain from the genesis.
         anchor = first_kept.previous_hash if first_kept is not None else GENESIS_HASH
         connection = connections[AuditLog.objects.db]
@@ -292,7 +336,7 @@ def audit_purge(*, before: datetime, actor=None, request=None) -> int:
                 "chain_anchor": anchor,
             },
         )
-    return deleted
+    return deleted, more
 
 
 @transaction.atomic

@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from organizations.idempotency import idempotency_keys_purge_expired
+from organizations.idempotency import idempotency_keys_expired
 from organizations.models import MIN_RETENTION_DAYS, Membership, MonthlyUsage, Organization
 from organizations.names import one_line
-from organizations.services import audit_record
+from organizations.services import audit_purge_in_batches, audit_record
 from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
 from .ingest_writer import event_id_digest
@@ -98,6 +98,9 @@ class RetentionRun:
     finished: bool  # nothing purgeable was left (or a batch could not be deleted safely: see _purge_organization)
     stopped_at: int | None = None  # the organization the run's time ran out on; the next run starts after it
     busy: bool = False  # another run holds the purge
+    # The run's time ran out in the cleanup before the organizations (_retention_cleanup): the next
+    # run starts with the cleanup again, then with the organizations this one was to start from.
+    stopped_in_cleanup: bool = False
 
 
 def purge_expired_events(*, batch_size: int | None = None, now=None) -> int:
@@ -120,10 +123,11 @@ def retention_task(start_after: int | None = None) -> RetentionRun:
     # It only keeps two runs from both publishing one; a run that is lost leaves the backlog to the
     # next hourly run.
     clear_flag(_RETENTION_PUBLISHED_FLAG)
-    if run.stopped_at is not None:
+    if run.stopped_at is not None or run.stopped_in_cleanup:
         from webhooks.tasks import purge_expired_events as task
 
-        schedule_once(_RETENTION_PUBLISHED_FLAG, 300, task.s(run.stopped_at))
+        next_start_after = run.stopped_at if run.stopped_at is not None else start_after
+        schedule_once(_RETENTION_PUBLISHED_FLAG, 300, task.s(next_start_after))
     return run
 
 
@@ -147,7 +151,9 @@ def retention_run(
 
     Bounded in time: after a batch, or an organization it deleted from, that ends past ``max_seconds``
     (RETENTION_RUN_SECONDS) the run stops with ``stopped_at`` set, and the next run (retention_task)
-    goes on. Organizations are taken in id order, those after ``start_after`` first. One run at a time (a session advisory lock).
+    goes on; the cleanup before the organizations (_retention_cleanup) stops the same way, with
+    ``stopped_in_cleanup`` set. Organizations are taken in id order, those after ``start_after``
+    first. One run at a time (a session advisory lock).
     """
     if not try_run_lock(_RETENTION_RUN_LOCK):
         return RetentionRun(deleted=0, finished=False, busy=True)
@@ -170,15 +176,8 @@ def _organizations_from(start_after: int | None) -> list[Organization]:
 
 
 def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | None) -> RetentionRun:
-    # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
-    kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
-    _delete_in_batches(SignatureNonce.objects.filter(created_at__lt=now - kept), batch_size)
-    _delete_in_batches(PurgedEventKey.objects.filter(forget_after__lt=now), batch_size)
-    # Django's database sessions are never deleted once expired (its clearsessions command is not
-    # run anywhere else): one row per sign-in, forever.
-    _delete_in_batches(Session.objects.filter(expire_date__lt=now), batch_size)
-    # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
-    idempotency_keys_purge_expired(now=now, batch_size=batch_size)
+    if not _retention_cleanup(batch_size=batch_size, now=now, deadline=deadline):
+        return RetentionRun(deleted=0, finished=False, stopped_in_cleanup=True)
     # Before the purge: what it marks dead is kept the organization's retention from now on.
     try:
         give_up_long_held_deliveries(now=now, batch_size=batch_size, deadline=deadline)
@@ -243,18 +242,54 @@ def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | 
     return RetentionRun(deleted=deleted, finished=True)
 
 
-def _delete_in_batches(expired, batch_size: int) -> None:
+def _retention_cleanup(*, batch_size: int, now, deadline: float) -> bool:
+    """What each run deletes before the organizations' events, each kind in batches; False when a batch
+    ended past ``deadline`` (time.monotonic) with more of its kind left, or a kind that deleted
+    something ended past it: the run stops there, at most one batch late, and the next one goes on.
+
+    Without the bound a backlog of one kind (a week of sign-ins' sessions, a first purge of a
+    years-old audit log) took the run past Celery's time limits, killed every hour at the same place.
+    """
+    # Signed tokens past the age at which their signatures are refused anyway (see SignatureNonce).
+    kept = timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS)
+    expired_kinds = (
+        SignatureNonce.objects.filter(created_at__lt=now - kept),
+        PurgedEventKey.objects.filter(forget_after__lt=now),
+        # Django's database sessions are never deleted once expired (its clearsessions command is not
+        # run anywhere else): one row per sign-in, forever.
+        Session.objects.filter(expire_date__lt=now),
+        # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
+        idempotency_keys_expired(now=now),
+    )
+    for expired in expired_kinds:
+        deleted, finished = _delete_in_batches(expired, batch_size, deadline)
+        if not finished or (deleted and time.monotonic() > deadline):
+            return False
+    if settings.AUDIT_LOG_RETENTION_DAYS:  # 0: kept forever
+        audit = audit_purge_in_batches(
+            before=now - timedelta(days=settings.AUDIT_LOG_RETENTION_DAYS), batch_size=batch_size, deadline=deadline
+        )
+        if not audit.finished or (audit.deleted and time.monotonic() > deadline):
+            return False
+    return True
+
+
+def _delete_in_batches(expired, batch_size: int, deadline: float = float("inf")) -> tuple[int, bool]:
     """Delete the ``expired`` rows ``batch_size`` at a time, not in one statement: a run's purged keys
     all expire together, as many as the events it purged, and an hour's signature bindings (one per
     request of their providers) together too; one statement for them all would be one long
-    transaction holding back every vacuum meanwhile."""
+    transaction holding back every vacuum meanwhile. Returns how many it deleted, and False when a
+    full batch ended past ``deadline`` (more may be left)."""
     expired = expired.order_by()
+    deleted = 0
     while True:
         ids = list(expired.values_list("pk", flat=True)[:batch_size])
         if ids:
-            expired.model.objects.filter(pk__in=ids).delete()
+            deleted += expired.model.objects.filter(pk__in=ids).delete()[0]
         if len(ids) < batch_size:
-            return
+            return deleted, True
+        if time.monotonic() > deadline:
+            return deleted, False
 
 
 def _purge_organization(

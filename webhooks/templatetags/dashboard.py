@@ -8,6 +8,7 @@ import re
 from datetime import datetime, timedelta
 
 from django import template
+from django.conf import settings
 from django.template.defaultfilters import pluralize
 from django.utils import dateformat, timezone
 from django.utils.html import format_html
@@ -68,6 +69,14 @@ def suspended_organization(context):
     if not slug or user is None:
         return None
     return suspended_organization_for_member(user=user, slug=slug)
+
+
+@register.simple_tag
+def audit_log_kept() -> str:
+    """How long audit entries are kept (AUDIT_LOG_RETENTION_DAYS, deleted past it by the hourly
+    retention run), where the admin and the dashboard speak of the log."""
+    days = settings.AUDIT_LOG_RETENTION_DAYS
+    return f"for {days:,} day{pluralize(days)} after they are written" if days else "forever"
 
 
 @register.filter

@@ -178,3 +178,150 @@ def test_expired_sessions_are_deleted_and_live_ones_kept(db):
 
     lifecycle.purge_expired_events()
     assert list(Session.objects.values_list("pk", flat=True)) == [live.session_key]
+
+
+def expired_sessions(organization, count: int, now) -> None:
+    from django.contrib.sessions.models import Session
+
+    Session.objects.bulk_create(
+        Session(session_key=f"expired{n:033d}", session_data="", expire_date=now - timedelta(seconds=1))
+        for n in range(count)
+    )
+
+
+def expired_signature_bindings(organization, count: int, now) -> None:
+    from webhooks.models import SignatureNonce
+
+    source = make_source(organization)
+    old = now - timedelta(seconds=SignatureNonce.KEPT_SECONDS + SignatureNonce.CLOCK_SKEW_SECONDS + 60)
+    SignatureNonce.objects.bulk_create(
+        SignatureNonce(source=source, nonce_digest=f"{n:064x}", body_digest="b", created_at=old) for n in range(count)
+    )
+
+
+def forgotten_event_keys(organization, count: int, now) -> None:
+    from webhooks.models import PurgedEventKey
+
+    source = make_source(organization)
+    PurgedEventKey.objects.bulk_create(
+        PurgedEventKey(
+            source=source,
+            event_id_digest=f"{n:064x}",
+            original_id=n + 1,
+            received_at=now - timedelta(days=40),
+            forget_after=now - timedelta(seconds=1),
+        )
+        for n in range(count)
+    )
+
+
+def expired_idempotency_keys(organization, count: int, now) -> None:
+    from organizations.models import IdempotencyKey
+
+    from .api_helpers import make_key
+
+    api_key, _ = make_key(organization)
+    IdempotencyKey.objects.bulk_create(
+        IdempotencyKey(
+            organization=organization,
+            api_key=api_key,
+            key=f"retry-{n}",
+            request_digest="d" * 64,
+            request_method="POST",
+            request_path="/api/v1/sources",
+            expires_at=now - timedelta(seconds=1),
+        )
+        for n in range(count)
+    )
+
+
+def _model_of(make_rows):
+    from django.contrib.sessions.models import Session
+
+    from organizations.models import IdempotencyKey
+    from webhooks.models import PurgedEventKey, SignatureNonce
+
+    return {
+        expired_sessions: Session,
+        expired_signature_bindings: SignatureNonce,
+        forgotten_event_keys: PurgedEventKey,
+        expired_idempotency_keys: IdempotencyKey,
+    }[make_rows]
+
+
+@pytest.mark.parametrize(
+    "make_rows", [expired_sessions, expired_signature_bindings, forgotten_event_keys, expired_idempotency_keys]
+)
+def test_a_backlog_in_the_cleanup_before_the_organizations_stops_the_run_after_its_time(organization, make_rows):
+    # The cleanup before the organizations had no bound: a backlog of one kind took the run past
+    # Celery's time limits, killed every hour at the same place before any organization's turn.
+    now = timezone.now()
+    make_rows(organization, 5, now)
+    expired_events(organization, 1)
+    model = _model_of(make_rows)
+
+    # A time already out: each run deletes one batch, then hands over.
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.deleted, run.finished, run.stopped_in_cleanup, run.stopped_at) == (0, False, True, None)
+    assert (model.objects.count(), left(organization)) == (3, 1)
+
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.stopped_in_cleanup, model.objects.count(), left(organization)) == (True, 1, 1)
+
+    # The last, partial batch also ends past the time: the organizations' batch would be a second one.
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.stopped_in_cleanup, model.objects.count(), left(organization)) == (True, 0, 1)
+
+    # Nothing left in the cleanup: the organizations take their turn.
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.deleted, run.stopped_in_cleanup, left(organization)) == (1, False, 0)
+
+
+def test_a_cleanup_kind_that_ended_past_the_time_leaves_the_next_kinds_to_the_next_run(organization):
+    from django.contrib.sessions.models import Session
+
+    from webhooks.models import SignatureNonce
+
+    now = timezone.now()
+    expired_signature_bindings(organization, 1, now)  # less than a batch: the kind ends with it
+    expired_sessions(organization, 1, now)
+
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert run.stopped_in_cleanup
+    assert (SignatureNonce.objects.count(), Session.objects.count()) == (0, 1)
+
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.stopped_in_cleanup, Session.objects.count()) == (True, 0)
+
+    # Nothing left to delete: a run with its time out still goes through to the end.
+    run = lifecycle.retention_run(batch_size=2, max_seconds=0, now=now)
+    assert (run.finished, run.stopped_in_cleanup, run.stopped_at) == (True, False, None)
+
+
+def test_the_task_stopped_in_the_cleanup_publishes_the_next_run_from_the_same_organizations(
+    organization, settings, published
+):
+    from django.contrib.sessions.models import Session
+
+    expired_sessions(organization, 3, timezone.now())
+    settings.RETENTION_BATCH_SIZE = 2
+    settings.RETENTION_RUN_SECONDS = 0
+
+    # A run published by one that stopped on an organization passes its place on, not the first.
+    assert tasks.purge_expired_events(organization.pk) == 0
+    assert published == [(organization.pk,)]
+    assert Session.objects.count() == 1
+
+    assert tasks.purge_expired_events(organization.pk) == 0
+    assert published == [(organization.pk,), (organization.pk,)]
+    assert Session.objects.count() == 0
+
+    # An hourly run (from the first organization) stopped in the cleanup publishes one from the first too.
+    expired_sessions(organization, 3, timezone.now())
+    assert tasks.purge_expired_events() == 0
+    assert published[-1] == (None,)
+
+    published.clear()
+    assert tasks.purge_expired_events(organization.pk) == 0  # the last session, past the time
+    assert tasks.purge_expired_events(organization.pk) == 0  # nothing left anywhere
+    assert published == [(organization.pk,)]  # the first published the second; the second none
