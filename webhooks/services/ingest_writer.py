@@ -168,6 +168,11 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
             if key is not None:
                 keys_seen.add(key)
             this_round.append(index)
+        # In key order: each row waits for an uncommitted row of its key, so two writers holding
+        # the same events in different orders (two hosts' writer processes; a provider's retry of
+        # an event still waiting in a slow batch) would each hold a key the other waits for, and
+        # PostgreSQL would fail one batch whole as a deadlock. Keyless rows conflict with nothing.
+        this_round.sort(key=lambda index: _lock_order(events[index]))
         try:
             outcomes = _insert_round([events[i] for i in this_round])
         except RoundCommitted as committed:
@@ -247,6 +252,10 @@ def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int
         else:
             outcomes.append(None)
     return outcomes
+
+
+def _lock_order(event: NewEvent) -> tuple[bool, int, str]:
+    return (event.provider_event_id is None, event.source_id, event.provider_event_id or "")
 
 
 def _conflict_key(event: NewEvent) -> tuple[int, str] | None:

@@ -107,10 +107,17 @@ def decode_event(payload: bytes) -> NewEvent:
     if offset != len(payload):
         raise ValueError("the frame's field lengths do not add up to its size")
     provider_event_id, event_type, headers, remote_ip, body = fields
+    # Only the provider event id and the address may be missing: anything else is not a row, and
+    # must close its own connection rather than end the loop that serves every web worker.
+    if event_type is None or headers is None:
+        raise ValueError("the frame lacks a field every row has")
     try:
         received_at = _EPOCH + timedelta(microseconds=received_us)
     except OverflowError as exc:
         raise ValueError("the received time is out of range") from exc
+    header_map = json.loads(headers)  # JSONDecodeError is a ValueError
+    if not isinstance(header_map, dict):
+        raise ValueError("the frame's headers are not an object")
     return NewEvent(
         id=uuid.UUID(bytes=raw_id),
         organization_id=organization_id,
@@ -118,7 +125,7 @@ def decode_event(payload: bytes) -> NewEvent:
         received_at=received_at,
         provider_event_id=None if provider_event_id is None else provider_event_id.decode("utf-8", _TEXT),
         event_type=event_type.decode("utf-8", _TEXT),
-        headers=json.loads(headers),
+        headers=header_map,
         remote_ip=None if remote_ip is None else remote_ip.decode("utf-8", _TEXT),
         body=body,
     )

@@ -669,12 +669,13 @@ def test_the_purge_deletes_no_event_before_a_statement_that_missed_its_key_has_e
     # row of its batch (locked here) and reaches the purged event's row only later. Had the purge
     # deleted the event meanwhile, that row would find neither the event nor a key in its snapshot,
     # and be stored as a new event: the purge waits for the statement to end before deleting.
+    # (A batch takes its rows in key order: "evt_first_in_batch" < "evt_later_in_batch".)
     from django.db import connection as main
 
     from webhooks.services import lifecycle
 
     stored_id = _old_finished_event(stripe_source, "evt_later_in_batch")
-    [(recent_id, _)] = insert_event_batch([new_event(stripe_source, "evt_recent")])
+    [(recent_id, _)] = insert_event_batch([new_event(stripe_source, "evt_first_in_batch")])
     outcome, purged, waiting = [], [], threading.Event()
     wait = lifecycle._older_statements_ended
 
@@ -683,7 +684,7 @@ def test_the_purge_deletes_no_event_before_a_statement_that_missed_its_key_has_e
         return wait(timeout)
 
     monkeypatch.setattr(lifecycle, "_older_statements_ended", noted_wait)
-    batch = [new_event(stripe_source, "evt_recent"), new_event(stripe_source, "evt_later_in_batch")]
+    batch = [new_event(stripe_source, "evt_first_in_batch"), new_event(stripe_source, "evt_later_in_batch")]
     redelivery = threading.Thread(target=_in_a_thread, args=(lambda: outcome.extend(insert_event_batch(batch)),))
     purge = threading.Thread(target=_in_a_thread, args=(lambda: purged.append(lifecycle.purge_expired_events()),))
     with transaction.atomic():
@@ -864,3 +865,51 @@ def test_the_prepared_statements_survive_a_migration_that_changes_a_returned_col
     assert alone[1] is True
     assert [inserted for _, inserted in pair] == [True, True]
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_with_the_same_new_events_wait_for_each_other_and_never_deadlock(stripe_source):
+    # Two writers (the writer processes of two web hosts, or one and a web process writing in-process
+    # while it restarts) may hold the same events in different orders: a provider retries an event
+    # whose first request is still waiting in a slow batch. Each row's INSERT waits for an
+    # uncommitted row of its key; taken in different orders, each batch held a key the other waited
+    # for, and PostgreSQL failed one of them, whole (every tenant's row in it a 503). In key order,
+    # a batch waits before it holds anything the other needs.
+    other_writer_holds_evt_a = threading.Event()
+    batch_waits = threading.Event()
+    other_writer_outcomes, other_writer_errors = [], []
+
+    def other_writer():
+        try:
+            with transaction.atomic():  # a batch statement still running: its rows not committed yet
+                other_writer_outcomes.extend(insert_event_batch([new_event(stripe_source, "evt_a")]))
+                other_writer_holds_evt_a.set()
+                assert batch_waits.wait(10)
+                other_writer_outcomes.extend(insert_event_batch([new_event(stripe_source, "evt_b")]))
+        except Exception as exc:
+            other_writer_errors.append(exc)
+        finally:
+            other_writer_holds_evt_a.set()
+
+    other = threading.Thread(target=_in_a_thread, args=(other_writer,))
+    other.start()
+    assert other_writer_holds_evt_a.wait(10)
+    batch = [new_event(stripe_source, "evt_b"), new_event(stripe_source, "evt_a")]
+    with ThreadPoolExecutor(1) as pool:
+        outcomes = pool.submit(_in_a_thread_returning, lambda: insert_event_batch(batch))
+        _wait_for_a_backend_waiting_on_a_lock(connection)  # the batch, on the other writer's evt_a
+        batch_waits.set()
+        other.join(10)
+        result = outcomes.result(10)
+
+    assert other_writer_errors == []
+    assert [inserted for _, inserted in other_writer_outcomes] == [True, True]
+    assert result == [(stored_id, False) for stored_id, _ in reversed(other_writer_outcomes)]
+    assert WebhookEvent.objects.get(provider_event_id="evt_a").duplicate_count == 1
+
+
+def _in_a_thread_returning(work):
+    try:
+        return work()
+    finally:
+        connection.close()

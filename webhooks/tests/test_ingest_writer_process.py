@@ -211,13 +211,31 @@ def test_an_unstorable_row_is_a_data_error_and_its_neighbours_are_stored(writer_
     assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_neighbour_").count() == 3
 
 
+def _frame_with_field(name: str, raw: bytes | None) -> bytes:
+    """A row's frame whose field ``name`` (event_type or headers) is ``raw``; None writes the
+    length -1, which only the optional fields (provider event id, remote address) may have."""
+    payload = bytearray(encode_event(NewEvent(1, 1, "evt", "", b"body", {}, None))[4:])
+    offset = {"event_type": 44, "headers": 48}[name]  # their lengths in the fixed part of a row
+    payload[offset : offset + 4] = (-1 if raw is None else len(raw)).to_bytes(4, "big", signed=True)
+    event_type_at = 60 + 3  # after the fixed part and the provider event id "evt"
+    headers_at = event_type_at  # the event type is empty
+    if name == "event_type":
+        payload[event_type_at:event_type_at] = raw or b""
+    else:
+        payload[headers_at : headers_at + 2] = raw or b""  # in place of "{}"
+    return len(payload).to_bytes(4, "big") + bytes(payload)
+
+
 @pytest.mark.parametrize(
     "frame",
     [
         (5).to_bytes(4, "big") + b"hello",  # too short to be a row
         (2**32 - 1).to_bytes(4, "big") + b"x" * 100,  # longer than any row can be: never buffered whole
+        _frame_with_field("event_type", None),  # a field every row has, said to be missing
+        _frame_with_field("headers", None),
+        _frame_with_field("headers", b"[1, 2]"),  # headers that are not an object
     ],
-    ids=["garbage", "oversized"],
+    ids=["garbage", "oversized", "no-event-type", "no-headers", "headers-not-an-object"],
 )
 def test_frames_that_cannot_be_rows_close_only_their_own_connection(writer_server, client, stripe_source, frame):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as garbage:
