@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -32,7 +33,7 @@ from django.utils import timezone
 
 from organizations.models import Organization, effective_max_concurrency
 from organizations.services import audit_record
-from webhooks.models import Delivery, DeliveryAttempt, Destination
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 
 from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
@@ -331,13 +332,30 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
                 )
         if not chosen:
             return [], []
-        Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
-            status=Delivery.Status.IN_FLIGHT,
-            claimed_at=claimed_at,
-            claimed_by=owner,
-            attempt_count=F("attempt_count") + 1,
-        )
-    return chosen, _not_of_sources_being_deleted(_load_claimed(chosen))
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _claimed_rows_reader().sql,
+                    [
+                        Delivery.Status.IN_FLIGHT,
+                        None if isinstance(claimed_at, Now) else claimed_at,  # None: the database's clock
+                        owner,
+                        chosen,
+                        Delivery.Status.PENDING,
+                    ],
+                )
+                rows = cursor.fetchall()
+        else:
+            rows = None
+            Delivery.objects.filter(pk__in=chosen, status=Delivery.Status.PENDING).update(
+                status=Delivery.Status.IN_FLIGHT,
+                claimed_at=claimed_at,
+                claimed_by=owner,
+                attempt_count=F("attempt_count") + 1,
+            )
+    # Built once the claims are committed, as _load_claimed's are (see there).
+    claimed = _load_claimed(chosen) if rows is None else _build_claimed(rows)
+    return chosen, _not_of_sources_being_deleted(claimed)
 
 
 # The first look of a claim (PostgreSQL): the oldest due deliveries, locked, those other dispatchers
@@ -374,7 +392,8 @@ DESTINATION_ENCRYPTED_FIELDS = ("secret", "previous_secret", "custom_headers")
 
 
 def _load_claimed(chosen: list[int]) -> list[Delivery]:
-    """The claimed deliveries, as sent. Their claims are committed: one that cannot be loaded must
+    """The claimed deliveries, as sent (the embedded mode's read: on PostgreSQL the claiming statement
+    returns them, see _build_claimed). Their claims are committed: one that cannot be loaded must
     not take the others down with it (they would stay in flight until the sweeper releases them,
     and be claimed with it again). Such a delivery is recorded as an attempt that could not be
     made, as send() records one, and is not sent."""
@@ -394,6 +413,12 @@ def _load_claimed(chosen: list[int]) -> list[Delivery]:
         except Exception as exc:
             logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
             unloadable.append((delivery_id, exc))
+    _record_unloadable(unloadable)
+    return sorted(loaded, key=lambda delivery: (delivery.next_attempt_at, delivery.pk))
+
+
+def _record_unloadable(unloadable: list[tuple]) -> None:
+    """Record each (delivery id, exception) as an attempt that could not be made."""
     for delivery_id, exc in unloadable:
         delivery = (
             Delivery.objects.select_related("destination")
@@ -406,7 +431,89 @@ def _load_claimed(chosen: list[int]) -> list[Delivery]:
                 status=None, body="", duration_ms=0, error=f"the attempt could not be made: {type(exc).__name__}"
             )
             record_results([(delivery, SendResult(started_at=timezone.now(), headers={}, response=failed))])
-    return sorted(loaded, key=lambda delivery: (delivery.next_attempt_at, delivery.pk))
+
+
+class _ColumnsOf:
+    """One model's columns in a row of plain SQL, made into an instance as the ORM's own reads make
+    one: each value through the converters the ORM would apply (the encrypted fields decrypted, the
+    JSON ones decoded), then Model.from_db."""
+
+    def __init__(self, model, alias: str, start: int):
+        fields = model._meta.concrete_fields
+        self.model = model
+        self.select = ", ".join(f"{alias}.{connection.ops.quote_name(field.column)}" for field in fields)
+        self.attnames = [field.attname for field in fields]
+        self.start, self.end = start, start + len(fields)
+        self.converters = []
+        for index, field in enumerate(fields):
+            column = field.get_col(alias)
+            converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+            if converters:
+                self.converters.append((index, converters, column))
+
+    def build(self, row: tuple):
+        values = list(row[self.start : self.end])
+        for index, converters, column in self.converters:
+            for converter in converters:
+                values[index] = converter(values[index], column, connection)
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+
+class _ClaimedRowsReader(NamedTuple):
+    sql: str
+    delivery: _ColumnsOf
+    event: _ColumnsOf
+    destination: _ColumnsOf
+
+
+@functools.cache
+def _claimed_rows_reader() -> _ClaimedRowsReader:
+    """The claiming UPDATE and the claimed rows' read in one statement (PostgreSQL): the rows as
+    claimed, each with its event, its destination and its source's deletion mark, in the claim's
+    order. Plain SQL, built once: the ORM built both statements anew on every claim, and built
+    the instances at several times the cost (see _build_claimed)."""
+    delivery = _ColumnsOf(Delivery, "claimed", 0)
+    event = _ColumnsOf(WebhookEvent, "event", delivery.end)
+    destination = _ColumnsOf(Destination, "destination", event.end)
+    sql = f"""
+WITH claimed AS (
+    UPDATE {Delivery._meta.db_table}
+    SET status = %s, claimed_at = COALESCE(%s::timestamptz, STATEMENT_TIMESTAMP()), claimed_by = %s,
+        attempt_count = attempt_count + 1
+    WHERE id = ANY(%s) AND status = %s
+    RETURNING *
+)
+SELECT {delivery.select}, {event.select}, {destination.select}, source.deletion_requested_at
+FROM claimed
+JOIN {WebhookEvent._meta.db_table} event ON event.id = claimed.event_id
+JOIN {Destination._meta.db_table} destination ON destination.id = claimed.destination_id
+JOIN {Source._meta.db_table} source ON source.id = event.source_id
+ORDER BY claimed.next_attempt_at, claimed.id
+"""
+    return _ClaimedRowsReader(sql, delivery, event, destination)
+
+
+def _build_claimed(rows: list[tuple]) -> list[Delivery]:
+    """The deliveries of _claimed_rows_reader's rows, as _with_source_state's ORM read makes them
+    (the event and destination cached on each, the source's deletion mark an attribute). One
+    that cannot be built (a destination's secret no key decrypts) is recorded as an attempt that
+    could not be made, as in _load_claimed, and not sent; the others are."""
+    reader = _claimed_rows_reader()
+    loaded, unloadable = [], []
+    for row in rows:
+        try:
+            delivery = reader.delivery.build(row)
+            Delivery.event.field.set_cached_value(delivery, reader.event.build(row))
+            Delivery.destination.field.set_cached_value(delivery, reader.destination.build(row))
+        except Exception as exc:
+            delivery_id = row[reader.delivery.start + reader.delivery.attnames.index("id")]
+            logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
+            unloadable.append((delivery_id, exc))
+            continue
+        delivery.source_deletion_requested_at = row[reader.destination.end]
+        loaded.append(delivery)
+    _record_unloadable(unloadable)
+    return loaded
 
 
 SOURCE_BEING_DELETED_ERROR = "the event's source is being deleted: not sent"
