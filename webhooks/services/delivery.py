@@ -27,8 +27,8 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import Error as DatabaseOrConnectionError
 from django.db import connection, transaction
-from django.db.models import Case, F, OuterRef, PositiveIntegerField, Q, Subquery, When
-from django.db.models.functions import Now
+from django.db.models import Case, CharField, F, OuterRef, PositiveIntegerField, Q, Subquery, Value, When
+from django.db.models.functions import Cast, Coalesce, Concat, Now
 from django.utils import timezone
 
 from organizations.models import Organization, effective_max_concurrency
@@ -1698,6 +1698,37 @@ MANUAL_ATTEMPT_ASKED = Case(
 )
 
 
+def revived_last_outcome() -> dict:
+    """The last_status_code and last_error of a delivery retried by hand or in bulk (as UPDATE fields).
+
+    A dead one's last_error is why it died ("HTTP 500: no retries left", an inactive destination):
+    kept, a pending delivery would say both that it is tried again now and that it is not. It gets
+    what record_results leaves on a delivery waiting for a retry after its last attempt: that
+    attempt's error, or "HTTP <status>", and nothing when it died unsent. A waiting one keeps its
+    own. Subqueries on the latest attempt (by the attempt_delivery_number index), so a bulk retry's
+    batch is still one UPDATE; they read the row as it was before the UPDATE, still dead.
+    """
+    latest = DeliveryAttempt.objects.filter(delivery_id=OuterRef("pk")).order_by("-attempt_number")
+    attempt_error = Case(
+        When(~Q(error=""), then=F("error")),
+        When(response_status__isnull=False, then=Concat(Value("HTTP "), Cast("response_status", CharField()))),
+        default=Value(""),
+        output_field=CharField(),
+    )
+    dead = Q(status=Delivery.Status.DEAD)
+    return {
+        "last_status_code": Case(
+            When(dead, then=Subquery(latest.values("response_status")[:1])),
+            default=F("last_status_code"),
+        ),
+        "last_error": Case(
+            When(dead, then=Coalesce(Subquery(latest.annotate(shown=attempt_error).values("shown")[:1]), Value(""))),
+            default=F("last_error"),
+            output_field=CharField(),
+        ),
+    }
+
+
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     """Send a dead or waiting delivery again now (one more attempt, on top of the schedule)."""
@@ -1717,15 +1748,21 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         completed_at=None,
         manual_attempts=MANUAL_ATTEMPT_ASKED,
         bulk_retry=None,  # retried by hand: what happens now is no bulk retry's outcome
+        **revived_last_outcome(),
     )
+    previous_error = locked.last_error
+    locked.refresh_from_db()
+    changes = {"status": [previous, Delivery.Status.PENDING]}
+    if locked.last_error != previous_error:
+        # Why it died is no longer on the delivery; the entry of the retry keeps it.
+        changes["last_error"] = [previous_error, locked.last_error]
     audit_record(
         action="delivery.retried",
         organization=locked.organization,
         actor=actor,
         target=locked,
         target_label=f"{locked.event} → {locked.destination.name}",
-        changes={"status": [previous, Delivery.Status.PENDING]},
+        changes=changes,
     )
     transaction.on_commit(schedule_dispatch)
-    locked.refresh_from_db()
     return locked

@@ -16,7 +16,7 @@ from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
-from .delivery import MANUAL_ATTEMPT_ASKED, schedule_dispatch
+from .delivery import MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
 from .permissions import require_configure_role
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import schedule_once
@@ -412,6 +412,7 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                     completed_at=None,
                     manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
                     bulk_retry_id=job.pk,  # its status is now this job's outcome (a later one's if retried again)
+                    **revived_last_outcome(),  # a dead one's reason would contradict "pending"
                 )
                 job.retried += updated
                 job.last_delivery_id = batch[-1]
