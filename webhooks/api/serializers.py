@@ -559,21 +559,44 @@ class ReceivedRangeMixin(KnownFieldsOnly):
         return super().validate(data)
 
 
+# When the event was received (the API's schema says it).
+RECEIVED_AFTER_HELP = "ISO 8601, included: end it in Z, or write + as %2B (a bare + in a query string is a space)."
+RECEIVED_BEFORE_HELP = "ISO 8601, not included; must be later than received_after."
+
+
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
-        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL], required=False
+        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
+        required=False,
+        help_text="Accepted events when not given; rejected, or all for both; failed or retrying: a delivery "
+        "of it is dead, or waits for its next attempt.",
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    event_type = serializers.CharField(max_length=1000, required=False)
-    provider_event_id = serializers.CharField(max_length=255, required=False)
+    destination = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_DATABASE_ID,
+        required=False,
+        help_text="Events with a delivery to it (with failed or retrying: failing there).",
+    )
+    event_type = serializers.CharField(
+        max_length=1000, required=False, help_text="Patterns as in destination filters, comma-separated."
+    )
+    provider_event_id = serializers.CharField(
+        max_length=255, required=False, help_text="Also finds a rejected request that claims it."
+    )
     # Any id the dashboard's search takes (selectors.events_with_id): the provider's, Hookline's, the
     # webhook-id a destination received (a replay's included), as pasted.
-    search = serializers.CharField(max_length=1000, required=False)
-    received_after = QueryDateTimeField(required=False)
-    received_before = QueryDateTimeField(required=False)
+    search = serializers.CharField(
+        max_length=1000,
+        required=False,
+        help_text="Any id: the provider's, Hookline's, or the webhook-id a destination received.",
+    )
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
-    body_contains = serializers.CharField(required=False)
+    body_contains = serializers.CharField(
+        required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
+    )
 
     def validate_body_contains(self, text: str) -> str:
         if problem := body_search_text_problem(text):
@@ -585,12 +608,16 @@ class EventFilterSerializer(ReceivedRangeMixin):
 
 
 class DeliveryFilterSerializer(ReceivedRangeMixin):
-    status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
+    status = serializers.ChoiceField(
+        choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING],
+        required=False,
+        help_text="retrying: pending after a failed attempt.",
+    )
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
-    received_after = QueryDateTimeField(required=False)
-    received_before = QueryDateTimeField(required=False)
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
 
 
 class BulkRetryRequestSerializer(ReceivedRangeMixin):
