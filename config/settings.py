@@ -87,6 +87,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The OpenAPI document of the REST API (GET /api/v1/schema; webhooks/api/schema.py).
+    "drf_spectacular",
     "django_celery_beat",
     "django_htmx",
     "accounts",
@@ -404,6 +406,28 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "webhooks.api.schema.ApiAutoSchema",
+}
+# The OpenAPI document of /api/v1/ (webhooks/api/schema.py).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hookline REST API",
+    "VERSION": "1",
+    "DESCRIPTION": (
+        "An organization's events, deliveries, bulk retries, sources and destinations, with an API key. "
+        'Errors are JSON {"error", "detail"} (and "fields" for a 400 on a query parameter or a body '
+        'field); lists are cursor pages {"next", "previous", "results"}. The rules in full are in the '
+        "section REST API of Hookline's README.md (README.md#rest-api in its source)."
+    ),
+    "SERVERS": [{"url": PUBLIC_BASE_URL}],
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Secrets are written, never read: requests and answers are separate components.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webhooks.api.schema.drop_component_docstrings",
+    ],
 }
 # Requests per API key: "<number>/<s|min|h>", counted in the cache, in each process's memory while the
 # cache is down (webhooks.api.limits).

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 from django.http import QueryDict
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
@@ -168,6 +169,18 @@ class EventSerializer(serializers.Serializer):
     deliveries = DeliverySummarySerializer(many=True, source="deliveries.all")
 
 
+class LeftOutByPayloadFiltersSerializer(serializers.Serializer):
+    """The shape of EventDetailSerializer's left_out_by_payload_filters items (for the API's schema)."""
+
+    destination = serializers.IntegerField()
+    destination_name = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class LeftOutByEventTypesSerializer(LeftOutByPayloadFiltersSerializer):
+    event_types = serializers.ListField(child=serializers.CharField())
+
+
 class EventDetailSerializer(EventSerializer):
     rejection_detail = serializers.CharField()
     remote_ip = serializers.IPAddressField(allow_null=True)
@@ -182,6 +195,7 @@ class EventDetailSerializer(EventSerializer):
     def get_headers(self, event) -> dict[str, str]:
         return _headers(event.headers, self.context, self.context.get("signature_headers", frozenset()))
 
+    @extend_schema_field(LeftOutByPayloadFiltersSerializer(many=True))
     def get_left_out_by_payload_filters(self, event) -> list[dict]:
         return [
             {"destination": refusal["destination_id"], "destination_name": refusal["name"], "reason": refusal["reason"]}
@@ -189,6 +203,7 @@ class EventDetailSerializer(EventSerializer):
             if refusal["filter"] == "payload_filters"
         ]
 
+    @extend_schema_field(LeftOutByEventTypesSerializer(many=True))
     def get_left_out_by_event_types(self, event) -> list[dict]:
         return [
             {
@@ -201,10 +216,22 @@ class EventDetailSerializer(EventSerializer):
             if refusal["filter"] == "event_types"
         ]
 
-    def to_representation(self, event):
-        data = super().to_representation(event)
-        data.update(body_for_api(event.body))
-        return data
+    # The body as body_for_api gives it (computed once for both).
+    body = serializers.SerializerMethodField()
+    body_encoding = serializers.SerializerMethodField()
+
+    def get_body(self, event) -> str:
+        return _shown_body(event)["body"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=["utf-8", "base64"]))
+    def get_body_encoding(self, event) -> str:
+        return _shown_body(event)["body_encoding"]
+
+
+def _shown_body(event) -> dict[str, str]:
+    if not hasattr(event, "shown_body"):
+        event.shown_body = body_for_api(event.body)
+    return event.shown_body
 
 
 def _not_taking(event) -> list[dict]:
@@ -212,6 +239,31 @@ def _not_taking(event) -> list[dict]:
     if not hasattr(event, "not_taking"):
         event.not_taking = destinations_not_taking(event)
     return event.not_taking
+
+
+class BulkRetryOutcomeSerializer(serializers.Serializer):
+    """The shape of BulkRetryOutcome (for the API's schema)."""
+
+    succeeded = serializers.IntegerField()
+    dead = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    not_followed = serializers.IntegerField()
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
+class OneOrManyStatusesField(serializers.Field):
+    """A job's status filter: one status, or the list a job made before the API's filters had."""
+
+
+class BulkRetryFiltersSerializer(serializers.Serializer):
+    """The shape of BulkRetrySerializer's filters (for the API's schema): those asked for."""
+
+    status = OneOrManyStatusesField()
+    destination = serializers.IntegerField(required=False)
+    source = serializers.IntegerField(required=False)
+    event_type = serializers.CharField(required=False)
+    received_after = serializers.DateTimeField(required=False)
+    received_before = serializers.DateTimeField(required=False)
 
 
 class BulkRetrySerializer(serializers.Serializer):
@@ -229,10 +281,12 @@ class BulkRetrySerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
+    @extend_schema_field(BulkRetryOutcomeSerializer(allow_null=True))
     def get_outcome(self, job: BulkRetry) -> dict | None:
         outcome = BulkRetryOutcome.of(job)
         return None if outcome is None else dataclasses.asdict(outcome)
 
+    @extend_schema_field(BulkRetryFiltersSerializer)
     def get_filters(self, job: BulkRetry) -> dict:
         # Stored in the service's words; shown in the request's ("statuses": ["dead"] is "status").
         filters = dict(job.filters)
@@ -288,6 +342,11 @@ class SubscriptionSerializer(serializers.Serializer):
     event_types = serializers.ListField(child=serializers.CharField())
 
 
+class CustomHeaderHintSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    hint = serializers.CharField()
+
+
 class DestinationSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -309,7 +368,7 @@ class DestinationSerializer(serializers.Serializer):
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
     # Each custom header's name and the hint of its value (…a1b2); the values are never shown.
-    custom_headers = serializers.ListField(child=serializers.DictField(), source="custom_header_hints")
+    custom_headers = CustomHeaderHintSerializer(many=True, source="custom_header_hints")
     # Conditions on the body: [{"path", "op", "value"}] (no value for exists and not_exists).
     payload_filters = serializers.JSONField()
     subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
@@ -500,21 +559,44 @@ class ReceivedRangeMixin(KnownFieldsOnly):
         return super().validate(data)
 
 
+# When the event was received (the API's schema says it).
+RECEIVED_AFTER_HELP = "ISO 8601, included: end it in Z, or write + as %2B (a bare + in a query string is a space)."
+RECEIVED_BEFORE_HELP = "ISO 8601, not included; must be later than received_after."
+
+
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
-        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL], required=False
+        choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
+        required=False,
+        help_text="Accepted events when not given; rejected, or all for both; failed or retrying: a delivery "
+        "of it is dead, or waits for its next attempt.",
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    event_type = serializers.CharField(max_length=1000, required=False)
-    provider_event_id = serializers.CharField(max_length=255, required=False)
+    destination = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_DATABASE_ID,
+        required=False,
+        help_text="Events with a delivery to it (with failed or retrying: failing there).",
+    )
+    event_type = serializers.CharField(
+        max_length=1000, required=False, help_text="Patterns as in destination filters, comma-separated."
+    )
+    provider_event_id = serializers.CharField(
+        max_length=255, required=False, help_text="Also finds a rejected request that claims it."
+    )
     # Any id the dashboard's search takes (selectors.events_with_id): the provider's, Hookline's, the
     # webhook-id a destination received (a replay's included), as pasted.
-    search = serializers.CharField(max_length=1000, required=False)
-    received_after = QueryDateTimeField(required=False)
-    received_before = QueryDateTimeField(required=False)
+    search = serializers.CharField(
+        max_length=1000,
+        required=False,
+        help_text="Any id: the provider's, Hookline's, or the webhook-id a destination received.",
+    )
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
-    body_contains = serializers.CharField(required=False)
+    body_contains = serializers.CharField(
+        required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
+    )
 
     def validate_body_contains(self, text: str) -> str:
         if problem := body_search_text_problem(text):
@@ -526,12 +608,16 @@ class EventFilterSerializer(ReceivedRangeMixin):
 
 
 class DeliveryFilterSerializer(ReceivedRangeMixin):
-    status = serializers.ChoiceField(choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING], required=False)
+    status = serializers.ChoiceField(
+        choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING],
+        required=False,
+        help_text="retrying: pending after a failed attempt.",
+    )
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
-    received_after = QueryDateTimeField(required=False)
-    received_before = QueryDateTimeField(required=False)
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
 
 
 class BulkRetryRequestSerializer(ReceivedRangeMixin):

@@ -6,6 +6,7 @@ from django.urls import re_path
 from . import views
 from . import views_manage as manage
 from .authentication import json_not_found
+from .schema_view import ApiSchemaView
 
 ID = r"(?P<{}>[^/]+)"
 
@@ -45,5 +46,7 @@ urlpatterns = [
         manage.DestinationSendWaitingNowView,
         "destination_send_waiting_now",
     ),
+    # The OpenAPI document of the endpoints above (webhooks/api/schema.py); read without a key.
+    endpoint("schema", ApiSchemaView, "schema"),
     re_path(r"^.*$", json_not_found),
 ]

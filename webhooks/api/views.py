@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Prefetch
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions
 from rest_framework.fields import DateTimeField
 from rest_framework.pagination import Cursor, CursorPagination
@@ -44,7 +45,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
-from . import serializers
+from . import schema, serializers
 from .authentication import ApiView, Conflict, SearchBusy, SearchTimedOut
 
 _DATABASE_ID = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: a bigint column never overflows
@@ -139,6 +140,36 @@ class NewestFirst(CursorPagination):
             response["Link"] = ", ".join(links)
         return response
 
+    def get_paginated_response_schema(self, schema):
+        link = {"type": "string", "format": "uri", "nullable": True}
+        return {
+            "type": "object",
+            "required": ["next", "previous", "results"],
+            "properties": {
+                "next": {**link, "description": "The next page's URL; null on the last page."},
+                "previous": {**link, "description": "The previous page's URL; null on the first page."},
+                "results": schema,
+            },
+        }
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            {
+                "name": self.cursor_query_param,
+                "in": "query",
+                "required": False,
+                "description": "A page's position: take it from next or previous, never make one.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "in": "query",
+                "required": False,
+                "description": "Rows per page.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page_size, "default": self.page_size},
+            },
+        ]
+
     def decode_cursor(self, request):
         refusal = {self.cursor_query_param: ["not a cursor from this API: follow next or previous"]}
         try:
@@ -157,6 +188,21 @@ class NewestFirst(CursorPagination):
 
 class OldestFirst(NewestFirst):
     ordering = "id"
+
+
+class EventPages(NewestFirst):
+    """The event list's pages, which a body search's add ``searched_back_to`` to (EventListView.body_search)."""
+
+    def get_paginated_response_schema(self, schema):
+        page = super().get_paginated_response_schema(schema)
+        page["properties"]["searched_back_to"] = {
+            "type": "string",
+            "format": "date-time",
+            "nullable": True,
+            "description": "With body_contains only: the arrival time this page searched back to; null when no "
+            "older event was left to read.",
+        }
+        return page
 
 
 class ApiObjectView(ApiView):
@@ -217,7 +263,23 @@ class ApiListView(ApiObjectView):
         return given.validated_data
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="events_list",
+        summary="List events",
+        description="Newest first; accepted events only unless status is rejected or all. body_contains searches "
+        "a window of BODY_SEARCH_WINDOW events per page: a page may hold fewer than limit, or none, and still have "
+        "a next; its answer adds searched_back_to.",
+        parameters=[serializers.EventFilterSerializer],
+        responses={
+            200: serializers.EventSerializer(many=True),
+            429: schema.error("The organization already runs BODY_SEARCH_CONCURRENCY body searches (search_busy)."),
+            503: schema.error("The body search took longer than BODY_SEARCH_TIMEOUT_SECONDS (search_timed_out)."),
+        },
+    )
+)
 class EventListView(ApiListView):
+    pagination_class = EventPages
     serializer_class = serializers.EventSerializer
     filter_serializer_class = serializers.EventFilterSerializer
     id_filters = ("source", "destination")
@@ -292,6 +354,16 @@ class EventListView(ApiListView):
         return response
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="events_retrieve",
+        summary="Get an event",
+        description="With its headers, its body, its deliveries with their attempts, and the destinations its "
+        "payload or event-type filters leave it out of.",
+        parameters=[schema.EVENT_ID],
+        responses={200: serializers.EventDetailSerializer},
+    )
+)
 class EventDetailView(ApiObjectView):
     def get(self, request, event_id: str):
         event = _found(event_detail_for_organization, organization=self.organization, event_id=_uuid(event_id))
@@ -300,6 +372,19 @@ class EventDetailView(ApiObjectView):
         )
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="events_replay",
+        summary="Replay an event to a destination",
+        description="A new delivery of the event to the destination.",
+        parameters=[schema.EVENT_ID],
+        request=serializers.ReplaySerializer,
+        responses={
+            202: OpenApiResponse(serializers.DeliverySerializer, description="The delivery, queued."),
+            **schema.conflict("The event cannot be replayed to that destination now (conflict)."),
+        },
+    )
+)
 class EventReplayView(ApiObjectView):
     def post(self, request, event_id: str):
         event = _found(event_for_organization, organization=self.organization, event_id=_uuid(event_id))
@@ -318,6 +403,16 @@ class EventReplayView(ApiObjectView):
         return self.show_delivery(delivery)
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="deliveries_list",
+        summary="List deliveries",
+        description="Newest first, each with its destination's name and its event's provider_event_id, "
+        "event_type, source and received_at.",
+        parameters=[serializers.DeliveryFilterSerializer],
+        responses={200: serializers.DeliverySerializer(many=True)},
+    )
+)
 class DeliveryListView(ApiListView):
     serializer_class = serializers.DeliverySerializer
     filter_serializer_class = serializers.DeliveryFilterSerializer
@@ -334,6 +429,15 @@ class DeliveryListView(ApiListView):
         )
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="deliveries_retrieve",
+        summary="Get a delivery",
+        description="With its attempts.",
+        parameters=[schema.DELIVERY_ID],
+        responses={200: serializers.DeliveryDetailSerializer},
+    )
+)
 class DeliveryDetailView(ApiObjectView):
     def get(self, request, delivery_id: str):
         delivery = _found(
@@ -342,6 +446,19 @@ class DeliveryDetailView(ApiObjectView):
         return self.show(serializers.DeliveryDetailSerializer, delivery)
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="deliveries_retry",
+        summary="Retry a delivery",
+        description="One more attempt of a dead or waiting delivery. Takes no body, or {}.",
+        parameters=[schema.DELIVERY_ID],
+        request=None,
+        responses={
+            202: OpenApiResponse(serializers.DeliverySerializer, description="The delivery, queued."),
+            **schema.conflict("The delivery already succeeded or is being sent (conflict)."),
+        },
+    )
+)
 class DeliveryRetryView(ApiObjectView):
     def post(self, request, delivery_id: str):
         delivery = _found(delivery_for_organization, organization=self.organization, delivery_id=_uuid(delivery_id))
@@ -353,6 +470,22 @@ class DeliveryRetryView(ApiObjectView):
         return self.show_delivery(delivery)
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="deliveries_bulk_retry",
+        summary="Retry dead deliveries in bulk",
+        description="The dead deliveries the filters name (none: every dead delivery of the organization's "
+        "active destinations), retried by a job to follow at its Location.",
+        request=serializers.BulkRetryRequestSerializer,
+        responses={
+            202: OpenApiResponse(serializers.BulkRetrySerializer, description="The job, queued."),
+            **schema.conflict(
+                "No dead delivery matches (nothing_to_retry); or a job that may take the same deliveries is "
+                "queued or running, or the destination is inactive (conflict)."
+            ),
+        },
+    )
+)
 class DeliveryBulkRetryView(ApiObjectView):
     """The dashboard's bulk retry with the delivery list's filters: a job, followed at its URL."""
 
@@ -380,6 +513,15 @@ class DeliveryBulkRetryView(ApiObjectView):
         return response
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="bulk_retries_list",
+        summary="List bulk retry jobs",
+        description="The organization's jobs (the API's and the dashboard's), newest first.",
+        parameters=[serializers.BulkRetryFilterSerializer],
+        responses={200: serializers.BulkRetrySerializer(many=True)},
+    )
+)
 class BulkRetryListView(ApiListView):
     """Every job of the organization, newest first (the dashboard's too), in the detail's shape."""
 
@@ -390,6 +532,15 @@ class BulkRetryListView(ApiListView):
         return bulk_retries_for_organization(organization=self.organization, status=filters.get("status", ""))
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="bulk_retries_retrieve",
+        summary="Get a bulk retry job",
+        description="To follow until status is done, and then for its outcome.",
+        parameters=[schema.BULK_RETRY_ID],
+        responses={200: serializers.BulkRetrySerializer},
+    )
+)
 class BulkRetryDetailView(ApiObjectView):
     def get(self, request, job_id: str):
         job = _found(bulk_retry_for_organization, organization=self.organization, job_id=_int_id(job_id))
@@ -445,6 +596,17 @@ class DestinationDetailView(DestinationLookup, ApiObjectView):
         return self.show(serializers.DestinationSerializer, self.destination(destination_id))
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="destinations_pause",
+        summary="Pause a destination",
+        description="Its deliveries wait until it is resumed. Pausing a paused destination changes nothing and "
+        "answers the same. Takes no body, or {}.",
+        parameters=[schema.DESTINATION_ID],
+        request=None,
+        responses={200: serializers.DestinationSerializer},
+    )
+)
 class DestinationPauseView(DestinationLookup, ApiObjectView):
     paused = True
 
@@ -462,5 +624,15 @@ class DestinationPauseView(DestinationLookup, ApiObjectView):
         return self.show(serializers.DestinationSerializer, self.destination(destination_id))
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="destinations_resume",
+        summary="Resume a destination",
+        description="Resuming a running destination changes nothing and answers the same. Takes no body, or {}.",
+        parameters=[schema.DESTINATION_ID],
+        request=None,
+        responses={200: serializers.DestinationSerializer},
+    )
+)
 class DestinationResumeView(DestinationPauseView):
     paused = False

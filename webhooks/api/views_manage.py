@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions
 from rest_framework.response import Response
 
@@ -38,7 +39,7 @@ from webhooks.services.sources import (
     source_update,
 )
 
-from . import serializers, serializers_manage
+from . import schema, serializers, serializers_manage
 from .authentication import Conflict
 from .views import (
     ApiObjectView,
@@ -84,6 +85,22 @@ class SourceShowMixin(ApiObjectView):
         return Response({**data, **extra}, status=status)
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="sources_list",
+        summary="List sources",
+        description="Oldest first.",
+        responses={200: serializers.SourceSerializer(many=True)},
+    ),
+    post=extend_schema(
+        operation_id="sources_create",
+        summary="Create a source",
+        description="Options as on the provider's source form (docs/providers.md). A provider that issues its "
+        "secret may be created without one: it refuses every request until rotate_secret sets it.",
+        request=serializers_manage.SourceCreateSerializer,
+        responses={201: schema.SourceCreatedSerializer},
+    ),
+)
 class SourceListCreateView(SourceShowMixin, SourceListView):
     def post(self, request):
         data = _valid(serializers_manage.SourceCreateSerializer, request)
@@ -109,6 +126,31 @@ class SourceListCreateView(SourceShowMixin, SourceListView):
         return response
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="sources_retrieve",
+        summary="Get a source",
+        parameters=[schema.SOURCE_ID],
+        responses={200: serializers.SourceSerializer},
+    ),
+    patch=extend_schema(
+        operation_id="sources_update",
+        summary="Change a source",
+        description="What is left out stays; options are merged into the current ones (null puts one back to "
+        "its default); allowed_networks replaces the list.",
+        parameters=[schema.SOURCE_ID],
+        request=serializers_manage.SourceUpdateSerializer,
+        responses={200: serializers.SourceSerializer},
+    ),
+    delete=extend_schema(
+        operation_id="sources_destroy",
+        summary="Delete a source",
+        description="With its events, their deliveries and attempts, in the background: it stops receiving now "
+        "and answers 404 from then on.",
+        parameters=[schema.SOURCE_ID],
+        responses={202: schema.SourceDeletingSerializer},
+    ),
+)
 class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
     def patch(self, request, source_id: str):
         source = self.source(source_id)
@@ -145,6 +187,19 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
         return Response({"id": source.pk, "state": "deleting"}, status=202)
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="sources_rotate_secret",
+        summary="Rotate a source's secret",
+        description="The previous secret is still accepted for keep_previous_for seconds.",
+        parameters=[schema.SOURCE_ID],
+        request=serializers_manage.SourceRotateSerializer,
+        responses={
+            200: schema.SourceRotatedSerializer,
+            **schema.conflict("An earlier rotation's previous secret is still accepted: send stop_previous: true."),
+        },
+    )
+)
 class SourceRotateSecretView(SourceShowMixin, SourceLookup):
     def post(self, request, source_id: str):
         source = self.source(source_id)
@@ -173,6 +228,23 @@ class DestinationShowMixin(DestinationLookup, ApiObjectView):
         return Response({**data, **extra}, status=status)
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="destinations_list",
+        summary="List destinations",
+        description="Oldest first.",
+        responses={200: serializers.DestinationSerializer(many=True)},
+    ),
+    post=extend_schema(
+        operation_id="destinations_create",
+        summary="Create a destination",
+        request=serializers_manage.DestinationCreateSerializer,
+        responses={
+            201: schema.DestinationCreatedSerializer,
+            **schema.conflict("A source it names was deleted meanwhile (conflict)."),
+        },
+    ),
+)
 class DestinationListCreateView(DestinationShowMixin, DestinationListView):
     def post(self, request):
         data = _valid(
@@ -208,6 +280,33 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
         return response
 
 
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="destinations_retrieve",
+        summary="Get a destination",
+        parameters=[schema.DESTINATION_ID],
+        responses={200: serializers.DestinationSerializer},
+    ),
+    patch=extend_schema(
+        operation_id="destinations_update",
+        summary="Change a destination",
+        description="What is left out stays; sources replaces the list; null removes a policy limit; "
+        "custom_headers are changes, as in a JSON merge patch (null removes a header).",
+        parameters=[schema.DESTINATION_ID],
+        request=serializers_manage.DestinationUpdateSerializer,
+        responses={
+            200: schema.DestinationChangedSerializer,
+            **schema.conflict("A source it names was deleted meanwhile (conflict)."),
+        },
+    ),
+    delete=extend_schema(
+        operation_id="destinations_destroy",
+        summary="Delete a destination",
+        description="With its deliveries and their attempts; the events stay.",
+        parameters=[schema.DESTINATION_ID],
+        responses={204: None},
+    ),
+)
 class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
     def patch(self, request, destination_id: str):
         destination = self.destination(destination_id)
@@ -274,6 +373,19 @@ def _destination_warnings(destination, *, sources) -> list[str]:
     ]
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="destinations_rotate_secret",
+        summary="Rotate a destination's signing secret",
+        description="Attempts are also signed with the previous secret for keep_previous_for seconds.",
+        parameters=[schema.DESTINATION_ID],
+        request=serializers_manage.DestinationRotateSerializer,
+        responses={
+            200: schema.DestinationRotatedSerializer,
+            **schema.conflict("An earlier rotation's previous secret is still used: send stop_previous: true."),
+        },
+    )
+)
 class DestinationRotateSecretView(DestinationShowMixin):
     def post(self, request, destination_id: str):
         destination = self.destination(destination_id)
@@ -290,6 +402,19 @@ class DestinationRotateSecretView(DestinationShowMixin):
         return self.show_destination(destination.pk, secret=secret)
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="destinations_send_waiting_now",
+        summary="Send a destination's waiting retries now",
+        description="Takes no body, or {}.",
+        parameters=[schema.DESTINATION_ID],
+        request=None,
+        responses={
+            200: schema.WaitingSentNowSerializer,
+            **schema.conflict("The destination is paused or inactive (conflict)."),
+        },
+    )
+)
 class DestinationSendWaitingNowView(DestinationLookup, ApiObjectView):
     """The dashboard's "send waiting retries now": 200 with how many were brought forward, 0 when none
     waited (a script that repeats itself is not refused); 409 for a paused or inactive destination."""

@@ -1,0 +1,276 @@
+"""The OpenAPI 3 description of /api/v1/, served at /api/v1/schema (drf-spectacular).
+
+Each view says what it takes and answers with ``extend_schema``; what every view shares (the key's
+refusals, the error shape, ``Idempotency-Key`` on POSTs, the body's refusals) is added here, by
+``ApiAutoSchema``, so that no endpoint can be described without them. The tests compare the
+document with real answers (webhooks/tests/test_api_schema.py).
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import (
+    OpenApiAuthenticationExtension,
+    OpenApiSerializerExtension,
+    OpenApiSerializerFieldExtension,
+)
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import build_basic_type
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+from webhooks.services.delivery_waits import DELIVERY_WAITS
+
+from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from .serializers import DestinationSerializer, SourceSerializer
+
+API_PREFIX = "/api/v1/"
+
+
+# --- Errors -------------------------------------------------------------------------------------
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField(help_text="A code that names the error, such as not_found or rate_limited.")
+    detail = serializers.CharField(help_text="What went wrong, in a sentence.")
+
+
+class InvalidRequestSerializer(ErrorSerializer):
+    # Declared fields leave the class attribute to DRF's metaclass: "fields" here is the JSON key.
+    fields = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="Each refused field, query parameter or body name with what is wrong with it "
+        "(error invalid); absent on a body that is not JSON (invalid_json), a malformed "
+        "Idempotency-Key (invalid_idempotency_key) or too many query parameters (bad_request).",
+    )
+
+
+def error(description: str, serializer=ErrorSerializer) -> OpenApiResponse:
+    return OpenApiResponse(serializer, description=description)
+
+
+def conflict(description: str) -> dict:
+    """A view's own 409, added to the one every POST may answer (an Idempotency-Key in use)."""
+    return {409: error(description)}
+
+
+# --- Parameters -----------------------------------------------------------------------------------
+
+
+def path_id(name: str, kind) -> OpenApiParameter:
+    return OpenApiParameter(name, kind, OpenApiParameter.PATH)
+
+
+EVENT_ID = path_id("event_id", OpenApiTypes.UUID)
+DELIVERY_ID = path_id("delivery_id", OpenApiTypes.UUID)
+BULK_RETRY_ID = path_id("job_id", OpenApiTypes.INT)
+SOURCE_ID = path_id("source_id", OpenApiTypes.INT)
+DESTINATION_ID = path_id("destination_id", OpenApiTypes.INT)
+
+_IDEMPOTENCY_KEY = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    OpenApiParameter.HEADER,
+    description="1 to 255 visible ASCII characters (a UUID per operation): the request runs once, and the same "
+    "request sent again with the same key gets the first answer again, with Idempotent-Replayed: true.",
+)
+_REPLAYED = OpenApiParameter(
+    REPLAYED_HEADER,
+    {"type": "string", "enum": ["true"]},
+    OpenApiParameter.HEADER,
+    response=True,
+    description="The answer kept for the Idempotency-Key, sent again; the request did not run again.",
+)
+_LOCATION = OpenApiParameter(
+    "Location",
+    {"type": "string", "format": "uri"},
+    OpenApiParameter.HEADER,
+    response=[201, 202],
+    description="The absolute URL of what was made or queued, to follow as it is.",
+)
+_RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[409, 429],
+    description="Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress).",
+)
+_WWW_AUTHENTICATE = OpenApiParameter(
+    "WWW-Authenticate", {"type": "string", "enum": ['Bearer realm="api"']}, OpenApiParameter.HEADER, response=[401]
+)
+_LINK = OpenApiParameter(
+    "Link",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description='The next and previous pages (RFC 8288, rel="next" and rel="prev"); absent on a single page.',
+)
+
+
+# --- The schema of each operation ---------------------------------------------------------------
+
+
+class ApiAutoSchema(AutoSchema):
+    """drf-spectacular's AutoSchema with what every /api/v1/ view shares (webhooks.api.authentication)."""
+
+    def get_description(self) -> str:
+        # A view's docstring is written for who changes the code; an operation says its own.
+        return ""
+
+    def _takes_body(self) -> bool:
+        return self.method in ("POST", "PATCH")
+
+    def _is_list(self) -> bool:
+        return self.method == "GET" and self._is_list_view()
+
+    def get_override_parameters(self):
+        parameters = [*super().get_override_parameters(), _RETRY_AFTER, _WWW_AUTHENTICATE]
+        if self.method == "POST":
+            parameters += [_IDEMPOTENCY_KEY, _REPLAYED, _LOCATION]
+        if self._is_list():
+            parameters.append(_LINK)
+        return parameters
+
+    def _shared_errors(self) -> dict[int, OpenApiResponse]:
+        refusals = {
+            400: error(
+                "The request is not valid: a query parameter or body field refused or not taken, named in fields."
+                if self._takes_body() or self._is_list()
+                else "The request is not valid: this request takes no query parameters.",
+                InvalidRequestSerializer,
+            ),
+            401: error("No API key, or a malformed, unknown or revoked one (invalid_api_key, not_authenticated)."),
+            403: error(
+                "The organization is suspended or being deleted (organization_inactive)"
+                + ("; or the key is read-only (read_only_key)." if self.method not in ("GET", "HEAD") else ".")
+            ),
+            429: error(
+                "Past the key's API_RATE_LIMIT, or past API_AUTH_FAILURE_LIMIT wrong keys from this address "
+                "(rate_limited)."
+            ),
+        }
+        if "{" in self.path:
+            refusals[404] = error("The organization has no such object (another organization's included).")
+        if self._takes_body():
+            refusals[413] = error("The body is larger than the API takes (request_too_large).")
+            refusals[415] = error("The body is not sent as JSON (unsupported_media_type).")
+        if self.method == "POST":
+            refusals[409] = error("A request with this Idempotency-Key still runs (idempotency_key_in_progress).")
+            refusals[422] = error(
+                "This Idempotency-Key was used for another request (idempotency_key_reused): send a new key."
+            )
+        return refusals
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for code, response in self._shared_errors().items():
+            shared = self._get_response_for_code(response, str(code), direction=direction)
+            if str(code) in responses:  # the view's own reason too
+                own = responses[str(code)]["description"]
+                responses[str(code)]["description"] = f"{shared['description']} Or: {own}"
+            else:
+                responses[str(code)] = shared
+        return dict(sorted(responses.items()))
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "webhooks.api.authentication.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "hl_<prefix>_<secret>",
+            "description": "An organization's API key, as Authorization: Bearer hl_<prefix>_<secret>. A read-only "
+            "key reads; a read-and-write key also changes, and sees signature headers and full destination URLs.",
+        }
+
+
+class KnownFieldsOnlySchema(OpenApiSerializerExtension):
+    """A body takes its fields and no other name (KnownFieldsOnly refuses the others with a 400)."""
+
+    target_class = "webhooks.api.serializers.KnownFieldsOnly"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        mapped = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            mapped["additionalProperties"] = False
+        return mapped
+
+
+class WaitingForFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = "webhooks.api.serializers.WaitingForField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            **build_basic_type(OpenApiTypes.STR),
+            "enum": sorted(DELIVERY_WAITS),
+            "nullable": True,
+            "description": "Why a pending delivery is not being sent; null when it is due, and for a delivery "
+            "that is not pending.",
+        }
+
+
+# --- Answers that add to an object's shape -------------------------------------------------------
+
+
+class SourceCreatedSerializer(SourceSerializer):
+    secret = serializers.CharField(
+        required=False,
+        help_text="The secret Hookline generated, in this answer only; absent when it was given, or the "
+        "provider issues it.",
+    )
+
+
+class SourceRotatedSerializer(SourceCreatedSerializer):
+    pass
+
+
+class DestinationChangedSerializer(DestinationSerializer):
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="[] or, for a destination without a source, that it receives nothing until one is linked.",
+    )
+
+
+class DestinationCreatedSerializer(DestinationChangedSerializer):
+    secret = serializers.CharField(help_text="The whsec_… signing secret, in this answer only.")
+
+
+class DestinationRotatedSerializer(DestinationSerializer):
+    secret = serializers.CharField(help_text="The new whsec_… signing secret, in this answer only.")
+
+
+class SourceDeletingSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=["deleting"])
+
+
+class WaitingSentNowSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The destination's id.")
+    brought_forward = serializers.IntegerField(
+        help_text="How many waiting deliveries were made due now; 0 when none waited."
+    )
+
+
+def document_only_api(endpoints, **kwargs):
+    """SPECTACULAR_SETTINGS' preprocessing hook: the document describes /api/v1/ only (the ingest
+    endpoint is a DRF view too, but signed by providers, not called with an API key)."""
+    # Each path is written as the README writes it, without the trailing slash it may also take.
+    return [
+        (path.rstrip("/"), path_regex, method, callback)
+        for path, path_regex, method, callback in endpoints
+        if path.startswith(API_PREFIX)
+    ]
+
+
+def drop_component_docstrings(result, **kwargs):
+    """SPECTACULAR_SETTINGS' postprocessing hook: a serializer's docstring is written for who changes
+    the code (selectors, queries), not for API users; fields keep their help texts."""
+    for component in result.get("components", {}).get("schemas", {}).values():
+        if component.get("type") == "object":
+            component.pop("description", None)
+    return result

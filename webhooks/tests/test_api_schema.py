@@ -1,0 +1,469 @@
+"""The OpenAPI document at /api/v1/schema: valid, complete, and true to what the API answers.
+
+Real requests with real keys against real rows are checked against the document's schema for
+their status (keys exactly the documented properties, recursively, $refs resolved), so that a field
+added to or dropped from a serializer without the document following fails here.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from organizations.models import ApiKey
+from webhooks.api.authentication import ApiView
+from webhooks.api.schema_view import ApiSchemaView
+from webhooks.models import Delivery, Destination
+from webhooks.services.destinations import destination_create
+from webhooks.services.payload_filters import parse_payload_filter_lines
+
+from .api_helpers import make_delivery, make_event, make_key
+from .factories import make_destination, make_source
+
+API_PREFIX = "api/v1/"
+
+
+@pytest.fixture
+def document(client, db):
+    response = client.get("/api/v1/schema")
+    assert response.status_code == 200
+    return response.json()
+
+
+# --- Checking a value against the document -------------------------------------------------------
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+def _resolve(document: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        *_, kind, name = schema["$ref"].split("/")
+        schema = document["components"][kind][name]
+    return schema
+
+
+_TYPES = {
+    "object": lambda value: isinstance(value, dict),
+    "array": lambda value: isinstance(value, list),
+    "string": lambda value: isinstance(value, str),
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
+    "boolean": lambda value: isinstance(value, bool),
+}
+
+
+def check(document: dict, schema: dict, value, where: str = "$", seen: set | None = None) -> set[str]:
+    """Raise Mismatch where ``value`` is not as ``schema`` says; the names of the components it
+    went through with an object (to tell which parts of the document a test covered)."""
+    seen = set() if seen is None else seen
+    if "$ref" in schema:
+        seen.add(schema["$ref"].rsplit("/", 1)[-1])
+    nullable = schema.get("nullable", False)
+    schema = _resolve(document, schema)
+    nullable = nullable or schema.get("nullable", False)
+    if value is None:
+        if not nullable:
+            raise Mismatch(f"{where}: null, which the document does not allow")
+        return seen
+    if "allOf" in schema:
+        for part in schema["allOf"]:
+            check(document, part, value, where, seen)
+        return seen
+    if "oneOf" in schema:
+        for option in schema["oneOf"]:
+            try:
+                check(document, option, value, where, set())
+            except Mismatch:
+                continue
+            return check(document, option, value, where, seen)
+        raise Mismatch(f"{where}: {value!r} matches none of oneOf")
+    kind = schema.get("type")
+    if kind and not _TYPES[kind](value):
+        raise Mismatch(f"{where}: {value!r} is not of type {kind}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise Mismatch(f"{where}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        if properties or extra is False:
+            missing = set(schema.get("required", ())) - set(value)
+            undocumented = set(value) - set(properties)
+            if missing:
+                raise Mismatch(f"{where}: required but absent: {sorted(missing)}")
+            if undocumented and not extra:
+                raise Mismatch(f"{where}: not in the document: {sorted(undocumented)}")
+        for key, item in value.items():
+            if key in properties:
+                check(document, properties[key], item, f"{where}.{key}", seen)
+            elif isinstance(extra, dict):
+                check(document, extra, item, f"{where}.{key}", seen)
+    if isinstance(value, list) and "items" in schema:
+        for position, item in enumerate(value):
+            check(document, schema["items"], item, f"{where}[{position}]", seen)
+    return seen
+
+
+def operation(document: dict, template: str, method: str) -> dict:
+    return document["paths"][template][method.lower()]
+
+
+def answer_as_documented(document: dict, response, template: str, method: str) -> set[str]:
+    """The response's status is one the operation documents, with its body as documented."""
+    documented = operation(document, template, method)["responses"]
+    assert str(response.status_code) in documented, (response.status_code, response.content)
+    content = documented[str(response.status_code)].get("content")
+    if content is None:
+        assert response.content == b""
+        return set()
+    return check(document, content["application/json"]["schema"], response.json())
+
+
+def request_as_documented(document: dict, body: dict, template: str, method: str) -> None:
+    request_body = operation(document, template, method).get("requestBody")
+    if request_body is None:
+        assert body in (None, {}), f"{method} {template} documents no body"
+        return
+    check(document, request_body["content"]["application/json"]["schema"], body, "request")
+
+
+class Api:
+    """Requests with a key, each checked against the document (its request body too)."""
+
+    def __init__(self, client, document: dict, key: str):
+        self.client, self.document, self.key = client, document, key
+        self.components: set[str] = set()
+
+    def call(self, method: str, template: str, body: dict | None = None, query: dict | None = None, **ids):
+        path = template.format(**ids)
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+        if method == "GET":
+            response = self.client.get(path, query or {}, **headers)
+        else:
+            request_as_documented(self.document, body or {}, template, method)
+            send = getattr(self.client, method.lower())
+            response = send(path, body or {}, content_type="application/json", **headers)
+        self.components |= answer_as_documented(self.document, response, template, method)
+        return response
+
+
+# --- The document itself ---------------------------------------------------------------------------
+
+
+def test_document_validates_without_a_warning(tmp_path):
+    # --fail-on-warn: a view or field drf-spectacular could not read (a guessed type, an unknown
+    # serializer) fails here rather than become a vague "object" in the document.
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    written = yaml.safe_load(target.read_text())
+    assert written["openapi"].startswith("3.")
+    assert written["info"]["title"] == "Hookline REST API"
+    assert "README" in written["info"]["description"]
+
+
+def _api_patterns() -> list[URLPattern]:
+    [api] = [
+        entry
+        for entry in get_resolver().url_patterns
+        if isinstance(entry, URLResolver) and str(entry.pattern) == API_PREFIX
+    ]
+    return list(api.url_patterns)
+
+
+def _template(pattern: URLPattern) -> str:
+    """``^events/(?P<event_id>[^/]+)/?$`` → ``/api/v1/events/{event_id}``."""
+    regex = pattern.pattern.regex.pattern
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", regex.removeprefix("^").removesuffix("/?$"))
+    return f"/{API_PREFIX}{path}"
+
+
+def test_every_api_route_is_in_the_document_with_its_methods(document):
+    patterns = _api_patterns()
+    endpoints = [pattern for pattern in patterns if issubclass(getattr(pattern.callback, "cls", object), ApiView)]
+    # Only the catch-all (the API's 404) and the document itself are not API views.
+    others = [pattern for pattern in patterns if pattern not in endpoints]
+    assert {getattr(pattern.callback, "cls", pattern.callback) for pattern in others} == {
+        ApiSchemaView,
+        pattern_catch_all(patterns).callback,
+    }
+    assert len(endpoints) >= 18
+    documented = {}
+    for pattern in endpoints:
+        view = pattern.callback.cls
+        methods = {method for method in ("get", "post", "patch", "put", "delete") if hasattr(view, method)}
+        documented[_template(pattern)] = methods
+    assert {path: set(operations) for path, operations in document["paths"].items()} == documented
+
+
+def pattern_catch_all(patterns):
+    [catch_all] = [pattern for pattern in patterns if pattern.pattern.regex.pattern == "^.*$"]
+    return catch_all
+
+
+def test_every_operation_documents_the_refusals_every_view_may_answer(document):
+    for path, operations in document["paths"].items():
+        for method, described in operations.items():
+            codes = set(described["responses"])
+            assert {"400", "401", "403", "429"} <= codes, (method, path)
+            assert described["security"] == [{"apiKey": []}]
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            headers = {
+                parameter["name"] for parameter in described.get("parameters", ()) if parameter["in"] == "header"
+            }
+            if method in ("post", "patch"):
+                assert {"413", "415"} <= codes, (method, path)
+            if method == "post":
+                assert {"409", "422"} <= codes and "Idempotency-Key" in headers, (method, path)
+    assert document["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "hl_<prefix>_<secret>",
+        "description": document["components"]["securitySchemes"]["apiKey"]["description"],
+    }
+
+
+def test_the_checker_fails_when_a_field_leaves_the_document(client, organization, document):
+    # What every test below relies on: a field the API answers and the document lacks is a failure.
+    source = make_source(organization)
+    key = make_key(organization)[1]
+    answer = client.get(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    answer_as_documented(document, answer, "/api/v1/sources/{source_id}", "GET")
+    for field in ("ingest_url", "allowed_networks"):
+        without = copy.deepcopy(document)
+        del without["components"]["schemas"]["Source"]["properties"][field]
+        without["components"]["schemas"]["Source"]["required"].remove(field)
+        with pytest.raises(Mismatch, match=field):
+            answer_as_documented(without, answer, "/api/v1/sources/{source_id}", "GET")
+    # And in an object nested in a list's page: a subscription of a destination.
+    make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    answer = client.get("/api/v1/destinations", HTTP_AUTHORIZATION=f"Bearer {key}")
+    answer_as_documented(document, answer, "/api/v1/destinations", "GET")
+    without = copy.deepcopy(document)
+    del without["components"]["schemas"]["Subscription"]["properties"]["event_types"]
+    with pytest.raises(Mismatch, match="event_types"):
+        answer_as_documented(without, answer, "/api/v1/destinations", "GET")
+
+
+# --- Real answers, as documented -------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(organization):
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(
+        organization,
+        "http://127.0.0.1:9/hooks?token=abc",
+        sources=[source],
+        custom_headers={"Authorization": "Bearer abcdef123456"},
+    )
+    # Left out of the event by its payload filters, and another by its event types.
+    destination_create(
+        organization=organization,
+        name="Live only",
+        url="http://127.0.0.1:9/live",
+        sources=[source],
+        payload_filters=parse_payload_filter_lines("data.object.livemode == true"),
+    )
+    make_destination(organization, "http://127.0.0.1:9/customers", sources=[source], event_types=["customer.*"])
+    event = make_event(
+        source,
+        provider_event_id="evt_1",
+        body=b'{"type": "invoice.paid", "data": {"object": {"livemode": false, "customer": "cus_ABC123"}}}',
+        headers={"content-type": "application/json", "stripe-signature": "t=1,v1=abc"},
+    )
+    delivery = make_delivery(event, destination, attempts=2)
+    return {"source": source, "destination": destination, "event": event, "delivery": delivery}
+
+
+@pytest.mark.parametrize("access", [ApiKey.Access.READ_WRITE, ApiKey.Access.READ_ONLY])
+def test_every_read_answers_as_documented(client, organization, document, world, access):
+    api = Api(client, document, make_key(organization, access=access)[1])
+    writer = Api(client, document, make_key(organization, name="writer")[1])
+    job = writer.call("POST", "/api/v1/deliveries/retry", {"destination": world["destination"].pk}).json()
+
+    for template in ("/api/v1/events", "/api/v1/deliveries", "/api/v1/sources", "/api/v1/destinations"):
+        results = api.call("GET", template).json()["results"]
+        assert results, template  # something in each page to check
+    assert api.call("GET", "/api/v1/bulk_retries").json()["results"][0]["id"] == job["id"]
+    api.call("GET", "/api/v1/events", query={"body_contains": "cus_ABC123"})  # with searched_back_to
+    api.call("GET", "/api/v1/events", query={"limit": "1", "status": "all"})
+    event = api.call("GET", "/api/v1/events/{event_id}", event_id=world["event"].pk).json()
+    assert event["left_out_by_payload_filters"] and event["left_out_by_event_types"]
+    api.call("GET", "/api/v1/deliveries/{delivery_id}", delivery_id=world["delivery"].pk)
+    api.call("GET", "/api/v1/bulk_retries/{job_id}", job_id=job["id"])
+    api.call("GET", "/api/v1/sources/{source_id}", source_id=world["source"].pk)
+    api.call("GET", "/api/v1/destinations/{destination_id}", destination_id=world["destination"].pk)
+
+    # Every object the reads answer was met with a value, nested ones included.
+    assert {
+        "PaginatedEventList",
+        "PaginatedDeliveryList",
+        "PaginatedSourceList",
+        "PaginatedDestinationList",
+        "PaginatedBulkRetryList",
+        "Event",
+        "EventDetail",
+        "DeliverySummary",
+        "EventDelivery",
+        "Attempt",
+        "LeftOutByPayloadFilters",
+        "LeftOutByEventTypes",
+        "Delivery",
+        "DeliveryDetail",
+        "BulkRetry",
+        "BulkRetryOutcome",
+        "BulkRetryFilters",
+        "Source",
+        "Destination",
+        "Subscription",
+        "CustomHeaderHint",
+    } <= api.components
+
+
+def test_changes_answer_as_documented(client, organization, document, world):
+    api = Api(client, document, make_key(organization)[1])
+    source = api.call(
+        "POST", "/api/v1/sources", {"provider": "github", "name": "GitHub org", "allowed_networks": ["10.0.0.0/8"]}
+    ).json()
+    assert "secret" in source  # generated: the optional field is there too
+    api.call("POST", "/api/v1/sources", {"provider": "stripe", "name": "Stripe later"})  # and without it
+    api.call("PATCH", "/api/v1/sources/{source_id}", {"name": "GitHub", "active": False}, source_id=source["id"])
+    api.call("POST", "/api/v1/sources/{source_id}/rotate_secret", {"keep_previous_for": 60}, source_id=source["id"])
+    api.call("POST", "/api/v1/sources/{source_id}/rotate_secret", {}, source_id=source["id"])  # 409: still in overlap
+    created = api.call(
+        "POST",
+        "/api/v1/destinations",
+        {
+            "name": "Billing",
+            "url": "http://127.0.0.1:9/billing",
+            "sources": [world["source"].pk],
+            "event_types": ["invoice.*"],
+            "custom_headers": {"X-Team": "billing-team"},
+            "retry_schedule": [10, 60],
+        },
+    ).json()
+    assert created["secret"].startswith("whsec_") and created["warnings"] == []
+    destination = {"destination_id": created["id"]}
+    api.call("PATCH", "/api/v1/destinations/{destination_id}", {"sources": [], "event_types": []}, **destination)
+    api.call("POST", "/api/v1/destinations/{destination_id}/rotate_secret", {"stop_previous": True}, **destination)
+    api.call("POST", "/api/v1/destinations/{destination_id}/pause", **destination)
+    api.call("POST", "/api/v1/destinations/{destination_id}/send_waiting_now", **destination)  # 409: paused
+    api.call("POST", "/api/v1/destinations/{destination_id}/resume", **destination)
+    api.call(
+        "POST",
+        "/api/v1/destinations/{destination_id}/send_waiting_now",
+        destination_id=world["destination"].pk,
+    )
+    replayed = api.call(
+        "POST", "/api/v1/events/{event_id}/replay", {"destination": created["id"]}, event_id=world["event"].pk
+    )
+    assert replayed.status_code == 202
+    job = api.call("POST", "/api/v1/deliveries/retry", {"destination": world["destination"].pk})
+    assert job.status_code == 202
+    api.call("POST", "/api/v1/deliveries/retry", {})  # 409 while the first job may take the same deliveries
+    dead = make_delivery(world["event"], Destination.objects.get(pk=created["id"]))
+    assert api.call("POST", "/api/v1/deliveries/{delivery_id}/retry", delivery_id=dead.pk).status_code == 202
+    api.call("DELETE", "/api/v1/destinations/{destination_id}", **destination)
+    api.call("DELETE", "/api/v1/sources/{source_id}", source_id=source["id"])
+    assert {
+        "SourceCreated",
+        "Source",
+        "SourceRotated",
+        "DestinationCreated",
+        "DestinationChanged",
+        "DestinationRotated",
+        "Destination",
+        "WaitingSentNow",
+        "Delivery",
+        "BulkRetry",
+        "SourceDeleting",
+        "Error",
+    } <= api.components
+
+
+def test_refusals_answer_as_documented(client, organization, document, world):
+    reader = Api(client, document, make_key(organization, access=ApiKey.Access.READ_ONLY)[1])
+    writer = Api(client, document, make_key(organization)[1])
+    nobody = Api(client, document, "hl_nosuch_key")
+    assert nobody.call("GET", "/api/v1/events").status_code == 401
+    assert reader.call("POST", "/api/v1/deliveries/retry", {}).status_code == 403
+    assert reader.call("GET", "/api/v1/events", query={"destination_id": "3"}).status_code == 400
+    assert reader.call("GET", "/api/v1/sources/{source_id}", query={"x": "1"}, source_id=1).status_code == 400
+    assert reader.call("GET", "/api/v1/deliveries/{delivery_id}", delivery_id="nope").status_code == 404
+    replay = writer.call("POST", "/api/v1/events/{event_id}/replay", {"destination": 999}, event_id=world["event"].pk)
+    assert replay.status_code == 400
+    response = client.post(
+        "/api/v1/deliveries/retry",
+        "destination=3",
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION=f"Bearer {writer.key}",
+    )
+    assert response.status_code == 415
+    answer_as_documented(document, response, "/api/v1/deliveries/retry", "POST")
+    response = client.post(
+        "/api/v1/deliveries/retry",
+        "{not json",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {writer.key}",
+    )
+    assert response.status_code == 400
+    answer_as_documented(document, response, "/api/v1/deliveries/retry", "POST")
+    first = client.post(
+        "/api/v1/deliveries/retry",
+        {},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {writer.key}",
+        HTTP_IDEMPOTENCY_KEY="same-key",
+    )
+    answer_as_documented(document, first, "/api/v1/deliveries/retry", "POST")
+    reused = client.post(
+        "/api/v1/deliveries/retry",
+        {"destination": world["destination"].pk},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {writer.key}",
+        HTTP_IDEMPOTENCY_KEY="same-key",
+    )
+    assert reused.status_code == 422
+    answer_as_documented(document, reused, "/api/v1/deliveries/retry", "POST")
+    assert {"Error", "InvalidRequest"} <= reader.components | writer.components | nobody.components
+
+
+# --- The endpoint ----------------------------------------------------------------------------------
+
+
+def test_the_document_is_read_without_a_key_as_json_or_yaml(client, db):
+    response = client.get("/api/v1/schema")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert response.json()["info"]["title"] == "Hookline REST API"
+    # The API's headers stay: nothing to load, nothing to frame, no sniffing.
+    assert response["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    for asked in ({"HTTP_ACCEPT": "application/yaml"}, {"data": {"format": "yaml"}}):
+        response = client.get("/api/v1/schema", **asked)
+        assert response.status_code == 200
+        assert response["Content-Type"].startswith(("application/yaml", "application/vnd.oai.openapi"))
+        assert yaml.safe_load(response.content)["info"]["title"] == "Hookline REST API"
+
+
+def test_the_document_endpoint_refuses_in_the_apis_error_shape(client, db):
+    response = client.get("/api/v1/schema", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406 and set(response.json()) == {"error", "detail"}
+    response = client.post("/api/v1/schema")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_delivery_statuses_in_the_document_are_the_models(document):
+    # The filter's enum comes from the model: a new status cannot be left out of it.
+    [status] = [
+        parameter
+        for parameter in operation(document, "/api/v1/deliveries", "GET")["parameters"]
+        if parameter["name"] == "status"
+    ]
+    assert set(_resolve(document, status["schema"])["enum"]) >= set(Delivery.Status.values)
