@@ -515,7 +515,7 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
     this batch has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot
     could predate a resume that commits while it waits on the deliveries' rows: PostgreSQL looks at
     an updated delivery again, not at the destination, and would kill what the resume has just queued.
-    The UPDATE checks the pause too (a subquery), and the status, whatever took the rows meanwhile.
+    The UPDATE checks the pause too (a subquery), the status and the due time, whatever took the rows meanwhile.
     The lock is FOR NO KEY UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the
     fan-out insert deliveries to the destination meanwhile (their foreign key check takes KEY SHARE).
     """
@@ -533,6 +533,9 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
         return Delivery.objects.filter(
             pk__in=ids,
             status=Delivery.Status.PENDING,
+            # Looked at again too: a retry by hand (or in bulk) that made one due now and committed
+            # since the ids were read has it held from now on.
+            next_attempt_at__lt=cutoff,
             destination_id__in=still_paused.values("pk"),
         ).update(
             status=Delivery.Status.DEAD,
