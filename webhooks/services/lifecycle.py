@@ -477,33 +477,40 @@ def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, dea
     long_paused = Destination.objects.filter(paused_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)
     for destination_id in list(long_paused):
         count = 0
-        while True:
-            done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
-            count += done
-            if done < batch_size or time.monotonic() > deadline:
-                break
-        if count:
-            destination = Destination.objects.select_related("organization").only(
-                "pk", "name", "paused_at", "pause_reason", "organization"
-            )
-            destination = destination.filter(pk=destination_id).first()
-            if destination is not None:
-                audit_record(
-                    action=HELD_DELIVERIES_GIVEN_UP_ACTION,
-                    organization=destination.organization,
-                    target=destination,
-                    changes={
-                        "deliveries": count,
-                        "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
-                        "pause_reason": destination.pause_reason,
-                        "hold_days": hold_days,
-                        "reason": reason,
-                    },
-                )
+        try:
+            while True:
+                done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
+                count += done
+                if done < batch_size or time.monotonic() > deadline:
+                    break
+        finally:
+            # Also after a failed batch (a lock timeout, say): the earlier batches' deliveries are dead for good.
+            if count:
+                _audit_held_deliveries_given_up(destination_id, count=count, hold_days=hold_days, reason=reason)
         given_up += count
         if time.monotonic() > deadline:
             break
     return given_up
+
+
+def _audit_held_deliveries_given_up(destination_id: int, *, count: int, hold_days: int, reason: str) -> None:
+    destination = Destination.objects.select_related("organization").only(
+        "pk", "name", "paused_at", "pause_reason", "organization"
+    )
+    destination = destination.filter(pk=destination_id).first()
+    if destination is not None:
+        audit_record(
+            action=HELD_DELIVERIES_GIVEN_UP_ACTION,
+            organization=destination.organization,
+            target=destination,
+            changes={
+                "deliveries": count,
+                "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
+                "pause_reason": destination.pause_reason,
+                "hold_days": hold_days,
+                "reason": reason,
+            },
+        )
 
 
 def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, reason: str) -> int:

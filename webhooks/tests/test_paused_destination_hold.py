@@ -287,3 +287,47 @@ def test_a_retry_by_hand_committing_while_the_deliveries_are_given_up_keeps_it_p
     assert not errors
     assert given_up == [0]
     assert state(delivery) == (Delivery.Status.PENDING, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_batches_given_up_before_a_failing_one_are_audited(organization):
+    # The org purge audits what its earlier batches deleted when a later one fails; giving up held
+    # deliveries must too: the first batch's deliveries are dead for good, whatever comes after.
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    first = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    second = held_delivery(destination, due_days_ago=HOLD_DAYS + 9)
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_second_row():
+        try:
+            with transaction.atomic():
+                Delivery.objects.select_for_update().filter(pk=second.pk).first()
+                locked.set()
+                release.wait(30)
+        finally:
+            locked.set()
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_second_row)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        with connection.cursor() as cursor:
+            # The second batch's UPDATE gives up waiting on the held row: a batch that fails.
+            cursor.execute("SET lock_timeout = '200ms'")
+        try:
+            with pytest.raises(Exception, match="lock timeout"):
+                lifecycle.give_up_long_held_deliveries(batch_size=1)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    finally:
+        release.set()
+        holder.join(30)
+
+    assert state(first)[0] == Delivery.Status.DEAD
+    assert state(second) == (Delivery.Status.PENDING, "")
+    entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["deliveries"] == 1
