@@ -477,33 +477,40 @@ def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, dea
     long_paused = Destination.objects.filter(paused_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)
     for destination_id in list(long_paused):
         count = 0
-        while True:
-            done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
-            count += done
-            if done < batch_size or time.monotonic() > deadline:
-                break
-        if count:
-            destination = Destination.objects.select_related("organization").only(
-                "pk", "name", "paused_at", "pause_reason", "organization"
-            )
-            destination = destination.filter(pk=destination_id).first()
-            if destination is not None:
-                audit_record(
-                    action=HELD_DELIVERIES_GIVEN_UP_ACTION,
-                    organization=destination.organization,
-                    target=destination,
-                    changes={
-                        "deliveries": count,
-                        "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
-                        "pause_reason": destination.pause_reason,
-                        "hold_days": hold_days,
-                        "reason": reason,
-                    },
-                )
+        try:
+            while True:
+                done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
+                count += done
+                if done < batch_size or time.monotonic() > deadline:
+                    break
+        finally:
+            # Also after a failed batch (a lock timeout, say): the earlier batches' deliveries are dead for good.
+            if count:
+                _audit_held_deliveries_given_up(destination_id, count=count, hold_days=hold_days, reason=reason)
         given_up += count
         if time.monotonic() > deadline:
             break
     return given_up
+
+
+def _audit_held_deliveries_given_up(destination_id: int, *, count: int, hold_days: int, reason: str) -> None:
+    destination = Destination.objects.select_related("organization").only(
+        "pk", "name", "paused_at", "pause_reason", "organization"
+    )
+    destination = destination.filter(pk=destination_id).first()
+    if destination is not None:
+        audit_record(
+            action=HELD_DELIVERIES_GIVEN_UP_ACTION,
+            organization=destination.organization,
+            target=destination,
+            changes={
+                "deliveries": count,
+                "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
+                "pause_reason": destination.pause_reason,
+                "hold_days": hold_days,
+                "reason": reason,
+            },
+        )
 
 
 def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, reason: str) -> int:
@@ -515,7 +522,7 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
     this batch has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot
     could predate a resume that commits while it waits on the deliveries' rows: PostgreSQL looks at
     an updated delivery again, not at the destination, and would kill what the resume has just queued.
-    The UPDATE checks the pause too (a subquery), and the status, whatever took the rows meanwhile.
+    The UPDATE checks the pause too (a subquery), the status and the due time, whatever took the rows meanwhile.
     The lock is FOR NO KEY UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the
     fan-out insert deliveries to the destination meanwhile (their foreign key check takes KEY SHARE).
     """
@@ -533,6 +540,9 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
         return Delivery.objects.filter(
             pk__in=ids,
             status=Delivery.Status.PENDING,
+            # Looked at again too: a retry by hand (or in bulk) that made one due now and committed
+            # since the ids were read has it held from now on.
+            next_attempt_at__lt=cutoff,
             destination_id__in=still_paused.values("pk"),
         ).update(
             status=Delivery.Status.DEAD,

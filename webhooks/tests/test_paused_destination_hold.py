@@ -236,3 +236,98 @@ def test_a_resume_committing_while_the_deliveries_are_given_up_keeps_them_pendin
     assert not errors
     assert given_up == [0]
     assert {state(delivery) for delivery in deliveries} == {(Delivery.Status.PENDING, "")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_by_hand_committing_while_the_deliveries_are_given_up_keeps_it_pending(organization):
+    # The give-up picks its batch, then a retry by hand (or a bulk retry of waiting deliveries) makes
+    # one due now and commits while the UPDATE waits on its row: held from now on, it must not die.
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    delivery = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+
+    retried_uncommitted, commit_retry = threading.Event(), threading.Event()
+    errors, given_up = [], []
+
+    def retry():
+        try:
+            with transaction.atomic():
+                delivery_service.delivery_retry(delivery=Delivery.objects.get(pk=delivery.pk))
+                retried_uncommitted.set()
+                commit_retry.wait(30)
+        except Exception as exc:
+            errors.append(exc)
+            retried_uncommitted.set()
+        finally:
+            connections.close_all()
+
+    def give_up():
+        try:
+            given_up.append(lifecycle.give_up_long_held_deliveries())
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    retrier = threading.Thread(target=retry)
+    retrier.start()
+    assert retried_uncommitted.wait(30)
+    settler = threading.Thread(target=give_up)
+    settler.start()
+    try:
+        params = connection.get_connection_params()
+        # The give-up's UPDATE waits on the row the retry holds (its batch was chosen before the retry committed).
+        while settler.is_alive() and not _waiting_on_a_lock(params):
+            threading.Event().wait(0.01)
+    finally:
+        commit_retry.set()
+        retrier.join(30)
+        settler.join(30)
+
+    assert not errors
+    assert given_up == [0]
+    assert state(delivery) == (Delivery.Status.PENDING, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_batches_given_up_before_a_failing_one_are_audited(organization):
+    # The org purge audits what its earlier batches deleted when a later one fails; giving up held
+    # deliveries must too: the first batch's deliveries are dead for good, whatever comes after.
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    first = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    second = held_delivery(destination, due_days_ago=HOLD_DAYS + 9)
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_second_row():
+        try:
+            with transaction.atomic():
+                Delivery.objects.select_for_update().filter(pk=second.pk).first()
+                locked.set()
+                release.wait(30)
+        finally:
+            locked.set()
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_second_row)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        with connection.cursor() as cursor:
+            # The second batch's UPDATE gives up waiting on the held row: a batch that fails.
+            cursor.execute("SET lock_timeout = '200ms'")
+        try:
+            with pytest.raises(Exception, match="lock timeout"):
+                lifecycle.give_up_long_held_deliveries(batch_size=1)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    finally:
+        release.set()
+        holder.join(30)
+
+    assert state(first)[0] == Delivery.Status.DEAD
+    assert state(second) == (Delivery.Status.PENDING, "")
+    entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["deliveries"] == 1
