@@ -32,8 +32,8 @@ DELIVERY_HOLDS = {
     ),
     "organization_being_deleted": "Its organization is being deleted: nothing more is sent",
     "destination_paused": (
-        "Its destination is paused: it is sent once the destination is resumed (held longer than "
-        "PAUSED_DESTINATION_HOLD_DAYS, it is marked dead: the destination's page says when)"
+        "Its destination is paused: it is sent once the destination is resumed (if held too long, it is "
+        "marked dead: the destination's page says from when)"
     ),
     "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
 }

@@ -447,9 +447,14 @@ def _expired_and_finished(organization: Organization, cutoff):
 HELD_DELIVERIES_GIVEN_UP_ACTION = "destination.held_deliveries_given_up"
 
 
+# How the last_error of a delivery given up behind a long pause begins (the dead-letter digest tells
+# these from the ones that failed: their status code is an older attempt's).
+PAUSED_HOLD_ERROR_START = "the destination was paused for more than "
+
+
 def paused_hold_error(hold_days: int) -> str:
     """The last_error of a delivery given up behind a long pause: why it died, and what to do."""
-    return f"the destination was paused for more than {hold_days} days: not sent (retry once it is resumed)"
+    return f"{PAUSED_HOLD_ERROR_START}{hold_days} days: not sent (retry once it is resumed)"
 
 
 def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, deadline: float = float("inf")) -> int:

@@ -331,3 +331,31 @@ def test_the_batches_given_up_before_a_failing_one_are_audited(organization):
     assert state(second) == (Delivery.Status.PENDING, "")
     entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
     assert entry.changes["deliveries"] == 1
+
+
+def test_the_dead_letter_digest_says_given_up_deliveries_were_held_not_what_an_older_attempt_answered(organization):
+    from webhooks.services.alerts import send_dead_letter_digests
+
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    held = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    Delivery.objects.filter(pk=held.pk).update(last_status_code=503, last_error="HTTP 503")
+    failed = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    Delivery.objects.filter(pk=failed.pk).update(
+        status=Delivery.Status.DEAD,
+        completed_at=timezone.now(),
+        next_attempt_at=None,
+        last_status_code=503,
+        last_error="HTTP 503: no retries left",
+    )
+    lifecycle.purge_expired_events()
+    assert state(held)[0] == Delivery.Status.DEAD
+
+    assert send_dead_letter_digests() == 1
+
+    message = mail.outbox[-1]
+    html = message.alternatives[0][0]
+    for text in (message.body, html):
+        assert "1 × held too long behind a pause, not sent" in text
+        assert "1 × 503" in text  # the one that failed, not 2 × 503
+        assert "were held too long behind a pause" in text
