@@ -440,7 +440,10 @@ def test_retry_delivery_says_when_its_destination_is_paused(organization, client
     destination.save(update_fields=["paused_at"])
     out = io.StringIO()
     call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
-    assert "Its destination is paused: it is sent once the destination is resumed (if held too long, it is" in out.getvalue()
+    assert (
+        "Its destination is paused: it is sent once the destination is resumed (if held too long, it is"
+        in out.getvalue()
+    )
 
 
 def test_retry_delivery_says_when_its_organization_is_suspended(organization, client):
