@@ -561,9 +561,10 @@ class _OrganizationRoom:
     Without it, one tenant's destinations could hold every sending thread: each destination's cap
     (up to 50) bounds one receiver, not a tenant, and a few destinations that never answer, fed a
     steady stream of events older than anyone else's, would take every thread that frees up, so
-    other tenants' deliveries waited behind them however long that lasted. The counts are those
-    committed when the claim starts: dispatchers claiming at the same instant may each take what
-    is left (organizations are not locked, destinations are), so the bound holds per claim. Each
+    other tenants' deliveries waited behind them however long that lasted. The counts are read
+    once the claim holds the organization's claim lock (see _lock_destinations), which claims of
+    one organization take in turn: two dispatchers that locked different destinations of one
+    tenant cannot both see the same room and together take more than its cap. Each
     organization's cap comes with the rows that name it (the locked destinations, the sends in
     flight), read in the same queries: no query per organization.
     """
@@ -572,6 +573,7 @@ class _OrganizationRoom:
         self.left: dict[int, int] = {}  # organization id -> sends it may still start
         self.of: dict[int, int] = {}  # destination id -> organization id
         self.cap: dict[int, int] = {}  # organization id -> sends it may have in flight
+        self.held: set[int] = set()  # organizations whose claim lock this claim holds (PostgreSQL)
 
     def add(self, destination_id: int, organization_id: int, cap: int) -> None:
         self.of[destination_id] = organization_id
@@ -851,25 +853,63 @@ class _LockedDestination(NamedTuple):
     rate_window_count: int
     organization_active: bool
     organization_cap: int  # its organization's effective max_concurrency
+    # Whether the claim holds its organization's claim lock (ORGANIZATION_CLAIM_LOCK_SPACE); always
+    # in the embedded mode (SQLite), where one claim runs at a time.
+    organization_held: bool = True
 
 
-# Lock the destinations (see _lock_destinations) and read what the claim needs of them (PostgreSQL).
+# Namespace of the transaction-scoped advisory locks that serialize claims per organization (the
+# two-key form: apart from every single-key lock, and from the other namespaces' two-key ones).
+ORGANIZATION_CLAIM_LOCK_SPACE = 0x686C6F63  # "hloc"
+
+# Lock the destinations (see _lock_destinations), then the claim locks of their organizations that
+# may send, and read what the claim needs of them (PostgreSQL). The organizations are locked in
+# ascending id order (the calls run over the sorted subquery's rows in turn), waiting for those
+# above every one this claim holds already and only trying the others (see _lock_destinations).
 LOCK_DESTINATIONS_SQL = f"""
-SELECT {", ".join(f"webhooks_destination.{name}" for name in _LockedDestination._fields[:-2])},
-    organizations_organization.is_active, COALESCE(organizations_organization.max_concurrency, %s)
-FROM webhooks_destination
-JOIN organizations_organization ON organizations_organization.id = webhooks_destination.organization_id
-WHERE webhooks_destination.id = ANY(%s::bigint[])
-ORDER BY webhooks_destination.id
-FOR NO KEY UPDATE OF webhooks_destination SKIP LOCKED
+WITH locked AS MATERIALIZED (
+    SELECT {", ".join(f"webhooks_destination.{name}" for name in _LockedDestination._fields[:-3])},
+        organizations_organization.is_active AS organization_active,
+        COALESCE(organizations_organization.max_concurrency, %(default_cap)s) AS organization_cap
+    FROM webhooks_destination
+    JOIN organizations_organization ON organizations_organization.id = webhooks_destination.organization_id
+    WHERE webhooks_destination.id = ANY(%(ids)s::bigint[])
+    ORDER BY webhooks_destination.id
+    FOR NO KEY UPDATE OF webhooks_destination SKIP LOCKED
+),
+organization_locks AS MATERIALIZED (
+    SELECT sendable.organization_id,
+        CASE WHEN sendable.organization_id > %(held_up_to)s
+            THEN pg_advisory_xact_lock(%(space)s, sendable.organization_id::integer) IS NOT NULL
+            ELSE pg_try_advisory_xact_lock(%(space)s, sendable.organization_id::integer)
+        END AS held
+    FROM (
+        SELECT DISTINCT organization_id FROM locked
+        WHERE is_active AND paused_at IS NULL AND organization_active
+        ORDER BY organization_id
+    ) AS sendable
+)
+SELECT locked.*, COALESCE(organization_locks.held, FALSE)
+FROM locked LEFT JOIN organization_locks ON organization_locks.organization_id = locked.organization_id
+ORDER BY locked.id
 """
 
 
-def _locked_destinations(ids: set[int]) -> list[_LockedDestination]:
-    """Lock the destinations ``ids`` in id order, those locked by others passed over."""
+def _locked_destinations(ids: set[int], held_up_to: int = 0) -> list[_LockedDestination]:
+    """Lock the destinations ``ids`` in id order, those locked by others passed over, and the claim
+    locks of their organizations (PostgreSQL; ``held_up_to``: the highest organization id whose
+    lock this claim holds already)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(LOCK_DESTINATIONS_SQL, [settings.ORGANIZATION_MAX_CONCURRENCY, sorted(ids)])
+            cursor.execute(
+                LOCK_DESTINATIONS_SQL,
+                {
+                    "default_cap": settings.ORGANIZATION_MAX_CONCURRENCY,
+                    "ids": sorted(ids),
+                    "held_up_to": held_up_to,
+                    "space": ORGANIZATION_CLAIM_LOCK_SPACE,
+                },
+            )
             return [_LockedDestination(*row) for row in cursor.fetchall()]
     locked = (
         Destination.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
@@ -879,7 +919,7 @@ def _locked_destinations(ids: set[int]) -> list[_LockedDestination]:
             organization_active=F("organization__is_active"),
             organization_cap=effective_max_concurrency("organization__"),
         )
-        .values_list(*_LockedDestination._fields)
+        .values_list(*_LockedDestination._fields[:-1])
     )
     return [_LockedDestination(*row) for row in locked]
 
@@ -893,16 +933,31 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     LOCKED: a destination another dispatcher is claiming for is left to it this time (and
     rounds that lock in a different order cannot deadlock).
 
-    Returns the sends in flight (_in_flight), read once the destinations are locked, in a
-    statement of its own: that statement's snapshot is taken after the locks are held, so it sees
-    every claim of another dispatcher that held one of them before (committed when it let go).
-    Counted in the locking statement itself, they would be read with that statement's snapshot,
-    taken before it reached the rows: a claim committed in between (its lock released, no row
-    changed, so PostgreSQL does not look again) would go uncounted and the cap overrun.
+    The same statement then takes, on PostgreSQL, a transaction-scoped advisory lock per
+    organization of the destinations that may send (ORGANIZATION_CLAIM_LOCK_SPACE), so that the
+    organization's cap holds across dispatchers as well: without it, two dispatchers that locked
+    different destinations of one tenant each counted its sends in flight, each saw the same room,
+    and together claimed past its cap. These locks are waited for: passed over, the second
+    dispatcher of a tenant with many destinations came back with nothing (and would stop, taking
+    nothing due) while the first held the lock a few milliseconds. Deadlock-free: the destinations
+    never wait (SKIP LOCKED) and a claim waits only for an organization above every one it holds,
+    taken in ascending order; the look beyond the backlog, which may reach organizations below one
+    the first look holds, only tries those and passes over the ones another claim holds.
+
+    Returns the sends in flight (_in_flight), read once the destinations and organizations are
+    locked, in a statement of its own: that statement's snapshot is taken after the locks are held,
+    so it sees every claim of another dispatcher that held one of them before (committed when it
+    let go). Counted in the locking statement itself, they would be read with that statement's
+    snapshot, taken before it reached the rows: a claim committed in between (its lock released, no
+    row changed, so PostgreSQL does not look again) would go uncounted and the cap overrun.
     """
     if not ids:
         return []
-    locked = {destination.id: destination for destination in _locked_destinations(ids)}
+    locked_now = _locked_destinations(ids, max(organizations.held, default=0))
+    organizations.held.update(
+        destination.organization_id for destination in locked_now if destination.organization_held
+    )
+    locked = {destination.id: destination for destination in locked_now}
     in_flight = _in_flight()
     in_flight_of: dict[int, int] = defaultdict(int)
     for _, destination_id, _, _, count in in_flight:
@@ -914,6 +969,7 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             or not destination.is_active
             or destination.paused_at is not None
             or not destination.organization_active  # a suspended organization's wait as a paused one's
+            or not destination.organization_held  # another claim has its organization: left to it
         ):
             allowance[destination_id] = 0
             continue

@@ -1,10 +1,11 @@
 """Dispatchers claiming at the same time, each on its own connection (PostgreSQL).
 
-The claim locks the destinations and counts the sends in flight after the lock, so that whoever
-held a destination before has committed its claim: together, concurrent claims never take one
-delivery twice, never exceed a destination's max_concurrency or its rate limit for the second,
-and never take the deliveries of a paused or inactive destination, a suspended organization or
-one being deleted.
+The claim locks the destinations, then its organizations' claim locks, and counts the sends in
+flight after the locks, so that whoever held a destination or an organization before has committed
+its claim: together, concurrent claims never take one delivery twice, never exceed a destination's
+max_concurrency or its rate limit for the second, nor an organization's max_concurrency, and never
+take the deliveries of a paused or inactive destination, a suspended organization or one being
+deleted.
 """
 
 import threading
@@ -12,6 +13,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -70,9 +72,9 @@ def widened_race(monkeypatch):
     loses the race often, not always (the assertions hold whatever the interleaving)."""
     locked_destinations = delivery_service._locked_destinations
 
-    def slow_lock(ids):
+    def slow_lock(*args):
         time.sleep(0.005)  # (were the sends in flight read before the lock, a claim would commit here)
-        locked = locked_destinations(ids)
+        locked = locked_destinations(*args)
         time.sleep(0.005)
         return locked
 
@@ -141,3 +143,129 @@ def test_concurrent_claims_never_take_deliveries_that_must_wait(organization, ot
     assert set(sendable) <= set(claimed)
     assert len(claimed) == len(set(claimed))
     assert Delivery.objects.filter(destination=backlog, status=Delivery.Status.IN_FLIGHT).count() == 1
+
+
+def in_flight_of(organization) -> int:
+    return Delivery.objects.filter(organization=organization, status=Delivery.Status.IN_FLIGHT).count()
+
+
+def test_two_dispatchers_on_different_destinations_keep_their_organization_s_cap(organization, monkeypatch):
+    # Each destination has room; only the organization's cap (2) binds. The first dispatcher is
+    # held between its read of the sends in flight and its claiming UPDATE while the second claims
+    # on its own connection: the second locks other destinations (the first holds the oldest
+    # deliveries' rows), and without the organization's lock it counted nothing in flight and took
+    # two, three with the first's. With it, it waits for the first to commit and takes the one left.
+    postgresql_only()
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=2)
+    seeder = Seeder(organization)
+    for n in range(8):
+        seeder.deliveries(seeder.destination(f"receiver-{n}", max_concurrency=5), 1, waited=timedelta(hours=8 - n))
+
+    first_counted, first_may_go = threading.Event(), threading.Event()
+    read_in_flight = delivery_service._in_flight
+
+    def held_in_flight():
+        in_flight = read_in_flight()
+        if threading.current_thread().name == "first":
+            first_counted.set()
+            first_may_go.wait()
+        return in_flight
+
+    monkeypatch.setattr(delivery_service, "_in_flight", held_in_flight)
+    claimed: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def dispatcher(limit):
+        try:
+            claimed[threading.current_thread().name] = [d.pk for d in delivery_service.claim_due_deliveries(limit)]
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=dispatcher, args=(1,), name="first")  # its first look: 4 deliveries
+    second = threading.Thread(target=dispatcher, args=(8,), name="second")
+    first.start()
+    assert first_counted.wait(30)
+    second.start()
+    # Until the second has claimed (the race lost) or waits for the first's lock on the organization.
+    for _ in range(3000):
+        if not second.is_alive():
+            break
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = pg_locks.database"
+                " WHERE locktype = 'advisory' AND NOT granted AND datname = current_database()"
+            )
+            if cursor.fetchone()[0]:
+                break
+        time.sleep(0.01)
+    first_may_go.set()
+    first.join()
+    second.join()
+
+    assert not errors, errors
+    assert len(claimed["first"]) == 1
+    assert len(claimed["second"]) == 1
+    assert in_flight_of(organization) == 2
+
+
+def test_concurrent_claims_keep_an_organization_s_cap_over_many_destinations(
+    organization, other_organization, widened_race
+):
+    postgresql_only()
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=3)
+    Organization.objects.filter(pk=other_organization.pk).update(max_concurrency=10)
+    seeder = Seeder(organization)
+    ours = [seeder.destination(f"ours-{n}", max_concurrency=5) for n in range(10)]
+    for n, destination in enumerate(ours):
+        seeder.deliveries(destination, 5, waited=timedelta(minutes=50 - n))
+    # The other tenant's destinations keep their own caps and rate limit, whatever ours are doing.
+    other = Seeder(other_organization)
+    narrow = other.destination("narrow", max_concurrency=2)
+    limited = other.destination("limited", max_concurrency=50, rate_limit_per_second=1)
+    other.deliveries(narrow, 10, waited=timedelta(hours=2))
+    other.deliveries(limited, 10, waited=timedelta(hours=2))
+
+    claimed = claim_concurrently(now=timezone.now())  # one second for every claim
+
+    assert len(claimed) == len(set(claimed))
+    assert in_flight_of(organization) == 3
+    in_flight = Counter(
+        Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).values_list("destination_id", flat=True)
+    )
+    assert {pk: count for pk, count in in_flight.items() if pk in {narrow.pk, limited.pk}} == {
+        narrow.pk: 2,
+        limited.pk: 1,
+    }
+    assert all(in_flight[destination.pk] <= 5 for destination in ours)
+
+
+def test_the_look_beyond_the_backlog_passes_over_an_organization_another_claim_holds(organization, other_organization):
+    # The first look holds the other tenant's claim lock (its backlog's destination, at its cap);
+    # the look beyond it reaches this tenant, whose id is lower: waiting for it there could
+    # deadlock with a claim holding it and waiting for the other, so it is only tried, and left to
+    # the claim that holds it.
+    postgresql_only()
+    assert organization.pk < other_organization.pk
+    other = Seeder(other_organization)
+    backlog = other.destination("backlog", max_concurrency=1)
+    other.deliveries(backlog, 1, waited=timedelta(hours=3), status=Delivery.Status.IN_FLIGHT)
+    other.deliveries(backlog, 40, waited=timedelta(hours=2))
+    seeder = Seeder(organization)
+    ours = seeder.deliveries(seeder.destination("ours"), 3, waited=timedelta(minutes=1))
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    lock = [delivery_service.ORGANIZATION_CLAIM_LOCK_SPACE, organization.pk]
+    with psycopg.connect(**params, autocommit=True) as other_dispatcher:  # mid-claim for this tenant
+        other_dispatcher.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")  # (a wait would fail the claim, not hang the test)
+        try:
+            assert delivery_service.claim_due_deliveries(4) == []
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        other_dispatcher.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+
+    assert sorted(d.pk for d in delivery_service.claim_due_deliveries(4)) == sorted(ours)

@@ -270,8 +270,9 @@ def test_a_claim_reads_the_sends_in_flight_once_per_lock(seeder):
 
     claimed, statements = claim_statements(32)
     assert [d.pk for d in claimed] == other
-    # The oldest due rows; the backlog's destination locked, then the sends in flight; the walk;
-    # the other destination locked, then the sends in flight again (counts read before a lock
+    # The oldest due rows; the backlog's destination locked (its organization's claim lock taken in
+    # the same statement), then the sends in flight; the walk; the other destination locked (and
+    # its organization), then the sends in flight again (counts read before a lock
     # could miss a claim committed meanwhile); its oldest due rows; the claiming UPDATE, which
     # returns the claimed rows with their events and destinations (it was followed by their read).
     assert len(statements) == 8, "\n\n".join(statements)
