@@ -13,6 +13,7 @@ import pytest
 from django.contrib import admin as django_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.test import Client
 from django.urls import reverse
 
 from organizations.api_keys import api_key_create
@@ -362,3 +363,35 @@ def test_markup_in_a_lists_search_and_filter_parameters_is_shown_as_text(admin, 
         if response.status_code == 302:  # Django's answer to a parameter it does not know: ?e=1
             continue
         assert_shown_as_text(response, f"{name} {params}")
+
+
+# --- Credentials in a source's options ---------------------------------------------------------------
+
+
+def test_a_source_options_url_password_saved_before_it_was_dropped_is_shown_nowhere_in_the_admin(
+    admin,  # noqa: F811
+    hostile_tenant,
+):
+    # Twilio's public URL is cleaned of user:password@ since; a source saved before still holds one.
+    # The dashboard and the API leave it out (options_for_viewer); the admin showed it to any staff.
+    source = make_source(hostile_tenant["organization"], provider="twilio", secret="twilio-auth-token-0123456789")
+    legacy = {"public_url": "https://twilio-user:legacy-pass-4242@hooks.example/in/abc"}
+    Source.objects.filter(pk=source.pk).update(options=legacy)
+    viewer = get_user_model().objects.create_user(email="viewer@hookline.example", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_source"))
+    as_viewer = Client()
+    as_viewer.force_login(viewer)
+    page = reverse("admin:webhooks_source_change", args=[source.pk])
+    for browser in (admin, as_viewer):
+        html = browser.get(page).content.decode()
+        assert "hooks.example/in/abc" in html  # the URL is shown ...
+        assert "legacy-pass-4242" not in html  # ... without its password
+
+    # Saving the page as shown works, and loses only what Twilio never used (clean_options drops it too).
+    form = admin.get(page).context["adminform"].form
+    data = {"name": "Twilio renamed", "options": form["options"].value(), "is_active": "on"}
+    data.update(allowed_networks="", new_secret="")
+    assert admin.post(page, data).status_code == 302
+    source.refresh_from_db()
+    assert source.name == "Twilio renamed"
+    assert source.options == {"public_url": "https://hooks.example/in/abc"}
