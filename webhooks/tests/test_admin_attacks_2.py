@@ -11,6 +11,7 @@ import re
 
 import pytest
 from django.contrib import admin as django_admin
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
@@ -114,6 +115,14 @@ def assert_shown_as_text(response, page: str) -> None:
 
 
 def test_no_admin_list_or_page_renders_a_tenants_markup(admin, hostile_tenant):  # noqa: F811
+    # A change from the admin, so that the history pages name the hostile rows too.
+    organization = hostile_tenant["organization"]
+    LogEntry.objects.log_actions(
+        user_id=get_user_model().objects.get(is_superuser=True).pk,
+        queryset=[organization, hostile_tenant["destination"]],
+        action_flag=CHANGE,
+        change_message=[{"changed": {"fields": [MARKUP]}}],
+    )
     pages = [reverse("admin:index")]
     for model in django_admin.site._registry:
         opts = model._meta
@@ -121,6 +130,7 @@ def test_no_admin_list_or_page_renders_a_tenants_markup(admin, hostile_tenant): 
         pages += [changelist, f"{changelist}?q=svg"]
         for pk in model.objects.order_by("pk").values_list("pk", flat=True)[:20]:
             pages.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk]))
+            pages.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_history", args=[pk]))
     for page in pages:
         assert_shown_as_text(admin.get(page), page)
 
@@ -143,6 +153,7 @@ def test_confirmation_pages_and_messages_name_a_tenant_as_text(admin, hostile_te
         (reverse("admin:webhooks_destination_changelist"), "pause", destination.pk),
         (reverse("admin:webhooks_destination_changelist"), "retry_dead_deliveries", destination.pk),
         (reverse("admin:webhooks_destination_changelist"), "send_waiting_now", destination.pk),
+        (reverse("admin:webhooks_destination_changelist"), "rotate_secret", destination.pk),  # its one-time page
         (reverse("admin:webhooks_webhookevent_changelist"), "replay_to_destinations", event.pk),
         (reverse("admin:webhooks_webhookevent_changelist"), "retry_failed_deliveries", event.pk),
         (reverse("admin:webhooks_source_changelist"), "delete_selected", source.pk),
@@ -156,6 +167,8 @@ def test_confirmation_pages_and_messages_name_a_tenant_as_text(admin, hostile_te
     for url, action, pk in posts:
         response = admin.post(url, {"action": action, "_selected_action": [pk]}, follow=True)
         assert_shown_as_text(response, f"{url} {action}")
+        if action == "rotate_secret":
+            assert "hookline-secret" in response.content.decode() and "Destination" in response.content.decode()
     for url in (
         reverse("admin:organizations_organization_delete", args=[organization.pk]),
         reverse("admin:webhooks_source_delete", args=[source.pk]),
@@ -395,3 +408,22 @@ def test_a_source_options_url_password_saved_before_it_was_dropped_is_shown_nowh
     source.refresh_from_db()
     assert source.name == "Twilio renamed"
     assert source.options == {"public_url": "https://hooks.example/in/abc"}
+
+
+def test_an_action_posted_from_another_site_without_the_csrf_token_changes_nothing(superuser, hostile_tenant):  # noqa: F811
+    # A tenant's page (or a link in its webhook) making the admin's browser post an action.
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(superuser)
+    destination = hostile_tenant["destination"]
+    for url, action in (
+        (reverse("admin:webhooks_destination_changelist"), "resume"),
+        (reverse("admin:webhooks_destination_changelist"), "rotate_secret"),
+    ):
+        response = browser.post(url, {"action": action, "_selected_action": [destination.pk], "confirm": "yes"})
+        assert response.status_code == 403, action
+    destination.refresh_from_db()
+    assert destination.paused_at is not None
+    # The chain's verdict is the one custom view reached by GET: it changes nothing.
+    count = AuditLog.objects.count()
+    assert browser.get(reverse("admin:organizations_auditlog_verify")).status_code == 302
+    assert AuditLog.objects.count() == count
