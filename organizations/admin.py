@@ -21,10 +21,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.models import Group
 from django.core.cache import cache
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
 from django.db import models, transaction
 from django.db.models import Count, OuterRef, Subquery
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateparse import parse_date, parse_datetime
@@ -515,7 +516,53 @@ def _to_the_second(moment: datetime) -> str:
 # --- Tenants --------------------------------------------------------------------------------
 
 
-class MembershipInline(admin.TabularInline):
+class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
+    """Memberships of platform staff accounts are a superuser's to add, change or delete.
+
+    A membership opens the organization's dashboard (its events, bodies, destinations' secrets) to
+    its account: a staff account allowed to change users or organizations and to add memberships
+    could otherwise make itself, or a colleague, the owner of any tenant, and read there what its
+    admin permissions show it nothing of. Tenants' own accounts stay open to support staff.
+    """
+
+    request_user = None  # set by StaffMembershipsForSuperusersMixin.get_formset
+
+    def clean(self):
+        super().clean()
+        if self.request_user is None or self.request_user.is_superuser:
+            return
+        touched = set()
+        for form in self.forms:
+            deleted = self.can_delete and self._should_delete_form(form)
+            if not (deleted or form.has_changed()):
+                continue
+            if self.fk.name == "user":  # a user's page: its memberships are all the user's
+                touched.add(self.instance.pk)
+            else:  # an organization's page: the member before and after the change
+                touched.add(form.initial.get("user"))
+                touched.add(getattr(form.cleaned_data.get("user"), "pk", None))
+        touched.discard(None)
+        staff = (
+            get_user_model()
+            .objects.filter(pk__in=touched)
+            .filter(models.Q(is_staff=True) | models.Q(is_superuser=True))
+        )
+        if staff.exists():
+            raise ValidationError(
+                "Only a superuser adds, changes or removes the memberships of a platform staff account "
+                "(here: " + ", ".join(staff.order_by("email").values_list("email", flat=True)) + ")."
+            )
+
+
+class StaffMembershipsForSuperusersMixin:
+    formset = StaffMembershipsForSuperusersFormSet
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        return type(formset.__name__, (formset,), {"request_user": request.user})
+
+
+class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ("user",)
@@ -617,7 +664,7 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
 # --- Users (email login; memberships shown here because accounts never imports organizations) ---
 
 
-class UserMembershipInline(admin.TabularInline):
+class UserMembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ("organization",)
