@@ -20,7 +20,7 @@ once at each flaky destination (or is dead or still retrying, with no success se
     .venv/bin/python bench/soak.py [--duration 180] [--rate 100] [--interval 10] [--warmup 30] [--json]
 
 Every process is started in a session of its own and its whole group is killed on exit, whatever
-happens (Ctrl-C and SIGTERM included); the database is dropped. Exit status 1 when a verdict is
+happens (Ctrl-C and SIGTERM included); the database is dropped and the Redis DB flushed. Exit status 1 when a verdict is
 flagged or a delivery check fails.
 """
 
@@ -41,7 +41,7 @@ import urllib.parse
 
 import stripe
 from delivery import Bench
-from ingest import port_is_free
+from ingest import flush_redis, port_is_free
 from stack import HOST, PYTHON, ROOT, json_line, log, receiver_get, wait_for_port
 
 FIXTURE = ROOT / "webhooks" / "tests" / "fixtures" / "stripe" / "invoice.paid.json"
@@ -239,25 +239,41 @@ def growth(first: dict, last: dict) -> dict:
     }
 
 
-def verdicts(first: dict, last: dict, elapsed: float, thresholds: dict = THRESHOLDS) -> dict:
-    """One verdict per resource, from the sample after the warm-up (``first``) to the last one."""
+def verdicts(first: dict, middle: dict, last: dict, elapsed: float, thresholds: dict = THRESHOLDS) -> dict:
+    """One verdict per resource, from the sample after the warm-up (``first``) to the last one: growth
+    past the threshold is flagged, unless it levelled off (under a quarter of the threshold from the
+    ``middle`` sample, half-way, to the last), as a pool that filled late does."""
     change = growth(first["processes"], last["processes"])
+    late = growth(middle["processes"], last["processes"])["by_process"]
     minutes = max(elapsed, 1e-9) / 60
     result = {}
     for key in ("rss_bytes", "fds"):
-        flagged = {
-            role: {"growth": values[key], "per_minute": round(values[key] / minutes, 1)}
+        grown = {
+            role: {
+                "growth": values[key],
+                "per_minute": round(values[key] / minutes, 1),
+                "second_half": late.get(role, {}).get(key),
+            }
             for role, values in change["by_process"].items()
             if values[key] > thresholds[key]
         }
-        result[key] = {"threshold": thresholds[key], "flagged": flagged, "verdict": "GROWS" if flagged else "ok"}
+        flagged = {
+            role: v for role, v in grown.items() if v["second_half"] is None or v["second_half"] > thresholds[key] / 4
+        }
+        result[key] = {
+            "threshold": thresholds[key],
+            "flagged": flagged,
+            "levelled_off": {role: v for role, v in grown.items() if role not in flagged},
+            "verdict": "GROWS" if flagged else "ok",
+        }
     for key in ("pg_connections", "redis_keys", "redis_key_bytes"):
-        delta = last[key] - first[key]
+        delta, second_half = last[key] - first[key], last[key] - middle[key]
         result[key] = {
             "threshold": thresholds[key],
             "growth": delta,
             "per_minute": round(delta / minutes, 1),
-            "verdict": "GROWS" if delta > thresholds[key] else "ok",
+            "second_half": second_half,
+            "verdict": "GROWS" if delta > thresholds[key] and second_half > thresholds[key] / 4 else "ok",
         }
     if change["gone"] or change["new"]:
         # A restarted process starts small again: its growth is not in the figures above.
@@ -291,6 +307,8 @@ def check_arrivals(acked: list[str], answers: dict[str, list[int]], statuses: di
             counts["dead"] += 1
         elif status == "pending":
             counts["retrying" if failed else "not_sent_yet"] += 1
+        elif status == "received":  # the event is not fanned out yet
+            counts["not_sent_yet"] += 1
         else:
             counts["lost"] += 1  # no delivery at all, or succeeded with no 200 seen
     counts["success_unrecorded_statuses"] = unrecorded
@@ -514,20 +532,24 @@ class Soak(Bench):
                 time.sleep(1)
         return {"settled": busy == 0, "waited_s": round(time.monotonic() - started, 1), "still_busy": busy}
 
-    def statuses(self, destination_id: int) -> dict[str, str]:
+    def statuses(self, destination_id: int, acked: list[str]) -> dict[str, str]:
+        """Each acknowledged event's delivery status; "received" for an event not fanned out yet."""
         with self.db() as conn:
             rows = conn.execute(
-                "SELECT event_id::text, status FROM webhooks_delivery WHERE destination_id = %s AND NOT is_replay",
-                [destination_id],
+                "SELECT e.id::text, coalesce(d.status, CASE WHEN e.status = 'received' THEN 'received' END)"
+                " FROM webhooks_webhookevent e LEFT JOIN webhooks_delivery d"
+                "  ON d.event_id = e.id AND d.destination_id = %s AND NOT d.is_replay"
+                " WHERE e.id = ANY(%s::uuid[])",
+                [destination_id, acked],
             ).fetchall()
-        return dict(rows)
+        return {event_id: status for event_id, status in rows if status is not None}
 
     def deliveries_check(self, acked: dict[str, list[str]]) -> dict:
         received = receiver_get(self.receiver_port, "/", timeout=60)
         result = {}
         for path, source_name in (("/a", "A"), ("/b", "B")):
             result[f"flaky {path}"] = check_arrivals(
-                acked[source_name], received.get(path, {}), self.statuses(self.flaky[path])
+                acked[source_name], received.get(path, {}), self.statuses(self.flaky[path], acked[source_name])
             )
         with self.db() as conn:
             down = dict(
@@ -573,6 +595,8 @@ class Soak(Bench):
         deliveries = self.deliveries_check(acked)
         after_warmup = next((s for s in self.samples if s["t"] >= args.warmup), self.samples[-1])
         last = self.samples[-1]
+        halfway = (after_warmup["t"] + last["t"]) / 2
+        middle = next(s for s in self.samples if s["t"] >= halfway)
         return {
             "config": {
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
@@ -597,7 +621,7 @@ class Soak(Bench):
             "after_warmup_sample": after_warmup,
             "last_sample": last,
             "growth_after_warmup": growth(after_warmup["processes"], last["processes"])["by_process"],
-            "verdicts": verdicts(after_warmup, last, last["t"] - after_warmup["t"]),
+            "verdicts": verdicts(after_warmup, middle, last, last["t"] - after_warmup["t"]),
             "samples": self.samples,
         }
 
@@ -659,8 +683,9 @@ def main(argv=None) -> int:
         soak.close()  # every process group, SIGKILL to what lingers
         try:
             soak.drop_database()
+            flush_redis(args.redis_url)  # the queues' leftovers: deliveries of a database that is gone
         except Exception as exc:
-            log(f"could not drop the soak database: {exc!r}")
+            log(f"could not drop the soak database or flush its Redis DB: {exc!r}")
         signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(report))

@@ -17,6 +17,7 @@ def test_each_acknowledged_event_is_judged_by_its_200s_and_its_deliverys_status(
         "twice": [2, 0],
         "dead": [0, 4],
         "waiting": [0, 1],
+        "not_fanned_out": [0, 0],
         "unrecorded": [1, 0],
         "in_flight": [1, 0],  # answered, not recorded yet
     }
@@ -28,6 +29,7 @@ def test_each_acknowledged_event_is_judged_by_its_200s_and_its_deliverys_status(
         "unrecorded": "pending",
         "in_flight": "in_flight",
         "backlog": "pending",
+        "not_fanned_out": "received",
         "never_sent": "succeeded",
     }
     acked = [*statuses, "no_delivery"]
@@ -38,7 +40,7 @@ def test_each_acknowledged_event_is_judged_by_its_200s_and_its_deliverys_status(
     assert result["duplicates"] == 1
     assert result["dead"] == 1
     assert result["retrying"] == 1
-    assert result["not_sent_yet"] == 1
+    assert result["not_sent_yet"] == 2
     assert result["in_flight"] == 1
     assert result["success_unrecorded"] == 1
     assert result["success_unrecorded_statuses"] == {"pending": 1}
@@ -68,10 +70,14 @@ def test_growth_past_a_threshold_is_flagged_per_process_and_replaced_processes_a
     }
     thresholds = {"rss_bytes": 16 * mib, "fds": 16, "pg_connections": 5, "redis_keys": 200, "redis_key_bytes": mib}
 
-    result = soak.verdicts(first, last, elapsed=120, thresholds=thresholds)
+    middle = {**first, "processes": {**first["processes"], "worker 1": {"rss_bytes": 115 * mib, "fds": 21}}}
+
+    result = soak.verdicts(first, middle, last, elapsed=120, thresholds=thresholds)
 
     assert result["rss_bytes"]["verdict"] == "GROWS"
-    assert result["rss_bytes"]["flagged"] == {"worker 1": {"growth": 30 * mib, "per_minute": 15 * mib}}
+    assert result["rss_bytes"]["flagged"] == {
+        "worker 1": {"growth": 30 * mib, "per_minute": 15 * mib, "second_half": 15 * mib}
+    }
     assert result["fds"]["verdict"] == "ok"
     assert result["pg_connections"]["verdict"] == "ok"
     assert result["replaced_processes"] == {"gone": ["child 2"], "new": ["child 3"]}
@@ -87,3 +93,15 @@ def test_a_tcp_connection_is_named_by_the_port_at_its_far_end():
                 kinds = soak.fd_kinds(targets, soak.tcp_sockets(), {port: "receiver"})
 
     assert kinds == {"file": 1, "pipe": 1, "tcp receiver": 1}
+
+
+def test_growth_that_levelled_off_in_the_second_half_is_not_flagged():
+    sample = {"pg_connections": 10, "redis_keys": 12, "redis_key_bytes": 0}
+    first = {**sample, "processes": {"pool child": {"rss_bytes": 100, "fds": 24}}}
+    middle = {**sample, "processes": {"pool child": {"rss_bytes": 100, "fds": 40}}}  # its connections opened
+    last = {**sample, "processes": {"pool child": {"rss_bytes": 100, "fds": 41}}}
+
+    result = soak.verdicts(first, middle, last, elapsed=150)
+
+    assert result["fds"]["verdict"] == "ok"
+    assert list(result["fds"]["levelled_off"]) == ["pool child"]
