@@ -592,6 +592,11 @@ class Soak(Bench):
         log(f"soak: load done ({ingest['sent']} sent, {ingest['non_2xx']} non-2xx); letting retries settle")
         acked = ingest.pop("acked")
         settle = self.settle()
+        # Nothing may move between reading the receiver's answers and the deliveries' statuses: a send
+        # finishing in between would look like a success with no 200 seen. A send cut short by the kill
+        # stays in flight, which the check expects.
+        self.stop("worker", signal.SIGKILL)
+        self.stop("beat")
         deliveries = self.deliveries_check(acked)
         after_warmup = next((s for s in self.samples if s["t"] >= args.warmup), self.samples[-1])
         last = self.samples[-1]
