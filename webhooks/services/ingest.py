@@ -18,7 +18,15 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DataError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
@@ -26,7 +34,7 @@ from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError, counted
 from webhooks.providers.registry import UnknownProvider, get_provider
 
-from .ingest_writer import NewEvent, SourceClosed, event_id_digest, store_event, writer
+from .ingest_writer import NewEvent, SourceClosed, event_id_digest, refusal_of_row, store_event, writer
 from .processing import schedule_event_processing
 from .rejected_records import forget_local_counts, may_keep_rejection
 from .secret_use import record_secret_match
@@ -106,7 +114,13 @@ def ingest_request(
 ) -> IngestOutcome:
     """Verify and store one webhook request; ``headers`` keep the names they arrived with."""
     with writer.request():
-        return _ingest(token, body, headers, method, url, query, remote_ip)
+        try:
+            return _ingest(token, body, headers, method, url, query, remote_ip)
+        except SourceClosed:
+            # This process's copy of the source was out of date (turned off or deleted in another
+            # process): an INSERT refused the row, and the copy is dropped at once.
+            _source_cache.pop(token, None)
+            return _error(404, "unknown_source", "no active source has this ingest URL")
 
 
 def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcome:
@@ -195,11 +209,6 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
         logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
-    except SourceClosed:
-        # This process's copy of the source was out of date (turned off or deleted in another
-        # process): the INSERT refused the row, and the copy is dropped at once.
-        _source_cache.pop(token, None)
-        return _error(404, "unknown_source", "no active source has this ingest URL")
     event_id, inserted = stored
     # The line an operator finds a webhook by (its event id, or the provider's), where the
     # processing and each delivery attempt continue its story (see README, "Tracing a webhook").
@@ -312,9 +321,15 @@ def insert_event(event: NewEvent) -> tuple:
         f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
         "RETURNING id"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, event.source_id, digest, event.source_id])
-        row = cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*values, event.source_id, digest, event.source_id])
+            row = cursor.fetchone()
+    except (DataError, OperationalError, InterfaceError):
+        raise  # a value (400) or the database being away (503): the caller tells them apart
+    except DatabaseError as exc:
+        # The same answer as the writers give (ingest_writer.commit_batch): its source's 404, or a 503.
+        raise refusal_of_row(exc, event.source_id) from exc
     if row is not None:
         stored_id = WebhookEvent._meta.pk.to_python(row[0])
         return stored_id, stored_id == event.id
@@ -398,7 +413,8 @@ def _nonce_fits_body(source: Source, nonce: str, body: bytes) -> bool:
     as with any shared secret, and pass.
 
     A database error propagates: the view answers 503 and the provider retries, as when the
-    event itself cannot be stored.
+    event itself cannot be stored. A source deleted meanwhile (this process's copy of it is
+    cached) is SourceClosed, answered as an unknown source.
     """
     digest = hashlib.sha256(body).hexdigest()
     # surrogatepass: a nonce read from JSON may hold a lone surrogate, which verify() signed as such.
@@ -417,11 +433,16 @@ def _nonce_fits_body(source: Source, nonce: str, body: bytes) -> bool:
         .exists()
     ):
         return False
-    binding, created = SignatureNonce.objects.get_or_create(
-        source_id=source.pk,
-        nonce_digest=nonce_digest,
-        defaults={"body_digest": digest},
-    )
+    try:
+        binding, created = SignatureNonce.objects.get_or_create(
+            source_id=source.pk,
+            nonce_digest=nonce_digest,
+            defaults={"body_digest": digest},
+        )
+    except IntegrityError as exc:
+        # A source whose deletion finished after this process cached it: the nonce's foreign key
+        # refuses it (get_or_create handles the other refusal, a concurrent first use).
+        raise refusal_of_row(exc, source.pk) from exc
     return created or hmac.compare_digest(binding.body_digest, digest)
 
 
@@ -576,9 +597,18 @@ def _insert_while_the_source_is_open(record: WebhookEvent) -> bool:
     sql = (
         f"INSERT INTO {WebhookEvent._meta.db_table} ({columns}) SELECT {placeholders} WHERE {_source_open_condition()}"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, record.source_id])
-        return cursor.rowcount == 1
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*values, record.source_id])
+            return cursor.rowcount == 1
+    except (DataError, OperationalError, InterfaceError):
+        raise
+    except DatabaseError as exc:
+        # A source deleted while the record was inserted is not stored, as a closed one (404).
+        refusal = refusal_of_row(exc, record.source_id)
+        if isinstance(refusal, SourceClosed):
+            return False
+        raise refusal from exc
 
 
 def _claimed_event_id(source: Source, request: InboundRequest) -> str | None:

@@ -43,7 +43,7 @@ from django.utils import timezone
 from uuid6 import uuid7
 
 from organizations.models import Organization
-from webhooks.models import PurgedEventKey, Source, WebhookEvent
+from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ _NOT_PURGED = f"""WHERE NOT EXISTS (
 )"""
 
 _SOURCES = Source._meta.db_table
+# The tables ingest inserts into whose rows reference their source (see refusal_of_row).
+_ROWS_WITH_A_SOURCE = {_TABLE, SignatureNonce._meta.db_table}
 _ORGANIZATIONS = Organization._meta.db_table
 # A row is stored only while its source takes webhooks: active, not being deleted, and of an active
 # organization (as source_for_token finds it). One probe of each primary key, in the INSERT's own
@@ -138,6 +140,50 @@ class WriterTimeout(OperationalError):
 class SourceClosed(Exception):
     """The event's source no longer takes webhooks (turned off, being deleted, gone, or its
     organization suspended): nothing was stored, and the caller answers as for an unknown URL."""
+
+
+class RowRefused(OperationalError):
+    """The database refused a row for a reason that is neither its values (DataError: 400) nor a
+    gone source (SourceClosed: 404), such as a constraint or a column changed by a deploy under
+    way: nothing was stored, and the view answers 503 so that the provider retries, whichever
+    writer ran the INSERT. The message names the error, never the row's values."""
+
+
+def refusal_of_row(exc: DatabaseError, source_id: int) -> SourceClosed | RowRefused:
+    """What a request answers when the database refused its row (or its signature nonce's) with
+    ``exc``, which is neither a DataError nor a connection failure; logged here, once.
+
+    A foreign key violation of a row Hookline inserts can only be its source's or its organization's
+    (the one column each that references another table), deleted after the INSERT's own snapshot saw
+    it open (a deletion committing while the INSERT ran): when the source is indeed not open now,
+    that is an unknown source's 404, as when the INSERT finds it closed."""
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.errors.ForeignKeyViolation) and cause.diag.table_name in _ROWS_WITH_A_SOURCE:
+        try:
+            still_open = _source_is_open(source_id)
+        except DatabaseError:  # the caller's transaction is broken by the refusal: not known, so retry
+            still_open = True
+        if not still_open:
+            return SourceClosed("the source was deleted while its row was inserted")
+    description = describe_database_error(exc)
+    logger.error("ingest: the database refused a row of source %s, answered 503: %s", source_id, description)
+    return RowRefused(description)
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """The error's kind, code and primary message: never its DETAIL, where PostgreSQL puts the
+    failing row's values (the body and headers) for a constraint violation."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, psycopg.Error) else exc
+    if isinstance(cause, psycopg.Error):
+        diag = cause.diag
+        return f"{type(cause).__name__} ({diag.sqlstate}): {diag.message_primary}"
+    return type(exc).__name__
+
+
+def _source_is_open(source_id: int) -> bool:
+    return Source.objects.filter(
+        pk=source_id, is_active=True, deletion_requested_at__isnull=True, organization__is_active=True
+    ).exists()
 
 
 # What insert_event_batch gives for each event: (id of the stored event, whether this call inserted
@@ -539,8 +585,15 @@ def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
         return False
     except (DatabaseError, UnicodeError) as exc:
         if len(batch) == 1:
-            # The view answers a DataError with 400; a value psycopg cannot encode is one too.
-            _fail(batch, exc if isinstance(exc, DatabaseError) else DataError(str(exc)))
+            # The view answers a DataError with 400; a value psycopg cannot encode is one too. Any
+            # other refusal is the same answer here as through the writer process or a direct
+            # INSERT (refusal_of_row): its source's 404, or a 503.
+            if isinstance(exc, DataError):
+                _fail(batch, exc)
+            elif isinstance(exc, DatabaseError):
+                _fail(batch, refusal_of_row(exc, batch[0].event.source_id))
+            else:
+                _fail(batch, DataError(str(exc)))
             return False
         # One unstorable row must not fail the requests that share its batch.
         return _commit_one_by_one(batch, schedule)
