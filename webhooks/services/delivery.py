@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import Error as DatabaseOrConnectionError
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Case, CharField, F, OuterRef, PositiveIntegerField, Q, Subquery, Value, When
 from django.db.models.functions import Cast, Coalesce, Concat, Now
 from django.utils import timezone
@@ -287,11 +287,37 @@ def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> l
 
 
 def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list[int], list[Delivery]]:
+    """Claim up to ``limit`` due deliveries (see _claim_waiting_for_organizations).
+
+    A wait for an organization's claim lock that lasts past CLAIM_LOCK_TIMEOUT (its holder stalled
+    mid-claim) fails the claim, whose transaction rolls back: nothing was claimed. The claim is
+    made again at once, only trying the organizations' locks, so that the stalled holder's
+    organizations are passed over as another claim's are, and every other tenant's deliveries are
+    still claimed: a dispatcher serves all of them, and neither stops nor fails (with nothing in
+    hand it would end its task) for one tenant's stalled claim.
+    """
+    try:
+        return _claim_waiting_for_organizations(limit, now, owner=owner)
+    except OperationalError as exc:
+        if not _is_lock_timeout(exc):
+            raise
+        logger.warning(
+            "a claim waited over %s for an organization's claim lock (its holder stalled?): "
+            "claimed again, passing over the organizations held",
+            CLAIM_LOCK_TIMEOUT,
+        )
+        return _claim_waiting_for_organizations(limit, now, owner=owner, may_wait=False)
+
+
+def _claim_waiting_for_organizations(
+    limit: int, now=None, *, owner: str | None = None, may_wait: bool = True
+) -> tuple[list[int], list[Delivery]]:
     """Claim up to ``limit`` due deliveries, within each destination's concurrency cap and rate limit;
     the ids claimed, and those of them to send.
 
     ``owner`` names the dispatcher run taking them (services.claim_owners): while its mark lives,
-    the sweeper leaves its claims alone however long it cannot reach the database.
+    the sweeper leaves its claims alone however long it cannot reach the database. ``may_wait``:
+    whether it waits (up to CLAIM_LOCK_TIMEOUT) for organizations' claim locks, or only tries them.
 
     First the oldest due deliveries of all destinations. When those were all of destinations
     with no room left (one destination's backlog: a slow receiver, a resumed pause) or paused, the
@@ -309,7 +335,7 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
         allowance: dict[int, int] = {}
         taken: dict[int, int] = defaultdict(int)
         chosen: list = []
-        organizations = _OrganizationRoom()
+        organizations = _OrganizationRoom(may_wait=may_wait)
         wanted = limit * 4
         # The first look reads the oldest due rows as they are in the index, paused destinations'
         # too (_lock_destinations gives those no room): filtering them in the query would make
@@ -569,11 +595,13 @@ class _OrganizationRoom:
     flight), read in the same queries: no query per organization.
     """
 
-    def __init__(self):
+    def __init__(self, *, may_wait: bool = True):
         self.left: dict[int, int] = {}  # organization id -> sends it may still start
         self.of: dict[int, int] = {}  # destination id -> organization id
         self.cap: dict[int, int] = {}  # organization id -> sends it may have in flight
         self.held: set[int] = set()  # organizations whose claim lock this claim holds (PostgreSQL)
+        # Whether the claim may wait for an organization's claim lock (see _claim_once).
+        self.may_wait = may_wait
 
     def add(self, destination_id: int, organization_id: int, cap: int) -> None:
         self.of[destination_id] = organization_id
@@ -862,10 +890,31 @@ class _LockedDestination(NamedTuple):
 # two-key form: apart from every single-key lock, and from the other namespaces' two-key ones).
 ORGANIZATION_CLAIM_LOCK_SPACE = 0x686C6F63  # "hloc"
 
+# How long a claim waits for an organization's claim lock before it gives up (see _claim_once).
+# A claim holds these locks for the few milliseconds of its transaction: a wait past this is a
+# holder that stalled mid-claim (its process stopped, its host paused, its session left idle in
+# transaction by a partition, which can last until TCP keepalive gives up, hours). Unbounded, every
+# dispatcher whose claim reached that tenant would wait with it, and deliveries stop for every
+# tenant. Two seconds is hundreds of healthy claims' holds, so a busy tenant's claims still wait
+# for one another; a claim that times out only passes that tenant over for its turn.
+CLAIM_LOCK_TIMEOUT = "2s"
+
+# Never waited for: every organization is only tried (the claim after a timed-out wait).
+NO_ORGANIZATION_WAITED_FOR = 2**31 - 1
+
 # Lock the destinations (see _lock_destinations), then the claim locks of their organizations that
 # may send, and read what the claim needs of them (PostgreSQL). The organizations are locked in
 # ascending id order (the calls run over the sorted subquery's rows in turn), waiting for those
 # above every one this claim holds already and only trying the others (see _lock_destinations).
+#
+# The wait is bounded by lock_timeout (CLAIM_LOCK_TIMEOUT), set in the statement itself (no round
+# trip of its own) and put back once every lock is taken, so that no later statement of a caller's
+# transaction inherits it. The order is made certain by what each step reads: the bound is set by
+# the CTE the first WHEN of the locking CASE reads (a CASE's WHENs are taken in turn, and these
+# volatile calls are never folded ahead), after the CTE that read the previous value; it is put
+# back by a CTE whose one-time filter counts every row of organization_locks first, and which the
+# outer query's one-time filter runs before any row is returned. A timed-out wait fails the
+# statement, and the claim's transaction rolls back with the setting.
 LOCK_DESTINATIONS_SQL = f"""
 WITH locked AS MATERIALIZED (
     SELECT {", ".join(f"webhooks_destination.{name}" for name in _LockedDestination._fields[:-3])},
@@ -877,9 +926,15 @@ WITH locked AS MATERIALIZED (
     ORDER BY webhooks_destination.id
     FOR NO KEY UPDATE OF webhooks_destination SKIP LOCKED
 ),
+previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS lock_timeout),
+bounded AS MATERIALIZED (
+    SELECT previous.lock_timeout AS previous, set_config('lock_timeout', %(lock_timeout)s, true) AS lock_timeout
+    FROM previous
+),
 organization_locks AS MATERIALIZED (
     SELECT sendable.organization_id,
-        CASE WHEN sendable.organization_id > %(held_up_to)s
+        CASE WHEN (SELECT lock_timeout FROM bounded) IS NULL THEN NULL  -- (never: it sets the bound first)
+            WHEN sendable.organization_id > %(held_up_to)s
             THEN pg_advisory_xact_lock(%(space)s, sendable.organization_id::integer) IS NOT NULL
             ELSE pg_try_advisory_xact_lock(%(space)s, sendable.organization_id::integer)
         END AS held
@@ -888,9 +943,14 @@ organization_locks AS MATERIALIZED (
         WHERE is_active AND paused_at IS NULL AND organization_active
         ORDER BY organization_id
     ) AS sendable
+),
+restored AS MATERIALIZED (
+    SELECT set_config('lock_timeout', bounded.previous, true) AS lock_timeout FROM bounded
+    WHERE (SELECT count(*) FROM organization_locks) >= 0
 )
 SELECT locked.*, COALESCE(organization_locks.held, FALSE)
 FROM locked LEFT JOIN organization_locks ON organization_locks.organization_id = locked.organization_id
+WHERE (SELECT lock_timeout FROM restored) IS NOT NULL
 ORDER BY locked.id
 """
 
@@ -908,6 +968,7 @@ def _locked_destinations(ids: set[int], held_up_to: int = 0) -> list[_LockedDest
                     "ids": sorted(ids),
                     "held_up_to": held_up_to,
                     "space": ORGANIZATION_CLAIM_LOCK_SPACE,
+                    "lock_timeout": CLAIM_LOCK_TIMEOUT,
                 },
             )
             return [_LockedDestination(*row) for row in cursor.fetchall()]
@@ -937,9 +998,10 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     organization of the destinations that may send (ORGANIZATION_CLAIM_LOCK_SPACE), so that the
     organization's cap holds across dispatchers as well: without it, two dispatchers that locked
     different destinations of one tenant each counted its sends in flight, each saw the same room,
-    and together claimed past its cap. These locks are waited for: passed over, the second
-    dispatcher of a tenant with many destinations came back with nothing (and would stop, taking
-    nothing due) while the first held the lock a few milliseconds. Deadlock-free: the destinations
+    and together claimed past its cap. These locks are waited for (up to CLAIM_LOCK_TIMEOUT, see
+    _claim_once): passed over, the second dispatcher of a tenant with many destinations came back
+    with nothing (and would stop, taking nothing due) while the first held the lock a few
+    milliseconds. Deadlock-free: the destinations
     never wait (SKIP LOCKED) and a claim waits only for an organization above every one it holds,
     taken in ascending order; the look beyond the backlog, which may reach organizations below one
     the first look holds, only tries those and passes over the ones another claim holds.
@@ -953,7 +1015,8 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     """
     if not ids:
         return []
-    locked_now = _locked_destinations(ids, max(organizations.held, default=0))
+    held_up_to = max(organizations.held, default=0) if organizations.may_wait else NO_ORGANIZATION_WAITED_FOR
+    locked_now = _locked_destinations(ids, held_up_to)
     organizations.held.update(
         destination.organization_id for destination in locked_now if destination.organization_held
     )

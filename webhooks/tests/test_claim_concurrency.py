@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from organizations.models import Organization
@@ -269,3 +269,72 @@ def test_the_look_beyond_the_backlog_passes_over_an_organization_another_claim_h
         other_dispatcher.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
 
     assert sorted(d.pk for d in delivery_service.claim_due_deliveries(4)) == sorted(ours)
+
+
+def claim_in_a_thread(limit: int) -> list[int]:
+    """The ids claimed by claim_due_deliveries(limit) on a connection of its own; fails the test
+    if the claim is still blocked long after CLAIM_LOCK_TIMEOUT (a liveness check, not a timing)."""
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+
+    def dispatcher():
+        try:
+            claimed.extend(d.pk for d in delivery_service.claim_due_deliveries(limit))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=dispatcher, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the claim is still waiting for the stalled claimer's organization lock"
+    assert not errors, errors
+    return claimed
+
+
+@pytest.mark.parametrize("stalled_is_lower", [True, False], ids=["stalled-tenant-first", "stalled-tenant-last"])
+def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
+    organization, other_organization, stalled_is_lower
+):
+    # A dispatcher frozen mid-claim (stopped, paused, partitioned off with its session idle in
+    # transaction) holds its organization's claim lock for as long as that lasts. The claims that
+    # reach that organization give up waiting for it and pass it over; the other tenant's
+    # deliveries are claimed; once the holder is gone, the organization's are claimed again.
+    postgresql_only()
+    stalled, flowing = (organization, other_organization) if stalled_is_lower else (other_organization, organization)
+    stalled_seeder, flowing_seeder = Seeder(stalled), Seeder(flowing)
+    # The stalled tenant's deliveries the oldest, so that the first look reaches them.
+    held_back = stalled_seeder.deliveries(stalled_seeder.destination("stalled"), 3, waited=timedelta(hours=2))
+    sendable = flowing_seeder.deliveries(flowing_seeder.destination("flowing"), 3, waited=timedelta(hours=1))
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    frozen_claimer = psycopg.connect(**params)  # a transaction left open, as a stalled claim's
+    try:
+        frozen_claimer.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)", [delivery_service.ORGANIZATION_CLAIM_LOCK_SPACE, stalled.pk]
+        )
+
+        claimed = claim_in_a_thread(10)
+
+        assert sorted(claimed) == sorted(sendable)
+        assert not Delivery.objects.filter(pk__in=held_back).exclude(status=Delivery.Status.PENDING).exists()
+    finally:
+        frozen_claimer.close()  # (its transaction rolled back: the lock is let go)
+
+    assert sorted(claim_in_a_thread(10)) == sorted(held_back)
+
+
+def test_the_claim_s_lock_timeout_does_not_outlive_its_statement(organization):
+    # The bound on the wait for organizations' claim locks is set and put back within the locking
+    # statement: a caller's transaction keeps its own lock_timeout for whatever it does next.
+    postgresql_only()
+    seeder = Seeder(organization)
+    ours = seeder.deliveries(seeder.destination("ours"), 2, waited=timedelta(minutes=1))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '7s'")
+        assert sorted(d.pk for d in delivery_service.claim_due_deliveries(4)) == sorted(ours)
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone()[0] == "7s"
