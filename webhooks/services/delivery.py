@@ -296,17 +296,32 @@ def _claim_once(limit: int, now=None, *, owner: str | None = None) -> tuple[list
     still claimed: a dispatcher serves all of them, and neither stops nor fails (with nothing in
     hand it would end its task) for one tenant's stalled claim.
     """
+    global _claims_only_try_until
+    if time.monotonic() < _claims_only_try_until:
+        return _claim_waiting_for_organizations(limit, now, owner=owner, may_wait=False)
     try:
         return _claim_waiting_for_organizations(limit, now, owner=owner)
     except OperationalError as exc:
         if not _is_lock_timeout(exc):
             raise
+        _claims_only_try_until = time.monotonic() + CLAIMS_ONLY_TRY_AFTER_A_TIMEOUT_SECONDS
         logger.warning(
             "a claim waited over %s for an organization's claim lock (its holder stalled?): "
-            "claimed again, passing over the organizations held",
+            "claimed again, passing over the organizations held, as claims do for the next %d s",
             CLAIM_LOCK_TIMEOUT,
+            CLAIMS_ONLY_TRY_AFTER_A_TIMEOUT_SECONDS,
         )
         return _claim_waiting_for_organizations(limit, now, owner=owner, may_wait=False)
+
+
+# After a claim of this process timed out waiting for an organization's claim lock, its claims only
+# try those locks for this long. A stall lasts as long as its cause (a stopped process, a partition
+# that TCP keepalive ends after hours): waiting, every claim that reached the stalled tenant would
+# pay CLAIM_LOCK_TIMEOUT again, a few deliveries every two seconds for every tenant. Only trying, a
+# dispatcher may come back empty while another claim of a busy tenant holds its lock a few
+# milliseconds (and stop until the sweeper publishes it again): a slower turn for that while only.
+CLAIMS_ONLY_TRY_AFTER_A_TIMEOUT_SECONDS = 30
+_claims_only_try_until = 0.0  # time.monotonic() of this process; one dispatcher loop per process
 
 
 def _claim_waiting_for_organizations(

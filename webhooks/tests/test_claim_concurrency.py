@@ -271,6 +271,13 @@ def test_the_look_beyond_the_backlog_passes_over_an_organization_another_claim_h
     assert sorted(d.pk for d in delivery_service.claim_due_deliveries(4)) == sorted(ours)
 
 
+@pytest.fixture(autouse=True)
+def claims_wait_again():
+    # A test whose claim timed out leaves this process's claims only trying for a while.
+    yield
+    delivery_service._claims_only_try_until = 0.0
+
+
 def claim_in_a_thread(limit: int) -> list[int]:
     """The ids claimed by claim_due_deliveries(limit) on a connection of its own; fails the test
     if the claim is still blocked long after CLAIM_LOCK_TIMEOUT (a liveness check, not a timing)."""
@@ -323,6 +330,39 @@ def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
         frozen_claimer.close()  # (its transaction rolled back: the lock is let go)
 
     assert sorted(claim_in_a_thread(10)) == sorted(held_back)
+
+
+def test_after_a_timed_out_wait_the_next_claims_pass_the_stalled_tenant_over_without_waiting_again(
+    organization, other_organization, caplog
+):
+    # Each wait for a stalled holder would cost CLAIM_LOCK_TIMEOUT again, for as long as the stall
+    # lasts: after one, this process's claims only try the organizations' locks for a while.
+    postgresql_only()
+    stalled_seeder, flowing_seeder = Seeder(organization), Seeder(other_organization)
+    stalled_destination = stalled_seeder.destination("stalled")
+    flowing_destination = flowing_seeder.destination("flowing")
+    stalled_seeder.deliveries(stalled_destination, 2, waited=timedelta(hours=3))
+    first = flowing_seeder.deliveries(flowing_destination, 2, waited=timedelta(hours=2))
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    frozen_claimer = psycopg.connect(**params)
+    try:
+        frozen_claimer.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            [delivery_service.ORGANIZATION_CLAIM_LOCK_SPACE, organization.pk],
+        )
+        with caplog.at_level("WARNING", logger=delivery_service.logger.name):
+            assert sorted(claim_in_a_thread(10)) == sorted(first)
+            waited = [r for r in caplog.records if "waited over" in r.getMessage()]
+            assert len(waited) == 1
+            # The stalled tenant's deliveries are still the oldest due; new ones of the other arrive.
+            Delivery.objects.filter(pk__in=first).update(status=Delivery.Status.SUCCEEDED)
+            second = flowing_seeder.deliveries(flowing_destination, 2, waited=timedelta(hours=1))
+            assert sorted(claim_in_a_thread(10)) == sorted(second)
+            # No second wait: the claim only tried the stalled tenant's lock.
+            assert len([r for r in caplog.records if "waited over" in r.getMessage()]) == 1
+    finally:
+        frozen_claimer.close()
 
 
 def test_the_claim_s_lock_timeout_does_not_outlive_its_statement(organization):
