@@ -150,11 +150,15 @@ class DestinationRotateSerializer(KeepPreviousMixin):
     pass
 
 
-# A custom header's value as sent (a CharField would turn 5 into "5"): the service refuses what
-# is not text naming the header; described as the text it must be.
+# A custom header's value as sent (a CharField would turn 5 into "5"), null included: the service
+# refuses what is not text naming the header. Described as the text it must be (and null, where
+# allow_null says a PATCH takes it to remove the header).
 @extend_schema_field(OpenApiTypes.STR)
 class CustomHeaderValueField(serializers.JSONField):
-    pass
+    def validate_empty_values(self, data):
+        if data is None:
+            return (False, None)
+        return super().validate_empty_values(data)
 
 
 class DestinationSerializerBase(KnownFieldsOnly):
