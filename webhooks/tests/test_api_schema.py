@@ -536,6 +536,15 @@ def test_the_document_is_read_without_a_key_as_json_or_yaml(client, db):
         assert yaml.safe_load(response.content)["info"]["title"] == "Hookline REST API"
 
 
+def test_a_client_built_on_the_documents_server_reaches_the_urls_the_api_answers(client, organization, document):
+    # A generated client joins servers[0] and a path template; the Locations the API answers are
+    # to be followed as they are, so both must name the same place.
+    [server] = document["servers"]
+    api = Api(client, document, make_key(organization)[1])
+    created = api.call("POST", "/api/v1/sources", {"provider": "github", "name": "GitHub"})
+    assert created["Location"] == server["url"] + f"/api/v1/sources/{created.json()['id']}"
+
+
 def test_the_document_endpoint_refuses_in_the_apis_error_shape(client, db):
     response = client.get("/api/v1/schema", HTTP_ACCEPT="text/html")
     assert response.status_code == 406 and set(response.json()) == {"error", "detail"}
