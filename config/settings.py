@@ -423,6 +423,12 @@ SPECTACULAR_SETTINGS = {
     # Secrets are written, never read: requests and answers are separate components.
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    # Named for what they are in a generated client ("OpEnum" says nothing).
+    "ENUM_NAME_OVERRIDES": {
+        "PayloadFilterOperatorEnum": "webhooks.services.payload_filters.OPERATORS",
+        "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
+        "EventStatusEnum": "webhooks.models.WebhookEvent.Status",
+    },
     "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

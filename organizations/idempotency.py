@@ -85,7 +85,7 @@ def idempotency_key_claim(
     """
     if not _KEY.fullmatch(key):
         raise IdempotencyKeyInvalid(
-            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (a UUID, say)"
+            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID, say)"
         )
     now = now or timezone.now()
     digest = idempotency_request_digest(method=method, path=path, body=canonical_request_body(body))

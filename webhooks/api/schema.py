@@ -70,10 +70,12 @@ DESTINATION_ID = path_id("destination_id", OpenApiTypes.INT)
 
 _IDEMPOTENCY_KEY = OpenApiParameter(
     IDEMPOTENCY_HEADER,
-    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    # The characters organizations.idempotency takes: printable ASCII, spaces included.
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     OpenApiParameter.HEADER,
-    description="1 to 255 visible ASCII characters (a UUID per operation): the request runs once, and the same "
-    "request sent again with the same key gets the first answer again, with Idempotent-Replayed: true.",
+    description="1 to 255 printable ASCII characters, spaces included (a UUID per operation is best): the request "
+    "runs once, and the same request sent again with the same key gets the first answer again, with "
+    "Idempotent-Replayed: true.",
 )
 _REPLAYED = OpenApiParameter(
     REPLAYED_HEADER,

@@ -17,6 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
+from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUS_ALL,
@@ -30,7 +31,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.delivery_waits import delivery_waits
 from webhooks.services.destinations import event_type_patterns_problem
-from webhooks.services.payload_filters import destinations_not_taking
+from webhooks.services.payload_filters import OPERATORS, destinations_not_taking
 from webhooks.services.secrets import previous_secret_valid_until
 from webhooks.services.sources import ingest_url
 from webhooks.services.text import echoable_text
@@ -75,7 +76,8 @@ class AttemptSerializer(serializers.Serializer):
 class DeliverySummarySerializer(serializers.Serializer):
     id = serializers.UUIDField()
     destination = serializers.IntegerField(source="destination_id")
-    status = serializers.CharField()
+    # Choices, for the document's enum (a generated client's type); shown as stored.
+    status = serializers.ChoiceField(choices=Delivery.Status.choices)
     is_replay = serializers.BooleanField()
     attempt_count = serializers.IntegerField()
 
@@ -159,7 +161,7 @@ class EventSerializer(serializers.Serializer):
     # The id a rejected request claims (not verified); null on verified events.
     claimed_event_id = serializers.CharField(allow_null=True)
     event_type = serializers.CharField()
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=WebhookEvent.Status.choices)
     rejection_code = serializers.CharField()
     duplicate_count = serializers.IntegerField()
     # When the provider last sent it again (each redelivery is counted, not stored); null if never.
@@ -314,7 +316,7 @@ class PreviousSecretValidUntilField(serializers.DateTimeField):
 class SourceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
-    provider = serializers.CharField()
+    provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
     is_active = serializers.BooleanField()
     secret_hint = serializers.CharField()
     previous_secret_valid_until = PreviousSecretValidUntilField()
@@ -340,6 +342,26 @@ class SourceSerializer(serializers.Serializer):
 class SubscriptionSerializer(serializers.Serializer):
     source = serializers.IntegerField(source="source_id")
     event_types = serializers.ListField(child=serializers.CharField())
+
+
+class PayloadFilterSerializer(serializers.Serializer):
+    """The shape of one payload filter condition (for the API's schema): the service
+    (check_payload_filters) checks them, in requests as in the dashboard."""
+
+    path = serializers.CharField(help_text="Where in the JSON body, such as data.object.livemode.")
+    op = serializers.ChoiceField(choices=OPERATORS)
+    value = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Any JSON value (a list of 1 or more for in); absent for exists and not_exists.",
+    )
+
+
+# A JSONField, so that what a request sends reaches the service as sent (its refusals name the
+# condition at fault), described as the list of conditions it is for.
+@extend_schema_field(PayloadFilterSerializer(many=True))
+class PayloadFiltersField(serializers.JSONField):
+    pass
 
 
 class CustomHeaderHintSerializer(serializers.Serializer):
@@ -370,7 +392,7 @@ class DestinationSerializer(serializers.Serializer):
     # Each custom header's name and the hint of its value (…a1b2); the values are never shown.
     custom_headers = CustomHeaderHintSerializer(many=True, source="custom_header_hints")
     # Conditions on the body: [{"path", "op", "value"}] (no value for exists and not_exists).
-    payload_filters = serializers.JSONField()
+    payload_filters = PayloadFiltersField()
     subscriptions = SubscriptionSerializer(many=True, source="subscriptions.all")
     created_at = serializers.DateTimeField()
 

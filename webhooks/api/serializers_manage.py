@@ -6,6 +6,8 @@ about; the services check it all again and are the ones that save. Secrets are w
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from organizations.names import validate_name
@@ -21,7 +23,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.sources import SourceError, source_check_allowed_networks, source_check_secret
 
-from .serializers import MAX_DATABASE_ID, KnownFieldsOnly
+from .serializers import MAX_DATABASE_ID, KnownFieldsOnly, PayloadFiltersField
 
 # The longest overlap the dashboard offers (its rotation forms' last choice).
 MAX_KEEP_PREVIOUS_SECONDS = 7 * 24 * 3600
@@ -148,6 +150,17 @@ class DestinationRotateSerializer(KeepPreviousMixin):
     pass
 
 
+# A custom header's value as sent (a CharField would turn 5 into "5"), null included: the service
+# refuses what is not text naming the header. Described as the text it must be (and null, where
+# allow_null says a PATCH takes it to remove the header).
+@extend_schema_field(OpenApiTypes.STR)
+class CustomHeaderValueField(serializers.JSONField):
+    def validate_empty_values(self, data):
+        if data is None:
+            return (False, None)
+        return super().validate_empty_values(data)
+
+
 class DestinationSerializerBase(KnownFieldsOnly):
     url = serializers.URLField(max_length=Destination._meta.get_field("url").max_length)
     sources = serializers.ListField(
@@ -168,7 +181,7 @@ class DestinationSerializerBase(KnownFieldsOnly):
     max_attempts = serializers.IntegerField(allow_null=True)
     max_retry_age_seconds = serializers.IntegerField(allow_null=True)
     # Any JSON here: the service checks the conditions, and its refusal names the one at fault.
-    payload_filters = serializers.JSONField(required=False, allow_null=True)
+    payload_filters = PayloadFiltersField(required=False, allow_null=True)
 
     def validate_payload_filters(self, filters) -> list[dict]:
         try:
@@ -214,9 +227,7 @@ class DestinationCreateSerializer(DestinationSerializerBase):
     max_retry_age_seconds = serializers.IntegerField(allow_null=True, default=None)
     # Name to value; write-only: reads show each name with a hint of its value. The values reach the
     # service as sent (a CharField would turn 5 into "5"), which refuses what is not text naming the header.
-    custom_headers = serializers.DictField(
-        child=serializers.JSONField(allow_null=True), required=False, write_only=True
-    )
+    custom_headers = serializers.DictField(child=CustomHeaderValueField(), required=False, write_only=True)
 
     def validate_custom_headers(self, headers: dict) -> dict:
         try:
@@ -237,7 +248,7 @@ class DestinationUpdateSerializer(DestinationSerializerBase):
     name = _name_field(Destination, required=False)
     # Changes, as in a JSON merge patch: a value adds the header or replaces its value, null removes
     # it, and headers not named keep their values (which nobody can read back to send again).
-    custom_headers = serializers.DictField(child=serializers.JSONField(allow_null=True), write_only=True)
+    custom_headers = serializers.DictField(child=CustomHeaderValueField(allow_null=True), write_only=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -18,9 +18,10 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from organizations.models import ApiKey
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
-from webhooks.models import Delivery, Destination
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.providers.registry import PROVIDERS
 from webhooks.services.destinations import destination_create
-from webhooks.services.payload_filters import parse_payload_filter_lines
+from webhooks.services.payload_filters import OPERATORS, parse_payload_filter_lines
 
 from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -324,6 +325,11 @@ def test_every_read_answers_as_documented(client, organization, document, world,
         "Destination",
         "Subscription",
         "CustomHeaderHint",
+        "PayloadFilter",
+        # Statuses and providers as enums a generated client can type (and check) them with.
+        "EventStatusEnum",
+        "DeliveryStatusEnum",
+        "ProviderEnum",
     } <= api.components
 
 
@@ -347,8 +353,16 @@ def test_changes_answer_as_documented(client, organization, document, world):
             "event_types": ["invoice.*"],
             "custom_headers": {"X-Team": "billing-team"},
             "retry_schedule": [10, 60],
+            # Each form of a condition: a value (null included), a list for in, none for exists.
+            "payload_filters": [
+                {"path": "data.object.livemode", "op": "equals", "value": True},
+                {"path": "data.object.closed_at", "op": "not_equals", "value": None},
+                {"path": "type", "op": "in", "value": ["invoice.paid", "invoice.voided"]},
+                {"path": "data.object.customer", "op": "exists"},
+            ],
         },
     ).json()
+    assert [condition["op"] for condition in created["payload_filters"]] == ["equals", "not_equals", "in", "exists"]
     assert created["secret"].startswith("whsec_") and created["warnings"] == []
     destination = {"destination_id": created["id"]}
     api.call("PATCH", "/api/v1/destinations/{destination_id}", {"sources": [], "event_types": []}, **destination)
@@ -385,7 +399,77 @@ def test_changes_answer_as_documented(client, organization, document, world):
         "BulkRetry",
         "SourceDeleting",
         "Error",
+        "PayloadFilter",
     } <= api.components
+
+
+def test_payload_filters_are_described_as_the_conditions_the_api_takes_and_answers(client, organization, document):
+    # Described as "any JSON" they gave a generated client no type, and a document that let any
+    # shape through: a condition without its op, say, which the API refuses.
+    api = Api(client, document, make_key(organization)[1])
+    create = "/api/v1/destinations"
+    without_op = {"name": "Filtered", "url": "http://127.0.0.1:9/f", "payload_filters": [{"path": "type"}]}
+    with pytest.raises(Mismatch, match=r"payload_filters\[0\].*op"):
+        request_as_documented(document, without_op, create, "POST")
+    response = client.post(create, without_op, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 400 and "payload_filters" in response.json()["fields"]
+    unknown_op = {**without_op, "payload_filters": [{"path": "type", "op": "matches", "value": "x"}]}
+    with pytest.raises(Mismatch, match="matches"):
+        request_as_documented(document, unknown_op, create, "POST")
+    # And an answer whose condition lost its op would no longer pass as documented.
+    created = api.call("POST", create, {**without_op, "payload_filters": [{"path": "type", "op": "exists"}]}).json()
+    del created["payload_filters"][0]["op"]
+    with pytest.raises(Mismatch, match="op"):
+        check(document, {"$ref": "#/components/schemas/DestinationCreated"}, created)
+
+
+def test_custom_header_values_are_described_as_text(client, organization, document, world):
+    # The service refuses a value that is not text; a PATCH also takes null (the header removed).
+    api = Api(client, document, make_key(organization)[1])
+    create = "/api/v1/destinations"
+    numeric = {"name": "Headers", "url": "http://127.0.0.1:9/h", "custom_headers": {"X-Team": 5}}
+    with pytest.raises(Mismatch, match="X-Team"):
+        request_as_documented(document, numeric, create, "POST")
+    response = client.post(create, numeric, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 400 and "custom_headers" in response.json()["fields"]
+    null = {**numeric, "custom_headers": {"X-Team": None}}
+    with pytest.raises(Mismatch, match="X-Team"):
+        request_as_documented(document, null, create, "POST")
+    response = client.post(create, null, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 400
+    assert response.json()["fields"]["custom_headers"] == ["the value of “X-Team” must be text"]
+    changed = api.call(
+        "PATCH",
+        "/api/v1/destinations/{destination_id}",
+        {"custom_headers": {"Authorization": None, "X-Team": "billing"}},
+        destination_id=world["destination"].pk,
+    ).json()
+    assert [header["name"] for header in changed["custom_headers"]] == ["X-Team"]
+
+
+def _idempotency_key_schema(document: dict) -> dict:
+    [parameter] = [
+        parameter
+        for parameter in operation(document, "/api/v1/destinations/{destination_id}/pause", "POST")["parameters"]
+        if parameter["name"] == "Idempotency-Key"
+    ]
+    return parameter["schema"]
+
+
+def test_the_idempotency_keys_the_api_takes_are_the_ones_the_document_allows(client, organization, document, world):
+    # A client that validates its parameters must neither refuse a key the API takes (one with a
+    # space) nor send one the API refuses.
+    schema = _idempotency_key_schema(document)
+    key = make_key(organization)[1]
+    path = f"/api/v1/destinations/{world['destination'].pk}/pause"
+    for value, status in (("pause billing 42", 200), ("tab\there", 400), ("caf\u00e9", 400)):
+        response = client.post(
+            path, {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_IDEMPOTENCY_KEY=value
+        )
+        assert response.status_code == status, (value, response.content)
+        answer_as_documented(document, response, "/api/v1/destinations/{destination_id}/pause", "POST")
+        allowed = bool(re.search(schema["pattern"], value)) and schema["minLength"] <= len(value) <= schema["maxLength"]
+        assert allowed == (status == 200), value
 
 
 def test_refusals_answer_as_documented(client, organization, document, world):
@@ -452,6 +536,15 @@ def test_the_document_is_read_without_a_key_as_json_or_yaml(client, db):
         assert yaml.safe_load(response.content)["info"]["title"] == "Hookline REST API"
 
 
+def test_a_client_built_on_the_documents_server_reaches_the_urls_the_api_answers(client, organization, document):
+    # A generated client joins servers[0] and a path template; the Locations the API answers are
+    # to be followed as they are, so both must name the same place.
+    [server] = document["servers"]
+    api = Api(client, document, make_key(organization)[1])
+    created = api.call("POST", "/api/v1/sources", {"provider": "github", "name": "GitHub"})
+    assert created["Location"] == server["url"] + f"/api/v1/sources/{created.json()['id']}"
+
+
 def test_the_document_endpoint_refuses_in_the_apis_error_shape(client, db):
     response = client.get("/api/v1/schema", HTTP_ACCEPT="text/html")
     assert response.status_code == 406 and set(response.json()) == {"error", "detail"}
@@ -467,3 +560,13 @@ def test_delivery_statuses_in_the_document_are_the_models(document):
         if parameter["name"] == "status"
     ]
     assert set(_resolve(document, status["schema"])["enum"]) >= set(Delivery.Status.values)
+
+
+def test_the_answers_enums_are_the_models_choices(document):
+    # An answer's value missing from its enum is an error in a generated client: each enum is
+    # made from the choices the stored value comes from.
+    schemas = document["components"]["schemas"]
+    assert schemas["DeliveryStatusEnum"]["enum"] == Delivery.Status.values
+    assert schemas["EventStatusEnum"]["enum"] == WebhookEvent.Status.values
+    assert schemas["ProviderEnum"]["enum"] == sorted(PROVIDERS)
+    assert schemas["PayloadFilterOperatorEnum"]["enum"] == list(OPERATORS)
