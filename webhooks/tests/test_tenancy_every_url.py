@@ -68,6 +68,9 @@ NOT_TENANT_ROUTES = {
     # Reached by invitees, who are not members yet: the token in its URL is the permission
     # (organizations/tests/test_team.py).
     "team:invitation_accept",
+    # The OpenAPI document: it describes the API, no tenant's data, and is read without a key
+    # (webhooks/tests/test_api_schema.py).
+    "api:schema",
 }
 
 # Dashboard: URL name → (least role that may GET it, least role that may change through it).
