@@ -615,6 +615,9 @@ class _OrganizationRoom:
         self.of: dict[int, int] = {}  # destination id -> organization id
         self.cap: dict[int, int] = {}  # organization id -> sends it may have in flight
         self.held: set[int] = set()  # organizations whose claim lock this claim holds (PostgreSQL)
+        # Organizations with a destination that may send whose claim lock another claim holds:
+        # passed over by this claim, the look beyond the backlog included.
+        self.passed_over: set[int] = set()
         # Whether the claim may wait for an organization's claim lock (see _claim_once).
         self.may_wait = may_wait
 
@@ -718,7 +721,10 @@ def _choose_from_other_destinations(
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    full = organizations.full_anywhere(in_flight)
+    # The organizations another claim holds are passed over too: chosen, their destinations would
+    # take the look's places and give nothing (their locks only tried), and with a stalled holder
+    # whose tenant's deliveries waited longest the claim came back empty claim after claim.
+    full = [*organizations.full_anywhere(in_flight), *organizations.passed_over]
     # Destinations at their own max_concurrency are passed over as well, for the same reason: many
     # slow receivers, each with its sends in flight and deliveries older than the rest, filled the
     # look, were locked, had no room, and the claim came back empty while others' deliveries were
@@ -1062,8 +1068,11 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             or not destination.is_active
             or destination.paused_at is not None
             or not destination.organization_active  # a suspended organization's wait as a paused one's
-            or not destination.organization_held  # another claim has its organization: left to it
         ):
+            allowance[destination_id] = 0
+            continue
+        if not destination.organization_held:  # another claim has its organization: left to it
+            organizations.passed_over.add(destination.organization_id)
             allowance[destination_id] = 0
             continue
         destinations[destination_id] = destination

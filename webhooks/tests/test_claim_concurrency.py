@@ -372,6 +372,33 @@ def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
     assert sorted(claim_in_a_thread(10)) == sorted(held_back)
 
 
+def test_a_stalled_tenant_with_many_destinations_is_passed_over_by_the_look_beyond_the_backlog_too(
+    organization, other_organization
+):
+    # The stalled tenant's deliveries fill the first look, and its other destinations have the
+    # deliveries that waited longest after them: the look beyond the backlog must pass over those
+    # as well, not choose them, fail to take their organization's lock and come back empty (the
+    # dispatcher would stop, and so would every dispatcher after it, for as long as the stall lasts).
+    postgresql_only()
+    stalled_seeder, flowing_seeder = Seeder(organization), Seeder(other_organization)
+    limit = 2
+    stalled_seeder.deliveries(stalled_seeder.destination("stalled-backlog"), limit * 4, waited=timedelta(hours=5))
+    for n in range(3):
+        stalled_seeder.deliveries(stalled_seeder.destination(f"stalled-{n}"), 1, waited=timedelta(hours=4 - n))
+    sendable = flowing_seeder.deliveries(flowing_seeder.destination("flowing"), limit, waited=timedelta(hours=1))
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    frozen_claimer = psycopg.connect(**params)
+    try:
+        frozen_claimer.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            [delivery_service.ORGANIZATION_CLAIM_LOCK_SPACE, organization.pk],
+        )
+        assert sorted(claim_in_a_thread(limit)) == sorted(sendable)
+    finally:
+        frozen_claimer.close()
+
+
 def test_after_a_timed_out_wait_the_next_claims_pass_the_stalled_tenant_over_without_waiting_again(
     organization, other_organization, caplog
 ):
