@@ -615,6 +615,9 @@ class _OrganizationRoom:
         self.of: dict[int, int] = {}  # destination id -> organization id
         self.cap: dict[int, int] = {}  # organization id -> sends it may have in flight
         self.held: set[int] = set()  # organizations whose claim lock this claim holds (PostgreSQL)
+        # Organizations with a destination that may send whose claim lock another claim holds:
+        # passed over by this claim, the look beyond the backlog included.
+        self.passed_over: set[int] = set()
         # Whether the claim may wait for an organization's claim lock (see _claim_once).
         self.may_wait = may_wait
 
@@ -718,7 +721,10 @@ def _choose_from_other_destinations(
     """
     wanted = limit - len(chosen)
     postgresql = connection.vendor == "postgresql"
-    full = organizations.full_anywhere(in_flight)
+    # The organizations another claim holds are passed over too: chosen, their destinations would
+    # take the look's places and give nothing (their locks only tried), and with a stalled holder
+    # whose tenant's deliveries waited longest the claim came back empty claim after claim.
+    full = [*organizations.full_anywhere(in_flight), *organizations.passed_over]
     # Destinations at their own max_concurrency are passed over as well, for the same reason: many
     # slow receivers, each with its sends in flight and deliveries older than the rest, filled the
     # look, were locked, had no room, and the claim came back empty while others' deliveries were
@@ -914,13 +920,24 @@ ORGANIZATION_CLAIM_LOCK_SPACE = 0x686C6F63  # "hloc"
 # for one another; a claim that times out only passes that tenant over for its turn.
 CLAIM_LOCK_TIMEOUT = "2s"
 
+# The claim locks' second key is a 32-bit integer, organization ids are bigint: an organization's
+# key is its id modulo this (its id itself below 2**31). Two organizations that share a key share
+# the lock, serialized together; the order claims lock in is the keys' (see _lock_destinations).
+ORGANIZATION_CLAIM_LOCK_KEYS = 2**31
+
 # Never waited for: every organization is only tried (the claim after a timed-out wait).
-NO_ORGANIZATION_WAITED_FOR = 2**31 - 1
+NO_ORGANIZATION_WAITED_FOR = ORGANIZATION_CLAIM_LOCK_KEYS - 1
+
+
+def organization_claim_lock_key(organization_id: int) -> int:
+    """The second key of ``organization_id``'s claim lock (as LOCK_DESTINATIONS_SQL computes it)."""
+    return organization_id % ORGANIZATION_CLAIM_LOCK_KEYS
+
 
 # Lock the destinations (see _lock_destinations), then the claim locks of their organizations that
 # may send, and read what the claim needs of them (PostgreSQL). The organizations are locked in
-# ascending id order (the calls run over the sorted subquery's rows in turn), waiting for those
-# above every one this claim holds already and only trying the others (see _lock_destinations).
+# ascending order of their locks' keys (the calls run over the sorted subquery's rows in turn),
+# waiting for those whose key is above every one this claim holds already and only trying the others (see _lock_destinations).
 #
 # The wait is bounded by lock_timeout (CLAIM_LOCK_TIMEOUT), set in the statement itself (no round
 # trip of its own) and put back once every lock is taken, so that no later statement of a caller's
@@ -949,14 +966,15 @@ bounded AS MATERIALIZED (
 organization_locks AS MATERIALIZED (
     SELECT sendable.organization_id,
         CASE WHEN (SELECT lock_timeout FROM bounded) IS NULL THEN NULL  -- (never: it sets the bound first)
-            WHEN sendable.organization_id > %(held_up_to)s
-            THEN pg_advisory_xact_lock(%(space)s, sendable.organization_id::integer) IS NOT NULL
-            ELSE pg_try_advisory_xact_lock(%(space)s, sendable.organization_id::integer)
+            WHEN sendable.lock_key > %(held_up_to)s
+            THEN pg_advisory_xact_lock(%(space)s, sendable.lock_key) IS NOT NULL
+            ELSE pg_try_advisory_xact_lock(%(space)s, sendable.lock_key)
         END AS held
     FROM (
-        SELECT DISTINCT organization_id FROM locked
+        SELECT DISTINCT organization_id, (organization_id %% {ORGANIZATION_CLAIM_LOCK_KEYS})::integer AS lock_key
+        FROM locked
         WHERE is_active AND paused_at IS NULL AND organization_active
-        ORDER BY organization_id
+        ORDER BY lock_key, organization_id
     ) AS sendable
 ),
 restored AS MATERIALIZED (
@@ -970,10 +988,10 @@ ORDER BY locked.id
 """
 
 
-def _locked_destinations(ids: set[int], held_up_to: int = 0) -> list[_LockedDestination]:
+def _locked_destinations(ids: set[int], held_up_to: int = -1) -> list[_LockedDestination]:
     """Lock the destinations ``ids`` in id order, those locked by others passed over, and the claim
-    locks of their organizations (PostgreSQL; ``held_up_to``: the highest organization id whose
-    lock this claim holds already)."""
+    locks of their organizations (PostgreSQL; ``held_up_to``: the highest key of the organizations'
+    claim locks this claim holds already, see organization_claim_lock_key)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -1017,8 +1035,8 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     _claim_once): passed over, the second dispatcher of a tenant with many destinations came back
     with nothing (and would stop, taking nothing due) while the first held the lock a few
     milliseconds. Deadlock-free: the destinations
-    never wait (SKIP LOCKED) and a claim waits only for an organization above every one it holds,
-    taken in ascending order; the look beyond the backlog, which may reach organizations below one
+    never wait (SKIP LOCKED) and a claim waits only for an organization whose lock's key is above
+    every one it holds, taken in ascending order of the keys; the look beyond the backlog, which may reach organizations below one
     the first look holds, only tries those and passes over the ones another claim holds.
 
     Returns the sends in flight (_in_flight), read once the destinations and organizations are
@@ -1030,7 +1048,10 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
     """
     if not ids:
         return []
-    held_up_to = max(organizations.held, default=0) if organizations.may_wait else NO_ORGANIZATION_WAITED_FOR
+    if organizations.may_wait:
+        held_up_to = max((organization_claim_lock_key(held) for held in organizations.held), default=-1)
+    else:
+        held_up_to = NO_ORGANIZATION_WAITED_FOR
     locked_now = _locked_destinations(ids, held_up_to)
     organizations.held.update(
         destination.organization_id for destination in locked_now if destination.organization_held
@@ -1047,8 +1068,11 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
             or not destination.is_active
             or destination.paused_at is not None
             or not destination.organization_active  # a suspended organization's wait as a paused one's
-            or not destination.organization_held  # another claim has its organization: left to it
         ):
+            allowance[destination_id] = 0
+            continue
+        if not destination.organization_held:  # another claim has its organization: left to it
+            organizations.passed_over.add(destination.organization_id)
             allowance[destination_id] = 0
             continue
         destinations[destination_id] = destination

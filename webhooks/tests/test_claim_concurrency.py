@@ -149,6 +149,46 @@ def in_flight_of(organization) -> int:
     return Delivery.objects.filter(organization=organization, status=Delivery.Status.IN_FLIGHT).count()
 
 
+@pytest.fixture
+def organization_ids_from():
+    """Makes the next organizations' ids start at a given value; puts the sequence back afterwards."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence('organizations_organization', 'id')")
+        [sequence] = cursor.fetchone()
+        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")
+        saved = cursor.fetchone()
+
+    def start_at(first_id: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setval(%s, %s, false)", [sequence, first_id])
+
+    yield start_at
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(%s, %s, %s)", [sequence, *saved])
+
+
+def test_organizations_with_ids_past_32_bits_are_claimed_within_their_caps(organization, organization_ids_from):
+    # Organization ids are bigint: one past 2**31 - 1 must neither fail every claim that reaches
+    # its destinations (for every tenant) nor escape its cap. Its claim lock's key here is the same
+    # as the small organization's: they share the lock, and concurrent claims neither deadlock nor
+    # take past either cap.
+    postgresql_only()
+    organization_ids_from(2**31 + organization.pk)
+    large = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    assert large.pk == 2**31 + organization.pk
+    Organization.objects.filter(pk__in=[organization.pk, large.pk]).update(max_concurrency=3)
+    small_seeder, large_seeder = Seeder(organization), Seeder(large)
+    for n in range(4):
+        small_seeder.deliveries(small_seeder.destination(f"small-{n}"), 3, waited=timedelta(hours=2, minutes=n))
+        large_seeder.deliveries(large_seeder.destination(f"large-{n}"), 3, waited=timedelta(hours=1, minutes=n))
+
+    claimed = claim_concurrently()
+
+    assert len(claimed) == len(set(claimed))
+    assert in_flight_of(organization) == 3
+    assert in_flight_of(large) == 3
+
+
 def test_two_dispatchers_on_different_destinations_keep_their_organization_s_cap(organization, monkeypatch):
     # Each destination has room; only the organization's cap (2) binds. The first dispatcher is
     # held between its read of the sends in flight and its claiming UPDATE while the second claims
@@ -330,6 +370,33 @@ def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
         frozen_claimer.close()  # (its transaction rolled back: the lock is let go)
 
     assert sorted(claim_in_a_thread(10)) == sorted(held_back)
+
+
+def test_a_stalled_tenant_with_many_destinations_is_passed_over_by_the_look_beyond_the_backlog_too(
+    organization, other_organization
+):
+    # The stalled tenant's deliveries fill the first look, and its other destinations have the
+    # deliveries that waited longest after them: the look beyond the backlog must pass over those
+    # as well, not choose them, fail to take their organization's lock and come back empty (the
+    # dispatcher would stop, and so would every dispatcher after it, for as long as the stall lasts).
+    postgresql_only()
+    stalled_seeder, flowing_seeder = Seeder(organization), Seeder(other_organization)
+    limit = 2
+    stalled_seeder.deliveries(stalled_seeder.destination("stalled-backlog"), limit * 4, waited=timedelta(hours=5))
+    for n in range(3):
+        stalled_seeder.deliveries(stalled_seeder.destination(f"stalled-{n}"), 1, waited=timedelta(hours=4 - n))
+    sendable = flowing_seeder.deliveries(flowing_seeder.destination("flowing"), limit, waited=timedelta(hours=1))
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    frozen_claimer = psycopg.connect(**params)
+    try:
+        frozen_claimer.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            [delivery_service.ORGANIZATION_CLAIM_LOCK_SPACE, organization.pk],
+        )
+        assert sorted(claim_in_a_thread(limit)) == sorted(sendable)
+    finally:
+        frozen_claimer.close()
 
 
 def test_after_a_timed_out_wait_the_next_claims_pass_the_stalled_tenant_over_without_waiting_again(
