@@ -570,3 +570,15 @@ def test_the_answers_enums_are_the_models_choices(document):
     assert schemas["EventStatusEnum"]["enum"] == WebhookEvent.Status.values
     assert schemas["ProviderEnum"]["enum"] == sorted(PROVIDERS)
     assert schemas["PayloadFilterOperatorEnum"]["enum"] == list(OPERATORS)
+
+
+def test_every_enum_is_named_for_what_it_is_not_for_its_field_alone(document):
+    # drf-spectacular names an enum after its field ("StateEnum") unless told: a generated client
+    # then has a type that says nothing, and a second "state" field would rename it.
+    schemas = document["components"]["schemas"]
+    bare = {name for name in schemas if name in {"StateEnum", "StatusEnum", "TypeEnum", "KindEnum"}}
+    assert not bare
+    accepted = operation(document, "/api/v1/sources/{source_id}", "DELETE")["responses"]["202"]
+    state = _resolve(document, accepted["content"]["application/json"]["schema"])["properties"]["state"]
+    assert state == {"$ref": "#/components/schemas/SourceDeletionStateEnum"}
+    assert _resolve(document, state)["enum"] == ["deleting"]
