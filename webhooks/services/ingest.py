@@ -541,7 +541,18 @@ def _reject(
             ),
             remote_ip=remote_ip,
         )
-        if not _insert_while_the_source_is_open(record):
+        try:
+            source_open = _insert_while_the_source_is_open(record)
+        except (DataError, UnicodeError) as exc:
+            # The request is refused all the same; only its record is lost (logged by its kind:
+            # PostgreSQL's message for a refused value quotes the value).
+            logger.warning(
+                "ingest: the record of a request refused for source %s cannot be stored: %s",
+                source.pk,
+                describe_database_error(exc),
+            )
+            source_open = True  # as far as this request knows
+        if not source_open:
             _source_cache.pop(source.ingest_token, None)
             return _error(404, "unknown_source", "no active source has this ingest URL")
     # INFO: the sender's or the tenant's trouble (the tenant sees it on the source's page), not the

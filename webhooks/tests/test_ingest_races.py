@@ -277,3 +277,20 @@ def test_a_value_the_database_refuses_is_logged_by_its_kind_not_with_the_value(
     assert len(logged) == 1, [record.getMessage() for record in caplog.records]
     assert "InvalidTextRepresentation (22P02)" in logged[0]  # still says why
     assert "hdr_marker_e93" not in caplog.text and "evt_value_marker_51d" not in caplog.text
+
+
+@pytest.mark.parametrize("storage_path", ["direct_insert"], indirect=True)
+def test_a_refused_requests_record_the_database_refuses_still_answers_the_refusal(
+    storage_path, organization, value_refusing_trigger, caplog
+):
+    # The record is kept for the tenant to see why; a value the database refuses in it must not
+    # turn the sender's 401 into a 500, nor put the value in the logs.
+    source = make_source(organization)
+    body = '{"id":"evt_badly_signed_4e0","object":"event","type":"invoice.paid"}'
+    with caplog.at_level(logging.INFO):
+        answer = post_stripe(_client(), source, body, "whsec_not_the_secret", HTTP_X_QUANTITY="hdr_marker_0b7")
+    assert answer.status_code == 401, answer.content
+    assert answer.json()["error"] == "no_matching_secret"
+    assert not WebhookEvent.objects.exists()
+    assert "InvalidTextRepresentation (22P02)" in caplog.text
+    assert "hdr_marker_0b7" not in caplog.text
