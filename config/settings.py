@@ -428,6 +428,7 @@ SPECTACULAR_SETTINGS = {
         "PayloadFilterOperatorEnum": "webhooks.services.payload_filters.OPERATORS",
         "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
         "EventStatusEnum": "webhooks.models.WebhookEvent.Status",
+        "SourceDeletionStateEnum": "webhooks.api.schema.SOURCE_DELETION_STATES",
     },
     "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
     "POSTPROCESSING_HOOKS": [

@@ -12,6 +12,45 @@ from django_celery_beat.models import (
 
 from organizations.admin import AuditedAdminMixin
 
+# What a periodic task runs and how it is sent: beat sends any registered task, with any arguments.
+WHAT_A_TASK_RUNS = ("regtask", "task", "args", "kwargs", "headers", "queue", "exchange", "routing_key", "priority")
+
+
+class PeriodicTaskForm(beat_admin.PeriodicTaskForm):
+    """A periodic task's form, where only a superuser chooses what a task runs (see
+    WhatRunsIsASuperusersMixin): for other staff those fields are shown, disabled, and what a
+    request posts for them is ignored (a disabled field keeps the task's own value)."""
+
+    chooses_what_runs = True  # set for each request by WhatRunsIsASuperusersMixin.get_form
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.chooses_what_runs:
+            for name in WHAT_A_TASK_RUNS:
+                if name in self.fields:
+                    self.fields[name].disabled = True
+
+
+class WhatRunsIsASuperusersMixin:
+    """Only a superuser adds a periodic task or changes what one runs.
+
+    The project's periodic tasks are defined in code (settings.CELERY_BEAT_SCHEDULE, installed by
+    install_periodic_tasks and by beat at start-up); the admin is where an operator switches them
+    off and on, changes their schedule, or runs one now. A staff account allowed to add or change
+    periodic tasks could otherwise have beat run any registered task with any arguments (delete a
+    tenant's organization or source, send an email anywhere), which none of its other permissions
+    would let it do."""
+
+    form = PeriodicTaskForm
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser and super().has_add_permission(request)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)  # a class made for this request
+        form.chooses_what_runs = request.user.is_superuser
+        return form
+
 
 class ActionsNeedChangePermissionMixin:
     """django-celery-beat's actions (enable, disable, toggle, run) name no permission, so Django
@@ -29,15 +68,19 @@ class ActionsNeedChangePermissionMixin:
         }
 
 
-for model, base in (
-    (PeriodicTask, beat_admin.PeriodicTaskAdmin),
-    (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
-    (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
-    (SolarSchedule, beat_admin.SolarScheduleAdmin),
-    (ClockedSchedule, beat_admin.ClockedScheduleAdmin),
+for model, base, restrictions in (
+    (PeriodicTask, beat_admin.PeriodicTaskAdmin, (WhatRunsIsASuperusersMixin,)),
+    (IntervalSchedule, beat_admin.IntervalScheduleAdmin, ()),
+    (CrontabSchedule, beat_admin.CrontabScheduleAdmin, ()),
+    (SolarSchedule, beat_admin.SolarScheduleAdmin, ()),
+    (ClockedSchedule, beat_admin.ClockedScheduleAdmin, ()),
 ):
     admin.site.unregister(model)
     admin.site.register(
         model,
-        type(base.__name__, (ActionsNeedChangePermissionMixin, AuditedAdminMixin, base), {"__module__": __name__}),
+        type(
+            base.__name__,
+            (*restrictions, ActionsNeedChangePermissionMixin, AuditedAdminMixin, base),
+            {"__module__": __name__},
+        ),
     )

@@ -34,7 +34,15 @@ from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError, counted
 from webhooks.providers.registry import UnknownProvider, get_provider
 
-from .ingest_writer import NewEvent, SourceClosed, event_id_digest, refusal_of_row, store_event, writer
+from .ingest_writer import (
+    NewEvent,
+    SourceClosed,
+    describe_database_error,
+    event_id_digest,
+    refusal_of_row,
+    store_event,
+    writer,
+)
 from .processing import schedule_event_processing
 from .rejected_records import forget_local_counts, may_keep_rejection
 from .secret_use import record_secret_match
@@ -207,7 +215,10 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
                 transaction.on_commit(lambda: schedule_event_processing(from_ingest=True))
     except (DataError, UnicodeError) as exc:
         # A value the database refuses must be a clear 4xx, never a 500 (nothing was stored).
-        logger.warning("ingest: source %s sent a request that cannot be stored: %s", source.pk, exc)
+        # By its kind, not its message: PostgreSQL's message for a refused value quotes the value.
+        logger.warning(
+            "ingest: source %s sent a request that cannot be stored: %s", source.pk, describe_database_error(exc)
+        )
         return _error(400, "unstorable_request", "the request holds a value that cannot be stored")
     event_id, inserted = stored
     # The line an operator finds a webhook by (its event id, or the provider's), where the
@@ -530,7 +541,18 @@ def _reject(
             ),
             remote_ip=remote_ip,
         )
-        if not _insert_while_the_source_is_open(record):
+        try:
+            source_open = _insert_while_the_source_is_open(record)
+        except (DataError, UnicodeError) as exc:
+            # The request is refused all the same; only its record is lost (logged by its kind:
+            # PostgreSQL's message for a refused value quotes the value).
+            logger.warning(
+                "ingest: the record of a request refused for source %s cannot be stored: %s",
+                source.pk,
+                describe_database_error(exc),
+            )
+            source_open = True  # as far as this request knows
+        if not source_open:
             _source_cache.pop(source.ingest_token, None)
             return _error(404, "unknown_source", "no active source has this ingest URL")
     # INFO: the sender's or the tenant's trouble (the tenant sees it on the source's page), not the

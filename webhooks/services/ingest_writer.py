@@ -149,6 +149,12 @@ class RowRefused(OperationalError):
     writer ran the INSERT. The message names the error, never the row's values."""
 
 
+class UnstorableRow(DataError):
+    """A value of the row cannot be stored (answered 400), told by describe_database_error: how the
+    writer process's refusal reaches the web process, and how a value psycopg cannot encode is
+    answered. Its message is safe to log."""
+
+
 def refusal_of_row(exc: DatabaseError, source_id: int) -> SourceClosed | RowRefused:
     """What a request answers when the database refused its row (or its signature nonce's) with
     ``exc``, which is neither a DataError nor a connection failure; logged here, once.
@@ -171,12 +177,23 @@ def refusal_of_row(exc: DatabaseError, source_id: int) -> SourceClosed | RowRefu
 
 
 def describe_database_error(exc: BaseException) -> str:
-    """The error's kind, code and primary message: never its DETAIL, where PostgreSQL puts the
-    failing row's values (the body and headers) for a constraint violation."""
-    cause = exc.__cause__ if isinstance(exc.__cause__, psycopg.Error) else exc
+    """The error's kind and code, safe to log: never a webhook's content.
+
+    PostgreSQL quotes the failing row's values (the body and headers) in a constraint violation's
+    DETAIL, and a value it cannot take (a DataError) in that error's primary message ('invalid
+    input syntax for type integer: "<value>"'), DETAIL and CONTEXT. So a constraint's refusal is
+    told by its primary message (which names the constraint), a value's by its column only; a
+    value psycopg cannot encode by the reason, not the character."""
+    if isinstance(exc, (RowRefused, UnstorableRow)):
+        return str(exc)  # made of a description already
+    cause = exc.__cause__ if isinstance(exc.__cause__, psycopg.Error | UnicodeError) else exc
+    if isinstance(cause, psycopg.DataError):
+        column = f", column {cause.diag.column_name}" if cause.diag.column_name else ""
+        return f"{type(cause).__name__} ({cause.diag.sqlstate}{column})"
     if isinstance(cause, psycopg.Error):
-        diag = cause.diag
-        return f"{type(cause).__name__} ({diag.sqlstate}): {diag.message_primary}"
+        return f"{type(cause).__name__} ({cause.diag.sqlstate}): {cause.diag.message_primary}"
+    if isinstance(cause, UnicodeEncodeError | UnicodeDecodeError):
+        return f"{type(cause).__name__}: {cause.reason}"
     return type(exc).__name__
 
 
@@ -593,7 +610,7 @@ def commit_batch(batch: list[_PendingWrite], *, schedule: bool = True) -> bool:
             elif isinstance(exc, DatabaseError):
                 _fail(batch, refusal_of_row(exc, batch[0].event.source_id))
             else:
-                _fail(batch, DataError(str(exc)))
+                _fail(batch, UnstorableRow(describe_database_error(exc)))
             return False
         # One unstorable row must not fail the requests that share its batch.
         return _commit_one_by_one(batch, schedule)

@@ -37,9 +37,11 @@ from django.db import DataError, OperationalError
 from .ingest_writer import (
     NewEvent,
     SourceClosed,
+    UnstorableRow,
     WriterTimeout,
     _PendingWrite,
     commit_batch,
+    describe_database_error,
     schedule_processing_of_new_events,
 )
 
@@ -141,7 +143,11 @@ def encode_reply(pending: _PendingWrite) -> bytes:
         kind = REPLY_UNSTORABLE
     else:
         kind = REPLY_UNAVAILABLE
-    message = str(pending.error or "no outcome").encode("utf-8", "replace")[:1000]
+    if kind == REPLY_UNSTORABLE:
+        # Logged by the web process: PostgreSQL's message for a refused value quotes the value.
+        message = describe_database_error(pending.error).encode("utf-8", "replace")[:1000]
+    else:
+        message = str(pending.error or "no outcome").encode("utf-8", "replace")[:1000]
     return _REPLY.pack(kind, bytes(16), False, len(message)) + message
 
 
@@ -334,7 +340,7 @@ class WriterProcessClient:
         if kind == REPLY_STORED:
             return uuid.UUID(bytes=raw_id), inserted
         if kind == REPLY_UNSTORABLE:
-            raise DataError(message)
+            raise UnstorableRow(message)
         if kind == REPLY_SOURCE_CLOSED:
             raise SourceClosed(message)
         raise OperationalError(message)

@@ -104,6 +104,78 @@ def test_a_staff_account_allowed_to_change_periodic_tasks_can_switch_them_off(cl
     assert AuditLog.objects.filter(action="admin.django_celery_beat.periodictask.action.disable_tasks").exists()
 
 
+def periodic_task_form(client, periodic: PeriodicTask, **changes) -> dict:
+    """The task's change form as the admin shows it, with ``changes``, ready to post."""
+    form = (
+        client.get(reverse("admin:django_celery_beat_periodictask_change", args=[periodic.pk]))
+        .context["adminform"]
+        .form
+    )
+    data = {}
+    for name in form.fields:
+        value = form[name].value()
+        if isinstance(value, list | tuple):  # a date and a time, posted apart
+            data.update({f"{name}_{index}": part or "" for index, part in enumerate(value)})
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = "" if value is None else value
+    data.update(changes)
+    return data
+
+
+def test_a_staff_account_allowed_to_change_periodic_tasks_cannot_choose_what_they_run(client):
+    # Otherwise it could have beat run any registered task (an organization's deletion, say) with
+    # any arguments: what a task runs is a superuser's to choose, or the code's.
+    call_command("install_periodic_tasks")
+    sweep = PeriodicTask.objects.get(name="hookline-sweep")
+    client.force_login(staff_with("view_periodictask", "change_periodictask", "add_periodictask"))
+    url = reverse("admin:django_celery_beat_periodictask_change", args=[sweep.pk])
+    posted = periodic_task_form(
+        client,
+        sweep,
+        regtask="webhooks.tasks.purge_expired_events",
+        task="webhooks.tasks.purge_expired_events",
+        args="[1, 2]",
+        kwargs='{"organization_id": 1}',
+        headers='{"x": 1}',
+        queue="elsewhere",
+        description="looked at by ops",
+    )
+    posted.pop("enabled", None)  # what such an account may do: switch it off, describe it
+    response = client.post(url, posted)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    sweep.refresh_from_db()
+    assert (sweep.task, sweep.args, sweep.kwargs, sweep.headers, sweep.queue) == (
+        "webhooks.tasks.sweep",
+        "[]",
+        "{}",
+        "{}",
+        None,
+    )
+    assert not sweep.enabled and sweep.description == "looked at by ops"
+
+    before = PeriodicTask.objects.count()
+    assert client.get(reverse("admin:django_celery_beat_periodictask_add")).status_code == 403
+    added = client.post(
+        reverse("admin:django_celery_beat_periodictask_add"),
+        {**posted, "name": "mine", "task": "webhooks.tasks.purge_expired_events", "enabled": "on"},
+    )
+    assert added.status_code == 403 and PeriodicTask.objects.count() == before
+
+
+def test_a_superuser_still_chooses_what_a_periodic_task_runs(admin):
+    call_command("install_periodic_tasks")
+    retention = PeriodicTask.objects.get(name="hookline-retention")
+    url = reverse("admin:django_celery_beat_periodictask_change", args=[retention.pk])
+    response = admin.post(url, periodic_task_form(admin, retention, task="webhooks.tasks.sweep", args="[]"))
+    assert response.status_code == 302
+    retention.refresh_from_db()
+    assert retention.task == "webhooks.tasks.sweep"
+    assert admin.get(reverse("admin:django_celery_beat_periodictask_add")).status_code == 200
+
+
 # --- From an event to its destinations ----------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from organizations.models import ApiKey
+from webhooks.api import schema_view
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
 from webhooks.models import Delivery, Destination, WebhookEvent
@@ -545,6 +546,33 @@ def test_a_client_built_on_the_documents_server_reaches_the_urls_the_api_answers
     assert created["Location"] == server["url"] + f"/api/v1/sources/{created.json()['id']}"
 
 
+def test_the_document_is_rendered_once_per_process_whoever_asks(client, db, monkeypatch):
+    # Anyone may ask for it without a key, as often as they like: rendering its 280 kB anew for
+    # each request (and HEAD) was the cost of an anonymous caller's loop.
+    rendered = []
+    for renderer in ApiSchemaView.renderer_classes:
+        real_render = renderer.render
+
+        def counted_render(self, *args, real_render=real_render, **kwargs):
+            rendered.append(type(self).media_type)
+            return real_render(self, *args, **kwargs)
+
+        monkeypatch.setattr(renderer, "render", counted_render)
+    schema_view.rendered_api_document.cache_clear()
+
+    answers = [client.get("/api/v1/schema?format=yaml") for _ in range(3)]
+    answers.append(client.head("/api/v1/schema?format=yaml"))
+    assert rendered == ["application/vnd.oai.openapi"]
+    assert answers[0].content == answers[1].content and yaml.safe_load(answers[0].content)["paths"]
+    assert answers[0]["Content-Type"] == "application/vnd.oai.openapi; charset=utf-8"
+
+    indented = [client.get("/api/v1/schema", HTTP_ACCEPT="application/json; indent=2") for _ in range(2)]
+    plain = client.get("/api/v1/schema")
+    assert rendered.count("application/json") == 2  # one per variant: indent 2, and the default (4)
+    assert indented[0].json() == plain.json() and indented[0].content != plain.content
+    assert indented[0]["Content-Type"] == plain["Content-Type"] == "application/json"
+
+
 def test_the_document_endpoint_refuses_in_the_apis_error_shape(client, db):
     response = client.get("/api/v1/schema", HTTP_ACCEPT="text/html")
     assert response.status_code == 406 and set(response.json()) == {"error", "detail"}
@@ -570,3 +598,15 @@ def test_the_answers_enums_are_the_models_choices(document):
     assert schemas["EventStatusEnum"]["enum"] == WebhookEvent.Status.values
     assert schemas["ProviderEnum"]["enum"] == sorted(PROVIDERS)
     assert schemas["PayloadFilterOperatorEnum"]["enum"] == list(OPERATORS)
+
+
+def test_every_enum_is_named_for_what_it_is_not_for_its_field_alone(document):
+    # drf-spectacular names an enum after its field ("StateEnum") unless told: a generated client
+    # then has a type that says nothing, and a second "state" field would rename it.
+    schemas = document["components"]["schemas"]
+    bare = {name for name in schemas if name in {"StateEnum", "StatusEnum", "TypeEnum", "KindEnum"}}
+    assert not bare
+    accepted = operation(document, "/api/v1/sources/{source_id}", "DELETE")["responses"]["202"]
+    state = _resolve(document, accepted["content"]["application/json"]["schema"])["properties"]["state"]
+    assert state == {"$ref": "#/components/schemas/SourceDeletionStateEnum"}
+    assert _resolve(document, state)["enum"] == ["deleting"]

@@ -235,3 +235,62 @@ def test_a_refused_request_whose_source_is_deleted_while_its_record_is_inserted_
     assert answer.status_code == 404, answer.content
     assert answer.json()["error"] == "unknown_source"
     assert not WebhookEvent.objects.exists()
+
+
+@pytest.fixture
+def value_refusing_trigger():
+    """A trigger a deploy added that takes a header's value as a number: PostgreSQL refuses the row
+    with a DataError whose message quotes that value ('invalid input syntax for type integer: "…"'),
+    and whose CONTEXT quotes more of the row."""
+    table = WebhookEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_header_as_number() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF NEW.headers ? 'X-Quantity' THEN PERFORM (NEW.headers->>'X-Quantity')::integer; END IF; "
+            "RETURN NEW; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER test_header_as_number BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION test_header_as_number()"
+        )
+    yield "X-Quantity"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER IF EXISTS test_header_as_number ON {table}")
+        cursor.execute("DROP FUNCTION IF EXISTS test_header_as_number()")
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_a_value_the_database_refuses_is_logged_by_its_kind_not_with_the_value(
+    storage_path, organization, value_refusing_trigger, caplog
+):
+    # A DataError's message quotes the value it refused (and its CONTEXT more of the row): a
+    # webhook's headers and body are the tenant's data, never written to the operator's logs.
+    source = make_source(organization)
+    body = '{"id":"evt_value_marker_51d","object":"event","type":"invoice.paid"}'
+    with caplog.at_level(logging.INFO):
+        answer = post_stripe(_client(), source, body, STRIPE_SECRET, HTTP_X_QUANTITY="hdr_marker_e93")
+
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["error"] == "unstorable_request"
+    assert not WebhookEvent.objects.exists()
+    logged = [record.getMessage() for record in caplog.records if "cannot be stored" in record.getMessage()]
+    assert len(logged) == 1, [record.getMessage() for record in caplog.records]
+    assert "InvalidTextRepresentation (22P02)" in logged[0]  # still says why
+    assert "hdr_marker_e93" not in caplog.text and "evt_value_marker_51d" not in caplog.text
+
+
+@pytest.mark.parametrize("storage_path", ["direct_insert"], indirect=True)
+def test_a_refused_requests_record_the_database_refuses_still_answers_the_refusal(
+    storage_path, organization, value_refusing_trigger, caplog
+):
+    # The record is kept for the tenant to see why; a value the database refuses in it must not
+    # turn the sender's 401 into a 500, nor put the value in the logs.
+    source = make_source(organization)
+    body = '{"id":"evt_badly_signed_4e0","object":"event","type":"invoice.paid"}'
+    with caplog.at_level(logging.INFO):
+        answer = post_stripe(_client(), source, body, "whsec_not_the_secret", HTTP_X_QUANTITY="hdr_marker_0b7")
+    assert answer.status_code == 401, answer.content
+    assert answer.json()["error"] == "no_matching_secret"
+    assert not WebhookEvent.objects.exists()
+    assert "InvalidTextRepresentation (22P02)" in caplog.text
+    assert "hdr_marker_0b7" not in caplog.text
