@@ -309,3 +309,21 @@ def page(browser):
     opened.set_default_timeout(10_000)
     yield opened
     context.close()
+
+
+@pytest.fixture
+def organization_ids_from():
+    """Makes the next organizations' ids start at a given value; puts the sequence back afterwards."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence('organizations_organization', 'id')")
+        [sequence] = cursor.fetchone()
+        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")
+        saved = cursor.fetchone()
+
+    def start_at(first_id: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setval(%s, %s, false)", [sequence, first_id])
+
+    yield start_at
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(%s, %s, %s)", [sequence, *saved])

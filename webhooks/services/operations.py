@@ -319,7 +319,10 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
     require_configure_role(organization=organization, actor=actor)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_BULK_RETRY_LOCK_SPACE, organization.pk])
+            # The two-key form takes 32-bit keys, and ids are bigint: past 2**31 - 1 the id is folded
+            # (two organizations then share the lock, which only makes them wait for each other).
+            key = organization.pk % 2**31
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s::integer)", [_BULK_RETRY_LOCK_SPACE, key])
     if Organization.objects.filter(pk=organization.pk, deletion_requested_at__isnull=False).exists():
         raise OperationError("the organization is being deleted: nothing more is sent")
     destination_id = filters.get("destination") or None

@@ -252,3 +252,22 @@ def test_the_jobs_are_listed_newest_first_as_each_one_is_shown(client, organizat
     for params, field in (({"status": "dead"}, "status"), ({"destination": world["billing"].pk}, "destination")):
         refused = api_get(client, reader, "/api/v1/bulk_retries", **params)
         assert refused.status_code == 400 and list(refused.json()["fields"]) == [field], refused.content
+
+
+def test_an_organization_id_past_32_bits_can_ask_for_a_bulk_retry(client, organization, organization_ids_from):
+    # Organization ids are bigint: the lock that serializes an organization's requests took the id
+    # as it was, and PostgreSQL has no pg_advisory_xact_lock(integer, bigint): every request was a 500.
+    from organizations.services import organization_create
+
+    organization_ids_from(2**31 + organization.pk)
+    large = organization_create(name="Initech", slug="initech", owner_email="owner@initech.example")
+    assert large.pk > 2**31
+    source = make_source(large)
+    destination, _ = make_destination(large, "http://127.0.0.1:9/hook", sources=[source])
+    make_delivery(make_event(source), destination)
+    _, key = make_key(large, access=ApiKey.Access.READ_WRITE, name="ops-script")
+
+    response = _retry(client, key)
+
+    assert response.status_code == 202, response.content
+    assert BulkRetry.objects.filter(organization=large).count() == 1

@@ -149,24 +149,6 @@ def in_flight_of(organization) -> int:
     return Delivery.objects.filter(organization=organization, status=Delivery.Status.IN_FLIGHT).count()
 
 
-@pytest.fixture
-def organization_ids_from():
-    """Makes the next organizations' ids start at a given value; puts the sequence back afterwards."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_get_serial_sequence('organizations_organization', 'id')")
-        [sequence] = cursor.fetchone()
-        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")
-        saved = cursor.fetchone()
-
-    def start_at(first_id: int) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT setval(%s, %s, false)", [sequence, first_id])
-
-    yield start_at
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT setval(%s, %s, %s)", [sequence, *saved])
-
-
 def test_organizations_with_ids_past_32_bits_are_claimed_within_their_caps(organization, organization_ids_from):
     # Organization ids are bigint: one past 2**31 - 1 must neither fail every claim that reaches
     # its destinations (for every tenant) nor escape its cap. Its claim lock's key here is the same
