@@ -8,6 +8,7 @@ document with real answers (webhooks/tests/test_api_schema.py).
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.extensions import (
     OpenApiAuthenticationExtension,
     OpenApiSerializerExtension,
@@ -19,10 +20,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
+from webhooks.models import Destination
 from webhooks.services.delivery_waits import DELIVERY_WAITS
+from webhooks.services.destinations import MAX_EVENT_TYPE_PATTERN_CHARS, MIN_ATTEMPTS, max_attempts_allowed
+from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS
+from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
 from .serializers import DestinationSerializer, SourceSerializer
+from .serializers_manage import AllowedNetworksMixin, DestinationSerializerBase
 
 API_PREFIX = "/api/v1/"
 
@@ -190,6 +196,67 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         }
 
 
+# --- Bounds of request values ---------------------------------------------------------------------
+# The services check these (so the dashboard, the admin and the commands refuse the same values with
+# the same words), not the serializers' fields, which drf-spectacular reads bounds from: they are
+# added here, from the services' own constants, for a client to check before it sends.
+
+
+def _destination_bounds() -> dict[str, dict]:
+    # Read when the document is built (once per process): the settings' values then.
+    timeout = (
+        f"Seconds an attempt waits for the answer, from {Destination.MIN_TIMEOUT_SECONDS:g} to "
+        f"{Destination.MAX_TIMEOUT_SECONDS:g}. Attempts wait at most this server's DELIVERY_MAX_TIMEOUT_SECONDS "
+        f"({settings.DELIVERY_MAX_TIMEOUT_SECONDS:g} when this document was built), whatever is set here."
+    )
+    return {
+        "timeout_seconds": {"description": timeout},
+        "event_types": {"items": {"maxLength": MAX_EVENT_TYPE_PATTERN_CHARS}},
+        "max_concurrency": {"minimum": Destination.MIN_CONCURRENCY, "maximum": Destination.MAX_CONCURRENCY},
+        "rate_limit_per_second": {
+            "minimum": Destination.MIN_RATE_LIMIT_PER_SECOND,
+            "maximum": Destination.MAX_RATE_LIMIT_PER_SECOND,
+        },
+        "retry_schedule": {
+            "minItems": 1,
+            "maxItems": Destination.MAX_RETRY_SCHEDULE_STEPS,
+            "items": {"minimum": Destination.MIN_RETRY_WAIT_SECONDS, "maximum": Destination.MAX_RETRY_WAIT_SECONDS},
+            "description": "Seconds to wait before each retry, in order; null for the platform's schedule. "
+            f"At most {Destination.MAX_RETRY_SCHEDULE_SECONDS} seconds in all.",
+        },
+        "max_attempts": {
+            "minimum": MIN_ATTEMPTS,
+            "description": "Attempts in all, the first included; null for every step of the retry schedule. At "
+            "most one more than the retry schedule has waits (the destination's own schedule, or the platform's: "
+            f"{max_attempts_allowed()} attempts when this document was built).",
+        },
+        "max_retry_age_seconds": {
+            "minimum": Destination.MIN_RETRY_AGE_SECONDS,
+            "maximum": Destination.MAX_RETRY_AGE_SECONDS,
+        },
+        "payload_filters": {"maxItems": MAX_PAYLOAD_FILTERS},
+    }
+
+
+def _request_bounds(serializer_class) -> dict[str, dict]:
+    if issubclass(serializer_class, DestinationSerializerBase):
+        return _destination_bounds()
+    if issubclass(serializer_class, AllowedNetworksMixin):
+        return {"allowed_networks": {"maxItems": MAX_ALLOWED_NETWORKS}}
+    return {}
+
+
+def _add_bounds(properties: dict, bounds: dict[str, dict]) -> None:
+    for name, bound in bounds.items():
+        if name not in properties:
+            continue
+        target = properties[name]
+        # A field described by reference (payload_filters' list of conditions) keeps its reference.
+        if "items" in bound:
+            target["items"] = {**target["items"], **bound["items"]}
+        target.update({key: value for key, value in bound.items() if key != "items"})
+
+
 class KnownFieldsOnlySchema(OpenApiSerializerExtension):
     """A body takes its fields and no other name (KnownFieldsOnly refuses the others with a 400)."""
 
@@ -200,6 +267,8 @@ class KnownFieldsOnlySchema(OpenApiSerializerExtension):
         mapped = auto_schema._map_basic_serializer(self.target, direction)
         if direction == "request":
             mapped["additionalProperties"] = False
+            serializer_class = self.target if isinstance(self.target, type) else type(self.target)
+            _add_bounds(mapped["properties"], _request_bounds(serializer_class))
         return mapped
 
 

@@ -79,6 +79,12 @@ DELIVERY_POLICY_FIELDS = (
 # followed by where it links one.
 RECEIVES_NOTHING_WITHOUT_SOURCE = "It receives nothing until a source is linked to it."
 
+# The fewest attempts a destination may ask for: the first, with no retries.
+MIN_ATTEMPTS = 1
+# The longest event-type pattern (after its surrounding spaces are cut), as long as any provider's
+# event types come with room to spare.
+MAX_EVENT_TYPE_PATTERN_CHARS = 255
+
 
 def destination_check_url(url: str) -> None:
     """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless
@@ -319,7 +325,7 @@ def destination_check_delivery_policy(
         (
             "max_attempts",
             max_attempts,
-            1,
+            MIN_ATTEMPTS,
             most,
             "the number of attempts must be a whole number from {low} (no retries) to {high} ("
             + whose
@@ -390,8 +396,11 @@ def event_type_patterns_problem(patterns: Iterable[str]) -> str | None:
     for pattern in (pattern.strip() for pattern in patterns):
         if not pattern:
             continue
-        if len(pattern) > 255 or any(character.isspace() for character in pattern):
-            return f"“{echoable_text(pattern)}” is not an event-type pattern: no spaces, at most 255 characters"
+        if len(pattern) > MAX_EVENT_TYPE_PATTERN_CHARS or any(character.isspace() for character in pattern):
+            return (
+                f"“{echoable_text(pattern)}” is not an event-type pattern: no spaces, "
+                f"at most {MAX_EVENT_TYPE_PATTERN_CHARS} characters"
+            )
         if not _brackets_closed(pattern):
             return f"“{echoable_text(pattern)}” is not an event-type pattern: a “[” is never closed"
     return None

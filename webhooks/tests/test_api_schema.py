@@ -12,6 +12,7 @@ import re
 
 import pytest
 import yaml
+from django.conf import settings
 from django.core.management import call_command
 from django.urls import URLPattern, URLResolver, get_resolver
 
@@ -21,8 +22,9 @@ from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services.destinations import destination_create
-from webhooks.services.payload_filters import OPERATORS, parse_payload_filter_lines
+from webhooks.services.destinations import MAX_EVENT_TYPE_PATTERN_CHARS, MIN_ATTEMPTS, destination_create
+from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS, OPERATORS, parse_payload_filter_lines
+from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -446,6 +448,90 @@ def test_custom_header_values_are_described_as_text(client, organization, docume
         destination_id=world["destination"].pk,
     ).json()
     assert [header["name"] for header in changed["custom_headers"]] == ["X-Team"]
+
+
+DAY = 86400
+_EXISTS = {"path": "type", "op": "exists"}
+
+
+def _networks(count: int) -> list[str]:
+    return [f"10.0.{number // 256}.{number % 256}/32" for number in range(count)]
+
+
+# Each bound a request value has: the field, where in its component the document states it, the
+# service's constant it must be, and a value at the bound (taken) and one past it (refused).
+REQUEST_BOUNDS = [
+    ("max_concurrency", ["minimum"], Destination.MIN_CONCURRENCY, 1, 0),
+    ("max_concurrency", ["maximum"], Destination.MAX_CONCURRENCY, 50, 51),
+    ("rate_limit_per_second", ["minimum"], Destination.MIN_RATE_LIMIT_PER_SECOND, 1, 0),
+    ("rate_limit_per_second", ["maximum"], Destination.MAX_RATE_LIMIT_PER_SECOND, 1000, 1001),
+    ("max_retry_age_seconds", ["minimum"], Destination.MIN_RETRY_AGE_SECONDS, 60, 59),
+    ("max_retry_age_seconds", ["maximum"], Destination.MAX_RETRY_AGE_SECONDS, 30 * DAY, 30 * DAY + 1),
+    ("max_attempts", ["minimum"], MIN_ATTEMPTS, 1, 0),
+    ("timeout_seconds", ["minimum"], Destination.MIN_TIMEOUT_SECONDS, 1, 0.99),
+    ("timeout_seconds", ["maximum"], Destination.MAX_TIMEOUT_SECONDS, 60, 60.01),
+    ("retry_schedule", ["minItems"], 1, [5], []),
+    ("retry_schedule", ["maxItems"], Destination.MAX_RETRY_SCHEDULE_STEPS, [5] * 20, [5] * 21),
+    ("retry_schedule", ["items", "minimum"], Destination.MIN_RETRY_WAIT_SECONDS, [5], [4]),
+    ("retry_schedule", ["items", "maximum"], Destination.MAX_RETRY_WAIT_SECONDS, [7 * DAY], [7 * DAY + 1]),
+    ("event_types", ["items", "maxLength"], MAX_EVENT_TYPE_PATTERN_CHARS, ["a" * 255], ["a" * 256]),
+    ("payload_filters", ["maxItems"], MAX_PAYLOAD_FILTERS, [_EXISTS] * 10, [_EXISTS] * 11),
+    ("name", ["maxLength"], Destination._meta.get_field("name").max_length, "n" * 200, "n" * 201),
+]
+
+
+@pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
+@pytest.mark.parametrize(("field", "where", "constant", "at_bound", "past_bound"), REQUEST_BOUNDS)
+def test_request_bounds_are_in_the_document_as_the_api_enforces_them(
+    client, organization, document, world, component, field, where, constant, at_bound, past_bound
+):
+    # A generated client checks values before it sends them only if the document states the bounds,
+    # and only rightly if they are the ones the services enforce.
+    stated = document["components"]["schemas"][component]["properties"][field]
+    for key in where:
+        stated = stated[key]
+    assert stated == constant, (component, field, where)
+    api = Api(client, document, make_key(organization)[1])
+    source = world["source"].pk
+    for value, status in ((at_bound, 201), (past_bound, 400)):
+        if component == "DestinationCreateRequest":
+            body = {"name": "Bounded", "url": "http://127.0.0.1:9/b", "sources": [source], field: value}
+            response = api.call("POST", "/api/v1/destinations", body)
+        else:
+            status = 200 if status == 201 else status
+            response = api.call(
+                "PATCH",
+                "/api/v1/destinations/{destination_id}",
+                {field: value},
+                destination_id=world["destination"].pk,
+            )
+        assert response.status_code == status, (field, value, response.content)
+        if status == 400:
+            assert list(response.json()["fields"]) == [field], response.content
+
+
+def test_the_timeout_says_the_cap_this_server_puts_on_it(document):
+    description = document["components"]["schemas"]["DestinationCreateRequest"]["properties"]["timeout_seconds"][
+        "description"
+    ]
+    assert f"DELIVERY_MAX_TIMEOUT_SECONDS ({settings.DELIVERY_MAX_TIMEOUT_SECONDS:g} " in description
+
+
+@pytest.mark.parametrize(("count", "status"), [(MAX_ALLOWED_NETWORKS, 200), (MAX_ALLOWED_NETWORKS + 1, 400)])
+def test_a_sources_allowed_networks_are_bounded_in_the_document_as_in_the_api(
+    client, organization, document, world, count, status
+):
+    for component in ("SourceCreateRequest", "PatchedSourceUpdateRequest"):
+        assert document["components"]["schemas"][component]["properties"]["allowed_networks"]["maxItems"] == (
+            MAX_ALLOWED_NETWORKS
+        )
+    api = Api(client, document, make_key(organization)[1])
+    response = api.call(
+        "PATCH", "/api/v1/sources/{source_id}", {"allowed_networks": _networks(count)}, source_id=world["source"].pk
+    )
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert list(response.json()["fields"]) == ["allowed_networks"]
 
 
 def _idempotency_key_schema(document: dict) -> dict:
