@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # What reads the environment: the settings (through `env`, or `environ.Env()` before `env` exists)
 # and gunicorn's configuration, which reads it before any setting is loaded.
 READERS = (ROOT / "config" / "settings.py", ROOT / "config" / "gunicorn.conf.py")
+# A name read by a call (`env.int("NAME", …)`), or only looked for (`"NAME" not in env`: a setting
+# whose presence alone changes something); digits included (`S3_BUCKET`).
+READS = (
+    r'(?:env|Env\(\))(?:\.[a-z_]+)?\(\s*"([A-Z][A-Z0-9_]*)"',
+    r'"([A-Z][A-Z0-9_]*)"\s+(?:not\s+)?in\s+env\b',
+)
 SETTINGS_NAMES = sorted(
-    {
-        name
-        for reader in READERS
-        for name in re.findall(r'(?:env|Env\(\))(?:\.[a-z_]+)?\(\s*"([A-Z_]+)"', reader.read_text())
-    }
+    {name for reader in READERS for pattern in READS for name in re.findall(pattern, reader.read_text())}
 )
 PROCFILE_NAMES = set(re.findall(r"\$\{?([A-Z_]+)", (ROOT / "Procfile").read_text()))
 README = (ROOT / "README.md").read_text()
@@ -130,3 +132,20 @@ def test_served_over_https_cookies_are_secure_and_browsers_are_told_to_stay():
         "hsts": 31_536_000,
     }
     assert _settings_in_a_fresh_interpreter("http://127.0.0.1:8000") == {"session": False, "csrf": False, "hsts": 0}
+
+
+def test_every_pinned_package_is_in_the_readmes_dependencies():
+    # Each pin says why it is there in the README: one added without a reason is one nobody can
+    # later tell whether to drop.
+    section = README[README.index("## Dependencies, and why each is there") :].lower()
+    pinned = {
+        re.split(r"[\[=<>~ ]", line.strip())[0].lower()
+        for requirements in (ROOT / "requirements").glob("*.txt")
+        for line in requirements.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "-"))
+    }
+    assert len(pinned) > 20
+    named = set(re.findall(r"[a-z0-9_.-]+", section))
+    # Spelt either way in prose: slack_sdk / slack-sdk.
+    unexplained = [n for n in pinned if not {n, n.replace("-", "_"), n.replace("_", "-")} & named]
+    assert sorted(unexplained) == []
