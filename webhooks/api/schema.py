@@ -149,6 +149,7 @@ class ApiAutoSchema(AutoSchema):
                 InvalidRequestSerializer,
             ),
             401: error("No API key, or a malformed, unknown or revoked one (invalid_api_key, not_authenticated)."),
+            406: error("The Accept header names no type the API answers in: it answers JSON (not_acceptable)."),
             403: error(
                 "The organization is suspended or being deleted (organization_inactive)"
                 + ("; or the key is read-only (read_only_key)." if self.method not in ("GET", "HEAD") else ".")

@@ -214,7 +214,7 @@ def test_every_operation_documents_the_refusals_every_view_may_answer(document):
     for path, operations in document["paths"].items():
         for method, described in operations.items():
             codes = set(described["responses"])
-            assert {"400", "401", "403", "429"} <= codes, (method, path)
+            assert {"400", "401", "403", "406", "429"} <= codes, (method, path)
             assert described["security"] == [{"apiKey": []}]
             if "{" in path:
                 assert "404" in codes, (method, path)
@@ -586,6 +586,9 @@ def test_refusals_answer_as_documented(client, organization, document, world):
     )
     assert response.status_code == 400
     answer_as_documented(document, response, "/api/v1/deliveries/retry", "POST")
+    response = client.get("/api/v1/events", HTTP_ACCEPT="text/html", HTTP_AUTHORIZATION=f"Bearer {reader.key}")
+    assert response.status_code == 406
+    answer_as_documented(document, response, "/api/v1/events", "GET")
     first = client.post(
         "/api/v1/deliveries/retry",
         {},
