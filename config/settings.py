@@ -24,6 +24,15 @@ VAR_DIR = Path(environ.Env().str("HOOKLINE_VAR_DIR", default=str(BASE_DIR / "var
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def _given(name: str) -> bool:
+    """Whether an optional variable holds a value. A platform's form field left empty (Heroku's
+    app.json, Render's sync: false) or an emptied line of a .env copy sets it to "": that means
+    "use the default", where it crashed start-up (EMAIL_URL, LOG_LEVEL) or emptied a list that
+    turned every page into a 400 (ALLOWED_HOSTS)."""
+    return bool(env.str(name, default="").strip())
+
+
 EMBEDDED = "DATABASE_URL" not in env
 
 if EMBEDDED:
@@ -49,11 +58,16 @@ if _public_origin.scheme not in ("http", "https") or not _public_origin.hostname
     raise ImproperlyConfigured(
         f"PUBLIC_BASE_URL must be an absolute http(s) URL such as https://hooks.example.com, not {PUBLIC_BASE_URL!r}"
     )
-ALLOWED_HOSTS = env.list(
-    "ALLOWED_HOSTS",
-    default=[urlsplit(PUBLIC_BASE_URL).hostname, "localhost", "127.0.0.1", "testserver"],
-)
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[PUBLIC_BASE_URL])
+# ALLOWED_HOSTS and CSRF_TRUSTED_ORIGINS add names to PUBLIC_BASE_URL's, as .env.example says:
+# replacing them made the host that ingest URLs and sign-in links name answer 400 to every page.
+ALLOWED_HOSTS = [urlsplit(PUBLIC_BASE_URL).hostname, "localhost", "127.0.0.1", "testserver"]
+for _host in env.list("ALLOWED_HOSTS", default=[]):
+    if _host.strip() and _host.strip() not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_host.strip())
+CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL]
+for _origin in env.list("CSRF_TRUSTED_ORIGINS", default=[]):
+    if _origin.strip() and _origin.strip().rstrip("/") not in CSRF_TRUSTED_ORIGINS:
+        CSRF_TRUSTED_ORIGINS.append(_origin.strip().rstrip("/"))
 # Behind Heroku/Render's router the scheme arrives in X-Forwarded-Proto.
 if env.bool("TRUST_X_FORWARDED_PROTO", default=not EMBEDDED):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -61,7 +75,9 @@ if env.bool("TRUST_X_FORWARDED_PROTO", default=not EMBEDDED):
 # stay on https. No redirect to https: providers do not follow one with their POST body.
 SERVED_OVER_HTTPS = PUBLIC_BASE_URL.startswith("https://")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if SERVED_OVER_HTTPS else 0)
+SECURE_HSTS_SECONDS = (
+    env.int("SECURE_HSTS_SECONDS") if _given("SECURE_HSTS_SECONDS") else 31_536_000 if SERVED_OVER_HTTPS else 0
+)
 # Pages (dashboard, sign-in, admin) load only Hookline's own files: no inline script or style,
 # no plugins, no <base>, forms post only here, no framing (X-Frame-Options says the same to older
 # browsers). Responses that are not HTML get "default-src 'none'" (config/content_security_policy.py).
@@ -219,8 +235,10 @@ else:
     }
 
 # "localhost" only so that kombu does not warn that the (unused) host name is missing.
+# An empty CELERY_BROKER_URL (.env.example's line uncommented) is unset: Celery read "" as its own
+# default, amqp://localhost, where no broker listens.
 CELERY_BROKER_URL = _with_certificate_check(
-    env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
+    env.str("CELERY_BROKER_URL") if _given("CELERY_BROKER_URL") else REDIS_URL or "filesystem://localhost/"
 )
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
@@ -289,9 +307,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Email --------------------------------------------------------------------
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_CONFIG = env.email_url("EMAIL_URL") if _given("EMAIL_URL") else env.email_url_config("consolemail://")
 vars().update(EMAIL_CONFIG)
-DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Hookline <hookline@localhost>")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL") if _given("DEFAULT_FROM_EMAIL") else "Hookline <hookline@localhost>"
 
 # --- Passwordless sign-in and invitations ------------------------------------
 SIGN_IN_LINK_TTL_SECONDS = env.int("SIGN_IN_LINK_TTL_SECONDS", default=15 * 60)
@@ -494,7 +512,7 @@ LOGGING = {
             ],
         }
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL").upper() if _given("LOG_LEVEL") else "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # Django's defaults give these handlers of their own (console when DEBUG, mail_admins),

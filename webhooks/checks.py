@@ -18,3 +18,21 @@ def private_destinations_are_refused_on_a_server(app_configs, **kwargs):
             id="hookline.W002",
         )
     ]
+
+
+@register(Tags.caches, deploy=True)
+def a_server_shares_its_broker(app_configs, **kwargs):
+    """Without REDIS_URL the broker and the cache are files under var/. On a platform the web,
+    worker and beat processes run on machines of their own, each with its own var/: webhooks were
+    accepted and stored, then never processed, and only the processing health said so."""
+    if settings.EMBEDDED or not settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        return []
+    return [
+        Warning(
+            "REDIS_URL is not set: the Celery broker and the cache are files under "
+            f"{settings.VAR_DIR}, which only processes on this machine share; a worker elsewhere "
+            "never sees the webhooks this process accepts.",
+            hint="Set REDIS_URL (the platform's Redis or Key Value add-on) for every process.",
+            id="hookline.W003",
+        )
+    ]

@@ -98,6 +98,7 @@ def test_the_deploy_check_warns_of_private_destinations_on_a_server_and_the_read
         "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "PUBLIC_BASE_URL": "https://hooks.example.com",
         "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
     }
     assert _deploy_check_warnings(environment) == {"security.W005", "security.W008", "security.W021"}
     with_private = {**environment, "ALLOW_PRIVATE_DESTINATIONS": "true"}
@@ -106,6 +107,23 @@ def test_the_deploy_check_warns_of_private_destinations_on_a_server_and_the_read
     checked = _run([sys.executable, "manage.py", "check"], with_private)
     assert checked.returncode == 0 and "hookline.W002" not in checked.stdout + checked.stderr
     assert "`hookline.W002`" in DEPLOYING
+
+
+def test_the_deploy_check_warns_of_a_server_without_redis_and_the_readme_says_why():
+    # Render's services by hand, step 1 without REDIS_URL: every process used a broker directory of
+    # its own machine, webhooks were stored and never delivered, and `check --deploy` said nothing.
+    environment = {
+        **_base_environment(),
+        "DATABASE_URL": os.environ["DATABASE_URL"],
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "PUBLIC_BASE_URL": "https://hooks.example.com",
+        "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
+        "HOOKLINE_VAR_DIR": os.environ.get("HOOKLINE_VAR_DIR", str(ROOT / "var")),
+    }
+    assert "hookline.W003" in _deploy_check_warnings(environment)
+    assert "hookline.W003" not in _deploy_check_warnings({**environment, "REDIS_URL": "redis://localhost:6379/9"})
+    assert "`hookline.W003`" in DEPLOYING
 
 
 def _deploy_check_warnings(environment) -> set:

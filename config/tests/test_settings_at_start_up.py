@@ -1,6 +1,7 @@
 """What the settings refuse or adjust at start-up, read in a fresh interpreter as a server process would."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = Fernet.generate_key().decode()
 PRINT_SETTINGS = (
-    "import sys, json, django; sys.argv = json.loads(sys.argv[1]); django.setup(); from django.conf import settings; "
+    "import sys, json, logging, django; sys.argv = json.loads(sys.argv[1]); django.setup(); from django.conf import settings; "
     "print(json.dumps({'redis': settings.REDIS_URL, 'cache': settings.CACHES['default']['LOCATION'], "
-    "'broker': settings.CELERY_BROKER_URL, 'static': settings.STORAGES['staticfiles']['BACKEND'], 'fallbacks': settings.SECRET_KEY_FALLBACKS}))"
+    "'broker': settings.CELERY_BROKER_URL, 'static': settings.STORAGES['staticfiles']['BACKEND'], 'fallbacks': settings.SECRET_KEY_FALLBACKS, "
+    "'email': settings.EMAIL_BACKEND, 'from': settings.DEFAULT_FROM_EMAIL, 'hosts': settings.ALLOWED_HOSTS, "
+    "'origins': settings.CSRF_TRUSTED_ORIGINS, 'hsts': settings.SECURE_HSTS_SECONDS, 'log_level': logging.getLogger().level}))"
 )
 
 
@@ -89,6 +92,47 @@ def test_rediss_urls_get_the_configured_certificate_check_unless_they_name_one()
     assert settings_read(REDIS_URL="redis://localhost:6379/3")["broker"] == "redis://localhost:6379/3"
     read = settings_read(REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL=heroku, REDIS_SSL_CERT_REQS="none")
     assert read["broker"] == f"{heroku}?ssl_cert_reqs=none"
+    # .env.example's "# CELERY_BROKER_URL=" uncommented: Celery took "" for amqp://localhost.
+    assert settings_read(REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL="")["broker"] == (
+        "redis://localhost:6379/3"
+    )
+
+
+OPTIONAL_VARIABLES = (
+    "EMAIL_URL",
+    "DEFAULT_FROM_EMAIL",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "SECURE_HSTS_SECONDS",
+    "LOG_LEVEL",
+)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_optional_variables_set_blank_take_their_defaults(blank):
+    # app.json's and render.yaml's optional fields left empty, or `EMAIL_URL=` in a copy of
+    # .env.example, set the variable to "": start-up stopped on "Invalid email schema" or an
+    # unknown log level, and an empty ALLOWED_HOSTS answered 400 to every page but the probes.
+    unset = settings_read()
+    assert settings_read(**dict.fromkeys(OPTIONAL_VARIABLES, blank)) == unset
+    assert unset["email"] == "django.core.mail.backends.console.EmailBackend"
+    assert unset["hosts"] == ["hooks.example.com", "localhost", "127.0.0.1", "testserver"]
+    assert unset["origins"] == ["https://hooks.example.com"]
+    assert (unset["hsts"], unset["log_level"]) == (31_536_000, logging.INFO)
+
+
+def test_allowed_hosts_and_trusted_origins_add_to_the_public_base_urls():
+    # .env.example: "set it only to add names". Replacing the list refused PUBLIC_BASE_URL's own host,
+    # which ingest URLs and sign-in links name, with a 400.
+    read = settings_read(
+        ALLOWED_HOSTS="hooks.acme.example,localhost", CSRF_TRUSTED_ORIGINS="https://hooks.acme.example/"
+    )
+    assert read["hosts"] == ["hooks.example.com", "localhost", "127.0.0.1", "testserver", "hooks.acme.example"]
+    assert read["origins"] == ["https://hooks.example.com", "https://hooks.acme.example"]
+
+
+def test_a_lower_case_log_level_is_read():
+    assert settings_read(LOG_LEVEL="warning")["log_level"] == logging.WARNING
 
 
 def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
