@@ -263,6 +263,13 @@ else:
     }
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="hookline")
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend is configured and no task's result is kept, so there is nothing to expire.
+# Celery's default (1 day) had beat install its own daily `celery.backend_cleanup` task (django-celery-beat's
+# DatabaseScheduler adds it whenever result_expires is set, whatever the backend): a task that does
+# nothing here, yet listed among Hookline's periodic tasks, "last sent never" until 04:00. Not creating
+# it is better than hiding it from the health check, which lists every periodic task on purpose (an
+# operator's own among them). install_periodic_tasks removes the one an earlier beat created.
+CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -815,6 +816,17 @@ def test_periodic_tasks_are_installed_idempotently_and_editable_with_audit(admin
     call_command("install_periodic_tasks")
     task.refresh_from_db()
     assert not task.enabled
+
+
+def test_installing_the_periodic_tasks_words_their_schedules_the_same_every_time():
+    """A new interval printed "every 5.0 seconds", the same one read back "every 5 seconds"."""
+    first, again = StringIO(), StringIO()
+    call_command("install_periodic_tasks", stdout=first)
+    call_command("install_periodic_tasks", stdout=again)
+    assert "hookline-dead-letter-digests: webhooks.tasks.send_dead_letter_digests every 5 min (created)" in (
+        first.getvalue()
+    )
+    assert first.getvalue().replace("(created)", "(up to date)") == again.getvalue()
 
 
 def test_no_admin_page_ever_shows_a_secret(admin, setup):

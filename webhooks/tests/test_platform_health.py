@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from io import StringIO
 
 import django_celery_beat.schedulers
 import pytest
@@ -166,6 +167,36 @@ def test_beat_records_each_task_it_sends_at_once_so_a_fresh_deploy_does_not_look
     assert len(sent) == 1
     assert PeriodicTask.objects.get(name="hookline-sweep").last_run_at is not None
     assert processing_health().verdict == "ok"
+
+
+def beat_starts(monkeypatch) -> DatabaseScheduler:
+    """Beat's start-up, against this test's database: its scheduler installs the schedule it runs."""
+    # The scheduler closes the connection it thinks is stale, which would end this test's transaction.
+    monkeypatch.setattr(django_celery_beat.schedulers, "close_old_connections", lambda: None)
+    return DatabaseScheduler(app=celery_app)
+
+
+def test_beat_lists_only_hooklines_periodic_tasks_not_celerys_result_cleanup(monkeypatch, settings):
+    """With Celery's default result_expires, beat added `celery.backend_cleanup`, which cleans a result
+    backend Hookline does not have: the health check listed it as "last sent never" until 04:00."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    beat_starts(monkeypatch)
+    assert set(PeriodicTask.objects.values_list("name", flat=True)) == set(settings.CELERY_BEAT_SCHEDULE)
+    assert "backend_cleanup" not in run_command()[1]
+
+
+def test_installing_the_periodic_tasks_removes_the_cleanup_an_earlier_beat_installed(monkeypatch):
+    # As a beat started before result_expires was unset did (Celery's default: one day).
+    monkeypatch.setitem(celery_app.conf, "result_expires", timedelta(days=1))
+    beat_starts(monkeypatch)
+    assert PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
+    monkeypatch.undo()
+
+    out = StringIO()
+    call_command("install_periodic_tasks", stdout=out)
+    assert not PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
+    assert "celery.backend_cleanup: removed" in out.getvalue()
+    assert "backend_cleanup" not in run_command()[1]
 
 
 def test_a_disabled_tasks_old_run_does_not_hide_a_stopped_beat(beat_and_worker_running):
