@@ -474,3 +474,13 @@ def test_forged_cursor_positions_out_of_any_columns_range(client, write_key, a_w
     cursor = base64.b64encode(urlencode({"o": 5, "r": reverse, "p": position}).encode()).decode()
     response = client.get(path, {"cursor": cursor}, **_auth(write_key))
     assert response.status_code in (200, 400), (response.status_code, response.content[:300])
+
+
+def test_a_key_with_another_keys_prefix_is_401(client, organization, other_organization, b_world):
+    key_a = make_key(organization)[1]
+    key_b = make_key(other_organization)[1]
+    _, prefix_b, _ = key_b.split("_", 2)
+    _, _, secret_a = key_a.split("_", 2)
+    response = client.get("/api/v1/events", HTTP_AUTHORIZATION=f"Bearer hl_{prefix_b}_{secret_a}")
+    assert response.status_code == 401
+    _no_b(response, b_world)
