@@ -9,6 +9,7 @@ has run, unless it is a server error (5xx), after which the key is free again an
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -51,18 +52,28 @@ class StoredResponse:
     location: str
 
 
-def canonical_request_body(body: bytes) -> bytes:
+def canonical_request_body(body: bytes, encoding: str = "utf-8") -> bytes:
     """A JSON body as the API reads it, written one way (keys sorted, no spaces), so that the same
-    JSON sent again with its keys in another order or other spacing is the same request. Decoded as
-    UTF-8, as the API's parser does. Bytes that are not JSON (none, a form) are kept as they are."""
+    JSON sent again with its keys in another order or other spacing is the same request. Decoded in
+    ``encoding``, the Content-Type's charset the API's parser decodes it in: the same bytes sent as
+    UTF-8 and as Latin-1 are two requests (two names), and must not share one stored answer.
+    Bytes that are not JSON (none, a form, a charset that is not a text encoding) are kept as they are."""
     try:
-        parsed = json.loads(bytes(body).decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        parsed = json.loads(bytes(body).decode(encoding))
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; LookupError: no such text encoding
+    except (ValueError, RecursionError, LookupError):
         return bytes(body)
     # surrogatepass: a \ud800 escape reads as a lone surrogate, which strict UTF-8 cannot write
     # (the request would be a 500 instead of the API's 400 for the value).
     canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return canonical.encode("utf-8", "surrogatepass")
+
+
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def idempotency_request_digest(*, method: str, path: str, body: bytes) -> str:
@@ -76,7 +87,7 @@ def idempotency_request_digest(*, method: str, path: str, body: bytes) -> str:
 
 
 def idempotency_key_claim(
-    *, api_key: ApiKey, key: str, method: str, path: str, body: bytes, now=None
+    *, api_key: ApiKey, key: str, method: str, path: str, body: bytes, encoding: str = "utf-8", now=None
 ) -> IdempotencyKey | StoredResponse:
     """Take ``key`` for this request (the row to complete once it has run), or the answer stored for it.
 
@@ -88,10 +99,14 @@ def idempotency_key_claim(
             f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID, say)"
         )
     now = now or timezone.now()
-    digest = idempotency_request_digest(method=method, path=path, body=canonical_request_body(body))
+    digest = idempotency_request_digest(method=method, path=path, body=canonical_request_body(body, encoding))
     # Keys stored by releases before the canonical form hold the digest of the raw bytes: a retry
     # of such a key with the very same bytes still gets its answer (they expire within a day).
-    digests_taken = {digest, idempotency_request_digest(method=method, path=path, body=body)}
+    # Only for a body read as UTF-8: bytes already in canonical form would otherwise match a UTF-8
+    # request's digest when sent again as Latin-1, which the API reads as other text.
+    digests_taken = {digest}
+    if _is_utf8(encoding):
+        digests_taken.add(idempotency_request_digest(method=method, path=path, body=body))
     scope = {"organization_id": api_key.organization_id, "api_key": api_key, "key": key}
     # Twice at most: a key that expired or was freed by a failed request between our INSERT and our
     # read is inserted again once; losing that race too means another request has just taken it.

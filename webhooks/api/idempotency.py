@@ -60,6 +60,8 @@ class IdempotencyKeyMixin:
                 method=request.method,
                 path=request.get_full_path(),
                 body=request.body,
+                # The charset DRF's parser decodes the body in (the Content-Type's, else UTF-8).
+                encoding=request.parser_context["encoding"],
             )
         except IdempotencyKeyInvalid as exc:
             raise exceptions.ParseError(str(exc), code="invalid_idempotency_key") from None
