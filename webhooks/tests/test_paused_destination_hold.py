@@ -188,25 +188,22 @@ def _waiting_on_a_lock(params) -> bool:
         )
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_resume_committing_while_the_deliveries_are_given_up_keeps_them_pending(organization):
-    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
-    paused_since(destination, HOLD_DAYS + 5)
-    deliveries = [held_delivery(destination, due_days_ago=HOLD_DAYS + 10) for _ in range(3)]
-
-    resumed_uncommitted, commit_resume = threading.Event(), threading.Event()
+def give_up_while_uncommitted(competing_change) -> list:
+    """Run the give-up while ``competing_change`` (a resume, a retry by hand) has made its UPDATEs in
+    a transaction of its own and not committed them; commit it once the give-up waits on a lock
+    it holds. What the give-up returned."""
+    uncommitted, commit = threading.Event(), threading.Event()
     errors, given_up = [], []
 
-    def resume():
+    def compete():
         try:
-            # The resume's UPDATEs done (the destination's row and its deliveries' rows locked), not committed.
             with transaction.atomic():
-                operations.destination_resume(destination=Destination.objects.get(pk=destination.pk))
-                resumed_uncommitted.set()
-                commit_resume.wait(30)
+                competing_change()
+                uncommitted.set()
+                commit.wait(30)
         except Exception as exc:
             errors.append(exc)
-            resumed_uncommitted.set()
+            uncommitted.set()
         finally:
             connections.close_all()
 
@@ -218,22 +215,34 @@ def test_a_resume_committing_while_the_deliveries_are_given_up_keeps_them_pendin
         finally:
             connections.close_all()
 
-    resumer = threading.Thread(target=resume)
-    resumer.start()
-    assert resumed_uncommitted.wait(30)
+    competitor = threading.Thread(target=compete)
+    competitor.start()
+    assert uncommitted.wait(30)
     settler = threading.Thread(target=give_up)
     settler.start()
     try:
         params = connection.get_connection_params()
-        # Both the settle's lock on the destination and, without it, its UPDATE wait on the resume.
         while settler.is_alive() and not _waiting_on_a_lock(params):
             threading.Event().wait(0.01)
     finally:
-        commit_resume.set()
-        resumer.join(30)
+        commit.set()
+        competitor.join(30)
         settler.join(30)
-
     assert not errors
+    return given_up
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resume_committing_while_the_deliveries_are_given_up_keeps_them_pending(organization):
+    # Both the give-up's lock on the destination and, without it, its UPDATE wait on the resume.
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    deliveries = [held_delivery(destination, due_days_ago=HOLD_DAYS + 10) for _ in range(3)]
+
+    given_up = give_up_while_uncommitted(
+        lambda: operations.destination_resume(destination=Destination.objects.get(pk=destination.pk))
+    )
+
     assert given_up == [0]
     assert {state(delivery) for delivery in deliveries} == {(Delivery.Status.PENDING, "")}
 
@@ -246,45 +255,10 @@ def test_a_retry_by_hand_committing_while_the_deliveries_are_given_up_keeps_it_p
     paused_since(destination, HOLD_DAYS + 5)
     delivery = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
 
-    retried_uncommitted, commit_retry = threading.Event(), threading.Event()
-    errors, given_up = [], []
+    given_up = give_up_while_uncommitted(
+        lambda: delivery_service.delivery_retry(delivery=Delivery.objects.get(pk=delivery.pk))
+    )
 
-    def retry():
-        try:
-            with transaction.atomic():
-                delivery_service.delivery_retry(delivery=Delivery.objects.get(pk=delivery.pk))
-                retried_uncommitted.set()
-                commit_retry.wait(30)
-        except Exception as exc:
-            errors.append(exc)
-            retried_uncommitted.set()
-        finally:
-            connections.close_all()
-
-    def give_up():
-        try:
-            given_up.append(lifecycle.give_up_long_held_deliveries())
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    retrier = threading.Thread(target=retry)
-    retrier.start()
-    assert retried_uncommitted.wait(30)
-    settler = threading.Thread(target=give_up)
-    settler.start()
-    try:
-        params = connection.get_connection_params()
-        # The give-up's UPDATE waits on the row the retry holds (its batch was chosen before the retry committed).
-        while settler.is_alive() and not _waiting_on_a_lock(params):
-            threading.Event().wait(0.01)
-    finally:
-        commit_retry.set()
-        retrier.join(30)
-        settler.join(30)
-
-    assert not errors
     assert given_up == [0]
     assert state(delivery) == (Delivery.Status.PENDING, "")
 
