@@ -6,7 +6,6 @@ webhooks/tests/test_authorization_matrix.py, test_dashboard_access.py, test_log_
 accounts/tests/test_sign_in.py.
 """
 
-import json
 import re
 from urllib.parse import urlsplit
 
@@ -22,9 +21,8 @@ from webhooks.models import WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
 from webhooks.services.destinations import destination_create
-from webhooks.tests.dashboard_helpers import dead_delivery
-from webhooks.tests.factories import STRIPE_SECRET, make_source
-from webhooks.tests.signing import stripe_headers
+from webhooks.tests.dashboard_helpers import dead_delivery, ingest_stripe
+from webhooks.tests.factories import make_source
 
 pytestmark = pytest.mark.django_db
 
@@ -150,7 +148,7 @@ def test_a_session_cookie_kept_from_before_sign_out_opens_nothing(owner):
 
 def test_a_removed_member_with_an_open_session_gets_404_on_pages_and_htmx_partials(client, organization, owner, member):
     source = make_source(organization, name="Stripe live")
-    event_id = _ingest(client, source, "evt_removed")
+    event_id = ingest_stripe(client, source, "evt_removed")
     browser = signed_in(Client(), member)
     assert browser.get(f"/o/acme/events/{event_id}/").status_code == 200
 
@@ -182,26 +180,12 @@ def test_pages_holding_a_sign_in_or_invitation_token_keep_it_from_third_parties_
 # --- Stored XSS through what tenants and senders control --------------------------------------
 
 
-def _ingest(client, source, event_id, event_type="invoice.paid", body_extra=None, **headers):
-    body = json.dumps({"id": event_id, "object": "event", "type": event_type, "note": body_extra or ""})
-    response = client.generic(
-        "POST",
-        f"/in/{source.ingest_token}/",
-        body,
-        content_type="application/json",
-        **stripe_headers(body, STRIPE_SECRET),
-        **headers,
-    )
-    assert response.status_code == 200, response.content
-    return response.json()["id"]
-
-
 def test_markup_from_names_event_types_headers_and_bodies_is_shown_as_text(client, organization, owner):
     source = make_source(organization, name=f"src {XSS}")
     destination, _ = destination_create(
         organization=organization, name=f"dst {XSS}", url="http://127.0.0.1:9/hook", sources=[source]
     )
-    event_id = _ingest(client, source, "evt_xss", event_type=f"x{XSS}", body_extra=XSS, HTTP_X_NOTE=XSS)
+    event_id = ingest_stripe(client, source, "evt_xss", event_type=f"x{XSS}", note=XSS, HTTP_X_NOTE=XSS)
     dead_delivery(WebhookEvent.objects.get(pk=event_id), destination)
     browser = signed_in(Client(), owner)
     pages = [
@@ -254,7 +238,7 @@ def test_another_organizations_event_ids_find_nothing_through_search_or_cursors(
     client, organization, other_organization, owner
 ):
     theirs = make_source(other_organization, name="Globex stripe")
-    their_event = _ingest(client, theirs, "evt_globex_secret", event_type="globex.only")
+    their_event = ingest_stripe(client, theirs, "evt_globex_secret", event_type="globex.only")
     browser = signed_in(Client(), owner)
     for query in (
         {"search": their_event},

@@ -21,15 +21,20 @@ class World:
     delivery: Delivery
 
 
-def ingest_stripe(client, source, event_id: str, event_type: str = "invoice.paid") -> str:
-    """Post a correctly signed Stripe webhook through the real ingest endpoint; returns our event id."""
-    body = json.dumps({"id": event_id, "object": "event", "type": event_type})
+def ingest_stripe(client, source, event_id: str, event_type: str = "invoice.paid", note=None, **headers) -> str:
+    """Post a correctly signed Stripe webhook through the real ingest endpoint; returns our event id.
+    ``note``: a field of the body; ``headers``: more request headers (the client's HTTP_* form)."""
+    payload = {"id": event_id, "object": "event", "type": event_type}
+    if note is not None:
+        payload["note"] = note
+    body = json.dumps(payload)
     response = client.generic(
         "POST",
         f"/in/{source.ingest_token}/",
         body,
         content_type="application/json",
         **stripe_headers(body, STRIPE_SECRET),
+        **headers,
     )
     assert response.status_code == 200, response.content
     return response.json()["id"]
