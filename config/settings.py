@@ -589,6 +589,13 @@ RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=500)
 PAUSED_DESTINATION_HOLD_DAYS = env.int("PAUSED_DESTINATION_HOLD_DAYS", default=30)
 if PAUSED_DESTINATION_HOLD_DAYS < 1:
     raise ImproperlyConfigured("PAUSED_DESTINATION_HOLD_DAYS must be 1 or more")
+# The same bound for a suspended organization (Organization.suspended_at): the retention run marks
+# dead its deliveries held longer. A setting of its own: a suspension is an operator's decision
+# about a tenant (unpaid bills, abuse), which an operator may want to hold for a grace period longer
+# (or shorter) than a receiver's pause, without changing how long an abandoned endpoint holds.
+SUSPENDED_ORGANIZATION_HOLD_DAYS = env.int("SUSPENDED_ORGANIZATION_HOLD_DAYS", default=30)
+if SUSPENDED_ORGANIZATION_HOLD_DAYS < 1:
+    raise ImproperlyConfigured("SUSPENDED_ORGANIZATION_HOLD_DAYS must be 1 or more")
 # How long a retention batch waits, between keeping its events' keys and deleting them, for statements
 # that started before the keys were committed (services.lifecycle); past it the batch is left to the next run.
 RETENTION_PURGE_WAIT_SECONDS = env.float("RETENTION_PURGE_WAIT_SECONDS", default=30.0)

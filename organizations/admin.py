@@ -15,6 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
@@ -587,9 +588,9 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
     inlines = (MembershipInline,)
-    readonly_fields = ("usage_this_month", "sent_at_once", "related_links", "created_at")
+    readonly_fields = ("usage_this_month", "sent_at_once", "related_links", "created_at", "suspension")
     fieldsets = (
-        (None, {"fields": ("name", "slug", "is_active", "created_at")}),
+        (None, {"fields": ("name", "slug", "is_active", "suspension", "created_at")}),
         (
             "Plan and limits",
             {
@@ -622,6 +623,23 @@ class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.M
             organization_set_active(
                 organization=obj, active=form.cleaned_data["is_active"], actor=request.user, request=request
             )
+
+    @admin.display(description="Suspension")
+    def suspension(self, obj):
+        """Since when it is suspended, and from when its held deliveries are marked dead."""
+        given_up_from = obj.held_deliveries_given_up_from if obj.pk else None
+        if given_up_from is None:
+            return (
+                "—" if obj.is_active or obj.being_deleted else "suspended (its time is set by the next retention run)"
+            )
+        return format_html(
+            "suspended since {} UTC: its deliveries wait until it is active again; from {} UTC on, the "
+            "retention run marks dead those held longer than {} days (audit action "
+            "<code>organization.held_deliveries_given_up</code>), to be retried once it is active again",
+            f"{obj.suspended_at:%Y-%m-%d %H:%M:%S}",
+            f"{given_up_from:%Y-%m-%d %H:%M:%S}",
+            settings.SUSPENDED_ORGANIZATION_HOLD_DAYS,
+        )
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)

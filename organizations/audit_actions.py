@@ -41,6 +41,7 @@ AUDIT_ACTION_LABELS = {
     "organization.deletion_requested": "started deleting the organization",
     "organization.suspended": "suspended the organization",
     "organization.reactivated": "made the organization active again",
+    "organization.held_deliveries_given_up": "marked dead the deliveries held too long while suspended by",
     "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 

@@ -1,4 +1,4 @@
-from datetime import date
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -42,6 +42,11 @@ class Organization(models.Model):
         ),
     )
     is_active = models.BooleanField(default=True)
+    # When it was last suspended (made inactive), None while it is active: its held deliveries are
+    # marked dead once SUSPENDED_ORGANIZATION_HOLD_DAYS past it (webhooks.services.lifecycle). Set and
+    # cleared by organizations.services.organization_set_active; a change of is_active made some other
+    # way (an UPDATE in a shell) is caught up by the next retention run.
+    suspended_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The platform's ORGANIZATION_MAX_CONCURRENCY for this tenant alone: more for a large one, less
     # for a noisy one. Empty (NULL) follows the setting, so that changing it still reaches everyone else.
     max_concurrency = models.PositiveIntegerField(
@@ -94,6 +99,20 @@ class Organization(models.Model):
     @property
     def being_deleted(self) -> bool:
         return self.deletion_requested_at is not None
+
+    @property
+    def held_deliveries_given_up_from(self):
+        """While suspended: when the retention run starts marking its held deliveries dead (each one
+        held longer than SUSPENDED_ORGANIZATION_HOLD_DAYS); None when it is active, being deleted
+        (everything goes with it), or its suspension's time is not known yet (the next retention run sets it)."""
+        if self.is_active or self.being_deleted or self.suspended_at is None:
+            return None
+        return self.suspended_at + timedelta(days=settings.SUSPENDED_ORGANIZATION_HOLD_DAYS)
+
+    @property
+    def suspended_hold_days(self) -> int:
+        """SUSPENDED_ORGANIZATION_HOLD_DAYS, for the pages that say when held deliveries are given up."""
+        return settings.SUSPENDED_ORGANIZATION_HOLD_DAYS
 
     @property
     def effective_max_concurrency(self) -> int:

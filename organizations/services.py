@@ -376,7 +376,12 @@ ORGANIZATION_REACTIVATED = "organization.reactivated"
 @transaction.atomic
 def organization_set_active(*, organization: Organization, active: bool, actor=None, request=None) -> Organization:
     """Suspend an organization (its ingest URLs answer 404, nothing is delivered, its members are told
-    it is suspended) or make it active again, audited as organization.suspended or .reactivated."""
+    it is suspended) or make it active again, audited as organization.suspended or .reactivated.
+
+    Its deliveries wait meanwhile, SUSPENDED_ORGANIZATION_HOLD_DAYS at most from the suspension (then
+    the retention run marks them dead: webhooks.services.lifecycle); made active again, the dispatcher
+    sends what waits (at the next sweep) in its usual order, within the destinations' and the
+    organization's caps."""
     locked = Organization.objects.select_for_update(no_key=True).get(pk=organization.pk)
     if active and locked.being_deleted:
         # Its deletion made it inactive for good (see organization_deletion).
@@ -385,7 +390,10 @@ def organization_set_active(*, organization: Organization, active: bool, actor=N
     organization.is_active = active
     if was_active == active:
         return organization
-    organization.save(update_fields=["is_active"])
+    # The hold of its deliveries counts from the suspension (SUSPENDED_ORGANIZATION_HOLD_DAYS): under
+    # the row's lock, so that the retention run's give-up (which locks it too) sees both or neither.
+    organization.suspended_at = None if active else timezone.now()
+    organization.save(update_fields=["is_active", "suspended_at"])
     audit_record(
         action=ORGANIZATION_REACTIVATED if active else ORGANIZATION_SUSPENDED,
         organization=organization,

@@ -711,8 +711,12 @@ class DestinationAdmin(
     @method_decorator(sensitive_post_parameters("new_secret", "custom_headers_set"))
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         # Error reports (a 500 mailed to ADMINS) leave out the secret and the header values typed in.
-        # The state on top says when a paused destination's held deliveries are given up.
-        extra_context = {**(extra_context or {}), "paused_hold_days": settings.PAUSED_DESTINATION_HOLD_DAYS}
+        # The state on top says when a paused destination's (or suspended organization's) held deliveries are given up.
+        extra_context = {
+            **(extra_context or {}),
+            "paused_hold_days": settings.PAUSED_DESTINATION_HOLD_DAYS,
+            "suspended_hold_days": settings.SUSPENDED_ORGANIZATION_HOLD_DAYS,
+        }
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_fields(self, request, obj=None):

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.db.models import BooleanField, Case, Count, Q, Value, When
+from django.db.models import Case, CharField, Count, Q, Value, When
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -20,7 +20,7 @@ from webhooks.selectors import EVENT_STATUS_FAILED
 
 from .dashboard_stats import destination_health
 from .delivery import DESTINATION_ENCRYPTED_FIELDS, INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR
-from .lifecycle import PAUSED_HOLD_ERROR_START
+from .lifecycle import PAUSED_HOLD_ERROR_START, SUSPENDED_HOLD_ERROR_START
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,12 @@ def _send_dead_letter_digest_if_due(destination: Destination, now) -> bool:
     dead = destination.deliveries.filter(status=Delivery.Status.DEAD, completed_at__gt=since).exclude(
         last_error__in=(INACTIVE_DESTINATION_ERROR, SOURCE_BEING_DELETED_ERROR)
     )
-    # Given up behind a long pause: not sent, whatever status code an older attempt left.
+    # Given up behind a long pause or suspension: not sent, whatever status code an older attempt left.
     held = Case(
-        When(last_error__startswith=PAUSED_HOLD_ERROR_START, then=Value(True)),
-        default=Value(False),
-        output_field=BooleanField(),
+        When(last_error__startswith=PAUSED_HOLD_ERROR_START, then=Value("pause")),
+        When(last_error__startswith=SUSPENDED_HOLD_ERROR_START, then=Value("suspension")),
+        default=Value(""),
+        output_field=CharField(),
     )
     summary = dead.annotate(held=held).values("last_status_code", "held").annotate(n=Count("id")).order_by("-n")
     total = sum(row["n"] for row in summary)

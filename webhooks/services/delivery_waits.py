@@ -35,7 +35,10 @@ DELIVERY_HOLDS = {
         "Its destination is paused: it is sent once the destination is resumed (if held too long, it is "
         "marked dead: the destination's page says from when)"
     ),
-    "organization_suspended": "Its organization is suspended: it is sent once the organization is active again",
+    "organization_suspended": (
+        "Its organization is suspended: it is sent once the organization is active again (if held too long, "
+        "it is marked dead: the organization page in the admin says from when)"
+    ),
 }
 # What a pending delivery of a destination that is sent to waits for: the next attempt's time, or,
 # once due, its destination's limits as the dispatcher applies them.

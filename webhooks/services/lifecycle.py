@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -143,8 +143,9 @@ def retention_run(
     An event that is not finished (not yet fanned out, or with a delivery still waiting or
     being sent, say to a paused destination) is kept until it is: retention must never drop
     a webhook that was acknowledged but not yet delivered. A paused destination holds its deliveries
-    PAUSED_DESTINATION_HOLD_DAYS at most: each run first marks dead those held longer
-    (give_up_long_held_deliveries), and their events are then kept the retention from there. Nothing younger than
+    PAUSED_DESTINATION_HOLD_DAYS at most, a suspended organization SUSPENDED_ORGANIZATION_HOLD_DAYS:
+    each run first marks dead those held longer (give_up_long_held_deliveries), and their events are
+    then kept the retention from there. Nothing younger than
     MIN_RETENTION_DAYS is deleted, whatever the stored retention says. Each run records one
     audit entry per organization whose events it deleted. A run that cannot delete a batch
     safely (see _purge_organization) stops there; the next run goes on.
@@ -187,7 +188,7 @@ def _retention_run(*, batch_size: int, now, deadline: float, start_after: int | 
         if not connection.is_usable():
             raise
         # A held delivery waits one more hour; the purge of every organization must not wait with it.
-        logger.exception("retention: giving up the deliveries held by long pauses failed; going on")
+        logger.exception("retention: giving up the deliveries held by long pauses or suspensions failed; going on")
     deleted = 0
     organizations = _organizations_from(start_after)
     for organization in organizations:
@@ -445,11 +446,14 @@ def _expired_and_finished(organization: Organization, cutoff):
 
 
 HELD_DELIVERIES_GIVEN_UP_ACTION = "destination.held_deliveries_given_up"
+SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION = "organization.held_deliveries_given_up"
 
 
 # How the last_error of a delivery given up behind a long pause begins (the dead-letter digest tells
 # these from the ones that failed: their status code is an older attempt's).
 PAUSED_HOLD_ERROR_START = "the destination was paused for more than "
+# The same for one given up while its organization stayed suspended.
+SUSPENDED_HOLD_ERROR_START = "held too long while the organization was suspended "
 
 
 def paused_hold_error(hold_days: int) -> str:
@@ -457,52 +461,126 @@ def paused_hold_error(hold_days: int) -> str:
     return f"{PAUSED_HOLD_ERROR_START}{hold_days} days: not sent (retry once it is resumed)"
 
 
+def suspended_hold_error(hold_days: int) -> str:
+    """The last_error of a delivery given up while its organization stayed suspended."""
+    return f"{SUSPENDED_HOLD_ERROR_START}(more than {hold_days} days): not sent (retry once it is active again)"
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """What holds deliveries unsent for as long as it lasts: a paused destination, a suspended organization."""
+
+    holder: type  # Destination or Organization
+    held_by: str  # the Delivery field naming its holder
+    hold_days: int
+    cutoff: datetime  # held since before this: given up
+    reason: str
+    long_held: Q  # holders held since before the cutoff (a filter on ``holder``)
+
+    def still_held(self, holder_id: int):
+        return self.holder.objects.filter(self.long_held, pk=holder_id)
+
+
+def _holds(now) -> list[_Hold]:
+    paused_days, suspended_days = settings.PAUSED_DESTINATION_HOLD_DAYS, settings.SUSPENDED_ORGANIZATION_HOLD_DAYS
+    paused_cutoff, suspended_cutoff = now - timedelta(days=paused_days), now - timedelta(days=suspended_days)
+    return [
+        _Hold(
+            holder=Destination,
+            held_by="destination_id",
+            hold_days=paused_days,
+            cutoff=paused_cutoff,
+            reason=paused_hold_error(paused_days),
+            long_held=Q(paused_at__lt=paused_cutoff),
+        ),
+        _Hold(
+            holder=Organization,
+            held_by="organization_id",
+            hold_days=suspended_days,
+            cutoff=suspended_cutoff,
+            reason=suspended_hold_error(suspended_days),
+            # One being deleted loses everything soon anyway: nothing to say to its admins.
+            long_held=Q(is_active=False, deletion_requested_at__isnull=True, suspended_at__lt=suspended_cutoff),
+        ),
+    ]
+
+
 def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, deadline: float = float("inf")) -> int:
     """Mark dead the pending deliveries held by a destination paused for more than
-    PAUSED_DESTINATION_HOLD_DAYS, and due for as long; returns how many.
+    PAUSED_DESTINATION_HOLD_DAYS, or by an organization suspended for more than
+    SUSPENDED_ORGANIZATION_HOLD_DAYS, and due for as long; returns how many.
 
-    A destination that stays paused (an abandoned endpoint the circuit breaker stopped) would hold
-    its deliveries for ever: their events would never reach retention, and the tenant would hear
-    nothing after the pause email. Dead, they show in the dead-letter views and the digest email, can
-    be retried once it is resumed (by hand or in bulk), and retention counts from now. Both bounds: a
-    delivery that arrived (or was retried by hand) during the pause is held as long as the others,
-    from then on. A destination resumed before the bound keeps all of them: resume brings them due
-    now, past the bound's reach again.
+    A destination that stays paused (an abandoned endpoint the circuit breaker stopped), or an
+    organization an operator never makes active again, would hold its deliveries for ever: their
+    events would never reach retention, and the tenant would hear nothing more. Dead, they show in the
+    dead-letter views and the digest email, can be retried once it is resumed or active again (by
+    hand or in bulk), and retention counts from now. Both bounds: a delivery that arrived (or was
+    retried by hand) during the hold is held as long as the others, from then on. A destination
+    resumed, or an organization made active again, before the bound keeps all of them: resume brings
+    them due now, and reactivation clears the suspension's time (a new suspension counts from itself).
 
     In batches of ``batch_size``, each its own transaction, until ``deadline`` (monotonic) has passed;
-    the rest wait for the next run. One audit entry per destination and run, the reason with it.
+    the rest wait for the next run. One audit entry per holder and run, the reason with it.
     """
     now = now or timezone.now()
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
-    hold_days = settings.PAUSED_DESTINATION_HOLD_DAYS
-    cutoff = now - timedelta(days=hold_days)
-    reason = paused_hold_error(hold_days)
+    _catch_up_suspension_times(now)
     given_up = 0
-    # Paused destinations are few, and destination rows small: no index needed to find them.
-    long_paused = Destination.objects.filter(paused_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)
-    for destination_id in list(long_paused):
-        count = 0
-        try:
-            while True:
-                done = _give_up_held_batch(destination_id, cutoff=cutoff, now=now, batch_size=batch_size, reason=reason)
-                count += done
-                if done < batch_size or time.monotonic() > deadline:
-                    break
-        finally:
-            # Also after a failed batch (a lock timeout, say): the earlier batches' deliveries are dead for good.
-            if count:
-                _audit_held_deliveries_given_up(destination_id, count=count, hold_days=hold_days, reason=reason)
-        given_up += count
-        if time.monotonic() > deadline:
-            break
+    for hold in _holds(now):
+        # Paused destinations and suspended organizations are few, and their rows small: no index needed.
+        for holder_id in list(hold.holder.objects.filter(hold.long_held).order_by("pk").values_list("pk", flat=True)):
+            count = 0
+            try:
+                for destination_id in _destinations_held_by(hold, holder_id):
+                    while True:
+                        done = _give_up_held_batch(hold, holder_id, destination_id, now=now, batch_size=batch_size)
+                        count += done
+                        if done < batch_size or time.monotonic() > deadline:
+                            break
+                    if time.monotonic() > deadline:
+                        break
+            finally:
+                # Also after a failed batch (a lock timeout, say): the earlier batches' deliveries are dead for good.
+                if count:
+                    _audit_held_deliveries_given_up(hold, holder_id, count=count)
+            given_up += count
+            if time.monotonic() > deadline:
+                return given_up
     return given_up
 
 
-def _audit_held_deliveries_given_up(destination_id: int, *, count: int, hold_days: int, reason: str) -> None:
+def _catch_up_suspension_times(now) -> None:
+    """Organization.suspended_at for organizations suspended or made active again some other way than
+    organization_set_active (an UPDATE in a shell): the hold of one suspended without it counts from
+    now, and one active again has none (a later suspension must not start past its bound)."""
+    Organization.objects.filter(is_active=False, suspended_at__isnull=True).update(suspended_at=now)
+    Organization.objects.filter(is_active=True, suspended_at__isnull=False).update(suspended_at=None)
+
+
+def _destinations_held_by(hold: _Hold, holder_id: int) -> list[int]:
+    # Batches by destination: the destination's pending index (delivery_due_by_dest) finds them.
+    if hold.holder is Destination:
+        return [holder_id]
+    return list(Destination.objects.filter(organization_id=holder_id).order_by("pk").values_list("pk", flat=True))
+
+
+def _audit_held_deliveries_given_up(hold: _Hold, holder_id: int, *, count: int) -> None:
+    changes = {"deliveries": count, "hold_days": hold.hold_days, "reason": hold.reason}
+    if hold.holder is Organization:
+        organization = Organization.objects.filter(pk=holder_id).first()
+        if organization is not None:
+            suspended_at = organization.suspended_at
+            audit_record(
+                action=SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION,
+                organization=organization,
+                target=organization,
+                changes={"suspended_at": suspended_at.isoformat() if suspended_at else None, **changes},
+            )
+        return
     destination = Destination.objects.select_related("organization").only(
         "pk", "name", "paused_at", "pause_reason", "organization"
     )
-    destination = destination.filter(pk=destination_id).first()
+    destination = destination.filter(pk=holder_id).first()
     if destination is not None:
         audit_record(
             action=HELD_DELIVERIES_GIVEN_UP_ACTION,
@@ -512,32 +590,33 @@ def _audit_held_deliveries_given_up(destination_id: int, *, count: int, hold_day
                 "deliveries": count,
                 "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
                 "pause_reason": destination.pause_reason,
-                "hold_days": hold_days,
-                "reason": reason,
+                "hold_days": hold.hold_days,
+                "reason": hold.reason,
             },
         )
 
 
-def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, reason: str) -> int:
+def _give_up_held_batch(hold: _Hold, holder_id: int, destination_id: int, *, now, batch_size: int) -> int:
     """One batch of give_up_long_held_deliveries, for one destination: how many it marked dead.
 
-    Against a resume at the same moment: the destination's row is locked first, on the condition that
-    it is still paused since before ``cutoff``. A resume that got there first has then committed (the
-    lock waits for it, and looks at the row again after: not paused, nothing is done) or waits until
-    this batch has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot
-    could predate a resume that commits while it waits on the deliveries' rows: PostgreSQL looks at
-    an updated delivery again, not at the destination, and would kill what the resume has just queued.
-    The UPDATE checks the pause too (a subquery), the status and the due time, whatever took the rows meanwhile.
-    The lock is FOR NO KEY UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the
-    fan-out insert deliveries to the destination meanwhile (their foreign key check takes KEY SHARE).
+    Against a resume (or a reactivation) at the same moment: the holder's row (the destination, or
+    the organization) is locked first, on the condition that it is still held since before the cutoff.
+    A resume that got there first has then committed (the lock waits for it, and looks at the row
+    again after: not held, nothing is done) or waits until this batch has committed (its deliveries
+    died before it). Without the lock, the UPDATE's snapshot could predate a resume that commits while
+    it waits on the deliveries' rows: PostgreSQL looks at an updated delivery again, not at its
+    holder, and would kill what the resume has just queued. The UPDATE checks the hold too (a
+    subquery), the status and the due time, whatever took the rows meanwhile. The lock is FOR NO KEY
+    UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the fan-out insert
+    deliveries meanwhile (their foreign key checks take KEY SHARE).
     """
-    still_paused = Destination.objects.filter(pk=destination_id, paused_at__lt=cutoff)
+    still_held = hold.still_held(holder_id)
     with transaction.atomic():
-        if not list(still_paused.select_for_update(no_key=True).values_list("pk", flat=True)):
+        if not list(still_held.select_for_update(no_key=True).values_list("pk", flat=True)):
             return 0
         # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
         held = Delivery.objects.filter(
-            destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=cutoff
+            destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=hold.cutoff
         )
         ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
         if not ids:
@@ -547,14 +626,14 @@ def _give_up_held_batch(destination_id: int, *, cutoff, now, batch_size: int, re
             status=Delivery.Status.PENDING,
             # Looked at again too: a retry by hand (or in bulk) that made one due now and committed
             # since the ids were read has it held from now on.
-            next_attempt_at__lt=cutoff,
-            destination_id__in=still_paused.values("pk"),
+            next_attempt_at__lt=hold.cutoff,
+            **{f"{hold.held_by}__in": still_held.values("pk")},
         ).update(
             status=Delivery.Status.DEAD,
             completed_at=now,
             next_attempt_at=None,
             claimed_at=None,
-            last_error=reason,
+            last_error=hold.reason,
         )
 
 

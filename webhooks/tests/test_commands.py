@@ -453,7 +453,10 @@ def test_retry_delivery_says_when_its_organization_is_suspended(organization, cl
     Organization.objects.filter(pk=organization.pk).update(is_active=False)
     out = io.StringIO()
     call_command("retry_delivery", "--id", str(delivery.pk), stdout=out)
-    assert "Its organization is suspended: it is sent once the organization is active again." in out.getvalue()
+    assert (
+        "Its organization is suspended: it is sent once the organization is active again (if held too long, "
+        "it is marked dead: the organization page in the admin says from when)."
+    ) in out.getvalue()
     Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DEAD)
     assert run("retry_delivery", "--id", str(delivery.pk))["waiting_for"] == "organization_suspended"
 

@@ -164,7 +164,10 @@ def test_a_suspended_organizations_pending_delivery_says_why_it_waits_on_every_s
     event = processed(source, event_type="invoice.paid")
     delivery = pending(event, destination)
     Organization.objects.filter(pk=organization.pk).update(is_active=False)
-    said = "Its organization is suspended: it is sent once the organization is active again"
+    said = (
+        "Its organization is suspended: it is sent once the organization is active again (if held too long, "
+        "it is marked dead: the organization page in the admin says from when)"
+    )
 
     admin_page = admin_client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk])).content.decode()
     assert f"waits: {said}" in admin_page

@@ -1,0 +1,239 @@
+"""A suspended organization's deliveries wait, unclaimed, and go out once it is active again within its
+caps; held longer than SUSPENDED_ORGANIZATION_HOLD_DAYS, the retention run marks them dead (with the
+reason, audited), so that its events reach retention; they can be retried once it is active again. A
+reactivation before the bound, or at the same moment, keeps them. (Its ingest URLs answering 404:
+test_ingest's "organization suspended" cases.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from organizations.models import AuditLog, Organization
+from organizations.services import organization_set_active
+from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.services import delivery as delivery_service
+from webhooks.services import lifecycle, operations
+from webhooks.services.alerts import send_dead_letter_digests
+from webhooks.tests import test_admin
+
+from .factories import make_destination
+from .test_paused_destination_hold import give_up_while_uncommitted, held_delivery, state
+
+superuser = test_admin.superuser
+admin = test_admin.admin
+
+HOLD_DAYS = 20  # not the paused hold's 30: each bound is its own setting
+REASON = f"held too long while the organization was suspended (more than {HOLD_DAYS} days): not sent (retry once it is active again)"
+
+
+@pytest.fixture(autouse=True)
+def hold_days(settings, monkeypatch):
+    settings.SUSPENDED_ORGANIZATION_HOLD_DAYS = HOLD_DAYS
+    settings.PAUSED_DESTINATION_HOLD_DAYS = 30
+    # Retry publishes a dispatcher run: no worker here to take it.
+    for module in (operations, delivery_service):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+
+
+def suspended_since(organization, days: float) -> None:
+    organization_set_active(organization=organization, active=False)
+    Organization.objects.filter(pk=organization.pk).update(suspended_at=timezone.now() - timedelta(days=days))
+    organization.refresh_from_db()
+
+
+def test_suspending_sets_when_and_reactivating_clears_it(organization):
+    before = timezone.now()
+    organization_set_active(organization=organization, active=False)
+    organization.refresh_from_db()
+    assert organization.suspended_at >= before
+    assert organization.held_deliveries_given_up_from == organization.suspended_at + timedelta(days=HOLD_DAYS)
+
+    organization_set_active(organization=organization, active=True)
+    organization.refresh_from_db()
+    assert organization.suspended_at is None and organization.held_deliveries_given_up_from is None
+
+
+def test_held_deliveries_are_not_claimed_and_keep_their_events_while_finished_ones_still_go(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS - 1)
+    held = held_delivery(destination, due_days_ago=HOLD_DAYS + 40)
+    finished = held_delivery(destination, due_days_ago=HOLD_DAYS + 40)
+    long_ago = timezone.now() - timedelta(days=HOLD_DAYS + 40)
+    Delivery.objects.filter(pk=finished.pk).update(
+        status=Delivery.Status.SUCCEEDED, completed_at=long_ago, next_attempt_at=None
+    )
+
+    assert delivery_service.claim_due_deliveries(10) == []
+    lifecycle.purge_expired_events()
+
+    # A suspension does not stop retention: the finished event (60 days old) goes, the held one waits.
+    assert not WebhookEvent.objects.filter(pk=finished.event_id).exists()
+    assert state(held) == (Delivery.Status.PENDING, "")
+    assert WebhookEvent.objects.filter(pk=held.event_id).exists()
+
+
+def test_the_retention_run_marks_dead_what_a_long_suspended_organization_held_and_then_purges_its_events(
+    organization, other_organization
+):
+    destinations = [make_destination(organization, f"http://127.0.0.1:9/hook{n}")[0] for n in range(2)]
+    suspended_since(organization, HOLD_DAYS + 5)
+    old = [held_delivery(destination, due_days_ago=HOLD_DAYS + 10) for destination in destinations]
+    # Retried by hand (or arrived) during the suspension: held as long as the others, from then on.
+    recent = held_delivery(destinations[0], due_days_ago=2)
+    # Another organization's overdue delivery (a dispatcher backlog) is not this rule's business.
+    sending = held_delivery(make_destination(other_organization, "http://127.0.0.1:9/other")[0], due_days_ago=99)
+
+    lifecycle.purge_expired_events()
+
+    for delivery in old:
+        assert state(delivery) == (Delivery.Status.DEAD, REASON)
+        assert delivery.completed_at is not None and delivery.next_attempt_at is None
+        # Retention (30 days) counts from the death: the event received 30 days ago is still there.
+        assert WebhookEvent.objects.filter(pk=delivery.event_id).exists()
+    assert state(recent) == (Delivery.Status.PENDING, "")
+    assert state(sending) == (Delivery.Status.PENDING, "")
+    entry = AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.organization_id == organization.pk and entry.target_id == str(organization.pk)
+    assert entry.changes == {
+        "deliveries": 2,
+        "hold_days": HOLD_DAYS,
+        "reason": REASON,
+        "suspended_at": organization.suspended_at.isoformat(),
+    }
+
+    # Past the retention after their death, the events go like any other finished one.
+    lifecycle.purge_expired_events(now=timezone.now() + timedelta(days=organization.retention_days + 1))
+    assert not WebhookEvent.objects.filter(pk__in=[delivery.event_id for delivery in old]).exists()
+
+
+def test_an_organization_suspended_for_less_than_the_bound_or_being_deleted_keeps_its_deliveries(
+    organization, other_organization
+):
+    suspended_since(organization, HOLD_DAYS - 1)
+    briefly = held_delivery(make_destination(organization, "http://127.0.0.1:9/a")[0], due_days_ago=HOLD_DAYS + 10)
+    suspended_since(other_organization, HOLD_DAYS + 10)
+    Organization.objects.filter(pk=other_organization.pk).update(deletion_requested_at=timezone.now())
+    going = held_delivery(make_destination(other_organization, "http://127.0.0.1:9/b")[0], due_days_ago=HOLD_DAYS + 10)
+
+    assert lifecycle.give_up_long_held_deliveries() == 0
+
+    assert state(briefly) == (Delivery.Status.PENDING, "")
+    assert state(going) == (Delivery.Status.PENDING, "")  # its deletion takes it, with no digest
+    assert not AuditLog.objects.filter(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).exists()
+
+
+def test_a_suspension_made_some_other_way_is_held_from_the_next_run_and_a_reactivation_clears_it(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    delivery = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    Organization.objects.filter(pk=organization.pk).update(is_active=False)  # a shell's UPDATE: no time
+    first_run = timezone.now()
+
+    assert lifecycle.give_up_long_held_deliveries(now=first_run) == 0
+    organization.refresh_from_db()
+    assert organization.suspended_at == first_run
+    assert lifecycle.give_up_long_held_deliveries(now=first_run + timedelta(days=HOLD_DAYS + 1)) == 1
+    assert state(delivery) == (Delivery.Status.DEAD, REASON)
+
+    # Made active again the same way: a later suspension must not find its time already past.
+    Organization.objects.filter(pk=organization.pk).update(is_active=True)
+    lifecycle.give_up_long_held_deliveries()
+    organization.refresh_from_db()
+    assert organization.suspended_at is None
+
+
+def test_a_reactivation_before_the_bound_sends_everything_held_within_the_caps(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    Destination.objects.filter(pk=destination.pk).update(max_concurrency=10)
+    Organization.objects.filter(pk=organization.pk).update(max_concurrency=3)
+    suspended_since(organization, HOLD_DAYS + 5)
+    held = [held_delivery(destination, due_days_ago=HOLD_DAYS + 10 - n) for n in range(5)]
+
+    organization_set_active(organization=organization, active=True)
+    assert lifecycle.give_up_long_held_deliveries() == 0
+
+    # Not all at once: the organization's cap, oldest first, and the rest as those end.
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert [delivery.pk for delivery in claimed] == [delivery.pk for delivery in held[:3]]
+    assert delivery_service.claim_due_deliveries(10) == []
+    Delivery.objects.filter(pk__in=[delivery.pk for delivery in claimed]).update(
+        status=Delivery.Status.SUCCEEDED, completed_at=timezone.now()
+    )
+    assert [delivery.pk for delivery in delivery_service.claim_due_deliveries(10)] == [d.pk for d in held[3:]]
+
+    # Suspended again at once: the bound counts from this suspension.
+    Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).update(status=Delivery.Status.PENDING)
+    organization_set_active(organization=organization, active=False)
+    assert lifecycle.give_up_long_held_deliveries() == 0
+
+
+def test_a_given_up_delivery_is_retried_once_the_organization_is_active_again(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS + 5)
+    deliveries = [held_delivery(destination, due_days_ago=HOLD_DAYS + 1) for _ in range(3)]
+    assert lifecycle.give_up_long_held_deliveries(batch_size=2) == 3
+    assert AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).changes["deliveries"] == 3
+
+    organization_set_active(organization=organization, active=True)
+    assert delivery_service.delivery_retry(delivery=deliveries[0]).status == Delivery.Status.PENDING
+    job = operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
+    operations.bulk_retry_run(job.pk)
+    assert {state(delivery) for delivery in deliveries} == {(Delivery.Status.PENDING, "")}
+    assert {d.pk for d in delivery_service.claim_due_deliveries(10)} == {d.pk for d in deliveries}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reactivation_committing_while_the_deliveries_are_given_up_keeps_them_pending(organization):
+    # The give-up's lock on the organization (and, without it, its UPDATE's check) waits on the reactivation.
+    destinations = [make_destination(organization, f"http://127.0.0.1:9/hook{n}")[0] for n in range(2)]
+    suspended_since(organization, HOLD_DAYS + 5)
+    deliveries = [held_delivery(destination, due_days_ago=HOLD_DAYS + 10) for destination in destinations]
+
+    given_up = give_up_while_uncommitted(
+        lambda: organization_set_active(organization=Organization.objects.get(pk=organization.pk), active=True)
+    )
+
+    assert given_up == [0]
+    assert {state(delivery) for delivery in deliveries} == {(Delivery.Status.PENDING, "")}
+    assert not AuditLog.objects.filter(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).exists()
+
+
+def test_the_dead_letter_digest_says_they_were_held_while_the_organization_was_suspended(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS + 5)
+    held = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    Delivery.objects.filter(pk=held.pk).update(last_status_code=503, last_error="HTTP 503")
+    lifecycle.purge_expired_events()
+    assert state(held) == (Delivery.Status.DEAD, REASON)
+
+    assert send_dead_letter_digests() == 1
+
+    message = mail.outbox[-1]
+    for text in (message.body, message.alternatives[0][0]):
+        assert "1 × held too long while the organization was suspended, not sent" in text
+        assert "503" not in text
+
+
+def test_the_admin_and_the_suspended_page_say_when_held_deliveries_are_given_up(admin, client, organization, owner):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, 3)
+    given_up_from = organization.suspended_at + timedelta(days=HOLD_DAYS)
+
+    page = admin.get(reverse("admin:webhooks_destination_change", args=[destination.pk])).content.decode()
+    said = page.split('id="destination-state"', 1)[1].split("</p>", 1)[0]
+    assert "its organization is suspended; its deliveries wait until it is active again" in said
+    assert f"from {given_up_from:%Y-%m-%d %H:%M:%S} UTC on, the retention run marks dead those held longer" in said
+    assert f"than {HOLD_DAYS} days" in said and lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION in said
+
+    page = admin.get(reverse("admin:organizations_organization_change", args=[organization.pk])).content.decode()
+    assert f"suspended since {organization.suspended_at:%Y-%m-%d %H:%M:%S} UTC" in page
+    assert f"from {given_up_from:%Y-%m-%d %H:%M:%S} UTC on, the retention run marks dead" in page
+
+    client.force_login(owner)
+    for response in (client.get("/"), client.get(reverse("dashboard:overview", args=[organization.slug]))):
+        text = response.content.decode()
+        assert f"From {given_up_from:%-d %b %Y, %H:%M} UTC on, those held for more than {HOLD_DAYS} days" in text
