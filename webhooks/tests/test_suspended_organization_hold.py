@@ -237,3 +237,28 @@ def test_the_admin_and_the_suspended_page_say_when_held_deliveries_are_given_up(
     for response in (client.get("/"), client.get(reverse("dashboard:overview", args=[organization.slug]))):
         text = response.content.decode()
         assert f"From {given_up_from:%-d %b %Y, %H:%M} UTC on, those held for more than {HOLD_DAYS} days" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_counts_the_hold_of_organizations_suspended_at_the_upgrade_from_the_upgrade():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = (
+        [("organizations", "0009_retention_days_help_text")],
+        [("organizations", "0010_organization_suspended_at")],
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old_organization = executor.loader.project_state(before).apps.get_model("organizations", "Organization")
+        suspended = old_organization.objects.create(name="Initech", slug="initech", is_active=False)
+        active = old_organization.objects.create(name="Hooli", slug="hooli")
+        upgraded_at = timezone.now()
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(after)
+
+    assert Organization.objects.get(pk=suspended.pk).suspended_at >= upgraded_at
+    assert Organization.objects.get(pk=active.pk).suspended_at is None
