@@ -289,9 +289,11 @@ class AppleAppStoreProvider(Provider):
             raise VerificationError("untrusted_certificate", "the source has no usable root certificate configured")
         signed_date = claims.get("signedDate")
         when = now
-        if isinstance(signed_date, (int, float)) and not isinstance(signed_date, bool):
-            when = signed_date / 1000
         try:
+            if isinstance(signed_date, (int, float)) and not isinstance(signed_date, bool):
+                # JSON allows any integer, and this is read before the signature is checked: 10**400 ms
+                # overflows the division.
+                when = signed_date / 1000
             validation_time = dt.datetime.fromtimestamp(when, tz=dt.UTC)
         except (OverflowError, ValueError, OSError):
             raise VerificationError("bad_format", "signedDate is not a usable time") from None
@@ -362,7 +364,10 @@ class AppleAppStoreProvider(Provider):
         signed_date = claims.get("signedDate")
         if isinstance(signed_date, bool) or not isinstance(signed_date, (int, float)) or signed_date != signed_date:
             return None
-        return signed_date / 1000
+        try:
+            return signed_date / 1000
+        except OverflowError:  # an integer past a float's range
+            return None
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         try:

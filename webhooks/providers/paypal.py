@@ -330,7 +330,8 @@ class PayPalProvider(Provider):
         "PAYPAL-TRANSMISSION-SIG: base64 RSA PKCS#1 v1.5 signature (SHA256withRSA, or SHA1withRSA when "
         'PAYPAL-AUTH-ALGO says so) over "<transmission id>|<transmission time>|<webhook id>|<decimal CRC-32 '
         "of the raw body>\", where the webhook id is the source's secret (any of current/previous; the literal "
-        "WEBHOOK_ID too when `accept_simulator` is on). The certificate comes from PAYPAL-CERT-URL, fetched "
+        "WEBHOOK_ID too when `accept_simulator` is on, and only then: it is refused as the secret). The certificate "
+        "comes from PAYPAL-CERT-URL, fetched "
         "only over https from api.paypal.com (api.sandbox.paypal.com with `allow_sandbox`) and cached by URL; it "
         "must chain to a root of the system trust store, be valid now and have a subject CN ending in "
         ".paypal.com. Optional `tolerance` on PAYPAL-TRANSMISSION-TIME (PayPal documents none [UNCONFIRMED]). "
@@ -352,6 +353,11 @@ class PayPalProvider(Provider):
         if not _WEBHOOK_ID.fullmatch(secret):
             raise InvalidOptions(
                 "enter the PayPal Webhook ID (letters and digits, e.g. 4JH86294D6297924G), not the client secret"
+            )
+        if secret == SIMULATOR_WEBHOOK_ID:
+            raise InvalidOptions(
+                "WEBHOOK_ID is the Webhooks Simulator's id, which anyone can have the simulator send events for: "
+                "enter your webhook's own ID, and turn on accept_simulator (Accept Webhooks Simulator events) while testing"
             )
         return secret
 
@@ -438,7 +444,11 @@ class PayPalProvider(Provider):
                 raise VerificationError("bad_format", f"{TRANSMISSION_TIME} is not an RFC 3339 time")
             check_timestamp_age(sent, now, tolerance, what="transmission time")
 
-        webhook_ids = [s.strip() for s in secrets if isinstance(s, str) and s.strip()]
+        # The simulator's id counts only through accept_simulator, also when stored as a secret (before
+        # clean_secret refused it): anyone can have the simulator send PayPal-signed events for it.
+        webhook_ids = [
+            s.strip() for s in secrets if isinstance(s, str) and s.strip() and s.strip() != SIMULATOR_WEBHOOK_ID
+        ]
         if options.get("accept_simulator", False):
             webhook_ids.append(SIMULATOR_WEBHOOK_ID)
         if not webhook_ids:

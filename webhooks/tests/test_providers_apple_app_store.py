@@ -518,6 +518,15 @@ def test_absurd_signed_date():
         }
 
 
+@pytest.mark.parametrize("signed_date", [10**400, -(10**400)])
+def test_signed_date_past_a_float_is_refused_not_an_error(signed_date):
+    # A valid JSON number whose milliseconds-to-seconds division does not fit a float: read before the
+    # signature is checked, it must be a refusal (401), never an OverflowError (500).
+    body = body_of(pyjwt_sign(notification(signed_date=signed_date), PKI_MAIN))
+    assert reject(body).code == "bad_format"
+    assert PROVIDER.signed_time(req(body), OPTIONS) is None
+
+
 # --- describe, sign, options ---------------------------------------------------------------
 
 

@@ -86,6 +86,7 @@ ODD_APPLE_CLAIMS = [
     {"notificationUUID": "\ud800", "notificationType": "\u0000"},
     {"signedDate": 1e308},
     {"signedDate": -1e308},
+    {"signedDate": 10**400},  # an integer whose seconds do not fit a float
     {"signedDate": "yesterday"},
     {"data": [1]},
     {"data": {"bundleId": ["x"], "environment": {}}},

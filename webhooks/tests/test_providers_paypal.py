@@ -378,6 +378,19 @@ def test_simulator_events_only_when_enabled():
     PROVIDER.verify(request, [WEBHOOK_ID], PROVIDER.clean_options({"accept_simulator": "true"}), NOW)
 
 
+def test_simulator_id_as_the_secret_does_not_accept_simulator_events():
+    # Anyone can make PayPal's simulator post a PayPal-signed event for the literal id WEBHOOK_ID to any URL:
+    # typed in as the source's webhook id, it would accept them for good, past accept_simulator's guard.
+    with pytest.raises(InvalidOptions, match="accept_simulator"):
+        PROVIDER.clean_secret("WEBHOOK_ID")
+    body = fixture("PAYMENT.CAPTURE.COMPLETED")
+    request = req(body, paypal_headers(body, "WEBHOOK_ID"))
+    # A secret stored before clean_secret refused it still verifies nothing on its own.
+    assert reject(request, secrets=("WEBHOOK_ID",)).code == "no_matching_secret"
+    assert reject(request, secrets=(WEBHOOK_ID, "WEBHOOK_ID")).code == "no_matching_secret"
+    PROVIDER.verify(request, ["WEBHOOK_ID"], PROVIDER.clean_options({"accept_simulator": "true"}), NOW)
+
+
 def test_signature_by_a_key_outside_the_chain():
     body = fixture("PAYMENT.CAPTURE.COMPLETED")
     headers = paypal_headers(body, key=ROGUE_KEY)
@@ -593,7 +606,6 @@ def test_options_and_secret():
     with pytest.raises(InvalidOptions):
         PROVIDER.clean_options({"webhook_secret": "x"})
     assert PROVIDER.clean_secret(f"  {WEBHOOK_ID} ") == WEBHOOK_ID
-    assert PROVIDER.clean_secret("WEBHOOK_ID") == "WEBHOOK_ID"
     for bad in ("", "   ", "EAA 1234", "client secret with spaces", "x" * 65):
         with pytest.raises(InvalidOptions):
             PROVIDER.clean_secret(bad)
