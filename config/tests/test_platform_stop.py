@@ -1,7 +1,10 @@
 """A platform's stop: Heroku sends SIGTERM to every process of a dyno at once, pool processes included."""
 
+import contextlib
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 
@@ -81,7 +84,12 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
     redis = RedisServer()
     redis.start()
     receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
-    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
+    stack = Stack(
+        f"redis://127.0.0.1:{redis.port}/0",
+        DELIVERY_THREADS="4",
+        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
+        PYTHONFAULTHANDLER="1",  # should it hang: see _hung_worker_state
+    )
     worker_log = LOG_DIR / "worker.log"
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
     try:
@@ -99,6 +107,11 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         os.kill(worker.pid, signal.SIGQUIT)  # then a cold shutdown of the main process
         try:
             worker.wait(120)
+        except subprocess.TimeoutExpired:
+            # It hung (seen once in CI, never reproduced): say where, for the next time.
+            pytest.fail(
+                f"the worker did not exit within 120 s of the cold shutdown\n{_hung_worker_state(worker.pid, worker_log, log_start)}"
+            )
         finally:
             if worker.poll() is None:  # it hung: the pool process never cancelled
                 os.killpg(worker.pid, signal.SIGKILL)
@@ -111,6 +124,27 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         stack.stop_all()
         receiver.close()
         redis.stop()
+
+
+def _hung_worker_state(worker_pid: int, worker_log, log_start: int) -> str:
+    """The worker's processes (state, kernel wait) and every thread's stack: Celery writes its main
+    process's to its log on SIGUSR1; a pool process has no such handler, but with PYTHONFAULTHANDLER
+    it writes its own on SIGABRT (and dies of it: the test has failed already)."""
+    processes = subprocess.run(
+        ["ps", "-o", "pid,ppid,stat,wchan:32,etime,args", "-g", str(worker_pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    os.kill(worker_pid, signal.SIGUSR1)
+    for line in processes.splitlines()[1:]:
+        pid, ppid = (int(field) for field in line.split()[:2])
+        if ppid == worker_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+    time.sleep(2)
+    written = _written_since(worker_log, log_start)
+    return f"{processes}\n--- worker log since the test began (last 30,000 characters) ---\n{written[-30000:]}"
 
 
 def _written_since(log_path, start: int) -> str:
