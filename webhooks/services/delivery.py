@@ -1246,7 +1246,11 @@ def send(delivery: Delivery) -> SendResult:
             settings.DELIVERY_MAX_TIMEOUT_SECONDS,
         )
         response = outbound.post(
-            delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
+            delivery.destination.url,
+            body=bytes(delivery.event.body),
+            headers=headers,
+            timeout=timeout,
+            organization_id=delivery.organization_id,
         )
     except Exception as exc:
         logger.exception("delivery %s: the attempt could not be made", delivery.pk)
