@@ -164,6 +164,35 @@ def test_a_delivery_s_lookup_counts_as_its_organization_s(monkeypatch, settings,
     assert "this organization's other destinations is not answering" in response.error
 
 
+def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_connected_to_there(monkeypatch):
+    # DNS rebinding: the name answers a public address for the check, then 127.0.0.1. The connection
+    # goes to the address that was checked, never to what a second lookup of the name would answer.
+    receiver = socket.socket()
+    receiver.bind(("127.0.0.1", 0))
+    receiver.listen(8)
+    receiver.settimeout(0.1)
+    port = receiver.getsockname()[1]
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["93.184.215.14"])
+
+    def rebinding(host, *args, **kwargs):
+        if host == "rebind.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers, "127.0.0.1"), port))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", rebinding)
+    tried = []
+    real_pool_for = outbound._pool_for
+    monkeypatch.setattr(outbound, "_pool_for", lambda *key: tried.append(key[3]) or real_pool_for(*key))
+    try:
+        result = post(f"http://rebind.example:{port}/hook", body=b"{}", headers={}, timeout=1)
+        with pytest.raises(TimeoutError):
+            receiver.accept()  # nothing ever connected to the private address
+    finally:
+        receiver.close()
+    assert tried == ["93.184.215.14"] and result.status is None
+
+
 def test_answers_are_reused_for_a_while_and_still_checked(monkeypatch, settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = True
     real_getaddrinfo = outbound.socket.getaddrinfo
