@@ -27,7 +27,12 @@ from .destination_headers import (
     store_custom_headers,
 )
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
-from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
+from .outbound import (
+    MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION,
+    DestinationNotAllowed,
+    ascii_host,
+    resolve_destination,
+)
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
@@ -92,7 +97,8 @@ def destination_check_url(url: str, *, organization_id: int | None = None) -> No
 
     Only a URL being set is checked (destination_update skips an unchanged one): one saved before a
     check was added keeps working, and its destination can be edited without touching it. Its host's
-    lookup counts as ``organization_id``'s (an operator's check in the admin as nobody's)."""
+    lookup counts as ``organization_id``'s, which may have only a few waiting (an operator's check in
+    the admin counts as nobody's)."""
     max_length = Destination._meta.get_field("url").max_length
     if len(url) > max_length:
         raise DestinationError(f"the URL is longer than {max_length} characters")
@@ -114,7 +120,9 @@ def destination_check_url(url: str, *, organization_id: int | None = None) -> No
             f"“{echoable_text(url[url.index('#') :])}”)"
         )
     try:
-        resolve_destination(url, organization_id=organization_id)
+        resolve_destination(
+            url, organization_id=organization_id, organization_limit=MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION
+        )
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
 

@@ -280,6 +280,10 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 RESOLVE_TIMEOUT_SECONDS = 10.0
 MAX_LOOKUPS_PER_HOST = 4
 MAX_LOOKUPS_PER_ORGANIZATION = 32
+# A URL being saved is checked while a web request waits, on one of the few threads that serve every
+# tenant's pages, API calls and ingest: an organization's saves may wait on so many lookups only, or
+# its saves with names of an unanswering zone would hold every thread for the lookup's timeout.
+MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION = 2
 MAX_LOOKUPS = 256
 # Answers are reused this long (the address is checked again on every use): most deliveries then
 # need no lookup, and a change of address is followed within half a minute.
@@ -306,7 +310,9 @@ def _lookup_ended(host: str, organization_id: int | None) -> None:
                 del _lookups_by_organization[organization_id]
 
 
-def _address_infos(host: str, port: int, timeout: float, organization_id: int | None = None) -> list:
+def _address_infos(
+    host: str, port: int, timeout: float, organization_id: int | None = None, organization_limit: int | None = None
+) -> list:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -321,10 +327,11 @@ def _address_infos(host: str, port: int, timeout: float, organization_id: int | 
         if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
             raise DestinationNotAllowed(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
         if organization_id is not None:
-            if _lookups_by_organization.get(organization_id, 0) >= MAX_LOOKUPS_PER_ORGANIZATION:
+            limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
+            if _lookups_by_organization.get(organization_id, 0) >= limit:
                 raise DestinationNotAllowed(
-                    f"the host {host} could not be looked up now: the DNS of this organization's other "
-                    "destinations is not answering (their lookups are still waiting)"
+                    f"the host {host} could not be looked up now: earlier lookups for this organization's "
+                    "destinations are still waiting for their DNS to answer"
                 )
             _lookups_by_organization[organization_id] = _lookups_by_organization.get(organization_id, 0) + 1
         _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
@@ -389,15 +396,22 @@ class _Destination:
 
 
 def resolve_destination(
-    url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS, organization_id: int | None = None
+    url: str,
+    *,
+    timeout: float = RESOLVE_TIMEOUT_SECONDS,
+    organization_id: int | None = None,
+    organization_limit: int | None = None,
 ) -> tuple[str, str, int, str]:
     """(scheme, host, port, first address to connect to), or DestinationNotAllowed. ``organization_id``:
-    whose lookup it is (see MAX_LOOKUPS_PER_ORGANIZATION)."""
-    destination = _resolve(url, timeout=timeout, organization_id=organization_id)
+    whose lookup it is, refused at once past ``organization_limit`` of its lookups in progress
+    (MAX_LOOKUPS_PER_ORGANIZATION by default)."""
+    destination = _resolve(url, timeout=timeout, organization_id=organization_id, organization_limit=organization_limit)
     return destination.scheme, destination.host, destination.port, destination.addresses[0]
 
 
-def _resolve(url: str, *, timeout: float, organization_id: int | None = None) -> _Destination:
+def _resolve(
+    url: str, *, timeout: float, organization_id: int | None = None, organization_limit: int | None = None
+) -> _Destination:
     """The destination with every address its host resolves to, or DestinationNotAllowed.
 
     Unless private destinations are allowed, one private or reserved address among the host's
@@ -424,7 +438,7 @@ def _resolve(url: str, *, timeout: float, organization_id: int | None = None) ->
         except UnicodeError:
             raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     try:
-        infos = _address_infos(host, port, timeout, organization_id)
+        infos = _address_infos(host, port, timeout, organization_id, organization_limit)
     except (socket.gaierror, UnicodeError):
         raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]

@@ -3,12 +3,14 @@
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 
 from webhooks.models import Delivery, Destination
 from webhooks.services import delivery as delivery_service
 from webhooks.services import outbound
+from webhooks.services.destinations import DestinationError, destination_check_url
 from webhooks.services.outbound import DestinationNotAllowed, post, resolve_destination
 
 from .api_helpers import make_delivery, make_event
@@ -161,7 +163,23 @@ def test_a_delivery_s_lookup_counts_as_its_organization_s(monkeypatch, settings,
                 )
         response = delivery_service.send(delivery).response
     assert response.status is None
-    assert "this organization's other destinations is not answering" in response.error
+    assert "earlier lookups for this organization's destinations are still waiting" in response.error
+
+
+def test_an_organization_s_url_checks_wait_on_few_lookups(monkeypatch):
+    # A URL being saved is checked while the request waits, on a thread every tenant's requests
+    # (ingest too) share: saves with names of a zone whose DNS never answers each held one for 10 s.
+    monkeypatch.setattr(outbound, "MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION", 2)
+    with dns_not_answering_for("stuck-zone.example", monkeypatch):
+        for number in range(2):  # two of its lookups are still waiting (here, given up on)
+            with pytest.raises(DestinationNotAllowed):
+                resolve_destination(f"https://h{number}.stuck-zone.example/", timeout=0.05, organization_id=1)
+        started = time.monotonic()
+        with pytest.raises(DestinationError, match="still waiting"):
+            destination_check_url("https://next.stuck-zone.example/hook", organization_id=1)
+        assert time.monotonic() - started < 1  # refused at once, not after the lookup's timeout
+        with pytest.raises(DestinationError, match="private or reserved"):  # another's is looked up
+            destination_check_url("http://localhost/hook", organization_id=2)
 
 
 def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_connected_to_there(monkeypatch):
