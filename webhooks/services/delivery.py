@@ -82,6 +82,39 @@ HOP_BY_HOP_HEADERS = {
 }
 # Hookline's own: the test mark is for this deployment only (services.sender_marks).
 NOT_FORWARDED_HEADERS = {TEST_MARK_HEADER.lower()}
+# Never forwarded either: what proxies and frameworks in front of a receiver read as facts about the
+# request they received (the client's address, the host, scheme or path asked for, its method). Whoever
+# sends to an ingest URL chooses them, and Hookline's own router adds some: passed on, they would tell
+# the receiver that a webhook came from 127.0.0.1 (past an allowlist), or was a DELETE (Symfony and
+# Rack read X-HTTP-Method-Override on a POST) or for another path (X-Original-URL), though Hookline
+# POSTed it to the destination's URL. Any x-forwarded-* (Envoy's client certificate among them) too.
+REQUEST_DESCRIBING_HEADERS = {
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-envoy-external-address",
+    "forwarded-for",
+    "x-forwarded",
+    "x-original-host",
+    "x-host",
+    "front-end-https",
+    "x-url-scheme",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+}
+REQUEST_DESCRIBING_HEADER_PREFIXES = ("x-forwarded-",)
 RETRYABLE_CLIENT_ERRORS = {408, 409, 425, 429}
 
 # The dispatcher holds this key while it runs; see schedule_dispatch().
@@ -1148,8 +1181,18 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
     # The destination's own headers (a gateway's key, basic auth) take the place of the provider's of
     # the same name; the platform's below (User-Agent, the signature) cannot be among them.
     custom = delivery.destination.custom_header_values()
-    dropped = HOP_BY_HOP_HEADERS | named_by_connection | NOT_FORWARDED_HEADERS | {name.lower() for name in custom}
-    headers = {_latin1(name): _latin1(value) for name, value in event.headers.items() if name.lower() not in dropped}
+    dropped = (
+        HOP_BY_HOP_HEADERS
+        | REQUEST_DESCRIBING_HEADERS
+        | NOT_FORWARDED_HEADERS
+        | named_by_connection
+        | {name.lower() for name in custom}
+    )
+    headers = {
+        _latin1(name): _latin1(value)
+        for name, value in event.headers.items()
+        if name.lower() not in dropped and not name.lower().startswith(REQUEST_DESCRIBING_HEADER_PREFIXES)
+    }
     headers.update(custom)
     # Retries keep the event's id so receivers can de-duplicate; a replay is a deliberate
     # new send and gets its own id so that a de-duplicating receiver processes it again.
@@ -1203,7 +1246,11 @@ def send(delivery: Delivery) -> SendResult:
             settings.DELIVERY_MAX_TIMEOUT_SECONDS,
         )
         response = outbound.post(
-            delivery.destination.url, body=bytes(delivery.event.body), headers=headers, timeout=timeout
+            delivery.destination.url,
+            body=bytes(delivery.event.body),
+            headers=headers,
+            timeout=timeout,
+            organization_id=delivery.organization_id,
         )
     except Exception as exc:
         logger.exception("delivery %s: the attempt could not be made", delivery.pk)

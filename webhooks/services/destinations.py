@@ -27,7 +27,12 @@ from .destination_headers import (
     store_custom_headers,
 )
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
-from .outbound import DestinationNotAllowed, ascii_host, resolve_destination
+from .outbound import (
+    MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION,
+    DestinationNotAllowed,
+    ascii_host,
+    resolve_destination,
+)
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
 from .row_locks import delete_destinations
@@ -86,12 +91,14 @@ MIN_ATTEMPTS = 1
 MAX_EVENT_TYPE_PATTERN_CHARS = 255
 
 
-def destination_check_url(url: str) -> None:
+def destination_check_url(url: str, *, organization_id: int | None = None) -> None:
     """Refuse URLs Hookline cannot or must not send to: private or reserved addresses (unless
     allowed by settings), credentials in the URL, a #fragment, and Hookline's own ingest URLs (a loop).
 
     Only a URL being set is checked (destination_update skips an unchanged one): one saved before a
-    check was added keeps working, and its destination can be edited without touching it."""
+    check was added keeps working, and its destination can be edited without touching it. Its host's
+    lookup counts as ``organization_id``'s, which may have only a few waiting (an operator's check in
+    the admin counts as nobody's)."""
     max_length = Destination._meta.get_field("url").max_length
     if len(url) > max_length:
         raise DestinationError(f"the URL is longer than {max_length} characters")
@@ -113,7 +120,9 @@ def destination_check_url(url: str) -> None:
             f"“{echoable_text(url[url.index('#') :])}”)"
         )
     try:
-        resolve_destination(url)
+        resolve_destination(
+            url, organization_id=organization_id, organization_limit=MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION
+        )
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
 
@@ -453,7 +462,7 @@ def destination_create(
     )
     headers = destination_check_custom_headers(custom_headers or {})
     conditions = destination_check_payload_filters(payload_filters)
-    destination_check_url(url)
+    destination_check_url(url, organization_id=organization.pk)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
     secret = generate_standard_webhooks_secret()
@@ -587,7 +596,7 @@ def destination_update(
     if payload_filters is not UNCHANGED:
         payload_filters = destination_check_payload_filters(payload_filters)
     if url != destination.url:
-        destination_check_url(url)
+        destination_check_url(url, organization_id=destination.organization_id)
     wanted = {source.pk: source for source in sources}
     patterns = event_type_patterns(event_types, has_sources=bool(wanted))
     if any(source.organization_id != destination.organization_id for source in wanted.values()):

@@ -274,15 +274,23 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 # lookup rather than a shared pool: a tenant's unanswering DNS server must not hold the threads
 # that other tenants' lookups would wait for. A lookup given up on ends with the resolver's own
 # timeout; until then it counts against its host's few (and the process's) lookups in progress,
-# past which lookups fail at once rather than pile up threads.
+# past which lookups fail at once rather than pile up threads. And against its organization's: a
+# tenant's destinations on many names of a zone whose DNS never answers (a wildcard costs nothing)
+# would otherwise fill the process's lookups, and every other tenant's would fail at once.
 RESOLVE_TIMEOUT_SECONDS = 10.0
 MAX_LOOKUPS_PER_HOST = 4
+MAX_LOOKUPS_PER_ORGANIZATION = 32
+# A URL being saved is checked while a web request waits, on one of the few threads that serve every
+# tenant's pages, API calls and ingest: an organization's saves may wait on so many lookups only, or
+# its saves with names of an unanswering zone would hold every thread for the lookup's timeout.
+MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION = 2
 MAX_LOOKUPS = 256
 # Answers are reused this long (the address is checked again on every use): most deliveries then
 # need no lookup, and a change of address is followed within half a minute.
 RESOLVED_TTL_SECONDS = 30.0
 _resolved: dict[tuple[str, int], tuple[float, list]] = {}
 _lookups_by_host: dict[str, int] = {}
+_lookups_by_organization: dict[int, int] = {}
 _lookups_lock = threading.Lock()
 
 
@@ -291,14 +299,20 @@ def forget_resolved_hosts() -> None:
     _resolved.clear()
 
 
-def _lookup_ended(host: str) -> None:
+def _lookup_ended(host: str, organization_id: int | None) -> None:
     with _lookups_lock:
         _lookups_by_host[host] -= 1
         if not _lookups_by_host[host]:
             del _lookups_by_host[host]
+        if organization_id is not None:
+            _lookups_by_organization[organization_id] -= 1
+            if not _lookups_by_organization[organization_id]:
+                del _lookups_by_organization[organization_id]
 
 
-def _address_infos(host: str, port: int, timeout: float) -> list:
+def _address_infos(
+    host: str, port: int, timeout: float, organization_id: int | None = None, organization_limit: int | None = None
+) -> list:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -312,6 +326,14 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
     with _lookups_lock:
         if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
             raise DestinationNotAllowed(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+        if organization_id is not None:
+            limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
+            if _lookups_by_organization.get(organization_id, 0) >= limit:
+                raise DestinationNotAllowed(
+                    f"the host {host} could not be looked up now: earlier lookups for this organization's "
+                    "destinations are still waiting for their DNS to answer"
+                )
+            _lookups_by_organization[organization_id] = _lookups_by_organization.get(organization_id, 0) + 1
         _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
     outcome: dict = {}
 
@@ -321,13 +343,13 @@ def _address_infos(host: str, port: int, timeout: float) -> list:
         except Exception as exc:  # handed to the waiting sender
             outcome["error"] = exc
         finally:
-            _lookup_ended(host)
+            _lookup_ended(host, organization_id)
 
     lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
     try:
         lookup.start()
     except RuntimeError:  # no thread to be had: as a lookup that failed
-        _lookup_ended(host)
+        _lookup_ended(host, organization_id)
         raise DestinationNotAllowed(f"the host {host} could not be looked up now") from None
     lookup.join(timeout)
     if lookup.is_alive():
@@ -373,13 +395,23 @@ class _Destination:
     addresses: tuple[str, ...]  # every address the host resolves to, all checked, in the resolver's order
 
 
-def resolve_destination(url: str, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> tuple[str, str, int, str]:
-    """(scheme, host, port, first address to connect to), or DestinationNotAllowed."""
-    destination = _resolve(url, timeout=timeout)
+def resolve_destination(
+    url: str,
+    *,
+    timeout: float = RESOLVE_TIMEOUT_SECONDS,
+    organization_id: int | None = None,
+    organization_limit: int | None = None,
+) -> tuple[str, str, int, str]:
+    """(scheme, host, port, first address to connect to), or DestinationNotAllowed. ``organization_id``:
+    whose lookup it is, refused at once past ``organization_limit`` of its lookups in progress
+    (MAX_LOOKUPS_PER_ORGANIZATION by default)."""
+    destination = _resolve(url, timeout=timeout, organization_id=organization_id, organization_limit=organization_limit)
     return destination.scheme, destination.host, destination.port, destination.addresses[0]
 
 
-def _resolve(url: str, *, timeout: float) -> _Destination:
+def _resolve(
+    url: str, *, timeout: float, organization_id: int | None = None, organization_limit: int | None = None
+) -> _Destination:
     """The destination with every address its host resolves to, or DestinationNotAllowed.
 
     Unless private destinations are allowed, one private or reserved address among the host's
@@ -406,7 +438,7 @@ def _resolve(url: str, *, timeout: float) -> _Destination:
         except UnicodeError:
             raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     try:
-        infos = _address_infos(host, port, timeout)
+        infos = _address_infos(host, port, timeout, organization_id, organization_limit)
     except (socket.gaierror, UnicodeError):
         raise DestinationNotAllowed(f"the host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
@@ -486,8 +518,11 @@ class _ConnectFailed(Exception):
             self.reason = (getattr(cause, "strerror", None) or str(cause or error)).lower()
 
 
-def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> OutboundResponse:
-    """POST ``body`` to ``url``; never raises for network trouble, it is reported in ``error``."""
+def post(
+    url: str, *, body: bytes, headers: dict[str, str], timeout: float, organization_id: int | None = None
+) -> OutboundResponse:
+    """POST ``body`` to ``url`` for the organization ``organization_id``; never raises for network
+    trouble, it is reported in ``error``."""
     started = time.monotonic()
     deadline = started + timeout
 
@@ -495,7 +530,7 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> O
         return int((time.monotonic() - started) * 1000)
 
     try:
-        destination = _resolve(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS))
+        destination = _resolve(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS), organization_id=organization_id)
     except DestinationNotAllowed as exc:
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
     # What the lookup took comes out of the attempt's time: its deadline holds from its start.

@@ -148,6 +148,54 @@ def test_the_request_is_signed_verifiably_byte_exact_and_without_the_providers_p
     assert "webhook-signature" not in {name.lower() for name in DeliveryAttempt.objects.get().request_headers}
 
 
+@pytest.mark.django_db
+def test_headers_a_receiver_s_proxy_or_framework_would_take_as_facts_about_the_request_are_not_passed_on(
+    client, organization, receiver, monkeypatch
+):
+    # Whoever sends to an ingest URL chooses these headers; passed on, they would tell the
+    # destination's proxy or framework that the request came from another client address (an
+    # allowlist of 127.0.0.1), for another host, scheme or path, or with another method: Symfony
+    # and Rack take X-HTTP-Method-Override on a POST, so a signed webhook would reach a DELETE route.
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    destination_receiver = receiver(b"HTTP/1.1 204 No Content\r\n\r\n")
+    source = make_source(organization)
+    make_destination(organization, destination_receiver.url, sources=[source])
+    sender_chosen = {
+        "HTTP_X_HTTP_METHOD_OVERRIDE": "DELETE",
+        "HTTP_X_HTTP_METHOD": "DELETE",
+        "HTTP_X_METHOD_OVERRIDE": "DELETE",
+        "HTTP_X_ORIGINAL_URL": "/admin/purge",
+        "HTTP_X_REWRITE_URL": "/admin/purge",
+        "HTTP_TRUE_CLIENT_IP": "127.0.0.1",
+        "HTTP_CLIENT_IP": "127.0.0.1",
+        "HTTP_X_CLIENT_IP": "127.0.0.1",
+        "HTTP_X_CLUSTER_CLIENT_IP": "127.0.0.1",
+        "HTTP_CF_CONNECTING_IP": "127.0.0.1",
+        "HTTP_FASTLY_CLIENT_IP": "127.0.0.1",
+        "HTTP_X_FORWARDED_SERVER": "internal.example",
+        "HTTP_X_FORWARDED_CLIENT_CERT": "By=spiffe://cluster/admin",
+        "HTTP_X_ORIGINAL_HOST": "internal.example",
+        "HTTP_FRONT_END_HTTPS": "on",
+        "HTTP_X_PROVIDER_DELIVERY": "d-42",
+    }
+    body = '{"id": "evt_1", "object": "event", "type": "invoice.paid"}'
+    assert post_stripe(client, source, body, STRIPE_SECRET, **sender_chosen).status_code == 200
+    processing.process_received_events()
+    assert delivery_service.dispatch_due_deliveries(threads=1) == 1
+
+    _, headers, _ = parse_request(destination_receiver.requests[0])
+    sent = {name.lower(): value for name, value in headers}
+    assert sent["x-provider-delivery"] == "d-42"  # the provider's own headers still are
+    passed_on = sorted(
+        name
+        for name in sent
+        if name.replace("-", "_").upper() in {key.removeprefix("HTTP_") for key in sender_chosen}
+        and name != "x-provider-delivery"
+    )
+    assert passed_on == []
+
+
 # --- Odd answers ----------------------------------------------------------------------------
 
 

@@ -3,11 +3,18 @@
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 
+from webhooks.models import Delivery, Destination
+from webhooks.services import delivery as delivery_service
 from webhooks.services import outbound
+from webhooks.services.destinations import DestinationError, destination_check_url
 from webhooks.services.outbound import DestinationNotAllowed, post, resolve_destination
+
+from .api_helpers import make_delivery, make_event
+from .factories import make_destination, make_source
 
 
 @pytest.fixture(autouse=True)
@@ -82,12 +89,13 @@ def test_redirects_are_not_followed(settings, httpserver):
 
 @contextlib.contextmanager
 def dns_not_answering_for(host: str, monkeypatch):
-    """getaddrinfo hangs for ``host`` (as with a DNS server that never answers) until the block ends."""
+    """getaddrinfo hangs for ``host`` and the names under it (as with a DNS server that never answers)
+    until the block ends."""
     released = threading.Event()
     real_getaddrinfo = outbound.socket.getaddrinfo
 
     def hanging(name, *args, **kwargs):
-        if name == host:
+        if name == host or name.endswith(f".{host}"):
             released.wait(30)
         return real_getaddrinfo(name, *args, **kwargs)
 
@@ -119,6 +127,88 @@ def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch
         assert threading.active_count() == threads
         with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # resolved, then refused
             resolve_destination("http://localhost/hook", timeout=5)
+
+
+def test_one_organization_s_unanswering_dns_leaves_lookups_for_the_others(monkeypatch):
+    # A lookup given up on goes on until the resolver's own timeout, and each host has its own few: a
+    # tenant with destinations on many names of a zone whose DNS never answers (a wildcard) filled the
+    # process's lookups, and every other tenant's lookup then failed at once.
+    monkeypatch.setattr(outbound, "MAX_LOOKUPS", 8)
+    monkeypatch.setattr(outbound, "MAX_LOOKUPS_PER_ORGANIZATION", 4)
+    with dns_not_answering_for("stuck-zone.example", monkeypatch):
+        for number in range(outbound.MAX_LOOKUPS):
+            with pytest.raises(DestinationNotAllowed):
+                resolve_destination(f"https://h{number}.stuck-zone.example/hook", timeout=0.05, organization_id=1)
+        threads = threading.active_count()
+        with pytest.raises(DestinationNotAllowed, match="still waiting"):  # its own: refused at once
+            resolve_destination("https://another.stuck-zone.example/hook", timeout=5, organization_id=1)
+        assert threading.active_count() == threads
+        with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # another's: resolved, then refused
+            resolve_destination("http://localhost/hook", timeout=5, organization_id=2)
+
+
+def test_a_delivery_s_lookup_counts_as_its_organization_s(monkeypatch, settings, organization):
+    monkeypatch.setattr(outbound, "MAX_LOOKUPS_PER_ORGANIZATION", 2)
+    settings.ALLOW_PRIVATE_DESTINATIONS = True  # saved on a checked address, then moved to the stuck zone
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    Destination.objects.filter(pk=destination.pk).update(url="https://sent.stuck-zone.example/hook")
+    destination.refresh_from_db()
+    delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING)
+    with dns_not_answering_for("stuck-zone.example", monkeypatch):
+        for number in range(outbound.MAX_LOOKUPS_PER_ORGANIZATION):
+            with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
+                resolve_destination(
+                    f"https://h{number}.stuck-zone.example/hook", timeout=0.05, organization_id=organization.pk
+                )
+        response = delivery_service.send(delivery).response
+    assert response.status is None
+    assert "earlier lookups for this organization's destinations are still waiting" in response.error
+
+
+def test_an_organization_s_url_checks_wait_on_few_lookups(monkeypatch):
+    # A URL being saved is checked while the request waits, on a thread every tenant's requests
+    # (ingest too) share: saves with names of a zone whose DNS never answers each held one for 10 s.
+    monkeypatch.setattr(outbound, "MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION", 2)
+    with dns_not_answering_for("stuck-zone.example", monkeypatch):
+        for number in range(2):  # two of its lookups are still waiting (here, given up on)
+            with pytest.raises(DestinationNotAllowed):
+                resolve_destination(f"https://h{number}.stuck-zone.example/", timeout=0.05, organization_id=1)
+        started = time.monotonic()
+        with pytest.raises(DestinationError, match="still waiting"):
+            destination_check_url("https://next.stuck-zone.example/hook", organization_id=1)
+        assert time.monotonic() - started < 1  # refused at once, not after the lookup's timeout
+        with pytest.raises(DestinationError, match="private or reserved"):  # another's is looked up
+            destination_check_url("http://localhost/hook", organization_id=2)
+
+
+def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_connected_to_there(monkeypatch):
+    # DNS rebinding: the name answers a public address for the check, then 127.0.0.1. The connection
+    # goes to the address that was checked, never to what a second lookup of the name would answer.
+    receiver = socket.socket()
+    receiver.bind(("127.0.0.1", 0))
+    receiver.listen(8)
+    receiver.settimeout(0.1)
+    port = receiver.getsockname()[1]
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["93.184.215.14"])
+
+    def rebinding(host, *args, **kwargs):
+        if host == "rebind.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers, "127.0.0.1"), port))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", rebinding)
+    tried = []
+    real_pool_for = outbound._pool_for
+    monkeypatch.setattr(outbound, "_pool_for", lambda *key: tried.append(key[3]) or real_pool_for(*key))
+    try:
+        result = post(f"http://rebind.example:{port}/hook", body=b"{}", headers={}, timeout=1)
+        with pytest.raises(TimeoutError):
+            receiver.accept()  # nothing ever connected to the private address
+    finally:
+        receiver.close()
+    assert tried == ["93.184.215.14"] and result.status is None
 
 
 def test_answers_are_reused_for_a_while_and_still_checked(monkeypatch, settings):
