@@ -1,0 +1,117 @@
+"""What a staff account (not a superuser) may do in the admin, compared with a superuser: each
+restriction holds on an object's own page and in the list's bulk actions alike."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
+
+from organizations.models import AuditLog
+from webhooks.tests.test_admin_operator import staff_with
+
+pytestmark = pytest.mark.django_db
+
+PERIODIC_MODELS = (PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule)
+
+
+@pytest.fixture
+def superuser_client(client):
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    return client
+
+
+@pytest.fixture
+def periodic_staff(client):
+    """Staff holding every permission Django has on periodic tasks and schedules, delete included."""
+    codenames = [
+        f"{verb}_{model._meta.model_name}" for model in PERIODIC_MODELS for verb in ("view", "add", "change", "delete")
+    ]
+    client.force_login(staff_with(*codenames))
+    return client
+
+
+def one_of_each_periodic_model(nth: int = 0) -> dict:
+    """The project's installed periodic tasks, plus one schedule of each kind that no task uses
+    (the ``nth`` such one): {model: a row of it}, the task being the sweeper (what keeps lost
+    deliveries moving) or, for the next, the retention."""
+    call_command("install_periodic_tasks")
+    return {
+        PeriodicTask: PeriodicTask.objects.get(name=("hookline-sweep", "hookline-retention")[nth]),
+        IntervalSchedule: IntervalSchedule.objects.create(every=17 + nth, period=IntervalSchedule.SECONDS),
+        CrontabSchedule: CrontabSchedule.objects.create(minute=str(7 + nth), hour="3"),
+        SolarSchedule: SolarSchedule.objects.create(event="sunrise", latitude=48.85 + nth, longitude=2.35),
+        ClockedSchedule: ClockedSchedule.objects.create(clocked_time=timezone.now() + timedelta(days=1 + nth)),
+    }
+
+
+def admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+def offered_actions(client, model) -> list[str]:
+    page = client.get(admin_url(model, "changelist"))
+    assert page.status_code == 200
+    form = page.context["action_form"]  # None when no action is left at all
+    return [value for value, _ in form.fields["action"].choices] if form else []
+
+
+def deleted_entries(model) -> int:
+    return AuditLog.objects.filter(action=f"admin.django_celery_beat.{model._meta.model_name}.deleted").count()
+
+
+# --- Periodic tasks and their schedules ----------------------------------------------------------
+
+
+def test_staff_allowed_to_delete_periodic_tasks_and_schedules_still_cannot(periodic_staff):
+    # Deleting the sweeper stops it until beat starts again; deleting a schedule deletes its tasks.
+    # A superuser's to do, as adding one is: staff switch a task off instead.
+    rows = one_of_each_periodic_model()
+    tasks = PeriodicTask.objects.count()
+    for model, row in rows.items():
+        name = model._meta.model_name
+        assert periodic_staff.get(admin_url(model, "delete", row.pk)).status_code == 403, name
+        assert periodic_staff.post(admin_url(model, "delete", row.pk), {"post": "yes"}).status_code == 403, name
+        assert "delete_selected" not in offered_actions(periodic_staff, model), name
+        periodic_staff.post(
+            admin_url(model, "changelist"), {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}
+        )
+        assert model.objects.filter(pk=row.pk).exists(), name
+        assert deleted_entries(model) == 0, name
+    # Nor through a schedule the sweeper runs on (which would take it along).
+    sweep_schedule = rows[PeriodicTask].interval
+    url = admin_url(IntervalSchedule, "delete", sweep_schedule.pk)
+    assert periodic_staff.post(url, {"post": "yes"}).status_code == 403
+    assert PeriodicTask.objects.count() == tasks
+    # What such an account may still do: switch a task off.
+    assert "disable_tasks" in offered_actions(periodic_staff, PeriodicTask)
+
+
+def test_a_superuser_deletes_periodic_tasks_and_schedules_from_their_page_and_in_bulk(superuser_client):
+    first, second = one_of_each_periodic_model(), one_of_each_periodic_model(1)
+    for model in PERIODIC_MODELS:
+        name = model._meta.model_name
+        one, other = first[model], second[model]
+        response = superuser_client.post(admin_url(model, "delete", one.pk), {"post": "yes"})
+        assert response.status_code == 302, name
+        assert not model.objects.filter(pk=one.pk).exists(), name
+        assert deleted_entries(model) == 1, name
+
+        assert "delete_selected" in offered_actions(superuser_client, model), name
+        superuser_client.post(
+            admin_url(model, "changelist"),
+            {"action": "delete_selected", "_selected_action": [other.pk], "post": "yes"},
+        )
+        assert not model.objects.filter(pk=other.pk).exists(), name
+        assert deleted_entries(model) == 2, name
