@@ -1,5 +1,5 @@
-"""What a staff account (not a superuser) may do in the admin, compared with a superuser: each
-restriction holds on an object's own page and in the list's bulk actions alike."""
+"""The admin's rules hold however a change is made: a staff account's restrictions on an object's
+own page and in the list's bulk actions alike, and every action's audit entries say what it did."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ from django_celery_beat.models import (
 )
 
 from organizations.models import AuditLog
+from webhooks.models import WebhookEvent
+from webhooks.tests.api_helpers import make_event
+from webhooks.tests.factories import make_source
 from webhooks.tests.test_admin_operator import staff_with
+from webhooks.tests.test_platform_health import set_aside_event
 
 pytestmark = pytest.mark.django_db
 
@@ -115,3 +119,24 @@ def test_a_superuser_deletes_periodic_tasks_and_schedules_from_their_page_and_in
         )
         assert not model.objects.filter(pk=other.pk).exists(), name
         assert deleted_entries(model) == 2, name
+
+
+# --- What each action writes to the audit log ------------------------------------------------------
+
+
+def test_processing_set_aside_events_now_audits_what_it_did_in_each_organization(
+    superuser_client, organization, other_organization
+):
+    # As every other action's entries: done (with the events brought forward) or nothing to do.
+    set_aside = set_aside_event(make_source(organization), next_try_in=timedelta(minutes=30))
+    waiting = make_event(make_source(other_organization), status=WebhookEvent.Status.RECEIVED)
+    superuser_client.post(
+        admin_url(WebhookEvent, "changelist"),
+        {"action": "process_set_aside_now", "_selected_action": [str(set_aside.pk), str(waiting.pk)]},
+    )
+    entries = AuditLog.objects.filter(action="admin.webhooks.webhookevent.action.process_set_aside_now")
+    done = entries.get(organization_id=organization.pk).changes
+    assert (done["outcome"], done["done"], done["selected"]) == ("done", [f"event {set_aside.pk}"], [str(set_aside.pk)])
+    nothing = entries.get(organization_id=other_organization.pk).changes
+    assert (nothing["outcome"], nothing["reason"]) == ("nothing to do", "not set aside, or already due")
+    assert "done" not in nothing
