@@ -18,10 +18,12 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
-from organizations.models import AuditLog
+from organizations.models import AuditLog, Membership, Organization
 from webhooks.models import WebhookEvent
+from webhooks.services.organization_deletion import organization_request_deletion
 from webhooks.tests.api_helpers import make_event
 from webhooks.tests.factories import make_source
+from webhooks.tests.test_admin import user_form
 from webhooks.tests.test_admin_operator import staff_with
 from webhooks.tests.test_platform_health import set_aside_event
 
@@ -119,6 +121,53 @@ def test_a_superuser_deletes_periodic_tasks_and_schedules_from_their_page_and_in
         )
         assert not model.objects.filter(pk=other.pk).exists(), name
         assert deleted_entries(model) == 2, name
+
+
+# --- Memberships, on a user's page as on an organization's -----------------------------------------
+
+
+def test_a_users_page_changes_no_membership_of_an_organization_being_deleted(
+    superuser_client, owner, organization, other_organization
+):
+    # The organization's own page refuses every change once its deletion is asked for, its members
+    # included: so does a user's page, whose memberships are the same rows.
+    organization_request_deletion(organization=other_organization)
+    user_page = admin_url(get_user_model(), "change", owner.pk)
+    (kept,) = Membership.objects.filter(user=owner)
+    added_there = user_form(
+        owner,
+        **{
+            "memberships-TOTAL_FORMS": "2",
+            "memberships-1-user": owner.pk,
+            "memberships-1-organization": other_organization.pk,
+            "memberships-1-role": "admin",
+        },
+    )
+    moved_there = user_form(owner, **{"memberships-0-organization": other_organization.pk})
+    for posted in (added_there, moved_there):
+        response = superuser_client.post(user_page, posted)
+        assert response.status_code == 200
+        errors = [str(fs.formset.non_form_errors()) for fs in response.context["inline_admin_formsets"]]
+        assert any("being deleted" in error for error in errors), errors
+    assert list(Membership.objects.filter(user=owner)) == [kept]
+    assert not Membership.objects.filter(organization=other_organization, user=owner).exists()
+    # A membership of a live organization still changes there.
+    assert superuser_client.post(user_page, user_form(owner, **{"memberships-0-role": "admin"})).status_code == 302
+    kept.refresh_from_db()
+    assert kept.role == "admin"
+
+
+def test_a_users_page_removes_no_membership_of_an_organization_being_deleted(superuser_client, owner, organization):
+    organization_request_deletion(organization=organization)
+    user_page = admin_url(get_user_model(), "change", owner.pk)
+    response = superuser_client.post(user_page, user_form(owner, **{"memberships-0-DELETE": "on"}))
+    assert response.status_code == 200
+    assert Membership.objects.filter(user=owner, organization=organization).exists()
+    # The organization's own page refuses the same.
+    assert (
+        superuser_client.get(admin_url(Organization, "change", organization.pk)).context["has_change_permission"]
+        is False
+    )
 
 
 # --- What each action writes to the audit log ------------------------------------------------------
