@@ -55,11 +55,11 @@ class WhatRunsIsASuperusersMixin:
 class DeletingIsASuperusersMixin:
     """Only a superuser deletes a periodic task or a schedule, from its page or with "Delete selected".
 
-    As adding one (WhatRunsIsASuperusersMixin): a deleted task stops running until beat's next
-    start installs it again (the sweeper, retention, the claim of lost deliveries), and deleting a
-    schedule deletes every task on it. Staff switch a task off instead, which is audited and undone
-    with a click. Django leaves "Delete selected" out of the actions of whoever may not delete,
-    and refuses a schedule's deletion to staff when it would take tasks along."""
+    As adding one (WhatRunsIsASuperusersMixin): a deleted task (the sweeper, which gives lost
+    deliveries back; retention) stops running until it is installed again, at beat's next start or
+    the next release, and deleting a schedule deletes every task on it. Staff switch a task off
+    instead, which is audited and undone with a click. With no delete permission, Django leaves
+    "Delete selected" out of the list's actions and refuses the delete page."""
 
     def has_delete_permission(self, request, obj=None):
         return request.user.is_superuser and super().has_delete_permission(request, obj)
