@@ -530,13 +530,14 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
 
     def clean(self):
         super().clean()
+        touched_forms = [
+            form for form in self.forms if (self.can_delete and self._should_delete_form(form)) or form.has_changed()
+        ]
+        self._refuse_organizations_being_deleted(touched_forms)
         if self.request_user is None or self.request_user.is_superuser:
             return
         touched = set()
-        for form in self.forms:
-            deleted = self.can_delete and self._should_delete_form(form)
-            if not (deleted or form.has_changed()):
-                continue
+        for form in touched_forms:
             if self.fk.name == "user":  # a user's page: its memberships are all the user's
                 touched.add(self.instance.pk)
             else:  # an organization's page: the member before and after the change
@@ -552,6 +553,26 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             raise ValidationError(
                 "Only a superuser adds, changes or removes the memberships of a platform staff account "
                 "(here: " + ", ".join(staff.order_by("email").values_list("email", flat=True)) + ")."
+            )
+
+    def _refuse_organizations_being_deleted(self, touched_forms) -> None:
+        """An organization being deleted changes no more, for anyone: its own page refuses every
+        change (DeletingOrganizationAdmin), its members included, and so does a user's page, which
+        shows the same rows. A member added to it (or moved to it) would otherwise be written to an
+        organization whose members the deletion may already have deleted."""
+        if self.fk.name == "organization":  # an organization's page: that page's own rule
+            return
+        organizations = set()
+        for form in touched_forms:
+            organizations.add(form.initial.get("organization"))
+            organizations.add(getattr(form.cleaned_data.get("organization"), "pk", None))
+        organizations.discard(None)
+        being_deleted = Organization.objects.filter(pk__in=organizations, deletion_requested_at__isnull=False)
+        if being_deleted.exists():
+            raise ValidationError(
+                "No membership of an organization being deleted is added, changed or removed (here: "
+                + ", ".join(being_deleted.order_by("name").values_list("name", flat=True))
+                + ")."
             )
 
 

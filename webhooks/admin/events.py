@@ -440,7 +440,13 @@ class WebhookEventAdmin(
 
     @admin.action(description="Process the selected set-aside events now", permissions=["retry"])
     def process_set_aside_now(self, request, queryset):
-        brought_forward = process_set_aside_events_now(queryset)
+        outcomes = action_outcomes(request)
+        # Said of each organization of the selection none of whose events was brought forward.
+        outcomes.nothing_to_do("not set aside, or already due")
+        brought_forward_events = process_set_aside_events_now(queryset)
+        for event_id, organization_id in brought_forward_events:
+            outcomes.add_done(organization_id, f"event {event_id}")
+        brought_forward = len(brought_forward_events)
         skipped = queryset.count() - brought_forward
         text = ngettext(
             "%(count)d set-aside event will be processed now",

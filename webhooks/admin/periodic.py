@@ -52,6 +52,19 @@ class WhatRunsIsASuperusersMixin:
         return form
 
 
+class DeletingIsASuperusersMixin:
+    """Only a superuser deletes a periodic task or a schedule, from its page or with "Delete selected".
+
+    As adding one (WhatRunsIsASuperusersMixin): a deleted task (the sweeper, which gives lost
+    deliveries back; retention) stops running until it is installed again, at beat's next start or
+    the next release, and deleting a schedule deletes every task on it. Staff switch a task off
+    instead, which is audited and undone with a click. With no delete permission, Django leaves
+    "Delete selected" out of the list's actions and refuses the delete page."""
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
+
 class ActionsNeedChangePermissionMixin:
     """django-celery-beat's actions (enable, disable, toggle, run) name no permission, so Django
     would offer them to anyone who may view the list: a read-only staff account could switch the
@@ -80,7 +93,7 @@ for model, base, restrictions in (
         model,
         type(
             base.__name__,
-            (*restrictions, ActionsNeedChangePermissionMixin, AuditedAdminMixin, base),
+            (*restrictions, DeletingIsASuperusersMixin, ActionsNeedChangePermissionMixin, AuditedAdminMixin, base),
             {"__module__": __name__},
         ),
     )

@@ -30,8 +30,8 @@ class Delivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # The dispatcher run holding the claim (services.claim_owners), whose mark in the cache tells the
-    # sweeper it is alive. NULL for claims made without one (claim_delivery) or before this column:
-    # those are judged by their age alone.
+    # sweeper it is alive. NULL for claims that name none (a test's: webhooks.tests.delivering) or
+    # made before this column: those are judged by their age alone.
     claimed_by = models.CharField(max_length=100, null=True, blank=True)
     # The bulk retry that last made it pending again, set in the same UPDATE; cleared by a retry by
     # hand: its status is then that job's outcome (selectors.with_bulk_retry_outcomes). Not indexed

@@ -1143,29 +1143,6 @@ def dead_letter_deliveries_of_inactive_destinations(now=None) -> int:
     )
 
 
-def claim_delivery(delivery_id) -> Delivery | None:
-    """Claim one specific due delivery, or None if it is not due or another worker has it."""
-    now = timezone.now()
-    claimed = Delivery.objects.filter(
-        pk=delivery_id,
-        status=Delivery.Status.PENDING,
-        next_attempt_at__lte=now,
-        destination__paused_at__isnull=True,
-        destination__is_active=True,
-        destination__organization__is_active=True,
-    ).update(
-        # No owner: recorded at once by its caller (deliver), so judged by its age alone.
-        status=Delivery.Status.IN_FLIGHT,
-        claimed_at=claim_clock(),
-        claimed_by=None,
-        attempt_count=F("attempt_count") + 1,
-    )
-    if claimed != 1:
-        return None
-    claimed = _not_of_sources_being_deleted(_with_source_state(Delivery.objects.filter(pk=delivery_id)))
-    return claimed[0] if claimed else None
-
-
 # --- Sending ------------------------------------------------------------------
 
 
@@ -1673,14 +1650,6 @@ def _alert_paused(destination_id: int) -> None:
         alert_destination_paused(destination_id)
     except Exception:  # mail trouble must not undo a delivery result
         logger.exception("could not send the paused-destination alert")
-
-
-def deliver(delivery_id) -> Delivery | None:
-    """Make one attempt of one due delivery now (used by tests and single retries)."""
-    delivery = claim_delivery(delivery_id)
-    if delivery is None:
-        return None
-    return record_results([(delivery, send(delivery))])[0]
 
 
 # --- The dispatcher -----------------------------------------------------------

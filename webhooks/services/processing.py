@@ -487,14 +487,24 @@ def _message_of(exc: Exception) -> str:
         return ""
 
 
-def process_set_aside_events_now(events) -> int:
+def process_set_aside_events_now(events) -> list[tuple[uuid.UUID, int]]:
     """Bring the next try of the set-aside events among ``events`` (a queryset) forward to now, as
-    after a fix is deployed, instead of waiting up to an hour; returns how many. The processing
-    takes them in its next batches, at most half of each, as any set-aside event that comes due."""
+    after a fix is deployed, instead of waiting up to an hour; returns the (id, organization id)
+    of each one brought forward, for the admin action's audit entries. The processing takes them
+    in its next batches, at most half of each, as any set-aside event that comes due."""
     now = timezone.now()
-    brought_forward = WebhookEvent.objects.filter(
-        pk__in=events.values("pk"), status=WebhookEvent.Status.RECEIVED, processing_retry_at__gt=now
-    ).update(processing_retry_at=now)
+    with transaction.atomic():
+        # Locked (in id order), which checks the condition again once a lock is held: an event that
+        # a batch was processing meanwhile is left out, not reported as brought forward.
+        brought_forward = list(
+            WebhookEvent.objects.filter(
+                pk__in=events.values("pk"), status=WebhookEvent.Status.RECEIVED, processing_retry_at__gt=now
+            )
+            .order_by("pk")
+            .select_for_update(no_key=True)
+            .values_list("pk", "organization_id")
+        )
+        WebhookEvent.objects.filter(pk__in=[pk for pk, _ in brought_forward]).update(processing_retry_at=now)
     if brought_forward:
         transaction.on_commit(schedule_event_processing)
     return brought_forward

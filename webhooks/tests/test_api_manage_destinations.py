@@ -19,6 +19,7 @@ from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destinations_service
 from webhooks.services import processing
+from webhooks.tests.delivering import deliver_now
 
 from .api_helpers import api_delete, api_get, api_patch, api_post, make_delivery, make_event, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -102,7 +103,7 @@ def test_a_created_destination_receives_a_delivery_signed_with_its_secret(
     assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
     assert processing.process_received_events() == 1
     delivery = Delivery.objects.get()
-    delivery_service.deliver(delivery.pk)
+    deliver_now(delivery.pk)
     request, _ = httpserver.log[0]
     assert Webhook(secret).verify(request.get_data(), dict(request.headers))["id"] == "evt_to_api_destination"
     delivery.refresh_from_db()

@@ -11,6 +11,7 @@ from organizations.models import AuditLog, Membership, Organization
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
+from .delivering import deliver_now
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import stripe_headers
 
@@ -123,7 +124,7 @@ def test_list_events_says_why_a_delivery_failed_and_which_id_to_retry(client, or
     ingest_stripe(client, source, "evt_why")
     processing.process_received_events()
     delivery = WebhookEvent.objects.get(provider_event_id="evt_why").deliveries.get()
-    delivery_service.deliver(delivery.pk)
+    deliver_now(delivery.pk)
     delivery.refresh_from_db()
 
     (listed,) = run("list_events", "--org", organization.slug, "--search", "evt_why")["events"]

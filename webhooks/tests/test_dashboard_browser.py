@@ -21,8 +21,8 @@ from playwright.sync_api import expect
 from organizations.models import Membership
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import uuid7_floor
-from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
+from webhooks.tests.delivering import deliver_now
 
 from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .factories import make_destination, make_source
@@ -98,7 +98,7 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
     with page.expect_response(lambda response: "/progress/" in response.url):
         page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Queued")
-    delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    deliver_now(Delivery.objects.get(event=event).pk)
     with page.expect_response(lambda response: "/progress/" in response.url):
         page.clock.run_for(2_000)
     page.wait_for_selector("#event-progress >> text=Succeeded")
@@ -227,7 +227,7 @@ def test_admin_retries_a_failed_delivery_and_it_succeeds(browser, live_server, c
     page.wait_for_selector("text=Retry to endpoint queued")
     assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.PENDING
 
-    delivery_service.deliver(world.delivery.pk)
+    deliver_now(world.delivery.pk)
     page.reload()
     assert "Succeeded" in page.inner_text(".delivery")
     assert "HTTP 200" in page.inner_text(".timeline")

@@ -12,6 +12,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 from webhooks.services.destinations import destination_set_paused
 from webhooks.templatetags.dashboard import duration_ms, format_timestamp
+from webhooks.tests.delivering import deliver_now
 
 from .dashboard_helpers import dead_delivery, ingest_stripe
 from .factories import make_destination, make_source
@@ -249,7 +250,7 @@ def test_the_headers_an_attempt_sent_say_that_a_signature_went_with_them(
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("bad signature", status=401)
     event_id = ingest_stripe(client, source, "evt_signed")
     processing.process_received_events()
-    delivery_service.deliver(Delivery.objects.get(event_id=event_id).pk)
+    deliver_now(Delivery.objects.get(event_id=event_id).pk)
     client.force_login(owner)
 
     page = client.get(reverse("dashboard:event_detail", args=["acme", event_id])).content.decode()

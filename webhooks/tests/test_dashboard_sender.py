@@ -13,6 +13,7 @@ from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.sample_sender import fixtures_for_provider
+from webhooks.tests.delivering import deliver_now
 
 from .dashboard_helpers import ingest_stripe
 from .factories import make_destination, make_source
@@ -334,7 +335,7 @@ def test_the_result_links_the_event_follows_its_delivery_and_takes_the_focus(
     # Nothing new since: nothing to swap (nor to announce again).
     assert progress_of(client, event, seen=seen_in(html)).status_code == 204
 
-    delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    deliver_now(Delivery.objects.get(event=event).pk)
     delivered = progress_of(client, event, seen=seen_in(html)).content.decode()
     assert re.search(r">Succeeded</span>\s*<span [^>]*>HTTP 200</span>", delivered)
     assert not polls(delivered) and "updates by itself" not in delivered  # settled: polling stops
@@ -422,7 +423,7 @@ def test_a_poll_reads_no_body_headers_or_attempts(client, organization, owner, m
     make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
     event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_light_poll"))
     processing.process_received_events()
-    delivery_service.deliver(Delivery.objects.get(event=event).pk)  # refused: one attempt on record
+    deliver_now(Delivery.objects.get(event=event).pk)  # refused: one attempt on record
     client.force_login(owner)
 
     with CaptureQueriesContext(connection) as queries:

@@ -19,6 +19,7 @@ from webhooks.services.claim_owners import MARK_KEY_PREFIX, ClaimOwner
 from webhooks.services.destinations import DestinationError, destination_create, destination_rotate_secret
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.scheduling import clear_flag, set_flag
+from webhooks.tests.delivering import claim_now, deliver_now
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_destination, make_source
 from .processes import PATIENCE_SECONDS, wait_until
@@ -62,7 +63,7 @@ def test_delivered_request_carries_original_body_and_verifiable_signature(client
     event_id = ingest(client, source)["id"]
     assert processing.process_received_events() == 1
     delivery = Delivery.objects.get()
-    delivery_service.deliver(delivery.pk)
+    deliver_now(delivery.pk)
 
     request, _ = httpserver.log[0]
     assert request.get_data() == BODY.encode()
@@ -101,7 +102,7 @@ def test_a_svix_senders_signature_headers_are_not_forwarded(client, organization
     response = client.generic("POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **sent)
     assert response.status_code == 200, response.content
     assert processing.process_received_events() == 1
-    delivery_service.deliver(Delivery.objects.get().pk)
+    deliver_now(Delivery.objects.get().pk)
 
     request, _ = httpserver.log[0]
     assert svix_library_verify(secret, request.get_data(), dict(request.headers))["type"] == "user.created"
@@ -153,7 +154,7 @@ def test_a_rotated_destination_signs_with_both_secrets_while_the_overlap_lasts(
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
     ingest(client, source)
     processing.process_received_events()
-    delivery_service.deliver(Delivery.objects.get().pk)
+    deliver_now(Delivery.objects.get().pk)
 
     request, _ = httpserver.log[0]
     # A receiver holding either secret verifies with the official package while the overlap lasts.
@@ -181,15 +182,15 @@ def test_500_then_200_is_retried_on_the_schedule(client, organization, httpserve
 
     ingest(client, source)
     processing.process_received_events()
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert delivery.status == Delivery.Status.PENDING
     delay = (delivery.next_attempt_at - timezone.now()).total_seconds()
     assert 50 < delay < 70  # 60 s with jitter
 
     # Not due yet: a second worker (or a duplicate message) gets nothing.
-    assert delivery_service.deliver(delivery.pk) is None
+    assert deliver_now(delivery.pk) is None
     make_due(delivery)
-    delivery = delivery_service.deliver(delivery.pk)
+    delivery = deliver_now(delivery.pk)
     assert delivery.status == Delivery.Status.SUCCEEDED
     assert list(DeliveryAttempt.objects.values_list("response_status", flat=True)) == [500, 200]
 
@@ -205,7 +206,7 @@ def test_dead_after_the_last_retry_and_manual_retry(client, organization, httpse
     delivery = Delivery.objects.get()
     for _ in range(3):
         make_due(delivery)
-        delivery = delivery_service.deliver(delivery.pk)
+        delivery = deliver_now(delivery.pk)
     assert delivery.status == Delivery.Status.DEAD
     assert delivery.attempt_count == 3 and delivery.last_status_code == 503
     assert DeliveryAttempt.objects.count() == 3
@@ -213,7 +214,7 @@ def test_dead_after_the_last_retry_and_manual_retry(client, organization, httpse
     httpserver.clear()
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     call_command("retry_delivery", "--id", str(delivery.pk))
-    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
+    assert deliver_now(delivery.pk).status == Delivery.Status.SUCCEEDED
 
 
 def test_network_error_and_timeout_are_recorded_and_retried(client, organization, httpserver):
@@ -221,7 +222,7 @@ def test_network_error_and_timeout_are_recorded_and_retried(client, organization
     make_destination(organization, "http://127.0.0.1:9/unreachable", sources=[source], timeout_seconds=1)
     ingest(client, source)
     processing.process_received_events()
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert delivery.status == Delivery.Status.PENDING
     attempt = DeliveryAttempt.objects.get()
     assert attempt.response_status is None and "connection failed" in attempt.error
@@ -239,7 +240,7 @@ def test_duplicate_ingest_delivers_once(client, organization, httpserver):
     processing.process_received_events()
     assert processing.process_received_events() == 0
     for delivery in Delivery.objects.all():
-        delivery_service.deliver(delivery.pk)
+        deliver_now(delivery.pk)
     assert len(httpserver.log) == 1
 
 
@@ -308,8 +309,8 @@ def test_two_workers_never_claim_the_same_attempt(client, organization, httpserv
     ingest(client, source)
     processing.process_received_events()
     delivery = Delivery.objects.get()
-    assert delivery_service.claim_delivery(delivery.pk) is not None
-    assert delivery_service.claim_delivery(delivery.pk) is None
+    assert [claimed.pk for claimed in delivery_service.claim_due_deliveries(10)] == [delivery.pk]
+    assert delivery_service.claim_due_deliveries(10) == []
 
 
 def test_private_destinations_are_refused_unless_allowed(organization, settings):
@@ -331,7 +332,7 @@ def test_private_destination_is_refused_again_at_send_time(client, organization,
     ingest(client, source)
     processing.process_received_events()
     settings.ALLOW_PRIVATE_DESTINATIONS = False
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert "private or reserved" in delivery.last_error
     assert len(httpserver.log) == 0
 
@@ -344,7 +345,7 @@ def test_sweeper_releases_deliveries_of_dead_workers_and_schedules_due_ones(
     ingest(client, source)
     processing.process_received_events()
     delivery = Delivery.objects.get()
-    assert delivery_service.claim_delivery(delivery.pk) is not None
+    assert claim_now(delivery.pk) is not None
     # The worker dies here. Before the stuck limit the sweeper leaves it alone:
     assert processing.sweep()["released"] == 0
     later = timezone.now() + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 1)
@@ -364,7 +365,7 @@ def test_a_claim_is_judged_by_the_longest_limit_once_its_destination_was_edited(
     Destination.objects.filter(pk=destination.pk).update(timeout_seconds=60)
     ingest(client, source)
     processing.process_received_events()
-    assert delivery_service.claim_delivery(Delivery.objects.get().pk) is not None
+    assert claim_now(Delivery.objects.get().pk) is not None
     claimed_at = Delivery.objects.get().claimed_at
     edited = Destination.objects.get(pk=destination.pk)
     edited.timeout_seconds = 5
@@ -385,7 +386,7 @@ def test_a_dead_worker_s_claim_is_released_soon_after_its_attempt_s_timeout(
     ingest(client, source)
     processing.process_received_events()
     delivery = Delivery.objects.get()
-    assert delivery_service.claim_delivery(delivery.pk) is not None
+    assert claim_now(delivery.pk) is not None
     claimed_at = Delivery.objects.get().claimed_at
     margin = settings.STUCK_DELIVERY_MARGIN_SECONDS
     assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin - 1))["released"] == 0  # may be live
@@ -401,7 +402,7 @@ def test_a_sweeper_whose_clock_runs_ahead_does_not_take_a_live_send_for_a_lost_o
     make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     ingest(client, source)
     processing.process_received_events()
-    assert delivery_service.claim_delivery(Delivery.objects.get().pk) is not None
+    assert claim_now(Delivery.objects.get().pk) is not None
     ahead = timezone.now() + timedelta(seconds=settings.STUCK_DELIVERY_SECONDS + 60)
     monkeypatch.setattr(processing.timezone, "now", lambda: ahead)
     assert processing.sweep()["released"] == 0
@@ -465,7 +466,7 @@ def test_with_the_cache_down_claims_are_judged_by_their_age_alone(
 def test_a_claim_that_names_no_dispatcher_is_judged_by_its_age_alone(
     client, organization, httpserver, dispatches, settings
 ):
-    # Claims taken by the code before claimed_by existed, and claim_delivery's (recorded at once).
+    # Claims taken by the code before claimed_by existed, and those that name no dispatcher (a test's).
     claimed_at = _claimed_long_ago_by(None, organization, httpserver, client)
     margin = settings.STUCK_DELIVERY_MARGIN_SECONDS
     assert processing.sweep(now=claimed_at + timedelta(seconds=5 + margin + 1))["released"] == 1
@@ -702,7 +703,7 @@ def test_a_form_encoded_body_is_delivered_as_sent_and_verifies_as_the_readme_say
     )
     assert response.status_code == 200, response.content
     assert processing.process_received_events() == 1
-    delivery_service.deliver(Delivery.objects.get().pk)
+    deliver_now(Delivery.objects.get().pk)
 
     request, _ = httpserver.log[0]
     assert request.get_data() == body.encode()

@@ -18,6 +18,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 from webhooks.services.lifecycle import purge_expired_events
 from webhooks.services.outbound import OutboundResponse, parse_retry_after
+from webhooks.tests.delivering import deliver_now
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .processes import free_port
@@ -1318,23 +1319,23 @@ def test_a_manual_retry_is_an_attempt_on_top_of_the_schedule(client, organizatio
     source = make_source(organization)
     make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     ingest_many(client, source, 1)
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)  # automatic attempt 1: retry in ~60 s
+    delivery = deliver_now(Delivery.objects.get().pk)  # automatic attempt 1: retry in ~60 s
     assert delivery.status == Delivery.Status.PENDING
 
     retried = delivery_service.delivery_retry(delivery=delivery)
-    after_manual = delivery_service.deliver(retried.pk)  # the manual attempt fails too
+    after_manual = deliver_now(retried.pk)  # the manual attempt fails too
     assert (after_manual.attempt_count, after_manual.manual_attempts) == (2, 1)
     wait = (after_manual.next_attempt_at - timezone.now()).total_seconds()
     assert 50 < wait < 70, wait  # still the first step of the schedule, not the second (3600 s)
 
     # The schedule's own attempts still end it: attempt 2 of the schedule, then dead.
     Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.PENDING  # retry in ~3600 s
+    assert deliver_now(delivery.pk).status == Delivery.Status.PENDING  # retry in ~3600 s
     Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-    dead = delivery_service.deliver(delivery.pk)
+    dead = deliver_now(delivery.pk)
     assert dead.status == Delivery.Status.DEAD and "no retries left" in dead.last_error
     # A dead delivery retried by hand gets exactly one attempt.
-    again = delivery_service.deliver(delivery_service.delivery_retry(delivery=dead).pk)
+    again = deliver_now(delivery_service.delivery_retry(delivery=dead).pk)
     assert again.status == Delivery.Status.DEAD and again.attempt_count == 5
 
 

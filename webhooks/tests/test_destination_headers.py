@@ -26,6 +26,7 @@ from webhooks.services.destinations import (
     destination_set_custom_headers,
     destination_update,
 )
+from webhooks.tests.delivering import deliver_now
 
 from .api_helpers import api_get, api_patch, api_post, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -74,7 +75,7 @@ def _deliver_one(client, source, **provider_headers) -> Delivery:
     assert response.status_code == 200, response.content
     assert processing.process_received_events() == 1
     delivery = Delivery.objects.get()
-    delivery_service.deliver(delivery.pk)
+    deliver_now(delivery.pk)
     return delivery
 
 
@@ -184,7 +185,7 @@ def test_a_send_test_event_reaches_the_destination_with_its_headers(client, orga
         source_testing.post_to_hookline = original
     assert result.event is not None
     assert processing.process_received_events() == 1
-    delivery_service.deliver(Delivery.objects.get().pk)
+    deliver_now(Delivery.objects.get().pk)
     request, _ = httpserver.log[0]
     assert request.headers["X-Api-Key"] == API_KEY_VALUE
 

@@ -15,6 +15,7 @@ from webhooks.services import operations, processing
 from webhooks.services.destinations import DestinationError, destination_update, retry_policy_words
 from webhooks.services.outbound import OutboundResponse
 from webhooks.services.text import duration_words
+from webhooks.tests.delivering import deliver_now
 
 from .api_helpers import api_get, api_patch, api_post, make_key
 from .factories import make_destination, make_source
@@ -118,10 +119,10 @@ def test_a_failing_receiver_is_dead_lettered_after_the_destination_s_attempts(
 
     ingest(client, source)
     processing.process_received_events()
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert delivery.status == Delivery.Status.PENDING
     make_due(delivery)
-    delivery = delivery_service.deliver(delivery.pk)
+    delivery = deliver_now(delivery.pk)
     assert delivery.status == Delivery.Status.DEAD and delivery.attempt_count == 2
     assert delivery.last_error == "HTTP 500: no retries left (the destination allows 2 attempts)"
     assert len(httpserver.log) == 2 and DeliveryAttempt.objects.count() == 2
@@ -129,12 +130,12 @@ def test_a_failing_receiver_is_dead_lettered_after_the_destination_s_attempts(
     # A retry by hand is one attempt on top of the destination's attempts: it is made, and a
     # failure leaves the delivery dead again rather than scheduling more.
     delivery_service.delivery_retry(delivery=delivery)
-    delivery = delivery_service.deliver(delivery.pk)
+    delivery = deliver_now(delivery.pk)
     assert delivery.status == Delivery.Status.DEAD and len(httpserver.log) == 3
     httpserver.clear()
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     delivery_service.delivery_retry(delivery=delivery)
-    assert delivery_service.deliver(delivery.pk).status == Delivery.Status.SUCCEEDED
+    assert deliver_now(delivery.pk).status == Delivery.Status.SUCCEEDED
 
 
 def test_a_delivery_older_than_the_destination_s_limit_is_not_retried(client, organization, httpserver, settings):
@@ -146,12 +147,12 @@ def test_a_delivery_older_than_the_destination_s_limit_is_not_retried(client, or
     processing.process_received_events()
     # Created two hours ago (the destination was paused meanwhile, say): its first failure is final.
     Delivery.objects.update(created_at=timezone.now() - timedelta(hours=2))
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert delivery.status == Delivery.Status.DEAD and len(httpserver.log) == 1
     assert delivery.last_error == "HTTP 503: no retries left (older than the destination's retry limit of 1 h)"
     # A replay is a new delivery, with an age of its own.
     replay = operations.event_replay(event=delivery.event, destination=delivery.destination)
-    replay = delivery_service.deliver(replay.pk)
+    replay = deliver_now(replay.pk)
     assert replay.status == Delivery.Status.PENDING and len(httpserver.log) == 2
 
 

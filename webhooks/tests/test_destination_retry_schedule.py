@@ -25,6 +25,7 @@ from webhooks.services.destinations import (
     retry_schedule_text,
 )
 from webhooks.services.outbound import OutboundResponse
+from webhooks.tests.delivering import deliver_now
 
 from .api_helpers import api_get, api_patch, api_post, make_key
 from .factories import make_destination, make_source
@@ -104,7 +105,7 @@ def test_a_receiver_s_retry_after_lengthens_the_destination_s_wait_never_shorten
 def deliver_and_measure(delivery_id):
     """One attempt now; the delivery, and the earliest and latest times its wait may be counted from."""
     before = timezone.now()
-    delivery = delivery_service.deliver(delivery_id)
+    delivery = deliver_now(delivery_id)
     return delivery, before, timezone.now()
 
 
@@ -124,7 +125,7 @@ def test_a_failing_delivery_follows_the_destination_s_waits_and_is_dead_after_th
         earliest, latest = before + timedelta(seconds=wait * 0.9), after + timedelta(seconds=wait * 1.1)
         assert earliest <= delivery.next_attempt_at <= latest, (wait, delivery.next_attempt_at - before)
         make_due(delivery)
-    delivery = delivery_service.deliver(delivery_id)
+    delivery = deliver_now(delivery_id)
     assert delivery.status == Delivery.Status.DEAD and delivery.attempt_count == 4
     assert delivery.last_error == "HTTP 503: no retries left" and delivery.next_attempt_at is None
     assert len(httpserver.log) == 4
@@ -152,7 +153,7 @@ def test_a_delivery_already_retrying_takes_its_next_wait_from_the_new_schedule(c
     # A schedule with no step left for the attempts it made: its next failure is its last.
     update(destination, retry_schedule=[20])
     make_due(delivery)
-    delivery = delivery_service.deliver(delivery.pk)
+    delivery = deliver_now(delivery.pk)
     assert delivery.status == Delivery.Status.DEAD and delivery.last_error == "HTTP 500: no retries left"
     assert len(httpserver.log) == 3
 

@@ -13,8 +13,8 @@ from django.core import mail
 
 from organizations.models import Membership
 from webhooks.models import Delivery, WebhookEvent
-from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
+from webhooks.tests.delivering import deliver_now
 
 from .dashboard_helpers import work_driven_by_the_test
 
@@ -29,7 +29,7 @@ def work_is_driven_by_the_test(monkeypatch):
 def deliver_everything_due():
     processing.process_received_events()
     for delivery in Delivery.objects.filter(status=Delivery.Status.PENDING):
-        delivery_service.deliver(delivery.pk)
+        deliver_now(delivery.pk)
 
 
 def test_a_new_tenant_connects_a_provider_fixes_a_failure_and_invites_a_colleague(

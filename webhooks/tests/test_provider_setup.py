@@ -30,6 +30,7 @@ from webhooks.providers import registry
 from webhooks.providers.paypal import PayPalProvider
 from webhooks.services import sample_sender
 
+from .delivering import deliver_now
 from .factories import make_source
 
 pytestmark = pytest.mark.django_db
@@ -222,7 +223,7 @@ def test_a_forwarded_form_body_verifies_with_standardwebhooks_only_without_json_
     headers = {"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(url, params)}
     assert post(client, source, body, headers, content_type="application/x-www-form-urlencoded").status_code == 200
     processing.process_event_batch()
-    delivery_service.deliver(Delivery.objects.get().pk)
+    deliver_now(Delivery.objects.get().pk)
     [(request, _)] = httpserver.log
     receiver = Webhook(destination_secret)
     assert request.get_data() == body

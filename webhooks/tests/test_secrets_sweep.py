@@ -21,8 +21,8 @@ from django.urls import reverse
 
 from webhooks.models import Delivery, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services import delivery as delivery_service
 from webhooks.services.processing import process_event_batch
+from webhooks.tests.delivering import deliver_all_due
 
 from .factories import make_destination, make_source
 from .test_providers import REQUIRED_OPTIONS, SIGNABLE, fixture_request, fixtures_of
@@ -88,8 +88,7 @@ def test_no_secret_is_shown_or_logged_anywhere(client, organization, owner, capl
     )
     while process_event_batch():
         pass
-    for delivery in Delivery.objects.all():
-        delivery_service.deliver(delivery.pk)
+    deliver_all_due()
     assert Delivery.objects.filter(attempt_count__gt=0).count() == Delivery.objects.count() > 0
 
     texts = []

@@ -6,7 +6,7 @@ Events are processed and deliveries sent by the test itself, so every step is de
 import pytest
 
 from webhooks.models import Delivery
-from webhooks.services import delivery as delivery_service
+from webhooks.tests.delivering import deliver_now
 
 from .dashboard_helpers import build_world, work_driven_by_the_test
 from .test_dashboard_browser import sign_in
@@ -73,7 +73,7 @@ def test_the_event_page_follows_a_retry_and_shows_its_result_without_a_reload(
     with page.expect_response(lambda response: "/progress/" in response.url and response.status == 204):
         page.clock.run_for(2_000)
 
-    delivery_service.deliver(world.delivery.pk)
+    deliver_now(world.delivery.pk)
     assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.SUCCEEDED
     with page.expect_navigation():
         page.clock.run_for(2_000)

@@ -15,6 +15,7 @@ from webhooks.models import Delivery
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.text import loggable_text
+from webhooks.tests.delivering import deliver_now
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import stripe_headers
@@ -55,7 +56,7 @@ def process(on_commit):
 def deliver_due(delivery_id, on_commit):
     Delivery.objects.filter(pk=delivery_id).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     with on_commit(execute=True):
-        delivery_service.deliver(delivery_id)
+        deliver_now(delivery_id)
 
 
 def test_one_webhook_is_followed_by_its_ids_from_receipt_to_each_attempt(

@@ -22,6 +22,7 @@ from webhooks.models import Delivery, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
 from webhooks.services.destinations import destination_replay_event
+from webhooks.tests.delivering import deliver_now
 
 from .api_helpers import api_get, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -50,9 +51,9 @@ def received_twice_and_replayed(client, organization, httpserver):
     assert again == {"id": first["id"], "duplicate": True}
     processing.process_received_events()
     event = WebhookEvent.objects.get()
-    delivery_service.deliver(Delivery.objects.get(event=event).pk)
+    deliver_now(Delivery.objects.get(event=event).pk)
     replay = destination_replay_event(event=event, destination=destination)
-    delivery_service.deliver(replay.pk)
+    deliver_now(replay.pk)
     return event, replay
 
 
@@ -124,7 +125,7 @@ def test_show_event_takes_a_quoted_id_and_says_why_a_dead_delivery_failed(client
     httpserver.expect_request("/hook").respond_with_data("who are you?", status=401)
     post_stripe(client, source, BODY, STRIPE_SECRET)
     processing.process_received_events()
-    delivery = delivery_service.deliver(Delivery.objects.get().pk)
+    delivery = deliver_now(Delivery.objects.get().pk)
     assert delivery.status == Delivery.Status.DEAD  # a 4xx is not retried by default
 
     out = io.StringIO()
