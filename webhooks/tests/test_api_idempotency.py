@@ -27,6 +27,7 @@ from webhooks.services import organization_deletion as deletion
 from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
 from .processes import ROOT, wait_until
+from .test_api_schema import answer_as_documented
 
 GITHUB_SOURCE = {"provider": "github", "name": "GitHub org"}
 
@@ -410,7 +411,9 @@ def test_a_request_taken_over_while_it_still_runs_commits_nothing_and_the_retry_
         release.set()
         first, retry = first.result(), retry.result()
     assert first.status_code == 409 and first.json()["error"] == "idempotency_key_in_progress"
-    assert "took over" in first.json()["detail"]
+    assert "took over" in first.json()["detail"] and first["Retry-After"] == "1"
+    document = Client().get("/api/v1/schema").json()
+    answer_as_documented(document, first, "/api/v1/sources", "POST")
     assert retry.status_code == 201 and "Idempotent-Replayed" not in retry
     assert Source.objects.filter(organization=organization).count() == 1
     assert AuditLog.objects.filter(action="source.created").count() == 1
