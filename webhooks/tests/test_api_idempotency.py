@@ -544,3 +544,23 @@ def test_a_destination_whose_source_is_deleted_meanwhile_is_a_409_with_the_key_o
     assert not Destination.objects.exists()
     if idempotency_key:  # a refusal, kept for the key like any other
         assert IdempotencyKey.objects.get().response_status == 409
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_error_once_committed_is_answered_with_the_kept_answer_on_retry(organization, key, monkeypatch):
+    # What runs once the transaction has committed (what it asks of the workers) fails: the replay
+    # and its answer are committed, so the retry gets that answer rather than replaying again.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
+    event = make_event(source)
+
+    def after_the_commit_fails():
+        raise RuntimeError("failed once committed")
+
+    monkeypatch.setattr(operations, "schedule_dispatch", after_the_commit_fails)
+    path, body = f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk}
+    assert post(Client(raise_request_exception=False), key, path, body).status_code == 500
+    retried = post(Client(), key, path, body)
+    assert retried.status_code == 202 and retried["Idempotent-Replayed"] == "true"
+    assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
+    assert retried.json()["id"] == str(Delivery.objects.get(event=event, is_replay=True).pk)
