@@ -73,6 +73,8 @@ class IdempotencyKeyMixin:
             committed = self._idempotency_answer_stored
         finally:
             claim, self._idempotency_claim, self._idempotency_transaction = self._idempotency_claim, None, None
+            # Also after a failure once committed (an on_commit hook): the answer is stored then,
+            # and the release, conditional on none being stored, leaves it for the retry.
             if claim is not None and not committed:
                 _release(claim)
         return response
