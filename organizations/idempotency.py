@@ -3,8 +3,10 @@ first one's answer instead of running again.
 
 The first request with a key inserts its row (committed at once, marked running) before it runs;
 the unique constraint decides between two requests with the same key that arrive together, so the
-second is refused while the first runs, whatever the timing. The answer is stored once the request
-has run, unless it is a server error (5xx), after which the key is free again and a retry runs.
+second is refused while the first runs, whatever the timing. The request then runs in one
+transaction with the storing of its answer: what it did is committed together with the answer a
+retry gets, or not at all. So a key still marked running never hides a committed effect, and a
+server error (5xx, the transaction rolled back) frees the key for a retry that has nothing to repeat.
 """
 
 from __future__ import annotations
@@ -150,19 +152,27 @@ def idempotency_key_claim(
     )
 
 
-def idempotency_key_complete(*, claim: IdempotencyKey, status: int, body: str, location: str = "") -> None:
-    """Store the answer the request got, for its retries; a server error frees the key instead, so
-    that a retry runs again. The body is stored encrypted (it may hold a secret shown once)."""
+def idempotency_key_complete(*, claim: IdempotencyKey, status: int, body: str, location: str = "") -> bool:
+    """Store the answer the request got, for its retries: call it in the transaction that holds the
+    request's effect, so that both are committed together or neither is. The body is stored
+    encrypted (it may hold a secret shown once).
+
+    False when the key is no longer this request's (a retry took it over, this one being thought
+    lost): the caller must then roll its effect back, the retry's is the one kept. A server error
+    is never stored: roll the request back and release its key instead.
+    """
     if status >= 500:
-        idempotency_key_release(claim=claim)
-        return
-    IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).update(
-        response_status=status, response_body=body, response_location=location[:2048]
+        raise ValueError("a server error is not kept: roll the request back and release its key")
+    return bool(
+        IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).update(
+            response_status=status, response_body=body, response_location=location[:2048]
+        )
     )
 
 
 def idempotency_key_release(*, claim: IdempotencyKey) -> None:
-    """Free the key of a request that got no answer to keep (an error): a retry runs again."""
+    """Free the key of a request rolled back (a server error): nothing it did was committed, so a
+    retry runs again. Never the key once an answer is stored, nor once a retry took it over."""
     IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).delete()
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import ExitStack
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -21,6 +24,8 @@ from organizations.idempotency import (
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+logger = logging.getLogger(__name__)
 
 
 class IdempotencyKeyReusedError(exceptions.APIException):
@@ -44,9 +49,35 @@ class _Replay(Exception):
 class IdempotencyKeyMixin:
     """A POST with ``Idempotency-Key`` runs once; a retry with the same key and request gets the first
     answer again (``Idempotent-Replayed: true``). Checked after the key's authentication, access and
-    rate limit, so a refused request takes no key."""
+    rate limit, so a refused request takes no key.
+
+    Once the key is taken, the request runs in one transaction with the storing of its answer
+    (ATOMIC): its effect is committed together with the answer its retries get, or not at all. A
+    request that ends in a server error (an exception, a 5xx, a commit that fails, the connection
+    lost) is rolled back whole and its key freed, so the retry runs with nothing done before it; a
+    process killed mid-request leaves its transaction to PostgreSQL's rollback and its key to be
+    taken over (organizations.idempotency). What a request has Celery do is sent on commit only."""
 
     _idempotency_claim = None
+    _idempotency_transaction: ExitStack | None = None
+    _idempotency_answer_stored = False
+
+    def dispatch(self, request, *args, **kwargs):
+        self._idempotency_claim, self._idempotency_answer_stored = None, False
+        committed = False
+        try:
+            # initial() opens the request's transaction in this stack once it has taken the key;
+            # leaving the block commits it (or rolls it back, on an exception or set_rollback).
+            with ExitStack() as self._idempotency_transaction:
+                response = super().dispatch(request, *args, **kwargs)
+            committed = self._idempotency_answer_stored
+        finally:
+            claim, self._idempotency_claim, self._idempotency_transaction = self._idempotency_claim, None, None
+            # Also after a failure once committed (an on_commit hook): the answer is stored then,
+            # and the release, conditional on none being stored, leaves it for the retry.
+            if claim is not None and not committed:
+                _release(claim)
+        return response
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -72,6 +103,7 @@ class IdempotencyKeyMixin:
         if isinstance(outcome, StoredResponse):
             raise _Replay(outcome)
         self._idempotency_claim = outcome
+        self._idempotency_transaction.enter_context(transaction.atomic())
 
     def handle_exception(self, exc):
         if isinstance(exc, _Replay):
@@ -85,24 +117,38 @@ class IdempotencyKeyMixin:
         return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        claim, self._idempotency_claim = self._idempotency_claim, None
-        if claim is not None:
-            data = getattr(response, "data", None)
-            idempotency_key_complete(
-                claim=claim,
-                status=response.status_code,
-                body=JSONRenderer().render(data).decode() if data is not None else "",
-                location=response.get("Location", ""),
-            )
-        return response
+        claim = self._idempotency_claim
+        if claim is not None and not self._idempotency_answer_stored:
+            if response.status_code >= 500:
+                # Not kept, and nothing it did either: the key is freed (dispatch) and a retry runs.
+                transaction.set_rollback(True)
+            elif self._store_answer(claim, response):
+                self._idempotency_answer_stored = True
+            else:
+                transaction.set_rollback(True)
+                response = self.handle_exception(
+                    IdempotencyKeyInProgressError(
+                        "this request took too long and a retry with its Idempotency-Key took over: nothing was"
+                        " done by this one; send it again to get the retry's answer"
+                    )
+                )
+        return super().finalize_response(request, response, *args, **kwargs)
 
-    def dispatch(self, request, *args, **kwargs):
-        try:
-            return super().dispatch(request, *args, **kwargs)
-        finally:
-            # Still claimed: the request ended in an exception nothing answered (a 500), before
-            # finalize_response. Its key is freed, so that a retry runs again.
-            claim, self._idempotency_claim = self._idempotency_claim, None
-            if claim is not None:
-                idempotency_key_release(claim=claim)
+    def _store_answer(self, claim, response) -> bool:
+        data = getattr(response, "data", None)
+        return idempotency_key_complete(
+            claim=claim,
+            status=response.status_code,
+            body=JSONRenderer().render(data).decode() if data is not None else "",
+            location=response.get("Location", ""),
+        )
+
+
+def _release(claim) -> None:
+    """Free the key of a request rolled back. Its connection may be the one that failed (Django has
+    closed it then, and this query opens another); should the database still be out of reach, the
+    key stays marked running and a retry takes it over later: nothing it did was committed."""
+    try:
+        idempotency_key_release(claim=claim)
+    except DatabaseError:
+        logger.warning("Idempotency-Key %s not freed: a retry takes it over in a few minutes", claim.pk, exc_info=True)

@@ -81,7 +81,8 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="1 to 255 printable ASCII characters, spaces included (a UUID per operation is best): the request "
     "runs once, and the same request sent again with the same key gets the first answer again, with "
-    "Idempotent-Replayed: true.",
+    "Idempotent-Replayed: true. A server error (5xx) is not kept: the request did nothing (its changes are "
+    "committed with its answer or not at all) and a retry with the same key runs.",
 )
 _REPLAYED = OpenApiParameter(
     REPLAYED_HEADER,
@@ -165,7 +166,10 @@ class ApiAutoSchema(AutoSchema):
             refusals[413] = error("The body is larger than the API takes (request_too_large).")
             refusals[415] = error("The body is not sent as JSON (unsupported_media_type).")
         if self.method == "POST":
-            refusals[409] = error("A request with this Idempotency-Key still runs (idempotency_key_in_progress).")
+            refusals[409] = error(
+                "A request with this Idempotency-Key still runs, or one with it took this request over as lost "
+                "(it ran past 5 minutes) and this one did nothing (idempotency_key_in_progress)."
+            )
             refusals[422] = error(
                 "This Idempotency-Key was used for another request (idempotency_key_reused): send a new key."
             )

@@ -35,7 +35,7 @@ from .outbound import (
 )
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
-from .row_locks import delete_destinations
+from .row_locks import check_foreign_keys, delete_destinations
 from .secrets import (
     PreviousSecretStillValid,
     SecretNotReplaced,
@@ -485,6 +485,10 @@ def destination_create(
     destination.save(force_insert=True)
     for source in sources:
         subscription_create(destination=destination, source=source, event_types=event_types or [], actor=actor)
+    # A source deleted meanwhile is found here rather than at the commit (an IntegrityError either
+    # way): inside a caller's transaction (an API request with an Idempotency-Key) that commit comes
+    # after the caller has answered, too late to say so.
+    check_foreign_keys(referenced=(Source,))
     audit_record(
         action="destination.created",
         organization=organization,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Model
 
 from webhooks.models import Delivery, Destination
 
@@ -71,17 +72,17 @@ def lock_destinations_for_deletion(ids: list[int]) -> list[int]:
     return list(Destination.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
 
 
-def check_foreign_keys() -> None:
-    """Check now instead of at commit the deferred foreign keys that point at destinations and
-    deliveries (PostgreSQL): the rows a deletion removes. Only those, so a caller's own pending
-    constraints stay deferred to its commit, as it expects."""
+def check_foreign_keys(referenced: Iterable[type[Model]] = (Destination, Delivery)) -> None:
+    """Check now instead of at commit the deferred foreign keys that point at ``referenced``
+    (PostgreSQL; by default destinations and deliveries: the rows a deletion removes). Only those,
+    so a caller's own pending constraints stay deferred to its commit, as it expects."""
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT quote_ident(conname) FROM pg_constraint"
             " WHERE contype = 'f' AND condeferrable AND confrelid = ANY(%s::regclass[]) ORDER BY 1",
-            [[Destination._meta.db_table, Delivery._meta.db_table]],
+            [[model._meta.db_table for model in referenced]],
         )
         names = ", ".join(row[0] for row in cursor.fetchall())
         if names:

@@ -1,25 +1,33 @@
 """Idempotency-Key on the REST API's POSTs: a retry gets the first answer and runs nothing twice."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from django.db import connection, connections
+from django.db.models import F
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 from django.utils import timezone
 
-from organizations.idempotency import idempotency_request_digest
+from organizations.idempotency import idempotency_key_claim, idempotency_request_digest
 from organizations.models import ApiKey, AuditLog, IdempotencyKey
-from webhooks.api import views_manage
+from webhooks.api import views, views_manage
 from webhooks.api.idempotency import IdempotencyKeyMixin
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
-from webhooks.services import lifecycle, operations
+from webhooks.services import destinations, lifecycle, operations
 from webhooks.services import organization_deletion as deletion
 
 from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
+from .processes import ROOT, wait_until
+from .test_api_schema import answer_as_documented
 
 GITHUB_SOURCE = {"provider": "github", "name": "GitHub org"}
 
@@ -325,11 +333,234 @@ def test_identical_requests_sent_at_once_create_one_source(organization, key):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_key_whose_request_was_lost_is_taken_over_after_a_while(organization, key):
-    assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 201
-    # As a worker killed mid-request leaves it: still marked running.
-    long_ago = timezone.now() - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS + 1)
-    IdempotencyKey.objects.update(response_status=None, response_body="", started_at=long_ago)
+    # As a worker killed mid-request leaves it: still marked running, and nothing it did committed
+    # (its transaction went with its connection; see the test with a real killed process below).
+    claim = idempotency_key_claim(
+        api_key=ApiKey.objects.get(organization=organization),
+        key="retry-me-1",
+        method="POST",
+        path="/api/v1/sources",
+        body=json.dumps(GITHUB_SOURCE).encode(),
+        now=timezone.now() - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS + 1),
+    )
+    assert claim.response_status is None
     taken_over = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
     assert taken_over.status_code == 201 and "Idempotent-Replayed" not in taken_over
+    assert Source.objects.filter(organization=organization).count() == 1
     IdempotencyKey.objects.update(response_status=None, started_at=timezone.now())
     assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 409
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_sent_while_the_first_holds_its_uncommitted_effect_is_a_409_and_a_failure_frees_the_key(
+    organization, key, monkeypatch
+):
+    done, release = threading.Event(), threading.Event()
+    real_create = views_manage.source_create
+
+    def created_then_fails(**kwargs):
+        real_create(**kwargs)
+        done.set()
+        assert release.wait(30)
+        raise RuntimeError("failed after the effect")
+
+    monkeypatch.setattr(views_manage, "source_create", created_then_fails)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(
+            _in_thread(lambda: post(Client(raise_request_exception=False), key, "/api/v1/sources", GITHUB_SOURCE))
+        )
+        assert done.wait(30)
+        during = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)  # answered at once, not held up
+        assert not Source.objects.exists()  # the first's source is not committed yet
+        release.set()
+        first = first.result()
+    assert during.status_code == 409 and during.json()["error"] == "idempotency_key_in_progress"
+    assert first.status_code == 500
+    assert not Source.objects.exists() and not IdempotencyKey.objects.exists()
+    monkeypatch.undo()
+    retried = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert retried.status_code == 201 and Source.objects.filter(organization=organization).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_taken_over_while_it_still_runs_commits_nothing_and_the_retry_does_it_once(
+    organization, key, monkeypatch
+):
+    # The first is thought lost (it ran past ABANDONED_AFTER_SECONDS) but still runs: of the two,
+    # only the one holding the key when it stores its answer commits.
+    done, release = threading.Event(), threading.Event()
+    real_create = views_manage.source_create
+
+    def first_one_slow(**kwargs):
+        created = real_create(**kwargs)
+        if not done.is_set():
+            done.set()
+            assert release.wait(30)
+        return created
+
+    monkeypatch.setattr(views_manage, "source_create", first_one_slow)
+    send = _in_thread(lambda: post(Client(), key, "/api/v1/sources", GITHUB_SOURCE))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(send)
+        assert done.wait(30)
+        long_ago = timezone.now() - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS + 1)
+        IdempotencyKey.objects.update(started_at=long_ago)
+        retry = pool.submit(send)
+        # The retry has taken the key over (it then waits for the audit chain the first holds).
+        assert wait_until(lambda: IdempotencyKey.objects.get().started_at > long_ago, timeout=30)
+        release.set()
+        first, retry = first.result(), retry.result()
+    assert first.status_code == 409 and first.json()["error"] == "idempotency_key_in_progress"
+    assert "took over" in first.json()["detail"] and first["Retry-After"] == "1"
+    document = Client().get("/api/v1/schema").json()
+    answer_as_documented(document, first, "/api/v1/sources", "POST")
+    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry
+    assert Source.objects.filter(organization=organization).count() == 1
+    assert AuditLog.objects.filter(action="source.created").count() == 1
+    again = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert again["Idempotent-Replayed"] == "true" and again.json() == retry.json()
+
+
+# --- A server error after the effect: the key must never let a retry do it again ---------------------
+
+
+def _fail_after_the_effect(monkeypatch, module):
+    """The request's effect is done (the service returned); what comes after it fails, a 500."""
+
+    def broken(path):
+        raise RuntimeError("failed after the effect")
+
+    monkeypatch.setattr(module, "absolute_url", broken)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_error_after_the_source_was_created_does_not_create_it_again(organization, key, monkeypatch):
+    _fail_after_the_effect(monkeypatch, views_manage)
+    assert post(Client(raise_request_exception=False), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 500
+    monkeypatch.undo()
+    retried = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    # The 500 left nothing done (the creation went with it), so the retry runs, once.
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried
+    assert Source.objects.filter(organization=organization).count() == 1
+    assert AuditLog.objects.filter(action="source.created").count() == 1
+    assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_error_after_a_replay_does_not_replay_it_again(organization, key, monkeypatch):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
+    event = make_event(source)
+    _fail_after_the_effect(monkeypatch, views)
+    path = f"/api/v1/events/{event.pk}/replay"
+    body = {"destination": destination.pk}
+    assert post(Client(raise_request_exception=False), key, path, body).status_code == 500
+    monkeypatch.undo()
+    assert post(Client(), key, path, body).status_code == 202
+    assert post(Client(), key, path, body)["Idempotent-Replayed"] == "true"
+    assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
+    assert AuditLog.objects.filter(action="event.replayed").count() == 1
+
+
+def _kill_the_connection_when_the_answer_is_stored(execute, sql, params, many, context):
+    """The database connection drops just as the request's answer is being kept for its key."""
+    if sql.startswith(f'UPDATE "{IdempotencyKey._meta.db_table}"') and "response_status" in sql:
+        context["cursor"].execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return execute(sql, params, many, context)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_while_the_answer_is_stored_leaves_nothing_done_and_the_key_free(organization, key):
+    with connection.execute_wrapper(_kill_the_connection_when_the_answer_is_stored):
+        lost = post(Client(raise_request_exception=False), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert lost.status_code == 500
+    connection.close()  # the test's own handle on the killed connection
+    assert not Source.objects.exists()  # the creation was in the transaction that died
+    retried = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried
+    assert Source.objects.filter(organization=organization).count() == 1
+
+
+KILLED_MID_REQUEST = """
+import os, signal
+from django.test import Client
+from django.test.utils import setup_test_environment
+from webhooks.api import views_manage
+
+def die(path):
+    os.kill(os.getpid(), signal.SIGKILL)  # a worker killed (OOM, deploy) once the source is created
+
+setup_test_environment()
+views_manage.absolute_url = die
+Client().post("/api/v1/sources", {source}, content_type="application/json",
+              HTTP_AUTHORIZATION="Bearer {token}", HTTP_IDEMPOTENCY_KEY="retry-me-1")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_whose_worker_was_killed_after_the_effect_is_taken_over_without_doing_it_twice(organization, key):
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    script = KILLED_MID_REQUEST.format(source=GITHUB_SOURCE, token=key)
+    killed = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert IdempotencyKey.objects.get().response_status is None  # left marked running
+    assert post(Client(), key, "/api/v1/sources", GITHUB_SOURCE).status_code == 409
+    # Five minutes on, a retry takes the key over: what the killed request did, it does not do again.
+    IdempotencyKey.objects.update(
+        started_at=F("started_at") - timedelta(seconds=IdempotencyKey.ABANDONED_AFTER_SECONDS + 1)
+    )
+    taken_over = post(Client(), key, "/api/v1/sources", GITHUB_SOURCE)
+    assert taken_over.status_code == 201 and "Idempotent-Replayed" not in taken_over
+    assert Source.objects.filter(organization=organization).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("idempotency_key", [None, "create-it"])
+def test_a_destination_whose_source_is_deleted_meanwhile_is_a_409_with_the_key_or_without(
+    organization, key, monkeypatch, idempotency_key
+):
+    # With the key the creation's transaction is the request's: the source's foreign key, deferred,
+    # must still be checked before the answer, or the commit after it fails as a 500.
+    source = make_source(organization)
+    real_subscription_create = destinations.subscription_create
+
+    def source_deleted_meanwhile(**kwargs):
+        subscription = real_subscription_create(**kwargs)
+        with ThreadPoolExecutor(max_workers=1) as other:  # on its own connection, committed
+            other.submit(_in_thread(lambda: Source.objects.filter(pk=source.pk).delete())).result()
+        return subscription
+
+    monkeypatch.setattr(destinations, "subscription_create", source_deleted_meanwhile)
+    body = {"name": "Billing", "url": "http://127.0.0.1:9/b", "sources": [source.pk]}
+    answer = post(Client(), key, "/api/v1/destinations", body, idempotency_key=idempotency_key)
+    assert answer.status_code == 409 and answer.json()["error"] == "conflict", answer.content
+    assert not Destination.objects.exists()
+    if idempotency_key:  # a refusal, kept for the key like any other
+        assert IdempotencyKey.objects.get().response_status == 409
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_error_once_committed_is_answered_with_the_kept_answer_on_retry(organization, key, monkeypatch):
+    # What runs once the transaction has committed (what it asks of the workers) fails: the replay
+    # and its answer are committed, so the retry gets that answer rather than replaying again.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/b", sources=[source])
+    event = make_event(source)
+
+    def after_the_commit_fails():
+        raise RuntimeError("failed once committed")
+
+    monkeypatch.setattr(operations, "schedule_dispatch", after_the_commit_fails)
+    path, body = f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk}
+    assert post(Client(raise_request_exception=False), key, path, body).status_code == 500
+    retried = post(Client(), key, path, body)
+    assert retried.status_code == 202 and retried["Idempotent-Replayed"] == "true"
+    assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
+    assert retried.json()["id"] == str(Delivery.objects.get(event=event, is_replay=True).pk)
