@@ -129,20 +129,31 @@ def show_demo_webhook(seed: dict) -> None:
         print(f"!! the demo webhook was not accepted: {sent}")
         return
     event_id = json.loads(sent["body"])["id"]
-    print(f"==> demo Stripe webhook received: event {event_id}")
+    print(f"==> demo Stripe webhook received: event {event_id}", flush=True)
     if seed["destination_id"] is None:
         print("==> the demo receiver's destination was deleted in the dashboard: nothing to deliver it to")
         return
+    event_page = f"{BASE_URL}/o/{seed['organization']}/events/{event_id}/"
+    # Only the demo destination's delivery is followed: one the user added that fails (or is slow)
+    # must not hold up the rest of this start, nor be reported as the demo webhook not delivered.
+    delivery = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        events = json.loads(manage("list_events", "--org", seed["organization"], "--limit", "20", "--json"))["events"]
-        event = next((e for e in events if e["id"] == event_id), None)
-        deliveries = event["deliveries"] if event else []
-        if deliveries and all(d["status"] == "succeeded" for d in deliveries):
-            print(f"==> delivered to {', '.join(d['destination'] for d in deliveries)}: received → delivered")
+        listed = json.loads(manage("list_events", "--org", seed["organization"], "--search", event_id, "--json"))
+        deliveries = [d for event in listed["events"] if event["id"] == event_id for d in event["deliveries"]]
+        delivery = next((d for d in deliveries if d["destination_id"] == seed["destination_id"]), None)
+        if delivery and delivery["status"] == "succeeded":
+            print(f"==> delivered to {delivery['destination']}: received → delivered; see {event_page}")
             return
-        time.sleep(1)
-    print("!! the demo webhook was not delivered within 60 s; look at the worker's output above")
+        # Failed once: dead, or pending its first retry, which is a schedule's wait away.
+        if delivery and delivery["status"] in ("pending", "dead") and delivery["attempts"]:
+            print(
+                f"!! the demo webhook's delivery to {delivery['destination']} ({seed['destination_url']}) failed: "
+                f"{delivery['last_error']}; see {event_page}"
+            )
+            return
+        time.sleep(0.5)
+    print(f"!! the demo webhook was not delivered within 60 s; look at the worker's output above, and {event_page}")
 
 
 def operator_command(command: str) -> str:
