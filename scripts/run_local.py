@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ PYTHON = sys.executable
 PORT = os.environ.get("PORT", "8000")
 RECEIVER_PORT = os.environ.get("DEMO_RECEIVER_PORT", "8001")
 BASE_URL = f"http://127.0.0.1:{PORT}"
+RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}/hooks"
 EMBEDDED_BASE_URL = "http://127.0.0.1:8000"  # config/settings.py's default PUBLIC_BASE_URL
 # The settings' own VAR_DIR (config/settings.py), read without loading Django.
 VAR_DIR = Path(os.environ.get("HOOKLINE_VAR_DIR") or ROOT / "var")
@@ -151,6 +153,15 @@ def show_demo_webhook(seed: dict) -> None:
                 f"!! the demo webhook's delivery to {delivery['destination']} ({seed['destination_url']}) failed: "
                 f"{delivery['last_error']}; see {event_page}"
             )
+            if seed["destination_url"] != RECEIVER_URL:
+                # Seeded once, and what the user changed stays: after a first run on another receiver port
+                # it still points there.
+                first_port = urllib.parse.urlsplit(seed["destination_url"]).port
+                way_out = f"run with DEMO_RECEIVER_PORT={first_port}, or " if first_port else ""
+                print(
+                    f"   the demo destination is not this run's receiver ({RECEIVER_URL}): it was set up by the first "
+                    f"`make run`; {way_out}change its URL in the dashboard"
+                )
             return
         time.sleep(0.5)
     print(f"!! the demo webhook was not delivered within 60 s; look at the worker's output above, and {event_page}")
@@ -168,7 +179,7 @@ def main() -> None:
     os.environ.setdefault("PUBLIC_BASE_URL", BASE_URL)
     os.environ.setdefault("ALLOW_PRIVATE_DESTINATIONS", "true")
     os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "5")
-    os.environ.setdefault("DEMO_RECEIVER_URL", f"http://127.0.0.1:{RECEIVER_PORT}/hooks")
+    os.environ.setdefault("DEMO_RECEIVER_URL", RECEIVER_URL)
     manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
     children = start(PROCESSES)

@@ -202,6 +202,11 @@ def test_a_failed_demo_delivery_is_said_with_its_error_without_waiting_for_its_r
         "connection failed: 127.0.0.1:8001: refused" in printed
     )
     assert run_local.time.now < 5
+    # The fixture's receiver port is not 8001: the reason, and the way out, are said too.
+    assert (
+        f"the demo destination is not this run's receiver (http://127.0.0.1:{run_local.RECEIVER_PORT}/hooks)" in printed
+    )
+    assert "DEMO_RECEIVER_PORT=8001" in printed
 
 
 def test_ctrl_c_stops_the_demo_receiver_without_a_traceback():
