@@ -79,6 +79,18 @@ def refuse_to_start_twice() -> object:
     return lock
 
 
+def refuse_if_running() -> None:
+    """Exit saying so while a `make run` holds var/'s run lock: `make clean` would delete its database under it."""
+    lock_path = VAR_DIR / "make-run.lock"
+    if not lock_path.exists():
+        return
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"!! `make run` is running on {VAR_DIR}: stop it (Ctrl-C) first") from None
+
+
 def start(processes: dict[str, list[str]]) -> dict[str, subprocess.Popen]:
     return {name: subprocess.Popen(command, cwd=ROOT) for name, command in processes.items()}
 
@@ -223,4 +235,7 @@ def print_where_to_look(seed: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--refuse-if-running"]:  # `make clean`
+        refuse_if_running()
+    else:
+        main()

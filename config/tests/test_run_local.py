@@ -4,8 +4,11 @@ The script is loaded as a module with `manage` replaced, so that no Django comma
 processes it starts are small real ones.
 """
 
+import fcntl
 import importlib.util
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -229,3 +232,34 @@ def test_ctrl_c_stops_the_demo_receiver_without_a_traceback():
             receiver.wait()
     assert receiver.returncode == 0
     assert "Traceback" not in stderr
+
+
+def test_make_clean_starts_over_but_not_under_a_running_make_run(tmp_path):
+    # `make clean` is the README's reset; it used to delete the SQLite database of a running `make run`.
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT.parents[1] / "Makefile", checkout / "Makefile")
+    shutil.copy(SCRIPT, checkout / "scripts" / "run_local.py")
+    database = checkout / "var" / "hookline.sqlite3"
+    database.parent.mkdir()
+    database.write_text("kept")
+    environment = {key: value for key, value in os.environ.items() if key != "HOOKLINE_VAR_DIR"}
+
+    def make_clean():
+        return subprocess.run(
+            ["make", "-s", "clean", f"PYTHON={sys.executable}"],
+            cwd=checkout,
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+
+    with open(checkout / "var" / "make-run.lock", "w") as running:  # as a running `make run` holds it
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = make_clean()
+    assert refused.returncode != 0
+    assert "`make run` is running on" in refused.stderr and "stop it (Ctrl-C) first" in refused.stderr
+    assert database.read_text() == "kept"
+
+    assert make_clean().returncode == 0
+    assert not (checkout / "var").exists()
