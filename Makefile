@@ -41,5 +41,8 @@ bench: $(VENV)/.installed-dev
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
 	$(PY) bench/ingest.py
 
+# Starts `make run` over: its SQLite database, broker and cache are all under var/. Not while a
+# `make run` holds var/'s run lock: it would go on with its database deleted under it.
 clean:
+	@env -u HOOKLINE_VAR_DIR $(PYTHON) scripts/run_local.py --refuse-if-running
 	rm -rf var staticfiles .pytest_cache

@@ -34,5 +34,10 @@ class Receiver(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("DEMO_RECEIVER_PORT", "8001"))
-    print(f"[receiver] listening on http://127.0.0.1:{port}/hooks", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", port), Receiver).serve_forever()
+    # Ctrl-C in `make run` reaches every process of it, at any moment: stop as the others do, without a traceback.
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+        print(f"[receiver] listening on http://127.0.0.1:{port}/hooks", flush=True)  # once it truly is
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass

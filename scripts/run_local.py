@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ PYTHON = sys.executable
 PORT = os.environ.get("PORT", "8000")
 RECEIVER_PORT = os.environ.get("DEMO_RECEIVER_PORT", "8001")
 BASE_URL = f"http://127.0.0.1:{PORT}"
+RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}/hooks"
 EMBEDDED_BASE_URL = "http://127.0.0.1:8000"  # config/settings.py's default PUBLIC_BASE_URL
 # The settings' own VAR_DIR (config/settings.py), read without loading Django.
 VAR_DIR = Path(os.environ.get("HOOKLINE_VAR_DIR") or ROOT / "var")
@@ -77,6 +79,18 @@ def refuse_to_start_twice() -> object:
     return lock
 
 
+def refuse_if_running() -> None:
+    """Exit saying so while a `make run` holds var/'s run lock: `make clean` would delete its database under it."""
+    lock_path = VAR_DIR / "make-run.lock"
+    if not lock_path.exists():
+        return
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"!! `make run` is running on {VAR_DIR}: stop it (Ctrl-C) first") from None
+
+
 def start(processes: dict[str, list[str]]) -> dict[str, subprocess.Popen]:
     return {name: subprocess.Popen(command, cwd=ROOT) for name, command in processes.items()}
 
@@ -129,20 +143,40 @@ def show_demo_webhook(seed: dict) -> None:
         print(f"!! the demo webhook was not accepted: {sent}")
         return
     event_id = json.loads(sent["body"])["id"]
-    print(f"==> demo Stripe webhook received: event {event_id}")
+    print(f"==> demo Stripe webhook received: event {event_id}", flush=True)
     if seed["destination_id"] is None:
         print("==> the demo receiver's destination was deleted in the dashboard: nothing to deliver it to")
         return
+    event_page = f"{BASE_URL}/o/{seed['organization']}/events/{event_id}/"
+    # Only the demo destination's delivery is followed: one the user added that fails (or is slow)
+    # must not hold up the rest of this start, nor be reported as the demo webhook not delivered.
+    delivery = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        events = json.loads(manage("list_events", "--org", seed["organization"], "--limit", "20", "--json"))["events"]
-        event = next((e for e in events if e["id"] == event_id), None)
-        deliveries = event["deliveries"] if event else []
-        if deliveries and all(d["status"] == "succeeded" for d in deliveries):
-            print(f"==> delivered to {', '.join(d['destination'] for d in deliveries)}: received → delivered")
+        listed = json.loads(manage("list_events", "--org", seed["organization"], "--search", event_id, "--json"))
+        deliveries = [d for event in listed["events"] if event["id"] == event_id for d in event["deliveries"]]
+        delivery = next((d for d in deliveries if d["destination_id"] == seed["destination_id"]), None)
+        if delivery and delivery["status"] == "succeeded":
+            print(f"==> delivered to {delivery['destination']}: received → delivered; see {event_page}")
             return
-        time.sleep(1)
-    print("!! the demo webhook was not delivered within 60 s; look at the worker's output above")
+        # Failed once: dead, or pending its first retry, which is a schedule's wait away.
+        if delivery and delivery["status"] in ("pending", "dead") and delivery["attempts"]:
+            print(
+                f"!! the demo webhook's delivery to {delivery['destination']} ({seed['destination_url']}) failed: "
+                f"{delivery['last_error']}; see {event_page}"
+            )
+            if seed["destination_url"] != RECEIVER_URL:
+                # Seeded once, and what the user changed stays: after a first run on another receiver port
+                # it still points there.
+                first_port = urllib.parse.urlsplit(seed["destination_url"]).port
+                way_out = f"run with DEMO_RECEIVER_PORT={first_port}, or " if first_port else ""
+                print(
+                    f"   the demo destination is not this run's receiver ({RECEIVER_URL}): it was set up by the first "
+                    f"`make run`; {way_out}change its URL in the dashboard"
+                )
+            return
+        time.sleep(0.5)
+    print(f"!! the demo webhook was not delivered within 60 s; look at the worker's output above, and {event_page}")
 
 
 def operator_command(command: str) -> str:
@@ -157,7 +191,7 @@ def main() -> None:
     os.environ.setdefault("PUBLIC_BASE_URL", BASE_URL)
     os.environ.setdefault("ALLOW_PRIVATE_DESTINATIONS", "true")
     os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "5")
-    os.environ.setdefault("DEMO_RECEIVER_URL", f"http://127.0.0.1:{RECEIVER_PORT}/hooks")
+    os.environ.setdefault("DEMO_RECEIVER_URL", RECEIVER_URL)
     manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
     children = start(PROCESSES)
@@ -201,4 +235,7 @@ def print_where_to_look(seed: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--refuse-if-running"]:  # `make clean`
+        refuse_if_running()
+    else:
+        main()

@@ -83,6 +83,7 @@ def test_operator_flow_from_organization_to_listed_event(client, httpserver, mon
             "id": delivery_id,
             "webhook_id": listed["events"][0]["id"],
             "destination": "app",
+            "destination_id": destination["id"],
             "is_replay": False,
             "status": "pending",
             "attempts": 0,

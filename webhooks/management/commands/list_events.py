@@ -52,6 +52,8 @@ class Command(OperatorCommand):
                         "id": str(delivery.id),
                         "webhook_id": delivery.message_id,
                         "destination": delivery.destination.name,
+                        # Names need not be unique: `make run` follows its demo destination by id.
+                        "destination_id": delivery.destination_id,
                         "is_replay": delivery.is_replay,
                         "status": delivery.status,
                         "attempts": delivery.attempt_count,
