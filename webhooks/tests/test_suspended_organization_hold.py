@@ -216,6 +216,55 @@ def test_the_dead_letter_digest_says_they_were_held_while_the_organization_was_s
     for text in (message.body, message.alternatives[0][0]):
         assert "1 × held too long while the organization was suspended, not sent" in text
         assert "503" not in text
+        # Nothing is wrong with the endpoint: what a retry waits for is the organization.
+        assert "endpoint works" not in text
+        assert "Once Acme is active again, retry it from" in text
+    assert "in the dashboard once Acme is active again (it is closed while the organization is suspended)" in (
+        message.body
+    )
+    assert "Acme is suspended: its dashboard is closed" in message.alternatives[0][0]
+
+
+def test_the_dead_letter_digest_of_an_organization_active_again_says_what_each_retry_waits_for(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS + 5)
+    held = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    lifecycle.purge_expired_events()
+    assert state(held) == (Delivery.Status.DEAD, REASON)
+    organization_set_active(organization=organization, active=True)
+
+    # Only held while it was suspended: retried at once, nothing to wait for.
+    assert send_dead_letter_digests() == 1
+    message = mail.outbox[-1]
+    for text in (message.body, message.alternatives[0][0]):
+        assert "Retry it from" in text
+        assert "endpoint works" not in text and "active again," not in text
+    assert "in the dashboard:" in message.body
+
+    # One that failed at the endpoint too: that one waits for the endpoint.
+    failed = held_delivery(destination, due_days_ago=1)
+    Delivery.objects.filter(pk=failed.pk).update(
+        status=Delivery.Status.DEAD, completed_at=timezone.now(), last_status_code=503, last_error="HTTP 503"
+    )
+    assert send_dead_letter_digests(now=timezone.now() + timedelta(days=1)) == 1
+    message = mail.outbox[-1]
+    for text in (message.body, message.alternatives[0][0]):
+        assert "Once your endpoint works again, retry it from" in text
+
+
+def test_the_dead_letter_digest_of_a_suspended_organization_with_failures_says_both(organization):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, 3)
+    failed = held_delivery(destination, due_days_ago=1)
+    Delivery.objects.filter(pk=failed.pk).update(
+        status=Delivery.Status.DEAD, completed_at=timezone.now(), last_status_code=503, last_error="HTTP 503"
+    )
+
+    assert send_dead_letter_digests() == 1
+    message = mail.outbox[-1]
+    for text in (message.body, message.alternatives[0][0]):
+        assert "1 × 503" in text
+        assert "Once Acme is active again and your endpoint works, retry it from" in text
 
 
 def test_the_admin_and_the_suspended_page_say_when_held_deliveries_are_given_up(admin, client, organization, owner):
