@@ -14,6 +14,7 @@ from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations.audit_actions import audit_action_label
 from organizations.models import AuditLog
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
@@ -87,6 +88,8 @@ def test_the_retention_run_marks_dead_what_a_long_paused_destination_held_and_th
     assert entry.changes["deliveries"] == 1
     assert entry.changes["hold_days"] == HOLD_DAYS
     assert entry.changes["reason"] == reason
+    # In the audit log's words, the destination (the target) after them.
+    assert audit_action_label(entry.action) == "marked dead the deliveries held too long of the paused destination"
 
     # Past the retention after its death, the event goes like any other finished one.
     lifecycle.purge_expired_events(now=timezone.now() + timedelta(days=organization.retention_days + 1))

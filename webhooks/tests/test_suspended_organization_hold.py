@@ -171,7 +171,7 @@ def test_a_reactivation_before_the_bound_sends_everything_held_within_the_caps(o
     assert lifecycle.give_up_long_held_deliveries() == 0
 
 
-def test_a_given_up_delivery_is_retried_once_the_organization_is_active_again(organization):
+def test_a_given_up_delivery_is_retried_once_the_organization_is_active_again(client, organization, owner):
     destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
     suspended_since(organization, HOLD_DAYS + 5)
     deliveries = [held_delivery(destination, due_days_ago=HOLD_DAYS + 1) for _ in range(3)]
@@ -179,6 +179,13 @@ def test_a_given_up_delivery_is_retried_once_the_organization_is_active_again(or
     assert AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).changes["deliveries"] == 3
 
     organization_set_active(organization=organization, active=True)
+    # The dashboard's audit log (open again) says who did what to whom: the run, to the organization.
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:audit", args=[organization.slug])).content.decode()
+    row = page.split('<code class="muted small">organization.held_deliveries_given_up</code>', 1)[0]
+    assert row.rsplit('data-label="Action">', 1)[1].strip() == (
+        "marked dead the deliveries held too long of the suspended organization"
+    )
     assert delivery_service.delivery_retry(delivery=deliveries[0]).status == Delivery.Status.PENDING
     job = operations.bulk_retry_start(organization=organization, filters={"destination": destination.pk})
     operations.bulk_retry_run(job.pk)
