@@ -600,26 +600,32 @@ def _give_up_held_batch(hold: _Hold, holder_id: int, destination_id: int, *, now
     """One batch of give_up_long_held_deliveries, for one destination: how many it marked dead.
 
     Against a resume (or a reactivation) at the same moment: the holder's row (the destination, or
-    the organization) is locked first, on the condition that it is still held since before the cutoff.
-    A resume that got there first has then committed (the lock waits for it, and looks at the row
-    again after: not held, nothing is done) or waits until this batch has committed (its deliveries
-    died before it). Without the lock, the UPDATE's snapshot could predate a resume that commits while
+    the organization) is locked before any delivery is marked, on the condition that it is still
+    held since before the cutoff. A resume that got there first has then committed (the lock waits
+    for it, and looks at the row again after: not held, nothing is done) or waits until this batch
+    has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot could predate a resume that commits while
     it waits on the deliveries' rows: PostgreSQL looks at an updated delivery again, not at its
     holder, and would kill what the resume has just queued. The UPDATE checks the hold too (a
     subquery), the status and the due time, whatever took the rows meanwhile. The lock is FOR NO KEY
     UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the fan-out insert
     deliveries meanwhile (their foreign key checks take KEY SHARE).
+
+    The candidates are read before the lock: once the first run after the bound has marked dead what
+    was held, every later run of a hold that lasts (an abandoned endpoint, an organization never made
+    active again, each of its destinations) finds nothing, and must not lock, and write, the holder's
+    row each hour for that (nor keep a reactivation waiting). What the UPDATE marks dead it looks at
+    again under the lock, in a snapshot taken after it.
     """
+    # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
+    held = Delivery.objects.filter(
+        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=hold.cutoff
+    )
+    ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
+    if not ids:
+        return 0
     still_held = hold.still_held(holder_id)
     with transaction.atomic():
         if not list(still_held.select_for_update(no_key=True).values_list("pk", flat=True)):
-            return 0
-        # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
-        held = Delivery.objects.filter(
-            destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=hold.cutoff
-        )
-        ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
-        if not ids:
             return 0
         return Delivery.objects.filter(
             pk__in=ids,

@@ -318,3 +318,29 @@ def test_the_migration_counts_the_hold_of_organizations_suspended_at_the_upgrade
 
     assert Organization.objects.get(pk=suspended.pk).suspended_at >= upgraded_at
     assert Organization.objects.get(pk=active.pk).suspended_at is None
+
+
+def _row_lock_mark(model, pk) -> str:
+    # xmax: a row lock (FOR NO KEY UPDATE) leaves its transaction's id there, a row written by nobody since none.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT xmax::text FROM {model._meta.db_table} WHERE id = %s", [pk])
+        return cursor.fetchone()[0]
+
+
+def test_a_long_hold_with_nothing_left_to_give_up_locks_no_holder_each_run(organization, other_organization):
+    # What a long suspension (or pause) held is dead after the first run; each hourly run after it
+    # must not lock the organization once per destination (a row written, a reactivation kept
+    # waiting) only to find nothing.
+    for n in range(3):
+        destination = make_destination(organization, f"http://127.0.0.1:9/hook{n}")[0]
+        held_delivery(destination, due_days_ago=1)  # arrived during the suspension: held a while yet
+    suspended_since(organization, HOLD_DAYS + 5)
+    paused = make_destination(other_organization, "http://127.0.0.1:9/paused")[0]
+    Destination.objects.filter(pk=paused.pk).update(paused_at=timezone.now() - timedelta(days=40))
+    marks = (_row_lock_mark(Organization, organization.pk), _row_lock_mark(Destination, paused.pk))
+
+    assert lifecycle.give_up_long_held_deliveries() == 0
+
+    assert (_row_lock_mark(Organization, organization.pk), _row_lock_mark(Destination, paused.pk)) == marks
