@@ -6,6 +6,7 @@ test_ingest's "organization suspended" cases.)"""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -315,6 +316,10 @@ def test_the_migration_counts_the_hold_of_organizations_suspended_at_the_upgrade
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(after)
+        # Back to every app's latest too: going back to 0009 also unapplied any migration that depends
+        # on 0010 (a later one of another app), and the tests after this one need the whole schema.
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
 
     assert Organization.objects.get(pk=suspended.pk).suspended_at >= upgraded_at
     assert Organization.objects.get(pk=active.pk).suspended_at is None
@@ -344,3 +349,44 @@ def test_a_long_hold_with_nothing_left_to_give_up_locks_no_holder_each_run(organ
     assert lifecycle.give_up_long_held_deliveries() == 0
 
     assert (_row_lock_mark(Organization, organization.pk), _row_lock_mark(Destination, paused.pk)) == marks
+
+
+def test_the_run_keeps_to_its_deadline_across_a_suspended_organizations_destinations(organization):
+    destinations = [make_destination(organization, f"http://127.0.0.1:9/hook{n}")[0] for n in range(3)]
+    suspended_since(organization, HOLD_DAYS + 5)
+    deliveries = [held_delivery(d, due_days_ago=HOLD_DAYS + 10) for d in destinations for _ in range(2)]
+
+    # Its time already out: one batch, of the first destination, then the run stops (and audits it).
+    assert lifecycle.give_up_long_held_deliveries(batch_size=1, deadline=time.monotonic()) == 1
+    assert [state(delivery)[0] for delivery in deliveries].count(Delivery.Status.DEAD) == 1
+    assert AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).changes["deliveries"] == 1
+
+    # The next run goes on with the rest.
+    assert lifecycle.give_up_long_held_deliveries(batch_size=1) == 5
+    assert {state(delivery) for delivery in deliveries} == {(Delivery.Status.DEAD, REASON)}
+
+
+def test_a_paused_destination_of_a_suspended_organization_gives_each_delivery_up_once_for_the_first_bound_passed(
+    organization,
+):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS + 15)
+    Destination.objects.filter(pk=destination.pk).update(paused_at=timezone.now() - timedelta(days=40))
+    behind_both = held_delivery(destination, due_days_ago=35)  # past the pause's 30 days and the suspension's 20
+    behind_the_suspension = held_delivery(destination, due_days_ago=HOLD_DAYS + 2)  # past the suspension's only
+    recent = held_delivery(destination, due_days_ago=HOLD_DAYS - 2)
+
+    assert lifecycle.give_up_long_held_deliveries() == 2
+
+    paused_reason = "the destination was paused for more than 30 days: not sent (retry once it is resumed)"
+    assert state(behind_both) == (Delivery.Status.DEAD, paused_reason)
+    assert state(behind_the_suspension) == (Delivery.Status.DEAD, REASON)
+    assert state(recent) == (Delivery.Status.PENDING, "")
+    # Each audit entry counts what its own hold gave up: no delivery twice.
+    entries = {
+        entry.action: entry.changes["deliveries"] for entry in AuditLog.objects.filter(action__contains="given_up")
+    }
+    assert entries == {
+        lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION: 1,
+        lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION: 1,
+    }
