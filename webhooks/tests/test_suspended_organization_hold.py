@@ -390,3 +390,40 @@ def test_a_paused_destination_of_a_suspended_organization_gives_each_delivery_up
         lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION: 1,
         lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION: 1,
     }
+
+
+def test_a_reactivation_and_a_new_suspension_saved_some_other_way_count_the_hold_from_the_new_suspension(
+    organization,
+):
+    # A shell's save() between two retention runs: the old suspension's time must not carry over to
+    # the new one (its deliveries would be given up at once, 20 days early).
+    delivery = held_delivery(make_destination(organization, "http://127.0.0.1:9/hook")[0], due_days_ago=HOLD_DAYS + 10)
+    suspended_since(organization, HOLD_DAYS + 5)
+    organization.is_active = True
+    organization.save()
+    organization.is_active = False
+    organization.save(update_fields=["is_active"])
+    before = timezone.now() - timedelta(seconds=1)
+
+    assert lifecycle.give_up_long_held_deliveries() == 0
+    assert state(delivery) == (Delivery.Status.PENDING, "")
+    organization.refresh_from_db()
+    assert organization.suspended_at >= before
+
+
+def test_an_organization_added_suspended_in_the_admin_has_its_suspensions_time_at_once(superuser, admin):
+    response = admin.post(
+        reverse("admin:organizations_organization_add"),
+        {
+            "name": "Initech",
+            "slug": "initech",
+            "plan": "free",
+            "monthly_event_quota": 10000,
+            "retention_days": 30,
+            "memberships-TOTAL_FORMS": 0,
+            "memberships-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    added = Organization.objects.get(slug="initech")
+    assert not added.is_active and added.suspended_at is not None
