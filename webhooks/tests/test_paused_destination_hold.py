@@ -336,3 +336,23 @@ def test_the_dead_letter_digest_says_given_up_deliveries_were_held_not_what_an_o
         assert "1 × held too long behind a pause, not sent" in text
         assert "1 × 503" in text  # the one that failed, not 2 × 503
         assert "were held too long behind a pause" in text
+
+
+def test_the_audit_entry_shows_the_pause_that_held_them_even_if_a_resume_commits_right_after(organization, monkeypatch):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    give_up_batch = lifecycle._give_up_held_batch
+
+    def batch_then_resumed(*args, **kwargs):
+        done = give_up_batch(*args, **kwargs)
+        # Committed between the batch and its audit entry: the pause it gave up under is gone.
+        operations.destination_resume(destination=Destination.objects.get(pk=destination.pk))
+        return done
+
+    monkeypatch.setattr(lifecycle, "_give_up_held_batch", batch_then_resumed)
+    assert lifecycle.give_up_long_held_deliveries() == 1
+
+    entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["paused_at"] == destination.paused_at.isoformat()
+    assert entry.changes["pause_reason"] == "paused automatically after 20 failures"

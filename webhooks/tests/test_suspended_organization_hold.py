@@ -427,3 +427,24 @@ def test_an_organization_added_suspended_in_the_admin_has_its_suspensions_time_a
     assert response.status_code == 302, response.content.decode()[:2000]
     added = Organization.objects.get(slug="initech")
     assert not added.is_active and added.suspended_at is not None
+
+
+def test_the_audit_entry_shows_the_suspension_that_held_them_even_if_a_reactivation_commits_right_after(
+    organization, monkeypatch
+):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    suspended_since(organization, HOLD_DAYS + 5)
+    held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    give_up_batch = lifecycle._give_up_held_batch
+
+    def batch_then_reactivated(*args, **kwargs):
+        done = give_up_batch(*args, **kwargs)
+        # Committed between the batch and its audit entry: the suspension it gave up under is gone.
+        organization_set_active(organization=Organization.objects.get(pk=organization.pk), active=True)
+        return done
+
+    monkeypatch.setattr(lifecycle, "_give_up_held_batch", batch_then_reactivated)
+    assert lifecycle.give_up_long_held_deliveries() == 1
+
+    entry = AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["suspended_at"] == organization.suspended_at.isoformat()
