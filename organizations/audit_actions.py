@@ -30,6 +30,7 @@ AUDIT_ACTION_LABELS = {
     "destination.paused": "paused the destination",
     "destination.resumed": "resumed the destination",
     "destination.waiting_sent_now": "sent the waiting retries now of",
+    "destination.held_deliveries_given_up": "marked dead the deliveries held too long of the paused destination",
     "destination.secret_rotated": "set a new signing secret on the destination",
     "subscription.created": "linked a source to the destination",
     "delivery.retried": "retried the delivery",
@@ -41,7 +42,8 @@ AUDIT_ACTION_LABELS = {
     "organization.deletion_requested": "started deleting the organization",
     "organization.suspended": "suspended the organization",
     "organization.reactivated": "made the organization active again",
-    "organization.held_deliveries_given_up": "marked dead the deliveries held too long while suspended by",
+    # The target (the organization) follows the words, in its own column: "… of the suspended organization Acme".
+    "organization.held_deliveries_given_up": "marked dead the deliveries held too long of the suspended organization",
     "admin.accounts.user.email_changed": "changed the sign-in email of",
 }
 

@@ -44,8 +44,8 @@ class Organization(models.Model):
     is_active = models.BooleanField(default=True)
     # When it was last suspended (made inactive), None while it is active: its held deliveries are
     # marked dead once SUSPENDED_ORGANIZATION_HOLD_DAYS past it (webhooks.services.lifecycle). Set and
-    # cleared by organizations.services.organization_set_active; a change of is_active made some other
-    # way (an UPDATE in a shell) is caught up by the next retention run.
+    # cleared by organizations.services.organization_set_active, and by any save() of is_active (see
+    # save); a change of is_active made by a raw UPDATE is caught up by the next retention run.
     suspended_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The platform's ORGANIZATION_MAX_CONCURRENCY for this tenant alone: more for a large one, less
     # for a noisy one. Empty (NULL) follows the setting, so that changing it still reaches everyone else.
@@ -90,6 +90,18 @@ class Organization(models.Model):
         if not self._state.adding and (update_fields is None or "monthly_event_quota" in update_fields):
             stored = Organization.objects.filter(pk=self.pk).values_list("monthly_event_quota", flat=True).first()
             quota_changed = stored is not None and stored != self.monthly_event_quota
+        if update_fields is None or "is_active" in update_fields:
+            # Its suspension's time follows is_active however it is saved (a shell's save(), the admin's
+            # add of an inactive organization), not only through organization_set_active: left as it
+            # was, a reactivation and a new suspension between two retention runs would keep the old
+            # suspension's time, and its deliveries would be given up before the new one's bound. (A
+            # raw UPDATE is caught up by the next retention run.)
+            if self.is_active:
+                self.suspended_at = None
+            elif self.suspended_at is None:
+                self.suspended_at = timezone.now()
+            if update_fields is not None and "suspended_at" not in update_fields:
+                kwargs["update_fields"] = [*update_fields, "suspended_at"]
         super().save(*args, **kwargs)
         if quota_changed:
             MonthlyUsage.objects.filter(

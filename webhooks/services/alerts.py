@@ -155,13 +155,20 @@ def _send_dead_letter_digest_if_due(destination: Destination, now) -> bool:
 
 
 def _send_dead_letter_digest(*, destination: Destination, since, total: int, summary: list[dict]) -> None:
-    slug = destination.organization.slug
+    organization = destination.organization
+    slug = organization.slug
     context = {
         "destination": destination,
-        "organization_name": destination.organization.name,
+        "organization_name": organization.name,
         "since": since,
         "total": total,
         "summary": summary,
+        # What a retry waits for, in the closing line: the organization active again while it is
+        # suspended (its dashboard is closed meanwhile, and nothing is sent), and the endpoint working
+        # again for those that failed there (or were held behind its pause); those held while it was
+        # suspended and reactivated since can be retried now.
+        "organization_suspended": not organization.is_active and not organization.being_deleted,
+        "failed_at_the_endpoint": any(row["held"] != "suspension" for row in summary),
         # The events list filtered to what failed at this destination, and its page with "Retry failed".
         "events_link": settings.PUBLIC_BASE_URL
         + reverse("dashboard:events", args=[slug])

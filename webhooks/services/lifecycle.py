@@ -476,6 +476,9 @@ class _Hold:
     cutoff: datetime  # held since before this: given up
     reason: str
     long_held: Q  # holders held since before the cutoff (a filter on ``holder``)
+    # The holder's fields its audit entry shows (the hold's start, its reason), read under the lock
+    # that gave its deliveries up: read after, a resume or a reactivation since would have cleared them.
+    shown: tuple[str, ...]
 
     def still_held(self, holder_id: int):
         return self.holder.objects.filter(self.long_held, pk=holder_id)
@@ -492,6 +495,7 @@ def _holds(now) -> list[_Hold]:
             cutoff=paused_cutoff,
             reason=paused_hold_error(paused_days),
             long_held=Q(paused_at__lt=paused_cutoff),
+            shown=("paused_at", "pause_reason"),
         ),
         _Hold(
             holder=Organization,
@@ -501,6 +505,7 @@ def _holds(now) -> list[_Hold]:
             reason=suspended_hold_error(suspended_days),
             # One being deleted loses everything soon anyway: nothing to say to its admins.
             long_held=Q(is_active=False, deletion_requested_at__isnull=True, suspended_at__lt=suspended_cutoff),
+            shown=("suspended_at",),
         ),
     ]
 
@@ -529,12 +534,15 @@ def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, dea
     for hold in _holds(now):
         # Paused destinations and suspended organizations are few, and their rows small: no index needed.
         for holder_id in list(hold.holder.objects.filter(hold.long_held).order_by("pk").values_list("pk", flat=True)):
-            count = 0
+            count, shown = 0, None
             try:
                 for destination_id in _destinations_held_by(hold, holder_id):
                     while True:
-                        done = _give_up_held_batch(hold, holder_id, destination_id, now=now, batch_size=batch_size)
+                        done, held_as = _give_up_held_batch(
+                            hold, holder_id, destination_id, now=now, batch_size=batch_size
+                        )
                         count += done
+                        shown = shown or held_as
                         if done < batch_size or time.monotonic() > deadline:
                             break
                     if time.monotonic() > deadline:
@@ -542,7 +550,7 @@ def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, dea
             finally:
                 # Also after a failed batch (a lock timeout, say): the earlier batches' deliveries are dead for good.
                 if count:
-                    _audit_held_deliveries_given_up(hold, holder_id, count=count)
+                    _audit_held_deliveries_given_up(hold, holder_id, count=count, shown=shown or {})
             given_up += count
             if time.monotonic() > deadline:
                 return given_up
@@ -550,8 +558,8 @@ def give_up_long_held_deliveries(*, now=None, batch_size: int | None = None, dea
 
 
 def _catch_up_suspension_times(now) -> None:
-    """Organization.suspended_at for organizations suspended or made active again some other way than
-    organization_set_active (an UPDATE in a shell): the hold of one suspended without it counts from
+    """Organization.suspended_at for organizations suspended or made active again by a raw UPDATE of
+    is_active (organization_set_active and Organization.save keep it in step): the hold of one suspended without it counts from
     now, and one active again has none (a later suspension must not start past its bound)."""
     Organization.objects.filter(is_active=False, suspended_at__isnull=True).update(suspended_at=now)
     Organization.objects.filter(is_active=True, suspended_at__isnull=False).update(suspended_at=None)
@@ -564,64 +572,71 @@ def _destinations_held_by(hold: _Hold, holder_id: int) -> list[int]:
     return list(Destination.objects.filter(organization_id=holder_id).order_by("pk").values_list("pk", flat=True))
 
 
-def _audit_held_deliveries_given_up(hold: _Hold, holder_id: int, *, count: int) -> None:
-    changes = {"deliveries": count, "hold_days": hold.hold_days, "reason": hold.reason}
+def _audit_held_deliveries_given_up(hold: _Hold, holder_id: int, *, count: int, shown: dict) -> None:
+    """``shown``: the holder's hold as the batches that gave its deliveries up saw it (see _Hold.shown)."""
+    changes = {
+        "deliveries": count,
+        **{name: value.isoformat() if isinstance(value, datetime) else value for name, value in shown.items()},
+        "hold_days": hold.hold_days,
+        "reason": hold.reason,
+    }
     if hold.holder is Organization:
         organization = Organization.objects.filter(pk=holder_id).first()
         if organization is not None:
-            suspended_at = organization.suspended_at
             audit_record(
                 action=SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION,
                 organization=organization,
                 target=organization,
-                changes={"suspended_at": suspended_at.isoformat() if suspended_at else None, **changes},
+                changes=changes,
             )
         return
-    destination = Destination.objects.select_related("organization").only(
-        "pk", "name", "paused_at", "pause_reason", "organization"
-    )
+    destination = Destination.objects.select_related("organization").only("pk", "name", "organization")
     destination = destination.filter(pk=holder_id).first()
     if destination is not None:
         audit_record(
             action=HELD_DELIVERIES_GIVEN_UP_ACTION,
             organization=destination.organization,
             target=destination,
-            changes={
-                "deliveries": count,
-                "paused_at": destination.paused_at.isoformat() if destination.paused_at else None,
-                "pause_reason": destination.pause_reason,
-                "hold_days": hold.hold_days,
-                "reason": hold.reason,
-            },
+            changes=changes,
         )
 
 
-def _give_up_held_batch(hold: _Hold, holder_id: int, destination_id: int, *, now, batch_size: int) -> int:
-    """One batch of give_up_long_held_deliveries, for one destination: how many it marked dead.
+def _give_up_held_batch(
+    hold: _Hold, holder_id: int, destination_id: int, *, now, batch_size: int
+) -> tuple[int, dict | None]:
+    """One batch of give_up_long_held_deliveries, for one destination: how many it marked dead, and
+    the holder's hold as it was then (its fields _Hold.shown; None when it did not look).
 
     Against a resume (or a reactivation) at the same moment: the holder's row (the destination, or
-    the organization) is locked first, on the condition that it is still held since before the cutoff.
-    A resume that got there first has then committed (the lock waits for it, and looks at the row
-    again after: not held, nothing is done) or waits until this batch has committed (its deliveries
-    died before it). Without the lock, the UPDATE's snapshot could predate a resume that commits while
+    the organization) is locked before any delivery is marked, on the condition that it is still
+    held since before the cutoff. A resume that got there first has then committed (the lock waits
+    for it, and looks at the row again after: not held, nothing is done) or waits until this batch
+    has committed (its deliveries died before it). Without the lock, the UPDATE's snapshot could predate a resume that commits while
     it waits on the deliveries' rows: PostgreSQL looks at an updated delivery again, not at its
     holder, and would kill what the resume has just queued. The UPDATE checks the hold too (a
     subquery), the status and the due time, whatever took the rows meanwhile. The lock is FOR NO KEY
     UPDATE: it waits for a resume's UPDATE as FOR UPDATE would, but lets the fan-out insert
     deliveries meanwhile (their foreign key checks take KEY SHARE).
+
+    The candidates are read before the lock: once the first run after the bound has marked dead what
+    was held, every later run of a hold that lasts (an abandoned endpoint, an organization never made
+    active again, each of its destinations) finds nothing, and must not lock, and write, the holder's
+    row each hour for that (nor keep a reactivation waiting). What the UPDATE marks dead it looks at
+    again under the lock, in a snapshot taken after it.
     """
+    # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
+    held = Delivery.objects.filter(
+        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=hold.cutoff
+    )
+    ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
+    if not ids:
+        return 0, None
     still_held = hold.still_held(holder_id)
     with transaction.atomic():
-        if not list(still_held.select_for_update(no_key=True).values_list("pk", flat=True)):
-            return 0
-        # The destination's pending index (delivery_due_by_dest), in the dispatcher's order.
-        held = Delivery.objects.filter(
-            destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__lt=hold.cutoff
-        )
-        ids = list(held.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:batch_size])
-        if not ids:
-            return 0
-        return Delivery.objects.filter(
+        held_as = still_held.select_for_update(no_key=True).values(*hold.shown).first()
+        if held_as is None:
+            return 0, None
+        given_up = Delivery.objects.filter(
             pk__in=ids,
             status=Delivery.Status.PENDING,
             # Looked at again too: a retry by hand (or in bulk) that made one due now and committed
@@ -635,6 +650,7 @@ def _give_up_held_batch(hold: _Hold, holder_id: int, destination_id: int, *, now
             claimed_at=None,
             last_error=hold.reason,
         )
+    return given_up, held_as
 
 
 def forget_expired_previous_secrets(now=None) -> int:

@@ -14,6 +14,7 @@ from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations.audit_actions import audit_action_label
 from organizations.models import AuditLog
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
@@ -87,6 +88,8 @@ def test_the_retention_run_marks_dead_what_a_long_paused_destination_held_and_th
     assert entry.changes["deliveries"] == 1
     assert entry.changes["hold_days"] == HOLD_DAYS
     assert entry.changes["reason"] == reason
+    # In the audit log's words, the destination (the target) after them.
+    assert audit_action_label(entry.action) == "marked dead the deliveries held too long of the paused destination"
 
     # Past the retention after its death, the event goes like any other finished one.
     lifecycle.purge_expired_events(now=timezone.now() + timedelta(days=organization.retention_days + 1))
@@ -333,3 +336,23 @@ def test_the_dead_letter_digest_says_given_up_deliveries_were_held_not_what_an_o
         assert "1 × held too long behind a pause, not sent" in text
         assert "1 × 503" in text  # the one that failed, not 2 × 503
         assert "were held too long behind a pause" in text
+
+
+def test_the_audit_entry_shows_the_pause_that_held_them_even_if_a_resume_commits_right_after(organization, monkeypatch):
+    destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
+    paused_since(destination, HOLD_DAYS + 5)
+    held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
+    give_up_batch = lifecycle._give_up_held_batch
+
+    def batch_then_resumed(*args, **kwargs):
+        done = give_up_batch(*args, **kwargs)
+        # Committed between the batch and its audit entry: the pause it gave up under is gone.
+        operations.destination_resume(destination=Destination.objects.get(pk=destination.pk))
+        return done
+
+    monkeypatch.setattr(lifecycle, "_give_up_held_batch", batch_then_resumed)
+    assert lifecycle.give_up_long_held_deliveries() == 1
+
+    entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["paused_at"] == destination.paused_at.isoformat()
+    assert entry.changes["pause_reason"] == "paused automatically after 20 failures"
