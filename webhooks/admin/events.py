@@ -301,6 +301,7 @@ class WebhookEventAdmin(
         "status",
         "event_type",
         "provider_event_id",
+        "claimed_event_id_unverified",
         "received_at",
         "processed_at",
         "remote_ip",
@@ -377,7 +378,15 @@ class WebhookEventAdmin(
 
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):
+        # A rejected request has no verified id, only the one it claims: the operator searched by
+        # it (the search matches it), so the row says it, marked as a claim.
+        if not obj.provider_event_id and obj.claimed_event_id:
+            return format_html("claims {}", shortened(obj.claimed_event_id))
         return shortened(obj.provider_event_id)
+
+    @admin.display(description="Event id it claims (not verified)")
+    def claimed_event_id_unverified(self, obj):
+        return obj.claimed_event_id or "-"
 
     @admin.display(description="Failed deliveries", empty_value="")
     def failed_deliveries(self, obj):

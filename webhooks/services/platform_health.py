@@ -405,7 +405,10 @@ def _judge(health: ProcessingHealth) -> None:
             )
 
     if worker_recent:
-        pass
+        if health.redis_up is False:
+            # A recent attempt keeps the workers "recent" for minutes after Redis went away: the
+            # verdict must not read OK meanwhile, with every new webhook stored and none processed.
+            degraded.append("Redis does not answer: webhooks are stored, but processing and deliveries wait for Redis")
     elif health.redis_up is False:
         degraded.append("Redis does not answer: whether workers run is unknown, and processing waits for Redis")
     elif health.worker_signal == "mark":

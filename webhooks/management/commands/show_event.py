@@ -52,7 +52,10 @@ def _story_text(story: dict) -> str:
         claimed = f" (claims {rejection['claimed_event_id']})" if rejection["claimed_event_id"] else ""
         lines.append(f"  rejected: {rejection['code']}{claimed}: {rejection['detail']}")
     if story["processed_at"]:
-        lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(story['deliveries']), 'delivery')}")
+        # What processing made: a replay asked for later is a delivery of the event too, listed below
+        # as one, but "processed: 2 deliveries" had the processing make it.
+        made = [delivery for delivery in story["deliveries"] if not delivery["is_replay"]]
+        lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(made), 'delivery')}")
     elif failure := story["processing_failure"]:
         tries = _count(failure["tries"], "try").replace("trys", "tries")
         lines.append(
@@ -78,6 +81,8 @@ def _story_text(story: dict) -> str:
         lines.append(
             f"  → {destination['name']} ({destination['host']}){replay}: {state}, "
             + _count(delivery["attempt_count"], "attempt")
+            # The id the receiver got, for the tenant to look for in its own logs.
+            + f", webhook-id {delivery['webhook_id']}"
         )
         if delivery["waiting_for"]:
             lines.append(f"      waiting: {DELIVERY_WAITS[delivery['waiting_for']]}")

@@ -1,0 +1,92 @@
+"""What an on-call operator's trial of a running deployment found (a forged webhook, a receiver and a
+worker down, Redis gone), each a page or figure that hid what the operator was asked about."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from django.urls import reverse
+
+from webhooks.models import Delivery, WebhookEvent
+from webhooks.tests import test_admin
+from webhooks.tests.dashboard_helpers import build_world, ingest_stripe
+
+pytestmark = pytest.mark.django_db
+
+# test_admin's: two tenants, a dead, a retrying and a delivered event; a superuser signed in.
+setup = test_admin.setup
+superuser = test_admin.superuser
+admin = test_admin.admin
+
+
+def test_a_rejected_request_found_by_the_id_it_claims_shows_that_id_on_its_row_and_page(admin, setup):
+    # "Stripe says evt_forged was sent": the admin's search finds the refused request by the id it
+    # claims, but its row and page showed "-" for the provider's id, and the id nowhere.
+    source = setup["dead"].source
+    rejected = WebhookEvent.objects.create(
+        organization=source.organization,
+        source=source,
+        status=WebhookEvent.Status.REJECTED,
+        claimed_event_id="evt_forged_by_someone",
+        rejection_code="no_matching_secret",
+        rejection_detail="the v1 signature does not match",
+        body=b"{}",
+    )
+
+    listing = admin.get(reverse("admin:webhooks_webhookevent_changelist"), {"q": "evt_forged_by_someone"})
+    assert test_admin.listed(listing) == [rejected]
+    assert "claims evt_forged_by_someone" in listing.content.decode()
+
+    page = admin.get(reverse("admin:webhooks_webhookevent_change", args=[rejected.pk])).content.decode()
+    assert "Event id it claims (not verified)" in page
+    assert "evt_forged_by_someone" in page
+
+
+def test_the_overview_says_how_many_deliveries_retry_beside_a_success_rate_of_finished_ones(
+    client, owner, organization
+):
+    # The receiver was down: its destination paused, every delivery but the one before waited for a
+    # retry, and the overview's card read "100.0%, 1 delivered, 1 failed" with nothing about them.
+    world = build_world(client, organization)
+    for number in range(3):
+        event = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, f"evt_down_{number}"))
+        Delivery.objects.create(
+            organization=organization,
+            event=event,
+            destination=world.destination,
+            status=Delivery.Status.PENDING,
+            attempt_count=2,
+        )
+    never_tried = WebhookEvent.objects.get(pk=ingest_stripe(client, world.source, "evt_new"))
+    Delivery.objects.create(organization=organization, event=never_tried, destination=world.destination)
+
+    client.force_login(owner)
+    response = client.get(reverse("dashboard:overview", args=["acme"]))
+    assert response.context["overview"].retrying_24h == 3
+    [href] = re.findall(r'href="([^"]*status=retrying[^"]*)"[^>]*>3 retrying</a>', response.content.decode())
+    # The link lists exactly the events it counts.
+    listed = client.get(html.unescape(href))
+    assert {event.provider_event_id for event in listed.context["events"]} == {f"evt_down_{n}" for n in range(3)}
+
+
+def test_show_event_counts_what_processing_made_and_gives_each_delivery_its_webhook_id(
+    client, organization, httpserver, monkeypatch
+):
+    # "evt_123 never reached us": after a replay, show_event said "processed: 2 deliveries" (the
+    # replay counted as made by the processing), and never which webhook-id the receiver got.
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import processing
+    from webhooks.tests.test_show_event import show_text
+    from webhooks.tests.test_what_happened import received_twice_and_replayed
+
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    event, replay = received_twice_and_replayed(client, organization, httpserver)
+    original = Delivery.objects.get(event=event, is_replay=False)
+
+    text = show_text(str(event.pk))
+    assert "processed: 1 delivery\n" in text
+    assert f"): succeeded, 1 attempt, webhook-id {original.message_id}\n" in text
+    assert f"(replay): succeeded, 1 attempt, webhook-id {replay.message_id}\n" in text
