@@ -4,6 +4,7 @@ worker down, Redis gone), each a page or figure that hid what the operator was a
 from __future__ import annotations
 
 import html
+import io
 import re
 
 import pytest
@@ -90,3 +91,33 @@ def test_show_event_counts_what_processing_made_and_gives_each_delivery_its_webh
     assert "processed: 1 delivery\n" in text
     assert f"): succeeded, 1 attempt, webhook-id {original.message_id}\n" in text
     assert f"(replay): succeeded, 1 attempt, webhook-id {replay.message_id}\n" in text
+
+
+def test_a_destination_the_circuit_breaker_paused_shows_in_metrics_and_platform_health(client, organization, settings):
+    # The receiver was down and its destination paused: its deliveries wait on purpose, so no
+    # backlog figure of /metrics moved and nothing there said a receiver was down.
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from webhooks.models import Destination
+    from webhooks.tests.factories import make_destination, make_source
+    from webhooks.tests.test_platform_health import TOKEN, parse_prometheus
+
+    source = make_source(organization)
+    paused, _ = make_destination(organization, "http://127.0.0.1:9/down", sources=[source])
+    make_destination(organization, "http://127.0.0.1:9/up", sources=[source])
+    turned_off, _ = make_destination(organization, "http://127.0.0.1:9/off", sources=[source])
+    Destination.objects.filter(pk=paused.pk).update(
+        paused_at=timezone.now(), pause_reason="paused automatically after 20 consecutive failed attempts"
+    )
+    Destination.objects.filter(pk=turned_off.pk).update(paused_at=timezone.now(), is_active=False)
+
+    settings.METRICS_TOKEN = TOKEN
+    samples = parse_prometheus(client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode())
+    assert samples[("hookline_destinations_paused", ())] == 1
+    assert samples[("hookline_health_measure_up", (("measure", "destinations_paused"),))] == 1
+
+    out = io.StringIO()
+    with pytest.raises(SystemExit):  # no beat in this test: stalled, after the output
+        call_command("platform_health", stdout=out)
+    assert "Paused destinations (their deliveries wait): 1\n" in out.getvalue()
