@@ -121,3 +121,37 @@ def test_a_destination_the_circuit_breaker_paused_shows_in_metrics_and_platform_
     with pytest.raises(SystemExit):  # no beat in this test: stalled, after the output
         call_command("platform_health", stdout=out)
     assert "Paused destinations (their deliveries wait): 1\n" in out.getvalue()
+
+
+def test_the_sweeper_names_each_delivery_it_releases_after_its_worker_died(
+    client, organization, httpserver, caplog, monkeypatch
+):
+    # A worker killed mid-send: the sweep logged "'released': 1", and the delivery's own lines went
+    # from "processed" to "attempt 2", with nothing to say attempt 1 was lost and sent again.
+    import logging
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import processing
+    from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
+    from webhooks.tests.signing import post_stripe
+
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    post_stripe(client, source, '{"id":"evt_midsend","object":"event","type":"invoice.paid"}', STRIPE_SECRET)
+    processing.process_received_events()
+    (claimed,) = delivery_service.claim_due_deliveries(1)  # and then its worker is killed
+
+    with caplog.at_level(logging.INFO, logger="webhooks.services.delivery"):
+        assert delivery_service.release_lost_claims(now=timezone.now() + timedelta(hours=1)) == 1
+    assert Delivery.objects.get(pk=claimed.pk).status == Delivery.Status.PENDING
+    [line] = [record.getMessage() for record in caplog.records if str(claimed.pk) in record.getMessage()]
+    assert line.startswith(
+        f"delivery {claimed.pk} of event {claimed.event_id} attempt 1: organization {organization.pk} "
+        f"destination {destination.pk}: not recorded, its worker stopped mid-attempt"
+    )
+    assert line.endswith("released to be sent again with the same webhook-id")
