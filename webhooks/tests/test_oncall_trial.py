@@ -155,3 +155,37 @@ def test_the_sweeper_names_each_delivery_it_releases_after_its_worker_died(
         f"destination {destination.pk}: not recorded, its worker stopped mid-attempt"
     )
     assert line.endswith("released to be sent again with the same webhook-id")
+
+
+def test_show_event_says_which_attempt_its_dead_worker_left_unrecorded(client, organization, httpserver, monkeypatch):
+    # After the worker was killed mid-send, show_event read "succeeded, 2 attempts" over one attempt
+    # line, #2: nothing said what became of #1, which the receiver had got.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webhooks.services import delivery as delivery_service
+    from webhooks.services import processing
+    from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
+    from webhooks.tests.signing import post_stripe
+    from webhooks.tests.test_show_event import show_text
+
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    post_stripe(client, source, '{"id":"evt_lost_once","object":"event","type":"invoice.paid"}', STRIPE_SECRET)
+    processing.process_received_events()
+    (claimed,) = delivery_service.claim_due_deliveries(1)
+    # Being sent: not yet an attempt to explain.
+    assert "not recorded" not in show_text("evt_lost_once")
+
+    delivery_service.release_lost_claims(now=timezone.now() + timedelta(hours=1))  # its worker was killed
+    Delivery.objects.filter(pk=claimed.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    delivery_service.deliver(claimed.pk)
+
+    text = show_text("evt_lost_once")
+    assert "succeeded, 2 attempts" in text
+    lost = text.index("      #1 not recorded: its worker stopped mid-attempt; the receiver may have got it")
+    assert lost < text.index("  #2 200 in ")

@@ -86,13 +86,24 @@ def _story_text(story: dict) -> str:
         )
         if delivery["waiting_for"]:
             lines.append(f"      waiting: {DELIVERY_WAITS[delivery['waiting_for']]}")
+        attempt_lines = {}
         for attempt in delivery["attempts"]:
             answer = attempt["response_status"] or "no answer"
             detail = attempt["error"] or attempt["response_excerpt"].replace("\n", " ")
-            lines.append(
+            attempt_lines[attempt["attempt_number"]] = (
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
                 f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
             )
+        # An attempt counted but not on record was claimed and never answered: its worker died mid-send
+        # (the sweeper released it) or gave its result up. Said, rather than "2 attempts" over one row.
+        being_sent = delivery["attempt_count"] if delivery["status"] == "in_flight" else None
+        for number in range(1, delivery["attempt_count"] + 1):
+            if number not in attempt_lines and number != being_sent:
+                attempt_lines[number] = (
+                    f"      #{number} not recorded: its worker stopped mid-attempt; the receiver may have got it "
+                    "(sent again with the same webhook-id)"
+                )
+        lines += [attempt_lines[number] for number in sorted(attempt_lines)]
         if delivery["status"] == "dead" and delivery["last_error"]:
             # Why it stopped: the attempts alone do not say whether retries ran out, a client error was
             # not retried or the retry age was reached (the dashboard's "Why it failed").
