@@ -157,7 +157,9 @@ def test_the_sweeper_names_each_delivery_it_releases_after_its_worker_died(
     assert line.endswith("released to be sent again with the same webhook-id")
 
 
-def test_show_event_says_which_attempt_its_dead_worker_left_unrecorded(client, organization, httpserver, monkeypatch):
+def test_show_event_and_the_admin_say_which_attempt_its_dead_worker_left_unrecorded(
+    admin, client, organization, httpserver, monkeypatch
+):
     # After the worker was killed mid-send, show_event read "succeeded, 2 attempts" over one attempt
     # line, #2: nothing said what became of #1, which the receiver had got.
     from datetime import timedelta
@@ -189,3 +191,10 @@ def test_show_event_says_which_attempt_its_dead_worker_left_unrecorded(client, o
     assert "succeeded, 2 attempts" in text
     lost = text.index("      #1 not recorded: its worker stopped mid-attempt; the receiver may have got it")
     assert lost < text.index("  #2 200 in ")
+
+    page = " ".join(
+        admin.get(reverse("admin:webhooks_webhookevent_change", args=[claimed.event_id])).content.decode().split()
+    )
+    lost_row = page.index('<tr class="hookline-unrecorded-attempt"><td>1</td>')
+    assert "not recorded: its worker stopped mid-attempt; the receiver may have got it" in page[lost_row:]
+    assert lost_row < page.index("<td>2</td>")

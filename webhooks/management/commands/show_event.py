@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
 from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
-from webhooks.services.event_story import event_stories
+from webhooks.services.event_story import UNRECORDED_ATTEMPT, event_stories, unrecorded_attempt_numbers
 
 from ._base import OperatorCommand, find_given
 
@@ -94,15 +94,11 @@ def _story_text(story: dict) -> str:
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
                 f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
             )
-        # An attempt counted but not on record was claimed and never answered: its worker died mid-send
-        # (the sweeper released it) or gave its result up. Said, rather than "2 attempts" over one row.
-        being_sent = delivery["attempt_count"] if delivery["status"] == "in_flight" else None
-        for number in range(1, delivery["attempt_count"] + 1):
-            if number not in attempt_lines and number != being_sent:
-                attempt_lines[number] = (
-                    f"      #{number} not recorded: its worker stopped mid-attempt; the receiver may have got it "
-                    "(sent again with the same webhook-id)"
-                )
+        # Said, rather than "2 attempts" over one attempt line.
+        for number in unrecorded_attempt_numbers(
+            attempt_count=delivery["attempt_count"], status=delivery["status"], recorded=set(attempt_lines)
+        ):
+            attempt_lines[number] = f"      #{number} {UNRECORDED_ATTEMPT}"
         lines += [attempt_lines[number] for number in sorted(attempt_lines)]
         if delivery["status"] == "dead" and delivery["last_error"]:
             # Why it stopped: the attempts alone do not say whether retries ran out, a client error was
