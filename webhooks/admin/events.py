@@ -31,6 +31,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 from webhooks.services.delivery_waits import DELIVERY_HOLDS, DELIVERY_WAITS, delivery_waits
+from webhooks.services.event_story import UNRECORDED_ATTEMPT, unrecorded_attempt_numbers
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.processing import process_set_aside_events_now
@@ -301,6 +302,7 @@ class WebhookEventAdmin(
         "status",
         "event_type",
         "provider_event_id",
+        "claimed_event_id_unverified",
         "received_at",
         "processed_at",
         "remote_ip",
@@ -377,7 +379,15 @@ class WebhookEventAdmin(
 
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):
+        # A rejected request has no verified id, only the one it claims: the operator searched by
+        # it (the search matches it), so the row says it, marked as a claim.
+        if not obj.provider_event_id and obj.claimed_event_id:
+            return format_html("claims {}", shortened(obj.claimed_event_id))
         return shortened(obj.provider_event_id)
+
+    @admin.display(description="Event id it claims (not verified)")
+    def claimed_event_id_unverified(self, obj):
+        return obj.claimed_event_id or "-"
 
     @admin.display(description="Failed deliveries", empty_value="")
     def failed_deliveries(self, obj):
@@ -424,12 +434,23 @@ class WebhookEventAdmin(
             delivery.held = code in DELIVERY_HOLDS
             # The time is on the line already: "waits: it is sent at its next attempt time" says nothing more.
             delivery.waiting_for = DELIVERY_WAITS[code] if code and code != "next_attempt_time" else ""
+            # Each attempt in order, with those counted but not on record (a worker killed mid-send)
+            # said as such: "2 attempts" over one row left the operator guessing about the other.
+            recorded = {attempt.attempt_number: attempt for attempt in delivery.attempts.all()}
+            lost = unrecorded_attempt_numbers(
+                attempt_count=delivery.attempt_count, status=delivery.status, recorded=set(recorded)
+            )
+            delivery.attempt_rows = sorted(
+                [(number, attempt) for number, attempt in recorded.items()] + [(number, None) for number in lost],
+                key=lambda row: row[0],
+            )
         return render_to_string(
             "admin/webhooks/webhookevent/deliveries.html",
             {
                 "deliveries": deliveries,
                 "sees_signatures": getattr(obj, "sees_signatures", False),
                 "not_taken": destinations_not_taking(obj),
+                "unrecorded_attempt": UNRECORDED_ATTEMPT,
             },
         )
 

@@ -300,10 +300,32 @@ def release_lost_claims(now=None) -> int:
         }
     if not lost:
         return 0
-    # The same condition again: a claim renewed meanwhile (released and taken again) stays.
-    return in_flight.filter(pk__in=list(lost)).update(
-        status=Delivery.Status.PENDING, next_attempt_at=now or timezone.now(), claimed_at=None, claimed_by=None
-    )
+    with transaction.atomic():
+        # The same condition again: a claim renewed meanwhile (released and taken again) stays.
+        # Locked and read first (in id order, as claims lock them), so that the log names each one.
+        released = list(
+            in_flight.filter(pk__in=list(lost))
+            .select_for_update()
+            .order_by("pk")
+            .values_list("pk", "event_id", "organization_id", "destination_id", "attempt_count", "claimed_at")
+        )
+        Delivery.objects.filter(pk__in=[row[0] for row in released]).update(
+            status=Delivery.Status.PENDING, next_attempt_at=now or timezone.now(), claimed_at=None, claimed_by=None
+        )
+    for pk, event_id, organization_id, destination_id, attempt_count, claimed_at in released:
+        # One line per delivery, its ids as the attempt lines give them: "released: 1" alone did
+        # not say which webhook a receiver may get twice, nor why its attempt is missing.
+        logger.info(
+            "delivery %s of event %s attempt %s: organization %s destination %s: not recorded, its worker "
+            "stopped mid-attempt (claimed at %s): released to be sent again with the same webhook-id",
+            pk,
+            event_id,
+            attempt_count,
+            organization_id,
+            destination_id,
+            claimed_at.isoformat() if claimed_at else "-",
+        )
+    return len(released)
 
 
 def claim_due_deliveries(limit: int, now=None, *, owner: str | None = None) -> list[Delivery]:

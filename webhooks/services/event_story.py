@@ -155,3 +155,17 @@ def _attempt_story(attempt: DeliveryAttempt) -> dict:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+UNRECORDED_ATTEMPT = (
+    "not recorded: its worker stopped mid-attempt; the receiver may have got it (sent again with the same webhook-id)"
+)
+
+
+def unrecorded_attempt_numbers(*, attempt_count: int, status: str, recorded: set[int]) -> list[int]:
+    """The attempts a delivery counts that are not on record: claimed and never answered, their
+    worker killed mid-send (the sweeper released them) or their result given up. A claim is
+    counted as an attempt when taken (one never sent is uncounted again), so a number missing
+    below the count is such a send; the one in flight now is just not answered yet."""
+    being_sent = attempt_count if status == Delivery.Status.IN_FLIGHT else None
+    return [number for number in range(1, attempt_count + 1) if number not in recorded and number != being_sent]

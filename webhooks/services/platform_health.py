@@ -107,6 +107,9 @@ class ProcessingHealth:
     deliveries_pending: int | None = None  # every pending delivery, due or not, paused destinations' too
     deliveries_dead: int | None = None
     deliveries_dead_24h: int | None = None
+    # Active destinations paused (the circuit breaker's or by hand): their deliveries wait on purpose,
+    # so no backlog above shows them, yet each is a tenant's receiver down.
+    destinations_paused: int | None = None
     periodic_tasks: list[PeriodicRun] | None = None
     beat_last_run_at: datetime | None = None
     worker_ran_at: datetime | None = None  # the newest sign of a worker at work
@@ -188,6 +191,7 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         ("deliveries_pending", _deliveries_pending),
         ("deliveries_dead", _deliveries_dead),
         ("deliveries_dead_24h", _deliveries_dead_24h),
+        ("destinations_paused", _destinations_paused),
         ("periodic_tasks", _periodic_tasks),
         ("last_attempt_at", _last_attempt_at),
     )
@@ -277,6 +281,11 @@ def _deliveries_dead_24h(now) -> int:
     # expects the cap to come soon in a scan of the whole table and reads it (3 million rows, 0.3 s).
     recent = Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=dead_recently_since(now))
     return recent.order_by("completed_at").values("pk")[:COUNT_CAP].count()
+
+
+def _destinations_paused(now) -> int:
+    # As the admin index's "Paused destinations" lists them.
+    return _capped_count(Destination.objects.filter(is_active=True, paused_at__isnull=False))
 
 
 def _periodic_tasks(now) -> list[PeriodicRun]:
@@ -405,7 +414,10 @@ def _judge(health: ProcessingHealth) -> None:
             )
 
     if worker_recent:
-        pass
+        if health.redis_up is False:
+            # A recent attempt keeps the workers "recent" for minutes after Redis went away: the
+            # verdict must not read OK meanwhile, with every new webhook stored and none processed.
+            degraded.append("Redis does not answer: webhooks are stored, but processing and deliveries wait for Redis")
     elif health.redis_up is False:
         degraded.append("Redis does not answer: whether workers run is unknown, and processing waits for Redis")
     elif health.worker_signal == "mark":
@@ -482,6 +494,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "deliveries_pending",
         "deliveries_dead",
         "deliveries_dead_24h",
+        "destinations_paused",
         "periodic_tasks",
         "last_attempt_at",
     ]
@@ -545,6 +558,11 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "hookline_deliveries_dead_24h",
         "Deliveries that went dead in the last 24 hours (capped).",
         [({}, health.deliveries_dead_24h)],
+    )
+    gauge(
+        "hookline_destinations_paused",
+        "Active destinations paused, by the circuit breaker or by hand: their deliveries wait (capped).",
+        [({}, health.destinations_paused)],
     )
     gauge(
         "hookline_periodic_task_last_run_timestamp_seconds",

@@ -1936,6 +1936,11 @@ def test_the_overview_s_failing_counts_and_the_rows_their_links_open_agree(clien
     [row] = overview.context["overview"].failing_destinations
     assert (row.dead, row.retrying) == (2, 2)
     links = failed_and_retrying_links(page_text(overview))
+    # The success card's events retrying over 24 hours link to the list too, with as many rows.
+    [(card_count, card_href)] = [(count, href) for status, count, href in links if "destination=" not in href]
+    assert card_count == overview.context["overview"].retrying_24h
+    assert len(client.get(card_href).context["events"]) == card_count
+    links = [link for link in links if "destination=" in link[2]]
     assert sorted((status, count) for status, count, _ in links) == [("failed", 2), ("retrying", 2)]
     since = overview.context["overview"].failing_since
     for status, count, href in links:

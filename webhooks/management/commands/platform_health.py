@@ -43,6 +43,7 @@ def _text(health: ProcessingHealth) -> str:
     lines.append(backlog("Deliveries due, not sent", health.deliveries_due, "the oldest {} overdue"))
     lines.append(backlog("Deliveries in flight", health.deliveries_in_flight, "the oldest claimed {} ago"))
     lines.append(f"Dead deliveries, last 24 h: {_figure(health.deliveries_dead_24h)}")
+    lines.append(f"Paused destinations (their deliveries wait): {_figure(health.destinations_paused)}")
     lines.append(f"Beat last sent a task: {_ago(health, health.beat_last_run_at)}")
     worker_unknown = "unknown (Redis does not answer)" if health.worker_signal == "unknown" else "never"
     lines.append(f"A worker last ran a task: {_ago(health, health.worker_ran_at, worker_unknown)}")

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
 from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
-from webhooks.services.event_story import event_stories
+from webhooks.services.event_story import UNRECORDED_ATTEMPT, event_stories, unrecorded_attempt_numbers
 
 from ._base import OperatorCommand, find_given
 
@@ -52,7 +52,10 @@ def _story_text(story: dict) -> str:
         claimed = f" (claims {rejection['claimed_event_id']})" if rejection["claimed_event_id"] else ""
         lines.append(f"  rejected: {rejection['code']}{claimed}: {rejection['detail']}")
     if story["processed_at"]:
-        lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(story['deliveries']), 'delivery')}")
+        # What processing made: a replay asked for later is a delivery of the event too, listed below
+        # as one, but "processed: 2 deliveries" had the processing make it.
+        made = [delivery for delivery in story["deliveries"] if not delivery["is_replay"]]
+        lines.append(f"  {_time(story['processed_at'])}  processed: {_count(len(made), 'delivery')}")
     elif failure := story["processing_failure"]:
         tries = _count(failure["tries"], "try").replace("trys", "tries")
         lines.append(
@@ -78,16 +81,25 @@ def _story_text(story: dict) -> str:
         lines.append(
             f"  → {destination['name']} ({destination['host']}){replay}: {state}, "
             + _count(delivery["attempt_count"], "attempt")
+            # The id the receiver got, for the tenant to look for in its own logs.
+            + f", webhook-id {delivery['webhook_id']}"
         )
         if delivery["waiting_for"]:
             lines.append(f"      waiting: {DELIVERY_WAITS[delivery['waiting_for']]}")
+        attempt_lines = {}
         for attempt in delivery["attempts"]:
             answer = attempt["response_status"] or "no answer"
             detail = attempt["error"] or attempt["response_excerpt"].replace("\n", " ")
-            lines.append(
+            attempt_lines[attempt["attempt_number"]] = (
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
                 f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
             )
+        # Said, rather than "2 attempts" over one attempt line.
+        for number in unrecorded_attempt_numbers(
+            attempt_count=delivery["attempt_count"], status=delivery["status"], recorded=set(attempt_lines)
+        ):
+            attempt_lines[number] = f"      #{number} {UNRECORDED_ATTEMPT}"
+        lines += [attempt_lines[number] for number in sorted(attempt_lines)]
         if delivery["status"] == "dead" and delivery["last_error"]:
             # Why it stopped: the attempts alone do not say whether retries ran out, a client error was
             # not retried or the retry age was reached (the dashboard's "Why it failed").
