@@ -168,6 +168,7 @@ def test_show_event_and_the_admin_say_which_attempt_its_dead_worker_left_unrecor
 
     from webhooks.services import delivery as delivery_service
     from webhooks.services import processing
+    from webhooks.tests.delivering import deliver_now
     from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
     from webhooks.tests.signing import post_stripe
     from webhooks.tests.test_show_event import show_text
@@ -185,7 +186,7 @@ def test_show_event_and_the_admin_say_which_attempt_its_dead_worker_left_unrecor
 
     delivery_service.release_lost_claims(now=timezone.now() + timedelta(hours=1))  # its worker was killed
     Delivery.objects.filter(pk=claimed.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
-    delivery_service.deliver(claimed.pk)
+    deliver_now(claimed.pk)
 
     text = show_text("evt_lost_once")
     assert "succeeded, 2 attempts" in text
