@@ -12,10 +12,11 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 from django.db import transaction
 
+from organizations.deletion_counts import KindCount, count_kinds
 from organizations.models import Organization
 from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
-from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, Subscription, WebhookEvent
 from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry, retry_schedule_for
@@ -743,6 +744,19 @@ def destination_rotate_secret(
 
 
 @transaction.atomic
+def destination_contents(*, destination: Destination, cap: int | None = None) -> list[KindCount]:
+    """What deleting ``destination`` deletes with it, per kind, counted up to a cap (its deliveries by
+    their destination index, their attempts through them): the events stay."""
+    return count_kinds(
+        [
+            ("deliveries", Delivery.objects.filter(destination_id=destination.pk)),
+            ("delivery attempts", DeliveryAttempt.objects.filter(delivery__destination_id=destination.pk)),
+            ("source–destination links", Subscription.objects.filter(destination_id=destination.pk)),
+        ],
+        cap,
+    )
+
+
 def destination_delete(*, destination: Destination, actor=None) -> None:
     """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay).
 
