@@ -200,6 +200,12 @@ def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
     return len(retry_schedule or settings.DELIVERY_RETRY_SCHEDULE) + 1
 
 
+def max_attempts_with_any_schedule() -> int:
+    """The most attempts any destination may ask for: with the longest retry schedule it may have
+    (its own of MAX_RETRY_SCHEDULE_STEPS waits, or the platform's if that is longer)."""
+    return max(Destination.MAX_RETRY_SCHEDULE_STEPS, len(settings.DELIVERY_RETRY_SCHEDULE)) + 1
+
+
 # One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
 _WAIT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
 # Several waits in one item: "10s 1m" (a missing comma), or "1h30m" / "1h 30m" (one wait in two units).
