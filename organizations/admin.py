@@ -399,8 +399,9 @@ class CountsWhatADeletionTakesMixin:
             if len(objs) == 1:  # the summary has its counts
                 model_count = {item.kind: item.label for item in contents if item.count}
             else:
-                deleted.append([f"{capfirst(item.kind)}: {item.label}" for item in contents if item.count])
                 model_count = {opts.verbose_name_plural: len(objs)}
+                if counts := [f"{capfirst(item.kind)}: {item.label}" for item in contents if item.count]:
+                    deleted.append(counts)
         return deleted, model_count, self._deletion_perms_needed(request, counted), []
 
     def _deletion_perms_needed(self, request, counted: list[KindCount]) -> set[str]:
