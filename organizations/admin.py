@@ -32,11 +32,13 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import ngettext
 
 from accounts.admin import UserAdmin
 
 from .api_keys import api_key_revoke
+from .deletion_counts import KindCount, user_contents
 from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_record, audit_verify_chain, organization_set_active
@@ -244,10 +246,11 @@ class AuditedAdminMixin:
                 request=request,
             )
 
-    def _audit(self, request, obj, verb: str, summary: Any = None) -> None:
+    def _audit(self, request, obj, verb: str, summary: Any = None, more: dict[str, Any] | None = None) -> None:
         changes: dict[str, Any] = {"fields": getattr(obj, "_audit_changes", {})}
         if summary:
             changes["summary"] = summary
+        changes.update(more or {})
         audit_record(
             action=self._audit_action_name(verb),
             organization=organization_of(obj),
@@ -364,6 +367,54 @@ class AuditedAdminMixin:
             organization_id: {"selected": sorted(pks)[:AUDITED_IDS_KEPT], "selected_count": len(pks)}
             for organization_id, pks in by_organization.items()
         }
+
+
+class CountsWhatADeletionTakesMixin:
+    """The delete page and "Delete selected" count, per kind, what deleting the objects takes along,
+    instead of listing every related row: Django's collector loads them all to list them, and a
+    destination with hundreds of thousands of deliveries (a tenant, a source with millions of
+    events) timed the page out, so an operator could not delete it here. Each admin says what its
+    objects take along (``deletion_contents``, a service's capped counts)."""
+
+    # For staff who are not superusers: a reason refuses every deletion, named on the page. None
+    # applies Django's own rule: refused when a counted kind has rows its admin does not let them
+    # delete (events, deliveries and attempts are the platform's: nobody deletes them one by one).
+    deletion_for_superusers_only: str | None = None
+    # Each model's admin/<app>/<model>/_deletion_note.html says how its deletion is done.
+    delete_confirmation_template = "admin/hookline/counted_delete_confirmation.html"
+    delete_selected_confirmation_template = "admin/hookline/counted_delete_selected_confirmation.html"
+
+    def deletion_contents(self, obj) -> list[KindCount]:
+        raise NotImplementedError
+
+    def get_deleted_objects(self, objs, request):
+        opts = self.opts
+        deleted, model_count, counted = [], {}, []
+        objs = list(objs)
+        for obj in objs:
+            contents = self.deletion_contents(obj)
+            counted.extend(contents)
+            url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+            deleted.append(format_html('{}: <a href="{}">{}</a>', capfirst(opts.verbose_name), url, obj))
+            if len(objs) == 1:  # the summary has its counts
+                model_count = {item.kind: item.label for item in contents if item.count}
+            else:
+                model_count = {opts.verbose_name_plural: len(objs)}
+                if counts := [f"{capfirst(item.kind)}: {item.label}" for item in contents if item.count]:
+                    deleted.append(counts)
+        return deleted, model_count, self._deletion_perms_needed(request, counted), []
+
+    def _deletion_perms_needed(self, request, counted: list[KindCount]) -> set[str]:
+        if request.user.is_superuser:
+            return set()
+        if self.deletion_for_superusers_only:
+            return {self.deletion_for_superusers_only}
+        needed = set()
+        for item in counted:
+            model_admin = self.admin_site._registry.get(item.model)
+            if item.count and model_admin is not None and not model_admin.has_delete_permission(request):
+                needed.add(str(item.model._meta.verbose_name))
+        return needed
 
 
 class SavesOnlyItsFormsFieldsMixin:
@@ -711,9 +762,12 @@ class UserMembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInli
     readonly_fields = ("created_at",)
 
 
-class PlatformUserAdmin(AuditedAdminMixin, UserAdmin):
+class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAdmin):
     inlines = (UserMembershipInline,)
     list_filter = ("is_staff", "is_superuser", "is_active")
+
+    def deletion_contents(self, obj):
+        return user_contents(user=obj)  # a platform admin's admin history alone runs to thousands
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -25,6 +25,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from organizations.admin import (
     AuditedAdminMixin,
+    CountsWhatADeletionTakesMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
     SavesOnlyItsFormsFieldsMixin,
@@ -52,6 +53,7 @@ from webhooks.services.destinations import (
     destination_check_delivery_policy,
     destination_check_secret,
     destination_check_url,
+    destination_contents,
     destination_rotate_secret,
     destination_set_custom_headers,
 )
@@ -66,6 +68,7 @@ from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
+from webhooks.services.source_deletion import source_contents
 from webhooks.services.sources import (
     SourceError,
     ingest_url,
@@ -249,8 +252,15 @@ class SourceAddForm(forms.ModelForm):
 
 
 @admin.register(Source)
-class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
+class SourceAdmin(
+    OneTimeSecretsMixin,
+    CountsWhatADeletionTakesMixin,
+    AuditedAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
+    admin.ModelAdmin,
+):
     form = SourceAdminForm
+    deletion_for_superusers_only = "a source's events and deliveries (platform admins only)"
     list_display = ("name", "organization", "provider", "secret_hint", "state", "created_at")
     list_filter = (SourceProviderFilter, OrganizationFilter, "is_active")
     search_fields = ("name", "organization__name", "organization__slug")
@@ -296,20 +306,8 @@ class SourceAdmin(OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsField
             return False
         return super().has_change_permission(request, obj)
 
-    def get_deleted_objects(self, objs, request):
-        """The sources only: Django's collector would list (and load) every event of theirs."""
-        deleted = [
-            format_html(
-                'Source: <a href="{}">{}</a>, with its events, their deliveries and attempts (deleted in the background)',
-                reverse("admin:webhooks_source_change", args=[source.pk]),
-                source,
-            )
-            for source in objs
-        ]
-        perms_needed = (
-            set() if request.user.is_superuser else {"a source's events and deliveries (platform admins only)"}
-        )
-        return deleted, {"sources": len(objs)}, perms_needed, []
+    def deletion_contents(self, obj):
+        return source_contents(source=obj)
 
     # In place of Django's deletion (and AuditedAdminMixin's entry for it): the service writes the
     # audit entry, and the deletion's end writes another (see source_deletion).
@@ -661,7 +659,12 @@ class DestinationFailingFilter(admin.SimpleListFilter):
 
 @admin.register(Destination)
 class DestinationAdmin(
-    ReturnToObjectPageMixin, OneTimeSecretsMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
+    ReturnToObjectPageMixin,
+    OneTimeSecretsMixin,
+    CountsWhatADeletionTakesMixin,
+    AuditedAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
+    admin.ModelAdmin,
 ):
     form = DestinationAdminForm
     list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "failing", "created_at")
@@ -766,6 +769,9 @@ class DestinationAdmin(
     def has_add_permission(self, request):
         # A destination gets its secret from destination_create (dashboard or create_destination).
         return False
+
+    def deletion_contents(self, obj):
+        return destination_contents(destination=obj)
 
     # Deliveries may be being created for a destination while it is deleted: see delete_destinations.
     def delete_model(self, request, obj):

@@ -1,4 +1,5 @@
-"""Deleting organizations from the admin: counts on the confirmation page, the rows in the background.
+"""Deleting organizations from the admin: counts on the confirmation page (CountsWhatADeletionTakesMixin),
+the rows in the background.
 
 Registered here, over organizations.admin's OrganizationAdmin, because the deletion reaches the
 webhooks app's tables and organizations never imports webhooks. Django's collector would list
@@ -16,7 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 
-from organizations.admin import OrganizationAdmin
+from organizations.admin import CountsWhatADeletionTakesMixin, OrganizationAdmin
 from organizations.models import Organization
 from webhooks.services import organization_deletion
 
@@ -39,10 +40,9 @@ class RefusedOnceBeingDeleted(forms.ModelForm):
         return cleaned
 
 
-class DeletingOrganizationAdmin(OrganizationAdmin):
+class DeletingOrganizationAdmin(CountsWhatADeletionTakesMixin, OrganizationAdmin):
     list_display = tuple("state" if name == "is_active" else name for name in OrganizationAdmin.list_display)
-    delete_confirmation_template = "admin/organizations/organization/delete_confirmation.html"
-    delete_selected_confirmation_template = "admin/organizations/organization/delete_selected_confirmation.html"
+    deletion_for_superusers_only = PLATFORM_ADMINS_ONLY
 
     @admin.display(description="State", ordering="is_active")
     def state(self, obj):
@@ -66,24 +66,8 @@ class DeletingOrganizationAdmin(OrganizationAdmin):
         form = super().get_form(request, obj, change=change, **kwargs)
         return form if obj is None else type(form.__name__, (RefusedOnceBeingDeleted, form), {})
 
-    def get_deleted_objects(self, objs, request):
-        """Counts per kind instead of every row (one capped count per kind and organization)."""
-        deleted, model_count = [], {}
-        for organization in objs:
-            contents = organization_deletion.organization_contents(organization=organization)
-            url = reverse("admin:organizations_organization_change", args=[organization.pk])
-            deleted.append(format_html('Organization: <a href="{}">{}</a>', url, organization))
-            if len(objs) == 1:  # the summary has its counts
-                model_count = {item.kind: item.label for item in contents if item.count}
-            else:
-                deleted.append([f"{item.kind.capitalize()}: {item.label}" for item in contents if item.count])
-                model_count = {"organizations": len(objs)}
-        perms_needed = set() if request.user.is_superuser else {PLATFORM_ADMINS_ONLY}
-        return deleted, model_count, perms_needed, []
-
-    def render_delete_form(self, request, context):
-        context["count_cap"] = f"{organization_deletion.COUNT_CAP:,}"
-        return super().render_delete_form(request, context)
+    def deletion_contents(self, obj):
+        return organization_deletion.organization_contents(organization=obj)
 
     # In place of Django's deletion (and AuditedAdminMixin's entry for it): the service writes the
     # audit entry, and the deletion's end writes another.

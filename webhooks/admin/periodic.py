@@ -1,5 +1,7 @@
 """django-celery-beat's admin, with every change and action also written to the audit log."""
 
+import copy
+
 from django.contrib import admin
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import (
@@ -11,6 +13,7 @@ from django_celery_beat.models import (
 )
 
 from organizations.admin import AuditedAdminMixin
+from organizations.services import audit_record
 
 # What a periodic task runs and how it is sent: beat sends any registered task, with any arguments.
 WHAT_A_TASK_RUNS = ("regtask", "task", "args", "kwargs", "headers", "queue", "exchange", "routing_key", "priority")
@@ -65,6 +68,46 @@ class DeletingIsASuperusersMixin:
         return request.user.is_superuser and super().has_delete_permission(request, obj)
 
 
+class AuditsTasksDeletedWithTheScheduleMixin:
+    """Deleting a schedule deletes every periodic task on it (a cascade, which Django's confirmation
+    page lists). Each such task gets the entry deleting it directly writes
+    (admin.django_celery_beat.periodictask.deleted, saying with which schedule), and the schedule's
+    own entry names them: otherwise the sweeper or the retention run stopped with no trace of why."""
+
+    def _task_field(self):
+        """PeriodicTask's key to this kind of schedule (interval, crontab, solar or clocked)."""
+        return next(field for field in PeriodicTask._meta.fields if field.related_model is self.model)
+
+    def log_deletions(self, request, queryset):
+        # Read while the tasks still exist (see AuditedAdminMixin.log_deletions); copies keep their ids.
+        entries = super().log_deletions(request, queryset)
+        on_schedule = self._task_field().name
+        tasks = (
+            PeriodicTask.objects.filter(**{f"{on_schedule}__in": [obj.pk for obj in queryset]})
+            .select_related(on_schedule)  # a task's name says its schedule, gone by the time it is audited
+            .order_by("name")
+        )
+        request._hookline_tasks_on_schedules = [copy.copy(task) for task in tasks]
+        return entries
+
+    def _audit_deletions(self, request) -> None:
+        tasks = getattr(request, "_hookline_tasks_on_schedules", [])
+        on_schedule = self._task_field().attname
+        for schedule in getattr(request, "_hookline_deleting", ()):
+            going = [task for task in tasks if getattr(task, on_schedule) == schedule.pk]
+            deleted_with = f"{self.opts.verbose_name} {schedule.pk}: {schedule}"
+            for task in going:
+                audit_record(
+                    action="admin.django_celery_beat.periodictask.deleted",
+                    actor=request.user,
+                    target=task,
+                    changes={"fields": {}, "deleted_with": deleted_with},
+                    request=request,
+                )
+            self._audit(request, schedule, "deleted", more={"periodic_tasks_deleted": [task.name for task in going]})
+        request._hookline_deleting = request._hookline_tasks_on_schedules = []
+
+
 class ActionsNeedChangePermissionMixin:
     """django-celery-beat's actions (enable, disable, toggle, run) name no permission, so Django
     would offer them to anyone who may view the list: a read-only staff account could switch the
@@ -83,10 +126,10 @@ class ActionsNeedChangePermissionMixin:
 
 for model, base, restrictions in (
     (PeriodicTask, beat_admin.PeriodicTaskAdmin, (WhatRunsIsASuperusersMixin,)),
-    (IntervalSchedule, beat_admin.IntervalScheduleAdmin, ()),
-    (CrontabSchedule, beat_admin.CrontabScheduleAdmin, ()),
-    (SolarSchedule, beat_admin.SolarScheduleAdmin, ()),
-    (ClockedSchedule, beat_admin.ClockedScheduleAdmin, ()),
+    (IntervalSchedule, beat_admin.IntervalScheduleAdmin, (AuditsTasksDeletedWithTheScheduleMixin,)),
+    (CrontabSchedule, beat_admin.CrontabScheduleAdmin, (AuditsTasksDeletedWithTheScheduleMixin,)),
+    (SolarSchedule, beat_admin.SolarScheduleAdmin, (AuditsTasksDeletedWithTheScheduleMixin,)),
+    (ClockedSchedule, beat_admin.ClockedScheduleAdmin, (AuditsTasksDeletedWithTheScheduleMixin,)),
 ):
     admin.site.unregister(model)
     admin.site.register(

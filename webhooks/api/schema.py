@@ -22,7 +22,12 @@ from rest_framework import serializers
 
 from webhooks.models import Destination
 from webhooks.services.delivery_waits import DELIVERY_WAITS
-from webhooks.services.destinations import MAX_EVENT_TYPE_PATTERN_CHARS, MIN_ATTEMPTS, max_attempts_allowed
+from webhooks.services.destinations import (
+    MAX_EVENT_TYPE_PATTERN_CHARS,
+    MIN_ATTEMPTS,
+    max_attempts_allowed,
+    max_attempts_with_any_schedule,
+)
 from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
@@ -207,6 +212,34 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # added here, from the services' own constants, for a client to check before it sends.
 
 
+def _character_class(characters: list[str]) -> str:
+    """A regular expression's class body (ECMA-262 and Python alike) naming ``characters``, as ranges."""
+    ranges: list[list[int]] = []
+    for code in sorted(ord(character) for character in characters):
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    escaped = [(f"\\u{low:04x}", f"\\u{high:04x}") for low, high in ranges]
+    return "".join(low if low == high else f"{low}-{high}" for low, high in escaped)
+
+
+# What the API cuts from both ends of a text value before checking it (DRF's CharField and the services
+# alike: Python's str.strip()), spelled out: a pattern's \s is not the same set in every language.
+_SPACES = _character_class([chr(code) for code in range(0x3100) if chr(code).isspace()])
+
+
+def _event_type_pattern_item() -> dict:
+    """One event-type pattern as the API takes it: surrounding spaces are cut, then at most
+    MAX_EVENT_TYPE_PATTERN_CHARS characters and none of them a space; a blank one is left out. As a
+    pattern, not a maxLength: the spaces cut do not count (nor does a NUL, which DRF refuses)."""
+    return {
+        "pattern": f"^[{_SPACES}]*(?:[^{_SPACES}\\u0000]{{1,{MAX_EVENT_TYPE_PATTERN_CHARS}}}[{_SPACES}]*)?$",
+        "description": f"An event-type pattern (* matches any characters): at most {MAX_EVENT_TYPE_PATTERN_CHARS} "
+        "characters, no spaces; spaces around it are cut, and a blank one is left out. A “[” must be closed.",
+    }
+
+
 def _destination_bounds() -> dict[str, dict]:
     # Read when the document is built (once per process): the settings' values then.
     timeout = (
@@ -216,7 +249,7 @@ def _destination_bounds() -> dict[str, dict]:
     )
     return {
         "timeout_seconds": {"description": timeout},
-        "event_types": {"items": {"maxLength": MAX_EVENT_TYPE_PATTERN_CHARS}},
+        "event_types": {"items": _event_type_pattern_item()},
         "max_concurrency": {"minimum": Destination.MIN_CONCURRENCY, "maximum": Destination.MAX_CONCURRENCY},
         "rate_limit_per_second": {
             "minimum": Destination.MIN_RATE_LIMIT_PER_SECOND,
@@ -231,9 +264,12 @@ def _destination_bounds() -> dict[str, dict]:
         },
         "max_attempts": {
             "minimum": MIN_ATTEMPTS,
+            # With the longest retry schedule a destination may have: shorter schedules allow fewer.
+            "maximum": max_attempts_with_any_schedule(),
             "description": "Attempts in all, the first included; null for every step of the retry schedule. At "
             "most one more than the retry schedule has waits (the destination's own schedule, or the platform's: "
-            f"{max_attempts_allowed()} attempts when this document was built).",
+            f"{max_attempts_allowed()} attempts when this document was built), so at most "
+            f"{max_attempts_with_any_schedule()} with the longest schedule.",
         },
         "max_retry_age_seconds": {
             "minimum": Destination.MIN_RETRY_AGE_SECONDS,

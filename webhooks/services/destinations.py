@@ -12,10 +12,11 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 from django.db import transaction
 
+from organizations.deletion_counts import KindCount, count_kinds
 from organizations.models import Organization
 from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
-from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, Subscription, WebhookEvent
 from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry, retry_schedule_for
@@ -197,6 +198,12 @@ def max_attempts_allowed(retry_schedule: list[int] | None = None) -> int:
     """The most attempts a destination may ask for: the first and every step of its retry schedule
     (``retry_schedule``, or the platform's when None)."""
     return len(retry_schedule or settings.DELIVERY_RETRY_SCHEDULE) + 1
+
+
+def max_attempts_with_any_schedule() -> int:
+    """The most attempts any destination may ask for: with the longest retry schedule it may have
+    (its own of MAX_RETRY_SCHEDULE_STEPS waits, or the platform's if that is longer)."""
+    return max(Destination.MAX_RETRY_SCHEDULE_STEPS, len(settings.DELIVERY_RETRY_SCHEDULE)) + 1
 
 
 # One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
@@ -747,6 +754,19 @@ def destination_rotate_secret(
 
 
 @transaction.atomic
+def destination_contents(*, destination: Destination, cap: int | None = None) -> list[KindCount]:
+    """What deleting ``destination`` deletes with it, per kind, counted up to a cap (its deliveries by
+    their destination index, their attempts through them): the events stay."""
+    return count_kinds(
+        [
+            ("deliveries", Delivery.objects.filter(destination_id=destination.pk)),
+            ("delivery attempts", DeliveryAttempt.objects.filter(delivery__destination_id=destination.pk)),
+            ("source–destination links", Subscription.objects.filter(destination_id=destination.pk)),
+        ],
+        cap,
+    )
+
+
 def destination_delete(*, destination: Destination, actor=None) -> None:
     """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay).
 

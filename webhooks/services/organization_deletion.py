@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Invitation
+from organizations.deletion_counts import COUNT_CAP, KindCount, count_kinds
 from organizations.models import ApiKey, IdempotencyKey, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record
 from webhooks.models import (
@@ -50,23 +50,8 @@ from .row_locks import delete_destinations
 DELETION_REQUESTED_ACTION = "organization.deletion_requested"
 DELETED_ACTION = "organization.deleted"
 
-# Counts on the confirmation page stop here, as the admin's lists do (CappedCountPaginator).
-COUNT_CAP = 10_000
 # pg_try_advisory_lock key of an organization's run: this prefix above the organization's id.
 _RUN_LOCK_PREFIX = 0x6F7267 << 40  # "org"
-
-
-@dataclass(frozen=True)
-class KindCount:
-    """How many rows of one kind an organization has, counted up to a cap."""
-
-    kind: str
-    count: int
-    capped: bool  # there are more than ``count``
-
-    @property
-    def label(self) -> str:
-        return f"more than {self.count:,}" if self.capped else f"{self.count:,}"
 
 
 def _kinds(organization_id: int) -> list[tuple[str, QuerySet]]:
@@ -92,12 +77,7 @@ def _kinds(organization_id: int) -> list[tuple[str, QuerySet]]:
 def organization_contents(*, organization: Organization, cap: int | None = None) -> list[KindCount]:
     """What deleting ``organization`` deletes, per kind: one capped count each, so the cost does not
     grow with the organization's size (an index range of at most ``cap`` + 1 entries per kind)."""
-    cap = cap or COUNT_CAP
-    counts = []
-    for kind, rows in _kinds(organization.pk):
-        count = rows.order_by().values("pk")[: cap + 1].count()
-        counts.append(KindCount(kind, min(count, cap), count > cap))
-    return counts
+    return count_kinds(_kinds(organization.pk), cap or COUNT_CAP)
 
 
 def organization_request_deletion(*, organization: Organization, actor=None, request=None) -> bool:

@@ -21,11 +21,24 @@ from collections.abc import Callable
 from django.db import transaction
 from django.utils import timezone
 
+from organizations.deletion_counts import KindCount, count_kinds
 from organizations.services import audit_record
-from webhooks.models import PurgedEventKey, SignatureNonce, Source, Subscription, WebhookEvent
+from webhooks.models import (
+    Delivery,
+    DeliveryAttempt,
+    PurgedEventKey,
+    SignatureNonce,
+    Source,
+    Subscription,
+    WebhookEvent,
+)
 
 from .batched_deletion import (
     BATCH_SIZE,
+    EVENTS,
+    LINKS,
+    NONCES,
+    PURGED_KEYS,
     RUN_SECONDS,
     BatchDeleter,
     DeletionRun,
@@ -123,6 +136,23 @@ def source_deletion_run(
         lock_key=_RUN_LOCK_PREFIX + source_id,
         deleter=lambda progress: _Run(source_id, batch_size or BATCH_SIZE, progress, organization_id),
         max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    )
+
+
+def source_contents(*, source: Source, cap: int | None = None) -> list[KindCount]:
+    """What deleting ``source`` deletes with it, per kind, counted up to a cap: its events (by the
+    (organization, source, -id) index), their deliveries and attempts through them, and the rest."""
+    events = WebhookEvent.objects.filter(organization_id=source.organization_id, source_id=source.pk)
+    return count_kinds(
+        [
+            (EVENTS, events),
+            ("deliveries", Delivery.objects.filter(event__in=events)),
+            ("delivery attempts", DeliveryAttempt.objects.filter(delivery__event__in=events)),
+            (NONCES, SignatureNonce.objects.filter(source_id=source.pk)),
+            (PURGED_KEYS, PurgedEventKey.objects.filter(source_id=source.pk)),
+            (LINKS, Subscription.objects.filter(source_id=source.pk)),
+        ],
+        cap,
     )
 
 

@@ -19,6 +19,7 @@ from django_celery_beat.models import (
 )
 
 from organizations.models import AuditLog, Membership, Organization
+from organizations.services import audit_verify_chain
 from webhooks.models import WebhookEvent
 from webhooks.services.organization_deletion import organization_request_deletion
 from webhooks.tests.api_helpers import make_event
@@ -121,6 +122,56 @@ def test_a_superuser_deletes_periodic_tasks_and_schedules_from_their_page_and_in
         )
         assert not model.objects.filter(pk=other.pk).exists(), name
         assert deleted_entries(model) == 2, name
+
+
+SCHEDULE_MODELS = PERIODIC_MODELS[1:]
+
+
+def tasks_on(schedule, *names: str) -> list[PeriodicTask]:
+    field = next(field.name for field in PeriodicTask._meta.fields if field.related_model is type(schedule))
+    return [
+        PeriodicTask.objects.create(
+            name=name, task="webhooks.tasks.sweep", one_off=isinstance(schedule, ClockedSchedule), **{field: schedule}
+        )
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize("model", SCHEDULE_MODELS, ids=lambda model: model._meta.model_name)
+@pytest.mark.parametrize("in_bulk", [False, True], ids=["its page", "delete selected"])
+def test_deleting_a_schedule_audits_the_periodic_tasks_deleted_with_it(superuser_client, model, in_bulk):
+    rows, kept = one_of_each_periodic_model(), one_of_each_periodic_model(1)
+    schedule = rows[model]
+    going = tasks_on(schedule, "nightly report", "hourly check")
+    schedule.refresh_from_db()  # as the admin reads it: a solar schedule's decimals are then padded
+    labels = {str(task.pk): str(PeriodicTask.objects.get(pk=task.pk)) for task in going}
+    staying = tasks_on(kept[model], "elsewhere")
+    if in_bulk:
+        url = admin_url(model, "changelist")
+        asked = {"action": "delete_selected", "_selected_action": [schedule.pk]}
+    else:
+        url, asked = admin_url(model, "delete", schedule.pk), {}
+    # Django's confirmation page names the tasks that go with it, each linked to its page.
+    page = (superuser_client.post(url, asked) if in_bulk else superuser_client.get(url)).content.decode()
+    for task in going:
+        assert admin_url(PeriodicTask, "change", task.pk) in page and f"{task.name}:" in page
+    assert "elsewhere" not in page
+
+    assert superuser_client.post(url, {**asked, "post": "yes"}).status_code == 302
+    assert not PeriodicTask.objects.filter(pk__in=[task.pk for task in going]).exists()
+    entry = AuditLog.objects.get(action=f"admin.django_celery_beat.{model._meta.model_name}.deleted")
+    assert entry.target_id == str(schedule.pk)
+    assert entry.changes["periodic_tasks_deleted"] == ["hourly check", "nightly report"]
+    by_task = {
+        item.target_id: item for item in AuditLog.objects.filter(action="admin.django_celery_beat.periodictask.deleted")
+    }
+    assert set(by_task) == {str(task.pk) for task in going}  # and none of the task left on another schedule
+    for task in going:
+        assert by_task[str(task.pk)].target_label == labels[str(task.pk)]
+        assert by_task[str(task.pk)].changes["deleted_with"] == f"{model._meta.verbose_name} {schedule.pk}: {schedule}"
+        assert by_task[str(task.pk)].actor_label == "root@hookline.example"
+    assert PeriodicTask.objects.filter(pk=staying[0].pk).exists()
+    assert audit_verify_chain().ok
 
 
 # --- Memberships, on a user's page as on an organization's -----------------------------------------

@@ -22,7 +22,12 @@ from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
 from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
-from webhooks.services.destinations import MAX_EVENT_TYPE_PATTERN_CHARS, MIN_ATTEMPTS, destination_create
+from webhooks.services.destinations import (
+    MAX_EVENT_TYPE_PATTERN_CHARS,
+    MIN_ATTEMPTS,
+    destination_create,
+    max_attempts_with_any_schedule,
+)
 from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS, OPERATORS, parse_payload_filter_lines
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
@@ -468,16 +473,21 @@ REQUEST_BOUNDS = [
     ("max_retry_age_seconds", ["minimum"], Destination.MIN_RETRY_AGE_SECONDS, 60, 59),
     ("max_retry_age_seconds", ["maximum"], Destination.MAX_RETRY_AGE_SECONDS, 30 * DAY, 30 * DAY + 1),
     ("max_attempts", ["minimum"], MIN_ATTEMPTS, 1, 0),
+    # With the longest schedule a destination may have (sent along, ALONG_WITH): 20 waits, 21 attempts.
+    ("max_attempts", ["maximum"], max_attempts_with_any_schedule(), 21, 22),
     ("timeout_seconds", ["minimum"], Destination.MIN_TIMEOUT_SECONDS, 1, 0.99),
     ("timeout_seconds", ["maximum"], Destination.MAX_TIMEOUT_SECONDS, 60, 60.01),
     ("retry_schedule", ["minItems"], 1, [5], []),
     ("retry_schedule", ["maxItems"], Destination.MAX_RETRY_SCHEDULE_STEPS, [5] * 20, [5] * 21),
     ("retry_schedule", ["items", "minimum"], Destination.MIN_RETRY_WAIT_SECONDS, [5], [4]),
     ("retry_schedule", ["items", "maximum"], Destination.MAX_RETRY_WAIT_SECONDS, [7 * DAY], [7 * DAY + 1]),
-    ("event_types", ["items", "maxLength"], MAX_EVENT_TYPE_PATTERN_CHARS, ["a" * 255], ["a" * 256]),
     ("payload_filters", ["maxItems"], MAX_PAYLOAD_FILTERS, [_EXISTS] * 10, [_EXISTS] * 11),
     ("name", ["maxLength"], Destination._meta.get_field("name").max_length, "n" * 200, "n" * 201),
 ]
+
+
+# What a bound holds only with: sent in the same request, at the bound and past it.
+ALONG_WITH = {("max_attempts", "maximum"): {"retry_schedule": [5] * Destination.MAX_RETRY_SCHEDULE_STEPS}}
 
 
 @pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
@@ -493,21 +503,84 @@ def test_request_bounds_are_in_the_document_as_the_api_enforces_them(
     assert stated == constant, (component, field, where)
     api = Api(client, document, make_key(organization)[1])
     source = world["source"].pk
+    along = ALONG_WITH.get((field, where[-1]), {})
     for value, status in ((at_bound, 201), (past_bound, 400)):
         if component == "DestinationCreateRequest":
-            body = {"name": "Bounded", "url": "http://127.0.0.1:9/b", "sources": [source], field: value}
+            body = {"name": "Bounded", "url": "http://127.0.0.1:9/b", "sources": [source], **along, field: value}
             response = api.call("POST", "/api/v1/destinations", body)
         else:
             status = 200 if status == 201 else status
             response = api.call(
                 "PATCH",
                 "/api/v1/destinations/{destination_id}",
-                {field: value},
+                {**along, field: value},
                 destination_id=world["destination"].pk,
             )
         assert response.status_code == status, (field, value, response.content)
         if status == 400:
             assert list(response.json()["fields"]) == [field], response.content
+
+
+def test_max_attempts_past_the_longest_schedule_is_refused_whatever_the_schedule(client, organization, document, world):
+    # The document's maximum is the most any request is allowed: one attempt more than the longest
+    # schedule is refused with it, and so is the maximum with the platform's (shorter) schedule.
+    api = Api(client, document, make_key(organization)[1])
+    most = document["components"]["schemas"]["PatchedDestinationUpdateRequest"]["properties"]["max_attempts"]["maximum"]
+    longest = [5] * Destination.MAX_RETRY_SCHEDULE_STEPS
+    path, destination_id = "/api/v1/destinations/{destination_id}", world["destination"].pk
+    for body, status in (
+        ({"retry_schedule": longest, "max_attempts": most}, 200),
+        ({"retry_schedule": longest, "max_attempts": most + 1}, 400),
+        ({"retry_schedule": None, "max_attempts": most}, 400),
+        ({"retry_schedule": None, "max_attempts": len(settings.DELIVERY_RETRY_SCHEDULE) + 1}, 200),
+    ):
+        assert api.call("PATCH", path, body, destination_id=destination_id).status_code == status, body
+
+
+def _event_type_item_schema(document: dict, component: str) -> dict:
+    return document["components"]["schemas"][component]["properties"]["event_types"]["items"]
+
+
+# Each at, under or past the bound, with surrounding spaces (cut: they do not count) or inner ones.
+EVENT_TYPE_PATTERNS = [
+    "a" * MAX_EVENT_TYPE_PATTERN_CHARS,
+    "a" * (MAX_EVENT_TYPE_PATTERN_CHARS + 1),
+    "  " + "a" * MAX_EVENT_TYPE_PATTERN_CHARS + "\t",
+    " " + "a" * (MAX_EVENT_TYPE_PATTERN_CHARS + 1) + " ",
+    "\u3000invoice.*\u2003",
+    "invoice paid",
+    "invoice.\u00a0paid",
+    "   ",
+    "\ufeffinvoice.*",  # not a space to the API: a character of the pattern
+    "invoice\x00",
+]
+
+
+@pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
+@pytest.mark.parametrize("pattern", EVENT_TYPE_PATTERNS, ids=range(len(EVENT_TYPE_PATTERNS)))
+def test_the_event_type_patterns_the_api_takes_are_the_ones_the_document_allows(
+    client, organization, document, world, component, pattern
+):
+    # Surrounding spaces are cut before the length is checked: a maxLength, which counts them, refused
+    # patterns the API takes. The document's pattern must allow exactly what the API takes.
+    schema = _event_type_item_schema(document, component)
+    assert "maxLength" not in schema
+    api = Api(client, document, make_key(organization)[1])
+    if component == "DestinationCreateRequest":
+        body = {"name": "Filtered", "url": "http://127.0.0.1:9/f", "sources": [world["source"].pk]}
+        response = api.call("POST", "/api/v1/destinations", {**body, "event_types": [pattern]})
+    else:
+        response = api.call(
+            "PATCH",
+            "/api/v1/destinations/{destination_id}",
+            {"event_types": [pattern]},
+            destination_id=world["destination"].pk,
+        )
+    assert response.status_code in (200, 201, 400), response.content
+    taken = response.status_code != 400
+    if not taken:
+        assert list(response.json()["fields"]) == ["event_types"], response.content
+    assert bool(re.search(schema["pattern"], pattern)) == taken, (pattern[:12], response.content)
 
 
 def test_the_timeout_says_the_cap_this_server_puts_on_it(document):
