@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 from django.utils import timezone
 
 from organizations.idempotency import idempotency_key_claim, idempotency_request_digest
-from organizations.models import ApiKey, AuditLog, IdempotencyKey
+from organizations.models import ApiKey, AuditLog, IdempotencyKey, Organization
 from webhooks.api import views, views_manage
 from webhooks.api.idempotency import IdempotencyKeyMixin
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
-from webhooks.services import destinations, lifecycle, operations
+from webhooks.services import destinations, lifecycle, operations, outbound
 from webhooks.services import organization_deletion as deletion
 
 from .api_helpers import make_delivery, make_event, make_key
@@ -564,3 +564,41 @@ def test_a_server_error_once_committed_is_answered_with_the_kept_answer_on_retry
     assert retried.status_code == 202 and retried["Idempotent-Replayed"] == "true"
     assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
     assert retried.json()["id"] == str(Delivery.objects.get(event=event, is_replay=True).pk)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("idempotency_key", [None, "create-it"])
+def test_a_destination_s_url_is_looked_up_before_its_organization_s_row_is_locked(
+    organization, key, monkeypatch, idempotency_key
+):
+    # The lookup may wait on a DNS server up to 10 s. Under the organization's row lock (taken to
+    # count its destinations) it held up whatever locks that row meanwhile: its suspension or
+    # deletion, the admin's change of its limits, every other destination created for it.
+    looking_up, answer_dns = threading.Event(), threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def slow_dns(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            looking_up.set()
+            assert answer_dns.wait(30)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow_dns)
+    outbound.forget_resolved_hosts()
+    body = {"name": "Billing", "url": "http://slow-dns.example:9/b"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        created = pool.submit(
+            _in_thread(lambda: post(Client(), key, "/api/v1/destinations", body, idempotency_key=idempotency_key))
+        )
+        try:
+            assert looking_up.wait(30)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '1s'")
+                # As organization_set_active and the deletion's request lock it (a DatabaseError if held).
+                Organization.objects.select_for_update(no_key=True).get(pk=organization.pk)
+        finally:
+            answer_dns.set()
+        created = created.result()
+    assert created.status_code == 201, created.content
+    assert Destination.objects.filter(organization=organization).count() == 1
