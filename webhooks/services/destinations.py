@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,9 @@ from .destination_headers import (
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import (
     MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION,
+    RESOLVE_TIMEOUT_SECONDS,
     DestinationNotAllowed,
+    LookupsBusy,
     ascii_host,
     resolve_destination,
 )
@@ -55,6 +58,13 @@ class DestinationError(ValueError):
         self.field = field
         # Each fault on its own, when the message joins several (every bad payload filter at once).
         self.problems = list(problems) if problems else [message]
+
+
+class DestinationUrlCheckBusy(DestinationError):
+    """The URL could not be checked now, nothing being wrong with it (outbound.LookupsBusy): the same
+    save may pass once earlier lookups have ended, within ``retry_after_seconds``."""
+
+    retry_after_seconds = math.ceil(RESOLVE_TIMEOUT_SECONDS)
 
 
 class DestinationPreviousSecretStillValid(DestinationError):
@@ -123,6 +133,10 @@ def destination_check_url(url: str, *, organization_id: int | None = None) -> No
         resolve_destination(
             url, organization_id=organization_id, organization_limit=MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION
         )
+    except LookupsBusy as exc:
+        raise DestinationUrlCheckBusy(
+            f"{exc}: nothing is wrong with the URL, try again in {DestinationUrlCheckBusy.retry_after_seconds} s"
+        ) from None
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
 

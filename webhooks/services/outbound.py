@@ -29,6 +29,12 @@ class DestinationNotAllowed(Exception):
     """The URL points somewhere Hookline must not send to (message is safe to show)."""
 
 
+class LookupsBusy(DestinationNotAllowed):
+    """Its host was not looked up, with nothing known against it: earlier lookups (its host's, its
+    organization's, the process's) still wait on their DNS, or no thread was to be had. The same URL
+    may pass a few seconds later."""
+
+
 @dataclass(frozen=True)
 class OutboundResponse:
     status: int | None
@@ -325,11 +331,11 @@ def _address_infos(
         return remembered[1]
     with _lookups_lock:
         if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
-            raise DestinationNotAllowed(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+            raise LookupsBusy(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
         if organization_id is not None:
             limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
             if _lookups_by_organization.get(organization_id, 0) >= limit:
-                raise DestinationNotAllowed(
+                raise LookupsBusy(
                     f"the host {host} could not be looked up now: earlier lookups for this organization's "
                     "destinations are still waiting for their DNS to answer"
                 )
@@ -350,7 +356,7 @@ def _address_infos(
         lookup.start()
     except RuntimeError:  # no thread to be had: as a lookup that failed
         _lookup_ended(host, organization_id)
-        raise DestinationNotAllowed(f"the host {host} could not be looked up now") from None
+        raise LookupsBusy(f"the host {host} could not be looked up now") from None
     lookup.join(timeout)
     if lookup.is_alive():
         raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")

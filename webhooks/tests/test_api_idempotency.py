@@ -602,3 +602,40 @@ def test_a_destination_s_url_is_looked_up_before_its_organization_s_row_is_locke
         created = created.result()
     assert created.status_code == 201, created.content
     assert Destination.objects.filter(organization=organization).count() == 1
+
+
+def test_a_url_check_refused_while_the_organization_s_lookups_wait_is_a_429_to_retry_and_not_kept(
+    client, organization, key, monkeypatch
+):
+    # Refused at once because the organization's earlier lookups still wait on their DNS: nothing is
+    # wrong with the request, and the same request succeeds once they end. As a 400 it read as a
+    # fault of the URL, and it was kept for the key: the retry got the refusal again for 24 hours.
+    dns_answers = threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def slow_dns(host, *args, **kwargs):
+        if host.endswith(".slow-zone.example"):  # answers (the loopback) once the test lets it
+            assert dns_answers.wait(30)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow_dns)
+    outbound.forget_resolved_hosts()
+    try:
+        for number in range(outbound.MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION):  # given up on, still waiting
+            with pytest.raises(outbound.DestinationNotAllowed, match="within"):
+                outbound.resolve_destination(
+                    f"http://h{number}.slow-zone.example:9/", timeout=0.05, organization_id=organization.pk
+                )
+        body = {"name": "Billing", "url": "http://next.slow-zone.example:9/b"}
+        refused = post(client, key, "/api/v1/destinations", body)
+    finally:
+        dns_answers.set()
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"] == "lookups_busy"
+    assert "try again" in refused.json()["detail"]
+    assert int(refused["Retry-After"]) >= 1
+    assert not IdempotencyKey.objects.exists() and not Destination.objects.exists()
+    assert wait_until(lambda: organization.pk not in outbound._lookups_by_organization, timeout=30)
+    retried = post(client, key, "/api/v1/destinations", body)
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried, retried.content
