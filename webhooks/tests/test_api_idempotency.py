@@ -635,6 +635,9 @@ def test_a_url_check_refused_while_the_organization_s_lookups_wait_is_a_429_to_r
     assert refused.json()["error"] == "lookups_busy"
     assert "try again" in refused.json()["detail"]
     assert int(refused["Retry-After"]) >= 1
+    document = client.get("/api/v1/schema").json()
+    answer_as_documented(document, refused, "/api/v1/destinations", "POST")
+    assert "lookups_busy" in document["paths"]["/api/v1/destinations"]["post"]["responses"]["429"]["description"]
     assert not IdempotencyKey.objects.exists() and not Destination.objects.exists()
     assert wait_until(lambda: organization.pk not in outbound._lookups_by_organization, timeout=30)
     retried = post(client, key, "/api/v1/destinations", body)
