@@ -152,17 +152,25 @@ def idempotency_key_claim(
     )
 
 
+def idempotency_answer_kept(status: int) -> bool:
+    """Whether an answer is kept for the key's retries: not a server error (5xx), nor a 429, which
+    says to send the same request again later (the organization's lookups busy): kept, that retry
+    would get the 429 again for the key's 24 hours. The request is then rolled back, its key freed."""
+    return status < 500 and status != 429
+
+
 def idempotency_key_complete(*, claim: IdempotencyKey, status: int, body: str, location: str = "") -> bool:
     """Store the answer the request got, for its retries: call it in the transaction that holds the
     request's effect, so that both are committed together or neither is. The body is stored
     encrypted (it may hold a secret shown once).
 
     False when the key is no longer this request's (a retry took it over, this one being thought
-    lost): the caller must then roll its effect back, the retry's is the one kept. A server error
-    is never stored: roll the request back and release its key instead.
+    lost): the caller must then roll its effect back, the retry's is the one kept. An answer not
+    kept (idempotency_answer_kept: a server error, a 429) is never stored: roll the request back and
+    release its key instead.
     """
-    if status >= 500:
-        raise ValueError("a server error is not kept: roll the request back and release its key")
+    if not idempotency_answer_kept(status):
+        raise ValueError("this answer is not kept: roll the request back and release its key")
     return bool(
         IdempotencyKey.objects.filter(pk=claim.pk, started_at=claim.started_at, response_status=None).update(
             response_status=status, response_body=body, response_location=location[:2048]

@@ -159,6 +159,13 @@ class SearchBusy(exceptions.Throttled):
     default_code = "search_busy"
 
 
+class LookupsBusy(exceptions.Throttled):
+    """A URL to save could not be checked now: the organization's earlier lookups still wait on their
+    DNS (429, with Retry-After). Nothing is wrong with the request; the same one may pass later."""
+
+    default_code = "lookups_busy"
+
+
 class JsonBodyParser(JSONParser):
     """DRF's JSON parser, a body nested too deeply for Python's json being a 400 like any other
     JSON it cannot read (DRF lets the RecursionError through: a 500)."""

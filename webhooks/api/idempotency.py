@@ -17,6 +17,7 @@ from organizations.idempotency import (
     IdempotencyKeyInvalid,
     IdempotencyKeyReused,
     StoredResponse,
+    idempotency_answer_kept,
     idempotency_key_claim,
     idempotency_key_complete,
     idempotency_key_release,
@@ -119,8 +120,9 @@ class IdempotencyKeyMixin:
     def finalize_response(self, request, response, *args, **kwargs):
         claim = self._idempotency_claim
         if claim is not None and not self._idempotency_answer_stored:
-            if response.status_code >= 500:
-                # Not kept, and nothing it did either: the key is freed (dispatch) and a retry runs.
+            if not idempotency_answer_kept(response.status_code):
+                # A server error, or a 429 to send again: not kept, and nothing it did either; the key
+                # is freed (dispatch) and a retry runs.
                 transaction.set_rollback(True)
             elif self._store_answer(claim, response):
                 self._idempotency_answer_stored = True

@@ -87,7 +87,8 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     description="1 to 255 printable ASCII characters, spaces included (a UUID per operation is best): the request "
     "runs once, and the same request sent again with the same key gets the first answer again, with "
     "Idempotent-Replayed: true. A server error (5xx) is not kept: the request did nothing (its changes are "
-    "committed with its answer or not at all) and a retry with the same key runs.",
+    "committed with its answer or not at all) and a retry with the same key runs. Nor is a 429 (send it again "
+    "after Retry-After).",
 )
 _REPLAYED = OpenApiParameter(
     REPLAYED_HEADER,

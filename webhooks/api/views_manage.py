@@ -21,6 +21,7 @@ from webhooks.services.destinations import (
     UNCHANGED,
     DestinationError,
     DestinationPreviousSecretStillValid,
+    DestinationUrlCheckBusy,
     destination_create,
     destination_delete,
     destination_rotate_secret,
@@ -40,7 +41,7 @@ from webhooks.services.sources import (
 )
 
 from . import schema, serializers, serializers_manage
-from .authentication import Conflict
+from .authentication import Conflict, LookupsBusy
 from .views import (
     ApiObjectView,
     DestinationDetailView,
@@ -62,6 +63,12 @@ def _valid(serializer_class, request, **context) -> dict:
 
 def _refused(message: str, field: str = "non_field_errors") -> exceptions.ValidationError:
     return exceptions.ValidationError({field: [message]})
+
+
+def _lookups_busy(exc: DestinationUrlCheckBusy) -> LookupsBusy:
+    """A 429 to send again, not a 400 on the URL: nothing is wrong with it, and with an
+    Idempotency-Key a 400 would be kept, the retry getting it again (a 429 is not kept)."""
+    return LookupsBusy(wait=exc.retry_after_seconds, detail=str(exc))
 
 
 def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
@@ -242,6 +249,10 @@ class DestinationShowMixin(DestinationLookup, ApiObjectView):
         responses={
             201: schema.DestinationCreatedSerializer,
             **schema.conflict("A source it names was deleted meanwhile (conflict)."),
+            429: schema.error(
+                "The URL could not be checked now: the organization's earlier lookups still wait on their DNS "
+                "(lookups_busy); send it again after Retry-After."
+            ),
         },
     ),
 )
@@ -266,6 +277,8 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
                 actor=self.api_key,
                 **{field: data.get(field) for field in DELIVERY_POLICY_FIELDS},
             )
+        except DestinationUrlCheckBusy as exc:
+            raise _lookups_busy(exc) from None
         except DestinationError as exc:
             # The other fields were checked above: what is left is the URL (as on the dashboard),
             # or a setting of the delivery policy, which the service names.
@@ -297,6 +310,10 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
         responses={
             200: schema.DestinationChangedSerializer,
             **schema.conflict("A source it names was deleted meanwhile (conflict)."),
+            429: schema.error(
+                "The URL could not be checked now: the organization's earlier lookups still wait on their DNS "
+                "(lookups_busy); send it again after Retry-After."
+            ),
         },
     ),
     delete=extend_schema(
@@ -343,6 +360,8 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
                 actor=self.api_key,
                 **{field: data[field] for field in DELIVERY_POLICY_FIELDS if field in data},
             )
+        except DestinationUrlCheckBusy as exc:
+            raise _lookups_busy(exc) from None
         except DestinationError as exc:
             raise _refused(str(exc), exc.field or "url") from None
         except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -30,7 +31,9 @@ from .destination_headers import (
 from .operations import bulk_retry_request, destination_pause, destination_resume, event_replay
 from .outbound import (
     MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION,
+    RESOLVE_TIMEOUT_SECONDS,
     DestinationNotAllowed,
+    LookupsBusy,
     ascii_host,
     resolve_destination,
 )
@@ -56,6 +59,13 @@ class DestinationError(ValueError):
         self.field = field
         # Each fault on its own, when the message joins several (every bad payload filter at once).
         self.problems = list(problems) if problems else [message]
+
+
+class DestinationUrlCheckBusy(DestinationError):
+    """The URL could not be checked now, nothing being wrong with it (outbound.LookupsBusy): the same
+    save may pass once earlier lookups have ended, within ``retry_after_seconds``."""
+
+    retry_after_seconds = math.ceil(RESOLVE_TIMEOUT_SECONDS)
 
 
 class DestinationPreviousSecretStillValid(DestinationError):
@@ -124,6 +134,10 @@ def destination_check_url(url: str, *, organization_id: int | None = None) -> No
         resolve_destination(
             url, organization_id=organization_id, organization_limit=MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION
         )
+    except LookupsBusy as exc:
+        raise DestinationUrlCheckBusy(
+            f"{exc}: nothing is wrong with the URL, try again in {DestinationUrlCheckBusy.retry_after_seconds} s"
+        ) from None
     except DestinationNotAllowed as exc:
         raise DestinationError(str(exc)) from None
 
@@ -458,7 +472,6 @@ def destination_create(
     ``custom_headers`` (name to value) are sent with every attempt; their values are never shown again.
     ``payload_filters``: conditions on the body that an event must meet to be delivered here."""
     require_configure_role(organization=organization, actor=actor)
-    _check_room_for_a_destination(organization)
     _check_settings(name, timeout_seconds)
     destination_check_delivery_policy(
         max_concurrency=max_concurrency,
@@ -469,7 +482,10 @@ def destination_create(
     )
     headers = destination_check_custom_headers(custom_headers or {})
     conditions = destination_check_payload_filters(payload_filters)
+    # The URL's lookup (up to RESOLVE_TIMEOUT_SECONDS) before the lock of the organization's row: under
+    # it, it held up whatever locks that row (its suspension, its deletion, every other creation).
     destination_check_url(url, organization_id=organization.pk)
+    _check_room_for_a_destination(organization)
     sources = list(sources)
     event_types = event_type_patterns(event_types or [], has_sources=bool(sources))
     secret = generate_standard_webhooks_secret()
@@ -519,8 +535,9 @@ def destination_create(
 def _check_room_for_a_destination(organization: Organization) -> None:
     # Counted under a lock of the organization's row, held to the end of destination_create's
     # transaction: without it, creations at the same moment each counted the others' uncommitted rows
-    # as absent, and a burst of API calls (each checking its URL's addresses in between) passed the
-    # bound together. NO KEY: the inserts that reference the organization are not held up.
+    # as absent, and a burst of API calls passed the bound together. NO KEY: the inserts that
+    # reference the organization are not held up. Taken once the URL is checked: never held while a
+    # DNS server takes its time.
     Organization.objects.select_for_update(no_key=True).filter(pk=organization.pk).values_list("pk").first()
     most = settings.MAX_DESTINATIONS_PER_ORGANIZATION
     if Destination.objects.filter(organization=organization).count() >= most:

@@ -29,6 +29,12 @@ class DestinationNotAllowed(Exception):
     """The URL points somewhere Hookline must not send to (message is safe to show)."""
 
 
+class LookupsBusy(DestinationNotAllowed):
+    """Its host was not looked up, with nothing known against it: earlier lookups (its host's, its
+    organization's, the process's) still wait on their DNS, or no thread was to be had. The same URL
+    may pass a few seconds later."""
+
+
 @dataclass(frozen=True)
 class OutboundResponse:
     status: int | None
@@ -325,17 +331,26 @@ def _address_infos(
         return remembered[1]
     with _lookups_lock:
         if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
-            raise DestinationNotAllowed(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+            raise LookupsBusy(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
         if organization_id is not None:
             limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
             if _lookups_by_organization.get(organization_id, 0) >= limit:
-                raise DestinationNotAllowed(
+                raise LookupsBusy(
                     f"the host {host} could not be looked up now: earlier lookups for this organization's "
                     "destinations are still waiting for their DNS to answer"
                 )
             _lookups_by_organization[organization_id] = _lookups_by_organization.get(organization_id, 0) + 1
         _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
     outcome: dict = {}
+    ended: list[bool] = []
+
+    def end_once() -> None:
+        """Give the places back, once: by look_up(), or by a start that failed (see below)."""
+        with _lookups_lock:
+            if ended:
+                return
+            ended.append(True)
+        _lookup_ended(host, organization_id)
 
     def look_up() -> None:
         try:
@@ -343,14 +358,20 @@ def _address_infos(
         except Exception as exc:  # handed to the waiting sender
             outcome["error"] = exc
         finally:
-            _lookup_ended(host, organization_id)
+            end_once()
 
-    lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
+    # Until the thread runs, its look_up() cannot give the places taken above back: anything that
+    # stops it from starting must, or they stay taken for the process's life (past the bound, every
+    # lookup of that organization refused).
     try:
+        lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
         lookup.start()
     except RuntimeError:  # no thread to be had: as a lookup that failed
-        _lookup_ended(host, organization_id)
-        raise DestinationNotAllowed(f"the host {host} could not be looked up now") from None
+        end_once()
+        raise LookupsBusy(f"the host {host} could not be looked up now") from None
+    except BaseException:  # no memory for it, an exception raised by a signal's handler meanwhile…
+        end_once()  # once only: the thread may have started before start() was interrupted
+        raise
     lookup.join(timeout)
     if lookup.is_alive():
         raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")

@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 from django.utils import timezone
 
 from organizations.idempotency import idempotency_key_claim, idempotency_request_digest
-from organizations.models import ApiKey, AuditLog, IdempotencyKey
+from organizations.models import ApiKey, AuditLog, IdempotencyKey, Organization
 from webhooks.api import views, views_manage
 from webhooks.api.idempotency import IdempotencyKeyMixin
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
-from webhooks.services import destinations, lifecycle, operations
+from webhooks.services import destinations, lifecycle, operations, outbound
 from webhooks.services import organization_deletion as deletion
 
 from .api_helpers import make_delivery, make_event, make_key
@@ -564,3 +564,81 @@ def test_a_server_error_once_committed_is_answered_with_the_kept_answer_on_retry
     assert retried.status_code == 202 and retried["Idempotent-Replayed"] == "true"
     assert Delivery.objects.filter(event=event, is_replay=True).count() == 1
     assert retried.json()["id"] == str(Delivery.objects.get(event=event, is_replay=True).pk)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("idempotency_key", [None, "create-it"])
+def test_a_destination_s_url_is_looked_up_before_its_organization_s_row_is_locked(
+    organization, key, monkeypatch, idempotency_key
+):
+    # The lookup may wait on a DNS server up to 10 s. Under the organization's row lock (taken to
+    # count its destinations) it held up whatever locks that row meanwhile: its suspension or
+    # deletion, the admin's change of its limits, every other destination created for it.
+    looking_up, answer_dns = threading.Event(), threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def slow_dns(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            looking_up.set()
+            assert answer_dns.wait(30)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow_dns)
+    outbound.forget_resolved_hosts()
+    body = {"name": "Billing", "url": "http://slow-dns.example:9/b"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        created = pool.submit(
+            _in_thread(lambda: post(Client(), key, "/api/v1/destinations", body, idempotency_key=idempotency_key))
+        )
+        try:
+            assert looking_up.wait(30)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '1s'")
+                # As organization_set_active and the deletion's request lock it (a DatabaseError if held).
+                Organization.objects.select_for_update(no_key=True).get(pk=organization.pk)
+        finally:
+            answer_dns.set()
+        created = created.result()
+    assert created.status_code == 201, created.content
+    assert Destination.objects.filter(organization=organization).count() == 1
+
+
+def test_a_url_check_refused_while_the_organization_s_lookups_wait_is_a_429_to_retry_and_not_kept(
+    client, organization, key, monkeypatch
+):
+    # Refused at once because the organization's earlier lookups still wait on their DNS: nothing is
+    # wrong with the request, and the same request succeeds once they end. As a 400 it read as a
+    # fault of the URL, and it was kept for the key: the retry got the refusal again for 24 hours.
+    dns_answers = threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def slow_dns(host, *args, **kwargs):
+        if host.endswith(".slow-zone.example"):  # answers (the loopback) once the test lets it
+            assert dns_answers.wait(30)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow_dns)
+    outbound.forget_resolved_hosts()
+    try:
+        for number in range(outbound.MAX_URL_CHECK_LOOKUPS_PER_ORGANIZATION):  # given up on, still waiting
+            with pytest.raises(outbound.DestinationNotAllowed, match="within"):
+                outbound.resolve_destination(
+                    f"http://h{number}.slow-zone.example:9/", timeout=0.05, organization_id=organization.pk
+                )
+        body = {"name": "Billing", "url": "http://next.slow-zone.example:9/b"}
+        refused = post(client, key, "/api/v1/destinations", body)
+    finally:
+        dns_answers.set()
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"] == "lookups_busy"
+    assert "try again" in refused.json()["detail"]
+    assert int(refused["Retry-After"]) >= 1
+    document = client.get("/api/v1/schema").json()
+    answer_as_documented(document, refused, "/api/v1/destinations", "POST")
+    assert "lookups_busy" in document["paths"]["/api/v1/destinations"]["post"]["responses"]["429"]["description"]
+    assert not IdempotencyKey.objects.exists() and not Destination.objects.exists()
+    assert wait_until(lambda: organization.pk not in outbound._lookups_by_organization, timeout=30)
+    retried = post(client, key, "/api/v1/destinations", body)
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried, retried.content

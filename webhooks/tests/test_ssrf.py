@@ -15,6 +15,7 @@ from webhooks.services.outbound import DestinationNotAllowed, post, resolve_dest
 
 from .api_helpers import make_delivery, make_event
 from .factories import make_destination, make_source
+from .processes import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +105,9 @@ def dns_not_answering_for(host: str, monkeypatch):
         yield
     finally:
         released.set()
+        # The lookups let go of end with the real resolver's answer: until then they still count
+        # against their host, organization and process, and the next test would find them there.
+        assert wait_until(lambda: not outbound._lookups_by_host, timeout=30)
 
 
 def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
@@ -175,7 +179,8 @@ def test_an_organization_s_url_checks_wait_on_few_lookups(monkeypatch):
             with pytest.raises(DestinationNotAllowed):
                 resolve_destination(f"https://h{number}.stuck-zone.example/", timeout=0.05, organization_id=1)
         started = time.monotonic()
-        with pytest.raises(DestinationError, match="still waiting"):
+        # Nothing is wrong with the URL: the dashboard's form and the API (a 429) say to save it again.
+        with pytest.raises(DestinationError, match=r"still waiting.*nothing is wrong with the URL, try again in 10 s"):
             destination_check_url("https://next.stuck-zone.example/hook", organization_id=1)
         assert time.monotonic() - started < 1  # refused at once, not after the lookup's timeout
         with pytest.raises(DestinationError, match="private or reserved"):  # another's is looked up
@@ -268,3 +273,65 @@ def test_ports_of_other_protocols_are_refused_on_public_addresses(monkeypatch, s
 def test_an_allowed_private_address_may_use_any_port(settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = True  # the operator's own network
     assert resolve_destination("http://127.0.0.1:9/hook")[2:] == (9, "127.0.0.1")
+
+
+def _lookups_in_progress(organization_id: int) -> tuple[int, int]:
+    """The organization's lookups counted in progress, and every host's (this process's counters)."""
+    with outbound._lookups_lock:
+        return outbound._lookups_by_organization.get(organization_id, 0), sum(outbound._lookups_by_host.values())
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+        socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        UnicodeError("label too long"),
+        OSError("resolver broke"),
+        RuntimeError("anything else"),
+    ],
+)
+def test_a_lookup_that_fails_gives_its_place_back(monkeypatch, failure):
+    # A place not given back is never given back: past MAX_LOOKUPS_PER_ORGANIZATION of them, every
+    # lookup of that organization in this process would be refused until it restarts.
+    def failing(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", failing)
+    before = _lookups_in_progress(7001)
+    for number in range(outbound.MAX_LOOKUPS_PER_ORGANIZATION + 1):
+        # Refused, or raised to the delivery's send(), which records the attempt as not made.
+        with pytest.raises((DestinationNotAllowed, type(failure))) as raised:
+            resolve_destination(f"https://h{number}.failing.example/", timeout=5, organization_id=7001)
+        assert "still waiting" not in str(raised.value)
+    assert _lookups_in_progress(7001) == before
+
+
+def test_a_lookup_given_up_on_gives_its_place_back_when_it_ends(monkeypatch):
+    released = threading.Event()
+    real_getaddrinfo = outbound.socket.getaddrinfo
+
+    def slow(name, *args, **kwargs):
+        assert released.wait(30)
+        return real_getaddrinfo("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow)
+    outbound.forget_resolved_hosts()
+    with pytest.raises(DestinationNotAllowed, match="within"):
+        resolve_destination("http://given-up.example/", timeout=0.05, organization_id=7002)
+    assert _lookups_in_progress(7002)[0] == 1  # still waiting on its DNS: counted
+    released.set()
+    assert wait_until(lambda: _lookups_in_progress(7002)[0] == 0, timeout=10)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("can't start new thread"), MemoryError()])
+def test_a_lookup_whose_thread_cannot_start_gives_its_place_back(monkeypatch, failure):
+    def no_thread(self):
+        raise failure
+
+    monkeypatch.setattr(outbound.threading.Thread, "start", no_thread)
+    outbound.forget_resolved_hosts()
+    before = _lookups_in_progress(7003)
+    with pytest.raises((DestinationNotAllowed, MemoryError)):
+        resolve_destination("http://no-thread.example/", timeout=1, organization_id=7003)
+    assert _lookups_in_progress(7003) == before
