@@ -305,15 +305,31 @@ def forget_resolved_hosts() -> None:
     _resolved.clear()
 
 
-def _lookup_ended(host: str, organization_id: int | None) -> None:
-    with _lookups_lock:
-        _lookups_by_host[host] -= 1
-        if not _lookups_by_host[host]:
-            del _lookups_by_host[host]
-        if organization_id is not None:
-            _lookups_by_organization[organization_id] -= 1
-            if not _lookups_by_organization[organization_id]:
-                del _lookups_by_organization[organization_id]
+def _lookup_counted_ended(host: str, organization_id: int | None) -> None:
+    """Under _lookups_lock."""
+    _lookups_by_host[host] -= 1
+    if not _lookups_by_host[host]:
+        del _lookups_by_host[host]
+    if organization_id is not None:
+        _lookups_by_organization[organization_id] -= 1
+        if not _lookups_by_organization[organization_id]:
+            del _lookups_by_organization[organization_id]
+
+
+class _Lookup:
+    """One lookup of a (host, port) in progress, which every sender needing that answer waits on."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.infos: list | None = None
+        self.error: BaseException | None = None
+
+
+# The lookups in progress, one per (host, port): a burst of deliveries to one host with nothing
+# remembered (a worker's first minute, or every RESOLVED_TTL_SECONDS) waits on one lookup, rather
+# than each starting its own and the ones past MAX_LOOKUPS_PER_HOST failing as "not answering" (an
+# attempt lost for nothing, and a dead delivery where one attempt is all a destination allows).
+_lookups_in_progress: dict[tuple[str, int], _Lookup] = {}
 
 
 def _address_infos(
@@ -330,57 +346,73 @@ def _address_infos(
     if remembered is not None and remembered[0] > time.monotonic():
         return remembered[1]
     with _lookups_lock:
-        if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
-            raise LookupsBusy(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
-        if organization_id is not None:
-            limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
-            if _lookups_by_organization.get(organization_id, 0) >= limit:
-                raise LookupsBusy(
-                    f"the host {host} could not be looked up now: earlier lookups for this organization's "
-                    "destinations are still waiting for their DNS to answer"
-                )
-            _lookups_by_organization[organization_id] = _lookups_by_organization.get(organization_id, 0) + 1
-        _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
-    outcome: dict = {}
+        lookup = _lookups_in_progress.get(key)
+        if lookup is None:
+            lookup = _start_lookup(key, organization_id, organization_limit)
+    if not lookup.done.wait(timeout):
+        raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")
+    if lookup.error is not None:
+        raise lookup.error
+    return lookup.infos
+
+
+def _start_lookup(key: tuple[str, int], organization_id: int | None, organization_limit: int | None) -> _Lookup:
+    """A lookup of ``key`` on a thread of its own, counted against its host's, its organization's and
+    the process's lookups in progress until it ends (LookupsBusy past them). Under _lookups_lock."""
+    host, port = key
+    if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
+        raise LookupsBusy(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+    if organization_id is not None:
+        limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
+        if _lookups_by_organization.get(organization_id, 0) >= limit:
+            raise LookupsBusy(
+                f"the host {host} could not be looked up now: earlier lookups for this organization's "
+                "destinations are still waiting for their DNS to answer"
+            )
+    lookup = _Lookup()
     ended: list[bool] = []
 
     def end_once() -> None:
-        """Give the places back, once: by look_up(), or by a start that failed (see below)."""
-        with _lookups_lock:
-            if ended:
-                return
-            ended.append(True)
-        _lookup_ended(host, organization_id)
+        """Give the places back and let the waiters go, once: by look_up(), or by a start that
+        failed (see below). Under _lookups_lock."""
+        if ended:
+            return
+        ended.append(True)
+        _lookups_in_progress.pop(key, None)
+        _lookup_counted_ended(host, organization_id)
+        lookup.done.set()
 
     def look_up() -> None:
         try:
-            outcome["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except Exception as exc:  # handed to the waiting sender
-            outcome["error"] = exc
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:  # handed to the waiting senders
+            lookup.error = exc
+        else:
+            lookup.infos = infos
+            if len(_resolved) > 10_000:
+                _resolved.clear()
+            _resolved[key] = (time.monotonic() + RESOLVED_TTL_SECONDS, infos)
         finally:
-            end_once()
+            with _lookups_lock:
+                end_once()
 
+    if organization_id is not None:
+        _lookups_by_organization[organization_id] = _lookups_by_organization.get(organization_id, 0) + 1
+    _lookups_by_host[host] = _lookups_by_host.get(host, 0) + 1
+    _lookups_in_progress[key] = lookup
     # Until the thread runs, its look_up() cannot give the places taken above back: anything that
     # stops it from starting must, or they stay taken for the process's life (past the bound, every
     # lookup of that organization refused).
     try:
-        lookup = threading.Thread(target=look_up, name="hookline-resolve", daemon=True)
-        lookup.start()
+        threading.Thread(target=look_up, name="hookline-resolve", daemon=True).start()
     except RuntimeError:  # no thread to be had: as a lookup that failed
+        lookup.error = LookupsBusy(f"the host {host} could not be looked up now")
         end_once()
-        raise LookupsBusy(f"the host {host} could not be looked up now") from None
+        raise lookup.error from None
     except BaseException:  # no memory for it, an exception raised by a signal's handler meanwhile…
         end_once()  # once only: the thread may have started before start() was interrupted
         raise
-    lookup.join(timeout)
-    if lookup.is_alive():
-        raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    if len(_resolved) > 10_000:
-        _resolved.clear()
-    _resolved[key] = (time.monotonic() + RESOLVED_TTL_SECONDS, outcome["infos"])
-    return outcome["infos"]
+    return lookup
 
 
 # Ports of protocols other than HTTP that browsers refuse to connect to (the Fetch standard's

@@ -121,16 +121,56 @@ def test_a_lookup_that_hangs_ends_the_attempt_at_its_deadline(monkeypatch):
 def test_one_tenant_s_unanswering_dns_does_not_hold_up_other_lookups(monkeypatch):
     # Each lookup has a thread of its own: stuck lookups of one host leave none waiting behind them.
     with dns_not_answering_for("stuck-dns.example", monkeypatch):
-        for _ in range(outbound.MAX_LOOKUPS_PER_HOST):
+        threads = threading.active_count()
+        for _ in range(3):  # the same host and port: every sender waits on its one lookup
             with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
                 resolve_destination("https://stuck-dns.example/hook", timeout=0.05)
+        assert threading.active_count() == threads + 1
+        for port in range(8001, 8001 + outbound.MAX_LOOKUPS_PER_HOST - 1):  # other ports: lookups of their own
+            with pytest.raises(DestinationNotAllowed, match="could not be resolved within"):
+                resolve_destination(f"https://stuck-dns.example:{port}/hook", timeout=0.05)
         # Past a few stuck lookups of that host, the next fails at once instead of adding a thread.
         threads = threading.active_count()
         with pytest.raises(DestinationNotAllowed, match="not answering"):
-            resolve_destination("https://stuck-dns.example/hook", timeout=5)
+            resolve_destination("https://stuck-dns.example:9443/hook", timeout=5)
         assert threading.active_count() == threads
         with pytest.raises(DestinationNotAllowed, match="private or reserved"):  # resolved, then refused
             resolve_destination("http://localhost/hook", timeout=5)
+
+
+def test_a_burst_of_sends_to_one_host_waits_on_one_lookup(monkeypatch, settings):
+    # A dispatcher's first claim sends up to DELIVERY_THREADS deliveries at once; to one host with no
+    # answer remembered, each started a lookup and those past MAX_LOOKUPS_PER_HOST failed as "not
+    # answering": an attempt lost for nothing (seen as a real worker's delivery left to retry a minute later).
+    settings.ALLOW_PRIVATE_DESTINATIONS = True
+    real_getaddrinfo = outbound.socket.getaddrinfo
+    asked = []
+
+    def slow(host, *args, **kwargs):
+        asked.append(host)
+        time.sleep(0.3)
+        return real_getaddrinfo("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow)
+    senders = 3 * outbound.MAX_LOOKUPS_PER_HOST
+    answers, failures = [], []
+    start = threading.Barrier(senders)
+
+    def resolve() -> None:
+        start.wait()
+        try:
+            answers.append(resolve_destination("http://burst.example:8080/hook", timeout=5)[3])
+        except DestinationNotAllowed as exc:
+            failures.append(str(exc))
+
+    threads = [threading.Thread(target=resolve) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    assert answers == ["127.0.0.1"] * senders
+    assert asked == ["burst.example"]
 
 
 def test_one_organization_s_unanswering_dns_leaves_lookups_for_the_others(monkeypatch):
