@@ -48,6 +48,22 @@ def reencrypt(token: str) -> str:
     return fernet().rotate(token.encode()).decode()
 
 
+SECRET_NOT_READABLE_YET = (
+    "This secret cannot be shown by this server at the moment: it is being given a new encryption key "
+    "(FIELD_ENCRYPTION_KEYS is being deployed). It is kept until it has been shown: reload this page in a minute."
+)
+
+
+def decrypt_for_one_look(tokens: list[str]) -> list[str] | None:
+    """The secrets kept (encrypted) in a session for one look, or None if this process cannot read
+    them: during a rolling deploy of a new key, the process that made them may have had the new key
+    and this one not yet. The caller then keeps them for a reload, rather than lose them to a 500."""
+    try:
+        return [decrypt(token) for token in tokens]
+    except ImproperlyConfigured:
+        return None
+
+
 class EncryptedTextField(models.TextField):
     """A text column that holds a Fernet token; Python code sees the plaintext."""
 
