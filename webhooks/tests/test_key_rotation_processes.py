@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.destinations import destination_rotate_secret
+from webhooks.services.sources import source_rotate_secret
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .processes import ROOT, RedisServer, Stack, post_stripe_over_http, wait_until
@@ -29,10 +30,13 @@ class VerifyingReceiver:
     """A destination that verifies each request with any of the secrets it knows, as a receiver
     switching over during a rotation does, and records which webhook-ids verified."""
 
-    def __init__(self, secrets: list[str]):
+    def __init__(self, secrets: list[str], failing: int = 0):
         self.secrets = secrets
         self.verified: set[str] = set()
         self.refused: list[str] = []
+        # Per request: the webhook-id, the secrets (by position) that verify it, the signatures it carries.
+        self.requests: list[tuple[str, set[int], int]] = []
+        self.failing = failing  # answer 500 to this many first requests (after verifying them)
         self.lock = threading.Lock()
         receiver = self
 
@@ -40,17 +44,24 @@ class VerifyingReceiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {name.lower(): value for name, value in self.headers.items()}
-                ok = False
-                for secret in list(receiver.secrets):
+                verifying = set()
+                for position, secret in enumerate(list(receiver.secrets)):
                     try:
                         Webhook(secret).verify(body, headers)
-                        ok = True
-                        break
+                        verifying.add(position)
                     except WebhookVerificationError:
                         continue
+                ok = bool(verifying)
                 with receiver.lock:
-                    (receiver.verified.add if ok else receiver.refused.append)(headers["webhook-id"])
-                self.send_response(200 if ok else 401)
+                    receiver.requests.append(
+                        (headers["webhook-id"], verifying, len(headers["webhook-signature"].split()))
+                    )
+                    failing, receiver.failing = receiver.failing > 0, max(receiver.failing - 1, 0)
+                    if ok and not failing:
+                        receiver.verified.add(headers["webhook-id"])
+                    elif not ok:
+                        receiver.refused.append(headers["webhook-id"])
+                self.send_response(500 if ok and failing else 200 if ok else 401)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -197,3 +208,49 @@ def test_a_rolling_key_rotation_loses_and_refuses_nothing(organization, redis_se
         stack.stop_all()
         receiver.close()
         use_keys(settings, [os.environ["FIELD_ENCRYPTION_KEYS"]])
+
+
+def test_secret_rotations_with_their_windows_on_real_processes(organization, redis_server, settings):
+    # A source's provider secret rotated with a window while the provider still signs with the old
+    # one, then switches; a destination's signing secret rotated while attempts made before it are
+    # still to be retried: the retries carry both signatures, so a receiver with either verifies.
+    source = make_source(organization)
+    receiver = VerifyingReceiver([], failing=3)
+    destination, old_signing = make_destination(organization, receiver.url, sources=[source])
+    receiver.secrets.append(old_signing)
+    stack = Stack(
+        f"redis://127.0.0.1:{redis_server.port}/0", DELIVERY_THREADS="2", DELIVERY_RETRY_SCHEDULE="3,3,3,3,3,3"
+    )
+    try:
+        for name in ("web", "worker", "beat"):
+            stack.start(name)
+        for n in range(3):
+            assert post_stripe_over_http(stack.web_port, source.ingest_token, f"evt_before_{n}", STRIPE_SECRET) == 200
+        assert wait_until(lambda: len(receiver.requests) >= 3, timeout=120)  # each answered 500: to be retried
+
+        _, new_signing = destination_rotate_secret(
+            destination=Destination.objects.get(pk=destination.pk), overlap_seconds=3600
+        )
+        receiver.secrets.append(new_signing)
+        new_source_secret = "whsec_rotated_source_secret_abcdef"
+        source_rotate_secret(source=Source.objects.get(pk=source.pk), new_secret=new_source_secret)
+
+        # The provider goes on with the old secret for a while, then signs with the new one; the
+        # web process's copy of the source is at most INGEST_SOURCE_CACHE_SECONDS old by then.
+        answers = [post_stripe_over_http(stack.web_port, source.ingest_token, "evt_old_secret", STRIPE_SECRET)]
+        time.sleep(float(settings.INGEST_SOURCE_CACHE_SECONDS) + 1)
+        answers.append(post_stripe_over_http(stack.web_port, source.ingest_token, "evt_new_secret", new_source_secret))
+        assert answers == [200, 200]
+
+        event_ids = {str(pk) for pk in WebhookEvent.objects.values_list("id", flat=True)}
+        assert len(event_ids) == 5
+        assert wait_until(lambda: event_ids <= receiver.verified, timeout=120)
+        assert not receiver.refused
+        first_attempts = receiver.requests[:3]
+        assert all(verifying == {0} and signatures == 1 for _, verifying, signatures in first_attempts)
+        # Every request after the rotation (the retries too) verifies with either secret.
+        after = receiver.requests[3:]
+        assert after and all(verifying == {0, 1} and signatures == 2 for _, verifying, signatures in after), after
+    finally:
+        stack.stop_all()
+        receiver.close()
