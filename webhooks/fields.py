@@ -35,12 +35,17 @@ def encrypt(plaintext: str) -> str:
     return fernet().encrypt(plaintext.encode()).decode()
 
 
+class SecretNotReadable(ImproperlyConfigured):
+    """A stored secret that no key of this process's FIELD_ENCRYPTION_KEYS decrypts: during a rolling
+    deploy of a new key, written by a process that had it; after one, a key retired too soon."""
+
+
 def decrypt(token: str) -> str:
     try:
         return fernet().decrypt(token.encode()).decode()
     except InvalidToken:
         # Never include the token: it is the secret, encrypted, and says where to attack.
-        raise ImproperlyConfigured("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
+        raise SecretNotReadable("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
 
 
 def reencrypt(token: str) -> str:

@@ -14,6 +14,7 @@ from webhooks.fields import _fernet_for
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.services.ingest import forget_cached_sources
 
+from .api_helpers import make_key
 from .factories import make_destination, make_source
 from .signing import post_stripe
 
@@ -236,3 +237,40 @@ def test_new_secrets_shown_once_in_the_admin_survive_a_process_without_the_new_k
     _fernet_for.cache_clear()
     on_new_process = admin_client.get(rotated["Location"])
     assert on_new_process.status_code == 200 and new_secret in on_new_process.content.decode()
+
+
+@pytest.mark.parametrize("page", ["dashboard:destination_detail", "dashboard:destination_edit"])
+def test_a_page_that_needs_a_secret_this_process_cannot_read_yet_is_a_503_saying_why(
+    client, owner, organization, settings, page
+):
+    # Custom headers saved by a process with NEW,OLD, the page served by one still on OLD alone.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.force_login(owner)
+    client.raise_request_exception = False
+
+    response = client.get(reverse(page, args=["acme", destination.pk]))
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert "new encryption key" in response.content.decode()
+
+
+def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_503(client, organization, settings):
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.raise_request_exception = False
+
+    response = client.get(
+        f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}"
+    )
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert response.json()["error"] == "secret_unreadable"
