@@ -126,9 +126,19 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _code_mac(email: str, code: str) -> str:
+def _code_mac(email: str, code: str, key: str | None = None) -> str:
     # Keyed, because a million possible codes make a plain hash trivial to reverse from a cache dump.
-    return hmac.new(settings.SECRET_KEY.encode(), f"sign-in-code:{email}:{code}".encode(), hashlib.sha256).hexdigest()
+    key = settings.SECRET_KEY if key is None else key
+    return hmac.new(key.encode(), f"sign-in-code:{email}:{code}".encode(), hashlib.sha256).hexdigest()
+
+
+def _code_matches(mac: str, email: str, code: str) -> bool:
+    """Whether ``code`` is the one ``mac`` was made for, under SECRET_KEY or one of its fallbacks: a
+    code emailed just before SECRET_KEY changed still signs in, as the link sent with it does."""
+    matches = False
+    for key in [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]:
+        matches |= hmac.compare_digest(mac, _code_mac(email, code, key))
+    return matches
 
 
 def _link_key(token_digest: str) -> str:
@@ -413,7 +423,7 @@ def sign_in_code_redeem(*, email: str, code: str, ip_address: str | None) -> Sig
     ):
         cache.delete(code_key)
         return None
-    if not hmac.compare_digest(record["mac"], _code_mac(email, typed)):
+    if not _code_matches(record["mac"], email, typed):
         return None
     if not cache.delete(code_key):
         return None  # a concurrent request used it first

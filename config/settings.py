@@ -125,6 +125,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so that it sees the views' exceptions first: a secret not decryptable yet is a 503.
+    "webhooks.views.one_look.SecretNotReadableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

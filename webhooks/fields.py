@@ -35,17 +35,38 @@ def encrypt(plaintext: str) -> str:
     return fernet().encrypt(plaintext.encode()).decode()
 
 
+class SecretNotReadable(ImproperlyConfigured):
+    """A stored secret that no key of this process's FIELD_ENCRYPTION_KEYS decrypts: during a rolling
+    deploy of a new key, written by a process that had it; after one, a key retired too soon."""
+
+
 def decrypt(token: str) -> str:
     try:
         return fernet().decrypt(token.encode()).decode()
     except InvalidToken:
         # Never include the token: it is the secret, encrypted, and says where to attack.
-        raise ImproperlyConfigured("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
+        raise SecretNotReadable("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
 
 
 def reencrypt(token: str) -> str:
     """The same secret under the newest key (MultiFernet.rotate)."""
     return fernet().rotate(token.encode()).decode()
+
+
+SECRET_NOT_READABLE_YET = (
+    "This secret cannot be shown by this server at the moment: it is being given a new encryption key "
+    "(FIELD_ENCRYPTION_KEYS is being deployed). It is kept until it has been shown: reload this page in a minute."
+)
+
+
+def decrypt_for_one_look(tokens: list[str]) -> list[str] | None:
+    """The secrets kept (encrypted) in a session for one look, or None if this process cannot read
+    them: during a rolling deploy of a new key, the process that made them may have had the new key
+    and this one not yet. The caller then keeps them for a reload, rather than lose them to a 500."""
+    try:
+        return [decrypt(token) for token in tokens]
+    except ImproperlyConfigured:
+        return None
 
 
 class EncryptedTextField(models.TextField):

@@ -3,7 +3,7 @@
 import pytest
 from django.core import mail
 
-from .test_sign_in import TEAM, ask, link_path, signed_in_user_id
+from .test_sign_in import CODE, TEAM, ask, code_in, link_path, signed_in_user_id
 
 pytestmark = pytest.mark.django_db
 
@@ -33,3 +33,27 @@ def test_without_the_fallback_a_new_secret_key_signs_everyone_out(client, owner,
     settings.SECRET_KEY = NEW_KEY
     response = client.get(TEAM)
     assert response.status_code == 302 and "/accounts/sign-in/" in response["Location"]
+
+
+def test_a_code_emailed_under_the_old_key_still_signs_in_while_it_is_a_fallback(client, owner, settings):
+    # The link in the same email does (its token is not keyed with SECRET_KEY): the code must too.
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = OLD_KEY, []
+    ask(client, owner.email)
+    code = code_in(mail.outbox[-1])
+
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = NEW_KEY, [OLD_KEY]
+    response = client.post(CODE, {"code": code})
+
+    assert response.status_code == 302 and response["Location"] == TEAM
+    assert signed_in_user_id(client) == str(owner.pk)
+
+
+def test_a_code_emailed_under_a_key_no_longer_configured_is_refused(client, owner, settings):
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = OLD_KEY, []
+    ask(client, owner.email)
+    code = code_in(mail.outbox[-1])
+
+    settings.SECRET_KEY = NEW_KEY
+    client.post(CODE, {"code": code})
+
+    assert signed_in_user_id(client) is None

@@ -31,7 +31,7 @@ from organizations.admin import (
     SavesOnlyItsFormsFieldsMixin,
     action_outcomes,
 )
-from webhooks.fields import decrypt, encrypt
+from webhooks.fields import decrypt_for_one_look, encrypt
 from webhooks.forms import (
     RETRY_SCHEDULE_HELP,
     AllowedNetworksField,
@@ -80,6 +80,7 @@ from webhooks.services.sources import (
     source_rotate_secret,
     source_set_active,
 )
+from webhooks.views.one_look import secret_not_readable_yet
 
 from .actions import (
     ReturnToObjectPageMixin,
@@ -151,12 +152,15 @@ class OneTimeSecretsMixin:
             self.message_user(request, "New secrets are shown only once; rotate again to get new ones.", messages.INFO)
             opts = self.model._meta
             return redirect(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        readable = decrypt_for_one_look([secret for _, secret in kept["shown"]])
+        if readable is None:
+            return secret_not_readable_yet()
         del request.session[NEW_SECRETS_SESSION_KEY]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": kept["title"],
-            "shown": [(label, decrypt(secret)) for label, secret in kept["shown"]],
+            "shown": [(label, secret) for (label, _), secret in zip(kept["shown"], readable, strict=True)],
         }
         response = TemplateResponse(request, "admin/hookline/new_secrets.html", context)
         add_never_cache_headers(response)

@@ -7,6 +7,7 @@ import logging
 from contextlib import ExitStack
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, transaction
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
@@ -38,6 +39,20 @@ class IdempotencyKeyInProgressError(exceptions.APIException):
     status_code = 409
     default_code = "idempotency_key_in_progress"
     wait = 1  # Retry-After, in seconds (DRF's exception handler sends it)
+
+
+class StoredAnswerUnreadableError(exceptions.APIException):
+    """The answer kept for this key is encrypted with a key this process lacks (a rolling deploy of a
+    new FIELD_ENCRYPTION_KEYS, where the process that stored it had the new key): the request is not
+    run again, and a retry once every process has the new key gets the answer."""
+
+    status_code = 503
+    default_code = "stored_answer_unreadable"
+    default_detail = (
+        "the answer stored for this Idempotency-Key cannot be read by this server at the moment "
+        "(a new encryption key is being deployed): send the request again in a minute"
+    )
+    wait = 60
 
 
 class _Replay(Exception):
@@ -101,6 +116,8 @@ class IdempotencyKeyMixin:
             raise IdempotencyKeyReusedError(str(exc)) from None
         except IdempotencyKeyInProgress as exc:
             raise IdempotencyKeyInProgressError(str(exc)) from None
+        except ImproperlyConfigured:
+            raise StoredAnswerUnreadableError from None
         if isinstance(outcome, StoredResponse):
             raise _Replay(outcome)
         self._idempotency_claim = outcome

@@ -108,8 +108,11 @@ _RETRY_AFTER = OpenApiParameter(
     "Retry-After",
     OpenApiTypes.INT,
     OpenApiParameter.HEADER,
-    response=[409, 429],
-    description="Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress).",
+    response=[409, 429, 503],
+    description=(
+        "Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress, on a 503 only "
+        "for stored_answer_unreadable)."
+    ),
 )
 _WWW_AUTHENTICATE = OpenApiParameter(
     "WWW-Authenticate", {"type": "string", "enum": ['Bearer realm="api"']}, OpenApiParameter.HEADER, response=[401]
@@ -178,6 +181,11 @@ class ApiAutoSchema(AutoSchema):
             )
             refusals[422] = error(
                 "This Idempotency-Key was used for another request (idempotency_key_reused): send a new key."
+            )
+            refusals[503] = error(
+                "The answer stored for this Idempotency-Key is encrypted with a key this server does not have yet "
+                "(a new FIELD_ENCRYPTION_KEYS is being deployed): nothing was run; send it again after Retry-After "
+                "(stored_answer_unreadable)."
             )
         return refusals
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test import Client
@@ -20,6 +21,7 @@ from organizations.idempotency import idempotency_key_claim, idempotency_request
 from organizations.models import ApiKey, AuditLog, IdempotencyKey, Organization
 from webhooks.api import views, views_manage
 from webhooks.api.idempotency import IdempotencyKeyMixin
+from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
 from webhooks.services import destinations, lifecycle, operations, outbound
 from webhooks.services import organization_deletion as deletion
@@ -180,6 +182,31 @@ def test_secrets_in_stored_answers_are_encrypted(client, organization, key):
         assert "Billing" not in body and "GitHub org" not in body
     replayed = post(client, key, f"/api/v1/destinations/{destination['id']}/rotate_secret", idempotency_key="rot")
     assert replayed["Idempotent-Replayed"] == "true" and replayed.json()["secret"] == secrets[2]
+
+
+def test_a_retry_on_a_process_without_the_key_of_the_stored_answer_is_a_503_to_retry(
+    client, organization, key, settings
+):
+    # A rolling deploy of FIELD_ENCRYPTION_KEYS=NEW,OLD: the first POST is answered (and its answer
+    # stored under NEW) by a process with the new list, its retry lands on one with OLD alone.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    created = post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="src")
+    assert created.status_code == 201
+
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    unhandled = Client(raise_request_exception=False)
+    on_old_process = post(unhandled, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="src")
+    assert on_old_process.status_code == 503 and on_old_process.json()["error"] == "stored_answer_unreadable"
+    assert on_old_process["Retry-After"]
+    assert Source.objects.count() == 1  # not run again
+
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    on_new_process = post(client, key, "/api/v1/sources", GITHUB_SOURCE, idempotency_key="src")
+    assert on_new_process["Idempotent-Replayed"] == "true" and on_new_process.json() == created.json()
 
 
 def test_refusals_are_kept_too_but_server_errors_free_the_key(client, organization, key, monkeypatch):

@@ -144,5 +144,5 @@ def test_of_a_claim_a_row_that_cannot_be_loaded_is_recorded_and_the_others_are_s
     unloadable = Delivery.objects.get(pk=made["bad"].pk)
     assert unloadable.status == Delivery.Status.PENDING and unloadable.claimed_at is None
     assert unloadable.attempt_count == 1
-    assert unloadable.last_error == "the attempt could not be made: ImproperlyConfigured"
+    assert unloadable.last_error == "the attempt could not be made: SecretNotReadable"
     assert unloadable.attempts.count() == 1

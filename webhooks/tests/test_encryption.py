@@ -5,13 +5,16 @@ import json
 
 import pytest
 from cryptography.fernet import Fernet
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.urls import reverse
 
 from webhooks.fields import _fernet_for
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.services.ingest import forget_cached_sources
 
+from .api_helpers import make_key
 from .factories import make_destination, make_source
 from .signing import post_stripe
 
@@ -178,3 +181,96 @@ def test_ingest_for_a_secret_no_key_can_decrypt_is_a_json_503_that_stores_nothin
     logged = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert any("cannot be decrypted" in message for message in logged)
     assert not any(source.ingest_token in message for message in logged)
+
+
+def test_a_secret_shown_once_survives_a_web_process_that_does_not_know_the_new_key_yet(
+    client, owner, organization, settings
+):
+    # A rolling deploy of NEW,OLD: the POST that makes a destination is served by a process with the
+    # new list, the redirect to the page showing its secret by one still on OLD alone. That page
+    # cannot decrypt what the session keeps: it must say so and keep it, not answer 500 and drop it.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    client.force_login(owner)
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    created = client.post(
+        reverse("dashboard:destination_create", args=["acme"]),
+        {"name": "App", "url": "http://127.0.0.1:9/hooks", "timeout_seconds": "10"},
+    )
+    secret = Destination.objects.get(name="App").secret
+
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    on_old_process = client.get(created["Location"])
+    assert on_old_process.status_code == 503
+    assert secret not in on_old_process.content.decode()
+    assert "reload" in on_old_process.content.decode().lower()
+
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    on_new_process = client.get(created["Location"])
+    assert on_new_process.status_code == 200 and secret in on_new_process.content.decode()
+    assert client.get(created["Location"]).status_code == 302  # and then it is gone, as always
+
+
+def test_new_secrets_shown_once_in_the_admin_survive_a_process_without_the_new_key(client, organization, settings):
+    superuser = get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery")
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    source = make_source(organization, provider="github", secret="an-old-github-secret-1234")
+    client.force_login(superuser)
+    admin_client = client
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    rotated = admin_client.post(
+        reverse("admin:webhooks_source_changelist"),
+        {"action": "rotate_secret", "_selected_action": [source.pk]},
+    )
+    assert rotated.status_code == 302, rotated.content[:500]
+    new_secret = Source.objects.get(pk=source.pk).secret
+
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    on_old_process = admin_client.get(rotated["Location"])
+    assert on_old_process.status_code == 503 and new_secret not in on_old_process.content.decode()
+
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    on_new_process = admin_client.get(rotated["Location"])
+    assert on_new_process.status_code == 200 and new_secret in on_new_process.content.decode()
+
+
+@pytest.mark.parametrize("page", ["dashboard:destination_detail", "dashboard:destination_edit"])
+def test_a_page_that_needs_a_secret_this_process_cannot_read_yet_is_a_503_saying_why(
+    client, owner, organization, settings, page
+):
+    # Custom headers saved by a process with NEW,OLD, the page served by one still on OLD alone.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.force_login(owner)
+    client.raise_request_exception = False
+
+    response = client.get(reverse(page, args=["acme", destination.pk]))
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert "new encryption key" in response.content.decode()
+
+
+def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_503(client, organization, settings):
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.raise_request_exception = False
+
+    response = client.get(
+        f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}"
+    )
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert response.json()["error"] == "secret_unreadable"

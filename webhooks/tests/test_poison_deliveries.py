@@ -66,6 +66,6 @@ def test_a_destination_whose_secret_cannot_be_read_does_not_stop_the_other_tenan
     assert good.status == Delivery.Status.SUCCEEDED
     bad.refresh_from_db()
     assert bad.status == Delivery.Status.PENDING and bad.claimed_at is None and bad.attempt_count == 1
-    assert "the attempt could not be made: ImproperlyConfigured" in bad.last_error
+    assert "the attempt could not be made: SecretNotReadable" in bad.last_error
     assert [request.path for request, _ in httpserver.log] == ["/globex"]
     assert Destination.objects.filter(pk=bad.destination_id).exists()

@@ -17,9 +17,10 @@ from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
 from organizations.selectors import api_key_for_organization
-from webhooks.fields import decrypt, encrypt
+from webhooks.fields import decrypt_for_one_look, encrypt
 from webhooks.selectors import destination_for_organization, source_for_organization
 from webhooks.services.sources import ingest_url
+from webhooks.views.one_look import secret_not_readable_yet
 
 ADMIN = "admin"
 
@@ -92,6 +93,9 @@ class SecretOnceView(OrganizationMixin, TemplateView):
         ):
             messages.info(request, "A secret is shown only once; rotate it to get a new one.")
             return redirect("dashboard:overview", self.organization.slug)
+        readable = decrypt_for_one_look([kept["secret"]])
+        if readable is None:
+            return secret_not_readable_yet()
         del request.session[SECRET_ONCE_SESSION_KEY]
         if kept["kind"] == "api_key":
             target = or_404(api_key_for_organization, organization=self.organization, api_key_id=kept["pk"])
@@ -99,7 +103,7 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             target = or_404(destination_for_organization, organization=self.organization, destination_id=kept["pk"])
         else:
             target = or_404(source_for_organization, organization=self.organization, source_id=kept["pk"])
-        context = self.get_context_data(**{kept["kind"]: target, "secret": decrypt(kept["secret"])})
+        context = self.get_context_data(**{kept["kind"]: target, "secret": readable[0]})
         context["title"] = kept["title"]
         if kept["kind"] == "source":
             # The provider's form asks for the URL and the secret together (GitHub's Payload URL and
