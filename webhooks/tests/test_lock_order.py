@@ -244,3 +244,53 @@ def test_a_recording_while_a_resume_holds_the_destination_waits_for_it(sent_whil
 
     assert errors == [], _deadlocks(errors) or errors
     _check_both_went_through(destination, claimed, waiting, resumed_at)
+
+
+@pytest.fixture
+def two_failing(organization):
+    """Two destinations, each with a delivery claimed and sent (port 9: refused), to be recorded in one batch."""
+    source = make_source(organization)
+    first, _ = make_destination(organization, "http://127.0.0.1:9/first")
+    second, _ = make_destination(organization, "http://127.0.0.1:9/second")
+    # One failure from its breaker (see below); the second none.
+    Destination.objects.filter(pk=first.pk).update(consecutive_failures=1, failing_since=timezone.now())
+    deliveries = [
+        Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
+        for destination in (first, second)
+    ]
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert {delivery.pk for delivery in claimed} == {delivery.pk for delivery in deliveries}
+    return first, second, [(delivery, delivery_service.send(delivery)) for delivery in claimed]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["pause", "resume"])
+def test_a_recording_that_trips_one_breaker_and_a_pause_or_resume_of_the_next_destination_do_not_deadlock(
+    two_failing, settings, monkeypatch, resume
+):
+    # The recording trips the first destination's breaker (an audit entry), then counts the second
+    # one's failure; a pause or a resume of the second locks it, then writes its audit entry.
+    settings.CIRCUIT_BREAKER_FAILURES, settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 2, 0
+    first, second, results = two_failing
+    if resume:
+        operations.destination_pause(destination=second)
+    real_health, calls = delivery_service._update_destination_health, []
+    recording = Paused(lambda: delivery_service.record_results(results))
+
+    def pause_before_the_second(destination_id, successes, now):
+        calls.append(destination_id)
+        if destination_id == second.pk:
+            recording.pause()  # the first destination counted (and its breaker tripped), the second not yet
+        return real_health(destination_id, successes, now)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", pause_before_the_second)
+    change = operations.destination_resume if resume else operations.destination_pause
+    errors = _run_alongside(recording, lambda: change(destination=second))
+
+    assert errors == [], _deadlocks(errors) or errors
+    assert calls == [first.pk, second.pk]  # recorded in one go, not again one by one after a failure
+    first.refresh_from_db()
+    assert first.paused_at is not None
+    assert AuditLog.objects.filter(action="destination.paused", target_id=str(first.pk)).count() == 1
+    second.refresh_from_db()
+    assert (second.paused_at is None, second.consecutive_failures) == (resume, 1)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.PENDING}
