@@ -9,6 +9,7 @@ from django.db.models.query import QuerySet
 from django.utils import timezone
 
 from organizations.models import AuditLog
+from webhooks import tasks
 from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destination_service
@@ -19,17 +20,21 @@ from webhooks.services.source_deletion import source_deletion_run, source_reques
 from .api_helpers import make_event
 from .delivering import claim_now
 from .factories import make_destination, make_source
-from .test_destination_delete_races import Paused
+from .test_destination_delete_races import Paused, run_alongside
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 RECEIVER = "http://127.0.0.1:9/hooks"
 
 
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    for module in (delivery_service, operations):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+
+
 @pytest.fixture
 def published(monkeypatch):
-    from webhooks import tasks
-
     monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
 
 
@@ -48,21 +53,6 @@ def _run_alongside(first: Paused, second) -> list:
     other = Paused(second)
     other.thread.start()
     other.thread.join(0.5)  # time for it to reach the locks it waits for
-    first.released.set()
-    first.thread.join(15)
-    other.thread.join(15)
-    assert not first.thread.is_alive() and not other.thread.is_alive()
-    return first.errors + other.errors
-
-
-def _waits(first: Paused, second) -> list:
-    """As _run_alongside, and ``second`` must be waiting for ``first``'s locks when ``first`` goes on."""
-    first.thread.start()
-    assert first.reached.wait(10)
-    other = Paused(second)
-    other.thread.start()
-    other.thread.join(0.5)
-    assert other.thread.is_alive(), "the second transaction did not wait for the first one's locks"
     first.released.set()
     first.thread.join(15)
     other.thread.join(15)
@@ -240,7 +230,7 @@ def test_a_recording_while_a_resume_holds_the_destination_waits_for_it(sent_whil
     resumed_at = timezone.now()
     # The recording finishes its delivery, then waits for the destination; the resume's UPDATE of
     # the pending deliveries then passes that one by (in flight as far as it can see).
-    errors = _waits(resume, lambda: delivery_service.record_results([(claimed, result)]))
+    errors = run_alongside(resume, lambda: delivery_service.record_results([(claimed, result)]))
 
     assert errors == [], _deadlocks(errors) or errors
     _check_both_went_through(destination, claimed, waiting, resumed_at)
