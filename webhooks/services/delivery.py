@@ -1516,11 +1516,17 @@ def _record_results(
         for delivery, _, outcome in unrecorded:
             health[delivery.destination_id].append(outcome.status == Delivery.Status.SUCCEEDED)
         # In id order, so that two dispatchers recording for the same destinations cannot deadlock.
-        paused = [
-            destination_id
+        tripped = [
+            destination
             for destination_id, successes in sorted(health.items())
-            if _update_destination_health(destination_id, successes, now)
+            if (destination := _update_destination_health(destination_id, successes, now)) is not None
         ]
+        # Audited once every destination is locked: the audit log's lock, one for the platform and
+        # held to the commit, taken after the first trip, would be held while this waits for the next
+        # destination's row, whose pause, resume or edit holds it and waits for the audit lock.
+        for destination in tripped:
+            _audit_tripped(destination)
+        paused = [destination.pk for destination in tripped]
     # Only once committed: should this fail, the objects keep their claim for a retry of the recording.
     for (_, *fields_items), group in same_outcome.items():
         for delivery, _, _ in group:
@@ -1619,13 +1625,14 @@ def _outcome_fields(outcome: Outcome, status_code: int | None, now) -> dict:
     return fields
 
 
-def _update_destination_health(destination_id: int, successes: list[bool], now) -> bool:
-    """Count consecutive failures; pause the destination when the breaker trips. True if it paused now."""
+def _update_destination_health(destination_id: int, successes: list[bool], now) -> Destination | None:
+    """Count consecutive failures; pause the destination when the breaker trips. The destination if
+    it paused now (for the caller to audit, see _audit_tripped)."""
     if all(successes):
         Destination.objects.filter(pk=destination_id, consecutive_failures__gt=0).update(
             consecutive_failures=0, failing_since=None
         )
-        return False
+        return None
     destination = (
         Destination.objects.select_for_update(no_key=True)
         .defer(*DESTINATION_ENCRYPTED_FIELDS)
@@ -1633,7 +1640,7 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
         .first()
     )
     if destination is None:  # deleted while being sent: its deliveries went with it (see record_results)
-        return False
+        return None
     for succeeded in successes:
         if succeeded:
             destination.consecutive_failures, destination.failing_since = 0, None
@@ -1655,14 +1662,16 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
     destination.save(
         update_fields=["consecutive_failures", "failing_since", "paused_at", "pause_reason", "pause_notice_due_at"]
     )
-    if tripped:
-        audit_record(
-            action="destination.paused",
-            organization=destination.organization,
-            target=destination,
-            changes={"reason": destination.pause_reason},
-        )
-    return tripped
+    return destination if tripped else None
+
+
+def _audit_tripped(destination: Destination) -> None:
+    audit_record(
+        action="destination.paused",
+        organization=destination.organization,
+        target=destination,
+        changes={"reason": destination.pause_reason},
+    )
 
 
 def _alert_paused(destination_id: int) -> None:

@@ -39,7 +39,7 @@ from .outbound import (
 )
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
-from .row_locks import check_foreign_keys, delete_destinations
+from .row_locks import check_foreign_keys, delete_destinations, lock_sources_against_deletion
 from .secrets import (
     PreviousSecretStillValid,
     SecretNotReplaced,
@@ -506,6 +506,9 @@ def destination_create(
     )
     store_custom_headers(destination, headers)
     destination.save(force_insert=True)
+    # Before the links' audit entries: see lock_sources_against_deletion. One deleted already is
+    # left to check_foreign_keys, which says so.
+    lock_sources_against_deletion(source.pk for source in sources)
     for source in sources:
         subscription_create(destination=destination, source=source, event_types=event_types or [], actor=actor)
     # A source deleted meanwhile is found here rather than at the commit (an IntegrityError either
@@ -655,6 +658,9 @@ def destination_update(
     if removed:
         Subscription.objects.filter(destination=destination, source_id__in=removed).delete()
         changes["sources_removed"] = removed
+    # The sources to link, before their links' audit entries (see lock_sources_against_deletion);
+    # one deleted already fails the commit's foreign-key check.
+    lock_sources_against_deletion(source_id for source_id in wanted if source_id not in existing)
     for source_id, source in wanted.items():
         subscription = existing.get(source_id)
         if subscription is None:

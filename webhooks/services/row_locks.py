@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
 
-from webhooks.models import Delivery, Destination
+from webhooks.models import Delivery, Destination, Source
 
 # Why a deletion is tried again: a delivery or attempt committed after the deletion collected
 # them (foreign_key_violation), or a lock cycle with the dispatcher (deadlock_detected).
@@ -24,15 +24,27 @@ def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[in
     takes them along, see delete_destinations). In id order, so that two callers cannot
     deadlock. Call it inside a transaction. Other databases (SQLite serializes writers) only filter.
     """
-    ids = sorted(set(destination_ids))
+    return _lock_against_deletion(Destination, destination_ids)
+
+
+def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
+    """Of ``source_ids``, those that still exist, each locked against deletion until the transaction
+    ends (as lock_destinations_against_deletion). For a transaction that links a source and then
+    writes to the audit log: the link's foreign-key check, deferred to the commit (or to
+    check_foreign_keys), would take this lock only after the audit chain's, while a source's
+    deletion locks the source's row and then the audit chain's (source_deletion), and each would
+    wait for the other. Taken before the first audit entry, the source comes first on both sides."""
+    return _lock_against_deletion(Source, source_ids)
+
+
+def _lock_against_deletion(model: type[Model], pks: Iterable[int]) -> set[int]:
+    ids = sorted(set(pks))
     if not ids:
         return set()
     if connection.vendor != "postgresql":
-        return set(Destination.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        return set(model._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id FROM {Destination._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids]
-        )
+        cursor.execute(f"SELECT id FROM {model._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids])
         return {row[0] for row in cursor.fetchall()}
 
 

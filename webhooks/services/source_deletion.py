@@ -193,9 +193,18 @@ class _Run(BatchDeleter):
         process's cached source, a link saved by a form read before the request) takes a key-share
         lock on it when committed, so one not committed before this point fails instead of being
         left behind, and one committed before it is seen here and deleted by the next run.
+
+        Only the source's row (``of``): the organization's, which the join would lock too, is locked
+        by a destination's creation before it links sources (see destinations.destination_create),
+        and the two would wait for each other.
         """
         with transaction.atomic():
-            source = Source.objects.select_for_update().select_related("organization").filter(pk=self.owner_id).first()
+            source = (
+                Source.objects.select_for_update(of=("self",))
+                .select_related("organization")
+                .filter(pk=self.owner_id)
+                .first()
+            )
             if source is None:
                 return True  # deleted with its organization
             if any(rows.exists() for rows in _kinds(self.owner_id)):

@@ -1,0 +1,286 @@
+"""Two paths that lock the same rows and the audit log's chain lock take them in one order: neither
+waits for the other in a cycle, which PostgreSQL breaks by failing one of them (a 500, or a run lost)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connections
+from django.db.models.query import QuerySet
+from django.utils import timezone
+
+from organizations.models import AuditLog
+from webhooks import tasks
+from webhooks.models import Delivery, Destination, Source, Subscription
+from webhooks.services import delivery as delivery_service
+from webhooks.services import destinations as destination_service
+from webhooks.services import operations
+from webhooks.services.destinations import destination_update
+from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
+
+from .api_helpers import make_event
+from .delivering import claim_now
+from .factories import make_destination, make_source
+from .test_destination_delete_races import Paused, run_alongside
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RECEIVER = "http://127.0.0.1:9/hooks"
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    for module in (delivery_service, operations):
+        monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+
+
+@pytest.fixture
+def published(monkeypatch):
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+
+
+@pytest.fixture
+def emptied_source(organization, published):
+    """A source whose deletion has nothing left to do but its final step (the source's row)."""
+    source = make_source(organization, name="doomed")
+    source_request_deletion(source=source)
+    return source
+
+
+def _run_alongside(first: Paused, second) -> list:
+    """Start ``first``, let ``second`` run once ``first`` has paused, then let ``first`` go on."""
+    first.thread.start()
+    assert first.reached.wait(10)
+    other = Paused(second)
+    other.thread.start()
+    other.thread.join(0.5)  # time for it to reach the locks it waits for
+    first.released.set()
+    first.thread.join(15)
+    other.thread.join(15)
+    assert not first.thread.is_alive() and not other.thread.is_alive()
+    return first.errors + other.errors
+
+
+def _does_not_wait(first: Paused, second) -> list:
+    """``second`` runs to its end while ``first`` holds its locks, then ``first`` goes on."""
+    first.thread.start()
+    assert first.reached.wait(10)
+    other = Paused(second)
+    other.thread.start()
+    other.thread.join(10)
+    assert not other.thread.is_alive(), "the second transaction waited for the first one's locks"
+    first.released.set()
+    first.thread.join(15)
+    assert not first.thread.is_alive()
+    return first.errors + other.errors
+
+
+def _deadlocks(errors) -> list:
+    return [exc for exc in errors if getattr(exc.__cause__, "sqlstate", None) == "40P01"]
+
+
+def test_a_destination_created_for_a_source_whose_deletion_ends_meanwhile_does_not_deadlock(
+    organization, emptied_source, monkeypatch
+):
+    # The creation has linked the source and audited the link (the audit chain's lock is held to
+    # its commit); the deletion's last step locks the source's row and then wants the audit lock.
+    real_check = destination_service.check_foreign_keys
+    creation = Paused(lambda: make_destination(organization, RECEIVER, sources=[emptied_source]))
+
+    def pause_then_check(**kwargs):
+        creation.pause()
+        return real_check(**kwargs)
+
+    monkeypatch.setattr(destination_service, "check_foreign_keys", pause_then_check)
+    runs = []
+    errors = _run_alongside(creation, lambda: runs.append(source_deletion_run(source_id=emptied_source.pk)))
+
+    assert errors == [], _deadlocks(errors) or errors
+    # The link was committed first: the run saw it and left the source to its next run, which takes the link.
+    assert [run.finished for run in runs] == [False]
+    assert Subscription.objects.filter(source=emptied_source).exists()
+    assert source_deletion_run(source_id=emptied_source.pk).finished
+    assert not Source.objects.filter(pk=emptied_source.pk).exists()
+    assert AuditLog.objects.filter(action="source.deleted").count() == 1
+    connections.close_all()
+
+
+def test_a_destination_created_while_the_source_is_deleted_is_refused_without_a_deadlock(
+    organization, emptied_source, monkeypatch
+):
+    # The creation holds its organization's row (its count of destinations) and is about to lock the
+    # sources it links; the deletion's last step locks the source's row, and only that row.
+    real_lock = destination_service.lock_sources_against_deletion
+    creation = Paused(lambda: make_destination(organization, RECEIVER, sources=[emptied_source]))
+
+    def pause_then_lock(source_ids):
+        source_ids = list(source_ids)
+        creation.pause()
+        return real_lock(source_ids)
+
+    monkeypatch.setattr(destination_service, "lock_sources_against_deletion", pause_then_lock)
+    runs = []
+    errors = _does_not_wait(creation, lambda: runs.append(source_deletion_run(source_id=emptied_source.pk)))
+
+    assert not _deadlocks(errors), errors
+    # The deletion went first: the creation finds the source gone (the API's 409), and nothing of it stays.
+    assert [type(exc) for exc in errors] == [IntegrityError]
+    assert [run.finished for run in runs] == [True]
+    assert not Source.objects.filter(pk=emptied_source.pk).exists()
+    assert not Destination.objects.exists() and not Subscription.objects.exists()
+    connections.close_all()
+
+
+def test_a_destination_linked_to_a_source_whose_deletion_ends_meanwhile_does_not_deadlock(
+    organization, emptied_source, monkeypatch
+):
+    destination, _ = make_destination(organization, RECEIVER)
+    real_create = destination_service.subscription_create
+    update = Paused(
+        lambda: destination_update(
+            destination=destination,
+            name=destination.name,
+            url=destination.url,
+            sources=[emptied_source],
+            event_types=[],
+            timeout_seconds=destination.timeout_seconds,
+        )
+    )
+
+    def create_then_pause(**kwargs):
+        subscription = real_create(**kwargs)  # audited: the audit lock is held to the commit
+        update.pause()
+        return subscription
+
+    monkeypatch.setattr(destination_service, "subscription_create", create_then_pause)
+    runs = []
+    errors = _run_alongside(update, lambda: runs.append(source_deletion_run(source_id=emptied_source.pk)))
+
+    assert errors == [], _deadlocks(errors) or errors
+    assert [run.finished for run in runs] == [False]
+    assert source_deletion_run(source_id=emptied_source.pk).finished
+    assert not Source.objects.filter(pk=emptied_source.pk).exists()
+    connections.close_all()
+
+
+# --- A resume and the recording of a send to the same destination ------------------------------
+# The recording locks the deliveries it finishes (in flight), then the destination (its health); a
+# resume locks the destination, then its pending deliveries. Never the same deliveries: one in
+# flight is not pending, to the resume, until its recording has committed.
+
+
+@pytest.fixture
+def sent_while_paused(organization):
+    """A destination paused while one delivery was in flight (claimed, sent: to be recorded, a
+    failure) and another waits for its retry in an hour."""
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
+    in_flight = Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
+    claimed = claim_now(in_flight.pk)
+    waiting = Delivery.objects.create(
+        organization=organization,
+        event=make_event(source),
+        destination=destination,
+        status=Delivery.Status.PENDING,
+        attempt_count=1,
+        next_attempt_at=timezone.now() + timedelta(hours=1),
+    )
+    operations.destination_pause(destination=destination)
+    return destination, claimed, delivery_service.send(claimed), waiting
+
+
+def _check_both_went_through(destination, claimed, waiting, resumed_at) -> None:
+    destination.refresh_from_db()
+    assert destination.paused_at is None and destination.consecutive_failures == 1
+    claimed.refresh_from_db()
+    assert claimed.status == Delivery.Status.PENDING and claimed.last_error  # its failure, recorded
+    waiting.refresh_from_db()
+    assert resumed_at <= waiting.next_attempt_at <= timezone.now()  # brought forward by the resume
+    assert AuditLog.objects.filter(action="destination.resumed").count() == 1
+
+
+def test_a_resume_while_a_recording_holds_its_deliveries_does_not_wait_for_it(sent_while_paused, monkeypatch):
+    destination, claimed, result, waiting = sent_while_paused
+    real_health = delivery_service._update_destination_health
+    recording = Paused(lambda: delivery_service.record_results([(claimed, result)]))
+
+    def pause_then_update_health(*args):
+        recording.pause()  # its delivery updated and locked, the destination not yet
+        return real_health(*args)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", pause_then_update_health)
+    resumed_at = timezone.now()
+    errors = _does_not_wait(recording, lambda: operations.destination_resume(destination=destination))
+
+    assert errors == [], _deadlocks(errors) or errors
+    _check_both_went_through(destination, claimed, waiting, resumed_at)
+
+
+def test_a_recording_while_a_resume_holds_the_destination_waits_for_it(sent_while_paused, monkeypatch):
+    destination, claimed, result, waiting = sent_while_paused
+    real_update = QuerySet.update
+    resume = Paused(lambda: operations.destination_resume(destination=destination))
+
+    def update_then_pause(queryset, **kwargs):
+        updated = real_update(queryset, **kwargs)
+        if queryset.model is Destination:
+            resume.pause()  # the destination locked, its pending deliveries not yet
+        return updated
+
+    monkeypatch.setattr(QuerySet, "update", update_then_pause)
+    resumed_at = timezone.now()
+    # The recording finishes its delivery, then waits for the destination; the resume's UPDATE of
+    # the pending deliveries then passes that one by (in flight as far as it can see).
+    errors = run_alongside(resume, lambda: delivery_service.record_results([(claimed, result)]))
+
+    assert errors == [], _deadlocks(errors) or errors
+    _check_both_went_through(destination, claimed, waiting, resumed_at)
+
+
+@pytest.fixture
+def two_failing(organization):
+    """Two destinations, each with a delivery claimed and sent (port 9: refused), to be recorded in one batch."""
+    source = make_source(organization)
+    first, _ = make_destination(organization, "http://127.0.0.1:9/first")
+    second, _ = make_destination(organization, "http://127.0.0.1:9/second")
+    # One failure from its breaker (see below); the second none.
+    Destination.objects.filter(pk=first.pk).update(consecutive_failures=1, failing_since=timezone.now())
+    deliveries = [
+        Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
+        for destination in (first, second)
+    ]
+    claimed = delivery_service.claim_due_deliveries(10)
+    assert {delivery.pk for delivery in claimed} == {delivery.pk for delivery in deliveries}
+    return first, second, [(delivery, delivery_service.send(delivery)) for delivery in claimed]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["pause", "resume"])
+def test_a_recording_that_trips_one_breaker_and_a_pause_or_resume_of_the_next_destination_do_not_deadlock(
+    two_failing, settings, monkeypatch, resume
+):
+    # The recording trips the first destination's breaker (an audit entry), then counts the second
+    # one's failure; a pause or a resume of the second locks it, then writes its audit entry.
+    settings.CIRCUIT_BREAKER_FAILURES, settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 2, 0
+    first, second, results = two_failing
+    if resume:
+        operations.destination_pause(destination=second)
+    real_health, calls = delivery_service._update_destination_health, []
+    recording = Paused(lambda: delivery_service.record_results(results))
+
+    def pause_before_the_second(destination_id, successes, now):
+        calls.append(destination_id)
+        if destination_id == second.pk:
+            recording.pause()  # the first destination counted (and its breaker tripped), the second not yet
+        return real_health(destination_id, successes, now)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", pause_before_the_second)
+    change = operations.destination_resume if resume else operations.destination_pause
+    errors = _run_alongside(recording, lambda: change(destination=second))
+
+    assert errors == [], _deadlocks(errors) or errors
+    assert calls == [first.pk, second.pk]  # recorded in one go, not again one by one after a failure
+    first.refresh_from_db()
+    assert first.paused_at is not None
+    assert AuditLog.objects.filter(action="destination.paused", target_id=str(first.pk)).count() == 1
+    second.refresh_from_db()
+    assert (second.paused_at is None, second.consecutive_failures) == (resume, 1)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.PENDING}
