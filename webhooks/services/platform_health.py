@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.db.models import Min, OuterRef, Subquery
 from django.utils import timezone
 
@@ -77,7 +77,9 @@ def note_beat_sent() -> None:
     try:
         if not ProcessMark.objects.filter(name=BEAT_SENT_MARK).update(at=now):
             ProcessMark.objects.bulk_create([ProcessMark(name=BEAT_SENT_MARK, at=now)], ignore_conflicts=True)
-    except DatabaseError as exc:  # beat's own writes fail too then; its send is not undone by this
+    # The database down, or beat's connection to it closed: beat's own writes fail too then; the
+    # send stands, and the next one marks it.
+    except (DatabaseError, InterfaceError) as exc:
         logger.warning("could not mark beat's send: %s", exc)
 
 
