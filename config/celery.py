@@ -9,6 +9,8 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    after_task_publish,
+    beat_init,
     task_prerun,
     worker_init,
     worker_process_init,
@@ -35,6 +37,27 @@ def filter_worker_logs(logger, **kwargs):
         for wanted in (MaskUrlTokens, QuietIdleSweeps):
             if not any(isinstance(existing, wanted) for existing in handler.filters):
                 handler.addFilter(wanted())
+
+
+# Beat's scheduler (django-celery-beat) writes a task's last_run_at before the send, and keeps it
+# when the send fails: with the broker down the health check read "beat last sent a task: 2 s ago".
+# after_task_publish fires only once the broker took the message; in beat's process (beat_init, also
+# sent by a worker's embedded beat, -B, in its own process) it marks that send for the health check.
+_in_beat = False
+
+
+@beat_init.connect
+def _note_the_beat_process(**kwargs) -> None:
+    global _in_beat
+    _in_beat = True
+
+
+@after_task_publish.connect
+def _mark_beats_send_that_reached_the_broker(**kwargs) -> None:
+    if _in_beat:
+        from webhooks.services.platform_health import note_beat_sent
+
+        note_beat_sent()
 
 
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the

@@ -91,8 +91,27 @@ def refuse_if_running() -> None:
             raise SystemExit(f"!! `make run` is running on {VAR_DIR}: stop it (Ctrl-C) first") from None
 
 
+# What ends `make run`: Ctrl-C, a `kill`, the terminal closed.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def start(processes: dict[str, list[str]]) -> dict[str, subprocess.Popen]:
-    return {name: subprocess.Popen(command, cwd=ROOT) for name, command in processes.items()}
+    # Unbuffered: a child's lines (beat's banner) show at once also when this output goes to a pipe
+    # or a file, not when its buffer fills.
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Each child in its own process group: the terminal's Ctrl-C reaches this script alone, and stop()
+    # sends each child one SIGTERM. In the terminal's group, a child got the SIGINT and then stop()'s
+    # SIGTERM, and the worker began its warm shutdown twice ("worker: Warm shutdown" printed twice).
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in processes.items():
+            children[name] = subprocess.Popen(
+                command, cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, process_group=0
+            )
+    except BaseException:  # Ctrl-C among the starts: none of those started is left running
+        stop(children)
+        raise
+    return children
 
 
 def stop(children: dict[str, subprocess.Popen]) -> None:
@@ -194,16 +213,18 @@ def main() -> None:
     os.environ.setdefault("DEMO_RECEIVER_URL", RECEIVER_URL)
     manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
-    children = start(PROCESSES)
 
     def interrupted(*_):
         raise SystemExit(0)
 
-    signal.signal(signal.SIGINT, interrupted)
-    signal.signal(signal.SIGTERM, interrupted)
+    # Before the children start: in their own process groups, they get none of these themselves.
+    for number in STOP_SIGNALS:
+        signal.signal(number, interrupted)
+    children: dict[str, subprocess.Popen] = {}
     # Whatever ends this (Ctrl-C, a child's exit, web not ready, an error), every child is stopped:
     # none is left running, holding a port and the database, after `make run` has returned.
     try:
+        children = start(PROCESSES)
         wait_until_ready(children)
         show_demo_webhook(seed)
         print_where_to_look(seed)
@@ -211,8 +232,8 @@ def main() -> None:
             time.sleep(1)
         raise SystemExit(message)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for number in STOP_SIGNALS:  # a second Ctrl-C must not cut the stop short
+            signal.signal(number, signal.SIG_IGN)
         stop(children)
 
 

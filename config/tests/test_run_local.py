@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def run_local(monkeypatch, tmp_path):
     # Should main() start its processes where it must not, nothing real (gunicorn, Celery) is left running.
     monkeypatch.setattr(module, "PROCESSES", {"web": [sys.executable, "-c", "pass"]})
     # main() installs its own SIGINT/SIGTERM handlers, and ignores both while it stops its children.
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield module
     for number, handler in handlers.items():
         signal.signal(number, handler)
@@ -263,3 +264,90 @@ def test_make_clean_starts_over_but_not_under_a_running_make_run(tmp_path):
 
     assert make_clean().returncode == 0
     assert not (checkout / "var").exists()
+
+
+def test_the_childrens_lines_show_at_once_when_the_output_is_a_file(run_local, capfd, monkeypatch):
+    # `make run > log` or `| tee`: beat's banner stayed in its output buffer, shown only once it filled.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # as a shell has it, unless someone set it
+    child = run_local.start({"beat": [sys.executable, "-c", "import time; print('beat banner'); time.sleep(60)"]})
+    try:
+        deadline = time.monotonic() + 15
+        output = ""
+        while "beat banner" not in output and time.monotonic() < deadline:
+            time.sleep(0.1)
+            output += capfd.readouterr().out  # pytest's capture: a file, not a terminal
+        assert "beat banner" in output
+    finally:
+        run_local.stop(child)
+
+
+# A child that notes each signal it gets, and ends 1.5 s after the first (time for a second to come).
+SIGNAL_NOTING_CHILD = """
+import signal, sys, time
+log = sys.argv[1]
+def note(number, frame):
+    with open(log, "a") as file:
+        file.write(signal.Signals(number).name + "\\n")
+for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(number, note)
+open(log + ".ready", "w").close()
+while True:
+    time.sleep(0.05)
+    with open(log) as file:
+        if file.read():
+            break
+time.sleep(1.5)
+"""
+
+# `make run` as the terminal runs it, its manage commands and readiness wait left out.
+RUN_LOCAL_DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("run_local", sys.argv[1])
+run_local = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_local)
+run_local.manage = lambda *args, check=True: json.dumps(json.loads(sys.argv[2]))
+run_local.wait_until_ready = lambda children: None
+run_local.show_demo_webhook = lambda seed: None
+run_local.PROCESSES = {"worker": [sys.executable, "-c", sys.argv[3], sys.argv[4]]}
+run_local.main()
+"""
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_stopping_make_run_sends_each_child_one_signal(tmp_path, stop_signal):
+    # Ctrl-C reached the children from the terminal (SIGINT to its whole process group), then make
+    # run's stop sent them SIGTERM: the worker began its warm shutdown twice. A closed terminal's
+    # SIGHUP ended make run at once, leaving its children to theirs.
+    log = tmp_path / "signals"
+    log.write_text("")
+    environment = {
+        **os.environ,
+        "PORT": str(free_port()),
+        "DEMO_RECEIVER_PORT": str(free_port()),
+        "HOOKLINE_VAR_DIR": str(tmp_path / "var"),
+    }
+    # In a process group of its own, as a terminal's foreground job is: the signal goes to the whole group.
+    run = subprocess.Popen(
+        [sys.executable, "-c", RUN_LOCAL_DRIVER, str(SCRIPT), json.dumps(SEED), SIGNAL_NOTING_CHILD, str(log)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's job starts
+    )
+    try:
+        for line in run.stdout:
+            if "Press Ctrl-C to stop." in line:
+                break
+        deadline = time.monotonic() + 30
+        while not Path(f"{log}.ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(run.pid, stop_signal)
+        output, _ = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 0, output
+    assert log.read_text().split() == ["SIGTERM"]

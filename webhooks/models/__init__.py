@@ -2,6 +2,7 @@ from .bulk_retry import BulkRetry
 from .delivery import Delivery
 from .delivery_attempt import DeliveryAttempt
 from .destination import Destination
+from .process_mark import ProcessMark
 from .purged_event_key import PurgedEventKey
 from .signature_nonce import SignatureNonce
 from .source import Source
@@ -13,6 +14,7 @@ __all__ = [
     "Delivery",
     "DeliveryAttempt",
     "Destination",
+    "ProcessMark",
     "PurgedEventKey",
     "SignatureNonce",
     "Source",

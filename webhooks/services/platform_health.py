@@ -8,8 +8,11 @@ named in ``unmeasured``, never raised: this is read during outages.
 
 What each process leaves behind to be judged by:
 - beat: django-celery-beat's DatabaseScheduler writes each periodic task's ``last_run_at``
-  (the time it sent it) when it syncs, which CELERY_BEAT_SYNC_EVERY makes happen after each task
-  it sends (celery's default, every 3 minutes, made a fresh beat look stopped for its first 3);
+  (the time it was due and beat tried to send it) when it syncs, which CELERY_BEAT_SYNC_EVERY
+  makes happen after each task (celery's default, every 3 minutes, made a fresh beat look stopped
+  for its first 3). It writes it whether or not the send reached the broker, so beat also marks
+  each send that did (note_beat_sent, a ProcessMark row: readable while Redis, the broker, is
+  down): a newest ``last_run_at`` after that mark is a send that failed;
 - workers: every task that workers run often (the sweep that beat sends every
   SWEEP_INTERVAL_SECONDS, processing, dispatching) stamps a cache key, at most once per
   WORKER_MARK_EVERY_SECONDS per process; with Redis unreachable, the newest delivery attempt
@@ -25,11 +28,11 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.db.models import Min, OuterRef, Subquery
 from django.utils import timezone
 
-from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination, ProcessMark, WebhookEvent
 from webhooks.services.delivery import DESTINATION_SENDING
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,22 @@ def note_worker_ran() -> None:
         cache.set(WORKER_MARK_KEY, time.time(), timeout=WORKER_MARK_TTL_SECONDS)
     except Exception as exc:  # Redis down: the health check says "unknown" rather than this failing a task
         logger.debug("could not stamp the worker's run: %s", exc)
+
+
+BEAT_SENT_MARK = "beat_sent"
+
+
+def note_beat_sent() -> None:
+    """Mark that beat's task reached the broker: called in beat, after the publish succeeded
+    (config/celery.py). One small UPDATE per task beat sends, like its own last_run_at's. Never raises."""
+    now = timezone.now()
+    try:
+        if not ProcessMark.objects.filter(name=BEAT_SENT_MARK).update(at=now):
+            ProcessMark.objects.bulk_create([ProcessMark(name=BEAT_SENT_MARK, at=now)], ignore_conflicts=True)
+    # The database down, or beat's connection to it closed: beat's own writes fail too then; the
+    # send stands, and the next one marks it.
+    except (DatabaseError, InterfaceError) as exc:
+        logger.warning("could not mark beat's send: %s", exc)
 
 
 @dataclass
@@ -111,7 +130,9 @@ class ProcessingHealth:
     # so no backlog above shows them, yet each is a tenant's receiver down.
     destinations_paused: int | None = None
     periodic_tasks: list[PeriodicRun] | None = None
+    # When beat last tried to send an enabled periodic task (the newest last_run_at), sent or not.
     beat_last_run_at: datetime | None = None
+    beat_sent_at: datetime | None = None  # when a task beat sent last reached the broker
     worker_ran_at: datetime | None = None  # the newest sign of a worker at work
     # "mark" (the cache holds the workers' stamp), "attempt" (no stamp: the newest attempt), "none" or "unknown"
     worker_signal: str = "unknown"
@@ -139,6 +160,17 @@ class ProcessingHealth:
     @property
     def beat_age_in_words(self) -> str | None:
         return None if self.beat_last_run_at is None else duration_in_words(self.age(self.beat_last_run_at))
+
+    @property
+    def beat_sent_age_in_words(self) -> str | None:
+        return None if self.beat_sent_at is None else duration_in_words(self.age(self.beat_sent_at))
+
+    @property
+    def beat_sends_fail(self) -> bool:
+        """Beat's newest try came after its last send that reached the broker: that try failed."""
+        return self.beat_last_run_at is not None and (
+            self.beat_sent_at is None or self.beat_sent_at < self.beat_last_run_at
+        )
 
     @property
     def worker_age_in_words(self) -> str | None:
@@ -193,6 +225,7 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         ("deliveries_dead_24h", _deliveries_dead_24h),
         ("destinations_paused", _destinations_paused),
         ("periodic_tasks", _periodic_tasks),
+        ("beat_sent_at", _beat_sent_at),
         ("last_attempt_at", _last_attempt_at),
     )
     for name, measure in measures:
@@ -300,6 +333,10 @@ def _periodic_tasks(now) -> list[PeriodicRun]:
     return runs
 
 
+def _beat_sent_at(now) -> datetime | None:
+    return ProcessMark.objects.filter(name=BEAT_SENT_MARK).values_list("at", flat=True).first()
+
+
 def _last_attempt_at(now) -> datetime | None:
     # Attempt ids are UUIDv7: the newest is the end of the primary key's index.
     return DeliveryAttempt.objects.order_by("-id").values_list("started_at", flat=True).first()
@@ -353,6 +390,8 @@ def _judge(health: ProcessingHealth) -> None:
     worker_age = health.age(health.worker_ran_at)
     worker_recent = worker_age is not None and worker_age <= limits["worker_stale"]
     beat_age = health.age(health.beat_last_run_at)
+    beat_sent_age = health.age(health.beat_sent_at)
+    beat_sending = beat_sent_age is not None and beat_sent_age <= limits["beat_stale"]
 
     events = health.events_waiting
     if events is not None and events.count and events.oldest_seconds > limits["backlog_degraded"]:
@@ -412,6 +451,19 @@ def _judge(health: ProcessingHealth) -> None:
                 f"beat looks stopped: no periodic task sent for {duration_in_words(beat_age)}; "
                 "retries and lost work wait for its sweep"
             )
+        elif "beat_sent_at" not in health.unmeasured and health.beat_sends_fail:
+            # Beat runs (it tried within beat_stale) but the broker refused its newest task: the
+            # sweep and the rest did not go out, whatever last_run_at says.
+            last_reached = (
+                f"the last that did was sent {duration_in_words(beat_sent_age)} ago"
+                if health.beat_sent_at is not None
+                else "none has reached it yet"
+            )
+            words = (
+                f"beat's sends do not reach the broker: its newest try, {duration_in_words(beat_age)} ago, "
+                f"failed; {last_reached}. Is the broker (CELERY_BROKER_URL) up?"
+            )
+            (degraded if beat_sending else stalled).append(words)
 
     if worker_recent:
         if health.redis_up is False:
@@ -422,7 +474,7 @@ def _judge(health: ProcessingHealth) -> None:
         degraded.append("Redis does not answer: whether workers run is unknown, and processing waits for Redis")
     elif health.worker_signal == "mark":
         words = f"no worker has run a task for {duration_in_words(worker_age)}"
-        if beat_age is not None and beat_age <= limits["beat_stale"]:
+        if beat_sending and not health.beat_sends_fail:
             stalled.append(
                 f"{words}, though beat sends the sweep every {settings.SWEEP_INTERVAL_SECONDS:g} s: "
                 "are workers running?"
@@ -496,6 +548,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "deliveries_dead_24h",
         "destinations_paused",
         "periodic_tasks",
+        "beat_sent_at",
         "last_attempt_at",
     ]
     gauge(
@@ -566,13 +619,18 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
     )
     gauge(
         "hookline_periodic_task_last_run_timestamp_seconds",
-        "When beat last sent each periodic task.",
+        "When beat last sent, or tried to send, each periodic task.",
         [({"task": task.name}, timestamp(task.last_run_at)) for task in health.periodic_tasks or []],
     )
     gauge(
         "hookline_beat_last_run_timestamp_seconds",
-        "When beat last sent any enabled periodic task.",
+        "When beat last sent, or tried to send, any enabled periodic task.",
         [({}, timestamp(health.beat_last_run_at))],
+    )
+    gauge(
+        "hookline_beat_last_sent_timestamp_seconds",
+        "When a task beat sent last reached the broker.",
+        [({}, timestamp(health.beat_sent_at))],
     )
     gauge(
         "hookline_worker_last_run_timestamp_seconds",

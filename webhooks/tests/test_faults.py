@@ -140,3 +140,40 @@ def test_a_worker_told_to_stop_winds_up_in_seconds_while_webhooks_keep_coming(or
     assert len(event_ids) == len(answers)
     assert wait_until(lambda: all_delivered(event_ids, receiver), timeout=120)
     assert max(receiver.snapshot().values()) == 1  # the stopping worker finished what it was sending
+
+
+def beat_health():
+    from webhooks.services.platform_health import processing_health
+
+    health = processing_health()
+    return health, [reason for reason in health.reasons if "beat" in reason]
+
+
+def test_beat_with_its_broker_down_shows_its_sends_failing_then_recovering(redis_server, stack):
+    """A real beat on a real Redis (its broker) that stops, then comes back. django-celery-beat
+    writes a task's last_run_at whether or not the send reached the broker: the health check
+    read "beat last sent a task: 2 s ago" through the whole outage."""
+    stack.start("beat")  # sends the sweep every second (Stack's SWEEP_INTERVAL_SECONDS)
+    assert wait_until(lambda: beat_health()[0].beat_sent_at is not None, timeout=60), "beat never sent"
+    health, reasons = beat_health()
+    assert not health.beat_sends_fail and reasons == []
+
+    redis_server.stop()
+    stopped_at = time.monotonic()
+    assert wait_until(lambda: beat_health()[0].beat_sends_fail, timeout=30), (
+        f"30 s with the broker down, and beat's sends still look fine: {beat_health()}"
+    )
+    sent_before_the_outage = beat_health()[0].beat_sent_at
+    time.sleep(3)  # beat keeps trying, in vain: its mark stays where the broker went away
+    health, reasons = beat_health()
+    assert health.beat_sent_at == sent_before_the_outage and health.beat_sends_fail
+    assert health.age(health.beat_sent_at) >= time.monotonic() - stopped_at - 1
+    assert len(reasons) == 1 and reasons[0].startswith("beat's sends do not reach the broker: its newest try")
+    assert health.verdict != "ok"
+
+    redis_server.start()  # the same port: beat reconnects
+    assert wait_until(lambda: not beat_health()[0].beat_sends_fail, timeout=60), (
+        f"the broker is back, and beat's sends still fail: {beat_health()}"
+    )
+    health, reasons = beat_health()
+    assert health.beat_sent_at > sent_before_the_outage and reasons == []

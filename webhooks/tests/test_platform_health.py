@@ -17,16 +17,19 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
+from kombu import Connection
 
+import config.celery
 from config.celery import app as celery_app
 from conftest import REDIS_DOWN_CACHES
 from webhooks import tasks
-from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination, ProcessMark, WebhookEvent
 from webhooks.services import platform_health
 from webhooks.services.platform_health import processing_health
 
 from .api_helpers import make_delivery, make_event
 from .factories import make_destination, make_source
+from .ports import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -38,8 +41,17 @@ TOKEN = "metrics-token-for-tests-0123456789"
 def beat_and_worker_running():
     """The periodic tasks as the release phase installs them, just sent by beat; a worker just ran one."""
     call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
-    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(seconds=20))
+    beat_sent(seconds_ago=20)
     worker_ran(seconds_ago=3)
+
+
+def beat_sent(seconds_ago: float) -> None:
+    """Beat tried the periodic tasks ``seconds_ago``, and the broker took them (its mark just after)."""
+    tried = timezone.now() - timedelta(seconds=seconds_ago)
+    PeriodicTask.objects.update(last_run_at=tried)
+    ProcessMark.objects.update_or_create(
+        name=platform_health.BEAT_SENT_MARK, defaults={"at": tried + timedelta(milliseconds=5)}
+    )
 
 
 def worker_ran(seconds_ago: float) -> None:
@@ -149,24 +161,84 @@ def test_beat_that_stopped_sending_is_stalled(beat_and_worker_running):
     assert processing_health().reasons == ["no periodic task is installed and enabled: run install_periodic_tasks"]
 
 
-def test_beat_records_each_task_it_sends_at_once_so_a_fresh_deploy_does_not_look_stalled(monkeypatch):
+def test_beat_records_each_task_it_sends_at_once_so_a_fresh_deploy_does_not_look_stalled(beat_process):
     """django-celery-beat writes last_run_at only when it syncs, by default 3 minutes after its
     first pass: right after every deploy the card said "beat has never sent a periodic task" for
     3 minutes while beat was sending the sweep every few seconds."""
     call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
     worker_ran(seconds_ago=1)
-    sent = []
-    monkeypatch.setattr(tasks.sweep, "apply_async", lambda *args, **kwargs: sent.append(args))
-    # The scheduler closes the connection it thinks is stale, which would end this test's transaction.
-    monkeypatch.setattr(django_celery_beat.schedulers, "close_old_connections", lambda: None)
     scheduler = DatabaseScheduler(app=celery_app)
     scheduler._do_sync()  # as beat's loop does after its first pass, before anything is due
 
-    scheduler.apply_async(scheduler.schedule["hookline-sweep"])
+    with celery_app.producer_or_acquire() as producer:  # the tests' Redis, the broker
+        beat_sends(scheduler, "hookline-sweep", producer)
 
-    assert len(sent) == 1
     assert PeriodicTask.objects.get(name="hookline-sweep").last_run_at is not None
-    assert processing_health().verdict == "ok"
+    health = processing_health()
+    assert (health.verdict, health.reasons) == ("ok", [])
+    assert health.beat_sent_at >= health.beat_last_run_at
+
+
+def test_beat_sends_the_broker_refuses_do_not_count_as_sent(beat_process, admin_client):
+    """django-celery-beat writes last_run_at before the send, and keeps it when the send fails: with
+    the broker down the card and the command read "Beat last sent a task: 2 s ago", and nothing
+    said that beat's sweeps went nowhere."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    worker_ran(seconds_ago=1)
+    scheduler = DatabaseScheduler(app=celery_app)
+    with celery_app.producer_or_acquire() as producer:
+        beat_sends(scheduler, "hookline-sweep", producer)
+    sent_at = processing_health().beat_sent_at
+
+    with Connection(f"redis://127.0.0.1:{free_port()}/0", transport_options={"socket_connect_timeout": 1}) as down:
+        beat_sends(scheduler, "hookline-sweep", celery_app.amqp.Producer(down, auto_declare=False))
+
+    health = processing_health()
+    tried_at = PeriodicTask.objects.get(name="hookline-sweep").last_run_at
+    assert (health.beat_sent_at, health.beat_last_run_at) == (sent_at, tried_at) and tried_at > sent_at
+    assert health.beat_sends_fail and health.verdict == "degraded"
+    # The same, some seconds on: ages that read the same however slow this machine.
+    PeriodicTask.objects.filter(name="hookline-sweep").update(last_run_at=timezone.now() - timedelta(seconds=10))
+    ProcessMark.objects.update(at=timezone.now() - timedelta(seconds=40))
+    health = processing_health()
+    assert [reason for reason in health.reasons if "beat" in reason] == [
+        "beat's sends do not reach the broker: its newest try, 10 s ago, failed; the last that did was sent "
+        "40 s ago. Is the broker (CELERY_BROKER_URL) up?"
+    ]
+    text = run_command()[1]
+    assert "Beat last sent a task: 40 s ago" in text
+    assert "Beat last tried to send one (it failed): 10 s ago" in text
+    card = processing_card(admin_client)
+    assert re.search(r"Beat last sent a task</a></td>\s*<td>40 s ago <small>tried 10 s ago: failed</small>", card)
+
+    # Failing for longer than beat looks stopped after: stalled, as a stopped beat is.
+    ProcessMark.objects.update(at=timezone.now() - timedelta(minutes=6))
+    assert "beat's sends do not reach the broker: its newest try, " in processing_health().reasons[0]
+    assert processing_health().verdict == "stalled"
+
+    # The broker back: the next send reaches it, and the reason goes.
+    with celery_app.producer_or_acquire() as producer:
+        beat_sends(scheduler, "hookline-sweep", producer)
+    health = processing_health()
+    assert (health.verdict, health.beat_sends_fail) == ("ok", False)
+
+
+@pytest.fixture
+def beat_process(monkeypatch):
+    """This process as beat (the beat_init signal sent); its sends to the tests' broker purged afterwards."""
+    monkeypatch.setattr(config.celery, "_in_beat", True)
+    # The scheduler closes the connection it thinks is stale, which would end this test's transaction.
+    monkeypatch.setattr(django_celery_beat.schedulers, "close_old_connections", lambda: None)
+    yield
+    with celery_app.connection_for_write() as connection_:
+        connection_.default_channel.queue_purge(celery_app.conf.task_default_queue)
+
+
+def beat_sends(scheduler: DatabaseScheduler, name: str, producer) -> None:
+    """As beat's tick sends a due entry: reserve it (its last_run_at moves on), then send it."""
+    entry = scheduler.schedule[name]
+    scheduler.reserve(entry)
+    scheduler.apply_entry(entry, producer=producer)
 
 
 def beat_starts(monkeypatch) -> DatabaseScheduler:

@@ -44,12 +44,15 @@ def _text(health: ProcessingHealth) -> str:
     lines.append(backlog("Deliveries in flight", health.deliveries_in_flight, "the oldest claimed {} ago"))
     lines.append(f"Dead deliveries, last 24 h: {_figure(health.deliveries_dead_24h)}")
     lines.append(f"Paused destinations (their deliveries wait): {_figure(health.destinations_paused)}")
-    lines.append(f"Beat last sent a task: {_ago(health, health.beat_last_run_at)}")
+    # Sent: reached the broker. A try after it (a periodic task's last_run_at) failed.
+    lines.append(f"Beat last sent a task: {_ago(health, health.beat_sent_at)}")
+    if health.beat_sends_fail:
+        lines.append(f"Beat last tried to send one (it failed): {_ago(health, health.beat_last_run_at)}")
     worker_unknown = "unknown (Redis does not answer)" if health.worker_signal == "unknown" else "never"
     lines.append(f"A worker last ran a task: {_ago(health, health.worker_ran_at, worker_unknown)}")
     for task in health.periodic_tasks or []:
         state = "" if task.enabled else " (disabled)"
-        lines.append(f"  {task.name}{state}: last sent {_ago(health, task.last_run_at)}")
+        lines.append(f"  {task.name}{state}: last sent or tried {_ago(health, task.last_run_at)}")
     return "\n".join(lines)
 
 
