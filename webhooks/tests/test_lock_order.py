@@ -8,13 +8,15 @@ from django.db import IntegrityError, connections
 from django.db.models.query import QuerySet
 from django.utils import timezone
 
-from organizations.models import AuditLog
+from organizations import api_keys
+from organizations.models import ApiKey, AuditLog, Organization
 from webhooks import tasks
 from webhooks.models import Delivery, Destination, Source, Subscription
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destination_service
-from webhooks.services import operations
+from webhooks.services import operations, organization_deletion
 from webhooks.services.destinations import destination_update
+from webhooks.services.organization_deletion import organization_deletion_run, organization_request_deletion
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
 from .api_helpers import make_event
@@ -284,3 +286,72 @@ def test_a_recording_that_trips_one_breaker_and_a_pause_or_resume_of_the_next_de
     second.refresh_from_db()
     assert (second.paused_at is None, second.consecutive_failures) == (resume, 1)
     assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.PENDING}
+
+
+# --- An audited change to an organization and the last step of its deletion ---------------------
+# The deletion's last step locks the organization's row (FOR UPDATE), then takes the audit lock.
+# A change that inserts a row referencing the organization takes a key-share lock on it only when
+# that reference is checked, at its commit, after its audit entry took the audit lock: the other
+# order. audit_record therefore takes the key share first, before the audit lock.
+
+
+@pytest.fixture
+def emptied_organization(organization, monkeypatch):
+    """An organization being deleted, its run not started: nothing in the way of its last step but
+    its own rows, which the run's batches delete first."""
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    assert organization_request_deletion(organization=organization)
+    return organization
+
+
+def _make_key_pausing_after_its_audit_entry(organization, monkeypatch) -> Paused:
+    # The platform's own key (no actor: the create_api_key command), which an inactive organization does not refuse.
+    real_audit = api_keys.audit_record
+    creation = Paused(lambda: api_keys.api_key_create(organization=organization, name="late"))
+
+    def audit_then_pause(**kwargs):
+        entry = real_audit(**kwargs)  # the audit lock is held to the commit, the key's reference checked at it
+        creation.pause()
+        return entry
+
+    monkeypatch.setattr(api_keys, "audit_record", audit_then_pause)
+    return creation
+
+
+def test_an_api_key_made_while_its_organizations_deletion_ends_does_not_deadlock(emptied_organization, monkeypatch):
+    creation = _make_key_pausing_after_its_audit_entry(emptied_organization, monkeypatch)
+    runs = []
+    errors = _run_alongside(
+        creation, lambda: runs.append(organization_deletion_run(organization_id=emptied_organization.pk))
+    )
+
+    assert errors == [], _deadlocks(errors) or errors
+    # The key was committed first: the run saw it and left the organization to its next run, which deletes the key.
+    assert [run.finished for run in runs] == [False]
+    assert ApiKey.objects.filter(organization=emptied_organization, name="late").exists()
+    assert organization_deletion_run(organization_id=emptied_organization.pk).finished
+    assert not Organization.objects.filter(pk=emptied_organization.pk).exists()
+    assert AuditLog.objects.filter(action="organization.deleted").count() == 1
+    connections.close_all()
+
+
+def test_an_api_key_made_while_its_organizations_deletion_ends_waits_for_it_and_is_refused(
+    emptied_organization, monkeypatch
+):
+    # The deletion's last step holds the organization's row, and is about to take the audit lock.
+    real_audit = organization_deletion.audit_record
+    deletion = Paused(lambda: organization_deletion_run(organization_id=emptied_organization.pk))
+
+    def pause_then_audit(**kwargs):
+        deletion.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(organization_deletion, "audit_record", pause_then_audit)
+    errors = run_alongside(deletion, lambda: api_keys.api_key_create(organization=emptied_organization, name="late"))
+
+    assert not _deadlocks(errors), errors
+    # The deletion went first: the key's reference to the organization fails at its commit, and nothing of it stays.
+    assert [type(exc) for exc in errors] == [IntegrityError]
+    assert not Organization.objects.filter(pk=emptied_organization.pk).exists()
+    assert not ApiKey.objects.exists() and not AuditLog.objects.filter(action="api_key.created").exists()
+    connections.close_all()
