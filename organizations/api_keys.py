@@ -93,7 +93,9 @@ def api_key_create(
                     changes={"name": name, "prefix": prefix, "access": access},
                 )
         except IntegrityError:
-            continue
+            if ApiKey.objects.filter(prefix=prefix).exists():
+                continue
+            raise  # not the prefix: the organization deleted meanwhile (its reference fails at the commit)
         return key, f"{KEY_PREFIX}_{prefix}_{secret}"
     raise RuntimeError("could not draw an unused key prefix")  # pragma: no cover - 2**40 prefixes
 

@@ -100,14 +100,23 @@ def audit_entry_hash(entry: AuditLog) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _lock_audit_chain() -> None:
+def _lock_audit_chain(organization_id: int | None = None) -> None:
     """Serialize appends until the caller's transaction ends, so two writers never fork the chain.
+
+    The entry's organization row is first locked FOR KEY SHARE (a no-op if it is gone): the lock a
+    row referencing it takes when its foreign key is checked, at the commit, after this lock. An
+    organization's deletion locks its row FOR UPDATE and then this lock; taken only at the commit,
+    the key share would be the other order, a deadlock. Taken here, every audited transaction
+    orders them organization, then the audit chain, and at worst waits for the deletion to end.
 
     SQLite (the embedded mode) already runs one writing transaction at a time.
     """
     connection = connections[AuditLog.objects.db]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
+            if organization_id is not None:
+                table, key = (connection.ops.quote_name(name) for name in (Organization._meta.db_table, "id"))
+                cursor.execute(f"SELECT 1 FROM {table} WHERE {key} = %s FOR KEY SHARE", [organization_id])
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_CHAIN_LOCK])
 
 
@@ -178,7 +187,7 @@ def audit_record(
     # Round-trip through JSON now, so what is hashed is exactly what the database gives back.
     stored_changes = _stable_json(json.loads(json.dumps(mask_secrets(changes or {}), cls=DjangoJSONEncoder)))
     with transaction.atomic(using=AuditLog.objects.db):
-        _lock_audit_chain()
+        _lock_audit_chain(organization.pk if organization is not None else None)
         entry = AuditLog(
             organization=organization,
             organization_label=str(organization)[:200] if organization is not None else "",

@@ -226,7 +226,8 @@ def _require_owner(organization: Organization, actor, locked_owner_ids: list[int
 
 
 def _locked_membership(membership: Membership) -> Membership:
-    locked = Membership.objects.select_for_update().select_related("user").filter(pk=membership.pk).first()
+    # OF the membership alone: the user's row, read with it, is theirs (a sign-in or a profile change updates it).
+    locked = Membership.objects.select_for_update(of=("self",)).select_related("user").filter(pk=membership.pk).first()
     if locked is None:
         raise TeamRuleError("This person is no longer a member.")
     return locked

@@ -1633,8 +1633,9 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
             consecutive_failures=0, failing_since=None
         )
         return None
+    # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
     destination = (
-        Destination.objects.select_for_update(no_key=True)
+        Destination.objects.select_for_update(no_key=True, of=("self",))
         .defer(*DESTINATION_ENCRYPTED_FIELDS)
         .filter(pk=destination_id)
         .first()

@@ -693,7 +693,11 @@ def _change_custom_headers(destination: Destination, changes: Mapping[str, str |
     different headers at once both hold, and neither brings back a value the other replaced), and
     set them unsaved on ``destination``. Returns the names added, removed and changed, for the audit log."""
     current = (
-        Destination.objects.select_for_update(no_key=True).only("custom_headers").filter(pk=destination.pk).first()
+        # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
+        Destination.objects.select_for_update(no_key=True, of=("self",))
+        .only("custom_headers")
+        .filter(pk=destination.pk)
+        .first()
     )
     if current is None:
         raise DestinationError("this destination has been deleted")

@@ -48,7 +48,10 @@ def reencrypt_all_secrets(batch_size: int = 500) -> Reencryption:
                 # Read under a row lock: a secret rotated since the listing must not be written back
                 # with its old value. Decrypting accepts any configured key; saving encrypts with the
                 # first (newest).
-                locked = model._default_manager.select_for_update().filter(pk=pk)
+                # NO KEY: new events and deliveries, which take a key share on their source at their
+                # commit, do not wait. Ordered by pk: Source's and Destination's ordering joins their
+                # organization, whose row would be locked too (the values_list below ignores of=).
+                locked = model._default_manager.select_for_update(no_key=True).filter(pk=pk).order_by("pk")
                 tokens = locked.annotate(**raw).values_list(*raw).first()
                 if tokens is None:  # deleted meanwhile
                     continue

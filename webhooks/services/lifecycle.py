@@ -633,7 +633,9 @@ def _give_up_held_batch(
         return 0, None
     still_held = hold.still_held(holder_id)
     with transaction.atomic():
-        held_as = still_held.select_for_update(no_key=True).values(*hold.shown).first()
+        # Ordered by pk: Destination's ordering joins its organization, whose row would be locked too
+        # (of= is ignored by a values() query).
+        held_as = still_held.select_for_update(no_key=True).order_by("pk").values(*hold.shown).first()
         if held_as is None:
             return 0, None
         given_up = Delivery.objects.filter(

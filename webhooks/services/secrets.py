@@ -71,9 +71,10 @@ def replace_secret(
     ``cleared_fields`` are set to None in the same save: what they said was about the secrets
     this rotation replaces (a Source's last-matched times).
     """
+    # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
     locked = (
         type(instance)
-        .objects.select_for_update(no_key=True)
+        .objects.select_for_update(no_key=True, of=("self",))
         .only("secret", "previous_secret", "previous_secret_expires_at")
         .filter(pk=instance.pk)
         .first()

@@ -4,17 +4,22 @@ waits for the other in a cycle, which PostgreSQL breaks by failing one of them (
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import update_last_login
 from django.db import IntegrityError, connections
 from django.db.models.query import QuerySet
 from django.utils import timezone
 
-from organizations.models import AuditLog
+from organizations import api_keys, team
+from organizations.models import ApiKey, AuditLog, Membership, Organization
 from webhooks import tasks
-from webhooks.models import Delivery, Destination, Source, Subscription
+from webhooks.models import Delivery, Destination, Source, Subscription, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import destinations as destination_service
-from webhooks.services import operations
+from webhooks.services import encryption, operations, organization_deletion, source_deletion
+from webhooks.services import sources as sources_service
 from webhooks.services.destinations import destination_update
+from webhooks.services.organization_deletion import organization_deletion_run, organization_request_deletion
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
 from .api_helpers import make_event
@@ -236,6 +241,10 @@ def test_a_recording_while_a_resume_holds_the_destination_waits_for_it(sent_whil
     _check_both_went_through(destination, claimed, waiting, resumed_at)
 
 
+def claim_all() -> list[Delivery]:
+    return delivery_service.claim_due_deliveries(10)
+
+
 @pytest.fixture
 def two_failing(organization):
     """Two destinations, each with a delivery claimed and sent (port 9: refused), to be recorded in one batch."""
@@ -248,7 +257,7 @@ def two_failing(organization):
         Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
         for destination in (first, second)
     ]
-    claimed = delivery_service.claim_due_deliveries(10)
+    claimed = claim_all()
     assert {delivery.pk for delivery in claimed} == {delivery.pk for delivery in deliveries}
     return first, second, [(delivery, delivery_service.send(delivery)) for delivery in claimed]
 
@@ -284,3 +293,219 @@ def test_a_recording_that_trips_one_breaker_and_a_pause_or_resume_of_the_next_de
     second.refresh_from_db()
     assert (second.paused_at is None, second.consecutive_failures) == (resume, 1)
     assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.PENDING}
+
+
+# --- An audited change to an organization and the last step of its deletion ---------------------
+# The deletion's last step locks the organization's row (FOR UPDATE), then takes the audit lock.
+# A change that inserts a row referencing the organization takes a key-share lock on it only when
+# that reference is checked, at its commit, after its audit entry took the audit lock: the other
+# order. audit_record therefore takes the key share first, before the audit lock.
+
+
+@pytest.fixture
+def emptied_organization(organization, monkeypatch):
+    """An organization being deleted, its run not started: nothing in the way of its last step but
+    its own rows, which the run's batches delete first."""
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    assert organization_request_deletion(organization=organization)
+    return organization
+
+
+def _make_key_pausing_after_its_audit_entry(organization, monkeypatch) -> Paused:
+    # The platform's own key (no actor: the create_api_key command), which an inactive organization does not refuse.
+    real_audit = api_keys.audit_record
+    creation = Paused(lambda: api_keys.api_key_create(organization=organization, name="late"))
+
+    def audit_then_pause(**kwargs):
+        entry = real_audit(**kwargs)  # the audit lock is held to the commit, the key's reference checked at it
+        creation.pause()
+        return entry
+
+    monkeypatch.setattr(api_keys, "audit_record", audit_then_pause)
+    return creation
+
+
+def test_an_api_key_made_while_its_organizations_deletion_ends_does_not_deadlock(emptied_organization, monkeypatch):
+    creation = _make_key_pausing_after_its_audit_entry(emptied_organization, monkeypatch)
+    runs = []
+    errors = _run_alongside(
+        creation, lambda: runs.append(organization_deletion_run(organization_id=emptied_organization.pk))
+    )
+
+    assert errors == [], _deadlocks(errors) or errors
+    # The key was committed first: the run saw it and left the organization to its next run, which deletes the key.
+    assert [run.finished for run in runs] == [False]
+    assert ApiKey.objects.filter(organization=emptied_organization, name="late").exists()
+    assert organization_deletion_run(organization_id=emptied_organization.pk).finished
+    assert not Organization.objects.filter(pk=emptied_organization.pk).exists()
+    assert AuditLog.objects.filter(action="organization.deleted").count() == 1
+    connections.close_all()
+
+
+def test_an_api_key_made_while_its_organizations_deletion_ends_waits_for_it_and_is_refused(
+    emptied_organization, monkeypatch
+):
+    # The deletion's last step holds the organization's row, and is about to take the audit lock.
+    real_audit = organization_deletion.audit_record
+    deletion = Paused(lambda: organization_deletion_run(organization_id=emptied_organization.pk))
+
+    def pause_then_audit(**kwargs):
+        deletion.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(organization_deletion, "audit_record", pause_then_audit)
+    errors = run_alongside(deletion, lambda: api_keys.api_key_create(organization=emptied_organization, name="late"))
+
+    assert not _deadlocks(errors), errors
+    # The deletion went first: the key's reference to the organization fails at its commit, and nothing of it stays.
+    assert [type(exc) for exc in errors] == [IntegrityError]
+    assert not Organization.objects.filter(pk=emptied_organization.pk).exists()
+    assert not ApiKey.objects.exists() and not AuditLog.objects.filter(action="api_key.created").exists()
+    connections.close_all()
+
+
+def test_two_recordings_for_destinations_of_two_organizations_do_not_deadlock(
+    organization, other_organization, monkeypatch
+):
+    # Each recording locks its destinations in id order, and only them: Destination's ordering joins
+    # its organization, whose row a lock without OF took too, in another order than the destinations'.
+    source = make_source(organization)
+    other_source = make_source(other_organization)
+    urls = ("http://127.0.0.1:9/a1", "http://127.0.0.1:9/b1", "http://127.0.0.1:9/b2", "http://127.0.0.1:9/a2")
+    owners = (organization, other_organization, other_organization, organization)
+    destinations = [make_destination(owner, url)[0] for owner, url in zip(owners, urls, strict=True)]
+    for destination in destinations:
+        origin = source if destination.organization_id == organization.pk else other_source
+        Delivery.objects.create(
+            organization=destination.organization, event=make_event(origin), destination=destination
+        )
+    sent = {delivery.destination_id: (delivery, delivery_service.send(delivery)) for delivery in claim_all()}
+    first_two, last_two = (
+        [sent[destination.pk] for destination in pair] for pair in (destinations[:2], destinations[2:])
+    )
+    real_health, calls = delivery_service._update_destination_health, []
+    recording = Paused(lambda: delivery_service.record_results(first_two))
+
+    def pause_before_the_second(destination_id, successes, now):
+        calls.append(destination_id)
+        if destination_id == destinations[1].pk:
+            recording.pause()  # the first organization's destination locked, the other's not yet
+        return real_health(destination_id, successes, now)
+
+    monkeypatch.setattr(delivery_service, "_update_destination_health", pause_before_the_second)
+    errors = _run_alongside(recording, lambda: delivery_service.record_results(last_two))
+
+    assert errors == [], _deadlocks(errors) or errors
+    # Each recorded in one go, not again one by one after a failure (a deadlock, which it logs and survives).
+    assert sorted(calls) == [destination.pk for destination in destinations]
+    assert list(Destination.objects.order_by("pk").values_list("consecutive_failures", flat=True)) == [1, 1, 1, 1]
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.PENDING}
+
+
+# --- A member's own row and a change to their membership -------------------------------------------
+# A role change or a removal locks the membership, and only it: the member's user row (read with
+# it for the audit entry) is theirs, which a sign-in or a change of their profile updates.
+
+
+@pytest.mark.parametrize("change", ["role", "removal"])
+def test_a_member_signs_in_while_their_membership_changes_without_waiting_for_it(
+    organization, owner, member, monkeypatch, change
+):
+    membership = Membership.objects.get(organization=organization, user=member)
+    real_audit = team.audit_record
+    if change == "role":
+        changing = Paused(
+            lambda: team.member_role_change(
+                organization=organization, actor=owner, membership=membership, role=Membership.Role.ADMIN
+            )
+        )
+    else:
+        changing = Paused(lambda: team.member_remove(organization=organization, actor=owner, membership=membership))
+
+    def pause_then_audit(**kwargs):
+        changing.pause()  # the membership locked and changed, not yet committed
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(team, "audit_record", pause_then_audit)
+    # What login() does last for every sign-in: stamp the user's row.
+    errors = _does_not_wait(changing, lambda: update_last_login(None, get_user_model().objects.get(pk=member.pk)))
+
+    assert errors == []
+    member.refresh_from_db()
+    assert member.last_login is not None
+    memberships = Membership.objects.filter(organization=organization, user=member)
+    assert list(memberships.values_list("role", flat=True)) == ([Membership.Role.ADMIN] if change == "role" else [])
+
+
+# --- A change to one source or destination and its organization's row ------------------------------
+# Source's and Destination's ordering joins their organization: a lock of one row read with .first()
+# locked the organization's row too, unless taken OF the row itself. A destination created meanwhile
+# (which locks its organization's row to count its destinations) then waited for it.
+
+
+@pytest.mark.parametrize(
+    "module, change",
+    [
+        (
+            sources_service,
+            lambda source, destination: sources_service.source_rotate_secret(
+                source=source, new_secret="whsec_rotated_secret_from_stripe"
+            ),
+        ),
+        (
+            destination_service,
+            lambda source, destination: destination_service.destination_rotate_secret(destination=destination),
+        ),
+        (
+            destination_service,
+            lambda source, destination: destination_service.destination_set_custom_headers(
+                destination=destination, changes={"X-Tenant": "acme"}
+            ),
+        ),
+        (source_deletion, lambda source, destination: source_request_deletion(source=source)),
+    ],
+    ids=["source secret rotation", "destination secret rotation", "custom headers", "source deletion request"],
+)
+def test_a_destination_created_while_another_row_of_its_organization_changes_does_not_wait(
+    organization, published, monkeypatch, module, change
+):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, RECEIVER)
+    real_audit = module.audit_record
+    changing = Paused(lambda: change(source, destination))
+
+    def pause_then_audit(**kwargs):
+        changing.pause()  # its row locked and changed, not yet committed
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", pause_then_audit)
+    errors = _does_not_wait(changing, lambda: make_destination(organization, "http://127.0.0.1:9/another"))
+
+    assert errors == []
+    assert Destination.objects.filter(url="http://127.0.0.1:9/another").exists()
+
+
+@pytest.mark.parametrize("meanwhile", ["event received", "destination created"])
+def test_a_change_while_an_organizations_secrets_are_reencrypted_does_not_wait(organization, monkeypatch, meanwhile):
+    # The re-encryption locks each row FOR NO KEY UPDATE, and only that row: FOR UPDATE of the source
+    # and of its organization (through Source's ordering) held up the key shares every new event's
+    # references to them take at its commit, and a destination's creation (its organization's row).
+    source = make_source(organization)
+    real_check = encryption._under_older_key
+    reencrypting = Paused(encryption.reencrypt_all_secrets)
+
+    def pause_then_check(token, **kwargs):
+        reencrypting.pause()  # the row locked, its secrets not yet written back
+        return real_check(token, **kwargs)
+
+    monkeypatch.setattr(encryption, "_under_older_key", pause_then_check)
+    if meanwhile == "event received":
+        errors = _does_not_wait(reencrypting, lambda: make_event(source))
+    else:
+        errors = _does_not_wait(reencrypting, lambda: make_destination(organization, RECEIVER))
+
+    assert errors == []
+    assert (WebhookEvent.objects.count(), Destination.objects.count()) == (
+        (1, 0) if meanwhile == "event received" else (0, 1)
+    )
+    assert AuditLog.objects.filter(action="secrets.reencrypted").count() == 1
