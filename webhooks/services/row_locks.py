@@ -15,23 +15,31 @@ _TRY_AGAIN = {"23503", "40P01"}
 
 
 def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[int]:
-    """Of ``destination_ids``, those that still exist, each locked until the transaction ends.
+    """Of ``destination_ids``, those that still exist and are not being deleted, each locked until
+    the transaction ends.
 
     FOR KEY SHARE is the lock a foreign-key check takes: it does not block updates of the
     destination (health, pause, rotation), only its deletion. Taken before deliveries are
     created, a deletion that committed first is seen here (its rows are left out), and one that
     reaches the destination's row later waits for the deliveries to be committed (and then
     takes them along, see delete_destinations). In id order, so that two callers cannot
-    deadlock. Call it inside a transaction. Other databases (SQLite serializes writers) only filter.
+    deadlock. A destination marked as being deleted is left out too: its deletion's request
+    takes FOR UPDATE, so it waits for a caller holding the lock to commit, and a caller that
+    comes after it waits for it and then (the row read again) finds the mark. Call it inside a
+    transaction. Other databases (SQLite serializes writers) only filter.
     """
     ids = sorted(set(destination_ids))
     if not ids:
         return set()
     if connection.vendor != "postgresql":
-        return set(Destination.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        return set(
+            Destination.objects.filter(pk__in=ids, deletion_requested_at__isnull=True).values_list("pk", flat=True)
+        )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {Destination._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids]
+            f"SELECT id FROM {Destination._meta.db_table}"
+            " WHERE id = ANY(%s) AND deletion_requested_at IS NULL ORDER BY id FOR KEY SHARE",
+            [ids],
         )
         return {row[0] for row in cursor.fetchall()}
 
