@@ -403,3 +403,18 @@ def test_the_admin_deletes_a_destination_in_the_background_too(client, destinati
     assert "Being deleted" in client.get(change).content.decode()
     assert client.post(change, {"name": "back", "is_active": "on"}).status_code == 403
     assert not Destination.objects.get(pk=doomed.pk).is_active
+
+
+def test_the_api_refuses_a_replay_or_retry_to_it_with_the_reason(client, organization, destinations, published):
+    doomed, _, _ = destinations
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    delivery = Delivery.objects.filter(destination=doomed).first()
+    destination_request_deletion(destination=doomed)
+    replay = api_post(client, key, f"/api/v1/events/{delivery.event_id}/replay", {"destination": doomed.pk})
+    assert replay.status_code == 409, replay.content
+    assert "the destination is being deleted: nothing more is sent to it" in replay.json()["detail"]
+    retry = api_post(client, key, f"/api/v1/deliveries/{delivery.pk}/retry", {})
+    assert retry.status_code == 409, retry.content
+    assert "its destination is being deleted" in retry.json()["detail"]
+    assert Delivery.objects.filter(destination=doomed).count() == 23  # none more, none retried
+    assert not Delivery.objects.filter(destination=doomed, status=Delivery.Status.PENDING).exists()
