@@ -598,7 +598,6 @@ def destination_update(
     its next attempt's time, and the wait after it is the new schedule's step for the attempts made.
     ``payload_filters`` replaces the conditions when given (None or [] for none)."""
     require_configure_role(organization=destination.organization, actor=actor)
-    _lock_unless_being_deleted(destination)
     _check_settings(name, timeout_seconds)
     policy = {
         field: value
@@ -630,6 +629,9 @@ def destination_update(
     patterns = event_type_patterns(event_types, has_sources=bool(wanted))
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
+    # Locked once checked, not before: the URL's check may wait for DNS, and claims pass a locked
+    # destination over meanwhile.
+    _lock_unless_being_deleted(destination)
     changes: dict = {}
     header_fields = []
     if custom_headers:
