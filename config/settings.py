@@ -456,6 +456,7 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
         "EventStatusEnum": "webhooks.models.WebhookEvent.Status",
         "SourceDeletionStateEnum": "webhooks.api.schema.SOURCE_DELETION_STATES",
+        "DestinationDeletionStateEnum": "webhooks.api.schema.DESTINATION_DELETION_STATES",
     },
     "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
     "POSTPROCESSING_HOOKS": [

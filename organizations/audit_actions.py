@@ -26,6 +26,7 @@ AUDIT_ACTION_LABELS = {
     "source.test_sent": "sent a test event to",
     "destination.created": "created the destination",
     "destination.updated": "changed the destination",
+    "destination.deletion_requested": "started deleting the destination",
     "destination.deleted": "deleted the destination",
     "destination.paused": "paused the destination",
     "destination.resumed": "resumed the destination",

@@ -22,6 +22,7 @@ from webhooks.selectors import (
     AuditFilters,
     EventFilters,
     body_search_text_problem,
+    destinations_for_organization,
     sources_for_organization,
 )
 from webhooks.services.destination_headers import MAX_CUSTOM_HEADERS, CustomHeaderError, parse_header_lines
@@ -668,7 +669,7 @@ class ReplayForm(forms.Form):
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["destination"].queryset = Destination.objects.filter(organization=organization)
+        self.fields["destination"].queryset = destinations_for_organization(organization=organization)
 
 
 TIME_RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}

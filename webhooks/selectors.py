@@ -53,8 +53,13 @@ def sources_for_organization(*, organization: Organization, with_being_deleted: 
     return sources if with_being_deleted else sources.filter(deletion_requested_at__isnull=True)
 
 
-def destinations_for_organization(*, organization: Organization) -> QuerySet[Destination]:
-    return Destination.objects.filter(organization=organization)
+def destinations_for_organization(
+    *, organization: Organization, with_being_deleted: bool = False
+) -> QuerySet[Destination]:
+    """The organization's destinations; those being deleted only ``with_being_deleted`` (the
+    destination list shows them, nothing else offers them)."""
+    destinations = Destination.objects.filter(organization=organization)
+    return destinations if with_being_deleted else destinations.filter(deletion_requested_at__isnull=True)
 
 
 def events_for_organization(
@@ -897,7 +902,8 @@ def source_for_organization(*, organization: Organization, source_id) -> Source:
 
 
 def destination_for_organization(*, organization: Organization, destination_id) -> Destination:
-    return Destination.objects.get(organization=organization, pk=destination_id)
+    """One destination, not one being deleted (Destination.DoesNotExist for that too: it is as good as gone)."""
+    return Destination.objects.get(organization=organization, pk=destination_id, deletion_requested_at__isnull=True)
 
 
 def delivery_for_organization(*, organization: Organization, delivery_id) -> Delivery:

@@ -6,6 +6,7 @@ from celery.signals import worker_init, worker_shutting_down
 from webhooks.services import (
     alerts,
     delivery,
+    destination_deletion,
     lifecycle,
     operations,
     organization_deletion,
@@ -81,3 +82,8 @@ def delete_organization(organization_id: int) -> bool:
 @shared_task(name="webhooks.tasks.delete_source")
 def delete_source(source_id: int) -> bool:
     return source_deletion.source_deletion_task(source_id)
+
+
+@shared_task(name="webhooks.tasks.delete_destination")
+def delete_destination(destination_id: int) -> bool:
+    return destination_deletion.destination_deletion_task(destination_id)

@@ -7,7 +7,6 @@ from secrets import token_urlsafe
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import BigIntegerField, OuterRef, Q, Subquery
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
@@ -54,6 +53,7 @@ from webhooks.services.destinations import (
     destination_check_secret,
     destination_check_url,
     destination_contents,
+    destination_delete,
     destination_rotate_secret,
     destination_set_custom_headers,
 )
@@ -65,7 +65,6 @@ from webhooks.services.operations import (
     destination_resume,
 )
 from webhooks.services.rejected_records import rejected_not_kept
-from webhooks.services.row_locks import delete_destinations
 from webhooks.services.secret_use import secret_use_during_overlap
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint
 from webhooks.services.source_deletion import source_contents
@@ -574,6 +573,15 @@ class DestinationAdminForm(CustomHeadersMixin, forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if self.instance.pk is not None:
+            # Locked until the admin's transaction (its change view's) commits: a deletion asked for
+            # after the page loaded is refused here (above all, it must not be made active again),
+            # and one asked for now waits for this save.
+            live = Destination.objects.select_for_update(no_key=True).filter(
+                pk=self.instance.pk, deletion_requested_at__isnull=True
+            )
+            if not live.exists():
+                raise forms.ValidationError("This destination is being deleted: it can no longer be changed.")
         # The bounds tenants get on the dashboard and the API (the service's), checked field by
         # field so that each refusal shows on its own field, once.
         for field in DELIVERY_POLICY_FIELDS:
@@ -622,6 +630,7 @@ class DestinationStateFilter(admin.SimpleListFilter):
             ("organization_suspended", "Not sending: organization suspended"),
             ("organization_being_deleted", "Not sending: organization being deleted"),
             ("inactive", "Inactive"),
+            ("being_deleted", "Being deleted"),
         )
 
     def queryset(self, request, queryset):
@@ -637,7 +646,9 @@ class DestinationStateFilter(admin.SimpleListFilter):
         if self.value() == "organization_being_deleted":
             return queryset.filter(not_sending, organization__deletion_requested_at__isnull=False)
         if self.value() == "inactive":
-            return queryset.filter(is_active=False)
+            return queryset.filter(is_active=False, deletion_requested_at__isnull=True)
+        if self.value() == "being_deleted":
+            return queryset.filter(deletion_requested_at__isnull=False)
         return queryset
 
 
@@ -671,7 +682,7 @@ class DestinationAdmin(
     admin.ModelAdmin,
 ):
     form = DestinationAdminForm
-    list_display = ("name", "organization", "url", "secret_hint", "is_active", "paused_at", "failing", "created_at")
+    list_display = ("name", "organization", "url", "secret_hint", "state", "paused_at", "failing", "created_at")
     list_filter = (DestinationStateFilter, DestinationFailingFilter, OrganizationFilter)
     search_fields = ("name", "url", "organization__slug", "organization__name")
     list_select_related = ("organization",)
@@ -777,15 +788,38 @@ class DestinationAdmin(
     def deletion_contents(self, obj):
         return destination_contents(destination=obj)
 
-    # Deliveries may be being created for a destination while it is deleted: see delete_destinations.
+    @admin.display(description="State", ordering="is_active")
+    def state(self, obj):
+        if obj.being_deleted:
+            return format_html(
+                '<strong class="hookline-being-deleted">being deleted</strong> ({} rows deleted so far)',
+                f"{sum((obj.deletion_progress or {}).values()):,}",
+            )
+        return "active" if obj.is_active else "inactive"
+
+    def has_change_permission(self, request, obj=None):
+        # Nothing to change on its way out; above all it must not be made active again.
+        if obj is not None and obj.being_deleted:
+            return False
+        return super().has_change_permission(request, obj)
+
+    # In place of Django's deletion (and AuditedAdminMixin's entry for it): the service writes the
+    # audit entry, and the deletion's end writes another (see destination_deletion).
     def delete_model(self, request, obj):
-        delete_destinations([obj.pk])
-        self._audit_deletions(request)
+        destination_delete(destination=obj, actor=request.user)
 
     def delete_queryset(self, request, queryset):
-        with transaction.atomic():
-            delete_destinations(queryset.values_list("pk", flat=True))
-            self._audit_deletions(request)
+        for destination in queryset.select_related("organization"):
+            destination_delete(destination=destination, actor=request.user)
+
+    def response_delete(self, request, obj_display, obj_id):
+        self.message_user(
+            request,
+            f"Deletion of “{obj_display}” is under way: nothing more is sent to it, and its deliveries are being "
+            "deleted in the background. It stays in this list, marked “being deleted”, until that is done.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:webhooks_destination_changelist"))
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

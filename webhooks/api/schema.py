@@ -375,6 +375,17 @@ class SourceDeletingSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=SOURCE_DELETION_STATES)
 
 
+# A destination's deletion answers the same state, in an enum of its own name. Its label differs from
+# the source's ("deleting"): drf-spectacular tells enums apart by their (value, label) pairs, and two
+# identical ones would share one name, the source's.
+DESTINATION_DELETION_STATES = [("deleting", "Deleting")]
+
+
+class DestinationDeletingSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=DESTINATION_DELETION_STATES)
+
+
 class WaitingSentNowSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="The destination's id.")
     brought_forward = serializers.IntegerField(

@@ -25,7 +25,6 @@ from webhooks.selectors import (
     deliveries_for_organization,
     delivery_detail_for_organization,
     delivery_for_organization,
-    destination_for_organization,
     destinations_for_organization,
     event_body_search_for_api,
     event_detail_for_organization,
@@ -391,8 +390,10 @@ class EventReplayView(ApiObjectView):
         given = serializers.ReplaySerializer(data=request.data)
         given.is_valid(raise_exception=True)
         try:
-            destination = destination_for_organization(
-                organization=self.organization, destination_id=given.validated_data["destination"]
+            # One being deleted too: the replay refuses it with that reason (409), where "no such
+            # destination" would say the id is wrong.
+            destination = destinations_for_organization(organization=self.organization, with_being_deleted=True).get(
+                pk=given.validated_data["destination"]
             )
         except ObjectDoesNotExist:
             raise exceptions.ValidationError({"destination": ["no such destination"]}) from None

@@ -19,6 +19,7 @@ from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     RECEIVES_NOTHING_WITHOUT_SOURCE,
     UNCHANGED,
+    DestinationBeingDeleted,
     DestinationError,
     DestinationPreviousSecretStillValid,
     DestinationUrlCheckBusy,
@@ -319,9 +320,10 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
     delete=extend_schema(
         operation_id="destinations_destroy",
         summary="Delete a destination",
-        description="With its deliveries and their attempts; the events stay.",
+        description="With its deliveries and their attempts, in the background; the events stay. Nothing more "
+        "is sent to it from now on, and it answers 404 from then on.",
         parameters=[schema.DESTINATION_ID],
-        responses={204: None},
+        responses={202: schema.DestinationDeletingSerializer},
     ),
 )
 class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
@@ -362,6 +364,8 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
             )
         except DestinationUrlCheckBusy as exc:
             raise _lookups_busy(exc) from None
+        except DestinationBeingDeleted:  # asked meanwhile: hidden from now on
+            raise exceptions.NotFound("not found") from None
         except DestinationError as exc:
             raise _refused(str(exc), exc.field or "url") from None
         except IntegrityError:  # checked at the commit: a source it links to was deleted meanwhile
@@ -376,9 +380,11 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
         return self.show_destination(destination.pk, warnings=_destination_warnings(destination, sources=sources))
 
     def delete(self, request, destination_id: str):
-        # The dashboard's service: in-flight deliveries are locked out before the rows go.
-        destination_delete(destination=self.destination(destination_id), actor=self.api_key)
-        return Response(status=204)
+        # The dashboard's service, in the background: nothing more is sent to the destination from
+        # now on, and it is hidden from the API from then on (404).
+        destination = self.destination(destination_id)
+        destination_delete(destination=destination, actor=self.api_key)
+        return Response({"id": destination.pk, "state": "deleting"}, status=202)
 
 
 def _destination_warnings(destination, *, sources) -> list[str]:
@@ -416,6 +422,8 @@ class DestinationRotateSecretView(DestinationShowMixin):
                 stop_previous=data["stop_previous"],
                 actor=self.api_key,
             )
+        except DestinationBeingDeleted:  # asked meanwhile: hidden from now on
+            raise exceptions.NotFound("not found") from None
         except DestinationError as exc:
             raise _rotation_refused(exc, "non_field_errors") from None
         return self.show_destination(destination.pk, secret=secret)

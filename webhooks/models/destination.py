@@ -108,12 +108,24 @@ class Destination(models.Model):
     sources = models.ManyToManyField("webhooks.Source", through="webhooks.Subscription", related_name="destinations")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set when a tenant asks for the destination to be deleted: it is inactive from then on (sent
+    # nothing, given no new deliveries), hidden from everything but the destination lists, and a
+    # background task deletes its deliveries, their attempts and its links in batches, and finally
+    # this row (see webhooks.services.destination_deletion). Never cleared.
+    deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deletion_requested_by = models.CharField(max_length=200, null=True, blank=True, editable=False)
+    # Rows deleted so far, by kind: the background deletion's progress, kept across its runs.
+    deletion_progress = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("organization", "name")
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def being_deleted(self) -> bool:
+        return self.deletion_requested_at is not None
 
     @property
     def previous_secret_valid_until(self):

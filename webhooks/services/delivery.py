@@ -1142,6 +1142,9 @@ def _lock_destinations(ids: set[int], destinations: dict, allowance: dict, windo
 
 
 INACTIVE_DESTINATION_ERROR = "the destination is inactive: not sent (retry once it is active again)"
+# Why a retry, a replay or a bulk retry to a destination being deleted is refused (it is inactive
+# too, but will never be active again).
+DESTINATION_BEING_DELETED_ERROR = "the destination is being deleted: nothing more is sent to it"
 
 
 def dead_letter_deliveries_of_inactive_destinations(now=None) -> int:
@@ -1155,7 +1158,9 @@ def dead_letter_deliveries_of_inactive_destinations(now=None) -> int:
     now = now or timezone.now()
     return Delivery.objects.filter(
         status=Delivery.Status.PENDING,
-        destination_id__in=Destination.objects.filter(is_active=False).values("pk"),
+        # Not those of a destination being deleted (inactive too): its deletion deletes them in
+        # batches, where one UPDATE here would take all of them, however many, at once.
+        destination_id__in=Destination.objects.filter(is_active=False, deletion_requested_at__isnull=True).values("pk"),
     ).update(
         status=Delivery.Status.DEAD,
         completed_at=now,
@@ -1942,7 +1947,10 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
-    if not Destination.objects.filter(pk=locked.destination_id, is_active=True).exists():
+    state = Destination.objects.filter(pk=locked.destination_id).values("is_active", "deletion_requested_at").first()
+    if state and state["deletion_requested_at"] is not None:
+        raise DeliveryRetryError(f"its {DESTINATION_BEING_DELETED_ERROR.removeprefix('the ')}")
+    if not state or not state["is_active"]:
         raise DeliveryRetryError("its destination is inactive: it is sent nothing until it is active again")
     if Organization.objects.filter(pk=locked.organization_id, deletion_requested_at__isnull=False).exists():
         # Made pending, it would wait unsent until the deletion takes it: "queued" would be untrue.

@@ -39,7 +39,7 @@ from .outbound import (
 )
 from .payload_filters import PayloadFilterError, check_payload_filters, same_json
 from .permissions import require_configure_role
-from .row_locks import check_foreign_keys, delete_destinations, lock_sources_against_deletion
+from .row_locks import check_foreign_keys, lock_sources_against_deletion
 from .secrets import (
     PreviousSecretStillValid,
     SecretNotReplaced,
@@ -66,6 +66,22 @@ class DestinationUrlCheckBusy(DestinationError):
     save may pass once earlier lookups have ended, within ``retry_after_seconds``."""
 
     retry_after_seconds = math.ceil(RESOLVE_TIMEOUT_SECONDS)
+
+
+class DestinationBeingDeleted(DestinationError):
+    """The destination is being deleted: it cannot be changed any more."""
+
+
+def _lock_unless_being_deleted(destination: Destination) -> None:
+    """Lock the destination's row for the caller's transaction; refuse one that is being deleted.
+
+    The row is read again: an instance loaded before a deletion was asked for must not change the
+    destination (or link it to sources) meanwhile. NO KEY: fan-outs are not held up."""
+    live = Destination.objects.select_for_update(no_key=True).filter(
+        pk=destination.pk, deletion_requested_at__isnull=True
+    )
+    if not live.exists():
+        raise DestinationBeingDeleted("the destination is being deleted")
 
 
 class DestinationPreviousSecretStillValid(DestinationError):
@@ -543,7 +559,8 @@ def _check_room_for_a_destination(organization: Organization) -> None:
     # DNS server takes its time.
     Organization.objects.select_for_update(no_key=True).filter(pk=organization.pk).values_list("pk").first()
     most = settings.MAX_DESTINATIONS_PER_ORGANIZATION
-    if Destination.objects.filter(organization=organization).count() >= most:
+    # One being deleted is on its way out: deleting one to make room works at once.
+    if Destination.objects.filter(organization=organization, deletion_requested_at__isnull=True).count() >= most:
         raise DestinationError(
             f"this organization has {most} destinations, the most it may have: delete one it no longer uses, "
             "or ask the platform's operators for more"
@@ -632,6 +649,9 @@ def destination_update(
     patterns = event_type_patterns(event_types, has_sources=bool(wanted))
     if any(source.organization_id != destination.organization_id for source in wanted.values()):
         raise DestinationError("the source belongs to another organization")
+    # Locked once checked, not before: the URL's check may wait for DNS, and claims pass a locked
+    # destination over meanwhile.
+    _lock_unless_being_deleted(destination)
     changes: dict = {}
     header_fields = []
     if custom_headers:
@@ -717,6 +737,7 @@ def destination_set_custom_headers(
     """Add, replace (a value) or remove (None) custom headers; the others keep their values. Audited
     by name only (``destination.custom_headers_changed``), never with a value."""
     require_configure_role(organization=destination.organization, actor=actor)
+    _lock_unless_being_deleted(destination)
     names = _change_custom_headers(destination, changes)
     destination.save(update_fields=["custom_headers", "custom_header_hints", "updated_at"])
     if names:
@@ -759,6 +780,7 @@ def destination_rotate_secret(
     with ``stop_previous`` (see replace_secret).
     """
     require_configure_role(organization=destination.organization, actor=actor)
+    _lock_unless_being_deleted(destination)
     if new_secret:
         new_secret = destination_check_secret(new_secret)
     if overlap_seconds is None:
@@ -794,23 +816,14 @@ def destination_contents(*, destination: Destination, cap: int | None = None) ->
     )
 
 
-def destination_delete(*, destination: Destination, actor=None) -> None:
-    """Delete a destination with its deliveries and attempts; the events stay (other destinations, replay).
+def destination_delete(*, destination: Destination, actor=None) -> bool:
+    """Delete a destination with its deliveries and attempts, in the background; the events stay
+    (other destinations, replay). The destination stops being sent anything and is marked as being
+    deleted at once, and a task deletes its rows in batches (see destination_deletion). False if it
+    was already being deleted or is gone."""
+    from .destination_deletion import destination_request_deletion
 
-    The audit entry is written last: the audit log's lock (one for the whole platform) is then
-    taken after the destination's rows, in the order replay and rotation take them, and held
-    for the commit only rather than for the whole deletion.
-    """
-    require_configure_role(organization=destination.organization, actor=actor)
-    if not delete_destinations([destination.pk]):
-        return  # deleted meanwhile by someone else, who was audited
-    audit_record(
-        action="destination.deleted",
-        organization=destination.organization,
-        actor=actor,
-        target=destination,
-        changes={"name": destination.name, "url": destination.url},
-    )
+    return destination_request_deletion(destination=destination, actor=actor)
 
 
 def destination_set_paused(

@@ -494,7 +494,8 @@ def _holds(now) -> list[_Hold]:
             hold_days=paused_days,
             cutoff=paused_cutoff,
             reason=paused_hold_error(paused_days),
-            long_held=Q(paused_at__lt=paused_cutoff),
+            # One being deleted loses its deliveries soon anyway (in batches): nothing to mark dead.
+            long_held=Q(paused_at__lt=paused_cutoff, deletion_requested_at__isnull=True),
             shown=("paused_at", "pause_reason"),
         ),
         _Hold(

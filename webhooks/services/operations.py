@@ -16,7 +16,7 @@ from organizations.services import audit_record
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
-from .delivery import MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
+from .delivery import DESTINATION_BEING_DELETED_ERROR, MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
 from .permissions import require_configure_role
 from .row_locks import lock_destinations_against_deletion
 from .scheduling import schedule_once
@@ -176,9 +176,13 @@ def destination_send_waiting_now(*, destination: Destination, actor=None) -> int
     sent nothing (resuming a paused one sends its waiting deliveries at once anyway).
     """
     require_configure_role(organization=destination.organization, actor=actor)
-    state = Destination.objects.filter(pk=destination.pk).values("paused_at", "is_active").first()
+    state = (
+        Destination.objects.filter(pk=destination.pk).values("paused_at", "is_active", "deletion_requested_at").first()
+    )
     if state is None:
         raise OperationError("the destination has been deleted")
+    if state["deletion_requested_at"] is not None:
+        raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not state["is_active"]:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     if state["paused_at"] is not None:
@@ -212,9 +216,14 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError(
             "the event has not been processed yet: it goes to its destinations when it is, and can be replayed after"
         )
+    if destination.being_deleted:
+        raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     if not lock_destinations_against_deletion([destination.pk]):
+        # Its deletion was asked for since the caller read it (or it is gone).
+        if Destination.objects.filter(pk=destination.pk).exists():
+            raise OperationError(DESTINATION_BEING_DELETED_ERROR)
         raise OperationError("the destination has been deleted")
     delivery = Delivery.objects.create(
         organization_id=event.organization_id, event=event, destination=destination, is_replay=True
@@ -330,6 +339,8 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
         destination = Destination.objects.filter(organization=organization, pk=destination_id).first()
         if destination is None:
             raise OperationError("the destination has been deleted")
+        if destination.being_deleted:
+            raise OperationError(DESTINATION_BEING_DELETED_ERROR)
         if not destination.is_active:
             raise OperationError("the destination is inactive: it is sent nothing until it is active again")
     if unfinished := _overlapping_unfinished(organization, destination_id):

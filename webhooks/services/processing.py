@@ -21,6 +21,7 @@ from webhooks.models import Delivery, Subscription, WebhookEvent
 
 from .alerts import send_owed_pause_emails
 from .delivery import dead_letter_deliveries_of_inactive_destinations, release_lost_claims, schedule_dispatch
+from .destination_deletion import resume_destination_deletions
 from .lifecycle import record_usage
 from .operations import resume_stalled_bulk_retries
 from .organization_deletion import resume_organization_deletions
@@ -532,6 +533,8 @@ def sweep(now=None) -> dict[str, int]:
         "organization_deletions": resume_organization_deletions,
         # The same for sources being deleted.
         "source_deletions": resume_source_deletions,
+        # And for destinations being deleted.
+        "destination_deletions": resume_destination_deletions,
         "due": lambda: _schedule_due_deliveries(now),
         # Rejected requests answered but not kept, counted in Redis by ingest: added to their sources.
         "rejected_not_kept": write_not_kept_counts,

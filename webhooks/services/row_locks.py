@@ -15,16 +15,20 @@ _TRY_AGAIN = {"23503", "40P01"}
 
 
 def lock_destinations_against_deletion(destination_ids: Iterable[int]) -> set[int]:
-    """Of ``destination_ids``, those that still exist, each locked until the transaction ends.
+    """Of ``destination_ids``, those that still exist and are not being deleted, each locked until
+    the transaction ends.
 
     FOR KEY SHARE is the lock a foreign-key check takes: it does not block updates of the
     destination (health, pause, rotation), only its deletion. Taken before deliveries are
     created, a deletion that committed first is seen here (its rows are left out), and one that
     reaches the destination's row later waits for the deliveries to be committed (and then
     takes them along, see delete_destinations). In id order, so that two callers cannot
-    deadlock. Call it inside a transaction. Other databases (SQLite serializes writers) only filter.
+    deadlock. A destination marked as being deleted is left out too: its deletion's request
+    takes FOR UPDATE, so it waits for a caller holding the lock to commit, and a caller that
+    comes after it waits for it and then (the row read again) finds the mark. Call it inside a
+    transaction. Other databases (SQLite serializes writers) only filter.
     """
-    return _lock_against_deletion(Destination, destination_ids)
+    return _lock_against_deletion(Destination, destination_ids, skip_being_deleted=True)
 
 
 def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
@@ -37,14 +41,21 @@ def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
     return _lock_against_deletion(Source, source_ids)
 
 
-def _lock_against_deletion(model: type[Model], pks: Iterable[int]) -> set[int]:
+def _lock_against_deletion(model: type[Model], pks: Iterable[int], *, skip_being_deleted: bool = False) -> set[int]:
     ids = sorted(set(pks))
     if not ids:
         return set()
     if connection.vendor != "postgresql":
-        return set(model._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
+        found = model._default_manager.filter(pk__in=ids)
+        if skip_being_deleted:
+            found = found.filter(deletion_requested_at__isnull=True)
+        return set(found.values_list("pk", flat=True))
+    being_deleted = " AND deletion_requested_at IS NULL" if skip_being_deleted else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {model._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids])
+        cursor.execute(
+            f"SELECT id FROM {model._meta.db_table} WHERE id = ANY(%s){being_deleted} ORDER BY id FOR KEY SHARE",
+            [ids],
+        )
         return {row[0] for row in cursor.fetchall()}
 
 

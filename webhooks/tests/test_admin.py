@@ -731,28 +731,31 @@ def test_bulk_delete_action_audits_each_row(admin, setup):
         url, {"action": "delete_selected", "_selected_action": [setup["their_destination"].pk], "post": "yes"}
     )
     assert response.status_code == 302
-    assert not Destination.objects.filter(pk=setup["their_destination"].pk).exists()
-    assert AuditLog.objects.filter(action="admin.webhooks.destination.deleted").count() == 1
+    # Asked for through the service, audited there (its rows go in the background: destination_deletion).
+    assert Destination.objects.get(pk=setup["their_destination"].pk).being_deleted
+    entry = AuditLog.objects.get(action="destination.deletion_requested")
+    assert entry.target_id == str(setup["their_destination"].pk) and entry.actor_user is not None
     assert Source.objects.filter(pk=source.pk).exists()
 
 
 def test_a_bulk_delete_that_fails_leaves_no_deleted_entry_and_the_destination_active(admin, setup, monkeypatch):
     from django.db import DatabaseError
 
-    from webhooks.services import row_locks
+    from webhooks.services import destination_deletion
 
-    def failing_check():
+    def failing_audit(**kwargs):
         raise DatabaseError("canceling statement due to lock timeout")
 
-    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
+    monkeypatch.setattr(destination_deletion, "audit_record", failing_audit)
     destination = setup["their_destination"]
     with pytest.raises(DatabaseError):
         admin.post(
             reverse("admin:webhooks_destination_changelist"),
             {"action": "delete_selected", "_selected_action": [destination.pk], "post": "yes"},
         )
-    assert Destination.objects.get(pk=destination.pk).is_active
-    assert not AuditLog.objects.filter(action="admin.webhooks.destination.deleted").exists()
+    destination.refresh_from_db()
+    assert destination.is_active and not destination.being_deleted
+    assert not AuditLog.objects.filter(action__endswith="destination.deleted").exists()
 
 
 # --- Audit log ----------------------------------------------------------------------------------

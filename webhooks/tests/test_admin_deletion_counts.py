@@ -19,7 +19,8 @@ from django.urls import reverse
 from organizations import deletion_counts
 from organizations.models import AuditLog, Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
-from webhooks.services import row_locks
+from webhooks.services import destinations as destinations_service
+from webhooks.services.destination_deletion import destination_deletion_run
 from webhooks.tests.factories import make_destination, make_source
 from webhooks.tests.test_admin import staff_account
 from webhooks.tests.test_organization_deletion import add_events
@@ -107,19 +108,23 @@ def test_counts_past_the_cap_say_so(admin, destination, monkeypatch):
 
 def test_confirming_deletes_the_destination_through_the_service_audited(admin, destination, monkeypatch):
     called = []
-    delete = row_locks.delete_destinations
+    delete = destinations_service.destination_delete
     monkeypatch.setattr(
-        "webhooks.admin.configuration.delete_destinations", lambda ids: called.append(list(ids)) or delete(ids)
+        "webhooks.admin.configuration.destination_delete",
+        lambda **kwargs: called.append(kwargs["destination"].pk) or delete(**kwargs),
     )
     grow(destination, MANY)
     url = reverse("admin:webhooks_destination_delete", args=[destination.pk])
     assert admin.post(url, {"post": "yes"}).status_code == 302
-    assert called == [[destination.pk]]
+    assert called == [destination.pk]
+    entry = AuditLog.objects.get(action="destination.deletion_requested")
+    assert entry.target_id == str(destination.pk) and entry.organization_id == destination.organization_id
+    assert not AuditLog.objects.filter(action="admin.webhooks.destination.deleted").exists()  # the service's entry
+    # The rows go in the background (destination_deletion), in batches.
+    assert destination_deletion_run(destination_id=destination.pk, batch_size=1000).finished
     assert not Destination.objects.filter(pk=destination.pk).exists()
     assert not Delivery.objects.exists() and not DeliveryAttempt.objects.exists()
     assert WebhookEvent.objects.count() == 3020  # the events stay
-    entry = AuditLog.objects.get(action="admin.webhooks.destination.deleted")
-    assert entry.target_id == str(destination.pk) and entry.organization_id == destination.organization_id
 
 
 def test_staff_may_delete_a_destination_as_django_allows_it_no_more(client, destination, organization):
@@ -135,7 +140,7 @@ def test_staff_may_delete_a_destination_as_django_allows_it_no_more(client, dest
 
     allowed = reverse("admin:webhooks_destination_delete", args=[unused.pk])
     assert client.post(allowed, {"post": "yes"}).status_code == 302
-    assert not Destination.objects.filter(pk=unused.pk).exists()
+    assert Destination.objects.get(pk=unused.pk).being_deleted
 
 
 # --- Sources, organizations, users -------------------------------------------------------------------

@@ -319,11 +319,24 @@ def test_delete_removes_the_destination_and_its_deliveries_and_keeps_the_events(
     event = make_event(source)
     make_delivery(event, destination, status=Delivery.Status.IN_FLIGHT, attempts=1)
     response = api_delete(client, key, f"/api/v1/destinations/{destination.pk}")
-    assert response.status_code == 204 and response.content == b""
+    assert response.status_code == 202 and response.json() == {"id": destination.pk, "state": "deleting"}
+    assert _by_key("destination.deletion_requested", api_key).changes == {
+        "name": "endpoint",
+        "url": "http://127.0.0.1:9/x",
+        "was_active": True,
+    }
+    assert api_delete(client, key, f"/api/v1/destinations/{destination.pk}").status_code == 404
+    # Its rows go in the background; the events stay.
+    from webhooks.services.destination_deletion import destination_deletion_run
+
+    assert destination_deletion_run(destination_id=destination.pk).finished
     assert not Destination.objects.exists() and not Delivery.objects.exists()
     event.refresh_from_db()
-    assert _by_key("destination.deleted", api_key).changes == {"name": "endpoint", "url": "http://127.0.0.1:9/x"}
-    assert api_delete(client, key, f"/api/v1/destinations/{destination.pk}").status_code == 404
+    assert AuditLog.objects.get(action="destination.deleted").changes["deleted"] == {
+        "deliveries": 1,
+        "delivery attempts": 1,
+        "source–destination links": 1,
+    }
 
 
 def test_another_organizations_destination_is_not_found(client, other_organization, key):

@@ -772,3 +772,7 @@ def test_every_enum_is_named_for_what_it_is_not_for_its_field_alone(document):
     state = _resolve(document, accepted["content"]["application/json"]["schema"])["properties"]["state"]
     assert state == {"$ref": "#/components/schemas/SourceDeletionStateEnum"}
     assert _resolve(document, state)["enum"] == ["deleting"]
+    accepted = operation(document, "/api/v1/destinations/{destination_id}", "DELETE")["responses"]["202"]
+    state = _resolve(document, accepted["content"]["application/json"]["schema"])["properties"]["state"]
+    assert state == {"$ref": "#/components/schemas/DestinationDeletionStateEnum"}
+    assert _resolve(document, state)["enum"] == ["deleting"]

@@ -18,7 +18,7 @@ from uuid6 import uuid7
 from organizations.models import AuditLog, Membership
 from organizations.services import organization_create
 from webhooks import tasks
-from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, Destination, Source, Subscription, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import delivery as delivery_service
@@ -1039,18 +1039,24 @@ def test_deleting_a_destination_asks_first_and_keeps_the_events(client, owner, o
 
     done = client.post(url, follow=True)
     assert done.redirect_chain[-1][0] == reverse("dashboard:destinations", args=["acme"])
-    assert "were deleted" in page_text(done)
+    assert "is being deleted" in page_text(done) and "Being deleted" in page_text(done)
+    entry = AuditLog.objects.get(action="destination.deletion_requested")
+    assert entry.actor_user == owner and entry.changes["name"] == world.destination.name
+    # Its rows go in the background (destination_deletion), the events stay.
+    from webhooks.services.destination_deletion import destination_deletion_run
+
+    assert destination_deletion_run(destination_id=world.destination.pk).finished
     assert not Destination.objects.filter(pk=world.destination.pk).exists()
     assert not Delivery.objects.filter(destination_id=world.destination.pk).exists()
     assert WebhookEvent.objects.filter(pk=world.event.pk).exists()
-    entry = AuditLog.objects.get(action="destination.deleted")
-    assert entry.actor_user == owner and entry.changes["name"] == world.destination.name
+    assert AuditLog.objects.get(action="destination.deleted").changes["requested_by"] == str(owner)
 
 
 def test_a_destination_delete_that_fails_leaves_no_audit_entry(organization, owner, monkeypatch):
     from django.db import DatabaseError
 
-    from webhooks.services import row_locks
+    from webhooks.services import batched_deletion
+    from webhooks.services.destination_deletion import destination_deletion_run
     from webhooks.services.destinations import destination_delete
 
     destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
@@ -1058,9 +1064,13 @@ def test_a_destination_delete_that_fails_leaves_no_audit_entry(organization, own
     def failing_check():
         raise DatabaseError("canceling statement due to lock timeout")
 
-    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
+    destination_delete(destination=destination, actor=owner)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", failing_check)
+    Subscription.objects.create(
+        organization=organization, source=make_source(organization), destination=destination
+    )  # a batch to fail
     with pytest.raises(DatabaseError):
-        destination_delete(destination=destination, actor=owner)
+        destination_deletion_run(destination_id=destination.pk)
     # Still there, so the log must not say it was deleted.
     assert Destination.objects.filter(pk=destination.pk).exists()
     assert not AuditLog.objects.filter(action="destination.deleted").exists()
@@ -1743,6 +1753,9 @@ def test_members_do_not_read_a_destination_s_secret_path_in_the_audit_log_either
         actor=owner,
     )
     destination_delete(destination=destination, actor=owner)
+    from webhooks.services.destination_deletion import destination_deletion_run
+
+    assert destination_deletion_run(destination_id=destination.pk).finished
     audit = reverse("dashboard:audit", args=["acme"])
     client.force_login(member)
     as_member = html.unescape(page_text(client.get(audit)))

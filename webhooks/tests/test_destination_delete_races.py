@@ -1,4 +1,8 @@
-"""Deleting a destination while deliveries for it are being created: neither side fails, nothing dangles."""
+"""Deleting a destination while deliveries for it are being created: neither side fails, nothing dangles.
+
+The deletion is asked for (destination_delete: one short transaction that marks it) and then run in
+batches in the background (destination_deletion_run); both halves meet the fan-out, replays and the
+dispatcher here."""
 
 import json
 import threading
@@ -7,8 +11,9 @@ import pytest
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.services import batched_deletion, destination_deletion, operations, processing, row_locks
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, processing, row_locks
+from webhooks.services.destination_deletion import destination_deletion_run
 from webhooks.services.destinations import destination_delete
 
 from .factories import STRIPE_SECRET, make_destination, make_source
@@ -21,6 +26,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def no_dispatch(monkeypatch):
     for module in (processing, delivery_service, operations):
         monkeypatch.setattr(module, "schedule_dispatch", lambda slot=0: None)
+    # The tests run the deletion's batches themselves (delete_in_full).
+    monkeypatch.setattr(destination_deletion, "publish_destination_deletion", lambda destination_id: True)
+
+
+def delete_in_full(destination) -> None:
+    """Ask for the deletion, then run it to the end, as the background task does."""
+    destination_delete(destination=destination)
+    assert destination_deletion_run(destination_id=destination.pk, batch_size=1).finished
 
 
 @pytest.fixture
@@ -86,22 +99,27 @@ def test_a_fan_out_that_read_its_subscriptions_before_a_deletion_skips_the_delet
     fan_out.thread.join(10)
     assert fan_out.errors == []
 
-    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    # Left out by the fan-out: being deleted, not just gone.
+    assert Destination.objects.get(pk=doomed.pk).being_deleted
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.PROCESSED
+    assert destination_deletion_run(destination_id=doomed.pk).finished
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
 
 
-def test_deliveries_created_while_the_history_is_deleted_go_with_the_destination(client, routed, monkeypatch):
-    # Events keep arriving for a destination while its (possibly long) history is deleted.
+def test_events_arriving_while_the_history_is_deleted_get_no_delivery_to_it(client, routed, monkeypatch):
+    # Events keep arriving for the source while the destination's (possibly long) history is
+    # deleted in batches: their fan-out neither waits for a batch nor makes deliveries for it.
     kept, doomed = routed
     processing.process_event_batch()  # one delivery each: the history
-    real_lock = row_locks.lock_destinations_for_deletion
+    destination_delete(destination=doomed)
+    real_check = batched_deletion.check_foreign_keys
     more = []
 
     source = Source.objects.get()
 
     def arrive_and_fan_out():
-        # Another process's work: its own connection, committed while the deletion runs.
+        # Another process's work: its own connection, committed while a batch is under way.
         body = json.dumps({"id": "evt_more", "object": "event", "type": "invoice.paid"})
         try:
             assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
@@ -109,17 +127,18 @@ def test_deliveries_created_while_the_history_is_deleted_go_with_the_destination
         finally:
             connections.close_all()
 
-    def fan_out_then_lock(ids):
-        worker = threading.Thread(target=arrive_and_fan_out)
-        worker.start()
-        worker.join(10)
-        assert not worker.is_alive(), "fan-out waited for the history's deletion"
-        return real_lock(ids)
+    def fan_out_then_check(*args, **kwargs):
+        if not more:  # inside the first batch's transaction, its deliveries locked and deleted
+            worker = threading.Thread(target=arrive_and_fan_out)
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "fan-out waited for the history's deletion"
+        return real_check(*args, **kwargs)
 
-    monkeypatch.setattr(row_locks, "lock_destinations_for_deletion", fan_out_then_lock)
-    destination_delete(destination=doomed)
+    monkeypatch.setattr(batched_deletion, "check_foreign_keys", fan_out_then_check)
+    assert destination_deletion_run(destination_id=doomed.pk).finished
 
-    assert more == [1]  # the new event was fanned out to both destinations meanwhile
+    assert more == [1]  # the new event was fanned out meanwhile, to the kept destination alone
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk, kept.pk]
 
@@ -128,14 +147,28 @@ def test_a_deletion_that_fails_changes_nothing(routed, monkeypatch):
     kept, doomed = routed
     processing.process_event_batch()
 
-    def failing_check():
+    def failing(*args, **kwargs):
         raise DatabaseError("canceling statement due to lock timeout")
 
-    monkeypatch.setattr(row_locks, "check_foreign_keys", failing_check)
-    with pytest.raises(DatabaseError):
-        destination_delete(destination=doomed)
-    assert Destination.objects.get(pk=doomed.pk).is_active is True
+    # The request: its audit entry is written last, in its transaction.
+    with monkeypatch.context() as patched:
+        patched.setattr(destination_deletion, "audit_record", failing)
+        with pytest.raises(DatabaseError):
+            destination_delete(destination=doomed)
+    doomed.refresh_from_db()
+    assert doomed.is_active is True and not doomed.being_deleted
     assert Delivery.objects.filter(destination=doomed).count() == 1
+
+    # A batch of the run: rolled back whole, its progress with it.
+    destination_delete(destination=doomed)
+    with monkeypatch.context() as patched:
+        patched.setattr(batched_deletion, "check_foreign_keys", failing)
+        with pytest.raises(DatabaseError):
+            destination_deletion_run(destination_id=doomed.pk)
+    doomed.refresh_from_db()
+    assert doomed.deletion_progress is None
+    assert Delivery.objects.filter(destination=doomed).count() == 1
+    assert DeliveryAttempt.objects.count() == 0 and Delivery.objects.count() == 2
 
 
 def test_a_deletion_during_fan_out_waits_and_takes_the_new_deliveries_along(routed, monkeypatch):
@@ -148,8 +181,11 @@ def test_a_deletion_during_fan_out_waits_and_takes_the_new_deliveries_along(rout
         fan_out.pause()  # both deliveries are inserted, not yet committed
 
     monkeypatch.setattr(processing, "record_usage", record_usage_then_pause)
+    # The request waits for the fan-out's lock (FOR KEY SHARE), then marks the destination.
     assert run_alongside(fan_out, lambda: destination_delete(destination=doomed)) == []
+    assert Destination.objects.get(pk=doomed.pk).being_deleted
 
+    assert destination_deletion_run(destination_id=doomed.pk).finished
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
 
@@ -160,7 +196,11 @@ def test_replaying_to_a_destination_deleted_meanwhile_is_refused_with_a_reason(r
     event = WebhookEvent.objects.get()
     stale = Destination.objects.get(pk=doomed.pk)
     destination_delete(destination=doomed)
-    with pytest.raises(operations.OperationError, match="deleted"):
+    with pytest.raises(operations.OperationError, match="the destination is being deleted"):
+        operations.event_replay(event=event, destination=stale)
+    assert Delivery.objects.filter(destination=doomed).count() == 1  # the fan-out's, none more
+    assert destination_deletion_run(destination_id=doomed.pk).finished
+    with pytest.raises(operations.OperationError, match="the destination has been deleted"):
         operations.event_replay(event=event, destination=stale)
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
 
@@ -170,14 +210,18 @@ def test_deleting_a_destination_twice_is_audited_once(routed, organization):
 
     _, doomed = routed
     stale = Destination.objects.get(pk=doomed.pk)
-    destination_delete(destination=doomed)
-    destination_delete(destination=stale)
+    assert destination_delete(destination=doomed) is True
+    assert destination_delete(destination=stale) is False
+    assert destination_deletion_run(destination_id=doomed.pk).finished
+    assert destination_delete(destination=stale) is False  # gone
+    assert destination_deletion_run(destination_id=doomed.pk).finished
+    assert AuditLog.objects.filter(action="destination.deletion_requested").count() == 1
     assert AuditLog.objects.filter(action="destination.deleted").count() == 1
 
 
 def test_a_deletion_while_a_failed_attempt_is_recorded_does_not_deadlock(routed, monkeypatch):
     # The dispatcher locks a delivery, then its destination (health); the deletion must not
-    # hold the destination while it waits for the delivery.
+    # hold the destination while it waits for the delivery (its batches lock deliveries only).
     kept, doomed = routed
     processing.process_event_batch()
     claimed = delivery_service.claim_due_deliveries(10)
@@ -191,7 +235,7 @@ def test_a_deletion_while_a_failed_attempt_is_recorded_does_not_deadlock(routed,
         return real_update_health(destination_id, successes, now)
 
     monkeypatch.setattr(delivery_service, "_update_destination_health", pause_then_update_health)
-    assert run_alongside(recording, lambda: destination_delete(destination=doomed)) == []
+    assert run_alongside(recording, lambda: delete_in_full(doomed)) == []
 
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     kept_delivery = Delivery.objects.get()
@@ -214,8 +258,12 @@ def test_a_replay_and_a_deletion_at_once_do_not_deadlock(routed, monkeypatch):
         return locked
 
     monkeypatch.setattr(operations, "lock_destinations_against_deletion", lock_then_pause)
+    # The request waits for the replay's lock, then marks the destination: the replay's delivery
+    # was made before, and goes with the rest.
     assert run_alongside(replay, lambda: destination_delete(destination=doomed)) == []
+    assert Delivery.objects.filter(destination=doomed, is_replay=True).count() == 1
 
+    assert destination_deletion_run(destination_id=doomed.pk).finished
     assert not Destination.objects.filter(pk=doomed.pk).exists()
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
 
@@ -317,3 +365,63 @@ def test_a_result_held_up_by_a_row_lock_lets_the_rest_of_its_batch_be_recorded(r
     assert statuses[kept.pk] == Delivery.Status.PENDING  # recorded: a failed attempt, retry scheduled
     assert statuses[doomed.pk] == Delivery.Status.IN_FLIGHT  # left to the sweeper
     assert not DeliveryAttempt.objects.filter(delivery_id=held.pk).exists()  # no second wait to store it bare
+
+
+def test_a_claim_under_way_makes_the_request_wait_and_its_claimed_deliveries_go_with_the_rest(routed, monkeypatch):
+    # A claim locks the destinations it takes deliveries of (FOR NO KEY UPDATE); the request,
+    # which takes FOR UPDATE, waits for it. What the claim took was claimed before the deletion was
+    # asked for: it is sent, and its result, recorded after its batch deleted it, is dropped.
+    kept, doomed = routed
+    processing.process_event_batch()
+    real_lock = delivery_service._lock_destinations
+    claimed = []
+    claim = Paused(lambda: claimed.extend(delivery_service.claim_due_deliveries(10)))
+
+    def lock_then_pause(*args, **kwargs):
+        in_flight = real_lock(*args, **kwargs)
+        claim.pause()  # both destinations locked, nothing claimed yet
+        return in_flight
+
+    monkeypatch.setattr(delivery_service, "_lock_destinations", lock_then_pause)
+    assert run_alongside(claim, lambda: destination_delete(destination=doomed)) == []
+    monkeypatch.setattr(delivery_service, "_lock_destinations", real_lock)
+    assert {delivery.destination_id for delivery in claimed} == {kept.pk, doomed.pk}
+    assert Destination.objects.get(pk=doomed.pk).being_deleted
+
+    results = [(delivery, delivery_service.send(delivery)) for delivery in claimed]  # port 9: refused
+    assert destination_deletion_run(destination_id=doomed.pk).finished  # the in-flight delivery too
+    delivery_service.record_results(results)
+    kept_delivery = Delivery.objects.get()
+    assert (kept_delivery.destination_id, kept_delivery.status) == (kept.pk, Delivery.Status.PENDING)
+    assert DeliveryAttempt.objects.filter(delivery=kept_delivery).count() == 1
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+
+
+def test_a_claim_during_the_request_passes_the_destination_over_and_later_claims_take_nothing_of_it(
+    routed, monkeypatch
+):
+    kept, doomed = routed
+    processing.process_event_batch()
+    real_audit = destination_deletion.audit_record
+    request = Paused(lambda: destination_delete(destination=doomed))
+
+    def pause_then_audit(**kwargs):
+        request.pause()  # the destination is locked and marked, not yet committed
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(destination_deletion, "audit_record", pause_then_audit)
+    request.thread.start()
+    assert request.reached.wait(10)
+    # Without waiting for the request (SKIP LOCKED): the other destination's delivery only.
+    during = delivery_service.claim_due_deliveries(10)
+    request.released.set()
+    request.thread.join(10)
+    assert request.errors == []
+    assert [delivery.destination_id for delivery in during] == [kept.pk]
+
+    assert Destination.objects.get(pk=doomed.pk).being_deleted
+    assert delivery_service.claim_due_deliveries(10) == []  # due, but its destination is being deleted
+    doomed_delivery = Delivery.objects.get(destination=doomed)
+    assert (doomed_delivery.status, doomed_delivery.attempt_count) == (Delivery.Status.PENDING, 0)
+    assert destination_deletion_run(destination_id=doomed.pk).finished
+    assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]

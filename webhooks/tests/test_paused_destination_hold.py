@@ -356,3 +356,22 @@ def test_the_audit_entry_shows_the_pause_that_held_them_even_if_a_resume_commits
     entry = AuditLog.objects.get(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION)
     assert entry.changes["paused_at"] == destination.paused_at.isoformat()
     assert entry.changes["pause_reason"] == "paused automatically after 20 failures"
+
+
+def test_a_long_paused_destination_being_deleted_leaves_its_deliveries_to_its_deletion(organization, monkeypatch):
+    # Its deletion deletes them in batches: marking them dead first would only write (and audit,
+    # and email about) every one of them for nothing.
+    from webhooks.services import destination_deletion
+
+    monkeypatch.setattr(destination_deletion, "publish_destination_deletion", lambda destination_id: True)
+    doomed = make_destination(organization, "http://127.0.0.1:9/doomed")[0]
+    paused_since(doomed, HOLD_DAYS + 1)
+    held = held_delivery(doomed, due_days_ago=HOLD_DAYS + 10)
+    destination_deletion.destination_request_deletion(destination=doomed)
+
+    assert lifecycle.give_up_long_held_deliveries() == 0
+
+    assert state(held) == (Delivery.Status.PENDING, "")
+    assert not AuditLog.objects.filter(action=lifecycle.HELD_DELIVERIES_GIVEN_UP_ACTION).exists()
+    assert destination_deletion.destination_deletion_run(destination_id=doomed.pk).finished
+    assert not Delivery.objects.filter(pk=held.pk).exists()

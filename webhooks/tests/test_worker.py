@@ -145,3 +145,30 @@ def test_a_source_is_deleted_by_a_real_worker(client, organization, celery_worke
     assert not WebhookEvent.objects.filter(source_id=source.pk).exists()
     assert WebhookEvent.objects.filter(source=kept).count() == 1
     assert AuditLog.objects.get(action=DELETED_ACTION).changes["deleted"]["events (and rejected requests)"] == 2
+
+
+@pytest.mark.worker
+def test_a_destination_is_deleted_by_a_real_worker(client, organization, celery_worker_process):
+    from organizations.models import AuditLog
+    from webhooks.models import Destination, WebhookEvent
+    from webhooks.services.destination_deletion import DELETED_ACTION, destination_request_deletion
+
+    source = make_source(organization)
+    doomed, _ = make_destination(organization, "http://127.0.0.1:9/doomed", sources=[source])
+    kept, _ = make_destination(organization, "http://127.0.0.1:9/kept", sources=[source])
+    for n in range(2):
+        body = f'{{"id":"evt_destination_{n}","object":"event","type":"invoice.paid"}}'
+        assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 200
+    deadline = time.monotonic() + 60
+    while Delivery.objects.count() < 4:  # fanned out by the worker to both destinations
+        assert time.monotonic() < deadline, "not fanned out in time"
+        time.sleep(0.2)
+
+    destination_request_deletion(destination=doomed)  # committed: its task is published
+    while Destination.objects.filter(pk=doomed.pk).exists():
+        assert time.monotonic() < deadline, "not deleted in time"
+        assert celery_worker_process.poll() is None, "the worker exited"
+        time.sleep(0.2)
+    assert not Delivery.objects.filter(destination_id=doomed.pk).exists()
+    assert Delivery.objects.filter(destination=kept).count() == 2 and WebhookEvent.objects.count() == 2
+    assert AuditLog.objects.get(action=DELETED_ACTION).changes["deleted"]["deliveries"] == 2

@@ -59,7 +59,7 @@ class DestinationListView(OrganizationMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         destinations = list(
-            destinations_for_organization(organization=self.organization)
+            destinations_for_organization(organization=self.organization, with_being_deleted=True)
             .prefetch_related("subscriptions__source")
             .order_by("name")
         )
@@ -276,9 +276,12 @@ class DestinationDeleteView(DestinationMixin, TemplateView):
 
     def post(self, request, *args, **kwargs):
         destination = self.get_destination()
-        name = destination.name
         destination_delete(destination=destination, actor=request.user)
-        messages.success(request, f"Destination “{name}” and its delivery history were deleted.")
+        messages.success(
+            request,
+            f"Destination “{destination.name}” is being deleted: nothing more is sent to it, and its delivery "
+            "history is deleted in the background, then it leaves this list.",
+        )
         return redirect("dashboard:destinations", self.organization.slug)
 
 
