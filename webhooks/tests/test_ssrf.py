@@ -206,6 +206,19 @@ def test_a_lookup_s_failure_reaches_each_waiting_sender_as_an_error_of_its_own(m
         assert frames.count("_address_infos") == 1, frames
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its SystemExit
+def test_a_lookup_whose_thread_stops_without_an_answer_fails_the_send_cleanly(monkeypatch):
+    # Only an Exception is kept as the lookup's error: a thread stopped otherwise (SystemExit) left
+    # neither an error nor an answer, and the sender went on with None for the addresses (a TypeError).
+    def stopped(host, *args, **kwargs):
+        raise SystemExit
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", stopped)
+    with pytest.raises(DestinationNotAllowed, match="could not be looked up now"):
+        resolve_destination("http://stopped.example/hook", timeout=5)
+    assert not outbound._lookups_in_progress and not outbound._lookups_by_host
+
+
 def test_one_organization_s_unanswering_dns_leaves_lookups_for_the_others(monkeypatch):
     # A lookup given up on goes on until the resolver's own timeout, and each host has its own few: a
     # tenant with destinations on many names of a zone whose DNS never answers (a wildcard) filled the
