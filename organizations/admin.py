@@ -402,14 +402,19 @@ class CountsWhatADeletionTakesMixin:
                 model_count = {opts.verbose_name_plural: len(objs)}
                 if counts := [f"{capfirst(item.kind)}: {item.label}" for item in contents if item.count]:
                     deleted.append(counts)
-        return deleted, model_count, self._deletion_perms_needed(request, counted), []
+        return deleted, model_count, self._deletion_perms_needed(request, objs, counted), []
 
-    def _deletion_perms_needed(self, request, counted: list[KindCount]) -> set[str]:
+    def _deletion_perms_needed(self, request, objs: list, counted: list[KindCount]) -> set[str]:
         if request.user.is_superuser:
             return set()
         if self.deletion_for_superusers_only:
             return {self.deletion_for_superusers_only}
         needed = set()
+        # Each object's own rule first, as Django's collector asked it: "Delete selected" checks only
+        # the model's permission before this, and an object its own admin refuses (another staff
+        # account, for a staff user) would be deleted with the others.
+        if any(not self.has_delete_permission(request, obj) for obj in objs):
+            needed.add(str(self.opts.verbose_name))
         for item in counted:
             model_admin = self.admin_site._registry.get(item.model)
             if item.count and model_admin is not None and not model_admin.has_delete_permission(request):

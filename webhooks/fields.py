@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +68,10 @@ def decrypt_for_one_look(tokens: list[str]) -> list[str] | None:
     and this one not yet. The caller then keeps them for a reload, rather than lose them to a 500."""
     try:
         return [decrypt(token) for token in tokens]
-    except ImproperlyConfigured:
+    except ImproperlyConfigured as exc:
+        # For the operator, as every other page's 503 (views.one_look): a process whose keys stay
+        # wrong, rather than one a deploy has not reached yet, answers this page 503 until fixed.
+        logger.error("a secret kept to be shown once: %s; is FIELD_ENCRYPTION_KEYS the same on every process?", exc)
         return None
 
 

@@ -116,7 +116,15 @@ class IdempotencyKeyMixin:
             raise IdempotencyKeyReusedError(str(exc)) from None
         except IdempotencyKeyInProgress as exc:
             raise IdempotencyKeyInProgressError(str(exc)) from None
-        except ImproperlyConfigured:
+        except ImproperlyConfigured as exc:
+            # Said in the log with its reason, as a page's 503 is (views.one_look): a process whose
+            # keys stay wrong, rather than one a deploy has not reached yet, answers this for ever.
+            logger.error(
+                "%s %s: the answer stored for its Idempotency-Key: %s; is FIELD_ENCRYPTION_KEYS the same on every process?",
+                request.method,
+                request.path,
+                exc,
+            )
             raise StoredAnswerUnreadableError from None
         if isinstance(outcome, StoredResponse):
             raise _Replay(outcome)

@@ -7,6 +7,7 @@ and connect). Redirects are never followed.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import ipaddress
 import logging
@@ -352,8 +353,22 @@ def _address_infos(
     if not lookup.done.wait(timeout):
         raise DestinationNotAllowed(f"the host {host} could not be resolved within {timeout:g} s")
     if lookup.error is not None:
-        raise lookup.error
+        raise _own_copy(lookup.error)
+    if lookup.infos is None:  # its thread stopped by something other than an Exception
+        raise LookupsBusy(f"the host {host} could not be looked up now")
     return lookup.infos
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """The lookup's error for one waiting sender: a raise adds the raiser's frames to the exception's
+    __traceback__ (and a context to its __context__), so one object raised by every waiter on their
+    own threads would carry each one's frames into the others' tracebacks, growing with each."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # an exception type that cannot be made again from its args: as it is
+        return error
+    fresh.__traceback__ = fresh.__context__ = fresh.__cause__ = None
+    return fresh
 
 
 def _start_lookup(key: tuple[str, int], organization_id: int | None, organization_limit: int | None) -> _Lookup:

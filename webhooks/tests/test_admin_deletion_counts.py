@@ -203,3 +203,22 @@ def test_a_users_pages_count_its_admin_history(admin, organization):
     assert admin.post(single, {"post": "yes"}).status_code == 302
     assert not get_user_model().objects.filter(pk=user.pk).exists()
     assert AuditLog.objects.filter(action="admin.accounts.user.deleted", target_id=str(user.pk)).exists()
+
+
+def test_staff_may_not_delete_another_staff_account_with_delete_selected(client, organization):
+    """Django's collector asked each selected object's own admin (has_delete_permission(request, obj)):
+    counting what a deletion takes must not skip that, or "Delete selected" deletes an account that
+    the account's own delete page refuses (another staff account: a superuser's to delete)."""
+    other_staff = busy_admin(1)
+    customer = get_user_model().objects.create_user("customer@hookline.example", "correct horse battery")
+    client.force_login(staff_account("staff@hookline.example", "view_user", "delete_user"))
+    assert client.post(reverse("admin:accounts_user_delete", args=[other_staff.pk]), {"post": "yes"}).status_code == 403
+
+    url, selection = delete_selected("accounts_user", other_staff.pk, customer.pk)
+    client.post(url, {**selection, "post": "yes"})
+    assert get_user_model().objects.filter(pk__in=[other_staff.pk, customer.pk]).count() == 2
+    assert "doesn't have permission to delete" in client.post(url, selection).content.decode()
+
+    url, selection = delete_selected("accounts_user", customer.pk)  # a customer's account: as before, theirs to delete
+    assert client.post(url, {**selection, "post": "yes"}).status_code == 302
+    assert not get_user_model().objects.filter(pk=customer.pk).exists()

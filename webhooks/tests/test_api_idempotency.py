@@ -185,7 +185,7 @@ def test_secrets_in_stored_answers_are_encrypted(client, organization, key):
 
 
 def test_a_retry_on_a_process_without_the_key_of_the_stored_answer_is_a_503_to_retry(
-    client, organization, key, settings
+    client, organization, key, settings, caplog
 ):
     # A rolling deploy of FIELD_ENCRYPTION_KEYS=NEW,OLD: the first POST is answered (and its answer
     # stored under NEW) by a process with the new list, its retry lands on one with OLD alone.
@@ -202,6 +202,11 @@ def test_a_retry_on_a_process_without_the_key_of_the_stored_answer_is_a_503_to_r
     assert on_old_process.status_code == 503 and on_old_process.json()["error"] == "stored_answer_unreadable"
     assert on_old_process["Retry-After"]
     assert Source.objects.count() == 1  # not run again
+    # Told to the operator with its reason, as a page's 503 is: a process whose keys stay wrong
+    # answers every such retry 503, and "Service Unavailable" alone in its log does not say why.
+    assert any(
+        record.levelname == "ERROR" and "FIELD_ENCRYPTION_KEYS" in record.getMessage() for record in caplog.records
+    )
 
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
     _fernet_for.cache_clear()
@@ -556,15 +561,16 @@ def test_a_destination_whose_source_is_deleted_meanwhile_is_a_409_with_the_key_o
     # With the key the creation's transaction is the request's: the source's foreign key, deferred,
     # must still be checked before the answer, or the commit after it fails as a 500.
     source = make_source(organization)
-    real_subscription_create = destinations.subscription_create
+    real_lock = destinations.lock_sources_against_deletion
 
-    def source_deleted_meanwhile(**kwargs):
-        subscription = real_subscription_create(**kwargs)
+    def source_deleted_meanwhile(source_ids):
+        # Just before the creation locks its sources against deletion: once locked, a deletion waits
+        # for the creation's commit (and here, deleted from the creation's thread, for ever).
         with ThreadPoolExecutor(max_workers=1) as other:  # on its own connection, committed
             other.submit(_in_thread(lambda: Source.objects.filter(pk=source.pk).delete())).result()
-        return subscription
+        return real_lock(source_ids)
 
-    monkeypatch.setattr(destinations, "subscription_create", source_deleted_meanwhile)
+    monkeypatch.setattr(destinations, "lock_sources_against_deletion", source_deleted_meanwhile)
     body = {"name": "Billing", "url": "http://127.0.0.1:9/b", "sources": [source.pk]}
     answer = post(Client(), key, "/api/v1/destinations", body, idempotency_key=idempotency_key)
     assert answer.status_code == 409 and answer.json()["error"] == "conflict", answer.content

@@ -184,7 +184,7 @@ def test_ingest_for_a_secret_no_key_can_decrypt_is_a_json_503_that_stores_nothin
 
 
 def test_a_secret_shown_once_survives_a_web_process_that_does_not_know_the_new_key_yet(
-    client, owner, organization, settings
+    client, owner, organization, settings, caplog
 ):
     # A rolling deploy of NEW,OLD: the POST that makes a destination is served by a process with the
     # new list, the redirect to the page showing its secret by one still on OLD alone. That page
@@ -205,6 +205,14 @@ def test_a_secret_shown_once_survives_a_web_process_that_does_not_know_the_new_k
     assert on_old_process.status_code == 503
     assert secret not in on_old_process.content.decode()
     assert "reload" in on_old_process.content.decode().lower()
+    # Told to the operator too, as every other page's 503 is: a process whose keys stay wrong (not a
+    # deploy under way) answers this page 503 for ever, which only its log says.
+    told = [
+        record
+        for record in caplog.records
+        if record.levelname == "ERROR" and "FIELD_ENCRYPTION_KEYS" in record.getMessage()
+    ]
+    assert told and all(secret not in record.getMessage() for record in caplog.records)
 
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
     _fernet_for.cache_clear()

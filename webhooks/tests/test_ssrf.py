@@ -4,6 +4,7 @@ import contextlib
 import socket
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -171,6 +172,54 @@ def test_a_burst_of_sends_to_one_host_waits_on_one_lookup(monkeypatch, settings)
     assert failures == []
     assert answers == ["127.0.0.1"] * senders
     assert asked == ["burst.example"]
+
+
+def test_a_lookup_s_failure_reaches_each_waiting_sender_as_an_error_of_its_own(monkeypatch):
+    # Raising one exception object on many threads at once: each raise adds its frames to the one
+    # object's __traceback__, so a sender's logged traceback ran through the other senders' frames,
+    # and grew with every sender (holding their frames and locals).
+    def no_such_host(host, *args, **kwargs):
+        time.sleep(0.3)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", no_such_host)
+    senders = 2 * outbound.MAX_LOOKUPS_PER_HOST
+    causes = []
+    start = threading.Barrier(senders)
+
+    def resolve() -> None:
+        start.wait()
+        try:
+            resolve_destination("http://gone.example/hook", timeout=5)
+        except DestinationNotAllowed as exc:
+            causes.append(exc.__context__)
+
+    threads = [threading.Thread(target=resolve) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(causes) == senders and len({id(cause) for cause in causes}) == senders
+    for cause in causes:
+        assert isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME
+        frames = [frame.name for frame in traceback.extract_tb(cause.__traceback__)]
+        assert frames.count("_address_infos") == 1, frames
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its SystemExit
+def test_a_lookup_whose_thread_stops_without_an_answer_fails_the_send_cleanly(monkeypatch):
+    # Only an Exception is kept as the lookup's error: a thread stopped otherwise (SystemExit) left
+    # neither an error nor an answer, and the sender went on with None for the addresses (a TypeError).
+    def stopped(host, *args, **kwargs):
+        raise SystemExit
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", stopped)
+    with pytest.raises(DestinationNotAllowed, match="could not be looked up now"):
+        resolve_destination("http://stopped.example/hook", timeout=5)
+    assert not outbound._lookups_in_progress and not outbound._lookups_by_host
+    for thread in threading.enumerate():  # ended within this test, so its SystemExit is reported (and ignored) here
+        if thread.name == "hookline-resolve":
+            thread.join(5)
 
 
 def test_one_organization_s_unanswering_dns_leaves_lookups_for_the_others(monkeypatch):
