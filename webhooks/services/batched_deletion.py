@@ -232,3 +232,50 @@ def deletion_task(*, run: Callable[[], DeletionRun], flag: str, publish: Callabl
             "%s: deleted %s%s", what, dict(result.deleted), "; it is gone" if result.finished else "; more to do"
         )
     return result.finished
+
+
+@dataclass(frozen=True)
+class OwnerDeletions:
+    """The background deletions of one kind of owner (organization, source, destination): how a run
+    is published, resumed by the sweeper, run as its Celery task and run at all. The owner's module
+    says only what differs: its model, its task, its run lock's prefix and its BatchDeleter."""
+
+    owner_model: type[Model]
+    name: str  # "source": its published flags' prefix and its log lines
+    task_name: str  # the Celery task in webhooks.tasks that runs one deletion
+    # pg_try_advisory_lock keys of its runs: this prefix above the owner's id (each kind its own).
+    lock_prefix: int
+
+    def _flag(self, owner_id: int) -> str:
+        return f"{self.name}-deletion:{owner_id}:published"
+
+    def publish(self, owner_id: int) -> bool:
+        """Ask a worker to run the deletion, unless a run was published recently; never raises."""
+        from webhooks import tasks
+
+        return publish_once(self._flag(owner_id), getattr(tasks, self.task_name).s(owner_id))
+
+    def resume(self) -> int:
+        """The sweeper's part: publish the deletions under way; returns how many it published. A run
+        published less than PUBLISHED_TTL_SECONDS ago is not published again, so a lost one (broker,
+        killed worker) is resumed within that time, and one at work is left alone."""
+        ids = self.owner_model.objects.filter(deletion_requested_at__isnull=False).values_list("pk", flat=True)[:100]
+        return sum(self.publish(owner_id) for owner_id in ids)
+
+    def task(self, owner_id: int, run: Callable[[], DeletionRun]) -> bool:
+        """One run of the deletion (the Celery task's body; see deletion_task). True once the owner is gone."""
+        return deletion_task(
+            run=run, flag=self._flag(owner_id), publish=lambda: self.publish(owner_id), what=f"{self.name} {owner_id}"
+        )
+
+    def run(
+        self, owner_id: int, deleter: Callable[[Counter], BatchDeleter], max_seconds: float | None = None
+    ) -> DeletionRun:
+        """Delete the marked owner's rows in batches, then the owner (see run_deletion)."""
+        return run_deletion(
+            owner_model=self.owner_model,
+            owner_id=owner_id,
+            lock_key=self.lock_prefix + owner_id,
+            deleter=deleter,
+            max_seconds=max_seconds,
+        )

@@ -28,22 +28,18 @@ from webhooks.models import Delivery, Destination, Subscription
 
 from .batched_deletion import (
     BATCH_SIZE,
-    RUN_SECONDS,
     BatchDeleter,
     DeletionRun,
-    deletion_task,
-    publish_once,
+    OwnerDeletions,
     removed_by_kind,
-    run_deletion,
 )
 from .permissions import require_configure_role
 
 DELETION_REQUESTED_ACTION = "destination.deletion_requested"
 DELETED_ACTION = "destination.deleted"
 
-# pg_try_advisory_lock key of a destination's run: this prefix above the destination's id
-# (organizations and sources have their own prefixes, so none share a key).
-_RUN_LOCK_PREFIX = 0x647374 << 40  # "dst"
+# Its runs' advisory lock keys: a prefix of its own above the id, so no two kinds share a key.
+_DELETIONS = OwnerDeletions(Destination, "destination", "delete_destination", lock_prefix=0x647374 << 40)  # "dst"
 
 
 def destination_request_deletion(*, destination: Destination, actor=None) -> bool:
@@ -90,22 +86,14 @@ def destination_request_deletion(*, destination: Destination, actor=None) -> boo
     return True
 
 
-def _published_flag(destination_id: int) -> str:
-    return f"destination-deletion:{destination_id}:published"
-
-
 def publish_destination_deletion(destination_id: int) -> bool:
     """Ask a worker to run the deletion, unless a run was published recently; never raises."""
-    from webhooks.tasks import delete_destination
-
-    return publish_once(_published_flag(destination_id), delete_destination.s(destination_id))
+    return _DELETIONS.publish(destination_id)
 
 
 def resume_destination_deletions() -> int:
-    """The sweeper's part: publish the deletions under way; returns how many it published (see
-    organization_deletion.resume_organization_deletions)."""
-    ids = Destination.objects.filter(deletion_requested_at__isnull=False).values_list("pk", flat=True)[:100]
-    return sum(publish_destination_deletion(destination_id) for destination_id in ids)
+    """The sweeper's part: publish the deletions under way (OwnerDeletions.resume)."""
+    return _DELETIONS.resume()
 
 
 def destination_deletion_task(destination_id: int) -> bool:
@@ -113,12 +101,7 @@ def destination_deletion_task(destination_id: int) -> bool:
 
     Returns True once the destination is gone.
     """
-    return deletion_task(
-        run=lambda: destination_deletion_run(destination_id=destination_id),
-        flag=_published_flag(destination_id),
-        publish=lambda: publish_destination_deletion(destination_id),
-        what=f"destination {destination_id}",
-    )
+    return _DELETIONS.task(destination_id, lambda: destination_deletion_run(destination_id=destination_id))
 
 
 def destination_deletion_run(
@@ -127,12 +110,8 @@ def destination_deletion_run(
     """Delete a marked destination's rows in batches, then the destination; resumable at any point
     (see batched_deletion.run_deletion). Returns before finishing after ``max_seconds``; the caller
     publishes the next run."""
-    return run_deletion(
-        owner_model=Destination,
-        owner_id=destination_id,
-        lock_key=_RUN_LOCK_PREFIX + destination_id,
-        deleter=lambda progress: _Run(destination_id, batch_size or BATCH_SIZE, progress),
-        max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    return _DELETIONS.run(
+        destination_id, lambda progress: _Run(destination_id, batch_size or BATCH_SIZE, progress), max_seconds
     )
 
 

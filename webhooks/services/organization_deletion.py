@@ -37,21 +37,18 @@ from webhooks.models import (
 from .batched_deletion import (
     BATCH_SIZE,
     LINKS,
-    RUN_SECONDS,
     BatchDeleter,
     DeletionRun,
-    deletion_task,
-    publish_once,
+    OwnerDeletions,
     removed_by_kind,
-    run_deletion,
 )
 from .row_locks import delete_destinations
 
 DELETION_REQUESTED_ACTION = "organization.deletion_requested"
 DELETED_ACTION = "organization.deleted"
 
-# pg_try_advisory_lock key of an organization's run: this prefix above the organization's id.
-_RUN_LOCK_PREFIX = 0x6F7267 << 40  # "org"
+# Its runs' advisory lock keys: a prefix of its own above the id, so no two kinds share a key.
+_DELETIONS = OwnerDeletions(Organization, "organization", "delete_organization", lock_prefix=0x6F7267 << 40)  # "org"
 
 
 def _kinds(organization_id: int) -> list[tuple[str, QuerySet]]:
@@ -122,23 +119,14 @@ def organization_request_deletion(*, organization: Organization, actor=None, req
     return True
 
 
-def _published_flag(organization_id: int) -> str:
-    return f"organization-deletion:{organization_id}:published"
-
-
 def publish_organization_deletion(organization_id: int) -> bool:
     """Ask a worker to run the deletion, unless a run was published recently; never raises."""
-    from webhooks.tasks import delete_organization
-
-    return publish_once(_published_flag(organization_id), delete_organization.s(organization_id))
+    return _DELETIONS.publish(organization_id)
 
 
 def resume_organization_deletions() -> int:
-    """The sweeper's part: publish the deletions under way; returns how many it published. A run
-    published less than PUBLISHED_TTL_SECONDS ago is not published again, so a lost one (broker,
-    killed worker) is resumed within that time, and one at work is left alone."""
-    ids = Organization.objects.filter(deletion_requested_at__isnull=False).values_list("pk", flat=True)[:100]
-    return sum(publish_organization_deletion(organization_id) for organization_id in ids)
+    """The sweeper's part: publish the deletions under way (OwnerDeletions.resume)."""
+    return _DELETIONS.resume()
 
 
 def organization_deletion_task(organization_id: int) -> bool:
@@ -146,12 +134,7 @@ def organization_deletion_task(organization_id: int) -> bool:
 
     Returns True once the organization is gone.
     """
-    return deletion_task(
-        run=lambda: organization_deletion_run(organization_id=organization_id),
-        flag=_published_flag(organization_id),
-        publish=lambda: publish_organization_deletion(organization_id),
-        what=f"organization {organization_id}",
-    )
+    return _DELETIONS.task(organization_id, lambda: organization_deletion_run(organization_id=organization_id))
 
 
 def organization_deletion_run(
@@ -160,12 +143,8 @@ def organization_deletion_run(
     """Delete a marked organization's rows in batches, then the organization; resumable at any point
     (see batched_deletion.run_deletion). Returns before finishing after ``max_seconds``; the caller
     publishes the next run."""
-    return run_deletion(
-        owner_model=Organization,
-        owner_id=organization_id,
-        lock_key=_RUN_LOCK_PREFIX + organization_id,
-        deleter=lambda progress: _Run(organization_id, batch_size or BATCH_SIZE, progress),
-        max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    return _DELETIONS.run(
+        organization_id, lambda progress: _Run(organization_id, batch_size or BATCH_SIZE, progress), max_seconds
     )
 
 

@@ -39,21 +39,17 @@ from .batched_deletion import (
     LINKS,
     NONCES,
     PURGED_KEYS,
-    RUN_SECONDS,
     BatchDeleter,
     DeletionRun,
-    deletion_task,
-    publish_once,
-    run_deletion,
+    OwnerDeletions,
 )
 from .permissions import require_configure_role
 
 DELETION_REQUESTED_ACTION = "source.deletion_requested"
 DELETED_ACTION = "source.deleted"
 
-# pg_try_advisory_lock key of a source's run: this prefix above the source's id (organizations
-# have their own prefix, so the two never share a key).
-_RUN_LOCK_PREFIX = 0x737263 << 40  # "src"
+# Its runs' advisory lock keys: a prefix of its own above the id, so no two kinds share a key.
+_DELETIONS = OwnerDeletions(Source, "source", "delete_source", lock_prefix=0x737263 << 40)  # "src"
 
 
 def source_request_deletion(*, source: Source, actor=None) -> bool:
@@ -93,22 +89,14 @@ def source_request_deletion(*, source: Source, actor=None) -> bool:
     return True
 
 
-def _published_flag(source_id: int) -> str:
-    return f"source-deletion:{source_id}:published"
-
-
 def publish_source_deletion(source_id: int) -> bool:
     """Ask a worker to run the deletion, unless a run was published recently; never raises."""
-    from webhooks.tasks import delete_source
-
-    return publish_once(_published_flag(source_id), delete_source.s(source_id))
+    return _DELETIONS.publish(source_id)
 
 
 def resume_source_deletions() -> int:
-    """The sweeper's part: publish the deletions under way; returns how many it published (see
-    organization_deletion.resume_organization_deletions)."""
-    ids = Source.objects.filter(deletion_requested_at__isnull=False).values_list("pk", flat=True)[:100]
-    return sum(publish_source_deletion(source_id) for source_id in ids)
+    """The sweeper's part: publish the deletions under way (OwnerDeletions.resume)."""
+    return _DELETIONS.resume()
 
 
 def source_deletion_task(source_id: int) -> bool:
@@ -116,12 +104,7 @@ def source_deletion_task(source_id: int) -> bool:
 
     Returns True once the source is gone.
     """
-    return deletion_task(
-        run=lambda: source_deletion_run(source_id=source_id),
-        flag=_published_flag(source_id),
-        publish=lambda: publish_source_deletion(source_id),
-        what=f"source {source_id}",
-    )
+    return _DELETIONS.task(source_id, lambda: source_deletion_run(source_id=source_id))
 
 
 def source_deletion_run(
@@ -131,12 +114,8 @@ def source_deletion_run(
     batched_deletion.run_deletion). Returns before finishing after ``max_seconds``; the caller
     publishes the next run."""
     organization_id = Source.objects.filter(pk=source_id).values_list("organization_id", flat=True).first()
-    return run_deletion(
-        owner_model=Source,
-        owner_id=source_id,
-        lock_key=_RUN_LOCK_PREFIX + source_id,
-        deleter=lambda progress: _Run(source_id, batch_size or BATCH_SIZE, progress, organization_id),
-        max_seconds=RUN_SECONDS if max_seconds is None else max_seconds,
+    return _DELETIONS.run(
+        source_id, lambda progress: _Run(source_id, batch_size or BATCH_SIZE, progress, organization_id), max_seconds
     )
 
 

@@ -300,7 +300,7 @@ def test_a_run_stops_at_its_time_limit_and_publishes_the_next(destinations, publ
     doomed, _, _ = destinations
     destination_request_deletion(destination=doomed)
     published.clear()
-    monkeypatch.setattr(destination_deletion, "RUN_SECONDS", 0)  # one batch, then the limit
+    monkeypatch.setattr(batched_deletion, "RUN_SECONDS", 0)  # one batch, then the limit
     monkeypatch.setattr(destination_deletion, "BATCH_SIZE", 5)
     assert tasks.delete_destination(doomed.pk) is False
     assert rows_of(doomed.pk)["deliveries"] == 18 and len(published) == 1
@@ -313,7 +313,7 @@ def test_one_run_at_a_time_per_destination(destinations, published):
     destination_request_deletion(destination=doomed)
     params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
     with psycopg.connect(**params) as other_worker:  # a run in another worker process, holding the lock
-        other_worker.execute("SELECT pg_advisory_lock(%s)", [destination_deletion._RUN_LOCK_PREFIX + doomed.pk])
+        other_worker.execute("SELECT pg_advisory_lock(%s)", [destination_deletion._DELETIONS.lock_prefix + doomed.pk])
         assert destination_deletion_run(destination_id=doomed.pk).busy
         assert rows_of(doomed.pk)["deliveries"] == 23
 

@@ -325,7 +325,7 @@ def test_a_run_stops_at_its_time_limit_and_publishes_the_next(two_tenants, publi
     acme, _ = two_tenants
     organization_request_deletion(organization=acme)
     published.clear()
-    monkeypatch.setattr(organization_deletion, "RUN_SECONDS", 0)  # one batch, then the limit
+    monkeypatch.setattr(batched_deletion, "RUN_SECONDS", 0)  # one batch, then the limit
     monkeypatch.setattr(organization_deletion, "BATCH_SIZE", 5)
     assert tasks.delete_organization(acme.pk) is False
     assert rows_of(acme.pk)[EVENTS] == 18 and len(published) == 1
@@ -389,12 +389,12 @@ def test_one_run_at_a_time_per_organization(two_tenants, published):
     organization_request_deletion(organization=acme)
     params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
     with psycopg.connect(**params) as other_worker:  # a run in another worker process, holding the lock
-        other_worker.execute("SELECT pg_advisory_lock(%s)", [organization_deletion._RUN_LOCK_PREFIX + acme.pk])
+        other_worker.execute("SELECT pg_advisory_lock(%s)", [organization_deletion._DELETIONS.lock_prefix + acme.pk])
         assert tasks.delete_organization(acme.pk) is False
         assert rows_of(acme.pk)[EVENTS] == 23  # left to the run that holds it
     # That worker died: its connection, and so the lock, is gone (once its backend has exited,
     # which happens a moment after the client closed the socket).
-    _wait_until_free(organization_deletion._RUN_LOCK_PREFIX + acme.pk)
+    _wait_until_free(organization_deletion._DELETIONS.lock_prefix + acme.pk)
     assert tasks.delete_organization(acme.pk) is True
 
 
