@@ -26,6 +26,7 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
 from django.db import models, transaction
 from django.db.models import Count, OuterRef, Subquery
+from django.db.models.constants import LOOKUP_SEP
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
@@ -36,6 +37,7 @@ from django.utils.text import capfirst
 from django.utils.translation import ngettext
 
 from accounts.admin import UserAdmin
+from webhooks.fields import EncryptedTextField
 
 from .api_keys import api_key_revoke
 from .deletion_counts import KindCount, user_contents
@@ -441,6 +443,27 @@ class AuditedModelAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """The base of Hookline's ModelAdmins."""
 
 
+class NoLookupsIntoHiddenValuesMixin:
+    """A list's query string filters by its filters and plain columns, never inside a JSON document or an
+    encrypted column.
+
+    Django lets a query string look up any of the model's own fields, and the list's count then says
+    whether a guess matched: ``?headers__stripe-signature__startswith=t%3D1`` told staff who may only
+    view events (and are shown signatures masked) a signature one character at a time, and
+    ``?options__url__contains=`` the password a source's old options held. No list filter of ours
+    reaches inside those fields; one that did would name its own parameter (a SimpleListFilter).
+    """
+
+    def lookup_allowed(self, lookup, value, request=None):
+        try:
+            field = self.model._meta.get_field(lookup.split(LOOKUP_SEP, 1)[0])
+        except FieldDoesNotExist:
+            field = None
+        if isinstance(field, (models.JSONField, EncryptedTextField)):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+
 class ReadOnlyAdminMixin:
     """Rows written by the platform itself: shown, never added, changed or deleted here."""
 
@@ -649,7 +672,9 @@ class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin):
+class OrganizationAdmin(
+    NoLookupsIntoHiddenValuesMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
+):
     list_display = (
         "name",
         "slug",
@@ -896,7 +921,7 @@ def change_lines(changes: Any) -> list[str]:
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditLogAdmin(NoLookupsIntoHiddenValuesMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "created_at",
         "organization_label",

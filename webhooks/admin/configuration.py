@@ -25,6 +25,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from organizations.admin import (
     AuditedAdminMixin,
     CountsWhatADeletionTakesMixin,
+    NoLookupsIntoHiddenValuesMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
     SavesOnlyItsFormsFieldsMixin,
@@ -256,6 +257,7 @@ class SourceAddForm(forms.ModelForm):
 
 @admin.register(Source)
 class SourceAdmin(
+    NoLookupsIntoHiddenValuesMixin,
     OneTimeSecretsMixin,
     CountsWhatADeletionTakesMixin,
     AuditedAdminMixin,
@@ -674,6 +676,7 @@ class DestinationFailingFilter(admin.SimpleListFilter):
 
 @admin.register(Destination)
 class DestinationAdmin(
+    NoLookupsIntoHiddenValuesMixin,
     ReturnToObjectPageMixin,
     OneTimeSecretsMixin,
     CountsWhatADeletionTakesMixin,
@@ -1042,7 +1045,7 @@ def _named_in_filters(model, key: str) -> Subquery:
 
 
 @admin.register(BulkRetry)
-class BulkRetryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BulkRetryAdmin(NoLookupsIntoHiddenValuesMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "organization",

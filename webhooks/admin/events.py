@@ -16,6 +16,7 @@ from django.utils.translation import ngettext
 from organizations.admin import (
     AuditedAdminMixin,
     CappedCountPaginator,
+    NoLookupsIntoHiddenValuesMixin,
     OrganizationFilter,
     ReadOnlyAdminMixin,
     action_outcomes,
@@ -255,7 +256,12 @@ def shortened(value: str | None):
 @admin.register(WebhookEvent)
 @times_to_the_second(WebhookEvent)
 class WebhookEventAdmin(
-    ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+    NoLookupsIntoHiddenValuesMixin,
+    ReturnToObjectPageMixin,
+    DeliveryActionPermissions,
+    AuditedAdminMixin,
+    ReadOnlyAdminMixin,
+    admin.ModelAdmin,
 ):
     # What an operator scans for comes first; the long ids last, so at 1280 px Status and Failed
     # deliveries are on screen. The source shows its provider ("Billing (stripe)"): no column of its own.
@@ -664,7 +670,9 @@ class DeliveryAdmin(
 
 @admin.register(DeliveryAttempt)
 @times_to_the_second(DeliveryAttempt)
-class DeliveryAttemptAdmin(DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeliveryAttemptAdmin(
+    NoLookupsIntoHiddenValuesMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     list_display = (
         "id",
         "delivery_link",

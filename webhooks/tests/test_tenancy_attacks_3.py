@@ -1,0 +1,69 @@
+"""A third round of attacks on tenancy and roles: a member and an admin of organization A, an owner of
+B, a staff account with few permissions. Each test here is an attack that worked before its fix,
+or a cheap guard beside one."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib import admin as django_admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import models
+from django.test import RequestFactory
+from django.urls import reverse
+
+from webhooks.fields import EncryptedTextField
+from webhooks.tests.api_helpers import make_event
+from webhooks.tests.factories import make_source
+
+pytestmark = pytest.mark.django_db
+
+SIGNATURE = "t=1733500000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
+
+
+@pytest.fixture
+def view_only_staff(client):
+    """Staff who may view everything and change nothing: signatures are masked for them."""
+    user = get_user_model().objects.create_user(email="viewer@hookline.example", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    client.force_login(user)
+    return user
+
+
+def test_view_only_staff_cannot_read_a_masked_signature_through_the_lists_query_string(
+    client, organization, view_only_staff
+):
+    source = make_source(organization)
+    event = make_event(source, headers={"stripe-signature": SIGNATURE, "content-type": "application/json"})
+    page = client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk]))
+    assert page.status_code == 200 and SIGNATURE not in page.content.decode()  # masked on the page
+
+    # Counting the events whose signature starts with a guess told it one character at a time.
+    changelist = reverse("admin:webhooks_webhookevent_changelist")
+    right = client.get(changelist, {"headers__stripe-signature__startswith": SIGNATURE[:20]})
+    wrong = client.get(changelist, {"headers__stripe-signature__startswith": SIGNATURE[:19] + "x"})
+    assert right.status_code == wrong.status_code == 400
+    assert str(event.pk) not in right.content.decode()
+
+
+# Fields whose value a page may show masked, or not at all: a lookup inside them is a way to read them.
+HIDDEN_VALUE_FIELDS = (models.JSONField, EncryptedTextField)
+
+
+def test_no_admin_list_filters_inside_a_document_or_an_encrypted_column(view_only_staff):
+    request = RequestFactory().get("/admin/")
+    request.user = view_only_staff
+    checked = []
+    for model, model_admin in django_admin.site._registry.items():
+        if model._meta.app_label not in ("organizations", "webhooks", "accounts"):
+            continue
+        for field in model._meta.get_fields():
+            if isinstance(field, HIDDEN_VALUE_FIELDS):
+                for lookup in (f"{field.name}__x__startswith", f"{field.name}__contains", f"{field.name}__startswith"):
+                    assert not model_admin.lookup_allowed(lookup, "a", request), (model.__name__, lookup)
+                checked.append(f"{model.__name__}.{field.name}")
+    assert (
+        "WebhookEvent.headers" in checked
+        and "Source.options" in checked
+        and "DeliveryAttempt.request_headers" in checked
+    )
