@@ -44,6 +44,7 @@ from .deletion_counts import KindCount, user_contents
 from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_record, audit_verify_chain, organization_set_active
+from .team import LAST_OWNER
 
 logger = logging.getLogger(__name__)
 
@@ -633,6 +634,38 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
                 "Only a superuser adds, changes or removes the memberships of a platform staff account "
                 "(here: " + ", ".join(staff.order_by("email").values_list("email", flat=True)) + ")."
             )
+        self._refuse_leaving_an_organization_without_an_owner(touched_forms)
+
+    def _refuse_leaving_an_organization_without_an_owner(self, touched_forms) -> None:
+        """The Team page's rule (organizations.team.LAST_OWNER) for staff: an organization that has an
+        owner keeps one, who alone manages its roles and members. Making someone else owner in the
+        same save hands it over. A superuser may still leave one without (an account to recover)."""
+        on_organizations_page = self.fk.name == "organization"
+
+        def organization_id(form, *, before: bool):
+            if on_organizations_page:
+                return self.instance.pk
+            value = form.initial.get("organization") if before else form.cleaned_data.get("organization")
+            return getattr(value, "pk", value)
+
+        losing, gaining = set(), set()
+        for form in touched_forms:
+            if form.instance.pk is not None and form.initial.get("role") == Membership.Role.OWNER:
+                losing.add(organization_id(form, before=True))
+            deleted = self.can_delete and self._should_delete_form(form)
+            if not deleted and form.cleaned_data.get("role") == Membership.Role.OWNER:
+                gaining.add(organization_id(form, before=False))
+        touched_ids = [form.instance.pk for form in touched_forms if form.instance.pk is not None]
+        left_without = [
+            organization
+            for organization in losing - gaining
+            if not Membership.objects.filter(organization_id=organization, role=Membership.Role.OWNER)
+            .exclude(pk__in=touched_ids)
+            .exists()
+        ]
+        if left_without:
+            names = Organization.objects.filter(pk__in=left_without).order_by("name").values_list("name", flat=True)
+            raise ValidationError(f"{LAST_OWNER.removesuffix('.')} (here: {', '.join(names)}).")
 
     def _refuse_organizations_being_deleted(self, touched_forms) -> None:
         """An organization being deleted changes no more, for anyone: its own page refuses every

@@ -12,6 +12,7 @@ from django.db import models
 from django.test import RequestFactory
 from django.urls import reverse
 
+from organizations.models import Membership
 from webhooks.fields import EncryptedTextField
 from webhooks.tests.api_helpers import make_event
 from webhooks.tests.factories import make_source
@@ -67,3 +68,92 @@ def test_no_admin_list_filters_inside_a_document_or_an_encrypted_column(view_onl
         and "Source.options" in checked
         and "DeliveryAttempt.request_headers" in checked
     )
+
+
+# --- The last owner, from the admin ------------------------------------------------------------------
+
+
+@pytest.fixture
+def support_staff(client):
+    """Staff allowed to change tenants' accounts and memberships (support work), not a superuser."""
+    user = get_user_model().objects.create_user(email="support@hookline.example", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=[
+                "view_user",
+                "change_user",
+                "view_organization",
+                "change_organization",
+                "add_membership",
+                "change_membership",
+                "delete_membership",
+            ]
+        )
+    )
+    client.force_login(user)
+    return user
+
+
+def organization_page_with_roles(organization, roles: dict) -> dict:
+    """The organization's admin form as loaded, with its members' roles set to ``roles`` (membership:
+    role, or None to delete it)."""
+    rows = list(Membership.objects.filter(organization=organization).order_by("pk"))
+    posted = {
+        "name": organization.name,
+        "slug": organization.slug,
+        "is_active": "on",
+        "plan": organization.plan,
+        "monthly_event_quota": organization.monthly_event_quota,
+        "retention_days": organization.retention_days,
+        "memberships-TOTAL_FORMS": str(len(rows)),
+        "memberships-INITIAL_FORMS": str(len(rows)),
+    }
+    for index, row in enumerate(rows):
+        role = roles.get(row.pk, row.role)
+        posted |= {
+            f"memberships-{index}-id": row.pk,
+            f"memberships-{index}-organization": organization.pk,
+            f"memberships-{index}-user": row.user_id,
+            f"memberships-{index}-role": role or row.role,
+        }
+        if row.pk in roles and role is None:
+            posted[f"memberships-{index}-DELETE"] = "on"
+    return posted
+
+
+def test_staff_cannot_leave_an_organization_without_an_owner(client, organization, member, support_staff):
+    # The team's own rule (organizations.team): an organization always keeps an owner, who alone
+    # manages roles and members. The admin's membership rows went around it.
+    owner = Membership.objects.get(organization=organization, role=Membership.Role.OWNER)
+    page = reverse("admin:organizations_organization_change", args=[organization.pk])
+    for roles in ({owner.pk: Membership.Role.MEMBER}, {owner.pk: None}):
+        response = client.post(page, organization_page_with_roles(organization, roles))
+        assert response.status_code == 200, roles
+        assert "owner" in str([fs.formset.non_form_errors() for fs in response.context["inline_admin_formsets"]])
+    user_page = reverse("admin:accounts_user_change", args=[owner.user_id])
+    response = client.post(
+        user_page,
+        {
+            "full_name": "",
+            "is_active": "on",
+            "date_joined_0": owner.user.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": owner.user.date_joined.strftime("%H:%M:%S"),
+            "memberships-TOTAL_FORMS": "1",
+            "memberships-INITIAL_FORMS": "1",
+            "memberships-0-id": owner.pk,
+            "memberships-0-user": owner.user_id,
+            "memberships-0-organization": organization.pk,
+            "memberships-0-role": Membership.Role.OWNER,
+            "memberships-0-DELETE": "on",
+        },
+    )
+    assert response.status_code == 200
+    assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).get() == owner
+
+    # Making someone else owner in the same save hands the organization over, as on the Team page.
+    member_row = Membership.objects.get(user=member)
+    handed_over = organization_page_with_roles(
+        organization, {owner.pk: Membership.Role.ADMIN, member_row.pk: Membership.Role.OWNER}
+    )
+    assert client.post(page, handed_over).status_code == 302
+    assert Membership.objects.get(organization=organization, role=Membership.Role.OWNER) == member_row
