@@ -365,10 +365,12 @@ def invitation_replaced(invitation: Invitation) -> bool:
 
 
 def invitations_pending_for(*, user) -> list[Invitation]:
-    """The invitations to ``user``'s address still open: shown after sign-in, each joined by choice."""
+    """The invitations to ``user``'s address still open, of active organizations: shown after sign-in,
+    each joined by choice. One of a suspended organization waits until it is active again, as its
+    link does (invitation_for_token)."""
     return list(
         Invitation.objects.pending()
-        .filter(email=user.email)
+        .filter(email=user.email, organization__is_active=True)
         .select_related("organization", "invited_by")
         .order_by("created_at")
     )
@@ -381,8 +383,12 @@ def invitation_join(*, user, invitation_id: int, ip_address: str | None = None) 
     otherwise make its holder a member, and see their sign-ins, without their say.
     Raises InvitationUnavailable when it is not open to this user any more.
     """
+    # Not into an organization an operator suspended or is deleting: its link refuses it too.
     invitation = (
-        Invitation.objects.pending().filter(pk=invitation_id, email=user.email).select_related("organization").first()
+        Invitation.objects.pending()
+        .filter(pk=invitation_id, email=user.email, organization__is_active=True)
+        .select_related("organization")
+        .first()
     )
     if invitation is None:
         raise InvitationUnavailable(Invitation.Status.REVOKED)

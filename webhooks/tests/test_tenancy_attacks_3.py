@@ -12,8 +12,11 @@ from django.db import models
 from django.test import RequestFactory
 from django.urls import reverse
 
+from organizations import team
 from organizations.models import Membership
+from organizations.services import organization_set_active
 from webhooks.fields import EncryptedTextField
+from webhooks.services.organization_deletion import organization_request_deletion
 from webhooks.tests.api_helpers import make_event
 from webhooks.tests.factories import make_source
 
@@ -157,3 +160,33 @@ def test_staff_cannot_leave_an_organization_without_an_owner(client, organizatio
     )
     assert client.post(page, handed_over).status_code == 302
     assert Membership.objects.get(organization=organization, role=Membership.Role.OWNER) == member_row
+
+
+# --- Joining an organization an operator closed ----------------------------------------------------
+
+
+@pytest.mark.parametrize("closed_by", ["suspension", "deletion"])
+def test_an_open_invitation_joins_no_suspended_or_deleting_organization_from_the_home_page(
+    client, organization, owner, outsider, closed_by
+):
+    # The invitation's link refuses an inactive organization (team.invitation_for_token); the home
+    # page's Join button, the other way in, took it: a suspended tenant's invitee became a member
+    # (and one of an organization being deleted, a row its deletion may already have passed).
+    invitation = team.invitation_create(
+        organization=organization, actor=owner, email=outsider.email, role=Membership.Role.ADMIN
+    )
+    if closed_by == "suspension":
+        organization_set_active(organization=organization, active=False)
+    else:
+        organization_request_deletion(organization=organization)
+    client.force_login(outsider)
+    assert "Join Acme" not in client.get(reverse("home")).content.decode()
+    response = client.post(reverse("invitation_join", args=[invitation.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("home")
+    assert not Membership.objects.filter(user=outsider, organization=organization).exists()
+    invitation.refresh_from_db()
+    assert invitation.accepted_at is None
+    if closed_by == "suspension":  # once it is active again, the invitation still works
+        organization_set_active(organization=organization, active=True)
+        client.post(reverse("invitation_join", args=[invitation.pk]))
+        assert Membership.objects.get(user=outsider, organization=organization).role == Membership.Role.ADMIN
