@@ -150,6 +150,15 @@ def invitation_create(
 def _replace_open_invitation(
     *, organization, actor, actor_membership, email, role, token, now, ip_address
 ) -> Invitation:
+    # The inviter's role again, under a lock of their membership, in the transaction that writes the
+    # invitation: a demotion or removal committed since the first check is seen here, and one under
+    # way waits for this invitation and then revokes it with their others (_revoke_invitations_sent_by).
+    # Checked only before, an invitation written just after a demotion's revocations outlived it.
+    actor_membership = Membership.objects.select_for_update().filter(pk=actor_membership.pk).first()
+    if actor_membership is None:
+        raise PermissionDenied("Not a member of this organization.")
+    _require_rank(actor_membership, Membership.Role.ADMIN)
+    _require_rank(actor_membership, role)
     for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):
         # Replacing is revoking: an admin may not replace an owner's invitation with a lesser one.
         _require_rank(actor_membership, previous.role)

@@ -4,14 +4,18 @@ or a cheap guard beside one."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.contrib import admin as django_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import models
+from django.core.exceptions import PermissionDenied
+from django.db import connection, models, transaction
 from django.test import RequestFactory
 from django.urls import reverse
 
+from accounts.models import Invitation
 from organizations import team
 from organizations.models import Membership
 from organizations.services import organization_set_active
@@ -19,6 +23,7 @@ from webhooks.fields import EncryptedTextField
 from webhooks.services.organization_deletion import organization_request_deletion
 from webhooks.tests.api_helpers import make_event
 from webhooks.tests.factories import make_source
+from webhooks.tests.processes import PATIENCE_SECONDS, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -190,3 +195,57 @@ def test_an_open_invitation_joins_no_suspended_or_deleting_organization_from_the
         organization_set_active(organization=organization, active=True)
         client.post(reverse("invitation_join", args=[invitation.pk]))
         assert Membership.objects.get(user=outsider, organization=organization).role == Membership.Role.ADMIN
+
+
+# --- An admin inviting while being demoted ---------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_demoted_while_inviting_leaves_no_admin_invitation_behind(organization, owner):
+    # Demoting an admin revokes the invitations they sent above their new role, so that they cannot
+    # come back as admin through one sent to another address of theirs. An invitation made while the
+    # demotion was being committed escaped that: its role was read before, its row written after.
+    admin = get_user_model().objects.create_user(email="admin@acme.example")
+    admin_membership = Membership.objects.create(user=admin, organization=organization, role=Membership.Role.ADMIN)
+    demoted, invited, failures = threading.Event(), threading.Event(), []
+
+    def an_invitation_waits_or_is_made() -> bool:
+        if invited.is_set():
+            return True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0] > 0
+
+    def demote() -> None:
+        try:
+            with transaction.atomic():  # the owner's demotion, committed once the invitation is under way
+                team.member_role_change(
+                    organization=organization, actor=owner, membership=admin_membership, role=Membership.Role.MEMBER
+                )
+                demoted.set()
+                assert wait_until(an_invitation_waits_or_is_made, PATIENCE_SECONDS, interval=0.05)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+            demoted.set()
+        finally:
+            connection.close()
+
+    owners_click = threading.Thread(target=demote, daemon=True)
+    owners_click.start()
+    assert demoted.wait(PATIENCE_SECONDS)
+    try:
+        team.invitation_create(
+            organization=organization, actor=admin, email="admin.other@elsewhere.example", role=Membership.Role.ADMIN
+        )
+    except PermissionDenied:
+        pass  # read after the demotion: refused
+    finally:
+        invited.set()
+    owners_click.join(PATIENCE_SECONDS)
+    assert not owners_click.is_alive() and not failures, failures
+    assert Membership.objects.get(pk=admin_membership.pk).role == Membership.Role.MEMBER
+    assert not Invitation.objects.open().filter(invited_by=admin, role=Membership.Role.ADMIN).exists()
