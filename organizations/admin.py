@@ -825,12 +825,31 @@ class UserMembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInli
     readonly_fields = ("created_at",)
 
 
+def _organizations_owned_only_by(users) -> list[str]:
+    """The organizations every owner of which is one of ``users``: what deleting them all leaves without an owner."""
+    user_ids = [user.pk for user in users]
+    owned = Membership.objects.filter(user_id__in=user_ids, role=Membership.Role.OWNER).values("organization_id")
+    others_own = Membership.objects.filter(organization_id=OuterRef("pk"), role=Membership.Role.OWNER).exclude(
+        user_id__in=user_ids
+    )
+    orphaned = Organization.objects.filter(pk__in=owned).exclude(models.Exists(others_own)).order_by("name")
+    return [f"{organization.name}: its only owner goes with it ({LAST_OWNER})" for organization in orphaned]
+
+
 class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAdmin):
     inlines = (UserMembershipInline,)
     list_filter = ("is_staff", "is_superuser", "is_active")
 
     def deletion_contents(self, obj):
         return user_contents(user=obj)  # a platform admin's admin history alone runs to thousands
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if not request.user.is_superuser:
+            # As on an organization's page (StaffMembershipsForSuperusersFormSet): the account's
+            # memberships go with it, and an organization whose owners all go is left without one.
+            protected = [*protected, *_organizations_owned_only_by(objs)]
+        return deleted, model_count, perms_needed, protected
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

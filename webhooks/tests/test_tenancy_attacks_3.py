@@ -167,6 +167,24 @@ def test_staff_cannot_leave_an_organization_without_an_owner(client, organizatio
     assert Membership.objects.get(organization=organization, role=Membership.Role.OWNER) == member_row
 
 
+def test_staff_cannot_delete_the_account_of_an_organizations_only_owner(client, organization, owner, member):
+    # Deleting the account takes its memberships along: the same organization without an owner.
+    staff = get_user_model().objects.create_user(email="support@hookline.example", is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(codename__in=["view_user", "delete_user"]))
+    client.force_login(staff)
+    page = reverse("admin:accounts_user_delete", args=[owner.pk])
+    response = client.get(page)
+    assert response.status_code == 200 and "Acme" in str(response.context["protected"])
+    assert client.post(page, {"post": "yes"}).status_code == 200
+    changelist = reverse("admin:accounts_user_changelist")
+    selected = {"action": "delete_selected", "_selected_action": [owner.pk, member.pk], "post": "yes"}
+    assert client.post(changelist, selected).status_code == 200
+    assert get_user_model().objects.filter(pk=owner.pk).exists()
+    # A member who owns nothing is deleted as before.
+    assert client.post(reverse("admin:accounts_user_delete", args=[member.pk]), {"post": "yes"}).status_code == 302
+    assert not get_user_model().objects.filter(pk=member.pk).exists()
+
+
 # --- Joining an organization an operator closed ----------------------------------------------------
 
 
