@@ -19,10 +19,10 @@ def build_index_concurrently(schema_editor, name: str, create_sql: str) -> None:
             [name],
         )
         left_invalid = cursor.fetchone() is not None
-    # Nor a bound on its lock waits: migrate's lock_timeout (its command) is for schema changes,
-    # which block the running processes while they wait. A concurrent build blocks none of their
-    # statements while it waits for the transactions older than it; cut short, it would start again
-    # from the beginning. The session's own bound is put back after it.
+    # No bound on its lock waits either: migrate's lock_timeout (webhooks/management/commands/migrate.py)
+    # is for schema changes, which block the running processes while they wait. A concurrent build
+    # blocks none of their statements while it waits for the transactions older than it, and cut
+    # short it would start again from the beginning. The session's bound is put back after it.
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('lock_timeout')")
         (lock_timeout,) = cursor.fetchone()
