@@ -189,6 +189,14 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {})
     # A dead database must fail a request in seconds, not hang it.
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3))
+# The release phase's migrate (webhooks/management/commands/migrate.py): how long a schema change
+# waits for its table's lock before it lets go and tries again, so that it never queues the running
+# processes' statements behind a long transaction for longer. Below the workers' own 5 s bound on
+# recording a sent delivery's result (services.delivery.RECORD_LOCK_TIMEOUT), past which that
+# delivery is sent again. 0: wait without bound (Django's own behaviour).
+MIGRATION_LOCK_TIMEOUT_SECONDS = env.float("MIGRATION_LOCK_TIMEOUT_SECONDS", default=2.0)
+MIGRATION_LOCK_TRIES = max(1, env.int("MIGRATION_LOCK_TRIES", default=60))
+MIGRATION_LOCK_RETRY_SECONDS = env.float("MIGRATION_LOCK_RETRY_SECONDS", default=5.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and Celery broker -------------------------------------------

@@ -19,13 +19,23 @@ def build_index_concurrently(schema_editor, name: str, create_sql: str) -> None:
             [name],
         )
         left_invalid = cursor.fetchone() is not None
-    if left_invalid:
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    # No bound on its lock waits either: migrate's lock_timeout (webhooks/management/commands/migrate.py)
+    # is for schema changes, which block the running processes while they wait. A concurrent build
+    # blocks none of their statements while it waits for the transactions older than it, and cut
+    # short it would start again from the beginning. The session's bound is put back after it.
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('lock_timeout')")
+        (lock_timeout,) = cursor.fetchone()
+    schema_editor.execute("SET lock_timeout = 0")
     schema_editor.execute("SET statement_timeout = 0")  # the build takes as long as the table needs
     try:
+        if left_invalid:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
         schema_editor.execute(create_sql)
     finally:
         schema_editor.execute("RESET statement_timeout")
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [lock_timeout])
 
 
 class AddFieldUnlessAdded(migrations.AddField):

@@ -451,6 +451,22 @@ def _judge(health: ProcessingHealth) -> None:
                 f"beat looks stopped: no periodic task sent for {duration_in_words(beat_age)}; "
                 "retries and lost work wait for its sweep"
             )
+        elif (
+            "beat_sent_at" not in health.unmeasured
+            and health.beat_sends_fail
+            and health.beat_sent_at is None
+            and health.redis_up
+        ):
+            # No send was ever marked, and Redis answers: most likely the beat of the release before
+            # the one that marks sends (webhooks migration 0036) still runs beside this code, as it
+            # does for the minutes of a rolling upgrade. Its sends reach the broker; said as
+            # "stalled, is the broker up?" it paged for nothing at each such upgrade. Not OK either:
+            # a broker of its own (CELERY_BROKER_URL) may be down.
+            degraded.append(
+                f"beat tried a send {duration_in_words(beat_age)} ago, but none is marked as having reached "
+                "the broker: a beat started before this release (which does not mark its sends) still runs, "
+                "or the broker (CELERY_BROKER_URL) refuses them. Restart beat with the release"
+            )
         elif "beat_sent_at" not in health.unmeasured and health.beat_sends_fail:
             # Beat runs (it tried within beat_stale) but the broker refused its newest task: the
             # sweep and the rest did not go out, whatever last_run_at says.

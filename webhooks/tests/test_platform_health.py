@@ -637,3 +637,22 @@ def test_the_admin_lists_set_aside_webhooks_and_processes_the_chosen_ones_now(cl
     assert process_event_batch() == 2  # the fault is gone: both are processed in this run
     set_aside.refresh_from_db()
     assert set_aside.status == WebhookEvent.Status.PROCESSED and set_aside.processing_retry_at is None
+
+
+def test_a_beat_of_the_release_before_the_marks_reads_degraded_not_stalled():
+    """During a rolling upgrade from a release before webhooks migration 0036, the previous release's
+    beat (which marks no send) keeps sending beside the new web for a while: its tries are recent and
+    no send was ever marked. With Redis answering, that is no broker outage: the upgrade trial's
+    platform_health read "STALLED: … Is the broker (CELERY_BROKER_URL) up?" until beat restarted."""
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    PeriodicTask.objects.update(last_run_at=timezone.now() - timedelta(seconds=2))
+    worker_ran(seconds_ago=1)
+    assert not ProcessMark.objects.filter(name=platform_health.BEAT_SENT_MARK).exists()
+
+    health = processing_health()
+    assert health.verdict == "degraded"
+    assert [reason for reason in health.reasons if "beat" in reason] == [
+        "beat tried a send 2 s ago, but none is marked as having reached the broker: a beat started before "
+        "this release (which does not mark its sends) still runs, or the broker (CELERY_BROKER_URL) refuses "
+        "them. Restart beat with the release"
+    ]

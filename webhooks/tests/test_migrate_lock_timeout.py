@@ -1,0 +1,171 @@
+"""The release phase's migrate runs beside the previous release's processes: a schema change that
+waits for its table's lock behind one long transaction must not hold up their statements behind it
+(PostgreSQL queues them after the waiting ALTER), and index builds must not be cut short by that bound."""
+
+import io
+import threading
+import time
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, connections
+from django.db.migrations.recorder import MigrationRecorder
+
+from webhooks.migration_helpers import build_index_concurrently
+from webhooks.models import Destination, ProcessMark
+from webhooks.services.delivery import RECORD_LOCK_TIMEOUT
+
+BEFORE, LATEST = "0036_process_mark", "0037_destination_deletion"
+DESTINATION_TABLE = Destination._meta.db_table
+
+
+def other_connection(**kwargs) -> psycopg.Connection:
+    """A connection of another process (an old worker, a long request of the old web)."""
+    db = connection.settings_dict
+    return psycopg.connect(
+        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"], port=db["PORT"] or None, **kwargs
+    )
+
+
+def waiting_on_a_lock(watcher: psycopg.Connection, query_start: str) -> bool:
+    return (
+        watcher.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            [query_start + "%"],
+        ).fetchone()
+        is not None
+    )
+
+
+def wait_until(condition, what: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        time.sleep(0.01)
+    pytest.fail(f"never saw: {what}")
+
+
+def migrate_in_a_thread(*args, stderr: io.StringIO, outcome: dict) -> threading.Thread:
+    def run():
+        try:
+            call_command("migrate", *args, verbosity=0, stderr=stderr)
+            outcome["done"] = True
+        except Exception as exc:  # the test asserts on it
+            outcome["error"] = exc
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def applied(name: str) -> bool:
+    return MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=name).exists()
+
+
+@pytest.fixture
+def migrated_back_one_step(settings):
+    settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
+    settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
+    call_command("migrate", "webhooks", BEFORE, verbosity=0)
+    try:
+        yield
+    finally:
+        call_command("migrate", verbosity=0)  # every app's latest, for the tests after this one
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_schema_change_behind_a_long_transaction_does_not_hold_up_the_old_workers(migrated_back_one_step, settings):
+    settings.MIGRATION_LOCK_TRIES = 10_000
+    stderr, outcome = io.StringIO(), {}
+    with other_connection() as long_request, other_connection() as worker, other_connection(autocommit=True) as watch:
+        # An old web process's long transaction that read the destinations (a destination deleted
+        # with its deliveries in the request took 59 s in the upgrade trial).
+        long_request.execute(f"SELECT count(*) FROM {DESTINATION_TABLE}")
+        migrating = migrate_in_a_thread("webhooks", LATEST, stderr=stderr, outcome=outcome)
+        try:
+            wait_until(lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{DESTINATION_TABLE}"'), "the ALTER waiting")
+            # An old worker records a sent delivery's result: its destination's health, under the
+            # bound past which it gives the result up and the delivery is sent again.
+            worker.execute(f"SET lock_timeout = '{RECORD_LOCK_TIMEOUT}'")
+            worker.execute(f"UPDATE {DESTINATION_TABLE} SET consecutive_failures = 0 WHERE id = -1")
+            worker.commit()
+            assert not outcome, "the migration got the lock while the long transaction held the table"
+        finally:
+            long_request.rollback()
+            migrating.join()
+    assert outcome == {"done": True}
+    assert "trying again" in stderr.getvalue()
+    assert applied(LATEST)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_gives_up_after_its_tries_with_the_reason_and_nothing_half_done(migrated_back_one_step, settings):
+    settings.MIGRATION_LOCK_TRIES = 2
+    stderr, outcome = io.StringIO(), {}
+    with other_connection() as long_request:
+        long_request.execute(f"SELECT count(*) FROM {DESTINATION_TABLE}")
+        migrating = migrate_in_a_thread("webhooks", LATEST, stderr=stderr, outcome=outcome)
+        try:
+            wait_until(lambda: not migrating.is_alive(), "migrate giving up while the table is held")
+        finally:
+            long_request.rollback()
+            migrating.join()
+    assert isinstance(outcome.get("error"), CommandError)
+    assert "did not get its table's lock within 0.2 s in 2 tries" in str(outcome["error"])
+    assert "pg_stat_activity" in str(outcome["error"])
+    assert stderr.getvalue().count("trying again") == 1
+    assert not applied(LATEST)
+    columns = {
+        column.name for column in connection.introspection.get_table_description(connection.cursor(), DESTINATION_TABLE)
+    }
+    assert "deletion_progress" not in columns  # the migration's transaction rolled back whole
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeout():
+    table = ProcessMark._meta.db_table
+    name = "test_processmark_at_built_concurrently"
+    outcome: dict = {}
+
+    def build():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '200ms'")  # migrate's bound for the session
+            with connection.schema_editor(atomic=False) as editor:
+                build_index_concurrently(
+                    editor, name, f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} (at)"
+                )
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('lock_timeout')")
+                outcome["lock_timeout_after"] = cursor.fetchone()[0]
+        except Exception as exc:  # the test asserts on it
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    with other_connection() as writer, other_connection(autocommit=True) as watch:
+        # A transaction that writes to the table: the build waits for it to end, blocking no one.
+        writer.execute(f"UPDATE {table} SET at = at WHERE name = 'none'")
+        building = threading.Thread(target=build, daemon=True)
+        building.start()
+        try:
+            wait_until(
+                lambda: waiting_on_a_lock(watch, "CREATE INDEX CONCURRENTLY") or not building.is_alive(),
+                "the build waiting",
+            )
+            # Held past the session's 200 ms bound: a build bounded by it fails meanwhile.
+            time.sleep(0.5)
+        finally:
+            writer.rollback()
+            building.join()
+        try:
+            assert outcome == {"lock_timeout_after": "200ms"}
+            assert watch.execute(
+                "SELECT indisvalid FROM pg_index JOIN pg_class ON pg_class.oid = indexrelid WHERE relname = %s", [name]
+            ).fetchone() == (True,)
+        finally:
+            watch.execute(f"DROP INDEX IF EXISTS {name}")
