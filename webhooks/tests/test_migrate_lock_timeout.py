@@ -169,3 +169,34 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
             ).fetchone() == (True,)
         finally:
             watch.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings):
+    # 0026 adds its columns with plain AddFields outside a transaction: cut short after the first, it
+    # could not run again over its own half (the column exists), so it keeps Django's wait.
+    settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
+    settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
+    settings.MIGRATION_LOCK_TRIES = 1
+    event_table = "webhooks_webhookevent"
+    call_command("migrate", "webhooks", "0025_destination_custom_headers", verbosity=0)
+    try:
+        stderr, outcome = io.StringIO(), {}
+        with other_connection() as long_request, other_connection(autocommit=True) as watch:
+            long_request.execute(f"SELECT count(*) FROM {event_table}")
+            migrating = migrate_in_a_thread(
+                "webhooks", "0026_event_processing_set_aside", stderr=stderr, outcome=outcome
+            )
+            try:
+                wait_until(
+                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
+                    "the ALTER waiting",
+                )
+                time.sleep(0.5)  # past the 0.2 s bound of the atomic migrations
+            finally:
+                long_request.rollback()
+                migrating.join()
+        assert outcome == {"done": True}, stderr.getvalue()
+        assert applied("0026_event_processing_set_aside")
+    finally:
+        call_command("migrate", verbosity=0)

@@ -11,6 +11,11 @@ for its lock; one that does not get it fails, its migration rolls back whole (on
 transaction runs again safely: webhooks.migration_helpers), and migrate tries again after
 MIGRATION_LOCK_RETRY_SECONDS, up to MIGRATION_LOCK_TRIES times. Index builds (CONCURRENTLY) block
 no one while they wait, and build_index_concurrently leaves them unbounded.
+
+A migration outside a transaction (atomic = False) keeps Django's unbounded wait: cut short, it
+would have done part of its work, and not every one of them can run again over its own half (0026
+adds its columns with plain AddFields). Schema changes belong in atomic migrations; a non-atomic
+one holds index builds, which wait without blocking anyone.
 """
 
 import time
@@ -40,6 +45,7 @@ class Command(DjangoMigrate):
             return super().handle(*args, **options)
         tries = settings.MIGRATION_LOCK_TRIES
         bound = f"{round(timeout * 1000)}ms"
+        self.lock_bound = (connection, bound)
         for attempt in range(1, tries + 1):
             try:
                 with connection.cursor() as cursor:
@@ -70,3 +76,12 @@ class Command(DjangoMigrate):
                             cursor.execute("RESET lock_timeout")
                     except OperationalError:
                         pass
+
+    def migration_progress_callback(self, action, migration=None, fake=False):
+        # Called before each migration's transaction (or its statements, outside one) begins.
+        lock_bound = getattr(self, "lock_bound", None)
+        if lock_bound is not None and action in ("apply_start", "unapply_start") and not fake:
+            connection, bound = lock_bound
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, false)", [bound if migration.atomic else "0"])
+        super().migration_progress_callback(action, migration, fake)
