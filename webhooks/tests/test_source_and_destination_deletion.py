@@ -4,6 +4,7 @@ owner; what only one kind does is in test_source_deletion and test_destination_d
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -559,3 +560,26 @@ def test_the_admin_deletes_it_in_the_background_too(kind, client, owners, publis
     change = reverse(f"admin:webhooks_{kind.name}_change", args=[doomed.pk])
     assert client.post(change, {"name": "back", "is_active": "on"}).status_code == 403
     assert not kind.model.objects.get(pk=doomed.pk).is_active
+
+
+def test_the_events_filter_offers_it_no_more_and_its_events_stay_listed(kind, client, owner, owners, published):
+    # Nothing but its own list offers one being deleted; the events list's filter still did.
+    doomed, kept, _ = owners
+    of_doomed = {"source": doomed} if kind.name == "source" else {"deliveries__destination": doomed}
+    doomed_events = set(WebhookEvent.objects.filter(**of_doomed).values_list("pk", flat=True))
+    assert len(doomed_events) == 23
+    kind.request(doomed)
+    client.force_login(owner)
+    events = reverse("dashboard:events", args=["acme"])
+
+    response = client.get(events)
+    offered = {value for value, _ in response.context["form"].fields[kind.name].choices}
+    assert kept.pk in offered and doomed.pk not in offered
+    select = re.search(rf'<select name="{kind.name}".*?</select>', response.content.decode(), re.S).group()
+    assert f'<option value="{kept.pk}"' in select and f'<option value="{doomed.pk}"' not in select
+    assert doomed_events <= {event.pk for event in response.context["events"]}
+
+    # A link made before names it: the filter is said not to apply, and the list is not emptied.
+    response = client.get(events, {kind.name: doomed.pk})
+    assert f"Not applied: {kind.name.capitalize()}: " in response.content.decode()
+    assert doomed_events <= {event.pk for event in response.context["events"]}
