@@ -193,27 +193,34 @@ def test_a_pending_delivery_of_a_destination_being_deleted_says_so_on_every_surf
     destination, _ = make_destination(organization, RECEIVER, sources=[source])
     event = processed(source, event_type="invoice.paid")
     delivery = pending(event, destination)
+    # A replay that died: not waiting, but what its destination is now is said too.
+    dead = Delivery.objects.create(
+        organization=organization, event=event, destination=destination, status=Delivery.Status.DEAD, is_replay=True
+    )
     destination_request_deletion(destination=destination)
     said = "Its destination is being deleted: nothing more is sent to it"
 
     admin_page = admin_client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk])).content.decode()
     assert f"waits: {said}" in admin_page
+    assert "(destination being deleted)" in admin_page and "(destination inactive)" not in admin_page
     delivery_page = admin_client.get(reverse("admin:webhooks_delivery_change", args=[delivery.pk])).content.decode()
     assert f"{said} (destination_being_deleted)" in delivery_page
 
     [story] = show(str(event.pk))["events"]
-    assert story["deliveries"][0]["waiting_for"] == "destination_being_deleted"
+    waiting_for = {row["id"]: row["waiting_for"] for row in story["deliveries"]}
+    assert waiting_for == {str(delivery.pk): "destination_being_deleted", str(dead.pk): None}
+    assert {row["destination"]["being_deleted"] for row in story["deliveries"]} == {True}
     text = show_text(str(event.pk))
     assert f"waiting: {said}" in text
     assert "next attempt none: the destination is being deleted (due " in text
+    assert "dead, destination being deleted" in text
     assert "inactive" not in text
 
     _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
-    assert api_get(client, key, f"/api/v1/events/{event.pk}").json()["deliveries"][0]["waiting_for"] == (
-        "destination_being_deleted"
-    )
+    shown = api_get(client, key, f"/api/v1/events/{event.pk}").json()["deliveries"]
+    assert {row["id"]: row["waiting_for"] for row in shown} == waiting_for
     listed = api_get(client, key, "/api/v1/deliveries", event=str(event.pk)).json()["results"]
-    assert [row["waiting_for"] for row in listed] == ["destination_being_deleted"]
+    assert {row["id"]: row["waiting_for"] for row in listed} == waiting_for
     assert api_get(client, key, f"/api/v1/deliveries/{delivery.pk}").json()["waiting_for"] == (
         "destination_being_deleted"
     )
