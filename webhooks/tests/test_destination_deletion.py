@@ -159,3 +159,22 @@ def test_the_api_refuses_a_replay_or_retry_to_it_with_the_reason(client, organiz
     assert "its destination is being deleted" in retry.json()["detail"]
     assert Delivery.objects.filter(destination=doomed).count() == 23  # none more, none retried
     assert not Delivery.objects.filter(destination=doomed, status=Delivery.Status.PENDING).exists()
+
+
+def test_the_overview_no_longer_lists_it_as_failing_or_paused(client, owner, organization, destinations, published):
+    # Its row linked to its page (a 404 once it is being deleted) and to the events list filtered by it
+    # (which no longer offers it).
+    from webhooks.services.dashboard_stats import organization_overview
+    from webhooks.services.destinations import destination_set_paused
+
+    doomed, kept, _ = destinations
+    destination_set_paused(destination=doomed, paused=True, actor=owner)
+    destination_set_paused(destination=kept, paused=True, actor=owner)
+    overview = organization_overview(organization=organization)
+    assert {row.destination.pk for row in overview.failing_destinations} == {doomed.pk, kept.pk}
+    assert {destination.pk for destination in overview.paused_destinations} == {doomed.pk, kept.pk}
+
+    destination_request_deletion(destination=doomed)
+    overview = organization_overview(organization=organization)
+    assert [row.destination.pk for row in overview.failing_destinations] == [kept.pk]
+    assert [destination.pk for destination in overview.paused_destinations] == [kept.pk]

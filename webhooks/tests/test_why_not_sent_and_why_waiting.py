@@ -228,6 +228,9 @@ def test_a_pending_delivery_of_a_destination_being_deleted_says_so_on_every_surf
     client.force_login(owner)
     page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
     assert "next try none: the destination is being deleted (it was due <time" in page
+    # Named, not linked: its page is gone (a 404), as on the destination list.
+    assert "Being deleted" in page
+    assert reverse("dashboard:destination_detail", args=[organization.slug, destination.pk]) not in page
     assert "while the destination is inactive" not in page
 
 
