@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from organizations.models import AuditLog
@@ -17,6 +18,7 @@ from webhooks.services import alerts, processing, source_deletion
 from webhooks.services import delivery as delivery_service
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
+from .api_helpers import make_event
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
 
@@ -106,3 +108,15 @@ def test_a_claim_that_met_only_deliveries_of_a_source_being_deleted_claims_again
 
     assert [delivery.event.provider_event_id for delivery in claimed] == ["evt_kept"]
     assert set(Delivery.objects.filter(event__source=doomed).values_list("status", flat=True)) == {Delivery.Status.DEAD}
+
+
+def test_an_events_page_names_its_source_being_deleted_without_a_link(client, owner, organization, published):
+    # The link led to the source's page, a 404 once it is being deleted; its events are listed until
+    # their batch deletes them.
+    source = make_source(organization, name="doomed")
+    event = make_event(source)
+    source_request_deletion(source=source)
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
+    assert "doomed" in page and "Being deleted" in page
+    assert reverse("dashboard:source_detail", args=[organization.slug, source.pk]) not in page
