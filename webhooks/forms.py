@@ -729,12 +729,15 @@ class EventFilterForm(forms.Form):
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
+        # Not those being deleted: nothing but their own lists offers them. Their events stay listed
+        # and found by id; a link that names one says the filter is not applied (ignored_filters).
         self.fields["source"].choices = [("", "Any source")] + [
-            (source.pk, source.name) for source in Source.objects.filter(organization=organization).only("pk", "name")
+            (source.pk, source.name)
+            for source in sources_for_organization(organization=organization).only("pk", "name")
         ]
         self.fields["destination"].choices = [("", "Any destination")] + [
             (destination.pk, destination.name)
-            for destination in Destination.objects.filter(organization=organization).only("pk", "name")
+            for destination in destinations_for_organization(organization=organization).only("pk", "name")
         ]
         self.fields["q"].widget.attrs.update(
             placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search"

@@ -233,6 +233,11 @@ def cached_organization_overview(*, organization: Organization) -> Overview:
         return organization_overview(organization=organization)
 
 
+def _ids_of_destinations_being_deleted(organization: Organization):
+    """The ids of the organization's destinations being deleted (few, if any), as a subquery."""
+    return Destination.objects.filter(organization=organization, deletion_requested_at__isnull=False).values("pk")
+
+
 def organization_overview(*, organization: Organization, now: datetime | None = None) -> Overview:
     """Everything the overview page shows, for the last 24 hours (chart also for 7 days)."""
     now = now or timezone.now()
@@ -274,6 +279,8 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
         # deliveries there failed. Such a delivery was made since too: the bound on its own id
         # keeps the scan on the index.
         Delivery.objects.filter(organization=organization, id__gte=week_floor, event_id__gte=week_floor)
+        # Not one being deleted: its page is gone, and the events list no longer filters by it.
+        .exclude(destination_id__in=_ids_of_destinations_being_deleted(organization))
         .values("destination")
         .annotate(
             dead=Count("event", distinct=True, filter=Q(status=Delivery.Status.DEAD)),
@@ -311,9 +318,9 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
             for row in failing_rows
         ],
         paused_destinations=list(
-            Destination.objects.filter(organization=organization, paused_at__isnull=False).defer(
-                *DESTINATION_ENCRYPTED_FIELDS
-            )
+            Destination.objects.filter(
+                organization=organization, paused_at__isnull=False, deletion_requested_at__isnull=True
+            ).defer(*DESTINATION_ENCRYPTED_FIELDS)
         ),
         computed_at=now,
         failing_since=week_ago,

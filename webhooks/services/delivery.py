@@ -303,9 +303,11 @@ def release_lost_claims(now=None) -> int:
     with transaction.atomic():
         # The same condition again: a claim renewed meanwhile (released and taken again) stays.
         # Locked and read first (in id order, as claims lock them), so that the log names each one.
+        # FOR NO KEY UPDATE: only the claim's columns change, so an attempt recorded for one of them
+        # meanwhile (its foreign key check takes a key share on the delivery) does not wait for this.
         released = list(
             in_flight.filter(pk__in=list(lost))
-            .select_for_update()
+            .select_for_update(no_key=True)
             .order_by("pk")
             .values_list("pk", "event_id", "organization_id", "destination_id", "attempt_count", "claimed_at")
         )

@@ -124,6 +124,8 @@ def _delivery_story(delivery: Delivery, waiting_for: str | None) -> dict:
             "host": urlsplit(destination.url).netloc.rpartition("@")[2],
             "paused": destination.paused_at is not None,
             "active": destination.is_active,
+            # Inactive too, but never active again: its deliveries are deleted with it.
+            "being_deleted": destination.being_deleted,
         },
         "status": delivery.status,
         "attempt_count": delivery.attempt_count,

@@ -324,7 +324,10 @@ def _purge_organization(
         # looked at again in each, so that an event retried since the ids were read is kept, and
         # a replay started now waits and then finds it gone.
         with transaction.atomic():
-            _lock_batch(ids, deliveries=False)
+            # FOR NO KEY UPDATE: this transaction only looks at them again and writes their keys
+            # elsewhere; a replay's delivery to one of them (a key share, its foreign key check)
+            # need not wait. The deleting transaction below locks them FOR UPDATE.
+            _lock_batch(ids, deliveries=False, no_key=True)
             purgeable = list(
                 _expired_and_finished(organization, cutoff).filter(pk__in=ids).values_list("pk", flat=True)
             )
@@ -356,10 +359,11 @@ def _purge_organization(
             return None
 
 
-def _lock_batch(ids: list, *, deliveries: bool) -> None:
+def _lock_batch(ids: list, *, deliveries: bool, no_key: bool = False) -> None:
     # In id order, as recording locks deliveries (delivery._lock_in_id_order): the models'
     # newest-first default would lock them the other way round, a lock cycle with it.
-    list(WebhookEvent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+    events = WebhookEvent.objects.select_for_update(no_key=no_key).filter(pk__in=ids).order_by("pk")
+    list(events.values_list("pk", flat=True))
     if deliveries:
         list(Delivery.objects.select_for_update().filter(event_id__in=ids).order_by("pk").values_list("pk", flat=True))
 

@@ -97,6 +97,7 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
             "host": f"{httpserver.host}:{httpserver.port}",
             "paused": False,
             "active": True,
+            "being_deleted": False,
         },
         "status": "succeeded",
         "attempt_count": 2,

@@ -20,8 +20,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from organizations.models import ApiKey, Organization
+from webhooks import tasks
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
 from webhooks.services.delivery_waits import delivery_waits
+from webhooks.services.destination_deletion import destination_request_deletion
 from webhooks.services.destinations import destination_create, destination_set_paused
 from webhooks.services.payload_filters import destinations_not_taking
 
@@ -179,6 +181,57 @@ def test_a_suspended_organizations_pending_delivery_says_why_it_waits_on_every_s
     text = show_text(str(event.pk))
     assert f"waiting: {said}" in text
     assert "next attempt when the organization is active again (due " in text
+
+
+def test_a_pending_delivery_of_a_destination_being_deleted_says_so_on_every_surface(
+    client, organization, owner, admin_client, monkeypatch
+):
+    # It read "Its destination is inactive: ... is soon marked dead (retry it once the destination is
+    # active again)": neither happens to it. It waits unsent until the deletion deletes it.
+    monkeypatch.setattr(tasks.delete_destination, "apply_async", lambda *args, **kwargs: None)
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    event = processed(source, event_type="invoice.paid")
+    delivery = pending(event, destination)
+    # A replay that died: not waiting, but what its destination is now is said too.
+    dead = Delivery.objects.create(
+        organization=organization, event=event, destination=destination, status=Delivery.Status.DEAD, is_replay=True
+    )
+    destination_request_deletion(destination=destination)
+    said = "Its destination is being deleted: nothing more is sent to it"
+
+    admin_page = admin_client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk])).content.decode()
+    assert f"waits: {said}" in admin_page
+    assert "(destination being deleted)" in admin_page and "(destination inactive)" not in admin_page
+    delivery_page = admin_client.get(reverse("admin:webhooks_delivery_change", args=[delivery.pk])).content.decode()
+    assert f"{said} (destination_being_deleted)" in delivery_page
+
+    [story] = show(str(event.pk))["events"]
+    waiting_for = {row["id"]: row["waiting_for"] for row in story["deliveries"]}
+    assert waiting_for == {str(delivery.pk): "destination_being_deleted", str(dead.pk): None}
+    assert {row["destination"]["being_deleted"] for row in story["deliveries"]} == {True}
+    text = show_text(str(event.pk))
+    assert f"waiting: {said}" in text
+    assert "next attempt none: the destination is being deleted (due " in text
+    assert "dead, destination being deleted" in text
+    assert "inactive" not in text
+
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    shown = api_get(client, key, f"/api/v1/events/{event.pk}").json()["deliveries"]
+    assert {row["id"]: row["waiting_for"] for row in shown} == waiting_for
+    listed = api_get(client, key, "/api/v1/deliveries", event=str(event.pk)).json()["results"]
+    assert {row["id"]: row["waiting_for"] for row in listed} == waiting_for
+    assert api_get(client, key, f"/api/v1/deliveries/{delivery.pk}").json()["waiting_for"] == (
+        "destination_being_deleted"
+    )
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
+    assert "next try none: the destination is being deleted (it was due <time" in page
+    # Named, not linked: its page is gone (a 404), as on the destination list.
+    assert "Being deleted" in page
+    assert reverse("dashboard:destination_detail", args=[organization.slug, destination.pk]) not in page
+    assert "while the destination is inactive" not in page
 
 
 def test_the_api_says_what_each_pending_delivery_waits_for(client, organization, owner):

@@ -75,7 +75,9 @@ def _story_text(story: dict) -> str:
             state += f", next attempt {until}{due}"
         elif delivery["next_attempt_at"]:
             state += f", next attempt {_time(delivery['next_attempt_at'])}"
-        if delivery["status"] != "pending" and (destination["paused"] or not destination["active"]):
+        if delivery["status"] != "pending" and destination["being_deleted"]:
+            state += ", destination being deleted"
+        elif delivery["status"] != "pending" and (destination["paused"] or not destination["active"]):
             state += ", destination " + ("paused" if destination["paused"] else "inactive")
         replay = " (replay)" if delivery["is_replay"] else ""
         lines.append(
