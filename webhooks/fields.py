@@ -51,6 +51,12 @@ def decrypt(token: str) -> str:
         raise SecretNotReadable("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
 
 
+def encrypted_field_names(model) -> tuple[str, ...]:
+    """The model's encrypted columns: what a read that does not need them defers, so that a secret
+    no key decrypts does not stop it (a deletion, a health count)."""
+    return tuple(field.name for field in model._meta.concrete_fields if isinstance(field, EncryptedTextField))
+
+
 def reencrypt(token: str) -> str:
     """The same secret under the newest key (MultiFernet.rotate)."""
     return fernet().rotate(token.encode()).decode()

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from organizations.deletion_counts import KindCount, count_kinds
 from organizations.services import audit_record
+from webhooks.fields import encrypted_field_names
 from webhooks.models import (
     Delivery,
     DeliveryAttempt,
@@ -182,6 +183,8 @@ class _Run(BatchDeleter):
             source = (
                 Source.objects.select_for_update(of=("self",))
                 .select_related("organization")
+                # Not needed, and a secret this worker cannot decrypt would stop the deletion for ever.
+                .defer(*encrypted_field_names(Source))
                 .filter(pk=self.owner_id)
                 .first()
             )
@@ -201,5 +204,5 @@ class _Run(BatchDeleter):
                     "deleted": self.total,
                 },
             )
-            Source.objects.filter(pk=self.owner_id).delete()
+            Source.objects.filter(pk=self.owner_id).defer(*encrypted_field_names(Source)).delete()
         return True
