@@ -64,7 +64,12 @@ def source_request_deletion(*, source: Source, actor=None) -> bool:
         # FOR NO KEY UPDATE: ingest and processing, whose new rows take a key-share lock on the
         # source when they commit, do not wait for this.
         # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
-        locked = Source.objects.select_for_update(no_key=True, of=("self",)).filter(pk=source.pk).first()
+        locked = (
+            Source.objects.select_for_update(no_key=True, of=("self",))
+            .defer(*encrypted_field_names(Source))  # one no key decrypts can still be deleted
+            .filter(pk=source.pk)
+            .first()
+        )
         if locked is None:
             return False  # deleted meanwhile (with its organization)
         if locked.being_deleted:

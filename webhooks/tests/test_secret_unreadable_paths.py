@@ -358,3 +358,52 @@ def test_a_rotation_stopped_by_a_damaged_secret_says_so_and_is_counted(organizat
     with pytest.raises(CommandError, match="not a well-formed Fernet token"):
         call_command("rotate_encryption_keys", stdout=io.StringIO())
     assert secret_health.shared().counts == {("rotation", MALFORMED): 1}
+
+
+# --- A tenant's way out of a damaged secret: deleting what holds it ---------------------------------
+
+
+@pytest.mark.parametrize("how", ["dashboard", "api"])
+def test_a_destination_whose_secret_is_damaged_can_still_be_deleted_by_its_tenant(
+    client, owner, organization, monkeypatch, how
+):
+    # Its secret can be read by no key, so it cannot be rotated (the rotation keeps the old one for
+    # its overlap): deleting it was a 503 too, leaving the tenant nothing to do.
+    from webhooks import tasks
+
+    monkeypatch.setattr(tasks.delete_destination, "apply_async", lambda *a, **k: None)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/")
+    store_raw(Destination, destination.pk, DAMAGED)
+    client.raise_request_exception = False
+    if how == "dashboard":
+        client.force_login(owner)
+        response = client.post(reverse("dashboard:destination_delete", args=["acme", destination.pk]))
+        assert response.status_code == 302, response.content[:300]
+    else:
+        response = client.delete(
+            f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}"
+        )
+        assert response.status_code == 202, response.content[:300]
+    assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
+
+
+@pytest.mark.parametrize("how", ["dashboard", "api"])
+def test_a_source_whose_secret_is_damaged_can_still_be_deleted_by_its_tenant(
+    client, owner, organization, monkeypatch, how
+):
+    from webhooks import tasks
+
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+    source = make_source(organization)
+    store_raw(Source, source.pk, DAMAGED)
+    client.raise_request_exception = False
+    if how == "dashboard":
+        client.force_login(owner)
+        response = client.post(reverse("dashboard:source_delete", args=["acme", source.pk]))
+        assert response.status_code == 302, response.content[:300]
+    else:
+        response = client.delete(
+            f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}"
+        )
+        assert response.status_code == 202, response.content[:300]
+    assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()
