@@ -1521,7 +1521,6 @@ def _record_results(
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-        put_back = _put_back_unsent(unsent, now)
         # Deliveries that end the same way share one UPDATE (a batch of successes is one query).
         same_outcome: dict[tuple, list[tuple[Delivery, SendResult, Outcome]]] = defaultdict(list)
         for delivery, result in sends:
@@ -1534,8 +1533,10 @@ def _record_results(
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
             same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append((delivery, result, outcome))
-        if len(same_outcome) > 1:
-            _lock_in_id_order([delivery.pk for delivery, _ in sends])
+        # Deliveries put back unsent are one more UPDATE each, in the same id order.
+        if len(same_outcome) + len(unsent) > 1:
+            _lock_in_id_order([delivery.pk for delivery, _ in sends + unsent])
+        put_back = _put_back_unsent(unsent, now)
         unrecorded: list[tuple[Delivery, SendResult, Outcome]] = []
         not_all_finished: list[tuple[Delivery, SendResult, Outcome]] = []
         for (claimed_at, *fields_items), group in same_outcome.items():
