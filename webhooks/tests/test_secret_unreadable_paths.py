@@ -407,3 +407,24 @@ def test_a_source_whose_secret_is_damaged_can_still_be_deleted_by_its_tenant(
         )
         assert response.status_code == 202, response.content[:300]
     assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()
+
+
+def test_a_bulk_retry_for_a_destination_whose_secret_this_process_cannot_read_is_still_queued(
+    client, organization, monkeypatch
+):
+    # Queuing needs no secret (the deliveries wait unsent until a worker can read it): it was a 503.
+    from organizations.models import ApiKey
+    from webhooks.services import operations
+
+    from .api_helpers import api_post, make_delivery, make_event
+
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", sources=[source])
+    make_delivery(make_event(source), destination)
+    store_raw(Destination, destination.pk, foreign_token())
+    key = make_key(organization, access=ApiKey.Access.READ_WRITE)[1]
+
+    response = api_post(client, key, "/api/v1/deliveries/retry", {"destination": destination.pk})
+
+    assert response.status_code == 202, response.content[:300]
