@@ -92,7 +92,7 @@ class Unreadable:
         if self.reason == MALFORMED:
             return (
                 "it is not a well-formed Fernet token (damaged, or written outside Hookline): no key can "
-                "decrypt it, and its owner must set a new secret"
+                "decrypt it, and waiting does not fix it"
             )
         made = ""
         if self.encrypted_at is not None and dated:
