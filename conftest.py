@@ -145,11 +145,13 @@ def _clean_cache(monkeypatch):
     # with none of the API limits' counts kept in memory while Redis was down.
     from config.redis_cache import reset_breakers
     from webhooks.api.limits import local_counts_clear
-    from webhooks.services import rejected_records
+    from webhooks.services import rejected_records, secret_health
 
     reset_breakers()
     cache.clear()
     local_counts_clear()
+    # A secret another test could not decrypt would keep /readyz "degraded" in this one.
+    secret_health.forget_this_process()
     # Counts of rejected requests not kept while Redis is down: a process writes them from a timer
     # thread, whose connection would not see a test's transaction and could outlive the test. Tests
     # write them themselves (or set the interval: test_rejected_records.py).

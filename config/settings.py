@@ -433,6 +433,9 @@ HEALTH_BACKLOG_STALLED_SECONDS = env.float("HEALTH_BACKLOG_STALLED_SECONDS", def
 HEALTH_BEAT_STALE_SECONDS = env.float("HEALTH_BEAT_STALE_SECONDS", default=max(300.0, 180 + 4 * SWEEP_INTERVAL_SECONDS))
 # Workers look stopped when none ran a task for this long (beat sends the sweep every SWEEP_INTERVAL_SECONDS).
 HEALTH_WORKER_STALE_SECONDS = env.float("HEALTH_WORKER_STALE_SECONDS", default=max(120.0, 6 * SWEEP_INTERVAL_SECONDS))
+# The health checks say "degraded" for this long after a stored secret could not be decrypted
+# (webhooks.services.secret_health): /readyz for its own process, the processing health for any.
+HEALTH_SECRET_UNREADABLE_SECONDS = env.float("HEALTH_SECRET_UNREADABLE_SECONDS", default=900.0)
 # GET /metrics answers only a request with "Authorization: Bearer <this>"; unset, it is a 404.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import struct
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -38,17 +45,128 @@ def encrypt(plaintext: str) -> str:
     return fernet().encrypt(plaintext.encode()).decode()
 
 
+# Why a stored secret cannot be decrypted, as far as the token itself tells.
+UNKNOWN_KEY = "unknown_key"  # a well-formed Fernet token that no configured key opens
+MALFORMED = "malformed"  # not a Fernet token at all: no key could ever open it
+UNREADABLE_REASONS = (UNKNOWN_KEY, MALFORMED)
+
+# Fernet's layout: version 0x80, an 8-byte timestamp, a 16-byte IV, the AES-CBC ciphertext (whole
+# 16-byte blocks, at least one) and a 32-byte HMAC.
+_FERNET_VERSION = 0x80
+_FERNET_OVERHEAD = 1 + 8 + 16 + 32
+
+# Where a decryption happens, for the health figures (services.secret_health): set by whoever
+# knows (the request's middleware, the dispatcher, the idempotency check), "other" otherwise.
+_decrypting_for: ContextVar[str] = ContextVar("decrypting_for", default="other")
+
+
+@contextmanager
+def decrypting_for(place: str):
+    """Name the place of the decryptions made inside the block, for the health figures."""
+    token = _decrypting_for.set(place)
+    try:
+        yield
+    finally:
+        _decrypting_for.reset(token)
+
+
+def current_place() -> str:
+    return _decrypting_for.get()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What the token of a secret that no key decrypts says about itself: never the token or the secret.
+
+    A Fernet token does not name the key that made it, so "a key this process does not have" is
+    what a well-formed token whose HMAC no configured key verifies most likely means (the other
+    reading is a token altered in the database). Its timestamp, which every Fernet token carries
+    in the clear, says when it was made: after this process started, most likely by a process
+    that already has a new key (a rolling deploy); before, this process lacks a key it needs."""
+
+    reason: str
+    encrypted_at: float | None = None  # a well-formed token's own timestamp (Unix time)
+
+    def explanation(self, process_started_at: float, *, dated: bool = True) -> str:
+        """In words; ``dated`` False leaves out when the token was made (for an unauthenticated probe)."""
+        if self.reason == MALFORMED:
+            return (
+                "it is not a well-formed Fernet token (damaged, or written outside Hookline): no key can "
+                "decrypt it, and waiting does not fix it"
+            )
+        made = ""
+        if self.encrypted_at is not None and dated:
+            made = datetime.fromtimestamp(self.encrypted_at, tz=UTC).strftime(" on %Y-%m-%d at %H:%M:%S UTC,")
+        # Whole seconds: a token keeps only those.
+        if self.encrypted_at is not None and self.encrypted_at >= int(process_started_at):
+            likely = (
+                "after this process started: most likely by a process that already has a new key, "
+                "during a rolling deploy of FIELD_ENCRYPTION_KEYS=NEW,OLD, which passes once this process "
+                "is replaced"
+            )
+        else:
+            likely = (
+                "before this process started: this process's FIELD_ENCRYPTION_KEYS most likely lacks the key "
+                "it was made with (a key replaced instead of put first as NEW,OLD, or an old key removed before "
+                "rotate_encryption_keys ran), which waiting does not fix"
+            )
+        return (
+            "it is a well-formed Fernet token that no key of this process's "
+            f"FIELD_ENCRYPTION_KEYS opens; it was encrypted{made} {likely} (a Fernet token does not name "
+            "its key, so this is inferred; a token altered in the database looks the same)"
+        )
+
+
+def diagnose(token: str) -> Unreadable:
+    """Why ``token`` cannot be decrypted, from its form alone (it is known not to decrypt)."""
+    try:
+        data = base64.urlsafe_b64decode(token.encode("ascii"))
+    except (ValueError, UnicodeError, binascii.Error):
+        return Unreadable(MALFORMED)
+    ciphertext = len(data) - _FERNET_OVERHEAD
+    if not data or data[0] != _FERNET_VERSION or ciphertext < 16 or ciphertext % 16:
+        return Unreadable(MALFORMED)
+    return Unreadable(UNKNOWN_KEY, float(struct.unpack(">Q", data[1:9])[0]))
+
+
 class SecretNotReadable(ImproperlyConfigured):
     """A stored secret that no key of this process's FIELD_ENCRYPTION_KEYS decrypts: during a rolling
-    deploy of a new key, written by a process that had it; after one, a key retired too soon."""
+    deploy of a new key, written by a process that had it; otherwise a key missing from this
+    process's list, or a damaged value (``unreadable`` says which is likelier)."""
+
+    def __init__(self, message: str, unreadable: Unreadable | None = None, place: str = "other"):
+        super().__init__(message)
+        self.unreadable = unreadable or Unreadable(UNKNOWN_KEY)
+        self.place = place
+
+    @property
+    def malformed(self) -> bool:
+        return self.unreadable.reason == MALFORMED
 
 
 def decrypt(token: str) -> str:
     try:
         return fernet().decrypt(token.encode()).decode()
     except InvalidToken:
-        # Never include the token: it is the secret, encrypted, and says where to attack.
-        raise SecretNotReadable("a stored secret cannot be decrypted with FIELD_ENCRYPTION_KEYS") from None
+        pass
+    # Never include the token: it is the secret, encrypted, and says where to attack.
+    from webhooks.services import secret_health
+
+    unreadable = diagnose(token)
+    place = current_place()
+    secret_health.note_unreadable(place, unreadable)
+    raise SecretNotReadable(
+        f"a stored secret cannot be decrypted (while reading it for {place}): "
+        f"{unreadable.explanation(secret_health.PROCESS_STARTED_AT)}",
+        unreadable,
+        place,
+    ) from None
+
+
+def encrypted_field_names(model) -> tuple[str, ...]:
+    """The model's encrypted columns: what a read that does not need them defers, so that a secret
+    no key decrypts does not stop it (a deletion, a health count)."""
+    return tuple(field.name for field in model._meta.concrete_fields if isinstance(field, EncryptedTextField))
 
 
 def reencrypt(token: str) -> str:
@@ -57,8 +175,10 @@ def reencrypt(token: str) -> str:
 
 
 SECRET_NOT_READABLE_YET = (
-    "This secret cannot be shown by this server at the moment: it is being given a new encryption key "
-    "(FIELD_ENCRYPTION_KEYS is being deployed). It is kept until it has been shown: reload this page in a minute."
+    "This secret cannot be shown by this server at the moment: it cannot decrypt it with its encryption keys "
+    "(FIELD_ENCRYPTION_KEYS), most likely because a new key is being deployed. It is kept until it has been "
+    "shown: reload this page in a minute. If it lasts, this server's keys are wrong: its health check reports "
+    "it to the operator."
 )
 
 
@@ -71,7 +191,7 @@ def decrypt_for_one_look(tokens: list[str]) -> list[str] | None:
     except ImproperlyConfigured as exc:
         # For the operator, as every other page's 503 (views.one_look): a process whose keys stay
         # wrong, rather than one a deploy has not reached yet, answers this page 503 until fixed.
-        logger.error("a secret kept to be shown once: %s; is FIELD_ENCRYPTION_KEYS the same on every process?", exc)
+        logger.error("a secret kept to be shown once: %s", exc)
         return None
 
 

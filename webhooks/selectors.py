@@ -36,6 +36,7 @@ from django.db.models.functions import JSONObject, Now
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
+from webhooks.fields import encrypted_field_names
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
@@ -896,14 +897,23 @@ def with_previous_secret_until(rows: QuerySet) -> QuerySet:
     )
 
 
-def source_for_organization(*, organization: Organization, source_id) -> Source:
-    """One source, not one being deleted (Source.DoesNotExist for that too: it is as good as gone)."""
-    return Source.objects.get(organization=organization, pk=source_id, deletion_requested_at__isnull=True)
+def source_for_organization(*, organization: Organization, source_id, with_secrets: bool = True) -> Source:
+    """One source, not one being deleted (Source.DoesNotExist for that too: it is as good as gone).
+    ``with_secrets`` False leaves its secrets unread, for what needs none (deleting it): one that no
+    key decrypts must not keep its tenant from deleting it."""
+    sources = Source.objects if with_secrets else Source.objects.defer(*encrypted_field_names(Source))
+    return sources.get(organization=organization, pk=source_id, deletion_requested_at__isnull=True)
 
 
-def destination_for_organization(*, organization: Organization, destination_id) -> Destination:
-    """One destination, not one being deleted (Destination.DoesNotExist for that too: it is as good as gone)."""
-    return Destination.objects.get(organization=organization, pk=destination_id, deletion_requested_at__isnull=True)
+def destination_for_organization(
+    *, organization: Organization, destination_id, with_secrets: bool = True
+) -> Destination:
+    """One destination, not one being deleted (Destination.DoesNotExist for that too: it is as good as gone).
+    ``with_secrets``: as source_for_organization's."""
+    destinations = (
+        Destination.objects if with_secrets else Destination.objects.defer(*encrypted_field_names(Destination))
+    )
+    return destinations.get(organization=organization, pk=destination_id, deletion_requested_at__isnull=True)
 
 
 def delivery_for_organization(*, organization: Organization, delivery_id) -> Delivery:

@@ -23,6 +23,7 @@ from organizations.idempotency import (
     idempotency_key_complete,
     idempotency_key_release,
 )
+from webhooks.fields import decrypting_for
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -43,14 +44,15 @@ class IdempotencyKeyInProgressError(exceptions.APIException):
 
 class StoredAnswerUnreadableError(exceptions.APIException):
     """The answer kept for this key is encrypted with a key this process lacks (a rolling deploy of a
-    new FIELD_ENCRYPTION_KEYS, where the process that stored it had the new key): the request is not
-    run again, and a retry once every process has the new key gets the answer."""
+    new FIELD_ENCRYPTION_KEYS, where the process that stored it had the new key; or this process's
+    keys are wrong): the request is not run again, and a retry once the keys are right gets the answer."""
 
     status_code = 503
     default_code = "stored_answer_unreadable"
     default_detail = (
-        "the answer stored for this Idempotency-Key cannot be read by this server at the moment "
-        "(a new encryption key is being deployed): send the request again in a minute"
+        "the answer stored for this Idempotency-Key cannot be decrypted by this server with its encryption "
+        "keys: it is kept, and the request is not run again. If a new encryption key is being deployed, a retry "
+        "in a minute gets it; if it lasts, this server's keys are wrong and its health check reports it"
     )
     wait = 60
 
@@ -101,15 +103,16 @@ class IdempotencyKeyMixin:
         if request.method != "POST" or key is None:
             return
         try:
-            outcome = idempotency_key_claim(
-                api_key=request.auth,
-                key=key,
-                method=request.method,
-                path=request.get_full_path(),
-                body=request.body,
-                # The charset DRF's parser decodes the body in (the Content-Type's, else UTF-8).
-                encoding=request.parser_context["encoding"],
-            )
+            with decrypting_for("idempotency"):
+                outcome = idempotency_key_claim(
+                    api_key=request.auth,
+                    key=key,
+                    method=request.method,
+                    path=request.get_full_path(),
+                    body=request.body,
+                    # The charset DRF's parser decodes the body in (the Content-Type's, else UTF-8).
+                    encoding=request.parser_context["encoding"],
+                )
         except IdempotencyKeyInvalid as exc:
             raise exceptions.ParseError(str(exc), code="invalid_idempotency_key") from None
         except IdempotencyKeyReused as exc:
@@ -119,12 +122,7 @@ class IdempotencyKeyMixin:
         except ImproperlyConfigured as exc:
             # Said in the log with its reason, as a page's 503 is (views.one_look): a process whose
             # keys stay wrong, rather than one a deploy has not reached yet, answers this for ever.
-            logger.error(
-                "%s %s: the answer stored for its Idempotency-Key: %s; is FIELD_ENCRYPTION_KEYS the same on every process?",
-                request.method,
-                request.path,
-                exc,
-            )
+            logger.error("%s %s: the answer stored for its Idempotency-Key: %s", request.method, request.path, exc)
             raise StoredAnswerUnreadableError from None
         if isinstance(outcome, StoredResponse):
             raise _Replay(outcome)

@@ -15,7 +15,8 @@ from rest_framework.fields import DateTimeField
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
 
-from webhooks.models import Subscription, WebhookEvent
+from webhooks.fields import encrypted_field_names
+from webhooks.models import Destination, Subscription, WebhookEvent
 from webhooks.selectors import (
     BodySearchTimedOut,
     EventFilters,
@@ -585,11 +586,11 @@ class DestinationListView(ApiListView):
 
 
 class DestinationLookup:
-    def destination(self, destination_id: str):
-        return _found(
-            _with_subscriptions(destinations_for_organization(organization=self.organization)).get,
-            pk=_int_id(destination_id),
-        )
+    def destination(self, destination_id: str, *, with_secrets: bool = True):
+        destinations = destinations_for_organization(organization=self.organization)
+        if not with_secrets:
+            destinations = destinations.defer(*encrypted_field_names(Destination))
+        return _found(_with_subscriptions(destinations).get, pk=_int_id(destination_id))
 
 
 class DestinationDetailView(DestinationLookup, ApiObjectView):

@@ -83,8 +83,13 @@ def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
 
 
 class SourceLookup:
-    def source(self, source_id: str):
-        return _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
+    def source(self, source_id: str, *, with_secrets: bool = True):
+        return _found(
+            source_for_organization,
+            organization=self.organization,
+            source_id=_int_id(source_id),
+            with_secrets=with_secrets,
+        )
 
 
 class SourceShowMixin(ApiObjectView):
@@ -190,7 +195,7 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
     def delete(self, request, source_id: str):
         # The dashboard deletes a source with its events; so does this, in the background: the
         # source stops receiving now and is hidden from the API from then on (404).
-        source = self.source(source_id)
+        source = self.source(source_id, with_secrets=False)  # one no key decrypts can still be deleted
         source_delete(source=source, actor=self.api_key)
         return Response({"id": source.pk, "state": "deleting"}, status=202)
 
@@ -382,7 +387,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
     def delete(self, request, destination_id: str):
         # The dashboard's service, in the background: nothing more is sent to the destination from
         # now on, and it is hidden from the API from then on (404).
-        destination = self.destination(destination_id)
+        destination = self.destination(destination_id, with_secrets=False)  # as a source's
         destination_delete(destination=destination, actor=self.api_key)
         return Response({"id": destination.pk, "state": "deleting"}, status=202)
 

@@ -21,6 +21,7 @@ from django.db.models import Model, QuerySet
 
 from accounts.models import Invitation
 from organizations.models import ApiKey, IdempotencyKey, Membership, MonthlyUsage
+from webhooks.fields import encrypted_field_names
 from webhooks.models import (
     BulkRetry,
     Delivery,
@@ -189,7 +190,8 @@ def run_deletion(
     released with the connection if the worker dies). Returns before finishing after
     ``max_seconds`` (RUN_SECONDS by default); the caller publishes the next run.
     """
-    owner = owner_model.objects.filter(pk=owner_id).first()
+    # Without its secrets: deleting must not need the keys to read them (see fields).
+    owner = owner_model.objects.filter(pk=owner_id).defer(*encrypted_field_names(owner_model)).first()
     if owner is None:
         return DeletionRun(finished=True, deleted=Counter())
     if not owner.being_deleted:

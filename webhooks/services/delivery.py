@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from organizations.models import Organization, effective_max_concurrency
 from organizations.services import audit_record
+from webhooks.fields import SecretNotReadable, decrypting_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 
 from . import outbound
@@ -452,7 +453,8 @@ def _claim_waiting_for_organizations(
                 attempt_count=F("attempt_count") + 1,
             )
     # Built once the claims are committed, as _load_claimed's are (see there).
-    claimed = _load_claimed(chosen) if rows is None else _build_claimed(rows)
+    with decrypting_for("delivery"):
+        claimed = _load_claimed(chosen) if rows is None else _build_claimed(rows)
     return chosen, _not_of_sources_being_deleted(claimed)
 
 
@@ -509,10 +511,18 @@ def _load_claimed(chosen: list[int]) -> list[Delivery]:
         except DatabaseOrConnectionError:
             raise
         except Exception as exc:
-            logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
+            _log_unloadable(delivery_id, exc)
             unloadable.append((delivery_id, exc))
     _record_unloadable(unloadable)
     return sorted(loaded, key=lambda delivery: (delivery.next_attempt_at, delivery.pk))
+
+
+def _log_unloadable(delivery_id, exc: Exception) -> None:
+    if isinstance(exc, SecretNotReadable):
+        # Its reason in words (never the token): the operator's to fix, not the tenant's receiver.
+        logger.error("delivery %s: not sent, its destination's secret cannot be decrypted: %s", delivery_id, exc)
+    else:
+        logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
 
 
 def _record_unloadable(unloadable: list[tuple]) -> None:
@@ -528,7 +538,16 @@ def _record_unloadable(unloadable: list[tuple]) -> None:
             failed = outbound.OutboundResponse(
                 status=None, body="", duration_ms=0, error=f"the attempt could not be made: {type(exc).__name__}"
             )
-            record_results([(delivery, SendResult(started_at=timezone.now(), headers={}, response=failed))])
+            record_results(
+                [
+                    (
+                        delivery,
+                        SendResult(
+                            started_at=timezone.now(), headers={}, response=failed, unsent_reason=_unsent_reason(exc)
+                        ),
+                    )
+                ]
+            )
 
 
 class _ColumnsOf:
@@ -605,7 +624,7 @@ def _build_claimed(rows: list[tuple]) -> list[Delivery]:
             Delivery.destination.field.set_cached_value(delivery, reader.destination.build(row))
         except Exception as exc:
             delivery_id = row[reader.delivery.start + reader.delivery.attnames.index("id")]
-            logger.error("delivery %s: could not be loaded to be sent (%s)", delivery_id, type(exc).__name__)
+            _log_unloadable(delivery_id, exc)
             unloadable.append((delivery_id, exc))
             continue
         delivery.source_deletion_requested_at = row[reader.destination.end]
@@ -1228,6 +1247,30 @@ class SendResult:
     # Names of the destination's custom headers among ``headers``: their values are credentials,
     # recorded masked.
     custom_header_names: frozenset[str] = frozenset()
+    # Set when nothing was sent for a reason of the platform's own (a destination secret this
+    # process cannot decrypt): the delivery is put back unsent, see _put_back_unsent.
+    unsent_reason: str | None = None
+
+
+# A delivery not sent because its destination's secret cannot be decrypted waits this long, then
+# is claimed again: by then a rolling deploy of a new key has reached the worker, or not, and the
+# health checks say why (services.secret_health).
+UNSENT_RETRY_SECONDS = 60
+
+
+def _unsent_reason(exc: Exception) -> str | None:
+    """The delivery's last_error when ``exc`` is the platform's and not the receiver's, else None."""
+    if not isinstance(exc, SecretNotReadable):
+        return None
+    what = (
+        "is damaged (not a Fernet token)"
+        if exc.malformed
+        else "cannot be decrypted with this worker's FIELD_ENCRYPTION_KEYS (a new key being deployed, or a key missing)"
+    )
+    return (
+        f"not sent: the destination's signing secret or custom headers {what}; the attempt is not counted "
+        f"and the delivery is tried again in {UNSENT_RETRY_SECONDS} s"
+    )
 
 
 def _latin1(text: str) -> str:
@@ -1238,10 +1281,21 @@ def _latin1(text: str) -> str:
 def send(delivery: Delivery) -> SendResult:
     """One HTTP attempt. Touches no database: it runs on the dispatcher's sending threads.
 
-    Never raises: an attempt that cannot even be made (a secret that no key decrypts, say)
-    is a failed attempt like any other, retried on the schedule, never a delivery left in flight.
+    Never raises: an attempt that cannot even be made is a failed attempt like any other,
+    retried on the schedule, never a delivery left in flight; one that a destination secret no
+    key decrypts stops is not an attempt at all (SendResult.unsent_reason).
     """
     started_at = timezone.now()
+    try:
+        with decrypting_for("delivery"):  # its fields may be read only now (one deferred)
+            return _send(delivery, started_at)
+    except SecretNotReadable as exc:
+        logger.error("delivery %s: not sent, its destination's secret cannot be decrypted: %s", delivery.pk, exc)
+        response = outbound.OutboundResponse(status=None, body="", duration_ms=0, error=type(exc).__name__)
+        return SendResult(started_at=started_at, headers={}, response=response, unsent_reason=_unsent_reason(exc))
+
+
+def _send(delivery: Delivery, started_at) -> SendResult:
     headers: dict[str, str] = {}
     custom_header_names: frozenset[str] = frozenset()
     try:
@@ -1258,6 +1312,8 @@ def send(delivery: Delivery) -> SendResult:
             timeout=timeout,
             organization_id=delivery.organization_id,
         )
+    except SecretNotReadable:
+        raise
     except Exception as exc:
         logger.exception("delivery %s: the attempt could not be made", delivery.pk)
         response = outbound.OutboundResponse(
@@ -1461,6 +1517,8 @@ def _record_results(
     health: dict[int, list[bool]] = defaultdict(list)
     # The same send handed in twice in one batch is one send.
     sends = list({_claim_of(delivery): (delivery, result) for delivery, result in results}.values())
+    unsent = [(delivery, result) for delivery, result in sends if result.unsent_reason]
+    sends = [(delivery, result) for delivery, result in sends if not result.unsent_reason]
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
@@ -1477,8 +1535,10 @@ def _record_results(
             fields = _outcome_fields(outcome, result.response.status, now)
             fields["last_error"] = storable_text(fields["last_error"])
             same_outcome[(delivery.claimed_at, *sorted(fields.items()))].append((delivery, result, outcome))
-        if len(same_outcome) > 1:
-            _lock_in_id_order([delivery.pk for delivery, _ in sends])
+        # Deliveries put back unsent are one more UPDATE each, in the same id order.
+        if len(same_outcome) + len(unsent) > 1:
+            _lock_in_id_order([delivery.pk for delivery, _ in sends + unsent])
+        put_back = _put_back_unsent(unsent, now)
         unrecorded: list[tuple[Delivery, SendResult, Outcome]] = []
         not_all_finished: list[tuple[Delivery, SendResult, Outcome]] = []
         for (claimed_at, *fields_items), group in same_outcome.items():
@@ -1539,10 +1599,51 @@ def _record_results(
         for delivery, _, _ in group:
             for name, value in fields_items:
                 setattr(delivery, name, value)
+    for delivery, fields in put_back:
+        for name, value in fields.items():
+            setattr(delivery, name, value)
+        delivery.attempt_count -= 1
     for destination_id in paused:
         transaction.on_commit(lambda destination_id=destination_id: _alert_paused(destination_id))
     transaction.on_commit(lambda: _log_attempts(unrecorded))
     return [delivery for delivery, _ in results]
+
+
+def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tuple[Delivery, dict]]:
+    """Put deliveries that were not sent for the platform's own reason (SendResult.unsent_reason)
+    back to pending, due again in UNSENT_RETRY_SECONDS, their claim's attempt uncounted.
+
+    A secret this worker cannot decrypt says nothing about the receiver: recorded as a failed
+    attempt (as it was), it used up the delivery's retries, dead-lettering it while the keys were
+    wrong, and counted against the destination, whose circuit breaker paused it and told its
+    tenant that their receiver fails. No attempt row either: nothing was sent (the delivery's
+    last_error says why). Only deliveries still on their claim: one released meanwhile is another
+    claim's. Returns each delivery put back with the fields it was given."""
+    put_back = []
+    for delivery, result in unsent:
+        fields = {
+            "status": Delivery.Status.PENDING,
+            "next_attempt_at": now + timedelta(seconds=UNSENT_RETRY_SECONDS),
+            "last_error": storable_text(result.unsent_reason)[:500],
+            "claimed_at": None,
+            "claimed_by": None,
+        }
+        if Delivery.objects.filter(
+            pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
+        ).update(attempt_count=F("attempt_count") - 1, **fields):
+            put_back.append((delivery, fields))
+            transaction.on_commit(
+                lambda delivery=delivery: logger.warning(
+                    "delivery %s of event %s: organization %s destination %s: not sent (its destination's secret "
+                    "cannot be decrypted), tried again in %d s; the attempt is not counted",
+                    delivery.pk,
+                    delivery.event_id,
+                    delivery.organization_id,
+                    delivery.destination_id,
+                    UNSENT_RETRY_SECONDS,
+                )
+            )
+    return put_back
 
 
 def _log_attempts(recorded: list[tuple[Delivery, SendResult, Outcome]]) -> None:

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from organizations.services import audit_record
+from webhooks.fields import encrypted_field_names
 from webhooks.models import Delivery, Destination, Subscription
 
 from .batched_deletion import (
@@ -55,7 +56,12 @@ def destination_request_deletion(*, destination: Destination, actor=None) -> boo
         # that comes after waits for this, then leaves the destination out. Either way no delivery
         # is made for it once this has committed. A claim passes a locked destination over.
         # of self: the default ordering joins the organization, whose row must not be locked with it.
-        locked = Destination.objects.select_for_update(of=("self",)).filter(pk=destination.pk).first()
+        locked = (
+            Destination.objects.select_for_update(of=("self",))
+            .defer(*encrypted_field_names(Destination))  # one no key decrypts can still be deleted
+            .filter(pk=destination.pk)
+            .first()
+        )
         if locked is None:
             return False  # deleted meanwhile (with its organization)
         if locked.being_deleted:
@@ -186,5 +192,6 @@ class _Run(BatchDeleter):
                     "deleted": self.total,
                 },
             )
-            Destination.objects.filter(pk=self.owner_id).delete()
+            # Without its secrets, which a key missing from this worker would make fail (see fields).
+            Destination.objects.filter(pk=self.owner_id).defer(*encrypted_field_names(Destination)).delete()
         return True

@@ -12,7 +12,8 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 
 from organizations.services import audit_record
-from webhooks.fields import EncryptedTextField, fernet, newest_key_fernet
+from webhooks.fields import MALFORMED, EncryptedTextField, diagnose, fernet, newest_key_fernet
+from webhooks.services import secret_health
 
 
 class UnreadableSecretError(ValueError):
@@ -81,9 +82,101 @@ def _under_older_key(token: str, *, label: str, pk, done: Reencryption, count: i
         fernet().decrypt(token.encode())
         return True
     except InvalidToken:
-        before = sum(done.reencrypted.values()) + count
+        pass
+    before = sum(done.reencrypted.values()) + count
+    unreadable = diagnose(token)
+    secret_health.note_unreadable("rotation", unreadable)
+    if unreadable.reason == MALFORMED:
         raise UnreadableSecretError(
-            f"{label} {pk}: a stored secret cannot be decrypted with any key of FIELD_ENCRYPTION_KEYS "
-            f"({done.keys} configured): add the key it was encrypted with after the new one (NEW,OLD) and run "
-            f"the command again; {before} rows were re-encrypted before it"
-        ) from None
+            f"{label} {pk}: a stored secret is not a well-formed Fernet token (damaged, or written outside "
+            "Hookline), so no key can decrypt it: give that row a new secret and run the command again; "
+            f"{before} rows were re-encrypted before it"
+        )
+    raise UnreadableSecretError(
+        f"{label} {pk}: a stored secret cannot be decrypted with any key of FIELD_ENCRYPTION_KEYS "
+        f"({done.keys} configured): add the key it was encrypted with after the new one (NEW,OLD) and run "
+        f"the command again; {before} rows were re-encrypted before it (rotate_encryption_keys --verify "
+        "counts every such row without writing anything)"
+    )
+
+
+@dataclass
+class ModelVerification:
+    """One model's stored secrets, as the current keys read them (rows, and tokens within them)."""
+
+    rows: int = 0
+    tokens: int = 0
+    under_newest_key: int = 0
+    under_older_key: int = 0
+    unknown_key: int = 0  # well-formed, but no configured key opens it
+    malformed: int = 0  # not a Fernet token
+    # Up to VERIFY_EXAMPLES rows that cannot be read: "pk" and "organization_id" only.
+    unreadable_rows: list[dict] = field(default_factory=list)
+
+    @property
+    def unreadable(self) -> int:
+        return self.unknown_key + self.malformed
+
+
+VERIFY_EXAMPLES = 10
+
+
+def verify_stored_secrets(
+    *, batch_size: int = 500, limit: int | None = None, organization_id: int | None = None
+) -> dict[str, ModelVerification]:
+    """How many stored secrets the current FIELD_ENCRYPTION_KEYS can read, per model; nothing written.
+
+    For checking keys before retiring one, or after a deploy. Reads the tokens as stored (no
+    model instance, no row lock), ``batch_size`` rows per query in primary-key order, and decrypts
+    each in memory only to see whether it can: no plaintext leaves this function, and a row that
+    cannot be read is named by its primary key and organization, never its token. ``limit`` rows
+    per model at most (the first ones); ``organization_id`` keeps to one organization's rows.
+    Failures found here are not counted in the health figures: they are this function's answer.
+    """
+    newest, every_key = newest_key_fernet(), fernet()
+    found: dict[str, ModelVerification] = {}
+    for model in apps.get_models():
+        fields = [f.name for f in model._meta.concrete_fields if isinstance(f, EncryptedTextField)]
+        if not fields:
+            continue
+        owned = any(f.name == "organization" for f in model._meta.concrete_fields)
+        if organization_id is not None and not owned:
+            continue
+        rows = model._default_manager.order_by("pk")
+        if organization_id is not None:
+            rows = rows.filter(organization_id=organization_id)
+        raw = {f"_stored_{name}": Cast(name, output_field=TextField()) for name in fields}
+        columns = ["pk", "organization_id" if owned else "pk", *raw]
+        result = found[model._meta.label] = ModelVerification()
+        last_pk = None
+        while limit is None or result.rows < limit:
+            batch = rows if last_pk is None else rows.filter(pk__gt=last_pk)
+            size = batch_size if limit is None else min(batch_size, limit - result.rows)
+            chunk = list(batch.annotate(**raw).values_list(*columns)[:size])
+            if not chunk:
+                break
+            for pk, organization, *tokens in chunk:
+                result.rows += 1
+                readable = True
+                for token in filter(None, tokens):
+                    result.tokens += 1
+                    kind = _read_with(token, newest, every_key)
+                    setattr(result, kind, getattr(result, kind) + 1)
+                    readable &= kind in ("under_newest_key", "under_older_key")
+                if not readable and len(result.unreadable_rows) < VERIFY_EXAMPLES:
+                    result.unreadable_rows.append({"pk": pk, "organization_id": organization if owned else None})
+            last_pk = chunk[-1][0]
+    return found
+
+
+def _read_with(token: str, newest, every_key) -> str:
+    try:
+        newest.decrypt(token.encode())
+        return "under_newest_key"
+    except InvalidToken:
+        pass
+    try:
+        every_key.decrypt(token.encode())
+        return "under_older_key"
+    except InvalidToken:
+        return diagnose(token).reason  # "unknown_key" or "malformed", the ModelVerification fields

@@ -13,6 +13,7 @@ from django.utils.dateparse import parse_datetime
 
 from organizations.models import Organization
 from organizations.services import audit_record
+from webhooks.fields import encrypted_field_names
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
@@ -336,7 +337,12 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
         raise OperationError("the organization is being deleted: nothing more is sent")
     destination_id = filters.get("destination") or None
     if destination_id is not None:
-        destination = Destination.objects.filter(organization=organization, pk=destination_id).first()
+        # Without its secrets, which queuing does not need: one this process cannot decrypt must not refuse it.
+        destination = (
+            Destination.objects.filter(organization=organization, pk=destination_id)
+            .defer(*encrypted_field_names(Destination))
+            .first()
+        )
         if destination is None:
             raise OperationError("the destination has been deleted")
         if destination.being_deleted:

@@ -32,8 +32,11 @@ from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.db.models import Min, OuterRef, Subquery
 from django.utils import timezone
 
+from webhooks.fields import UNREADABLE_REASONS
 from webhooks.models import Delivery, DeliveryAttempt, Destination, ProcessMark, WebhookEvent
+from webhooks.services import secret_health
 from webhooks.services.delivery import DESTINATION_SENDING
+from webhooks.services.secret_health import SecretFailures
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,9 @@ class ProcessingHealth:
     worker_signal: str = "unknown"
     redis_up: bool | None = None
     last_attempt_at: datetime | None = None
+    # Stored secrets that could not be decrypted, every process's (services.secret_health); None:
+    # the cache did not answer.
+    secrets_unreadable: SecretFailures | None = None
     unmeasured: list[str] = field(default_factory=list)
 
     @property
@@ -181,6 +187,14 @@ class ProcessingHealth:
 
     def as_dict(self) -> dict:
         data = asdict(self)
+        if self.secrets_unreadable is not None:
+            data["secrets_unreadable"] = {
+                "counts": [
+                    {"place": place, "reason": reason, "count": count}
+                    for (place, reason), count in sorted(self.secrets_unreadable.counts.items())
+                ],
+                "last": self.secrets_unreadable.last,
+            }
         for name in ("events_waiting", "events_set_aside", "deliveries_due", "deliveries_in_flight"):
             backlog = getattr(self, name)
             if backlog is not None:
@@ -242,6 +256,10 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         runs = [task.last_run_at for task in health.periodic_tasks if task.enabled and task.last_run_at]
         health.beat_last_run_at = max(runs, default=None)
     _read_worker_mark(health)
+    try:
+        health.secrets_unreadable = secret_health.shared()
+    except Exception as exc:  # the cache down: said by redis_up; this figure is left out
+        logger.warning("processing health: could not read the secret decryption failures: %s", exc)
     _judge(health)
     return health
 
@@ -512,6 +530,10 @@ def _judge(health: ProcessingHealth) -> None:
             "should have released it by now; is beat running?"
         )
 
+    secrets = health.secrets_unreadable
+    if secrets is not None and secrets.recent:
+        degraded.append(secrets.reason_words(health.checked_at.timestamp()))
+
     for name in health.unmeasured:
         degraded.append(f"could not measure {name.replace('_', ' ')} (the query failed)")
 
@@ -534,12 +556,12 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
     ``hookline_health_up 0``."""
     lines: list[str] = []
 
-    def gauge(name: str, help_text: str, samples) -> None:
+    def gauge(name: str, help_text: str, samples, kind: str = "gauge") -> None:
         samples = [(labels, value) for labels, value in samples if value is not None]
         if not samples:
             return
         lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
+        lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             label_text = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
             lines.append(f"{name}{{{label_text}}} {_number(value)}" if labels else f"{name} {_number(value)}")
@@ -658,6 +680,31 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "When the newest delivery attempt started.",
         [({}, timestamp(health.last_attempt_at))],
     )
+    secrets = health.secrets_unreadable
+    if secrets is not None:
+        # Every place and reason, 0 included: a series that appears only at its first failure
+        # makes rate() and increase() miss that failure.
+        gauge(
+            "hookline_secret_decrypt_failures_total",
+            "Stored secrets that could not be decrypted, by where (place) and why (reason: unknown_key, "
+            "a well-formed token no configured key opens; malformed, not a Fernet token), every process's.",
+            [
+                ({"place": place, "reason": reason}, secrets.counts.get((place, reason), 0))
+                for place in secret_health.PLACES
+                for reason in UNREADABLE_REASONS
+            ],
+            kind="counter",
+        )
+        gauge(
+            "hookline_secret_decrypt_failure_recent",
+            "1 while a stored secret could not be decrypted within HEALTH_SECRET_UNREADABLE_SECONDS.",
+            [({}, int(secrets.recent))],
+        )
+        gauge(
+            "hookline_secret_decrypt_failure_last_timestamp_seconds",
+            "When a stored secret last could not be decrypted (while recent).",
+            [({}, secrets.last["at"] if secrets.last else None)],
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
 
+from webhooks.fields import encrypted_field_names
 from webhooks.models import Delivery, Destination, Source
 
 # Why a deletion is tried again: a delivery or attempt committed after the deletion collected
@@ -82,7 +83,8 @@ def delete_destinations(destination_ids: Iterable[int], tries: int = 3) -> list[
             with transaction.atomic():
                 Delivery.objects.filter(destination_id__in=ids).delete()
                 locked = lock_destinations_for_deletion(ids)
-                Destination.objects.filter(pk__in=locked).delete()
+                # Without its secrets: a deletion must not need the keys to read them (see fields).
+                Destination.objects.filter(pk__in=locked).defer(*encrypted_field_names(Destination)).delete()
                 check_foreign_keys()
             return locked
         except DatabaseError as exc:

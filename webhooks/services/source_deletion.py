@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from organizations.deletion_counts import KindCount, count_kinds
 from organizations.services import audit_record
+from webhooks.fields import encrypted_field_names
 from webhooks.models import (
     Delivery,
     DeliveryAttempt,
@@ -63,7 +64,12 @@ def source_request_deletion(*, source: Source, actor=None) -> bool:
         # FOR NO KEY UPDATE: ingest and processing, whose new rows take a key-share lock on the
         # source when they commit, do not wait for this.
         # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
-        locked = Source.objects.select_for_update(no_key=True, of=("self",)).filter(pk=source.pk).first()
+        locked = (
+            Source.objects.select_for_update(no_key=True, of=("self",))
+            .defer(*encrypted_field_names(Source))  # one no key decrypts can still be deleted
+            .filter(pk=source.pk)
+            .first()
+        )
         if locked is None:
             return False  # deleted meanwhile (with its organization)
         if locked.being_deleted:
@@ -182,6 +188,8 @@ class _Run(BatchDeleter):
             source = (
                 Source.objects.select_for_update(of=("self",))
                 .select_related("organization")
+                # Not needed, and a secret this worker cannot decrypt would stop the deletion for ever.
+                .defer(*encrypted_field_names(Source))
                 .filter(pk=self.owner_id)
                 .first()
             )
@@ -201,5 +209,5 @@ class _Run(BatchDeleter):
                     "deleted": self.total,
                 },
             )
-            Source.objects.filter(pk=self.owner_id).delete()
+            Source.objects.filter(pk=self.owner_id).defer(*encrypted_field_names(Source)).delete()
         return True

@@ -35,7 +35,7 @@ def test_livez_and_healthz_answer_ok(client):
 def test_readyz_checks_the_database_and_reports_the_cache(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok", "secrets": "ok"}}
 
 
 @pytest.mark.django_db

@@ -400,7 +400,7 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert kind == "gauge"
+            assert kind in ("gauge", "counter")
             typed.add(name)
             continue
         if line.startswith("# HELP "):

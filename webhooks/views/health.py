@@ -5,6 +5,8 @@ from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import JsonResponse
 
+from webhooks.services import secret_health
+
 
 def livez(request):
     """The process answers; used as the baseline of bench/ingest.py."""
@@ -16,7 +18,11 @@ def healthz(request):
 
 
 def readyz(request):
-    """Ready when the database answers; the cache is reported but not required (ingest survives without it)."""
+    """Ready when the database answers; the cache is reported but not required (ingest survives without it).
+
+    "degraded" (still 200: the process serves every request that needs no such secret, and taking
+    it out of the router would turn a rolling deploy's minute into an outage) while this process
+    failed to decrypt a stored secret within HEALTH_SECRET_UNREADABLE_SECONDS, saying why."""
     checks = {}
     try:
         with connection.cursor() as cursor:
@@ -30,7 +36,10 @@ def readyz(request):
     except Exception as exc:
         checks["cache"] = f"error: {exc.__class__.__name__}"
     ready = checks["database"] == "ok"
-    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    secrets = secret_health.this_process()
+    checks["secrets"] = f"degraded: {secrets.reason_words(public=True)}" if secrets.recent else "ok"
+    status = "unavailable" if not ready else "degraded" if secrets.recent else "ok"
+    return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)
 
 
 # The paths config/urls.py gives the probes (a test keeps the two the same).

@@ -47,9 +47,12 @@ from .base import ADMIN, ChangeView, or_404, posted_switch, secret_once_response
 
 
 class DestinationMixin(OrganizationMixin):
-    def get_destination(self):
+    def get_destination(self, *, with_secrets: bool = True):
         return or_404(
-            destination_for_organization, organization=self.organization, destination_id=self.kwargs["destination_id"]
+            destination_for_organization,
+            organization=self.organization,
+            destination_id=self.kwargs["destination_id"],
+            with_secrets=with_secrets,
         )
 
 
@@ -272,10 +275,11 @@ class DestinationDeleteView(DestinationMixin, TemplateView):
 
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
-        return self.render_to_response(self.get_context_data(destination=self.get_destination()))
+        return self.render_to_response(self.get_context_data(destination=self.get_destination(with_secrets=False)))
 
     def post(self, request, *args, **kwargs):
-        destination = self.get_destination()
+        # Without its secrets: one that no key decrypts must not keep it from being deleted.
+        destination = self.get_destination(with_secrets=False)
         destination_delete(destination=destination, actor=request.user)
         messages.success(
             request,

@@ -38,8 +38,13 @@ from .events import event_progress
 
 
 class SourceMixin(OrganizationMixin):
-    def get_source(self):
-        return or_404(source_for_organization, organization=self.organization, source_id=self.kwargs["source_id"])
+    def get_source(self, *, with_secrets: bool = True):
+        return or_404(
+            source_for_organization,
+            organization=self.organization,
+            source_id=self.kwargs["source_id"],
+            with_secrets=with_secrets,
+        )
 
 
 class SourceListView(OrganizationMixin, TemplateView):
@@ -277,10 +282,11 @@ class SourceDeleteView(SourceMixin, TemplateView):
 
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
-        return self.render_to_response(self.get_context_data(source=self.get_source()))
+        return self.render_to_response(self.get_context_data(source=self.get_source(with_secrets=False)))
 
     def post(self, request, *args, **kwargs):
-        source = self.get_source()
+        # Without its secret: one that no key decrypts must not keep it from being deleted.
+        source = self.get_source(with_secrets=False)
         source_delete(source=source, actor=request.user)
         messages.success(
             request,
