@@ -665,10 +665,10 @@ def test_every_table_of_the_dashboard_names_its_columns_or_its_rows(client, owne
             seen += 1
             assert table["col"] or table["row_headed"] == table["rows"], (url, table)
     assert seen >= 9
-    # The source's recent events: Received, Event, Status.
+    # The source's recent events: Event, Received, Status, Deliveries.
     detail = page_text(client.get(acme("dashboard:source_detail", world.source.pk)))
-    recent = re.search(r'<table aria-labelledby="recent-heading">(.*?)</table>', detail, re.S).group(1)
-    assert re.findall(r'<th scope="col">([^<]*)</th>', recent) == ["Received", "Event", "Status"]
+    recent = re.search(r'<table class="stack-table recent-events"[^>]*>(.*?)</table>', detail, re.S).group(1)
+    assert re.findall(r'<th scope="col">([^<]*)</th>', recent) == ["Event", "Received", "Status", "Deliveries"]
 
 
 def test_the_rejected_page_does_not_call_every_refusal_a_bad_signature(client, owner, organization):

@@ -7,10 +7,12 @@ import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt
 
-from .dashboard_helpers import build_world, work_driven_by_the_test
+from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .test_dashboard_browser import sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+PHONE = {"width": 375, "height": 740}
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +50,29 @@ def test_an_attempt_being_sent_or_never_recorded_is_listed_under_its_number(
     assert [head.split()[0] for head in heads] == ["#1", "#2", "#3"]
     assert "Not recorded" in heads[1] and "HTTP 500" in heads[2]
     assert "worker stopped mid-attempt" in delivery.locator(".attempt-unrecorded").inner_text()
+
+
+def test_a_source_s_recent_events_tell_events_apart_show_dead_deliveries_and_fit_a_phone(
+    browser, live_server, client, organization, owner
+):
+    """A source's "Recent events" listed two "invoice.paid" rows with nothing to tell them apart,
+    each with a green "Processed" while its delivery was dead; at 375 px the table scrolled sideways
+    and cut the status off."""
+    world = build_world(client, organization)  # evt_world_1: invoice.paid, its delivery dead
+    ingest_stripe(client, world.source, "evt_1QtrialWillEndLongId0001", "customer.subscription.trial_will_end")
+    ingest_stripe(client, world.source, "evt_world_2")  # invoice.paid again, not processed yet
+    for viewport in (PHONE, {"width": 1280, "height": 900}):
+        page = sign_in(browser, live_server, owner, **viewport)
+        page.goto(f"{live_server.url}/o/acme/sources/{world.source.pk}/")
+        rows = page.locator("table[aria-labelledby=recent-heading] tbody tr")
+        assert rows.count() == 3
+        dead_row = rows.filter(has_text="evt_world_1")
+        assert "invoice.paid" in dead_row.inner_text()
+        assert dead_row.locator(".badge", has_text="1 dead").count() == 1
+        assert "endpoint · dead" in dead_row.inner_text()
+        assert rows.filter(has_text="evt_world_2").count() == 1
+        overflowing = page.evaluate(
+            "[...document.querySelectorAll('.table-wrap')].filter((w) => w.scrollWidth > w.clientWidth).length"
+        )
+        assert overflowing == 0, viewport
+        page.context.close()
