@@ -1874,7 +1874,8 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     text = page_text(page)
     assert "Waiting, 7 days" in text and "2 events retrying after a failed attempt" in text
     assert "3 deliveries are retrying after a failed attempt" in text and "not only the last 7 days" in text
-    assert "All wait for a later retry" in text
+    # One sentence ends before the next begins (it read "All wait for a later retry; Once your endpoint…").
+    assert re.search(r"All wait for a later retry\.\s+Once your endpoint works again", text)
     assert "Send 3 waiting now</button>" in text
 
     # One click brings forward at most the service's cap: the button says that many, and does that many.
@@ -1887,6 +1888,9 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     )
     assert "Sending 2 waiting deliveries now." in done
     assert "1 of them waits for a later retry" in done and "Send 1 waiting now</button>" in done
+    assert re.search(
+        r"waits for a later retry; the others are due and are sent as soon as a worker takes them\.\s+Once", done
+    )
 
 
 def test_the_retrying_section_and_the_health_card_count_a_due_retry_alike(client, owner, organization, httpserver):
