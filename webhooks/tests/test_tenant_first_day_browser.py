@@ -6,6 +6,7 @@ the test itself, so every step is deterministic."""
 import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt
+from webhooks.services.destinations import destination_replay_event
 
 from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .test_dashboard_browser import sign_in
@@ -76,3 +77,18 @@ def test_a_source_s_recent_events_tell_events_apart_show_dead_deliveries_and_fit
         )
         assert overflowing == 0, viewport
         page.context.close()
+
+
+def test_a_replay_is_told_apart_from_the_first_delivery_in_the_lists(browser, live_server, client, organization, owner):
+    """After a replay to a destination whose delivery had died, the events list and the source's
+    recent events showed "endpoint · dead" and "endpoint · dead" side by side, as if the event had
+    been delivered twice by mistake."""
+    world = build_world(client, organization)
+    replay = destination_replay_event(event=world.event, destination=world.destination, actor=owner)
+    Delivery.objects.filter(pk=replay.pk).update(status=Delivery.Status.DEAD, attempt_count=1)
+    page = sign_in(browser, live_server, owner)
+    for path in ("/o/acme/events/", f"/o/acme/sources/{world.source.pk}/"):
+        page.goto(f"{live_server.url}{path}")
+        row = page.locator("main table tbody tr", has_text="evt_world_1")
+        badges = row.locator(".badge[title^=endpoint]").all_inner_texts()
+        assert sorted(badges) == ["endpoint · dead", "endpoint · replay · dead"], path
