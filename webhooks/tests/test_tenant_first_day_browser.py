@@ -6,7 +6,7 @@ the test itself, so every step is deterministic."""
 import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt
-from webhooks.services.destinations import destination_replay_event
+from webhooks.services.destinations import destination_create, destination_replay_event
 
 from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .test_dashboard_browser import sign_in
@@ -92,3 +92,23 @@ def test_a_replay_is_told_apart_from_the_first_delivery_in_the_lists(browser, li
         row = page.locator("main table tbody tr", has_text="evt_world_1")
         badges = row.locator(".badge[title^=endpoint]").all_inner_texts()
         assert sorted(badges) == ["endpoint · dead", "endpoint · replay · dead"], path
+
+
+def test_the_replay_choice_fits_a_phone_whatever_the_destination_names(
+    browser, live_server, client, organization, owner
+):
+    """A destination with a long name made the "Replay to" list as wide as the fields' 560 px at
+    375 px: the whole event page scrolled sideways."""
+    world = build_world(client, organization)
+    destination_create(
+        organization=organization,
+        name="Order fulfilment service behind the EU API gateway (Frankfurt), production, v2",
+        url="http://127.0.0.1:9/fulfilment",
+        sources=[world.source],
+    )
+    page = sign_in(browser, live_server, owner, **PHONE)
+    page.goto(f"{live_server.url}/o/acme/events/{world.event.pk}/")
+    replay_to = page.get_by_label("Replay to")
+    assert replay_to.locator("option", has_text="Frankfurt").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+    assert replay_to.bounding_box()["x"] + replay_to.bounding_box()["width"] <= PHONE["width"]
