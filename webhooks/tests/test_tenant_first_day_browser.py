@@ -112,3 +112,27 @@ def test_the_replay_choice_fits_a_phone_whatever_the_destination_names(
     assert replay_to.locator("option", has_text="Frankfurt").count() == 1
     assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
     assert replay_to.bounding_box()["x"] + replay_to.bounding_box()["width"] <= PHONE["width"]
+
+
+def test_a_failed_attempt_later_delivered_is_said_to_be_so(browser, live_server, client, organization, owner):
+    """A receiver that answered 503 once, then 200 on the retry: its destination read "Success
+    100.0%" beside "Last failure: HTTP 503", with nothing to say that this delivery arrived."""
+    world = build_world(client, organization)  # attempt #1: 503
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED, attempt_count=2)
+    DeliveryAttempt.objects.create(
+        organization_id=organization.pk, delivery=world.delivery, attempt_number=2, response_status=200
+    )
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
+    last_failure = page.locator(".card", has_text="Last failure")
+    assert "100.0%" in page.locator(".card", has_text="Success, 7 days").inner_text()
+    assert "HTTP 503" in last_failure.inner_text()
+    assert "then delivered on a later attempt" in last_failure.inner_text()
+    page.goto(f"{live_server.url}/o/acme/destinations/")
+    assert "(then delivered)" in page.locator("td[data-label='Last failure']").inner_text()
+
+    # Out of retries: no such words.
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.DEAD)
+    DeliveryAttempt.objects.filter(delivery=world.delivery, attempt_number=2).update(response_status=500)
+    page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
+    assert "HTTP 500" in last_failure.inner_text() and "delivered" not in last_failure.inner_text()
