@@ -3,6 +3,8 @@ receiver that failed once and one that always answered 500), replayed in a real 
 (Playwright + Debian's Chromium). Deliveries are put in the states the engine leaves them in by
 the test itself, so every step is deterministic."""
 
+from datetime import timedelta
+
 import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt
@@ -136,3 +138,27 @@ def test_a_failed_attempt_later_delivered_is_said_to_be_so(browser, live_server,
     DeliveryAttempt.objects.filter(delivery=world.delivery, attempt_number=2).update(response_status=500)
     page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
     assert "HTTP 500" in last_failure.inner_text() and "delivered" not in last_failure.inner_text()
+
+
+def test_each_attempt_says_how_long_after_the_one_before_it_was_sent(browser, live_server, client, organization, owner):
+    """Attempts seconds apart all read "just now" (and hours apart, "2 h ago" and "2 h ago"): how
+    the retries were spaced was only in tooltips, which a phone or a keyboard never shows."""
+    world = build_world(client, organization)  # attempt #1: 503
+    first = world.delivery.attempts.get()
+    first.started_at -= timedelta(hours=1)
+    first.save(update_fields=["started_at"])
+    Delivery.objects.filter(pk=world.delivery.pk).update(attempt_count=3)
+    for number, after in ((2, timedelta(seconds=30)), (3, timedelta(minutes=10, seconds=30))):
+        DeliveryAttempt.objects.create(
+            organization_id=organization.pk,
+            delivery=world.delivery,
+            attempt_number=number,
+            response_status=500,
+            started_at=first.started_at + after,
+        )
+    page = sign_in(browser, live_server, owner, **PHONE)
+    page.goto(f"{live_server.url}/o/acme/events/{world.event.pk}/")
+    gaps = page.locator(".delivery .timeline li").all_inner_texts()
+    assert "sent" not in gaps[0]
+    assert "sent 30.0 s after #1" in gaps[1]
+    assert "sent 10 min after #2" in gaps[2]

@@ -156,6 +156,15 @@ def _attempt_rows(delivery: Delivery) -> list[tuple[int, str, object]]:
     ]
     if delivery.status == Delivery.Status.IN_FLIGHT and delivery.attempt_count not in recorded:
         rows.append((delivery.attempt_count, "being_sent", None))
+    # How long after the attempt before each one was sent: its time alone reads "just now" for
+    # attempts seconds apart, and the exact moment is in a tooltip a phone or a keyboard never shows.
+    previous = None
+    for number in sorted(recorded):
+        attempt = recorded[number]
+        attempt.sent_after = (
+            (previous, (attempt.started_at - previous.started_at).total_seconds() * 1000) if previous else None
+        )
+        previous = attempt
     return sorted(rows, key=lambda row: row[0])
 
 
