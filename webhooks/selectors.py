@@ -932,12 +932,16 @@ def rejected_requests_for_source(*, source: Source, limit: int = 50) -> list[Web
 
 
 def recent_events_for_source(*, source: Source, limit: int = 10) -> list[WebhookEvent]:
-    """Its newest accepted events: its page lists its rejected requests apart (rejected_requests_for_source)."""
-    return list(
-        WebhookEvent.objects.filter(organization_id=source.organization_id, source=source)
-        .exclude(status=WebhookEvent.Status.REJECTED)
-        .defer("body", "headers")
-        .order_by("-id")[:limit]
+    """Its newest accepted events, with their deliveries (as the events list shows them): its page
+    lists its rejected requests apart (rejected_requests_for_source)."""
+    return _note_hookline_tests(
+        list(
+            WebhookEvent.objects.filter(organization_id=source.organization_id, source=source)
+            .exclude(status=WebhookEvent.Status.REJECTED)
+            .defer("body", "headers")
+            .prefetch_related(Prefetch("deliveries", queryset=_deliveries_for_list()))
+            .order_by("-id")[:limit]
+        )
     )
 
 

@@ -124,6 +124,22 @@ def test_a_code_works_once_and_voids_the_link_sent_with_it(client, owner):
     assert signed_in_user_id(client) is None
 
 
+def test_the_link_of_a_code_already_used_in_this_browser_says_it_is_signed_in(client, owner):
+    """The code typed first, the email's link clicked later in the same browser: the page said only
+    that the link no longer works, with "Send a new link", to someone signed in already."""
+    ask(client, owner.email)
+    message = mail.outbox[0]
+    assert client.post(CODE, {"code": code_in(message)}).status_code == 302
+    response = client.get(link_path(message))
+    assert response.status_code == 400
+    text = " ".join(response.content.decode().split())
+    assert f"This browser is signed in already, as <strong>{owner.email}</strong>" in text
+    assert 'href="/">Continue to Hookline</a>' in text and "Send a new link" not in text
+    # Elsewhere, nobody signed in: a new link, as before.
+    elsewhere = Client().get(link_path(message)).content.decode()
+    assert "Send a new link" in elsewhere and "signed in already" not in elsewhere
+
+
 def test_a_newer_email_replaces_the_older_code(client, owner):
     ask(client, owner.email)
     ask(client, owner.email)

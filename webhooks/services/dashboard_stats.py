@@ -340,6 +340,9 @@ class DestinationHealth:
     success_rate: float | None
     last_failure_at: datetime | None
     last_failure_error: str
+    # That failed attempt's delivery succeeded on a later one: without saying so, "Last failure:
+    # HTTP 503" beside a 100% success rate read as a delivery lost.
+    last_failure_delivered_later: bool = False
 
     @property
     def finished(self) -> int:
@@ -450,4 +453,6 @@ def _health(counts: dict | None, last_failure: dict | None) -> DestinationHealth
         success_rate=round(100 * counts["succeeded"] / finished, 1) if finished else None,
         last_failure_at=last_failure["started_at"] if last_failure else None,
         last_failure_error=error,
+        last_failure_delivered_later=bool(last_failure)
+        and last_failure["delivery__status"] == Delivery.Status.SUCCEEDED,
     )

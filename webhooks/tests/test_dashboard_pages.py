@@ -665,10 +665,10 @@ def test_every_table_of_the_dashboard_names_its_columns_or_its_rows(client, owne
             seen += 1
             assert table["col"] or table["row_headed"] == table["rows"], (url, table)
     assert seen >= 9
-    # The source's recent events: Received, Event, Status.
+    # The source's recent events: Event, Received, Status, Deliveries.
     detail = page_text(client.get(acme("dashboard:source_detail", world.source.pk)))
-    recent = re.search(r'<table aria-labelledby="recent-heading">(.*?)</table>', detail, re.S).group(1)
-    assert re.findall(r'<th scope="col">([^<]*)</th>', recent) == ["Received", "Event", "Status"]
+    recent = re.search(r'<table class="stack-table recent-events"[^>]*>(.*?)</table>', detail, re.S).group(1)
+    assert re.findall(r'<th scope="col">([^<]*)</th>', recent) == ["Event", "Received", "Status", "Deliveries"]
 
 
 def test_the_rejected_page_does_not_call_every_refusal_a_bad_signature(client, owner, organization):
@@ -1874,7 +1874,8 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     text = page_text(page)
     assert "Waiting, 7 days" in text and "2 events retrying after a failed attempt" in text
     assert "3 deliveries are retrying after a failed attempt" in text and "not only the last 7 days" in text
-    assert "All wait for a later retry" in text
+    # One sentence ends before the next begins (it read "All wait for a later retry; Once your endpoint…").
+    assert re.search(r"All wait for a later retry\.\s+Once your endpoint works again", text)
     assert "Send 3 waiting now</button>" in text
 
     # One click brings forward at most the service's cap: the button says that many, and does that many.
@@ -1887,6 +1888,9 @@ def test_the_waiting_retries_count_is_what_the_button_sends_however_old_the_even
     )
     assert "Sending 2 waiting deliveries now." in done
     assert "1 of them waits for a later retry" in done and "Send 1 waiting now</button>" in done
+    assert re.search(
+        r"waits for a later retry; the others are due and are sent as soon as a worker takes them\.\s+Once", done
+    )
 
 
 def test_the_retrying_section_and_the_health_card_count_a_due_retry_alike(client, owner, organization, httpserver):

@@ -34,6 +34,7 @@ from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
 from webhooks.services.delivery_waits import NEXT_TRY_WHEN_HELD, delivery_waits
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
+from webhooks.services.event_story import UNRECORDED_ATTEMPT, unrecorded_attempt_numbers
 from webhooks.services.operations import OperationError
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.text import readable_body
@@ -140,6 +141,33 @@ class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
         return context
 
 
+def _attempt_rows(delivery: Delivery) -> list[tuple[int, str, object]]:
+    """Every attempt the delivery counts, in order, as (number, "recorded" | "unrecorded" |
+    "being_sent", the attempt or None). A claim counts as an attempt when a worker takes it, before
+    its answer is recorded: the header said "1 attempt" over "No attempt yet." while the first was
+    on its way, and a worker killed mid-send left a number counted and never listed."""
+    recorded = {attempt.attempt_number: attempt for attempt in delivery.attempts.all()}
+    rows = [(number, "recorded", attempt) for number, attempt in recorded.items()]
+    rows += [
+        (number, "unrecorded", None)
+        for number in unrecorded_attempt_numbers(
+            attempt_count=delivery.attempt_count, status=delivery.status, recorded=set(recorded)
+        )
+    ]
+    if delivery.status == Delivery.Status.IN_FLIGHT and delivery.attempt_count not in recorded:
+        rows.append((delivery.attempt_count, "being_sent", None))
+    # How long after the attempt before each one was sent: its time alone reads "just now" for
+    # attempts seconds apart, and the exact moment is in a tooltip a phone or a keyboard never shows.
+    previous = None
+    for number in sorted(recorded):
+        attempt = recorded[number]
+        attempt.sent_after = (
+            (previous, (attempt.started_at - previous.started_at).total_seconds() * 1000) if previous else None
+        )
+        previous = attempt
+    return sorted(rows, key=lambda row: row[0])
+
+
 class EventDetailView(OrganizationMixin, TemplateView):
     template_name = "dashboard/event_detail.html"
 
@@ -153,6 +181,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
         waits = delivery_waits(deliveries)
         for delivery in deliveries:
             delivery.next_try_when = NEXT_TRY_WHEN_HELD.get(waits.get(delivery.pk), "")
+            delivery.attempt_rows = _attempt_rows(delivery)
         context.update(
             event=event,
             deliveries=deliveries,
@@ -166,6 +195,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
             body=body,
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
             retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
+            unrecorded_attempt=UNRECORDED_ATTEMPT,
             # While a delivery is about to change (a retry or replay just queued, an event not yet
             # processed), the page follows it: see EventProgressView.
             **event_progress(event),
