@@ -411,3 +411,38 @@ def drop_component_docstrings(result, **kwargs):
         if component.get("type") == "object":
             component.pop("description", None)
     return result
+
+
+# The component a nullable reference's null is described by, as drf-spectacular names its own for a
+# nullable choice (an enum of null alone).
+NULL_COMPONENT = "NullEnum"
+
+
+def nullable_references_as_one_of(result, **kwargs):
+    """SPECTACULAR_SETTINGS' postprocessing hook, after the enums': drf-spectacular writes a nullable
+    reference (a nested answer such as a bulk retry's outcome, or an enum such as waiting_for) as
+    ``{"allOf": [{"$ref": …}], "nullable": true}``. OpenAPI 3.0.3 gives ``nullable`` effect only
+    beside a ``type`` in the same schema object, so strict validators (openapi-core) and generated
+    clients refused the null the API answers. Each becomes ``oneOf`` the reference or null."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    rewritten = False
+    for schema in _schema_objects(schemas):
+        if not schema.get("nullable") or "type" in schema or len(schema.get("allOf", ())) != 1:
+            continue
+        del schema["nullable"]
+        schema["oneOf"] = [*schema.pop("allOf"), {"$ref": f"#/components/schemas/{NULL_COMPONENT}"}]
+        rewritten = True
+    if rewritten:
+        schemas.setdefault(NULL_COMPONENT, {"enum": [None]})
+        result["components"]["schemas"] = dict(sorted(schemas.items()))
+    return result
+
+
+def _schema_objects(node):
+    if isinstance(node, dict):
+        yield node
+        for value in list(node.values()):
+            yield from _schema_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schema_objects(value)

@@ -20,7 +20,7 @@ from organizations.models import ApiKey
 from webhooks.api import schema_view
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
-from webhooks.models import Delivery, Destination, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.services.destinations import (
     MAX_EVENT_TYPE_PATTERN_CHARS,
@@ -58,6 +58,22 @@ def _resolve(document: dict, schema: dict) -> dict:
     return schema
 
 
+def _composed(schema: dict) -> bool:
+    return any(keyword in schema for keyword in ("allOf", "oneOf", "anyOf"))
+
+
+def _takes_null(schema: dict) -> bool:
+    """Null as OpenAPI 3.0.3 has it, as strict validators (openapi-core) and generated clients read
+    it: ``nullable`` adds null only to the ``type`` beside it in the same schema object, so a
+    ``nullable`` next to an ``allOf`` of a reference (and no type) lets no null through; an ``enum``
+    takes null only when it lists it; a schema that says neither takes any value."""
+    if "type" in schema:
+        return schema.get("nullable", False)
+    if "enum" in schema:
+        return None in schema["enum"]
+    return True
+
+
 _TYPES = {
     "object": lambda value: isinstance(value, dict),
     "array": lambda value: isinstance(value, list),
@@ -74,11 +90,9 @@ def check(document: dict, schema: dict, value, where: str = "$", seen: set | Non
     seen = set() if seen is None else seen
     if "$ref" in schema:
         seen.add(schema["$ref"].rsplit("/", 1)[-1])
-    nullable = schema.get("nullable", False)
     schema = _resolve(document, schema)
-    nullable = nullable or schema.get("nullable", False)
-    if value is None:
-        if not nullable:
+    if value is None and not _composed(schema):
+        if not _takes_null(schema):
             raise Mismatch(f"{where}: null, which the document does not allow")
         return seen
     if "allOf" in schema:
@@ -409,6 +423,45 @@ def test_changes_answer_as_documented(client, organization, document, world):
         "Error",
         "PayloadFilter",
     } <= api.components
+
+
+def test_nulls_the_api_answers_pass_a_strict_openapi_reading(client, organization, document, world):
+    # A delivery that is not pending answers "waiting_for": null, and a bulk retry asked for before
+    # outcomes were recorded "outcome": null. Each was described as a nullable beside an allOf of a
+    # reference, which under OpenAPI 3.0.3 takes no null: openapi-core refused every such answer.
+    api = Api(client, document, make_key(organization)[1])
+    delivery = api.call("GET", "/api/v1/deliveries/{delivery_id}", delivery_id=world["delivery"].pk).json()
+    assert delivery["waiting_for"] is None
+    event = api.call("GET", "/api/v1/events/{event_id}", event_id=world["event"].pk).json()
+    assert event["deliveries"][0]["waiting_for"] is None
+    job = api.call("POST", "/api/v1/deliveries/retry", {"destination": world["destination"].pk}).json()
+    BulkRetry.objects.filter(pk=job["id"]).update(outcome_recorded=False)
+    assert api.call("GET", "/api/v1/bulk_retries/{job_id}", job_id=job["id"]).json()["outcome"] is None
+    assert api.call("GET", "/api/v1/bulk_retries").json()["results"][0]["outcome"] is None
+    # And the values beside null still have to be as documented.
+    with pytest.raises(Mismatch, match="waiting_for"):
+        check(document, {"$ref": "#/components/schemas/DeliveryDetail"}, {**delivery, "waiting_for": "elsewhere"})
+
+
+def _schemas_in(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _schemas_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schemas_in(value)
+
+
+def test_nullable_is_only_written_where_openapi_3_0_lets_it_take_effect(document):
+    # OpenAPI 3.0.3: "nullable" only takes effect where "type" is in the same schema object. Beside
+    # an allOf, oneOf or $ref it is ignored by strict readers, and the null the API answers is refused.
+    ineffective = [
+        schema
+        for schema in _schemas_in(document["components"])
+        if schema.get("nullable") and "type" not in schema and set(schema) - {"nullable", "description"}
+    ]
+    assert ineffective == []
 
 
 def test_payload_filters_are_described_as_the_conditions_the_api_takes_and_answers(client, organization, document):
