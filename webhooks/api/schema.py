@@ -28,7 +28,7 @@ from webhooks.services.destinations import (
     max_attempts_allowed,
     max_attempts_with_any_schedule,
 )
-from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS
+from webhooks.services.payload_filters import MAX_PATH_CHARS, MAX_PAYLOAD_FILTERS
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
@@ -319,6 +319,20 @@ class KnownFieldsOnlySchema(OpenApiSerializerExtension):
             mapped["additionalProperties"] = False
             serializer_class = self.target if isinstance(self.target, type) else type(self.target)
             _add_bounds(mapped["properties"], _request_bounds(serializer_class))
+        return mapped
+
+
+class PayloadFilterConditionSchema(OpenApiSerializerExtension):
+    """A condition takes path, op and value and no other name (check_payload_filters refuses
+    "unknown field" with a 400), and a path of at most MAX_PATH_CHARS characters."""
+
+    target_class = "webhooks.api.serializers.PayloadFilterSerializer"
+
+    def map_serializer(self, auto_schema, direction):
+        mapped = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            mapped["additionalProperties"] = False
+            mapped["properties"]["path"]["maxLength"] = MAX_PATH_CHARS
         return mapped
 
 

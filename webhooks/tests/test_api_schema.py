@@ -28,7 +28,12 @@ from webhooks.services.destinations import (
     destination_create,
     max_attempts_with_any_schedule,
 )
-from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS, OPERATORS, parse_payload_filter_lines
+from webhooks.services.payload_filters import (
+    MAX_PATH_CHARS,
+    MAX_PAYLOAD_FILTERS,
+    OPERATORS,
+    parse_payload_filter_lines,
+)
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .api_helpers import make_delivery, make_event, make_key
@@ -482,6 +487,53 @@ def test_payload_filters_are_described_as_the_conditions_the_api_takes_and_answe
     del created["payload_filters"][0]["op"]
     with pytest.raises(Mismatch, match="op"):
         check(document, {"$ref": "#/components/schemas/DestinationCreated"}, created)
+
+
+def _request_objects(document: dict, schema: dict, where: str):
+    schema = _resolve(document, schema)
+    for part in [*schema.get("allOf", ()), *schema.get("oneOf", ())]:
+        yield from _request_objects(document, part, where)
+    if schema.get("type") == "object" and "properties" in schema:
+        yield where, schema
+        for name, field in schema["properties"].items():
+            yield from _request_objects(document, field, f"{where}.{name}")
+    if "items" in schema:
+        yield from _request_objects(document, schema["items"], f"{where}[]")
+
+
+def test_every_object_a_request_sends_is_closed_as_the_api_refuses_other_names(document):
+    # The API refuses a name it does not take, in a body and in the objects within it (a payload
+    # filter's condition takes path, op and value: "unknown field"); a client checking its request
+    # against the document must find the same refusal there, nested objects included.
+    open_objects = [
+        (method, path, where)
+        for path, operations in document["paths"].items()
+        for method, described in operations.items()
+        if "requestBody" in described
+        for where, schema in _request_objects(
+            document, described["requestBody"]["content"]["application/json"]["schema"], "$"
+        )
+        if schema.get("additionalProperties") is not False
+    ]
+    assert open_objects == []
+
+
+def test_a_payload_filter_condition_is_bounded_in_the_document_as_in_the_api(client, organization, document):
+    api = Api(client, document, make_key(organization)[1])
+    create = "/api/v1/destinations"
+    body = {"name": "Filtered", "url": "http://127.0.0.1:9/f"}
+    extra = {**body, "payload_filters": [{"path": "type", "op": "exists", "note": "x"}]}
+    response = client.post(create, extra, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 400 and "note" in response.json()["fields"]["payload_filters"][0]
+    schema = _resolve(document, {"$ref": "#/components/schemas/PayloadFilterRequest"})
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["path"]["maxLength"] == MAX_PATH_CHARS
+    at_bound = {**body, "payload_filters": [{"path": "a" * MAX_PATH_CHARS, "op": "exists"}]}
+    request_as_documented(document, at_bound, create, "POST")
+    assert api.call("POST", create, at_bound).status_code == 201
+    past = {**body, "payload_filters": [{"path": "a" * (MAX_PATH_CHARS + 1), "op": "exists"}]}
+    response = client.post(create, past, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 400 and "payload_filters" in response.json()["fields"]
 
 
 def test_custom_header_values_are_described_as_text(client, organization, document, world):
