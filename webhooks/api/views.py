@@ -36,7 +36,7 @@ from webhooks.selectors import (
     with_previous_secret_until,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
-from webhooks.services.delivery import DeliveryRetryError
+from webhooks.services.delivery import DeliveryGone, DeliveryRetryError
 from webhooks.services.destinations import (
     destination_replay_event,
     destination_retry_delivery,
@@ -466,6 +466,8 @@ class DeliveryRetryView(ApiObjectView):
         self.no_body(request)
         try:
             delivery = destination_retry_delivery(delivery=delivery, actor=self.api_key)
+        except DeliveryGone:  # deleted since it was found (its destination's deletion, retention)
+            raise exceptions.NotFound("not found") from None
         except DeliveryRetryError as exc:
             raise Conflict(str(exc)) from None
         return self.show_delivery(delivery)
