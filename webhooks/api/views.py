@@ -42,7 +42,7 @@ from webhooks.services.destinations import (
     destination_retry_delivery,
     destination_set_paused,
 )
-from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
+from webhooks.services.operations import EventGone, NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
 from . import schema, serializers
 from .authentication import ApiView, Conflict, SearchBusy, SearchTimedOut
@@ -399,6 +399,8 @@ class EventReplayView(ApiObjectView):
             raise exceptions.ValidationError({"destination": ["no such destination"]}) from None
         try:
             delivery = destination_replay_event(event=event, destination=destination, actor=self.api_key)
+        except EventGone:  # deleted since it was found (its source's deletion, retention)
+            raise exceptions.NotFound("not found") from None
         except OperationError as exc:
             raise Conflict(str(exc)) from None
         return self.show_delivery(delivery)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from organizations.models import ApiKey, AuditLog
 from organizations.services import audit_verify_chain
 from webhooks import tasks
+from webhooks.api import views as api_views
 from webhooks.forms import DestinationForm
 from webhooks.models import (
     Delivery,
@@ -382,6 +383,45 @@ def test_the_api_hides_a_source_being_deleted(client, organization, sources, pub
     )
     assert created.status_code == 400, created.content
     assert AuditLog.objects.filter(action=source_deletion.DELETION_REQUESTED_ACTION).count() == 1
+
+
+def test_an_event_of_a_source_being_deleted_is_not_replayed(client, organization, sources, published):
+    # Its delivery would be dead-lettered unsent and deleted with the event: a 202 would say otherwise.
+    doomed, _, _ = sources
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    event = WebhookEvent.objects.filter(source=doomed).first()
+    destination = Destination.objects.get(organization=organization)
+    assert api_delete(client, key, f"/api/v1/sources/{doomed.pk}").status_code == 202
+    before = Delivery.objects.count()
+    response = api_post(client, key, f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk})
+    assert response.status_code == 409, response.content
+    assert response.json()["detail"] == "the event's source is being deleted: its events are not sent again"
+    assert Delivery.objects.count() == before
+
+
+def test_replaying_an_event_its_sources_deletion_removed_meanwhile_answers_404(
+    client, organization, sources, published, monkeypatch
+):
+    # Seen with a script: DELETE a source, then replay its events at once. The view found the event,
+    # the worker's batch deleted it before the delivery was made: an IntegrityError, a 500.
+    doomed, _, _ = sources
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    event = WebhookEvent.objects.filter(source=doomed).first()
+    destination = Destination.objects.get(organization=organization)
+    found = api_views.event_for_organization
+
+    def found_then_deleted(**kwargs):
+        row = found(**kwargs)
+        # The deletion's batches before its mark is read: the source as the lookup saw it, rows gone.
+        Delivery.objects.filter(event__source=doomed).delete()
+        WebhookEvent.objects.filter(source=doomed).delete()
+        return row
+
+    monkeypatch.setattr(api_views, "event_for_organization", found_then_deleted)
+    response = api_post(client, key, f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk})
+    assert response.status_code == 404, response.content
+    assert response.json() == {"error": "not_found", "detail": "not found"}
+    assert not Delivery.objects.filter(event_id=event.pk).exists()
 
 
 def test_the_admin_deletes_a_source_in_the_background_too(client, sources, published):
