@@ -155,7 +155,8 @@ class ApiAutoSchema(AutoSchema):
             400: error(
                 "The request is not valid: a query parameter or body field refused or not taken, named in fields."
                 if self._takes_body() or self._is_list()
-                else "The request is not valid: this request takes no query parameters.",
+                else "The request is not valid: this request takes no query parameters"
+                + (", and no body but {} (a field in it is named in fields)." if self.method == "DELETE" else "."),
                 InvalidRequestSerializer,
             ),
             401: error("No API key, or a malformed, unknown or revoked one (invalid_api_key, not_authenticated)."),

@@ -191,6 +191,7 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
         # The dashboard deletes a source with its events; so does this, in the background: the
         # source stops receiving now and is hidden from the API from then on (404).
         source = self.source(source_id)
+        self.no_body(request)
         source_delete(source=source, actor=self.api_key)
         return Response({"id": source.pk, "state": "deleting"}, status=202)
 
@@ -383,6 +384,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
         # The dashboard's service, in the background: nothing more is sent to the destination from
         # now on, and it is hidden from the API from then on (404).
         destination = self.destination(destination_id)
+        self.no_body(request)
         destination_delete(destination=destination, actor=self.api_key)
         return Response({"id": destination.pk, "state": "deleting"}, status=202)
 
