@@ -109,10 +109,7 @@ _RETRY_AFTER = OpenApiParameter(
     OpenApiTypes.INT,
     OpenApiParameter.HEADER,
     response=[409, 429, 503],
-    description=(
-        "Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress, on a 503 only "
-        "for stored_answer_unreadable)."
-    ),
+    description=("Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress)."),
 )
 _WWW_AUTHENTICATE = OpenApiParameter(
     "WWW-Authenticate", {"type": "string", "enum": ['Bearer realm="api"']}, OpenApiParameter.HEADER, response=[401]
@@ -175,6 +172,17 @@ class ApiAutoSchema(AutoSchema):
         if self._takes_body():
             refusals[413] = error("The body is larger than the API takes (request_too_large).")
             refusals[415] = error("The body is not sent as JSON (unsupported_media_type).")
+        if self._takes_body():
+            refusals[503] = error(
+                "A stored secret this request needs (a destination's custom headers, to merge a change into) is "
+                "encrypted with a key this server does not have yet (a new FIELD_ENCRYPTION_KEYS is being "
+                "deployed): nothing was changed; send it again after Retry-After (secret_unreadable)."
+                + (
+                    " Or the answer stored for this Idempotency-Key is, and nothing was run (stored_answer_unreadable)."
+                    if self.method == "POST"
+                    else ""
+                )
+            )
         if self.method == "POST":
             refusals[409] = error(
                 "A request with this Idempotency-Key still runs, or one with it took this request over as lost "
@@ -182,11 +190,6 @@ class ApiAutoSchema(AutoSchema):
             )
             refusals[422] = error(
                 "This Idempotency-Key was used for another request (idempotency_key_reused): send a new key."
-            )
-            refusals[503] = error(
-                "The answer stored for this Idempotency-Key is encrypted with a key this server does not have yet "
-                "(a new FIELD_ENCRYPTION_KEYS is being deployed): nothing was run; send it again after Retry-After "
-                "(stored_answer_unreadable)."
             )
         return refusals
 

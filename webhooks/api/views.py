@@ -554,6 +554,10 @@ class BulkRetryDetailView(ApiObjectView):
 
 # Lists show hints only: loading the encrypted secret columns would decrypt them row by row.
 _SECRET_COLUMNS = ("secret", "previous_secret")
+# A destination as read answers its custom headers' names and hints (custom_header_hints), never their
+# values: left unread, so that a process without the key they were saved under (a key rollout) still
+# answers reads; a change that needs them (merging custom_headers) loads them then.
+_DESTINATION_SECRET_COLUMNS = (*_SECRET_COLUMNS, "custom_headers")
 
 
 class SourceListView(ApiListView):
@@ -575,7 +579,7 @@ class SourceDetailView(ApiObjectView):
 def _with_subscriptions(destinations):
     return (
         with_previous_secret_until(destinations)
-        .defer(*_SECRET_COLUMNS)
+        .defer(*_DESTINATION_SECRET_COLUMNS)
         .prefetch_related(Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id")))
     )
 

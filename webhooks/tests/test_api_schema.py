@@ -12,6 +12,7 @@ import re
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.management import call_command
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -20,6 +21,7 @@ from organizations.models import ApiKey
 from webhooks.api import schema_view
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
+from webhooks.fields import _fernet_for
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.services.destinations import (
@@ -246,7 +248,8 @@ def test_every_operation_documents_the_refusals_every_view_may_answer(document):
                 parameter["name"] for parameter in described.get("parameters", ()) if parameter["in"] == "header"
             }
             if method in ("post", "patch"):
-                assert {"413", "415"} <= codes, (method, path)
+                # 503: a stored secret the change needs, saved under a key this process lacks yet.
+                assert {"413", "415", "503"} <= codes, (method, path)
             if method == "post":
                 assert {"409", "422"} <= codes and "Idempotency-Key" in headers, (method, path)
     assert document["components"]["securitySchemes"]["apiKey"] == {
@@ -428,6 +431,29 @@ def test_changes_answer_as_documented(client, organization, document, world):
         "Error",
         "PayloadFilter",
     } <= api.components
+
+
+def test_a_change_that_needs_a_secret_this_process_cannot_read_yet_answers_as_documented(
+    client, organization, document, settings
+):
+    # Custom headers saved by a process with a new FIELD_ENCRYPTION_KEYS, changed through one still on
+    # the old key alone: the PATCH answers 503 secret_unreadable, which the document did not list.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    api = Api(client, document, make_key(organization)[1])
+    response = api.call(
+        "PATCH",
+        "/api/v1/destinations/{destination_id}",
+        {"custom_headers": {"X-Team": "billing"}},
+        destination_id=destination.pk,
+    )
+    assert response.status_code == 503 and response.json()["error"] == "secret_unreadable"
+    described = operation(document, "/api/v1/destinations/{destination_id}", "PATCH")["responses"]["503"]
+    assert "secret_unreadable" in described["description"]
 
 
 def test_nulls_the_api_answers_pass_a_strict_openapi_reading(client, organization, document, world):
