@@ -31,7 +31,6 @@ from webhooks.selectors import (
     event_for_organization,
     event_rows_for_organization,
     events_for_api,
-    source_for_organization,
     sources_for_organization,
     with_previous_secret_until,
 )
@@ -572,7 +571,10 @@ class SourceListView(ApiListView):
 
 class SourceDetailView(ApiObjectView):
     def get(self, request, source_id: str):
-        source = _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
+        # As the list reads them: the secret's hint and when the previous one ends, without decrypting
+        # either (a process without the key they were saved under still answers).
+        readable = with_previous_secret_until(sources_for_organization(organization=self.organization))
+        source = _found(readable.defer(*_SECRET_COLUMNS).get, pk=_int_id(source_id))
         return self.show(serializers.SourceSerializer, source)
 
 

@@ -55,7 +55,14 @@ def destination_request_deletion(*, destination: Destination, actor=None) -> boo
         # that comes after waits for this, then leaves the destination out. Either way no delivery
         # is made for it once this has committed. A claim passes a locked destination over.
         # of self: the default ordering joins the organization, whose row must not be locked with it.
-        locked = Destination.objects.select_for_update(of=("self",)).filter(pk=destination.pk).first()
+        # Its secrets unread: a deletion needs none, and a process without the key they were saved
+        # under (a key rollout) can still delete.
+        locked = (
+            Destination.objects.select_for_update(of=("self",))
+            .defer("secret", "previous_secret", "custom_headers")
+            .filter(pk=destination.pk)
+            .first()
+        )
         if locked is None:
             return False  # deleted meanwhile (with its organization)
         if locked.being_deleted:

@@ -319,3 +319,24 @@ def test_reading_destinations_needs_no_secret_so_a_process_without_the_new_key_s
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
     _fernet_for.cache_clear()
     assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"X-Api-Key": "k" * 24}
+
+
+def test_reading_a_source_and_deleting_a_destination_need_no_secret(client, organization, settings):
+    # A source's answer shows its secret's hint (a plain column), and a deletion reads no secret: a
+    # process without the key they were saved under answered both 503 secret_unreadable.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    source = make_source(organization, provider="github", secret="a-github-secret-under-the-new-key")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    key = make_key(organization)[1]
+
+    shown = client.get(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    deleted = client.delete(f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert shown.status_code == 200, shown.content
+    assert shown.json()["secret_hint"] == source.secret_hint and shown.json()["previous_secret_valid_until"] is None
+    assert deleted.status_code == 202, deleted.content
+    assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
