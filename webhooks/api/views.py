@@ -571,11 +571,19 @@ class SourceListView(ApiListView):
 
 class SourceDetailView(ApiObjectView):
     def get(self, request, source_id: str):
-        # As the list reads them: the secret's hint and when the previous one ends, without decrypting
-        # either (a process without the key they were saved under still answers).
-        readable = with_previous_secret_until(sources_for_organization(organization=self.organization))
-        source = _found(readable.defer(*_SECRET_COLUMNS).get, pk=_int_id(source_id))
-        return self.show(serializers.SourceSerializer, source)
+        # As the list reads it: when the previous secret ends from a plain column, decrypting nothing.
+        return self.show(serializers.SourceSerializer, source_found(self.organization, source_id, to_show=True))
+
+
+def source_found(organization, source_id: str, *, to_show: bool = False):
+    """One source of the organization (404 otherwise), its secrets left unread until something asks
+    for them: a process without the key they were saved under (a key rollout) still reads and deletes
+    it, and a change that needs a secret loads it then. ``to_show``: with when the previous secret
+    ends as the list reads it (an object about to change would show the value from before)."""
+    sources = sources_for_organization(organization=organization)
+    if to_show:
+        sources = with_previous_secret_until(sources)
+    return _found(sources.defer(*_SECRET_COLUMNS).get, pk=_int_id(source_id))
 
 
 def _with_subscriptions(destinations):

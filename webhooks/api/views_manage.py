@@ -14,7 +14,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
+from webhooks.selectors import destinations_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     RECEIVES_NOTHING_WITHOUT_SOURCE,
@@ -50,9 +50,8 @@ from .views import (
     DestinationLookup,
     SourceDetailView,
     SourceListView,
-    _found,
-    _int_id,
     absolute_url,
+    source_found,
 )
 
 
@@ -84,7 +83,7 @@ def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
 
 class SourceLookup:
     def source(self, source_id: str):
-        return _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
+        return source_found(self.organization, source_id)
 
 
 class SourceShowMixin(ApiObjectView):

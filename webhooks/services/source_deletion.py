@@ -63,7 +63,14 @@ def source_request_deletion(*, source: Source, actor=None) -> bool:
         # FOR NO KEY UPDATE: ingest and processing, whose new rows take a key-share lock on the
         # source when they commit, do not wait for this.
         # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
-        locked = Source.objects.select_for_update(no_key=True, of=("self",)).filter(pk=source.pk).first()
+        # Its secrets unread: a deletion needs none, and a process without the key they were saved
+        # under (a key rollout) can still delete.
+        locked = (
+            Source.objects.select_for_update(no_key=True, of=("self",))
+            .defer("secret", "previous_secret")
+            .filter(pk=source.pk)
+            .first()
+        )
         if locked is None:
             return False  # deleted meanwhile (with its organization)
         if locked.being_deleted:

@@ -321,7 +321,7 @@ def test_reading_destinations_needs_no_secret_so_a_process_without_the_new_key_s
     assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"X-Api-Key": "k" * 24}
 
 
-def test_reading_a_source_and_deleting_a_destination_need_no_secret(client, organization, settings):
+def test_reading_a_source_and_deleting_a_source_or_a_destination_need_no_secret(client, organization, settings):
     # A source's answer shows its secret's hint (a plain column), and a deletion reads no secret: a
     # process without the key they were saved under answered both 503 secret_unreadable.
     old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
@@ -335,8 +335,11 @@ def test_reading_a_source_and_deleting_a_destination_need_no_secret(client, orga
 
     shown = client.get(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
     deleted = client.delete(f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    source_deleted = client.delete(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
 
     assert shown.status_code == 200, shown.content
     assert shown.json()["secret_hint"] == source.secret_hint and shown.json()["previous_secret_valid_until"] is None
     assert deleted.status_code == 202, deleted.content
     assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
+    assert source_deleted.status_code == 202, source_deleted.content
+    assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()
