@@ -473,6 +473,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webhooks.api.schema.drop_component_docstrings",
+        "webhooks.api.schema.nullable_references_as_one_of",
     ],
 }
 # Requests per API key: "<number>/<s|min|h>", counted in the cache, in each process's memory while the

@@ -28,7 +28,7 @@ from webhooks.services.destinations import (
     max_attempts_allowed,
     max_attempts_with_any_schedule,
 )
-from webhooks.services.payload_filters import MAX_PAYLOAD_FILTERS
+from webhooks.services.payload_filters import MAX_PATH_CHARS, MAX_PAYLOAD_FILTERS
 from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER
@@ -109,10 +109,7 @@ _RETRY_AFTER = OpenApiParameter(
     OpenApiTypes.INT,
     OpenApiParameter.HEADER,
     response=[409, 429, 503],
-    description=(
-        "Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress, on a 503 only "
-        "for stored_answer_unreadable)."
-    ),
+    description=("Seconds to wait before sending it again (on a 409 only for idempotency_key_in_progress)."),
 )
 _WWW_AUTHENTICATE = OpenApiParameter(
     "WWW-Authenticate", {"type": "string", "enum": ['Bearer realm="api"']}, OpenApiParameter.HEADER, response=[401]
@@ -155,7 +152,8 @@ class ApiAutoSchema(AutoSchema):
             400: error(
                 "The request is not valid: a query parameter or body field refused or not taken, named in fields."
                 if self._takes_body() or self._is_list()
-                else "The request is not valid: this request takes no query parameters.",
+                else "The request is not valid: this request takes no query parameters"
+                + (", and no body but {} (a field in it is named in fields)." if self.method == "DELETE" else "."),
                 InvalidRequestSerializer,
             ),
             401: error("No API key, or a malformed, unknown or revoked one (invalid_api_key, not_authenticated)."),
@@ -174,6 +172,17 @@ class ApiAutoSchema(AutoSchema):
         if self._takes_body():
             refusals[413] = error("The body is larger than the API takes (request_too_large).")
             refusals[415] = error("The body is not sent as JSON (unsupported_media_type).")
+        if self._takes_body():
+            refusals[503] = error(
+                "A stored secret this request needs (a destination's custom headers, to merge a change into) is "
+                "encrypted with a key this server does not have yet (a new FIELD_ENCRYPTION_KEYS is being "
+                "deployed): nothing was changed; send it again after Retry-After (secret_unreadable)."
+                + (
+                    " Or the answer stored for this Idempotency-Key is, and nothing was run (stored_answer_unreadable)."
+                    if self.method == "POST"
+                    else ""
+                )
+            )
         if self.method == "POST":
             refusals[409] = error(
                 "A request with this Idempotency-Key still runs, or one with it took this request over as lost "
@@ -181,11 +190,6 @@ class ApiAutoSchema(AutoSchema):
             )
             refusals[422] = error(
                 "This Idempotency-Key was used for another request (idempotency_key_reused): send a new key."
-            )
-            refusals[503] = error(
-                "The answer stored for this Idempotency-Key is encrypted with a key this server does not have yet "
-                "(a new FIELD_ENCRYPTION_KEYS is being deployed): nothing was run; send it again after Retry-After "
-                "(stored_answer_unreadable)."
             )
         return refusals
 
@@ -322,6 +326,20 @@ class KnownFieldsOnlySchema(OpenApiSerializerExtension):
         return mapped
 
 
+class PayloadFilterConditionSchema(OpenApiSerializerExtension):
+    """A condition takes path, op and value and no other name (check_payload_filters refuses
+    "unknown field" with a 400), and a path of at most MAX_PATH_CHARS characters."""
+
+    target_class = "webhooks.api.serializers.PayloadFilterSerializer"
+
+    def map_serializer(self, auto_schema, direction):
+        mapped = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            mapped["additionalProperties"] = False
+            mapped["properties"]["path"]["maxLength"] = MAX_PATH_CHARS
+        return mapped
+
+
 class WaitingForFieldSchema(OpenApiSerializerFieldExtension):
     target_class = "webhooks.api.serializers.WaitingForField"
 
@@ -411,3 +429,38 @@ def drop_component_docstrings(result, **kwargs):
         if component.get("type") == "object":
             component.pop("description", None)
     return result
+
+
+# The component a nullable reference's null is described by, as drf-spectacular names its own for a
+# nullable choice (an enum of null alone).
+NULL_COMPONENT = "NullEnum"
+
+
+def nullable_references_as_one_of(result, **kwargs):
+    """SPECTACULAR_SETTINGS' postprocessing hook, after the enums': drf-spectacular writes a nullable
+    reference (a nested answer such as a bulk retry's outcome, or an enum such as waiting_for) as
+    ``{"allOf": [{"$ref": …}], "nullable": true}``. OpenAPI 3.0.3 gives ``nullable`` effect only
+    beside a ``type`` in the same schema object, so strict validators (openapi-core) and generated
+    clients refused the null the API answers. Each becomes ``oneOf`` the reference or null."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    rewritten = False
+    for schema in _schema_objects(schemas):
+        if not schema.get("nullable") or "type" in schema or len(schema.get("allOf", ())) != 1:
+            continue
+        del schema["nullable"]
+        schema["oneOf"] = [*schema.pop("allOf"), {"$ref": f"#/components/schemas/{NULL_COMPONENT}"}]
+        rewritten = True
+    if rewritten:
+        schemas.setdefault(NULL_COMPONENT, {"enum": [None]})
+        result["components"]["schemas"] = dict(sorted(schemas.items()))
+    return result
+
+
+def _schema_objects(node):
+    if isinstance(node, dict):
+        yield node
+        for value in list(node.values()):
+            yield from _schema_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schema_objects(value)

@@ -32,18 +32,17 @@ from webhooks.selectors import (
     event_for_organization,
     event_rows_for_organization,
     events_for_api,
-    source_for_organization,
     sources_for_organization,
     with_previous_secret_until,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
-from webhooks.services.delivery import DeliveryRetryError
+from webhooks.services.delivery import DeliveryGone, DeliveryRetryError
 from webhooks.services.destinations import (
     destination_replay_event,
     destination_retry_delivery,
     destination_set_paused,
 )
-from webhooks.services.operations import NothingToDo, NothingToRetry, OperationError, bulk_retry_request
+from webhooks.services.operations import EventGone, NothingToDo, NothingToRetry, OperationError, bulk_retry_request
 
 from . import schema, serializers
 from .authentication import ApiView, Conflict, SearchBusy, SearchTimedOut
@@ -400,6 +399,8 @@ class EventReplayView(ApiObjectView):
             raise exceptions.ValidationError({"destination": ["no such destination"]}) from None
         try:
             delivery = destination_replay_event(event=event, destination=destination, actor=self.api_key)
+        except EventGone:  # deleted since it was found (its source's deletion, retention)
+            raise exceptions.NotFound("not found") from None
         except OperationError as exc:
             raise Conflict(str(exc)) from None
         return self.show_delivery(delivery)
@@ -467,6 +468,8 @@ class DeliveryRetryView(ApiObjectView):
         self.no_body(request)
         try:
             delivery = destination_retry_delivery(delivery=delivery, actor=self.api_key)
+        except DeliveryGone:  # deleted since it was found (its destination's deletion, retention)
+            raise exceptions.NotFound("not found") from None
         except DeliveryRetryError as exc:
             raise Conflict(str(exc)) from None
         return self.show_delivery(delivery)
@@ -551,6 +554,10 @@ class BulkRetryDetailView(ApiObjectView):
 
 # Lists show hints only: loading the encrypted secret columns would decrypt them row by row.
 _SECRET_COLUMNS = ("secret", "previous_secret")
+# A destination as read answers its custom headers' names and hints (custom_header_hints), never their
+# values: left unread, so that a process without the key they were saved under (a key rollout) still
+# answers reads; a change that needs them (merging custom_headers) loads them then.
+_DESTINATION_SECRET_COLUMNS = (*_SECRET_COLUMNS, "custom_headers")
 
 
 class SourceListView(ApiListView):
@@ -565,14 +572,25 @@ class SourceListView(ApiListView):
 
 class SourceDetailView(ApiObjectView):
     def get(self, request, source_id: str):
-        source = _found(source_for_organization, organization=self.organization, source_id=_int_id(source_id))
-        return self.show(serializers.SourceSerializer, source)
+        # As the list reads it: when the previous secret ends from a plain column, decrypting nothing.
+        return self.show(serializers.SourceSerializer, source_found(self.organization, source_id, to_show=True))
+
+
+def source_found(organization, source_id: str, *, to_show: bool = False):
+    """One source of the organization (404 otherwise), its secrets left unread until something asks
+    for them: a process without the key they were saved under (a key rollout) still reads and deletes
+    it, and a change that needs a secret loads it then. ``to_show``: with when the previous secret
+    ends as the list reads it (an object about to change would show the value from before)."""
+    sources = sources_for_organization(organization=organization)
+    if to_show:
+        sources = with_previous_secret_until(sources)
+    return _found(sources.defer(*_SECRET_COLUMNS).get, pk=_int_id(source_id))
 
 
 def _with_subscriptions(destinations):
     return (
         with_previous_secret_until(destinations)
-        .defer(*_SECRET_COLUMNS)
+        .defer(*_DESTINATION_SECRET_COLUMNS)
         .prefetch_related(Prefetch("subscriptions", queryset=Subscription.objects.order_by("source_id")))
     )
 

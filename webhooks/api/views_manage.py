@@ -14,7 +14,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from webhooks.selectors import destinations_for_organization, source_for_organization, sources_for_organization
+from webhooks.selectors import destinations_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
     RECEIVES_NOTHING_WITHOUT_SOURCE,
@@ -50,9 +50,8 @@ from .views import (
     DestinationLookup,
     SourceDetailView,
     SourceListView,
-    _found,
-    _int_id,
     absolute_url,
+    source_found,
 )
 
 
@@ -83,13 +82,8 @@ def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
 
 
 class SourceLookup:
-    def source(self, source_id: str, *, with_secrets: bool = True):
-        return _found(
-            source_for_organization,
-            organization=self.organization,
-            source_id=_int_id(source_id),
-            with_secrets=with_secrets,
-        )
+    def source(self, source_id: str):
+        return source_found(self.organization, source_id)
 
 
 class SourceShowMixin(ApiObjectView):
@@ -195,7 +189,8 @@ class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
     def delete(self, request, source_id: str):
         # The dashboard deletes a source with its events; so does this, in the background: the
         # source stops receiving now and is hidden from the API from then on (404).
-        source = self.source(source_id, with_secrets=False)  # one no key decrypts can still be deleted
+        source = self.source(source_id)  # its secrets unread: one no key decrypts can still be deleted
+        self.no_body(request)
         source_delete(source=source, actor=self.api_key)
         return Response({"id": source.pk, "state": "deleting"}, status=202)
 
@@ -388,6 +383,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
         # The dashboard's service, in the background: nothing more is sent to the destination from
         # now on, and it is hidden from the API from then on (404).
         destination = self.destination(destination_id, with_secrets=False)  # as a source's
+        self.no_body(request)
         destination_delete(destination=destination, actor=self.api_key)
         return Response({"id": destination.pk, "state": "deleting"}, status=202)
 

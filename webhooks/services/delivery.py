@@ -1996,6 +1996,11 @@ class DeliveryRetryError(ValueError):
     """The delivery cannot be retried by hand (message is safe to show)."""
 
 
+class DeliveryGone(DeliveryRetryError):
+    """The delivery was deleted after it was looked up (its destination's or organization's deletion,
+    retention): the API answers 404, as it would have had it been asked a moment later."""
+
+
 # The destinations the dispatcher sends to: active, not paused, and of an active organization (a
 # suspended one, or one being deleted, is inactive). Which of these holds a destination's
 # deliveries is delivery_waits.delivery_hold's to say; the admin's "Sending" filter is this rule too.
@@ -2046,7 +2051,9 @@ def revived_last_outcome() -> dict:
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     """Send a dead or waiting delivery again now (one more attempt, on top of the schedule)."""
-    locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
+    locked = Delivery.objects.select_for_update().filter(pk=delivery.pk).first()
+    if locked is None:
+        raise DeliveryGone("the delivery no longer exists: it was deleted meanwhile")
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")

@@ -14,12 +14,12 @@ from django.utils.dateparse import parse_datetime
 from organizations.models import Organization
 from organizations.services import audit_record
 from webhooks.fields import encrypted_field_names
-from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
+from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
 from .delivery import DESTINATION_BEING_DELETED_ERROR, MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
 from .permissions import require_configure_role
-from .row_locks import lock_destinations_against_deletion
+from .row_locks import lock_destinations_against_deletion, lock_event_against_deletion
 from .scheduling import schedule_once
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -31,6 +31,10 @@ BULK_RETRY_STALLED_AFTER = timedelta(minutes=5)
 
 class OperationError(ValueError):
     """The operation cannot be done as asked (message is safe to show)."""
+
+
+class EventGone(OperationError):
+    """The event was deleted after it was looked up (its source's deletion, retention)."""
 
 
 class NothingToDo(OperationError):
@@ -221,11 +225,16 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    # Its delivery would be dead-lettered unsent and then deleted with the event.
+    if Source.objects.filter(pk=event.source_id, deletion_requested_at__isnull=False).exists():
+        raise OperationError("the event's source is being deleted: its events are not sent again")
     if not lock_destinations_against_deletion([destination.pk]):
         # Its deletion was asked for since the caller read it (or it is gone).
         if Destination.objects.filter(pk=destination.pk).exists():
             raise OperationError(DESTINATION_BEING_DELETED_ERROR)
         raise OperationError("the destination has been deleted")
+    if not lock_event_against_deletion(event.pk):
+        raise EventGone("the event no longer exists: it was deleted meanwhile")
     delivery = Delivery.objects.create(
         organization_id=event.organization_id, event=event, destination=destination, is_replay=True
     )

@@ -8,7 +8,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
 
 from webhooks.fields import encrypted_field_names
-from webhooks.models import Delivery, Destination, Source
+from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
 # Why a deletion is tried again: a delivery or attempt committed after the deletion collected
 # them (foreign_key_violation), or a lock cycle with the dispatcher (deadlock_detected).
@@ -40,6 +40,13 @@ def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
     deletion locks the source's row and then the audit chain's (source_deletion), and each would
     wait for the other. Taken before the first audit entry, the source comes first on both sides."""
     return _lock_against_deletion(Source, source_ids)
+
+
+def lock_event_against_deletion(event_id) -> bool:
+    """Whether the event still exists, locked against deletion until the transaction ends (as
+    lock_destinations_against_deletion): a delivery made for it then cannot point at an event its
+    source's deletion or the retention purge removed since it was read."""
+    return bool(_lock_against_deletion(WebhookEvent, [event_id]))
 
 
 def _lock_against_deletion(model: type[Model], pks: Iterable[int], *, skip_being_deleted: bool = False) -> set[int]:

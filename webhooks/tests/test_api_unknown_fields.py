@@ -104,6 +104,19 @@ def test_actions_without_a_body_refuse_fields_and_take_an_empty_one(client, key,
     _refused(response, "force")
 
 
+@pytest.mark.parametrize("kind", ["source", "billing"])
+def test_a_delete_refuses_fields_in_its_body_and_deletes_nothing(client, key, world, kind):
+    # Seen with a script: DELETE with {"force": true} (or {"keep_events": true}) answered 202 and
+    # deleted, the field unread. As for an action without a body: none, or {}.
+    plural = "sources" if kind == "source" else "destinations"
+    path = f"/api/v1/{plural}/{world[kind].pk}"
+    headers = {"content_type": "application/json", "HTTP_AUTHORIZATION": f"Bearer {key}"}
+    assert "nothing" in _refused(client.delete(path, {"keep_events": True}, **headers), "keep_events")
+    model = Source if kind == "source" else Destination
+    assert model.objects.get(pk=world[kind].pk).deletion_requested_at is None
+    assert client.delete(path, {}, **headers).status_code == 202
+
+
 @pytest.mark.parametrize(
     ("path", "params", "field"),
     [

@@ -10,12 +10,14 @@ import threading
 import pytest
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
+from webhooks.api import views as api_views
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services import batched_deletion, destination_deletion, operations, processing, row_locks
 from webhooks.services import delivery as delivery_service
 from webhooks.services.destination_deletion import destination_deletion_run
 from webhooks.services.destinations import destination_delete
 
+from .api_helpers import api_post, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
 
@@ -425,3 +427,35 @@ def test_a_claim_during_the_request_passes_the_destination_over_and_later_claims
     assert (doomed_delivery.status, doomed_delivery.attempt_count) == (Delivery.Status.PENDING, 0)
     assert destination_deletion_run(destination_id=doomed.pk).finished
     assert list(Delivery.objects.values_list("destination_id", flat=True)) == [kept.pk]
+
+
+def test_retrying_a_delivery_its_destinations_deletion_removed_meanwhile_is_refused_with_a_reason(routed):
+    # Found, then deleted by the deletion's batches before its lock: a refusal, not DoesNotExist.
+    _, doomed = routed
+    processing.process_event_batch()
+    stale = Delivery.objects.get(destination=doomed)
+    delete_in_full(doomed)
+    with pytest.raises(delivery_service.DeliveryGone, match="no longer exists"):
+        delivery_service.delivery_retry(delivery=stale)
+
+
+def test_the_api_answers_404_for_a_retry_whose_delivery_its_destinations_deletion_removed_meanwhile(
+    client, organization, routed, monkeypatch
+):
+    # Seen with a script: DELETE a destination, then retry one of its dead deliveries at once. The
+    # view found the delivery, the worker's batch deleted it before the retry locked it: a 500.
+    _, doomed = routed
+    processing.process_event_batch()
+    delivery = Delivery.objects.get(destination=doomed)
+    key = make_key(organization)[1]
+    found = api_views.delivery_for_organization
+
+    def found_then_deleted(**kwargs):
+        row = found(**kwargs)
+        delete_in_full(doomed)
+        return row
+
+    monkeypatch.setattr(api_views, "delivery_for_organization", found_then_deleted)
+    response = api_post(client, key, f"/api/v1/deliveries/{delivery.pk}/retry")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": "not found"}

@@ -276,9 +276,70 @@ def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_
     _fernet_for.cache_clear()
     client.raise_request_exception = False
 
-    response = client.get(
-        f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}"
+    # A change of the custom headers merges them with the stored ones: it needs them decrypted.
+    response = client.patch(
+        f"/api/v1/destinations/{destination.pk}",
+        {"custom_headers": {"X-Team": "billing"}},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}",
     )
 
     assert response.status_code == 503 and response["Retry-After"]
     assert response.json()["error"] == "secret_unreadable"
+
+
+def test_reading_destinations_needs_no_secret_so_a_process_without_the_new_key_still_answers(
+    client, organization, settings
+):
+    # Seen with a script against a process still on the old key alone: GET /api/v1/destinations was a
+    # 503 for every destination, one with custom headers saved under the new key being on the page.
+    # A read answers the headers' names and hints (plain columns), never their values.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    key = make_key(organization)[1]
+
+    listed = client.get("/api/v1/destinations", HTTP_AUTHORIZATION=f"Bearer {key}")
+    one = client.get(f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    renamed = client.patch(
+        f"/api/v1/destinations/{destination.pk}",
+        {"name": "Renamed"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    paused = client.post(f"/api/v1/destinations/{destination.pk}/pause", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert listed.status_code == 200, listed.content
+    assert [header["name"] for header in listed.json()["results"][0]["custom_headers"]] == ["X-Api-Key"]
+    assert one.status_code == 200 and one.json()["custom_headers"] == listed.json()["results"][0]["custom_headers"]
+    assert renamed.status_code == 200 and paused.status_code == 200
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"X-Api-Key": "k" * 24}
+
+
+def test_reading_a_source_and_deleting_a_source_or_a_destination_need_no_secret(client, organization, settings):
+    # A source's answer shows its secret's hint (a plain column), and a deletion reads no secret: a
+    # process without the key they were saved under answered both 503 secret_unreadable.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    source = make_source(organization, provider="github", secret="a-github-secret-under-the-new-key")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    key = make_key(organization)[1]
+
+    shown = client.get(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    deleted = client.delete(f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    source_deleted = client.delete(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert shown.status_code == 200, shown.content
+    assert shown.json()["secret_hint"] == source.secret_hint and shown.json()["previous_secret_valid_until"] is None
+    assert deleted.status_code == 202, deleted.content
+    assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
+    assert source_deleted.status_code == 202, source_deleted.content
+    assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()

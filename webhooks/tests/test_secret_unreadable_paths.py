@@ -240,14 +240,20 @@ def test_failures_while_the_cache_is_down_are_shared_once_it_answers(monkeypatch
 def test_a_page_and_an_api_call_say_which_it_likely_is(client, owner, organization, stored, said):
     # It always said a new key was being deployed, also for a value no key will ever read.
     destination, _ = make_destination(organization, "http://127.0.0.1:9/", custom_headers={"X-Api-Key": "k" * 24})
-    for column in ("secret", "custom_headers"):  # the API's answer shows the custom headers' names
+    for column in ("secret", "custom_headers"):
         store_raw(Destination, destination.pk, foreign_token() if stored == "foreign" else DAMAGED, column)
     client.force_login(owner)
     client.raise_request_exception = False
 
     page = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
     assert page.status_code == 503 and said in page.content.decode()
-    api = client.get(f"/api/v1/destinations/{destination.pk}", HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}")
+    # A change of the custom headers merges them with the stored ones: it needs them decrypted.
+    api = client.patch(
+        f"/api/v1/destinations/{destination.pk}",
+        {"custom_headers": {"X-Team": "billing"}},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}",
+    )
     assert api.status_code == 503 and said in api.json()["detail"]
     reason = UNKNOWN_KEY if stored == "foreign" else MALFORMED
     assert secret_health.shared().counts == {("dashboard", reason): 1, ("api", reason): 1}

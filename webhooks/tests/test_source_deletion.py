@@ -11,14 +11,15 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from organizations.models import AuditLog
+from organizations.models import ApiKey, AuditLog
 from webhooks import tasks
-from webhooks.models import Delivery, DeliveryAttempt
+from webhooks.api import views as api_views
+from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.services import alerts, processing, source_deletion
 from webhooks.services import delivery as delivery_service
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
-from .api_helpers import make_event
+from .api_helpers import api_delete, api_post, make_event, make_key
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
 
@@ -120,3 +121,42 @@ def test_an_events_page_names_its_source_being_deleted_without_a_link(client, ow
     page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])).content.decode()
     assert "doomed" in page and "Being deleted" in page
     assert reverse("dashboard:source_detail", args=[organization.slug, source.pk]) not in page
+
+
+def test_an_event_of_a_source_being_deleted_is_not_replayed(client, organization, published):
+    # Its delivery would be dead-lettered unsent and deleted with the event: a 202 would say otherwise.
+    doomed = make_source(organization, name="doomed")
+    event = make_event(doomed)
+    destination, _ = make_destination(organization, RECEIVER, sources=[doomed])
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    assert api_delete(client, key, f"/api/v1/sources/{doomed.pk}").status_code == 202
+    before = Delivery.objects.count()
+    response = api_post(client, key, f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk})
+    assert response.status_code == 409, response.content
+    assert response.json()["detail"] == "the event's source is being deleted: its events are not sent again"
+    assert Delivery.objects.count() == before
+
+
+def test_replaying_an_event_its_sources_deletion_removed_meanwhile_answers_404(
+    client, organization, published, monkeypatch
+):
+    # Seen with a script: DELETE a source, then replay its events at once. The view found the event,
+    # the worker's batch deleted it before the delivery was made: an IntegrityError, a 500.
+    doomed = make_source(organization, name="doomed")
+    event = make_event(doomed)
+    destination, _ = make_destination(organization, RECEIVER, sources=[doomed])
+    _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
+    found = api_views.event_for_organization
+
+    def found_then_deleted(**kwargs):
+        row = found(**kwargs)
+        # The deletion's batches before its mark is read: the source as the lookup saw it, rows gone.
+        Delivery.objects.filter(event__source=doomed).delete()
+        WebhookEvent.objects.filter(source=doomed).delete()
+        return row
+
+    monkeypatch.setattr(api_views, "event_for_organization", found_then_deleted)
+    response = api_post(client, key, f"/api/v1/events/{event.pk}/replay", {"destination": destination.pk})
+    assert response.status_code == 404, response.content
+    assert response.json() == {"error": "not_found", "detail": "not found"}
+    assert not Delivery.objects.filter(event_id=event.pk).exists()
