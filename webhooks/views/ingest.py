@@ -62,10 +62,23 @@ class IngestView(APIView):
             body = django_request.body if declared_length else _body_without_length(django_request)
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
-        except Exception:  # the server's own parse errors (a bad chunk size, a body cut short)
+        except Exception as exc:  # the server's own parse errors (a bad chunk size, a body cut short)
+            if _timed_out(exc):
+                return _json(408, {"error": "request_timeout", "detail": "the request body did not arrive in time"})
             return _json(400, {"error": "unreadable_body", "detail": "the request body could not be read whole"})
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
             return _too_large()
+        if len(body) < declared_length:
+            # The connection ended before the body did (gunicorn hands over what came, without an
+            # error). Stored, a cut body whose check does not cover it (a shared token) would be kept
+            # as the event, and the provider's retry with the whole body counted as its duplicate.
+            return _json(
+                400,
+                {
+                    "error": "unreadable_body",
+                    "detail": f"the body ended after {len(body)} of the {declared_length} bytes of its Content-Length",
+                },
+            )
         try:
             query = {key: django_request.GET.getlist(key) for key in django_request.GET}
         except TooManyFieldsSent:
@@ -137,6 +150,16 @@ def _unavailable(detail: str) -> HttpResponse:
 
 def _too_large() -> HttpResponse:
     return _json(413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"})
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether reading the body gave up on time: config/gunicorn.conf.py's REQUEST_READ_TIMEOUT_SECONDS
+    (a TimeoutError, which Django wraps once or twice in UnreadablePostError)."""
+    while exc is not None:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _body_without_length(django_request) -> bytes:
