@@ -10,6 +10,7 @@ thread); INGEST_WRITER_PROCESS=false does without it.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -207,7 +208,35 @@ def _limit_request_read_time(worker) -> None:
     worker.handle = handle_with_read_deadline
 
 
+# --- gunicorn's own answers, as JSON -----------------------------------------------------------------
+# A request gunicorn cannot parse (ambiguous framing, a bad header, too many or too long ones) never
+# reaches Django: gunicorn answers it itself, with an HTML page. Its senders are programs (webhook
+# providers, API clients), which read every other refusal of Hookline's as {"error", "detail"}.
+_GUNICORN_ERRORS = {
+    400: "bad_request",
+    403: "forbidden",
+    408: "request_timeout",
+    414: "request_line_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "server_error",
+    501: "unsupported_transfer_coding",
+}
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    from gunicorn.util import write_nonblock
+
+    error = _GUNICORN_ERRORS.get(status_int, "bad_request" if 400 <= status_int < 500 else "server_error")
+    body = json.dumps({"error": error, "detail": mesg or reason}).encode()  # ASCII: escapes what came
+    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    write_nonblock(sock, head.encode("latin-1") + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
 def post_fork(server, worker):
+    from gunicorn import util
+
+    util.write_error = _write_json_error  # called as util.write_error by the worker's handle_error
     _limit_request_read_time(worker)
 
 

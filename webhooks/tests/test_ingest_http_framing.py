@@ -289,5 +289,31 @@ def test_ambiguous_framing_is_refused_and_nothing_behind_it_runs(port, stripe_so
         *(line % {b"n": len(body)} for line in framing),
     )
     answers = _exchange(port, head + b"0\r\n\r\n" + smuggled)
-    assert [status for status, _ in answers] == [400]
+    assert [(status, answer["error"]) for status, answer in answers] == [(400, "bad_request")]
     assert _stored("evt_ambiguous") == [] and _stored("evt_smuggled") == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "error"),
+    [
+        pytest.param([b"X-Folded: one", b" two"], 400, "bad_request", id="obs-fold"),
+        pytest.param([b"X-Nul: a\x00b"], 400, "bad_request", id="nul-in-value"),
+        pytest.param([b"X-N\x00ul: ab"], 400, "bad_request", id="nul-in-name"),
+        pytest.param([b"X-Long: " + b"v" * 9000], 431, "headers_too_large", id="long-header"),
+        pytest.param([b"X-H-%d: v" % n for n in range(101)], 431, "headers_too_large", id="too-many-headers"),
+        pytest.param([b"Expect: 200-ok"], 417, "expectation_failed", id="odd-expect"),
+        pytest.param([b"Transfer-Encoding: gzip"], 400, "bad_request", id="gzip-coding-alone"),
+    ],
+)
+def test_requests_gunicorn_refuses_are_answered_in_json(port, stripe_source, extra, status, error):
+    # gunicorn answers these itself, before Django: they get the same {"error", "detail"} as the rest.
+    body = _body("evt_refused_by_gunicorn")
+    [(answered, answer)] = _exchange(port, _stripe_head(stripe_source.ingest_token, body, *extra) + body)
+    assert (answered, answer["error"]) == (status, error)
+    assert answer["detail"]
+    assert _stored("evt_refused_by_gunicorn") == []
+
+
+def test_a_request_line_too_long_is_answered_in_json(port, transactional_db):
+    [(status, answer)] = _exchange(port, b"POST /in/" + b"t" * 5000 + b"/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (status, answer["error"]) == (414, "request_line_too_long")
