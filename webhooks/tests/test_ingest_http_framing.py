@@ -22,6 +22,7 @@ import stripe
 
 from webhooks.models import WebhookEvent
 
+from .api_helpers import make_key
 from .factories import STRIPE_SECRET, make_source
 from .processes import PATIENCE_SECONDS, free_port, wait_for_port, wait_until
 from .test_ingest_writer_process import _start_gunicorn, _writer_pids
@@ -317,3 +318,38 @@ def test_requests_gunicorn_refuses_are_answered_in_json(port, stripe_source, ext
 def test_a_request_line_too_long_is_answered_in_json(port, transactional_db):
     [(status, answer)] = _exchange(port, b"POST /in/" + b"t" * 5000 + b"/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert (status, answer["error"]) == (414, "request_line_too_long")
+
+
+# --- the same limits elsewhere than ingest ------------------------------------------------------------
+
+
+def test_an_api_body_that_does_not_arrive_in_time_is_a_408_not_a_500(port, organization, transactional_db):
+    _, key = make_key(organization)
+    body = b'{"name": "slow", "url": "http://127.0.0.1:9/hook"}'
+    head = (
+        b"POST /api/v1/destinations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with _connect(port) as conn:
+        conn.sendall(head + body[:5])  # and then nothing
+        [(status, answer)] = _answers(_read_all(conn))
+    assert (status, answer["error"]) == (408, "request_timeout")
+
+
+class _ResetMidBody:
+    def read(self, *args):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    readline = read
+
+
+def test_an_api_body_cut_by_a_reset_is_a_400_not_a_500(client, organization):
+    _, key = make_key(organization)
+    answer = client.post(
+        "/api/v1/destinations",
+        data=b'{"name": "cut"}',
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        **{"wsgi.input": _ResetMidBody()},
+    )
+    assert (answer.status_code, answer.json()["error"]) == (400, "unreadable_body")

@@ -13,6 +13,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from accounts.http import client_ip
+from config.unreadable_body import read_timed_out
 from webhooks.services.ingest import DUPLICATE_HEADER, EVENT_ID_HEADER, ingest_request
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class IngestView(APIView):
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
         except Exception as exc:  # the server's own parse errors (a bad chunk size, a body cut short)
-            if _timed_out(exc):
+            if read_timed_out(exc):
                 return _json(408, {"error": "request_timeout", "detail": "the request body did not arrive in time"})
             return _json(400, {"error": "unreadable_body", "detail": "the request body could not be read whole"})
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
@@ -150,16 +151,6 @@ def _unavailable(detail: str) -> HttpResponse:
 
 def _too_large() -> HttpResponse:
     return _json(413, {"error": "body_too_large", "detail": f"the body exceeds {settings.INGEST_MAX_BODY_BYTES} bytes"})
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether reading the body gave up on time: config/gunicorn.conf.py's REQUEST_READ_TIMEOUT_SECONDS
-    (a TimeoutError, which Django wraps once or twice in UnreadablePostError)."""
-    while exc is not None:
-        if isinstance(exc, TimeoutError):
-            return True
-        exc = exc.__cause__
-    return False
 
 
 def _body_without_length(django_request) -> bytes:
