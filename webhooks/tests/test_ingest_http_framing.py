@@ -353,3 +353,12 @@ def test_an_api_body_cut_by_a_reset_is_a_400_not_a_500(client, organization):
         **{"wsgi.input": _ResetMidBody()},
     )
     assert (answer.status_code, answer.json()["error"]) == (400, "unreadable_body")
+
+
+@pytest.mark.parametrize("path", ["/in/", "/in//{token}/", "/in/x/../{token}/", "/in/{token}/extra", "/in"])
+def test_other_paths_under_in_are_answered_in_json(client, stripe_source, path):
+    # What Django routes as it came (gunicorn does not normalize paths): the unknown token's answer.
+    body = _body("evt_odd_path").decode()
+    answer = client.post(path.format(token=stripe_source.ingest_token), body, content_type="application/json")
+    assert (answer.status_code, answer.json()["error"]) == (404, "unknown_source")
+    assert _stored("evt_odd_path") == []

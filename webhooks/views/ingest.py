@@ -8,6 +8,7 @@ from django.core.exceptions import ImproperlyConfigured, TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.http.request import RawPostDataException
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
@@ -122,6 +123,13 @@ class IngestView(APIView):
             response = _json(outcome.status_code, outcome.payload)
         response.after_answer = outcome.after_answer
         return response
+
+
+@csrf_exempt
+def not_an_ingest_url(request, *args, **kwargs):
+    """Any other path under /in/ ("/in//<token>/", "/in/<token>/extra", "/in/"): the answer of an
+    unknown token, in JSON, where Django's HTML 404 page was (or, for a POST, its CSRF page)."""
+    return _json(404, {"error": "unknown_source", "detail": "no active source has this ingest URL"})
 
 
 class IngestAnswer(HttpResponse):
