@@ -10,6 +10,7 @@ thread); INGEST_WRITER_PROCESS=false does without it.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -117,6 +118,126 @@ def _wanted(server) -> bool:
         server.log.warning("ingest writer process not started: it does not work with --preload")
         return False
     return True
+
+
+# --- a time limit on reading each request -------------------------------------------------------------
+# gunicorn's threads read a request's headers and body with no time limit once its first byte has come,
+# so a client sending part of a request and then nothing (or a byte now and then) held a thread for as
+# long as it kept the connection open: a few dozen such connections stopped all ingest. Each request
+# may now keep a thread waiting for its bytes REQUEST_READ_TIMEOUT_SECONDS in all; past it, a read
+# raises RequestReadTimeout: during the headers the connection is closed quietly (gunicorn's path for
+# a client gone mid-request), during the body the application answers (the ingest view: 408).
+_DEFAULT_READ_TIMEOUT_SECONDS = 15.0  # a 1 MiB body at 1 Mbit/s takes 8 s; providers give up at 10 to 30 s
+
+
+def _read_timeout_seconds() -> float:
+    env = environ.Env()
+    environ.Env.read_env(_MANAGE_PY.parent / ".env", overwrite=False)
+    seconds = env.float("REQUEST_READ_TIMEOUT_SECONDS", default=_DEFAULT_READ_TIMEOUT_SECONDS)
+    if not seconds > 0:
+        raise ValueError(f"REQUEST_READ_TIMEOUT_SECONDS must be above 0 (got {seconds})")
+    return seconds
+
+
+def _read_timeout_error():
+    from gunicorn.http.errors import NoMoreData
+
+    class RequestReadTimeout(NoMoreData, TimeoutError):
+        """A request that did not arrive in time. NoMoreData: gunicorn closes the connection without
+        logging a traceback (as for a client gone mid-request); TimeoutError: what gunicorn's own body
+        drain expects of a socket read that gave up, and what the ingest view answers 408 for."""
+
+        def __str__(self):
+            return "the request did not arrive within the read time limit"
+
+    return RequestReadTimeout
+
+
+class _ReadDeadlineSocket:
+    """A connection's socket whose recv() gives up once the current request took too long to arrive.
+
+    What is limited is the time spent waiting for the client's bytes, added up over the request's
+    reads; time the application takes between them (a first request's imports, a loaded machine)
+    does not count. Only reads are limited: answers are written as before. The worker's handle()
+    starts each request's count again (``waited``).
+    """
+
+    def __init__(self, sock, seconds: float, error: type[Exception]):
+        self._sock = sock
+        self._seconds = seconds
+        self._error = error
+        self.waited = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def recv(self, size, *flags):
+        if self._sock.gettimeout() is not None:
+            # Non-blocking, or bounded by the caller itself (gunicorn's drain of an unread body, or
+            # before closing): left as it is, so that an answer already written is not cut by a reset.
+            return self._sock.recv(size, *flags)
+        remaining = self._seconds - self.waited
+        if remaining <= 0:
+            raise self._error()
+        self._sock.settimeout(remaining)
+        started = time.monotonic()
+        try:
+            return self._sock.recv(size, *flags)
+        except TimeoutError:
+            raise self._error() from None
+        finally:
+            self.waited += time.monotonic() - started
+            self._sock.settimeout(None)
+
+
+def _limit_request_read_time(worker) -> None:
+    from gunicorn.workers.gthread import ThreadWorker
+
+    # The Procfile's gthread workers only; a sync worker is stopped by gunicorn's own `timeout`.
+    if not isinstance(worker, ThreadWorker) or worker.cfg.is_ssl:  # TLS wraps the real socket itself
+        return
+    seconds, error = _read_timeout_seconds(), _read_timeout_error()
+    handle = worker.handle
+
+    def handle_with_read_deadline(conn):
+        if not isinstance(conn.sock, _ReadDeadlineSocket):
+            conn.sock = _ReadDeadlineSocket(conn.sock, seconds, error)
+        conn.sock.waited = 0.0  # each request (a kept-alive connection's next one) gets its own time
+        return handle(conn)
+
+    worker.handle = handle_with_read_deadline
+
+
+# --- gunicorn's own answers, as JSON -----------------------------------------------------------------
+# A request gunicorn cannot parse (ambiguous framing, a bad header, too many or too long ones) never
+# reaches Django: gunicorn answers it itself, with an HTML page. Its senders are programs (webhook
+# providers, API clients), which read every other refusal of Hookline's as {"error", "detail"}.
+_GUNICORN_ERRORS = {
+    400: "bad_request",
+    403: "forbidden",
+    408: "request_timeout",
+    414: "request_line_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "server_error",
+    501: "unsupported_transfer_coding",
+}
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    from gunicorn.util import write_nonblock
+
+    error = _GUNICORN_ERRORS.get(status_int, "bad_request" if 400 <= status_int < 500 else "server_error")
+    body = json.dumps({"error": error, "detail": mesg or reason}).encode()  # ASCII: escapes what came
+    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    write_nonblock(sock, head.encode("latin-1") + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def post_fork(server, worker):
+    from gunicorn import util
+
+    util.write_error = _write_json_error  # called as util.write_error by the worker's handle_error
+    _limit_request_read_time(worker)
 
 
 # Kept on gunicorn's arbiter, not in this module: a HUP loads this file again as a new module,

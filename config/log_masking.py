@@ -15,7 +15,13 @@ import re
 from gunicorn.glogging import Logger
 
 _URL_TOKEN_PREFIXES = ("/in/", "/team/join/", "/sign-in/link/", "/secret/")
-_URL_TOKEN = re.compile(r"(/(?:in|team/join|sign-in/link|secret)/)([A-Za-z0-9_-]{8,})")
+# The path after one of those prefixes, up to its query, fragment or the end of the URL in a log line.
+# Each token-like run in it is masked, not only one right after the prefix: gunicorn and Django log
+# the path as it came, so "/in//<token>/", "/in/x/../<token>/" (404s whose token still works on its
+# own URL) or a token with a percent-escaped character ("/in/abc%64ef…/", which routes to the
+# source: 200) held the whole token.
+_URL_TOKEN = re.compile(r"(/(?:in|team/join|sign-in/link|secret)/)([^\s\"'?#<>]+)")
+_TOKEN_RUN = re.compile(r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}){8,}")
 # A REST API key wherever it shows up: a script that puts it in the query string, or sends it the
 # way Stripe's API takes its keys (`curl -u hl_…:`), whose Basic user name gunicorn logs as %(u)s.
 _API_KEY = re.compile(r"(hl_[0-9a-f]{10}_)([A-Za-z0-9_-]{8,})")
@@ -26,7 +32,11 @@ def mask_url_tokens(text: str) -> str:
         text = _API_KEY.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
     if not any(prefix in text for prefix in _URL_TOKEN_PREFIXES):  # the common case, without the regex
         return text
-    return _URL_TOKEN.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
+    return _URL_TOKEN.sub(lambda match: match.group(1) + _TOKEN_RUN.sub(_last_four, match.group(2)), text)
+
+
+def _last_four(match: re.Match) -> str:
+    return f"…{match.group(0)[-4:]}"
 
 
 def _masked(value):

@@ -125,6 +125,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A body the client did not send whole (reset, or over REQUEST_READ_TIMEOUT_SECONDS): 400/408, not 500.
+    "config.unreadable_body.UnreadableBodyMiddleware",
     # Last, so that it sees the views' exceptions first: a secret not decryptable yet is a 503.
     "webhooks.views.one_look.SecretNotReadableMiddleware",
 ]

@@ -5,7 +5,7 @@ from webhooks.api.authentication import json_not_found
 from webhooks.views.csp_reports import csp_report
 from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
-from webhooks.views.ingest import IngestView
+from webhooks.views.ingest import IngestView, not_an_ingest_url
 from webhooks.views.metrics import metrics
 
 urlpatterns = [
@@ -13,6 +13,8 @@ urlpatterns = [
     # The same without the slash: providers do not follow a redirect with their POST body,
     # so APPEND_SLASH's 301 would lose the webhook without a trace.
     path("in/<str:token>", IngestView.as_view(), name="ingest-without-slash"),
+    # Any other path under /in/ (a doubled slash, a segment more): a provider's JSON 404, not a page.
+    re_path(r"^in(?:/|$)", not_an_ingest_url),
     path("livez", livez, name="livez"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

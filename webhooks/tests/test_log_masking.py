@@ -34,6 +34,13 @@ API_KEY = "hl_0123abcdef_" + "s3cr3t-_" * 4 + "abcdefKtai"  # 42 characters afte
         (f"GET /api/v1/events?api_key={API_KEY} HTTP/1.1", "GET /api/v1/events?api_key=hl_0123abcdef_…Ktai HTTP/1.1"),
         (f"Bearer {API_KEY}", "Bearer hl_0123abcdef_…Ktai"),
         ("GET /api/v1/events?event_type=hl_x HTTP/1.1", "GET /api/v1/events?event_type=hl_x HTTP/1.1"),
+        # Paths as they came over the wire, which Django and gunicorn log unnormalized: a 404 (the
+        # token still works on its own URL) or a percent-escaped character (which routes to the source).
+        (f"POST /in//{TOKEN}/ HTTP/1.1", "POST /in//…tail/ HTTP/1.1"),
+        (f"Not Found: /in/x/../{TOKEN}/", "Not Found: /in/x/../…tail/"),
+        (f"POST /in/{TOKEN[:5]}%{ord(TOKEN[5]):02X}{TOKEN[6:]}/ HTTP/1.1", "POST /in/…tail/ HTTP/1.1"),
+        (f"POST /in/%{ord(TOKEN[0]):02x}{TOKEN[1:]}%2F HTTP/1.1", "POST /in/…l%2F HTTP/1.1"),
+        (f'"POST /in/{TOKEN}/extra HTTP/1.1" 404', '"POST /in/…tail/extra HTTP/1.1" 404'),
     ],
 )
 def test_tokens_in_text_keep_only_their_last_four_characters(text, expected):

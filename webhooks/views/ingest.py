@@ -8,11 +8,13 @@ from django.core.exceptions import ImproperlyConfigured, TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.http.request import RawPostDataException
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from accounts.http import client_ip
+from config.unreadable_body import read_timed_out
 from webhooks.services.ingest import DUPLICATE_HEADER, EVENT_ID_HEADER, ingest_request
 
 logger = logging.getLogger(__name__)
@@ -62,10 +64,23 @@ class IngestView(APIView):
             body = django_request.body if declared_length else _body_without_length(django_request)
         except RawPostDataException:  # pragma: no cover - nothing reads the stream before us
             body = b""
-        except Exception:  # the server's own parse errors (a bad chunk size, a body cut short)
+        except Exception as exc:  # the server's own parse errors (a bad chunk size, a body cut short)
+            if read_timed_out(exc):
+                return _json(408, {"error": "request_timeout", "detail": "the request body did not arrive in time"})
             return _json(400, {"error": "unreadable_body", "detail": "the request body could not be read whole"})
         if len(body) > settings.INGEST_MAX_BODY_BYTES:
             return _too_large()
+        if len(body) < declared_length:
+            # The connection ended before the body did (gunicorn hands over what came, without an
+            # error). Stored, a cut body whose check does not cover it (a shared token) would be kept
+            # as the event, and the provider's retry with the whole body counted as its duplicate.
+            return _json(
+                400,
+                {
+                    "error": "unreadable_body",
+                    "detail": f"the body ended after {len(body)} of the {declared_length} bytes of its Content-Length",
+                },
+            )
         try:
             query = {key: django_request.GET.getlist(key) for key in django_request.GET}
         except TooManyFieldsSent:
@@ -108,6 +123,13 @@ class IngestView(APIView):
             response = _json(outcome.status_code, outcome.payload)
         response.after_answer = outcome.after_answer
         return response
+
+
+@csrf_exempt
+def not_an_ingest_url(request, *args, **kwargs):
+    """Any other path under /in/ ("/in//<token>/", "/in/<token>/extra", "/in/"): the answer of an
+    unknown token, in JSON, where Django's HTML 404 page was (or, for a POST, its CSRF page)."""
+    return _json(404, {"error": "unknown_source", "detail": "no active source has this ingest URL"})
 
 
 class IngestAnswer(HttpResponse):
