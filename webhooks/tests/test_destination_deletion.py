@@ -221,6 +221,35 @@ def test_retries_replays_and_bulk_retries_to_it_are_refused_with_the_reason(orga
     assert Delivery.objects.filter(destination=destination, status=Delivery.Status.PENDING).count() == 0
 
 
+def test_a_pause_or_resume_of_it_is_refused_with_the_reason(organization, published):
+    # The admin's Pause and Resume actions list it (its list shows it as being deleted): a resume
+    # brought every waiting delivery forward in one UPDATE, however many (what the deletion's
+    # batches avoid), and said "Resumed; what queued up is being sent", audited, though nothing is.
+    source = make_source(organization)
+    paused, _ = make_destination(organization, RECEIVER, sources=[source])
+    active, _ = make_destination(organization, "http://127.0.0.1:9/active", sources=[source])
+    add_events(source, paused, 1, prefix="waiting")
+    Delivery.objects.filter(destination=paused).update(status=Delivery.Status.PENDING)
+    waiting_until = Delivery.objects.get(destination=paused).next_attempt_at
+    operations.destination_pause(destination=paused)
+    stale_paused, stale_active = (Destination.objects.get(pk=d.pk) for d in (paused, active))
+    destination_request_deletion(destination=paused)
+    destination_request_deletion(destination=active)
+    reason = "the destination is being deleted: nothing more is sent to it"
+
+    with pytest.raises(operations.OperationError, match=reason) as refused:
+        operations.destination_resume(destination=stale_paused)
+    assert not isinstance(refused.value, operations.NothingToDo)
+    with pytest.raises(operations.OperationError, match=reason):
+        operations.destination_pause(destination=stale_active)
+
+    assert Destination.objects.get(pk=paused.pk).paused_at is not None
+    assert Destination.objects.get(pk=active.pk).paused_at is None
+    assert Delivery.objects.get(destination=paused).next_attempt_at == waiting_until
+    assert not AuditLog.objects.filter(action="destination.resumed").exists()
+    assert AuditLog.objects.filter(action="destination.paused").count() == 1  # the pause before the request
+
+
 # --- The run ---------------------------------------------------------------------------------
 
 
