@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from organizations.models import ApiKey, AuditLog
 from organizations.services import audit_verify_chain
 from webhooks import tasks
 from webhooks.forms import ReplayForm
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
-from webhooks.services import batched_deletion, destination_deletion, operations, processing
+from webhooks.services import alerts, batched_deletion, destination_deletion, operations, processing
 from webhooks.services import delivery as delivery_service
 from webhooks.services.destination_deletion import destination_deletion_run, destination_request_deletion
 from webhooks.services.destinations import (
@@ -26,7 +29,8 @@ from webhooks.services.destinations import (
 from webhooks.services.organization_deletion import organization_deletion_run, organization_request_deletion
 from webhooks.services.scheduling import clear_flag
 
-from .api_helpers import api_delete, api_get, api_patch, api_post, make_key
+from .api_helpers import api_delete, api_get, api_patch, api_post, make_event, make_key
+from .delivering import claim_now
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
 from .test_organization_deletion import add_events
@@ -248,6 +252,43 @@ def test_a_pause_or_resume_of_it_is_refused_with_the_reason(organization, publis
     assert Delivery.objects.get(destination=paused).next_attempt_at == waiting_until
     assert not AuditLog.objects.filter(action="destination.resumed").exists()
     assert AuditLog.objects.filter(action="destination.paused").count() == 1  # the pause before the request
+
+
+def test_a_failure_recorded_after_the_request_trips_no_breaker_and_emails_no_one(
+    organization, owner, published, settings, django_capture_on_commit_callbacks
+):
+    # A failing receiver is just what a tenant deletes; a send of it in flight at that moment fails
+    # too, and its recording tripped the circuit breaker of the destination being deleted: paused,
+    # audited, and its admins emailed "Destination paused" with a link to a page that is gone.
+    settings.CIRCUIT_BREAKER_FAILURES, settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 1, 0
+    source = make_source(organization)
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    delivery = Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
+    claimed = claim_now(delivery.pk)
+    destination_request_deletion(destination=destination)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_service.record_results([(claimed, delivery_service.send(claimed))])
+
+    destination.refresh_from_db()
+    assert (destination.paused_at, destination.pause_notice_due_at) == (None, None)
+    assert not AuditLog.objects.filter(action="destination.paused").exists()
+    assert not [message for message in mail.outbox if "paused" in message.subject.lower()]
+
+
+def test_a_pause_email_still_owed_when_the_deletion_is_asked_for_is_not_sent(organization, owner, published):
+    # Tripped just before the request, its email failed (or the worker went) and the sweeper tries it again.
+    destination, _ = make_destination(organization, RECEIVER)
+    now = timezone.now()
+    Destination.objects.filter(pk=destination.pk).update(
+        paused_at=now, pause_reason="paused automatically", pause_notice_due_at=now
+    )
+    destination_request_deletion(destination=destination)
+
+    assert alerts.alert_destination_paused(destination.pk, now=now + timedelta(minutes=1)) is False
+
+    assert mail.outbox == []
+    assert Destination.objects.get(pk=destination.pk).pause_notice_due_at is None  # nothing owed any more
 
 
 # --- The run ---------------------------------------------------------------------------------
