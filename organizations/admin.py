@@ -41,7 +41,7 @@ from .api_keys import api_key_revoke
 from .deletion_counts import KindCount, user_contents
 from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
-from .services import audit_record, audit_verify_chain, organization_set_active
+from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +331,9 @@ class AuditedAdminMixin:
         get one entry without any, as do objects deleted before the action ran."""
         for organization_id in outcomes.organization_ids() - set(selections):
             selections[organization_id] = {"selected": [], "selected_count": 0}
-        organizations = Organization.objects.in_bulk([pk for pk in selections if pk is not None])
         with transaction.atomic():
+            # Every organization's row before the first entry's audit lock (see audit_lock_organizations).
+            organizations = audit_lock_organizations(selections)
             for organization_id in sorted(selections, key=lambda pk: (pk is not None, pk or 0)):
                 changes: dict[str, Any] = {**selections[organization_id], "select_across": select_across}
                 if select_across:

@@ -597,3 +597,45 @@ def test_a_destination_created_while_a_long_paused_ones_held_deliveries_are_give
     held.refresh_from_db()
     assert held.status == Delivery.Status.DEAD
     assert Destination.objects.filter(url="http://127.0.0.1:9/another").exists()
+
+
+def test_an_admin_actions_entries_for_two_organizations_while_the_second_ones_deletion_ends_do_not_deadlock(
+    organization, other_organization, monkeypatch
+):
+    # An admin action over rows of two organizations writes one entry per organization in one
+    # transaction: the first entry took the audit lock, and the second's key share on its
+    # organization then waited for that organization's deletion, which held its row and waited for
+    # the audit lock. PostgreSQL killed one: the action, done, answered a 500 with none of its entries.
+    from django.contrib import admin as django_admin
+    from django.contrib.auth.models import AnonymousUser
+    from django.test import RequestFactory
+
+    from organizations.admin import ActionOutcomes
+
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    first, second = sorted((organization, other_organization), key=lambda each: each.pk)
+    assert organization_request_deletion(organization=second)
+    real_audit = organization_deletion.audit_record
+    deletion = Paused(lambda: organization_deletion_run(organization_id=second.pk))
+
+    def pause_then_audit(**kwargs):
+        deletion.pause()  # the organization's row locked (FOR UPDATE), the audit lock not yet taken
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(organization_deletion, "audit_record", pause_then_audit)
+    request = RequestFactory().post("/admin/webhooks/destination/")
+    request.user = AnonymousUser()
+    destination_admin = django_admin.site._registry[Destination]
+    selections = {
+        first.pk: {"selected": ["1"], "selected_count": 1},
+        second.pk: {"selected": ["2"], "selected_count": 1},
+    }
+    errors = _run_alongside(
+        deletion, lambda: destination_admin._audit_action(request, "pause", selections, False, ActionOutcomes())
+    )
+
+    assert errors == [], _deadlocks(errors) or errors
+    assert not Organization.objects.filter(pk=second.pk).exists()
+    entries = AuditLog.objects.filter(action="admin.webhooks.destination.action.pause")
+    # The deleted organization's entry stays, with no organization to belong to.
+    assert sorted((entry.organization_id or 0) for entry in entries) == [0, first.pk]
