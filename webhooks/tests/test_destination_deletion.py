@@ -475,6 +475,38 @@ def test_the_admin_deletes_a_destination_in_the_background_too(client, destinati
     assert not Destination.objects.get(pk=doomed.pk).is_active
 
 
+def test_the_admins_change_form_refuses_a_destination_whose_deletion_was_asked_for_while_it_was_posted(
+    client, destinations, published, monkeypatch
+):
+    # The change page refuses one being deleted (read-only); a deletion asked for between the POST's
+    # read of the object and its save is refused by the form, or the save would make it active again.
+    from django.contrib import admin as django_admin
+    from django.contrib.auth import get_user_model
+
+    from .test_admin import destination_form
+
+    doomed, _, _ = destinations
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    destination_admin = type(django_admin.site._registry[Destination])
+    real_get_object = destination_admin.get_object
+
+    def read_then_deletion_asked(self, request, object_id, from_field=None):
+        obj = real_get_object(self, request, object_id, from_field)
+        if request.method == "POST" and obj is not None:
+            destination_request_deletion(destination=Destination.objects.get(pk=obj.pk))
+        return obj
+
+    monkeypatch.setattr(destination_admin, "get_object", read_then_deletion_asked)
+    response = client.post(
+        reverse("admin:webhooks_destination_change", args=[doomed.pk]), destination_form(doomed, name="back")
+    )
+
+    assert response.status_code == 200
+    assert "This destination is being deleted: it can no longer be changed." in response.content.decode()
+    doomed.refresh_from_db()
+    assert doomed.being_deleted and not doomed.is_active and doomed.name != "back"
+
+
 def test_the_api_refuses_a_replay_or_retry_to_it_with_the_reason(client, organization, destinations, published):
     doomed, _, _ = destinations
     _, key = make_key(organization, access=ApiKey.Access.READ_WRITE)
