@@ -15,6 +15,7 @@ from webhooks.models import Delivery, Destination
 # takes these too, or each row would load the rest on its own.
 DESTINATION_FIELDS_READ = (
     "is_active",
+    "deletion_requested_at",
     "paused_at",
     "max_concurrency",
     "rate_limit_per_second",
@@ -26,6 +27,10 @@ DESTINATION_FIELDS_READ = (
 # (_lock_destinations, dead_letter_deliveries_of_inactive_destinations): a code for scripts, and
 # the sentence that says it.
 DELIVERY_HOLDS = {
+    # Inactive too, but never active again, and its deliveries are not marked dead: its deletion takes them.
+    "destination_being_deleted": (
+        "Its destination is being deleted: nothing more is sent to it, and this delivery goes with it"
+    ),
     "destination_inactive": (
         "Its destination is inactive: it is sent nothing, and is soon marked dead (retry it once the "
         "destination is active again)"
@@ -57,6 +62,7 @@ DELIVERY_WAITS = {
 # The hold as the end of "next try …", where the time alone would be untrue (a paused
 # destination's delivery was due minutes ago and is not sent).
 NEXT_TRY_WHEN_HELD = {
+    "destination_being_deleted": "none: the destination is being deleted",
     "destination_inactive": "none while the destination is inactive",
     "organization_being_deleted": "none: the organization is being deleted",
     "destination_paused": "when the destination is resumed",
@@ -69,6 +75,8 @@ def delivery_hold(*, destination: Destination, organization: Organization | None
     None when the destination is sent to. A retry says so: "queued" alone reads as "on its way"; and
     so do the pages, the API and show_event of a pending delivery (delivery_waits)."""
     organization = organization or destination.organization
+    if destination.being_deleted:
+        return "destination_being_deleted"
     if not destination.is_active:
         return "destination_inactive"
     if organization.being_deleted:

@@ -520,3 +520,32 @@ def test_the_api_refuses_a_replay_or_retry_to_it_with_the_reason(client, organiz
     assert "its destination is being deleted" in retry.json()["detail"]
     assert Delivery.objects.filter(destination=doomed).count() == 23  # none more, none retried
     assert not Delivery.objects.filter(destination=doomed, status=Delivery.Status.PENDING).exists()
+
+
+def test_a_waiting_delivery_of_it_says_its_destination_is_being_deleted(client, organization, destinations, published):
+    # It read "Its destination is inactive: it is sent nothing, and is soon marked dead (retry it once
+    # the destination is active again)": it is not marked dead (its deletion takes it) and the
+    # destination is never active again.
+    doomed, _, _ = destinations
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    delivery = Delivery.objects.filter(destination=doomed).first()
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.PENDING, next_attempt_at=timezone.now())
+    destination_request_deletion(destination=doomed)
+
+    answer = api_get(client, key, f"/api/v1/deliveries/{delivery.pk}")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["waiting_for"] == "destination_being_deleted"
+    listed = api_get(client, key, "/api/v1/deliveries?status=pending")
+    assert [row["waiting_for"] for row in listed.json()["results"]] == ["destination_being_deleted"]
+    story = call_show_event(str(delivery.event_id))
+    assert "waiting: Its destination is being deleted" in story and "soon marked dead" not in story
+
+
+def call_show_event(event_id: str) -> str:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("show_event", event_id, stdout=out)
+    return out.getvalue()
