@@ -41,10 +41,9 @@ from webhooks.fields import EncryptedTextField
 
 from .api_keys import api_key_revoke
 from .deletion_counts import KindCount, user_contents
-from .models import ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
+from .models import LAST_OWNER, ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
-from .services import audit_record, audit_verify_chain, organization_set_active
-from .team import LAST_OWNER
+from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
 
 logger = logging.getLogger(__name__)
 
@@ -334,8 +333,9 @@ class AuditedAdminMixin:
         get one entry without any, as do objects deleted before the action ran."""
         for organization_id in outcomes.organization_ids() - set(selections):
             selections[organization_id] = {"selected": [], "selected_count": 0}
-        organizations = Organization.objects.in_bulk([pk for pk in selections if pk is not None])
         with transaction.atomic():
+            # Every organization's row before the first entry's audit lock (see audit_lock_organizations).
+            organizations = audit_lock_organizations(selections)
             for organization_id in sorted(selections, key=lambda pk: (pk is not None, pk or 0)):
                 changes: dict[str, Any] = {**selections[organization_id], "select_across": select_across}
                 if select_across:
@@ -637,7 +637,7 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         self._refuse_leaving_an_organization_without_an_owner(touched_forms)
 
     def _refuse_leaving_an_organization_without_an_owner(self, touched_forms) -> None:
-        """The Team page's rule (organizations.team.LAST_OWNER) for staff: an organization that has an
+        """The Team page's rule (organizations.models.LAST_OWNER) for staff: an organization that has an
         owner keeps one, who alone manages its roles and members. Making someone else owner in the
         same save hands it over. A superuser may still leave one without (an account to recover)."""
         on_organizations_page = self.fk.name == "organization"

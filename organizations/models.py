@@ -147,6 +147,10 @@ def effective_max_concurrency(organization_path: str = "") -> Coalesce:
     )
 
 
+# The Team page's rule, also the admin's for staff (organizations.team, organizations.admin).
+LAST_OWNER = "An organization needs at least one owner: make someone else owner first."
+
+
 class Membership(models.Model):
     """A user's role in one organization."""
 

@@ -120,6 +120,22 @@ def _lock_audit_chain(organization_id: int | None = None) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_CHAIN_LOCK])
 
 
+def audit_lock_organizations(organization_ids) -> dict[int, Organization]:
+    """For a transaction that writes entries for several organizations: every one's row locked FOR
+    KEY SHARE now, in id order, before its first entry takes the audit lock. Taken entry by entry
+    (_lock_audit_chain), the second organization's key share would come after the first entry's
+    audit lock, while that organization's deletion holds its row and waits for the audit lock: each
+    would wait for the other. Returns the organizations still there, by id: one whose deletion
+    ended meanwhile was waited for, and its entry is written without it. Call it inside the transaction."""
+    ids = sorted({pk for pk in organization_ids if pk is not None})
+    connection = connections[AuditLog.objects.db]
+    if ids and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            table, key = (connection.ops.quote_name(name) for name in (Organization._meta.db_table, "id"))
+            cursor.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s) ORDER BY {key} FOR KEY SHARE", [ids])
+    return Organization.objects.in_bulk(ids)
+
+
 def _last_entry_hash() -> str | None:
     return AuditLog.objects.order_by("-id").values_list("entry_hash", flat=True).first()
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 from accounts.emails import send_templated_email
 from accounts.models import Invitation, canonical_email
 
-from .models import AuditLog, Membership, Organization
+from .models import LAST_OWNER, AuditLog, Membership, Organization
 from .names import one_line
 from .services import audit_record
 
@@ -223,9 +223,6 @@ def _lock_owners(organization: Organization) -> list[int]:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-
-
-LAST_OWNER = "An organization needs at least one owner: make someone else owner first."
 
 
 def _require_owner(organization: Organization, actor, locked_owner_ids: list[int]) -> None:

@@ -4,6 +4,7 @@ Ctrl-C stops everything. Nothing here is needed in production, where the
 Procfile runs each process on its own.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -114,15 +115,23 @@ def start(processes: dict[str, list[str]]) -> dict[str, subprocess.Popen]:
     return children
 
 
+# How long a child has to stop after its SIGTERM before it is killed.
+STOP_WAIT_SECONDS = 10
+
+
 def stop(children: dict[str, subprocess.Popen]) -> None:
     for child in children.values():
         if child.poll() is None:
             child.terminate()
     for child in children.values():
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=STOP_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
-            child.kill()
+            # Its whole process group (start() made it its leader): killed alone, the processes it
+            # started (gunicorn's workers, the worker's pool) would be left running, and no Ctrl-C
+            # from the terminal reaches their group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             child.wait()
 
 

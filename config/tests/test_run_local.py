@@ -351,3 +351,52 @@ def test_stopping_make_run_sends_each_child_one_signal(tmp_path, stop_signal):
             run.wait()
     assert run.returncode == 0, output
     assert log.read_text().split() == ["SIGTERM"]
+
+
+# A child that ignores SIGTERM (a worker's warm shutdown waiting on a long send) and has a child of
+# its own (a pool process) that ignores it too; the grandchild's pid goes to argv[1].
+STUCK_CHILD_WITH_ITS_OWN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = subprocess.Popen(
+    [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"]
+)
+with open(sys.argv[1], "w") as file:
+    file.write(str(grandchild.pid))
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or one ended and not yet reaped by whoever adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_child_that_does_not_stop_is_killed_with_the_processes_it_started(run_local, monkeypatch, tmp_path):
+    # Each child leads a process group of its own, which the terminal's Ctrl-C no longer reaches:
+    # killing the child alone, once it had not stopped in time, left its own processes (gunicorn's
+    # workers, the worker's pool) running, holding the database and the port.
+    monkeypatch.setattr(run_local, "STOP_WAIT_SECONDS", 0.5)
+    pid_file = tmp_path / "grandchild"
+    children = run_local.start({"worker": [sys.executable, "-c", STUCK_CHILD_WITH_ITS_OWN, str(pid_file)]})
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int(pid_file.read_text())
+        run_local.stop(children)
+        assert children["worker"].returncode == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while not _gone(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(grandchild), "the child's own process was left running"
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        if pid_file.exists() and pid_file.read_text() and not _gone(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

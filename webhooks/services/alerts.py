@@ -61,8 +61,10 @@ def alert_destination_paused(destination_id: int, now=None) -> bool:
         Destination.objects.select_related("organization").defer(*DESTINATION_ENCRYPTED_FIELDS).get(pk=destination_id)
     )
     interval = timedelta(seconds=settings.ALERT_INTERVAL_SECONDS)
-    if destination.paused_at is None or (
-        destination.last_alerted_at is not None and destination.last_alerted_at > now - interval
+    if (
+        destination.paused_at is None
+        or destination.being_deleted  # asked since the pause: no news to its admins
+        or (destination.last_alerted_at is not None and destination.last_alerted_at > now - interval)
     ):
         ours.update(pause_notice_due_at=None)
         return False

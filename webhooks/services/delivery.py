@@ -1750,6 +1750,10 @@ def _update_destination_health(destination_id: int, successes: list[bool], now) 
     )
     if destination is None:  # deleted while being sent: its deliveries went with it (see record_results)
         return None
+    if destination.being_deleted:
+        # A send in flight when its deletion was asked for: nothing more is sent to it, so there is
+        # no breaker to trip, and a pause would email its admins about a destination they deleted.
+        return None
     for succeeded in successes:
         if succeeded:
             destination.consecutive_failures, destination.failing_since = 0, None

@@ -574,7 +574,9 @@ def _destinations_held_by(hold: _Hold, holder_id: int) -> list[int]:
     # Batches by destination: the destination's pending index (delivery_due_by_dest) finds them.
     if hold.holder is Destination:
         return [holder_id]
-    return list(Destination.objects.filter(organization_id=holder_id).order_by("pk").values_list("pk", flat=True))
+    # Not one being deleted, as the paused hold leaves it out (_holds): its batches delete its deliveries.
+    destinations = Destination.objects.filter(organization_id=holder_id, deletion_requested_at__isnull=True)
+    return list(destinations.order_by("pk").values_list("pk", flat=True))
 
 
 def _audit_held_deliveries_given_up(hold: _Hold, holder_id: int, *, count: int, shown: dict) -> None:

@@ -46,9 +46,12 @@ class NothingToRetry(NothingToDo):
 
 
 def _unchanged(destination: Destination, why: str) -> OperationError:
-    """Why a conditional update of a destination changed no row: deleted meanwhile, or already so."""
-    if not Destination.objects.filter(pk=destination.pk).exists():
+    """Why a conditional update of a destination changed no row: deleted meanwhile, being deleted, or already so."""
+    found = list(Destination.objects.filter(pk=destination.pk).values_list("deletion_requested_at", flat=True)[:1])
+    if not found:
         return OperationError("the destination has been deleted")
+    if found[0] is not None:
+        return OperationError(DESTINATION_BEING_DELETED_ERROR)
     return NothingToDo(why)
 
 
@@ -59,9 +62,10 @@ def destination_pause(*, destination: Destination, reason: str = "paused by hand
     Conditional, so that an earlier pause keeps its time and reason (the circuit breaker's
     "paused automatically after …" says why it stopped) and is not audited a second time.
     """
-    paused = Destination.objects.filter(pk=destination.pk, paused_at__isnull=True).update(
-        paused_at=timezone.now(), pause_reason=reason[:300]
-    )
+    # Not one being deleted: nothing is sent to it any more, and its list in the admin still offers it.
+    paused = Destination.objects.filter(
+        pk=destination.pk, paused_at__isnull=True, deletion_requested_at__isnull=True
+    ).update(paused_at=timezone.now(), pause_reason=reason[:300])
     if not paused:
         raise _unchanged(destination, "the destination is paused already")
     audit_record(
@@ -83,9 +87,10 @@ def destination_resume(*, destination: Destination, actor=None) -> Destination:
     the retry times of its waiting deliveries are then left as they are.
     """
     now = timezone.now()
-    resumed = Destination.objects.filter(pk=destination.pk, paused_at__isnull=False).update(
-        paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None, pause_notice_due_at=None
-    )
+    # Not one being deleted: its waiting deliveries stay for its batches, not brought forward in one UPDATE.
+    resumed = Destination.objects.filter(
+        pk=destination.pk, paused_at__isnull=False, deletion_requested_at__isnull=True
+    ).update(paused_at=None, pause_reason="", consecutive_failures=0, failing_since=None, pause_notice_due_at=None)
     if not resumed:
         raise _unchanged(destination, "the destination is not paused")
     # Same due time for all: the dispatcher's (next_attempt_at, id) order is then arrival order.

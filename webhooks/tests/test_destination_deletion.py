@@ -6,18 +6,23 @@ test_source_and_destination_deletion."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
 
 from organizations.models import ApiKey, AuditLog
 from webhooks import tasks
 from webhooks.models import Delivery, Destination, WebhookEvent
-from webhooks.services import batched_deletion, destination_deletion, operations, processing
+from webhooks.services import alerts, batched_deletion, destination_deletion, operations, processing
 from webhooks.services import delivery as delivery_service
 from webhooks.services.destination_deletion import destination_deletion_run, destination_request_deletion
 from webhooks.services.scheduling import clear_flag
 
-from .api_helpers import api_post, make_key
+from .api_helpers import api_post, make_event, make_key
+from .delivering import claim_now
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .signing import post_stripe
 from .test_organization_deletion import add_events
@@ -178,3 +183,101 @@ def test_the_overview_no_longer_lists_it_as_failing_or_paused(client, owner, org
     overview = organization_overview(organization=organization)
     assert [row.destination.pk for row in overview.failing_destinations] == [kept.pk]
     assert [destination.pk for destination in overview.paused_destinations] == [kept.pk]
+
+
+def test_a_pause_or_resume_of_it_is_refused_with_the_reason(organization, published):
+    # The admin's Pause and Resume actions list it (its list shows it as being deleted): a resume
+    # brought every waiting delivery forward in one UPDATE, however many (what the deletion's
+    # batches avoid), and said "Resumed; what queued up is being sent", audited, though nothing is.
+    source = make_source(organization)
+    paused, _ = make_destination(organization, RECEIVER, sources=[source])
+    active, _ = make_destination(organization, "http://127.0.0.1:9/active", sources=[source])
+    add_events(source, paused, 1, prefix="waiting")
+    Delivery.objects.filter(destination=paused).update(status=Delivery.Status.PENDING)
+    waiting_until = Delivery.objects.get(destination=paused).next_attempt_at
+    operations.destination_pause(destination=paused)
+    stale_paused, stale_active = (Destination.objects.get(pk=d.pk) for d in (paused, active))
+    destination_request_deletion(destination=paused)
+    destination_request_deletion(destination=active)
+    reason = "the destination is being deleted: nothing more is sent to it"
+
+    with pytest.raises(operations.OperationError, match=reason) as refused:
+        operations.destination_resume(destination=stale_paused)
+    assert not isinstance(refused.value, operations.NothingToDo)
+    with pytest.raises(operations.OperationError, match=reason):
+        operations.destination_pause(destination=stale_active)
+
+    assert Destination.objects.get(pk=paused.pk).paused_at is not None
+    assert Destination.objects.get(pk=active.pk).paused_at is None
+    assert Delivery.objects.get(destination=paused).next_attempt_at == waiting_until
+    assert not AuditLog.objects.filter(action="destination.resumed").exists()
+    assert AuditLog.objects.filter(action="destination.paused").count() == 1  # the pause before the request
+
+
+def test_a_failure_recorded_after_the_request_trips_no_breaker_and_emails_no_one(
+    organization, owner, published, settings, django_capture_on_commit_callbacks
+):
+    # A failing receiver is just what a tenant deletes; a send of it in flight at that moment fails
+    # too, and its recording tripped the circuit breaker of the destination being deleted: paused,
+    # audited, and its admins emailed "Destination paused" with a link to a page that is gone.
+    settings.CIRCUIT_BREAKER_FAILURES, settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 1, 0
+    source = make_source(organization)
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    delivery = Delivery.objects.create(organization=organization, event=make_event(source), destination=destination)
+    claimed = claim_now(delivery.pk)
+    destination_request_deletion(destination=destination)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_service.record_results([(claimed, delivery_service.send(claimed))])
+
+    destination.refresh_from_db()
+    assert (destination.paused_at, destination.pause_notice_due_at) == (None, None)
+    assert not AuditLog.objects.filter(action="destination.paused").exists()
+    assert not [message for message in mail.outbox if "paused" in message.subject.lower()]
+
+
+def test_a_pause_email_still_owed_when_the_deletion_is_asked_for_is_not_sent(organization, owner, published):
+    # Tripped just before the request, its email failed (or the worker went) and the sweeper tries it again.
+    destination, _ = make_destination(organization, RECEIVER)
+    now = timezone.now()
+    Destination.objects.filter(pk=destination.pk).update(
+        paused_at=now, pause_reason="paused automatically", pause_notice_due_at=now
+    )
+    destination_request_deletion(destination=destination)
+
+    assert alerts.alert_destination_paused(destination.pk, now=now + timedelta(minutes=1)) is False
+
+    assert mail.outbox == []
+    assert Destination.objects.get(pk=destination.pk).pause_notice_due_at is None  # nothing owed any more
+
+
+def test_the_admins_change_form_refuses_a_destination_whose_deletion_was_asked_for_while_it_was_posted(
+    client, destinations, published, monkeypatch
+):
+    # The change page refuses one being deleted (read-only); a deletion asked for between the POST's
+    # read of the object and its save is refused by the form, or the save would make it active again.
+    from django.contrib import admin as django_admin
+    from django.contrib.auth import get_user_model
+
+    from .test_admin import destination_form
+
+    doomed, _, _ = destinations
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    destination_admin = type(django_admin.site._registry[Destination])
+    real_get_object = destination_admin.get_object
+
+    def read_then_deletion_asked(self, request, object_id, from_field=None):
+        obj = real_get_object(self, request, object_id, from_field)
+        if request.method == "POST" and obj is not None:
+            destination_request_deletion(destination=Destination.objects.get(pk=obj.pk))
+        return obj
+
+    monkeypatch.setattr(destination_admin, "get_object", read_then_deletion_asked)
+    response = client.post(
+        reverse("admin:webhooks_destination_change", args=[doomed.pk]), destination_form(doomed, name="back")
+    )
+
+    assert response.status_code == 200
+    assert "This destination is being deleted: it can no longer be changed." in response.content.decode()
+    doomed.refresh_from_db()
+    assert doomed.being_deleted and not doomed.is_active and doomed.name != "back"

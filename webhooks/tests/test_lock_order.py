@@ -15,8 +15,15 @@ from organizations.models import ApiKey, AuditLog, Membership, Organization
 from webhooks import tasks
 from webhooks.models import Delivery, Destination, Source, Subscription, WebhookEvent
 from webhooks.services import delivery as delivery_service
+from webhooks.services import (
+    destination_deletion,
+    encryption,
+    lifecycle,
+    operations,
+    organization_deletion,
+    source_deletion,
+)
 from webhooks.services import destinations as destination_service
-from webhooks.services import encryption, operations, organization_deletion, source_deletion
 from webhooks.services import sources as sources_service
 from webhooks.services.destinations import destination_update
 from webhooks.services.organization_deletion import organization_deletion_run, organization_request_deletion
@@ -509,3 +516,126 @@ def test_a_change_while_an_organizations_secrets_are_reencrypted_does_not_wait(o
         (1, 0) if meanwhile == "event received" else (0, 1)
     )
     assert AuditLog.objects.filter(action="secrets.reencrypted").count() == 1
+
+
+# --- A destination's deletion, and the give-up of a long-paused destination's held deliveries ---------
+# Each locks the destination's row alone (of=("self",), or an explicit order where the query is a
+# values() one): through Destination's ordering (or a select_related), its organization's row was
+# locked with it, and a destination created in that organization meanwhile waited for them.
+
+
+@pytest.fixture
+def deletion_not_published(monkeypatch):
+    monkeypatch.setattr(tasks.delete_destination, "apply_async", lambda *a, **k: None)
+
+
+def _pausing_audit(module, monkeypatch, paused_ref: list) -> None:
+    real_audit = module.audit_record
+
+    def pause_then_audit(**kwargs):
+        paused_ref[0].pause()  # the destination's row locked (and changed), not yet committed
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", pause_then_audit)
+
+
+def test_a_destination_created_while_another_ones_deletion_is_asked_for_does_not_wait(
+    organization, deletion_not_published, monkeypatch
+):
+    doomed, _ = make_destination(organization, RECEIVER)
+    asking = [Paused(lambda: destination_deletion.destination_request_deletion(destination=doomed))]
+    _pausing_audit(destination_deletion, monkeypatch, asking)
+
+    errors = _does_not_wait(asking[0], lambda: make_destination(organization, "http://127.0.0.1:9/another"))
+
+    assert errors == []
+    assert Destination.objects.get(pk=doomed.pk).being_deleted
+    assert Destination.objects.filter(url="http://127.0.0.1:9/another").exists()
+
+
+def test_a_destination_created_while_another_ones_deletion_ends_does_not_wait(
+    organization, deletion_not_published, monkeypatch
+):
+    doomed, _ = make_destination(organization, RECEIVER)
+    assert destination_deletion.destination_request_deletion(destination=doomed)
+    ending = [Paused(lambda: destination_deletion.destination_deletion_run(destination_id=doomed.pk))]
+    _pausing_audit(destination_deletion, monkeypatch, ending)  # the last step's destination.deleted entry
+
+    errors = _does_not_wait(ending[0], lambda: make_destination(organization, "http://127.0.0.1:9/another"))
+
+    assert errors == []
+    assert not Destination.objects.filter(pk=doomed.pk).exists()
+    assert Destination.objects.filter(url="http://127.0.0.1:9/another").exists()
+
+
+def test_a_destination_created_while_a_long_paused_ones_held_deliveries_are_given_up_does_not_wait(
+    organization, settings, monkeypatch
+):
+    source = make_source(organization)
+    paused, _ = make_destination(organization, RECEIVER)
+    long_ago = timezone.now() - timedelta(days=settings.PAUSED_DESTINATION_HOLD_DAYS + 1)
+    Destination.objects.filter(pk=paused.pk).update(paused_at=long_ago, pause_reason="circuit breaker")
+    held = Delivery.objects.create(
+        organization=organization,
+        event=make_event(source),
+        destination=paused,
+        status=Delivery.Status.PENDING,
+        next_attempt_at=long_ago,
+    )
+    giving_up = Paused(lifecycle.give_up_long_held_deliveries)
+    real_update = QuerySet.update
+
+    def pause_then_update(queryset, **kwargs):
+        if queryset.model is Delivery and kwargs.get("status") == Delivery.Status.DEAD:
+            giving_up.pause()  # the paused destination's row locked, its deliveries not yet marked
+        return real_update(queryset, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", pause_then_update)
+    errors = _does_not_wait(giving_up, lambda: make_destination(organization, "http://127.0.0.1:9/another"))
+
+    assert errors == []
+    held.refresh_from_db()
+    assert held.status == Delivery.Status.DEAD
+    assert Destination.objects.filter(url="http://127.0.0.1:9/another").exists()
+
+
+def test_an_admin_actions_entries_for_two_organizations_while_the_second_ones_deletion_ends_do_not_deadlock(
+    organization, other_organization, monkeypatch
+):
+    # An admin action over rows of two organizations writes one entry per organization in one
+    # transaction: the first entry took the audit lock, and the second's key share on its
+    # organization then waited for that organization's deletion, which held its row and waited for
+    # the audit lock. PostgreSQL killed one: the action, done, answered a 500 with none of its entries.
+    from django.contrib import admin as django_admin
+    from django.contrib.auth.models import AnonymousUser
+    from django.test import RequestFactory
+
+    from organizations.admin import ActionOutcomes
+
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    first, second = sorted((organization, other_organization), key=lambda each: each.pk)
+    assert organization_request_deletion(organization=second)
+    real_audit = organization_deletion.audit_record
+    deletion = Paused(lambda: organization_deletion_run(organization_id=second.pk))
+
+    def pause_then_audit(**kwargs):
+        deletion.pause()  # the organization's row locked (FOR UPDATE), the audit lock not yet taken
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(organization_deletion, "audit_record", pause_then_audit)
+    request = RequestFactory().post("/admin/webhooks/destination/")
+    request.user = AnonymousUser()
+    destination_admin = django_admin.site._registry[Destination]
+    selections = {
+        first.pk: {"selected": ["1"], "selected_count": 1},
+        second.pk: {"selected": ["2"], "selected_count": 1},
+    }
+    errors = _run_alongside(
+        deletion, lambda: destination_admin._audit_action(request, "pause", selections, False, ActionOutcomes())
+    )
+
+    assert errors == [], _deadlocks(errors) or errors
+    assert not Organization.objects.filter(pk=second.pk).exists()
+    entries = AuditLog.objects.filter(action="admin.webhooks.destination.action.pause")
+    # The deleted organization's entry stays, with no organization to belong to.
+    assert sorted((entry.organization_id or 0) for entry in entries) == [0, first.pk]

@@ -128,6 +128,26 @@ def test_an_organization_suspended_for_less_than_the_bound_or_being_deleted_keep
     assert not AuditLog.objects.filter(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION).exists()
 
 
+def test_a_long_suspended_organizations_destination_being_deleted_leaves_its_deliveries_to_its_deletion(
+    organization,
+):
+    # As a long-paused destination being deleted does (test_paused_destination_hold): its batches
+    # delete them soon, and marked dead they would be counted in the audit entry and told to the
+    # organization's admins in the dead-letter digest, for a destination they asked to delete.
+    kept = held_delivery(make_destination(organization, "http://127.0.0.1:9/kept")[0], due_days_ago=HOLD_DAYS + 10)
+    doomed, _ = make_destination(organization, "http://127.0.0.1:9/doomed")
+    going = held_delivery(doomed, due_days_ago=HOLD_DAYS + 10)
+    Destination.objects.filter(pk=doomed.pk).update(is_active=False, deletion_requested_at=timezone.now())
+    suspended_since(organization, HOLD_DAYS + 5)
+
+    assert lifecycle.give_up_long_held_deliveries() == 1
+
+    assert state(kept) == (Delivery.Status.DEAD, REASON)
+    assert state(going) == (Delivery.Status.PENDING, "")  # its deletion takes it
+    entry = AuditLog.objects.get(action=lifecycle.SUSPENDED_HELD_DELIVERIES_GIVEN_UP_ACTION)
+    assert entry.changes["deliveries"] == 1
+
+
 def test_a_suspension_made_some_other_way_is_held_from_the_next_run_and_a_reactivation_clears_it(organization):
     destination = make_destination(organization, "http://127.0.0.1:9/hook")[0]
     delivery = held_delivery(destination, due_days_ago=HOLD_DAYS + 10)
