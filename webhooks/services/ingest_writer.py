@@ -112,7 +112,7 @@ FROM (VALUES (
 # digest of their signed content, which a second partial unique index keeps unique per source. An
 # INSERT names one index to update on (ON CONFLICT (…) DO UPDATE), and a conflict on any other is an
 # error: a replay under a fresh id would fail on the content index, a retry with the same id but a new
-# body (Linear signs a new webhookTimestamp on each attempt) on the id's. So these rows are inserted
+# body (a Linear retry must sign a new webhookTimestamp to pass its tolerance) on the id's. So these rows are inserted
 # with DO NOTHING, which both indexes decide, and the rows left out are counted on the event they
 # repeat by a second statement (DUPLICATES_OF_SIGNED_CONTENT_SQL): a round trip paid by duplicates of
 # these providers only. The other rows keep the statements above unchanged.
