@@ -30,6 +30,11 @@ class WebhookEvent(models.Model):
     # tenant chasing "evt_123" finds the request that failed verification. Never in the
     # duplicate constraint: a forged request must not take an id from the real event.
     claimed_event_id = models.CharField(max_length=255, null=True, blank=True)
+    # Hex SHA-256 of what the signature covers, for providers whose event id is not signed
+    # (Provider.dedupes_on_signed_content): a request posted again under a fresh id is a duplicate of
+    # the event stored with the same content. The unique index below decides it. NULL for every other
+    # provider, so the index holds only those providers' events.
+    signed_content_digest = models.CharField(max_length=64, null=True, blank=True, editable=False)
     duplicate_count = models.PositiveIntegerField(default=0)
     last_duplicate_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
@@ -49,7 +54,13 @@ class WebhookEvent(models.Model):
                 fields=("source", "provider_event_id"),
                 condition=models.Q(provider_event_id__isnull=False),
                 name="event_unique_source_provider_id",
-            )
+            ),
+            # Built CONCURRENTLY by its migration (0038): a plain build would block ingest on a big table.
+            models.UniqueConstraint(
+                fields=("source", "signed_content_digest"),
+                condition=models.Q(signed_content_digest__isnull=False),
+                name="event_unique_source_signed_content",
+            ),
         ]
         indexes = [
             models.Index(fields=("organization", "-id"), name="event_org_id"),

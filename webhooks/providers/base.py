@@ -7,6 +7,7 @@ verifies ingest requests and signs test requests.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
@@ -167,6 +168,13 @@ class Provider:
     docs_replay: ClassVar[str] = ""
     docs_event_id: ClassVar[str] = ""
     docs_event_type: ClassVar[str] = ""
+    # True for schemes whose event id comes from a header the signature does not cover (GitHub's
+    # X-GitHub-Delivery…): anyone holding one genuine request could send it again under a fresh id,
+    # and de-duplication by id alone would store and deliver it again. The ingest service then also
+    # takes a request whose signed content (signed_content_digest) equals a stored event's of the
+    # source for a duplicate of that event. Only where the provider never sends two distinct events
+    # with byte-identical signed content; see docs/providers.md for each.
+    dedupes_on_signed_content: ClassVar[bool] = False
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
     # new one (keys and list indexes from the top of the payload).
     sample_event_id_path: ClassVar[tuple[str | int, ...]] = ("id",)
@@ -259,6 +267,17 @@ class Provider:
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Event id and type of an authentic request (MalformedPayload if unreadable)."""
         raise NotImplementedError
+
+    def signed_content_digest(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """Hex SHA-256 of what the signature covers, for schemes that de-duplicate on it
+        (``dedupes_on_signed_content``), else None.
+
+        The raw body by default: the schemes concerned sign the body alone. Of the content, not of
+        the signature, so that a request signed during a secret rotation with the other secret is
+        still the same content. Meaningful only for a request that verify() accepted."""
+        if not self.dedupes_on_signed_content:
+            return None
+        return hashlib.sha256(request.body).hexdigest()
 
     def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
         """A signed value that the provider never sends twice with different bodies (a nonce), or None;

@@ -52,8 +52,13 @@ class BitbucketProvider(Provider):
     docs_event_id = (
         "X-Request-UUID (Cloud), else X-Request-Id (Data Center), else sha256:<hex of body>. X-Hook-UUID is not "
         "used: it names the webhook, not the delivery, and pairing it with X-Attempt-Number would give each "
-        "retry a new id. Whether Cloud keeps X-Request-UUID across retries is unconfirmed."
+        "retry a new id. Whether Cloud keeps X-Request-UUID across retries is unconfirmed. Not signed: a body "
+        "equal to a stored event's is its duplicate whatever the headers say"
     )
+    # No header is signed and no time: only the body tells a replay from a new event. A retry (after a
+    # 5xx or a timeout, or "Resend request" in the request log) sends the same request again, and each
+    # event's payload carries its own commits, dates and ids.
+    dedupes_on_signed_content = True
     docs_event_type = (
         "Data Center: the body's eventKey (signed), e.g. repo:refs_changed; Cloud, whose bodies have none: the "
         "X-Event-Key header, e.g. repo:push"

@@ -66,7 +66,15 @@ class GitHubProvider(Provider):
         "X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>; the legacy X-Hub-Signature "
         "(sha1=) is used only when the SHA-256 header is absent. There is no timestamp."
     )
-    docs_event_id = "X-GitHub-Delivery header (the same GUID when a delivery is redelivered)"
+    docs_event_id = (
+        "X-GitHub-Delivery header (the same GUID when a delivery is redelivered; GitHub resends the recorded "
+        "payload). Not signed: a body equal to a stored event's is its duplicate whatever the header says"
+    )
+    # The delivery GUID is not signed and no time is: only the body tells a replay from a new event.
+    # A redelivery sends the recorded request again (same GUID, same body), and GitHub's payloads name
+    # the object and time they are about, so two events do not share a body (two pings of one hook
+    # can: they carry nothing else, and merging them loses nothing).
+    dedupes_on_signed_content = True
     docs_event_type = (
         'X-GitHub-Event header, plus ".<action>" when the payload has an action (e.g. pull_request.opened); '
         '"unknown.<action>" when the header is missing'

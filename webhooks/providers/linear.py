@@ -81,8 +81,13 @@ class LinearProvider(Provider):
     )
     docs_event_id = (
         "Linear-Delivery header (a per-delivery UUID; third-party sources only), else sha256:<hex of body> "
-        "(identical bytes count as a redelivery)"
+        "(identical bytes count as a redelivery). Linear-Delivery is not signed: a body equal to a stored "
+        "event's is its duplicate whatever the header says"
     )
+    # Linear-Delivery is not signed; webhookTimestamp is, which bounds a replay to the tolerance (60 s by
+    # default, none when the tenant sets 0) but not within it. Every body carries its webhookTimestamp
+    # in milliseconds and the entity it is about, so two events never share one.
+    dedupes_on_signed_content = True
     docs_event_type = '"<type>.<action>" from the payload, e.g. Issue.create, Comment.remove (just type without action)'
 
     def verify(

@@ -18,6 +18,7 @@ from .base import (
     EventInfo,
     InboundRequest,
     Provider,
+    ProviderOption,
     VerificationError,
     constant_time_equal,
     counted,
@@ -55,7 +56,29 @@ class ShopifyProvider(Provider):
         "X-Shopify-Hmac-Sha256 (or shopify-hmac-sha256): base64 HMAC-SHA256 of the raw body keyed with the "
         "app's client secret. An empty body is refused. There is no timestamp."
     )
-    docs_event_id = "X-Shopify-Event-Id (same across duplicate deliveries), else X-Shopify-Webhook-Id"
+    docs_event_id = (
+        "X-Shopify-Event-Id (same across duplicate deliveries), else X-Shopify-Webhook-Id. Neither is signed: "
+        "with the `merge_identical_bodies` option, a body equal to a stored event's is its duplicate whatever "
+        "the headers say"
+    )
+    # Off by default: Shopify can send distinct events (their own X-Shopify-Event-Id) whose bodies are
+    # byte for byte the same, such as several customers/update for one save, and a tenant whose
+    # receiver counts them would lose one. Retries resend the original payload with the same event id,
+    # so with the option on they are still duplicates.
+    options = (
+        ProviderOption(
+            name="merge_identical_bodies",
+            label="Treat a body already received as a duplicate",
+            help_text=(
+                "Shopify signs the body but not X-Shopify-Event-Id, so a captured webhook posted again with a "
+                "new id is otherwise stored and delivered again. On: a body equal to one stored for this source "
+                "is a duplicate of that event, which also merges distinct events Shopify sends with identical "
+                "bodies (such as repeated customers/update for one save)."
+            ),
+            default=False,
+            kind="bool",
+        ),
+    )
     docs_event_type = "X-Shopify-Topic header, e.g. orders/create"
 
     def verify(
@@ -84,6 +107,12 @@ class ShopifyProvider(Provider):
                 f"the {header} signature does not match the app's client secret ({counted(len(secrets), 'secret')} tried); "
                 "webhooks created in the store admin are signed with a different key",
             )
+
+    def signed_content_digest(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """The body's digest, only where the tenant chose to merge identical bodies (see ``options``)."""
+        if not options.get("merge_identical_bodies"):
+            return None
+        return hashlib.sha256(request.body).hexdigest()
 
     def describe(self, request: InboundRequest, options: Mapping[str, Any]) -> EventInfo:
         """Id and type come from headers only."""

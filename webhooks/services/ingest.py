@@ -37,6 +37,7 @@ from webhooks.providers.registry import UnknownProvider, get_provider
 from .ingest_writer import (
     NewEvent,
     SourceClosed,
+    count_duplicates_of_signed_content,
     describe_database_error,
     event_id_digest,
     refusal_of_row,
@@ -206,6 +207,7 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
         body=body,
         headers=_headers_to_store(provider.secret_header_names(source.options), headers, secrets),
         remote_ip=remote_ip,
+        signed_content_digest=provider.signed_content_digest(request, source.options),
     )
     try:
         stored = store_event(event)
@@ -285,6 +287,7 @@ _INSERTED_FIELDS = [
         "received_at",
     )
 ]
+_SIGNED_CONTENT_FIELD = WebhookEvent._meta.get_field("signed_content_digest")
 
 
 def _source_open_condition() -> str:
@@ -312,13 +315,23 @@ def insert_event(event: NewEvent) -> tuple:
     """
     table = WebhookEvent._meta.db_table
     keys = PurgedEventKey._meta.db_table
-    columns = ", ".join(field.column for field in _INSERTED_FIELDS)
-    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in _INSERTED_FIELDS]
+    by_content = event.signed_content_digest is not None
+    fields = [*_INSERTED_FIELDS, _SIGNED_CONTENT_FIELD] if by_content else _INSERTED_FIELDS
+    columns = ", ".join(field.column for field in fields)
+    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
     if connection.vendor == "postgresql":  # parameters in a select list have no type of their own there
-        placeholders = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in _INSERTED_FIELDS)
+        placeholders = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in fields)
     else:
         placeholders = ", ".join(["%s"] * len(values))
     digest = event_id_digest(event.provider_event_id)
+    # Where the provider's id is not signed, either unique index may find the stored event: nothing is
+    # done by the INSERT, and the event repeated is counted next (see ingest_writer._INSERT_CONTENT_BATCH_SQL).
+    on_conflict = (
+        "ON CONFLICT DO NOTHING "
+        if by_content
+        else "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
+        f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
+    )
     # The key is looked for in the INSERT's own snapshot, as the writer's statement does
     # (ingest_writer._NOT_PURGED): the retention purge deletes an event only once every statement
     # that started before its key was committed has ended, which a look in a statement of its
@@ -328,14 +341,17 @@ def insert_event(event: NewEvent) -> tuple:
         f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {keys} WHERE source_id = %s AND event_id_digest = %s) "
         f"AND {_source_open_condition()} "
-        "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
-        f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
+        f"{on_conflict}"
         "RETURNING id"
     )
     try:
         with connection.cursor() as cursor:
             cursor.execute(sql, [*values, event.source_id, digest, event.source_id])
             row = cursor.fetchone()
+            if row is None and by_content:
+                original_id = count_duplicates_of_signed_content(cursor, [event])[0]
+                if original_id is not None:
+                    return original_id, False
     except (DataError, OperationalError, InterfaceError):
         raise  # a value (400) or the database being away (503): the caller tells them apart
     except DatabaseError as exc:

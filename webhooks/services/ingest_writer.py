@@ -108,6 +108,72 @@ FROM (VALUES (
 {_ON_CONFLICT}
 """
 
+# Rows of providers whose event id is not signed (Provider.dedupes_on_signed_content) also carry the
+# digest of their signed content, which a second partial unique index keeps unique per source. An
+# INSERT names one index to update on (ON CONFLICT (…) DO UPDATE), and a conflict on any other is an
+# error: a replay under a fresh id would fail on the content index, a retry with the same id but a new
+# body (a Linear retry must sign a new webhookTimestamp to pass its tolerance) on the id's. So these rows are inserted
+# with DO NOTHING, which both indexes decide, and the rows left out are counted on the event they
+# repeat by a second statement (DUPLICATES_OF_SIGNED_CONTENT_SQL): a round trip paid by duplicates of
+# these providers only. The other rows keep the statements above unchanged.
+_CONTENT_COLUMNS = f"{_COLUMNS}, signed_content_digest"
+_INSERT_CONTENT_BATCH_SQL = f"""
+INSERT INTO {_TABLE} ({_CONTENT_COLUMNS})
+SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.event_type, row.body,
+       row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at, row.content_digest
+FROM unnest(
+    %b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],
+    %b::timestamptz[], %b::text[], %b::text[]
+) AS row(
+    id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest,
+    content_digest
+)
+{_NOT_PURGED} AND {SOURCE_OPEN_SQL}
+ON CONFLICT DO NOTHING
+RETURNING id, source_id, provider_event_id
+"""
+_INSERT_CONTENT_ONE_SQL = f"""
+INSERT INTO {_TABLE} ({_CONTENT_COLUMNS})
+SELECT row.id, row.organization_id, row.source_id, row.provider_event_id, row.event_type, row.body,
+       row.headers::jsonb, row.remote_ip::inet, 'received', '', '', 0, row.received_at, row.content_digest
+FROM (VALUES (
+    %b::uuid, %b::bigint, %b::bigint, %b::text, %b::text, %b::bytea, %b::text, %b::text, %b::timestamptz, %b::text,
+    %b::text
+)) AS row(
+    id, organization_id, source_id, provider_event_id, event_type, body, headers, remote_ip, received_at, digest,
+    content_digest
+)
+{_NOT_PURGED} AND {SOURCE_OPEN_SQL}
+ON CONFLICT DO NOTHING
+RETURNING id, source_id, provider_event_id
+"""
+# For each row an INSERT above left out, in order: the stored event it repeats (by its provider id,
+# else by its signed content), counted as a duplicate in the same statement; NULL when there is none
+# or the source no longer takes webhooks (as the INSERT, which then stored nothing and counted
+# nothing: _not_inserted tells which). Run after the INSERT committed, so in a later snapshot: it sees
+# the row a concurrent request committed while the INSERT waited for it.
+DUPLICATES_OF_SIGNED_CONTENT_SQL = f"""
+WITH row AS (
+    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
+        WITH ORDINALITY AS row(source_id, provider_event_id, content_digest, received_at, position)
+), original AS (
+    SELECT row.position, row.received_at, CASE WHEN {SOURCE_OPEN_SQL} THEN coalesce(
+        (SELECT stored.id FROM {_TABLE} AS stored
+         WHERE stored.source_id = row.source_id AND stored.provider_event_id = row.provider_event_id),
+        (SELECT stored.id FROM {_TABLE} AS stored
+         WHERE stored.source_id = row.source_id AND stored.signed_content_digest = row.content_digest)
+    ) END AS id
+    FROM row
+), counted AS (
+    UPDATE {_TABLE} AS stored
+    SET duplicate_count = stored.duplicate_count + hits.repeats, last_duplicate_at = hits.last_at
+    FROM (SELECT id, count(*) AS repeats, max(received_at) AS last_at FROM original WHERE id IS NOT NULL GROUP BY id)
+        AS hits
+    WHERE stored.id = hits.id
+)
+SELECT id FROM original ORDER BY position
+"""
+
 
 @dataclass(slots=True)
 class NewEvent:
@@ -124,6 +190,8 @@ class NewEvent:
     body: bytes
     headers: dict[str, str]
     remote_ip: str | None
+    # Set for providers whose event id is not signed (see Provider.signed_content_digest).
+    signed_content_digest: str | None = None
     id: uuid.UUID = field(default_factory=uuid7)
     received_at: datetime = field(default_factory=timezone.now)
     # Columns with fixed values for a new event; named like the model's, for the inline INSERT.
@@ -216,16 +284,20 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
     inserted it), or for an event whose source no longer takes webhooks a
     SourceClosed to answer its request with (see Outcome). Two events of one batch
     with the same provider id go in separate rounds: PostgreSQL refuses to update
-    one row twice in a statement. Runs in autocommit on the calling thread's
-    connection (PostgreSQL only).
+    one row twice in a statement. So do rows with a signed content digest and rows
+    without one, which take different statements (see _INSERT_CONTENT_BATCH_SQL):
+    a batch holding both costs one more commit. Runs in autocommit on the calling
+    thread's connection (PostgreSQL only).
     """
     results: list[Outcome | None] = [None] * len(events)
     pending = list(range(len(events)))
     while pending:
         this_round, next_round, keys_seen = [], [], set()
+        by_content = events[pending[0]].signed_content_digest is not None
         for index in pending:
             key = _conflict_key(events[index])
-            if key is not None and key in keys_seen:
+            other_kind = (events[index].signed_content_digest is not None) != by_content
+            if other_kind or (key is not None and key in keys_seen):
                 next_round.append(index)
                 continue
             if key is not None:
@@ -284,7 +356,11 @@ def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int
     each is answered with an error to try again: stored or not is unknown, as when a commit's
     reply is lost (a provider's retry of one with an event id is then a counted duplicate)."""
     round_events = [events[index] for index in indexes]
-    keyed = [event for event in round_events if event.provider_event_id is not None]
+    # A row with a signed content digest that was not inserted was not counted either (that is the
+    # second statement's work, which did not run): None, so it is written again and counted then.
+    keyed = [
+        event for event in round_events if event.provider_event_id is not None and event.signed_content_digest is None
+    ]
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -310,15 +386,20 @@ def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int
     for event in round_events:
         if event.id in stored_ids:
             outcomes.append((event.id, True))
-        elif (key := _conflict_key(event)) in stored_by_key:
+        elif event.signed_content_digest is None and (key := _conflict_key(event)) in stored_by_key:
             outcomes.append((stored_by_key[key], False))
         else:
             outcomes.append(None)
     return outcomes
 
 
-def _lock_order(event: NewEvent) -> tuple[bool, int, str]:
-    return (event.provider_event_id is None, event.source_id, event.provider_event_id or "")
+def _lock_order(event: NewEvent) -> tuple[bool, int, str, str]:
+    return (
+        event.provider_event_id is None,
+        event.source_id,
+        event.provider_event_id or "",
+        event.signed_content_digest or "",
+    )
 
 
 def _conflict_key(event: NewEvent) -> tuple[int, str] | None:
@@ -338,12 +419,16 @@ def _insert_round(events: Sequence[NewEvent]) -> list[Outcome]:
         [event.received_at for event in events],
         [event_id_digest(event.provider_event_id) for event in events],
     ]
+    one_sql, batch_sql = _INSERT_ONE_SQL, _INSERT_BATCH_SQL
+    if events[0].signed_content_digest is not None:  # a round holds one kind (insert_event_batch)
+        params.append([event.signed_content_digest for event in events])
+        one_sql, batch_sql = _INSERT_CONTENT_ONE_SQL, _INSERT_CONTENT_BATCH_SQL
     with connection.wrap_database_errors:
         # A server-side bound, prepared statement: no SQL text to build or parse per batch.
         if len(events) == 1:
-            cursor = _execute_prepared(_INSERT_ONE_SQL, [values[0] for values in params])
+            cursor = _execute_prepared(one_sql, [values[0] for values in params])
         else:
-            cursor = _execute_prepared(_INSERT_BATCH_SQL, params)
+            cursor = _execute_prepared(batch_sql, params)
     # Committed (autocommit): from here a failure must not have the rows written again.
     try:
         return _outcomes_of_round(cursor, events)
@@ -364,12 +449,34 @@ def _outcomes_of_round(cursor: psycopg.Cursor, events: Sequence[NewEvent]) -> li
         else:
             outcomes[index_by_key[(source_id, provider_event_id)]] = (stored_id, False)
     missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if missing and events[0].signed_content_digest is not None:
+        with connection.wrap_database_errors:
+            originals = count_duplicates_of_signed_content(cursor, [events[index] for index in missing])
+        for index, original_id in zip(missing, originals, strict=True):
+            if original_id is not None:
+                outcomes[index] = (original_id, False)
+        missing = [index for index in missing if outcomes[index] is None]
     if missing:
         with connection.wrap_database_errors:
             refused = _not_inserted(cursor, [events[index] for index in missing])
         for index, outcome in zip(missing, refused, strict=True):
             outcomes[index] = outcome
     return outcomes  # type: ignore[return-value]
+
+
+def count_duplicates_of_signed_content(cursor, events: Sequence[NewEvent]) -> list[uuid.UUID | None]:
+    """For rows with a signed content digest that the INSERT left out: the id of the stored event each
+    repeats, now counted as its duplicate, or None (see DUPLICATES_OF_SIGNED_CONTENT_SQL)."""
+    cursor.execute(
+        DUPLICATES_OF_SIGNED_CONTENT_SQL,
+        [
+            [event.source_id for event in events],
+            [event.provider_event_id for event in events],
+            [event.signed_content_digest for event in events],
+            [event.received_at for event in events],
+        ],
+    )
+    return [WebhookEvent._meta.pk.to_python(row[0]) if row[0] is not None else None for row in cursor.fetchall()]
 
 
 def event_id_digest(provider_event_id: str | None) -> str | None:

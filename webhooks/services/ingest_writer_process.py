@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # None) followed by those fields; text is UTF-8 with surrogates passed through, so the writer sees
 # exactly the str the request had (and psycopg refuses what it would have refused in-process).
 _FRAME = struct.Struct("!I")
-_ROW = struct.Struct("!16sqqqiiiiI")
+_ROW = struct.Struct("!16sqqqiiiiiI")
 _REPLY = struct.Struct("!B16s?I")  # kind, stored id, inserted, length of the message that follows
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TEXT = "surrogatepass"
@@ -74,6 +74,7 @@ def _optional(text: str | None) -> bytes | None:
 def encode_event(event: NewEvent) -> bytes:
     provider_event_id = _optional(event.provider_event_id)
     remote_ip = _optional(event.remote_ip)
+    signed_content_digest = _optional(event.signed_content_digest)
     event_type = event.event_type.encode("utf-8", _TEXT)
     headers = json.dumps(event.headers).encode()
     received_us = (event.received_at - _EPOCH) // timedelta(microseconds=1)
@@ -86,9 +87,20 @@ def encode_event(event: NewEvent) -> bytes:
         len(event_type),
         len(headers),
         -1 if remote_ip is None else len(remote_ip),
+        -1 if signed_content_digest is None else len(signed_content_digest),
         len(event.body),
     )
-    payload = b"".join((fixed, provider_event_id or b"", event_type, headers, remote_ip or b"", event.body))
+    payload = b"".join(
+        (
+            fixed,
+            provider_event_id or b"",
+            event_type,
+            headers,
+            remote_ip or b"",
+            signed_content_digest or b"",
+            event.body,
+        )
+    )
     return _FRAME.pack(len(payload)) + payload
 
 
@@ -108,9 +120,9 @@ def decode_event(payload: bytes) -> NewEvent:
         offset += length
     if offset != len(payload):
         raise ValueError("the frame's field lengths do not add up to its size")
-    provider_event_id, event_type, headers, remote_ip, body = fields
-    # Only the provider event id and the address may be missing: anything else is not a row, and
-    # must close its own connection rather than end the loop that serves every web worker.
+    provider_event_id, event_type, headers, remote_ip, signed_content_digest, body = fields
+    # Only the provider event id, the address and the content digest may be missing: anything else is
+    # not a row, and must close its own connection rather than end the loop that serves every web worker.
     if event_type is None or headers is None:
         raise ValueError("the frame lacks a field every row has")
     try:
@@ -129,6 +141,7 @@ def decode_event(payload: bytes) -> NewEvent:
         event_type=event_type.decode("utf-8", _TEXT),
         headers=header_map,
         remote_ip=None if remote_ip is None else remote_ip.decode("utf-8", _TEXT),
+        signed_content_digest=None if signed_content_digest is None else signed_content_digest.decode("utf-8", _TEXT),
         body=body,
     )
 

@@ -25,9 +25,12 @@ def render_provider_docs() -> str:
         "settings, and give Hookline the signing secret. A request that fails verification",
         "is answered 401 with the reason and kept as *rejected*; a redelivery of the same",
         "event id is answered 200 as a counted duplicate. Where the event id comes from a",
-        "header the signature does not cover (GitHub, Shopify, Bitbucket, Linear, Generic",
-        "HMAC's id header), a signed delivery posted again under a new id is taken as a new",
-        "event: keep ingest URLs and captured deliveries private.",
+        "header the signature does not cover, a signed delivery could be posted again under a new",
+        "id. For GitHub, Bitbucket and Linear (and Shopify with its `merge_identical_bodies`",
+        "option) a request whose signed body equals that of an event stored for the source is a",
+        "counted duplicate of that event, whatever its id; for Shopify without the option and",
+        "Generic HMAC's id header it is taken as a new event: keep ingest URLs and captured",
+        "deliveries private.",
         "",
         "Redeliveries are recognised by the stored event and, once the retention purge has deleted",
         f"it, by a digest of its event id kept {KEPT_DAYS} more days. So a request whose signature covers a",
@@ -80,6 +83,12 @@ def _replays(provider) -> str:
         )
     if provider.docs_replay:
         return f"no signed time checked against the retention; {provider.docs_replay}."
+    if provider.dedupes_on_signed_content:
+        return (
+            "the signature covers no time: a captured delivery sent again, under any id, is a duplicate while "
+            f"its event is stored; once the event is purged, under its own id for {KEPT_DAYS} more days, then "
+            "a new event."
+        )
     return (
         f"the signature covers no time: a captured delivery sent again is a duplicate until {KEPT_DAYS} days after "
         "its event was purged (retention), then a new event."

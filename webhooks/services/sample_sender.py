@@ -161,7 +161,8 @@ def build_test_request(
     Linear, add their signature or timestamp to it as the provider does), with the recorded headers of
     the selected sample, which name the event type for providers that keep it in a header (GitHub,
     Shopify...). There ``fresh_id`` gives a new id header only: where the provider takes the event id
-    from the body, the same body sent twice is a duplicate, as it would be from the provider.
+    from the body, the same body sent twice is a duplicate, as it would be from the provider; so it is
+    where the id header is not signed (GitHub, Bitbucket: Provider.dedupes_on_signed_content).
     """
     provider = get_provider(source.provider)
     if provider.uses_secret and not source.secret:

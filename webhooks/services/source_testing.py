@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from organizations.services import audit_record
 from webhooks.models import Source, WebhookEvent
+from webhooks.providers.base import InboundRequest
+from webhooks.providers.registry import get_provider
 
 from .ingest import DUPLICATE_HEADER, EVENT_ID_HEADER
 from .outbound import OutboundResponse, post_to_hookline
@@ -24,6 +26,9 @@ class TestSendResult:
     duplicate: bool = False
     # The payload was typed in (sent as is), not one of the samples.
     edited: bool = False
+    # The provider's event id is not signed, so a payload already received is a duplicate whatever
+    # its id (Provider.signed_content_digest): a duplicate is then about the payload, not the id.
+    by_payload: bool = False
 
 
 def source_send_test_event(
@@ -58,6 +63,12 @@ def source_send_test_event(
     answered_id = answer.get("id")
     if answered_id:
         event = WebhookEvent.objects.filter(organization_id=source.organization_id, pk=answered_id).first()
+    provider = get_provider(source.provider)
+    by_payload = provider.signed_content_digest(InboundRequest(body=signed_body, headers={}), source.options)
     return TestSendResult(
-        response=response, event=event, duplicate=answer.get("duplicate") is True, edited=body is not None
+        response=response,
+        event=event,
+        duplicate=answer.get("duplicate") is True,
+        edited=body is not None,
+        by_payload=by_payload is not None,
     )

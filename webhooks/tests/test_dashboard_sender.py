@@ -100,15 +100,21 @@ def test_edited_github_payload_keeps_the_selected_samples_event_header(
     client.force_login(owner)
     payload = '{"action":"opened","number":7,\n "pull_request":{"title":"typed by hand"}}'
 
+    changed = payload.replace('"number":7', '"number":8')
     first = _send(client, source, {"fixture": "pull_request.opened", "payload": payload})
-    second = _send(client, source, {"fixture": "pull_request.opened", "payload": payload})
+    again = _send(client, source, {"fixture": "pull_request.opened", "payload": payload})
+    second = _send(client, source, {"fixture": "pull_request.opened", "payload": changed})
 
     assert first.context["result"].response.status == 200, first.context["result"].response.body
+    # GitHub's id is the X-GitHub-Delivery header, fresh on each send but not signed: the same
+    # payload again is a duplicate of the first, as a captured delivery posted again would be.
+    assert again.context["result"].duplicate and again.context["result"].by_payload
+    assert "Hookline already has an event with this payload" in again.content.decode()
+    assert again.context["result"].event.pk == first.context["result"].event.pk
     events = list(WebhookEvent.objects.filter(source=source).order_by("received_at"))
-    # GitHub's id is the X-GitHub-Delivery header: a fresh one per send, so two events.
     assert len(events) == 2 and not second.context["result"].duplicate
+    assert [bytes(event.body) for event in events] == [payload.encode(), changed.encode()]
     for event in events:
-        assert bytes(event.body) == payload.encode()
         assert event.event_type == "pull_request.opened"
         assert _header(event, "X-GitHub-Event") == "pull_request"
     assert events[0].provider_event_id != events[1].provider_event_id

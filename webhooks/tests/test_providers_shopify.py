@@ -131,4 +131,9 @@ def test_sign_round_trips_with_event_headers():
 
 def test_metadata():
     assert PROVIDER.secret_generated_by_us is False
-    assert OPTIONS == {}
+    # Off by default: Shopify may send distinct events with byte-identical bodies.
+    assert OPTIONS == {"merge_identical_bodies": False}
+    assert PROVIDER.signed_content_digest(req(b"{}", {}), OPTIONS) is None
+    assert PROVIDER.signed_content_digest(req(b"{}", {}), {"merge_identical_bodies": True}) == (
+        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    )

@@ -1,0 +1,290 @@
+"""A signed request posted again under a fresh, unsigned event id is a duplicate of the event it
+repeats, for the providers whose id header is not signed (Provider.dedupes_on_signed_content).
+
+Signatures are GitHub's published vector or HMACs computed as each provider's docs describe (stdlib
+hmac), Shopify's published vector, and the standardwebhooks package. Real PostgreSQL, through each
+of the three ways a row is stored (writer process, in-process writer, direct INSERT).
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+
+import pytest
+from django.test import Client
+
+from webhooks.models import WebhookEvent
+from webhooks.providers.registry import PROVIDERS
+from webhooks.services import ingest_writer
+from webhooks.services.ingest_writer import NewEvent, insert_event_batch
+
+from . import test_ingest_races
+from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
+from .signing import post_stripe, standard_webhooks_headers
+from .test_ingest_races import PATHS
+from .test_ingest_writer_process import socket_path  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Which of the three ways of storing a row each request takes (writer process, in-process writer,
+# direct INSERT): the same fixture as the races' tests.
+storage_path = test_ingest_races.storage_path
+
+# GitHub's published example (docs: "Validating webhook deliveries"; providers.md §2).
+GITHUB_SECRET = "It's a Secret to Everybody"
+GITHUB_BODY = "Hello, World!"
+GITHUB_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+# Shopify's library's published vector (validate.test.ts; providers.md §3).
+SHOPIFY_SECRET = "test_secret_key"
+SHOPIFY_BODY = '{"foo": "bar"}'
+SHOPIFY_SIGNATURE = "B23tXN681gZ0qIWNRrgtzBE9XSDo5yaUu6wfmhu3a7g="
+
+
+def _client() -> Client:
+    return Client(raise_request_exception=False)
+
+
+def _post(client, source, body: str, headers: dict[str, str]):
+    return client.generic("POST", f"/in/{source.ingest_token}/", body, content_type="application/json", headers=headers)
+
+
+def github_headers(delivery: str, body: str = GITHUB_BODY, secret: str = GITHUB_SECRET) -> dict[str, str]:
+    # As GitHub's docs compute it: hex HMAC-SHA256 of the raw body, keyed with the secret.
+    signature = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": signature, "X-GitHub-Event": "ping", "X-GitHub-Delivery": delivery}
+
+
+def test_the_published_github_vector_is_what_the_helper_signs():
+    assert github_headers("d")["X-Hub-Signature-256"] == GITHUB_SIGNATURE
+
+
+def test_only_providers_whose_event_id_is_not_signed_dedupe_on_signed_content():
+    assert {kind for kind, provider in PROVIDERS.items() if provider.dedupes_on_signed_content} == {
+        "github",
+        "bitbucket",
+        "linear",
+    }
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_a_github_delivery_posted_again_under_a_fresh_delivery_id_is_a_duplicate(storage_path, organization):
+    source = make_source(organization, provider="github", secret=GITHUB_SECRET)
+    client = _client()
+    first = _post(client, source, GITHUB_BODY, github_headers("72d3162e-cc78-11e3-81ab-4c9367dc0958"))
+    assert first.status_code == 200, first.content
+    original = first.json()["id"]
+
+    replay = _post(client, source, GITHUB_BODY, github_headers(str(uuid.uuid4())))
+    redelivery = _post(client, source, GITHUB_BODY, github_headers("72d3162e-cc78-11e3-81ab-4c9367dc0958"))
+
+    assert replay.status_code == 200, replay.content
+    assert replay.json() == {"id": original, "duplicate": True}
+    assert redelivery.json() == {"id": original, "duplicate": True}
+    event = WebhookEvent.objects.get()
+    assert str(event.id) == original and event.duplicate_count == 2 and event.last_duplicate_at is not None
+    assert event.provider_event_id == "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    assert event.signed_content_digest == hashlib.sha256(GITHUB_BODY.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_distinct_github_events_are_never_merged(storage_path, organization):
+    source = make_source(organization, provider="github", secret=GITHUB_SECRET)
+    client = _client()
+    bodies = ['{"action":"opened","number":1}', '{"action":"opened","number":2}', '{"action":"closed","number":1}']
+    answers = [_post(client, source, body, github_headers(str(uuid.uuid4()), body)) for body in bodies]
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.json()["duplicate"] for answer in answers] == [False, False, False]
+    assert WebhookEvent.objects.count() == 3
+    assert not WebhookEvent.objects.filter(duplicate_count__gt=0).exists()
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_the_same_body_at_another_source_is_its_own_event(storage_path, organization):
+    one = make_source(organization, provider="github", secret=GITHUB_SECRET, name="one")
+    two = make_source(organization, provider="github", secret=GITHUB_SECRET, name="two")
+    client = _client()
+    first = _post(client, one, GITHUB_BODY, github_headers(str(uuid.uuid4())))
+    second = _post(client, two, GITHUB_BODY, github_headers(str(uuid.uuid4())))
+    assert first.json()["duplicate"] is False and second.json()["duplicate"] is False
+    assert WebhookEvent.objects.count() == 2
+
+
+def bitbucket_headers(request_uuid: str, body: str, secret: str) -> dict[str, str]:
+    # Bitbucket's X-Hub-Signature carries SHA-256 (providers.md §9).
+    signature = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature": signature, "X-Event-Key": "repo:push", "X-Request-UUID": request_uuid}
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_a_bitbucket_request_posted_again_under_a_fresh_request_uuid_is_a_duplicate(storage_path, organization):
+    source = make_source(organization, provider="bitbucket", secret="bb-secret")
+    body = '{"push":{"changes":[{"new":{"target":{"hash":"9fceb02"}}}]}}'
+    client = _client()
+    first = _post(client, source, body, bitbucket_headers(str(uuid.uuid4()), body, "bb-secret")).json()
+    replay = _post(client, source, body, bitbucket_headers(str(uuid.uuid4()), body, "bb-secret"))
+    assert replay.json() == {"id": first["id"], "duplicate": True}
+    assert WebhookEvent.objects.get().duplicate_count == 1
+
+
+def linear_headers(delivery: str, body: str, secret: str) -> dict[str, str]:
+    # linear-signature: lowercase hex HMAC-SHA256 of the raw body (providers.md §12).
+    return {
+        "linear-signature": hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest(),
+        "Linear-Delivery": delivery,
+    }
+
+
+def linear_body(timestamp_ms: int) -> str:
+    return json.dumps({"action": "create", "type": "Issue", "data": {"id": "iss_1"}, "webhookTimestamp": timestamp_ms})
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_linear_replays_within_the_tolerance_are_duplicates_and_a_retry_with_a_new_body_is_too(
+    storage_path, organization
+):
+    source = make_source(organization, provider="linear", secret="lin_wh_secret")
+    client = _client()
+    body = linear_body(int(time.time() * 1000))
+    first = _post(client, source, body, linear_headers("delivery-1", body, "lin_wh_secret")).json()
+
+    replay = _post(client, source, body, linear_headers("forged-fresh-id", body, "lin_wh_secret"))
+    # A retry signs a fresh webhookTimestamp: a new body under the same delivery id. The id's index
+    # finds it (an INSERT that named only the content index would fail on the id's).
+    retry_body = linear_body(int(time.time() * 1000) + 1)
+    retry = _post(client, source, retry_body, linear_headers("delivery-1", retry_body, "lin_wh_secret"))
+
+    assert replay.json() == {"id": first["id"], "duplicate": True}
+    assert retry.status_code == 200, retry.content
+    assert retry.json() == {"id": first["id"], "duplicate": True}
+    assert WebhookEvent.objects.get().duplicate_count == 2
+
+
+def shopify_headers(event_id: str) -> dict[str, str]:
+    return {
+        "X-Shopify-Hmac-Sha256": SHOPIFY_SIGNATURE,
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Event-Id": event_id,
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+    }
+
+
+def test_the_published_shopify_vector_is_the_hmac_of_its_body():
+    digest = hmac.new(SHOPIFY_SECRET.encode(), SHOPIFY_BODY.encode(), hashlib.sha256).digest()
+    assert base64.b64encode(digest).decode() == SHOPIFY_SIGNATURE
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_shopify_merges_identical_bodies_only_when_the_tenant_turned_it_on(storage_path, organization):
+    merging = make_source(
+        organization, provider="shopify", secret=SHOPIFY_SECRET, name="merging", merge_identical_bodies=True
+    )
+    client = _client()
+    first = _post(client, merging, SHOPIFY_BODY, shopify_headers("98880550-7158-44d4-b7cd-2c97c8a091b5")).json()
+    retry = _post(client, merging, SHOPIFY_BODY, shopify_headers("98880550-7158-44d4-b7cd-2c97c8a091b5"))
+    replay = _post(client, merging, SHOPIFY_BODY, shopify_headers(str(uuid.uuid4())))
+    assert retry.json() == {"id": first["id"], "duplicate": True}
+    assert replay.json() == {"id": first["id"], "duplicate": True}
+    assert WebhookEvent.objects.get(source=merging).duplicate_count == 2
+
+    # Off (the default): Shopify may send distinct events with identical bodies, each its own event.
+    default = make_source(organization, provider="shopify", secret=SHOPIFY_SECRET, name="default")
+    assert _post(client, default, SHOPIFY_BODY, shopify_headers(str(uuid.uuid4()))).json()["duplicate"] is False
+    assert _post(client, default, SHOPIFY_BODY, shopify_headers(str(uuid.uuid4()))).json()["duplicate"] is False
+    assert WebhookEvent.objects.filter(source=default, signed_content_digest=None).count() == 2
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_providers_whose_id_is_signed_are_unaffected(storage_path, organization):
+    # Standard Webhooks signs its webhook-id: the same body under two signed ids is two events.
+    source = make_source(organization, provider="standard_webhooks", secret=STANDARD_SECRET)
+    client = _client()
+    body = '{"type":"user.created","data":{"id":"u_1"}}'
+    for message_id in ("msg_1", "msg_2"):
+        answer = client.generic(
+            "POST",
+            f"/in/{source.ingest_token}/",
+            body,
+            content_type="application/json",
+            **standard_webhooks_headers(body, STANDARD_SECRET, message_id),
+        )
+        assert answer.json()["duplicate"] is False, answer.content
+    stripe = make_source(organization, name="stripe")
+    assert post_stripe(client, stripe, '{"id":"evt_1","type":"invoice.paid"}', STRIPE_SECRET).status_code == 200
+    assert WebhookEvent.objects.count() == 3
+    assert not WebhookEvent.objects.exclude(signed_content_digest=None).exists()
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_concurrent_identical_replays_store_exactly_one_event(storage_path, organization):
+    source = make_source(organization, provider="github", secret=GITHUB_SECRET)
+    start = threading.Barrier(2)
+    answers: list = [None, None]
+
+    def replay(slot: int) -> None:
+        client = _client()
+        start.wait()
+        answers[slot] = _post(client, source, GITHUB_BODY, github_headers(str(uuid.uuid4())))
+
+    threads = [threading.Thread(target=replay, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.content for answer in answers]
+    stored = {answer.json()["id"] for answer in answers}
+    assert len(stored) == 1
+    assert sorted(answer.json()["duplicate"] for answer in answers) == [False, True]
+    event = WebhookEvent.objects.get()
+    assert str(event.id) in stored and event.duplicate_count == 1
+
+
+def _github_row(source, delivery: str | None, body: bytes) -> NewEvent:
+    return NewEvent(
+        organization_id=source.organization_id,
+        source_id=source.pk,
+        provider_event_id=delivery,
+        event_type="ping",
+        body=body,
+        headers={},
+        remote_ip=None,
+        signed_content_digest=hashlib.sha256(body).hexdigest(),
+    )
+
+
+def test_one_batch_mixing_providers_and_repeating_a_content_is_answered_row_by_row(organization):
+    github = make_source(organization, provider="github", secret=GITHUB_SECRET)
+    stripe = make_source(organization, name="stripe")
+    stripe_row = NewEvent(
+        organization_id=organization.pk,
+        source_id=stripe.pk,
+        provider_event_id="evt_1",
+        event_type="invoice.paid",
+        body=b"{}",
+        headers={},
+        remote_ip=None,
+    )
+    batch = [
+        _github_row(github, "d-1", b"one"),
+        stripe_row,
+        _github_row(github, "d-2", b"one"),  # the first posted again in the same batch, a fresh id
+        _github_row(github, None, b"two"),
+        _github_row(github, "d-1", b"three"),  # the first's id with another body: a duplicate by id
+    ]
+    outcomes = insert_event_batch(batch)
+
+    assert outcomes == [
+        (batch[0].id, True),
+        (stripe_row.id, True),
+        (batch[0].id, False),
+        (batch[3].id, True),
+        (batch[0].id, False),
+    ]
+    assert WebhookEvent.objects.get(pk=batch[0].id).duplicate_count == 2
+    assert WebhookEvent.objects.count() == 3
+    ingest_writer.writer.stop()
