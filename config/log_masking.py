@@ -20,7 +20,18 @@ _URL_TOKEN_PREFIXES = ("/in/", "/team/join/", "/sign-in/link/", "/secret/")
 # the path as it came, so "/in//<token>/", "/in/x/../<token>/" (404s whose token still works on its
 # own URL) or a token with a percent-escaped character ("/in/abc%64ef…/", which routes to the
 # source: 200) held the whole token.
-_URL_TOKEN = re.compile(r"(/(?:in|team/join|sign-in/link|secret)/)([^\s\"'?#<>]+)")
+# The prefix may come spelled otherwise too: a character of it percent-escaped ("/%69n/<token>/",
+# "/in%2F<token>/": gunicorn unescapes the path, which then routes to the source, 200, while its access
+# log shows the request line as sent) or in capitals ("/IN/<token>/", a 404 whose token still works).
+
+
+def _spelled_any_way(prefix: str) -> str:
+    return "".join(f"(?:{re.escape(char)}|%{ord(char):02x})" for char in prefix)
+
+
+_URL_TOKEN = re.compile(
+    "(" + "|".join(_spelled_any_way(prefix) for prefix in _URL_TOKEN_PREFIXES) + r")([^\s\"'?#<>]+)", re.IGNORECASE
+)
 _TOKEN_RUN = re.compile(r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}){8,}")
 # A REST API key wherever it shows up: a script that puts it in the query string, or sends it the
 # way Stripe's API takes its keys (`curl -u hl_…:`), whose Basic user name gunicorn logs as %(u)s.
@@ -30,8 +41,8 @@ _API_KEY = re.compile(r"(hl_[0-9a-f]{10}_)([A-Za-z0-9_-]{8,})")
 def mask_url_tokens(text: str) -> str:
     if "hl_" in text:
         text = _API_KEY.sub(lambda match: f"{match.group(1)}…{match.group(2)[-4:]}", text)
-    if not any(prefix in text for prefix in _URL_TOKEN_PREFIXES):  # the common case, without the regex
-        return text
+    if "%" not in text and not any(prefix in text.lower() for prefix in _URL_TOKEN_PREFIXES):
+        return text  # the common case, without the regex
     return _URL_TOKEN.sub(lambda match: match.group(1) + _TOKEN_RUN.sub(_last_four, match.group(2)), text)
 
 

@@ -126,7 +126,14 @@ def diagnose(token: str) -> Unreadable:
     ciphertext = len(data) - _FERNET_OVERHEAD
     if not data or data[0] != _FERNET_VERSION or ciphertext < 16 or ciphertext % 16:
         return Unreadable(MALFORMED)
-    return Unreadable(UNKNOWN_KEY, float(struct.unpack(">Q", data[1:9])[0]))
+    encrypted_at = float(struct.unpack(">Q", data[1:9])[0])
+    try:
+        # The timestamp is in the clear and unauthenticated until a key opens the token: one altered
+        # in the database may be no date at all, which explanation() could not write.
+        datetime.fromtimestamp(encrypted_at, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return Unreadable(UNKNOWN_KEY)
+    return Unreadable(UNKNOWN_KEY, encrypted_at)
 
 
 class SecretNotReadable(ImproperlyConfigured):

@@ -209,7 +209,9 @@ class Stack:
         return post_stripe_over_http(self.web_port, token, event_id, secret)
 
 
-def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, timeout: float = PATIENCE_SECONDS) -> int:
+def post_stripe_over_http(
+    port: int, token: str, event_id: str, secret: str, timeout: float = PATIENCE_SECONDS, *, prefix: str = "/in/"
+) -> int:
     """POST a Stripe-signed event to a real server on 127.0.0.1:``port``; the HTTP status.
 
     A server just started answers its first request once a worker has loaded Django (wait_for_port
@@ -218,7 +220,7 @@ def post_stripe_over_http(port: int, token: str, event_id: str, secret: str, tim
     timestamp = int(time.time())
     signature = stripe.WebhookSignature._compute_signature(f"{timestamp}.{body}", secret)
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/in/{token}/",
+        f"http://127.0.0.1:{port}{prefix}{token}/",
         data=body.encode(),
         headers={"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"},
         method="POST",

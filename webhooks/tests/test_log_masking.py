@@ -41,6 +41,13 @@ API_KEY = "hl_0123abcdef_" + "s3cr3t-_" * 4 + "abcdefKtai"  # 42 characters afte
         (f"POST /in/{TOKEN[:5]}%{ord(TOKEN[5]):02X}{TOKEN[6:]}/ HTTP/1.1", "POST /in/…tail/ HTTP/1.1"),
         (f"POST /in/%{ord(TOKEN[0]):02x}{TOKEN[1:]}%2F HTTP/1.1", "POST /in/…l%2F HTTP/1.1"),
         (f'"POST /in/{TOKEN}/extra HTTP/1.1" 404', '"POST /in/…tail/extra HTTP/1.1" 404'),
+        # A prefix spelled otherwise: percent-escaped (gunicorn unescapes the path, so it routes to the
+        # source, 200, while the access log shows the request line as sent) or in capitals (a 404).
+        (f"POST /%69n/{TOKEN}/ HTTP/1.1", "POST /%69n/…tail/ HTTP/1.1"),
+        (f"POST /in%2F{TOKEN}/ HTTP/1.1", "POST /in%2F…tail/ HTTP/1.1"),
+        (f"POST /%2Fin/{TOKEN}/ HTTP/1.1", "POST /%2Fin/…tail/ HTTP/1.1"),
+        (f"Not Found: /IN/{TOKEN}/", "Not Found: /IN/…tail/"),
+        (f"GET /o/acme/team/%6Aoin/{TOKEN}/ HTTP/1.1", "GET /o/acme/team/%6Aoin/…tail/ HTTP/1.1"),
     ],
 )
 def test_tokens_in_text_keep_only_their_last_four_characters(text, expected):
@@ -125,6 +132,10 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
             assert post_stripe_over_http(port, source.ingest_token, "evt_forged", "whsec_wrong") == 401
             unknown_token = "Unknown0token0Of0Nobody0AtAll0xyz"
             assert post_stripe_over_http(port, unknown_token, "evt_lost", STRIPE_SECRET) == 404
+            # gunicorn unescapes the path: this reaches the source, and its request line is logged as sent.
+            assert (
+                post_stripe_over_http(port, source.ingest_token, "evt_escaped", STRIPE_SECRET, prefix="/%69n/") == 200
+            )
         finally:
             server.terminate()
             server.wait(30)
@@ -133,6 +144,7 @@ def test_gunicorn_logs_never_hold_a_whole_ingest_token(organization, tmp_path):
     masked = f"/in/…{source.ingest_token[-4:]}/"
     assert source.ingest_token not in logged
     assert logged.count(f"POST {masked}") == 2, logged  # both access-log lines, masked
+    assert f"POST /%69n/…{source.ingest_token[-4:]}/" in logged
     assert f"Unauthorized: {masked}" in logged  # Django's warning for the 401
     assert unknown_token not in logged and "Not Found: /in/…0xyz/" in logged
 

@@ -1,6 +1,7 @@
 """Every path that meets a stored secret this process cannot decrypt: no 500, nothing acknowledged
 lost, a reason an operator can act on, and figures that show it (services.secret_health)."""
 
+import base64
 import io
 import json
 import time
@@ -38,6 +39,14 @@ def foreign_token(plaintext: str = "a secret under a key nobody here has") -> st
     return Fernet(Fernet.generate_key()).encrypt(plaintext.encode()).decode()
 
 
+def altered_token() -> str:
+    """A well-formed token whose clear timestamp was altered past any date (a value changed in the
+    database): its shape is a Fernet token's, its time cannot be written as a date."""
+    data = bytearray(base64.urlsafe_b64decode(foreign_token()))
+    data[1:9] = b"\xff" * 8
+    return base64.urlsafe_b64encode(bytes(data)).decode()
+
+
 def store_raw(model, pk, value: str, column: str = "secret") -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {model._meta.db_table} SET {column} = %s WHERE id = %s", [value, pk])
@@ -67,6 +76,17 @@ def test_a_well_formed_token_is_told_from_a_damaged_one_and_dated():
     assert "waiting does not fix" in before and "NEW,OLD" in before
     assert all("does not name its key" in text for text in (after, before))
     assert "damaged" in diagnose(DAMAGED).explanation(made_at)
+
+
+def test_a_token_whose_time_is_no_date_is_still_explained():
+    # Its timestamp is in the clear and not authenticated until a key opens it: a value altered in
+    # the database made explanation() raise (year out of range), so decrypt() raised that instead of
+    # SecretNotReadable: a 500 for a request, a failed attempt counted for a delivery.
+    unreadable = diagnose(altered_token())
+    assert unreadable.reason == UNKNOWN_KEY and unreadable.encrypted_at is None
+    assert "does not name its key" in unreadable.explanation(time.time())
+    with pytest.raises(fields.SecretNotReadable):
+        fields.decrypt(altered_token())
 
 
 # --- Background deletions -----------------------------------------------------------------------
@@ -119,7 +139,7 @@ def two_tenants(organization, other_organization, httpserver):
     return {slug: Delivery.objects.get(destination=destination) for slug, destination in made.items()}
 
 
-@pytest.mark.parametrize("stored", ["foreign", "damaged"])
+@pytest.mark.parametrize("stored", ["foreign", "damaged", "altered"])
 def test_a_delivery_whose_secret_cannot_be_read_waits_unsent_and_keeps_its_attempts(
     two_tenants, httpserver, settings, stored
 ):
@@ -129,7 +149,9 @@ def test_a_delivery_whose_secret_cannot_be_read_waits_unsent_and_keeps_its_attem
     settings.CIRCUIT_BREAKER_FAILURES = 1
     settings.CIRCUIT_BREAKER_PERIOD_SECONDS = 0
     bad = two_tenants["acme"]
-    store_raw(Destination, bad.destination_id, foreign_token() if stored == "foreign" else DAMAGED)
+    store_raw(
+        Destination, bad.destination_id, {"foreign": foreign_token(), "altered": altered_token()}.get(stored, DAMAGED)
+    )
     before = timezone.now()
 
     assert delivery_service.dispatch_due_deliveries(max_seconds=5, linger_seconds=0) == 1
@@ -144,7 +166,7 @@ def test_a_delivery_whose_secret_cannot_be_read_waits_unsent_and_keeps_its_attem
     destination = Destination.objects.defer("secret").get(pk=bad.destination_id)
     assert destination.consecutive_failures == 0 and destination.paused_at is None
     assert [request.path for request, _ in httpserver.log] == ["/globex"]
-    assert secret_health.shared().counts == {("delivery", UNKNOWN_KEY if stored == "foreign" else MALFORMED): 1}
+    assert secret_health.shared().counts == {("delivery", MALFORMED if stored == "damaged" else UNKNOWN_KEY): 1}
 
     # Once the keys can read it again (here: a new secret stored), it is sent as any other.
     Delivery.objects.filter(pk=bad.pk).update(next_attempt_at=timezone.now())
