@@ -165,6 +165,9 @@ class Provider:
     # What bounds a resent capture, for schemes without docs_signed_time whose own check bounds it
     # (a short-lived token); docs/providers.md says the general limit when empty.
     docs_replay: ClassVar[str] = ""
+    # Where the provider's event id comes from, in a few words: the event page labels the id with it,
+    # "Provider event id (X-GitHub-Delivery header)". docs_event_id says it in full.
+    event_id_from: ClassVar[str] = ""
     docs_event_id: ClassVar[str] = ""
     docs_event_type: ClassVar[str] = ""
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
