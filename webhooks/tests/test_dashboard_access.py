@@ -96,9 +96,7 @@ WRITES = [
 ]
 # Reads that answer with a redirect: the top bar's find goes on to the event, or to the events list.
 REDIRECTING_READS = [("find_event", "org")]
-ALL_NAMES = sorted(
-    {name for name, _ in READ_PAGES + ADMIN_PAGES + REDIRECTING_READS} | {name for name, _, _ in WRITES}
-)
+ALL_NAMES = sorted({name for name, _ in READ_PAGES + ADMIN_PAGES + REDIRECTING_READS} | {name for name, _, _ in WRITES})
 
 
 def test_every_dashboard_url_name_is_covered():
