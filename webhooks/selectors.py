@@ -289,23 +289,14 @@ def events_found_by_id(
     )
 
 
-@dataclass(frozen=True)
-class IdLookup:
-    """What the top bar's search found for an id: the one event it names, or None (none, or
-    several: the events list then shows them, filtered by the id)."""
-
-    event_id: uuid.UUID | None
-    # The id as searched when pasted_id read it out of a header line, quotes or an address.
-    read_as: str
-
-
-def event_named_by_id(*, organization: Organization, text: str) -> IdLookup:
-    """The organization's one event that ``text`` names, as the events list's search reads it
-    (events_with_id: the provider's id, one a rejected request claims, Hookline's event id, a
-    webhook-id or a delivery's id). Two are looked up to tell one from several; another
-    organization's events are never read, so its ids look exactly like ids nobody has."""
+def event_named_by_id(*, organization: Organization, text: str) -> uuid.UUID | None:
+    """The id of the organization's one event that ``text`` names, as the events list's search
+    reads it (events_with_id: the provider's id, one a rejected request claims, Hookline's event id,
+    a webhook-id or a delivery's id); None when none or several do. Two are looked up to tell one
+    from several. The lookup is the organization's alone, so another organization's ids are
+    answered as ids nobody has."""
     found = events_found_by_id(text=text, organization=organization, limit=2)
-    return IdLookup(event_id=found[0].pk if len(found) == 1 else None, read_as=pasted_id(text))
+    return found[0].pk if len(found) == 1 else None
 
 
 def _filtered_events(

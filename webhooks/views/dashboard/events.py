@@ -134,18 +134,17 @@ class FindEventView(OrganizationMixin, View):
     that none has it). Any member may, as any member reads events."""
 
     def get(self, request, *args, **kwargs):
+        searched = request.GET.get("q", "")
         form = FindEventForm(request.GET)
-        text = form.cleaned_data["q"].strip() if form.is_valid() else ""
-        if form.is_valid() and text:
-            found = event_named_by_id(organization=self.organization, text=text)
-            if found.event_id is not None:
-                return redirect("dashboard:event_detail", self.organization.slug, found.event_id)
+        if form.is_valid() and (text := form.cleaned_data["q"].strip()):
+            if (event_id := event_named_by_id(organization=self.organization, text=text)) is not None:
+                return redirect("dashboard:event_detail", self.organization.slug, event_id)
         events = reverse("dashboard:events", args=[self.organization.slug])
-        if not request.GET.get("q", "").strip():
+        if not searched.strip():
             return redirect(events)
         # The list says what was searched, or why it was not (an id too long is "Not applied"). The
         # fragment puts the keyboard's next Tab on the first result, past the filters.
-        return redirect(f"{events}?{urlencode({'q': request.GET['q']})}#event-results")
+        return redirect(f"{events}?{urlencode({'q': searched})}#event-results")
 
 
 class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
