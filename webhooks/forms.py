@@ -684,8 +684,18 @@ def _datetime_local(moment) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S" if moment.second else "%Y-%m-%dT%H:%M")
 
 
+# The longest id searched for: provider ids are at most this long (WebhookEvent.provider_event_id).
+ID_SEARCH_MAX_LENGTH = 255
+
+
+class FindEventForm(forms.Form):
+    """The top bar's id search, on every page of an organization: read as the events list's."""
+
+    q = forms.CharField(label="Find an event by id", required=False, max_length=ID_SEARCH_MAX_LENGTH)
+
+
 class EventFilterForm(forms.Form):
-    q = forms.CharField(label="Search", required=False, max_length=255)
+    q = forms.CharField(label="Search", required=False, max_length=ID_SEARCH_MAX_LENGTH)
     # Bounded in bytes, not characters (clean_body): the body is searched for the text's UTF-8 bytes.
     body = forms.CharField(label="Body contains", required=False)
     status = forms.ChoiceField(

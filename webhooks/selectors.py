@@ -289,6 +289,16 @@ def events_found_by_id(
     )
 
 
+def event_named_by_id(*, organization: Organization, text: str) -> uuid.UUID | None:
+    """The id of the organization's one event that ``text`` names, as the events list's search
+    reads it (events_with_id: the provider's id, one a rejected request claims, Hookline's event id,
+    a webhook-id or a delivery's id); None when none or several do. Two are looked up to tell one
+    from several. The lookup is the organization's alone, so another organization's ids are
+    answered as ids nobody has."""
+    found = events_found_by_id(text=text, organization=organization, limit=2)
+    return found[0].pk if len(found) == 1 else None
+
+
 def _filtered_events(
     organization: Organization,
     filters: EventFilters,

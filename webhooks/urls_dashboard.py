@@ -8,6 +8,7 @@ app_name = "dashboard"
 urlpatterns = [
     path("", overview.OverviewView.as_view(), name="overview"),
     path("events/", events.EventListView.as_view(), name="events"),
+    path("find/", events.FindEventView.as_view(), name="find_event"),
     path("events/live/", events.EventLiveView.as_view(), name="events_live"),
     path("events/<uuid:event_id>/", events.EventDetailView.as_view(), name="event_detail"),
     path("events/<uuid:event_id>/replay/", events.EventReplayView.as_view(), name="event_replay"),

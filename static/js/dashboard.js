@@ -41,3 +41,16 @@ document.addEventListener("focusin", function (event) {
     if (!menu.contains(event.target)) closeDisclosure(menu, false);
   });
 });
+
+// "/" puts the cursor in the top bar's search for an event id, from anywhere on the page but a
+// field (where "/" is typed) or with a modifier (the browser's own shortcuts).
+document.addEventListener("keydown", function (event) {
+  if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey || event.defaultPrevented) return;
+  var target = event.target;
+  if (target.isContentEditable || (target.closest && target.closest("input, textarea, select"))) return;
+  var field = document.getElementById("topbar-find");
+  if (!field) return;
+  event.preventDefault();
+  field.focus();
+  field.select();
+});

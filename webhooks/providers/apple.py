@@ -239,6 +239,7 @@ class AppleAppStoreProvider(Provider):
         "The nested signedTransactionInfo/signedRenewalInfo JWS are forwarded as they are (verify them the same way "
         "if you rely on them). The source's secret is not used, and the test sender cannot sign (Apple's private key)."
     )
+    event_id_from = "notificationUUID in the signed payload"
     docs_event_id = "notificationUUID of the decoded payload (the same on every retry)"
     docs_event_type = 'notificationType, plus "." and subtype when there is one, e.g. SUBSCRIBED.INITIAL_BUY, DID_RENEW'
 

@@ -166,6 +166,9 @@ class Provider:
     # What bounds a resent capture, for schemes without docs_signed_time whose own check bounds it
     # (a short-lived token); docs/providers.md says the general limit when empty.
     docs_replay: ClassVar[str] = ""
+    # Where the provider's event id comes from, in a few words: the event page labels the id with it,
+    # "Provider event id (X-GitHub-Delivery header)". docs_event_id says it in full.
+    event_id_from: ClassVar[str] = ""
     docs_event_id: ClassVar[str] = ""
     docs_event_type: ClassVar[str] = ""
     # True for schemes whose event id comes from a header the signature does not cover (GitHub's

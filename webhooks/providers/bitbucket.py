@@ -49,6 +49,7 @@ class BitbucketProvider(Provider):
         "unlike GitHub's header of that name). No timestamp. A webhook without a secret sends no signature and "
         "is refused."
     )
+    event_id_from = "X-Request-UUID or X-Request-Id header"
     docs_event_id = (
         "X-Request-UUID (Cloud), else X-Request-Id (Data Center), else sha256:<hex of body>. X-Hook-UUID is not "
         "used: it names the webhook, not the delivery, and pairing it with X-Attempt-Number would give each "

@@ -128,6 +128,7 @@ class DiscordProvider(Provider):
         "Discord expects other interactions to be answered within 3 seconds with an interaction response, "
         "which Hookline's acknowledgement is not."
     )
+    event_id_from = "interaction id in the body"
     docs_event_id = (
         "interaction `id` (a snowflake); webhook events have none, so sha256:<hex of body> (identical bytes "
         "count as a redelivery)"

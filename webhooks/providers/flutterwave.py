@@ -88,6 +88,7 @@ class FlutterwaveProvider(Provider):
         "decides. No timestamp. Both headers are treated as secrets and never stored."
     )
     sample_event_id_path = ("data", "id")
+    event_id_from = "event and data.id in the body"
     docs_event_id = (
         "'<event type>:<data.id>', e.g. charge.completed:4975363 (the type keeps transaction and transfer ids "
         "apart); sha256:<hex of body> when data has no id"

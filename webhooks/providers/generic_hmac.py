@@ -159,6 +159,7 @@ class GenericHmacProvider(Provider):
         "The configured header: prefix + hex or base64 HMAC (sha1/sha256/sha512) of the raw body, or of "
         '"<timestamp><separator><body>" when a timestamp header is set (then the timestamp must be fresh, both ways).'
     )
+    event_id_from = "the configured body field or header"
     docs_event_id = (
         "the configured JSON field (signed), else the configured event id header (not signed), else "
         "sha256:<hex of the body> (identical bytes are treated as a redelivery)"

@@ -66,6 +66,7 @@ class GitHubProvider(Provider):
         "X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>; the legacy X-Hub-Signature "
         "(sha1=) is used only when the SHA-256 header is absent. There is no timestamp."
     )
+    event_id_from = "X-GitHub-Delivery header"
     docs_event_id = (
         "X-GitHub-Delivery header (the same GUID when a delivery is redelivered; GitHub resends the recorded "
         "payload). Not signed: a body equal to a stored event's is its duplicate whatever the header says"

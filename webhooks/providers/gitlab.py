@@ -91,6 +91,7 @@ class GitLabProvider(Provider):
         "within `tolerance` seconds. Option `verification` picks one or (auto) chooses by the headers present. "
         "X-Gitlab-Token is never stored."
     )
+    event_id_from = "Idempotency-Key or webhook-id header"
     docs_event_id = (
         "signing token: the signed webhook-id header (an unsigned Idempotency-Key is ignored); secret token: "
         "Idempotency-Key header (the same on every retry), else webhook-id; else sha256:<hex of body>. "

@@ -255,6 +255,7 @@ class GooglePlayProvider(Provider):
         "not sign messages). The header is never stored; the source's secret is not used; the test sender cannot "
         "sign (Google's private key)."
     )
+    event_id_from = "Pub/Sub messageId in the body"
     docs_event_id = "message.messageId of the Pub/Sub envelope (the same on every redelivery)"
     docs_event_type = (
         "from the base64 message.data: subscriptionNotification.<notificationType> (e.g. subscriptionNotification.4 "

@@ -79,6 +79,7 @@ class LinearProvider(Provider):
         "body's webhookTimestamp (milliseconds) must be within `tolerance` seconds of now, either way (60 like "
         "Linear's SDK; 0 turns it off). The test sender refreshes webhookTimestamp in the body."
     )
+    event_id_from = "Linear-Delivery header"
     docs_event_id = (
         "Linear-Delivery header (a per-delivery UUID; third-party sources only), else sha256:<hex of body> "
         "(identical bytes count as a redelivery). Linear-Delivery is not signed: a body equal to a stored "

@@ -96,6 +96,7 @@ class MailgunProvider(Provider):
         "organization's Mailgun sources, which often share the account's key). The test sender signs by rewriting the body's signature object."
     )
     sample_event_id_path = ("event-data", "id")
+    event_id_from = "event-data.id in the body"
     docs_event_id = "payload `event-data.id` (the event's id, the same on every retry)"
     docs_event_type = "payload `event-data.event`, e.g. delivered, failed, opened"
 

@@ -339,6 +339,7 @@ class PayPalProvider(Provider):
         "different body is refused (the CRC-32 it covers can be forged, so its PAYPAL-TRANSMISSION-ID is "
         "single-use across the organization's PayPal sources)."
     )
+    event_id_from = "id in the body"
     docs_event_id = "payload `id` (WH-…), the same on every retry"
     docs_event_type = "payload `event_type`, e.g. PAYMENT.CAPTURE.COMPLETED"
 

@@ -63,6 +63,7 @@ class PaystackProvider(Provider):
         "No timestamp, so replays are caught only by the event id. Based on third-party implementations, which all "
         "agree (no official Paystack source was available)."
     )
+    event_id_from = "made from the body: Paystack sends none"
     docs_event_id = (
         "derived (Paystack sends no event id): '<event>:<data.id, else data.reference>:<first 16 hex digits of "
         "sha256(body)>', e.g. charge.success:302961:1a2b…; the event name keeps ids of different object kinds "

@@ -75,3 +75,19 @@ def get_provider(kind: str) -> Provider:
 
 def provider_choices() -> list[tuple[str, str]]:
     return [(kind, provider.label) for kind, provider in PROVIDERS.items()]
+
+
+# Providers whose request carries no id of its own get one made of a digest (the body's, or a
+# batch's ids'): such an id says so rather than naming the provider's usual source.
+DIGEST_ID_PREFIX = "sha256:"
+
+
+def event_id_origin(kind: str, event_id: str) -> str:
+    """Where an event's provider id came from, in a few words (the provider's event_id_from);
+    empty for a provider no longer known."""
+    if event_id.startswith(DIGEST_ID_PREFIX):
+        return "a digest: the request carried no id of its own"
+    try:
+        return get_provider(kind).event_id_from
+    except UnknownProvider:
+        return ""

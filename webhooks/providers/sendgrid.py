@@ -92,6 +92,7 @@ class SendGridProvider(Provider):
         "key, the stored secret; Hookline cannot sign, so the test sender cannot send samples for SendGrid). "
         "Optional timestamp tolerance (off by default, as in SendGrid's library)."
     )
+    event_id_from = "sg_event_id in the body"
     docs_event_id = (
         "one event in the batch: its `sg_event_id`; several: sha256:<hex of the sorted sg_event_ids joined by "
         "newlines> (the same batch resent gets the same id, a regrouped batch a new one, so no event is dropped); "

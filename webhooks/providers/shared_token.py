@@ -80,6 +80,7 @@ class SharedTokenProvider(Provider):
         "The configured header (default Authorization) equals scheme prefix + token, compared in constant time. "
         "The body is not signed: use HTTPS and rotate the token if it leaks."
     )
+    event_id_from = "the configured header or body field"
     docs_event_id = (
         "the configured event id header, else the configured JSON field, else sha256:<hex of the body> "
         "(identical bytes are treated as a redelivery)"

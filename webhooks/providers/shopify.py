@@ -56,6 +56,7 @@ class ShopifyProvider(Provider):
         "X-Shopify-Hmac-Sha256 (or shopify-hmac-sha256): base64 HMAC-SHA256 of the raw body keyed with the "
         "app's client secret. An empty body is refused. There is no timestamp."
     )
+    event_id_from = "X-Shopify-Event-Id or X-Shopify-Webhook-Id header"
     docs_event_id = (
         "X-Shopify-Event-Id (same across duplicate deliveries), else X-Shopify-Webhook-Id. Neither is signed: "
         "with the `merge_identical_bodies` option, a body equal to a stored event's is its duplicate whatever "

@@ -116,6 +116,7 @@ class SlackProvider(Provider):
         'The Events API url_verification handshake is verified like any request, then answered 200 with {"challenge": …}.'
     )
     sample_event_id_path = ("event_id",)
+    event_id_from = "event_id or trigger_id in the body"
     docs_event_id = (
         "Events API: the envelope's `event_id` (Ev…, the same on Slack's retries). Interactivity and slash commands "
         "(Slack does not retry them): the `trigger_id`; otherwise, and for envelopes without event_id, "

@@ -72,6 +72,7 @@ class SquareProvider(Provider):
         "No timestamp, so no replay window."
     )
     sample_event_id_path = ("event_id",)
+    event_id_from = "event_id in the body"
     docs_event_id = "payload `event_id` (the same on Square's retries)"
     docs_event_type = "payload `type`, e.g. payment.updated"
 

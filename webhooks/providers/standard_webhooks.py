@@ -110,6 +110,7 @@ class StandardWebhooksProvider(Provider):
         '"<id>.<timestamp>.<raw body>", keyed with the base64-decoded whsec_ secret; any v1 may match; '
         "the timestamp must be within `tolerance` seconds of now, either way."
     )
+    event_id_from = "webhook-id or svix-id header"
     docs_event_id = (
         "svix-id / webhook-id header of the header set that was verified (the same on every retry): svix-* when "
         "all three svix-* headers are present, else webhook-*"

@@ -82,6 +82,7 @@ class StripeProvider(Provider):
         'Stripe-Signature header: hex HMAC-SHA256 of "<t>.<raw body>" keyed with the whole whsec_ secret; '
         "any v1 signature may match; t may be at most `tolerance` seconds old."
     )
+    event_id_from = "id in the body"
     docs_event_id = "payload `id` (evt_…), identical on every retry"
     docs_event_type = "payload `type`, e.g. invoice.paid"
 

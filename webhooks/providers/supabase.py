@@ -72,6 +72,7 @@ class SupabaseProvider(Provider):
         "compared in constant time. Supabase database webhooks are not signed: the body is not protected, so "
         "use HTTPS and rotate the token if it leaks. The token header is never stored."
     )
+    event_id_from = "made from the body: Supabase sends none"
     docs_event_id = (
         "derived (Supabase sends none): '<table>:<record id>:<sha256 hex of body>', the id taken from record.id "
         "(old_record.id for DELETE) and left out when there is none, e.g. orders:1042:9f2c…; only identical "

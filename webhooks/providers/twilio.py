@@ -165,6 +165,7 @@ class TwilioProvider(Provider):
         "switches to HMAC-SHA256. Twilio signs the parameters, not the bytes, and has no timestamp: no replay window. "
         "Hookline accepts webhooks by POST only (set the webhook method to HTTP POST)."
     )
+    event_id_from = "Sid and a digest of the signed parameters"
     docs_event_id = (
         'derived from exactly what Twilio signed: "<Sid>:<hex SHA-256 of the signed parameter string>" (names '
         "sorted, each name's values sorted and de-duplicated, name+value with no separators; preceded by "

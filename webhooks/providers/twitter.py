@@ -76,6 +76,7 @@ class XProvider(Provider):
         'crc_token>"} using the current secret; tokens outside [A-Za-z0-9+/=_.~:-], or longer than 256 characters, '
         "are refused with 400, because the answer is a signature under the delivery key."
     )
+    event_id_from = "made from the body: X sends none"
     docs_event_id = (
         'derived: "<for_user_id>:<type>:<id_str or id of the first event>" (tweet, favorite and direct-message '
         'events carry one); otherwise "sha256:<hex of the raw body>".'

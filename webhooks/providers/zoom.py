@@ -87,6 +87,7 @@ class ZoomProvider(Provider):
     )
     # The id hashes the payload: a new meeting instance uuid makes a new event.
     sample_event_id_path = ("payload", "object", "uuid")
+    event_id_from = "made from the body: Zoom sends none"
     docs_event_id = (
         "Zoom sends no event id [UNCONFIRMED]; derived as "
         '"<event>:<event_ts>:<first 32 hex of SHA-256 of the `payload` object re-serialised with sorted keys>" '

@@ -35,6 +35,7 @@ ROUTES = [
     ("dashboard:overview", "get", "org", None, None),
     ("dashboard:events", "get", "org", None, None),
     ("dashboard:events_live", "get", "org", None, None),
+    ("dashboard:find_event", "get", "org", None, None),
     ("dashboard:event_detail", "get", "event", None, None),
     ("dashboard:event_progress", "get", "event", None, None),
     ("dashboard:sources", "get", "org", None, None),

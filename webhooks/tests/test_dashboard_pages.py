@@ -347,7 +347,7 @@ def test_events_search_by_provider_id_and_by_our_id(client, owner, many_events):
     assert listed_ids(client.get(url, {"q": "evt_005"})) == [many_events["ids"][5]]
     assert listed_ids(client.get(url, {"q": many_events["ids"][2]})) == [many_events["ids"][2]]
     text = page_text(client.get(url, {"q": "evt_missing"}))
-    assert "No events match" in text
+    assert 'No event of Acme has the id <span class="mono">evt_missing</span>' in text
 
 
 def test_a_rejected_request_is_found_by_the_event_id_it_claims(client, owner, organization, many_events):

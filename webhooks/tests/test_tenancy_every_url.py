@@ -82,6 +82,7 @@ ROLES = {
     "dashboard:overview": (MEMBER, None),
     "dashboard:events": (MEMBER, None),
     "dashboard:events_live": (MEMBER, None),
+    "dashboard:find_event": (MEMBER, None),
     "dashboard:event_detail": (MEMBER, None),
     "dashboard:event_progress": (MEMBER, None),
     "dashboard:event_replay": (MEMBER, ADMIN),
@@ -578,6 +579,12 @@ def test_another_organizations_ids_in_query_strings_show_nothing_of_theirs(tenan
                 # (Globex's name is in the organization switcher of someone who is also at Globex.)
                 for marker in _markers(globex, query + ("Globex" if role == DUAL else "")):
                     assert marker not in page, (path, role, marker)
+        # The top bar's find: another organization's ids go to the list, as ids nobody has.
+        for searched in (theirs["event_id"], theirs["delivery_id"], "evt_globex_private"):
+            for role in (MEMBER, DUAL):
+                response = send("get", f"/o/acme/find/?q={searched}", browser=acme.browsers[role])
+                assert response.status_code == 302, (searched, role, response.status_code)
+                assert urlsplit(response["Location"]).path == "/o/acme/events/", (searched, role)
         for query in api:
             path = f"/api/v1/{query}"
             for access in (READ_ONLY, READ_WRITE):

@@ -2,25 +2,31 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
+from django.views import View
 from django.views.generic import TemplateView
 from django_htmx.http import HttpResponseClientRefresh
 
 from organizations.mixins import OrganizationMixin
-from webhooks.forms import EventFilterForm, ReplayForm
+from webhooks.forms import EventFilterForm, FindEventForm, ReplayForm
 from webhooks.models import Delivery, WebhookEvent
+from webhooks.providers.registry import event_id_origin
 from webhooks.selectors import (
     REJECTED_COUNT_LIMIT,
     BodySearchTimedOut,
+    EventFilters,
     EventPage,
     configured_signature_header,
     delivery_for_organization,
     event_detail_for_organization,
+    event_named_by_id,
     event_page,
     event_progress_for_organization,
     event_types_for_organization,
@@ -28,6 +34,7 @@ from webhooks.selectors import (
     headers_for_viewer,
     live_window_start,
     parse_event_id,
+    pasted_id,
     rejected_count_beside_list,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
@@ -102,6 +109,9 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             body_search_timed_out=timed_out,
             body_search_timeout=settings.BODY_SEARCH_TIMEOUT_SECONDS,
             body_search_busy=busy,
+            # "No event has the id …" rather than "No events match": the id was all that was asked.
+            id_search_only=bool(filters.search) and filters == EventFilters(search=filters.search),
+            id_read_as=pasted_id(filters.search),
             # A range that ended before now gets no new events: nothing to wait for.
             range_ended=filters.until is not None and filters.until <= timezone.now(),
             poll_after=live_since,
@@ -116,6 +126,25 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             rejected_query=self.filter_query(status=WebhookEvent.Status.REJECTED),
         )
         return context
+
+
+class FindEventView(OrganizationMixin, View):
+    """The top bar's "find an event by id": straight to the event when the id names exactly one of
+    the organization's, otherwise to the events list searching for it (several listed, or a note
+    that none has it). Any member may, as any member reads events."""
+
+    def get(self, request, *args, **kwargs):
+        searched = request.GET.get("q", "")
+        form = FindEventForm(request.GET)
+        if form.is_valid() and (text := form.cleaned_data["q"].strip()):
+            if (event_id := event_named_by_id(organization=self.organization, text=text)) is not None:
+                return redirect("dashboard:event_detail", self.organization.slug, event_id)
+        events = reverse("dashboard:events", args=[self.organization.slug])
+        if not searched.strip():
+            return redirect(events)
+        # The list says what was searched, or why it was not (an id too long is "Not applied"). The
+        # fragment puts the keyboard's next Tab on the first result, past the filters.
+        return redirect(f"{events}?{urlencode({'q': searched})}#event-results")
 
 
 class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
@@ -193,6 +222,7 @@ class EventDetailView(OrganizationMixin, TemplateView):
                 signature_headers=configured_signature_header(event.source),
             ),
             body=body,
+            provider_id_from=event_id_origin(event.source.provider, event.provider_event_id or ""),
             replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
             retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
             unrecorded_attempt=UNRECORDED_ATTEMPT,
