@@ -87,8 +87,12 @@ class IngestView(APIView):
                 query=query,
                 remote_ip=client_ip(django_request),
             )
-        except (OperationalError, InterfaceError):
-            # Nothing was committed, so nothing may be acknowledged: providers retry a 503.
+        except (OperationalError, InterfaceError) as exc:
+            # Nothing was committed, so nothing may be acknowledged: providers retry a 503. The
+            # reason goes to the log: Django's own line says only "Service Unavailable", which left
+            # an operator at a capped plan's "too many connections" guessing. The driver's message
+            # names the host and role, never the password.
+            logger.warning("ingest for source …%s answered 503, nothing stored: %s", token[-4:], _reason(exc))
             return _unavailable("storage is unavailable; retry later")
         except ImproperlyConfigured as exc:
             # The source's secret cannot be decrypted: FIELD_ENCRYPTION_KEYS lacks the key it was
@@ -127,6 +131,15 @@ class IngestAnswer(HttpResponse):
                 work()
         finally:
             super().close()
+
+
+def _reason(exc: Exception) -> str:
+    """The database error's message on one line, bounded (psycopg's may span lines, one per host)."""
+    try:
+        message = " ".join(str(exc).split())
+    except Exception:
+        message = ""
+    return (message or exc.__class__.__name__)[:500]
 
 
 def _unavailable(detail: str) -> HttpResponse:
