@@ -10,16 +10,24 @@ import contextlib
 import json
 import logging
 import os
+import threading
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
+from celery.utils.imports import load_extension_class_names, symbol_by_name
 from django.db import connection
 from django.test import Client
 
+from config.celery import app as celery_app
 from webhooks.models import WebhookEvent
 
 from .factories import STRIPE_SECRET, make_source
+from .processes import PATIENCE_SECONDS
 from .signing import post_stripe
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,7 +44,7 @@ def _admin_dsn(database: str) -> str:
 
 
 @pytest.fixture
-def full_role():
+def full_role(transactional_db):
     """A role with CONNECTION LIMIT 1 whose one connection is taken: its next connect is refused."""
     role = f"hookline_test_capped_{os.getpid()}"
     database = connection.settings_dict["NAME"]
@@ -44,9 +52,12 @@ def full_role():
         admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         # Not a superuser: PostgreSQL ignores a superuser's CONNECTION LIMIT.
         admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+        # What the application's role may do, for whatever the test runs once a connection is free.
+        admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+        admin.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
     holder = psycopg.connect(_admin_dsn(database).replace(f"user={connection.settings_dict['USER']}", f"user={role}"))
     try:
-        yield role
+        yield role, holder
     finally:
         holder.close()
         with psycopg.connect(_admin_dsn(database), autocommit=True) as admin:
@@ -72,7 +83,8 @@ def test_ingest_refused_a_connection_answers_503_and_logs_why(organization, full
     settings.INGEST_WRITER_SOCKET = ""
     source = make_source(organization)
     body = json.dumps({"id": "evt_capped_1", "object": "event", "type": "invoice.paid"})
-    with connecting_as(full_role), caplog.at_level(logging.INFO):
+    role, _ = full_role
+    with connecting_as(role), caplog.at_level(logging.INFO):
         answer = post_stripe(Client(raise_request_exception=False), source, body, STRIPE_SECRET)
 
     assert answer.status_code == 503, answer.content
@@ -83,3 +95,41 @@ def test_ingest_refused_a_connection_answers_503_and_logs_why(organization, full
     assert any("too many connections for role" in reason for reason in reasons), caplog.text
     assert any(source.ingest_token[-4:] in reason for reason in reasons)
     assert source.ingest_token not in caplog.text
+
+
+def _procfile_beat_scheduler():
+    """The scheduler class the Procfile's beat line names with -S (an alias such as "django" or a path)."""
+    beat = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("beat:"))
+    name = beat.split(" -S ", 1)[1].split()[0]
+    return symbol_by_name(name, aliases=dict(load_extension_class_names("celery.beat_schedulers")))
+
+
+def test_beat_started_while_the_database_refuses_it_waits_then_starts(full_role, monkeypatch, caplog):
+    # Made as beat makes it: django-celery-beat's scheduler reads its tables right away. Refused a
+    # connection there, beat ended (CRITICAL), and the platform's restarts of a crashing process
+    # slow down to minutes apart: no sweep ran meanwhile.
+    monkeypatch.setattr("config.beat.RETRY_SECONDS", 0.05)
+    scheduler_class = _procfile_beat_scheduler()
+    role, holder = full_role
+    outcome = {}
+
+    def start_beat():
+        try:
+            with connecting_as(role):
+                outcome["scheduler"] = scheduler_class(app=celery_app)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    starting = threading.Thread(target=start_beat)
+    with caplog.at_level(logging.WARNING):
+        starting.start()
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while starting.is_alive() and "beat waits for the database" not in caplog.text:
+            assert time.monotonic() < deadline, "beat neither started nor said it waits"
+            time.sleep(0.01)
+        holder.close()  # a connection is free again
+        starting.join(PATIENCE_SECONDS)
+
+    assert "error" not in outcome, outcome
+    assert "too many connections for role" in caplog.text
+    assert "hookline-sweep" in outcome["scheduler"].schedule
