@@ -10,12 +10,16 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
+import redis as redis_client
 from celery.utils.imports import load_extension_class_names, symbol_by_name
 from django.db import connection
 from django.test import Client
@@ -24,7 +28,7 @@ from config.celery import app as celery_app
 from webhooks.models import WebhookEvent
 
 from .factories import STRIPE_SECRET, make_source
-from .processes import PATIENCE_SECONDS
+from .processes import PATIENCE_SECONDS, RedisServer
 from .signing import post_stripe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,3 +137,53 @@ def test_beat_started_while_the_database_refuses_it_waits_then_starts(full_role,
     assert "error" not in outcome, outcome
     assert "too many connections for role" in caplog.text
     assert "hookline-sweep" in outcome["scheduler"].schedule
+
+
+# Heroku's smallest Redis (Mini) takes 20 clients: web, worker and beat share them with room to scale out.
+WORKER_REDIS_CLIENTS_AT_REST = 6
+
+
+def test_the_procfile_worker_holds_few_redis_clients_at_rest(tmp_path):
+    # Celery's gossip, mingle and heartbeat each keep a Redis connection in the worker's main process
+    # that Hookline uses nothing of: with them, one idle worker held 11 of a Mini plan's 20 clients,
+    # and one worker, one web dyno and beat reached the cap before any scaling out.
+    redis = RedisServer()
+    redis.start()
+    worker = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("worker:"))
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("CELERY_", "WORKER_", "DJANGO_"))
+    }
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    environment.update(REDIS_URL=url, CELERY_QUEUE=f"connection-cap-{redis.port}")
+    # `celery` as the platform finds it: on the PATH of the environment the tests run in.
+    environment["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), environment.get("PATH", "")])
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            ["sh", "-c", "exec " + worker.split(": ", 1)[1]],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = redis_client.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while " ready." not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        # Settled: the same count on three looks in a row (the pool processes connect as they start).
+        counts = []
+        while len(counts) < 3 or len(set(counts[-3:])) > 1:
+            assert time.monotonic() < deadline, counts
+            counts.append(len(client.client_list()) - 1)  # not this test's own
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(PATIENCE_SECONDS)
+        client.close()
+        redis.stop()
+    assert counts[-1] <= WORKER_REDIS_CLIENTS_AT_REST, counts
