@@ -26,6 +26,7 @@ from django.test import Client
 
 from config.celery import app as celery_app
 from webhooks.models import WebhookEvent
+from webhooks.services import processing
 
 from .factories import STRIPE_SECRET, make_source
 from .processes import PATIENCE_SECONDS, RedisServer
@@ -187,3 +188,16 @@ def test_the_procfile_worker_holds_few_redis_clients_at_rest(tmp_path):
         client.close()
         redis.stop()
     assert counts[-1] <= WORKER_REDIS_CLIENTS_AT_REST, counts
+
+
+def test_a_sweep_refused_a_connection_says_so_once(full_role, caplog):
+    role, _ = full_role
+    with connecting_as(role), caplog.at_level(logging.INFO):
+        result = processing.sweep()
+
+    # Every step needs the database: none ran, and the next sweep tries them all.
+    assert result["failed_steps"] == len(result) - 1, result
+    lines = [record for record in caplog.records if record.name == "webhooks.services.processing"]
+    assert len(lines) == 1, [record.getMessage() for record in lines]
+    assert lines[0].levelno == logging.WARNING and lines[0].exc_info is None
+    assert "too many connections for role" in lines[0].getMessage()
