@@ -370,7 +370,20 @@ class Bench:
         beat_schedule = self.log_dir / "beat-schedule"
         self.start(
             "beat",
-            [PYTHON, "-m", "celery", "-A", "config", "beat", "-S", "django", "-l", "WARNING", "-s", str(beat_schedule)],
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-S",
+                "config.beat:DatabaseScheduler",
+                "-l",
+                "WARNING",
+                "-s",
+                str(beat_schedule),
+            ],
         )
 
     def worker_pids(self) -> list[int]:

@@ -397,7 +397,20 @@ class Harness:
         schedule = self.log_dir / "beat-schedule"
         self.start(
             "beat",
-            [PYTHON, "-m", "celery", "-A", "config", "beat", "-S", "django", "-l", "WARNING", "-s", str(schedule)],
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-S",
+                "config.beat:DatabaseScheduler",
+                "-l",
+                "WARNING",
+                "-s",
+                str(schedule),
+            ],
         )
 
     def start_receiver(self) -> None:

@@ -293,7 +293,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "config.beat:DatabaseScheduler"
 # Beat writes each periodic task's last_run_at after every task it sends, not only every 3 minutes
 # (celery's default): the processing health check reads it, and would otherwise call a freshly
 # started beat stopped for its first 3 minutes. One small UPDATE per sweep.

@@ -44,7 +44,18 @@ PROCESSES = {
     ],
     # WARNING: at INFO the sweep every 5 s writes lines that push the sign-in email out of view.
     "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING", "--concurrency", "2"],
-    "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING", "-S", "django"],
+    "beat": [
+        PYTHON,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "beat",
+        "--loglevel",
+        "WARNING",
+        "-S",
+        "config.beat:DatabaseScheduler",
+    ],
     "receiver": [PYTHON, str(ROOT / "scripts" / "demo_receiver.py"), RECEIVER_PORT],
 }
 

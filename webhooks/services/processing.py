@@ -12,7 +12,7 @@ from datetime import timedelta
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
-from django.db import InterfaceError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Greatest, Length
 from django.utils import timezone
@@ -540,17 +540,40 @@ def sweep(now=None) -> dict[str, int]:
         "rejected_not_kept": write_not_kept_counts,
     }
     result = {"failed_steps": 0}
-    for name, step in steps.items():
+    names = list(steps)
+    for position, name in enumerate(names):
         try:
             # A savepoint only when called inside a transaction (tests), so that a failed step leaves
             # it usable; otherwise each step commits as it always did.
             with transaction.atomic() if connection.in_atomic_block else nullcontext():
-                result[name] = step()
+                result[name] = steps[name]()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.connection is not None:
+                _log_failed_step(name)
+                result[name] = 0
+                result["failed_steps"] += 1
+                continue
+            # No connection could be made (a capped plan's "too many connections for role", the
+            # database restarting): every other step would fail the same way, each with a traceback
+            # (ten every sweep, one sweep every few seconds). One line says why; the next sweep tries all.
+            skipped = names[position:]
+            logger.warning(
+                "sweep skipped (%d steps): the database refused a connection; the next sweep tries again: %s",
+                len(skipped),
+                " ".join(_message_of(exc).split())[:500] or exc.__class__.__name__,
+            )
+            result.update(dict.fromkeys(skipped, 0))
+            result["failed_steps"] += len(skipped)
+            break
         except Exception:
-            logger.exception("sweeper step %s failed; the other steps go on", name)
+            _log_failed_step(name)
             result[name] = 0
             result["failed_steps"] += 1
     return result
+
+
+def _log_failed_step(name: str) -> None:
+    logger.exception("sweeper step %s failed; the other steps go on", name)
 
 
 def _schedule_waiting_events(now) -> int:

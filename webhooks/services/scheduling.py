@@ -86,14 +86,34 @@ def schedule_once(flag_key: str, ttl: int, task, *, trust_seen_seconds: float = 
     asked_at = time.monotonic()
     try:
         published = cache.add(flag_key, 1, timeout=ttl)
-        if published:
-            task.apply_async(retry=False)
     except Exception as exc:
         _warn_failure(task.name, exc)
         return False
+    if published:
+        try:
+            task.apply_async(retry=False)
+        except Exception as exc:
+            # Nothing is queued: a flag left for its whole TTL (15 s for a dispatcher) had every
+            # caller, the sweeper too, skip publishing that long after the broker took clients
+            # again (a Redis full at its plan's client cap). Kept a second, so that a burst of
+            # callers does not try the refusing broker once each. Should the message have gone out
+            # after all, a second task only finds no work (claims skip what another holds).
+            _shorten_flag(flag_key)
+            _warn_failure(task.name, exc)
+            return False
     if trust_seen_seconds > 0:
         _flag_seen_at[flag_key] = asked_at
     return bool(published)
+
+
+FAILED_PUBLISH_FLAG_SECONDS = 1
+
+
+def _shorten_flag(flag_key: str) -> None:
+    try:
+        cache.set(flag_key, 1, timeout=FAILED_PUBLISH_FLAG_SECONDS)
+    except Exception:
+        logger.debug("could not clear %s; it expires with its TTL", flag_key)
 
 
 def forget_seen_flags() -> None:

@@ -173,7 +173,18 @@ class Stack:
                 "--without-mingle",
                 "--without-heartbeat",
             ],
-            "beat": [sys.executable, "-m", "celery", "-A", "config", "beat", "-S", "django", "-l", "WARNING"],
+            "beat": [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-S",
+                "config.beat:DatabaseScheduler",
+                "-l",
+                "WARNING",
+            ],
         }
         log = (LOG_DIR / f"{name}.log").open("a")
         with self._lock:

@@ -173,3 +173,26 @@ def test_the_worker_stopping_flag_takes_no_lock_and_reaches_the_processes_forked
     finally:
         os.close(read_end)
         os.waitpid(child, 0)
+
+
+def test_a_publish_the_broker_refused_leaves_no_flag_behind(monkeypatch):
+    # Redis full at its plan's client cap: the flag was set, the message never queued. Left set,
+    # every caller and the sweeper skipped publishing for the flag's whole TTL once Redis took
+    # clients again (15 s for a dispatcher), with deliveries waiting.
+    scheduling.forget_seen_flags()
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)
+    sent = []
+
+    def broker_full(*args, **kwargs):
+        raise ConnectionError("max number of clients reached")
+
+    monkeypatch.setattr(tasks.process_events, "apply_async", broker_full)
+    assert not scheduling.schedule_once(processing.PROCESSING_SCHEDULED_KEY, 60, tasks.process_events)
+
+    # Kept a second (a burst of callers does not each try the refusing broker), not the 60 s asked.
+    assert 0 < cache.ttl(processing.PROCESSING_SCHEDULED_KEY) <= 1
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)  # that second over
+    monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: sent.append("process_events"))
+    assert scheduling.schedule_once(processing.PROCESSING_SCHEDULED_KEY, 60, tasks.process_events)
+    assert sent == ["process_events"]
+    cache.delete(processing.PROCESSING_SCHEDULED_KEY)

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
@@ -16,6 +17,7 @@ from rest_framework.views import APIView
 from accounts.http import client_ip
 from config.unreadable_body import read_timed_out
 from webhooks.services.ingest import DUPLICATE_HEADER, EVENT_ID_HEADER, ingest_request
+from webhooks.services.ingest_writer import RowRefused, describe_database_error
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +104,13 @@ class IngestView(APIView):
                 query=query,
                 remote_ip=client_ip(django_request),
             )
-        except (OperationalError, InterfaceError):
-            # Nothing was committed, so nothing may be acknowledged: providers retry a 503.
+        except (OperationalError, InterfaceError) as exc:
+            # Nothing was committed, so nothing may be acknowledged: providers retry a 503. The
+            # database's reason goes to the log: Django's own line says only "Service Unavailable",
+            # which left an operator at a capped plan's "too many connections" guessing.
+            reason = _database_reason(exc)
+            if reason:
+                logger.warning("ingest for source …%s answered 503, nothing stored: %s", token[-4:], reason)
             return _unavailable("storage is unavailable; retry later")
         except ImproperlyConfigured as exc:
             # The source's secret cannot be decrypted: FIELD_ENCRYPTION_KEYS lacks the key it was
@@ -149,6 +156,25 @@ class IngestAnswer(HttpResponse):
                 work()
         finally:
             super().close()
+
+
+def _database_reason(exc: Exception) -> str:
+    """What the database driver said, safe to log; "" when the services made (and logged) the error.
+
+    A connection refused or lost (no SQLSTATE: "too many connections for role …", a timeout) is
+    told by the driver's message, which names the host and role, never a password or a webhook's
+    content. A statement's error only by its kind, code and primary message (as the services log
+    the ones they catch): PostgreSQL may quote a row's values in the rest."""
+    cause = exc.__cause__
+    if isinstance(exc, RowRefused) or not isinstance(cause, psycopg.Error):
+        return ""
+    if cause.sqlstate:
+        return describe_database_error(exc)
+    try:
+        message = " ".join(str(cause).split())  # psycopg's spans lines, one per host tried
+    except Exception:
+        message = ""
+    return (message or type(cause).__name__)[:500]
 
 
 def _unavailable(detail: str) -> HttpResponse:
