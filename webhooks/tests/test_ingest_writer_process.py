@@ -6,11 +6,13 @@ gunicorn with config/gunicorn.conf.py, which starts, restarts and stops the real
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,7 @@ def client():
         {"provider_event_id": "evt_\udc80_lone_surrogate", "event_type": "caf\u00e9.\U0001f600"},
         {"body": bytes(range(256)) * 4000, "headers": {"X-Empty": "", "Ünïcode": "välue"}},
         {"body": b""},
+        {"signed_content_digest": "0123456789abcdef" * 4, "provider_event_id": None},
     ],
 )
 def test_a_row_crosses_the_socket_unchanged(changes):
@@ -245,6 +249,49 @@ def test_frames_that_cannot_be_rows_close_only_their_own_connection(writer_serve
         assert garbage.recv(100) == b""  # closed, no answer
     assert writer_server.thread.is_alive()
     assert client.write(new_event(stripe_source, "evt_after_garbage"), writer_server.server.path, 10)[1] is True
+
+
+def _frame_of_the_release_before_signed_content(event: NewEvent) -> bytes:
+    """The frame a web worker of the release before migration 0038 sends: no content digest field."""
+    fixed = struct.Struct("!16sqqqiiiiI")
+    headers = json.dumps(event.headers).encode()
+    received_us = (event.received_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    provider_event_id = event.provider_event_id.encode()
+    payload = b"".join(
+        (
+            fixed.pack(
+                event.id.bytes,
+                event.organization_id,
+                event.source_id,
+                received_us,
+                len(provider_event_id),
+                len(event.event_type),
+                len(headers),
+                -1,
+                len(event.body),
+            ),
+            provider_event_id,
+            event.event_type.encode(),
+            headers,
+            event.body,
+        )
+    )
+    return len(payload).to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize("body", [b"", b"x", b'{"id":"evt_old_release"}' * 100])
+def test_a_frame_of_the_previous_release_is_refused_and_nothing_is_stored(writer_server, stripe_source, body):
+    # A rolling deploy (or a kill -HUP, which keeps the writer process) pairs workers and a writer of
+    # two releases: the worker must be answered as an outage (503, the provider retries), never have
+    # its row stored with its fields read out of place.
+    event = new_event(stripe_source, "evt_old_release")
+    event.body = body
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old_worker:
+        old_worker.connect(writer_server.server.path)
+        old_worker.sendall(_frame_of_the_release_before_signed_content(event))
+        old_worker.settimeout(5)
+        assert old_worker.recv(100) == b""  # closed, no answer: the old worker answers 503
+    assert not WebhookEvent.objects.exists()
 
 
 def test_a_restarted_writer_is_reached_on_the_next_request(transactional_db, socket_path, client, stripe_source):
