@@ -2,6 +2,7 @@
 
 import io
 import json
+from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -9,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from webhooks.fields import _fernet_for
 from webhooks.models import Destination, Source, WebhookEvent
@@ -343,3 +345,34 @@ def test_reading_a_source_and_deleting_a_source_or_a_destination_need_no_secret(
     assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
     assert source_deleted.status_code == 202, source_deleted.content
     assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()
+
+
+def test_changing_a_source_whose_previous_secret_this_process_cannot_read_answers_the_change(
+    client, organization, settings
+):
+    # A PATCH reads the source with its secrets unread (views.source_found), and its answer then asked
+    # the previous secret for previous_secret_valid_until: decrypting it failed after the change was
+    # committed, a 503 secret_unreadable ("nothing was changed") over a renamed source.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    source = make_source(organization, provider="github", secret="a-github-secret-under-the-new-key")
+    source.previous_secret = "the-secret-it-replaced"
+    source.previous_secret_expires_at = timezone.now() + timedelta(hours=1)
+    source.save(update_fields=["previous_secret", "previous_secret_expires_at"])
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.raise_request_exception = False
+
+    renamed = client.patch(
+        f"/api/v1/sources/{source.pk}",
+        {"name": "Renamed"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}",
+    )
+
+    assert renamed.status_code == 200, renamed.content
+    assert renamed.json()["name"] == "Renamed"
+    assert renamed.json()["previous_secret_valid_until"] == source.previous_secret_expires_at.isoformat().replace(
+        "+00:00", "Z"
+    )
