@@ -150,11 +150,12 @@ class SourceDetailView(SourceMixin, TemplateView):
             rejected=rejected_requests_for_source(source=source, limit=5),
             fixtures=fixtures_for_provider(source.provider),
             # Named and linked only: their secrets and custom headers stay unread (undecryptable on a
-            # process without the key they were saved under).
+            # process without the key they were saved under). Not one being deleted: its subscriptions
+            # go with its rows, in the background, and its page is a 404 from the start.
             destinations=list(
-                source.subscriptions.select_related("destination").defer(
-                    *(f"destination__{name}" for name in encrypted_field_names(Destination))
-                )
+                source.subscriptions.filter(destination__deletion_requested_at__isnull=True)
+                .select_related("destination")
+                .defer(*(f"destination__{name}" for name in encrypted_field_names(Destination)))
             ),
             secret_use=secret_use_during_overlap(source),
             not_kept=rejected_not_kept(source),
