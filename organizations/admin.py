@@ -648,20 +648,32 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             value = form.initial.get("organization") if before else form.cleaned_data.get("organization")
             return getattr(value, "pk", value)
 
-        losing, gaining = set(), set()
+        concerned, gaining = set(), set()
         for form in touched_forms:
-            if form.instance.pk is not None and form.initial.get("role") == Membership.Role.OWNER:
-                losing.add(organization_id(form, before=True))
+            if form.instance.pk is not None:
+                concerned.add(organization_id(form, before=True))
             deleted = self.can_delete and self._should_delete_form(form)
-            if not deleted and form.cleaned_data.get("role") == Membership.Role.OWNER:
-                gaining.add(organization_id(form, before=False))
-        touched_ids = [form.instance.pk for form in touched_forms if form.instance.pk is not None]
+            if not deleted:
+                concerned.add(organization_id(form, before=False))
+                if form.cleaned_data.get("role") == Membership.Role.OWNER:
+                    gaining.add(organization_id(form, before=False))
+        touched_ids = {form.instance.pk for form in touched_forms if form.instance.pk is not None}
+        # The owners as they are now, locked until this save commits (the change view's transaction), in
+        # the Team page's order (organizations.team._lock_owners): read without a lock, a demotion
+        # committing meanwhile there, or in another admin save, left each seeing the other's owner.
+        # Whether a row is an owner's is read from the locked rows too, not from the form as loaded.
+        owners: dict[int, set[int]] = {}
+        for pk, organization in (
+            Membership.objects.select_for_update()
+            .filter(organization_id__in=concerned - {None}, role=Membership.Role.OWNER)
+            .order_by("pk")
+            .values_list("pk", "organization_id")
+        ):
+            owners.setdefault(organization, set()).add(pk)
         left_without = [
             organization
-            for organization in losing - gaining
-            if not Membership.objects.filter(organization_id=organization, role=Membership.Role.OWNER)
-            .exclude(pk__in=touched_ids)
-            .exists()
+            for organization, owner_ids in owners.items()
+            if organization not in gaining and owner_ids <= touched_ids
         ]
         if left_without:
             names = Organization.objects.filter(pk__in=left_without).order_by("name").values_list("name", flat=True)
@@ -826,13 +838,24 @@ class UserMembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInli
 
 
 def _organizations_owned_only_by(users) -> list[str]:
-    """The organizations every owner of which is one of ``users``: what deleting them all leaves without an owner."""
-    user_ids = [user.pk for user in users]
+    """The organizations every owner of which is one of ``users``: what deleting them all leaves without an owner.
+
+    Their owners' memberships are locked, in the Team page's order (organizations.team._lock_owners), until
+    the deletion commits: read without a lock, an owner demoted there meanwhile left the organization
+    with none once both committed."""
+    user_ids = {user.pk for user in users}
     owned = Membership.objects.filter(user_id__in=user_ids, role=Membership.Role.OWNER).values("organization_id")
-    others_own = Membership.objects.filter(organization_id=OuterRef("pk"), role=Membership.Role.OWNER).exclude(
-        user_id__in=user_ids
-    )
-    orphaned = Organization.objects.filter(pk__in=owned).exclude(models.Exists(others_own)).order_by("name")
+    owners: dict[int, set[int]] = {}
+    for organization_id, user_id in (
+        Membership.objects.select_for_update()
+        .filter(organization_id__in=owned, role=Membership.Role.OWNER)
+        .order_by("pk")
+        .values_list("organization_id", "user_id")
+    ):
+        owners.setdefault(organization_id, set()).add(user_id)
+    orphaned = Organization.objects.filter(
+        pk__in=[organization for organization, owner_ids in owners.items() if owner_ids <= user_ids]
+    ).order_by("name")
     return [f"{organization.name}: its only owner goes with it ({LAST_OWNER})" for organization in orphaned]
 
 
@@ -842,6 +865,14 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAd
 
     def deletion_contents(self, obj):
         return user_contents(user=obj)  # a platform admin's admin history alone runs to thousands
+
+    def response_action(self, request, queryset):
+        if request.POST.get("action") != "delete_selected":
+            return super().response_action(request, queryset)
+        # Delete selected checks the owners it leaves (get_deleted_objects) under their lock, kept until
+        # its deletion commits, as the delete page's transaction keeps it.
+        with transaction.atomic():
+            return super().response_action(request, queryset)
 
     def get_deleted_objects(self, objs, request):
         deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)

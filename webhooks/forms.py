@@ -13,6 +13,7 @@ from django.utils.text import slugify
 
 from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
+from webhooks.fields import encrypted_field_names
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
@@ -669,7 +670,11 @@ class ReplayForm(forms.Form):
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["destination"].queryset = destinations_for_organization(organization=organization)
+        # Offered by name: their secrets and custom headers stay unread (the event's page, where this form
+        # is, was a 503 on a process without the key one of them was saved under).
+        self.fields["destination"].queryset = destinations_for_organization(organization=organization).defer(
+            *encrypted_field_names(Destination)
+        )
 
 
 TIME_RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}

@@ -84,7 +84,7 @@ def events_for_organization(
         events = events.prefetch_related(
             Prefetch(
                 "deliveries",
-                queryset=Delivery.objects.select_related("destination").order_by("id"),
+                queryset=Delivery.objects.select_related("destination").defer(*_DESTINATION_SECRETS).order_by("id"),
             )
         )
     return list(events.order_by("-id")[:limit])
@@ -181,14 +181,14 @@ class EventFilters:
 
 # Lists show names only: loading the encrypted secret columns would decrypt them row by row.
 _SOURCE_SECRETS = ("source__secret", "source__previous_secret")
+# Every encrypted column of a delivery's destination (its secrets and its custom headers' values): a list or
+# an event's page names the destination, and reading them would decrypt them, a 503 for the whole page on
+# a process without the key they were saved under.
+_DESTINATION_SECRETS = tuple(f"destination__{name}" for name in encrypted_field_names(Destination))
 
 
 def _deliveries_for_list() -> QuerySet[Delivery]:
-    return (
-        Delivery.objects.select_related("destination")
-        .defer("destination__secret", "destination__previous_secret")
-        .order_by("id")
-    )
+    return Delivery.objects.select_related("destination").defer(*_DESTINATION_SECRETS).order_by("id")
 
 
 @dataclass
@@ -699,7 +699,7 @@ def event_detail_for_organization(*, organization: Organization, event_id) -> We
             Prefetch(
                 "deliveries",
                 queryset=Delivery.objects.select_related("destination")
-                .defer("destination__secret", "destination__previous_secret")
+                .defer(*_DESTINATION_SECRETS)
                 .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
                 .order_by("id"),
             )
@@ -927,7 +927,11 @@ def destination_for_organization(
 
 
 def delivery_for_organization(*, organization: Organization, delivery_id) -> Delivery:
-    return Delivery.objects.select_related("event", "destination").get(organization=organization, pk=delivery_id)
+    return (
+        Delivery.objects.select_related("event", "destination")
+        .defer(*_DESTINATION_SECRETS)
+        .get(organization=organization, pk=delivery_id)
+    )
 
 
 def rejected_requests_for_source(*, source: Source, limit: int = 50) -> list[WebhookEvent]:

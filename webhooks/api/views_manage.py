@@ -82,8 +82,8 @@ def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
 
 
 class SourceLookup:
-    def source(self, source_id: str):
-        return source_found(self.organization, source_id)
+    def source(self, source_id: str, *, to_show: bool = False):
+        return source_found(self.organization, source_id, to_show=to_show)
 
 
 class SourceShowMixin(ApiObjectView):
@@ -160,7 +160,9 @@ class SourceListCreateView(SourceShowMixin, SourceListView):
 )
 class SourceDetailManageView(SourceShowMixin, SourceLookup, SourceDetailView):
     def patch(self, request, source_id: str):
-        source = self.source(source_id)
+        # Its answer says when the previous secret ends as a read does (a PATCH changes no secret): asked of
+        # the source, that decrypted the previous secret after the change was made, a 503 over a done change.
+        source = self.source(source_id, to_show=True)
         data = _valid(serializers_manage.SourceUpdateSerializer, request, source=source)
         try:
             with transaction.atomic():

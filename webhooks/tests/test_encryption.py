@@ -2,6 +2,7 @@
 
 import io
 import json
+from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -9,12 +10,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from webhooks.fields import _fernet_for
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.services.ingest import forget_cached_sources
 
-from .api_helpers import make_key
+from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
 from .signing import post_stripe
 
@@ -343,3 +345,68 @@ def test_reading_a_source_and_deleting_a_source_or_a_destination_need_no_secret(
     assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
     assert source_deleted.status_code == 202, source_deleted.content
     assert Source.objects.filter(pk=source.pk, deletion_requested_at__isnull=False).exists()
+
+
+def test_changing_a_source_whose_previous_secret_this_process_cannot_read_answers_the_change(
+    client, organization, settings
+):
+    # A PATCH reads the source with its secrets unread (views.source_found), and its answer then asked
+    # the previous secret for previous_secret_valid_until: decrypting it failed after the change was
+    # committed, a 503 secret_unreadable ("nothing was changed") over a renamed source.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    source = make_source(organization, provider="github", secret="a-github-secret-under-the-new-key")
+    source.previous_secret = "the-secret-it-replaced"
+    source.previous_secret_expires_at = timezone.now() + timedelta(hours=1)
+    source.save(update_fields=["previous_secret", "previous_secret_expires_at"])
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.raise_request_exception = False
+
+    renamed = client.patch(
+        f"/api/v1/sources/{source.pk}",
+        {"name": "Renamed"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}",
+    )
+
+    assert renamed.status_code == 200, renamed.content
+    assert renamed.json()["name"] == "Renamed"
+    assert renamed.json()["previous_secret_valid_until"] == source.previous_secret_expires_at.isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+def test_events_and_their_deliveries_are_listed_without_reading_a_destinations_custom_headers(
+    client, organization, owner, settings
+):
+    # A listed delivery comes with its destination (its name in the badge), whose custom headers were
+    # loaded and decrypted with it: a process without the key they were saved under answered the
+    # events list, the source page (its recent events list deliveries since; its destinations were
+    # read whole), an event's page and the API's events with a 503, for every event delivered there.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    source = make_source(organization)  # its own secret readable here: the source page reads it
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination, _ = make_destination(
+        organization, "http://127.0.0.1:9/", sources=[source], custom_headers={"X-Api-Key": "k" * 24}
+    )
+    event = make_event(source)
+    make_delivery(event, destination)
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    client.raise_request_exception = False
+    client.force_login(owner)
+    key = make_key(organization)[1]
+
+    pages = {
+        "events list": client.get(reverse("dashboard:events", args=[organization.slug])),
+        "source page": client.get(reverse("dashboard:source_detail", args=[organization.slug, source.pk])),
+        "event page": client.get(reverse("dashboard:event_detail", args=[organization.slug, event.pk])),
+        "API list": client.get("/api/v1/events", HTTP_AUTHORIZATION=f"Bearer {key}"),
+        "API event": client.get(f"/api/v1/events/{event.pk}", HTTP_AUTHORIZATION=f"Bearer {key}"),
+    }
+
+    assert {name: page.status_code for name, page in pages.items()} == dict.fromkeys(pages, 200)
+    assert "endpoint" in pages["source page"].content.decode()

@@ -583,3 +583,21 @@ def test_the_events_filter_offers_it_no_more_and_its_events_stay_listed(kind, cl
     response = client.get(events, {kind.name: doomed.pk})
     assert f"Not applied: {kind.name.capitalize()}: " in response.content.decode()
     assert doomed_events <= {event.pk for event in response.context["events"]}
+
+
+def test_the_other_kinds_page_no_longer_links_to_it(kind, client, owner, owners, published):
+    # A destination's page lists the sources it receives from, a source's page the destinations it
+    # delivers to; their subscriptions stay until the background deletion, and the page linked to
+    # the one being deleted (a 404) as if it still received or delivered.
+    doomed, kept, _ = owners
+    other_kind = "destination" if kind.name == "source" else "source"
+    subscription = Subscription.objects.filter(**{kind.name: doomed}).select_related(other_kind).first()
+    other = getattr(subscription, other_kind)
+    page = reverse(f"dashboard:{other_kind}_detail", args=["acme", other.pk])
+    doomed_page = reverse(f"dashboard:{kind.name}_detail", args=["acme", doomed.pk])
+    client.force_login(owner)
+    assert doomed_page in client.get(page).content.decode()
+
+    kind.request(doomed)
+
+    assert doomed_page not in client.get(page).content.decode()

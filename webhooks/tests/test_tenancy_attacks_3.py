@@ -185,6 +185,89 @@ def test_staff_cannot_delete_the_account_of_an_organizations_only_owner(client, 
     assert not get_user_model().objects.filter(pk=member.pk).exists()
 
 
+def a_lock_is_awaited_or(done: threading.Event) -> bool:
+    """Whether another connection waits for a row lock (or ``done`` says it went by without)."""
+    if done.is_set():
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def while_the_team_page_demotes(organization, actor, membership, staff_request):
+    """Run ``staff_request`` while an owner's demotion of ``membership`` on the Team page is under way:
+    read as an owner before it commits, committed once the request waits for a lock (or is done)."""
+    demoting, done, failures = threading.Event(), threading.Event(), []
+
+    def demote() -> None:
+        try:
+            with transaction.atomic():
+                team.member_role_change(
+                    organization=organization, actor=actor, membership=membership, role=Membership.Role.MEMBER
+                )
+                demoting.set()
+                assert wait_until(lambda: a_lock_is_awaited_or(done), PATIENCE_SECONDS, interval=0.05)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+            demoting.set()
+        finally:
+            connection.close()
+
+    owners_click = threading.Thread(target=demote, daemon=True)
+    owners_click.start()
+    assert demoting.wait(PATIENCE_SECONDS)
+    try:
+        return staff_request()
+    finally:
+        done.set()
+        owners_click.join(PATIENCE_SECONDS)
+        assert not owners_click.is_alive() and not failures, failures
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_demoting_one_owner_while_the_other_is_demoted_leaves_an_owner(client, organization, owner):
+    # Two owners: one demotes the other on the Team page while support staff demote the first in the
+    # admin. Each saw the other owner and went ahead, and the organization was left with none.
+    support = get_user_model().objects.create_user(email="support@hookline.example", is_staff=True)
+    support.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_organization", "change_organization", "change_membership"])
+    )
+    client.force_login(support)
+    first = Membership.objects.get(user=owner)
+    second = Membership.objects.create(
+        user=get_user_model().objects.create_user(email="second@acme.example"),
+        organization=organization,
+        role=Membership.Role.OWNER,
+    )
+    page = reverse("admin:organizations_organization_change", args=[organization.pk])
+    posted = organization_page_with_roles(organization, {first.pk: Membership.Role.MEMBER})
+    while_the_team_page_demotes(organization, owner, second, lambda: client.post(page, posted))
+    assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_deleting_one_owners_account_while_the_other_is_demoted_leaves_an_owner(client, organization, owner):
+    support = get_user_model().objects.create_user(email="support@hookline.example", is_staff=True)
+    support.user_permissions.set(Permission.objects.filter(codename__in=["view_user", "delete_user"]))
+    client.force_login(support)
+    second = Membership.objects.create(
+        user=get_user_model().objects.create_user(email="second@acme.example"),
+        organization=organization,
+        role=Membership.Role.OWNER,
+    )
+    page = reverse("admin:accounts_user_delete", args=[owner.pk])
+    changelist = reverse("admin:accounts_user_changelist")
+    selected = {"action": "delete_selected", "_selected_action": [owner.pk], "post": "yes"}
+    for request in (lambda: client.post(page, {"post": "yes"}), lambda: client.post(changelist, selected)):
+        while_the_team_page_demotes(organization, owner, second, request)
+        assert Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).exists()
+        Membership.objects.filter(pk=second.pk).update(role=Membership.Role.OWNER)
+
+
 # --- Joining an organization an operator closed ----------------------------------------------------
 
 

@@ -126,7 +126,11 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             health=destination_health(destination=destination),
             retry_policy=retry_policy_words(destination),
             payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
-            subscriptions=list(destination.subscriptions.select_related("source")),
+            # Not a source being deleted: its subscriptions go with its rows, in the background, and its
+            # page is a 404 from the start.
+            subscriptions=list(
+                destination.subscriptions.filter(source__deletion_requested_at__isnull=True).select_related("source")
+            ),
             **bulk_retry_progress(destination, self.organization),
             # The paused notice says from when its held deliveries are given up (services.lifecycle).
             paused_hold_days=settings.PAUSED_DESTINATION_HOLD_DAYS,

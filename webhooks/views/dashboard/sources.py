@@ -6,8 +6,9 @@ from django.shortcuts import redirect
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
+from webhooks.fields import encrypted_field_names
 from webhooks.forms import SourceCreateForm, SourceEditForm, SourceRotateSecretForm, TestEventForm
-from webhooks.models import WebhookEvent
+from webhooks.models import Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
 from webhooks.selectors import (
     event_progress_for_organization,
@@ -148,7 +149,14 @@ class SourceDetailView(SourceMixin, TemplateView):
             recent_events=recent_events_for_source(source=source),
             rejected=rejected_requests_for_source(source=source, limit=5),
             fixtures=fixtures_for_provider(source.provider),
-            destinations=list(source.subscriptions.select_related("destination")),
+            # Named and linked only: their secrets and custom headers stay unread (undecryptable on a
+            # process without the key they were saved under). Not one being deleted: its subscriptions
+            # go with its rows, in the background, and its page is a 404 from the start.
+            destinations=list(
+                source.subscriptions.filter(destination__deletion_requested_at__isnull=True)
+                .select_related("destination")
+                .defer(*(f"destination__{name}" for name in encrypted_field_names(Destination)))
+            ),
             secret_use=secret_use_during_overlap(source),
             not_kept=rejected_not_kept(source),
         )
