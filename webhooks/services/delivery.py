@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -1248,14 +1248,28 @@ class SendResult:
     # recorded masked.
     custom_header_names: frozenset[str] = frozenset()
     # Set when nothing was sent for a reason of the platform's own (a destination secret this
-    # process cannot decrypt): the delivery is put back unsent, see _put_back_unsent.
+    # process cannot decrypt, a bound on DNS lookups): the delivery is put back unsent, see
+    # _put_back_unsent, due again in ``unsent_retry_seconds`` (UNSENT_RETRY_SECONDS when None).
     unsent_reason: str | None = None
+    unsent_retry_seconds: int | None = None
 
 
 # A delivery not sent because its destination's secret cannot be decrypted waits this long, then
 # is claimed again: by then a rolling deploy of a new key has reached the worker, or not, and the
 # health checks say why (services.secret_health).
 UNSENT_RETRY_SECONDS = 60
+# A delivery refused by a bound of the platform's own on DNS lookups (outbound.PlatformLookupsBusy:
+# its organization's other destinations, or the whole process, have that many lookups waiting on
+# DNS that does not answer) waits this long, doubled each time it is refused again in a row, up to
+# UNSENT_RETRY_SECONDS: those lookups end with the resolver's timeout, within seconds, so the
+# delivery goes out soon after; one refused for longer is tried once a minute, not every few
+# seconds, and says so in its last_error (how many times in a row) and in the log.
+PLATFORM_LIMIT_RETRY_SECONDS = 5
+# Refusals in a row by delivery id, in this process (the bound is this process's too); an entry is
+# dropped once the delivery is sent. A process that has put back more than this many deliveries in
+# a row starts counting afresh, rather than hold on to ids without end.
+_PLATFORM_LIMIT_STREAKS_KEPT = 10_000
+_platform_limit_streaks: dict = {}
 
 
 def _unsent_reason(exc: Exception) -> str | None:
@@ -1319,8 +1333,35 @@ def _send(delivery: Delivery, started_at) -> SendResult:
         response = outbound.OutboundResponse(
             status=None, body="", duration_ms=0, error=f"the attempt could not be made: {exc.__class__.__name__}"
         )
+    if response.platform_limit:
+        return _refused_by_platform_limit(delivery, started_at, response)
+    _platform_limit_streaks.pop(delivery.pk, None)
     return SendResult(
         started_at=started_at, headers=headers, response=response, custom_header_names=custom_header_names
+    )
+
+
+def _refused_by_platform_limit(delivery: Delivery, started_at, response: outbound.OutboundResponse) -> SendResult:
+    """Nothing was sent: a bound of the platform's own refused the send (outbound.PlatformLookupsBusy).
+
+    Recorded as a failed attempt (as it was), another tenant's or the same tenant's other
+    destinations' unanswering DNS used up this destination's retries, dead-lettered its deliveries,
+    and counted against it, whose circuit breaker paused it and told its tenant that their receiver
+    fails, though its own DNS answers. Put back unsent instead, as a secret that cannot be decrypted
+    is (SendResult.unsent_reason), but due again within seconds: the lookups holding the bound end soon.
+    """
+    streak = _platform_limit_streaks.get(delivery.pk, 0) + 1
+    if len(_platform_limit_streaks) >= _PLATFORM_LIMIT_STREAKS_KEPT:
+        _platform_limit_streaks.clear()
+    _platform_limit_streaks[delivery.pk] = streak
+    delay = min(PLATFORM_LIMIT_RETRY_SECONDS * 2 ** min(streak - 1, 10), UNSENT_RETRY_SECONDS)
+    in_a_row = f" ({streak} times in a row)" if streak > 1 else ""
+    reason = (
+        f"not sent{in_a_row}: {response.error}. A limit of the platform's own, not the receiver's: the attempt "
+        f"is not counted and the delivery is tried again in {delay} s"
+    )
+    return SendResult(
+        started_at=started_at, headers={}, response=response, unsent_reason=reason, unsent_retry_seconds=delay
     )
 
 
@@ -1446,7 +1487,9 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
         retry_after=sent.response.retry_after,
     )
     try:
-        return _record_results([(delivery, SendResult(sent.started_at, {}, bare))], lock_timeout=RETRY_LOCK_TIMEOUT)
+        # An unsent one stays unsent (put back, not charged): only its reason matters then.
+        bare_result = replace(sent, headers={}, response=bare, custom_header_names=frozenset())
+        return _record_results([(delivery, bare_result)], lock_timeout=RETRY_LOCK_TIMEOUT)
     except DatabaseOrConnectionError as exc:
         if _database_unreachable():  # not this row's trouble: the caller keeps the batch (see record_results)
             raise DatabaseUnavailable from exc
@@ -1611,7 +1654,7 @@ def _record_results(
 
 def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tuple[Delivery, dict]]:
     """Put deliveries that were not sent for the platform's own reason (SendResult.unsent_reason)
-    back to pending, due again in UNSENT_RETRY_SECONDS, their claim's attempt uncounted.
+    back to pending, due again in their result's unsent_retry_seconds, their claim's attempt uncounted.
 
     A secret this worker cannot decrypt says nothing about the receiver: recorded as a failed
     attempt (as it was), it used up the delivery's retries, dead-lettering it while the keys were
@@ -1621,9 +1664,10 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
     claim's. Returns each delivery put back with the fields it was given."""
     put_back = []
     for delivery, result in unsent:
+        delay = UNSENT_RETRY_SECONDS if result.unsent_retry_seconds is None else result.unsent_retry_seconds
         fields = {
             "status": Delivery.Status.PENDING,
-            "next_attempt_at": now + timedelta(seconds=UNSENT_RETRY_SECONDS),
+            "next_attempt_at": now + timedelta(seconds=delay),
             "last_error": storable_text(result.unsent_reason)[:500],
             "claimed_at": None,
             "claimed_by": None,
@@ -1633,14 +1677,13 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
         ).update(attempt_count=F("attempt_count") - 1, **fields):
             put_back.append((delivery, fields))
             transaction.on_commit(
-                lambda delivery=delivery: logger.warning(
-                    "delivery %s of event %s: organization %s destination %s: not sent (its destination's secret "
-                    "cannot be decrypted), tried again in %d s; the attempt is not counted",
+                lambda delivery=delivery, reason=fields["last_error"]: logger.warning(
+                    "delivery %s of event %s: organization %s destination %s: %s",
                     delivery.pk,
                     delivery.event_id,
                     delivery.organization_id,
                     delivery.destination_id,
-                    UNSENT_RETRY_SECONDS,
+                    reason,
                 )
             )
     return put_back
