@@ -17,7 +17,7 @@ import hmac
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import Error as DatabaseOrConnectionError
 from django.db import OperationalError, connection, transaction
 from django.db.models import Case, CharField, F, OuterRef, PositiveIntegerField, Q, Subquery, Value, When
@@ -1252,6 +1253,7 @@ class SendResult:
     # _put_back_unsent, due again in ``unsent_retry_seconds`` (UNSENT_RETRY_SECONDS when None).
     unsent_reason: str | None = None
     unsent_retry_seconds: int | None = None
+    unsent_cause: str = "secret_unreadable"  # one of PUT_BACK_CAUSES, counted for /metrics
 
 
 # A delivery not sent because its destination's secret cannot be decrypted waits this long, then
@@ -1270,6 +1272,11 @@ PLATFORM_LIMIT_RETRY_SECONDS = 5
 # a row starts counting afresh, rather than hold on to ids without end.
 _PLATFORM_LIMIT_STREAKS_KEPT = 10_000
 _platform_limit_streaks: dict = {}
+# Deliveries put back unsent, counted by cause in the cache for every process (/metrics:
+# hookline_deliveries_put_back_total): one put back now and then is nothing; a rate that holds
+# says the platform keeps deliveries from going out (keys, or one tenant's unanswering DNS).
+PUT_BACK_CAUSES = ("secret_unreadable", "dns_lookups_busy")
+PUT_BACK_COUNT_KEY = "health:deliveries_put_back:{cause}"
 
 
 def _unsent_reason(exc: Exception) -> str | None:
@@ -1361,7 +1368,12 @@ def _refused_by_platform_limit(delivery: Delivery, started_at, response: outboun
         f"is not counted and the delivery is tried again in {delay} s"
     )
     return SendResult(
-        started_at=started_at, headers={}, response=response, unsent_reason=reason, unsent_retry_seconds=delay
+        started_at=started_at,
+        headers={},
+        response=response,
+        unsent_reason=reason,
+        unsent_retry_seconds=delay,
+        unsent_cause="dns_lookups_busy",
     )
 
 
@@ -1659,10 +1671,12 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
     A secret this worker cannot decrypt says nothing about the receiver: recorded as a failed
     attempt (as it was), it used up the delivery's retries, dead-lettering it while the keys were
     wrong, and counted against the destination, whose circuit breaker paused it and told its
-    tenant that their receiver fails. No attempt row either: nothing was sent (the delivery's
+    tenant that their receiver fails; so did a send refused by the platform's own bound on DNS
+    lookups (_refused_by_platform_limit). No attempt row either: nothing was sent (the delivery's
     last_error says why). Only deliveries still on their claim: one released meanwhile is another
     claim's. Returns each delivery put back with the fields it was given."""
     put_back = []
+    causes: Counter = Counter()
     for delivery, result in unsent:
         delay = UNSENT_RETRY_SECONDS if result.unsent_retry_seconds is None else result.unsent_retry_seconds
         fields = {
@@ -1676,6 +1690,7 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
             pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
         ).update(attempt_count=F("attempt_count") - 1, **fields):
             put_back.append((delivery, fields))
+            causes[result.unsent_cause] += 1
             transaction.on_commit(
                 lambda delivery=delivery, reason=fields["last_error"]: logger.warning(
                     "delivery %s of event %s: organization %s destination %s: %s",
@@ -1686,7 +1701,30 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
                     reason,
                 )
             )
+    if causes:
+        transaction.on_commit(lambda: _count_put_back(causes))
     return put_back
+
+
+def _count_put_back(causes: Counter) -> None:
+    """Add to the shared counts of deliveries put back unsent. Never raises: the cache down loses a count only."""
+    for cause, count in causes.items():
+        key = PUT_BACK_COUNT_KEY.format(cause=cause)
+        try:
+            try:
+                cache.incr(key, count)
+            except ValueError:  # not there yet (or the cache was emptied)
+                if not cache.add(key, count, timeout=None):
+                    cache.incr(key, count)
+        except Exception as exc:
+            logger.debug("could not count deliveries put back: %s", exc)
+
+
+def put_back_counts() -> dict[str, int]:
+    """Deliveries put back unsent since the cache was last emptied, by cause, every process's;
+    raises if the cache does not answer."""
+    found = cache.get_many([PUT_BACK_COUNT_KEY.format(cause=cause) for cause in PUT_BACK_CAUSES])
+    return {cause: int(found.get(PUT_BACK_COUNT_KEY.format(cause=cause), 0)) for cause in PUT_BACK_CAUSES}
 
 
 def _log_attempts(recorded: list[tuple[Delivery, SendResult, Outcome]]) -> None:

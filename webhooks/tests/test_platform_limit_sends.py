@@ -11,11 +11,12 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 from webhooks.services import delivery as delivery_service
-from webhooks.services import outbound
+from webhooks.services import outbound, platform_health
 from webhooks.services.outbound import DestinationNotAllowed, resolve_destination
 
 from .api_helpers import make_delivery, make_event
@@ -31,7 +32,9 @@ def dns(monkeypatch, settings):
     other .example names resolve to 127.0.0.1 (where the test's receiver listens)."""
     settings.ALLOW_PRIVATE_DESTINATIONS = True
     outbound.forget_resolved_hosts()
-    getattr(delivery_service, "_platform_limit_streaks", {}).clear()
+    delivery_service._platform_limit_streaks.clear()
+    put_back_keys = [delivery_service.PUT_BACK_COUNT_KEY.format(cause=c) for c in delivery_service.PUT_BACK_CAUSES]
+    cache.delete_many(put_back_keys)
     released = threading.Event()
     real_getaddrinfo = socket.getaddrinfo
 
@@ -57,7 +60,7 @@ def dns(monkeypatch, settings):
     finally:
         Dns.release()
         outbound.forget_resolved_hosts()
-        getattr(delivery_service, "_platform_limit_streaks", {}).clear()
+        delivery_service._platform_limit_streaks.clear()
 
 
 def _fill_lookups(count: int, organization_id: int | None, prefix: str = "h") -> None:
@@ -90,7 +93,7 @@ def _make_due(delivery: Delivery) -> None:
 
 
 def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_once_it_frees(
-    organization, httpserver, monkeypatch, dns
+    organization, httpserver, monkeypatch, dns, django_capture_on_commit_callbacks
 ):
     monkeypatch.setattr(outbound, "MAX_LOOKUPS_PER_ORGANIZATION", 2)
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
@@ -105,7 +108,8 @@ def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_
 
     _fill_lookups(outbound.MAX_LOOKUPS_PER_ORGANIZATION, organization.pk)
     before = timezone.now()
-    deliveries = _send_due()
+    with django_capture_on_commit_callbacks(execute=True):
+        deliveries = _send_due()
     after = timezone.now()
 
     refused = deliveries[innocent_delivery.pk]
@@ -118,6 +122,10 @@ def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_
     innocent.refresh_from_db()
     assert (innocent.consecutive_failures, innocent.paused_at) == (0, None)
     assert httpserver.log == []
+    # Counted where operators look: a rate that holds means deliveries are kept waiting.
+    assert delivery_service.put_back_counts() == {"secret_unreadable": 0, "dns_lookups_busy": 1}
+    metrics = platform_health.prometheus_text(platform_health.processing_health())
+    assert 'hookline_deliveries_put_back_total{cause="dns_lookups_busy"} 1' in metrics.splitlines()
 
     charged = deliveries[stuck_delivery.pk]  # waited on its own host's lookup, which did not answer
     assert charged.attempt_count == 1
