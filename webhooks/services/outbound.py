@@ -49,11 +49,11 @@ class OutboundResponse:
     body: str
     duration_ms: int
     error: str = ""
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; kept only by post_to_hookline
     # True when nothing was sent because a bound of the platform's own refused it (PlatformLookupsBusy):
     # not the receiver's failure, so not an attempt of the delivery (services.delivery puts it back).
     platform_limit: bool = False
-    retry_after: float | None = None  # seconds the receiver asked us to wait
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; kept only by post_to_hookline
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
