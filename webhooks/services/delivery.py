@@ -17,14 +17,15 @@ import hmac
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import Error as DatabaseOrConnectionError
 from django.db import OperationalError, connection, transaction
 from django.db.models import Case, CharField, F, OuterRef, PositiveIntegerField, Q, Subquery, Value, When
@@ -1248,14 +1249,34 @@ class SendResult:
     # recorded masked.
     custom_header_names: frozenset[str] = frozenset()
     # Set when nothing was sent for a reason of the platform's own (a destination secret this
-    # process cannot decrypt): the delivery is put back unsent, see _put_back_unsent.
+    # process cannot decrypt, a bound on DNS lookups): the delivery is put back unsent, see
+    # _put_back_unsent, due again in ``unsent_retry_seconds`` (UNSENT_RETRY_SECONDS when None).
     unsent_reason: str | None = None
+    unsent_retry_seconds: int | None = None
+    unsent_cause: str = "secret_unreadable"  # one of PUT_BACK_CAUSES, counted for /metrics
 
 
 # A delivery not sent because its destination's secret cannot be decrypted waits this long, then
 # is claimed again: by then a rolling deploy of a new key has reached the worker, or not, and the
 # health checks say why (services.secret_health).
 UNSENT_RETRY_SECONDS = 60
+# A delivery refused by a bound of the platform's own on DNS lookups (outbound.PlatformLookupsBusy:
+# its organization's other destinations, or the whole process, have that many lookups waiting on
+# DNS that does not answer) waits this long, doubled each time it is refused again in a row, up to
+# UNSENT_RETRY_SECONDS: those lookups end with the resolver's timeout, within seconds, so the
+# delivery goes out soon after; one refused for longer is tried once a minute, not every few
+# seconds, and says so in its last_error (how many times in a row) and in the log.
+PLATFORM_LIMIT_RETRY_SECONDS = 5
+# Refusals in a row by delivery id, in this process (the bound is this process's too); an entry is
+# dropped once the delivery is sent. A process that has put back more than this many deliveries in
+# a row starts counting afresh, rather than hold on to ids without end.
+_PLATFORM_LIMIT_STREAKS_KEPT = 10_000
+_platform_limit_streaks: dict = {}
+# Deliveries put back unsent, counted by cause in the cache for every process (/metrics:
+# hookline_deliveries_put_back_total): one put back now and then is nothing; a rate that holds
+# says the platform keeps deliveries from going out (keys, or one tenant's unanswering DNS).
+PUT_BACK_CAUSES = ("secret_unreadable", "dns_lookups_busy")
+PUT_BACK_COUNT_KEY = "health:deliveries_put_back:{cause}"
 
 
 def _unsent_reason(exc: Exception) -> str | None:
@@ -1319,8 +1340,40 @@ def _send(delivery: Delivery, started_at) -> SendResult:
         response = outbound.OutboundResponse(
             status=None, body="", duration_ms=0, error=f"the attempt could not be made: {exc.__class__.__name__}"
         )
+    if response.platform_limit:
+        return _refused_by_platform_limit(delivery, started_at, response)
+    _platform_limit_streaks.pop(delivery.pk, None)
     return SendResult(
         started_at=started_at, headers=headers, response=response, custom_header_names=custom_header_names
+    )
+
+
+def _refused_by_platform_limit(delivery: Delivery, started_at, response: outbound.OutboundResponse) -> SendResult:
+    """Nothing was sent: a bound of the platform's own refused the send (outbound.PlatformLookupsBusy).
+
+    Recorded as a failed attempt (as it was), another tenant's or the same tenant's other
+    destinations' unanswering DNS used up this destination's retries, dead-lettered its deliveries,
+    and counted against it, whose circuit breaker paused it and told its tenant that their receiver
+    fails, though its own DNS answers. Put back unsent instead, as a secret that cannot be decrypted
+    is (SendResult.unsent_reason), but due again within seconds: the lookups holding the bound end soon.
+    """
+    streak = _platform_limit_streaks.get(delivery.pk, 0) + 1
+    if len(_platform_limit_streaks) >= _PLATFORM_LIMIT_STREAKS_KEPT:
+        _platform_limit_streaks.clear()
+    _platform_limit_streaks[delivery.pk] = streak
+    delay = min(PLATFORM_LIMIT_RETRY_SECONDS * 2 ** min(streak - 1, 10), UNSENT_RETRY_SECONDS)
+    in_a_row = f" ({streak} times in a row)" if streak > 1 else ""
+    reason = (
+        f"not sent{in_a_row}: {response.error}. A limit of the platform's own, not the receiver's: the attempt "
+        f"is not counted and the delivery is tried again in {delay} s"
+    )
+    return SendResult(
+        started_at=started_at,
+        headers={},
+        response=response,
+        unsent_reason=reason,
+        unsent_retry_seconds=delay,
+        unsent_cause="dns_lookups_busy",
     )
 
 
@@ -1446,7 +1499,9 @@ def _record_without_response(result: tuple[Delivery, SendResult]) -> list[Delive
         retry_after=sent.response.retry_after,
     )
     try:
-        return _record_results([(delivery, SendResult(sent.started_at, {}, bare))], lock_timeout=RETRY_LOCK_TIMEOUT)
+        # An unsent one stays unsent (put back, not charged): only its reason matters then.
+        bare_result = replace(sent, headers={}, response=bare, custom_header_names=frozenset())
+        return _record_results([(delivery, bare_result)], lock_timeout=RETRY_LOCK_TIMEOUT)
     except DatabaseOrConnectionError as exc:
         if _database_unreachable():  # not this row's trouble: the caller keeps the batch (see record_results)
             raise DatabaseUnavailable from exc
@@ -1611,19 +1666,22 @@ def _record_results(
 
 def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tuple[Delivery, dict]]:
     """Put deliveries that were not sent for the platform's own reason (SendResult.unsent_reason)
-    back to pending, due again in UNSENT_RETRY_SECONDS, their claim's attempt uncounted.
+    back to pending, due again in their result's unsent_retry_seconds, their claim's attempt uncounted.
 
     A secret this worker cannot decrypt says nothing about the receiver: recorded as a failed
     attempt (as it was), it used up the delivery's retries, dead-lettering it while the keys were
     wrong, and counted against the destination, whose circuit breaker paused it and told its
-    tenant that their receiver fails. No attempt row either: nothing was sent (the delivery's
+    tenant that their receiver fails; so did a send refused by the platform's own bound on DNS
+    lookups (_refused_by_platform_limit). No attempt row either: nothing was sent (the delivery's
     last_error says why). Only deliveries still on their claim: one released meanwhile is another
     claim's. Returns each delivery put back with the fields it was given."""
     put_back = []
+    causes: Counter = Counter()
     for delivery, result in unsent:
+        delay = UNSENT_RETRY_SECONDS if result.unsent_retry_seconds is None else result.unsent_retry_seconds
         fields = {
             "status": Delivery.Status.PENDING,
-            "next_attempt_at": now + timedelta(seconds=UNSENT_RETRY_SECONDS),
+            "next_attempt_at": now + timedelta(seconds=delay),
             "last_error": storable_text(result.unsent_reason)[:500],
             "claimed_at": None,
             "claimed_by": None,
@@ -1632,18 +1690,41 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
             pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
         ).update(attempt_count=F("attempt_count") - 1, **fields):
             put_back.append((delivery, fields))
+            causes[result.unsent_cause] += 1
             transaction.on_commit(
-                lambda delivery=delivery: logger.warning(
-                    "delivery %s of event %s: organization %s destination %s: not sent (its destination's secret "
-                    "cannot be decrypted), tried again in %d s; the attempt is not counted",
+                lambda delivery=delivery, reason=fields["last_error"]: logger.warning(
+                    "delivery %s of event %s: organization %s destination %s: %s",
                     delivery.pk,
                     delivery.event_id,
                     delivery.organization_id,
                     delivery.destination_id,
-                    UNSENT_RETRY_SECONDS,
+                    reason,
                 )
             )
+    if causes:
+        transaction.on_commit(lambda: _count_put_back(causes))
     return put_back
+
+
+def _count_put_back(causes: Counter) -> None:
+    """Add to the shared counts of deliveries put back unsent. Never raises: the cache down loses a count only."""
+    for cause, count in causes.items():
+        key = PUT_BACK_COUNT_KEY.format(cause=cause)
+        try:
+            try:
+                cache.incr(key, count)
+            except ValueError:  # not there yet (or the cache was emptied)
+                if not cache.add(key, count, timeout=None):
+                    cache.incr(key, count)
+        except Exception as exc:
+            logger.debug("could not count deliveries put back: %s", exc)
+
+
+def put_back_counts() -> dict[str, int]:
+    """Deliveries put back unsent since the cache was last emptied, by cause, every process's;
+    raises if the cache does not answer."""
+    found = cache.get_many([PUT_BACK_COUNT_KEY.format(cause=cause) for cause in PUT_BACK_CAUSES])
+    return {cause: int(found.get(PUT_BACK_COUNT_KEY.format(cause=cause), 0)) for cause in PUT_BACK_CAUSES}
 
 
 def _log_attempts(recorded: list[tuple[Delivery, SendResult, Outcome]]) -> None:

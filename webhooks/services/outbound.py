@@ -36,6 +36,13 @@ class LookupsBusy(DestinationNotAllowed):
     may pass a few seconds later."""
 
 
+class PlatformLookupsBusy(LookupsBusy):
+    """Refused by a bound of the platform's own that says nothing about this host: its organization's
+    lookups in progress (other destinations' names whose DNS does not answer), the process's, or no
+    thread to look it up on. Nothing was sent: a delivery refused so is put back, not charged. Its
+    host's own few lookups in progress (its DNS not answering) are the plain LookupsBusy: the receiver's."""
+
+
 @dataclass(frozen=True)
 class OutboundResponse:
     status: int | None
@@ -44,6 +51,9 @@ class OutboundResponse:
     error: str = ""
     retry_after: float | None = None  # seconds the receiver asked us to wait
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; kept only by post_to_hookline
+    # True when nothing was sent because a bound of the platform's own refused it (PlatformLookupsBusy):
+    # not the receiver's failure, so not an attempt of the delivery (services.delivery puts it back).
+    platform_limit: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -355,7 +365,7 @@ def _address_infos(
     if lookup.error is not None:
         raise _own_copy(lookup.error)
     if lookup.infos is None:  # its thread stopped by something other than an Exception
-        raise LookupsBusy(f"the host {host} could not be looked up now")
+        raise PlatformLookupsBusy(f"the host {host} could not be looked up now")
     return lookup.infos
 
 
@@ -375,12 +385,16 @@ def _start_lookup(key: tuple[str, int], organization_id: int | None, organizatio
     """A lookup of ``key`` on a thread of its own, counted against its host's, its organization's and
     the process's lookups in progress until it ends (LookupsBusy past them). Under _lookups_lock."""
     host, port = key
-    if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST or sum(_lookups_by_host.values()) >= MAX_LOOKUPS:
+    if _lookups_by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST:  # its own DNS: the receiver's
         raise LookupsBusy(f"the DNS of {host} is not answering (earlier lookups are still waiting)")
+    if sum(_lookups_by_host.values()) >= MAX_LOOKUPS:  # every tenant's together: the platform's
+        raise PlatformLookupsBusy(
+            f"the host {host} could not be looked up now: this process has as many DNS lookups waiting as it allows"
+        )
     if organization_id is not None:
         limit = MAX_LOOKUPS_PER_ORGANIZATION if organization_limit is None else organization_limit
         if _lookups_by_organization.get(organization_id, 0) >= limit:
-            raise LookupsBusy(
+            raise PlatformLookupsBusy(
                 f"the host {host} could not be looked up now: earlier lookups for this organization's "
                 "destinations are still waiting for their DNS to answer"
             )
@@ -421,7 +435,7 @@ def _start_lookup(key: tuple[str, int], organization_id: int | None, organizatio
     try:
         threading.Thread(target=look_up, name="hookline-resolve", daemon=True).start()
     except RuntimeError:  # no thread to be had: as a lookup that failed
-        lookup.error = LookupsBusy(f"the host {host} could not be looked up now")
+        lookup.error = PlatformLookupsBusy(f"the host {host} could not be looked up now")
         end_once()
         raise lookup.error from None
     except BaseException:  # no memory for it, an exception raised by a signal's handler meanwhile…
@@ -599,6 +613,8 @@ def post(
 
     try:
         destination = _resolve(url, timeout=min(timeout, RESOLVE_TIMEOUT_SECONDS), organization_id=organization_id)
+    except PlatformLookupsBusy as exc:
+        return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc), platform_limit=True)
     except DestinationNotAllowed as exc:
         return OutboundResponse(status=None, body="", duration_ms=elapsed(), error=str(exc))
     # What the lookup took comes out of the attempt's time: its deadline holds from its start.

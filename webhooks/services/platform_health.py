@@ -35,7 +35,7 @@ from django.utils import timezone
 from webhooks.fields import UNREADABLE_REASONS
 from webhooks.models import Delivery, DeliveryAttempt, Destination, ProcessMark, WebhookEvent
 from webhooks.services import secret_health
-from webhooks.services.delivery import DESTINATION_SENDING
+from webhooks.services.delivery import DESTINATION_SENDING, put_back_counts
 from webhooks.services.secret_health import SecretFailures
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ class ProcessingHealth:
     # Stored secrets that could not be decrypted, every process's (services.secret_health); None:
     # the cache did not answer.
     secrets_unreadable: SecretFailures | None = None
+    # Deliveries put back unsent by cause (services.delivery.PUT_BACK_CAUSES), every process's since
+    # the cache was last emptied; None: the cache did not answer.
+    deliveries_put_back: dict[str, int] | None = None
     unmeasured: list[str] = field(default_factory=list)
 
     @property
@@ -260,6 +263,10 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         health.secrets_unreadable = secret_health.shared()
     except Exception as exc:  # the cache down: said by redis_up; this figure is left out
         logger.warning("processing health: could not read the secret decryption failures: %s", exc)
+    try:
+        health.deliveries_put_back = put_back_counts()
+    except Exception as exc:  # the cache down, as above
+        logger.warning("processing health: could not read the deliveries put back: %s", exc)
     _judge(health)
     return health
 
@@ -680,6 +687,15 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "When the newest delivery attempt started.",
         [({}, timestamp(health.last_attempt_at))],
     )
+    if health.deliveries_put_back is not None:
+        gauge(
+            "hookline_deliveries_put_back_total",
+            "Deliveries put back unsent for a reason of the platform's own, their attempt not counted, by cause "
+            "(secret_unreadable: a destination secret no key decrypts; dns_lookups_busy: the organization's or "
+            "process's DNS lookups in progress were full), every process's.",
+            [({"cause": cause}, count) for cause, count in health.deliveries_put_back.items()],
+            kind="counter",
+        )
     secrets = health.secrets_unreadable
     if secrets is not None:
         # Every place and reason, 0 included: a series that appears only at its first failure
