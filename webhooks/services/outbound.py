@@ -138,9 +138,11 @@ class _WatchedAttempts:
     def add(self, watchdog: _Watchdog) -> None:
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked worker process: start its own thread
-                self._pid = os.getpid()
                 self._attempts = set()
+                # Marked started only once it is: a start that failed (no thread to be had) is tried
+                # again by the next attempt, or no attempt of this process would be cut at its deadline.
                 threading.Thread(target=self._run, name="hookline-attempt-watch", daemon=True).start()
+                self._pid = os.getpid()
             self._attempts.add(watchdog)
 
     def discard(self, watchdog: _Watchdog) -> None:

@@ -358,3 +358,27 @@ def test_a_port_that_cannot_be_connected_to_is_refused(url):
 def test_a_url_without_a_port_goes_to_the_scheme_s_port():
     assert outbound.resolve_destination("http://93.184.215.14/hook")[2] == 80
     assert outbound.resolve_destination("https://93.184.215.14/hook")[2] == 443
+
+
+def test_a_watch_thread_that_could_not_start_is_started_by_the_next_attempt(monkeypatch):
+    # Marked started before it was: one failed start ("can't start new thread") left every later
+    # attempt of the process uncut at its deadline.
+    watched = outbound._WatchedAttempts()
+    real_start, started = threading.Thread.start, []
+
+    def start_once_refused(thread):
+        if not started:
+            started.append("refused")
+            raise RuntimeError("can't start new thread")
+        started.append(thread.name)
+        return real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_refused)
+    # Watchdogs far from their deadline: the started thread looks at them and leaves them be.
+    first, second = (type("FarWatchdog", (), {"deadline": float("inf")})() for _ in range(2))
+    with pytest.raises(RuntimeError):
+        watched.add(first)
+    watched.add(second)
+    assert started == ["refused", "hookline-attempt-watch"]
+    assert watched._attempts == {second}
+    watched.discard(second)
