@@ -470,6 +470,7 @@ SPECTACULAR_SETTINGS = {
         "EventStatusEnum": "webhooks.models.WebhookEvent.Status",
         "SourceDeletionStateEnum": "webhooks.api.schema.SOURCE_DELETION_STATES",
         "DestinationDeletionStateEnum": "webhooks.api.schema.DESTINATION_DELETION_STATES",
+        "BulkRetryDeliveryStatusEnum": "webhooks.api.serializers.BULK_RETRY_DELIVERY_STATUSES",
     },
     "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
     "POSTPROCESSING_HOOKS": [
