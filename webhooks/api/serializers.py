@@ -545,10 +545,10 @@ class NoQueryParameters(KnownFieldsOnly):
 # The times the API takes, in a query string or a body, from one grammar (the document's
 # descriptions say it in words): RFC 3339, a date and a time with its offset (T, or a space as RFC
 # 3339 allows, between them; seconds may be left out, as DRF's own refusal always said), or a date
-# alone, which is midnight UTC. A time without an
-# offset is refused rather than read in the server's zone: which zone the caller meant is unknown,
-# and a guess shifts the range by hours without a word. Other ISO 8601 spellings Python reads
-# (20261201T100000Z, 2026-W49-1, +0200) are refused too: the document describes none of them.
+# alone, which is midnight UTC. A time without an offset is refused rather than read in the
+# server's zone: which zone the caller meant is unknown, and a guess shifts the range by hours
+# without a word. Other ISO 8601 spellings Python reads (20261201T100000Z, 2026-W49-1, +0200) are
+# refused too: the document describes none of them.
 _API_TIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})"
     r"(?:[Tt ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(?P<offset>[Zz]|[+-]\d{2}:\d{2})?)?"
