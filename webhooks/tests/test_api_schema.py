@@ -1132,6 +1132,8 @@ def test_a_body_search_stopped_by_the_databases_timeout_is_the_documented_503(or
 @pytest.mark.django_db(transaction=True)
 def test_a_body_search_while_another_runs_past_the_bound_is_the_documented_429(organization, settings):
     settings.BODY_SEARCH_CONCURRENCY = 1
+    # Long enough that the waiting search is not stopped by its own timeout on a slow machine.
+    settings.BODY_SEARCH_TIMEOUT_SECONDS = 60
     document = Client().get("/api/v1/schema").json()
     make_event(make_source(organization), body=b'{"customer": "cus_ABC123"}')
     api = Api(Client(), document, make_key(organization, access=ApiKey.Access.READ_ONLY)[1])
