@@ -455,8 +455,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "An organization's events, deliveries, bulk retries, sources and destinations, with an API key. "
         'Errors are JSON {"error", "detail"} (and "fields" for a 400 on a query parameter or a body '
-        'field); lists are cursor pages {"next", "previous", "results"}. The rules in full are in the '
-        "section REST API of Hookline's README.md (README.md#rest-api in its source)."
+        'field); lists are cursor pages {"next", "previous", "results"}. A trailing slash on a path is '
+        'optional; any other path under /api/ is a 404 {"error": "not_found", "detail": "no such endpoint"}. '
+        "The rules in full are in the section REST API of Hookline's README.md (README.md#rest-api in its source)."
     ),
     "SERVERS": [{"url": PUBLIC_BASE_URL}],
     "SERVE_INCLUDE_SCHEMA": False,
@@ -470,6 +471,7 @@ SPECTACULAR_SETTINGS = {
         "EventStatusEnum": "webhooks.models.WebhookEvent.Status",
         "SourceDeletionStateEnum": "webhooks.api.schema.SOURCE_DELETION_STATES",
         "DestinationDeletionStateEnum": "webhooks.api.schema.DESTINATION_DELETION_STATES",
+        "BulkRetryDeliveryStatusEnum": "webhooks.api.serializers.BULK_RETRY_DELIVERY_STATUSES",
     },
     "PREPROCESSING_HOOKS": ["webhooks.api.schema.document_only_api"],
     "POSTPROCESSING_HOOKS": [

@@ -24,8 +24,12 @@ from django.utils import timezone
 from .models import ApiKey, IdempotencyKey
 
 MAX_KEY_LENGTH = IdempotencyKey._meta.get_field("key").max_length
-# Visible ASCII and spaces: what a header carries unchanged through every proxy and client library.
-_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+# Visible ASCII, with spaces inside: what a header carries unchanged through every proxy and client
+# library. Not at either end: HTTP takes the spaces around a field's value for no part of it (RFC
+# 9110, 5.5), so a key sent with them arrives without them, and one of spaces alone arrives empty.
+# The API's document states this very pattern (ECMA-262 reads it as Python does).
+KEY_PATTERN = rf"[!-~](?:[ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?"
+_KEY = re.compile(KEY_PATTERN)
 
 
 class IdempotencyError(Exception):
@@ -98,7 +102,8 @@ def idempotency_key_claim(
     """
     if not _KEY.fullmatch(key):
         raise IdempotencyKeyInvalid(
-            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID, say)"
+            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters, spaces only "
+            "between them (a UUID, say)" + ("" if key.strip() else ": this one is empty")
         )
     now = now or timezone.now()
     digest = idempotency_request_digest(method=method, path=path, body=canonical_request_body(body, encoding))

@@ -229,5 +229,9 @@ def server_error(request, *args, **kwargs):
 
 
 def json_not_found(request, *args, **kwargs):
-    """Any other path under /api/v1/: the API's 404, not the dashboard's HTML page."""
-    return JsonResponse({"error": "not_found", "detail": "no such endpoint"}, status=404)
+    """Any other path under /api/ (a trailing slash doubled, another version, a typo), whatever the
+    method and with or without a key: the API's 404, not the dashboard's HTML page, and never cached
+    like every other answer of the API (a shared cache may keep a 404 it was not told not to)."""
+    response = JsonResponse({"error": "not_found", "detail": "no such endpoint"}, status=404)
+    add_never_cache_headers(response)
+    return response

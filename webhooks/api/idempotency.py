@@ -102,6 +102,10 @@ class IdempotencyKeyMixin:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if request.method != "POST" or key is None:
             return
+        # The spaces and tabs around a header's value are no part of it (RFC 9110, 5.5): gunicorn
+        # cuts them, and so does this for servers that pass them on, so that a key is the same key
+        # whichever server reads it. One of spaces alone is then empty, and refused.
+        key = key.strip(" \t")
         try:
             with decrypting_for("idempotency"):
                 outcome = idempotency_key_claim(

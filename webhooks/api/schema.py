@@ -20,6 +20,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
+from organizations.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from webhooks.models import Destination
 from webhooks.services.delivery_waits import DELIVERY_WAITS
 from webhooks.services.destinations import (
@@ -81,10 +82,12 @@ DESTINATION_ID = path_id("destination_id", OpenApiTypes.INT)
 
 _IDEMPOTENCY_KEY = OpenApiParameter(
     IDEMPOTENCY_HEADER,
-    # The characters organizations.idempotency takes: printable ASCII, spaces included.
-    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    # The keys organizations.idempotency takes, from its own pattern and length.
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": f"^{KEY_PATTERN}$"},
     OpenApiParameter.HEADER,
-    description="1 to 255 printable ASCII characters, spaces included (a UUID per operation is best): the request "
+    description=f"1 to {MAX_KEY_LENGTH} printable ASCII characters, spaces only between them (HTTP drops those "
+    "around a header's value: a key of spaces arrives empty, and is a 400 invalid_idempotency_key); a UUID per "
+    "operation is best. The request "
     "runs once, and the same request sent again with the same key gets the first answer again, with "
     "Idempotent-Replayed: true. A server error (5xx) is not kept: the request did nothing (its changes are "
     "committed with its answer or not at all) and a retry with the same key runs. Nor is a 429 (send it again "

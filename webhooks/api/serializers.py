@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import re
 from collections.abc import Mapping
 
@@ -541,24 +542,72 @@ class NoQueryParameters(KnownFieldsOnly):
     refusal = "not taken here: this request takes no query parameters (a change takes its fields in a JSON body)"
 
 
+# The times the API takes, in a query string or a body, from one grammar (the document's
+# descriptions say it in words): RFC 3339, a date and a time with its offset (T, or a space as RFC
+# 3339 allows, between them; seconds may be left out, as DRF's own refusal always said), or a date
+# alone, which is midnight UTC. A time without an offset is refused rather than read in the
+# server's zone: which zone the caller meant is unknown, and a guess shifts the range by hours
+# without a word. Other ISO 8601 spellings Python reads (20261201T100000Z, 2026-W49-1, +0200) are
+# refused too: the document describes none of them.
+_API_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[Tt ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(?P<offset>[Zz]|[+-]\d{2}:\d{2})?)?"
+)
+API_TIME_FORM = (
+    "RFC 3339 with its offset, such as 2026-12-01T10:00:00Z or 2026-12-01T12:00:00+02:00 (seconds may be "
+    "left out; T or a space between date and time), or a date alone, 2026-12-01, for midnight UTC"
+)
+
+
+class ApiDateTimeField(serializers.DateTimeField):
+    """A time a request gives (a filter, a bulk retry's range), as _API_TIME takes it."""
+
+    # What a client must write for an offset's "+" where it sends this field.
+    plus_sign = "+"
+
+    def to_internal_value(self, value):
+        if not isinstance(value, str):
+            return super().to_internal_value(value)  # its refusal (a body's other JSON types are refused first)
+        match = _API_TIME.fullmatch(value.strip())
+        if match and match["time"] and not match["offset"]:
+            raise serializers.ValidationError(
+                "a time needs its offset, or which zone it is in is unknown: end it in Z for UTC "
+                f"(2026-12-01T10:00:00Z), or add one such as {self.plus_sign}02:00"
+            )
+        try:
+            if match is None:
+                raise ValueError
+            if match["time"] is None:
+                parsed = datetime.datetime.combine(
+                    datetime.date.fromisoformat(match["date"]), datetime.time.min, tzinfo=datetime.UTC
+                )
+            else:
+                parsed = datetime.datetime.fromisoformat(f"{match['date']}T{match['time']}{match['offset'].upper()}")
+        except ValueError:  # no such form, or no such day or hour (2026-02-30, 24:00)
+            raise serializers.ValidationError(self.malformed(value)) from None
+        return self.enforce_timezone(parsed)
+
+    def malformed(self, value: str) -> str:
+        return f"not a date and time as this API takes them: {API_TIME_FORM}"
+
+
 # A time whose offset's "+" a query string turned into a space: "…T10:00:00 02:00".
 _OFFSET_PLUS_READ_AS_SPACE = re.compile(r"\d \d{2}(:?\d{2})?$")
 
 
-class QueryDateTimeField(serializers.DateTimeField):
+class QueryDateTimeField(ApiDateTimeField):
     """A time in a query string. A bare "+" there is a space (curl and most clients send it as
     typed), so an offset written with one arrives broken: the refusal says how to write it."""
 
-    def to_internal_value(self, value):
-        try:
-            return super().to_internal_value(value)
-        except serializers.ValidationError:
-            if isinstance(value, str) and _OFFSET_PLUS_READ_AS_SPACE.search(value.strip()):
-                raise serializers.ValidationError(
-                    "not a date and time: a '+' in a query string is read as a space; write the offset's "
-                    "'+' as %2B, or give the time in UTC ending in Z"
-                ) from None
-            raise
+    plus_sign = "%2B"
+
+    def malformed(self, value: str) -> str:
+        if _OFFSET_PLUS_READ_AS_SPACE.search(value.strip()):
+            return (
+                "not a date and time: a '+' in a query string is read as a space; write the offset's "
+                "'+' as %2B, or give the time in UTC ending in Z"
+            )
+        return super().malformed(value)
 
 
 def checked_event_type_patterns(text: str) -> str:
@@ -582,8 +631,11 @@ class ReceivedRangeMixin(KnownFieldsOnly):
 
 
 # When the event was received (the API's schema says it).
-RECEIVED_AFTER_HELP = "ISO 8601, included: end it in Z, or write + as %2B (a bare + in a query string is a space)."
-RECEIVED_BEFORE_HELP = "ISO 8601, not included; must be later than received_after."
+_TIME_HELP = f"{API_TIME_FORM[0].upper()}{API_TIME_FORM[1:]}. A time without an offset is refused (400)."
+RECEIVED_AFTER_HELP = f"Included. {_TIME_HELP}"
+RECEIVED_BEFORE_HELP = f"Not included; must be later than received_after. {_TIME_HELP}"
+# In a query string, a bare "+" is a space.
+_IN_QUERY = " In a query string, write an offset's + as %2B (a bare + is a space)."
 
 
 class EventFilterSerializer(ReceivedRangeMixin):
@@ -613,8 +665,8 @@ class EventFilterSerializer(ReceivedRangeMixin):
         required=False,
         help_text="Any id: the provider's, Hookline's, or the webhook-id a destination received.",
     )
-    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
-    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP + _IN_QUERY)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
     body_contains = serializers.CharField(
         required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
@@ -638,21 +690,29 @@ class DeliveryFilterSerializer(ReceivedRangeMixin):
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
-    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
-    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
+    received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP + _IN_QUERY)
+    received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)
 
 
-class BulkRetryRequestSerializer(ReceivedRangeMixin):
+# The delivery statuses a bulk retry takes (SPECTACULAR_SETTINGS names their enum).
+BULK_RETRY_DELIVERY_STATUSES = [Delivery.Status.DEAD]
+
+
+class BulkRetryCreateSerializer(ReceivedRangeMixin):
     """The dead deliveries to retry, as the delivery list's filters name them; none is every one.
     Only dead ones, as on the dashboard: a waiting delivery is retried on its own schedule (or
-    sooner, one at a time, through /deliveries/<id>/retry)."""
+    sooner, one at a time, through /deliveries/<id>/retry).
 
-    status = serializers.ChoiceField(choices=[Delivery.Status.DEAD], default=Delivery.Status.DEAD)
+    Named for the job it creates, as the other bodies that create are (DestinationCreate…): the
+    document's request components take a "Request" suffix, and "BulkRetryRequest" made
+    "BulkRetryRequestRequest" of it."""
+
+    status = serializers.ChoiceField(choices=BULK_RETRY_DELIVERY_STATUSES, default=Delivery.Status.DEAD)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
-    received_after = serializers.DateTimeField(required=False)
-    received_before = serializers.DateTimeField(required=False)
+    received_after = ApiDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP)
+    received_before = ApiDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP)
 
     def validate_event_type(self, text: str) -> str:
         return checked_event_type_patterns(text)

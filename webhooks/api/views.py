@@ -481,7 +481,7 @@ class DeliveryRetryView(ApiObjectView):
         summary="Retry dead deliveries in bulk",
         description="The dead deliveries the filters name (none: every dead delivery of the organization's "
         "active destinations), retried by a job to follow at its Location.",
-        request=serializers.BulkRetryRequestSerializer,
+        request=serializers.BulkRetryCreateSerializer,
         responses={
             202: OpenApiResponse(serializers.BulkRetrySerializer, description="The job, queued."),
             **schema.conflict(
@@ -495,7 +495,7 @@ class DeliveryBulkRetryView(ApiObjectView):
     """The dashboard's bulk retry with the delivery list's filters: a job, followed at its URL."""
 
     def post(self, request):
-        given = serializers.BulkRetryRequestSerializer(data=request.data)
+        given = serializers.BulkRetryCreateSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         data = given.validated_data
         _known_ids_or_invalid(self.organization, data, ("destination", "source"))

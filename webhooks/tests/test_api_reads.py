@@ -144,8 +144,11 @@ def test_a_time_whose_plus_became_a_space_is_refused_saying_how_to_write_it(clie
         f"{path}?received_before=2026-12-01T10:00:00%2B02:00", HTTP_AUTHORIZATION=f"Bearer {reader_key}"
     )
     assert encoded.status_code == 200, encoded.content
-    # A space between date and time is a time Django reads: no refusal, and no hint where none is needed.
-    assert api_get(client, reader_key, path, received_after="2026-12-01 10:00").status_code == 200
+    # A space between date and time is RFC 3339's other separator: no hint where none is needed,
+    # and without an offset the refusal says that is what is missing.
+    assert api_get(client, reader_key, path, received_after="2026-12-01 10:00Z").status_code == 200
+    naive = api_get(client, reader_key, path, received_after="2026-12-01 10:00")
+    assert naive.status_code == 400 and "needs its offset" in naive.json()["fields"]["received_after"][0]
     other = api_get(client, reader_key, path, received_after="yesterday")
     assert other.status_code == 400 and "%2B" not in other.json()["fields"]["received_after"][0]
 

@@ -8,22 +8,32 @@ added to or dropped from a serializer without the document following fails here.
 from __future__ import annotations
 
 import copy
+import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
 
+import psycopg
 import pytest
 import yaml
 from cryptography.fernet import Fernet
 from django.conf import settings
+from django.core.cache import cache
 from django.core.management import call_command
+from django.db import connection, connections
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.fields import DateTimeField
 
-from organizations.models import ApiKey
+from organizations.models import ApiKey, IdempotencyKey
 from webhooks.api import schema_view
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
 from webhooks.fields import _fernet_for
 from webhooks.models import BulkRetry, Delivery, Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
+from webhooks.services import body_search_slots
 from webhooks.services.destinations import (
     MAX_EVENT_TYPE_PATTERN_CHARS,
     MIN_ATTEMPTS,
@@ -40,6 +50,8 @@ from webhooks.services.source_networks import MAX_ALLOWED_NETWORKS
 
 from .api_helpers import make_delivery, make_event, make_key
 from .factories import make_destination, make_source
+from .processes import ROOT, wait_until
+from .test_event_body_search import events_table_locked
 
 API_PREFIX = "api/v1/"
 
@@ -170,9 +182,12 @@ class Api:
         self.client, self.document, self.key = client, document, key
         self.components: set[str] = set()
 
+    def headers(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+
     def call(self, method: str, template: str, body: dict | None = None, query: dict | None = None, **ids):
         path = template.format(**ids)
-        headers = {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+        headers = self.headers()
         if method == "GET":
             response = self.client.get(path, query or {}, **headers)
         else:
@@ -738,6 +753,100 @@ def test_a_sources_allowed_networks_are_bounded_in_the_document_as_in_the_api(
         assert list(response.json()["fields"]) == ["allowed_networks"]
 
 
+# Every place a request gives a time: the lists' filters (rejected requests are the event list's
+# status=rejected) and a bulk retry's range, in its body.
+TIME_INPUTS = [
+    ("/api/v1/events", "received_after", {}),
+    ("/api/v1/events", "received_before", {"status": "rejected"}),
+    ("/api/v1/deliveries", "received_after", {}),
+    ("/api/v1/deliveries", "received_before", {"status": "dead"}),
+    ("/api/v1/deliveries/retry", "received_after", {}),
+    ("/api/v1/deliveries/retry", "received_before", {}),
+]
+
+
+def _time_input_schema(document: dict, template: str, field: str) -> dict:
+    if template == "/api/v1/deliveries/retry":
+        body = operation(document, template, "POST")["requestBody"]["content"]["application/json"]["schema"]
+        return _resolve(document, body)["properties"][field]
+    [parameter] = [
+        parameter for parameter in operation(document, template, "GET")["parameters"] if parameter["name"] == field
+    ]
+    return {**parameter["schema"], "description": parameter["description"]}
+
+
+def _send_time(api: Api, template: str, field: str, value: str, others: dict):
+    if template == "/api/v1/deliveries/retry":
+        return api.call("POST", template, {**others, field: value})
+    return api.call("GET", template, query={**others, field: value})
+
+
+@pytest.mark.parametrize(("template", "field", "others"), TIME_INPUTS)
+def test_every_time_a_request_gives_is_taken_as_the_document_says(
+    client, organization, document, template, field, others
+):
+    # The document says date-time (RFC 3339: an offset required); the API read a time without one in
+    # the server's zone, and other ISO 8601 spellings, without a word. Now it takes what the document
+    # describes (and a date alone, described as midnight UTC) and refuses the rest with a 400 on the field.
+    schema = _time_input_schema(document, template, field)
+    assert schema["format"] == "date-time" and "without an offset is refused" in schema["description"]
+    assert "a date alone, 2026-12-01, for midnight UTC" in schema["description"]
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/t", sources=[source])
+    # One event (with a dead delivery) a second before the date, one at its first instant; the
+    # rejected-requests list's are rejected.
+    status = WebhookEvent.Status.REJECTED if others.get("status") == "rejected" else WebhookEvent.Status.PROCESSED
+    for received in ("2026-11-30T23:59:59Z", "2026-12-01T00:00:00Z"):
+        event = make_event(source, received_at=datetime.fromisoformat(received), status=status)
+        make_delivery(event, destination)
+    api = Api(client, document, make_key(organization)[1])
+    for naive in ("2026-12-01T10:00:00", "2026-12-01T10:00", "2026-12-01 10:00:00.5"):
+        refused = _send_time(api, template, field, naive, others)
+        assert refused.status_code == 400, (naive, refused.content)
+        [problem] = refused.json()["fields"][field]
+        assert "needs its offset" in problem and "Z" in problem, problem
+    for unlike_the_document in ("20261201T100000Z", "2026-W49-1", "2026-12-01T10:00:00+0200", "2026-12-01T24:00:00Z"):
+        refused = _send_time(api, template, field, unlike_the_document, others)
+        assert refused.status_code == 400, (unlike_the_document, refused.content)
+        assert "RFC 3339" in refused.json()["fields"][field][0]
+    for taken in ("2026-12-01T10:00:00Z", "2026-12-01T12:00:00+02:00", "2026-12-01t10:00z", "2026-12-01T10:00:00.123Z"):
+        answer = _send_time(api, template, field, taken, others)
+        assert answer.status_code in (200, 202, 409), (taken, answer.content)
+        if template == "/api/v1/deliveries/retry" and answer.status_code == 202:
+            BulkRetry.objects.all().delete()  # so that the next job is not refused as overlapping
+    # A date alone is midnight UTC: the same range as written in full.
+    if template == "/api/v1/deliveries/retry":
+        job = _send_time(api, template, field, "2026-12-01", others)
+        assert job.status_code == 202, job.content
+        assert job.json()["filters"][field] == "2026-12-01T00:00:00+00:00"
+    else:
+        by_date = _send_time(api, template, field, "2026-12-01", others).json()["results"]
+        in_full = _send_time(api, template, field, "2026-12-01T00:00:00Z", others).json()["results"]
+        assert by_date == in_full and len(by_date) == 1
+
+
+def test_every_time_field_of_a_request_is_read_by_the_apis_one_rule():
+    # One grammar for every time a request gives: a new filter or body field of DRF's own
+    # DateTimeField would take a time without an offset again.
+    from webhooks.api import serializers as api_serializers
+    from webhooks.api import serializers_manage
+
+    requests = [
+        value
+        for module in (api_serializers, serializers_manage)
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, api_serializers.KnownFieldsOnly)
+    ]
+    time_fields = {
+        (serializer.__name__, name): type(field)
+        for serializer in requests
+        for name, field in serializer().fields.items()
+        if isinstance(field, DateTimeField) and not field.read_only
+    }
+    assert len(time_fields) >= 6
+    assert all(issubclass(kind, api_serializers.ApiDateTimeField) for kind in time_fields.values()), time_fields
+
+
 def _idempotency_key_schema(document: dict) -> dict:
     [parameter] = [
         parameter
@@ -753,7 +862,11 @@ def test_the_idempotency_keys_the_api_takes_are_the_ones_the_document_allows(cli
     schema = _idempotency_key_schema(document)
     key = make_key(organization)[1]
     path = f"/api/v1/destinations/{world['destination'].pk}/pause"
-    for value, status in (("pause billing 42", 200), ("tab\there", 400), ("caf\u00e9", 400)):
+    # One space, or none, was allowed by the document ("^[ -~]+$"); HTTP drops the spaces around a
+    # header's value, so such a key arrives empty and is refused.
+    cases = [("pause billing 42", 200), ("tab\there", 400), ("caf\u00e9", 400), (" ", 400), ("", 400)]
+    cases += [("x" * 255, 200), ("x" * 256, 400), ("~", 200), ("a b", 200)]
+    for value, status in cases:
         response = client.post(
             path, {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_IDEMPOTENCY_KEY=value
         )
@@ -761,6 +874,13 @@ def test_the_idempotency_keys_the_api_takes_are_the_ones_the_document_allows(cli
         answer_as_documented(document, response, "/api/v1/destinations/{destination_id}/pause", "POST")
         allowed = bool(re.search(schema["pattern"], value)) and schema["minLength"] <= len(value) <= schema["maxLength"]
         assert allowed == (status == 200), value
+    # Spaces around a key are no part of it, whichever server reads the request (gunicorn cuts them).
+    padded = client.post(
+        path, {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_IDEMPOTENCY_KEY=" a b\t"
+    )
+    assert padded.status_code == 200 and padded["Idempotent-Replayed"] == "true"
+    # And README's account of the header states the document's pattern.
+    assert f"`{schema['pattern']}`" in (ROOT / "README.md").read_text()
 
 
 def test_refusals_answer_as_documented(client, organization, document, world):
@@ -907,3 +1027,174 @@ def test_every_enum_is_named_for_what_it_is_not_for_its_field_alone(document):
     state = _resolve(document, accepted["content"]["application/json"]["schema"])["properties"]["state"]
     assert state == {"$ref": "#/components/schemas/DestinationDeletionStateEnum"}
     assert _resolve(document, state)["enum"] == ["deleting"]
+
+
+def test_component_names_say_each_word_once_and_request_only_as_their_suffix(document):
+    # drf-spectacular adds "Request" to a request body's component: the bulk retry's serializer,
+    # itself named …Request, became "BulkRetryRequestRequest" (and its enum "BulkRetryRequestStatusEnum"),
+    # a type name each generated client carried.
+    schemas = document["components"]["schemas"]
+    for name in schemas:
+        words = re.findall(r"[A-Z][a-z0-9]*", name)
+        assert "".join(words) == name, name
+        assert all(word != following for word, following in itertools.pairwise(words)), name
+        assert "Request" not in words[:-1] and "Serializer" not in words, name
+    body = operation(document, "/api/v1/deliveries/retry", "POST")["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/BulkRetryCreateRequest"}
+    status = schemas["BulkRetryCreateRequest"]["properties"]["status"]
+    assert status["allOf"] == [{"$ref": "#/components/schemas/BulkRetryDeliveryStatusEnum"}]
+    assert schemas["BulkRetryDeliveryStatusEnum"]["enum"] == [Delivery.Status.DEAD]
+
+
+# --- Refusals that need another request running: as documented ----------------------------------
+
+
+@contextmanager
+def table_locked(model):
+    """Another session holds ``model``'s table in ACCESS EXCLUSIVE mode: a request that reads it
+    waits there, holding what it took before (an Idempotency-Key, a body-search slot)."""
+    database = connection.settings_dict
+    with psycopg.connect(
+        dbname=database["NAME"],
+        user=database["USER"],
+        host=database["HOST"] or "localhost",
+        port=database["PORT"] or 5432,
+        password=database["PASSWORD"] or None,
+    ) as other:
+        other.execute(f"LOCK TABLE {model._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            other.rollback()
+
+
+def _in_thread(send):
+    def run():
+        try:
+            return send()
+        finally:
+            connections.close_all()  # this thread's connection: the test database is dropped after
+
+    return run
+
+
+def _documents_code(document: dict, template: str, method: str, status: int, code: str) -> None:
+    described = operation(document, template, method)["responses"][str(status)]
+    assert f"({code})" in described["description"] or f" {code}" in described["description"], (template, code)
+    if status in (409, 429, 503):
+        assert "Retry-After" in described["headers"], (template, status)
+
+
+def test_each_refusal_that_needs_a_running_request_is_documented_where_it_can_happen(document):
+    for path, operations in document["paths"].items():
+        for method in operations:
+            if method == "post":
+                _documents_code(document, path, method, 409, "idempotency_key_in_progress")
+    _documents_code(document, "/api/v1/events", "GET", 429, "search_busy")
+    _documents_code(document, "/api/v1/events", "GET", 503, "search_timed_out")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_post_while_a_request_with_its_key_still_runs_is_the_documented_409(organization, world):
+    document = Client().get("/api/v1/schema").json()
+    key = make_key(organization)[1]
+    template = "/api/v1/destinations/{destination_id}/pause"
+    path = template.format(destination_id=world["destination"].pk)
+
+    def pause():
+        return Client().post(
+            path, {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_IDEMPOTENCY_KEY="held"
+        )
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with table_locked(Destination):
+            first = pool.submit(_in_thread(pause))
+            # Its key is taken (committed) before it reads the destination, where it waits.
+            assert wait_until(lambda: IdempotencyKey.objects.filter(key="held").exists(), timeout=30)
+            during = pause()
+        first = first.result(timeout=60)
+    assert during.status_code == 409 and during.json()["error"] == "idempotency_key_in_progress"
+    assert during["Retry-After"] == "1"
+    answer_as_documented(document, during, template, "POST")
+    assert first.status_code == 200
+    answer_as_documented(document, first, template, "POST")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_search_stopped_by_the_databases_timeout_is_the_documented_503(organization, settings):
+    settings.BODY_SEARCH_TIMEOUT_SECONDS = 0.2
+    document = Client().get("/api/v1/schema").json()
+    make_event(make_source(organization), body=b'{"customer": "cus_ABC123"}')
+    api = Api(Client(), document, make_key(organization, access=ApiKey.Access.READ_ONLY)[1])
+    with events_table_locked():  # PostgreSQL's statement_timeout stops the search waiting there
+        response = api.call("GET", "/api/v1/events", query={"body_contains": "cus_ABC123"})
+    assert response.status_code == 503 and response.json()["error"] == "search_timed_out"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_search_while_another_runs_past_the_bound_is_the_documented_429(organization, settings):
+    settings.BODY_SEARCH_CONCURRENCY = 1
+    # Long enough that the waiting search is not stopped by its own timeout on a slow machine.
+    settings.BODY_SEARCH_TIMEOUT_SECONDS = 60
+    document = Client().get("/api/v1/schema").json()
+    make_event(make_source(organization), body=b'{"customer": "cus_ABC123"}')
+    api = Api(Client(), document, make_key(organization, access=ApiKey.Access.READ_ONLY)[1])
+    search = {"body_contains": "cus_ABC123"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with table_locked(WebhookEvent):
+            first = pool.submit(_in_thread(lambda: api.client.get("/api/v1/events", search, **api.headers())))
+            # Its slot is taken before it reads the events, where it waits.
+            assert wait_until(lambda: cache.get(body_search_slots._slot_key(organization.pk, 0)) is not None, 30)
+            response = api.call("GET", "/api/v1/events", query=search)
+        first = first.result(timeout=60)
+    assert response.status_code == 429 and response.json()["error"] == "search_busy"
+    assert int(response["Retry-After"]) >= 1
+    assert first.status_code == 200 and len(first.json()["results"]) == 1
+    answer_as_documented(document, first, "/api/v1/events", "GET")
+
+
+# --- Paths: a trailing slash, and those that are no endpoint ----------------------------------------
+
+
+def test_every_documented_path_answers_the_same_with_a_trailing_slash(client, organization, document, world):
+    # The document writes each path without one; a client (or its generator) that adds one must
+    # reach the same endpoint, not the catch-all 404.
+    assert "A trailing slash on a path is optional" in document["info"]["description"]
+    api = Api(client, document, make_key(organization)[1])
+    ids = {
+        "event_id": world["event"].pk,
+        "delivery_id": world["delivery"].pk,
+        "source_id": world["source"].pk,
+        "destination_id": world["destination"].pk,
+        "job_id": api.call("POST", "/api/v1/deliveries/retry", {}).json()["id"],
+    }
+    reads = [(path, operations) for path, operations in document["paths"].items() if "get" in operations]
+    assert len(reads) >= 10
+    for template in (path for path, _ in reads):
+        path = template.format(**ids)
+        plain = client.get(path, **api.headers())
+        slashed = client.get(path + "/", **api.headers())
+        assert plain.status_code == slashed.status_code == 200, (path, slashed.content)
+        assert slashed.json() == plain.json()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/events//"),
+        ("get", "/api/v1/"),
+        ("get", "/api/v1"),
+        ("get", "/api/"),
+        ("get", "/api"),
+        ("get", "/api/v2/events"),
+        ("get", "/api/v1/event"),
+        ("post", "/api/v1/deliveries/retry/now"),
+        ("delete", "/api/v1/sources/1/rotate_secret/x"),
+    ],
+)
+def test_a_path_under_api_that_is_no_endpoint_is_the_apis_json_404_never_cached(client, organization, method, path):
+    for headers in ({}, {"HTTP_AUTHORIZATION": f"Bearer {make_key(organization)[1]}"}):
+        response = getattr(client, method)(path, **headers)
+        assert response.status_code == 404 and response["Content-Type"] == "application/json"
+        assert response.json() == {"error": "not_found", "detail": "no such endpoint"}
+        assert "no-store" in response["Cache-Control"], path
