@@ -356,9 +356,15 @@ def _filtered_events(
         else:
             events = events.filter(event_type_condition(patterns))
     if filters.destination_id and filters.status not in EVENT_STATUSES_FROM_DELIVERIES:
-        events = events.filter(
-            Exists(Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id))
-        )
+        to_destination = Delivery.objects.filter(event_id=OuterRef("id"), destination_id=filters.destination_id)
+        # Bounded by the cursor as the failing ones are: PostgreSQL may merge the events with the
+        # deliveries in id order, and unbounded it walked every newer delivery first (2 s for a
+        # page 26 days back with 2,460,000 deliveries, docs/dashboard-bench.md).
+        if before:
+            to_destination = to_destination.filter(event_id__lt=before)
+        if from_id:
+            to_destination = to_destination.filter(event_id__gte=from_id)
+        events = events.filter(Exists(to_destination))
     if filters.since:
         events = events.filter(id__gte=uuid7_floor(filters.since))
     if filters.until:

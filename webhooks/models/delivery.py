@@ -4,6 +4,10 @@ from uuid6 import uuid7
 
 from organizations.models import Organization
 
+# Dead, or waiting after a failed attempt: the rows of the partial index delivery_failed, which a
+# query whose condition is this one can read instead of every delivery.
+FAILED = models.Q(status="dead") | models.Q(status="pending", attempt_count__gt=0)
+
 
 class Delivery(models.Model):
     """One event on its way to one destination."""
@@ -91,7 +95,7 @@ class Delivery(models.Model):
             # A first attempt that succeeds never enters it.
             models.Index(
                 fields=("status", "event"),
-                condition=models.Q(status="dead") | models.Q(status="pending", attempt_count__gt=0),
+                condition=FAILED,
                 name="delivery_failed",
             ),
             # Deliveries that died lately, by when (processing health's dead-in-24-h count, read on

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from organizations.models import Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models.delivery import FAILED as FAILED_DELIVERY
 from webhooks.models.delivery_attempt import FAILED as ATTEMPT_FAILED
 from webhooks.selectors import uuid7_floor
 
@@ -273,25 +274,40 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     # Whole seconds: the links carry the start as the events list's "From" field reads it.
     week_ago = (now - timedelta(days=7)).replace(microsecond=0)
     week_floor = uuid7_floor(week_ago)
-    failing_rows = (
-        # Counted as the events list its links open shows them: events received since ``week_ago``
-        # (a replay of an older event is not one of them), each once however many of its
-        # deliveries there failed. Such a delivery was made since too: the bound on its own id
-        # keeps the scan on the index.
+    # Counted as the events list its links open shows them: events received since ``week_ago``
+    # (a replay of an older event is not one of them), each once however many of its deliveries
+    # there failed. Such a delivery was made since too: the bound on its own id keeps the scan on
+    # the index.
+    of_the_week = (
         Delivery.objects.filter(organization=organization, id__gte=week_floor, event_id__gte=week_floor)
         # Not one being deleted: its page is gone, and the events list no longer filters by it.
         .exclude(destination_id__in=_ids_of_destinations_being_deleted(organization))
+    )
+    failing_rows = list(
+        # From the failed deliveries alone (delivery_failed): counting distinct events over the
+        # week's every delivery sorted them all, 570,000 rows and 0.8 s for a tenant of 80,000
+        # deliveries a day (docs/dashboard-bench.md, twenty-first session).
+        of_the_week.filter(FAILED_DELIVERY)
         .values("destination")
         .annotate(
             dead=Count("event", distinct=True, filter=Q(status=Delivery.Status.DEAD)),
             # Failing now but not yet out of retries: a destination answering 500 to everything
             # must show up here from its first failure, not only hours later when retries end.
             retrying=Count("event", distinct=True, filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
-            succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
         )
-        .filter(Q(dead__gt=0) | Q(retrying__gt=0))
         .order_by((F("dead") + F("retrying")).desc())[:5]
     )
+    succeeded = dict(
+        of_the_week.filter(
+            destination_id__in=[row["destination"] for row in failing_rows], status=Delivery.Status.SUCCEEDED
+        )
+        .values("destination")
+        .annotate(succeeded=Count("id"))
+        .order_by()
+        .values_list("destination", "succeeded")
+    )
+    for row in failing_rows:
+        row["succeeded"] = succeeded.get(row["destination"], 0)
     # Cached as pickles: never load the (decrypted) secrets or custom headers into what is cached.
     destinations = Destination.objects.defer(*DESTINATION_ENCRYPTED_FIELDS).in_bulk(
         [row["destination"] for row in failing_rows]
@@ -366,20 +382,30 @@ def destinations_health(
 def _destinations_health(organization_id: int, ids: list[int], now: datetime | None) -> dict[int, DestinationHealth]:
     now = now or timezone.now()
     week_ago = uuid7_floor(now - timedelta(days=7))
+    # "The last 7 days" as the events list's "Received: last 7 days" reads it, which the counts
+    # link to: deliveries of events received since. Such a delivery was made since too, so the
+    # bound on its own id (the index) stays, and takes along only replays of older events.
+    of_the_week = Delivery.objects.filter(
+        organization_id=organization_id, destination_id__in=ids, id__gte=week_ago, event_id__gte=week_ago
+    )
     counted = (
-        # "The last 7 days" as the events list's "Received: last 7 days" reads it, which the counts
-        # link to: deliveries of events received since. Such a delivery was made since too, so the
-        # bound on its own id (the index) stays, and takes along only replays of older events.
-        Delivery.objects.filter(
-            organization_id=organization_id, destination_id__in=ids, id__gte=week_ago, event_id__gte=week_ago
-        )
-        .values("destination")
+        of_the_week.values("destination")
         .annotate(
             succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
             dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
             waiting=Count("id", filter=Q(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT])),
             retrying=Count("id", filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)),
-            # Over the same rows the scan reads anyway: no second query, no other index.
+        )
+        .order_by()
+    )
+    counts = {row["destination"]: {**row, "failed_events": 0, "retrying_events": 0} for row in counted}
+    # The distinct events behind the failures, from the failed deliveries alone (delivery_failed):
+    # a DISTINCT over the week's every delivery sorted them all, 570,000 rows and 1.3 s for a
+    # tenant of 80,000 deliveries a day (docs/dashboard-bench.md, twenty-first session).
+    failing = (
+        of_the_week.filter(FAILED_DELIVERY)
+        .values("destination")
+        .annotate(
             failed_events=Count("event", distinct=True, filter=Q(status=Delivery.Status.DEAD)),
             retrying_events=Count(
                 "event", distinct=True, filter=Q(status=Delivery.Status.PENDING, attempt_count__gt=0)
@@ -387,7 +413,11 @@ def _destinations_health(organization_id: int, ids: list[int], now: datetime | N
         )
         .order_by()
     )
-    counts = {row["destination"]: row for row in counted}
+    for row in failing:
+        if row["destination"] in counts:
+            counts[row["destination"]].update(
+                failed_events=row["failed_events"], retrying_events=row["retrying_events"]
+            )
     # Each destination's newest failed attempt: one walk of the failed attempts per destination
     # (attempt_failed), made inside one query.
     newest_failures = {

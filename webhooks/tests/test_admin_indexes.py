@@ -43,3 +43,23 @@ def test_the_api_delivery_list_reads_the_organizations_deliveries_by_index(organ
     # tests' rows change, decide); each reads that organization's deliveries alone, never the table.
     assert f"Index Cond: (organization_id = {organization.pk})" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_the_admin_s_rejected_filter_counts_and_lists_rejected_requests_by_their_own_index(admin_client):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    # Measured at 2,100,000 events in two organizations: the changelist's capped count of the
+    # rejected ones was a parallel sequential scan of the table (0.5 s).
+    with CaptureQueriesContext(db) as captured:
+        response = admin_client.get("/admin/webhooks/webhookevent/", {"status__exact": "rejected"})
+    assert response.status_code == 200
+    counts = [query["sql"] for query in captured.captured_queries if "COUNT(" in query["sql"]]
+    assert counts
+    for sql in counts:
+        with db.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        if "webhooks_webhookevent" in plan:
+            assert "event_rejected_id" in plan, plan
