@@ -62,9 +62,11 @@ def socket_path():
 class ServerThread:
     """A WriterServer serving in a thread on the test database, as the writer process does."""
 
-    def __init__(self, path: str):
-        self.server = WriterServer(path, shutdown_grace_seconds=5)
-        self.server.listen()
+    def __init__(self, path: str, server: WriterServer | None = None):
+        if server is None:
+            server = WriterServer(path, shutdown_grace_seconds=5)
+            server.listen()
+        self.server = server
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -320,6 +322,25 @@ def test_a_terminated_writer_serves_until_its_workers_have_disconnected(writer_s
     writer_server.thread.join(2)
     assert not writer_server.thread.is_alive()
     assert not os.path.exists(path)
+
+
+def test_a_terminated_writer_answers_a_row_still_in_its_backlog(transactional_db, socket_path, stripe_source):
+    # A HUP reload's old workers still serve while their writer is told to stop: one may connect and
+    # send its row just as the writer sees no connection left. That row is answered, not reset (a 503).
+    server = WriterServer(socket_path, shutdown_grace_seconds=5)
+    server.listen()
+    server.terminate()
+    event = new_event(stripe_source, "evt_in_the_backlog")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late_worker:
+        late_worker.connect(socket_path)  # in the listener's backlog: not accepted yet
+        late_worker.sendall(encode_event(event))
+        serving = ServerThread(socket_path, server)
+        late_worker.settimeout(10)
+        assert late_worker.recv(1) == b"\0"  # REPLY_STORED
+        assert not os.path.exists(socket_path)  # no one else can connect: they write in-process
+    serving.thread.join(10)
+    assert not serving.thread.is_alive()
+    assert WebhookEvent.objects.filter(provider_event_id="evt_in_the_backlog").count() == 1
 
 
 # --- the web worker's side: nothing handed over is ever guessed -----------------------------------
