@@ -44,6 +44,7 @@ class _WriterProcess:
         self.stopping = False
         self.shutting_down = threading.Event()  # set when the master is told to stop (when_ready)
         self.lock = threading.Lock()
+        self.retiring: list = []  # writers replaced by a HUP reload, still finishing (on_reload)
 
     def start(self, server):
         # A private directory (0700) for the socket: only this user can reach the writer.
@@ -103,6 +104,31 @@ class _WriterProcess:
         if self.socket_path:
             with contextlib.suppress(OSError):
                 shutil.rmtree(os.path.dirname(self.socket_path))
+        for retired in self.retiring:
+            _retire(retired, timeout=10)
+
+
+def _retire(writer, timeout: float) -> None:
+    """Stop a writer replaced by a HUP reload once it has answered everything it was handed.
+
+    ``writer`` may be an earlier release's _WriterProcess (the one the first load of this file
+    started): only the attributes every release has are used.
+    """
+    with writer.lock:
+        writer.stopping = True  # its watcher starts no other
+        process = writer.process
+    if process is not None and process.poll() is None:
+        # SIGTERM: it still commits and answers what it reads, stops taking new connections
+        # and ends once the old workers' connections have closed (they exit after their last
+        # request), or after its grace time.
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    if writer.socket_path:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(os.path.dirname(writer.socket_path))
 
 
 def _wanted(server) -> bool:
@@ -256,6 +282,32 @@ def on_exit(server):
     writer = getattr(server, _ARBITER_ATTRIBUTE, None)
     if writer is not None:
         writer.stop(server)
+
+
+# A HUP reload: a writer process per release, each on its own socket.
+# The old writer ran the code it was started with, and once a release changed the frame it
+# refused every frame of the new workers: each ingest request was a 503 until a full restart
+# (and GitHub does not retry). So the new module (this hook is the reloaded file's) starts a
+# new writer, on a new socket, before gunicorn forks the new workers: they read its path
+# (INGEST_WRITER_SOCKET) and only ever talk to a writer of their own release; until it listens
+# they write in-process, as whenever it is away. The old workers keep the old writer's path:
+# it is told to stop (SIGTERM) and goes on committing and answering what they send until their
+# connections close, so no frame it accepted goes unanswered. No version in the frame is
+# needed, since no worker meets a writer of another release.
+_RETIRE_SECONDS = 120.0  # past gunicorn's graceful_timeout (30 s) and the writer's own grace (25 s)
+
+
+def on_reload(server):
+    old = getattr(server, _ARBITER_ATTRIBUTE, None)
+    if old is None:
+        return  # not started at first (INGEST_WRITER_PROCESS=false, SQLite, --preload): nor now
+    writer = _WriterProcess()
+    writer.shutting_down = old.shutting_down  # the event when_ready's signal handlers set
+    writer.retiring = [old, *getattr(old, "retiring", [])]
+    setattr(server, _ARBITER_ATTRIBUTE, writer)
+    writer.start(server)  # sets INGEST_WRITER_SOCKET for the workers forked next
+    server.log.info("ingest writer process replaced after a reload; the previous one finishes its rows")
+    threading.Thread(target=_retire, args=(old, _RETIRE_SECONDS), name="hookline-writer-retire", daemon=True).start()
 
 
 def when_ready(server):

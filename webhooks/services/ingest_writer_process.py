@@ -180,6 +180,7 @@ class WriterServer:
         self._buffers: dict[socket.socket, bytearray] = {}
         self._listener: socket.socket | None = None
         self._terminating_since: float | None = None
+        self._unlinked = False
         self._stop = threading.Event()
 
     def listen(self) -> None:
@@ -223,7 +224,18 @@ class WriterServer:
             return True  # gunicorn's master is gone: nobody will connect again
         if self._terminating_since is None:
             return False
-        return not self._buffers or time.monotonic() - self._terminating_since > self.shutdown_grace_seconds
+        if time.monotonic() - self._terminating_since > self.shutdown_grace_seconds:
+            return True
+        if self._buffers:
+            return False
+        # No connection left. A worker may have connected since the last turn, though, and sent
+        # its row into the listener's backlog: closing the listener would reset it, a 503 for a
+        # row the worker might just as well have written itself (a HUP reload's old workers are
+        # still serving). So the socket's name goes first (a connect from now on finds nothing,
+        # and the worker writes in-process), then whoever is in the backlog is served.
+        self._unlink_socket()
+        self._accept()
+        return not self._buffers
 
     def _read_ready(self, timeout: float) -> list[tuple[socket.socket, NewEvent]]:
         rows: list[tuple[socket.socket, NewEvent]] = []
@@ -304,9 +316,14 @@ class WriterServer:
                 self._selector.unregister(self._listener)
             self._listener.close()
             self._listener = None
+            self._unlink_socket()
+        self._selector.close()
+
+    def _unlink_socket(self) -> None:
+        if not self._unlinked:
+            self._unlinked = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        self._selector.close()
 
 
 def run_writer_process(path: str, parent_pid: int | None = None) -> None:

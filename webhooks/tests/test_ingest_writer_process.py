@@ -62,9 +62,11 @@ def socket_path():
 class ServerThread:
     """A WriterServer serving in a thread on the test database, as the writer process does."""
 
-    def __init__(self, path: str):
-        self.server = WriterServer(path, shutdown_grace_seconds=5)
-        self.server.listen()
+    def __init__(self, path: str, server: WriterServer | None = None):
+        if server is None:
+            server = WriterServer(path, shutdown_grace_seconds=5)
+            server.listen()
+        self.server = server
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -322,6 +324,25 @@ def test_a_terminated_writer_serves_until_its_workers_have_disconnected(writer_s
     assert not os.path.exists(path)
 
 
+def test_a_terminated_writer_answers_a_row_still_in_its_backlog(transactional_db, socket_path, stripe_source):
+    # A HUP reload's old workers still serve while their writer is told to stop: one may connect and
+    # send its row just as the writer sees no connection left. That row is answered, not reset (a 503).
+    server = WriterServer(socket_path, shutdown_grace_seconds=5)
+    server.listen()
+    server.terminate()
+    event = new_event(stripe_source, "evt_in_the_backlog")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late_worker:
+        late_worker.connect(socket_path)  # in the listener's backlog: not accepted yet
+        late_worker.sendall(encode_event(event))
+        serving = ServerThread(socket_path, server)
+        late_worker.settimeout(10)
+        assert late_worker.recv(1) == b"\0"  # REPLY_STORED
+        assert not os.path.exists(socket_path)  # no one else can connect: they write in-process
+    serving.thread.join(10)
+    assert not serving.thread.is_alive()
+    assert WebhookEvent.objects.filter(provider_event_id="evt_in_the_backlog").count() == 1
+
+
 # --- the web worker's side: nothing handed over is ever guessed -----------------------------------
 
 
@@ -502,6 +523,11 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _socket_of(writer_pid: int) -> Path:
+    arguments = Path(f"/proc/{writer_pid}/cmdline").read_bytes().split(b"\0")
+    return Path(os.fsdecode(arguments[arguments.index(b"--socket") + 1]))
+
+
 def _accepts(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -515,8 +541,11 @@ def _post(port: int, token: str, event_id: str) -> int:
     return post_stripe_over_http(port, token, event_id, STRIPE_SECRET)
 
 
-def _start_gunicorn(port: int, private_tmp: Path, log, *options: str, **extra_env: str) -> subprocess.Popen:
-    """gunicorn as the Procfile runs it (with the writer process), on the test database."""
+def _start_gunicorn(
+    port: int, private_tmp: Path, log, *options: str, cwd: Path = ROOT, **extra_env: str
+) -> subprocess.Popen:
+    """gunicorn as the Procfile runs it (with the writer process), on the test database; ``cwd``:
+    the project it runs."""
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -528,7 +557,7 @@ def _start_gunicorn(port: int, private_tmp: Path, log, *options: str, **extra_en
     env.pop("INGEST_WRITER_SOCKET", None)
     command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"]
     command += ["--bind", f"127.0.0.1:{port}", *options]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, organization, tmp_path, socket_path):
@@ -614,11 +643,104 @@ def test_gunicorn_still_stops_the_writer_process_after_a_hup(transactional_db, t
     with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
         gunicorn.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "Hang up" in log_path.read_text(), PATIENCE_SECONDS)
-        time.sleep(1)  # the configuration is loaded again and new workers start
-        assert _writer_pids(gunicorn.pid) == [writer_pid]  # the same writer serves on
+        # A new writer for the new workers; the old one ends once its worker has gone.
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1 and not _alive(writer_pid), PATIENCE_SECONDS)
+        new_writer_pid = _writer_pids(gunicorn.pid)[0]
+        assert new_writer_pid != writer_pid
+        assert wait_until(lambda: len(list(private_tmp.iterdir())) == 1, PATIENCE_SECONDS)  # its directory removed
     # Stopped by gunicorn's on_exit (a writer that only noticed its parent had gone would leave its directory).
-    assert wait_until(lambda: not _alive(writer_pid), PATIENCE_SECONDS)
+    assert wait_until(lambda: not _alive(new_writer_pid), PATIENCE_SECONDS)
     assert list(private_tmp.iterdir()) == []
+
+
+# What a release that changes the writer's frame looks like to a running gunicorn: its files change
+# on disk, then the operator sends HUP. Done in a copy of the project, so that this one is untouched.
+_PROJECT_COPY_SKIPS = shutil.ignore_patterns(
+    ".git", ".venv", "var", "docs", "bench", "node_modules", ".hypothesis", ".ruff_cache", "__pycache__"
+)
+_FRAME_OF_THIS_RELEASE = '_FRAME = struct.Struct("!I")'
+_FRAME_OF_THE_NEXT_RELEASE = '_FRAME = struct.Struct("!Q")'  # an 8-byte length: unreadable to this writer
+
+
+def test_a_hup_reload_with_a_new_frame_answers_every_request_and_stores_each_event_once(
+    transactional_db, organization, tmp_path, socket_path
+):
+    source = make_source(organization)
+    project = tmp_path / "release"
+    shutil.copytree(ROOT, project, ignore=_PROJECT_COPY_SKIPS)
+    writer_module = project / "webhooks" / "services" / "ingest_writer_process.py"
+    assert _FRAME_OF_THIS_RELEASE in writer_module.read_text()
+    private_tmp = Path(socket_path).parent
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    statuses: dict[str, int] = {}
+    statuses_lock = threading.Lock()
+    stop_posting = threading.Event()
+
+    def post_continuously(sender: int) -> None:
+        for n in range(1_000_000):
+            if stop_posting.is_set():
+                return
+            event_id = f"evt_hup_{sender}_{n}"
+            try:
+                status = _post(port, source.ingest_token, event_id)
+            except OSError as exc:  # the connection refused or reset: as much a failure as a 503
+                status = repr(exc)
+            with statuses_lock:
+                statuses[event_id] = status
+
+    def answered() -> int:
+        with statuses_lock:
+            return len(statuses)
+
+    with log_path.open("w") as log:
+        gunicorn = _start_gunicorn(
+            port, private_tmp, log, *("--workers", "2", "--worker-class", "gthread", "--threads", "4"), cwd=project
+        )
+        try:
+            wait_for_port(port, process=gunicorn)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+            old_writer_pid = _writer_pids(gunicorn.pid)[0]
+            assert wait_until(
+                lambda: any(_accepts(path) for path in private_tmp.glob("hookline-writer-*/writer.sock")),
+                PATIENCE_SECONDS,
+            )
+            senders = [threading.Thread(target=post_continuously, args=(n,), daemon=True) for n in range(4)]
+            for sender in senders:
+                sender.start()
+            try:
+                assert wait_until(lambda: answered() >= 20, PATIENCE_SECONDS)
+
+                writer_module.write_text(
+                    writer_module.read_text().replace(_FRAME_OF_THIS_RELEASE, _FRAME_OF_THE_NEXT_RELEASE)
+                )
+                gunicorn.send_signal(signal.SIGHUP)
+                assert wait_until(lambda: "Hang up" in log_path.read_text(), PATIENCE_SECONDS)
+                hup_answered = answered()
+                # The writer now runs the new code (a process started after the change), the old
+                # one has finished and ended, and the new one is serving the new workers.
+                assert wait_until(
+                    lambda: _writer_pids(gunicorn.pid) not in ([], [old_writer_pid]) and not _alive(old_writer_pid),
+                    PATIENCE_SECONDS,
+                ), _writer_pids(gunicorn.pid)
+                assert wait_until(lambda: _accepts(_socket_of(_writer_pids(gunicorn.pid)[0])), PATIENCE_SECONDS)
+                serving = answered()
+                assert wait_until(lambda: answered() >= serving + 40, PATIENCE_SECONDS)
+            finally:
+                stop_posting.set()
+                for sender in senders:
+                    sender.join(PATIENCE_SECONDS)
+        finally:
+            stop_posting.set()
+            gunicorn.terminate()
+            gunicorn.wait(30)
+    assert hup_answered < serving  # requests were answered while the writer was being replaced
+    refused = {event_id: status for event_id, status in statuses.items() if status != 200}
+    assert refused == {}, (len(refused), len(statuses))
+    # Every acknowledged event stored, once.
+    stored = list(WebhookEvent.objects.filter(source=source).values_list("provider_event_id", "duplicate_count"))
+    assert sorted(event_id for event_id, _ in stored) == sorted(statuses)
+    assert {duplicates for _, duplicates in stored} == {0}
 
 
 def test_a_platform_stop_that_reaches_the_writer_too_is_not_taken_for_a_crash(transactional_db, tmp_path, socket_path):
