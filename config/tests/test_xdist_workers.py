@@ -69,4 +69,5 @@ def test_a_port_something_listens_on_is_skipped(monkeypatch):
     first = free_port()
     with socket.create_server(("127.0.0.1", first)):
         monkeypatch.setattr(ports, "_ports", None)
-        assert free_port() == first + 1
+        # The next one up, unless another process on the machine listens on that one too.
+        assert free_port() > first
