@@ -21,25 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.seeding import (  # noqa: E402
-    EVENT_INSERT,
     SERIES,
     UUID7_SQL,
     insert_in_chunks,
     log,
     spread_over_30_days,
     sql_array,
+    stripe_events_sql,
 )
-
-EVENT_TYPES = [
-    "invoice.paid",
-    "invoice.payment_failed",
-    "charge.succeeded",
-    "charge.failed",
-    "customer.created",
-    "customer.updated",
-    "payment_intent.succeeded",
-    "checkout.session.completed",
-]
 
 
 def tenant(slug: str, sources: int, destinations: int):
@@ -65,7 +54,6 @@ def statements(*, events: int, sources: list, destinations: list, salt: int) -> 
     source_ids = sql_array(str(s.pk) for s in sources)
     destination_ids = sql_array(str(d.pk) for d in destinations)
     ns, nd = len(sources), len(destinations)
-    types = sql_array(f"'{event_type}'" for event_type in EVENT_TYPES)
     ts = spread_over_30_days(events)
 
     def uid(k: int) -> str:
@@ -76,20 +64,9 @@ def statements(*, events: int, sources: list, destinations: list, salt: int) -> 
     dead = "g % 200 = 7"
     retrying = "g % 500 = 11"
     accepted = "g % 100 <> 0"
-    events_sql = f"""{EVENT_INSERT}
-        SELECT {uid(0)}, %s, ({source_ids})[1 + g % {ns}],
-            CASE WHEN g % 100 = 0 THEN NULL ELSE 'evt_{salt}_' || g END,
-            CASE WHEN g % 100 = 0 THEN '' ELSE ({types})[1 + g % 8] END,
-            convert_to('{{"id":"evt_' || g || '","object":"event","type":"' || ({types})[1 + g % 8]
-                || '","data":{{"object":{{"id":"in_' || g || '","amount":' || (g % 9000) || '}}}}}}', 'UTF8'),
-            jsonb_build_object('content-type', 'application/json', 'stripe-signature', 't=1,v1=' || md5(g::text)),
-            '192.0.2.10',
-            CASE WHEN g % 100 = 0 THEN 'rejected' ELSE 'processed' END,
-            CASE WHEN g % 100 = 0 THEN 'no_matching_secret' ELSE '' END,
-            CASE WHEN g % 100 = 0 THEN 'no signature matches the secret' ELSE '' END,
-            0, {ts}, CASE WHEN g % 100 = 0 THEN NULL ELSE {ts} END
-        FROM {SERIES}
-    """
+    events_sql = stripe_events_sql(
+        event_id=uid(0), source_ids=source_ids, source_count=ns, ts=ts, provider_id_prefix=f"evt_{salt}_"
+    )
     delivery_insert = """
         INSERT INTO webhooks_delivery (id, organization_id, event_id, destination_id, is_replay, status,
             attempt_count, next_attempt_at, last_status_code, last_error, created_at, completed_at)

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.seeding import (  # noqa: E402
-    EVENT_INSERT,
     SERIES,
     UUID7_SQL,
     add_connection_arguments,
@@ -38,20 +37,10 @@ from bench.seeding import (  # noqa: E402
     migrate_and_set_up_django,
     recreate_database,
     spread_over_30_days,
-    sql_array,
+    stripe_events_sql,
 )
 
 DB_NAME = "hookline_bench_dashboard"
-EVENT_TYPES = [
-    "invoice.paid",
-    "invoice.payment_failed",
-    "charge.succeeded",
-    "charge.failed",
-    "customer.created",
-    "customer.updated",
-    "payment_intent.succeeded",
-    "checkout.session.completed",
-]
 
 
 def seed(*, events: int, deadline: float) -> dict:
@@ -60,22 +49,14 @@ def seed(*, events: int, deadline: float) -> dict:
 
     world = bench_tenant(sources=3, destinations=2)
     source_ids, destination_ids = world.pop("source_ids"), world.pop("destination_ids")
-    types = sql_array(f"'{event_type}'" for event_type in EVENT_TYPES)
     ts = spread_over_30_days(events)
-    events_sql = f"""{EVENT_INSERT}
-        SELECT {UUID7_SQL.format(ts=ts, n="g", salt=0)}, %s, ({source_ids})[1 + g % 3],
-            CASE WHEN g % 100 = 0 THEN NULL ELSE 'evt_' || g END,
-            CASE WHEN g % 100 = 0 THEN '' ELSE ({types})[1 + g % 8] END,
-            convert_to('{{"id":"evt_' || g || '","object":"event","type":"' || ({types})[1 + g % 8]
-                || '","data":{{"object":{{"id":"in_' || g || '","amount":' || (g % 9000) || '}}}}}}', 'UTF8'),
-            jsonb_build_object('content-type', 'application/json', 'stripe-signature', 't=1,v1=' || md5(g::text)),
-            '192.0.2.10',
-            CASE WHEN g % 100 = 0 THEN 'rejected' ELSE 'processed' END,
-            CASE WHEN g % 100 = 0 THEN 'no_matching_secret' ELSE '' END,
-            CASE WHEN g % 100 = 0 THEN 'no signature matches the secret' ELSE '' END,
-            0, {ts}, CASE WHEN g % 100 = 0 THEN NULL ELSE {ts} END
-        FROM {SERIES}
-    """
+    events_sql = stripe_events_sql(
+        event_id=UUID7_SQL.format(ts=ts, n="g", salt=0),
+        source_ids=source_ids,
+        source_count=3,
+        ts=ts,
+        provider_id_prefix="evt_",
+    )
     # Deliveries for 30% of the accepted events; 1 in 50 of them is dead.
     deliveries_sql = f"""
         INSERT INTO webhooks_delivery (id, organization_id, event_id, destination_id, is_replay, status,

@@ -35,6 +35,40 @@ EVENT_INSERT = """
 """
 SERIES = "generate_series(%s::bigint, %s::bigint) AS g"
 
+# The eight Stripe event types the million-event benches' events take in turn.
+STRIPE_EVENT_TYPES = [
+    "invoice.paid",
+    "invoice.payment_failed",
+    "charge.succeeded",
+    "charge.failed",
+    "customer.created",
+    "customer.updated",
+    "payment_intent.succeeded",
+    "checkout.session.completed",
+]
+
+
+def stripe_events_sql(*, event_id: str, source_ids: str, source_count: int, ts: str, provider_id_prefix: str) -> str:
+    """The INSERT … SELECT over SERIES of bench/dashboard.py's and bench/big_tenant.py's events:
+    Stripe-like bodies spread over the sources in turn, and 1 in 100 a rejected request (no provider
+    id, no type, never processed). ``event_id`` and ``ts`` are SQL of the series number ``g``;
+    ``source_ids`` an SQL array; the provider ids are ``<provider_id_prefix><g>``."""
+    types = sql_array(f"'{event_type}'" for event_type in STRIPE_EVENT_TYPES)
+    return f"""{EVENT_INSERT}
+        SELECT {event_id}, %s, ({source_ids})[1 + g % {source_count}],
+            CASE WHEN g % 100 = 0 THEN NULL ELSE '{provider_id_prefix}' || g END,
+            CASE WHEN g % 100 = 0 THEN '' ELSE ({types})[1 + g % 8] END,
+            convert_to('{{"id":"evt_' || g || '","object":"event","type":"' || ({types})[1 + g % 8]
+                || '","data":{{"object":{{"id":"in_' || g || '","amount":' || (g % 9000) || '}}}}}}', 'UTF8'),
+            jsonb_build_object('content-type', 'application/json', 'stripe-signature', 't=1,v1=' || md5(g::text)),
+            '192.0.2.10',
+            CASE WHEN g % 100 = 0 THEN 'rejected' ELSE 'processed' END,
+            CASE WHEN g % 100 = 0 THEN 'no_matching_secret' ELSE '' END,
+            CASE WHEN g % 100 = 0 THEN 'no signature matches the secret' ELSE '' END,
+            0, {ts}, CASE WHEN g % 100 = 0 THEN NULL ELSE {ts} END
+        FROM {SERIES}
+    """
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
