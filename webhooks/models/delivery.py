@@ -18,6 +18,12 @@ class Delivery(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         DEAD = "dead", "Dead"  # out of retries or refused; kept and can be retried by hand
 
+    class PutBackCause(models.TextChoices):
+        """Why the platform itself did not send a delivery and put it back (services.delivery._put_back_unsent)."""
+
+        SECRET_UNREADABLE = "secret_unreadable", "Its destination's secret cannot be decrypted"
+        DNS_LOOKUPS_BUSY = "dns_lookups_busy", "The platform's own DNS lookups in progress are full"
+
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deliveries")
     event = models.ForeignKey("webhooks.WebhookEvent", on_delete=models.CASCADE, related_name="deliveries")
@@ -48,6 +54,16 @@ class Delivery(models.Model):
         related_name="deliveries",
         db_index=False,
     )
+    # Set while the platform itself keeps the delivery from going out (a destination secret no key
+    # decrypts, its own bound on DNS lookups): it was put back unsent, its attempt not counted, and
+    # is tried again without end. Since when (the first put-back of this cause in a row) and how many
+    # times in a row: the next delay grows with it in whichever process claims it next. Cleared once
+    # an attempt is recorded and when it is retried by hand. Nullable without a default: adding the
+    # columns rewrites nothing.
+    put_back_cause = models.CharField(max_length=20, choices=PutBackCause.choices, null=True, blank=True)
+    put_back_since = models.DateTimeField(null=True, blank=True)
+    # IntegerField, not Positive…: its CHECK would have the migration scan the whole table under its lock.
+    put_back_times = models.IntegerField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -111,6 +127,13 @@ class Delivery(models.Model):
                 fields=("bulk_retry", "status"),
                 condition=models.Q(bulk_retry__isnull=False),
                 name="delivery_bulk_retry_status",
+            ),
+            # Deliveries the platform holds (processing health: how many by cause, since when): only
+            # those put back and not yet sent, a handful but for an outage of keys or DNS.
+            models.Index(
+                fields=("put_back_cause", "put_back_since"),
+                condition=models.Q(put_back_cause__isnull=False, status__in=("pending", "in_flight")),
+                name="delivery_put_back",
             ),
         ]
 

@@ -1253,7 +1253,8 @@ class SendResult:
     # _put_back_unsent, due again in ``unsent_retry_seconds`` (UNSENT_RETRY_SECONDS when None).
     unsent_reason: str | None = None
     unsent_retry_seconds: int | None = None
-    unsent_cause: str = "secret_unreadable"  # one of PUT_BACK_CAUSES, counted for /metrics
+    # One of PUT_BACK_CAUSES: stored on the delivery (its waiting_for says it) and counted for /metrics.
+    unsent_cause: str = "secret_unreadable"
 
 
 # A delivery not sent because its destination's secret cannot be decrypted waits this long, then
@@ -1266,16 +1267,21 @@ UNSENT_RETRY_SECONDS = 60
 # UNSENT_RETRY_SECONDS: those lookups end with the resolver's timeout, within seconds, so the
 # delivery goes out soon after; one refused for longer is tried once a minute, not every few
 # seconds, and says so in its last_error (how many times in a row) and in the log.
+#
+# The run of refusals is the delivery's own (put_back_times, put_back_since), stored with it when
+# it is put back, and read from the row its next claim returns, so it holds in whichever process
+# claims it next. It lived in each process's memory: with several workers a delivery refused in
+# one and claimed next by another started again at 5 s there, so a lasting refusal was tried every
+# few seconds by the workers in turn instead of once a minute, and its last_error's count and the
+# log's were each process's share of the run.
 PLATFORM_LIMIT_RETRY_SECONDS = 5
-# Refusals in a row by delivery id, in this process (the bound is this process's too); an entry is
-# dropped once the delivery is sent. A process that has put back more than this many deliveries in
-# a row starts counting afresh, rather than hold on to ids without end.
-_PLATFORM_LIMIT_STREAKS_KEPT = 10_000
-_platform_limit_streaks: dict = {}
 # Deliveries put back unsent, counted by cause in the cache for every process (/metrics:
 # hookline_deliveries_put_back_total): one put back now and then is nothing; a rate that holds
-# says the platform keeps deliveries from going out (keys, or one tenant's unanswering DNS).
-PUT_BACK_CAUSES = ("secret_unreadable", "dns_lookups_busy")
+# says the platform keeps deliveries from going out (keys, or one tenant's unanswering DNS). The
+# deliveries held now, by cause and since when, are the processing health's deliveries_held.
+PUT_BACK_CAUSES = tuple(Delivery.PutBackCause.values)  # ("secret_unreadable", "dns_lookups_busy")
+# What an attempt recorded, or a retry by hand, sets: the delivery is no longer held by the platform.
+NOT_PUT_BACK = {"put_back_cause": None, "put_back_since": None, "put_back_times": None}
 PUT_BACK_COUNT_KEY = "health:deliveries_put_back:{cause}"
 
 
@@ -1342,7 +1348,6 @@ def _send(delivery: Delivery, started_at) -> SendResult:
         )
     if response.platform_limit:
         return _refused_by_platform_limit(delivery, started_at, response)
-    _platform_limit_streaks.pop(delivery.pk, None)
     return SendResult(
         started_at=started_at, headers=headers, response=response, custom_header_names=custom_header_names
     )
@@ -1357,10 +1362,7 @@ def _refused_by_platform_limit(delivery: Delivery, started_at, response: outboun
     fails, though its own DNS answers. Put back unsent instead, as a secret that cannot be decrypted
     is (SendResult.unsent_reason), but due again within seconds: the lookups holding the bound end soon.
     """
-    streak = _platform_limit_streaks.get(delivery.pk, 0) + 1
-    if len(_platform_limit_streaks) >= _PLATFORM_LIMIT_STREAKS_KEPT:
-        _platform_limit_streaks.clear()
-    _platform_limit_streaks[delivery.pk] = streak
+    streak = _times_in_a_row(delivery, Delivery.PutBackCause.DNS_LOOKUPS_BUSY)
     delay = min(PLATFORM_LIMIT_RETRY_SECONDS * 2 ** min(streak - 1, 10), UNSENT_RETRY_SECONDS)
     in_a_row = f" ({streak} times in a row)" if streak > 1 else ""
     reason = (
@@ -1373,8 +1375,14 @@ def _refused_by_platform_limit(delivery: Delivery, started_at, response: outboun
         response=response,
         unsent_reason=reason,
         unsent_retry_seconds=delay,
-        unsent_cause="dns_lookups_busy",
+        unsent_cause=Delivery.PutBackCause.DNS_LOOKUPS_BUSY,
     )
+
+
+def _times_in_a_row(delivery: Delivery, cause: str) -> int:
+    """How many times in a row ``delivery`` is put back for ``cause``, this one included: from its row
+    as claimed (the claim returns it whole), whichever process put it back before."""
+    return (delivery.put_back_times or 0) + 1 if delivery.put_back_cause == cause else 1
 
 
 def record_results(results: Iterable[tuple[Delivery, SendResult]]) -> list[Delivery]:
@@ -1674,17 +1682,24 @@ def _put_back_unsent(unsent: list[tuple[Delivery, SendResult]], now) -> list[tup
     tenant that their receiver fails; so did a send refused by the platform's own bound on DNS
     lookups (_refused_by_platform_limit). No attempt row either: nothing was sent (the delivery's
     last_error says why). Only deliveries still on their claim: one released meanwhile is another
-    claim's. Returns each delivery put back with the fields it was given."""
+    claim's. The cause is stored on the delivery, with when its run of put-backs for that cause began
+    and its length: the platform's doing, not the receiver's, as every surface that says what it waits
+    for shows (delivery_waits), until an attempt is recorded. Returns each delivery put back with the
+    fields it was given."""
     put_back = []
     causes: Counter = Counter()
     for delivery, result in unsent:
         delay = UNSENT_RETRY_SECONDS if result.unsent_retry_seconds is None else result.unsent_retry_seconds
+        same_cause = delivery.put_back_cause == result.unsent_cause
         fields = {
             "status": Delivery.Status.PENDING,
             "next_attempt_at": now + timedelta(seconds=delay),
             "last_error": storable_text(result.unsent_reason)[:500],
             "claimed_at": None,
             "claimed_by": None,
+            "put_back_cause": result.unsent_cause,
+            "put_back_since": delivery.put_back_since if same_cause and delivery.put_back_since else now,
+            "put_back_times": _times_in_a_row(delivery, result.unsent_cause),
         }
         if Delivery.objects.filter(
             pk=delivery.pk, status=Delivery.Status.IN_FLIGHT, claimed_at=delivery.claimed_at
@@ -1806,6 +1821,7 @@ def _outcome_fields(outcome: Outcome, status_code: int | None, now) -> dict:
         "last_error": outcome.error[:500],
         "claimed_at": None,
         "claimed_by": None,
+        **NOT_PUT_BACK,  # an attempt was made: whatever waits now is the receiver's doing
     }
     if outcome.status == Delivery.Status.PENDING:
         fields.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=outcome.delay))
@@ -2158,6 +2174,7 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
         manual_attempts=MANUAL_ATTEMPT_ASKED,
         bulk_retry=None,  # retried by hand: what happens now is no bulk retry's outcome
         **revived_last_outcome(),
+        **NOT_PUT_BACK,  # asked for now: a platform's hold starts again, if it still holds, at its first delay
     )
     previous_error = locked.last_error
     locked.refresh_from_db()

@@ -57,6 +57,25 @@ DELIVERY_WAITS = {
         "platform's): it is sent once one ends"
     ),
     "destination_rate_limit": "Its destination's rate limit is used up for this second: it is sent in a later one",
+    **{
+        # Put back unsent by the platform (Delivery.put_back_cause): its next attempt time is the
+        # platform's, not a backoff after its receiver failed.
+        "platform_secret_unreadable": (
+            "The platform holds it, not its receiver: the workers cannot decrypt its destination's signing "
+            "secret or custom headers now (a key being deployed, or missing). Nothing was sent and no attempt "
+            "is counted; it is tried again every minute until they can"
+        ),
+        "platform_dns_lookups_busy": (
+            "The platform holds it, not its receiver: the platform's own bound on DNS lookups in progress "
+            "(taken by lookups that other destinations' DNS leaves unanswered) refused its send. Nothing was "
+            "sent and no attempt is counted; it is tried again within a minute"
+        ),
+    },
+}
+# The waiting code of a delivery put back unsent, by its put_back_cause (services.delivery.PUT_BACK_CAUSES).
+PUT_BACK_WAITS = {
+    Delivery.PutBackCause.SECRET_UNREADABLE: "platform_secret_unreadable",
+    Delivery.PutBackCause.DNS_LOOKUPS_BUSY: "platform_dns_lookups_busy",
 }
 # The hold as the end of "next try …", where the time alone would be untrue (a paused
 # destination's delivery was due minutes ago and is not sent).
@@ -66,6 +85,10 @@ NEXT_TRY_WHEN_HELD = {
     "organization_being_deleted": "none: the organization is being deleted",
     "destination_paused": "when the destination is resumed",
     "organization_suspended": "when the organization is active again",
+    # Not a hold of the destination's (its time is the next try), but the time alone reads as a
+    # backoff after the receiver failed.
+    "platform_secret_unreadable": "once the platform can decrypt the destination's secret, not the receiver's failure",
+    "platform_dns_lookups_busy": "within a minute, once the platform's own DNS lookups free up, not the receiver's failure",
 }
 
 
@@ -109,7 +132,8 @@ def delivery_waits(deliveries, *, now=None) -> dict:
         if hold:
             waits[delivery.pk] = hold
         elif delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
-            waits[delivery.pk] = "next_attempt_time"
+            # Put back unsent by the platform: the same wait, for a reason that is not the receiver's.
+            waits[delivery.pk] = PUT_BACK_WAITS.get(delivery.put_back_cause, "next_attempt_time")
         else:
             due.append(delivery)
     in_flight, organization_in_flight = {}, {}

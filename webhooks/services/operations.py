@@ -17,7 +17,13 @@ from webhooks.fields import encrypted_field_names
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.selectors import event_type_condition, event_type_patterns, retrying_deliveries, uuid7_floor
 
-from .delivery import DESTINATION_BEING_DELETED_ERROR, MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
+from .delivery import (
+    DESTINATION_BEING_DELETED_ERROR,
+    MANUAL_ATTEMPT_ASKED,
+    NOT_PUT_BACK,
+    revived_last_outcome,
+    schedule_dispatch,
+)
 from .permissions import require_configure_role
 from .row_locks import lock_destinations_against_deletion, lock_event_against_deletion
 from .scheduling import schedule_once
@@ -447,6 +453,7 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                     manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
                     bulk_retry_id=job.pk,  # its status is now this job's outcome (a later one's if retried again)
                     **revived_last_outcome(),  # a dead one's reason would contradict "pending"
+                    **NOT_PUT_BACK,  # asked for by hand, as a single retry
                 )
                 job.retried += updated
                 job.last_delivery_id = batch[-1]

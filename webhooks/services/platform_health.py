@@ -35,7 +35,7 @@ from django.utils import timezone
 from webhooks.fields import UNREADABLE_REASONS
 from webhooks.models import Delivery, DeliveryAttempt, Destination, ProcessMark, WebhookEvent
 from webhooks.services import secret_health
-from webhooks.services.delivery import DESTINATION_SENDING, put_back_counts
+from webhooks.services.delivery import DESTINATION_SENDING, PUT_BACK_CAUSES, put_back_counts
 from webhooks.services.secret_health import SecretFailures
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,10 @@ class ProcessingHealth:
     deliveries_pending: int | None = None  # every pending delivery, due or not, paused destinations' too
     deliveries_dead: int | None = None
     deliveries_dead_24h: int | None = None
+    # Deliveries the platform itself holds now (put back unsent, Delivery.put_back_cause), by cause:
+    # how many, and since when the longest held has been (its first put-back of that cause in a row).
+    # Tried again without end, never charged to their receivers: only this says how long it lasts.
+    deliveries_held_by_platform: dict[str, Backlog] | None = None
     # Active destinations paused (the circuit breaker's or by hand): their deliveries wait on purpose,
     # so no backlog above shows them, yet each is a tenant's receiver down.
     destinations_paused: int | None = None
@@ -202,6 +206,8 @@ class ProcessingHealth:
             backlog = getattr(self, name)
             if backlog is not None:
                 data[name]["capped"] = backlog.capped
+        for cause, backlog in (self.deliveries_held_by_platform or {}).items():
+            data["deliveries_held_by_platform"][cause]["capped"] = backlog.capped
         data["count_cap"] = COUNT_CAP
         return _iso_times(data)
 
@@ -240,6 +246,7 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         ("deliveries_pending", _deliveries_pending),
         ("deliveries_dead", _deliveries_dead),
         ("deliveries_dead_24h", _deliveries_dead_24h),
+        ("deliveries_held_by_platform", _deliveries_held_by_platform),
         ("destinations_paused", _destinations_paused),
         ("periodic_tasks", _periodic_tasks),
         ("beat_sent_at", _beat_sent_at),
@@ -339,6 +346,20 @@ def _deliveries_dead_24h(now) -> int:
     # expects the cap to come soon in a scan of the whole table and reads it (3 million rows, 0.3 s).
     recent = Delivery.objects.filter(status=Delivery.Status.DEAD, completed_at__gte=dead_recently_since(now))
     return recent.order_by("completed_at").values("pk")[:COUNT_CAP].count()
+
+
+def _deliveries_held_by_platform(now) -> dict[str, Backlog]:
+    """Deliveries put back unsent and not sent since, by cause, each cause read on the delivery_put_back
+    index (which holds only those): a count up to COUNT_CAP and the oldest put_back_since. In flight
+    too: one claimed again is still held until an attempt is recorded."""
+    held = {}
+    for cause in PUT_BACK_CAUSES:
+        of_cause = Delivery.objects.filter(
+            put_back_cause=cause, status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT)
+        )
+        since = of_cause.order_by("put_back_since").values_list("put_back_since", flat=True).first()
+        held[cause] = Backlog(_capped_count(of_cause), _seconds_between(since, now))
+    return held
 
 
 def _destinations_paused(now) -> int:
@@ -541,11 +562,28 @@ def _judge(health: ProcessingHealth) -> None:
     if secrets is not None and secrets.recent:
         degraded.append(secrets.reason_words(health.checked_at.timestamp()))
 
+    for cause, held in (health.deliveries_held_by_platform or {}).items():
+        # Tried again without end and never charged to their receivers: a hold that lasts is the
+        # platform's to end (its keys, or a tenant's unanswering DNS filling the lookups).
+        if held.count and held.oldest_seconds > limits["backlog_degraded"]:
+            deliveries = "delivery is" if held.count == 1 else "deliveries are"
+            degraded.append(
+                f"{_count_in_words(held.count)} {deliveries} held by the platform, not sent ({HELD_BY_PLATFORM[cause]}), "
+                f"the longest for {duration_in_words(held.oldest_seconds)}: they are tried again until it ends"
+            )
+
     for name in health.unmeasured:
         degraded.append(f"could not measure {name.replace('_', ' ')} (the query failed)")
 
     health.reasons = stalled + degraded
     health.verdict = STALLED if stalled else DEGRADED if degraded else OK
+
+
+# Why the platform holds deliveries, by Delivery.put_back_cause, for the verdict's reasons.
+HELD_BY_PLATFORM = {
+    "secret_unreadable": "their destination's secret cannot be decrypted: a worker lacks a key of FIELD_ENCRYPTION_KEYS",
+    "dns_lookups_busy": "the platform's own bound on DNS lookups in progress refuses their sends",
+}
 
 
 def _count_in_words(count: int) -> str:
@@ -591,6 +629,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "deliveries_pending",
         "deliveries_dead",
         "deliveries_dead_24h",
+        "deliveries_held_by_platform",
         "destinations_paused",
         "periodic_tasks",
         "beat_sent_at",
@@ -696,6 +735,19 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
             [({"cause": cause}, count) for cause, count in health.deliveries_put_back.items()],
             kind="counter",
         )
+    held = health.deliveries_held_by_platform
+    # Every cause, 0 included, as the counter above.
+    gauge(
+        "hookline_deliveries_held_by_platform",
+        "Deliveries put back unsent by the platform and not sent since, by cause (capped): retried without "
+        "end, never charged to their receivers.",
+        [({"cause": cause}, backlog.count) for cause, backlog in (held or {}).items()],
+    )
+    gauge(
+        "hookline_deliveries_held_by_platform_oldest_seconds",
+        "How long the longest held delivery of each cause has been put back in a row (0 if none).",
+        [({"cause": cause}, backlog.oldest_seconds) for cause, backlog in (held or {}).items()],
+    )
     secrets = health.secrets_unreadable
     if secrets is not None:
         # Every place and reason, 0 included: a series that appears only at its first failure

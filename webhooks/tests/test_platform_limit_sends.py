@@ -17,6 +17,7 @@ from django.utils import timezone
 from webhooks.models import Delivery, DeliveryAttempt, Destination
 from webhooks.services import delivery as delivery_service
 from webhooks.services import outbound, platform_health
+from webhooks.services.delivery_waits import delivery_waits
 from webhooks.services.outbound import DestinationNotAllowed, resolve_destination
 
 from .api_helpers import make_delivery, make_event
@@ -32,7 +33,6 @@ def dns(monkeypatch, settings):
     other .example names resolve to 127.0.0.1 (where the test's receiver listens)."""
     settings.ALLOW_PRIVATE_DESTINATIONS = True
     outbound.forget_resolved_hosts()
-    delivery_service._platform_limit_streaks.clear()
     put_back_keys = [delivery_service.PUT_BACK_COUNT_KEY.format(cause=c) for c in delivery_service.PUT_BACK_CAUSES]
     cache.delete_many(put_back_keys)
     released = threading.Event()
@@ -60,7 +60,6 @@ def dns(monkeypatch, settings):
     finally:
         Dns.release()
         outbound.forget_resolved_hosts()
-        delivery_service._platform_limit_streaks.clear()
 
 
 def _fill_lookups(count: int, organization_id: int | None, prefix: str = "h") -> None:
@@ -119,6 +118,11 @@ def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_
     assert refused.last_error.startswith("not sent: the host fine.example could not be looked up now")
     assert "not the receiver's: the attempt is not counted and the delivery is tried again in 5 s" in refused.last_error
     assert not DeliveryAttempt.objects.filter(delivery=innocent_delivery).exists()
+    # Held by the platform, and said so: not "next_attempt_time", a backoff after its receiver failed.
+    assert (refused.put_back_cause, refused.put_back_times) == ("dns_lookups_busy", 1)
+    assert before <= refused.put_back_since <= after
+    waiting = Delivery.objects.select_related("destination").get(pk=innocent_delivery.pk)
+    assert delivery_waits([waiting]) == {innocent_delivery.pk: "platform_dns_lookups_busy"}
     innocent.refresh_from_db()
     assert (innocent.consecutive_failures, innocent.paused_at) == (0, None)
     assert httpserver.log == []
@@ -141,6 +145,7 @@ def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_
     assert (again.status, again.attempt_count) == (Delivery.Status.PENDING, 0)
     assert again.last_error.startswith("not sent (2 times in a row):")
     assert again.last_error.endswith("tried again in 10 s")
+    assert (again.put_back_since, again.put_back_times) == (refused.put_back_since, 2)
     assert not DeliveryAttempt.objects.filter(delivery=innocent_delivery).exists()
 
     # The lookups end (the resolver gives up on them): the delivery goes out, its first attempt.
@@ -150,7 +155,42 @@ def test_a_send_refused_by_the_organization_s_lookup_bound_is_put_back_and_sent_
     assert (sent.status, sent.attempt_count) == (Delivery.Status.SUCCEEDED, 1)
     assert len(httpserver.log) == 1
     assert DeliveryAttempt.objects.get(delivery=innocent_delivery).response_status == 200
-    assert innocent_delivery.pk not in delivery_service._platform_limit_streaks
+    assert (sent.put_back_cause, sent.put_back_since, sent.put_back_times) == (None, None, None)
+
+
+def test_the_run_of_refusals_is_the_delivery_s_whichever_process_refused_it_before(
+    organization, httpserver, monkeypatch, dns
+):
+    # Kept in each process's memory, the run started again at 5 s in a worker that had not refused
+    # the delivery before: with several workers, a lasting refusal was tried every few seconds by
+    # each in turn instead of once a minute, and its last_error counted one process's share.
+    monkeypatch.setattr(outbound, "MAX_LOOKUPS_PER_ORGANIZATION", 1)
+    source = make_source(organization)
+    destination = _destination_at(organization, source, f"http://fine.example:{httpserver.port}/hook", max_attempts=1)
+    delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
+    # Refused three times in a row by other processes, since ten minutes.
+    since = timezone.now() - timedelta(minutes=10)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        put_back_cause="dns_lookups_busy", put_back_since=since, put_back_times=3
+    )
+    _fill_lookups(1, organization.pk)
+
+    before = timezone.now()
+    refused = _send_due()[delivery.pk]
+    assert refused.last_error.startswith("not sent (4 times in a row):")
+    assert refused.last_error.endswith("tried again in 40 s")
+    assert refused.next_attempt_at >= before + timedelta(seconds=40)
+    assert (refused.put_back_cause, refused.put_back_since, refused.put_back_times) == ("dns_lookups_busy", since, 4)
+
+    # Put back before for another cause (a key missing): the run of DNS refusals starts at its first.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        put_back_cause="secret_unreadable", put_back_times=7, next_attempt_at=timezone.now()
+    )
+    before = timezone.now()
+    first = _send_due()[delivery.pk]
+    assert first.last_error.startswith("not sent: ") and first.last_error.endswith("tried again in 5 s")
+    assert (first.put_back_cause, first.put_back_times) == ("dns_lookups_busy", 1)
+    assert first.put_back_since >= before
 
 
 def test_a_send_refused_by_the_process_s_lookup_bound_is_put_back(organization, httpserver, monkeypatch, dns):

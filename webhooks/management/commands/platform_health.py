@@ -44,6 +44,11 @@ def _text(health: ProcessingHealth) -> str:
     lines.append(backlog("Deliveries in flight", health.deliveries_in_flight, "the oldest claimed {} ago"))
     lines.append(f"Dead deliveries, last 24 h: {_figure(health.deliveries_dead_24h)}")
     lines.append(f"Paused destinations (their deliveries wait): {_figure(health.destinations_paused)}")
+    if health.deliveries_held_by_platform is None:
+        lines.append("Deliveries held by the platform (put back unsent): not measured")
+    else:
+        for cause, held in health.deliveries_held_by_platform.items():
+            lines.append(backlog(f"Deliveries held by the platform, {cause}", held, "the longest held for {}"))
     # Sent: reached the broker. A try after it (a periodic task's last_run_at) failed.
     lines.append(f"Beat last sent a task: {_ago(health, health.beat_sent_at)}")
     if health.beat_sends_fail:

@@ -1,0 +1,205 @@
+"""A delivery the platform itself put back unsent (a destination secret no key decrypts, its own bound
+on DNS lookups) says so wherever what it waits for is shown, rather than read as a backoff after its
+receiver failed; it carries the cause on its row until an attempt is made or it is retried by hand;
+and operators see how many are held, by cause, and since when, since they are retried without end."""
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from organizations.models import ApiKey
+from webhooks import fields
+from webhooks.models import Delivery, Destination
+from webhooks.services import delivery as delivery_service
+from webhooks.services import platform_health, processing
+from webhooks.services.delivery_waits import DELIVERY_WAITS, delivery_waits
+from webhooks.services.operations import bulk_retry_request, bulk_retry_run
+
+from .api_helpers import api_get, make_delivery, make_event, make_key
+from .factories import make_destination, make_source
+from .test_platform_health import parse_prometheus
+from .test_secret_unreadable_paths import foreign_token, store_raw
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_scheduling(monkeypatch):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+
+
+@pytest.fixture
+def admin_client(db):
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    return staff
+
+
+def _send_due() -> None:
+    """Claim every due delivery, send and record them as the dispatcher does."""
+    claimed = delivery_service.claim_due_deliveries(50)
+    delivery_service.record_results([(delivery, delivery_service.send(delivery)) for delivery in claimed])
+
+
+def _make_due(delivery: Delivery) -> None:
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+
+
+def _loaded(delivery: Delivery) -> Delivery:
+    # Without the destination's secrets, as the pages read it: this process cannot decrypt them.
+    return (
+        Delivery.objects.select_related("destination")
+        .defer(*(f"destination__{name}" for name in delivery_service.DESTINATION_ENCRYPTED_FIELDS))
+        .get(pk=delivery.pk)
+    )
+
+
+@pytest.fixture
+def unreadable(organization, httpserver):
+    """A due delivery, never attempted, to a destination whose secret no key of this process decrypts."""
+    source = make_source(organization)
+    destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source], max_attempts=5)
+    delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
+    store_raw(Destination, destination.pk, foreign_token())
+    return delivery
+
+
+def test_a_delivery_put_back_for_an_unreadable_secret_says_the_platform_holds_it_everywhere(
+    client, organization, owner, admin_client, unreadable
+):
+    before = timezone.now()
+    _send_due()
+    after = timezone.now()
+
+    held = _loaded(unreadable)
+    assert (held.status, held.attempt_count) == (Delivery.Status.PENDING, 0)
+    assert held.put_back_cause == Delivery.PutBackCause.SECRET_UNREADABLE
+    assert before <= held.put_back_since <= after and held.put_back_times == 1
+    # It was "next_attempt_time": the same words as a backoff after the receiver failed.
+    assert delivery_waits([held]) == {held.pk: "platform_secret_unreadable"}
+    assert "not its receiver" in DELIVERY_WAITS["platform_secret_unreadable"]
+
+    # Put back again: the same run, since its first put-back.
+    _make_due(held)
+    _send_due()
+    again = _loaded(held)
+    assert (again.put_back_since, again.put_back_times) == (held.put_back_since, 2)
+
+    # The keys read it again (here: a new secret stored): the pages that show it need them. Still held
+    # until it is claimed again.
+    store_raw(Destination, held.destination_id, fields.encrypt("whsec_" + "A" * 32))
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    assert api_get(client, key, f"/api/v1/deliveries/{held.pk}").json()["waiting_for"] == "platform_secret_unreadable"
+    listed = api_get(client, key, f"/api/v1/events/{held.event_id}").json()["deliveries"]
+    assert [row["waiting_for"] for row in listed] == ["platform_secret_unreadable"]
+
+    out = io.StringIO()
+    call_command("show_event", str(held.event_id), "--json", stdout=out)
+    assert json.loads(out.getvalue())["events"][0]["deliveries"][0]["waiting_for"] == "platform_secret_unreadable"
+    out = io.StringIO()
+    call_command("show_event", str(held.event_id), stdout=out)
+    assert "next attempt once the platform can decrypt the destination's secret, not the receiver's failure" in (
+        out.getvalue()
+    )
+    assert f"waiting: {DELIVERY_WAITS['platform_secret_unreadable']}" in out.getvalue()
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, held.event_id])).content.decode()
+    assert "next try once the platform can decrypt the destination&#x27;s secret, not the receiver&#x27;s" in page
+    event_page = admin_client.get(reverse("admin:webhooks_webhookevent_change", args=[held.event_id])).content
+    assert "The platform holds it, not its receiver" in event_page.decode()
+    delivery_page = admin_client.get(reverse("admin:webhooks_delivery_change", args=[held.pk])).content.decode()
+    assert "(platform_secret_unreadable)" in delivery_page
+
+    # Once an attempt is made (the keys read it again; the receiver fails), it is the receiver's doing.
+    _make_due(held)
+    _send_due()
+    failed = _loaded(held)
+    assert (failed.status, failed.attempt_count) == (Delivery.Status.PENDING, 1)
+    assert (failed.put_back_cause, failed.put_back_since, failed.put_back_times) == (None, None, None)
+    assert delivery_waits([failed]) == {failed.pk: "next_attempt_time"}
+
+
+def test_a_retry_by_hand_ends_the_platform_s_hold_on_the_row(organization, owner, unreadable):
+    _send_due()
+    store_raw(Destination, unreadable.destination_id, fields.encrypt("whsec_" + "A" * 32))
+    delivery_service.delivery_retry(delivery=_loaded(unreadable), actor=owner)
+    retried = _loaded(unreadable)
+    assert retried.status == Delivery.Status.PENDING
+    assert (retried.put_back_cause, retried.put_back_since, retried.put_back_times) == (None, None, None)
+
+
+def test_a_bulk_retry_ends_the_platform_s_hold_on_the_row(organization, owner, unreadable):
+    _send_due()
+    Delivery.objects.filter(pk=unreadable.pk).update(status=Delivery.Status.DEAD, completed_at=timezone.now())
+    job = bulk_retry_request(organization=organization, filters={"status": "dead"}, actor=owner)
+    bulk_retry_run(job_id=job.pk)
+    retried = _loaded(unreadable)
+    assert retried.status == Delivery.Status.PENDING
+    assert retried.put_back_cause is None and retried.put_back_times is None
+
+
+def test_the_processing_health_counts_the_deliveries_the_platform_holds_and_since_when(
+    organization, settings, unreadable
+):
+    _send_due()
+    # Held for ten minutes: tried again without end, the operators' to end.
+    since = timezone.now() - timedelta(minutes=10)
+    Delivery.objects.filter(pk=unreadable.pk).update(put_back_since=since)
+    # Not held: dead (its cause left from before), or put back and then attempted.
+    source = make_source(organization)
+    other, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    dead = make_delivery(make_event(source), other, status=Delivery.Status.DEAD)
+    Delivery.objects.filter(pk=dead.pk).update(put_back_cause="dns_lookups_busy", put_back_since=since)
+
+    health = platform_health.processing_health()
+    held = health.deliveries_held_by_platform
+    assert {cause: backlog.count for cause, backlog in held.items()} == {"secret_unreadable": 1, "dns_lookups_busy": 0}
+    assert 600 <= held["secret_unreadable"].oldest_seconds < 700
+    assert held["dns_lookups_busy"].oldest_seconds == 0
+    assert health.verdict != platform_health.OK
+    assert any(
+        reason.startswith("1 delivery is held by the platform, not sent (their destination's secret cannot be")
+        and reason.endswith("the longest for 10 min: they are tried again until it ends")
+        for reason in health.reasons
+    )
+    data = health.as_dict()
+    assert data["deliveries_held_by_platform"]["secret_unreadable"]["count"] == 1
+    assert data["deliveries_held_by_platform"]["secret_unreadable"]["capped"] is False
+
+    metrics = parse_prometheus(platform_health.prometheus_text(health))
+    assert metrics[("hookline_deliveries_held_by_platform", (("cause", "secret_unreadable"),))] == 1
+    assert metrics[("hookline_deliveries_held_by_platform", (("cause", "dns_lookups_busy"),))] == 0
+    oldest = metrics[("hookline_deliveries_held_by_platform_oldest_seconds", (("cause", "secret_unreadable"),))]
+    assert 600 <= oldest < 700
+
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        call_command("platform_health", stdout=out)
+    assert "Deliveries held by the platform, secret_unreadable: 1 (the longest held for 10 min)" in out.getvalue()
+
+
+def test_the_held_deliveries_are_read_on_their_partial_index_alone(organization, unreadable):
+    # Read on every admin page view and scrape: each query reads the few index entries of the
+    # deliveries held now, never the deliveries table (an empty test table cannot show the planner's
+    # choice, so a whole scan is ruled out).
+    _send_due()
+    with CaptureQueriesContext(connection) as queries:
+        platform_health._deliveries_held_by_platform(timezone.now())
+    assert len(queries.captured_queries) == 2 * len(delivery_service.PUT_BACK_CAUSES)
+    for query in queries.captured_queries:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + query["sql"])
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "delivery_put_back" in plan, plan
