@@ -97,8 +97,8 @@ class _DeliveriesWithWaits(serializers.ListSerializer):
 
 class WaitingForField(serializers.Field):
     """A pending delivery's reason to wait, a code of DELIVERY_WAITS (destination_paused,
-    organization_suspended, next_attempt_time, destination_rate_limit, …); null when it is due and
-    goes out as soon as a sending thread takes it, and for a delivery that is not pending."""
+    organization_suspended, next_attempt_time, destination_rate_limit, platform_secret_unreadable, …); null
+    when it is due and goes out as soon as a sending thread takes it, and for a delivery that is not pending."""
 
     def __init__(self, **kwargs):
         super().__init__(source="*", read_only=True, allow_null=True, **kwargs)

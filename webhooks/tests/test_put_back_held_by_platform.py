@@ -150,7 +150,7 @@ def test_a_bulk_retry_ends_the_platform_s_hold_on_the_row(organization, owner, u
 
 
 def test_the_processing_health_counts_the_deliveries_the_platform_holds_and_since_when(
-    organization, settings, unreadable
+    organization, settings, admin_client, unreadable
 ):
     _send_due()
     # Held for ten minutes: tried again without end, the operators' to end.
@@ -182,6 +182,17 @@ def test_the_processing_health_counts_the_deliveries_the_platform_holds_and_sinc
     assert metrics[("hookline_deliveries_held_by_platform", (("cause", "dns_lookups_busy"),))] == 0
     oldest = metrics[("hookline_deliveries_held_by_platform_oldest_seconds", (("cause", "secret_unreadable"),))]
     assert 600 <= oldest < 700
+
+    # The admin's Processing card, linking to the deliveries held (the link's filter is allowed).
+    index = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Held by the platform: secret_unreadable" in index
+    # (The list reads the destinations' secrets: with the keys fixed, and the delivery still held.)
+    store_raw(Destination, unreadable.destination_id, fields.encrypt("whsec_" + "A" * 32))
+    listed = admin_client.get(
+        reverse("admin:webhooks_delivery_changelist"),
+        {"status__in": "pending,in_flight", "put_back_cause__exact": "secret_unreadable"},
+    )
+    assert listed.status_code == 200 and list(listed.context["cl"].result_list) == [unreadable]
 
     out = io.StringIO()
     with pytest.raises(SystemExit):
