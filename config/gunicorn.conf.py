@@ -9,11 +9,16 @@ It is started only for PostgreSQL (elsewhere ingest writes on the request's
 thread); INGEST_WRITER_PROCESS=false does without it.
 """
 
+import collections
 import contextlib
+import errno
+import functools
 import json
 import os
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -180,12 +185,13 @@ def _read_timeout_error():
 
 
 class _ReadDeadlineSocket:
-    """A connection's socket whose recv() gives up once the current request took too long to arrive.
+    """A connection's socket whose recv() gives up once the current request took too long to arrive,
+    and whose writes give up once its answer waited too long for the client to take it.
 
-    What is limited is the time spent waiting for the client's bytes, added up over the request's
-    reads; time the application takes between them (a first request's imports, a loaded machine)
-    does not count. Only reads are limited: answers are written as before. The worker's handle()
-    starts each request's count again (``waited``).
+    What is limited is the time spent waiting for the client, added up over the request's reads
+    (``waited``) and, apart, over its answer's writes (``write_waited``); time the application
+    takes between them (a first request's imports, a loaded machine) does not count. The worker's
+    handle() starts each request's counts again.
     """
 
     def __init__(self, sock, seconds: float, error: type[Exception]):
@@ -193,6 +199,7 @@ class _ReadDeadlineSocket:
         self._seconds = seconds
         self._error = error
         self.waited = 0.0
+        self.write_waited = 0.0
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -215,6 +222,117 @@ class _ReadDeadlineSocket:
             self.waited += time.monotonic() - started
             self._sock.settimeout(None)
 
+    # A client that stops reading its answers (it pipelines requests and reads none, or simply
+    # never reads) made the thread writing to it wait for ever once the socket buffers were full:
+    # gunicorn writes with no time limit, and one such connection per thread stopped a worker.
+    # Answers are written as before as long as the client takes them; once the current answer has
+    # waited REQUEST_READ_TIMEOUT_SECONDS for it in all, the connection is dropped (the row of an
+    # ingest request was committed before its answer was written: the provider's retry is its
+    # duplicate).
+    def send(self, data, *flags):
+        return self._write(self._sock.send, data, *flags)  # gunicorn's "100 Continue"
+
+    def sendall(self, data, *flags):
+        return self._write(self._sock.sendall, data, *flags)
+
+    def sendfile(self, file, offset=0, count=None):
+        return self._write(self._sock.sendfile, file, offset, count)
+
+    def _write(self, write, *args):
+        if self._sock.gettimeout() is not None:
+            # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
+            return write(*args)
+        remaining = self._seconds - self.write_waited
+        if remaining <= 0:
+            raise _answer_not_taken()
+        self._sock.settimeout(remaining)
+        started = time.monotonic()
+        try:
+            return write(*args)
+        except TimeoutError:
+            raise _answer_not_taken() from None
+        finally:
+            self.write_waited += time.monotonic() - started
+            self._sock.settimeout(None)
+
+
+def _answer_not_taken() -> BrokenPipeError:
+    # EPIPE: gunicorn closes the connection and logs it at debug level, as for a client gone.
+    return BrokenPipeError(errno.EPIPE, "the client did not take its answer within the time limit")
+
+
+# --- closing a connection without holding the worker's main loop --------------------------------------
+# When an answer closes its connection ("Connection: close", an error, HTTP/1.0, a read timed out),
+# gunicorn's gthread worker half-closes it and then lingers up to 2 s reading what the client may
+# still send, so that a request arriving meanwhile does not reset the answer (RFC 9112 section 9.6).
+# It did so on the worker's main loop, the one thread that accepts connections and hands kept-alive
+# ones to the request threads: each client that keeps such a connection open without sending stopped
+# that worker for 2 s, and a few dozen of them (or a steady trickle) stopped it for good. The same
+# linger now waits on the worker's poller: the main loop reads what comes when it comes and closes the
+# connection at its end (the client closed, 64 KiB read, or 2 s passed), and does other work meanwhile.
+_LINGER_SECONDS = 2.0  # gunicorn's util.close_graceful
+_LINGER_MAX_BYTES = 65536
+
+
+class _Lingering:
+    """Connections half-closed by one worker, each until its client closes or its time is up."""
+
+    def __init__(self, worker):
+        from gunicorn import util
+
+        self.util = util
+        self.worker = worker
+        self.conns: collections.deque = collections.deque()  # (deadline, sock), oldest first
+        self.drained: dict = {}  # sock -> bytes read while lingering
+        # Past this many (a flood of connections left open), further ones are closed at once.
+        self.limit = max(worker.worker_connections, 1)
+
+    def close(self, conn, graceful=False):
+        """TConn.close, for one connection (set on it by handle_with_read_deadline)."""
+        sock = conn.sock
+        if not graceful or len(self.drained) >= self.limit or not self.worker.alive:
+            if graceful:
+                sock.setblocking(True)
+                self.util.close_graceful(sock)  # a stopping worker: gunicorn's own linger, as before
+            else:
+                self.util.close(sock)
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.worker.poller.register(sock, selectors.EVENT_READ, self._readable)
+        except (OSError, ValueError, KeyError):
+            self.util.close(sock)
+            return
+        self.drained[sock] = 0
+        self.conns.append((time.monotonic() + _LINGER_SECONDS, sock))
+
+    def _readable(self, sock):
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if sock not in self.drained:
+            return
+        self.drained[sock] += len(data)
+        if not data or self.drained[sock] >= _LINGER_MAX_BYTES:
+            self._end(sock)
+
+    def expire(self, force=False):
+        now = time.monotonic()
+        while self.conns and (force or self.conns[0][0] <= now):
+            _, sock = self.conns.popleft()
+            self._end(sock)
+
+    def _end(self, sock):
+        if self.drained.pop(sock, None) is None:
+            return  # already ended (the client closed before its time was up)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.worker.poller.unregister(sock)
+        self.util.close(sock)
+
 
 def _limit_request_read_time(worker) -> None:
     from gunicorn.workers.gthread import ThreadWorker
@@ -224,14 +342,25 @@ def _limit_request_read_time(worker) -> None:
         return
     seconds, error = _read_timeout_seconds(), _read_timeout_error()
     handle = worker.handle
+    lingering = _Lingering(worker)
 
     def handle_with_read_deadline(conn):
         if not isinstance(conn.sock, _ReadDeadlineSocket):
             conn.sock = _ReadDeadlineSocket(conn.sock, seconds, error)
-        conn.sock.waited = 0.0  # each request (a kept-alive connection's next one) gets its own time
+            conn.close = functools.partial(lingering.close, conn)
+        # Each request (a kept-alive connection's next one) gets its own time.
+        conn.sock.waited = conn.sock.write_waited = 0.0
         return handle(conn)
 
     worker.handle = handle_with_read_deadline
+    murder_keepalived = worker.murder_keepalived
+
+    def murder_keepalived_and_lingering(force=False):
+        # Called by the main loop at least once a second, and with force=True as the worker stops.
+        murder_keepalived(force)
+        lingering.expire(force)
+
+    worker.murder_keepalived = murder_keepalived_and_lingering
 
 
 # --- gunicorn's own answers, as JSON -----------------------------------------------------------------

@@ -36,5 +36,7 @@ urlpatterns = [
     path("", HomeView.as_view(), name="home"),
 ]
 
-# A 500 under /api/ is JSON, like every other answer there.
+# A 400 Django gives before any view (a Host header not this site's) and a 500 are JSON under /api/
+# and /in/, like every other answer there.
+handler400 = "webhooks.api.authentication.bad_request"
 handler500 = "webhooks.api.authentication.server_error"

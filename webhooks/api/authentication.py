@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.utils.cache import add_never_cache_headers
@@ -28,6 +28,7 @@ from .idempotency import IdempotencyKeyMixin
 from .limits import api_auth_failure_counted, api_request_counted
 
 API_PATH_PREFIX = "/api/"
+INGEST_PATH_PREFIX = "/in/"
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -220,9 +221,31 @@ class ApiView(IdempotencyKeyMixin, APIView):
         return response
 
 
+def _answers_in_json(request) -> bool:
+    # The REST API's and the providers' paths (/in/<token>/, and /in/<token> without the slash).
+    return request.path.startswith((API_PATH_PREFIX, INGEST_PATH_PREFIX)) or request.path == INGEST_PATH_PREFIX[:-1]
+
+
+def bad_request(request, exception, *args, **kwargs):
+    """The site's 400 for a request Django refuses before any view (config.urls.handler400): a Host
+    header that is not this site's, a suspicious request. JSON for API clients and webhook senders
+    (it was Django's HTML page), the HTML page everywhere else."""
+    if _answers_in_json(request):
+        if isinstance(exception, DisallowedHost):
+            detail = "the Host header does not name this server"
+        else:
+            detail = "the request was refused as malformed"
+        response = JsonResponse({"error": "bad_request", "detail": detail}, status=400)
+        # Refused in CommonMiddleware (which sets it for every other answer), so set here: without
+        # it the answer went out chunked.
+        response["Content-Length"] = str(len(response.content))
+        return response
+    return defaults.bad_request(request, exception)
+
+
 def server_error(request, *args, **kwargs):
-    """The site's 500 (config.urls.handler500): JSON under /api/, the HTML page everywhere else."""
-    if request.path.startswith(API_PATH_PREFIX):
+    """The site's 500 (config.urls.handler500): JSON under /api/ and /in/, the HTML page everywhere else."""
+    if _answers_in_json(request):
         return JsonResponse({"error": "server_error", "detail": "something went wrong on our side"}, status=500)
     # The page stands alone (no static files): its own <style> is allowed by hash.
     return allow_own_style_blocks(defaults.server_error(request))
