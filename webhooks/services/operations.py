@@ -19,7 +19,11 @@ from webhooks.selectors import event_type_condition, event_type_patterns, retryi
 
 from .delivery import DESTINATION_BEING_DELETED_ERROR, MANUAL_ATTEMPT_ASKED, revived_last_outcome, schedule_dispatch
 from .permissions import require_configure_role
-from .row_locks import lock_destinations_against_deletion, lock_event_against_deletion
+from .row_locks import (
+    lock_destinations_against_deletion,
+    lock_event_against_deletion,
+    lock_source_unless_being_deleted,
+)
 from .scheduling import schedule_once
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -230,9 +234,14 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
-    # Its delivery would be dead-lettered unsent and then deleted with the event.
-    if Source.objects.filter(pk=event.source_id, deletion_requested_at__isnull=False).exists():
-        raise OperationError("the event's source is being deleted: its events are not sent again")
+    # Its delivery would be dead-lettered unsent and then deleted with the event. Checked under a
+    # lock the deletion's request waits for (and this for it): read plainly, a request committed
+    # between the check and the delivery's insert let the replay answer "queued" for a delivery
+    # that was never to be sent. Before the destination's lock, as a source's update takes them.
+    if not lock_source_unless_being_deleted(event.source_id):
+        if Source.objects.filter(pk=event.source_id).exists():
+            raise OperationError("the event's source is being deleted: its events are not sent again")
+        raise EventGone("the event no longer exists: it was deleted meanwhile")
     if not lock_destinations_against_deletion([destination.pk]):
         # Its deletion was asked for since the caller read it (or it is gone).
         if Destination.objects.filter(pk=destination.pk).exists():

@@ -42,6 +42,27 @@ def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
     return _lock_against_deletion(Source, source_ids)
 
 
+def lock_source_unless_being_deleted(source_id) -> bool:
+    """Whether the source exists and is not being deleted, its row locked FOR SHARE until the
+    transaction ends, so that it stays so: for a transaction that checks this and then writes
+    something the deletion's request must see (a replay's delivery).
+
+    FOR SHARE, not KEY SHARE: the request locks the row FOR NO KEY UPDATE (so as not to wait for
+    ingest's key-share locks), which only FOR SHARE conflicts with. A request that comes first
+    is waited for, and the row read again then has its mark; one that comes after waits for this
+    transaction, whose rows it then finds as any made before it. Held briefly: it also holds up a
+    change of the source (a rotation, the rejected-requests counts) until the commit. Take it before
+    the audit entry's lock, as the request does (source, then audit chain)."""
+    if connection.vendor != "postgresql":
+        return Source.objects.filter(pk=source_id, deletion_requested_at__isnull=True).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Source._meta.db_table} WHERE id = %s AND deletion_requested_at IS NULL FOR SHARE",
+            [source_id],
+        )
+        return cursor.fetchone() is not None
+
+
 def lock_event_against_deletion(event_id) -> bool:
     """Whether the event still exists, locked against deletion until the transaction ends (as
     lock_destinations_against_deletion): a delivery made for it then cannot point at an event its
