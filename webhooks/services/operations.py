@@ -22,6 +22,7 @@ from .permissions import require_configure_role
 from .row_locks import (
     lock_destinations_against_deletion,
     lock_event_against_deletion,
+    lock_organization_unless_being_deleted,
     lock_source_unless_being_deleted,
 )
 from .scheduling import schedule_once
@@ -350,14 +351,17 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
     advisory lock, so that of two at the same moment one sees the other's job.
     """
     require_configure_role(organization=organization, actor=actor)
+    # Under a lock its deletion's request waits for (and this for it): read plainly, a request
+    # committed meanwhile let a job be queued for deliveries never to be sent. Before the advisory
+    # lock, as the organization's row comes first in every transaction that takes it.
+    if not lock_organization_unless_being_deleted(organization.pk):
+        raise OperationError("the organization is being deleted: nothing more is sent")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # The two-key form takes 32-bit keys, and ids are bigint: past 2**31 - 1 the id is folded
             # (two organizations then share the lock, which only makes them wait for each other).
             key = organization.pk % 2**31
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s::integer)", [_BULK_RETRY_LOCK_SPACE, key])
-    if Organization.objects.filter(pk=organization.pk, deletion_requested_at__isnull=False).exists():
-        raise OperationError("the organization is being deleted: nothing more is sent")
     destination_id = filters.get("destination") or None
     if destination_id is not None:
         # Without its secrets, which queuing does not need: one this process cannot decrypt must not refuse it.

@@ -6,9 +6,9 @@ never a "queued" answer for a delivery that waits unsent until the deletion remo
 import pytest
 
 from webhooks import tasks
-from webhooks.models import Delivery
+from webhooks.models import BulkRetry, Delivery
 from webhooks.services import delivery as delivery_service
-from webhooks.services import organization_deletion, source_deletion
+from webhooks.services import operations, organization_deletion, source_deletion
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 
 from .api_helpers import make_event
@@ -110,3 +110,52 @@ def test_a_delivery_of_a_source_being_deleted_is_not_retried(dead):
     with pytest.raises(DeliveryRetryError, match="source is being deleted"):
         delivery_retry(delivery=dead)
     assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.DEAD
+
+
+def test_a_bulk_retry_during_an_organizations_deletion_request_waits_for_it_and_is_refused(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    module, ask = REQUESTS["organization"]
+    request = Paused(lambda: ask(dead))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={}))
+    bulk.thread.start()
+    waited = waits_for_a_lock(bulk.thread)
+    request.released.set()
+    request.thread.join(10)
+    bulk.thread.join(10)
+    assert request.errors == []
+    assert [str(error) for error in bulk.errors] == ["the organization is being deleted: nothing more is sent"]
+    assert waited
+    assert not BulkRetry.objects.exists()
+
+
+def test_an_organizations_deletion_asked_for_during_a_bulk_retry_request_waits_for_its_job(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    real_start = operations.bulk_retry_start
+
+    def checked_then_pause(**kwargs):
+        bulk.pause()  # the organization checked, its job not created yet
+        return real_start(**kwargs)
+
+    monkeypatch.setattr(operations, "bulk_retry_start", checked_then_pause)
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={}))
+    bulk.thread.start()
+    assert bulk.reached.wait(10)
+    _, ask = REQUESTS["organization"]
+    request = Paused(lambda: ask(dead))
+    request.thread.start()
+    waited = waits_for_a_lock(request.thread)
+    bulk.released.set()
+    bulk.thread.join(10)
+    request.thread.join(10)
+    assert bulk.errors == request.errors == []
+    assert waited, "the deletion's request did not wait for the bulk retry's request under way"
+    assert BulkRetry.objects.count() == 1
