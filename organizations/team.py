@@ -155,6 +155,11 @@ def _replace_open_invitation(
     # invitation: a demotion or removal committed since the first check is seen here, and one under
     # way waits for this invitation and then revokes it with their others (_revoke_invitations_sent_by).
     # Checked only before, an invitation written just after a demotion's revocations outlived it.
+    # The organization first, active (see _lock_organization_while_active): the dashboard read it so
+    # when the page was asked for, and a suspension or a deletion's request committed since must not
+    # be followed by an invitation (and its email) to an organization nobody can join.
+    if not _lock_organization_while_active(organization.pk):
+        raise TeamRuleError(f"{organization.name} is suspended or being deleted: no one can be invited now.")
     actor_membership = Membership.objects.select_for_update().filter(pk=actor_membership.pk).first()
     if actor_membership is None:
         raise PermissionDenied("Not a member of this organization.")
@@ -425,8 +430,9 @@ def _lock_organization_while_active(organization_id: int) -> bool:
     conflicts with (a key share would not): one under way is waited for, and the row read again
     then says it is inactive; one that comes after waits for this transaction's commit. Read plainly,
     a suspension committed between the check and the membership let someone join a suspended
-    organization. Taken first, before the invitation's and the memberships' row locks and the
-    audit chain's lock, as suspension takes the organization's row before its audit entry."""
+    organization (or an invitation, and its email, to one nobody can join). Taken first, before the
+    invitations' and the memberships' row locks and the audit chain's lock, as suspension takes the
+    organization's row before its audit entry."""
     connection = connections[Organization.objects.db]
     if connection.vendor != "postgresql":
         return Organization.objects.filter(pk=organization_id, is_active=True).exists()

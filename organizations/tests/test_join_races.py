@@ -128,3 +128,47 @@ def test_the_invitation_link_used_during_a_suspension_makes_no_account_and_answe
     assert not get_user_model().objects.filter(email=INVITEE).exists()
     assert not Membership.objects.filter(organization=organization, user__email=INVITEE).exists()
     assert Invitation.objects.get(pk=invitation.pk).accepted_at is None
+
+
+# --- Inviting while the organization is closed -------------------------------------------------
+
+
+def invite(organization, owner):
+    return team.invitation_create(organization=organization, actor=owner, email=INVITEE, role=Membership.Role.MEMBER)
+
+
+@pytest.mark.parametrize("closed_by", ["suspension", "deletion"])
+def test_an_invitation_while_the_organization_is_closed_waits_for_it_and_is_refused(
+    organization, owner, closed_by, monkeypatch
+):
+    closing = closing_under_way(organization, closed_by, monkeypatch)
+    inviting = Paused(lambda: invite(organization, owner))
+    inviting.thread.start()
+    waited = waits_for_a_lock(inviting.thread)
+    finish(closing, inviting)
+    assert closing.errors == []
+    assert [type(error) for error in inviting.errors] == [team.TeamRuleError]
+    assert "suspended or being deleted" in str(inviting.errors[0])
+    assert waited
+    assert not Invitation.objects.exists()
+    assert mail.outbox == []
+
+
+def test_a_suspension_during_an_invitation_waits_for_it(organization, owner, monkeypatch):
+    inviting = Paused(lambda: invite(organization, owner))
+    real_audit = team.audit_record
+
+    def written_then_pause(**kwargs):
+        inviting.pause()  # the organization checked, the invitation written, nothing committed yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(team, "audit_record", written_then_pause)
+    inviting.thread.start()
+    assert inviting.reached.wait(10)
+    closing = Paused(lambda: close(organization, "suspension"))
+    closing.thread.start()
+    waited = waits_for_a_lock(closing.thread)
+    finish(inviting, closing)
+    assert inviting.errors == closing.errors == []
+    assert waited, "the suspension did not wait for the invitation under way"
+    assert Invitation.objects.count() == 1
