@@ -235,6 +235,11 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
+    # Nor one of an organization being deleted (the admin's action reaches it): its delivery would
+    # wait unsent until the deletion removes it. Under a lock its request waits for, as below; the
+    # organization's row first, as every transaction that takes it with its rows' does.
+    if not lock_organization_unless_being_deleted(event.organization_id):
+        raise OperationError("the organization is being deleted: nothing more is sent")
     # Its delivery would be dead-lettered unsent and then deleted with the event. Checked under a
     # lock the deletion's request waits for (and this for it): read plainly, a request committed
     # between the check and the delivery's insert let the replay answer "queued" for a delivery

@@ -9,7 +9,7 @@ from organizations.models import ApiKey
 from webhooks import tasks
 from webhooks.models import Delivery, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, source_deletion
+from webhooks.services import operations, organization_deletion, source_deletion
 from webhooks.services.source_deletion import source_request_deletion
 
 from .api_helpers import api_post, make_event, make_key
@@ -123,3 +123,30 @@ def test_the_api_refuses_with_409_a_replay_that_met_the_request_under_way(
     assert answers[0].json()["detail"] == BEING_DELETED
     assert not Delivery.objects.exists()
     assert WebhookEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_a_replay_during_its_organizations_deletion_request_waits_for_it_and_is_refused(
+    organization, replayable, monkeypatch
+):
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    _, destination, event = replayable
+    request = Paused(lambda: organization_deletion.organization_request_deletion(organization=organization))
+    real_audit = organization_deletion.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(organization_deletion, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    replay = Paused(lambda: operations.event_replay(event=event, destination=destination))
+    replay.thread.start()
+    waited = waits_for_a_lock(replay.thread)
+    request.released.set()
+    request.thread.join(10)
+    replay.thread.join(10)
+    assert request.errors == []
+    assert [str(error) for error in replay.errors] == ["the organization is being deleted: nothing more is sent"]
+    assert waited
+    assert not Delivery.objects.exists()
