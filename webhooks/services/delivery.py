@@ -40,7 +40,11 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, Webh
 from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
 from .destination_headers import masked_custom_headers
-from .row_locks import lock_organization_unless_being_deleted, lock_source_unless_being_deleted
+from .row_locks import (
+    lock_destinations_against_deletion,
+    lock_organization_unless_being_deleted,
+    lock_source_unless_being_deleted,
+)
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import duration_words, loggable_text, storable_text
@@ -2155,8 +2159,12 @@ def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
+    # Held against its deletion's request (FOR KEY SHARE, which the request's FOR UPDATE waits for),
+    # after the delivery's row as the dispatcher takes them: read plainly, a request committed
+    # meanwhile left the delivery queued for a destination sent nothing, its deletion under way.
+    held = lock_destinations_against_deletion([locked.destination_id])
     state = Destination.objects.filter(pk=locked.destination_id).values("is_active", "deletion_requested_at").first()
-    if state and state["deletion_requested_at"] is not None:
+    if not held or (state and state["deletion_requested_at"] is not None):
         raise DeliveryRetryError(f"its {DESTINATION_BEING_DELETED_ERROR.removeprefix('the ')}")
     if not state or not state["is_active"]:
         raise DeliveryRetryError("its destination is inactive: it is sent nothing until it is active again")

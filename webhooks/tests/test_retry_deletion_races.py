@@ -1,4 +1,4 @@
-"""Retrying a delivery by hand while its source's or its organization's deletion is asked for: the
+"""Retrying a delivery by hand while its source's, destination's or organization's deletion is asked for: the
 retry's check that neither is being deleted and its update are one with respect to the request.
 Either the retry comes first (then the deletion takes the delivery as any other) or it is refused;
 never a "queued" answer for a delivery that waits unsent until the deletion removes it."""
@@ -8,7 +8,7 @@ import pytest
 from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery
 from webhooks.services import delivery as delivery_service
-from webhooks.services import operations, organization_deletion, source_deletion
+from webhooks.services import destination_deletion, operations, organization_deletion, source_deletion
 from webhooks.services.delivery import DeliveryRetryError, delivery_retry
 
 from .api_helpers import make_event
@@ -26,6 +26,7 @@ def quiet(monkeypatch):
     monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
     monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
     monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    monkeypatch.setattr(tasks.delete_destination, "apply_async", lambda *a, **k: None)
 
 
 @pytest.fixture
@@ -44,6 +45,10 @@ def dead(organization):
 
 
 REQUESTS = {
+    "destination": (
+        destination_deletion,
+        lambda delivery: destination_deletion.destination_request_deletion(destination=delivery.destination),
+    ),
     "source": (source_deletion, lambda delivery: source_deletion.source_request_deletion(source=delivery.event.source)),
     "organization": (
         organization_deletion,
@@ -51,12 +56,13 @@ REQUESTS = {
     ),
 }
 REFUSALS = {
+    "destination": "its destination is being deleted: nothing more is sent to it",
     "source": "its event's source is being deleted: its events are not sent again",
     "organization": "its organization is being deleted: nothing more is sent",
 }
 
 
-@pytest.mark.parametrize("owner", ["source", "organization"])
+@pytest.mark.parametrize("owner", ["source", "organization", "destination"])
 def test_a_retry_during_a_deletions_request_waits_for_it_and_is_refused(dead, owner, monkeypatch):
     module, ask = REQUESTS[owner]
     request = Paused(lambda: ask(dead))
@@ -81,7 +87,7 @@ def test_a_retry_during_a_deletions_request_waits_for_it_and_is_refused(dead, ow
     assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.DEAD
 
 
-@pytest.mark.parametrize("owner", ["source", "organization"])
+@pytest.mark.parametrize("owner", ["source", "organization", "destination"])
 def test_a_deletion_asked_for_during_a_retry_waits_for_it(dead, owner, monkeypatch):
     _, ask = REQUESTS[owner]
     retry = Paused(lambda: delivery_retry(delivery=dead))
