@@ -361,6 +361,10 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
     # lock, as the organization's row comes first in every transaction that takes it.
     if not lock_organization_unless_being_deleted(organization.pk):
         raise OperationError("the organization is being deleted: nothing more is sent")
+    # A source's deliveries, not of one being deleted: they would be dead-lettered unsent again when
+    # claimed. The caller found the source; its deletion asked for since is seen under the same lock.
+    if filters.get("source") and not lock_source_unless_being_deleted(filters["source"]):
+        raise OperationError("the source is being deleted: its events are not sent again")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # The two-key form takes 32-bit keys, and ids are bigint: past 2**31 - 1 the id is folded

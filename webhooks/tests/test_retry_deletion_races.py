@@ -1,5 +1,5 @@
 """Retrying a delivery by hand while its source's, destination's or organization's deletion is asked for: the
-retry's check that neither is being deleted and its update are one with respect to the request.
+retry's check that none of them is being deleted and its update are one with respect to the request.
 Either the retry comes first (then the deletion takes the delivery as any other) or it is refused;
 never a "queued" answer for a delivery that waits unsent until the deletion removes it."""
 
@@ -165,3 +165,29 @@ def test_an_organizations_deletion_asked_for_during_a_bulk_retry_request_waits_f
     assert bulk.errors == request.errors == []
     assert waited, "the deletion's request did not wait for the bulk retry's request under way"
     assert BulkRetry.objects.count() == 1
+
+
+def test_a_bulk_retry_of_a_source_during_its_deletions_request_waits_for_it_and_is_refused(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    module, ask = REQUESTS["source"]
+    request = Paused(lambda: ask(dead))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    source_id = dead.event.source_id
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={"source": source_id}))
+    bulk.thread.start()
+    waited = waits_for_a_lock(bulk.thread)
+    request.released.set()
+    request.thread.join(10)
+    bulk.thread.join(10)
+    assert request.errors == []
+    assert [str(error) for error in bulk.errors] == ["the source is being deleted: its events are not sent again"]
+    assert waited
+    assert not BulkRetry.objects.exists()
