@@ -40,9 +40,10 @@ class TeamRuleError(Exception):
 
 
 class InvitationUnavailable(Exception):
-    """The invitation link cannot be used; ``status`` says whether it was accepted, revoked or expired."""
+    """The invitation link cannot be used; ``status`` says whether it was accepted, revoked or expired
+    (None: its organization is suspended or being deleted, and its invitations are not offered)."""
 
-    def __init__(self, status: str):
+    def __init__(self, status: str | None):
         super().__init__(status)
         self.status = status
 
@@ -154,6 +155,11 @@ def _replace_open_invitation(
     # invitation: a demotion or removal committed since the first check is seen here, and one under
     # way waits for this invitation and then revokes it with their others (_revoke_invitations_sent_by).
     # Checked only before, an invitation written just after a demotion's revocations outlived it.
+    # The organization first, active (see _lock_organization_while_active): the dashboard read it so
+    # when the page was asked for, and a suspension or a deletion's request committed since must not
+    # be followed by an invitation (and its email) to an organization nobody can join.
+    if not _lock_organization_while_active(organization.pk):
+        raise TeamRuleError(f"{organization.name} is suspended or being deleted: no one can be invited now.")
     actor_membership = Membership.objects.select_for_update().filter(pk=actor_membership.pk).first()
     if actor_membership is None:
         raise PermissionDenied("Not a member of this organization.")
@@ -416,7 +422,31 @@ def _user_for_email(email: str) -> tuple[object, bool]:
         return user_model.objects.get(email=email), False
 
 
+def _lock_organization_while_active(organization_id: int) -> bool:
+    """Whether the organization is active (neither suspended nor being deleted), its row locked FOR
+    SHARE until the transaction ends so that it stays so.
+
+    Suspending it and asking for its deletion lock the row FOR NO KEY UPDATE, which FOR SHARE
+    conflicts with (a key share would not): one under way is waited for, and the row read again
+    then says it is inactive; one that comes after waits for this transaction's commit. Read plainly,
+    a suspension committed between the check and the membership let someone join a suspended
+    organization (or an invitation, and its email, to one nobody can join). Taken first, before the
+    invitations' and the memberships' row locks and the audit chain's lock, as suspension takes the
+    organization's row before its audit entry."""
+    connection = connections[Organization.objects.db]
+    if connection.vendor != "postgresql":
+        return Organization.objects.filter(pk=organization_id, is_active=True).exists()
+    table, key, active = (connection.ops.quote_name(name) for name in (Organization._meta.db_table, "id", "is_active"))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {table} WHERE {key} = %s AND {active} FOR SHARE", [organization_id])
+        return cursor.fetchone() is not None
+
+
 def _accept(invitation: Invitation, user, ip_address: str | None) -> None:
+    if not _lock_organization_while_active(invitation.organization_id):
+        # Suspended or being deleted since the invitation was looked up: as the link and the home page
+        # say of such an organization's invitation, there is none to use (it stays open for later).
+        raise InvitationUnavailable(None)
     now = timezone.now()
     # The conditional update is what makes the link single use, even when two requests race.
     claimed = Invitation.objects.pending(now).filter(pk=invitation.pk).update(accepted_at=now, accepted_by=user)

@@ -220,5 +220,10 @@ class InvitationAcceptView(View):
     def unavailable(self, status):
         replaced = status == Invitation.Status.REVOKED and team.invitation_replaced(self.invitation)
         return render(
-            self.request, "team/invitation_unavailable.html", {"status": status, "replaced": replaced}, status=410
+            self.request,
+            "team/invitation_unavailable.html",
+            {"status": status, "replaced": replaced},
+            # None: its organization was suspended or its deletion asked for meanwhile, which the
+            # link answers 404 for (dispatch).
+            status=404 if status is None else 410,
         )

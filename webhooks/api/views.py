@@ -458,7 +458,10 @@ class DeliveryDetailView(ApiObjectView):
         request=None,
         responses={
             202: OpenApiResponse(serializers.DeliverySerializer, description="The delivery, queued."),
-            **schema.conflict("The delivery already succeeded or is being sent (conflict)."),
+            **schema.conflict(
+                "The delivery already succeeded or is being sent, or its destination, its event's source or its "
+                "organization is being deleted (conflict)."
+            ),
         },
     )
 )
@@ -486,7 +489,7 @@ class DeliveryRetryView(ApiObjectView):
             202: OpenApiResponse(serializers.BulkRetrySerializer, description="The job, queued."),
             **schema.conflict(
                 "No dead delivery matches (nothing_to_retry); or a job that may take the same deliveries is "
-                "queued or running, or the destination is inactive (conflict)."
+                "queued or running, or the destination is inactive or the source being deleted (conflict)."
             ),
         },
     )

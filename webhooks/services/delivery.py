@@ -32,7 +32,7 @@ from django.db.models import Case, CharField, F, OuterRef, PositiveIntegerField,
 from django.db.models.functions import Cast, Coalesce, Concat, Now
 from django.utils import timezone
 
-from organizations.models import Organization, effective_max_concurrency
+from organizations.models import effective_max_concurrency
 from organizations.services import audit_record
 from webhooks.fields import SecretNotReadable, decrypting_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
@@ -40,6 +40,11 @@ from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, Webh
 from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
 from .destination_headers import masked_custom_headers
+from .row_locks import (
+    lock_destinations_against_deletion,
+    lock_organization_unless_being_deleted,
+    lock_source_unless_being_deleted,
+)
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
 from .text import duration_words, loggable_text, storable_text
@@ -2152,20 +2157,33 @@ def revived_last_outcome() -> dict:
 @transaction.atomic
 def delivery_retry(*, delivery: Delivery, actor=None) -> Delivery:
     """Send a dead or waiting delivery again now (one more attempt, on top of the schedule)."""
+    owners = Delivery.objects.filter(pk=delivery.pk).values("organization_id", "event__source_id").first()
+    if owners is None:
+        raise DeliveryGone("the delivery no longer exists: it was deleted meanwhile")
+    # Made pending, one of an organization or a source being deleted would wait unsent until the
+    # deletion takes it, or be dead-lettered unsent: "queued" would be untrue. Checked under locks
+    # that the deletions' requests wait for (and this for them): read plainly, a request committed
+    # between the check and the update let the retry through. The organization first, as the
+    # retention run's give-up locks it and then its deliveries; both before the delivery's row.
+    if not lock_organization_unless_being_deleted(owners["organization_id"]):
+        raise DeliveryRetryError("its organization is being deleted: nothing more is sent")
+    if not lock_source_unless_being_deleted(owners["event__source_id"]):
+        raise DeliveryRetryError("its event's source is being deleted: its events are not sent again")
     locked = Delivery.objects.select_for_update().filter(pk=delivery.pk).first()
     if locked is None:
         raise DeliveryGone("the delivery no longer exists: it was deleted meanwhile")
     if locked.status in (Delivery.Status.SUCCEEDED, Delivery.Status.IN_FLIGHT):
         state = "already succeeded" if locked.status == Delivery.Status.SUCCEEDED else "is being sent right now"
         raise DeliveryRetryError(f"the delivery {state}; nothing to retry")
+    # Held against its deletion's request (FOR KEY SHARE, which the request's FOR UPDATE waits for),
+    # after the delivery's row as the dispatcher takes them: read plainly, a request committed
+    # meanwhile left the delivery queued for a destination sent nothing, its deletion under way.
+    held = lock_destinations_against_deletion([locked.destination_id])
     state = Destination.objects.filter(pk=locked.destination_id).values("is_active", "deletion_requested_at").first()
-    if state and state["deletion_requested_at"] is not None:
+    if not held or (state and state["deletion_requested_at"] is not None):
         raise DeliveryRetryError(f"its {DESTINATION_BEING_DELETED_ERROR.removeprefix('the ')}")
     if not state or not state["is_active"]:
         raise DeliveryRetryError("its destination is inactive: it is sent nothing until it is active again")
-    if Organization.objects.filter(pk=locked.organization_id, deletion_requested_at__isnull=False).exists():
-        # Made pending, it would wait unsent until the deletion takes it: "queued" would be untrue.
-        raise DeliveryRetryError("its organization is being deleted: nothing more is sent")
     previous = locked.status
     Delivery.objects.filter(pk=locked.pk).update(
         status=Delivery.Status.PENDING,

@@ -25,7 +25,12 @@ from .delivery import (
     schedule_dispatch,
 )
 from .permissions import require_configure_role
-from .row_locks import lock_destinations_against_deletion, lock_event_against_deletion
+from .row_locks import (
+    lock_destinations_against_deletion,
+    lock_event_against_deletion,
+    lock_organization_unless_being_deleted,
+    lock_source_unless_being_deleted,
+)
 from .scheduling import schedule_once
 
 RETRIABLE_STATUSES = (Delivery.Status.DEAD, Delivery.Status.PENDING)
@@ -236,9 +241,19 @@ def event_replay(*, event: WebhookEvent, destination: Destination, actor=None) -
         raise OperationError(DESTINATION_BEING_DELETED_ERROR)
     if not destination.is_active:
         raise OperationError("the destination is inactive: it is sent nothing until it is active again")
-    # Its delivery would be dead-lettered unsent and then deleted with the event.
-    if Source.objects.filter(pk=event.source_id, deletion_requested_at__isnull=False).exists():
-        raise OperationError("the event's source is being deleted: its events are not sent again")
+    # Nor one of an organization being deleted (the admin's action reaches it): its delivery would
+    # wait unsent until the deletion removes it. Under a lock its request waits for, as below; the
+    # organization's row first, as every transaction that takes it with its rows' does.
+    if not lock_organization_unless_being_deleted(event.organization_id):
+        raise OperationError("the organization is being deleted: nothing more is sent")
+    # Its delivery would be dead-lettered unsent and then deleted with the event. Checked under a
+    # lock the deletion's request waits for (and this for it): read plainly, a request committed
+    # between the check and the delivery's insert let the replay answer "queued" for a delivery
+    # that was never to be sent. Before the destination's lock, as a source's update takes them.
+    if not lock_source_unless_being_deleted(event.source_id):
+        if Source.objects.filter(pk=event.source_id).exists():
+            raise OperationError("the event's source is being deleted: its events are not sent again")
+        raise EventGone("the event no longer exists: it was deleted meanwhile")
     if not lock_destinations_against_deletion([destination.pk]):
         # Its deletion was asked for since the caller read it (or it is gone).
         if Destination.objects.filter(pk=destination.pk).exists():
@@ -347,14 +362,21 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
     advisory lock, so that of two at the same moment one sees the other's job.
     """
     require_configure_role(organization=organization, actor=actor)
+    # Under a lock its deletion's request waits for (and this for it): read plainly, a request
+    # committed meanwhile let a job be queued for deliveries never to be sent. Before the advisory
+    # lock, as the organization's row comes first in every transaction that takes it.
+    if not lock_organization_unless_being_deleted(organization.pk):
+        raise OperationError("the organization is being deleted: nothing more is sent")
+    # A source's deliveries, not of one being deleted: they would be dead-lettered unsent again when
+    # claimed. The caller found the source; its deletion asked for since is seen under the same lock.
+    if filters.get("source") and not lock_source_unless_being_deleted(filters["source"]):
+        raise OperationError("the source is being deleted: its events are not sent again")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # The two-key form takes 32-bit keys, and ids are bigint: past 2**31 - 1 the id is folded
             # (two organizations then share the lock, which only makes them wait for each other).
             key = organization.pk % 2**31
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s::integer)", [_BULK_RETRY_LOCK_SPACE, key])
-    if Organization.objects.filter(pk=organization.pk, deletion_requested_at__isnull=False).exists():
-        raise OperationError("the organization is being deleted: nothing more is sent")
     destination_id = filters.get("destination") or None
     if destination_id is not None:
         # Without its secrets, which queuing does not need: one this process cannot decrypt must not refuse it.

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
 
+from organizations.models import Organization
 from webhooks.fields import encrypted_field_names
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 
@@ -40,6 +41,39 @@ def lock_sources_against_deletion(source_ids: Iterable[int]) -> set[int]:
     deletion locks the source's row and then the audit chain's (source_deletion), and each would
     wait for the other. Taken before the first audit entry, the source comes first on both sides."""
     return _lock_against_deletion(Source, source_ids)
+
+
+def lock_source_unless_being_deleted(source_id) -> bool:
+    """Whether the source exists and is not being deleted, its row locked FOR SHARE until the
+    transaction ends, so that it stays so: for a transaction that checks this and then writes
+    something the deletion's request must see (a replay's delivery, a retry).
+
+    FOR SHARE, not KEY SHARE: the request locks the row FOR NO KEY UPDATE (so as not to wait for
+    ingest's key-share locks), which only FOR SHARE conflicts with. A request that comes first
+    is waited for, and the row read again then has its mark; one that comes after waits for this
+    transaction, whose rows it then finds as any made before it. Held briefly: it also holds up a
+    change of the source (a rotation, the rejected-requests counts) until the commit. Take it before
+    the audit entry's lock, as the request does (source, then audit chain)."""
+    return _lock_for_share(Source, source_id)
+
+
+def lock_organization_unless_being_deleted(organization_id) -> bool:
+    """Whether the organization exists and is not being deleted, its row locked FOR SHARE until the
+    transaction ends (as lock_source_unless_being_deleted: its deletion's request, and a suspension,
+    lock the row FOR NO KEY UPDATE). Take it first, before rows of the organization (the retention
+    run's give-up locks the organization and then its deliveries) and before the audit entry's lock."""
+    return _lock_for_share(Organization, organization_id)
+
+
+def _lock_for_share(model: type[Model], pk) -> bool:
+    if connection.vendor != "postgresql":
+        return model._default_manager.filter(pk=pk, deletion_requested_at__isnull=True).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {model._meta.db_table} WHERE id = %s AND deletion_requested_at IS NULL FOR SHARE",
+            [pk],
+        )
+        return cursor.fetchone() is not None
 
 
 def lock_event_against_deletion(event_id) -> bool:

@@ -1,0 +1,193 @@
+"""Retrying a delivery by hand while its source's, destination's or organization's deletion is asked for: the
+retry's check that none of them is being deleted and its update are one with respect to the request.
+Either the retry comes first (then the deletion takes the delivery as any other) or it is refused;
+never a "queued" answer for a delivery that waits unsent until the deletion removes it."""
+
+import pytest
+
+from webhooks import tasks
+from webhooks.models import BulkRetry, Delivery
+from webhooks.services import delivery as delivery_service
+from webhooks.services import destination_deletion, operations, organization_deletion, source_deletion
+from webhooks.services.delivery import DeliveryRetryError, delivery_retry
+
+from .api_helpers import make_event
+from .factories import make_destination, make_source
+from .lock_waits import waits_for_a_lock
+from .test_destination_delete_races import Paused
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RECEIVER = "http://127.0.0.1:9/hooks"
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+    monkeypatch.setattr(tasks.delete_organization, "apply_async", lambda *a, **k: None)
+    monkeypatch.setattr(tasks.delete_destination, "apply_async", lambda *a, **k: None)
+
+
+@pytest.fixture
+def dead(organization):
+    source = make_source(organization, name="doomed")
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    event = make_event(source)
+    return Delivery.objects.create(
+        organization=organization,
+        event=event,
+        destination=destination,
+        status=Delivery.Status.DEAD,
+        attempt_count=1,
+        last_error="HTTP 500: no retries left",
+    )
+
+
+REQUESTS = {
+    "destination": (
+        destination_deletion,
+        lambda delivery: destination_deletion.destination_request_deletion(destination=delivery.destination),
+    ),
+    "source": (source_deletion, lambda delivery: source_deletion.source_request_deletion(source=delivery.event.source)),
+    "organization": (
+        organization_deletion,
+        lambda delivery: organization_deletion.organization_request_deletion(organization=delivery.organization),
+    ),
+}
+REFUSALS = {
+    "destination": "its destination is being deleted: nothing more is sent to it",
+    "source": "its event's source is being deleted: its events are not sent again",
+    "organization": "its organization is being deleted: nothing more is sent",
+}
+
+
+@pytest.mark.parametrize("owner", ["source", "organization", "destination"])
+def test_a_retry_during_a_deletions_request_waits_for_it_and_is_refused(dead, owner, monkeypatch):
+    module, ask = REQUESTS[owner]
+    request = Paused(lambda: ask(dead))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()  # marked as being deleted, not committed yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    retry = Paused(lambda: delivery_retry(delivery=dead))
+    retry.thread.start()
+    waited = waits_for_a_lock(retry.thread)
+    request.released.set()
+    request.thread.join(10)
+    retry.thread.join(10)
+    assert request.errors == []
+    assert [(type(error), str(error)) for error in retry.errors] == [(DeliveryRetryError, REFUSALS[owner])]
+    assert waited
+    assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.DEAD
+
+
+@pytest.mark.parametrize("owner", ["source", "organization", "destination"])
+def test_a_deletion_asked_for_during_a_retry_waits_for_it(dead, owner, monkeypatch):
+    _, ask = REQUESTS[owner]
+    retry = Paused(lambda: delivery_retry(delivery=dead))
+    real_audit = delivery_service.audit_record
+
+    def retried_then_pause(**kwargs):
+        retry.pause()  # checked and made pending, not committed yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(delivery_service, "audit_record", retried_then_pause)
+    retry.thread.start()
+    assert retry.reached.wait(10)
+    request = Paused(lambda: ask(dead))
+    request.thread.start()
+    waited = waits_for_a_lock(request.thread)
+    retry.released.set()
+    retry.thread.join(10)
+    request.thread.join(10)
+    assert retry.errors == request.errors == []
+    assert waited, "the deletion's request did not wait for the retry under way"
+    assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.PENDING
+
+
+def test_a_delivery_of_a_source_being_deleted_is_not_retried(dead):
+    source_deletion.source_request_deletion(source=dead.event.source)
+    with pytest.raises(DeliveryRetryError, match="source is being deleted"):
+        delivery_retry(delivery=dead)
+    assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.DEAD
+
+
+def test_a_bulk_retry_during_an_organizations_deletion_request_waits_for_it_and_is_refused(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    module, ask = REQUESTS["organization"]
+    request = Paused(lambda: ask(dead))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={}))
+    bulk.thread.start()
+    waited = waits_for_a_lock(bulk.thread)
+    request.released.set()
+    request.thread.join(10)
+    bulk.thread.join(10)
+    assert request.errors == []
+    assert [str(error) for error in bulk.errors] == ["the organization is being deleted: nothing more is sent"]
+    assert waited
+    assert not BulkRetry.objects.exists()
+
+
+def test_an_organizations_deletion_asked_for_during_a_bulk_retry_request_waits_for_its_job(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    real_start = operations.bulk_retry_start
+
+    def checked_then_pause(**kwargs):
+        bulk.pause()  # the organization checked, its job not created yet
+        return real_start(**kwargs)
+
+    monkeypatch.setattr(operations, "bulk_retry_start", checked_then_pause)
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={}))
+    bulk.thread.start()
+    assert bulk.reached.wait(10)
+    _, ask = REQUESTS["organization"]
+    request = Paused(lambda: ask(dead))
+    request.thread.start()
+    waited = waits_for_a_lock(request.thread)
+    bulk.released.set()
+    bulk.thread.join(10)
+    request.thread.join(10)
+    assert bulk.errors == request.errors == []
+    assert waited, "the deletion's request did not wait for the bulk retry's request under way"
+    assert BulkRetry.objects.count() == 1
+
+
+def test_a_bulk_retry_of_a_source_during_its_deletions_request_waits_for_it_and_is_refused(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    module, ask = REQUESTS["source"]
+    request = Paused(lambda: ask(dead))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    source_id = dead.event.source_id
+    bulk = Paused(lambda: operations.bulk_retry_request(organization=dead.organization, filters={"source": source_id}))
+    bulk.thread.start()
+    waited = waits_for_a_lock(bulk.thread)
+    request.released.set()
+    request.thread.join(10)
+    bulk.thread.join(10)
+    assert request.errors == []
+    assert [str(error) for error in bulk.errors] == ["the source is being deleted: its events are not sent again"]
+    assert waited
+    assert not BulkRetry.objects.exists()
