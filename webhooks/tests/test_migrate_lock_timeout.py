@@ -278,3 +278,12 @@ def test_a_migrate_waiting_its_turn_does_not_deadlock_the_other_ones_index_build
         assert MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=signed_content).count() == 1
     finally:
         call_command("migrate", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_lets_its_turn_go_when_it_ends_on_a_connection_kept_open():
+    from webhooks.management.commands.migrate import MIGRATE_LOCK_KEY
+
+    call_command("migrate", verbosity=0)  # this test's connection stays open after it
+    with other_connection(autocommit=True) as next_release:
+        assert next_release.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_KEY]).fetchone() == (True,)
