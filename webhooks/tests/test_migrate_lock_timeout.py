@@ -204,7 +204,9 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
 
 def lock_waiters(watcher: psycopg.Connection, query_start: str) -> int:
     return watcher.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s", [query_start + "%"]
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND query LIKE %s",
+        [query_start + "%"],
     ).fetchone()[0]
 
 
