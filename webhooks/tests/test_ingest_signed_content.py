@@ -371,7 +371,7 @@ CREATE TRIGGER test_gate_second_rows BEFORE INSERT ON webhooks_webhookevent
 """
 
 
-def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer(organization):
+def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer(organization, caplog):
     # Two writers (two hosts' writer processes, or a process's own writer while its writer process
     # restarts) each insert a batch holding both bodies, under fresh ids: each batch's first row
     # takes one content and then waits for the other's, which the other batch took first. The
@@ -416,7 +416,8 @@ def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer
                 wait_until(
                     lambda: (
                         gate.execute(
-                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
                         ).fetchone()[0]
                         == 2
                     ),
@@ -431,6 +432,7 @@ def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer
             cursor.execute("DROP TRIGGER test_gate_second_rows ON webhooks_webhookevent")
             cursor.execute("DROP FUNCTION test_gate_second_rows()")
 
+    assert "deadlock" in caplog.text  # the case this test is about did happen
     assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
     stored = {event.pk: bytes(event.body) for event in WebhookEvent.objects.all()}
     assert sorted(stored.values()) == [b"first body", b"second body"]
