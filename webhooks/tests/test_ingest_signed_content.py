@@ -432,8 +432,8 @@ def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer
             cursor.execute("DROP TRIGGER test_gate_second_rows ON webhooks_webhookevent")
             cursor.execute("DROP FUNCTION test_gate_second_rows()")
 
-    assert "deadlock" in caplog.text  # the case this test is about did happen
     assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+    assert "deadlock" in caplog.text  # the case this test is about did happen
     stored = {event.pk: bytes(event.body) for event in WebhookEvent.objects.all()}
     assert sorted(stored.values()) == [b"first body", b"second body"]
     for batch, answers in zip(batches, outcomes, strict=True):
