@@ -291,23 +291,12 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
     """
     results: list[Outcome | None] = [None] * len(events)
     pending = list(range(len(events)))
+    one_row_rounds = False  # after a deadlock (see _is_deadlock)
     while pending:
-        this_round, next_round, keys_seen = [], [], set()
-        by_content = events[pending[0]].signed_content_digest is not None
-        for index in pending:
-            key = _conflict_key(events[index])
-            other_kind = (events[index].signed_content_digest is not None) != by_content
-            if other_kind or (key is not None and key in keys_seen):
-                next_round.append(index)
-                continue
-            if key is not None:
-                keys_seen.add(key)
-            this_round.append(index)
-        # In key order: each row waits for an uncommitted row of its key, so two writers holding
-        # the same events in different orders (two hosts' writer processes; a provider's retry of
-        # an event still waiting in a slow batch) would each hold a key the other waits for, and
-        # PostgreSQL would fail one batch whole as a deadlock. Keyless rows conflict with nothing.
-        this_round.sort(key=lambda index: _lock_order(events[index]))
+        if one_row_rounds:
+            this_round, next_round = pending[:1], pending[1:]
+        else:
+            this_round, next_round = _next_round(events, pending)
         try:
             outcomes = _insert_round([events[i] for i in this_round])
         except RoundCommitted as committed:
@@ -319,6 +308,15 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
                 raise BatchPartlyCommitted(results, committed.cause) from committed.cause
             raise committed.cause from None  # it stored nothing: as if it had failed before
         except Exception as exc:
+            if len(this_round) > 1 and _is_deadlock(exc):
+                # Nothing of the round was stored (its statement was rolled back whole), and the other
+                # statement of the deadlock goes on. Written again at once as one statement, it could
+                # take a key before that one does and deadlock again (seen: three times in a row).
+                # Alone in its statement a row waits holding no other row of its own: no deadlock.
+                logger.warning("ingest writer: a batch's INSERT was a deadlock's victim; writing its rows one by one")
+                one_row_rounds = True
+                pending = this_round + next_round
+                continue
             if any(result is not None for result in results):
                 raise BatchPartlyCommitted(results, exc) from exc
             raise
@@ -326,6 +324,37 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
             results[index] = outcome
         pending = next_round
     return results  # type: ignore[return-value]
+
+
+def _next_round(events: Sequence[NewEvent], pending: list[int]) -> tuple[list[int], list[int]]:
+    """The rows of ``pending`` that one statement can take (the rest wait for a later round), in lock order."""
+    this_round: list[int] = []
+    next_round: list[int] = []
+    keys_seen = set()
+    by_content = events[pending[0]].signed_content_digest is not None
+    for index in pending:
+        key = _conflict_key(events[index])
+        other_kind = (events[index].signed_content_digest is not None) != by_content
+        if other_kind or (key is not None and key in keys_seen):
+            next_round.append(index)
+            continue
+        if key is not None:
+            keys_seen.add(key)
+        this_round.append(index)
+    # In key order: each row waits for an uncommitted row of its key, so two writers holding
+    # the same events in different orders (two hosts' writer processes; a provider's retry of
+    # an event still waiting in a slow batch) would each hold a key the other waits for, and
+    # PostgreSQL would fail one batch whole as a deadlock. Keyless rows conflict with nothing.
+    # A row with a signed content digest has two unique keys, its provider id and its content,
+    # and no one order serves both: two writers whose rounds repeat each other's contents under
+    # fresh ids, in crossed order, can still deadlock (insert_event_batch writes the victim's
+    # rows again one by one).
+    this_round.sort(key=lambda index: _lock_order(events[index]))
+    return this_round, next_round
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, psycopg.errors.DeadlockDetected)
 
 
 class BatchPartlyCommitted(Exception):

@@ -354,3 +354,90 @@ def test_a_redelivery_and_a_replay_are_counted_duplicates_on_sqlite(tmp_path):
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout.strip().splitlines()[-1])
     assert result == {"vendor": "sqlite", "answers": [[200, False], [200, True], [200, True]], "counts": [2]}
+
+
+GATE_LOCK = 424242
+GATE_SQL = f"""
+CREATE FUNCTION test_gate_second_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event_type = 'gated' THEN  -- wait until the test lets both statements go on
+        PERFORM pg_advisory_lock_shared({GATE_LOCK});
+        PERFORM pg_advisory_unlock_shared({GATE_LOCK});
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_gate_second_rows BEFORE INSERT ON webhooks_webhookevent
+    FOR EACH ROW EXECUTE FUNCTION test_gate_second_rows();
+"""
+
+
+def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer(organization, caplog):
+    # Two writers (two hosts' writer processes, or a process's own writer while its writer process
+    # restarts) each insert a batch holding both bodies, under fresh ids: each batch's first row
+    # takes one content and then waits for the other's, which the other batch took first. The
+    # rows are in key order, but a row has two unique keys (its id and its content) and no one
+    # order serves both: PostgreSQL fails one statement as a deadlock, and every request of that
+    # batch (other tenants' too) was answered 503. Nothing of it was stored: written again, it
+    # finds the other batch's rows committed.
+    from django.db import connection, connections
+
+    from .test_migrate_lock_timeout import other_connection, wait_until
+
+    source = make_source(organization, provider="github", secret=GITHUB_SECRET)
+
+    def row(delivery: str, body: bytes, event_type: str) -> NewEvent:
+        event = _github_row(source, delivery, body)
+        event.event_type = event_type
+        return event
+
+    batches = [
+        [row("a-1", b"first body", "first"), row("a-2", b"second body", "gated")],
+        [row("b-1", b"second body", "first"), row("b-2", b"first body", "gated")],
+    ]
+    outcomes: list = [None, None]
+
+    def write(slot: int) -> None:
+        try:
+            outcomes[slot] = insert_event_batch(batches[slot])
+        except Exception as exc:  # the test asserts on it
+            outcomes[slot] = exc
+        finally:
+            connections.close_all()
+
+    with connection.cursor() as cursor:
+        cursor.execute(GATE_SQL)
+    try:
+        with other_connection(autocommit=True) as gate:
+            gate.execute("SELECT pg_advisory_lock(%s)", [GATE_LOCK])
+            writers = [threading.Thread(target=write, args=(slot,), daemon=True) for slot in (0, 1)]
+            for writer in writers:
+                writer.start()
+            try:
+                wait_until(
+                    lambda: (
+                        gate.execute(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                        ).fetchone()[0]
+                        == 2
+                    ),
+                    "both batches at their second row",
+                )
+            finally:
+                gate.execute("SELECT pg_advisory_unlock(%s)", [GATE_LOCK])
+                for writer in writers:
+                    writer.join(30)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_gate_second_rows ON webhooks_webhookevent")
+            cursor.execute("DROP FUNCTION test_gate_second_rows()")
+
+    assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+    assert "deadlock" in caplog.text  # the case this test is about did happen
+    stored = {event.pk: bytes(event.body) for event in WebhookEvent.objects.all()}
+    assert sorted(stored.values()) == [b"first body", b"second body"]
+    for batch, answers in zip(batches, outcomes, strict=True):
+        for event, (event_id, inserted) in zip(batch, answers, strict=True):
+            assert stored[event_id] == event.body
+            assert inserted == (event_id == event.id)
+    assert sum(WebhookEvent.objects.values_list("duplicate_count", flat=True)) == 2

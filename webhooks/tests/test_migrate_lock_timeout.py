@@ -200,3 +200,92 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
         assert applied("0026_event_processing_set_aside")
     finally:
         call_command("migrate", verbosity=0)
+
+
+def lock_waiters(watcher: psycopg.Connection, query_start: str) -> int:
+    return watcher.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND query LIKE %s",
+        [query_start + "%"],
+    ).fetchone()[0]
+
+
+WAITING_ITS_TURN = "Another migrate is running on this database: waiting for it to end"
+
+
+def two_migrates_at_once(target: str, hold_sql: list[str], first_waits_on: str) -> tuple[dict, dict, str]:
+    """A first migrate to ``target`` held up by another session's open transaction (``hold_sql``)
+    at the statement ``first_waits_on``, a second started meanwhile; both ended once it lets go."""
+    first_err, second_err, first, second = io.StringIO(), io.StringIO(), {}, {}
+    with other_connection() as long_request, other_connection(autocommit=True) as watch:
+        for statement in hold_sql:
+            long_request.execute(statement)
+        migrating = [migrate_in_a_thread("webhooks", target, stderr=first_err, outcome=first)]
+        try:
+            wait_until(
+                lambda: waiting_on_a_lock(watch, first_waits_on) or not migrating[0].is_alive(),
+                "the first migrate waiting",
+            )
+            assert migrating[0].is_alive(), (first, first_err.getvalue())
+            migrating.append(migrate_in_a_thread("webhooks", target, stderr=second_err, outcome=second))
+            # The second waiting its turn, or (without one) for the first's lock, or done already.
+            wait_until(
+                lambda: (
+                    WAITING_ITS_TURN in second_err.getvalue()
+                    or lock_waiters(watch, "") > 1
+                    or not migrating[1].is_alive()
+                ),
+                "the second migrate waiting or done",
+            )
+        finally:
+            long_request.rollback()
+            for thread in migrating:
+                thread.join()
+    return first, second, second_err.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_migrates_at_once_apply_each_migration_once_and_both_succeed(migrated_back_one_step, settings):
+    # Two releases migrating at once (two containers of the compose file's web, a second deploy
+    # started while the first one's release phase runs): the second read the plan while the first
+    # applied 0037, then applied it again over it, "column ... already exists", and its release failed.
+    settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 60  # bounded, but longer than this test waits
+    first, second, second_err = two_migrates_at_once(
+        LATEST, [f"SELECT count(*) FROM {DESTINATION_TABLE}"], f'ALTER TABLE "{DESTINATION_TABLE}"'
+    )
+    assert first == {"done": True}
+    assert second == {"done": True}, second_err
+    assert WAITING_ITS_TURN in second_err
+    assert MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=LATEST).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_migrate_waiting_its_turn_does_not_deadlock_the_other_ones_index_build(settings):
+    # 0038 adds its column, then builds its index CONCURRENTLY, which waits for every transaction
+    # older than the build: a second migrate that began waiting its turn before the build must not
+    # wait in one, or each waits for the other (PostgreSQL fails one: deadlock). Here the first is
+    # held at the column (0038 is outside a transaction: unbounded) while the second starts.
+    settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 60
+    signed_content = "0038_event_signed_content_digest"
+    call_command("migrate", "webhooks", LATEST, verbosity=0)
+    try:
+        first, second, second_err = two_migrates_at_once(
+            signed_content,
+            ["SELECT count(*) FROM webhooks_webhookevent"],
+            'ALTER TABLE "webhooks_webhookevent"',
+        )
+        assert first == {"done": True}
+        assert second == {"done": True}, second_err
+        assert WAITING_ITS_TURN in second_err
+        assert MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=signed_content).count() == 1
+    finally:
+        call_command("migrate", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_lets_its_turn_go_when_it_ends_on_a_connection_kept_open():
+    from webhooks.management.commands.migrate import MIGRATE_LOCK_KEY
+
+    call_command("migrate", verbosity=0)  # this test's connection stays open after it
+    with other_connection(autocommit=True) as next_release:
+        assert next_release.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_KEY]).fetchone() == (True,)

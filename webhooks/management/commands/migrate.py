@@ -16,16 +16,27 @@ A migration outside a transaction (atomic = False) keeps Django's unbounded wait
 would have done part of its work, and not every one of them can run again over its own half (0026
 adds its columns with plain AddFields). Schema changes belong in atomic migrations; a non-atomic
 one holds index builds, which wait without blocking anyone.
+
+Two migrates at once on one database (two containers of the compose file's web, each migrating at
+start; a deploy started while another's release phase runs) take turns: each holds a PostgreSQL
+advisory lock (MIGRATE_LOCK_KEY) while it migrates, and the second reads what is applied only once
+the first has ended. Without it the second read the plan while the first applied a migration, then
+applied it again over it ("column ... already exists") and failed its release. --plan and --check
+only read, and take no turn.
 """
 
 import time
+from contextlib import contextmanager, suppress
 
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.core.management.commands.migrate import Command as DjangoMigrate
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connections
 
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_not_available: lock_timeout ran out
+# The advisory lock one migrate holds at a time per database (any constant, the same in every release).
+MIGRATE_LOCK_KEY = 0x486F6F6B6C696E65  # "Hookline"
+MIGRATE_TURN_POLL_SECONDS = 1.0
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -40,8 +51,42 @@ class Command(DjangoMigrate):
 
     def handle(self, *args, **options):
         connection = connections[options["database"] or DEFAULT_DB_ALIAS]
+        if connection.vendor != "postgresql" or options["plan"] or options["check_unapplied"]:
+            return super().handle(*args, **options)
+        with self._one_migrate_at_a_time(connection):
+            return self._handle_with_lock_bound(connection, *args, **options)
+
+    @contextmanager
+    def _one_migrate_at_a_time(self, connection):
+        """Hold MIGRATE_LOCK_KEY (session-level) while migrating; wait without bound for another
+        migrate to end (its time is that migrate's, whose own lock waits are bounded).
+
+        Waited for by trying again every MIGRATE_TURN_POLL_SECONDS, outside any transaction: a
+        blocking pg_advisory_lock() is a transaction while it waits, and the other migrate's index
+        build (CREATE INDEX CONCURRENTLY) waits for every transaction older than it to end, this
+        one too: PostgreSQL found the two waiting for each other and failed one (deadlock)."""
+        told = False
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_KEY])
+                if cursor.fetchone()[0]:
+                    break
+            if not told:
+                self.stderr.write("Another migrate is running on this database: waiting for it to end")
+                told = True
+            time.sleep(MIGRATE_TURN_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            # A connection lost meanwhile took the lock with it (and so does a transaction left broken
+            # around call_command: the session's end).
+            if connection.connection is not None:
+                with suppress(DatabaseError), connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK_KEY])
+
+    def _handle_with_lock_bound(self, connection, *args, **options):
         timeout = settings.MIGRATION_LOCK_TIMEOUT_SECONDS
-        if connection.vendor != "postgresql" or timeout <= 0:
+        if timeout <= 0:
             return super().handle(*args, **options)
         tries = settings.MIGRATION_LOCK_TRIES
         bound = f"{round(timeout * 1000)}ms"
