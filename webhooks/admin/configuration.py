@@ -345,7 +345,7 @@ class SourceAdmin(
         # The list and the page show the secret's hint (a column of its own), never the secret: one
         # that no key of this process decrypts must not make them answer 503. What reads a secret
         # (the rotation's overlap, a rotation) reads it then.
-        return secrets_deferred(super().get_queryset(request))
+        return secrets_deferred(super().get_queryset(request).select_related("organization"))
 
     def get_object(self, request, object_id, from_field=None):
         source = super().get_object(request, object_id, from_field)
@@ -766,7 +766,7 @@ class DestinationAdmin(
     def get_queryset(self, request):
         # As SourceAdmin's: the page shows the hints of the secret and of the headers' values (columns
         # of their own), never them; the save reads them only to change them.
-        return secrets_deferred(super().get_queryset(request))
+        return secrets_deferred(super().get_queryset(request).select_related("organization"))
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)

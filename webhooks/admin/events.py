@@ -345,6 +345,7 @@ class WebhookEventAdmin(
         return secrets_deferred(
             super()
             .get_queryset(request)
+            .select_related("organization", "source")  # with the deferral (see DeliveryAdmin.get_queryset)
             .defer("body", "headers")
             .annotate(failed_delivery_count=failed_delivery_count_of(OuterRef("pk"))),
             "source",
@@ -632,8 +633,11 @@ class DeliveryAdmin(
     def get_queryset(self, request):
         # The list and the delivery's page name its destination, never its secrets: one that no key
         # of this process decrypts must not make them answer 503 (they are how an operator sees it).
-        # Selected with the row here too, as the page shows it: fetched on its own, it would be whole.
-        return secrets_deferred(super().get_queryset(request).select_related("destination"), "destination")
+        # Selected with the row here too, as the page shows it: fetched on its own, it would be whole. The
+        # organization with it: the list's own select_related lost it (a query per row) once this deferred.
+        return secrets_deferred(
+            super().get_queryset(request).select_related("organization", "destination"), "destination"
+        )
 
     @admin.display(description="webhook-id sent")
     def webhook_id(self, obj):
