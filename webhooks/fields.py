@@ -176,6 +176,20 @@ def encrypted_field_names(model) -> tuple[str, ...]:
     return tuple(field.name for field in model._meta.concrete_fields if isinstance(field, EncryptedTextField))
 
 
+def secrets_deferred(queryset, *relations: str):
+    """``queryset`` without the encrypted columns of its model nor of the models at ``relations``
+    (select_related paths: "destination", "delivery__destination"): for a page or list that shows
+    none of them, so that one row whose secret no key of this process decrypts does not stop it.
+    A related path not selected with the row is ignored by Django: this adds no join."""
+    deferred = list(encrypted_field_names(queryset.model))
+    for path in relations:
+        model = queryset.model
+        for part in path.split("__"):
+            model = model._meta.get_field(part).related_model
+        deferred += [f"{path}__{name}" for name in encrypted_field_names(model)]
+    return queryset.defer(*deferred) if deferred else queryset
+
+
 def reencrypt(token: str) -> str:
     """The same secret under the newest key (MultiFernet.rotate)."""
     return fernet().rotate(token.encode()).decode()

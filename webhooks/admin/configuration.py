@@ -31,7 +31,7 @@ from organizations.admin import (
     SavesOnlyItsFormsFieldsMixin,
     action_outcomes,
 )
-from webhooks.fields import decrypt_for_one_look, encrypt
+from webhooks.fields import SecretNotReadable, decrypt_for_one_look, encrypt, secrets_deferred
 from webhooks.forms import (
     RETRY_SCHEDULE_HELP,
     AllowedNetworksField,
@@ -168,6 +168,15 @@ class OneTimeSecretsMixin:
 
 
 # --- Sources -----------------------------------------------------------------------------------
+
+
+def secret_not_readable_here(exc: SecretNotReadable) -> str:
+    """What a field that needs a stored secret shows when this process cannot decrypt it: the
+    page still answers, and says why (never the token)."""
+    reason = (
+        "it is damaged" if exc.malformed else "most likely a key is being deployed, or this server's keys are wrong"
+    )
+    return f"— (the stored secret cannot be decrypted with this server's FIELD_ENCRYPTION_KEYS: {reason})"
 
 
 class SourceAdminForm(forms.ModelForm):
@@ -332,6 +341,12 @@ class SourceAdmin(
         )
         return HttpResponseRedirect(reverse("admin:webhooks_source_changelist"))
 
+    def get_queryset(self, request):
+        # The list and the page show the secret's hint (a column of its own), never the secret: one
+        # that no key of this process decrypts must not make them answer 503. What reads a secret
+        # (the rotation's overlap, a rotation) reads it then.
+        return secrets_deferred(super().get_queryset(request).select_related("organization"))
+
     def get_object(self, request, object_id, from_field=None):
         source = super().get_object(request, object_id, from_field)
         if source is not None:
@@ -360,7 +375,10 @@ class SourceAdmin(
 
     @admin.display(description="Since the rotation")
     def secret_use_display(self, obj):
-        use = secret_use_during_overlap(obj) if obj.pk else None
+        try:
+            use = secret_use_during_overlap(obj) if obj.pk else None
+        except SecretNotReadable as exc:
+            return secret_not_readable_here(exc)
         if use is None:
             return "— (no rotation overlap running)"
         # The dashboard's own words (and time format), so that admins and tenants read the same.
@@ -521,6 +539,11 @@ class SubscriptionInline(admin.TabularInline):
     fields = ("source", "event_types")
     readonly_fields = fields
     can_delete = False
+
+    def get_queryset(self, request):
+        # Each row is named "source → destination": their names, never their secrets.
+        subscriptions = super().get_queryset(request).select_related("source", "destination")
+        return secrets_deferred(subscriptions, "source", "destination")
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -739,6 +762,11 @@ class DestinationAdmin(
             "suspended_hold_days": settings.SUSPENDED_ORGANIZATION_HOLD_DAYS,
         }
         return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_queryset(self, request):
+        # As SourceAdmin's: the page shows the hints of the secret and of the headers' values (columns
+        # of their own), never them; the save reads them only to change them.
+        return secrets_deferred(super().get_queryset(request).select_related("organization"))
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)

@@ -22,6 +22,7 @@ from organizations.admin import (
     action_outcomes,
 )
 from organizations.models import Organization
+from webhooks.fields import secrets_deferred
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Subscription, WebhookEvent
 from webhooks.selectors import (
     configured_signature_header,
@@ -140,7 +141,9 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
             ) % {"count": not_retried}
         preview = [
             f"{delivery.event} → {delivery.destination} ({delivery.get_status_display()})"
-            for delivery in deliveries.select_related("event", "destination").defer("event__body")[:20]
+            for delivery in secrets_deferred(
+                deliveries.select_related("event", "destination").defer("event__body"), "destination"
+            )[:20]
         ]
         return confirmation_page(
             request,
@@ -338,11 +341,14 @@ class WebhookEventAdmin(
 
     def get_queryset(self, request):
         # Bodies and headers can be large; the list never shows them (the detail page loads them).
-        return (
+        # Nor its source's secrets: one that no key of this process decrypts must not stop the list.
+        return secrets_deferred(
             super()
             .get_queryset(request)
+            .select_related("organization", "source")  # with the deferral (see DeliveryAdmin.get_queryset)
             .defer("body", "headers")
-            .annotate(failed_delivery_count=failed_delivery_count_of(OuterRef("pk")))
+            .annotate(failed_delivery_count=failed_delivery_count_of(OuterRef("pk"))),
+            "source",
         )
 
     def get_object(self, request, object_id, from_field=None):
@@ -350,7 +356,8 @@ class WebhookEventAdmin(
             uuid.UUID(str(object_id))
         except ValueError:
             return None
-        event = WebhookEvent.objects.select_related("organization", "source").filter(pk=object_id).first()
+        events = secrets_deferred(WebhookEvent.objects.select_related("organization", "source"), "source")
+        event = events.filter(pk=object_id).first()
         if event is not None:
             event.sees_signatures = sees_signatures(request)
         return event
@@ -428,7 +435,7 @@ class WebhookEventAdmin(
     @admin.display(description="Deliveries")
     def deliveries_with_attempts(self, obj):
         deliveries = list(
-            obj.deliveries.select_related("destination")
+            secrets_deferred(obj.deliveries.select_related("destination"), "destination")
             .prefetch_related(Prefetch("attempts", queryset=DeliveryAttempt.objects.order_by("attempt_number")))
             .order_by("id")
         )
@@ -490,14 +497,16 @@ class WebhookEventAdmin(
 
     @admin.action(description="Replay selected events to destinations…", permissions=["replay"])
     def replay_to_destinations(self, request, queryset):
-        events = list(queryset.select_related("organization", "source")[: ACTION_LIMIT + 1])
+        events = list(secrets_deferred(queryset.select_related("organization", "source"), "source")[: ACTION_LIMIT + 1])
         outcomes = action_outcomes(request)
         if len(events) > ACTION_LIMIT:
             outcomes.refuse_all(f"more than {ACTION_LIMIT} events selected")
             self.message_user(request, f"Select at most {ACTION_LIMIT} events to replay.", messages.ERROR)
             return None
         organizations = {event.organization_id for event in events}
-        destinations = Destination.objects.filter(organization_id__in=organizations).select_related("organization")
+        destinations = secrets_deferred(
+            Destination.objects.filter(organization_id__in=organizations).select_related("organization")
+        )
         chosen = {value for value in request.POST.getlist("choice") if value.isascii() and value.isdigit()}
         if not confirmed(request) or not chosen:
             if confirmed(request):
@@ -620,6 +629,15 @@ class DeliveryAdmin(
     def render_change_form(self, request, context, *args, **kwargs):
         context.update(can_retry=self.has_retry_permission(request))
         return super().render_change_form(request, context, *args, **kwargs)
+
+    def get_queryset(self, request):
+        # The list and the delivery's page name its destination, never its secrets: one that no key
+        # of this process decrypts must not make them answer 503 (they are how an operator sees it).
+        # Selected with the row here too, as the page shows it: fetched on its own, it would be whole. The
+        # organization with it: the list's own select_related lost it (a query per row) once this deferred.
+        return secrets_deferred(
+            super().get_queryset(request).select_related("organization", "destination"), "destination"
+        )
 
     @admin.display(description="webhook-id sent")
     def webhook_id(self, obj):

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
 
 from organizations.admin import DateRangeFilter
+from webhooks.fields import secrets_deferred
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import provider_choices
 from webhooks.selectors import uuid7_floor
@@ -39,7 +40,8 @@ class SourceFilter(admin.SimpleListFilter):
     field_path = "source_id"
 
     def lookups(self, request, model_admin):
-        sources = Source.objects.select_related("organization").order_by("organization__name", "name")
+        # Names only: a source whose secret no key decrypts is offered as any other.
+        sources = secrets_deferred(Source.objects.select_related("organization").order_by("organization__name", "name"))
         organization = request.GET.get("organization", "")
         if organization.isascii() and organization.isdigit():
             sources = sources.filter(organization_id=int(organization))
@@ -57,7 +59,9 @@ class DestinationFilter(admin.SimpleListFilter):
     field_path = "destination_id"
 
     def lookups(self, request, model_admin):
-        destinations = Destination.objects.select_related("organization").order_by("organization__name", "name")
+        destinations = secrets_deferred(
+            Destination.objects.select_related("organization").order_by("organization__name", "name")
+        )
         organization = request.GET.get("organization", "")
         if organization.isascii() and organization.isdigit():
             destinations = destinations.filter(organization_id=int(organization))

@@ -77,6 +77,17 @@ PUT_BACK_WAITS = {
     Delivery.PutBackCause.SECRET_UNREADABLE: "platform_secret_unreadable",
     Delivery.PutBackCause.DNS_LOOKUPS_BUSY: "platform_dns_lookups_busy",
 }
+# Why the platform holds deliveries it put back unsent, for a count of them (the destination's page):
+# DELIVERY_WAITS' words for several, after "held by the platform, not by your endpoint: ".
+HELD_BY_PLATFORM_WHY = {
+    "platform_secret_unreadable": (
+        "the platform's workers cannot decrypt this destination's signing secret or custom headers now (a key being "
+        "deployed, or missing); they are tried again every minute until they can"
+    ),
+    "platform_dns_lookups_busy": (
+        "the platform's own bound on DNS lookups in progress refused their send; they are tried again within a minute"
+    ),
+}
 # The hold as the end of "next try …", where the time alone would be untrue (a paused
 # destination's delivery was due minutes ago and is not sent).
 NEXT_TRY_WHEN_HELD = {

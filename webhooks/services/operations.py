@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -126,9 +127,11 @@ SEND_WAITING_NOW_LIMIT = 10_000
 
 
 def _waiting_for_retry(destination_id: int, now: datetime):
-    """A destination's deliveries waiting for an attempt later than ``now`` (the index delivery_due_by_dest)."""
+    """A destination's deliveries waiting for an attempt later than ``now`` (the index delivery_due_by_dest),
+    not those the platform holds (put_back_cause): they wait for the platform, not for the receiver, and
+    bringing them forward would only have them put back again."""
     return Delivery.objects.filter(
-        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__gt=now
+        destination_id=destination_id, status=Delivery.Status.PENDING, next_attempt_at__gt=now, put_back_cause=None
     )
 
 
@@ -148,9 +151,19 @@ def destination_retrying_count(*, destination: Destination, limit: int = SEND_WA
     destination_waiting_for_retry_count is the part of these whose time has not come (what "send
     waiting now" brings forward); one already due stays retrying until the dispatcher takes it.
     """
-    retrying = retrying_deliveries(Delivery.objects.filter(destination_id=destination.pk))
+    retrying = retrying_deliveries(Delivery.objects.filter(destination_id=destination.pk, put_back_cause=None))
     # On the destination's pending index (delivery_due_by_dest), as above.
     return retrying.order_by("next_attempt_at", "id")[:limit].count()
+
+
+def destination_held_by_platform_counts(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> dict:
+    """The destination's pending deliveries the platform itself put back unsent, by cause (Delivery.put_back_cause),
+    counted up to ``limit`` in all: they wait for the platform (a secret its workers cannot decrypt, its own bound
+    on DNS lookups), not for the receiver, so the counts above leave them out."""
+    held = Delivery.objects.filter(
+        destination_id=destination.pk, status=Delivery.Status.PENDING, put_back_cause__isnull=False
+    ).order_by("next_attempt_at", "id")
+    return dict(Counter(held.values_list("put_back_cause", flat=True)[:limit]))
 
 
 def _bring_forward(destination_id: int, now: datetime) -> int:
@@ -168,8 +181,10 @@ def _bring_forward(destination_id: int, now: datetime) -> int:
             cursor.execute(
                 f"UPDATE {table} SET next_attempt_at = %(now)s WHERE id = ANY(ARRAY("
                 f"SELECT id FROM {table} WHERE destination_id = %(destination)s AND status = %(pending)s"
-                " AND next_attempt_at > %(now)s ORDER BY next_attempt_at, id LIMIT %(limit)s))"
-                " AND destination_id = %(destination)s AND status = %(pending)s AND next_attempt_at > %(now)s",
+                " AND next_attempt_at > %(now)s AND put_back_cause IS NULL"
+                " ORDER BY next_attempt_at, id LIMIT %(limit)s))"
+                " AND destination_id = %(destination)s AND status = %(pending)s AND next_attempt_at > %(now)s"
+                " AND put_back_cause IS NULL",
                 {
                     "now": now,
                     "destination": destination_id,

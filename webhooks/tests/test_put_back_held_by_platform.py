@@ -214,3 +214,40 @@ def test_the_held_deliveries_are_read_on_their_partial_index_alone(organization,
             cursor.execute("EXPLAIN " + query["sql"])
             plan = "\n".join(row[0] for row in cursor.fetchall())
         assert "delivery_put_back" in plan, plan
+
+
+def test_the_destination_page_counts_the_deliveries_the_platform_holds_apart_from_its_retries(
+    client, organization, owner
+):
+    # Held ones were counted among those that "wait for a later retry … once your endpoint works
+    # again", blaming the tenant's receiver, and "Send N waiting now" brought them forward, only for
+    # the platform to put them back again.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    later = timezone.now() + timedelta(minutes=5)
+    retrying = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=1)
+    held = {
+        cause: make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=attempts)
+        for cause, attempts in (("secret_unreadable", 0), ("dns_lookups_busy", 1))
+    }
+    Delivery.objects.filter(pk__in=[retrying.pk, *(row.pk for row in held.values())]).update(next_attempt_at=later)
+    for cause, row in held.items():
+        Delivery.objects.filter(pk=row.pk).update(put_back_cause=cause, put_back_since=timezone.now(), put_back_times=1)
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:destination_detail", args=[organization.slug, destination.pk]))
+    text = " ".join(page.content.decode().split())
+    assert "1 delivery is retrying after a failed attempt" in text and "It waits for a later retry" in text
+    assert "Send 1 waiting now" in text
+    assert (
+        "2 deliveries are held by the platform, not by your endpoint: nothing was sent and no attempt is counted."
+        in text
+    )
+    assert "1: The platform&#x27;s own bound on DNS lookups in progress refused their send" in text
+    assert "1: The platform&#x27;s workers cannot decrypt this destination&#x27;s signing secret" in text
+
+    # "Send waiting now" brings forward what the page counts: the retry, not the held ones.
+    response = client.post(reverse("dashboard:destination_send_waiting_now", args=[organization.slug, destination.pk]))
+    assert response.status_code == 302
+    due = set(Delivery.objects.filter(next_attempt_at__lte=timezone.now()).values_list("pk", flat=True))
+    assert due == {retrying.pk}

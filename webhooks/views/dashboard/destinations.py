@@ -4,6 +4,7 @@ import hashlib
 
 from django.conf import settings
 from django.contrib import messages
+from django.db.models import Prefetch
 from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.utils.decorators import method_decorator
@@ -11,8 +12,9 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
+from webhooks.fields import secrets_deferred
 from webhooks.forms import DestinationForm, DestinationRotateSecretForm
-from webhooks.models import BulkRetry
+from webhooks.models import BulkRetry, Subscription
 from webhooks.selectors import (
     BulkRetryOutcome,
     bulk_retries_for_destination,
@@ -21,7 +23,7 @@ from webhooks.selectors import (
     event_type_patterns_matching_nothing,
 )
 from webhooks.services.dashboard_stats import destination_health, destinations_health
-from webhooks.services.delivery_waits import delivery_hold
+from webhooks.services.delivery_waits import HELD_BY_PLATFORM_WHY, PUT_BACK_WAITS, delivery_hold
 from webhooks.services.destinations import (
     DestinationError,
     destination_bulk_retry,
@@ -37,6 +39,7 @@ from webhooks.services.operations import (
     NothingToDo,
     NothingToRetry,
     OperationError,
+    destination_held_by_platform_counts,
     destination_retrying_count,
     destination_send_waiting_now,
     destination_waiting_for_retry_count,
@@ -61,9 +64,12 @@ class DestinationListView(OrganizationMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        # Neither their secrets nor their sources': the list shows none, and one that no key of this
+        # process decrypts must not take the whole list down with it.
+        subscriptions = secrets_deferred(Subscription.objects.select_related("source"), "source")
         destinations = list(
-            destinations_for_organization(organization=self.organization, with_being_deleted=True)
-            .prefetch_related("subscriptions__source")
+            secrets_deferred(destinations_for_organization(organization=self.organization, with_being_deleted=True))
+            .prefetch_related(Prefetch("subscriptions", queryset=subscriptions))
             .order_by("name")
         )
         health = destinations_health(organization=self.organization, destinations=destinations)
@@ -143,6 +149,17 @@ class DestinationDetailView(DestinationMixin, TemplateView):
         # but that no worker has taken yet is still retrying, not "nothing waiting".
         retrying = destination_retrying_count(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
         context.update(retrying_here=retrying, retrying_here_capped=retrying >= SEND_WAITING_NOW_LIMIT)
+        # Those the platform put back unsent are in neither count: they wait for the platform, not for the
+        # tenant's endpoint, and are said apart, with why.
+        held = destination_held_by_platform_counts(destination=destination, limit=SEND_WAITING_NOW_LIMIT)
+        context.update(
+            held_by_platform=[
+                {"count": count, "why": HELD_BY_PLATFORM_WHY[PUT_BACK_WAITS[cause]]}
+                for cause, count in sorted(held.items())
+            ],
+            held_by_platform_total=sum(held.values()),
+            held_by_platform_capped=sum(held.values()) >= SEND_WAITING_NOW_LIMIT,
+        )
         return context
 
 
@@ -183,7 +200,7 @@ class DestinationBulkRetriesView(DestinationMixin, TemplateView):
     template_name = "dashboard/_bulk_retries.html"
 
     def get(self, request, *args, **kwargs):
-        destination = self.get_destination()
+        destination = self.get_destination(with_secrets=False)  # its jobs and health: no secret shown
         progress = bulk_retry_progress(destination, self.organization)
         if request.GET.get("seen") == progress["bulk_retry_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
