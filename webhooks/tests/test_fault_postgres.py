@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .processes import ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
+from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -246,9 +246,9 @@ def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_
             "STUCK_DELIVERY_SECONDS": "3",
             "STUCK_DELIVERY_MARGIN_SECONDS": "2",
         }
-        manage(env, "shell", "-c", _DUE_DELIVERY.format(url=receiver.url))
+        # One process makes the delivery, then dispatches it (each manage.py loads Django anew).
         dispatcher = subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "-c", _DISPATCH],
+            [sys.executable, "manage.py", "shell", "-c", _DUE_DELIVERY.format(url=receiver.url) + _DISPATCH],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -258,7 +258,7 @@ def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_
         url = env["DATABASE_URL"].replace("postgres://", "postgresql://")
         with psycopg.connect(url, autocommit=True) as conn:
             in_flight = "SELECT 1 FROM webhooks_delivery WHERE status = 'in_flight'"
-            assert wait_until(lambda: conn.execute(in_flight).fetchone() is not None, timeout=30)
+            assert wait_until(lambda: conn.execute(in_flight).fetchone() is not None, timeout=PATIENCE_SECONDS)
             # Being sent: the dispatcher's connection is all it has to the database. Cut it off.
             cut = [
                 pid
