@@ -47,9 +47,18 @@ class Cluster:
         """The URL of a database of its own, its tables migrated and empty."""
         self.created += 1
         name = f"hookline_{self.created}"
-        with psycopg.connect(self.url("postgres").replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        with self._connect() as conn:
             conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.TEMPLATE}")
         return self.url(name)
+
+    def _connect(self) -> psycopg.Connection:
+        url = self.url("postgres").replace("postgres://", "postgresql://")
+        try:
+            return psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError:
+            # A test before this one failed while the cluster was stopped: not this one's failure too.
+            self.postgres.start()
+            return psycopg.connect(url, autocommit=True)
 
 
 @pytest.fixture(scope="module")
