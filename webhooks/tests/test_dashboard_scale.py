@@ -13,16 +13,18 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test import Client, TestCase
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations.services import organization_create
 from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import dashboard_stats, operations
 from webhooks.services import delivery as delivery_service
 
-from .dashboard_helpers import build_world, dead_delivery
+from .dashboard_helpers import build_world, dead_delivery, work_driven_by_the_test
 from .factories import make_destination
 
 pytestmark = pytest.mark.django_db
@@ -113,9 +115,28 @@ def history(world, *, days: int, per_day: int) -> None:
             cursor.execute(f"ANALYZE {table}")
 
 
-def test_the_overview_latency_reads_the_window_s_deliveries_and_their_events_by_index(client, organization):
-    world = build_world(client, organization)
-    history(world, days=30, per_day=300)
+@pytest.fixture(scope="module")
+def month(django_db_setup, django_db_blocker):
+    """A tenant with a month of history (build_world's, then history(days=30, per_day=300)), seeded
+    once for the tests that only read it: in a transaction around theirs, as Django's TestCase
+    does for setUpTestData, so each test's own changes are rolled back and the month at the end."""
+    with django_db_blocker.unblock(), pytest.MonkeyPatch.context() as monkeypatch:
+        work_driven_by_the_test(monkeypatch)  # nothing published to a queue for the ingested event
+        atomics = TestCase._enter_atomics()
+        try:
+            organization = organization_create(name="History", slug="history", owner_email="owner@history.example")
+            world = build_world(Client(), organization)
+            history(world, days=30, per_day=300)
+        except BaseException:
+            TestCase._rollback_atomics(atomics)
+            raise
+    yield organization, world
+    with django_db_blocker.unblock():
+        TestCase._rollback_atomics(atomics)
+
+
+def test_the_overview_latency_reads_the_window_s_deliveries_and_their_events_by_index(month):
+    organization, world = month
     since = timezone.now() - timedelta(hours=24)
     with CaptureQueriesContext(connection) as captured:
         assert dashboard_stats._latency_percentiles(organization, since) == (120, 120)
@@ -126,11 +147,10 @@ def test_the_overview_latency_reads_the_window_s_deliveries_and_their_events_by_
     assert scans_without_condition(nodes, {"webhooks_delivery", "webhooks_webhookevent"}) == []
 
 
-def test_a_destination_s_last_failure_is_looked_for_among_failed_attempts_only(client, organization):
+def test_a_destination_s_last_failure_is_looked_for_among_failed_attempts_only(month):
     # Measured at 500,000 attempts: for a destination that never failed, the newest-first walk
     # of every attempt read the whole table (490 ms) before finding nothing.
-    world = build_world(client, organization)  # its destination has one dead delivery
-    history(world, days=30, per_day=300)
+    _, world = month  # its destination has one dead delivery
     with CaptureQueriesContext(connection) as captured:
         health = dashboard_stats.destination_health(destination=world.destination)
     assert health.last_failure_error == "HTTP 503"
@@ -163,11 +183,10 @@ def test_the_destinations_list_costs_the_same_queries_for_one_destination_or_man
     assert ">never<" not in page
 
 
-def test_a_destination_s_counts_of_failed_events_are_read_from_its_failed_deliveries_only(client, organization):
+def test_a_destination_s_counts_of_failed_events_are_read_from_its_failed_deliveries_only(month):
     # Measured at 2,460,000 deliveries (570,000 in the week): counting distinct events over the
     # week's every delivery sorted them all on disk (1.3 s); the failed ones have their own index.
-    world = build_world(client, organization)  # its destination has one dead delivery
-    history(world, days=30, per_day=300)
+    organization, world = month  # its destination has one dead delivery
     Delivery.objects.create(  # its replay, dead too: one event, two deliveries
         organization_id=organization.pk,
         event=world.event,
@@ -188,11 +207,10 @@ def test_a_destination_s_counts_of_failed_events_are_read_from_its_failed_delive
     }
 
 
-def test_the_overview_counts_failing_destinations_from_failed_deliveries_only(client, organization):
+def test_the_overview_counts_failing_destinations_from_failed_deliveries_only(month):
     # Measured at 2,460,000 deliveries (570,000 in the week): the distinct events per destination
     # were counted over the week's every delivery, sorted on disk (0.8 s of a cold overview).
-    world = build_world(client, organization)  # its destination has one dead delivery
-    history(world, days=30, per_day=300)
+    organization, world = month  # its destination has one dead delivery
     with CaptureQueriesContext(connection) as captured:
         overview = dashboard_stats.organization_overview(organization=organization)
     [row] = overview.failing_destinations

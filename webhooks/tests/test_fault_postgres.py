@@ -15,9 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from webhooks.services import claim_owners
-
-from .processes import ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
+from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -31,54 +29,95 @@ def manage(env, *args) -> dict:
     return json.loads(output) if "--json" in args else {}
 
 
-@pytest.fixture
-def private_stack():
+class Cluster:
+    """The module's private PostgreSQL cluster, Hookline's tables migrated once into a template: each
+    test gets a database of its own, a copy of it, in a second rather than a migrate's several. The
+    tests stop and start the whole cluster (that is a restart); between tests nothing runs on it."""
+
+    TEMPLATE = "hookline"
+
+    def __init__(self, postgres: PostgresServer):
+        self.postgres = postgres
+        self.created = 0
+
+    def url(self, database: str) -> str:
+        return self.postgres.url.rsplit("/", 1)[0] + f"/{database}"
+
+    def new_database(self) -> str:
+        """The URL of a database of its own, its tables migrated and empty."""
+        self.created += 1
+        name = f"hookline_{self.created}"
+        with self._connect() as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.TEMPLATE}")
+        return self.url(name)
+
+    def _connect(self) -> psycopg.Connection:
+        url = self.url("postgres").replace("postgres://", "postgresql://")
+        try:
+            return psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError:
+            # A test before this one failed while the cluster was stopped: not this one's failure too.
+            self.postgres.start()
+            return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
     # Not pytest's tmp_path: the postgres user must be able to reach the directory.
     base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
     base.chmod(0o755)
     postgres = PostgresServer(base)
-    redis = RedisServer()
-    receiver = CountingReceiver()
-    postgres.init()
-    redis.start()
-    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=postgres.url, DELIVERY_THREADS="4")
     try:
-        yield postgres, stack, receiver
+        postgres.init()
+        manage({**os.environ, "DATABASE_URL": postgres.url}, "migrate", "--noinput")
+        yield Cluster(postgres)
     finally:
-        stack.stop_all()
-        receiver.close()
-        redis.stop()
         postgres.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def private_stack(cluster):
+    redis = RedisServer()
+    receiver = CountingReceiver()
+    redis.start()
+    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=cluster.new_database(), DELIVERY_THREADS="4")
+    try:
+        yield cluster.postgres, stack, receiver
+    finally:
+        stack.stop_all()
+        receiver.close()
+        redis.stop()
+
+
+# The organization, its Stripe source and a destination, made by the commands an operator runs, in one
+# process (each manage.py started loads Django anew: seconds on a loaded machine).
+_SET_UP_TENANT = """
+import io, json
+from django.core.management import call_command
+
+def run(*args):
+    out = io.StringIO()
+    call_command(*args, "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+run("create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "o@acme.example")
+source = run("create_source", "--org", "acme", "--provider", "stripe", "--name", "s", "--secret", {secret!r})
+run("create_destination", "--org", "acme", "--name", "d", "--url", {url!r}, "--source", str(source["id"]))
+print(json.dumps(source))
+"""
+
+
 def set_up_tenant(env, receiver) -> dict:
-    manage(env, "migrate", "--noinput")
-    manage(env, "create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "o@acme.example", "--json")
-    source = manage(
-        env, "create_source", "--org", "acme", "--provider", "stripe", "--name", "s", "--secret", SECRET, "--json"
-    )
-    manage(
-        env,
-        "create_destination",
-        "--org",
-        "acme",
-        "--name",
-        "d",
-        "--url",
-        receiver.url,
-        "--source",
-        str(source["id"]),
-        "--json",
-    )
-    return source
+    return json.loads(shell_output(env, _SET_UP_TENANT.format(secret=SECRET, url=receiver.url)))
 
 
 def test_postgres_restart_while_webhooks_arrive(private_stack):
     postgres, stack, receiver = private_stack
-    source = set_up_tenant(stack.env, receiver)
     for name in ("web", "worker", "beat"):
         stack.start(name)
+    # While they load Django (the database is migrated already).
+    source = set_up_tenant(stack.env, receiver)
 
     acknowledged, refused = [], []
     for n in range(90):
@@ -103,7 +142,7 @@ def test_postgres_restart_while_webhooks_arrive(private_stack):
             lambda event_id=event_id: stack.post_stripe(source["token"], event_id, SECRET) == 200, timeout=30
         )
 
-    with psycopg.connect(postgres.url.replace("postgres://", "postgresql://")) as conn:
+    with psycopg.connect(stack.env["DATABASE_URL"].replace("postgres://", "postgresql://")) as conn:
         stored = dict(conn.execute("SELECT provider_event_id, id::text FROM webhooks_webhookevent").fetchall())
     assert set(acknowledged) <= set(stored)  # every 200 was committed
     assert set(stored) == set(acknowledged) | set(refused)
@@ -140,33 +179,24 @@ print(release_lost_claims(), Delivery.objects.get().status)
 """
 
 
-def test_the_sweeper_gives_a_dispatcher_holding_results_time_to_record_them_after_a_database_restart():
+def test_the_sweeper_gives_a_dispatcher_holding_results_time_to_record_them_after_a_database_restart(cluster):
     # A dispatcher that sent while PostgreSQL was down records its results once it is back,
     # within a second or two. Judged from the claim (an hour old), the sweeper's first run
     # after the restart would release the delivery first, and it would be sent a second time.
-    base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
-    base.chmod(0o755)
-    postgres = PostgresServer(base)
-    try:
-        postgres.init()
-        env = {**os.environ, "DATABASE_URL": postgres.url}
-        # The claim is judged lost this long after the restart. Ten minutes for the first look,
-        # which is "just after the restart" however long a loaded machine takes to start
-        # manage.py (seconds; with 3 s this test failed when that took longer).
-        just_back = {**env, "STUCK_DELIVERY_SECONDS": "600", "STUCK_DELIVERY_MARGIN_SECONDS": "600"}
-        up_for_long = {**env, "STUCK_DELIVERY_SECONDS": "3", "STUCK_DELIVERY_MARGIN_SECONDS": "3"}
-        manage(env, "migrate", "--noinput")
-        manage(env, "shell", "-c", _HELD_CLAIM)
-        postgres.stop("fast")
-        postgres.start()
-        started = time.monotonic()
-        assert shell_output(just_back, _SWEEP) == "0 in_flight"  # just back: the dispatcher records first
-        time.sleep(max(0.0, 4.5 - (time.monotonic() - started)))  # up for more than 3 s
-        # No dispatcher recorded it since the restart: it died, and the delivery goes again.
-        assert shell_output(up_for_long, _SWEEP) == "1 pending"
-    finally:
-        postgres.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    env = {**os.environ, "DATABASE_URL": cluster.new_database()}
+    # The claim is judged lost this long after the restart. Ten minutes for the first look,
+    # which is "just after the restart" however long a loaded machine takes to start
+    # manage.py (seconds; with 3 s this test failed when that took longer).
+    just_back = {**env, "STUCK_DELIVERY_SECONDS": "600", "STUCK_DELIVERY_MARGIN_SECONDS": "600"}
+    up_for_long = {**env, "STUCK_DELIVERY_SECONDS": "3", "STUCK_DELIVERY_MARGIN_SECONDS": "3"}
+    manage(env, "shell", "-c", _HELD_CLAIM)
+    cluster.postgres.stop("fast")
+    cluster.postgres.start()
+    started = time.monotonic()
+    assert shell_output(just_back, _SWEEP) == "0 in_flight"  # just back: the dispatcher records first
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - started)))  # up for more than 3 s
+    # No dispatcher recorded it since the restart: it died, and the delivery goes again.
+    assert shell_output(up_for_long, _SWEEP) == "1 pending"
 
 
 def shell_output(env, code: str) -> str:
@@ -198,45 +228,46 @@ event = WebhookEvent.objects.create(
 )
 Delivery.objects.create(organization=organization, event=event, destination=destination)
 """
-_DISPATCH = """
+# The dispatcher's mark lasts MARK_TTL_SECONDS unless its thread refreshes it: shorter here than in
+# production (20 s), so that the test outlasts it in seconds; refreshed as often, relative to it.
+MARK_TTL_SECONDS = 6
+_DISPATCH = f"""
+from webhooks.services import claim_owners
+claim_owners.MARK_TTL_SECONDS = {MARK_TTL_SECONDS}
+claim_owners.MARK_REFRESH_SECONDS = {MARK_TTL_SECONDS / 4}
 from webhooks.services.delivery import dispatch_due_deliveries
 print(dispatch_due_deliveries(max_seconds=1, threads=2))
 """
 
 
-def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_lasts():
+def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_lasts(cluster):
     # What a partition between a worker and PostgreSQL, or a failover the worker has not noticed yet,
     # looks like to it: its queries hang, while other workers' sweepers go on. Neither changes
     # pg_postmaster_start_time(); judged by its age, the claim would be released after 3 s here and
     # the delivery sent a second time once the dispatcher got through and recorded its send.
-    base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
-    base.chmod(0o755)
-    postgres = PostgresServer(base)
     receiver = CountingReceiver(delay=3)
     dispatcher = None
     cut: list[int] = []
     try:
-        postgres.init()
         env = {
             **os.environ,
-            "DATABASE_URL": postgres.url,
+            "DATABASE_URL": cluster.new_database(),
             "STUCK_DELIVERY_SECONDS": "3",
             "STUCK_DELIVERY_MARGIN_SECONDS": "2",
         }
-        manage(env, "migrate", "--noinput")
-        manage(env, "shell", "-c", _DUE_DELIVERY.format(url=receiver.url))
+        # One process makes the delivery, then dispatches it (each manage.py loads Django anew).
         dispatcher = subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "-c", _DISPATCH],
+            [sys.executable, "manage.py", "shell", "-c", _DUE_DELIVERY.format(url=receiver.url) + _DISPATCH],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        url = postgres.url.replace("postgres://", "postgresql://")
+        url = env["DATABASE_URL"].replace("postgres://", "postgresql://")
         with psycopg.connect(url, autocommit=True) as conn:
             in_flight = "SELECT 1 FROM webhooks_delivery WHERE status = 'in_flight'"
-            assert wait_until(lambda: conn.execute(in_flight).fetchone() is not None, timeout=30)
+            assert wait_until(lambda: conn.execute(in_flight).fetchone() is not None, timeout=PATIENCE_SECONDS)
             # Being sent: the dispatcher's connection is all it has to the database. Cut it off.
             cut = [
                 pid
@@ -249,7 +280,7 @@ def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_
             for pid in cut:
                 os.kill(pid, signal.SIGSTOP)
             # Longer than the claim's age limit, and than the dispatcher's mark lasts unrefreshed.
-            time.sleep(claim_owners.MARK_TTL_SECONDS + 3)
+            time.sleep(MARK_TTL_SECONDS + 3)
             assert shell_output(env, _SWEEP) == "0 in_flight"  # its dispatcher is alive
             for pid in cut:
                 os.kill(pid, signal.SIGCONT)
@@ -267,5 +298,3 @@ def test_a_dispatcher_cut_off_from_the_database_keeps_its_claim_however_long_it_
         if dispatcher is not None and dispatcher.poll() is None:
             dispatcher.kill()
         receiver.close()
-        postgres.stop()
-        shutil.rmtree(base, ignore_errors=True)
