@@ -113,9 +113,10 @@ class SteadyTraffic:
 def rolling_restart(stack: Stack, keys: str, traffic: SteadyTraffic, receiver: VerifyingReceiver, between=None) -> None:
     """Deploy ``keys`` to one process after the other, as a platform's rolling deploy does.
 
-    Each time the fleet as it now is takes webhooks before the next process is restarted: a few
-    acknowledged after the restart, and after the worker's a few delivered by the new worker
-    (rather than 2 s of sleep, which on a loaded machine could see none of either)."""
+    As such a deploy waits for each new process to be up before it restarts the next, the fleet as
+    it now is takes webhooks first: a few acknowledged after the restart, and after the worker's a
+    few delivered by the new worker (rather than 2 s of sleep, which on a loaded machine could see
+    neither, and on an idle one is about as long)."""
     stack.env["FIELD_ENCRYPTION_KEYS"] = keys
     for name in ("web", "worker", "beat"):
         stack.kill(name, signal.SIGTERM)
