@@ -111,22 +111,19 @@ class SteadyTraffic:
 
 
 def rolling_restart(stack: Stack, keys: str, traffic: SteadyTraffic, receiver: VerifyingReceiver, between=None) -> None:
-    """Deploy ``keys`` to one process after the other, as a platform's rolling deploy does.
-
-    As such a deploy waits for each new process to be up before it restarts the next, the fleet as
-    it now is takes webhooks first: a few acknowledged after the restart, and after the worker's a
-    few delivered by the new worker (rather than 2 s of sleep, which on a loaded machine could see
-    neither, and on an idle one is about as long)."""
+    """Deploy ``keys`` to one process after the other, as a platform's rolling deploy does, then
+    wait for the fleet so deployed to serve: a few webhooks acknowledged by its web process and
+    delivered by its worker. (Not 2 s of sleep after each restart: on an idle machine that was
+    about as long as a process's start, on a loaded one it saw no traffic either.)"""
     stack.env["FIELD_ENCRYPTION_KEYS"] = keys
     for name in ("web", "worker", "beat"):
         stack.kill(name, signal.SIGTERM)
         stack.start(name)
         if between:
             between(name)
-        acknowledged, verified = traffic.acknowledged(), len(receiver.verified)
-        assert wait_until(lambda since=acknowledged: traffic.acknowledged() >= since + 3, timeout=PATIENCE_SECONDS)
-        if name == "worker":
-            assert wait_until(lambda since=verified: len(receiver.verified) >= since + 3, timeout=PATIENCE_SECONDS)
+    acknowledged, verified = traffic.acknowledged(), len(receiver.verified)
+    assert wait_until(lambda: traffic.acknowledged() >= acknowledged + 3, timeout=PATIENCE_SECONDS)
+    assert wait_until(lambda: len(receiver.verified) >= verified + 3, timeout=PATIENCE_SECONDS)
 
 
 def attempts_not_made() -> int:
