@@ -1,6 +1,7 @@
 """A real Celery worker against Redis: ingest over HTTP-like client, processing and delivery by the worker."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,7 +56,12 @@ def celery_worker_process(transactional_db):
         stderr=subprocess.STDOUT,
     )
     yield worker
-    worker.terminate()
+    # A warm shutdown, as Ctrl-C asks for: the lingering dispatcher winds up and the worker ends.
+    # Not SIGTERM: with --pool solo the main process runs the tasks itself, and from its first one
+    # config/celery.py's pool-process SIGTERM handler stands in Celery's and waits up to 10 s
+    # (_MAIN_PROCESS_NOTICE_SECONDS) for the warm shutdown that only Celery's would note: each
+    # test's stop took 10 s. (The platform's SIGTERM has its own tests: config/tests/test_platform_stop.py.)
+    worker.send_signal(signal.SIGINT)
     try:
         worker.wait(timeout=20)
     except subprocess.TimeoutExpired:
