@@ -73,6 +73,11 @@ def _mark_beats_send_that_reached_the_broker(**kwargs) -> None:
 # handler on a cold shutdown, never to exit.
 _warm_shutdown = _cold_shutdown = None
 _in_pool_process = False
+# The worker's main process (worker_init). The solo pool runs tasks in it and sends it
+# worker_process_init too: taken for a pool process, its own SIGTERM handler (Celery's warm
+# shutdown) was replaced at its first task by ours, which then waited _MAIN_PROCESS_NOTICE_SECONDS
+# for a warm shutdown that only Celery's handler notes, so `--pool solo` stopped 10 s late.
+_main_process_pid = None
 _billiard_sigterm = None
 # A SIGTERM that reached the main process too is noted there within this long: generous, since a
 # loaded machine may leave the main process without a turn to run its handler for a while. Only a
@@ -86,7 +91,8 @@ _POLL_SECONDS = 0.02
 
 @worker_init.connect
 def _prepare_pool_processes_for_the_platforms_sigterm(**kwargs) -> None:
-    global _warm_shutdown, _cold_shutdown
+    global _warm_shutdown, _cold_shutdown, _main_process_pid
+    _main_process_pid = os.getpid()
     try:
         _warm_shutdown, _cold_shutdown = multiprocessing.RawValue("b", 0), multiprocessing.RawValue("b", 0)
     except OSError:  # no shared semaphore (some containers): pool processes keep billiard's handler
@@ -128,6 +134,8 @@ def _note_the_kind_of_shutdown(how=None, **kwargs) -> None:
 @worker_process_init.connect
 def _note_a_pool_process(**kwargs) -> None:
     global _in_pool_process
+    if os.getpid() == _main_process_pid:
+        return  # the solo pool: tasks run in the main process, whose SIGTERM stays Celery's
     _in_pool_process = True
     _take_over_sigterm_once_billiard_set_its_handler()
 

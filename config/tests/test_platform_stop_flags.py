@@ -138,3 +138,26 @@ def test_a_cold_shutdown_is_noted_before_its_sigterm_reaches_the_pool_processes(
     consumer.cancel_active_requests()
     assert running.flags_at_cancel == (1, int(after_a_warm_one))
     assert celery_config._shutdown_noted(0) == "Cold"
+
+
+def test_the_solo_pool_s_main_process_keeps_celery_s_own_sigterm_handler(monkeypatch):
+    # `--pool solo` runs tasks in the worker's main process and sends it worker_process_init too.
+    # Taken for a pool process, its SIGTERM handler (Celery's warm shutdown) was replaced at its first
+    # task by the pool processes' one, which waited 10 s for a warm shutdown only Celery's notes.
+    monkeypatch.setattr(celery_config, "_in_pool_process", False)
+    monkeypatch.setattr(celery_config, "_billiard_sigterm", None)
+    monkeypatch.setattr(celery_config, "_main_process_pid", None)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def celerys_warm_shutdown(signum, frame):
+        pass
+
+    try:
+        signal.signal(signal.SIGTERM, celerys_warm_shutdown)
+        celery_config._prepare_pool_processes_for_the_platforms_sigterm()  # worker_init
+        celery_config._note_a_pool_process()  # the solo pool's worker_process_init
+        celery_config._leave_the_platforms_sigterm_to_the_main_process()  # its first task's task_prerun
+        assert signal.getsignal(signal.SIGTERM) is celerys_warm_shutdown
+        assert celery_config._in_pool_process is False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
