@@ -186,12 +186,12 @@ def _read_timeout_error():
 
 class _ReadDeadlineSocket:
     """A connection's socket whose recv() gives up once the current request took too long to arrive,
-    and whose writes give up once its answer waited too long for the client to take it.
+    and whose writes give up once the client stopped taking its answer.
 
-    What is limited is the time spent waiting for the client, added up over the request's reads
-    (``waited``) and, apart, over its answer's writes (``write_waited``); time the application
-    takes between them (a first request's imports, a loaded machine) does not count. The worker's
-    handle() starts each request's counts again.
+    What is limited on reads is the time spent waiting for the client's bytes, added up over the
+    request's reads (``waited``); time the application takes between them (a first request's
+    imports, a loaded machine) does not count. The worker's handle() starts each request's count
+    again. On writes, it is each wait for the client to take part of its answer.
     """
 
     def __init__(self, sock, seconds: float, error: type[Exception]):
@@ -199,7 +199,6 @@ class _ReadDeadlineSocket:
         self._seconds = seconds
         self._error = error
         self.waited = 0.0
-        self.write_waited = 0.0
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -225,40 +224,47 @@ class _ReadDeadlineSocket:
     # A client that stops reading its answers (it pipelines requests and reads none, or simply
     # never reads) made the thread writing to it wait for ever once the socket buffers were full:
     # gunicorn writes with no time limit, and one such connection per thread stopped a worker.
-    # Answers are written as before as long as the client takes them; once the current answer has
-    # waited REQUEST_READ_TIMEOUT_SECONDS for it in all, the connection is dropped (the row of an
-    # ingest request was committed before its answer was written: the provider's retry is its
-    # duplicate).
+    # Answers are written as before as long as the client takes them, however slowly (a large
+    # answer, an event's body through the API, to a client on a slow link takes as long as it
+    # takes); once the client has taken nothing of it for REQUEST_READ_TIMEOUT_SECONDS, the
+    # connection is dropped (the row of an ingest request was committed before its answer was
+    # written: the provider's retry is its duplicate). Like nginx's send_timeout. (A limit on the
+    # whole answer would not hold a thread any less against a client that takes a little now and
+    # then: it pipelines small requests, each answer a new count.)
     def send(self, data, *flags):
         return self._write(self._sock.send, data, *flags)  # gunicorn's "100 Continue"
 
     def sendall(self, data, *flags):
-        return self._write(self._sock.sendall, data, *flags)
+        if self._sock.gettimeout() is not None:
+            # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
+            return self._sock.sendall(data, *flags)
+        # socket.sendall's timeout bounds the whole of its data: sent piece by piece instead, each
+        # send waiting at most the limit for the client to make room (most answers: one send).
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):
+            sent += self._write(self._sock.send, view[sent:], *flags)
+        return None
 
     def sendfile(self, file, offset=0, count=None):
+        # socket.sendfile's timeout already bounds each wait for room, not the whole file.
         return self._write(self._sock.sendfile, file, offset, count)
 
     def _write(self, write, *args):
         if self._sock.gettimeout() is not None:
-            # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
             return write(*args)
-        remaining = self._seconds - self.write_waited
-        if remaining <= 0:
-            raise _answer_not_taken()
-        self._sock.settimeout(remaining)
-        started = time.monotonic()
+        self._sock.settimeout(self._seconds)
         try:
             return write(*args)
         except TimeoutError:
             raise _answer_not_taken() from None
         finally:
-            self.write_waited += time.monotonic() - started
             self._sock.settimeout(None)
 
 
 def _answer_not_taken() -> BrokenPipeError:
     # EPIPE: gunicorn closes the connection and logs it at debug level, as for a client gone.
-    return BrokenPipeError(errno.EPIPE, "the client did not take its answer within the time limit")
+    return BrokenPipeError(errno.EPIPE, "the client took none of its answer within the time limit")
 
 
 # --- closing a connection without holding the worker's main loop --------------------------------------
@@ -349,7 +355,7 @@ def _limit_request_read_time(worker) -> None:
             conn.sock = _ReadDeadlineSocket(conn.sock, seconds, error)
             conn.close = functools.partial(lingering.close, conn)
         # Each request (a kept-alive connection's next one) gets its own time.
-        conn.sock.waited = conn.sock.write_waited = 0.0
+        conn.sock.waited = 0.0
         return handle(conn)
 
     worker.handle = handle_with_read_deadline
