@@ -239,11 +239,16 @@ class _ReadDeadlineSocket:
             # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
             return self._sock.sendall(data, *flags)
         # socket.sendall's timeout bounds the whole of its data: sent piece by piece instead, each
-        # send waiting at most the limit for the client to make room (most answers: one send).
+        # send waiting at most the limit for the client to make room. Most answers fit in the
+        # socket's buffer: one send that does not wait, as cheap as gunicorn's own sendall.
         view = memoryview(data).cast("B")
-        sent = 0
+        flag = flags[0] if flags else 0
+        try:
+            sent = self._sock.send(view, flag | socket.MSG_DONTWAIT)
+        except (BlockingIOError, ValueError):  # full; ValueError: a TLS socket takes no flags
+            sent = 0
         while sent < len(view):
-            sent += self._write(self._sock.send, view[sent:], *flags)
+            sent += self._write(self._sock.send, view[sent:], flag)
         return None
 
     def sendfile(self, file, offset=0, count=None):
