@@ -12,6 +12,7 @@ thread); INGEST_WRITER_PROCESS=false does without it.
 import collections
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -228,9 +230,11 @@ class _ReadDeadlineSocket:
     # answer, an event's body through the API, to a client on a slow link takes as long as it
     # takes); once the client has taken nothing of it for REQUEST_READ_TIMEOUT_SECONDS, the
     # connection is dropped (the row of an ingest request was committed before its answer was
-    # written: the provider's retry is its duplicate). Like nginx's send_timeout. (A limit on the
+    # written: the provider's retry is its duplicate). Like nginx's send_timeout, except that what
+    # counts as taking is the client acknowledging bytes, not room for a third of the socket's
+    # send buffer (up to 4 MiB: a slow client could take for long before that). A limit on the
     # whole answer would not hold a thread any less against a client that takes a little now and
-    # then: it pipelines small requests, each answer a new count.)
+    # then: it pipelines small requests, each answer a new count.
     def send(self, data, *flags):
         return self._write(self._sock.send, data, *flags)  # gunicorn's "100 Continue"
 
@@ -239,8 +243,8 @@ class _ReadDeadlineSocket:
             # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
             return self._sock.sendall(data, *flags)
         # socket.sendall's timeout bounds the whole of its data: sent piece by piece instead, each
-        # send waiting at most the limit for the client to make room. Most answers fit in the
-        # socket's buffer: one send that does not wait, as cheap as gunicorn's own sendall.
+        # send waiting for the client to make room. Most answers fit in the socket's buffer: one
+        # send that does not wait, as cheap as gunicorn's own sendall.
         view = memoryview(data).cast("B")
         flag = flags[0] if flags else 0
         try:
@@ -251,20 +255,55 @@ class _ReadDeadlineSocket:
             sent += self._write(self._sock.send, view[sent:], flag)
         return None
 
-    def sendfile(self, file, offset=0, count=None):
-        # socket.sendfile's timeout already bounds each wait for room, not the whole file.
-        return self._write(self._sock.sendfile, file, offset, count)
-
     def _write(self, write, *args):
+        # A send that timed out sent nothing: it is made again while the client takes bytes.
         if self._sock.gettimeout() is not None:
             return write(*args)
         self._sock.settimeout(self._seconds)
         try:
-            return write(*args)
-        except TimeoutError:
-            raise _answer_not_taken() from None
+            while True:
+                unacknowledged = self._unacknowledged()
+                try:
+                    return write(*args)
+                except TimeoutError:
+                    if not self._unacknowledged() < unacknowledged:
+                        raise _answer_not_taken() from None
         finally:
             self._sock.settimeout(None)
+
+    def sendfile(self, file, offset=0, count=None):
+        # gunicorn's answers from a file (wsgi.file_wrapper: whitenoise's static files): socket.sendfile
+        # waits for room up to the limit at a time, and on giving up has moved the file past what
+        # it sent (when it sent any); sent again from there while the client takes bytes.
+        if self._sock.gettimeout() is not None:
+            return self._sock.sendfile(file, offset, count)
+        if count is None:
+            count = os.fstat(file.fileno()).st_size - offset
+        sent = 0
+        self._sock.settimeout(self._seconds)
+        try:
+            while sent < count:
+                unacknowledged = self._unacknowledged()
+                file.seek(offset + sent)
+                try:
+                    return sent + self._sock.sendfile(file, offset + sent, count - sent)
+                except TimeoutError:
+                    progress = file.tell() - (offset + sent)
+                    sent += progress
+                    if not progress and not self._unacknowledged() < unacknowledged:
+                        raise _answer_not_taken() from None
+            return sent  # all of it sent, before a last wait for room timed out
+        finally:
+            self._sock.settimeout(None)
+
+    def _unacknowledged(self) -> int:
+        """Bytes written to the socket that the client has not acknowledged yet (Linux's SIOCOUTQ);
+        0 where that is unknown."""
+        try:
+            answer = fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(answer, sys.byteorder, signed=True)
 
 
 def _answer_not_taken() -> BrokenPipeError:
