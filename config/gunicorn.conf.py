@@ -325,7 +325,11 @@ _LINGER_MAX_BYTES = 65536
 
 
 class _Lingering:
-    """Connections half-closed by one worker, each until its client closes or its time is up."""
+    """Connections half-closed by one worker, each until its client closes or its time is up.
+
+    Only ever used on the worker's main thread: gunicorn closes connections there alone (the
+    request threads' results come back to it through its method queue).
+    """
 
     def __init__(self, worker):
         from gunicorn import util
@@ -334,19 +338,16 @@ class _Lingering:
         self.worker = worker
         self.conns: collections.deque = collections.deque()  # (deadline, sock), oldest first
         self.drained: dict = {}  # sock -> bytes read while lingering
-        # Past this many (a flood of connections left open), further ones are closed at once.
-        self.limit = max(worker.worker_connections, 1)
 
     def close(self, conn, graceful=False):
         """TConn.close, for one connection (set on it by handle_with_read_deadline)."""
         sock = conn.sock
-        if not graceful or len(self.drained) >= self.limit or not self.worker.alive:
-            if graceful:
-                sock.setblocking(True)
-                self.util.close_graceful(sock)  # a stopping worker: gunicorn's own linger, as before
-            else:
-                self.util.close(sock)
+        if not graceful:
+            self.util.close(sock)
             return
+        # The main loop never lingers itself, not even for a flood of connections left open or in a
+        # stopping worker (each such close held it 2 s: a few dozen, and the master killed it).
+        self._make_room(for_one_more=True)
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
@@ -356,6 +357,16 @@ class _Lingering:
             return
         self.drained[sock] = 0
         self.conns.append((time.monotonic() + _LINGER_SECONDS, sock))
+
+    def _make_room(self, for_one_more=False):
+        # The worker holds at most worker_connections sockets, as gunicorn's setting says: those it
+        # serves or keeps alive (nr_conns) and those lingering. Past that (a flood of connections
+        # left open), the ones lingering longest are closed first, so that descriptors stay within
+        # what the setting was sized for.
+        room = self.worker.worker_connections - self.worker.nr_conns - (1 if for_one_more else 0)
+        while self.conns and len(self.drained) > max(room, 0):
+            _, sock = self.conns.popleft()
+            self._end(sock)
 
     def _readable(self, sock):
         try:
@@ -371,9 +382,33 @@ class _Lingering:
             self._end(sock)
 
     def expire(self, force=False):
+        if force:
+            self._finish()
+            return
         now = time.monotonic()
-        while self.conns and (force or self.conns[0][0] <= now):
+        while self.conns and self.conns[0][0] <= now:
             _, sock = self.conns.popleft()
+            self._end(sock)
+        self._make_room()  # connections accepted since
+
+    def _finish(self):
+        """The worker stops and closes its poller next: what still lingers gets the rest of its time
+        (2 s at most) on a selector of its own, then is closed."""
+        with selectors.DefaultSelector() as selector:
+            for sock in list(self.drained):
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    self.worker.poller.unregister(sock)
+                    selector.register(sock, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                while self.conns and self.conns[0][0] <= now:
+                    _, sock = self.conns.popleft()
+                    self._end(sock)
+                if not self.drained or not self.conns:
+                    break
+                for key, _ in selector.select(self.conns[0][0] - now):
+                    self._readable(key.fileobj)
+        for sock in list(self.drained):
             self._end(sock)
 
     def _end(self, sock):
