@@ -299,11 +299,16 @@ class _ReadDeadlineSocket:
     def _unacknowledged(self) -> int:
         """Bytes written to the socket that the client has not acknowledged yet (Linux's SIOCOUTQ);
         0 where that is unknown."""
+        if _SIOCOUTQ is None:
+            return 0
         try:
-            answer = fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            answer = fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
         except (OSError, ValueError):
             return 0
         return int.from_bytes(answer, sys.byteorder, signed=True)
+
+
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # Linux's SIOCOUTQ on a TCP socket
 
 
 def _answer_not_taken() -> BrokenPipeError:
