@@ -12,6 +12,7 @@ thread); INGEST_WRITER_PROCESS=false does without it.
 import collections
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -186,12 +188,12 @@ def _read_timeout_error():
 
 class _ReadDeadlineSocket:
     """A connection's socket whose recv() gives up once the current request took too long to arrive,
-    and whose writes give up once its answer waited too long for the client to take it.
+    and whose writes give up once the client stopped taking its answer.
 
-    What is limited is the time spent waiting for the client, added up over the request's reads
-    (``waited``) and, apart, over its answer's writes (``write_waited``); time the application
-    takes between them (a first request's imports, a loaded machine) does not count. The worker's
-    handle() starts each request's counts again.
+    What is limited on reads is the time spent waiting for the client's bytes, added up over the
+    request's reads (``waited``); time the application takes between them (a first request's
+    imports, a loaded machine) does not count. The worker's handle() starts each request's count
+    again. On writes, it is each wait for the client to take part of its answer.
     """
 
     def __init__(self, sock, seconds: float, error: type[Exception]):
@@ -199,7 +201,6 @@ class _ReadDeadlineSocket:
         self._seconds = seconds
         self._error = error
         self.waited = 0.0
-        self.write_waited = 0.0
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -225,40 +226,94 @@ class _ReadDeadlineSocket:
     # A client that stops reading its answers (it pipelines requests and reads none, or simply
     # never reads) made the thread writing to it wait for ever once the socket buffers were full:
     # gunicorn writes with no time limit, and one such connection per thread stopped a worker.
-    # Answers are written as before as long as the client takes them; once the current answer has
-    # waited REQUEST_READ_TIMEOUT_SECONDS for it in all, the connection is dropped (the row of an
-    # ingest request was committed before its answer was written: the provider's retry is its
-    # duplicate).
+    # Answers are written as before as long as the client takes them, however slowly (a large
+    # answer, an event's body through the API, to a client on a slow link takes as long as it
+    # takes); once the client has taken nothing of it for REQUEST_READ_TIMEOUT_SECONDS, the
+    # connection is dropped (the row of an ingest request was committed before its answer was
+    # written: the provider's retry is its duplicate). Like nginx's send_timeout, except that what
+    # counts as taking is the client acknowledging bytes, not room for a third of the socket's
+    # send buffer (up to 4 MiB: a slow client could take for long before that). A limit on the
+    # whole answer would not hold a thread any less against a client that takes a little now and
+    # then: it pipelines small requests, each answer a new count.
     def send(self, data, *flags):
         return self._write(self._sock.send, data, *flags)  # gunicorn's "100 Continue"
 
     def sendall(self, data, *flags):
-        return self._write(self._sock.sendall, data, *flags)
-
-    def sendfile(self, file, offset=0, count=None):
-        return self._write(self._sock.sendfile, file, offset, count)
-
-    def _write(self, write, *args):
         if self._sock.gettimeout() is not None:
             # Non-blocking (gunicorn's error answers: write_nonblock), or bounded by the caller.
-            return write(*args)
-        remaining = self._seconds - self.write_waited
-        if remaining <= 0:
-            raise _answer_not_taken()
-        self._sock.settimeout(remaining)
-        started = time.monotonic()
+            return self._sock.sendall(data, *flags)
+        # socket.sendall's timeout bounds the whole of its data: sent piece by piece instead, each
+        # send waiting for the client to make room. Most answers fit in the socket's buffer: one
+        # send that does not wait, as cheap as gunicorn's own sendall.
+        view = memoryview(data).cast("B")
+        flag = flags[0] if flags else 0
         try:
+            sent = self._sock.send(view, flag | socket.MSG_DONTWAIT)
+        except (BlockingIOError, ValueError):  # full; ValueError: a TLS socket takes no flags
+            sent = 0
+        while sent < len(view):
+            sent += self._write(self._sock.send, view[sent:], flag)
+        return None
+
+    def _write(self, write, *args):
+        # A send that timed out sent nothing: it is made again while the client takes bytes.
+        if self._sock.gettimeout() is not None:
             return write(*args)
-        except TimeoutError:
-            raise _answer_not_taken() from None
+        self._sock.settimeout(self._seconds)
+        try:
+            while True:
+                unacknowledged = self._unacknowledged()
+                try:
+                    return write(*args)
+                except TimeoutError:
+                    if not self._unacknowledged() < unacknowledged:
+                        raise _answer_not_taken() from None
         finally:
-            self.write_waited += time.monotonic() - started
             self._sock.settimeout(None)
+
+    def sendfile(self, file, offset=0, count=None):
+        # gunicorn's answers from a file (wsgi.file_wrapper: whitenoise's static files): socket.sendfile
+        # waits for room up to the limit at a time, and on giving up has moved the file past what
+        # it sent (when it sent any); sent again from there while the client takes bytes.
+        if self._sock.gettimeout() is not None:
+            return self._sock.sendfile(file, offset, count)
+        if count is None:
+            count = os.fstat(file.fileno()).st_size - offset
+        sent = 0
+        self._sock.settimeout(self._seconds)
+        try:
+            while sent < count:
+                unacknowledged = self._unacknowledged()
+                file.seek(offset + sent)
+                try:
+                    return sent + self._sock.sendfile(file, offset + sent, count - sent)
+                except TimeoutError:
+                    progress = file.tell() - (offset + sent)
+                    sent += progress
+                    if not progress and not self._unacknowledged() < unacknowledged:
+                        raise _answer_not_taken() from None
+            return sent  # all of it sent, before a last wait for room timed out
+        finally:
+            self._sock.settimeout(None)
+
+    def _unacknowledged(self) -> int:
+        """Bytes written to the socket that the client has not acknowledged yet (Linux's SIOCOUTQ);
+        0 where that is unknown."""
+        if _SIOCOUTQ is None:
+            return 0
+        try:
+            answer = fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(answer, sys.byteorder, signed=True)
+
+
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # Linux's SIOCOUTQ on a TCP socket
 
 
 def _answer_not_taken() -> BrokenPipeError:
     # EPIPE: gunicorn closes the connection and logs it at debug level, as for a client gone.
-    return BrokenPipeError(errno.EPIPE, "the client did not take its answer within the time limit")
+    return BrokenPipeError(errno.EPIPE, "the client took none of its answer within the time limit")
 
 
 # --- closing a connection without holding the worker's main loop --------------------------------------
@@ -275,7 +330,11 @@ _LINGER_MAX_BYTES = 65536
 
 
 class _Lingering:
-    """Connections half-closed by one worker, each until its client closes or its time is up."""
+    """Connections half-closed by one worker, each until its client closes or its time is up.
+
+    Only ever used on the worker's main thread: gunicorn closes connections there alone (the
+    request threads' results come back to it through its method queue).
+    """
 
     def __init__(self, worker):
         from gunicorn import util
@@ -284,19 +343,16 @@ class _Lingering:
         self.worker = worker
         self.conns: collections.deque = collections.deque()  # (deadline, sock), oldest first
         self.drained: dict = {}  # sock -> bytes read while lingering
-        # Past this many (a flood of connections left open), further ones are closed at once.
-        self.limit = max(worker.worker_connections, 1)
 
     def close(self, conn, graceful=False):
         """TConn.close, for one connection (set on it by handle_with_read_deadline)."""
         sock = conn.sock
-        if not graceful or len(self.drained) >= self.limit or not self.worker.alive:
-            if graceful:
-                sock.setblocking(True)
-                self.util.close_graceful(sock)  # a stopping worker: gunicorn's own linger, as before
-            else:
-                self.util.close(sock)
+        if not graceful:
+            self.util.close(sock)
             return
+        # The main loop never lingers itself, not even for a flood of connections left open or in a
+        # stopping worker (each such close held it 2 s: a few dozen, and the master killed it).
+        self._make_room(for_one_more=True)
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
@@ -306,6 +362,16 @@ class _Lingering:
             return
         self.drained[sock] = 0
         self.conns.append((time.monotonic() + _LINGER_SECONDS, sock))
+
+    def _make_room(self, for_one_more=False):
+        # The worker holds at most worker_connections sockets, as gunicorn's setting says: those it
+        # serves or keeps alive (nr_conns) and those lingering. Past that (a flood of connections
+        # left open), the ones lingering longest are closed first, so that descriptors stay within
+        # what the setting was sized for.
+        room = self.worker.worker_connections - self.worker.nr_conns - (1 if for_one_more else 0)
+        while self.conns and len(self.drained) > max(room, 0):
+            _, sock = self.conns.popleft()
+            self._end(sock)
 
     def _readable(self, sock):
         try:
@@ -321,9 +387,33 @@ class _Lingering:
             self._end(sock)
 
     def expire(self, force=False):
+        if force:
+            self._finish()
+            return
         now = time.monotonic()
-        while self.conns and (force or self.conns[0][0] <= now):
+        while self.conns and self.conns[0][0] <= now:
             _, sock = self.conns.popleft()
+            self._end(sock)
+        self._make_room()  # connections accepted since
+
+    def _finish(self):
+        """The worker stops and closes its poller next: what still lingers gets the rest of its time
+        (2 s at most) on a selector of its own, then is closed."""
+        with selectors.DefaultSelector() as selector:
+            for sock in list(self.drained):
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    self.worker.poller.unregister(sock)
+                    selector.register(sock, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                while self.conns and self.conns[0][0] <= now:
+                    _, sock = self.conns.popleft()
+                    self._end(sock)
+                if not self.drained or not self.conns:
+                    break
+                for key, _ in selector.select(self.conns[0][0] - now):
+                    self._readable(key.fileobj)
+        for sock in list(self.drained):
             self._end(sock)
 
     def _end(self, sock):
@@ -349,7 +439,7 @@ def _limit_request_read_time(worker) -> None:
             conn.sock = _ReadDeadlineSocket(conn.sock, seconds, error)
             conn.close = functools.partial(lingering.close, conn)
         # Each request (a kept-alive connection's next one) gets its own time.
-        conn.sock.waited = conn.sock.write_waited = 0.0
+        conn.sock.waited = 0.0
         return handle(conn)
 
     worker.handle = handle_with_read_deadline
