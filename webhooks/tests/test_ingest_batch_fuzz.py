@@ -238,6 +238,10 @@ def writer_process(transactional_db, settings, monkeypatch):
     batches = GatedBatches()
     monkeypatch.setattr(ingest_writer, "insert_event_batch", batches)
     yield batches
+    running.server.stop()
+    # It looks at its stop flag between waits of up to 0.5 s for its sockets: a connection ends the wait.
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as nudge:
+        nudge.connect(running.server.path)
     running.stop()
     shutil.rmtree(directory, ignore_errors=True)
 
