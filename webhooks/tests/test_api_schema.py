@@ -21,12 +21,13 @@ from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.fields import DateTimeField
 
 from organizations.models import ApiKey, IdempotencyKey
+from organizations.services import organization_create
 from webhooks.api import schema_view
 from webhooks.api.authentication import ApiView
 from webhooks.api.schema_view import ApiSchemaView
@@ -302,6 +303,10 @@ def test_the_checker_fails_when_a_field_leaves_the_document(client, organization
 
 @pytest.fixture
 def world(organization):
+    return make_world(organization)
+
+
+def make_world(organization) -> dict:
     source = make_source(organization, name="Stripe live")
     destination, _ = make_destination(
         organization,
@@ -636,53 +641,6 @@ REQUEST_BOUNDS = [
 ALONG_WITH = {("max_attempts", "maximum"): {"retry_schedule": [5] * Destination.MAX_RETRY_SCHEDULE_STEPS}}
 
 
-@pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
-@pytest.mark.parametrize(("field", "where", "constant", "at_bound", "past_bound"), REQUEST_BOUNDS)
-def test_request_bounds_are_in_the_document_as_the_api_enforces_them(
-    client, organization, document, world, component, field, where, constant, at_bound, past_bound
-):
-    # A generated client checks values before it sends them only if the document states the bounds,
-    # and only rightly if they are the ones the services enforce.
-    stated = document["components"]["schemas"][component]["properties"][field]
-    for key in where:
-        stated = stated[key]
-    assert stated == constant, (component, field, where)
-    api = Api(client, document, make_key(organization)[1])
-    source = world["source"].pk
-    along = ALONG_WITH.get((field, where[-1]), {})
-    for value, status in ((at_bound, 201), (past_bound, 400)):
-        if component == "DestinationCreateRequest":
-            body = {"name": "Bounded", "url": "http://127.0.0.1:9/b", "sources": [source], **along, field: value}
-            response = api.call("POST", "/api/v1/destinations", body)
-        else:
-            status = 200 if status == 201 else status
-            response = api.call(
-                "PATCH",
-                "/api/v1/destinations/{destination_id}",
-                {**along, field: value},
-                destination_id=world["destination"].pk,
-            )
-        assert response.status_code == status, (field, value, response.content)
-        if status == 400:
-            assert list(response.json()["fields"]) == [field], response.content
-
-
-def test_max_attempts_past_the_longest_schedule_is_refused_whatever_the_schedule(client, organization, document, world):
-    # The document's maximum is the most any request is allowed: one attempt more than the longest
-    # schedule is refused with it, and so is the maximum with the platform's (shorter) schedule.
-    api = Api(client, document, make_key(organization)[1])
-    most = document["components"]["schemas"]["PatchedDestinationUpdateRequest"]["properties"]["max_attempts"]["maximum"]
-    longest = [5] * Destination.MAX_RETRY_SCHEDULE_STEPS
-    path, destination_id = "/api/v1/destinations/{destination_id}", world["destination"].pk
-    for body, status in (
-        ({"retry_schedule": longest, "max_attempts": most}, 200),
-        ({"retry_schedule": longest, "max_attempts": most + 1}, 400),
-        ({"retry_schedule": None, "max_attempts": most}, 400),
-        ({"retry_schedule": None, "max_attempts": len(settings.DELIVERY_RETRY_SCHEDULE) + 1}, 200),
-    ):
-        assert api.call("PATCH", path, body, destination_id=destination_id).status_code == status, body
-
-
 def _event_type_item_schema(document: dict, component: str) -> dict:
     return document["components"]["schemas"][component]["properties"]["event_types"]["items"]
 
@@ -702,55 +660,133 @@ EVENT_TYPE_PATTERNS = [
 ]
 
 
-@pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
-@pytest.mark.parametrize("pattern", EVENT_TYPE_PATTERNS, ids=range(len(EVENT_TYPE_PATTERNS)))
-def test_the_event_type_patterns_the_api_takes_are_the_ones_the_document_allows(
-    client, organization, document, world, component, pattern
-):
-    # Surrounding spaces are cut before the length is checked: a maxLength, which counts them, refused
-    # patterns the API takes. The document's pattern must allow exactly what the API takes.
-    schema = _event_type_item_schema(document, component)
-    assert "maxLength" not in schema
-    api = Api(client, document, make_key(organization)[1])
-    if component == "DestinationCreateRequest":
-        body = {"name": "Filtered", "url": "http://127.0.0.1:9/f", "sources": [world["source"].pk]}
-        response = api.call("POST", "/api/v1/destinations", {**body, "event_types": [pattern]})
-    else:
+class TestRequestValuesAgainstOneWorld:
+    """Many requests' values, each its own test, against one organization and world: made once for
+    the class, in a transaction that is never committed. Each test runs in a savepoint of it
+    (pytest-django's own transaction, nested), so what a test changes is undone before the next."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def _one_world(cls, django_db_setup, django_db_blocker):
+        with django_db_blocker.unblock():
+            atomic = transaction.atomic()
+            atomic.__enter__()
+            try:
+                organization = organization_create(name="Acme", slug="acme", owner_email="owner@acme.example")
+                made = (organization, make_world(organization))
+            except BaseException:
+                atomic.__exit__(None, None, None)
+                raise
+        yield made
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
+
+    @pytest.fixture
+    def organization(self, _one_world, db):
+        assert connection.in_atomic_block
+        return _one_world[0]
+
+    @pytest.fixture
+    def world(self, _one_world, db):
+        return _one_world[1]
+
+    @pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
+    @pytest.mark.parametrize(("field", "where", "constant", "at_bound", "past_bound"), REQUEST_BOUNDS)
+    def test_request_bounds_are_in_the_document_as_the_api_enforces_them(
+        self, client, organization, document, world, component, field, where, constant, at_bound, past_bound
+    ):
+        # A generated client checks values before it sends them only if the document states the bounds,
+        # and only rightly if they are the ones the services enforce.
+        stated = document["components"]["schemas"][component]["properties"][field]
+        for key in where:
+            stated = stated[key]
+        assert stated == constant, (component, field, where)
+        api = Api(client, document, make_key(organization)[1])
+        source = world["source"].pk
+        along = ALONG_WITH.get((field, where[-1]), {})
+        for value, status in ((at_bound, 201), (past_bound, 400)):
+            if component == "DestinationCreateRequest":
+                body = {"name": "Bounded", "url": "http://127.0.0.1:9/b", "sources": [source], **along, field: value}
+                response = api.call("POST", "/api/v1/destinations", body)
+            else:
+                status = 200 if status == 201 else status
+                response = api.call(
+                    "PATCH",
+                    "/api/v1/destinations/{destination_id}",
+                    {**along, field: value},
+                    destination_id=world["destination"].pk,
+                )
+            assert response.status_code == status, (field, value, response.content)
+            if status == 400:
+                assert list(response.json()["fields"]) == [field], response.content
+
+    def test_max_attempts_past_the_longest_schedule_is_refused_whatever_the_schedule(
+        self, client, organization, document, world
+    ):
+        # The document's maximum is the most any request is allowed: one attempt more than the longest
+        # schedule is refused with it, and so is the maximum with the platform's (shorter) schedule.
+        api = Api(client, document, make_key(organization)[1])
+        most = document["components"]["schemas"]["PatchedDestinationUpdateRequest"]["properties"]["max_attempts"][
+            "maximum"
+        ]
+        longest = [5] * Destination.MAX_RETRY_SCHEDULE_STEPS
+        path, destination_id = "/api/v1/destinations/{destination_id}", world["destination"].pk
+        for body, status in (
+            ({"retry_schedule": longest, "max_attempts": most}, 200),
+            ({"retry_schedule": longest, "max_attempts": most + 1}, 400),
+            ({"retry_schedule": None, "max_attempts": most}, 400),
+            ({"retry_schedule": None, "max_attempts": len(settings.DELIVERY_RETRY_SCHEDULE) + 1}, 200),
+        ):
+            assert api.call("PATCH", path, body, destination_id=destination_id).status_code == status, body
+
+    @pytest.mark.parametrize("component", ["DestinationCreateRequest", "PatchedDestinationUpdateRequest"])
+    @pytest.mark.parametrize("pattern", EVENT_TYPE_PATTERNS, ids=range(len(EVENT_TYPE_PATTERNS)))
+    def test_the_event_type_patterns_the_api_takes_are_the_ones_the_document_allows(
+        self, client, organization, document, world, component, pattern
+    ):
+        # Surrounding spaces are cut before the length is checked: a maxLength, which counts them, refused
+        # patterns the API takes. The document's pattern must allow exactly what the API takes.
+        schema = _event_type_item_schema(document, component)
+        assert "maxLength" not in schema
+        api = Api(client, document, make_key(organization)[1])
+        if component == "DestinationCreateRequest":
+            body = {"name": "Filtered", "url": "http://127.0.0.1:9/f", "sources": [world["source"].pk]}
+            response = api.call("POST", "/api/v1/destinations", {**body, "event_types": [pattern]})
+        else:
+            response = api.call(
+                "PATCH",
+                "/api/v1/destinations/{destination_id}",
+                {"event_types": [pattern]},
+                destination_id=world["destination"].pk,
+            )
+        assert response.status_code in (200, 201, 400), response.content
+        taken = response.status_code != 400
+        if not taken:
+            assert list(response.json()["fields"]) == ["event_types"], response.content
+        assert bool(re.search(schema["pattern"], pattern)) == taken, (pattern[:12], response.content)
+
+    def test_the_timeout_says_the_cap_this_server_puts_on_it(self, document):
+        description = document["components"]["schemas"]["DestinationCreateRequest"]["properties"]["timeout_seconds"][
+            "description"
+        ]
+        assert f"DELIVERY_MAX_TIMEOUT_SECONDS ({settings.DELIVERY_MAX_TIMEOUT_SECONDS:g} " in description
+
+    @pytest.mark.parametrize(("count", "status"), [(MAX_ALLOWED_NETWORKS, 200), (MAX_ALLOWED_NETWORKS + 1, 400)])
+    def test_a_sources_allowed_networks_are_bounded_in_the_document_as_in_the_api(
+        self, client, organization, document, world, count, status
+    ):
+        for component in ("SourceCreateRequest", "PatchedSourceUpdateRequest"):
+            assert document["components"]["schemas"][component]["properties"]["allowed_networks"]["maxItems"] == (
+                MAX_ALLOWED_NETWORKS
+            )
+        api = Api(client, document, make_key(organization)[1])
         response = api.call(
-            "PATCH",
-            "/api/v1/destinations/{destination_id}",
-            {"event_types": [pattern]},
-            destination_id=world["destination"].pk,
+            "PATCH", "/api/v1/sources/{source_id}", {"allowed_networks": _networks(count)}, source_id=world["source"].pk
         )
-    assert response.status_code in (200, 201, 400), response.content
-    taken = response.status_code != 400
-    if not taken:
-        assert list(response.json()["fields"]) == ["event_types"], response.content
-    assert bool(re.search(schema["pattern"], pattern)) == taken, (pattern[:12], response.content)
-
-
-def test_the_timeout_says_the_cap_this_server_puts_on_it(document):
-    description = document["components"]["schemas"]["DestinationCreateRequest"]["properties"]["timeout_seconds"][
-        "description"
-    ]
-    assert f"DELIVERY_MAX_TIMEOUT_SECONDS ({settings.DELIVERY_MAX_TIMEOUT_SECONDS:g} " in description
-
-
-@pytest.mark.parametrize(("count", "status"), [(MAX_ALLOWED_NETWORKS, 200), (MAX_ALLOWED_NETWORKS + 1, 400)])
-def test_a_sources_allowed_networks_are_bounded_in_the_document_as_in_the_api(
-    client, organization, document, world, count, status
-):
-    for component in ("SourceCreateRequest", "PatchedSourceUpdateRequest"):
-        assert document["components"]["schemas"][component]["properties"]["allowed_networks"]["maxItems"] == (
-            MAX_ALLOWED_NETWORKS
-        )
-    api = Api(client, document, make_key(organization)[1])
-    response = api.call(
-        "PATCH", "/api/v1/sources/{source_id}", {"allowed_networks": _networks(count)}, source_id=world["source"].pk
-    )
-    assert response.status_code == status, response.content
-    if status == 400:
-        assert list(response.json()["fields"]) == ["allowed_networks"]
+        assert response.status_code == status, response.content
+        if status == 400:
+            assert list(response.json()["fields"]) == ["allowed_networks"]
 
 
 # Every place a request gives a time: the lists' filters (rejected requests are the event list's

@@ -3,7 +3,8 @@
 Each GET and POST is tried with Acme's objects and with Globex's ids (IDOR): another
 organization's objects are 404 (never 403, never data), roles allow what they allow, anonymous
 visitors are sent to sign in, and a POST without a CSRF token changes nothing. Refused requests
-change nothing, so one world serves every refused request of a test (which keeps this fast).
+change nothing, so one world serves every refused request of a test, and one world, made once
+for the module, serves every test (each runs in a savepoint of its transaction).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -19,6 +21,7 @@ from conftest import UserFactory
 from organizations import team
 from organizations.api_keys import api_key_create
 from organizations.models import ApiKey, AuditLog, Membership
+from organizations.services import organization_create
 from webhooks.models import Delivery, Destination, Source
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
@@ -100,19 +103,28 @@ def test_every_tenant_url_is_in_the_matrix():
     assert expected - {"team:invitation_accept"} == covered
 
 
-@pytest.fixture(autouse=True)
-def no_dispatch(monkeypatch):
+def _no_dispatch(monkeypatch):
     monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
     monkeypatch.setattr(operations, "schedule_dispatch", lambda: None)
     monkeypatch.setattr("webhooks.tasks.run_bulk_retry.delay", lambda job_id: None)
 
 
-@pytest.fixture
-def tenants(client, organization, other_organization, owner, member, outsider):
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    _no_dispatch(monkeypatch)
+
+
+def _build_tenants():
+    organization = organization_create(name="Acme", slug="acme", owner_email="owner@acme.example")
+    other_organization = organization_create(name="Globex", slug="globex", owner_email="owner@globex.example")
+    owner = organization.memberships.get(role=Membership.Role.OWNER).user
+    outsider = other_organization.memberships.get(role=Membership.Role.OWNER).user
+    member = UserFactory(email="member@acme.example")
+    Membership.objects.create(user=member, organization=organization, role=MEMBER)
     admin = UserFactory(email="admin@acme.example")
     Membership.objects.create(user=admin, organization=organization, role=ADMIN)
-    ours = build_world(client, organization)
-    theirs = build_world(client, other_organization, url="http://127.0.0.1:9/globex")
+    ours = build_world(Client(), organization)
+    theirs = build_world(Client(), other_organization, url="http://127.0.0.1:9/globex")
     # The membership that member routes act on is a fourth person's: one's own would be leaving,
     # which every role may do.
     bystander = UserFactory(email="bystander@acme.example")
@@ -139,6 +151,32 @@ def tenants(client, organization, other_organization, owner, member, outsider):
             "api_key": api_key_create(organization=other_organization, name="theirs")[0],
         },
     }
+
+
+@pytest.fixture(scope="module")
+def _tenants_of_the_module(django_db_setup, django_db_blocker):
+    """The two tenants, made once for the module in a transaction that is never committed: each
+    test runs in a savepoint of it (pytest-django's own transaction, nested), so whatever a test
+    changes is undone before the next, and the whole is rolled back after the last."""
+    with django_db_blocker.unblock(), pytest.MonkeyPatch.context() as patch:
+        _no_dispatch(patch)
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        try:
+            made = _build_tenants()
+        except BaseException:
+            atomic.__exit__(None, None, None)
+            raise
+    yield made
+    with django_db_blocker.unblock():
+        transaction.set_rollback(True)
+        atomic.__exit__(None, None, None)
+
+
+@pytest.fixture
+def tenants(_tenants_of_the_module, db):
+    assert transaction.get_connection().in_atomic_block
+    return _tenants_of_the_module
 
 
 def _path(tenants, name, kind, slug, objects_of):

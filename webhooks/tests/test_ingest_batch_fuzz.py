@@ -9,23 +9,26 @@ standardwebhooks) or from stdlib HMAC as providers.md describes it (GitHub, gene
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.db import connection
 from django.test import Client
 
 from webhooks.models import WebhookEvent
-from webhooks.services import ingest_writer
+from webhooks.services import ingest, ingest_writer
 from webhooks.services.text import storable_text
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
@@ -189,26 +192,41 @@ def _cases() -> dict[str, Odd]:
 CASES = _cases()
 
 
+class Sources(dict):
+    """The sources by provider ("other": the other tenant's), each made when first asked for: a test
+    uses two or three of the six."""
+
+    def __init__(self, makers: dict):
+        super().__init__()
+        self._makers = makers
+
+    def __missing__(self, name: str):
+        self[name] = made = self._makers[name]()
+        return made
+
+
 @pytest.fixture
 def sources(organization, other_organization):
-    return {
-        "stripe": make_source(organization),
-        "standard_webhooks": make_source(organization, "standard_webhooks", secret=STANDARD_SECRET),
-        "github": make_source(organization, "github", secret=HMAC_SECRET),
-        "generic_hmac": make_source(
-            organization,
-            "generic_hmac",
-            secret=HMAC_SECRET,
-            header="X-Signature",
-            prefix="sha256=",
-            event_id_field="id",
-            event_type_field="type",
-        ),
-        "shared_token": make_source(
-            organization, "shared_token", secret=TOKEN, event_id_field="id", event_type_field="type"
-        ),
-        "other": make_source(other_organization, name="other tenant"),
-    }
+    return Sources(
+        {
+            "stripe": lambda: make_source(organization),
+            "standard_webhooks": lambda: make_source(organization, "standard_webhooks", secret=STANDARD_SECRET),
+            "github": lambda: make_source(organization, "github", secret=HMAC_SECRET),
+            "generic_hmac": lambda: make_source(
+                organization,
+                "generic_hmac",
+                secret=HMAC_SECRET,
+                header="X-Signature",
+                prefix="sha256=",
+                event_id_field="id",
+                event_type_field="type",
+            ),
+            "shared_token": lambda: make_source(
+                organization, "shared_token", secret=TOKEN, event_id_field="id", event_type_field="type"
+            ),
+            "other": lambda: make_source(other_organization, name="other tenant"),
+        }
+    )
 
 
 @pytest.fixture
@@ -220,6 +238,10 @@ def writer_process(transactional_db, settings, monkeypatch):
     batches = GatedBatches()
     monkeypatch.setattr(ingest_writer, "insert_event_batch", batches)
     yield batches
+    running.server.stop()
+    # It looks at its stop flag between waits of up to 0.5 s for its sockets: a connection ends the wait.
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as nudge:
+        nudge.connect(running.server.path)
     running.stop()
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -282,14 +304,37 @@ def _check(odd_answers: dict, answers) -> None:
     assert WebhookEvent.objects.filter(pk__in=acknowledged).count() == len(acknowledged)
 
 
+@contextlib.contextmanager
+def counting_rows_for_the_writer():
+    """How many requests have handed (or are handing) their row to the writer: a list of one count."""
+    handed, lock, real = [0], threading.Lock(), ingest.store_event
+
+    def store_event(event):
+        with lock:
+            handed[0] += 1
+        return real(event)
+
+    with mock.patch.object(ingest, "store_event", store_event):
+        yield handed
+
+
 def _send_in_one_batch(batches, sources, names: list[str], cases: dict[str, Odd] = CASES):
     """The odd requests ``names`` and the other tenant's good ones, queued behind a held batch."""
-    with ThreadPoolExecutor(len(names) + GOOD_REQUESTS + 1) as pool:
+    for name in names:
+        sources[cases[name].provider]  # made now, before the writer holds its first batch
+    with counting_rows_for_the_writer() as handed, ThreadPoolExecutor(len(names) + GOOD_REQUESTS + 1) as pool:
         gate = pool.submit(_post_good, sources["other"], -1)
         assert batches.first_started.wait(10)
         odd = {name: pool.submit(_post_odd, sources[cases[name].provider], cases[name]) for name in names}
         good = [pool.submit(_post_good, sources["other"], index) for index in range(GOOD_REQUESTS)]
-        time.sleep(0.5)  # let the rows reach the writer while its first batch is held
+        sent = [*odd.values(), *good]
+        # Every request waits on the writer (none can be answered while its first batch is held)
+        # or was answered without a row for it (refused before): the rows that were to be
+        # written are queued behind the held batch.
+        assert wait_until(lambda: handed[0] - 1 + sum(future.done() for future in sent) >= len(sent), 60, 0.01), (
+            handed,
+            [future.done() for future in sent],
+        )
         batches.gate.set()
         odd_answers = {name: future.result(60) for name, future in odd.items()}
         answers = [gate.result(60), *(future.result(60) for future in good)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -38,7 +39,8 @@ STRIPE_SECRET = "whsec_test_secret"
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HMAC_SECRET = "It's a Secret to Everybody"
 TOKEN = "tok_4f9d1c2b8e7a6"
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 50 drawn examples a run (the edges are tried every run, below: test_edge_values_raise_only_documented_errors).
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 GENERIC_HEX = GenericHmacProvider().clean_options({"header": "X-Signature", "prefix": "sha256="})
 GENERIC_TIMED = GenericHmacProvider().clean_options(
@@ -163,8 +165,15 @@ def test_random_input_raises_only_documented_errors(name, data):
     if data.draw(st.booleans(), label="start from a valid request"):
         valid_body = data.draw(SIGNED_BODIES, label="valid body")
         headers = {**signer(valid_body), **headers}
-    secrets = data.draw(st.sampled_from([[secret], [secret, "other"], [], ["", "whsec_!!!"]]), label="secrets")
-    request = InboundRequest(body=body, headers=headers)
+    secrets = data.draw(st.sampled_from(_secret_lists(secret)), label="secrets")
+    _raises_only_documented_errors(provider, options, InboundRequest(body=body, headers=headers), secrets)
+
+
+def _secret_lists(secret: str) -> list[list[str]]:
+    return [[secret], [secret, "other"], [], ["", "whsec_!!!"]]
+
+
+def _raises_only_documented_errors(provider: Provider, options: dict, request: InboundRequest, secrets) -> None:
     try:
         provider.verify(request, secrets, options, NOW)
     except VerificationError as exc:
@@ -177,6 +186,73 @@ def test_random_input_raises_only_documented_errors(name, data):
         return
     assert isinstance(info.event_type, str)
     assert info.event_id is None or isinstance(info.event_id, str)
+
+
+# Values at the edges of what the providers parse, and the bodies BODIES samples from (and more):
+# every header a provider reads gets each value, alone and in a correctly signed request, whatever
+# the drawn examples of a run are.
+EDGE_BODIES = [b"", b"{}", b"[]", b"null", b'{"id": 1, "type": ["x"]}', b"[" * 500, b'{"a":' * 300, b"\xff\xfe"]
+EDGE_HEADER_VALUES = [
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "caf\u00e9 \U0001f600",
+    "t=",
+    "t=,v1=",
+    f"t={NOW},v1=",
+    f"t={NOW},v1={'0' * 64}",
+    f"t={NOW},v0={'0' * 64}",
+    "t=99999999999999999999,v1=00",
+    "t=-99999999999999999999,v1=00",
+    "t=1.5,v1=ab",
+    "v1=abc,t=",
+    "sha256=",
+    "sha256=zz",
+    "sha256=" + "0" * 63,
+    "sha256=" + "0" * 64,
+    "SHA256=" + "A" * 64,
+    "sha1=",
+    "sha1=" + "0" * 40,
+    "v1,",
+    "v1,!!!",
+    "v1a,AAAA",
+    "v1,AAAA v1,====",
+    ",",
+    "Bearer",
+    "Bearer ",
+    "Bearer \x00",
+    "bearer tok",
+    "-1",
+    "0",
+    "1e9",
+    str(NOW),
+    "99999999999999999999",
+    "AAAA",
+    "====",
+    "A" * 2000,
+]
+
+
+def _is_text(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_edge_values_raise_only_documented_errors(name):
+    provider, options, secret, signer, header_names = CASES[name]
+    for body, header, value in itertools.product(EDGE_BODIES, header_names, EDGE_HEADER_VALUES):
+        # The packages sign text: a body that is not UTF-8 comes with another body's signature.
+        signed = signer(body if _is_text(body) else b"{}")
+        # Each body with the secret and another; each value with the other lists of secrets too.
+        every_list = body == b"{}"
+        for headers in ({header: value}, {**signed, header: value}):
+            for secrets in _secret_lists(secret) if every_list else [[secret, "other"]]:
+                _raises_only_documented_errors(provider, options, InboundRequest(body=body, headers=headers), secrets)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "shared_token"])
@@ -206,3 +282,29 @@ def test_shared_token_one_character_change_is_always_rejected(token, data):
         provider.verify(
             InboundRequest(body=b"{}", headers={"authorization": f"Bearer {changed}"}), [token], options, NOW
         )
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "shared_token"])
+def test_every_one_byte_change_to_a_signed_body_is_rejected(name):
+    # The edges the drawn examples may miss in a run: the first and last byte, the smallest and
+    # largest change, and the high bit.
+    provider, options, secret, signer, _ = CASES[name]
+    body = '{"id": "evt_1", "type": "x.y", "é": "\u2603"}'.encode()
+    headers = signer(body)
+    for index, delta in itertools.product(range(len(body)), (1, 128, 255)):
+        with pytest.raises(VerificationError) as info:
+            provider.verify(InboundRequest(body=_mutate(body, index, delta), headers=headers), [secret], options, NOW)
+        assert info.value.code in {"no_matching_secret", "bad_format"}
+
+
+def test_every_one_character_change_to_a_shared_token_is_rejected():
+    provider, options, _, _, _ = CASES["shared_token"]
+    token = TOKEN + "!~"
+    for index, replacement in itertools.product(range(len(token)), ("!", "~", "a", "0")):
+        changed = token[:index] + replacement + token[index + 1 :]
+        if changed == token:
+            continue
+        with pytest.raises(VerificationError):
+            provider.verify(
+                InboundRequest(body=b"{}", headers={"authorization": f"Bearer {changed}"}), [token], options, NOW
+            )
