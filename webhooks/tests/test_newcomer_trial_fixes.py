@@ -9,6 +9,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from webhooks.models import Destination
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations
 
@@ -97,3 +98,24 @@ def test_no_such_word_where_no_source_counts_duplicates_by_body(client, owner, o
 
     assert 'id="id-search-none"' in found
     assert 'id="id-search-replays"' not in found
+
+
+def test_a_destination_url_typed_without_its_scheme_is_refused_not_turned_into_https(client, owner, organization):
+    # A local receiver typed as host:port/path was saved as https://…, and its attempts failed on TLS.
+    source = make_source(organization)
+    client.force_login(owner)
+    url = reverse("dashboard:destination_create", args=["acme"])
+
+    refused = client.post(
+        url, {"name": "Local", "url": "127.0.0.1:8001/hooks", "sources": [source.pk], "timeout_seconds": 15}
+    )
+
+    assert refused.status_code == 200
+    assert "it has no scheme" in refused.content.decode()
+    assert not Destination.objects.filter(organization=organization).exists()
+
+    created = client.post(
+        url, {"name": "Local", "url": "http://127.0.0.1:8001/hooks", "sources": [source.pk], "timeout_seconds": 15}
+    )
+    assert created.status_code == 302
+    assert Destination.objects.get(organization=organization).url == "http://127.0.0.1:8001/hooks"
