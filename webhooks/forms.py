@@ -621,6 +621,17 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
         self.fields["retry_schedule"].show_platform_schedule()
         self.order_fields_by_fieldsets()
 
+    def clean_url(self) -> str:
+        """Refuse an address typed without its scheme, as the API does. Django's URLField put https://
+        before it (assume_scheme), so a local receiver typed as 127.0.0.1:8001/hooks was saved as
+        https://127.0.0.1:8001/hooks, and every attempt then failed on TLS, without a word."""
+        typed = (self.data.get(self.add_prefix("url")) or "").strip()
+        if "://" not in typed:
+            raise forms.ValidationError(
+                "Start the URL with https:// (or http:// for a receiver without TLS): it has no scheme."
+            )
+        return self.cleaned_data["url"]
+
     def clean_max_retry_age_hours(self) -> int | None:
         """In seconds, as the service takes it (which checks the bounds)."""
         hours = self.cleaned_data["max_retry_age_hours"]

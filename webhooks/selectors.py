@@ -40,6 +40,7 @@ from webhooks.fields import encrypted_field_names
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
+from .providers.registry import PROVIDERS
 from .services.body_search_slots import body_search_slot
 from .services.delivery_waits import DESTINATION_FIELDS_READ
 from .services.sender_marks import hookline_test_events
@@ -424,6 +425,21 @@ def rejected_count_beside_list(*, organization: Organization, filters: EventFilt
             logger.warning("count of rejected requests stopped after %s s", REJECTED_COUNT_TIMEOUT_SECONDS)
             return None
         raise
+
+
+def sources_counting_replays_by_body(*, organization: Organization) -> list[str]:
+    """The labels of the providers of the organization's sources (not being deleted) that count a
+    request whose signed body equals a stored event's as that event's duplicate, whatever its id
+    (``dedupes_on_signed_content``: GitHub, Bitbucket, Linear). Such a request's own id is not kept,
+    so a search for it finds nothing: the events list says so when one of these sources exists."""
+    kinds = set(
+        Source.objects.filter(organization=organization, deletion_requested_at__isnull=True)
+        .values_list("provider", flat=True)
+        .distinct()
+    )
+    return sorted(
+        provider.label for kind, provider in PROVIDERS.items() if kind in kinds and provider.dedupes_on_signed_content
+    )
 
 
 def _rows_for_list(events: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:

@@ -36,6 +36,7 @@ from webhooks.selectors import (
     parse_event_id,
     pasted_id,
     rejected_count_beside_list,
+    sources_counting_replays_by_body,
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
@@ -47,6 +48,11 @@ from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.text import readable_body
 
 from .base import ChangeView, or_404
+
+
+def either_of(names: list[str]) -> str:
+    """ "GitHub", "GitHub or Linear", "Bitbucket, GitHub or Linear"; "" for none."""
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
 
 
 class EventFiltersMixin:
@@ -112,6 +118,11 @@ class EventListView(EventFiltersMixin, OrganizationMixin, TemplateView):
             # "No event has the id …" rather than "No events match": the id was all that was asked.
             id_search_only=bool(filters.search) and filters == EventFilters(search=filters.search),
             id_read_as=pasted_id(filters.search),
+            # An id nobody has may still be a request Hookline answered: one whose signed body was an
+            # event's already stored, counted as its duplicate without keeping its own id.
+            replays_counted_by_body=either_of(sources_counting_replays_by_body(organization=self.organization))
+            if filters.search and not page.events and before is None
+            else "",
             # A range that ended before now gets no new events: nothing to wait for.
             range_ended=filters.until is not None and filters.until <= timezone.now(),
             poll_after=live_since,
