@@ -172,6 +172,26 @@ def test_list_events_names_the_source_and_tells_a_replay_from_the_first_delivery
     assert sorted(line.split(":")[0].strip() for line in lines[1:]) == ["→ endpoint", "→ endpoint (replay)"]
 
 
+def test_list_events_says_how_many_times_an_event_was_received(client, organization, monkeypatch):
+    # The JSON gives duplicate_count; the lines said nothing of the provider's redeliveries.
+    from webhooks.services import operations
+
+    monkeypatch.setattr(operations, "schedule_dispatch", lambda slot=0: None)
+    source = make_source(organization, name="Stripe live")
+    ingest_stripe(client, source, "evt_once")
+    for _ in range(3):
+        ingest_stripe(client, source, "evt_thrice")
+
+    assert {
+        e["provider_event_id"]: e["duplicate_count"] for e in run("list_events", "--org", organization.slug)["events"]
+    } == {"evt_once": 0, "evt_thrice": 2}
+    out = io.StringIO()
+    call_command("list_events", "--org", organization.slug, stdout=out)
+    lines = {line.split("  (source")[0].split()[-1]: line for line in out.getvalue().splitlines()}
+    assert lines["evt_thrice"].endswith("(source Stripe live)  ×3 received")
+    assert lines["evt_once"].endswith("(source Stripe live)")
+
+
 def test_commands_explain_bad_input():
     with pytest.raises(CommandError, match=r'^no such organization "missing"$'):
         run("create_source", "--org", "missing", "--provider", "stripe", "--name", "x", "--secret", "y")

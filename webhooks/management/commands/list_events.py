@@ -74,6 +74,8 @@ class Command(OperatorCommand):
             f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} "
             + (row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
             + f"  (source {row['source']})"
+            # Redeliveries of the same provider event, counted on it (the events list's ×N badge).
+            + (f"  ×{row['duplicate_count'] + 1} received" if row["duplicate_count"] else "")
             + (f"\n    {row['rejection_detail']}" if row["rejection_detail"] else "")
             + "".join(_delivery_line(d) for d in row["deliveries"])
             for row in rows
