@@ -433,6 +433,16 @@ class KnownFieldsOnly(serializers.Serializer):
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
                 raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
+            # DRF reads an empty value in a query string ("?status=", as an HTML form sends a field
+            # left blank) as a parameter not given: "?destination=$DEST&status=failed" with DEST unset
+            # would list the failures of every destination. The document says each takes a value.
+            # (cursor and limit, read by the pagination, refuse an empty one themselves.)
+            if isinstance(data, QueryDict) and (
+                blank := [name for name, value in data.items() if value == "" and name in self.fields]
+            ):
+                raise serializers.ValidationError(
+                    {name: ["is empty: give a value, or leave the parameter out"] for name in blank}
+                )
         # A query string's values are all text, by nature; a JSON body's have types, and DRF's fields
         # would convert them ("yes" for true, "3" or 3.0 for 3, true for 1, 123 for "123").
         wrong_types = (
