@@ -62,3 +62,29 @@ def test_a_filter_with_a_value_still_filters(client, key, world):
     response = _get(client, key, f"/api/v1/deliveries?destination={world['billing'].pk}&status=dead")
     assert response.status_code == 200
     assert [row["destination"] for row in response.json()["results"]] == [world["billing"].pk]
+
+
+@pytest.mark.parametrize("method", ["put", "delete", "trace"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/events?limit=5", "/api/v1/deliveries?status=dead", "/api/v1/bulk_retries?status=done"]
+)
+def test_a_method_a_list_does_not_take_is_a_405_whatever_its_query(client, key, world, method, path):
+    # It was a 400 on the query parameters ("this request takes no query parameters"): fixing them
+    # would only have led to the 405.
+    response = client.generic(method.upper(), path, HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 405, response.content
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_a_method_an_object_does_not_take_is_a_405_whatever_its_query(client, key, world):
+    source = world["source"]
+    response = client.put(
+        f"/api/v1/sources/{source.pk}?name=x", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 405, response.content
+    # A method it takes still refuses the query string, and a request without a key is still a 401.
+    response = client.patch(
+        f"/api/v1/sources/{source.pk}?name=x", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 400 and list(response.json()["fields"]) == ["name"]
+    assert client.generic("TRACE", "/api/v1/events?limit=5").status_code == 401
