@@ -20,6 +20,7 @@ from rest_framework import serializers
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
+    BODY_SEARCH_MAX_BYTES,
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
@@ -648,6 +649,14 @@ RECEIVED_BEFORE_HELP = f"Not included; must be later than received_after. {_TIME
 _IN_QUERY = " In a query string, write an offset's + as %2B (a bare + is a space)."
 
 
+# Its bounds are in UTF-8 bytes (validate_body_contains says which); the document's are in characters,
+# so it states the widest that holds them: at most 200 bytes is at most 200 characters, and one
+# character may be 3 bytes. Not a max_length: DRF's own refusal would come first and count characters.
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": BODY_SEARCH_MAX_BYTES})
+class BodySearchTextField(serializers.CharField):
+    pass
+
+
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
@@ -678,7 +687,7 @@ class EventFilterSerializer(ReceivedRangeMixin):
     received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP + _IN_QUERY)
     received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
-    body_contains = serializers.CharField(
+    body_contains = BodySearchTextField(
         required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
     )
 

@@ -88,3 +88,16 @@ def test_a_method_an_object_does_not_take_is_a_405_whatever_its_query(client, ke
     )
     assert response.status_code == 400 and list(response.json()["fields"]) == ["name"]
     assert client.generic("TRACE", "/api/v1/events?limit=5").status_code == 401
+
+
+def test_the_document_bounds_body_contains_as_the_list_does(client, key, world):
+    # Documented as any string of 1 character or more: a client generating requests from the document
+    # sent 201 characters and more, always a 400. At most 200 bytes is at most 200 characters.
+    document = client.get("/api/v1/schema", HTTP_ACCEPT="application/json").json()
+    parameters = document["paths"]["/api/v1/events"]["get"]["parameters"]
+    (body_contains,) = [parameter for parameter in parameters if parameter["name"] == "body_contains"]
+    assert body_contains["schema"]["maxLength"] == 200
+    assert body_contains["schema"]["minLength"] == 1  # "€" alone is 3 bytes: a search the list takes
+    assert _get(client, key, "/api/v1/events?body_contains=€").status_code == 200
+    assert _get(client, key, "/api/v1/events?body_contains=" + "x" * 200).status_code == 200
+    assert _get(client, key, "/api/v1/events?body_contains=" + "x" * 201).status_code == 400
