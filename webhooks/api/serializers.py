@@ -20,6 +20,7 @@ from rest_framework import serializers
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
+    BODY_SEARCH_MAX_BYTES,
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
@@ -433,6 +434,16 @@ class KnownFieldsOnly(serializers.Serializer):
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
                 raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
+            # DRF reads an empty value in a query string ("?status=", as an HTML form sends a field
+            # left blank) as a parameter not given: "?destination=$DEST&status=failed" with DEST unset
+            # would list the failures of every destination. The document says each takes a value.
+            # (cursor and limit, read by the pagination, refuse an empty one themselves.)
+            if isinstance(data, QueryDict) and (
+                blank := [name for name, value in data.items() if value == "" and name in self.fields]
+            ):
+                raise serializers.ValidationError(
+                    {name: ["is empty: give a value, or leave the parameter out"] for name in blank}
+                )
         # A query string's values are all text, by nature; a JSON body's have types, and DRF's fields
         # would convert them ("yes" for true, "3" or 3.0 for 3, true for 1, 123 for "123").
         wrong_types = (
@@ -638,6 +649,14 @@ RECEIVED_BEFORE_HELP = f"Not included; must be later than received_after. {_TIME
 _IN_QUERY = " In a query string, write an offset's + as %2B (a bare + is a space)."
 
 
+# Its bounds are in UTF-8 bytes (validate_body_contains says which); the document's are in characters,
+# so it states the widest that holds them: at most 200 bytes is at most 200 characters, and one
+# character may be 3 bytes. Not a max_length: DRF's own refusal would come first and count characters.
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": BODY_SEARCH_MAX_BYTES})
+class BodySearchTextField(serializers.CharField):
+    pass
+
+
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
@@ -668,7 +687,7 @@ class EventFilterSerializer(ReceivedRangeMixin):
     received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP + _IN_QUERY)
     received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
-    body_contains = serializers.CharField(
+    body_contains = BodySearchTextField(
         required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
     )
 

@@ -207,6 +207,10 @@ class EventPages(NewestFirst):
 class ApiObjectView(ApiView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
+        # A method the path does not take is dispatch's 405, whatever the query string holds: a 400
+        # on its parameters would tell the caller to fix them, and the same call would fail again.
+        if not self.handles(request.method):
+            return
         # After the key's checks (401, 403, 429 first), as for any other refusal of the request.
         if not self.reads_query_parameters(request):
             serializers.NoQueryParameters(data=request.query_params).is_valid(raise_exception=True)
@@ -214,6 +218,11 @@ class ApiObjectView(ApiView):
     def reads_query_parameters(self, request) -> bool:
         """Whether the handler reads the query string, and refuses a name it does not take, itself."""
         return False
+
+    def handles(self, method: str) -> bool:
+        """Whether this view has a handler for ``method`` (dispatch answers 405 otherwise)."""
+        name = method.lower()
+        return name in self.http_method_names and hasattr(self, name)
 
     def show(self, serializer_class, instance, status=200, **context):
         data = serializer_class(instance, context={"sees_everything": self.sees_everything, **context}).data
