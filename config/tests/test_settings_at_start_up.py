@@ -1,14 +1,15 @@
-"""What the settings refuse or adjust at start-up, read in a fresh interpreter as a server process would."""
+"""What the settings refuse or adjust at start-up, read in a fresh process as a server process would
+(forked from one that has only loaded the libraries: see fresh_process.py)."""
 
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+
+from .fresh_process import FreshProcesses
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = Fernet.generate_key().decode()
@@ -21,7 +22,13 @@ PRINT_SETTINGS = (
 )
 
 
-def start(argv=("manage.py", "check"), **variables):
+@pytest.fixture(scope="module")
+def fresh():
+    with FreshProcesses() as processes:
+        yield processes
+
+
+def start(fresh, argv=("manage.py", "check"), **variables):
     environment = {
         "PATH": os.environ["PATH"],
         "HOME": str(Path.home()),
@@ -34,18 +41,11 @@ def start(argv=("manage.py", "check"), **variables):
         **variables,
     }
     environment = {name: value for name, value in environment.items() if value is not None}
-    return subprocess.run(
-        [sys.executable, "-c", PRINT_SETTINGS, json.dumps(list(argv))],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=120,
-    )
+    return fresh.run(["-c", PRINT_SETTINGS, json.dumps(list(argv))], environment)
 
 
-def settings_read(**variables) -> dict:
-    result = start(**variables)
+def settings_read(fresh, **variables) -> dict:
+    result = start(fresh, **variables)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -73,27 +73,31 @@ def settings_read(**variables) -> dict:
         ({"PUBLIC_BASE_URL": "hooks.example.com"}, "PUBLIC_BASE_URL must be an absolute http(s) URL"),
     ],
 )
-def test_a_blank_or_mistyped_setting_stops_start_up_and_says_which(variables, named):
+def test_a_blank_or_mistyped_setting_stops_start_up_and_says_which(fresh, variables, named):
     # Found later, a blank key passed every check and then answered 500 to every webhook.
-    result = start(**variables)
+    result = start(fresh, **variables)
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and named in result.stderr
     assert GOOD_KEY not in result.stderr
 
 
-def test_rediss_urls_get_the_configured_certificate_check_unless_they_name_one():
+def test_rediss_urls_get_the_configured_certificate_check_unless_they_name_one(fresh):
     heroku = "rediss://:pw@ec2-1-2-3-4.compute.amazonaws.com:6380"
-    read = settings_read(REDIS_URL=heroku, REDIS_SSL_CERT_REQS="none")
+    read = settings_read(fresh, REDIS_URL=heroku, REDIS_SSL_CERT_REQS="none")
     assert read["redis"] == read["cache"] == read["broker"] == f"{heroku}?ssl_cert_reqs=none"
     # The default checks the certificate; a URL's own choice and plain redis:// are left alone.
-    assert settings_read(REDIS_URL=f"{heroku}/0?health=1")["redis"] == f"{heroku}/0?health=1&ssl_cert_reqs=required"
+    assert (
+        settings_read(fresh, REDIS_URL=f"{heroku}/0?health=1")["redis"] == f"{heroku}/0?health=1&ssl_cert_reqs=required"
+    )
     own = f"{heroku}?ssl_cert_reqs=optional"
-    assert settings_read(REDIS_URL=own, REDIS_SSL_CERT_REQS="none")["cache"] == own
-    assert settings_read(REDIS_URL="redis://localhost:6379/3")["broker"] == "redis://localhost:6379/3"
-    read = settings_read(REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL=heroku, REDIS_SSL_CERT_REQS="none")
+    assert settings_read(fresh, REDIS_URL=own, REDIS_SSL_CERT_REQS="none")["cache"] == own
+    assert settings_read(fresh, REDIS_URL="redis://localhost:6379/3")["broker"] == "redis://localhost:6379/3"
+    read = settings_read(
+        fresh, REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL=heroku, REDIS_SSL_CERT_REQS="none"
+    )
     assert read["broker"] == f"{heroku}?ssl_cert_reqs=none"
     # .env.example's "# CELERY_BROKER_URL=" uncommented: Celery took "" for amqp://localhost.
-    assert settings_read(REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL="")["broker"] == (
+    assert settings_read(fresh, REDIS_URL="redis://localhost:6379/3", CELERY_BROKER_URL="")["broker"] == (
         "redis://localhost:6379/3"
     )
 
@@ -109,45 +113,48 @@ OPTIONAL_VARIABLES = (
 
 
 @pytest.mark.parametrize("blank", ["", "  "])
-def test_optional_variables_set_blank_take_their_defaults(blank):
+def test_optional_variables_set_blank_take_their_defaults(fresh, blank):
     # app.json's and render.yaml's optional fields left empty, or `EMAIL_URL=` in a copy of
     # .env.example, set the variable to "": start-up stopped on "Invalid email schema" or an
     # unknown log level, and an empty ALLOWED_HOSTS answered 400 to every page but the probes.
-    unset = settings_read()
-    assert settings_read(**dict.fromkeys(OPTIONAL_VARIABLES, blank)) == unset
+    unset = settings_read(fresh)
+    assert settings_read(fresh, **dict.fromkeys(OPTIONAL_VARIABLES, blank)) == unset
     assert unset["email"] == "django.core.mail.backends.console.EmailBackend"
     assert unset["hosts"] == ["hooks.example.com", "localhost", "127.0.0.1", "testserver"]
     assert unset["origins"] == ["https://hooks.example.com"]
     assert (unset["hsts"], unset["log_level"]) == (31_536_000, logging.INFO)
 
 
-def test_allowed_hosts_and_trusted_origins_add_to_the_public_base_urls():
+def test_allowed_hosts_and_trusted_origins_add_to_the_public_base_urls(fresh):
     # .env.example: "set it only to add names". Replacing the list refused PUBLIC_BASE_URL's own host,
     # which ingest URLs and sign-in links name, with a 400.
     read = settings_read(
-        ALLOWED_HOSTS="hooks.acme.example,localhost", CSRF_TRUSTED_ORIGINS="https://hooks.acme.example/"
+        fresh, ALLOWED_HOSTS="hooks.acme.example,localhost", CSRF_TRUSTED_ORIGINS="https://hooks.acme.example/"
     )
     assert read["hosts"] == ["hooks.example.com", "localhost", "127.0.0.1", "testserver", "hooks.acme.example"]
     assert read["origins"] == ["https://hooks.example.com", "https://hooks.acme.example"]
 
 
-def test_a_lower_case_log_level_is_read():
-    assert settings_read(LOG_LEVEL="warning")["log_level"] == logging.WARNING
+def test_a_lower_case_log_level_is_read(fresh):
+    assert settings_read(fresh, LOG_LEVEL="warning")["log_level"] == logging.WARNING
 
 
-def test_collectstatic_runs_with_the_storage_that_writes_hashed_names():
+def test_collectstatic_runs_with_the_storage_that_writes_hashed_names(fresh):
     # The manifest storage is what writes staticfiles.json; choosing it only once that file
     # existed meant it was never written, and files never got hashed names or long caching.
-    assert settings_read(argv=["manage.py", "collectstatic", "--noinput"])["static"] == (
+    assert settings_read(fresh, argv=["manage.py", "collectstatic", "--noinput"])["static"] == (
         "config.storage.CollectedStaticFilesStorage"
     )
     if not (ROOT / "staticfiles" / "staticfiles.json").exists():
-        assert settings_read()["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
+        assert settings_read(fresh)["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
 
 
-def test_earlier_secret_keys_are_read_from_the_environment():
-    assert settings_read()["fallbacks"] == []
-    assert settings_read(SECRET_KEY_FALLBACKS="old-key-one,old-key-two")["fallbacks"] == ["old-key-one", "old-key-two"]
+def test_earlier_secret_keys_are_read_from_the_environment(fresh):
+    assert settings_read(fresh)["fallbacks"] == []
+    assert settings_read(fresh, SECRET_KEY_FALLBACKS="old-key-one,old-key-two")["fallbacks"] == [
+        "old-key-one",
+        "old-key-two",
+    ]
 
 
 ENCRYPT_OR_DECRYPT = (
@@ -156,7 +163,7 @@ ENCRYPT_OR_DECRYPT = (
 )
 
 
-def embedded(tmp_path, *arguments, **variables):
+def embedded(fresh, tmp_path, *arguments, **variables):
     environment = {
         "PATH": os.environ["PATH"],
         "HOME": str(Path.home()),
@@ -164,23 +171,17 @@ def embedded(tmp_path, *arguments, **variables):
         "HOOKLINE_VAR_DIR": str(tmp_path),
         **variables,
     }
-    return subprocess.run(
-        [sys.executable, "-c", ENCRYPT_OR_DECRYPT, *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=120,
-    )
+    return fresh.run(["-c", ENCRYPT_OR_DECRYPT, *arguments], environment)
 
 
-def test_embedded_secrets_stay_readable_when_the_secret_key_changes_through_the_fallbacks(tmp_path):
+def test_embedded_secrets_stay_readable_when_the_secret_key_changes_through_the_fallbacks(fresh, tmp_path):
     # Embedded mode derives its encryption key from SECRET_KEY: changing the key as the README says
     # (the old one moved to SECRET_KEY_FALLBACKS) must not leave the stored source secrets unreadable.
-    stored = embedded(tmp_path, "encrypt", SECRET_KEY="the-first-embedded-key")
+    stored = embedded(fresh, tmp_path, "encrypt", SECRET_KEY="the-first-embedded-key")
     assert stored.returncode == 0, stored.stderr
 
     read = embedded(
+        fresh,
         tmp_path,
         stored.stdout.strip(),
         SECRET_KEY="the-second-embedded-key",
@@ -190,7 +191,7 @@ def test_embedded_secrets_stay_readable_when_the_secret_key_changes_through_the_
     assert read.returncode == 0, read.stderr
     assert read.stdout.strip() == "b'whsec_stored'"
     # Without the old key listed the secret is unreadable, as before: the fallback is what keeps it.
-    assert embedded(tmp_path, stored.stdout.strip(), SECRET_KEY="the-second-embedded-key").returncode != 0
+    assert embedded(fresh, tmp_path, stored.stdout.strip(), SECRET_KEY="the-second-embedded-key").returncode != 0
 
 
 def test_a_static_file_missing_from_an_old_manifest_still_renders(settings, tmp_path, client):

@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
+from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
 from webhooks.migration_helpers import build_index_concurrently
@@ -174,22 +175,25 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
 @pytest.mark.django_db(transaction=True)
 def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings):
     # 0026 adds its columns with plain AddFields outside a transaction: cut short after the first, it
-    # could not run again over its own half (the column exists), so it keeps Django's wait.
+    # could not run again over its own half (the column exists), so it keeps Django's wait. Shown with
+    # 0040, outside a transaction too and whose first step adds a column to the deliveries: one step
+    # back and forth, where 0026 was fifteen.
     settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
     settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
     settings.MIGRATION_LOCK_TRIES = 1
-    event_table = "webhooks_webhookevent"
-    call_command("migrate", "webhooks", "0025_destination_custom_headers", verbosity=0)
+    before, outside_a_transaction = "0039_event_rejected_index", "0040_delivery_put_back"
+    delivery_table = "webhooks_delivery"
+    call_command("migrate", "webhooks", before, verbosity=0)
     try:
+        migration = MigrationLoader(connection).get_migration("webhooks", outside_a_transaction)
+        assert migration.atomic is False
         stderr, outcome = io.StringIO(), {}
         with other_connection() as long_request, other_connection(autocommit=True) as watch:
-            long_request.execute(f"SELECT count(*) FROM {event_table}")
-            migrating = migrate_in_a_thread(
-                "webhooks", "0026_event_processing_set_aside", stderr=stderr, outcome=outcome
-            )
+            long_request.execute(f"SELECT count(*) FROM {delivery_table}")
+            migrating = migrate_in_a_thread("webhooks", outside_a_transaction, stderr=stderr, outcome=outcome)
             try:
                 wait_until(
-                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
+                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{delivery_table}"') or not migrating.is_alive(),
                     "the ALTER waiting",
                 )
                 time.sleep(0.5)  # past the 0.2 s bound of the atomic migrations
@@ -197,7 +201,7 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
                 long_request.rollback()
                 migrating.join()
         assert outcome == {"done": True}, stderr.getvalue()
-        assert applied("0026_event_processing_set_aside")
+        assert applied(outside_a_transaction)
     finally:
         call_command("migrate", verbosity=0)
 
