@@ -485,6 +485,23 @@ def post_fork(server, worker):
     _limit_request_read_time(worker)
 
 
+def post_worker_init(worker):
+    """Import what requests run (the URLconf's views and services, the writer process's client) as
+    the worker starts, not at its first request of each kind.
+
+    Imported at a first request, a worker still serving after a release changed the files (the
+    moments of a HUP reload) ran the new code against the old writer process, which refused its
+    frames: those requests were 503s. And each worker's first request no longer waits for them.
+    """
+    try:
+        from django.urls import get_resolver
+
+        get_resolver().url_patterns  # noqa: B018 (imports every view, and through them the services)
+        import webhooks.services.ingest_writer_process  # noqa: F401 (store_event imports it on first use)
+    except Exception:  # a request would say it (a 500), as before: a worker that fails to boot stops gunicorn
+        worker.log.exception("could not import the application's views at the worker's start")
+
+
 # Kept on gunicorn's arbiter, not in this module: a HUP loads this file again as a new module,
 # whose hooks must still stop the writer that the first one started.
 _ARBITER_ATTRIBUTE = "hookline_ingest_writer"
