@@ -3,13 +3,9 @@
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -21,6 +17,7 @@ from webhooks.services import ingest
 from webhooks.services.sources import source_rotate_secret
 
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
+from .processes import run_on_embedded_sqlite
 from .signing import standard_webhooks_headers, stripe_headers
 
 pytestmark = pytest.mark.django_db
@@ -644,11 +641,7 @@ def test_a_signature_older_than_its_replay_check_is_refused(client, organization
 
 # Run in the embedded mode (SQLite) in a process of its own: the pytest database is PostgreSQL.
 CLOSED_SOURCE_ON_SQLITE = """
-import json, django
-django.setup()
-from django.apps import apps
-from django.conf import settings
-from django.core.management import call_command
+import json
 from django.db import connection
 from django.test import Client
 from organizations.services import organization_create
@@ -656,10 +649,6 @@ from webhooks.models import Source, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_source
 from webhooks.tests.signing import stripe_headers
 
-# The tables straight from the models (as the migrations leave them: test_migrations_complete.py):
-# running every migration on SQLite would take most of this test's time.
-settings.MIGRATION_MODULES = {app.label: None for app in apps.get_app_configs()}
-call_command("migrate", run_syncdb=True, verbosity=0)
 source = make_source(organization_create(name="Acme", slug="acme", owner_email="owner@acme.example"))
 client = Client()
 
@@ -681,25 +670,7 @@ print(json.dumps({"vendor": connection.vendor, "answers": answers, "rows": rows}
 
 
 def test_a_badly_signed_request_to_a_closed_source_is_404_and_not_recorded_on_sqlite(tmp_path):
-    from config.tests.test_settings_at_start_up import ROOT
-
-    environment = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(Path.home()),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "HOOKLINE_VAR_DIR": str(tmp_path),
-        "SECRET_KEY": "test-only-embedded-key",
-    }
-    ran = subprocess.run(
-        [sys.executable, "-c", CLOSED_SOURCE_ON_SQLITE],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert ran.returncode == 0, ran.stderr
-    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    result = run_on_embedded_sqlite(CLOSED_SOURCE_ON_SQLITE, tmp_path)
     assert result == {"vendor": "sqlite", "answers": [200, 401, 404], "rows": ["received", "rejected"]}
 
 

@@ -10,13 +10,9 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -28,6 +24,7 @@ from webhooks.services.ingest_writer import NewEvent, insert_event_batch
 
 from . import test_ingest_races
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
+from .processes import run_on_embedded_sqlite
 from .signing import post_stripe, standard_webhooks_headers
 from .test_ingest_races import PATHS
 from .test_ingest_writer_process import socket_path  # noqa: F401 (a fixture)
@@ -296,19 +293,13 @@ def test_one_batch_mixing_providers_and_repeating_a_content_is_answered_row_by_r
 
 # Run in the embedded mode (SQLite, `make run`) in a process of its own: the pytest database is PostgreSQL.
 SIGNED_CONTENT_ON_SQLITE = """
-import hashlib, hmac, json, django
-django.setup()
-from django.apps import apps
-from django.conf import settings
-from django.core.management import call_command
+import hashlib, hmac, json
 from django.db import connection
 from django.test import Client
 from organizations.services import organization_create
 from webhooks.models import WebhookEvent
 from webhooks.tests.factories import make_source
 
-settings.MIGRATION_MODULES = {app.label: None for app in apps.get_app_configs()}
-call_command("migrate", run_syncdb=True, verbosity=0)
 secret = "It's a Secret to Everybody"
 source = make_source(
     organization_create(name="Acme", slug="acme", owner_email="owner@acme.example"), provider="github", secret=secret
@@ -334,25 +325,7 @@ print(json.dumps({"vendor": connection.vendor, "answers": answers, "counts": cou
 def test_a_redelivery_and_a_replay_are_counted_duplicates_on_sqlite(tmp_path):
     # The embedded mode writes on the request's thread (insert_event): its count of a duplicate
     # must not be PostgreSQL's SQL, or every GitHub redelivery is answered 503 for ever.
-    from config.tests.test_settings_at_start_up import ROOT
-
-    environment = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(Path.home()),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "HOOKLINE_VAR_DIR": str(tmp_path),
-        "SECRET_KEY": "test-only-embedded-key",
-    }
-    ran = subprocess.run(
-        [sys.executable, "-c", SIGNED_CONTENT_ON_SQLITE],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert ran.returncode == 0, ran.stderr
-    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    result = run_on_embedded_sqlite(SIGNED_CONTENT_ON_SQLITE, tmp_path)
     assert result == {"vendor": "sqlite", "answers": [[200, False], [200, True], [200, True]], "counts": [2]}
 
 
