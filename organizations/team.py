@@ -262,6 +262,7 @@ def member_role_change(
         return membership
     if owners == [membership.pk]:
         raise TeamRuleError(LAST_OWNER)
+    sent = _lock_invitations_sent_by(membership)
     membership.role = role
     membership.save(update_fields=["role"])
     audit_record(
@@ -273,7 +274,7 @@ def member_role_change(
         ip_address=ip_address,
     )
     _revoke_invitations_sent_by(
-        membership, above_role=role, actor=actor, ip_address=ip_address, reason="the inviter's role was lowered"
+        membership, sent, above_role=role, actor=actor, ip_address=ip_address, reason="the inviter's role was lowered"
     )
     return membership
 
@@ -290,6 +291,7 @@ def member_remove(*, organization: Organization, actor, membership: Membership, 
     membership = _locked_membership(membership)
     if owners == [membership.pk]:
         raise TeamRuleError(LAST_OWNER)
+    sent = _lock_invitations_sent_by(membership)
     audit_record(
         action="member.removed",
         organization=organization,
@@ -299,22 +301,39 @@ def member_remove(*, organization: Organization, actor, membership: Membership, 
         ip_address=ip_address,
     )
     _revoke_invitations_sent_by(
-        membership, above_role=None, actor=actor, ip_address=ip_address, reason="the inviter was removed"
+        membership, sent, above_role=None, actor=actor, ip_address=ip_address, reason="the inviter was removed"
     )
     membership.delete()
 
 
-def _revoke_invitations_sent_by(
-    membership: Membership, *, above_role: str | None, actor, ip_address: str | None, reason: str
-) -> None:
-    """Revoke the open invitations a member sent that grant more than the role they now have (all of
-    them when they leave): otherwise a removed admin could come back through an invitation
-    they sent to another address of theirs before being removed."""
-    sent = (
+def _lock_invitations_sent_by(membership: Membership) -> list[Invitation]:
+    """The open invitations a member sent, locked until the transaction ends.
+
+    Taken before the transaction's first audit entry: a join holds its invitation's row and then
+    takes the audit chain's lock (_accept), so a removal or demotion that locked the inviter's
+    invitations only after its own entry held that lock while it waited for the join's row, and
+    PostgreSQL failed one of the two as a deadlock. A join that claimed one meanwhile is waited
+    for, and its invitation, read again, is no longer open."""
+    return list(
         Invitation.objects.open()
         .select_for_update()
         .filter(organization_id=membership.organization_id, invited_by_id=membership.user_id)
+        .order_by("pk")
     )
+
+
+def _revoke_invitations_sent_by(
+    membership: Membership,
+    sent: list[Invitation],
+    *,
+    above_role: str | None,
+    actor,
+    ip_address: str | None,
+    reason: str,
+) -> None:
+    """Revoke the open invitations a member sent (``sent``, _lock_invitations_sent_by) that grant more
+    than the role they now have (all of them when they leave): otherwise a removed admin could come
+    back through an invitation they sent to another address of theirs before being removed."""
     for invitation in sent:
         if above_role is not None and ROLE_RANK[invitation.role] <= ROLE_RANK[above_role]:
             continue

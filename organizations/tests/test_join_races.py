@@ -172,3 +172,55 @@ def test_a_suspension_during_an_invitation_waits_for_it(organization, owner, mon
     assert inviting.errors == closing.errors == []
     assert waited, "the suspension did not wait for the invitation under way"
     assert Invitation.objects.count() == 1
+
+
+# --- Joining while the inviter is removed or demoted -------------------------------------------
+
+
+@pytest.fixture
+def admin_and_invitation(organization, owner):
+    """An admin, an invitation to INVITEE sent by that admin, and INVITEE's account."""
+    admin = get_user_model().objects.create_user("admin@acme.example")
+    Membership.objects.create(user=admin, organization=organization, role=Membership.Role.ADMIN)
+    sent = team.invitation_create(organization=organization, actor=admin, email=INVITEE, role=Membership.Role.MEMBER)
+    return admin, sent, get_user_model().objects.create_user(INVITEE)
+
+
+def remove_or_demote(organization, owner, admin, change: str) -> None:
+    membership = Membership.objects.get(user=admin, organization=organization)
+    if change == "removal":
+        team.member_remove(organization=organization, actor=owner, membership=membership)
+    else:
+        team.member_role_change(
+            organization=organization, actor=owner, membership=membership, role=Membership.Role.MEMBER
+        )
+
+
+@pytest.mark.parametrize("change", ["removal", "demotion"])
+def test_the_inviters_removal_during_a_join_of_their_invitation_waits_for_it_without_a_deadlock(
+    organization, owner, admin_and_invitation, change, monkeypatch
+):
+    """The join holds the invitation's row when it writes its audit entry; the removal (or demotion)
+    must not hold the audit chain's lock while it waits for that row to revoke the inviter's
+    invitations: each would wait for the other, and PostgreSQL would fail one of them."""
+    admin, sent, invitee = admin_and_invitation
+    join = Paused(lambda: team.invitation_join(user=invitee, invitation_id=sent.pk))
+    real_audit = team.audit_record
+
+    def claimed_then_pause(**kwargs):
+        join.pause()  # the invitation claimed (its row locked), its audit entry not written yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(team, "audit_record", claimed_then_pause)
+    join.thread.start()
+    assert join.reached.wait(10)
+    changing = Paused(lambda: remove_or_demote(organization, owner, admin, change))
+    changing.thread.start()
+    waited = waits_for_a_lock(changing.thread)
+    finish(join, changing)
+    assert join.errors == changing.errors == []
+    assert waited, "the removal did not wait for the join under way"
+    # The join came first: its member stays, and the accepted invitation is not revoked after it.
+    assert Membership.objects.get(user=invitee, organization=organization).role == Membership.Role.MEMBER
+    sent.refresh_from_db()
+    assert sent.accepted_at is not None and sent.revoked_at is None
