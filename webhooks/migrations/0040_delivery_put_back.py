@@ -4,45 +4,20 @@
 # next delay (services.delivery._put_back_unsent).
 #
 # The columns are nullable without a default (and without a CHECK, which would scan the table): adding
-# them rewrites nothing. The partial index holds only deliveries put back and still waiting, so it starts
-# empty; built CONCURRENTLY (a plain build would hold back every delivery write while it reads the whole
-# table), outside a transaction, and every step is safe to run again after a release stopped half-way.
+# them rewrites nothing. In a transaction of their own, apart from the index (0041): the deliveries
+# table is the one every claim and result of the running workers writes, and migrate bounds the wait
+# for its lock only in a transaction (webhooks/management/commands/migrate.py). Outside one, the
+# ALTER waited without bound behind a long transaction, and every statement on the table queued
+# behind it: a result recorded past its bound is given up, and its delivery sent again.
+# AddFieldUnlessAdded: a database where the earlier form of this migration (columns and index outside
+# a transaction) was stopped during the index build has the columns already.
 
 from django.db import migrations, models
 
-from webhooks.migration_helpers import AddFieldUnlessAdded, build_index_concurrently
-
-INDEX_NAME = "delivery_put_back"
-PUT_BACK_INDEX = models.Index(
-    fields=("put_back_cause", "put_back_since"),
-    condition=models.Q(put_back_cause__isnull=False, status__in=("pending", "in_flight")),
-    name=INDEX_NAME,
-)
-PUT_BACK_INDEX_SQL = (
-    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX_NAME} ON webhooks_delivery (put_back_cause, put_back_since) "
-    "WHERE put_back_cause IS NOT NULL AND status IN ('pending', 'in_flight')"
-)
-
-
-def add_the_index(apps, schema_editor):
-    model = apps.get_model("webhooks", "Delivery")
-    if schema_editor.connection.vendor != "postgresql":
-        schema_editor.add_index(model, PUT_BACK_INDEX)
-        return
-    build_index_concurrently(schema_editor, INDEX_NAME, PUT_BACK_INDEX_SQL)
-
-
-def remove_the_index(apps, schema_editor):
-    model = apps.get_model("webhooks", "Delivery")
-    if schema_editor.connection.vendor != "postgresql":
-        schema_editor.remove_index(model, PUT_BACK_INDEX)
-        return
-    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX_NAME}")
+from webhooks.migration_helpers import AddFieldUnlessAdded
 
 
 class Migration(migrations.Migration):
-    atomic = False  # CREATE INDEX CONCURRENTLY cannot run inside a transaction
-
     dependencies = [("webhooks", "0039_event_rejected_index")]
 
     operations = [
@@ -64,9 +39,5 @@ class Migration(migrations.Migration):
         ),
         AddFieldUnlessAdded(
             model_name="delivery", name="put_back_times", field=models.IntegerField(blank=True, null=True)
-        ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[migrations.AddIndex(model_name="delivery", index=PUT_BACK_INDEX)],
-            database_operations=[migrations.RunPython(add_the_index, remove_the_index)],
         ),
     ]

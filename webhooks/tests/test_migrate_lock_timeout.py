@@ -104,6 +104,42 @@ def test_a_schema_change_behind_a_long_transaction_does_not_hold_up_the_old_work
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_put_back_columns_are_added_under_the_bound_without_holding_up_the_old_workers(settings):
+    # 0040 adds its three columns to the deliveries table, the one every claim and result of the old
+    # workers writes: under the bound, as any schema change, and not in the migration outside a
+    # transaction that builds its index (whose unbounded wait queued their statements behind it).
+    settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
+    settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
+    settings.MIGRATION_LOCK_TRIES = 10_000
+    delivery_table = "webhooks_delivery"
+    call_command("migrate", "webhooks", "0039_event_rejected_index", verbosity=0)
+    try:
+        stderr, outcome = io.StringIO(), {}
+        with (
+            other_connection() as long_request,
+            other_connection() as worker,
+            other_connection(autocommit=True) as watch,
+        ):
+            long_request.execute(f"SELECT count(*) FROM {delivery_table}")
+            migrating = migrate_in_a_thread("webhooks", stderr=stderr, outcome=outcome)
+            try:
+                wait_until(lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{delivery_table}"'), "the ALTER waiting")
+                # An old worker records a sent delivery's result, under the bound past which it gives
+                # the result up and the delivery is sent again.
+                worker.execute(f"SET lock_timeout = '{RECORD_LOCK_TIMEOUT}'")
+                worker.execute(f"UPDATE {delivery_table} SET last_error = '' WHERE id IS NULL")
+                worker.commit()
+                assert not outcome, "the migration got the lock while the long transaction held the table"
+            finally:
+                long_request.rollback()
+                migrating.join()
+        assert outcome == {"done": True}, stderr.getvalue()
+        assert "trying again" in stderr.getvalue()
+    finally:
+        call_command("migrate", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_migrate_gives_up_after_its_tries_with_the_reason_and_nothing_half_done(migrated_back_one_step, settings):
     settings.MIGRATION_LOCK_TRIES = 2
     stderr, outcome = io.StringIO(), {}
@@ -176,24 +212,24 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
 def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings):
     # 0026 adds its columns with plain AddFields outside a transaction: cut short after the first, it
     # could not run again over its own half (the column exists), so it keeps Django's wait. Shown with
-    # 0040, outside a transaction too and whose first step adds a column to the deliveries: one step
+    # 0038, outside a transaction too and whose first step adds a column to the events: a few steps
     # back and forth, where 0026 was fifteen.
     settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
     settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
     settings.MIGRATION_LOCK_TRIES = 1
-    before, outside_a_transaction = "0039_event_rejected_index", "0040_delivery_put_back"
-    delivery_table = "webhooks_delivery"
+    before, outside_a_transaction = LATEST, "0038_event_signed_content_digest"
+    event_table = "webhooks_webhookevent"
     call_command("migrate", "webhooks", before, verbosity=0)
     try:
         migration = MigrationLoader(connection).get_migration("webhooks", outside_a_transaction)
         assert migration.atomic is False
         stderr, outcome = io.StringIO(), {}
         with other_connection() as long_request, other_connection(autocommit=True) as watch:
-            long_request.execute(f"SELECT count(*) FROM {delivery_table}")
+            long_request.execute(f"SELECT count(*) FROM {event_table}")
             migrating = migrate_in_a_thread("webhooks", outside_a_transaction, stderr=stderr, outcome=outcome)
             try:
                 wait_until(
-                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{delivery_table}"') or not migrating.is_alive(),
+                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
                     "the ALTER waiting",
                 )
                 time.sleep(0.5)  # past the 0.2 s bound of the atomic migrations

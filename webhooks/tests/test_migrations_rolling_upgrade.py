@@ -7,7 +7,11 @@ operation break that, and are refused here for every migration after those alrea
   from the column once the existing rows are filled);
 - an index or constraint built by a plain AddIndex/AddConstraint on a large table (events,
   deliveries, attempts, audit entries): CREATE INDEX holds back every write to the table while it
-  reads it whole. Such indexes are built CONCURRENTLY (webhooks.migration_helpers).
+  reads it whole. Such indexes are built CONCURRENTLY (webhooks.migration_helpers);
+- a schema change of a large table in a migration outside a transaction (``atomic = False``, as
+  those that build an index CONCURRENTLY are): migrate bounds its lock wait only in a transaction,
+  so it waits without bound behind a long transaction, and every statement on the table queues
+  behind it. Its own migration, atomic, first.
 """
 
 from django.db import migrations, models
@@ -29,6 +33,14 @@ RELEASED_BEFORE_THE_CHECK = {
 }
 
 
+# Released with schema changes outside a transaction, before that was checked.
+SCHEMA_CHANGES_OUTSIDE_A_TRANSACTION_RELEASED = {
+    ("webhooks", "0026_event_processing_set_aside"),
+    ("webhooks", "0035_delivery_bulk_retry"),
+    ("webhooks", "0038_event_signed_content_digest"),
+}
+
+
 def database_operations(operations):
     """The operations that change the database (a SeparateDatabaseAndState's state side does not)."""
     for operation in operations:
@@ -38,9 +50,15 @@ def database_operations(operations):
             yield operation
 
 
-def what_breaks_a_rolling_upgrade(app_label: str, operations) -> list[str]:
+def what_breaks_a_rolling_upgrade(app_label: str, operations, *, atomic: bool = True) -> list[str]:
     problems = []
     for operation in database_operations(operations):
+        changes_a_large_table = (app_label, getattr(operation, "model_name", None)) in LARGE_TABLES
+        if not atomic and changes_a_large_table and isinstance(operation, migrations.AddField | migrations.AlterField):
+            problems.append(
+                f"{operation.model_name}.{operation.name} is changed outside a transaction: its wait for the "
+                "table's lock is unbounded, and the running processes' statements queue behind it"
+            )
         if isinstance(operation, migrations.AddField):
             field = operation.field
             if not field.many_to_many and not field.null and field.db_default is NOT_PROVIDED:
@@ -64,7 +82,13 @@ def test_no_migration_after_those_released_breaks_the_previous_release_running_b
         key: found
         for key, migration in sorted(loader.disk_migrations.items())
         if key[0] in PROJECT_APPS and key not in RELEASED_BEFORE_THE_CHECK
-        for found in [what_breaks_a_rolling_upgrade(key[0], migration.operations)]
+        for found in [
+            what_breaks_a_rolling_upgrade(
+                key[0],
+                migration.operations,
+                atomic=migration.atomic or key in SCHEMA_CHANGES_OUTSIDE_A_TRANSACTION_RELEASED,
+            )
+        ]
         if found
     }
     assert problems == {}
@@ -91,3 +115,9 @@ def test_the_check_tells_a_safe_column_and_index_from_unsafe_ones():
         "event_type_plain on webhookevent is built without CONCURRENTLY: writes to the table wait for the whole build",
     ]
     assert what_breaks_a_rolling_upgrade("webhooks", safe) == []
+    outside_a_transaction = [migrations.AddField("delivery", "note", models.TextField(null=True))]
+    assert what_breaks_a_rolling_upgrade("webhooks", outside_a_transaction, atomic=False) == [
+        "delivery.note is changed outside a transaction: its wait for the table's lock is unbounded, and the "
+        "running processes' statements queue behind it"
+    ]
+    assert what_breaks_a_rolling_upgrade("webhooks", safe[-1:], atomic=False) == []
