@@ -153,7 +153,7 @@ def _replace_open_invitation(
 ) -> Invitation:
     # The inviter's role again, under a lock of their membership, in the transaction that writes the
     # invitation: a demotion or removal committed since the first check is seen here, and one under
-    # way waits for this invitation and then revokes it with their others (_revoke_invitations_sent_by).
+    # way waits for this invitation and then revokes it with their others (_lock_invitations_sent_by).
     # Checked only before, an invitation written just after a demotion's revocations outlived it.
     # The organization first, active (see _lock_organization_while_active): the dashboard read it so
     # when the page was asked for, and a suspension or a deletion's request committed since must not
