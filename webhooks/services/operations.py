@@ -159,9 +159,11 @@ def destination_retrying_count(*, destination: Destination, limit: int = SEND_WA
 def destination_held_by_platform_counts(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> dict:
     """The destination's pending deliveries the platform itself put back unsent, by cause (Delivery.put_back_cause),
     counted up to ``limit`` in all: they wait for the platform (a secret its workers cannot decrypt, its own bound
-    on DNS lookups), not for the receiver, so the counts above leave them out."""
+    on DNS lookups), not for the receiver, so the counts above leave them out. Only the causes this release knows:
+    one stored by a later release (its workers beside this one's in a rolling release, or before a rollback) has
+    no words here."""
     held = Delivery.objects.filter(
-        destination_id=destination.pk, status=Delivery.Status.PENDING, put_back_cause__isnull=False
+        destination_id=destination.pk, status=Delivery.Status.PENDING, put_back_cause__in=Delivery.PutBackCause.values
     ).order_by("next_attempt_at", "id")
     return dict(Counter(held.values_list("put_back_cause", flat=True)[:limit]))
 

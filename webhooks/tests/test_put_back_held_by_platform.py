@@ -251,3 +251,24 @@ def test_the_destination_page_counts_the_deliveries_the_platform_holds_apart_fro
     assert response.status_code == 302
     due = set(Delivery.objects.filter(next_attempt_at__lte=timezone.now()).values_list("pk", flat=True))
     assert due == {retrying.pk}
+
+
+def test_the_destination_page_answers_beside_a_cause_this_release_does_not_know(client, organization, owner):
+    # A cause stored by a later release (a rolling release's new workers, or before a rollback): this
+    # release's page counts the causes it knows, and must not answer a 500 for the others.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    later = timezone.now() + timedelta(minutes=5)
+    known, unknown = (
+        make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0) for _ in range(2)
+    )
+    for row, cause in ((known, "secret_unreadable"), (unknown, "a_later_cause")):
+        Delivery.objects.filter(pk=row.pk).update(
+            next_attempt_at=later, put_back_cause=cause, put_back_since=timezone.now(), put_back_times=1
+        )
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:destination_detail", args=[organization.slug, destination.pk]))
+    assert page.status_code == 200
+    text = " ".join(page.content.decode().split())
+    assert "1 delivery is held by the platform, not by your endpoint" in text
