@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("webhooks", "0040_delivery_put_back")]
+    dependencies = [("webhooks", "0041_delivery_put_back_index")]
 
     operations = [
         migrations.AddField(
