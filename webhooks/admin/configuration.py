@@ -59,6 +59,7 @@ from webhooks.services.destinations import (
     destination_set_custom_headers,
 )
 from webhooks.services.operations import (
+    LEFT_OUT_BY_SOURCES,
     NothingToDo,
     NothingToRetry,
     OperationError,
@@ -971,7 +972,11 @@ class DestinationAdmin(
                 refused.append(f"{destination.organization.name} · {destination}: {exc}")
                 outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
                 continue
-            dead = ngettext("%(count)d dead delivery", "%(count)d dead deliveries", job.total) % {"count": job.total}
+            dead = ngettext("%(count)d dead delivery", "%(count)d dead deliveries", job.to_retry) % {
+                "count": job.to_retry
+            }
+            if job.left_out:
+                dead += f", {job.left_out} left out: {LEFT_OUT_BY_SOURCES}"
             started.append(f"{destination.organization.name} · {destination} ({dead})")
             if hold := delivery_hold(destination=destination):
                 waiting.append((hold, f"{destination.organization.name} · {destination}"))
@@ -1080,6 +1085,7 @@ class BulkRetryAdmin(NoLookupsIntoHiddenValuesMixin, ReadOnlyAdminMixin, admin.M
         "what",
         "status",
         "retried",
+        "left_out",
         "total",
         "outcome",
         "requested_by",

@@ -272,7 +272,8 @@ class BulkRetryFiltersSerializer(serializers.Serializer):
 
 class BulkRetrySerializer(serializers.Serializer):
     """A bulk retry job: ``retried`` grows to ``total`` while it runs (``total`` may grow too, with
-    deliveries that failed meanwhile); ``filters`` as it was asked for; ``outcome``, what became of
+    deliveries that failed meanwhile), less ``left_out``, those of a source or destination being
+    deleted, which are not sent again; ``filters`` as it was asked for; ``outcome``, what became of
     the retried deliveries so far (selectors.BulkRetryOutcome; null for jobs from before it was
     recorded). The job is read through selectors.with_bulk_retry_outcomes."""
 
@@ -280,6 +281,10 @@ class BulkRetrySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=BulkRetry.Status.values)
     total = serializers.IntegerField()
     retried = serializers.IntegerField()
+    left_out = serializers.IntegerField(
+        help_text="Of total, the deliveries left out because their source or destination is being deleted: "
+        "counted when the job was asked for until it runs, then as its run finds them."
+    )
     outcome = serializers.SerializerMethodField()
     filters = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()

@@ -22,6 +22,10 @@ class BulkRetry(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
     retried = models.PositiveIntegerField(default=0)
+    # Of total, the deliveries left out because their source or destination is being deleted (sent
+    # again, they would only be dead-lettered unsent or held until the deletion removes them): as
+    # counted when the job was asked for until it runs, then as its run finds them.
+    left_out = models.PositiveIntegerField(default=0, db_default=0)
     # Progress cursor: a job picked up again after a crash continues after this delivery.
     last_delivery_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -40,3 +44,8 @@ class BulkRetry(models.Model):
 
     def __str__(self) -> str:
         return f"bulk retry {self.pk} ({self.retried}/{self.total})"
+
+    @property
+    def to_retry(self) -> int:
+        """Of total, those the job retries: the rest are left out."""
+        return max(self.total - self.left_out, 0)

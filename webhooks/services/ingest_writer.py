@@ -150,20 +150,24 @@ RETURNING id, source_id, provider_event_id
 # For each row an INSERT above left out, in order: the stored event it repeats (by its provider id,
 # else by its signed content), counted as a duplicate in the same statement; NULL when there is none
 # or the source no longer takes webhooks (as the INSERT, which then stored nothing and counted
-# nothing: _not_inserted tells which). Run after the INSERT committed, so in a later snapshot: it sees
-# the row a concurrent request committed while the INSERT waited for it.
+# nothing). With it, what the writer answers a row neither inserted nor counted (see _not_inserted):
+# whether its source takes webhooks now, and the purged event its key names. One statement, so that
+# the count and what is read with it are committed together or not at all: with a read of its own
+# after the count, a failure in between had the writer write the rows again and count them twice.
+# Run after the INSERT committed, so in a later snapshot: it sees the row a concurrent request
+# committed while the INSERT waited for it.
 DUPLICATES_OF_SIGNED_CONTENT_SQL = f"""
 WITH row AS (
-    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
-        WITH ORDINALITY AS row(source_id, provider_event_id, content_digest, received_at, position)
+    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+        WITH ORDINALITY AS row(source_id, provider_event_id, content_digest, received_at, digest, position)
 ), original AS (
-    SELECT row.position, row.received_at, CASE WHEN {SOURCE_OPEN_SQL} THEN coalesce(
+    SELECT row.position, row.received_at, row.source_id, row.digest, live.open, CASE WHEN live.open THEN coalesce(
         (SELECT stored.id FROM {_TABLE} AS stored
          WHERE stored.source_id = row.source_id AND stored.provider_event_id = row.provider_event_id),
         (SELECT stored.id FROM {_TABLE} AS stored
          WHERE stored.source_id = row.source_id AND stored.signed_content_digest = row.content_digest)
     ) END AS id
-    FROM row
+    FROM row CROSS JOIN LATERAL (SELECT {SOURCE_OPEN_SQL} AS open) AS live
 ), counted AS (
     UPDATE {_TABLE} AS stored
     SET duplicate_count = stored.duplicate_count + hits.repeats, last_duplicate_at = hits.last_at
@@ -171,7 +175,10 @@ WITH row AS (
         AS hits
     WHERE stored.id = hits.id
 )
-SELECT id FROM original ORDER BY position
+SELECT original.id, original.open, purged.original_id
+FROM original
+LEFT JOIN {_KEYS} AS purged ON purged.source_id = original.source_id AND purged.event_id_digest = original.digest
+ORDER BY original.position
 """
 
 
@@ -302,7 +309,8 @@ def insert_event_batch(events: Sequence[NewEvent]) -> list[Outcome]:
         except RoundCommitted as committed:
             # Its rows are in: written again, one without a provider id would be stored twice (or
             # refused as a second row of its id) and answered as an error although stored.
-            for index, outcome in zip(this_round, _outcomes_of_a_committed_round(events, this_round), strict=True):
+            read_back = _outcomes_of_a_committed_round(events, this_round, maybe_counted=committed.maybe_counted)
+            for index, outcome in zip(this_round, read_back, strict=True):
                 results[index] = outcome
             if any(result is not None for result in results):
                 raise BatchPartlyCommitted(results, committed.cause) from committed.cause
@@ -370,14 +378,21 @@ class BatchPartlyCommitted(Exception):
 
 
 class RoundCommitted(Exception):
-    """A round's INSERT was committed (autocommit), then reading its outcomes failed (``cause``)."""
+    """A round's INSERT was committed (autocommit), then reading its outcomes failed (``cause``).
 
-    def __init__(self, cause: Exception):
+    ``maybe_counted``: the failure came with or after the statement that counts the round's
+    duplicates of a signed content (DUPLICATES_OF_SIGNED_CONTENT_SQL), which may have been committed.
+    """
+
+    def __init__(self, cause: Exception, *, maybe_counted: bool = False):
         super().__init__(f"the INSERT was committed, then its outcomes could not be read: {cause}")
         self.cause = cause
+        self.maybe_counted = maybe_counted
 
 
-def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int]) -> list[Outcome | None]:
+def _outcomes_of_a_committed_round(
+    events: Sequence[NewEvent], indexes: list[int], *, maybe_counted: bool = False
+) -> list[Outcome | None]:
     """The outcomes of a round whose INSERT was committed but whose outcomes were lost, read back:
     a row stored under its own id was inserted; one whose provider id names a stored event is its
     duplicate (counted by the INSERT, not counted again); None for the rest, which are not stored
@@ -385,8 +400,10 @@ def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int
     each is answered with an error to try again: stored or not is unknown, as when a commit's
     reply is lost (a provider's retry of one with an event id is then a counted duplicate)."""
     round_events = [events[index] for index in indexes]
-    # A row with a signed content digest that was not inserted was not counted either (that is the
-    # second statement's work, which did not run): None, so it is written again and counted then.
+    # A row with a signed content digest that was not inserted is counted by the second statement.
+    # Before that statement ran it was not: None, so it is written again and counted then. Once
+    # it may have run, written again it could be counted twice: answered as a commit whose reply
+    # was lost, an error to try again (the provider's retry is then counted, as a request of its own).
     keyed = [
         event for event in round_events if event.provider_event_id is not None and event.signed_content_digest is None
     ]
@@ -417,6 +434,8 @@ def _outcomes_of_a_committed_round(events: Sequence[NewEvent], indexes: list[int
             outcomes.append((event.id, True))
         elif event.signed_content_digest is None and (key := _conflict_key(event)) in stored_by_key:
             outcomes.append((stored_by_key[key], False))
+        elif event.signed_content_digest is not None and maybe_counted:
+            outcomes.append(OperationalError("the event may have been counted as a duplicate; retry"))
         else:
             outcomes.append(None)
     return outcomes
@@ -461,6 +480,8 @@ def _insert_round(events: Sequence[NewEvent]) -> list[Outcome]:
     # Committed (autocommit): from here a failure must not have the rows written again.
     try:
         return _outcomes_of_round(cursor, events)
+    except RoundCommitted:
+        raise
     except Exception as exc:
         raise RoundCommitted(exc) from exc
 
@@ -479,12 +500,18 @@ def _outcomes_of_round(cursor: psycopg.Cursor, events: Sequence[NewEvent]) -> li
             outcomes[index_by_key[(source_id, provider_event_id)]] = (stored_id, False)
     missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
     if missing and events[0].signed_content_digest is not None:
-        with connection.wrap_database_errors:
-            originals = count_duplicates_of_signed_content(cursor, [events[index] for index in missing])
-        for index, original_id in zip(missing, originals, strict=True):
-            if original_id is not None:
-                outcomes[index] = (original_id, False)
-        missing = [index for index in missing if outcomes[index] is None]
+        # Counted and answered by one statement: nothing is read after the count that a failure could lose.
+        try:
+            with connection.wrap_database_errors:
+                found = _duplicates_of_signed_content(cursor, [events[index] for index in missing])
+            for index, (original_id, open_now, purged_id) in zip(missing, found, strict=True):
+                if original_id is not None:
+                    outcomes[index] = (WebhookEvent._meta.pk.to_python(original_id), False)
+                else:
+                    outcomes[index] = _why_not_inserted(open_now, purged_id)
+        except Exception as exc:
+            raise RoundCommitted(exc, maybe_counted=True) from exc
+        return outcomes  # type: ignore[return-value]
     if missing:
         with connection.wrap_database_errors:
             refused = _not_inserted(cursor, [events[index] for index in missing])
@@ -496,6 +523,15 @@ def _outcomes_of_round(cursor: psycopg.Cursor, events: Sequence[NewEvent]) -> li
 def count_duplicates_of_signed_content(cursor, events: Sequence[NewEvent]) -> list[uuid.UUID | None]:
     """For rows with a signed content digest that the INSERT left out: the id of the stored event each
     repeats, now counted as its duplicate, or None (see DUPLICATES_OF_SIGNED_CONTENT_SQL)."""
+    return [
+        WebhookEvent._meta.pk.to_python(original_id) if original_id is not None else None
+        for original_id, _, _ in _duplicates_of_signed_content(cursor, events)
+    ]
+
+
+def _duplicates_of_signed_content(cursor, events: Sequence[NewEvent]) -> list[tuple]:
+    """(stored event repeated, now counted, or None; whether the source takes webhooks now; the purged
+    event its key names, or None) for each row, in order (see DUPLICATES_OF_SIGNED_CONTENT_SQL)."""
     cursor.execute(
         DUPLICATES_OF_SIGNED_CONTENT_SQL,
         [
@@ -503,9 +539,10 @@ def count_duplicates_of_signed_content(cursor, events: Sequence[NewEvent]) -> li
             [event.provider_event_id for event in events],
             [event.signed_content_digest for event in events],
             [event.received_at for event in events],
+            [event_id_digest(event.provider_event_id) for event in events],
         ],
     )
-    return [WebhookEvent._meta.pk.to_python(row[0]) if row[0] is not None else None for row in cursor.fetchall()]
+    return cursor.fetchall()
 
 
 def event_id_digest(provider_event_id: str | None) -> str | None:
@@ -540,15 +577,15 @@ def _not_inserted(cursor, events: Sequence[NewEvent]) -> list[Outcome]:
         _NOT_INSERTED_SQL,
         [[event.source_id for event in events], [event_id_digest(event.provider_event_id) for event in events]],
     )
-    outcomes: list[Outcome] = []
-    for open_now, original_id in cursor.fetchall():
-        if not open_now:
-            outcomes.append(SourceClosed("the source no longer takes webhooks"))
-        elif original_id is not None:
-            outcomes.append((original_id, False))
-        else:
-            outcomes.append(OperationalError("the event was neither stored nor counted; retry"))
-    return outcomes
+    return [_why_not_inserted(open_now, original_id) for open_now, original_id in cursor.fetchall()]
+
+
+def _why_not_inserted(open_now: bool, purged_original_id) -> Outcome:
+    if not open_now:
+        return SourceClosed("the source no longer takes webhooks")
+    if purged_original_id is not None:
+        return (purged_original_id, False)
+    return OperationalError("the event was neither stored nor counted; retry")
 
 
 _thread_cursor = threading.local()

@@ -31,6 +31,7 @@ from .row_locks import (
     lock_event_against_deletion,
     lock_organization_unless_being_deleted,
     lock_source_unless_being_deleted,
+    lock_sources_unless_being_deleted,
 )
 from .scheduling import schedule_once
 
@@ -54,7 +55,19 @@ class NothingToDo(OperationError):
 
 
 class NothingToRetry(NothingToDo):
-    """No delivery matches a bulk retry: not refused, there is simply nothing to do."""
+    """No delivery matches a bulk retry: not refused, there is simply nothing to do. ``left_out``:
+    how many matched but are left out, their source being deleted (then all those that matched)."""
+
+    def __init__(self, message: str, *, left_out: int = 0):
+        super().__init__(message)
+        self.left_out = left_out
+
+
+# Why a bulk retry leaves a matching delivery out (BulkRetry.left_out), as its count is shown: when it
+# is asked for (a destination being deleted is inactive, and its deliveries do not match), and as its
+# run finds them.
+LEFT_OUT_BY_SOURCES = "their source is being deleted"
+LEFT_OUT_REASON = "their source or destination is being deleted"
 
 
 def _unchanged(destination: Destination, why: str) -> OperationError:
@@ -330,28 +343,57 @@ def _bulk_retry_label(organization: Organization, filters: dict[str, Any]) -> st
 
 @transaction.atomic
 def bulk_retry_start(*, organization: Organization, filters: dict[str, Any], actor=None) -> BulkRetry:
-    """Queue a background retry of every matching delivery (dead by default)."""
-    total = _matching_deliveries(organization, filters).count()
+    """Queue a background retry of every matching delivery (dead by default).
+
+    Those of sources being deleted are counted in the job's total and left out (``left_out``): sent
+    again, they would only be dead-lettered unsent. Its run decides under a lock (bulk_retry_run);
+    this count tells the person at once.
+    """
+    matching = _matching_deliveries(organization, filters)
+    total = matching.count()
     if total == 0:  # no job, no audit entry, and the person is told rather than shown "0 retried"
         raise NothingToRetry("no delivery matches: there is nothing to retry")
+    left_out = _of_sources_being_deleted(organization, matching, filters)
+    if left_out == total:
+        raise NothingToRetry(
+            f"no delivery to retry: the {total} that match are left out, {LEFT_OUT_BY_SOURCES}",
+            left_out=left_out,
+        )
     job = BulkRetry.objects.create(
         organization=organization,
         # A person; an API key is named by the audit entry (requested_by links users only).
         requested_by=actor if isinstance(actor, get_user_model()) else None,
         filters={k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v},
         total=total,
+        left_out=left_out,
     )
+    changes = {"filters": job.filters, "matching": total}
+    if left_out:
+        changes["left_out"] = left_out
     audit_record(
         action="deliveries.bulk_retry_requested",
         organization=organization,
         actor=actor,
         target=job,
         target_label=_bulk_retry_label(organization, job.filters),
-        changes={"filters": job.filters, "matching": total},
+        changes=changes,
     )
     # Committed first: with the broker down the job waits for the sweeper instead of failing.
     transaction.on_commit(lambda: publish_bulk_retry(job.pk))
     return job
+
+
+def _of_sources_being_deleted(organization: Organization, matching, filters: dict[str, Any]) -> int:
+    """How many of ``matching`` are of sources being deleted. A second count only while one is (the
+    count through events then joins them); none with a source filter, whose source the request locked."""
+    if filters.get("source"):
+        return 0
+    going = list(
+        Source.objects.filter(organization=organization, deletion_requested_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    return matching.filter(event__source_id__in=going).count() if going else 0
 
 
 # Namespace of the advisory locks that serialize bulk-retry requests per organization (the
@@ -472,12 +514,15 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
     statuses = job.filters.get("statuses") or [Delivery.Status.DEAD]
     # Only what existed when the job was asked for; keyset on the time-ordered id.
     matching = _matching_deliveries(job.organization, job.filters).filter(created_at__lte=job.created_at)
+    # Counted again as the run finds them (the request's count was a moment's): from none on a first
+    # run, from where it was on a run that takes over a stalled one.
+    left_out = job.left_out if job.last_delivery_id else 0
     try:
         while True:
             page = matching.order_by("id")
             if job.last_delivery_id:
                 page = page.filter(id__gt=job.last_delivery_id)
-            batch = list(page.values_list("id", flat=True)[:BULK_RETRY_BATCH])
+            batch = list(page.values_list("id", "event__source_id", "destination_id")[:BULK_RETRY_BATCH])
             if not batch:
                 break
             with transaction.atomic():
@@ -485,7 +530,21 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                 if not BulkRetry.objects.filter(pk=job.pk, heartbeat_at=beat).update(heartbeat_at=next_beat):
                     raise _BulkRetryTakenOver
                 beat = next_beat
-                updated = Delivery.objects.filter(pk__in=batch, status__in=statuses).update(
+                # Not those whose source or destination is being deleted: sent again they would be
+                # dead-lettered unsent, or held until the deletion removes them. Checked under the
+                # locks the deletions' requests wait for (and they for these), read as they are now:
+                # a request committed since the page was read is seen, and one made while this batch
+                # runs waits for its commit and then finds its deliveries as any retried before it.
+                # Sources first, as a replay takes them.
+                sources = lock_sources_unless_being_deleted({source_id for _, source_id, _ in batch})
+                destinations = lock_destinations_against_deletion({destination_id for _, _, destination_id in batch})
+                kept = [
+                    delivery_id
+                    for delivery_id, source_id, destination_id in batch
+                    if source_id in sources and destination_id in destinations
+                ]
+                left_out += len(batch) - len(kept)
+                updated = Delivery.objects.filter(pk__in=kept, status__in=statuses).update(
                     status=Delivery.Status.PENDING,
                     next_attempt_at=timezone.now(),
                     completed_at=None,
@@ -495,19 +554,21 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                     **NOT_PUT_BACK,  # asked for by hand, as a single retry
                 )
                 job.retried += updated
-                job.last_delivery_id = batch[-1]
+                job.left_out = left_out
+                job.last_delivery_id = batch[-1][0]
                 # The total was counted when the job was asked for; deliveries that failed since
                 # (they existed then) are retried too, and counted in the total: never "14 of 7".
-                job.total = max(job.total, job.retried)
+                job.total = max(job.total, job.retried + job.left_out)
                 BulkRetry.objects.filter(pk=job.pk).update(
-                    retried=job.retried, total=job.total, last_delivery_id=job.last_delivery_id
+                    retried=job.retried, left_out=job.left_out, total=job.total, last_delivery_id=job.last_delivery_id
                 )
             schedule_dispatch()
     except _BulkRetryTakenOver:
         job.refresh_from_db()
         return job
+    # left_out too: a run that found none of the request's count (deleted since) leaves out none.
     BulkRetry.objects.filter(pk=job.pk, heartbeat_at=beat).update(
-        status=BulkRetry.Status.DONE, finished_at=timezone.now()
+        status=BulkRetry.Status.DONE, finished_at=timezone.now(), left_out=left_out
     )
     job.refresh_from_db()
     return job

@@ -54,7 +54,14 @@ def lock_source_unless_being_deleted(source_id) -> bool:
     transaction, whose rows it then finds as any made before it. Held briefly: it also holds up a
     change of the source (a rotation, the rejected-requests counts) until the commit. Take it before
     the audit entry's lock, as the request does (source, then audit chain)."""
-    return _lock_for_share(Source, source_id)
+    return bool(_lock_for_share(Source, [source_id]))
+
+
+def lock_sources_unless_being_deleted(source_ids: Iterable[int]) -> set[int]:
+    """Of ``source_ids``, those that exist and are not being deleted, each locked FOR SHARE until the
+    transaction ends (as lock_source_unless_being_deleted), in id order so that two callers cannot
+    deadlock: for a transaction that makes deliveries of many sources due again (a bulk retry's batch)."""
+    return _lock_for_share(Source, source_ids)
 
 
 def lock_organization_unless_being_deleted(organization_id) -> bool:
@@ -62,18 +69,23 @@ def lock_organization_unless_being_deleted(organization_id) -> bool:
     transaction ends (as lock_source_unless_being_deleted: its deletion's request, and a suspension,
     lock the row FOR NO KEY UPDATE). Take it first, before rows of the organization (the retention
     run's give-up locks the organization and then its deliveries) and before the audit entry's lock."""
-    return _lock_for_share(Organization, organization_id)
+    return bool(_lock_for_share(Organization, [organization_id]))
 
 
-def _lock_for_share(model: type[Model], pk) -> bool:
+def _lock_for_share(model: type[Model], pks: Iterable) -> set:
+    ids = sorted(set(pks))
+    if not ids:
+        return set()
     if connection.vendor != "postgresql":
-        return model._default_manager.filter(pk=pk, deletion_requested_at__isnull=True).exists()
+        found = model._default_manager.filter(pk__in=ids, deletion_requested_at__isnull=True)
+        return set(found.values_list("pk", flat=True))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {model._meta.db_table} WHERE id = %s AND deletion_requested_at IS NULL FOR SHARE",
-            [pk],
+            f"SELECT id FROM {model._meta.db_table} WHERE id = ANY(%s) AND deletion_requested_at IS NULL"
+            " ORDER BY id FOR SHARE",
+            [ids],
         )
-        return cursor.fetchone() is not None
+        return {row[0] for row in cursor.fetchall()}
 
 
 def lock_event_against_deletion(event_id) -> bool:

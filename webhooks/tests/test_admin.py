@@ -19,8 +19,10 @@ from django_celery_beat.models import PeriodicTask
 
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record, audit_verify_chain
+from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.organization_deletion import organization_deletion_run
+from webhooks.services.source_deletion import source_request_deletion
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -1564,6 +1566,25 @@ def test_retrying_every_dead_delivery_of_a_destination_starts_a_bulk_retry(admin
     again = admin.post(url, selection, follow=True)
     assert BulkRetry.objects.count() == 1
     assert "already queued" in " ".join(str(message) for message in again.context["messages"])
+
+
+def test_a_bulk_retry_started_from_the_admin_says_how_many_it_leaves_out(admin, setup, monkeypatch):
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+    destination = setup["destination"]
+    doomed = make_source(destination.organization, name="Old live")
+    deliver(make_event(doomed, "evt_doomed", "invoice.paid"), destination, Delivery.Status.DEAD, attempts=1)
+    source_request_deletion(source=doomed)
+    response = admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "retry_dead_deliveries", "confirm": "yes", "_selected_action": [destination.pk]},
+        follow=True,
+    )
+    assert (BulkRetry.objects.get().total, BulkRetry.objects.get().left_out) == (2, 1)
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == [
+        f"Bulk retry started for {destination.organization.name} · {destination}"
+        " (1 dead delivery, 1 left out: their source is being deleted)."
+    ]
 
 
 def test_a_destination_without_dead_deliveries_starts_no_bulk_retry(admin, setup):

@@ -6,10 +6,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from organizations.models import ApiKey, AuditLog
+from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery
 from webhooks.services import operations
 from webhooks.services.destinations import destination_bulk_retry
 from webhooks.services.permissions import NotAllowed
+from webhooks.services.source_deletion import source_request_deletion
 
 from .api_helpers import api_get, api_post, make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -271,3 +273,22 @@ def test_an_organization_id_past_32_bits_can_ask_for_a_bulk_retry(client, organi
 
     assert response.status_code == 202, response.content
     assert BulkRetry.objects.filter(organization=large).count() == 1
+
+
+def test_a_bulk_retry_counts_and_leaves_out_the_deliveries_of_a_source_being_deleted(client, world, monkeypatch):
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+    source_request_deletion(source=world["other_source"])
+    response = _retry(client, world["key"])
+    assert response.status_code == 202, response.content
+    job = response.json()
+    assert (job["total"], job["retried"], job["left_out"]) == (4, 0, 1)
+
+    operations.bulk_retry_run(job["id"])
+    done = api_get(client, world["key"], f"/api/v1/bulk_retries/{job['id']}").json()
+    assert (done["status"], done["total"], done["retried"], done["left_out"]) == ("done", 4, 3, 1)
+    world["dead"]["push_billing"].refresh_from_db()
+    assert world["dead"]["push_billing"].status == Delivery.Status.DEAD
+    # Left with only those: nothing to retry, and the answer says why.
+    refused = _retry(client, world["key"])
+    assert refused.status_code == 409
+    assert "the 1 that match are left out, their source is being deleted" in refused.content.decode()

@@ -23,9 +23,11 @@ from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import EventFilters, event_page, uuid7_floor
 from webhooks.services import delivery as delivery_service
 from webhooks.services import operations, processing
+from webhooks.services.source_deletion import source_request_deletion
 from webhooks.templatetags.dashboard import timestamp
 from webhooks.tests.delivering import deliver_now
 
+from .api_helpers import make_event
 from .dashboard_helpers import build_world, dead_delivery, ingest_stripe
 from .factories import STRIPE_SECRET, make_destination, make_source
 
@@ -1154,6 +1156,32 @@ def test_a_second_bulk_retry_is_refused_while_one_is_unfinished(client, owner, o
     nothing = page_text(client.post(url, follow=True))
     assert "Nothing to retry: no delivery to this destination is out of retries." in nothing
     assert "Not retried" not in nothing and "no delivery matches" not in nothing
+
+
+def test_a_bulk_retry_says_how_many_it_leaves_out_their_source_being_deleted(client, owner, organization, monkeypatch):
+    monkeypatch.setattr(tasks.delete_source, "apply_async", lambda *a, **k: None)
+    world = build_world(client, organization)
+    doomed = make_source(organization, name="Old Stripe")
+    doomed_delivery = dead_delivery(make_event(doomed), world.destination)
+    source_request_deletion(source=doomed)
+    client.force_login(owner)
+    url = reverse("dashboard:destination_bulk_retry", args=["acme", world.destination.pk])
+    detail_url = reverse("dashboard:destination_detail", args=["acme", world.destination.pk])
+
+    asked = page_text(client.post(url, follow=True))
+    assert "Retrying 1 failed delivery in the background. 1 left out: their source is being deleted." in asked
+    assert "1 to retry, starting shortly; 1 left out: their source or destination is being deleted" in strip_tags(asked)
+    operations.bulk_retry_run(BulkRetry.objects.get().pk)
+    finished = strip_tags(page_text(client.get(detail_url)))
+    assert "1 of 2 sent again" in finished and "; 1 left out: their source or destination is being deleted" in finished
+    assert Delivery.objects.get(pk=doomed_delivery.pk).status == Delivery.Status.DEAD
+    # Only deliveries of the source being deleted are left dead: nothing to retry, and why.
+    Delivery.objects.filter(pk=world.delivery.pk).update(status=Delivery.Status.SUCCEEDED)
+    nothing = page_text(client.post(url, follow=True))
+    assert (
+        "Nothing to retry: the 1 failed delivery to this destination is left out, their source is being deleted."
+        in nothing
+    )
 
 
 def test_a_retry_or_replay_to_a_paused_destination_says_it_waits_for_the_resume(client, owner, organization):

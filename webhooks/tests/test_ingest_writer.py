@@ -1,6 +1,8 @@
 """Group commit on the ingest path: rows of concurrent requests share one INSERT, each request
 is answered only after its row is committed, and one failure never takes others with it."""
 
+import contextlib
+import hashlib
 import http.client
 import json
 import threading
@@ -600,6 +602,94 @@ def test_rows_committed_before_a_bug_whose_outcome_cannot_be_read_back_are_not_w
     assert [pending.outcome for pending in batch] == [None, None]
     assert WebhookEvent.objects.filter(source=stripe_source).count() == 2
     assert WebhookEvent.objects.get(provider_event_id="evt_new").duplicate_count == 0
+
+
+def _signed_content_row(source, delivery: str, body: bytes) -> NewEvent:
+    """A row of a provider whose event id is not signed (GitHub): a duplicate by its content too."""
+    event = new_event(source, delivery, event_type="ping", body=body)
+    event.signed_content_digest = hashlib.sha256(body).hexdigest()
+    return event
+
+
+def _after_the_duplicate_count(monkeypatch, then) -> list:
+    """Runs ``then(cursor)`` once, right after the statement that counts the duplicates of a signed
+    content has been committed (autocommit), on the writer's cursor."""
+    real_execute = ingest_writer._execute_prepared
+    counted = []
+
+    class CountThenFail:
+        def __init__(self, cursor):
+            self.cursor = cursor
+
+        def execute(self, sql, params=None, **kwargs):
+            result = self.cursor.execute(sql, params, **kwargs)
+            if "duplicate_count = stored.duplicate_count + hits.repeats" in sql and not counted:
+                counted.append(sql)
+                then(self.cursor)
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self.cursor, name)
+
+    monkeypatch.setattr(
+        ingest_writer, "_execute_prepared", lambda sql, params: CountThenFail(real_execute(sql, params))
+    )
+    return counted
+
+
+@pytest.mark.django_db(transaction=True)
+def test_duplicates_counted_before_the_answer_was_lost_are_not_written_and_counted_again(stripe_source, monkeypatch):
+    # The count was committed, its answer lost (the connection itself still usable for the read-back):
+    # written again with the batch's rows that were not stored, the duplicate was counted twice.
+    github = make_source(stripe_source.organization, provider="github", name="github", secret="s")
+    [(original_id, _)] = insert_event_batch([_signed_content_row(github, "d-1", b"one")])
+    new, again = _signed_content_row(github, "d-2", b"two"), _signed_content_row(github, "d-3", b"one")
+    batch = [ingest_writer._PendingWrite(new), ingest_writer._PendingWrite(again)]
+
+    def answer_lost(cursor):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    counted = _after_the_duplicate_count(monkeypatch, answer_lost)
+
+    assert ingest_writer.commit_batch(batch, schedule=False) is True
+
+    assert counted
+    assert WebhookEvent.objects.get(pk=original_id).duplicate_count == 1
+    assert batch[0].outcome == (new.id, True) and batch[0].error is None  # stored: read back
+    assert isinstance(batch[1].error, OperationalError)  # counted or not unknown here: the provider retries
+    assert WebhookEvent.objects.filter(source=github).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_dropped_after_the_duplicate_count_leaves_it_counted_once(stripe_source, monkeypatch):
+    # The server ends the writer's connection right after the count's commit: the count and what the
+    # batch's answers need were read in that one statement, so every row is answered as it is.
+    github = make_source(stripe_source.organization, provider="github", name="github", secret="s")
+    closed = make_source(stripe_source.organization, provider="github", name="closed", secret="s")
+    [(original_id, _)] = insert_event_batch([_signed_content_row(github, "d-1", b"one")])
+    Source.objects.filter(pk=closed.pk).update(is_active=False)
+    rows = [
+        _signed_content_row(github, "d-2", b"two"),
+        _signed_content_row(github, "d-3", b"one"),
+        _signed_content_row(closed, "d-4", b"four"),
+    ]
+    batch = [ingest_writer._PendingWrite(row) for row in rows]
+
+    def drop_the_connection(cursor):
+        with contextlib.suppress(psycopg.OperationalError):
+            cursor.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert cursor.connection.closed
+
+    counted = _after_the_duplicate_count(monkeypatch, drop_the_connection)
+
+    assert ingest_writer.commit_batch(batch, schedule=False) is True
+
+    assert counted
+    assert [pending.error for pending in batch[:2]] == [None, None]
+    assert [pending.outcome for pending in batch[:2]] == [(rows[0].id, True), (original_id, False)]
+    assert isinstance(batch[2].error, SourceClosed)
+    connection.close()  # the writer's connection (this thread's) was ended: the next query connects again
+    assert WebhookEvent.objects.get(pk=original_id).duplicate_count == 1
 
 
 def _wait_until_queued(writer: IngestWriter, rows: int, timeout: float = 10.0) -> None:

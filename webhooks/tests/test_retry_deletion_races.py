@@ -191,3 +191,114 @@ def test_a_bulk_retry_of_a_source_during_its_deletions_request_waits_for_it_and_
     assert [str(error) for error in bulk.errors] == ["the source is being deleted: its events are not sent again"]
     assert waited
     assert not BulkRetry.objects.exists()
+
+
+@pytest.fixture
+def dead_of_two_sources(organization):
+    """A destination with a dead delivery of a source about to be deleted and one of a source that stays."""
+    doomed = make_source(organization, name="doomed")
+    kept = make_source(organization, name="kept")
+    destination, _ = make_destination(organization, RECEIVER, sources=[doomed, kept])
+
+    def dead_of(source):
+        return Delivery.objects.create(
+            organization=organization,
+            event=make_event(source),
+            destination=destination,
+            status=Delivery.Status.DEAD,
+            attempt_count=1,
+            last_error="HTTP 500: no retries left",
+        )
+
+    return dead_of(doomed), dead_of(kept)
+
+
+def test_a_bulk_retry_of_every_source_leaves_out_the_deliveries_of_sources_being_deleted(
+    dead_of_two_sources, monkeypatch
+):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    doomed, kept = dead_of_two_sources
+    source_deletion.source_request_deletion(source=doomed.event.source)
+
+    job = operations.bulk_retry_request(organization=doomed.organization, filters={})
+    assert (job.total, job.left_out, job.to_retry) == (2, 1, 1)  # told when asked for
+    job = operations.bulk_retry_run(job.pk)
+
+    assert (job.total, job.retried, job.left_out) == (2, 1, 1)
+    assert Delivery.objects.get(pk=doomed.pk).status == Delivery.Status.DEAD
+    assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.PENDING
+
+
+def test_a_bulk_retry_that_would_retry_only_deliveries_of_sources_being_deleted_has_nothing_to_retry(dead, monkeypatch):
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    source_deletion.source_request_deletion(source=dead.event.source)
+    with pytest.raises(operations.NothingToRetry, match="the 1 that match are left out, their source is being deleted"):
+        operations.bulk_retry_request(organization=dead.organization, filters={})
+    assert not BulkRetry.objects.exists()
+
+
+@pytest.mark.parametrize("owner", ["source", "destination"])
+def test_a_bulk_retry_batch_during_a_deletions_request_waits_for_it_and_leaves_the_deliveries_out(
+    dead_of_two_sources, owner, monkeypatch
+):
+    # The job was asked for, and its run read its page, before the deletion was asked for: its batch
+    # must see the deletion committed meanwhile, or wait for one under way, and not send them again.
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    doomed, kept = dead_of_two_sources
+    job = operations.bulk_retry_request(
+        organization=doomed.organization, filters={"destination": doomed.destination_id}
+    )
+    module, ask = REQUESTS[owner]
+    request = Paused(lambda: ask(doomed))
+    real_audit = module.audit_record
+
+    def marked_then_pause(**kwargs):
+        request.pause()  # marked as being deleted, not committed yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(module, "audit_record", marked_then_pause)
+    request.thread.start()
+    assert request.reached.wait(10)
+    run = Paused(lambda: operations.bulk_retry_run(job.pk))
+    run.thread.start()
+    waited = waits_for_a_lock(run.thread)
+    request.released.set()
+    request.thread.join(10)
+    run.thread.join(10)
+    assert request.errors == run.errors == []
+    assert waited, "the bulk retry's batch did not wait for the deletion's request under way"
+    job.refresh_from_db()
+    assert Delivery.objects.get(pk=doomed.pk).status == Delivery.Status.DEAD
+    if owner == "source":
+        assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.PENDING
+        assert (job.status, job.total, job.retried, job.left_out) == ("done", 2, 1, 1)
+    else:  # both deliveries are to the destination being deleted
+        assert (job.status, job.total, job.retried, job.left_out) == ("done", 2, 0, 2)
+
+
+def test_a_sources_deletion_asked_for_during_a_bulk_retry_batch_waits_for_it(dead_of_two_sources, monkeypatch):
+    # Then the deletion finds the deliveries retried as any retried before it was asked for.
+    monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
+    doomed, kept = dead_of_two_sources
+    job = operations.bulk_retry_request(organization=doomed.organization, filters={})
+    real_outcome = operations.revived_last_outcome
+
+    def locked_then_pause():
+        run.pause()  # the batch's owners locked, its deliveries not updated yet
+        return real_outcome()
+
+    monkeypatch.setattr(operations, "revived_last_outcome", locked_then_pause)
+    run = Paused(lambda: operations.bulk_retry_run(job.pk))
+    run.thread.start()
+    assert run.reached.wait(10)
+    _, ask = REQUESTS["source"]
+    request = Paused(lambda: ask(doomed))
+    request.thread.start()
+    waited = waits_for_a_lock(request.thread)
+    run.released.set()
+    run.thread.join(10)
+    request.thread.join(10)
+    assert run.errors == request.errors == []
+    assert waited, "the deletion's request did not wait for the bulk retry's batch under way"
+    assert Delivery.objects.get(pk=doomed.pk).status == Delivery.Status.PENDING
+    assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.PENDING

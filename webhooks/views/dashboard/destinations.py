@@ -35,6 +35,7 @@ from webhooks.services.destinations import (
     retry_policy_words,
 )
 from webhooks.services.operations import (
+    LEFT_OUT_BY_SOURCES,
     SEND_WAITING_NOW_LIMIT,
     NothingToDo,
     NothingToRetry,
@@ -182,7 +183,7 @@ def bulk_retry_progress(destination, organization) -> dict:
         [
             str(bool(destination.paused_at)),
             str(held),
-            *(f"{job.pk}:{job.status}:{job.retried}:{job.total}:{job.outcome}" for job in bulk_retries),
+            *(f"{job.pk}:{job.status}:{job.retried}:{job.left_out}:{job.total}:{job.outcome}" for job in bulk_retries),
         ]
     )
     return {
@@ -338,10 +339,16 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
         destination = self.get_destination()
         try:
             job = destination_bulk_retry(destination=destination, actor=request.user)
-        except NothingToRetry:
+        except NothingToRetry as exc:
             # Not an error, and not the service's "no delivery matches" (this page has no filters).
             return self.done(
-                "Nothing to retry: no delivery to this destination is out of retries.",
+                (
+                    f"Nothing to retry: the {exc.left_out} failed "
+                    f"{'delivery' if exc.left_out == 1 else 'deliveries'} to this destination "
+                    f"{'is' if exc.left_out == 1 else 'are'} left out, {LEFT_OUT_BY_SOURCES}."
+                )
+                if exc.left_out
+                else "Nothing to retry: no delivery to this destination is out of retries.",
                 "dashboard:destination_detail",
                 destination.pk,
                 level=messages.INFO,
@@ -350,15 +357,17 @@ class DestinationBulkRetryView(DestinationMixin, ChangeView):
             return self.done(
                 f"Not retried: {exc}.", "dashboard:destination_detail", destination.pk, level=messages.ERROR
             )
-        deliveries = f"{job.total} failed {'delivery' if job.total == 1 else 'deliveries'}"
+        deliveries = f"{job.to_retry} failed {'delivery' if job.to_retry == 1 else 'deliveries'}"
         if destination.paused_at:
             # Nothing is sent to a paused destination: "retrying" would say they are on their way.
             message = (
                 f"Queued {deliveries} for another try. The destination is paused: "
-                f"{'it is' if job.total == 1 else 'they are'} sent when you resume it."
+                f"{'it is' if job.to_retry == 1 else 'they are'} sent when you resume it."
             )
         else:
             message = f"Retrying {deliveries} in the background."
+        if job.left_out:
+            message += f" {job.left_out} left out: {LEFT_OUT_BY_SOURCES}."
         return self.done(message, "dashboard:destination_detail", destination.pk)
 
 
