@@ -27,7 +27,8 @@ from django.db import (
     connection,
     transaction,
 )
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
@@ -303,6 +304,15 @@ def _source_open_condition() -> str:
     )
 
 
+def _later_of_last_duplicate_and(received_at: str, table: str) -> str:
+    """SQL for the later of the stored last_duplicate_at and a repeat's received_at: hosts' clocks
+    differ by a little, and a repeat taken by a host behind the one that took the last must not move
+    it back. PostgreSQL's GREATEST skips a NULL; SQLite's MAX() of several values is NULL with one."""
+    if connection.vendor == "postgresql":
+        return f"GREATEST({table}.last_duplicate_at, {received_at})"
+    return f"MAX(COALESCE({table}.last_duplicate_at, {received_at}), {received_at})"
+
+
 def insert_event(event: NewEvent) -> tuple:
     """Insert an event, or count it as a duplicate of the stored one, in one statement.
 
@@ -325,13 +335,14 @@ def insert_event(event: NewEvent) -> tuple:
     else:
         placeholders = ", ".join(["%s"] * len(values))
     digest = event_id_digest(event.provider_event_id)
+    last_duplicate = _later_of_last_duplicate_and("excluded.received_at", table)
     # Where the provider's id is not signed, either unique index may find the stored event: nothing is
     # done by the INSERT, and the event repeated is counted next (see ingest_writer._INSERT_CONTENT_BATCH_SQL).
     on_conflict = (
         "ON CONFLICT DO NOTHING "
         if by_content
         else "ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL "
-        f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = excluded.received_at "
+        f"DO UPDATE SET duplicate_count = {table}.duplicate_count + 1, last_duplicate_at = {last_duplicate} "
     )
     # The key is looked for in the INSERT's own snapshot, as the writer's statement does
     # (ingest_writer._NOT_PURGED): the retention purge deletes an event only once every statement
@@ -395,7 +406,10 @@ def _count_duplicate_of_signed_content_portably(event: NewEvent):
         )
     if original_id is not None:
         stored.filter(pk=original_id).update(
-            duplicate_count=F("duplicate_count") + 1, last_duplicate_at=event.received_at
+            duplicate_count=F("duplicate_count") + 1,
+            last_duplicate_at=Greatest(
+                Coalesce("last_duplicate_at", Value(event.received_at)), Value(event.received_at)
+            ),
         )
     return original_id
 

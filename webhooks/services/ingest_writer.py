@@ -53,7 +53,8 @@ _COLUMNS = """id, organization_id, source_id, provider_event_id, event_type, bod
     status, rejection_code, rejection_detail, duplicate_count, received_at"""
 # Duplicates of a stored event are counted on it, in the same statement.
 _ON_CONFLICT = f"""ON CONFLICT (source_id, provider_event_id) WHERE provider_event_id IS NOT NULL
-DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1, last_duplicate_at = excluded.received_at
+DO UPDATE SET duplicate_count = {_TABLE}.duplicate_count + 1,
+    last_duplicate_at = GREATEST({_TABLE}.last_duplicate_at, excluded.received_at)
 RETURNING id, source_id, provider_event_id"""
 
 _KEYS = PurgedEventKey._meta.db_table
@@ -170,7 +171,7 @@ WITH row AS (
     FROM row CROSS JOIN LATERAL (SELECT {SOURCE_OPEN_SQL} AS open) AS live
 ), counted AS (
     UPDATE {_TABLE} AS stored
-    SET duplicate_count = stored.duplicate_count + hits.repeats, last_duplicate_at = hits.last_at
+    SET duplicate_count = stored.duplicate_count + hits.repeats, last_duplicate_at = GREATEST(stored.last_duplicate_at, hits.last_at)
     FROM (SELECT id, count(*) AS repeats, max(received_at) AS last_at FROM original WHERE id IS NOT NULL GROUP BY id)
         AS hits
     WHERE stored.id = hits.id

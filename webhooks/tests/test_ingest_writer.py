@@ -2,6 +2,7 @@
 is answered only after its row is committed, and one failure never takes others with it."""
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -95,6 +96,38 @@ def test_batch_inserts_new_rows_and_counts_duplicates_of_stored_and_of_each_othe
     twice = WebhookEvent.objects.get(pk=batch[2].id)
     assert twice.duplicate_count == 1 and twice.last_duplicate_at is not None
     assert WebhookEvent.objects.count() == 5
+
+
+def _insert_by_the_request(events):
+    from webhooks.services.ingest import insert_event
+
+    return [insert_event(event) for event in events]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("insert", [insert_event_batch, _insert_by_the_request], ids=["writer", "request"])
+@pytest.mark.parametrize("signed_content", [False, True], ids=["by-event-id", "by-content"])
+def test_a_repeat_received_by_a_host_whose_clock_is_behind_leaves_the_last_duplicate_time(
+    stripe_source, insert, signed_content
+):
+    # Web hosts' clocks differ by a little: a repeat stamped earlier than the last one counted
+    # moved last_duplicate_at back, and "when did it last come?" answered with the older time.
+    source = make_source(stripe_source.organization, provider="github", name="github", secret="s")
+
+    def row(delivery):
+        return _signed_content_row(source, delivery, b"one") if signed_content else new_event(source, "evt_1")
+
+    [(original_id, inserted)] = insert([row("d-1")])
+    assert inserted
+    latest = timezone.now()
+    insert([dataclasses.replace(row("d-2"), received_at=latest)])
+    behind = dataclasses.replace(row("d-3"), received_at=latest - timedelta(seconds=3))
+
+    [(counted_on, inserted)] = insert([behind])
+
+    assert (counted_on, inserted) == (original_id, False)
+    event = WebhookEvent.objects.get(pk=original_id)
+    assert event.duplicate_count == 2 and event.last_duplicate_at == latest
 
 
 @pytest.mark.django_db
