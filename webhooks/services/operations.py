@@ -428,7 +428,11 @@ def bulk_retry_request(*, organization: Organization, filters: dict[str, Any], a
         raise OperationError("the organization is being deleted: nothing more is sent")
     # A source's deliveries, not of one being deleted: they would be dead-lettered unsent again when
     # claimed. The caller found the source; its deletion asked for since is seen under the same lock.
-    if filters.get("source") and not lock_source_unless_being_deleted(filters["source"]):
+    if (source_id := filters.get("source")) and not Source.objects.filter(
+        organization=organization, pk=source_id
+    ).exists():
+        raise OperationError("the source has been deleted")
+    if source_id and not lock_source_unless_being_deleted(source_id):
         raise OperationError("the source is being deleted: its events are not sent again")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -526,10 +530,19 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
             if not batch:
                 break
             with transaction.atomic():
+                # Its organization's deletion asked for since the job was: nothing more is sent, and
+                # the deletion removes the rest (made pending, they waited unsent until it did). The
+                # organization's row first, as every transaction that takes it does.
+                organization_kept = lock_organization_unless_being_deleted(job.organization_id)
                 next_beat = timezone.now()
                 if not BulkRetry.objects.filter(pk=job.pk, heartbeat_at=beat).update(heartbeat_at=next_beat):
                     raise _BulkRetryTakenOver
                 beat = next_beat
+                if not organization_kept:
+                    left_out += page.count()
+                    job.total = max(job.total, job.retried + left_out)
+                    BulkRetry.objects.filter(pk=job.pk).update(left_out=left_out, total=job.total)
+                    break
                 # Not those whose source or destination is being deleted: sent again they would be
                 # dead-lettered unsent, or held until the deletion removes them. Checked under the
                 # locks the deletions' requests wait for (and they for these), read as they are now:

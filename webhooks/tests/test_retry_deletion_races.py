@@ -229,6 +229,14 @@ def test_a_bulk_retry_of_every_source_leaves_out_the_deliveries_of_sources_being
     assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.PENDING
 
 
+def test_a_bulk_retry_of_another_organizations_source_is_refused_without_locking_it(dead, other_organization):
+    # The API checks the source first; the service must not lean on it (nor hold another tenant's row).
+    other = make_source(other_organization, name="theirs")
+    with pytest.raises(operations.OperationError, match="the source has been deleted"):
+        operations.bulk_retry_request(organization=dead.organization, filters={"source": other.pk})
+    assert not BulkRetry.objects.exists()
+
+
 def test_a_bulk_retry_that_would_retry_only_deliveries_of_sources_being_deleted_has_nothing_to_retry(dead, monkeypatch):
     monkeypatch.setattr(operations, "publish_bulk_retry", lambda job_id: None)
     source_deletion.source_request_deletion(source=dead.event.source)
@@ -237,7 +245,7 @@ def test_a_bulk_retry_that_would_retry_only_deliveries_of_sources_being_deleted_
     assert not BulkRetry.objects.exists()
 
 
-@pytest.mark.parametrize("owner", ["source", "destination"])
+@pytest.mark.parametrize("owner", ["source", "destination", "organization"])
 def test_a_bulk_retry_batch_during_a_deletions_request_waits_for_it_and_leaves_the_deliveries_out(
     dead_of_two_sources, owner, monkeypatch
 ):
@@ -272,7 +280,8 @@ def test_a_bulk_retry_batch_during_a_deletions_request_waits_for_it_and_leaves_t
     if owner == "source":
         assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.PENDING
         assert (job.status, job.total, job.retried, job.left_out) == ("done", 2, 1, 1)
-    else:  # both deliveries are to the destination being deleted
+    else:  # both deliveries are to the destination, or of the organization, being deleted
+        assert Delivery.objects.get(pk=kept.pk).status == Delivery.Status.DEAD
         assert (job.status, job.total, job.retried, job.left_out) == ("done", 2, 0, 2)
 
 
