@@ -765,9 +765,7 @@ class EventFilterForm(forms.Form):
             (destination.pk, destination.name)
             for destination in destinations_for_organization(organization=organization).only("pk", "name")
         ]
-        self.fields["q"].widget.attrs.update(
-            placeholder="Any event id", type="search"
-        )
+        self.fields["q"].widget.attrs.update(placeholder="Any event id", type="search")
         self.fields["event_type"].widget.attrs.update(list="event-types")
         self.fields["body"].widget.attrs.update(placeholder="e.g. cus_ABC", type="search")
 
