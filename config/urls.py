@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from webhooks.api.authentication import json_not_found
+from webhooks.views.api_reference import api_reference_page
 from webhooks.views.csp_reports import csp_report
 from webhooks.views.dashboard.home import HomeView, InvitationJoinView
 from webhooks.views.health import healthz, livez, readyz
@@ -27,6 +28,9 @@ urlpatterns = [
     path("api/v1/", include("webhooks.api.urls")),
     # Any other path under /api/ (another version, a typo): the API's JSON 404, not the dashboard's page.
     re_path(r"^api(?:/|$)", json_not_found),
+    # The API's reference for people, a page made from the same OpenAPI document as /api/v1/schema,
+    # read by whoever may read that document (without signing in).
+    path("docs/api/", api_reference_page, name="api_reference"),
     # Tenants' dashboard: sign-in and invitations, then everything under one organization.
     path("accounts/", include("accounts.urls")),
     path("o/<slug:org_slug>/team/", include("organizations.urls")),

@@ -765,11 +765,9 @@ class EventFilterForm(forms.Form):
             (destination.pk, destination.name)
             for destination in destinations_for_organization(organization=organization).only("pk", "name")
         ]
-        self.fields["q"].widget.attrs.update(
-            placeholder="Exact id: provider's, Hookline's or a webhook-id", type="search"
-        )
+        self.fields["q"].widget.attrs.update(placeholder="Any event id", type="search")
         self.fields["event_type"].widget.attrs.update(list="event-types")
-        self.fields["body"].widget.attrs.update(placeholder="Text in the payload, e.g. cus_ABC", type="search")
+        self.fields["body"].widget.attrs.update(placeholder="e.g. cus_ABC", type="search")
 
     def clean_body(self):
         text = self.cleaned_data.get("body") or ""

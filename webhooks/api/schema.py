@@ -18,6 +18,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import build_basic_type
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from gunicorn.config import LimitRequestLine
 from rest_framework import serializers
 
 from organizations.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
@@ -170,6 +171,14 @@ class ApiAutoSchema(AutoSchema):
                 "(rate_limited)."
             ),
         }
+        if self._is_list():
+            # Answered by gunicorn before Django sees the request (config/gunicorn.conf.py writes it
+            # in the API's error shape): filters, an event_type pattern list or a cursor can reach it.
+            refusals[414] = error(
+                f"The request line (method, path and query string) is longer than the server's "
+                f"{LimitRequestLine.default:,} bytes (request_line_too_long): shorten the filters, "
+                "or narrow the list in several requests."
+            )
         if "{" in self.path:
             refusals[404] = error("The organization has no such object (another organization's included).")
         if self._takes_body():

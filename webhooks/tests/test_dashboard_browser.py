@@ -166,6 +166,7 @@ def test_a_reversed_received_range_is_said_on_the_to_box_and_goes_once_corrected
     page = sign_in(browser, live_server, owner)
     page.goto(f"{live_server.url}/o/acme/events/")
     now = timezone.now()
+    page.get_by_text("From / To").click()  # on a row of their own, closed while neither is set
     since, until = page.get_by_label("From (UTC)"), page.get_by_label("To (UTC)")
     # Each answer's swap, the filters out of band included, is awaited: To filled in the form that
     # From's answer is about to replace would be lost. Every request names both boxes ("until=" even

@@ -320,6 +320,25 @@ def test_a_request_line_too_long_is_answered_in_json(port, transactional_db):
     assert (status, answer["error"]) == (414, "request_line_too_long")
 
 
+def test_a_list_filter_over_the_request_line_limit_is_the_414_the_api_document_lists(
+    port, organization, transactional_db
+):
+    from gunicorn.config import LimitRequestLine
+
+    from webhooks.api.schema_view import api_document
+
+    _, key = make_key(organization)
+    patterns = ",".join(f"invoice.type{n}.*" for n in range(400))
+    line = f"GET /api/v1/events?event_type={patterns} HTTP/1.1".encode()
+    assert len(line) > LimitRequestLine.default
+    request = line + b"\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key.encode() + b"\r\n\r\n"
+    [(status, answer)] = _exchange(port, request)
+    assert (status, answer["error"]) == (414, "request_line_too_long")
+    # What a client reading the document expects of the list (drf-spectacular's document, as served).
+    documented = api_document()["paths"]["/api/v1/events"]["get"]["responses"]
+    assert "request_line_too_long" in documented["414"]["description"]
+
+
 # --- the same limits elsewhere than ingest ------------------------------------------------------------
 
 

@@ -243,3 +243,32 @@ def test_a_mark_whose_time_is_no_number_is_no_mark_and_stops_nothing(client, own
     client.force_login(owner)
     for page in ("dashboard:overview", "dashboard:events"):
         assert client.get(reverse(page, args=[organization.slug])).status_code == 200
+
+
+def test_after_seed_demo_s_demo_webhook_the_overview_says_the_test_send_it_does_not_count(
+    client, live_server, settings, httpserver
+):
+    # make run: seed_demo, then one demo Stripe webhook sent by the test sender and delivered. The
+    # overview's "Events, 24 h" counts the providers' events only: beside its 0 and the delivery it
+    # must say what it left out, or the demo reads as lost.
+    from django.core.management import call_command
+
+    from organizations.models import Organization
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    httpserver.expect_request("/hooks").respond_with_data("ok")
+    call_command("seed_demo", "--receiver-url", httpserver.url_for("/hooks"))
+    organization = Organization.objects.get(slug="demo")
+    source = Source.objects.get(organization=organization)
+    call_command("send_test_webhook", "--source", str(source.pk), "--fresh-id")
+    while process_event_batch():
+        pass
+    delivery_service.dispatch_due_deliveries(threads=1)
+    assert Delivery.objects.get().status == Delivery.Status.SUCCEEDED
+
+    client.force_login(organization.memberships.get().user)
+    page = client.get(f"/o/{organization.slug}/")
+    overview = page.context["overview"]
+    assert (overview.events_24h, overview.succeeded_24h, overview.tests_24h) == (0, 1, 1)
+    html = page.content.decode()
+    assert "1 test send</a>" in html and "not counted: only your providers' events are" in html
