@@ -13,7 +13,7 @@ from django.utils.text import slugify
 
 from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
-from webhooks.fields import encrypted_field_names
+from webhooks.fields import encrypted_field_names, secrets_deferred, unreadable_secrets
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
@@ -217,6 +217,10 @@ class DestinationRotateSecretForm(forms.Form):
     def __init__(self, *args, destination=None, **kwargs):
         super().__init__(*args, **kwargs)
         offer_to_stop_previous_secret(self, destination)
+        if destination is not None and "secret" in unreadable_secrets(destination):
+            # The current secret signs nothing: there is no old one to keep signing with.
+            self.fields["overlap_seconds"].widget = forms.HiddenInput()
+            self.fields["overlap_seconds"].initial = 0
 
 
 class SourceRotateSecretForm(forms.Form):
@@ -242,8 +246,8 @@ class SourceRotateSecretForm(forms.Form):
             *OVERLAP_CHOICES[1:],
         ]
         offer_to_stop_previous_secret(self, source)
-        if source is not None and not source.secret:
-            # Setting a first secret: there is no old one to keep.
+        if source is not None and ("secret" in unreadable_secrets(source) or not source.secret):
+            # Setting a first secret, or replacing one that no key decrypts: there is no old one to keep.
             self.fields["overlap_seconds"].widget = forms.HiddenInput()
             self.fields["overlap_seconds"].initial = 0
         self.fields["new_secret"].required = not provider.secret_generated_by_us
@@ -613,7 +617,8 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
                 },
             )
         super().__init__(*args, **kwargs)
-        self.fields["sources"].queryset = sources_for_organization(organization=organization)
+        # Offered by name: a source whose secret no key decrypts must not stop the form.
+        self.fields["sources"].queryset = secrets_deferred(sources_for_organization(organization=organization))
         # The most of either schedule: the form may be changing the destination's own.
         most = max(max_attempts_allowed(), Destination.MAX_RETRY_SCHEDULE_STEPS + 1)
         self.fields["max_attempts"].widget.attrs.update(min=1, max=most)

@@ -17,6 +17,7 @@ from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from webhooks.fields import unreadable_secrets
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
@@ -34,7 +35,7 @@ from webhooks.selectors import (
 from webhooks.services.delivery_waits import delivery_waits
 from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import OPERATORS, destinations_not_taking
-from webhooks.services.secrets import previous_secret_valid_until
+from webhooks.services.secrets import previous_secret_valid_until, secret_hint_shown
 from webhooks.services.sources import ingest_url
 from webhooks.services.text import echoable_text
 
@@ -308,11 +309,25 @@ class PreviousSecretValidUntilField(serializers.DateTimeField):
         super().__init__(source="*", read_only=True, allow_null=True, **kwargs)
 
     def to_representation(self, instance):
-        if hasattr(instance, "previous_secret_until"):
+        if "previous_secret" in unreadable_secrets(instance):
+            until = None  # it verifies and signs nothing (services.secrets.previous_secret_valid_until)
+        elif hasattr(instance, "previous_secret_until"):
             until = instance.previous_secret_until
         else:
             until = previous_secret_valid_until(instance)
         return None if until is None else super().to_representation(until)
+
+
+class SecretHintField(serializers.CharField):
+    """The secret's hint (…a1b2), or "unreadable" for one that no key of the platform decrypts any
+    more: as the dashboard shows it. Found so on an object read alone (a detail, an answer to a
+    change), whose secrets' tokens are checked; a list shows the hints as saved."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, instance):
+        return secret_hint_shown(instance)
 
 
 class SourceSerializer(serializers.Serializer):
@@ -320,7 +335,7 @@ class SourceSerializer(serializers.Serializer):
     name = serializers.CharField()
     provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
     is_active = serializers.BooleanField()
-    secret_hint = serializers.CharField()
+    secret_hint = SecretHintField()
     previous_secret_valid_until = PreviousSecretValidUntilField()
     # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
     # into them, can be read back.
@@ -375,7 +390,7 @@ class DestinationSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     url = serializers.SerializerMethodField()
-    secret_hint = serializers.CharField()
+    secret_hint = SecretHintField()
     previous_secret_valid_until = PreviousSecretValidUntilField()
     is_active = serializers.BooleanField()
     paused_at = serializers.DateTimeField(allow_null=True)

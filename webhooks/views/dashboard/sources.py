@@ -20,6 +20,7 @@ from webhooks.selectors import (
 from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
 from webhooks.services.secret_use import secret_use_during_overlap
+from webhooks.services.secrets import secret_is_set, unreadable_secrets_found
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceBeingDeleted,
@@ -40,12 +41,19 @@ from .events import event_progress
 
 class SourceMixin(OrganizationMixin):
     def get_source(self, *, with_secrets: bool = True):
+        # Its secrets that no key decrypts are left unread (source.unreadable_secrets): its pages say so.
         return or_404(
             source_for_organization,
             organization=self.organization,
             source_id=self.kwargs["source_id"],
             with_secrets=with_secrets,
         )
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if "source" in context:
+            context["unreadable"] = unreadable_secrets_found(context["source"])
+        return context
 
 
 class SourceListView(OrganizationMixin, TemplateView):
@@ -163,6 +171,7 @@ class SourceDetailView(SourceMixin, TemplateView):
             ),
             secret_use=secret_use_during_overlap(source),
             not_kept=rejected_not_kept(source),
+            unreadable=unreadable_secrets_found(source),
         )
         return context
 
@@ -231,7 +240,7 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider), source=source)
-        had_secret = bool(source.secret)
+        had_secret = secret_is_set(source)
         if form.is_valid():
             try:
                 source, generated = source_rotate_secret(
