@@ -196,13 +196,13 @@ _STORED_TOKEN = "_stored_token_{}"
 
 
 def with_stored_tokens(queryset, *names: str):
-    """``queryset`` with its model's encrypted columns (or ``names`` of them) deferred and each one's
+    """``queryset`` with its model's encrypted columns deferred and each one's (or those of ``names``)
     token read beside the row as stored (cast to plain text: not decrypted), for
     take_readable_secrets(): a page for one source or destination then opens with a secret that no
     key decrypts, and says so, instead of stopping at it."""
-    names = names or encrypted_field_names(queryset.model)
-    tokens = {_STORED_TOKEN.format(name): Cast(name, output_field=models.TextField()) for name in names}
-    return queryset.defer(*names).annotate(**tokens)
+    deferred = encrypted_field_names(queryset.model)
+    tokens = {_STORED_TOKEN.format(name): Cast(name, output_field=models.TextField()) for name in names or deferred}
+    return queryset.defer(*deferred).annotate(**tokens)
 
 
 def take_readable_secrets(instance, *, load: bool = True) -> dict[str, Unreadable]:

@@ -190,14 +190,14 @@ class StopPreviousSecretField(forms.BooleanField):
 
 
 def offer_to_stop_previous_secret(form: forms.Form, instance) -> None:
-    from webhooks.services.secrets import previous_secret_valid_until, secret_hint
+    from webhooks.services.secrets import previous_secret_described, previous_secret_valid_until
 
     valid_until = previous_secret_valid_until(instance) if instance is not None else None
     if valid_until is None:
         del form.fields["stop_previous"]
         return
     form.fields["stop_previous"].help_text = (
-        f"The secret before the current one (ending {secret_hint(instance.previous_secret)}) still works until "
+        f"The secret before the current one ({previous_secret_described(instance)}) still works until "
         f"{valid_until:%Y-%m-%d %H:%M} UTC. Only one older secret is kept, so rotating again stops it at once: "
         "tick this only if nothing uses it any more."
     )

@@ -17,7 +17,6 @@ from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from webhooks.fields import unreadable_secrets
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
@@ -309,9 +308,7 @@ class PreviousSecretValidUntilField(serializers.DateTimeField):
         super().__init__(source="*", read_only=True, allow_null=True, **kwargs)
 
     def to_representation(self, instance):
-        if "previous_secret" in unreadable_secrets(instance):
-            until = None  # it verifies and signs nothing (services.secrets.previous_secret_valid_until)
-        elif hasattr(instance, "previous_secret_until"):
+        if hasattr(instance, "previous_secret_until"):
             until = instance.previous_secret_until
         else:
             until = previous_secret_valid_until(instance)

@@ -208,9 +208,12 @@ def destination_merge_custom_headers(
 ) -> dict[str, str]:
     """The destination's custom headers with ``changes`` applied (a value adds or replaces, None
     removes; the others keep their values), checked: what a form or the API checks before saving.
-    Headers that no key decrypts (read with fields.take_readable_secrets) count as none: the
-    changes replace them (as _change_custom_headers saves them)."""
-    if destination is None or "custom_headers" in unreadable_secrets(destination):
+    Headers that no key decrypts (read with fields.take_readable_secrets) are replaced by the
+    changes, which must name each of them (as _change_custom_headers saves them)."""
+    if destination is None:
+        current = {}
+    elif "custom_headers" in unreadable_secrets(destination):
+        _check_unreadable_headers_named(destination.custom_header_hints, changes)
         current = {}
     else:
         current = destination.custom_header_values()
@@ -218,6 +221,23 @@ def destination_merge_custom_headers(
         return merge_custom_headers(current, changes)
     except CustomHeaderError as exc:
         raise DestinationError(str(exc), field="custom_headers") from None
+
+
+def _check_unreadable_headers_named(hints: list[dict], changes: Mapping[str, str | None]) -> None:
+    """Stored custom headers that no key decrypts can be neither sent nor merged with a change: one
+    replaces them only when it names each (set again, or removed with None), so that none is dropped
+    unasked (during a deploy of a new key, this process may be the only one that cannot read them)."""
+    if not changes:
+        return  # no change of the headers: they stay as stored
+    named = {name.strip().lower() for name in changes if isinstance(name, str)}
+    missing = [item["name"] for item in hints if item["name"].lower() not in named]
+    if missing:
+        raise DestinationError(
+            "the stored custom headers can no longer be read by the platform, so this change cannot keep the "
+            f"others: name each of {', '.join(missing)} to set it again or remove it (if the platform's "
+            "encryption keys are being changed right now, send the change again in a few minutes instead)",
+            field="custom_headers",
+        )
 
 
 def destination_check_payload_filters(filters) -> list[dict]:
@@ -720,7 +740,7 @@ def _change_custom_headers(destination: Destination, changes: Mapping[str, str |
     set them unsaved on ``destination``. Returns the names added, removed and changed, for the audit log.
 
     Stored headers that no key decrypts (a key retired too early) can be neither sent nor merged:
-    the changes then start from none, and the headers they do not set again are removed."""
+    a change that names each of them (_check_unreadable_headers_named) replaces them."""
     current = with_stored_tokens(
         # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
         Destination.objects.select_for_update(no_key=True, of=("self",))
@@ -731,6 +751,8 @@ def _change_custom_headers(destination: Destination, changes: Mapping[str, str |
     if current is None:
         raise DestinationError("this destination has been deleted")
     unreadable = "custom_headers" in take_readable_secrets(current)
+    if unreadable:
+        _check_unreadable_headers_named(current.custom_header_hints, changes)
     before = {} if unreadable else current.custom_header_values()
     try:
         after = merge_custom_headers(before, changes)
@@ -739,7 +761,7 @@ def _change_custom_headers(destination: Destination, changes: Mapping[str, str |
     store_custom_headers(destination, after)
     names = custom_header_changes(before, after)
     if unreadable:
-        # Their names are known (the hints): those not set again are gone with their values.
+        # Their names are known (the hints): those the change removed are gone with their values.
         kept = {name.lower() for name in after}
         removed = [item["name"] for item in current.custom_header_hints if item["name"].lower() not in kept]
         names = {**names, **({"removed": removed} if removed else {}), "replaced_unreadable": True}

@@ -73,6 +73,13 @@ def unreadable_secrets_found(instance: models.Model) -> UnreadableSecrets | None
     )
 
 
+def previous_secret_described(instance: models.Model) -> str:
+    """The previous secret in a sentence: "ending …a1b2", or that it cannot be read."""
+    if "previous_secret" in unreadable_secrets(instance):
+        return "which can no longer be read"
+    return f"ending {secret_hint(instance.previous_secret)}"
+
+
 def secret_hint_shown(instance: models.Model) -> str:
     """A Source's or Destination's secret hint (…a1b2) where a page shows it: "unreadable" for a
     secret that no key decrypts, whose hint would name a secret that no longer works."""
@@ -81,11 +88,11 @@ def secret_hint_shown(instance: models.Model) -> str:
 
 def previous_secret_valid_until(instance: models.Model):
     """When a Source's or Destination's previous secret stops working, while it still does; else None.
-    None too for one that no key decrypts: it verifies and signs nothing, and a rotation drops it."""
-    if "previous_secret" in unreadable_secrets(instance):
-        return None
+    Told by its expiry alone for one that this process cannot decrypt: other processes may (a key
+    being deployed), and a rotation stops it all the same."""
     expires_at = instance.previous_secret_expires_at
-    if instance.previous_secret and expires_at and expires_at > timezone.now():
+    previous = "previous_secret" in unreadable_secrets(instance) or instance.previous_secret
+    if previous and expires_at and expires_at > timezone.now():
         return expires_at
     return None
 
@@ -140,7 +147,7 @@ def replace_secret(
     still_valid_until = previous_secret_valid_until(locked)
     if still_valid_until is not None and not stop_previous:
         raise PreviousSecretStillValid(
-            f"the secret before the current one (ending {secret_hint(locked.previous_secret)}) still works until "
+            f"the secret before the current one ({previous_secret_described(locked)}) still works until "
             f"{still_valid_until:%Y-%m-%d %H:%M} UTC, and rotating again stops it at once; confirm that it may stop now"
         )
     if not current:

@@ -99,6 +99,13 @@ def test_the_detail_page_shows_unreadable_where_the_hint_was(tenant, unreadable,
     assert row.secret_hint not in text
 
 
+def test_the_sources_list_shows_unreadable_where_the_hint_was(tenant, organization, unreadable):
+    readable = make_source(organization, name="Readable")
+    text = tenant.get(reverse("dashboard:sources", args=["acme"])).content.decode()
+    assert text.count('data-label="Secret">unreadable</td>') == 1
+    assert f'data-label="Secret">{readable.secret_hint}</td>' in text
+
+
 def test_a_damaged_secret_is_said_to_be_damaged(tenant, organization):
     source = make_source(organization)
     store_raw(Source, source.pk, DAMAGED)
@@ -132,7 +139,7 @@ def test_a_new_source_secret_replaces_the_unreadable_one_and_ingest_takes_it(cli
     assert post_stripe(client, source, body, STRIPE_SECRET).status_code == 503
 
     form = tenant.get(page("source_rotate", source))
-    assert "No overlap is possible" in form.content.decode() or "no overlap is possible" in form.content.decode()
+    assert "so it is replaced at once: no overlap is possible" in form.content.decode()
     # No overlap offered: the secret it would keep verifies nothing.
     assert 'type="hidden" name="overlap_seconds"' in form.content.decode()
     response = tenant.post(page("source_rotate", source), {"new_secret": NEW_STRIPE_SECRET, "overlap_seconds": "0"})
@@ -145,6 +152,7 @@ def test_a_new_source_secret_replaces_the_unreadable_one_and_ingest_takes_it(cli
     assert post_stripe(client, source, body, NEW_STRIPE_SECRET).status_code in (200, 202)
     detail = tenant.get(page("source_detail", source)).content.decode()
     assert "can no longer be read" not in detail and source.secret_hint in detail
+    assert f"Signing secret set (ending in {source.secret_hint})" in detail  # replaced, not "rotated"
 
 
 def test_an_overlap_asked_for_keeps_nothing_unreadable(tenant, unreadable):
@@ -184,16 +192,19 @@ def test_a_destination_with_unreadable_secrets_is_edited_without_touching_them(t
 
 def test_unreadable_custom_headers_are_set_again(tenant, unreadable):
     destination = unreadable["destination"]
-    response = tenant.post(
-        page("destination_edit", destination),
-        {
-            "name": destination.name,
-            "url": destination.url,
-            "sources": [destination.subscriptions.get().source_id],
-            "timeout_seconds": "15",
-            "custom_headers_set": "X-Team: billing",
-        },
-    )
+    form = {
+        "name": destination.name,
+        "url": destination.url,
+        "sources": [destination.subscriptions.get().source_id],
+        "timeout_seconds": "15",
+        "custom_headers_set": "X-Team: billing",
+    }
+    # Not merged with headers no key reads, nor dropping one unasked: each is to be named.
+    refused = tenant.post(page("destination_edit", destination), form)
+    assert refused.status_code == 200
+    assert "name each of X-Api-Key to set it again or remove it" in refused.content.decode()
+
+    response = tenant.post(page("destination_edit", destination), {**form, "custom_headers_remove": ["X-Api-Key"]})
     assert response.status_code == 302, response.content[:400]
     changed = Destination.objects.defer("secret", "previous_secret").get(pk=destination.pk)
     # The unreadable X-Api-Key is gone (nothing could send it); the one set again is readable.
@@ -257,11 +268,22 @@ def test_a_destination_form_opens_while_a_source_offered_cannot_be_read(tenant, 
 # --- The REST API: the same services --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_the_api_reads_one_with_unreadable_where_the_hint_was(client, organization, unreadable, what):
+    key = make_key(organization)[1]
+    read = api_get(client, key, f"/api/v1/{what}s/{unreadable[what].pk}")
+    assert read.status_code == 200, read.content[:400]
+    assert read.json()["secret_hint"] == "unreadable" and read.json()["previous_secret_valid_until"] is None
+
+
 def test_the_api_rotates_an_unreadable_source_secret(client, organization, unreadable):
     key = make_key(organization)[1]
     source = unreadable["source"]
+    renamed = api_patch(client, key, f"/api/v1/sources/{source.pk}", {"name": "Renamed"})
+    assert renamed.status_code == 200 and renamed.json()["secret_hint"] == "unreadable", renamed.content[:400]
     response = api_post(client, key, f"/api/v1/sources/{source.pk}/rotate_secret", {"secret": NEW_STRIPE_SECRET})
     assert response.status_code == 200, response.content[:400]
+    assert response.json()["secret_hint"] == "…" + NEW_STRIPE_SECRET[-4:]
     assert Source.objects.get(pk=source.pk).secret == NEW_STRIPE_SECRET
 
 
@@ -270,9 +292,10 @@ def test_the_api_rotates_an_unreadable_destination_secret_and_changes_it(client,
     destination = unreadable["destination"]
     renamed = api_patch(client, key, f"/api/v1/destinations/{destination.pk}", {"name": "Renamed"})
     assert renamed.status_code == 200, renamed.content[:400]
-    headers = api_patch(
-        client, key, f"/api/v1/destinations/{destination.pk}", {"custom_headers": {"X-Team": "billing"}}
-    )
+    path = f"/api/v1/destinations/{destination.pk}"
+    refused = api_patch(client, key, path, {"custom_headers": {"X-Team": "billing"}})
+    assert refused.status_code == 400 and "name each of X-Api-Key" in refused.content.decode()
+    headers = api_patch(client, key, path, {"custom_headers": {"X-Team": "billing", "x-api-key": None}})
     assert headers.status_code == 200, headers.content[:400]
     rotated = api_post(client, key, f"/api/v1/destinations/{destination.pk}/rotate_secret", {"keep_previous_for": 0})
     assert rotated.status_code == 200, rotated.content[:400]
