@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.db.models.functions import Cast
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,48 @@ def secrets_deferred(queryset, *relations: str):
             model = model._meta.get_field(part).related_model
         deferred += [f"{path}__{name}" for name in encrypted_field_names(model)]
     return queryset.defer(*deferred) if deferred else queryset
+
+
+# Where with_stored_tokens() puts a column's token beside the row (popped by take_readable_secrets()).
+_STORED_TOKEN = "_stored_token_{}"
+
+
+def with_stored_tokens(queryset, *names: str):
+    """``queryset`` with its model's encrypted columns deferred and each one's (or those of ``names``)
+    token read beside the row as stored (cast to plain text: not decrypted), for
+    take_readable_secrets(): a page for one source or destination then opens with a secret that no
+    key decrypts, and says so, instead of stopping at it."""
+    deferred = encrypted_field_names(queryset.model)
+    tokens = {_STORED_TOKEN.format(name): Cast(name, output_field=models.TextField()) for name in names or deferred}
+    return queryset.defer(*deferred).annotate(**tokens)
+
+
+def take_readable_secrets(instance, *, load: bool = True) -> dict[str, Unreadable]:
+    """The secrets of ``instance`` (read through with_stored_tokens()) that no key decrypts, by field
+    name; also kept as ``instance.unreadable_secrets``. With ``load``, each one a key decrypts is set
+    on ``instance`` as a plain read would have; the others stay deferred, so that code reading one
+    anyway still stops at SecretNotReadable, and a save() leaves their stored value alone. Each one
+    that cannot be decrypted is noted in the health figures, as any failed decryption."""
+    unreadable = {}
+    for name in encrypted_field_names(type(instance)):
+        stored = _STORED_TOKEN.format(name)
+        if stored not in instance.__dict__:
+            continue
+        token = instance.__dict__.pop(stored)  # the token: never left on an object a template sees
+        try:
+            value = decrypt(token) if token else token
+        except SecretNotReadable as exc:
+            unreadable[name] = exc.unreadable
+            continue
+        if load:
+            setattr(instance, name, value)
+    instance.unreadable_secrets = unreadable
+    return unreadable
+
+
+def unreadable_secrets(instance) -> dict[str, Unreadable]:
+    """What take_readable_secrets() found on ``instance``: empty when its secrets were read as usual."""
+    return getattr(instance, "unreadable_secrets", None) or {}
 
 
 def reencrypt(token: str) -> str:

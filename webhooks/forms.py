@@ -13,7 +13,7 @@ from django.utils.text import slugify
 
 from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
-from webhooks.fields import encrypted_field_names
+from webhooks.fields import encrypted_field_names, secrets_deferred, unreadable_secrets
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
@@ -190,14 +190,14 @@ class StopPreviousSecretField(forms.BooleanField):
 
 
 def offer_to_stop_previous_secret(form: forms.Form, instance) -> None:
-    from webhooks.services.secrets import previous_secret_valid_until, secret_hint
+    from webhooks.services.secrets import previous_secret_described, previous_secret_valid_until
 
     valid_until = previous_secret_valid_until(instance) if instance is not None else None
     if valid_until is None:
         del form.fields["stop_previous"]
         return
     form.fields["stop_previous"].help_text = (
-        f"The secret before the current one (ending {secret_hint(instance.previous_secret)}) still works until "
+        f"The secret before the current one ({previous_secret_described(instance)}) still works until "
         f"{valid_until:%Y-%m-%d %H:%M} UTC. Only one older secret is kept, so rotating again stops it at once: "
         "tick this only if nothing uses it any more."
     )
@@ -217,6 +217,10 @@ class DestinationRotateSecretForm(forms.Form):
     def __init__(self, *args, destination=None, **kwargs):
         super().__init__(*args, **kwargs)
         offer_to_stop_previous_secret(self, destination)
+        if destination is not None and "secret" in unreadable_secrets(destination):
+            # The current secret signs nothing: there is no old one to keep signing with.
+            self.fields["overlap_seconds"].widget = forms.HiddenInput()
+            self.fields["overlap_seconds"].initial = 0
 
 
 class SourceRotateSecretForm(forms.Form):
@@ -242,8 +246,8 @@ class SourceRotateSecretForm(forms.Form):
             *OVERLAP_CHOICES[1:],
         ]
         offer_to_stop_previous_secret(self, source)
-        if source is not None and not source.secret:
-            # Setting a first secret: there is no old one to keep.
+        if source is not None and ("secret" in unreadable_secrets(source) or not source.secret):
+            # Setting a first secret, or replacing one that no key decrypts: there is no old one to keep.
             self.fields["overlap_seconds"].widget = forms.HiddenInput()
             self.fields["overlap_seconds"].initial = 0
         self.fields["new_secret"].required = not provider.secret_generated_by_us
@@ -613,7 +617,8 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
                 },
             )
         super().__init__(*args, **kwargs)
-        self.fields["sources"].queryset = sources_for_organization(organization=organization)
+        # Offered by name: a source whose secret no key decrypts must not stop the form.
+        self.fields["sources"].queryset = secrets_deferred(sources_for_organization(organization=organization))
         # The most of either schedule: the form may be changing the destination's own.
         most = max(max_attempts_allowed(), Destination.MAX_RETRY_SCHEDULE_STEPS + 1)
         self.fields["max_attempts"].widget.attrs.update(min=1, max=most)

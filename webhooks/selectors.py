@@ -36,7 +36,7 @@ from django.db.models.functions import JSONObject, Now
 from django.utils import timezone
 
 from organizations.models import AuditLog, Organization
-from webhooks.fields import encrypted_field_names
+from webhooks.fields import encrypted_field_names, take_readable_secrets, with_stored_tokens
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
@@ -931,21 +931,34 @@ def with_previous_secret_until(rows: QuerySet) -> QuerySet:
 
 def source_for_organization(*, organization: Organization, source_id, with_secrets: bool = True) -> Source:
     """One source, not one being deleted (Source.DoesNotExist for that too: it is as good as gone).
-    ``with_secrets`` False leaves its secrets unread, for what needs none (deleting it): one that no
-    key decrypts must not keep its tenant from deleting it."""
-    sources = Source.objects if with_secrets else Source.objects.defer(*encrypted_field_names(Source))
-    return sources.get(organization=organization, pk=source_id, deletion_requested_at__isnull=True)
+
+    ``with_secrets``: its secrets that the keys decrypt are read with it; one that no key decrypts
+    (a key dropped too early) is left unread and named in ``source.unreadable_secrets``
+    (fields.take_readable_secrets), so that its pages open, say so, and offer a new secret.
+    False leaves every secret unread, for what needs none (deleting it)."""
+    return _one_with_readable_secrets(
+        Source.objects.filter(organization=organization, pk=source_id, deletion_requested_at__isnull=True),
+        with_secrets=with_secrets,
+    )
 
 
 def destination_for_organization(
     *, organization: Organization, destination_id, with_secrets: bool = True
 ) -> Destination:
     """One destination, not one being deleted (Destination.DoesNotExist for that too: it is as good as gone).
-    ``with_secrets``: as source_for_organization's."""
-    destinations = (
-        Destination.objects if with_secrets else Destination.objects.defer(*encrypted_field_names(Destination))
+    ``with_secrets``: as source_for_organization's (its custom headers are one of its secrets)."""
+    return _one_with_readable_secrets(
+        Destination.objects.filter(organization=organization, pk=destination_id, deletion_requested_at__isnull=True),
+        with_secrets=with_secrets,
     )
-    return destinations.get(organization=organization, pk=destination_id, deletion_requested_at__isnull=True)
+
+
+def _one_with_readable_secrets(rows: QuerySet, *, with_secrets: bool):
+    if not with_secrets:
+        return rows.defer(*encrypted_field_names(rows.model)).get()
+    found = with_stored_tokens(rows).get()
+    take_readable_secrets(found)
+    return found
 
 
 def delivery_for_organization(*, organization: Organization, delivery_id) -> Delivery:

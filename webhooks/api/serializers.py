@@ -34,7 +34,7 @@ from webhooks.selectors import (
 from webhooks.services.delivery_waits import delivery_waits
 from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import OPERATORS, destinations_not_taking
-from webhooks.services.secrets import previous_secret_valid_until
+from webhooks.services.secrets import previous_secret_valid_until, secret_hint_shown
 from webhooks.services.sources import ingest_url
 from webhooks.services.text import echoable_text
 
@@ -320,12 +320,24 @@ class PreviousSecretValidUntilField(serializers.DateTimeField):
         return None if until is None else super().to_representation(until)
 
 
+class SecretHintField(serializers.CharField):
+    """The secret's hint (…a1b2), or "unreadable" for one that no key of the platform decrypts any
+    more: as the dashboard shows it. Found so on an object read alone (a detail, an answer to a
+    change), whose secrets' tokens are checked; a list shows the hints as saved."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, instance):
+        return secret_hint_shown(instance)
+
+
 class SourceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
     is_active = serializers.BooleanField()
-    secret_hint = serializers.CharField()
+    secret_hint = SecretHintField()
     previous_secret_valid_until = PreviousSecretValidUntilField()
     # As the source's page shows them (settings, never secrets), so that a PATCH, which merges
     # into them, can be read back.
@@ -380,7 +392,7 @@ class DestinationSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     url = serializers.SerializerMethodField()
-    secret_hint = serializers.CharField()
+    secret_hint = SecretHintField()
     previous_secret_valid_until = PreviousSecretValidUntilField()
     is_active = serializers.BooleanField()
     paused_at = serializers.DateTimeField(allow_null=True)

@@ -15,7 +15,7 @@ from rest_framework.fields import DateTimeField
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
 
-from webhooks.fields import encrypted_field_names
+from webhooks.fields import encrypted_field_names, take_readable_secrets, with_stored_tokens
 from webhooks.models import Destination, Subscription, WebhookEvent
 from webhooks.selectors import (
     BodySearchTimedOut,
@@ -596,7 +596,14 @@ def source_found(organization, source_id: str, *, to_show: bool = False):
     sources = sources_for_organization(organization=organization)
     if to_show:
         sources = with_previous_secret_until(sources)
-    return _found(sources.defer(*_SECRET_COLUMNS).get, pk=_int_id(source_id))
+    return _with_unreadable_secrets_found(_found(with_stored_tokens(sources).get, pk=_int_id(source_id)))
+
+
+def _with_unreadable_secrets_found(found):
+    # Its secrets stay unread (load=False), but one that no key decrypts is found and named, so that
+    # its read says "unreadable" where its hint was, and a change or rotation does not read it.
+    take_readable_secrets(found, load=False)
+    return found
 
 
 def _with_subscriptions(destinations):
@@ -620,7 +627,9 @@ class DestinationLookup:
         destinations = destinations_for_organization(organization=self.organization)
         if not with_secrets:
             destinations = destinations.defer(*encrypted_field_names(Destination))
-        return _found(_with_subscriptions(destinations).get, pk=_int_id(destination_id))
+            return _found(_with_subscriptions(destinations).get, pk=_int_id(destination_id))
+        found = _found(with_stored_tokens(_with_subscriptions(destinations)).get, pk=_int_id(destination_id))
+        return _with_unreadable_secrets_found(found)
 
 
 class DestinationDetailView(DestinationLookup, ApiObjectView):

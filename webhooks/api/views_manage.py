@@ -14,6 +14,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions
 from rest_framework.response import Response
 
+from webhooks.fields import secrets_deferred
 from webhooks.selectors import destinations_for_organization, sources_for_organization
 from webhooks.services.destinations import (
     DELIVERY_POLICY_FIELDS,
@@ -79,6 +80,12 @@ def _rotation_refused(exc: Exception, field: str) -> exceptions.APIException:
     if isinstance(exc, (SourcePreviousSecretStillValid, DestinationPreviousSecretStillValid)):
         return Conflict(f"{exc}: send stop_previous: true to rotate anyway")
     return _refused(str(exc), field)
+
+
+def _linkable_sources(organization):
+    """The sources a destination may be linked to, by id: their secrets unread (one that no key
+    decrypts must not stop a change of a destination)."""
+    return secrets_deferred(sources_for_organization(organization=organization))
 
 
 class SourceLookup:
@@ -264,7 +271,7 @@ class DestinationListCreateView(DestinationShowMixin, DestinationListView):
         data = _valid(
             serializers_manage.DestinationCreateSerializer,
             request,
-            sources=sources_for_organization(organization=self.organization),
+            sources=_linkable_sources(self.organization),
         )
         try:
             destination, secret = destination_create(
@@ -335,7 +342,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
         data = _valid(
             serializers_manage.DestinationUpdateSerializer,
             request,
-            sources=sources_for_organization(organization=self.organization),
+            sources=_linkable_sources(self.organization),
             has_sources=bool(subscriptions),
             destination=destination,
         )
@@ -343,7 +350,7 @@ class DestinationDetailManageView(DestinationShowMixin, DestinationDetailView):
             sources = data["sources"]
         else:
             current = [subscription.source_id for subscription in subscriptions]
-            sources = list(sources_for_organization(organization=self.organization).filter(pk__in=current))
+            sources = list(_linkable_sources(self.organization).filter(pk__in=current))
         if "event_types" in data:
             event_types = data["event_types"]
         elif sources and subscriptions:

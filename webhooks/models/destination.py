@@ -130,10 +130,9 @@ class Destination(models.Model):
     @property
     def previous_secret_valid_until(self):
         """When the previous secret stops signing, while it still does; else None."""
-        expires_at = self.previous_secret_expires_at
-        if self.previous_secret and expires_at and expires_at > timezone.now():
-            return expires_at
-        return None
+        from webhooks.services.secrets import previous_secret_valid_until
+
+        return previous_secret_valid_until(self)
 
     @property
     def held_deliveries_given_up_from(self):

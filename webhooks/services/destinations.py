@@ -17,6 +17,7 @@ from organizations.deletion_counts import KindCount, count_kinds
 from organizations.models import Organization
 from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
+from webhooks.fields import take_readable_secrets, unreadable_secrets, with_stored_tokens
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, Subscription, WebhookEvent
 from webhooks.selectors import closing_bracket
 
@@ -206,12 +207,37 @@ def destination_merge_custom_headers(
     destination: Destination | None, changes: Mapping[str, str | None]
 ) -> dict[str, str]:
     """The destination's custom headers with ``changes`` applied (a value adds or replaces, None
-    removes; the others keep their values), checked: what a form or the API checks before saving."""
-    current = destination.custom_header_values() if destination is not None else {}
+    removes; the others keep their values), checked: what a form or the API checks before saving.
+    Headers that no key decrypts (read with fields.take_readable_secrets) are replaced by the
+    changes, which must name each of them (as _change_custom_headers saves them)."""
+    if destination is None:
+        current = {}
+    elif "custom_headers" in unreadable_secrets(destination):
+        _check_unreadable_headers_named(destination.custom_header_hints, changes)
+        current = {}
+    else:
+        current = destination.custom_header_values()
     try:
         return merge_custom_headers(current, changes)
     except CustomHeaderError as exc:
         raise DestinationError(str(exc), field="custom_headers") from None
+
+
+def _check_unreadable_headers_named(hints: list[dict], changes: Mapping[str, str | None]) -> None:
+    """Stored custom headers that no key decrypts can be neither sent nor merged with a change: one
+    replaces them only when it names each (set again, or removed with None), so that none is dropped
+    unasked (during a deploy of a new key, this process may be the only one that cannot read them)."""
+    if not changes:
+        return  # no change of the headers: they stay as stored
+    named = {name.strip().lower() for name in changes if isinstance(name, str)}
+    missing = [item["name"] for item in hints if item["name"].lower() not in named]
+    if missing:
+        raise DestinationError(
+            "the stored custom headers can no longer be read by the platform, so this change cannot keep the "
+            f"others: name each of {', '.join(missing)} to set it again or remove it (if the platform's "
+            "encryption keys are being changed right now, send the change again in a few minutes instead)",
+            field="custom_headers",
+        )
 
 
 def destination_check_payload_filters(filters) -> list[dict]:
@@ -711,23 +737,38 @@ def _differs(before, after) -> bool:
 def _change_custom_headers(destination: Destination, changes: Mapping[str, str | None]) -> dict[str, list[str]]:
     """Apply ``changes`` to the headers as committed now, under the row's lock (two edits of
     different headers at once both hold, and neither brings back a value the other replaced), and
-    set them unsaved on ``destination``. Returns the names added, removed and changed, for the audit log."""
-    current = (
+    set them unsaved on ``destination``. Returns the names added, removed and changed, for the audit log.
+
+    Stored headers that no key decrypts (a key retired too early) can be neither sent nor merged:
+    a change that names each of them (_check_unreadable_headers_named) replaces them."""
+    current = with_stored_tokens(
         # OF the row itself: the model's ordering joins its organization, whose row would be locked too.
         Destination.objects.select_for_update(no_key=True, of=("self",))
-        .only("custom_headers")
-        .filter(pk=destination.pk)
-        .first()
-    )
+        .only("custom_header_hints")
+        .filter(pk=destination.pk),
+        "custom_headers",
+    ).first()
     if current is None:
         raise DestinationError("this destination has been deleted")
-    before = current.custom_header_values()
+    unreadable = "custom_headers" in take_readable_secrets(current)
+    if unreadable:
+        _check_unreadable_headers_named(current.custom_header_hints, changes)
+    before = {} if unreadable else current.custom_header_values()
     try:
         after = merge_custom_headers(before, changes)
     except CustomHeaderError as exc:
         raise DestinationError(str(exc), field="custom_headers") from None
     store_custom_headers(destination, after)
-    return custom_header_changes(before, after)
+    names = custom_header_changes(before, after)
+    if unreadable:
+        # Their names are known (the hints): those the change removed are gone with their values.
+        kept = {name.lower() for name in after}
+        removed = [item["name"] for item in current.custom_header_hints if item["name"].lower() not in kept]
+        names = {**names, **({"removed": removed} if removed else {}), "replaced_unreadable": True}
+        destination.unreadable_secrets = {
+            name: why for name, why in unreadable_secrets(destination).items() if name != "custom_headers"
+        }
+    return names
 
 
 @transaction.atomic

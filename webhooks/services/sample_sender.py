@@ -13,6 +13,7 @@ from webhooks.providers.base import MalformedPayload, Provider
 from webhooks.providers.registry import get_provider
 
 from .outbound import OutboundResponse, post_to_hookline
+from .secrets import signing_secret_unreadable
 from .sender_marks import sender_mark_headers
 from .sources import ingest_url
 
@@ -165,6 +166,11 @@ def build_test_request(
     where the id header is not signed (GitHub, Bitbucket: Provider.dedupes_on_signed_content).
     """
     provider = get_provider(source.provider)
+    if provider.uses_secret and signing_secret_unreadable(source):
+        # Neither can a test be signed nor, until a new one is set, a request to the source be checked.
+        raise SampleSenderError(
+            "this source's signing secret can no longer be read by the platform: set a new one first"
+        )
     if provider.uses_secret and not source.secret:
         raise SampleSenderError("this source has no signing secret yet: set it first, then send a test")
     extra_headers: dict[str, str] = {}

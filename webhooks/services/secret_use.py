@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
 
+from webhooks.fields import unreadable_secrets
 from webhooks.models import Source
 
 from .secrets import previous_secret_valid_until, secret_hint
@@ -101,7 +102,8 @@ def secret_use_during_overlap(source: Source) -> SecretUse | None:
     valid_until = previous_secret_valid_until(source)
     if valid_until is None:
         return None
-    hint = secret_hint(source.previous_secret)
+    # One this process cannot decrypt has no hint to show.
+    hint = "" if "previous_secret" in unreadable_secrets(source) else secret_hint(source.previous_secret)
     return SecretUse(
         previous_hint=hint if len(hint) > 1 else "",  # a bare "…" (a short secret) tells nothing
         previous_valid_until=valid_until,

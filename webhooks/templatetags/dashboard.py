@@ -20,6 +20,7 @@ from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, options_for_viewer, url_for_viewer
+from webhooks.services.secrets import secret_hint_shown, secret_is_set, unreadable_secrets_found
 from webhooks.services.sources import source_awaits_secret
 from webhooks.services.sources import source_change_delay as _source_change_delay
 
@@ -341,6 +342,24 @@ def changes_shown(changes, sees_full_urls: bool):
 def awaits_secret(source) -> bool:
     """A source whose provider signs with a secret that has not been set yet (every request refused)."""
     return source_awaits_secret(source)
+
+
+@register.filter
+def has_secret(instance) -> bool:
+    """A source or destination with a signing secret set, read by this server or not."""
+    return secret_is_set(instance)
+
+
+@register.filter
+def shown_secret_hint(instance) -> str:
+    """The secret's hint (…a1b2), or "unreadable" for one that no key decrypts."""
+    return secret_hint_shown(instance)
+
+
+@register.filter
+def secrets_unreadable(instance):
+    """What of a source's or destination's secrets no key decrypts (services.secrets.UnreadableSecrets), or None."""
+    return unreadable_secrets_found(instance)
 
 
 @register.simple_tag

@@ -250,10 +250,11 @@ def test_new_secrets_shown_once_in_the_admin_survive_a_process_without_the_new_k
 
 
 @pytest.mark.parametrize("page", ["dashboard:destination_detail", "dashboard:destination_edit"])
-def test_a_page_that_needs_a_secret_this_process_cannot_read_yet_is_a_503_saying_why(
+def test_a_page_whose_secret_this_process_cannot_read_yet_opens_and_says_it_may_pass(
     client, owner, organization, settings, page
 ):
-    # Custom headers saved by a process with NEW,OLD, the page served by one still on OLD alone.
+    # Custom headers saved by a process with NEW,OLD, the page served by one still on OLD alone: it was a
+    # 503; it opens, and says that this passes if a new key is being deployed.
     old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
     _fernet_for.cache_clear()
@@ -265,11 +266,15 @@ def test_a_page_that_needs_a_secret_this_process_cannot_read_yet_is_a_503_saying
 
     response = client.get(reverse(page, args=["acme", destination.pk]))
 
-    assert response.status_code == 503 and response["Retry-After"]
-    assert "new encryption key" in response.content.decode()
+    assert response.status_code == 200, response.content[:400]
+    text = response.content.decode()
+    assert "Its signing secret can no longer be read" in text and "and the custom headers" in text
+    assert "If the platform's encryption keys are being changed right now, this may pass by itself" in text
 
 
-def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_503(client, organization, settings):
+def test_a_change_of_custom_headers_this_process_cannot_read_yet_keeps_them_and_says_why(
+    client, organization, settings
+):
     old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
     _fernet_for.cache_clear()
@@ -278,7 +283,8 @@ def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_
     _fernet_for.cache_clear()
     client.raise_request_exception = False
 
-    # A change of the custom headers merges them with the stored ones: it needs them decrypted.
+    # A change of the custom headers merges them with the stored ones: it cannot, and drops none unasked
+    # (it was a 503 secret_unreadable; one that names every header replaces them).
     response = client.patch(
         f"/api/v1/destinations/{destination.pk}",
         {"custom_headers": {"X-Team": "billing"}},
@@ -286,8 +292,12 @@ def test_an_api_call_that_needs_a_secret_this_process_cannot_read_yet_is_a_json_
         HTTP_AUTHORIZATION=f"Bearer {make_key(organization)[1]}",
     )
 
-    assert response.status_code == 503 and response["Retry-After"]
-    assert response.json()["error"] == "secret_unreadable"
+    assert response.status_code == 400
+    said = response.json()["fields"]["custom_headers"][0]
+    assert "name each of X-Api-Key" in said and "send the change again in a few minutes" in said
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    assert Destination.objects.get(pk=destination.pk).custom_header_values() == {"X-Api-Key": "k" * 24}
 
 
 def test_reading_destinations_needs_no_secret_so_a_process_without_the_new_key_still_answers(
@@ -340,7 +350,8 @@ def test_reading_a_source_and_deleting_a_source_or_a_destination_need_no_secret(
     source_deleted = client.delete(f"/api/v1/sources/{source.pk}", HTTP_AUTHORIZATION=f"Bearer {key}")
 
     assert shown.status_code == 200, shown.content
-    assert shown.json()["secret_hint"] == source.secret_hint and shown.json()["previous_secret_valid_until"] is None
+    # This process cannot decrypt it, and says so (a process with the new key shows its hint).
+    assert shown.json()["secret_hint"] == "unreadable" and shown.json()["previous_secret_valid_until"] is None
     assert deleted.status_code == 202, deleted.content
     assert Destination.objects.filter(pk=destination.pk, deletion_requested_at__isnull=False).exists()
     assert source_deleted.status_code == 202, source_deleted.content

@@ -46,6 +46,7 @@ from webhooks.services.operations import (
     destination_waiting_for_retry_count,
 )
 from webhooks.services.payload_filters import payload_filter_words
+from webhooks.services.secrets import unreadable_secrets_found
 
 from .base import ADMIN, ChangeView, or_404, posted_switch, secret_once_response
 
@@ -58,6 +59,12 @@ class DestinationMixin(OrganizationMixin):
             destination_id=self.kwargs["destination_id"],
             with_secrets=with_secrets,
         )
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if "destination" in context:
+            context["unreadable"] = unreadable_secrets_found(context["destination"])
+        return context
 
 
 class DestinationListView(OrganizationMixin, TemplateView):
@@ -135,9 +142,16 @@ class DestinationDetailView(DestinationMixin, TemplateView):
             payload_filters=[payload_filter_words(condition) for condition in destination.payload_filters],
             # Not a source being deleted: its subscriptions go with its rows, in the background, and its
             # page is a 404 from the start.
+            # Named and linked only: their secrets stay unread (one no key decrypts must not stop this page).
             subscriptions=list(
-                destination.subscriptions.filter(source__deletion_requested_at__isnull=True).select_related("source")
+                secrets_deferred(
+                    destination.subscriptions.filter(source__deletion_requested_at__isnull=True).select_related(
+                        "source"
+                    ),
+                    "source",
+                )
             ),
+            unreadable=unreadable_secrets_found(destination),
             **bulk_retry_progress(destination, self.organization),
             # The paused notice says from when its held deliveries are given up (services.lifecycle).
             paused_hold_days=settings.PAUSED_DESTINATION_HOLD_DAYS,

@@ -6,7 +6,7 @@ from django.shortcuts import redirect
 from django.views.generic import TemplateView
 
 from organizations.mixins import OrganizationMixin
-from webhooks.fields import encrypted_field_names, secrets_deferred
+from webhooks.fields import encrypted_field_names, take_readable_secrets, with_stored_tokens
 from webhooks.forms import SourceCreateForm, SourceEditForm, SourceRotateSecretForm, TestEventForm
 from webhooks.models import Destination, WebhookEvent
 from webhooks.providers.registry import PROVIDERS, UnknownProvider, get_provider
@@ -20,6 +20,7 @@ from webhooks.selectors import (
 from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
 from webhooks.services.secret_use import secret_use_during_overlap
+from webhooks.services.secrets import secret_is_set, signing_secret_unreadable, unreadable_secrets_found
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceBeingDeleted,
@@ -40,12 +41,19 @@ from .events import event_progress
 
 class SourceMixin(OrganizationMixin):
     def get_source(self, *, with_secrets: bool = True):
+        # Its secrets that no key decrypts are left unread (source.unreadable_secrets): its pages say so.
         return or_404(
             source_for_organization,
             organization=self.organization,
             source_id=self.kwargs["source_id"],
             with_secrets=with_secrets,
         )
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if "source" in context:
+            context["unreadable"] = unreadable_secrets_found(context["source"])
+        return context
 
 
 class SourceListView(OrganizationMixin, TemplateView):
@@ -54,13 +62,15 @@ class SourceListView(OrganizationMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         # Their secrets' hints (columns of their own), never the secrets: one that no key of this process
-        # decrypts must not take the whole list down with it.
+        # decrypts must not take the whole list down with it, and is shown as "unreadable" (each token is
+        # tried, none kept: load=False).
         sources = list(
-            secrets_deferred(
-                sources_for_organization(organization=self.organization, with_being_deleted=True)
+            with_stored_tokens(
+                sources_for_organization(organization=self.organization, with_being_deleted=True), "secret"
             ).order_by("name")
         )
         for source in sources:
+            take_readable_secrets(source, load=False)
             source.provider_label = (
                 PROVIDERS[source.provider].label if source.provider in PROVIDERS else source.provider
             )
@@ -163,6 +173,7 @@ class SourceDetailView(SourceMixin, TemplateView):
             ),
             secret_use=secret_use_during_overlap(source),
             not_kept=rejected_not_kept(source),
+            unreadable=unreadable_secrets_found(source),
         )
         return context
 
@@ -231,7 +242,8 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
     def post(self, request, *args, **kwargs):
         source = self.get_source()
         form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider), source=source)
-        had_secret = bool(source.secret)
+        # One that no key decrypts is replaced, not rotated: the message says the new one is set.
+        had_secret = secret_is_set(source) and not signing_secret_unreadable(source)
         if form.is_valid():
             try:
                 source, generated = source_rotate_secret(
