@@ -57,6 +57,23 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email
 
+    def save(self, *args, **kwargs):
+        # Deactivating an account, or giving it another address (whose mailbox is what signs in),
+        # ends its sessions and voids the links and codes sent before, as signing out everywhere
+        # does. Otherwise a session only looked signed out while the account was inactive (Django
+        # skips it then, but keeps it) and came back with the account's reactivation: a stolen
+        # laptop's with it. And whoever held the old address stayed in after the account moved on.
+        update_fields = kwargs.get("update_fields")
+        if not self._state.adding and (
+            update_fields is None or {"is_active", "email"} & {str(name) for name in update_fields}
+        ):
+            stored = User.objects.filter(pk=self.pk).values("is_active", "email", "session_generation").first()
+            if stored is not None and ((stored["is_active"] and not self.is_active) or stored["email"] != self.email):
+                self.session_generation = stored["session_generation"] + 1
+                if update_fields is not None and "session_generation" not in update_fields:
+                    kwargs["update_fields"] = [*update_fields, "session_generation"]
+        super().save(*args, **kwargs)
+
     # Django checks this hash on every request and flushes a session whose stored copy differs.
     # The password alone would do for platform admins, but tenants have no password to change.
     def get_session_auth_hash(self) -> str:

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 from django.urls import reverse
 
 from organizations.models import Membership
@@ -62,3 +63,53 @@ def test_a_password_given_to_an_account_must_not_be_weak(operator, weak):
     response = _add(operator, "ops@hookline.example", usable_password="true", password1=strong, password2=strong)
     assert response.status_code == 302, _errors(response)
     assert get_user_model().objects.get(email="ops@hookline.example").check_password(strong)
+
+
+def _change(client, user, **changes):
+    """Post the account's change page as it is shown, with ``changes``."""
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+    page = client.get(url)
+    data = {}
+    forms = [page.context["adminform"].form]
+    for inline in page.context["inline_admin_formsets"]:
+        forms += [inline.formset.management_form, *inline.formset.initial_forms]
+    for form in forms:
+        for name, field in form.fields.items():
+            value = form[name].value()
+            if value is None or field.disabled:
+                continue
+            if isinstance(value, bool):
+                if value:
+                    data[form.add_prefix(name)] = "on"
+            elif isinstance(value, list | tuple):
+                data[form.add_prefix(name)] = [str(item) for item in value]
+            else:
+                data[form.add_prefix(name)] = str(value)
+    for name in ("last_login", "date_joined"):  # split into date and time by the admin's widget
+        moment = data.pop(name, None)
+        if moment:
+            data[f"{name}_0"], data[f"{name}_1"] = moment[:10], moment[11:19]
+    data.update(changes)
+    if changes.get("is_active") is False:
+        data.pop("is_active")
+    return client.post(url, data)
+
+
+def test_an_operator_deactivating_an_account_ends_its_sessions_and_changing_their_own_address_keeps_theirs(
+    operator, owner
+):
+    tenant = Client()
+    tenant.force_login(owner)
+    assert tenant.get("/o/acme/").status_code == 200
+
+    response = _change(operator, owner, is_active=False)
+    assert response.status_code == 302, _errors(response)
+    owner.refresh_from_db()
+    owner.is_active = True
+    owner.save()
+    assert tenant.get("/o/acme/").status_code == 302  # reactivated: its old session did not come back
+
+    root = get_user_model().objects.get(email="root@hookline.example")
+    response = _change(operator, root, email="ops@hookline.example")
+    assert response.status_code == 302, _errors(response)
+    assert operator.get(reverse("admin:index")).status_code == 200
