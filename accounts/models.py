@@ -5,6 +5,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from .signals import account_deactivated
+
 
 def canonical_email(email: str) -> str:
     """The one spelling of an address used for lookups, rate limits and invitations."""
@@ -64,15 +66,19 @@ class User(AbstractBaseUser, PermissionsMixin):
         # skips it then, but keeps it) and came back with the account's reactivation: a stolen
         # laptop's with it. And whoever held the old address stayed in after the account moved on.
         update_fields = kwargs.get("update_fields")
+        deactivated = False
         if not self._state.adding and (
             update_fields is None or {"is_active", "email"} & {str(name) for name in update_fields}
         ):
             stored = User.objects.filter(pk=self.pk).values("is_active", "email", "session_generation").first()
-            if stored is not None and ((stored["is_active"] and not self.is_active) or stored["email"] != self.email):
+            deactivated = stored is not None and stored["is_active"] and not self.is_active
+            if deactivated or (stored is not None and stored["email"] != self.email):
                 self.session_generation = stored["session_generation"] + 1
                 if update_fields is not None and "session_generation" not in update_fields:
                     kwargs["update_fields"] = [*update_fields, "session_generation"]
         super().save(*args, **kwargs)
+        if deactivated:
+            account_deactivated.send(sender=type(self), user=self)
 
     # Django checks this hash on every request and flushes a session whose stored copy differs.
     # The password alone would do for platform admins, but tenants have no password to change.

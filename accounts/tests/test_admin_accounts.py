@@ -65,7 +65,7 @@ def test_a_password_given_to_an_account_must_not_be_weak(operator, weak):
     assert get_user_model().objects.get(email="ops@hookline.example").check_password(strong)
 
 
-def _change(client, user, **changes):
+def post_change_page(client, user, **changes):
     """Post the account's change page as it is shown, with ``changes``."""
     url = reverse("admin:accounts_user_change", args=[user.pk])
     page = client.get(url)
@@ -102,7 +102,7 @@ def test_an_operator_deactivating_an_account_ends_its_sessions_and_changing_thei
     tenant.force_login(owner)
     assert tenant.get("/o/acme/").status_code == 200
 
-    response = _change(operator, owner, is_active=False)
+    response = post_change_page(operator, owner, is_active=False)
     assert response.status_code == 302, _errors(response)
     owner.refresh_from_db()
     owner.is_active = True
@@ -110,6 +110,6 @@ def test_an_operator_deactivating_an_account_ends_its_sessions_and_changing_thei
     assert tenant.get("/o/acme/").status_code == 302  # reactivated: its old session did not come back
 
     root = get_user_model().objects.get(email="root@hookline.example")
-    response = _change(operator, root, email="ops@hookline.example")
+    response = post_change_page(operator, root, email="ops@hookline.example")
     assert response.status_code == 302, _errors(response)
     assert operator.get(reverse("admin:index")).status_code == 200
