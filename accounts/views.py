@@ -10,7 +10,9 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 
 from .forms import SignInCodeForm, SignInForm
 from .http import client_ip, safe_next_url
@@ -92,6 +94,8 @@ class SignInView(View):
         return redirect("accounts:sign_in_code")
 
 
+# Pages naming the address signing in, or whose URL holds a live sign-in token: never stored.
+@method_decorator(never_cache, name="dispatch")
 class SignInCodeView(View):
     template_name = "accounts/sign_in_code.html"
 
@@ -143,6 +147,7 @@ class SignInCodeView(View):
         return self.render_page(request, form, email, status=status)
 
 
+@method_decorator(never_cache, name="dispatch")
 class SignInLinkView(View):
     """GET signs in only in the browser that asked; elsewhere it shows a button, since mail scanners open links."""
 
