@@ -66,13 +66,14 @@ class User(AbstractBaseUser, PermissionsMixin):
         # skips it then, but keeps it) and came back with the account's reactivation: a stolen
         # laptop's with it. And whoever held the old address stayed in after the account moved on.
         update_fields = kwargs.get("update_fields")
+        if update_fields is not None:  # read twice below: a generator would be used up by the first
+            update_fields = kwargs["update_fields"] = list(update_fields)
+        saved = {"is_active", "email"} if update_fields is None else {"is_active", "email"} & set(update_fields)
         deactivated = False
-        if not self._state.adding and (
-            update_fields is None or {"is_active", "email"} & {str(name) for name in update_fields}
-        ):
+        if not self._state.adding and saved:
             stored = User.objects.filter(pk=self.pk).values("is_active", "email", "session_generation").first()
-            deactivated = stored is not None and stored["is_active"] and not self.is_active
-            if deactivated or (stored is not None and stored["email"] != self.email):
+            deactivated = stored is not None and "is_active" in saved and stored["is_active"] and not self.is_active
+            if deactivated or (stored is not None and "email" in saved and stored["email"] != self.email):
                 self.session_generation = stored["session_generation"] + 1
                 if update_fields is not None and "session_generation" not in update_fields:
                     kwargs["update_fields"] = [*update_fields, "session_generation"]
