@@ -47,11 +47,9 @@ CLEAR_SITE_DATA_ON_SIGN_OUT = '"cache", "storage"'
 
 
 def _browser_nonce(request) -> str:
-    nonce = request.session.get(SESSION_BROWSER)
-    if not nonce:
-        nonce = secrets.token_urlsafe(16)
-        request.session[SESSION_BROWSER] = nonce
-    return nonce
+    """This browser's marker: the one it was given with an earlier link, or a new one (stored with the
+    sign-in's address once the request is accepted, not before: see SignInView.post)."""
+    return request.session.get(SESSION_BROWSER) or secrets.token_urlsafe(16)
 
 
 def _unavailable_response(response):
@@ -77,11 +75,12 @@ class SignInView(View):
         form = SignInForm(request.POST)
         if not form.is_valid():
             return render(request, self.template_name, {"form": form}, status=400)
+        browser_nonce = _browser_nonce(request)
         try:
             email = sign_in_request(
                 email=form.cleaned_data["email"],
                 next_url=safe_next_url(request, form.cleaned_data["next"]),
-                browser_nonce=_browser_nonce(request),
+                browser_nonce=browser_nonce,
                 ip_address=client_ip(request),
             )
         except RateLimited:
@@ -90,6 +89,9 @@ class SignInView(View):
         except SignInUnavailable:
             form.add_error(None, UNAVAILABLE_MESSAGE)
             return _unavailable_response(render(request, self.template_name, {"form": form}, status=503))
+        # Written only now: a refused request stores no session, so that a client past its limits
+        # cannot go on adding a database row, kept two weeks, with every request it sends.
+        request.session[SESSION_BROWSER] = browser_nonce
         request.session[SESSION_EMAIL] = email
         return redirect("accounts:sign_in_code")
 
