@@ -59,6 +59,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email
 
+    def clean(self):
+        # The one spelling sign-in and invitations look an address up by: an account the admin saved
+        # as typed ("Owner@Tenant.example") was never found by its owner's sign-in, and an
+        # invitation to the same mailbox made a second account beside it.
+        super().clean()
+        self.email = canonical_email(self.email or "")
+
     def save(self, *args, **kwargs):
         # Deactivating an account, or giving it another address (whose mailbox is what signs in),
         # ends its sessions and voids the links and codes sent before, as signing out everywhere

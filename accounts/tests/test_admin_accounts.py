@@ -52,6 +52,22 @@ def test_a_tenants_owner_is_added_with_an_address_and_a_role_and_no_password(ope
     assert Membership.objects.get(user=created, organization=organization).role == "owner"
 
 
+def test_an_address_typed_with_capitals_is_saved_as_sign_in_looks_it_up(operator, owner):
+    # Saved as typed, the account was never found by its owner's sign-in (addresses are looked up
+    # lower-cased), and an invitation to the same mailbox made a second account beside it.
+    response = _add(operator, " New.Owner@Tenant.Example ", usable_password="false")
+    assert response.status_code == 302, _errors(response)
+    assert get_user_model().objects.filter(email="new.owner@tenant.example").exists()
+
+    response = _add(operator, owner.email.upper(), usable_password="false")
+    assert response.status_code == 200 and "email" in _errors(response)
+    response = post_change_page(
+        operator, get_user_model().objects.get(email="new.owner@tenant.example"), email=owner.email.title()
+    )
+    assert response.status_code == 200 and "email" in _errors(response)
+    assert get_user_model().objects.filter(email__iexact=owner.email).count() == 1
+
+
 @pytest.mark.parametrize("weak", ["short", "123456789012345", "password1234", "root@hookline.example1"])
 def test_a_password_given_to_an_account_must_not_be_weak(operator, weak):
     response = _add(operator, "ops@hookline.example", usable_password="true", password1=weak, password2=weak)
