@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, SetUnusablePasswordMixin
 
@@ -53,6 +54,12 @@ class UserAdmin(DjangoUserAdmin):
         if obj is None:  # adding: the address is the new account's own
             return (*readonly, *PRIVILEGE_FIELDS)
         return (*readonly, *PRIVILEGE_FIELDS, *SIGN_IN_FIELDS)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and obj.pk == request.user.pk:
+            # A new address ends the account's sessions (User.save), but not the one that changed it.
+            update_session_auth_hash(request, obj)
 
     def has_change_permission(self, request, obj=None):
         # Another staff account's email or password is a superuser's to change: sign-in is by

@@ -5,6 +5,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from .signals import account_deactivated
+
 
 def canonical_email(email: str) -> str:
     """The one spelling of an address used for lookups, rate limits and invitations."""
@@ -56,6 +58,35 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+    def clean(self):
+        # The one spelling sign-in and invitations look an address up by: an account the admin saved
+        # as typed ("Owner@Tenant.example") was never found by its owner's sign-in, and an
+        # invitation to the same mailbox made a second account beside it.
+        super().clean()
+        self.email = canonical_email(self.email or "")
+
+    def save(self, *args, **kwargs):
+        # Deactivating an account, or giving it another address (whose mailbox is what signs in),
+        # ends its sessions and voids the links and codes sent before, as signing out everywhere
+        # does. Otherwise a session only looked signed out while the account was inactive (Django
+        # skips it then, but keeps it) and came back with the account's reactivation: a stolen
+        # laptop's with it. And whoever held the old address stayed in after the account moved on.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:  # read twice below: a generator would be used up by the first
+            update_fields = kwargs["update_fields"] = list(update_fields)
+        saved = {"is_active", "email"} if update_fields is None else {"is_active", "email"} & set(update_fields)
+        deactivated = False
+        if not self._state.adding and saved:
+            stored = User.objects.filter(pk=self.pk).values("is_active", "email", "session_generation").first()
+            deactivated = stored is not None and "is_active" in saved and stored["is_active"] and not self.is_active
+            if deactivated or (stored is not None and "email" in saved and stored["email"] != self.email):
+                self.session_generation = stored["session_generation"] + 1
+                if update_fields is not None and "session_generation" not in update_fields:
+                    kwargs["update_fields"] = [*update_fields, "session_generation"]
+        super().save(*args, **kwargs)
+        if deactivated:
+            account_deactivated.send(sender=type(self), user=self)
 
     # Django checks this hash on every request and flushes a session whose stored copy differs.
     # The password alone would do for platform admins, but tenants have no password to change.

@@ -7,3 +7,6 @@ from django.dispatch import Signal
 
 # A user ended all of their sessions. Arguments: user, request.
 sessions_revoked = Signal()
+
+# An account was deactivated (User.save: its sessions end there). Arguments: user.
+account_deactivated = Signal()

@@ -10,7 +10,9 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 
 from .forms import SignInCodeForm, SignInForm
 from .http import client_ip, safe_next_url
@@ -45,11 +47,9 @@ CLEAR_SITE_DATA_ON_SIGN_OUT = '"cache", "storage"'
 
 
 def _browser_nonce(request) -> str:
-    nonce = request.session.get(SESSION_BROWSER)
-    if not nonce:
-        nonce = secrets.token_urlsafe(16)
-        request.session[SESSION_BROWSER] = nonce
-    return nonce
+    """This browser's marker: the one it was given with an earlier link, or a new one (stored with the
+    sign-in's address once the request is accepted, not before: see SignInView.post)."""
+    return request.session.get(SESSION_BROWSER) or secrets.token_urlsafe(16)
 
 
 def _unavailable_response(response):
@@ -75,11 +75,12 @@ class SignInView(View):
         form = SignInForm(request.POST)
         if not form.is_valid():
             return render(request, self.template_name, {"form": form}, status=400)
+        browser_nonce = _browser_nonce(request)
         try:
             email = sign_in_request(
                 email=form.cleaned_data["email"],
                 next_url=safe_next_url(request, form.cleaned_data["next"]),
-                browser_nonce=_browser_nonce(request),
+                browser_nonce=browser_nonce,
                 ip_address=client_ip(request),
             )
         except RateLimited:
@@ -88,10 +89,15 @@ class SignInView(View):
         except SignInUnavailable:
             form.add_error(None, UNAVAILABLE_MESSAGE)
             return _unavailable_response(render(request, self.template_name, {"form": form}, status=503))
+        # Written only now: a refused request stores no session, so that a client past its limits
+        # cannot go on adding a database row, kept two weeks, with every request it sends.
+        request.session[SESSION_BROWSER] = browser_nonce
         request.session[SESSION_EMAIL] = email
         return redirect("accounts:sign_in_code")
 
 
+# Pages naming the address signing in, or whose URL holds a live sign-in token: never stored.
+@method_decorator(never_cache, name="dispatch")
 class SignInCodeView(View):
     template_name = "accounts/sign_in_code.html"
 
@@ -143,6 +149,7 @@ class SignInCodeView(View):
         return self.render_page(request, form, email, status=status)
 
 
+@method_decorator(never_cache, name="dispatch")
 class SignInLinkView(View):
     """GET signs in only in the browser that asked; elsewhere it shows a button, since mail scanners open links."""
 

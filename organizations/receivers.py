@@ -8,7 +8,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from accounts.http import client_ip
-from accounts.signals import sessions_revoked
+from accounts.signals import account_deactivated, sessions_revoked
 
 # accounts.services and .team are imported by each receiver, when someone signs in or out: at
 # start-up (every process, each operator command included) they cost more than the rest of this
@@ -40,6 +40,13 @@ def on_sessions_revoked(sender, user, request=None, **kwargs):
     from .team import audit_sign_in_event
 
     audit_sign_in_event(user=user, action="user.signed_out_everywhere", ip_address=_ip(request))
+
+
+@receiver(account_deactivated, dispatch_uid="organizations.revoke_invitations_of_deactivated")
+def on_account_deactivated(sender, user, **kwargs):
+    from .team import invitations_revoke_sent_by_deactivated
+
+    invitations_revoke_sent_by_deactivated(user=user)
 
 
 @receiver(user_login_failed, dispatch_uid="organizations.audit_sign_in_failed")

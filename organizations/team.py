@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.emails import send_templated_email
 from accounts.models import Invitation, canonical_email
 
+from .middleware import current_request
 from .models import LAST_OWNER, AuditLog, Membership, Organization
 from .names import one_line
 from .services import audit_record
@@ -347,6 +348,26 @@ def _revoke_invitations_sent_by(
             changes={"email": invitation.email, "reason": reason},
             ip_address=ip_address,
         )
+
+
+def invitations_revoke_sent_by_deactivated(*, user) -> None:
+    """Revoke every open invitation a just-deactivated account sent, in every organization: as with
+    a removed member's, the person shut out could otherwise come back in through an invitation they
+    sent to another address of theirs. Audited as done by the operator who deactivated it."""
+    acting = getattr(current_request(), "user", None)
+    operator = acting if acting is not None and acting.is_authenticated else None
+    with transaction.atomic():
+        sent = Invitation.objects.open().select_for_update().filter(invited_by=user).select_related("organization")
+        for invitation in sent:
+            invitation.revoked_at = timezone.now()
+            invitation.save(update_fields=["revoked_at"])
+            audit_record(
+                action="invitation.revoked",
+                organization=invitation.organization,
+                actor=operator,
+                target=invitation,
+                changes={"email": invitation.email, "reason": "the inviter's account was deactivated"},
+            )
 
 
 def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:

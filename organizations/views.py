@@ -8,8 +8,10 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.http import urlencode
 from django.views import View
+from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from accounts.http import client_ip
@@ -166,6 +168,8 @@ class InvitationRevokeView(TeamActionMixin, OrganizationMixin, View):
         return self.done(f"The invitation to {invitation.email} is revoked.")
 
 
+# Its URL holds the invitation's token, and the page names the invitee, the organization and the inviter.
+@method_decorator(never_cache, name="dispatch")
 class InvitationAcceptView(View):
     """Reached by invitees, who are not members yet: the token in the URL is what grants access.
 

@@ -177,6 +177,22 @@ def test_pages_holding_a_sign_in_or_invitation_token_keep_it_from_third_parties_
         assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
 
 
+def test_pages_naming_who_signs_in_or_holding_a_token_are_never_stored(organization, other_organization, owner):
+    # They went out without Cache-Control: the browser kept them, and Back showed them again after
+    # the session had ended elsewhere (the home page: the account's organizations and invitations).
+    browser = Client()
+    ask(browser, owner.email)
+    confirm = Client().get(link_path(mail.outbox[0]))
+    _, token = _invitation_with_token(organization, owner, "newbie@elsewhere.example")
+    join = Client().get(reverse("team:invitation_accept", args=[organization.slug, token]))
+    Membership.objects.create(user=owner, organization=other_organization, role=Membership.Role.MEMBER)
+    home = signed_in(Client(), owner).get("/")
+    assert home.status_code == 200 and "Globex" in home.content.decode()
+    for response in (browser.get(CODE), confirm, join, home):
+        assert response.status_code == 200
+        assert {"no-store", "private"} <= {part.strip() for part in response["Cache-Control"].split(",")}
+
+
 # --- Stored XSS through what tenants and senders control --------------------------------------
 
 

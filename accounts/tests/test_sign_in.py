@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth import SESSION_KEY
+from django.contrib.sessions.models import Session
 from django.core import mail
 from django.core.cache import cache
 from django.test import Client
@@ -275,6 +276,19 @@ def test_sign_in_emails_are_limited_per_ip(client, settings, db):
     assert [message.to for message in mail.outbox] == [[f"person{n}@example.com"] for n in range(3)]
     assert ask(Client(REMOTE_ADDR="10.1.2.3"), "person9@example.com").status_code == 302
     assert len(mail.outbox) == 4 and mail.outbox[-1].to == ["person9@example.com"]
+
+
+def test_a_refused_sign_in_request_stores_no_session(settings, db):
+    # The browser's marker was saved before the limits were checked: every request refused at the
+    # limit still added a session row, kept two weeks, and a client sending them without cookies
+    # grew the table without bound.
+    settings.SIGN_IN_REQUESTS_PER_IP = 1
+    assert ask(Client(), "first@example.com").status_code == 302
+    stored = Session.objects.count()
+    for n in range(5):
+        assert ask(Client(), f"again{n}@example.com").status_code == 429
+    assert ask(Client(), "not an address").status_code == 400
+    assert Session.objects.count() == stored
 
 
 def test_a_client_past_its_own_limit_does_not_use_up_another_address_s_emails(owner, settings):

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Invitation
+from accounts.tests.test_admin_accounts import post_change_page
 from conftest import UserFactory
 from organizations import team
 from organizations.models import AuditLog, Membership
@@ -191,6 +192,26 @@ def test_invitations_of_a_removed_or_demoted_member_stop_granting_more_than_they
     assert Client().post(links["owners-guest@acme.example"]).status_code == 302
     reasons = AuditLog.objects.filter(action="invitation.revoked").values_list("changes__reason", flat=True)
     assert sorted(reasons) == ["the inviter was removed", "the inviter's role was lowered"]
+
+
+def test_invitations_of_an_account_an_operator_deactivates_are_revoked(organization, owner, admin):
+    # Deactivated, an admin kept their memberships and their open invitations: one sent to another
+    # address of theirs let them back in, with a new account, as the removal rule above prevents.
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    invite(browser_for(owner), "owners-guest@acme.example", "member")
+    links = {message.to[0]: invitation_path(message) for message in mail.outbox}
+    operator = Client()
+    operator.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+
+    response = post_change_page(operator, admin, is_active=False)
+
+    assert response.status_code == 302
+    assert Client().post(links["second-self@acme.example"]).status_code == 410
+    assert not Membership.objects.filter(user__email="second-self@acme.example").exists()
+    revoked = AuditLog.objects.get(action="invitation.revoked")
+    assert revoked.actor_label == "root@hookline.example" and revoked.organization == organization
+    assert revoked.changes["reason"] == "the inviter's account was deactivated"
+    assert Client().post(links["owners-guest@acme.example"]).status_code == 302  # others' stay open
 
 
 def test_a_made_up_or_misplaced_invitation_link_is_404(organization, other_organization, owner):

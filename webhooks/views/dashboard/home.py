@@ -6,7 +6,9 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.shortcuts import redirect
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from accounts.http import client_ip
@@ -14,6 +16,10 @@ from organizations import team
 from organizations.selectors import active_memberships, suspended_memberships
 
 
+# The account's organizations and the invitations to its address (who sent them, with which role):
+# not kept by the browser or a cache, as an organization's pages are not (OrganizationMixin), so that
+# Back after the session ended elsewhere asks the server again instead of showing them.
+@method_decorator(never_cache, name="dispatch")
 class HomeView(LoginRequiredMixin, TemplateView):
     template_name = "home.html"
 
