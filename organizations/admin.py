@@ -767,8 +767,17 @@ class OrganizationAdmin(
         if suspending_or_reactivating:
             form.changed_data.append("is_active")  # for Django's own history message
             obj._audit_recorded_elsewhere = ["is_active"]  # no generic entry when nothing else changed
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # After the memberships edited inline: the suspension's audit entry takes the audit chain's
+        # lock, which the Team page takes after locking the memberships it changes. Written before
+        # them, this save held that lock while it waited for a membership the Team page held, which
+        # waited for the lock: a deadlock. (The organization's row is locked first all the same, by
+        # the form's clean: RefusedOnceBeingDeleted.)
+        if "is_active" in getattr(form.instance, "_audit_recorded_elsewhere", ()):
             organization_set_active(
-                organization=obj, active=form.cleaned_data["is_active"], actor=request.user, request=request
+                organization=form.instance, active=form.cleaned_data["is_active"], actor=request.user, request=request
             )
 
     @admin.display(description="Suspension")
@@ -882,10 +891,12 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAd
             protected = [*protected, *_organizations_owned_only_by(objs)]
         return deleted, model_count, perms_needed, protected
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # After the memberships edited inline, for the reason given in OrganizationAdmin.save_related:
+        # the audit chain's lock after the rows, as on the Team page.
         if change and "email" in form.changed_data:
-            self._audit_email_change(request, obj, form)
+            self._audit_email_change(request, form.instance, form)
 
     @staticmethod
     def _audit_email_change(request, user, form) -> None:
