@@ -615,6 +615,10 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         ]
         self._refuse_organizations_being_deleted(touched_forms)
         if self.request_user is None or self.request_user.is_superuser:
+            # The owners are locked all the same, before any row is saved, in the Team page's order:
+            # saved in id order, a member's row came before a later owner's, while a Team page change
+            # held the owners and waited for that member, and PostgreSQL failed one as a deadlock.
+            self._refuse_leaving_an_organization_without_an_owner(touched_forms, refuse=False)
             return
         touched = set()
         for form in touched_forms:
@@ -636,10 +640,11 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             )
         self._refuse_leaving_an_organization_without_an_owner(touched_forms)
 
-    def _refuse_leaving_an_organization_without_an_owner(self, touched_forms) -> None:
+    def _refuse_leaving_an_organization_without_an_owner(self, touched_forms, *, refuse: bool = True) -> None:
         """The Team page's rule (organizations.models.LAST_OWNER) for staff: an organization that has an
         owner keeps one, who alone manages its roles and members. Making someone else owner in the
-        same save hands it over. A superuser may still leave one without (an account to recover)."""
+        same save hands it over. A superuser may still leave one without (an account to recover):
+        ``refuse`` False only locks the owners."""
         on_organizations_page = self.fk.name == "organization"
 
         def organization_id(form, *, before: bool):
@@ -670,6 +675,8 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             .values_list("pk", "organization_id")
         ):
             owners.setdefault(organization, set()).add(pk)
+        if not refuse:
+            return
         left_without = [
             organization
             for organization, owner_ids in owners.items()

@@ -104,3 +104,48 @@ def test_an_admin_save_with_a_membership_inline_and_a_team_change_of_it_do_not_d
     assert Membership.objects.get(pk=membership.pk).role == Membership.Role.OWNER
     assert AuditLog.objects.filter(action="member.role_changed", changes__role=["admin", "owner"]).exists()
     assert audit_verify_chain().ok
+
+
+def test_a_superusers_inline_changes_and_a_team_change_lock_the_memberships_in_one_order(
+    superuser, organization, owner, member, monkeypatch
+):
+    """The Team page locks the owners' memberships (in id order) and then the member it changes; the
+    admin's save wrote its changed rows in id order, a member's before a later owner's. Each then held
+    a row the other waited for: the owners are locked first on the admin page too, whoever saves."""
+    second_owner = get_user_model().objects.create_user("second-owner@acme.example")
+    Membership.objects.create(user=second_owner, organization=organization, role=Membership.Role.OWNER)
+    membership = Membership.objects.get(user=member, organization=organization)
+    second = Membership.objects.get(user=second_owner)
+    assert membership.pk < second.pk  # the admin's form saves the member's row first
+    changing = Paused(
+        lambda: team.member_role_change(
+            organization=organization, actor=owner, membership=membership, role=Membership.Role.OWNER
+        )
+    )
+    real_lock_owners = team._lock_owners
+
+    def owners_locked_then_pause(organization):
+        owners = real_lock_owners(organization)
+        changing.pause()  # the owners' rows held, the member's not yet
+        return owners
+
+    monkeypatch.setattr(team, "_lock_owners", owners_locked_then_pause)
+    changing.thread.start()
+    assert changing.reached.wait(10)
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    roles = {membership.pk: Membership.Role.ADMIN, second.pk: Membership.Role.ADMIN}
+    saving = Paused(saved_in_the_admin(superuser, url, organization_form(organization, active=True, roles=roles)))
+    saving.thread.start()
+    waited = waits_for_a_lock(saving.thread)
+    changing.released.set()
+    changing.thread.join(10)
+    saving.thread.join(10)
+    assert not saving.thread.is_alive() and not changing.thread.is_alive()
+    assert saving.errors == changing.errors == []
+    assert waited, "the admin's save did not wait for the Team page's change"
+    # The Team page's change came first, the admin's save after it.
+    assert dict(Membership.objects.values_list("pk", "role")) == {
+        Membership.objects.get(user=owner).pk: Membership.Role.OWNER,
+        membership.pk: Membership.Role.ADMIN,
+        second.pk: Membership.Role.ADMIN,
+    }
