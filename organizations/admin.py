@@ -615,6 +615,10 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         ]
         self._refuse_organizations_being_deleted(touched_forms)
         if self.request_user is None or self.request_user.is_superuser:
+            # The owners are locked all the same, before any row is saved, in the Team page's order:
+            # saved in id order, a member's row came before a later owner's, while a Team page change
+            # held the owners and waited for that member, and PostgreSQL failed one as a deadlock.
+            self._refuse_leaving_an_organization_without_an_owner(touched_forms, refuse=False)
             return
         touched = set()
         for form in touched_forms:
@@ -636,10 +640,11 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             )
         self._refuse_leaving_an_organization_without_an_owner(touched_forms)
 
-    def _refuse_leaving_an_organization_without_an_owner(self, touched_forms) -> None:
+    def _refuse_leaving_an_organization_without_an_owner(self, touched_forms, *, refuse: bool = True) -> None:
         """The Team page's rule (organizations.models.LAST_OWNER) for staff: an organization that has an
         owner keeps one, who alone manages its roles and members. Making someone else owner in the
-        same save hands it over. A superuser may still leave one without (an account to recover)."""
+        same save hands it over. A superuser may still leave one without (an account to recover):
+        ``refuse`` False only locks the owners."""
         on_organizations_page = self.fk.name == "organization"
 
         def organization_id(form, *, before: bool):
@@ -670,6 +675,8 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             .values_list("pk", "organization_id")
         ):
             owners.setdefault(organization, set()).add(pk)
+        if not refuse:
+            return
         left_without = [
             organization
             for organization, owner_ids in owners.items()
@@ -767,8 +774,17 @@ class OrganizationAdmin(
         if suspending_or_reactivating:
             form.changed_data.append("is_active")  # for Django's own history message
             obj._audit_recorded_elsewhere = ["is_active"]  # no generic entry when nothing else changed
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # After the memberships edited inline: the suspension's audit entry takes the audit chain's
+        # lock, which the Team page takes after locking the memberships it changes. Written before
+        # them, this save held that lock while it waited for a membership the Team page held, which
+        # waited for the lock: a deadlock. (The organization's row is locked first all the same, by
+        # the form's clean: RefusedOnceBeingDeleted.)
+        if "is_active" in getattr(form.instance, "_audit_recorded_elsewhere", ()):
             organization_set_active(
-                organization=obj, active=form.cleaned_data["is_active"], actor=request.user, request=request
+                organization=form.instance, active=form.cleaned_data["is_active"], actor=request.user, request=request
             )
 
     @admin.display(description="Suspension")
@@ -882,10 +898,12 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAd
             protected = [*protected, *_organizations_owned_only_by(objs)]
         return deleted, model_count, perms_needed, protected
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # After the memberships edited inline, for the reason given in OrganizationAdmin.save_related:
+        # the audit chain's lock after the rows, as on the Team page.
         if change and "email" in form.changed_data:
-            self._audit_email_change(request, obj, form)
+            self._audit_email_change(request, form.instance, form)
 
     @staticmethod
     def _audit_email_change(request, user, form) -> None:

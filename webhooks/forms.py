@@ -19,6 +19,7 @@ from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
     EVENT_STATUS_ALL,
     EVENT_STATUS_FAILED,
+    EVENT_STATUS_HELD_BY_PLATFORM,
     EVENT_STATUS_RETRYING,
     AuditFilters,
     EventFilters,
@@ -728,6 +729,7 @@ class EventFilterForm(forms.Form):
             *WebhookEvent.Status.choices,
             (EVENT_STATUS_RETRYING, "Retrying delivery"),
             (EVENT_STATUS_FAILED, "Failed delivery"),
+            (EVENT_STATUS_HELD_BY_PLATFORM, "Delivery held by the platform"),
             (EVENT_STATUS_ALL, "Accepted and rejected"),
         ],
     )

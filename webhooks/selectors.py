@@ -39,6 +39,7 @@ from organizations.models import AuditLog, Organization
 from webhooks.fields import encrypted_field_names, take_readable_secrets, with_stored_tokens
 
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from .models.delivery import HELD_BY_PLATFORM, RETRYING
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
 from .providers.registry import PROVIDERS
 from .services.body_search_slots import body_search_slot
@@ -104,11 +105,13 @@ def event_for_organization(*, organization: Organization, event_id) -> WebhookEv
 # --- Dashboard reads ------------------------------------------------------------
 
 EVENT_PAGE_SIZE = 50
-# Event statuses plus two derived from deliveries: at least one of them is dead (out of
-# retries), or failed and waits for its next attempt.
+# Event statuses plus three derived from deliveries: at least one of them is dead (out of
+# retries), failed and waits for its next attempt, or is held by the platform (put back unsent
+# for the platform's own reason: not retrying, since its receiver did not fail it).
 EVENT_STATUS_FAILED = "failed"
 EVENT_STATUS_RETRYING = "retrying"
-EVENT_STATUSES_FROM_DELIVERIES = (EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING)
+EVENT_STATUS_HELD_BY_PLATFORM = "held_by_platform"
+EVENT_STATUSES_FROM_DELIVERIES = (EVENT_STATUS_FAILED, EVENT_STATUS_RETRYING, EVENT_STATUS_HELD_BY_PLATFORM)
 # Accepted events and rejected requests together. Without a status, lists show accepted events only
 # (received and processed, whatever their deliveries): rejected requests come in floods, up to
 # INGEST_REJECTED_RECORDS_PER_MINUTE per source, and would push the events a tenant looks for out of
@@ -138,8 +141,14 @@ def _of_kind(events: QuerySet[WebhookEvent], filters: EventFilters) -> QuerySet[
 
 
 def retrying_deliveries(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
-    """Deliveries whose last attempt failed and that wait for the next one."""
-    return deliveries.filter(status=Delivery.Status.PENDING, attempt_count__gt=0)
+    """Deliveries whose last attempt failed and that wait for the next one (models.delivery.RETRYING):
+    not those the platform holds (held_by_platform_deliveries)."""
+    return deliveries.filter(RETRYING)
+
+
+def held_by_platform_deliveries(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
+    """Deliveries the platform itself put back unsent (Delivery.put_back_cause) and that wait for it."""
+    return deliveries.filter(HELD_BY_PLATFORM)
 
 
 def uuid7_floor(moment: datetime) -> uuid.UUID:
@@ -319,8 +328,10 @@ def _filtered_events(
         failing = Delivery.objects.filter(organization=organization)
         if filters.status == EVENT_STATUS_FAILED:
             failing = failing.filter(status=Delivery.Status.DEAD)
-        else:
+        elif filters.status == EVENT_STATUS_RETRYING:
             failing = retrying_deliveries(failing)
+        else:
+            failing = held_by_platform_deliveries(failing)
         if filters.destination_id:
             # Failing *at that destination*: the same delivery must be the failing one.
             failing = failing.filter(destination_id=filters.destination_id)
@@ -659,6 +670,7 @@ def event_body_search_for_api(
 
 
 DELIVERY_STATUS_RETRYING = "retrying"
+DELIVERY_STATUS_HELD_BY_PLATFORM = "held_by_platform"
 
 
 def with_event_context(deliveries: QuerySet[Delivery]) -> QuerySet[Delivery]:
@@ -689,6 +701,8 @@ def deliveries_for_organization(
     deliveries = with_event_context(Delivery.objects.filter(organization=organization))
     if status == DELIVERY_STATUS_RETRYING:
         deliveries = retrying_deliveries(deliveries)
+    elif status == DELIVERY_STATUS_HELD_BY_PLATFORM:
+        deliveries = held_by_platform_deliveries(deliveries)
     elif status:
         deliveries = deliveries.filter(status=status)
     if destination_id:

@@ -21,6 +21,7 @@ from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEve
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
     BODY_SEARCH_MAX_BYTES,
+    DELIVERY_STATUS_HELD_BY_PLATFORM,
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUS_ALL,
     EVENT_STATUSES_FROM_DELIVERIES,
@@ -678,15 +679,16 @@ class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
         required=False,
-        help_text="Accepted events when not given; rejected, or all for both; failed or retrying: a delivery "
-        "of it is dead, or waits for its next attempt.",
+        help_text="Accepted events when not given; rejected, or all for both; failed, retrying or held_by_platform: "
+        "a delivery of it is dead, waits for its next attempt after a failed one, or was put back unsent by the "
+        "platform itself (not its receiver's failure, and not counted as retrying).",
     )
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     destination = serializers.IntegerField(
         min_value=1,
         max_value=MAX_DATABASE_ID,
         required=False,
-        help_text="Events with a delivery to it (with failed or retrying: failing there).",
+        help_text="Events with a delivery to it (with failed, retrying or held_by_platform: that delivery there).",
     )
     event_type = serializers.CharField(
         max_length=1000, required=False, help_text="Patterns as in destination filters, comma-separated."
@@ -719,9 +721,10 @@ class EventFilterSerializer(ReceivedRangeMixin):
 
 class DeliveryFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
-        choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING],
+        choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING, DELIVERY_STATUS_HELD_BY_PLATFORM],
         required=False,
-        help_text="retrying: pending after a failed attempt.",
+        help_text="retrying: pending after a failed attempt; held_by_platform: pending, put back unsent by the "
+        "platform itself (its waiting_for says why), not counted as retrying.",
     )
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event = serializers.UUIDField(required=False)

@@ -7,6 +7,14 @@ from organizations.models import Organization
 # Dead, or waiting after a failed attempt: the rows of the partial index delivery_failed, which a
 # query whose condition is this one can read instead of every delivery.
 FAILED = models.Q(status="dead") | models.Q(status="pending", attempt_count__gt=0)
+# Retrying: waiting for the next attempt after a failed one, as its receiver's failure made it wait
+# (within FAILED, so on the same index). Not one the platform itself put back unsent since
+# (put_back_cause, HELD_BY_PLATFORM): it waits for the platform, not for the receiver, which may
+# have answered the previous attempt long ago; every count and filter of retrying deliveries (the
+# dashboard's, the API's, list_events') leaves it out, as the destination's page does.
+RETRYING = models.Q(status="pending", attempt_count__gt=0, put_back_cause__isnull=True)
+# Held by the platform: put back unsent for the platform's own reason, whatever its earlier attempts.
+HELD_BY_PLATFORM = models.Q(status="pending", put_back_cause__isnull=False)
 
 
 class Delivery(models.Model):

@@ -225,6 +225,9 @@ def delivery_state(delivery) -> str:
         # reads as stuck. (Lists and the progress panel load the destination with the delivery.)
         if delivery.destination.paused_at is not None:
             return "paused"
+        if delivery.put_back_cause:
+            # Put back unsent by the platform: it waits for the platform, not after its receiver failed.
+            return "held by the platform"
         return "retrying" if delivery.attempt_count else "queued"
     if delivery.status == Delivery.Status.IN_FLIGHT:
         return "sending"

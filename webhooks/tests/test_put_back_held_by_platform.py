@@ -272,3 +272,61 @@ def test_the_destination_page_answers_beside_a_cause_this_release_does_not_know(
     assert page.status_code == 200
     text = " ".join(page.content.decode().split())
     assert "1 delivery is held by the platform, not by your endpoint" in text
+
+
+def _event_ids(response) -> set[str]:
+    return {str(event.pk) for event in response.context["events"]}
+
+
+def test_a_retry_the_platform_put_back_is_held_by_it_not_retrying_on_every_list_and_count(
+    client, organization, owner, httpserver
+):
+    """A delivery that failed once, whose retry the platform then put back unsent, waits for the
+    platform, not for its receiver: the destination's page counts it apart ("held by the platform"),
+    and the events list's "retrying", the overview's and the destinations' counts, the API's and
+    list_events' filters must not count it as retrying either; it stays findable as held."""
+    source = make_source(organization)
+    held_at, _ = make_destination(organization, httpserver.url_for("/held"), sources=[source], max_attempts=5)
+    failing_at, _ = make_destination(organization, httpserver.url_for("/failing"), max_attempts=5)
+    held = make_delivery(make_event(source), held_at, status=Delivery.Status.PENDING, attempts=1)
+    store_raw(Destination, held_at.pk, foreign_token())
+    _send_due()
+    held = _loaded(held)
+    assert (held.status, held.attempt_count) == (Delivery.Status.PENDING, 1)
+    assert held.put_back_cause == Delivery.PutBackCause.SECRET_UNREADABLE
+    # The pages read the destination's secret: the keys read it again, the row still held.
+    store_raw(Destination, held_at.pk, fields.encrypt("whsec_" + "A" * 32))
+    retrying = make_delivery(make_event(source), failing_at, status=Delivery.Status.PENDING, attempts=1)
+    Delivery.objects.filter(pk=retrying.pk).update(next_attempt_at=timezone.now() + timedelta(hours=1))
+    held_event, retrying_event = str(held.event_id), str(retrying.event_id)
+
+    client.force_login(owner)
+    events = reverse("dashboard:events", args=[organization.slug])
+    assert _event_ids(client.get(events, {"status": "retrying"})) == {retrying_event}
+    assert _event_ids(client.get(events, {"status": "retrying", "destination": held_at.pk})) == set()
+    assert _event_ids(client.get(events, {"status": "held_by_platform"})) == {held_event}
+    assert _event_ids(client.get(events, {"status": "held_by_platform", "destination": held_at.pk})) == {held_event}
+    listing = client.get(events).content.decode()
+    assert "held by the platform" in listing and listing.count("· retrying") == 1
+
+    overview = client.get(reverse("dashboard:overview", args=[organization.slug])).context["overview"]
+    assert overview.retrying_24h == 1
+    assert [(row.destination, row.retrying) for row in overview.failing_destinations] == [(failing_at, 1)]
+    health = client.get(reverse("dashboard:destinations", args=[organization.slug])).context["destinations"]
+    retrying_events = {destination.pk: destination.health.retrying_events for destination in health}
+    assert retrying_events == {held_at.pk: 0, failing_at.pk: 1}
+    detail = client.get(reverse("dashboard:destination_detail", args=[organization.slug, held_at.pk]))
+    assert "1 delivery is held by the platform" in detail.content.decode()
+    # Its event's page gives the platform's reason as such, not as the last attempt's failure.
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, held.event_id])).content.decode()
+    assert "Held by the platform, not by your endpoint:" in page and "Last attempt failed" not in page
+
+    _, key = make_key(organization, access=ApiKey.Access.READ_ONLY)
+    for status, expected in (("retrying", retrying_event), ("held_by_platform", held_event)):
+        listed = api_get(client, key, "/api/v1/events", status=status).json()["results"]
+        assert [row["id"] for row in listed] == [expected]
+        listed = api_get(client, key, "/api/v1/deliveries", status=status).json()["results"]
+        assert [row["event"] for row in listed] == [expected]
+        out = io.StringIO()
+        call_command("list_events", "--org", organization.slug, "--status", status, "--json", stdout=out)
+        assert [row["id"] for row in json.loads(out.getvalue())["events"]] == [expected]

@@ -18,7 +18,8 @@ class Command(OperatorCommand):
         parser.add_argument(
             "--status",
             choices=[*(value for value, _ in WebhookEvent.Status.choices), *EVENT_STATUSES_FROM_DELIVERIES],
-            help="an event status, or failed (a delivery is dead) or retrying (a delivery failed and waits)",
+            help="an event status, or failed (a delivery is dead), retrying (a delivery failed and waits) or "
+            "held_by_platform (a delivery the platform itself put back unsent)",
         )
         parser.add_argument(
             "--search",
