@@ -409,3 +409,20 @@ def test_an_unreadable_previous_secret_is_named_as_the_previous_one(tenant, orga
     assert response.status_code == 302, response.content[:400]
     assert "Secret rotated" in tenant.get(response["Location"]).content.decode()
     assert Source.objects.get(pk=source.pk).previous_secret == STRIPE_SECRET
+
+
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_the_api_lists_say_unreadable_as_the_read_of_one_does(client, organization, unreadable, what):
+    # The list showed the hint as saved, the read of that one row "unreadable".
+    readable = make_source(organization, name="Readable") if what == "source" else None
+    if what == "destination":
+        readable, _ = make_destination(organization, "http://127.0.0.1:9/readable")
+    key = make_key(organization)[1]
+
+    listed = api_get(client, key, f"/api/v1/{what}s")
+
+    assert listed.status_code == 200, listed.content[:400]
+    hints = {row["id"]: row["secret_hint"] for row in listed.json()["results"]}
+    assert hints == {unreadable[what].pk: "unreadable", readable.pk: readable.secret_hint}
+    one = api_get(client, key, f"/api/v1/{what}s/{unreadable[what].pk}").json()
+    assert next(row for row in listed.json()["results"] if row["id"] == one["id"]) == one
