@@ -13,6 +13,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
+from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, Destination, Source
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing, secret_health
@@ -426,3 +427,33 @@ def test_the_api_lists_say_unreadable_as_the_read_of_one_does(client, organizati
     assert hints == {unreadable[what].pk: "unreadable", readable.pk: readable.secret_hint}
     one = api_get(client, key, f"/api/v1/{what}s/{unreadable[what].pk}").json()
     assert next(row for row in listed.json()["results"] if row["id"] == one["id"]) == one
+
+
+def test_during_a_key_deploy_a_rotation_sent_again_with_its_idempotency_key_runs(client, organization, settings):
+    # The 503 is not kept as the key's answer: sent again to a process with the new key, it rotates.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
+    key = make_key(organization)[1]
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    path = f"/api/v1/destinations/{destination.pk}/rotate_secret"
+    current = api_post(client, key, path, {"keep_previous_for": 0}).json()["secret"]
+
+    def rotate():
+        return client.post(
+            path,
+            {"keep_previous_for": 3600},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {key}",
+            HTTP_IDEMPOTENCY_KEY="rotate-once",
+        )
+
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    assert rotate().status_code == 503
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    rotated = rotate()
+    assert rotated.status_code == 200, rotated.content[:400]
+    destination = Destination.objects.get(pk=destination.pk)
+    assert (destination.secret, destination.previous_secret) == (rotated.json()["secret"], current)
