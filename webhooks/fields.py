@@ -88,6 +88,16 @@ class Unreadable:
     reason: str
     encrypted_at: float | None = None  # a well-formed token's own timestamp (Unix time)
 
+    def made_after(self, process_started_at: float) -> bool:
+        """A well-formed token made after this process started: most likely by a process that has a
+        new key being deployed, which reads it (and this process, once replaced, will)."""
+        # Whole seconds: a token keeps only those.
+        return (
+            self.reason == UNKNOWN_KEY
+            and self.encrypted_at is not None
+            and self.encrypted_at >= int(process_started_at)
+        )
+
     def explanation(self, process_started_at: float, *, dated: bool = True) -> str:
         """In words; ``dated`` False leaves out when the token was made (for an unauthenticated probe)."""
         if self.reason == MALFORMED:
@@ -98,8 +108,7 @@ class Unreadable:
         made = ""
         if self.encrypted_at is not None and dated:
             made = datetime.fromtimestamp(self.encrypted_at, tz=UTC).strftime(" on %Y-%m-%d at %H:%M:%S UTC,")
-        # Whole seconds: a token keeps only those.
-        if self.encrypted_at is not None and self.encrypted_at >= int(process_started_at):
+        if self.made_after(process_started_at):
             likely = (
                 "after this process started: most likely by a process that already has a new key, "
                 "during a rolling deploy of FIELD_ENCRYPTION_KEYS=NEW,OLD, which passes once this process "

@@ -13,7 +13,7 @@ from django.utils.text import slugify
 
 from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
-from webhooks.fields import encrypted_field_names, secrets_deferred, unreadable_secrets
+from webhooks.fields import encrypted_field_names, secrets_deferred
 from webhooks.models import Destination, Source, WebhookEvent
 from webhooks.providers.base import Provider, ProviderOption
 from webhooks.selectors import (
@@ -217,9 +217,12 @@ class DestinationRotateSecretForm(forms.Form):
 
     def __init__(self, *args, destination=None, **kwargs):
         super().__init__(*args, **kwargs)
+        from webhooks.services.secrets import current_secret_replaceable_unread
+
         offer_to_stop_previous_secret(self, destination)
-        if destination is not None and "secret" in unreadable_secrets(destination):
-            # The current secret signs nothing: there is no old one to keep signing with.
+        if destination is not None and current_secret_replaceable_unread(destination):
+            # The current secret signs nothing: there is no old one to keep signing with. (One stored by
+            # a process with a key being deployed is kept as any other: the rotation waits for that.)
             self.fields["overlap_seconds"].widget = forms.HiddenInput()
             self.fields["overlap_seconds"].initial = 0
 
@@ -246,8 +249,10 @@ class SourceRotateSecretForm(forms.Form):
             (0, f"None: the old secret stops working {source_change_delay()}"),
             *OVERLAP_CHOICES[1:],
         ]
+        from webhooks.services.secrets import current_secret_replaceable_unread, secret_is_set
+
         offer_to_stop_previous_secret(self, source)
-        if source is not None and ("secret" in unreadable_secrets(source) or not source.secret):
+        if source is not None and (current_secret_replaceable_unread(source) or not secret_is_set(source)):
             # Setting a first secret, or replacing one that no key decrypts: there is no old one to keep.
             self.fields["overlap_seconds"].widget = forms.HiddenInput()
             self.fields["overlap_seconds"].initial = 0

@@ -186,9 +186,9 @@ class ApiAutoSchema(AutoSchema):
             refusals[415] = error("The body is not sent as JSON (unsupported_media_type).")
         if self._takes_body():
             refusals[503] = error(
-                "A stored secret this request needs (a destination's custom headers, to merge a change into) is "
-                "encrypted with a key this server does not have yet (a new FIELD_ENCRYPTION_KEYS is being "
-                "deployed): nothing was changed; send it again after Retry-After (secret_unreadable)."
+                "A stored secret this request needs (the current signing secret, which a rotation keeps for its "
+                "overlap) is encrypted with a key this server does not have yet (a new FIELD_ENCRYPTION_KEYS is "
+                "being deployed): nothing was changed; send it again after Retry-After (secret_unreadable)."
                 + (
                     " Or the answer stored for this Idempotency-Key is, and nothing was run (stored_answer_unreadable)."
                     if self.method == "POST"

@@ -324,7 +324,7 @@ class PreviousSecretValidUntilField(serializers.DateTimeField):
 class SecretHintField(serializers.CharField):
     """The secret's hint (…a1b2), or "unreadable" for one that no key of the platform decrypts any
     more: as the dashboard shows it. Found so on an object read alone (a detail, an answer to a
-    change), whose secrets' tokens are checked; a list shows the hints as saved."""
+    change) and on each row of a list (views.SecretListed), whose secrets' tokens are tried."""
 
     def __init__(self, **kwargs):
         super().__init__(source="*", read_only=True, **kwargs)

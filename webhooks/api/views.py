@@ -258,9 +258,13 @@ class ApiListView(ApiObjectView):
 
     def listed(self, request, filters: dict) -> Response:
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(self.get_queryset(filters), request, view=self)
+        page = self.prepared(paginator.paginate_queryset(self.get_queryset(filters), request, view=self))
         data = self.serializer_class(page, many=True, context={"sees_everything": self.sees_everything}).data
         return paginator.get_paginated_response(data)
+
+    def prepared(self, page: list) -> list:
+        """The page's rows, made ready to be shown (the rows of the page only, not of the whole list)."""
+        return page
 
     def given_filters(self, request) -> dict:
         paginator = self.pagination_class
@@ -564,7 +568,8 @@ class BulkRetryDetailView(ApiObjectView):
         return self.show(serializers.BulkRetrySerializer, job)
 
 
-# Lists show hints only: loading the encrypted secret columns would decrypt them row by row.
+# Lists show hints only: loading the encrypted secret columns would decrypt them row by row (and stop at
+# one that no key decrypts); SecretListed tries each listed row's current secret alone.
 _SECRET_COLUMNS = ("secret", "previous_secret")
 # A destination as read answers its custom headers' names and hints (custom_header_hints), never their
 # values: left unread, so that a process without the key they were saved under (a key rollout) still
@@ -572,13 +577,30 @@ _SECRET_COLUMNS = ("secret", "previous_secret")
 _DESTINATION_SECRET_COLUMNS = (*_SECRET_COLUMNS, "custom_headers")
 
 
-class SourceListView(ApiListView):
+class SecretListed:
+    """A list of sources or destinations that says "unreadable" where a row's hint was for a current
+    secret that no key of this process decrypts, as reading that one row does: its token is read beside
+    the row and tried (one decryption a row of the page, as the dashboard's sources list does), never
+    kept. The hint alone, saved when the secret was set, cannot tell: readable is a matter of this
+    process's keys. The previous secret and custom headers are not read (their state shows in no list
+    field: previous_secret_valid_until is their expiry either way)."""
+
+    def with_secret_tried(self, rows):
+        return with_stored_tokens(rows, "secret")
+
+    def prepared(self, page: list) -> list:
+        for row in page:
+            take_readable_secrets(row, load=False)
+        return page
+
+
+class SourceListView(SecretListed, ApiListView):
     serializer_class = serializers.SourceSerializer
     pagination_class = OldestFirst
 
     def get_queryset(self, filters):
-        return with_previous_secret_until(sources_for_organization(organization=self.organization)).defer(
-            *_SECRET_COLUMNS
+        return self.with_secret_tried(
+            with_previous_secret_until(sources_for_organization(organization=self.organization))
         )
 
 
@@ -614,12 +636,14 @@ def _with_subscriptions(destinations):
     )
 
 
-class DestinationListView(ApiListView):
+class DestinationListView(SecretListed, ApiListView):
     serializer_class = serializers.DestinationSerializer
     pagination_class = OldestFirst
 
     def get_queryset(self, filters):
-        return _with_subscriptions(destinations_for_organization(organization=self.organization))
+        return self.with_secret_tried(
+            _with_subscriptions(destinations_for_organization(organization=self.organization))
+        )
 
 
 class DestinationLookup:

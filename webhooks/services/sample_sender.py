@@ -13,7 +13,7 @@ from webhooks.providers.base import MalformedPayload, Provider
 from webhooks.providers.registry import get_provider
 
 from .outbound import OutboundResponse, post_to_hookline
-from .secrets import signing_secret_unreadable
+from .secrets import unreadable_secrets_found
 from .sender_marks import sender_mark_headers
 from .sources import ingest_url
 
@@ -166,10 +166,16 @@ def build_test_request(
     where the id header is not signed (GitHub, Bitbucket: Provider.dedupes_on_signed_content).
     """
     provider = get_provider(source.provider)
-    if provider.uses_secret and signing_secret_unreadable(source):
+    unreadable = unreadable_secrets_found(source)
+    if provider.uses_secret and unreadable and unreadable.signing_secret:
         # Neither can a test be signed nor, until a new one is set, a request to the source be checked.
+        if unreadable.passing:
+            raise SampleSenderError(
+                "this server cannot read this source's signing secret yet (most likely a new encryption key is "
+                "being deployed): send the test again in a few minutes"
+            )
         raise SampleSenderError(
-            "this source's signing secret can no longer be read by the platform: set a new one first"
+            f"this source's {unreadable.named} can no longer be read by the platform: set a new one first"
         )
     if provider.uses_secret and not source.secret:
         raise SampleSenderError("this source has no signing secret yet: set it first, then send a test")

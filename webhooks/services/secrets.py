@@ -11,7 +11,17 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
-from webhooks.fields import MALFORMED, take_readable_secrets, unreadable_secrets, with_stored_tokens
+from webhooks.fields import (
+    MALFORMED,
+    SecretNotReadable,
+    Unreadable,
+    current_place,
+    take_readable_secrets,
+    unreadable_secrets,
+    with_stored_tokens,
+)
+
+from . import secret_health
 
 
 def generate_standard_webhooks_secret() -> str:
@@ -41,6 +51,21 @@ class SecretNotReplaced(ValueError):
 SIGNING_SECRET_FIELDS = ("secret", "previous_secret")
 
 
+def readable_elsewhere(why: Unreadable) -> bool:
+    """A secret this process cannot decrypt that was stored after it started: most likely by a process
+    that already has a new key being deployed, which reads it (as this one will once replaced). Not
+    lost, then: nothing may replace it from here as if it were (see replace_secret)."""
+    return why.made_after(secret_health.PROCESS_STARTED_AT)
+
+
+def current_secret_replaceable_unread(instance: models.Model) -> bool:
+    """Whether a rotation of ``instance`` (read with fields.take_readable_secrets) replaces its current
+    secret without reading it: one that no key decrypts, and not one stored by a process with a key
+    being deployed (which a rotation here would drop, with the overlap its tenant may ask for)."""
+    why = unreadable_secrets(instance).get("secret")
+    return why is not None and not readable_elsewhere(why)
+
+
 def secret_is_set(instance: models.Model) -> bool:
     """Whether a Source or Destination has a signing secret, whether or not this process can read it."""
     return "secret" in unreadable_secrets(instance) or bool(instance.secret)
@@ -59,6 +84,17 @@ class UnreadableSecrets:
     signing_secret: bool  # the current secret, or the previous one a rotation kept
     custom_headers: bool  # a destination's custom headers (encrypted as its secrets are)
     damaged: bool  # one is not a Fernet token at all: no key will ever read it
+    passing: bool  # each was stored after this process started (readable_elsewhere): a key being deployed
+    previous_only: bool  # of the signing secrets, only the previous one (a rotation's overlap): the current one reads
+    current_replaced_unread: (
+        bool  # a rotation replaces the current one unread, with no overlap (current_secret_replaceable_unread)
+    )
+
+    @property
+    def named(self) -> str:
+        """What cannot be read, in words: "signing secret", "previous signing secret and custom headers"."""
+        signing = ["previous signing secret" if self.previous_only else "signing secret"] if self.signing_secret else []
+        return " and ".join([*signing, *(["custom headers"] if self.custom_headers else [])])
 
 
 def unreadable_secrets_found(instance: models.Model) -> UnreadableSecrets | None:
@@ -70,6 +106,9 @@ def unreadable_secrets_found(instance: models.Model) -> UnreadableSecrets | None
         signing_secret=signing_secret_unreadable(instance),
         custom_headers="custom_headers" in found,
         damaged=any(why.reason == MALFORMED for why in found.values()),
+        passing=all(readable_elsewhere(why) for why in found.values()),
+        previous_only="previous_secret" in found and "secret" not in found,
+        current_replaced_unread=current_secret_replaceable_unread(instance),
     )
 
 
@@ -125,7 +164,8 @@ def replace_secret(
 
     A stored secret that no key decrypts (a key dropped too early) is replaced without being
     read: it verifies and signs nothing, so it is neither kept for an overlap nor a reason to
-    refuse; its row stays unreadable until this replaces it.
+    refuse; its row stays unreadable until this replaces it. Except one stored after this process
+    started (readable_elsewhere): SecretNotReadable, nothing changed, to be sent again.
 
     ``cleared_fields`` are set to None in the same save: what they said was about the secrets
     this rotation replaces (a Source's last-matched times).
@@ -141,6 +181,15 @@ def replace_secret(
     if locked is None:
         raise SecretNotReplaced(f"this {instance._meta.verbose_name} has been deleted")
     unreadable = take_readable_secrets(locked)
+    if "secret" in unreadable and readable_elsewhere(unreadable["secret"]):
+        # Most likely a process with a key being deployed stored it and reads it: replaced from here,
+        # it would be lost with the overlap asked for. A 503 (views.one_look): sent again, on a process
+        # that has the key (or this one replaced), the rotation keeps it as any other.
+        raise SecretNotReadable(
+            "a rotation needs the current secret, stored after this process started under a key it lacks",
+            unreadable["secret"],
+            current_place(),
+        )
     current = "" if "secret" in unreadable else locked.secret
     if current and new_secret == current:
         raise SecretNotReplaced("that is the current secret; a rotation needs a new one")

@@ -39,6 +39,7 @@ from webhooks.services.destinations import (
     MAX_EVENT_TYPE_PATTERN_CHARS,
     MIN_ATTEMPTS,
     destination_create,
+    destination_rotate_secret,
     max_attempts_with_any_schedule,
 )
 from webhooks.services.payload_filters import (
@@ -499,6 +500,29 @@ def test_a_change_that_needs_a_secret_this_process_cannot_read_yet_answers_as_do
     assert response.status_code == 400 and "custom_headers" in response.json()["fields"]
     described = operation(document, "/api/v1/destinations/{destination_id}", "PATCH")["responses"]["503"]
     assert "secret_unreadable" in described["description"]
+
+
+def test_a_rotation_this_process_cannot_make_yet_answers_as_documented(client, organization, document, settings):
+    # A secret rotated by a process with a new FIELD_ENCRYPTION_KEYS, rotated again through one still on
+    # the old key alone: it replaced the good secret with no overlap, whatever was asked for; it now
+    # answers the documented 503 secret_unreadable, nothing changed.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    destination_rotate_secret(destination=destination, overlap_seconds=0)
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    api = Api(client, document, make_key(organization)[1])
+    path = "/api/v1/destinations/{destination_id}/rotate_secret"
+
+    response = api.call("POST", path, {"keep_previous_for": 3600}, destination_id=destination.pk)
+
+    assert response.status_code == 503 and response.json()["error"] == "secret_unreadable"
+    assert "rotation keeps for its overlap" in operation(document, path, "POST")["responses"]["503"]["description"]
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    assert Destination.objects.get(pk=destination.pk).secret == destination.secret
 
 
 def test_nulls_the_api_answers_pass_a_strict_openapi_reading(client, organization, document, world):

@@ -268,8 +268,9 @@ def test_a_page_whose_secret_this_process_cannot_read_yet_opens_and_says_it_may_
 
     assert response.status_code == 200, response.content[:400]
     text = response.content.decode()
-    assert "Its signing secret can no longer be read" in text and "and the custom headers" in text
-    assert "If the platform's encryption keys are being changed right now, this may pass by itself" in text
+    assert "This server cannot read its signing secret and custom headers yet" in text
+    assert "this passes once this server is replaced, within minutes" in text
+    assert "can no longer be read" not in text  # nothing to replace: the processes with the new key read them
 
 
 def test_a_change_of_custom_headers_this_process_cannot_read_yet_keeps_them_and_says_why(

@@ -1,16 +1,22 @@
 """A tenant whose source's or destination's secret no key of the platform decrypts any more (a key
 retired too early) opens its pages, is told what that stops, edits it, and mends it by setting a
-new secret: each was a 503 (views.one_look), leaving them nothing to do but delete it."""
+new secret: each was a 503 (views.one_look), leaving them nothing to do but delete it. One stored
+after this process started (most likely by a process with a key being deployed) is not replaced
+from here: nothing of it may be lost."""
 
 import json
+from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
+from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, Destination, Source
 from webhooks.services import delivery as delivery_service
-from webhooks.services import processing
+from webhooks.services import processing, secret_health
 from webhooks.services.ingest import forget_cached_sources
 
 from .api_helpers import api_get, api_patch, api_post, make_delivery, make_event, make_key
@@ -21,6 +27,14 @@ from .test_secret_unreadable_paths import DAMAGED, foreign_token, store_raw
 pytestmark = pytest.mark.django_db
 
 NEW_STRIPE_SECRET = "whsec_" + "n" * 32
+
+
+def retired_key_token(plaintext: str = "a secret under a key retired too early") -> str:
+    """A well-formed Fernet token under a key no process has, made before this process started: a key
+    retired too early (test_secret_unreadable_paths.foreign_token's are made now, as by a process
+    that has a key being deployed)."""
+    made_at = int(secret_health.PROCESS_STARTED_AT) - 3600
+    return Fernet(Fernet.generate_key()).encrypt_at_time(plaintext.encode(), made_at).decode()
 
 
 def raw(model, pk, column: str = "secret") -> str:
@@ -44,9 +58,9 @@ def unreadable(organization):
         organization, "http://127.0.0.1:9/hook", sources=[source], custom_headers={"X-Api-Key": "k" * 24}
     )
     for column in ("secret", "previous_secret", "custom_headers"):
-        store_raw(Destination, destination.pk, foreign_token(), column)
+        store_raw(Destination, destination.pk, retired_key_token(), column)
     for column in ("secret", "previous_secret"):
-        store_raw(Source, source.pk, foreign_token(), column)
+        store_raw(Source, source.pk, retired_key_token(), column)
     forget_cached_sources()
     return {"source": Source.objects.defer("secret", "previous_secret").get(pk=source.pk), "destination": destination}
 
@@ -79,13 +93,14 @@ def test_each_page_opens_and_says_the_secret_can_no_longer_be_read(tenant, unrea
 
     assert response.status_code == 200, response.content[:400]
     text = response.content.decode()
-    assert "Its signing secret can no longer be read" in text
     assert "none of its encryption keys opens the stored value" in text
     if what == "source":
+        assert "Its signing secret can no longer be read" in text
         assert "every request to this source's ingest URL is answered 503 and nothing is stored" in text
     else:
+        assert "Its signing secret and custom headers can no longer be read" in text
         assert "the platform holds this destination's deliveries unsent" in text
-        assert "and the custom headers" in text
+        assert "and the custom headers are set again" in text
     if mend:
         assert mend in text
     assert raw(type(unreadable[what]), unreadable[what].pk) not in text  # never the stored value
@@ -303,3 +318,142 @@ def test_the_api_rotates_an_unreadable_destination_secret_and_changes_it(client,
     assert destination.secret == rotated.json()["secret"] and destination.name == "Renamed"
     assert destination.custom_header_values() == {"X-Team": "billing"}
     assert api_get(client, key, f"/api/v1/destinations/{destination.pk}").status_code == 200
+
+
+# --- A key being deployed: stored after this process started, read by the processes that have it ----
+
+
+@pytest.fixture
+def deploying(organization):
+    """A Stripe source and a destination whose current secret was just rotated by a process that has a
+    new key (its token made now, under a key this process lacks), the secret before kept for an
+    overlap, which this process reads."""
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    until = timezone.now() + timedelta(hours=1)
+    for model, row in ((Source, source), (Destination, destination)):
+        model.objects.filter(pk=row.pk).update(previous_secret=STRIPE_SECRET, previous_secret_expires_at=until)
+        store_raw(model, row.pk, foreign_token())
+    forget_cached_sources()
+    return {"source": source, "destination": destination}
+
+
+def stored_secrets(model, pk) -> tuple:
+    return (raw(model, pk), raw(model, pk, "previous_secret"), raw(model, pk, "previous_secret_expires_at"))
+
+
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_during_a_key_deploy_the_pages_say_it_passes_and_offer_no_replacement(tenant, deploying, what):
+    text = tenant.get(page(f"{what}_detail", deploying[what])).content.decode()
+    assert "This server cannot read its signing secret yet" in text
+    assert "Nothing is lost, and nothing needs replacing" in text
+    assert "can no longer be read" not in text and "retired too early" not in text
+    assert "Set a new signing secret" not in text and "Generate a new signing secret" not in text
+    # Its rotation form offers the overlap as usual: sent to a process with the key, it is kept.
+    form = tenant.get(page(f"{what}_rotate", deploying[what])).content.decode()
+    assert 'type="hidden" name="overlap_seconds"' not in form and "no overlap is possible" not in form
+
+
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_during_a_key_deploy_a_rotation_here_loses_nothing(tenant, deploying, what):
+    # Replaced from here, the current secret (read by every process with the new key) would be gone,
+    # and the overlap asked for with it: the provider's (receiver's) requests refused meanwhile.
+    row = deploying[what]
+    model = type(row)
+    before = stored_secrets(model, row.pk)
+    data = {"overlap_seconds": "3600", "stop_previous": "on"}
+    if what == "source":
+        data["new_secret"] = NEW_STRIPE_SECRET
+
+    response = tenant.post(page(f"{what}_rotate", row), data)
+
+    assert response.status_code == 503
+    assert "Nothing was changed" in response.content.decode() and response["Retry-After"]
+    assert stored_secrets(model, row.pk) == before
+
+
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_during_a_key_deploy_an_api_rotation_here_loses_nothing(client, organization, deploying, what):
+    row = deploying[what]
+    model = type(row)
+    before = stored_secrets(model, row.pk)
+    body = {"stop_previous": True, **({"secret": NEW_STRIPE_SECRET} if what == "source" else {})}
+
+    response = api_post(client, make_key(organization)[1], f"/api/v1/{what}s/{row.pk}/rotate_secret", body)
+
+    assert response.status_code == 503, response.content[:400]
+    assert response.json()["error"] == "secret_unreadable" and response["Retry-After"]
+    assert stored_secrets(model, row.pk) == before
+
+
+# --- Only the previous secret (a rotation's overlap) unreadable -------------------------------------
+
+
+def test_an_unreadable_previous_secret_is_named_as_the_previous_one(tenant, organization):
+    source = make_source(organization)
+    until = timezone.now() + timedelta(hours=1)
+    Source.objects.filter(pk=source.pk).update(previous_secret_expires_at=until)
+    store_raw(Source, source.pk, retired_key_token(), "previous_secret")
+
+    text = tenant.get(page("source_detail", source)).content.decode()
+
+    assert "Its previous signing secret can no longer be read" in text
+    assert "The current signing secret reads" in text
+    assert "Its signing secret can no longer be read" not in text
+    assert "Until its overlap ends and it is forgotten, or a rotation stops it" in text
+    assert f'<dt>Signing secret</dt><dd class="mono">{source.secret_hint}' in text
+    # A rotation of a current secret that reads: rotated, not "set" as if there had been none.
+    response = tenant.post(
+        page("source_rotate", source),
+        {"new_secret": NEW_STRIPE_SECRET, "overlap_seconds": "3600", "stop_previous": "on"},
+    )
+    assert response.status_code == 302, response.content[:400]
+    assert "Secret rotated" in tenant.get(response["Location"]).content.decode()
+    assert Source.objects.get(pk=source.pk).previous_secret == STRIPE_SECRET
+
+
+@pytest.mark.parametrize("what", ["source", "destination"])
+def test_the_api_lists_say_unreadable_as_the_read_of_one_does(client, organization, unreadable, what):
+    # The list showed the hint as saved, the read of that one row "unreadable".
+    readable = make_source(organization, name="Readable") if what == "source" else None
+    if what == "destination":
+        readable, _ = make_destination(organization, "http://127.0.0.1:9/readable")
+    key = make_key(organization)[1]
+
+    listed = api_get(client, key, f"/api/v1/{what}s")
+
+    assert listed.status_code == 200, listed.content[:400]
+    hints = {row["id"]: row["secret_hint"] for row in listed.json()["results"]}
+    assert hints == {unreadable[what].pk: "unreadable", readable.pk: readable.secret_hint}
+    one = api_get(client, key, f"/api/v1/{what}s/{unreadable[what].pk}").json()
+    assert next(row for row in listed.json()["results"] if row["id"] == one["id"]) == one
+
+
+def test_during_a_key_deploy_a_rotation_sent_again_with_its_idempotency_key_runs(client, organization, settings):
+    # The 503 is not kept as the key's answer: sent again to a process with the new key, it rotates.
+    old_key, new_key = settings.FIELD_ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook")
+    key = make_key(organization)[1]
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    path = f"/api/v1/destinations/{destination.pk}/rotate_secret"
+    current = api_post(client, key, path, {"keep_previous_for": 0}).json()["secret"]
+
+    def rotate():
+        return client.post(
+            path,
+            {"keep_previous_for": 3600},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {key}",
+            HTTP_IDEMPOTENCY_KEY="rotate-once",
+        )
+
+    settings.FIELD_ENCRYPTION_KEYS = [old_key]
+    _fernet_for.cache_clear()
+    assert rotate().status_code == 503
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    _fernet_for.cache_clear()
+    rotated = rotate()
+    assert rotated.status_code == 200, rotated.content[:400]
+    destination = Destination.objects.get(pk=destination.pk)
+    assert (destination.secret, destination.previous_secret) == (rotated.json()["secret"], current)

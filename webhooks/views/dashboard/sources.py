@@ -20,7 +20,7 @@ from webhooks.selectors import (
 from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.sample_sender import SampleSenderError, fixtures_for_provider
 from webhooks.services.secret_use import secret_use_during_overlap
-from webhooks.services.secrets import secret_is_set, signing_secret_unreadable, unreadable_secrets_found
+from webhooks.services.secrets import current_secret_replaceable_unread, secret_is_set, unreadable_secrets_found
 from webhooks.services.source_testing import source_send_test_event
 from webhooks.services.sources import (
     SourceBeingDeleted,
@@ -243,7 +243,7 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
         source = self.get_source()
         form = SourceRotateSecretForm(request.POST, provider=get_provider(source.provider), source=source)
         # One that no key decrypts is replaced, not rotated: the message says the new one is set.
-        had_secret = secret_is_set(source) and not signing_secret_unreadable(source)
+        had_secret = secret_is_set(source) and not current_secret_replaceable_unread(source)
         if form.is_valid():
             try:
                 source, generated = source_rotate_secret(
