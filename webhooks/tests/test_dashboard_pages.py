@@ -931,6 +931,26 @@ def test_source_form_errors_are_shown_not_raised(client, owner):
     assert response.status_code == 200 and "errorlist" in page_text(response)
 
 
+def test_the_page_showing_a_new_secret_keeps_its_section_highlighted_in_the_sidebar(client, owner, organization):
+    # Its one URL (/secret/<token>/) belongs to no section: the sidebar highlighted nothing there.
+    client.force_login(owner)
+    source = make_source(organization)
+    for section, url, form in [
+        ("Sources", reverse("dashboard:source_create", args=["acme", "github"]), {"name": "GitHub"}),
+        (
+            "Destinations",
+            reverse("dashboard:destination_create", args=["acme"]),
+            {"name": "App", "url": "http://127.0.0.1:9/hooks", "sources": [source.pk], "timeout_seconds": "10"},
+        ),
+        ("API keys", reverse("dashboard:api_keys", args=["acme"]), {"name": "deploy", "access": "read_only"}),
+    ]:
+        response = client.post(url, form)
+        assert response.status_code == 302 and "/secret/" in response["Location"]
+        shown = client.get(response["Location"])
+        assert shown.status_code == 200
+        assert re.findall(r'aria-current="page">([^<]+)</a>', page_text(shown)) == [section]
+
+
 # --- Destinations -----------------------------------------------------------------------
 
 
