@@ -1023,6 +1023,19 @@ def test_destination_edit_changes_sources_and_filters(client, owner, organizatio
     assert [(s.source_id, s.event_types) for s in destination.subscriptions.all()] == [(second.pk, ["push"])]
 
 
+def test_destination_edit_page_leads_back_to_the_destination_and_shows_values_as_typed(client, owner, organization):
+    # Its breadcrumb ended in the destination's name as the current page, with no way back to it, and
+    # the timeout read 15.0 where the create form says 15.
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/a", sources=[make_source(organization)])
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:destination_edit", args=["acme", destination.pk])))
+    breadcrumb = re.search(r'<nav class="breadcrumbs".*?</nav>', text, re.S).group(0)
+    detail_url = reverse("dashboard:destination_detail", args=["acme", destination.pk])
+    assert f'<a href="{detail_url}">{destination.name}</a>' in breadcrumb
+    assert '<span aria-current="page">Edit</span>' in breadcrumb
+    assert re.search(r'name="timeout_seconds" value="15"', text)
+
+
 @pytest.mark.parametrize(
     ("sources", "event_types", "message"),
     [
