@@ -282,5 +282,9 @@ def print_where_to_look(seed: dict) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--refuse-if-running"]:  # `make clean`
         refuse_if_running()
+    elif sys.argv[1:] == ["--check-can-start"]:
+        # `make run`, before its migrate: a second `make run` migrated the first one's database under
+        # it (a `git pull` away, with new migrations) before it was refused. main() checks again.
+        refuse_to_start_twice().close()
     else:
         main()

@@ -290,6 +290,41 @@ def test_the_demo_receiver_says_whether_hooklines_signature_verifies():
     assert "signature DOES NOT MATCH" in mismatch and "verified" not in mismatch
 
 
+def test_a_second_make_run_is_refused_before_it_migrates_the_running_ones_database(tmp_path):
+    # It ran `manage.py migrate` on the running server's SQLite database first, and was refused only
+    # after: with new migrations pulled meanwhile, the running server found its schema changed under it.
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT.parents[1] / "Makefile", checkout / "Makefile")
+    shutil.copy(SCRIPT, checkout / "scripts" / "run_local.py")
+    (checkout / "manage.py").write_text("open('migrated', 'w').close()\nraise SystemExit(1)\n")  # notes it ran
+    (checkout / "var").mkdir()
+    environment = {key: value for key, value in os.environ.items() if key != "HOOKLINE_VAR_DIR"}
+    environment.update(PORT=str(free_port()), DEMO_RECEIVER_PORT=str(free_port()))
+
+    def make_run():
+        # The install step is taken as done (-o): only what `make run` does after it is under test.
+        return subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed-run", "run", f"PY={sys.executable}"],
+            cwd=checkout,
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+
+    with open(checkout / "var" / "make-run.lock", "w") as running:  # as a running `make run` holds it
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = make_run()
+    assert refused.returncode != 0 and "another `make run` is already running" in refused.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(environment["PORT"])))
+        taken.listen()
+        port_taken = make_run()
+    assert port_taken.returncode != 0 and f"port {environment['PORT']} is not free" in port_taken.stderr
+    assert not (checkout / "migrated").exists()
+    assert make_run().returncode != 0 and (checkout / "migrated").exists()  # free: on to the migrate
+
+
 def test_make_clean_starts_over_but_not_under_a_running_make_run(tmp_path):
     # `make clean` is the README's reset; it used to delete the SQLite database of a running `make run`.
     checkout = tmp_path / "checkout"
