@@ -951,6 +951,29 @@ def test_the_page_showing_a_new_secret_keeps_its_section_highlighted_in_the_side
         assert re.findall(r'aria-current="page">([^<]+)</a>', page_text(shown)) == [section]
 
 
+def test_the_pages_asking_before_a_delete_lead_back_as_the_other_pages_of_a_source_or_destination_do(
+    client, owner, organization
+):
+    # Stop receiving had a breadcrumb; Delete, of a source or a destination, had none.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hooks", sources=[source])
+    client.force_login(owner)
+    for section, detail, asking in [
+        ("sources", "dashboard:source_detail", reverse("dashboard:source_delete", args=["acme", source.pk])),
+        (
+            "destinations",
+            "dashboard:destination_detail",
+            reverse("dashboard:destination_delete", args=["acme", destination.pk]),
+        ),
+    ]:
+        text = page_text(client.get(asking))
+        breadcrumb = re.search(r'<nav class="breadcrumbs".*?</nav>', text, re.S).group(0)
+        target = source if section == "sources" else destination
+        assert reverse(f"dashboard:{section}", args=["acme"]) in breadcrumb
+        assert f'<a href="{reverse(detail, args=["acme", target.pk])}">{target.name}</a>' in breadcrumb
+        assert '<span aria-current="page">Delete</span>' in breadcrumb
+
+
 # --- Destinations -----------------------------------------------------------------------
 
 
