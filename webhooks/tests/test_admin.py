@@ -1637,7 +1637,7 @@ def test_a_new_source_secret_shown_in_the_admin_comes_with_the_ingest_url_the_pr
     )
     destination.refresh_from_db()
     shown = admin.get(rotated["Location"]).content.decode()
-    assert destination.secret in shown and "ingest URL" not in shown
+    assert destination.secret in shown and "its ingest URL" not in shown
 
 
 def test_a_source_whose_provider_shows_the_secret_later_is_added_without_one_and_says_so(admin, organization):
