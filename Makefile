@@ -25,6 +25,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt
 	touch $@
 
 run: $(VENV)/.installed-run
+	@$(PY) scripts/run_local.py --check-can-start
 	env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput
 	env -u DATABASE_URL -u REDIS_URL $(PY) scripts/run_local.py
 

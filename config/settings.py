@@ -265,6 +265,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Kombu's default is ./control in the working directory.
         "control_folder": str(VAR_DIR / "celery" / "control"),
     }
+    # kombu's filesystem transport, writing each message whole: see config/filesystem_broker.py.
+    CELERY_BROKER_TRANSPORT = "config.filesystem_broker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Above the longest task's hard time limit, so a slow task is not

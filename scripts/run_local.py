@@ -233,6 +233,10 @@ def main() -> None:
     os.environ.setdefault("DEMO_RECEIVER_URL", RECEIVER_URL)
     manage("install_periodic_tasks")  # the beat schedule, visible in the admin before beat starts
     seed = json.loads(manage("seed_demo", "--json"))
+    # The demo receiver checks each delivery's signature as the user's own endpoint must. Set before
+    # the children start, in the environment rather than on a command line that `ps` shows.
+    if seed.get("destination_secret"):
+        os.environ["DEMO_RECEIVER_SECRET"] = seed["destination_secret"]
 
     def interrupted(*_):
         raise SystemExit(0)
@@ -278,5 +282,9 @@ def print_where_to_look(seed: dict) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--refuse-if-running"]:  # `make clean`
         refuse_if_running()
+    elif sys.argv[1:] == ["--check-can-start"]:
+        # `make run`, before its migrate: a second `make run` migrated the first one's database under
+        # it (a `git pull` away, with new migrations) before it was refused. main() checks again.
+        refuse_to_start_twice().close()
     else:
         main()

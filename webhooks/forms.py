@@ -606,7 +606,8 @@ class DestinationForm(FieldsetsMixin, CustomHeadersMixin, forms.Form):
                 {
                     "name": destination.name,
                     "url": destination.url,
-                    "timeout_seconds": destination.timeout_seconds,
+                    # As typed: 15, not the float column's 15.0 (the create form shows 15).
+                    "timeout_seconds": f"{destination.timeout_seconds:.6g}",
                     "retry_client_errors": destination.retry_client_errors,
                     "max_concurrency": destination.max_concurrency,
                     "rate_limit_per_second": destination.rate_limit_per_second,

@@ -4,6 +4,7 @@ The script is loaded as a module with `manage` replaced, so that no Django comma
 processes it starts are small real ones.
 """
 
+import base64
 import fcntl
 import importlib.util
 import json
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -233,6 +235,94 @@ def test_ctrl_c_stops_the_demo_receiver_without_a_traceback():
             receiver.wait()
     assert receiver.returncode == 0
     assert "Traceback" not in stderr
+
+
+def test_make_run_hands_the_demo_destinations_secret_to_the_receiver(run_local, monkeypatch):
+    # The receiver printed "signature=yes" for any webhook-signature header, checked or not.
+    monkeypatch.delenv("DEMO_RECEIVER_SECRET", raising=False)
+    monkeypatch.setattr(
+        run_local, "manage", lambda *args, check=True: json.dumps({**SEED, "destination_secret": "whsec_c2VjcmV0"})
+    )
+    environment_at_start = {}
+
+    def start(processes):
+        environment_at_start.update(os.environ)
+        raise SystemExit("stopped before starting anything")
+
+    monkeypatch.setattr(run_local, "start", start)
+    with pytest.raises(SystemExit):
+        run_local.main()
+    assert environment_at_start["DEMO_RECEIVER_SECRET"] == "whsec_c2VjcmV0"
+
+
+def post_to_demo_receiver(secret: str, signing_secret: str) -> str:
+    """What the demo receiver, given ``secret``, prints for a delivery Hookline signed with ``signing_secret``."""
+    from webhooks.services.delivery import sign_standard_webhook
+
+    port = free_port()
+    receiver = subprocess.Popen(
+        [sys.executable, str(SCRIPT.parent / "demo_receiver.py"), str(port)],
+        env={**os.environ, "DEMO_RECEIVER_SECRET": secret},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout.readline().startswith("[receiver] listening on")
+        body, message_id, timestamp = b'{"type": "invoice.paid"}', "01a25092-29f8-7737-a183-d9d2bca4b30f", 1796648086
+        signature = sign_standard_webhook(secret=signing_secret, message_id=message_id, timestamp=timestamp, body=body)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/hooks",
+            data=body,
+            headers={"webhook-id": message_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        return receiver.stdout.readline()
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def test_the_demo_receiver_says_whether_hooklines_signature_verifies():
+    secret, other = "whsec_" + base64.b64encode(b"s" * 24).decode(), "whsec_" + base64.b64encode(b"o" * 24).decode()
+    assert "signature verified" in post_to_demo_receiver(secret, signing_secret=secret)
+    mismatch = post_to_demo_receiver(secret, signing_secret=other)
+    assert "signature DOES NOT MATCH" in mismatch and "verified" not in mismatch
+
+
+def test_a_second_make_run_is_refused_before_it_migrates_the_running_ones_database(tmp_path):
+    # It ran `manage.py migrate` on the running server's SQLite database first, and was refused only
+    # after: with new migrations pulled meanwhile, the running server found its schema changed under it.
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT.parents[1] / "Makefile", checkout / "Makefile")
+    shutil.copy(SCRIPT, checkout / "scripts" / "run_local.py")
+    (checkout / "manage.py").write_text("open('migrated', 'w').close()\nraise SystemExit(1)\n")  # notes it ran
+    (checkout / "var").mkdir()
+    environment = {key: value for key, value in os.environ.items() if key != "HOOKLINE_VAR_DIR"}
+    environment.update(PORT=str(free_port()), DEMO_RECEIVER_PORT=str(free_port()))
+
+    def make_run():
+        # The install step is taken as done (-o): only what `make run` does after it is under test.
+        return subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed-run", "run", f"PY={sys.executable}"],
+            cwd=checkout,
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+
+    with open(checkout / "var" / "make-run.lock", "w") as running:  # as a running `make run` holds it
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = make_run()
+    assert refused.returncode != 0 and "another `make run` is already running" in refused.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(environment["PORT"])))
+        taken.listen()
+        port_taken = make_run()
+    assert port_taken.returncode != 0 and f"port {environment['PORT']} is not free" in port_taken.stderr
+    assert not (checkout / "migrated").exists()
+    assert make_run().returncode != 0 and (checkout / "migrated").exists()  # free: on to the migrate
 
 
 def test_make_clean_starts_over_but_not_under_a_running_make_run(tmp_path):

@@ -101,12 +101,18 @@ class OneTimeSecretsMixin:
     reloading that page would send the action again and rotate a second time.
     """
 
-    def one_time_secret_page(self, request, *, title: str, shown: list[tuple[str, str]]) -> HttpResponseRedirect:
+    def one_time_secret_page(
+        self, request, *, title: str, shown: list[tuple[str, str]], ingest_urls: list[str] | None = None
+    ) -> HttpResponseRedirect:
+        """``ingest_urls``, for sources, one per secret: the provider's form asks for both (GitHub's
+        Payload URL and Secret), so they are shown together, as the dashboard does."""
         request.session[NEW_SECRETS_SESSION_KEY] = {
             "token": (token := token_urlsafe(16)),
             "title": title,
-            # Sessions live in the database: secrets are kept there encrypted, for one look.
+            # Sessions live in the database: secrets are kept there encrypted, for one look. So are
+            # the ingest URLs, which work as credentials too.
             "shown": [(label, encrypt(secret)) for label, secret in shown],
+            "ingest_urls": [encrypt(url) for url in ingest_urls or []],
         }
         opts = self.model._meta
         return redirect(f"admin:{opts.app_label}_{opts.model_name}_new_secrets", token)
@@ -153,15 +159,21 @@ class OneTimeSecretsMixin:
             self.message_user(request, "New secrets are shown only once; rotate again to get new ones.", messages.INFO)
             opts = self.model._meta
             return redirect(f"admin:{opts.app_label}_{opts.model_name}_changelist")
-        readable = decrypt_for_one_look([secret for _, secret in kept["shown"]])
+        secrets = [secret for _, secret in kept["shown"]]
+        urls = kept.get("ingest_urls", [])  # a page kept by the release before has none
+        readable = decrypt_for_one_look(secrets + urls)
         if readable is None:
             return secret_not_readable_yet()
         del request.session[NEW_SECRETS_SESSION_KEY]
+        readable_secrets, readable_urls = readable[: len(secrets)], readable[len(secrets) :] or [""] * len(secrets)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": kept["title"],
-            "shown": [(label, secret) for (label, _), secret in zip(kept["shown"], readable, strict=True)],
+            "shown": [
+                (label, secret, url)
+                for (label, _), secret, url in zip(kept["shown"], readable_secrets, readable_urls, strict=True)
+            ],
         }
         response = TemplateResponse(request, "admin/hookline/new_secrets.html", context)
         add_never_cache_headers(response)
@@ -495,7 +507,10 @@ class SourceAdmin(
         if generated:
             # Shown once, on its own page (see OneTimeSecretsMixin), with the source's ingest URL.
             return self.one_time_secret_page(
-                request, title="New source secret", shown=[(f"{obj.organization.name} · {obj}", generated)]
+                request,
+                title="New source secret",
+                shown=[(f"{obj.organization.name} · {obj}", generated)],
+                ingest_urls=[ingest_url(obj)],
             )
         if not obj.secret:
             self.message_user(
@@ -510,7 +525,7 @@ class SourceAdmin(
     def rotate_secret(self, request, queryset):
         if (asked := self.confirm_stopping_older_secrets(request, queryset)) is not None:
             return asked
-        shown, refused = [], []
+        shown, urls, refused = [], [], []
         outcomes = action_outcomes(request)
         for source in queryset.select_related("organization"):
             try:
@@ -521,11 +536,12 @@ class SourceAdmin(
                 continue
             outcomes.add_done(source.organization_id, f"source {source.pk}")  # never the secret itself
             shown.append((f"{source.organization.name} · {source}", generated))
+            urls.append(ingest_url(source))
         if refused:
             self.message_user(request, "Not rotated: " + "; ".join(refused[:10]), messages.WARNING)
         if not shown:
             return None
-        return self.one_time_secret_page(request, title="New source secrets", shown=shown)
+        return self.one_time_secret_page(request, title="New source secrets", shown=shown, ingest_urls=urls)
 
 
 # --- Destinations ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.organization_deletion import organization_deletion_run
 from webhooks.services.source_deletion import source_request_deletion
+from webhooks.services.sources import ingest_url
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -1633,6 +1634,31 @@ def test_a_source_whose_secret_hookline_issues_shows_it_once_on_its_own_page(adm
     shown = admin.get(response["Location"])
     assert source.secret in shown.content.decode() and "no-store" in shown["Cache-Control"]
     assert source.secret not in admin.get(response["Location"], follow=True).content.decode()
+
+
+def test_a_new_source_secret_shown_in_the_admin_comes_with_the_ingest_url_the_provider_asks_for_with_it(
+    admin, organization
+):
+    # GitHub's form asks for the Payload URL and the Secret together: the admin's one look showed the
+    # secret alone (a comment said "with the source's ingest URL"), so the operator had to look it up.
+    added = add_source(admin, organization, "github", "GitHub org")
+    source = Source.objects.get(name="GitHub org")
+    shown = admin.get(added["Location"]).content.decode()
+    assert source.secret in shown and ingest_url(source) in shown
+    other = make_source(organization, name="Other", provider="github", secret="an-old-github-secret-1234")
+    rotated = admin.post(reverse(SOURCES), {"action": "rotate_secret", "_selected_action": [source.pk, other.pk]})
+    shown = admin.get(rotated["Location"]).content.decode()
+    for each in Source.objects.filter(pk__in=[source.pk, other.pk]):
+        assert each.secret in shown and ingest_url(each) in shown
+    # A destination has no ingest URL: its secret stands alone, as before.
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hooks", sources=[source])
+    rotated = admin.post(
+        reverse("admin:webhooks_destination_changelist"),
+        {"action": "rotate_secret", "_selected_action": [destination.pk]},
+    )
+    destination.refresh_from_db()
+    shown = admin.get(rotated["Location"]).content.decode()
+    assert destination.secret in shown and "its ingest URL" not in shown
 
 
 def test_a_source_whose_provider_shows_the_secret_later_is_added_without_one_and_says_so(admin, organization):

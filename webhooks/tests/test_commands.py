@@ -228,6 +228,15 @@ def test_seed_demo_is_idempotent(settings):
     assert first["destination_id"] == second["destination_id"]
 
 
+def test_seed_demo_gives_make_run_the_secret_its_demo_destination_signs_with(settings):
+    # `make run`'s demo receiver verifies each delivery with it.
+    seeded = run("seed_demo")
+    assert seeded["destination_secret"].startswith("whsec_")
+    assert seeded["destination_secret"] == Destination.objects.get(pk=seeded["destination_id"]).secret
+    Destination.objects.filter(pk=seeded["destination_id"]).delete()
+    assert run("seed_demo")["destination_secret"] is None
+
+
 def test_seed_demo_that_fails_half_way_leaves_nothing_and_the_next_run_creates_everything(settings):
     settings.ALLOW_PRIVATE_DESTINATIONS = False  # the demo receiver on 127.0.0.1 is refused
     with pytest.raises(CommandError):

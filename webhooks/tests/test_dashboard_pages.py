@@ -933,6 +933,49 @@ def test_source_form_errors_are_shown_not_raised(client, owner):
     assert response.status_code == 200 and "errorlist" in page_text(response)
 
 
+def test_the_page_showing_a_new_secret_keeps_its_section_highlighted_in_the_sidebar(client, owner, organization):
+    # Its one URL (/secret/<token>/) belongs to no section: the sidebar highlighted nothing there.
+    client.force_login(owner)
+    source = make_source(organization)
+    for section, url, form in [
+        ("Sources", reverse("dashboard:source_create", args=["acme", "github"]), {"name": "GitHub"}),
+        (
+            "Destinations",
+            reverse("dashboard:destination_create", args=["acme"]),
+            {"name": "App", "url": "http://127.0.0.1:9/hooks", "sources": [source.pk], "timeout_seconds": "10"},
+        ),
+        ("API keys", reverse("dashboard:api_keys", args=["acme"]), {"name": "deploy", "access": "read_only"}),
+    ]:
+        response = client.post(url, form)
+        assert response.status_code == 302 and "/secret/" in response["Location"]
+        shown = client.get(response["Location"])
+        assert shown.status_code == 200
+        assert re.findall(r'aria-current="page">([^<]+)</a>', page_text(shown)) == [section]
+
+
+def test_the_pages_asking_before_a_delete_lead_back_as_the_other_pages_of_a_source_or_destination_do(
+    client, owner, organization
+):
+    # Stop receiving had a breadcrumb; Delete, of a source or a destination, had none.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hooks", sources=[source])
+    client.force_login(owner)
+    for section, detail, asking in [
+        ("sources", "dashboard:source_detail", reverse("dashboard:source_delete", args=["acme", source.pk])),
+        (
+            "destinations",
+            "dashboard:destination_detail",
+            reverse("dashboard:destination_delete", args=["acme", destination.pk]),
+        ),
+    ]:
+        text = page_text(client.get(asking))
+        breadcrumb = re.search(r'<nav class="breadcrumbs".*?</nav>', text, re.S).group(0)
+        target = source if section == "sources" else destination
+        assert reverse(f"dashboard:{section}", args=["acme"]) in breadcrumb
+        assert f'<a href="{reverse(detail, args=["acme", target.pk])}">{target.name}</a>' in breadcrumb
+        assert '<span aria-current="page">Delete</span>' in breadcrumb
+
+
 # --- Destinations -----------------------------------------------------------------------
 
 
@@ -1003,6 +1046,19 @@ def test_destination_edit_changes_sources_and_filters(client, owner, organizatio
     destination.refresh_from_db()
     assert destination.name == "Renamed" and destination.url.endswith("/b") and destination.timeout_seconds == 5
     assert [(s.source_id, s.event_types) for s in destination.subscriptions.all()] == [(second.pk, ["push"])]
+
+
+def test_destination_edit_page_leads_back_to_the_destination_and_shows_values_as_typed(client, owner, organization):
+    # Its breadcrumb ended in the destination's name as the current page, with no way back to it, and
+    # the timeout read 15.0 where the create form says 15.
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/a", sources=[make_source(organization)])
+    client.force_login(owner)
+    text = page_text(client.get(reverse("dashboard:destination_edit", args=["acme", destination.pk])))
+    breadcrumb = re.search(r'<nav class="breadcrumbs".*?</nav>', text, re.S).group(0)
+    detail_url = reverse("dashboard:destination_detail", args=["acme", destination.pk])
+    assert f'<a href="{detail_url}">{destination.name}</a>' in breadcrumb
+    assert '<span aria-current="page">Edit</span>' in breadcrumb
+    assert re.search(r'name="timeout_seconds" value="15"', text)
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,9 @@ class Command(OperatorCommand):
             "ingest_url": ingest_url(source) if source else None,
             "destination_id": destination.pk if destination else None,
             "destination_url": destination.url if destination else None,
+            # For `make run`'s demo receiver, which verifies each delivery's signature with it. Only in
+            # the JSON, which `make run` reads, never in the lines printed for a person.
+            "destination_secret": destination.secret if destination else None,
         }
         lines = [f"Demo organization '{organization.slug}' {'created' if created else 'already there'}."]
         lines.append(f"  Stripe source {source.pk}: {ingest_url(source)}" if source else "  Stripe source: deleted")

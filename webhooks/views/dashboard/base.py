@@ -105,6 +105,8 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             target = or_404(source_for_organization, organization=self.organization, source_id=kept["pk"])
         context = self.get_context_data(**{kept["kind"]: target, "secret": readable[0]})
         context["title"] = kept["title"]
+        # Its URL is the same for all three: the sidebar keeps the section the secret belongs to.
+        context["nav_section"] = kept["kind"]
         if kept["kind"] == "source":
             # The provider's form asks for the URL and the secret together (GitHub's Payload URL and
             # Secret): both on the one page that can show the secret.

@@ -1,0 +1,59 @@
+"""The embedded mode's broker (config/filesystem_broker.py): a worker never takes a message half written."""
+
+import os
+from pathlib import Path
+from queue import Empty
+
+from kombu import Connection
+from kombu.transport import filesystem
+
+from config.filesystem_broker import Transport
+
+from .fresh_process import FreshProcesses
+
+
+def channel(folder: Path):
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    return Connection("filesystem://localhost/", transport=Transport, transport_options=options).channel()
+
+
+def test_a_worker_polling_while_a_message_is_written_does_not_take_it_half_written(tmp_path, monkeypatch):
+    # kombu created the message's file under its final name before writing it: a worker that looked
+    # then took an empty file, failed to parse it and stopped (JSONDecodeError), and `make run` with it.
+    sender, worker = channel(tmp_path), channel(tmp_path)
+    seen_while_writing = []
+    serialize = filesystem.dumps
+
+    def serialize_while_the_worker_looks(payload):
+        try:
+            seen_while_writing.append(worker._get("hookline"))
+        except Empty:
+            seen_while_writing.append("nothing")
+        return serialize(payload)
+
+    monkeypatch.setattr(filesystem, "dumps", serialize_while_the_worker_looks)
+    sender._put("hookline", {"task": "webhooks.tasks.sweep"})
+    assert seen_while_writing == ["nothing"]
+    assert worker._get("hookline") == {"task": "webhooks.tasks.sweep"}
+    assert os.listdir(tmp_path) == []  # taken, and nothing left behind
+
+
+SEND_AND_TAKE = (
+    "import django; django.setup(); from config.celery import app\n"
+    "with app.connection_for_write() as connection:\n"
+    "    channel = connection.channel(); channel._put('hookline', {'sent': 1})\n"
+    "    print(type(connection.transport).__module__, channel._get('hookline'))\n"
+)
+
+
+def test_the_embedded_mode_sends_its_tasks_through_it(tmp_path):
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(Path.home()),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "HOOKLINE_VAR_DIR": str(tmp_path),
+    }
+    with FreshProcesses() as processes:
+        finished = processes.run(["-c", SEND_AND_TAKE], environment)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["config.filesystem_broker", "{'sent':", "1}"]
