@@ -44,6 +44,7 @@ from .deletion_counts import KindCount, user_contents
 from .models import LAST_OWNER, ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
+from .team import invitations_lock_for_inviter_changes, invitations_revoke_for_inviter_changes
 
 logger = logging.getLogger(__name__)
 
@@ -607,6 +608,43 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
     """
 
     request_user = None  # set by StaffMembershipsForSuperusersMixin.get_formset
+    inviter_changes = ()  # set by save: the members removed or demoted, and the invitations they sent
+
+    def save(self, commit=True):
+        """Saves the rows, then locks the open invitations of each member removed or demoted (moved to
+        another organization or account, too), for AuditedMembershipsMixin to revoke after the rows'
+        audit entries, as the Team page does: after the owners' rows (locked by clean) and the
+        members' own, before the first audit entry (organizations.team._lock_invitations_sent_by)."""
+        changes = self._removals_and_role_changes()
+        saved = super().save(commit)
+        self.inviter_changes = invitations_lock_for_inviter_changes(changes)
+        return saved
+
+    def _removals_and_role_changes(self) -> list[tuple[Membership, str | None]]:
+        """Each membership changed, as it was, with the role its member has now in that organization
+        (None: no longer a member of it)."""
+        on_organizations_page = self.fk.name == "organization"
+        changes = []
+        deleted = set(self.deleted_forms) if self.can_delete else set()
+        for form in self.initial_forms:
+            if form.instance.pk is None or (form not in deleted and not form.has_changed()):
+                continue
+            organization_id = self.instance.pk if on_organizations_page else form.initial.get("organization")
+            user_id = form.initial.get("user") if on_organizations_page else self.instance.pk
+            before = Membership(
+                pk=form.instance.pk,
+                organization_id=getattr(organization_id, "pk", organization_id),
+                user_id=getattr(user_id, "pk", user_id),
+                role=form.initial.get("role"),
+            )
+            if form in deleted:
+                changes.append((before, None))
+                continue
+            after_organization = getattr(form.cleaned_data.get("organization"), "pk", before.organization_id)
+            after_user = getattr(form.cleaned_data.get("user"), "pk", before.user_id)
+            moved = (after_organization, after_user) != (before.organization_id, before.user_id)
+            changes.append((before, None if moved else form.cleaned_data.get("role")))
+        return changes
 
     def clean(self):
         super().clean()
@@ -715,6 +753,19 @@ class StaffMembershipsForSuperusersMixin:
         return type(formset.__name__, (formset,), {"request_user": request.user})
 
 
+class AuditedMembershipsMixin:
+    """For an admin with a memberships inline (StaffMembershipsForSuperusersFormSet): once the rows and
+    their audit entries are written, the invitations sent by the members it removed or demoted are
+    revoked, each audited, as the Team page's removal and demotion revoke them. Otherwise a member
+    removed here could come back through an invitation they had sent to another address of theirs.
+    Put it before AuditedAdminMixin."""
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        if isinstance(formset, StaffMembershipsForSuperusersFormSet):
+            invitations_revoke_for_inviter_changes(list(formset.inviter_changes), actor=request.user)
+
+
 class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
     model = Membership
     extra = 0
@@ -725,7 +776,11 @@ class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(
-    NoLookupsIntoHiddenValuesMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
+    NoLookupsIntoHiddenValuesMixin,
+    AuditedMembershipsMixin,
+    AuditedAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
+    admin.ModelAdmin,
 ):
     list_display = (
         "name",
@@ -875,7 +930,7 @@ def _organizations_owned_only_by(users) -> list[str]:
     return [f"{organization.name}: its only owner goes with it ({LAST_OWNER})" for organization in orphaned]
 
 
-class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAdmin):
+class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedMembershipsMixin, AuditedAdminMixin, UserAdmin):
     inlines = (UserMembershipInline,)
     list_filter = ("is_staff", "is_superuser", "is_active")
 

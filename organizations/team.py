@@ -350,6 +350,48 @@ def _revoke_invitations_sent_by(
         )
 
 
+@dataclass(frozen=True)
+class InviterChange:
+    """A member an operator removed or demoted in the admin (a membership edited on an organization's
+    or a user's page), with the open invitations they sent there, locked (invitations_lock_for_inviter_changes)."""
+
+    membership: Membership  # as it was: its organization, user and role before the change
+    role: str | None  # the role they have there now; None once they are no longer a member
+    sent: list[Invitation]
+
+
+def invitations_lock_for_inviter_changes(changes: list[tuple[Membership, str | None]]) -> list[InviterChange]:
+    """For an operator's change of memberships, each ``(membership as it was, its role now or None)``:
+    the open invitations each removed or demoted member sent in that organization, locked until the
+    transaction ends, as the Team page's removal and demotion lock them.
+
+    Call it once the memberships are written (their rows locked, after the owners'), and before the
+    transaction's first audit entry (see _lock_invitations_sent_by); revoke them with
+    invitations_revoke_for_inviter_changes after the memberships' own entries."""
+    locked = []
+    for membership, role in sorted(changes, key=lambda change: change[0].pk):
+        if role is not None and ROLE_RANK.get(role, 0) >= ROLE_RANK.get(membership.role, 0):
+            continue  # not lowered: what they sent grants no more than they have
+        locked.append(InviterChange(membership=membership, role=role, sent=_lock_invitations_sent_by(membership)))
+    return locked
+
+
+def invitations_revoke_for_inviter_changes(
+    changes: list[InviterChange], *, actor, ip_address: str | None = None
+) -> None:
+    """Revoke what invitations_lock_for_inviter_changes locked, as the Team page's removal and demotion
+    do: all a removed member sent, and those granting more than a demoted member's new role."""
+    for change in changes:
+        _revoke_invitations_sent_by(
+            change.membership,
+            change.sent,
+            above_role=change.role,
+            actor=actor,
+            ip_address=ip_address,
+            reason="the inviter was removed" if change.role is None else "the inviter's role was lowered",
+        )
+
+
 def invitations_revoke_sent_by_deactivated(*, user) -> None:
     """Revoke every open invitation a just-deactivated account sent, in every organization: as with
     a removed member's, the person shut out could otherwise come back in through an invitation they

@@ -149,3 +149,53 @@ def test_a_superusers_inline_changes_and_a_team_change_lock_the_memberships_in_o
         membership.pk: Membership.Role.ADMIN,
         second.pk: Membership.Role.ADMIN,
     }
+
+
+@pytest.mark.parametrize("change", ["removal", "demotion"])
+def test_an_inviters_removal_in_the_admin_during_a_join_of_their_invitation_waits_for_it_without_a_deadlock(
+    superuser, organization, owner, change, monkeypatch
+):
+    """As on the Team page (test_join_races): the join holds its invitation's row when it writes its
+    audit entry, so the admin's save locks the invitations it revokes before its first audit entry,
+    and waits for the join rather than hold the audit chain's lock while it waits for that row."""
+    from accounts.models import Invitation
+
+    inviter = get_user_model().objects.create_user("admin@acme.example")
+    Membership.objects.create(user=inviter, organization=organization, role=Membership.Role.ADMIN)
+    sent = team.invitation_create(
+        organization=organization, actor=inviter, email="invitee@example.com", role=Membership.Role.MEMBER
+    )
+    invitee = get_user_model().objects.create_user("invitee@example.com")
+    join = Paused(lambda: team.invitation_join(user=invitee, invitation_id=sent.pk))
+    real_audit = team.audit_record
+
+    def claimed_then_pause(**kwargs):
+        if kwargs["action"] == "invitation.accepted":
+            join.pause()  # the invitation claimed (its row locked), its audit entry not written yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(team, "audit_record", claimed_then_pause)
+    join.thread.start()
+    assert join.reached.wait(10)
+    # The user's page: the organization's page locks the organization's row first, which the join
+    # holds too, and waits there before anything else.
+    url = reverse("admin:accounts_user_change", args=[inviter.pk])
+    if change == "removal":
+        form = user_form(inviter, **{"memberships-0-DELETE": "on"})
+    else:
+        form = user_form(inviter, **{"memberships-0-role": Membership.Role.MEMBER})
+    saving = Paused(saved_in_the_admin(superuser, url, form))
+    saving.thread.start()
+    waited = waits_for_a_lock(saving.thread)
+    join.released.set()
+    join.thread.join(10)
+    saving.thread.join(10)
+    assert not saving.thread.is_alive() and not join.thread.is_alive()
+    assert join.errors == saving.errors == []
+    assert waited, "the admin's save did not wait for the join under way"
+    # The join came first: its member stays, and the accepted invitation is not revoked after it.
+    assert Membership.objects.get(user=invitee, organization=organization).role == Membership.Role.MEMBER
+    sent = Invitation.objects.get(pk=sent.pk)
+    assert sent.accepted_at is not None and sent.revoked_at is None
+    assert not AuditLog.objects.filter(action="invitation.revoked").exists()
+    assert audit_verify_chain().ok
