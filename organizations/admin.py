@@ -44,7 +44,12 @@ from .deletion_counts import KindCount, user_contents
 from .models import LAST_OWNER, ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
-from .team import invitations_lock_for_inviter_changes, invitations_revoke_for_inviter_changes
+from .team import (
+    invitations_lock_for_inviter_changes,
+    invitations_lock_sent_by_accounts,
+    invitations_revoke_for_inviter_changes,
+    invitations_revoke_sent_by_accounts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -944,6 +949,23 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedMembershipsMixin, 
         # its deletion commits, as the delete page's transaction keeps it.
         with transaction.atomic():
             return super().response_action(request, queryset)
+
+    # A deleted account's open invitations are revoked, as a deactivated one's are (User.save) and a
+    # removed member's (the Team page): left open, with no inviter, one sent to another address of
+    # theirs let the person back in with a new account. Locked before the deletion and its audit
+    # entry (team.invitations_lock_sent_by_accounts), revoked after it.
+    DELETED_INVITER = "the inviter's account was deleted"
+
+    def delete_model(self, request, obj):
+        sent = invitations_lock_sent_by_accounts(users=[obj])  # in the delete view's transaction
+        super().delete_model(request, obj)
+        invitations_revoke_sent_by_accounts(sent, actor=request.user, reason=self.DELETED_INVITER)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            sent = invitations_lock_sent_by_accounts(users=list(queryset))
+            super().delete_queryset(request, queryset)
+            invitations_revoke_sent_by_accounts(sent, actor=request.user, reason=self.DELETED_INVITER)
 
     def get_deleted_objects(self, objs, request):
         deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)

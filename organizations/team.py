@@ -29,7 +29,7 @@ from accounts.models import Invitation, canonical_email
 from .middleware import current_request
 from .models import LAST_OWNER, AuditLog, Membership, Organization
 from .names import one_line
-from .services import audit_record
+from .services import audit_lock_organizations, audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -399,17 +399,39 @@ def invitations_revoke_sent_by_deactivated(*, user) -> None:
     acting = getattr(current_request(), "user", None)
     operator = acting if acting is not None and acting.is_authenticated else None
     with transaction.atomic():
-        sent = Invitation.objects.open().select_for_update().filter(invited_by=user).select_related("organization")
-        for invitation in sent:
-            invitation.revoked_at = timezone.now()
-            invitation.save(update_fields=["revoked_at"])
-            audit_record(
-                action="invitation.revoked",
-                organization=invitation.organization,
-                actor=operator,
-                target=invitation,
-                changes={"email": invitation.email, "reason": "the inviter's account was deactivated"},
-            )
+        sent = invitations_lock_sent_by_accounts(users=[user])
+        invitations_revoke_sent_by_accounts(sent, actor=operator, reason="the inviter's account was deactivated")
+
+
+def invitations_lock_sent_by_accounts(*, users) -> list[Invitation]:
+    """The open invitations ``users`` sent, in every organization, locked until the transaction ends:
+    for an account that is deactivated or deleted. Their memberships are locked first, in id order,
+    as the Team page locks a member's row before the invitations they sent (_lock_invitations_sent_by),
+    and both before the transaction's first audit entry. Call it inside the transaction."""
+    user_ids = [user.pk for user in users]
+    list(Membership.objects.select_for_update(of=("self",)).filter(user_id__in=user_ids).order_by("pk").values("pk"))
+    return list(
+        Invitation.objects.open()
+        .select_for_update(of=("self",))
+        .filter(invited_by_id__in=user_ids)
+        .select_related("organization")
+        .order_by("pk")
+    )
+
+
+def invitations_revoke_sent_by_accounts(sent: list[Invitation], *, actor, reason: str) -> None:
+    """Revoke what invitations_lock_sent_by_accounts locked, each audited in its organization's log."""
+    audit_lock_organizations({invitation.organization_id for invitation in sent})
+    for invitation in sent:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoked",
+            organization=invitation.organization,
+            actor=actor,
+            target=invitation,
+            changes={"email": invitation.email, "reason": reason},
+        )
 
 
 def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:

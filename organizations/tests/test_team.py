@@ -317,6 +317,34 @@ def test_invitations_of_an_account_an_operator_deactivates_are_revoked(organizat
     assert Client().post(links["owners-guest@acme.example"]).status_code == 302  # others' stay open
 
 
+@pytest.mark.parametrize("deleted_by", ["its delete page", "delete selected"])
+def test_invitations_of_an_account_an_operator_deletes_are_revoked(organization, owner, admin, deleted_by):
+    # Deleted, an account's invitations stayed open with no inviter: one sent to another address of
+    # theirs let the person back in with a new account, as deactivating it no longer does.
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    invite(browser_for(owner), "owners-guest@acme.example", "member")
+    links = {message.to[0]: invitation_path(message) for message in mail.outbox}
+    operator = operator_browser()
+
+    if deleted_by == "its delete page":
+        response = operator.post(reverse("admin:accounts_user_delete", args=[admin.pk]), {"post": "yes"})
+    else:
+        response = operator.post(
+            reverse("admin:accounts_user_changelist"),
+            {"action": "delete_selected", "_selected_action": [admin.pk], "post": "yes"},
+        )
+
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=admin.pk).exists()
+    assert Client().post(links["second-self@acme.example"]).status_code == 410
+    assert not get_user_model().objects.filter(email="second-self@acme.example").exists()
+    revoked = AuditLog.objects.get(action="invitation.revoked")
+    assert revoked.actor_label == "root@hookline.example" and revoked.organization == organization
+    assert revoked.changes["reason"] == "the inviter's account was deleted"
+    assert revoked.pk > AuditLog.objects.get(action="admin.accounts.user.deleted").pk
+    assert Client().post(links["owners-guest@acme.example"]).status_code == 302  # others' stay open
+
+
 def test_a_made_up_or_misplaced_invitation_link_is_404(organization, other_organization, owner):
     invite(browser_for(owner), "new@acme.example")
     token = invitation_path(mail.outbox[0]).rstrip("/").rsplit("/", 1)[1]
