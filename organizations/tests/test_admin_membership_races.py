@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from accounts.models import Invitation
 from organizations import admin as organizations_admin
 from organizations import services, team
 from organizations.models import AuditLog, Membership
@@ -158,8 +159,6 @@ def test_an_inviters_removal_in_the_admin_during_a_join_of_their_invitation_wait
     """As on the Team page (test_join_races): the join holds its invitation's row when it writes its
     audit entry, so the admin's save locks the invitations it revokes before its first audit entry,
     and waits for the join rather than hold the audit chain's lock while it waits for that row."""
-    from accounts.models import Invitation
-
     inviter = get_user_model().objects.create_user("admin@acme.example")
     Membership.objects.create(user=inviter, organization=organization, role=Membership.Role.ADMIN)
     sent = team.invitation_create(
