@@ -656,6 +656,7 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         touched_forms = [
             form for form in self.forms if (self.can_delete and self._should_delete_form(form)) or form.has_changed()
         ]
+        self._lock_organizations_first(touched_forms)
         self._refuse_organizations_being_deleted(touched_forms)
         if self.request_user is None or self.request_user.is_superuser:
             # The owners are locked all the same, before any row is saved, in the Team page's order:
@@ -728,6 +729,20 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         if left_without:
             names = Organization.objects.filter(pk__in=left_without).order_by("name").values_list("name", flat=True)
             raise ValidationError(f"{LAST_OWNER.removesuffix('.')} (here: {', '.join(names)}).")
+
+    def _lock_organizations_first(self, touched_forms) -> None:
+        """On a user's page, the rows of the organizations whose memberships change, FOR KEY SHARE in id
+        order, before the owners' memberships (and the invitations of those removed or demoted): the
+        save writes an audit entry in each, and an organization's row taken only at its entry, after the
+        audit chain's lock, deadlocked with that organization's deletion (audit_lock_organizations).
+        An organization's page has locked its own row already (RefusedOnceBeingDeleted)."""
+        if self.fk.name == "organization":
+            return
+        organizations = set()
+        for form in touched_forms:
+            organizations.add(form.initial.get("organization"))
+            organizations.add(getattr(form.cleaned_data.get("organization"), "pk", None))
+        audit_lock_organizations(organizations)
 
     def _refuse_organizations_being_deleted(self, touched_forms) -> None:
         """An organization being deleted changes no more, for anyone: its own page refuses every

@@ -409,6 +409,15 @@ def invitations_lock_sent_by_accounts(*, users) -> list[Invitation]:
     as the Team page locks a member's row before the invitations they sent (_lock_invitations_sent_by),
     and both before the transaction's first audit entry. Call it inside the transaction."""
     user_ids = [user.pk for user in users]
+    # Their organizations' rows first (FOR KEY SHARE, in id order; see audit_lock_organizations): an
+    # organization's deletion holds its row and then deletes its invitations, so taking the key share
+    # only at the first audit entry, after the invitations, each would wait for the other.
+    audit_lock_organizations(
+        [
+            *Membership.objects.filter(user_id__in=user_ids).values_list("organization_id", flat=True),
+            *Invitation.objects.open().filter(invited_by_id__in=user_ids).values_list("organization_id", flat=True),
+        ]
+    )
     list(Membership.objects.select_for_update(of=("self",)).filter(user_id__in=user_ids).order_by("pk").values("pk"))
     return list(
         Invitation.objects.open()
