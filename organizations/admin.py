@@ -44,6 +44,12 @@ from .deletion_counts import KindCount, user_contents
 from .models import LAST_OWNER, ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
+from .team import (
+    invitations_lock_for_inviter_changes,
+    invitations_lock_sent_by_accounts,
+    invitations_revoke_for_inviter_changes,
+    invitations_revoke_sent_by_accounts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -607,12 +613,50 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
     """
 
     request_user = None  # set by StaffMembershipsForSuperusersMixin.get_formset
+    inviter_changes = ()  # set by save: the members removed or demoted, and the invitations they sent
+
+    def save(self, commit=True):
+        """Saves the rows, then locks the open invitations of each member removed or demoted (moved to
+        another organization or account, too), for AuditedMembershipsMixin to revoke after the rows'
+        audit entries, as the Team page does: after the owners' rows (locked by clean) and the
+        members' own, before the first audit entry (organizations.team._lock_invitations_sent_by)."""
+        changes = self._removals_and_role_changes()
+        saved = super().save(commit)
+        self.inviter_changes = invitations_lock_for_inviter_changes(changes)
+        return saved
+
+    def _removals_and_role_changes(self) -> list[tuple[Membership, str | None]]:
+        """Each membership changed, as it was, with the role its member has now in that organization
+        (None: no longer a member of it)."""
+        on_organizations_page = self.fk.name == "organization"
+        changes = []
+        deleted = set(self.deleted_forms) if self.can_delete else set()
+        for form in self.initial_forms:
+            if form.instance.pk is None or (form not in deleted and not form.has_changed()):
+                continue
+            organization_id = self.instance.pk if on_organizations_page else form.initial.get("organization")
+            user_id = form.initial.get("user") if on_organizations_page else self.instance.pk
+            before = Membership(
+                pk=form.instance.pk,
+                organization_id=getattr(organization_id, "pk", organization_id),
+                user_id=getattr(user_id, "pk", user_id),
+                role=form.initial.get("role"),
+            )
+            if form in deleted:
+                changes.append((before, None))
+                continue
+            after_organization = getattr(form.cleaned_data.get("organization"), "pk", before.organization_id)
+            after_user = getattr(form.cleaned_data.get("user"), "pk", before.user_id)
+            moved = (after_organization, after_user) != (before.organization_id, before.user_id)
+            changes.append((before, None if moved else form.cleaned_data.get("role")))
+        return changes
 
     def clean(self):
         super().clean()
         touched_forms = [
             form for form in self.forms if (self.can_delete and self._should_delete_form(form)) or form.has_changed()
         ]
+        self._lock_organizations_first(touched_forms)
         self._refuse_organizations_being_deleted(touched_forms)
         if self.request_user is None or self.request_user.is_superuser:
             # The owners are locked all the same, before any row is saved, in the Team page's order:
@@ -686,6 +730,20 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
             names = Organization.objects.filter(pk__in=left_without).order_by("name").values_list("name", flat=True)
             raise ValidationError(f"{LAST_OWNER.removesuffix('.')} (here: {', '.join(names)}).")
 
+    def _lock_organizations_first(self, touched_forms) -> None:
+        """On a user's page, the rows of the organizations whose memberships change, FOR KEY SHARE in id
+        order, before the owners' memberships (and the invitations of those removed or demoted): the
+        save writes an audit entry in each, and an organization's row taken only at its entry, after the
+        audit chain's lock, deadlocked with that organization's deletion (audit_lock_organizations).
+        An organization's page has locked its own row already (RefusedOnceBeingDeleted)."""
+        if self.fk.name == "organization":
+            return
+        organizations = set()
+        for form in touched_forms:
+            organizations.add(form.initial.get("organization"))
+            organizations.add(getattr(form.cleaned_data.get("organization"), "pk", None))
+        audit_lock_organizations(organizations)
+
     def _refuse_organizations_being_deleted(self, touched_forms) -> None:
         """An organization being deleted changes no more, for anyone: its own page refuses every
         change (DeletingOrganizationAdmin), its members included, and so does a user's page, which
@@ -715,6 +773,19 @@ class StaffMembershipsForSuperusersMixin:
         return type(formset.__name__, (formset,), {"request_user": request.user})
 
 
+class AuditedMembershipsMixin:
+    """For an admin with a memberships inline (StaffMembershipsForSuperusersFormSet): once the rows and
+    their audit entries are written, the invitations sent by the members it removed or demoted are
+    revoked, each audited, as the Team page's removal and demotion revoke them. Otherwise a member
+    removed here could come back through an invitation they had sent to another address of theirs.
+    Put it before AuditedAdminMixin."""
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        if isinstance(formset, StaffMembershipsForSuperusersFormSet):
+            invitations_revoke_for_inviter_changes(list(formset.inviter_changes), actor=request.user)
+
+
 class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
     model = Membership
     extra = 0
@@ -725,7 +796,11 @@ class MembershipInline(StaffMembershipsForSuperusersMixin, admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(
-    NoLookupsIntoHiddenValuesMixin, AuditedAdminMixin, SavesOnlyItsFormsFieldsMixin, admin.ModelAdmin
+    NoLookupsIntoHiddenValuesMixin,
+    AuditedMembershipsMixin,
+    AuditedAdminMixin,
+    SavesOnlyItsFormsFieldsMixin,
+    admin.ModelAdmin,
 ):
     list_display = (
         "name",
@@ -875,7 +950,7 @@ def _organizations_owned_only_by(users) -> list[str]:
     return [f"{organization.name}: its only owner goes with it ({LAST_OWNER})" for organization in orphaned]
 
 
-class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAdmin):
+class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedMembershipsMixin, AuditedAdminMixin, UserAdmin):
     inlines = (UserMembershipInline,)
     list_filter = ("is_staff", "is_superuser", "is_active")
 
@@ -889,6 +964,23 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedAdminMixin, UserAd
         # its deletion commits, as the delete page's transaction keeps it.
         with transaction.atomic():
             return super().response_action(request, queryset)
+
+    # A deleted account's open invitations are revoked, as a deactivated one's are (User.save) and a
+    # removed member's (the Team page): left open, with no inviter, one sent to another address of
+    # theirs let the person back in with a new account. Locked before the deletion and its audit
+    # entry (team.invitations_lock_sent_by_accounts), revoked after it.
+    DELETED_INVITER = "the inviter's account was deleted"
+
+    def delete_model(self, request, obj):
+        sent = invitations_lock_sent_by_accounts(users=[obj])  # in the delete view's transaction
+        super().delete_model(request, obj)
+        invitations_revoke_sent_by_accounts(sent, actor=request.user, reason=self.DELETED_INVITER)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            sent = invitations_lock_sent_by_accounts(users=list(queryset))
+            super().delete_queryset(request, queryset)
+            invitations_revoke_sent_by_accounts(sent, actor=request.user, reason=self.DELETED_INVITER)
 
     def get_deleted_objects(self, objs, request):
         deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)

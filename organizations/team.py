@@ -29,7 +29,7 @@ from accounts.models import Invitation, canonical_email
 from .middleware import current_request
 from .models import LAST_OWNER, AuditLog, Membership, Organization
 from .names import one_line
-from .services import audit_record
+from .services import audit_lock_organizations, audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,48 @@ def _revoke_invitations_sent_by(
         )
 
 
+@dataclass(frozen=True)
+class InviterChange:
+    """A member an operator removed or demoted in the admin (a membership edited on an organization's
+    or a user's page), with the open invitations they sent there, locked (invitations_lock_for_inviter_changes)."""
+
+    membership: Membership  # as it was: its organization, user and role before the change
+    role: str | None  # the role they have there now; None once they are no longer a member
+    sent: list[Invitation]
+
+
+def invitations_lock_for_inviter_changes(changes: list[tuple[Membership, str | None]]) -> list[InviterChange]:
+    """For an operator's change of memberships, each ``(membership as it was, its role now or None)``:
+    the open invitations each removed or demoted member sent in that organization, locked until the
+    transaction ends, as the Team page's removal and demotion lock them.
+
+    Call it once the memberships are written (their rows locked, after the owners'), and before the
+    transaction's first audit entry (see _lock_invitations_sent_by); revoke them with
+    invitations_revoke_for_inviter_changes after the memberships' own entries."""
+    locked = []
+    for membership, role in sorted(changes, key=lambda change: change[0].pk):
+        if role is not None and ROLE_RANK.get(role, 0) >= ROLE_RANK.get(membership.role, 0):
+            continue  # not lowered: what they sent grants no more than they have
+        locked.append(InviterChange(membership=membership, role=role, sent=_lock_invitations_sent_by(membership)))
+    return locked
+
+
+def invitations_revoke_for_inviter_changes(
+    changes: list[InviterChange], *, actor, ip_address: str | None = None
+) -> None:
+    """Revoke what invitations_lock_for_inviter_changes locked, as the Team page's removal and demotion
+    do: all a removed member sent, and those granting more than a demoted member's new role."""
+    for change in changes:
+        _revoke_invitations_sent_by(
+            change.membership,
+            change.sent,
+            above_role=change.role,
+            actor=actor,
+            ip_address=ip_address,
+            reason="the inviter was removed" if change.role is None else "the inviter's role was lowered",
+        )
+
+
 def invitations_revoke_sent_by_deactivated(*, user) -> None:
     """Revoke every open invitation a just-deactivated account sent, in every organization: as with
     a removed member's, the person shut out could otherwise come back in through an invitation they
@@ -357,17 +399,48 @@ def invitations_revoke_sent_by_deactivated(*, user) -> None:
     acting = getattr(current_request(), "user", None)
     operator = acting if acting is not None and acting.is_authenticated else None
     with transaction.atomic():
-        sent = Invitation.objects.open().select_for_update().filter(invited_by=user).select_related("organization")
-        for invitation in sent:
-            invitation.revoked_at = timezone.now()
-            invitation.save(update_fields=["revoked_at"])
-            audit_record(
-                action="invitation.revoked",
-                organization=invitation.organization,
-                actor=operator,
-                target=invitation,
-                changes={"email": invitation.email, "reason": "the inviter's account was deactivated"},
-            )
+        sent = invitations_lock_sent_by_accounts(users=[user])
+        invitations_revoke_sent_by_accounts(sent, actor=operator, reason="the inviter's account was deactivated")
+
+
+def invitations_lock_sent_by_accounts(*, users) -> list[Invitation]:
+    """The open invitations ``users`` sent, in every organization, locked until the transaction ends:
+    for an account that is deactivated or deleted. Their memberships are locked first, in id order,
+    as the Team page locks a member's row before the invitations they sent (_lock_invitations_sent_by),
+    and both before the transaction's first audit entry. Call it inside the transaction."""
+    user_ids = [user.pk for user in users]
+    # Their organizations' rows first (FOR KEY SHARE, in id order; see audit_lock_organizations): an
+    # organization's deletion holds its row and then deletes its invitations, so taking the key share
+    # only at the first audit entry, after the invitations, each would wait for the other.
+    audit_lock_organizations(
+        [
+            *Membership.objects.filter(user_id__in=user_ids).values_list("organization_id", flat=True),
+            *Invitation.objects.open().filter(invited_by_id__in=user_ids).values_list("organization_id", flat=True),
+        ]
+    )
+    list(Membership.objects.select_for_update(of=("self",)).filter(user_id__in=user_ids).order_by("pk").values("pk"))
+    return list(
+        Invitation.objects.open()
+        .select_for_update(of=("self",))
+        .filter(invited_by_id__in=user_ids)
+        .select_related("organization")
+        .order_by("pk")
+    )
+
+
+def invitations_revoke_sent_by_accounts(sent: list[Invitation], *, actor, reason: str) -> None:
+    """Revoke what invitations_lock_sent_by_accounts locked, each audited in its organization's log."""
+    audit_lock_organizations({invitation.organization_id for invitation in sent})
+    for invitation in sent:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoked",
+            organization=invitation.organization,
+            actor=actor,
+            target=invitation,
+            changes={"email": invitation.email, "reason": reason},
+        )
 
 
 def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:

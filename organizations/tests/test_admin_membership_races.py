@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
+from accounts.models import Invitation
 from organizations import admin as organizations_admin
 from organizations import services, team
-from organizations.models import AuditLog, Membership
-from organizations.services import audit_verify_chain
+from organizations.models import AuditLog, Membership, Organization
+from organizations.services import _AUDIT_CHAIN_LOCK, audit_verify_chain
 from webhooks.tests.lock_waits import waits_for_a_lock
 from webhooks.tests.test_admin import user_form
 from webhooks.tests.test_destination_delete_races import Paused
@@ -149,3 +151,99 @@ def test_a_superusers_inline_changes_and_a_team_change_lock_the_memberships_in_o
         membership.pk: Membership.Role.ADMIN,
         second.pk: Membership.Role.ADMIN,
     }
+
+
+@pytest.mark.parametrize("change", ["removal", "demotion"])
+def test_an_inviters_removal_in_the_admin_during_a_join_of_their_invitation_waits_for_it_without_a_deadlock(
+    superuser, organization, owner, change, monkeypatch
+):
+    """As on the Team page (test_join_races): the join holds its invitation's row when it writes its
+    audit entry, so the admin's save locks the invitations it revokes before its first audit entry,
+    and waits for the join rather than hold the audit chain's lock while it waits for that row."""
+    inviter = get_user_model().objects.create_user("admin@acme.example")
+    Membership.objects.create(user=inviter, organization=organization, role=Membership.Role.ADMIN)
+    sent = team.invitation_create(
+        organization=organization, actor=inviter, email="invitee@example.com", role=Membership.Role.MEMBER
+    )
+    invitee = get_user_model().objects.create_user("invitee@example.com")
+    join = Paused(lambda: team.invitation_join(user=invitee, invitation_id=sent.pk))
+    real_audit = team.audit_record
+
+    def claimed_then_pause(**kwargs):
+        if kwargs["action"] == "invitation.accepted":
+            join.pause()  # the invitation claimed (its row locked), its audit entry not written yet
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(team, "audit_record", claimed_then_pause)
+    join.thread.start()
+    assert join.reached.wait(10)
+    # The user's page: the organization's page locks the organization's row first, which the join
+    # holds too, and waits there before anything else.
+    url = reverse("admin:accounts_user_change", args=[inviter.pk])
+    if change == "removal":
+        form = user_form(inviter, **{"memberships-0-DELETE": "on"})
+    else:
+        form = user_form(inviter, **{"memberships-0-role": Membership.Role.MEMBER})
+    saving = Paused(saved_in_the_admin(superuser, url, form))
+    saving.thread.start()
+    waited = waits_for_a_lock(saving.thread)
+    join.released.set()
+    join.thread.join(10)
+    saving.thread.join(10)
+    assert not saving.thread.is_alive() and not join.thread.is_alive()
+    assert join.errors == saving.errors == []
+    assert waited, "the admin's save did not wait for the join under way"
+    # The join came first: its member stays, and the accepted invitation is not revoked after it.
+    assert Membership.objects.get(user=invitee, organization=organization).role == Membership.Role.MEMBER
+    sent = Invitation.objects.get(pk=sent.pk)
+    assert sent.accepted_at is not None and sent.revoked_at is None
+    assert not AuditLog.objects.filter(action="invitation.revoked").exists()
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.parametrize("change", ["memberships changed", "account deleted"])
+def test_an_admin_change_audited_in_several_organizations_takes_their_rows_before_the_audit_chain(
+    superuser, organization, other_organization, change
+):
+    """A user's page writes an entry in each organization whose membership it changes (and whose
+    invitations it revokes). Each organization's row was taken at its entry, after the audit chain's
+    lock: while an organization's deletion held its row (and would take that lock next), the save held
+    the lock and waited for the row, a deadlock. The rows are taken first, before the lock."""
+    inviter = get_user_model().objects.create_user("admin@acme.example")
+    for tenant in (organization, other_organization):
+        Membership.objects.create(user=inviter, organization=tenant, role=Membership.Role.ADMIN)
+        team.invitation_create(
+            organization=tenant, actor=inviter, email="invitee@example.com", role=Membership.Role.ADMIN
+        )
+    last = max(organization, other_organization, key=lambda tenant: tenant.pk)
+
+    def deletion_holding_the_row():
+        with transaction.atomic():
+            Organization.objects.select_for_update().get(pk=last.pk)
+            holding.pause()
+
+    holding = Paused(deletion_holding_the_row)
+    holding.thread.start()
+    assert holding.reached.wait(10)
+    if change == "memberships changed":
+        url = reverse("admin:accounts_user_change", args=[inviter.pk])
+        form = user_form(inviter, **{f"memberships-{index}-role": Membership.Role.MEMBER for index in (0, 1)})
+    else:
+        url, form = reverse("admin:accounts_user_delete", args=[inviter.pk]), {"post": "yes"}
+    saving = Paused(saved_in_the_admin(superuser, url, form))
+    saving.thread.start()
+    waited = waits_for_a_lock(saving.thread)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_AUDIT_CHAIN_LOCK])
+        audit_chain_free = cursor.fetchone()[0]
+        if audit_chain_free:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_AUDIT_CHAIN_LOCK])
+    holding.released.set()
+    holding.thread.join(10)
+    saving.thread.join(10)
+    assert not saving.thread.is_alive() and not holding.thread.is_alive()
+    assert holding.errors == saving.errors == []
+    assert waited, "the admin's save did not wait for the organization's row"
+    assert audit_chain_free, "the admin's save held the audit chain's lock while it waited for the row"
+    assert not Invitation.objects.open().exists()
+    assert audit_verify_chain().ok

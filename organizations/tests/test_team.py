@@ -194,6 +194,109 @@ def test_invitations_of_a_removed_or_demoted_member_stop_granting_more_than_they
     assert sorted(reasons) == ["the inviter was removed", "the inviter's role was lowered"]
 
 
+def operator_browser() -> Client:
+    operator = Client()
+    operator.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    return operator
+
+
+def organization_page_form(organization, *, roles: dict[int, str], deleted: set[int] = frozenset()) -> dict:
+    """The organization's change page as the admin posts it, memberships given new roles or deleted."""
+    members = list(organization.memberships.order_by("pk"))
+    form = {
+        "name": organization.name,
+        "slug": organization.slug,
+        "plan": organization.plan,
+        "monthly_event_quota": organization.monthly_event_quota,
+        "retention_days": organization.retention_days,
+        "is_active": "on",
+        "memberships-TOTAL_FORMS": str(len(members)),
+        "memberships-INITIAL_FORMS": str(len(members)),
+    }
+    for index, row in enumerate(members):
+        form.update(
+            {
+                f"memberships-{index}-id": row.pk,
+                f"memberships-{index}-organization": organization.pk,
+                f"memberships-{index}-user": row.user_id,
+                f"memberships-{index}-role": roles.get(row.pk, row.role),
+                **({f"memberships-{index}-DELETE": "on"} if row.pk in deleted else {}),
+            }
+        )
+    return form
+
+
+@pytest.mark.parametrize("page", ["organization", "user"])
+def test_an_operator_removing_or_demoting_a_member_in_the_admin_revokes_their_invitations_as_the_team_page_does(
+    organization, owner, admin, page
+):
+    # Demoted or removed in the admin, an admin kept the invitations they had sent: one to another
+    # address of theirs let them back in, with the role they had lost.
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    invite(browser_for(admin), "colleague@acme.example", "member")
+    invite(browser_for(owner), "owners-guest@acme.example", "admin")
+    links = {message.to[0]: invitation_path(message) for message in mail.outbox}
+    operator = operator_browser()
+    target = membership_of(admin, organization)
+
+    def saved(**change):
+        if page == "organization":
+            url = reverse("admin:organizations_organization_change", args=[organization.pk])
+            if change.get("delete"):
+                form = organization_page_form(organization, roles={}, deleted={target.pk})
+            else:
+                form = organization_page_form(organization, roles={target.pk: change["role"]})
+            return operator.post(url, form)
+        if change.get("delete"):
+            return post_change_page(operator, admin, **{"memberships-0-DELETE": "on"})
+        return post_change_page(operator, admin, **{"memberships-0-role": change["role"]})
+
+    response = saved(role="member")
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert membership_of(admin, organization).role == "member"
+    assert set(Invitation.objects.open().values_list("email", flat=True)) == {
+        "colleague@acme.example",
+        "owners-guest@acme.example",
+    }
+
+    response = saved(delete=True)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert not Membership.objects.filter(user=admin).exists()
+    assert set(Invitation.objects.open().values_list("email", flat=True)) == {"owners-guest@acme.example"}
+    assert Client().post(links["second-self@acme.example"]).status_code == 410
+    assert Client().post(links["colleague@acme.example"]).status_code == 410
+    revoked = AuditLog.objects.filter(action="invitation.revoked").order_by("pk")
+    assert [(entry.changes["reason"], entry.actor_label, entry.organization_id) for entry in revoked] == [
+        ("the inviter's role was lowered", "root@hookline.example", organization.pk),
+        ("the inviter was removed", "root@hookline.example", organization.pk),
+    ]
+    # Each after the entry of the change that caused it, as on the Team page.
+    changed = AuditLog.objects.filter(action__startswith="admin.organizations.membership.").order_by("pk")
+    assert [entry.action.rsplit(".", 1)[1] for entry in changed] == ["changed", "deleted"]
+    assert changed[0].pk < revoked[0].pk < changed[1].pk < revoked[1].pk
+
+
+def test_an_operator_raising_a_members_role_or_moving_it_to_another_account_in_the_admin(
+    organization, owner, admin, member
+):
+    """A promotion revokes nothing; a membership given to another account is its member's removal."""
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    operator = operator_browser()
+    url = reverse("admin:organizations_organization_change", args=[organization.pk])
+    target = membership_of(admin, organization)
+    assert operator.post(url, organization_page_form(organization, roles={target.pk: "owner"})).status_code == 302
+    assert Invitation.objects.open().count() == 1
+
+    form = organization_page_form(organization, roles={})
+    index = list(organization.memberships.order_by("pk")).index(target)
+    outsider = get_user_model().objects.create_user("outsider@example.com")
+    form[f"memberships-{index}-user"] = outsider.pk
+    assert operator.post(url, form).status_code == 302
+    assert Membership.objects.get(pk=target.pk).user == outsider
+    assert not Invitation.objects.open().exists()
+    assert AuditLog.objects.get(action="invitation.revoked").changes["reason"] == "the inviter was removed"
+
+
 def test_invitations_of_an_account_an_operator_deactivates_are_revoked(organization, owner, admin):
     # Deactivated, an admin kept their memberships and their open invitations: one sent to another
     # address of theirs let them back in, with a new account, as the removal rule above prevents.
@@ -211,6 +314,34 @@ def test_invitations_of_an_account_an_operator_deactivates_are_revoked(organizat
     revoked = AuditLog.objects.get(action="invitation.revoked")
     assert revoked.actor_label == "root@hookline.example" and revoked.organization == organization
     assert revoked.changes["reason"] == "the inviter's account was deactivated"
+    assert Client().post(links["owners-guest@acme.example"]).status_code == 302  # others' stay open
+
+
+@pytest.mark.parametrize("deleted_by", ["its delete page", "delete selected"])
+def test_invitations_of_an_account_an_operator_deletes_are_revoked(organization, owner, admin, deleted_by):
+    # Deleted, an account's invitations stayed open with no inviter: one sent to another address of
+    # theirs let the person back in with a new account, as deactivating it no longer does.
+    invite(browser_for(admin), "second-self@acme.example", "admin")
+    invite(browser_for(owner), "owners-guest@acme.example", "member")
+    links = {message.to[0]: invitation_path(message) for message in mail.outbox}
+    operator = operator_browser()
+
+    if deleted_by == "its delete page":
+        response = operator.post(reverse("admin:accounts_user_delete", args=[admin.pk]), {"post": "yes"})
+    else:
+        response = operator.post(
+            reverse("admin:accounts_user_changelist"),
+            {"action": "delete_selected", "_selected_action": [admin.pk], "post": "yes"},
+        )
+
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=admin.pk).exists()
+    assert Client().post(links["second-self@acme.example"]).status_code == 410
+    assert not get_user_model().objects.filter(email="second-self@acme.example").exists()
+    revoked = AuditLog.objects.get(action="invitation.revoked")
+    assert revoked.actor_label == "root@hookline.example" and revoked.organization == organization
+    assert revoked.changes["reason"] == "the inviter's account was deleted"
+    assert revoked.pk > AuditLog.objects.get(action="admin.accounts.user.deleted").pk
     assert Client().post(links["owners-guest@acme.example"]).status_code == 302  # others' stay open
 
 

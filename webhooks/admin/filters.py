@@ -10,8 +10,9 @@ from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
 from organizations.admin import DateRangeFilter
 from webhooks.fields import secrets_deferred
 from webhooks.models import Delivery, Destination, Source, WebhookEvent
+from webhooks.models.delivery import RETRYING
 from webhooks.providers.registry import provider_choices
-from webhooks.selectors import uuid7_floor
+from webhooks.selectors import EVENT_STATUS_HELD_BY_PLATFORM, held_by_platform_deliveries, uuid7_floor
 
 
 class ProviderFilter(admin.SimpleListFilter):
@@ -73,16 +74,25 @@ class DestinationFilter(admin.SimpleListFilter):
         return queryset
 
 
-FAILED = Q(status=Delivery.Status.DEAD) | Q(status=Delivery.Status.PENDING, attempt_count__gt=0)
+# Dead, or retrying as the dashboard, the API and list_events count it (models.delivery.RETRYING): not
+# one the platform itself put back unsent after a failed attempt, which waits for the platform, not
+# for its receiver (held_by_platform_deliveries, a choice of its own). Within models.delivery.FAILED, so on the
+# partial index delivery_failed.
+FAILED = Q(status=Delivery.Status.DEAD) | RETRYING
 
 
 def failed_deliveries_of(event_ref) -> Exists:
-    """Dead deliveries, or deliveries waiting for a retry after a failed attempt."""
+    """Dead deliveries, or deliveries retrying after a failed attempt (not held by the platform)."""
     return Exists(Delivery.objects.filter(event=event_ref).filter(FAILED))
 
 
+def deliveries_held_by_platform_of(event_ref) -> Exists:
+    """Deliveries the platform itself put back unsent and holds (the dashboard's held_by_platform)."""
+    return Exists(held_by_platform_deliveries(Delivery.objects.filter(event=event_ref)))
+
+
 def failed_delivery_count_of(event_ref) -> Subquery:
-    """How many of an event's deliveries failed (dead, or waiting for a retry after a failed attempt)."""
+    """How many of an event's deliveries failed (dead, or retrying after a failed attempt)."""
     failed = Delivery.objects.filter(event=event_ref).filter(FAILED).order_by().values("event")
     return Subquery(failed.annotate(count=Count("pk")).values("count"), output_field=IntegerField())
 
@@ -110,11 +120,17 @@ class HasFailedDeliveriesFilter(admin.SimpleListFilter):
     parameter_name = "failed"
 
     def lookups(self, request, model_admin):
-        return (("yes", "Yes (dead or retrying)"), ("no", "No"))
+        return (
+            ("yes", "Yes (dead or retrying)"),
+            (EVENT_STATUS_HELD_BY_PLATFORM, "Held by the platform"),
+            ("no", "No"),
+        )
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
             return queryset.filter(failed_deliveries_of(OuterRef("pk")))
+        if self.value() == EVENT_STATUS_HELD_BY_PLATFORM:
+            return queryset.filter(deliveries_held_by_platform_of(OuterRef("pk")))
         if self.value() == "no":
             return queryset.exclude(failed_deliveries_of(OuterRef("pk")))
         return queryset

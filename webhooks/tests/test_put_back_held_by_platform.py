@@ -330,3 +330,33 @@ def test_a_retry_the_platform_put_back_is_held_by_it_not_retrying_on_every_list_
         out = io.StringIO()
         call_command("list_events", "--org", organization.slug, "--status", status, "--json", stdout=out)
         assert [row["id"] for row in json.loads(out.getvalue())["events"]] == [expected]
+
+
+def test_the_admins_failed_filter_leaves_out_the_deliveries_the_platform_holds_and_lists_them_apart(
+    organization, admin_client
+):
+    """The events list's "has failed deliveries" counted a delivery the platform put back unsent after
+    a failed attempt as retrying, as the dashboard and the API no longer do; it is a choice of its own."""
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    dead = make_delivery(make_event(source), destination, status=Delivery.Status.DEAD)
+    retrying = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=1)
+    held = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=1)
+    Delivery.objects.filter(pk=held.pk).update(
+        put_back_cause=Delivery.PutBackCause.SECRET_UNREADABLE, put_back_since=timezone.now(), put_back_times=1
+    )
+    sent = make_delivery(make_event(source), destination, status=Delivery.Status.SUCCEEDED)
+
+    def listed(failed: str) -> set:
+        response = admin_client.get(reverse("admin:webhooks_webhookevent_changelist"), {"failed": failed})
+        assert response.status_code == 200
+        return {event.pk for event in response.context["cl"].result_list}
+
+    assert listed("yes") == {dead.event_id, retrying.event_id}
+    assert listed("held_by_platform") == {held.event_id}
+    assert listed("no") == {held.event_id, sent.event_id}
+    # The list's count of failed deliveries leaves it out too.
+    response = admin_client.get(reverse("admin:webhooks_webhookevent_changelist"))
+    counts = {event.pk: event.failed_delivery_count for event in response.context["cl"].result_list}
+    assert counts == {dead.event_id: 1, retrying.event_id: 1, held.event_id: None, sent.event_id: None}
+    assert "Held by the platform" in response.content.decode()
