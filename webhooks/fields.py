@@ -155,6 +155,8 @@ class SecretNotReadable(ImproperlyConfigured):
         super().__init__(message)
         self.unreadable = unreadable or Unreadable(UNKNOWN_KEY)
         self.place = place
+        # The column whose read raised it (EncryptedTextField.from_db_value), where one did.
+        self.field_name: str | None = None
 
     @property
     def malformed(self) -> bool:
@@ -274,7 +276,11 @@ class EncryptedTextField(models.TextField):
     def from_db_value(self, value, expression, connection):
         if value is None or value == "":
             return value
-        return decrypt(value)
+        try:
+            return decrypt(value)
+        except SecretNotReadable as exc:
+            exc.field_name = self.name  # which secret of the row, for a caller that can do without it
+            raise
 
     def get_prep_value(self, value):
         value = super().get_prep_value(value)

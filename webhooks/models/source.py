@@ -5,7 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from organizations.models import Organization
-from webhooks.fields import EncryptedTextField
+from webhooks.fields import EncryptedTextField, unreadable_secrets
 from webhooks.providers.registry import provider_choices
 
 
@@ -67,9 +67,13 @@ class Source(models.Model):
         return self.deletion_requested_at is not None
 
     def active_secrets(self, now=None) -> list[str]:
-        """Secrets that verify right now: the current one, plus the previous one inside its window."""
+        """Secrets that verify right now: the current one, plus the previous one inside its window.
+        Of a source read with fields.take_readable_secrets, those this process can decrypt: one it
+        cannot stays deferred, and reading it would raise SecretNotReadable."""
         now = now or timezone.now()
         found = [self.secret]
+        if "previous_secret" in unreadable_secrets(self):
+            return found
         if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
             found.append(self.previous_secret)
         return found

@@ -32,10 +32,18 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from organizations.models import MIN_RETENTION_DAYS, Organization
+from webhooks.fields import (
+    SecretNotReadable,
+    current_place,
+    take_readable_secrets,
+    unreadable_secrets,
+    with_stored_tokens,
+)
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError, counted
 from webhooks.providers.registry import UnknownProvider, get_provider
 
+from . import secret_health
 from .ingest_writer import (
     NewEvent,
     SourceClosed,
@@ -49,6 +57,7 @@ from .ingest_writer import (
 from .processing import schedule_event_processing
 from .rejected_records import forget_local_counts, may_keep_rejection
 from .secret_use import record_secret_match
+from .secrets import previous_secret_valid_until
 from .sender_marks import is_hookline_test_event
 from .source_networks import address_allowed
 from .text import loggable_text, storable_text
@@ -73,6 +82,15 @@ class IngestOutcome:
     handshake: HandshakeResponse | None = None
     # Bookkeeping for the view to run once the answer has been sent; it never raises.
     after_answer: Callable[[], None] | None = None
+    # A 503's Retry-After: when the provider may try again.
+    retry_after_seconds: int | None = None
+
+
+# The Retry-After of a 503 for a secret this process cannot decrypt (the view's other 503s say the same).
+SECRET_UNREADABLE_RETRY_SECONDS = 30
+# A VerificationError's code for a signature that no secret tried matches (the others say the
+# request is malformed, unsigned or out of time whatever the secret).
+NO_MATCHING_SECRET = "no_matching_secret"
 
 
 def _error(status_code: int, error: str, detail: str) -> IngestOutcome:
@@ -98,15 +116,47 @@ def source_for_token(token: str) -> Source | None:
     cached = _source_cache.get(token)
     if cached is not None and cached[0] > now:
         return cached[1]
-    source = (
-        Source.objects.select_related("organization")
-        .filter(ingest_token=token, is_active=True, organization__is_active=True)
-        .first()
+    found = Source.objects.select_related("organization").filter(
+        ingest_token=token, is_active=True, organization__is_active=True
     )
+    try:
+        source = found.first()
+    except SecretNotReadable as exc:
+        if exc.field_name != "previous_secret":
+            # The current secret: nothing can be verified. The view answers 503 (the provider
+            # retries), and nothing is kept: each request reads it again, and counts as a failure.
+            raise
+        source = _source_without_its_previous_secret(found)
     if len(_source_cache) >= _SOURCE_CACHE_MAX_ENTRIES:
         _source_cache.clear()
     _source_cache[token] = (now + settings.INGEST_SOURCE_CACHE_SECONDS, source)
     return source
+
+
+def _source_without_its_previous_secret(found) -> Source | None:
+    """The source of ``found`` with the secrets this process can decrypt, the previous one, which it
+    cannot, left unread (fields.take_readable_secrets): requests signed with the current secret are
+    accepted as usual. Only for such a source: a second query, and a second try of the previous secret
+    (each failure counted in the health figures), which no other source pays for."""
+    source = with_stored_tokens(found).first()
+    if source is None:
+        return None
+    unreadable = take_readable_secrets(source)
+    if "secret" in unreadable:  # replaced by one no key decrypts since the first read: as above
+        raise SecretNotReadable(
+            f"the source's signing secret cannot be decrypted: "
+            f"{unreadable['secret'].explanation(secret_health.PROCESS_STARTED_AT)}",
+            unreadable["secret"],
+            current_place(),
+        )
+    return source
+
+
+def previous_secret_unreadable_in_window(source: Source) -> bool:
+    """Whether ``source`` (read with fields.take_readable_secrets) has a previous secret that this
+    process cannot decrypt and that would still verify requests: a request that matches no secret
+    it can read may be signed with that one, and cannot be judged here."""
+    return "previous_secret" in unreadable_secrets(source) and previous_secret_valid_until(source) is not None
 
 
 def forget_cached_sources(**_) -> None:
@@ -185,6 +235,8 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     try:
         matched = provider.verify_matching_secret(request, secrets, source.options, time.time())
     except VerificationError as exc:
+        if exc.code == NO_MATCHING_SECRET and provider.uses_secret and previous_secret_unreadable_in_window(source):
+            return _previous_secret_unreadable(source)
         return _reject(source, request, headers, remote_ip, exc.code, exc.detail)
     record_match = _secret_match_recorder(source, secrets, matched, headers, body)
 
@@ -241,6 +293,30 @@ def _ingest(token, body, headers, method, url, query, remote_ip) -> IngestOutcom
     if acknowledgement is not None:
         return IngestOutcome(acknowledgement.status, stored_as, handshake=acknowledgement, after_answer=record_match)
     return IngestOutcome(200, stored_as, after_answer=record_match)
+
+
+def _previous_secret_unreadable(source: Source) -> IngestOutcome:
+    """503 for a request that matches no secret this process can read, while the source's previous
+    secret, which no key here decrypts, still verifies: it may well be signed with that one. Neither
+    stored nor recorded as refused (it is not known to be forged); the provider retries a 503, and
+    a process that reads the secret (a key being deployed, or the keys mended) judges it."""
+    why = unreadable_secrets(source)["previous_secret"]
+    # Counted as the failure it is, as a request needing an unreadable secret always was: the source
+    # is kept for a few seconds, and its read counted only when made.
+    secret_health.note_unreadable(current_place(), why)
+    logger.error(
+        "ingest for source %s not verified: the request matches no secret this process can read, and the "
+        "previous secret, still valid during the rotation's overlap, cannot be decrypted: %s",
+        source.pk,
+        why.explanation(secret_health.PROCESS_STARTED_AT),
+    )
+    outcome = _error(
+        503,
+        "unavailable",
+        "the signature does not match the current signing secret, and the previous one, which still verifies "
+        "during the secret's rotation, cannot be read by this server at the moment: nothing was stored; retry later",
+    )
+    return IngestOutcome(outcome.status_code, outcome.payload, retry_after_seconds=SECRET_UNREADABLE_RETRY_SECONDS)
 
 
 def _address_refusal(remote_ip: str | None) -> str:

@@ -401,6 +401,9 @@ def test_an_unreadable_previous_secret_is_named_as_the_previous_one(tenant, orga
     assert "The current signing secret reads" in text
     assert "Its signing secret can no longer be read" not in text
     assert "Until its overlap ends and it is forgotten, or a rotation stops it" in text
+    # Its ingest takes what the current secret signs (it answered 503 to every request).
+    assert "Requests signed with the current signing secret are accepted as usual" in text
+    assert "every request to this source's ingest URL" not in text
     assert f'<dt>Signing secret</dt><dd class="mono">{source.secret_hint}' in text
     # A rotation of a current secret that reads: rotated, not "set" as if there had been none.
     response = tenant.post(

@@ -128,6 +128,8 @@ class IngestView(APIView):
                 response[DUPLICATE_HEADER] = "true" if outcome.payload["duplicate"] else "false"
         else:
             response = _json(outcome.status_code, outcome.payload)
+        if outcome.retry_after_seconds is not None:
+            response["Retry-After"] = str(outcome.retry_after_seconds)
         response.after_answer = outcome.after_answer
         return response
 
