@@ -1,0 +1,83 @@
+"""The dashboard as a keyboard, a screen reader and a phone meet it, in a real browser (Playwright +
+Debian's Chromium), under the Content-Security-Policy (its violations are watched as in
+test_content_security_policy_browser.py)."""
+
+import pytest
+
+from .dashboard_helpers import build_world, work_driven_by_the_test
+from .test_content_security_policy_browser import assert_clean, flush, watch
+from .test_dashboard_browser import sign_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def work_is_driven_by_the_test(monkeypatch):
+    work_driven_by_the_test(monkeypatch)
+
+
+# WCAG's contrast ratio between the focused element's outline and the first opaque background
+# behind the element (the ring is drawn outside it, with an offset, on what surrounds it).
+FOCUS_RING_CONTRAST = """() => {
+  const rgb = (color) => color.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const [R, G, B] = [r, g, b].map((c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * R + 0.7152 * G + 0.0722 * B;
+  };
+  const focused = document.activeElement;
+  const style = getComputedStyle(focused);
+  if (style.outlineStyle === "none" || parseFloat(style.outlineWidth) === 0) return 0;
+  let behind = focused.parentElement;
+  while (behind && rgb(getComputedStyle(behind).backgroundColor)[3] === 0) behind = behind.parentElement;
+  const background = behind ? rgb(getComputedStyle(behind).backgroundColor) : [255, 255, 255];
+  const [light, dark] = [luminance(rgb(style.outlineColor)), luminance(background)].sort((a, b) => b - a);
+  return (light + 0.05) / (dark + 0.05);
+}"""
+
+
+def tab_to(page, locator, most=80):
+    """Presses Tab until the element has the focus, as a keyboard user reaches it."""
+    handle = locator.element_handle()
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        if page.evaluate("(element) => document.activeElement === element", handle):
+            return
+    raise AssertionError(f"{locator} was not reached with Tab")
+
+
+def test_the_focus_ring_stands_out_from_what_surrounds_it(browser, live_server, client, organization, owner):
+    """The ring was a light blue (#8ab4f8) everywhere: 2.1:1 against the white cards and 2:1 against
+    the page, under the 3:1 a focus indicator needs; it is the accent there, and stays light on the
+    dark top bar, where the accent would be under 3:1."""
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    seen = watch(page)
+    page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
+    for control in (
+        page.get_by_role("link", name="Edit"),  # on the page
+        page.get_by_role("button", name="Retry all failed deliveries"),  # in a card
+        page.get_by_role("searchbox", name="Find an event by id"),  # in the dark top bar
+        page.get_by_role("button", name="Sign out"),
+    ):
+        tab_to(page, control)
+        assert page.evaluate(FOCUS_RING_CONTRAST) >= 3, control
+    flush(page)
+    assert_clean(seen, pages_at_least=1)
+
+
+def test_the_api_reference_s_tables_fit_a_desktop_window(browser, live_server, owner):
+    """The names of the fields were kept on one line with their "required" badge, and a description
+    did not break inside a setting's name (DELIVERY_MAX_TIMEOUT_SECONDS): the destination's body
+    fields were 1027 px wide in a 940 px column at 1280 px, a box to scroll sideways that holds
+    nothing a keyboard can focus."""
+    page = sign_in(browser, live_server, owner)
+    seen = watch(page)
+    page.goto(f"{live_server.url}/docs/api/")
+    page.wait_for_selector("#post-api-v1-destinations")
+    scrolling = page.evaluate(
+        "[...document.querySelectorAll('.table-wrap')].filter((wrap) => wrap.scrollWidth > wrap.clientWidth)"
+        ".map((wrap) => wrap.closest('[id]').id)"
+    )
+    assert scrolling == []
+    flush(page)
+    assert_clean(seen, pages_at_least=1)
