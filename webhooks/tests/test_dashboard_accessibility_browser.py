@@ -65,6 +65,18 @@ def test_the_focus_ring_stands_out_from_what_surrounds_it(browser, live_server, 
     assert_clean(seen, pages_at_least=1)
 
 
+def test_each_search_form_of_a_page_is_a_landmark_of_its_own_name(browser, live_server, client, organization, owner):
+    """The events list and the audit log have their filters beside the top bar's search: two search
+    landmarks with no name, which a screen reader's list of landmarks could not tell apart."""
+    build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    for path, filters in (("/o/acme/events/", "Filter events"), ("/o/acme/audit/", "Filter the audit log")):
+        page.goto(f"{live_server.url}{path}")
+        names = page.locator("[role=search]").evaluate_all("(forms) => forms.map((form) => form.ariaLabel)")
+        assert sorted(names) == sorted(["Find an event by id", filters]), path
+        assert page.get_by_role("search", name=filters).get_by_role("button", name="Apply").count() == 1
+
+
 def test_the_api_reference_s_tables_fit_a_desktop_window(browser, live_server, owner):
     """The names of the fields were kept on one line with their "required" badge, and a description
     did not break inside a setting's name (DELIVERY_MAX_TIMEOUT_SECONDS): the destination's body
