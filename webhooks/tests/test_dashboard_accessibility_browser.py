@@ -4,7 +4,9 @@ test_content_security_policy_browser.py)."""
 
 import pytest
 
-from .dashboard_helpers import build_world, work_driven_by_the_test
+from webhooks.models import WebhookEvent
+
+from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .test_content_security_policy_browser import assert_clean, flush, watch
 from .test_dashboard_browser import sign_in
 
@@ -75,6 +77,40 @@ def test_each_search_form_of_a_page_is_a_landmark_of_its_own_name(browser, live_
         names = page.locator("[role=search]").evaluate_all("(forms) => forms.map((form) => form.ariaLabel)")
         assert sorted(names) == sorted(["Find an event by id", filters]), path
         assert page.get_by_role("search", name=filters).get_by_role("button", name="Apply").count() == 1
+
+
+def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_server, client, organization, owner):
+    """The polls put new rows in the table and replace the live note with the same text: nothing
+    was said. A status region, on the page from the start, now says how many arrived, for the
+    empty list's poll (which brings the first ones) as for the list's."""
+    source = build_world(client, organization).source
+    WebhookEvent.objects.all().delete()
+    page = sign_in(browser, live_server, owner)
+    seen = watch(page)
+    page.clock.install()  # each poll comes when the test moves the page's clock on
+    page.goto(f"{live_server.url}/o/acme/events/")
+    page.wait_for_selector("text=Waiting for events")
+    arrivals = page.locator("#event-arrivals")
+    assert arrivals.get_attribute("role") == "status" and arrivals.inner_text() == ""
+
+    ingest_stripe(client, source, "evt_first_arrival", "customer.created")
+    with page.expect_response(lambda response: "/events/" in response.url and "/live/" not in response.url):
+        page.clock.run_for(5_000)
+    page.wait_for_selector("#event-poller")
+    assert arrivals.text_content() == "New events arrived: the list shows them."
+
+    ingest_stripe(client, source, "evt_second_arrival", "customer.updated")
+    ingest_stripe(client, source, "evt_third_arrival", "customer.deleted")
+    with page.expect_response(lambda response: "/events/live/" in response.url):
+        page.clock.run_for(5_000)
+    page.wait_for_selector("#event-live >> text=customer.deleted")
+    assert arrivals.text_content() == "2 new events at the top of the list."
+    # The next poll finds nothing new: nothing more is said.
+    with page.expect_response(lambda response: "/events/live/" in response.url):
+        page.clock.run_for(5_000)
+    page.wait_for_function("document.getElementById('event-arrivals').textContent === ''")
+    flush(page)
+    assert_clean(seen, pages_at_least=1)
 
 
 def test_the_api_reference_s_tables_fit_a_desktop_window(browser, live_server, owner):
