@@ -113,6 +113,22 @@ def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_s
     assert_clean(seen, pages_at_least=1)
 
 
+def test_a_long_body_scrolls_from_the_keyboard(browser, live_server, client, organization, owner):
+    """The body's box scrolls past 480 px: it was no named region and took the keyboard's focus only
+    where the browser focuses scrolling boxes by itself (Chromium)."""
+    source = build_world(client, organization).source
+    event_id = ingest_stripe(client, source, "evt_long_body", note="a long note " * 2_000)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/events/{event_id}/")
+    body = page.get_by_role("region", name="Body, Formatted JSON")
+    assert body.get_attribute("tabindex") == "0"
+    tab_to(page, body)
+    page_scrolled = page.evaluate("window.scrollY")
+    page.keyboard.press("End")  # scrolls the box, not the page
+    assert body.evaluate("(box) => box.scrollHeight > box.clientHeight && box.scrollTop > 0")
+    assert page.evaluate("window.scrollY") == page_scrolled
+
+
 def test_the_api_reference_s_tables_fit_a_desktop_window(browser, live_server, owner):
     """The names of the fields were kept on one line with their "required" badge, and a description
     did not break inside a setting's name (DELIVERY_MAX_TIMEOUT_SECONDS): the destination's body
