@@ -145,3 +145,28 @@ def test_the_api_reference_s_tables_fit_a_desktop_window(browser, live_server, o
     assert scrolling == []
     flush(page)
     assert_clean(seen, pages_at_least=1)
+
+
+def test_a_copy_button_says_it_copied_to_a_screen_reader(browser, live_server, client, organization, owner):
+    """Its own name changed to "Copied", which a screen reader does not say of the focused button;
+    a second click within the 1.5 s left "Copied" as its name."""
+    source = build_world(client, organization).source
+    page = sign_in(browser, live_server, owner)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    seen = watch(page)
+    page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/")
+    status = page.locator("#copy-status")
+    assert status.get_attribute("role") == "status" and status.text_content() == ""
+    page.clock.install()
+    copy = page.locator("[data-copy=ingest-url]")
+    copy.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('copy-status').textContent !== ''")
+    assert status.text_content() == "Copied to the clipboard."
+    assert page.evaluate("navigator.clipboard.readText()").endswith(f"/in/{source.ingest_token}/")
+    page.keyboard.press("Enter")  # again, while it reads "Copied"
+    page.wait_for_function("document.getElementById('copy-status').textContent !== ''")
+    page.clock.run_for(2_000)
+    assert copy.inner_text() == "Copy" and status.text_content() == ""
+    flush(page)
+    assert_clean(seen, pages_at_least=1)
