@@ -170,3 +170,19 @@ def test_a_copy_button_says_it_copied_to_a_screen_reader(browser, live_server, c
     assert copy.inner_text() == "Copy" and status.text_content() == ""
     flush(page)
     assert_clean(seen, pages_at_least=1)
+
+
+def test_a_refused_choice_among_checkboxes_is_tied_to_their_group(browser, live_server, client, organization, owner):
+    """Django ties a field's help and errors to its control, but not to a group of checkboxes: the
+    destination's sources, refused, said nothing of why to a screen reader on the group."""
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/edit/")
+    group = page.get_by_role("group", name="Sources")
+    # A source that is not one of the organization's (deleted meanwhile, say).
+    group.locator("input[type=checkbox]").first.evaluate("(box) => { box.value = '987654'; box.checked = true; }")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_selector(".form-error-summary")
+    described_by = group.get_attribute("aria-describedby").split()
+    said = [page.locator(f"#{element_id}").inner_text() for element_id in described_by]
+    assert any("987654" in text or "valid choice" in text for text in said), said
