@@ -3,6 +3,7 @@ Debian's Chromium), under the Content-Security-Policy (its violations are watche
 test_content_security_policy_browser.py)."""
 
 import pytest
+from playwright.sync_api import expect
 
 from webhooks.models import WebhookEvent
 
@@ -190,3 +191,29 @@ def test_a_refused_choice_among_checkboxes_is_tied_to_their_group(browser, live_
     described_by = group.get_attribute("aria-describedby").split()
     said = [page.locator(f"#{element_id}").inner_text() for element_id in described_by]
     assert any("987654" in text or "valid choice" in text for text in said), said
+
+
+def test_the_overview_s_charts_give_their_hours_as_a_table(browser, live_server, client, organization, owner):
+    """Each bar's count was only in its SVG <title>: a tooltip for a mouse, out of reach of the
+    keyboard and a touch screen, and inside role="img" of a screen reader's. The hours with events
+    are now in a table behind a disclosure under each chart."""
+    build_world(client, organization)  # one event, received now
+    for width in (1280, 390):
+        page = sign_in(browser, live_server, owner, width=width)
+        seen = watch(page)
+        page.goto(f"{live_server.url}/o/acme/")
+        charts = page.locator("section:has(figure.chart)")
+        assert charts.count() == 2
+        for index in range(2):
+            chart = charts.nth(index)
+            disclosure = chart.locator("summary", has_text="The hours with events, as a table")
+            tab_to(page, disclosure)
+            page.keyboard.press("Enter")
+            table = chart.get_by_role("table")
+            expect(table).to_be_visible()
+            assert table.locator("tbody tr").count() == 1
+            assert table.locator("td[data-label=Events]").inner_text() == "1"
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        flush(page)
+        assert_clean(seen, pages_at_least=1)
+        page.context.close()
