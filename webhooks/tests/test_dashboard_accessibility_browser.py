@@ -217,3 +217,27 @@ def test_the_overview_s_charts_give_their_hours_as_a_table(browser, live_server,
         flush(page)
         assert_clean(seen, pages_at_least=1)
         page.context.close()
+
+
+def test_a_refused_sign_in_box_is_marked_as_the_dashboard_s_are(browser, live_server):
+    """A wrong code was said under the box and tied to it (aria-invalid, aria-describedby), but the box
+    kept its grey border: the dashboard's forms mark it red (.has-error), the sign-in pages had no
+    such wrapper. On a phone, as most sign-in links are opened there."""
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{live_server.url}/accounts/sign-in/")
+    page.get_by_label("Email address").fill("someone@acme.example")
+    page.keyboard.press("Enter")
+    code = page.get_by_label("Or type the code here")
+    grey = code.evaluate("(box) => getComputedStyle(box).borderTopColor")
+    code.fill("000000")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#code-error li")
+    assert code.get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "id_code"
+    red = page.evaluate("getComputedStyle(document.body).getPropertyValue('--bad').trim()")
+    assert red == "#b3261e" and grey != "rgb(179, 38, 30)"
+    assert code.evaluate("(box) => getComputedStyle(box).borderTopColor") == "rgb(179, 38, 30)"
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    context.close()
