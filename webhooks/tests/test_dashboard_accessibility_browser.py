@@ -91,7 +91,7 @@ def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_s
     page.clock.install()  # each poll comes when the test moves the page's clock on
     page.goto(f"{live_server.url}/o/acme/events/")
     page.wait_for_selector("text=Waiting for events")
-    arrivals = page.locator("#event-arrivals")
+    arrivals = page.locator("#event-list-status")
     assert arrivals.get_attribute("role") == "status" and arrivals.inner_text() == ""
 
     ingest_stripe(client, source, "evt_first_arrival", "customer.created")
@@ -109,7 +109,7 @@ def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_s
     # The next poll finds nothing new: nothing more is said.
     with page.expect_response(lambda response: "/events/live/" in response.url):
         page.clock.run_for(5_000)
-    page.wait_for_function("document.getElementById('event-arrivals').textContent === ''")
+    page.wait_for_function("document.getElementById('event-list-status').textContent === ''")
     flush(page)
     assert_clean(seen, pages_at_least=1)
 
@@ -241,3 +241,23 @@ def test_a_refused_sign_in_box_is_marked_as_the_dashboard_s_are(browser, live_se
     assert code.evaluate("(box) => getComputedStyle(box).borderTopColor") == "rgb(179, 38, 30)"
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     context.close()
+
+
+def test_a_filter_applied_at_once_says_what_the_list_now_holds(browser, live_server, client, organization, owner):
+    """A choice in a list or a typed search replaces the results without a page load: nothing told a
+    screen reader that anything happened, nor what was found."""
+    world = build_world(client, organization)
+    page = sign_in(browser, live_server, owner)
+    seen = watch(page)
+    page.clock.install()  # no poll of new arrivals comes meanwhile to clear what was said
+    page.goto(f"{live_server.url}/o/acme/events/")
+    status = page.locator("#event-list-status")
+    with page.expect_response(lambda response: "source=" in response.url):
+        page.get_by_label("Source").select_option(label=world.source.name)
+    expect(status).to_have_text("1 event listed.")
+    page.get_by_label("Search").fill("evt_nobody_has")
+    page.keyboard.press("Enter")
+    expect(status).to_have_text("No events listed.")
+    assert page.locator("#event-results h2").inner_text() == "No events match"
+    flush(page)
+    assert_clean(seen, pages_at_least=1)
