@@ -109,7 +109,7 @@ def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_s
     # The next poll finds nothing new: nothing more is said.
     with page.expect_response(lambda response: "/events/live/" in response.url):
         page.clock.run_for(5_000)
-    page.wait_for_function("document.getElementById('event-list-status').textContent === ''")
+    expect(arrivals).to_have_text("")
     flush(page)
     assert_clean(seen, pages_at_least=1)
 
@@ -168,11 +168,13 @@ def test_a_copy_button_says_it_copied_to_a_screen_reader(browser, live_server, c
     copy = page.locator("[data-copy=ingest-url]")
     copy.focus()
     page.keyboard.press("Enter")
-    page.wait_for_function("document.getElementById('copy-status').textContent !== ''")
-    assert status.text_content() == "Copied to the clipboard."
+    expect(status).to_have_text("Copied to the clipboard.")
     assert page.evaluate("navigator.clipboard.readText()").endswith(f"/in/{source.ingest_token}/")
-    page.keyboard.press("Enter")  # again, while it reads "Copied"
-    page.wait_for_function("document.getElementById('copy-status').textContent !== ''")
+    # Again, while it reads "Copied" (the page's clock stands still): emptied first, the status says
+    # when this second copy has been made.
+    page.evaluate("document.getElementById('copy-status').textContent = ''")
+    page.keyboard.press("Enter")
+    expect(status).to_have_text("Copied to the clipboard.")
     page.clock.run_for(2_000)
     assert copy.inner_text() == "Copy" and status.text_content() == ""
     flush(page)
