@@ -1,13 +1,27 @@
-// Copy buttons: progressive enhancement, the value stays selectable without script.
+// Copy buttons: progressive enhancement, the value stays selectable without script. A screen reader
+// does not say a focused button's new name, so "Copied" is also put in a status region, there
+// (empty) from the start: a live region added with its text already in it is not read either.
+var copyStatus = document.createElement("span");
+copyStatus.className = "visually-hidden";
+copyStatus.setAttribute("role", "status");
+copyStatus.id = "copy-status";
+document.body.appendChild(copyStatus);
+
 document.addEventListener("click", function (event) {
   var button = event.target.closest("[data-copy]");
   if (!button) return;
   var target = document.getElementById(button.getAttribute("data-copy"));
   if (!target || !navigator.clipboard) return;
   navigator.clipboard.writeText(target.value || target.textContent.trim()).then(function () {
-    var label = button.textContent;
+    // Its first name: a second click within the 1.5 s read "Copied" and left it as the name.
+    var label = button.getAttribute("data-label") || button.textContent;
+    button.setAttribute("data-label", label);
     button.textContent = "Copied";
-    setTimeout(function () { button.textContent = label; }, 1500);
+    copyStatus.textContent = "Copied to the clipboard.";
+    setTimeout(function () {
+      button.textContent = label;
+      copyStatus.textContent = "";
+    }, 1500);
   });
 });
 

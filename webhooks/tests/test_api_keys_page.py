@@ -41,7 +41,7 @@ def test_the_access_choice_is_a_group_named_by_its_legend_not_a_label_for_nothin
     client.force_login(owner)
     page = " ".join(client.get(_page()).content.decode().split())
     assert 'for=""' not in page
-    assert '<fieldset><legend>Access</legend><div id="id_access">' in page
+    assert '<fieldset aria-describedby="id_access_helptext"><legend>Access</legend><div id="id_access">' in page
 
 
 def test_a_bad_name_is_shown_on_the_form(client, organization, owner):

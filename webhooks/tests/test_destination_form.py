@@ -96,7 +96,8 @@ def test_the_form_shows_its_fields_in_titled_groups_each_with_a_short_help(clien
         assert section["help"] and section["describedby"] == section["help_id"], section
         assert not section["has_error"]
     # The fields keep their own labels, help and the checkbox list its own legend.
-    assert '<fieldset><legend>Sources</legend><div id="id_sources">' in html
+    # The group points to its help (Django links help to a control, not to a group of them).
+    assert '<fieldset aria-describedby="id_sources_helptext"><legend>Sources</legend><div id="id_sources">' in html
     assert '<label for="id_url">URL</label>' in html
     assert 'aria-describedby="id_retry_schedule_helptext"' in html
     assert "autofocus" not in html and "form-error-summary" not in html

@@ -176,6 +176,7 @@ class EventLiveView(EventFiltersMixin, OrganizationMixin, TemplateView):
             truncated=live.truncated,
             poll_after=since,
             poll_seen=max([seen, *(event.id for event in live.events)]),
+            arrived=sum(event.is_fresh for event in live.events),  # said to a screen reader (events.html)
             query=self.filter_query(),
         )
         return context
