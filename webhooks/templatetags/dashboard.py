@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from organizations.audit_actions import audit_action_label
 from organizations.models import Membership
 from organizations.selectors import suspended_organization_for_member
+from webhooks.forms import ID_SEARCH_MAX_LENGTH
 from webhooks.models import Delivery
 from webhooks.providers.base import Provider
 from webhooks.providers.registry import PROVIDERS
@@ -70,6 +71,14 @@ def suspended_organization(context):
     if not slug or user is None:
         return None
     return suspended_organization_for_member(user=user, slug=slug)
+
+
+@register.simple_tag
+def id_search_max_length() -> int:
+    """The top bar's find box takes what its form takes (FindEventForm), as the events list's search
+    box does: a long paste sent whole made a request line past the web server's 4 KiB, which the
+    browser showed as the server's bare JSON 414."""
+    return ID_SEARCH_MAX_LENGTH
 
 
 @register.simple_tag

@@ -17,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from organizations.models import Membership
+from webhooks.forms import ID_SEARCH_MAX_LENGTH
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.providers.registry import PROVIDERS, event_id_origin
 from webhooks.selectors import event_named_by_id
@@ -192,6 +193,8 @@ def test_every_page_of_an_organization_has_the_search_in_its_top_bar(client, own
             top_bar = content.split('<header class="topbar">', 1)[1].split("</header>", 1)[0]
             assert 'action="/o/acme/find/"' in top_bar and 'id="topbar-find"' in top_bar, address
             assert 'aria-keyshortcuts="/"' in top_bar, address
+            # What the find form takes: a long paste is cut there, not sent as a 4 KiB request line.
+            assert f'name="q" maxlength="{ID_SEARCH_MAX_LENGTH}"' in top_bar, address
 
 
 def test_the_event_page_says_where_the_provider_id_came_from(client, member, organization, github_event):
