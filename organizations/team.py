@@ -164,6 +164,11 @@ def _replace_open_invitation(
     actor_membership = Membership.objects.select_for_update().filter(pk=actor_membership.pk).first()
     if actor_membership is None:
         raise PermissionDenied("Not a member of this organization.")
+    # The account read again after its membership's lock: a deactivation locks the memberships
+    # (invitations_lock_sent_by_accounts) after saving the account, so one under way when the request
+    # came is committed by now, and an invitation written after it would outlive its revocations.
+    if not get_user_model().objects.filter(pk=actor.pk, is_active=True).exists():
+        raise PermissionDenied("This account has been deactivated.")
     _require_rank(actor_membership, Membership.Role.ADMIN)
     _require_rank(actor_membership, role)
     for previous in Invitation.objects.open().select_for_update().filter(organization=organization, email=email):

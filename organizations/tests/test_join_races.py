@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.test import Client
 
 from accounts.models import Invitation
@@ -224,3 +226,42 @@ def test_the_inviters_removal_during_a_join_of_their_invitation_waits_for_it_wit
     assert Membership.objects.get(user=invitee, organization=organization).role == Membership.Role.MEMBER
     sent.refresh_from_db()
     assert sent.accepted_at is not None and sent.revoked_at is None
+
+
+def deactivate(user) -> None:
+    """As the admin's change page does: the account saved inactive, in the page's transaction."""
+    with transaction.atomic():
+        user.is_active = False
+        user.save()
+
+
+def test_an_invitation_sent_while_its_inviters_account_is_deactivated_waits_for_it_and_is_refused(
+    organization, owner, admin_and_invitation, monkeypatch
+):
+    """The deactivation revokes the invitations the account sent; one it was sending at that moment
+    (its session still good when the request came) waited for the deactivation's lock of its
+    membership, then was written, open, after the revocations: the way back in they close."""
+    admin = admin_and_invitation[0]
+    deactivating = Paused(lambda: deactivate(admin))
+    real_revoke = team.invitations_revoke_sent_by_accounts
+
+    def locked_then_pause(*args, **kwargs):
+        deactivating.pause()  # the account saved inactive, its memberships and invitations locked
+        return real_revoke(*args, **kwargs)
+
+    monkeypatch.setattr(team, "invitations_revoke_sent_by_accounts", locked_then_pause)
+    deactivating.thread.start()
+    assert deactivating.reached.wait(10)
+    inviting = Paused(
+        lambda: team.invitation_create(
+            organization=organization, actor=admin, email="second-self@example.com", role=Membership.Role.ADMIN
+        )
+    )
+    inviting.thread.start()
+    waited = waits_for_a_lock(inviting.thread)
+    finish(deactivating, inviting)
+    assert deactivating.errors == []
+    assert waited, "the invitation did not wait for the deactivation under way"
+    assert [type(error) for error in inviting.errors] == [PermissionDenied]
+    assert not Invitation.objects.open().filter(invited_by=admin).exists()
+    assert not [message for message in mail.outbox if "second-self@example.com" in message.to]
