@@ -121,6 +121,15 @@ class GitLabProvider(Provider):
         if mode == "signing_token" or (mode == "auto" and signed and signing_secrets):
             self._verify_signed(request, secrets if mode == "signing_token" else signing_secrets, options, now)
             return
+        if mode == "auto" and signed and not (request.header(TOKEN_HEADER) or "").strip():
+            # Signed with a signing token, none of which is among ``secrets``: a signature that no secret
+            # tried matches (ingest answers 503 for it while a previous secret it cannot read still
+            # verifies: a rotation from a signing token to a secret token), not an unsigned request.
+            raise VerificationError(
+                "no_matching_secret",
+                f"the request is signed with a signing token (webhook-signature), and none is set "
+                f"({counted(len(secrets), 'token')} tried, no whsec_ one); nor does it carry {TOKEN_HEADER}",
+            )
         value = require_header(request, TOKEN_HEADER)
         if not any(header_carries_secret(value, s) for s in secrets if s):
             raise VerificationError(

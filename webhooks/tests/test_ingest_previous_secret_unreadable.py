@@ -23,6 +23,10 @@ from webhooks.services.secrets import replace_secret
 
 from .factories import STRIPE_SECRET, make_source
 from .signing import post_stripe
+from .test_providers_gitlab import SIGNING as GITLAB_SIGNING_TOKEN
+from .test_providers_gitlab import TOKEN as GITLAB_SECRET_TOKEN
+from .test_providers_gitlab import fixture as gitlab_fixture
+from .test_providers_gitlab import official as gitlab_signed
 from .test_providers_x import CRC_RESPONSE, CRC_TOKEN
 from .test_providers_x import SECRET as X_SECRET
 from .test_providers_zoom import PLAIN_TOKEN
@@ -166,3 +170,25 @@ def test_handshakes_answer_with_the_current_secret_during_the_overlap(client, or
         HTTP_X_ZM_REQUEST_TIMESTAMP=str(now),
     )
     assert answer.status_code == 503
+
+
+def test_a_gitlab_request_signed_with_an_unreadable_previous_signing_token_is_a_503_not_a_refusal(client, organization):
+    # Rotated from a signing token (whsec_) to a secret token: GitLab, still signing with the signing
+    # token during the overlap, sends no X-Gitlab-Token. With the previous secret readable it verifies;
+    # unreadable here, "X-Gitlab-Token is missing" answered 401, which GitLab does not retry: lost.
+    source = rotated_with_previous_unreadable(
+        organization, provider="gitlab", previous=GITLAB_SIGNING_TOKEN, current=GITLAB_SECRET_TOKEN
+    )
+    body, headers = gitlab_fixture("push")
+    signed = gitlab_signed(GITLAB_SIGNING_TOKEN, body, "msg_previous", int(time.time()))
+
+    def post(extra):
+        sent = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in {**headers, **extra}.items()}
+        return client.generic("POST", f"/in/{source.ingest_token}/", body, content_type="application/json", **sent)
+
+    answer = post(signed)
+    assert answer.status_code == 503 and answer["Retry-After"] == "30", answer.content
+    assert not WebhookEvent.objects.filter(source=source).exists()
+    # The current secret token is accepted; a request with no token and no signature is still refused.
+    assert post({"X-Gitlab-Token": GITLAB_SECRET_TOKEN}).status_code == 200
+    assert post({}).status_code == 401
