@@ -68,3 +68,33 @@ document.addEventListener("keydown", function (event) {
   field.focus();
   field.select();
 });
+
+// A section that a poll replaces in place (data-kept-in-place: the event page's deliveries, while
+// one is about to change). htmx puts the focus back on the element of the same id in the new
+// content; what the reader had opened (a response's <details>) is opened again, and a focus whose
+// element is gone (a "Retry now" once the delivery succeeded) goes to the section, not to the top of
+// the page. The page does not scroll: the browser keeps what was in view where it was.
+var keptInPlace = null;
+
+document.addEventListener("htmx:beforeSwap", function (event) {
+  var section = event.detail.target;
+  if (!event.detail.shouldSwap || !section || !section.hasAttribute("data-kept-in-place")) return;
+  keptInPlace = {
+    section: section,
+    opened: Array.prototype.map.call(section.querySelectorAll("details[open][id]"), function (details) {
+      return details.id;
+    }),
+    hadFocus: section.contains(document.activeElement),
+  };
+});
+
+document.addEventListener("htmx:afterSwap", function (event) {
+  var kept = keptInPlace;
+  if (!kept || event.detail.target !== kept.section) return;
+  keptInPlace = null;
+  kept.opened.forEach(function (id) {
+    var details = document.getElementById(id);
+    if (details) details.open = true;
+  });
+  if (kept.hadFocus && !kept.section.contains(document.activeElement)) kept.section.focus({ preventScroll: true });
+});

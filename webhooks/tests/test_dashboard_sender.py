@@ -13,7 +13,7 @@ from webhooks.models import Delivery, Destination, WebhookEvent
 from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 from webhooks.services.sample_sender import fixtures_for_provider
-from webhooks.tests.delivering import deliver_now
+from webhooks.tests.delivering import deliver_all_due, deliver_now
 
 from .dashboard_helpers import ingest_stripe
 from .factories import make_destination, make_source
@@ -438,3 +438,53 @@ def test_a_poll_reads_no_body_headers_or_attempts(client, organization, owner, m
     read = " ".join(query["sql"] for query in queries.captured_queries if "webhooks_" in query["sql"])
     assert "webhooks_deliveryattempt" not in read
     assert '"webhooks_webhookevent"."body"' not in read and '"webhooks_webhookevent"."headers"' not in read
+
+
+def page_follow(client, shown):
+    """The event page's poll, as its deliveries section (in the HTML ``shown``) asks for it."""
+    url = html.unescape(re.search(r'hx-get="([^"]*follow=page)"', shown).group(1))
+    return client.get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="event-deliveries")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_event_page_gets_its_deliveries_in_place_and_is_told_which_changed(
+    client, organization, owner, httpserver, monkeypatch
+):
+    """The event page's poll answered "reload the page" (HX-Refresh), which put the focus back at the
+    top; it now answers with the deliveries section, the heading's badges and a sentence on what
+    changed: each delivery whose state the page did not show, counted by state when there are many."""
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda: None)
+    httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
+    source = make_source(organization)
+    for name in ("Billing", "Ledger", "Search", "Mail"):
+        destination, _ = make_destination(organization, httpserver.url_for("/receiver"), sources=[source])
+        Destination.objects.filter(pk=destination.pk).update(name=name)
+    client.force_login(owner)
+    event = WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_followed"))
+    page = client.get(reverse("dashboard:event_detail", args=["acme", event.pk])).content.decode()
+    assert 'id="event-deliveries-status"' in page and "follow=page" in page
+
+    processing.process_received_events()
+    fanned_out = page_follow(client, page)
+    assert fanned_out.status_code == 200 and "HX-Refresh" not in fanned_out.headers
+    section = fanned_out.content.decode()
+    assert '<p id="event-deliveries-status" hx-swap-oob="innerHTML">4 deliveries changed: 4 queued.</p>' in section
+    assert 'id="event-heading-badges" hx-swap-oob="true"' in section and "Processed" in section
+    assert section.count('class="card delivery"') == 4 and "follow=page" in section  # still following
+    assert page_follow(client, section).status_code == 204  # nothing new
+
+    # The others due in a minute: still followed, and not sent along with it.
+    Delivery.objects.filter(event=event).exclude(destination__name="Ledger").update(
+        next_attempt_at=timezone.now() + timedelta(minutes=1)
+    )
+    deliver_now(Delivery.objects.get(event=event, destination__name="Ledger").pk)
+    one_sent = page_follow(client, section).content.decode()
+    assert '<p id="event-deliveries-status" hx-swap-oob="innerHTML">Delivery to Ledger: succeeded.</p>' in one_sent
+
+    Delivery.objects.filter(event=event).update(next_attempt_at=timezone.now())
+    assert len(deliver_all_due()) == 3
+    settled = page_follow(client, one_sent).content.decode()
+    said = "Delivery to Billing: succeeded. Delivery to Search: succeeded. Delivery to Mail: succeeded."
+    assert f'<p id="event-deliveries-status" hx-swap-oob="innerHTML">{said}</p>' in settled  # three: named
+    assert "follow=page" not in settled  # nothing is about to change any more: the polling stops

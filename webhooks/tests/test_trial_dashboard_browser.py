@@ -4,6 +4,7 @@ Events are processed and deliveries sent by the test itself, so every step is de
 """
 
 import pytest
+from playwright.sync_api import expect
 
 from webhooks.models import Delivery
 from webhooks.tests.delivering import deliver_now
@@ -53,33 +54,89 @@ def test_a_typed_search_is_one_request_whether_applied_by_button_or_enter(
     assert len(searches) == 1
 
 
-def test_the_event_page_follows_a_retry_and_shows_its_result_without_a_reload(
-    browser, live_server, client, organization, owner, httpserver
-):
-    """After "Retry now" (or a replay) the page said "queued" and stayed as it was: the result of
-    the retry showed only after a manual reload."""
-    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
-    world = build_world(client, organization, url=httpserver.url_for("/hook"))
-    page = sign_in(browser, live_server, owner)
-    page.clock.install()  # the page's polls come when the test moves its clock on
+def retry_and_follow(page, live_server, world):
+    """Opens the event page, retries its dead delivery and waits until the page follows it (a first
+    poll finding nothing new yet). The page's polls come when the test moves its clock on."""
+    page.clock.install()
     page.goto(f"{live_server.url}/o/acme/events/{world.event.pk}/")
     following = page.get_by_text("Following the deliveries")
     assert following.count() == 0  # a dead delivery changes no more: nothing to follow
-
     page.get_by_role("button", name="Retry now").click()
     page.wait_for_selector("text=Retry to endpoint queued")
     following.wait_for()
-    # Nothing new yet: the page stays.
     with page.expect_response(lambda response: "/progress/" in response.url and response.status == 204):
         page.clock.run_for(2_000)
+    return following
+
+
+def test_the_event_page_follows_a_retry_in_place_keeping_the_focus_and_says_what_changed(
+    browser, live_server, client, organization, owner, httpserver
+):
+    """After "Retry now" (or a replay) the page said "queued" and stayed as it was: the result of
+    the retry showed only after a manual reload. Then the page reloaded itself once the delivery
+    changed: the focus went back to the top and a screen reader read the page again from there, so
+    one reading the body lost their place. Now the deliveries alone change, and what changed is said."""
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    page = sign_in(browser, live_server, owner)
+    following = retry_and_follow(page, live_server, world)
+    # Reading the body, below the deliveries; a mark that a page load would wipe.
+    body = page.get_by_role("region", name="Body, Formatted JSON")
+    body.focus()
+    page.evaluate("() => { window.stillTheSamePage = true; }")
+    status = page.locator("#event-deliveries-status")
+    expect(status).to_have_text("")
 
     deliver_now(world.delivery.pk)
     assert Delivery.objects.get(pk=world.delivery.pk).status == Delivery.Status.SUCCEEDED
-    with page.expect_navigation():
+    with page.expect_response(lambda response: "/progress/" in response.url and response.status == 200):
         page.clock.run_for(2_000)
-    assert "Succeeded" in page.inner_text(".delivery")
-    assert "HTTP 200" in page.inner_text(".timeline")
+    delivery = page.locator(".delivery")
+    expect(delivery.locator(".delivery-header .badge")).to_have_text("Succeeded")
+    expect(page.locator(".timeline")).to_contain_text("HTTP 200")
+    expect(body).to_be_focused()
+    assert page.evaluate("() => window.stillTheSamePage") is True
+    expect(status).to_have_text("Delivery to endpoint: succeeded.")
+    expect(page.locator("h1")).not_to_contain_text("dead")  # the heading's badges follow too
     assert following.count() == 0  # done: no more polling
+
+
+def test_a_focus_inside_the_followed_deliveries_stays_on_the_same_element(
+    browser, live_server, client, organization, owner, httpserver
+):
+    """The section is replaced: the focus goes back to the element of the same id in the new content,
+    an opened attempt's response stays open, and a focused button that is gone (no "Retry now" on a
+    delivery that succeeded) leaves the focus in the section rather than at the top of the page."""
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    page = sign_in(browser, live_server, owner)
+    retry_and_follow(page, live_server, world)
+    page.get_by_text("Response (20 characters)").click()
+    link = page.locator(".delivery h3 a", has_text="endpoint")
+    link.focus()
+
+    deliver_now(world.delivery.pk)
+    with page.expect_response(lambda response: "/progress/" in response.url and response.status == 200):
+        page.clock.run_for(2_000)
+    expect(page.locator("#event-deliveries-status")).to_have_text("Delivery to endpoint: succeeded.")
+    expect(link).to_be_focused()
+    expect(page.get_by_text("upstream unavailable")).to_be_visible()
+
+
+def test_a_focused_button_gone_with_the_change_leaves_the_focus_in_the_deliveries(
+    browser, live_server, client, organization, owner, httpserver
+):
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    world = build_world(client, organization, url=httpserver.url_for("/hook"))
+    page = sign_in(browser, live_server, owner)
+    retry_and_follow(page, live_server, world)
+    page.get_by_role("button", name="Retry now").focus()  # a queued delivery may be retried at once
+
+    deliver_now(world.delivery.pk)
+    with page.expect_response(lambda response: "/progress/" in response.url and response.status == 200):
+        page.clock.run_for(2_000)
+    expect(page.get_by_role("button", name="Retry now")).to_have_count(0)
+    expect(page.locator("#event-deliveries")).to_be_focused()
 
 
 def test_a_refused_destination_form_asks_for_the_custom_headers_again(browser, live_server, organization, owner):

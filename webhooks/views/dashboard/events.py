@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -12,7 +13,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
-from django_htmx.http import HttpResponseClientRefresh
 
 from organizations.mixins import OrganizationMixin
 from webhooks.forms import EventFilterForm, FindEventForm, ReplayForm
@@ -46,6 +46,7 @@ from webhooks.services.event_story import UNRECORDED_ATTEMPT, unrecorded_attempt
 from webhooks.services.operations import OperationError
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.text import readable_body
+from webhooks.templatetags.dashboard import delivery_state
 
 from .base import ChangeView, or_404
 
@@ -209,13 +210,11 @@ def _attempt_rows(delivery: Delivery) -> list[tuple[int, str, object]]:
     return sorted(rows, key=lambda row: row[0])
 
 
-class EventDetailView(OrganizationMixin, TemplateView):
-    template_name = "dashboard/event_detail.html"
+class EventDeliveriesMixin:
+    """The event page's deliveries section (dashboard/_event_deliveries.html): shown with the page,
+    and swapped in place by the page's poll while a delivery is about to change."""
 
-    def get_context_data(self, **kwargs):
-        context = super().get_context_data(**kwargs)
-        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
-        body = readable_body(event.body)
+    def deliveries_context(self, event: WebhookEvent) -> dict:
         deliveries = list(event.deliveries.all())
         # A held delivery's "next try" is when the hold ends, not its time: a paused destination's
         # delivery due minutes ago read "next try 4 min ago" (the rule of delivery_waits).
@@ -223,24 +222,35 @@ class EventDetailView(OrganizationMixin, TemplateView):
         for delivery in deliveries:
             delivery.next_try_when = NEXT_TRY_WHEN_HELD.get(waits.get(delivery.pk), "")
             delivery.attempt_rows = _attempt_rows(delivery)
+        return {
+            "event": event,
+            "deliveries": deliveries,
+            "now": timezone.now(),
+            "not_taken": destinations_not_taking(event),
+            "replay_form": ReplayForm(organization=self.organization) if self.has_role("admin") else None,
+            "retriable": (Delivery.Status.DEAD, Delivery.Status.PENDING),
+            "unrecorded_attempt": UNRECORDED_ATTEMPT,
+            # While a delivery is about to change (a retry or replay just queued, an event not yet
+            # processed), the section follows it: see EventProgressView.
+            **event_progress(event),
+        }
+
+
+class EventDetailView(EventDeliveriesMixin, OrganizationMixin, TemplateView):
+    template_name = "dashboard/event_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        event = or_404(event_detail_for_organization, organization=self.organization, event_id=kwargs["event_id"])
         context.update(
-            event=event,
-            deliveries=deliveries,
-            now=timezone.now(),
-            not_taken=destinations_not_taking(event),
+            self.deliveries_context(event),
             headers=headers_for_viewer(
                 event.headers,
                 sees_signatures=self.has_role("admin"),
                 signature_headers=configured_signature_header(event.source),
             ),
-            body=body,
+            body=readable_body(event.body),
             provider_id_from=event_id_origin(event.source.provider, event.provider_event_id or ""),
-            replay_form=ReplayForm(organization=self.organization) if self.has_role("admin") else None,
-            retriable=(Delivery.Status.DEAD, Delivery.Status.PENDING),
-            unrecorded_attempt=UNRECORDED_ATTEMPT,
-            # While a delivery is about to change (a retry or replay just queued, an event not yet
-            # processed), the page follows it: see EventProgressView.
-            **event_progress(event),
         )
         return context
 
@@ -299,28 +309,54 @@ def event_progress(event: WebhookEvent) -> dict:
         )
 
     moving = event.status == WebhookEvent.Status.RECEIVED or any(map(about_to_change, deliveries))
-    # Whatever the fragment shows or decides by: a destination paused meanwhile changes no delivery,
-    # yet its "waits" note must appear and the polling end.
-    state = "|".join(
-        [
-            event.status,
-            str(moving),
-            *(f"{d.pk}:{d.status}:{d.attempt_count}:{bool(d.destination.paused_at)}" for d in deliveries),
-        ]
-    )
+    state = "|".join([event.status, str(moving), *map(_delivery_state_key, deliveries)])
     return {
         "progress_event": event,
         "progress_deliveries": deliveries,
         "progress_moving": moving,
-        "progress_seen": hashlib.sha256(state.encode()).hexdigest()[:16],
+        "progress_seen": _fingerprint(state),
+        # Each delivery's state as shown, short, for the event page's poll to tell which changed (all
+        # of them in one hash would not say which; their ids and states would not fit in a request
+        # line for an event sent to a hundred destinations).
+        "progress_shown": ".".join(_fingerprint(_delivery_state_key(delivery), 8) for delivery in deliveries),
     }
 
 
-class EventProgressView(OrganizationMixin, TemplateView):
+def _delivery_state_key(delivery: Delivery) -> str:
+    # Whatever the fragments show or decide by: a destination paused meanwhile changes no delivery,
+    # yet its "waits" note must appear and the polling end.
+    return f"{delivery.pk}:{delivery.status}:{delivery.attempt_count}:{bool(delivery.destination.paused_at)}"
+
+
+def _fingerprint(text: str, length: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# More changed deliveries than this at once are counted by state rather than named one by one.
+CHANGES_NAMED_AT_MOST = 3
+
+
+def deliveries_change_said(deliveries: list[Delivery], shown: str) -> str:
+    """What a screen reader is told after the event page's deliveries changed in place: each delivery
+    whose state is not one the page showed (``shown``, event_progress's progress_shown), as "Delivery
+    to Billing: succeeded.", or counted by state when there are many."""
+    was = set(shown.split("."))
+    changed = [d for d in deliveries if _fingerprint(_delivery_state_key(d), 8) not in was]
+    if len(changed) > CHANGES_NAMED_AT_MOST:
+        counts = Counter(delivery_state(d) or "succeeded" for d in changed)
+        return f"{len(changed)} deliveries changed: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "."
+    return " ".join(
+        f"{'Replay' if d.is_replay else 'Delivery'} to {d.destination.name}: {delivery_state(d) or 'succeeded'}."
+        for d in changed
+    )
+
+
+class EventProgressView(EventDeliveriesMixin, OrganizationMixin, TemplateView):
     """An event's delivery progress, polled by the test sender's result (htmx): 204 while unchanged.
 
-    The event page polls it too (?follow=page) while a delivery is about to change, and is told to
-    load itself again (HX-Refresh) once one has: its deliveries, attempts and buttons are then current."""
+    The event page polls it too (?follow=page) while a delivery is about to change, and once one has
+    gets its deliveries section again, swapped in place, with what changed said to a screen reader:
+    reloading the page put the focus back at its top and had the page read again from there."""
 
     template_name = "dashboard/_event_progress.html"
 
@@ -330,5 +366,13 @@ class EventProgressView(OrganizationMixin, TemplateView):
         if request.GET.get("seen") == progress["progress_seen"]:
             return HttpResponse(status=204)  # nothing new: htmx keeps the fragment and polls again
         if request.GET.get("follow") == "page":
-            return HttpResponseClientRefresh()
+            # The attempts, buttons and notes too: read as the event page reads them.
+            event = or_404(event_detail_for_organization, organization=self.organization, event_id=event.pk)
+            section = self.deliveries_context(event)
+            section["change_said"] = deliveries_change_said(section["deliveries"], request.GET.get("shown", ""))
+            return self.response_class(
+                request=request,
+                template="dashboard/_event_deliveries_changed.html",
+                context=self.get_context_data(**section),
+            )
         return self.render_to_response(self.get_context_data(**progress))
