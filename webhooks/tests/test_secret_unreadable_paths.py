@@ -398,7 +398,7 @@ def test_verify_in_words_says_what_to_do(organization, settings):
     make_source(organization)
     out = io.StringIO()
     call_command("rotate_encryption_keys", "--verify", stdout=out)
-    assert "webhooks.Source: 1 row, 1 secrets: 1 under the newest key" in out.getvalue()
+    assert "webhooks.Source: 1 row, 1 secret: 1 under the newest key" in out.getvalue()  # "1 secrets" before
     assert out.getvalue().rstrip().endswith("Every secret can be read, and all are under the newest key.")
 
     store_raw(Source, Source.objects.get().pk, foreign_token())
