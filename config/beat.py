@@ -49,3 +49,16 @@ class DatabaseScheduler(DjangoDatabaseScheduler):
     def __init__(self, *args, **kwargs):
         wait_for_the_database()
         super().__init__(*args, **kwargs)
+
+    def _ensure_connected(self):
+        """Celery's, with each failed try marked for the processing health. Beat connects to the
+        broker before it reserves its first task, and retries there while the broker refuses: no
+        task's last_run_at moved, so a beat started with the broker down (or a wrong
+        CELERY_BROKER_URL) read as sending fine until HEALTH_BEAT_STALE_SECONDS had passed."""
+        from webhooks.services.platform_health import note_beat_tried
+
+        def failed_try(exc, interval):
+            logger.error("beat: cannot reach the broker: %s; trying again in %s s", exc, interval)
+            note_beat_tried()
+
+        return self.connection.ensure_connection(failed_try, self.app.conf.broker_connection_max_retries)

@@ -12,7 +12,10 @@ What each process leaves behind to be judged by:
   makes happen after each task (celery's default, every 3 minutes, made a fresh beat look stopped
   for its first 3). It writes it whether or not the send reached the broker, so beat also marks
   each send that did (note_beat_sent, a ProcessMark row: readable while Redis, the broker, is
-  down): a newest ``last_run_at`` after that mark is a send that failed;
+  down): a newest ``last_run_at`` after that mark is a send that failed. A beat that cannot reach
+  the broker at all (started while it was down, or with a wrong CELERY_BROKER_URL) retries its
+  connection before it reserves any task, so no ``last_run_at`` moves: it marks each failed try
+  instead (note_beat_tried, config/beat.py), which counts as a try here;
 - workers: every task that workers run often (the sweep that beat sends every
   SWEEP_INTERVAL_SECONDS, processing, dispatching) stamps a cache key, at most once per
   WORKER_MARK_EVERY_SECONDS per process; with Redis unreachable, the newest delivery attempt
@@ -71,19 +74,30 @@ def note_worker_ran() -> None:
 
 
 BEAT_SENT_MARK = "beat_sent"
+BEAT_TRIED_MARK = "beat_tried"
+
+
+def _mark(name: str, what: str) -> None:
+    now = timezone.now()
+    try:
+        if not ProcessMark.objects.filter(name=name).update(at=now):
+            ProcessMark.objects.bulk_create([ProcessMark(name=name, at=now)], ignore_conflicts=True)
+    # The database down, or beat's connection to it closed: beat's own writes fail too then; the
+    # next one marks it.
+    except (DatabaseError, InterfaceError) as exc:
+        logger.warning("could not mark %s: %s", what, exc)
 
 
 def note_beat_sent() -> None:
     """Mark that beat's task reached the broker: called in beat, after the publish succeeded
     (config/celery.py). One small UPDATE per task beat sends, like its own last_run_at's. Never raises."""
-    now = timezone.now()
-    try:
-        if not ProcessMark.objects.filter(name=BEAT_SENT_MARK).update(at=now):
-            ProcessMark.objects.bulk_create([ProcessMark(name=BEAT_SENT_MARK, at=now)], ignore_conflicts=True)
-    # The database down, or beat's connection to it closed: beat's own writes fail too then; the
-    # send stands, and the next one marks it.
-    except (DatabaseError, InterfaceError) as exc:
-        logger.warning("could not mark beat's send: %s", exc)
+    _mark(BEAT_SENT_MARK, "beat's send")
+
+
+def note_beat_tried() -> None:
+    """Mark that beat tried to reach the broker and could not: called in beat at each failed try to
+    connect (config/beat.py), which comes before any task is reserved. Never raises."""
+    _mark(BEAT_TRIED_MARK, "beat's failed try to reach the broker")
 
 
 @dataclass
@@ -137,8 +151,10 @@ class ProcessingHealth:
     # so no backlog above shows them, yet each is a tenant's receiver down.
     destinations_paused: int | None = None
     periodic_tasks: list[PeriodicRun] | None = None
-    # When beat last tried to send an enabled periodic task (the newest last_run_at), sent or not.
+    # When beat last tried to send an enabled periodic task (the newest last_run_at, or its newest
+    # failed try to reach the broker), sent or not.
     beat_last_run_at: datetime | None = None
+    beat_tried_at: datetime | None = None  # beat's newest failed try to connect to the broker
     beat_sent_at: datetime | None = None  # when a task beat sent last reached the broker
     worker_ran_at: datetime | None = None  # the newest sign of a worker at work
     # "mark" (the cache holds the workers' stamp), "attempt" (no stamp: the newest attempt), "none" or "unknown"
@@ -250,6 +266,7 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
         ("destinations_paused", _destinations_paused),
         ("periodic_tasks", _periodic_tasks),
         ("beat_sent_at", _beat_sent_at),
+        ("beat_tried_at", _beat_tried_at),
         ("last_attempt_at", _last_attempt_at),
     )
     for name, measure in measures:
@@ -264,6 +281,8 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
             health.unmeasured.append(name)
     if health.periodic_tasks:
         runs = [task.last_run_at for task in health.periodic_tasks if task.enabled and task.last_run_at]
+        if runs and health.beat_tried_at is not None:
+            runs.append(health.beat_tried_at)
         health.beat_last_run_at = max(runs, default=None)
     _read_worker_mark(health)
     try:
@@ -381,6 +400,10 @@ def _periodic_tasks(now) -> list[PeriodicRun]:
 
 def _beat_sent_at(now) -> datetime | None:
     return ProcessMark.objects.filter(name=BEAT_SENT_MARK).values_list("at", flat=True).first()
+
+
+def _beat_tried_at(now) -> datetime | None:
+    return ProcessMark.objects.filter(name=BEAT_TRIED_MARK).values_list("at", flat=True).first()
 
 
 def _last_attempt_at(now) -> datetime | None:
@@ -633,6 +656,7 @@ def prometheus_text(health: ProcessingHealth | None) -> str:
         "destinations_paused",
         "periodic_tasks",
         "beat_sent_at",
+        "beat_tried_at",
         "last_attempt_at",
     ]
     gauge(

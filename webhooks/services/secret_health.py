@@ -124,7 +124,7 @@ class SecretFailures:
         return (
             f"a stored secret could not be decrypted {duration_in_words(ago)} ago (for {self.last['place']}{by}): "
             f"{explanation}. Until the keys are right, ingest for such a source answers 503 (providers retry), "
-            "its deliveries wait unsent, and its pages answer 503"
+            "its deliveries wait unsent, and its pages say so (they open, showing it unreadable)"
         )
 
 

@@ -229,6 +229,41 @@ def test_beat_sends_the_broker_refuses_do_not_count_as_sent(beat_process, admin_
     assert (health.verdict, health.beat_sends_fail) == ("ok", False)
 
 
+def test_a_beat_that_cannot_reach_the_broker_at_all_says_so_at_once(beat_process, monkeypatch):
+    """Beat connects to the broker before it reserves a task, and retries there: started with the
+    broker down (or a wrong CELERY_BROKER_URL), no last_run_at moved, and the health read beat as
+    sending fine until HEALTH_BEAT_STALE_SECONDS had passed."""
+    import kombu.exceptions
+    import kombu.utils.functional
+
+    import config.beat
+
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    beat_sent(seconds_ago=20)  # the beat before this one
+    worker_ran(seconds_ago=1)
+    assert processing_health().verdict == "ok"
+
+    scheduler = config.beat.DatabaseScheduler(app=celery_app)
+    scheduler.connection = Connection(
+        f"redis://127.0.0.1:{free_port()}/0", transport_options={"socket_connect_timeout": 1}
+    )
+    monkeypatch.setitem(celery_app.conf, "broker_connection_max_retries", 1)
+    monkeypatch.setattr(kombu.utils.functional, "sleep", lambda seconds: None)  # kombu's wait between tries
+    with pytest.raises(kombu.exceptions.OperationalError):
+        _ = scheduler.producer  # as beat's first tick asks for it
+
+    health = processing_health()
+    assert health.beat_sends_fail and health.verdict == "degraded"
+    [reason] = [reason for reason in health.reasons if "beat" in reason]
+    assert reason.startswith("beat's sends do not reach the broker: its newest try, ")
+    assert "Is the broker (CELERY_BROKER_URL) up?" in reason
+
+    # The broker reachable again: the next send reaches it, and the reason goes.
+    with celery_app.producer_or_acquire() as producer:
+        beat_sends(scheduler, "hookline-sweep", producer)
+    assert (processing_health().verdict, processing_health().beat_sends_fail) == ("ok", False)
+
+
 @pytest.fixture
 def beat_process(monkeypatch):
     """This process as beat (the beat_init signal sent); its sends to the tests' broker purged afterwards."""

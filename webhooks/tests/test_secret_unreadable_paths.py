@@ -292,6 +292,23 @@ def test_a_page_and_an_api_call_say_which_it_likely_is(client, owner, organizati
     assert api.status_code == 503 and said in json.loads(api.content)["detail"]
 
 
+def test_the_processing_health_says_what_an_unreadable_secret_stops_as_the_pages_do(client, owner, organization):
+    # It said "its pages answer 503" after the pages had been made to open and say so themselves.
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/")
+    store_raw(Destination, destination.pk, DAMAGED)
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk]))
+    assert page.status_code == 200
+
+    [reason] = [
+        reason
+        for reason in platform_health.processing_health().reasons
+        if reason.startswith("a stored secret could not be decrypted")
+    ]
+    assert "answer 503" not in reason.split("ingest for such a source answers 503")[1]
+    assert reason.endswith("its deliveries wait unsent, and its pages say so (they open, showing it unreadable)")
+
+
 def test_an_idempotent_answer_that_cannot_be_read_is_counted_as_such(client, organization, settings):
     from organizations.models import IdempotencyKey
 
@@ -381,7 +398,7 @@ def test_verify_in_words_says_what_to_do(organization, settings):
     make_source(organization)
     out = io.StringIO()
     call_command("rotate_encryption_keys", "--verify", stdout=out)
-    assert "webhooks.Source: 1 row, 1 secrets: 1 under the newest key" in out.getvalue()
+    assert "webhooks.Source: 1 row, 1 secret: 1 under the newest key" in out.getvalue()  # "1 secrets" before
     assert out.getvalue().rstrip().endswith("Every secret can be read, and all are under the newest key.")
 
     store_raw(Source, Source.objects.get().pk, foreign_token())

@@ -79,8 +79,10 @@ class Command(OperatorCommand):
         self.unreadable_found = sum(model.unreadable for model in found.values())
         lines = []
         for label, model in found.items():
+            rows = "row" if model.rows == 1 else "rows"
+            secrets = "secret" if model.tokens == 1 else "secrets"
             line = (
-                f"{label}: {model.rows} {'row' if model.rows == 1 else 'rows'}, {model.tokens} secrets: "
+                f"{label}: {model.rows} {rows}, {model.tokens} {secrets}: "
                 f"{model.under_newest_key} under the newest key, {model.under_older_key} under an older one, "
                 f"{model.unknown_key} under no key configured, {model.malformed} not a Fernet token"
             )
