@@ -644,9 +644,14 @@ class QueryDateTimeField(ApiDateTimeField):
 
 def checked_event_type_patterns(text: str) -> str:
     """Comma-separated patterns, checked as a destination's filters are (a 400 on the field, not
-    a list or a retry that silently matches nothing)."""
-    if problem := event_type_patterns_problem(text.split(",")):
+    a list or a retry that silently matches nothing). Commas and spaces alone name no pattern, and
+    read as none would widen the request to every event type (a bulk retry of "$A,$B" with both
+    unset retried every dead delivery): a 400, as an empty filter is."""
+    patterns = text.split(",")
+    if problem := event_type_patterns_problem(patterns):
         raise serializers.ValidationError(problem)
+    if not any(pattern.strip() for pattern in patterns):
+        raise serializers.ValidationError("names no event-type pattern: give one (invoice.*), or leave it out")
     return text
 
 

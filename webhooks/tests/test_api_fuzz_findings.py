@@ -58,6 +58,25 @@ def test_an_empty_filter_is_a_400_not_a_filter_left_out(client, key, world, path
     assert "empty" in body["fields"][field][0]
 
 
+@pytest.mark.parametrize("patterns", [",", " , ,", ",%20"])
+def test_event_type_of_commas_alone_is_a_400_not_every_event_type(client, key, world, patterns):
+    # Read as no pattern, "?event_type=$A,$B" with both unset listed every event, and a bulk retry
+    # with it retried every dead delivery whatever its event's type.
+    response = _get(client, key, f"/api/v1/events?event_type={patterns}")
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["event_type"]
+
+    response = client.post(
+        "/api/v1/deliveries/retry",
+        {"event_type": patterns.replace("%20", " ")},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["event_type"]
+    assert Delivery.objects.get(destination=world["billing"]).status == Delivery.Status.DEAD
+
+
 def test_a_filter_with_a_value_still_filters(client, key, world):
     response = _get(client, key, f"/api/v1/deliveries?destination={world['billing'].pk}&status=dead")
     assert response.status_code == 200
