@@ -198,10 +198,10 @@ class ApiView(IdempotencyKeyMixin, APIView):
         # valid key whose Accept names no JSON got 406, learning what the API serves before being
         # told it is not let in. A refusal raised here has no renderer chosen yet, and
         # finalize_response takes this view's only one: the 401 is JSON whatever Accept says.
-        _take_body_without_length(request)
         self.perform_authentication(request)
         if request.successful_authenticator is None:
             raise exceptions.NotAuthenticated()
+        _take_body_without_length(request)  # once the key is known: no stranger's body is read
         super().initial(request, *args, **kwargs)
 
     @property
