@@ -37,7 +37,7 @@ from webhooks.services.destinations import event_type_patterns_problem
 from webhooks.services.payload_filters import OPERATORS, destinations_not_taking
 from webhooks.services.secrets import previous_secret_valid_until, secret_hint_shown
 from webhooks.services.sources import ingest_url
-from webhooks.services.text import echoable_text
+from webhooks.services.text import ECHOED_NAMES_MAX, echoable_text
 
 MAX_DATABASE_ID = 2**63 - 1
 
@@ -442,13 +442,16 @@ class KnownFieldsOnly(serializers.Serializer):
             if unknown := [name for name in data if name not in takes]:
                 listed = ", ".join(sorted(takes)) or "nothing"
                 # Each under its own name, cut and escaped as a message quotes one (a key of any length
-                # is not sent back whole); the names this API has are all shorter.
-                raise serializers.ValidationError(
-                    {
-                        echoable_text(str(name)): [self.field_hints.get(name) or self.refusal.format(takes=listed)]
-                        for name in unknown
-                    }
-                )
+                # is not sent back whole; the names this API has are all shorter), and the first few
+                # only: a body of a few hundred KB naming thousands would get an answer many times its size.
+                named = unknown[:ECHOED_NAMES_MAX]
+                refusals = {
+                    echoable_text(str(name)): [self.field_hints.get(name) or self.refusal.format(takes=listed)]
+                    for name in named
+                }
+                if more := len(unknown) - len(named):
+                    refusals[echoable_text(str(named[-1]))].append(f"and {more} more names not taken here")
+                raise serializers.ValidationError(refusals)
             # A query string may name a parameter twice, and only its last value would be read.
             if isinstance(data, QueryDict) and (repeated := [name for name, values in data.lists() if len(values) > 1]):
                 raise serializers.ValidationError({name: ["given more than once: give it once"] for name in repeated})
@@ -641,9 +644,14 @@ class QueryDateTimeField(ApiDateTimeField):
 
 def checked_event_type_patterns(text: str) -> str:
     """Comma-separated patterns, checked as a destination's filters are (a 400 on the field, not
-    a list or a retry that silently matches nothing)."""
-    if problem := event_type_patterns_problem(text.split(",")):
+    a list or a retry that silently matches nothing). Commas and spaces alone name no pattern, and
+    read as none would widen the request to every event type (a bulk retry of "$A,$B" with both
+    unset retried every dead delivery): a 400, as an empty filter is."""
+    patterns = text.split(",")
+    if problem := event_type_patterns_problem(patterns):
         raise serializers.ValidationError(problem)
+    if not any(pattern.strip() for pattern in patterns):
+        raise serializers.ValidationError("names no event-type pattern: give one (invoice.*), or leave it out")
     return text
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from webhooks.services.text import echoable_text
+from webhooks.services.text import echoable_names
 
 
 class VerificationError(Exception):
@@ -200,9 +200,8 @@ class Provider:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             noun = "option" if len(unknown) == 1 else "options"
-            # Names as sent, of any length: each is quoted cut and escaped.
-            shown = ", ".join(echoable_text(str(name)) for name in unknown)
-            raise InvalidOptions(f"unknown {noun} for {self.kind}: {shown}")
+            # Names as sent, of any length and number: each is quoted cut and escaped, the first few only.
+            raise InvalidOptions(f"unknown {noun} for {self.kind}: {echoable_names(unknown)}")
         return {name: option.clean(raw.get(name)) for name, option in known.items()}
 
     def clean_secret(self, secret: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -63,6 +64,19 @@ def echoable_text(value: str, limit: int = ECHOED_TEXT_MAX_CHARS) -> str:
         shown.append(written)
         length += len(written)
     return "".join(shown)
+
+
+# How many of the names a caller gave that a message lists: a request naming thousands (a body of
+# a few hundred KB) must not get back an answer several times its size.
+ECHOED_NAMES_MAX = 10
+
+
+def echoable_names(names: Sequence) -> str:
+    """``names`` as a message lists them: each quoted as echoable_text does, the first
+    ECHOED_NAMES_MAX only, then how many more there are."""
+    shown = ", ".join(echoable_text(str(name)) for name in names[:ECHOED_NAMES_MAX])
+    more = len(names) - ECHOED_NAMES_MAX
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 # A form-encoded body escapes spaces, quotes and angle brackets; its field names are plain.

@@ -1,12 +1,15 @@
 """What fuzzing the REST API against its own OpenAPI document (schemathesis, by hand) found, each
 reproduced here without it: the document and the answers must agree on what a request may hold."""
 
+import json
+
 import pytest
 
 from organizations.models import ApiKey
 from webhooks.models import Delivery
 
 from .api_helpers import make_delivery, make_event, make_key
+from .chunked import wsgi_request_chunked
 from .factories import make_destination, make_source
 
 
@@ -58,6 +61,25 @@ def test_an_empty_filter_is_a_400_not_a_filter_left_out(client, key, world, path
     assert "empty" in body["fields"][field][0]
 
 
+@pytest.mark.parametrize("patterns", [",", " , ,", ",%20"])
+def test_event_type_of_commas_alone_is_a_400_not_every_event_type(client, key, world, patterns):
+    # Read as no pattern, "?event_type=$A,$B" with both unset listed every event, and a bulk retry
+    # with it retried every dead delivery whatever its event's type.
+    response = _get(client, key, f"/api/v1/events?event_type={patterns}")
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["event_type"]
+
+    response = client.post(
+        "/api/v1/deliveries/retry",
+        {"event_type": patterns.replace("%20", " ")},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["event_type"]
+    assert Delivery.objects.get(destination=world["billing"]).status == Delivery.Status.DEAD
+
+
 def test_a_filter_with_a_value_still_filters(client, key, world):
     response = _get(client, key, f"/api/v1/deliveries?destination={world['billing'].pk}&status=dead")
     assert response.status_code == 200
@@ -101,3 +123,25 @@ def test_the_document_bounds_body_contains_as_the_list_does(client, key, world):
     assert _get(client, key, "/api/v1/events?body_contains=€").status_code == 200
     assert _get(client, key, "/api/v1/events?body_contains=" + "x" * 200).status_code == 200
     assert _get(client, key, "/api/v1/events?body_contains=" + "x" * 201).status_code == 400
+
+
+def test_a_chunked_body_is_read_not_taken_for_none(organization, key, world, settings):
+    """A client streaming its body (Transfer-Encoding: chunked, no Content-Length) had it read as
+    empty: a bulk retry of one destination retried every dead delivery of the organization, and a
+    PATCH answered 200 having changed nothing."""
+    auth = {"Authorization": f"Bearer {key}"}
+    status, answer = wsgi_request_chunked(
+        "POST", "/api/v1/deliveries/retry", json.dumps({"destination": 999999}).encode(), auth
+    )
+    assert status.startswith("400"), answer
+    assert answer["fields"] == {"destination": ["no such destination"]}
+
+    path = f"/api/v1/destinations/{world['crm'].pk}"
+    status, answer = wsgi_request_chunked("PATCH", path, json.dumps({"name": "CRM (streamed)"}).encode(), auth)
+    assert status.startswith("200") and answer["name"] == "CRM (streamed)", answer
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64
+    status, answer = wsgi_request_chunked("PATCH", path, json.dumps({"name": "x" * 100}).encode(), auth)
+    assert status.startswith("413") and answer["error"] == "request_too_large", answer
+    world["crm"].refresh_from_db()
+    assert world["crm"].name == "CRM (streamed)"

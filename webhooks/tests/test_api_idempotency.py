@@ -72,6 +72,20 @@ def test_a_retried_create_gets_the_first_answer_again_and_creates_nothing(client
     assert Source.objects.filter(organization=organization).count() == 2
 
 
+def test_a_query_string_is_neither_kept_nor_quoted_back(client, organization, key):
+    """A POST takes no query parameters (a 400, kept for the key like any refusal), but a careless
+    client may put its API key there: the key's row kept the path with its query in plain text for
+    24 hours, and the 422 of the key sent again with another request quoted it back."""
+    refused = post(client, key, f"/api/v1/sources?api_key={key}", GITHUB_SOURCE)
+    assert refused.status_code == 400, refused.content
+    assert IdempotencyKey.objects.get().request_path == "/api/v1/sources"
+    assert post(client, key, f"/api/v1/sources?api_key={key}", GITHUB_SOURCE).json() == refused.json()
+
+    other = post(client, key, "/api/v1/sources", GITHUB_SOURCE)
+    assert other.status_code == 422, other.content
+    assert key not in other.json()["detail"] and "api_key" not in other.json()["detail"]
+
+
 def test_the_same_key_with_another_request_is_refused(client, organization, key):
     assert post(client, key, "/api/v1/sources", GITHUB_SOURCE).status_code == 201
     other_body = post(client, key, "/api/v1/sources", {**GITHUB_SOURCE, "name": "Other"})

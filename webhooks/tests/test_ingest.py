@@ -16,6 +16,7 @@ from webhooks.selectors import events_for_organization
 from webhooks.services import ingest
 from webhooks.services.sources import source_rotate_secret
 
+from .chunked import wsgi_request_chunked
 from .factories import STANDARD_SECRET, STRIPE_SECRET, make_source
 from .processes import run_on_embedded_sqlite
 from .signing import standard_webhooks_headers, stripe_headers
@@ -421,59 +422,16 @@ def test_other_methods_get_the_json_405(client, organization, method):
     assert response.json()["error"] == "method_not_allowed"
 
 
-def _wsgi_post_chunked(path: str, body: bytes, headers: dict, stream=None) -> tuple[str, dict]:
-    """POST through the WSGI application as gunicorn presents a chunked request: no
-    CONTENT_LENGTH, Transfer-Encoding set, and wsgi.input already de-chunked."""
-    import io
-
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
-
-    from config.wsgi import application
-
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "testserver",
-        "REMOTE_ADDR": "203.0.113.9",
-        "HTTP_TRANSFER_ENCODING": "chunked",
-        "CONTENT_TYPE": "application/json",
-        "wsgi.input": stream or io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
-    }
-    status = []
-    # As Django's test Client does: closing "old" connections would end the test's transaction.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        chunks = application(environ, lambda s, h, exc_info=None: status.append(s))
-        payload = b"".join(chunks)
-        chunks.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return status[0], json.loads(payload)
-
-
 def test_a_chunked_webhook_is_read_whole_and_verified(organization, settings):
     source = make_source(organization)
     body = json.dumps({"id": "evt_chunked", "object": "event", "type": "invoice.paid"}).encode()
     headers = {"Stripe-Signature": stripe_headers(body.decode(), STRIPE_SECRET)["HTTP_STRIPE_SIGNATURE"]}
-    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", body, headers)
+    status, payload = wsgi_request_chunked("POST", f"/in/{source.ingest_token}/", body, headers)
     assert status.startswith("200"), payload
     assert bytes(WebhookEvent.objects.get(pk=payload["id"]).body) == body
 
     settings.INGEST_MAX_BODY_BYTES = 64
-    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", b"x" * 65, headers)
+    status, payload = wsgi_request_chunked("POST", f"/in/{source.ingest_token}/", b"x" * 65, headers)
     assert status.startswith("413") and payload["error"] == "body_too_large"
 
 
@@ -487,7 +445,7 @@ def test_a_chunked_body_the_server_cannot_read_is_a_400(organization):
         readline = read
 
     source = make_source(organization)
-    status, payload = _wsgi_post_chunked(f"/in/{source.ingest_token}/", b"", {}, stream=BrokenChunks())
+    status, payload = wsgi_request_chunked("POST", f"/in/{source.ingest_token}/", b"", {}, stream=BrokenChunks())
     assert status.startswith("400") and payload["error"] == "unreadable_body"
 
 
