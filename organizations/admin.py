@@ -44,14 +44,12 @@ from .deletion_counts import KindCount, user_contents
 from .models import LAST_OWNER, ApiKey, AuditLog, Membership, MonthlyUsage, Organization, current_month
 from .names import validate_name
 from .services import audit_lock_organizations, audit_record, audit_verify_chain, organization_set_active
-from .team import (
-    invitations_lock_for_inviter_changes,
-    invitations_lock_sent_by_accounts,
-    invitations_revoke_for_inviter_changes,
-    invitations_revoke_sent_by_accounts,
-)
 
 logger = logging.getLogger(__name__)
+
+# organizations.team (invitations, their mail, the sign-in audit) is imported where an admin save
+# uses it, not here: the admin is imported as Django starts, in every process and command, none of
+# which needs it (test_setting_django_up_leaves_the_ingest_service_and_the_sign_in_audit_unimported).
 
 # --- Shared building blocks ---------------------------------------------------------------
 
@@ -620,6 +618,8 @@ class StaffMembershipsForSuperusersFormSet(BaseInlineFormSet):
         another organization or account, too), for AuditedMembershipsMixin to revoke after the rows'
         audit entries, as the Team page does: after the owners' rows (locked by clean) and the
         members' own, before the first audit entry (organizations.team._lock_invitations_sent_by)."""
+        from .team import invitations_lock_for_inviter_changes
+
         changes = self._removals_and_role_changes()
         saved = super().save(commit)
         self.inviter_changes = invitations_lock_for_inviter_changes(changes)
@@ -781,6 +781,8 @@ class AuditedMembershipsMixin:
     Put it before AuditedAdminMixin."""
 
     def save_formset(self, request, form, formset, change):
+        from .team import invitations_revoke_for_inviter_changes
+
         super().save_formset(request, form, formset, change)
         if isinstance(formset, StaffMembershipsForSuperusersFormSet):
             invitations_revoke_for_inviter_changes(list(formset.inviter_changes), actor=request.user)
@@ -972,11 +974,15 @@ class PlatformUserAdmin(CountsWhatADeletionTakesMixin, AuditedMembershipsMixin, 
     DELETED_INVITER = "the inviter's account was deleted"
 
     def delete_model(self, request, obj):
+        from .team import invitations_lock_sent_by_accounts, invitations_revoke_sent_by_accounts
+
         sent = invitations_lock_sent_by_accounts(users=[obj])  # in the delete view's transaction
         super().delete_model(request, obj)
         invitations_revoke_sent_by_accounts(sent, actor=request.user, reason=self.DELETED_INVITER)
 
     def delete_queryset(self, request, queryset):
+        from .team import invitations_lock_sent_by_accounts, invitations_revoke_sent_by_accounts
+
         with transaction.atomic():
             sent = invitations_lock_sent_by_accounts(users=list(queryset))
             super().delete_queryset(request, queryset)
