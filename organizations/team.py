@@ -343,15 +343,8 @@ def _revoke_invitations_sent_by(
     for invitation in sent:
         if above_role is not None and ROLE_RANK[invitation.role] <= ROLE_RANK[above_role]:
             continue
-        invitation.revoked_at = timezone.now()
-        invitation.save(update_fields=["revoked_at"])
-        audit_record(
-            action="invitation.revoked",
-            organization=membership.organization,
-            actor=actor,
-            target=invitation,
-            changes={"email": invitation.email, "reason": reason},
-            ip_address=ip_address,
+        _revoke_locked_invitation(
+            invitation, membership.organization, actor=actor, reason=reason, ip_address=ip_address
         )
 
 
@@ -437,15 +430,24 @@ def invitations_revoke_sent_by_accounts(sent: list[Invitation], *, actor, reason
     """Revoke what invitations_lock_sent_by_accounts locked, each audited in its organization's log."""
     audit_lock_organizations({invitation.organization_id for invitation in sent})
     for invitation in sent:
-        invitation.revoked_at = timezone.now()
-        invitation.save(update_fields=["revoked_at"])
-        audit_record(
-            action="invitation.revoked",
-            organization=invitation.organization,
-            actor=actor,
-            target=invitation,
-            changes={"email": invitation.email, "reason": reason},
-        )
+        _revoke_locked_invitation(invitation, invitation.organization, actor=actor, reason=reason)
+
+
+def _revoke_locked_invitation(
+    invitation: Invitation, organization: Organization, *, actor, reason: str, ip_address: str | None = None
+) -> None:
+    """Revoke an invitation its caller locked (open when locked), audited with why: its inviter left,
+    was demoted, deactivated or deleted."""
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(
+        action="invitation.revoked",
+        organization=organization,
+        actor=actor,
+        target=invitation,
+        changes={"email": invitation.email, "reason": reason},
+        ip_address=ip_address,
+    )
 
 
 def invitation_for_token(*, organization_slug: str, token: str) -> Invitation | None:
