@@ -18,6 +18,7 @@ from organizations import admin as organizations_admin
 from organizations import services, team
 from organizations.models import AuditLog, Membership, Organization
 from organizations.services import _AUDIT_CHAIN_LOCK, audit_verify_chain
+from organizations.tests.admin_forms import organization_change_form
 from webhooks.tests.lock_waits import waits_for_a_lock
 from webhooks.tests.test_admin import user_form
 from webhooks.tests.test_destination_delete_races import Paused
@@ -32,27 +33,7 @@ def superuser(db):
 
 def organization_form(organization, *, active: bool, roles: dict[int, str]) -> dict:
     """The organization's change page as a browser posts it, each membership with its role in ``roles``."""
-    members = list(organization.memberships.order_by("pk"))
-    form = {
-        "name": organization.name,
-        "slug": organization.slug,
-        "plan": organization.plan,
-        "monthly_event_quota": organization.monthly_event_quota,
-        "retention_days": organization.retention_days,
-        "memberships-TOTAL_FORMS": str(len(members)),
-        "memberships-INITIAL_FORMS": str(len(members)),
-        **({"is_active": "on"} if active else {}),
-    }
-    for index, membership in enumerate(members):
-        form.update(
-            {
-                f"memberships-{index}-id": membership.pk,
-                f"memberships-{index}-organization": organization.pk,
-                f"memberships-{index}-user": membership.user_id,
-                f"memberships-{index}-role": roles.get(membership.pk, membership.role),
-            }
-        )
-    return form
+    return organization_change_form(organization, active=active, roles=roles)
 
 
 def saved_in_the_admin(superuser, url: str, form: dict):

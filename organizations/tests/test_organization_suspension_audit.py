@@ -13,6 +13,7 @@ from django.utils import timezone
 from organizations.audit_actions import audit_action_label
 from organizations.models import AuditLog, Organization
 from organizations.services import audit_verify_chain, organization_set_active
+from organizations.tests.admin_forms import organization_change_form
 
 pytestmark = pytest.mark.django_db
 
@@ -27,27 +28,7 @@ def admin(client):
 
 def change_organization(admin, organization, *, active: bool, **changes):
     """Post the organization's admin page as a browser does: an unticked box is not sent."""
-    members = list(organization.memberships.all())
-    form = {
-        "name": organization.name,
-        "slug": organization.slug,
-        "plan": organization.plan,
-        "monthly_event_quota": organization.monthly_event_quota,
-        "retention_days": organization.retention_days,
-        "memberships-TOTAL_FORMS": str(len(members)),
-        "memberships-INITIAL_FORMS": str(len(members)),
-        **({"is_active": "on"} if active else {}),
-    }
-    for index, membership in enumerate(members):
-        form.update(
-            {
-                f"memberships-{index}-id": membership.pk,
-                f"memberships-{index}-organization": organization.pk,
-                f"memberships-{index}-user": membership.user_id,
-                f"memberships-{index}-role": membership.role,
-            }
-        )
-    form.update(changes)
+    form = organization_change_form(organization, active=active, **changes)
     response = admin.post(reverse("admin:organizations_organization_change", args=[organization.pk]), form)
     assert response.status_code == 302, response.context["adminform"].form.errors
     organization.refresh_from_db()

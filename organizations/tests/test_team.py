@@ -17,6 +17,7 @@ from accounts.tests.test_admin_accounts import post_change_page
 from conftest import UserFactory
 from organizations import team
 from organizations.models import AuditLog, Membership
+from organizations.tests.admin_forms import organization_change_form
 
 pytestmark = pytest.mark.django_db
 
@@ -202,28 +203,7 @@ def operator_browser() -> Client:
 
 def organization_page_form(organization, *, roles: dict[int, str], deleted: set[int] = frozenset()) -> dict:
     """The organization's change page as the admin posts it, memberships given new roles or deleted."""
-    members = list(organization.memberships.order_by("pk"))
-    form = {
-        "name": organization.name,
-        "slug": organization.slug,
-        "plan": organization.plan,
-        "monthly_event_quota": organization.monthly_event_quota,
-        "retention_days": organization.retention_days,
-        "is_active": "on",
-        "memberships-TOTAL_FORMS": str(len(members)),
-        "memberships-INITIAL_FORMS": str(len(members)),
-    }
-    for index, row in enumerate(members):
-        form.update(
-            {
-                f"memberships-{index}-id": row.pk,
-                f"memberships-{index}-organization": organization.pk,
-                f"memberships-{index}-user": row.user_id,
-                f"memberships-{index}-role": roles.get(row.pk, row.role),
-                **({f"memberships-{index}-DELETE": "on"} if row.pk in deleted else {}),
-            }
-        )
-    return form
+    return organization_change_form(organization, roles=roles, deleted=deleted)
 
 
 @pytest.mark.parametrize("page", ["organization", "user"])

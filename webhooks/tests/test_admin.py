@@ -19,6 +19,7 @@ from django_celery_beat.models import PeriodicTask
 
 from organizations.models import AuditLog, Membership, MonthlyUsage, Organization
 from organizations.services import audit_record, audit_verify_chain
+from organizations.tests.admin_forms import organization_change_form
 from webhooks import tasks
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.organization_deletion import organization_deletion_run
@@ -636,28 +637,7 @@ def test_organization_list_detail_usage_and_links(admin, setup, organization):
 
 
 def organization_form(organization, **changes):
-    members = list(organization.memberships.all())
-    data = {
-        "name": organization.name,
-        "slug": organization.slug,
-        "is_active": "on",
-        "plan": organization.plan,
-        "monthly_event_quota": organization.monthly_event_quota,
-        "retention_days": organization.retention_days,
-        "memberships-TOTAL_FORMS": str(len(members)),
-        "memberships-INITIAL_FORMS": str(len(members)),
-    }
-    for index, membership in enumerate(members):
-        data.update(
-            {
-                f"memberships-{index}-id": membership.pk,
-                f"memberships-{index}-organization": organization.pk,
-                f"memberships-{index}-user": membership.user_id,
-                f"memberships-{index}-role": membership.role,
-            }
-        )
-    data.update(changes)
-    return data
+    return organization_change_form(organization, **changes)
 
 
 def test_changing_an_organization_is_audited_with_before_and_after(admin, organization, superuser):
