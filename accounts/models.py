@@ -80,7 +80,14 @@ class User(AbstractBaseUser, PermissionsMixin):
         if not self._state.adding and saved:
             stored = User.objects.filter(pk=self.pk).values("is_active", "email", "session_generation").first()
             deactivated = stored is not None and "is_active" in saved and stored["is_active"] and not self.is_active
-            if deactivated or (stored is not None and "email" in saved and stored["email"] != self.email):
+            # Another mailbox, not the same one spelled as sign-in looks it up (clean() lower-cases a
+            # legacy address on any admin save: that alone must not sign its owner out).
+            moved = (
+                stored is not None
+                and "email" in saved
+                and canonical_email(stored["email"] or "") != canonical_email(self.email or "")
+            )
+            if deactivated or moved:
                 self.session_generation = stored["session_generation"] + 1
                 if update_fields is not None and "session_generation" not in update_fields:
                     kwargs["update_fields"] = [*update_fields, "session_generation"]

@@ -129,3 +129,19 @@ def test_an_operator_deactivating_an_account_ends_its_sessions_and_changing_thei
     response = post_change_page(operator, root, email="ops@hookline.example")
     assert response.status_code == 302, _errors(response)
     assert operator.get(reverse("admin:index")).status_code == 200
+
+
+def test_resaving_an_account_whose_address_was_stored_with_capitals_keeps_its_sessions(operator, owner):
+    # clean() stores the address as sign-in looks it up; an operator saving such a legacy account
+    # (nothing changed by them) re-spelled the same mailbox, and that ended its owner's sessions.
+    get_user_model().objects.filter(pk=owner.pk).update(email=owner.email.title())
+    owner.refresh_from_db()
+    tenant = Client()
+    tenant.force_login(owner)
+    assert tenant.get("/o/acme/").status_code == 200
+
+    response = post_change_page(operator, owner)
+    assert response.status_code == 302, _errors(response)
+    owner.refresh_from_db()
+    assert owner.email == owner.email.lower()
+    assert tenant.get("/o/acme/").status_code == 200
