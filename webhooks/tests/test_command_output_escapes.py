@@ -91,3 +91,12 @@ def test_a_line_break_in_a_senders_text_cannot_print_a_line_of_its_own(client, o
     for text in (text_of("show_event", event_id), text_of("list_events", "--org", organization.slug)):
         assert not [line for line in text.splitlines() if line.lstrip().startswith("→ endpoint")], text
         assert "invoice.paid\\n  → endpoint" in text
+
+
+def test_send_test_webhook_prints_the_receivers_answer_escaped(organization, httpserver):
+    # The answer comes from whatever server the URL names: every command's text goes through one filter.
+    source = make_source(organization)
+    httpserver.expect_request("/hook").respond_with_data(f"ok {HOSTILE}", status=200)
+    text = text_of("send_test_webhook", "--source", source.pk, "--url", httpserver.url_for("/hook"))
+    assert_no_control_sequence(text)
+    assert "ok \\x1b]52;c;" in text
