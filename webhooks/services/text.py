@@ -66,6 +66,25 @@ def echoable_text(value: str, limit: int = ECHOED_TEXT_MAX_CHARS) -> str:
     return "".join(shown)
 
 
+# What a terminal acts on rather than shows: C0 controls (escape sequences start with ESC, a carriage
+# return rewrites the line), DEL, C1 controls (U+009B is a one-character CSI) and the line separators
+# and bidirectional controls that make text read differently from what it is.
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAKS = re.compile(r"[\n\r]")
+
+
+def terminal_text(text: str, *, keep_lines: bool = True) -> str:
+    """``text`` as an operator command prints it: each character a terminal would act on written
+    as repr() escapes it (ESC as \\x1b). A sender's event type, a receiver's answer or a body
+    could otherwise set the terminal's title or clipboard, clear the screen or overwrite a line.
+    Line breaks and tabs stay with ``keep_lines``; without it a value keeps to its one line."""
+    pattern = _TERMINAL_CONTROLS if keep_lines else _NOT_ON_ONE_LINE
+    return pattern.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+_NOT_ON_ONE_LINE = re.compile(f"{_TERMINAL_CONTROLS.pattern}|{_LINE_BREAKS.pattern}")
+
+
 # How many of the names a caller gave that a message lists: a request naming thousands (a body of
 # a few hundred KB) must not get back an answer several times its size.
 ECHOED_NAMES_MAX = 10

@@ -11,6 +11,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from organizations.services import audit_system_actor, command_actor_label
+from webhooks.services.text import terminal_text
 
 
 class OperatorCommand(BaseCommand):
@@ -41,7 +42,8 @@ class OperatorCommand(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(result, default=str))
         else:
-            self.stdout.write(text)
+            # Sender and receiver text (event types, bodies, answers) is part of it: printed escaped.
+            self.stdout.write(terminal_text(text))
 
     def run(self, **options) -> tuple[dict, str]:
         raise NotImplementedError

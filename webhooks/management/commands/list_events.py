@@ -3,6 +3,7 @@ import argparse
 from organizations.models import Organization
 from webhooks.models import WebhookEvent
 from webhooks.selectors import EVENT_STATUS_ALL, EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
+from webhooks.services.text import terminal_text
 
 from ._base import OperatorCommand, find_given
 
@@ -72,12 +73,12 @@ class Command(OperatorCommand):
             for event in events
         ]
         lines = [
-            f"{row['received_at'][:19]}  {row['status']:<9} {row['event_type'] or '-':<30} "
-            + (row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
-            + f"  (source {row['source']})"
+            f"{row['received_at'][:19]}  {row['status']:<9} {_one_line(row['event_type']) or '-':<30} "
+            + _one_line(row["provider_event_id"] or f"{row['rejection'] or ''} {row['claimed_event_id'] or ''}".strip())
+            + f"  (source {_one_line(row['source'])})"
             # Redeliveries of the same provider event, counted on it (the events list's ×N badge).
             + (f"  ×{row['duplicate_count'] + 1} received" if row["duplicate_count"] else "")
-            + (f"\n    {row['rejection_detail']}" if row["rejection_detail"] else "")
+            + (f"\n    {_one_line(row['rejection_detail'])}" if row["rejection_detail"] else "")
             + "".join(_delivery_line(d) for d in row["deliveries"])
             for row in rows
         ]
@@ -89,14 +90,20 @@ def _delivery_line(delivery: dict) -> str:
     # A replay is a second delivery to the same destination: said, so that it is not taken for a duplicate.
     replay = " (replay)" if delivery["is_replay"] else ""
     line = (
-        f"\n    → {delivery['destination']}{replay}: {delivery['status']} "
+        f"\n    → {_one_line(delivery['destination'])}{replay}: {delivery['status']} "
         f"({attempts} attempt{'' if attempts == 1 else 's'})"
     )
     if delivery["last_error"] and delivery["status"] != "succeeded":
-        line += f", last: {delivery['last_error']}"
+        line += f", last: {_one_line(delivery['last_error'])}"
     if delivery["next_attempt_at"]:
         line += f", next try {delivery['next_attempt_at'][:19]}"
     return line + f"  delivery {delivery['id']}"
+
+
+def _one_line(value: str | None) -> str | None:
+    """A sender's or receiver's text kept on its line: a line break in an event type must not print
+    a line that reads as one of this command's own ("    → endpoint: succeeded")."""
+    return terminal_text(value, keep_lines=False) if value else value
 
 
 def _iso(moment) -> str | None:

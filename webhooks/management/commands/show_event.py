@@ -4,6 +4,7 @@ from organizations.models import Organization
 from webhooks.selectors import sources_for_organization
 from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
 from webhooks.services.event_story import UNRECORDED_ATTEMPT, event_stories, unrecorded_attempt_numbers
+from webhooks.services.text import terminal_text
 
 from ._base import OperatorCommand, find_given
 
@@ -42,15 +43,16 @@ class Command(OperatorCommand):
 def _story_text(story: dict) -> str:
     source = story["source"]
     lines = [
-        f"Event {story['id']}  {story['organization']['slug']} / {source['name']} ({source['provider']}, "
+        f"Event {story['id']}  {story['organization']['slug']} / {_one_line(source['name'])} ({source['provider']}, "
         f"source {source['id']})",
-        f"  {story['status']}  type {story['event_type'] or '-'}  provider id {story['provider_event_id'] or '-'}  "
+        f"  {story['status']}  type {_one_line(story['event_type']) or '-'}  "
+        f"provider id {_one_line(story['provider_event_id']) or '-'}  "
         f"body {story['body_size']} bytes",
         f"  {_time(story['received_at'])}  received",
     ]
     if rejection := story["rejection"]:
-        claimed = f" (claims {rejection['claimed_event_id']})" if rejection["claimed_event_id"] else ""
-        lines.append(f"  rejected: {rejection['code']}{claimed}: {rejection['detail']}")
+        claimed = f" (claims {_one_line(rejection['claimed_event_id'])})" if rejection["claimed_event_id"] else ""
+        lines.append(f"  rejected: {rejection['code']}{claimed}: {_one_line(rejection['detail'])}")
     if story["processed_at"]:
         # What processing made: a replay asked for later is a delivery of the event too, listed below
         # as one, but "processed: 2 deliveries" had the processing make it.
@@ -59,7 +61,7 @@ def _story_text(story: dict) -> str:
     elif failure := story["processing_failure"]:
         tries = _count(failure["tries"], "try").replace("trys", "tries")
         lines.append(
-            f"  could not be processed: {failure['error']}, {tries}, next try at {_time(failure['next_try_at'])}"
+            f"  could not be processed: {_one_line(failure['error'])}, {tries}, next try at {_time(failure['next_try_at'])}"
         )
     elif story["status"] == "received":
         lines.append("  not processed yet: no delivery made")
@@ -81,7 +83,7 @@ def _story_text(story: dict) -> str:
             state += ", destination " + ("paused" if destination["paused"] else "inactive")
         replay = " (replay)" if delivery["is_replay"] else ""
         lines.append(
-            f"  → {destination['name']} ({destination['host']}){replay}: {state}, "
+            f"  → {_one_line(destination['name'])} ({destination['host']}){replay}: {state}, "
             + _count(delivery["attempt_count"], "attempt")
             # The id the receiver got, for the tenant to look for in its own logs.
             + f", webhook-id {delivery['webhook_id']}"
@@ -91,7 +93,7 @@ def _story_text(story: dict) -> str:
         attempt_lines = {}
         for attempt in delivery["attempts"]:
             answer = attempt["response_status"] or "no answer"
-            detail = attempt["error"] or attempt["response_excerpt"].replace("\n", " ")
+            detail = _one_line(attempt["error"] or attempt["response_excerpt"].replace("\n", " "))
             attempt_lines[attempt["attempt_number"]] = (
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
                 f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
@@ -105,19 +107,25 @@ def _story_text(story: dict) -> str:
         if delivery["status"] == "dead" and delivery["last_error"]:
             # Why it stopped: the attempts alone do not say whether retries ran out, a client error was
             # not retried or the retry age was reached (the dashboard's "Why it failed").
-            lines.append(f"      why it failed: {delivery['last_error']}")
+            lines.append(f"      why it failed: {_one_line(delivery['last_error'])}")
         elif not delivery["attempts"] and delivery["last_error"]:
-            lines.append(f"      {delivery['last_error']}")
+            lines.append(f"      {_one_line(delivery['last_error'])}")
     for refusal in story["left_out_by_payload_filters"]:
         lines.append(
-            f"  not sent to {refusal['destination']['name']}: its payload filters (as they are now) leave it out: "
-            f"{refusal['reason']}"
+            f"  not sent to {_one_line(refusal['destination']['name'])}: its payload filters (as they are now) leave it "
+            f"out: {_one_line(refusal['reason'])}"
         )
     for refusal in story["left_out_by_event_types"]:
-        lines.append(f"  not sent to {refusal['destination']['name']}: {refusal['reason']}")
+        lines.append(f"  not sent to {_one_line(refusal['destination']['name'])}: {_one_line(refusal['reason'])}")
     if "body" in story:
         lines += ["  body:", *(f"    {line}" for line in story["body"].splitlines())]
     return "\n".join(lines)
+
+
+def _one_line(value: str | None) -> str | None:
+    """A sender's or receiver's text kept on its line: a line break in an event type must not print
+    a line that reads as one of this command's own ("  → endpoint: succeeded")."""
+    return terminal_text(value, keep_lines=False) if value else value
 
 
 def _time(iso: str) -> str:
