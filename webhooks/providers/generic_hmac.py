@@ -127,6 +127,21 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
     return EventInfo(event_id=event_id, event_type=event_type)
 
 
+def id_from_unsigned_header(request: InboundRequest, options: Mapping[str, Any]) -> bool:
+    """Whether describe_from_options() may take the event id from the event id header, which no
+    signature covers: an id header is configured and the configured body field gives no id."""
+    if not _option(options, "event_id_header"):
+        return False
+    path = _option(options, "event_id_field")
+    if not path:
+        return True
+    try:
+        payload = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return True
+    return _text(json_field(payload, *path.split("."))) is None
+
+
 def clean_common_options(cleaned: dict[str, Any]) -> dict[str, Any]:
     """Checks shared by the header/field options."""
     for name in ("header", "timestamp_header", "event_id_header", "event_type_header"):
@@ -162,7 +177,9 @@ class GenericHmacProvider(Provider):
     event_id_from = "the configured body field or header"
     docs_event_id = (
         "the configured JSON field (signed), else the configured event id header (not signed), else "
-        "sha256:<hex of the body> (identical bytes are treated as a redelivery)"
+        "sha256:<hex of the body> (identical bytes are treated as a redelivery). An id from the header is "
+        "not trusted alone: a request whose signed content (the timestamp, separator and body, or the body) "
+        "equals a stored event's is its duplicate whatever the header says"
     )
     docs_event_type = "the configured event type header, else the JSON field (default `type`), else empty"
 
@@ -236,6 +253,23 @@ class GenericHmacProvider(Provider):
 
         if timestamp is not None:
             check_timestamp_age(timestamp, now, tolerance_seconds(options, DEFAULT_TOLERANCE))
+
+    def signed_content_digest(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
+        """Hex SHA-256 of the signed message when the event id may come from the unsigned id header, else None.
+
+        A captured request posted again under a fresh id header would otherwise be stored and delivered
+        again (and under another event type header too). The message includes the signed timestamp, so a
+        sender's two sends of one body at two times stay two events; a genuine retry keeps its id header
+        and is found by it whatever its timestamp."""
+        if not id_from_unsigned_header(request, options):
+            return None
+        message = request.body
+        timestamp_header = _option(options, "timestamp_header")
+        if timestamp_header:
+            timestamp = (request.header(timestamp_header) or "").strip()
+            separator = str(_option(options, "timestamp_separator"))
+            message = f"{timestamp}{separator}".encode("utf-8", "surrogatepass") + request.body
+        return hashlib.sha256(message).hexdigest()
 
     def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
         timestamp_header = _option(options, "timestamp_header")

@@ -426,3 +426,60 @@ def test_two_writers_repeating_each_others_contents_in_crossed_order_both_answer
             assert stored[event_id] == event.body
             assert inserted == (event_id == event.id)
     assert sum(WebhookEvent.objects.values_list("duplicate_count", flat=True)) == 2
+
+
+# Generic HMAC with an event id header: the header is not signed, so it must not make a replay new.
+GENERIC_OPTIONS = {"header": "X-Hub-Signature-256", "prefix": "sha256=", "event_id_header": "X-Delivery"}
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_a_generic_hmac_request_posted_again_under_a_fresh_id_header_is_a_duplicate(storage_path, organization):
+    source = make_source(organization, provider="generic_hmac", secret=GITHUB_SECRET, **GENERIC_OPTIONS)
+    client = _client()
+    signed = {"X-Hub-Signature-256": GITHUB_SIGNATURE}  # GitHub's published vector, as the generic scheme reads it
+    first = _post(client, source, GITHUB_BODY, {**signed, "X-Delivery": "delivery-1"})
+    assert first.status_code == 200, first.content
+
+    replay = _post(client, source, GITHUB_BODY, {**signed, "X-Delivery": "forged-fresh-id", "X-Event": "other"})
+    redelivery = _post(client, source, GITHUB_BODY, {**signed, "X-Delivery": "delivery-1"})
+
+    assert replay.json() == {"id": first.json()["id"], "duplicate": True}
+    assert redelivery.json() == {"id": first.json()["id"], "duplicate": True}
+    event = WebhookEvent.objects.get()
+    assert event.provider_event_id == "delivery-1" and event.duplicate_count == 2
+
+
+@pytest.mark.parametrize("storage_path", PATHS, indirect=True)
+def test_generic_hmac_content_includes_the_signed_timestamp_and_ids_from_the_body_are_unaffected(
+    storage_path, organization
+):
+    # With a timestamp header the signature covers "<t>.<body>": a sender's two sends of one body at
+    # two times are two events, a replay of either (under any id header) a duplicate.
+    timestamped = make_source(
+        organization, provider="generic_hmac", secret="k", name="ts", timestamp_header="X-Timestamp", **GENERIC_OPTIONS
+    )
+    client = _client()
+    body = '{"type":"refresh"}'
+    now = int(time.time())
+
+    def headers(t: int, delivery: str) -> dict[str, str]:
+        signature = hmac.new(b"k", f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
+        return {"X-Hub-Signature-256": "sha256=" + signature, "X-Timestamp": str(t), "X-Delivery": delivery}
+
+    one = _post(client, timestamped, body, headers(now, "d-1")).json()
+    two = _post(client, timestamped, body, headers(now - 1, "d-2")).json()
+    replay = _post(client, timestamped, body, headers(now, "d-3")).json()
+    assert one["duplicate"] is False and two["duplicate"] is False and one["id"] != two["id"]
+    assert replay == {"id": one["id"], "duplicate": True}
+
+    # An id read from the signed body is the id: the same body under two header ids stays one event
+    # by that id, and rows keep no content digest.
+    by_field = make_source(
+        organization, provider="generic_hmac", secret="k", name="field", event_id_field="id", **GENERIC_OPTIONS
+    )
+    signed_body = '{"id":"evt_1"}'
+    signature = "sha256=" + hmac.new(b"k", signed_body.encode(), hashlib.sha256).hexdigest()
+    for delivery in ("d-1", "d-2"):
+        _post(client, by_field, signed_body, {"X-Hub-Signature-256": signature, "X-Delivery": delivery})
+    event = WebhookEvent.objects.get(source=by_field)
+    assert event.provider_event_id == "evt_1" and event.signed_content_digest is None
