@@ -493,6 +493,31 @@ def test_a_signature_that_does_not_cover_the_body_is_single_use_per_body(client,
     assert WebhookEvent.objects.get(status="rejected").rejection_code == "replayed_signature"
 
 
+def test_moving_digits_between_mailgun_timestamp_and_token_does_not_make_a_new_nonce(client, organization):
+    # Mailgun signs timestamp + token with no separator, so a captured signature also verifies with a
+    # digit moved across the boundary: a token the single-use check has not seen. The signed time then
+    # moves by a factor of ten, which the retention bound or the nonce's window refuses (regression test, passing).
+    source = make_source(organization, provider="mailgun", secret="key-test-signing")
+    genuine = mailgun_signature("key-test-signing", token="5f4a7c1e0b2d9")
+
+    def send(signature, event_id):
+        body = json.dumps({"signature": signature, "event-data": {"id": event_id, "event": "delivered"}})
+        return client.post(f"/in/{source.ingest_token}/", data=body, content_type="application/json")
+
+    assert send(genuine, "evt-real").status_code == 200
+    timestamp, token = genuine["timestamp"], genuine["token"]
+    earlier = {**genuine, "timestamp": timestamp[:-1], "token": timestamp[-1] + token}
+    later = {**genuine, "timestamp": timestamp + token[0], "token": token[1:]}
+    # Dated in 1975 (older than any retention) or centuries ahead (past the nonce's window).
+    for shifted, refusal in ((earlier, "signed_before_retention"), (later, "timestamp_out_of_tolerance")):
+        assert shifted["timestamp"] + shifted["token"] == timestamp + token  # the same signed string
+        forged = send(shifted, "evt-forged")
+        assert forged.status_code == 401 and forged.json()["error"] == refusal
+    assert list(WebhookEvent.objects.filter(status="received").values_list("provider_event_id", flat=True)) == [
+        "evt-real"
+    ]
+
+
 def test_a_signature_used_at_one_source_cannot_carry_another_body_to_a_source_sharing_its_key(
     client, organization, other_organization
 ):
