@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import JSONParser
@@ -272,10 +273,13 @@ def server_error(request, *args, **kwargs):
     return allow_own_style_blocks(defaults.server_error(request))
 
 
+@csrf_exempt
 def json_not_found(request, *args, **kwargs):
     """Any other path under /api/ (a trailing slash doubled, another version, a typo), whatever the
     method and with or without a key: the API's 404, not the dashboard's HTML page, and never cached
-    like every other answer of the API (a shared cache may keep a 404 it was not told not to)."""
+    like every other answer of the API (a shared cache may keep a 404 it was not told not to).
+    Exempt from the CSRF check, as the API's views are (they take no cookie): a script's POST carries
+    no token, and was refused with the dashboard's HTML "Form not sent" before reaching this."""
     response = JsonResponse({"error": "not_found", "detail": "no such endpoint"}, status=404)
     add_never_cache_headers(response)
     return response

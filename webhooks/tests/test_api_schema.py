@@ -1283,3 +1283,15 @@ def test_a_path_under_api_that_is_no_endpoint_is_the_apis_json_404_never_cached(
         assert response.status_code == 404 and response["Content-Type"] == "application/json"
         assert response.json() == {"error": "not_found", "detail": "no such endpoint"}
         assert "no-store" in response["Cache-Control"], path
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+@pytest.mark.parametrize("path", ["/api/v1/sources/1/rotate-secret", "/api/v2/events", "/api/v1/destination"])
+def test_a_write_to_a_path_under_api_that_is_no_endpoint_is_the_json_404_not_the_csrf_page(organization, method, path):
+    # A script's POST carries no CSRF token: Django's test client skips that check unless told,
+    # and without it a typo in a write's path answered 403 with the dashboard's HTML "Form not sent".
+    client = Client(enforce_csrf_checks=True)
+    for headers in ({}, {"HTTP_AUTHORIZATION": f"Bearer {make_key(organization)[1]}"}):
+        response = getattr(client, method)(path, data="{}", content_type="application/json", **headers)
+        assert response.status_code == 404 and response["Content-Type"] == "application/json", response.content[:80]
+        assert response.json() == {"error": "not_found", "detail": "no such endpoint"}

@@ -630,3 +630,15 @@ def test_create_destination_names_the_sources_it_cannot_find_without_a_python_li
     assert (
         str(refused.value) == "organization acme has no source 98, 99"
     )  # was "no source [98, 99] in organization acme"
+
+
+def test_create_organization_says_where_the_owner_signs_in(settings):
+    # Creating the organization mails nobody, so the operator is given the page to send the owner to.
+    settings.PUBLIC_BASE_URL = "https://hooks.example.com"
+    result = run("create_organization", "--name", "Acme", "--slug", "acme", "--owner-email", "boss@acme.example")
+    assert result["sign_in_url"] == "https://hooks.example.com/accounts/sign-in/"
+    out = io.StringIO()
+    call_command(
+        "create_organization", "--name", "Beta", "--slug", "beta", "--owner-email", "b@beta.example", stdout=out
+    )
+    assert "Nothing was emailed: the owner signs in at https://hooks.example.com/accounts/sign-in/" in out.getvalue()

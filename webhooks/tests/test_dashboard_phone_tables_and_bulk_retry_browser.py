@@ -138,3 +138,26 @@ def test_a_bulk_retry_s_status_follows_it_until_it_has_finished(browser, live_se
     assert polls == []
     assert_clean(seen, pages_at_least=2)
     page.context.close()
+
+
+def test_a_destination_s_last_failure_with_a_long_error_fits_a_phone(browser, live_server, client, organization, owner):
+    """The error of a receiver that closed the connection, as the engine records it, holds a word of 40
+    characters ("RemoteDisconnected('Remote"…): in the Last failure card of a 390 px phone it ran past
+    the card and the whole destination page scrolled sideways by 20 px."""
+    world = build_world(client, organization)
+    world.delivery.attempts.update(
+        response_status=None,
+        response_body="",
+        error="connection failed: ('Connection aborted.', RemoteDisconnected('Remote end closed connection"
+        " without response'))",
+    )
+    page = sign_in(browser, live_server, owner, width=390, height=844)
+    page.goto(f"{live_server.url}/o/{organization.slug}/destinations/{world.destination.pk}/")
+    card = page.locator("#destination-health .card").filter(has_text="Last failure")
+    assert "RemoteDisconnected" in card.inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+    inside = card.evaluate(
+        "card => [...card.querySelectorAll('*')].every("
+        "element => element.getBoundingClientRect().right <= card.getBoundingClientRect().right)"
+    )
+    assert inside

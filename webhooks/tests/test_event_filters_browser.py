@@ -3,6 +3,7 @@
 import pytest
 
 from .dashboard_helpers import build_world, work_driven_by_the_test
+from .factories import make_destination, make_source
 from .test_dashboard_browser import sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,6 +67,25 @@ def test_the_events_filters_share_one_row_at_1280_px_and_wrap_when_narrower(
     narrow = shown_controls(page)
     assert len({control["top"] for control in narrow}) > 1
     assert overflow(page) <= 0
+
+
+def test_the_events_filters_fit_1280_px_with_the_names_a_tenant_gives_its_sources_and_destinations(
+    browser, live_server, organization, owner
+):
+    # Names of a tenant's first day: the lists are as wide as their longest name, and with these the
+    # row ran 19 px past the window, so the whole page scrolled sideways to reach From / To.
+    make_source(organization, name="Stripe production")
+    github = make_source(organization, provider="github", secret="a-secret-of-this-test", name="GitHub org hooks")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[github])
+    destination.name = "Billing app"
+    destination.save(update_fields=["name"])
+    page = sign_in(browser, live_server, owner, width=1280, height=900)
+    page.goto(f"{live_server.url}/o/{organization.slug}/events/")
+    controls = shown_controls(page)
+    assert {control["top"] for control in controls} == {controls[0]["top"]}, controls
+    assert overflow(page) <= 0
+    # The lists give up width before a filter leaves the window, still naming what they hold.
+    assert page.locator("#id_source").bounding_box()["width"] >= 80
 
 
 def test_from_and_to_are_shown_open_when_set(browser, live_server, client, organization, owner):
