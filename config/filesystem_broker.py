@@ -7,6 +7,7 @@ and `make run` stopped with it, a few minutes into a session. Here a message is 
 name no reader takes and renamed into place, which is atomic: a reader finds it whole or not at all.
 """
 
+import contextlib
 import os
 import uuid
 from time import monotonic
@@ -27,10 +28,17 @@ class Channel(filesystem.Channel):
         filename = os.path.join(self.data_folder_out, f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg")
         writing = filename + WRITING_SUFFIX
         try:
-            with open(writing, "wb", buffering=0) as file:
+            # Buffered, unlike kombu's: an unbuffered write that the disk cuts short (full, a size
+            # limit) returns how much it wrote and raises nothing, and the truncated message was then
+            # renamed into place, where a worker fails to parse it and stops. Buffered, it raises.
+            with open(writing, "wb") as file:
                 file.write(str_to_bytes(filesystem.dumps(payload)))
             os.replace(writing, filename)
         except OSError as exc:
+            # A write cut short (disk full, a file size limit) left a part no reader takes: removed,
+            # or each failed send would leave one in the queue folder for good.
+            with contextlib.suppress(OSError):
+                os.remove(writing)
             raise ChannelError(f"Cannot add file {filename!r} to directory") from exc
 
 

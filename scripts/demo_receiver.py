@@ -2,7 +2,8 @@
 
 It answers 200 to every POST and prints what it got, with whether Hookline's Standard
 Webhooks signature verifies under the demo destination's secret (DEMO_RECEIVER_SECRET,
-which `make run` hands it), so you can watch events arrive and see what your own
+which `make run` hands it: seed_demo gives it once, when it creates the destination, and
+`make run` keeps it in var/demo_receiver_secret for later starts), so you can watch events arrive and see what your own
 endpoint has to check. It listens on 127.0.0.1 only.
 """
 
@@ -40,7 +41,10 @@ def signature_check(headers, body: bytes, secret: str = SECRET) -> str:
     # During a rotation's overlap each attempt carries one signature per secret: any may match.
     if any(hmac.compare_digest(given.encode(), expected.encode()) for given in _v1_signatures(signatures)):
         return "signature verified"
-    return "signature DOES NOT MATCH the demo destination's secret (rotated since `make run` started? restart it)"
+    return (
+        "signature DOES NOT MATCH the demo destination's secret as `make run` created it (rotated since? this "
+        "receiver only knows that one, kept in var/demo_receiver_secret)"
+    )
 
 
 def _v1_signatures(signatures: list[str]) -> list[str]:

@@ -225,6 +225,34 @@ def operator_command(command: str) -> str:
     return f"PUBLIC_BASE_URL={BASE_URL} {command}"
 
 
+# The demo destination's secret, kept for the demo receiver: seed_demo gives it only in the run that
+# creates the destination (a secret is never shown once set), and later starts need it too.
+DEMO_RECEIVER_SECRET_FILE = VAR_DIR / "demo_receiver_secret"
+
+
+def demo_receiver_secret(seed: dict) -> str:
+    """The secret the demo receiver checks signatures with: the one seed_demo just made, kept in var/
+    (readable by its owner only) for later starts, or the one kept by the start that made it; "" when
+    there is none (the destination deleted, or var/ emptied while the database stayed)."""
+    if not seed.get("destination_id"):
+        DEMO_RECEIVER_SECRET_FILE.unlink(missing_ok=True)  # deleted: the next seed makes a new one
+        return ""
+    if secret := seed.get("destination_secret"):
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # Created with its mode (O_EXCL on a fresh name, then renamed): never readable by others, not
+        # even between the write and a chmod; a file left by an older run is replaced, not reused.
+        partial = DEMO_RECEIVER_SECRET_FILE.with_name(f".{DEMO_RECEIVER_SECRET_FILE.name}.{os.getpid()}")
+        partial.unlink(missing_ok=True)
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as kept:
+            kept.write(secret)
+        os.replace(partial, DEMO_RECEIVER_SECRET_FILE)
+        return secret
+    try:
+        return DEMO_RECEIVER_SECRET_FILE.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def main() -> None:
     run_lock = refuse_to_start_twice()  # noqa: F841 - held until exit
     os.environ.setdefault("PUBLIC_BASE_URL", BASE_URL)
@@ -235,8 +263,8 @@ def main() -> None:
     seed = json.loads(manage("seed_demo", "--json"))
     # The demo receiver checks each delivery's signature as the user's own endpoint must. Set before
     # the children start, in the environment rather than on a command line that `ps` shows.
-    if seed.get("destination_secret"):
-        os.environ["DEMO_RECEIVER_SECRET"] = seed["destination_secret"]
+    if secret := demo_receiver_secret(seed):
+        os.environ["DEMO_RECEIVER_SECRET"] = secret
 
     def interrupted(*_):
         raise SystemExit(0)

@@ -1,10 +1,14 @@
 """The embedded mode's broker (config/filesystem_broker.py): a worker never takes a message half written."""
 
 import os
+import resource
+import signal
 from pathlib import Path
 from queue import Empty
 
+import pytest
 from kombu import Connection
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 
 from config.filesystem_broker import Transport
@@ -36,6 +40,23 @@ def test_a_worker_polling_while_a_message_is_written_does_not_take_it_half_writt
     assert seen_while_writing == ["nothing"]
     assert worker._get("hookline") == {"task": "webhooks.tasks.sweep"}
     assert os.listdir(tmp_path) == []  # taken, and nothing left behind
+
+
+def test_a_message_whose_write_fails_is_refused_whole_and_leaves_nothing_behind(tmp_path):
+    # A real failed write: the file size limit (as a full disk would) stops it after its first bytes.
+    sender = channel(tmp_path)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the process is killed, not told EFBIG
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
+        with pytest.raises(ChannelError):
+            sender._put("hookline", {"task": "webhooks.tasks.sweep", "args": ["x" * 10_000]})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, ignored)
+    # Not put in the queue cut short (an unbuffered write said nothing of it: a worker then failed to
+    # parse it and stopped), and no ".writing" part left there for good.
+    assert os.listdir(tmp_path) == []
 
 
 SEND_AND_TAKE = (

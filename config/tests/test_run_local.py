@@ -241,7 +241,9 @@ def test_make_run_hands_the_demo_destinations_secret_to_the_receiver(run_local, 
     # The receiver printed "signature=yes" for any webhook-signature header, checked or not.
     monkeypatch.delenv("DEMO_RECEIVER_SECRET", raising=False)
     monkeypatch.setattr(
-        run_local, "manage", lambda *args, check=True: json.dumps({**SEED, "destination_secret": "whsec_c2VjcmV0"})
+        run_local,
+        "manage",
+        lambda *args, check=True: json.dumps({**SEED, "destination_id": 1, "destination_secret": "whsec_c2VjcmV0"}),
     )
     environment_at_start = {}
 
@@ -253,6 +255,42 @@ def test_make_run_hands_the_demo_destinations_secret_to_the_receiver(run_local, 
     with pytest.raises(SystemExit):
         run_local.main()
     assert environment_at_start["DEMO_RECEIVER_SECRET"] == "whsec_c2VjcmV0"
+
+
+def receiver_secret_at_start(run_local, monkeypatch, seed: dict) -> str | None:
+    """DEMO_RECEIVER_SECRET as main() hands it to the processes it starts, after seed_demo answered ``seed``."""
+    monkeypatch.delenv("DEMO_RECEIVER_SECRET", raising=False)
+    monkeypatch.setattr(run_local, "manage", lambda *args, check=True: json.dumps(seed))
+    environment_at_start = {}
+
+    def start(processes):
+        environment_at_start.update(os.environ)
+        raise SystemExit("stopped before starting anything")
+
+    monkeypatch.setattr(run_local, "start", start)
+    with pytest.raises(SystemExit):
+        run_local.main()
+    return environment_at_start.get("DEMO_RECEIVER_SECRET")
+
+
+def test_make_run_keeps_the_secret_seed_demo_gives_once_for_its_later_starts(run_local, monkeypatch):
+    # seed_demo printed the secret on every run; it now gives it only when it creates the destination.
+    kept = run_local.DEMO_RECEIVER_SECRET_FILE
+    created = {**SEED, "created": True, "destination_id": 7, "destination_secret": "whsec_Zmlyc3Q="}
+    assert receiver_secret_at_start(run_local, monkeypatch, created) == "whsec_Zmlyc3Q="  # a fresh machine
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert [path.name for path in kept.parent.iterdir() if path.name.startswith(".")] == []  # nothing left over
+
+    assert receiver_secret_at_start(run_local, monkeypatch, {**SEED, "destination_id": 7}) == "whsec_Zmlyc3Q="
+
+    # Created again (the database reset, var/ kept): the new secret replaces the kept one.
+    recreated = {**created, "destination_secret": "whsec_c2Vjb25k"}
+    assert receiver_secret_at_start(run_local, monkeypatch, recreated) == "whsec_c2Vjb25k"
+    assert kept.read_text() == "whsec_c2Vjb25k" and kept.stat().st_mode & 0o777 == 0o600
+
+    # The tenant deleted the demo destination: nothing to check with, nothing kept.
+    assert receiver_secret_at_start(run_local, monkeypatch, SEED) is None
+    assert not kept.exists()
 
 
 def post_to_demo_receiver(secret: str, signing_secret: str) -> str:

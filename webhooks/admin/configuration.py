@@ -31,7 +31,14 @@ from organizations.admin import (
     SavesOnlyItsFormsFieldsMixin,
     action_outcomes,
 )
-from webhooks.fields import SecretNotReadable, decrypt_for_one_look, encrypt, secrets_deferred
+from webhooks.fields import (
+    SecretNotReadable,
+    decrypt_for_one_look,
+    encrypt,
+    secrets_deferred,
+    take_readable_secrets,
+    with_stored_tokens,
+)
 from webhooks.forms import (
     RETRY_SCHEDULE_HELP,
     AllowedNetworksField,
@@ -68,7 +75,7 @@ from webhooks.services.operations import (
 )
 from webhooks.services.rejected_records import rejected_not_kept
 from webhooks.services.secret_use import secret_use_during_overlap
-from webhooks.services.secrets import previous_secret_valid_until, secret_hint
+from webhooks.services.secrets import SIGNING_SECRET_FIELDS, previous_secret_described, previous_secret_valid_until
 from webhooks.services.source_deletion import source_contents
 from webhooks.services.sources import (
     SourceError,
@@ -92,6 +99,14 @@ from .actions import (
 from .filters import DestinationFilter, SourceProviderFilter
 
 NEW_SECRETS_SESSION_KEY = "hookline_admin_new_secrets"
+
+# A rotation refused by replace_secret: the current secret was stored after this process started,
+# most likely by one with a key being deployed, which reads it.
+CURRENT_SECRET_NOT_READABLE_YET = (
+    "not rotated: its current secret cannot be read by this server yet (most likely stored by one that "
+    "already has an encryption key being deployed); nothing of it was changed: rotate it again once every "
+    "server has the new key"
+)
 
 
 class OneTimeSecretsMixin:
@@ -122,12 +137,16 @@ class OneTimeSecretsMixin:
         first, on a confirmation page (None when nothing selected is in an overlap, or once confirmed)."""
         if confirmed(request):
             return None
-        overlapping = [
-            f"{item.organization.name} · {item}: the secret ending {secret_hint(item.previous_secret)} works until "
-            f"{previous_secret_valid_until(item):%Y-%m-%d %H:%M} UTC"
-            for item in queryset.select_related("organization")
-            if previous_secret_valid_until(item) is not None
-        ]
+        overlapping = []
+        # Their secrets read as stored: an older secret that no key of this process decrypts (a key
+        # retired too early) is named as such, as on the dashboard, instead of making this a 503.
+        for item in with_stored_tokens(queryset.select_related("organization"), *SIGNING_SECRET_FIELDS):
+            take_readable_secrets(item)
+            if (until := previous_secret_valid_until(item)) is not None:
+                overlapping.append(
+                    f"{item.organization.name} · {item}: the older secret ({previous_secret_described(item)}) "
+                    f"works until {until:%Y-%m-%d %H:%M} UTC"
+                )
         if not overlapping:
             return None
         return confirmation_page(
@@ -534,6 +553,12 @@ class SourceAdmin(
                 refused.append(f"{source}: {exc}")
                 outcomes.add_refused(source.organization_id, f"source {source.pk}", str(exc))
                 continue
+            except SecretNotReadable:
+                # Left for a process with the key (see replace_secret). Not a 503 for the whole action:
+                # the secrets already generated for the others would be shown nowhere.
+                refused.append(f"{source}: {CURRENT_SECRET_NOT_READABLE_YET}")
+                outcomes.add_refused(source.organization_id, f"source {source.pk}", CURRENT_SECRET_NOT_READABLE_YET)
+                continue
             outcomes.add_done(source.organization_id, f"source {source.pk}")  # never the secret itself
             shown.append((f"{source.organization.name} · {source}", generated))
             urls.append(ingest_url(source))
@@ -912,6 +937,12 @@ class DestinationAdmin(
             except DestinationError as exc:  # deleted meanwhile
                 self.message_user(request, f"{destination}: {exc}", messages.ERROR)
                 outcomes.add_refused(destination.organization_id, f"destination {destination.pk}", str(exc))
+                continue
+            except SecretNotReadable:  # as for sources: the others' new secrets must still be shown
+                self.message_user(request, f"{destination}: {CURRENT_SECRET_NOT_READABLE_YET}", messages.ERROR)
+                outcomes.add_refused(
+                    destination.organization_id, f"destination {destination.pk}", CURRENT_SECRET_NOT_READABLE_YET
+                )
                 continue
             outcomes.add_done(destination.organization_id, f"destination {destination.pk}")  # never the secret
             shown.append((f"{destination.organization.name} · {destination}", secret))

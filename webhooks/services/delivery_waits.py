@@ -103,6 +103,16 @@ NEXT_TRY_WHEN_HELD = {
 }
 
 
+def next_try_when(delivery: Delivery, wait: str | None) -> str:
+    """The end of a pending delivery's "next try …" in words, or "" where its time alone says it.
+    ``wait`` is its delivery_waits() code. One the platform put back unsent says so even once its
+    time has come: it is tried when a worker takes it and put back again while the cause lasts, and
+    "next try 5 min ago" alone read as a backoff after its receiver failed."""
+    if wait in NEXT_TRY_WHEN_HELD:
+        return NEXT_TRY_WHEN_HELD[wait]
+    return NEXT_TRY_WHEN_HELD.get(PUT_BACK_WAITS.get(delivery.put_back_cause), "")
+
+
 def delivery_hold(*, destination: Destination, organization: Organization | None = None) -> str | None:
     """The DELIVERY_HOLDS code of what a delivery of this destination waits for whatever its time, or
     None when the destination is sent to. A retry says so: "queued" alone reads as "on its way"; and

@@ -281,7 +281,9 @@ def processing_health(now: datetime | None = None) -> ProcessingHealth:
             health.unmeasured.append(name)
     if health.periodic_tasks:
         runs = [task.last_run_at for task in health.periodic_tasks if task.enabled and task.last_run_at]
-        if runs and health.beat_tried_at is not None:
+        # Even before any task has run: a beat started with the broker down on a fresh install marks
+        # its tries and sends nothing, and "is beat running?" sent its operator the wrong way.
+        if health.beat_tried_at is not None:
             runs.append(health.beat_tried_at)
         health.beat_last_run_at = max(runs, default=None)
     _read_worker_mark(health)
@@ -525,6 +527,8 @@ def _judge(health: ProcessingHealth) -> None:
             and health.beat_sends_fail
             and health.beat_sent_at is None
             and health.redis_up
+            # Beat's newest try is a failed connection it marked: a beat of this release, not the one before.
+            and health.beat_last_run_at != health.beat_tried_at
         ):
             # No send was ever marked, and Redis answers: most likely the beat of the release before
             # the one that marks sends (webhooks migration 0036) still runs beside this code, as it

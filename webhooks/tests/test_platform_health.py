@@ -264,6 +264,36 @@ def test_a_beat_that_cannot_reach_the_broker_at_all_says_so_at_once(beat_process
     assert (processing_health().verdict, processing_health().beat_sends_fail) == ("ok", False)
 
 
+def test_a_beat_that_never_reached_the_broker_since_install_is_not_called_missing(beat_process, monkeypatch):
+    """A fresh install whose beat starts with the broker down: no periodic task has a last_run_at yet,
+    and its failed tries to connect were left out, so the health said "is beat running?" of a beat
+    that runs and marks each try."""
+    import kombu.exceptions
+    import kombu.utils.functional
+
+    import config.beat
+
+    call_command("install_periodic_tasks", stdout=open("/dev/null", "w"))
+    worker_ran(seconds_ago=1)
+    scheduler = config.beat.DatabaseScheduler(app=celery_app)
+    scheduler.connection = Connection(
+        f"redis://127.0.0.1:{free_port()}/0", transport_options={"socket_connect_timeout": 1}
+    )
+    monkeypatch.setitem(celery_app.conf, "broker_connection_max_retries", 1)
+    monkeypatch.setattr(kombu.utils.functional, "sleep", lambda seconds: None)
+    with pytest.raises(kombu.exceptions.OperationalError):
+        _ = scheduler.producer
+
+    health = processing_health()
+    [reason] = [reason for reason in health.reasons if "beat" in reason]
+    assert reason.startswith("beat's sends do not reach the broker: its newest try, "), reason
+    assert "none has reached it yet" in reason
+
+    with celery_app.producer_or_acquire() as producer:
+        beat_sends(scheduler, "hookline-sweep", producer)
+    assert processing_health().beat_sends_fail is False
+
+
 @pytest.fixture
 def beat_process(monkeypatch):
     """This process as beat (the beat_init signal sent); its sends to the tests' broker purged afterwards."""

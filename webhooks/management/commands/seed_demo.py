@@ -58,10 +58,12 @@ class Command(OperatorCommand):
             "ingest_url": ingest_url(source) if source else None,
             "destination_id": destination.pk if destination else None,
             "destination_url": destination.url if destination else None,
-            # For `make run`'s demo receiver, which verifies each delivery's signature with it. Only in
-            # the JSON, which `make run` reads, never in the lines printed for a person.
-            "destination_secret": destination.secret if destination else None,
         }
+        if created:
+            # For `make run`'s demo receiver, which verifies each delivery's signature with it, and
+            # which keeps it (var/, readable by its owner only). Only in the JSON, which `make run`
+            # reads, and only by the run that made it: a secret is never shown once it is set.
+            result["destination_secret"] = destination.secret
         lines = [f"Demo organization '{organization.slug}' {'created' if created else 'already there'}."]
         lines.append(f"  Stripe source {source.pk}: {ingest_url(source)}" if source else "  Stripe source: deleted")
         lines.append(f"  Destination {destination.pk}: {destination.url}" if destination else "  Destination: deleted")

@@ -40,7 +40,7 @@ from webhooks.selectors import (
 )
 from webhooks.services.body_search_slots import BodySearchBusy
 from webhooks.services.delivery import DeliveryRetryError
-from webhooks.services.delivery_waits import NEXT_TRY_WHEN_HELD, delivery_waits
+from webhooks.services.delivery_waits import delivery_waits, next_try_when
 from webhooks.services.destinations import destination_replay_event, destination_retry_delivery
 from webhooks.services.event_story import UNRECORDED_ATTEMPT, unrecorded_attempt_numbers
 from webhooks.services.operations import OperationError
@@ -220,7 +220,7 @@ class EventDeliveriesMixin:
         # delivery due minutes ago read "next try 4 min ago" (the rule of delivery_waits).
         waits = delivery_waits(deliveries)
         for delivery in deliveries:
-            delivery.next_try_when = NEXT_TRY_WHEN_HELD.get(waits.get(delivery.pk), "")
+            delivery.next_try_when = next_try_when(delivery, waits.get(delivery.pk))
             delivery.attempt_rows = _attempt_rows(delivery)
         return {
             "event": event,
@@ -309,6 +309,10 @@ def event_progress(event: WebhookEvent) -> dict:
         )
 
     moving = event.status == WebhookEvent.Status.RECEIVED or any(map(about_to_change, deliveries))
+    for delivery in deliveries:
+        # The wait of its cause, not its time alone: the panel says what is really going to happen.
+        # (An attribute of its own: the event page's section sets next_try_when on the same objects.)
+        delivery.progress_next_try = next_try_when(delivery, None)
     state = "|".join([event.status, str(moving), *map(_delivery_state_key, deliveries)])
     return {
         "progress_event": event,
@@ -325,7 +329,11 @@ def event_progress(event: WebhookEvent) -> dict:
 def _delivery_state_key(delivery: Delivery) -> str:
     # Whatever the fragments show or decide by: a destination paused meanwhile changes no delivery,
     # yet its "waits" note must appear and the polling end.
-    return f"{delivery.pk}:{delivery.status}:{delivery.attempt_count}:{bool(delivery.destination.paused_at)}"
+    # A put-back leaves its status and attempt count as they were: its cause tells it from a queued one.
+    return (
+        f"{delivery.pk}:{delivery.status}:{delivery.attempt_count}:{bool(delivery.destination.paused_at)}"
+        f":{delivery.put_back_cause or ''}"
+    )
 
 
 def _fingerprint(text: str, length: int = 16) -> str:
