@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 from django.views.decorators.debug import sensitive_post_parameters
 
+from config.formats import to_the_second
 from organizations.admin import (
     AuditedAdminMixin,
     CountsWhatADeletionTakesMixin,
@@ -124,7 +125,7 @@ class OneTimeSecretsMixin:
             return None
         overlapping = [
             f"{item.organization.name} · {item}: the secret ending {secret_hint(item.previous_secret)} works until "
-            f"{previous_secret_valid_until(item):%Y-%m-%d %H:%M} UTC"
+            f"{to_the_second(previous_secret_valid_until(item))}"
             for item in queryset.select_related("organization")
             if previous_secret_valid_until(item) is not None
         ]
@@ -797,8 +798,8 @@ class DestinationAdmin(
         if obj.failing_since is None:
             return "—"
         return format_html(
-            '<span class="hookline-bad">since {} UTC: {}</span>',
-            f"{obj.failing_since:%Y-%m-%d %H:%M}",
+            '<span class="hookline-bad">since {}: {}</span>',
+            to_the_second(obj.failing_since),
             ngettext(
                 "%(count)d consecutive failed attempt",
                 "%(count)d consecutive failed attempts",
