@@ -41,7 +41,7 @@ from webhooks.fields import encrypted_field_names, take_readable_secrets, with_s
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.delivery import HELD_BY_PLATFORM, RETRYING
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
-from .providers.registry import PROVIDERS
+from .providers.registry import PROVIDERS, documented_header_name
 from .services.body_search_slots import body_search_slot
 from .services.delivery_waits import DESTINATION_FIELDS_READ
 from .services.sender_marks import hookline_test_events
@@ -1142,7 +1142,10 @@ def headers_for_viewer(
     for name, value in sorted(headers.items()):
         lowered = name.lower()
         is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
-        shown.append((name, SIGNATURE_HIDDEN if is_signature and not sees_signatures else value))
+        # Events stored before names were kept as documented say "X-Github-Delivery".
+        shown.append(
+            (documented_header_name(name), SIGNATURE_HIDDEN if is_signature and not sees_signatures else value)
+        )
     return shown
 
 

@@ -191,6 +191,10 @@ class Provider:
     # console and which comes first (Slack checks the URL the moment it is pasted). Shown on the
     # source form and page and in docs/providers.md; without them those keep a general sentence.
     setup_steps: ClassVar[tuple[str, ...]] = ()
+    # Header names as the provider's documentation spells them, where that is not the capitalised
+    # words a WSGI server leaves us ("X-GitHub-Delivery", which arrives as HTTP_X_GITHUB_DELIVERY and
+    # Django names "X-Github-Delivery"). Stored, shown and forwarded with this spelling.
+    header_names: ClassVar[tuple[str, ...]] = ()
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""

@@ -2,6 +2,7 @@
 GitHub spells it, bounded source secrets, ids in ASCII digits only, the event page announcing an
 event with no deliveries."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -10,9 +11,10 @@ from django.test import Client
 from django.urls import reverse
 
 from organizations.models import ApiKey, AuditLog, Organization
-from webhooks.models import Delivery, DeliveryAttempt, Destination, Source
+from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.services.delivery import build_request_headers
 
-from .api_helpers import make_delivery, make_event, make_key
+from .api_helpers import api_get, make_delivery, make_event, make_key
 from .factories import make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -69,3 +71,50 @@ def test_every_admin_list_and_change_page_gives_times_to_the_second_in_utc(organ
     written = audit.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert written in staff_client.get(reverse("admin:organizations_auditlog_changelist")).content.decode()
     assert written in staff_client.get(reverse("admin:organizations_auditlog_change", args=[audit.pk])).content.decode()
+
+
+# --- 2. GitHub's headers as GitHub spells them --------------------------------------------------------
+
+GITHUB_DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+
+
+def test_githubs_headers_are_stored_shown_and_forwarded_as_github_spells_them(client, organization, owner):
+    # GitHub's documented example (secret "It's a Secret to Everybody", payload "Hello, World!"). A WSGI
+    # server hands the names over as HTTP_X_GITHUB_DELIVERY: their case is gone before Django sees them.
+    source = make_source(organization, provider="github", secret="It's a Secret to Everybody")
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    response = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        "Hello, World!",
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256="sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        HTTP_X_GITHUB_EVENT="ping",
+        HTTP_X_GITHUB_DELIVERY=GITHUB_DELIVERY,
+        HTTP_X_GITHUB_HOOK_ID="292430182",
+    )
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get(pk=response.json()["id"])
+    assert event.headers["X-GitHub-Delivery"] == GITHUB_DELIVERY
+    assert event.headers["X-GitHub-Event"] == "ping"
+    assert event.headers["X-GitHub-Hook-ID"] == "292430182"
+    assert "X-Github-Delivery" not in event.headers
+
+    # An event stored before, with Django's spelling, is shown and sent on with GitHub's too.
+    older = make_event(
+        source, headers={"X-Github-Delivery": "older-guid", "X-Github-Event": "ping", "Content-Type": "text/plain"}
+    )
+    client.force_login(owner)
+    for shown, guid in ((event, GITHUB_DELIVERY), (older, "older-guid")):
+        page = client.get(reverse("dashboard:event_detail", args=[organization.slug, shown.pk])).content.decode()
+        assert "X-GitHub-Delivery" in page and "X-GitHub-Event" in page
+        assert "X-Github-" not in page
+        delivery = Delivery.objects.create(organization=organization, event=shown, destination=destination)
+        sent = build_request_headers(delivery, 1700000000)
+        assert sent["X-GitHub-Delivery"] == guid
+        assert sent["X-GitHub-Event"] == "ping"
+        assert not [name for name in sent if name.startswith("X-Github-")]
+    _, key = make_key(organization)
+    answer = api_get(Client(), key, f"/api/v1/events/{older.pk}")
+    assert answer.status_code == 200, answer.content
+    assert "X-GitHub-Delivery" in json.dumps(answer.json()) and "X-Github-" not in json.dumps(answer.json())
