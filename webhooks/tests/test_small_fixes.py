@@ -2,17 +2,20 @@
 GitHub spells it, bounded source secrets, ids in ASCII digits only, the event page announcing an
 event with no deliveries."""
 
+import io
 import json
 from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
 from organizations.models import ApiKey, AuditLog, Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.delivery import build_request_headers
+from webhooks.services.destinations import DestinationError, destination_rotate_secret
 
 from .api_helpers import api_get, make_delivery, make_event, make_key
 from .factories import make_destination, make_source
@@ -118,3 +121,67 @@ def test_githubs_headers_are_stored_shown_and_forwarded_as_github_spells_them(cl
     answer = api_get(Client(), key, f"/api/v1/events/{older.pk}")
     assert answer.status_code == 200, answer.content
     assert "X-GitHub-Delivery" in json.dumps(answer.json()) and "X-Github-" not in json.dumps(answer.json())
+
+
+# --- 3. A source's (or destination's) secret has a length bound -------------------------------------
+
+# A whole file pasted where the secret goes: refused with the reason, never stored nor echoed.
+HUGE_SECRET = "whsec_" + "A" * 5000
+AT_THE_BOUND = "whsec_" + "B" * (1024 - 6)
+
+
+def test_a_huge_source_secret_is_refused_with_its_reason_everywhere_one_is_given(client, organization, owner, tmp_path):
+    reason = "at most 1,024 are accepted"
+    client.force_login(owner)
+    page = client.post(
+        reverse("dashboard:source_create", args=[organization.slug, "stripe"]),
+        {"name": "Pasted a file", "secret": HUGE_SECRET, "option_tolerance": "300"},
+    )
+    assert page.status_code == 200 and reason in page.content.decode()
+    assert HUGE_SECRET not in page.content.decode()
+
+    source = make_source(organization, provider="github", secret="a-github-secret-of-old")
+    page = client.post(
+        reverse("dashboard:source_rotate", args=[organization.slug, source.pk]),
+        {"new_secret": HUGE_SECRET, "overlap_seconds": "3600"},
+    )
+    assert page.status_code == 200 and reason in page.content.decode()
+    assert Source.objects.get(pk=source.pk).secret == "a-github-secret-of-old"
+
+    _, key = make_key(organization)
+    api = Client()
+    created = api.post(
+        "/api/v1/sources",
+        {"name": "Pasted a file", "provider": "github", "secret": HUGE_SECRET},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert created.status_code == 400 and reason in created.json()["fields"]["secret"][0], created.content
+    rotated = api.post(
+        f"/api/v1/sources/{source.pk}/rotate_secret",
+        {"secret": HUGE_SECRET},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert rotated.status_code == 400 and reason in rotated.json()["fields"]["secret"][0], rotated.content
+    assert not Source.objects.filter(name="Pasted a file").exists()
+
+    pasted = tmp_path / "secret.txt"
+    pasted.write_text(HUGE_SECRET)
+    with pytest.raises(CommandError, match=reason):
+        call_command(
+            *("create_source", "--org", organization.slug, "--provider", "stripe", "--name", "Pasted a file"),
+            *("--secret-file", str(pasted)),
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+    # The bound itself is allowed: generous for any provider's real secret.
+    assert make_source(organization, provider="stripe", secret=AT_THE_BOUND).secret == AT_THE_BOUND
+
+
+def test_a_huge_destination_secret_is_refused_with_its_reason(organization):
+    destination, _ = make_destination(organization, RECEIVER)
+    with pytest.raises(DestinationError, match="at most 1,024 are accepted"):
+        destination_rotate_secret(destination=destination, new_secret="whsec_" + "QUFB" * 1300)
+    good = "whsec_" + "QUFB" * 254  # 1,022 characters, 762 bytes of key
+    assert destination_rotate_secret(destination=destination, new_secret=good)[1] == good
