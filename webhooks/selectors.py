@@ -169,8 +169,14 @@ def uuid7_time(value: uuid.UUID) -> datetime:
 
 
 def parse_event_id(text: str) -> uuid.UUID | None:
+    """The UUID ``text`` spells in ASCII, or None. Python's int() reads any script's digits, and
+    uuid.UUID with it: "٣" or a fullwidth "３" would name the event with a 3 there. No page shows
+    an id so, so such a text is not an id here (as not in the API's filters, see api/serializers.py)."""
+    text = text.strip() if isinstance(text, str) else text
+    if isinstance(text, str) and not text.isascii():
+        return None
     try:
-        return uuid.UUID(text.strip())
+        return uuid.UUID(text)
     except (ValueError, AttributeError):
         return None
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Prefetch, Q
 from django.template.loader import render_to_string
@@ -301,9 +299,7 @@ class WebhookEventAdmin(
         )
 
     def get_object(self, request, object_id, from_field=None):
-        try:
-            uuid.UUID(str(object_id))
-        except ValueError:
+        if parse_event_id(str(object_id)) is None:  # not a UUID, or one in other digits than ASCII's
             return None
         events = secrets_deferred(WebhookEvent.objects.select_related("organization", "source"), "source")
         event = events.filter(pk=object_id).first()
@@ -678,9 +674,8 @@ class DeliveryAttemptAdmin(
         return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": headers})
 
     def get_search_results(self, request, queryset, search_term):
-        try:
-            term = uuid.UUID(search_term.strip())
-        except ValueError:
+        term = parse_event_id(search_term)
+        if term is None:
             return (queryset.none() if search_term.strip() else queryset), False
         return queryset.filter(delivery_id=term), False
 

@@ -185,3 +185,53 @@ def test_a_huge_destination_secret_is_refused_with_its_reason(organization):
         destination_rotate_secret(destination=destination, new_secret="whsec_" + "QUFB" * 1300)
     good = "whsec_" + "QUFB" * 254  # 1,022 characters, 762 bytes of key
     assert destination_rotate_secret(destination=destination, new_secret=good)[1] == good
+
+
+# --- 4. Ids are ASCII digits: "٣" or "３" is not an id, anywhere one is read -------------------------
+
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+def test_an_id_in_other_digits_than_ascii_is_not_an_id(client, organization, owner, staff_client):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, RECEIVER, sources=[source])
+    event = make_event(source)
+    delivery = make_delivery(event, destination)
+    other_event_id = str(event.pk).translate(ARABIC_INDIC)
+    other_delivery_id = str(delivery.pk).translate(FULLWIDTH)
+    assert other_event_id != str(event.pk)  # a UUID has digits
+
+    _, key = make_key(organization)
+    api = Client()
+    for path, params, field in (
+        ("/api/v1/events", {"source": str(source.pk).translate(ARABIC_INDIC)}, "source"),
+        ("/api/v1/events", {"destination": str(destination.pk).translate(FULLWIDTH)}, "destination"),
+        ("/api/v1/deliveries", {"destination": str(destination.pk).translate(ARABIC_INDIC)}, "destination"),
+        ("/api/v1/deliveries", {"event": other_event_id}, "event"),
+    ):
+        answer = api_get(api, key, path, **params)
+        assert answer.status_code == 400, (params, answer.content)
+        assert "is not an id" in answer.json()["fields"][field][0]
+    assert api_get(api, key, f"/api/v1/events/{other_event_id}").status_code == 404
+    assert api_get(api, key, f"/api/v1/deliveries/{other_delivery_id}").status_code == 404
+    assert api_get(api, key, f"/api/v1/events/{event.pk}").status_code == 200  # as written, it is found
+
+    client.force_login(owner)
+    events = reverse("dashboard:events", args=[organization.slug])
+    for searched in (other_event_id, other_delivery_id):
+        page = client.get(events, {"q": searched})
+        assert page.status_code == 200 and str(event.pk) not in page.content.decode()
+    assert str(event.pk) in client.get(events, {"q": str(event.pk)}).content.decode()
+    new_destination = reverse("dashboard:destination_create", args=[organization.slug])
+    page = client.get(new_destination, {"source": "²"})  # a digit to isdigit(), not to int()
+    assert page.status_code == 200
+
+    for name, searched in (("webhookevent", other_event_id), ("delivery", other_delivery_id)):
+        page = staff_client.get(reverse(f"admin:webhooks_{name}_changelist"), {"q": searched})
+        assert page.status_code == 200 and f"/{event.pk}/" not in page.content.decode()
+        assert f"/{delivery.pk}/change/" not in page.content.decode()
+    attempts = staff_client.get(reverse("admin:webhooks_deliveryattempt_changelist"), {"q": other_delivery_id})
+    assert attempts.status_code == 200 and f"/{delivery.pk}/change/" not in attempts.content.decode()
+    page = staff_client.get(reverse("admin:webhooks_webhookevent_change", args=[other_event_id]))
+    assert page.status_code == 302  # "doesn't exist", back to the list
