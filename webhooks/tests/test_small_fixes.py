@@ -2,8 +2,10 @@
 GitHub spells it, bounded source secrets, ids in ASCII digits only, the event page announcing an
 event with no deliveries."""
 
+import html
 import io
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -14,10 +16,12 @@ from django.urls import reverse
 
 from organizations.models import ApiKey, AuditLog, Organization
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.services import processing
 from webhooks.services.delivery import build_request_headers
 from webhooks.services.destinations import DestinationError, destination_rotate_secret
 
 from .api_helpers import api_get, make_delivery, make_event, make_key
+from .dashboard_helpers import ingest_stripe
 from .factories import make_destination, make_source
 
 pytestmark = pytest.mark.django_db
@@ -235,3 +239,41 @@ def test_an_id_in_other_digits_than_ascii_is_not_an_id(client, organization, own
     assert attempts.status_code == 200 and f"/{delivery.pk}/change/" not in attempts.content.decode()
     page = staff_client.get(reverse("admin:webhooks_webhookevent_change", args=[other_event_id]))
     assert page.status_code == 302  # "doesn't exist", back to the list
+
+
+# --- 5. The event page says when an event was processed into no delivery at all -------------------------
+
+
+def _follow(client, shown: str):
+    """The event page's poll, as its deliveries section (in the HTML ``shown``) asks for it."""
+    url = html.unescape(re.search(r'hx-get="([^"]*follow=page)"', shown).group(1))
+    return client.get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="event-deliveries")
+
+
+def _said(section: str) -> str:
+    return re.search(r'<p id="event-deliveries-status" hx-swap-oob="innerHTML">(.*?)</p>', section, re.S).group(1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_event_page_says_when_an_event_is_processed_into_no_delivery(client, organization, owner, monkeypatch):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    client.force_login(owner)
+    source = make_source(organization)
+    # A destination of the source whose payload filter leaves this event out, for the second case.
+    make_destination(
+        organization, RECEIVER, sources=[source], payload_filters=[{"path": "note", "op": "equals", "value": "kept"}]
+    )
+    other = make_source(organization, name="Unsubscribed")
+
+    cases = ((other, "Processed: no destination subscribes to this source for invoice.paid."),)
+    cases += ((source, "Processed: not sent to any destination; see why below."),)
+    for sent_to, expected in cases:
+        event_id = ingest_stripe(client, sent_to, f"evt_nowhere_{sent_to.pk}", note="left out")
+        page = client.get(reverse("dashboard:event_detail", args=[organization.slug, event_id])).content.decode()
+        assert "Not processed yet" in page and "follow=page" in page
+        processing.process_received_events()
+        assert WebhookEvent.objects.get(pk=event_id).status == WebhookEvent.Status.PROCESSED
+        section = _follow(client, page)
+        assert section.status_code == 200
+        assert _said(section.content.decode()) == expected
+        assert "follow=page" not in section.content.decode()  # nothing more to follow
