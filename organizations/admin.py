@@ -37,6 +37,7 @@ from django.utils.text import capfirst
 from django.utils.translation import ngettext
 
 from accounts.admin import UserAdmin
+from config.formats import to_the_second
 from webhooks.fields import EncryptedTextField
 
 from .api_keys import api_key_revoke
@@ -873,11 +874,11 @@ class OrganizationAdmin(
                 "—" if obj.is_active or obj.being_deleted else "suspended (its time is set by the next retention run)"
             )
         return format_html(
-            "suspended since {} UTC: its deliveries wait until it is active again; from {} UTC on, the "
+            "suspended since {}: its deliveries wait until it is active again; from {} on, the "
             "retention run marks dead those held longer than {} days (audit action "
             "<code>organization.held_deliveries_given_up</code>), to be retried once it is active again",
-            f"{obj.suspended_at:%Y-%m-%d %H:%M:%S}",
-            f"{given_up_from:%Y-%m-%d %H:%M:%S}",
+            to_the_second(obj.suspended_at),
+            to_the_second(given_up_from),
             settings.SUSPENDED_ORGANIZATION_HOLD_DAYS,
         )
 

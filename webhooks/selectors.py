@@ -41,7 +41,7 @@ from webhooks.fields import encrypted_field_names, take_readable_secrets, with_s
 from .models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from .models.delivery import HELD_BY_PLATFORM, RETRYING
 from .models.subscription import TYPE_LEVEL_SEPARATORS, WILDCARDS, event_type_matches
-from .providers.registry import PROVIDERS
+from .providers.registry import PROVIDERS, documented_header_name
 from .services.body_search_slots import body_search_slot
 from .services.delivery_waits import DESTINATION_FIELDS_READ
 from .services.sender_marks import hookline_test_events
@@ -169,8 +169,14 @@ def uuid7_time(value: uuid.UUID) -> datetime:
 
 
 def parse_event_id(text: str) -> uuid.UUID | None:
+    """The UUID ``text`` spells in ASCII, or None. Python's int() reads any script's digits, and
+    uuid.UUID with it: "٣" or a fullwidth "３" would name the event with a 3 there. No page shows
+    an id so, so such a text is not an id here (as not in the API's filters, see api/serializers.py)."""
+    text = text.strip() if isinstance(text, str) else text
+    if isinstance(text, str) and not text.isascii():
+        return None
     try:
-        return uuid.UUID(text.strip())
+        return uuid.UUID(text)
     except (ValueError, AttributeError):
         return None
 
@@ -1142,7 +1148,10 @@ def headers_for_viewer(
     for name, value in sorted(headers.items()):
         lowered = name.lower()
         is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
-        shown.append((name, SIGNATURE_HIDDEN if is_signature and not sees_signatures else value))
+        # Events stored before names were kept as documented say "X-Github-Delivery".
+        shown.append(
+            (documented_header_name(name), SIGNATURE_HIDDEN if is_signature and not sees_signatures else value)
+        )
     return shown
 
 

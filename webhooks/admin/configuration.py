@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 from django.views.decorators.debug import sensitive_post_parameters
 
+from config.formats import to_the_second
 from organizations.admin import (
     AuditedAdminMixin,
     CountsWhatADeletionTakesMixin,
@@ -145,7 +146,7 @@ class OneTimeSecretsMixin:
             if (until := previous_secret_valid_until(item)) is not None:
                 overlapping.append(
                     f"{item.organization.name} · {item}: the older secret ({previous_secret_described(item)}) "
-                    f"works until {until:%Y-%m-%d %H:%M} UTC"
+                    f"works until {to_the_second(until)}"
                 )
         if not overlapping:
             return None
@@ -822,8 +823,8 @@ class DestinationAdmin(
         if obj.failing_since is None:
             return "—"
         return format_html(
-            '<span class="hookline-bad">since {} UTC: {}</span>',
-            f"{obj.failing_since:%Y-%m-%d %H:%M}",
+            '<span class="hookline-bad">since {}: {}</span>',
+            to_the_second(obj.failing_since),
             ngettext(
                 "%(count)d consecutive failed attempt",
                 "%(count)d consecutive failed attempts",

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import admin, messages
-from django.db.models import DateTimeField, OuterRef, Prefetch, Q
+from django.db.models import OuterRef, Prefetch, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import dateformat, timezone
 from django.utils.html import format_html
-from django.utils.text import capfirst
 from django.utils.translation import ngettext
 
 from organizations.admin import (
@@ -192,54 +188,6 @@ def _retry_deliveries(model_admin, request, deliveries, *, noun: str):
     return None
 
 
-# --- Times to the second ------------------------------------------------------------------------
-
-# The admin's own date format stops at the minute ("8:42 p.m."): whether a duplicate came 1 s or 59 s
-# after the original, or an attempt before or after a retry by hand, could not be told.
-TO_THE_SECOND = "Y-m-d H:i:s T"
-
-
-def to_the_second(moment):
-    if moment is None:
-        return None  # the admin's empty value
-    return dateformat.format(timezone.localtime(moment), TO_THE_SECOND)
-
-
-def _shown_to_the_second(model, name: str):
-    @admin.display(description=capfirst(model._meta.get_field(name).verbose_name))
-    def shown(self, obj):
-        return to_the_second(getattr(obj, name))
-
-    return shown
-
-
-def times_to_the_second(model):
-    """A class decorator for an admin (or inline) of ``model``: each date-time of its change page,
-    read-only, shown to the second. The lists keep Django's shorter format."""
-    times = {field.name for field in model._meta.fields if isinstance(field, DateTimeField)}
-
-    def decorate(admin_class):
-        shown = [name for name in times if name in admin_class.readonly_fields]
-
-        def swapped(names):
-            return type(names)(f"{name}_to_the_second" if name in shown else name for name in names)
-
-        for name in shown:
-            setattr(admin_class, f"{name}_to_the_second", _shown_to_the_second(model, name))
-        admin_class.readonly_fields = swapped(admin_class.readonly_fields)
-        if admin_class.fields:
-            admin_class.fields = swapped(admin_class.fields)
-        if admin_class.fieldsets:
-            admin_class.fieldsets = tuple(
-                (title, {**options, "fields": swapped(options["fields"])}) for title, options in admin_class.fieldsets
-            )
-        # Not offered again as the model's own (a form field) beside the one shown.
-        admin_class.exclude = (*(admin_class.exclude or ()), *shown)
-        return admin_class
-
-    return decorate
-
-
 # --- Events -----------------------------------------------------------------------------------
 
 SHORT_ID_HEAD, SHORT_ID_TAIL = 14, 6
@@ -257,7 +205,6 @@ def shortened(value: str | None):
 
 
 @admin.register(WebhookEvent)
-@times_to_the_second(WebhookEvent)
 class WebhookEventAdmin(
     NoLookupsIntoHiddenValuesMixin,
     ReturnToObjectPageMixin,
@@ -352,9 +299,7 @@ class WebhookEventAdmin(
         )
 
     def get_object(self, request, object_id, from_field=None):
-        try:
-            uuid.UUID(str(object_id))
-        except ValueError:
+        if parse_event_id(str(object_id)) is None:  # not a UUID, or one in other digits than ASCII's
             return None
         events = secrets_deferred(WebhookEvent.objects.select_related("organization", "source"), "source")
         event = events.filter(pk=object_id).first()
@@ -571,7 +516,6 @@ class WebhookEventAdmin(
 # --- Deliveries and attempts --------------------------------------------------------------------
 
 
-@times_to_the_second(DeliveryAttempt)
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     extra = 0
@@ -592,7 +536,6 @@ LAST_ERROR_SHOWN_CHARS = 80
 
 
 @admin.register(Delivery)
-@times_to_the_second(Delivery)
 class DeliveryAdmin(
     ReturnToObjectPageMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
 ):
@@ -687,7 +630,6 @@ class DeliveryAdmin(
 
 
 @admin.register(DeliveryAttempt)
-@times_to_the_second(DeliveryAttempt)
 class DeliveryAttemptAdmin(
     NoLookupsIntoHiddenValuesMixin, DeliveryActionPermissions, AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
 ):
@@ -732,9 +674,8 @@ class DeliveryAttemptAdmin(
         return render_to_string("admin/webhooks/webhookevent/headers.html", {"headers": headers})
 
     def get_search_results(self, request, queryset, search_term):
-        try:
-            term = uuid.UUID(search_term.strip())
-        except ValueError:
+        term = parse_event_id(search_term)
+        if term is None:
             return (queryset.none() if search_term.strip() else queryset), False
         return queryset.filter(delivery_id=term), False
 

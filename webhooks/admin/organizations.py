@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 
+from config.formats import to_the_second
 from organizations.admin import CountsWhatADeletionTakesMixin, OrganizationAdmin
 from organizations.models import Organization
 from webhooks.services import organization_deletion
@@ -50,7 +51,7 @@ class DeletingOrganizationAdmin(CountsWhatADeletionTakesMixin, OrganizationAdmin
             done = sum((obj.deletion_progress or {}).values())
             return format_html(
                 '<strong class="hookline-being-deleted">being deleted</strong> (asked {} by {}; {} rows deleted so far)',
-                f"{obj.deletion_requested_at:%Y-%m-%d %H:%M} UTC",
+                to_the_second(obj.deletion_requested_at),
                 obj.deletion_requested_by,
                 f"{done:,}",
             )

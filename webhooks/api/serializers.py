@@ -683,6 +683,29 @@ class BodySearchTextField(serializers.CharField):
     pass
 
 
+# Ids in a query string are written in ASCII digits. DRF reads them with int() and uuid.UUID, which
+# take any script's digits ("٣", a fullwidth "３"): such a filter named id 3 while saying something
+# else. No page or answer shows an id so; it is refused as not an id rather than read one way.
+_NOT_ASCII_ID = "is not an id: write it in the digits 0-9 (and, in an event id, the letters a-f)"
+
+
+class IdQueryField(serializers.IntegerField):
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=MAX_DATABASE_ID, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not data.isascii():
+            raise serializers.ValidationError(_NOT_ASCII_ID)
+        return super().to_internal_value(data)
+
+
+class EventIdQueryField(serializers.UUIDField):
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not data.isascii():
+            raise serializers.ValidationError(_NOT_ASCII_ID)
+        return super().to_internal_value(data)
+
+
 class EventFilterSerializer(ReceivedRangeMixin):
     status = serializers.ChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
@@ -691,10 +714,8 @@ class EventFilterSerializer(ReceivedRangeMixin):
         "a delivery of it is dead, waits for its next attempt after a failed one, or was put back unsent by the "
         "platform itself (not its receiver's failure, and not counted as retrying).",
     )
-    source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    destination = serializers.IntegerField(
-        min_value=1,
-        max_value=MAX_DATABASE_ID,
+    source = IdQueryField(required=False)
+    destination = IdQueryField(
         required=False,
         help_text="Events with a delivery to it (with failed, retrying or held_by_platform: that delivery there).",
     )
@@ -734,8 +755,8 @@ class DeliveryFilterSerializer(ReceivedRangeMixin):
         help_text="retrying: pending after a failed attempt; held_by_platform: pending, put back unsent by the "
         "platform itself (its waiting_for says why), not counted as retrying.",
     )
-    destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
-    event = serializers.UUIDField(required=False)
+    destination = IdQueryField(required=False)
+    event = EventIdQueryField(required=False)
     # The event's received time, as the event list and the dashboard's "Received" filter take it.
     received_after = QueryDateTimeField(required=False, help_text=RECEIVED_AFTER_HELP + _IN_QUERY)
     received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)

@@ -32,6 +32,7 @@ from webhooks.selectors import (
     event_for_organization,
     event_rows_for_organization,
     events_for_api,
+    parse_event_id,
     sources_for_organization,
     with_previous_secret_until,
 )
@@ -58,10 +59,10 @@ def _int_id(text: str) -> int:
 
 
 def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise exceptions.NotFound("not found") from None
+    found = parse_event_id(text)  # ASCII only, as _int_id
+    if found is None:
+        raise exceptions.NotFound("not found")
+    return found
 
 
 def absolute_url(path: str) -> str:

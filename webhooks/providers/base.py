@@ -49,6 +49,23 @@ def words_list(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+# The longest secret a provider gives is SendGrid's verification key in PEM, under 200 characters;
+# tenant-chosen ones (GitHub, Generic HMAC, a shared token) are some dozens. Anything past this is a
+# paste gone wrong (a whole file, a log), which would otherwise be encrypted, stored and keyed into
+# every check. Destination secrets, whsec_ and base64, have the same bound.
+MAX_SECRET_CHARS = 1024
+
+
+def secret_too_long(secret: str) -> str | None:
+    """Why a secret is refused for its length, or None: the secret itself is never quoted."""
+    if len(secret) <= MAX_SECRET_CHARS:
+        return None
+    return (
+        f"the secret is {len(secret):,} characters long; at most {MAX_SECRET_CHARS:,} are accepted "
+        "(providers' secrets are far shorter: check what was pasted)"
+    )
+
+
 def headers_missing(names: Sequence[str]) -> str:
     """ "the X header is missing", "the X and Y headers are missing"."""
     if len(names) == 1:
@@ -191,6 +208,10 @@ class Provider:
     # console and which comes first (Slack checks the URL the moment it is pasted). Shown on the
     # source form and page and in docs/providers.md; without them those keep a general sentence.
     setup_steps: ClassVar[tuple[str, ...]] = ()
+    # Header names as the provider's documentation spells them, where that is not the capitalised
+    # words a WSGI server leaves us ("X-GitHub-Delivery", which arrives as HTTP_X_GITHUB_DELIVERY and
+    # Django names "X-Github-Delivery"). Stored, shown and forwarded with this spelling.
+    header_names: ClassVar[tuple[str, ...]] = ()
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; unknown names are refused."""
@@ -208,6 +229,9 @@ class Provider:
         """Check a secret's shape before it is stored."""
         if not secret or not secret.strip():
             raise InvalidOptions("a signing secret is required")
+        refusal = secret_too_long(secret.strip())
+        if refusal:
+            raise InvalidOptions(refusal)
         return secret.strip()
 
     def secret_header_names(self, options: Mapping[str, Any]) -> set[str]:

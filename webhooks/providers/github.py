@@ -28,6 +28,17 @@ SHA1_HEADER = "X-Hub-Signature"
 EVENT_HEADER = "X-GitHub-Event"
 UNKNOWN_EVENT = "unknown"  # the event kind of a request that came without X-GitHub-Event
 DELIVERY_HEADER = "X-GitHub-Delivery"
+# Every header GitHub's documentation names with "GitHub" in it (docs.github.com, "Webhook events and
+# payloads", Delivery headers), Enterprise Server's included.
+HEADER_NAMES = (
+    EVENT_HEADER,
+    DELIVERY_HEADER,
+    "X-GitHub-Hook-ID",
+    "X-GitHub-Hook-Installation-Target-Type",
+    "X-GitHub-Hook-Installation-Target-ID",
+    "X-GitHub-Enterprise-Version",
+    "X-GitHub-Enterprise-Host",
+)
 _SCHEMES = {SHA256_HEADER: ("sha256", hashlib.sha256, 64), SHA1_HEADER: ("sha1", hashlib.sha1, 40)}
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
@@ -62,6 +73,7 @@ class GitHubProvider(Provider):
         "is accepted too, but it is forwarded as it is, and receivers that parse the body as JSON cannot read it."
     )
     secret_generated_by_us = True
+    header_names = HEADER_NAMES
     docs_verifies = (
         "X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>; the legacy X-Hub-Signature "
         "(sha1=) is used only when the SHA-256 header is absent. There is no timestamp."

@@ -61,6 +61,17 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+# Lower-cased name -> the provider's documented spelling (Provider.header_names).
+_DOCUMENTED_HEADER_NAMES = {name.lower(): name for provider in PROVIDERS.values() for name in provider.header_names}
+
+
+def documented_header_name(name: str) -> str:
+    """A header's name as its provider documents it ("X-GitHub-Delivery"); any other name unchanged.
+
+    Names are case-insensitive and WSGI keeps no case at all: this is only what we show and send on."""
+    return _DOCUMENTED_HEADER_NAMES.get(name.lower(), name)
+
+
 class UnknownProvider(LookupError):
     pass
 

@@ -36,6 +36,7 @@ from organizations.models import effective_max_concurrency
 from organizations.services import audit_record
 from webhooks.fields import SecretNotReadable, decrypting_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
+from webhooks.providers.registry import documented_header_name
 
 from . import outbound
 from .claim_owners import ClaimOwner, live_claim_max_seconds, owners_alive, unrecorded_hold_seconds
@@ -1220,7 +1221,8 @@ def build_request_headers(delivery: Delivery, timestamp: int) -> dict[str, str]:
         | {name.lower() for name in custom}
     )
     headers = {
-        _latin1(name): _latin1(value)
+        # An event stored before names were kept as documented has "X-Github-Delivery".
+        _latin1(documented_header_name(name)): _latin1(value)
         for name, value in event.headers.items()
         if name.lower() not in dropped and not name.lower().startswith(REQUEST_DESCRIBING_HEADER_PREFIXES)
     }

@@ -19,6 +19,7 @@ from organizations.names import name_problem
 from organizations.services import SECRET_MASK, audit_record
 from webhooks.fields import take_readable_secrets, unreadable_secrets, with_stored_tokens
 from webhooks.models import BulkRetry, Delivery, DeliveryAttempt, Destination, Source, Subscription, WebhookEvent
+from webhooks.providers.base import secret_too_long
 from webhooks.selectors import closing_bracket
 
 from .delivery import delivery_retry, retry_schedule_for
@@ -795,6 +796,9 @@ def destination_set_custom_headers(
 def destination_check_secret(secret: str) -> str:
     """A destination secret as given by a person, checked (DestinationError) and stripped."""
     secret = secret.strip()
+    refusal = secret_too_long(secret)
+    if refusal:
+        raise DestinationError(refusal)
     try:
         key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except ValueError:

@@ -41,7 +41,7 @@ from webhooks.fields import (
 )
 from webhooks.models import PurgedEventKey, SignatureNonce, Source, WebhookEvent
 from webhooks.providers.base import HandshakeResponse, InboundRequest, MalformedPayload, VerificationError, counted
-from webhooks.providers.registry import UnknownProvider, get_provider
+from webhooks.providers.registry import UnknownProvider, documented_header_name, get_provider
 
 from . import secret_health
 from .ingest_writer import (
@@ -630,7 +630,7 @@ def _headers_to_store(
         )
 
     return {
-        storable_text(name): (
+        storable_text(documented_header_name(name)): (
             MASKED if name.lower() in secret_headers or holds_secret(str(value)) else storable_text(value)
         )
         for name, value in headers.items()

@@ -37,7 +37,7 @@ def test_the_destination_list_filters_the_failing_ones_and_says_since_when(admin
     assert test_admin.listed(admin.get(DESTINATIONS, {"failing": "no"})) == [healthy]
     page = admin.get(DESTINATIONS).content.decode()
     failing.refresh_from_db()
-    assert f"since {failing.failing_since:%Y-%m-%d %H:%M} UTC: 12 consecutive failed attempts" in page
+    assert f"since {failing.failing_since:%Y-%m-%d %H:%M:%S} UTC: 12 consecutive failed attempts" in page
 
 
 def test_the_destination_list_runs_the_same_queries_for_one_or_many_failing_destinations(admin, organization):

@@ -99,7 +99,7 @@ class DestinationCreateView(OrganizationMixin, TemplateView):
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
         # "Add one" on a source's page comes with ?source=<id>: that source starts ticked.
-        chosen = [value for value in request.GET.getlist("source") if value.isdigit()]
+        chosen = [value for value in request.GET.getlist("source") if value.isascii() and value.isdigit()]
         form = DestinationForm(organization=self.organization, initial={"sources": chosen} if chosen else None)
         return self.render_to_response(self.get_context_data(form=form, title="New destination"))
 

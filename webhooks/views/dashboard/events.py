@@ -344,10 +344,22 @@ def _fingerprint(text: str, length: int = 16) -> str:
 CHANGES_NAMED_AT_MOST = 3
 
 
-def deliveries_change_said(deliveries: list[Delivery], shown: str) -> str:
+def deliveries_change_said(
+    deliveries: list[Delivery], shown: str, *, event: WebhookEvent, not_taken: bool = False
+) -> str:
     """What a screen reader is told after the event page's deliveries changed in place: each delivery
     whose state is not one the page showed (``shown``, event_progress's progress_shown), as "Delivery
-    to Billing: succeeded.", or counted by state when there are many."""
+    to Billing: succeeded.", or counted by state when there are many; or, for an event processed into
+    no delivery at all, that it was and why (``not_taken``: payload filters left it out), as the
+    section then says."""
+    if not deliveries:
+        # Only an event being processed is followed without deliveries: its processing is the change.
+        if event.status != WebhookEvent.Status.PROCESSED:
+            return ""
+        if not_taken:
+            return "Processed: not sent to any destination; see why below."
+        for_type = f" for {event.event_type}" if event.event_type else ""
+        return f"Processed: no destination subscribes to this source{for_type}."
     was = set(shown.split("."))
     changed = [d for d in deliveries if _fingerprint(_delivery_state_key(d), 8) not in was]
     if len(changed) > CHANGES_NAMED_AT_MOST:
@@ -377,7 +389,12 @@ class EventProgressView(EventDeliveriesMixin, OrganizationMixin, TemplateView):
             # The attempts, buttons and notes too: read as the event page reads them.
             event = or_404(event_detail_for_organization, organization=self.organization, event_id=event.pk)
             section = self.deliveries_context(event)
-            section["change_said"] = deliveries_change_said(section["deliveries"], request.GET.get("shown", ""))
+            section["change_said"] = deliveries_change_said(
+                section["deliveries"],
+                request.GET.get("shown", ""),
+                event=event,
+                not_taken=bool(section["not_taken"]),
+            )
             return self.response_class(
                 request=request,
                 template="dashboard/_event_deliveries_changed.html",
