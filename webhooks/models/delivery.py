@@ -76,6 +76,12 @@ class Delivery(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # A succeeded delivery's time from its event's receipt to its completion, written by the same
+    # UPDATE that records the success: the overview's latency percentiles read it here instead of
+    # looking up the event of each of the day's deliveries (82,000 lookups, 1.3 s, for a tenant of
+    # 2 million events a month). NULL on any other delivery, and on those that succeeded before the
+    # column existed (the overview then looks their event up, as before).
+    latency = models.DurationField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("-id",)
