@@ -10,6 +10,7 @@ from datetime import UTC, timedelta
 
 import pytest
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from organizations.models import Organization
@@ -22,6 +23,7 @@ from webhooks.services.source_deletion import source_deletion_run, source_reques
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .lock_waits import waits_for_a_lock
+from .processes import run_on_embedded_sqlite
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db
@@ -36,10 +38,16 @@ def the_moment():
     return event_hours.hour_of(timezone.now()) - timedelta(days=1) + timedelta(minutes=7, seconds=13, microseconds=5)
 
 
-def add_event(source, at, *, rejected=False, test=False, serial=[0]) -> WebhookEvent:  # noqa: B006 (a counter)
+def add_event(source, at, *, rejected=False, test=False) -> WebhookEvent:
+    event = event_row(source, at, rejected=rejected, test=test)
+    event.save(force_insert=True)
+    return event
+
+
+def event_row(source, at, *, rejected=False, test=False, serial=[0]) -> WebhookEvent:  # noqa: B006 (a counter)
     serial[0] += 1
     body = json.dumps({"id": f"evt_{serial[0]}", "object": "event", "type": "invoice.paid"}).encode()
-    return WebhookEvent.objects.create(
+    return WebhookEvent(
         # A time-ordered id of its receipt, as ingest makes them.
         id=uuid.UUID(int=uuid7_floor(at).int | serial[0]),
         organization_id=source.organization_id,
@@ -353,11 +361,152 @@ def test_the_percentiles_look_up_no_event_of_a_delivery_that_has_its_latency(org
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
         raw = cursor.fetchone()[0]
+    lookups = [node for node in plan_tree(raw) if node.get("Relation Name") == "webhooks_webhookevent"]
+    assert lookups and all(node.get("Actual Loops", 0) == 0 for node in lookups)
+
+
+EMBEDDED_OVERVIEW = """
+import json
+import uuid
+from django.conf import settings
+from datetime import timedelta
+from django.utils import timezone
+from organizations.models import Organization
+from organizations.services import organization_create
+from webhooks.models import Delivery, EventHour, WebhookEvent
+from webhooks.selectors import uuid7_floor
+from webhooks.services import dashboard_stats, event_hours, lifecycle
+from webhooks.tests.factories import make_destination, make_source
+
+organization = organization_create(name="Embedded", slug="embedded", owner_email="owner@embedded.example")
+source = make_source(organization)
+settings.ALLOW_PRIVATE_DESTINATIONS = True  # nothing is sent: the deliveries are made here
+destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+now = event_hours.hour_of(timezone.now()) - timedelta(days=1) + timedelta(minutes=7)
+for serial, (hours, status) in enumerate(
+    ((100, "processed"), (100, "rejected"), (30, "processed"), (2, "processed"), (0, "processed"))
+):
+    at = now - timedelta(hours=hours)
+    event = WebhookEvent.objects.create(
+        id=uuid.UUID(int=uuid7_floor(at).int | serial), organization=organization, source=source, body=b"{}",
+        status=status, received_at=at,
+    )
+    if status == "processed":
+        Delivery.objects.create(
+            id=uuid.UUID(int=uuid7_floor(at + timedelta(seconds=1)).int | serial),
+            organization=organization, event=event, destination=destination, status="succeeded", attempt_count=1,
+            completed_at=event.received_at + timedelta(seconds=hours + 1),
+            latency=timedelta(seconds=5) if hours == 0 else None,
+        )
+first = dashboard_stats.organization_overview(organization=organization, now=now)
+again = dashboard_stats.organization_overview(organization=organization, now=now)
+Organization.objects.filter(pk=organization.pk).update(retention_days=3)
+lifecycle.purge_expired_events(now=now)
+purged = dashboard_stats.organization_overview(organization=organization, now=now)
+print(json.dumps({
+    "week": [first.chart_7d.total, again.chart_7d.total, purged.chart_7d.total],
+    "day": [first.events_24h, again.events_24h, purged.events_24h],
+    "latency": [first.latency_p50_ms, first.latency_p95_ms],
+    "stored": EventHour.objects.filter(organization=organization).count(),
+}))
+"""
+
+
+def test_the_stored_hours_and_latencies_work_in_the_embedded_sqlite_mode(tmp_path):
+    result = run_on_embedded_sqlite(EMBEDDED_OVERVIEW, tmp_path)
+    # Received 100 h ago (purged at 3 days' retention), 30 h, 2 h and now. The day's latencies: the
+    # stored one (5 s, where its receipt would make it 1 s), and 3 s from the other's event; this
+    # mode picks the value at the rank rather than interpolating.
+    assert result == {"week": [4, 4, 3], "day": [2, 2, 2], "latency": [5000, 5000], "stored": 24 * 7 - 2}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_overview_reads_the_succeeded_deliveries_it_counts_and_their_latencies_from_their_index(organization):
+    # Measured at 2,460,000 deliveries (570,000 in the week): the failing destinations' successes of
+    # the week were read from the table through the destination's every delivery (0.6 – 1.7 s of a
+    # cold overview), and the day's latencies from the table too (0.2 – 0.4 s); both now read the
+    # partial index of succeeded deliveries, which holds every column they need (migration 0044).
+    source = make_source(organization)
+    failing, _ = make_destination(organization, "http://127.0.0.1:9/failing", sources=[source])
+    other, _ = make_destination(organization, "http://127.0.0.1:9/other", sources=[source])
+    now = timezone.now()
+    events, deliveries = [], []
+    for number in range(3000):
+        event = event_row(source, now - timedelta(minutes=5 * number + 1))
+        events.append(event)
+        for destination in (failing, other):
+            dead = destination == failing and number % 50 == 0
+            deliveries.append(
+                Delivery(
+                    id=uuid.UUID(int=uuid7_floor(event.received_at + timedelta(milliseconds=5)).int | destination.pk),
+                    organization=organization,
+                    event=event,
+                    destination=destination,
+                    status=Delivery.Status.DEAD if dead else Delivery.Status.SUCCEEDED,
+                    attempt_count=1,
+                    created_at=event.received_at,
+                    completed_at=event.received_at + timedelta(milliseconds=120),
+                    latency=None if dead else timedelta(milliseconds=120),
+                )
+            )
+    # Other tenants' deliveries of the day, as a shared table holds them: the day's range of the
+    # primary key holds them too, the index of succeeded deliveries by organization does not.
+    others = Organization.objects.create(name="Others", slug="others")
+    their_source = make_source(others)
+    their_destination, _ = make_destination(others, "http://127.0.0.1:9/theirs", sources=[their_source])
+    for number in range(6000):
+        event = event_row(their_source, now - timedelta(seconds=14 * number + 1))
+        events.append(event)
+        deliveries.append(
+            Delivery(
+                organization=others,
+                event=event,
+                destination=their_destination,
+                status=Delivery.Status.SUCCEEDED,
+                attempt_count=1,
+                completed_at=event.received_at + timedelta(milliseconds=80),
+                latency=timedelta(milliseconds=80),
+            )
+        )
+    WebhookEvent.objects.bulk_create(events, batch_size=2000)
+    Delivery.objects.bulk_create(deliveries, batch_size=2000)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE webhooks_delivery")  # as autovacuum leaves a big table
+
+    with CaptureQueriesContext(connection) as captured:
+        overview = dashboard_stats.organization_overview(organization=organization, now=now)
+    [row] = overview.failing_destinations
+    assert (row.destination, row.dead) == (failing, 41)
+    week = uuid7_floor(overview.failing_since)
+    assert (
+        row.succeeded
+        == Delivery.objects.filter(
+            destination=failing, status=Delivery.Status.SUCCEEDED, id__gte=week, event_id__gte=week
+        ).count()
+    )
+    assert (overview.latency_p50_ms, overview.latency_p95_ms) == (120, 120)
+    counted = [
+        query["sql"]
+        for query in captured.captured_queries
+        if 'AS "succeeded" FROM "webhooks_delivery"' in query["sql"] or "percentile_cont" in query["sql"]
+    ]
+    assert len(counted) == 2
+    for query in counted:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN (FORMAT JSON) " + query)
+            raw = cursor.fetchone()[0]
+        nodes = [node for node in plan_tree(raw) if node.get("Relation Name") == "webhooks_delivery"]
+        assert [(node["Node Type"], node.get("Index Name")) for node in nodes] == [
+            ("Index Only Scan", "delivery_succeeded")
+        ], query
+
+
+def plan_tree(raw) -> list[dict]:
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
     nodes, waiting = [], [plan]
     while waiting:
         node = waiting.pop()
         nodes.append(node)
         waiting.extend(node.get("Plans", []))
-    lookups = [node for node in nodes if node.get("Relation Name") == "webhooks_webhookevent"]
-    assert lookups and all(node.get("Actual Loops", 0) == 0 for node in lookups)
+    return nodes
