@@ -230,10 +230,14 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     day_ago = now - timedelta(hours=24)
     events = _event_counts(organization, start_7d, day_ago, now)
     counts = events.hourly
-    deliveries = Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago)).aggregate(
-        succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
-        dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
-    )
+    # One count per status, each a range of the (organization, status, -id) index read without the
+    # table: one count of both read the day's every delivery row (80 ms against 30 ms for a tenant
+    # of 80,000 deliveries a day).
+    of_the_day = Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago))
+    deliveries = {
+        "succeeded": of_the_day.filter(status=Delivery.Status.SUCCEEDED).count(),
+        "dead": of_the_day.filter(status=Delivery.Status.DEAD).count(),
+    }
     # Not finished, so not in the rate: but a rate of 100 % over two deliveries, with every other
     # one retrying behind a paused destination, must not read as all being well. Counted as the
     # events list its link opens shows them: events received since ``retrying_since``, each once.

@@ -18,10 +18,11 @@ Nothing of this is on the ingest path: the hours are counted by whoever reads th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import TruncHour
 
@@ -29,6 +30,8 @@ from webhooks.models import EventHour, WebhookEvent
 from webhooks.selectors import uuid7_floor
 
 from .sender_marks import TEST_MARK_HEADER, hookline_test_events
+
+logger = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 # How long after its end an hour is taken for closed (see the module's docstring).
@@ -141,15 +144,19 @@ def _count_and_store(organization_id: int, hours: list[datetime]) -> dict[dateti
         for run in runs:
             found = count_events(organization_id, run[0], run[-1] + HOUR)
             counts |= {hour: found.get(hour, HourCounts()) for hour in run}
-        EventHour.objects.bulk_create(
-            [
-                EventHour(
-                    organization_id=organization_id, hour=hour, accepted=c.accepted, rejected=c.rejected, tests=c.tests
-                )
-                for hour, c in counts.items()
-            ],
-            ignore_conflicts=True,
-        )
+        rows = [
+            EventHour(
+                organization_id=organization_id, hour=hour, accepted=c.accepted, rejected=c.rejected, tests=c.tests
+            )
+            for hour, c in counts.items()
+        ]
+        try:
+            with transaction.atomic():
+                EventHour.objects.bulk_create(rows, ignore_conflicts=True)
+        except DatabaseError as exc:
+            # The counts are right all the same (the organization being deleted, say): they are
+            # shown, and counted again next time.
+            logger.warning("the overview's hours of organization %s were not stored: %s", organization_id, exc)
     return counts
 
 
