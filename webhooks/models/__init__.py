@@ -2,6 +2,7 @@ from .bulk_retry import BulkRetry
 from .delivery import Delivery
 from .delivery_attempt import DeliveryAttempt
 from .destination import Destination
+from .event_hour import EventHour
 from .process_mark import ProcessMark
 from .purged_event_key import PurgedEventKey
 from .signature_nonce import SignatureNonce
@@ -14,6 +15,7 @@ __all__ = [
     "Delivery",
     "DeliveryAttempt",
     "Destination",
+    "EventHour",
     "ProcessMark",
     "PurgedEventKey",
     "SignatureNonce",

@@ -34,6 +34,7 @@ from webhooks.models import (
     WebhookEvent,
 )
 
+from .event_hours import forget_event_hours
 from .row_locks import check_foreign_keys
 from .run_locks import release_run_lock, try_run_lock
 from .scheduling import clear_flag, schedule_once, worker_is_stopping
@@ -154,6 +155,7 @@ class BatchDeleter:
                 .order_by("pk")
                 .values_list("pk", flat=True)
             )
+            forget_event_hours(WebhookEvent.objects.filter(pk__in=ids))  # the overview's counts of their hours
             return removed_by_kind(WebhookEvent.objects.filter(pk__in=ids).delete()[1])
 
         self.batch(work)

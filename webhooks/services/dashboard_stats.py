@@ -7,20 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery
-from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from organizations.models import Organization
-from webhooks.models import Delivery, DeliveryAttempt, Destination, WebhookEvent
+from webhooks.models import Delivery, DeliveryAttempt, Destination
 from webhooks.models.delivery import FAILED as FAILED_DELIVERY
 from webhooks.models.delivery import RETRYING as RETRYING_DELIVERY
 from webhooks.models.delivery_attempt import FAILED as ATTEMPT_FAILED
 from webhooks.selectors import uuid7_floor
 
 from .delivery import DESTINATION_ENCRYPTED_FIELDS
-from .sender_marks import TEST_MARK_HEADER, hookline_test_events
+from .event_hours import count_events, hour_of, hourly_counts
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +106,6 @@ def _chart(counts: dict[datetime, int], start: datetime, hours: int) -> Chart:
     )
 
 
-# A test event's id and received_at are taken moments apart; this much either side of an hour
-# finds by id every event received in it.
-_ID_TIME_SLACK = timedelta(minutes=5)
-
-
 @dataclass
 class EventCounts:
     hourly: dict[datetime, int]  # accepted events by hour of receipt
@@ -120,71 +114,47 @@ class EventCounts:
     tests_24h: int = 0  # accepted test sends, left out of accepted_24h
 
 
-def _event_counts(organization: Organization, since: datetime, day_ago: datetime) -> EventCounts:
-    """Events received since ``since`` by hour, and in the last 24 h, without Hookline's test sends.
+def _event_counts(organization: Organization, since: datetime, day_ago: datetime, now: datetime) -> EventCounts:
+    """Events received since ``since`` (an hour's start) by hour, and in the last 24 h, without
+    Hookline's test sends.
 
     The statistics are the provider's traffic, as the monthly usage is; test events stay in the
-    events list. The marks are looked at in the same scans (the rows are read for their status
-    anyway), and a marked event's body only in the few hours that hold one, to check the mark.
+    events list. Closed hours come counted (event_hours: a week of a busy tenant's events was 1.1 s
+    to read at each computation); the hour ``day_ago`` falls in is read from the events, from then.
     """
-    events = WebhookEvent.objects.filter(organization=organization)
-    accepted = ~Q(status=WebhookEvent.Status.REJECTED)
-    rows = (
-        events.filter(id__gte=uuid7_floor(since))
-        .annotate(hour=TruncHour("received_at"))
-        .values("hour")
-        .annotate(count=Count("id", filter=accepted), marked=Count("id", filter=Q(headers__has_key=TEST_MARK_HEADER)))
-    )
-    hourly, marked_hours = {}, []
-    for row in rows:
-        hourly[row["hour"]] = row["count"]
-        if row["marked"]:
-            marked_hours.append(row["hour"])
-    day = events.filter(id__gte=uuid7_floor(day_ago)).aggregate(
-        accepted=Count("id", filter=accepted),
-        rejected=Count("id", filter=~accepted),
-    )
-    counts = EventCounts(hourly=hourly, accepted_24h=day["accepted"], rejected_24h=day["rejected"])
-    if not marked_hours:
-        return counts
-    in_marked_hours = Q()
-    for hour in marked_hours:
-        in_marked_hours |= Q(
-            id__gte=uuid7_floor(hour - _ID_TIME_SLACK), id__lt=uuid7_floor(hour + timedelta(hours=1) + _ID_TIME_SLACK)
-        )
-    floor_24h = uuid7_floor(day_ago)
-    candidates = events.filter(in_marked_hours, id__gte=uuid7_floor(since)).order_by()
-    for test in hookline_test_events(candidates, "id", "status"):
-        rejected = test["status"] == WebhookEvent.Status.REJECTED
-        hour = test["received_at"].replace(minute=0, second=0, microsecond=0)
-        if not rejected and hour in hourly:
-            hourly[hour] -= 1
-        if test["id"] >= floor_24h:
-            if rejected:
-                counts.rejected_24h -= 1
-            else:
-                counts.accepted_24h -= 1
-                counts.tests_24h += 1
+    hours = hourly_counts(organization.pk, since, now)
+    first_whole_hour = hour_of(day_ago) + timedelta(hours=1)
+    counts = EventCounts(hourly={hour: c.accepted for hour, c in hours.items()}, accepted_24h=0, rejected_24h=0)
+    day = [c for hour, c in hours.items() if hour >= first_whole_hour]
+    day += count_events(organization.pk, day_ago, first_whole_hour).values()
+    for c in day:
+        counts.accepted_24h += c.accepted
+        counts.rejected_24h += c.rejected
+        counts.tests_24h += c.tests
     return counts
 
 
 def _latency_percentiles_sql(organization: Organization, since: datetime) -> tuple[str, list]:
     """The percentile query, reading in proportion to the window rather than to the tables.
 
-    The window's deliveries are found on the (organization, status, -id) index, and each one's
-    event by its primary key: the lateral lookup (its LIMIT keeps PostgreSQL from turning it into
-    a join) stops the planner from hashing every event of the table, or, with the deliveries
-    given as an ``IN (subquery)``, from reading every delivery of the table to match them.
+    The window's succeeded deliveries are read from the index that holds them by destination
+    (delivery_succeeded, one range per destination of the organization), each with the latency its
+    success was recorded with (Delivery.latency), without the table. Only a delivery without one
+    (it succeeded before the column existed, so within a day of the upgrade) has its event looked up
+    by primary key: a scalar subquery, which COALESCE evaluates only then. Looking up every one
+    (82,000 a day for a tenant of 2 million events a month) was 1.3 s.
     """
     return (
         "SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP ("
-        " ORDER BY EXTRACT(EPOCH FROM (d.completed_at - e.received_at)) * 1000)"
-        " FROM webhooks_delivery d CROSS JOIN LATERAL ("
-        "  SELECT received_at FROM webhooks_webhookevent"
-        "  WHERE id = d.event_id AND organization_id = d.organization_id LIMIT 1"
-        " ) e"
-        " WHERE d.organization_id = %s AND d.status = %s AND d.id >= %s AND NOT d.is_replay",
-        [organization.pk, Delivery.Status.SUCCEEDED, uuid7_floor(since)],
+        " ORDER BY EXTRACT(EPOCH FROM COALESCE(d.latency, ("
+        "  SELECT d.completed_at - e.received_at FROM webhooks_webhookevent e"
+        "  WHERE e.id = d.event_id AND e.organization_id = d.organization_id LIMIT 1"
+        " ))) * 1000)"
+        " FROM webhooks_delivery d"
+        " WHERE d.organization_id = %s"
+        " AND d.destination_id = ANY(ARRAY(SELECT id FROM webhooks_destination WHERE organization_id = %s))"
+        " AND d.status = %s AND d.id >= %s AND NOT d.is_replay",
+        [organization.pk, organization.pk, Delivery.Status.SUCCEEDED, uuid7_floor(since)],
     )
 
 
@@ -194,17 +164,22 @@ def _latency_percentiles(organization: Organization, since: datetime) -> tuple[f
         organization=organization, id__gte=uuid7_floor(since), status=Delivery.Status.SUCCEEDED, is_replay=False
     )
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # The planner prices the event lookup as if made for every delivery, and past
+            # jit_above_cost compiles the query: 0.4 – 1.2 s of a 1.5 s query, for a lookup made
+            # for none of them once the day's deliveries have their latency.
+            cursor.execute("SET LOCAL jit = off")
             cursor.execute(*_latency_percentiles_sql(organization, since))
             values = cursor.fetchone()[0]
         if not values or values[0] is None:
             return None, None
         return round(values[0]), round(values[1])
     # The embedded SQLite mode has no percentile function; its volumes are small.
+    rows = deliveries.values_list("latency", "completed_at", "event__received_at")[:50_000]
     durations = sorted(
-        (completed - received).total_seconds() * 1000
-        for completed, received in deliveries.values_list("completed_at", "event__received_at")[:50_000]
-        if completed and received
+        (latency if latency is not None else completed - received).total_seconds() * 1000
+        for latency, completed, received in rows
+        if latency is not None or (completed and received)
     )
     if not durations:
         return None, None
@@ -253,12 +228,16 @@ def organization_overview(*, organization: Organization, now: datetime | None = 
     start_24h = this_hour - timedelta(hours=23)
     start_7d = this_hour - timedelta(hours=24 * 7 - 1)
     day_ago = now - timedelta(hours=24)
-    events = _event_counts(organization, start_7d, day_ago)
+    events = _event_counts(organization, start_7d, day_ago, now)
     counts = events.hourly
-    deliveries = Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago)).aggregate(
-        succeeded=Count("id", filter=Q(status=Delivery.Status.SUCCEEDED)),
-        dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
-    )
+    # One count per status, each a range of the (organization, status, -id) index read without the
+    # table: one count of both read the day's every delivery row (80 ms against 30 ms for a tenant
+    # of 80,000 deliveries a day).
+    of_the_day = Delivery.objects.filter(organization=organization, id__gte=uuid7_floor(day_ago))
+    deliveries = {
+        "succeeded": of_the_day.filter(status=Delivery.Status.SUCCEEDED).count(),
+        "dead": of_the_day.filter(status=Delivery.Status.DEAD).count(),
+    }
     # Not finished, so not in the rate: but a rate of 100 % over two deliveries, with every other
     # one retrying behind a paused destination, must not read as all being well. Counted as the
     # events list its link opens shows them: events received since ``retrying_since``, each once.

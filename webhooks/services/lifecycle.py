@@ -22,6 +22,7 @@ from organizations.names import one_line
 from organizations.services import audit_purge_in_batches, audit_record
 from webhooks.models import Delivery, Destination, PurgedEventKey, SignatureNonce, Source, WebhookEvent
 
+from .event_hours import forget_event_hours, forget_old_event_hours
 from .ingest_writer import event_id_digest
 from .run_locks import release_run_lock, try_run_lock
 from .scheduling import clear_flag, schedule_once
@@ -261,6 +262,8 @@ def _retention_cleanup(*, batch_size: int, now, deadline: float) -> bool:
         Session.objects.filter(expire_date__lt=now),
         # The API's Idempotency-Keys, with the answers they replay, past their 24 hours.
         idempotency_keys_expired(now=now),
+        # The overview's counts of hours past its week.
+        forget_old_event_hours(now),
     )
     for expired in expired_kinds:
         deleted, finished = _delete_in_batches(expired, batch_size, deadline)
@@ -347,6 +350,7 @@ def _purge_organization(
             _lock_batch(purgeable, deliveries=True)
             # Only the events looked at above, whose keys are kept: one finished since waits for the next run.
             batch = _expired_and_finished(organization, cutoff).filter(pk__in=purgeable)
+            forget_event_hours(batch)  # the overview's counts of the hours they were received in
             rejected = batch.filter(status=WebhookEvent.Status.REJECTED).count()
             removed = batch.delete()[1]
         events = removed.get(WebhookEvent._meta.label, 0)

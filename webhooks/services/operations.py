@@ -561,6 +561,7 @@ def bulk_retry_run(job_id: int) -> BulkRetry:
                     status=Delivery.Status.PENDING,
                     next_attempt_at=timezone.now(),
                     completed_at=None,
+                    latency=None,
                     manual_attempts=MANUAL_ATTEMPT_ASKED,  # on top of the schedule, as a single retry
                     bulk_retry_id=job.pk,  # its status is now this job's outcome (a later one's if retried again)
                     **revived_last_outcome(),  # a dead one's reason would contradict "pending"
