@@ -1,0 +1,68 @@
+"""What trying the REST API as a tenant's developer would (from the README and the document alone,
+against a running server) found, each reproduced here: refusals must say what to send instead, and
+quote the caller's value as every other refusal does."""
+
+import pytest
+
+from organizations.models import ApiKey
+from webhooks.providers.registry import PROVIDERS
+
+from .api_helpers import make_key
+
+
+@pytest.fixture
+def key(organization):
+    return make_key(organization, access=ApiKey.Access.READ_WRITE)[1]
+
+
+def _auth(key):
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "a_choice"),
+    [
+        ("/api/v1/events?status=faild", "status", "failed"),
+        ("/api/v1/deliveries?status=deadd", "status", "dead"),
+        ("/api/v1/bulk_retries?status=finished", "status", "done"),
+    ],
+)
+def test_a_filter_value_not_taken_names_the_values_taken(client, key, path, field, a_choice):
+    # DRF's own refusal ("\"faild\" is not a valid choice.") left the caller to guess the spelling.
+    response = client.get(path, **_auth(key))
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["fields"][field]
+    assert "is not one of" in message
+    assert a_choice in message
+
+
+def test_an_unknown_provider_names_the_providers(client, key):
+    response = client.post(
+        "/api/v1/sources", {"provider": "githb", "name": "CI"}, content_type="application/json", **_auth(key)
+    )
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["fields"]["provider"]
+    assert message.startswith("“githb” is not one of: ")
+    assert all(provider in message for provider in PROVIDERS)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/sources", {"name": "CI"}, "provider"),
+        ("/api/v1/deliveries/retry", {}, "status"),
+    ],
+)
+def test_a_choice_not_taken_is_quoted_cut_and_escaped_not_sent_back_whole(client, key, path, body, field):
+    # The whole value came back, a 200 KB one in a 200 KB answer with its terminal controls (an
+    # OSC sequence that sets a terminal's title, a bidirectional override), where every other
+    # refusal quotes at most 60 characters with them escaped.
+    value = "\u202e\x1b]0;owned\x07" + "x" * 200_000
+    response = client.post(path, {**body, field: value}, content_type="application/json", **_auth(key))
+    assert response.status_code == 400, response.content
+    assert len(response.content) < 2_000
+    (message,) = response.json()["fields"][field]
+    assert message.startswith("“\\u202e\\x1b]0;owned\\x07xxx")
+    assert "…” is not one of" in message
+    assert "\x1b" not in message and "\u202e" not in message
+
