@@ -6,8 +6,10 @@ import pytest
 
 from organizations.models import ApiKey
 from webhooks.providers.registry import PROVIDERS
+from webhooks.services.source_deletion import source_request_deletion
 
 from .api_helpers import make_key
+from .factories import make_destination, make_source
 
 
 @pytest.fixture
@@ -66,3 +68,30 @@ def test_a_choice_not_taken_is_quoted_cut_and_escaped_not_sent_back_whole(client
     assert "…” is not one of" in message
     assert "\x1b" not in message and "\u202e" not in message
 
+
+def test_a_source_being_deleted_is_not_among_a_destinations_subscriptions(client, key, organization):
+    # The API hides a source being deleted (GET /sources/<id> is a 404, a destination's "sources"
+    # cannot name it), but a destination's read still listed it while the deletion ran, which can take
+    # long for a busy source: the PATCH a script builds from what it read ("sources": the ids read,
+    # plus one) was a 400 "no such source", and the destination read as linked when it received nothing.
+    staying = make_source(organization, name="Stripe live")
+    leaving = make_source(organization, name="Stripe old")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hooks", sources=[staying, leaving])
+    source_request_deletion(source=leaving)
+
+    for read in (
+        client.get(f"/api/v1/destinations/{destination.pk}", **_auth(key)).json(),
+        client.get("/api/v1/destinations", **_auth(key)).json()["results"][0],
+    ):
+        assert [subscription["source"] for subscription in read["subscriptions"]] == [staying.pk]
+
+    sources = [subscription["source"] for subscription in read["subscriptions"]]
+    added = make_source(organization, name="Stripe new")
+    response = client.patch(
+        f"/api/v1/destinations/{destination.pk}",
+        {"sources": [*sources, added.pk]},
+        content_type="application/json",
+        **_auth(key),
+    )
+    assert response.status_code == 200, response.content
+    assert [subscription["source"] for subscription in response.json()["subscriptions"]] == [staying.pk, added.pk]
