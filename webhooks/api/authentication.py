@@ -137,8 +137,13 @@ _ERROR_NAMES = {
 
 class RequestTooLarge(exceptions.APIException):
     status_code = 413
-    default_detail = "the request body is larger than this API takes"
     default_code = "request_too_large"
+
+    def __init__(self):
+        # The limit itself, read at each refusal (it follows INGEST_MAX_BODY_BYTES): without it a
+        # caller could only find it by halving its body.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"the request body is larger than this API takes: {limit:,} bytes at most")
 
 
 class Conflict(exceptions.APIException):

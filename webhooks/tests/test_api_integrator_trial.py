@@ -95,3 +95,13 @@ def test_a_source_being_deleted_is_not_among_a_destinations_subscriptions(client
     )
     assert response.status_code == 200, response.content
     assert [subscription["source"] for subscription in response.json()["subscriptions"]] == [staying.pk, added.pk]
+
+
+def test_a_body_too_large_says_how_large_a_body_may_be(client, key, settings):
+    # "larger than this API takes" left the caller to find the limit by halving its body.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 12_000
+    body = {"name": "Billing", "url": "http://127.0.0.1:9/hooks", "custom_headers": {"X-Big": "x" * 20_000}}
+    response = client.post("/api/v1/destinations", body, content_type="application/json", **_auth(key))
+    assert response.status_code == 413, response.content
+    assert response.json()["error"] == "request_too_large"
+    assert "12,000 bytes" in response.json()["detail"]
