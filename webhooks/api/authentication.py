@@ -15,6 +15,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import JSONRenderer
@@ -100,6 +101,17 @@ def api_exception_handler(exc, context):
         exc = exceptions.ParseError(str(exc), code="bad_request")
     elif isinstance(exc, exceptions.UnsupportedMediaType):
         exc = _json_only(context["request"])
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        # DRF's "Authentication credentials were not provided." names neither the credential nor
+        # where it goes. The detail is replaced in place: the exception carries WWW-Authenticate.
+        exc.detail = ErrorDetail(
+            "no API key: send one as Authorization: Bearer hl_<prefix>_<secret> (owners and admins make "
+            "keys on the dashboard's API keys page; a dashboard session does not open the API)",
+            code=exc.default_code,
+        )
+    elif isinstance(exc, exceptions.NotAcceptable):
+        # DRF's "Could not satisfy the request Accept header." does not say what it could answer.
+        exc = exceptions.NotAcceptable("this API answers JSON only: accept application/json (or */*)")
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -105,3 +105,21 @@ def test_a_body_too_large_says_how_large_a_body_may_be(client, key, settings):
     assert response.status_code == 413, response.content
     assert response.json()["error"] == "request_too_large"
     assert "12,000 bytes" in response.json()["detail"]
+
+
+def test_a_request_without_a_key_is_told_how_to_send_one(client):
+    # DRF's "Authentication credentials were not provided." named neither the credential nor its header.
+    response = client.get("/api/v1/events")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    body = response.json()
+    assert body["error"] == "not_authenticated"
+    assert "Authorization: Bearer hl_<prefix>_<secret>" in body["detail"]
+
+
+def test_an_accept_header_the_api_cannot_answer_is_told_it_answers_json(client, key):
+    # DRF's "Could not satisfy the request Accept header." did not say what it could answer.
+    response = client.get("/api/v1/events", HTTP_ACCEPT="application/xml", **_auth(key))
+    assert response.status_code == 406
+    assert response.json()["error"] == "not_acceptable"
+    assert "application/json" in response.json()["detail"]
