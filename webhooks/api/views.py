@@ -158,7 +158,8 @@ class NewestFirst(CursorPagination):
                 "in": "query",
                 "required": False,
                 "description": "A page's position: take it from next or previous, never make one.",
-                "schema": {"type": "string"},
+                # An empty one is refused (decode_cursor), not read as the first page.
+                "schema": {"type": "string", "minLength": 1},
             },
             {
                 "name": self.page_size_query_param,

@@ -123,3 +123,18 @@ def test_an_accept_header_the_api_cannot_answer_is_told_it_answers_json(client, 
     assert response.status_code == 406
     assert response.json()["error"] == "not_acceptable"
     assert "application/json" in response.json()["detail"]
+
+
+def test_the_document_gives_a_cursor_a_value_as_the_lists_require(client, key):
+    # An empty cursor is a 400 ("not a cursor from this API"), but the document took any string, so a
+    # client generated from it (or a fuzzer, schemathesis here) sent "?cursor=" as a valid request.
+    document = client.get("/api/v1/schema").json()
+    lists = [path for path, operations in document["paths"].items() if "get" in operations and "{" not in path]
+    assert len(lists) == 5
+    for path in lists:
+        (cursor,) = [
+            parameter for parameter in document["paths"][path]["get"]["parameters"] if parameter["name"] == "cursor"
+        ]
+        assert cursor["schema"] == {"type": "string", "minLength": 1}, path
+        response = client.get(f"{path}?cursor=", **_auth(key))
+        assert response.status_code == 400 and list(response.json()["fields"]) == ["cursor"], path
