@@ -3,6 +3,7 @@ and errors as JSON ``{"error", "detail"}``."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 
@@ -16,16 +17,18 @@ from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import ErrorDetail
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import BaseThrottle
+from rest_framework.utils import json
 from rest_framework.views import APIView, exception_handler
 
 from accounts.http import client_ip
 from config.content_security_policy import allow_own_style_blocks
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
+from webhooks.services.text import echoable_text
 
 from .idempotency import IdempotencyKeyMixin
 from .limits import api_auth_failure_counted, api_request_counted
@@ -186,15 +189,35 @@ class LookupsBusy(exceptions.Throttled):
     default_code = "lookups_busy"
 
 
+def _object_naming_each_once(pairs: list) -> dict:
+    """A JSON object, refused when it names a member twice: Python's json keeps the last value without
+    a word, so {"destination": 3, "destination": 4} replayed to 4, which a reader of the body (or of a
+    log of it) could take for 3. The API refuses every name it would otherwise ignore."""
+    members = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"“{echoable_text(name)}” is given twice in one object: give each name once")
+        members[name] = value
+    return members
+
+
 class JsonBodyParser(JSONParser):
     """DRF's JSON parser, a body nested too deeply for Python's json being a 400 like any other
-    JSON it cannot read (DRF lets the RecursionError through: a 500)."""
+    JSON it cannot read (DRF lets the RecursionError through: a 500), and an object naming a
+    member twice too."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        encoding = get_encoding(parser_context or {})
         try:
-            return super().parse(stream, media_type, parser_context)
+            return json.load(
+                codecs.getreader(encoding)(stream),
+                parse_constant=json.strict_constant,
+                object_pairs_hook=_object_naming_each_once,
+            )
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply") from None
+        except ValueError as exc:  # what DRF's own parse answers: a 400 invalid_json
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
 
 
 class ApiView(IdempotencyKeyMixin, APIView):

@@ -5,6 +5,7 @@ quote the caller's value as every other refusal does."""
 import pytest
 
 from organizations.models import ApiKey
+from webhooks.models import Destination
 from webhooks.providers.registry import PROVIDERS
 from webhooks.services.source_deletion import source_request_deletion
 
@@ -138,3 +139,24 @@ def test_the_document_gives_a_cursor_a_value_as_the_lists_require(client, key):
         assert cursor["schema"] == {"type": "string", "minLength": 1}, path
         response = client.get(f"{path}?cursor=", **_auth(key))
         assert response.status_code == 400 and list(response.json()["fields"]) == ["cursor"], path
+
+
+def test_a_body_naming_a_field_twice_is_refused_not_read_as_its_last_value(client, key, organization):
+    # Python's json keeps the last value: {"name": "Billing", …, "name": "CRM"} made "CRM" without a
+    # word ({"destination": 3, "destination": 4} replayed to 4), where the API refuses every other
+    # name it would otherwise ignore.
+    source = make_source(organization, name="Stripe live")
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/first", sources=[source])
+    body = '{"name": "Billing", "url": "http://127.0.0.1:9/b", "name": "CRM"}'
+    response = client.post("/api/v1/destinations", body, content_type="application/json", **_auth(key))
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_json"
+    assert "“name” is given twice" in response.json()["detail"]
+    assert not Destination.objects.filter(name__in=["Billing", "CRM"]).exists()
+
+    nested = '{"custom_headers": {"X-Token": "a", "X-Token": "b"}}'
+    response = client.patch(
+        f"/api/v1/destinations/{destination.pk}", nested, content_type="application/json", **_auth(key)
+    )
+    assert response.status_code == 400, response.content
+    assert "“X-Token” is given twice" in response.json()["detail"]
