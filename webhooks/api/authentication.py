@@ -3,6 +3,7 @@ and errors as JSON ``{"error", "detail"}``."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 
@@ -16,16 +17,19 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.parsers import JSONParser
+from rest_framework.exceptions import ErrorDetail
+from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.throttling import BaseThrottle
+from rest_framework.utils import json
 from rest_framework.views import APIView, exception_handler
 
 from accounts.http import client_ip
 from config.content_security_policy import allow_own_style_blocks
 from organizations.api_keys import ApiKeyError, api_key_authenticate
 from organizations.models import ApiKey, Organization
+from webhooks.services.text import echoable_text
 
 from .idempotency import IdempotencyKeyMixin
 from .limits import api_auth_failure_counted, api_request_counted
@@ -101,6 +105,17 @@ def api_exception_handler(exc, context):
         exc = exceptions.ParseError(str(exc), code="bad_request")
     elif isinstance(exc, exceptions.UnsupportedMediaType):
         exc = _json_only(context["request"])
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        # DRF's "Authentication credentials were not provided." names neither the credential nor
+        # where it goes. The detail is replaced in place: the exception carries WWW-Authenticate.
+        exc.detail = ErrorDetail(
+            "no API key: send one as Authorization: Bearer hl_<prefix>_<secret> (owners and admins make "
+            "keys on the dashboard's API keys page; a dashboard session does not open the API)",
+            code=exc.default_code,
+        )
+    elif isinstance(exc, exceptions.NotAcceptable):
+        # DRF's "Could not satisfy the request Accept header." does not say what it could answer.
+        exc = exceptions.NotAcceptable("this API answers JSON only: accept application/json (or */*)")
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -138,8 +153,13 @@ _ERROR_NAMES = {
 
 class RequestTooLarge(exceptions.APIException):
     status_code = 413
-    default_detail = "the request body is larger than this API takes"
     default_code = "request_too_large"
+
+    def __init__(self):
+        # The limit itself, read at each refusal (it follows INGEST_MAX_BODY_BYTES): without it a
+        # caller could only find it by halving its body.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"the request body is larger than this API takes: {limit:,} bytes at most")
 
 
 class Conflict(exceptions.APIException):
@@ -170,15 +190,35 @@ class LookupsBusy(exceptions.Throttled):
     default_code = "lookups_busy"
 
 
+def _object_naming_each_once(pairs: list) -> dict:
+    """A JSON object, refused when it names a member twice: Python's json keeps the last value without
+    a word, so {"destination": 3, "destination": 4} replayed to 4, which a reader of the body (or of a
+    log of it) could take for 3. The API refuses every name it would otherwise ignore."""
+    members = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"“{echoable_text(name)}” is given twice in one object: give each name once")
+        members[name] = value
+    return members
+
+
 class JsonBodyParser(JSONParser):
     """DRF's JSON parser, a body nested too deeply for Python's json being a 400 like any other
-    JSON it cannot read (DRF lets the RecursionError through: a 500)."""
+    JSON it cannot read (DRF lets the RecursionError through: a 500), and an object naming a
+    member twice too."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        encoding = get_encoding(parser_context or {})
         try:
-            return super().parse(stream, media_type, parser_context)
+            return json.load(
+                codecs.getreader(encoding)(stream),
+                parse_constant=json.strict_constant,
+                object_pairs_hook=_object_naming_each_once,
+            )
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply") from None
+        except ValueError as exc:  # what DRF's own parse answers: a 400 invalid_json
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
 
 
 class ApiView(IdempotencyKeyMixin, APIView):

@@ -574,6 +574,20 @@ class NoQueryParameters(KnownFieldsOnly):
     refusal = "not taken here: this request takes no query parameters (a change takes its fields in a JSON body)"
 
 
+class ApiChoiceField(serializers.ChoiceField):
+    """One of a few values a request gives (a status filter, a provider). DRF's refusal named no
+    choice, leaving the caller to guess the spelling, and quoted the value whole: a 2 MB one came
+    back in a 2 MB answer, terminal controls and all. This one lists the values taken and quotes the
+    caller's as every other refusal does (echoable_text: cut, controls escaped)."""
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            taken = ", ".join(str(choice) for choice in self.choices)
+            raise serializers.ValidationError(f"“{echoable_text(str(data))}” is not one of: {taken}") from None
+
+
 # The times the API takes, in a query string or a body, from one grammar (the document's
 # descriptions say it in words): RFC 3339, a date and a time with its offset (T, or a space as RFC
 # 3339 allows, between them; seconds may be left out, as DRF's own refusal always said), or a date
@@ -707,7 +721,7 @@ class EventIdQueryField(serializers.UUIDField):
 
 
 class EventFilterSerializer(ReceivedRangeMixin):
-    status = serializers.ChoiceField(
+    status = ApiChoiceField(
         choices=[*WebhookEvent.Status.values, *EVENT_STATUSES_FROM_DELIVERIES, EVENT_STATUS_ALL],
         required=False,
         help_text="Accepted events when not given; rejected, or all for both; failed, retrying or held_by_platform: "
@@ -749,7 +763,7 @@ class EventFilterSerializer(ReceivedRangeMixin):
 
 
 class DeliveryFilterSerializer(ReceivedRangeMixin):
-    status = serializers.ChoiceField(
+    status = ApiChoiceField(
         choices=[*Delivery.Status.values, DELIVERY_STATUS_RETRYING, DELIVERY_STATUS_HELD_BY_PLATFORM],
         required=False,
         help_text="retrying: pending after a failed attempt; held_by_platform: pending, put back unsent by the "
@@ -775,7 +789,7 @@ class BulkRetryCreateSerializer(ReceivedRangeMixin):
     document's request components take a "Request" suffix, and "BulkRetryRequest" made
     "BulkRetryRequestRequest" of it."""
 
-    status = serializers.ChoiceField(choices=BULK_RETRY_DELIVERY_STATUSES, default=Delivery.Status.DEAD)
+    status = ApiChoiceField(choices=BULK_RETRY_DELIVERY_STATUSES, default=Delivery.Status.DEAD)
     destination = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     source = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     event_type = serializers.CharField(max_length=1000, required=False)
@@ -787,7 +801,7 @@ class BulkRetryCreateSerializer(ReceivedRangeMixin):
 
 
 class BulkRetryFilterSerializer(KnownFieldsOnly):
-    status = serializers.ChoiceField(choices=BulkRetry.Status.values, required=False)
+    status = ApiChoiceField(choices=BulkRetry.Status.values, required=False)
 
 
 class ReplaySerializer(KnownFieldsOnly):

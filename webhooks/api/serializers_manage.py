@@ -23,7 +23,7 @@ from webhooks.services.destinations import (
 )
 from webhooks.services.sources import SourceError, source_check_allowed_networks, source_check_secret
 
-from .serializers import MAX_DATABASE_ID, KnownFieldsOnly, PayloadFiltersField
+from .serializers import MAX_DATABASE_ID, ApiChoiceField, KnownFieldsOnly, PayloadFiltersField
 
 # The longest overlap the dashboard offers (its rotation forms' last choice).
 MAX_KEEP_PREVIOUS_SECONDS = 7 * 24 * 3600
@@ -88,7 +88,7 @@ class AllowedNetworksMixin(KnownFieldsOnly):
 
 
 class SourceCreateSerializer(AllowedNetworksMixin):
-    provider = serializers.ChoiceField(choices=sorted(PROVIDERS))
+    provider = ApiChoiceField(choices=sorted(PROVIDERS))
     name = _name_field(Source)
     secret = _secret_field()
     options = serializers.DictField(required=False, default=dict)
