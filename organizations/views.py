@@ -43,11 +43,13 @@ class TeamView(OrganizationMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         assignable = team.roles_assignable_by(self.membership.role)
         members = team.team_members(self.organization)
+        owners = [member for member in members if member.role == Membership.Role.OWNER]
         context.update(
             members=members,
             # The last owner is offered no "Leave": the team would be left without an owner.
-            can_leave=self.membership.role != Membership.Role.OWNER
-            or sum(member.role == Membership.Role.OWNER for member in members) > 1,
+            can_leave=self.membership.role != Membership.Role.OWNER or len(owners) > 1,
+            # Nor another role (member_role_change refuses it, for the same reason): the row says why.
+            only_owner_id=owners[0].pk if len(owners) == 1 else None,
             invitations=team.team_open_invitations(self.organization),
             invitation_form=InvitationForm(allowed_roles=assignable) if invitation_form is None else invitation_form,
             role_choices=Membership.Role.choices,

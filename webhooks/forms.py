@@ -211,7 +211,7 @@ class DestinationRotateSecretForm(forms.Form):
         coerce=int,
         initial=24 * 3600,
         help_text="Each attempt then carries a signature with either secret, so your receiver "
-        "keeps verifying until it has the new one.",
+        "keeps verifying until it has the new one. In the API: keep_previous_for, in seconds.",
     )
     stop_previous = StopPreviousSecretField()
 
@@ -238,7 +238,8 @@ class SourceRotateSecretForm(forms.Form):
         choices=OVERLAP_CHOICES,
         coerce=int,
         initial=24 * 3600,
-        help_text="While the provider still signs with the old secret, both are accepted.",
+        help_text="While the provider still signs with the old secret, both are accepted. "
+        "In the API: keep_previous_for, in seconds.",
     )
     stop_previous = StopPreviousSecretField()
 

@@ -446,16 +446,17 @@ def rejected_count_beside_list(*, organization: Organization, filters: EventFilt
 
 def sources_counting_replays_by_body(*, organization: Organization) -> list[str]:
     """The labels of the providers of the organization's sources (not being deleted) that count a
-    request whose signed body equals a stored event's as that event's duplicate, whatever its id
-    (``dedupes_on_signed_content``: GitHub, Bitbucket, Linear). Such a request's own id is not kept,
-    so a search for it finds nothing: the events list says so when one of these sources exists."""
-    kinds = set(
-        Source.objects.filter(organization=organization, deletion_requested_at__isnull=True)
-        .values_list("provider", flat=True)
-        .distinct()
-    )
+    request whose signed body equals a stored event's as that event's duplicate, whatever its id, as
+    the provider says for the source's options (Provider.counts_replays_by_signed_content: GitHub,
+    Shopify with merge_identical_bodies…). Such a request's own id is not kept, so a search for it
+    finds nothing: the events list says so when one of these sources exists."""
+    sources = Source.objects.filter(organization=organization, deletion_requested_at__isnull=True)
     return sorted(
-        provider.label for kind, provider in PROVIDERS.items() if kind in kinds and provider.dedupes_on_signed_content
+        {
+            PROVIDERS[kind].label
+            for kind, options in sources.values_list("provider", "options").distinct()
+            if kind in PROVIDERS and PROVIDERS[kind].counts_replays_by_signed_content(options or {})
+        }
     )
 
 

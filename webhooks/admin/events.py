@@ -33,7 +33,7 @@ from webhooks.services.event_story import UNRECORDED_ATTEMPT, unrecorded_attempt
 from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.processing import process_set_aside_events_now
-from webhooks.services.text import readable_body
+from webhooks.services.text import readable_body, visible_text
 
 from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
@@ -221,7 +221,7 @@ class WebhookEventAdmin(
         "failed_deliveries",
         "organization",
         "source",
-        "event_type",
+        "shown_event_type",
         "short_provider_event_id",
         "id",
         "duplicate_count",
@@ -256,8 +256,8 @@ class WebhookEventAdmin(
         "organization",
         "source",
         "status",
-        "event_type",
-        "provider_event_id",
+        "shown_event_type",
+        "shown_provider_event_id",
         "claimed_event_id_unverified",
         "received_at",
         "processed_at",
@@ -335,17 +335,27 @@ class WebhookEventAdmin(
             )
         return obj.get_status_display()
 
+    # A sender's type and ids with their control characters escaped (text.visible_text), as the
+    # dashboard shows them: a right-to-left override would make one read as another.
+    @admin.display(description="Event type")
+    def shown_event_type(self, obj):
+        return visible_text(obj.event_type)
+
+    @admin.display(description="Provider event id")
+    def shown_provider_event_id(self, obj):
+        return visible_text(obj.provider_event_id) if obj.provider_event_id else "-"
+
     @admin.display(description="Provider event id")
     def short_provider_event_id(self, obj):
         # A rejected request has no verified id, only the one it claims: the operator searched by
         # it (the search matches it), so the row says it, marked as a claim.
         if not obj.provider_event_id and obj.claimed_event_id:
-            return format_html("claims {}", shortened(obj.claimed_event_id))
-        return shortened(obj.provider_event_id)
+            return format_html("claims {}", shortened(visible_text(obj.claimed_event_id)))
+        return shortened(obj.provider_event_id and visible_text(obj.provider_event_id))
 
     @admin.display(description="Event id it claims (not verified)")
     def claimed_event_id_unverified(self, obj):
-        return obj.claimed_event_id or "-"
+        return visible_text(obj.claimed_event_id) if obj.claimed_event_id else "-"
 
     @admin.display(description="Failed deliveries", empty_value="")
     def failed_deliveries(self, obj):

@@ -130,7 +130,11 @@ class KeepPreviousMixin(KnownFieldsOnly):
         min_value=0,
         max_value=MAX_KEEP_PREVIOUS_SECONDS,
         required=False,
-        help_text="seconds the secret being replaced still works (default SECRET_ROTATION_OVERLAP_SECONDS)",
+        help_text=(
+            "seconds the secret being replaced still works (default SECRET_ROTATION_OVERLAP_SECONDS); the "
+            "dashboard's rotation form calls it 'Keep the old secret valid for' (a source) and 'Keep signing "
+            "with the old secret too for' (a destination)"
+        ),
     )
     stop_previous = serializers.BooleanField(required=False, default=False)
 

@@ -206,9 +206,24 @@ class EventPages(NewestFirst):
         return page
 
 
+# How each id in a path is read. A segment that is no id of its kind names nothing: a 404, checked
+# before the method, so that a mistyped path (POST deliveries/bulk_retry, taken for a delivery's id)
+# is the API's "not found" rather than a 405 telling the caller the path exists.
+_PATH_IDS = {
+    "event_id": _uuid,
+    "delivery_id": _uuid,
+    "job_id": _int_id,
+    "source_id": _int_id,
+    "destination_id": _int_id,
+}
+
+
 class ApiObjectView(ApiView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
+        for name, value in kwargs.items():
+            if name in _PATH_IDS:
+                _PATH_IDS[name](value)
         # A method the path does not take is dispatch's 405, whatever the query string holds: a 400
         # on its parameters would tell the caller to fix them, and the same call would fail again.
         if not self.handles(request.method):

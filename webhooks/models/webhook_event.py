@@ -3,6 +3,7 @@ from django.utils import timezone
 from uuid6 import uuid7
 
 from organizations.models import Organization
+from webhooks.services.text import visible_text
 
 
 class WebhookEvent(models.Model):
@@ -104,7 +105,9 @@ class WebhookEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_type or 'event'} {self.provider_event_id or self.id}"
+        # How the admin names the event (breadcrumbs, titles, its audit labels): the sender's controls
+        # escaped, as everywhere an event type or id is shown (text.visible_text); the fields stay exact.
+        return visible_text(f"{self.event_type or 'event'} {self.provider_event_id or self.id}")
 
     @property
     def is_set_aside(self) -> bool:

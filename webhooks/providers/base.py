@@ -195,6 +195,9 @@ class Provider:
     # source for a duplicate of that event. Only where the provider never sends two distinct events
     # with byte-identical signed content; see docs/providers.md for each.
     dedupes_on_signed_content: ClassVar[bool] = False
+    # For schemes that do so only under some options (counts_replays_by_signed_content): when, in a
+    # few words after the label ("Shopify with its `merge_identical_bodies` option"), for the docs.
+    docs_signed_content_when: ClassVar[str] = ""
     # Where a JSON sample keeps the provider's event id, so the test sender can give each send a
     # new one (keys and list indexes from the top of the payload).
     sample_event_id_path: ClassVar[tuple[str | int, ...]] = ("id",)
@@ -304,6 +307,13 @@ class Provider:
         if not self.dedupes_on_signed_content:
             return None
         return hashlib.sha256(request.body).hexdigest()
+
+    def counts_replays_by_signed_content(self, options: Mapping[str, Any]) -> bool:
+        """Whether a source with ``options`` may count a request as a stored event's duplicate by its
+        signed content (signed_content_digest) rather than by its id: that request's own id is then
+        not kept, and the dashboard says so where a search for it finds nothing. The class's flag by
+        default; schemes that do it only under some options say which (docs_signed_content_when)."""
+        return self.dedupes_on_signed_content
 
     def replay_nonce(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
         """A signed value that the provider never sends twice with different bodies (a nonce), or None;

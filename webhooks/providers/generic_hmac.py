@@ -181,6 +181,7 @@ class GenericHmacProvider(Provider):
         "not trusted alone: a request whose signed content (the timestamp, separator and body, or the body) "
         "equals a stored event's is its duplicate whatever the header says"
     )
+    docs_signed_content_when = "with an event id header configured"
     docs_event_type = "the configured event type header, else the JSON field (default `type`), else empty"
 
     def clean_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,6 +254,10 @@ class GenericHmacProvider(Provider):
 
         if timestamp is not None:
             check_timestamp_age(timestamp, now, tolerance_seconds(options, DEFAULT_TOLERANCE))
+
+    def counts_replays_by_signed_content(self, options: Mapping[str, Any]) -> bool:
+        # With an event id header configured: a request whose body gives no id takes it from there.
+        return bool(_option(options, "event_id_header"))
 
     def signed_content_digest(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
         """Hex SHA-256 of the signed message when the event id may come from the unsigned id header, else None.

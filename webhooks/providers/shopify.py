@@ -80,6 +80,7 @@ class ShopifyProvider(Provider):
             kind="bool",
         ),
     )
+    docs_signed_content_when = "with its `merge_identical_bodies` option"
     docs_event_type = "X-Shopify-Topic header, e.g. orders/create"
 
     def verify(
@@ -109,9 +110,12 @@ class ShopifyProvider(Provider):
                 "webhooks created in the store admin are signed with a different key",
             )
 
+    def counts_replays_by_signed_content(self, options: Mapping[str, Any]) -> bool:
+        return bool(options.get("merge_identical_bodies"))
+
     def signed_content_digest(self, request: InboundRequest, options: Mapping[str, Any]) -> str | None:
         """The body's digest, only where the tenant chose to merge identical bodies (see ``options``)."""
-        if not options.get("merge_identical_bodies"):
+        if not self.counts_replays_by_signed_content(options):
             return None
         return hashlib.sha256(request.body).hexdigest()
 

@@ -169,6 +169,13 @@ def destination_retrying_count(*, destination: Destination, limit: int = SEND_WA
     return retrying.order_by("next_attempt_at", "id")[:limit].count()
 
 
+def destination_has_deliveries_to_retry(*, destination: Destination) -> bool:
+    """Whether a bulk retry of the destination's failed deliveries would find one: the rows
+    bulk_retry_request matches, so that a page offers the retry only where it does something (the
+    request still checks, as the page may be older than the last change)."""
+    return _matching_deliveries(destination.organization_id, {"destination": destination.pk}).exists()
+
+
 def destination_held_by_platform_counts(*, destination: Destination, limit: int = SEND_WAITING_NOW_LIMIT) -> dict:
     """The destination's pending deliveries the platform itself put back unsent, by cause (Delivery.put_back_cause),
     counted up to ``limit`` in all: they wait for the platform (a secret its workers cannot decrypt, its own bound

@@ -26,11 +26,10 @@ def render_provider_docs() -> str:
         "is answered 401 with the reason and kept as *rejected*; a redelivery of the same",
         "event id is answered 200 as a counted duplicate. Where the event id comes from a",
         "header the signature does not cover, a signed delivery could be posted again under a new",
-        "id. For GitHub, Bitbucket and Linear (and Shopify with its `merge_identical_bodies`",
-        "option) a request whose signed body equals that of an event stored for the source is a",
-        "counted duplicate of that event, whatever its id; for Shopify without the option and",
-        "Generic HMAC's id header it is taken as a new event: keep ingest URLs and captured",
-        "deliveries private.",
+        f"id. For {_counting_by_signed_content()}, a request whose signed content (its body, with",
+        "the signed time where there is one) equals that of an event stored for the source is a",
+        "counted duplicate of that event, whatever its id; its own id is not kept. Elsewhere such a",
+        "request is taken as a new event: keep ingest URLs and captured deliveries private.",
         "",
         "Redeliveries are recognised by the stored event and, once the retention purge has deleted",
         f"it, by a digest of its event id kept {KEPT_DAYS} more days. So a request whose signature covers a",
@@ -70,6 +69,18 @@ def render_provider_docs() -> str:
                     f"{option.label}. {option.help_text}{choices} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _counting_by_signed_content() -> str:
+    """The providers that count a request as a duplicate by its signed content, some under an option
+    (Provider.counts_replays_by_signed_content): "GitHub, …, Shopify with its … option"."""
+    names = [provider.label for provider in PROVIDERS.values() if provider.dedupes_on_signed_content]
+    names += [
+        f"{provider.label} {provider.docs_signed_content_when}"
+        for provider in PROVIDERS.values()
+        if provider.docs_signed_content_when and not provider.dedupes_on_signed_content
+    ]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _replays(provider) -> str:

@@ -85,6 +85,15 @@ def terminal_text(text: str, *, keep_lines: bool = True) -> str:
 _NOT_ON_ONE_LINE = re.compile(f"{_TERMINAL_CONTROLS.pattern}|{_LINE_BREAKS.pattern}")
 
 
+def visible_text(text: str) -> str:
+    """A sender's short value (an event type, a provider's event id) as a page shows it: each control
+    character written as terminal_text writes it, on one line. Escaped rather than isolated (<bdi>):
+    inside an isolate a right-to-left override still reverses what follows it, so "\u202egpj.exe" would
+    still read "exe.jpg"; escaped, the page shows which characters are there. Only the display: the
+    stored value, what a filter or the API matches, stays exact."""
+    return terminal_text(text, keep_lines=False)
+
+
 # How many of the names a caller gave that a message lists: a request naming thousands (a body of
 # a few hundred KB) must not get back an answer several times its size.
 ECHOED_NAMES_MAX = 10

@@ -24,6 +24,7 @@ from webhooks.selectors import audit_changes_for_viewer, headers_for_viewer, opt
 from webhooks.services.secrets import secret_hint_shown, secret_is_set, unreadable_secrets_found
 from webhooks.services.sources import source_awaits_secret
 from webhooks.services.sources import source_change_delay as _source_change_delay
+from webhooks.services.text import visible_text
 
 register = template.Library()
 
@@ -35,6 +36,12 @@ _SECTIONS = {
     "destination": "destinations",
     "api": "api_keys",
 }
+
+
+@register.filter
+def visible(value) -> str:
+    """A sender's event type or event id with its control characters shown escaped (text.visible_text)."""
+    return visible_text(str(value)) if value is not None else ""
 
 
 @register.filter

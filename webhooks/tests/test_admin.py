@@ -909,7 +909,7 @@ def test_event_list_puts_status_and_failures_before_the_long_ids_and_shortens_pr
         "failed_deliveries",
         "organization",
         "source",
-        "event_type",
+        "shown_event_type",
         "short_provider_event_id",
         "id",
         "duplicate_count",

@@ -40,6 +40,7 @@ from webhooks.services.operations import (
     NothingToDo,
     NothingToRetry,
     OperationError,
+    destination_has_deliveries_to_retry,
     destination_held_by_platform_counts,
     destination_retrying_count,
     destination_send_waiting_now,
@@ -191,12 +192,16 @@ def bulk_retry_progress(destination, organization) -> dict:
         job.outcome = BulkRetryOutcome.of(job)
     unfinished = any(job.status != BulkRetry.Status.DONE for job in bulk_retries)
     held = delivery_hold(destination=destination, organization=organization) is not None
+    # The button is offered only when it has something to retry; read again with each poll, so that
+    # it comes back once a failure does (or goes once a retry took them all).
+    to_retry = destination_has_deliveries_to_retry(destination=destination)
     outcome_coming = not held and any((job.outcome_counts or {}).get("sending_now") for job in bulk_retries)
     # The pause changes the words ("queued" instead of "retried"), not the jobs.
     state = "|".join(
         [
             str(bool(destination.paused_at)),
             str(held),
+            str(to_retry),
             *(f"{job.pk}:{job.status}:{job.retried}:{job.left_out}:{job.total}:{job.outcome}" for job in bulk_retries),
         ]
     )
@@ -205,6 +210,7 @@ def bulk_retry_progress(destination, organization) -> dict:
         "bulk_retry_unfinished": unfinished,
         "bulk_retry_following": unfinished or outcome_coming,
         "bulk_retry_held": held,
+        "bulk_retry_to_do": to_retry,
         "bulk_retry_seen": hashlib.sha256(state.encode()).hexdigest()[:16],
     }
 
