@@ -26,9 +26,11 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncHour
 
+from organizations.models import Organization
 from webhooks.models import EventHour, WebhookEvent
 from webhooks.selectors import uuid7_floor
 
+from .row_locks import check_foreign_keys
 from .sender_marks import TEST_MARK_HEADER, hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,9 @@ def _count_and_store(organization_id: int, hours: list[datetime]) -> dict[dateti
         try:
             with transaction.atomic():
                 EventHour.objects.bulk_create(rows, ignore_conflicts=True)
+                # The organization's foreign key is checked here, not at the commit (deferred), past
+                # this except: an organization deleted meanwhile made the overview a 500.
+                check_foreign_keys((Organization,))
         except DatabaseError as exc:
             # The counts are right all the same (the organization being deleted, say): they are
             # shown, and counted again next time.

@@ -537,3 +537,20 @@ def test_a_deletion_forgets_only_the_hours_its_events_were_received_in(organizat
     assert shown(dashboard_stats.organization_overview(organization=organization, now=now)) == (
         counted_from_the_events(organization, now)
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hours_counted_for_an_organization_deleted_meanwhile_are_shown_not_a_500(organization):
+    # The organization's row gone between the page's look-up and the count's commit (its deletion
+    # finished meanwhile): the foreign key is checked at commit, past the store's own except, and
+    # the overview failed with it instead of showing the counts without storing them.
+    now = the_moment()
+    since = event_hours.hour_of(now) - 5 * HOUR
+    gone = Organization.objects.create(name="Gone", slug="gone")
+    gone_id = gone.pk
+    Organization.objects.filter(pk=gone_id).delete()
+
+    counts = event_hours.hourly_counts(gone_id, since, now)
+
+    assert counts[since] == event_hours.HourCounts()
+    assert not EventHour.objects.filter(organization_id=gone_id).exists()
