@@ -299,10 +299,13 @@ class WebhookEventAdmin(
         )
 
     def get_object(self, request, object_id, from_field=None):
-        if parse_event_id(str(object_id)) is None:  # not a UUID, or one in other digits than ASCII's
+        # Not a UUID, or one in other digits than ASCII's: not found. The id parsed is looked up, not
+        # the text: parse_event_id takes " <id>" (a pasted id), which the query refuses (a 500).
+        event_id = parse_event_id(str(object_id))
+        if event_id is None:
             return None
         events = secrets_deferred(WebhookEvent.objects.select_related("organization", "source"), "source")
-        event = events.filter(pk=object_id).first()
+        event = events.filter(pk=event_id).first()
         if event is not None:
             event.sees_signatures = sees_signatures(request)
         return event

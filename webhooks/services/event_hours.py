@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncHour
 
+from organizations.models import Organization
 from webhooks.models import EventHour, WebhookEvent
 from webhooks.selectors import uuid7_floor
 
+from .row_locks import check_foreign_keys
 from .sender_marks import TEST_MARK_HEADER, hookline_test_events
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,9 @@ def _count_and_store(organization_id: int, hours: list[datetime]) -> dict[dateti
         try:
             with transaction.atomic():
                 EventHour.objects.bulk_create(rows, ignore_conflicts=True)
+                # The organization's foreign key is checked here, not at the commit (deferred), past
+                # this except: an organization deleted meanwhile made the overview a 500.
+                check_foreign_keys((Organization,))
         except DatabaseError as exc:
             # The counts are right all the same (the organization being deleted, say): they are
             # shown, and counted again next time.
@@ -165,13 +170,22 @@ def forget_event_hours(events: QuerySet) -> None:
     transaction: forget the stored counts of every hour they were received in, so that those are
     counted again from the events left."""
     assert connection.in_atomic_block, "forget the hours in the transaction that deletes the events"
-    spans = events.order_by().values("organization_id").annotate(first=Min("received_at"), last=Max("received_at"))
-    for span in spans:
+    # The hours themselves, not the span from the first to the last: a retention batch holds the
+    # events received a retention ago and any whose delivery died late, days after its receipt; the
+    # span forgot every hour in between, and the next overview counted days of events again.
+    received = (
+        events.order_by()
+        .annotate(hour=TruncHour("received_at", tzinfo=UTC))
+        .values_list("organization_id", "hour")
+        .distinct()
+    )
+    hours_by_organization: dict[int, list[datetime]] = {}
+    for organization_id, hour in received:
+        hours_by_organization.setdefault(organization_id, []).append(hour)
+    for organization_id, hours in sorted(hours_by_organization.items()):
         # Taken before the rows are deleted: a count under way is stored first, then deleted here.
-        _lock(span["organization_id"], shared=False)
-        EventHour.objects.filter(
-            organization_id=span["organization_id"], hour__gte=hour_of(span["first"]), hour__lte=span["last"]
-        ).delete()
+        _lock(organization_id, shared=False)
+        EventHour.objects.filter(organization_id=organization_id, hour__in=hours).delete()
 
 
 def _lock(organization_id: int, *, shared: bool) -> None:

@@ -510,3 +510,47 @@ def plan_tree(raw) -> list[dict]:
         nodes.append(node)
         waiting.extend(node.get("Plans", []))
     return nodes
+
+
+def test_a_deletion_forgets_only_the_hours_its_events_were_received_in(organization):
+    """A retention batch holds the events received a retention ago and, with them, any whose delivery
+    died late (days of retries): forgetting every hour between the two had the next overview count
+    days of events again, each hourly run. Only the hours that lost an event are counted again."""
+    source = make_source(organization)
+    now = the_moment()
+    this_hour = event_hours.hour_of(now)
+    late = add_event(source, this_hour - timedelta(days=5, minutes=-20))
+    recent = add_event(source, this_hour - timedelta(hours=30, minutes=-10))
+    add_event(source, this_hour - timedelta(days=3))
+    dashboard_stats.organization_overview(organization=organization, now=now)
+    stored = EventHour.objects.filter(organization=organization).count()
+
+    with transaction.atomic():
+        batch = WebhookEvent.objects.filter(pk__in=[late.pk, recent.pk])
+        event_hours.forget_event_hours(batch)
+        batch.delete()
+
+    forgotten = {event_hours.hour_of(late.received_at), event_hours.hour_of(recent.received_at)}
+    assert EventHour.objects.filter(organization=organization).count() == stored - 2
+    assert not EventHour.objects.filter(organization=organization, hour__in=forgotten).exists()
+    assert EventHour.objects.get(organization=organization, hour=this_hour - timedelta(days=3)).accepted == 1
+    assert shown(dashboard_stats.organization_overview(organization=organization, now=now)) == (
+        counted_from_the_events(organization, now)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hours_counted_for_an_organization_deleted_meanwhile_are_shown_not_a_500(organization):
+    # The organization's row gone between the page's look-up and the count's commit (its deletion
+    # finished meanwhile): the foreign key is checked at commit, past the store's own except, and
+    # the overview failed with it instead of showing the counts without storing them.
+    now = the_moment()
+    since = event_hours.hour_of(now) - 5 * HOUR
+    gone = Organization.objects.create(name="Gone", slug="gone")
+    gone_id = gone.pk
+    Organization.objects.filter(pk=gone_id).delete()
+
+    counts = event_hours.hourly_counts(gone_id, since, now)
+
+    assert counts[since] == event_hours.HourCounts()
+    assert not EventHour.objects.filter(organization_id=gone_id).exists()

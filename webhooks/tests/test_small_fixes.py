@@ -241,6 +241,16 @@ def test_an_id_in_other_digits_than_ascii_is_not_an_id(client, organization, own
     assert page.status_code == 302  # "doesn't exist", back to the list
 
 
+def test_an_event_id_pasted_with_spaces_around_it_opens_its_admin_page(organization, staff_client):
+    # parse_event_id takes an id with blanks around it (a pasted one); the admin then looked up the
+    # text as given, which the query refused: a 500 instead of the event.
+    event = make_event(make_source(organization))
+    for pasted in (f" {event.pk}", f"{event.pk} ", f"\t{event.pk}"):
+        page = staff_client.get(reverse("admin:webhooks_webhookevent_change", args=[pasted]))
+        assert page.status_code == 200, pasted
+        assert str(event.pk) in page.content.decode()
+
+
 # --- 5. The event page says when an event was processed into no delivery at all -------------------------
 
 
