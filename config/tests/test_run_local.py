@@ -96,6 +96,15 @@ def test_a_second_make_run_on_the_same_var_directory_is_refused(run_local):
     assert run_local.manage_calls == []
 
 
+def test_make_run_makes_var_its_owners_only(run_local):
+    # `make run` makes var/ (its lock, before Django does) for the SQLite database, whose secrets are
+    # encrypted with a key derived from the public default SECRET_KEY: readable by every local user,
+    # it gave them away, and the 0600 of var/demo_receiver_secret protected nothing.
+    assert not run_local.VAR_DIR.exists()
+    run_local.refuse_to_start_twice().close()
+    assert run_local.VAR_DIR.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_child_that_exits_while_web_starts_stops_make_run_and_every_other_child(run_local, monkeypatch):
     # It used to wait for the web for 60 s and then return, leaving the worker, beat and receiver running.
     started = {}
