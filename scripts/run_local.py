@@ -265,6 +265,16 @@ def main() -> None:
     # the children start, in the environment rather than on a command line that `ps` shows.
     if secret := demo_receiver_secret(seed):
         os.environ["DEMO_RECEIVER_SECRET"] = secret
+    elif seed.get("destination_id"):
+        # A var/ from a `make run` older than the kept secret, or the file deleted: the receiver can
+        # only say "not checked" on every delivery, which does not say how to have it checked again.
+        print(
+            f"!! the demo receiver has no secret to verify signatures with ({DEMO_RECEIVER_SECRET_FILE} is "
+            "missing: the secret is given once, by the run that creates the demo destination). `make clean` "
+            "starts over with a new demo that has one; or rotate the demo destination's secret in the "
+            "dashboard and write the new one to that file.",
+            flush=True,
+        )
 
     def interrupted(*_):
         raise SystemExit(0)

@@ -302,6 +302,23 @@ def test_make_run_keeps_the_secret_seed_demo_gives_once_for_its_later_starts(run
     assert not kept.exists()
 
 
+def test_make_run_says_how_to_have_signatures_checked_when_no_secret_was_kept(run_local, monkeypatch, capsys):
+    # A var/ from before the secret was kept (seed_demo printed it on every run then), or the file
+    # deleted: the receiver printed "signature not checked (no secret given)" on every delivery, and
+    # nothing said why or what to do.
+    assert receiver_secret_at_start(run_local, monkeypatch, {**SEED, "destination_id": 7}) is None
+    said = capsys.readouterr().out
+    assert "the demo receiver has no secret to verify signatures with" in said
+    assert str(run_local.DEMO_RECEIVER_SECRET_FILE) in said and "`make clean`" in said
+
+    # Kept, or no demo destination at all: nothing to say.
+    created = {**SEED, "created": True, "destination_id": 7, "destination_secret": "whsec_Zmlyc3Q="}
+    assert receiver_secret_at_start(run_local, monkeypatch, created) == "whsec_Zmlyc3Q="
+    assert receiver_secret_at_start(run_local, monkeypatch, {**SEED, "destination_id": 7}) == "whsec_Zmlyc3Q="
+    assert receiver_secret_at_start(run_local, monkeypatch, SEED) is None
+    assert "no secret" not in capsys.readouterr().out
+
+
 def post_to_demo_receiver(secret: str, signing_secret: str) -> str:
     """What the demo receiver, given ``secret``, prints for a delivery Hookline signed with ``signing_secret``."""
     from webhooks.services.delivery import sign_standard_webhook
