@@ -71,7 +71,7 @@ def refuse_to_start_twice() -> object:
     beats; and where the second's web could not bind its port, it used to take the first's server
     for its own and report it as started.
     """
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # its owner's only, as the settings make it
     lock = open(VAR_DIR / "make-run.lock", "w")  # held open, and so locked, until this process exits
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,7 +238,7 @@ def demo_receiver_secret(seed: dict) -> str:
         DEMO_RECEIVER_SECRET_FILE.unlink(missing_ok=True)  # deleted: the next seed makes a new one
         return ""
     if secret := seed.get("destination_secret"):
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Created with its mode (O_EXCL on a fresh name, then renamed): never readable by others, not
         # even between the write and a chmod; a file left by an older run is replaced, not reused.
         partial = DEMO_RECEIVER_SECRET_FILE.with_name(f".{DEMO_RECEIVER_SECRET_FILE.name}.{os.getpid()}")
@@ -265,6 +265,16 @@ def main() -> None:
     # the children start, in the environment rather than on a command line that `ps` shows.
     if secret := demo_receiver_secret(seed):
         os.environ["DEMO_RECEIVER_SECRET"] = secret
+    elif seed.get("destination_id"):
+        # A var/ from a `make run` older than the kept secret, or the file deleted: the receiver can
+        # only say "not checked" on every delivery, which does not say how to have it checked again.
+        print(
+            f"!! the demo receiver has no secret to verify signatures with ({DEMO_RECEIVER_SECRET_FILE} is "
+            "missing: the secret is given once, by the run that creates the demo destination). `make clean` "
+            "starts over with a new demo that has one; or rotate the demo destination's secret in the "
+            "dashboard and write the new one to that file.",
+            flush=True,
+        )
 
     def interrupted(*_):
         raise SystemExit(0)

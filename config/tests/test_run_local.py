@@ -96,6 +96,15 @@ def test_a_second_make_run_on_the_same_var_directory_is_refused(run_local):
     assert run_local.manage_calls == []
 
 
+def test_make_run_makes_var_its_owners_only(run_local):
+    # `make run` makes var/ (its lock, before Django does) for the SQLite database, whose secrets are
+    # encrypted with a key derived from the public default SECRET_KEY: readable by every local user,
+    # it gave them away, and the 0600 of var/demo_receiver_secret protected nothing.
+    assert not run_local.VAR_DIR.exists()
+    run_local.refuse_to_start_twice().close()
+    assert run_local.VAR_DIR.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_child_that_exits_while_web_starts_stops_make_run_and_every_other_child(run_local, monkeypatch):
     # It used to wait for the web for 60 s and then return, leaving the worker, beat and receiver running.
     started = {}
@@ -291,6 +300,23 @@ def test_make_run_keeps_the_secret_seed_demo_gives_once_for_its_later_starts(run
     # The tenant deleted the demo destination: nothing to check with, nothing kept.
     assert receiver_secret_at_start(run_local, monkeypatch, SEED) is None
     assert not kept.exists()
+
+
+def test_make_run_says_how_to_have_signatures_checked_when_no_secret_was_kept(run_local, monkeypatch, capsys):
+    # A var/ from before the secret was kept (seed_demo printed it on every run then), or the file
+    # deleted: the receiver printed "signature not checked (no secret given)" on every delivery, and
+    # nothing said why or what to do.
+    assert receiver_secret_at_start(run_local, monkeypatch, {**SEED, "destination_id": 7}) is None
+    said = capsys.readouterr().out
+    assert "the demo receiver has no secret to verify signatures with" in said
+    assert str(run_local.DEMO_RECEIVER_SECRET_FILE) in said and "`make clean`" in said
+
+    # Kept, or no demo destination at all: nothing to say.
+    created = {**SEED, "created": True, "destination_id": 7, "destination_secret": "whsec_Zmlyc3Q="}
+    assert receiver_secret_at_start(run_local, monkeypatch, created) == "whsec_Zmlyc3Q="
+    assert receiver_secret_at_start(run_local, monkeypatch, {**SEED, "destination_id": 7}) == "whsec_Zmlyc3Q="
+    assert receiver_secret_at_start(run_local, monkeypatch, SEED) is None
+    assert "no secret" not in capsys.readouterr().out
 
 
 def post_to_demo_receiver(secret: str, signing_secret: str) -> str:
