@@ -15,6 +15,7 @@ from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
 from django.core.cache import cache
 from django.core.exceptions import BadRequest
+from django.db import models
 from django.urls import reverse
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,21 @@ def destinations_needing_attention() -> dict:
     }
 
 
+class AsciiObjectIdsMixin:
+    """An object's id in its admin URL is read in ASCII digits only, as the API and the dashboard
+    read ids (webhooks.selectors.parse_event_id): int() and uuid.UUID take any script's digits, so
+    /admin/webhooks/source/٣/change/ opened source 3. Such an id names no object, and its page
+    answers as the admin does for an id that names none (a message, and back to the index)."""
+
+    def get_object(self, request, object_id, from_field=None):
+        field = self.opts.get_field(from_field) if from_field else self.opts.pk
+        # Only where the id is read as a number or a UUID: a text key could hold other scripts.
+        read_as_number = isinstance(field, (models.IntegerField, models.UUIDField))
+        if read_as_number and isinstance(object_id, str) and not object_id.isascii():
+            return None
+        return super().get_object(request, object_id, from_field)
+
+
 class HooklineAdminSite(admin.AdminSite):
     site_header = "Hookline operations"
     site_title = "Hookline admin"
@@ -125,6 +141,18 @@ class HooklineAdminSite(admin.AdminSite):
             return protected(request, *args, **kwargs)
 
         return refusing_nul_characters
+
+    def register(self, model_or_iterable, admin_class=None, **options):
+        # Every ModelAdmin, this project's and a package's (django-celery-beat's), reads ids in ASCII:
+        # added here rather than to each class so that one registered later cannot miss it.
+        admin_class = admin_class or admin.ModelAdmin
+        if not issubclass(admin_class, AsciiObjectIdsMixin):
+            admin_class = type(
+                admin_class.__name__,
+                (AsciiObjectIdsMixin, admin_class),
+                {"__module__": admin_class.__module__, "__qualname__": admin_class.__qualname__},
+            )
+        super().register(model_or_iterable, admin_class, **options)
 
     def index(self, request, extra_context=None):
         overview = processing = dead_24h_query = None

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.text import slugify
 
+from config.formats import to_the_second
 from organizations.audit_actions import audit_action_label
 from organizations.names import validate_name
 from webhooks.fields import encrypted_field_names, secrets_deferred
@@ -199,7 +200,7 @@ def offer_to_stop_previous_secret(form: forms.Form, instance) -> None:
         return
     form.fields["stop_previous"].help_text = (
         f"The secret before the current one ({previous_secret_described(instance)}) still works until "
-        f"{valid_until:%Y-%m-%d %H:%M} UTC. Only one older secret is kept, so rotating again stops it at once: "
+        f"{to_the_second(valid_until)}. Only one older secret is kept, so rotating again stops it at once: "
         "tick this only if nothing uses it any more."
     )
 

@@ -3,17 +3,22 @@
 import os
 import resource
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from queue import Empty
+from time import monotonic
 
 import pytest
 from kombu import Connection
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 
-from config.filesystem_broker import Transport
+from config import filesystem_broker as broker
+from config.filesystem_broker import STALE_WRITING_SECONDS, WRITING_SUFFIX, Transport
 
-from .fresh_process import FreshProcesses
+from .fresh_process import ROOT, FreshProcesses
 
 
 def channel(folder: Path):
@@ -78,3 +83,57 @@ def test_the_embedded_mode_sends_its_tasks_through_it(tmp_path):
         finished = processes.run(["-c", SEND_AND_TAKE], environment)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split() == ["config.filesystem_broker", "{'sent':", "1}"]
+
+
+KILLED_BEFORE_RENAME = (
+    "import os, signal, sys\n"
+    "from kombu import Connection\n"
+    "from config.filesystem_broker import Transport\n"
+    "folder = sys.argv[1]\n"
+    "options = {'data_folder_in': folder, 'data_folder_out': folder, 'store_processed': False}\n"
+    "channel = Connection('filesystem://localhost/', transport=Transport, transport_options=options).channel()\n"
+    "os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL)  # killed once the part is written\n"
+    "channel._put('hookline', {'task': 'webhooks.tasks.sweep'})\n"
+)
+
+
+def test_a_part_left_by_a_process_killed_before_its_rename_is_removed_once_stale(tmp_path):
+    # A process killed between writing a message under its ".writing" name and renaming it left that
+    # part in the queue folder for good: no reader takes it, and nothing removed it.
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_RENAME, str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left] = os.listdir(tmp_path)
+    assert left.endswith(WRITING_SUFFIX)
+    channel(tmp_path)._put("hookline", {"task": "webhooks.tasks.deliver"})  # a message written since
+    in_progress = tmp_path / f"1_{'0' * 32}.hookline.msg{WRITING_SUFFIX}"
+    in_progress.write_bytes(b"{")  # as a write still going on in another process
+
+    # Young, the killed process's part could be a write in progress: it is left.
+    channel(tmp_path)
+    assert left in os.listdir(tmp_path)
+    broker._last_swept.clear()  # as a process starting
+
+    stale = time.time() - STALE_WRITING_SECONDS - 60
+    os.utime(tmp_path / left, (stale, stale))
+    worker = channel(tmp_path)
+
+    assert left not in os.listdir(tmp_path)  # removed on the channel's opening
+    assert in_progress.exists()  # not a stale one
+    assert worker._get("hookline") == {"task": "webhooks.tasks.deliver"}  # the messages untouched
+    assert os.listdir(tmp_path) == [in_progress.name]
+
+
+def test_the_stale_parts_are_looked_for_at_most_once_per_interval(tmp_path):
+    # Each channel opened would otherwise list the queue folder: a process looks again only after the interval.
+    part = tmp_path / f"1_{'0' * 32}.hookline.msg{WRITING_SUFFIX}"
+    part.write_bytes(b"{")
+    stale = time.time() - STALE_WRITING_SECONDS - 60
+    os.utime(part, (stale, stale))
+    broker._last_swept[str(tmp_path)] = monotonic()  # looked just now, before the part was stale
+    channel(tmp_path)
+    assert part.exists()
+    broker._last_swept[str(tmp_path)] = monotonic() - broker.SWEEP_INTERVAL_SECONDS
+    channel(tmp_path)
+    assert not part.exists()

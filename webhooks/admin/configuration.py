@@ -89,6 +89,7 @@ from webhooks.services.sources import (
     source_rotate_secret,
     source_set_active,
 )
+from webhooks.services.text import visible_text
 from webhooks.views.one_look import secret_not_readable_yet
 
 from .actions import (
@@ -579,9 +580,15 @@ class SubscriptionInline(admin.TabularInline):
 
     model = Subscription
     extra = 0
-    fields = ("source", "event_types")
+    fields = ("source", "shown_event_types")
     readonly_fields = fields
     can_delete = False
+
+    # Its patterns with their control characters escaped (text.visible_text), as the dashboard shows
+    # them: a right-to-left override in one would make it read as another type.
+    @admin.display(description="Event types")
+    def shown_event_types(self, obj):
+        return ", ".join(visible_text(pattern) for pattern in obj.event_types or ()) or "-"
 
     def get_queryset(self, request):
         # Each row is named "source → destination": their names, never their secrets.

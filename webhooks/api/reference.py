@@ -19,10 +19,15 @@ GROUP_TITLES = {
     "destinations": "Destinations",
 }
 METHOD_ORDER = ("get", "post", "patch", "put", "delete")
+HTTP_METHODS = frozenset({*METHOD_ORDER, "head", "options", "trace"})
 # A pattern longer than this (the event-type one spells out every Unicode space) is left to the document.
 PATTERN_SHOWN_UP_TO = 80
 # Objects in a body are listed field by field down to this depth (a destination's payload filter conditions).
 NESTED_FIELDS_DEPTH = 2
+
+
+class UnresolvedReference(ValueError):
+    """A ``$ref`` in the document that names nothing in it (or only itself)."""
 
 
 @dataclass
@@ -82,11 +87,14 @@ def api_reference(document: dict) -> ApiReference:
     """Every operation of ``document``, grouped by its tag in GROUP_TITLES' order (others after)."""
     reader = _Reader(document)
     groups: dict[str, list[Endpoint]] = {}
-    for path, operations in document.get("paths", {}).items():
-        for method in sorted(operations, key=lambda name: METHOD_ORDER.index(name) if name in METHOD_ORDER else 99):
-            operation = operations[method]
+    for path, item in document.get("paths", {}).items():
+        item = reader.resolve(item)
+        # A path item holds its operations beside keys that are none (parameters, summary, servers).
+        methods = [name for name in item if name in HTTP_METHODS]
+        for method in sorted(methods, key=lambda name: METHOD_ORDER.index(name) if name in METHOD_ORDER else 99):
+            operation = item[method]
             tag = (operation.get("tags") or ["other"])[0]
-            groups.setdefault(tag, []).append(reader.endpoint(path, method, operation))
+            groups.setdefault(tag, []).append(reader.endpoint(path, method, operation, item.get("parameters", ())))
     order = [*GROUP_TITLES, *sorted(set(groups) - set(GROUP_TITLES))]
     schemes = document.get("components", {}).get("securitySchemes", {})
     info = document.get("info", {})
@@ -109,18 +117,48 @@ class _Reader:
     def __init__(self, document: dict):
         self.document = document
 
-    def resolve(self, schema: dict) -> dict:
-        while "$ref" in schema:
-            *_, kind, name = schema["$ref"].split("/")
-            schema = self.document["components"][kind][name]
-        return schema
+    def resolve(self, value: dict) -> dict:
+        """What ``value`` is once its ``$ref`` (a schema's, a parameter's, a body's, an answer's) is followed.
 
-    def endpoint(self, path: str, method: str, operation: dict) -> Endpoint:
+        The page is built once per process and kept: a reference it could not follow raises
+        UnresolvedReference, which the tests of the document meet rather than every request for the page.
+        """
+        seen = []
+        while isinstance(value, dict) and "$ref" in value:
+            reference = value["$ref"]
+            if reference in seen:
+                raise UnresolvedReference(f"the OpenAPI document's {reference} refers to itself")
+            seen.append(reference)
+            value = self.target(reference)
+        return value
+
+    def target(self, reference: str) -> dict:
+        if not isinstance(reference, str) or not reference.startswith("#/"):
+            raise UnresolvedReference(f"the OpenAPI document refers outside itself: {reference!r}")
+        found = self.document
+        # A JSON pointer: "/" in a name is written "~1", "~" is "~0".
+        for token in reference[2:].split("/"):
+            token = token.replace("~1", "/").replace("~0", "~")
+            if isinstance(found, list) and token.isdecimal() and int(token) < len(found):
+                found = found[int(token)]
+            elif isinstance(found, dict) and token in found:
+                found = found[token]
+            else:
+                raise UnresolvedReference(f"the OpenAPI document has nothing at {reference}")
+        if not isinstance(found, dict):
+            raise UnresolvedReference(f"the OpenAPI document's {reference} is no object")
+        return found
+
+    def endpoint(self, path: str, method: str, operation: dict, shared_parameters=()) -> Endpoint:
         parameters = {"path": [], "query": [], "header": []}
-        for parameter in operation.get("parameters", ()):
+        # The path item's parameters apply to each of its operations, unless one names its own.
+        own = [self.resolve(parameter) for parameter in operation.get("parameters", ())]
+        named = {(parameter["name"], parameter["in"]) for parameter in own}
+        shared = [self.resolve(parameter) for parameter in shared_parameters]
+        for parameter in [*(p for p in shared if (p["name"], p["in"]) not in named), *own]:
             if parameter["in"] in parameters:
                 parameters[parameter["in"]].append(self.parameter(parameter))
-        body = operation.get("requestBody", {})
+        body = self.resolve(operation.get("requestBody", {}))
         body_schema = body.get("content", {}).get("application/json", {}).get("schema")
         return Endpoint(
             method=method.upper(),
@@ -133,7 +171,9 @@ class _Reader:
             header_parameters=parameters["header"],
             body_fields=self.fields(body_schema) if body_schema else [],
             body_required=bool(body.get("required")),
-            answers=[self.answer(status, answer) for status, answer in operation.get("responses", {}).items()],
+            answers=[
+                self.answer(status, self.resolve(answer)) for status, answer in operation.get("responses", {}).items()
+            ],
         )
 
     def parameter(self, parameter: dict) -> Field:
@@ -207,6 +247,7 @@ class _Reader:
 
     def constraints(self, schema: dict) -> list[str]:
         """A schema's bounds in words, the items' of an array too."""
+        schema = self.resolve(schema)
         words = []
         bounds = (
             ("minLength", "at least {} characters"),

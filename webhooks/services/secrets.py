@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
+from config.formats import to_the_second
 from webhooks.fields import (
     MALFORMED,
     SecretNotReadable,
@@ -197,7 +198,7 @@ def replace_secret(
     if still_valid_until is not None and not stop_previous:
         raise PreviousSecretStillValid(
             f"the secret before the current one ({previous_secret_described(locked)}) still works until "
-            f"{still_valid_until:%Y-%m-%d %H:%M} UTC, and rotating again stops it at once; confirm that it may stop now"
+            f"{to_the_second(still_valid_until)}, and rotating again stops it at once; confirm that it may stop now"
         )
     if not current:
         # Nothing to keep: a window without a previous secret would have the source's page (and
