@@ -469,11 +469,32 @@ _GUNICORN_ERRORS = {
 }
 
 
-def _write_json_error(sock, status_int, reason, mesg):
+# gunicorn's own wording for a request line past limit_request_line ("Request line length (5035) exceeds
+# limit (4094)") names neither what the line is nor what to do. The path is unknown here (the line was
+# never read whole), and the line's limit is left as it is (it bounds what the parser holds of a
+# request): the words are for what reaches it in practice, an API list's filters or cursor; a
+# provider's ingest URL is far shorter.
+_REQUEST_LINE_TOO_LONG = (
+    "the request line (method, path and query string) is longer than this server's {limit:,} bytes: "
+    "shorten the query string: fewer or shorter filters (an event_type list, a search), or narrow the "
+    "list in several requests; follow a list's next link as it is, without adding filters to it"
+)
+
+
+def _detail(status_int, reason, mesg, limit_request_line) -> str:
+    if status_int == 414:
+        return _REQUEST_LINE_TOO_LONG.format(limit=limit_request_line)
+    return mesg or reason
+
+
+def _write_json_error(sock, status_int, reason, mesg, *, limit_request_line=None):
+    from gunicorn.config import LimitRequestLine
     from gunicorn.util import write_nonblock
 
+    limit = LimitRequestLine.default if limit_request_line is None else limit_request_line
     error = _GUNICORN_ERRORS.get(status_int, "bad_request" if 400 <= status_int < 500 else "server_error")
-    body = json.dumps({"error": error, "detail": mesg or reason}).encode()  # ASCII: escapes what came
+    detail = _detail(status_int, reason, mesg, limit)
+    body = json.dumps({"error": error, "detail": detail}).encode()  # ASCII: escapes what came
     head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
     write_nonblock(sock, head.encode("latin-1") + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
@@ -481,7 +502,8 @@ def _write_json_error(sock, status_int, reason, mesg):
 def post_fork(server, worker):
     from gunicorn import util
 
-    util.write_error = _write_json_error  # called as util.write_error by the worker's handle_error
+    # Called as util.write_error by the worker's handle_error; with this server's own line limit.
+    util.write_error = functools.partial(_write_json_error, limit_request_line=worker.cfg.limit_request_line)
     _limit_request_read_time(worker)
 
 

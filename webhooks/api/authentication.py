@@ -21,6 +21,7 @@ from rest_framework.exceptions import ErrorDetail
 from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.utils import json
 from rest_framework.views import APIView, exception_handler
@@ -221,6 +222,15 @@ class JsonBodyParser(JSONParser):
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
 
 
+def options_answer(view: APIView) -> Response:
+    """An OPTIONS request's answer under /api/: the methods the path takes, in ``Allow``, and nothing
+    else. DRF's described the view itself (its class's name, such as "Destination Detail Manage", and
+    its parsers), none of which the OpenAPI document, the reference for what each endpoint takes, says."""
+    response = Response(status=204)
+    response["Allow"] = ", ".join(view.allowed_methods)
+    return response
+
+
 class ApiView(IdempotencyKeyMixin, APIView):
     """The base of every /api/v1/ view: only API keys, JSON in and out, never cached; every POST takes
     an Idempotency-Key (IdempotencyKeyMixin), so no endpoint that changes something can be left without."""
@@ -258,6 +268,9 @@ class ApiView(IdempotencyKeyMixin, APIView):
         """Signature headers and full destination URLs: shown to read-write keys, as to admins in
         the dashboard; a read-only key sees what a member sees."""
         return self.api_key.can_write
+
+    def options(self, request, *args, **kwargs):
+        return options_answer(self)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

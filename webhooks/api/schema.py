@@ -23,6 +23,7 @@ from rest_framework import serializers
 
 from organizations.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from webhooks.models import Destination
+from webhooks.selectors import BODY_SEARCH_MAX_BYTES, BODY_SEARCH_MIN_BYTES
 from webhooks.services.delivery_waits import DELIVERY_WAITS
 from webhooks.services.destinations import (
     MAX_EVENT_TYPE_PATTERN_CHARS,
@@ -350,6 +351,37 @@ class PayloadFilterConditionSchema(OpenApiSerializerExtension):
             mapped["additionalProperties"] = False
             mapped["properties"]["path"]["maxLength"] = MAX_PATH_CHARS
         return mapped
+
+
+def _body_search_text_pattern() -> str:
+    """The body_contains values the list takes, as a pattern: surrounding spaces are cut (DRF's
+    CharField), a NUL is refused, and what is left must be BODY_SEARCH_MIN_BYTES (3) bytes of UTF-8 or
+    more. A minLength counts characters, and a generated client sent "ab" or " ab ", always a 400: in
+    characters, 3 bytes is 3 characters or more, 2 with one not ASCII (2 bytes or more), or 1 at
+    U+0800 or above (3 bytes). An astral character is 4 bytes: one character here, two UTF-16 code
+    units (both non-ASCII) to a pattern without the u flag, so either way it is taken."""
+    if BODY_SEARCH_MIN_BYTES != 3:  # the alternatives below spell out 3 bytes
+        raise RuntimeError("body_contains' pattern spells out a minimum of 3 bytes: write it for the new one")
+    visible = f"[^{_SPACES}\u0000]"
+    not_ascii = f"[^\u0000-\u007f{_SPACES}]"
+    three_bytes = f"[^\u0000-\u07ff{_SPACES}]"
+    core = f"{visible}[^\u0000]+{visible}|{visible}{not_ascii}|{not_ascii}{visible}|{three_bytes}"
+    return f"^[{_SPACES}]*(?:{core})[{_SPACES}]*$"
+
+
+class BodySearchTextSchema(OpenApiSerializerFieldExtension):
+    """body_contains: its lower bound as a pattern, its upper one as a maxLength (at most 200 bytes
+    is at most 200 characters) and the rest in words: one character may be up to 4 bytes."""
+
+    target_class = "webhooks.api.serializers.BodySearchTextField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            **build_basic_type(OpenApiTypes.STR),
+            "minLength": 1,
+            "maxLength": BODY_SEARCH_MAX_BYTES,
+            "pattern": _body_search_text_pattern(),
+        }
 
 
 class WaitingForFieldSchema(OpenApiSerializerFieldExtension):

@@ -21,7 +21,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 
-from .authentication import api_exception_handler
+from .authentication import api_exception_handler, options_answer
 
 
 class ApiSchemaView(SpectacularAPIView):
@@ -46,6 +46,9 @@ class ApiSchemaView(SpectacularAPIView):
 
     def get_exception_handler(self):
         return api_exception_handler  # errors in the API's shape, as under every other /api/ path
+
+    def options(self, request, *args, **kwargs):
+        return options_answer(self)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ import datetime
 import re
 from collections.abc import Mapping
 
+from django.core.validators import URLValidator
 from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -20,7 +21,6 @@ from rest_framework import serializers
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.providers.registry import PROVIDERS
 from webhooks.selectors import (
-    BODY_SEARCH_MAX_BYTES,
     DELIVERY_STATUS_HELD_BY_PLATFORM,
     DELIVERY_STATUS_RETRYING,
     EVENT_STATUS_ALL,
@@ -301,7 +301,25 @@ class BulkRetrySerializer(serializers.Serializer):
         # Stored in the service's words; shown in the request's ("statuses": ["dead"] is "status").
         filters = dict(job.filters)
         statuses = filters.pop("statuses", None) or [Delivery.Status.DEAD]
+        for name in _FILTER_TIMES:
+            if name in filters:
+                filters[name] = _time_as_answered(filters[name])
         return {"status": statuses[0] if len(statuses) == 1 else statuses, **filters}
+
+
+# A job's range is stored as Python's isoformat() writes it ("…+00:00"); every other time the API
+# answers ends in Z (DRF's DateTimeField): shown so, as a client comparing them as text expects.
+_FILTER_TIMES = ("received_after", "received_before")
+
+
+def _time_as_answered(stored):
+    try:
+        moment = datetime.datetime.fromisoformat(stored)
+    except (TypeError, ValueError):  # not one this code stored: shown as it is rather than refused
+        return stored
+    if moment.tzinfo is None:
+        return stored
+    return serializers.DateTimeField().to_representation(moment)
 
 
 class PreviousSecretValidUntilField(serializers.DateTimeField):
@@ -435,6 +453,12 @@ class KnownFieldsOnly(serializers.Serializer):
     field_hints: dict[str, str] = {}
     refusal = "not taken here (takes: {takes})"
 
+    def get_fields(self):
+        fields = super().get_fields()
+        for field in fields.values():
+            in_api_words(field)
+        return fields
+
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
             takes = [name for name, field in self.fields.items() if not field.read_only]
@@ -479,6 +503,62 @@ class KnownFieldsOnly(serializers.Serializer):
         if wrong_types:
             raise serializers.ValidationError(wrong_types)
         return value
+
+
+# --- DRF's refusals, in words that say what is taken ----------------------------------------
+# DRF's own ("A valid integer is required.", "Enter a valid URL.") say that a value is wrong, not
+# what the field takes. Every field of a request (KnownFieldsOnly's, their items' included) says it
+# in these words instead, unless the field words its refusal itself. In a JSON body a value of
+# another type is refused first, by json_type_problems; these are what a query string's text, or a
+# string that is not the URL or id it must be, gets.
+
+# Django's URLValidator, which the field runs, and then destination_check_url, whose refusals name
+# what they refuse (a private address, a user name, a #fragment, another scheme, Hookline's own URL).
+API_URL_FORM = (
+    "an absolute URL starting with https:// (or http:// for a receiver without TLS), then a host (a "
+    "domain name with a dot, such as hooks.example.com, or localhost, or an IP address, an IPv6 one "
+    "in brackets), an optional :port and a path, such as https://hooks.example.com/hookline; without "
+    "spaces, a user name or password, or a #fragment"
+)
+
+_API_WORDS: tuple[tuple[type[serializers.Field], dict[str, str]], ...] = (
+    (
+        serializers.IntegerField,
+        {
+            "invalid": "is not a whole number: write it in the digits 0-9, without a fraction",
+            "max_string_length": "is too long to be a number this API takes",
+        },
+    ),
+    (
+        serializers.FloatField,
+        {
+            "invalid": "is not a number: write it in digits, such as 30 or 2.5",
+            "max_string_length": "is too long to be a number this API takes",
+        },
+    ),
+    (serializers.BooleanField, {"invalid": "must be true or false"}),
+    (serializers.UUIDField, {"invalid": "is not an id: a UUID such as 01938a3e-4c5d-7af8-9863-65da3aa5db9d"}),
+    (serializers.URLField, {"invalid": f"is not a URL this API takes: give {API_URL_FORM}"}),
+)
+
+
+def in_api_words(field: serializers.Field) -> None:
+    """``field``'s refusals (and its items', for a list or an object) in _API_WORDS', where they are
+    still DRF's own."""
+    for kind, words in _API_WORDS:
+        if not isinstance(field, kind):
+            continue
+        for code, text in words.items():
+            if str(field.error_messages.get(code)) == str(kind.default_error_messages[code]):
+                field.error_messages[code] = text
+        if isinstance(field, serializers.URLField):
+            # URLField made its validator with the message it had then.
+            for validator in field.validators:
+                if isinstance(validator, URLValidator):
+                    validator.message = field.error_messages["invalid"]
+    child = getattr(field, "child", None)
+    if isinstance(child, serializers.Field) and not isinstance(child, serializers.BaseSerializer):
+        in_api_words(child)
 
 
 # --- JSON types of a request body ----------------------------------------------------------
@@ -689,10 +769,9 @@ RECEIVED_BEFORE_HELP = f"Not included; must be later than received_after. {_TIME
 _IN_QUERY = " In a query string, write an offset's + as %2B (a bare + is a space)."
 
 
-# Its bounds are in UTF-8 bytes (validate_body_contains says which); the document's are in characters,
-# so it states the widest that holds them: at most 200 bytes is at most 200 characters, and one
-# character may be 3 bytes. Not a max_length: DRF's own refusal would come first and count characters.
-@extend_schema_field({"type": "string", "minLength": 1, "maxLength": BODY_SEARCH_MAX_BYTES})
+# Its bounds are in UTF-8 bytes (validate_body_contains says which); the document describes them in
+# characters (webhooks.api.schema.BodySearchTextSchema). Not a max_length: DRF's own refusal would
+# come first and count characters.
 class BodySearchTextField(serializers.CharField):
     pass
 
@@ -704,6 +783,8 @@ _NOT_ASCII_ID = "is not an id: write it in the digits 0-9 (and, in an event id, 
 
 
 class IdQueryField(serializers.IntegerField):
+    default_error_messages = {"invalid": "is not an id: write it in the digits 0-9, as the API answers it"}
+
     def __init__(self, **kwargs):
         super().__init__(min_value=1, max_value=MAX_DATABASE_ID, **kwargs)
 
@@ -750,7 +831,9 @@ class EventFilterSerializer(ReceivedRangeMixin):
     received_before = QueryDateTimeField(required=False, help_text=RECEIVED_BEFORE_HELP + _IN_QUERY)
     # Searched a window of events at a time (EventListView); bounded in UTF-8 bytes.
     body_contains = BodySearchTextField(
-        required=False, help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive; adds searched_back_to."
+        required=False,
+        help_text="3 to 200 bytes of UTF-8 the body holds, case-sensitive (so 3 characters or more, fewer when not "
+        "ASCII: é is 2 bytes, € 3); spaces around it are cut and do not count. Adds searched_back_to.",
     )
 
     def validate_body_contains(self, text: str) -> str:

@@ -179,10 +179,15 @@ class NewestFirst(CursorPagination):
                 self.position_field.to_python(cursor.position)
         except (exceptions.NotFound, ValidationError):
             raise exceptions.ValidationError(refusal) from None
-        # DRF's base64 decoding drops what is not base64, so "", "!!!" or a stray NUL decode to a cursor
-        # without a position, which DRF reads as the first page: a script that pasted an empty or
-        # mangled cursor would then get the first page again and again. None of ours lacks all three.
-        if cursor is not None and cursor.position is None and not cursor.offset and not cursor.reverse:
+        # Every cursor these pages make holds a position (the id of a row: the orderings are on the
+        # unique id, so DRF never needs an offset past rows of the same position) and no offset. One
+        # without a position or with an offset was made by hand: DRF's base64 decoding drops what is
+        # not base64, so "", "!!!" or a stray NUL decoded to a cursor without a position, read as the
+        # first page again and again; and "o=N" skipped N rows (up to DRF's offset_cutoff) by an
+        # OFFSET the database reads through, answering a "next" of an empty cursor, itself refused.
+        # A position alone cannot reach further than the list's own filters and organization, which
+        # the page is read under whatever the cursor says (as received_before bounds it).
+        if cursor is not None and (cursor.position is None or cursor.offset):
             raise exceptions.ValidationError(refusal)
         return cursor
 
@@ -342,7 +347,7 @@ class EventListView(ApiListView):
         paginator.position_field = WebhookEvent._meta.pk
         paginator.base_url = settings.PUBLIC_BASE_URL + request.get_full_path()
         cursor = paginator.decode_cursor(request)
-        if cursor is not None and (cursor.reverse or cursor.offset):
+        if cursor is not None and cursor.reverse:  # one with an offset is refused by decode_cursor
             raise exceptions.ValidationError(
                 {paginator.cursor_query_param: ["a body search only goes back in time: follow next"]}
             )

@@ -100,9 +100,10 @@ ECHOED_NAMES_MAX = 10
 
 
 def echoable_names(names: Sequence) -> str:
-    """``names`` as a message lists them: each quoted as echoable_text does, the first
+    """``names`` as a message lists them: each cut and escaped as echoable_text does, between
+    quotation marks (an empty name, or one of spaces, showed as nothing at all), the first
     ECHOED_NAMES_MAX only, then how many more there are."""
-    shown = ", ".join(echoable_text(str(name)) for name in names[:ECHOED_NAMES_MAX])
+    shown = ", ".join(f"“{echoable_text(str(name))}”" for name in names[:ECHOED_NAMES_MAX])
     more = len(names) - ECHOED_NAMES_MAX
     return f"{shown} and {more} more" if more > 0 else shown
 

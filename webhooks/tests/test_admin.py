@@ -441,7 +441,7 @@ def test_source_options_are_validated_by_the_provider(admin, setup):
         reverse("admin:webhooks_source_change", args=[source.pk]), source_form(source, options='{"nonsense": 1}')
     )
     assert response.status_code == 200
-    assert "unknown option for stripe: nonsense" in response.content.decode()
+    assert "unknown option for stripe: “nonsense”" in response.content.decode()
     for not_an_object in ("[1, 2]", "3", '"tolerance"'):
         response = admin.post(
             reverse("admin:webhooks_source_change", args=[source.pk]), source_form(source, options=not_an_object)

@@ -6,6 +6,7 @@ nature, are read as before."""
 import pytest
 
 from organizations.models import ApiKey, AuditLog
+from webhooks.api.serializers import API_URL_FORM
 from webhooks.models import BulkRetry, Delivery, Destination, Source
 
 from .api_helpers import api_get, api_patch, api_post, make_delivery, make_event, make_key
@@ -192,7 +193,7 @@ def test_a_wrong_type_is_named_with_the_other_mistakes_of_the_body(client, key, 
     assert set(fields) == {"name", "url", "max_attempts"}
     assert fields["name"] == [f"{STRING}, not a whole number"]
     assert fields["max_attempts"] == [f"{WHOLE_NUMBER}, not a string"]
-    assert fields["url"] == ["Enter a valid URL."]
+    assert fields["url"] == [f"is not a URL this API takes: give {API_URL_FORM}"]
 
 
 def test_a_secret_of_another_type_is_not_repeated_in_the_refusal(client, key, world):

@@ -76,7 +76,7 @@ def test_an_unknown_option_is_echoed_cut_and_escaped_by_the_api(client, writer_k
     assert response.status_code == 400
     message = response.json()["fields"]["options"][0]
     assert "unknown option for github: " in message
-    assert long_name not in message and len(message) < 200 and message.endswith("…")
+    assert long_name not in message and len(message) < 200 and message.endswith("…”")
 
 
 def test_an_unknown_option_in_a_source_update_is_echoed_cut_too(client, organization, writer_key):

@@ -339,6 +339,19 @@ def test_a_list_filter_over_the_request_line_limit_is_the_414_the_api_document_l
     assert "request_line_too_long" in documented["414"]["description"]
 
 
+def test_a_request_line_too_long_says_the_limit_and_what_to_shorten(port, organization, transactional_db):
+    # gunicorn's own words, "Request line length (5035) exceeds limit (4094)", said neither what the request
+    # line is nor what to do about it.
+    _, key = make_key(organization)
+    line = b"GET /api/v1/events?search=" + b"x" * 5000 + b" HTTP/1.1"
+    request = line + b"\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key.encode() + b"\r\n\r\n"
+    [(status, answer)] = _exchange(port, request)
+    assert (status, answer["error"]) == (414, "request_line_too_long")
+    assert "exceeds limit" not in answer["detail"]
+    assert "longer than this server's 4,094 bytes" in answer["detail"]
+    assert "fewer or shorter filters" in answer["detail"]
+
+
 # --- the same limits elsewhere than ingest ------------------------------------------------------------
 
 
