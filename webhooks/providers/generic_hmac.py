@@ -129,8 +129,11 @@ def describe_from_options(request: InboundRequest, options: Mapping[str, Any]) -
 
 def id_from_unsigned_header(request: InboundRequest, options: Mapping[str, Any]) -> bool:
     """Whether describe_from_options() may take the event id from the event id header, which no
-    signature covers: an id header is configured and the configured body field gives no id."""
-    if not _option(options, "event_id_header"):
+    signature covers: the request carries the configured id header and the configured body field
+    gives no id. Without the header the id is the field's or the body's hash, both signed, and the
+    body is not parsed a second time for nothing (describe_from_options parsed it already)."""
+    header_name = _option(options, "event_id_header")
+    if not header_name or not (request.header(header_name) or "").strip():
         return False
     path = _option(options, "event_id_field")
     if not path:
