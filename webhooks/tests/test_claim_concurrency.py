@@ -300,6 +300,14 @@ def claims_wait_again():
     delivery_service._claims_only_try_until = 0.0
 
 
+@pytest.fixture
+def short_claim_lock_wait(monkeypatch):
+    """The stalled-holder tests wait out CLAIM_LOCK_TIMEOUT once or twice each: what they prove
+    (the claim gives up and passes the held organization over) does not depend on its length, and
+    nothing else contends for a lock in them, so a short bound spares them the production 2 s."""
+    monkeypatch.setattr(delivery_service, "CLAIM_LOCK_TIMEOUT", "250ms")
+
+
 def claim_in_a_thread(limit: int) -> list[int]:
     """The ids claimed by claim_due_deliveries(limit) on a connection of its own; fails the test
     if the claim is still blocked long after CLAIM_LOCK_TIMEOUT (a liveness check, not a timing)."""
@@ -324,7 +332,7 @@ def claim_in_a_thread(limit: int) -> list[int]:
 
 @pytest.mark.parametrize("stalled_is_lower", [True, False], ids=["stalled-tenant-first", "stalled-tenant-last"])
 def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
-    organization, other_organization, stalled_is_lower
+    organization, other_organization, stalled_is_lower, short_claim_lock_wait
 ):
     # A dispatcher frozen mid-claim (stopped, paused, partitioned off with its session idle in
     # transaction) holds its organization's claim lock for as long as that lasts. The claims that
@@ -355,7 +363,7 @@ def test_a_claimer_stalled_holding_an_organization_s_lock_stops_no_other_tenant(
 
 
 def test_a_stalled_tenant_with_many_destinations_is_passed_over_by_the_look_beyond_the_backlog_too(
-    organization, other_organization
+    organization, other_organization, short_claim_lock_wait
 ):
     # The stalled tenant's deliveries fill the first look, and its other destinations have the
     # deliveries that waited longest after them: the look beyond the backlog must pass over those
@@ -382,7 +390,7 @@ def test_a_stalled_tenant_with_many_destinations_is_passed_over_by_the_look_beyo
 
 
 def test_after_a_timed_out_wait_the_next_claims_pass_the_stalled_tenant_over_without_waiting_again(
-    organization, other_organization, caplog
+    organization, other_organization, caplog, short_claim_lock_wait
 ):
     # Each wait for a stalled holder would cost CLAIM_LOCK_TIMEOUT again, for as long as the stall
     # lasts: after one, this process's claims only try the organizations' locks for a while.
