@@ -20,15 +20,19 @@ from .signing import post_stripe
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db):
-    """A worker process on the test database, consuming the test queue; stopped after the test."""
+@pytest.fixture(scope="module")
+def shared_celery_worker(django_db_setup):
+    """A worker process on the test database, consuming the test queue; stopped after the module.
+
+    One for the module's tests: none of them stops or breaks it, each waits until the work it
+    asked for is done, and each test's own rows (flushed after it) and cache (cleared before it)
+    are all the state they share. Started per test, it cost each a worker start and stop."""
     db = connection.settings_dict
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
     }
-    # One log per xdist process: two of these tests may run at once, each on its own queue.
+    # One log per xdist process: two of these modules may run at once, each on its own queue.
     log_path = Path(settings.BASE_DIR) / "var" / f"test-worker-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"
     log_path.parent.mkdir(exist_ok=True)
     log = log_path.open("w")
@@ -67,6 +71,13 @@ def celery_worker_process(transactional_db):
     except subprocess.TimeoutExpired:
         worker.kill()
     log.close()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, shared_celery_worker):
+    """The module's worker, for a test on the (transactional) test database; running when it starts."""
+    assert shared_celery_worker.poll() is None, "the worker exited during an earlier test"
+    return shared_celery_worker
 
 
 @pytest.mark.worker
