@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 
 from .processes import Stack
 
@@ -38,3 +39,22 @@ class FaultStack(Stack):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(15)
+
+
+class SteppingClock:
+    """A module's ``time`` that runs with the real one, plus whatever step() adds to monotonic().
+
+    For a lingering task whose linger the test has seen do its work: each step brings its end
+    nearer, rather than the test waiting the rest of the linger out in real time."""
+
+    def __init__(self):
+        self.ahead = 0.0
+
+    def step(self, seconds: float) -> None:
+        self.ahead += seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def __getattr__(self, name):
+        return getattr(time, name)

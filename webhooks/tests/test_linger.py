@@ -16,6 +16,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 
 from .factories import STRIPE_SECRET, make_destination, make_source
+from .fastworker_support import SteppingClock
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,17 +50,30 @@ def published(monkeypatch):
     return sent
 
 
-def empty_looks(monkeypatch, module, name) -> threading.Semaphore:
+def empty_looks(monkeypatch, module, name, *, hurry_after_work=False) -> threading.Semaphore:
     """Released each time ``module.name`` (the task's look for work) finds nothing: three of them
     mean the task is idle and lingering (a task that does not linger looks twice at most: once, and
-    once more after clearing its flag). A sleep would race a slow thread start on a busy host."""
+    once more after clearing its flag). A sleep would race a slow thread start on a busy host.
+
+    With ``hurry_after_work``, once a look has found work, each later look that finds nothing with
+    nothing else in hand moves the module's clock a second on: the linger after that work (the same
+    long linger that gave the work a generous window to arrive in) ends after a few looks, rather
+    than seconds later in real time. Nothing else of the task is changed."""
     found_nothing = threading.Semaphore(0)
     real = getattr(module, name)
+    clock = SteppingClock()
+    found_work = []
+    if hurry_after_work:
+        monkeypatch.setattr(module, "time", clock)
 
     def noted(*args, **kwargs):
         found = real(*args, **kwargs)
-        if not found:
+        if found:
+            found_work.append(found)
+        else:
             found_nothing.release()
+            if found_work and not kwargs.get("keeping"):  # (the dispatcher: no send in flight)
+                clock.step(1.0)
         return found
 
     monkeypatch.setattr(module, name, noted)
@@ -73,7 +87,7 @@ def wait_until_lingering(found_nothing: threading.Semaphore) -> None:
 
 def test_idle_processing_task_picks_up_an_event_arriving_while_it_lingers(client, organization, published, monkeypatch):
     source = make_source(organization)
-    found_nothing = empty_looks(monkeypatch, processing, "process_event_batch")
+    found_nothing = empty_looks(monkeypatch, processing, "process_event_batch", hurry_after_work=True)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(closing_connections(processing.process_received_events, linger_seconds=5))
         wait_until_lingering(found_nothing)
@@ -112,7 +126,9 @@ def test_idle_dispatcher_sends_a_delivery_that_falls_due_while_it_lingers(
     destination, _ = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
     arrived = threading.Event()
-    found_nothing = empty_looks(monkeypatch, delivery_service, "_claim_unless_the_database_is_down")
+    found_nothing = empty_looks(
+        monkeypatch, delivery_service, "_claim_unless_the_database_is_down", hurry_after_work=True
+    )
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(
             closing_connections(delivery_service.dispatch_due_deliveries, threads=2, linger_seconds=5)
