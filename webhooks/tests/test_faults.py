@@ -12,6 +12,7 @@ import redis
 
 from webhooks.models import Delivery, WebhookEvent
 from webhooks.services.claim_owners import MARK_KEY_PREFIX, MARK_TTL_SECONDS
+from webhooks.services.delivery import DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL
 
 from .factories import STRIPE_SECRET, make_destination, make_source
 from .fastworker_support import FaultStack
@@ -95,6 +96,24 @@ def expire_marks_of_the_dead(redis_server, owners) -> None:
         client.close()
 
 
+def expire_flags_of_the_dead(redis_server) -> None:
+    """What DISPATCH_FLAG_TTL after the death of the only worker's dispatchers does to their flags
+    ("a dispatcher runs"), done now.
+
+    Kept set, each flag has every schedule_dispatch (the sweeper's, once it gave the dead claims
+    back) skip publishing until it expires by itself within DISPATCH_FLAG_TTL (checked): waited
+    out, that was up to 15 s of the test doing nothing."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        keys = list(client.scan_iter(match=f"*{DISPATCH_FLAG_KEY}*"))
+        assert keys, "the killed worker's dispatcher left no flag"
+        for key in keys:
+            assert 0 < client.pttl(key) <= DISPATCH_FLAG_TTL * 1000, (key, client.pttl(key))
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("receiver", [0.3], indirect=True)
 def test_worker_killed_mid_delivery(organization, receiver, redis_server, stack):
     source = make_source(organization)
@@ -111,6 +130,7 @@ def test_worker_killed_mid_delivery(organization, receiver, redis_server, stack)
     owners = set(Delivery.objects.filter(status="in_flight").values_list("claimed_by", flat=True))
     assert None not in owners
     expire_marks_of_the_dead(redis_server, owners)
+    expire_flags_of_the_dead(redis_server)
     stack.start("worker")
 
     event_ids = [str(i) for i in WebhookEvent.objects.values_list("id", flat=True)]
