@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 
-from .processes import PATIENCE_SECONDS, ROOT
+from .processes import PATIENCE_SECONDS, ROOT, PostgresServer
 
 _DONE = "--step done--"
 
@@ -127,3 +127,13 @@ def copy_the_migrated_test_database(target_url: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+class QuickPostgresServer(PostgresServer):
+    """A PostgresServer whose initdb does not wait for its files to reach the disk (--no-sync): the
+    cluster is a test's, thrown away with it, and runs with fsync off already."""
+
+    def _as_postgres(self, *command: str) -> None:
+        if command and command[0].endswith("/initdb"):
+            command = (*command, "--no-sync")
+        super()._as_postgres(*command)

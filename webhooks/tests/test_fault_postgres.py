@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .fastpg_support import DjangoShell, copy_the_migrated_test_database
+from .fastpg_support import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
 from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
 pytestmark = pytest.mark.worker
@@ -60,7 +60,7 @@ def cluster(django_db_setup, django_db_blocker):
     # Not pytest's tmp_path: the postgres user must be able to reach the directory.
     base = Path(tempfile.mkdtemp(prefix="hookline-pg-"))
     base.chmod(0o755)
-    postgres = PostgresServer(base)
+    postgres = QuickPostgresServer(base)
     try:
         postgres.init()
         # What these tests prove is not the migrations' business (test_migration*.py): the tables
