@@ -215,8 +215,9 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
                 lambda: waiting_on_a_lock(watch, "CREATE INDEX CONCURRENTLY") or not building.is_alive(),
                 "the build waiting",
             )
-            # Held past the session's 200 ms bound: a build bounded by it fails meanwhile.
-            time.sleep(0.5)
+            # Held past the session's 200 ms bound (the wait began before it was seen): a build bounded
+            # by it fails meanwhile.
+            time.sleep(0.3)
         finally:
             writer.rollback()
             building.join()
@@ -252,7 +253,7 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
                 lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
                 "the ALTER waiting",
             )
-            time.sleep(0.5)  # past the 0.2 s bound of the atomic migrations
+            time.sleep(0.3)  # past the 0.2 s bound of the atomic migrations (the wait began before it was seen)
         finally:
             long_request.rollback()
             migrating.join()
