@@ -11,9 +11,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
+from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
+from webhooks.management.commands import migrate as migrate_command
 from webhooks.migration_helpers import build_index_concurrently
 from webhooks.models import Destination, ProcessMark
 from webhooks.services.delivery import RECORD_LOCK_TIMEOUT
@@ -67,15 +69,37 @@ def applied(name: str) -> bool:
     return MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=name).exists()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def every_migration_applied_after_the_module(django_db_setup, django_db_blocker):
+    """Every app's latest once the module's tests are done, for the tests after them.
+
+    Not after each test: each begins with its own migrate to where it starts (migrated_to), from
+    wherever the one before left it, which is mostly a step or two away (where the latest is
+    several, and a migrate back renders every migration's state)."""
+    yield
+    with django_db_blocker.unblock():
+        call_command("migrate", verbosity=0)
+
+
+def migrated_to(name: str) -> None:
+    """The webhooks app at migration ``name``, back or forward from where it is."""
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan([("webhooks", name)]):
+        call_command("migrate", "webhooks", name, verbosity=0)
+
+
+@pytest.fixture
+def quick_turns(monkeypatch):
+    """A migrate waiting its turn tries again every 50 ms rather than every second: when it gets
+    its turn is not what the tests that use this prove."""
+    monkeypatch.setattr(migrate_command, "MIGRATE_TURN_POLL_SECONDS", 0.05)
+
+
 @pytest.fixture
 def migrated_back_one_step(settings):
     settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 0.2
     settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
-    call_command("migrate", "webhooks", BEFORE, verbosity=0)
-    try:
-        yield
-    finally:
-        call_command("migrate", verbosity=0)  # every app's latest, for the tests after this one
+    migrated_to(BEFORE)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -112,31 +136,28 @@ def test_the_put_back_columns_are_added_under_the_bound_without_holding_up_the_o
     settings.MIGRATION_LOCK_RETRY_SECONDS = 0.1
     settings.MIGRATION_LOCK_TRIES = 10_000
     delivery_table = "webhooks_delivery"
-    call_command("migrate", "webhooks", "0039_event_rejected_index", verbosity=0)
-    try:
-        stderr, outcome = io.StringIO(), {}
-        with (
-            other_connection() as long_request,
-            other_connection() as worker,
-            other_connection(autocommit=True) as watch,
-        ):
-            long_request.execute(f"SELECT count(*) FROM {delivery_table}")
-            migrating = migrate_in_a_thread("webhooks", stderr=stderr, outcome=outcome)
-            try:
-                wait_until(lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{delivery_table}"'), "the ALTER waiting")
-                # An old worker records a sent delivery's result, under the bound past which it gives
-                # the result up and the delivery is sent again.
-                worker.execute(f"SET lock_timeout = '{RECORD_LOCK_TIMEOUT}'")
-                worker.execute(f"UPDATE {delivery_table} SET last_error = '' WHERE id IS NULL")
-                worker.commit()
-                assert not outcome, "the migration got the lock while the long transaction held the table"
-            finally:
-                long_request.rollback()
-                migrating.join()
-        assert outcome == {"done": True}, stderr.getvalue()
-        assert "trying again" in stderr.getvalue()
-    finally:
-        call_command("migrate", verbosity=0)
+    migrated_to("0039_event_rejected_index")
+    stderr, outcome = io.StringIO(), {}
+    with (
+        other_connection() as long_request,
+        other_connection() as worker,
+        other_connection(autocommit=True) as watch,
+    ):
+        long_request.execute(f"SELECT count(*) FROM {delivery_table}")
+        migrating = migrate_in_a_thread("webhooks", stderr=stderr, outcome=outcome)
+        try:
+            wait_until(lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{delivery_table}"'), "the ALTER waiting")
+            # An old worker records a sent delivery's result, under the bound past which it gives
+            # the result up and the delivery is sent again.
+            worker.execute(f"SET lock_timeout = '{RECORD_LOCK_TIMEOUT}'")
+            worker.execute(f"UPDATE {delivery_table} SET last_error = '' WHERE id IS NULL")
+            worker.commit()
+            assert not outcome, "the migration got the lock while the long transaction held the table"
+        finally:
+            long_request.rollback()
+            migrating.join()
+    assert outcome == {"done": True}, stderr.getvalue()
+    assert "trying again" in stderr.getvalue()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -194,8 +215,9 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
                 lambda: waiting_on_a_lock(watch, "CREATE INDEX CONCURRENTLY") or not building.is_alive(),
                 "the build waiting",
             )
-            # Held past the session's 200 ms bound: a build bounded by it fails meanwhile.
-            time.sleep(0.5)
+            # Held past the session's 200 ms bound (the wait began before it was seen): a build bounded
+            # by it fails meanwhile.
+            time.sleep(0.3)
         finally:
             writer.rollback()
             building.join()
@@ -219,27 +241,24 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
     settings.MIGRATION_LOCK_TRIES = 1
     before, outside_a_transaction = LATEST, "0038_event_signed_content_digest"
     event_table = "webhooks_webhookevent"
-    call_command("migrate", "webhooks", before, verbosity=0)
-    try:
-        migration = MigrationLoader(connection).get_migration("webhooks", outside_a_transaction)
-        assert migration.atomic is False
-        stderr, outcome = io.StringIO(), {}
-        with other_connection() as long_request, other_connection(autocommit=True) as watch:
-            long_request.execute(f"SELECT count(*) FROM {event_table}")
-            migrating = migrate_in_a_thread("webhooks", outside_a_transaction, stderr=stderr, outcome=outcome)
-            try:
-                wait_until(
-                    lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
-                    "the ALTER waiting",
-                )
-                time.sleep(0.5)  # past the 0.2 s bound of the atomic migrations
-            finally:
-                long_request.rollback()
-                migrating.join()
-        assert outcome == {"done": True}, stderr.getvalue()
-        assert applied(outside_a_transaction)
-    finally:
-        call_command("migrate", verbosity=0)
+    migrated_to(before)
+    migration = MigrationLoader(connection).get_migration("webhooks", outside_a_transaction)
+    assert migration.atomic is False
+    stderr, outcome = io.StringIO(), {}
+    with other_connection() as long_request, other_connection(autocommit=True) as watch:
+        long_request.execute(f"SELECT count(*) FROM {event_table}")
+        migrating = migrate_in_a_thread("webhooks", outside_a_transaction, stderr=stderr, outcome=outcome)
+        try:
+            wait_until(
+                lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
+                "the ALTER waiting",
+            )
+            time.sleep(0.3)  # past the 0.2 s bound of the atomic migrations (the wait began before it was seen)
+        finally:
+            long_request.rollback()
+            migrating.join()
+    assert outcome == {"done": True}, stderr.getvalue()
+    assert applied(outside_a_transaction)
 
 
 def lock_waiters(watcher: psycopg.Connection, query_start: str) -> int:
@@ -285,7 +304,7 @@ def two_migrates_at_once(target: str, hold_sql: list[str], first_waits_on: str) 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_migrates_at_once_apply_each_migration_once_and_both_succeed(migrated_back_one_step, settings):
+def test_two_migrates_at_once_apply_each_migration_once_and_both_succeed(migrated_back_one_step, quick_turns, settings):
     # Two releases migrating at once (two containers of the compose file's web, a second deploy
     # started while the first one's release phase runs): the second read the plan while the first
     # applied 0037, then applied it again over it, "column ... already exists", and its release failed.
@@ -300,26 +319,23 @@ def test_two_migrates_at_once_apply_each_migration_once_and_both_succeed(migrate
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_migrate_waiting_its_turn_does_not_deadlock_the_other_ones_index_build(settings):
+def test_a_migrate_waiting_its_turn_does_not_deadlock_the_other_ones_index_build(quick_turns, settings):
     # 0038 adds its column, then builds its index CONCURRENTLY, which waits for every transaction
     # older than the build: a second migrate that began waiting its turn before the build must not
     # wait in one, or each waits for the other (PostgreSQL fails one: deadlock). Here the first is
     # held at the column (0038 is outside a transaction: unbounded) while the second starts.
     settings.MIGRATION_LOCK_TIMEOUT_SECONDS = 60
     signed_content = "0038_event_signed_content_digest"
-    call_command("migrate", "webhooks", LATEST, verbosity=0)
-    try:
-        first, second, second_err = two_migrates_at_once(
-            signed_content,
-            ["SELECT count(*) FROM webhooks_webhookevent"],
-            'ALTER TABLE "webhooks_webhookevent"',
-        )
-        assert first == {"done": True}
-        assert second == {"done": True}, second_err
-        assert WAITING_ITS_TURN in second_err
-        assert MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=signed_content).count() == 1
-    finally:
-        call_command("migrate", verbosity=0)
+    migrated_to(LATEST)
+    first, second, second_err = two_migrates_at_once(
+        signed_content,
+        ["SELECT count(*) FROM webhooks_webhookevent"],
+        'ALTER TABLE "webhooks_webhookevent"',
+    )
+    assert first == {"done": True}
+    assert second == {"done": True}, second_err
+    assert WAITING_ITS_TURN in second_err
+    assert MigrationRecorder(connection).migration_qs.filter(app="webhooks", name=signed_content).count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
