@@ -112,7 +112,8 @@ def test_a_slow_client_that_keeps_reading_gets_its_whole_answer(port, slack_sour
             head, _, rest = received.partition(b"\r\n\r\n")
             if rest and len(rest) >= int(dict(_header_lines(head))[b"content-length"]):
                 break
-            time.sleep(0.1)  # 160 KiB/s at most: some 15 s for the answer
+            # 16 KiB per 30 ms at most: at least 146 reads, 4.4 s for the answer, twice the limit.
+            time.sleep(0.03)
     finally:
         conn.close()
     [(status, answer)] = _answers(received)
