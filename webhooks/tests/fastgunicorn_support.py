@@ -55,5 +55,5 @@ def shared_gunicorn(request: pytest.FixtureRequest, options: tuple[str, ...], **
     request.session.addfinalizer(server.stop)
     _running[key] = server
     wait_for_port(port, process=process)
-    assert wait_until(lambda: len(_writer_pids(process.pid)) == 1, PATIENCE_SECONDS)
+    assert wait_until(lambda: len(_writer_pids(process.pid)) == 1, PATIENCE_SECONDS, 0.05)
     return server

@@ -483,8 +483,8 @@ def test_odd_raw_requests_through_gunicorn_never_fail_other_tenants(transactiona
         )
         try:
             wait_for_port(port, process=gunicorn)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
-            assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
+            assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS, 0.05)
             with ThreadPoolExecutor(16) as pool:
                 odd = {name: pool.submit(_raw_status, port, request) for name, request in odd_requests.items()}
                 good = [pool.submit(_raw_status, port, request) for request in good_requests]

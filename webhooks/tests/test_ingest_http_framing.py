@@ -153,7 +153,7 @@ def test_a_client_gone_right_after_sending_has_its_event_stored_once(port, strip
     body = _body("evt_sent_then_gone")
     with _connect(port) as conn:
         conn.sendall(_stripe_head(stripe_source.ingest_token, body) + body)
-    assert wait_until(lambda: _stored("evt_sent_then_gone") == [body], PATIENCE_SECONDS)
+    assert wait_until(lambda: _stored("evt_sent_then_gone") == [body], PATIENCE_SECONDS, 0.05)
     # The provider never read the answer, so it sends again: a counted duplicate, not a second event.
     [(status, answer)] = _exchange(port, _stripe_head(stripe_source.ingest_token, body) + body)
     assert (status, answer["duplicate"]) == (200, True)
