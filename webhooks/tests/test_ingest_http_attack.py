@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,38 +22,21 @@ from slack_sdk.signature import SignatureVerifier
 
 from . import test_ingest_http_framing as framing
 from .factories import make_source
-from .processes import PATIENCE_SECONDS, free_port, wait_for_port, wait_until
+from .processes import PATIENCE_SECONDS
 from .test_ingest_http_framing import _answers, _body, _connect, _exchange, _head, _read_all, _stored, _stripe_head
-from .test_ingest_writer_process import _start_gunicorn, _writer_pids
+from .test_ingest_writer_process import _writer_pids
 from .test_provider_setup import SLACK_SECRET
 
 stripe_source = framing.stripe_source
 
 
 @pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The framing tests' server: 1 process of 2 threads, REQUEST_READ_TIMEOUT_SECONDS=2, gunicorn's
-    default `timeout` (30 s: a worker whose main loop is held longer is killed by the master)."""
-    port = free_port()
-    private_tmp = Path(tempfile.mkdtemp(prefix="hla-"))
-    log_path = tmp_path_factory.mktemp("attack") / "gunicorn.log"
-    with django_db_blocker.unblock(), log_path.open("w") as log:
-        gunicorn = _start_gunicorn(
-            port,
-            private_tmp,
-            log,
-            *("--workers", "1", "--worker-class", "gthread", "--threads", "2"),
-            REQUEST_READ_TIMEOUT_SECONDS=str(framing.READ_TIMEOUT_SECONDS),
-        )
-        try:
-            wait_for_port(port, process=gunicorn)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
-            yield port, gunicorn.pid
-        finally:
-            gunicorn.terminate()
-            gunicorn.wait(30)
-            shutil.rmtree(private_tmp, ignore_errors=True)
-    text = log_path.read_text()
+def server(request, django_db_setup, django_db_blocker):
+    """The framing tests' server (shared with them): 1 process of 2 threads, REQUEST_READ_TIMEOUT_SECONDS=2,
+    gunicorn's default `timeout` (30 s: a worker whose main loop is held longer is killed by the master)."""
+    shared = framing.shared_server(request, django_db_blocker)
+    yield shared.port, shared.process.pid
+    text = shared.log()
     assert "Traceback" not in text and "WORKER TIMEOUT" not in text, text[-3000:]
 
 

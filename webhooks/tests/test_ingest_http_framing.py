@@ -10,12 +10,9 @@ use PATIENCE_SECONDS, so that without the limit a test fails instead of hanging.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import stripe
@@ -24,36 +21,29 @@ from webhooks.models import WebhookEvent
 
 from .api_helpers import make_key
 from .factories import STRIPE_SECRET, make_source
-from .processes import PATIENCE_SECONDS, free_port, wait_for_port, wait_until
-from .test_ingest_writer_process import _start_gunicorn, _writer_pids
+from .fastgunicorn_support import shared_gunicorn
+from .processes import PATIENCE_SECONDS, wait_until
 
 READ_TIMEOUT_SECONDS = 2
 SHARED_TOKEN = "tok_framing_shared_secret_1"
 
 
+SERVER_OPTIONS = ("--workers", "1", "--worker-class", "gthread", "--threads", "2")
+
+
+def shared_server(request, django_db_blocker):
+    """The server of these tests and test_ingest_http_attack's (one for the session, neither stops it):
+    1 process of 2 threads, so that two held connections would stop it."""
+    with django_db_blocker.unblock():
+        return shared_gunicorn(request, SERVER_OPTIONS, REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS))
+
+
 @pytest.fixture(scope="module")
-def port(django_db_setup, django_db_blocker, tmp_path_factory):
-    """One server for the module: 1 process of 2 threads, so that two held connections would stop it."""
-    port = free_port()
-    private_tmp = Path(tempfile.mkdtemp(prefix="hlf-"))
-    log_path = tmp_path_factory.mktemp("framing") / "gunicorn.log"
-    with django_db_blocker.unblock(), log_path.open("w") as log:
-        gunicorn = _start_gunicorn(
-            port,
-            private_tmp,
-            log,
-            *("--workers", "1", "--worker-class", "gthread", "--threads", "2"),
-            REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS),
-        )
-        try:
-            wait_for_port(port, process=gunicorn)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
-            yield port
-        finally:
-            gunicorn.terminate()
-            gunicorn.wait(30)
-            shutil.rmtree(private_tmp, ignore_errors=True)
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+def port(request, django_db_setup, django_db_blocker):
+    server = shared_server(request, django_db_blocker)
+    yield server.port
+    text = server.log()
+    assert "Traceback" not in text and "WORKER TIMEOUT" not in text, text[-3000:]
 
 
 @pytest.fixture
@@ -163,7 +153,7 @@ def test_a_client_gone_right_after_sending_has_its_event_stored_once(port, strip
     body = _body("evt_sent_then_gone")
     with _connect(port) as conn:
         conn.sendall(_stripe_head(stripe_source.ingest_token, body) + body)
-    assert wait_until(lambda: _stored("evt_sent_then_gone") == [body], PATIENCE_SECONDS)
+    assert wait_until(lambda: _stored("evt_sent_then_gone") == [body], PATIENCE_SECONDS, 0.05)
     # The provider never read the answer, so it sends again: a counted duplicate, not a second event.
     [(status, answer)] = _exchange(port, _stripe_head(stripe_source.ingest_token, body) + body)
     assert (status, answer["duplicate"]) == (200, True)

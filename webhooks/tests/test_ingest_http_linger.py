@@ -48,7 +48,7 @@ def _start(tmp_path_factory, name: str, worker_connections: int = WORKER_CONNECT
         REQUEST_READ_TIMEOUT_SECONDS=str(framing.READ_TIMEOUT_SECONDS),
     )
     wait_for_port(port, process=gunicorn)
-    assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+    assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
     return port, gunicorn, private_tmp, log_path
 
 
@@ -112,7 +112,8 @@ def test_a_slow_client_that_keeps_reading_gets_its_whole_answer(port, slack_sour
             head, _, rest = received.partition(b"\r\n\r\n")
             if rest and len(rest) >= int(dict(_header_lines(head))[b"content-length"]):
                 break
-            time.sleep(0.1)  # 160 KiB/s at most: some 15 s for the answer
+            # 16 KiB per 30 ms at most: at least 146 reads, 4.4 s for the answer, twice the limit.
+            time.sleep(0.03)
     finally:
         conn.close()
     [(status, answer)] = _answers(received)
@@ -160,15 +161,17 @@ def test_more_lingering_clients_than_worker_connections_do_not_stall_the_worker(
 
 
 def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main_loop(
-    django_db_setup, django_db_blocker, tmp_path_factory, stripe_source
+    request, django_db_setup, django_db_blocker, stripe_source
 ):
     # A worker told to stop (a deploy's SIGTERM, a HUP reload, max_requests) answers the requests
     # its kept-alive connections still bring, with "Connection: close". Their clients keep the
     # connections open: the stopping worker lingered 2 s for each on its main loop, as before the
     # linger moved to the poller, and 30 of them held it past gunicorn's `timeout` (30 s): the
     # master killed it instead of letting it finish.
-    with django_db_blocker.unblock():
-        port, gunicorn, private_tmp, log_path = _start(tmp_path_factory, "stopping", worker_connections=1000)
+    # On the framing tests' server (gunicorn's default 1000 connections), which the master keeps
+    # serving with a new worker: what this test checks last.
+    shared = framing.shared_server(request, django_db_blocker)
+    port, gunicorn, log_path = shared.port, shared.process, shared.log_path
     kept = []
     try:
         [worker] = _web_workers(gunicorn.pid)
@@ -185,14 +188,14 @@ def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main
         for conn in kept:
             head = _read_answer(conn)
             assert head.startswith(b"HTTP/1.1 404") and b"Connection: close" in head
-        assert wait_until(lambda: worker not in _web_workers(gunicorn.pid), PATIENCE_SECONDS)
+        assert wait_until(lambda: worker not in _web_workers(gunicorn.pid), PATIENCE_SECONDS, 0.05)
         for conn in kept:  # each closed by the worker, although its client never closed it
             assert _read_all(conn) == b""
         # The worker ended on its own, not killed by the master.
-        assert wait_until(lambda: f"Worker exiting (pid: {worker})" in log_path.read_text(), PATIENCE_SECONDS)
+        assert wait_until(lambda: f"Worker exiting (pid: {worker})" in log_path.read_text(), PATIENCE_SECONDS, 0.05)
         assert "WORKER TIMEOUT" not in log_path.read_text()
         # Its replacement serves ingest.
-        assert wait_until(lambda: len(_web_workers(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+        assert wait_until(lambda: len(_web_workers(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
         body = _body("evt_after_the_stop")
         with _connect(port) as conn:
             conn.sendall(_stripe_head(stripe_source.ingest_token, body) + body)
@@ -202,7 +205,4 @@ def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main
     finally:
         for conn in kept:
             conn.close()
-        gunicorn.terminate()
-        gunicorn.wait(30)
-        shutil.rmtree(private_tmp, ignore_errors=True)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]

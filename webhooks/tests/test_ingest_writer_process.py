@@ -580,10 +580,10 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
     writer_pids = []
     try:
         wait_for_port(port, process=gunicorn)
-        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+        assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
         writer_pids += _writer_pids(gunicorn.pid)
         # Until the writer listens (Django takes a moment to load), workers write in-process.
-        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)
+        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS, 0.05)
 
         assert _post(port, source.ingest_token, "evt_gunicorn_1") == 200
         assert WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_1").exists()
@@ -595,22 +595,23 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
         finally:
             os.kill(writer_pids[0], signal.SIGCONT)
         # Once it runs again the row is committed; the provider's retry is then a duplicate of it.
-        assert wait_until(lambda: WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_paused").exists(), 10)
+        assert wait_until(
+            lambda: WebhookEvent.objects.filter(provider_event_id="evt_gunicorn_paused").exists(), 10, 0.05
+        )
         assert _post(port, source.ingest_token, "evt_gunicorn_paused") == 200
         assert WebhookEvent.objects.get(provider_event_id="evt_gunicorn_paused").duplicate_count == 1
 
         # Killed: requests are written in-process meanwhile, and the master starts a new writer.
         os.kill(writer_pids[0], signal.SIGKILL)
-        assert wait_until(
-            lambda: not _alive(writer_pids[0]), PATIENCE_SECONDS
-        )  # a row sent while it dies would be a 503
+        # A row sent while it dies would be a 503.
+        assert wait_until(lambda: not _alive(writer_pids[0]), PATIENCE_SECONDS, 0.05)
         for n in range(5):
             assert _post(port, source.ingest_token, f"evt_gunicorn_gone_{n}") == 200
-        assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), PATIENCE_SECONDS)
+        assert wait_until(lambda: _writer_pids(gunicorn.pid) not in ([], writer_pids[:1]), PATIENCE_SECONDS, 0.05)
         writer_pids += _writer_pids(gunicorn.pid)
         # Restarted means serving again: the new process listens on the (stale) socket path.
         socket_file = next(private_tmp.glob("hookline-writer-*/writer.sock"))
-        assert wait_until(lambda: _accepts(socket_file), PATIENCE_SECONDS)
+        assert wait_until(lambda: _accepts(socket_file), PATIENCE_SECONDS, 0.05)
         assert _post(port, source.ingest_token, "evt_gunicorn_after") == 200
         assert WebhookEvent.objects.filter(provider_event_id__startswith="evt_gunicorn_").count() == 8
     finally:
@@ -618,7 +619,7 @@ def test_gunicorn_runs_restarts_and_stops_the_writer_process(transactional_db, o
         gunicorn.wait(30)
         log.close()
     # Stopped with gunicorn, and its socket directory removed.
-    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), PATIENCE_SECONDS)
+    assert wait_until(lambda: not any(_alive(pid) for pid in writer_pids), PATIENCE_SECONDS, 0.05)
     assert list(private_tmp.iterdir()) == []
 
 
@@ -633,7 +634,7 @@ def _gunicorn_with_its_writer(tmp_path, socket_path):
         gunicorn = _start_gunicorn(port, Path(socket_path).parent, log, "--workers", "1")
         try:
             wait_for_port(port, process=gunicorn)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
             yield gunicorn, log_path, _writer_pids(gunicorn.pid)[0]
         finally:
             if gunicorn.poll() is None:
@@ -687,36 +688,38 @@ def test_a_hup_reload_with_a_new_frame_answers_every_request_and_stores_each_eve
         )
         try:
             wait_for_port(port, process=gunicorn)
-            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS)
+            assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
             old_writer_pid = _writer_pids(gunicorn.pid)[0]
             assert wait_until(
                 lambda: any(_accepts(path) for path in private_tmp.glob("hookline-writer-*/writer.sock")),
                 PATIENCE_SECONDS,
+                0.05,
             )
             senders = [threading.Thread(target=post_continuously, args=(n,), daemon=True) for n in range(4)]
             for sender in senders:
                 sender.start()
             try:
-                assert wait_until(lambda: answered() >= 20, PATIENCE_SECONDS)
+                assert wait_until(lambda: answered() >= 20, PATIENCE_SECONDS, 0.05)
 
                 writer_module.write_text(
                     writer_module.read_text().replace(_FRAME_OF_THIS_RELEASE, _FRAME_OF_THE_NEXT_RELEASE)
                 )
                 gunicorn.send_signal(signal.SIGHUP)
-                assert wait_until(lambda: "Hang up" in log_path.read_text(), PATIENCE_SECONDS)
+                assert wait_until(lambda: "Hang up" in log_path.read_text(), PATIENCE_SECONDS, 0.05)
                 hup_answered = answered()
                 # The writer now runs the new code (a process started after the change), the old
                 # one has finished and ended, and the new one is serving the new workers.
                 assert wait_until(
                     lambda: _writer_pids(gunicorn.pid) not in ([], [old_writer_pid]) and not _alive(old_writer_pid),
                     PATIENCE_SECONDS,
+                    0.05,
                 ), _writer_pids(gunicorn.pid)
                 new_writer_pid = _writer_pids(gunicorn.pid)[0]
-                assert wait_until(lambda: _accepts(_socket_of(new_writer_pid)), PATIENCE_SECONDS)
+                assert wait_until(lambda: _accepts(_socket_of(new_writer_pid)), PATIENCE_SECONDS, 0.05)
                 # The old writer's directory removed with it.
-                assert wait_until(lambda: len(list(private_tmp.iterdir())) == 1, PATIENCE_SECONDS)
+                assert wait_until(lambda: len(list(private_tmp.iterdir())) == 1, PATIENCE_SECONDS, 0.05)
                 serving = answered()
-                assert wait_until(lambda: answered() >= serving + 40, PATIENCE_SECONDS)
+                assert wait_until(lambda: answered() >= serving + 40, PATIENCE_SECONDS, 0.05)
             finally:
                 stop_posting.set()
                 for sender in senders:
@@ -727,7 +730,7 @@ def test_a_hup_reload_with_a_new_frame_answers_every_request_and_stores_each_eve
             gunicorn.wait(30)
     # HUP made gunicorn load config/gunicorn.conf.py again, so on_exit came from a new module: it still
     # stopped the new writer (one that only noticed its parent had gone would leave its directory).
-    assert wait_until(lambda: not _alive(new_writer_pid), PATIENCE_SECONDS)
+    assert wait_until(lambda: not _alive(new_writer_pid), PATIENCE_SECONDS, 0.05)
     assert list(private_tmp.iterdir()) == []
     assert hup_answered < serving  # requests were answered while the writer was being replaced
     refused = {event_id: status for event_id, status in statuses.items() if status != 200}
@@ -742,13 +745,15 @@ def test_a_platform_stop_that_reaches_the_writer_too_is_not_taken_for_a_crash(tr
     # Heroku and Render send SIGTERM to every process of the dyno or container at once.
     private_tmp = Path(socket_path).parent
     with _gunicorn_with_its_writer(tmp_path, socket_path) as (gunicorn, log_path, writer_pid):
-        assert wait_until(lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS)  # serving
+        assert wait_until(
+            lambda: any(private_tmp.glob("hookline-writer-*/writer.sock")), PATIENCE_SECONDS, 0.05
+        )  # serving
         gunicorn.send_signal(signal.SIGTERM)
         os.kill(writer_pid, signal.SIGTERM)
         gunicorn.wait(30)
     output = log_path.read_text()
     assert "starting it again" not in output and "ERROR" not in output, output
-    assert wait_until(lambda: not _alive(writer_pid), PATIENCE_SECONDS)
+    assert wait_until(lambda: not _alive(writer_pid), PATIENCE_SECONDS, 0.05)
 
 
 # --- when config/gunicorn.conf.py starts the writer ------------------------------------------------

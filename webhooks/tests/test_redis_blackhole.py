@@ -46,7 +46,11 @@ def clock(monkeypatch):
 @pytest.fixture
 def blackholed(settings, redis_blackhole, clock):
     assert settings.REDIS_SKIP_AFTER_FAILURE_SECONDS == 5.0
-    settings.CACHES = redis_blackhole.caches()
+    caches = redis_blackhole.caches()
+    # Each wait is for an answer that never comes: what is counted is how many times Redis is asked,
+    # not how long one wait lasts, so a tenth of production's SOCKET_TIMEOUT (0.5 s) does.
+    caches["default"]["OPTIONS"] = {**caches["default"]["OPTIONS"], "SOCKET_TIMEOUT": 0.1}
+    settings.CACHES = caches
     return redis_blackhole
 
 

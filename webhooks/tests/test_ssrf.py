@@ -99,6 +99,9 @@ def dns_not_answering_for(host: str, monkeypatch):
     def hanging(name, *args, **kwargs):
         if name == host or name.endswith(f".{host}"):
             released.wait(30)
+            # Then the answer a real resolver gives for a name under .example (RFC 2606), at once:
+            # asking one here waited for the machine's DNS (its timeout, 5 s, without a network).
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real_getaddrinfo(name, *args, **kwargs)
 
     monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging)
@@ -106,7 +109,7 @@ def dns_not_answering_for(host: str, monkeypatch):
         yield
     finally:
         released.set()
-        # The lookups let go of end with the real resolver's answer: until then they still count
+        # The lookups let go of end with the resolver's answer: until then they still count
         # against their host, organization and process, and the next test would find them there.
         assert wait_until(lambda: not outbound._lookups_by_host, timeout=30)
 
