@@ -237,6 +237,52 @@ def _test_client_hears_its_own_thread_only():
         yield
 
 
+# What WhiteNoiseMiddleware.__init__ reads: its list of static files depends on these and on the files.
+_STATIC_FILES_SETTINGS = (
+    "DEBUG",
+    "FORCE_SCRIPT_NAME",
+    "INSTALLED_APPS",
+    "STATIC_ROOT",
+    "STATIC_URL",
+    "STATICFILES_DIRS",
+    "STATICFILES_FINDERS",
+    "STORAGES",
+)
+
+
+def _static_files_key(settings) -> str:
+    names = sorted({*_STATIC_FILES_SETTINGS, *(name for name in dir(settings) if name.startswith("WHITENOISE_"))})
+    return repr([(name, getattr(settings, name, None)) for name in names])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_listed_once():
+    # Each test client loads the middleware when it is made, and WhiteNoise's then lists and stats every
+    # static file and works out each one's headers (~20 ms; most tests make a client). A server process
+    # does it once, at its start. Here the first client with given settings does it, and the next ones
+    # with the same settings take its list: the same files with the same headers. A test that points
+    # STATIC_ROOT or the finders elsewhere (or turns DEBUG on) gets its own list; no test changes a
+    # static file in place (config/tests/test_test_static_files.py).
+    from django.conf import settings as django_settings
+    from whitenoise.middleware import WhiteNoiseMiddleware
+
+    original_init = WhiteNoiseMiddleware.__init__
+    listed: dict[str, dict] = {}
+
+    def init(self, get_response=None, settings=django_settings):
+        key = _static_files_key(settings)
+        if key in listed:
+            self.__dict__.update(listed[key])
+            self.files, self.directories = dict(self.files), list(self.directories)
+            self.get_response = get_response
+            return
+        original_init(self, get_response, settings)
+        listed[key] = {name: value for name, value in self.__dict__.items() if name != "get_response"}
+
+    with mock.patch.object(WhiteNoiseMiddleware, "__init__", init):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _quick_password_hashing(settings):
     # Production's PBKDF2 with 1,000,000 iterations takes ~0.3 s a password here, and the admin

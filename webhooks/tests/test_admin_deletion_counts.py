@@ -28,8 +28,9 @@ from webhooks.tests.test_organization_deletion import add_events
 pytestmark = pytest.mark.django_db
 
 RECEIVER = "http://127.0.0.1:9/hooks"
-# Enough that a page listing them would be hundreds of kilobytes, not a few.
-MANY = 3000
+# Enough that a page listing them would be hundreds of kilobytes, not a few (a listed row is over a
+# hundred bytes; the pages compared may differ by 50), and that the counts need a thousands separator.
+MANY = 1000
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_a_destinations_delete_page_counts_its_deliveries_in_a_page_that_does_no
     assert_same_size(few, many)
     assert "Deliveries: 20" in few[0] and "Delivery attempts: 20" in few[0]
     assert "Source–destination links: 1" in few[0] and "the events stay" in few[0]
-    assert "Deliveries: 3,020" in many[0] and "Delivery attempts: 3,020" in many[0]
+    assert "Deliveries: 1,020" in many[0] and "Delivery attempts: 1,020" in many[0]
     assert "Delivery object" not in many[0] and "Delivery attempt:" not in many[0]  # none is listed
 
 
@@ -96,7 +97,7 @@ def test_the_delete_selected_page_counts_each_destinations_deliveries(admin, des
 
     grow(destination, MANY)
     many = page(admin, url, selection)
-    assert "Deliveries: 3,020" in many[0] and "Delivery object" not in many[0]
+    assert "Deliveries: 1,020" in many[0] and "Delivery object" not in many[0]
     assert_same_size(few, many)
 
 
@@ -124,7 +125,7 @@ def test_confirming_deletes_the_destination_through_the_service_audited(admin, d
     assert destination_deletion_run(destination_id=destination.pk, batch_size=1000).finished
     assert not Destination.objects.filter(pk=destination.pk).exists()
     assert not Delivery.objects.exists() and not DeliveryAttempt.objects.exists()
-    assert WebhookEvent.objects.count() == 3020  # the events stay
+    assert WebhookEvent.objects.count() == 1020  # the events stay
 
 
 def test_staff_may_delete_a_destination_as_django_allows_it_no_more(client, destination, organization):
@@ -156,7 +157,7 @@ def test_a_sources_pages_count_its_events_and_deliveries(admin, destination):
 
     grow(destination, MANY)
     many, many_selected = page(admin, single), page(admin, url, selection)
-    assert "Events (and rejected requests): 3,020" in many[0] and "Delivery attempts: 3,020" in many[0]
+    assert "Events (and rejected requests): 1,020" in many[0] and "Delivery attempts: 1,020" in many[0]
     assert_same_size(few, many)
     assert_same_size(few_selected, many_selected)
 
@@ -167,7 +168,7 @@ def test_an_organizations_delete_selected_page_counts_too(admin, destination, or
     assert "Deliveries: 20" in few[0] and "in the background" in few[0]
     grow(destination, MANY)
     many = page(admin, url, selection)
-    assert "Deliveries: 3,020" in many[0]
+    assert "Deliveries: 1,020" in many[0]
     assert_same_size(few, many)
     assert Organization.objects.get(pk=organization.pk).is_active  # only asked
 
@@ -196,7 +197,7 @@ def test_a_users_pages_count_its_admin_history(admin, organization):
 
     add_history(user, MANY)
     many, many_selected = page(admin, single), page(admin, url, selection)
-    assert "Admin history entries: 3,020" in many[0] and "Log entry" not in many[0]
+    assert "Admin history entries: 1,020" in many[0] and "Log entry" not in many[0]
     assert_same_size(few, many)
     assert_same_size(few_selected, many_selected)
 

@@ -1415,16 +1415,18 @@ def test_a_manual_retry_is_an_attempt_on_top_of_the_schedule(client, organizatio
 
 @contextlib.contextmanager
 def broker_unreachable():
-    """Publishing fails as with Redis down: the broker URL points at a closed port."""
+    """Publishing fails as with Redis down: the broker URL points at a closed port. Kombu gives up on
+    it at the first refusal instead of retrying the connection for seconds (a failure either way)."""
     from config.celery import app
 
-    saved = app.conf.broker_url
+    saved, saved_options = app.conf.broker_url, app.conf.broker_transport_options
     app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app.conf.broker_transport_options = {**saved_options, "max_retries": 0}
     app._pool = app.amqp._producer_pool = None
     try:
         yield
     finally:
-        app.conf.broker_url = saved
+        app.conf.broker_url, app.conf.broker_transport_options = saved, saved_options
         app._pool = app.amqp._producer_pool = None
 
 
