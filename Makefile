@@ -8,6 +8,8 @@ TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@localhost:5432/hoo
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://localhost:6379/15)
 # The suite runs in this many processes (pytest-xdist; an idle one takes tests queued for a busy one); 0 runs it in this one.
 PYTEST_WORKERS ?= 2
+# `make test` unsets PYTHONDONTWRITEBYTECODE (some machines set it): with it, each of the processes
+# compiles every module and rewrites every test file's asserts again (~15 s of CPU each).
 # The slowest tests are listed at the end of every run, CI's too, so that the suite's time is watched.
 PYTEST_DURATIONS ?= 25
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
@@ -34,7 +36,7 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) sh scripts/ensure_services.sh
 	sh scripts/ensure_browser.sh
-	$(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=$(PYTEST_DURATIONS) $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(TEST_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=$(PYTEST_DURATIONS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
