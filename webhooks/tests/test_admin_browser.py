@@ -3,7 +3,9 @@
 import re
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from organizations.models import AuditLog
 from webhooks.models import Delivery
@@ -24,11 +26,15 @@ def failed_events(organization):
 
 
 def sign_in(page, live_server):
-    get_user_model().objects.create_superuser("root@hookline.example", PASSWORD)
+    """Opens the platform overview as a superuser, the browser carrying a session made by Django's test
+    client: the admin's sign-in form has tests of its own (test_admin_login.py, and in a browser
+    test_content_security_policy_browser.py)."""
+    superuser = get_user_model().objects.create_superuser("root@hookline.example", PASSWORD)
+    client = Client()
+    client.force_login(superuser)
+    cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    page.context.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
     page.goto(f"{live_server.url}/admin/")
-    page.fill("#id_username", "root@hookline.example")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
     page.wait_for_selector("#platform-overview")
 
 
