@@ -10,7 +10,7 @@ import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
-from webhooks.tests.processes import LOG_DIR, RedisServer, Stack, wait_until
+from webhooks.tests.processes import LOG_DIR, CountingReceiver, RedisServer, Stack, wait_until
 
 from .faststop_support import HeldReceiver, start_side_by_side
 
@@ -66,7 +66,7 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
     # shutdown, a pool process must still die of it rather than wait for its sends to end.
     redis = RedisServer()
     redis.start()
-    receiver = HeldReceiver()  # never answers: only the destination's timeout ends a send
+    receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
     stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
     try:
         source = make_source(organization)
@@ -100,7 +100,7 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
     # platform's and went on sending until its sends timed out, and recorded them.
     redis = RedisServer()
     redis.start()
-    receiver = HeldReceiver()  # never answers: only the destination's timeout ends a send
+    receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
     stack = Stack(
         f"redis://127.0.0.1:{redis.port}/0",
         DELIVERY_THREADS="4",
