@@ -10,7 +10,9 @@ import pytest
 
 from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
-from webhooks.tests.processes import CountingReceiver, RedisServer, Stack, wait_until
+from webhooks.tests.processes import LOG_DIR, CountingReceiver, RedisServer, Stack, wait_until
+
+from .faststop_support import HeldReceiver, start_side_by_side
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -19,19 +21,21 @@ def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_
     # Pool processes used to die of it mid-send; the sweeper then sent those deliveries again.
     redis = RedisServer()
     redis.start()
-    receiver = CountingReceiver(delay=0.3)  # sends stay in flight long enough to be caught by the stop
+    receiver = HeldReceiver()  # its answers wait for the stop: sends are under way when it comes
     stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4")
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
     try:
         source = make_source(organization)
         make_destination(organization, receiver.url, sources=[source])
-        for name in ("web", "worker", "beat"):
-            stack.start(name)
+        start_side_by_side(stack, "web", "worker", "beat")
         for n in range(40):
             assert stack.post_stripe(source.ingest_token, f"evt_platform_stop_{n}", STRIPE_SECRET) == 200
-        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").exists(), timeout=60)
+        assert wait_until(lambda: receiver.held() >= 1, timeout=60)
 
         worker = stack.processes["worker"]
         os.killpg(worker.pid, signal.SIGTERM)  # the main process and its pool processes at once
+        _answer_once_the_stop_is_under_way(receiver, worker_log, log_start)
         worker.wait(60)  # the stack then starts a new worker, as the platform does
 
         event_ids = [str(i) for i in WebhookEvent.objects.values_list("id", flat=True)]
@@ -43,6 +47,18 @@ def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_
         stack.stop_all()
         receiver.close()
         redis.stop()
+
+
+# How long a held send stays unanswered once the worker's main process said its warm shutdown began:
+# the pool processes got the same SIGTERM at the same moment, and one that wrongly died of it (the
+# defects these tests are about) has this long to do so with its send still under way.
+STOP_WINDOW_SECONDS = 1.0
+
+
+def _answer_once_the_stop_is_under_way(receiver: HeldReceiver, worker_log, log_start: int) -> None:
+    assert wait_until(lambda: "Warm shutdown (MainProcess)" in _written_since(worker_log, log_start), timeout=60)
+    time.sleep(STOP_WINDOW_SECONDS)
+    receiver.release()
 
 
 def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
@@ -59,8 +75,7 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
         # executor's join), so the test lasts about this long: 10 s, well past the cancel's
         # fraction of a second, not 30.
         make_destination(organization, receiver.url, sources=[source], timeout_seconds=10)
-        for name in ("web", "worker"):
-            stack.start(name)
+        start_side_by_side(stack, "web", "worker")
         for n in range(2):
             assert stack.post_stripe(source.ingest_token, f"evt_cold_stop_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
@@ -83,8 +98,6 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
     # Celery says a shutdown is a cold one only once the pool processes ended: after the platform's
     # SIGTERM (a warm shutdown under way), a pool process took the cold shutdown's SIGTERM for the
     # platform's and went on sending until its sends timed out, and recorded them.
-    from webhooks.tests.processes import LOG_DIR
-
     redis = RedisServer()
     redis.start()
     receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
@@ -99,8 +112,7 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
     try:
         source = make_source(organization)
         make_destination(organization, receiver.url, sources=[source], timeout_seconds=30)
-        for name in ("web", "worker"):
-            stack.start(name)
+        start_side_by_side(stack, "web", "worker")
         for n in range(2):
             assert stack.post_stripe(source.ingest_token, f"evt_warm_then_cold_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
@@ -164,11 +176,10 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
     from config.celery import app
     from webhooks.tasks import dispatch_deliveries
     from webhooks.tests.api_helpers import make_delivery, make_event
-    from webhooks.tests.processes import LOG_DIR
 
     redis = RedisServer()
     redis.start()
-    receiver = CountingReceiver(delay=3)  # the send is under way when the SIGTERM comes
+    receiver = HeldReceiver()  # the send is under way when the SIGTERM comes
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
     stack = Stack(redis_url)
     worker_log = LOG_DIR / "worker.log"
@@ -183,10 +194,11 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
         assert wait_until(lambda: _pool_processes_started(stack.processes["worker"].pid, 2), timeout=60)
         with app.connection_for_write(redis_url) as connection:
             dispatch_deliveries.apply_async(connection=connection, queue=stack.env["CELERY_QUEUE"])
-        assert wait_until(lambda: Delivery.objects.filter(status="in_flight").exists(), timeout=60)
+        assert wait_until(lambda: receiver.held() == 1, timeout=60)
 
         worker = stack.processes.pop("worker")  # not restarted: its log is what is looked at
         os.killpg(worker.pid, signal.SIGTERM)  # the main process and its pool processes at once
+        _answer_once_the_stop_is_under_way(receiver, worker_log, log_start)
         assert worker.wait(60) == 0
 
         # The busy one finished its send (the warm shutdown), and nothing was logged as an error.

@@ -28,6 +28,13 @@ def fresh():
         yield processes
 
 
+@pytest.fixture(scope="module")
+def unset(fresh):
+    """The settings read with none of the optional variables set: the same for every test of the
+    module, so read once for those that compare with them."""
+    return settings_read(fresh)
+
+
 def start(fresh, argv=("manage.py", "check"), **variables):
     environment = {
         "PATH": os.environ["PATH"],
@@ -113,11 +120,10 @@ OPTIONAL_VARIABLES = (
 
 
 @pytest.mark.parametrize("blank", ["", "  "])
-def test_optional_variables_set_blank_take_their_defaults(fresh, blank):
+def test_optional_variables_set_blank_take_their_defaults(fresh, unset, blank):
     # app.json's and render.yaml's optional fields left empty, or `EMAIL_URL=` in a copy of
     # .env.example, set the variable to "": start-up stopped on "Invalid email schema" or an
     # unknown log level, and an empty ALLOWED_HOSTS answered 400 to every page but the probes.
-    unset = settings_read(fresh)
     assert settings_read(fresh, **dict.fromkeys(OPTIONAL_VARIABLES, blank)) == unset
     assert unset["email"] == "django.core.mail.backends.console.EmailBackend"
     assert unset["hosts"] == ["hooks.example.com", "localhost", "127.0.0.1", "testserver"]
@@ -139,18 +145,18 @@ def test_a_lower_case_log_level_is_read(fresh):
     assert settings_read(fresh, LOG_LEVEL="warning")["log_level"] == logging.WARNING
 
 
-def test_collectstatic_runs_with_the_storage_that_writes_hashed_names(fresh):
+def test_collectstatic_runs_with_the_storage_that_writes_hashed_names(fresh, unset):
     # The manifest storage is what writes staticfiles.json; choosing it only once that file
     # existed meant it was never written, and files never got hashed names or long caching.
     assert settings_read(fresh, argv=["manage.py", "collectstatic", "--noinput"])["static"] == (
         "config.storage.CollectedStaticFilesStorage"
     )
     if not (ROOT / "staticfiles" / "staticfiles.json").exists():
-        assert settings_read(fresh)["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
+        assert unset["static"] == "django.contrib.staticfiles.storage.StaticFilesStorage"
 
 
-def test_earlier_secret_keys_are_read_from_the_environment(fresh):
-    assert settings_read(fresh)["fallbacks"] == []
+def test_earlier_secret_keys_are_read_from_the_environment(fresh, unset):
+    assert unset["fallbacks"] == []
     assert settings_read(fresh, SECRET_KEY_FALLBACKS="old-key-one,old-key-two")["fallbacks"] == [
         "old-key-one",
         "old-key-two",

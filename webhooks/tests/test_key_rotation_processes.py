@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from config.tests.faststop_support import start_side_by_side
 from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.delivery import UNSENT_RETRY_SECONDS
@@ -172,8 +173,7 @@ def test_a_rolling_key_rotation_loses_and_refuses_nothing(organization, redis_se
     )
     traffic = None
     try:
-        for name in ("web", "worker", "beat"):
-            stack.start(name)
+        start_side_by_side(stack, "web", "worker", "beat")
         traffic = SteadyTraffic(stack, source.ingest_token)
         assert wait_until(lambda: len(receiver.verified) >= 3, timeout=120)
 
@@ -254,17 +254,20 @@ def test_secret_rotations_with_their_windows_on_real_processes(organization, red
     stack = Stack(
         f"redis://127.0.0.1:{redis_server.port}/0",
         DELIVERY_THREADS="2",
-        DELIVERY_RETRY_SCHEDULE="3,3,3,3,3,3",
-        # The web process's copy of a source lasts 1 s, not 5: the provider's switch to the new
+        # Retried only once the test made them due (after the rotation), not at a time of their own.
+        DELIVERY_RETRY_SCHEDULE="3600,3600,3600,3600,3600,3600",
+        # The web process's copy of a source lasts 0.25 s, not 5: the provider's switch to the new
         # secret comes sooner, and the old secret is then checked against the rotated source.
-        INGEST_SOURCE_CACHE_SECONDS="1",
+        INGEST_SOURCE_CACHE_SECONDS="0.25",
     )
     try:
-        for name in ("web", "worker", "beat"):
-            stack.start(name)
+        start_side_by_side(stack, "web", "worker", "beat")
         for n in range(3):
             assert post_stripe_over_http(stack.web_port, source.ingest_token, f"evt_before_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: len(receiver.requests) >= 3, timeout=120)  # each answered 500: to be retried
+        # ... once each failure is recorded (made due now below, it must not be recorded after that).
+        first_tries = Delivery.objects.filter(status=Delivery.Status.PENDING, attempt_count=1)
+        assert wait_until(lambda: first_tries.count() == 3, timeout=120)
 
         _, new_signing = destination_rotate_secret(
             destination=Destination.objects.get(pk=destination.pk), overlap_seconds=3600
@@ -277,10 +280,13 @@ def test_secret_rotations_with_their_windows_on_real_processes(organization, red
         # web process's copy of the source is at most INGEST_SOURCE_CACHE_SECONDS old by then, so the
         # old secret's second webhook is verified by the rotated source's overlap, not by that copy.
         answers = [post_stripe_over_http(stack.web_port, source.ingest_token, "evt_old_secret", STRIPE_SECRET)]
-        time.sleep(float(stack.env["INGEST_SOURCE_CACHE_SECONDS"]) + 1)
+        time.sleep(float(stack.env["INGEST_SOURCE_CACHE_SECONDS"]) + 0.25)
         answers.append(post_stripe_over_http(stack.web_port, source.ingest_token, "evt_old_secret_2", STRIPE_SECRET))
         answers.append(post_stripe_over_http(stack.web_port, source.ingest_token, "evt_new_secret", new_source_secret))
         assert answers == [200, 200, 200]
+        # What the retry schedule's wait would do, now that both secrets were rotated: the first
+        # attempts' retries are due.
+        assert first_tries.update(next_attempt_at=timezone.now()) == 3
 
         event_ids = {str(pk) for pk in WebhookEvent.objects.values_list("id", flat=True)}
         assert len(event_ids) == 6
