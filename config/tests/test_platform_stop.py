@@ -12,7 +12,7 @@ from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 from webhooks.tests.processes import LOG_DIR, CountingReceiver, RedisServer, Stack, wait_until
 
-from .faststop_support import HeldReceiver, start_side_by_side
+from .held_receiver import HeldReceiver, start_side_by_side
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

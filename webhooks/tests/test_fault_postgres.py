@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .fastpg_support import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
+from .django_shell import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
 from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
 pytestmark = pytest.mark.worker

@@ -15,7 +15,7 @@ from webhooks.services.claim_owners import MARK_KEY_PREFIX, MARK_TTL_SECONDS
 from webhooks.services.delivery import DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .fastworker_support import FaultStack
+from .fault_stack import FaultStack
 from .processes import CountingReceiver, RedisServer, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -21,8 +21,8 @@ from webhooks.models import WebhookEvent
 
 from .api_helpers import make_key
 from .factories import STRIPE_SECRET, make_source
-from .fastgunicorn_support import shared_gunicorn
 from .processes import PATIENCE_SECONDS, wait_until
+from .shared_gunicorn import shared_gunicorn
 
 READ_TIMEOUT_SECONDS = 2
 SHARED_TOKEN = "tok_framing_shared_secret_1"

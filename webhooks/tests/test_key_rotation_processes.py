@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from config.tests.faststop_support import start_side_by_side
+from config.tests.held_receiver import start_side_by_side
 from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.delivery import UNSENT_RETRY_SECONDS

@@ -16,7 +16,7 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .fastworker_support import SteppingClock
+from .fault_stack import SteppingClock
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db(transaction=True)
