@@ -107,6 +107,11 @@ def copy_the_migrated_test_database(target_url: str) -> None:
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
+    # pytest-django sets the test database up only for a session whose tests ask for one: without it
+    # this connection is DATABASE_URL's own database, whatever a developer has in it.
+    assert connection.settings_dict["NAME"].startswith("test_"), (
+        f"not the test database: {connection.settings_dict['NAME']} (mark the tests django_db)"
+    )
     executor = MigrationExecutor(connection)
     unapplied = executor.migration_plan(executor.loader.graph.leaf_nodes())
     assert not unapplied, f"the test database is not at every migration's latest: {unapplied}"

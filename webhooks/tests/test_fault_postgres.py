@@ -18,7 +18,10 @@ import pytest
 from .django_shell import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
 from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
-pytestmark = pytest.mark.worker
+# django_db although the tests use only their private cluster: pytest-django creates the test database
+# only when a collected test asks for it, and the cluster's tables are copied from it (cluster below).
+# Run on their own, without it, the copy would be read from DATABASE_URL's own (development) database.
+pytestmark = [pytest.mark.worker, pytest.mark.django_db]
 
 SECRET = "whsec_pg_fault_test"
 

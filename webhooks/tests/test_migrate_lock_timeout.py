@@ -42,6 +42,25 @@ def waiting_on_a_lock(watcher: psycopg.Connection, query_start: str) -> bool:
     )
 
 
+# How long the tests below hold a lock that a statement waits for unbounded, by the server's own
+# count of that wait: well past the 0.2 s bound that would wrongly cut it short. A fixed sleep after
+# the wait was seen left that bound's timer 0.1 s to fire on a loaded machine, or the test passed
+# without proving anything; this takes no longer on an idle one.
+UNBOUNDED_WAIT_HELD_SECONDS = 0.5
+
+
+def lock_waited_long(watcher: psycopg.Connection, query_start: str) -> bool:
+    """Whether a statement starting ``query_start`` has waited UNBOUNDED_WAIT_HELD_SECONDS for a lock."""
+    return (
+        watcher.execute(
+            "SELECT 1 FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE NOT granted AND query LIKE %s"
+            " AND clock_timestamp() - waitstart >= make_interval(secs => %s)",
+            [query_start + "%", UNBOUNDED_WAIT_HELD_SECONDS],
+        ).fetchone()
+        is not None
+    )
+
+
 def wait_until(condition, what: str) -> None:
     for _ in range(3000):
         if condition():
@@ -215,9 +234,11 @@ def test_an_index_build_waits_for_older_writers_whatever_the_sessions_lock_timeo
                 lambda: waiting_on_a_lock(watch, "CREATE INDEX CONCURRENTLY") or not building.is_alive(),
                 "the build waiting",
             )
-            # Held past the session's 200 ms bound (the wait began before it was seen): a build bounded
-            # by it fails meanwhile.
-            time.sleep(0.3)
+            # Held well past the session's 200 ms bound: a build bounded by it fails meanwhile.
+            wait_until(
+                lambda: lock_waited_long(watch, "CREATE INDEX CONCURRENTLY") or not building.is_alive(),
+                "the build waiting past the bound",
+            )
         finally:
             writer.rollback()
             building.join()
@@ -253,7 +274,11 @@ def test_a_migration_outside_a_transaction_waits_for_its_lock_unbounded(settings
                 lambda: waiting_on_a_lock(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
                 "the ALTER waiting",
             )
-            time.sleep(0.3)  # past the 0.2 s bound of the atomic migrations (the wait began before it was seen)
+            # Well past the 0.2 s bound of the atomic migrations: one bounded by it fails meanwhile.
+            wait_until(
+                lambda: lock_waited_long(watch, f'ALTER TABLE "{event_table}"') or not migrating.is_alive(),
+                "the ALTER waiting past the bound",
+            )
         finally:
             long_request.rollback()
             migrating.join()
