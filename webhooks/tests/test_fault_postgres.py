@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from .django_shell import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
-from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
+from .fault_stack import FaultStack
+from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, wait_until
 
 # django_db although the tests use only their private cluster: pytest-django creates the test database
 # only when a collected test asks for it, and the cluster's tables are copied from it (cluster below).
@@ -81,7 +82,8 @@ def private_stack(cluster):
     redis = RedisServer()
     receiver = CountingReceiver()
     redis.start()
-    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=cluster.new_database(), DELIVERY_THREADS="4")
+    # FaultStack: its processes are stopped together at the end, not one after the other.
+    stack = FaultStack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=cluster.new_database(), DELIVERY_THREADS="4")
     try:
         yield cluster.postgres, stack, receiver
     finally:
@@ -108,16 +110,26 @@ print(json.dumps(source))
 """
 
 
-def set_up_tenant(env, receiver) -> dict:
-    return json.loads(shell_output(env, _SET_UP_TENANT.format(secret=SECRET, url=receiver.url)))
-
-
 def test_postgres_restart_while_webhooks_arrive(private_stack):
     postgres, stack, receiver = private_stack
-    for name in ("web", "worker", "beat"):
-        stack.start(name)
-    # While they load Django (the database is migrated already).
-    source = set_up_tenant(stack.env, receiver)
+    # The tenant is made while the stack loads Django (the database is migrated already), and web,
+    # whose start is waited for (until it listens), is started last.
+    tenant = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "-c", _SET_UP_TENANT.format(secret=SECRET, url=receiver.url)],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stack.start_together("web", "worker", "beat")
+        output, _ = tenant.communicate(timeout=PATIENCE_SECONDS)
+    finally:
+        if tenant.poll() is None:
+            tenant.kill()
+            tenant.wait()
+    assert tenant.returncode == 0
+    source = json.loads(output.strip().splitlines()[-1])  # (the shell prints a notice of its own first)
 
     acknowledged, refused = [], []
     for n in range(90):
@@ -208,19 +220,6 @@ def _sweep_judging_lost_after(seconds: int) -> str:
         "from django.conf import settings\n"
         f"settings.STUCK_DELIVERY_SECONDS = settings.STUCK_DELIVERY_MARGIN_SECONDS = {seconds}\n" + _SWEEP
     )
-
-
-def shell_output(env, code: str) -> str:
-    """The last line ``code`` printed (the shell prints a notice of its own first)."""
-    output = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return output.strip().splitlines()[-1]
 
 
 # A delivery due now to a receiver that answers after 3 s (its timeout is 5 s).
