@@ -34,7 +34,7 @@ stripe_source = framing.stripe_source
 WORKER_CONNECTIONS = 6
 
 
-def _start(tmp_path_factory, name: str, worker_connections: int = WORKER_CONNECTIONS):
+def _start(tmp_path_factory, name: str, *options: str, worker_connections: int = WORKER_CONNECTIONS):
     port = free_port()
     private_tmp = Path(tempfile.mkdtemp(prefix="hll-"))
     log_path = tmp_path_factory.mktemp(name) / "gunicorn.log"
@@ -45,6 +45,7 @@ def _start(tmp_path_factory, name: str, worker_connections: int = WORKER_CONNECT
         log,
         *("--workers", "1", "--worker-class", "gthread", "--threads", "2"),
         *("--worker-connections", str(worker_connections)),
+        *options,
         REQUEST_READ_TIMEOUT_SECONDS=str(framing.READ_TIMEOUT_SECONDS),
     )
     wait_for_port(port, process=gunicorn)
@@ -160,18 +161,28 @@ def test_more_lingering_clients_than_worker_connections_do_not_stall_the_worker(
             conn.close()
 
 
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP), not just sleeping."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
 def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main_loop(
-    request, django_db_setup, django_db_blocker, stripe_source
+    django_db_setup, django_db_blocker, tmp_path_factory, stripe_source
 ):
     # A worker told to stop (a deploy's SIGTERM, a HUP reload, max_requests) answers the requests
     # its kept-alive connections still bring, with "Connection: close". Their clients keep the
     # connections open: the stopping worker lingered 2 s for each on its main loop, as before the
     # linger moved to the poller, and 30 of them held it past gunicorn's `timeout` (30 s): the
     # master killed it instead of letting it finish.
-    # On the framing tests' server (gunicorn's default 1000 connections), which the master keeps
-    # serving with a new worker: what this test checks last.
-    shared = framing.shared_server(request, django_db_blocker)
-    port, gunicorn, log_path = shared.port, shared.process, shared.log_path
+    # Its own server, of gunicorn's default 1000 connections, which the master keeps serving with a
+    # new worker (what this test checks last). Kept-alive connections stay open PATIENCE_SECONDS
+    # there, not gunicorn's default 2 s: on a loaded machine the 30 requests took longer than that,
+    # and the first connections were closed, idle, before the worker was told to stop.
+    with django_db_blocker.unblock():
+        port, gunicorn, private_tmp, log_path = _start(
+            tmp_path_factory, "stop", "--keep-alive", str(PATIENCE_SECONDS), worker_connections=1000
+        )
     kept = []
     try:
         [worker] = _web_workers(gunicorn.pid)
@@ -181,10 +192,19 @@ def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main
             [(status, _)] = _answers(_read_answer(conn))
             assert status == 404
             kept.append(conn)
-        os.kill(worker, signal.SIGTERM)
-        time.sleep(0.2)  # the worker's signal handler runs at once; its kept-alive connections stay 2 s
-        for n, conn in enumerate(kept):
-            conn.sendall(_head(f"tok_unknown_kept_again_{n}", b"Content-Length: 0"))
+        # The next requests are on their way as the worker is told to stop: a stopping worker keeps
+        # its kept-alive connections 2 s more (gunicorn's STOP_KEEPALIVE_LINGER), and requests sent a
+        # moment after the signal could come later than that on a loaded machine. So the worker is
+        # frozen, told to stop and sent them, and only then goes on: its signal handler runs as it
+        # wakes, before it reads any of them.
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            assert wait_until(lambda: _stopped(worker), PATIENCE_SECONDS, 0.01)
+            os.kill(worker, signal.SIGTERM)
+            for n, conn in enumerate(kept):
+                conn.sendall(_head(f"tok_unknown_kept_again_{n}", b"Content-Length: 0"))
+        finally:
+            os.kill(worker, signal.SIGCONT)
         for conn in kept:
             head = _read_answer(conn)
             assert head.startswith(b"HTTP/1.1 404") and b"Connection: close" in head
@@ -205,4 +225,7 @@ def test_a_stopping_worker_closes_lingering_connections_without_holding_its_main
     finally:
         for conn in kept:
             conn.close()
+        gunicorn.terminate()
+        gunicorn.wait(30)
+        shutil.rmtree(private_tmp, ignore_errors=True)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
