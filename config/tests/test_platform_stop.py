@@ -5,8 +5,10 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis as redis_client
 
 from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
@@ -17,20 +19,53 @@ from .held_receiver import HeldReceiver, start_side_by_side
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_nothing_twice(organization):
-    # Pool processes used to die of it mid-send; the sweeper then sent those deliveries again.
+@pytest.fixture(scope="module")
+def platform_stack(django_db_setup, django_db_blocker):
+    """One Redis and one web process for the module: each test stops (or cancels) only its worker."""
     redis = RedisServer()
     redis.start()
+    with django_db_blocker.unblock():
+        stack = Stack(f"redis://127.0.0.1:{redis.port}/0")
+    try:
+        yield stack
+    finally:
+        if "web" in stack.processes:
+            stack.kill("web")  # at once: its own stop is not what these tests are about
+        stack.stop_all()
+        redis.stop()
+
+
+@pytest.fixture
+def stack(platform_stack):
+    """The module's stack with its web process up, for a test that starts its own worker (and beat),
+    their settings put in ``stack.env`` (as they were once it ends). What an earlier test's worker left
+    in Redis (queued tasks, dispatch flags) is gone first; its database rows went with its test."""
+    base_env = dict(platform_stack.env)
+    redis_client.Redis.from_url(platform_stack.env["REDIS_URL"]).flushall()
+    if "web" not in platform_stack.processes:
+        platform_stack.start("web")
+    yield platform_stack
+    for name in [name for name in platform_stack.processes if name != "web"]:
+        platform_stack.kill(name)
+    platform_stack.env.clear()
+    platform_stack.env.update(base_env)
+
+
+def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_nothing_twice(organization, stack):
+    # Pool processes used to die of it mid-send; the sweeper then sent those deliveries again.
     receiver = HeldReceiver()  # its answers wait for the stop: sends are under way when it comes
-    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4")
+    stack.env["DELIVERY_THREADS"] = "4"
     worker_log = LOG_DIR / "worker.log"
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
     try:
         source = make_source(organization)
         make_destination(organization, receiver.url, sources=[source])
-        start_side_by_side(stack, "web", "worker", "beat")
-        for n in range(40):
-            assert stack.post_stripe(source.ingest_token, f"evt_platform_stop_{n}", STRIPE_SECRET) == 200
+        start_side_by_side(stack, "worker", "beat")
+        with ThreadPoolExecutor(4) as posting:
+            answers = posting.map(
+                lambda n: stack.post_stripe(source.ingest_token, f"evt_platform_stop_{n}", STRIPE_SECRET), range(40)
+            )
+            assert set(answers) == {200}
         assert wait_until(lambda: receiver.held() >= 1, timeout=60)
 
         worker = stack.processes["worker"]
@@ -44,9 +79,7 @@ def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_
         assert wait_until(lambda: not Delivery.objects.exclude(status="succeeded").exists(), timeout=60)
         assert max(receiver.snapshot().values()) == 1
     finally:
-        stack.stop_all()
         receiver.close()
-        redis.stop()
 
 
 # How long a held send stays unanswered once the worker's main process said its warm shutdown began:
@@ -61,13 +94,11 @@ def _answer_once_the_stop_is_under_way(receiver: HeldReceiver, worker_log, log_s
     receiver.release()
 
 
-def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
+def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization, stack):
     # Billiard cancels running tasks with the same SIGTERM: once the main process began a cold
     # shutdown, a pool process must still die of it rather than wait for its sends to end.
-    redis = RedisServer()
-    redis.start()
     receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
-    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
+    stack.env.update(DELIVERY_THREADS="4", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
     try:
         source = make_source(organization)
         # A pool process that waited for its sends would record them as timed-out attempts once
@@ -75,7 +106,7 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
         # executor's join), so the test lasts about this long: 10 s, well past the cancel's
         # fraction of a second, not 30.
         make_destination(organization, receiver.url, sources=[source], timeout_seconds=10)
-        start_side_by_side(stack, "web", "worker")
+        stack.start("worker")
         for n in range(2):
             assert stack.post_stripe(source.ingest_token, f"evt_cold_stop_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
@@ -89,20 +120,15 @@ def test_a_cold_shutdown_still_cancels_the_sends_under_way(organization):
         assert not DeliveryAttempt.objects.exists()
         assert Delivery.objects.filter(status="in_flight").count() == 2
     finally:
-        stack.stop_all()
         receiver.close()
-        redis.stop()
 
 
-def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_under_way(organization):
+def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_under_way(organization, stack):
     # Celery says a shutdown is a cold one only once the pool processes ended: after the platform's
     # SIGTERM (a warm shutdown under way), a pool process took the cold shutdown's SIGTERM for the
     # platform's and went on sending until its sends timed out, and recorded them.
-    redis = RedisServer()
-    redis.start()
     receiver = CountingReceiver(delay=40)  # answers well after the destination's timeout
-    stack = Stack(
-        f"redis://127.0.0.1:{redis.port}/0",
+    stack.env.update(
         DELIVERY_THREADS="4",
         CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
         PYTHONFAULTHANDLER="1",  # should it hang: see _hung_worker_state
@@ -111,8 +137,11 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
     try:
         source = make_source(organization)
-        make_destination(organization, receiver.url, sources=[source], timeout_seconds=30)
-        start_side_by_side(stack, "web", "worker")
+        # A pool process that went on sending records its sends as timed-out attempts once this
+        # passes; one cancelled ends at once, or (should no later SIGTERM cut its wait for its
+        # sending threads short) when they give up: 15 s, not the 30 it was, which some runs waited out.
+        make_destination(organization, receiver.url, sources=[source], timeout_seconds=15)
+        stack.start("worker")
         for n in range(2):
             assert stack.post_stripe(source.ingest_token, f"evt_warm_then_cold_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: Delivery.objects.filter(status="in_flight").count() == 2, timeout=60)
@@ -137,9 +166,7 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         assert not DeliveryAttempt.objects.exists()
         assert Delivery.objects.filter(status="in_flight").count() == 2
     finally:
-        stack.stop_all()
         receiver.close()
-        redis.stop()
 
 
 def _hung_worker_state(worker_pid: int, worker_log, log_start: int) -> str:
@@ -169,7 +196,7 @@ def _written_since(log_path, start: int) -> str:
         return log.read()
 
 
-def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sigterm(organization):
+def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sigterm(organization, stack):
     # Of two pool processes, one sends (a single task, so the other never runs one). The SIGTERM
     # reaches both: the idle one used to die of it while the warm shutdown waited for the busy one,
     # and the main process logged "Process 'ForkPoolWorker-2' pid:… exited with 'signal 15 (SIGTERM)'".
@@ -177,11 +204,8 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
     from webhooks.tasks import dispatch_deliveries
     from webhooks.tests.api_helpers import make_delivery, make_event
 
-    redis = RedisServer()
-    redis.start()
     receiver = HeldReceiver()  # the send is under way when the SIGTERM comes
-    redis_url = f"redis://127.0.0.1:{redis.port}/0"
-    stack = Stack(redis_url)
+    redis_url = stack.env["REDIS_URL"]
     worker_log = LOG_DIR / "worker.log"
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
     try:
@@ -211,9 +235,7 @@ def test_a_pool_process_that_never_ran_a_task_ends_quietly_on_the_platform_s_sig
         assert "exited with" not in written, written
         assert "ERROR" not in written, written
     finally:
-        stack.stop_all()
         receiver.close()
-        redis.stop()
 
 
 def _pool_processes_started(worker_pid: int, concurrency: int) -> bool:
