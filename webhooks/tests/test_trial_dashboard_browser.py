@@ -27,7 +27,7 @@ def test_a_typed_search_is_one_request_whether_applied_by_button_or_enter(
     "submit": two requests, so each body search ran twice and took two of the organization's few
     body-search slots."""
     build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     searches = []
     page.on("request", lambda request: searches.append(request.url) if request.headers.get("hx-request") else None)
     page.goto(f"{live_server.url}/o/acme/events/")
