@@ -51,9 +51,13 @@ def _take_previous(browser, live_server):
     while _handed_out:
         page, may_hand_on = _handed_out.pop()
         if spare is None and may_hand_on and _reusable(page, browser):
-            _reset(page, live_server)
-            spare = page
-            continue
+            try:
+                _reset(page, live_server)
+            except PlaywrightError:  # e.g. its document was being replaced: a new context instead
+                pass
+            else:
+                spare = page
+                continue
         with contextlib.suppress(PlaywrightError):  # closed already, by its test
             page.context.close()
     return spare
