@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from organizations.models import ApiKey
 
@@ -45,13 +46,14 @@ def test_create_use_and_revoke_a_key(browser, live_server, organization, owner, 
     assert key not in page.content()  # shown once only
     row.get_by_role("link", name="Revoke nightly-report").click()
     # Asked first, on a page of its own: nothing is revoked yet.
-    assert page.get_by_role("heading", name="Revoke nightly-report?").is_visible()
+    expect(page.get_by_role("heading", name="Revoke nightly-report?")).to_be_visible()
     assert ApiKey.objects.get().revoked_at is None
     page.get_by_role("button", name="Revoke key").click()
+    # Read once the list is back (the click waits only for the navigation to begin).
+    expect(page.locator(f"tr[data-api-key='{ApiKey.objects.get().prefix}']")).to_contain_text("Revoked")
     assert "revoked" in page.locator(".messages, [role=status], body").first.inner_text().lower()
     assert "Revoked" in page.locator(f"tr[data-api-key='{ApiKey.objects.get().prefix}']").inner_text()
 
     page.screenshot(path=str(target / "api-keys-desktop.png"), full_page=True)
     status, body = _get(f"{live_server.url}/api/v1/events", key)
     assert status == 401 and body["error"] == "invalid_api_key" and "revoked" in body["detail"]
-    page.context.close()

@@ -105,7 +105,7 @@ def test_the_page_in_a_browser_breaks_no_policy_and_fits_the_window(
     build_world(client, organization)
     # One visit, the window then narrowed to a phone's (the layout is the style sheet's alone: no
     # script measures the window).
-    page = sign_in(browser, live_server, member, width=390, height=900)
+    page = sign_in(browser, live_server, member, width=390, height=900, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/{organization.slug}/")
     link = page.get_by_role("link", name="API reference")

@@ -84,7 +84,7 @@ def assert_clean(seen: Watch, pages_at_least: int) -> None:
 
 def test_the_watch_sees_a_violation(browser, live_server, organization, owner):
     # What the other tests rely on: a refused inline style is reported.
-    page = dashboard_sign_in(browser, live_server, owner)
+    page = dashboard_sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/")
     page.evaluate("document.body.insertAdjacentHTML('beforeend', '<p id=styled style=\"color: red\">x</p>')")
@@ -98,7 +98,7 @@ def test_the_dashboard_and_its_htmx_parts_work_under_the_policy(
 ):
     settings.PUBLIC_BASE_URL = live_server.url
     world = build_world(client, organization)
-    page = dashboard_sign_in(browser, live_server, owner)
+    page = dashboard_sign_in(browser, live_server, owner, own_context=True)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     seen = watch(page)
     page.clock.install()

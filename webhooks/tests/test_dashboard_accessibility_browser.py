@@ -53,7 +53,7 @@ def test_the_focus_ring_stands_out_from_what_surrounds_it(browser, live_server, 
     the page, under the 3:1 a focus indicator needs; it is the accent there, and stays light on the
     dark top bar, where the accent would be under 3:1."""
     world = build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
     for control in (
@@ -86,7 +86,7 @@ def test_new_events_on_the_live_list_are_said_to_a_screen_reader(browser, live_s
     empty list's poll (which brings the first ones) as for the list's."""
     source = build_world(client, organization).source
     WebhookEvent.objects.all().delete()
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.clock.install()  # each poll comes when the test moves the page's clock on
     page.goto(f"{live_server.url}/o/acme/events/")
@@ -142,7 +142,7 @@ def test_the_api_reference_s_tables_fit_a_desktop_window_and_a_small_phone(brows
     column left was too narrow for the tables' four columns: they scrolled sideways there too."""
     # One load, the window then resized: the layout is the style sheet's alone (no script measures
     # the window), and the browser lays the page out again at each width.
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/docs/api/")
     page.wait_for_selector("#post-api-v1-destinations")
@@ -164,7 +164,7 @@ def test_a_copy_button_says_it_copied_to_a_screen_reader(browser, live_server, c
     """Its own name changed to "Copied", which a screen reader does not say of the focused button;
     a second click within the 1.5 s left "Copied" as its name."""
     source = build_world(client, organization).source
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/")
@@ -208,7 +208,7 @@ def test_the_overview_s_charts_give_their_hours_as_a_table(browser, live_server,
     keyboard and a touch screen, and inside role="img" of a screen reader's. The hours with events
     are now in a table behind a disclosure under each chart."""
     build_world(client, organization)  # one event, received now
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 900})
@@ -258,7 +258,7 @@ def test_a_filter_applied_at_once_says_what_the_list_now_holds(browser, live_ser
     """A choice in a list or a typed search replaces the results without a page load: nothing told a
     screen reader that anything happened, nor what was found."""
     world = build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.clock.install()  # no poll of new arrivals comes meanwhile to clear what was said
     page.goto(f"{live_server.url}/o/acme/events/")

@@ -14,8 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
-from django.test import Client
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -25,6 +23,7 @@ from webhooks.selectors import uuid7_floor
 from webhooks.services import processing
 from webhooks.tests.delivering import deliver_now
 
+from .browser_pages import signed_in_page
 from .dashboard_helpers import build_world, ingest_stripe, work_driven_by_the_test
 from .factories import make_destination, make_source
 
@@ -36,22 +35,9 @@ def work_is_driven_by_the_test(monkeypatch):
     work_driven_by_the_test(monkeypatch)
 
 
-def sign_in(browser, live_server, user, width=1280, height=900):
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": width, "height": height})
-    context.add_cookies(
-        [
-            {
-                "name": django_settings.SESSION_COOKIE_NAME,
-                "value": client.cookies[django_settings.SESSION_COOKIE_NAME].value,
-                "url": live_server.url,
-            }
-        ]
-    )
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    return page
+def sign_in(browser, live_server, user, width=1280, height=900, *, own_context=False):
+    # A page handed on from test to test unless own_context (webhooks/tests/browser_pages.py).
+    return signed_in_page(browser, live_server, user, width, height, own_context=own_context)
 
 
 def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_it_delivered(
@@ -59,7 +45,7 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
 ):
     settings.PUBLIC_BASE_URL = live_server.url
     httpserver.expect_request("/receiver").respond_with_data("thanks", status=200)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     page.clock.install()  # the answer's polls come when the test moves the page's clock on (below)
     page.goto(f"{live_server.url}/")
     page.get_by_role("link", name="Add a source").click()
@@ -114,7 +100,7 @@ def test_admin_connects_a_source_adds_a_destination_sends_a_test_event_and_sees_
 
 def test_live_events_list_shows_new_arrivals_without_reload(browser, live_server, client, organization, owner):
     world = build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     # The page's own timers on a clock the test moves: each poll comes when its 5 s have passed
     # on that clock, without the test waiting them out.
     page.clock.install()
@@ -196,7 +182,7 @@ def test_a_reversed_received_range_is_said_on_the_to_box_and_goes_once_corrected
 def test_the_empty_list_s_poll_leaves_what_is_being_typed_in_the_filters(browser, live_server, organization, owner):
     # "Waiting for events…" reloads the results every 5 s: its answer must not bring the filters
     # back out of band too, or every poll wipes a search being typed (and closes an open list).
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     page.clock.install()
     page.goto(f"{live_server.url}/o/acme/events/")
     page.wait_for_selector("text=Waiting for events")
@@ -367,7 +353,6 @@ def test_main_pages_render_at_desktop_and_phone_widths(browser, live_server, cli
             shot = target / f"{name}-{width_name}.png"
             browser_page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 5_000
-    page.context.close()
     signed_out.context.close()
 
 
@@ -396,7 +381,6 @@ def test_an_event_page_with_a_long_event_type_fits_a_375_px_phone(browser, live_
     heading = page.locator("h1").bounding_box()
     assert heading["x"] + heading["width"] <= 375
     assert long_type in page.locator("h1").inner_text()
-    page.context.close()
 
 
 def test_shared_token_source_says_exactly_which_header_the_sender_must_send(
@@ -413,6 +397,8 @@ def test_shared_token_source_says_exactly_which_header_the_sender_must_send(
     assert "Authorization: <token> (the token alone" in page.inner_text("#sender-requirement")
     assert "signs with it" not in page.inner_text("#main")
     page.get_by_role("link", name="Continue to Database hook").click()
+    # The secret's page says it too: read the source's own once the secret's has gone.
+    expect(page.locator("#one-time-secret")).to_have_count(0)
     assert "Authorization: <token>" in page.inner_text("#sender-requirement")
     source = Source.objects.get(name="Database hook")
 
@@ -516,7 +502,6 @@ def test_sentences_in_an_event_summary_wrap_between_words(browser, live_server, 
     assert duplicates.evaluate("(dd) => dd.getClientRects().length") == 1
     assert duplicates.evaluate("(dd) => dd.getBoundingClientRect().height > 30")  # it does wrap, as it did
     assert duplicates.evaluate(WORDS_SPLIT_ACROSS_LINES) == []
-    page.context.close()
 
 
 def test_a_checkbox_label_reads_on_one_line_with_its_help_underneath(browser, live_server, organization, owner):
@@ -530,7 +515,6 @@ def test_a_checkbox_label_reads_on_one_line_with_its_help_underneath(browser, li
     line_height = label.evaluate("(el) => parseFloat(getComputedStyle(el).lineHeight) || 24")
     assert label_box["height"] <= line_height * 1.5, label_box
     assert help_box["y"] >= label_box["y"] + label_box["height"] - 1, (label_box, help_box)
-    page.context.close()
 
 
 DESTINATION_FORM_SECTIONS = ("Where to send", "Which events", "Delivery policy", "Custom headers")
@@ -587,7 +571,6 @@ def test_the_destination_form_in_sections_shows_a_refusal_where_it_is_and_saves_
     assert destination.custom_header_values() == {"X-Api-Key": "key-Q1w2e3r4"}
     subscription = destination.subscriptions.get()
     assert (subscription.source.name, subscription.event_types) == ("Stripe live", ["invoice.*"])
-    page.context.close()
 
 
 def test_the_destination_form_s_sections_fit_desktop_and_phone_widths(browser, live_server, organization, owner):
@@ -619,4 +602,3 @@ def test_the_destination_form_s_sections_fit_desktop_and_phone_widths(browser, l
                 assert heading.is_visible(), (path, width, title)
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, (path, width, overflow)
-    page.context.close()

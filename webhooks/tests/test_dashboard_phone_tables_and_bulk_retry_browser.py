@@ -72,7 +72,7 @@ def test_every_table_of_the_dashboard_reads_on_a_phone_without_scrolling_sideway
     # Each page loaded once and read at both widths (the window resized: the layout is the style
     # sheet's alone, no script measures the window).
     desktop = {"width": 1280, "height": 900}
-    page = sign_in(browser, live_server, owner, **PHONE)
+    page = sign_in(browser, live_server, owner, **PHONE, own_context=True)
     seen = watch(page)
     for path in pages:
         page.set_viewport_size(PHONE)
@@ -106,7 +106,7 @@ def test_every_table_of_the_dashboard_reads_on_a_phone_without_scrolling_sideway
 def test_a_bulk_retry_s_status_follows_it_until_it_has_finished(browser, live_server, client, organization, owner):
     """The destination page said "starting shortly" until it was loaded again by hand."""
     world = build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.clock.install()  # each poll comes when the test moves the page's clock on
     page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")

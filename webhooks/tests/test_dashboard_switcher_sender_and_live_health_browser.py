@@ -41,7 +41,7 @@ def test_the_organization_switcher_closes_on_escape_and_on_a_click_outside(
     # It stayed open over the page until its own button was clicked again.
     other = organization_create(name="Globex", slug="globex", owner_email="owner@globex.example")
     Membership.objects.create(user=owner, organization=other, role=Membership.Role.ADMIN)
-    page = sign_in(browser, live_server, owner, width=width, height=height)
+    page = sign_in(browser, live_server, owner, width=width, height=height, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/")
     switcher = page.locator(".org-switcher")
@@ -91,7 +91,7 @@ def test_a_refused_payload_is_marked_on_its_box_and_the_mark_goes_once_corrected
     # started with "Or an edited payload:".
     settings.PUBLIC_BASE_URL = live_server.url
     source = make_source(organization, secret="whsec_live_sender")
-    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1])
+    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1], own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/sources/{source.pk}/test/")
     box = page.get_by_label("Edited payload")
@@ -136,7 +136,7 @@ def test_the_health_cards_follow_a_bulk_retry_until_it_has_finished(browser, liv
     """Only the "Failed deliveries" section followed a bulk retry; the cards above it (1 failed,
     0 waiting) stayed as they were until the page was loaded again."""
     world = build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     seen = watch(page)
     page.clock.install()  # each poll comes when the test moves the page's clock on
     page.goto(f"{live_server.url}/o/acme/destinations/{world.destination.pk}/")
@@ -180,7 +180,7 @@ def test_the_health_cards_follow_a_bulk_retry_until_it_has_finished(browser, liv
 def test_reversed_audit_dates_are_said_under_the_to_box(browser, live_server, client, organization, owner):
     # "Nothing matches these filters", as if nothing had changed in that time.
     build_world(client, organization)
-    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1])
+    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1], own_context=True)
     seen = watch(page)
     today = timezone.now().date()
     page.goto(f"{live_server.url}/o/acme/audit/")

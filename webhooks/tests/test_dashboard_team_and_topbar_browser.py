@@ -32,7 +32,7 @@ def test_the_organization_switcher_reads_on_the_dark_top_bar(browser, live_serve
     # Its name was in the link blue of `details summary`, 2.8:1 on the top bar (AA asks 4.5:1).
     other = organization_create(name="Globex", slug="globex", owner_email="owner@globex.example")
     Membership.objects.create(user=owner, organization=other, role=Membership.Role.ADMIN)
-    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1])
+    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1], own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/")
     summary = page.locator(".org-switcher summary")
@@ -56,7 +56,7 @@ def test_a_refused_invitation_shows_why_under_the_address_and_puts_the_cursor_th
     browser, live_server, organization, owner, member
 ):
     # The refusal came after the form, tied to no field, and the focus went back to the top of the page.
-    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1])
+    page = sign_in(browser, live_server, owner, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1], own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/team/")
     page.get_by_label("Email address").fill(member.email)

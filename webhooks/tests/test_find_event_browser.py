@@ -70,7 +70,7 @@ def test_slash_paste_enter_opens_the_one_event_and_says_where_its_id_came_from(
     browser, live_server, organization, member, events, width, height
 ):
     one, _, _ = events
-    page = sign_in(browser, live_server, member, width=width, height=height)
+    page = sign_in(browser, live_server, member, width=width, height=height, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/sources/")
     search = page.locator("#topbar-find")
@@ -98,7 +98,7 @@ def test_several_events_with_the_id_are_listed_and_the_first_is_one_tab_away(
     browser, live_server, organization, member, events, width, height
 ):
     _, shared, claimed = events
-    page = sign_in(browser, live_server, member, width=width, height=height)
+    page = sign_in(browser, live_server, member, width=width, height=height, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/")
     page.keyboard.press("/")
@@ -131,7 +131,7 @@ def test_from_the_events_lists_own_search_the_results_are_three_keys_away(
     browser, live_server, organization, member, events, width, height
 ):
     _, shared, _ = events
-    page = sign_in(browser, live_server, member, width=width, height=height)
+    page = sign_in(browser, live_server, member, width=width, height=height, own_context=True)
     seen = watch(page)
     page.goto(f"{live_server.url}/o/acme/events/")
     page.get_by_label("Search", exact=True).fill(f"X-GitHub-Delivery: {SHARED}")

@@ -54,4 +54,3 @@ def test_a_flood_of_rejected_requests_is_counted_beside_the_list_and_on_the_sour
     not_kept = page.locator("#rejected-not-kept")
     assert not_kept.is_visible()
     assert "3 more rejected requests not kept" in not_kept.inner_text()
-    page.context.close()

@@ -82,7 +82,6 @@ def test_a_source_s_recent_events_tell_events_apart_show_dead_deliveries_and_fit
             "[...document.querySelectorAll('.table-wrap')].filter((w) => w.scrollWidth > w.clientWidth).length"
         )
         assert overflowing == 0, viewport
-    page.context.close()
 
 
 def test_a_replay_is_told_apart_from_the_first_delivery_in_the_lists(browser, live_server, client, organization, owner):

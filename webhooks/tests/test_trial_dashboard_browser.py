@@ -27,7 +27,7 @@ def test_a_typed_search_is_one_request_whether_applied_by_button_or_enter(
     "submit": two requests, so each body search ran twice and took two of the organization's few
     body-search slots."""
     build_world(client, organization)
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     searches = []
     page.on("request", lambda request: searches.append(request.url) if request.headers.get("hx-request") else None)
     page.goto(f"{live_server.url}/o/acme/events/")
@@ -79,7 +79,7 @@ def test_the_event_page_follows_a_retry_in_place_keeping_the_focus_and_says_what
     one reading the body lost their place. Now the deliveries alone change, and what changed is said."""
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     world = build_world(client, organization, url=httpserver.url_for("/hook"))
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     following = retry_and_follow(page, live_server, world)
     # Reading the body, below the deliveries; a mark that a page load would wipe.
     body = page.get_by_role("region", name="Body, Formatted JSON")
@@ -110,7 +110,7 @@ def test_a_focus_inside_the_followed_deliveries_stays_on_the_same_element(
     delivery that succeeded) leaves the focus in the section rather than at the top of the page."""
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     world = build_world(client, organization, url=httpserver.url_for("/hook"))
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     retry_and_follow(page, live_server, world)
     page.get_by_text("Response (20 characters)").click()
     link = page.locator(".delivery h3 a", has_text="endpoint")
@@ -129,7 +129,7 @@ def test_a_focused_button_gone_with_the_change_leaves_the_focus_in_the_deliverie
 ):
     httpserver.expect_request("/hook").respond_with_data("ok", status=200)
     world = build_world(client, organization, url=httpserver.url_for("/hook"))
-    page = sign_in(browser, live_server, owner)
+    page = sign_in(browser, live_server, owner, own_context=True)
     retry_and_follow(page, live_server, world)
     page.get_by_role("button", name="Retry now").focus()  # a queued delivery may be retried at once
 
