@@ -5,7 +5,8 @@ Production's cache gives up on Redis after half a second and then skips it for a
 there), the shared Redis can answer that late, and a test then saw "Redis is down" in the middle of
 what it checked (test_a_run_that_crashed_is_resumed_by_the_sweeper: the sweeper's "published" flag
 neither read nor written). A Redis slower than production allows is made here by a proxy that holds
-each of its answers for longer than production waits.
+each answer to the cache's commands for longer than production waits (a connection's set-up, five
+exchanges of redis-py's before the first command, is passed on at once: held too, it took seconds).
 """
 
 import socket
@@ -21,10 +22,12 @@ from config import redis_cache
 from webhooks.tests.ports import free_port
 
 ANSWER_DELAY_SECONDS = 0.6  # above production's SOCKET_TIMEOUT (0.5 s): an answer production gives up on
+SET_UP_COMMANDS = (b"HELLO", b"AUTH", b"CLIENT", b"SELECT")  # what redis-py sends on connecting
 
 
 class SlowRedis:
-    """Passes each connection on to the real Redis, holding each answer for ANSWER_DELAY_SECONDS."""
+    """Passes each connection on to the real Redis, holding each answer to a command past the connection's
+    set-up for ANSWER_DELAY_SECONDS."""
 
     def __init__(self, redis_url: str):
         parts = urlsplit(redis_url)
@@ -42,15 +45,30 @@ class SlowRedis:
                 return
             redis = socket.create_connection(self._redis)
             self._sockets += [client, redis]
-            threading.Thread(target=self._pump, args=(client, redis, 0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(redis, client, ANSWER_DELAY_SECONDS), daemon=True).start()
+            set_up = threading.Event()  # the client sent a command other than a connection's set-up
+            threading.Thread(target=self._pump_requests, args=(client, redis, set_up), daemon=True).start()
+            threading.Thread(target=self._pump_answers, args=(redis, client, set_up), daemon=True).start()
 
     @staticmethod
-    def _pump(source: socket.socket, target: socket.socket, delay: float) -> None:
+    def _pump_requests(client: socket.socket, redis: socket.socket, set_up: threading.Event) -> None:
         try:
-            while data := source.recv(65536):
-                time.sleep(delay)
-                target.sendall(data)
+            while data := client.recv(65536):
+                # redis-py sends its set-up commands one at a time, each waiting for its answer: a
+                # request's first word (*<count>, $<length>, <name>) says which it is.
+                parts = data.split(b"\r\n", 3)
+                if len(parts) < 3 or parts[2].upper() not in SET_UP_COMMANDS:
+                    set_up.set()  # before the command goes on: its answer is held
+                redis.sendall(data)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pump_answers(redis: socket.socket, client: socket.socket, set_up: threading.Event) -> None:
+        try:
+            while data := redis.recv(65536):
+                if set_up.is_set():
+                    time.sleep(ANSWER_DELAY_SECONDS)
+                client.sendall(data)
         except OSError:
             pass
 

@@ -3,6 +3,7 @@ succeeded delivery's latency, equal to counting the events and looking up each d
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import uuid
@@ -22,6 +23,7 @@ from webhooks.services.sender_marks import is_hookline_test_event, sender_mark_h
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
 from .factories import STRIPE_SECRET, make_destination, make_source
+from .fast_seed import insert_rows
 from .lock_waits import waits_for_a_lock
 from .processes import run_on_embedded_sqlite
 from .signing import post_stripe
@@ -44,20 +46,42 @@ def add_event(source, at, *, rejected=False, test=False) -> WebhookEvent:
     return event
 
 
-def event_row(source, at, *, rejected=False, test=False, serial=[0]) -> WebhookEvent:  # noqa: B006 (a counter)
-    serial[0] += 1
-    body = json.dumps({"id": f"evt_{serial[0]}", "object": "event", "type": "invoice.paid"}).encode()
+_serials = itertools.count(1)  # each event's own provider id, and the low bits of its id
+
+
+def event_row(source, at, *, rejected=False, test=False) -> WebhookEvent:
+    serial = next(_serials)
+    body = json.dumps({"id": f"evt_{serial}", "object": "event", "type": "invoice.paid"}).encode()
     return WebhookEvent(
         # A time-ordered id of its receipt, as ingest makes them.
-        id=uuid.UUID(int=uuid7_floor(at).int | serial[0]),
+        id=uuid.UUID(int=uuid7_floor(at).int | serial),
         organization_id=source.organization_id,
         source=source,
-        provider_event_id=None if rejected else f"evt_{serial[0]}",
+        provider_event_id=None if rejected else f"evt_{serial}",
         body=body,
         headers=sender_mark_headers(body, source_id=source.pk, now=at.timestamp()) if test else {},
         status=WebhookEvent.Status.REJECTED if rejected else WebhookEvent.Status.PROCESSED,
         received_at=at,
     )
+
+
+def insert_event_rows(source, moments) -> list[uuid.UUID]:
+    """The processed events event_row makes, received at ``moments``, inserted in one statement
+    (fast_seed.insert_rows); their ids."""
+    serials = [next(_serials) for _ in moments]
+    ids = [uuid.UUID(int=uuid7_floor(at).int | serial) for serial, at in zip(serials, moments, strict=True)]
+    insert_rows(
+        WebhookEvent(organization_id=source.organization_id, source=source, status=WebhookEvent.Status.PROCESSED),
+        len(ids),
+        id=ids,
+        provider_event_id=[f"evt_{serial}" for serial in serials],
+        body=[
+            json.dumps({"id": f"evt_{serial}", "object": "event", "type": "invoice.paid"}).encode()
+            for serial in serials
+        ],
+        received_at=moments,
+    )
+    return ids
 
 
 def a_week_of_edges(source, now) -> None:
@@ -430,46 +454,43 @@ def test_the_overview_reads_the_succeeded_deliveries_it_counts_and_their_latenci
     failing, _ = make_destination(organization, "http://127.0.0.1:9/failing", sources=[source])
     other, _ = make_destination(organization, "http://127.0.0.1:9/other", sources=[source])
     now = timezone.now()
-    events, deliveries = [], []
-    for number in range(3000):
-        event = event_row(source, now - timedelta(minutes=5 * number + 1))
-        events.append(event)
-        for destination in (failing, other):
-            dead = destination == failing and number % 50 == 0
-            deliveries.append(
-                Delivery(
-                    id=uuid.UUID(int=uuid7_floor(event.received_at + timedelta(milliseconds=5)).int | destination.pk),
-                    organization=organization,
-                    event=event,
-                    destination=destination,
-                    status=Delivery.Status.DEAD if dead else Delivery.Status.SUCCEEDED,
-                    attempt_count=1,
-                    created_at=event.received_at,
-                    completed_at=event.received_at + timedelta(milliseconds=120),
-                    latency=None if dead else timedelta(milliseconds=120),
-                )
-            )
+    # Inserted as one statement per table (fast_seed.insert_rows): the same rows as event_row's and
+    # bulk_create's, without a model instance each.
+    numbers = range(3000)
+    received = [now - timedelta(minutes=5 * number + 1) for number in numbers]
+    event_ids = insert_event_rows(source, received)
+    for destination in (failing, other):
+        dead = [destination == failing and number % 50 == 0 for number in numbers]
+        insert_rows(
+            Delivery(organization=organization, destination=destination, attempt_count=1),
+            len(numbers),
+            id=[uuid.UUID(int=uuid7_floor(at + timedelta(milliseconds=5)).int | destination.pk) for at in received],
+            event_id=event_ids,
+            status=[Delivery.Status.DEAD if one else Delivery.Status.SUCCEEDED for one in dead],
+            created_at=received,
+            completed_at=[at + timedelta(milliseconds=120) for at in received],
+            latency=[None if one else timedelta(milliseconds=120) for one in dead],
+        )
     # Other tenants' deliveries of the day, as a shared table holds them: the day's range of the
     # primary key holds them too, the index of succeeded deliveries by organization does not.
     others = Organization.objects.create(name="Others", slug="others")
     their_source = make_source(others)
     their_destination, _ = make_destination(others, "http://127.0.0.1:9/theirs", sources=[their_source])
-    for number in range(6000):
-        event = event_row(their_source, now - timedelta(seconds=14 * number + 1))
-        events.append(event)
-        deliveries.append(
-            Delivery(
-                organization=others,
-                event=event,
-                destination=their_destination,
-                status=Delivery.Status.SUCCEEDED,
-                attempt_count=1,
-                completed_at=event.received_at + timedelta(milliseconds=80),
-                latency=timedelta(milliseconds=80),
-            )
-        )
-    WebhookEvent.objects.bulk_create(events, batch_size=2000)
-    Delivery.objects.bulk_create(deliveries, batch_size=2000)
+    their_received = [now - timedelta(seconds=14 * number + 1) for number in range(6000)]
+    their_event_ids = insert_event_rows(their_source, their_received)
+    insert_rows(
+        Delivery(
+            organization=others,
+            destination=their_destination,
+            status=Delivery.Status.SUCCEEDED,
+            attempt_count=1,
+            latency=timedelta(milliseconds=80),
+        ),
+        len(their_received),
+        id=[Delivery._meta.pk.get_default() for _ in their_received],
+        event_id=their_event_ids,
+        completed_at=[at + timedelta(milliseconds=80) for at in their_received],
+    )
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE webhooks_delivery")  # as autovacuum leaves a big table
 

@@ -26,6 +26,7 @@ from webhooks.services import delivery as delivery_service
 
 from .dashboard_helpers import build_world, dead_delivery, work_driven_by_the_test
 from .factories import make_destination
+from .fast_seed import insert_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -68,48 +69,47 @@ def id_at(moment, serial: int) -> uuid.UUID:
 
 
 def history(world, *, days: int, per_day: int) -> None:
-    """A month of delivered events, spread evenly, each with its one successful attempt (bulk
-    inserted: the dashboard only reads them)."""
+    """A month of delivered events, spread evenly, each with its one successful attempt (inserted
+    as one statement per table, fast_seed.insert_rows: the dashboard only reads them)."""
     now = timezone.now()
-    events, deliveries, attempts = [], [], []
-    for serial in range(days * per_day):
-        received_at = now - timedelta(days=days) + timedelta(seconds=serial * 86400 // per_day)
-        event = WebhookEvent(
-            id=id_at(received_at, serial),
-            organization_id=world.source.organization_id,
+    count = days * per_day
+    received = [now - timedelta(days=days) + timedelta(seconds=serial * 86400 // per_day) for serial in range(count)]
+    event_ids = [id_at(at, serial) for serial, at in enumerate(received)]
+    delivery_ids = [id_at(at + timedelta(milliseconds=5), serial) for serial, at in enumerate(received)]
+    organization_id = world.source.organization_id
+    insert_rows(
+        WebhookEvent(
+            organization_id=organization_id,
             source=world.source,
-            provider_event_id=f"evt_history_{serial}",
             event_type="invoice.paid",
             body=b"{}",
             status=WebhookEvent.Status.PROCESSED,
-            received_at=received_at,
-        )
-        events.append(event)
-        deliveries.append(
-            Delivery(
-                id=id_at(received_at + timedelta(milliseconds=5), serial),
-                organization_id=event.organization_id,
-                event=event,
-                destination=world.destination,
-                status=Delivery.Status.SUCCEEDED,
-                attempt_count=1,
-                created_at=received_at,
-                completed_at=received_at + timedelta(milliseconds=120),
-            )
-        )
-        attempts.append(
-            DeliveryAttempt(
-                id=id_at(received_at + timedelta(milliseconds=10), serial),
-                organization_id=event.organization_id,
-                delivery=deliveries[-1],
-                attempt_number=1,
-                started_at=received_at,
-                response_status=200,
-            )
-        )
-    WebhookEvent.objects.bulk_create(events, batch_size=2000)
-    Delivery.objects.bulk_create(deliveries, batch_size=2000)
-    DeliveryAttempt.objects.bulk_create(attempts, batch_size=2000)
+        ),
+        count,
+        id=event_ids,
+        provider_event_id=[f"evt_history_{serial}" for serial in range(count)],
+        received_at=received,
+    )
+    insert_rows(
+        Delivery(
+            organization_id=organization_id,
+            destination=world.destination,
+            status=Delivery.Status.SUCCEEDED,
+            attempt_count=1,
+        ),
+        count,
+        id=delivery_ids,
+        event_id=event_ids,
+        created_at=received,
+        completed_at=[at + timedelta(milliseconds=120) for at in received],
+    )
+    insert_rows(
+        DeliveryAttempt(organization_id=organization_id, attempt_number=1, response_status=200),
+        count,
+        id=[id_at(at + timedelta(milliseconds=10), serial) for serial, at in enumerate(received)],
+        delivery_id=delivery_ids,
+        started_at=received,
+    )
     with connection.cursor() as cursor:
         for table in ("webhooks_webhookevent", "webhooks_delivery", "webhooks_deliveryattempt"):
             cursor.execute(f"ANALYZE {table}")

@@ -116,7 +116,14 @@ def test_an_answer_whose_retry_after_cannot_be_read_is_still_the_answer(server, 
     assert (response.status, response.body, response.error, response.retry_after) == (200, "ok", "", None)
 
 
-def test_trickled_headers_are_cut_at_the_attempts_timeout(server):
+@pytest.fixture
+def short_cut_grace(monkeypatch):
+    # Only the watchdog cuts a trickle (each byte restarts urllib3's read timeout); it does so a
+    # grace after the deadline, a second in production, a margin these tests do not need to wait out.
+    monkeypatch.setattr(outbound, "CUT_GRACE_SECONDS", 0.1)
+
+
+def test_trickled_headers_are_cut_at_the_attempts_timeout(server, short_cut_grace):
     def trickle_headers(connection):
         for _ in range(1000):  # a header line that never ends, one byte every 50 ms
             connection.sendall(b"X" if _ else b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -126,7 +133,7 @@ def test_trickled_headers_are_cut_at_the_attempts_timeout(server):
     assert response.status is None and response.error == "timed out after 1 s"
 
 
-def test_a_trickled_compressed_answer_is_cut_at_the_attempts_timeout(server):
+def test_a_trickled_compressed_answer_is_cut_at_the_attempts_timeout(server, short_cut_grace):
     def trickle_gzip(connection):
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 100000\r\n\r\n")
         connection.sendall(b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\x03")  # a gzip header with a file name...

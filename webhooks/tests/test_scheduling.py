@@ -129,9 +129,21 @@ def test_a_task_waits_out_trusted_sightings_before_its_last_look(
             # else here trusts a sighting, so that second wait is spared.
             settings.PROCESSING_FLAG_TRUST_SECONDS = 0
 
+    waits = []
+
+    def wait_out_the_late_ingest_s_sighting(seconds):
+        # The wait lets every trusted sighting of the cleared flag expire; the one process here
+        # trusting one is the late ingest, whose trust ends with it: the wait ends then (or after
+        # the trust, as the real wait does), instead of sleeping out the rest of the 3 s.
+        waits.append(seconds)
+        if seconds > 0:
+            late_ingest_done.wait(seconds * 1.05 + 0.001)
+
     monkeypatch.setattr(processing, "clear_flag", clear_flag_then_ingest)
+    monkeypatch.setattr(processing, "wait_before_last_look", wait_out_the_late_ingest_s_sighting)
     # The one event it processes is the one committed while it waited (none was there before).
     assert processing.process_received_events(linger_seconds=0) == 1
+    assert waits[0] == 3.0  # the first last look was to wait out the whole trust
     assert late_ingest_done.wait(10)
     assert published == []  # the ingest trusted its sighting: no message was needed
     assert WebhookEvent.objects.get(provider_event_id="evt_during_the_wait").status == WebhookEvent.Status.PROCESSED
