@@ -23,9 +23,9 @@ from webhooks.services.sender_marks import is_hookline_test_event, sender_mark_h
 from webhooks.services.source_deletion import source_deletion_run, source_request_deletion
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .fast_seed import insert_rows
 from .lock_waits import waits_for_a_lock
 from .processes import run_on_embedded_sqlite
+from .seeding import insert_rows
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +67,7 @@ def event_row(source, at, *, rejected=False, test=False) -> WebhookEvent:
 
 def insert_event_rows(source, moments) -> list[uuid.UUID]:
     """The processed events event_row makes, received at ``moments``, inserted in one statement
-    (fast_seed.insert_rows); their ids."""
+    (seeding.insert_rows); their ids."""
     serials = [next(_serials) for _ in moments]
     ids = [uuid.UUID(int=uuid7_floor(at).int | serial) for serial, at in zip(serials, moments, strict=True)]
     insert_rows(
@@ -454,7 +454,7 @@ def test_the_overview_reads_the_succeeded_deliveries_it_counts_and_their_latenci
     failing, _ = make_destination(organization, "http://127.0.0.1:9/failing", sources=[source])
     other, _ = make_destination(organization, "http://127.0.0.1:9/other", sources=[source])
     now = timezone.now()
-    # Inserted as one statement per table (fast_seed.insert_rows): the same rows as event_row's and
+    # Inserted as one statement per table (seeding.insert_rows): the same rows as event_row's and
     # bulk_create's, without a model instance each.
     numbers = range(3000)
     received = [now - timedelta(minutes=5 * number + 1) for number in numbers]

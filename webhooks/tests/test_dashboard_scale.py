@@ -26,7 +26,7 @@ from webhooks.services import delivery as delivery_service
 
 from .dashboard_helpers import build_world, dead_delivery, work_driven_by_the_test
 from .factories import make_destination
-from .fast_seed import insert_rows
+from .seeding import insert_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -70,7 +70,7 @@ def id_at(moment, serial: int) -> uuid.UUID:
 
 def history(world, *, days: int, per_day: int) -> None:
     """A month of delivered events, spread evenly, each with its one successful attempt (inserted
-    as one statement per table, fast_seed.insert_rows: the dashboard only reads them)."""
+    as one statement per table, seeding.insert_rows: the dashboard only reads them)."""
     now = timezone.now()
     count = days * per_day
     received = [now - timedelta(days=days) + timedelta(seconds=serial * 86400 // per_day) for serial in range(count)]
