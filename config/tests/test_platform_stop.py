@@ -15,7 +15,7 @@ from webhooks.models import Delivery, DeliveryAttempt, WebhookEvent
 from webhooks.tests.factories import STRIPE_SECRET, make_destination, make_source
 from webhooks.tests.processes import LOG_DIR, CountingReceiver, RedisServer, Stack, wait_until
 
-from .held_receiver import HeldReceiver, start_side_by_side
+from .held_receiver import HeldReceiver
 
 # How long the worker is given to end after its cold shutdown before what is left is killed, as a
 # platform does once its grace period ends: a cancelled pool process ends at once, or once its
@@ -66,7 +66,7 @@ def test_sigterm_to_every_process_of_the_worker_lets_its_sends_finish_and_sends_
     try:
         source = make_source(organization)
         make_destination(organization, receiver.url, sources=[source])
-        start_side_by_side(stack, "worker", "beat")
+        stack.start_together("worker", "beat")
         with ThreadPoolExecutor(4) as posting:
             answers = posting.map(
                 lambda n: stack.post_stripe(source.ingest_token, f"evt_platform_stop_{n}", STRIPE_SECRET), range(40)

@@ -56,15 +56,17 @@ class CountingReceiver:
     def __init__(self, delay: float = 0.0):
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.delay = delay
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if delay:
-                    time.sleep(delay)
+                answer = receiver.wait_before_answering()
                 with receiver.lock:
                     receiver.counts[self.headers["webhook-id"]] += 1
+                if not answer:
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -77,6 +79,12 @@ class CountingReceiver:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_before_answering(self) -> bool:
+        """Called for each request, in its own thread, before it is counted: whether to answer it."""
+        if self.delay:
+            time.sleep(self.delay)
+        return True
 
     def snapshot(self) -> Counter[str]:
         with self.lock:
@@ -195,14 +203,32 @@ class Stack:
         if name == "web":
             wait_for_port(self.web_port, process=process)
 
+    def start_together(self, *names: str) -> None:
+        """Start ``names``, the web process last: a worker's or beat's start is not waited for, the web
+        process's is (until it listens), so the others load Django meanwhile rather than after it."""
+        for name in sorted(names, key=lambda name: name == "web"):
+            self.start(name)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Stop ``name`` on purpose: it stays stopped until started again."""
         with self._lock:
-            process = self.processes.pop(name)
-            try:
-                os.killpg(process.pid, sig)  # the whole group: a worker's pool children too
-            except ProcessLookupError:
-                pass
+            self._end({name: self.processes.pop(name)}, lambda _: sig)
+
+    def stop_all(self) -> None:
+        """Every process told at once (the worker killed), then each waited for: they wind down
+        together rather than one after the other (web's graceful stop alone takes seconds)."""
+        self._stopping.set()
+        self._supervisor.join(5)
+        with self._lock:
+            stopping, self.processes = self.processes, {}
+            self._end(stopping, lambda name: signal.SIGKILL if name == "worker" else signal.SIGTERM)
+
+    @staticmethod
+    def _end(processes: dict[str, subprocess.Popen], signal_for) -> None:
+        for name, process in processes.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal_for(name))  # the whole group: a worker's pool children too
+        for process in processes.values():
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
@@ -210,12 +236,6 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(15)
-
-    def stop_all(self) -> None:
-        self._stopping.set()
-        self._supervisor.join(5)
-        for name in list(self.processes):
-            self.kill(name, signal.SIGTERM if name != "worker" else signal.SIGKILL)
 
     def post_stripe(self, token: str, event_id: str, secret: str) -> int:
         return post_stripe_over_http(self.web_port, token, event_id, secret)

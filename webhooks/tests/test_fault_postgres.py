@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from .django_shell import DjangoShell, QuickPostgresServer, copy_the_migrated_test_database
-from .fault_stack import FaultStack
-from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, wait_until
+from .processes import PATIENCE_SECONDS, ROOT, CountingReceiver, PostgresServer, RedisServer, Stack, wait_until
 
 # django_db although the tests use only their private cluster: pytest-django creates the test database
 # only when a collected test asks for it, and the cluster's tables are copied from it (cluster below).
@@ -82,8 +81,7 @@ def private_stack(cluster):
     redis = RedisServer()
     receiver = CountingReceiver()
     redis.start()
-    # FaultStack: its processes are stopped together at the end, not one after the other.
-    stack = FaultStack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=cluster.new_database(), DELIVERY_THREADS="4")
+    stack = Stack(f"redis://127.0.0.1:{redis.port}/0", DATABASE_URL=cluster.new_database(), DELIVERY_THREADS="4")
     try:
         yield cluster.postgres, stack, receiver
     finally:

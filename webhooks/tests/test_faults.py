@@ -15,8 +15,7 @@ from webhooks.services.claim_owners import MARK_KEY_PREFIX, MARK_TTL_SECONDS
 from webhooks.services.delivery import DISPATCH_FLAG_KEY, DISPATCH_FLAG_TTL
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .fault_stack import FaultStack
-from .processes import CountingReceiver, RedisServer, wait_until
+from .processes import CountingReceiver, RedisServer, Stack, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -38,7 +37,7 @@ def receiver(request):
 
 @pytest.fixture
 def stack(redis_server):
-    stack = FaultStack(f"redis://127.0.0.1:{redis_server.port}/0", DELIVERY_THREADS="4")
+    stack = Stack(f"redis://127.0.0.1:{redis_server.port}/0", DELIVERY_THREADS="4")
     yield stack
     stack.stop_all()
 

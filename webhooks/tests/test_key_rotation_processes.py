@@ -17,7 +17,6 @@ from cryptography.fernet import Fernet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from config.tests.held_receiver import start_side_by_side
 from webhooks.fields import _fernet_for
 from webhooks.models import Delivery, DeliveryAttempt, Destination, Source, WebhookEvent
 from webhooks.services.delivery import UNSENT_RETRY_SECONDS
@@ -173,7 +172,7 @@ def test_a_rolling_key_rotation_loses_and_refuses_nothing(organization, redis_se
     )
     traffic = None
     try:
-        start_side_by_side(stack, "web", "worker", "beat")
+        stack.start_together("web", "worker", "beat")
         traffic = SteadyTraffic(stack, source.ingest_token)
         assert wait_until(lambda: len(receiver.verified) >= 3, timeout=120)
 
@@ -261,7 +260,7 @@ def test_secret_rotations_with_their_windows_on_real_processes(organization, red
         INGEST_SOURCE_CACHE_SECONDS="0.25",
     )
     try:
-        start_side_by_side(stack, "web", "worker", "beat")
+        stack.start_together("web", "worker", "beat")
         for n in range(3):
             assert post_stripe_over_http(stack.web_port, source.ingest_token, f"evt_before_{n}", STRIPE_SECRET) == 200
         assert wait_until(lambda: len(receiver.requests) >= 3, timeout=120)  # each answered 500: to be retried

@@ -16,7 +16,6 @@ from webhooks.services import delivery as delivery_service
 from webhooks.services import processing
 
 from .factories import STRIPE_SECRET, make_destination, make_source
-from .fault_stack import SteppingClock
 from .signing import post_stripe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,6 +47,25 @@ def published(monkeypatch):
     monkeypatch.setattr(tasks.process_events, "apply_async", lambda *a, **k: sent.append("process_events"))
     monkeypatch.setattr(tasks.dispatch_deliveries, "apply_async", lambda *a, **k: sent.append("dispatch"))
     return sent
+
+
+class SteppingClock:
+    """A module's ``time`` that runs with the real one, plus whatever step() adds to monotonic().
+
+    For a lingering task whose linger the test has seen do its work: each step brings its end
+    nearer, rather than the test waiting the rest of the linger out in real time."""
+
+    def __init__(self):
+        self.ahead = 0.0
+
+    def step(self, seconds: float) -> None:
+        self.ahead += seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def __getattr__(self, name):
+        return getattr(time, name)
 
 
 def empty_looks(monkeypatch, module, name, *, hurry_after_work=False) -> threading.Semaphore:
