@@ -44,6 +44,37 @@ _STABLE_SECONDS = 60.0  # a writer that ran this long is restarted after the sho
 _SHUTDOWN_NOTICE_SECONDS = 2.0
 
 
+# --- keep-alive: longer than the platform router's ----------------------------------------------------
+# Heroku's Router 2.0 keeps its connections to a dyno open and closes them after 90 s idle; AWS's load
+# balancers (ALB, classic ELB) after 60 s by default. gunicorn's own 2 s closed an idle connection
+# long before the router did, so the router could send the next request on it just as gunicorn closed it:
+# the router answered that request 502 itself (it does not retry a POST), the provider retried later,
+# and some providers turn a webhook endpoint off after repeated failures. Whoever holds the connection
+# longer must be the one to close it: the router. 0 is gunicorn's "no keep-alive" (every answer closes
+# its connection, a new connection for each request); below the router's idle timeout, the race again.
+_DEFAULT_KEEPALIVE_SECONDS = 95
+
+
+def _keepalive_seconds() -> int:
+    env = environ.Env()
+    environ.Env.read_env(_MANAGE_PY.parent / ".env", overwrite=False)
+    value = env.str("WEB_KEEPALIVE_SECONDS", default="").strip()
+    if not value:
+        return _DEFAULT_KEEPALIVE_SECONDS
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ValueError(f"WEB_KEEPALIVE_SECONDS must be a whole number of seconds, 0 or more (got {value!r})")
+    return seconds
+
+
+# Read when gunicorn loads this file (a bad value stops it there, before any worker starts); gunicorn's
+# own --keep-alive on the command line still wins.
+keepalive = _keepalive_seconds()
+
+
 class _WriterProcess:
     def __init__(self):
         self.process = None
@@ -453,6 +484,36 @@ def _limit_request_read_time(worker) -> None:
     worker.murder_keepalived = murder_keepalived_and_lingering
 
 
+# --- connections that never sent a byte ---------------------------------------------------------------
+# gunicorn 27's gthread worker gives a new connection 5 s on a thread for its first byte, then puts it on
+# its poller for as long as a kept-alive one (the `keepalive` setting). With gunicorn's default 2 s that
+# was 7 s in all; with the router's keep-alive above (95 s) a connection that sends nothing would be held
+# 100 s, counted against worker_connections all along, and a stopping worker waited for it up to its
+# graceful_timeout. It is held 2 s on the poller again, as before: keep-alive is for a connection that
+# has been served, not one that has not said anything yet. (A request that starts and then stalls is
+# bounded by REQUEST_READ_TIMEOUT_SECONDS, above.)
+_SILENT_CONNECTION_SECONDS = 2.0
+
+
+def _bound_silent_connections(worker) -> None:
+    from gunicorn.workers.gthread import ThreadWorker
+
+    if not isinstance(worker, ThreadWorker) or not hasattr(worker, "pending_conns"):
+        return
+    finish_request = worker.finish_request
+
+    def finish_request_bounding_silent_ones(conn, fs):
+        # Runs on the worker's main loop, as gunicorn's own; a connection it has just put on the
+        # poller to wait for its first byte is the last one of pending_conns. Each gets the same
+        # bound, so pending_conns stays in the order of their deadlines, as murder_pending expects.
+        finish_request(conn, fs)
+        if worker.pending_conns and worker.pending_conns[-1] is conn:
+            bound = min(worker.cfg.keepalive, _SILENT_CONNECTION_SECONDS)
+            conn.timeout = min(conn.timeout, time.monotonic() + bound)
+
+    worker.finish_request = finish_request_bounding_silent_ones
+
+
 # --- gunicorn's own answers, as JSON -----------------------------------------------------------------
 # A request gunicorn cannot parse (ambiguous framing, a bad header, too many or too long ones) never
 # reaches Django: gunicorn answers it itself, with an HTML page. Its senders are programs (webhook
@@ -505,6 +566,7 @@ def post_fork(server, worker):
     # Called as util.write_error by the worker's handle_error; with this server's own line limit.
     util.write_error = functools.partial(_write_json_error, limit_request_line=worker.cfg.limit_request_line)
     _limit_request_read_time(worker)
+    _bound_silent_connections(worker)
 
 
 def post_worker_init(worker):

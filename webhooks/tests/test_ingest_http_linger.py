@@ -34,7 +34,7 @@ stripe_source = framing.stripe_source
 WORKER_CONNECTIONS = 6
 
 
-def _start(tmp_path_factory, name: str, *options: str, worker_connections: int = WORKER_CONNECTIONS):
+def _start(tmp_path_factory, name: str, *options: str, worker_connections: int = WORKER_CONNECTIONS, **env: str):
     port = free_port()
     private_tmp = Path(tempfile.mkdtemp(prefix="hll-"))
     log_path = tmp_path_factory.mktemp(name) / "gunicorn.log"
@@ -47,6 +47,7 @@ def _start(tmp_path_factory, name: str, *options: str, worker_connections: int =
         *("--worker-connections", str(worker_connections)),
         *options,
         REQUEST_READ_TIMEOUT_SECONDS=str(framing.READ_TIMEOUT_SECONDS),
+        **env,
     )
     wait_for_port(port, process=gunicorn)
     assert wait_until(lambda: len(_writer_pids(gunicorn.pid)) == 1, PATIENCE_SECONDS, 0.05)
