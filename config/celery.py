@@ -67,10 +67,10 @@ def _let_a_second_shutdown_signal_send_worker_shutting_down(**kwargs) -> None:
     signal (SIGQUIT) arriving while the warm one's handler held that lock ran the cold handler inside
     it: the pool was stopped and "Cold shutdown" logged, then its own send waited for the lock its
     interrupted caller held, for ever (futex wait; the stack's outer frames the event loop's poll,
-    which the warm handler had interrupted). Seen twice in CI, when a loaded machine paused the main
-    process in those few instructions just as the test sent SIGQUIT. A re-entrant lock lets the nested
-    send go through; the list it guards changes only when a receiver is garbage collected, and ours
-    are module functions."""
+    which the warm handler had interrupted): the hang test_platform_stop met twice in CI, when a loaded
+    machine paused the main process in those few instructions as the test sent SIGQUIT. A re-entrant
+    lock lets the nested send go through; the list it guards changes only when a receiver is garbage
+    collected, and the only receivers (ours) are module functions."""
     worker_shutting_down.lock = threading.RLock()
 
 
