@@ -60,6 +60,20 @@ def _mark_beats_send_that_reached_the_broker(**kwargs) -> None:
         note_beat_sent()
 
 
+@worker_init.connect
+def _let_a_second_shutdown_signal_send_worker_shutting_down(**kwargs) -> None:
+    """Celery's shutdown handlers (run in the main thread, nested inside whatever it was doing) send
+    worker_shutting_down, whose receiver list is read under a plain threading.Lock. A cold shutdown's
+    signal (SIGQUIT) arriving while the warm one's handler held that lock ran the cold handler inside
+    it: the pool was stopped and "Cold shutdown" logged, then its own send waited for the lock its
+    interrupted caller held, for ever (futex wait; the stack's outer frames the event loop's poll,
+    which the warm handler had interrupted): the hang test_platform_stop met twice in CI, when a loaded
+    machine paused the main process in those few instructions as the test sent SIGQUIT. A re-entrant
+    lock lets the nested send go through; the list it guards changes only when a receiver is garbage
+    collected, and the only receivers (ours) are module functions."""
+    worker_shutting_down.lock = threading.RLock()
+
+
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
 # sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
 # (busy or idle) now leaves that SIGTERM to the main process when the main process got it too

@@ -7,6 +7,7 @@ import subprocess
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis as redis_client
@@ -159,8 +160,10 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         try:
             worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
         except subprocess.TimeoutExpired:
-            # Twice (once in CI, once in a clean-clone run; never reproduced), the main process went on polling its broker after its
-            # pool processes had ended. What this test proves is the pool's part: its sends were
+            # Twice (once in CI, once in a clean-clone run) the main process outlived its cold shutdown
+            # after its pool processes had ended: this SIGQUIT had come while the warm shutdown's
+            # handler held a lock the cold one then waited for (fixed in config/celery.py; the next
+            # test sends it at that moment). What this test proves is the pool's part: its sends were
             # cancelled (a pool process still running now is a failure; one that went on sending has
             # recorded its attempts by now). The main process's hang costs nothing a platform does
             # not already bound: it kills what is left once its grace period ends, as done here.
@@ -183,6 +186,40 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         assert Delivery.objects.filter(status="in_flight").count() == 2
     finally:
         receiver.close()
+
+
+SECOND_SIGNAL_INJECTOR = Path(__file__).parent / "second_signal_inside_send"
+
+
+def test_a_cold_shutdown_whose_signal_comes_inside_the_warm_shutdown_s_handler_still_ends_the_worker(stack):
+    # The platform's SIGTERM, then a cold shutdown's SIGQUIT that reaches the main process while
+    # Celery's warm shutdown handler holds worker_shutting_down's lock (twice in CI, the test above
+    # sent it just then by chance): the cold handler, run inside the warm one, stopped the pool and
+    # said "Cold shutdown", then waited for that lock for ever. The injector sends it at that moment.
+    stack.env.update(
+        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SECOND_SIGNAL_INJECTOR), os.environ.get("PYTHONPATH")])),
+    )
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
+    stack.start("worker")
+    worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
+    try:
+        assert wait_until(lambda: _pool_processes_started(worker.pid, 2), timeout=60)
+        os.killpg(worker.pid, signal.SIGTERM)  # the platform's, to every process
+        try:
+            worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the worker did not end after its cold shutdown\n{_hung_worker_state(worker.pid, worker_log, log_start)}"
+            )
+        written = _written_since(worker_log, log_start)
+        assert "SIGQUIT sent under worker_shutting_down's lock" in written, written
+        assert "Cold shutdown (MainProcess)" in written, written
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
 
 
 def _pool_processes(worker_pid: int) -> list[int]:
