@@ -11,9 +11,11 @@ application). This script measures how often that happens for a given WEB_KEEPAL
   HAProxy     HTTP mode in front of it, as a router: `http-reuse always` (any request may go on any
               idle server connection), idle server connections kept ~90 s (`pool-purge-delay`), and
               retries only of a connection that could not be made (`retry-on conn-failure`: a
-              request already sent is never sent again)
-  clients     --clients threads, each on its own keep-alive connection to HAProxy, posting a signed
-              Stripe event, then waiting a random --gap-min..--gap-max seconds, for --duration s
+              request already sent is never sent again); --routers proxies ("router nodes"), each
+              with its own pool of idle connections, one per client by default
+  clients     --clients threads, each posting a signed Stripe event through its router node (on a
+              new connection each time, or its kept-alive one with --client-keepalive), then
+              waiting a random --gap-min..--gap-max seconds, for --duration s
 
 It prints one JSON object: answers by status (2xx, HAProxy's own 502, others, client errors), the
 HAProxy termination states of the failed ones, how many server connections HAProxy opened and
@@ -88,6 +90,7 @@ defaults
     timeout http-request 15s
     timeout http-keep-alive 60s
     timeout server {server_timeout}s
+    # A connection gunicorn has half-closed is held no longer than an idle one.
     timeout server-fin {idle}s
 
 {routers}
@@ -102,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keepalive", type=int, required=True, help="WEB_KEEPALIVE_SECONDS for gunicorn")
     parser.add_argument("--duration", type=float, default=60, help="seconds of traffic (at most 240)")
-    parser.add_argument("--clients", type=int, default=16, help="client connections to HAProxy")
+    parser.add_argument("--clients", type=int, default=16, help="senders, each a thread")
     # gunicorn closes an idle connection on its main loop's next turn after `keepalive` (a turn
     # at least once a second): between keepalive and keepalive + 1 s after its last answer.
     # The default gaps straddle that window for gunicorn's old 2 s; keep them the same when
@@ -115,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # sends every client through one shared pool.
     parser.add_argument("--routers", type=int, default=0, help="router nodes (own idle pools); 0: one per client")
     parser.add_argument(
-        "--port", type=int, default=19500, help="gunicorn's port; the routers' are the next ones, then HAProxy's stats"
+        "--port", type=int, default=8780, help="gunicorn's port; the routers' are the next ones, then HAProxy's stats"
     )
     # HAProxy answers a request it could not get an answer for with its own 502 when the request
     # was the first of its client connection; after that, it closes the client connection without
