@@ -74,6 +74,30 @@ def _let_a_second_shutdown_signal_send_worker_shutting_down(**kwargs) -> None:
     worker_shutting_down.lock = threading.RLock()
 
 
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_acknowledge_through_the_event_loop(**kwargs) -> None:
+    """The event loop's hub guards its ready callbacks with a plain threading.Lock, which the main
+    thread takes at every turn of the loop (and at each call_soon). A cold shutdown's signal arriving
+    there ran the cold handler under it: the handler stops the pool, whose join reads the results
+    still in the pipes, and a task that had succeeded has its message acknowledged (task_acks_late)
+    through the hub's call_soon, which then waited for that lock for ever. A re-entrant lock lets that
+    call go through; what the lock guards is a set of callbacks and a wake-up flag, and a nested call
+    only adds to that set (the loop, or the hub's close, runs what is added). Hubs made from here on
+    in this process: the worker's own is made after worker_init, before its loop starts."""
+    from kombu.asynchronous.hub import Hub
+
+    make_hub = Hub.__init__
+    if getattr(make_hub, "_hookline_wrapped", False):
+        return
+
+    def make_hub_with_a_reentrant_ready_lock(self, *args, **kwargs):
+        make_hub(self, *args, **kwargs)
+        self._ready_lock = threading.RLock()
+
+    make_hub_with_a_reentrant_ready_lock._hookline_wrapped = True
+    Hub.__init__ = make_hub_with_a_reentrant_ready_lock
+
+
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
 # sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
 # (busy or idle) now leaves that SIGTERM to the main process when the main process got it too
