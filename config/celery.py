@@ -1,4 +1,5 @@
 import contextlib
+import inspect
 import multiprocessing
 import os
 import signal
@@ -96,6 +97,35 @@ def _let_a_cold_shutdown_s_signal_acknowledge_through_the_event_loop(**kwargs) -
 
     make_hub_with_a_reentrant_ready_lock._hookline_wrapped = True
     Hub.__init__ = make_hub_with_a_reentrant_ready_lock
+
+
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_come_while_a_result_is_read(**kwargs) -> None:
+    """A pool process's result that reaches the pipe in parts is read by a generator, which the event
+    loop leaves as the pipe's reader and resumes when more comes. A cold shutdown's signal arriving
+    while it ran ran the cold handler inside it: the pool's join, which finishes such partly read
+    results by resuming that reader, resumed the running generator ("ValueError: generator already
+    executing"), so the cold shutdown broke off ("Unrecoverable error", its pool join and
+    worker_shutting_down skipped). A reader that is running can only be the frame the handler
+    interrupted, which finishes its result once the handler returns: the join leaves that pipe to it,
+    as it leaves one whose process is gone."""
+    try:
+        from celery.concurrency.asynpool import ResultHandler
+    except ImportError:
+        return
+    finish = getattr(ResultHandler, "_finish_partial_read", None)
+    if finish is None or getattr(finish, "_hookline_wrapped", False):
+        return
+
+    def finish_unless_the_reader_is_the_interrupted_frame(self, fd, proc):
+        registered = self._hub.readers.get(fd) if self._hub is not None else None
+        reader = registered[0] if registered else None
+        if inspect.isgenerator(reader) and inspect.getgeneratorstate(reader) == inspect.GEN_RUNNING:
+            return True  # as for a gone process: the join drops this pipe
+        return finish(self, fd, proc)
+
+    finish_unless_the_reader_is_the_interrupted_frame._hookline_wrapped = True
+    ResultHandler._finish_partial_read = finish_unless_the_reader_is_the_interrupted_frame
 
 
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
