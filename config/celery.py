@@ -128,6 +128,36 @@ def _let_a_cold_shutdown_s_signal_come_while_a_result_is_read(**kwargs) -> None:
     ResultHandler._finish_partial_read = finish_unless_the_reader_is_the_interrupted_frame
 
 
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_come_while_a_result_is_recorded(**kwargs) -> None:
+    """Billiard records a pool job's outcome (ApplyResult._set) by setting a threading.Event, whose
+    Condition holds a plain threading.Lock meanwhile. A cold shutdown's signal arriving there ran the
+    cold handler under it: the job's request was still active (its callbacks run after), so its task
+    was cancelled, its pool process ended, and the pool's join recorded the job as terminated, setting
+    the same Event: it waited for that lock for ever. The interrupted frame records the job's actual
+    outcome (its result, acknowledged as usual) once the handler returns, so a second recording of
+    the same job, nested in the first, is left out rather than made to wait for it."""
+    try:
+        from billiard.pool import ApplyResult
+    except ImportError:
+        return
+    record = ApplyResult._set
+    if getattr(record, "_hookline_wrapped", False):
+        return
+
+    def record_unless_already_under_way(self, *args, **kwargs):
+        if getattr(self, "_hookline_being_recorded", False):
+            return None
+        self._hookline_being_recorded = True
+        try:
+            return record(self, *args, **kwargs)
+        finally:
+            self._hookline_being_recorded = False
+
+    record_unless_already_under_way._hookline_wrapped = True
+    ApplyResult._set = record_unless_already_under_way
+
+
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
 # sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
 # (busy or idle) now leaves that SIGTERM to the main process when the main process got it too

@@ -309,6 +309,48 @@ def test_a_cold_shutdown_whose_signal_comes_inside_the_reading_of_a_result_still
         receiver.close()
 
 
+SIGNAL_INSIDE_A_JOB_S_EVENT_INJECTOR = Path(__file__).parent / "signal_inside_a_job_s_event"
+
+
+def test_a_cold_shutdown_whose_signal_comes_as_a_task_s_result_is_recorded_still_ends_the_worker(organization, stack):
+    # A cold shutdown's SIGQUIT that reaches the main process while billiard records a task's result
+    # and holds the lock inside the job's Event: the cold handler, run there, cancelled that task and
+    # stopped the pool, whose join recorded the job as terminated, setting the same Event: it waited
+    # for that lock for ever. The injector sends it at that moment.
+    receiver = CountingReceiver()
+    stack.env.update(
+        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(SIGNAL_INSIDE_A_JOB_S_EVENT_INJECTOR), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
+    try:
+        source = make_source(organization)
+        make_destination(organization, receiver.url, sources=[source])
+        stack.start("worker")
+        worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
+        try:
+            assert stack.post_stripe(source.ingest_token, "evt_cold_stop_in_job_event", STRIPE_SECRET) == 200
+            try:
+                worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "the worker did not end after its cold shutdown\n"
+                    f"{_hung_worker_state(worker.pid, worker_log, log_start)}"
+                )
+            written = _written_since(worker_log, log_start)
+            assert "SIGQUIT sent under the pool job's event lock" in written, written
+            assert "Cold shutdown (MainProcess)" in written, written
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    finally:
+        receiver.close()
+
+
 def _pool_processes(worker_pid: int) -> list[int]:
     listed = subprocess.run(
         ["ps", "-o", "pid=", "--ppid", str(worker_pid)], capture_output=True, text=True, check=False
