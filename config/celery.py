@@ -146,13 +146,15 @@ def _let_a_cold_shutdown_s_signal_come_while_a_result_is_recorded(**kwargs) -> N
         return
 
     def record_unless_already_under_way(self, *args, **kwargs):
-        if getattr(self, "_hookline_being_recorded", False):
+        # Only in the same thread: a recording nested in its own (billiard's threaded pool, which the
+        # worker's event loop does not use, serializes other threads' on the job's mutex as before).
+        if getattr(self, "_hookline_recording_thread", None) == threading.get_ident():
             return None
-        self._hookline_being_recorded = True
+        self._hookline_recording_thread = threading.get_ident()
         try:
             return record(self, *args, **kwargs)
         finally:
-            self._hookline_being_recorded = False
+            self._hookline_recording_thread = None
 
     record_unless_already_under_way._hookline_wrapped = True
     ApplyResult._set = record_unless_already_under_way
