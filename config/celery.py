@@ -1,4 +1,5 @@
 import contextlib
+import inspect
 import multiprocessing
 import os
 import signal
@@ -72,6 +73,91 @@ def _let_a_second_shutdown_signal_send_worker_shutting_down(**kwargs) -> None:
     lock lets the nested send go through; the list it guards changes only when a receiver is garbage
     collected, and the only receivers (ours) are module functions."""
     worker_shutting_down.lock = threading.RLock()
+
+
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_acknowledge_through_the_event_loop(**kwargs) -> None:
+    """The event loop's hub guards its ready callbacks with a plain threading.Lock, which the main
+    thread takes at every turn of the loop (and at each call_soon). A cold shutdown's signal arriving
+    there ran the cold handler under it: the handler stops the pool, whose join reads the results
+    still in the pipes, and a task that had succeeded has its message acknowledged (task_acks_late)
+    through the hub's call_soon, which then waited for that lock for ever. A re-entrant lock lets that
+    call go through; what the lock guards is a set of callbacks and a wake-up flag, and a nested call
+    only adds to that set (the loop, or the hub's close, runs what is added). Hubs made from here on
+    in this process: the worker's own is made after worker_init, before its loop starts."""
+    from kombu.asynchronous.hub import Hub
+
+    make_hub = Hub.__init__
+    if getattr(make_hub, "_hookline_wrapped", False):
+        return
+
+    def make_hub_with_a_reentrant_ready_lock(self, *args, **kwargs):
+        make_hub(self, *args, **kwargs)
+        self._ready_lock = threading.RLock()
+
+    make_hub_with_a_reentrant_ready_lock._hookline_wrapped = True
+    Hub.__init__ = make_hub_with_a_reentrant_ready_lock
+
+
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_come_while_a_result_is_read(**kwargs) -> None:
+    """A pool process's result that reaches the pipe in parts is read by a generator, which the event
+    loop leaves as the pipe's reader and resumes when more comes. A cold shutdown's signal arriving
+    while it ran ran the cold handler inside it: the pool's join, which finishes such partly read
+    results by resuming that reader, resumed the running generator ("ValueError: generator already
+    executing"), so the cold shutdown broke off ("Unrecoverable error", its pool join and
+    worker_shutting_down skipped). A reader that is running can only be the frame the handler
+    interrupted, which finishes its result once the handler returns: the join leaves that pipe to it,
+    as it leaves one whose process is gone."""
+    try:
+        from celery.concurrency.asynpool import ResultHandler
+    except ImportError:
+        return
+    finish = getattr(ResultHandler, "_finish_partial_read", None)
+    if finish is None or getattr(finish, "_hookline_wrapped", False):
+        return
+
+    def finish_unless_the_reader_is_the_interrupted_frame(self, fd, proc):
+        registered = self._hub.readers.get(fd) if self._hub is not None else None
+        reader = registered[0] if registered else None
+        if inspect.isgenerator(reader) and inspect.getgeneratorstate(reader) == inspect.GEN_RUNNING:
+            return True  # as for a gone process: the join drops this pipe
+        return finish(self, fd, proc)
+
+    finish_unless_the_reader_is_the_interrupted_frame._hookline_wrapped = True
+    ResultHandler._finish_partial_read = finish_unless_the_reader_is_the_interrupted_frame
+
+
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_come_while_a_result_is_recorded(**kwargs) -> None:
+    """Billiard records a pool job's outcome (ApplyResult._set) by setting a threading.Event, whose
+    Condition holds a plain threading.Lock meanwhile. A cold shutdown's signal arriving there ran the
+    cold handler under it: the job's request was still active (its callbacks run after), so its task
+    was cancelled, its pool process ended, and the pool's join recorded the job as terminated, setting
+    the same Event: it waited for that lock for ever. The interrupted frame records the job's actual
+    outcome (its result, acknowledged as usual) once the handler returns, so a second recording of
+    the same job, nested in the first, is left out rather than made to wait for it."""
+    try:
+        from billiard.pool import ApplyResult
+    except ImportError:
+        return
+    record = ApplyResult._set
+    if getattr(record, "_hookline_wrapped", False):
+        return
+
+    def record_unless_already_under_way(self, *args, **kwargs):
+        # Only in the same thread: a recording nested in its own (billiard's threaded pool, which the
+        # worker's event loop does not use, serializes other threads' on the job's mutex as before).
+        if getattr(self, "_hookline_recording_thread", None) == threading.get_ident():
+            return None
+        self._hookline_recording_thread = threading.get_ident()
+        try:
+            return record(self, *args, **kwargs)
+        finally:
+            self._hookline_recording_thread = None
+
+    record_unless_already_under_way._hookline_wrapped = True
+    ApplyResult._set = record_unless_already_under_way
 
 
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
