@@ -490,8 +490,10 @@ def _limit_request_read_time(worker) -> None:
 # was 7 s in all; with the router's keep-alive above (95 s) a connection that sends nothing would be held
 # 100 s, counted against worker_connections all along, and a stopping worker waited for it up to its
 # graceful_timeout. It is held 2 s on the poller again, as before: keep-alive is for a connection that
-# has been served, not one that has not said anything yet. (A request that starts and then stalls is
-# bounded by REQUEST_READ_TIMEOUT_SECONDS, above.)
+# has been served, not one that has not said anything yet. So these 2 s hold whatever the setting, 0
+# included: with 0, gunicorn let such a connection go as soon as its 5 s on a thread ended, and a
+# request whose first byte came 6 s after its connection was dropped unanswered.
+# (A request that starts and then stalls is bounded by REQUEST_READ_TIMEOUT_SECONDS, above.)
 _SILENT_CONNECTION_SECONDS = 2.0
 
 
@@ -505,11 +507,11 @@ def _bound_silent_connections(worker) -> None:
     def finish_request_bounding_silent_ones(conn, fs):
         # Runs on the worker's main loop, as gunicorn's own; a connection it has just put on the
         # poller to wait for its first byte is the last one of pending_conns. Each gets the same
-        # bound, so pending_conns stays in the order of their deadlines, as murder_pending expects.
+        # time from now, so pending_conns stays in the order of their deadlines, as murder_pending
+        # expects.
         finish_request(conn, fs)
         if worker.pending_conns and worker.pending_conns[-1] is conn:
-            bound = min(worker.cfg.keepalive, _SILENT_CONNECTION_SECONDS)
-            conn.timeout = min(conn.timeout, time.monotonic() + bound)
+            conn.timeout = time.monotonic() + _SILENT_CONNECTION_SECONDS
 
     worker.finish_request = finish_request_bounding_silent_ones
 

@@ -111,6 +111,23 @@ def test_a_connection_that_sends_nothing_is_let_go_while_a_served_one_is_kept(lo
     assert _stored("evt_after_the_silent_one") == [_body("evt_after_the_silent_one")]
 
 
+def test_without_keep_alive_a_connection_slow_to_send_its_first_byte_keeps_its_seven_seconds(
+    django_db_setup, django_db_blocker, tmp_path_factory
+):
+    # WEB_KEEPALIVE_SECONDS=0 turns keep-alive off, not the wait for a first byte: gunicorn's 5 s on a
+    # thread, then 2 s on its poller, as with any other setting (gunicorn's own 0 let the connection go
+    # as soon as the thread gave it up).
+    port, gunicorn, private_tmp, log_path = _server(django_db_blocker, tmp_path_factory, "off", keepalive="0")
+    try:
+        with _connect(port) as slow:
+            time.sleep(6)  # past the thread's 5 s, within the poller's 2 s after them
+            slow.sendall(_unknown_source(1))
+            head = _read_answer(slow)
+            assert head.startswith(b"HTTP/1.1 404") and b"Connection: close" in head
+    finally:
+        _stop(gunicorn, private_tmp, log_path)
+
+
 def _signal_pending(pid: int, signum: int) -> bool:
     """Whether ``signum`` was sent to the (stopped) process and waits for it to run again."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
