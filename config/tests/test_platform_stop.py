@@ -188,7 +188,7 @@ def test_a_cold_shutdown_after_the_platform_s_sigterm_still_cancels_the_sends_un
         receiver.close()
 
 
-SECOND_SIGNAL_INJECTOR = Path(__file__).parent / "second_signal_inside_send"
+INJECTORS = Path(__file__).parent  # a directory each, with the sitecustomize that sends the signal
 
 
 def test_a_cold_shutdown_whose_signal_comes_inside_the_warm_shutdown_s_handler_still_ends_the_worker(stack):
@@ -198,7 +198,9 @@ def test_a_cold_shutdown_whose_signal_comes_inside_the_warm_shutdown_s_handler_s
     # said "Cold shutdown", then waited for that lock for ever. The injector sends it at that moment.
     stack.env.update(
         CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(SECOND_SIGNAL_INJECTOR), os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(INJECTORS / "second_signal_inside_send"), os.environ.get("PYTHONPATH")])
+        ),
     )
     worker_log = LOG_DIR / "worker.log"
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
@@ -222,22 +224,33 @@ def test_a_cold_shutdown_whose_signal_comes_inside_the_warm_shutdown_s_handler_s
             worker.wait()
 
 
-SIGNAL_INSIDE_THE_HUB_S_READY_LOCK_INJECTOR = Path(__file__).parent / "signal_inside_the_hub_s_ready_lock"
-
-
-def test_a_cold_shutdown_whose_signal_comes_under_the_event_loop_s_ready_lock_still_ends_the_worker(
-    organization, stack
+@pytest.mark.parametrize(
+    ("injector", "sent_at_the_moment"),
+    [
+        # Under the event loop's lock on its ready callbacks, a finished task's result still in the
+        # pipe: the pool's join read that result and acknowledged the task's message through the hub,
+        # waiting for that lock for ever.
+        ("signal_inside_the_hub_s_ready_lock", "SIGQUIT sent under the hub's ready lock"),
+        # Inside the generator reading a pool process's result that came in parts: the pool's join
+        # resumed that same reader ("generator already executing"), and the cold shutdown broke off
+        # with an "Unrecoverable error".
+        ("signal_inside_a_result_s_read", "SIGQUIT sent inside the result's reader"),
+        # While billiard records a task's result, under the lock inside the job's Event: the handler
+        # cancelled that task, and the pool's join recorded the job as terminated, setting the same
+        # Event: it waited for that lock for ever.
+        ("signal_inside_a_job_s_event", "SIGQUIT sent under the pool job's event lock"),
+    ],
+)
+def test_a_cold_shutdown_whose_signal_comes_inside_the_event_loop_s_work_still_ends_the_worker(
+    organization, stack, injector, sent_at_the_moment
 ):
-    # A cold shutdown's SIGQUIT that reaches the main process while its event loop holds the hub's
-    # lock on its ready callbacks, a finished task's result still in the pipe: the cold handler, run
-    # there, stopped the pool, whose join read that result and acknowledged the task's message
-    # through the hub, waiting for that lock for ever. The injector sends it at that moment.
+    # A cold shutdown's SIGQUIT reaching the main process in the middle of its event loop's work on
+    # a task's result: its handler runs there, nested. The injector (a sitecustomize on the worker's
+    # path) sends it at that moment, as a task is delivered, and says so in the log.
     receiver = CountingReceiver()
     stack.env.update(
         CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(SIGNAL_INSIDE_THE_HUB_S_READY_LOCK_INJECTOR), os.environ.get("PYTHONPATH")])
-        ),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(INJECTORS / injector), os.environ.get("PYTHONPATH")])),
     )
     worker_log = LOG_DIR / "worker.log"
     log_start = worker_log.stat().st_size if worker_log.exists() else 0
@@ -247,7 +260,7 @@ def test_a_cold_shutdown_whose_signal_comes_under_the_event_loop_s_ready_lock_st
         stack.start("worker")
         worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
         try:
-            assert stack.post_stripe(source.ingest_token, "evt_cold_stop_under_ready_lock", STRIPE_SECRET) == 200
+            assert stack.post_stripe(source.ingest_token, f"evt_cold_stop_{injector}", STRIPE_SECRET) == 200
             try:
                 worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
             except subprocess.TimeoutExpired:
@@ -256,93 +269,9 @@ def test_a_cold_shutdown_whose_signal_comes_under_the_event_loop_s_ready_lock_st
                     f"{_hung_worker_state(worker.pid, worker_log, log_start)}"
                 )
             written = _written_since(worker_log, log_start)
-            assert "SIGQUIT sent under the hub's ready lock" in written, written
-            assert "Cold shutdown (MainProcess)" in written, written
-        finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-    finally:
-        receiver.close()
-
-
-SIGNAL_INSIDE_A_RESULT_S_READ_INJECTOR = Path(__file__).parent / "signal_inside_a_result_s_read"
-
-
-def test_a_cold_shutdown_whose_signal_comes_inside_the_reading_of_a_result_still_ends_the_worker(organization, stack):
-    # A cold shutdown's SIGQUIT that reaches the main process while its event loop runs the generator
-    # reading a pool process's result that came in parts: the cold handler, run there, stopped the
-    # pool, whose join resumed that same reader to finish the result ("generator already executing"):
-    # the cold shutdown broke off with an "Unrecoverable error". The injector sends it at that moment.
-    receiver = CountingReceiver()
-    stack.env.update(
-        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(SIGNAL_INSIDE_A_RESULT_S_READ_INJECTOR), os.environ.get("PYTHONPATH")])
-        ),
-    )
-    worker_log = LOG_DIR / "worker.log"
-    log_start = worker_log.stat().st_size if worker_log.exists() else 0
-    try:
-        source = make_source(organization)
-        make_destination(organization, receiver.url, sources=[source])
-        stack.start("worker")
-        worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
-        try:
-            assert stack.post_stripe(source.ingest_token, "evt_cold_stop_inside_read", STRIPE_SECRET) == 200
-            try:
-                worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
-            except subprocess.TimeoutExpired:
-                pytest.fail(
-                    "the worker did not end after its cold shutdown\n"
-                    f"{_hung_worker_state(worker.pid, worker_log, log_start)}"
-                )
-            written = _written_since(worker_log, log_start)
-            assert "SIGQUIT sent inside the result's reader" in written, written
+            assert sent_at_the_moment in written, written
             assert "Cold shutdown (MainProcess)" in written, written
             assert "Unrecoverable error" not in written, written
-        finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-    finally:
-        receiver.close()
-
-
-SIGNAL_INSIDE_A_JOB_S_EVENT_INJECTOR = Path(__file__).parent / "signal_inside_a_job_s_event"
-
-
-def test_a_cold_shutdown_whose_signal_comes_as_a_task_s_result_is_recorded_still_ends_the_worker(organization, stack):
-    # A cold shutdown's SIGQUIT that reaches the main process while billiard records a task's result
-    # and holds the lock inside the job's Event: the cold handler, run there, cancelled that task and
-    # stopped the pool, whose join recorded the job as terminated, setting the same Event: it waited
-    # for that lock for ever. The injector sends it at that moment.
-    receiver = CountingReceiver()
-    stack.env.update(
-        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(SIGNAL_INSIDE_A_JOB_S_EVENT_INJECTOR), os.environ.get("PYTHONPATH")])
-        ),
-    )
-    worker_log = LOG_DIR / "worker.log"
-    log_start = worker_log.stat().st_size if worker_log.exists() else 0
-    try:
-        source = make_source(organization)
-        make_destination(organization, receiver.url, sources=[source])
-        stack.start("worker")
-        worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
-        try:
-            assert stack.post_stripe(source.ingest_token, "evt_cold_stop_in_job_event", STRIPE_SECRET) == 200
-            try:
-                worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
-            except subprocess.TimeoutExpired:
-                pytest.fail(
-                    "the worker did not end after its cold shutdown\n"
-                    f"{_hung_worker_state(worker.pid, worker_log, log_start)}"
-                )
-            written = _written_since(worker_log, log_start)
-            assert "SIGQUIT sent under the pool job's event lock" in written, written
-            assert "Cold shutdown (MainProcess)" in written, written
         finally:
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGKILL)
