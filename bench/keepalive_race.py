@@ -53,7 +53,7 @@ import urllib.parse
 from pathlib import Path
 
 import stripe
-from ingest import BENCH_FERNET_KEY, GUNICORN, body_template, port_is_free, wait_until_up
+from ingest import BENCH_FERNET_KEY, GUNICORN, body_template, flush_redis, port_is_free, wait_until_up
 from stack import HOST, ROOT, json_line, log, manage, production_env, stop_group, wait_for_port
 
 # What HAProxy stands in for: Heroku's Router 2.0 closes an idle connection to a dyno after 90 s,
@@ -186,16 +186,6 @@ def drop_database(database_url: str) -> None:
     admin_url, name = _admin_url(database_url)
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def flush_redis(redis_url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
 
 
 def prepare_tenant(env: dict[str, str], run_id: str) -> tuple[str, str]:
