@@ -160,6 +160,70 @@ def _let_a_cold_shutdown_s_signal_come_while_a_result_is_recorded(**kwargs) -> N
     ApplyResult._set = record_unless_already_under_way
 
 
+def _left_to_the_frame_under_way(method, mark: str):
+    """``method``, except that a call nested in one under way on the same object in the same thread
+    (a signal handler's, run in the middle of it) returns None at once: the interrupted call does the
+    whole of it once the handler returns. ``mark`` is the object's attribute naming the thread under
+    way; the wrapper says it is one (_hookline_left_to_the_frame_under_way), not _hookline_wrapped,
+    which another wrapper of the same method looks for."""
+
+    def unless_already_under_way(self, *args, **kwargs):
+        if getattr(self, mark, None) == threading.get_ident():
+            return None
+        setattr(self, mark, threading.get_ident())
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            setattr(self, mark, None)
+
+    unless_already_under_way._hookline_left_to_the_frame_under_way = True
+    return unless_already_under_way
+
+
+@worker_init.connect
+def _let_a_cold_shutdown_s_signal_come_while_the_warm_shutdown_stops_the_pool(**kwargs) -> None:
+    """The warm shutdown stops the prefork pool (TaskPool.on_stop: close the billiard pool, start a
+    timer thread, join it, then set it aside as None). A cold shutdown's signal arriving there ran the
+    cold handler inside it, and the handler stops the pool too: its stop ran to the end (the join, the
+    tasks it had just cancelled ended) and set the pool aside, and the warm stop then joined None
+    ("Error on stopping Pool: AttributeError: 'NoneType' object has no attribute 'join'", logged, the
+    rest of the stop going on). Nothing else went wrong (measured: exit status 0, the cancelled task's
+    message back in the queue, no process left), but an error logged at such a stop says something
+    broke. The interrupted stop does the same join once the handler returns: the nested one is left
+    out, and the cold shutdown goes on meanwhile (its "Cold shutdown", worker_shutting_down)."""
+    try:
+        from celery.concurrency.prefork import TaskPool
+    except ImportError:
+        return
+    stop = getattr(TaskPool, "on_stop", None)
+    if stop is None or getattr(stop, "_hookline_left_to_the_frame_under_way", False):
+        return
+    TaskPool.on_stop = _left_to_the_frame_under_way(stop, "_hookline_stopping_thread")
+
+
+@worker_init.connect
+def _let_a_second_cold_shutdown_signal_come_while_the_first_cancels(**kwargs) -> None:
+    """A cold shutdown's handler cancels the running tasks (Consumer.cancel_active_requests), going
+    through the worker's set of active requests to pick them. A second SIGQUIT (a second Ctrl-C, a
+    supervisor repeating its signal) arriving there ran the second handler inside it, which cancels
+    them too: each cancelled request left that set under the first one's iteration ("RuntimeError: Set
+    changed size during iteration"), which broke the first handler off (its pool stop skipped) and out
+    through the event loop: "Unrecoverable error", logged CRITICAL, and the worker exited with status 1,
+    which a platform counts as a crash (measured; the cancelled task's message was back in the queue,
+    no process left). The interrupted cancel picks and cancels the same requests once the handler
+    returns: the nested one is left out (a second signal during the soft shutdown's wait, before the
+    first cancel, still cancels at once). Installed before _note_a_cold_shutdown_before_its_cancel
+    wraps the method: a nested call still notes the cold shutdown (already noted) before it is left out."""
+    try:
+        from celery.worker.consumer.consumer import Consumer
+    except ImportError:
+        return
+    cancel = getattr(Consumer, "cancel_active_requests", None)
+    if cancel is None or getattr(cancel, "_hookline_left_to_the_frame_under_way", False):
+        return
+    Consumer.cancel_active_requests = _left_to_the_frame_under_way(cancel, "_hookline_cancelling_thread")
+
+
 # Heroku sends SIGTERM to every process of a dyno at once. A pool process killed by it dropped the
 # sends under way, which the sweeper then sent again (a receiver got them twice). A pool process
 # (busy or idle) now leaves that SIGTERM to the main process when the main process got it too

@@ -287,6 +287,14 @@ def _pool_processes(worker_pid: int) -> list[int]:
     return [int(pid) for pid in listed.stdout.split()]
 
 
+def _processes_left(worker_pid: int) -> list[str]:
+    """The worker's processes still running (its session, which its pool processes stay in)."""
+    listed = subprocess.run(
+        ["ps", "-o", "pid=,stat=", "-g", str(worker_pid)], capture_output=True, text=True, check=False
+    )
+    return [line for line in listed.stdout.splitlines() if not line.split()[1].startswith("Z")]
+
+
 def _hung_worker_state(worker_pid: int, worker_log, log_start: int) -> str:
     """The worker's processes (state, kernel wait) and every thread's stack: Celery writes its main
     process's to its log on SIGUSR1; a pool process has no such handler, but with PYTHONFAULTHANDLER
@@ -376,3 +384,87 @@ def _ignores_sigint_and_catches_sigterm(pid: int) -> bool:
         return False
     ignored, caught = (int(masks[name], 16) for name in ("SigIgn", "SigCgt"))
     return bool(ignored & 1 << (signal.SIGINT - 1)) and bool(caught & 1 << (signal.SIGTERM - 1))
+
+
+@pytest.mark.parametrize(
+    ("injector", "sent_at_the_moment", "first_signal"),
+    [
+        # The platform's SIGTERM (a warm shutdown), then a SIGQUIT while the warm shutdown stops the
+        # pool, having closed it and about to join it: the cold handler stopped the pool itself and set
+        # it aside, and the warm stop went on to join None ("Error on stopping Pool: AttributeError").
+        ("signal_inside_the_warm_shutdown_s_pool_stop", "SIGQUIT sent inside the warm shutdown's pool stop", "SIGTERM"),
+        # A SIGQUIT, then a second one while the first's handler picks the running tasks to cancel: the
+        # second cancelled them, and they left the set the first was going through ("RuntimeError: Set
+        # changed size during iteration").
+        ("second_signal_inside_the_cancel", "second SIGQUIT sent inside the first's cancel", "SIGQUIT"),
+    ],
+)
+def test_a_cold_shutdown_whose_signal_comes_inside_another_shutdown_s_work_ends_the_worker_cleanly(
+    organization, stack, injector, sent_at_the_moment, first_signal
+):
+    # A send under way, the test's signal, then the injector's SIGQUIT at its moment: the handler runs
+    # nested in the shutdown under way. The running task is cancelled, its message goes back to the
+    # queue for the next worker, its delivery stays claimed for the sweeper, and the worker ends as a
+    # cold shutdown ends, with nothing logged as an error and no process left.
+    from config.celery import app
+    from webhooks.tasks import dispatch_deliveries
+    from webhooks.tests.api_helpers import make_delivery, make_event
+
+    receiver = HeldReceiver()  # the send is under way when the signals come
+    stack.env.update(
+        CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="0",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(INJECTORS / injector), os.environ.get("PYTHONPATH")])),
+    )
+    queue = stack.env["CELERY_QUEUE"]
+    redis = redis_client.Redis.from_url(stack.env["REDIS_URL"])
+    worker_log = LOG_DIR / "worker.log"
+    log_start = worker_log.stat().st_size if worker_log.exists() else 0
+    try:
+        source = make_source(organization)
+        # A cancelled pool process ends once its sending thread gives up: the send's timeout, which is
+        # also how long the signals have to come before the send is answered as timed out.
+        destination, _ = make_destination(organization, receiver.url, sources=[source], timeout_seconds=8)
+        delivery = make_delivery(make_event(source), destination, status=Delivery.Status.PENDING, attempts=0)
+        stack.start("worker")
+        assert wait_until(lambda: _pool_processes_started(stack.processes["worker"].pid, 2), timeout=60)
+        with app.connection_for_write(stack.env["REDIS_URL"]) as connection:
+            dispatch_deliveries.apply_async(connection=connection, queue=queue)
+        assert wait_until(lambda: receiver.held() == 1, timeout=60)
+
+        worker = stack.processes.pop("worker")  # not restarted: its exit is what is looked at
+        try:
+            if first_signal == "SIGTERM":
+                os.killpg(worker.pid, signal.SIGTERM)  # the platform's, to every process
+            else:
+                os.kill(worker.pid, signal.SIGQUIT)  # a cold shutdown of the main process
+            try:
+                exit_code = worker.wait(COLD_SHUTDOWN_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "the worker did not end after its cold shutdown\n"
+                    f"{_hung_worker_state(worker.pid, worker_log, log_start)}"
+                )
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        written = _written_since(worker_log, log_start)
+        assert sent_at_the_moment in written, written
+        assert "Cold shutdown (MainProcess)" in written, written
+        # Neither "Error on stopping Pool: AttributeError" nor "Unrecoverable error: RuntimeError('Set
+        # changed size during iteration')", which also made the worker exit with status 1, a crash to
+        # a platform: a cold shutdown ends with 0.
+        assert "Error on stopping" not in written, written
+        assert "Unrecoverable error" not in written, written
+        assert exit_code == 0, written
+        assert not _processes_left(worker.pid)
+        # The cancelled task's message is back in the queue for the next worker, none left unacknowledged
+        # (nothing lost); its send cancelled before any answer, nothing recorded, the delivery still
+        # claimed, for the sweeper to hand back (nothing sent twice by this worker).
+        assert redis.llen(queue) == 1
+        assert not redis.hlen("unacked")
+        delivery.refresh_from_db()
+        assert delivery.status == Delivery.Status.IN_FLIGHT
+        assert not DeliveryAttempt.objects.exists()
+    finally:
+        receiver.close()
