@@ -231,7 +231,18 @@ def decide_outcome(
         # uses up the schedule, so "Retry-After: 1" from a receiver in maintenance would
         # otherwise run through every retry in seconds and dead-letter what a pause would save.
         asked_wait = min(response.retry_after, float(settings.RETRY_AFTER_MAX_SECONDS))
-        delay = max(delay, asked_wait)
+        if asked_wait > delay:
+            # Said with the error: a wait of an hour after a schedule of seconds would otherwise
+            # look like Hookline's own doing on the event page, the API and show_event.
+            error = f"{error}: next try in {duration_words(asked_wait)}"
+            if response.retry_after > asked_wait:
+                error += (
+                    f", the longest wait honoured (the receiver's Retry-After asks for "
+                    f"{duration_words(response.retry_after)})"
+                )
+            else:
+                error += ", as the receiver's Retry-After asks"
+            delay = asked_wait
     if (max_age := destination.max_retry_age_seconds) is not None:
         # No try later than max_age after the delivery was created: the schedule's next step is
         # moved up to that time (one last try at the limit), and a try at or past it was the last.
