@@ -1670,6 +1670,7 @@ def _record_results(
                     },
                     response_status=result.response.status,
                     response_body=storable_text(result.response.body),
+                    response_truncated=not result.response.body_complete,
                     error=storable_text(result.response.error)[:500],
                 )
                 for delivery, result, _ in unrecorded
