@@ -69,6 +69,9 @@ class AttemptSerializer(serializers.Serializer):
     duration_ms = serializers.IntegerField()
     response_status = serializers.IntegerField(allow_null=True)
     response_body = serializers.CharField()
+    response_truncated = serializers.BooleanField(
+        help_text="true when the answer was longer than what is kept: response_body is its start"
+    )
     error = serializers.CharField()
     request_headers = serializers.SerializerMethodField()
 

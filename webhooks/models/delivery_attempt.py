@@ -20,6 +20,9 @@ class DeliveryAttempt(models.Model):
     request_headers = models.JSONField(default=dict)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.TextField(blank=True)
+    # The answer went on past what is kept (DELIVERY_RESPONSE_BODY_MAX_BYTES): response_body is its start.
+    # A database default too: the previous release's INSERTs, during a rolling upgrade, do not name it.
+    response_truncated = models.BooleanField(default=False, db_default=False)
     error = models.CharField(max_length=500, blank=True)
 
     class Meta:

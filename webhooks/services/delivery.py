@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
@@ -61,7 +62,7 @@ from .row_locks import (
 )
 from .scheduling import clear_flag, schedule_once, set_flag, worker_is_stopping
 from .sender_marks import TEST_MARK_HEADER
-from .text import duration_words, loggable_text, storable_text
+from .text import duration_words, loggable_text, storable_text, visible_text
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,27 @@ def retry_delay_seconds(
     return schedule[attempt_count - 1] * random.uniform(0.9, 1.1)
 
 
+def redirect_target_words(location: str | None, url: str) -> str:
+    """Where a redirect points, said after "redirects are not followed": the origin it names (the
+    receiver moved to HTTPS or to another host), or that it is another path on the same host. Never
+    the path or query, which members may not read of a destination's URL and which may hold a token."""
+    if not location or not location.strip():
+        return ""
+    try:
+        target = urlsplit(urljoin(url, location.strip()))
+        here = urlsplit(url)
+        port = target.port
+    except ValueError:  # a Location that is no URL (a bad port, an unbalanced bracket)
+        return ""
+    if target.scheme not in ("http", "https") or not target.hostname:
+        return ""
+    if (target.scheme, target.hostname, port) == (here.scheme, here.hostname, here.port):
+        return " (it points to another path on the same host)"
+    host = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+    origin = f"{target.scheme}://{host}{f':{port}' if port is not None else ''}"
+    return f" (it points to {visible_text(origin)}/…)"
+
+
 def decide_outcome(
     response: outbound.OutboundResponse,
     *,
@@ -207,7 +229,8 @@ def decide_outcome(
     if status is not None and 200 <= status < 300:
         return Outcome(Delivery.Status.SUCCEEDED)
     if status is not None and 300 <= status < 400:
-        return Outcome(Delivery.Status.DEAD, error=f"HTTP {status}: redirects are not followed; update the URL")
+        where = redirect_target_words(response.location, destination.url)
+        return Outcome(Delivery.Status.DEAD, error=f"HTTP {status}: redirects are not followed{where}; update the URL")
     retryable = (
         status is None
         or status >= 500
@@ -231,7 +254,18 @@ def decide_outcome(
         # uses up the schedule, so "Retry-After: 1" from a receiver in maintenance would
         # otherwise run through every retry in seconds and dead-letter what a pause would save.
         asked_wait = min(response.retry_after, float(settings.RETRY_AFTER_MAX_SECONDS))
-        delay = max(delay, asked_wait)
+        if asked_wait > delay:
+            # Said with the error: a wait of an hour after a schedule of seconds would otherwise
+            # look like Hookline's own doing on the event page, the API and show_event.
+            error = f"{error}: next try in {duration_words(asked_wait)}"
+            if response.retry_after > asked_wait:
+                error += (
+                    f", the longest wait honoured (the receiver's Retry-After asks for "
+                    f"{duration_words(response.retry_after)})"
+                )
+            else:
+                error += ", as the receiver's Retry-After asks"
+            delay = asked_wait
     if (max_age := destination.max_retry_age_seconds) is not None:
         # No try later than max_age after the delivery was created: the schedule's next step is
         # moved up to that time (one last try at the limit), and a try at or past it was the last.
@@ -1659,6 +1693,7 @@ def _record_results(
                     },
                     response_status=result.response.status,
                     response_body=storable_text(result.response.body),
+                    response_truncated=not result.response.body_complete,
                     error=storable_text(result.response.error)[:500],
                 )
                 for delivery, result, _ in unrecorded

@@ -50,6 +50,10 @@ class OutboundResponse:
     duration_ms: int
     error: str = ""
     retry_after: float | None = None  # seconds the receiver asked us to wait
+    # False when the answer went on past the DELIVERY_RESPONSE_BODY_MAX_BYTES kept in ``body`` (or past
+    # the attempt's time): the attempt then says it keeps only the answer's start.
+    body_complete: bool = True
+    location: str | None = None  # a redirect's Location header, as sent: never followed, only named
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; kept only by post_to_hookline
     # True when nothing was sent because a bound of the platform's own refused it (PlatformLookupsBusy):
     # not the receiver's failure, so not an attempt of the delivery (services.delivery puts it back).
@@ -718,6 +722,8 @@ def _send(pool, path, body, headers, timeout, connect_timeout, time_left, starte
             body=excerpt.decode("utf-8", errors="replace"),
             duration_ms=elapsed(),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            body_complete=complete,
+            location=response.headers.get("Location") if 300 <= response.status < 400 else None,
         )
     except urllib3.exceptions.ConnectTimeoutError as exc:
         # Raised only while opening the connection (NewConnectionError too, a subclass: checked before

@@ -44,6 +44,24 @@ def visible(value) -> str:
     return visible_text(str(value)) if value is not None else ""
 
 
+# The characters of a receiver's answer the event page shows: `truncatechars` in _event_deliveries.html.
+RESPONSE_SHOWN_CHARS = 2000
+
+
+@register.filter
+def response_label(attempt) -> str:
+    """What the event page says of an attempt's kept answer: how much of it there is, and that it is
+    only the answer's start when the receiver sent more than DELIVERY_RESPONSE_BODY_MAX_BYTES."""
+    length = len(attempt.response_body)
+    if attempt.response_truncated:
+        label = f"its first {length} characters: the answer was longer"
+    else:
+        label = f"{length} characters"
+    if length > RESPONSE_SHOWN_CHARS:
+        label += f"; the first {RESPONSE_SHOWN_CHARS} shown"
+    return f"Response ({label})"
+
+
 @register.filter
 def dashboard_section(url_name: str | None) -> str:
     if not url_name:

@@ -131,6 +131,39 @@ def test_a_failing_delivery_follows_the_destination_s_waits_and_is_dead_after_th
     assert len(httpserver.log) == 4
 
 
+def test_a_wait_a_receiver_s_retry_after_lengthened_is_said_with_the_error(client, organization, httpserver):
+    # A 5 s schedule and a "next try in 59 min" beside a bare "HTTP 429" read as a fault of
+    # Hookline's: the error says the receiver asked for the wait.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source], retry_schedule=[5, 5])
+    httpserver.expect_request("/hook").respond_with_data("slow down", status=429, headers={"Retry-After": "3600"})
+    ingest(client, source)
+    processing.process_received_events()
+
+    delivery, before, after = deliver_and_measure(Delivery.objects.get().pk)
+
+    assert delivery.status == Delivery.Status.PENDING
+    assert before + timedelta(seconds=3600) <= delivery.next_attempt_at <= after + timedelta(seconds=3600)
+    assert delivery.last_error == "HTTP 429: next try in 1 h, as the receiver's Retry-After asks"
+
+    # One the schedule's own wait outlasts is the plain error, as before.
+    httpserver.clear()
+    httpserver.expect_request("/hook").respond_with_data("down", status=503, headers={"Retry-After": "1"})
+    make_due(delivery)
+    delivery = deliver_now(delivery.pk)
+    assert delivery.status == Delivery.Status.PENDING and delivery.last_error == "HTTP 503"
+
+
+def test_a_retry_after_over_the_most_honoured_is_said_with_the_wait_kept(organization, settings):
+    settings.RETRY_AFTER_MAX_SECONDS = 3600
+    own = Destination(organization=organization, retry_schedule=[30, 60])
+    outcome = delivery_service.decide_outcome(failed(503, 86400), attempt_count=1, destination=own)
+    assert outcome.delay == 3600
+    assert outcome.error == (
+        "HTTP 503: next try in 1 h, the longest wait honoured (the receiver's Retry-After asks for 1 day)"
+    )
+
+
 def test_a_delivery_already_retrying_takes_its_next_wait_from_the_new_schedule(client, organization, httpserver):
     source = make_source(organization)
     destination, _ = make_destination(

@@ -83,6 +83,19 @@ class SecretOnceView(OrganizationMixin, TemplateView):
     template_name = "dashboard/secret_once.html"
     required_role = ADMIN
 
+    def shown_already(self, kept: dict):
+        slug = self.organization.slug
+        if kept["kind"] == "api_key":
+            # An API key cannot be rotated: a lost one is replaced.
+            messages.info(
+                self.request,
+                "An API key is shown only once: if it was not copied, create a new key and revoke this one.",
+            )
+            return redirect("dashboard:api_keys", slug)
+        messages.info(self.request, "A secret is shown only once; rotate it to get a new one.")
+        page = "dashboard:destination_detail" if kept["kind"] == "destination" else "dashboard:source_detail"
+        return redirect(page, slug, kept["pk"])
+
     def get(self, request, *args, **kwargs):
         self.require_role(ADMIN)
         kept = request.session.get(SECRET_ONCE_SESSION_KEY)
@@ -93,10 +106,14 @@ class SecretOnceView(OrganizationMixin, TemplateView):
         ):
             messages.info(request, "A secret is shown only once; rotate it to get a new one.")
             return redirect("dashboard:overview", self.organization.slug)
+        if "secret" not in kept:
+            return self.shown_already(kept)
         readable = decrypt_for_one_look([kept["secret"]])
         if readable is None:
             return secret_not_readable_yet()
-        del request.session[SECRET_ONCE_SESSION_KEY]
+        # What was shown, without the secret: opened again (Back, a reload), the page sends to what
+        # the secret belongs to and says how to get a new one of that kind.
+        request.session[SECRET_ONCE_SESSION_KEY] = {key: value for key, value in kept.items() if key != "secret"}
         if kept["kind"] == "api_key":
             target = or_404(api_key_for_organization, organization=self.organization, api_key_id=kept["pk"])
         elif kept["kind"] == "destination":

@@ -1,0 +1,62 @@
+"""A receiver's answer longer than DELIVERY_RESPONSE_BODY_MAX_BYTES is kept cut, and said to be cut: the
+event page's "Response (4096 characters)" of a 200 KB answer read as the receiver's whole answer."""
+
+import pytest
+from django.urls import reverse
+
+from webhooks.models import Delivery, DeliveryAttempt
+from webhooks.services import delivery as delivery_service
+from webhooks.services import processing
+from webhooks.tests.delivering import deliver_now
+
+from .api_helpers import api_get, make_key
+from .factories import make_destination, make_source
+from .test_delivery import ingest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    monkeypatch.setattr(processing, "schedule_dispatch", lambda slot=0: None)
+    monkeypatch.setattr(delivery_service, "schedule_dispatch", lambda slot=0: None)
+
+
+def attempt_answered(client, organization, httpserver, body: str) -> DeliveryAttempt:
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_request("/hook").respond_with_data(body, status=500)
+    ingest(client, source)
+    processing.process_received_events()
+    deliver_now(Delivery.objects.get().pk)
+    return DeliveryAttempt.objects.get()
+
+
+def test_an_answer_longer_than_what_is_kept_is_said_to_be_cut(client, organization, owner, httpserver, settings):
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 100
+    attempt = attempt_answered(client, organization, httpserver, "x" * 5000)
+
+    assert attempt.response_body == "x" * 100 and attempt.response_truncated
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, attempt.delivery.event_id]))
+    assert "Response (its first 100 characters: the answer was longer)" in page.content.decode()
+
+    _, key = make_key(organization)
+    answer = api_get(client, key, f"/api/v1/deliveries/{attempt.delivery_id}").json()
+    assert answer["attempts"][0]["response_truncated"] is True
+
+
+def test_an_answer_kept_whole_is_said_as_before(client, organization, owner, httpserver, settings):
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 100
+    attempt = attempt_answered(client, organization, httpserver, "y" * 100)
+
+    assert attempt.response_body == "y" * 100 and not attempt.response_truncated
+
+    client.force_login(owner)
+    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, attempt.delivery.event_id]))
+    assert "Response (100 characters)" in page.content.decode()
+
+    _, key = make_key(organization)
+    answer = api_get(client, key, f"/api/v1/deliveries/{attempt.delivery_id}").json()
+    assert answer["attempts"][0]["response_truncated"] is False
