@@ -731,6 +731,28 @@ def test_a_form_encoded_body_is_delivered_as_sent_and_verifies_as_the_readme_say
         Webhook(secret).verify(request.get_data() + b"&x=2", dict(request.headers))
 
 
+def test_a_binary_body_is_delivered_as_sent_and_verifies_with_standardwebhooks(client, organization, httpserver):
+    # The signature covers the body's bytes as received, whatever they are: standardwebhooks (1.3 on)
+    # verifies bytes as given, so a receiver can check a binary body with verify() itself.
+    token = "binary-sender-token-0123456789abcdef"
+    source = make_source(organization, provider="shared_token", secret=token)
+    destination, secret = make_destination(organization, httpserver.url_for("/hook"), sources=[source])
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
+    body = b"\x89PNG\r\n\x1a\n\x00\xff\xfe\xc3(not utf-8)"
+    response = client.generic(
+        "POST", f"/in/{source.ingest_token}/", body, content_type="application/octet-stream", HTTP_AUTHORIZATION=token
+    )
+    assert response.status_code == 200, response.content
+    assert processing.process_received_events() == 1
+    deliver_now(Delivery.objects.get().pk)
+
+    request, _ = httpserver.log[0]
+    assert request.get_data() == body
+    assert Webhook(secret).verify(request.get_data(), dict(request.headers), json_parse=False) is None
+    with pytest.raises(WebhookVerificationError):  # one byte changed
+        Webhook(secret).verify(body[:-1] + b"!", dict(request.headers), json_parse=False)
+
+
 def test_the_dispatch_task_s_time_limits_leave_room_for_holding_results(settings):
     # The soft limit's exception would end a run holding results, and they would be sent again.
     from webhooks import tasks
