@@ -4,6 +4,7 @@ they take secrets without a command line."""
 import argparse
 import getpass
 import json
+import re
 import sys
 
 from django.apps import apps
@@ -108,6 +109,41 @@ class GivenOnce(argparse.Action):
 
 class FileGivenOnce(GivenOnce):
     takes = "it reads one file"
+
+
+# Python's int() and float() read any script's digits ("٣", a fullwidth "３" as 3): `send_test_webhook
+# --source ٣` posted to source 3. The API, the dashboard and the admin take ids in the digits 0-9 only
+# (README, *Ids*); the commands take every number so, ids, counts and seconds alike. [0-9], not \d,
+# which matches those other digits too. At most 18 digits: below 2**63, so an id never overflows its
+# bigint column (a traceback), and int() never refuses one as too long.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+
+
+class NumberArgument:
+    """The argparse ``type`` of every number a command takes: written in the digits 0-9, whole
+    unless ``fraction``, and within ``bounds`` (lowest, highest) when given. Anything else is
+    argparse's usage error (exit status 2) naming the flag: "argument --source: must be a whole
+    number written in the digits 0-9, not '٣'"."""
+
+    def __init__(self, *, fraction: bool = False, bounds: tuple[int, int] | None = None):
+        self.fraction, self.bounds = fraction, bounds
+
+    def __call__(self, text: str) -> int | float:
+        spelled = text.strip()
+        if (_NUMBER if self.fraction else _WHOLE_NUMBER).fullmatch(spelled):
+            number = float(spelled) if self.fraction else int(spelled)
+            if self.bounds is None or self.bounds[0] <= number <= self.bounds[1]:
+                return number
+        kind = "number" if self.fraction else "whole number"
+        within = f" from {self.bounds[0]} to {self.bounds[1]}" if self.bounds else ""
+        # Said only when it is the reason: "must be a whole number, not '٣'" would read as nonsense.
+        digits = " written in the digits 0-9" if not text.isascii() else ""
+        raise argparse.ArgumentTypeError(f"must be a {kind}{within}{digits}, not '{text}'")
+
+
+# A whole number in ASCII digits: ids, counts, seconds.
+WHOLE_NUMBER = NumberArgument()
 
 
 def add_secret_arguments(parser, flag: str, *, help: str, file_help: str, **flag_options) -> None:

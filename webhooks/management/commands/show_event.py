@@ -6,7 +6,7 @@ from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
 from webhooks.services.event_story import UNRECORDED_ATTEMPT, event_stories, unrecorded_attempt_numbers
 from webhooks.services.text import terminal_text
 
-from ._base import OperatorCommand, find_given
+from ._base import WHOLE_NUMBER, OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -18,7 +18,7 @@ class Command(OperatorCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("id", help="an event id, a delivery id, or a provider event id such as evt_123")
         parser.add_argument("--org", help="organization slug (without it, every organization is searched)")
-        parser.add_argument("--source", type=int, metavar="ID", help="only this source's events (needs --org)")
+        parser.add_argument("--source", type=WHOLE_NUMBER, metavar="ID", help="only this source's events (needs --org)")
         parser.add_argument("--body", action="store_true", help="print the body as well")
 
     def run(self, **options):
