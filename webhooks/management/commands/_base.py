@@ -10,8 +10,10 @@ import sys
 from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import models
 
 from organizations.services import audit_system_actor, command_actor_label
+from webhooks.selectors import parse_event_id
 from webhooks.services.text import terminal_text
 
 
@@ -219,11 +221,21 @@ class NoSuchObject(LookupError):
 
 def find_given(queryset, given, *, field: str = "pk"):
     """The object of ``queryset`` whose ``field`` is ``given``, or NoSuchObject naming the value given
-    (`no such organization "acme-typo"`): with several lookup arguments, the operator sees which one."""
+    (`no such organization "acme-typo"`): with several lookup arguments, the operator sees which one.
+    A UUID field's value that is not a UUID in ASCII names nothing either."""
+    model = queryset.model
+    value = given
+    if isinstance(model._meta.pk if field == "pk" else model._meta.get_field(field), models.UUIDField):
+        # Read as the API and the admin read such an id (parse_event_id): `retry_delivery --id 123` said
+        # Django's "“123” is not a valid UUID" where a well-formed unknown id says "no such delivery",
+        # and uuid.UUID, through int(), took the id written in fullwidth digits as the delivery's own.
+        value = parse_event_id(str(given))
     try:
-        return queryset.get(**{field: given})
-    except queryset.model.DoesNotExist:
-        raise NoSuchObject(f'no such {queryset.model._meta.verbose_name} "{given}"') from None
+        if value is None:
+            raise model.DoesNotExist
+        return queryset.get(**{field: value})
+    except model.DoesNotExist:
+        raise NoSuchObject(f'no such {model._meta.verbose_name} "{given}"') from None
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
