@@ -110,6 +110,11 @@ def _story_text(story: dict) -> str:
             lines.append(f"      why it failed: {_one_line(delivery['last_error'])}")
         elif not delivery["attempts"] and delivery["last_error"]:
             lines.append(f"      {_one_line(delivery['last_error'])}")
+        elif delivery["status"] == "pending" and delivery["last_error"]:
+            # What the attempt lines do not say: why the next attempt is when it is ("HTTP 429: next try in
+            # 1 h, as the receiver's Retry-After asks"), or that the platform put it back unsent. Named
+            # as in the JSON (last_error).
+            lines.append(f"      last error: {_one_line(delivery['last_error'])}")
     for refusal in story["left_out_by_payload_filters"]:
         lines.append(
             f"  not sent to {_one_line(refusal['destination']['name'])}: its payload filters (as they are now) leave it "
