@@ -190,9 +190,10 @@ def test_a_provider_id_in_several_organizations_names_each_one_newest_first(
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evt_nowhere"], r"^no event has the id 'evt_nowhere'$"),
-        (["evt_nowhere", "--org", "acme"], r"^no event in organization acme has the id 'evt_nowhere'$"),
-        (["0190a8b2-0000-7000-8000-000000000000"], r"^no event has the id '0190a8b2-0000-7000-8000-000000000000'$"),
+        # Quoted as the other commands quote what names nothing (no such source "42").
+        (["evt_nowhere"], r'^no event has the id "evt_nowhere"$'),
+        (["evt_nowhere", "--org", "acme"], r'^no event in organization acme has the id "evt_nowhere"$'),
+        (["0190a8b2-0000-7000-8000-000000000000"], r'^no event has the id "0190a8b2-0000-7000-8000-000000000000"$'),
         (["evt_nowhere", "--org", "missing"], r'^no such organization "missing"$'),
         (["evt_nowhere", "--source", "1"], r"^--source needs --org$"),
         ([" "], r"^give an event id, a delivery id or a provider event id$"),
