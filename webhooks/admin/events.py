@@ -34,6 +34,7 @@ from webhooks.services.operations import OperationError, event_replay
 from webhooks.services.payload_filters import destinations_not_taking
 from webhooks.services.processing import process_set_aside_events_now
 from webhooks.services.text import readable_body, visible_text
+from webhooks.templatetags.dashboard import response_extent
 
 from .actions import ACTION_LIMIT, ReturnToObjectPageMixin, confirmation_page, confirmed
 from .filters import (
@@ -529,11 +530,27 @@ class WebhookEventAdmin(
 # --- Deliveries and attempts --------------------------------------------------------------------
 
 
+@admin.display(description="Response kept")
+def response_kept(attempt):
+    """How much of its receiver's answer an attempt keeps, in the event page's words (response_extent)."""
+    return response_extent(attempt) if attempt.response_body else None
+
+
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     extra = 0
     can_delete = False
-    fields = ("attempt_number", "started_at", "duration_ms", "response_status", "error", "response_body")
+    # The answer's extent beside it, in the event page's words: whether the receiver's answer was cut
+    # to its start (response_truncated) or is whole.
+    fields = (
+        "attempt_number",
+        "started_at",
+        "duration_ms",
+        "response_status",
+        "error",
+        response_kept,
+        "response_body",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -668,11 +685,13 @@ class DeliveryAttemptAdmin(
     sortable_by = ("id",)
     # Facet counts would run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    # The headers it sent as the event's page shows them: our signature masked for view-only staff.
+    # The headers it sent as the event's page shows them: our signature masked for view-only staff; and
+    # whether its answer was cut in the event page's words, where a bare "Response truncated" box stood.
     readonly_fields = [
-        "sent_headers" if field.name == "request_headers" else field.name for field in DeliveryAttempt._meta.fields
+        {"request_headers": "sent_headers", "response_truncated": response_kept}.get(field.name, field.name)
+        for field in DeliveryAttempt._meta.fields
     ]
-    exclude = ("request_headers",)
+    exclude = ("request_headers", "response_truncated")
     actions = ("retry_deliveries",)
 
     def get_object(self, request, object_id, from_field=None):

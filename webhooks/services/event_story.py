@@ -43,7 +43,7 @@ def event_stories(
     found = events_found_by_id(text=text, organization=organization, source=source, limit=limit + 1)
     if not found:
         where = f" of source {source.pk}" if source else f" in organization {organization.slug}" if organization else ""
-        raise LookupError(f"no event{where} has the id '{text}'")
+        raise LookupError(f'no event{where} has the id "{text}"')
     stories = [
         event_story(
             event_detail_for_organization(organization=match.organization, event_id=match.pk),

@@ -48,18 +48,26 @@ def visible(value) -> str:
 RESPONSE_SHOWN_CHARS = 2000
 
 
-@register.filter
-def response_label(attempt) -> str:
-    """What the event page says of an attempt's kept answer: how much of it there is, and that it is
-    only the answer's start when the receiver sent more than DELIVERY_RESPONSE_BODY_MAX_BYTES."""
+def response_extent(attempt, shown: int | None = None) -> str:
+    """How much of its receiver's answer an attempt keeps, in the words of every page that shows one
+    (the event page, the admin's): "100 characters", or "its first 4096 characters: the answer was
+    longer" when the receiver sent more than DELIVERY_RESPONSE_BODY_MAX_BYTES; and, when the page
+    shows only its first ``shown`` characters, that it does."""
     length = len(attempt.response_body)
     if attempt.response_truncated:
         label = f"its first {length} characters: the answer was longer"
     else:
         label = f"{length} characters"
-    if length > RESPONSE_SHOWN_CHARS:
-        label += f"; the first {RESPONSE_SHOWN_CHARS} shown"
-    return f"Response ({label})"
+    if shown is not None and length > shown:
+        label += f"; the first {shown} shown"
+    return label
+
+
+@register.filter
+def response_label(attempt, shown: int = RESPONSE_SHOWN_CHARS) -> str:
+    """An attempt's kept answer, headed: "Response (its first 4096 characters: the answer was longer)".
+    ``shown``: the characters of it the page shows (the event page's RESPONSE_SHOWN_CHARS by default)."""
+    return f"Response ({response_extent(attempt, shown)})"
 
 
 @register.filter

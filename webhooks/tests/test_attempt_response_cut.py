@@ -2,6 +2,7 @@
 event page's "Response (4096 characters)" of a 200 KB answer read as the receiver's whole answer."""
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from webhooks.models import Delivery, DeliveryAttempt
@@ -60,3 +61,43 @@ def test_an_answer_kept_whole_is_said_as_before(client, organization, owner, htt
     _, key = make_key(organization)
     answer = api_get(client, key, f"/api/v1/deliveries/{attempt.delivery_id}").json()
     assert answer["attempts"][0]["response_truncated"] is False
+
+
+def admin_pages(client, attempt) -> list[str]:
+    """The admin's event page (its deliveries' attempts), delivery page (its attempts inline) and attempt page."""
+    client.force_login(get_user_model().objects.create_superuser("root@hookline.example", "correct horse battery"))
+    urls = [
+        reverse("admin:webhooks_webhookevent_change", args=[attempt.delivery.event_id]),
+        reverse("admin:webhooks_delivery_change", args=[attempt.delivery_id]),
+        reverse("admin:webhooks_deliveryattempt_change", args=[attempt.pk]),
+    ]
+    pages = [client.get(url) for url in urls]
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    return [page.content.decode() for page in pages]
+
+
+def test_the_admin_says_an_answer_was_cut_as_the_event_page_does(client, organization, httpserver, settings):
+    # Its event page headed every attempt's answer "response (truncated)", cut or whole, and the delivery
+    # page showed the kept start as the answer.
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 600
+    attempt = attempt_answered(client, organization, httpserver, "x" * 5000)
+    assert attempt.response_truncated
+
+    event_page, delivery_page, attempt_page = admin_pages(client, attempt)
+    assert "Response (its first 600 characters: the answer was longer; the first 500 shown)" in event_page
+    assert "response (truncated)" not in event_page
+    for page in (delivery_page, attempt_page):
+        assert "Response kept" in page
+        assert "its first 600 characters: the answer was longer" in page
+
+
+def test_the_admin_says_an_answer_kept_whole_is_whole(client, organization, httpserver, settings):
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 600
+    attempt = attempt_answered(client, organization, httpserver, "y" * 100)
+    assert not attempt.response_truncated
+
+    event_page, delivery_page, attempt_page = admin_pages(client, attempt)
+    assert "Response (100 characters)" in event_page and "response (truncated)" not in event_page
+    for page in (event_page, delivery_page, attempt_page):
+        assert "the answer was longer" not in page
+    assert "100 characters" in delivery_page and "100 characters" in attempt_page

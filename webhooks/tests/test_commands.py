@@ -367,7 +367,7 @@ def test_create_destination_refuses_a_policy_out_of_bounds_naming_the_flag(organ
         call_command(*DESTINATION_D, flag, value, "--json", stdout=out)
     assert json.loads(out.getvalue()) == {"error": str(refused.value)}
     assert not Destination.objects.exists()
-    with pytest.raises(CommandError, match=r"invalid (int|float) value"):
+    with pytest.raises(CommandError, match=rf"^Error: argument {named}\S*: must be a (whole )?number, not 'many'$"):
         run(*DESTINATION_D, flag, "many")
 
 
@@ -377,6 +377,36 @@ def test_bad_values_are_explained_plainly():
     assert "[" not in str(raised.value)  # a message, not a Python list
     with pytest.raises(CommandError, match=r'^no such delivery "0190a8b2-0000-7000-8000-000000000000"$'):
         run("retry_delivery", "--id", "0190a8b2-0000-7000-8000-000000000000")
+
+
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+@pytest.mark.parametrize("given", ["123", "not-a-uuid", "0190a8b2-0000-7000-8000", "DELIVERY_FULLWIDTH"])
+def test_a_delivery_id_that_is_not_a_uuid_is_no_such_delivery(organization, client, given):
+    # Django's "“123” is not a valid UUID" read as a fault of the command; a well-formed unknown id says
+    # "no such delivery", with the same exit status. An id in fullwidth digits is not the delivery's
+    # own, which uuid.UUID (through int()) took it for, and retried it.
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    delivery = dead_delivery(WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_id")), destination)
+    if given == "DELIVERY_FULLWIDTH":
+        given = str(delivery.pk).translate(FULLWIDTH)
+        assert given != str(delivery.pk)
+    out = io.StringIO()
+    with pytest.raises(CommandError) as refused:
+        call_command("retry_delivery", "--id", given, "--json", stdout=out)
+    assert str(refused.value) == f'no such delivery "{given}"'
+    assert refused.value.returncode == 1
+    assert json.loads(out.getvalue()) == {"error": f'no such delivery "{given}"'}
+    assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.DEAD
+
+
+def test_a_delivery_id_pasted_with_spaces_is_still_found(organization, client):
+    source = make_source(organization)
+    destination, _ = make_destination(organization, "http://127.0.0.1:9/hook", sources=[source])
+    delivery = dead_delivery(WebhookEvent.objects.get(pk=ingest_stripe(client, source, "evt_pasted")), destination)
+    assert run("retry_delivery", "--id", f" {delivery.pk} ")["id"] == str(delivery.pk)
 
 
 @pytest.mark.parametrize("limit", ["-5", "0", "1001", "5000", "many"])

@@ -190,9 +190,10 @@ def test_a_provider_id_in_several_organizations_names_each_one_newest_first(
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evt_nowhere"], r"^no event has the id 'evt_nowhere'$"),
-        (["evt_nowhere", "--org", "acme"], r"^no event in organization acme has the id 'evt_nowhere'$"),
-        (["0190a8b2-0000-7000-8000-000000000000"], r"^no event has the id '0190a8b2-0000-7000-8000-000000000000'$"),
+        # Quoted as the other commands quote what names nothing (no such source "42").
+        (["evt_nowhere"], r'^no event has the id "evt_nowhere"$'),
+        (["evt_nowhere", "--org", "acme"], r'^no event in organization acme has the id "evt_nowhere"$'),
+        (["0190a8b2-0000-7000-8000-000000000000"], r'^no event has the id "0190a8b2-0000-7000-8000-000000000000"$'),
         (["evt_nowhere", "--org", "missing"], r'^no such organization "missing"$'),
         (["evt_nowhere", "--source", "1"], r"^--source needs --org$"),
         ([" "], r"^give an event id, a delivery id or a provider event id$"),
@@ -251,3 +252,28 @@ def test_a_destination_whose_payload_filters_left_the_event_out_is_named_with_th
     assert "Live only</a>, whose payload filters (as they are now) leave it out: “data.object.livemode == true”" in (
         page.replace("&quot;", '"')
     )
+
+
+def test_a_pending_delivery_s_last_error_is_printed_as_in_json(client, organization, httpserver):
+    # --json had it; the text printed the 429 attempt and "next attempt" an hour on, but not why.
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source], retry_schedule=[5, 5])
+    httpserver.expect_request("/hook").respond_with_data("slow down", status=429, headers={"Retry-After": "3600"})
+    assert post_stripe(client, source, BODY, STRIPE_SECRET).status_code == 200
+    processing.process_received_events()
+    delivery = deliver_now(Delivery.objects.get().pk)
+    error = "HTTP 429: next try in 1 h, as the receiver's Retry-After asks"
+    assert delivery.status == Delivery.Status.PENDING and delivery.last_error == error
+    assert show("evt_story_1")["events"][0]["deliveries"][0]["last_error"] == error
+
+    lines = show_text("evt_story_1").splitlines()
+    attempt = next(index for index, line in enumerate(lines) if "#1 429 in " in line)
+    # Under the delivery's attempts, as a dead one's "why it failed".
+    assert lines[attempt + 1] == f"      last error: {error}"
+
+    # A delivery that succeeded keeps no last error to print.
+    httpserver.clear()
+    httpserver.expect_request("/hook").respond_with_data("ok", status=200)
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    assert deliver_now(delivery.pk).status == Delivery.Status.SUCCEEDED
+    assert "last error" not in show_text("evt_story_1")

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from organizations.services import audit_purge, audit_purge_count, audit_system_actor, command_actor_label
+from webhooks.management.commands._base import WHOLE_NUMBER
 
 
 class Command(BaseCommand):
@@ -16,7 +17,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--older-than-days",
-            type=int,
+            type=WHOLE_NUMBER,
             required=True,
             metavar="N",
             help="delete the entries older than N days (1 or more)",

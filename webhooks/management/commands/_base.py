@@ -4,13 +4,16 @@ they take secrets without a command line."""
 import argparse
 import getpass
 import json
+import re
 import sys
 
 from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import models
 
 from organizations.services import audit_system_actor, command_actor_label
+from webhooks.selectors import parse_event_id
 from webhooks.services.text import terminal_text
 
 
@@ -110,6 +113,41 @@ class FileGivenOnce(GivenOnce):
     takes = "it reads one file"
 
 
+# Python's int() and float() read any script's digits ("٣", a fullwidth "３" as 3): `send_test_webhook
+# --source ٣` posted to source 3. The API, the dashboard and the admin take ids in the digits 0-9 only
+# (README, *Ids*); the commands take every number so, ids, counts and seconds alike. [0-9], not \d,
+# which matches those other digits too. At most 18 digits: below 2**63, so an id never overflows its
+# bigint column (a traceback), and int() never refuses one as too long.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+
+
+class NumberArgument:
+    """The argparse ``type`` of every number a command takes: written in the digits 0-9, whole
+    unless ``fraction``, and within ``bounds`` (lowest, highest) when given. Anything else is
+    argparse's usage error (exit status 2) naming the flag: "argument --source: must be a whole
+    number written in the digits 0-9, not '٣'"."""
+
+    def __init__(self, *, fraction: bool = False, bounds: tuple[int, int] | None = None):
+        self.fraction, self.bounds = fraction, bounds
+
+    def __call__(self, text: str) -> int | float:
+        spelled = text.strip()
+        if (_NUMBER if self.fraction else _WHOLE_NUMBER).fullmatch(spelled):
+            number = float(spelled) if self.fraction else int(spelled)
+            if self.bounds is None or self.bounds[0] <= number <= self.bounds[1]:
+                return number
+        kind = "number" if self.fraction else "whole number"
+        within = f" from {self.bounds[0]} to {self.bounds[1]}" if self.bounds else ""
+        # Said only when it is the reason: "must be a whole number, not '٣'" would read as nonsense.
+        digits = " written in the digits 0-9" if not text.isascii() else ""
+        raise argparse.ArgumentTypeError(f"must be a {kind}{within}{digits}, not '{text}'")
+
+
+# A whole number in ASCII digits: ids, counts, seconds.
+WHOLE_NUMBER = NumberArgument()
+
+
 def add_secret_arguments(parser, flag: str, *, help: str, file_help: str, **flag_options) -> None:
     """``--<flag> VALUE`` and ``--<flag>-file PATH``; read them with OperatorCommand.secret_from_options."""
     flag_options.setdefault("action", GivenOnce)
@@ -183,11 +221,21 @@ class NoSuchObject(LookupError):
 
 def find_given(queryset, given, *, field: str = "pk"):
     """The object of ``queryset`` whose ``field`` is ``given``, or NoSuchObject naming the value given
-    (`no such organization "acme-typo"`): with several lookup arguments, the operator sees which one."""
+    (`no such organization "acme-typo"`): with several lookup arguments, the operator sees which one.
+    A UUID field's value that is not a UUID in ASCII names nothing either."""
+    model = queryset.model
+    value = given
+    if isinstance(model._meta.pk if field == "pk" else model._meta.get_field(field), models.UUIDField):
+        # Read as the API and the admin read such an id (parse_event_id): `retry_delivery --id 123` said
+        # Django's "“123” is not a valid UUID" where a well-formed unknown id says "no such delivery",
+        # and uuid.UUID, through int(), took the id written in fullwidth digits as the delivery's own.
+        value = parse_event_id(str(given))
     try:
-        return queryset.get(**{field: given})
-    except queryset.model.DoesNotExist:
-        raise NoSuchObject(f'no such {queryset.model._meta.verbose_name} "{given}"') from None
+        if value is None:
+            raise model.DoesNotExist
+        return queryset.get(**{field: value})
+    except model.DoesNotExist:
+        raise NoSuchObject(f'no such {model._meta.verbose_name} "{given}"') from None
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:

@@ -18,7 +18,15 @@ from webhooks.services.payload_filters import (
     payload_filter_line,
 )
 
-from ._base import OperatorCommand, add_secret_arguments, find_given, read_secret_input, shown_path
+from ._base import (
+    WHOLE_NUMBER,
+    NumberArgument,
+    OperatorCommand,
+    add_secret_arguments,
+    find_given,
+    read_secret_input,
+    shown_path,
+)
 
 POLICY_FIELDS = ("timeout_seconds", "retry_client_errors", *DELIVERY_POLICY_FIELDS)
 PAYLOAD_FILTER_FLAG = "--payload-filter"
@@ -31,10 +39,14 @@ class Command(OperatorCommand):
         parser.add_argument("--org", required=True, help="organization slug")
         parser.add_argument("--name", required=True)
         parser.add_argument("--url", required=True)
-        parser.add_argument("--source", action="append", type=int, default=[], metavar="ID")
+        parser.add_argument("--source", action="append", type=WHOLE_NUMBER, default=[], metavar="ID")
         parser.add_argument("--event-types", default="", help="comma-separated patterns such as invoice.*")
         parser.add_argument(
-            "--timeout", "--timeout-seconds", dest="timeout", type=float, help="seconds an attempt waits (default 15)"
+            "--timeout",
+            "--timeout-seconds",
+            dest="timeout",
+            type=NumberArgument(fraction=True),
+            help="seconds an attempt waits (default 15)",
         )
         # The delivery policy, as the dashboard's form and the REST API take it (same names and bounds).
         parser.add_argument(
@@ -43,12 +55,21 @@ class Command(OperatorCommand):
             help="the waits before each retry, comma-separated: seconds or with s, m, h, d (10,60,600 or 10s,1m,10m); "
             "default the platform's DELIVERY_RETRY_SCHEDULE",
         )
-        parser.add_argument("--max-attempts", type=int, metavar="N", help="attempts on the schedule, 1: no retries")
         parser.add_argument(
-            "--max-retry-age-seconds", type=int, metavar="SECONDS", help="no retry later than this after delivery"
+            "--max-attempts", type=WHOLE_NUMBER, metavar="N", help="attempts on the schedule, 1: no retries"
         )
-        parser.add_argument("--max-concurrency", type=int, metavar="N", help="attempts sent at once (default 10)")
-        parser.add_argument("--rate-limit-per-second", type=int, metavar="N", help="attempts started per second")
+        parser.add_argument(
+            "--max-retry-age-seconds",
+            type=WHOLE_NUMBER,
+            metavar="SECONDS",
+            help="no retry later than this after delivery",
+        )
+        parser.add_argument(
+            "--max-concurrency", type=WHOLE_NUMBER, metavar="N", help="attempts sent at once (default 10)"
+        )
+        parser.add_argument(
+            "--rate-limit-per-second", type=WHOLE_NUMBER, metavar="N", help="attempts started per second"
+        )
         parser.add_argument("--retry-client-errors", action="store_true", help="retry 4xx answers too")
         parser.add_argument(
             "--payload-filter",

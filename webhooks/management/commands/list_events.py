@@ -1,11 +1,9 @@
-import argparse
-
 from organizations.models import Organization
 from webhooks.models import WebhookEvent
 from webhooks.selectors import EVENT_STATUS_ALL, EVENT_STATUSES_FROM_DELIVERIES, EventFilters, event_page
 from webhooks.services.text import terminal_text
 
-from ._base import OperatorCommand, find_given
+from ._base import NumberArgument, OperatorCommand, find_given
 
 # Each event comes with all its deliveries: an unbounded --limit could load a whole organization at once.
 MAX_LIMIT = 1000
@@ -28,7 +26,11 @@ class Command(OperatorCommand):
             help="an exact id: the provider's (also one a rejected request claims), Hookline's, or a webhook-id",
         )
         parser.add_argument(
-            "--limit", type=_limit, default=20, metavar="N", help=f"newest N events, 1 to {MAX_LIMIT} (default 20)"
+            "--limit",
+            type=NumberArgument(bounds=(1, MAX_LIMIT)),
+            default=20,
+            metavar="N",
+            help=f"newest N events, 1 to {MAX_LIMIT} (default 20)",
         )
 
     def run(self, **options):
@@ -108,14 +110,3 @@ def _one_line(value: str | None) -> str | None:
 
 def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
-
-
-def _limit(value: str) -> int:
-    # argparse's usage error (exit status 2): "argument --limit: must be a whole number from 1 to 1000, not '5000'".
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or not 1 <= number <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT}, not '{value}'")
-    return number

@@ -3,7 +3,7 @@ from django.core.management.base import CommandError
 from organizations.models import Organization
 from webhooks.services.encryption import reencrypt_all_secrets, verify_stored_secrets
 
-from ._base import OperatorCommand
+from ._base import WHOLE_NUMBER, OperatorCommand
 
 NEXT_STEP = (
     "deploy FIELD_ENCRYPTION_KEYS with the new key alone (without the old one) to retire the old key; "
@@ -33,9 +33,9 @@ class Command(OperatorCommand):
             help="write nothing: count per model the secrets readable under the newest key, under an older one, "
             "and not at all (exits 1 if any cannot be read)",
         )
-        parser.add_argument("--limit", type=int, help="with --verify: at most this many rows per model")
+        parser.add_argument("--limit", type=WHOLE_NUMBER, help="with --verify: at most this many rows per model")
         parser.add_argument("--org", help="with --verify: only this organization's rows (its slug)")
-        parser.add_argument("--batch-size", type=int, default=500, help="rows read per query (default 500)")
+        parser.add_argument("--batch-size", type=WHOLE_NUMBER, default=500, help="rows read per query (default 500)")
 
     def handle(self, *args, **options):
         super().handle(*args, **options)

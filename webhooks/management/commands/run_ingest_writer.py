@@ -4,6 +4,8 @@ from django.core.management.base import BaseCommand
 
 from webhooks.services.ingest_writer_process import run_writer_process
 
+from ._base import WHOLE_NUMBER
+
 
 class Command(BaseCommand):
     help = "Commit the ingest rows of this host's web workers together, serving them on a Unix socket."
@@ -11,7 +13,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--socket", required=True, help="path of the Unix socket to listen on")
         parser.add_argument(
-            "--parent-pid", type=int, default=None, help="exit when this process (gunicorn's master) has ended"
+            "--parent-pid", type=WHOLE_NUMBER, default=None, help="exit when this process (gunicorn's master) has ended"
         )
 
     def handle(self, *args, **options):

@@ -3,14 +3,14 @@ from django.core.management.base import CommandError
 from webhooks.models import Source
 from webhooks.services.sample_sender import send_test_webhook
 
-from ._base import OperatorCommand, find_given
+from ._base import WHOLE_NUMBER, OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
     help = "Sign a sample payload as the source's provider would and post it to the source's ingest URL."
 
     def add_command_arguments(self, parser):
-        parser.add_argument("--source", required=True, type=int, help="source id")
+        parser.add_argument("--source", required=True, type=WHOLE_NUMBER, help="source id")
         parser.add_argument("--fixture", help="sample payload name (default: the provider's first)")
         parser.add_argument("--url", help="post here instead of PUBLIC_BASE_URL/in/<token>/")
         parser.add_argument(

@@ -6,7 +6,7 @@ from webhooks.services.delivery_waits import DELIVERY_WAITS, NEXT_TRY_WHEN_HELD
 from webhooks.services.event_story import UNRECORDED_ATTEMPT, event_stories, unrecorded_attempt_numbers
 from webhooks.services.text import terminal_text
 
-from ._base import OperatorCommand, find_given
+from ._base import WHOLE_NUMBER, OperatorCommand, find_given
 
 
 class Command(OperatorCommand):
@@ -18,7 +18,7 @@ class Command(OperatorCommand):
     def add_command_arguments(self, parser):
         parser.add_argument("id", help="an event id, a delivery id, or a provider event id such as evt_123")
         parser.add_argument("--org", help="organization slug (without it, every organization is searched)")
-        parser.add_argument("--source", type=int, metavar="ID", help="only this source's events (needs --org)")
+        parser.add_argument("--source", type=WHOLE_NUMBER, metavar="ID", help="only this source's events (needs --org)")
         parser.add_argument("--body", action="store_true", help="print the body as well")
 
     def run(self, **options):
@@ -110,6 +110,11 @@ def _story_text(story: dict) -> str:
             lines.append(f"      why it failed: {_one_line(delivery['last_error'])}")
         elif not delivery["attempts"] and delivery["last_error"]:
             lines.append(f"      {_one_line(delivery['last_error'])}")
+        elif delivery["status"] == "pending" and delivery["last_error"]:
+            # What the attempt lines do not say: why the next attempt is when it is ("HTTP 429: next try in
+            # 1 h, as the receiver's Retry-After asks"), or that the platform put it back unsent. Named
+            # as in the JSON (last_error).
+            lines.append(f"      last error: {_one_line(delivery['last_error'])}")
     for refusal in story["left_out_by_payload_filters"]:
         lines.append(
             f"  not sent to {_one_line(refusal['destination']['name'])}: its payload filters (as they are now) leave it "
