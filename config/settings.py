@@ -413,10 +413,18 @@ if BODY_SEARCH_WINDOW < 1 or not BODY_SEARCH_TIMEOUT_SECONDS > 0:
     raise ImproperlyConfigured("BODY_SEARCH_WINDOW must be 1 or more and BODY_SEARCH_TIMEOUT_SECONDS above 0")
 if BODY_SEARCH_CONCURRENCY < 1:
     raise ImproperlyConfigured("BODY_SEARCH_CONCURRENCY must be 1 or more")
-DELIVERY_RETRY_SCHEDULE = [
-    int(value)
+# Whole seconds in the digits 0-9, as the retry schedules of destinations: int() also reads other
+# scripts' digits ("٣٠" as 30), and a mistyped wait ("1m") stopped start-up on a bare ValueError.
+_RETRY_WAITS = [
+    value.strip()
     for value in env.list("DELIVERY_RETRY_SCHEDULE", default=["60", "300", "900", "3600", "21600", "43200", "86400"])
 ]
+if unread := [value for value in _RETRY_WAITS if not (value.isascii() and value.isdigit() and len(value) <= 9)]:
+    raise ImproperlyConfigured(
+        "DELIVERY_RETRY_SCHEDULE must be whole seconds in the digits 0-9, separated by commas "
+        f'(60,300,900): not "{unread[0]}"'
+    )
+DELIVERY_RETRY_SCHEDULE = [int(value) for value in _RETRY_WAITS]
 DELIVERY_TIMEOUT_SECONDS = env.float("DELIVERY_TIMEOUT_SECONDS", default=15.0)
 DELIVERY_RESPONSE_BODY_MAX_BYTES = env.int("DELIVERY_RESPONSE_BODY_MAX_BYTES", default=4096)
 ALLOW_PRIVATE_DESTINATIONS = env.bool("ALLOW_PRIVATE_DESTINATIONS", default=False)

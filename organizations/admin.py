@@ -536,6 +536,10 @@ class DateRangeFilter(admin.ListFilter):
     def _bound(self, parameter: str) -> tuple[datetime, timedelta] | None:
         """The moment a bound starts, and how long the day, minute or second it names lasts."""
         text = (self.used_parameters.get(parameter) or "").strip()
+        if not text.isascii():
+            # Django's parse_date reads other scripts' digits ("٢٠٢٦-١٢-٠١" as 2026-12-01); the admin
+            # takes numbers in the digits 0-9 only (README, *Ids*): ignored like any unreadable bound.
+            return None
         try:
             day = parse_date(text)
             if day is not None:
@@ -592,7 +596,7 @@ class DateRangeFilter(admin.ListFilter):
 
 # A time with seconds ("12:34:56") names that second; one without ("12:34", as a datetime-local
 # input sends it) names the whole minute.
-_WITH_SECONDS = re.compile(r"\d:\d{2}:\d{2}")
+_WITH_SECONDS = re.compile(r"[0-9]:[0-9]{2}:[0-9]{2}")
 
 
 def _to_the_second(moment: datetime) -> str:

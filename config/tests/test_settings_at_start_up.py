@@ -71,6 +71,9 @@ def settings_read(fresh, **variables) -> dict:
         ({"BODY_SEARCH_CONCURRENCY": "0"}, "BODY_SEARCH_CONCURRENCY must be 1 or more"),
         ({"PROCESSING_BATCH_BODY_BYTES": "0"}, "PROCESSING_BATCH_BODY_BYTES must be 1 or more"),
         ({"PROCESSING_BATCH_DELIVERIES": "0"}, "PROCESSING_BATCH_DELIVERIES must be 1 or more"),
+        # int() read "٣٠" as 30; the retry schedules of destinations take only the digits 0-9.
+        ({"DELIVERY_RETRY_SCHEDULE": "60,٣٠0"}, "DELIVERY_RETRY_SCHEDULE must be whole seconds in the digits 0-9"),
+        ({"DELIVERY_RETRY_SCHEDULE": "60,1m"}, 'separated by commas (60,300,900): not "1m"'),
         ({"DATABASE_URL": "sqlite:////tmp/hookline.sqlite3"}, "DATABASE_URL must be a PostgreSQL URL"),
         ({"DATABASE_URL": "mysql://root@127.0.0.1/hookline"}, "DATABASE_URL must be a PostgreSQL URL"),
         # Left to its local default, every request to the platform's host name was a 400 while the

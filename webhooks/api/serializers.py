@@ -677,10 +677,11 @@ class ApiChoiceField(serializers.ChoiceField):
 # alone, which is midnight UTC. A time without an offset is refused rather than read in the
 # server's zone: which zone the caller meant is unknown, and a guess shifts the range by hours
 # without a word. Other ISO 8601 spellings Python reads (20261201T100000Z, 2026-W49-1, +0200) are
-# refused too: the document describes none of them.
+# refused too: the document describes none of them. In the digits 0-9 (\d also matches other
+# scripts' digits: "2026-12-01T١٠:00" was told it lacked an offset, as if it were a time).
 _API_TIME = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})"
-    r"(?:[Tt ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(?P<offset>[Zz]|[+-]\d{2}:\d{2})?)?"
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})"
+    r"(?:[Tt ](?P<time>[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?)(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
 )
 API_TIME_FORM = (
     "RFC 3339 with its offset, such as 2026-12-01T10:00:00Z or 2026-12-01T12:00:00+02:00 (seconds may be "
@@ -721,7 +722,7 @@ class ApiDateTimeField(serializers.DateTimeField):
 
 
 # A time whose offset's "+" a query string turned into a space: "…T10:00:00 02:00".
-_OFFSET_PLUS_READ_AS_SPACE = re.compile(r"\d \d{2}(:?\d{2})?$")
+_OFFSET_PLUS_READ_AS_SPACE = re.compile(r"[0-9] [0-9]{2}(:?[0-9]{2})?$")
 
 
 class QueryDateTimeField(ApiDateTimeField):

@@ -264,10 +264,13 @@ def max_attempts_with_any_schedule() -> int:
 
 
 # One wait of a retry schedule as people write it: seconds, or a number with a unit ("10s", "1.5 h").
-_WAIT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+# In the digits 0-9, as every number Hookline takes (README, *Ids*): \d also matches other scripts'
+# digits, and Decimal reads them, so "٣٠" was a wait of 30 s.
+_WAIT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.IGNORECASE)
 # Several waits in one item: "10s 1m" (a missing comma), or "1h30m" / "1h 30m" (one wait in two units).
 _SEVERAL_WAITS = re.compile(
-    r"\d+(?:\.\d+)?\s*[a-z]*(?:\s+\d+(?:\.\d+)?\s*[a-z]*)+|(?:\d+(?:\.\d+)?\s*[a-z]+\s*)+\d+(?:\.\d+)?\s*[a-z]*",
+    r"[0-9]+(?:\.[0-9]+)?\s*[a-z]*(?:\s+[0-9]+(?:\.[0-9]+)?\s*[a-z]*)+"
+    r"|(?:[0-9]+(?:\.[0-9]+)?\s*[a-z]+\s*)+[0-9]+(?:\.[0-9]+)?\s*[a-z]*",
     re.IGNORECASE,
 )
 _UNIT_SECONDS = {
@@ -294,8 +297,10 @@ def parse_retry_schedule(text: str) -> list[int] | None:
                     "and write each in one unit (90m rather than 1h 30m)"
                 )
             else:
+                # Said only when it is the reason, as the commands' numbers say it.
+                digits = " in the digits 0-9" if any(ch.isdigit() and not ch.isascii() for ch in item) else ""
                 problem = (
-                    f"“{item[:60]}” is not a wait: write seconds (600), or a number with s, m, h or d (10m), "
+                    f"“{item[:60]}” is not a wait: write seconds{digits} (600), or a number with s, m, h or d (10m), "
                     "the waits separated by commas"
                 )
             raise DestinationError(problem, field="retry_schedule")

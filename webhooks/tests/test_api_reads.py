@@ -149,6 +149,12 @@ def test_a_time_whose_plus_became_a_space_is_refused_saying_how_to_write_it(clie
     assert api_get(client, reader_key, path, received_after="2026-12-01 10:00Z").status_code == 200
     naive = api_get(client, reader_key, path, received_after="2026-12-01 10:00")
     assert naive.status_code == 400 and "needs its offset" in naive.json()["fields"]["received_after"][0]
+    # Other scripts' digits are no time, rather than a time that lacks its offset.
+    arabic = api_get(client, reader_key, path, received_after="2026-12-01T١٠:00")
+    assert (
+        arabic.status_code == 400
+        and "not a date and time as this API takes them" in (arabic.json()["fields"]["received_after"][0])
+    )
     other = api_get(client, reader_key, path, received_after="yesterday")
     assert other.status_code == 400 and "%2B" not in other.json()["fields"]["received_after"][0]
 

@@ -240,6 +240,11 @@ def test_a_schedule_is_read_as_people_write_it(text, seconds):
         ("10s 1m 10m", "“10s 1m 10m” holds more than one wait: separate the waits with commas"),
         ("10 60", "“10 60” holds more than one wait"),
         ("1.5s", "“1.5s” is not a whole number of seconds"),
+        # Other scripts' digits: Decimal read "٣٠" as 30, and a fullwidth "３０ｍ" as 30 minutes.
+        ("٣٠", "“٣٠” is not a wait: write seconds in the digits 0-9 (600), or a number with s, m, h or d"),
+        ("10s, ３０ｍ", "“３０ｍ” is not a wait: write seconds in the digits 0-9"),
+        ("1.٥h", "“1.٥h” is not a wait: write seconds in the digits 0-9"),
+        ("1٠s 1m", "“1٠s 1m” is not a wait: write seconds in the digits 0-9"),
     ],
 )
 def test_a_schedule_that_cannot_be_read_is_refused_saying_why(text, message):
@@ -371,6 +376,7 @@ def test_admins_set_the_schedule_on_the_dashboard_and_each_change_is_audited(cli
     "changes, field, message",
     [
         ({"retry_schedule": "10x, 1m"}, "retry_schedule", "“10x” is not a wait"),
+        ({"retry_schedule": "٣٠, 1m"}, "retry_schedule", "“٣٠” is not a wait: write seconds in the digits 0-9"),
         ({"retry_schedule": "10s 1m"}, "retry_schedule", "separate the waits with commas"),
         ({"retry_schedule": "1h30m"}, "retry_schedule", "write each in one unit (90m rather than 1h 30m)"),
         ({"retry_schedule": "2s, 1m"}, "retry_schedule", "from 5 s to 7 days (5 to 604800): wait 1 is 2 s"),
@@ -469,6 +475,7 @@ def test_the_api_creates_changes_clears_and_shows_the_schedule(client, organizat
         ("10,60", "must be a list, not a string"),
         ([10.5], "item 1 must be a whole number (a JSON integer: no quotes, no fraction), not a number with a"),
         (["soon"], "item 1 must be a whole number (a JSON integer: no quotes, no fraction), not a string"),
+        (["٣٠"], "item 1 must be a whole number (a JSON integer: no quotes, no fraction), not a string"),
         ({"0": 10}, "must be a list, not an object"),
     ],
 )
@@ -539,6 +546,7 @@ def test_the_admin_sets_the_schedule_within_the_same_bounds(client, organization
     for changes, message in (
         ({"retry_schedule": "1s"}, "wait 1 is 1 s"),
         ({"retry_schedule": "ten"}, "“ten” is not a wait"),
+        ({"retry_schedule": "٣٠s"}, "“٣٠s” is not a wait: write seconds in the digits 0-9"),
         ({"retry_schedule": "10s, 1m", "max_attempts": "4"}, "to 3 (this destination&#x27;s whole schedule)"),
     ):
         refused = client.post(url, {**form, **changes})
@@ -587,6 +595,7 @@ def test_create_destination_takes_a_retry_schedule(organization):
     [
         (("--retry-schedule", "2,60"), "^--retry-schedule: each wait .* wait 1 is 2 s"),
         (("--retry-schedule", "10x"), "^--retry-schedule: “10x” is not a wait"),
+        (("--retry-schedule", "10,٦٠"), "^--retry-schedule: “٦٠” is not a wait: write seconds in the digits 0-9"),
         (("--retry-schedule", ""), "^--retry-schedule: give at least one wait"),
         (("--retry-schedule", "10,60", "--max-attempts", "4"), r"^--max-attempts: .*to 3 \(this destination"),
     ],
