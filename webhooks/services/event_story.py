@@ -152,6 +152,9 @@ def _attempt_story(attempt: DeliveryAttempt) -> dict:
         "duration_ms": attempt.duration_ms,
         "error": attempt.error,
         "response_excerpt": excerpt,
+        # As the API's attempts: the receiver's answer was longer than DELIVERY_RESPONSE_BODY_MAX_BYTES,
+        # and what is kept (and the excerpt) is its start.
+        "response_truncated": attempt.response_truncated,
     }
 
 

@@ -107,9 +107,11 @@ def test_any_id_of_the_event_tells_its_whole_story(client, organization, httpser
         "last_status_code": 200,
         "last_error": "",
     }
-    assert [(a["attempt_number"], a["response_status"], a["response_excerpt"]) for a in attempts] == [
-        (1, 500, "boom: upstream down"),
-        (2, 200, "ok"),
+    assert [
+        (a["attempt_number"], a["response_status"], a["response_excerpt"], a["response_truncated"]) for a in attempts
+    ] == [
+        (1, 500, "boom: upstream down", False),
+        (2, 200, "ok", False),
     ]
     assert all(isinstance(a["duration_ms"], int) and a["started_at"] for a in attempts)
 
@@ -277,3 +279,26 @@ def test_a_pending_delivery_s_last_error_is_printed_as_in_json(client, organizat
     Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     assert deliver_now(delivery.pk).status == Delivery.Status.SUCCEEDED
     assert "last error" not in show_text("evt_story_1")
+
+
+def test_an_attempt_whose_answer_was_cut_says_so_in_text_and_json(client, organization, httpserver, settings):
+    # The JSON had no response_truncated (the API's attempts have), and the text printed a cut
+    # answer's start as if it were the whole answer.
+    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 64
+    source = make_source(organization)
+    make_destination(organization, httpserver.url_for("/hook"), sources=[source], retry_schedule=[5, 5])
+    httpserver.expect_ordered_request("/hook").respond_with_data("x" * 65, status=500)
+    httpserver.expect_ordered_request("/hook").respond_with_data("y" * 64, status=200)
+    assert post_stripe(client, source, BODY, STRIPE_SECRET).status_code == 200
+    processing.process_received_events()
+    delivery = deliver_now(Delivery.objects.get().pk)
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    assert deliver_now(delivery.pk).status == Delivery.Status.SUCCEEDED
+
+    attempts = show("evt_story_1")["events"][0]["deliveries"][0]["attempts"]
+    assert [(a["response_excerpt"], a["response_truncated"]) for a in attempts] == [("x" * 64, True), ("y" * 64, False)]
+    lines = show_text("evt_story_1").splitlines()
+    [cut] = [line for line in lines if "#1 500 in " in line]
+    [whole] = [line for line in lines if "#2 200 in " in line]
+    assert cut.endswith(f"  {'x' * 64}  (response: its start only, the answer was longer)"), cut
+    assert whole.endswith(f"  {'y' * 64}"), whole

@@ -94,9 +94,11 @@ def _story_text(story: dict) -> str:
         for attempt in delivery["attempts"]:
             answer = attempt["response_status"] or "no answer"
             detail = _one_line(attempt["error"] or attempt["response_excerpt"].replace("\n", " "))
+            # Said as the event page's "the answer was longer": the excerpt alone reads as the whole answer.
+            cut = "  (response: its start only, the answer was longer)" if attempt["response_truncated"] else ""
             attempt_lines[attempt["attempt_number"]] = (
                 f"      {_time(attempt['started_at'])}  #{attempt['attempt_number']} {answer} "
-                f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "")
+                f"in {attempt['duration_ms']} ms" + (f"  {detail}" if detail else "") + cut
             )
         # Said, rather than "2 attempts" over one attempt line.
         for number in unrecorded_attempt_numbers(
