@@ -42,7 +42,7 @@ def load_fixture(provider: str, name: str) -> tuple[bytes, dict[str, str]]:
     """The fixture body as bytes and the extra headers the provider sends with it."""
     if name not in fixtures_for_provider(provider):
         raise SampleSenderError(
-            f"no fixture '{name}' for {provider}; available: {', '.join(fixtures_for_provider(provider))}"
+            f'no fixture "{name}" for {provider}; available: {", ".join(fixtures_for_provider(provider))}'
         )
     folder = FIXTURES_DIR / provider
     body = (folder / f"{name}.json").read_bytes().strip()

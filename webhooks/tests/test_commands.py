@@ -460,6 +460,31 @@ def test_a_lookup_that_finds_nothing_names_the_value_given(organization, args, m
     assert json.loads(out.getvalue()) == {"error": message}
 
 
+def test_a_value_an_error_quotes_is_in_double_quotes_as_in_every_command(organization):
+    # rotate_encryption_keys, --option and create_organization quoted it 'so', where the lookups say "so".
+    source = make_source(organization)
+    for args, message in (
+        (("rotate_encryption_keys", "--verify", "--org", "acme-typo"), 'no organization has the slug "acme-typo"'),
+        (
+            ("create_source", "--org", organization.slug, "--provider", "github", "--name", "g", "--option", "algo"),
+            '--option takes name=value, got "algo"',
+        ),
+        (
+            ("create_organization", "--name", "Again", "--slug", organization.slug, "--owner-email", "o@a.example"),
+            f'an organization with slug "{organization.slug}" already exists',
+        ),
+        (("send_test_webhook", "--source", str(source.pk), "--fixture", "nope"), 'no fixture "nope" for stripe; '),
+    ):
+        out = io.StringIO()
+        with pytest.raises(CommandError) as refused:
+            call_command(*args, "--json", stdout=out)
+        assert str(refused.value).startswith(message), args
+        assert json.loads(out.getvalue()) == {"error": str(refused.value)}
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    assert out.getvalue().startswith('Demo organization "demo" created.'), out.getvalue()
+
+
 def test_a_destination_cannot_be_hooklines_own_ingest_url(organization, settings):
     settings.PUBLIC_BASE_URL = "https://hooks.example.com"
     with pytest.raises(CommandError, match="loop"):

@@ -244,7 +244,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ValueError(f"--option takes name=value, got '{pair}'")  # reported as JSON with --json
+            raise ValueError(f'--option takes name=value, got "{pair}"')  # reported as JSON with --json
         parsed[name.strip()] = value
     return parsed
 

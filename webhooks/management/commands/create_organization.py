@@ -18,7 +18,7 @@ class Command(OperatorCommand):
         from organizations.models import Organization
 
         if Organization.objects.filter(slug=options["slug"]).exists():
-            raise ValueError(f"an organization with slug '{options['slug']}' already exists")
+            raise ValueError(f'an organization with slug "{options["slug"]}" already exists')
         organization = organization_create(
             name=options["name"], slug=options["slug"], owner_email=options["owner_email"]
         )

@@ -72,7 +72,7 @@ class Command(OperatorCommand):
         if options["org"] is not None:
             organization_id = Organization.objects.filter(slug=options["org"]).values_list("pk", flat=True).first()
             if organization_id is None:
-                raise ValueError(f"no organization has the slug {options['org']!r}")
+                raise ValueError(f'no organization has the slug "{options["org"]}"')
         found = verify_stored_secrets(
             batch_size=options["batch_size"], limit=options["limit"], organization_id=organization_id
         )

@@ -64,7 +64,7 @@ class Command(OperatorCommand):
             # which keeps it (var/, readable by its owner only). Only in the JSON, which `make run`
             # reads, and only by the run that made it: a secret is never shown once it is set.
             result["destination_secret"] = destination.secret
-        lines = [f"Demo organization '{organization.slug}' {'created' if created else 'already there'}."]
+        lines = [f'Demo organization "{organization.slug}" {"created" if created else "already there"}.']
         lines.append(f"  Stripe source {source.pk}: {ingest_url(source)}" if source else "  Stripe source: deleted")
         lines.append(f"  Destination {destination.pk}: {destination.url}" if destination else "  Destination: deleted")
         return result, "\n".join(lines)
