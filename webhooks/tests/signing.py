@@ -14,8 +14,9 @@ def stripe_headers(body: str, secret: str, timestamp: int | None = None) -> dict
 
 
 def standard_webhooks_headers(
-    body: str, secret: str, message_id: str, timestamp: int | None = None, prefix: str = "webhook"
+    body: str | bytes, secret: str, message_id: str, timestamp: int | None = None, prefix: str = "webhook"
 ) -> dict[str, str]:
+    # The package signs bytes as they are (a str as its UTF-8), so a body that is not UTF-8 is signed as sent.
     timestamp = int(time.time()) if timestamp is None else timestamp
     signature = Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, tz=UTC), body)
     return {
