@@ -33,34 +33,30 @@ def attempt_answered(client, organization, httpserver, body: str) -> DeliveryAtt
     return DeliveryAttempt.objects.get()
 
 
-def test_an_answer_longer_than_what_is_kept_is_said_to_be_cut(client, organization, owner, httpserver, settings):
+@pytest.mark.parametrize(
+    ("answer", "kept", "label", "cut"),
+    [
+        pytest.param(
+            "x" * 5000, "x" * 100, "Response (its first 100 characters: the answer was longer)", True, id="cut"
+        ),
+        pytest.param("y" * 100, "y" * 100, "Response (100 characters)", False, id="whole"),
+    ],
+)
+def test_the_event_page_and_the_api_say_whether_an_answer_was_cut(
+    client, organization, owner, httpserver, settings, answer, kept, label, cut
+):
     settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 100
-    attempt = attempt_answered(client, organization, httpserver, "x" * 5000)
+    attempt = attempt_answered(client, organization, httpserver, answer)
 
-    assert attempt.response_body == "x" * 100 and attempt.response_truncated
+    assert attempt.response_body == kept and attempt.response_truncated is cut
 
     client.force_login(owner)
     page = client.get(reverse("dashboard:event_detail", args=[organization.slug, attempt.delivery.event_id]))
-    assert "Response (its first 100 characters: the answer was longer)" in page.content.decode()
+    assert label in page.content.decode()
 
     _, key = make_key(organization)
     answer = api_get(client, key, f"/api/v1/deliveries/{attempt.delivery_id}").json()
-    assert answer["attempts"][0]["response_truncated"] is True
-
-
-def test_an_answer_kept_whole_is_said_as_before(client, organization, owner, httpserver, settings):
-    settings.DELIVERY_RESPONSE_BODY_MAX_BYTES = 100
-    attempt = attempt_answered(client, organization, httpserver, "y" * 100)
-
-    assert attempt.response_body == "y" * 100 and not attempt.response_truncated
-
-    client.force_login(owner)
-    page = client.get(reverse("dashboard:event_detail", args=[organization.slug, attempt.delivery.event_id]))
-    assert "Response (100 characters)" in page.content.decode()
-
-    _, key = make_key(organization)
-    answer = api_get(client, key, f"/api/v1/deliveries/{attempt.delivery_id}").json()
-    assert answer["attempts"][0]["response_truncated"] is False
+    assert answer["attempts"][0]["response_truncated"] is cut
 
 
 def admin_pages(client, attempt) -> list[str]:
