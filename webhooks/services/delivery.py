@@ -249,6 +249,7 @@ def decide_outcome(
             return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left (the destination allows {allowed})")
         return Outcome(Delivery.Status.DEAD, error=f"{error}: no retries left")
     asked_wait = None
+    said_wait = ""  # the receiver's Retry-After, said with the error of an outcome that waits for it
     if response.retry_after is not None:
         # A receiver's Retry-After may put the next try later, never sooner: each try still
         # uses up the schedule, so "Retry-After: 1" from a receiver in maintenance would
@@ -257,14 +258,16 @@ def decide_outcome(
         if asked_wait > delay:
             # Said with the error: a wait of an hour after a schedule of seconds would otherwise
             # look like Hookline's own doing on the event page, the API and show_event.
-            error = f"{error}: next try in {duration_words(asked_wait)}"
+            # Not said by an outcome that ends the retries (the age limit below): "next try in 1 h" would
+            # then stand before "no retries left".
+            said_wait = f": next try in {duration_words(asked_wait)}"
             if response.retry_after > asked_wait:
-                error += (
+                said_wait += (
                     f", the longest wait honoured (the receiver's Retry-After asks for "
                     f"{duration_words(response.retry_after)})"
                 )
             else:
-                error += ", as the receiver's Retry-After asks"
+                said_wait += ", as the receiver's Retry-After asks"
             delay = asked_wait
     if (max_age := destination.max_retry_age_seconds) is not None:
         # No try later than max_age after the delivery was created: the schedule's next step is
@@ -283,7 +286,7 @@ def decide_outcome(
                 error=f"{error}: no retries left (Retry-After asks to wait past the destination's retry limit of {limit})",
             )
         delay = min(delay, left)
-    return Outcome(Delivery.Status.PENDING, delay=delay, error=error)
+    return Outcome(Delivery.Status.PENDING, delay=delay, error=f"{error}{said_wait}")
 
 
 # --- Claiming -----------------------------------------------------------------

@@ -88,7 +88,16 @@ def test_a_retry_after_past_the_age_limit_ends_the_retries(organization, setting
     waits = delivery_service.decide_outcome(failed(429, 120), attempt_count=1, destination=limited, age_seconds=0)
     assert waits.status == Delivery.Status.PENDING and waits.delay == 120
     too_late = delivery_service.decide_outcome(failed(429, 1800), attempt_count=1, destination=limited, age_seconds=0)
-    assert too_late.status == Delivery.Status.DEAD and "Retry-After asks to wait past" in too_late.error
+    assert too_late.status == Delivery.Status.DEAD
+    # Only the end of the retries: a "next try in 30 min" before it would contradict it.
+    assert (
+        too_late.error
+        == "HTTP 429: no retries left (Retry-After asks to wait past the destination's retry limit of 10 min)"
+    )
+    already_old = delivery_service.decide_outcome(
+        failed(429, 1800), attempt_count=1, destination=limited, age_seconds=600
+    )
+    assert already_old.error == "HTTP 429: no retries left (older than the destination's retry limit of 10 min)"
 
 
 @pytest.mark.parametrize(
