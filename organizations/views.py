@@ -61,10 +61,16 @@ class TeamView(OrganizationMixin, TemplateView):
 class TeamActionMixin:
     """A POST that changes the team, then back to the Team page with a message."""
 
-    http_method_names = ["post"]
+    http_method_names = ["get", "post"]
 
     def team_url(self) -> str:
         return reverse("team:members", args=[self.organization.slug])
+
+    def get(self, request, *args, **kwargs):
+        # A refused invitation is shown at the invite URL, so it is in the address bar and opened
+        # again from there (Enter, a bookmark): back to the Team page, as the dashboard's other
+        # actions go back on GET, rather than an empty 405.
+        return redirect(self.team_url())
 
     def done(self, text: str):
         messages.success(self.request, text)

@@ -350,6 +350,17 @@ def test_inviting_a_member_again_is_refused(organization, owner, member):
     assert "already a member" in response.content.decode()
 
 
+def test_the_invite_address_opened_again_goes_back_to_the_team_page(organization, owner, member):
+    # A refused invitation leaves the invite URL in the address bar; opening it again (Enter,
+    # a bookmark) used to answer an empty 405 page.
+    browser = browser_for(owner)
+    assert invite(browser, member.email).status_code == 400
+    response = browser.get(reverse("team:invite", args=["acme"]), follow=True)
+    assert response.status_code == 200 and response.redirect_chain == [(TEAM, 302)]
+    assert "Invite someone" in response.content.decode()
+    assert not Invitation.objects.exists()  # a GET invites nobody
+
+
 def test_a_failed_invitation_email_is_reported_and_can_be_retried(organization, owner, monkeypatch):
     import smtplib
 

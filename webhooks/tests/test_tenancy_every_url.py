@@ -13,7 +13,8 @@ read-write keys; no one):
 - Acme's people on Globex's slug get 404, with any ids;
 - Acme's people and keys, on Acme's URLs with Globex's ids, get exactly what an id that never
   existed gets (404 where the role and method would otherwise act; otherwise a 403 for the role,
-  a 405 for the method, or a change's GET going back to the overview, whatever the id), and
+  a 405 for the method, or a change's GET going back to the overview or the Team page, whatever
+  the id), and
   never Globex's data; odd ids (0, too large, not an id) get the same, never a 500;
 - a role below what the route needs gets 403 (a read-only key 403 on any change), a role that may
   act is not refused, and a method a view lacks is 405;
@@ -46,6 +47,7 @@ from organizations import team
 from organizations.mixins import OrganizationMixin
 from organizations.models import ApiKey, Membership
 from organizations.services import organization_create
+from organizations.views import TeamActionMixin
 from webhooks.api.authentication import ApiView, json_not_found
 from webhooks.models import BulkRetry, Delivery, Destination, Source, WebhookEvent
 from webhooks.services import delivery as delivery_service
@@ -422,10 +424,14 @@ def refused_by_role(route: Route, actor: str, method: str) -> bool:
     return least is not None and RANK[actor.split()[0]] < RANK[least]
 
 
-def goes_back(route: Route, method: str) -> bool:
-    """A GET of a dashboard change that has nothing to show: it goes back to the overview without
-    reading the object (base.ChangeView), whoever's id is in the URL."""
-    return method == "get" and not route.is_api and getattr(route.view_class, "get", None) is ChangeView.get
+def goes_back(route: Route, method: str) -> str | None:
+    """A GET of a dashboard change that has nothing to show: the page it goes back to without
+    reading the object, whoever's id is in the URL (the overview for base.ChangeView, the Team page
+    for a team action), else None."""
+    if method != "get" or route.is_api:
+        return None
+    get = getattr(route.view_class, "get", None)
+    return "dashboard:overview" if get is ChangeView.get else "team:members" if get is TeamActionMixin.get else None
 
 
 # --- the checks ---
@@ -468,8 +474,8 @@ def test_another_organizations_ids_are_as_unknown_as_ids_that_never_existed(tena
                 missing = send(method, route.url(acme, ids="missing"), **actor)
                 where = (route.name, actor_name, method, theirs.status_code, missing.status_code)
                 assert _answer(theirs) == _answer(missing), where
-                if goes_back(route, method):
-                    assert urlsplit(theirs["Location"]).path == reverse("dashboard:overview", args=["acme"]), where
+                if back_to := goes_back(route, method):
+                    assert urlsplit(theirs["Location"]).path == reverse(back_to, args=["acme"]), where
                 elif route.implements(method) and not refused_by_role(route, actor_name, method):
                     assert theirs.status_code == 404, where
                 else:
