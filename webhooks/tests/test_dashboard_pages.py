@@ -927,6 +927,29 @@ def test_source_pages_say_changes_apply_within_the_source_cache_time_not_at_once
     )
 
 
+def test_a_generated_rotation_says_only_the_secret_changes_at_the_provider_and_until_when_the_old_works(
+    client, owner, organization
+):
+    # The page that shows a rotated secret once used to repeat the creation's "enter both ... the
+    # URL it sends webhooks to", as if the URL had changed, and said nothing of the overlap.
+    client.force_login(owner)
+    created = page_text(
+        client.post(reverse("dashboard:source_create", args=["acme", "github"]), {"name": "GitHub org"}, follow=True)
+    )
+    source = Source.objects.get(name="GitHub org")
+    assert "the URL it sends webhooks to, and the secret it signs them with" in created
+    rotate_url = reverse("dashboard:source_rotate", args=["acme", source.pk])
+    shown = page_text(client.post(rotate_url, {"new_secret": "", "overlap_seconds": "86400"}, follow=True))
+    expires = Source.objects.get(pk=source.pk).previous_secret_expires_at
+    assert "Replace the old secret with it in the provider's webhook settings; the ingest URL stays the same." in shown
+    assert f"Requests signed with the previous secret are accepted until {timestamp(expires, 'absolute')}." in shown
+    assert "the URL it sends webhooks to" not in shown
+    again = page_text(
+        client.post(rotate_url, {"new_secret": "", "overlap_seconds": "0", "stop_previous": "on"}, follow=True)
+    )
+    assert "The previous secret stops being accepted within 5 seconds" in again
+
+
 def test_source_form_errors_are_shown_not_raised(client, owner):
     client.force_login(owner)
     response = client.post(reverse("dashboard:source_create", args=["acme", "stripe"]), {"name": ""})

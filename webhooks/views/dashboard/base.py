@@ -58,11 +58,14 @@ class ChangeView(OrganizationMixin, View):
 SECRET_ONCE_SESSION_KEY = "hookline_secret_once"
 
 
-def secret_once_response(view, *, secret: str, title: str, source=None, destination=None, api_key=None):
+def secret_once_response(
+    view, *, secret: str, title: str, source=None, destination=None, api_key=None, rotated: bool = False
+):
     """After a POST that made a secret: keep it (encrypted) for one look and redirect there.
 
     Post/redirect/get, so that reloading the page that shows the secret cannot create the
-    source, destination or API key again, or rotate the secret just copied.
+    source, destination or API key again, or rotate the secret just copied. ``rotated``: it
+    replaces a source's secret, so the provider's settings change only in their secret.
     """
     target = api_key or destination or source
     kind = "api_key" if api_key is not None else "destination" if destination is not None else "source"
@@ -72,6 +75,7 @@ def secret_once_response(view, *, secret: str, title: str, source=None, destinat
         "kind": kind,
         "pk": target.pk,
         "title": title,
+        "rotated": rotated,
         "secret": encrypt(secret),  # sessions are stored in the database: never in the clear
     }
     return redirect("dashboard:secret_once", view.organization.slug, token)
@@ -128,6 +132,7 @@ class SecretOnceView(OrganizationMixin, TemplateView):
             # The provider's form asks for the URL and the secret together (GitHub's Payload URL and
             # Secret): both on the one page that can show the secret.
             context["ingest_url"] = ingest_url(target)
+            context["rotated"] = kept.get("rotated", False)
         if kept["kind"] == "api_key":
             context["api_base_url"] = f"{settings.PUBLIC_BASE_URL}{reverse('api:events').removesuffix('events')}"
         response = self.render_to_response(context)

@@ -257,7 +257,9 @@ class SourceRotateSecretView(SourceMixin, TemplateView):
                 form.add_error(None, str(exc))
             else:
                 if generated:
-                    return secret_once_response(self, source=source, secret=generated, title="New signing secret")
+                    return secret_once_response(
+                        self, source=source, secret=generated, title="New signing secret", rotated=had_secret
+                    )
                 delay = source_change_delay()
                 messages.success(
                     request,
