@@ -1018,6 +1018,8 @@ def test_destination_create_shows_secret_once_with_filters(client, owner, organi
     )
     destination = Destination.objects.get(name="App")
     assert response.status_code == 200 and destination.secret in page_text(response)
+    # The way README gives first for a body that is not JSON (Slack commands, GitHub's form type).
+    assert "<code>verify()</code> with <code>json_parse=False</code>" in page_text(response)
     assert destination.subscriptions.get().event_types == ["invoice.*", "charge.failed"]
     detail = page_text(client.get(reverse("dashboard:destination_detail", args=["acme", destination.pk])))
     assert destination.secret not in detail and destination.secret_hint in detail
