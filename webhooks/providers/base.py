@@ -439,17 +439,31 @@ def tolerance_seconds(options: Mapping[str, Any], default: int) -> int:
         return default
 
 
-def check_timestamp_age(timestamp: float, now: float, tolerance: int, what: str = "timestamp") -> None:
-    """Refuse a signed time further than ``tolerance`` seconds from now, in either direction (0: no check)."""
+_THOUSANDTH_OF = {"seconds": "milliseconds", "milliseconds": "microseconds"}
+
+
+def check_timestamp_age(
+    timestamp: float, now: float, tolerance: int, what: str = "timestamp", unit: str = "seconds"
+) -> None:
+    """Refuse a signed time further than ``tolerance`` seconds from now, in either direction (0: no check).
+
+    ``timestamp`` is in seconds already; ``unit`` is the one the sender must use, named when the
+    sent value is a time near now in units 1000 times smaller (a sender of our own making, such as
+    a generic HMAC one, giving milliseconds): "check the sender's clock" would send them the wrong way.
+    """
     if not tolerance:
         return
     age = now - timestamp
     if age > tolerance:
         raise VerificationError("timestamp_out_of_tolerance", f"{what} is {int(age)} s old; tolerance is {tolerance} s")
     if -age > tolerance:
+        if abs(now - timestamp / 1000) <= max(tolerance, 86400):
+            cause = f"it is in {_THOUSANDTH_OF.get(unit, 'a unit 1000 times smaller')}: send it in {unit}"
+        else:
+            cause = "check the sender's clock"
         raise VerificationError(
             "timestamp_out_of_tolerance",
-            f"{what} is {int(-age)} s in the future; tolerance is {tolerance} s (check the sender's clock)",
+            f"{what} is {int(-age)} s in the future; tolerance is {tolerance} s ({cause})",
         )
 
 

@@ -118,7 +118,7 @@ class LinearProvider(Provider):
                 "bad_format",
                 f"the signed body has no numeric {TIMESTAMP_FIELD}; set the tolerance to 0 to accept it anyway",
             )
-        check_timestamp_age(timestamp_ms / 1000, now, tolerance, what=TIMESTAMP_FIELD)
+        check_timestamp_age(timestamp_ms / 1000, now, tolerance, what=TIMESTAMP_FIELD, unit="milliseconds")
 
     def signed_time(self, request: InboundRequest, options: Mapping[str, Any]) -> float | None:
         timestamp_ms = _timestamp_ms(request.body)

@@ -136,6 +136,21 @@ def test_rotated_secrets():
     assert reject(req(GITHUB_BODY, third), ["new-secret", OCTOKIT_SECRET], GITHUB).code == "no_matching_secret"
 
 
+def test_a_timestamp_in_milliseconds_is_said_to_be_one_not_a_clock_far_ahead():
+    # A sender the tenant writes may well give Date.now(): "check the sender's clock" sent them
+    # looking at the wrong thing.
+    now = int(time.time())
+    headers = stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now * 1000 + 250)
+    refused = reject(req(STRIPE_BODY, headers), [STRIPE_SECRET], TIMESTAMPED, now)
+    assert refused.code == "timestamp_out_of_tolerance"
+    assert refused.detail.endswith("tolerance is 300 s (it is in milliseconds: send it in seconds)"), refused.detail
+    # A time in seconds too far ahead is still a clock to check.
+    ahead = reject(
+        req(STRIPE_BODY, stripe_timestamped(STRIPE_SECRET, STRIPE_BODY, now + 400)), [STRIPE_SECRET], TIMESTAMPED, now
+    )
+    assert ahead.detail.endswith("(check the sender's clock)"), ahead.detail
+
+
 def test_timestamp_window_both_directions():
     now = int(time.time())
     PROVIDER.verify(
