@@ -1145,13 +1145,18 @@ def headers_for_viewer(
     is an unsigned header (GitHub…) that makes a second event. Members may read everything
     else; admins and owners, who can replay anyway, see it all.
     """
+    from .services.ingest import MASKED  # here: ingest imports this module
+
     shown = []
     for name, value in sorted(headers.items()):
         lowered = name.lower()
+        # A header masked when stored (a shared token's, any holding the source's secret) is shown
+        # so to everyone: "shown to admins and owners" would promise what no one can see.
+        shown_as_stored = sees_signatures or value == MASKED
         is_signature = lowered in signature_headers or any(part in lowered for part in _SIGNATURE_HEADER_PARTS)
         # Events stored before names were kept as documented say "X-Github-Delivery".
         shown.append(
-            (documented_header_name(name), SIGNATURE_HIDDEN if is_signature and not sees_signatures else value)
+            (documented_header_name(name), SIGNATURE_HIDDEN if is_signature and not shown_as_stored else value)
         )
     return shown
 

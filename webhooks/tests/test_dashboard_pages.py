@@ -1806,6 +1806,33 @@ def test_url_for_viewer_keeps_only_the_scheme_and_host_for_members(url, shown):
     assert url_for_viewer(url, sees_full=True) == url
 
 
+def test_a_token_masked_when_stored_is_not_promised_to_admins_on_a_members_event_page(
+    client, organization, owner, member
+):
+    # A shared token's Authorization is stored as [masked]: the member's page said
+    # "(a signature: shown to admins and owners)", where the admin's page shows [masked] too.
+    from webhooks.selectors import SIGNATURE_HIDDEN
+    from webhooks.services.ingest import MASKED
+
+    token = "shared-token-for-the-member-test"
+    source = make_source(organization, provider="shared_token", secret=token, scheme_prefix="Bearer")
+    answer = client.generic(
+        "POST",
+        f"/in/{source.ingest_token}/",
+        b'{"type": "INSERT"}',
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert answer.status_code == 200, answer.content
+    event_url = reverse("dashboard:event_detail", args=["acme", answer.json()["id"]])
+    for user in (owner, member):
+        client.force_login(user)
+        page = client.get(event_url).content.decode()
+        assert token not in page
+        assert re.search(r"Authorization</[^>]+>\s*<[^>]+>\s*" + re.escape(MASKED), page), user.email
+        assert html.escape(SIGNATURE_HIDDEN) not in page and SIGNATURE_HIDDEN not in page, user.email
+
+
 def test_headers_for_viewer_hides_every_known_signature_header_and_a_configured_one():
     from webhooks.selectors import SIGNATURE_HIDDEN, headers_for_viewer
 
